@@ -1,0 +1,222 @@
+//! Attaching XDP programs to interfaces through BPF links, in a chosen mode.
+
+use std::fmt;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+
+use crate::error::{missing_privileges, AttachError};
+use crate::sys;
+
+/// How to attach an XDP program.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum AttachMode {
+    /// Native (driver) mode: runs before the kernel allocates an skb. Fastest.
+    Native,
+    /// Generic (skb) mode: works on every interface, at a fraction of the speed.
+    Generic,
+    /// Hardware offload: runs on the NIC. Needs a NIC and driver with BPF
+    /// offload; the program is loaded for that one device.
+    Offload,
+    /// Native where the driver supports it, generic otherwise. The mode used
+    /// is reported in [`Attachment::mode`].
+    #[default]
+    Auto,
+}
+
+impl AttachMode {
+    fn xdp_flags(self) -> u32 {
+        match self {
+            AttachMode::Native => libbpf_sys::XDP_FLAGS_DRV_MODE,
+            AttachMode::Generic => libbpf_sys::XDP_FLAGS_SKB_MODE,
+            AttachMode::Offload => libbpf_sys::XDP_FLAGS_HW_MODE,
+            AttachMode::Auto => 0,
+        }
+    }
+}
+
+impl fmt::Display for AttachMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            AttachMode::Native => "native",
+            AttachMode::Generic => "generic",
+            AttachMode::Offload => "offload",
+            AttachMode::Auto => "auto",
+        })
+    }
+}
+
+impl std::str::FromStr for AttachMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "native" | "drv" | "driver" => Ok(AttachMode::Native),
+            "generic" | "skb" => Ok(AttachMode::Generic),
+            "offload" | "hw" => Ok(AttachMode::Offload),
+            "auto" => Ok(AttachMode::Auto),
+            _ => Err(format!("unknown XDP mode `{s}` (expected native, generic, offload or auto)")),
+        }
+    }
+}
+
+/// An interface, by name or by index, in the calling thread's network namespace.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Interface {
+    /// By name, e.g. `"eth0"`.
+    Name(String),
+    /// By index, e.g. from `ip link`.
+    Index(u32),
+}
+
+impl From<&str> for Interface {
+    fn from(name: &str) -> Self {
+        Interface::Name(name.to_owned())
+    }
+}
+
+impl From<String> for Interface {
+    fn from(name: String) -> Self {
+        Interface::Name(name)
+    }
+}
+
+impl From<u32> for Interface {
+    fn from(index: u32) -> Self {
+        Interface::Index(index)
+    }
+}
+
+impl fmt::Display for Interface {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Interface::Name(n) => f.write_str(n),
+            Interface::Index(i) => write!(f, "#{i}"),
+        }
+    }
+}
+
+impl Interface {
+    /// Resolves to (index, name).
+    pub(crate) fn resolve(&self) -> Result<(u32, String), AttachError> {
+        let not_found = || AttachError::InterfaceNotFound { interface: self.to_string() };
+        match self {
+            Interface::Name(n) => sys::ifindex_of(n).map(|i| (i, n.clone())).ok_or_else(not_found),
+            Interface::Index(i) => sys::ifname_of(*i).map(|n| (*i, n)).ok_or_else(not_found),
+        }
+    }
+}
+
+/// One interface a program is attached to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attachment {
+    /// Interface index.
+    pub ifindex: u32,
+    /// Interface name (as resolved when attached or reopened).
+    pub interface: String,
+    /// The mode the kernel reports; never [`AttachMode::Auto`].
+    pub mode: AttachMode,
+}
+
+/// A live attachment: the link keeps the program on the interface.
+#[derive(Debug)]
+pub(crate) struct Link {
+    pub fd: OwnedFd,
+    pub attachment: Attachment,
+}
+
+/// The mode the kernel reports for the program on `ifindex`.
+pub(crate) fn attached_mode(ifindex: u32) -> Option<AttachMode> {
+    match sys::xdp_query(ifindex).ok()?.attach_mode {
+        m if m == libbpf_sys::XDP_ATTACHED_DRV as u8 => Some(AttachMode::Native),
+        m if m == libbpf_sys::XDP_ATTACHED_SKB as u8 => Some(AttachMode::Generic),
+        m if m == libbpf_sys::XDP_ATTACHED_HW as u8 => Some(AttachMode::Offload),
+        _ => None,
+    }
+}
+
+/// Attaches `prog` to `iface` in `mode` through a BPF link.
+pub(crate) fn attach(prog: BorrowedFd<'_>, iface: &Interface, mode: AttachMode) -> Result<Link, AttachError> {
+    let (ifindex, name) = iface.resolve()?;
+    let try_mode = |m: AttachMode| sys::xdp_link_create(prog, ifindex, m.xdp_flags());
+    let result = match mode {
+        // Ask for native explicitly, so "auto" never silently means generic
+        // on a driver that has native support.
+        AttachMode::Auto => match try_mode(AttachMode::Native) {
+            Err(e) if is_unsupported(&e) => try_mode(AttachMode::Generic),
+            other => other,
+        },
+        m => try_mode(m),
+    };
+    let fd = result.map_err(|source| classify(source, &name, ifindex, mode))?;
+    let reported = attached_mode(ifindex).unwrap_or(match mode {
+        AttachMode::Auto => AttachMode::Native,
+        m => m,
+    });
+    Ok(Link { fd, attachment: Attachment { ifindex, interface: name, mode: reported } })
+}
+
+fn is_unsupported(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(nix::libc::EOPNOTSUPP) | Some(nix::libc::EINVAL))
+}
+
+fn classify(source: io::Error, interface: &str, ifindex: u32, mode: AttachMode) -> AttachError {
+    let interface = interface.to_owned();
+    match source.raw_os_error() {
+        Some(nix::libc::EBUSY) | Some(nix::libc::EEXIST) => AttachError::AlreadyAttached {
+            interface,
+            program_id: sys::xdp_query(ifindex).ok().map(|q| q.prog_id).filter(|&id| id != 0),
+        },
+        Some(nix::libc::EPERM) | Some(nix::libc::EACCES) => AttachError::MissingPrivileges {
+            missing: missing_privileges().unwrap_or_else(|| "CAP_NET_ADMIN".into()),
+        },
+        Some(nix::libc::ENODEV) => AttachError::InterfaceNotFound { interface },
+        Some(nix::libc::EOPNOTSUPP) | Some(nix::libc::EINVAL) if mode != AttachMode::Auto => {
+            AttachError::ModeUnsupported {
+                interface,
+                mode,
+                hint: match mode {
+                    AttachMode::Native => "the driver has no native XDP; use generic or auto mode",
+                    AttachMode::Offload => {
+                        "offload needs a NIC whose driver offloads BPF (and maps this program can \
+                         use there); use native or auto mode"
+                    }
+                    _ => "use auto mode",
+                },
+            }
+        }
+        _ => AttachError::Bpf { interface, source },
+    }
+}
+
+/// Link info for a pinned link: which interface it holds, if still attached.
+pub(crate) fn link_attachment(fd: &OwnedFd) -> io::Result<Option<Attachment>> {
+    let info = sys::xdp_link_info(fd.as_fd())?;
+    if info.ifindex == 0 {
+        return Ok(None);
+    }
+    Ok(Some(Attachment {
+        ifindex: info.ifindex,
+        interface: sys::ifname_of(info.ifindex).unwrap_or_else(|| format!("#{}", info.ifindex)),
+        mode: attached_mode(info.ifindex).unwrap_or(AttachMode::Native),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn modes_parse_and_print() {
+        for m in [AttachMode::Native, AttachMode::Generic, AttachMode::Offload, AttachMode::Auto] {
+            assert_eq!(m.to_string().parse::<AttachMode>().unwrap(), m);
+        }
+        assert_eq!("skb".parse::<AttachMode>().unwrap(), AttachMode::Generic);
+        assert!("fast".parse::<AttachMode>().is_err());
+    }
+
+    #[test]
+    fn missing_interface_is_typed() {
+        let err = Interface::from("xdpg-nope0").resolve().unwrap_err();
+        assert!(matches!(err, AttachError::InterfaceNotFound { .. }));
+        assert!(err.to_string().contains("xdpg-nope0"));
+    }
+}

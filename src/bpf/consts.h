@@ -1,0 +1,60 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* Constants shared by the eBPF programs and (through the skeletons and the
+ * layout checks in src/layout.rs) by the Rust side. */
+#ifndef XDPG_CONSTS_H
+#define XDPG_CONSTS_H
+
+/* Written into the config map so a pin directory can be recognised as ours,
+ * and bumped whenever a shared layout changes. */
+#define XDPG_MAGIC 0x58445047u /* "XDPG" */
+#define XDPG_LAYOUT_VERSION 1
+
+/* Parsing bounds: the verifier needs them, and real traffic never needs more. */
+#define XDPG_MAX_VLAN_TAGS 2
+#define XDPG_MAX_IPV6_EXT_HDRS 8
+
+/* Verdict codes stored in the v4 per-/24 array, the v4 host buckets and the
+ * v6 prefix hash. Allow wins over block whatever the prefix lengths. */
+#define XDPG_VERDICT_PASS 0
+#define XDPG_VERDICT_BLOCK 1
+#define XDPG_VERDICT_ALLOW 2
+/* Host-bucket slots use 0 for "empty", so a host that must pass is stored
+ * with this code instead of XDPG_VERDICT_PASS. */
+#define XDPG_HOST_PASS 3
+
+/* v4 level 1: one 4-bit cell per /24. Bits 0-1 hold the verdict for the whole
+ * /24 (or the default of a mixed /24), bit 2 says "look up the host buckets". */
+#define XDPG_V4_CELLS_PER_WORD 16
+#define XDPG_V4_L1_WORDS 1048576 /* 2^24 cells / 16 per word */
+#define XDPG_V4_CELL_MIXED 4
+
+/* v4 host buckets: one cache line each. */
+#define XDPG_V4_BUCKET_SLOTS 15
+#define XDPG_V4_BUCKET_OVERFLOW 0x80000000
+#define XDPG_V4_MAX_PROBES 8
+
+/* v6: prefix lengths 0..128 can all be in use at once. */
+#define XDPG_V6_MAX_LENS 129
+/* Views are rotated so a reader never sees a view being rewritten. */
+#define XDPG_V6_VIEWS 4
+
+/* List membership bits of a stored rule. */
+#define XDPG_LIST_BLOCK 1
+#define XDPG_LIST_ALLOW 2
+
+/* Why the filter let a packet through or dropped it: one per-CPU counter each. */
+enum xdpg_filter_reason {
+	XDPG_REASON_PASSED = 0,	 /* IP, in no list */
+	XDPG_REASON_ALLOWLISTED, /* matched the allowlist */
+	XDPG_REASON_BLOCKED_V4,	 /* IPv4 source blocked */
+	XDPG_REASON_BLOCKED_V6,	 /* IPv6 source blocked */
+	XDPG_REASON_MALFORMED,	 /* bad or truncated L2/L3 headers */
+	XDPG_REASON_NON_IP,	 /* ARP, LLDP, ... */
+	XDPG_REASON_COUNT,
+};
+
+/* What the filter does with malformed packets. */
+#define XDPG_MALFORMED_PASS 0
+#define XDPG_MALFORMED_DROP 1
+
+#endif

@@ -1,0 +1,160 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/* The xdpguard filter: allowlist, then blocklist, then pass. Whatever passes
+ * is tail-called into xdpg_next[0] when a next stage is installed. */
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+#include "consts.h"
+#include "structs.h"
+#include "parsing.h"
+#include "hash.h"
+#include "filter_maps.h"
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+static __always_inline void count(__u32 reason, __u64 bytes)
+{
+	struct xdpg_counter *c = bpf_map_lookup_elem(&xdpg_filter_cnt, &reason);
+	if (c) {
+		c->packets++;
+		c->bytes += bytes;
+	}
+}
+
+static __always_inline int pass_on(struct xdp_md *ctx)
+{
+	bpf_tail_call(ctx, &xdpg_next, 0);
+	return XDP_PASS;
+}
+
+/* Looks a host up in the mixed-/24 buckets; dflt is the /24's default. */
+static __always_inline __u32 v4_host_verdict(struct xdpg_filter_config *cfg, __u32 active,
+					     __u32 addr, __u32 dflt)
+{
+	__u32 mask = cfg->v4_bucket_mask;
+	__u32 idx = xdpg_v4_bucket_index(addr, cfg->v4_hash_seed, mask);
+
+	for (int probe = 0; probe < XDPG_V4_MAX_PROBES; probe++) {
+		struct xdpg_v4_bucket *b = active ? bpf_map_lookup_elem(&xdpg_v4_hosts_b, &idx)
+						  : bpf_map_lookup_elem(&xdpg_v4_hosts_a, &idx);
+		if (!b)
+			return dflt;
+		__u32 meta = b->meta;
+#pragma unroll
+		for (int s = 0; s < XDPG_V4_BUCKET_SLOTS; s++) {
+			if (b->addrs[s] == addr) {
+				__u32 code = (meta >> (2 * s)) & 3;
+				if (code)
+					return code == XDPG_HOST_PASS ? XDPG_VERDICT_PASS : code;
+			}
+		}
+		if (!(meta & XDPG_V4_BUCKET_OVERFLOW))
+			break;
+		idx = (idx + 1) & mask;
+	}
+	return dflt;
+}
+
+static __always_inline __u32 v4_verdict(struct xdpg_filter_config *cfg, __u32 addr)
+{
+	__u32 active = cfg->v4_active;
+	__u32 cell_idx = addr >> 8;
+	__u32 word_idx = cell_idx / XDPG_V4_CELLS_PER_WORD;
+	__u64 *word = active ? bpf_map_lookup_elem(&xdpg_v4_l1_b, &word_idx)
+			     : bpf_map_lookup_elem(&xdpg_v4_l1_a, &word_idx);
+	if (!word)
+		return XDPG_VERDICT_PASS;
+	__u32 cell = (*word >> ((cell_idx % XDPG_V4_CELLS_PER_WORD) * 4)) & 0xF;
+	if (!(cell & XDPG_V4_CELL_MIXED))
+		return cell & 3;
+	return v4_host_verdict(cfg, active, addr, cell & 3);
+}
+
+static __always_inline __u32 mask_word(__u32 word, int bits)
+{
+	if (bits >= 32)
+		return word;
+	if (bits <= 0)
+		return 0;
+	return word & bpf_htonl(~0u << (32 - bits));
+}
+
+static __always_inline __u32 v6_verdict(struct xdpg_filter_config *cfg, const __u32 *addr)
+{
+	__u32 view_idx = cfg->v6_view;
+	struct xdpg_v6_view *view = bpf_map_lookup_elem(&xdpg_v6_views, &view_idx);
+	if (!view)
+		return XDPG_VERDICT_PASS;
+	__u32 table = view->table;
+	__u32 count = view->count;
+	struct xdpg_v6_key key;
+
+	/* Longest first: the first hit is the most specific entry, and its
+	 * stored verdict already says whether an allow entry covers it. */
+	for (__u32 i = 0; i < XDPG_V6_MAX_LENS; i++) {
+		if (i >= count)
+			break;
+		int len = view->lens[i];
+		key.prefixlen = len;
+		key.addr[0] = mask_word(addr[0], len);
+		key.addr[1] = mask_word(addr[1], len - 32);
+		key.addr[2] = mask_word(addr[2], len - 64);
+		key.addr[3] = mask_word(addr[3], len - 96);
+		__u32 *verdict = table ? bpf_map_lookup_elem(&xdpg_v6_pfx_b, &key)
+				       : bpf_map_lookup_elem(&xdpg_v6_pfx_a, &key);
+		if (verdict)
+			return *verdict;
+	}
+	return XDPG_VERDICT_PASS;
+}
+
+SEC("xdp")
+int xdpg_filter(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	__u64 bytes = data_end - data;
+	__u32 zero = 0;
+	struct xdpg_pkt pkt = {};
+
+	struct xdpg_filter_config *cfg = bpf_map_lookup_elem(&xdpg_filter_cfg, &zero);
+	if (!cfg)
+		return XDP_PASS;
+
+	int parsed = xdpg_parse(ctx, &pkt);
+	if (parsed == XDPG_PARSE_NON_IP) {
+		count(XDPG_REASON_NON_IP, bytes);
+		return pass_on(ctx);
+	}
+	if (parsed != XDPG_PARSE_OK) {
+		count(XDPG_REASON_MALFORMED, bytes);
+		if (cfg->malformed_policy == XDPG_MALFORMED_DROP)
+			return XDP_DROP;
+		return pass_on(ctx);
+	}
+
+	__u32 verdict;
+	__u32 blocked_reason;
+	if (pkt.l3_proto == ETH_P_IP) {
+		struct iphdr *iph = data + (pkt.l3_off & 0xFFF);
+		if ((void *)(iph + 1) > data_end)
+			return XDP_PASS;
+		verdict = v4_verdict(cfg, bpf_ntohl(iph->saddr));
+		blocked_reason = XDPG_REASON_BLOCKED_V4;
+	} else {
+		struct ipv6hdr *ip6h = data + (pkt.l3_off & 0xFFF);
+		if ((void *)(ip6h + 1) > data_end)
+			return XDP_PASS;
+		__u32 src[4];
+		__builtin_memcpy(src, &ip6h->saddr, sizeof(src));
+		verdict = v6_verdict(cfg, src);
+		blocked_reason = XDPG_REASON_BLOCKED_V6;
+	}
+
+	if (verdict == XDPG_VERDICT_BLOCK) {
+		count(blocked_reason, bytes);
+		return XDP_DROP;
+	}
+	count(verdict == XDPG_VERDICT_ALLOW ? XDPG_REASON_ALLOWLISTED : XDPG_REASON_PASSED, bytes);
+	return pass_on(ctx);
+}

@@ -1,0 +1,117 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* The filter's maps. Names are stable (bpftool map dump name ...); user space
+ * sets every max_entries that depends on capacity before loading. */
+#ifndef XDPG_FILTER_MAPS_H
+#define XDPG_FILTER_MAPS_H
+
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+#include "structs.h"
+
+/* Config and bookkeeping, one entry, mmapped by user space. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__type(key, __u32);
+	__type(value, struct xdpg_filter_config);
+} xdpg_filter_cfg SEC(".maps");
+
+/* Packets and bytes per verdict reason, per CPU. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, XDPG_REASON_COUNT);
+	__type(key, __u32);
+	__type(value, struct xdpg_counter);
+} xdpg_filter_cnt SEC(".maps");
+
+/* v4 level 1, table pair 0: 4-bit cells, one per /24, sixteen per word. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, XDPG_V4_L1_WORDS);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__type(key, __u32);
+	__type(value, __u64);
+} xdpg_v4_l1_a SEC(".maps");
+
+/* v4 level 1, table pair 1 (the other half of an atomic replace). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, XDPG_V4_L1_WORDS);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__type(key, __u32);
+	__type(value, __u64);
+} xdpg_v4_l1_b SEC(".maps");
+
+/* v4 host buckets for mixed /24s, table pair 0. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1 << 17);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__type(key, __u32);
+	__type(value, struct xdpg_v4_bucket);
+} xdpg_v4_hosts_a SEC(".maps");
+
+/* v4 host buckets, table pair 1. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1 << 17);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__type(key, __u32);
+	__type(value, struct xdpg_v4_bucket);
+} xdpg_v4_hosts_b SEC(".maps");
+
+/* The v4 entries as the user gave them; never read by the data plane. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1 << 20);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__type(key, __u32);
+	__type(value, struct xdpg_v4_rule);
+} xdpg_v4_rules SEC(".maps");
+
+/* v6 prefixes with their effective verdict, table 0. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1 << 18);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct xdpg_v6_key);
+	__type(value, __u32);
+} xdpg_v6_pfx_a SEC(".maps");
+
+/* v6 prefixes, table 1. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1 << 18);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct xdpg_v6_key);
+	__type(value, __u32);
+} xdpg_v6_pfx_b SEC(".maps");
+
+/* Which v6 table is live and its prefix lengths; config->v6_view picks one. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, XDPG_V6_VIEWS);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__type(key, __u32);
+	__type(value, struct xdpg_v6_view);
+} xdpg_v6_views SEC(".maps");
+
+/* The v6 entries as the user gave them; never read by the data plane. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1 << 18);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__type(key, __u32);
+	__type(value, struct xdpg_v6_rule);
+} xdpg_v6_rules SEC(".maps");
+
+/* Slot 0: the program that gets what the filter passes (the LB, or yours). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PROG_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} xdpg_next SEC(".maps");
+
+#endif

@@ -1,0 +1,27 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* Hashes computed both here and in Rust (src/hash.rs); the verdict tests
+ * fail if the two ever disagree. */
+#ifndef XDPG_HASH_H
+#define XDPG_HASH_H
+
+#include <linux/types.h>
+
+/* A murmur3-style finaliser: cheap, and every input bit moves every output bit. */
+static __always_inline __u32 xdpg_mix32(__u32 h)
+{
+	h ^= h >> 16;
+	h *= 0x85EBCA6Bu;
+	h ^= h >> 13;
+	h *= 0xC2B2AE35u;
+	h ^= h >> 16;
+	return h;
+}
+
+/* Bucket of a v4 host (host byte order); the seed is random per filter so an
+ * attacker who knows the list cannot aim lookups at one bucket chain. */
+static __always_inline __u32 xdpg_v4_bucket_index(__u32 addr, __u32 seed, __u32 mask)
+{
+	return xdpg_mix32(addr ^ seed) & mask;
+}
+
+#endif

@@ -1,0 +1,193 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* Packet parsing shared by every xdpguard program: Ethernet, up to two VLAN
+ * tags, IPv4 (options honoured) and IPv6 (a bounded walk over extension
+ * headers). Every access is bounds-checked, so no packet can make a program
+ * fail verification at run time or return XDP_ABORTED. */
+#ifndef XDPG_PARSING_H
+#define XDPG_PARSING_H
+
+#include <linux/types.h>
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/ipv6.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+#include "consts.h"
+
+#ifndef ETH_P_8021AD
+#define ETH_P_8021AD 0x88A8
+#endif
+#define XDPG_IP_MF 0x2000
+#define XDPG_IP_OFFSET 0x1FFF
+/* Larger than any header chain we walk, small enough for the verifier. */
+#define XDPG_MAX_L3_OFFSET 4096
+
+enum xdpg_parse_result {
+	XDPG_PARSE_OK = 0,
+	XDPG_PARSE_NON_IP,
+	XDPG_PARSE_MALFORMED,
+};
+
+struct xdpg_vlan_hdr {
+	__be16 tci;
+	__be16 encapsulated_proto;
+};
+
+struct xdpg_ipv6_opt_hdr {
+	__u8 nexthdr;
+	__u8 hdrlen;
+};
+
+struct xdpg_ipv6_frag_hdr {
+	__u8 nexthdr;
+	__u8 reserved;
+	__be16 frag_off;
+	__be32 identification;
+};
+
+/* What the parser learned about a packet. Offsets are from ctx->data. */
+struct xdpg_pkt {
+	__u32 l3_off;
+	__u32 l4_off;	  /* 0 when there is no L4 header to read */
+	__u16 l3_proto;	  /* ETH_P_IP or ETH_P_IPV6, host byte order */
+	__u8 l4_proto;	  /* IPPROTO_*, after IPv6 extension headers */
+	__u8 vlan_tags;
+	__u8 fragment;	  /* any fragment (first or later) */
+	__u8 later_fragment; /* fragment offset != 0: no L4 header */
+	__u8 ip_options;  /* IPv4 header longer than 20 bytes */
+	__u8 ext_chain_cut; /* IPv6: more extension headers than we walk */
+};
+
+static __always_inline int xdpg_parse_eth(void *data, void *data_end, struct xdpg_pkt *pkt)
+{
+	struct ethhdr *eth = data;
+	if ((void *)(eth + 1) > data_end)
+		return XDPG_PARSE_MALFORMED;
+
+	__u16 proto = bpf_ntohs(eth->h_proto);
+	__u32 off = sizeof(*eth);
+#pragma unroll
+	for (int i = 0; i < XDPG_MAX_VLAN_TAGS; i++) {
+		if (proto != ETH_P_8021Q && proto != ETH_P_8021AD)
+			break;
+		struct xdpg_vlan_hdr *vlan = data + off;
+		if ((void *)(vlan + 1) > data_end)
+			return XDPG_PARSE_MALFORMED;
+		proto = bpf_ntohs(vlan->encapsulated_proto);
+		off += sizeof(*vlan);
+		pkt->vlan_tags++;
+	}
+	pkt->l3_off = off;
+	pkt->l3_proto = proto;
+	if (proto == ETH_P_IP || proto == ETH_P_IPV6)
+		return XDPG_PARSE_OK;
+	return XDPG_PARSE_NON_IP;
+}
+
+static __always_inline int xdpg_parse_ipv4(void *data, void *data_end, struct xdpg_pkt *pkt)
+{
+	__u32 off = pkt->l3_off;
+	if (off > XDPG_MAX_L3_OFFSET)
+		return XDPG_PARSE_MALFORMED;
+	struct iphdr *iph = data + off;
+	if ((void *)(iph + 1) > data_end)
+		return XDPG_PARSE_MALFORMED;
+	if (iph->version != 4 || iph->ihl < 5)
+		return XDPG_PARSE_MALFORMED;
+	__u32 hdr_len = iph->ihl * 4;
+	if ((void *)iph + hdr_len > data_end)
+		return XDPG_PARSE_MALFORMED;
+	__u32 tot_len = bpf_ntohs(iph->tot_len);
+	/* A total length beyond the frame means the packet was truncated. */
+	if (tot_len < hdr_len || (void *)iph + tot_len > data_end)
+		return XDPG_PARSE_MALFORMED;
+
+	__u16 frag = bpf_ntohs(iph->frag_off);
+	pkt->fragment = (frag & (XDPG_IP_MF | XDPG_IP_OFFSET)) != 0;
+	pkt->later_fragment = (frag & XDPG_IP_OFFSET) != 0;
+	pkt->ip_options = hdr_len > sizeof(*iph);
+	pkt->l4_proto = iph->protocol;
+	pkt->l4_off = pkt->later_fragment ? 0 : off + hdr_len;
+	return XDPG_PARSE_OK;
+}
+
+static __always_inline int xdpg_parse_ipv6(void *data, void *data_end, struct xdpg_pkt *pkt)
+{
+	__u32 off = pkt->l3_off;
+	if (off > XDPG_MAX_L3_OFFSET)
+		return XDPG_PARSE_MALFORMED;
+	struct ipv6hdr *ip6h = data + off;
+	if ((void *)(ip6h + 1) > data_end)
+		return XDPG_PARSE_MALFORMED;
+	if (ip6h->version != 6)
+		return XDPG_PARSE_MALFORMED;
+	__u32 payload_len = bpf_ntohs(ip6h->payload_len);
+	/* payload_len 0 is a jumbogram, whose length lives in hop-by-hop. */
+	if (payload_len && (void *)(ip6h + 1) + payload_len > data_end)
+		return XDPG_PARSE_MALFORMED;
+
+	__u8 next = ip6h->nexthdr;
+	off += sizeof(*ip6h);
+#pragma unroll
+	for (int i = 0; i < XDPG_MAX_IPV6_EXT_HDRS; i++) {
+		if (off > XDPG_MAX_L3_OFFSET)
+			return XDPG_PARSE_MALFORMED;
+		switch (next) {
+		case IPPROTO_HOPOPTS:
+		case IPPROTO_ROUTING:
+		case IPPROTO_DSTOPTS: {
+			struct xdpg_ipv6_opt_hdr *opt = data + off;
+			if ((void *)(opt + 1) > data_end)
+				return XDPG_PARSE_MALFORMED;
+			__u32 len = ((__u32)opt->hdrlen + 1) * 8;
+			if (data + off + len > data_end)
+				return XDPG_PARSE_MALFORMED;
+			next = opt->nexthdr;
+			off += len;
+			continue;
+		}
+		case IPPROTO_FRAGMENT: {
+			struct xdpg_ipv6_frag_hdr *fh = data + off;
+			if ((void *)(fh + 1) > data_end)
+				return XDPG_PARSE_MALFORMED;
+			__u16 frag = bpf_ntohs(fh->frag_off);
+			pkt->fragment = 1;
+			/* Offset in the top 13 bits; bit 0 is "more fragments". */
+			if (frag & 0xFFF8)
+				pkt->later_fragment = 1;
+			next = fh->nexthdr;
+			off += sizeof(*fh);
+			continue;
+		}
+		default:
+			pkt->l4_proto = next;
+			pkt->l4_off = pkt->later_fragment ? 0 : off;
+			return XDPG_PARSE_OK;
+		}
+	}
+	/* Still inside the extension chain after XDPG_MAX_IPV6_EXT_HDRS headers:
+	 * the source address is known, the L4 header is not. */
+	pkt->ext_chain_cut = 1;
+	pkt->l4_proto = next;
+	pkt->l4_off = 0;
+	return XDPG_PARSE_OK;
+}
+
+/* Parses L2 and L3. XDPG_PARSE_OK means pkt->l3_proto is IPv4 or IPv6 and
+ * its header chain is complete and within the frame. */
+static __always_inline int xdpg_parse(struct xdp_md *ctx, struct xdpg_pkt *pkt)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+
+	int ret = xdpg_parse_eth(data, data_end, pkt);
+	if (ret != XDPG_PARSE_OK)
+		return ret;
+	if (pkt->l3_proto == ETH_P_IP)
+		return xdpg_parse_ipv4(data, data_end, pkt);
+	return xdpg_parse_ipv6(data, data_end, pkt);
+}
+
+#endif

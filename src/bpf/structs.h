@@ -1,0 +1,81 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* Every struct shared between the kernel and user space, defined once.
+ * src/layout.rs asserts the same sizes and offsets on the Rust side; the
+ * _Static_asserts here pin them on the C side. */
+#ifndef XDPG_STRUCTS_H
+#define XDPG_STRUCTS_H
+
+#include <linux/types.h>
+#include "consts.h"
+
+/* One counter slot: per CPU in the map, summed by user space. */
+struct xdpg_counter {
+	__u64 packets;
+	__u64 bytes;
+};
+
+/* The filter's single config entry, mmapped by user space; each field is
+ * read on its own and written with one atomic store. */
+struct xdpg_filter_config {
+	__u32 magic;		/* XDPG_MAGIC */
+	__u32 layout_version;	/* XDPG_LAYOUT_VERSION */
+	__u32 v4_active;	/* 0 or 1: which v4 table pair the data plane reads */
+	__u32 v4_bucket_mask;	/* number of host buckets - 1 (a power of two - 1) */
+	__u32 v4_hash_seed;	/* keys the host-bucket hash */
+	__u32 v6_view;		/* index into xdpg_v6_views */
+	__u32 malformed_policy; /* XDPG_MALFORMED_* */
+	__u32 dirty;		/* set while user space edits; repaired on reopen */
+	__u32 v4_rule_count;	/* rules stored in xdpg_v4_rules */
+	__u32 v6_rule_count;	/* rules stored in xdpg_v6_rules */
+	__u64 generation;	/* bumped after every edit, so handles notice others' edits */
+};
+
+/* A v4 host bucket: fifteen addresses (host byte order) and their 2-bit
+ * codes (0 empty, then XDPG_VERDICT_BLOCK, XDPG_VERDICT_ALLOW, XDPG_HOST_PASS)
+ * packed in meta bits 0-29; bit 31 says a later bucket holds overflow. */
+struct xdpg_v4_bucket {
+	__u32 addrs[XDPG_V4_BUCKET_SLOTS];
+	__u32 meta;
+};
+
+/* Key of the v6 prefix hash: the prefix length, then the address with its
+ * host bits cleared (network byte order). */
+struct xdpg_v6_key {
+	__u32 prefixlen;
+	__u32 addr[4];
+};
+
+/* Which v6 hash to read, and the prefix lengths in use there, longest first. */
+struct xdpg_v6_view {
+	__u32 table; /* 0 or 1 */
+	__u32 count;
+	__u8 lens[XDPG_V6_MAX_LENS];
+	__u8 pad[7];
+};
+
+/* A stored list entry, the source of truth the data plane is derived from.
+ * The v4 address is in host byte order, the v6 one in network byte order. */
+struct xdpg_v4_rule {
+	__u32 addr;
+	__u8 prefixlen;
+	__u8 lists; /* XDPG_LIST_* bits */
+	__u16 pad;
+};
+
+struct xdpg_v6_rule {
+	__u32 addr[4];
+	__u8 prefixlen;
+	__u8 lists;
+	__u8 pad[6]; /* array elements are 8-byte strided; keep mmap offsets obvious */
+};
+
+_Static_assert(sizeof(struct xdpg_counter) == 16, "xdpg_counter layout");
+_Static_assert(sizeof(struct xdpg_filter_config) == 48, "xdpg_filter_config layout");
+_Static_assert(__builtin_offsetof(struct xdpg_filter_config, generation) == 40, "generation offset");
+_Static_assert(sizeof(struct xdpg_v4_bucket) == 64, "a v4 bucket is one cache line");
+_Static_assert(sizeof(struct xdpg_v6_key) == 20, "xdpg_v6_key layout");
+_Static_assert(sizeof(struct xdpg_v6_view) == 144, "xdpg_v6_view layout");
+_Static_assert(sizeof(struct xdpg_v4_rule) == 8, "xdpg_v4_rule layout");
+_Static_assert(sizeof(struct xdpg_v6_rule) == 24, "xdpg_v6_rule layout");
+
+#endif

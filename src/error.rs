@@ -1,0 +1,294 @@
+//! Errors, one enum per area. Every message says what went wrong and how to
+//! fix it; [`Error`] gathers them for callers that do not care which area.
+
+use std::io;
+use std::path::PathBuf;
+
+use crate::AttachMode;
+
+/// Any xdpguard error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Loading the eBPF programs or creating their maps failed.
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    /// Attaching to or detaching from an interface failed.
+    #[error(transparent)]
+    Attach(#[from] AttachError),
+    /// Pinning to, or reopening from, bpffs failed.
+    #[error(transparent)]
+    Pin(#[from] PinError),
+    /// An allowlist or blocklist edit failed.
+    #[error(transparent)]
+    List(#[from] ListError),
+    /// A load-balancer operation failed.
+    #[error(transparent)]
+    Lb(#[from] LbError),
+}
+
+/// Loading programs and creating maps.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LoadError {
+    /// The process lacks the capabilities the kernel asks for.
+    #[error(
+        "missing privileges: loading XDP programs needs {missing} (CAP_BPF and CAP_NET_ADMIN); \
+         run as root or grant them, e.g. `setcap cap_bpf,cap_net_admin,cap_perfmon+ep <binary>`"
+    )]
+    MissingPrivileges {
+        /// The capabilities that are missing, e.g. `"CAP_BPF, CAP_NET_ADMIN"`.
+        missing: String,
+    },
+    /// The running kernel lacks something the programs need.
+    #[error("the kernel lacks {feature}: {hint}")]
+    KernelFeature {
+        /// What is missing.
+        feature: &'static str,
+        /// How to get it.
+        hint: String,
+    },
+    /// The verifier rejected a program (a bug in xdpguard: please report it).
+    #[error("the kernel rejected program {program}: {message}")]
+    Rejected {
+        /// The program's name.
+        program: &'static str,
+        /// The kernel's reason, with the end of the verifier log when there is one.
+        message: String,
+    },
+    /// A capacity given to the builder is out of range.
+    #[error("invalid capacity {value} for {what}: {hint}")]
+    InvalidCapacity {
+        /// Which capacity.
+        what: &'static str,
+        /// The value given.
+        value: usize,
+        /// The accepted range.
+        hint: &'static str,
+    },
+    /// A BPF system call failed for a reason not covered above.
+    #[error("{op} failed: {source}")]
+    Bpf {
+        /// What was being done.
+        op: String,
+        /// The kernel's error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Attaching to interfaces.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AttachError {
+    /// No such interface in this network namespace.
+    #[error("interface `{interface}` not found in this network namespace; check `ip link show`")]
+    InterfaceNotFound {
+        /// The name or index that was given.
+        interface: String,
+    },
+    /// Another XDP program already runs on the interface.
+    #[error(
+        "interface `{interface}` already has an XDP program attached{}; detach it first \
+         (`ip link set dev {interface} xdp off`, or `xdpguard detach` if it is ours), or run it \
+         behind the filter with `Filter::set_next`",
+        .program_id.map(|id| format!(" (program id {id})")).unwrap_or_default()
+    )]
+    AlreadyAttached {
+        /// The interface.
+        interface: String,
+        /// The id of the program already there, when the kernel says.
+        program_id: Option<u32>,
+    },
+    /// The interface or its driver cannot run XDP in the requested mode.
+    #[error("interface `{interface}` does not support {mode} XDP: {hint}")]
+    ModeUnsupported {
+        /// The interface.
+        interface: String,
+        /// The mode that was asked for.
+        mode: AttachMode,
+        /// What to do instead.
+        hint: &'static str,
+    },
+    /// Missing capabilities.
+    #[error(
+        "missing privileges: attaching XDP programs needs {missing} (CAP_BPF and CAP_NET_ADMIN); \
+         run as root or grant them with setcap"
+    )]
+    MissingPrivileges {
+        /// The capabilities that are missing.
+        missing: String,
+    },
+    /// No interface was given to the builder.
+    #[error("no interface given: call `.interface(\"eth0\")` (or `.load()` to load without attaching)")]
+    NoInterface,
+    /// Any other attach failure.
+    #[error("attaching to `{interface}` failed: {source}")]
+    Bpf {
+        /// The interface.
+        interface: String,
+        /// The kernel's error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Pinning in, and reopening from, bpffs.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PinError {
+    /// The pin directory is not on a bpffs mount.
+    #[error("{} is not on a bpffs mount; mount one with `mount -t bpf bpf /sys/fs/bpf`", path.display())]
+    BpffsNotMounted {
+        /// The directory.
+        path: PathBuf,
+    },
+    /// The directory already holds a pinned xdpguard object.
+    #[error(
+        "{} already holds a pinned xdpguard {kind}; reopen it (`open_pinned`) or remove it \
+         first (`xdpguard detach --pin {}`)",
+        path.display(), path.display()
+    )]
+    InUse {
+        /// The directory.
+        path: PathBuf,
+        /// `"filter"` or `"load balancer"`.
+        kind: &'static str,
+    },
+    /// The directory holds something that is not ours.
+    #[error("{} holds pins that are not an xdpguard {kind} ({found}); choose another directory", path.display())]
+    NotOurs {
+        /// The directory.
+        path: PathBuf,
+        /// What was expected.
+        kind: &'static str,
+        /// The first unexpected entry.
+        found: String,
+    },
+    /// Nothing is pinned there.
+    #[error("no pinned xdpguard {kind} at {}; attach one with a pin directory first", path.display())]
+    NotFound {
+        /// The directory.
+        path: PathBuf,
+        /// What was expected.
+        kind: &'static str,
+    },
+    /// Pinned by an xdpguard with a different map layout.
+    #[error(
+        "{} was pinned by an incompatible xdpguard (layout {found}, this build uses {expected}); \
+         detach it with the version that created it",
+        path.display()
+    )]
+    Incompatible {
+        /// The directory.
+        path: PathBuf,
+        /// The layout version found.
+        found: u32,
+        /// The layout version of this build.
+        expected: u32,
+    },
+    /// A file-system or BPF operation on the pin directory failed.
+    #[error("{op} {} failed: {source}", path.display())]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The path involved.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Allowlist and blocklist edits.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ListError {
+    /// Not an IPv4/IPv6 address or CIDR prefix.
+    #[error("invalid prefix `{input}`: {reason} (expected e.g. 192.0.2.0/24, 2001:db8::/32 or 198.51.100.7)")]
+    InvalidPrefix {
+        /// The text given.
+        input: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A list file has bad lines; nothing from it was applied.
+    #[error("{} bad line(s) in {source_name}, nothing applied:\n{}", errors.len(),
+            errors.iter().map(|e| format!("  line {}: {}", e.line, e.message)).collect::<Vec<_>>().join("\n"))]
+    BadLines {
+        /// The file (or "input").
+        source_name: String,
+        /// Every bad line.
+        errors: Vec<LineError>,
+    },
+    /// A map is full; nothing of the failed edit was applied.
+    #[error(
+        "{what} is full ({capacity} entries); nothing of this edit was applied. Raise the \
+         capacity with FilterBuilder::{setter}"
+    )]
+    Full {
+        /// Which table.
+        what: &'static str,
+        /// Its capacity.
+        capacity: usize,
+        /// The builder method that raises it.
+        setter: &'static str,
+    },
+    /// A map operation failed.
+    #[error("{op} failed: {source}")]
+    Bpf {
+        /// What was being done.
+        op: String,
+        /// The kernel's error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// One bad line of a list file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LineError {
+    /// 1-based line number.
+    pub line: usize,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// Maps a libbpf-rs error to `io::Error`, keeping an errno where the kind
+/// names one, so callers can match on `raw_os_error()`.
+pub(crate) fn io_from_libbpf(err: libbpf_rs::Error) -> io::Error {
+    use libbpf_rs::ErrorKind as K;
+    let errno = match err.kind() {
+        K::PermissionDenied => Some(nix::libc::EPERM),
+        K::NotFound => Some(nix::libc::ENOENT),
+        K::AlreadyExists => Some(nix::libc::EEXIST),
+        K::InvalidInput => Some(nix::libc::EINVAL),
+        K::Unsupported => Some(nix::libc::EOPNOTSUPP),
+        K::OutOfMemory => Some(nix::libc::ENOMEM),
+        K::TooBig => Some(nix::libc::E2BIG),
+        K::WouldBlock => Some(nix::libc::EAGAIN),
+        _ => None,
+    };
+    match errno {
+        Some(code) => io::Error::new(
+            io::Error::from_raw_os_error(code).kind(),
+            format!("{err:#} (os error {code})"),
+        ),
+        None => io::Error::other(format!("{err:#}")),
+    }
+}
+
+/// Names missing capabilities, or `None` when the process has them all.
+pub(crate) fn missing_privileges() -> Option<String> {
+    let missing = crate::sys::missing_capabilities();
+    (!missing.is_empty()).then(|| missing.join(", "))
+}
+
+/// Load-balancer configuration and operation.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LbError {
+    /// Placeholder until the load balancer lands.
+    #[error("load balancer: {0}")]
+    Other(String),
+}

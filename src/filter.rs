@@ -1,0 +1,625 @@
+//! [`Filter`]: the XDP source-address filter, its builder, and its lists.
+
+use std::net::IpAddr;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{Mutex, MutexGuard};
+
+use ipnetwork::IpNetwork;
+use libbpf_rs::{MapCore, MapFlags};
+
+use crate::attach::{self, Attachment, Interface, Link};
+use crate::error::{io_from_libbpf, AttachError, Error, ListError, LoadError, PinError};
+use crate::filter_maps::{self, Capacity, FilterMaps};
+use crate::layout::consts::*;
+use crate::lists::{Editor, ListKind, ListState, Op};
+use crate::pin::PinDir;
+use crate::prefix::{normalize, Normalized};
+use crate::stats::{Counter, FilterStats};
+use crate::testrun::{self, TestRun};
+use crate::{sys, AttachMode};
+
+/// Default IPv4 capacity: entries (prefixes) per filter, both lists together.
+pub const DEFAULT_V4_CAPACITY: usize = 1 << 20;
+/// Default IPv6 capacity.
+pub const DEFAULT_V6_CAPACITY: usize = 1 << 18;
+/// The largest capacity accepted for either family.
+pub const MAX_CAPACITY: usize = 1 << 24;
+
+/// What the filter does with packets whose L2/L3 headers are malformed or
+/// truncated. They are counted either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum MalformedPolicy {
+    /// Let them through (the kernel stack drops what it cannot parse).
+    #[default]
+    Pass,
+    /// Drop them in XDP.
+    Drop,
+}
+
+impl MalformedPolicy {
+    fn code(self) -> u32 {
+        match self {
+            MalformedPolicy::Pass => XDPG_MALFORMED_PASS,
+            MalformedPolicy::Drop => XDPG_MALFORMED_DROP,
+        }
+    }
+}
+
+/// What the filter does with packets from one source address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Verdict {
+    /// In neither list: passed.
+    Pass,
+    /// Allowlisted (by this, its most specific allowlist entry): passed.
+    Allow(IpNetwork),
+    /// Blocklisted (by this entry) and not allowlisted: dropped.
+    Block(IpNetwork),
+}
+
+/// The outcome of inserting or removing one entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EntryChange {
+    /// The entry as stored, and whether host bits were cleared to get it.
+    pub entry: Normalized,
+    /// Whether the list changed (false: it was already there, or not there).
+    pub changed: bool,
+}
+
+/// The outcome of a bulk edit.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct BulkChange {
+    /// Entries that changed the list.
+    pub changed: usize,
+    /// Entries that were already in the list (or, when removing, were not).
+    pub unchanged: usize,
+    /// Entries whose host bits were cleared, as given → as stored.
+    pub normalized: Vec<(IpNetwork, IpNetwork)>,
+}
+
+/// An XDP filter: allowlist, then blocklist, then pass, by source address,
+/// for IPv4 and IPv6, on one or more interfaces.
+///
+/// Create one with [`Filter::builder`], or reopen a pinned one with
+/// [`Filter::open_pinned`]. Unpinned, dropping it detaches it. Pinned, it
+/// keeps filtering after the process exits, and any process can reopen it.
+///
+/// Requires Linux 5.15 or later with BTF (tested on 6.18), and CAP_BPF plus
+/// CAP_NET_ADMIN (or root).
+///
+/// ```no_run
+/// use xdpguard::{AttachMode, Filter};
+///
+/// let filter = Filter::builder()
+///     .interface("eth0")
+///     .mode(AttachMode::Auto)
+///     .attach()?;
+/// filter.blocklist().insert("192.0.2.0/24".parse()?)?;
+/// filter.allowlist().insert("192.0.2.10/32".parse()?)?;
+/// let stats = filter.stats()?;
+/// println!("blocked {} packets", stats.blocked().packets);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct Filter {
+    maps: FilterMaps,
+    program: OwnedFd,
+    links: Mutex<Vec<Link>>,
+    pin: Option<PinDir>,
+    state: Mutex<ListState>,
+}
+
+impl std::fmt::Debug for Filter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Filter")
+            .field("attachments", &self.attachments())
+            .field("pin", &self.pin_path())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds and attaches a [`Filter`].
+#[derive(Debug, Clone)]
+pub struct FilterBuilder {
+    interfaces: Vec<Interface>,
+    mode: AttachMode,
+    pin: Option<PathBuf>,
+    v4_capacity: usize,
+    v6_capacity: usize,
+    malformed: MalformedPolicy,
+}
+
+impl Default for FilterBuilder {
+    fn default() -> Self {
+        Self {
+            interfaces: Vec::new(),
+            mode: AttachMode::Auto,
+            pin: None,
+            v4_capacity: DEFAULT_V4_CAPACITY,
+            v6_capacity: DEFAULT_V6_CAPACITY,
+            malformed: MalformedPolicy::Pass,
+        }
+    }
+}
+
+impl FilterBuilder {
+    /// Adds an interface, by name (`"eth0"`) or index (`3u32`).
+    pub fn interface(mut self, iface: impl Into<Interface>) -> Self {
+        self.interfaces.push(iface.into());
+        self
+    }
+
+    /// The attach mode for every interface (default: [`AttachMode::Auto`]).
+    pub fn mode(mut self, mode: AttachMode) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// Pins the program, maps and links under this bpffs directory (e.g.
+    /// `/sys/fs/bpf/xdpguard`), so the filter outlives the process.
+    pub fn pin(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.pin = Some(dir.into());
+        self
+    }
+
+    /// Maximum IPv4 entries, both lists together (default 1,048,576).
+    pub fn v4_capacity(mut self, entries: usize) -> Self {
+        self.v4_capacity = entries;
+        self
+    }
+
+    /// Maximum IPv6 entries, both lists together (default 262,144).
+    pub fn v6_capacity(mut self, entries: usize) -> Self {
+        self.v6_capacity = entries;
+        self
+    }
+
+    /// What to do with malformed packets (default: pass).
+    pub fn malformed(mut self, policy: MalformedPolicy) -> Self {
+        self.malformed = policy;
+        self
+    }
+
+    /// Loads the filter without attaching it anywhere (for chaining, or for
+    /// [`Filter::test_run`]). A pin directory, if set, is still used.
+    pub fn load(self) -> Result<Filter, Error> {
+        self.build(false)
+    }
+
+    /// Loads the filter and attaches it to every interface given. If any
+    /// step fails, nothing is left attached or pinned.
+    pub fn attach(self) -> Result<Filter, Error> {
+        if self.interfaces.is_empty() {
+            return Err(AttachError::NoInterface.into());
+        }
+        self.build(true)
+    }
+
+    fn build(self, attach: bool) -> Result<Filter, Error> {
+        for (what, value) in [("v4_capacity", self.v4_capacity), ("v6_capacity", self.v6_capacity)] {
+            if value == 0 || value > MAX_CAPACITY {
+                return Err(LoadError::InvalidCapacity { what, value, hint: "between 1 and 16,777,216" }.into());
+            }
+        }
+        let offload_ifindex = match (self.mode, attach) {
+            (AttachMode::Offload, true) => {
+                if self.interfaces.len() != 1 {
+                    return Err(AttachError::ModeUnsupported {
+                        interface: self.interfaces.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(","),
+                        mode: AttachMode::Offload,
+                        hint: "an offloaded program is loaded for one device: give exactly one interface",
+                    }
+                    .into());
+                }
+                Some(self.interfaces[0].resolve()?.0)
+            }
+            _ => None,
+        };
+        let pin = match &self.pin {
+            Some(p) => Some(PinDir::create(p, "filter", filter_maps::MARKER)?),
+            None => None,
+        };
+        let result = (|| {
+            let cap = Capacity::new(self.v4_capacity, self.v6_capacity);
+            let (maps, program) = filter_maps::load(cap, self.malformed.code(), offload_ifindex)?;
+            let filter = Filter {
+                maps,
+                program,
+                links: Mutex::new(Vec::new()),
+                pin: None,
+                state: Mutex::new(ListState::default()),
+            };
+            let mut links = Vec::new();
+            if attach {
+                for iface in &self.interfaces {
+                    links.push(attach::attach(filter.program.as_fd(), iface, self.mode)?);
+                }
+            }
+            *filter.links.lock().expect("not poisoned") = links;
+            Ok::<_, Error>(filter)
+        })();
+        let mut filter = match result {
+            Ok(f) => f,
+            Err(e) => {
+                if let Some(dir) = &pin {
+                    let _ = dir.remove_all();
+                }
+                return Err(e);
+            }
+        };
+        if let Some(dir) = pin {
+            if let Err(e) = filter.pin_everything(&dir) {
+                let _ = dir.remove_all();
+                return Err(e.into());
+            }
+            filter.pin = Some(dir);
+        }
+        Ok(filter)
+    }
+}
+
+impl Filter {
+    /// Starts building a filter.
+    pub fn builder() -> FilterBuilder {
+        FilterBuilder::default()
+    }
+
+    fn pin_everything(&mut self, dir: &PinDir) -> Result<(), PinError> {
+        self.maps.pin_all(dir)?;
+        dir.pin(filter_maps::PROGRAM_NAME, self.program.as_fd())?;
+        for link in self.links.lock().expect("not poisoned").iter() {
+            dir.pin(&PinDir::link_name(link.attachment.ifindex), link.fd.as_fd())?;
+        }
+        Ok(())
+    }
+
+    /// Reopens a filter pinned under `dir`, with its lists and counters,
+    /// still attached wherever it was.
+    ///
+    /// ```no_run
+    /// let filter = xdpguard::Filter::open_pinned("/sys/fs/bpf/xdpguard")?;
+    /// filter.blocklist().insert("198.51.100.0/24".parse()?)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn open_pinned(dir: impl AsRef<Path>) -> Result<Filter, Error> {
+        let dir = PinDir::open(dir.as_ref(), "filter", filter_maps::MARKER)?;
+        if let Some(missing) = crate::error::missing_privileges() {
+            return Err(LoadError::MissingPrivileges { missing }.into());
+        }
+        let _lock = dir.lock()?;
+        let maps = FilterMaps::open_pinned(&dir)?;
+        let prog_path = dir.join(filter_maps::PROGRAM_NAME);
+        let program = sys::obj_get(&prog_path)
+            .map_err(|source| PinError::Io { op: "opening pinned program", path: prog_path, source })?;
+        let mut links = Vec::new();
+        for (name, path) in dir.links()? {
+            let fd = sys::obj_get(&path).map_err(|source| PinError::Io { op: "opening pinned link", path, source })?;
+            match attach::link_attachment(&fd) {
+                Ok(Some(attachment)) => links.push(Link { fd, attachment }),
+                // Its interface is gone: the link is dead, drop the pin.
+                _ => dir.unpin(&name)?,
+            }
+        }
+        let mut state = ListState::load(&maps);
+        if maps.dirty().load(Ordering::Acquire) != 0 {
+            // A process died mid-edit: rebuild the tables from the rules.
+            let mut ed = Editor::begin(&mut state, &maps);
+            ed.rebuild_v4().map_err(|_| ListError::Full {
+                what: "the IPv4 host table",
+                capacity: maps.capacity().v4_buckets * XDPG_V4_BUCKET_SLOTS as usize,
+                setter: "v4_capacity",
+            })?;
+            ed.rebuild_v6()?;
+            ed.finish();
+        }
+        Ok(Filter { maps, program, links: Mutex::new(links), pin: Some(dir), state: Mutex::new(state) })
+    }
+
+    /// The blocklist.
+    pub fn blocklist(&self) -> PrefixList<'_> {
+        PrefixList { filter: self, list: ListKind::Block }
+    }
+
+    /// The allowlist, checked before the blocklist: an allowlisted source
+    /// always passes, even inside a blocked range.
+    pub fn allowlist(&self) -> PrefixList<'_> {
+        PrefixList { filter: self, list: ListKind::Allow }
+    }
+
+    /// What the filter does with packets from `addr`, and which entry decides.
+    pub fn verdict(&self, addr: IpAddr) -> Result<Verdict, ListError> {
+        self.read(|st| match st.verdict(addr) {
+            v if v == XDPG_VERDICT_ALLOW as u8 => {
+                Verdict::Allow(st.matching(addr, ListKind::Allow).expect("allow verdict has an entry"))
+            }
+            v if v == XDPG_VERDICT_BLOCK as u8 => {
+                Verdict::Block(st.matching(addr, ListKind::Block).expect("block verdict has an entry"))
+            }
+            _ => Verdict::Pass,
+        })
+    }
+
+    /// Counters, summed over CPUs.
+    pub fn stats(&self) -> Result<FilterStats, Error> {
+        let c = self.maps.counters().map_err(|source| LoadError::Bpf { op: "reading counters".into(), source })?;
+        let get = |r: u32| {
+            let x = c[r as usize];
+            Counter { packets: x.packets, bytes: x.bytes }
+        };
+        Ok(FilterStats {
+            passed: get(XDPG_REASON_PASSED),
+            allowlisted: get(XDPG_REASON_ALLOWLISTED),
+            blocked_v4: get(XDPG_REASON_BLOCKED_V4),
+            blocked_v6: get(XDPG_REASON_BLOCKED_V6),
+            malformed: get(XDPG_REASON_MALFORMED),
+            non_ip: get(XDPG_REASON_NON_IP),
+        })
+    }
+
+    /// Sets every counter to zero.
+    pub fn reset_stats(&self) -> Result<(), Error> {
+        self.maps
+            .reset_counters()
+            .map_err(|source| LoadError::Bpf { op: "resetting counters".into(), source }.into())
+    }
+
+    /// The malformed-packet policy in force.
+    pub fn malformed_policy(&self) -> MalformedPolicy {
+        match self.maps.malformed_policy().load(Ordering::Acquire) {
+            XDPG_MALFORMED_DROP => MalformedPolicy::Drop,
+            _ => MalformedPolicy::Pass,
+        }
+    }
+
+    /// Changes the malformed-packet policy; takes effect for the next packet.
+    pub fn set_malformed_policy(&self, policy: MalformedPolicy) {
+        self.maps.malformed_policy().store(policy.code(), Ordering::Release);
+    }
+
+    /// Attaches to one more interface (pinning the link if the filter is pinned).
+    pub fn attach(&self, iface: impl Into<Interface>, mode: AttachMode) -> Result<Attachment, Error> {
+        let link = attach::attach(self.program.as_fd(), &iface.into(), mode)?;
+        let attachment = link.attachment.clone();
+        if let Some(dir) = &self.pin {
+            dir.pin(&PinDir::link_name(attachment.ifindex), link.fd.as_fd())?;
+        }
+        self.links.lock().expect("not poisoned").push(link);
+        Ok(attachment)
+    }
+
+    /// Detaches from one interface.
+    pub fn detach(&self, iface: impl Into<Interface>) -> Result<(), Error> {
+        let iface = iface.into();
+        let (ifindex, _) = iface.resolve()?;
+        let mut links = self.links.lock().expect("not poisoned");
+        let Some(pos) = links.iter().position(|l| l.attachment.ifindex == ifindex) else {
+            return Err(AttachError::InterfaceNotFound { interface: format!("{iface} (not attached to it)") }.into());
+        };
+        let link = links.remove(pos);
+        self.drop_link(link)
+    }
+
+    fn drop_link(&self, link: Link) -> Result<(), Error> {
+        sys::link_detach(link.fd.as_fd()).map_err(|source| AttachError::Bpf {
+            interface: link.attachment.interface.clone(),
+            source,
+        })?;
+        if let Some(dir) = &self.pin {
+            dir.unpin(&PinDir::link_name(link.attachment.ifindex))?;
+        }
+        Ok(())
+    }
+
+    /// The interfaces the filter is attached to.
+    pub fn attachments(&self) -> Vec<Attachment> {
+        self.links.lock().expect("not poisoned").iter().map(|l| l.attachment.clone()).collect()
+    }
+
+    /// The pin directory, if pinned.
+    pub fn pin_path(&self) -> Option<&Path> {
+        self.pin.as_ref().map(|d| d.path())
+    }
+
+    /// Detaches from every interface and removes every pin, so nothing of
+    /// the filter is left in bpffs or on any interface.
+    pub fn unpin(self) -> Result<(), Error> {
+        let links = std::mem::take(&mut *self.links.lock().expect("not poisoned"));
+        for link in links {
+            self.drop_link(link)?;
+        }
+        if let Some(dir) = &self.pin {
+            dir.remove_all()?;
+        }
+        Ok(())
+    }
+
+    /// Sends whatever the filter passes on to `program` (an XDP program fd,
+    /// e.g. [`LoadBalancer::program_fd`](crate::LoadBalancer::program_fd) or
+    /// your own), through a tail call. Takes effect for the next packet.
+    pub fn set_next(&self, program: BorrowedFd<'_>) -> Result<(), Error> {
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&program) as u32;
+        self.maps
+            .handle("xdpg_next")
+            .update(&0u32.to_ne_bytes(), &fd.to_ne_bytes(), MapFlags::ANY)
+            .map_err(|e| LoadError::Bpf { op: "installing the next program".into(), source: io_from_libbpf(e) }.into())
+    }
+
+    /// Stops passing packets on to a next program.
+    pub fn clear_next(&self) -> Result<(), Error> {
+        match self.maps.handle("xdpg_next").delete(&0u32.to_ne_bytes()) {
+            Err(e) if e.kind() != libbpf_rs::ErrorKind::NotFound => {
+                Err(LoadError::Bpf { op: "removing the next program".into(), source: io_from_libbpf(e) }.into())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The filter program's fd (to attach it elsewhere, or chain it).
+    pub fn program_fd(&self) -> BorrowedFd<'_> {
+        self.program.as_fd()
+    }
+
+    /// Runs the real filter program, with its live maps, on one Ethernet
+    /// frame through `BPF_PROG_TEST_RUN`. Counters count it. Nothing is sent.
+    pub fn test_run(&self, frame: &[u8]) -> Result<TestRun, Error> {
+        testrun::run(self.program.as_fd(), frame, 1)
+            .map_err(|source| LoadError::Bpf { op: "BPF_PROG_TEST_RUN".into(), source }.into())
+    }
+
+    /// The capacities the filter was loaded with: (IPv4 entries, IPv6 entries).
+    pub fn capacity(&self) -> (usize, usize) {
+        let c = self.maps.capacity();
+        (c.v4_rules, c.v6_rules)
+    }
+
+    /// Kernel memory charged to the filter's maps, in bytes.
+    pub fn map_memory_bytes(&self) -> u64 {
+        self.maps.memlock_bytes()
+    }
+
+    fn lock_pin(&self) -> Result<Option<nix::fcntl::Flock<std::fs::File>>, ListError> {
+        self.pin
+            .as_ref()
+            .map(|d| d.lock())
+            .transpose()
+            .map_err(|e| ListError::Bpf { op: "locking the pin directory".into(), source: std::io::Error::other(e.to_string()) })
+    }
+
+    fn state(&self) -> MutexGuard<'_, ListState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn read<R>(&self, f: impl FnOnce(&ListState) -> R) -> Result<R, ListError> {
+        let _flock = self.lock_pin()?;
+        let mut st = self.state();
+        st.sync(&self.maps);
+        Ok(f(&st))
+    }
+
+    fn edit<R>(&self, f: impl FnOnce(&mut Editor<'_>) -> Result<R, ListError>) -> Result<R, ListError> {
+        let _flock = self.lock_pin()?;
+        let mut st = self.state();
+        let mut ed = Editor::begin(&mut st, &self.maps);
+        let result = f(&mut ed);
+        ed.finish();
+        result
+    }
+}
+
+/// One of a filter's two lists. Every edit takes effect for the next packet
+/// and never disturbs the verdict of any other address.
+#[derive(Debug, Clone, Copy)]
+pub struct PrefixList<'f> {
+    filter: &'f Filter,
+    list: ListKind,
+}
+
+impl PrefixList<'_> {
+    /// Which list this is.
+    pub fn kind(&self) -> ListKind {
+        self.list
+    }
+
+    /// Adds an entry (host bits are cleared, and the result says so).
+    pub fn insert(&self, net: IpNetwork) -> Result<EntryChange, ListError> {
+        let entry = normalize(net);
+        let op = Op { net: entry.network, bit: self.list.bit(), insert: true };
+        let changed = self.filter.edit(|ed| ed.apply_one(op))?;
+        Ok(EntryChange { entry, changed })
+    }
+
+    /// Removes an entry. Addresses another entry covers stay covered.
+    pub fn remove(&self, net: IpNetwork) -> Result<EntryChange, ListError> {
+        let entry = normalize(net);
+        let op = Op { net: entry.network, bit: self.list.bit(), insert: false };
+        let changed = self.filter.edit(|ed| ed.apply_one(op))?;
+        Ok(EntryChange { entry, changed })
+    }
+
+    /// Whether exactly this entry (after normalisation) is in the list.
+    pub fn contains(&self, net: IpNetwork) -> Result<bool, ListError> {
+        let net = normalize(net).network;
+        self.filter.read(|st| st.contains(net, self.list))
+    }
+
+    /// The most specific entry of this list that covers `addr`.
+    pub fn matching(&self, addr: IpAddr) -> Result<Option<IpNetwork>, ListError> {
+        self.filter.read(|st| st.matching(addr, self.list))
+    }
+
+    /// A snapshot of the entries, IPv4 first, in address order.
+    pub fn iter(&self) -> Result<impl Iterator<Item = IpNetwork>, ListError> {
+        Ok(self.filter.read(|st| st.entries(self.list))?.into_iter())
+    }
+
+    /// Number of entries.
+    pub fn len(&self) -> Result<usize, ListError> {
+        self.filter.read(|st| st.count(self.list))
+    }
+
+    /// Whether the list is empty.
+    pub fn is_empty(&self) -> Result<bool, ListError> {
+        Ok(self.len()? == 0)
+    }
+
+    /// Adds many entries as one atomic step: all of them or, on error, none.
+    pub fn extend(&self, nets: impl IntoIterator<Item = IpNetwork>) -> Result<BulkChange, ListError> {
+        self.bulk(nets, true)
+    }
+
+    /// Removes many entries as one atomic step.
+    pub fn remove_all(&self, nets: impl IntoIterator<Item = IpNetwork>) -> Result<BulkChange, ListError> {
+        self.bulk(nets, false)
+    }
+
+    fn bulk(&self, nets: impl IntoIterator<Item = IpNetwork>, insert: bool) -> Result<BulkChange, ListError> {
+        let mut normalized = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        let mut ops = Vec::new();
+        let mut given = 0;
+        for net in nets {
+            given += 1;
+            let n = normalize(net);
+            if n.host_bits_cleared {
+                normalized.push((net, n.network));
+            }
+            if seen.insert(n.network) {
+                ops.push(Op { net: n.network, bit: self.list.bit(), insert });
+            }
+        }
+        let changed = self.filter.edit(|ed| ed.apply_atomic(&ops))?;
+        Ok(BulkChange { changed, unchanged: given - changed, normalized })
+    }
+
+    /// Replaces the whole list, atomically: traffic sees the old list or the
+    /// new one, never a mix.
+    pub fn replace(&self, nets: impl IntoIterator<Item = IpNetwork>) -> Result<BulkChange, ListError> {
+        let mut normalized = Vec::new();
+        let mut wanted = std::collections::HashSet::new();
+        for net in nets {
+            let n = normalize(net);
+            if n.host_bits_cleared {
+                normalized.push((net, n.network));
+            }
+            wanted.insert(n.network);
+        }
+        let bit = self.list.bit();
+        let changed = self.filter.edit(|ed| {
+            let current = ed.st.entries(self.list);
+            let current_set: std::collections::HashSet<_> = current.iter().copied().collect();
+            let ops: Vec<Op> = current
+                .iter()
+                .filter(|n| !wanted.contains(n))
+                .map(|&net| Op { net, bit, insert: false })
+                .chain(wanted.iter().filter(|n| !current_set.contains(n)).map(|&net| Op { net, bit, insert: true }))
+                .collect();
+            ed.apply_atomic(&ops)
+        })?;
+        Ok(BulkChange { changed, unchanged: wanted.len().saturating_sub(changed), normalized })
+    }
+
+    /// Empties the list, atomically. Returns how many entries it held.
+    pub fn clear(&self) -> Result<usize, ListError> {
+        Ok(self.replace(std::iter::empty())?.changed)
+    }
+}

@@ -1,0 +1,316 @@
+//! The filter's maps as owned handles, whether just loaded or reopened from
+//! pins, plus typed access to its config entry and counters.
+
+use std::mem::{offset_of, MaybeUninit};
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
+
+use libbpf_rs::skel::{OpenSkel, SkelBuilder};
+use libbpf_rs::{MapCore, MapFlags, MapHandle};
+
+use crate::error::{io_from_libbpf, missing_privileges, LoadError, PinError};
+use crate::layout::consts::*;
+use crate::layout::filter_skel::FilterSkelBuilder;
+use crate::layout::{xdpg_counter, xdpg_filter_config, xdpg_v4_bucket, xdpg_v4_rule, xdpg_v6_rule, xdpg_v6_view};
+use crate::mmap::MappedArray;
+use crate::pin::PinDir;
+
+/// The name of the filter program, also its pin name.
+pub(crate) const PROGRAM_NAME: &str = "xdpg_filter";
+/// The pin that marks a directory as holding a filter.
+pub(crate) const MARKER: &str = "xdpg_filter_cfg";
+
+const MAP_NAMES: [&str; 12] = [
+    "xdpg_filter_cfg",
+    "xdpg_filter_cnt",
+    "xdpg_v4_l1_a",
+    "xdpg_v4_l1_b",
+    "xdpg_v4_hosts_a",
+    "xdpg_v4_hosts_b",
+    "xdpg_v4_rules",
+    "xdpg_v6_pfx_a",
+    "xdpg_v6_pfx_b",
+    "xdpg_v6_views",
+    "xdpg_v6_rules",
+    "xdpg_next",
+];
+
+/// Sizes chosen at load time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Capacity {
+    pub v4_rules: usize,
+    pub v6_rules: usize,
+    pub v4_buckets: usize,
+}
+
+impl Capacity {
+    /// Host buckets for `v4_rules` entries: room for 1.25 hosts per entry at
+    /// a load factor of about 0.75, rounded up to a power of two.
+    pub(crate) fn new(v4_rules: usize, v6_rules: usize) -> Self {
+        let slots = v4_rules + v4_rules / 4 + 64;
+        let buckets = (slots * 4 / 3).div_ceil(XDPG_V4_BUCKET_SLOTS as usize);
+        Self { v4_rules, v6_rules, v4_buckets: buckets.next_power_of_two().max(64) }
+    }
+}
+
+pub(crate) struct FilterMaps {
+    handles: Vec<(&'static str, MapHandle)>,
+    pub cfg: MappedArray<xdpg_filter_config>,
+    pub l1: [MappedArray<u64>; 2],
+    pub hosts: [MappedArray<xdpg_v4_bucket>; 2],
+    pub v4_rules: MappedArray<xdpg_v4_rule>,
+    pub v6_views: MappedArray<xdpg_v6_view>,
+    pub v6_rules: MappedArray<xdpg_v6_rule>,
+}
+
+macro_rules! cfg_field {
+    ($get:ident, $field:ident, $atomic:ty, $accessor:ident) => {
+        pub(crate) fn $get(&self) -> &$atomic {
+            self.cfg.$accessor(0, offset_of!(xdpg_filter_config, $field))
+        }
+    };
+}
+
+impl FilterMaps {
+    fn from_handles(handles: Vec<(&'static str, MapHandle)>) -> std::io::Result<Self> {
+        let get = |name: &str| &handles.iter().find(|(n, _)| *n == name).expect("all maps present").1;
+        Ok(Self {
+            cfg: MappedArray::new(get("xdpg_filter_cfg"))?,
+            l1: [MappedArray::new(get("xdpg_v4_l1_a"))?, MappedArray::new(get("xdpg_v4_l1_b"))?],
+            hosts: [MappedArray::new(get("xdpg_v4_hosts_a"))?, MappedArray::new(get("xdpg_v4_hosts_b"))?],
+            v4_rules: MappedArray::new(get("xdpg_v4_rules"))?,
+            v6_views: MappedArray::new(get("xdpg_v6_views"))?,
+            v6_rules: MappedArray::new(get("xdpg_v6_rules"))?,
+            handles,
+        })
+    }
+
+    pub(crate) fn handle(&self, name: &str) -> &MapHandle {
+        &self.handles.iter().find(|(n, _)| *n == name).expect("known map name").1
+    }
+
+    pub(crate) fn v6_table(&self, table: u32) -> &MapHandle {
+        self.handle(if table == 0 { "xdpg_v6_pfx_a" } else { "xdpg_v6_pfx_b" })
+    }
+
+    pub(crate) fn capacity(&self) -> Capacity {
+        Capacity {
+            v4_rules: self.v4_rules.len(),
+            v6_rules: self.v6_rules.len(),
+            v4_buckets: self.hosts[0].len(),
+        }
+    }
+
+    cfg_field!(v4_active, v4_active, AtomicU32, atomic_u32);
+    cfg_field!(v6_view, v6_view, AtomicU32, atomic_u32);
+    cfg_field!(malformed_policy, malformed_policy, AtomicU32, atomic_u32);
+    cfg_field!(dirty, dirty, AtomicU32, atomic_u32);
+    cfg_field!(v4_rule_count, v4_rule_count, AtomicU32, atomic_u32);
+    cfg_field!(v6_rule_count, v6_rule_count, AtomicU32, atomic_u32);
+    cfg_field!(generation, generation, AtomicU64, atomic_u64);
+
+    pub(crate) fn config(&self) -> xdpg_filter_config {
+        self.cfg.get(0)
+    }
+
+    /// Makes `view` the live v6 view, in a slot no reader is using.
+    pub(crate) fn publish_v6_view(&self, view: xdpg_v6_view) {
+        let next = (self.v6_view().load(Ordering::Acquire) + 1) % XDPG_V6_VIEWS;
+        self.v6_views.set(next as usize, view);
+        fence(Ordering::Release);
+        self.v6_view().store(next, Ordering::Release);
+    }
+
+    pub(crate) fn current_v6_view(&self) -> xdpg_v6_view {
+        self.v6_views.get(self.v6_view().load(Ordering::Acquire) as usize)
+    }
+
+    /// Per-reason counters, summed over CPUs.
+    pub(crate) fn counters(&self) -> std::io::Result<Vec<xdpg_counter>> {
+        let map = self.handle("xdpg_filter_cnt");
+        (0..XDPG_REASON_COUNT)
+            .map(|reason| {
+                let per_cpu = map
+                    .lookup_percpu(&reason.to_ne_bytes(), MapFlags::ANY)
+                    .map_err(io_from_libbpf)?
+                    .unwrap_or_default();
+                Ok(per_cpu.iter().fold(xdpg_counter::default(), |acc, bytes| {
+                    let c: xdpg_counter = bytemuck::pod_read_unaligned(&bytes[..size_of::<xdpg_counter>()]);
+                    xdpg_counter { packets: acc.packets + c.packets, bytes: acc.bytes + c.bytes }
+                }))
+            })
+            .collect()
+    }
+
+    pub(crate) fn reset_counters(&self) -> std::io::Result<()> {
+        let map = self.handle("xdpg_filter_cnt");
+        let cpus = libbpf_rs::num_possible_cpus().map_err(io_from_libbpf)?;
+        let zero = vec![vec![0u8; size_of::<xdpg_counter>()]; cpus];
+        for reason in 0..XDPG_REASON_COUNT {
+            map.update_percpu(&reason.to_ne_bytes(), &zero, MapFlags::ANY).map_err(io_from_libbpf)?;
+        }
+        Ok(())
+    }
+
+    /// Kernel memory charged to all of the filter's maps.
+    pub(crate) fn memlock_bytes(&self) -> u64 {
+        self.handles.iter().filter_map(|(_, h)| crate::sys::map_memlock(h.as_fd()).ok()).sum()
+    }
+
+    pub(crate) fn pin_all(&mut self, dir: &PinDir) -> Result<(), PinError> {
+        for (name, handle) in &self.handles {
+            dir.pin(name, handle.as_fd())?;
+        }
+        Ok(())
+    }
+
+    /// Reopens the maps pinned in `dir`, checking they are a filter's.
+    pub(crate) fn open_pinned(dir: &PinDir) -> Result<Self, PinError> {
+        let mut handles = Vec::with_capacity(MAP_NAMES.len());
+        for name in MAP_NAMES {
+            let path = dir.join(name);
+            let handle = MapHandle::from_pinned_path(&path).map_err(|e| PinError::Io {
+                op: "opening pinned map",
+                path: path.clone(),
+                source: io_from_libbpf(e),
+            })?;
+            handles.push((name, handle));
+        }
+        let maps = Self::from_handles(handles).map_err(|source| PinError::Io {
+            op: "mapping",
+            path: dir.path().to_owned(),
+            source,
+        })?;
+        let cfg = maps.config();
+        if cfg.magic != XDPG_MAGIC {
+            return Err(PinError::NotOurs {
+                path: dir.path().to_owned(),
+                kind: dir.kind(),
+                found: MARKER.into(),
+            });
+        }
+        if cfg.layout_version != XDPG_LAYOUT_VERSION {
+            return Err(PinError::Incompatible {
+                path: dir.path().to_owned(),
+                found: cfg.layout_version,
+                expected: XDPG_LAYOUT_VERSION,
+            });
+        }
+        Ok(maps)
+    }
+}
+
+/// Loads the filter program and creates its maps, sized by `cap`.
+/// `offload_ifindex` binds program and maps to one device for offload.
+pub(crate) fn load(
+    cap: Capacity,
+    malformed_policy: u32,
+    offload_ifindex: Option<u32>,
+) -> Result<(FilterMaps, OwnedFd), LoadError> {
+    if let Some(missing) = missing_privileges() {
+        return Err(LoadError::MissingPrivileges { missing });
+    }
+    let err = |op: &str| {
+        let op = op.to_owned();
+        move |e: libbpf_rs::Error| LoadError::Bpf { op, source: io_from_libbpf(e) }
+    };
+    let mut storage = MaybeUninit::uninit();
+    let mut open = FilterSkelBuilder::default().open(&mut storage).map_err(err("opening the filter object"))?;
+    let m = &mut open.maps;
+    for (map, entries) in [
+        (&mut m.xdpg_v4_hosts_a, cap.v4_buckets),
+        (&mut m.xdpg_v4_hosts_b, cap.v4_buckets),
+        (&mut m.xdpg_v4_rules, cap.v4_rules),
+        (&mut m.xdpg_v6_pfx_a, cap.v6_rules),
+        (&mut m.xdpg_v6_pfx_b, cap.v6_rules),
+        (&mut m.xdpg_v6_rules, cap.v6_rules),
+    ] {
+        map.set_max_entries(entries as u32).map_err(err("sizing maps"))?;
+    }
+    if let Some(ifindex) = offload_ifindex {
+        open.progs.xdpg_filter.set_ifindex(ifindex);
+        for map in [&mut m.xdpg_filter_cfg, &mut m.xdpg_v4_l1_a, &mut m.xdpg_v4_l1_b] {
+            map.set_map_ifindex(ifindex);
+        }
+    }
+    let skel = open.load().map_err(|e| classify_load_error(e, offload_ifindex.is_some()))?;
+
+    let s = &skel.maps;
+    let all = [
+        &s.xdpg_filter_cfg,
+        &s.xdpg_filter_cnt,
+        &s.xdpg_v4_l1_a,
+        &s.xdpg_v4_l1_b,
+        &s.xdpg_v4_hosts_a,
+        &s.xdpg_v4_hosts_b,
+        &s.xdpg_v4_rules,
+        &s.xdpg_v6_pfx_a,
+        &s.xdpg_v6_pfx_b,
+        &s.xdpg_v6_views,
+        &s.xdpg_v6_rules,
+        &s.xdpg_next,
+    ];
+    let mut handles = Vec::with_capacity(MAP_NAMES.len());
+    for (name, map) in MAP_NAMES.into_iter().zip(all) {
+        debug_assert_eq!(map.name(), name);
+        handles.push((name, MapHandle::try_from(map).map_err(err("duplicating map fds"))?));
+    }
+    let prog = skel
+        .progs
+        .xdpg_filter
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|source| LoadError::Bpf { op: "duplicating the program fd".into(), source })?;
+    drop(skel);
+
+    let maps = FilterMaps::from_handles(handles)
+        .map_err(|source| LoadError::Bpf { op: "mapping filter tables".into(), source })?;
+    let mut cfg = xdpg_filter_config {
+        magic: XDPG_MAGIC,
+        layout_version: XDPG_LAYOUT_VERSION,
+        v4_bucket_mask: (cap.v4_buckets - 1) as u32,
+        v4_hash_seed: random_seed(),
+        malformed_policy,
+        ..Default::default()
+    };
+    cfg.v6_view = 0;
+    maps.cfg.set(0, cfg);
+    Ok((maps, prog))
+}
+
+fn random_seed() -> u32 {
+    let mut buf = [0u8; 4];
+    if std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut buf))
+        .is_err()
+    {
+        // Only the bucket spread depends on it; fall back to the clock.
+        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        return t.subsec_nanos() ^ std::process::id();
+    }
+    u32::from_ne_bytes(buf)
+}
+
+fn classify_load_error(e: libbpf_rs::Error, offload: bool) -> LoadError {
+    let source = io_from_libbpf(e);
+    if let Some(missing) = missing_privileges() {
+        return LoadError::MissingPrivileges { missing };
+    }
+    match source.kind() {
+        std::io::ErrorKind::PermissionDenied => LoadError::MissingPrivileges {
+            missing: "CAP_BPF (or the kernel's BPF LSM policy refused it)".into(),
+        },
+        _ if offload => LoadError::KernelFeature {
+            feature: "BPF offload for this device",
+            hint: format!(
+                "the driver cannot offload this program and its maps ({source}); use native or \
+                 auto mode"
+            ),
+        },
+        std::io::ErrorKind::Unsupported => LoadError::KernelFeature {
+            feature: "a BPF feature xdpguard needs",
+            hint: format!("use Linux 5.15 or later with BTF ({source})"),
+        },
+        _ => LoadError::Rejected { program: PROGRAM_NAME, message: source.to_string() },
+    }
+}

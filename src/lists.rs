@@ -1,0 +1,524 @@
+//! The allowlist and blocklist: the in-memory rule model, the rule store in
+//! the maps (the source of truth a reopening process reads back), and the
+//! edit engine that keeps the data-plane tables in step.
+//!
+//! Single edits are applied in place, in an order where no packet whose
+//! verdict should not change ever sees a different one. Bulk edits, replaces
+//! and anything too large to patch are built beside the live tables and
+//! swapped in with one store, so traffic sees the old lists or the new
+//! lists, never a mix.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{fence, Ordering};
+
+use ipnetwork::IpNetwork;
+use libbpf_rs::{MapCore, MapFlags};
+
+use crate::error::{io_from_libbpf, ListError};
+use crate::filter_maps::FilterMaps;
+use crate::layout::consts::*;
+use crate::layout::{xdpg_v4_bucket, xdpg_v4_rule, xdpg_v6_key, xdpg_v6_rule, xdpg_v6_view};
+use crate::mmap::MappedArray;
+use crate::v4::{self, BucketStore, CellStore, V4Rules, LIST_ALLOW, LIST_BLOCK};
+use crate::v6::V6Rules;
+
+/// Which list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ListKind {
+    /// Checked first: a source on it always passes.
+    Allow,
+    /// A source on it (and not allowlisted) is dropped.
+    Block,
+}
+
+impl ListKind {
+    pub(crate) fn bit(self) -> u8 {
+        match self {
+            ListKind::Allow => LIST_ALLOW,
+            ListKind::Block => LIST_BLOCK,
+        }
+    }
+}
+
+impl std::fmt::Display for ListKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ListKind::Allow => "allowlist",
+            ListKind::Block => "blocklist",
+        })
+    }
+}
+
+/// Cells touched by one prefix beyond which a single edit rebuilds instead
+/// of patching in place (a /8 touches 65,536).
+const MAX_PATCH_CELLS: u32 = 1 << 16;
+
+/// The rules of both families, and where each is stored.
+#[derive(Debug, Default)]
+pub(crate) struct ListState {
+    pub v4: V4Rules,
+    v4_slots: HashMap<(u32, u8), u32>,
+    pub v6: V6Rules,
+    v6_slots: HashMap<(u128, u8), u32>,
+    generation: u64,
+}
+
+fn v6_words(net: u128) -> [u32; 4] {
+    bytemuck::cast(net.to_be_bytes())
+}
+
+fn v6_from_words(words: [u32; 4]) -> u128 {
+    u128::from_be_bytes(bytemuck::cast(words))
+}
+
+/// One change to one list.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Op {
+    pub net: IpNetwork,
+    pub bit: u8,
+    pub insert: bool,
+}
+
+impl ListState {
+    /// Reads the rule store back (after a reopen, or another handle's edit).
+    pub(crate) fn load(maps: &FilterMaps) -> Self {
+        let mut st = ListState { generation: maps.generation().load(Ordering::Acquire), ..Default::default() };
+        let n4 = (maps.v4_rule_count().load(Ordering::Acquire) as usize).min(maps.v4_rules.len());
+        for i in 0..n4 {
+            let r = maps.v4_rules.get(i);
+            for bit in [LIST_BLOCK, LIST_ALLOW] {
+                if r.lists & bit != 0 {
+                    st.v4.insert(r.addr, r.prefixlen, bit);
+                }
+            }
+            st.v4_slots.insert((r.addr, r.prefixlen), i as u32);
+        }
+        let n6 = (maps.v6_rule_count().load(Ordering::Acquire) as usize).min(maps.v6_rules.len());
+        for i in 0..n6 {
+            let r = maps.v6_rules.get(i);
+            let net = v6_from_words(r.addr);
+            for bit in [LIST_BLOCK, LIST_ALLOW] {
+                if r.lists & bit != 0 {
+                    st.v6.insert(net, r.prefixlen, bit);
+                }
+            }
+            st.v6_slots.insert((net, r.prefixlen), i as u32);
+        }
+        st
+    }
+
+    /// Reloads when another handle (or process) has edited the lists.
+    pub(crate) fn sync(&mut self, maps: &FilterMaps) {
+        if maps.generation().load(Ordering::Acquire) != self.generation {
+            *self = Self::load(maps);
+        }
+    }
+
+    pub(crate) fn entries(&self, list: ListKind) -> Vec<IpNetwork> {
+        let bit = list.bit();
+        let mut out: Vec<IpNetwork> = self
+            .v4
+            .iter()
+            .filter(|&(_, _, b)| b & bit != 0)
+            .map(|(n, l, _)| IpNetwork::new(IpAddr::from(n.to_be_bytes()), l).expect("valid"))
+            .chain(
+                self.v6
+                    .iter()
+                    .filter(|&(_, _, b)| b & bit != 0)
+                    .map(|(n, l, _)| IpNetwork::new(IpAddr::from(n.to_be_bytes()), l).expect("valid")),
+            )
+            .collect();
+        out.sort_by_key(|n| (n.is_ipv6(), n.ip(), n.prefix()));
+        out
+    }
+
+    pub(crate) fn count(&self, list: ListKind) -> usize {
+        let bit = list.bit();
+        self.v4.iter().filter(|&(_, _, b)| b & bit != 0).count()
+            + self.v6.iter().filter(|&(_, _, b)| b & bit != 0).count()
+    }
+
+    pub(crate) fn contains(&self, net: IpNetwork, list: ListKind) -> bool {
+        let bits = match net {
+            IpNetwork::V4(n) => self.v4.lists(u32::from(n.network()), n.prefix()),
+            IpNetwork::V6(n) => self.v6.lists(u128::from(n.network()), n.prefix()),
+        };
+        bits & list.bit() != 0
+    }
+
+    pub(crate) fn matching(&self, addr: IpAddr, list: ListKind) -> Option<IpNetwork> {
+        let (ip, len) = match addr {
+            IpAddr::V4(a) => {
+                let (n, l) = self.v4.matching(u32::from(a), list.bit())?;
+                (IpAddr::from(n.to_be_bytes()), l)
+            }
+            IpAddr::V6(a) => {
+                let (n, l) = self.v6.matching(u128::from(a), list.bit())?;
+                (IpAddr::from(n.to_be_bytes()), l)
+            }
+        };
+        IpNetwork::new(ip, len).ok()
+    }
+
+    /// The verdict the filter gives a source address.
+    pub(crate) fn verdict(&self, addr: IpAddr) -> u8 {
+        match addr {
+            IpAddr::V4(a) => self.v4.verdict(u32::from(a)),
+            IpAddr::V6(a) => self.v6.verdict(u128::from(a)),
+        }
+    }
+}
+
+/// Live v4 level-1 words of one table pair.
+struct LiveCells<'a>(&'a MappedArray<u64>);
+
+impl CellStore for LiveCells<'_> {
+    fn read_word(&self, index: usize) -> u64 {
+        self.0.atomic_u64(index, 0).load(Ordering::Acquire)
+    }
+    fn write_word(&mut self, index: usize, word: u64) {
+        self.0.atomic_u64(index, 0).store(word, Ordering::Release);
+    }
+}
+
+/// Live v4 host buckets of one table pair.
+struct LiveBuckets<'a>(&'a MappedArray<xdpg_v4_bucket>);
+
+const META_OFFSET: usize = std::mem::offset_of!(xdpg_v4_bucket, meta);
+
+impl BucketStore for LiveBuckets<'_> {
+    fn bucket_count(&self) -> usize {
+        self.0.len()
+    }
+    fn read(&self, index: usize) -> xdpg_v4_bucket {
+        self.0.get(index)
+    }
+    fn write_addr(&mut self, index: usize, slot: usize, addr: u32) {
+        self.0.atomic_u32(index, slot * 4).store(addr, Ordering::Relaxed);
+    }
+    fn write_meta(&mut self, index: usize, meta: u32) {
+        // The address stores above become visible no later than the code.
+        fence(Ordering::Release);
+        self.0.atomic_u32(index, META_OFFSET).store(meta, Ordering::Release);
+    }
+}
+
+/// Applies edits to the state and the maps. Create one per edit, under the
+/// filter's lock; `finish` publishes the new generation.
+pub(crate) struct Editor<'a> {
+    pub st: &'a mut ListState,
+    maps: &'a FilterMaps,
+    v4_active_at_begin: u32,
+    v6_table_at_begin: u32,
+}
+
+fn bpf_err(op: &str) -> impl FnOnce(libbpf_rs::Error) -> ListError + '_ {
+    move |e| ListError::Bpf { op: op.to_owned(), source: io_from_libbpf(e) }
+}
+
+fn is_full(e: &libbpf_rs::Error) -> bool {
+    matches!(e.kind(), libbpf_rs::ErrorKind::TooBig | libbpf_rs::ErrorKind::OutOfMemory)
+}
+
+impl<'a> Editor<'a> {
+    pub(crate) fn begin(st: &'a mut ListState, maps: &'a FilterMaps) -> Self {
+        st.sync(maps);
+        maps.dirty().store(1, Ordering::Release);
+        Self {
+            st,
+            maps,
+            v4_active_at_begin: maps.v4_active().load(Ordering::Acquire),
+            v6_table_at_begin: maps.current_v6_view().table,
+        }
+    }
+
+    /// Publishes the edit: other handles see a new generation and reload.
+    pub(crate) fn finish(self) {
+        let g = self.maps.generation().fetch_add(1, Ordering::AcqRel) + 1;
+        self.st.generation = g;
+        self.maps.dirty().store(0, Ordering::Release);
+    }
+
+    fn v4_full(&self) -> ListError {
+        ListError::Full { what: "the IPv4 entry table", capacity: self.maps.capacity().v4_rules, setter: "v4_capacity" }
+    }
+
+    fn v6_full(&self) -> ListError {
+        ListError::Full { what: "the IPv6 entry table", capacity: self.maps.capacity().v6_rules, setter: "v6_capacity" }
+    }
+
+    fn v4_hosts_full(&self) -> ListError {
+        ListError::Full {
+            what: "the IPv4 host table (mixed /24s)",
+            capacity: self.maps.capacity().v4_buckets * XDPG_V4_BUCKET_SLOTS as usize,
+            setter: "v4_capacity",
+        }
+    }
+
+    /// One insert or remove, patched into the live tables.
+    pub(crate) fn apply_one(&mut self, op: Op) -> Result<bool, ListError> {
+        match op.net {
+            IpNetwork::V4(n) => self.v4_one(u32::from(n.network()), n.prefix(), op.bit, op.insert),
+            IpNetwork::V6(n) => self.v6_one(u128::from(n.network()), n.prefix(), op.bit, op.insert),
+        }
+    }
+
+    fn v4_one(&mut self, net: u32, len: u8, bit: u8, insert: bool) -> Result<bool, ListError> {
+        if insert && self.st.v4.lists(net, len) == 0 && self.st.v4.len() >= self.maps.capacity().v4_rules {
+            return Err(self.v4_full());
+        }
+        let cells = v4::cells_of(net, len);
+        let patch = cells.len() as u32 <= MAX_PATCH_CELLS;
+        let old: Vec<v4::Cell> = if patch { cells.clone().map(|c| self.st.v4.cell(c)).collect() } else { Vec::new() };
+        let changed = if insert { self.st.v4.insert(net, len, bit) } else { self.st.v4.remove(net, len, bit) };
+        if !changed {
+            return Ok(false);
+        }
+        let patched = patch && {
+            let active = self.maps.v4_active().load(Ordering::Acquire) as usize;
+            let seed = self.maps.config().v4_hash_seed;
+            let mut cells_store = LiveCells(&self.maps.l1[active]);
+            let mut buckets = LiveBuckets(&self.maps.hosts[active]);
+            cells.zip(old).all(|(c, o)| {
+                let n = self.st.v4.cell(c);
+                n == o || v4::transition(&mut cells_store, &mut buckets, seed, c, &o, &n).is_ok()
+            })
+        };
+        // Too large to patch, or the buckets need compacting: rebuild.
+        if !patched && self.rebuild_v4().is_err() {
+            if insert {
+                self.st.v4.remove(net, len, bit);
+            } else {
+                self.st.v4.insert(net, len, bit);
+            }
+            let _ = self.rebuild_v4();
+            return Err(self.v4_hosts_full());
+        }
+        self.store_v4(net, len);
+        Ok(true)
+    }
+
+    fn v6_key(net: u128, len: u8) -> xdpg_v6_key {
+        xdpg_v6_key { prefixlen: u32::from(len), addr: v6_words(net) }
+    }
+
+    fn v6_write(&self, table: u32, net: u128, len: u8) -> Result<(), libbpf_rs::Error> {
+        let map = self.maps.v6_table(table);
+        let key = Self::v6_key(net, len);
+        match self.st.v6.effective(net, len) {
+            Some(v) => map.update(bytemuck::bytes_of(&key), &u32::from(v).to_ne_bytes(), MapFlags::ANY),
+            None => match map.delete(bytemuck::bytes_of(&key)) {
+                Err(e) if e.kind() == libbpf_rs::ErrorKind::NotFound => Ok(()),
+                other => other,
+            },
+        }
+    }
+
+    fn v6_view(&self, table: u32) -> xdpg_v6_view {
+        let lens = self.st.v6.lens_desc();
+        let mut view = xdpg_v6_view { table, count: lens.len() as u32, ..Default::default() };
+        view.lens[..lens.len()].copy_from_slice(&lens);
+        view
+    }
+
+    fn v6_one(&mut self, net: u128, len: u8, bit: u8, insert: bool) -> Result<bool, ListError> {
+        let new_entry = self.st.v6.lists(net, len) == 0;
+        if insert && new_entry && self.st.v6.len() >= self.maps.capacity().v6_rules {
+            return Err(self.v6_full());
+        }
+        let lens_before = self.st.v6.lens_desc();
+        let changed = if insert { self.st.v6.insert(net, len, bit) } else { self.st.v6.remove(net, len, bit) };
+        if !changed {
+            return Ok(false);
+        }
+        let table = self.maps.current_v6_view().table;
+        let lens_after = self.st.v6.lens_desc();
+        // A length leaves the view before its last entry leaves the table...
+        if lens_after.len() < lens_before.len() {
+            self.maps.publish_v6_view(self.v6_view(table));
+        }
+        if let Err(e) = self.v6_write(table, net, len) {
+            if insert {
+                self.st.v6.remove(net, len, bit);
+            } else {
+                self.st.v6.insert(net, len, bit);
+            }
+            return Err(if is_full(&e) { self.v6_full() } else { bpf_err("updating the IPv6 table")(e) });
+        }
+        if bit == LIST_ALLOW {
+            let inside: Vec<(u128, u8)> = self.st.v6.inside(net, len).collect();
+            for (n, l) in inside {
+                self.v6_write(table, n, l).map_err(bpf_err("updating the IPv6 table"))?;
+            }
+        }
+        // ...and joins it after its first entry is in.
+        if lens_after.len() > lens_before.len() {
+            self.maps.publish_v6_view(self.v6_view(table));
+        }
+        self.store_v6(net, len);
+        Ok(true)
+    }
+
+    /// Applies many changes as one atomic swap per family: all or nothing.
+    pub(crate) fn apply_atomic(&mut self, ops: &[Op]) -> Result<usize, ListError> {
+        let mut done: Vec<Op> = Vec::new();
+        for &op in ops {
+            let changed = match op.net {
+                IpNetwork::V4(n) => {
+                    let (a, l) = (u32::from(n.network()), n.prefix());
+                    if op.insert { self.st.v4.insert(a, l, op.bit) } else { self.st.v4.remove(a, l, op.bit) }
+                }
+                IpNetwork::V6(n) => {
+                    let (a, l) = (u128::from(n.network()), n.prefix());
+                    if op.insert { self.st.v6.insert(a, l, op.bit) } else { self.st.v6.remove(a, l, op.bit) }
+                }
+            };
+            if changed {
+                done.push(op);
+            }
+        }
+        let v4_changed = done.iter().any(|o| o.net.is_ipv4());
+        let v6_changed = done.iter().any(|o| o.net.is_ipv6());
+        let cap = self.maps.capacity();
+        let result = if self.st.v4.len() > cap.v4_rules {
+            Err(self.v4_full())
+        } else if self.st.v6.len() > cap.v6_rules {
+            Err(self.v6_full())
+        } else {
+            (|| {
+                if v4_changed {
+                    self.rebuild_v4().map_err(|_| self.v4_hosts_full())?;
+                }
+                if v6_changed {
+                    self.rebuild_v6()?;
+                }
+                Ok(())
+            })()
+        };
+        if let Err(e) = result {
+            for op in done.iter().rev() {
+                self.undo(*op);
+            }
+            // Restore exactly the previous tables, whichever swap happened.
+            if v4_changed && self.maps.v4_active().load(Ordering::Acquire) != self.v4_active_at_begin {
+                let _ = self.rebuild_v4();
+            }
+            if v6_changed && self.maps.current_v6_view().table != self.v6_table_at_begin {
+                let _ = self.rebuild_v6();
+            }
+            return Err(e);
+        }
+        for op in &done {
+            match op.net {
+                IpNetwork::V4(n) => self.store_v4(u32::from(n.network()), n.prefix()),
+                IpNetwork::V6(n) => self.store_v6(u128::from(n.network()), n.prefix()),
+            }
+        }
+        Ok(done.len())
+    }
+
+    fn undo(&mut self, op: Op) {
+        match op.net {
+            IpNetwork::V4(n) => {
+                let (a, l) = (u32::from(n.network()), n.prefix());
+                if op.insert { self.st.v4.remove(a, l, op.bit) } else { self.st.v4.insert(a, l, op.bit) };
+            }
+            IpNetwork::V6(n) => {
+                let (a, l) = (u128::from(n.network()), n.prefix());
+                if op.insert { self.st.v6.remove(a, l, op.bit) } else { self.st.v6.insert(a, l, op.bit) };
+            }
+        }
+    }
+
+    /// Builds the v4 tables from the rules into the idle pair and swaps.
+    pub(crate) fn rebuild_v4(&mut self) -> Result<(), v4::TableFull> {
+        let cfg = self.maps.config();
+        let tables = self.st.v4.build(self.maps.capacity().v4_buckets, cfg.v4_hash_seed)?;
+        let idle = 1 - (self.maps.v4_active().load(Ordering::Acquire) as usize & 1);
+        self.maps.l1[idle].fill_from(&tables.words);
+        self.maps.hosts[idle].fill_from(&tables.buckets);
+        fence(Ordering::SeqCst);
+        self.maps.v4_active().store(idle as u32, Ordering::Release);
+        Ok(())
+    }
+
+    /// Builds the v6 table from the rules into the idle hash and swaps.
+    pub(crate) fn rebuild_v6(&mut self) -> Result<(), ListError> {
+        let idle = 1 - (self.maps.current_v6_view().table & 1);
+        let map = self.maps.v6_table(idle);
+        let stale: Vec<Vec<u8>> = map.keys().collect();
+        for key in &stale {
+            map.delete(key).map_err(bpf_err("clearing the idle IPv6 table"))?;
+        }
+        let entries = self.st.v6.entries();
+        for chunk in entries.chunks(4096) {
+            let mut keys = Vec::with_capacity(chunk.len() * size_of::<xdpg_v6_key>());
+            let mut values = Vec::with_capacity(chunk.len() * 4);
+            for &(n, l, v) in chunk {
+                keys.extend_from_slice(bytemuck::bytes_of(&Self::v6_key(n, l)));
+                values.extend_from_slice(&u32::from(v).to_ne_bytes());
+            }
+            map.update_batch(&keys, &values, chunk.len() as u32, MapFlags::ANY, MapFlags::ANY).map_err(|e| {
+                if is_full(&e) {
+                    self.v6_full()
+                } else {
+                    bpf_err("filling the IPv6 table")(e)
+                }
+            })?;
+        }
+        self.maps.publish_v6_view(self.v6_view(idle));
+        Ok(())
+    }
+
+    /// Brings the stored record of (net, len) in line with the model.
+    fn store_v4(&mut self, net: u32, len: u8) {
+        let bits = self.st.v4.lists(net, len);
+        let rules = &self.maps.v4_rules;
+        let count = self.maps.v4_rule_count();
+        let record = |lists| xdpg_v4_rule { addr: net, prefixlen: len, lists, pad: 0 };
+        store_record(&mut self.st.v4_slots, (net, len), bits, rules, count, record, |r| (r.addr, r.prefixlen));
+    }
+
+    fn store_v6(&mut self, net: u128, len: u8) {
+        let bits = self.st.v6.lists(net, len);
+        let rules = &self.maps.v6_rules;
+        let count = self.maps.v6_rule_count();
+        let record = |lists| xdpg_v6_rule { addr: v6_words(net), prefixlen: len, lists, pad: [0; 6] };
+        store_record(&mut self.st.v6_slots, (net, len), bits, rules, count, record, |r| {
+            (v6_from_words(r.addr), r.prefixlen)
+        });
+    }
+}
+
+/// Appends, updates or swap-removes one record of a rule store.
+fn store_record<K: std::hash::Hash + Eq + Copy, R: bytemuck::Pod>(
+    slots: &mut HashMap<K, u32>,
+    key: K,
+    bits: u8,
+    rules: &MappedArray<R>,
+    count: &std::sync::atomic::AtomicU32,
+    record: impl Fn(u8) -> R,
+    key_of: impl Fn(&R) -> K,
+) {
+    match (slots.get(&key).copied(), bits) {
+        (None, 0) => {}
+        (Some(i), 0) => {
+            let last = count.load(Ordering::Acquire) - 1;
+            if i != last {
+                let moved = rules.get(last as usize);
+                rules.set(i as usize, moved);
+                slots.insert(key_of(&moved), i);
+            }
+            count.store(last, Ordering::Release);
+            slots.remove(&key);
+        }
+        (Some(i), b) => rules.set(i as usize, record(b)),
+        (None, b) => {
+            let i = count.load(Ordering::Acquire);
+            rules.set(i as usize, record(b));
+            count.store(i + 1, Ordering::Release);
+            slots.insert(key, i);
+        }
+    }
+}

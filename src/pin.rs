@@ -1,0 +1,137 @@
+//! A bpffs directory holding one xdpguard object's pins: its maps (by their
+//! stable `xdpg_*` names), its program, and one `link_<ifindex>` per
+//! interface. Edits from several processes are serialised with `flock` on
+//! the directory.
+
+use std::fs::{self, File};
+use std::io;
+use std::os::fd::BorrowedFd;
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::{Flock, FlockArg};
+
+use crate::error::PinError;
+use crate::sys;
+
+const LINK_PREFIX: &str = "link_";
+
+#[derive(Debug, Clone)]
+pub(crate) struct PinDir {
+    path: PathBuf,
+    kind: &'static str,
+}
+
+fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> PinError + 'a {
+    move |source| PinError::Io { op, path: path.to_owned(), source }
+}
+
+fn is_ours(name: &str) -> bool {
+    name.starts_with("xdpg_") || name.starts_with(LINK_PREFIX)
+}
+
+impl PinDir {
+    /// Prepares `path` for a new object. It must be on bpffs and either not
+    /// exist or be empty. `marker` is a pin name only this kind of object has.
+    pub(crate) fn create(path: &Path, kind: &'static str, marker: &str) -> Result<Self, PinError> {
+        if !sys::is_on_bpffs(path) {
+            return Err(PinError::BpffsNotMounted { path: path.to_owned() });
+        }
+        if path.exists() {
+            let entries = list(path)?;
+            if entries.iter().any(|e| e == marker) {
+                return Err(PinError::InUse { path: path.to_owned(), kind });
+            }
+            if let Some(found) = entries.into_iter().next() {
+                return Err(PinError::NotOurs { path: path.to_owned(), kind, found });
+            }
+        } else {
+            fs::create_dir_all(path).map_err(io_err("creating", path))?;
+        }
+        Ok(Self { path: path.to_owned(), kind })
+    }
+
+    /// Opens a directory that must hold an object of this kind.
+    pub(crate) fn open(path: &Path, kind: &'static str, marker: &str) -> Result<Self, PinError> {
+        if !path.exists() {
+            return Err(PinError::NotFound { path: path.to_owned(), kind });
+        }
+        if !sys::is_on_bpffs(path) {
+            return Err(PinError::BpffsNotMounted { path: path.to_owned() });
+        }
+        let entries = list(path)?;
+        if !entries.iter().any(|e| e == marker) {
+            return Err(match entries.into_iter().next() {
+                Some(found) => PinError::NotOurs { path: path.to_owned(), kind, found },
+                None => PinError::NotFound { path: path.to_owned(), kind },
+            });
+        }
+        Ok(Self { path: path.to_owned(), kind })
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub(crate) fn kind(&self) -> &'static str {
+        self.kind
+    }
+
+    pub(crate) fn join(&self, name: &str) -> PathBuf {
+        self.path.join(name)
+    }
+
+    pub(crate) fn pin(&self, name: &str, fd: BorrowedFd<'_>) -> Result<(), PinError> {
+        let p = self.join(name);
+        sys::obj_pin(fd, &p).map_err(io_err("pinning", &p))
+    }
+
+    pub(crate) fn link_name(ifindex: u32) -> String {
+        format!("{LINK_PREFIX}{ifindex}")
+    }
+
+    /// The pinned links, as (file name, path).
+    pub(crate) fn links(&self) -> Result<Vec<(String, PathBuf)>, PinError> {
+        Ok(list(&self.path)?
+            .into_iter()
+            .filter(|n| n.starts_with(LINK_PREFIX))
+            .map(|n| (n.clone(), self.join(&n)))
+            .collect())
+    }
+
+    pub(crate) fn unpin(&self, name: &str) -> Result<(), PinError> {
+        let p = self.join(name);
+        match fs::remove_file(&p) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_err("unpinning", &p)(e)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Takes the directory's edit lock until the returned guard drops.
+    pub(crate) fn lock(&self) -> Result<Flock<File>, PinError> {
+        let dir = File::open(&self.path).map_err(io_err("opening", &self.path))?;
+        Flock::lock(dir, FlockArg::LockExclusive)
+            .map_err(|(_, errno)| io_err("locking", &self.path)(io::Error::from(errno)))
+    }
+
+    /// Removes every pin of ours, then the directory if that leaves it empty.
+    pub(crate) fn remove_all(&self) -> Result<(), PinError> {
+        for name in list(&self.path)? {
+            if is_ours(&name) {
+                self.unpin(&name)?;
+            }
+        }
+        if list(&self.path)?.is_empty() {
+            fs::remove_dir(&self.path).map_err(io_err("removing", &self.path))?;
+        }
+        Ok(())
+    }
+}
+
+fn list(path: &Path) -> Result<Vec<String>, PinError> {
+    let mut names: Vec<String> = fs::read_dir(path)
+        .map_err(io_err("reading", path))?
+        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+        .collect();
+    names.sort();
+    Ok(names)
+}

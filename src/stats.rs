@@ -1,0 +1,100 @@
+//! Counter snapshots. The data plane keeps one slot per CPU (no atomics on
+//! the hot path); these are the sums.
+
+use std::ops::{Add, Sub};
+
+/// Packets and bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Counter {
+    /// Packets.
+    pub packets: u64,
+    /// Bytes, counting each frame from its Ethernet header.
+    pub bytes: u64,
+}
+
+impl Add for Counter {
+    type Output = Counter;
+    fn add(self, o: Counter) -> Counter {
+        Counter { packets: self.packets + o.packets, bytes: self.bytes + o.bytes }
+    }
+}
+
+impl Sub for Counter {
+    type Output = Counter;
+    /// Saturating, so a counter reset between two snapshots reads as zero.
+    fn sub(self, o: Counter) -> Counter {
+        Counter { packets: self.packets.saturating_sub(o.packets), bytes: self.bytes.saturating_sub(o.bytes) }
+    }
+}
+
+/// The filter's counters, one per verdict reason; every packet the filter
+/// sees is counted in exactly one of them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct FilterStats {
+    /// IP packets in neither list: passed.
+    pub passed: Counter,
+    /// Sources on the allowlist: passed.
+    pub allowlisted: Counter,
+    /// IPv4 sources on the blocklist: dropped.
+    pub blocked_v4: Counter,
+    /// IPv6 sources on the blocklist: dropped.
+    pub blocked_v6: Counter,
+    /// Bad or truncated Ethernet, VLAN, IPv4 or IPv6 headers: passed or
+    /// dropped by the [`MalformedPolicy`](crate::MalformedPolicy).
+    pub malformed: Counter,
+    /// Not IP (ARP, LLDP, ...): passed.
+    pub non_ip: Counter,
+}
+
+impl FilterStats {
+    /// Blocked packets of both families.
+    pub fn blocked(&self) -> Counter {
+        self.blocked_v4 + self.blocked_v6
+    }
+
+    /// Every packet the filter saw.
+    pub fn total(&self) -> Counter {
+        self.passed + self.allowlisted + self.blocked() + self.malformed + self.non_ip
+    }
+
+    /// The counts since `earlier`.
+    pub fn since(&self, earlier: &FilterStats) -> FilterStats {
+        FilterStats {
+            passed: self.passed - earlier.passed,
+            allowlisted: self.allowlisted - earlier.allowlisted,
+            blocked_v4: self.blocked_v4 - earlier.blocked_v4,
+            blocked_v6: self.blocked_v6 - earlier.blocked_v6,
+            malformed: self.malformed - earlier.malformed,
+            non_ip: self.non_ip - earlier.non_ip,
+        }
+    }
+
+    /// (name, counter) pairs, in a stable order, for tables and JSON.
+    pub fn rows(&self) -> [(&'static str, Counter); 6] {
+        [
+            ("passed", self.passed),
+            ("allowlisted", self.allowlisted),
+            ("blocked_v4", self.blocked_v4),
+            ("blocked_v6", self.blocked_v6),
+            ("malformed", self.malformed),
+            ("non_ip", self.non_ip),
+        ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn since_and_totals() {
+        let c = |p| Counter { packets: p, bytes: p * 100 };
+        let a = FilterStats { passed: c(5), blocked_v4: c(2), ..Default::default() };
+        let b = FilterStats { passed: c(7), blocked_v4: c(2), blocked_v6: c(1), ..Default::default() };
+        let d = b.since(&a);
+        assert_eq!(d.passed, c(2));
+        assert_eq!(d.blocked(), c(1));
+        assert_eq!(b.total(), c(10));
+        assert_eq!(a.since(&b).passed, c(0), "saturates after a reset");
+    }
+}

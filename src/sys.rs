@@ -1,0 +1,222 @@
+//! Thin, safe wrappers over the few system calls libbpf-rs does not cover:
+//! XDP links with an explicit mode, object pinning, link and XDP queries,
+//! capabilities and bpffs detection.
+
+use std::ffi::CString;
+use std::io;
+use std::mem::{size_of, zeroed};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::path::Path;
+
+/// `BPF_FS_MAGIC` from `<linux/magic.h>`.
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+// Capability numbers from <linux/capability.h>.
+const CAP_NET_ADMIN: u32 = 12;
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_BPF: u32 = 39;
+
+/// Turns a libbpf return value (negative errno) into an `io::Result`.
+fn check(ret: i32) -> io::Result<i32> {
+    if ret < 0 {
+        Err(io::Error::from_raw_os_error(-ret))
+    } else {
+        Ok(ret)
+    }
+}
+
+fn c_path(path: &Path) -> io::Result<CString> {
+    CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))
+}
+
+/// Attaches an XDP program to `ifindex` through a BPF link. `xdp_flags` are
+/// `XDP_FLAGS_{SKB,DRV,HW}_MODE`. The link detaches when its last reference
+/// (fd or pin) goes away, so a crashed process never leaves a program behind.
+pub(crate) fn xdp_link_create(prog: BorrowedFd<'_>, ifindex: u32, xdp_flags: u32) -> io::Result<OwnedFd> {
+    // SAFETY: an all-zero bpf_link_create_opts is the documented "no options" value.
+    let mut opts: libbpf_sys::bpf_link_create_opts = unsafe { zeroed() };
+    opts.sz = size_of::<libbpf_sys::bpf_link_create_opts>() as _;
+    opts.flags = xdp_flags;
+    // SAFETY: prog is a valid fd for the duration of the call and opts is a
+    // properly sized, initialised struct.
+    let fd = check(unsafe {
+        libbpf_sys::bpf_link_create(prog.as_raw_fd(), ifindex as i32, libbpf_sys::BPF_XDP, &opts)
+    })?;
+    // SAFETY: the kernel just returned this fd to us; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Forces a link to detach, even while other fds or pins still hold it.
+pub(crate) fn link_detach(link: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: link is a valid fd for the duration of the call.
+    check(unsafe { libbpf_sys::bpf_link_detach(link.as_raw_fd()) }).map(drop)
+}
+
+/// What a pinned XDP link points at.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct XdpLinkInfo {
+    pub prog_id: u32,
+    /// 0 once the link has been detached (its interface went away).
+    pub ifindex: u32,
+}
+
+pub(crate) fn xdp_link_info(link: BorrowedFd<'_>) -> io::Result<XdpLinkInfo> {
+    // SAFETY: bpf_link_info is plain data; zero is a valid value.
+    let mut info: libbpf_sys::bpf_link_info = unsafe { zeroed() };
+    let mut len = size_of::<libbpf_sys::bpf_link_info>() as u32;
+    // SAFETY: info and len describe a writable buffer of the right size.
+    check(unsafe { libbpf_sys::bpf_link_get_info_by_fd(link.as_raw_fd(), &mut info, &mut len) })?;
+    // SAFETY: for an XDP link the kernel fills the xdp member of the union;
+    // for any other link type ifindex reads as some integer, which callers
+    // only use to look the interface up.
+    let ifindex = unsafe { info.__bindgen_anon_1.xdp.ifindex };
+    Ok(XdpLinkInfo { prog_id: info.prog_id, ifindex })
+}
+
+/// The XDP program attached to an interface, if any, and how.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct XdpQuery {
+    pub prog_id: u32,
+    /// `XDP_ATTACHED_{NONE,DRV,SKB,HW,MULTI}`.
+    pub attach_mode: u8,
+}
+
+pub(crate) fn xdp_query(ifindex: u32) -> io::Result<XdpQuery> {
+    // SAFETY: zero is the documented initial value of bpf_xdp_query_opts.
+    let mut opts: libbpf_sys::bpf_xdp_query_opts = unsafe { zeroed() };
+    opts.sz = size_of::<libbpf_sys::bpf_xdp_query_opts>() as _;
+    // SAFETY: opts is a properly sized, writable struct.
+    check(unsafe { libbpf_sys::bpf_xdp_query(ifindex as i32, 0, &mut opts) })?;
+    Ok(XdpQuery { prog_id: opts.prog_id, attach_mode: opts.attach_mode })
+}
+
+/// Pins any BPF object fd at `path` (which must be on bpffs).
+pub(crate) fn obj_pin(fd: BorrowedFd<'_>, path: &Path) -> io::Result<()> {
+    let c = c_path(path)?;
+    // SAFETY: fd is valid and c is a NUL-terminated path.
+    check(unsafe { libbpf_sys::bpf_obj_pin(fd.as_raw_fd(), c.as_ptr()) }).map(drop)
+}
+
+/// Opens a pinned BPF object.
+pub(crate) fn obj_get(path: &Path) -> io::Result<OwnedFd> {
+    let c = c_path(path)?;
+    // SAFETY: c is a NUL-terminated path.
+    let fd = check(unsafe { libbpf_sys::bpf_obj_get(c.as_ptr()) })?;
+    // SAFETY: the kernel just returned this fd to us.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// The kernel id of a loaded program.
+pub(crate) fn prog_id(prog: BorrowedFd<'_>) -> io::Result<u32> {
+    // SAFETY: bpf_prog_info is plain data; zero is valid.
+    let mut info: libbpf_sys::bpf_prog_info = unsafe { zeroed() };
+    let mut len = size_of::<libbpf_sys::bpf_prog_info>() as u32;
+    // SAFETY: info and len describe a writable buffer of the right size.
+    check(unsafe { libbpf_sys::bpf_prog_get_info_by_fd(prog.as_raw_fd(), &mut info, &mut len) })?;
+    Ok(info.id)
+}
+
+/// Kernel memory charged to a map, from `/proc/self/fdinfo` (`memlock:`).
+pub(crate) fn map_memlock(map: BorrowedFd<'_>) -> io::Result<u64> {
+    let text = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", map.as_raw_fd()))?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("memlock:"))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no memlock in fdinfo"))
+}
+
+/// Whether `path` (or, if it does not exist yet, its parent) lives on bpffs.
+pub(crate) fn is_on_bpffs(path: &Path) -> bool {
+    let mut probe = Some(path);
+    while let Some(p) = probe {
+        if p.exists() {
+            return nix::sys::statfs::statfs(p)
+                .map(|s| s.filesystem_type().0 as i64 == BPF_FS_MAGIC)
+                .unwrap_or(false);
+        }
+        probe = p.parent();
+    }
+    false
+}
+
+/// The capabilities needed to load and attach XDP programs that this
+/// process lacks, named for an error message; empty when all are present.
+pub(crate) fn missing_capabilities() -> Vec<&'static str> {
+    let Some(effective) = effective_capabilities() else {
+        return Vec::new();
+    };
+    let has = |cap: u32| effective & (1u64 << cap) != 0;
+    let mut missing = Vec::new();
+    // Before Linux 5.8, CAP_SYS_ADMIN stood in for CAP_BPF.
+    if !has(CAP_BPF) && !has(CAP_SYS_ADMIN) {
+        missing.push("CAP_BPF");
+    }
+    if !has(CAP_NET_ADMIN) {
+        missing.push("CAP_NET_ADMIN");
+    }
+    missing
+}
+
+fn effective_capabilities() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/thread-self/status")
+        .or_else(|_| std::fs::read_to_string("/proc/self/status"))
+        .ok()?;
+    let hex = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?;
+    u64::from_str_radix(hex.trim(), 16).ok()
+}
+
+/// Resolves an interface name in the calling thread's network namespace.
+pub(crate) fn ifindex_of(name: &str) -> Option<u32> {
+    nix::net::if_::if_nametoindex(name).ok().filter(|&i| i != 0)
+}
+
+/// The name of an interface in the calling thread's network namespace.
+pub(crate) fn ifname_of(ifindex: u32) -> Option<String> {
+    let mut buf = [0u8; nix::libc::IF_NAMESIZE];
+    // SAFETY: buf has the IF_NAMESIZE bytes if_indextoname may write.
+    let ret = unsafe { nix::libc::if_indextoname(ifindex, buf.as_mut_ptr().cast()) };
+    if ret.is_null() {
+        return None;
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    Some(String::from_utf8_lossy(&buf[..end]).into_owned())
+}
+
+/// Runs a program once or `repeat` times over `data` with `BPF_PROG_TEST_RUN`.
+pub(crate) struct TestRun {
+    pub retval: u32,
+    pub data_out: Vec<u8>,
+    pub duration_ns: u32,
+}
+
+pub(crate) fn prog_test_run(
+    prog: BorrowedFd<'_>,
+    data: &[u8],
+    ctx: Option<&mut [u8]>,
+    repeat: u32,
+    flags: u32,
+) -> io::Result<TestRun> {
+    // XDP may grow the packet (encapsulation): leave room for it.
+    let mut out = vec![0u8; data.len() + 256];
+    // SAFETY: zero is the documented initial value of bpf_test_run_opts.
+    let mut opts: libbpf_sys::bpf_test_run_opts = unsafe { zeroed() };
+    opts.sz = size_of::<libbpf_sys::bpf_test_run_opts>() as _;
+    opts.data_in = data.as_ptr().cast();
+    opts.data_size_in = data.len() as u32;
+    if flags == 0 {
+        opts.data_out = out.as_mut_ptr().cast();
+        opts.data_size_out = out.len() as u32;
+    }
+    if let Some(ctx) = ctx {
+        opts.ctx_in = ctx.as_ptr().cast();
+        opts.ctx_size_in = ctx.len() as u32;
+    }
+    opts.repeat = repeat as i32;
+    opts.flags = flags;
+    // SAFETY: all buffers referenced by opts outlive the call and their sizes
+    // are the sizes given.
+    check(unsafe { libbpf_sys::bpf_prog_test_run_opts(prog.as_raw_fd(), &mut opts) })?;
+    out.truncate(opts.data_size_out as usize);
+    Ok(TestRun { retval: opts.retval, data_out: out, duration_ns: opts.duration })
+}

@@ -1,0 +1,672 @@
+//! IPv4 lists: the rule model, and the two-level table the data plane reads.
+//!
+//! Level 1 holds a 4-bit cell per /24 (8 MiB for all of IPv4): the verdict
+//! for the whole /24, or "mixed" plus a default. Level 2 holds, for mixed
+//! /24s only, the hosts whose verdict differs from that default, in
+//! cache-line buckets of fifteen. A lookup therefore touches one word and at
+//! most one cache line in the common case, whatever the number of prefixes,
+//! where an LPM trie walks a chain of cache misses.
+//!
+//! Exact CIDR semantics are kept by deriving the tables from the rules:
+//! overlapping prefixes, allowlist entries (which win over the blocklist
+//! whatever their length) and removals that never unblock what another
+//! entry still covers.
+
+use std::collections::HashMap;
+use std::ops::Range;
+
+use crate::hash::v4_bucket_index;
+use crate::layout::consts::*;
+use crate::layout::xdpg_v4_bucket;
+
+pub(crate) const PASS: u8 = XDPG_VERDICT_PASS as u8;
+pub(crate) const BLOCK: u8 = XDPG_VERDICT_BLOCK as u8;
+pub(crate) const ALLOW: u8 = XDPG_VERDICT_ALLOW as u8;
+pub(crate) const LIST_BLOCK: u8 = XDPG_LIST_BLOCK as u8;
+pub(crate) const LIST_ALLOW: u8 = XDPG_LIST_ALLOW as u8;
+const SLOTS: usize = XDPG_V4_BUCKET_SLOTS as usize;
+const OVERFLOW: u32 = XDPG_V4_BUCKET_OVERFLOW;
+const MIXED: u8 = XDPG_V4_CELL_MIXED as u8;
+/// Cells per /24-index space.
+pub(crate) const CELLS: usize = 1 << 24;
+
+pub(crate) fn mask(len: u8) -> u32 {
+    if len == 0 {
+        0
+    } else {
+        u32::MAX << (32 - u32::from(len))
+    }
+}
+
+/// The /24 cells a prefix touches.
+pub(crate) fn cells_of(net: u32, len: u8) -> Range<u32> {
+    let first = net >> 8;
+    if len >= 24 {
+        first..first + 1
+    } else {
+        first..first + (1u32 << (24 - len))
+    }
+}
+
+/// The state of one /24.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Cell {
+    /// Every host has this verdict.
+    Uniform(u8),
+    /// Hosts default to `default`, except those listed (host byte, verdict).
+    Mixed { default: u8, exceptions: Vec<(u8, u8)> },
+}
+
+impl Cell {
+    fn nibble(&self) -> u8 {
+        match self {
+            Cell::Uniform(v) => *v,
+            Cell::Mixed { default, .. } => MIXED | default,
+        }
+    }
+
+    fn verdict_of(&self, host: u8) -> u8 {
+        match self {
+            Cell::Uniform(v) => *v,
+            Cell::Mixed { default, exceptions } => exceptions
+                .iter()
+                .find(|(h, _)| *h == host)
+                .map_or(*default, |(_, v)| *v),
+        }
+    }
+}
+
+/// The v4 entries of both lists, indexed for the questions the table
+/// builder asks.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct V4Rules {
+    /// (network, prefix length) → list bits.
+    rules: HashMap<(u32, u8), u8>,
+    /// Number of rules per (list, length) for lengths up to 24.
+    short_counts: [[u32; 25]; 2],
+    /// Lengths up to 24 in use, per list, so coverage checks skip the rest.
+    short_lens: [Vec<u8>; 2],
+    /// /24 index → prefixes longer than /24 inside it.
+    long: HashMap<u32, Vec<(u32, u8)>>,
+}
+
+fn list_index(bit: u8) -> usize {
+    usize::from(bit == LIST_ALLOW)
+}
+
+impl V4Rules {
+    pub(crate) fn len(&self) -> usize {
+        self.rules.len()
+    }
+
+    pub(crate) fn lists(&self, net: u32, len: u8) -> u8 {
+        self.rules.get(&(net, len)).copied().unwrap_or(0)
+    }
+
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (u32, u8, u8)> + '_ {
+        self.rules.iter().map(|(&(n, l), &b)| (n, l, b))
+    }
+
+    /// Adds `bit` to the entry; returns whether anything changed.
+    pub(crate) fn insert(&mut self, net: u32, len: u8, bit: u8) -> bool {
+        let bits = self.rules.entry((net, len)).or_insert(0);
+        if *bits & bit != 0 {
+            return false;
+        }
+        let was_new = *bits == 0;
+        *bits |= bit;
+        if len <= 24 {
+            let l = list_index(bit);
+            self.short_counts[l][usize::from(len)] += 1;
+            if self.short_counts[l][usize::from(len)] == 1 {
+                self.short_lens[l].push(len);
+                self.short_lens[l].sort_unstable();
+            }
+        } else if was_new {
+            self.long.entry(net >> 8).or_default().push((net, len));
+        }
+        true
+    }
+
+    /// Removes `bit` from the entry; returns whether anything changed.
+    pub(crate) fn remove(&mut self, net: u32, len: u8, bit: u8) -> bool {
+        let Some(bits) = self.rules.get_mut(&(net, len)) else {
+            return false;
+        };
+        if *bits & bit == 0 {
+            return false;
+        }
+        *bits &= !bit;
+        let now_empty = *bits == 0;
+        if now_empty {
+            self.rules.remove(&(net, len));
+        }
+        if len <= 24 {
+            let l = list_index(bit);
+            self.short_counts[l][usize::from(len)] -= 1;
+            if self.short_counts[l][usize::from(len)] == 0 {
+                self.short_lens[l].retain(|&x| x != len);
+            }
+        } else if now_empty {
+            let idx = net >> 8;
+            if let Some(v) = self.long.get_mut(&idx) {
+                v.retain(|&p| p != (net, len));
+                if v.is_empty() {
+                    self.long.remove(&idx);
+                }
+            }
+        }
+        true
+    }
+
+    /// Whether a rule of the list `bit` with length ≤ 24 covers the /24.
+    fn covers24(&self, idx24: u32, bit: u8) -> bool {
+        let addr = idx24 << 8;
+        self.short_lens[list_index(bit)]
+            .iter()
+            .any(|&len| self.lists(addr & mask(len), len) & bit != 0)
+    }
+
+    /// The verdict of a whole /24 from rules of length ≤ 24 alone.
+    fn base24(&self, idx24: u32) -> u8 {
+        if self.covers24(idx24, LIST_ALLOW) {
+            ALLOW
+        } else if self.covers24(idx24, LIST_BLOCK) {
+            BLOCK
+        } else {
+            PASS
+        }
+    }
+
+    /// The state of one /24.
+    pub(crate) fn cell(&self, idx24: u32) -> Cell {
+        let base = self.base24(idx24);
+        self.cell_with_base(idx24, base)
+    }
+
+    fn cell_with_base(&self, idx24: u32, base: u8) -> Cell {
+        match self.long.get(&idx24) {
+            // Allow wins over anything more specific.
+            Some(long) if base != ALLOW => cell_from_hosts(self.host_verdicts(base, long), base),
+            _ => Cell::Uniform(base),
+        }
+    }
+
+    fn host_verdicts(&self, base: u8, long: &[(u32, u8)]) -> [u8; 256] {
+        let mut hosts = [base; 256];
+        for pass_bit in [LIST_BLOCK, LIST_ALLOW] {
+            for &(net, len) in long {
+                if self.lists(net, len) & pass_bit == 0 {
+                    continue;
+                }
+                let first = (net & 0xFF) as usize;
+                let count = 1usize << (32 - len);
+                for v in &mut hosts[first..first + count] {
+                    // Blocks never override an allow; allows override all.
+                    if pass_bit == LIST_ALLOW || *v != ALLOW {
+                        *v = if pass_bit == LIST_ALLOW { ALLOW } else { BLOCK };
+                    }
+                }
+            }
+        }
+        hosts
+    }
+
+    /// The most specific entry of list `bit` covering `addr`.
+    pub(crate) fn matching(&self, addr: u32, bit: u8) -> Option<(u32, u8)> {
+        (0..=32u8)
+            .rev()
+            .map(|len| (addr & mask(len), len))
+            .find(|&(n, l)| self.lists(n, l) & bit != 0)
+    }
+
+    /// The verdict for `addr`, straight from the rules (the reference the
+    /// tables are checked against).
+    pub(crate) fn verdict(&self, addr: u32) -> u8 {
+        if self.matching(addr, LIST_ALLOW).is_some() {
+            ALLOW
+        } else if self.matching(addr, LIST_BLOCK).is_some() {
+            BLOCK
+        } else {
+            PASS
+        }
+    }
+
+    /// Builds both levels from scratch.
+    pub(crate) fn build(&self, bucket_count: usize, seed: u32) -> Result<V4Tables, TableFull> {
+        let mut cells = vec![PASS; CELLS];
+        // Short prefixes: blocks first, then allows over them.
+        for bit in [LIST_BLOCK, LIST_ALLOW] {
+            let value = if bit == LIST_ALLOW { ALLOW } else { BLOCK };
+            for (&(net, len), &bits) in &self.rules {
+                if len <= 24 && bits & bit != 0 {
+                    let r = cells_of(net, len);
+                    cells[r.start as usize..r.end as usize].fill(value);
+                }
+            }
+        }
+        let mut buckets = vec![xdpg_v4_bucket::default(); bucket_count];
+        let mask = (bucket_count - 1) as u32;
+        for (&idx24, long) in &self.long {
+            let base = cells[idx24 as usize];
+            if base == ALLOW {
+                continue;
+            }
+            let cell = cell_from_hosts(self.host_verdicts(base, long), base);
+            if let Cell::Mixed { exceptions, .. } = &cell {
+                for &(host, verdict) in exceptions {
+                    host_set(&mut buckets, seed, mask, (idx24 << 8) | u32::from(host), verdict)?;
+                }
+            }
+            cells[idx24 as usize] = cell.nibble();
+        }
+        let words = cells
+            .chunks_exact(16)
+            .map(|c| c.iter().enumerate().fold(0u64, |w, (i, &n)| w | (u64::from(n) << (4 * i))))
+            .collect();
+        Ok(V4Tables { words, buckets })
+    }
+}
+
+/// Picks the default that needs the fewest exceptions (keeping `base` on a tie).
+fn cell_from_hosts(hosts: [u8; 256], base: u8) -> Cell {
+    let mut counts = [0u16; 3];
+    for &v in &hosts {
+        counts[usize::from(v)] += 1;
+    }
+    if counts.iter().any(|&c| c == 256) {
+        return Cell::Uniform(hosts[0]);
+    }
+    let mut default = base;
+    for v in [PASS, BLOCK, ALLOW] {
+        if counts[usize::from(v)] > counts[usize::from(default)] {
+            default = v;
+        }
+    }
+    let exceptions = hosts
+        .iter()
+        .enumerate()
+        .filter(|&(_, &v)| v != default)
+        .map(|(h, &v)| (h as u8, v))
+        .collect();
+    Cell::Mixed { default, exceptions }
+}
+
+/// Both levels, ready to copy into the maps.
+pub(crate) struct V4Tables {
+    pub words: Vec<u64>,
+    pub buckets: Vec<xdpg_v4_bucket>,
+}
+
+/// The host buckets are full (even after compaction, when from a rebuild).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct TableFull;
+
+/// Where bucket writes go: a `Vec` while building, the mapped map when live.
+pub(crate) trait BucketStore {
+    fn bucket_count(&self) -> usize;
+    fn read(&self, index: usize) -> xdpg_v4_bucket;
+    /// Writes a slot's address; called only while the slot's code is 0.
+    fn write_addr(&mut self, index: usize, slot: usize, addr: u32);
+    /// Publishes a bucket's codes and overflow bit in one store.
+    fn write_meta(&mut self, index: usize, meta: u32);
+}
+
+impl BucketStore for Vec<xdpg_v4_bucket> {
+    fn bucket_count(&self) -> usize {
+        self.len()
+    }
+    fn read(&self, index: usize) -> xdpg_v4_bucket {
+        self[index]
+    }
+    fn write_addr(&mut self, index: usize, slot: usize, addr: u32) {
+        self[index].addrs[slot] = addr;
+    }
+    fn write_meta(&mut self, index: usize, meta: u32) {
+        self[index].meta = meta;
+    }
+}
+
+/// Host codes in buckets: 0 means empty, so PASS is stored as XDPG_HOST_PASS.
+fn host_code(verdict: u8) -> u32 {
+    if verdict == PASS {
+        XDPG_HOST_PASS
+    } else {
+        u32::from(verdict)
+    }
+}
+
+fn slot_code(meta: u32, slot: usize) -> u32 {
+    (meta >> (2 * slot)) & 3
+}
+
+/// Stores `verdict` for `addr`, updating it in place if present.
+///
+/// A slot whose code was cleared keeps its address (a tombstone) and is only
+/// reused for that same address: a reader racing with the writer can then
+/// never pair one host's address with another host's code.
+pub(crate) fn host_set<S: BucketStore>(
+    store: &mut S,
+    seed: u32,
+    mask: u32,
+    addr: u32,
+    verdict: u8,
+) -> Result<(), TableFull> {
+    let code = host_code(verdict);
+    let home = v4_bucket_index(addr, seed, mask);
+    let mut idx = home;
+    let mut free: Option<(u32, usize)> = None;
+    let mut last = home;
+    for _ in 0..XDPG_V4_MAX_PROBES {
+        let b = store.read(idx as usize);
+        for s in 0..SLOTS {
+            let c = slot_code(b.meta, s);
+            if c != 0 && b.addrs[s] == addr {
+                if c != code {
+                    store.write_meta(idx as usize, (b.meta & !(3 << (2 * s))) | (code << (2 * s)));
+                }
+                return Ok(());
+            }
+            if c == 0 && (b.addrs[s] == 0 || b.addrs[s] == addr) && free.is_none() {
+                free = Some((idx, s));
+            }
+        }
+        last = idx;
+        if b.meta & OVERFLOW == 0 {
+            break;
+        }
+        idx = (idx + 1) & mask;
+    }
+    if let Some((i, s)) = free {
+        store.write_addr(i as usize, s, addr);
+        let meta = store.read(i as usize).meta;
+        store.write_meta(i as usize, meta | (code << (2 * s)));
+        return Ok(());
+    }
+    // Extend the chain: find the nearest never-used slot after its end...
+    let used = (last.wrapping_sub(home) & mask) + 1;
+    let mut target = last;
+    let mut slot = None;
+    for _ in used..XDPG_V4_MAX_PROBES {
+        target = (target + 1) & mask;
+        let b = store.read(target as usize);
+        if let Some(s) = (0..SLOTS).find(|&s| slot_code(b.meta, s) == 0 && b.addrs[s] == 0) {
+            slot = Some(s);
+            break;
+        }
+    }
+    let s = slot.ok_or(TableFull)?;
+    store.write_addr(target as usize, s, addr);
+    let meta = store.read(target as usize).meta;
+    store.write_meta(target as usize, meta | (code << (2 * s)));
+    // ...then link the buckets in between, the old end last, so readers
+    // only reach the new slot once the whole chain leads there.
+    let mut link = target;
+    while link != last {
+        link = link.wrapping_sub(1) & mask;
+        let m = store.read(link as usize).meta;
+        if m & OVERFLOW == 0 {
+            store.write_meta(link as usize, m | OVERFLOW);
+        }
+    }
+    Ok(())
+}
+
+/// Clears `addr`'s code, leaving its address as a tombstone.
+pub(crate) fn host_clear<S: BucketStore>(store: &mut S, seed: u32, mask: u32, addr: u32) {
+    let mut idx = v4_bucket_index(addr, seed, mask);
+    for _ in 0..XDPG_V4_MAX_PROBES {
+        let b = store.read(idx as usize);
+        for s in 0..SLOTS {
+            if slot_code(b.meta, s) != 0 && b.addrs[s] == addr {
+                store.write_meta(idx as usize, b.meta & !(3 << (2 * s)));
+                return;
+            }
+        }
+        if b.meta & OVERFLOW == 0 {
+            return;
+        }
+        idx = (idx + 1) & mask;
+    }
+}
+
+/// The data plane's lookup, in Rust: what `xdpg_filter` returns for `addr`.
+#[cfg(test)]
+pub(crate) fn lookup<S: BucketStore>(words: &dyn Fn(usize) -> u64, store: &S, seed: u32, addr: u32) -> u8 {
+    let idx24 = addr >> 8;
+    let word = words((idx24 / 16) as usize);
+    let cell = ((word >> ((idx24 % 16) * 4)) & 0xF) as u8;
+    if cell & MIXED == 0 {
+        return cell & 3;
+    }
+    let default = cell & 3;
+    let mask = (store.bucket_count() - 1) as u32;
+    let mut idx = v4_bucket_index(addr, seed, mask);
+    for _ in 0..XDPG_V4_MAX_PROBES {
+        let b = store.read(idx as usize);
+        for s in 0..SLOTS {
+            let c = slot_code(b.meta, s);
+            if c != 0 && b.addrs[s] == addr {
+                return if c == XDPG_HOST_PASS { PASS } else { c as u8 };
+            }
+        }
+        if b.meta & OVERFLOW == 0 {
+            break;
+        }
+        idx = (idx + 1) & mask;
+    }
+    default
+}
+
+/// Where L1 cell writes go.
+pub(crate) trait CellStore {
+    fn read_word(&self, index: usize) -> u64;
+    fn write_word(&mut self, index: usize, word: u64);
+}
+
+fn write_cell<C: CellStore>(cells: &mut C, idx24: u32, nibble: u8) {
+    let wi = (idx24 / 16) as usize;
+    let shift = (idx24 % 16) * 4;
+    let w = cells.read_word(wi);
+    let nw = (w & !(0xF << shift)) | (u64::from(nibble) << shift);
+    if nw != w {
+        cells.write_word(wi, nw);
+    }
+}
+
+/// Moves one /24 from `old` to `new` in live tables, in an order where every
+/// host whose verdict does not change keeps it at every intermediate step.
+pub(crate) fn transition<C: CellStore, S: BucketStore>(
+    cells: &mut C,
+    store: &mut S,
+    seed: u32,
+    idx24: u32,
+    old: &Cell,
+    new: &Cell,
+) -> Result<(), TableFull> {
+    let mask = (store.bucket_count() - 1) as u32;
+    let addr = |h: u8| (idx24 << 8) | u32::from(h);
+    match (old, new) {
+        (_, Cell::Uniform(v)) => {
+            write_cell(cells, idx24, *v);
+            if let Cell::Mixed { exceptions, .. } = old {
+                for &(h, _) in exceptions {
+                    host_clear(store, seed, mask, addr(h));
+                }
+            }
+        }
+        (Cell::Uniform(_), Cell::Mixed { exceptions, .. }) => {
+            // Invisible until the cell says "mixed".
+            for &(h, v) in exceptions {
+                host_set(store, seed, mask, addr(h), v)?;
+            }
+            write_cell(cells, idx24, new.nibble());
+        }
+        (Cell::Mixed { default: d0, exceptions: e0 }, Cell::Mixed { default: d1, exceptions: e1 }) => {
+            if d0 != d1 {
+                // Pin every host to its old verdict so the default can flip.
+                for h in 0..=255u8 {
+                    if !e0.iter().any(|&(x, _)| x == h) {
+                        host_set(store, seed, mask, addr(h), *d0)?;
+                    }
+                }
+                write_cell(cells, idx24, new.nibble());
+                for h in 0..=255u8 {
+                    let v = new.verdict_of(h);
+                    if v == *d1 {
+                        host_clear(store, seed, mask, addr(h));
+                    } else {
+                        host_set(store, seed, mask, addr(h), v)?;
+                    }
+                }
+            } else {
+                for &(h, v) in e1 {
+                    host_set(store, seed, mask, addr(h), v)?;
+                }
+                for &(h, _) in e0 {
+                    if !e1.iter().any(|&(x, _)| x == h) {
+                        host_clear(store, seed, mask, addr(h));
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+impl CellStore for Vec<u64> {
+    fn read_word(&self, index: usize) -> u64 {
+        self[index]
+    }
+    fn write_word(&mut self, index: usize, word: u64) {
+        self[index] = word;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::rngs::StdRng;
+    use rand::{RngExt, SeedableRng};
+
+    fn ip(s: &str) -> u32 {
+        u32::from(s.parse::<std::net::Ipv4Addr>().unwrap())
+    }
+
+    fn check_all(rules: &V4Rules, t: &V4Tables, seed: u32, addrs: &[u32]) {
+        let words = |i: usize| t.words[i];
+        for &a in addrs {
+            assert_eq!(
+                lookup(&words, &t.buckets, seed, a),
+                rules.verdict(a),
+                "addr {}",
+                std::net::Ipv4Addr::from(a)
+            );
+        }
+    }
+
+    #[test]
+    fn allow_hole_inside_block_and_overlaps() {
+        let mut r = V4Rules::default();
+        r.insert(ip("192.0.2.0"), 24, LIST_BLOCK);
+        r.insert(ip("192.0.2.128"), 25, LIST_BLOCK);
+        r.insert(ip("192.0.2.7"), 32, LIST_ALLOW);
+        r.insert(ip("198.51.100.0"), 23, LIST_BLOCK);
+        r.insert(ip("198.51.100.0"), 24, LIST_ALLOW);
+        r.insert(ip("203.0.113.9"), 32, LIST_BLOCK);
+        let t = r.build(64, 7).unwrap();
+        assert_eq!(r.verdict(ip("192.0.2.7")), ALLOW);
+        assert_eq!(r.verdict(ip("192.0.2.8")), BLOCK);
+        assert_eq!(r.verdict(ip("198.51.100.1")), ALLOW);
+        assert_eq!(r.verdict(ip("198.51.101.1")), BLOCK);
+        assert_eq!(r.verdict(ip("203.0.113.9")), BLOCK);
+        assert_eq!(r.verdict(ip("203.0.113.10")), PASS);
+        let addrs: Vec<u32> = (0..=255).flat_map(|h| {
+            [ip("192.0.2.0") + h, ip("198.51.100.0") + h, ip("198.51.101.0") + h, ip("203.0.113.0") + h]
+        }).collect();
+        check_all(&r, &t, 7, &addrs);
+        // Removing the /25 leaves the /24 blocking the same hosts.
+        r.remove(ip("192.0.2.128"), 25, LIST_BLOCK);
+        assert_eq!(r.verdict(ip("192.0.2.200")), BLOCK);
+    }
+
+    #[test]
+    fn majority_default_keeps_exceptions_few() {
+        let mut r = V4Rules::default();
+        r.insert(ip("192.0.2.0"), 25, LIST_BLOCK);
+        r.insert(ip("192.0.2.128"), 26, LIST_BLOCK);
+        match r.cell(ip("192.0.2.0") >> 8) {
+            Cell::Mixed { default, exceptions } => {
+                assert_eq!(default, BLOCK);
+                assert_eq!(exceptions.len(), 64);
+            }
+            c => panic!("{c:?}"),
+        }
+    }
+
+    #[test]
+    fn buckets_overflow_into_neighbours_and_report_full() {
+        let (seed, mask) = (1, 63);
+        let mut store = vec![xdpg_v4_bucket::default(); 64];
+        // Every one of these hashes to bucket 0, so they fill the chain 0..8.
+        let same_home: Vec<u32> =
+            (0x0A00_0000u32..).filter(|&a| v4_bucket_index(a, seed, mask) == 0).take(SLOTS * 8 + 1).collect();
+        for &a in &same_home[..SLOTS * 8] {
+            host_set(&mut store, seed, mask, a, BLOCK).unwrap();
+        }
+        assert_eq!(host_set(&mut store, seed, mask, same_home[SLOTS * 8], BLOCK), Err(TableFull));
+        let words = |_| u64::from(MIXED | PASS) * 0x1111_1111_1111_1111;
+        for &a in &same_home[..SLOTS * 8] {
+            assert_eq!(lookup(&words, &store, seed, a), BLOCK, "{a:#x} reachable");
+        }
+        assert_eq!(lookup(&words, &store, seed, same_home[SLOTS * 8]), PASS);
+        // A cleared slot is a tombstone: reused by the same address only.
+        host_clear(&mut store, seed, mask, same_home[0]);
+        assert_eq!(lookup(&words, &store, seed, same_home[0]), PASS);
+        assert_eq!(host_set(&mut store, seed, mask, same_home[SLOTS * 8], BLOCK), Err(TableFull));
+        assert_eq!(host_set(&mut store, seed, mask, same_home[0], ALLOW), Ok(()));
+        assert_eq!(lookup(&words, &store, seed, same_home[0]), ALLOW);
+    }
+
+    /// Random rules, random interleaved inserts and removals: the tables,
+    /// edited live through `transition`, always give the reference verdict,
+    /// and so does a table rebuilt from scratch.
+    #[test]
+    fn differential_against_reference() {
+        let mut rng = StdRng::seed_from_u64(0x5EED);
+        let seed = 0x1234_5678;
+        let base = ip("198.51.96.0"); // a /20 of documentation-like space
+        let mut r = V4Rules::default();
+        let mut live = r.build(256, seed).unwrap();
+        let mut present: Vec<(u32, u8, u8)> = Vec::new();
+        for step in 0..3000 {
+            let remove = !present.is_empty() && rng.random_bool(0.4);
+            let (net, len, bit) = if remove {
+                present.swap_remove(rng.random_range(0..present.len()))
+            } else {
+                let len = *[16u8, 20, 22, 23, 24, 24, 25, 26, 28, 30, 31, 32, 32, 32, 32]
+                    .get(rng.random_range(0..15))
+                    .unwrap();
+                let a = base + rng.random_range(0..4096u32);
+                let bit = if rng.random_bool(0.25) { LIST_ALLOW } else { LIST_BLOCK };
+                (a & mask(len), len, bit)
+            };
+            let cells = cells_of(net, len);
+            let old: Vec<Cell> = cells.clone().map(|c| r.cell(c)).collect();
+            let changed = if remove { r.remove(net, len, bit) } else { r.insert(net, len, bit) };
+            if !remove && changed {
+                present.push((net, len, bit));
+            }
+            for (c, o) in cells.zip(old) {
+                let n = r.cell(c);
+                transition(&mut live.words, &mut live.buckets, seed, c, &o, &n).unwrap();
+            }
+            if step % 100 == 0 {
+                let probe: Vec<u32> = (0..2000).map(|_| base.wrapping_sub(2048) + rng.random_range(0..8192u32)).collect();
+                check_all(&r, &live, seed, &probe);
+                let fresh = r.build(256, seed).unwrap();
+                check_all(&r, &fresh, seed, &probe);
+            }
+        }
+    }
+}
