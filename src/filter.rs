@@ -268,7 +268,7 @@ impl Filter {
         self.maps.pin_all(dir)?;
         dir.pin(filter_maps::PROGRAM_NAME, self.program.as_fd())?;
         for link in self.links.lock().expect("not poisoned").iter() {
-            dir.pin(&PinDir::link_name(link.attachment.ifindex), link.fd.as_fd())?;
+            dir.pin(&PinDir::link_name(link.attachment.ifindex, &link.attachment.interface), link.fd.as_fd())?;
         }
         Ok(())
     }
@@ -295,7 +295,12 @@ impl Filter {
         for (name, path) in dir.links()? {
             let fd = sys::obj_get(&path).map_err(|source| PinError::Io { op: "opening pinned link", path, source })?;
             match attach::link_attachment(&fd) {
-                Ok(Some(attachment)) => links.push(Link { fd, attachment }),
+                Ok(Some(mut attachment)) => {
+                    if let Some(recorded) = PinDir::link_ifname(&name) {
+                        attachment.interface = recorded.to_owned();
+                    }
+                    links.push(Link { fd, attachment })
+                }
                 // Its interface is gone: the link is dead, drop the pin.
                 _ => dir.unpin(&name)?,
             }
@@ -381,19 +386,22 @@ impl Filter {
         let link = attach::attach(self.program.as_fd(), &iface.into(), mode)?;
         let attachment = link.attachment.clone();
         if let Some(dir) = &self.pin {
-            dir.pin(&PinDir::link_name(attachment.ifindex), link.fd.as_fd())?;
+            dir.pin(&PinDir::link_name(attachment.ifindex, &attachment.interface), link.fd.as_fd())?;
         }
         self.links.lock().expect("not poisoned").push(link);
         Ok(attachment)
     }
 
-    /// Detaches from one interface.
+    /// Detaches from one interface (by the name or index it was attached with).
     pub fn detach(&self, iface: impl Into<Interface>) -> Result<(), Error> {
         let iface = iface.into();
-        let (ifindex, _) = iface.resolve()?;
         let mut links = self.links.lock().expect("not poisoned");
-        let Some(pos) = links.iter().position(|l| l.attachment.ifindex == ifindex) else {
-            return Err(AttachError::InterfaceNotFound { interface: format!("{iface} (not attached to it)") }.into());
+        let pos = links.iter().position(|l| match &iface {
+            Interface::Name(n) => &l.attachment.interface == n,
+            Interface::Index(i) => l.attachment.ifindex == *i,
+        });
+        let Some(pos) = pos else {
+            return Err(AttachError::InterfaceNotFound { interface: format!("{iface} (the filter is not attached to it)") }.into());
         };
         let link = links.remove(pos);
         self.drop_link(link)
@@ -405,7 +413,7 @@ impl Filter {
             source,
         })?;
         if let Some(dir) = &self.pin {
-            dir.unpin(&PinDir::link_name(link.attachment.ifindex))?;
+            dir.unpin(&PinDir::link_name(link.attachment.ifindex, &link.attachment.interface))?;
         }
         Ok(())
     }

@@ -1,5 +1,5 @@
 //! A bpffs directory holding one xdpguard object's pins: its maps (by their
-//! stable `xdpg_*` names), its program, and one `link_<ifindex>` per
+//! stable `xdpg_*` names), its program, and one `link_<ifindex>_<ifname>` per
 //! interface. Edits from several processes are serialised with `flock` on
 //! the directory.
 
@@ -85,8 +85,15 @@ impl PinDir {
         sys::obj_pin(fd, &p).map_err(io_err("pinning", &p))
     }
 
-    pub(crate) fn link_name(ifindex: u32) -> String {
-        format!("{LINK_PREFIX}{ifindex}")
+    /// `link_<ifindex>_<ifname>`: the name is recorded because another
+    /// process may reopen the pins from a different network namespace.
+    pub(crate) fn link_name(ifindex: u32, ifname: &str) -> String {
+        format!("{LINK_PREFIX}{ifindex}_{ifname}")
+    }
+
+    /// The interface name recorded in a link pin's name.
+    pub(crate) fn link_ifname(pin_name: &str) -> Option<&str> {
+        pin_name.strip_prefix(LINK_PREFIX)?.split_once('_').map(|(_, name)| name)
     }
 
     /// The pinned links, as (file name, path).
