@@ -582,7 +582,7 @@ impl PrefixList<'_> {
 
     fn bulk(&self, nets: impl IntoIterator<Item = IpNetwork>, insert: bool) -> Result<BulkChange, ListError> {
         let mut normalized = Vec::new();
-        let mut seen = std::collections::HashSet::new();
+        let mut seen = rustc_hash::FxHashSet::default();
         let mut ops = Vec::new();
         let mut given = 0;
         for net in nets {
@@ -603,7 +603,7 @@ impl PrefixList<'_> {
     /// new one, never a mix.
     pub fn replace(&self, nets: impl IntoIterator<Item = IpNetwork>) -> Result<BulkChange, ListError> {
         let mut normalized = Vec::new();
-        let mut wanted = std::collections::HashSet::new();
+        let mut wanted = rustc_hash::FxHashSet::default();
         for net in nets {
             let n = normalize(net);
             if n.host_bits_cleared {
@@ -614,7 +614,7 @@ impl PrefixList<'_> {
         let bit = self.list.bit();
         let changed = self.filter.edit(|ed| {
             let current = ed.st.entries(self.list);
-            let current_set: std::collections::HashSet<_> = current.iter().copied().collect();
+            let current_set: rustc_hash::FxHashSet<_> = current.iter().copied().collect();
             let ops: Vec<Op> = current
                 .iter()
                 .filter(|n| !wanted.contains(n))

@@ -8,12 +8,13 @@
 //! swapped in with one store, so traffic sees the old lists or the new
 //! lists, never a mix.
 
-use std::collections::HashMap;
+
 use std::net::IpAddr;
 use std::sync::atomic::{fence, Ordering};
 
 use ipnetwork::IpNetwork;
 use libbpf_rs::{MapCore, MapFlags};
+use rustc_hash::FxHashMap;
 
 use crate::error::{io_from_libbpf, ListError};
 use crate::filter_maps::FilterMaps;
@@ -58,9 +59,9 @@ const MAX_PATCH_CELLS: u32 = 1 << 16;
 #[derive(Debug, Default)]
 pub(crate) struct ListState {
     pub v4: V4Rules,
-    v4_slots: HashMap<(u32, u8), u32>,
+    v4_slots: FxHashMap<(u32, u8), u32>,
     pub v6: V6Rules,
-    v6_slots: HashMap<(u128, u8), u32>,
+    v6_slots: FxHashMap<(u128, u8), u32>,
     generation: u64,
 }
 
@@ -493,7 +494,7 @@ impl<'a> Editor<'a> {
 
 /// Appends, updates or swap-removes one record of a rule store.
 fn store_record<K: std::hash::Hash + Eq + Copy, R: bytemuck::Pod>(
-    slots: &mut HashMap<K, u32>,
+    slots: &mut FxHashMap<K, u32>,
     key: K,
     bits: u8,
     rules: &MappedArray<R>,

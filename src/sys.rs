@@ -56,7 +56,6 @@ pub(crate) fn link_detach(link: BorrowedFd<'_>) -> io::Result<()> {
 /// What a pinned XDP link points at.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct XdpLinkInfo {
-    pub prog_id: u32,
     /// 0 once the link has been detached (its interface went away).
     pub ifindex: u32,
 }
@@ -71,7 +70,7 @@ pub(crate) fn xdp_link_info(link: BorrowedFd<'_>) -> io::Result<XdpLinkInfo> {
     // for any other link type ifindex reads as some integer, which callers
     // only use to look the interface up.
     let ifindex = unsafe { info.__bindgen_anon_1.xdp.ifindex };
-    Ok(XdpLinkInfo { prog_id: info.prog_id, ifindex })
+    Ok(XdpLinkInfo { ifindex })
 }
 
 /// The XDP program attached to an interface, if any, and how.
@@ -107,16 +106,6 @@ pub(crate) fn obj_get(path: &Path) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// The kernel id of a loaded program.
-pub(crate) fn prog_id(prog: BorrowedFd<'_>) -> io::Result<u32> {
-    // SAFETY: bpf_prog_info is plain data; zero is valid.
-    let mut info: libbpf_sys::bpf_prog_info = unsafe { zeroed() };
-    let mut len = size_of::<libbpf_sys::bpf_prog_info>() as u32;
-    // SAFETY: info and len describe a writable buffer of the right size.
-    check(unsafe { libbpf_sys::bpf_prog_get_info_by_fd(prog.as_raw_fd(), &mut info, &mut len) })?;
-    Ok(info.id)
-}
-
 /// Kernel memory charged to a map, from `/proc/self/fdinfo` (`memlock:`).
 pub(crate) fn map_memlock(map: BorrowedFd<'_>) -> io::Result<u64> {
     let text = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", map.as_raw_fd()))?;
@@ -132,7 +121,7 @@ pub(crate) fn is_on_bpffs(path: &Path) -> bool {
     while let Some(p) = probe {
         if p.exists() {
             return nix::sys::statfs::statfs(p)
-                .map(|s| s.filesystem_type().0 as i64 == BPF_FS_MAGIC)
+                .map(|s| s.filesystem_type().0 == BPF_FS_MAGIC)
                 .unwrap_or(false);
         }
         probe = p.parent();

@@ -50,9 +50,6 @@ pub struct TestRun {
     pub duration: Duration,
 }
 
-/// `BPF_F_TEST_XDP_LIVE_FRAMES`: frames really leave through XDP_TX/REDIRECT.
-pub(crate) const LIVE_FRAMES: u32 = libbpf_sys::BPF_F_TEST_XDP_LIVE_FRAMES;
-
 pub(crate) fn run(prog: BorrowedFd<'_>, frame: &[u8], repeat: u32) -> std::io::Result<TestRun> {
     let out = sys::prog_test_run(prog, frame, None, repeat, 0)?;
     Ok(TestRun {

@@ -12,8 +12,9 @@
 //! whatever their length) and removals that never unblock what another
 //! entry still covers.
 
-use std::collections::HashMap;
 use std::ops::Range;
+
+use rustc_hash::FxHashMap;
 
 use crate::hash::v4_bucket_index;
 use crate::layout::consts::*;
@@ -81,13 +82,61 @@ impl Cell {
 #[derive(Debug, Default, Clone)]
 pub(crate) struct V4Rules {
     /// (network, prefix length) → list bits.
-    rules: HashMap<(u32, u8), u8>,
+    rules: FxHashMap<(u32, u8), u8>,
     /// Number of rules per (list, length) for lengths up to 24.
     short_counts: [[u32; 25]; 2],
     /// Lengths up to 24 in use, per list, so coverage checks skip the rest.
     short_lens: [Vec<u8>; 2],
-    /// /24 index → prefixes longer than /24 inside it.
-    long: HashMap<u32, Vec<(u32, u8)>>,
+    /// /24 index → prefixes longer than /24 inside it, with their list bits.
+    long: FxHashMap<u32, LongEntries>,
+}
+
+/// A prefix longer than /24, with its list bits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct LongEntry {
+    net: u32,
+    len: u8,
+    bits: u8,
+}
+
+/// The long prefixes of one /24: nearly always exactly one, kept inline.
+#[derive(Debug, Clone)]
+enum LongEntries {
+    One(LongEntry),
+    Many(Vec<LongEntry>),
+}
+
+impl LongEntries {
+    fn as_slice(&self) -> &[LongEntry] {
+        match self {
+            LongEntries::One(e) => std::slice::from_ref(e),
+            LongEntries::Many(v) => v,
+        }
+    }
+
+    /// Updates the bits of `e`'s prefix, adding it if absent.
+    fn set(&mut self, e: LongEntry) {
+        let same = |x: &LongEntry| x.net == e.net && x.len == e.len;
+        match self {
+            LongEntries::One(x) if same(x) => *x = e,
+            LongEntries::One(x) => *self = LongEntries::Many(vec![*x, e]),
+            LongEntries::Many(v) => match v.iter_mut().find(|x| same(x)) {
+                Some(x) => *x = e,
+                None => v.push(e),
+            },
+        }
+    }
+
+    /// Removes a prefix; returns whether none are left.
+    fn remove(&mut self, net: u32, len: u8) -> bool {
+        match self {
+            LongEntries::One(x) => x.net == net && x.len == len,
+            LongEntries::Many(v) => {
+                v.retain(|x| !(x.net == net && x.len == len));
+                v.is_empty()
+            }
+        }
+    }
 }
 
 fn list_index(bit: u8) -> usize {
@@ -113,8 +162,8 @@ impl V4Rules {
         if *bits & bit != 0 {
             return false;
         }
-        let was_new = *bits == 0;
         *bits |= bit;
+        let now = *bits;
         if len <= 24 {
             let l = list_index(bit);
             self.short_counts[l][usize::from(len)] += 1;
@@ -122,8 +171,9 @@ impl V4Rules {
                 self.short_lens[l].push(len);
                 self.short_lens[l].sort_unstable();
             }
-        } else if was_new {
-            self.long.entry(net >> 8).or_default().push((net, len));
+        } else {
+            let e = LongEntry { net, len, bits: now };
+            self.long.entry(net >> 8).and_modify(|l| l.set(e)).or_insert(LongEntries::One(e));
         }
         true
     }
@@ -137,7 +187,8 @@ impl V4Rules {
             return false;
         }
         *bits &= !bit;
-        let now_empty = *bits == 0;
+        let now = *bits;
+        let now_empty = now == 0;
         if now_empty {
             self.rules.remove(&(net, len));
         }
@@ -147,13 +198,11 @@ impl V4Rules {
             if self.short_counts[l][usize::from(len)] == 0 {
                 self.short_lens[l].retain(|&x| x != len);
             }
-        } else if now_empty {
-            let idx = net >> 8;
-            if let Some(v) = self.long.get_mut(&idx) {
-                v.retain(|&p| p != (net, len));
-                if v.is_empty() {
-                    self.long.remove(&idx);
-                }
+        } else if let Some(l) = self.long.get_mut(&(net >> 8)) {
+            if !now_empty {
+                l.set(LongEntry { net, len, bits: now });
+            } else if l.remove(net, len) {
+                self.long.remove(&(net >> 8));
             }
         }
         true
@@ -187,29 +236,40 @@ impl V4Rules {
     fn cell_with_base(&self, idx24: u32, base: u8) -> Cell {
         match self.long.get(&idx24) {
             // Allow wins over anything more specific.
-            Some(long) if base != ALLOW => cell_from_hosts(self.host_verdicts(base, long), base),
+            Some(long) if base != ALLOW => self.cell_from_long(long.as_slice(), base),
             _ => Cell::Uniform(base),
         }
     }
 
-    fn host_verdicts(&self, base: u8, long: &[(u32, u8)]) -> [u8; 256] {
-        let mut hosts = [base; 256];
-        for pass_bit in [LIST_BLOCK, LIST_ALLOW] {
-            for &(net, len) in long {
-                if self.lists(net, len) & pass_bit == 0 {
-                    continue;
-                }
-                let first = (net & 0xFF) as usize;
-                let count = 1usize << (32 - len);
-                for v in &mut hosts[first..first + count] {
-                    // Blocks never override an allow; allows override all.
-                    if pass_bit == LIST_ALLOW || *v != ALLOW {
-                        *v = if pass_bit == LIST_ALLOW { ALLOW } else { BLOCK };
-                    }
-                }
-            }
+    /// The cell of a /24 holding `long` entries over a `base` verdict.
+    fn cell_from_long(&self, long: &[LongEntry], base: u8) -> Cell {
+        let mut exceptions = Vec::new();
+        let nibble = self.classify_long(long, base, &mut exceptions);
+        if nibble & MIXED == 0 {
+            Cell::Uniform(nibble)
+        } else {
+            Cell::Mixed { default: nibble & 3, exceptions }
         }
-        hosts
+    }
+
+    /// Puts the /24's exceptions (sorted by host) in `out` and returns its
+    /// cell nibble: a uniform verdict, or MIXED plus the default.
+    fn classify_long(&self, long: &[LongEntry], base: u8, out: &mut Vec<(u8, u8)>) -> u8 {
+        out.clear();
+        // Fast path, and the common case: only /32s, fewer than half the
+        // hosts differing from base. Same result as the general path.
+        if long.len() < 128 && long.iter().all(|e| e.len == 32) {
+            out.extend(long.iter().filter_map(|e| {
+                let v = if e.bits & LIST_ALLOW != 0 { ALLOW } else { BLOCK };
+                (v != base).then_some(((e.net & 0xFF) as u8, v))
+            }));
+            if out.is_empty() {
+                return base;
+            }
+            out.sort_unstable();
+            return MIXED | base;
+        }
+        classify_hosts(&host_verdicts(base, long), base, out)
     }
 
     /// The most specific entry of list `bit` covering `addr`.
@@ -234,48 +294,60 @@ impl V4Rules {
 
     /// Builds both levels from scratch.
     pub(crate) fn build(&self, bucket_count: usize, seed: u32) -> Result<V4Tables, TableFull> {
-        let mut cells = vec![PASS; CELLS];
+        let mut words = vec![0u64; CELLS / 16];
         // Short prefixes: blocks first, then allows over them.
-        for bit in [LIST_BLOCK, LIST_ALLOW] {
-            let value = if bit == LIST_ALLOW { ALLOW } else { BLOCK };
+        for (bit, value) in [(LIST_BLOCK, BLOCK), (LIST_ALLOW, ALLOW)] {
             for (&(net, len), &bits) in &self.rules {
                 if len <= 24 && bits & bit != 0 {
-                    let r = cells_of(net, len);
-                    cells[r.start as usize..r.end as usize].fill(value);
+                    fill_cells(&mut words, cells_of(net, len), value);
                 }
             }
         }
         let mut buckets = vec![xdpg_v4_bucket::default(); bucket_count];
         let mask = (bucket_count - 1) as u32;
+        let mut exceptions = Vec::with_capacity(256);
         for (&idx24, long) in &self.long {
-            let base = cells[idx24 as usize];
+            let base = cell_nibble(&words, idx24);
             if base == ALLOW {
                 continue;
             }
-            let cell = cell_from_hosts(self.host_verdicts(base, long), base);
-            if let Cell::Mixed { exceptions, .. } = &cell {
-                for &(host, verdict) in exceptions {
-                    host_set(&mut buckets, seed, mask, (idx24 << 8) | u32::from(host), verdict)?;
-                }
+            let nibble = self.classify_long(long.as_slice(), base, &mut exceptions);
+            for &(host, verdict) in &exceptions {
+                host_set(&mut buckets, seed, mask, (idx24 << 8) | u32::from(host), verdict)?;
             }
-            cells[idx24 as usize] = cell.nibble();
+            set_cell_nibble(&mut words, idx24, nibble);
         }
-        let words = cells
-            .chunks_exact(16)
-            .map(|c| c.iter().enumerate().fold(0u64, |w, (i, &n)| w | (u64::from(n) << (4 * i))))
-            .collect();
         Ok(V4Tables { words, buckets })
     }
 }
 
-/// Picks the default that needs the fewest exceptions (keeping `base` on a tie).
-fn cell_from_hosts(hosts: [u8; 256], base: u8) -> Cell {
+/// Every host's verdict in a /24 holding `long` entries over `base`.
+fn host_verdicts(base: u8, long: &[LongEntry]) -> [u8; 256] {
+    let mut hosts = [base; 256];
+    for pass_bit in [LIST_BLOCK, LIST_ALLOW] {
+        for e in long.iter().filter(|e| e.bits & pass_bit != 0) {
+            let first = (e.net & 0xFF) as usize;
+            let count = 1usize << (32 - e.len);
+            for v in &mut hosts[first..first + count] {
+                // Blocks never override an allow; allows override all.
+                if pass_bit == LIST_ALLOW || *v != ALLOW {
+                    *v = if pass_bit == LIST_ALLOW { ALLOW } else { BLOCK };
+                }
+            }
+        }
+    }
+    hosts
+}
+
+/// Picks the default that needs the fewest exceptions (keeping `base` on a
+/// tie), puts the exceptions in `out`, and returns the cell nibble.
+fn classify_hosts(hosts: &[u8; 256], base: u8, out: &mut Vec<(u8, u8)>) -> u8 {
     let mut counts = [0u16; 3];
-    for &v in &hosts {
+    for &v in hosts {
         counts[usize::from(v)] += 1;
     }
-    if counts.iter().any(|&c| c == 256) {
-        return Cell::Uniform(hosts[0]);
+    if counts.contains(&256) {
+        return hosts[0];
     }
     let mut default = base;
     for v in [PASS, BLOCK, ALLOW] {
@@ -283,13 +355,32 @@ fn cell_from_hosts(hosts: [u8; 256], base: u8) -> Cell {
             default = v;
         }
     }
-    let exceptions = hosts
-        .iter()
-        .enumerate()
-        .filter(|&(_, &v)| v != default)
-        .map(|(h, &v)| (h as u8, v))
-        .collect();
-    Cell::Mixed { default, exceptions }
+    out.extend(hosts.iter().enumerate().filter(|&(_, &v)| v != default).map(|(h, &v)| (h as u8, v)));
+    MIXED | default
+}
+
+fn cell_nibble(words: &[u64], idx24: u32) -> u8 {
+    ((words[(idx24 / 16) as usize] >> ((idx24 % 16) * 4)) & 0xF) as u8
+}
+
+fn set_cell_nibble(words: &mut [u64], idx24: u32, nibble: u8) {
+    let (w, shift) = ((idx24 / 16) as usize, (idx24 % 16) * 4);
+    words[w] = (words[w] & !(0xF << shift)) | (u64::from(nibble) << shift);
+}
+
+/// Sets every cell in `range` to `nibble`, a whole word at a time where it can.
+fn fill_cells(words: &mut [u64], range: Range<u32>, nibble: u8) {
+    let whole = u64::from(nibble) * 0x1111_1111_1111_1111;
+    let mut i = range.start;
+    while i < range.end {
+        if i % 16 == 0 && range.end - i >= 16 {
+            words[(i / 16) as usize] = whole;
+            i += 16;
+        } else {
+            set_cell_nibble(words, i, nibble);
+            i += 1;
+        }
+    }
 }
 
 /// Both levels, ready to copy into the maps.

@@ -7,7 +7,11 @@
 //! stored verdict already accounts for the allowlist winning. Real lists use
 //! few lengths (/128, /64, /56, /48, /32), so a lookup is a few probes.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
+#[cfg(test)]
+use std::collections::HashMap;
+
+use rustc_hash::FxHashMap;
 
 use crate::v4::{ALLOW, BLOCK, LIST_ALLOW, LIST_BLOCK, PASS};
 
@@ -26,7 +30,7 @@ fn last_addr(net: u128, len: u8) -> u128 {
 /// The v6 entries of both lists.
 #[derive(Debug, Clone)]
 pub(crate) struct V6Rules {
-    rules: HashMap<(u128, u8), u8>,
+    rules: FxHashMap<(u128, u8), u8>,
     /// The same entries in address order, for "entries inside this prefix".
     ordered: BTreeSet<(u128, u8)>,
     /// Entries per length (any list), and allowlist entries per length.
@@ -36,7 +40,7 @@ pub(crate) struct V6Rules {
 
 impl Default for V6Rules {
     fn default() -> Self {
-        Self { rules: HashMap::new(), ordered: BTreeSet::new(), len_counts: [0; 129], allow_len_counts: [0; 129] }
+        Self { rules: FxHashMap::default(), ordered: BTreeSet::new(), len_counts: [0; 129], allow_len_counts: [0; 129] }
     }
 }
 
