@@ -70,9 +70,10 @@ pub struct EntryChange {
 /// The outcome of a bulk edit.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct BulkChange {
-    /// Entries that changed the list.
+    /// Entries added or removed (for a replace: both).
     pub changed: usize,
-    /// Entries that were already in the list (or, when removing, were not).
+    /// Entries given that needed no change: already in the list (or, when
+    /// removing, not in it; for a replace, kept from the old list).
     pub unchanged: usize,
     /// Entries whose host bits were cleared, as given → as stored.
     pub normalized: Vec<(IpNetwork, IpNetwork)>,
@@ -612,18 +613,19 @@ impl PrefixList<'_> {
             wanted.insert(n.network);
         }
         let bit = self.list.bit();
-        let changed = self.filter.edit(|ed| {
+        let (changed, kept) = self.filter.edit(|ed| {
             let current = ed.st.entries(self.list);
             let current_set: rustc_hash::FxHashSet<_> = current.iter().copied().collect();
+            let kept = wanted.iter().filter(|n| current_set.contains(n)).count();
             let ops: Vec<Op> = current
                 .iter()
                 .filter(|n| !wanted.contains(n))
                 .map(|&net| Op { net, bit, insert: false })
                 .chain(wanted.iter().filter(|n| !current_set.contains(n)).map(|&net| Op { net, bit, insert: true }))
                 .collect();
-            ed.apply_atomic(&ops)
+            Ok((ed.apply_atomic(&ops)?, kept))
         })?;
-        Ok(BulkChange { changed, unchanged: wanted.len().saturating_sub(changed), normalized })
+        Ok(BulkChange { changed, unchanged: kept, normalized })
     }
 
     /// Empties the list, atomically. Returns how many entries it held.

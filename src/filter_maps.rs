@@ -101,8 +101,7 @@ impl FilterMaps {
         }
     }
 
-    cfg_field!(v4_active, v4_active, AtomicU32, atomic_u32);
-    cfg_field!(v6_view, v6_view, AtomicU32, atomic_u32);
+    cfg_field!(tables, tables, AtomicU32, atomic_u32);
     cfg_field!(malformed_policy, malformed_policy, AtomicU32, atomic_u32);
     cfg_field!(dirty, dirty, AtomicU32, atomic_u32);
     cfg_field!(v4_rule_count, v4_rule_count, AtomicU32, atomic_u32);
@@ -113,16 +112,40 @@ impl FilterMaps {
         self.cfg.get(0)
     }
 
-    /// Makes `view` the live v6 view, in a slot no reader is using.
-    pub(crate) fn publish_v6_view(&self, view: xdpg_v6_view) {
-        let next = (self.v6_view().load(Ordering::Acquire) + 1) % XDPG_V6_VIEWS;
-        self.v6_views.set(next as usize, view);
-        fence(Ordering::Release);
-        self.v6_view().store(next, Ordering::Release);
+    /// The live v4 table pair (0 or 1).
+    pub(crate) fn v4_active(&self) -> usize {
+        (self.tables().load(Ordering::Acquire) & XDPG_TABLES_V4_MASK) as usize
+    }
+
+    fn v6_view_index(&self) -> u32 {
+        (self.tables().load(Ordering::Acquire) >> XDPG_TABLES_V6_SHIFT) & XDPG_TABLES_V6_MASK
     }
 
     pub(crate) fn current_v6_view(&self) -> xdpg_v6_view {
-        self.v6_views.get(self.v6_view().load(Ordering::Acquire) as usize)
+        self.v6_views.get(self.v6_view_index() as usize)
+    }
+
+    /// Writes `view` into a view slot no reader is using and returns the
+    /// slot; [`switch_tables`](Self::switch_tables) makes it live.
+    pub(crate) fn stage_v6_view(&self, view: xdpg_v6_view) -> u32 {
+        let next = (self.v6_view_index() + 1) % XDPG_V6_VIEWS;
+        self.v6_views.set(next as usize, view);
+        next
+    }
+
+    /// Makes a v4 table pair and/or a staged v6 view live with one store,
+    /// so packets see all of an edit or none of it.
+    pub(crate) fn switch_tables(&self, v4_pair: Option<usize>, v6_view: Option<u32>) {
+        let mut word = self.tables().load(Ordering::Acquire);
+        if let Some(pair) = v4_pair {
+            word = (word & !XDPG_TABLES_V4_MASK) | (pair as u32 & XDPG_TABLES_V4_MASK);
+        }
+        if let Some(view) = v6_view {
+            word = (word & !(XDPG_TABLES_V6_MASK << XDPG_TABLES_V6_SHIFT)) | (view << XDPG_TABLES_V6_SHIFT);
+        }
+        // Everything staged before is visible no later than the switch.
+        fence(Ordering::SeqCst);
+        self.tables().store(word, Ordering::Release);
     }
 
     /// Per-reason counters, summed over CPUs.
@@ -265,7 +288,8 @@ pub(crate) fn load(
 
     let maps = FilterMaps::from_handles(handles)
         .map_err(|source| LoadError::Bpf { op: "mapping filter tables".into(), source })?;
-    let mut cfg = xdpg_filter_config {
+    // Both v4 pairs and both v6 tables start empty; pair 0 and view 0 are live.
+    let cfg = xdpg_filter_config {
         magic: XDPG_MAGIC,
         layout_version: XDPG_LAYOUT_VERSION,
         v4_bucket_mask: (cap.v4_buckets - 1) as u32,
@@ -273,7 +297,6 @@ pub(crate) fn load(
         malformed_policy,
         ..Default::default()
     };
-    cfg.v6_view = 0;
     maps.cfg.set(0, cfg);
     Ok((maps, prog))
 }

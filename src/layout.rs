@@ -49,8 +49,7 @@ pod!(
 const _: () = {
     assert!(size_of::<xdpg_counter>() == 16);
     assert!(size_of::<xdpg_filter_config>() == 48);
-    assert!(offset_of!(xdpg_filter_config, v4_active) == 8);
-    assert!(offset_of!(xdpg_filter_config, v6_view) == 20);
+    assert!(offset_of!(xdpg_filter_config, tables) == 8);
     assert!(offset_of!(xdpg_filter_config, dirty) == 28);
     assert!(offset_of!(xdpg_filter_config, generation) == 40);
     assert!(size_of::<xdpg_v4_bucket>() == 64);

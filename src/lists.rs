@@ -210,8 +210,6 @@ impl BucketStore for LiveBuckets<'_> {
 pub(crate) struct Editor<'a> {
     pub st: &'a mut ListState,
     maps: &'a FilterMaps,
-    v4_active_at_begin: u32,
-    v6_table_at_begin: u32,
 }
 
 fn bpf_err(op: &str) -> impl FnOnce(libbpf_rs::Error) -> ListError + '_ {
@@ -226,12 +224,7 @@ impl<'a> Editor<'a> {
     pub(crate) fn begin(st: &'a mut ListState, maps: &'a FilterMaps) -> Self {
         st.sync(maps);
         maps.dirty().store(1, Ordering::Release);
-        Self {
-            st,
-            maps,
-            v4_active_at_begin: maps.v4_active().load(Ordering::Acquire),
-            v6_table_at_begin: maps.current_v6_view().table,
-        }
+        Self { st, maps }
     }
 
     /// Publishes the edit: other handles see a new generation and reload.
@@ -277,7 +270,7 @@ impl<'a> Editor<'a> {
             return Ok(false);
         }
         let patched = patch && {
-            let active = self.maps.v4_active().load(Ordering::Acquire) as usize;
+            let active = self.maps.v4_active();
             let seed = self.maps.config().v4_hash_seed;
             let mut cells_store = LiveCells(&self.maps.l1[active]);
             let mut buckets = LiveBuckets(&self.maps.hosts[active]);
@@ -304,6 +297,8 @@ impl<'a> Editor<'a> {
         xdpg_v6_key { prefixlen: u32::from(len), addr: v6_words(net) }
     }
 
+    /// Writes the model's verdict for (net, len) into v6 table `table`, or
+    /// deletes the key when it is no longer an entry.
     fn v6_write(&self, table: u32, net: u128, len: u8) -> Result<(), libbpf_rs::Error> {
         let map = self.maps.v6_table(table);
         let key = Self::v6_key(net, len);
@@ -316,6 +311,23 @@ impl<'a> Editor<'a> {
         }
     }
 
+    /// Writes the given keys into one table, deletions first so a table at
+    /// capacity never holds old and new entries at once.
+    fn v6_write_keys(&self, table: u32, keys: &[(u128, u8)]) -> Result<(), ListError> {
+        let (gone, kept): (Vec<_>, Vec<_>) = keys.iter().partition(|&&(n, l)| self.st.v6.effective(n, l).is_none());
+        for &(n, l) in gone.iter().chain(&kept) {
+            self.v6_write(table, n, l).map_err(|e| {
+                if is_full(&e) {
+                    self.v6_full()
+                } else {
+                    bpf_err("updating the IPv6 table")(e)
+                }
+            })?;
+        }
+        Ok(())
+    }
+
+    /// The view for `table` holding the model's prefix lengths.
     fn v6_view(&self, table: u32) -> xdpg_v6_view {
         let lens = self.st.v6.lens_desc();
         let mut view = xdpg_v6_view { table, count: lens.len() as u32, ..Default::default() };
@@ -323,9 +335,20 @@ impl<'a> Editor<'a> {
         view
     }
 
+    /// Keys whose stored verdict may change when (net, len) changes: itself,
+    /// and, when its allowlist membership changed, every entry inside it.
+    fn v6_affected(&self, net: u128, len: u8, bit: u8, out: &mut Vec<(u128, u8)>) {
+        out.push((net, len));
+        if bit == LIST_ALLOW {
+            out.extend(self.st.v6.inside(net, len));
+        }
+    }
+
+    /// One v6 edit. Both tables hold the same entries between edits (the
+    /// idle one is the spare a bulk edit fills); a single edit patches the
+    /// idle one, then the live one, key by key.
     fn v6_one(&mut self, net: u128, len: u8, bit: u8, insert: bool) -> Result<bool, ListError> {
-        let new_entry = self.st.v6.lists(net, len) == 0;
-        if insert && new_entry && self.st.v6.len() >= self.maps.capacity().v6_rules {
+        if insert && self.st.v6.lists(net, len) == 0 && self.st.v6.len() >= self.maps.capacity().v6_rules {
             return Err(self.v6_full());
         }
         let lens_before = self.st.v6.lens_desc();
@@ -333,82 +356,89 @@ impl<'a> Editor<'a> {
         if !changed {
             return Ok(false);
         }
-        let table = self.maps.current_v6_view().table;
+        let live = self.maps.current_v6_view().table;
         let lens_after = self.st.v6.lens_desc();
         // A length leaves the view before its last entry leaves the table...
         if lens_after.len() < lens_before.len() {
-            self.maps.publish_v6_view(self.v6_view(table));
+            let slot = self.maps.stage_v6_view(self.v6_view(live));
+            self.maps.switch_tables(None, Some(slot));
         }
-        if let Err(e) = self.v6_write(table, net, len) {
-            if insert {
-                self.st.v6.remove(net, len, bit);
-            } else {
-                self.st.v6.insert(net, len, bit);
-            }
-            return Err(if is_full(&e) { self.v6_full() } else { bpf_err("updating the IPv6 table")(e) });
-        }
-        if bit == LIST_ALLOW {
-            let inside: Vec<(u128, u8)> = self.st.v6.inside(net, len).collect();
-            for (n, l) in inside {
-                self.v6_write(table, n, l).map_err(bpf_err("updating the IPv6 table"))?;
+        let mut keys = Vec::new();
+        self.v6_affected(net, len, bit, &mut keys);
+        for table in [1 - live, live] {
+            if let Err(e) = self.v6_write_keys(table, &keys) {
+                if insert {
+                    self.st.v6.remove(net, len, bit);
+                } else {
+                    self.st.v6.insert(net, len, bit);
+                }
+                for t in [1 - live, live] {
+                    let _ = self.v6_write_keys(t, &keys);
+                }
+                return Err(e);
             }
         }
         // ...and joins it after its first entry is in.
         if lens_after.len() > lens_before.len() {
-            self.maps.publish_v6_view(self.v6_view(table));
+            let slot = self.maps.stage_v6_view(self.v6_view(live));
+            self.maps.switch_tables(None, Some(slot));
         }
         self.store_v6(net, len);
         Ok(true)
     }
 
-    /// Applies many changes as one atomic swap per family: all or nothing.
+    /// Applies many changes as one atomic step: the new tables of both
+    /// families are staged beside the live ones and switched in with one
+    /// store. All of it or, on error, none of it.
     pub(crate) fn apply_atomic(&mut self, ops: &[Op]) -> Result<usize, ListError> {
         let mut done: Vec<Op> = Vec::new();
         for &op in ops {
-            let changed = match op.net {
-                IpNetwork::V4(n) => {
-                    let (a, l) = (u32::from(n.network()), n.prefix());
-                    if op.insert { self.st.v4.insert(a, l, op.bit) } else { self.st.v4.remove(a, l, op.bit) }
-                }
-                IpNetwork::V6(n) => {
-                    let (a, l) = (u128::from(n.network()), n.prefix());
-                    if op.insert { self.st.v6.insert(a, l, op.bit) } else { self.st.v6.remove(a, l, op.bit) }
-                }
-            };
-            if changed {
+            if self.apply_to_model(op) {
                 done.push(op);
             }
         }
         let v4_changed = done.iter().any(|o| o.net.is_ipv4());
-        let v6_changed = done.iter().any(|o| o.net.is_ipv6());
+        let mut v6_keys = Vec::new();
+        for op in &done {
+            if let IpNetwork::V6(n) = op.net {
+                self.v6_affected(u128::from(n.network()), n.prefix(), op.bit, &mut v6_keys);
+            }
+        }
+        v6_keys.sort_unstable();
+        v6_keys.dedup();
+        let live_v6 = self.maps.current_v6_view().table;
         let cap = self.maps.capacity();
-        let result = if self.st.v4.len() > cap.v4_rules {
+        let staged = if self.st.v4.len() > cap.v4_rules {
             Err(self.v4_full())
         } else if self.st.v6.len() > cap.v6_rules {
             Err(self.v6_full())
         } else {
             (|| {
-                if v4_changed {
-                    self.rebuild_v4().map_err(|_| self.v4_hosts_full())?;
-                }
-                if v6_changed {
-                    self.rebuild_v6()?;
-                }
-                Ok(())
+                let v4_pair = if v4_changed { Some(self.stage_v4().map_err(|_| self.v4_hosts_full())?) } else { None };
+                let v6_view = if v6_keys.is_empty() {
+                    None
+                } else {
+                    self.v6_write_keys(1 - live_v6, &v6_keys)?;
+                    Some(self.maps.stage_v6_view(self.v6_view(1 - live_v6)))
+                };
+                Ok((v4_pair, v6_view))
             })()
         };
-        if let Err(e) = result {
-            for op in done.iter().rev() {
-                self.undo(*op);
+        let (v4_pair, v6_view) = match staged {
+            Ok(s) => s,
+            Err(e) => {
+                // Nothing was switched: put the model and the idle v6 table back.
+                for op in done.iter().rev() {
+                    self.undo(*op);
+                }
+                let _ = self.v6_write_keys(1 - live_v6, &v6_keys);
+                return Err(e);
             }
-            // Restore exactly the previous tables, whichever swap happened.
-            if v4_changed && self.maps.v4_active().load(Ordering::Acquire) != self.v4_active_at_begin {
-                let _ = self.rebuild_v4();
-            }
-            if v6_changed && self.maps.current_v6_view().table != self.v6_table_at_begin {
-                let _ = self.rebuild_v6();
-            }
-            return Err(e);
+        };
+        self.maps.switch_tables(v4_pair, v6_view);
+        // The old live v6 table is now the spare: bring it level.
+        if v6_view.is_some() && self.v6_write_keys(live_v6, &v6_keys).is_err() {
+            let _ = self.refill_v6(live_v6);
         }
         for op in &done {
             match op.net {
@@ -419,38 +449,46 @@ impl<'a> Editor<'a> {
         Ok(done.len())
     }
 
-    fn undo(&mut self, op: Op) {
+    fn apply_to_model(&mut self, op: Op) -> bool {
         match op.net {
             IpNetwork::V4(n) => {
                 let (a, l) = (u32::from(n.network()), n.prefix());
-                if op.insert { self.st.v4.remove(a, l, op.bit) } else { self.st.v4.insert(a, l, op.bit) };
+                if op.insert { self.st.v4.insert(a, l, op.bit) } else { self.st.v4.remove(a, l, op.bit) }
             }
             IpNetwork::V6(n) => {
                 let (a, l) = (u128::from(n.network()), n.prefix());
-                if op.insert { self.st.v6.remove(a, l, op.bit) } else { self.st.v6.insert(a, l, op.bit) };
+                if op.insert { self.st.v6.insert(a, l, op.bit) } else { self.st.v6.remove(a, l, op.bit) }
             }
         }
     }
 
-    /// Builds the v4 tables from the rules into the idle pair and swaps.
-    pub(crate) fn rebuild_v4(&mut self) -> Result<(), v4::TableFull> {
+    fn undo(&mut self, op: Op) {
+        self.apply_to_model(Op { insert: !op.insert, ..op });
+    }
+
+    /// Builds the v4 tables from the rules into the idle pair; returns it.
+    fn stage_v4(&mut self) -> Result<usize, v4::TableFull> {
         let cfg = self.maps.config();
         let tables = self.st.v4.build(self.maps.capacity().v4_buckets, cfg.v4_hash_seed)?;
-        let idle = 1 - (self.maps.v4_active().load(Ordering::Acquire) as usize & 1);
+        let idle = 1 - self.maps.v4_active();
         self.maps.l1[idle].fill_from(&tables.words);
         self.maps.hosts[idle].fill_from(&tables.buckets);
-        fence(Ordering::SeqCst);
-        self.maps.v4_active().store(idle as u32, Ordering::Release);
+        Ok(idle)
+    }
+
+    /// Builds the v4 tables from the rules into the idle pair and swaps.
+    pub(crate) fn rebuild_v4(&mut self) -> Result<(), v4::TableFull> {
+        let idle = self.stage_v4()?;
+        self.maps.switch_tables(Some(idle), None);
         Ok(())
     }
 
-    /// Builds the v6 table from the rules into the idle hash and swaps.
-    pub(crate) fn rebuild_v6(&mut self) -> Result<(), ListError> {
-        let idle = 1 - (self.maps.current_v6_view().table & 1);
-        let map = self.maps.v6_table(idle);
+    /// Empties one v6 table and fills it with every entry of the model.
+    fn refill_v6(&self, table: u32) -> Result<(), ListError> {
+        let map = self.maps.v6_table(table);
         let stale: Vec<Vec<u8>> = map.keys().collect();
         for key in &stale {
-            map.delete(key).map_err(bpf_err("clearing the idle IPv6 table"))?;
+            map.delete(key).map_err(bpf_err("clearing an IPv6 table"))?;
         }
         let entries = self.st.v6.entries();
         for chunk in entries.chunks(4096) {
@@ -464,12 +502,21 @@ impl<'a> Editor<'a> {
                 if is_full(&e) {
                     self.v6_full()
                 } else {
-                    bpf_err("filling the IPv6 table")(e)
+                    bpf_err("filling an IPv6 table")(e)
                 }
             })?;
         }
-        self.maps.publish_v6_view(self.v6_view(idle));
         Ok(())
+    }
+
+    /// Rewrites both v6 tables from the model (repair after a crash): the
+    /// idle one, then a switch, then the other.
+    pub(crate) fn rebuild_v6(&mut self) -> Result<(), ListError> {
+        let live = self.maps.current_v6_view().table;
+        self.refill_v6(1 - live)?;
+        let slot = self.maps.stage_v6_view(self.v6_view(1 - live));
+        self.maps.switch_tables(None, Some(slot));
+        self.refill_v6(live)
     }
 
     /// Brings the stored record of (net, len) in line with the model.

@@ -37,6 +37,10 @@
 #define XDPG_V6_MAX_LENS 129
 /* Views are rotated so a reader never sees a view being rewritten. */
 #define XDPG_V6_VIEWS 4
+/* config->tables: bit 0 picks the v4 table pair, these bits the v6 view. */
+#define XDPG_TABLES_V4_MASK 0x1
+#define XDPG_TABLES_V6_SHIFT 8
+#define XDPG_TABLES_V6_MASK 0xFF
 
 /* List membership bits of a stored rule. */
 #define XDPG_LIST_BLOCK 1

@@ -55,9 +55,9 @@ static __always_inline __u32 v4_host_verdict(struct xdpg_filter_config *cfg, __u
 	return dflt;
 }
 
-static __always_inline __u32 v4_verdict(struct xdpg_filter_config *cfg, __u32 addr)
+static __always_inline __u32 v4_verdict(struct xdpg_filter_config *cfg, __u32 tables, __u32 addr)
 {
-	__u32 active = cfg->v4_active;
+	__u32 active = tables & XDPG_TABLES_V4_MASK;
 	__u32 cell_idx = addr >> 8;
 	__u32 word_idx = cell_idx / XDPG_V4_CELLS_PER_WORD;
 	__u64 *word = active ? bpf_map_lookup_elem(&xdpg_v4_l1_b, &word_idx)
@@ -79,9 +79,9 @@ static __always_inline __u32 mask_word(__u32 word, int bits)
 	return word & bpf_htonl(~0u << (32 - bits));
 }
 
-static __always_inline __u32 v6_verdict(struct xdpg_filter_config *cfg, const __u32 *addr)
+static __always_inline __u32 v6_verdict(__u32 tables, const __u32 *addr)
 {
-	__u32 view_idx = cfg->v6_view;
+	__u32 view_idx = (tables >> XDPG_TABLES_V6_SHIFT) & XDPG_TABLES_V6_MASK;
 	struct xdpg_v6_view *view = bpf_map_lookup_elem(&xdpg_v6_views, &view_idx);
 	if (!view)
 		return XDPG_VERDICT_PASS;
@@ -133,13 +133,15 @@ int xdpg_filter(struct xdp_md *ctx)
 		return pass_on(ctx);
 	}
 
+	/* One read: the tables of one edit generation decide this packet. */
+	__u32 tables = *(volatile __u32 *)&cfg->tables;
 	__u32 verdict;
 	__u32 blocked_reason;
 	if (pkt.l3_proto == ETH_P_IP) {
 		struct iphdr *iph = data + (pkt.l3_off & 0xFFF);
 		if ((void *)(iph + 1) > data_end)
 			return XDP_PASS;
-		verdict = v4_verdict(cfg, bpf_ntohl(iph->saddr));
+		verdict = v4_verdict(cfg, tables, bpf_ntohl(iph->saddr));
 		blocked_reason = XDPG_REASON_BLOCKED_V4;
 	} else {
 		struct ipv6hdr *ip6h = data + (pkt.l3_off & 0xFFF);
@@ -147,7 +149,7 @@ int xdpg_filter(struct xdp_md *ctx)
 			return XDP_PASS;
 		__u32 src[4];
 		__builtin_memcpy(src, &ip6h->saddr, sizeof(src));
-		verdict = v6_verdict(cfg, src);
+		verdict = v6_verdict(tables, src);
 		blocked_reason = XDPG_REASON_BLOCKED_V6;
 	}
 

@@ -88,7 +88,7 @@ struct {
 	__type(value, __u32);
 } xdpg_v6_pfx_b SEC(".maps");
 
-/* Which v6 table is live and its prefix lengths; config->v6_view picks one. */
+/* Which v6 table is live and its prefix lengths; config->tables picks one. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, XDPG_V6_VIEWS);

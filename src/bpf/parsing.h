@@ -79,6 +79,11 @@ static __always_inline int xdpg_parse_eth(void *data, void *data_end, struct xdp
 		off += sizeof(*vlan);
 		pkt->vlan_tags++;
 	}
+	/* A tag beyond the ones we walk hides the packet from us: it cannot be
+	 * judged, so it is malformed and the policy decides, rather than
+	 * "non-IP", which would always pass whatever its source. */
+	if (proto == ETH_P_8021Q || proto == ETH_P_8021AD)
+		return XDPG_PARSE_MALFORMED;
 	pkt->l3_off = off;
 	pkt->l3_proto = proto;
 	if (proto == ETH_P_IP || proto == ETH_P_IPV6)

@@ -19,10 +19,12 @@ struct xdpg_counter {
 struct xdpg_filter_config {
 	__u32 magic;		/* XDPG_MAGIC */
 	__u32 layout_version;	/* XDPG_LAYOUT_VERSION */
-	__u32 v4_active;	/* 0 or 1: which v4 table pair the data plane reads */
+	__u32 tables;		/* bit 0: the live v4 table pair; bits 8-15: the live v6
+				 * view. One word, so a bulk edit of both families
+				 * switches at one instant. */
 	__u32 v4_bucket_mask;	/* number of host buckets - 1 (a power of two - 1) */
 	__u32 v4_hash_seed;	/* keys the host-bucket hash */
-	__u32 v6_view;		/* index into xdpg_v6_views */
+	__u32 reserved;
 	__u32 malformed_policy; /* XDPG_MALFORMED_* */
 	__u32 dirty;		/* set while user space edits; repaired on reopen */
 	__u32 v4_rule_count;	/* rules stored in xdpg_v4_rules */

@@ -1,0 +1,595 @@
+//! End to end: the filter attached to a real veth in a throwaway namespace,
+//! real UDP and TCP listeners behind it, real clients sending from two
+//! source addresses per family. Needs root; fails (never skips) without it.
+
+mod common {
+    pub mod netns;
+}
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use common::netns::*;
+use xdpguard::{AttachMode, Error, Filter, FilterStats, IpNetwork};
+
+const UDP_PORT: u16 = 7000;
+const TCP_PORT: u16 = 7001;
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn net(s: &str) -> IpNetwork {
+    s.parse().unwrap()
+}
+
+// --- listeners in the server namespace --------------------------------------
+
+/// What the server's listeners saw, per source address.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Seen {
+    udp: u64,
+    tcp: u64,
+}
+
+/// A UDP echo server and a TCP server (writes "ok" and closes) on all of the
+/// server namespace's addresses, recording every source they see.
+struct Listeners {
+    stop: Arc<AtomicBool>,
+    seen: Arc<Mutex<HashMap<IpAddr, Seen>>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Listeners {
+    fn start(ns: &NetNs) -> Listeners {
+        let stop = Arc::new(AtomicBool::new(false));
+        let seen: Arc<Mutex<HashMap<IpAddr, Seen>>> = Arc::default();
+        // Bind before returning, so no probe can race the listeners.
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let udp = {
+            let (stop, seen, ready) = (stop.clone(), seen.clone(), ready_tx.clone());
+            ns.spawn(move || {
+                // [::] is dual-stack: IPv4 clients arrive as ::ffff:a.b.c.d.
+                let sock = UdpSocket::bind(("::", UDP_PORT)).expect("bind udp");
+                sock.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+                ready.send(()).unwrap();
+                let mut buf = [0u8; 2048];
+                while !stop.load(Ordering::Relaxed) {
+                    if let Ok((n, from)) = sock.recv_from(&mut buf) {
+                        seen.lock().unwrap().entry(from.ip().to_canonical()).or_default().udp += 1;
+                        let _ = sock.send_to(&buf[..n], from);
+                    }
+                }
+            })
+        };
+        let tcp = {
+            let (stop, seen, ready) = (stop.clone(), seen.clone(), ready_tx);
+            ns.spawn(move || {
+                let listener = TcpListener::bind(("::", TCP_PORT)).expect("bind tcp");
+                listener.set_nonblocking(true).unwrap();
+                ready.send(()).unwrap();
+                while !stop.load(Ordering::Relaxed) {
+                    match listener.accept() {
+                        Ok((mut conn, from)) => {
+                            seen.lock().unwrap().entry(from.ip().to_canonical()).or_default().tcp += 1;
+                            let _ = conn.write_all(b"ok\n");
+                        }
+                        Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                    }
+                }
+            })
+        };
+        ready_rx.recv().unwrap();
+        ready_rx.recv().unwrap();
+        Listeners { stop, seen, threads: vec![udp, tcp] }
+    }
+
+    fn seen(&self, src: IpAddr) -> Seen {
+        self.seen.lock().unwrap().get(&src).copied().unwrap_or_default()
+    }
+}
+
+impl Drop for Listeners {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+// --- the test bed -------------------------------------------------------------
+
+const CLIENT_A4: &str = "192.0.2.1";
+const CLIENT_B4: &str = "192.0.2.3";
+const CLIENT_A6: &str = "2001:db8::1";
+const CLIENT_B6: &str = "2001:db8::3";
+const SERVER4: &str = "192.0.2.2";
+const SERVER6: &str = "2001:db8::2";
+
+/// Client (two addresses per family) and server joined by veth, listeners on
+/// the server, and static neighbour entries on both sides so that blocking a
+/// source never leaves address resolution half done.
+struct Bed {
+    // Dropped first: the listener threads stop before the namespaces go.
+    listeners: Listeners,
+    pair: Pair,
+}
+
+fn static_neighbours(ns: &NetNs, dev: &str, addrs: &[&str], mac: [u8; 6]) {
+    let mac = mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
+    for a in addrs {
+        ns.ip(&["neigh", "replace", a, "lladdr", &mac, "dev", dev, "nud", "permanent"]);
+    }
+}
+
+impl Bed {
+    fn new(tag: &str) -> Bed {
+        ensure_bpffs();
+        let pair = Pair::new(tag);
+        pair.client.addr("eth0", &format!("{CLIENT_B4}/24"));
+        pair.client.addr("eth0", &format!("{CLIENT_B6}/64"));
+        static_neighbours(&pair.server, "eth0", &[CLIENT_A4, CLIENT_B4, CLIENT_A6, CLIENT_B6], pair.client.mac("eth0"));
+        static_neighbours(&pair.client, "eth0", &[SERVER4, SERVER6], pair.server.mac("eth0"));
+        let listeners = Listeners::start(&pair.server);
+        Bed { listeners, pair }
+    }
+
+    /// A second link: client eth1 198.51.100.1 <-> server eth1 198.51.100.2.
+    fn add_second_link(&self) {
+        let (c, s) = (&self.pair.client, &self.pair.server);
+        veth(c, "eth1", s, "eth1");
+        c.addr("eth1", "198.51.100.1/24");
+        s.addr("eth1", "198.51.100.2/24");
+        static_neighbours(s, "eth1", &["198.51.100.1"], c.mac("eth1"));
+        static_neighbours(c, "eth1", &["198.51.100.2"], s.mac("eth1"));
+    }
+
+    fn server_addr(src: IpAddr) -> IpAddr {
+        match src {
+            IpAddr::V4(a) if a.octets()[..3] == [198, 51, 100] => ip("198.51.100.2"),
+            IpAddr::V4(_) => ip(SERVER4),
+            IpAddr::V6(_) => ip(SERVER6),
+        }
+    }
+
+    /// Sends `tries` UDP datagrams from `src` (one at a time, each waiting
+    /// `wait` for its echo); true when any echo came back.
+    fn udp(&self, src: IpAddr, tries: u32, wait: Duration) -> bool {
+        let dst = SocketAddr::new(Self::server_addr(src), UDP_PORT);
+        self.pair.client.run(move || {
+            let sock = UdpSocket::bind(SocketAddr::new(src, 0)).expect("bind client udp");
+            sock.set_read_timeout(Some(wait)).unwrap();
+            let mut buf = [0u8; 64];
+            for i in 0..tries {
+                let token = format!("probe-{src}-{i}");
+                sock.send_to(token.as_bytes(), dst).expect("send");
+                let deadline = Instant::now() + wait;
+                while Instant::now() < deadline {
+                    match sock.recv_from(&mut buf) {
+                        Ok((n, _)) if &buf[..n] == token.as_bytes() => return true,
+                        Ok(_) => continue, // a late echo of an earlier try
+                        Err(_) => break,
+                    }
+                }
+            }
+            false
+        })
+    }
+
+    /// One TCP connection attempt from `src`; true when the server's "ok"
+    /// arrived.
+    fn tcp(&self, src: IpAddr, timeout: Duration) -> bool {
+        let dst = SocketAddr::new(Self::server_addr(src), TCP_PORT);
+        self.pair.client.run(move || match tcp_connect(src, dst, timeout) {
+            Ok(mut stream) => {
+                stream.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+                let mut s = String::new();
+                let _ = stream.read_to_string(&mut s);
+                s == "ok\n"
+            }
+            Err(e) => {
+                // A refused connection would mean the SYN got through.
+                assert_ne!(e.raw_os_error(), Some(nix::libc::ECONNREFUSED), "connect from {src}: {e}");
+                false
+            }
+        })
+    }
+
+    /// UDP and TCP from `src` both reach the listeners (with a few retries,
+    /// as the first packets may race neighbour and listener setup).
+    fn assert_reaches(&self, src: &str, why: &str) {
+        let src = ip(src);
+        let before = self.listeners.seen(src);
+        assert!(self.udp(src, 5, Duration::from_millis(400)), "{why}: UDP from {src} should get through");
+        let tcp_ok = (0..3).any(|_| self.tcp(src, Duration::from_millis(1500)));
+        assert!(tcp_ok, "{why}: TCP from {src} should get through");
+        let after = self.listeners.seen(src);
+        assert!(after.udp > before.udp && after.tcp > before.tcp, "{why}: listeners saw {before:?} -> {after:?}");
+    }
+
+    /// Neither UDP nor TCP from `src` reaches the listeners: they never see
+    /// the source at all.
+    fn assert_blocked(&self, src: &str, why: &str) {
+        let src = ip(src);
+        let before = self.listeners.seen(src);
+        assert!(!self.udp(src, 2, Duration::from_millis(250)), "{why}: UDP from {src} should be dropped");
+        assert!(!self.tcp(src, Duration::from_millis(400)), "{why}: TCP from {src} should be dropped");
+        assert_eq!(self.listeners.seen(src), before, "{why}: the listeners must never see {src}");
+    }
+
+    fn link_show(&self, ns: &NetNs, dev: &str) -> String {
+        String::from_utf8_lossy(&ns.ip(&["link", "show", "dev", dev]).stdout).into_owned()
+    }
+
+    /// (XDP flag `ip link` prints, attached program id), or None if nothing
+    /// is attached.
+    fn xdp_on(&self, ns: &NetNs, dev: &str) -> Option<(String, u64)> {
+        let text = self.link_show(ns, dev);
+        let flag = text.split_whitespace().find(|w| w.starts_with("xdp"))?.to_owned();
+        let json = ns.ip(&["-j", "link", "show", "dev", dev]).stdout;
+        let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
+        let id = v[0]["xdp"]["prog"]["id"].as_u64().or_else(|| v[0]["xdp"]["attached"][0]["prog"]["id"].as_u64());
+        Some((flag, id.unwrap_or_else(|| panic!("no program id in {v}"))))
+    }
+}
+
+fn tcp_connect(src: IpAddr, dst: SocketAddr, timeout: Duration) -> std::io::Result<TcpStream> {
+    use nix::sys::socket::{
+        bind, connect, setsockopt, socket, sockopt, AddressFamily, SockFlag, SockType, SockaddrStorage,
+    };
+    use nix::sys::time::TimeVal;
+    let family = if src.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
+    let fd = socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
+    // On Linux SO_SNDTIMEO also bounds a blocking connect().
+    let tv = TimeVal::new(timeout.as_secs() as _, timeout.subsec_micros() as _);
+    setsockopt(&fd, sockopt::SendTimeout, &tv)?;
+    bind(fd.as_raw_fd(), &SockaddrStorage::from(SocketAddr::new(src, 0)))?;
+    connect(fd.as_raw_fd(), &SockaddrStorage::from(dst))?;
+    Ok(TcpStream::from(fd))
+}
+
+// --- pin directories --------------------------------------------------------
+
+static PIN_COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A unique pin directory under /sys/fs/bpf, removed (with whatever is
+/// pinned in it) when the guard drops, also when a test panics.
+struct PinGuard(PathBuf);
+
+impl PinGuard {
+    fn new() -> PinGuard {
+        ensure_bpffs();
+        let n = PIN_COUNTER.fetch_add(1, Ordering::Relaxed);
+        PinGuard(PathBuf::from(format!("/sys/fs/bpf/xdpg-test-{}-e2e{n}", std::process::id())))
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for PinGuard {
+    fn drop(&mut self) {
+        if let Ok(entries) = std::fs::read_dir(&self.0) {
+            for e in entries.flatten() {
+                let p = e.path();
+                let _ = std::fs::remove_file(&p).or_else(|_| std::fs::remove_dir_all(&p));
+            }
+        }
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+fn attach_on(ns: &NetNs, ifaces: &[&'static str], mode: AttachMode, pin: Option<PathBuf>) -> Arc<Filter> {
+    let ifaces = ifaces.to_vec();
+    ns.run(move || {
+        let mut b = Filter::builder().mode(mode).v4_capacity(4096).v6_capacity(4096);
+        for i in ifaces {
+            b = b.interface(i);
+        }
+        if let Some(p) = pin {
+            b = b.pin(p);
+        }
+        Arc::new(b.attach().expect("attach the filter"))
+    })
+}
+
+fn stats(f: &Filter) -> FilterStats {
+    f.stats().expect("stats")
+}
+
+// --- the cases ---------------------------------------------------------------
+
+#[test]
+fn blocked_sources_cannot_reach_listeners_and_allowed_ones_can() {
+    let bed = Bed::new("e2eb");
+    let filter = attach_on(&bed.pair.server, &["eth0"], AttachMode::Native, None);
+    for src in [CLIENT_A4, CLIENT_B4, CLIENT_A6, CLIENT_B6] {
+        bed.assert_reaches(src, "empty lists");
+    }
+
+    filter.blocklist().insert(net("192.0.2.1/32")).unwrap();
+    filter.blocklist().insert(net("2001:db8::1/128")).unwrap();
+    let s0 = stats(&filter);
+    bed.assert_blocked(CLIENT_A4, "192.0.2.1/32 blocked");
+    bed.assert_blocked(CLIENT_A6, "2001:db8::1/128 blocked");
+    let s1 = stats(&filter).since(&s0);
+    // Two UDP datagrams and at least one SYN per blocked source.
+    assert!(s1.blocked_v4.packets >= 3, "{s1:?}");
+    assert!(s1.blocked_v6.packets >= 3, "{s1:?}");
+
+    bed.assert_reaches(CLIENT_B4, "192.0.2.3 is in neither list");
+    bed.assert_reaches(CLIENT_B6, "2001:db8::3 is in neither list");
+    let s2 = stats(&filter).since(&s0);
+    assert!(s2.passed.packets > s1.passed.packets, "allowed traffic counts as passed: {s2:?}");
+    assert_eq!(s2.blocked(), s1.blocked(), "allowed sources never count as blocked");
+}
+
+#[test]
+fn block_and_unblock_take_effect_live_without_reattaching() {
+    let bed = Bed::new("e2el");
+    let filter = attach_on(&bed.pair.server, &["eth0"], AttachMode::Native, None);
+    let (_, prog_id) = bed.xdp_on(&bed.pair.server, "eth0").expect("attached");
+    bed.assert_reaches(CLIENT_A4, "before any edit");
+    bed.assert_reaches(CLIENT_A6, "before any edit");
+
+    for round in 0..2 {
+        let s0 = stats(&filter);
+        assert!(filter.blocklist().insert(net("192.0.2.1/32")).unwrap().changed);
+        assert!(filter.blocklist().insert(net("2001:db8::1/128")).unwrap().changed);
+        bed.assert_blocked(CLIENT_A4, &format!("round {round}: blocked live"));
+        bed.assert_blocked(CLIENT_A6, &format!("round {round}: blocked live"));
+        bed.assert_reaches(CLIENT_B4, &format!("round {round}: neighbour untouched"));
+        let s1 = stats(&filter).since(&s0);
+        assert!(s1.blocked_v4.packets >= 3 && s1.blocked_v6.packets >= 3, "{s1:?}");
+
+        assert!(filter.blocklist().remove(net("192.0.2.1/32")).unwrap().changed);
+        assert!(filter.blocklist().remove(net("2001:db8::1/128")).unwrap().changed);
+        let s2 = stats(&filter);
+        bed.assert_reaches(CLIENT_A4, &format!("round {round}: unblocked live"));
+        bed.assert_reaches(CLIENT_A6, &format!("round {round}: unblocked live"));
+        let s3 = stats(&filter).since(&s2);
+        assert_eq!(s3.blocked(), Default::default(), "nothing blocked after unblocking: {s3:?}");
+        assert!(s3.passed.packets >= 4, "{s3:?}");
+    }
+    // The same program stayed attached throughout: the edits went to maps.
+    assert_eq!(bed.xdp_on(&bed.pair.server, "eth0").map(|x| x.1), Some(prog_id));
+    assert_eq!(filter.attachments().len(), 1);
+}
+
+#[test]
+fn native_generic_and_auto_modes_all_filter() {
+    let bed = Bed::new("e2em");
+    for (mode, want, flag) in [
+        (AttachMode::Native, AttachMode::Native, "xdp"),
+        (AttachMode::Generic, AttachMode::Generic, "xdpgeneric"),
+        (AttachMode::Auto, AttachMode::Native, "xdp"),
+    ] {
+        let filter = attach_on(&bed.pair.server, &["eth0"], mode, None);
+        let att = filter.attachments();
+        assert_eq!(att.len(), 1);
+        assert_eq!(att[0].mode, want, "{mode} attach reports its real mode");
+        assert_eq!(att[0].interface, "eth0");
+        assert_eq!(bed.xdp_on(&bed.pair.server, "eth0").map(|x| x.0).as_deref(), Some(flag), "{mode}");
+
+        filter.blocklist().insert(net("192.0.2.1/32")).unwrap();
+        filter.blocklist().insert(net("2001:db8::1/128")).unwrap();
+        bed.assert_blocked(CLIENT_A4, &format!("{mode}"));
+        bed.assert_blocked(CLIENT_A6, &format!("{mode}"));
+        bed.assert_reaches(CLIENT_B4, &format!("{mode}"));
+        bed.assert_reaches(CLIENT_B6, &format!("{mode}"));
+        let s = stats(&filter);
+        assert!(s.blocked_v4.packets >= 3 && s.blocked_v6.packets >= 3 && s.passed.packets >= 4, "{mode}: {s:?}");
+        drop(filter);
+        assert_eq!(bed.xdp_on(&bed.pair.server, "eth0"), None, "{mode}: dropped filter detached");
+    }
+}
+
+#[test]
+fn detach_restores_connectivity() {
+    let bed = Bed::new("e2ed");
+    let filter = attach_on(&bed.pair.server, &["eth0"], AttachMode::Native, None);
+    filter.blocklist().extend([net("192.0.2.1/32"), net("2001:db8::1/128")]).unwrap();
+    bed.assert_blocked(CLIENT_A4, "attached");
+    bed.assert_blocked(CLIENT_A6, "attached");
+
+    let f = filter.clone();
+    bed.pair.server.run(move || f.detach("eth0")).expect("detach");
+    assert!(filter.attachments().is_empty());
+    assert_eq!(bed.xdp_on(&bed.pair.server, "eth0"), None, "detach leaves no XDP program");
+    let s0 = stats(&filter);
+    bed.assert_reaches(CLIENT_A4, "detached");
+    bed.assert_reaches(CLIENT_A6, "detached");
+    assert_eq!(stats(&filter), s0, "a detached filter sees no packets");
+    // The lists survive a detach, and a re-attach applies them again.
+    assert_eq!(filter.blocklist().len().unwrap(), 2);
+    let f = filter.clone();
+    let att = bed.pair.server.run(move || f.attach("eth0", AttachMode::Native)).expect("re-attach");
+    assert_eq!(att.mode, AttachMode::Native);
+    bed.assert_blocked(CLIENT_A4, "re-attached");
+    bed.assert_reaches(CLIENT_B4, "re-attached");
+}
+
+#[test]
+fn dropping_an_unpinned_filter_leaves_the_interface_clean() {
+    let bed = Bed::new("e2eu");
+    let filter = attach_on(&bed.pair.server, &["eth0"], AttachMode::Native, None);
+    filter.blocklist().insert(net("192.0.2.0/24")).unwrap();
+    bed.assert_blocked(CLIENT_A4, "attached");
+    let (_, prog_id) = bed.xdp_on(&bed.pair.server, "eth0").expect("attached");
+    let prog_json =
+        run(std::process::Command::new("bpftool").args(["-j", "prog", "show", "id", &prog_id.to_string()])).stdout;
+    let prog: serde_json::Value = serde_json::from_slice(&prog_json).unwrap();
+    let map_ids: Vec<u64> = prog["map_ids"].as_array().expect("map_ids").iter().map(|v| v.as_u64().unwrap()).collect();
+    assert!(map_ids.len() >= 10, "{prog}");
+
+    assert_eq!(Arc::strong_count(&filter), 1);
+    drop(filter);
+    assert_eq!(bed.xdp_on(&bed.pair.server, "eth0"), None, "no XDP program after drop");
+    assert!(!bed.link_show(&bed.pair.server, "eth0").contains("xdp"));
+    bed.assert_reaches(CLIENT_A4, "after drop");
+    bed.assert_reaches(CLIENT_A6, "after drop");
+    // The program and every map are freed (the kernel frees them shortly
+    // after the last reference goes).
+    let gone = |kind: &str, id: u64| {
+        !std::process::Command::new("bpftool")
+            .args([kind, "show", "id", &id.to_string()])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !(gone("prog", prog_id) && map_ids.iter().all(|&m| gone("map", m))) {
+        assert!(Instant::now() < deadline, "program {prog_id} or maps {map_ids:?} still loaded after drop");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn pinned_filter_outlives_its_handle_and_reopens_with_the_same_state() {
+    let bed = Bed::new("e2ep");
+    let pin = PinGuard::new();
+    let filter = attach_on(&bed.pair.server, &["eth0"], AttachMode::Native, Some(pin.path().to_owned()));
+    assert_eq!(filter.pin_path(), Some(pin.path()));
+    filter.blocklist().extend([net("192.0.2.0/24"), net("2001:db8::/64"), net("203.0.113.0/24")]).unwrap();
+    filter.allowlist().extend([net("192.0.2.3/32"), net("2001:db8::3/128")]).unwrap();
+    bed.assert_blocked(CLIENT_A4, "pinned, handle alive");
+    bed.assert_reaches(CLIENT_B4, "allowlisted");
+    let block_before: Vec<_> = filter.blocklist().iter().unwrap().collect();
+    let allow_before: Vec<_> = filter.allowlist().iter().unwrap().collect();
+
+    // A second handle, opened while the first lives, sees the same state.
+    let p = pin.path().to_owned();
+    let second = bed.pair.server.run(move || Filter::open_pinned(p)).expect("reopen while alive");
+    assert_eq!(second.blocklist().iter().unwrap().collect::<Vec<_>>(), block_before);
+    // Counters: the same maps. Background traffic (IPv6 router and
+    // listener reports) may tick between two reads, so bracket the read.
+    let (a, b, c) = (stats(&filter), stats(&second), stats(&filter));
+    for ((name, x), ((_, y), (_, z))) in a.rows().into_iter().zip(b.rows().into_iter().zip(c.rows())) {
+        assert!(x.packets <= y.packets && y.packets <= z.packets, "{name}: {a:?} {b:?} {c:?}");
+    }
+    assert!(b.blocked_v4.packets >= 3 && b.blocked_v4 == a.blocked_v4, "{a:?} {b:?}");
+    drop(second);
+
+    let s_at_drop = stats(&filter);
+    drop(filter);
+    assert!(bed.xdp_on(&bed.pair.server, "eth0").is_some(), "a pinned filter stays attached after drop");
+    bed.assert_blocked(CLIENT_A4, "handle dropped");
+    bed.assert_blocked(CLIENT_A6, "handle dropped");
+    bed.assert_reaches(CLIENT_B4, "handle dropped, allowlisted");
+    bed.assert_reaches(CLIENT_B6, "handle dropped, allowlisted");
+
+    let p = pin.path().to_owned();
+    let reopened = bed.pair.server.run(move || Filter::open_pinned(p)).expect("reopen");
+    assert_eq!(reopened.blocklist().iter().unwrap().collect::<Vec<_>>(), block_before);
+    assert_eq!(reopened.allowlist().iter().unwrap().collect::<Vec<_>>(), allow_before);
+    let att = reopened.attachments();
+    assert_eq!(att.len(), 1, "{att:?}");
+    assert_eq!((att[0].interface.as_str(), att[0].mode), ("eth0", AttachMode::Native));
+    assert_eq!(reopened.pin_path(), Some(pin.path()));
+    let since = stats(&reopened).since(&s_at_drop);
+    // Counters kept running without any handle: 2 datagrams + >= 1 SYN per
+    // blocked source, and the allowlisted traffic.
+    assert!(since.blocked_v4.packets >= 3 && since.blocked_v6.packets >= 3, "{since:?}");
+    assert!(since.allowlisted.packets >= 4, "{since:?}");
+    assert!(stats(&reopened).blocked_v4.packets >= s_at_drop.blocked_v4.packets + 3);
+
+    // The reopened handle edits the live filter.
+    reopened.blocklist().remove(net("192.0.2.0/24")).unwrap();
+    bed.assert_reaches(CLIENT_A4, "unblocked through the reopened handle");
+    bed.assert_blocked(CLIENT_A6, "v6 still blocked");
+
+    // unpin: nothing left in bpffs, nothing on the interface.
+    reopened.unpin().expect("unpin");
+    assert!(!pin.path().exists(), "unpin removes the pin directory");
+    assert_eq!(bed.xdp_on(&bed.pair.server, "eth0"), None);
+    assert!(!bed.link_show(&bed.pair.server, "eth0").contains("xdp"), "{}", bed.link_show(&bed.pair.server, "eth0"));
+    bed.assert_reaches(CLIENT_A6, "after unpin");
+    let p = pin.path().to_owned();
+    let err = bed.pair.server.run(move || Filter::open_pinned(p)).expect_err("nothing left to reopen");
+    assert!(matches!(err, Error::Pin(xdpguard::PinError::NotFound { .. })), "{err}");
+}
+
+#[test]
+fn unpin_straight_after_attach_removes_everything() {
+    let bed = Bed::new("e2ex");
+    let pin = PinGuard::new();
+    let filter = attach_on(&bed.pair.server, &["eth0"], AttachMode::Generic, Some(pin.path().to_owned()));
+    let pinned: Vec<String> =
+        std::fs::read_dir(pin.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert!(pinned.iter().any(|n| n == "xdpg_filter"), "program pinned: {pinned:?}");
+    assert!(pinned.iter().any(|n| n.starts_with("link_")), "link pinned: {pinned:?}");
+    assert!(pinned.iter().filter(|n| n.starts_with("xdpg_")).count() >= 10, "maps pinned: {pinned:?}");
+    let filter = Arc::try_unwrap(filter).expect("only handle");
+    filter.unpin().expect("unpin");
+    assert!(!pin.path().exists());
+    assert_eq!(bed.xdp_on(&bed.pair.server, "eth0"), None);
+}
+
+#[test]
+fn allowlist_hole_inside_a_blocked_range() {
+    let bed = Bed::new("e2eh");
+    let filter = attach_on(&bed.pair.server, &["eth0"], AttachMode::Native, None);
+    filter.blocklist().extend([net("192.0.2.0/24"), net("2001:db8::/64")]).unwrap();
+    filter.allowlist().extend([net("192.0.2.3/32"), net("2001:db8::3/128")]).unwrap();
+    let s0 = stats(&filter);
+    bed.assert_blocked(CLIENT_A4, "inside the blocked /24");
+    bed.assert_blocked(CLIENT_A6, "inside the blocked /64");
+    bed.assert_reaches(CLIENT_B4, "allowlisted hole");
+    bed.assert_reaches(CLIENT_B6, "allowlisted hole");
+    let s = stats(&filter).since(&s0);
+    assert!(s.allowlisted.packets >= 4, "{s:?}");
+    assert!(s.blocked_v4.packets >= 3 && s.blocked_v6.packets >= 3, "{s:?}");
+
+    // Closing the hole blocks the source; the range entry alone decides.
+    filter.allowlist().remove(net("192.0.2.3/32")).unwrap();
+    bed.assert_blocked(CLIENT_B4, "hole closed");
+    bed.assert_reaches(CLIENT_B6, "v6 hole still open");
+}
+
+#[test]
+fn one_filter_on_two_interfaces() {
+    let bed = Bed::new("e2e2");
+    bed.add_second_link();
+    let filter = attach_on(&bed.pair.server, &["eth0", "eth1"], AttachMode::Native, None);
+    let att = filter.attachments();
+    assert_eq!(att.iter().map(|a| a.interface.as_str()).collect::<Vec<_>>(), ["eth0", "eth1"]);
+    assert!(att.iter().all(|a| a.mode == AttachMode::Native), "{att:?}");
+    let (_, id0) = bed.xdp_on(&bed.pair.server, "eth0").expect("eth0 attached");
+    let (_, id1) = bed.xdp_on(&bed.pair.server, "eth1").expect("eth1 attached");
+    assert_eq!(id0, id1, "one program serves both interfaces");
+
+    bed.assert_reaches("198.51.100.1", "eth1, empty lists");
+    filter.blocklist().extend([net("192.0.2.1/32"), net("198.51.100.0/24")]).unwrap();
+    let s0 = stats(&filter);
+    bed.assert_blocked(CLIENT_A4, "eth0");
+    bed.assert_blocked("198.51.100.1", "eth1");
+    bed.assert_reaches(CLIENT_B4, "eth0, not listed");
+    let s = stats(&filter).since(&s0);
+    assert!(s.blocked_v4.packets >= 6, "both interfaces count into one set of counters: {s:?}");
+
+    // Detaching one interface leaves the other filtered.
+    let f = filter.clone();
+    bed.pair.server.run(move || f.detach("eth1")).expect("detach eth1");
+    assert_eq!(bed.xdp_on(&bed.pair.server, "eth1"), None);
+    assert!(bed.xdp_on(&bed.pair.server, "eth0").is_some());
+    bed.assert_reaches("198.51.100.1", "eth1 detached");
+    bed.assert_blocked(CLIENT_A4, "eth0 still attached");
+
+    // And attaching it again later, in another mode, filters it again.
+    let f = filter.clone();
+    let att = bed.pair.server.run(move || f.attach("eth1", AttachMode::Generic)).expect("attach eth1");
+    assert_eq!(att.mode, AttachMode::Generic);
+    assert_eq!(bed.xdp_on(&bed.pair.server, "eth1").map(|x| x.0).as_deref(), Some("xdpgeneric"));
+    bed.assert_blocked("198.51.100.1", "eth1 re-attached");
+    assert_eq!(filter.attachments().len(), 2);
+}

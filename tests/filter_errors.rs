@@ -1,0 +1,550 @@
+//! Bad input: every mistake gets its typed error, a message that names the
+//! cause and the fix, and leaves the filter (lists, data plane, pins,
+//! interfaces) as it was. Needs root; fails (never skips) without it.
+
+mod common {
+    pub mod netns;
+}
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use common::netns::*;
+use xdpguard::{
+    parse_list, parse_prefix, AttachError, AttachMode, Error, Filter, IpNetwork, ListError, LoadError, PinError,
+    XdpAction,
+};
+
+fn net(s: &str) -> IpNetwork {
+    s.parse().unwrap()
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+static PIN_COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A unique directory (under /sys/fs/bpf unless told otherwise), removed
+/// with its contents on drop, also when a test panics.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn bpffs() -> TempDir {
+        ensure_bpffs();
+        Self::under("/sys/fs/bpf")
+    }
+
+    fn under(base: &str) -> TempDir {
+        let n = PIN_COUNTER.fetch_add(1, Ordering::Relaxed);
+        TempDir(PathBuf::from(format!("{base}/xdpg-test-{}-err{n}", std::process::id())))
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+
+    fn names(&self) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(&self.0)
+            .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if let Ok(entries) = std::fs::read_dir(&self.0) {
+            for e in entries.flatten() {
+                let p = e.path();
+                let _ = std::fs::remove_file(&p).or_else(|_| std::fs::remove_dir_all(&p));
+            }
+        }
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+/// A UDP frame from `src` to the server, for `Filter::test_run`.
+fn frame(src: IpAddr) -> Vec<u8> {
+    let b = etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]);
+    let mut out = Vec::new();
+    match src {
+        IpAddr::V4(a) => b.ipv4(a.octets(), [192, 0, 2, 2], 64).udp(40000, 7000).write(&mut out, b"x").unwrap(),
+        IpAddr::V6(a) => {
+            let dst: std::net::Ipv6Addr = "2001:db8::2".parse().unwrap();
+            b.ipv6(a.octets(), dst.octets(), 64).udp(40000, 7000).write(&mut out, b"x").unwrap()
+        }
+    }
+    out
+}
+
+fn action(f: &Filter, src: &str) -> XdpAction {
+    f.test_run(&frame(ip(src))).expect("test_run").action
+}
+
+fn xdp_attached(ns: &NetNs, dev: &str) -> bool {
+    String::from_utf8_lossy(&ns.ip(&["link", "show", "dev", dev]).stdout).contains("xdp")
+}
+
+fn assert_mentions(text: &str, words: &[&str]) {
+    for w in words {
+        assert!(text.contains(w), "error message should mention `{w}`: {text}");
+    }
+}
+
+#[test]
+fn missing_interface_is_typed_and_leaves_nothing_behind() {
+    let pair = Pair::new("erri");
+    let pin = TempDir::bpffs();
+    let p = pin.path().to_owned();
+    let err = pair.server.run(move || Filter::builder().interface("nope0").pin(p).attach()).unwrap_err();
+    let Error::Attach(AttachError::InterfaceNotFound { interface }) = &err else { panic!("wrong error: {err:?}") };
+    assert_eq!(interface, "nope0");
+    assert_mentions(&err.to_string(), &["nope0", "not found", "ip link show"]);
+    assert!(!pin.path().exists(), "a failed attach leaves no pin directory");
+
+    let err = pair.server.run(|| Filter::builder().interface(4242u32).attach()).unwrap_err();
+    assert!(matches!(err, Error::Attach(AttachError::InterfaceNotFound { .. })), "{err:?}");
+    assert_mentions(&err.to_string(), &["4242"]);
+
+    // One good and one missing interface: all or nothing.
+    let p = pin.path().to_owned();
+    let err =
+        pair.server.run(move || Filter::builder().interface("eth0").interface("nope1").pin(p).attach()).unwrap_err();
+    assert!(matches!(err, Error::Attach(AttachError::InterfaceNotFound { .. })), "{err:?}");
+    assert!(!xdp_attached(&pair.server, "eth0"), "the good interface was rolled back");
+    assert!(!pin.path().exists());
+
+    // No interface at all.
+    let err = Filter::builder().attach().unwrap_err();
+    assert!(matches!(err, Error::Attach(AttachError::NoInterface)), "{err:?}");
+    assert_mentions(&err.to_string(), &["interface(", "load()"]);
+
+    // Detaching from an interface the filter is not on.
+    let filter = pair.server.run(|| Filter::builder().interface("eth0").v4_capacity(64).attach().unwrap());
+    let err = pair.server.run(move || {
+        let e = filter.detach("nope0").unwrap_err();
+        assert_eq!(filter.attachments().len(), 1, "still attached to eth0");
+        e
+    });
+    assert!(matches!(err, Error::Attach(AttachError::InterfaceNotFound { .. })), "{err:?}");
+}
+
+#[test]
+fn invalid_prefixes_are_typed_and_apply_nothing() {
+    for bad in [
+        "",
+        "192.0.2.0/33",
+        "2001:db8::/129",
+        "192.0.2",
+        "banana/24",
+        "192.0.2.0/",
+        "192.0.2.0/x",
+        "1.2.3.4/24/1",
+        "::g",
+    ] {
+        let err = parse_prefix(bad).unwrap_err();
+        let ListError::InvalidPrefix { input, reason } = &err else { panic!("{bad:?}: {err:?}") };
+        assert_eq!(input, bad.trim());
+        assert!(!reason.is_empty());
+        let text = err.to_string();
+        assert_mentions(&text, &["invalid prefix", "expected e.g."]);
+        assert!(text.contains(&format!("`{bad}`")), "names the input: {text}");
+    }
+    assert_eq!(parse_prefix("192.0.2.7/24").unwrap(), net("192.0.2.7/24"), "host bits are kept until normalised");
+
+    let filter = Filter::builder().v4_capacity(64).v6_capacity(64).load().expect("load");
+    filter.blocklist().extend([net("198.51.100.0/24"), net("2001:db8:1::/48")]).unwrap();
+    let before: Vec<_> = filter.blocklist().iter().unwrap().collect();
+
+    // A list file with good and bad lines: every bad line is reported with
+    // its number, and nothing is returned to apply.
+    let text = "# header\n203.0.113.0/24\n203.0.113.300\n; comment\n2001:db8::/48\n10.0.0.0/99 # bad\nnot-an-address\n";
+    let err = parse_list(text, "blocklist.txt").unwrap_err();
+    let ListError::BadLines { source_name, errors } = &err else { panic!("{err:?}") };
+    assert_eq!(source_name, "blocklist.txt");
+    assert_eq!(errors.iter().map(|e| e.line).collect::<Vec<_>>(), [3, 6, 7]);
+    assert!(errors[0].message.contains("203.0.113.300"), "{errors:?}");
+    assert_mentions(&err.to_string(), &["blocklist.txt", "line 3", "line 6", "line 7", "nothing applied"]);
+    assert_eq!(filter.blocklist().iter().unwrap().collect::<Vec<_>>(), before, "lists unchanged");
+    assert_eq!(action(&filter, "203.0.113.1"), XdpAction::Pass, "the good line was not applied");
+
+    // The same file once fixed applies completely, normalised.
+    let good = parse_list("203.0.113.9/24\n2001:db8:2::/48\n", "fixed").unwrap();
+    assert!(good[0].entry.host_bits_cleared);
+    filter.blocklist().extend(good.iter().map(|l| l.entry.network)).unwrap();
+    assert_eq!(filter.blocklist().len().unwrap(), 4);
+    assert_eq!(action(&filter, "203.0.113.1"), XdpAction::Drop);
+}
+
+#[test]
+fn invalid_capacity_is_typed() {
+    for (b, what) in [
+        (Filter::builder().v4_capacity(0), "v4_capacity"),
+        (Filter::builder().v6_capacity(xdpguard::MAX_CAPACITY + 1), "v6_capacity"),
+    ] {
+        let err = b.load().unwrap_err();
+        let Error::Load(LoadError::InvalidCapacity { what: w, .. }) = &err else { panic!("{err:?}") };
+        assert_eq!(*w, what);
+        assert_mentions(&err.to_string(), &[what, "between 1 and"]);
+    }
+}
+
+#[test]
+fn a_full_map_rejects_the_edit_and_changes_nothing() {
+    let filter = Filter::builder().v4_capacity(4).v6_capacity(2).load().expect("load");
+    assert_eq!(filter.capacity(), (4, 2));
+    let v4 = ["203.0.113.1/32", "203.0.113.2/32", "198.51.100.0/24", "192.0.2.128/25"].map(net);
+    for n in v4 {
+        assert!(filter.blocklist().insert(n).unwrap().changed);
+    }
+    let snapshot = |f: &Filter| {
+        (f.blocklist().iter().unwrap().collect::<Vec<_>>(), f.allowlist().iter().unwrap().collect::<Vec<_>>())
+    };
+    let probes =
+        ["203.0.113.1", "203.0.113.2", "203.0.113.3", "198.51.100.77", "192.0.2.200", "192.0.2.5", "203.0.113.50"];
+    let plane = |f: &Filter| probes.iter().map(|p| action(f, p)).collect::<Vec<_>>();
+    let before = snapshot(&filter);
+    let plane_before = plane(&filter);
+    assert_eq!(
+        plane_before,
+        [
+            XdpAction::Drop,
+            XdpAction::Drop,
+            XdpAction::Pass,
+            XdpAction::Drop,
+            XdpAction::Drop,
+            XdpAction::Pass,
+            XdpAction::Pass
+        ]
+    );
+
+    let check_full = |err: ListError, capacity: usize, setter: &str| {
+        let ListError::Full { capacity: c, setter: s, .. } = &err else { panic!("{err:?}") };
+        assert_eq!((*c, *s), (capacity, setter));
+        assert_mentions(
+            &err.to_string(),
+            &["full", &format!("{capacity} entries"), setter, "nothing of this edit was applied"],
+        );
+    };
+
+    // One more insert, into either list (capacity counts both lists).
+    check_full(filter.blocklist().insert(net("203.0.113.50/32")).unwrap_err(), 4, "v4_capacity");
+    check_full(filter.allowlist().insert(net("203.0.113.60/32")).unwrap_err(), 4, "v4_capacity");
+    // A bulk extend beyond it: nothing of it is applied.
+    check_full(filter.blocklist().extend([net("203.0.113.50/32"), net("192.0.2.5/32")]).unwrap_err(), 4, "v4_capacity");
+    // A replace with more entries than fit.
+    let too_many: Vec<IpNetwork> = (10..16).map(|i| net(&format!("203.0.113.{i}/32"))).collect();
+    check_full(filter.blocklist().replace(too_many).unwrap_err(), 4, "v4_capacity");
+    assert_eq!(snapshot(&filter), before, "lists unchanged after every rejected edit");
+    assert_eq!(plane(&filter), plane_before, "data plane unchanged after every rejected edit");
+
+    // At capacity, re-inserting an existing entry (also with host bits set)
+    // is no change, not an error; so is an extend made only of them.
+    assert!(!filter.blocklist().insert(net("203.0.113.1/32")).unwrap().changed);
+    assert!(!filter.blocklist().insert(net("198.51.100.9/24")).unwrap().changed);
+    let bulk = filter.blocklist().extend([net("203.0.113.2/32"), net("192.0.2.128/25")]).unwrap();
+    assert_eq!((bulk.changed, bulk.unchanged), (0, 2));
+    // Freeing a slot makes room again.
+    filter.blocklist().remove(net("203.0.113.2/32")).unwrap();
+    filter.blocklist().insert(net("203.0.113.50/32")).unwrap();
+    assert_eq!(action(&filter, "203.0.113.2"), XdpAction::Pass);
+    assert_eq!(action(&filter, "203.0.113.50"), XdpAction::Drop);
+
+    // IPv6, capacity 2: the same, and IPv4 being full does not matter to it.
+    filter.blocklist().extend([net("2001:db8:1::/48"), net("2001:db8:2::1/128")]).unwrap();
+    let before = snapshot(&filter);
+    check_full(filter.blocklist().insert(net("2001:db8:3::/48")).unwrap_err(), 2, "v6_capacity");
+    check_full(filter.allowlist().extend([net("2001:db8:1::5/128")]).unwrap_err(), 2, "v6_capacity");
+    assert_eq!(snapshot(&filter), before);
+    assert_eq!(action(&filter, "2001:db8:1::9"), XdpAction::Drop);
+    assert_eq!(action(&filter, "2001:db8:1::5"), XdpAction::Drop, "the rejected allowlist entry is not live");
+    assert_eq!(action(&filter, "2001:db8:3::1"), XdpAction::Pass, "the rejected blocklist entry is not live");
+
+    // A fresh filter and a bulk load bigger than the capacity: all or nothing.
+    let fresh = Filter::builder().v4_capacity(4).v6_capacity(2).load().expect("load");
+    let six: Vec<IpNetwork> = (1..=6).map(|i| net(&format!("198.51.100.{i}/32"))).collect();
+    check_full(fresh.blocklist().extend(six).unwrap_err(), 4, "v4_capacity");
+    assert_eq!(fresh.blocklist().len().unwrap(), 0);
+    assert_eq!(action(&fresh, "198.51.100.1"), XdpAction::Pass);
+}
+
+#[test]
+fn attaching_twice_is_typed_and_the_first_filter_keeps_working() {
+    let pair = Pair::new("err2");
+    let first = pair
+        .server
+        .run(|| Filter::builder().interface("eth0").mode(AttachMode::Native).v4_capacity(64).attach().unwrap());
+    let first_id: u64 = {
+        let out = pair.server.ip(&["-j", "link", "show", "dev", "eth0"]).stdout;
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        v[0]["xdp"]["prog"]["id"].as_u64().expect("prog id")
+    };
+
+    let pin = TempDir::bpffs();
+    for mode in [AttachMode::Native, AttachMode::Auto, AttachMode::Generic] {
+        let p = pin.path().to_owned();
+        let err = pair
+            .server
+            .run(move || Filter::builder().interface("eth0").mode(mode).v4_capacity(64).pin(p).attach())
+            .unwrap_err();
+        let Error::Attach(AttachError::AlreadyAttached { interface, program_id }) = &err else {
+            panic!("{mode}: wrong error {err:?}")
+        };
+        assert_eq!(interface, "eth0");
+        assert_eq!(*program_id, Some(first_id as u32), "{mode}: names the program already there");
+        assert_mentions(&err.to_string(), &["eth0", "already has an XDP program", "detach it first", "set_next"]);
+        assert!(!pin.path().exists(), "{mode}: the failed attach left no pins");
+    }
+    // The same filter onto the same interface again.
+    let err = {
+        let f = std::sync::Arc::new(first);
+        let g = f.clone();
+        let e = pair.server.run(move || g.attach("eth0", AttachMode::Native)).unwrap_err();
+        assert_eq!(f.attachments().len(), 1);
+        (std::sync::Arc::try_unwrap(f).expect("one handle"), e)
+    };
+    let (first, err) = err;
+    assert!(matches!(err, Error::Attach(AttachError::AlreadyAttached { .. })), "{err:?}");
+
+    // The first filter still runs the interface: traffic flows through it,
+    // and a block still works.
+    let s0 = first.stats().unwrap();
+    pair.client.exec(&["ping", "-c", "1", "-W", "2", "192.0.2.2"]);
+    assert!(first.stats().unwrap().since(&s0).passed.packets >= 1);
+    first.blocklist().insert(net("192.0.2.1/32")).unwrap();
+    let s1 = first.stats().unwrap();
+    let out = pair.client.try_exec(&["ping", "-c", "1", "-W", "1", "192.0.2.2"]);
+    assert!(!out.status.success(), "blocked by the first filter");
+    assert_eq!(first.stats().unwrap().since(&s1).blocked_v4.packets, 1);
+}
+
+#[test]
+fn a_pin_directory_off_bpffs_is_typed() {
+    let dir = TempDir::under("/tmp");
+    let target = dir.path().join("pins");
+    let t = target.clone();
+    let err = Filter::builder().v4_capacity(64).pin(t).load().unwrap_err();
+    let Error::Pin(PinError::BpffsNotMounted { path }) = &err else { panic!("{err:?}") };
+    assert_eq!(path, &target);
+    assert_mentions(&err.to_string(), &[&target.display().to_string(), "bpffs", "mount -t bpf bpf /sys/fs/bpf"]);
+    assert!(!dir.path().exists(), "nothing was created under /tmp");
+
+    std::fs::create_dir_all(dir.path()).unwrap();
+    let err = Filter::open_pinned(dir.path()).unwrap_err();
+    assert!(matches!(err, Error::Pin(PinError::BpffsNotMounted { .. })), "{err:?}");
+}
+
+#[test]
+fn a_pin_directory_in_use_is_typed_and_left_alone() {
+    let pin = TempDir::bpffs();
+    let first = Filter::builder().v4_capacity(64).pin(pin.path()).load().expect("first");
+    first.blocklist().insert(net("203.0.113.0/24")).unwrap();
+    let names = pin.names();
+    assert!(names.iter().any(|n| n == "xdpg_filter"), "{names:?}");
+
+    let err = Filter::builder().v4_capacity(64).pin(pin.path()).load().unwrap_err();
+    let Error::Pin(PinError::InUse { path, kind }) = &err else { panic!("{err:?}") };
+    assert_eq!((path.as_path(), *kind), (pin.path(), "filter"));
+    assert_mentions(&err.to_string(), &[&pin.path().display().to_string(), "already holds", "open_pinned"]);
+
+    assert_eq!(pin.names(), names, "the pins are untouched");
+    assert_eq!(action(&first, "203.0.113.7"), XdpAction::Drop);
+    let reopened = Filter::open_pinned(pin.path()).expect("still reopens");
+    assert_eq!(reopened.blocklist().iter().unwrap().collect::<Vec<_>>(), [net("203.0.113.0/24")]);
+}
+
+#[test]
+fn a_bpffs_directory_holding_something_else_is_not_ours() {
+    // A foreign pinned map.
+    let pin = TempDir::bpffs();
+    std::fs::create_dir_all(pin.path()).unwrap();
+    let foreign = pin.path().join("other_map");
+    run(Command::new("bpftool").args(["map", "create"]).arg(&foreign).args([
+        "type",
+        "array",
+        "key",
+        "4",
+        "value",
+        "4",
+        "entries",
+        "1",
+        "name",
+        "other_map",
+    ]));
+    let err = Filter::builder().v4_capacity(64).pin(pin.path()).load().unwrap_err();
+    let Error::Pin(PinError::NotOurs { found, kind, .. }) = &err else { panic!("{err:?}") };
+    assert_eq!((found.as_str(), *kind), ("other_map", "filter"));
+    assert_mentions(&err.to_string(), &["other_map", "not an xdpguard filter", "choose another directory"]);
+    assert_eq!(pin.names(), ["other_map"], "the foreign pin is untouched");
+    let err = Filter::open_pinned(pin.path()).unwrap_err();
+    assert!(matches!(err, Error::Pin(PinError::NotOurs { .. })), "{err:?}");
+    assert!(foreign.exists());
+
+    // A plain subdirectory is someone else's too.
+    let pin2 = TempDir::bpffs();
+    std::fs::create_dir_all(pin2.path().join("somebody")).unwrap();
+    let err = Filter::builder().v4_capacity(64).pin(pin2.path()).load().unwrap_err();
+    assert!(matches!(&err, Error::Pin(PinError::NotOurs { found, .. }) if found == "somebody"), "{err:?}");
+    assert!(pin2.path().join("somebody").is_dir());
+}
+
+#[test]
+fn reopening_a_missing_pin_directory_is_not_found() {
+    let pin = TempDir::bpffs();
+    let err = Filter::open_pinned(pin.path()).unwrap_err();
+    let Error::Pin(PinError::NotFound { path, kind }) = &err else { panic!("{err:?}") };
+    assert_eq!((path.as_path(), *kind), (pin.path(), "filter"));
+    assert_mentions(&err.to_string(), &[&pin.path().display().to_string(), "no pinned xdpguard filter", "attach one"]);
+    assert!(!pin.path().exists(), "reopening creates nothing");
+
+    std::fs::create_dir_all(pin.path()).unwrap();
+    let err = Filter::open_pinned(pin.path()).unwrap_err();
+    assert!(matches!(err, Error::Pin(PinError::NotFound { .. })), "empty directory: {err:?}");
+}
+
+#[test]
+fn offload_on_veth_is_typed_and_leaves_nothing() {
+    let pair = Pair::new("erro");
+    let pin = TempDir::bpffs();
+    let p = pin.path().to_owned();
+    let err = pair
+        .server
+        .run(move || Filter::builder().interface("eth0").mode(AttachMode::Offload).v4_capacity(64).pin(p).attach())
+        .unwrap_err();
+    match &err {
+        Error::Load(LoadError::KernelFeature { .. }) => {}
+        Error::Attach(AttachError::ModeUnsupported { interface, mode, .. }) => {
+            assert_eq!((interface.as_str(), *mode), ("eth0", AttachMode::Offload));
+        }
+        other => panic!("offload on veth should be KernelFeature or ModeUnsupported, got {other:?}"),
+    }
+    println!("offload error: {err}");
+    assert_mentions(&err.to_string(), &["offload", "native or auto mode"]);
+    assert!(!xdp_attached(&pair.server, "eth0"), "no program left attached");
+    assert!(!pin.path().exists(), "no pins left");
+}
+
+// --- missing privileges (a child process that drops its capabilities) ------
+
+const CHILD_ENV: &str = "XDPG_TEST_PRIV_CHILD";
+const CAP_NET_ADMIN: u32 = 12;
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_PERFMON: u32 = 38;
+const CAP_BPF: u32 = 39;
+
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: i32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+/// Drops capabilities from the calling thread's effective, permitted and
+/// inheritable sets (capabilities are per thread; everything that follows
+/// runs on this thread).
+fn drop_caps(caps: &[u32]) {
+    const VERSION_3: u32 = 0x2008_0522;
+    let mut hdr = CapHeader { version: VERSION_3, pid: 0 };
+    let mut data = [CapData::default(); 2];
+    // SAFETY: hdr and data are the v3 header and the two-element data array
+    // capget expects; both outlive the call.
+    let r = unsafe { nix::libc::syscall(nix::libc::SYS_capget, &mut hdr as *mut CapHeader, data.as_mut_ptr()) };
+    assert_eq!(r, 0, "capget: {}", std::io::Error::last_os_error());
+    for &cap in caps {
+        let (word, bit) = ((cap / 32) as usize, 1u32 << (cap % 32));
+        data[word].effective &= !bit;
+        data[word].permitted &= !bit;
+        data[word].inheritable &= !bit;
+    }
+    // SAFETY: as above; capset only reads them.
+    let r = unsafe { nix::libc::syscall(nix::libc::SYS_capset, &mut hdr as *mut CapHeader, data.as_ptr()) };
+    assert_eq!(r, 0, "capset: {}", std::io::Error::last_os_error());
+}
+
+fn assert_missing_privileges(err: &Error, what: &str) -> String {
+    let missing = match err {
+        Error::Load(LoadError::MissingPrivileges { missing }) => missing,
+        Error::Attach(AttachError::MissingPrivileges { missing }) => missing,
+        other => panic!("{what}: expected MissingPrivileges, got {other:?}"),
+    };
+    assert!(missing.contains("CAP_BPF") && missing.contains("CAP_NET_ADMIN"), "{what}: {missing}");
+    let text = err.to_string();
+    assert_mentions(&text, &["missing privileges", "CAP_BPF", "CAP_NET_ADMIN", "run as root"]);
+    assert!(text.contains("setcap"), "{what}: names the fix: {text}");
+    text
+}
+
+/// The child half: enter the server namespace, drop the capabilities, then
+/// try to load, attach and reopen.
+fn privileges_child() {
+    let ns = std::env::var("XDPG_TEST_NS").expect("namespace");
+    let pin = std::env::var("XDPG_TEST_PIN").expect("pin dir");
+    let f = std::fs::File::open(format!("/run/netns/{ns}")).expect("netns file");
+    nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+    drop_caps(&[CAP_BPF, CAP_SYS_ADMIN, CAP_NET_ADMIN, CAP_PERFMON]);
+    let status = std::fs::read_to_string("/proc/thread-self/status").unwrap();
+    let eff = status.lines().find(|l| l.starts_with("CapEff:")).unwrap().to_owned();
+    println!("CHILD caps after drop: {eff}");
+
+    let err = Filter::builder().v4_capacity(64).load().unwrap_err();
+    println!("CHILD load: {}", assert_missing_privileges(&err, "load"));
+    let err = Filter::builder().interface("eth0").v4_capacity(64).attach().unwrap_err();
+    println!("CHILD attach: {}", assert_missing_privileges(&err, "attach"));
+    let err = Filter::open_pinned(&pin).unwrap_err();
+    println!("CHILD open_pinned: {}", assert_missing_privileges(&err, "open_pinned"));
+    println!("CHILD-DONE");
+}
+
+#[test]
+fn missing_privileges_are_named_with_the_fix() {
+    if std::env::var_os(CHILD_ENV).is_some() {
+        return privileges_child();
+    }
+    // The parent: a namespace with a pinned filter for the child to fail on.
+    let pair = Pair::new("errp");
+    let pin = TempDir::bpffs();
+    let p = pin.path().to_owned();
+    let filter = pair.server.run(move || Filter::builder().interface("eth0").v4_capacity(64).pin(p).attach().unwrap());
+    filter.blocklist().insert(net("203.0.113.0/24")).unwrap();
+    let names = pin.names();
+
+    let exe = std::env::current_exe().unwrap();
+    let out = Command::new(exe)
+        .args(["--exact", "missing_privileges_are_named_with_the_fix", "--nocapture", "--test-threads=1"])
+        .env(CHILD_ENV, "1")
+        .env("XDPG_TEST_NS", &pair.server.name)
+        .env("XDPG_TEST_PIN", pin.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("{stdout}");
+    assert!(out.status.success(), "child failed:\n{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("CHILD-DONE") && stdout.contains("1 passed"),
+        "child did not run the checks:\n{stdout}\n{stderr}"
+    );
+    // CAP_BPF (39) and CAP_NET_ADMIN (12) really were gone in the child.
+    let eff_line = stdout.lines().find(|l| l.contains("CHILD caps after drop")).expect("caps line");
+    let eff =
+        u64::from_str_radix(eff_line.rsplit('\t').next().unwrap().trim().rsplit(' ').next().unwrap(), 16).unwrap();
+    for cap in [CAP_BPF, CAP_SYS_ADMIN, CAP_NET_ADMIN, CAP_PERFMON] {
+        assert_eq!(eff & (1 << cap), 0, "cap {cap} still effective in the child: {eff_line}");
+    }
+
+    // The child's failures changed nothing.
+    assert_eq!(pin.names(), names);
+    assert!(xdp_attached(&pair.server, "eth0"));
+    assert_eq!(filter.blocklist().len().unwrap(), 1);
+}
