@@ -120,6 +120,20 @@ impl std::fmt::Debug for Filter {
 }
 
 /// Builds and attaches a [`Filter`].
+///
+/// ```no_run
+/// use xdpguard::{AttachMode, Filter, MalformedPolicy};
+///
+/// let filter = Filter::builder()
+///     .interface("eth0")
+///     .interface(7u32)                  // by index
+///     .mode(AttachMode::Native)
+///     .v4_capacity(4 << 20)            // room for 4M IPv4 prefixes
+///     .malformed(MalformedPolicy::Drop)
+///     .pin("/sys/fs/bpf/edge")
+///     .attach()?;
+/// # Ok::<(), xdpguard::Error>(())
+/// ```
 #[derive(Debug, Clone)]
 pub struct FilterBuilder {
     interfaces: Vec<Interface>,
@@ -517,6 +531,25 @@ impl Filter {
 
 /// One of a filter's two lists. Every edit takes effect for the next packet
 /// and never disturbs the verdict of any other address.
+///
+/// ```no_run
+/// # let filter = xdpguard::Filter::builder().interface("eth0").attach()?;
+/// let blocklist = filter.blocklist();
+/// let change = blocklist.insert("192.0.2.77/24".parse()?)?;
+/// assert_eq!(change.entry.network.to_string(), "192.0.2.0/24");
+/// assert!(change.entry.host_bits_cleared);
+///
+/// // A file's worth of entries, applied all or nothing.
+/// let text = std::fs::read_to_string("spamhaus-drop.txt")?;
+/// let entries = xdpguard::parse_list(&text, "spamhaus-drop.txt")?;
+/// blocklist.extend(entries.into_iter().map(|l| l.entry.network))?;
+///
+/// assert_eq!(blocklist.matching("192.0.2.9".parse()?)?, Some("192.0.2.0/24".parse()?));
+/// for entry in blocklist.iter()? {
+///     println!("{entry}");
+/// }
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone, Copy)]
 pub struct PrefixList<'f> {
     filter: &'f Filter,

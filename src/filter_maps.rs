@@ -20,7 +20,7 @@ pub(crate) const PROGRAM_NAME: &str = "xdpg_filter";
 /// The pin that marks a directory as holding a filter.
 pub(crate) const MARKER: &str = "xdpg_filter_cfg";
 
-const MAP_NAMES: [&str; 12] = [
+const MAP_NAMES: [&str; 13] = [
     "xdpg_filter_cfg",
     "xdpg_filter_cnt",
     "xdpg_v4_l1_a",
@@ -31,6 +31,7 @@ const MAP_NAMES: [&str; 12] = [
     "xdpg_v6_pfx_a",
     "xdpg_v6_pfx_b",
     "xdpg_v6_views",
+    "xdpg_v6_bloom",
     "xdpg_v6_rules",
     "xdpg_next",
 ];
@@ -41,6 +42,7 @@ pub(crate) struct Capacity {
     pub v4_rules: usize,
     pub v6_rules: usize,
     pub v4_buckets: usize,
+    pub v6_bloom_words: usize,
 }
 
 impl Capacity {
@@ -49,7 +51,15 @@ impl Capacity {
     pub(crate) fn new(v4_rules: usize, v6_rules: usize) -> Self {
         let slots = v4_rules + v4_rules / 4 + 64;
         let buckets = (slots * 4 / 3).div_ceil(XDPG_V4_BUCKET_SLOTS as usize);
-        Self { v4_rules, v6_rules, v4_buckets: buckets.next_power_of_two().max(64) }
+        // About 8 bits per v6 entry: a few percent of false positives, and
+        // 256 KiB at the default capacity, small enough to stay in L2.
+        let bloom_bits = (v6_rules * 8).next_power_of_two().max(1 << 16);
+        Self {
+            v4_rules,
+            v6_rules,
+            v4_buckets: buckets.next_power_of_two().max(64),
+            v6_bloom_words: bloom_bits / 64,
+        }
     }
 }
 
@@ -60,6 +70,7 @@ pub(crate) struct FilterMaps {
     pub hosts: [MappedArray<xdpg_v4_bucket>; 2],
     pub v4_rules: MappedArray<xdpg_v4_rule>,
     pub v6_views: MappedArray<xdpg_v6_view>,
+    pub v6_bloom: MappedArray<u64>,
     pub v6_rules: MappedArray<xdpg_v6_rule>,
 }
 
@@ -80,6 +91,7 @@ impl FilterMaps {
             hosts: [MappedArray::new(get("xdpg_v4_hosts_a"))?, MappedArray::new(get("xdpg_v4_hosts_b"))?],
             v4_rules: MappedArray::new(get("xdpg_v4_rules"))?,
             v6_views: MappedArray::new(get("xdpg_v6_views"))?,
+            v6_bloom: MappedArray::new(get("xdpg_v6_bloom"))?,
             v6_rules: MappedArray::new(get("xdpg_v6_rules"))?,
             handles,
         })
@@ -98,6 +110,7 @@ impl FilterMaps {
             v4_rules: self.v4_rules.len(),
             v6_rules: self.v6_rules.len(),
             v4_buckets: self.hosts[0].len(),
+            v6_bloom_words: self.v6_bloom.len(),
         }
     }
 
@@ -247,12 +260,13 @@ pub(crate) fn load(
         (&mut m.xdpg_v6_pfx_a, cap.v6_rules),
         (&mut m.xdpg_v6_pfx_b, cap.v6_rules),
         (&mut m.xdpg_v6_rules, cap.v6_rules),
+        (&mut m.xdpg_v6_bloom, cap.v6_bloom_words),
     ] {
         map.set_max_entries(entries as u32).map_err(err("sizing maps"))?;
     }
     if let Some(ifindex) = offload_ifindex {
         open.progs.xdpg_filter.set_ifindex(ifindex);
-        for map in [&mut m.xdpg_filter_cfg, &mut m.xdpg_v4_l1_a, &mut m.xdpg_v4_l1_b] {
+        for mut map in open.open_object_mut().maps_mut() {
             map.set_map_ifindex(ifindex);
         }
     }
@@ -270,6 +284,7 @@ pub(crate) fn load(
         &s.xdpg_v6_pfx_a,
         &s.xdpg_v6_pfx_b,
         &s.xdpg_v6_views,
+        &s.xdpg_v6_bloom,
         &s.xdpg_v6_rules,
         &s.xdpg_next,
     ];
@@ -294,6 +309,7 @@ pub(crate) fn load(
         layout_version: XDPG_LAYOUT_VERSION,
         v4_bucket_mask: (cap.v4_buckets - 1) as u32,
         v4_hash_seed: random_seed(),
+        v6_bloom_mask: (cap.v6_bloom_words * 64 - 1) as u32,
         malformed_policy,
         ..Default::default()
     };

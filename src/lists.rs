@@ -62,6 +62,8 @@ pub(crate) struct ListState {
     v4_slots: FxHashMap<(u32, u8), u32>,
     pub v6: V6Rules,
     v6_slots: FxHashMap<(u128, u8), u32>,
+    /// v6 removals since the Bloom filter was last rebuilt (their bits linger).
+    v6_bloom_stale: usize,
     generation: u64,
 }
 
@@ -297,6 +299,43 @@ impl<'a> Editor<'a> {
         xdpg_v6_key { prefixlen: u32::from(len), addr: v6_words(net) }
     }
 
+    fn bloom_bit(&self, net: u128, len: u8) -> usize {
+        let cfg = self.maps.config();
+        (crate::hash::v6_bloom_hash(u32::from(len), v6_words(net), cfg.v4_hash_seed) & cfg.v6_bloom_mask) as usize
+    }
+
+    /// Sets the Bloom bits of `keys`; done before their entries are written,
+    /// so a lookup that could find an entry never skips it.
+    fn bloom_add(&self, keys: &[(u128, u8)]) {
+        for &(n, l) in keys {
+            let bit = self.bloom_bit(n, l);
+            self.maps.v6_bloom.atomic_u64(bit / 64, 0).fetch_or(1 << (bit % 64), Ordering::AcqRel);
+        }
+    }
+
+    /// Rebuilds the Bloom filter from the model, clearing the bits removed
+    /// entries left behind. Every live entry is in the model, so no word
+    /// written here ever lacks a bit a live entry needs.
+    fn bloom_refresh(&mut self) {
+        let mut words = vec![0u64; self.maps.v6_bloom.len()];
+        for (n, l, _) in self.st.v6.iter() {
+            let bit = self.bloom_bit(n, l);
+            words[bit / 64] |= 1 << (bit % 64);
+        }
+        for (i, w) in words.into_iter().enumerate() {
+            self.maps.v6_bloom.atomic_u64(i, 0).store(w, Ordering::Release);
+        }
+        self.st.v6_bloom_stale = 0;
+    }
+
+    /// Counts a removal and rebuilds the Bloom filter once stale bits add up.
+    fn bloom_note_removal(&mut self) {
+        self.st.v6_bloom_stale += 1;
+        if self.st.v6_bloom_stale > 64 + self.st.v6.len() / 8 {
+            self.bloom_refresh();
+        }
+    }
+
     /// Writes the model's verdict for (net, len) into v6 table `table`, or
     /// deletes the key when it is no longer an entry.
     fn v6_write(&self, table: u32, net: u128, len: u8) -> Result<(), libbpf_rs::Error> {
@@ -365,6 +404,9 @@ impl<'a> Editor<'a> {
         }
         let mut keys = Vec::new();
         self.v6_affected(net, len, bit, &mut keys);
+        if insert {
+            self.bloom_add(&[(net, len)]);
+        }
         for table in [1 - live, live] {
             if let Err(e) = self.v6_write_keys(table, &keys) {
                 if insert {
@@ -384,6 +426,9 @@ impl<'a> Editor<'a> {
             self.maps.switch_tables(None, Some(slot));
         }
         self.store_v6(net, len);
+        if self.st.v6.lists(net, len) == 0 {
+            self.bloom_note_removal();
+        }
         Ok(true)
     }
 
@@ -418,6 +463,9 @@ impl<'a> Editor<'a> {
                 let v6_view = if v6_keys.is_empty() {
                     None
                 } else {
+                    let present: Vec<_> =
+                        v6_keys.iter().copied().filter(|&(n, l)| self.st.v6.lists(n, l) != 0).collect();
+                    self.bloom_add(&present);
                     self.v6_write_keys(1 - live_v6, &v6_keys)?;
                     Some(self.maps.stage_v6_view(self.v6_view(1 - live_v6)))
                 };
@@ -437,8 +485,13 @@ impl<'a> Editor<'a> {
         };
         self.maps.switch_tables(v4_pair, v6_view);
         // The old live v6 table is now the spare: bring it level.
-        if v6_view.is_some() && self.v6_write_keys(live_v6, &v6_keys).is_err() {
-            let _ = self.refill_v6(live_v6);
+        if v6_view.is_some() {
+            if self.v6_write_keys(live_v6, &v6_keys).is_err() {
+                let _ = self.refill_v6(live_v6);
+            }
+            if v6_keys.iter().any(|&(n, l)| self.st.v6.lists(n, l) == 0) {
+                self.bloom_refresh();
+            }
         }
         for op in &done {
             match op.net {
@@ -513,10 +566,14 @@ impl<'a> Editor<'a> {
     /// idle one, then a switch, then the other.
     pub(crate) fn rebuild_v6(&mut self) -> Result<(), ListError> {
         let live = self.maps.current_v6_view().table;
+        let keys: Vec<_> = self.st.v6.iter().map(|(n, l, _)| (n, l)).collect();
+        self.bloom_add(&keys);
         self.refill_v6(1 - live)?;
         let slot = self.maps.stage_v6_view(self.v6_view(1 - live));
         self.maps.switch_tables(None, Some(slot));
-        self.refill_v6(live)
+        self.refill_v6(live)?;
+        self.bloom_refresh();
+        Ok(())
     }
 
     /// Brings the stored record of (net, len) in line with the model.

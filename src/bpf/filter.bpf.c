@@ -27,19 +27,12 @@ static __always_inline int pass_on(struct xdp_md *ctx)
 	return XDP_PASS;
 }
 
-/* Looks a host up in the mixed-/24 buckets; dflt is the /24's default. */
-static __always_inline __u32 v4_host_verdict(struct xdpg_filter_config *cfg, __u32 active,
-					     __u32 addr, __u32 dflt)
+/* Looks a host up in the mixed-/24 buckets, starting at its home bucket b
+ * (index idx, meta already read); dflt is the /24's default. */
+static __always_inline __u32 v4_host_verdict(__u32 active, __u32 mask, struct xdpg_v4_bucket *b,
+					     __u32 meta, __u32 idx, __u32 addr, __u32 dflt)
 {
-	__u32 mask = cfg->v4_bucket_mask;
-	__u32 idx = xdpg_v4_bucket_index(addr, cfg->v4_hash_seed, mask);
-
 	for (int probe = 0; probe < XDPG_V4_MAX_PROBES; probe++) {
-		struct xdpg_v4_bucket *b = active ? bpf_map_lookup_elem(&xdpg_v4_hosts_b, &idx)
-						  : bpf_map_lookup_elem(&xdpg_v4_hosts_a, &idx);
-		if (!b)
-			return dflt;
-		__u32 meta = b->meta;
 #pragma unroll
 		for (int s = 0; s < XDPG_V4_BUCKET_SLOTS; s++) {
 			if (b->addrs[s] == addr) {
@@ -51,6 +44,11 @@ static __always_inline __u32 v4_host_verdict(struct xdpg_filter_config *cfg, __u
 		if (!(meta & XDPG_V4_BUCKET_OVERFLOW))
 			break;
 		idx = (idx + 1) & mask;
+		b = active ? bpf_map_lookup_elem(&xdpg_v4_hosts_b, &idx)
+			   : bpf_map_lookup_elem(&xdpg_v4_hosts_a, &idx);
+		if (!b)
+			break;
+		meta = b->meta;
 	}
 	return dflt;
 }
@@ -58,6 +56,17 @@ static __always_inline __u32 v4_host_verdict(struct xdpg_filter_config *cfg, __u
 static __always_inline __u32 v4_verdict(struct xdpg_filter_config *cfg, __u32 tables, __u32 addr)
 {
 	__u32 active = tables & XDPG_TABLES_V4_MASK;
+	__u32 mask = cfg->v4_bucket_mask;
+	__u32 idx = xdpg_v4_bucket_index(addr, cfg->v4_hash_seed, mask);
+	struct xdpg_v4_bucket *home = active ? bpf_map_lookup_elem(&xdpg_v4_hosts_b, &idx)
+					     : bpf_map_lookup_elem(&xdpg_v4_hosts_a, &idx);
+	if (!home)
+		return XDPG_VERDICT_PASS;
+	/* Read the home bucket before the cell: both cache misses are then in
+	 * flight together, so a host entry costs one memory latency, not two
+	 * in a row. Under a spoofed flood that is most of the cost. */
+	__u32 home_meta = *(volatile __u32 *)&home->meta;
+
 	__u32 cell_idx = addr >> 8;
 	__u32 word_idx = cell_idx / XDPG_V4_CELLS_PER_WORD;
 	__u64 *word = active ? bpf_map_lookup_elem(&xdpg_v4_l1_b, &word_idx)
@@ -67,7 +76,7 @@ static __always_inline __u32 v4_verdict(struct xdpg_filter_config *cfg, __u32 ta
 	__u32 cell = (*word >> ((cell_idx % XDPG_V4_CELLS_PER_WORD) * 4)) & 0xF;
 	if (!(cell & XDPG_V4_CELL_MIXED))
 		return cell & 3;
-	return v4_host_verdict(cfg, active, addr, cell & 3);
+	return v4_host_verdict(active, mask, home, home_meta, idx, addr, cell & 3);
 }
 
 static __always_inline __u32 mask_word(__u32 word, int bits)
@@ -79,7 +88,17 @@ static __always_inline __u32 mask_word(__u32 word, int bits)
 	return word & bpf_htonl(~0u << (32 - bits));
 }
 
-static __always_inline __u32 v6_verdict(__u32 tables, const __u32 *addr)
+/* Whether the Bloom filter may hold (len, key): a clear bit proves the key
+ * absent, so the probe (a cache miss in a big hash) is skipped. */
+static __always_inline int v6_maybe(struct xdpg_filter_config *cfg, const struct xdpg_v6_key *key)
+{
+	__u32 bit = xdpg_v6_bloom_hash(key->prefixlen, key->addr, cfg->v4_hash_seed) & cfg->v6_bloom_mask;
+	__u32 word_idx = bit / 64;
+	__u64 *word = bpf_map_lookup_elem(&xdpg_v6_bloom, &word_idx);
+	return word && (*word >> (bit % 64)) & 1;
+}
+
+static __always_inline __u32 v6_verdict(struct xdpg_filter_config *cfg, __u32 tables, const __u32 *addr)
 {
 	__u32 view_idx = (tables >> XDPG_TABLES_V6_SHIFT) & XDPG_TABLES_V6_MASK;
 	struct xdpg_v6_view *view = bpf_map_lookup_elem(&xdpg_v6_views, &view_idx);
@@ -100,6 +119,8 @@ static __always_inline __u32 v6_verdict(__u32 tables, const __u32 *addr)
 		key.addr[1] = mask_word(addr[1], len - 32);
 		key.addr[2] = mask_word(addr[2], len - 64);
 		key.addr[3] = mask_word(addr[3], len - 96);
+		if (!v6_maybe(cfg, &key))
+			continue;
 		__u32 *verdict = table ? bpf_map_lookup_elem(&xdpg_v6_pfx_b, &key)
 				       : bpf_map_lookup_elem(&xdpg_v6_pfx_a, &key);
 		if (verdict)
@@ -149,7 +170,7 @@ int xdpg_filter(struct xdp_md *ctx)
 			return XDP_PASS;
 		__u32 src[4];
 		__builtin_memcpy(src, &ip6h->saddr, sizeof(src));
-		verdict = v6_verdict(tables, src);
+		verdict = v6_verdict(cfg, tables, src);
 		blocked_reason = XDPG_REASON_BLOCKED_V6;
 	}
 

@@ -97,6 +97,16 @@ struct {
 	__type(value, struct xdpg_v6_view);
 } xdpg_v6_views SEC(".maps");
 
+/* Bloom filter over the v6 keys (one bit each), sized to stay in L2: lets
+ * lookups skip the lengths an address cannot match. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1 << 15);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__type(key, __u32);
+	__type(value, __u64);
+} xdpg_v6_bloom SEC(".maps");
+
 /* The v6 entries as the user gave them; never read by the data plane. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);

@@ -24,7 +24,7 @@ struct xdpg_filter_config {
 				 * switches at one instant. */
 	__u32 v4_bucket_mask;	/* number of host buckets - 1 (a power of two - 1) */
 	__u32 v4_hash_seed;	/* keys the host-bucket hash */
-	__u32 reserved;
+	__u32 v6_bloom_mask;	/* bits in xdpg_v6_bloom - 1 (a power of two - 1) */
 	__u32 malformed_policy; /* XDPG_MALFORMED_* */
 	__u32 dirty;		/* set while user space edits; repaired on reopen */
 	__u32 v4_rule_count;	/* rules stored in xdpg_v4_rules */
