@@ -33,8 +33,9 @@ pub enum Error {
 pub enum LoadError {
     /// The process lacks the capabilities the kernel asks for.
     #[error(
-        "missing privileges: loading XDP programs needs {missing} (CAP_BPF and CAP_NET_ADMIN); \
-         run as root or grant them, e.g. `setcap cap_bpf,cap_net_admin,cap_perfmon+ep <binary>`"
+        "missing privileges: this process lacks {missing}; xdpguard needs CAP_BPF and \
+         CAP_NET_ADMIN to load, attach or reopen XDP programs and maps: run as root, or grant \
+         them: `setcap cap_bpf,cap_net_admin,cap_perfmon+ep <binary>`"
     )]
     MissingPrivileges {
         /// The capabilities that are missing, e.g. `"CAP_BPF, CAP_NET_ADMIN"`.
@@ -112,8 +113,9 @@ pub enum AttachError {
     },
     /// Missing capabilities.
     #[error(
-        "missing privileges: attaching XDP programs needs {missing} (CAP_BPF and CAP_NET_ADMIN); \
-         run as root or grant them with setcap"
+        "missing privileges: this process lacks {missing}; attaching XDP programs needs CAP_BPF \
+         and CAP_NET_ADMIN: run as root, or grant them: \
+         `setcap cap_bpf,cap_net_admin,cap_perfmon+ep <binary>`"
     )]
     MissingPrivileges {
         /// The capabilities that are missing.
@@ -270,10 +272,8 @@ pub(crate) fn io_from_libbpf(err: libbpf_rs::Error) -> io::Error {
         _ => None,
     };
     match errno {
-        Some(code) => io::Error::new(
-            io::Error::from_raw_os_error(code).kind(),
-            format!("{err:#} (os error {code})"),
-        ),
+        // libbpf-rs's message already names the errno.
+        Some(code) => io::Error::new(io::Error::from_raw_os_error(code).kind(), format!("{err:#}")),
         None => io::Error::other(format!("{err:#}")),
     }
 }
@@ -284,11 +284,146 @@ pub(crate) fn missing_privileges() -> Option<String> {
     (!missing.is_empty()).then(|| missing.join(", "))
 }
 
-/// Load-balancer configuration and operation.
+/// Load-balancer configuration and operation. Every message names the
+/// cause and the fix.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum LbError {
-    /// Placeholder until the load balancer lands.
-    #[error("load balancer: {0}")]
-    Other(String),
+    /// No such VIP.
+    #[error("no VIP {vip}; add it first (`add_vip`), or list them with `vips()`")]
+    VipNotFound {
+        /// The VIP asked for.
+        vip: crate::Vip,
+    },
+    /// The VIP exists with another configuration.
+    #[error(
+        "VIP {vip} already exists with a different configuration ({existing}); remove it first \
+         (`remove_vip`) to change its mode, table size or hashing"
+    )]
+    ConflictingVip {
+        /// The VIP.
+        vip: crate::Vip,
+        /// Its configuration now, described.
+        existing: String,
+    },
+    /// No such backend on this VIP.
+    #[error("VIP {vip} has no backend {backend}; list them with `backends(vip)`")]
+    BackendNotFound {
+        /// The VIP.
+        vip: crate::Vip,
+        /// The backend asked for.
+        backend: crate::BackendAddr,
+    },
+    /// The backend is already on this VIP.
+    #[error("VIP {vip} already has backend {backend} (weight {weight}); change its weight with `set_weight`")]
+    BackendExists {
+        /// The VIP.
+        vip: crate::Vip,
+        /// The backend.
+        backend: crate::BackendAddr,
+        /// Its current weight.
+        weight: u32,
+    },
+    /// A Maglev table size that is not a prime.
+    #[error(
+        "Maglev table size {size} is not a prime; use a prime such as {suggestion} (the \
+         default is 65537)"
+    )]
+    TableSizeNotPrime {
+        /// The size given.
+        size: u32,
+        /// The next prime above it.
+        suggestion: u32,
+    },
+    /// A Maglev table size outside the accepted range.
+    #[error("Maglev table size {size} is out of range: use a prime between {min} and {max}")]
+    TableSizeOutOfRange {
+        /// The size given.
+        size: u32,
+        /// The smallest accepted size.
+        min: u32,
+        /// The largest accepted size.
+        max: u32,
+    },
+    /// A VIP's table is too small for its backends.
+    #[error(
+        "VIP {vip} would have {backends} backends but its Maglev table has only {size} slots; \
+         use a table size of at least 100 times the number of backends"
+    )]
+    TableTooSmall {
+        /// The VIP.
+        vip: crate::Vip,
+        /// Backends it would have.
+        backends: usize,
+        /// Its table size.
+        size: u32,
+    },
+    /// No free VIP slot.
+    #[error("the VIP table is full ({capacity} VIPs); raise it with LoadBalancerBuilder::max_vips")]
+    VipTableFull {
+        /// The capacity.
+        capacity: usize,
+    },
+    /// No free backend slot.
+    #[error(
+        "the backend table is full ({capacity} backends over all VIPs); raise it with \
+         LoadBalancerBuilder::max_backends"
+    )]
+    BackendTableFull {
+        /// The capacity.
+        capacity: usize,
+    },
+    /// A weight out of range.
+    #[error("invalid weight {weight}: use 0 (drain) to {max}")]
+    InvalidWeight {
+        /// The weight given.
+        weight: u32,
+        /// The largest accepted weight.
+        max: u32,
+    },
+    /// The mode cannot forward this way.
+    #[error("{what} is not supported: {fix}")]
+    Unsupported {
+        /// What was asked for.
+        what: String,
+        /// What to do instead.
+        fix: &'static str,
+    },
+    /// IPIP needs an outer source prefix of the backend's family.
+    #[error(
+        "IPIP to IPv{family} backends needs an outer source prefix: set one with \
+         `LoadBalancer::set_ipip_source` (or LoadBalancerBuilder::ipip_source), e.g. a /24 (IPv4) \
+         or /64 (IPv6) the backends route back to the LB"
+    )]
+    IpipSourceUnset {
+        /// 4 or 6.
+        family: u8,
+    },
+    /// A flow that does not belong to the VIP it was asked about.
+    #[error("flow {flow} does not belong to VIP {vip}: {reason}")]
+    FlowMismatch {
+        /// The flow, described.
+        flow: String,
+        /// The VIP.
+        vip: crate::Vip,
+        /// Why.
+        reason: &'static str,
+    },
+    /// Too many redirect interfaces.
+    #[error("the devmap is full ({capacity} interfaces); raise it with LoadBalancerBuilder::max_interfaces")]
+    DevmapFull {
+        /// The capacity.
+        capacity: usize,
+    },
+    /// A BPF map operation failed.
+    #[error("{op} failed: {source}; {hint}")]
+    Map {
+        /// What was being done.
+        op: String,
+        /// The kernel's error.
+        #[source]
+        source: io::Error,
+        /// What to check.
+        hint: &'static str,
+    },
 }

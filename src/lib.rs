@@ -12,6 +12,15 @@
 //!   exits, and any process (such as the `xdpguard` CLI in `examples/`) can
 //!   reopen it with [`Filter::open_pinned`] to edit lists and read counters.
 //! - Native, generic and offload attach modes, or auto ([`AttachMode`]).
+//! - [`LoadBalancer`]: an L4 load balancer for TCP and UDP virtual services
+//!   ([`Vip`]s, IPv4 and IPv6, one port or all ports). Backends are chosen by
+//!   weighted Maglev tables built in user space (identical on every LB node
+//!   with the same backends), kept per flow in a connection table so live
+//!   connections survive backend changes and drains, and reached by L2 DSR,
+//!   IPIP encapsulation or NAT ([`ForwardingMode`]) with next hops from the
+//!   kernel FIB. [`LoadBalancer::backend_for`] predicts the kernel's choice.
+//!   It runs on its own or behind the filter ([`Filter::set_next`]); backends
+//!   without tunnel modules decapsulate with [`Decap`].
 //!
 //! Requirements: Linux 5.15 or later with BTF (tested on 6.18), and the
 //! CAP_BPF and CAP_NET_ADMIN capabilities (or root).
@@ -28,6 +37,29 @@
 //! println!("{:?}", filter.stats()?);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
+//!
+//! A load balancer with three weighted backends behind a filter:
+//!
+//! ```no_run
+//! use std::net::IpAddr;
+//! use xdpguard::{Filter, ForwardingMode, LoadBalancer, Vip, VipConfig};
+//!
+//! let filter = Filter::builder().interface("eth0").attach()?;
+//! let lb = LoadBalancer::builder()
+//!     .redirect_interface("eth0")
+//!     .ipip_source("192.0.2.0/24".parse()?)
+//!     .load()?;
+//! filter.set_next(lb.program_fd())?;
+//! let vip = Vip::tcp("203.0.113.10:443".parse()?);
+//! lb.add_vip(vip, VipConfig::new(ForwardingMode::Ipip))?;
+//! lb.batch(&vip)
+//!     .add("198.51.100.11".parse::<IpAddr>()?, 1)
+//!     .add("198.51.100.12".parse::<IpAddr>()?, 1)
+//!     .add("198.51.100.13".parse::<IpAddr>()?, 2)
+//!     .apply()?;
+//! println!("{:?}", lb.vip_stats(&vip)?);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 #![warn(missing_docs)]
 
 mod attach;
@@ -36,6 +68,7 @@ mod filter;
 mod filter_maps;
 mod hash;
 mod layout;
+mod lb;
 mod lists;
 mod mmap;
 mod pin;
@@ -53,6 +86,12 @@ pub use filter::{
     DEFAULT_V6_CAPACITY, MAX_CAPACITY,
 };
 pub use ipnetwork::IpNetwork;
+pub use lb::{
+    Backend, BackendAddr, BackendBatch, BackendState, BackendStats, Decap, DecapBuilder, DecapStats, EchoPolicy, Flow,
+    ForwardingMode, FragmentPolicy, HashInput, LbDrops, LbStats, LoadBalancer, LoadBalancerBuilder, NewFlowLimit,
+    OptionsPolicy, Protocol, Vip, VipConfig, VipStats, DEFAULT_CONNECTIONS, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_VIPS,
+    DEFAULT_NEXT_HOP_CACHE, DEFAULT_TABLE_SIZE, DEFAULT_UDP_TIMEOUT, MAX_TABLE_SIZE, MAX_WEIGHT, MIN_TABLE_SIZE,
+};
 pub use lists::ListKind;
 pub use prefix::{normalize, parse_list, parse_prefix, ListLine, Normalized};
 pub use stats::{Counter, FilterStats};

@@ -1,0 +1,568 @@
+//! `xdpguard-lb`: manage a pinned xdpguard load balancer from the command line.
+//!
+//! Every command works on a load balancer pinned in bpffs, so one attached
+//! by one invocation keeps balancing after it exits, and any later
+//! invocation can change its VIPs and backends or read its counters. Built
+//! on the public API only.
+//!
+//! ```text
+//! xdpguard-lb attach --iface eth0 [--iface eth1] [--redirect IF] [--ipip-source CIDR] [--netns NAME] [--pin DIR]
+//! xdpguard-lb vip add 203.0.113.10:80 [--proto tcp|udp] --mode dsr|ipip|nat [--table-size P] [--hash source]
+//! xdpguard-lb vip del 203.0.113.10:80 [--proto udp]      xdpguard-lb vip list [--json]
+//! xdpguard-lb backend add 203.0.113.10:80 198.51.100.11 [--weight 2]   (NAT: 198.51.100.11:8080)
+//! xdpguard-lb backend weight 203.0.113.10:80 198.51.100.11 0            (0 drains)
+//! xdpguard-lb backend del 203.0.113.10:80 198.51.100.11  xdpguard-lb backend list 203.0.113.10:80 [--json]
+//! xdpguard-lb which 203.0.113.10:80 --from 192.0.2.1:40000 [--json]     (the backend a new flow gets)
+//! xdpguard-lb stats [--json] [--reset]                   xdpguard-lb status [--json]
+//! xdpguard-lb detach
+//! ```
+//! A VIP is `ADDR:PORT`, `[V6ADDR]:PORT`, or `ADDR:*` for all ports.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use serde_json::{json, Value};
+use xdpguard::{
+    AttachMode, BackendAddr, Counter, EchoPolicy, Flow, ForwardingMode, FragmentPolicy, HashInput, IpNetwork,
+    LoadBalancer, OptionsPolicy, Protocol, Vip, VipConfig,
+};
+
+const DEFAULT_PIN: &str = "/sys/fs/bpf/xdpguard-lb";
+
+#[derive(Parser)]
+#[command(name = "xdpguard-lb", version, about = "Manage a pinned xdpguard load balancer")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args)]
+struct Pin {
+    /// The load balancer's bpffs pin directory.
+    #[arg(long, default_value = DEFAULT_PIN)]
+    pin: PathBuf,
+}
+
+#[derive(Args)]
+struct VipArg {
+    /// The VIP: ADDR:PORT, [V6ADDR]:PORT, or ADDR:* for every port.
+    vip: String,
+    /// Its protocol.
+    #[arg(long, short, default_value = "tcp")]
+    proto: Protocol,
+}
+
+impl VipArg {
+    fn vip(&self) -> Result<Vip> {
+        format!("{}/{}", self.proto, self.vip).parse::<Vip>().map_err(Into::into)
+    }
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Load the load balancer, attach it to interfaces and pin it.
+    Attach {
+        /// Interface to attach to (repeatable); also a redirect target.
+        #[arg(long = "iface", required = true)]
+        ifaces: Vec<String>,
+        /// Interface to send out of without attaching (repeatable).
+        #[arg(long = "redirect")]
+        redirect: Vec<String>,
+        /// XDP mode.
+        #[arg(long, default_value = "auto")]
+        mode: AttachMode,
+        #[command(flatten)]
+        pin: Pin,
+        /// Prefix for IPIP outer sources (one per family; repeatable).
+        #[arg(long = "ipip-source")]
+        ipip_sources: Vec<IpNetwork>,
+        /// Connection-table entries.
+        #[arg(long, default_value_t = xdpguard::DEFAULT_CONNECTIONS)]
+        connections: u32,
+        /// Maximum VIPs.
+        #[arg(long, default_value_t = xdpguard::DEFAULT_MAX_VIPS)]
+        max_vips: u32,
+        /// Maximum backends over all VIPs.
+        #[arg(long, default_value_t = xdpguard::DEFAULT_MAX_BACKENDS)]
+        max_backends: u32,
+        /// Flow hash seed (the same on every LB node of a service).
+        #[arg(long, default_value_t = 0)]
+        hash_seed: u32,
+        /// ICMP echo to a VIP: answer, pass or drop.
+        #[arg(long, default_value = "answer")]
+        echo: String,
+        /// Fragments to a VIP: forward (to all-ports DSR/IPIP VIPs) or drop.
+        #[arg(long, default_value = "forward")]
+        fragments: String,
+        /// IPv4 options to a VIP: forward or drop.
+        #[arg(long, default_value = "forward")]
+        options: String,
+        /// UDP idle timeout, seconds.
+        #[arg(long, default_value_t = 30)]
+        udp_timeout: u64,
+        /// Attach inside this named network namespace (/run/netns/NAME).
+        /// Use this rather than `ip netns exec`, which hides /sys/fs/bpf.
+        #[arg(long)]
+        netns: Option<String>,
+    },
+    /// Detach from every interface and remove the pins.
+    Detach {
+        #[command(flatten)]
+        pin: Pin,
+    },
+    /// Add, remove or list VIPs.
+    #[command(subcommand)]
+    Vip(VipCommand),
+    /// Add, remove, reweight or list a VIP's backends.
+    #[command(subcommand)]
+    Backend(BackendCommand),
+    /// Name the backend a new flow from a client gets (as the kernel will).
+    Which {
+        #[command(flatten)]
+        pin: Pin,
+        #[command(flatten)]
+        vip: VipArg,
+        /// The client's ADDR:PORT.
+        #[arg(long)]
+        from: SocketAddr,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show counters: global (drops by reason, events), per VIP, per backend.
+    Stats {
+        #[command(flatten)]
+        pin: Pin,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+        /// Reset the counters after reading them.
+        #[arg(long)]
+        reset: bool,
+    },
+    /// Show interfaces, policies, capacities and memory.
+    Status {
+        #[command(flatten)]
+        pin: Pin,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum VipCommand {
+    /// Add a VIP.
+    Add {
+        #[command(flatten)]
+        pin: Pin,
+        #[command(flatten)]
+        vip: VipArg,
+        /// Forwarding mode: dsr, ipip or nat.
+        #[arg(long)]
+        mode: ForwardingMode,
+        /// Maglev table size (a prime).
+        #[arg(long, default_value_t = xdpguard::DEFAULT_TABLE_SIZE)]
+        table_size: u32,
+        /// Hash input: five-tuple or source.
+        #[arg(long, default_value = "five-tuple")]
+        hash: String,
+        /// Do not track connections (not for NAT).
+        #[arg(long)]
+        no_conntrack: bool,
+    },
+    /// Remove a VIP and its backends.
+    Del {
+        #[command(flatten)]
+        pin: Pin,
+        #[command(flatten)]
+        vip: VipArg,
+    },
+    /// List VIPs with their backends.
+    List {
+        #[command(flatten)]
+        pin: Pin,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum BackendCommand {
+    /// Add a backend (NAT: ADDR:PORT to change the port).
+    Add {
+        #[command(flatten)]
+        pin: Pin,
+        #[command(flatten)]
+        vip: VipArg,
+        /// The backend.
+        backend: BackendAddr,
+        /// Its weight (0 adds it drained).
+        #[arg(long, default_value_t = 1)]
+        weight: u32,
+    },
+    /// Remove a backend.
+    Del {
+        #[command(flatten)]
+        pin: Pin,
+        #[command(flatten)]
+        vip: VipArg,
+        /// The backend.
+        backend: BackendAddr,
+    },
+    /// Set a backend's weight (0 drains it).
+    Weight {
+        #[command(flatten)]
+        pin: Pin,
+        #[command(flatten)]
+        vip: VipArg,
+        /// The backend.
+        backend: BackendAddr,
+        /// The new weight.
+        weight: u32,
+    },
+    /// List a VIP's backends.
+    List {
+        #[command(flatten)]
+        pin: Pin,
+        #[command(flatten)]
+        vip: VipArg,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse().command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+
+fn run(command: Command) -> Result<()> {
+    match command {
+        Command::Attach {
+            ifaces,
+            redirect,
+            mode,
+            pin,
+            ipip_sources,
+            connections,
+            max_vips,
+            max_backends,
+            hash_seed,
+            echo,
+            fragments,
+            options,
+            udp_timeout,
+            netns,
+        } => {
+            if let Some(name) = netns {
+                enter_netns(&name)?;
+            }
+            let mut b = LoadBalancer::builder()
+                .mode(mode)
+                .pin(&pin.pin)
+                .connections(connections)
+                .max_vips(max_vips)
+                .max_backends(max_backends)
+                .hash_seed(hash_seed)
+                .echo_policy(parse_echo(&echo)?)
+                .fragment_policy(parse_fragments(&fragments)?)
+                .options_policy(parse_options(&options)?)
+                .udp_timeout(Duration::from_secs(udp_timeout));
+            for i in &ifaces {
+                b = b.interface(i.as_str());
+            }
+            for i in &redirect {
+                b = b.redirect_interface(i.as_str());
+            }
+            for p in ipip_sources {
+                b = b.ipip_source(p);
+            }
+            let lb = b.attach()?;
+            for a in lb.attachments() {
+                println!("attached to {} (ifindex {}) in {} mode", a.interface, a.ifindex, a.mode);
+            }
+            println!("pinned at {}; it keeps running after this command exits", pin.pin.display());
+        }
+        Command::Detach { pin } => {
+            let lb = LoadBalancer::open_pinned(&pin.pin)?;
+            let names: Vec<String> = lb.attachments().into_iter().map(|a| a.interface).collect();
+            lb.unpin()?;
+            println!("detached from [{}] and removed {}", names.join(", "), pin.pin.display());
+        }
+        Command::Vip(VipCommand::Add { pin, vip, mode, table_size, hash, no_conntrack }) => {
+            let lb = LoadBalancer::open_pinned(&pin.pin)?;
+            let vip = vip.vip()?;
+            let hash = match hash.as_str() {
+                "five-tuple" | "5-tuple" => HashInput::FiveTuple,
+                "source" | "src" => HashInput::SourceAddress,
+                other => return Err(format!("unknown hash input `{other}` (expected five-tuple or source)").into()),
+            };
+            let config = VipConfig::new(mode).table_size(table_size).hash(hash).conntrack(!no_conntrack);
+            lb.add_vip(vip, config)?;
+            println!("added VIP {vip} ({config}); it drops until it has a backend");
+        }
+        Command::Vip(VipCommand::Del { pin, vip }) => {
+            let lb = LoadBalancer::open_pinned(&pin.pin)?;
+            let vip = vip.vip()?;
+            lb.remove_vip(&vip)?;
+            println!("removed VIP {vip}");
+        }
+        Command::Vip(VipCommand::List { pin, json }) => {
+            let lb = LoadBalancer::open_pinned(&pin.pin)?;
+            let mut items = Vec::new();
+            for (vip, config) in lb.vips()? {
+                let backends = lb.backends(&vip)?;
+                if json {
+                    items.push(json!({
+                        "vip": vip.to_string(),
+                        "address": vip.addr.to_string(),
+                        "port": vip.port,
+                        "protocol": vip.protocol.to_string(),
+                        "mode": config.mode.to_string(),
+                        "table_size": config.table_size,
+                        "hash": if config.hash == HashInput::SourceAddress { "source" } else { "five-tuple" },
+                        "conntrack": config.conntrack,
+                        "backends": backends.iter().map(|b| json!({
+                            "backend": b.addr.to_string(), "weight": b.weight, "state": b.state().to_string(),
+                        })).collect::<Vec<_>>(),
+                    }));
+                } else {
+                    println!("{vip}  {config}");
+                    for b in backends {
+                        println!("    {:<40} weight {:<6} {}", b.addr.to_string(), b.weight, b.state());
+                    }
+                }
+            }
+            if json {
+                println!("{}", Value::Array(items));
+            }
+        }
+        Command::Backend(BackendCommand::Add { pin, vip, backend, weight }) => {
+            let lb = LoadBalancer::open_pinned(&pin.pin)?;
+            let vip = vip.vip()?;
+            lb.add_backend(&vip, backend, weight)?;
+            println!("added backend {backend} (weight {weight}) to {vip}");
+        }
+        Command::Backend(BackendCommand::Del { pin, vip, backend }) => {
+            let lb = LoadBalancer::open_pinned(&pin.pin)?;
+            let vip = vip.vip()?;
+            lb.remove_backend(&vip, backend)?;
+            println!("removed backend {backend} from {vip}; its tracked flows choose afresh");
+        }
+        Command::Backend(BackendCommand::Weight { pin, vip, backend, weight }) => {
+            let lb = LoadBalancer::open_pinned(&pin.pin)?;
+            let vip = vip.vip()?;
+            lb.set_weight(&vip, backend, weight)?;
+            if weight == 0 {
+                println!("draining {backend} on {vip}: no new flows, tracked flows continue");
+            } else {
+                println!("set {backend} on {vip} to weight {weight}");
+            }
+        }
+        Command::Backend(BackendCommand::List { pin, vip, json }) => {
+            let lb = LoadBalancer::open_pinned(&pin.pin)?;
+            let vip = vip.vip()?;
+            let stats = lb.backend_stats(&vip)?;
+            if json {
+                let items: Vec<Value> = stats
+                    .iter()
+                    .map(|b| {
+                        json!({
+                            "backend": b.backend.addr.to_string(),
+                            "weight": b.backend.weight,
+                            "state": b.backend.state().to_string(),
+                            "packets": b.traffic.packets,
+                            "bytes": b.traffic.bytes,
+                        })
+                    })
+                    .collect();
+                println!("{}", json!({ "vip": vip.to_string(), "backends": items }));
+            } else {
+                for b in stats {
+                    println!(
+                        "{:<40} weight {:<6} {:<9} {:>12} pkts {:>14} bytes",
+                        b.backend.addr.to_string(),
+                        b.backend.weight,
+                        b.backend.state().to_string(),
+                        b.traffic.packets,
+                        b.traffic.bytes
+                    );
+                }
+            }
+        }
+        Command::Which { pin, vip, from, json } => {
+            let lb = LoadBalancer::open_pinned(&pin.pin)?;
+            let vip = vip.vip()?;
+            let port = vip.port.unwrap_or(0);
+            let flow = Flow::new(from, SocketAddr::new(vip.addr, port), vip.protocol);
+            let backend = lb.backend_for(&vip, &flow)?;
+            if json {
+                println!(
+                    "{}",
+                    json!({ "vip": vip.to_string(), "from": from.to_string(),
+                            "backend": backend.map(|b| b.to_string()) })
+                );
+            } else {
+                match backend {
+                    Some(b) => println!("{flow}: new flows go to {b}"),
+                    None => println!("{flow}: dropped (no usable backend)"),
+                }
+            }
+        }
+        Command::Stats { pin, json, reset } => {
+            let lb = LoadBalancer::open_pinned(&pin.pin)?;
+            let global = lb.stats()?;
+            let mut vips = Vec::new();
+            for (vip, config) in lb.vips()? {
+                vips.push((vip, config, lb.vip_stats(&vip)?, lb.backend_stats(&vip)?));
+            }
+            if json {
+                let global: serde_json::Map<String, Value> =
+                    global.rows().into_iter().map(|(name, c)| (name.to_owned(), counter(c))).collect();
+                let vips: Vec<Value> = vips
+                    .iter()
+                    .map(|(vip, config, s, backends)| {
+                        json!({
+                            "vip": vip.to_string(),
+                            "mode": config.mode.to_string(),
+                            "packets": s.traffic.packets,
+                            "bytes": s.traffic.bytes,
+                            "new_flows": s.new_flows,
+                            "lru_hits": s.lru_hits,
+                            "lru_misses": s.lru_misses,
+                            "backends": backends.iter().map(|b| json!({
+                                "backend": b.backend.addr.to_string(),
+                                "weight": b.backend.weight,
+                                "state": b.backend.state().to_string(),
+                                "packets": b.traffic.packets,
+                                "bytes": b.traffic.bytes,
+                            })).collect::<Vec<_>>(),
+                        })
+                    })
+                    .collect();
+                println!("{}", json!({ "global": global, "vips": vips }));
+            } else {
+                println!("{:<22} {:>14} {:>16}", "counter", "packets", "bytes");
+                for (name, c) in global.rows() {
+                    if c.packets > 0 {
+                        println!("{name:<22} {:>14} {:>16}", c.packets, c.bytes);
+                    }
+                }
+                for (vip, config, s, backends) in &vips {
+                    println!(
+                        "\n{vip} ({}): {} pkts, {} bytes, {} new flows, {} LRU hits, {} misses",
+                        config.mode, s.traffic.packets, s.traffic.bytes, s.new_flows, s.lru_hits, s.lru_misses
+                    );
+                    for b in backends {
+                        println!(
+                            "    {:<40} weight {:<6} {:<9} {:>12} pkts",
+                            b.backend.addr.to_string(),
+                            b.backend.weight,
+                            b.backend.state().to_string(),
+                            b.traffic.packets
+                        );
+                    }
+                }
+            }
+            if reset {
+                lb.reset_stats()?;
+            }
+        }
+        Command::Status { pin, json } => {
+            let lb = LoadBalancer::open_pinned(&pin.pin)?;
+            let (vips, backends, connections) = lb.capacity();
+            let attachments = lb.attachments();
+            if json {
+                println!(
+                    "{}",
+                    json!({
+                        "pin": pin.pin.display().to_string(),
+                        "attachments": attachments.iter().map(|a| json!({
+                            "interface": a.interface, "ifindex": a.ifindex, "mode": a.mode.to_string(),
+                        })).collect::<Vec<_>>(),
+                        "redirect_ifindexes": lb.redirect_interfaces(),
+                        "vips": lb.vips()?.len(),
+                        "capacity": { "vips": vips, "backends": backends, "connections": connections },
+                        "connections": lb.connection_count(),
+                        "map_memory_bytes": lb.map_memory_bytes(),
+                        "echo_policy": format!("{:?}", lb.echo_policy()),
+                        "fragment_policy": format!("{:?}", lb.fragment_policy()),
+                        "options_policy": format!("{:?}", lb.options_policy()),
+                        "udp_timeout_secs": lb.udp_timeout().as_secs_f64(),
+                        "hash_seed": lb.hash_seed(),
+                    })
+                );
+            } else {
+                println!("pinned at:   {}", pin.pin.display());
+                for a in &attachments {
+                    println!("attached:    {} (ifindex {}, {} mode)", a.interface, a.ifindex, a.mode);
+                }
+                println!("redirect:    ifindexes {:?}", lb.redirect_interfaces());
+                println!("VIPs:        {} of {vips}", lb.vips()?.len());
+                println!("backends:    up to {backends}");
+                println!("connections: {} tracked, table of {connections}", lb.connection_count());
+                println!("memory:      {:.1} MiB of maps", lb.map_memory_bytes() as f64 / (1 << 20) as f64);
+                println!(
+                    "policies:    echo {:?}, fragments {:?}, options {:?}, UDP timeout {:?}",
+                    lb.echo_policy(),
+                    lb.fragment_policy(),
+                    lb.options_policy(),
+                    lb.udp_timeout()
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn counter(c: Counter) -> Value {
+    json!({ "packets": c.packets, "bytes": c.bytes })
+}
+
+fn parse_echo(s: &str) -> Result<EchoPolicy> {
+    Ok(match s {
+        "answer" => EchoPolicy::Answer,
+        "pass" => EchoPolicy::Pass,
+        "drop" => EchoPolicy::Drop,
+        _ => return Err(format!("unknown echo policy `{s}` (expected answer, pass or drop)").into()),
+    })
+}
+
+fn parse_fragments(s: &str) -> Result<FragmentPolicy> {
+    Ok(match s {
+        "forward" => FragmentPolicy::ForwardAllPorts,
+        "drop" => FragmentPolicy::Drop,
+        _ => return Err(format!("unknown fragment policy `{s}` (expected forward or drop)").into()),
+    })
+}
+
+fn parse_options(s: &str) -> Result<OptionsPolicy> {
+    Ok(match s {
+        "forward" => OptionsPolicy::Forward,
+        "drop" => OptionsPolicy::Drop,
+        _ => return Err(format!("unknown options policy `{s}` (expected forward or drop)").into()),
+    })
+}
+
+/// Moves this (single-threaded) process into a named network namespace,
+/// keeping the mount namespace, so bpffs stays visible.
+fn enter_netns(name: &str) -> Result<()> {
+    let path = Path::new("/run/netns").join(name);
+    let file = std::fs::File::open(&path).map_err(|e| format!("network namespace {name}: {e}"))?;
+    nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET)
+        .map_err(|e| format!("entering network namespace {name}: {e}"))?;
+    Ok(())
+}

@@ -1,0 +1,108 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/* xdpg_decap: the backend side of the LB's IPIP mode, for hosts without
+ * ipip/ip6_tunnel modules. IPv4-in-IPv4, IPv6-in-IPv6 and IPv4-in-IPv6
+ * packets whose outer destination is one of the local addresses in
+ * xdpg_decap_addr lose their outer header and go to the stack as the inner
+ * packet. Everything else passes untouched. */
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/ipv6.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+#include "structs.h"
+#include "lb_consts.h"
+#include "lb_structs.h"
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+/* Local tunnel endpoints: outer destinations we decapsulate for. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 64);
+	__type(key, struct xdpg_decap_key);
+	__type(value, __u32);
+} xdpg_decap_addr SEC(".maps");
+
+/* Decapsulated and passed packets, per CPU. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, XDPG_LB_DECAP_COUNT);
+	__type(key, __u32);
+	__type(value, struct xdpg_counter);
+} xdpg_decap_cnt SEC(".maps");
+
+static __always_inline int counted(__u32 idx, __u64 bytes)
+{
+	struct xdpg_counter *c = bpf_map_lookup_elem(&xdpg_decap_cnt, &idx);
+	if (c) {
+		c->packets++;
+		c->bytes += bytes;
+	}
+	return XDP_PASS;
+}
+
+/* Drops the outer_len bytes after the Ethernet header. */
+static __always_inline int strip(struct xdp_md *ctx, __u32 outer_len, __u16 inner_proto, __u64 bytes)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct ethhdr eth;
+	struct ethhdr *old = data;
+	if ((void *)(old + 1) > data_end)
+		return XDP_PASS;
+	__builtin_memcpy(&eth, old, sizeof(eth));
+	if (bpf_xdp_adjust_head(ctx, (int)outer_len))
+		return counted(XDPG_LB_DECAP_PASSED, bytes);
+	data = (void *)(long)ctx->data;
+	data_end = (void *)(long)ctx->data_end;
+	struct ethhdr *neweth = data;
+	if ((void *)(neweth + 1) > data_end)
+		return XDP_DROP;
+	__builtin_memcpy(neweth->h_dest, eth.h_dest, ETH_ALEN);
+	__builtin_memcpy(neweth->h_source, eth.h_source, ETH_ALEN);
+	neweth->h_proto = bpf_htons(inner_proto);
+	return counted(XDPG_LB_DECAP_DONE, bytes);
+}
+
+SEC("xdp")
+int xdpg_decap(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	__u64 bytes = data_end - data;
+	struct xdpg_decap_key key = {};
+
+	struct ethhdr *eth = data;
+	if ((void *)(eth + 1) > data_end)
+		return XDP_PASS;
+	if (eth->h_proto == bpf_htons(ETH_P_IP)) {
+		struct iphdr *iph = (void *)(eth + 1);
+		if ((void *)(iph + 1) > data_end)
+			return XDP_PASS;
+		if (iph->version != 4 || iph->ihl < 5 || iph->protocol != IPPROTO_IPIP)
+			return counted(XDPG_LB_DECAP_PASSED, bytes);
+		/* A fragmented tunnel packet is left to the stack. */
+		if (iph->frag_off & bpf_htons(0x3FFF))
+			return counted(XDPG_LB_DECAP_PASSED, bytes);
+		key.addr[0] = iph->daddr;
+		key.family = XDPG_LB_FAMILY_V4;
+		if (!bpf_map_lookup_elem(&xdpg_decap_addr, &key))
+			return counted(XDPG_LB_DECAP_PASSED, bytes);
+		return strip(ctx, iph->ihl * 4, ETH_P_IP, bytes);
+	}
+	if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6hdr *ip6h = (void *)(eth + 1);
+		if ((void *)(ip6h + 1) > data_end)
+			return XDP_PASS;
+		if (ip6h->version != 6 || (ip6h->nexthdr != IPPROTO_IPIP && ip6h->nexthdr != IPPROTO_IPV6))
+			return counted(XDPG_LB_DECAP_PASSED, bytes);
+		__builtin_memcpy(key.addr, &ip6h->daddr, 16);
+		key.family = XDPG_LB_FAMILY_V6;
+		if (!bpf_map_lookup_elem(&xdpg_decap_addr, &key))
+			return counted(XDPG_LB_DECAP_PASSED, bytes);
+		return strip(ctx, sizeof(*ip6h), ip6h->nexthdr == IPPROTO_IPIP ? ETH_P_IP : ETH_P_IPV6, bytes);
+	}
+	return XDP_PASS;
+}

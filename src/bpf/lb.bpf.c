@@ -1,0 +1,1240 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/* The xdpguard L4 load balancer.
+ *
+ * Per packet: one parse, one VIP lookup (two for all-ports VIPs), one
+ * connection-table lookup, one backend slot; only a new flow computes the
+ * hash, reads the VIP's Maglev table and writes the connection table. The
+ * next hop comes from the kernel FIB. It runs attached on its own or
+ * tail-called by the filter (it re-parses either way).
+ *
+ * Policies (documented in src/lb and set from user space):
+ * - not for a VIP (or VLAN-tagged, or not IP): XDP_PASS untouched;
+ * - fragments: to an all-ports DSR/IPIP VIP forwarded, hashed without
+ *   ports and not tracked (XDPG_LB_FRAG_FORWARD); any other fragment to a
+ *   VIP address dropped;
+ * - IPv4 options: forwarded (and counted) or dropped;
+ * - ICMP errors quoting a VIP's flow go to that flow's backend; ICMP echo
+ *   to a VIP address is answered, passed or dropped;
+ * - no neighbour for the next hop, no route, or forwarding disabled: the
+ *   packet goes to the stack unchanged, and is counted.
+ *
+ * Next hops come from bpf_fib_lookup; each CPU reuses a backend's answer
+ * (egress, MACs, route MTU) for nexthop_ttl jiffies, since a FIB lookup
+ * costs more than the rest of the hot path. Times are jiffies: reading
+ * them is free, a precise clock read costs ~30 ns in a VM. */
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+#include "consts.h"
+#include "structs.h"
+#include "parsing.h"
+#include "hash.h"
+#include "csum.h"
+#include "lb_consts.h"
+#include "lb_structs.h"
+#include "lb_maps.h"
+#include "lb_hash.h"
+#include "lb_parsing.h"
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+/* Rare paths (ICMP, fragments, NAT replies, FIB refills) are BPF
+ * subprograms rather than inlined into every caller: the program shrinks
+ * from ~49 KB to ~37 KB of machine code and the hot path stays compact.
+ * Their large temporaries live in xdpg_lb_scratch, since a program and the
+ * subprograms it calls share 512 bytes of stack. */
+#define XDPG_COLD static __noinline
+
+#define XDPG_AF_INET 2
+#define XDPG_AF_INET6 10
+#define XDPG_ETH_HLEN 14
+
+static __always_inline void count(__u32 idx, __u64 bytes)
+{
+	struct xdpg_counter *c = bpf_map_lookup_elem(&xdpg_lb_cnt, &idx);
+	if (c) {
+		c->packets++;
+		c->bytes += bytes;
+	}
+}
+
+static __always_inline int pass_counted(__u32 idx, __u64 bytes)
+{
+	count(idx, bytes);
+	return XDP_PASS;
+}
+
+static __always_inline int drop_counted(__u32 idx, __u64 bytes)
+{
+	count(idx, bytes);
+	return XDP_DROP;
+}
+
+static __always_inline void addr_copy(__u32 *dst, const __u32 *src)
+{
+	dst[0] = src[0];
+	dst[1] = src[1];
+	dst[2] = src[2];
+	dst[3] = src[3];
+}
+
+/* ---- too big ----------------------------------------------------------- */
+
+/* "Too big for an MTU of m", as a return value below -1 (-1 means go on,
+ * >= 0 is a verdict). */
+#define TOO_BIG(m) (-2 - (int)(m))
+#define TOO_BIG_MTU(rc) ((__u32)(-2 - (rc)))
+
+#define XDPG_IP_DF 0x4000
+#define XDPG_ICMP_FRAG_NEEDED 4
+#define XDPG_IPV6_MIN_MTU 1280
+
+/* Writes the reply's Ethernet header: back to the frame's sender. */
+static __always_inline void reply_eth(struct ethhdr *eth, const __u8 *to, const __u8 *from, __u16 proto)
+{
+	__builtin_memcpy(eth->h_dest, to, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, from, ETH_ALEN);
+	eth->h_proto = bpf_htons(proto);
+}
+
+static __always_inline __u16 csum_of(__u32 *buf, __u32 len)
+{
+	__s64 sum = bpf_csum_diff(NULL, 0, (__be32 *)buf, len, 0);
+	return xdpg_csum_finish(sum < 0 ? 0 : (__u32)sum);
+}
+
+static __always_inline int too_big_v4(struct xdp_md *ctx, struct xdpg_lb_scratch *sc, __u32 mtu, __u32 tot_len)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+	struct iphdr *iph = data + XDPG_ETH_HLEN;
+	__u8 to[ETH_ALEN], from[ETH_ALEN];
+
+	if ((void *)(iph + 1) > data_end)
+		return XDP_DROP;
+	/* Without DF the sender expects us to fragment, which XDP cannot; and
+	 * ICMP is never answered with ICMP errors. */
+	if (!(iph->frag_off & bpf_htons(XDPG_IP_DF)) || iph->protocol == IPPROTO_ICMP)
+		return XDP_DROP;
+	__u32 hdr = iph->ihl * 4;
+	if (hdr < 20 || hdr > 60)
+		return XDP_DROP;
+	__u32 len = bpf_ntohs(iph->tot_len);
+	__u32 overhead = tot_len > len ? tot_len - len : 0;
+	__u32 report = mtu > overhead + 68 ? mtu - overhead : 68;
+	__u32 qlen = hdr + 8; /* the header and 8 bytes: what RFC 792 asks for */
+	__u32 saddr = iph->saddr;
+	__u32 daddr = iph->daddr;
+	__u8 tos = iph->tos;
+	__builtin_memcpy(to, eth->h_source, ETH_ALEN);
+	__builtin_memcpy(from, eth->h_dest, ETH_ALEN);
+
+	/* The ICMP message in scratch: type, code, checksum, unused, MTU, quote. */
+	__u32 *w = sc->icmp;
+	w[0] = bpf_htonl((XDPG_ICMP_DEST_UNREACH << 24) | (XDPG_ICMP_FRAG_NEEDED << 16));
+	w[1] = bpf_htonl(report & 0xFFFF);
+	for (int i = 0; i < 17; i++) {
+		if (i * 4 >= qlen)
+			break;
+		__u32 *p = data + XDPG_ETH_HLEN + i * 4;
+		if ((void *)(p + 1) > data_end)
+			return XDP_DROP;
+		w[2 + i] = *p;
+	}
+	__u32 icmp_len = 8 + (qlen & 0x7C);
+	if (icmp_len > 76)
+		return XDP_DROP;
+	((__u16 *)w)[1] = csum_of(w, icmp_len);
+
+	int delta = (int)(XDPG_ETH_HLEN + 20 + icmp_len) - (int)(data_end - data);
+	if (delta > 0 || bpf_xdp_adjust_tail(ctx, delta))
+		return XDP_DROP;
+	data = (void *)(long)ctx->data;
+	data_end = (void *)(long)ctx->data_end;
+	eth = data;
+	struct iphdr *out = data + XDPG_ETH_HLEN;
+	if ((void *)(out + 1) > data_end)
+		return XDP_DROP;
+	reply_eth(eth, to, from, ETH_P_IP);
+	out->version = 4;
+	out->ihl = 5;
+	out->tos = tos;
+	out->tot_len = bpf_htons(20 + icmp_len);
+	out->id = 0;
+	out->frag_off = 0;
+	out->ttl = XDPG_LB_OUTER_TTL;
+	out->protocol = IPPROTO_ICMP;
+	out->check = 0;
+	/* From the address the packet was sent to (the VIP): the sender's
+	 * stack matches the message to its connection by the quote. */
+	out->saddr = daddr;
+	out->daddr = saddr;
+	out->check = xdpg_ipv4_hdr_csum(out);
+	for (int i = 0; i < 19; i++) {
+		if (i * 4 >= icmp_len)
+			break;
+		__u32 *p = data + XDPG_ETH_HLEN + 20 + i * 4;
+		if ((void *)(p + 1) > data_end)
+			return XDP_DROP;
+		*p = w[i];
+	}
+	return XDP_TX;
+}
+
+static __always_inline int too_big_v6(struct xdp_md *ctx, struct xdpg_lb_scratch *sc, __u32 mtu, __u32 tot_len)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+	struct ipv6hdr *ip6h = data + XDPG_ETH_HLEN;
+	__u8 to[ETH_ALEN], from[ETH_ALEN];
+	/* Quote the header and 8 bytes (enough to find the connection). */
+	const __u32 qlen = 48;
+
+	if ((void *)ip6h + qlen > data_end)
+		return XDP_DROP;
+	if (ip6h->nexthdr == IPPROTO_ICMPV6)
+		return XDP_DROP;
+	__u32 len = sizeof(*ip6h) + bpf_ntohs(ip6h->payload_len);
+	__u32 overhead = tot_len > len ? tot_len - len : 0;
+	__u32 report = mtu > overhead + XDPG_IPV6_MIN_MTU ? mtu - overhead : XDPG_IPV6_MIN_MTU;
+	__builtin_memcpy(to, eth->h_source, ETH_ALEN);
+	__builtin_memcpy(from, eth->h_dest, ETH_ALEN);
+
+	/* Pseudo-header (source, destination, length, next header), then the
+	 * ICMPv6 message: the checksum covers both. */
+	__u32 *w = sc->icmp;
+	__builtin_memcpy(&w[0], &ip6h->daddr, 16);
+	__builtin_memcpy(&w[4], &ip6h->saddr, 16);
+	w[8] = bpf_htonl(8 + qlen);
+	w[9] = bpf_htonl(IPPROTO_ICMPV6);
+	w[10] = bpf_htonl(XDPG_ICMPV6_PKT_TOOBIG << 24);
+	w[11] = bpf_htonl(report);
+	__builtin_memcpy(&w[12], ip6h, qlen);
+	((__u16 *)w)[21] = csum_of(w, 40 + 8 + qlen);
+
+	int delta = (int)(XDPG_ETH_HLEN + 40 + 8 + qlen) - (int)(data_end - data);
+	if (delta > 0 || bpf_xdp_adjust_tail(ctx, delta))
+		return XDP_DROP;
+	data = (void *)(long)ctx->data;
+	data_end = (void *)(long)ctx->data_end;
+	eth = data;
+	struct ipv6hdr *out = data + XDPG_ETH_HLEN;
+	if ((void *)out + 40 + 8 + qlen > data_end)
+		return XDP_DROP;
+	reply_eth(eth, to, from, ETH_P_IPV6);
+	*(__u32 *)out = bpf_htonl(6u << 28);
+	out->payload_len = bpf_htons(8 + qlen);
+	out->nexthdr = IPPROTO_ICMPV6;
+	out->hop_limit = XDPG_LB_OUTER_TTL;
+	__builtin_memcpy(&out->saddr, &w[0], 16);
+	__builtin_memcpy(&out->daddr, &w[4], 16);
+	__builtin_memcpy((void *)(out + 1), &w[10], 8 + qlen);
+	return XDP_TX;
+}
+
+/* A packet too big for the next hop (mtu; tot_len is its size there, so
+ * tot_len minus its own size is our encapsulation) becomes an ICMP
+ * "fragmentation needed" (IPv4 with DF) or "packet too big" (IPv6) back to
+ * its sender, quoting its start, so the sender's stack lowers its path MTU.
+ * The packet itself is dropped (and counted) either way. Returns XDP_TX,
+ * or XDP_DROP when no message is due. */
+XDPG_COLD int send_too_big(struct xdp_md *ctx, __u32 mtu, __u32 tot_len)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	__u64 bytes = data_end - data;
+	__u32 key = 0;
+	int rc = XDP_DROP;
+
+	count(XDPG_LB_DROP_MTU, bytes);
+	struct xdpg_lb_scratch *sc = bpf_map_lookup_elem(&xdpg_lb_scratch, &key);
+	struct ethhdr *eth = data;
+	if (!sc || (void *)(eth + 1) > data_end)
+		return XDP_DROP;
+	if (eth->h_proto == bpf_htons(ETH_P_IP))
+		rc = too_big_v4(ctx, sc, mtu, tot_len);
+	else if (eth->h_proto == bpf_htons(ETH_P_IPV6))
+		rc = too_big_v6(ctx, sc, mtu, tot_len);
+	if (rc == XDP_TX)
+		count(XDPG_LB_EV_TOO_BIG_SENT, bytes);
+	return rc;
+}
+
+/* ---- next hop ---------------------------------------------------------- */
+
+/* Asks the FIB for the next hop towards dst. Returns -1 to go on (fib is
+ * filled), TOO_BIG(mtu) when the packet does not fit the route's MTU, else
+ * the verdict for the untouched packet. */
+static __always_inline int fib_next_hop(struct xdp_md *ctx, struct bpf_fib_lookup *fib, __u8 family,
+					const __u32 *src, const __u32 *dst, __u8 l4_proto, __u32 tot_len,
+					__u64 bytes)
+{
+	fib->l4_protocol = l4_proto;
+	fib->tot_len = tot_len;
+	fib->ifindex = ctx->ingress_ifindex;
+	if (family == XDPG_LB_FAMILY_V4) {
+		fib->family = XDPG_AF_INET;
+		fib->ipv4_src = src[0];
+		fib->ipv4_dst = dst[0];
+	} else {
+		fib->family = XDPG_AF_INET6;
+		addr_copy(fib->ipv6_src, src);
+		addr_copy(fib->ipv6_dst, dst);
+	}
+	long rc = bpf_fib_lookup(ctx, fib, sizeof(*fib), 0);
+	switch (rc) {
+	case BPF_FIB_LKUP_RET_SUCCESS:
+		return -1;
+	case BPF_FIB_LKUP_RET_NO_NEIGH:
+		/* The stack resolves the neighbour; later packets take the fast path. */
+		return pass_counted(XDPG_LB_PASS_NO_NEIGH, bytes);
+	case BPF_FIB_LKUP_RET_FRAG_NEEDED:
+		return TOO_BIG(fib->mtu_result);
+	default:
+		return pass_counted(XDPG_LB_PASS_NO_ROUTE, bytes);
+	}
+}
+
+/* Asks the FIB for the next hop towards a backend and writes the answer
+ * (with the route MTU) into this CPU's cache entry nh, valid for the
+ * configured time (none: it is only this packet's answer). The question's
+ * length and L4 protocol come packed as tot_len | l4_proto << 16 (a
+ * subprogram takes five arguments). Returns -1 to go on, TOO_BIG(mtu), or
+ * the verdict; failed lookups are not cached. */
+XDPG_COLD int refill_hop(struct xdp_md *ctx, struct xdpg_lb_nexthop *nh, struct xdpg_lb_backend *be,
+			 const __u32 *src, __u32 packed)
+{
+	__u32 scratch_key = 0;
+	struct xdpg_lb_scratch *scratch = bpf_map_lookup_elem(&xdpg_lb_scratch, &scratch_key);
+	if (!scratch)
+		return XDP_PASS;
+	struct bpf_fib_lookup *fib = &scratch->fib;
+	__builtin_memset(fib, 0, sizeof(*fib));
+	__u64 bytes = ctx->data_end - ctx->data;
+	__u32 zero = 0;
+	__u32 tot_len = packed & 0xFFFF;
+	__u8 l4_proto = packed >> 16;
+	const __u32 *dst = be->addr;
+	__u8 family = be->family;
+	__u32 gen = be->gen;
+	int rc = fib_next_hop(ctx, fib, family, src, dst, l4_proto, tot_len, bytes);
+	if (rc >= 0)
+		return rc;
+	struct xdpg_lb_config *cfg = bpf_map_lookup_elem(&xdpg_lb_cfg, &zero);
+	__builtin_memcpy(nh->dmac, fib->dmac, ETH_ALEN);
+	__builtin_memcpy(nh->smac, fib->smac, ETH_ALEN);
+	nh->ifindex = fib->ifindex;
+	nh->ingress = ctx->ingress_ifindex;
+	nh->gen = gen;
+	nh->expires = cfg && cfg->nexthop_ttl ? bpf_jiffies64() + cfg->nexthop_ttl : 0;
+	/* The route MTU: the FIB reports it for a length nothing fits. */
+	__u16 mtu = 0xFFFF;
+	__builtin_memset(fib, 0, sizeof(*fib));
+	fib->family = family == XDPG_LB_FAMILY_V4 ? XDPG_AF_INET : XDPG_AF_INET6;
+	fib->l4_protocol = l4_proto;
+	fib->tot_len = 0xFFFF;
+	fib->ifindex = ctx->ingress_ifindex;
+	if (family == XDPG_LB_FAMILY_V4) {
+		fib->ipv4_src = src[0];
+		fib->ipv4_dst = dst[0];
+	} else {
+		addr_copy(fib->ipv6_src, src);
+		addr_copy(fib->ipv6_dst, dst);
+	}
+	if (bpf_fib_lookup(ctx, fib, sizeof(*fib), 0) == BPF_FIB_LKUP_RET_FRAG_NEEDED)
+		mtu = fib->mtu_result;
+	nh->mtu = mtu;
+	return -1;
+}
+
+/* The next hop towards a backend: this CPU's cached FIB answer while it is
+ * fresh (and for the same backend slot generation and ingress), else a
+ * FIB lookup. Returns the cache entry holding the hop, or NULL with *verdict
+ * set for the untouched packet. */
+static __always_inline struct xdpg_lb_nexthop *backend_hop(struct xdp_md *ctx, __u32 be_id,
+							   struct xdpg_lb_backend *be, const __u32 *src,
+							   __u8 l4_proto, __u32 tot_len, __u64 bytes, int *verdict,
+							   const int may_reply)
+{
+	struct xdpg_lb_nexthop *nh = bpf_map_lookup_elem(&xdpg_lb_nexthop, &be_id);
+	if (!nh) {
+		*verdict = pass_counted(XDPG_LB_PASS_NO_ROUTE, bytes);
+		return NULL;
+	}
+	if (!(nh->expires > bpf_jiffies64() && nh->gen == be->gen && nh->ingress == ctx->ingress_ifindex)) {
+		int rc = refill_hop(ctx, nh, be, src, (tot_len & 0xFFFF) | ((__u32)l4_proto << 16));
+		if (rc >= 0) {
+			*verdict = rc;
+			return NULL;
+		}
+		if (rc < -1) {
+			*verdict = may_reply ? send_too_big(ctx, TOO_BIG_MTU(rc), tot_len)
+					     : drop_counted(XDPG_LB_DROP_MTU, bytes);
+			return NULL;
+		}
+	}
+	if (tot_len > nh->mtu) {
+		*verdict = may_reply ? send_too_big(ctx, nh->mtu, tot_len) : drop_counted(XDPG_LB_DROP_MTU, bytes);
+		return NULL;
+	}
+	return nh;
+}
+
+/* Writes the next hop's MACs and sends the frame on its way. */
+static __always_inline int emit_to(struct xdp_md *ctx, const __u8 *dmac, const __u8 *smac, __u32 ifindex,
+				   __u64 bytes)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+	if ((void *)(eth + 1) > data_end)
+		return XDP_DROP;
+	__builtin_memcpy(eth->h_dest, dmac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, smac, ETH_ALEN);
+	if (ifindex == ctx->ingress_ifindex) {
+		count(XDPG_LB_EV_TX, bytes);
+		return XDP_TX;
+	}
+	long rc = bpf_redirect_map(&xdpg_lb_devmap, ifindex, XDP_PASS);
+	if (rc == XDP_REDIRECT) {
+		count(XDPG_LB_EV_REDIRECT, bytes);
+		return XDP_REDIRECT;
+	}
+	/* Not a devmap interface: the stack forwards the rewritten packet. */
+	return pass_counted(XDPG_LB_PASS_NO_DEVMAP, bytes);
+}
+
+static __always_inline int emit(struct xdp_md *ctx, struct xdpg_lb_nexthop *nh, __u64 bytes)
+{
+	return emit_to(ctx, nh->dmac, nh->smac, nh->ifindex, bytes);
+}
+
+/* ---- tables ------------------------------------------------------------ */
+
+/* The VIP for (the flow's destination, port, protocol); port 0 looks up the
+ * all-ports VIP. IPv4 uses its own map with an 8-byte key. */
+static __always_inline struct xdpg_lb_vip *vip_lookup(const struct xdpg_lb_flow *flow, __u16 port)
+{
+	if (flow->family == XDPG_LB_FAMILY_V4) {
+		struct xdpg_lb_vip_key4 k4 = { .addr = flow->dst[0], .port = port, .proto = flow->proto };
+		return bpf_map_lookup_elem(&xdpg_lb_vips4, &k4);
+	}
+	struct xdpg_lb_vip_key key = {};
+	addr_copy(key.addr, flow->dst);
+	key.port = port;
+	key.proto = flow->proto;
+	key.family = flow->family;
+	return bpf_map_lookup_elem(&xdpg_lb_vips6, &key);
+}
+
+/* The VIP for a TCP/UDP flow: its port's, else the all-ports one. */
+static __always_inline struct xdpg_lb_vip *vip_for(struct xdpg_lb_config *cfg, const struct xdpg_lb_flow *flow)
+{
+	struct xdpg_lb_vip *vip = vip_lookup(flow, flow->dport);
+	if (!vip && cfg->allport_vips)
+		vip = vip_lookup(flow, 0);
+	return vip;
+}
+
+static __always_inline void flow4_key(struct xdpg_lb_flow4 *k, const struct xdpg_lb_flow *flow)
+{
+	k->src = flow->src[0];
+	k->dst = flow->dst[0];
+	k->sport = flow->sport;
+	k->dport = flow->dport;
+	k->proto = flow->proto;
+}
+
+static __always_inline struct xdpg_lb_conn *conn_lookup(const struct xdpg_lb_flow *flow)
+{
+	if (flow->family == XDPG_LB_FAMILY_V4) {
+		struct xdpg_lb_flow4 k = {};
+		flow4_key(&k, flow);
+		return bpf_map_lookup_elem(&xdpg_lb_conns4, &k);
+	}
+	return bpf_map_lookup_elem(&xdpg_lb_conns6, flow);
+}
+
+static __always_inline void conn_update(const struct xdpg_lb_flow *flow, struct xdpg_lb_conn *conn)
+{
+	if (flow->family == XDPG_LB_FAMILY_V4) {
+		struct xdpg_lb_flow4 k = {};
+		flow4_key(&k, flow);
+		bpf_map_update_elem(&xdpg_lb_conns4, &k, conn, BPF_ANY);
+		return;
+	}
+	bpf_map_update_elem(&xdpg_lb_conns6, flow, conn, BPF_ANY);
+}
+
+static __always_inline struct xdpg_lb_nat_rev *nat_lookup(const struct xdpg_lb_flow *flow)
+{
+	if (flow->family == XDPG_LB_FAMILY_V4) {
+		struct xdpg_lb_flow4 k = {};
+		flow4_key(&k, flow);
+		return bpf_map_lookup_elem(&xdpg_lb_nat4, &k);
+	}
+	return bpf_map_lookup_elem(&xdpg_lb_nat6, flow);
+}
+
+static __always_inline void nat_update(const struct xdpg_lb_flow *flow, struct xdpg_lb_nat_rev *rev)
+{
+	if (flow->family == XDPG_LB_FAMILY_V4) {
+		struct xdpg_lb_flow4 k = {};
+		flow4_key(&k, flow);
+		bpf_map_update_elem(&xdpg_lb_nat4, &k, rev, BPF_ANY);
+		return;
+	}
+	bpf_map_update_elem(&xdpg_lb_nat6, flow, rev, BPF_ANY);
+}
+
+/* ---- L2 DSR ------------------------------------------------------------ */
+
+static __always_inline int fwd_dsr(struct xdp_md *ctx, struct xdpg_lb_config *cfg, __u32 be_id,
+				   struct xdpg_lb_backend *be, struct xdpg_lb_flow *flow, __u32 l3_len, __u64 bytes, const int may_reply)
+{
+	int verdict = XDP_PASS;
+	if (be->family != flow->family)
+		return drop_counted(XDPG_LB_DROP_UNSUPPORTED, bytes);
+	struct xdpg_lb_nexthop *nh = backend_hop(ctx, be_id, be, flow->src, flow->proto, l3_len, bytes, &verdict, may_reply);
+	if (!nh)
+		return verdict;
+	return emit(ctx, nh, bytes);
+}
+
+/* ---- IPIP -------------------------------------------------------------- */
+
+static __always_inline int encap_v4(struct xdp_md *ctx, struct xdpg_lb_config *cfg, __u32 be_id,
+				    struct xdpg_lb_backend *be, struct xdpg_lb_flow *flow, __u32 l3_len, __u32 hash,
+				    __u64 bytes, const int may_reply)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	int verdict = XDP_PASS;
+	__u32 src[4] = {};
+
+	if (flow->family != XDPG_LB_FAMILY_V4)
+		return drop_counted(XDPG_LB_DROP_UNSUPPORTED, bytes);
+	struct iphdr *inner = data + XDPG_ETH_HLEN;
+	if ((void *)(inner + 1) > data_end)
+		return XDP_DROP;
+	__u8 tos = inner->tos;
+	src[0] = cfg->ipip_v4_src | (bpf_htonl(hash) & cfg->ipip_v4_mask);
+	__u32 outer_len = l3_len + sizeof(struct iphdr);
+	struct xdpg_lb_nexthop *nh = backend_hop(ctx, be_id, be, src, IPPROTO_IPIP, outer_len, bytes, &verdict, may_reply);
+	if (!nh)
+		return verdict;
+	if (bpf_xdp_adjust_head(ctx, -(int)sizeof(struct iphdr)))
+		return drop_counted(XDPG_LB_DROP_HEADROOM, bytes);
+	data = (void *)(long)ctx->data;
+	data_end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+	struct iphdr *outer = data + XDPG_ETH_HLEN;
+	if ((void *)(outer + 1) > data_end)
+		return XDP_DROP;
+	eth->h_proto = bpf_htons(ETH_P_IP);
+	outer->version = 4;
+	outer->ihl = 5;
+	outer->tos = tos;
+	outer->tot_len = bpf_htons(outer_len);
+	outer->id = 0;
+	outer->frag_off = 0;
+	outer->ttl = XDPG_LB_OUTER_TTL;
+	outer->protocol = IPPROTO_IPIP;
+	outer->check = 0;
+	outer->saddr = src[0];
+	outer->daddr = be->addr[0];
+	outer->check = xdpg_ipv4_hdr_csum(outer);
+	return emit(ctx, nh, bytes + sizeof(struct iphdr));
+}
+
+static __always_inline int encap_v6(struct xdp_md *ctx, struct xdpg_lb_config *cfg, __u32 be_id,
+				    struct xdpg_lb_backend *be, struct xdpg_lb_flow *flow, __u32 l3_len, __u32 hash,
+				    __u64 bytes, const int may_reply)
+{
+	int verdict = XDP_PASS;
+	__u32 src[4];
+
+	src[0] = cfg->ipip_v6_src[0];
+	src[1] = cfg->ipip_v6_src[1];
+	src[2] = cfg->ipip_v6_src[2] | (bpf_htonl(xdpg_mix32(hash)) & cfg->ipip_v6_mask[0]);
+	src[3] = cfg->ipip_v6_src[3] | (bpf_htonl(hash) & cfg->ipip_v6_mask[1]);
+	__u8 next = flow->family == XDPG_LB_FAMILY_V4 ? IPPROTO_IPIP : IPPROTO_IPV6;
+	struct xdpg_lb_nexthop *nh = backend_hop(ctx, be_id, be, src, next, l3_len + sizeof(struct ipv6hdr), bytes, &verdict, may_reply);
+	if (!nh)
+		return verdict;
+	if (bpf_xdp_adjust_head(ctx, -(int)sizeof(struct ipv6hdr)))
+		return drop_counted(XDPG_LB_DROP_HEADROOM, bytes);
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+	struct ipv6hdr *outer = data + XDPG_ETH_HLEN;
+	if ((void *)(outer + 1) > data_end)
+		return XDP_DROP;
+	eth->h_proto = bpf_htons(ETH_P_IPV6);
+	/* Version 6, traffic class 0, and a flow label from the flow hash, so
+	 * ECMP and RSS on the way spread flows. */
+	*(__u32 *)outer = bpf_htonl((6u << 28) | (hash & 0xFFFFF));
+	outer->payload_len = bpf_htons(l3_len);
+	outer->nexthdr = next;
+	outer->hop_limit = XDPG_LB_OUTER_TTL;
+	__builtin_memcpy(&outer->saddr, src, 16);
+	__builtin_memcpy(&outer->daddr, be->addr, 16);
+	return emit(ctx, nh, bytes + sizeof(struct ipv6hdr));
+}
+
+static __always_inline int fwd_ipip(struct xdp_md *ctx, struct xdpg_lb_config *cfg, __u32 be_id,
+				    struct xdpg_lb_backend *be, struct xdpg_lb_flow *flow, __u32 l3_len, __u32 hash,
+				    __u64 bytes, const int may_reply)
+{
+	if (be->family == XDPG_LB_FAMILY_V4)
+		return encap_v4(ctx, cfg, be_id, be, flow, l3_len, hash, bytes, may_reply);
+	return encap_v6(ctx, cfg, be_id, be, flow, l3_len, hash, bytes, may_reply);
+}
+
+/* ---- NAT --------------------------------------------------------------- */
+
+/* Which address and port a NAT rewrite changes. */
+#define NAT_DST 0 /* client -> VIP becomes client -> backend */
+#define NAT_SRC 1 /* backend -> client becomes VIP -> client */
+
+/* Rewrites one address and port of a TCP/UDP packet, fixing the IPv4 header
+ * and L4 checksums incrementally, and decrements the TTL/hop limit. The
+ * caller checked the TTL and the L4 header's bounds (l4_off, 8+ bytes). */
+static __always_inline int nat_rewrite(struct xdp_md *ctx, __u8 family, __u8 proto, __u32 l4_off, int which,
+				       const __u32 *new_addr, __u16 new_port)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	__u32 l4_sum_fix = 0; /* the L4 checksum's change, as a running sum */
+	int l4_changed = 0;
+
+	if (l4_off > XDPG_LB_MAX_L4_OFFSET)
+		return -1;
+	if (family == XDPG_LB_FAMILY_V4) {
+		struct iphdr *iph = data + XDPG_ETH_HLEN;
+		if ((void *)(iph + 1) > data_end)
+			return -1;
+		__u32 *field = which == NAT_DST ? &iph->daddr : &iph->saddr;
+		__u32 old = *field;
+		__u32 sum = xdpg_csum_start(iph->check);
+		sum = xdpg_csum_replace32(sum, old, new_addr[0]);
+		__u16 old_ttl_word = *(__u16 *)&iph->ttl;
+		iph->ttl--;
+		sum = xdpg_csum_replace16(sum, old_ttl_word, *(__u16 *)&iph->ttl);
+		iph->check = xdpg_csum_finish(sum);
+		*field = new_addr[0];
+		l4_sum_fix = xdpg_csum_replace32(0, old, new_addr[0]);
+	} else {
+		struct ipv6hdr *ip6h = data + XDPG_ETH_HLEN;
+		if ((void *)(ip6h + 1) > data_end)
+			return -1;
+		__u32 *field = which == NAT_DST ? (__u32 *)&ip6h->daddr : (__u32 *)&ip6h->saddr;
+		__u32 fix = 0;
+#pragma unroll
+		for (int i = 0; i < 4; i++) {
+			fix = xdpg_csum_replace32(fix, field[i], new_addr[i]);
+			field[i] = new_addr[i];
+		}
+		ip6h->hop_limit--;
+		l4_sum_fix = fix;
+	}
+
+	__u16 *sum_field;
+	__u16 *port_field;
+	if (proto == IPPROTO_TCP) {
+		struct tcphdr *th = data + l4_off;
+		if ((void *)(th + 1) > data_end)
+			return -1;
+		sum_field = &th->check;
+		port_field = which == NAT_DST ? &th->dest : &th->source;
+	} else {
+		struct udphdr *uh = data + l4_off;
+		if ((void *)(uh + 1) > data_end)
+			return -1;
+		sum_field = &uh->check;
+		port_field = which == NAT_DST ? &uh->dest : &uh->source;
+		/* IPv4 UDP without a checksum stays without one. */
+		if (family == XDPG_LB_FAMILY_V4 && *sum_field == 0)
+			l4_changed = -1;
+	}
+	if (new_port && *port_field != new_port) {
+		l4_sum_fix = xdpg_csum_replace16(l4_sum_fix, *port_field, new_port);
+		*port_field = new_port;
+	}
+	if (l4_changed == 0) {
+		__u16 check = xdpg_csum_finish(xdpg_csum_start(*sum_field) + l4_sum_fix);
+		if (proto == IPPROTO_UDP && check == 0)
+			check = 0xFFFF;
+		*sum_field = check;
+	}
+	return 0;
+}
+
+/* The TTL (IPv4) or hop limit (IPv6) of the packet. */
+static __always_inline int read_ttl(void *data, void *data_end, __u8 family)
+{
+	if (family == XDPG_LB_FAMILY_V4) {
+		struct iphdr *iph = data + XDPG_ETH_HLEN;
+		if ((void *)(iph + 1) > data_end)
+			return 0;
+		return iph->ttl;
+	}
+	struct ipv6hdr *ip6h = data + XDPG_ETH_HLEN;
+	if ((void *)(ip6h + 1) > data_end)
+		return 0;
+	return ip6h->hop_limit;
+}
+
+static __always_inline int fwd_nat(struct xdp_md *ctx, struct xdpg_lb_config *cfg, __u32 be_id,
+				   struct xdpg_lb_backend *be, struct xdpg_lb_flow *flow, __u32 l4_off, __u32 l3_len,
+				   __u64 bytes, const int may_reply)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	int verdict = XDP_PASS;
+
+	if (be->family != flow->family)
+		return drop_counted(XDPG_LB_DROP_UNSUPPORTED, bytes);
+	/* A router hop: the stack sends the time-exceeded message. */
+	if (read_ttl(data, data_end, flow->family) <= 1)
+		return pass_counted(XDPG_LB_PASS_TTL, bytes);
+	__u16 port = be->port;
+	struct xdpg_lb_nexthop *nh = backend_hop(ctx, be_id, be, flow->src, flow->proto, l3_len, bytes, &verdict, may_reply);
+	if (!nh)
+		return verdict;
+	if (nat_rewrite(ctx, flow->family, flow->proto, l4_off, NAT_DST, be->addr, port) < 0)
+		return pass_counted(XDPG_LB_PASS_MALFORMED, bytes);
+	return emit(ctx, nh, bytes);
+}
+
+/* A reply from a NAT backend: translate its source back to the VIP. */
+XDPG_COLD int nat_reply(struct xdp_md *ctx, struct xdpg_lb_flow *flow, __u32 l4_off, __u32 l3_len)
+{
+	__u64 bytes = ctx->data_end - ctx->data;
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	__u32 scratch_key = 0;
+	struct xdpg_lb_scratch *scratch = bpf_map_lookup_elem(&xdpg_lb_scratch, &scratch_key);
+	if (!scratch)
+		return XDP_PASS;
+	struct bpf_fib_lookup *fib = &scratch->fib;
+	__builtin_memset(fib, 0, sizeof(*fib));
+	__u32 vip_addr[4];
+
+	struct xdpg_lb_nat_rev *rev = nat_lookup(flow);
+	if (!rev)
+		return pass_counted(XDPG_LB_PASS_NON_VIP, bytes);
+	addr_copy(vip_addr, rev->vip_addr);
+	__u16 vip_port = rev->vip_port;
+	if (read_ttl(data, data_end, flow->family) <= 1)
+		return pass_counted(XDPG_LB_PASS_TTL, bytes);
+	int rc = fib_next_hop(ctx, fib, flow->family, vip_addr, flow->dst, flow->proto, l3_len, bytes);
+	if (rc >= 0)
+		return rc;
+	if (rc < -1)
+		return send_too_big(ctx, TOO_BIG_MTU(rc), l3_len);
+	if (nat_rewrite(ctx, flow->family, flow->proto, l4_off, NAT_SRC, vip_addr, vip_port) < 0)
+		return pass_counted(XDPG_LB_PASS_MALFORMED, bytes);
+	count(XDPG_LB_EV_NAT_REPLY, bytes);
+	return emit_to(ctx, fib->dmac, fib->smac, fib->ifindex, bytes);
+}
+
+/* Remembers how to translate the replies of a new NAT flow. */
+static __always_inline void nat_remember(struct xdpg_lb_flow *flow, struct xdpg_lb_backend *be, __u32 vip_index)
+{
+	struct xdpg_lb_flow reply = {};
+	struct xdpg_lb_nat_rev rev = {};
+
+	addr_copy(reply.src, be->addr);
+	addr_copy(reply.dst, flow->src);
+	reply.sport = be->port ? be->port : flow->dport;
+	reply.dport = flow->sport;
+	reply.proto = flow->proto;
+	reply.family = flow->family;
+	addr_copy(rev.vip_addr, flow->dst);
+	rev.vip_port = flow->dport;
+	rev.vip_index = vip_index;
+	nat_update(&reply, &rev);
+}
+
+/* ---- backend selection ------------------------------------------------- */
+
+/* The VIP's Maglev choice for a flow hash. */
+static __always_inline __u32 maglev_pick(struct xdpg_lb_vip *vip, __u32 hash)
+{
+	__u32 index = vip->index;
+	void *table = bpf_map_lookup_elem(&xdpg_lb_tables, &index);
+	if (!table)
+		return XDPG_LB_NO_BACKEND;
+	__u32 size = vip->table_size;
+	if (size == 0)
+		return XDPG_LB_NO_BACKEND;
+	__u32 slot = hash % size;
+	__u32 *id = bpf_map_lookup_elem(table, &slot);
+	return id ? *id : XDPG_LB_NO_BACKEND;
+}
+
+/* Whether this CPU may create one more connection entry now (GCRA). */
+static __always_inline int may_track(struct xdpg_lb_config *cfg, __u64 jiffies)
+{
+	__u64 interval = cfg->new_flow_interval;
+	if (!interval)
+		return 1;
+	__u64 now = jiffies * cfg->ns_per_jiffy;
+	__u32 zero = 0;
+	struct xdpg_lb_rate *r = bpf_map_lookup_elem(&xdpg_lb_rate, &zero);
+	if (!r)
+		return 1;
+	__u64 tat = r->tat;
+	if (tat < now)
+		tat = now;
+	if (tat - now > cfg->new_flow_burst)
+		return 0;
+	r->tat = tat + interval;
+	return 1;
+}
+
+static __always_inline struct xdpg_lb_backend *backend_at(__u32 id)
+{
+	struct xdpg_lb_backend *be = bpf_map_lookup_elem(&xdpg_lb_backend, &id);
+	if (!be || !(be->flags & XDPG_LB_BACKEND_ACTIVE))
+		return NULL;
+	return be;
+}
+
+/* Counts the packet for its backend and sends it by the VIP's mode. */
+static __always_inline int deliver(struct xdp_md *ctx, struct xdpg_lb_config *cfg, struct xdpg_lb_vip *vip,
+				   __u32 be_id, struct xdpg_lb_backend *be, struct xdpg_lb_flow *flow,
+				   __u32 l4_off, __u32 l3_len, __u32 hash, __u64 bytes, const int may_reply)
+{
+	struct xdpg_counter *bs = bpf_map_lookup_elem(&xdpg_lb_becnt, &be_id);
+	if (bs) {
+		bs->packets++;
+		bs->bytes += bytes;
+	}
+	switch (vip->mode) {
+	case XDPG_LB_MODE_DSR:
+		return fwd_dsr(ctx, cfg, be_id, be, flow, l3_len, bytes, may_reply);
+	case XDPG_LB_MODE_IPIP:
+		return fwd_ipip(ctx, cfg, be_id, be, flow, l3_len, hash, bytes, may_reply);
+	default:
+		return fwd_nat(ctx, cfg, be_id, be, flow, l4_off, l3_len, bytes, may_reply);
+	}
+}
+
+/* A TCP/UDP packet for a VIP. */
+static __always_inline int lb_vip(struct xdp_md *ctx, struct xdpg_lb_config *cfg, struct xdpg_lb_vip *vip,
+				  struct xdpg_lb_flow *flow, __u32 l4_off, __u32 l3_len, int syn, __u64 bytes)
+{
+	__u32 vip_index = vip->index;
+	struct xdpg_lb_vip_stats *vs = bpf_map_lookup_elem(&xdpg_lb_vipcnt, &vip_index);
+	struct xdpg_lb_backend *be = NULL;
+	__u32 be_id = XDPG_LB_NO_BACKEND;
+	int track = !(vip->flags & XDPG_LB_VIP_NO_CONNTRACK);
+	__u32 hash = 0;
+
+	if (vs) {
+		vs->packets++;
+		vs->bytes += bytes;
+	}
+	if (track && !syn) {
+		struct xdpg_lb_conn *conn = conn_lookup(flow);
+		if (conn) {
+			be_id = conn->backend;
+			hash = conn->hash;
+			be = backend_at(be_id);
+			if (be && be->gen != conn->gen)
+				be = NULL;
+			if (be && flow->proto == IPPROTO_UDP) {
+				__u32 now = bpf_jiffies64();
+				__u32 last = conn->last_seen;
+				if (now - last > cfg->udp_timeout)
+					be = NULL;
+				else if (now != last)
+					conn->last_seen = now; /* at most one write per tick */
+			}
+		}
+	}
+	if (be) {
+		if (vs)
+			vs->lru_hits++;
+	} else {
+		if (vs)
+			vs->lru_misses++;
+		hash = xdpg_lb_flow_hash(flow, cfg->hash_seed, vip->flags & XDPG_LB_VIP_HASH_SRC_ONLY);
+		be_id = maglev_pick(vip, hash);
+		be = backend_at(be_id);
+		if (!be)
+			return drop_counted(XDPG_LB_DROP_NO_BACKEND, bytes);
+		if (track) {
+			__u64 now = bpf_jiffies64();
+			if (may_track(cfg, now)) {
+				struct xdpg_lb_conn conn = {
+					.backend = be_id,
+					.gen = be->gen,
+					.last_seen = now,
+					.hash = hash,
+				};
+				conn_update(flow, &conn);
+				if (vip->mode == XDPG_LB_MODE_NAT)
+					nat_remember(flow, be, vip_index);
+				if (vs)
+					vs->new_flows++;
+			} else {
+				count(XDPG_LB_EV_CT_REFUSED, bytes);
+			}
+		}
+	}
+	return deliver(ctx, cfg, vip, be_id, be, flow, l4_off, l3_len, hash, bytes, 1);
+}
+
+static __always_inline int is_vip_addr(struct xdpg_lb_flow *flow)
+{
+	struct xdpg_lb_addr_key key = {};
+	addr_copy(key.addr, flow->dst);
+	key.family = flow->family;
+	return bpf_map_lookup_elem(&xdpg_lb_vaddrs, &key) != NULL;
+}
+
+/* A fragment (first or later): no ports to key on, so only all-ports VIPs
+ * can take it, hashed without ports so every fragment of a datagram goes
+ * to the same backend. */
+XDPG_COLD int lb_fragment(struct xdp_md *ctx, struct xdpg_lb_config *cfg, struct xdpg_lb_flow *flow, __u32 l3_len)
+{
+	__u64 bytes = ctx->data_end - ctx->data;
+	if (cfg->frag_policy == XDPG_LB_FRAG_FORWARD &&
+	    (flow->proto == IPPROTO_TCP || flow->proto == IPPROTO_UDP)) {
+		struct xdpg_lb_vip *vip = vip_lookup(flow, 0);
+		if (vip && vip->mode != XDPG_LB_MODE_NAT) {
+			__u32 vip_index = vip->index;
+			struct xdpg_lb_vip_stats *vs = bpf_map_lookup_elem(&xdpg_lb_vipcnt, &vip_index);
+			if (vs) {
+				vs->packets++;
+				vs->bytes += bytes;
+				vs->lru_misses++;
+			}
+			__u32 hash = xdpg_lb_flow_hash(flow, cfg->hash_seed, vip->flags & XDPG_LB_VIP_HASH_SRC_ONLY);
+			__u32 be_id = maglev_pick(vip, hash);
+			struct xdpg_lb_backend *be = backend_at(be_id);
+			if (!be)
+				return drop_counted(XDPG_LB_DROP_NO_BACKEND, bytes);
+			count(XDPG_LB_EV_FRAG_FORWARDED, bytes);
+			return deliver(ctx, cfg, vip, be_id, be, flow, 0, l3_len, hash, bytes, 1);
+		}
+	}
+	if (is_vip_addr(flow))
+		return drop_counted(XDPG_LB_DROP_FRAGMENT, bytes);
+	return pass_counted(XDPG_LB_PASS_NON_VIP, bytes);
+}
+
+/* ---- ICMP -------------------------------------------------------------- */
+
+/* Echo to a VIP address: answered in place, passed or dropped. */
+static __always_inline int lb_echo(struct xdp_md *ctx, struct xdpg_lb_config *cfg, struct xdpg_lb_flow *flow,
+				   __u32 l4_off, __u64 bytes)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+
+	if (!is_vip_addr(flow))
+		return pass_counted(XDPG_LB_PASS_NON_VIP, bytes);
+	if (cfg->echo_policy == XDPG_LB_ECHO_PASS)
+		return pass_counted(XDPG_LB_PASS_ECHO, bytes);
+	if (cfg->echo_policy != XDPG_LB_ECHO_ANSWER)
+		return drop_counted(XDPG_LB_DROP_ECHO, bytes);
+	if (l4_off > XDPG_LB_MAX_L4_OFFSET)
+		return XDP_PASS;
+	struct ethhdr *eth = data;
+	__u8 *icmp = data + l4_off;
+	if ((void *)(icmp + 4) > data_end || (void *)(eth + 1) > data_end)
+		return XDP_PASS;
+	/* Swapping source and destination leaves every checksum as it is;
+	 * only the type changes. */
+	__u16 old_word = *(__u16 *)icmp;
+	icmp[0] = flow->family == XDPG_LB_FAMILY_V4 ? XDPG_ICMP_ECHO_REPLY : XDPG_ICMPV6_ECHO_REPLY;
+	__u16 *check = (__u16 *)(icmp + 2);
+	*check = xdpg_csum_finish(xdpg_csum_replace16(xdpg_csum_start(*check), old_word, *(__u16 *)icmp));
+	if (flow->family == XDPG_LB_FAMILY_V4) {
+		struct iphdr *iph = data + XDPG_ETH_HLEN;
+		if ((void *)(iph + 1) > data_end)
+			return XDP_PASS;
+		__u32 tmp = iph->saddr;
+		iph->saddr = iph->daddr;
+		iph->daddr = tmp;
+	} else {
+		struct ipv6hdr *ip6h = data + XDPG_ETH_HLEN;
+		if ((void *)(ip6h + 1) > data_end)
+			return XDP_PASS;
+		struct in6_addr tmp = ip6h->saddr;
+		ip6h->saddr = ip6h->daddr;
+		ip6h->daddr = tmp;
+	}
+	__u8 mac[ETH_ALEN];
+	__builtin_memcpy(mac, eth->h_source, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, eth->h_dest, ETH_ALEN);
+	__builtin_memcpy(eth->h_dest, mac, ETH_ALEN);
+	count(XDPG_LB_EV_ECHO_ANSWERED, bytes);
+	return XDP_TX;
+}
+
+/* NAT for an ICMP error quoting a VIP's reply: the outer destination, the
+ * quoted source address and port become the backend's, and every checksum
+ * that covers them is fixed (outer IPv4 header, quoted IPv4 header, quoted
+ * UDP checksum, ICMP checksum). The quoted TCP checksum, usually not quoted
+ * at all, is left alone: no receiver checks it. */
+static __always_inline int nat_icmp_rewrite(struct xdp_md *ctx, struct xdpg_lb_flow *outer,
+					    struct xdpg_lb_quoted *q, __u32 icmp_off, const __u32 *be_addr,
+					    __u16 be_port)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	__u32 icmp_fix = 0;
+
+	if (icmp_off > XDPG_LB_MAX_L4_OFFSET || q->l3_off > XDPG_LB_MAX_L4_OFFSET ||
+	    q->l4_off > XDPG_LB_MAX_L4_OFFSET)
+		return -1;
+	__u16 *icmp_check = data + icmp_off + 2;
+	__u16 *ports = data + q->l4_off;
+	if ((void *)(icmp_check + 1) > data_end || (void *)(ports + 4) > data_end)
+		return -1;
+
+	if (outer->family == XDPG_LB_FAMILY_V4) {
+		struct iphdr *iph = data + XDPG_ETH_HLEN;
+		struct iphdr *in = data + q->l3_off;
+		if ((void *)(iph + 1) > data_end || (void *)(in + 1) > data_end)
+			return -1;
+		/* Outer header: destination and TTL. */
+		__u32 sum = xdpg_csum_start(iph->check);
+		sum = xdpg_csum_replace32(sum, iph->daddr, be_addr[0]);
+		__u16 old_ttl = *(__u16 *)&iph->ttl;
+		iph->ttl--;
+		sum = xdpg_csum_replace16(sum, old_ttl, *(__u16 *)&iph->ttl);
+		iph->check = xdpg_csum_finish(sum);
+		iph->daddr = be_addr[0];
+		/* Quoted header: source, and its checksum (which ICMP covers). */
+		__u32 old_src = in->saddr;
+		__u16 old_in_check = in->check;
+		in->check = xdpg_csum_finish(xdpg_csum_replace32(xdpg_csum_start(old_in_check), old_src, be_addr[0]));
+		in->saddr = be_addr[0];
+		icmp_fix = xdpg_csum_replace32(icmp_fix, old_src, be_addr[0]);
+		icmp_fix = xdpg_csum_replace16(icmp_fix, old_in_check, in->check);
+		if (q->flow.proto == IPPROTO_UDP && ports[3] != 0) {
+			__u16 old_udp = ports[3];
+			__u32 s = xdpg_csum_replace32(xdpg_csum_start(old_udp), old_src, be_addr[0]);
+			if (be_port)
+				s = xdpg_csum_replace16(s, ports[0], be_port);
+			__u16 c = xdpg_csum_finish(s);
+			ports[3] = c ? c : 0xFFFF;
+			icmp_fix = xdpg_csum_replace16(icmp_fix, old_udp, ports[3]);
+		}
+	} else {
+		struct ipv6hdr *ip6h = data + XDPG_ETH_HLEN;
+		struct ipv6hdr *in = data + q->l3_off;
+		if ((void *)(ip6h + 1) > data_end || (void *)(in + 1) > data_end)
+			return -1;
+		__u32 *odst = (__u32 *)&ip6h->daddr;
+		__u32 *isrc = (__u32 *)&in->saddr;
+		__u32 addr_fix = 0;
+#pragma unroll
+		for (int i = 0; i < 4; i++) {
+			/* ICMPv6's pseudo-header covers the outer destination. */
+			icmp_fix = xdpg_csum_replace32(icmp_fix, odst[i], be_addr[i]);
+			odst[i] = be_addr[i];
+			addr_fix = xdpg_csum_replace32(addr_fix, isrc[i], be_addr[i]);
+			isrc[i] = be_addr[i];
+		}
+		ip6h->hop_limit--;
+		icmp_fix += addr_fix;
+		if (q->flow.proto == IPPROTO_UDP) {
+			__u16 old_udp = ports[3];
+			__u32 s = xdpg_csum_start(old_udp) + addr_fix;
+			if (be_port)
+				s = xdpg_csum_replace16(s, ports[0], be_port);
+			__u16 c = xdpg_csum_finish(s);
+			ports[3] = c ? c : 0xFFFF;
+			icmp_fix = xdpg_csum_replace16(icmp_fix, old_udp, ports[3]);
+		}
+	}
+	if (be_port && ports[0] != be_port) {
+		icmp_fix = xdpg_csum_replace16(icmp_fix, ports[0], be_port);
+		ports[0] = be_port;
+	}
+	*icmp_check = xdpg_csum_finish(xdpg_csum_start(*icmp_check) + icmp_fix);
+	return 0;
+}
+
+/* An ICMP error quoting a packet the VIP sent: deliver it to the backend
+ * that serves the quoted flow, so its stack learns the path MTU (or that
+ * the client is unreachable). */
+static __always_inline int lb_icmp_error(struct xdp_md *ctx, struct xdpg_lb_config *cfg, struct xdpg_lb_flow *outer,
+					 struct xdpg_lb_quoted *q, __u32 icmp_off, __u32 l3_len, __u64 bytes)
+{
+	/* The error must be addressed to the VIP that sent the quoted packet. */
+	if (outer->dst[0] != q->flow.dst[0] || outer->dst[1] != q->flow.dst[1] || outer->dst[2] != q->flow.dst[2] ||
+	    outer->dst[3] != q->flow.dst[3])
+		return pass_counted(XDPG_LB_PASS_NON_VIP, bytes);
+	struct xdpg_lb_vip *vip = vip_for(cfg, &q->flow);
+	if (!vip)
+		return pass_counted(XDPG_LB_PASS_NON_VIP, bytes);
+
+	__u32 vip_index = vip->index;
+	struct xdpg_lb_vip_stats *vs = bpf_map_lookup_elem(&xdpg_lb_vipcnt, &vip_index);
+	if (vs) {
+		vs->packets++;
+		vs->bytes += bytes;
+	}
+	/* The backend the flow uses now: tracked, else Maglev's choice. */
+	struct xdpg_lb_backend *be = NULL;
+	__u32 be_id = XDPG_LB_NO_BACKEND;
+	if (!(vip->flags & XDPG_LB_VIP_NO_CONNTRACK)) {
+		struct xdpg_lb_conn *conn = conn_lookup(&q->flow);
+		if (conn) {
+			be_id = conn->backend;
+			be = backend_at(be_id);
+			if (be && be->gen != conn->gen)
+				be = NULL;
+		}
+	}
+	__u32 hash = xdpg_lb_flow_hash(&q->flow, cfg->hash_seed, vip->flags & XDPG_LB_VIP_HASH_SRC_ONLY);
+	if (!be) {
+		be_id = maglev_pick(vip, hash);
+		be = backend_at(be_id);
+	}
+	if (!be)
+		return drop_counted(XDPG_LB_DROP_ICMP, bytes);
+	count(XDPG_LB_EV_ICMP_FORWARDED, bytes);
+
+	if (vip->mode != XDPG_LB_MODE_NAT)
+		return deliver(ctx, cfg, vip, be_id, be, outer, 0, l3_len, hash, bytes, 0);
+
+	/* NAT: the backend knows the flow by its own address and port. */
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	int verdict = XDP_PASS;
+	if (be->family != outer->family)
+		return drop_counted(XDPG_LB_DROP_UNSUPPORTED, bytes);
+	if (read_ttl(data, data_end, outer->family) <= 1)
+		return pass_counted(XDPG_LB_PASS_TTL, bytes);
+	__u16 port = be->port;
+	struct xdpg_counter *bs = bpf_map_lookup_elem(&xdpg_lb_becnt, &be_id);
+	if (bs) {
+		bs->packets++;
+		bs->bytes += bytes;
+	}
+	struct xdpg_lb_nexthop *nh = backend_hop(ctx, be_id, be, outer->src, outer->proto, l3_len, bytes, &verdict, 0);
+	if (!nh)
+		return verdict;
+	if (nat_icmp_rewrite(ctx, outer, q, icmp_off, be->addr, port) < 0)
+		return pass_counted(XDPG_LB_PASS_MALFORMED, bytes);
+	return emit(ctx, nh, bytes);
+}
+
+XDPG_COLD int lb_icmp(struct xdp_md *ctx, struct xdpg_lb_config *cfg, struct xdpg_lb_flow *flow, __u32 l4_off,
+		      __u32 l3_len)
+{
+	__u64 bytes = ctx->data_end - ctx->data;
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	__u32 scratch_key = 0;
+	struct xdpg_lb_scratch *scratch = bpf_map_lookup_elem(&xdpg_lb_scratch, &scratch_key);
+	if (!scratch)
+		return XDP_PASS;
+	struct xdpg_lb_quoted *q = &scratch->quoted;
+	__builtin_memset(q, 0, sizeof(*q));
+
+	if (l4_off == 0 || l4_off > XDPG_LB_MAX_L4_OFFSET)
+		return pass_counted(XDPG_LB_PASS_MALFORMED, bytes);
+	__u8 *icmp = data + l4_off;
+	if ((void *)(icmp + 8) > data_end)
+		return pass_counted(XDPG_LB_PASS_MALFORMED, bytes);
+	__u8 type = icmp[0];
+	if (flow->family == XDPG_LB_FAMILY_V4) {
+		if (type == XDPG_ICMP_ECHO_REQUEST)
+			return lb_echo(ctx, cfg, flow, l4_off, bytes);
+		if (type != XDPG_ICMP_DEST_UNREACH)
+			return pass_counted(XDPG_LB_PASS_NON_VIP, bytes);
+		if (xdpg_lb_quoted_v4(data, data_end, l4_off, q) < 0)
+			return pass_counted(XDPG_LB_PASS_NON_VIP, bytes);
+	} else {
+		if (type == XDPG_ICMPV6_ECHO_REQUEST)
+			return lb_echo(ctx, cfg, flow, l4_off, bytes);
+		if (type != XDPG_ICMPV6_DEST_UNREACH && type != XDPG_ICMPV6_PKT_TOOBIG)
+			return pass_counted(XDPG_LB_PASS_NON_VIP, bytes);
+		if (xdpg_lb_quoted_v6(data, data_end, l4_off, q) < 0)
+			return pass_counted(XDPG_LB_PASS_NON_VIP, bytes);
+	}
+	return lb_icmp_error(ctx, cfg, flow, q, l4_off, l3_len, bytes);
+}
+
+/* ---- entry ------------------------------------------------------------- */
+
+SEC("xdp")
+int xdpg_lb(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	__u64 bytes = data_end - data;
+	__u32 zero = 0;
+	struct xdpg_pkt pkt = {};
+	struct xdpg_lb_flow flow = {};
+	__u32 l3_len;
+
+	struct xdpg_lb_config *cfg = bpf_map_lookup_elem(&xdpg_lb_cfg, &zero);
+	if (!cfg)
+		return XDP_PASS;
+	int parsed = xdpg_parse(ctx, &pkt);
+	if (parsed != XDPG_PARSE_OK)
+		return pass_counted(parsed == XDPG_PARSE_NON_IP ? XDPG_LB_PASS_NON_VIP : XDPG_LB_PASS_MALFORMED,
+				    bytes);
+	/* VLAN-tagged traffic is not load balanced (the egress may not carry
+	 * the tag): the stack gets it. */
+	if (pkt.vlan_tags)
+		return pass_counted(XDPG_LB_PASS_NON_VIP, bytes);
+
+	if (pkt.l3_proto == ETH_P_IP) {
+		struct iphdr *iph = data + XDPG_ETH_HLEN;
+		if ((void *)(iph + 1) > data_end)
+			return XDP_PASS;
+		flow.src[0] = iph->saddr;
+		flow.dst[0] = iph->daddr;
+		flow.family = XDPG_LB_FAMILY_V4;
+		l3_len = bpf_ntohs(iph->tot_len);
+	} else {
+		struct ipv6hdr *ip6h = data + XDPG_ETH_HLEN;
+		if ((void *)(ip6h + 1) > data_end)
+			return XDP_PASS;
+		__builtin_memcpy(flow.src, &ip6h->saddr, 16);
+		__builtin_memcpy(flow.dst, &ip6h->daddr, 16);
+		flow.family = XDPG_LB_FAMILY_V6;
+		l3_len = bpf_ntohs(ip6h->payload_len) + sizeof(*ip6h);
+	}
+	flow.proto = pkt.l4_proto;
+
+	if (pkt.fragment)
+		return lb_fragment(ctx, cfg, &flow, l3_len);
+
+	if (flow.proto == IPPROTO_TCP || flow.proto == IPPROTO_UDP) {
+		int syn = 0;
+		if (xdpg_lb_read_ports(data, data_end, pkt.l4_off, &flow, &syn) < 0)
+			return pass_counted(XDPG_LB_PASS_MALFORMED, bytes);
+		struct xdpg_lb_vip *vip = vip_for(cfg, &flow);
+		if (!vip) {
+			if (cfg->nat_vips)
+				return nat_reply(ctx, &flow, pkt.l4_off, l3_len);
+			return pass_counted(XDPG_LB_PASS_NON_VIP, bytes);
+		}
+		if (pkt.ip_options) {
+			if (cfg->options_policy == XDPG_LB_OPTIONS_DROP)
+				return drop_counted(XDPG_LB_DROP_IP_OPTIONS, bytes);
+			count(XDPG_LB_EV_OPTIONS_FORWARDED, bytes);
+		}
+		return lb_vip(ctx, cfg, vip, &flow, pkt.l4_off, l3_len, syn, bytes);
+	}
+	if ((flow.proto == IPPROTO_ICMP && flow.family == XDPG_LB_FAMILY_V4) ||
+	    (flow.proto == IPPROTO_ICMPV6 && flow.family == XDPG_LB_FAMILY_V6))
+		return lb_icmp(ctx, cfg, &flow, pkt.l4_off, l3_len);
+	return pass_counted(XDPG_LB_PASS_NON_VIP, bytes);
+}

@@ -1,0 +1,175 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* The load balancer's maps. Names are stable and fit the kernel's 15
+ * characters (bpftool map dump name ...); user space sets every
+ * capacity-dependent max_entries before loading. */
+#ifndef XDPG_LB_MAPS_H
+#define XDPG_LB_MAPS_H
+
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+#include "structs.h"
+#include "lb_structs.h"
+#include "lb_parsing.h"
+
+/* Large temporaries of the rare paths: kept off the BPF stack, whose 512
+ * bytes are shared by a program and the subprograms it calls. */
+struct xdpg_lb_scratch {
+	struct bpf_fib_lookup fib;
+	struct xdpg_lb_quoted quoted;
+	__u32 icmp[32]; /* an ICMP message being built (with its pseudo-header) */
+};
+
+/* Config and policies, one entry, mmapped by user space. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__type(key, __u32);
+	__type(value, struct xdpg_lb_config);
+} xdpg_lb_cfg SEC(".maps");
+
+/* IPv4 VIPs: (address, port or 0 for all ports, protocol) -> mode, table, slot. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, XDPG_LB_DEFAULT_MAX_VIPS);
+	__type(key, struct xdpg_lb_vip_key4);
+	__type(value, struct xdpg_lb_vip);
+} xdpg_lb_vips4 SEC(".maps");
+
+/* IPv6 VIPs, likewise. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, XDPG_LB_DEFAULT_MAX_VIPS);
+	__type(key, struct xdpg_lb_vip_key);
+	__type(value, struct xdpg_lb_vip);
+} xdpg_lb_vips6 SEC(".maps");
+
+/* Addresses used by any VIP -> number of VIPs on it (fragments, ICMP echo). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, XDPG_LB_DEFAULT_MAX_VIPS);
+	__type(key, struct xdpg_lb_addr_key);
+	__type(value, __u32);
+} xdpg_lb_vaddrs SEC(".maps");
+
+/* Template of one VIP's Maglev table: slot -> backend. BPF_F_INNER_MAP lets
+ * each VIP's table have its own (prime) size. */
+struct xdpg_lb_table {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__uint(map_flags, BPF_F_INNER_MAP);
+	__type(key, __u32);
+	__type(value, __u32);
+};
+
+/* VIP slot -> its Maglev table; a batch of changes is one update here. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, XDPG_LB_DEFAULT_MAX_VIPS);
+	__type(key, __u32);
+	__array(values, struct xdpg_lb_table);
+} xdpg_lb_tables SEC(".maps");
+
+/* Backend slots: address, NAT port, generation (and user bookkeeping). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, XDPG_LB_DEFAULT_MAX_BACKENDS);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__type(key, __u32);
+	__type(value, struct xdpg_lb_backend);
+} xdpg_lb_backend SEC(".maps");
+
+/* IPv4 connection table: flow -> backend, least recently used evicted first. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, XDPG_LB_DEFAULT_CONNECTIONS);
+	__uint(map_flags, BPF_F_NO_COMMON_LRU);
+	__type(key, struct xdpg_lb_flow4);
+	__type(value, struct xdpg_lb_conn);
+} xdpg_lb_conns4 SEC(".maps");
+
+/* IPv6 connection table. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, XDPG_LB_DEFAULT_CONNECTIONS);
+	__uint(map_flags, BPF_F_NO_COMMON_LRU);
+	__type(key, struct xdpg_lb_flow);
+	__type(value, struct xdpg_lb_conn);
+} xdpg_lb_conns6 SEC(".maps");
+
+/* IPv4 NAT reply translation: reply flow (backend -> client) -> VIP address/port. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, XDPG_LB_DEFAULT_CONNECTIONS);
+	__uint(map_flags, BPF_F_NO_COMMON_LRU);
+	__type(key, struct xdpg_lb_flow4);
+	__type(value, struct xdpg_lb_nat_rev);
+} xdpg_lb_nat4 SEC(".maps");
+
+/* IPv6 NAT reply translation. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, XDPG_LB_DEFAULT_CONNECTIONS);
+	__uint(map_flags, BPF_F_NO_COMMON_LRU);
+	__type(key, struct xdpg_lb_flow);
+	__type(value, struct xdpg_lb_nat_rev);
+} xdpg_lb_nat6 SEC(".maps");
+
+/* Per-VIP counters, per CPU, indexed by VIP slot. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, XDPG_LB_DEFAULT_MAX_VIPS);
+	__type(key, __u32);
+	__type(value, struct xdpg_lb_vip_stats);
+} xdpg_lb_vipcnt SEC(".maps");
+
+/* Per-backend packets and bytes, per CPU, indexed by backend slot. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, XDPG_LB_DEFAULT_MAX_BACKENDS);
+	__type(key, __u32);
+	__type(value, struct xdpg_counter);
+} xdpg_lb_becnt SEC(".maps");
+
+/* Drop reasons and events (enum xdpg_lb_counter), per CPU. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, XDPG_LB_COUNTER_COUNT);
+	__type(key, __u32);
+	__type(value, struct xdpg_counter);
+} xdpg_lb_cnt SEC(".maps");
+
+/* Each backend's next hop, per CPU, refreshed from the FIB every
+ * nexthop_ttl jiffies. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, XDPG_LB_DEFAULT_MAX_BACKENDS);
+	__type(key, __u32);
+	__type(value, struct xdpg_lb_nexthop);
+} xdpg_lb_nexthop SEC(".maps");
+
+/* Per-CPU scratch space (struct xdpg_lb_scratch). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct xdpg_lb_scratch);
+} xdpg_lb_scratch SEC(".maps");
+
+/* The per-CPU new-flow rate bound's state. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct xdpg_lb_rate);
+} xdpg_lb_rate SEC(".maps");
+
+/* Egress interfaces for XDP_REDIRECT, keyed by ifindex (filled by user space). */
+struct {
+	__uint(type, BPF_MAP_TYPE_DEVMAP_HASH);
+	__uint(max_entries, XDPG_LB_DEFAULT_DEVICES);
+	__type(key, __u32);
+	__type(value, __u32);
+} xdpg_lb_devmap SEC(".maps");
+
+#endif

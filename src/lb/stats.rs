@@ -1,0 +1,251 @@
+//! Load-balancer counter snapshots. The data plane keeps one slot per CPU
+//! (no atomics on the hot path); these are the sums.
+
+use super::layout::{xdpg_counter, xdpg_lb_vip_stats};
+use super::types::{Backend, BackendAddr};
+use crate::layout::consts::*;
+use crate::stats::Counter;
+
+/// One VIP's counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct VipStats {
+    /// Packets and bytes for the VIP (including ICMP errors about its
+    /// flows), whatever happened to them next.
+    pub traffic: Counter,
+    /// Connection-table entries created.
+    pub new_flows: u64,
+    /// Packets whose flow was in the connection table.
+    pub lru_hits: u64,
+    /// Packets that chose a backend by Maglev: new flows, TCP SYNs (which
+    /// always choose afresh), expired UDP flows, untracked packets.
+    pub lru_misses: u64,
+}
+
+impl VipStats {
+    pub(crate) fn from_raw(s: xdpg_lb_vip_stats) -> Self {
+        VipStats {
+            traffic: Counter { packets: s.packets, bytes: s.bytes },
+            new_flows: s.new_flows,
+            lru_hits: s.lru_hits,
+            lru_misses: s.lru_misses,
+        }
+    }
+
+    /// The counts since `earlier`.
+    pub fn since(&self, earlier: &VipStats) -> VipStats {
+        VipStats {
+            traffic: self.traffic - earlier.traffic,
+            new_flows: self.new_flows.saturating_sub(earlier.new_flows),
+            lru_hits: self.lru_hits.saturating_sub(earlier.lru_hits),
+            lru_misses: self.lru_misses.saturating_sub(earlier.lru_misses),
+        }
+    }
+}
+
+/// One backend's counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct BackendStats {
+    /// The backend and its weight.
+    pub backend: Backend,
+    /// Packets and bytes sent to it (as received, before encapsulation).
+    pub traffic: Counter,
+}
+
+impl BackendStats {
+    /// Its address.
+    pub fn addr(&self) -> BackendAddr {
+        self.backend.addr
+    }
+}
+
+/// Packets the LB dropped, by reason.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct LbDrops {
+    /// For a VIP without usable backend (none, or all draining).
+    pub no_backend: Counter,
+    /// Too big for the egress link after encapsulation (or, for any mode,
+    /// bigger than the egress MTU); see also [`LbStats::too_big_sent`].
+    pub mtu: Counter,
+    /// Fragments to a VIP address, by the [`FragmentPolicy`](crate::FragmentPolicy).
+    pub fragment: Counter,
+    /// IPv4 options to a VIP, by the [`OptionsPolicy`](crate::OptionsPolicy).
+    pub ip_options: Counter,
+    /// ICMP echo to a VIP, by the [`EchoPolicy`](crate::EchoPolicy).
+    pub echo: Counter,
+    /// ICMP errors about a VIP flow with no backend to deliver them to.
+    pub icmp: Counter,
+    /// A backend of a family its VIP's mode cannot reach.
+    pub unsupported: Counter,
+    /// No headroom to encapsulate (driver gives too little).
+    pub headroom: Counter,
+}
+
+/// The LB's global counters: every drop reason, and what happened to
+/// packets that are not simply forwarded.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct LbStats {
+    /// Drops by reason.
+    pub drops: LbDrops,
+    /// Not for a VIP (also VLAN-tagged and non-IP frames): passed untouched.
+    pub passed_non_vip: Counter,
+    /// Bad or truncated headers: passed untouched.
+    pub passed_malformed: Counter,
+    /// The next hop had no neighbour entry: passed, so the stack resolves it.
+    pub passed_no_neighbour: Counter,
+    /// No route, or forwarding disabled on the ingress interface: passed.
+    pub passed_no_route: Counter,
+    /// The egress interface is not in the LB's devmap: passed rewritten
+    /// (add it with [`LoadBalancer::add_redirect_interface`](crate::LoadBalancer::add_redirect_interface)).
+    pub passed_no_devmap: Counter,
+    /// NAT: the TTL/hop limit would expire: passed so the stack answers.
+    pub passed_ttl: Counter,
+    /// ICMP echo to a VIP passed by the echo policy.
+    pub passed_echo: Counter,
+    /// New flows forwarded but not tracked: the per-CPU new-flow bound was hit.
+    pub conntrack_refused: Counter,
+    /// Fragments forwarded (hashed without ports).
+    pub fragments_forwarded: Counter,
+    /// IPv4 packets with options forwarded.
+    pub options_forwarded: Counter,
+    /// ICMP errors delivered to the backend of the flow they quote.
+    pub icmp_forwarded: Counter,
+    /// ICMP echo to a VIP answered.
+    pub echo_answered: Counter,
+    /// NAT replies translated back to the VIP.
+    pub nat_replies: Counter,
+    /// Sent back out of the receiving interface (`XDP_TX`).
+    pub tx: Counter,
+    /// Sent out of another interface (`XDP_REDIRECT`).
+    pub redirected: Counter,
+    /// Too big for the next hop (also counted in `drops.mtu`): an ICMP
+    /// "fragmentation needed" (IPv4 with DF) or "packet too big" (IPv6)
+    /// went back to the sender.
+    pub too_big_sent: Counter,
+}
+
+impl LbStats {
+    pub(crate) fn from_raw(c: &[xdpg_counter]) -> Self {
+        let g = |i: u32| {
+            let x = c[i as usize];
+            Counter { packets: x.packets, bytes: x.bytes }
+        };
+        LbStats {
+            drops: LbDrops {
+                no_backend: g(XDPG_LB_DROP_NO_BACKEND),
+                mtu: g(XDPG_LB_DROP_MTU),
+                fragment: g(XDPG_LB_DROP_FRAGMENT),
+                ip_options: g(XDPG_LB_DROP_IP_OPTIONS),
+                echo: g(XDPG_LB_DROP_ECHO),
+                icmp: g(XDPG_LB_DROP_ICMP),
+                unsupported: g(XDPG_LB_DROP_UNSUPPORTED),
+                headroom: g(XDPG_LB_DROP_HEADROOM),
+            },
+            passed_non_vip: g(XDPG_LB_PASS_NON_VIP),
+            passed_malformed: g(XDPG_LB_PASS_MALFORMED),
+            passed_no_neighbour: g(XDPG_LB_PASS_NO_NEIGH),
+            passed_no_route: g(XDPG_LB_PASS_NO_ROUTE),
+            passed_no_devmap: g(XDPG_LB_PASS_NO_DEVMAP),
+            passed_ttl: g(XDPG_LB_PASS_TTL),
+            passed_echo: g(XDPG_LB_PASS_ECHO),
+            conntrack_refused: g(XDPG_LB_EV_CT_REFUSED),
+            fragments_forwarded: g(XDPG_LB_EV_FRAG_FORWARDED),
+            options_forwarded: g(XDPG_LB_EV_OPTIONS_FORWARDED),
+            icmp_forwarded: g(XDPG_LB_EV_ICMP_FORWARDED),
+            echo_answered: g(XDPG_LB_EV_ECHO_ANSWERED),
+            nat_replies: g(XDPG_LB_EV_NAT_REPLY),
+            tx: g(XDPG_LB_EV_TX),
+            redirected: g(XDPG_LB_EV_REDIRECT),
+            too_big_sent: g(XDPG_LB_EV_TOO_BIG_SENT),
+        }
+    }
+
+    /// Every drop, whatever the reason.
+    pub fn dropped(&self) -> Counter {
+        let d = &self.drops;
+        d.no_backend + d.mtu + d.fragment + d.ip_options + d.echo + d.icmp + d.unsupported + d.headroom
+    }
+
+    /// (name, counter) pairs, drops first, in a stable order, for tables and JSON.
+    pub fn rows(&self) -> Vec<(&'static str, Counter)> {
+        let d = &self.drops;
+        vec![
+            ("drop_no_backend", d.no_backend),
+            ("drop_mtu", d.mtu),
+            ("drop_fragment", d.fragment),
+            ("drop_ip_options", d.ip_options),
+            ("drop_echo", d.echo),
+            ("drop_icmp", d.icmp),
+            ("drop_unsupported", d.unsupported),
+            ("drop_headroom", d.headroom),
+            ("passed_non_vip", self.passed_non_vip),
+            ("passed_malformed", self.passed_malformed),
+            ("passed_no_neighbour", self.passed_no_neighbour),
+            ("passed_no_route", self.passed_no_route),
+            ("passed_no_devmap", self.passed_no_devmap),
+            ("passed_ttl", self.passed_ttl),
+            ("passed_echo", self.passed_echo),
+            ("conntrack_refused", self.conntrack_refused),
+            ("fragments_forwarded", self.fragments_forwarded),
+            ("options_forwarded", self.options_forwarded),
+            ("icmp_forwarded", self.icmp_forwarded),
+            ("echo_answered", self.echo_answered),
+            ("nat_replies", self.nat_replies),
+            ("tx", self.tx),
+            ("redirected", self.redirected),
+            ("too_big_sent", self.too_big_sent),
+        ]
+    }
+
+    /// The counts since `earlier` (per row).
+    pub fn since(&self, earlier: &LbStats) -> LbStats {
+        let d = |a: Counter, b: Counter| a - b;
+        LbStats {
+            drops: LbDrops {
+                no_backend: d(self.drops.no_backend, earlier.drops.no_backend),
+                mtu: d(self.drops.mtu, earlier.drops.mtu),
+                fragment: d(self.drops.fragment, earlier.drops.fragment),
+                ip_options: d(self.drops.ip_options, earlier.drops.ip_options),
+                echo: d(self.drops.echo, earlier.drops.echo),
+                icmp: d(self.drops.icmp, earlier.drops.icmp),
+                unsupported: d(self.drops.unsupported, earlier.drops.unsupported),
+                headroom: d(self.drops.headroom, earlier.drops.headroom),
+            },
+            passed_non_vip: d(self.passed_non_vip, earlier.passed_non_vip),
+            passed_malformed: d(self.passed_malformed, earlier.passed_malformed),
+            passed_no_neighbour: d(self.passed_no_neighbour, earlier.passed_no_neighbour),
+            passed_no_route: d(self.passed_no_route, earlier.passed_no_route),
+            passed_no_devmap: d(self.passed_no_devmap, earlier.passed_no_devmap),
+            passed_ttl: d(self.passed_ttl, earlier.passed_ttl),
+            passed_echo: d(self.passed_echo, earlier.passed_echo),
+            conntrack_refused: d(self.conntrack_refused, earlier.conntrack_refused),
+            fragments_forwarded: d(self.fragments_forwarded, earlier.fragments_forwarded),
+            options_forwarded: d(self.options_forwarded, earlier.options_forwarded),
+            icmp_forwarded: d(self.icmp_forwarded, earlier.icmp_forwarded),
+            echo_answered: d(self.echo_answered, earlier.echo_answered),
+            nat_replies: d(self.nat_replies, earlier.nat_replies),
+            tx: d(self.tx, earlier.tx),
+            redirected: d(self.redirected, earlier.redirected),
+            too_big_sent: d(self.too_big_sent, earlier.too_big_sent),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_cover_every_counter_once() {
+        let raw: Vec<xdpg_counter> = (0..XDPG_LB_COUNTER_COUNT)
+            .map(|i| xdpg_counter { packets: u64::from(i) + 1, bytes: 0 })
+            .collect();
+        let s = LbStats::from_raw(&raw);
+        let rows = s.rows();
+        assert_eq!(rows.len(), XDPG_LB_COUNTER_COUNT as usize);
+        let mut seen: Vec<u64> = rows.iter().map(|(_, c)| c.packets).collect();
+        seen.sort();
+        assert_eq!(seen, (1..=u64::from(XDPG_LB_COUNTER_COUNT)).collect::<Vec<_>>());
+        assert_eq!(s.dropped().packets, (1..=8).sum::<u64>());
+        assert_eq!(s.since(&s), LbStats::default());
+    }
+}

@@ -1,0 +1,634 @@
+//! The load balancer's public vocabulary: VIPs, backends, modes, policies
+//! and flows. Everything is typed; nothing here is raw bytes.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::str::FromStr;
+
+use crate::layout::consts::*;
+
+/// A transport protocol a VIP serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Protocol {
+    /// TCP.
+    Tcp,
+    /// UDP.
+    Udp,
+}
+
+impl Protocol {
+    /// The IP protocol number.
+    pub fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => 6,
+            Protocol::Udp => 17,
+        }
+    }
+
+    pub(crate) fn from_number(n: u8) -> Option<Self> {
+        match n {
+            6 => Some(Protocol::Tcp),
+            17 => Some(Protocol::Udp),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        })
+    }
+}
+
+impl FromStr for Protocol {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "tcp" => Ok(Protocol::Tcp),
+            "udp" => Ok(Protocol::Udp),
+            _ => Err(format!("unknown protocol `{s}` (expected tcp or udp)")),
+        }
+    }
+}
+
+/// A virtual service: the packets with this destination address, port (or
+/// any port) and protocol are load balanced.
+///
+/// ```
+/// use xdpguard::{Protocol, Vip};
+/// let web = Vip::tcp("203.0.113.10:80".parse().unwrap());
+/// let dns = Vip::udp("[2001:db8::53]:53".parse().unwrap());
+/// let any = Vip::all_ports("203.0.113.11".parse().unwrap(), Protocol::Udp);
+/// assert_eq!(web.to_string(), "tcp 203.0.113.10:80");
+/// assert_eq!(any.to_string(), "udp 203.0.113.11:*");
+/// assert_eq!("udp [2001:db8::53]:53".parse::<Vip>().unwrap(), dns);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Vip {
+    /// The destination address.
+    pub addr: IpAddr,
+    /// The destination port; `None` takes every port of the protocol.
+    pub port: Option<u16>,
+    /// The protocol.
+    pub protocol: Protocol,
+}
+
+impl Vip {
+    /// A VIP for one address, port and protocol.
+    pub fn new(addr: SocketAddr, protocol: Protocol) -> Self {
+        Vip { addr: addr.ip(), port: Some(addr.port()), protocol }
+    }
+
+    /// A TCP VIP.
+    pub fn tcp(addr: SocketAddr) -> Self {
+        Vip::new(addr, Protocol::Tcp)
+    }
+
+    /// A UDP VIP.
+    pub fn udp(addr: SocketAddr) -> Self {
+        Vip::new(addr, Protocol::Udp)
+    }
+
+    /// A VIP taking every port of `protocol` on `addr`. A VIP for a single
+    /// port on the same address takes precedence over it.
+    pub fn all_ports(addr: IpAddr, protocol: Protocol) -> Self {
+        Vip { addr, port: None, protocol }
+    }
+
+    /// Whether it is an IPv6 VIP.
+    pub fn is_ipv6(&self) -> bool {
+        self.addr.is_ipv6()
+    }
+}
+
+impl fmt::Display for Vip {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let port = self.port.map(|p| p.to_string()).unwrap_or_else(|| "*".into());
+        match self.addr {
+            IpAddr::V4(a) => write!(f, "{} {a}:{port}", self.protocol),
+            IpAddr::V6(a) => write!(f, "{} [{a}]:{port}", self.protocol),
+        }
+    }
+}
+
+impl FromStr for Vip {
+    type Err = String;
+    /// Parses `tcp 203.0.113.10:80`, `udp [2001:db8::1]:53` or
+    /// `tcp 203.0.113.10:*` (also with `/` instead of the space).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        let (proto, rest) = s
+            .split_once([' ', '/'])
+            .ok_or_else(|| format!("invalid VIP `{s}`: expected e.g. `tcp 203.0.113.10:80`"))?;
+        let protocol: Protocol = proto.parse()?;
+        let (addr, port) = parse_addr_port(rest.trim())?;
+        Ok(Vip { addr, port, protocol })
+    }
+}
+
+/// Parses `203.0.113.10:80`, `[2001:db8::1]:80`, `203.0.113.10:*` (port
+/// `None`) or a bare address (port `None`).
+pub(crate) fn parse_addr_port(s: &str) -> Result<(IpAddr, Option<u16>), String> {
+    if let Ok(ip) = s.parse::<IpAddr>() {
+        return Ok((ip, None));
+    }
+    if let Ok(sa) = s.parse::<SocketAddr>() {
+        return Ok((sa.ip(), Some(sa.port())));
+    }
+    if let Some(host) = s.strip_suffix(":*") {
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if let Ok(ip) = host.parse::<IpAddr>() {
+            return Ok((ip, None));
+        }
+    }
+    Err(format!("invalid address `{s}`: expected e.g. 203.0.113.10:80, [2001:db8::1]:80 or 203.0.113.10:*"))
+}
+
+/// How packets reach a VIP's backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum ForwardingMode {
+    /// Layer-2 direct server return: only the destination MAC is rewritten,
+    /// so backends must be on a link the LB reaches (the FIB's next hop for
+    /// the backend address) and hold the VIP on a loopback interface. They
+    /// answer clients directly. Same address family only; no port change.
+    L2Dsr,
+    /// IP-in-IP encapsulation (IPv4 in IPv4, IPv6 in IPv6, IPv4 in IPv6):
+    /// backends may be any number of hops away, decapsulate (see
+    /// [`Decap`](crate::Decap)) and answer clients directly. The outer
+    /// source comes from the flow hash inside the prefix set with
+    /// [`LoadBalancer::set_ipip_source`](crate::LoadBalancer::set_ipip_source).
+    #[default]
+    Ipip,
+    /// Destination NAT: the destination address (and port, if the backend
+    /// has one) become the backend's, with checksums fixed. Replies must
+    /// come back through the LB (e.g. it is the backends' gateway), where
+    /// their source becomes the VIP again. Same address family only.
+    Nat,
+}
+
+impl ForwardingMode {
+    pub(crate) fn code(self) -> u8 {
+        (match self {
+            ForwardingMode::L2Dsr => XDPG_LB_MODE_DSR,
+            ForwardingMode::Ipip => XDPG_LB_MODE_IPIP,
+            ForwardingMode::Nat => XDPG_LB_MODE_NAT,
+        }) as u8
+    }
+
+    pub(crate) fn from_code(c: u8) -> Option<Self> {
+        match u32::from(c) {
+            XDPG_LB_MODE_DSR => Some(ForwardingMode::L2Dsr),
+            XDPG_LB_MODE_IPIP => Some(ForwardingMode::Ipip),
+            XDPG_LB_MODE_NAT => Some(ForwardingMode::Nat),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for ForwardingMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ForwardingMode::L2Dsr => "dsr",
+            ForwardingMode::Ipip => "ipip",
+            ForwardingMode::Nat => "nat",
+        })
+    }
+}
+
+impl FromStr for ForwardingMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "dsr" | "l2dsr" | "l2-dsr" => Ok(ForwardingMode::L2Dsr),
+            "ipip" | "tunnel" => Ok(ForwardingMode::Ipip),
+            "nat" => Ok(ForwardingMode::Nat),
+            _ => Err(format!("unknown mode `{s}` (expected dsr, ipip or nat)")),
+        }
+    }
+}
+
+/// What a VIP's flow hash covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum HashInput {
+    /// Source and destination address, ports and protocol (ports left out
+    /// for fragments).
+    #[default]
+    FiveTuple,
+    /// The source address only: a client sticks to one backend whatever
+    /// its source port.
+    SourceAddress,
+}
+
+/// A VIP's settings. Fixed while the VIP exists: remove and re-add it to
+/// change them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct VipConfig {
+    /// How packets reach the backends.
+    pub mode: ForwardingMode,
+    /// Maglev table size: a prime, at least 100 times the largest number of
+    /// backends the VIP will have (default 65537).
+    pub table_size: u32,
+    /// What the flow hash covers.
+    pub hash: HashInput,
+    /// Whether flows are tracked in the connection table (default true).
+    /// Without it, changing the backend set moves some live flows; only
+    /// benchmarks and stateless UDP services want that off. NAT needs it.
+    pub conntrack: bool,
+}
+
+impl Default for VipConfig {
+    fn default() -> Self {
+        VipConfig {
+            mode: ForwardingMode::default(),
+            table_size: DEFAULT_TABLE_SIZE,
+            hash: HashInput::FiveTuple,
+            conntrack: true,
+        }
+    }
+}
+
+impl VipConfig {
+    /// The defaults, with this mode.
+    pub fn new(mode: ForwardingMode) -> Self {
+        VipConfig { mode, ..Default::default() }
+    }
+
+    /// Sets the Maglev table size (a prime).
+    pub fn table_size(mut self, size: u32) -> Self {
+        self.table_size = size;
+        self
+    }
+
+    /// Sets what the flow hash covers.
+    pub fn hash(mut self, hash: HashInput) -> Self {
+        self.hash = hash;
+        self
+    }
+
+    /// Turns connection tracking on or off.
+    pub fn conntrack(mut self, on: bool) -> Self {
+        self.conntrack = on;
+        self
+    }
+
+    pub(crate) fn flags(&self) -> u8 {
+        let mut f = 0;
+        if self.hash == HashInput::SourceAddress {
+            f |= XDPG_LB_VIP_HASH_SRC_ONLY;
+        }
+        if !self.conntrack {
+            f |= XDPG_LB_VIP_NO_CONNTRACK;
+        }
+        f as u8
+    }
+}
+
+impl fmt::Display for VipConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "mode {}, table size {}", self.mode, self.table_size)?;
+        if self.hash == HashInput::SourceAddress {
+            f.write_str(", source-address hash")?;
+        }
+        if !self.conntrack {
+            f.write_str(", no conntrack")?;
+        }
+        Ok(())
+    }
+}
+
+/// The default Maglev table size (a prime).
+pub const DEFAULT_TABLE_SIZE: u32 = XDPG_LB_DEFAULT_TABLE_SIZE;
+/// The largest Maglev table size accepted.
+pub const MAX_TABLE_SIZE: u32 = XDPG_LB_MAX_TABLE_SIZE;
+/// The smallest Maglev table size accepted.
+pub const MIN_TABLE_SIZE: u32 = 7;
+/// The largest backend weight.
+pub const MAX_WEIGHT: u32 = 65535;
+
+/// A backend: an address, and for NAT optionally a port (otherwise the
+/// client's destination port is kept). Ordered canonically (family,
+/// address, port): Maglev tables are built in this order, so every LB node
+/// with the same backends builds the same table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BackendAddr {
+    /// The backend's address.
+    pub ip: IpAddr,
+    /// NAT only: the destination port on the backend.
+    pub port: Option<u16>,
+}
+
+impl BackendAddr {
+    /// A backend by address, keeping the destination port.
+    pub fn new(ip: IpAddr) -> Self {
+        BackendAddr { ip, port: None }
+    }
+
+    /// The bytes the Maglev permutation of this backend is derived from:
+    /// family, address, port. Identity only, nothing about insertion order.
+    pub(crate) fn identity(&self) -> [u8; 19] {
+        let mut id = [0u8; 19];
+        match self.ip {
+            IpAddr::V4(a) => {
+                id[0] = 4;
+                id[1..5].copy_from_slice(&a.octets());
+            }
+            IpAddr::V6(a) => {
+                id[0] = 6;
+                id[1..17].copy_from_slice(&a.octets());
+            }
+        }
+        id[17..19].copy_from_slice(&self.port.unwrap_or(0).to_be_bytes());
+        id
+    }
+}
+
+impl From<IpAddr> for BackendAddr {
+    fn from(ip: IpAddr) -> Self {
+        BackendAddr::new(ip)
+    }
+}
+
+impl From<Ipv4Addr> for BackendAddr {
+    fn from(ip: Ipv4Addr) -> Self {
+        BackendAddr::new(ip.into())
+    }
+}
+
+impl From<Ipv6Addr> for BackendAddr {
+    fn from(ip: Ipv6Addr) -> Self {
+        BackendAddr::new(ip.into())
+    }
+}
+
+impl From<SocketAddr> for BackendAddr {
+    fn from(sa: SocketAddr) -> Self {
+        BackendAddr { ip: sa.ip(), port: Some(sa.port()) }
+    }
+}
+
+impl fmt::Display for BackendAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.ip, self.port) {
+            (ip, None) => write!(f, "{ip}"),
+            (IpAddr::V4(a), Some(p)) => write!(f, "{a}:{p}"),
+            (IpAddr::V6(a), Some(p)) => write!(f, "[{a}]:{p}"),
+        }
+    }
+}
+
+impl FromStr for BackendAddr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (ip, port) = parse_addr_port(s.trim())?;
+        Ok(BackendAddr { ip, port })
+    }
+}
+
+/// A backend of a VIP, as configured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Backend {
+    /// Its address.
+    pub addr: BackendAddr,
+    /// Its weight; 0 means draining.
+    pub weight: u32,
+}
+
+impl Backend {
+    /// Whether it gets new flows.
+    pub fn state(&self) -> BackendState {
+        if self.weight == 0 {
+            BackendState::Draining
+        } else {
+            BackendState::Active
+        }
+    }
+}
+
+/// Whether a backend takes new flows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BackendState {
+    /// In the Maglev table: gets new flows.
+    Active,
+    /// Weight 0: no new flows; tracked flows keep going to it.
+    Draining,
+}
+
+impl fmt::Display for BackendState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BackendState::Active => "active",
+            BackendState::Draining => "draining",
+        })
+    }
+}
+
+/// A client's flow to a VIP, for [`LoadBalancer::backend_for`](crate::LoadBalancer::backend_for).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Flow {
+    /// The client's address and port.
+    pub src: SocketAddr,
+    /// The VIP address and the destination port.
+    pub dst: SocketAddr,
+    /// The protocol.
+    pub protocol: Protocol,
+    /// An IP fragment: hashed without ports.
+    pub fragment: bool,
+}
+
+impl Flow {
+    /// A flow from `src` to `dst`.
+    pub fn new(src: SocketAddr, dst: SocketAddr, protocol: Protocol) -> Self {
+        Flow { src, dst, protocol, fragment: false }
+    }
+
+    /// The same flow's fragments (hashed without ports).
+    pub fn fragment(mut self) -> Self {
+        self.fragment = true;
+        self
+    }
+}
+
+impl fmt::Display for Flow {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {} -> {}", self.protocol, self.src, self.dst)?;
+        if self.fragment {
+            f.write_str(" (fragment)")?;
+        }
+        Ok(())
+    }
+}
+
+/// What the LB does with ICMP echo requests to a VIP address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum EchoPolicy {
+    /// Answer in XDP (the VIP is pingable whatever its backends do).
+    #[default]
+    Answer,
+    /// Hand them to the LB host's stack.
+    Pass,
+    /// Drop them (counted).
+    Drop,
+}
+
+impl EchoPolicy {
+    pub(crate) fn code(self) -> u8 {
+        (match self {
+            EchoPolicy::Answer => XDPG_LB_ECHO_ANSWER,
+            EchoPolicy::Pass => XDPG_LB_ECHO_PASS,
+            EchoPolicy::Drop => XDPG_LB_ECHO_DROP,
+        }) as u8
+    }
+
+    pub(crate) fn from_code(c: u8) -> Self {
+        match u32::from(c) {
+            XDPG_LB_ECHO_PASS => EchoPolicy::Pass,
+            XDPG_LB_ECHO_DROP => EchoPolicy::Drop,
+            _ => EchoPolicy::Answer,
+        }
+    }
+}
+
+/// What the LB does with IP fragments addressed to a VIP address.
+/// Fragments carry no ports after the first one, so they cannot be matched
+/// to a single-port VIP or tracked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum FragmentPolicy {
+    /// Fragments to an all-ports L2 DSR or IPIP VIP are forwarded, hashed
+    /// on addresses and protocol only (so all fragments of a datagram reach
+    /// the same backend) and not tracked; every other fragment to a VIP
+    /// address is dropped and counted.
+    #[default]
+    ForwardAllPorts,
+    /// Every fragment to a VIP address is dropped and counted.
+    Drop,
+}
+
+impl FragmentPolicy {
+    pub(crate) fn code(self) -> u8 {
+        (match self {
+            FragmentPolicy::ForwardAllPorts => XDPG_LB_FRAG_FORWARD,
+            FragmentPolicy::Drop => XDPG_LB_FRAG_DROP,
+        }) as u8
+    }
+
+    pub(crate) fn from_code(c: u8) -> Self {
+        if u32::from(c) == XDPG_LB_FRAG_DROP {
+            FragmentPolicy::Drop
+        } else {
+            FragmentPolicy::ForwardAllPorts
+        }
+    }
+}
+
+/// What the LB does with IPv4 packets carrying options to a VIP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum OptionsPolicy {
+    /// Forward them like any other packet (counted).
+    #[default]
+    Forward,
+    /// Drop them (counted).
+    Drop,
+}
+
+impl OptionsPolicy {
+    pub(crate) fn code(self) -> u8 {
+        (match self {
+            OptionsPolicy::Forward => XDPG_LB_OPTIONS_FORWARD,
+            OptionsPolicy::Drop => XDPG_LB_OPTIONS_DROP,
+        }) as u8
+    }
+
+    pub(crate) fn from_code(c: u8) -> Self {
+        if u32::from(c) == XDPG_LB_OPTIONS_DROP {
+            OptionsPolicy::Drop
+        } else {
+            OptionsPolicy::Forward
+        }
+    }
+}
+
+/// The per-CPU bound on new connection-table entries, so a SYN flood
+/// cannot evict live flows. Flows over the bound are still forwarded (by
+/// Maglev), just not tracked, and counted as refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum NewFlowLimit {
+    /// No bound.
+    Unlimited,
+    /// At most `per_second` new entries per second on each CPU, with bursts
+    /// of up to `burst` entries.
+    PerCpu {
+        /// Sustained rate.
+        per_second: u32,
+        /// Burst size (at least 1).
+        burst: u32,
+    },
+}
+
+impl Default for NewFlowLimit {
+    fn default() -> Self {
+        NewFlowLimit::PerCpu { per_second: 200_000, burst: 20_000 }
+    }
+}
+
+impl NewFlowLimit {
+    /// (interval ns, burst ns) as the data plane's GCRA wants them.
+    pub(crate) fn gcra(self) -> (u64, u64) {
+        match self {
+            NewFlowLimit::Unlimited => (0, 0),
+            NewFlowLimit::PerCpu { per_second, burst } => {
+                let interval = (1_000_000_000u64 / u64::from(per_second.max(1))).max(1);
+                (interval, interval * u64::from(burst.max(1) - 1))
+            }
+        }
+    }
+
+    pub(crate) fn from_gcra(interval: u64, burst_ns: u64) -> Self {
+        if interval == 0 {
+            return NewFlowLimit::Unlimited;
+        }
+        NewFlowLimit::PerCpu {
+            per_second: (1_000_000_000 / interval).min(u64::from(u32::MAX)) as u32,
+            burst: (burst_ns / interval + 1).min(u64::from(u32::MAX)) as u32,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vip_parse_and_print() {
+        for s in ["tcp 203.0.113.10:80", "udp [2001:db8::53]:53", "tcp 203.0.113.11:*", "udp [2001:db8::1]:*"] {
+            let v: Vip = s.parse().unwrap();
+            assert_eq!(v.to_string(), s);
+        }
+        assert_eq!("tcp/203.0.113.10".parse::<Vip>().unwrap().port, None);
+        assert!("sctp 203.0.113.10:80".parse::<Vip>().is_err());
+        assert!("tcp nowhere:80".parse::<Vip>().is_err());
+    }
+
+    #[test]
+    fn backend_order_is_canonical() {
+        let mut v: Vec<BackendAddr> = ["198.51.100.3", "2001:db8::1", "198.51.100.1:8080", "198.51.100.1"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        v.sort();
+        let shown: Vec<String> = v.iter().map(|b| b.to_string()).collect();
+        assert_eq!(shown, ["198.51.100.1", "198.51.100.1:8080", "198.51.100.3", "2001:db8::1"]);
+        assert_ne!(v[0].identity(), v[1].identity());
+    }
+
+    #[test]
+    fn gcra_round_trips() {
+        let l = NewFlowLimit::PerCpu { per_second: 1000, burst: 50 };
+        let (i, b) = l.gcra();
+        assert_eq!(i, 1_000_000);
+        assert_eq!(NewFlowLimit::from_gcra(i, b), l);
+        assert_eq!(NewFlowLimit::Unlimited.gcra(), (0, 0));
+    }
+}

@@ -1,0 +1,447 @@
+//! Namespaces for the load-balancer tests and demo, on top of `netns.rs`.
+//!
+//! - [`VerdictNet`]: an LB namespace with a client-side and a backend-side
+//!   veth, addresses, routes and permanent neighbour entries, so
+//!   `bpf_fib_lookup` finds next hops for `BPF_PROG_TEST_RUN` frames.
+//!   Nothing is sent.
+//! - [`LbNet`]: client namespace — LB namespace — bridge namespace with
+//!   N backend namespaces, for real traffic. Backends run servers that
+//!   answer with their own name over TCP and UDP ([`Servers`]).
+//!
+//! Documentation addresses only: clients 192.0.2.0/24 and 2001:db8:c::/64,
+//! backends 198.51.100.0/24 and 2001:db8:b::/64, VIPs 203.0.113.0/25 and
+//! 2001:db8:f::/64, IPIP outer sources 203.0.113.128/25 and 2001:db8:e::/64.
+//!
+//! Use it with `mod common { pub mod netns; pub mod lb_topology; }`, or from
+//! examples with `#[path]` includes of both files.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
+
+use super::netns::{veth, NetNs};
+
+/// The client's addresses.
+pub const CLIENT_V4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+pub const CLIENT_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xc, 0, 0, 0, 0, 1);
+/// A second client address (for filter tests).
+pub const CLIENT2_V4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
+/// The LB's client-side addresses.
+pub const LB_FRONT_V4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 254);
+pub const LB_FRONT_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xc, 0, 0, 0, 0, 0xfe);
+/// The LB's backend-side addresses.
+pub const LB_BACK_V4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 254);
+pub const LB_BACK_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xb, 0, 0, 0, 0, 0xfe);
+/// VIP addresses: one for single-port VIPs, one for all-ports VIPs.
+pub const VIP_V4: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
+pub const VIP_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xf, 0, 0, 0, 0, 0x10);
+pub const VIP2_V4: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 20);
+pub const VIP2_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xf, 0, 0, 0, 0, 0x20);
+/// IPIP outer source prefixes.
+pub const IPIP_SRC_V4: &str = "203.0.113.128/25";
+pub const IPIP_SRC_V6: &str = "2001:db8:e::/64";
+/// A router on the client side that sends ICMP errors.
+pub const ROUTER_V4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 99);
+pub const ROUTER_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xc, 0, 0, 0, 0, 0x99);
+
+/// Backend `i` (1-based): 198.51.100.(10+i) and 2001:db8:b::(10+i).
+pub fn backend_v4(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(198, 51, 100, 10 + i as u8)
+}
+
+pub fn backend_v6(i: usize) -> Ipv6Addr {
+    Ipv6Addr::new(0x2001, 0xdb8, 0xb, 0, 0, 0, 0, 0x10 + i as u16)
+}
+
+/// The MAC [`VerdictNet`] gives backend `i`'s neighbour entries.
+pub fn backend_mac(i: usize) -> [u8; 6] {
+    [0x02, 0, 0, 0, 0x0b, i as u8]
+}
+
+/// The client's MAC in [`VerdictNet`].
+pub const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x0c, 0x01];
+
+fn mac_str(m: [u8; 6]) -> String {
+    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}
+
+/// An LB namespace for verdict tests: `eth0` faces clients, `eth1` faces
+/// backends 1..=`backends` (static neighbours, MACs from [`backend_mac`]).
+pub struct VerdictNet {
+    pub lb: NetNs,
+    pub peer: NetNs,
+    pub eth0: u32,
+    pub eth1: u32,
+    pub eth0_mac: [u8; 6],
+    pub eth1_mac: [u8; 6],
+}
+
+impl VerdictNet {
+    pub fn new(tag: &str, backends: usize) -> VerdictNet {
+        let lb = NetNs::new(&format!("{tag}l"));
+        let peer = NetNs::new(&format!("{tag}p"));
+        veth(&lb, "eth0", &peer, "c0");
+        veth(&lb, "eth1", &peer, "b0");
+        lb.addr("eth0", &format!("{LB_FRONT_V4}/24"));
+        lb.addr("eth0", &format!("{LB_FRONT_V6}/64"));
+        lb.addr("eth1", &format!("{LB_BACK_V4}/24"));
+        lb.addr("eth1", &format!("{LB_BACK_V6}/64"));
+        lb.sysctl("net.ipv4.ip_forward", "1");
+        lb.sysctl("net.ipv6.conf.all.forwarding", "1");
+        for (addr, dev) in [(CLIENT_V4.to_string(), "eth0"), (CLIENT_V6.to_string(), "eth0")] {
+            lb.ip(&["neigh", "replace", &addr, "lladdr", &mac_str(CLIENT_MAC), "dev", dev, "nud", "permanent"]);
+        }
+        for (addr, dev) in [(ROUTER_V4.to_string(), "eth0"), (ROUTER_V6.to_string(), "eth0")] {
+            lb.ip(&["neigh", "replace", &addr, "lladdr", &mac_str([2, 0, 0, 0, 0x0c, 0x99]), "dev", dev, "nud", "permanent"]);
+        }
+        for i in 1..=backends {
+            let mac = mac_str(backend_mac(i));
+            lb.ip(&["neigh", "replace", &backend_v4(i).to_string(), "lladdr", &mac, "dev", "eth1", "nud", "permanent"]);
+            lb.ip(&["neigh", "replace", &backend_v6(i).to_string(), "lladdr", &mac, "dev", "eth1", "nud", "permanent"]);
+        }
+        VerdictNet {
+            eth0: lb.ifindex("eth0"),
+            eth1: lb.ifindex("eth1"),
+            eth0_mac: lb.mac("eth0"),
+            eth1_mac: lb.mac("eth1"),
+            lb,
+            peer,
+        }
+    }
+}
+
+/// How the backends of an [`LbNet`] are set up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendKind {
+    /// VIPs on loopback (L2 DSR and IPIP).
+    VipOnLoopback,
+    /// Nothing extra (NAT: traffic arrives for the backend's own address).
+    Plain,
+}
+
+/// client — LB — bridge — backends, for real traffic.
+pub struct LbNet {
+    pub client: NetNs,
+    pub lb: NetNs,
+    pub bridge: NetNs,
+    pub backends: Vec<NetNs>,
+    /// A pass-through XDP program on the client's veth: a veth kicks its
+    /// peer's NAPI for XDP_TX frames (the LB's ICMP replies) only when the
+    /// peer runs XDP; with GRO alone they wait for the next packet.
+    _client_xdp: xdpguard::Decap,
+}
+
+impl LbNet {
+    pub fn new(tag: &str, n: usize, kind: BackendKind) -> LbNet {
+        let client = NetNs::new(&format!("{tag}c"));
+        let lb = NetNs::new(&format!("{tag}l"));
+        let bridge = NetNs::new(&format!("{tag}b"));
+        veth(&client, "eth0", &lb, "eth0");
+        veth(&lb, "eth1", &bridge, "lb0");
+        bridge.ip(&["link", "add", "br0", "type", "bridge"]);
+        bridge.ip(&["link", "set", "br0", "up"]);
+        bridge.ip(&["link", "set", "lb0", "master", "br0"]);
+
+        client.addr("eth0", &format!("{CLIENT_V4}/24"));
+        client.addr("eth0", &format!("{CLIENT2_V4}/24"));
+        client.addr("eth0", &format!("{CLIENT_V6}/64"));
+        for net in ["203.0.113.0/24", "198.51.100.0/24"] {
+            client.ip(&["route", "add", net, "via", &LB_FRONT_V4.to_string()]);
+        }
+        for net in ["2001:db8:f::/64", "2001:db8:b::/64"] {
+            client.ip(&["-6", "route", "add", net, "via", &LB_FRONT_V6.to_string()]);
+        }
+
+        lb.addr("eth0", &format!("{LB_FRONT_V4}/24"));
+        lb.addr("eth0", &format!("{LB_FRONT_V6}/64"));
+        lb.addr("eth1", &format!("{LB_BACK_V4}/24"));
+        lb.addr("eth1", &format!("{LB_BACK_V6}/64"));
+        lb.sysctl("net.ipv4.ip_forward", "1");
+        lb.sysctl("net.ipv6.conf.all.forwarding", "1");
+        for key in ["all", "default", "eth0", "eth1"] {
+            lb.sysctl(&format!("net.ipv4.conf.{key}.rp_filter"), "0");
+        }
+
+        let mut backends = Vec::new();
+        for i in 1..=n {
+            let b = NetNs::new(&format!("{tag}{i}"));
+            let port = format!("b{i}");
+            veth(&b, "eth0", &bridge, &port);
+            bridge.ip(&["link", "set", &port, "master", "br0"]);
+            b.addr("eth0", &format!("{}/24", backend_v4(i)));
+            b.addr("eth0", &format!("{}/64", backend_v6(i)));
+            b.ip(&["route", "add", "default", "via", &LB_BACK_V4.to_string()]);
+            b.ip(&["-6", "route", "add", "default", "via", &LB_BACK_V6.to_string()]);
+            for key in ["all", "default", "eth0", "lo"] {
+                b.sysctl(&format!("net.ipv4.conf.{key}.rp_filter"), "0");
+            }
+            if kind == BackendKind::VipOnLoopback {
+                for vip in [format!("{VIP_V4}/32"), format!("{VIP2_V4}/32")] {
+                    b.ip(&["addr", "add", &vip, "dev", "lo"]);
+                }
+                for vip in [format!("{VIP_V6}/128"), format!("{VIP2_V6}/128")] {
+                    b.ip(&["addr", "add", &vip, "dev", "lo", "nodad"]);
+                }
+                // The VIP is not theirs to announce on the segment.
+                b.sysctl("net.ipv4.conf.all.arp_ignore", "1");
+                b.sysctl("net.ipv4.conf.all.arp_announce", "2");
+            }
+            // Every sender sends finished frames: complete checksums and no
+            // GSO (a veth hands GSO super-frames to its peer unsegmented,
+            // and XDP drops those bigger than a page before the program
+            // runs). GRO on, so XDP_TX/REDIRECT into the veth delivers.
+            b.exec(&["ethtool", "-K", "eth0", "tx", "off", "gso", "off", "gro", "on"]);
+            bridge.exec(&["ethtool", "-K", &port, "tx", "off", "gso", "off", "gro", "on"]);
+            backends.push(b);
+        }
+        client.exec(&["ethtool", "-K", "eth0", "tx", "off", "gso", "off", "gro", "on"]);
+        // A decapsulator without local endpoints passes everything untouched.
+        let _client_xdp = client.run(|| xdpguard::Decap::builder().interface("eth0").attach().expect("client XDP"));
+        lb.exec(&["ethtool", "-K", "eth0", "tx", "off", "gso", "off", "gro", "on"]);
+        lb.exec(&["ethtool", "-K", "eth1", "tx", "off", "gso", "off", "gro", "on"]);
+        bridge.exec(&["ethtool", "-K", "lb0", "tx", "off", "gso", "off", "gro", "on"]);
+        LbNet { client, lb, bridge, backends, _client_xdp }
+    }
+
+    /// Makes the LB resolve every backend's neighbour entry (a health
+    /// checker would), so the first packets take the XDP path.
+    pub fn warm_neighbours(&self) {
+        for i in 1..=self.backends.len() {
+            self.lb.exec(&["ping", "-c1", "-W1", &backend_v4(i).to_string()]);
+            self.lb.exec(&["ping", "-6", "-c1", "-W1", &backend_v6(i).to_string()]);
+        }
+        self.lb.exec(&["ping", "-c1", "-W1", &CLIENT_V4.to_string()]);
+        self.lb.exec(&["ping", "-6", "-c1", "-W1", &CLIENT_V6.to_string()]);
+    }
+}
+
+/// Servers answering with their name: TCP (one line per line received)
+/// and UDP (one datagram per datagram), on `port`, in one namespace.
+pub struct Servers {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Servers {
+    /// Starts TCP on [::]:port (dual stack) and UDP on each of `udp_addrs`.
+    pub fn start(ns: &NetNs, name: &str, port: u16, udp_addrs: Vec<IpAddr>) -> Servers {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let mut threads = Vec::new();
+        {
+            let stop = stop.clone();
+            let name = name.to_owned();
+            let ready = ready_tx.clone();
+            threads.push(ns.spawn(move || {
+                let listener = TcpListener::bind(SocketAddr::from((Ipv6Addr::UNSPECIFIED, port))).expect("tcp bind");
+                listener.set_nonblocking(true).expect("nonblocking");
+                ready.send(()).expect("ready");
+                let mut conns = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    match listener.accept() {
+                        Ok((stream, _)) => {
+                            let stop = stop.clone();
+                            let name = name.clone();
+                            conns.push(thread::spawn(move || serve_tcp(stream, &name, &stop)));
+                        }
+                        Err(_) => thread::sleep(Duration::from_millis(1)),
+                    }
+                }
+                for c in conns {
+                    let _ = c.join();
+                }
+            }));
+        }
+        for addr in udp_addrs {
+            let stop = stop.clone();
+            let name = name.to_owned();
+            let ready = ready_tx.clone();
+            threads.push(ns.spawn(move || {
+                let sock = UdpSocket::bind(SocketAddr::new(addr, port)).expect("udp bind");
+                sock.set_read_timeout(Some(Duration::from_millis(50))).expect("timeout");
+                ready.send(()).expect("ready");
+                let mut buf = [0u8; 2048];
+                while !stop.load(Ordering::Relaxed) {
+                    if let Ok((_, from)) = sock.recv_from(&mut buf) {
+                        let _ = sock.send_to(name.as_bytes(), from);
+                    }
+                }
+            }));
+        }
+        drop(ready_tx);
+        for _ in 0..threads.len() {
+            ready_rx.recv_timeout(Duration::from_secs(5)).expect("servers start");
+        }
+        Servers { stop, threads }
+    }
+}
+
+fn serve_tcp(stream: TcpStream, name: &str, stop: &AtomicBool) {
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(100)));
+    let mut writer = match stream.try_clone() {
+        Ok(w) => w,
+        Err(_) => return,
+    };
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    while !stop.load(Ordering::Relaxed) {
+        line.clear();
+        match reader.read_line(&mut line) {
+            Ok(0) => return,
+            Ok(_) => {
+                if writer.write_all(format!("{name}\n").as_bytes()).is_err() {
+                    return;
+                }
+            }
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(_) => return,
+        }
+    }
+}
+
+impl Drop for Servers {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A client TCP connection that asks "who are you?" as often as wanted.
+pub struct Conn {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+    pub local: SocketAddr,
+}
+
+impl Conn {
+    pub fn open(to: SocketAddr, timeout: Duration) -> std::io::Result<Conn> {
+        Conn::from_stream(TcpStream::connect_timeout(&to, timeout)?)
+    }
+
+    /// Connects from a chosen source address and port (std cannot bind
+    /// before connecting, so the socket is made with raw calls).
+    pub fn open_from(src: SocketAddr, to: SocketAddr, timeout: Duration) -> std::io::Result<Conn> {
+        Conn::from_stream(connect_from(src, to, timeout)?)
+    }
+
+    pub fn from_stream(s: TcpStream) -> std::io::Result<Conn> {
+        s.set_read_timeout(Some(Duration::from_secs(3)))?;
+        let local = s.local_addr()?;
+        Ok(Conn { writer: s.try_clone()?, reader: BufReader::new(s), local })
+    }
+
+    pub fn ask(&mut self) -> std::io::Result<String> {
+        self.ask_with(b"who")
+    }
+
+    /// Asks with a line of `question` (e.g. large, to exercise path MTU).
+    pub fn ask_with(&mut self, question: &[u8]) -> std::io::Result<String> {
+        self.writer.write_all(question)?;
+        self.writer.write_all(b"\n")?;
+        let mut line = String::new();
+        if self.reader.read_line(&mut line)? == 0 {
+            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "closed"));
+        }
+        Ok(line.trim().to_owned())
+    }
+}
+
+/// One UDP question from `local` (an explicit port, so flows never repeat
+/// by accident): the answering backend's name.
+pub fn udp_ask(local: SocketAddr, to: SocketAddr, timeout: Duration) -> std::io::Result<String> {
+    let s = UdpSocket::bind(local)?;
+    s.set_read_timeout(Some(timeout))?;
+    let mut buf = [0u8; 256];
+    for _ in 0..3 {
+        s.send_to(b"who", to)?;
+        match s.recv_from(&mut buf) {
+            Ok((n, from)) => {
+                if from != to {
+                    return Err(std::io::Error::other(format!("answer from {from}, not {to}")));
+                }
+                return Ok(String::from_utf8_lossy(&buf[..n]).into_owned());
+            }
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "no UDP answer"))
+}
+
+/// A TCP connection from `src` (port 0: any) to `to`, with a connect timeout.
+pub fn connect_from(src: SocketAddr, to: SocketAddr, timeout: Duration) -> std::io::Result<TcpStream> {
+    use nix::libc;
+    use std::os::fd::FromRawFd;
+
+    fn sockaddr(a: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+        // SAFETY: sockaddr_storage is plain data; zero is a valid value.
+        let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+        let len = match a {
+            SocketAddr::V4(a) => {
+                let sin = libc::sockaddr_in {
+                    sin_family: libc::AF_INET as libc::sa_family_t,
+                    sin_port: a.port().to_be(),
+                    sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(a.ip().octets()) },
+                    sin_zero: [0; 8],
+                };
+                // SAFETY: sockaddr_storage is larger than sockaddr_in and suitably aligned.
+                unsafe { std::ptr::write((&mut ss as *mut libc::sockaddr_storage).cast(), sin) };
+                std::mem::size_of::<libc::sockaddr_in>()
+            }
+            SocketAddr::V6(a) => {
+                let sin6 = libc::sockaddr_in6 {
+                    sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                    sin6_port: a.port().to_be(),
+                    sin6_flowinfo: 0,
+                    sin6_addr: libc::in6_addr { s6_addr: a.ip().octets() },
+                    sin6_scope_id: 0,
+                };
+                // SAFETY: sockaddr_storage is larger than sockaddr_in6 and suitably aligned.
+                unsafe { std::ptr::write((&mut ss as *mut libc::sockaddr_storage).cast(), sin6) };
+                std::mem::size_of::<libc::sockaddr_in6>()
+            }
+        };
+        (ss, len as libc::socklen_t)
+    }
+
+    let family = if src.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
+    // SAFETY: plain socket(2); the fd is owned by the stream right below.
+    let fd = unsafe { libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh socket nobody else owns; the stream closes it.
+    let stream = unsafe { TcpStream::from_raw_fd(fd) };
+    let one: libc::c_int = 1;
+    // SAFETY: a valid int option for a valid socket.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_REUSEADDR,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    let (local, len) = sockaddr(src);
+    // SAFETY: local holds a valid sockaddr of `len` bytes.
+    if unsafe { libc::bind(fd, (&local as *const libc::sockaddr_storage).cast(), len) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // A blocking connect gives up after the send timeout.
+    stream.set_write_timeout(Some(timeout))?;
+    let (remote, len) = sockaddr(to);
+    // SAFETY: remote holds a valid sockaddr of `len` bytes.
+    if unsafe { libc::connect(fd, (&remote as *const libc::sockaddr_storage).cast(), len) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    stream.set_write_timeout(None)?;
+    Ok(stream)
+}

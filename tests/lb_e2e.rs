@@ -1,0 +1,416 @@
+//! The load balancer end to end, with real clients and servers.
+//!
+//! Topology (tests/common/lb_topology.rs): a client namespace, the LB
+//! namespace (XDP on both of its interfaces), a bridge namespace and four
+//! backend namespaces that answer with their own name over TCP and UDP.
+//! For each mode (L2 DSR, IPIP, NAT), each address family it supports
+//! (IPIP also IPv4 in IPv6), and TCP and UDP:
+//!
+//! - many connections from many source ports spread over all backends
+//!   (each backend gets at least half of its fair share);
+//! - weights 1:2:3 are honoured (each share within 40% of its weight's);
+//! - `backend_for` names the backend that actually answered, every time;
+//! - a long-lived connection (TCP) or flow (UDP) survives adding a backend,
+//!   removing a different one, and draining its own; new connections then
+//!   avoid the drained backend;
+//! - a VIP with no backends drops, and the counter says so;
+//! - traffic for the LB host itself still reaches it.
+//!
+//! Plus the filter in front of the LB: a blocked client cannot reach the
+//! VIP while others are balanced. Needs root; fails (does not skip) without it.
+
+mod common {
+    pub mod lb_topology;
+    pub mod netns;
+}
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::lb_topology::*;
+use common::netns::ensure_bpffs;
+use xdpguard::{
+    BackendAddr, Decap, Filter, Flow, ForwardingMode, LoadBalancer, Protocol, Vip, VipConfig,
+};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Family {
+    V4,
+    V6,
+}
+
+fn vip_addr(f: Family) -> IpAddr {
+    match f {
+        Family::V4 => IpAddr::V4(VIP_V4),
+        Family::V6 => IpAddr::V6(VIP_V6),
+    }
+}
+
+fn backend_addr(f: Family, i: usize) -> IpAddr {
+    match f {
+        Family::V4 => IpAddr::V4(backend_v4(i)),
+        Family::V6 => IpAddr::V6(backend_v6(i)),
+    }
+}
+
+fn client_addr(f: Family) -> IpAddr {
+    match f {
+        Family::V4 => IpAddr::V4(CLIENT_V4),
+        Family::V6 => IpAddr::V6(CLIENT_V6),
+    }
+}
+
+const BACKENDS: usize = 4;
+const VIP_PORT: u16 = 80;
+const NAT_PORT: u16 = 8080;
+const TIMEOUT: Duration = Duration::from_secs(2);
+
+/// One mode / family combination, set up and ready.
+struct Rig {
+    net: LbNet,
+    lb: Arc<LoadBalancer>,
+    mode: ForwardingMode,
+    vip_family: Family,
+    backend_family: Family,
+    _servers: Vec<Servers>,
+    _decaps: Vec<Decap>,
+}
+
+impl Rig {
+    fn new(tag: &str, mode: ForwardingMode, vip_family: Family, backend_family: Family) -> Rig {
+        ensure_bpffs();
+        let kind = if mode == ForwardingMode::Nat { BackendKind::Plain } else { BackendKind::VipOnLoopback };
+        let net = LbNet::new(tag, BACKENDS, kind);
+        let mut servers = Vec::new();
+        let mut decaps = Vec::new();
+        for (i, ns) in net.backends.iter().enumerate() {
+            let i = i + 1;
+            let (port, udp) = if mode == ForwardingMode::Nat {
+                (NAT_PORT, vec![backend_addr(Family::V4, i), backend_addr(Family::V6, i)])
+            } else {
+                (VIP_PORT, vec![IpAddr::V4(VIP_V4), IpAddr::V6(VIP_V6)])
+            };
+            servers.push(Servers::start(ns, &format!("b{i}"), port, udp));
+            if mode == ForwardingMode::Ipip {
+                decaps.push(ns.run(move || {
+                    Decap::builder()
+                        .interface("eth0")
+                        .local(IpAddr::V4(backend_v4(i)))
+                        .local(IpAddr::V6(backend_v6(i)))
+                        .attach()
+                        .expect("attach the decapsulator")
+                }));
+            }
+        }
+        let lb = net.lb.run(|| {
+            Arc::new(
+                LoadBalancer::builder()
+                    .interface("eth0")
+                    .interface("eth1")
+                    .connections(16384)
+                    .max_backends(64)
+                    .max_vips(16)
+                    .ipip_source(IPIP_SRC_V4.parse().unwrap())
+                    .ipip_source(IPIP_SRC_V6.parse().unwrap())
+                    .attach()
+                    .expect("attach the LB"),
+            )
+        });
+        net.warm_neighbours();
+        Rig { net, lb, mode, vip_family, backend_family, _servers: servers, _decaps: decaps }
+    }
+
+    fn vip(&self, proto: Protocol, port: u16) -> Vip {
+        Vip::new(SocketAddr::new(vip_addr(self.vip_family), port), proto)
+    }
+
+    fn backend(&self, i: usize) -> BackendAddr {
+        let ip = backend_addr(self.backend_family, i);
+        if self.mode == ForwardingMode::Nat {
+            SocketAddr::new(ip, NAT_PORT).into()
+        } else {
+            ip.into()
+        }
+    }
+
+    fn index_of(&self, b: BackendAddr) -> usize {
+        (1..=BACKENDS).find(|&i| self.backend(i) == b).unwrap_or_else(|| panic!("unknown backend {b}"))
+    }
+
+    /// Opens a TCP connection to the VIP from the client and asks once.
+    fn tcp_conn(&self, vip: Vip) -> (Conn, String) {
+        let to = SocketAddr::new(vip.addr, vip.port.unwrap());
+        self.net.client.run(move || {
+            let mut c = Conn::open(to, TIMEOUT).unwrap_or_else(|e| panic!("connect to {to}: {e}"));
+            let name = c.ask().unwrap_or_else(|e| panic!("ask {to}: {e}"));
+            (c, name)
+        })
+    }
+
+    /// `n` fresh flows to the VIP; for each, the answering backend checked
+    /// against backend_for. Returns answers per backend index.
+    fn spread(&self, vip: Vip, n: usize, first_port: u16) -> HashMap<usize, usize> {
+        let to = SocketAddr::new(vip.addr, vip.port.unwrap());
+        let proto = vip.protocol;
+        let client = client_addr(self.vip_family);
+        let answers: Vec<(SocketAddr, String)> = self.net.client.run(move || {
+            (0..n)
+                .map(|k| match proto {
+                    // Chosen source ports: a fixed sample, so the spread
+                    // checks are reproducible, never flaky.
+                    Protocol::Tcp => {
+                        let local = SocketAddr::new(client, first_port + k as u16);
+                        let mut c = Conn::open_from(local, to, TIMEOUT)
+                            .unwrap_or_else(|e| panic!("connect {k} from {local} to {to}: {e}"));
+                        let name = c.ask().unwrap_or_else(|e| panic!("ask {k} {to}: {e}"));
+                        (c.local, name)
+                    }
+                    Protocol::Udp => {
+                        let local = SocketAddr::new(client, first_port + k as u16);
+                        let name = udp_ask(local, to, Duration::from_millis(700))
+                            .unwrap_or_else(|e| panic!("UDP {k} from {local} to {to}: {e}"));
+                        (local, name)
+                    }
+                })
+                .collect()
+        });
+        let mut per = HashMap::new();
+        for (local, name) in answers {
+            let flow = Flow::new(local, to, proto);
+            let predicted = self.lb.backend_for(&vip, &flow).unwrap().expect("a backend");
+            let idx = self.index_of(predicted);
+            assert_eq!(name, format!("b{idx}"), "{vip} {flow}: backend_for said {predicted}, b{idx}; {name} answered");
+            *per.entry(idx).or_insert(0) += 1;
+        }
+        per
+    }
+}
+
+fn ask_udp_from(rig: &Rig, vip: Vip, local_port: u16) -> String {
+    let to = SocketAddr::new(vip.addr, vip.port.unwrap());
+    let local = SocketAddr::new(client_addr(rig.vip_family), local_port);
+    rig.net.client.run(move || udp_ask(local, to, Duration::from_millis(700)).expect("UDP answer"))
+}
+
+/// The whole scenario for one mode and family pair, TCP then UDP.
+fn scenario(tag: &str, mode: ForwardingMode, vip_family: Family, backend_family: Family) {
+    let rig = Rig::new(tag, mode, vip_family, backend_family);
+    let lb = rig.lb.clone();
+    let mut src_port = 20000u16;
+    for proto in [Protocol::Tcp, Protocol::Udp] {
+        let vip = rig.vip(proto, VIP_PORT);
+        let what = format!("{mode} {vip_family:?}/{backend_family:?} {proto}");
+        lb.add_vip(vip, VipConfig::new(mode)).unwrap();
+        lb.batch(&vip).add(rig.backend(1), 1).add(rig.backend(2), 1).add(rig.backend(3), 1).apply().unwrap();
+
+        // Spread over all backends.
+        let n = 120;
+        let per = rig.spread(vip, n, src_port);
+        src_port += n as u16;
+        for i in 1..=3 {
+            let got = per.get(&i).copied().unwrap_or(0);
+            assert!(got * 3 * 2 >= n, "{what}: backend {i} got {got} of {n} ({per:?})");
+        }
+        assert_eq!(per.get(&4), None, "{what}: backend 4 is not in the VIP yet");
+
+        // Weights 1:2:3, applied as one batch.
+        lb.batch(&vip).set_weight(rig.backend(2), 2).set_weight(rig.backend(3), 3).apply().unwrap();
+        let n = 240;
+        let per = rig.spread(vip, n, src_port);
+        src_port += n as u16;
+        for (i, w) in [(1usize, 1.0f64), (2, 2.0), (3, 3.0)] {
+            let expected = n as f64 * w / 6.0;
+            let got = per.get(&i).copied().unwrap_or(0) as f64;
+            assert!((got - expected).abs() <= 0.4 * expected, "{what}: weight {w}: {got} of {n}, expected {expected}");
+        }
+
+        // A long-lived connection (or UDP flow) survives backend changes.
+        let (mut conn, first) = match proto {
+            Protocol::Tcp => {
+                let (c, name) = rig.tcp_conn(vip);
+                (Some(c), name)
+            }
+            Protocol::Udp => (None, ask_udp_from(&rig, vip, 39999)),
+        };
+        let mut again = |rig: &Rig| -> String {
+            match conn.as_mut() {
+                // The socket lives in the client namespace whatever thread
+                // uses it.
+                Some(c) => c.ask().expect("the long-lived connection answers"),
+                None => ask_udp_from(rig, vip, 39999),
+            }
+        };
+        let own: usize = first.trim_start_matches('b').parse().unwrap();
+        lb.add_backend(&vip, rig.backend(4), 1).unwrap();
+        assert_eq!(again(&rig), first, "{what}: after adding a backend");
+        let other = (1..=3).find(|&i| i != own).unwrap();
+        lb.remove_backend(&vip, rig.backend(other)).unwrap();
+        assert_eq!(again(&rig), first, "{what}: after removing backend {other}");
+        lb.set_weight(&vip, rig.backend(own), 0).unwrap();
+        assert_eq!(again(&rig), first, "{what}: after draining its own backend");
+        let n = 60;
+        let per = rig.spread(vip, n, src_port);
+        src_port += n as u16;
+        assert_eq!(per.get(&own), None, "{what}: new flows avoid drained backend {own}: {per:?}");
+        assert_eq!(per.get(&other), None, "{what}: nothing reaches removed backend {other}");
+        assert!(per.len() >= 2, "{what}: the remaining backends share: {per:?}");
+        assert_eq!(again(&rig), first, "{what}: still on its drained backend");
+        drop(conn);
+
+        // Full-size segments: they fit after encapsulation only once the
+        // client has learnt the path MTU from the LB's ICMP messages.
+        if proto == Protocol::Tcp {
+            let (mut big, _) = rig.tcp_conn(vip);
+            let answer = big
+                .ask_with(&vec![b'x'; 20_000])
+                .unwrap_or_else(|e| panic!("{what}: a large request: {e}; LB stats {:?}", lb.stats().unwrap()));
+            assert!(answer.starts_with('b'), "{what}: {answer}");
+        }
+
+        let s = lb.vip_stats(&vip).unwrap();
+        assert!(s.traffic.packets > 420, "{what}: {s:?}");
+        if proto == Protocol::Tcp {
+            assert!(s.lru_hits > 0 && s.new_flows >= 420, "{what}: {s:?}");
+        }
+        let served: u64 = lb.backend_stats(&vip).unwrap().iter().map(|b| b.traffic.packets).sum();
+        assert!(served > 0, "{what}: backend counters move");
+        lb.remove_vip(&vip).unwrap();
+    }
+
+    // A VIP with no backends drops, and says so.
+    let empty = rig.vip(Protocol::Tcp, 81);
+    lb.add_vip(empty, VipConfig::new(mode)).unwrap();
+    let before = lb.stats().unwrap().drops.no_backend.packets;
+    let to = SocketAddr::new(empty.addr, 81);
+    let refused = rig.net.client.run(move || Conn::open(to, Duration::from_millis(400)).is_err());
+    assert!(refused, "{mode}: a VIP without backends must not answer");
+    assert!(lb.stats().unwrap().drops.no_backend.packets > before, "{mode}: no_backend counted");
+    let empty_udp = rig.vip(Protocol::Udp, 81);
+    lb.add_vip(empty_udp, VipConfig::new(mode)).unwrap();
+    let local = SocketAddr::new(client_addr(vip_family), 45000);
+    let to = SocketAddr::new(empty_udp.addr, 81);
+    assert!(rig.net.client.run(move || udp_ask(local, to, Duration::from_millis(200)).is_err()));
+    assert!(lb.stats().unwrap().drops.no_backend.packets >= before + 2);
+
+    // Traffic for the LB host itself still reaches it.
+    let lb_addr: IpAddr = match vip_family {
+        Family::V4 => LB_FRONT_V4.into(),
+        Family::V6 => LB_FRONT_V6.into(),
+    };
+    let listener = rig.net.lb.run(move || TcpListener::bind(SocketAddr::new(lb_addr, 7000)).unwrap());
+    let before = lb.stats().unwrap().passed_non_vip.packets;
+    let to = SocketAddr::new(lb_addr, 7000);
+    rig.net.client.run(move || std::net::TcpStream::connect_timeout(&to, TIMEOUT).expect("reach the LB host"));
+    let (_s, from) = listener.accept().unwrap();
+    assert_eq!(from.ip(), client_addr(vip_family));
+    assert!(lb.stats().unwrap().passed_non_vip.packets > before);
+    let s = lb.stats().unwrap();
+    assert_eq!(s.drops.unsupported.packets + s.drops.headroom.packets, 0, "{s:?}");
+    if mode != ForwardingMode::Ipip {
+        assert_eq!(s.drops.mtu.packets, 0, "{s:?}");
+    }
+    // The traffic really took the XDP paths.
+    assert!(s.redirected.packets > 2000, "{mode}: forwarded in XDP: {s:?}");
+    if mode == ForwardingMode::Nat {
+        assert!(s.nat_replies.packets > 1000, "{mode}: replies translated in XDP: {s:?}");
+    }
+    if mode == ForwardingMode::Ipip {
+        assert!(s.too_big_sent.packets >= 1, "{mode}: the client was told the path MTU: {s:?}");
+        let decapsulated: u64 = rig._decaps.iter().map(|d| d.stats().unwrap().decapsulated.packets).sum();
+        assert!(decapsulated > 2000, "{mode}: backends decapsulated {decapsulated}");
+    }
+}
+
+#[test]
+fn l2_dsr_ipv4() {
+    scenario("edsr4", ForwardingMode::L2Dsr, Family::V4, Family::V4);
+}
+
+#[test]
+fn l2_dsr_ipv6() {
+    scenario("edsr6", ForwardingMode::L2Dsr, Family::V6, Family::V6);
+}
+
+#[test]
+fn ipip_ipv4_in_ipv4() {
+    scenario("eip44", ForwardingMode::Ipip, Family::V4, Family::V4);
+}
+
+#[test]
+fn ipip_ipv6_in_ipv6() {
+    scenario("eip66", ForwardingMode::Ipip, Family::V6, Family::V6);
+}
+
+#[test]
+fn ipip_ipv4_in_ipv6() {
+    scenario("eip46", ForwardingMode::Ipip, Family::V4, Family::V6);
+}
+
+#[test]
+fn nat_ipv4() {
+    scenario("enat4", ForwardingMode::Nat, Family::V4, Family::V4);
+}
+
+#[test]
+fn nat_ipv6() {
+    scenario("enat6", ForwardingMode::Nat, Family::V6, Family::V6);
+}
+
+/// The filter in front, the LB behind it through a tail call: a blocked
+/// client never reaches the VIP, the others are balanced as usual.
+#[test]
+fn filter_in_front_of_the_lb() {
+    ensure_bpffs();
+    let net = LbNet::new("efilt", 3, BackendKind::VipOnLoopback);
+    let servers: Vec<Servers> = net
+        .backends
+        .iter()
+        .enumerate()
+        .map(|(i, ns)| Servers::start(ns, &format!("b{}", i + 1), VIP_PORT, vec![IpAddr::V4(VIP_V4)]))
+        .collect();
+    let (filter, lb) = net.lb.run(|| {
+        let lb = LoadBalancer::builder()
+            .redirect_interface("eth0")
+            .redirect_interface("eth1")
+            .connections(4096)
+            .load()
+            .unwrap();
+        let filter = Filter::builder().interface("eth0").v4_capacity(1024).v6_capacity(1024).attach().unwrap();
+        filter.set_next(lb.program_fd()).unwrap();
+        (filter, lb)
+    });
+    net.warm_neighbours();
+    let vip = Vip::tcp(SocketAddr::new(IpAddr::V4(VIP_V4), VIP_PORT));
+    lb.add_vip(vip, VipConfig::new(ForwardingMode::L2Dsr)).unwrap();
+    for i in 1..=3 {
+        lb.add_backend(&vip, IpAddr::V4(backend_v4(i)), 1).unwrap();
+    }
+    filter.blocklist().insert(format!("{CLIENT2_V4}/32").parse().unwrap()).unwrap();
+    let to = SocketAddr::new(IpAddr::V4(VIP_V4), VIP_PORT);
+    let (names, blocked) = net.client.run(move || {
+        let names: Vec<(SocketAddr, String)> = (0..60)
+            .map(|_| {
+                let src = SocketAddr::new(CLIENT_V4.into(), 0);
+                let mut c = Conn::open_from(src, to, Duration::from_millis(400)).expect("an allowed client connects");
+                let name = c.ask().unwrap();
+                (c.local, name)
+            })
+            .collect();
+        let blocked = Conn::open_from(SocketAddr::new(CLIENT2_V4.into(), 0), to, Duration::from_millis(400));
+        (names, blocked.is_err())
+    });
+    assert!(blocked, "the blocked client must not reach the VIP");
+    let mut seen = std::collections::HashSet::new();
+    for (local, name) in names {
+        let b = lb.backend_for(&vip, &Flow::new(local, to, Protocol::Tcp)).unwrap().unwrap();
+        assert_eq!(format!("b{}", (1..=3).find(|&i| IpAddr::V4(backend_v4(i)) == b.ip).unwrap()), name);
+        seen.insert(name);
+    }
+    assert_eq!(seen.len(), 3, "all backends serve the allowed client");
+    let fs = filter.stats().unwrap();
+    assert!(fs.blocked_v4.packets >= 1, "{fs:?}");
+    assert!(lb.vip_stats(&vip).unwrap().traffic.packets >= 60 * 3);
+    drop(servers);
+}
