@@ -1,7 +1,7 @@
 //! [`Filter`]: the XDP source-address filter, its builder, and its lists.
 
 use std::net::IpAddr;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::BorrowedFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Mutex, MutexGuard};
@@ -9,16 +9,17 @@ use std::sync::{Mutex, MutexGuard};
 use ipnetwork::IpNetwork;
 use libbpf_rs::{MapCore, MapFlags};
 
-use crate::attach::{self, Attachment, Interface, Link};
+use crate::attach::{Attachment, Interface};
 use crate::error::{io_from_libbpf, AttachError, Error, ListError, LoadError, PinError};
 use crate::filter_maps::{self, Capacity, FilterMaps};
 use crate::layout::consts::*;
 use crate::lists::{Editor, ListKind, ListState, Op};
 use crate::pin::PinDir;
 use crate::prefix::{normalize, Normalized};
-use crate::stats::{Counter, FilterStats};
-use crate::testrun::{self, TestRun};
-use crate::{sys, AttachMode};
+use crate::program::{self, Pinnable, XdpProgram};
+use crate::stats::FilterStats;
+use crate::testrun::TestRun;
+use crate::AttachMode;
 
 /// Default IPv4 capacity: entries (prefixes) per filter, both lists together.
 pub const DEFAULT_V4_CAPACITY: usize = 1 << 20;
@@ -104,10 +105,20 @@ pub struct BulkChange {
 /// ```
 pub struct Filter {
     maps: FilterMaps,
-    program: OwnedFd,
-    links: Mutex<Vec<Link>>,
-    pin: Option<PinDir>,
+    program: XdpProgram,
     state: Mutex<ListState>,
+}
+
+impl Pinnable for Filter {
+    fn program(&self) -> &XdpProgram {
+        &self.program
+    }
+    fn program_mut(&mut self) -> &mut XdpProgram {
+        &mut self.program
+    }
+    fn pin_maps(&self, dir: &PinDir) -> Result<(), PinError> {
+        self.maps.set.pin_all(dir)
+    }
 }
 
 impl std::fmt::Debug for Filter {
@@ -156,6 +167,9 @@ impl Default for FilterBuilder {
         }
     }
 }
+
+/// What pin-directory errors call a filter.
+const KIND: &str = "filter";
 
 impl FilterBuilder {
     /// Adds an interface, by name (`"eth0"`) or index (`3u32`).
@@ -230,46 +244,16 @@ impl FilterBuilder {
             }
             _ => None,
         };
-        let pin = match &self.pin {
-            Some(p) => Some(PinDir::create(p, "filter", filter_maps::MARKER)?),
-            None => None,
-        };
-        let result = (|| {
+        let interfaces: &[Interface] = if attach { &self.interfaces } else { &[] };
+        program::create(self.pin.as_deref(), KIND, filter_maps::MARKER, interfaces, self.mode, || {
             let cap = Capacity::new(self.v4_capacity, self.v6_capacity);
-            let (maps, program) = filter_maps::load(cap, self.malformed.code(), offload_ifindex)?;
-            let filter = Filter {
+            let (maps, fd) = filter_maps::load(cap, self.malformed.code(), offload_ifindex)?;
+            Ok(Filter {
                 maps,
-                program,
-                links: Mutex::new(Vec::new()),
-                pin: None,
+                program: XdpProgram::new(fd, filter_maps::PROGRAM_NAME),
                 state: Mutex::new(ListState::default()),
-            };
-            let mut links = Vec::new();
-            if attach {
-                for iface in &self.interfaces {
-                    links.push(attach::attach(filter.program.as_fd(), iface, self.mode)?);
-                }
-            }
-            *filter.links.lock().expect("not poisoned") = links;
-            Ok::<_, Error>(filter)
-        })();
-        let mut filter = match result {
-            Ok(f) => f,
-            Err(e) => {
-                if let Some(dir) = &pin {
-                    let _ = dir.remove_all();
-                }
-                return Err(e);
-            }
-        };
-        if let Some(dir) = pin {
-            if let Err(e) = filter.pin_everything(&dir) {
-                let _ = dir.remove_all();
-                return Err(e.into());
-            }
-            filter.pin = Some(dir);
-        }
-        Ok(filter)
+            })
+        })
     }
 }
 
@@ -277,15 +261,6 @@ impl Filter {
     /// Starts building a filter.
     pub fn builder() -> FilterBuilder {
         FilterBuilder::default()
-    }
-
-    fn pin_everything(&mut self, dir: &PinDir) -> Result<(), PinError> {
-        self.maps.pin_all(dir)?;
-        dir.pin(filter_maps::PROGRAM_NAME, self.program.as_fd())?;
-        for link in self.links.lock().expect("not poisoned").iter() {
-            dir.pin(&PinDir::link_name(link.attachment.ifindex, &link.attachment.interface), link.fd.as_fd())?;
-        }
-        Ok(())
     }
 
     /// Reopens a filter pinned under `dir`, with its lists and counters,
@@ -297,29 +272,13 @@ impl Filter {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn open_pinned(dir: impl AsRef<Path>) -> Result<Filter, Error> {
-        let dir = PinDir::open(dir.as_ref(), "filter", filter_maps::MARKER)?;
+        let dir = PinDir::open(dir.as_ref(), KIND, filter_maps::MARKER)?;
         if let Some(missing) = crate::error::missing_privileges() {
             return Err(LoadError::MissingPrivileges { missing }.into());
         }
         let _lock = dir.lock()?;
         let maps = FilterMaps::open_pinned(&dir)?;
-        let prog_path = dir.join(filter_maps::PROGRAM_NAME);
-        let program = sys::obj_get(&prog_path)
-            .map_err(|source| PinError::Io { op: "opening pinned program", path: prog_path, source })?;
-        let mut links = Vec::new();
-        for (name, path) in dir.links()? {
-            let fd = sys::obj_get(&path).map_err(|source| PinError::Io { op: "opening pinned link", path, source })?;
-            match attach::link_attachment(&fd) {
-                Ok(Some(mut attachment)) => {
-                    if let Some(recorded) = PinDir::link_ifname(&name) {
-                        attachment.interface = recorded.to_owned();
-                    }
-                    links.push(Link { fd, attachment })
-                }
-                // Its interface is gone: the link is dead, drop the pin.
-                _ => dir.unpin(&name)?,
-            }
-        }
+        let program = XdpProgram::open_pinned(dir.clone(), filter_maps::PROGRAM_NAME)?;
         let mut state = ListState::load(&maps);
         if maps.dirty().load(Ordering::Acquire) != 0 {
             // A process died mid-edit: rebuild the tables from the rules.
@@ -332,7 +291,7 @@ impl Filter {
             ed.rebuild_v6()?;
             ed.finish();
         }
-        Ok(Filter { maps, program, links: Mutex::new(links), pin: Some(dir), state: Mutex::new(state) })
+        Ok(Filter { maps, program, state: Mutex::new(state) })
     }
 
     /// The blocklist.
@@ -362,10 +321,7 @@ impl Filter {
     /// Counters, summed over CPUs.
     pub fn stats(&self) -> Result<FilterStats, Error> {
         let c = self.maps.counters().map_err(|source| LoadError::Bpf { op: "reading counters".into(), source })?;
-        let get = |r: u32| {
-            let x = c[r as usize];
-            Counter { packets: x.packets, bytes: x.bytes }
-        };
+        let get = |r: u32| c[r as usize];
         Ok(FilterStats {
             passed: get(XDPG_REASON_PASSED),
             allowlisted: get(XDPG_REASON_ALLOWLISTED),
@@ -398,62 +354,28 @@ impl Filter {
 
     /// Attaches to one more interface (pinning the link if the filter is pinned).
     pub fn attach(&self, iface: impl Into<Interface>, mode: AttachMode) -> Result<Attachment, Error> {
-        let link = attach::attach(self.program.as_fd(), &iface.into(), mode)?;
-        let attachment = link.attachment.clone();
-        if let Some(dir) = &self.pin {
-            dir.pin(&PinDir::link_name(attachment.ifindex, &attachment.interface), link.fd.as_fd())?;
-        }
-        self.links.lock().expect("not poisoned").push(link);
-        Ok(attachment)
+        self.program.attach(&iface.into(), mode)
     }
 
     /// Detaches from one interface (by the name or index it was attached with).
     pub fn detach(&self, iface: impl Into<Interface>) -> Result<(), Error> {
-        let iface = iface.into();
-        let mut links = self.links.lock().expect("not poisoned");
-        let pos = links.iter().position(|l| match &iface {
-            Interface::Name(n) => &l.attachment.interface == n,
-            Interface::Index(i) => l.attachment.ifindex == *i,
-        });
-        let Some(pos) = pos else {
-            return Err(AttachError::InterfaceNotFound { interface: format!("{iface} (the filter is not attached to it)") }.into());
-        };
-        let link = links.remove(pos);
-        self.drop_link(link)
-    }
-
-    fn drop_link(&self, link: Link) -> Result<(), Error> {
-        sys::link_detach(link.fd.as_fd()).map_err(|source| AttachError::Bpf {
-            interface: link.attachment.interface.clone(),
-            source,
-        })?;
-        if let Some(dir) = &self.pin {
-            dir.unpin(&PinDir::link_name(link.attachment.ifindex, &link.attachment.interface))?;
-        }
-        Ok(())
+        self.program.detach(&iface.into())
     }
 
     /// The interfaces the filter is attached to.
     pub fn attachments(&self) -> Vec<Attachment> {
-        self.links.lock().expect("not poisoned").iter().map(|l| l.attachment.clone()).collect()
+        self.program.attachments()
     }
 
     /// The pin directory, if pinned.
     pub fn pin_path(&self) -> Option<&Path> {
-        self.pin.as_ref().map(|d| d.path())
+        self.program.pin_path()
     }
 
     /// Detaches from every interface and removes every pin, so nothing of
     /// the filter is left in bpffs or on any interface.
     pub fn unpin(self) -> Result<(), Error> {
-        let links = std::mem::take(&mut *self.links.lock().expect("not poisoned"));
-        for link in links {
-            self.drop_link(link)?;
-        }
-        if let Some(dir) = &self.pin {
-            dir.remove_all()?;
-        }
-        Ok(())
+        self.program.unpin()
     }
 
     /// Sends whatever the filter passes on to `program` (an XDP program fd,
@@ -479,14 +401,13 @@ impl Filter {
 
     /// The filter program's fd (to attach it elsewhere, or chain it).
     pub fn program_fd(&self) -> BorrowedFd<'_> {
-        self.program.as_fd()
+        self.program.fd()
     }
 
     /// Runs the real filter program, with its live maps, on one Ethernet
     /// frame through `BPF_PROG_TEST_RUN`. Counters count it. Nothing is sent.
     pub fn test_run(&self, frame: &[u8]) -> Result<TestRun, Error> {
-        testrun::run(self.program.as_fd(), frame, 1)
-            .map_err(|source| LoadError::Bpf { op: "BPF_PROG_TEST_RUN".into(), source }.into())
+        self.program.test_run(frame, None)
     }
 
     /// The capacities the filter was loaded with: (IPv4 entries, IPv6 entries).
@@ -497,14 +418,12 @@ impl Filter {
 
     /// Kernel memory charged to the filter's maps, in bytes.
     pub fn map_memory_bytes(&self) -> u64 {
-        self.maps.memlock_bytes()
+        self.maps.set.memlock_bytes()
     }
 
     fn lock_pin(&self) -> Result<Option<nix::fcntl::Flock<std::fs::File>>, ListError> {
-        self.pin
-            .as_ref()
-            .map(|d| d.lock())
-            .transpose()
+        self.program
+            .lock()
             .map_err(|e| ListError::Bpf { op: "locking the pin directory".into(), source: std::io::Error::other(e.to_string()) })
     }
 

@@ -2,18 +2,20 @@
 //! pins, plus typed access to its config entry and counters.
 
 use std::mem::{offset_of, MaybeUninit};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 
-use libbpf_rs::skel::{OpenSkel, SkelBuilder};
-use libbpf_rs::{MapCore, MapFlags, MapHandle};
+use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
+use libbpf_rs::MapHandle;
 
 use crate::error::{io_from_libbpf, missing_privileges, LoadError, PinError};
 use crate::layout::consts::*;
 use crate::layout::filter_skel::FilterSkelBuilder;
-use crate::layout::{xdpg_counter, xdpg_filter_config, xdpg_v4_bucket, xdpg_v4_rule, xdpg_v6_rule, xdpg_v6_view};
+use crate::layout::{xdpg_filter_config, xdpg_v4_bucket, xdpg_v4_rule, xdpg_v6_rule, xdpg_v6_view};
+use crate::maps::{load_err, program_fd, MapSet};
 use crate::mmap::MappedArray;
 use crate::pin::PinDir;
+use crate::stats::Counter;
 
 /// The name of the filter program, also its pin name.
 pub(crate) const PROGRAM_NAME: &str = "xdpg_filter";
@@ -64,7 +66,7 @@ impl Capacity {
 }
 
 pub(crate) struct FilterMaps {
-    handles: Vec<(&'static str, MapHandle)>,
+    pub set: MapSet,
     pub cfg: MappedArray<xdpg_filter_config>,
     pub l1: [MappedArray<u64>; 2],
     pub hosts: [MappedArray<xdpg_v4_bucket>; 2],
@@ -83,8 +85,8 @@ macro_rules! cfg_field {
 }
 
 impl FilterMaps {
-    fn from_handles(handles: Vec<(&'static str, MapHandle)>) -> std::io::Result<Self> {
-        let get = |name: &str| &handles.iter().find(|(n, _)| *n == name).expect("all maps present").1;
+    fn new(set: MapSet) -> std::io::Result<Self> {
+        let get = |name: &str| set.get(name);
         Ok(Self {
             cfg: MappedArray::new(get("xdpg_filter_cfg"))?,
             l1: [MappedArray::new(get("xdpg_v4_l1_a"))?, MappedArray::new(get("xdpg_v4_l1_b"))?],
@@ -93,12 +95,12 @@ impl FilterMaps {
             v6_views: MappedArray::new(get("xdpg_v6_views"))?,
             v6_bloom: MappedArray::new(get("xdpg_v6_bloom"))?,
             v6_rules: MappedArray::new(get("xdpg_v6_rules"))?,
-            handles,
+            set,
         })
     }
 
     pub(crate) fn handle(&self, name: &str) -> &MapHandle {
-        &self.handles.iter().find(|(n, _)| *n == name).expect("known map name").1
+        self.set.get(name)
     }
 
     pub(crate) fn v6_table(&self, table: u32) -> &MapHandle {
@@ -162,57 +164,18 @@ impl FilterMaps {
     }
 
     /// Per-reason counters, summed over CPUs.
-    pub(crate) fn counters(&self) -> std::io::Result<Vec<xdpg_counter>> {
-        let map = self.handle("xdpg_filter_cnt");
-        (0..XDPG_REASON_COUNT)
-            .map(|reason| {
-                let per_cpu = map
-                    .lookup_percpu(&reason.to_ne_bytes(), MapFlags::ANY)
-                    .map_err(io_from_libbpf)?
-                    .unwrap_or_default();
-                Ok(per_cpu.iter().fold(xdpg_counter::default(), |acc, bytes| {
-                    let c: xdpg_counter = bytemuck::pod_read_unaligned(&bytes[..size_of::<xdpg_counter>()]);
-                    xdpg_counter { packets: acc.packets + c.packets, bytes: acc.bytes + c.bytes }
-                }))
-            })
-            .collect()
+    pub(crate) fn counters(&self) -> std::io::Result<Vec<Counter>> {
+        (0..XDPG_REASON_COUNT).map(|reason| self.set.counter("xdpg_filter_cnt", reason)).collect()
     }
 
     pub(crate) fn reset_counters(&self) -> std::io::Result<()> {
-        let map = self.handle("xdpg_filter_cnt");
-        let cpus = libbpf_rs::num_possible_cpus().map_err(io_from_libbpf)?;
-        let zero = vec![vec![0u8; size_of::<xdpg_counter>()]; cpus];
-        for reason in 0..XDPG_REASON_COUNT {
-            map.update_percpu(&reason.to_ne_bytes(), &zero, MapFlags::ANY).map_err(io_from_libbpf)?;
-        }
-        Ok(())
-    }
-
-    /// Kernel memory charged to all of the filter's maps.
-    pub(crate) fn memlock_bytes(&self) -> u64 {
-        self.handles.iter().filter_map(|(_, h)| crate::sys::map_memlock(h.as_fd()).ok()).sum()
-    }
-
-    pub(crate) fn pin_all(&mut self, dir: &PinDir) -> Result<(), PinError> {
-        for (name, handle) in &self.handles {
-            dir.pin(name, handle.as_fd())?;
-        }
-        Ok(())
+        (0..XDPG_REASON_COUNT).try_for_each(|reason| self.set.zero_percpu("xdpg_filter_cnt", reason))
     }
 
     /// Reopens the maps pinned in `dir`, checking they are a filter's.
     pub(crate) fn open_pinned(dir: &PinDir) -> Result<Self, PinError> {
-        let mut handles = Vec::with_capacity(MAP_NAMES.len());
-        for name in MAP_NAMES {
-            let path = dir.join(name);
-            let handle = MapHandle::from_pinned_path(&path).map_err(|e| PinError::Io {
-                op: "opening pinned map",
-                path: path.clone(),
-                source: io_from_libbpf(e),
-            })?;
-            handles.push((name, handle));
-        }
-        let maps = Self::from_handles(handles).map_err(|source| PinError::Io {
+        let set = MapSet::open_pinned(dir, &MAP_NAMES)?;
+        let maps = Self::new(set).map_err(|source| PinError::Io {
             op: "mapping",
             path: dir.path().to_owned(),
             source,
@@ -246,12 +209,8 @@ pub(crate) fn load(
     if let Some(missing) = missing_privileges() {
         return Err(LoadError::MissingPrivileges { missing });
     }
-    let err = |op: &str| {
-        let op = op.to_owned();
-        move |e: libbpf_rs::Error| LoadError::Bpf { op, source: io_from_libbpf(e) }
-    };
     let mut storage = MaybeUninit::uninit();
-    let mut open = FilterSkelBuilder::default().open(&mut storage).map_err(err("opening the filter object"))?;
+    let mut open = FilterSkelBuilder::default().open(&mut storage).map_err(load_err("opening the filter object"))?;
     let m = &mut open.maps;
     for (map, entries) in [
         (&mut m.xdpg_v4_hosts_a, cap.v4_buckets),
@@ -262,7 +221,7 @@ pub(crate) fn load(
         (&mut m.xdpg_v6_rules, cap.v6_rules),
         (&mut m.xdpg_v6_bloom, cap.v6_bloom_words),
     ] {
-        map.set_max_entries(entries as u32).map_err(err("sizing maps"))?;
+        map.set_max_entries(entries as u32).map_err(load_err("sizing maps"))?;
     }
     if let Some(ifindex) = offload_ifindex {
         open.progs.xdpg_filter.set_ifindex(ifindex);
@@ -272,36 +231,10 @@ pub(crate) fn load(
     }
     let skel = open.load().map_err(|e| classify_load_error(e, offload_ifindex.is_some()))?;
 
-    let s = &skel.maps;
-    let all = [
-        &s.xdpg_filter_cfg,
-        &s.xdpg_filter_cnt,
-        &s.xdpg_v4_l1_a,
-        &s.xdpg_v4_l1_b,
-        &s.xdpg_v4_hosts_a,
-        &s.xdpg_v4_hosts_b,
-        &s.xdpg_v4_rules,
-        &s.xdpg_v6_pfx_a,
-        &s.xdpg_v6_pfx_b,
-        &s.xdpg_v6_views,
-        &s.xdpg_v6_bloom,
-        &s.xdpg_v6_rules,
-        &s.xdpg_next,
-    ];
-    let mut handles = Vec::with_capacity(MAP_NAMES.len());
-    for (name, map) in MAP_NAMES.into_iter().zip(all) {
-        debug_assert_eq!(map.name(), name);
-        handles.push((name, MapHandle::try_from(map).map_err(err("duplicating map fds"))?));
-    }
-    let prog = skel
-        .progs
-        .xdpg_filter
-        .as_fd()
-        .try_clone_to_owned()
-        .map_err(|source| LoadError::Bpf { op: "duplicating the program fd".into(), source })?;
+    let set = MapSet::from_object(skel.object(), &MAP_NAMES)?;
+    let prog = program_fd(skel.object(), PROGRAM_NAME)?;
     drop(skel);
-
-    let maps = FilterMaps::from_handles(handles)
+    let maps = FilterMaps::new(set)
         .map_err(|source| LoadError::Bpf { op: "mapping filter tables".into(), source })?;
     // Both v4 pairs and both v6 tables start empty; pair 0 and view 0 are live.
     let cfg = xdpg_filter_config {

@@ -24,6 +24,8 @@ pub(crate) use filter_skel::types::{
     xdpg_v6_view,
 };
 
+/// Implements `bytemuck::Pod` for skeleton-generated structs whose sizes
+/// are asserted below (no padding).
 macro_rules! pod {
     ($($ty:ty),* $(,)?) => {$(
         // SAFETY: generated from a C struct as #[repr(C)]; every field is an
@@ -35,6 +37,8 @@ macro_rules! pod {
         unsafe impl bytemuck::Pod for $ty {}
     )*};
 }
+pub(crate) use pod;
+
 pod!(
     xdpg_counter,
     xdpg_filter_config,

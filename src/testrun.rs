@@ -2,11 +2,9 @@
 //! kernel executes the real program (with its live maps) and hands back the
 //! verdict and the possibly rewritten frame. Nothing is sent anywhere.
 
-use std::os::fd::BorrowedFd;
 use std::time::Duration;
 
 
-use crate::sys;
 
 /// An XDP program's return value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -49,13 +47,3 @@ pub struct TestRun {
     /// repeated measures the best case, not a flood).
     pub duration: Duration,
 }
-
-pub(crate) fn run(prog: BorrowedFd<'_>, frame: &[u8], repeat: u32) -> std::io::Result<TestRun> {
-    let out = sys::prog_test_run(prog, frame, None, repeat, 0)?;
-    Ok(TestRun {
-        action: XdpAction::from(out.retval),
-        frame: out.data_out,
-        duration: Duration::from_nanos(u64::from(out.duration_ns)),
-    })
-}
-

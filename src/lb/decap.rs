@@ -3,22 +3,23 @@
 
 use std::mem::MaybeUninit;
 use std::net::IpAddr;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::Mutex;
+use std::os::fd::BorrowedFd;
 
-use libbpf_rs::skel::{OpenSkel, SkelBuilder};
-use libbpf_rs::{MapCore, MapFlags, MapHandle};
+use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
+use libbpf_rs::{MapCore, MapFlags};
 
 use super::hash::{addr_words, family_code};
 use super::layout::decap_skel::DecapSkelBuilder;
-use super::layout::{xdpg_counter, xdpg_decap_key};
+use super::layout::xdpg_decap_key;
 use super::maps::map_err;
-use crate::attach::{self, Attachment, Interface, Link};
-use crate::error::{io_from_libbpf, missing_privileges, AttachError, Error, LbError, LoadError};
+use crate::attach::{Attachment, Interface};
+use crate::error::{missing_privileges, AttachError, Error, LbError, LoadError};
 use crate::layout::consts::*;
+use crate::maps::{load_err, program_fd, MapSet};
+use crate::program::XdpProgram;
 use crate::stats::Counter;
 use crate::testrun::TestRun;
-use crate::{sys, AttachMode, XdpAction};
+use crate::AttachMode;
 
 /// An XDP decapsulator: IPv4-in-IPv4, IPv6-in-IPv6 and IPv4-in-IPv6
 /// packets addressed to one of its local addresses lose their outer header
@@ -36,10 +37,8 @@ use crate::{sys, AttachMode, XdpAction};
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub struct Decap {
-    addrs: MapHandle,
-    counters: MapHandle,
-    program: OwnedFd,
-    links: Mutex<Vec<Link>>,
+    maps: MapSet,
+    program: XdpProgram,
 }
 
 impl std::fmt::Debug for Decap {
@@ -101,36 +100,26 @@ impl DecapBuilder {
         if let Some(missing) = missing_privileges() {
             return Err(LoadError::MissingPrivileges { missing }.into());
         }
-        let err = |op: &str| {
-            let op = op.to_owned();
-            move |e: libbpf_rs::Error| LoadError::Bpf { op, source: io_from_libbpf(e) }
-        };
         let mut storage = MaybeUninit::uninit();
-        let open = DecapSkelBuilder::default().open(&mut storage).map_err(err("opening the decap object"))?;
-        let skel = open.load().map_err(|e| LoadError::Rejected { program: "xdpg_decap", message: format!("{e:#}") })?;
-        let addrs = MapHandle::try_from(&skel.maps.xdpg_decap_addr).map_err(err("duplicating map fds"))?;
-        let counters = MapHandle::try_from(&skel.maps.xdpg_decap_cnt).map_err(err("duplicating map fds"))?;
-        let program = skel
-            .progs
-            .xdpg_decap
-            .as_fd()
-            .try_clone_to_owned()
-            .map_err(|source| LoadError::Bpf { op: "duplicating the program fd".into(), source })?;
+        let open = DecapSkelBuilder::default().open(&mut storage).map_err(load_err("opening the decap object"))?;
+        let skel = open.load().map_err(|e| LoadError::Rejected { program: PROGRAM_NAME, message: format!("{e:#}") })?;
+        let maps = MapSet::from_object(skel.object(), &["xdpg_decap_addr", "xdpg_decap_cnt"])?;
+        let program = XdpProgram::new(program_fd(skel.object(), PROGRAM_NAME)?, PROGRAM_NAME);
         drop(skel);
-        let decap = Decap { addrs, counters, program, links: Mutex::new(Vec::new()) };
+        let decap = Decap { maps, program };
         for a in &self.locals {
             decap.add_local(*a)?;
         }
         if attach {
-            let mut links = Vec::new();
             for iface in &self.interfaces {
-                links.push(attach::attach(decap.program.as_fd(), iface, self.mode)?);
+                decap.program.attach(iface, self.mode)?;
             }
-            *decap.links.lock().expect("not poisoned") = links;
         }
         Ok(decap)
     }
 }
+
+const PROGRAM_NAME: &str = "xdpg_decap";
 
 fn key(addr: IpAddr) -> xdpg_decap_key {
     xdpg_decap_key { addr: addr_words(addr), family: family_code(addr), pad: [0; 3] }
@@ -145,7 +134,8 @@ impl Decap {
     /// Decapsulates tunnel packets addressed to `addr` from the next packet on.
     pub fn add_local(&self, addr: IpAddr) -> Result<(), LbError> {
         let k = key(addr);
-        self.addrs
+        self.maps
+            .get("xdpg_decap_addr")
             .update(bytemuck::bytes_of(&k), &1u32.to_ne_bytes(), MapFlags::ANY)
             .map_err(map_err(format!("adding decap address {addr}")))
     }
@@ -153,7 +143,7 @@ impl Decap {
     /// Stops decapsulating for `addr`.
     pub fn remove_local(&self, addr: IpAddr) -> Result<(), LbError> {
         let k = key(addr);
-        match self.addrs.delete(bytemuck::bytes_of(&k)) {
+        match self.maps.get("xdpg_decap_addr").delete(bytemuck::bytes_of(&k)) {
             Err(e) if e.kind() != libbpf_rs::ErrorKind::NotFound => Err(map_err("removing a decap address")(e)),
             _ => Ok(()),
         }
@@ -161,38 +151,28 @@ impl Decap {
 
     /// Counters, summed over CPUs.
     pub fn stats(&self) -> Result<DecapStats, LbError> {
-        let get = |i: u32| -> Result<Counter, LbError> {
-            let per_cpu = self
-                .counters
-                .lookup_percpu(&i.to_ne_bytes(), MapFlags::ANY)
-                .map_err(map_err("reading decap counters"))?
-                .unwrap_or_default();
-            Ok(per_cpu.iter().fold(Counter::default(), |acc, b| {
-                let c: xdpg_counter = bytemuck::pod_read_unaligned(&b[..size_of::<xdpg_counter>()]);
-                acc + Counter { packets: c.packets, bytes: c.bytes }
-            }))
+        let get = |i: u32| {
+            self.maps.counter("xdpg_decap_cnt", i).map_err(|source| LbError::Map {
+                op: "reading decap counters".into(),
+                source,
+                hint: super::maps::MAP_HINT,
+            })
         };
         Ok(DecapStats { decapsulated: get(XDPG_LB_DECAP_DONE)?, passed: get(XDPG_LB_DECAP_PASSED)? })
     }
 
     /// The interfaces it is attached to.
     pub fn attachments(&self) -> Vec<Attachment> {
-        self.links.lock().expect("not poisoned").iter().map(|l| l.attachment.clone()).collect()
+        self.program.attachments()
     }
 
     /// The program's fd.
     pub fn program_fd(&self) -> BorrowedFd<'_> {
-        self.program.as_fd()
+        self.program.fd()
     }
 
     /// Runs the program on one frame through `BPF_PROG_TEST_RUN`.
     pub fn test_run(&self, frame: &[u8]) -> Result<TestRun, Error> {
-        let out = sys::prog_test_run(self.program.as_fd(), frame, None, 1, 0)
-            .map_err(|source| LoadError::Bpf { op: "BPF_PROG_TEST_RUN".into(), source })?;
-        Ok(TestRun {
-            action: XdpAction::from(out.retval),
-            frame: out.data_out,
-            duration: std::time::Duration::from_nanos(u64::from(out.duration_ns)),
-        })
+        self.program.test_run(frame, None)
     }
 }

@@ -22,23 +22,13 @@ pub(crate) mod decap_skel {
 
 pub(crate) use decap_skel::types::xdpg_decap_key;
 pub(crate) use lb_skel::types::{
-    xdpg_counter, xdpg_lb_addr_key, xdpg_lb_backend, xdpg_lb_config, xdpg_lb_conn, xdpg_lb_flow, xdpg_lb_flow4,
+    xdpg_lb_addr_key, xdpg_lb_backend, xdpg_lb_config, xdpg_lb_conn, xdpg_lb_flow, xdpg_lb_flow4,
     xdpg_lb_nat_rev, xdpg_lb_vip, xdpg_lb_vip_key, xdpg_lb_vip_key4, xdpg_lb_vip_stats,
 };
 
-macro_rules! pod {
-    ($($ty:ty),* $(,)?) => {$(
-        // SAFETY: generated from a C struct as #[repr(C)]; every field is an
-        // integer or an integer array, and the size assertions below prove
-        // there is no padding, so every bit pattern is valid and all bytes
-        // are initialised.
-        unsafe impl bytemuck::Zeroable for $ty {}
-        // SAFETY: as above.
-        unsafe impl bytemuck::Pod for $ty {}
-    )*};
-}
+use crate::layout::pod;
+
 pod!(
-    xdpg_counter,
     xdpg_lb_addr_key,
     xdpg_lb_backend,
     xdpg_lb_config,
@@ -55,7 +45,6 @@ pod!(
 
 // The same numbers as the _Static_asserts in src/bpf/lb_structs.h.
 const _: () = {
-    assert!(size_of::<xdpg_counter>() == 16);
     assert!(size_of::<xdpg_lb_vip_key>() == 20);
     assert!(offset_of!(xdpg_lb_vip_key, port) == 16);
     assert!(offset_of!(xdpg_lb_vip_key, family) == 19);

@@ -6,12 +6,14 @@ use std::mem::{offset_of, MaybeUninit};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 
-use libbpf_rs::skel::{OpenSkel, SkelBuilder};
+use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
 use libbpf_rs::{MapCore, MapFlags, MapHandle, MapType};
 
 use super::layout::lb_skel::LbSkelBuilder;
-use super::layout::{xdpg_counter, xdpg_lb_backend, xdpg_lb_config, xdpg_lb_vip_stats};
+use super::layout::{xdpg_lb_backend, xdpg_lb_config, xdpg_lb_vip_stats};
 use crate::error::{io_from_libbpf, missing_privileges, LbError, LoadError, PinError};
+use crate::maps::{load_err, program_fd, MapSet};
+use crate::stats::Counter;
 use crate::layout::consts::*;
 use crate::mmap::MappedArray;
 use crate::pin::PinDir;
@@ -61,8 +63,13 @@ pub(crate) fn map_err(op: impl Into<String>) -> impl FnOnce(libbpf_rs::Error) ->
     move |e| LbError::Map { op, source: io_from_libbpf(e), hint: MAP_HINT }
 }
 
+fn io_err(op: impl Into<String>) -> impl FnOnce(std::io::Error) -> LbError {
+    let op = op.into();
+    move |source| LbError::Map { op, source, hint: MAP_HINT }
+}
+
 pub(crate) struct LbMaps {
-    handles: Vec<(&'static str, MapHandle)>,
+    pub set: MapSet,
     pub cfg: MappedArray<xdpg_lb_config>,
     pub backends: MappedArray<xdpg_lb_backend>,
 }
@@ -76,17 +83,16 @@ macro_rules! cfg_field {
 }
 
 impl LbMaps {
-    fn from_handles(handles: Vec<(&'static str, MapHandle)>) -> std::io::Result<Self> {
-        let get = |name: &str| &handles.iter().find(|(n, _)| *n == name).expect("all maps present").1;
+    fn new(set: MapSet) -> std::io::Result<Self> {
         Ok(Self {
-            cfg: MappedArray::new(get("xdpg_lb_cfg"))?,
-            backends: MappedArray::new(get("xdpg_lb_backend"))?,
-            handles,
+            cfg: MappedArray::new(set.get("xdpg_lb_cfg"))?,
+            backends: MappedArray::new(set.get("xdpg_lb_backend"))?,
+            set,
         })
     }
 
     pub(crate) fn handle(&self, name: &str) -> &MapHandle {
-        &self.handles.iter().find(|(n, _)| *n == name).expect("known map name").1
+        self.set.get(name)
     }
 
     pub(crate) fn capacity(&self) -> Capacity {
@@ -217,74 +223,36 @@ impl LbMaps {
         Ok(Some(out))
     }
 
-    fn sum_percpu<T: bytemuck::Pod + Default>(
-        &self,
-        map: &str,
-        key: u32,
-        add: impl Fn(T, T) -> T,
-    ) -> Result<T, LbError> {
-        let per_cpu = self
-            .handle(map)
-            .lookup_percpu(&key.to_ne_bytes(), MapFlags::ANY)
-            .map_err(map_err(format!("reading {map}")))?
-            .unwrap_or_default();
-        Ok(per_cpu
-            .iter()
-            .map(|b| bytemuck::pod_read_unaligned::<T>(&b[..size_of::<T>()]))
-            .fold(T::default(), add))
-    }
-
     pub(crate) fn vip_stats(&self, index: u32) -> Result<xdpg_lb_vip_stats, LbError> {
-        self.sum_percpu("xdpg_lb_vipcnt", index, |a: xdpg_lb_vip_stats, b| xdpg_lb_vip_stats {
-            packets: a.packets + b.packets,
-            bytes: a.bytes + b.bytes,
-            new_flows: a.new_flows + b.new_flows,
-            lru_hits: a.lru_hits + b.lru_hits,
-            lru_misses: a.lru_misses + b.lru_misses,
-        })
+        self.set
+            .sum_percpu("xdpg_lb_vipcnt", index, |a: xdpg_lb_vip_stats, b| xdpg_lb_vip_stats {
+                packets: a.packets + b.packets,
+                bytes: a.bytes + b.bytes,
+                new_flows: a.new_flows + b.new_flows,
+                lru_hits: a.lru_hits + b.lru_hits,
+                lru_misses: a.lru_misses + b.lru_misses,
+            })
+            .map_err(io_err("reading xdpg_lb_vipcnt"))
     }
 
-    pub(crate) fn backend_stats(&self, id: u32) -> Result<xdpg_counter, LbError> {
-        self.sum_percpu("xdpg_lb_becnt", id, add_counter)
+    pub(crate) fn backend_stats(&self, id: u32) -> Result<Counter, LbError> {
+        self.set.counter("xdpg_lb_becnt", id).map_err(io_err("reading xdpg_lb_becnt"))
     }
 
-    pub(crate) fn counters(&self) -> Result<Vec<xdpg_counter>, LbError> {
-        (0..XDPG_LB_COUNTER_COUNT).map(|i| self.sum_percpu("xdpg_lb_cnt", i, add_counter)).collect()
+    pub(crate) fn counters(&self) -> Result<Vec<Counter>, LbError> {
+        (0..XDPG_LB_COUNTER_COUNT)
+            .map(|i| self.set.counter("xdpg_lb_cnt", i).map_err(io_err("reading xdpg_lb_cnt")))
+            .collect()
     }
 
     /// Zeroes one entry of a per-CPU map on every CPU.
     pub(crate) fn zero_percpu(&self, map: &str, key: u32) -> Result<(), LbError> {
-        let h = self.handle(map);
-        let cpus = libbpf_rs::num_possible_cpus().map_err(map_err("counting CPUs"))?;
-        let zero = vec![vec![0u8; h.value_size() as usize]; cpus];
-        h.update_percpu(&key.to_ne_bytes(), &zero, MapFlags::ANY).map_err(map_err(format!("resetting {map}")))
-    }
-
-    /// Kernel memory charged to all of the LB's maps.
-    pub(crate) fn memlock_bytes(&self) -> u64 {
-        self.handles.iter().filter_map(|(_, h)| crate::sys::map_memlock(h.as_fd()).ok()).sum()
-    }
-
-    pub(crate) fn pin_all(&self, dir: &PinDir) -> Result<(), PinError> {
-        for (name, handle) in &self.handles {
-            dir.pin(name, handle.as_fd())?;
-        }
-        Ok(())
+        self.set.zero_percpu(map, key).map_err(io_err(format!("resetting {map}")))
     }
 
     /// Reopens the maps pinned in `dir`, checking they are an LB's.
     pub(crate) fn open_pinned(dir: &PinDir) -> Result<Self, PinError> {
-        let mut handles = Vec::with_capacity(MAP_NAMES.len());
-        for name in MAP_NAMES {
-            let path = dir.join(name);
-            let handle = MapHandle::from_pinned_path(&path).map_err(|e| PinError::Io {
-                op: "opening pinned map",
-                path: path.clone(),
-                source: io_from_libbpf(e),
-            })?;
-            handles.push((name, handle));
-        }
-        let maps = Self::from_handles(handles).map_err(|source| PinError::Io {
+        let maps = Self::new(MapSet::open_pinned(dir, &MAP_NAMES)?).map_err(|source| PinError::Io {
             op: "mapping",
             path: dir.path().to_owned(),
             source,
@@ -324,22 +292,14 @@ pub(crate) fn to_jiffies(d: std::time::Duration, ns_per_jiffy: u64) -> u64 {
     ns.div_ceil(ns_per_jiffy.max(1))
 }
 
-fn add_counter(a: xdpg_counter, b: xdpg_counter) -> xdpg_counter {
-    xdpg_counter { packets: a.packets + b.packets, bytes: a.bytes + b.bytes }
-}
-
 /// Loads the LB program and creates its maps, sized by `cap`, with `cfg`
 /// as the initial config entry (magic and layout version are set here).
 pub(crate) fn load(cap: Capacity, mut cfg: xdpg_lb_config) -> Result<(LbMaps, OwnedFd), LoadError> {
     if let Some(missing) = missing_privileges() {
         return Err(LoadError::MissingPrivileges { missing });
     }
-    let err = |op: &str| {
-        let op = op.to_owned();
-        move |e: libbpf_rs::Error| LoadError::Bpf { op, source: io_from_libbpf(e) }
-    };
     let mut storage = MaybeUninit::uninit();
-    let mut open = LbSkelBuilder::default().open(&mut storage).map_err(err("opening the load balancer object"))?;
+    let mut open = LbSkelBuilder::default().open(&mut storage).map_err(load_err("opening the load balancer object"))?;
     let m = &mut open.maps;
     for (map, entries) in [
         (&mut m.xdpg_lb_vips4, cap.max_vips),
@@ -356,43 +316,14 @@ pub(crate) fn load(cap: Capacity, mut cfg: xdpg_lb_config) -> Result<(LbMaps, Ow
         (&mut m.xdpg_lb_nat6, cap.nat_connections),
         (&mut m.xdpg_lb_devmap, cap.devices),
     ] {
-        map.set_max_entries(entries).map_err(err("sizing maps"))?;
+        map.set_max_entries(entries).map_err(load_err("sizing maps"))?;
     }
     let skel = open.load().map_err(classify_load_error)?;
 
-    let s = &skel.maps;
-    let all = [
-        &s.xdpg_lb_cfg,
-        &s.xdpg_lb_vips4,
-        &s.xdpg_lb_vips6,
-        &s.xdpg_lb_vaddrs,
-        &s.xdpg_lb_tables,
-        &s.xdpg_lb_backend,
-        &s.xdpg_lb_conns4,
-        &s.xdpg_lb_conns6,
-        &s.xdpg_lb_nat4,
-        &s.xdpg_lb_nat6,
-        &s.xdpg_lb_vipcnt,
-        &s.xdpg_lb_becnt,
-        &s.xdpg_lb_cnt,
-        &s.xdpg_lb_nexthop,
-        &s.xdpg_lb_rate,
-        &s.xdpg_lb_devmap,
-    ];
-    let mut handles = Vec::with_capacity(MAP_NAMES.len());
-    for (name, map) in MAP_NAMES.into_iter().zip(all) {
-        debug_assert_eq!(map.name(), name);
-        handles.push((name, MapHandle::try_from(map).map_err(err("duplicating map fds"))?));
-    }
-    let prog = skel
-        .progs
-        .xdpg_lb
-        .as_fd()
-        .try_clone_to_owned()
-        .map_err(|source| LoadError::Bpf { op: "duplicating the program fd".into(), source })?;
+    let set = MapSet::from_object(skel.object(), &MAP_NAMES)?;
+    let prog = program_fd(skel.object(), PROGRAM_NAME)?;
     drop(skel);
-
-    let maps = LbMaps::from_handles(handles)
+    let maps = LbMaps::new(set)
         .map_err(|source| LoadError::Bpf { op: "mapping load-balancer tables".into(), source })?;
     cfg.ns_per_jiffy = ns_per_jiffy();
     cfg.magic = XDPG_LB_MAGIC;
@@ -419,4 +350,4 @@ fn classify_load_error(e: libbpf_rs::Error) -> LoadError {
 }
 
 // Keep the stats value layouts honest for sum_percpu.
-const _: () = assert!(size_of::<xdpg_lb_vip_stats>() % 8 == 0 && size_of::<xdpg_counter>() % 8 == 0);
+const _: () = assert!(size_of::<xdpg_lb_vip_stats>() % 8 == 0);

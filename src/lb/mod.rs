@@ -12,7 +12,7 @@ mod stats;
 mod types;
 
 use std::net::IpAddr;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::BorrowedFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Mutex, MutexGuard};
@@ -21,13 +21,13 @@ use std::time::Duration;
 use ipnetwork::IpNetwork;
 use libbpf_rs::{MapCore, MapFlags};
 
-use crate::attach::{self, Attachment, Interface, Link};
+use crate::attach::{Attachment, Interface};
 use crate::error::{AttachError, Error, LbError, LoadError, PinError};
 use crate::layout::consts::*;
 use crate::pin::PinDir;
-use crate::stats::Counter;
+use crate::program::{self, Pinnable, XdpProgram};
 use crate::testrun::TestRun;
-use crate::{sys, AttachMode, XdpAction};
+use crate::AttachMode;
 
 pub use decap::{Decap, DecapBuilder, DecapStats};
 pub use stats::{BackendStats, LbDrops, LbStats, VipStats};
@@ -103,10 +103,20 @@ pub const DEFAULT_NEXT_HOP_CACHE: Duration = Duration::from_millis(100);
 /// ```
 pub struct LoadBalancer {
     maps: LbMaps,
-    program: OwnedFd,
-    links: Mutex<Vec<Link>>,
-    pin: Option<PinDir>,
+    program: XdpProgram,
     state: Mutex<LbState>,
+}
+
+impl Pinnable for LoadBalancer {
+    fn program(&self) -> &XdpProgram {
+        &self.program
+    }
+    fn program_mut(&mut self) -> &mut XdpProgram {
+        &mut self.program
+    }
+    fn pin_maps(&self, dir: &PinDir) -> Result<(), PinError> {
+        self.maps.set.pin_all(dir)
+    }
 }
 
 impl std::fmt::Debug for LoadBalancer {
@@ -326,11 +336,8 @@ impl LoadBalancerBuilder {
             }
             .into());
         }
-        let pin = match &self.pin {
-            Some(p) => Some(PinDir::create(p, maps::KIND, maps::MARKER)?),
-            None => None,
-        };
-        let result = (|| {
+        let interfaces: &[Interface] = if attach { &self.interfaces } else { &[] };
+        program::create(self.pin.as_deref(), maps::KIND, maps::MARKER, interfaces, self.mode, || {
             let (interval, burst) = self.new_flow_limit.gcra();
             let tick = maps::ns_per_jiffy();
             let cfg = xdpg_lb_config {
@@ -351,46 +358,21 @@ impl LoadBalancerBuilder {
                 nat_connections: self.nat_connections.unwrap_or(self.connections),
                 devices: self.max_interfaces,
             };
-            let (maps, program) = maps::load(cap, cfg)?;
+            let (maps, fd) = maps::load(cap, cfg)?;
             let lb = LoadBalancer {
                 maps,
-                program,
-                links: Mutex::new(Vec::new()),
-                pin: None,
+                program: XdpProgram::new(fd, maps::PROGRAM_NAME),
                 state: Mutex::new(LbState::default()),
             };
             for prefix in &self.ipip_sources {
                 lb.set_ipip_source(*prefix)?;
             }
+            // Every interface it runs on can also be an egress.
             for iface in self.redirect.iter().chain(&self.interfaces) {
                 lb.add_redirect_interface(iface.clone())?;
             }
-            if attach {
-                let mut links = Vec::new();
-                for iface in &self.interfaces {
-                    links.push(attach::attach(lb.program.as_fd(), iface, self.mode)?);
-                }
-                *lb.links.lock().expect("not poisoned") = links;
-            }
-            Ok::<_, Error>(lb)
-        })();
-        let mut lb = match result {
-            Ok(lb) => lb,
-            Err(e) => {
-                if let Some(dir) = &pin {
-                    let _ = dir.remove_all();
-                }
-                return Err(e);
-            }
-        };
-        if let Some(dir) = pin {
-            if let Err(e) = lb.pin_everything(&dir) {
-                let _ = dir.remove_all();
-                return Err(e.into());
-            }
-            lb.pin = Some(dir);
-        }
-        Ok(lb)
+            Ok(lb)
+        })
     }
 }
 
@@ -453,15 +435,6 @@ impl LoadBalancer {
         LoadBalancerBuilder::default()
     }
 
-    fn pin_everything(&mut self, dir: &PinDir) -> Result<(), PinError> {
-        self.maps.pin_all(dir)?;
-        dir.pin(maps::PROGRAM_NAME, self.program.as_fd())?;
-        for link in self.links.lock().expect("not poisoned").iter() {
-            dir.pin(&PinDir::link_name(link.attachment.ifindex, &link.attachment.interface), link.fd.as_fd())?;
-        }
-        Ok(())
-    }
-
     /// Reopens a load balancer pinned under `dir`, with its VIPs, backends,
     /// connections and counters, still attached wherever it was.
     pub fn open_pinned(dir: impl AsRef<Path>) -> Result<LoadBalancer, Error> {
@@ -471,25 +444,7 @@ impl LoadBalancer {
         }
         let _lock = dir.lock()?;
         let maps = LbMaps::open_pinned(&dir)?;
-        let prog_path = dir.join(maps::PROGRAM_NAME);
-        let program = sys::obj_get(&prog_path)
-            .map_err(|source| PinError::Io { op: "opening pinned program", path: prog_path, source })?;
-        let mut links = Vec::new();
-        for (name, path) in dir.links()? {
-            let fd = sys::obj_get(&path).map_err(|source| PinError::Io { op: "opening pinned link", path, source })?;
-            match attach::link_attachment(&fd) {
-                Ok(Some(mut attachment)) => {
-                    // Another process may reopen from another namespace:
-                    // the name recorded in the pin is the one that counts.
-                    if let Some(recorded) = PinDir::link_ifname(&name) {
-                        attachment.interface = recorded.to_owned();
-                    }
-                    links.push(Link { fd, attachment })
-                }
-                // Its interface is gone: the link is dead, drop the pin.
-                _ => dir.unpin(&name)?,
-            }
-        }
+        let program = XdpProgram::open_pinned(dir.clone(), maps::PROGRAM_NAME)?;
         let mut state = LbState::load(&maps)?;
         if maps.dirty().load(Ordering::Acquire) != 0 {
             // A process died mid-edit: republish every table from the
@@ -500,7 +455,7 @@ impl LoadBalancer {
             }
             maps.dirty().store(0, Ordering::Release);
         }
-        Ok(LoadBalancer { maps, program, links: Mutex::new(links), pin: Some(dir), state: Mutex::new(state) })
+        Ok(LoadBalancer { maps, program, state: Mutex::new(state) })
     }
 
     // ---- VIPs ---------------------------------------------------------
@@ -1018,10 +973,9 @@ impl LoadBalancer {
         slots
             .into_iter()
             .map(|(addr, slot)| {
-                let c = self.maps.backend_stats(slot.id)?;
                 Ok(BackendStats {
                     backend: Backend { addr, weight: slot.weight },
-                    traffic: Counter { packets: c.packets, bytes: c.bytes },
+                    traffic: self.maps.backend_stats(slot.id)?,
                 })
             })
             .collect()
@@ -1060,39 +1014,17 @@ impl LoadBalancer {
     pub fn attach(&self, iface: impl Into<Interface>, mode: AttachMode) -> Result<Attachment, Error> {
         let iface = iface.into();
         self.add_redirect_interface(iface.clone())?;
-        let link = attach::attach(self.program.as_fd(), &iface, mode)?;
-        let attachment = link.attachment.clone();
-        if let Some(dir) = &self.pin {
-            dir.pin(&PinDir::link_name(attachment.ifindex, &attachment.interface), link.fd.as_fd())?;
-        }
-        self.links.lock().expect("not poisoned").push(link);
-        Ok(attachment)
+        self.program.attach(&iface, mode)
     }
 
     /// Detaches from one interface (it stays a redirect target).
     pub fn detach(&self, iface: impl Into<Interface>) -> Result<(), Error> {
-        let iface = iface.into();
-        let (ifindex, _) = iface.resolve()?;
-        let mut links = self.links.lock().expect("not poisoned");
-        let Some(pos) = links.iter().position(|l| l.attachment.ifindex == ifindex) else {
-            return Err(AttachError::InterfaceNotFound { interface: format!("{iface} (not attached to it)") }.into());
-        };
-        let link = links.remove(pos);
-        self.drop_link(link)
-    }
-
-    fn drop_link(&self, link: Link) -> Result<(), Error> {
-        sys::link_detach(link.fd.as_fd())
-            .map_err(|source| AttachError::Bpf { interface: link.attachment.interface.clone(), source })?;
-        if let Some(dir) = &self.pin {
-            dir.unpin(&PinDir::link_name(link.attachment.ifindex, &link.attachment.interface))?;
-        }
-        Ok(())
+        self.program.detach(&iface.into())
     }
 
     /// The interfaces the LB is attached to.
     pub fn attachments(&self) -> Vec<Attachment> {
-        self.links.lock().expect("not poisoned").iter().map(|l| l.attachment.clone()).collect()
+        self.program.attachments()
     }
 
     /// Lets the LB send packets out of `iface` (`XDP_REDIRECT` through its
@@ -1136,25 +1068,18 @@ impl LoadBalancer {
 
     /// The pin directory, if pinned.
     pub fn pin_path(&self) -> Option<&Path> {
-        self.pin.as_ref().map(|d| d.path())
+        self.program.pin_path()
     }
 
     /// Detaches from every interface and removes every pin.
     pub fn unpin(self) -> Result<(), Error> {
-        let links = std::mem::take(&mut *self.links.lock().expect("not poisoned"));
-        for link in links {
-            self.drop_link(link)?;
-        }
-        if let Some(dir) = &self.pin {
-            dir.remove_all()?;
-        }
-        Ok(())
+        self.program.unpin()
     }
 
     /// The LB program's fd: attach it elsewhere, or chain it behind a
     /// filter with [`Filter::set_next`](crate::Filter::set_next).
     pub fn program_fd(&self) -> BorrowedFd<'_> {
-        self.program.as_fd()
+        self.program.fd()
     }
 
     /// The capacities the LB was loaded with: (VIPs, backends, connections).
@@ -1165,7 +1090,7 @@ impl LoadBalancer {
 
     /// Kernel memory charged to the LB's maps, in bytes.
     pub fn map_memory_bytes(&self) -> u64 {
-        self.maps.memlock_bytes()
+        self.maps.set.memlock_bytes()
     }
 
     /// Runs the real LB program, with its live maps, on one Ethernet frame
@@ -1184,29 +1109,13 @@ impl LoadBalancer {
     }
 
     fn run(&self, frame: &[u8], ingress: Option<u32>) -> Result<TestRun, Error> {
-        let out = match ingress {
-            None => sys::prog_test_run(self.program.as_fd(), frame, None, 1, 0),
-            Some(ifindex) => {
-                // struct xdp_md: data, data_end, data_meta, ingress_ifindex,
-                // rx_queue_index, egress_ifindex.
-                let mut ctx = [0u8; 24];
-                ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
-                ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
-                sys::prog_test_run(self.program.as_fd(), frame, Some(&mut ctx), 1, 0)
-            }
-        }
-        .map_err(|source| LoadError::Bpf { op: "BPF_PROG_TEST_RUN".into(), source })?;
-        Ok(TestRun {
-            action: XdpAction::from(out.retval),
-            frame: out.data_out,
-            duration: Duration::from_nanos(u64::from(out.duration_ns)),
-        })
+        self.program.test_run(frame, ingress)
     }
 
     // ---- locking ------------------------------------------------------
 
     fn lock_pin(&self) -> Result<Option<nix::fcntl::Flock<std::fs::File>>, LbError> {
-        self.pin.as_ref().map(|d| d.lock()).transpose().map_err(|e| LbError::Map {
+        self.program.lock().map_err(|e| LbError::Map {
             op: "locking the pin directory".into(),
             source: std::io::Error::other(e.to_string()),
             hint: "another process holds the lock; wait for it, or check the pin directory's permissions",

@@ -1,7 +1,7 @@
 //! Load-balancer counter snapshots. The data plane keeps one slot per CPU
 //! (no atomics on the hot path); these are the sums.
 
-use super::layout::{xdpg_counter, xdpg_lb_vip_stats};
+use super::layout::xdpg_lb_vip_stats;
 use super::types::{Backend, BackendAddr};
 use crate::layout::consts::*;
 use crate::stats::Counter;
@@ -124,11 +124,8 @@ pub struct LbStats {
 }
 
 impl LbStats {
-    pub(crate) fn from_raw(c: &[xdpg_counter]) -> Self {
-        let g = |i: u32| {
-            let x = c[i as usize];
-            Counter { packets: x.packets, bytes: x.bytes }
-        };
+    pub(crate) fn from_raw(c: &[Counter]) -> Self {
+        let g = |i: u32| c[i as usize];
         LbStats {
             drops: LbDrops {
                 no_backend: g(XDPG_LB_DROP_NO_BACKEND),
@@ -236,9 +233,8 @@ mod tests {
 
     #[test]
     fn rows_cover_every_counter_once() {
-        let raw: Vec<xdpg_counter> = (0..XDPG_LB_COUNTER_COUNT)
-            .map(|i| xdpg_counter { packets: u64::from(i) + 1, bytes: 0 })
-            .collect();
+        let raw: Vec<Counter> =
+            (0..XDPG_LB_COUNTER_COUNT).map(|i| Counter { packets: u64::from(i) + 1, bytes: 0 }).collect();
         let s = LbStats::from_raw(&raw);
         let rows = s.rows();
         assert_eq!(rows.len(), XDPG_LB_COUNTER_COUNT as usize);

@@ -1,0 +1,197 @@
+//! A loaded XDP program, the interfaces it is attached to, and (when pinned)
+//! its pin directory. [`Filter`](crate::Filter),
+//! [`LoadBalancer`](crate::LoadBalancer) and [`Decap`](crate::Decap) each
+//! hold one; what differs between them is their maps.
+
+use std::fs::File;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use nix::fcntl::Flock;
+
+use crate::attach::{self, Attachment, Interface, Link};
+use crate::error::{AttachError, Error, LoadError, PinError};
+use crate::pin::PinDir;
+use crate::sys;
+use crate::testrun::{TestRun, XdpAction};
+use crate::AttachMode;
+
+pub(crate) struct XdpProgram {
+    fd: OwnedFd,
+    /// The program's pin name, e.g. `xdpg_filter`.
+    name: &'static str,
+    links: Mutex<Vec<Link>>,
+    pin: Option<PinDir>,
+}
+
+/// An object built around an [`XdpProgram`] that can be pinned.
+pub(crate) trait Pinnable {
+    fn program(&self) -> &XdpProgram;
+    fn program_mut(&mut self) -> &mut XdpProgram;
+    /// Pins the object's maps in `dir`.
+    fn pin_maps(&self, dir: &PinDir) -> Result<(), PinError>;
+}
+
+/// Builds an object with `make`, attaches it to `interfaces` and pins it
+/// under `pin`. If any step fails, nothing is left attached or pinned.
+pub(crate) fn create<T: Pinnable>(
+    pin: Option<&Path>,
+    kind: &'static str,
+    marker: &str,
+    interfaces: &[Interface],
+    mode: AttachMode,
+    make: impl FnOnce() -> Result<T, Error>,
+) -> Result<T, Error> {
+    let dir = pin.map(|p| PinDir::create(p, kind, marker)).transpose()?;
+    let built = make().and_then(|obj| {
+        for iface in interfaces {
+            obj.program().attach(iface, mode)?;
+        }
+        Ok(obj)
+    });
+    let pinned = built.and_then(|mut obj| {
+        if let Some(dir) = &dir {
+            obj.pin_maps(dir)?;
+            obj.program_mut().pin_to(dir.clone())?;
+        }
+        Ok(obj)
+    });
+    if pinned.is_err() {
+        if let Some(dir) = &dir {
+            let _ = dir.remove_all();
+        }
+    }
+    pinned
+}
+
+impl XdpProgram {
+    pub(crate) fn new(fd: OwnedFd, name: &'static str) -> Self {
+        Self { fd, name, links: Mutex::new(Vec::new()), pin: None }
+    }
+
+    /// Reopens a pinned program and its links. Links whose interface is gone
+    /// are dead: their pins are removed.
+    pub(crate) fn open_pinned(dir: PinDir, name: &'static str) -> Result<Self, Error> {
+        let path = dir.join(name);
+        let fd = sys::obj_get(&path).map_err(|source| PinError::Io { op: "opening pinned program", path, source })?;
+        let mut links = Vec::new();
+        for (pin_name, path) in dir.links()? {
+            let link = sys::obj_get(&path).map_err(|source| PinError::Io { op: "opening pinned link", path, source })?;
+            match attach::link_attachment(&link) {
+                Ok(Some(mut attachment)) => {
+                    // Another process may reopen from another network
+                    // namespace: the name recorded in the pin is the one that counts.
+                    if let Some(recorded) = PinDir::link_ifname(&pin_name) {
+                        attachment.interface = recorded.to_owned();
+                    }
+                    links.push(Link { fd: link, attachment });
+                }
+                _ => dir.unpin(&pin_name)?,
+            }
+        }
+        Ok(Self { fd, name, links: Mutex::new(links), pin: Some(dir) })
+    }
+
+    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    fn links(&self) -> std::sync::MutexGuard<'_, Vec<Link>> {
+        self.links.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Pins the program and its links in `dir`, and pins later links there too.
+    fn pin_to(&mut self, dir: PinDir) -> Result<(), PinError> {
+        dir.pin(self.name, self.fd.as_fd())?;
+        for link in self.links().iter() {
+            dir.pin(&PinDir::link_name(link.attachment.ifindex, &link.attachment.interface), link.fd.as_fd())?;
+        }
+        self.pin = Some(dir);
+        Ok(())
+    }
+
+    pub(crate) fn pin_path(&self) -> Option<&Path> {
+        self.pin.as_ref().map(|d| d.path())
+    }
+
+    /// Takes the pin directory's edit lock (none when not pinned).
+    pub(crate) fn lock(&self) -> Result<Option<Flock<File>>, PinError> {
+        self.pin.as_ref().map(|d| d.lock()).transpose()
+    }
+
+    /// Attaches to one more interface, pinning the link if pinned.
+    pub(crate) fn attach(&self, iface: &Interface, mode: AttachMode) -> Result<Attachment, Error> {
+        let link = attach::attach(self.fd.as_fd(), iface, mode)?;
+        let attachment = link.attachment.clone();
+        if let Some(dir) = &self.pin {
+            dir.pin(&PinDir::link_name(attachment.ifindex, &attachment.interface), link.fd.as_fd())?;
+        }
+        self.links().push(link);
+        Ok(attachment)
+    }
+
+    /// Detaches from one interface, by the name or index it was attached with.
+    pub(crate) fn detach(&self, iface: &Interface) -> Result<(), Error> {
+        let link = {
+            let mut links = self.links();
+            let pos = links.iter().position(|l| match iface {
+                Interface::Name(n) => &l.attachment.interface == n,
+                Interface::Index(i) => l.attachment.ifindex == *i,
+            });
+            let Some(pos) = pos else {
+                return Err(AttachError::InterfaceNotFound { interface: format!("{iface} (not attached to it)") }.into());
+            };
+            links.remove(pos)
+        };
+        self.drop_link(link)
+    }
+
+    fn drop_link(&self, link: Link) -> Result<(), Error> {
+        sys::link_detach(link.fd.as_fd())
+            .map_err(|source| AttachError::Bpf { interface: link.attachment.interface.clone(), source })?;
+        if let Some(dir) = &self.pin {
+            dir.unpin(&PinDir::link_name(link.attachment.ifindex, &link.attachment.interface))?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn attachments(&self) -> Vec<Attachment> {
+        self.links().iter().map(|l| l.attachment.clone()).collect()
+    }
+
+    /// Detaches everywhere and removes every pin of the object.
+    pub(crate) fn unpin(&self) -> Result<(), Error> {
+        let links = std::mem::take(&mut *self.links());
+        for link in links {
+            self.drop_link(link)?;
+        }
+        if let Some(dir) = &self.pin {
+            dir.remove_all()?;
+        }
+        Ok(())
+    }
+
+    /// Runs the program once on `frame` through `BPF_PROG_TEST_RUN`, as if
+    /// received on `ingress` (an interface of the calling thread's network
+    /// namespace) when given.
+    pub(crate) fn test_run(&self, frame: &[u8], ingress: Option<u32>) -> Result<TestRun, Error> {
+        let out = match ingress {
+            None => sys::prog_test_run(self.fd.as_fd(), frame, None, 1, 0),
+            Some(ifindex) => {
+                // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex.
+                let mut ctx = [0u32; 6];
+                ctx[1] = frame.len() as u32;
+                ctx[3] = ifindex;
+                sys::prog_test_run(self.fd.as_fd(), frame, Some(bytemuck::cast_slice_mut(&mut ctx)), 1, 0)
+            }
+        }
+        .map_err(|source| LoadError::Bpf { op: "BPF_PROG_TEST_RUN".into(), source })?;
+        Ok(TestRun {
+            action: XdpAction::from(out.retval),
+            frame: out.data_out,
+            duration: Duration::from_nanos(u64::from(out.duration_ns)),
+        })
+    }
+}
