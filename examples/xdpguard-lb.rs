@@ -18,12 +18,16 @@
 //! ```
 //! A VIP is `ADDR:PORT`, `[V6ADDR]:PORT`, or `ADDR:*` for all ports.
 
+#[path = "common/mod.rs"]
+mod common;
+
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use common::Result;
 use serde_json::{json, Value};
 use xdpguard::{
     AttachMode, BackendAddr, Counter, EchoPolicy, Flow, ForwardingMode, FragmentPolicy, HashInput, IpNetwork,
@@ -238,16 +242,8 @@ enum BackendCommand {
 }
 
 fn main() -> ExitCode {
-    match run(Cli::parse().command) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    common::exit_code(run(Cli::parse().command))
 }
-
-type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
 fn run(command: Command) -> Result<()> {
     match command {
@@ -268,7 +264,7 @@ fn run(command: Command) -> Result<()> {
             netns,
         } => {
             if let Some(name) = netns {
-                enter_netns(&name)?;
+                common::enter_netns(&name)?;
             }
             let mut b = LoadBalancer::builder()
                 .mode(mode)
@@ -291,16 +287,13 @@ fn run(command: Command) -> Result<()> {
                 b = b.ipip_source(p);
             }
             let lb = b.attach()?;
-            for a in lb.attachments() {
-                println!("attached to {} (ifindex {}) in {} mode", a.interface, a.ifindex, a.mode);
-            }
-            println!("pinned at {}; it keeps running after this command exits", pin.pin.display());
+            common::print_attached(&lb.attachments(), &pin.pin);
         }
         Command::Detach { pin } => {
             let lb = LoadBalancer::open_pinned(&pin.pin)?;
-            let names: Vec<String> = lb.attachments().into_iter().map(|a| a.interface).collect();
+            let attachments = lb.attachments();
             lb.unpin()?;
-            println!("detached from [{}] and removed {}", names.join(", "), pin.pin.display());
+            common::print_detached(&attachments, &pin.pin);
         }
         Command::Vip(VipCommand::Add { pin, vip, mode, table_size, hash, no_conntrack }) => {
             let lb = LoadBalancer::open_pinned(&pin.pin)?;
@@ -490,9 +483,7 @@ fn run(command: Command) -> Result<()> {
                     "{}",
                     json!({
                         "pin": pin.pin.display().to_string(),
-                        "attachments": attachments.iter().map(|a| json!({
-                            "interface": a.interface, "ifindex": a.ifindex, "mode": a.mode.to_string(),
-                        })).collect::<Vec<_>>(),
+                        "attachments": attachments.iter().map(common::attachment_json).collect::<Vec<_>>(),
                         "redirect_ifindexes": lb.redirect_interfaces(),
                         "vips": lb.vips()?.len(),
                         "capacity": { "vips": vips, "backends": backends, "connections": connections },
@@ -555,14 +546,4 @@ fn parse_options(s: &str) -> Result<OptionsPolicy> {
         "drop" => OptionsPolicy::Drop,
         _ => return Err(format!("unknown options policy `{s}` (expected forward or drop)").into()),
     })
-}
-
-/// Moves this (single-threaded) process into a named network namespace,
-/// keeping the mount namespace, so bpffs stays visible.
-fn enter_netns(name: &str) -> Result<()> {
-    let path = Path::new("/run/netns").join(name);
-    let file = std::fs::File::open(&path).map_err(|e| format!("network namespace {name}: {e}"))?;
-    nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET)
-        .map_err(|e| format!("entering network namespace {name}: {e}"))?;
-    Ok(())
 }

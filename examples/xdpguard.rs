@@ -13,6 +13,9 @@
 //! xdpguard detach
 //! ```
 
+#[path = "common/mod.rs"]
+mod common;
+
 use std::io::Write;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -20,6 +23,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
+use common::Result;
 use serde_json::json;
 use xdpguard::{AttachMode, Filter, FilterStats, IpNetwork, ListKind, MalformedPolicy, PrefixList, Verdict};
 
@@ -144,22 +148,14 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    match run(Cli::parse().command) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    common::exit_code(run(Cli::parse().command))
 }
-
-type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
 fn run(command: Command) -> Result<()> {
     match command {
         Command::Attach { ifaces, mode, pin, v4_capacity, v6_capacity, drop_malformed, netns } => {
             if let Some(name) = netns {
-                enter_netns(&name)?;
+                common::enter_netns(&name)?;
             }
             let mut b = Filter::builder()
                 .mode(mode)
@@ -171,16 +167,13 @@ fn run(command: Command) -> Result<()> {
                 b = b.interface(i.as_str());
             }
             let filter = b.attach()?;
-            for a in filter.attachments() {
-                println!("attached to {} (ifindex {}) in {} mode", a.interface, a.ifindex, a.mode);
-            }
-            println!("pinned at {}; it keeps running after this command exits", pin.pin.display());
+            common::print_attached(&filter.attachments(), &pin.pin);
         }
         Command::Detach { pin } => {
             let filter = Filter::open_pinned(&pin.pin)?;
-            let names: Vec<String> = filter.attachments().into_iter().map(|a| a.interface).collect();
+            let attachments = filter.attachments();
             filter.unpin()?;
-            println!("detached from [{}] and removed {}", names.join(", "), pin.pin.display());
+            common::print_detached(&attachments, &pin.pin);
         }
         Command::Block(add) => add_entries(ListKind::Block, add)?,
         Command::Allow(add) => add_entries(ListKind::Allow, add)?,
@@ -238,10 +231,7 @@ fn run(command: Command) -> Result<()> {
             let memory = filter.map_memory_bytes();
             let attachments = filter.attachments();
             if json {
-                let ifs: Vec<_> = attachments
-                    .iter()
-                    .map(|a| json!({ "interface": a.interface, "ifindex": a.ifindex, "mode": a.mode.to_string() }))
-                    .collect();
+                let ifs: Vec<_> = attachments.iter().map(common::attachment_json).collect();
                 println!(
                     "{}",
                     json!({
@@ -271,16 +261,6 @@ fn run(command: Command) -> Result<()> {
             }
         }
     }
-    Ok(())
-}
-
-/// Moves this (single-threaded) process into a named network namespace,
-/// keeping the mount namespace, so bpffs stays visible.
-fn enter_netns(name: &str) -> Result<()> {
-    let path = Path::new("/run/netns").join(name);
-    let file = std::fs::File::open(&path).map_err(|e| format!("network namespace {name}: {e}"))?;
-    nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET)
-        .map_err(|e| format!("entering network namespace {name}: {e}"))?;
     Ok(())
 }
 

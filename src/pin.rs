@@ -1,5 +1,5 @@
 //! A bpffs directory holding one xdpguard object's pins: its maps (by their
-//! stable `xdpg_*` names), its program, and one `link_<ifindex>_<ifname>` per
+//! stable `xdpg_*` names), its program, and one `link_<ifindex>_<mode>_<ifname>` per
 //! interface. Edits from several processes are serialised with `flock` on
 //! the directory.
 
@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 
 use nix::fcntl::{Flock, FlockArg};
 
+use crate::attach::Attachment;
 use crate::error::PinError;
+use crate::AttachMode;
 use crate::sys;
 
 const LINK_PREFIX: &str = "link_";
@@ -85,15 +87,18 @@ impl PinDir {
         sys::obj_pin(fd, &p).map_err(io_err("pinning", &p))
     }
 
-    /// `link_<ifindex>_<ifname>`: the name is recorded because another
-    /// process may reopen the pins from a different network namespace.
-    pub(crate) fn link_name(ifindex: u32, ifname: &str) -> String {
-        format!("{LINK_PREFIX}{ifindex}_{ifname}")
+    /// `link_<ifindex>_<mode>_<ifname>`: the mode and name are recorded
+    /// because another process may reopen the pins from another network
+    /// namespace, where the index means nothing.
+    pub(crate) fn link_name(attachment: &Attachment) -> String {
+        format!("{LINK_PREFIX}{}_{}_{}", attachment.ifindex, attachment.mode, attachment.interface)
     }
 
-    /// The interface name recorded in a link pin's name.
-    pub(crate) fn link_ifname(pin_name: &str) -> Option<&str> {
-        pin_name.strip_prefix(LINK_PREFIX)?.split_once('_').map(|(_, name)| name)
+    /// The (mode, interface name) recorded in a link pin's name.
+    pub(crate) fn link_recorded(pin_name: &str) -> Option<(AttachMode, &str)> {
+        let rest = pin_name.strip_prefix(LINK_PREFIX)?.split_once('_')?.1;
+        let (mode, name) = rest.split_once('_')?;
+        Some((mode.parse().ok()?, name))
     }
 
     /// The pinned links, as (file name, path).
@@ -141,4 +146,21 @@ fn list(path: &Path) -> Result<Vec<String>, PinError> {
         .collect();
     names.sort();
     Ok(names)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn link_pins_record_mode_and_name() {
+        for (mode, name) in [(AttachMode::Generic, "eth0"), (AttachMode::Native, "veth_lb_1"), (AttachMode::Offload, "x")] {
+            let a = Attachment { ifindex: 42, interface: name.into(), mode };
+            let pin = PinDir::link_name(&a);
+            assert!(pin.starts_with("link_42_"), "{pin}");
+            assert_eq!(PinDir::link_recorded(&pin), Some((mode, name)));
+        }
+        assert_eq!(PinDir::link_recorded("link_3"), None);
+        assert_eq!(PinDir::link_recorded("xdpg_filter_cfg"), None);
+    }
 }

@@ -81,10 +81,11 @@ impl XdpProgram {
             let link = sys::obj_get(&path).map_err(|source| PinError::Io { op: "opening pinned link", path, source })?;
             match attach::link_attachment(&link) {
                 Ok(Some(mut attachment)) => {
-                    // Another process may reopen from another network
-                    // namespace: the name recorded in the pin is the one that counts.
-                    if let Some(recorded) = PinDir::link_ifname(&pin_name) {
-                        attachment.interface = recorded.to_owned();
+                    // This process may be in another network namespace than
+                    // the one that attached: what the pin recorded counts.
+                    if let Some((mode, name)) = PinDir::link_recorded(&pin_name) {
+                        attachment.mode = mode;
+                        attachment.interface = name.to_owned();
                     }
                     links.push(Link { fd: link, attachment });
                 }
@@ -106,7 +107,7 @@ impl XdpProgram {
     fn pin_to(&mut self, dir: PinDir) -> Result<(), PinError> {
         dir.pin(self.name, self.fd.as_fd())?;
         for link in self.links().iter() {
-            dir.pin(&PinDir::link_name(link.attachment.ifindex, &link.attachment.interface), link.fd.as_fd())?;
+            dir.pin(&PinDir::link_name(&link.attachment), link.fd.as_fd())?;
         }
         self.pin = Some(dir);
         Ok(())
@@ -126,7 +127,7 @@ impl XdpProgram {
         let link = attach::attach(self.fd.as_fd(), iface, mode)?;
         let attachment = link.attachment.clone();
         if let Some(dir) = &self.pin {
-            dir.pin(&PinDir::link_name(attachment.ifindex, &attachment.interface), link.fd.as_fd())?;
+            dir.pin(&PinDir::link_name(&attachment), link.fd.as_fd())?;
         }
         self.links().push(link);
         Ok(attachment)
@@ -152,7 +153,7 @@ impl XdpProgram {
         sys::link_detach(link.fd.as_fd())
             .map_err(|source| AttachError::Bpf { interface: link.attachment.interface.clone(), source })?;
         if let Some(dir) = &self.pin {
-            dir.unpin(&PinDir::link_name(link.attachment.ifindex, &link.attachment.interface))?;
+            dir.unpin(&PinDir::link_name(&link.attachment))?;
         }
         Ok(())
     }

@@ -3,20 +3,25 @@
 //! source addresses per family. Needs root; fails (never skips) without it.
 
 mod common {
+    pub mod lb_topology;
     pub mod netns;
+    pub mod scratch;
+    pub mod udp_echo;
 }
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::os::fd::AsRawFd;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::net::{IpAddr, SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use common::lb_topology::connect_from;
 use common::netns::*;
+use common::scratch::ScratchDir;
+use common::udp_echo::{udp_echo_reaches, UdpEcho};
 use xdpguard::{AttachMode, Error, Filter, FilterStats, IpNetwork};
 
 const UDP_PORT: u16 = 7000;
@@ -42,43 +47,29 @@ struct Seen {
 /// A UDP echo server and a TCP server (writes "ok" and closes) on all of the
 /// server namespace's addresses, recording every source they see.
 struct Listeners {
+    udp: UdpEcho,
     stop: Arc<AtomicBool>,
-    seen: Arc<Mutex<HashMap<IpAddr, Seen>>>,
-    threads: Vec<JoinHandle<()>>,
+    tcp_seen: Arc<Mutex<HashMap<IpAddr, u64>>>,
+    tcp: Option<JoinHandle<()>>,
 }
 
 impl Listeners {
     fn start(ns: &NetNs) -> Listeners {
+        let udp = UdpEcho::start(ns, UDP_PORT);
         let stop = Arc::new(AtomicBool::new(false));
-        let seen: Arc<Mutex<HashMap<IpAddr, Seen>>> = Arc::default();
-        // Bind before returning, so no probe can race the listeners.
+        let tcp_seen: Arc<Mutex<HashMap<IpAddr, u64>>> = Arc::default();
+        // Bind before returning, so no probe can race the listener.
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let udp = {
-            let (stop, seen, ready) = (stop.clone(), seen.clone(), ready_tx.clone());
-            ns.spawn(move || {
-                // [::] is dual-stack: IPv4 clients arrive as ::ffff:a.b.c.d.
-                let sock = UdpSocket::bind(("::", UDP_PORT)).expect("bind udp");
-                sock.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
-                ready.send(()).unwrap();
-                let mut buf = [0u8; 2048];
-                while !stop.load(Ordering::Relaxed) {
-                    if let Ok((n, from)) = sock.recv_from(&mut buf) {
-                        seen.lock().unwrap().entry(from.ip().to_canonical()).or_default().udp += 1;
-                        let _ = sock.send_to(&buf[..n], from);
-                    }
-                }
-            })
-        };
         let tcp = {
-            let (stop, seen, ready) = (stop.clone(), seen.clone(), ready_tx);
+            let (stop, seen) = (stop.clone(), tcp_seen.clone());
             ns.spawn(move || {
                 let listener = TcpListener::bind(("::", TCP_PORT)).expect("bind tcp");
                 listener.set_nonblocking(true).unwrap();
-                ready.send(()).unwrap();
+                ready_tx.send(()).unwrap();
                 while !stop.load(Ordering::Relaxed) {
                     match listener.accept() {
                         Ok((mut conn, from)) => {
-                            seen.lock().unwrap().entry(from.ip().to_canonical()).or_default().tcp += 1;
+                            *seen.lock().unwrap().entry(from.ip().to_canonical()).or_default() += 1;
                             let _ = conn.write_all(b"ok\n");
                         }
                         Err(_) => std::thread::sleep(Duration::from_millis(5)),
@@ -87,19 +78,19 @@ impl Listeners {
             })
         };
         ready_rx.recv().unwrap();
-        ready_rx.recv().unwrap();
-        Listeners { stop, seen, threads: vec![udp, tcp] }
+        Listeners { udp, stop, tcp_seen, tcp: Some(tcp) }
     }
 
     fn seen(&self, src: IpAddr) -> Seen {
-        self.seen.lock().unwrap().get(&src).copied().unwrap_or_default()
+        let tcp = self.tcp_seen.lock().unwrap().get(&src).copied().unwrap_or_default();
+        Seen { udp: self.udp.seen(src), tcp }
     }
 }
 
 impl Drop for Listeners {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        for t in self.threads.drain(..) {
+        if let Some(t) = self.tcp.take() {
             let _ = t.join();
         }
     }
@@ -123,21 +114,14 @@ struct Bed {
     pair: Pair,
 }
 
-fn static_neighbours(ns: &NetNs, dev: &str, addrs: &[&str], mac: [u8; 6]) {
-    let mac = mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
-    for a in addrs {
-        ns.ip(&["neigh", "replace", a, "lladdr", &mac, "dev", dev, "nud", "permanent"]);
-    }
-}
-
 impl Bed {
     fn new(tag: &str) -> Bed {
         ensure_bpffs();
         let pair = Pair::new(tag);
         pair.client.addr("eth0", &format!("{CLIENT_B4}/24"));
         pair.client.addr("eth0", &format!("{CLIENT_B6}/64"));
-        static_neighbours(&pair.server, "eth0", &[CLIENT_A4, CLIENT_B4, CLIENT_A6, CLIENT_B6], pair.client.mac("eth0"));
-        static_neighbours(&pair.client, "eth0", &[SERVER4, SERVER6], pair.server.mac("eth0"));
+        pair.server.static_neighbours("eth0", &[CLIENT_A4, CLIENT_B4, CLIENT_A6, CLIENT_B6], pair.client.mac("eth0"));
+        pair.client.static_neighbours("eth0", &[SERVER4, SERVER6], pair.server.mac("eth0"));
         let listeners = Listeners::start(&pair.server);
         Bed { listeners, pair }
     }
@@ -148,8 +132,8 @@ impl Bed {
         veth(c, "eth1", s, "eth1");
         c.addr("eth1", "198.51.100.1/24");
         s.addr("eth1", "198.51.100.2/24");
-        static_neighbours(s, "eth1", &["198.51.100.1"], c.mac("eth1"));
-        static_neighbours(c, "eth1", &["198.51.100.2"], s.mac("eth1"));
+        s.static_neighbours("eth1", &["198.51.100.1"], c.mac("eth1"));
+        c.static_neighbours("eth1", &["198.51.100.2"], s.mac("eth1"));
     }
 
     fn server_addr(src: IpAddr) -> IpAddr {
@@ -164,31 +148,14 @@ impl Bed {
     /// `wait` for its echo); true when any echo came back.
     fn udp(&self, src: IpAddr, tries: u32, wait: Duration) -> bool {
         let dst = SocketAddr::new(Self::server_addr(src), UDP_PORT);
-        self.pair.client.run(move || {
-            let sock = UdpSocket::bind(SocketAddr::new(src, 0)).expect("bind client udp");
-            sock.set_read_timeout(Some(wait)).unwrap();
-            let mut buf = [0u8; 64];
-            for i in 0..tries {
-                let token = format!("probe-{src}-{i}");
-                sock.send_to(token.as_bytes(), dst).expect("send");
-                let deadline = Instant::now() + wait;
-                while Instant::now() < deadline {
-                    match sock.recv_from(&mut buf) {
-                        Ok((n, _)) if &buf[..n] == token.as_bytes() => return true,
-                        Ok(_) => continue, // a late echo of an earlier try
-                        Err(_) => break,
-                    }
-                }
-            }
-            false
-        })
+        self.pair.client.run(move || udp_echo_reaches(src, dst, tries, wait))
     }
 
     /// One TCP connection attempt from `src`; true when the server's "ok"
     /// arrived.
     fn tcp(&self, src: IpAddr, timeout: Duration) -> bool {
         let dst = SocketAddr::new(Self::server_addr(src), TCP_PORT);
-        self.pair.client.run(move || match tcp_connect(src, dst, timeout) {
+        self.pair.client.run(move || match connect_from(SocketAddr::new(src, 0), dst, timeout) {
             Ok(mut stream) => {
                 stream.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
                 let mut s = String::new();
@@ -238,53 +205,6 @@ impl Bed {
         let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
         let id = v[0]["xdp"]["prog"]["id"].as_u64().or_else(|| v[0]["xdp"]["attached"][0]["prog"]["id"].as_u64());
         Some((flag, id.unwrap_or_else(|| panic!("no program id in {v}"))))
-    }
-}
-
-fn tcp_connect(src: IpAddr, dst: SocketAddr, timeout: Duration) -> std::io::Result<TcpStream> {
-    use nix::sys::socket::{
-        bind, connect, setsockopt, socket, sockopt, AddressFamily, SockFlag, SockType, SockaddrStorage,
-    };
-    use nix::sys::time::TimeVal;
-    let family = if src.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
-    let fd = socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
-    // On Linux SO_SNDTIMEO also bounds a blocking connect().
-    let tv = TimeVal::new(timeout.as_secs() as _, timeout.subsec_micros() as _);
-    setsockopt(&fd, sockopt::SendTimeout, &tv)?;
-    bind(fd.as_raw_fd(), &SockaddrStorage::from(SocketAddr::new(src, 0)))?;
-    connect(fd.as_raw_fd(), &SockaddrStorage::from(dst))?;
-    Ok(TcpStream::from(fd))
-}
-
-// --- pin directories --------------------------------------------------------
-
-static PIN_COUNTER: AtomicU32 = AtomicU32::new(0);
-
-/// A unique pin directory under /sys/fs/bpf, removed (with whatever is
-/// pinned in it) when the guard drops, also when a test panics.
-struct PinGuard(PathBuf);
-
-impl PinGuard {
-    fn new() -> PinGuard {
-        ensure_bpffs();
-        let n = PIN_COUNTER.fetch_add(1, Ordering::Relaxed);
-        PinGuard(PathBuf::from(format!("/sys/fs/bpf/xdpg-test-{}-e2e{n}", std::process::id())))
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for PinGuard {
-    fn drop(&mut self) {
-        if let Ok(entries) = std::fs::read_dir(&self.0) {
-            for e in entries.flatten() {
-                let p = e.path();
-                let _ = std::fs::remove_file(&p).or_else(|_| std::fs::remove_dir_all(&p));
-            }
-        }
-        let _ = std::fs::remove_dir(&self.0);
     }
 }
 
@@ -457,7 +377,7 @@ fn dropping_an_unpinned_filter_leaves_the_interface_clean() {
 #[test]
 fn pinned_filter_outlives_its_handle_and_reopens_with_the_same_state() {
     let bed = Bed::new("e2ep");
-    let pin = PinGuard::new();
+    let pin = ScratchDir::bpffs("e2e");
     let filter = attach_on(&bed.pair.server, &["eth0"], AttachMode::Native, Some(pin.path().to_owned()));
     assert_eq!(filter.pin_path(), Some(pin.path()));
     filter.blocklist().extend([net("192.0.2.0/24"), net("2001:db8::/64"), net("203.0.113.0/24")]).unwrap();
@@ -522,10 +442,9 @@ fn pinned_filter_outlives_its_handle_and_reopens_with_the_same_state() {
 #[test]
 fn unpin_straight_after_attach_removes_everything() {
     let bed = Bed::new("e2ex");
-    let pin = PinGuard::new();
+    let pin = ScratchDir::bpffs("e2e");
     let filter = attach_on(&bed.pair.server, &["eth0"], AttachMode::Generic, Some(pin.path().to_owned()));
-    let pinned: Vec<String> =
-        std::fs::read_dir(pin.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let pinned = pin.names();
     assert!(pinned.iter().any(|n| n == "xdpg_filter"), "program pinned: {pinned:?}");
     assert!(pinned.iter().any(|n| n.starts_with("link_")), "link pinned: {pinned:?}");
     assert!(pinned.iter().filter(|n| n.starts_with("xdpg_")).count() >= 10, "maps pinned: {pinned:?}");

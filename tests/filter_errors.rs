@@ -4,14 +4,15 @@
 
 mod common {
     pub mod netns;
+    pub mod packets;
+    pub mod scratch;
 }
 
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicU32, Ordering};
 
 use common::netns::*;
+use common::scratch::ScratchDir;
 use xdpguard::{
     parse_list, parse_prefix, AttachError, AttachMode, Error, Filter, IpNetwork, ListError, LoadError, PinError,
     XdpAction,
@@ -25,64 +26,9 @@ fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
 
-static PIN_COUNTER: AtomicU32 = AtomicU32::new(0);
-
-/// A unique directory (under /sys/fs/bpf unless told otherwise), removed
-/// with its contents on drop, also when a test panics.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn bpffs() -> TempDir {
-        ensure_bpffs();
-        Self::under("/sys/fs/bpf")
-    }
-
-    fn under(base: &str) -> TempDir {
-        let n = PIN_COUNTER.fetch_add(1, Ordering::Relaxed);
-        TempDir(PathBuf::from(format!("{base}/xdpg-test-{}-err{n}", std::process::id())))
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-
-    fn names(&self) -> Vec<String> {
-        let mut v: Vec<String> = std::fs::read_dir(&self.0)
-            .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
-            .unwrap_or_default();
-        v.sort();
-        v
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        if let Ok(entries) = std::fs::read_dir(&self.0) {
-            for e in entries.flatten() {
-                let p = e.path();
-                let _ = std::fs::remove_file(&p).or_else(|_| std::fs::remove_dir_all(&p));
-            }
-        }
-        let _ = std::fs::remove_dir(&self.0);
-    }
-}
-
-/// A UDP frame from `src` to the server, for `Filter::test_run`.
-fn frame(src: IpAddr) -> Vec<u8> {
-    let b = etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]);
-    let mut out = Vec::new();
-    match src {
-        IpAddr::V4(a) => b.ipv4(a.octets(), [192, 0, 2, 2], 64).udp(40000, 7000).write(&mut out, b"x").unwrap(),
-        IpAddr::V6(a) => {
-            let dst: std::net::Ipv6Addr = "2001:db8::2".parse().unwrap();
-            b.ipv6(a.octets(), dst.octets(), 64).udp(40000, 7000).write(&mut out, b"x").unwrap()
-        }
-    }
-    out
-}
-
+/// What the filter does with a UDP frame from `src`.
 fn action(f: &Filter, src: &str) -> XdpAction {
-    f.test_run(&frame(ip(src))).expect("test_run").action
+    f.test_run(&common::packets::udp_from(ip(src)).bytes).expect("test_run").action
 }
 
 fn xdp_attached(ns: &NetNs, dev: &str) -> bool {
@@ -98,7 +44,7 @@ fn assert_mentions(text: &str, words: &[&str]) {
 #[test]
 fn missing_interface_is_typed_and_leaves_nothing_behind() {
     let pair = Pair::new("erri");
-    let pin = TempDir::bpffs();
+    let pin = ScratchDir::bpffs("err");
     let p = pin.path().to_owned();
     let err = pair.server.run(move || Filter::builder().interface("nope0").pin(p).attach()).unwrap_err();
     let Error::Attach(AttachError::InterfaceNotFound { interface }) = &err else { panic!("wrong error: {err:?}") };
@@ -284,7 +230,7 @@ fn attaching_twice_is_typed_and_the_first_filter_keeps_working() {
         v[0]["xdp"]["prog"]["id"].as_u64().expect("prog id")
     };
 
-    let pin = TempDir::bpffs();
+    let pin = ScratchDir::bpffs("err");
     for mode in [AttachMode::Native, AttachMode::Auto, AttachMode::Generic] {
         let p = pin.path().to_owned();
         let err = pair
@@ -324,7 +270,7 @@ fn attaching_twice_is_typed_and_the_first_filter_keeps_working() {
 
 #[test]
 fn a_pin_directory_off_bpffs_is_typed() {
-    let dir = TempDir::under("/tmp");
+    let dir = ScratchDir::new("/tmp", "err");
     let target = dir.path().join("pins");
     let t = target.clone();
     let err = Filter::builder().v4_capacity(64).pin(t).load().unwrap_err();
@@ -340,7 +286,7 @@ fn a_pin_directory_off_bpffs_is_typed() {
 
 #[test]
 fn a_pin_directory_in_use_is_typed_and_left_alone() {
-    let pin = TempDir::bpffs();
+    let pin = ScratchDir::bpffs("err");
     let first = Filter::builder().v4_capacity(64).pin(pin.path()).load().expect("first");
     first.blocklist().insert(net("203.0.113.0/24")).unwrap();
     let names = pin.names();
@@ -360,7 +306,7 @@ fn a_pin_directory_in_use_is_typed_and_left_alone() {
 #[test]
 fn a_bpffs_directory_holding_something_else_is_not_ours() {
     // A foreign pinned map.
-    let pin = TempDir::bpffs();
+    let pin = ScratchDir::bpffs("err");
     std::fs::create_dir_all(pin.path()).unwrap();
     let foreign = pin.path().join("other_map");
     run(Command::new("bpftool").args(["map", "create"]).arg(&foreign).args([
@@ -385,7 +331,7 @@ fn a_bpffs_directory_holding_something_else_is_not_ours() {
     assert!(foreign.exists());
 
     // A plain subdirectory is someone else's too.
-    let pin2 = TempDir::bpffs();
+    let pin2 = ScratchDir::bpffs("err");
     std::fs::create_dir_all(pin2.path().join("somebody")).unwrap();
     let err = Filter::builder().v4_capacity(64).pin(pin2.path()).load().unwrap_err();
     assert!(matches!(&err, Error::Pin(PinError::NotOurs { found, .. }) if found == "somebody"), "{err:?}");
@@ -394,7 +340,7 @@ fn a_bpffs_directory_holding_something_else_is_not_ours() {
 
 #[test]
 fn reopening_a_missing_pin_directory_is_not_found() {
-    let pin = TempDir::bpffs();
+    let pin = ScratchDir::bpffs("err");
     let err = Filter::open_pinned(pin.path()).unwrap_err();
     let Error::Pin(PinError::NotFound { path, kind }) = &err else { panic!("{err:?}") };
     assert_eq!((path.as_path(), *kind), (pin.path(), "filter"));
@@ -409,7 +355,7 @@ fn reopening_a_missing_pin_directory_is_not_found() {
 #[test]
 fn offload_on_veth_is_typed_and_leaves_nothing() {
     let pair = Pair::new("erro");
-    let pin = TempDir::bpffs();
+    let pin = ScratchDir::bpffs("err");
     let p = pin.path().to_owned();
     let err = pair
         .server
@@ -513,7 +459,7 @@ fn missing_privileges_are_named_with_the_fix() {
     }
     // The parent: a namespace with a pinned filter for the child to fail on.
     let pair = Pair::new("errp");
-    let pin = TempDir::bpffs();
+    let pin = ScratchDir::bpffs("err");
     let p = pin.path().to_owned();
     let filter = pair.server.run(move || Filter::builder().interface("eth0").v4_capacity(64).pin(p).attach().unwrap());
     filter.blocklist().insert(net("203.0.113.0/24")).unwrap();

@@ -7,55 +7,20 @@
 //! tests) first. Needs root; fails (never skips) without it.
 
 mod common {
+    pub mod cli;
     pub mod lb_topology;
     pub mod netns;
+    pub mod scratch;
 }
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 use std::time::Duration;
 
+use common::cli::ExampleBinary;
 use common::lb_topology::*;
-use common::netns::ensure_bpffs;
-use serde_json::Value;
+use common::scratch::ScratchDir;
 use xdpguard::{Flow, LoadBalancer, Protocol, Vip};
-
-/// target/<profile>/deps/lb_cli-* -> target/<profile>/examples/xdpguard-lb.
-fn cli_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
-    let bin = profile_dir.join("examples").join("xdpguard-lb");
-    assert!(
-        bin.is_file(),
-        "{} is missing: build the examples first (`cargo build --examples`, or `cargo build --release --examples` \
-         for `cargo test --release`)",
-        bin.display()
-    );
-    bin
-}
-
-fn cli(args: &[&str]) -> Output {
-    let out = Command::new(cli_binary()).args(args).output().expect("run the CLI");
-    eprintln!(
-        "$ xdpguard-lb {}\n{}{}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-fn cli_ok(args: &[&str]) -> String {
-    let out = cli(args);
-    assert!(out.status.success(), "xdpguard-lb {} failed", args.join(" "));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn cli_json(args: &[&str]) -> Value {
-    serde_json::from_str(&cli_ok(args)).expect("valid JSON")
-}
 
 /// `n` connections from the client; answers per backend name.
 fn spread(net: &LbNet, n: usize) -> BTreeMap<String, usize> {
@@ -74,7 +39,7 @@ fn spread(net: &LbNet, n: usize) -> BTreeMap<String, usize> {
 
 #[test]
 fn the_cli_manages_a_pinned_lb() {
-    ensure_bpffs();
+    let pin = ScratchDir::bpffs("lbcli");
     let net = LbNet::new("lcli", 3, BackendKind::VipOnLoopback);
     let _servers: Vec<Servers> = net
         .backends
@@ -82,17 +47,17 @@ fn the_cli_manages_a_pinned_lb() {
         .enumerate()
         .map(|(i, ns)| Servers::start(ns, &format!("b{}", i + 1), 80, vec![IpAddr::V4(VIP_V4)]))
         .collect();
-    let pin = format!("/sys/fs/bpf/xdpg-lbcli-{}", std::process::id());
-    let p = ["--pin", pin.as_str()];
+    let cli = ExampleBinary::new("xdpguard-lb");
+    let p = ["--pin", pin.arg()];
 
-    cli_ok(&["attach", "--iface", "eth0", "--iface", "eth1", "--netns", &net.lb.name, "--connections", "4096", p[0], p[1]]);
+    cli.ok(&["attach", "--iface", "eth0", "--iface", "eth1", "--netns", &net.lb.name, "--connections", "4096", p[0], p[1]]);
     net.warm_neighbours();
     let vip = "203.0.113.10:80";
-    cli_ok(&["vip", "add", vip, "--mode", "dsr", "--table-size", "16381", p[0], p[1]]);
+    cli.ok(&["vip", "add", vip, "--mode", "dsr", "--table-size", "16381", p[0], p[1]]);
     for i in 1..=3 {
-        cli_ok(&["backend", "add", vip, &backend_v4(i).to_string(), p[0], p[1]]);
+        cli.ok(&["backend", "add", vip, &backend_v4(i).to_string(), p[0], p[1]]);
     }
-    let list = cli_json(&["vip", "list", "--json", p[0], p[1]]);
+    let list = cli.json(&["vip", "list", "--json", p[0], p[1]]);
     assert_eq!(list[0]["vip"], "tcp 203.0.113.10:80");
     assert_eq!(list[0]["mode"], "dsr");
     assert_eq!(list[0]["backends"].as_array().unwrap().len(), 3);
@@ -102,47 +67,47 @@ fn the_cli_manages_a_pinned_lb() {
     assert_eq!(m.len(), 3, "all three backends answer: {m:?}");
 
     // `which` predicts what the library (and the kernel) choose.
-    let lb = LoadBalancer::open_pinned(&pin).unwrap();
+    let lb = LoadBalancer::open_pinned(pin.path()).unwrap();
     let v = Vip::tcp(vip.parse().unwrap());
     for port in [40000u16, 40001, 51515] {
         let from = SocketAddr::new(IpAddr::V4(CLIENT_V4), port);
-        let w = cli_json(&["which", vip, "--from", &from.to_string(), "--json", p[0], p[1]]);
+        let w = cli.json(&["which", vip, "--from", &from.to_string(), "--json", p[0], p[1]]);
         let lib = lb.backend_for(&v, &Flow::new(from, vip.parse().unwrap(), Protocol::Tcp)).unwrap().unwrap();
         assert_eq!(w["backend"], lib.to_string());
     }
 
     // Drain b2 from the CLI: new connections avoid it.
-    let out = cli_ok(&["backend", "weight", vip, &backend_v4(2).to_string(), "0", p[0], p[1]]);
+    let out = cli.ok(&["backend", "weight", vip, &backend_v4(2).to_string(), "0", p[0], p[1]]);
     assert!(out.contains("draining"));
     let m = spread(&net, 40);
     assert_eq!(m.get("b2"), None, "{m:?}");
 
-    let stats = cli_json(&["stats", "--json", p[0], p[1]]);
+    let stats = cli.json(&["stats", "--json", p[0], p[1]]);
     assert!(stats["vips"][0]["packets"].as_u64().unwrap() >= 300, "{stats}");
     assert!(stats["vips"][0]["new_flows"].as_u64().unwrap() >= 100);
     assert!(stats["global"]["redirected"]["packets"].as_u64().unwrap() >= 300);
     let b2 = stats["vips"][0]["backends"].as_array().unwrap().iter().find(|b| b["backend"] == "198.51.100.12").unwrap();
     assert_eq!(b2["state"], "draining");
-    let human = cli_ok(&["stats", p[0], p[1]]);
+    let human = cli.ok(&["stats", p[0], p[1]]);
     assert!(human.contains("redirected") && human.contains("198.51.100.12"));
 
-    let status = cli_json(&["status", "--json", p[0], p[1]]);
+    let status = cli.json(&["status", "--json", p[0], p[1]]);
     assert_eq!(status["attachments"].as_array().unwrap().len(), 2);
     assert_eq!(status["vips"], 1);
 
     // Errors name the cause and the fix, with a failing exit status.
-    let out = cli(&["backend", "add", "203.0.113.99:80", "198.51.100.11", p[0], p[1]]);
+    let out = cli.run(&["backend", "add", "203.0.113.99:80", "198.51.100.11", p[0], p[1]]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("add it first"));
-    let out = cli(&["vip", "add", "203.0.113.11:80", "--mode", "dsr", "--table-size", "65536", p[0], p[1]]);
+    let out = cli.run(&["vip", "add", "203.0.113.11:80", "--mode", "dsr", "--table-size", "65536", p[0], p[1]]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("65537"));
 
-    cli_ok(&["backend", "del", vip, &backend_v4(1).to_string(), p[0], p[1]]);
+    cli.ok(&["backend", "del", vip, &backend_v4(1).to_string(), p[0], p[1]]);
     assert_eq!(lb.backends(&v).unwrap().len(), 2, "the library sees the CLI's edit");
-    cli_ok(&["vip", "del", vip, p[0], p[1]]);
+    cli.ok(&["vip", "del", vip, p[0], p[1]]);
     assert!(lb.vips().unwrap().is_empty());
     drop(lb);
-    cli_ok(&["detach", p[0], p[1]]);
-    assert!(!Path::new(&pin).exists(), "detach removes the pins");
+    cli.ok(&["detach", p[0], p[1]]);
+    assert!(!pin.path().exists(), "detach removes the pins");
 }

@@ -10,6 +10,7 @@
 mod common {
     pub mod lb_topology;
     pub mod netns;
+    pub mod scratch;
 }
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -17,6 +18,7 @@ use std::sync::Arc;
 
 use common::lb_topology::*;
 use common::netns::{ensure_bpffs, NetNs};
+use common::scratch::ScratchDir;
 use etherparse::{
     Icmpv4Header, Icmpv6Header, IpNumber, Ipv4Header, Ipv6Header, PacketBuilder, TcpHeader, UdpHeader,
 };
@@ -1138,11 +1140,10 @@ fn decap_strips_what_the_lb_adds() {
 
 #[test]
 fn a_pinned_lb_reopens_with_its_state() {
-    ensure_bpffs();
-    let dir = format!("/sys/fs/bpf/xdpg-lbtest-{}", std::process::id());
+    let dir = ScratchDir::bpffs("lbpin");
     let vn = VerdictNet::new("vpin", 3);
     let (eth0, mac) = (vn.eth0, vn.eth0_mac);
-    let d = dir.clone();
+    let d = dir.path().to_owned();
     vn.lb.run(move || {
         let lb = LoadBalancer::builder()
             .redirect_interface("eth0")
@@ -1177,10 +1178,9 @@ fn a_pinned_lb_reopens_with_its_state() {
         assert_eq!(again.test_run_on(&input, eth0).unwrap().action, XdpAction::Redirect);
         drop(lb);
         again.unpin().unwrap();
-        assert!(!std::path::Path::new(&d).exists(), "unpin removes the directory");
+        assert!(!d.exists(), "unpin removes the directory");
         assert!(matches!(LoadBalancer::open_pinned(&d), Err(xdpguard::Error::Pin(xdpguard::PinError::NotFound { .. }))));
     });
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 // ---- errors ----------------------------------------------------------------------

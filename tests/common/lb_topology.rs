@@ -66,8 +66,15 @@ pub fn backend_mac(i: usize) -> [u8; 6] {
 /// The client's MAC in [`VerdictNet`].
 pub const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x0c, 0x01];
 
-fn mac_str(m: [u8; 6]) -> String {
-    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+/// The LB's client-side (eth0) and backend-side (eth1) addresses, and
+/// forwarding on.
+fn lb_addresses(lb: &NetNs) {
+    lb.addr("eth0", &format!("{LB_FRONT_V4}/24"));
+    lb.addr("eth0", &format!("{LB_FRONT_V6}/64"));
+    lb.addr("eth1", &format!("{LB_BACK_V4}/24"));
+    lb.addr("eth1", &format!("{LB_BACK_V6}/64"));
+    lb.sysctl("net.ipv4.ip_forward", "1");
+    lb.sysctl("net.ipv6.conf.all.forwarding", "1");
 }
 
 /// An LB namespace for verdict tests: `eth0` faces clients, `eth1` faces
@@ -87,22 +94,11 @@ impl VerdictNet {
         let peer = NetNs::new(&format!("{tag}p"));
         veth(&lb, "eth0", &peer, "c0");
         veth(&lb, "eth1", &peer, "b0");
-        lb.addr("eth0", &format!("{LB_FRONT_V4}/24"));
-        lb.addr("eth0", &format!("{LB_FRONT_V6}/64"));
-        lb.addr("eth1", &format!("{LB_BACK_V4}/24"));
-        lb.addr("eth1", &format!("{LB_BACK_V6}/64"));
-        lb.sysctl("net.ipv4.ip_forward", "1");
-        lb.sysctl("net.ipv6.conf.all.forwarding", "1");
-        for (addr, dev) in [(CLIENT_V4.to_string(), "eth0"), (CLIENT_V6.to_string(), "eth0")] {
-            lb.ip(&["neigh", "replace", &addr, "lladdr", &mac_str(CLIENT_MAC), "dev", dev, "nud", "permanent"]);
-        }
-        for (addr, dev) in [(ROUTER_V4.to_string(), "eth0"), (ROUTER_V6.to_string(), "eth0")] {
-            lb.ip(&["neigh", "replace", &addr, "lladdr", &mac_str([2, 0, 0, 0, 0x0c, 0x99]), "dev", dev, "nud", "permanent"]);
-        }
+        lb_addresses(&lb);
+        lb.static_neighbours("eth0", &[IpAddr::V4(CLIENT_V4), IpAddr::V6(CLIENT_V6)], CLIENT_MAC);
+        lb.static_neighbours("eth0", &[IpAddr::V4(ROUTER_V4), IpAddr::V6(ROUTER_V6)], [2, 0, 0, 0, 0x0c, 0x99]);
         for i in 1..=backends {
-            let mac = mac_str(backend_mac(i));
-            lb.ip(&["neigh", "replace", &backend_v4(i).to_string(), "lladdr", &mac, "dev", "eth1", "nud", "permanent"]);
-            lb.ip(&["neigh", "replace", &backend_v6(i).to_string(), "lladdr", &mac, "dev", "eth1", "nud", "permanent"]);
+            lb.static_neighbours("eth1", &[IpAddr::V4(backend_v4(i)), IpAddr::V6(backend_v6(i))], backend_mac(i));
         }
         VerdictNet {
             eth0: lb.ifindex("eth0"),
@@ -157,12 +153,7 @@ impl LbNet {
             client.ip(&["-6", "route", "add", net, "via", &LB_FRONT_V6.to_string()]);
         }
 
-        lb.addr("eth0", &format!("{LB_FRONT_V4}/24"));
-        lb.addr("eth0", &format!("{LB_FRONT_V6}/64"));
-        lb.addr("eth1", &format!("{LB_BACK_V4}/24"));
-        lb.addr("eth1", &format!("{LB_BACK_V6}/64"));
-        lb.sysctl("net.ipv4.ip_forward", "1");
-        lb.sysctl("net.ipv6.conf.all.forwarding", "1");
+        lb_addresses(&lb);
         for key in ["all", "default", "eth0", "eth1"] {
             lb.sysctl(&format!("net.ipv4.conf.{key}.rp_filter"), "0");
         }

@@ -132,6 +132,16 @@ impl NetNs {
         }
         self.ip(&["link", "set", ifname, "up"]);
     }
+
+    /// Permanent neighbour entries: each of `addrs` on `dev` resolves to
+    /// `mac` without asking, so address resolution can never be half done
+    /// (e.g. when a filter drops the peer's replies).
+    pub fn static_neighbours(&self, dev: &str, addrs: &[impl std::fmt::Display], mac: [u8; 6]) {
+        let mac = mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
+        for a in addrs {
+            self.ip(&["neigh", "replace", &a.to_string(), "lladdr", &mac, "dev", dev, "nud", "permanent"]);
+        }
+    }
 }
 
 /// Moves the calling thread into namespace `name`. Only threads this module
