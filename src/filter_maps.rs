@@ -11,7 +11,7 @@ use libbpf_rs::MapHandle;
 use crate::error::{io_from_libbpf, missing_privileges, LoadError, PinError};
 use crate::layout::consts::*;
 use crate::layout::filter_skel::FilterSkelBuilder;
-use crate::layout::{xdpg_filter_config, xdpg_v4_bucket, xdpg_v4_rule, xdpg_v6_rule, xdpg_v6_view};
+use crate::layout::{xdpg_filter_config, xdpg_v4_bucket, xdpg_v4_rule, xdpg_v6_bucket, xdpg_v6_rule, xdpg_v6_view};
 use crate::maps::{load_err, program_fd, MapSet};
 use crate::mmap::MappedArray;
 use crate::pin::PinDir;
@@ -32,8 +32,8 @@ const MAP_NAMES: [&str; 15] = [
     "xdpg_v4_mix_a",
     "xdpg_v4_mix_b",
     "xdpg_v4_rules",
-    "xdpg_v6_pfx_a",
-    "xdpg_v6_pfx_b",
+    "xdpg_v6_tab_a",
+    "xdpg_v6_tab_b",
     "xdpg_v6_views",
     "xdpg_v6_bloom",
     "xdpg_v6_rules",
@@ -46,6 +46,7 @@ pub(crate) struct Capacity {
     pub v4_rules: usize,
     pub v6_rules: usize,
     pub v4_buckets: usize,
+    pub v6_buckets: usize,
     pub v6_bloom_words: usize,
 }
 
@@ -58,10 +59,13 @@ impl Capacity {
         // About 8 bits per v6 entry: a few percent of false positives, and
         // 256 KiB at the default capacity, small enough to stay in L2.
         let bloom_bits = (v6_rules * 8).next_power_of_two().max(1 << 16);
+        // v6 buckets hold three entries: a load factor of at most 0.75.
+        let v6_buckets = (v6_rules * 4 / 3 + 64).div_ceil(XDPG_V6_BUCKET_SLOTS as usize);
         Self {
             v4_rules,
             v6_rules,
             v4_buckets: buckets.next_power_of_two().max(64),
+            v6_buckets: v6_buckets.next_power_of_two().max(64),
             v6_bloom_words: bloom_bits / 64,
         }
     }
@@ -74,6 +78,7 @@ pub(crate) struct FilterMaps {
     pub hosts: [MappedArray<xdpg_v4_bucket>; 2],
     pub hints: [MappedArray<u64>; 2],
     pub v4_rules: MappedArray<xdpg_v4_rule>,
+    pub v6_tables: [MappedArray<xdpg_v6_bucket>; 2],
     pub v6_views: MappedArray<xdpg_v6_view>,
     pub v6_bloom: MappedArray<u64>,
     pub v6_rules: MappedArray<xdpg_v6_rule>,
@@ -96,6 +101,7 @@ impl FilterMaps {
             hosts: [MappedArray::new(get("xdpg_v4_hosts_a"))?, MappedArray::new(get("xdpg_v4_hosts_b"))?],
             hints: [MappedArray::new(get("xdpg_v4_mix_a"))?, MappedArray::new(get("xdpg_v4_mix_b"))?],
             v4_rules: MappedArray::new(get("xdpg_v4_rules"))?,
+            v6_tables: [MappedArray::new(get("xdpg_v6_tab_a"))?, MappedArray::new(get("xdpg_v6_tab_b"))?],
             v6_views: MappedArray::new(get("xdpg_v6_views"))?,
             v6_bloom: MappedArray::new(get("xdpg_v6_bloom"))?,
             v6_rules: MappedArray::new(get("xdpg_v6_rules"))?,
@@ -107,15 +113,12 @@ impl FilterMaps {
         self.set.get(name)
     }
 
-    pub(crate) fn v6_table(&self, table: u32) -> &MapHandle {
-        self.handle(if table == 0 { "xdpg_v6_pfx_a" } else { "xdpg_v6_pfx_b" })
-    }
-
     pub(crate) fn capacity(&self) -> Capacity {
         Capacity {
             v4_rules: self.v4_rules.len(),
             v6_rules: self.v6_rules.len(),
             v4_buckets: self.hosts[0].len(),
+            v6_buckets: self.v6_tables[0].len(),
             v6_bloom_words: self.v6_bloom.len(),
         }
     }
@@ -220,8 +223,8 @@ pub(crate) fn load(
         (&mut m.xdpg_v4_hosts_a, cap.v4_buckets),
         (&mut m.xdpg_v4_hosts_b, cap.v4_buckets),
         (&mut m.xdpg_v4_rules, cap.v4_rules),
-        (&mut m.xdpg_v6_pfx_a, cap.v6_rules),
-        (&mut m.xdpg_v6_pfx_b, cap.v6_rules),
+        (&mut m.xdpg_v6_tab_a, cap.v6_buckets),
+        (&mut m.xdpg_v6_tab_b, cap.v6_buckets),
         (&mut m.xdpg_v6_rules, cap.v6_rules),
         (&mut m.xdpg_v6_bloom, cap.v6_bloom_words),
     ] {
@@ -247,6 +250,7 @@ pub(crate) fn load(
         v4_bucket_mask: (cap.v4_buckets - 1) as u32,
         v4_hash_seed: random_seed(),
         v6_bloom_mask: (cap.v6_bloom_words * 64 - 1) as u32,
+        v6_bucket_mask: (cap.v6_buckets - 1) as u32,
         malformed_policy,
         ..Default::default()
     };

@@ -20,7 +20,7 @@ pub(crate) mod filter_skel {
 }
 
 pub(crate) use filter_skel::types::{
-    xdpg_counter, xdpg_filter_config, xdpg_v4_bucket, xdpg_v4_rule, xdpg_v6_key, xdpg_v6_rule,
+    xdpg_counter, xdpg_filter_config, xdpg_v4_bucket, xdpg_v4_rule, xdpg_v6_bucket, xdpg_v6_entry, xdpg_v6_rule,
     xdpg_v6_view,
 };
 
@@ -44,7 +44,8 @@ pod!(
     xdpg_filter_config,
     xdpg_v4_bucket,
     xdpg_v4_rule,
-    xdpg_v6_key,
+    xdpg_v6_bucket,
+    xdpg_v6_entry,
     xdpg_v6_rule,
     xdpg_v6_view,
 );
@@ -52,13 +53,17 @@ pod!(
 // The same numbers as the _Static_asserts in src/bpf/structs.h.
 const _: () = {
     assert!(size_of::<xdpg_counter>() == 16);
-    assert!(size_of::<xdpg_filter_config>() == 48);
+    assert!(size_of::<xdpg_filter_config>() == 56);
+    assert!(offset_of!(xdpg_filter_config, v6_bucket_mask) == 48);
     assert!(offset_of!(xdpg_filter_config, tables) == 8);
     assert!(offset_of!(xdpg_filter_config, dirty) == 28);
     assert!(offset_of!(xdpg_filter_config, generation) == 40);
     assert!(size_of::<xdpg_v4_bucket>() == 64);
     assert!(offset_of!(xdpg_v4_bucket, meta) == 60);
-    assert!(size_of::<xdpg_v6_key>() == 20);
+    assert!(size_of::<xdpg_v6_entry>() == 20);
+    assert!(offset_of!(xdpg_v6_entry, len_code) == 16);
+    assert!(size_of::<xdpg_v6_bucket>() == 64);
+    assert!(offset_of!(xdpg_v6_bucket, meta) == 60);
     assert!(size_of::<xdpg_v6_view>() == 144);
     assert!(offset_of!(xdpg_v6_view, lens) == 8);
     assert!(size_of::<xdpg_v4_rule>() == 8);

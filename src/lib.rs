@@ -80,6 +80,7 @@ mod sys;
 mod testrun;
 mod v4;
 mod v6;
+mod v6_table;
 
 pub use attach::{AttachMode, Attachment, Interface};
 pub use error::{AttachError, Error, LbError, LineError, ListError, LoadError, PinError};

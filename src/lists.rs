@@ -13,16 +13,16 @@ use std::net::IpAddr;
 use std::sync::atomic::{fence, Ordering};
 
 use ipnetwork::IpNetwork;
-use libbpf_rs::{MapCore, MapFlags};
 use rustc_hash::FxHashMap;
 
-use crate::error::{io_from_libbpf, ListError};
+use crate::error::ListError;
 use crate::filter_maps::FilterMaps;
 use crate::layout::consts::*;
-use crate::layout::{xdpg_v4_bucket, xdpg_v4_rule, xdpg_v6_key, xdpg_v6_rule, xdpg_v6_view};
+use crate::layout::{xdpg_v4_bucket, xdpg_v4_rule, xdpg_v6_bucket, xdpg_v6_rule, xdpg_v6_view};
 use crate::mmap::MappedArray;
 use crate::v4::{self, BucketStore, CellStore, V4Rules, LIST_ALLOW, LIST_BLOCK};
 use crate::v6::V6Rules;
+use crate::v6_table::{self, LiveV6};
 
 /// Which list.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -223,14 +223,6 @@ pub(crate) struct Editor<'a> {
     maps: &'a FilterMaps,
 }
 
-fn bpf_err(op: &str) -> impl FnOnce(libbpf_rs::Error) -> ListError + '_ {
-    move |e| ListError::Bpf { op: op.to_owned(), source: io_from_libbpf(e) }
-}
-
-fn is_full(e: &libbpf_rs::Error) -> bool {
-    matches!(e.kind(), libbpf_rs::ErrorKind::TooBig | libbpf_rs::ErrorKind::OutOfMemory)
-}
-
 impl<'a> Editor<'a> {
     pub(crate) fn begin(st: &'a mut ListState, maps: &'a FilterMaps) -> Self {
         st.sync(maps);
@@ -304,13 +296,14 @@ impl<'a> Editor<'a> {
         Ok(true)
     }
 
-    fn v6_key(net: u128, len: u8) -> xdpg_v6_key {
-        xdpg_v6_key { prefixlen: u32::from(len), addr: v6_words(net) }
+    /// The data plane's key for (net, len), and its hash.
+    fn v6_key(&self, net: u128, len: u8) -> (u32, v6_table::Key) {
+        let key = v6_table::Key { words: v6_words(net), len };
+        (crate::hash::v6_key_hash(u32::from(len), key.words, self.maps.config().v4_hash_seed), key)
     }
 
     fn bloom_bit(&self, net: u128, len: u8) -> usize {
-        let cfg = self.maps.config();
-        (crate::hash::v6_bloom_hash(u32::from(len), v6_words(net), cfg.v4_hash_seed) & cfg.v6_bloom_mask) as usize
+        (self.v6_key(net, len).0 & self.maps.config().v6_bloom_mask) as usize
     }
 
     /// Sets the Bloom bits of `keys`; done before their entries are written,
@@ -346,33 +339,23 @@ impl<'a> Editor<'a> {
     }
 
     /// Writes the model's verdict for (net, len) into v6 table `table`, or
-    /// deletes the key when it is no longer an entry.
-    fn v6_write(&self, table: u32, net: u128, len: u8) -> Result<(), libbpf_rs::Error> {
-        let map = self.maps.v6_table(table);
-        let key = Self::v6_key(net, len);
+    /// retires the key when it is no longer an entry.
+    fn v6_write(&self, table: u32, net: u128, len: u8) -> Result<(), v4::TableFull> {
+        let (hash, key) = self.v6_key(net, len);
+        let mut store = LiveV6(&self.maps.v6_tables[table as usize & 1]);
         match self.st.v6.effective(net, len) {
-            Some(v) => map.update(bytemuck::bytes_of(&key), &u32::from(v).to_ne_bytes(), MapFlags::ANY),
-            None => match map.delete(bytemuck::bytes_of(&key)) {
-                Err(e) if e.kind() == libbpf_rs::ErrorKind::NotFound => Ok(()),
-                other => other,
-            },
+            Some(v) => v6_table::set(&mut store, hash, &key, v),
+            None => {
+                v6_table::clear(&mut store, hash, &key);
+                Ok(())
+            }
         }
     }
 
-    /// Writes the given keys into one table, deletions first so a table at
-    /// capacity never holds old and new entries at once.
-    fn v6_write_keys(&self, table: u32, keys: &[(u128, u8)]) -> Result<(), ListError> {
+    /// Writes the given keys into one table, retirements first.
+    fn v6_write_keys(&self, table: u32, keys: &[(u128, u8)]) -> Result<(), v4::TableFull> {
         let (gone, kept): (Vec<_>, Vec<_>) = keys.iter().partition(|&&(n, l)| self.st.v6.effective(n, l).is_none());
-        for &(n, l) in gone.iter().chain(&kept) {
-            self.v6_write(table, n, l).map_err(|e| {
-                if is_full(&e) {
-                    self.v6_full()
-                } else {
-                    bpf_err("updating the IPv6 table")(e)
-                }
-            })?;
-        }
-        Ok(())
+        gone.iter().chain(&kept).try_for_each(|&(n, l)| self.v6_write(table, n, l))
     }
 
     /// The view for `table` holding the model's prefix lengths.
@@ -416,19 +399,18 @@ impl<'a> Editor<'a> {
         if insert {
             self.bloom_add(&[(net, len)]);
         }
-        for table in [1 - live, live] {
-            if let Err(e) = self.v6_write_keys(table, &keys) {
-                if insert {
-                    self.st.v6.remove(net, len, bit);
-                } else {
-                    self.st.v6.insert(net, len, bit);
-                }
-                for t in [1 - live, live] {
-                    let _ = self.v6_write_keys(t, &keys);
-                }
-                return Err(e);
+        let patched = [1 - live, live].iter().all(|&t| self.v6_write_keys(t, &keys).is_ok());
+        // A chain too long (tombstones pile up): rebuild both tables packed.
+        if !patched && self.rebuild_v6().is_err() {
+            if insert {
+                self.st.v6.remove(net, len, bit);
+            } else {
+                self.st.v6.insert(net, len, bit);
             }
+            let _ = self.rebuild_v6();
+            return Err(self.v6_full());
         }
+        let live = self.maps.current_v6_view().table;
         // ...and joins it after its first entry is in.
         if lens_after.len() > lens_before.len() {
             let slot = self.maps.stage_v6_view(self.v6_view(live));
@@ -475,7 +457,9 @@ impl<'a> Editor<'a> {
                     let present: Vec<_> =
                         v6_keys.iter().copied().filter(|&(n, l)| self.st.v6.lists(n, l) != 0).collect();
                     self.bloom_add(&present);
-                    self.v6_write_keys(1 - live_v6, &v6_keys)?;
+                    if self.v6_write_keys(1 - live_v6, &v6_keys).is_err() {
+                        self.refill_v6(1 - live_v6)?;
+                    }
                     Some(self.maps.stage_v6_view(self.v6_view(1 - live_v6)))
                 };
                 Ok((v4_pair, v6_view))
@@ -488,7 +472,9 @@ impl<'a> Editor<'a> {
                 for op in done.iter().rev() {
                     self.undo(*op);
                 }
-                let _ = self.v6_write_keys(1 - live_v6, &v6_keys);
+                if self.v6_write_keys(1 - live_v6, &v6_keys).is_err() {
+                    let _ = self.refill_v6(1 - live_v6);
+                }
                 return Err(e);
             }
         };
@@ -546,34 +532,19 @@ impl<'a> Editor<'a> {
         Ok(())
     }
 
-    /// Empties one v6 table and fills it with every entry of the model.
+    /// Rewrites one v6 table, packed, with every entry of the model.
     fn refill_v6(&self, table: u32) -> Result<(), ListError> {
-        let map = self.maps.v6_table(table);
-        let stale: Vec<Vec<u8>> = map.keys().collect();
-        for key in &stale {
-            map.delete(key).map_err(bpf_err("clearing an IPv6 table"))?;
+        let mut buckets = vec![xdpg_v6_bucket::default(); self.maps.capacity().v6_buckets];
+        for (n, l, v) in self.st.v6.entries() {
+            let (hash, key) = self.v6_key(n, l);
+            v6_table::set(&mut buckets, hash, &key, v).map_err(|_| self.v6_full())?;
         }
-        let entries = self.st.v6.entries();
-        for chunk in entries.chunks(4096) {
-            let mut keys = Vec::with_capacity(chunk.len() * size_of::<xdpg_v6_key>());
-            let mut values = Vec::with_capacity(chunk.len() * 4);
-            for &(n, l, v) in chunk {
-                keys.extend_from_slice(bytemuck::bytes_of(&Self::v6_key(n, l)));
-                values.extend_from_slice(&u32::from(v).to_ne_bytes());
-            }
-            map.update_batch(&keys, &values, chunk.len() as u32, MapFlags::ANY, MapFlags::ANY).map_err(|e| {
-                if is_full(&e) {
-                    self.v6_full()
-                } else {
-                    bpf_err("filling an IPv6 table")(e)
-                }
-            })?;
-        }
+        self.maps.v6_tables[table as usize & 1].fill_from(&buckets);
         Ok(())
     }
 
-    /// Rewrites both v6 tables from the model (repair after a crash): the
-    /// idle one, then a switch, then the other.
+    /// Rewrites both v6 tables from the model (after a crash, or to clear
+    /// tombstones): the idle one, then a switch, then the other.
     pub(crate) fn rebuild_v6(&mut self) -> Result<(), ListError> {
         let live = self.maps.current_v6_view().table;
         let keys: Vec<_> = self.st.v6.iter().map(|(n, l, _)| (n, l)).collect();

@@ -898,3 +898,54 @@ fn full_host_table_leaves_lists_and_verdicts_as_they_were() {
     tried.push(net);
     check(&model, &tried, "after freeing room");
 }
+
+/// IPv6 churn in a small bucket table: removals leave tombstones that only
+/// the same prefix may reuse, so a stream of new prefixes fills the chains
+/// and forces the packing rebuild (both tables, then a switch). Every entry
+/// present, and every one removed, is checked in the kernel after each step.
+#[test]
+fn v6_tombstones_force_packing_rebuilds_without_wrong_verdicts() {
+    // Capacity 64 → 64 buckets of three entries.
+    let filter = load(16, 64);
+    let cfg = config_map(filter.program_fd());
+    let mut model = Model::default();
+    let mut rng = StdRng::seed_from_u64(0x7006);
+    let base: u128 = 0x2001_0db8 << 96;
+    let mut switches = 0;
+    let mut view = v6_view(&cfg);
+    let mut gone: Vec<IpNetwork> = Vec::new();
+    for step in 0..600u128 {
+        // A fresh /128 or /64 each step; keep at most 40 present.
+        let len = if step % 3 == 0 { 64 } else { 128 };
+        let net = v6_net(base | (step << 64) | u128::from(rng.random::<u16>()), len);
+        let entry = Entry { net, list: if step % 7 == 0 { ListKind::Allow } else { ListKind::Block } };
+        assert!(list_of(&filter, entry.list).insert(net).unwrap().changed, "step {step}: insert {net}");
+        model.insert(entry);
+        if model.entries.len() > 40 {
+            let old = model.entries[rng.random_range(0..model.entries.len())];
+            assert!(list_of(&filter, old.list).remove(old.net).unwrap().changed);
+            model.remove(old);
+            gone.push(old.net);
+        }
+        // Both lengths are in use from step 1 on, so from then on only a
+        // packing rebuild switches the view.
+        if step > 1 && v6_view(&cfg) != view {
+            switches += 1;
+        }
+        view = v6_view(&cfg);
+        if step % 25 == 0 || step == 599 {
+            let recent_gone = gone.iter().rev().take(40);
+            for net in model.entries.iter().map(|e| e.net).chain(recent_gone.copied()) {
+                let addr = net.ip();
+                let want = match model.verdict(addr) {
+                    Verdict::Block(_) => XdpAction::Drop,
+                    _ => XdpAction::Pass,
+                };
+                assert_eq!(filter.test_run(&udp_from(addr).bytes).unwrap().action, want, "step {step}: {addr}");
+                assert_eq!(filter.verdict(addr).unwrap(), model.verdict(addr), "step {step}: verdict({addr})");
+            }
+        }
+    }
+    // 560 retired prefixes cannot fit in 192 slots without packing.
+    assert!(switches >= 2, "packing rebuilds switched the live v6 table {switches} times");
+}

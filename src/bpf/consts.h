@@ -14,7 +14,7 @@
 #define XDPG_MAX_IPV6_EXT_HDRS 8
 
 /* Verdict codes stored in the v4 per-/24 array, the v4 host buckets and the
- * v6 prefix hash. Allow wins over block whatever the prefix lengths. */
+ * v6 buckets. Allow wins over block whatever the prefix lengths. */
 #define XDPG_VERDICT_PASS 0
 #define XDPG_VERDICT_BLOCK 1
 #define XDPG_VERDICT_ALLOW 2
@@ -35,6 +35,11 @@
 #define XDPG_V4_BUCKET_SLOTS 15
 #define XDPG_V4_BUCKET_OVERFLOW 0x80000000
 #define XDPG_V4_MAX_PROBES 8
+
+/* v6 buckets: three entries per cache line. */
+#define XDPG_V6_BUCKET_SLOTS 3
+#define XDPG_V6_BUCKET_OVERFLOW 0x80000000
+#define XDPG_V6_MAX_PROBES 8
 
 /* v6: prefix lengths 0..128 can all be in use at once. */
 #define XDPG_V6_MAX_LENS 129

@@ -30,9 +30,14 @@ static __always_inline int pass_on(struct xdp_md *ctx)
 /* Returned by the host lookup when no bucket holds the host. */
 #define HOST_NOT_FOUND 0xFF
 
-/* Looks a host up in the mixed-/24 buckets. */
-static __always_inline __u32 v4_host_verdict(struct xdpg_filter_config *cfg, __u32 active, __u32 addr)
+/* Looks a host up in the mixed-/24 buckets. A global function: the verifier
+ * checks it once, not at every call site and loop iteration. */
+__noinline int v4_host_verdict(__u32 active, __u32 addr)
 {
+	__u32 zero = 0;
+	struct xdpg_filter_config *cfg = bpf_map_lookup_elem(&xdpg_filter_cfg, &zero);
+	if (!cfg)
+		return HOST_NOT_FOUND;
 	__u32 mask = cfg->v4_bucket_mask;
 	__u32 idx = xdpg_v4_bucket_index(addr, cfg->v4_hash_seed, mask);
 
@@ -74,7 +79,7 @@ static __always_inline __u32 v4_verdict(struct xdpg_filter_config *cfg, __u32 ta
 	__u64 *hint = active ? bpf_map_lookup_elem(&xdpg_v4_mix_b, &hint_idx)
 			     : bpf_map_lookup_elem(&xdpg_v4_mix_a, &hint_idx);
 	if (hint && (*hint >> (cell_idx % 64)) & 1) {
-		host = v4_host_verdict(cfg, active, addr);
+		host = v4_host_verdict(active, addr);
 		if (host != HOST_NOT_FOUND)
 			return host;
 		searched = 1;
@@ -88,7 +93,7 @@ static __always_inline __u32 v4_verdict(struct xdpg_filter_config *cfg, __u32 ta
 	__u32 cell = (*word >> ((cell_idx % XDPG_V4_CELLS_PER_WORD) * 4)) & 0xF;
 	if (!(cell & XDPG_V4_CELL_MIXED) || searched)
 		return cell & 3;
-	host = v4_host_verdict(cfg, active, addr);
+	host = v4_host_verdict(active, addr);
 	return host == HOST_NOT_FOUND ? cell & 3 : host;
 }
 
@@ -101,14 +106,42 @@ static __always_inline __u32 mask_word(__u32 word, int bits)
 	return word & bpf_htonl(~0u << (32 - bits));
 }
 
-/* Whether the Bloom filter may hold (len, key): a clear bit proves the key
- * absent, so the probe (a cache miss in a big hash) is skipped. */
-static __always_inline int v6_maybe(struct xdpg_filter_config *cfg, const struct xdpg_v6_key *key)
+/* Looks a masked v6 key up in one table: its bucket chain, three entries
+ * per cache line. Returns the entry's code, or 0 when absent. A global
+ * function (checked once by the verifier), so the caller's loop over prefix
+ * lengths stays small; `where` packs the key hash, length and table. */
+__noinline int v6_probe(__u64 where, __u32 k0, __u32 k1, __u32 k2, __u32 k3)
 {
-	__u32 bit = xdpg_v6_bloom_hash(key->prefixlen, key->addr, cfg->v4_hash_seed) & cfg->v6_bloom_mask;
-	__u32 word_idx = bit / 64;
-	__u64 *word = bpf_map_lookup_elem(&xdpg_v6_bloom, &word_idx);
-	return word && (*word >> (bit % 64)) & 1;
+	__u32 zero = 0;
+	struct xdpg_filter_config *cfg = bpf_map_lookup_elem(&xdpg_filter_cfg, &zero);
+	if (!cfg)
+		return 0;
+	__u32 hash = (__u32)where;
+	__u32 want = ((where >> 32) & 0xFF) + 1;
+	__u32 table = (where >> 40) & 1;
+	__u32 mask = cfg->v6_bucket_mask;
+	__u32 idx = xdpg_mix32(hash) & mask;
+
+	for (int probe = 0; probe < XDPG_V6_MAX_PROBES; probe++) {
+		struct xdpg_v6_bucket *b = table ? bpf_map_lookup_elem(&xdpg_v6_tab_b, &idx)
+						 : bpf_map_lookup_elem(&xdpg_v6_tab_a, &idx);
+		if (!b)
+			break;
+#pragma unroll
+		for (int s = 0; s < XDPG_V6_BUCKET_SLOTS; s++) {
+			/* Code first: the key is only meaningful under a code. */
+			__u32 len_code = *(volatile __u32 *)&b->e[s].len_code;
+			__u32 diff = ((len_code & 0xFF) ^ want) | (b->e[s].addr[0] ^ k0) | (b->e[s].addr[1] ^ k1) |
+				     (b->e[s].addr[2] ^ k2) | (b->e[s].addr[3] ^ k3);
+			__u32 code = (len_code >> 8) & 0xFF;
+			if (!diff && code)
+				return code;
+		}
+		if (!(b->meta & XDPG_V6_BUCKET_OVERFLOW))
+			break;
+		idx = (idx + 1) & mask;
+	}
+	return 0;
 }
 
 static __always_inline __u32 v6_verdict(struct xdpg_filter_config *cfg, __u32 tables, const __u32 *addr)
@@ -119,7 +152,9 @@ static __always_inline __u32 v6_verdict(struct xdpg_filter_config *cfg, __u32 ta
 		return XDPG_VERDICT_PASS;
 	__u32 table = view->table;
 	__u32 count = view->count;
-	struct xdpg_v6_key key;
+	__u32 seed = cfg->v4_hash_seed;
+	__u32 bloom_mask = cfg->v6_bloom_mask;
+	__u32 key[4];
 
 	/* Longest first: the first hit is the most specific entry, and its
 	 * stored verdict already says whether an allow entry covers it. */
@@ -127,17 +162,22 @@ static __always_inline __u32 v6_verdict(struct xdpg_filter_config *cfg, __u32 ta
 		if (i >= count)
 			break;
 		int len = view->lens[i];
-		key.prefixlen = len;
-		key.addr[0] = mask_word(addr[0], len);
-		key.addr[1] = mask_word(addr[1], len - 32);
-		key.addr[2] = mask_word(addr[2], len - 64);
-		key.addr[3] = mask_word(addr[3], len - 96);
-		if (!v6_maybe(cfg, &key))
+		key[0] = mask_word(addr[0], len);
+		key[1] = mask_word(addr[1], len - 32);
+		key[2] = mask_word(addr[2], len - 64);
+		key[3] = mask_word(addr[3], len - 96);
+		__u32 hash = xdpg_v6_key_hash(len, key, seed);
+		/* A clear Bloom bit proves the key absent: skip the probe, a
+		 * cache miss in a big table. */
+		__u32 bit = hash & bloom_mask;
+		__u32 word_idx = bit / 64;
+		__u64 *word = bpf_map_lookup_elem(&xdpg_v6_bloom, &word_idx);
+		if (!word || !((*word >> (bit % 64)) & 1))
 			continue;
-		__u32 *verdict = table ? bpf_map_lookup_elem(&xdpg_v6_pfx_b, &key)
-				       : bpf_map_lookup_elem(&xdpg_v6_pfx_a, &key);
-		if (verdict)
-			return *verdict;
+		__u64 where = hash | ((__u64)len << 32) | ((__u64)table << 40);
+		int code = v6_probe(where, key[0], key[1], key[2], key[3]);
+		if (code)
+			return code;
 	}
 	return XDPG_VERDICT_PASS;
 }

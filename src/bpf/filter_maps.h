@@ -89,23 +89,23 @@ struct {
 	__type(value, struct xdpg_v4_rule);
 } xdpg_v4_rules SEC(".maps");
 
-/* v6 prefixes with their effective verdict, table 0. */
+/* v6 entries (effective verdicts) in cache-line buckets, table 0. */
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 1 << 18);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, struct xdpg_v6_key);
-	__type(value, __u32);
-} xdpg_v6_pfx_a SEC(".maps");
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1 << 17);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__type(key, __u32);
+	__type(value, struct xdpg_v6_bucket);
+} xdpg_v6_tab_a SEC(".maps");
 
-/* v6 prefixes, table 1. */
+/* v6 entries, table 1 (the spare a bulk edit fills, then switches to). */
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 1 << 18);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, struct xdpg_v6_key);
-	__type(value, __u32);
-} xdpg_v6_pfx_b SEC(".maps");
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1 << 17);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__type(key, __u32);
+	__type(value, struct xdpg_v6_bucket);
+} xdpg_v6_tab_b SEC(".maps");
 
 /* Which v6 table is live and its prefix lengths; config->tables picks one. */
 struct {

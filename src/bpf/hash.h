@@ -24,8 +24,9 @@ static __always_inline __u32 xdpg_v4_bucket_index(__u32 addr, __u32 seed, __u32 
 	return xdpg_mix32(addr ^ seed) & mask;
 }
 
-/* Bit of the v6 Bloom filter for a masked key (words in network order). */
-static __always_inline __u32 xdpg_v6_bloom_hash(__u32 len, const __u32 *w, __u32 seed)
+/* Hash of a masked v6 key (words in network order): its Bloom bit is the
+ * low bits, its bucket comes from xdpg_mix32 of it. */
+static __always_inline __u32 xdpg_v6_key_hash(__u32 len, const __u32 *w, __u32 seed)
 {
 	__u32 h = xdpg_mix32(seed ^ len ^ w[0]);
 	h = xdpg_mix32(h ^ w[1]);

@@ -30,6 +30,8 @@ struct xdpg_filter_config {
 	__u32 v4_rule_count;	/* rules stored in xdpg_v4_rules */
 	__u32 v6_rule_count;	/* rules stored in xdpg_v6_rules */
 	__u64 generation;	/* bumped after every edit, so handles notice others' edits */
+	__u32 v6_bucket_mask;	/* number of v6 buckets - 1 (a power of two - 1) */
+	__u32 pad;
 };
 
 /* A v4 host bucket: fifteen addresses (host byte order) and their 2-bit
@@ -40,14 +42,23 @@ struct xdpg_v4_bucket {
 	__u32 meta;
 };
 
-/* Key of the v6 prefix hash: the prefix length, then the address with its
- * host bits cleared (network byte order). */
-struct xdpg_v6_key {
-	__u32 prefixlen;
+/* One v6 entry: the prefix with its host bits cleared (network byte order),
+ * its length + 1 (so 0 marks a slot never used) and its code (0 = none:
+ * empty or a tombstone; else XDPG_VERDICT_BLOCK or XDPG_VERDICT_ALLOW).
+ * len_code holds both, so one 32-bit store publishes or retires an entry. */
+struct xdpg_v6_entry {
 	__u32 addr[4];
+	__u32 len_code; /* bits 0-7: prefix length + 1; bits 8-15: code */
 };
 
-/* Which v6 hash to read, and the prefix lengths in use there, longest first. */
+/* A v6 bucket: three entries in one cache line; meta bit 31 says a later
+ * bucket holds overflow. */
+struct xdpg_v6_bucket {
+	struct xdpg_v6_entry e[XDPG_V6_BUCKET_SLOTS];
+	__u32 meta;
+};
+
+/* Which v6 table to read, and the prefix lengths in use there, longest first. */
 struct xdpg_v6_view {
 	__u32 table; /* 0 or 1 */
 	__u32 count;
@@ -72,10 +83,11 @@ struct xdpg_v6_rule {
 };
 
 _Static_assert(sizeof(struct xdpg_counter) == 16, "xdpg_counter layout");
-_Static_assert(sizeof(struct xdpg_filter_config) == 48, "xdpg_filter_config layout");
+_Static_assert(sizeof(struct xdpg_filter_config) == 56, "xdpg_filter_config layout");
 _Static_assert(__builtin_offsetof(struct xdpg_filter_config, generation) == 40, "generation offset");
 _Static_assert(sizeof(struct xdpg_v4_bucket) == 64, "a v4 bucket is one cache line");
-_Static_assert(sizeof(struct xdpg_v6_key) == 20, "xdpg_v6_key layout");
+_Static_assert(sizeof(struct xdpg_v6_entry) == 20, "xdpg_v6_entry layout");
+_Static_assert(sizeof(struct xdpg_v6_bucket) == 64, "a v6 bucket is one cache line");
 _Static_assert(sizeof(struct xdpg_v6_view) == 144, "xdpg_v6_view layout");
 _Static_assert(sizeof(struct xdpg_v4_rule) == 8, "xdpg_v4_rule layout");
 _Static_assert(sizeof(struct xdpg_v6_rule) == 24, "xdpg_v6_rule layout");
