@@ -22,15 +22,13 @@ pub(crate) const PROGRAM_NAME: &str = "xdpg_filter";
 /// The pin that marks a directory as holding a filter.
 pub(crate) const MARKER: &str = "xdpg_filter_cfg";
 
-const MAP_NAMES: [&str; 15] = [
+const MAP_NAMES: [&str; 13] = [
     "xdpg_filter_cfg",
     "xdpg_filter_cnt",
     "xdpg_v4_l1_a",
     "xdpg_v4_l1_b",
     "xdpg_v4_hosts_a",
     "xdpg_v4_hosts_b",
-    "xdpg_v4_mix_a",
-    "xdpg_v4_mix_b",
     "xdpg_v4_rules",
     "xdpg_v6_tab_a",
     "xdpg_v6_tab_b",
@@ -76,7 +74,6 @@ pub(crate) struct FilterMaps {
     pub cfg: MappedArray<xdpg_filter_config>,
     pub l1: [MappedArray<u64>; 2],
     pub hosts: [MappedArray<xdpg_v4_bucket>; 2],
-    pub hints: [MappedArray<u64>; 2],
     pub v4_rules: MappedArray<xdpg_v4_rule>,
     pub v6_tables: [MappedArray<xdpg_v6_bucket>; 2],
     pub v6_views: MappedArray<xdpg_v6_view>,
@@ -99,7 +96,6 @@ impl FilterMaps {
             cfg: MappedArray::new(get("xdpg_filter_cfg"))?,
             l1: [MappedArray::new(get("xdpg_v4_l1_a"))?, MappedArray::new(get("xdpg_v4_l1_b"))?],
             hosts: [MappedArray::new(get("xdpg_v4_hosts_a"))?, MappedArray::new(get("xdpg_v4_hosts_b"))?],
-            hints: [MappedArray::new(get("xdpg_v4_mix_a"))?, MappedArray::new(get("xdpg_v4_mix_b"))?],
             v4_rules: MappedArray::new(get("xdpg_v4_rules"))?,
             v6_tables: [MappedArray::new(get("xdpg_v6_tab_a"))?, MappedArray::new(get("xdpg_v6_tab_b"))?],
             v6_views: MappedArray::new(get("xdpg_v6_views"))?,

@@ -173,24 +173,15 @@ impl ListState {
     }
 }
 
-/// Live v4 level-1 words and hint bits of one table pair.
-struct LiveCells<'a> {
-    words: &'a MappedArray<u64>,
-    hints: &'a MappedArray<u64>,
-}
+/// Live v4 level-1 words of one table pair.
+struct LiveCells<'a>(&'a MappedArray<u64>);
 
 impl CellStore for LiveCells<'_> {
     fn read_word(&self, index: usize) -> u64 {
-        self.words.atomic_u64(index, 0).load(Ordering::Acquire)
+        self.0.atomic_u64(index, 0).load(Ordering::Acquire)
     }
     fn write_word(&mut self, index: usize, word: u64) {
-        self.words.atomic_u64(index, 0).store(word, Ordering::Release);
-    }
-    fn read_hints(&self, index: usize) -> u64 {
-        self.hints.atomic_u64(index, 0).load(Ordering::Acquire)
-    }
-    fn write_hints(&mut self, index: usize, word: u64) {
-        self.hints.atomic_u64(index, 0).store(word, Ordering::Release);
+        self.0.atomic_u64(index, 0).store(word, Ordering::Release);
     }
 }
 
@@ -275,7 +266,7 @@ impl<'a> Editor<'a> {
         let patched = patch && {
             let active = self.maps.v4_active();
             let seed = self.maps.config().v4_hash_seed;
-            let mut cells_store = LiveCells { words: &self.maps.l1[active], hints: &self.maps.hints[active] };
+            let mut cells_store = LiveCells(&self.maps.l1[active]);
             let mut buckets = LiveBuckets(&self.maps.hosts[active]);
             cells.zip(old).all(|(c, o)| {
                 let n = self.st.v4.cell(c);
@@ -520,7 +511,6 @@ impl<'a> Editor<'a> {
         let tables = self.st.v4.build(self.maps.capacity().v4_buckets, cfg.v4_hash_seed)?;
         let idle = 1 - self.maps.v4_active();
         self.maps.l1[idle].fill_from(&tables.words);
-        self.maps.hints[idle].fill_from(&tables.hints);
         self.maps.hosts[idle].fill_from(&tables.buckets);
         Ok(idle)
     }

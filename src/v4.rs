@@ -295,7 +295,6 @@ impl V4Rules {
     /// Builds both levels from scratch.
     pub(crate) fn build(&self, bucket_count: usize, seed: u32) -> Result<V4Tables, TableFull> {
         let mut words = vec![0u64; CELLS / 16];
-        let mut hints = vec![0u64; XDPG_V4_MIXED_WORDS as usize];
         // Short prefixes: blocks first, then allows over them.
         for (bit, value) in [(LIST_BLOCK, BLOCK), (LIST_ALLOW, ALLOW)] {
             for (&(net, len), &bits) in &self.rules {
@@ -317,11 +316,8 @@ impl V4Rules {
                 host_set(&mut buckets, seed, mask, (idx24 << 8) | u32::from(host), verdict)?;
             }
             set_cell_nibble(&mut words, idx24, nibble);
-            if nibble & MIXED != 0 {
-                hints[(idx24 / 64) as usize] |= 1 << (idx24 % 64);
-            }
         }
-        Ok(V4Tables { words, hints, buckets })
+        Ok(V4Tables { words, buckets })
     }
 }
 
@@ -387,10 +383,9 @@ fn fill_cells(words: &mut [u64], range: Range<u32>, nibble: u8) {
     }
 }
 
-/// Both levels and the hints, ready to copy into the maps.
+/// Both levels, ready to copy into the maps.
 pub(crate) struct V4Tables {
     pub words: Vec<u64>,
-    pub hints: Vec<u64>,
     pub buckets: Vec<xdpg_v4_bucket>,
 }
 
@@ -554,16 +549,12 @@ pub(crate) fn lookup<S: BucketStore>(words: &dyn Fn(usize) -> u64, store: &S, se
     default
 }
 
-/// Where L1 cell writes go: the cells, and the mixed-hint bits.
+/// Where L1 cell writes go.
 pub(crate) trait CellStore {
     fn read_word(&self, index: usize) -> u64;
     fn write_word(&mut self, index: usize, word: u64);
-    fn read_hints(&self, index: usize) -> u64;
-    fn write_hints(&mut self, index: usize, word: u64);
 }
 
-/// Writes a cell, then its hint bit. The cell alone decides verdicts, so
-/// the hint may lag it by a moment without harm.
 fn write_cell<C: CellStore>(cells: &mut C, idx24: u32, nibble: u8) {
     let wi = (idx24 / 16) as usize;
     let shift = (idx24 % 16) * 4;
@@ -571,12 +562,6 @@ fn write_cell<C: CellStore>(cells: &mut C, idx24: u32, nibble: u8) {
     let nw = (w & !(0xF << shift)) | (u64::from(nibble) << shift);
     if nw != w {
         cells.write_word(wi, nw);
-    }
-    let (hi, bit) = ((idx24 / 64) as usize, 1u64 << (idx24 % 64));
-    let h = cells.read_hints(hi);
-    let nh = if nibble & MIXED != 0 { h | bit } else { h & !bit };
-    if nh != h {
-        cells.write_hints(hi, nh);
     }
 }
 
@@ -640,26 +625,12 @@ pub(crate) fn transition<C: CellStore, S: BucketStore>(
     Ok(())
 }
 
-/// Cells and hints in memory (the tests' stand-in for the maps).
-#[cfg(test)]
-pub(crate) struct VecCells<'a> {
-    pub words: &'a mut [u64],
-    pub hints: &'a mut [u64],
-}
-
-#[cfg(test)]
-impl CellStore for VecCells<'_> {
+impl CellStore for Vec<u64> {
     fn read_word(&self, index: usize) -> u64 {
-        self.words[index]
+        self[index]
     }
     fn write_word(&mut self, index: usize, word: u64) {
-        self.words[index] = word;
-    }
-    fn read_hints(&self, index: usize) -> u64 {
-        self.hints[index]
-    }
-    fn write_hints(&mut self, index: usize, word: u64) {
-        self.hints[index] = word;
+        self[index] = word;
     }
 }
 
@@ -676,9 +647,6 @@ mod tests {
     fn check_all(rules: &V4Rules, t: &V4Tables, seed: u32, addrs: &[u32]) {
         let words = |i: usize| t.words[i];
         for &a in addrs {
-            let idx24 = a >> 8;
-            let hinted = t.hints[(idx24 / 64) as usize] >> (idx24 % 64) & 1 == 1;
-            assert_eq!(hinted, cell_nibble(&t.words, idx24) & MIXED != 0, "hint of {idx24:#x} follows its cell");
             assert_eq!(
                 lookup(&words, &t.buckets, seed, a),
                 rules.verdict(a),
@@ -782,8 +750,7 @@ mod tests {
             }
             for (c, o) in cells.zip(old) {
                 let n = r.cell(c);
-                let mut cells = VecCells { words: &mut live.words, hints: &mut live.hints };
-                transition(&mut cells, &mut live.buckets, seed, c, &o, &n).unwrap();
+                transition(&mut live.words, &mut live.buckets, seed, c, &o, &n).unwrap();
             }
             if step % 100 == 0 {
                 let probe: Vec<u32> = (0..2000).map(|_| base.wrapping_sub(2048) + rng.random_range(0..8192u32)).collect();

@@ -27,9 +27,6 @@
 #define XDPG_V4_CELLS_PER_WORD 16
 #define XDPG_V4_L1_WORDS 1048576 /* 2^24 cells / 16 per word */
 #define XDPG_V4_CELL_MIXED 4
-/* A hint bitmap, one bit per /24, set for mixed /24s: those look in the host
- * buckets first, so a listed host costs one cache miss, not two in a row. */
-#define XDPG_V4_MIXED_WORDS 262144 /* 2^24 bits / 64 per word */
 
 /* v4 host buckets: one cache line each. */
 #define XDPG_V4_BUCKET_SLOTS 15

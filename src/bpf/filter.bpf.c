@@ -62,38 +62,23 @@ __noinline int v4_host_verdict(__u32 active, __u32 addr)
 	return HOST_NOT_FOUND;
 }
 
-/* The cells define the verdict: a uniform /24's, or for a mixed /24 the
- * host's bucket entry, else the /24's default. The mixed-hint bit only
- * changes the order of the lookups: for a hinted /24 the host bucket is
- * read first, so a listed host (most of a spoofed flood against a big
- * list) costs one cache miss instead of two dependent ones. A stale hint
- * (mid-edit) costs a lookup, never a wrong verdict. */
-static __always_inline __u32 v4_verdict(struct xdpg_filter_config *cfg, __u32 tables, __u32 addr)
+/* A uniform /24's verdict is its cell; a mixed /24's is the host's bucket
+ * entry, else the /24's default. (Measured and dropped: reading the bucket
+ * early in parallel with the cell, and a 2 MiB "mixed /24" hint bitmap to
+ * skip the cell; both cost clean traffic more than they saved floods.) */
+static __always_inline __u32 v4_verdict(__u32 tables, __u32 addr)
 {
 	__u32 active = tables & XDPG_TABLES_V4_MASK;
 	__u32 cell_idx = addr >> 8;
-	__u32 host = HOST_NOT_FOUND;
-	int searched = 0;
-
-	__u32 hint_idx = cell_idx / 64;
-	__u64 *hint = active ? bpf_map_lookup_elem(&xdpg_v4_mix_b, &hint_idx)
-			     : bpf_map_lookup_elem(&xdpg_v4_mix_a, &hint_idx);
-	if (hint && (*hint >> (cell_idx % 64)) & 1) {
-		host = v4_host_verdict(active, addr);
-		if (host != HOST_NOT_FOUND)
-			return host;
-		searched = 1;
-	}
-
 	__u32 word_idx = cell_idx / XDPG_V4_CELLS_PER_WORD;
 	__u64 *word = active ? bpf_map_lookup_elem(&xdpg_v4_l1_b, &word_idx)
 			     : bpf_map_lookup_elem(&xdpg_v4_l1_a, &word_idx);
 	if (!word)
 		return XDPG_VERDICT_PASS;
 	__u32 cell = (*word >> ((cell_idx % XDPG_V4_CELLS_PER_WORD) * 4)) & 0xF;
-	if (!(cell & XDPG_V4_CELL_MIXED) || searched)
+	if (!(cell & XDPG_V4_CELL_MIXED))
 		return cell & 3;
-	host = v4_host_verdict(active, addr);
+	__u32 host = v4_host_verdict(active, addr);
 	return host == HOST_NOT_FOUND ? cell & 3 : host;
 }
 
@@ -215,7 +200,7 @@ int xdpg_filter(struct xdp_md *ctx)
 		struct iphdr *iph = data + (pkt.l3_off & 0xFFF);
 		if ((void *)(iph + 1) > data_end)
 			return XDP_PASS;
-		verdict = v4_verdict(cfg, tables, bpf_ntohl(iph->saddr));
+		verdict = v4_verdict(tables, bpf_ntohl(iph->saddr));
 		blocked_reason = XDPG_REASON_BLOCKED_V4;
 	} else {
 		struct ipv6hdr *ip6h = data + (pkt.l3_off & 0xFFF);

@@ -61,25 +61,6 @@ struct {
 	__type(value, struct xdpg_v4_bucket);
 } xdpg_v4_hosts_b SEC(".maps");
 
-/* v4 "mixed /24" hint bits (2 MiB, far likelier to be cached than the
- * cells), table pair 0. */
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, XDPG_V4_MIXED_WORDS);
-	__uint(map_flags, BPF_F_MMAPABLE);
-	__type(key, __u32);
-	__type(value, __u64);
-} xdpg_v4_mix_a SEC(".maps");
-
-/* v4 "mixed /24" hint bits, table pair 1. */
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, XDPG_V4_MIXED_WORDS);
-	__uint(map_flags, BPF_F_MMAPABLE);
-	__type(key, __u32);
-	__type(value, __u64);
-} xdpg_v4_mix_b SEC(".maps");
-
 /* The v4 entries as the user gave them; never read by the data plane. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
