@@ -274,7 +274,11 @@ fn generate(prog: OwnedFd, frame: Vec<u8>, ifindex: u32, cpu: Option<usize>, sto
     let mut repeat: u32 = 1 << 14;
     while !stop.load(Ordering::Relaxed) {
         let t = Instant::now();
-        let out = test_run(prog.as_fd(), &frame, Some(&ctx), repeat, libbpf_sys::BPF_F_TEST_XDP_LIVE_FRAMES)?;
+        let out = match test_run(prog.as_fd(), &frame, Some(&ctx), repeat, libbpf_sys::BPF_F_TEST_XDP_LIVE_FRAMES) {
+            // A signal cut the run short; the receiver counts what arrived, so just go on.
+            Err(e) if e.raw_os_error() == Some(nix::libc::EINTR) => continue,
+            other => other?,
+        };
         if out.retval != 0 {
             // Live-frames runs report 0; anything else is an error code.
             return Err(io::Error::other(format!("generator run returned {}", out.retval)));
