@@ -43,6 +43,20 @@ static __always_inline __u16 xdpg_csum_finish(__u32 sum)
 	return (__u16)~xdpg_csum_fold(sum);
 }
 
+/* Folds a sum of 32-bit words (at most a few: it must fit in 34 bits) to
+ * the 16-bit one's-complement sum, without complementing. Summing 32-bit
+ * words straight from registers is how the hot path checksums a header it
+ * builds, instead of reading fresh narrow stores back 16 bits at a time
+ * (such reads cannot be forwarded from the store buffer and stall). */
+static __always_inline __u16 xdpg_csum_fold_words(__u64 sum)
+{
+	sum = (sum & 0xFFFFFFFF) + (sum >> 32);
+	sum = (sum & 0xFFFF) + (sum >> 16);
+	sum = (sum & 0xFFFF) + (sum >> 16);
+	sum = (sum & 0xFFFF) + (sum >> 16);
+	return (__u16)sum;
+}
+
 /* The checksum of a 20-byte IPv4 header (its check field must be 0). */
 static __always_inline __u16 xdpg_ipv4_hdr_csum(const void *hdr)
 {

@@ -2,10 +2,25 @@
 /* The xdpguard L4 load balancer.
  *
  * Per packet: one parse, one VIP lookup (two for all-ports VIPs), one
- * connection-table lookup, one backend slot; only a new flow computes the
- * hash, reads the VIP's Maglev table and writes the connection table. The
- * next hop comes from the kernel FIB. It runs attached on its own or
- * tail-called by the filter (it re-parses either way).
+ * connection-table lookup, one backend slot; only a new flow (or a SYN)
+ * computes the hash, reads the VIP's Maglev table and writes the
+ * connection table. The next hop comes from the kernel FIB. It runs
+ * attached on its own or tail-called by the filter (it re-parses either
+ * way).
+ *
+ * What keeps the hot path short (each measured with benches/per_packet.rs;
+ * BENCHMARKS.md has the numbers):
+ * - untagged IPv4 without options or fragments and IPv6 without extension
+ *   headers, carrying TCP or UDP, skip the generic parser (parse_fast);
+ * - flows and map keys are written as whole 64-bit words, since the kernel
+ *   reads keys back as words at once and a load spanning narrower fresh
+ *   stores cannot be forwarded from the store buffer;
+ * - each map call site uses one map (XDPG_DISTINCT), so the verifier can
+ *   inline lookups and call map functions directly;
+ * - VIP lookups are cached per CPU for one config generation;
+ * - a SYN looks its flow up too and refreshes an existing entry in place;
+ * - the outer IPv4 header is written as five words and checksummed from
+ *   registers.
  *
  * Policies (documented in src/lb and set from user space):
  * - not for a VIP (or VLAN-tagged, or not IP): XDP_PASS untouched;
@@ -45,6 +60,14 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
  * Their large temporaries live in xdpg_lb_scratch, since a program and the
  * subprograms it calls share 512 bytes of stack. */
 #define XDPG_COLD static __noinline
+
+/* Keeps a map call site to one map. clang merges the IPv4 and IPv6 calls
+ * of a helper like conn_lookup into one call with the map picked at run
+ * time; the verifier then can neither inline the lookup nor call the map's
+ * own function, and every call goes through the generic helper's indirect
+ * call (a retpoline here: about 20 ns on the hit path, measured). An empty
+ * asm after the IPv4 call makes the two sites differ. */
+#define XDPG_DISTINCT(x) asm volatile("" : "+r"(x))
 
 #define XDPG_AF_INET 2
 #define XDPG_AF_INET6 10
@@ -414,46 +437,108 @@ static __always_inline int emit(struct xdp_md *ctx, struct xdpg_lb_nexthop *nh, 
 
 /* ---- tables ------------------------------------------------------------ */
 
-/* The VIP for (the flow's destination, port, protocol); port 0 looks up the
- * all-ports VIP. IPv4 uses its own map with an 8-byte key. */
-static __always_inline struct xdpg_lb_vip *vip_lookup(const struct xdpg_lb_flow *flow, __u16 port)
+/* Keys are written as whole 64-bit words: the kernel hashes them as 32-bit
+ * words right away, and a load that spans several narrower stores cannot
+ * be forwarded from the store buffer (it waits for them to reach the
+ * cache, a stall measured at several ns per lookup). */
+union xdpg_lb_vip_key4_words {
+	struct xdpg_lb_vip_key4 k;
+	__u64 w;
+};
+
+union xdpg_lb_vip_key_words {
+	struct xdpg_lb_vip_key k;
+	__u64 w[3]; /* 24 bytes: the key's 20 and padding */
+};
+
+union xdpg_lb_flow4_words {
+	struct xdpg_lb_flow4 k;
+	__u64 w[2];
+};
+
+/* A flow (the IPv6 connection and NAT key, and the hash input). */
+union xdpg_lb_flow_words {
+	struct xdpg_lb_flow f;
+	__u64 w[5];
+};
+
+/* The cache slot for a VIP key (a multiplicative hash of its words). */
+static __always_inline struct xdpg_lb_vip_cache *vip_cache_slot(__u64 k0, __u64 k1, __u64 k2)
 {
-	if (flow->family == XDPG_LB_FAMILY_V4) {
-		struct xdpg_lb_vip_key4 k4 = { .addr = flow->dst[0], .port = port, .proto = flow->proto };
-		return bpf_map_lookup_elem(&xdpg_lb_vips4, &k4);
+	__u32 slot = ((k0 ^ (k1 * 0xC2B2AE3D27D4EB4Full) ^ (k2 * 0x165667B19E3779F9ull)) * 0x9E3779B97F4A7C15ull) >> 60;
+	slot &= XDPG_LB_VIP_CACHE_SLOTS - 1;
+	return bpf_map_lookup_elem(&xdpg_lb_vipc, &slot);
+}
+
+/* The VIP for (the flow's destination, port, protocol); port 0 looks up the
+ * all-ports VIP. IPv4 uses its own map with an 8-byte key. Answers come
+ * from this CPU's cache while the config generation they were found in is
+ * current and no edit is under way (cfg->dirty); a hash-map lookup costs
+ * several calls and a hash. This relies on user space bumping the
+ * generation after anything that may have changed a VIP map: every edit
+ * does, and so must the recovery from an edit that died half way. */
+static __always_inline struct xdpg_lb_vip *vip_lookup(struct xdpg_lb_config *cfg, const struct xdpg_lb_flow *flow,
+						      __u16 port)
+{
+	__u64 gen = cfg->generation + 1;
+	__u64 k0, k1 = 0, k2 = 0;
+	struct xdpg_lb_vip *vip;
+
+	if (flow->family == XDPG_LB_FAMILY_V4)
+		k0 = (__u64)flow->dst[0] | ((__u64)port << 32) | ((__u64)flow->proto << 48);
+	else {
+		k0 = (__u64)flow->dst[0] | ((__u64)flow->dst[1] << 32);
+		k1 = (__u64)flow->dst[2] | ((__u64)flow->dst[3] << 32);
+		k2 = (__u64)port | ((__u64)flow->proto << 16) | ((__u64)flow->family << 24);
 	}
-	struct xdpg_lb_vip_key key = {};
-	addr_copy(key.addr, flow->dst);
-	key.port = port;
-	key.proto = flow->proto;
-	key.family = flow->family;
-	return bpf_map_lookup_elem(&xdpg_lb_vips6, &key);
+	struct xdpg_lb_vip_cache *c = vip_cache_slot(k0, k1, k2);
+	if (c && c->generation == gen && c->key[0] == k0 && c->key[1] == k1 && c->key[2] == k2 && !cfg->dirty)
+		return &c->vip;
+	if (flow->family == XDPG_LB_FAMILY_V4) {
+		union xdpg_lb_vip_key4_words k4;
+		k4.w = k0;
+		vip = bpf_map_lookup_elem(&xdpg_lb_vips4, &k4.k);
+		XDPG_DISTINCT(vip);
+	} else {
+		union xdpg_lb_vip_key_words key;
+		key.w[0] = k0;
+		key.w[1] = k1;
+		key.w[2] = k2;
+		vip = bpf_map_lookup_elem(&xdpg_lb_vips6, &key.k);
+	}
+	if (vip && c && !cfg->dirty) {
+		c->key[0] = k0;
+		c->key[1] = k1;
+		c->key[2] = k2;
+		__builtin_memcpy(&c->vip, vip, sizeof(c->vip));
+		c->generation = gen;
+	}
+	return vip;
 }
 
 /* The VIP for a TCP/UDP flow: its port's, else the all-ports one. */
 static __always_inline struct xdpg_lb_vip *vip_for(struct xdpg_lb_config *cfg, const struct xdpg_lb_flow *flow)
 {
-	struct xdpg_lb_vip *vip = vip_lookup(flow, flow->dport);
+	struct xdpg_lb_vip *vip = vip_lookup(cfg, flow, flow->dport);
 	if (!vip && cfg->allport_vips)
-		vip = vip_lookup(flow, 0);
+		vip = vip_lookup(cfg, flow, 0);
 	return vip;
 }
 
-static __always_inline void flow4_key(struct xdpg_lb_flow4 *k, const struct xdpg_lb_flow *flow)
+static __always_inline void flow4_key(union xdpg_lb_flow4_words *k, const struct xdpg_lb_flow *flow)
 {
-	k->src = flow->src[0];
-	k->dst = flow->dst[0];
-	k->sport = flow->sport;
-	k->dport = flow->dport;
-	k->proto = flow->proto;
+	k->w[0] = (__u64)flow->src[0] | ((__u64)flow->dst[0] << 32);
+	k->w[1] = (__u64)flow->sport | ((__u64)flow->dport << 16) | ((__u64)flow->proto << 32);
 }
 
 static __always_inline struct xdpg_lb_conn *conn_lookup(const struct xdpg_lb_flow *flow)
 {
 	if (flow->family == XDPG_LB_FAMILY_V4) {
-		struct xdpg_lb_flow4 k = {};
+		union xdpg_lb_flow4_words k;
 		flow4_key(&k, flow);
-		return bpf_map_lookup_elem(&xdpg_lb_conns4, &k);
+		struct xdpg_lb_conn *conn = bpf_map_lookup_elem(&xdpg_lb_conns4, &k.k);
+		XDPG_DISTINCT(conn);
+		return conn;
 	}
 	return bpf_map_lookup_elem(&xdpg_lb_conns6, flow);
 }
@@ -461,9 +546,10 @@ static __always_inline struct xdpg_lb_conn *conn_lookup(const struct xdpg_lb_flo
 static __always_inline void conn_update(const struct xdpg_lb_flow *flow, struct xdpg_lb_conn *conn)
 {
 	if (flow->family == XDPG_LB_FAMILY_V4) {
-		struct xdpg_lb_flow4 k = {};
+		union xdpg_lb_flow4_words k;
 		flow4_key(&k, flow);
-		bpf_map_update_elem(&xdpg_lb_conns4, &k, conn, BPF_ANY);
+		long rc = bpf_map_update_elem(&xdpg_lb_conns4, &k.k, conn, BPF_ANY);
+		XDPG_DISTINCT(rc);
 		return;
 	}
 	bpf_map_update_elem(&xdpg_lb_conns6, flow, conn, BPF_ANY);
@@ -472,9 +558,11 @@ static __always_inline void conn_update(const struct xdpg_lb_flow *flow, struct 
 static __always_inline struct xdpg_lb_nat_rev *nat_lookup(const struct xdpg_lb_flow *flow)
 {
 	if (flow->family == XDPG_LB_FAMILY_V4) {
-		struct xdpg_lb_flow4 k = {};
+		union xdpg_lb_flow4_words k;
 		flow4_key(&k, flow);
-		return bpf_map_lookup_elem(&xdpg_lb_nat4, &k);
+		struct xdpg_lb_nat_rev *rev = bpf_map_lookup_elem(&xdpg_lb_nat4, &k.k);
+		XDPG_DISTINCT(rev);
+		return rev;
 	}
 	return bpf_map_lookup_elem(&xdpg_lb_nat6, flow);
 }
@@ -482,9 +570,10 @@ static __always_inline struct xdpg_lb_nat_rev *nat_lookup(const struct xdpg_lb_f
 static __always_inline void nat_update(const struct xdpg_lb_flow *flow, struct xdpg_lb_nat_rev *rev)
 {
 	if (flow->family == XDPG_LB_FAMILY_V4) {
-		struct xdpg_lb_flow4 k = {};
+		union xdpg_lb_flow4_words k;
 		flow4_key(&k, flow);
-		bpf_map_update_elem(&xdpg_lb_nat4, &k, rev, BPF_ANY);
+		long rc = bpf_map_update_elem(&xdpg_lb_nat4, &k.k, rev, BPF_ANY);
+		XDPG_DISTINCT(rc);
 		return;
 	}
 	bpf_map_update_elem(&xdpg_lb_nat6, flow, rev, BPF_ANY);
@@ -520,8 +609,10 @@ static __always_inline int encap_v4(struct xdp_md *ctx, struct xdpg_lb_config *c
 	struct iphdr *inner = data + XDPG_ETH_HLEN;
 	if ((void *)(inner + 1) > data_end)
 		return XDP_DROP;
-	__u8 tos = inner->tos;
-	src[0] = cfg->ipip_v4_src | (bpf_htonl(hash) & cfg->ipip_v4_mask);
+	__u32 tos = inner->tos;
+	__u32 saddr = cfg->ipip_v4_src | (bpf_htonl(hash) & cfg->ipip_v4_mask);
+	__u32 daddr = be->addr[0];
+	src[0] = saddr;
 	__u32 outer_len = l3_len + sizeof(struct iphdr);
 	struct xdpg_lb_nexthop *nh = backend_hop(ctx, be_id, be, src, IPPROTO_IPIP, outer_len, bytes, &verdict, may_reply);
 	if (!nh)
@@ -534,19 +625,23 @@ static __always_inline int encap_v4(struct xdp_md *ctx, struct xdpg_lb_config *c
 	struct iphdr *outer = data + XDPG_ETH_HLEN;
 	if ((void *)(outer + 1) > data_end)
 		return XDP_DROP;
+	/* The outer header as five 32-bit words, in the order they sit in
+	 * memory (network byte order, loaded natively): version/IHL, TOS and
+	 * total length; ID and fragment offset (0); TTL, protocol and the
+	 * checksum; source; destination. The checksum is summed from the same
+	 * register values (one's-complement sums do not care about byte
+	 * order). */
+	__u32 w0 = 0x45 | (tos << 8) | ((__u32)bpf_htons(outer_len) << 16);
+	__u32 w2 = XDPG_LB_OUTER_TTL | (IPPROTO_IPIP << 8);
+	__u16 check = ~xdpg_csum_fold_words((__u64)w0 + w2 + saddr + daddr);
+	w2 |= (__u32)check << 16;
+	__u32 *o = (__u32 *)outer;
+	o[0] = w0;
+	o[1] = 0;
+	o[2] = w2;
+	o[3] = saddr;
+	o[4] = daddr;
 	eth->h_proto = bpf_htons(ETH_P_IP);
-	outer->version = 4;
-	outer->ihl = 5;
-	outer->tos = tos;
-	outer->tot_len = bpf_htons(outer_len);
-	outer->id = 0;
-	outer->frag_off = 0;
-	outer->ttl = XDPG_LB_OUTER_TTL;
-	outer->protocol = IPPROTO_IPIP;
-	outer->check = 0;
-	outer->saddr = src[0];
-	outer->daddr = be->addr[0];
-	outer->check = xdpg_ipv4_hdr_csum(outer);
 	return emit(ctx, nh, bytes + sizeof(struct iphdr));
 }
 
@@ -742,22 +837,33 @@ XDPG_COLD int nat_reply(struct xdp_md *ctx, struct xdpg_lb_flow *flow, __u32 l4_
 	return emit_to(ctx, fib->dmac, fib->smac, fib->ifindex, bytes);
 }
 
-/* Remembers how to translate the replies of a new NAT flow. */
+union xdpg_lb_nat_rev_words {
+	struct xdpg_lb_nat_rev r;
+	__u64 w[3];
+};
+
+/* Remembers how to translate the replies of a new NAT flow. A repeated
+ * SYN finds the same entry and leaves it alone (an LRU update would take
+ * a new element and free the old one). Keys and values are built from
+ * whole words (see the key unions). */
 static __always_inline void nat_remember(struct xdpg_lb_flow *flow, struct xdpg_lb_backend *be, __u32 vip_index)
 {
-	struct xdpg_lb_flow reply = {};
-	struct xdpg_lb_nat_rev rev = {};
+	union xdpg_lb_flow_words reply;
+	union xdpg_lb_nat_rev_words rev;
+	__u16 sport = be->port ? be->port : flow->dport;
 
-	addr_copy(reply.src, be->addr);
-	addr_copy(reply.dst, flow->src);
-	reply.sport = be->port ? be->port : flow->dport;
-	reply.dport = flow->sport;
-	reply.proto = flow->proto;
-	reply.family = flow->family;
-	addr_copy(rev.vip_addr, flow->dst);
-	rev.vip_port = flow->dport;
-	rev.vip_index = vip_index;
-	nat_update(&reply, &rev);
+	reply.w[0] = be->addr[0] | ((__u64)be->addr[1] << 32);
+	reply.w[1] = be->addr[2] | ((__u64)be->addr[3] << 32);
+	reply.w[2] = flow->src[0] | ((__u64)flow->src[1] << 32);
+	reply.w[3] = flow->src[2] | ((__u64)flow->src[3] << 32);
+	reply.w[4] = sport | ((__u64)flow->sport << 16) | ((__u64)flow->proto << 32) | ((__u64)flow->family << 40);
+	rev.w[0] = flow->dst[0] | ((__u64)flow->dst[1] << 32);
+	rev.w[1] = flow->dst[2] | ((__u64)flow->dst[3] << 32);
+	rev.w[2] = flow->dport | ((__u64)vip_index << 32);
+	__u64 *old = (__u64 *)nat_lookup(&reply.f);
+	if (old && old[0] == rev.w[0] && old[1] == rev.w[1] && old[2] == rev.w[2])
+		return;
+	nat_update(&reply.f, &rev.r);
 }
 
 /* ---- backend selection ------------------------------------------------- */
@@ -825,6 +931,14 @@ static __always_inline int deliver(struct xdp_md *ctx, struct xdpg_lb_config *cf
 	}
 }
 
+/* A connection entry as two words, backend | gen << 32 and last_seen |
+ * hash << 32: written whole, and the first read whole, so a reader on
+ * another CPU never pairs one backend with another's generation. */
+union xdpg_lb_conn_words {
+	struct xdpg_lb_conn c;
+	__u64 w[2];
+};
+
 /* A TCP/UDP packet for a VIP. */
 static __always_inline int lb_vip(struct xdp_md *ctx, struct xdpg_lb_config *cfg, struct xdpg_lb_vip *vip,
 				  struct xdpg_lb_flow *flow, __u32 l4_off, __u32 l3_len, int syn, __u64 bytes)
@@ -832,6 +946,7 @@ static __always_inline int lb_vip(struct xdp_md *ctx, struct xdpg_lb_config *cfg
 	__u32 vip_index = vip->index;
 	struct xdpg_lb_vip_stats *vs = bpf_map_lookup_elem(&xdpg_lb_vipcnt, &vip_index);
 	struct xdpg_lb_backend *be = NULL;
+	union xdpg_lb_conn_words *conn = NULL;
 	__u32 be_id = XDPG_LB_NO_BACKEND;
 	int track = !(vip->flags & XDPG_LB_VIP_NO_CONNTRACK);
 	__u32 hash = 0;
@@ -840,22 +955,26 @@ static __always_inline int lb_vip(struct xdp_md *ctx, struct xdpg_lb_config *cfg
 		vs->packets++;
 		vs->bytes += bytes;
 	}
-	if (track && !syn) {
-		struct xdpg_lb_conn *conn = conn_lookup(flow);
-		if (conn) {
-			be_id = conn->backend;
-			hash = conn->hash;
-			be = backend_at(be_id);
-			if (be && be->gen != conn->gen)
+	/* A SYN is looked up too, though it chooses afresh: a repeated SYN
+	 * then refreshes its entry in place instead of replacing it (an LRU
+	 * update takes a new element, two locks and frees the old one), and a
+	 * new flow's lookup brings the bucket into the cache for the insert. */
+	if (track)
+		conn = (union xdpg_lb_conn_words *)conn_lookup(flow);
+	if (conn && !syn) {
+		__u64 backend_gen = conn->w[0];
+		be_id = (__u32)backend_gen;
+		hash = conn->c.hash;
+		be = backend_at(be_id);
+		if (be && be->gen != (__u32)(backend_gen >> 32))
+			be = NULL;
+		if (be && flow->proto == IPPROTO_UDP) {
+			__u32 now = bpf_jiffies64();
+			__u32 last = conn->c.last_seen;
+			if (now - last > cfg->udp_timeout)
 				be = NULL;
-			if (be && flow->proto == IPPROTO_UDP) {
-				__u32 now = bpf_jiffies64();
-				__u32 last = conn->last_seen;
-				if (now - last > cfg->udp_timeout)
-					be = NULL;
-				else if (now != last)
-					conn->last_seen = now; /* at most one write per tick */
-			}
+			else if (now != last)
+				conn->c.last_seen = now; /* at most one write per tick */
 		}
 	}
 	if (be) {
@@ -872,13 +991,21 @@ static __always_inline int lb_vip(struct xdp_md *ctx, struct xdpg_lb_config *cfg
 		if (track) {
 			__u64 now = bpf_jiffies64();
 			if (may_track(cfg, now)) {
-				struct xdpg_lb_conn conn = {
-					.backend = be_id,
-					.gen = be->gen,
-					.last_seen = now,
-					.hash = hash,
-				};
-				conn_update(flow, &conn);
+				__u64 w0 = be_id | ((__u64)be->gen << 32);
+				__u64 w1 = (__u32)now | ((__u64)hash << 32);
+				if (conn) {
+					/* Written only when something changed (at most
+					 * once a tick for a repeated SYN). */
+					if (conn->w[0] != w0 || conn->w[1] != w1) {
+						conn->w[1] = w1;
+						conn->w[0] = w0;
+					}
+				} else {
+					union xdpg_lb_conn_words fresh;
+					fresh.w[0] = w0;
+					fresh.w[1] = w1;
+					conn_update(flow, &fresh.c);
+				}
 				if (vip->mode == XDPG_LB_MODE_NAT)
 					nat_remember(flow, be, vip_index);
 				if (vs)
@@ -907,7 +1034,7 @@ XDPG_COLD int lb_fragment(struct xdp_md *ctx, struct xdpg_lb_config *cfg, struct
 	__u64 bytes = ctx->data_end - ctx->data;
 	if (cfg->frag_policy == XDPG_LB_FRAG_FORWARD &&
 	    (flow->proto == IPPROTO_TCP || flow->proto == IPPROTO_UDP)) {
-		struct xdpg_lb_vip *vip = vip_lookup(flow, 0);
+		struct xdpg_lb_vip *vip = vip_lookup(cfg, flow, 0);
 		if (vip && vip->mode != XDPG_LB_MODE_NAT) {
 			__u32 vip_index = vip->index;
 			struct xdpg_lb_vip_stats *vs = bpf_map_lookup_elem(&xdpg_lb_vipcnt, &vip_index);
@@ -1171,20 +1298,100 @@ XDPG_COLD int lb_icmp(struct xdp_md *ctx, struct xdpg_lb_config *cfg, struct xdp
 
 /* ---- entry ------------------------------------------------------------- */
 
-SEC("xdp")
-int xdpg_lb(struct xdp_md *ctx)
+/* What parsing tells the TCP/UDP path besides the flow. */
+struct xdpg_lb_meta {
+	__u32 l4_off;
+	__u32 l3_len;
+	__u32 syn;	  /* a bare SYN (SYN without ACK) */
+	__u32 ip_options; /* an IPv4 header longer than 20 bytes */
+};
+
+/* The common case without the generic parser's loops: an untagged IPv4
+ * packet without options or fragmentation, or an IPv6 packet without
+ * extension headers, carrying a whole TCP or UDP header. Returns 0 with
+ * the flow and meta filled, or -1: the generic path then decides (and
+ * gives these packets the verdict it always gave them). */
+static __always_inline int parse_fast(void *data, void *data_end, union xdpg_lb_flow_words *fw,
+				      struct xdpg_lb_meta *m)
+{
+	struct ethhdr *eth = data;
+	void *l4;
+	__u64 family;
+	__u8 proto;
+
+	if ((void *)(eth + 1) > data_end)
+		return -1;
+	if (eth->h_proto == bpf_htons(ETH_P_IP)) {
+		struct iphdr *iph = (void *)(eth + 1);
+		if ((void *)(iph + 1) > data_end)
+			return -1;
+		__u32 tot = bpf_ntohs(iph->tot_len);
+		if (*(__u8 *)iph != 0x45 || (iph->frag_off & bpf_htons(XDPG_IP_MF | XDPG_IP_OFFSET)) ||
+		    tot < sizeof(*iph) || (void *)iph + tot > data_end)
+			return -1;
+		proto = iph->protocol;
+		l4 = iph + 1;
+		fw->w[0] = iph->saddr;
+		fw->w[1] = 0;
+		fw->w[2] = iph->daddr;
+		fw->w[3] = 0;
+		m->l3_len = tot;
+		m->l4_off = XDPG_ETH_HLEN + sizeof(*iph);
+		family = XDPG_LB_FAMILY_V4;
+	} else if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6hdr *ip6h = (void *)(eth + 1);
+		if ((void *)(ip6h + 1) > data_end)
+			return -1;
+		__u32 plen = bpf_ntohs(ip6h->payload_len);
+		/* payload_len 0 (a jumbogram) takes the generic path. */
+		if ((*(__u8 *)ip6h & 0xF0) != 0x60 || plen == 0 || (void *)(ip6h + 1) + plen > data_end)
+			return -1;
+		proto = ip6h->nexthdr;
+		l4 = ip6h + 1;
+		__u32 *a = (__u32 *)&ip6h->saddr;
+		fw->w[0] = a[0] | ((__u64)a[1] << 32);
+		fw->w[1] = a[2] | ((__u64)a[3] << 32);
+		fw->w[2] = a[4] | ((__u64)a[5] << 32);
+		fw->w[3] = a[6] | ((__u64)a[7] << 32);
+		m->l3_len = plen + sizeof(*ip6h);
+		m->l4_off = XDPG_ETH_HLEN + sizeof(*ip6h);
+		family = XDPG_LB_FAMILY_V6;
+	} else {
+		return -1;
+	}
+	if (proto == IPPROTO_TCP) {
+		struct tcphdr *th = l4;
+		if ((void *)(th + 1) > data_end)
+			return -1;
+		/* Byte 13 holds the flags: SYN is 0x02, ACK 0x10. */
+		m->syn = (((__u8 *)th)[13] & 0x12) == 0x02;
+	} else if (proto == IPPROTO_UDP) {
+		if (l4 + sizeof(struct udphdr) > data_end)
+			return -1;
+		m->syn = 0;
+	} else {
+		return -1;
+	}
+	/* Source and destination port as they sit in the packet. */
+	fw->w[4] = *(__u32 *)l4 | ((__u64)proto << 32) | (family << 40);
+	m->ip_options = 0;
+	return 0;
+}
+
+/* Everything parse_fast leaves: VLAN tags, IPv4 options, fragments, IPv6
+ * extension headers, ICMP, other protocols, malformed packets. Returns a
+ * verdict, or -1 with the flow and meta filled for the TCP/UDP path. */
+static __always_inline int lb_generic(struct xdp_md *ctx, struct xdpg_lb_config *cfg, union xdpg_lb_flow_words *fw,
+			 struct xdpg_lb_meta *m)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
 	__u64 bytes = data_end - data;
-	__u32 zero = 0;
 	struct xdpg_pkt pkt = {};
-	struct xdpg_lb_flow flow = {};
+	struct xdpg_lb_flow *flow = &fw->f;
 	__u32 l3_len;
 
-	struct xdpg_lb_config *cfg = bpf_map_lookup_elem(&xdpg_lb_cfg, &zero);
-	if (!cfg)
-		return XDP_PASS;
+	__builtin_memset(fw, 0, sizeof(*fw));
 	int parsed = xdpg_parse(ctx, &pkt);
 	if (parsed != XDPG_PARSE_OK)
 		return pass_counted(parsed == XDPG_PARSE_NON_IP ? XDPG_LB_PASS_NON_VIP : XDPG_LB_PASS_MALFORMED,
@@ -1198,43 +1405,72 @@ int xdpg_lb(struct xdp_md *ctx)
 		struct iphdr *iph = data + XDPG_ETH_HLEN;
 		if ((void *)(iph + 1) > data_end)
 			return XDP_PASS;
-		flow.src[0] = iph->saddr;
-		flow.dst[0] = iph->daddr;
-		flow.family = XDPG_LB_FAMILY_V4;
+		flow->src[0] = iph->saddr;
+		flow->dst[0] = iph->daddr;
+		flow->family = XDPG_LB_FAMILY_V4;
 		l3_len = bpf_ntohs(iph->tot_len);
 	} else {
 		struct ipv6hdr *ip6h = data + XDPG_ETH_HLEN;
 		if ((void *)(ip6h + 1) > data_end)
 			return XDP_PASS;
-		__builtin_memcpy(flow.src, &ip6h->saddr, 16);
-		__builtin_memcpy(flow.dst, &ip6h->daddr, 16);
-		flow.family = XDPG_LB_FAMILY_V6;
+		__builtin_memcpy(flow->src, &ip6h->saddr, 16);
+		__builtin_memcpy(flow->dst, &ip6h->daddr, 16);
+		flow->family = XDPG_LB_FAMILY_V6;
 		l3_len = bpf_ntohs(ip6h->payload_len) + sizeof(*ip6h);
 	}
-	flow.proto = pkt.l4_proto;
+	flow->proto = pkt.l4_proto;
 
 	if (pkt.fragment)
-		return lb_fragment(ctx, cfg, &flow, l3_len);
+		return lb_fragment(ctx, cfg, flow, l3_len);
 
-	if (flow.proto == IPPROTO_TCP || flow.proto == IPPROTO_UDP) {
+	if (flow->proto == IPPROTO_TCP || flow->proto == IPPROTO_UDP) {
 		int syn = 0;
-		if (xdpg_lb_read_ports(data, data_end, pkt.l4_off, &flow, &syn) < 0)
+		if (xdpg_lb_read_ports(data, data_end, pkt.l4_off, flow, &syn) < 0)
 			return pass_counted(XDPG_LB_PASS_MALFORMED, bytes);
-		struct xdpg_lb_vip *vip = vip_for(cfg, &flow);
-		if (!vip) {
-			if (cfg->nat_vips)
-				return nat_reply(ctx, &flow, pkt.l4_off, l3_len);
-			return pass_counted(XDPG_LB_PASS_NON_VIP, bytes);
-		}
-		if (pkt.ip_options) {
-			if (cfg->options_policy == XDPG_LB_OPTIONS_DROP)
-				return drop_counted(XDPG_LB_DROP_IP_OPTIONS, bytes);
-			count(XDPG_LB_EV_OPTIONS_FORWARDED, bytes);
-		}
-		return lb_vip(ctx, cfg, vip, &flow, pkt.l4_off, l3_len, syn, bytes);
+		m->l4_off = pkt.l4_off;
+		m->l3_len = l3_len;
+		m->syn = syn;
+		m->ip_options = pkt.ip_options;
+		return -1;
 	}
-	if ((flow.proto == IPPROTO_ICMP && flow.family == XDPG_LB_FAMILY_V4) ||
-	    (flow.proto == IPPROTO_ICMPV6 && flow.family == XDPG_LB_FAMILY_V6))
-		return lb_icmp(ctx, cfg, &flow, pkt.l4_off, l3_len);
+	if ((flow->proto == IPPROTO_ICMP && flow->family == XDPG_LB_FAMILY_V4) ||
+	    (flow->proto == IPPROTO_ICMPV6 && flow->family == XDPG_LB_FAMILY_V6))
+		return lb_icmp(ctx, cfg, flow, pkt.l4_off, l3_len);
 	return pass_counted(XDPG_LB_PASS_NON_VIP, bytes);
+}
+
+SEC("xdp")
+int xdpg_lb(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	__u64 bytes = data_end - data;
+	__u32 zero = 0;
+	union xdpg_lb_flow_words fw;
+	struct xdpg_lb_meta m;
+
+	struct xdpg_lb_config *cfg = bpf_map_lookup_elem(&xdpg_lb_cfg, &zero);
+	if (!cfg)
+		return XDP_PASS;
+	if (parse_fast(data, data_end, &fw, &m) < 0) {
+		int rc = lb_generic(ctx, cfg, &fw, &m);
+		if (rc >= 0)
+			return rc;
+	}
+	struct xdpg_lb_flow *flow = &fw.f;
+	/* A no-op for every offset parsing produces (all are below it), and
+	 * a bound the verifier can see after the round trip through m. */
+	__u32 l4_off = m.l4_off & XDPG_LB_MAX_L4_OFFSET;
+	struct xdpg_lb_vip *vip = vip_for(cfg, flow);
+	if (!vip) {
+		if (cfg->nat_vips)
+			return nat_reply(ctx, flow, l4_off, m.l3_len);
+		return pass_counted(XDPG_LB_PASS_NON_VIP, bytes);
+	}
+	if (m.ip_options) {
+		if (cfg->options_policy == XDPG_LB_OPTIONS_DROP)
+			return drop_counted(XDPG_LB_DROP_IP_OPTIONS, bytes);
+		count(XDPG_LB_EV_OPTIONS_FORWARDED, bytes);
+	}
+	return lb_vip(ctx, cfg, vip, flow, l4_off, m.l3_len, m.syn, bytes);
 }

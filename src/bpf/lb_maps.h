@@ -79,11 +79,17 @@ struct {
 	__type(value, struct xdpg_lb_backend);
 } xdpg_lb_backend SEC(".maps");
 
+/* The connection and NAT tables keep one LRU list for all CPUs (no
+ * BPF_F_NO_COMMON_LRU). Per-CPU lists were measured slower here for every
+ * insert, with one CPU or two inserting at once (benches/per_packet.rs,
+ * BENCHMARKS.md), and they split the capacity: a CPU that sees most new
+ * flows evicts once it has filled its 1/N share. Lookups see every entry
+ * either way, so a flow keeps its backend whichever CPU sees it. */
+
 /* IPv4 connection table: flow -> backend, least recently used evicted first. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, XDPG_LB_DEFAULT_CONNECTIONS);
-	__uint(map_flags, BPF_F_NO_COMMON_LRU);
 	__type(key, struct xdpg_lb_flow4);
 	__type(value, struct xdpg_lb_conn);
 } xdpg_lb_conns4 SEC(".maps");
@@ -92,7 +98,6 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, XDPG_LB_DEFAULT_CONNECTIONS);
-	__uint(map_flags, BPF_F_NO_COMMON_LRU);
 	__type(key, struct xdpg_lb_flow);
 	__type(value, struct xdpg_lb_conn);
 } xdpg_lb_conns6 SEC(".maps");
@@ -101,7 +106,6 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, XDPG_LB_DEFAULT_CONNECTIONS);
-	__uint(map_flags, BPF_F_NO_COMMON_LRU);
 	__type(key, struct xdpg_lb_flow4);
 	__type(value, struct xdpg_lb_nat_rev);
 } xdpg_lb_nat4 SEC(".maps");
@@ -110,7 +114,6 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, XDPG_LB_DEFAULT_CONNECTIONS);
-	__uint(map_flags, BPF_F_NO_COMMON_LRU);
 	__type(key, struct xdpg_lb_flow);
 	__type(value, struct xdpg_lb_nat_rev);
 } xdpg_lb_nat6 SEC(".maps");
@@ -155,6 +158,24 @@ struct {
 	__type(key, __u32);
 	__type(value, struct xdpg_lb_scratch);
 } xdpg_lb_scratch SEC(".maps");
+
+/* A VIP lookup's answer, cached per CPU and valid for one config
+ * generation (see vip_lookup in lb.bpf.c). Not shared with user space. */
+struct xdpg_lb_vip_cache {
+	__u64 generation; /* cfg->generation + 1 when filled (0: empty) */
+	__u64 key[3];	  /* the lookup key's words (IPv4: key[0] only) */
+	struct xdpg_lb_vip vip;
+};
+
+#define XDPG_LB_VIP_CACHE_SLOTS 16
+
+/* Per-CPU cache of VIP lookups, direct-mapped by key. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, XDPG_LB_VIP_CACHE_SLOTS);
+	__type(key, __u32);
+	__type(value, struct xdpg_lb_vip_cache);
+} xdpg_lb_vipc SEC(".maps");
 
 /* The per-CPU new-flow rate bound's state. */
 struct {

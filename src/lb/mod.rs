@@ -454,6 +454,8 @@ impl LoadBalancer {
                 maps.publish_table(vs.index, table.as_deref().map(|t| t.as_slice()))?;
             }
             maps.dirty().store(0, Ordering::Release);
+            // Data-plane caches (the per-CPU VIP cache) key on the generation.
+            maps.generation().fetch_add(1, Ordering::AcqRel);
         }
         Ok(LoadBalancer { maps, program, state: Mutex::new(state) })
     }
