@@ -10,13 +10,13 @@ use ipnetwork::IpNetwork;
 use libbpf_rs::{MapCore, MapFlags};
 
 use crate::attach::{Attachment, Interface};
-use crate::error::{io_from_libbpf, AttachError, Error, ListError, LoadError, PinError};
+use crate::error::{io_from_libbpf, AttachError, Error, ListError, LoadError};
 use crate::filter_maps::{self, Capacity, FilterMaps};
 use crate::layout::consts::*;
 use crate::lists::{Editor, ListKind, ListState, Op};
 use crate::pin::PinDir;
 use crate::prefix::{normalize, Normalized};
-use crate::program::{self, Pinnable, XdpProgram};
+use crate::program::{self, XdpProgram};
 use crate::stats::FilterStats;
 use crate::testrun::TestRun;
 use crate::AttachMode;
@@ -109,26 +109,7 @@ pub struct Filter {
     state: Mutex<ListState>,
 }
 
-impl Pinnable for Filter {
-    fn program(&self) -> &XdpProgram {
-        &self.program
-    }
-    fn program_mut(&mut self) -> &mut XdpProgram {
-        &mut self.program
-    }
-    fn pin_maps(&self, dir: &PinDir) -> Result<(), PinError> {
-        self.maps.set.pin_all(dir)
-    }
-}
-
-impl std::fmt::Debug for Filter {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Filter")
-            .field("attachments", &self.attachments())
-            .field("pin", &self.pin_path())
-            .finish_non_exhaustive()
-    }
-}
+program::impl_pinnable!(Filter);
 
 /// Builds and attaches a [`Filter`].
 ///

@@ -1,7 +1,7 @@
 //! The filter's maps as owned handles, whether just loaded or reopened from
 //! pins, plus typed access to its config entry and counters.
 
-use std::mem::{offset_of, MaybeUninit};
+use std::mem::MaybeUninit;
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 
@@ -13,7 +13,7 @@ use crate::layout::consts::*;
 use crate::layout::filter_skel::FilterSkelBuilder;
 use crate::layout::{xdpg_filter_config, xdpg_v4_bucket, xdpg_v4_rule, xdpg_v6_bucket, xdpg_v6_rule, xdpg_v6_view};
 use crate::maps::{load_err, program_fd, MapSet};
-use crate::mmap::MappedArray;
+use crate::mmap::{cfg_fields, MappedArray};
 use crate::pin::PinDir;
 use crate::stats::Counter;
 
@@ -81,14 +81,6 @@ pub(crate) struct FilterMaps {
     pub v6_rules: MappedArray<xdpg_v6_rule>,
 }
 
-macro_rules! cfg_field {
-    ($get:ident, $field:ident, $atomic:ty, $accessor:ident) => {
-        pub(crate) fn $get(&self) -> &$atomic {
-            self.cfg.$accessor(0, offset_of!(xdpg_filter_config, $field))
-        }
-    };
-}
-
 impl FilterMaps {
     fn new(set: MapSet) -> std::io::Result<Self> {
         let get = |name: &str| set.get(name);
@@ -119,12 +111,15 @@ impl FilterMaps {
         }
     }
 
-    cfg_field!(tables, tables, AtomicU32, atomic_u32);
-    cfg_field!(malformed_policy, malformed_policy, AtomicU32, atomic_u32);
-    cfg_field!(dirty, dirty, AtomicU32, atomic_u32);
-    cfg_field!(v4_rule_count, v4_rule_count, AtomicU32, atomic_u32);
-    cfg_field!(v6_rule_count, v6_rule_count, AtomicU32, atomic_u32);
-    cfg_field!(generation, generation, AtomicU64, atomic_u64);
+    cfg_fields! {
+        xdpg_filter_config;
+        tables: AtomicU32 => atomic_u32,
+        malformed_policy: AtomicU32 => atomic_u32,
+        dirty: AtomicU32 => atomic_u32,
+        v4_rule_count: AtomicU32 => atomic_u32,
+        v6_rule_count: AtomicU32 => atomic_u32,
+        generation: AtomicU64 => atomic_u64,
+    }
 
     pub(crate) fn config(&self) -> xdpg_filter_config {
         self.cfg.get(0)

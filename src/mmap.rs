@@ -14,6 +14,17 @@ use bytemuck::Pod;
 use libbpf_rs::{MapCore, MapHandle};
 use nix::sys::mman::{mmap, munmap, MapFlags, ProtFlags};
 
+/// Accessors for the atomically shared fields of a config struct held in
+/// element 0 of `self.cfg` (a [`MappedArray`]): `field: AtomicType => accessor`.
+macro_rules! cfg_fields {
+    ($cfg:ty; $($field:ident: $atomic:ty => $accessor:ident),* $(,)?) => {
+        $(pub(crate) fn $field(&self) -> &$atomic {
+            self.cfg.$accessor(0, std::mem::offset_of!($cfg, $field))
+        })*
+    };
+}
+pub(crate) use cfg_fields;
+
 /// An array map's values, mapped into this process.
 pub(crate) struct MappedArray<T> {
     base: NonNull<T>,

@@ -34,6 +34,34 @@ pub(crate) trait Pinnable {
     fn pin_maps(&self, dir: &PinDir) -> Result<(), PinError>;
 }
 
+/// Implements [`Pinnable`] and `Debug` for a type holding an [`XdpProgram`]
+/// in `program` and its [`MapSet`](crate::maps::MapSet) in `maps.set`.
+macro_rules! impl_pinnable {
+    ($ty:ident) => {
+        impl $crate::program::Pinnable for $ty {
+            fn program(&self) -> &$crate::program::XdpProgram {
+                &self.program
+            }
+            fn program_mut(&mut self) -> &mut $crate::program::XdpProgram {
+                &mut self.program
+            }
+            fn pin_maps(&self, dir: &$crate::pin::PinDir) -> Result<(), $crate::error::PinError> {
+                self.maps.set.pin_all(dir)
+            }
+        }
+
+        impl std::fmt::Debug for $ty {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.debug_struct(stringify!($ty))
+                    .field("attachments", &self.attachments())
+                    .field("pin", &self.pin_path())
+                    .finish_non_exhaustive()
+            }
+        }
+    };
+}
+pub(crate) use impl_pinnable;
+
 /// Builds an object with `make`, attaches it to `interfaces` and pins it
 /// under `pin`. If any step fails, nothing is left attached or pinned.
 pub(crate) fn create<T: Pinnable>(

@@ -15,7 +15,7 @@ use crate::error::{io_from_libbpf, missing_privileges, LbError, LoadError, PinEr
 use crate::maps::{load_err, program_fd, MapSet};
 use crate::stats::Counter;
 use crate::layout::consts::*;
-use crate::mmap::MappedArray;
+use crate::mmap::{cfg_fields, MappedArray};
 use crate::pin::PinDir;
 
 /// The name of the LB program, also its pin name.
@@ -74,14 +74,6 @@ pub(crate) struct LbMaps {
     pub backends: MappedArray<xdpg_lb_backend>,
 }
 
-macro_rules! cfg_field {
-    ($get:ident, $field:ident, $atomic:ty, $accessor:ident) => {
-        pub(crate) fn $get(&self) -> &$atomic {
-            self.cfg.$accessor(0, offset_of!(xdpg_lb_config, $field))
-        }
-    };
-}
-
 impl LbMaps {
     fn new(set: MapSet) -> std::io::Result<Self> {
         Ok(Self {
@@ -105,19 +97,22 @@ impl LbMaps {
         }
     }
 
-    cfg_field!(hash_seed, hash_seed, AtomicU32, atomic_u32);
-    cfg_field!(nat_vips, nat_vips, AtomicU32, atomic_u32);
-    cfg_field!(allport_vips, allport_vips, AtomicU32, atomic_u32);
-    cfg_field!(next_backend, next_backend, AtomicU32, atomic_u32);
-    cfg_field!(dirty, dirty, AtomicU32, atomic_u32);
-    cfg_field!(generation, generation, AtomicU64, atomic_u64);
-    cfg_field!(udp_timeout, udp_timeout, AtomicU64, atomic_u64);
-    cfg_field!(ns_per_jiffy, ns_per_jiffy, AtomicU64, atomic_u64);
-    cfg_field!(new_flow_interval, new_flow_interval, AtomicU64, atomic_u64);
-    cfg_field!(new_flow_burst, new_flow_burst, AtomicU64, atomic_u64);
-    cfg_field!(nexthop_ttl, nexthop_ttl, AtomicU64, atomic_u64);
-    cfg_field!(ipip_v4_src, ipip_v4_src, AtomicU32, atomic_u32);
-    cfg_field!(ipip_v4_mask, ipip_v4_mask, AtomicU32, atomic_u32);
+    cfg_fields! {
+        xdpg_lb_config;
+        hash_seed: AtomicU32 => atomic_u32,
+        nat_vips: AtomicU32 => atomic_u32,
+        allport_vips: AtomicU32 => atomic_u32,
+        next_backend: AtomicU32 => atomic_u32,
+        dirty: AtomicU32 => atomic_u32,
+        generation: AtomicU64 => atomic_u64,
+        udp_timeout: AtomicU64 => atomic_u64,
+        ns_per_jiffy: AtomicU64 => atomic_u64,
+        new_flow_interval: AtomicU64 => atomic_u64,
+        new_flow_burst: AtomicU64 => atomic_u64,
+        nexthop_ttl: AtomicU64 => atomic_u64,
+        ipip_v4_src: AtomicU32 => atomic_u32,
+        ipip_v4_mask: AtomicU32 => atomic_u32,
+    }
 
     /// The four policy bytes (echo, fragments, options, pad) as one word.
     pub(crate) fn policies(&self) -> &AtomicU32 {

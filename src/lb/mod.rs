@@ -22,10 +22,10 @@ use ipnetwork::IpNetwork;
 use libbpf_rs::{MapCore, MapFlags};
 
 use crate::attach::{Attachment, Interface};
-use crate::error::{AttachError, Error, LbError, LoadError, PinError};
+use crate::error::{AttachError, Error, LbError, LoadError};
 use crate::layout::consts::*;
 use crate::pin::PinDir;
-use crate::program::{self, Pinnable, XdpProgram};
+use crate::program::{self, XdpProgram};
 use crate::testrun::TestRun;
 use crate::AttachMode;
 
@@ -107,26 +107,7 @@ pub struct LoadBalancer {
     state: Mutex<LbState>,
 }
 
-impl Pinnable for LoadBalancer {
-    fn program(&self) -> &XdpProgram {
-        &self.program
-    }
-    fn program_mut(&mut self) -> &mut XdpProgram {
-        &mut self.program
-    }
-    fn pin_maps(&self, dir: &PinDir) -> Result<(), PinError> {
-        self.maps.set.pin_all(dir)
-    }
-}
-
-impl std::fmt::Debug for LoadBalancer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LoadBalancer")
-            .field("attachments", &self.attachments())
-            .field("pin", &self.pin_path())
-            .finish_non_exhaustive()
-    }
-}
+program::impl_pinnable!(LoadBalancer);
 
 /// Builds and attaches a [`LoadBalancer`].
 #[derive(Debug, Clone)]
