@@ -561,6 +561,43 @@ fn new_flow_rate_is_bounded_per_cpu_and_refusals_still_forward() {
     });
 }
 
+#[test]
+fn nat_flows_over_the_new_flow_bound_are_dropped_not_broken() {
+    in_lb_ns("vnatrate", 3, |n| {
+        let mut cpus = nix::sched::CpuSet::new();
+        cpus.set(0).unwrap();
+        nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &cpus).unwrap();
+        let lb = lb();
+        lb.set_new_flow_limit(NewFlowLimit::PerCpu { per_second: 1, burst: 2 });
+        let vip = Vip::tcp(sa(VIP_V4, 80));
+        vip_with(&lb, vip, VipConfig::new(ForwardingMode::Nat), &backends_v4(3));
+        let send = |i: u16, syn: bool| {
+            let input = frame(n.eth0_mac, client(i), vip.addr_port(), Protocol::Tcp, syn, PAYLOAD);
+            lb.test_run_on(&input, n.eth0).unwrap()
+        };
+        let before = lb.stats().unwrap();
+        for i in 0..6u16 {
+            let out = send(i, true);
+            if i < 2 {
+                assert_eq!(out.action, XdpAction::Redirect, "flow {i} is within the burst");
+                let chosen = lb.backend_for(&vip, &Flow::new(client(i), vip.addr_port(), Protocol::Tcp)).unwrap().unwrap();
+                assert_eq!(check_ip_packet(&out.frame[14..]).dst, sa(chosen.ip, 80));
+            } else {
+                // Forwarded untracked, its replies could not be translated back.
+                assert_eq!(out.action, XdpAction::Drop, "flow {i} is over the bound");
+            }
+        }
+        let s = lb.stats().unwrap().since(&before);
+        assert_eq!(s.drops.nat_untracked.packets, 4, "{s:?}");
+        assert_eq!(s.conntrack_refused.packets, 4, "{s:?}");
+        assert_eq!(s.dropped().packets, 4, "{s:?}");
+        assert_eq!(lb.connection_count(), 2);
+        // A tracked flow keeps flowing while the bound refuses new ones.
+        assert_eq!(send(0, false).action, XdpAction::Redirect);
+        assert_eq!(lb.vip_stats(&vip).unwrap().lru_hits, 1);
+    });
+}
+
 // ---- drops ---------------------------------------------------------------
 
 #[test]

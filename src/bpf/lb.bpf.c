@@ -1012,6 +1012,11 @@ static __always_inline int lb_vip(struct xdp_md *ctx, struct xdpg_lb_config *cfg
 					vs->new_flows++;
 			} else {
 				count(XDPG_LB_EV_CT_REFUSED, bytes);
+				/* NAT translates replies from this state: an untracked
+				 * flow would reach its backend and then break, so it is
+				 * dropped and the client retries. */
+				if (vip->mode == XDPG_LB_MODE_NAT)
+					return drop_counted(XDPG_LB_DROP_NAT_UNTRACKED, bytes);
 			}
 		}
 	}

@@ -78,6 +78,11 @@ pub struct LbDrops {
     pub unsupported: Counter,
     /// No headroom to encapsulate (driver gives too little).
     pub headroom: Counter,
+    /// New NAT flows over the [`NewFlowLimit`](crate::NewFlowLimit): NAT
+    /// translates replies from the connection entry, so a flow that gets
+    /// none is dropped (and the client retries) rather than forwarded and
+    /// broken. Also counted in [`LbStats::conntrack_refused`].
+    pub nat_untracked: Counter,
 }
 
 /// The LB's global counters: every drop reason, and what happened to
@@ -101,7 +106,8 @@ pub struct LbStats {
     pub passed_ttl: Counter,
     /// ICMP echo to a VIP passed by the echo policy.
     pub passed_echo: Counter,
-    /// New flows forwarded but not tracked: the per-CPU new-flow bound was hit.
+    /// New flows not tracked because the per-CPU new-flow bound was hit:
+    /// forwarded untracked, or for NAT VIPs dropped (see [`LbDrops::nat_untracked`]).
     pub conntrack_refused: Counter,
     /// Fragments forwarded (hashed without ports).
     pub fragments_forwarded: Counter,
@@ -136,6 +142,7 @@ impl LbStats {
                 icmp: g(XDPG_LB_DROP_ICMP),
                 unsupported: g(XDPG_LB_DROP_UNSUPPORTED),
                 headroom: g(XDPG_LB_DROP_HEADROOM),
+                nat_untracked: g(XDPG_LB_DROP_NAT_UNTRACKED),
             },
             passed_non_vip: g(XDPG_LB_PASS_NON_VIP),
             passed_malformed: g(XDPG_LB_PASS_MALFORMED),
@@ -159,7 +166,7 @@ impl LbStats {
     /// Every drop, whatever the reason.
     pub fn dropped(&self) -> Counter {
         let d = &self.drops;
-        d.no_backend + d.mtu + d.fragment + d.ip_options + d.echo + d.icmp + d.unsupported + d.headroom
+        d.no_backend + d.mtu + d.fragment + d.ip_options + d.echo + d.icmp + d.unsupported + d.headroom + d.nat_untracked
     }
 
     /// (name, counter) pairs, drops first, in a stable order, for tables and JSON.
@@ -174,6 +181,7 @@ impl LbStats {
             ("drop_icmp", d.icmp),
             ("drop_unsupported", d.unsupported),
             ("drop_headroom", d.headroom),
+            ("drop_nat_untracked", d.nat_untracked),
             ("passed_non_vip", self.passed_non_vip),
             ("passed_malformed", self.passed_malformed),
             ("passed_no_neighbour", self.passed_no_neighbour),
@@ -206,6 +214,7 @@ impl LbStats {
                 icmp: d(self.drops.icmp, earlier.drops.icmp),
                 unsupported: d(self.drops.unsupported, earlier.drops.unsupported),
                 headroom: d(self.drops.headroom, earlier.drops.headroom),
+                nat_untracked: d(self.drops.nat_untracked, earlier.drops.nat_untracked),
             },
             passed_non_vip: d(self.passed_non_vip, earlier.passed_non_vip),
             passed_malformed: d(self.passed_malformed, earlier.passed_malformed),

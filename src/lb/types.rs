@@ -552,7 +552,9 @@ impl OptionsPolicy {
 
 /// The per-CPU bound on new connection-table entries, so a SYN flood
 /// cannot evict live flows. Flows over the bound are still forwarded (by
-/// Maglev), just not tracked, and counted as refused.
+/// Maglev), just not tracked, and counted as refused; except new flows to a
+/// NAT VIP, which need their entry to translate replies back and are
+/// dropped instead ([`LbDrops::nat_untracked`](crate::LbDrops::nat_untracked)).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum NewFlowLimit {
     /// No bound.
