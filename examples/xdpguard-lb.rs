@@ -15,6 +15,8 @@
 //! xdpguard-lb which 203.0.113.10:80 --from 192.0.2.1:40000 [--json]     (the backend a new flow gets)
 //! xdpguard-lb stats [--json] [--reset]                   xdpguard-lb status [--json]
 //! xdpguard-lb detach
+//! xdpguard-lb decap attach --iface eth0 --local 198.51.100.11 [--pin DIR] [--netns NAME]   (on a backend)
+//! xdpguard-lb decap stats [--json]                       xdpguard-lb decap detach
 //! ```
 //! A VIP is `ADDR:PORT`, `[V6ADDR]:PORT`, or `ADDR:*` for all ports.
 
@@ -30,11 +32,12 @@ use clap::{Args, Parser, Subcommand};
 use common::Result;
 use serde_json::{json, Value};
 use xdpguard::{
-    AttachMode, BackendAddr, Counter, EchoPolicy, Flow, ForwardingMode, FragmentPolicy, HashInput, IpNetwork,
+    AttachMode, BackendAddr, Counter, Decap, EchoPolicy, Flow, ForwardingMode, FragmentPolicy, HashInput, IpNetwork,
     LoadBalancer, OptionsPolicy, Protocol, Vip, VipConfig,
 };
 
 const DEFAULT_PIN: &str = "/sys/fs/bpf/xdpguard-lb";
+const DEFAULT_DECAP_PIN: &str = "/sys/fs/bpf/xdpguard-decap";
 
 #[derive(Parser)]
 #[command(name = "xdpguard-lb", version, about = "Manage a pinned xdpguard load balancer")]
@@ -63,6 +66,47 @@ impl VipArg {
     fn vip(&self) -> Result<Vip> {
         format!("{}/{}", self.proto, self.vip).parse::<Vip>().map_err(Into::into)
     }
+}
+
+#[derive(Args)]
+struct DecapPin {
+    /// The decapsulator's bpffs pin directory.
+    #[arg(long, default_value = DEFAULT_DECAP_PIN)]
+    pin: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum DecapCommand {
+    /// Load a decapsulator, attach it and pin it: it keeps running after this exits.
+    Attach {
+        /// Interface to attach to (repeatable).
+        #[arg(long = "iface", required = true)]
+        ifaces: Vec<String>,
+        /// Local tunnel endpoint to decapsulate for (repeatable): the address the LB sends to.
+        #[arg(long = "local", required = true)]
+        locals: Vec<std::net::IpAddr>,
+        /// XDP mode.
+        #[arg(long, default_value = "auto")]
+        mode: AttachMode,
+        #[command(flatten)]
+        pin: DecapPin,
+        /// Attach inside this named network namespace (/run/netns/NAME).
+        #[arg(long)]
+        netns: Option<String>,
+    },
+    /// Show its interfaces, local endpoints and counters.
+    Stats {
+        #[command(flatten)]
+        pin: DecapPin,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Detach from every interface and remove the pins.
+    Detach {
+        #[command(flatten)]
+        pin: DecapPin,
+    },
 }
 
 #[derive(Subcommand)]
@@ -120,6 +164,9 @@ enum Command {
     /// Add, remove or list VIPs.
     #[command(subcommand)]
     Vip(VipCommand),
+    /// On a backend: strip the IPIP headers the LB adds (no ipip module needed).
+    #[command(subcommand)]
+    Decap(DecapCommand),
     /// Add, remove, reweight or list a VIP's backends.
     #[command(subcommand)]
     Backend(BackendCommand),
@@ -288,6 +335,54 @@ fn run(command: Command) -> Result<()> {
             }
             let lb = b.attach()?;
             common::print_attached(&lb.attachments(), &pin.pin);
+        }
+        Command::Decap(DecapCommand::Attach { ifaces, locals, mode, pin, netns }) => {
+            if let Some(name) = netns {
+                common::enter_netns(&name)?;
+            }
+            let mut b = Decap::builder().mode(mode).pin(&pin.pin);
+            for i in &ifaces {
+                b = b.interface(i.as_str());
+            }
+            for a in locals {
+                b = b.local(a);
+            }
+            let decap = b.attach()?;
+            common::print_attached(&decap.attachments(), &pin.pin);
+        }
+        Command::Decap(DecapCommand::Stats { pin, json }) => {
+            let decap = Decap::open_pinned(&pin.pin)?;
+            let s = decap.stats()?;
+            let locals = decap.locals();
+            if json {
+                let attachments: Vec<Value> = decap.attachments().iter().map(common::attachment_json).collect();
+                let locals: Vec<String> = locals.iter().map(|a| a.to_string()).collect();
+                println!(
+                    "{}",
+                    json!({
+                        "attachments": attachments,
+                        "locals": locals,
+                        "decapsulated": counter(s.decapsulated),
+                        "passed": counter(s.passed),
+                    })
+                );
+            } else {
+                for a in decap.attachments() {
+                    println!("attached to {} ({})", a.interface, a.mode);
+                }
+                for a in &locals {
+                    println!("local endpoint {a}");
+                }
+                println!("{:<22} {:>14} {:>16}", "counter", "packets", "bytes");
+                println!("{:<22} {:>14} {:>16}", "decapsulated", s.decapsulated.packets, s.decapsulated.bytes);
+                println!("{:<22} {:>14} {:>16}", "passed", s.passed.packets, s.passed.bytes);
+            }
+        }
+        Command::Decap(DecapCommand::Detach { pin }) => {
+            let decap = Decap::open_pinned(&pin.pin)?;
+            let attachments = decap.attachments();
+            decap.unpin()?;
+            common::print_detached(&attachments, &pin.pin);
         }
         Command::Detach { pin } => {
             let lb = LoadBalancer::open_pinned(&pin.pin)?;

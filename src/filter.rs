@@ -109,7 +109,7 @@ pub struct Filter {
     state: Mutex<ListState>,
 }
 
-program::impl_pinnable!(Filter);
+program::impl_pinnable!(Filter, maps.set);
 
 /// Builds and attaches a [`Filter`].
 ///

@@ -35,9 +35,10 @@ pub(crate) trait Pinnable {
 }
 
 /// Implements [`Pinnable`] and `Debug` for a type holding an [`XdpProgram`]
-/// in `program` and its [`MapSet`](crate::maps::MapSet) in `maps.set`.
+/// in `program` and its [`MapSet`](crate::maps::MapSet) at the field path
+/// given (`maps.set`).
 macro_rules! impl_pinnable {
-    ($ty:ident) => {
+    ($ty:ident, $($maps:ident).+) => {
         impl $crate::program::Pinnable for $ty {
             fn program(&self) -> &$crate::program::XdpProgram {
                 &self.program
@@ -46,7 +47,7 @@ macro_rules! impl_pinnable {
                 &mut self.program
             }
             fn pin_maps(&self, dir: &$crate::pin::PinDir) -> Result<(), $crate::error::PinError> {
-                self.maps.set.pin_all(dir)
+                self.$($maps).+.pin_all(dir)
             }
         }
 

@@ -111,3 +111,57 @@ fn the_cli_manages_a_pinned_lb() {
     cli.ok(&["detach", p[0], p[1]]);
     assert!(!pin.path().exists(), "detach removes the pins");
 }
+
+#[test]
+fn the_cli_runs_pinned_decapsulators_on_ipip_backends() {
+    let pin = ScratchDir::bpffs("lbclid");
+    let decap_pins: Vec<ScratchDir> = (0..3).map(|_| ScratchDir::bpffs("lbclidecap")).collect();
+    let net = LbNet::new("lclid", 3, BackendKind::VipOnLoopback);
+    let _servers: Vec<Servers> = net
+        .backends
+        .iter()
+        .enumerate()
+        .map(|(i, ns)| Servers::start(ns, &format!("b{}", i + 1), 80, vec![IpAddr::V4(VIP_V4)]))
+        .collect();
+    let cli = ExampleBinary::new("xdpguard-lb");
+    let p = ["--pin", pin.arg()];
+
+    cli.ok(&["attach", "--iface", "eth0", "--iface", "eth1", "--netns", &net.lb.name, "--ipip-source", IPIP_SRC_V4, p[0], p[1]]);
+    net.warm_neighbours();
+    let vip = "203.0.113.10:80";
+    cli.ok(&["vip", "add", vip, "--mode", "ipip", p[0], p[1]]);
+    for (i, (ns, dp)) in net.backends.iter().zip(&decap_pins).enumerate() {
+        let local = backend_v4(i + 1).to_string();
+        cli.ok(&["backend", "add", vip, &local, p[0], p[1]]);
+        let out = cli.ok(&["decap", "attach", "--iface", "eth0", "--local", &local, "--netns", &ns.name, "--pin", dp.arg()]);
+        assert!(out.contains("eth0"), "{out}");
+    }
+
+    // Every CLI process has exited: the backends still decapsulate, so
+    // real connections through the IPIP LB reach all three.
+    let m = spread(&net, 45);
+    assert_eq!(m.len(), 3, "all three backends answer: {m:?}");
+    let mut decapsulated = 0;
+    for (i, dp) in decap_pins.iter().enumerate() {
+        let s = cli.json(&["decap", "stats", "--json", "--pin", dp.arg()]);
+        assert_eq!(s["locals"], serde_json::json!([backend_v4(i + 1).to_string()]), "{s}");
+        assert_eq!(s["attachments"].as_array().unwrap().len(), 1, "{s}");
+        decapsulated += s["decapsulated"]["packets"].as_u64().unwrap();
+    }
+    assert!(decapsulated >= 45 * 3, "every request is a few packets, all decapsulated: {decapsulated}");
+    let human = cli.ok(&["decap", "stats", "--pin", decap_pins[0].arg()]);
+    assert!(human.contains("decapsulated") && human.contains(&backend_v4(1).to_string()), "{human}");
+
+    // A missing pin directory is a typed error with a failing status.
+    let out = cli.run(&["decap", "stats", "--pin", "/sys/fs/bpf/xdpguard-no-such-decap"]);
+    assert!(!out.status.success());
+    for dp in &decap_pins {
+        cli.ok(&["decap", "detach", "--pin", dp.arg()]);
+        assert!(!dp.path().exists(), "detach removes the pins");
+    }
+    // Without decapsulators the backends drop the tunnel packets.
+    let to = SocketAddr::new(IpAddr::V4(VIP_V4), 80);
+    let failed = net.client.run(move || Conn::open(to, Duration::from_millis(500)).and_then(|mut c| c.ask()).is_err());
+    assert!(failed, "after decap detach nothing answers");
+    cli.ok(&["detach", p[0], p[1]]);
+}

@@ -1220,6 +1220,53 @@ fn a_pinned_lb_reopens_with_its_state() {
     });
 }
 
+#[test]
+fn a_pinned_decap_keeps_running_without_its_process() {
+    let dir = ScratchDir::bpffs("decappin");
+    let lb_dir = ScratchDir::bpffs("decappinlb");
+    let vn = VerdictNet::new("vdpin", 1);
+    let (eth0, mac) = (vn.eth0, vn.eth0_mac);
+    let (d, lb_d) = (dir.path().to_owned(), lb_dir.path().to_owned());
+    vn.lb.run(move || {
+        let lb = lb();
+        let vip = Vip::tcp(sa(VIP_V4, 80));
+        vip_with(&lb, vip, VipConfig::new(ForwardingMode::Ipip), &backends_v4(1));
+        let input = frame(mac, client(1), vip.addr_port(), Protocol::Tcp, true, PAYLOAD);
+        let enc = lb.test_run_on(&input, eth0).unwrap().frame;
+
+        let decap = Decap::builder()
+            .interface("eth1")
+            .mode(xdpguard::AttachMode::Native)
+            .local(IpAddr::V4(backend_v4(1)))
+            .pin(&d)
+            .attach()
+            .unwrap();
+        assert_eq!(decap.pin_path(), Some(d.as_path()));
+        assert_eq!(decap.test_run(&enc).unwrap().frame[12..], input[12..]);
+        drop(decap); // as when its process exits
+
+        let again = Decap::open_pinned(&d).unwrap();
+        let at = again.attachments();
+        assert_eq!((at.len(), at[0].interface.as_str(), at[0].mode), (1, "eth1", xdpguard::AttachMode::Native));
+        assert_eq!(again.locals(), vec![IpAddr::V4(backend_v4(1))]);
+        assert_eq!(again.stats().unwrap().decapsulated.packets, 1, "counters survive");
+        again.add_local(IpAddr::V4(backend_v4(2))).unwrap();
+        assert_eq!(Decap::open_pinned(&d).unwrap().locals().len(), 2, "edits are shared");
+        let out = again.test_run(&enc).unwrap();
+        assert_eq!((out.action, &out.frame[12..]), (XdpAction::Pass, &input[12..]));
+
+        // Not a decap directory, or none: typed errors.
+        let _pinned_lb = LoadBalancer::builder().pin(&lb_d).load().unwrap();
+        assert!(matches!(Decap::open_pinned(&lb_d), Err(xdpguard::Error::Pin(xdpguard::PinError::NotOurs { .. }))));
+        again.unpin().unwrap();
+        assert!(!d.exists(), "unpin removes the directory");
+        assert!(matches!(Decap::open_pinned(&d), Err(xdpguard::Error::Pin(xdpguard::PinError::NotFound { .. }))));
+        // The link went with the pins: the interface takes a new program.
+        let fresh = Decap::builder().interface("eth1").mode(xdpguard::AttachMode::Native).attach().unwrap();
+        assert_eq!(fresh.attachments().len(), 1);
+    });
+}
+
 // ---- errors ----------------------------------------------------------------------
 
 #[test]

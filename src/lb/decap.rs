@@ -4,6 +4,7 @@
 use std::mem::MaybeUninit;
 use std::net::IpAddr;
 use std::os::fd::BorrowedFd;
+use std::path::{Path, PathBuf};
 
 use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
 use libbpf_rs::{MapCore, MapFlags};
@@ -12,11 +13,13 @@ use super::hash::{addr_words, family_code};
 use super::layout::decap_skel::DecapSkelBuilder;
 use super::layout::xdpg_decap_key;
 use super::maps::map_err;
+use super::state::ip_from_words;
 use crate::attach::{Attachment, Interface};
 use crate::error::{missing_privileges, AttachError, Error, LbError, LoadError};
 use crate::layout::consts::*;
 use crate::maps::{load_err, program_fd, MapSet};
-use crate::program::XdpProgram;
+use crate::pin::PinDir;
+use crate::program::{self, XdpProgram};
 use crate::stats::Counter;
 use crate::testrun::TestRun;
 use crate::AttachMode;
@@ -25,15 +28,21 @@ use crate::AttachMode;
 /// packets addressed to one of its local addresses lose their outer header
 /// and reach the stack as the inner packet (whose destination, the VIP, the
 /// host holds on a loopback interface). Everything else passes untouched.
-/// Dropping it detaches it.
+/// Dropping an unpinned one detaches it; a pinned one (see
+/// [`DecapBuilder::pin`]) keeps running after its process exits, so a
+/// backend needs no resident agent. Requires Linux 5.9 (BPF links for XDP).
 ///
 /// ```no_run
 /// use xdpguard::Decap;
 /// let decap = Decap::builder()
 ///     .interface("eth0")
 ///     .local("198.51.100.11".parse()?)
+///     .pin("/sys/fs/bpf/xdpguard-decap")
 ///     .attach()?;
 /// println!("{:?}", decap.stats()?);
+/// // Later, from any process:
+/// let again = Decap::open_pinned("/sys/fs/bpf/xdpguard-decap")?;
+/// again.unpin()?;                      // detach and remove the pins
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub struct Decap {
@@ -41,11 +50,7 @@ pub struct Decap {
     program: XdpProgram,
 }
 
-impl std::fmt::Debug for Decap {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Decap").field("attachments", &self.attachments()).finish_non_exhaustive()
-    }
-}
+program::impl_pinnable!(Decap, maps);
 
 /// Builds a [`Decap`].
 #[derive(Debug, Clone, Default)]
@@ -53,6 +58,7 @@ pub struct DecapBuilder {
     interfaces: Vec<Interface>,
     mode: AttachMode,
     locals: Vec<IpAddr>,
+    pin: Option<PathBuf>,
 }
 
 /// The decapsulator's counters.
@@ -83,6 +89,14 @@ impl DecapBuilder {
         self
     }
 
+    /// Pins the program, its maps and its links under `dir` (on bpffs; the
+    /// directory must not exist or be empty), so the decapsulator outlives
+    /// this process. [`Decap::open_pinned`] reopens it.
+    pub fn pin(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.pin = Some(dir.into());
+        self
+    }
+
     /// Loads without attaching (for [`Decap::test_run`]).
     pub fn load(self) -> Result<Decap, Error> {
         self.build(false)
@@ -100,26 +114,29 @@ impl DecapBuilder {
         if let Some(missing) = missing_privileges() {
             return Err(LoadError::MissingPrivileges { missing }.into());
         }
-        let mut storage = MaybeUninit::uninit();
-        let open = DecapSkelBuilder::default().open(&mut storage).map_err(load_err("opening the decap object"))?;
-        let skel = open.load().map_err(|e| LoadError::Rejected { program: PROGRAM_NAME, message: format!("{e:#}") })?;
-        let maps = MapSet::from_object(skel.object(), &["xdpg_decap_addr", "xdpg_decap_cnt"])?;
-        let program = XdpProgram::new(program_fd(skel.object(), PROGRAM_NAME)?, PROGRAM_NAME);
-        drop(skel);
-        let decap = Decap { maps, program };
-        for a in &self.locals {
-            decap.add_local(*a)?;
-        }
-        if attach {
-            for iface in &self.interfaces {
-                decap.program.attach(iface, self.mode)?;
+        let interfaces: &[Interface] = if attach { &self.interfaces } else { &[] };
+        program::create(self.pin.as_deref(), KIND, MARKER, interfaces, self.mode, || {
+            let mut storage = MaybeUninit::uninit();
+            let open = DecapSkelBuilder::default().open(&mut storage).map_err(load_err("opening the decap object"))?;
+            let skel =
+                open.load().map_err(|e| LoadError::Rejected { program: PROGRAM_NAME, message: format!("{e:#}") })?;
+            let maps = MapSet::from_object(skel.object(), MAPS)?;
+            let program = XdpProgram::new(program_fd(skel.object(), PROGRAM_NAME)?, PROGRAM_NAME);
+            drop(skel);
+            let decap = Decap { maps, program };
+            for a in &self.locals {
+                decap.add_local(*a)?;
             }
-        }
-        Ok(decap)
+            Ok(decap)
+        })
     }
 }
 
 const PROGRAM_NAME: &str = "xdpg_decap";
+/// The maps, pinned under these names; the first marks a decap pin directory.
+const MAPS: &[&str] = &["xdpg_decap_addr", "xdpg_decap_cnt"];
+const MARKER: &str = "xdpg_decap_addr";
+const KIND: &str = "decapsulator";
 
 fn key(addr: IpAddr) -> xdpg_decap_key {
     xdpg_decap_key { addr: addr_words(addr), family: family_code(addr), pad: [0; 3] }
@@ -129,6 +146,40 @@ impl Decap {
     /// Starts building a decapsulator.
     pub fn builder() -> DecapBuilder {
         DecapBuilder::default()
+    }
+
+    /// Reopens a decapsulator pinned under `dir`, with its local addresses
+    /// and counters, still attached wherever it was.
+    pub fn open_pinned(dir: impl AsRef<Path>) -> Result<Decap, Error> {
+        let dir = PinDir::open(dir.as_ref(), KIND, MARKER)?;
+        if let Some(missing) = missing_privileges() {
+            return Err(LoadError::MissingPrivileges { missing }.into());
+        }
+        let maps = MapSet::open_pinned(&dir, MAPS)?;
+        let program = XdpProgram::open_pinned(dir, PROGRAM_NAME)?;
+        Ok(Decap { maps, program })
+    }
+
+    /// The pin directory, if pinned.
+    pub fn pin_path(&self) -> Option<&Path> {
+        self.program.pin_path()
+    }
+
+    /// Detaches from every interface and removes every pin.
+    pub fn unpin(self) -> Result<(), Error> {
+        self.program.unpin()
+    }
+
+    /// The local tunnel endpoints it decapsulates for.
+    pub fn locals(&self) -> Vec<IpAddr> {
+        let map = self.maps.get("xdpg_decap_addr");
+        let mut out = Vec::new();
+        for k in map.keys() {
+            let key: xdpg_decap_key = bytemuck::pod_read_unaligned(&k);
+            out.extend(ip_from_words(key.family, key.addr));
+        }
+        out.sort();
+        out
     }
 
     /// Decapsulates tunnel packets addressed to `addr` from the next packet on.

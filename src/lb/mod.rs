@@ -107,7 +107,7 @@ pub struct LoadBalancer {
     state: Mutex<LbState>,
 }
 
-program::impl_pinnable!(LoadBalancer);
+program::impl_pinnable!(LoadBalancer, maps.set);
 
 /// Builds and attaches a [`LoadBalancer`].
 #[derive(Debug, Clone)]
