@@ -247,6 +247,11 @@ impl Filter {
     /// Reopens a filter pinned under `dir`, with its lists and counters,
     /// still attached wherever it was.
     ///
+    /// If the last process editing it died mid-edit, the tables are rebuilt
+    /// here from the stored entries, so the kernel's verdicts match
+    /// [`verdict`](Filter::verdict) again. Entries stored before that edit
+    /// are kept; a bulk edit cut short may be partly applied.
+    ///
     /// ```no_run
     /// let filter = xdpguard::Filter::open_pinned("/sys/fs/bpf/xdpguard")?;
     /// filter.blocklist().insert("198.51.100.0/24".parse()?)?;
