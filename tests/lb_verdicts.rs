@@ -1267,6 +1267,78 @@ fn a_pinned_decap_keeps_running_without_its_process() {
     });
 }
 
+/// What a process killed mid-edit leaves behind (the "edit in progress"
+/// mark set, and a VIP's Maglev table that disagrees with its backends),
+/// written straight into the pinned maps; reopening must republish the
+/// tables so the kernel picks what `backend_for` predicts again.
+#[test]
+fn reopening_repairs_an_lb_whose_editor_died() {
+    use libbpf_rs::{MapCore, MapFlags, MapHandle, MapType};
+    use std::os::fd::{AsFd, AsRawFd};
+    /// `offset_of!(struct xdpg_lb_config, dirty)`, asserted in src/lb/layout.rs.
+    const DIRTY_OFFSET: usize = 84;
+
+    let dir = ScratchDir::bpffs("lbrepair");
+    let vn = VerdictNet::new("vrep", 3);
+    let (eth0, mac, eth1_mac) = (vn.eth0, vn.eth0_mac, vn.eth1_mac);
+    let d = dir.path().to_owned();
+    vn.lb.run(move || {
+        let lb = LoadBalancer::builder()
+            .redirect_interface("eth0")
+            .redirect_interface("eth1")
+            .ipip_source(IPIP_SRC_V4.parse().unwrap())
+            .pin(&d)
+            .load()
+            .unwrap();
+        let vip = Vip::tcp(sa(VIP_V4, 80));
+        vip_with(&lb, vip, VipConfig::new(ForwardingMode::Ipip).table_size(1021), &backends_v4(3));
+        // Kernel and library agree on every new flow (a SYN always asks Maglev).
+        let agree = |lb: &LoadBalancer| {
+            (0..200u16).all(|i| {
+                let input = frame(mac, client(i), vip.addr_port(), Protocol::Tcp, true, PAYLOAD);
+                let out = lb.test_run_on(&input, eth0).unwrap();
+                let picked = check_ipip(&out.frame, &input, eth1_mac).1;
+                picked == lb.backend_for(&vip, &Flow::new(client(i), vip.addr_port(), Protocol::Tcp)).unwrap().unwrap().ip
+            })
+        };
+        assert!(agree(&lb));
+        drop(lb);
+
+        // The crash: a stale table (every slot on one backend) and the mark.
+        let outer = MapHandle::from_pinned_path(d.join("xdpg_lb_tables")).unwrap();
+        let slot = outer.keys().next().expect("the VIP's table");
+        let live = outer.lookup(&slot, MapFlags::ANY).unwrap().unwrap();
+        let live = MapHandle::from_map_id(u32::from_ne_bytes(live[..4].try_into().unwrap())).unwrap();
+        let one_backend = live.lookup(&0u32.to_ne_bytes(), MapFlags::ANY).unwrap().unwrap();
+        let opts = libbpf_sys::bpf_map_create_opts {
+            sz: std::mem::size_of::<libbpf_sys::bpf_map_create_opts>() as _,
+            map_flags: libbpf_sys::BPF_F_INNER_MAP,
+            ..Default::default()
+        };
+        let stale = MapHandle::create(MapType::Array, Some("stale"), 4, 4, 1021, &opts).unwrap();
+        for k in 0..1021u32 {
+            stale.update(&k.to_ne_bytes(), &one_backend, MapFlags::ANY).unwrap();
+        }
+        outer.update(&slot, &(stale.as_fd().as_raw_fd() as u32).to_ne_bytes(), MapFlags::ANY).unwrap();
+        let unmarked = LoadBalancer::open_pinned(&d).unwrap();
+        assert!(!agree(&unmarked), "the stale table is live (and nothing repairs it without the mark)");
+        drop(unmarked);
+        let cfg = MapHandle::from_pinned_path(d.join("xdpg_lb_cfg")).unwrap();
+        let mut value = cfg.lookup(&0u32.to_ne_bytes(), MapFlags::ANY).unwrap().unwrap();
+        value[DIRTY_OFFSET..DIRTY_OFFSET + 4].copy_from_slice(&1u32.to_ne_bytes());
+        cfg.update(&0u32.to_ne_bytes(), &value, MapFlags::ANY).unwrap();
+
+        let input = frame(mac, client(7), vip.addr_port(), Protocol::Tcp, true, PAYLOAD);
+        let repaired = LoadBalancer::open_pinned(&d).expect("reopen repairs");
+        let value = cfg.lookup(&0u32.to_ne_bytes(), MapFlags::ANY).unwrap().unwrap();
+        assert_eq!(value[DIRTY_OFFSET..DIRTY_OFFSET + 4], [0; 4], "the mark is cleared");
+        assert_eq!(repaired.backends(&vip).unwrap().len(), 3);
+        assert!(agree(&repaired), "tables republished from the backends");
+        assert_eq!(repaired.test_run_on(&input, eth0).unwrap().action, XdpAction::Redirect);
+        repaired.unpin().unwrap();
+    });
+}
+
 // ---- errors ----------------------------------------------------------------------
 
 #[test]
