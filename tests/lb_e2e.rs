@@ -294,6 +294,36 @@ fn scenario(tag: &str, mode: ForwardingMode, vip_family: Family, backend_family:
     assert!(rig.net.client.run(move || udp_ask(local, to, Duration::from_millis(200)).is_err()));
     assert!(lb.stats().unwrap().drops.no_backend.packets >= before + 2);
 
+    // NAT: a backend's own "port unreachable" (real ICMP from its stack)
+    // reaches the client translated back to the VIP, so the client's
+    // connected UDP socket learns that the VIP's port is closed.
+    if mode == ForwardingMode::Nat {
+        let closed = rig.vip(Protocol::Udp, 82);
+        lb.add_vip(closed, VipConfig::new(mode)).unwrap();
+        lb.add_backend(&closed, SocketAddr::new(backend_addr(backend_family, 1), 9), 1).unwrap(); // nothing listens on 9
+        let before = lb.stats().unwrap().nat_replies.packets;
+        let local = SocketAddr::new(client_addr(vip_family), 45001);
+        let to = SocketAddr::new(closed.addr, 82);
+        let outcome = rig.net.client.run(move || {
+            let sock = std::net::UdpSocket::bind(local).unwrap();
+            sock.connect(to).unwrap();
+            sock.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+            let mut buf = [0u8; 64];
+            let mut seen = Vec::new();
+            for _ in 0..4 {
+                let _ = sock.send(b"anyone?");
+                match sock.recv(&mut buf) {
+                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => return Ok(()),
+                    other => seen.push(format!("{other:?}")),
+                }
+            }
+            Err(seen)
+        });
+        assert_eq!(outcome, Ok(()), "{mode}: the client hears that {to} is closed");
+        assert!(lb.stats().unwrap().nat_replies.packets > before, "{mode}: the error was translated in XDP");
+        lb.remove_vip(&closed).unwrap();
+    }
+
     // Traffic for the LB host itself still reaches it.
     let lb_addr: IpAddr = match vip_family {
         Family::V4 => LB_FRONT_V4.into(),

@@ -862,6 +862,139 @@ fn icmp_errors_reach_the_backend_of_their_flow() {
     });
 }
 
+/// A datagram or segment `from` -> `to` with 1400 zero bytes of payload,
+/// its IP header first (what an ICMP error quotes, before truncation).
+fn l3_packet(from: SocketAddr, to: SocketAddr, proto: Protocol, ttl: u8) -> Vec<u8> {
+    let b = match (from.ip(), to.ip()) {
+        (IpAddr::V4(f), IpAddr::V4(t)) => PacketBuilder::ipv4(f.octets(), t.octets(), ttl),
+        (IpAddr::V6(f), IpAddr::V6(t)) => PacketBuilder::ipv6(f.octets(), t.octets(), ttl),
+        _ => unreachable!(),
+    };
+    let mut out = Vec::new();
+    match proto {
+        Protocol::Tcp => b.tcp(from.port(), to.port(), 1, 1000).syn().write(&mut out, &[0u8; 1400]).unwrap(),
+        Protocol::Udp => b.udp(from.port(), to.port()).write(&mut out, &[0u8; 1400]).unwrap(),
+    }
+    out
+}
+
+/// The checksum field of an L3 packet's TCP or UDP header.
+fn l4_checksum(pkt: &[u8], proto: Protocol) -> u16 {
+    let l4 = if pkt[0] >> 4 == 4 { usize::from(pkt[0] & 0x0F) * 4 } else { 40 };
+    let at = l4 + if proto == Protocol::Udp { 6 } else { 16 };
+    u16::from_be_bytes([pkt[at], pkt[at + 1]])
+}
+
+/// An ICMP error sent from `from` (on the backends' side) to `to` about
+/// `quoted` (truncated to its headers and 20 bytes, as routers quote):
+/// destination/port unreachable, or too big when `too_big`.
+fn icmp_error_to(lb_mac: [u8; 6], from: IpAddr, to: IpAddr, quoted: &[u8], too_big: bool) -> Vec<u8> {
+    let hdr = if from.is_ipv4() { 20 } else { 40 };
+    let quoted = &quoted[..hdr + 8 + 20];
+    let mut f = Vec::new();
+    let eth = PacketBuilder::ethernet2(backend_mac(1), lb_mac);
+    match (from, to) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            let (code, rest) = if too_big { (4, [0, 0, 0x05, 0x00]) } else { (3, [0; 4]) };
+            eth.ipv4(s.octets(), d.octets(), 64).icmpv4_raw(3, code, rest).write(&mut f, quoted).unwrap()
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            let (ty, code, rest) = if too_big { (2, 0, [0, 0, 0x05, 0x00]) } else { (1, 4, [0; 4]) };
+            eth.ipv6(s.octets(), d.octets(), 64).icmpv6_raw(ty, code, rest).write(&mut f, quoted).unwrap()
+        }
+        _ => unreachable!(),
+    }
+    f
+}
+
+/// An ICMP error on its way to a client, checksums checked: (outer source,
+/// outer destination, outer TTL, quoted source, quoted destination, the
+/// quoted L4 checksum field).
+fn check_icmp_to_client(pkt: &[u8], proto: Protocol) -> (IpAddr, IpAddr, u8, SocketAddr, SocketAddr, u16) {
+    let (osrc, odst, ttl, quoted) = match pkt[0] >> 4 {
+        4 => {
+            let (ip, rest) = Ipv4Header::from_slice(pkt).unwrap();
+            assert_eq!(ip.header_checksum, ip.calc_header_checksum(), "outer IPv4 checksum");
+            let (h, payload) = Icmpv4Header::from_slice(rest).unwrap();
+            assert_eq!(h.checksum, Icmpv4Header::with_checksum(h.icmp_type.clone(), payload).checksum, "ICMP checksum");
+            (IpAddr::from(ip.source), IpAddr::from(ip.destination), ip.time_to_live, payload)
+        }
+        _ => {
+            let (ip, rest) = Ipv6Header::from_slice(pkt).unwrap();
+            let (h, payload) = Icmpv6Header::from_slice(rest).unwrap();
+            let want = Icmpv6Header::with_checksum(h.icmp_type, ip.source, ip.destination, payload).unwrap();
+            assert_eq!(h.checksum, want.checksum, "ICMPv6 checksum");
+            (IpAddr::from(ip.source), IpAddr::from(ip.destination), ip.hop_limit, payload)
+        }
+    };
+    let (qsrc, qdst, l4) = match quoted[0] >> 4 {
+        4 => {
+            let (ip, rest) = Ipv4Header::from_slice(quoted).unwrap();
+            assert_eq!(ip.header_checksum, ip.calc_header_checksum(), "quoted IPv4 checksum");
+            (IpAddr::from(ip.source), IpAddr::from(ip.destination), rest)
+        }
+        _ => {
+            let (ip, rest) = Ipv6Header::from_slice(quoted).unwrap();
+            (IpAddr::from(ip.source), IpAddr::from(ip.destination), rest)
+        }
+    };
+    let port = |at: usize| u16::from_be_bytes([l4[at], l4[at + 1]]);
+    (osrc, odst, ttl, sa(qsrc, port(0)), sa(qdst, port(2)), l4_checksum(quoted, proto))
+}
+
+/// Errors about a NAT flow's packets that come back from the backends'
+/// side (port unreachable from the backend itself, too big from a router
+/// between the LB and the backend) reach the client translated: it sees
+/// them about the packet it sent to the VIP, from the VIP when the backend
+/// sent them.
+#[test]
+fn icmp_errors_from_nat_backends_reach_the_client_translated() {
+    in_lb_ns("vicmpn", 3, |n| {
+        let lb = lb();
+        let mut forwarded = 0;
+        for (vip_addr, proto, backends, router) in [
+            (IpAddr::V4(VIP_V4), Protocol::Tcp, backends_v4(3), IpAddr::V4(backend_v4(200))),
+            (IpAddr::V4(VIP_V4), Protocol::Udp, backends_v4(3), IpAddr::V4(backend_v4(200))),
+            (IpAddr::V6(VIP_V6), Protocol::Tcp, backends_v6(3), IpAddr::V6(backend_v6(200))),
+            (IpAddr::V6(VIP_V6), Protocol::Udp, backends_v6(3), IpAddr::V6(backend_v6(200))),
+        ] {
+            let vip = Vip::new(sa(vip_addr, 80), proto);
+            lb.add_vip(vip, VipConfig::new(ForwardingMode::Nat)).unwrap();
+            lb.batch(&vip).add(backends[0], 1).add(sa(backends[1], 8080), 1).add(sa(backends[2], 8080), 1).apply().unwrap();
+            for i in 0..12u16 {
+                let c = if vip_addr.is_ipv4() { client(i) } else { client6(i) };
+                let syn = frame(n.eth0_mac, c, vip.addr_port(), proto, true, PAYLOAD);
+                assert_eq!(lb.test_run_on(&syn, n.eth0).unwrap().action, XdpAction::Redirect);
+                let chosen = lb.backend_for(&vip, &Flow::new(c, vip.addr_port(), proto)).unwrap().unwrap();
+                let at_backend = sa(chosen.ip, chosen.port.unwrap_or(80));
+                // What the backend got, and what the client sent.
+                let got = l3_packet(c, at_backend, proto, 63);
+                let sent = l3_packet(c, vip.addr_port(), proto, 64);
+                let from_backend = i % 2 == 0;
+                let from = if from_backend { chosen.ip } else { router };
+                let err = icmp_error_to(n.eth1_mac, from, c.ip(), &got, !from_backend);
+                let out = lb.test_run_on(&err, n.eth1).unwrap();
+                assert_eq!(out.action, XdpAction::Redirect, "{vip}: out towards the client");
+                assert_eq!((macs(&out.frame).0, macs(&out.frame).1), (CLIENT_MAC, n.eth0_mac));
+                let (osrc, odst, ttl, qsrc, qdst, qsum) = check_icmp_to_client(&out.frame[14..], proto);
+                assert_eq!(osrc, if from_backend { vip_addr } else { router }, "{vip}: the VIP answers for its backend");
+                assert_eq!((odst, ttl), (c.ip(), 63));
+                assert_eq!((qsrc, qdst), (c, vip.addr_port()), "{vip}: the packet the client sent");
+                if proto == Protocol::Udp {
+                    assert_eq!(qsum, l4_checksum(&sent, proto), "{vip}: quoted UDP checksum as the client computed it");
+                }
+                forwarded += 1;
+            }
+        }
+        assert_eq!(lb.stats().unwrap().nat_replies.packets, forwarded);
+        // About a flow NAT never saw: passed untouched.
+        let got = l3_packet(client(999), sa(backend_v4(1), 80), Protocol::Tcp, 63);
+        let err = icmp_error_to(n.eth1_mac, IpAddr::V4(backend_v4(1)), IpAddr::V4(CLIENT_V4), &got, false);
+        let out = lb.test_run_on(&err, n.eth1).unwrap();
+        assert_eq!((out.action, &out.frame), (XdpAction::Pass, &err));
+    });
+}
+
 /// check_ipip for an encapsulated packet that is not a TCP/UDP frame of ours.
 fn check_ipip_any(out: &[u8], input: &[u8]) -> (IpAddr, IpAddr) {
     let (_, _, ethertype) = macs(out);

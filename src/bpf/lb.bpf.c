@@ -1112,14 +1112,22 @@ static __always_inline int lb_echo(struct xdp_md *ctx, struct xdpg_lb_config *cf
 	return XDP_TX;
 }
 
-/* NAT for an ICMP error quoting a VIP's reply: the outer destination, the
- * quoted source address and port become the backend's, and every checksum
- * that covers them is fixed (outer IPv4 header, quoted IPv4 header, quoted
- * UDP checksum, ICMP checksum). The quoted TCP checksum, usually not quoted
- * at all, is left alone: no receiver checks it. */
-static __always_inline int nat_icmp_rewrite(struct xdp_md *ctx, struct xdpg_lb_flow *outer,
-					    struct xdpg_lb_quoted *q, __u32 icmp_off, const __u32 *be_addr,
-					    __u16 be_port)
+/* NAT for an ICMP error about a NAT flow, in either direction:
+ * - toward the backend (an error quoting a VIP's reply, from the client's
+ *   side): the outer destination and the quoted source address and port
+ *   become the backend's;
+ * - toward the client (an error quoting a packet the backend received):
+ *   the quoted destination address and port become the VIP's, and so does
+ *   the outer source when the backend itself sent the error (a router on
+ *   the backend's side keeps its own address).
+ * Every checksum that covers a changed field is fixed (outer IPv4 header,
+ * quoted IPv4 header, quoted UDP checksum, ICMP checksum with ICMPv6's
+ * pseudo-header). The quoted TCP checksum, usually not quoted at all, is
+ * left alone: no receiver checks it. */
+#define ICMP_TO_BACKEND 0
+#define ICMP_TO_CLIENT 1
+static __always_inline int nat_icmp_rewrite(struct xdp_md *ctx, struct xdpg_lb_quoted *q, __u32 icmp_off,
+					    int direction, int outer_too, const __u32 *addr, __u16 port)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
@@ -1132,32 +1140,39 @@ static __always_inline int nat_icmp_rewrite(struct xdp_md *ctx, struct xdpg_lb_f
 	__u16 *ports = data + q->l4_off;
 	if ((void *)(icmp_check + 1) > data_end || (void *)(ports + 4) > data_end)
 		return -1;
+	/* The quoted port that changes: the reply's source, or the request's
+	 * destination. */
+	__u16 *qport = direction == ICMP_TO_BACKEND ? &ports[0] : &ports[1];
 
-	if (outer->family == XDPG_LB_FAMILY_V4) {
+	if (q->flow.family == XDPG_LB_FAMILY_V4) {
 		struct iphdr *iph = data + XDPG_ETH_HLEN;
 		struct iphdr *in = data + q->l3_off;
 		if ((void *)(iph + 1) > data_end || (void *)(in + 1) > data_end)
 			return -1;
-		/* Outer header: destination and TTL. */
+		/* Outer header: the address (if it changes) and the TTL. */
+		__u32 *oaddr = direction == ICMP_TO_BACKEND ? &iph->daddr : &iph->saddr;
 		__u32 sum = xdpg_csum_start(iph->check);
-		sum = xdpg_csum_replace32(sum, iph->daddr, be_addr[0]);
+		if (outer_too) {
+			sum = xdpg_csum_replace32(sum, *oaddr, addr[0]);
+			*oaddr = addr[0];
+		}
 		__u16 old_ttl = *(__u16 *)&iph->ttl;
 		iph->ttl--;
 		sum = xdpg_csum_replace16(sum, old_ttl, *(__u16 *)&iph->ttl);
 		iph->check = xdpg_csum_finish(sum);
-		iph->daddr = be_addr[0];
-		/* Quoted header: source, and its checksum (which ICMP covers). */
-		__u32 old_src = in->saddr;
+		/* Quoted header: the address, and its checksum (which ICMP covers). */
+		__u32 *qaddr = direction == ICMP_TO_BACKEND ? &in->saddr : &in->daddr;
+		__u32 old_q = *qaddr;
 		__u16 old_in_check = in->check;
-		in->check = xdpg_csum_finish(xdpg_csum_replace32(xdpg_csum_start(old_in_check), old_src, be_addr[0]));
-		in->saddr = be_addr[0];
-		icmp_fix = xdpg_csum_replace32(icmp_fix, old_src, be_addr[0]);
+		in->check = xdpg_csum_finish(xdpg_csum_replace32(xdpg_csum_start(old_in_check), old_q, addr[0]));
+		*qaddr = addr[0];
+		icmp_fix = xdpg_csum_replace32(icmp_fix, old_q, addr[0]);
 		icmp_fix = xdpg_csum_replace16(icmp_fix, old_in_check, in->check);
 		if (q->flow.proto == IPPROTO_UDP && ports[3] != 0) {
 			__u16 old_udp = ports[3];
-			__u32 s = xdpg_csum_replace32(xdpg_csum_start(old_udp), old_src, be_addr[0]);
-			if (be_port)
-				s = xdpg_csum_replace16(s, ports[0], be_port);
+			__u32 s = xdpg_csum_replace32(xdpg_csum_start(old_udp), old_q, addr[0]);
+			if (port)
+				s = xdpg_csum_replace16(s, *qport, port);
 			__u16 c = xdpg_csum_finish(s);
 			ports[3] = c ? c : 0xFFFF;
 			icmp_fix = xdpg_csum_replace16(icmp_fix, old_udp, ports[3]);
@@ -1167,35 +1182,83 @@ static __always_inline int nat_icmp_rewrite(struct xdp_md *ctx, struct xdpg_lb_f
 		struct ipv6hdr *in = data + q->l3_off;
 		if ((void *)(ip6h + 1) > data_end || (void *)(in + 1) > data_end)
 			return -1;
-		__u32 *odst = (__u32 *)&ip6h->daddr;
-		__u32 *isrc = (__u32 *)&in->saddr;
+		__u32 *oaddr = direction == ICMP_TO_BACKEND ? (__u32 *)&ip6h->daddr : (__u32 *)&ip6h->saddr;
+		__u32 *qaddr = direction == ICMP_TO_BACKEND ? (__u32 *)&in->saddr : (__u32 *)&in->daddr;
 		__u32 addr_fix = 0;
 #pragma unroll
 		for (int i = 0; i < 4; i++) {
-			/* ICMPv6's pseudo-header covers the outer destination. */
-			icmp_fix = xdpg_csum_replace32(icmp_fix, odst[i], be_addr[i]);
-			odst[i] = be_addr[i];
-			addr_fix = xdpg_csum_replace32(addr_fix, isrc[i], be_addr[i]);
-			isrc[i] = be_addr[i];
+			/* ICMPv6's pseudo-header covers the outer addresses. */
+			if (outer_too) {
+				icmp_fix = xdpg_csum_replace32(icmp_fix, oaddr[i], addr[i]);
+				oaddr[i] = addr[i];
+			}
+			addr_fix = xdpg_csum_replace32(addr_fix, qaddr[i], addr[i]);
+			qaddr[i] = addr[i];
 		}
 		ip6h->hop_limit--;
 		icmp_fix += addr_fix;
 		if (q->flow.proto == IPPROTO_UDP) {
 			__u16 old_udp = ports[3];
 			__u32 s = xdpg_csum_start(old_udp) + addr_fix;
-			if (be_port)
-				s = xdpg_csum_replace16(s, ports[0], be_port);
+			if (port)
+				s = xdpg_csum_replace16(s, *qport, port);
 			__u16 c = xdpg_csum_finish(s);
 			ports[3] = c ? c : 0xFFFF;
 			icmp_fix = xdpg_csum_replace16(icmp_fix, old_udp, ports[3]);
 		}
 	}
-	if (be_port && ports[0] != be_port) {
-		icmp_fix = xdpg_csum_replace16(icmp_fix, ports[0], be_port);
-		ports[0] = be_port;
+	if (port && *qport != port) {
+		icmp_fix = xdpg_csum_replace16(icmp_fix, *qport, port);
+		*qport = port;
 	}
 	*icmp_check = xdpg_csum_finish(xdpg_csum_start(*icmp_check) + icmp_fix);
 	return 0;
+}
+
+static __always_inline int same_addr(const __u32 *a, const __u32 *b)
+{
+	return a[0] == b[0] && a[1] == b[1] && a[2] == b[2] && a[3] == b[3];
+}
+
+/* An ICMP error on its way to a client about a packet a NAT backend got
+ * (port unreachable from the backend, too big from a router on its side):
+ * the client knows that packet as sent to the VIP. Read as a flow, the
+ * quoted packet reversed is the reply flow NAT remembered. */
+static __always_inline int nat_icmp_reply(struct xdp_md *ctx, struct xdpg_lb_flow *outer, struct xdpg_lb_quoted *q,
+			     __u32 icmp_off, __u32 l3_len)
+{
+	__u64 bytes = ctx->data_end - ctx->data;
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	__u32 scratch_key = 0;
+	struct xdpg_lb_scratch *scratch = bpf_map_lookup_elem(&xdpg_lb_scratch, &scratch_key);
+	if (!scratch)
+		return XDP_PASS;
+	struct bpf_fib_lookup *fib = &scratch->fib;
+	__builtin_memset(fib, 0, sizeof(*fib));
+	__u32 vip_addr[4];
+
+	/* Addressed to the client of the quoted flow, which NAT knows. */
+	if (!same_addr(outer->dst, q->flow.dst))
+		return pass_counted(XDPG_LB_PASS_NON_VIP, bytes);
+	struct xdpg_lb_nat_rev *rev = nat_lookup(&q->flow);
+	if (!rev)
+		return pass_counted(XDPG_LB_PASS_NON_VIP, bytes);
+	addr_copy(vip_addr, rev->vip_addr);
+	__u16 vip_port = rev->vip_port;
+	int from_backend = same_addr(outer->src, q->flow.src);
+	if (read_ttl(data, data_end, outer->family) <= 1)
+		return pass_counted(XDPG_LB_PASS_TTL, bytes);
+	int rc = fib_next_hop(ctx, fib, outer->family, from_backend ? vip_addr : outer->src, outer->dst, outer->proto,
+			      l3_len, bytes);
+	if (rc >= 0)
+		return rc;
+	if (rc < -1)
+		return drop_counted(XDPG_LB_DROP_MTU, bytes); /* no ICMP about an ICMP error */
+	if (nat_icmp_rewrite(ctx, q, icmp_off, ICMP_TO_CLIENT, from_backend, vip_addr, vip_port) < 0)
+		return pass_counted(XDPG_LB_PASS_MALFORMED, bytes);
+	count(XDPG_LB_EV_NAT_REPLY, bytes);
+	return emit_to(ctx, fib->dmac, fib->smac, fib->ifindex, bytes);
 }
 
 /* An ICMP error quoting a packet the VIP sent: deliver it to the backend
@@ -1204,13 +1267,14 @@ static __always_inline int nat_icmp_rewrite(struct xdp_md *ctx, struct xdpg_lb_f
 static __always_inline int lb_icmp_error(struct xdp_md *ctx, struct xdpg_lb_config *cfg, struct xdpg_lb_flow *outer,
 					 struct xdpg_lb_quoted *q, __u32 icmp_off, __u32 l3_len, __u64 bytes)
 {
-	/* The error must be addressed to the VIP that sent the quoted packet. */
-	if (outer->dst[0] != q->flow.dst[0] || outer->dst[1] != q->flow.dst[1] || outer->dst[2] != q->flow.dst[2] ||
-	    outer->dst[3] != q->flow.dst[3])
+	/* Addressed to the VIP that sent the quoted packet; otherwise maybe
+	 * about a packet a NAT backend got, on its way to the client. */
+	struct xdpg_lb_vip *vip = same_addr(outer->dst, q->flow.dst) ? vip_for(cfg, &q->flow) : NULL;
+	if (!vip) {
+		if (cfg->nat_vips)
+			return nat_icmp_reply(ctx, outer, q, icmp_off, l3_len);
 		return pass_counted(XDPG_LB_PASS_NON_VIP, bytes);
-	struct xdpg_lb_vip *vip = vip_for(cfg, &q->flow);
-	if (!vip)
-		return pass_counted(XDPG_LB_PASS_NON_VIP, bytes);
+	}
 
 	__u32 vip_index = vip->index;
 	struct xdpg_lb_vip_stats *vs = bpf_map_lookup_elem(&xdpg_lb_vipcnt, &vip_index);
@@ -1259,7 +1323,7 @@ static __always_inline int lb_icmp_error(struct xdp_md *ctx, struct xdpg_lb_conf
 	struct xdpg_lb_nexthop *nh = backend_hop(ctx, be_id, be, outer->src, outer->proto, l3_len, bytes, &verdict, 0);
 	if (!nh)
 		return verdict;
-	if (nat_icmp_rewrite(ctx, outer, q, icmp_off, be->addr, port) < 0)
+	if (nat_icmp_rewrite(ctx, q, icmp_off, ICMP_TO_BACKEND, 1, be->addr, port) < 0)
 		return pass_counted(XDPG_LB_PASS_MALFORMED, bytes);
 	return emit(ctx, nh, bytes);
 }

@@ -79,7 +79,7 @@ enum xdpg_lb_counter {
 	XDPG_LB_EV_OPTIONS_FORWARDED,	/* IPv4 packet with options forwarded */
 	XDPG_LB_EV_ICMP_FORWARDED,	/* ICMP error sent to the backend of its flow */
 	XDPG_LB_EV_ECHO_ANSWERED,	/* ICMP echo to a VIP answered */
-	XDPG_LB_EV_NAT_REPLY,		/* backend reply translated back to the VIP */
+	XDPG_LB_EV_NAT_REPLY,		/* backend reply (or ICMP error about a NAT flow) translated to the VIP */
 	XDPG_LB_EV_TX,			/* forwarded out of the receiving interface */
 	XDPG_LB_EV_REDIRECT,		/* forwarded out of another interface */
 	XDPG_LB_EV_TOO_BIG_SENT,	/* too big: ICMP frag-needed / packet-too-big sent back */

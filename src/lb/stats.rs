@@ -117,7 +117,8 @@ pub struct LbStats {
     pub icmp_forwarded: Counter,
     /// ICMP echo to a VIP answered.
     pub echo_answered: Counter,
-    /// NAT replies translated back to the VIP.
+    /// NAT replies translated back to the VIP, and ICMP errors about a NAT
+    /// flow translated on their way to the client.
     pub nat_replies: Counter,
     /// Sent back out of the receiving interface (`XDP_TX`).
     pub tx: Counter,
