@@ -805,38 +805,6 @@ static __always_inline int fwd_nat(struct xdp_md *ctx, struct xdpg_lb_config *cf
 	return emit(ctx, nh, bytes);
 }
 
-/* A reply from a NAT backend: translate its source back to the VIP. */
-XDPG_COLD int nat_reply(struct xdp_md *ctx, struct xdpg_lb_flow *flow, __u32 l4_off, __u32 l3_len)
-{
-	__u64 bytes = ctx->data_end - ctx->data;
-	void *data = (void *)(long)ctx->data;
-	void *data_end = (void *)(long)ctx->data_end;
-	__u32 scratch_key = 0;
-	struct xdpg_lb_scratch *scratch = bpf_map_lookup_elem(&xdpg_lb_scratch, &scratch_key);
-	if (!scratch)
-		return XDP_PASS;
-	struct bpf_fib_lookup *fib = &scratch->fib;
-	__builtin_memset(fib, 0, sizeof(*fib));
-	__u32 vip_addr[4];
-
-	struct xdpg_lb_nat_rev *rev = nat_lookup(flow);
-	if (!rev)
-		return pass_counted(XDPG_LB_PASS_NON_VIP, bytes);
-	addr_copy(vip_addr, rev->vip_addr);
-	__u16 vip_port = rev->vip_port;
-	if (read_ttl(data, data_end, flow->family) <= 1)
-		return pass_counted(XDPG_LB_PASS_TTL, bytes);
-	int rc = fib_next_hop(ctx, fib, flow->family, vip_addr, flow->dst, flow->proto, l3_len, bytes);
-	if (rc >= 0)
-		return rc;
-	if (rc < -1)
-		return send_too_big(ctx, TOO_BIG_MTU(rc), l3_len);
-	if (nat_rewrite(ctx, flow->family, flow->proto, l4_off, NAT_SRC, vip_addr, vip_port) < 0)
-		return pass_counted(XDPG_LB_PASS_MALFORMED, bytes);
-	count(XDPG_LB_EV_NAT_REPLY, bytes);
-	return emit_to(ctx, fib->dmac, fib->smac, fib->ifindex, bytes);
-}
-
 union xdpg_lb_nat_rev_words {
 	struct xdpg_lb_nat_rev r;
 	__u64 w[3];
@@ -1220,12 +1188,15 @@ static __always_inline int same_addr(const __u32 *a, const __u32 *b)
 	return a[0] == b[0] && a[1] == b[1] && a[2] == b[2] && a[3] == b[3];
 }
 
-/* An ICMP error on its way to a client about a packet a NAT backend got
- * (port unreachable from the backend, too big from a router on its side):
- * the client knows that packet as sent to the VIP. Read as a flow, the
- * quoted packet reversed is the reply flow NAT remembered. */
-static __always_inline int nat_icmp_reply(struct xdp_md *ctx, struct xdpg_lb_flow *outer, struct xdpg_lb_quoted *q,
-			     __u32 icmp_off, __u32 l3_len)
+/* Sends a packet of a NAT flow on to its client, translated back to the
+ * VIP: a backend's TCP/UDP reply (q NULL; its source becomes the VIP's),
+ * or an ICMP error about a packet the backend got (port unreachable from
+ * the backend, too big from a router on its side; q is the quoted packet,
+ * which the client knows as sent to the VIP). Either way the reply flow NAT
+ * remembered is the key: the packet's own flow, or the quoted one read
+ * reversed. */
+static __always_inline int nat_to_client(struct xdp_md *ctx, struct xdpg_lb_flow *flow, struct xdpg_lb_quoted *q,
+					 __u32 l4_off, __u32 l3_len)
 {
 	__u64 bytes = ctx->data_end - ctx->data;
 	void *data = (void *)(long)ctx->data;
@@ -1238,27 +1209,37 @@ static __always_inline int nat_icmp_reply(struct xdp_md *ctx, struct xdpg_lb_flo
 	__builtin_memset(fib, 0, sizeof(*fib));
 	__u32 vip_addr[4];
 
-	/* Addressed to the client of the quoted flow, which NAT knows. */
-	if (!same_addr(outer->dst, q->flow.dst))
+	/* An ICMP error must be addressed to the client of the quoted flow. */
+	if (q && !same_addr(flow->dst, q->flow.dst))
 		return pass_counted(XDPG_LB_PASS_NON_VIP, bytes);
-	struct xdpg_lb_nat_rev *rev = nat_lookup(&q->flow);
+	struct xdpg_lb_nat_rev *rev = nat_lookup(q ? &q->flow : flow);
 	if (!rev)
 		return pass_counted(XDPG_LB_PASS_NON_VIP, bytes);
 	addr_copy(vip_addr, rev->vip_addr);
 	__u16 vip_port = rev->vip_port;
-	int from_backend = same_addr(outer->src, q->flow.src);
-	if (read_ttl(data, data_end, outer->family) <= 1)
+	/* A router's error keeps the router's address as its source. */
+	int from_backend = !q || same_addr(flow->src, q->flow.src);
+	if (read_ttl(data, data_end, flow->family) <= 1)
 		return pass_counted(XDPG_LB_PASS_TTL, bytes);
-	int rc = fib_next_hop(ctx, fib, outer->family, from_backend ? vip_addr : outer->src, outer->dst, outer->proto,
+	int rc = fib_next_hop(ctx, fib, flow->family, from_backend ? vip_addr : flow->src, flow->dst, flow->proto,
 			      l3_len, bytes);
 	if (rc >= 0)
 		return rc;
 	if (rc < -1)
-		return drop_counted(XDPG_LB_DROP_MTU, bytes); /* no ICMP about an ICMP error */
-	if (nat_icmp_rewrite(ctx, q, icmp_off, ICMP_TO_CLIENT, from_backend, vip_addr, vip_port) < 0)
+		/* No ICMP about an ICMP error. */
+		return q ? drop_counted(XDPG_LB_DROP_MTU, bytes) : send_too_big(ctx, TOO_BIG_MTU(rc), l3_len);
+	rc = q ? nat_icmp_rewrite(ctx, q, l4_off, ICMP_TO_CLIENT, from_backend, vip_addr, vip_port)
+	       : nat_rewrite(ctx, flow->family, flow->proto, l4_off, NAT_SRC, vip_addr, vip_port);
+	if (rc < 0)
 		return pass_counted(XDPG_LB_PASS_MALFORMED, bytes);
 	count(XDPG_LB_EV_NAT_REPLY, bytes);
 	return emit_to(ctx, fib->dmac, fib->smac, fib->ifindex, bytes);
+}
+
+/* A reply from a NAT backend (cold: kept out of the entry function). */
+XDPG_COLD int nat_reply(struct xdp_md *ctx, struct xdpg_lb_flow *flow, __u32 l4_off, __u32 l3_len)
+{
+	return nat_to_client(ctx, flow, NULL, l4_off, l3_len);
 }
 
 /* An ICMP error quoting a packet the VIP sent: deliver it to the backend
@@ -1272,7 +1253,7 @@ static __always_inline int lb_icmp_error(struct xdp_md *ctx, struct xdpg_lb_conf
 	struct xdpg_lb_vip *vip = same_addr(outer->dst, q->flow.dst) ? vip_for(cfg, &q->flow) : NULL;
 	if (!vip) {
 		if (cfg->nat_vips)
-			return nat_icmp_reply(ctx, outer, q, icmp_off, l3_len);
+			return nat_to_client(ctx, outer, q, icmp_off, l3_len);
 		return pass_counted(XDPG_LB_PASS_NON_VIP, bytes);
 	}
 
