@@ -37,16 +37,20 @@ fn spread(net: &LbNet, n: usize) -> BTreeMap<String, usize> {
     m
 }
 
+/// An HTTP-ish server named b1, b2, ... in each backend, on port 80 of the VIP.
+fn web_servers(net: &LbNet) -> Vec<Servers> {
+    net.backends
+        .iter()
+        .enumerate()
+        .map(|(i, ns)| Servers::start(ns, &format!("b{}", i + 1), 80, vec![IpAddr::V4(VIP_V4)]))
+        .collect()
+}
+
 #[test]
 fn the_cli_manages_a_pinned_lb() {
     let pin = ScratchDir::bpffs("lbcli");
     let net = LbNet::new("lcli", 3, BackendKind::VipOnLoopback);
-    let _servers: Vec<Servers> = net
-        .backends
-        .iter()
-        .enumerate()
-        .map(|(i, ns)| Servers::start(ns, &format!("b{}", i + 1), 80, vec![IpAddr::V4(VIP_V4)]))
-        .collect();
+    let _servers = web_servers(&net);
     let cli = ExampleBinary::new("xdpguard-lb");
     let p = ["--pin", pin.arg()];
 
@@ -117,12 +121,7 @@ fn the_cli_runs_pinned_decapsulators_on_ipip_backends() {
     let pin = ScratchDir::bpffs("lbclid");
     let decap_pins: Vec<ScratchDir> = (0..3).map(|_| ScratchDir::bpffs("lbclidecap")).collect();
     let net = LbNet::new("lclid", 3, BackendKind::VipOnLoopback);
-    let _servers: Vec<Servers> = net
-        .backends
-        .iter()
-        .enumerate()
-        .map(|(i, ns)| Servers::start(ns, &format!("b{}", i + 1), 80, vec![IpAddr::V4(VIP_V4)]))
-        .collect();
+    let _servers = web_servers(&net);
     let cli = ExampleBinary::new("xdpguard-lb");
     let p = ["--pin", pin.arg()];
 
