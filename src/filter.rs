@@ -468,6 +468,13 @@ impl PrefixList<'_> {
     }
 
     /// Adds an entry (host bits are cleared, and the result says so).
+    ///
+    /// Patched into the live tables in place (microseconds): every address
+    /// it covers switches exactly once during the call and has its new
+    /// verdict for the next packet after it returns; no other address ever
+    /// changes. A wide prefix spans several table words, which switch one
+    /// after another; use [`extend`](Self::extend) to switch many addresses
+    /// at one single point.
     pub fn insert(&self, net: IpNetwork) -> Result<EntryChange, ListError> {
         let entry = normalize(net);
         let op = Op { net: entry.network, bit: self.list.bit(), insert: true };
@@ -475,7 +482,8 @@ impl PrefixList<'_> {
         Ok(EntryChange { entry, changed })
     }
 
-    /// Removes an entry. Addresses another entry covers stay covered.
+    /// Removes an entry. Addresses another entry covers stay covered. Patched
+    /// in place like [`insert`](Self::insert).
     pub fn remove(&self, net: IpNetwork) -> Result<EntryChange, ListError> {
         let entry = normalize(net);
         let op = Op { net: entry.network, bit: self.list.bit(), insert: false };

@@ -760,4 +760,23 @@ mod tests {
             }
         }
     }
+
+    /// The host buckets take the 1.25 hosts per entry they are sized for,
+    /// at the default capacity, whatever the hash seed.
+    #[test]
+    fn host_buckets_take_what_they_are_sized_for() {
+        let capacity = 1_048_576usize;
+        let c = crate::filter_maps::Capacity::new(capacity, 1);
+        let mask = (c.v4_buckets - 1) as u32;
+        for seed in 0..20u32 {
+            let mut t = vec![xdpg_v4_bucket::default(); c.v4_buckets];
+            let mut x = seed.wrapping_mul(0x9E37_79B9) | 1;
+            for i in 0..(capacity + capacity / 4) as u32 {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                assert!(host_set(&mut t, seed, mask, x, 1).is_ok(), "seed {seed}: full after {i} hosts");
+            }
+        }
+    }
 }

@@ -231,4 +231,26 @@ mod tests {
         set(&mut t, 7, &k, 1).unwrap();
         assert_eq!(get(&t, 7, &k), 1);
     }
+
+    /// A table sized for `capacity` entries (as `Capacity::new` sizes it)
+    /// takes that many keys with random hashes, whatever the hash seed: the
+    /// probe limit is long enough for the clusters linear probing makes.
+    #[test]
+    fn a_table_takes_its_full_capacity() {
+        for (capacity, seeds) in [(65_536usize, 12u32), (262_144, 4)] {
+            let buckets = crate::filter_maps::Capacity::new(1, capacity).v6_buckets;
+            for seed in 0..seeds {
+                let mut t = vec![xdpg_v6_bucket::default(); buckets];
+                let mut x = seed.wrapping_mul(0x9E37_79B9) | 1;
+                for i in 0..capacity as u32 {
+                    // xorshift32: a stand-in for the key hash.
+                    x ^= x << 13;
+                    x ^= x >> 17;
+                    x ^= x << 5;
+                    let k = Key { words: [0x2001_0db8u32.to_be(), i, seed, 0], len: 64 };
+                    assert!(set(&mut t, x, &k, 1).is_ok(), "capacity {capacity}, seed {seed}: full after {i}");
+                }
+            }
+        }
+    }
 }

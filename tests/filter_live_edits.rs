@@ -56,6 +56,14 @@ fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
 
+/// An address as a number (IPv4 mapped into IPv6's space).
+fn ip_key(a: IpAddr) -> u128 {
+    match a {
+        IpAddr::V4(v) => u128::from(v.to_ipv6_mapped()),
+        IpAddr::V6(v) => u128::from(v),
+    }
+}
+
 fn net(s: &str) -> IpNetwork {
     s.parse().unwrap()
 }
@@ -556,12 +564,18 @@ struct Findings {
 
 impl Timeline {
     /// Checks every packet. `group_of` splits each edit's changed sources
-    /// into sets that must switch together (all of them, or per family).
-    fn check(&self, sent: &[(u64, usize)], got: &[(IpAddr, u64)], group_of: impl Fn(IpAddr) -> u8) -> Findings {
+    /// into sets that must switch together (all of them, or each source on
+    /// its own).
+    fn check(
+        &self,
+        sent: &[(u64, usize)],
+        got: &[(IpAddr, u64)],
+        group_of: impl Fn(&Edit, IpAddr) -> u128,
+    ) -> Findings {
         let delivered: HashMap<u64, IpAddr> = got.iter().map(|&(s, q)| (q, s)).collect();
         let mut f = Findings { window_packets: vec![0; self.windows.len()], ..Default::default() };
         // Per edit and group: (latest packet with the old verdict, earliest with the new).
-        let mut switch: BTreeMap<(usize, u8), (Option<u64>, Option<u64>)> = BTreeMap::new();
+        let mut switch: BTreeMap<(usize, u128), (Option<u64>, Option<u64>)> = BTreeMap::new();
         for &(seq, i) in sent {
             let src = self.sources[i];
             let got_it = match delivered.get(&seq) {
@@ -576,7 +590,7 @@ impl Timeline {
             if changes(k) && seq > self.windows[k].begin.saturating_sub(IN_FLIGHT_MARGIN) {
                 f.window_packets[k] += 1;
                 let old = self.verdicts[k][i];
-                let e = switch.entry((k, group_of(src))).or_default();
+                let e = switch.entry((k, group_of(&self.edits[k], src))).or_default();
                 if got_it == old {
                     e.0 = Some(e.0.map_or(seq, |x: u64| x.max(seq)));
                 } else {
@@ -718,8 +732,13 @@ fn single_edits_and_bulk_edits_take_effect_for_the_next_packet_and_nothing_else(
         assert_eq!(changed[i], !untouched.contains(&s.to_string().as_str()), "test setup: {s}");
     }
 
-    // Per-family switch points (each family's tables swap on their own).
-    let findings = timeline.check(&sent, &got, |a| a.is_ipv6() as u8);
+    // Bulk edits switch all their sources at one point; a single edit
+    // switches each source exactly once (a wide prefix spans several table
+    // words, patched one after another: see PrefixList::insert).
+    let findings = timeline.check(&sent, &got, |e, a| match e {
+        Edit::Insert(_) | Edit::Remove(_) => u128::from(ip_key(a)) + 1,
+        _ => 0,
+    });
     let report = || {
         let rows: Vec<String> =
             sources.iter().zip(&counts).map(|(s, (n, r))| format!("{s}: sent {n}, got {r}")).collect();
@@ -792,8 +811,8 @@ fn a_bulk_edit_over_both_families_switches_at_one_point() {
     let edits = vec![Edit::Extend(bulk.clone()), Edit::RemoveAll(bulk)];
     let (timeline, (sent, got)) = run_edits(&bed, &filter, &mut model, &sources, edits, Duration::from_millis(400));
     // One group: every changed source, whatever its family.
-    let findings = timeline.check(&sent, &got, |_| 0);
-    let per_family = timeline.check(&sent, &got, |a| a.is_ipv6() as u8);
+    let findings = timeline.check(&sent, &got, |_, _| 0);
+    let per_family = timeline.check(&sent, &got, |_, a| a.is_ipv6() as u128);
     let windows: Vec<String> = timeline
         .windows
         .iter()

@@ -31,12 +31,12 @@
 /* v4 host buckets: one cache line each. */
 #define XDPG_V4_BUCKET_SLOTS 15
 #define XDPG_V4_BUCKET_OVERFLOW 0x80000000
-#define XDPG_V4_MAX_PROBES 8
+#define XDPG_V4_MAX_PROBES 16
 
 /* v6 buckets: three entries per cache line. */
 #define XDPG_V6_BUCKET_SLOTS 3
 #define XDPG_V6_BUCKET_OVERFLOW 0x80000000
-#define XDPG_V6_MAX_PROBES 8
+#define XDPG_V6_MAX_PROBES 64
 
 /* v6: prefix lengths 0..128 can all be in use at once. */
 #define XDPG_V6_MAX_LENS 129
