@@ -736,7 +736,7 @@ fn single_edits_and_bulk_edits_take_effect_for_the_next_packet_and_nothing_else(
     // switches each source exactly once (a wide prefix spans several table
     // words, patched one after another: see PrefixList::insert).
     let findings = timeline.check(&sent, &got, |e, a| match e {
-        Edit::Insert(_) | Edit::Remove(_) => u128::from(ip_key(a)) + 1,
+        Edit::Insert(_) | Edit::Remove(_) => ip_key(a) + 1,
         _ => 0,
     });
     let report = || {
