@@ -697,24 +697,25 @@ mod tests {
 
     #[test]
     fn buckets_overflow_into_neighbours_and_report_full() {
+        const PROBES: usize = XDPG_V4_MAX_PROBES as usize;
         let (seed, mask) = (1, 63);
         let mut store = vec![xdpg_v4_bucket::default(); 64];
-        // Every one of these hashes to bucket 0, so they fill the chain 0..8.
+        // Every one of these hashes to bucket 0, so they fill the whole chain.
         let same_home: Vec<u32> =
-            (0x0A00_0000u32..).filter(|&a| v4_bucket_index(a, seed, mask) == 0).take(SLOTS * 8 + 1).collect();
-        for &a in &same_home[..SLOTS * 8] {
+            (0x0A00_0000u32..).filter(|&a| v4_bucket_index(a, seed, mask) == 0).take(SLOTS * PROBES + 1).collect();
+        for &a in &same_home[..SLOTS * PROBES] {
             host_set(&mut store, seed, mask, a, BLOCK).unwrap();
         }
-        assert_eq!(host_set(&mut store, seed, mask, same_home[SLOTS * 8], BLOCK), Err(TableFull));
+        assert_eq!(host_set(&mut store, seed, mask, same_home[SLOTS * PROBES], BLOCK), Err(TableFull));
         let words = |_| u64::from(MIXED | PASS) * 0x1111_1111_1111_1111;
-        for &a in &same_home[..SLOTS * 8] {
+        for &a in &same_home[..SLOTS * PROBES] {
             assert_eq!(lookup(&words, &store, seed, a), BLOCK, "{a:#x} reachable");
         }
-        assert_eq!(lookup(&words, &store, seed, same_home[SLOTS * 8]), PASS);
+        assert_eq!(lookup(&words, &store, seed, same_home[SLOTS * PROBES]), PASS);
         // A cleared slot is a tombstone: reused by the same address only.
         host_clear(&mut store, seed, mask, same_home[0]);
         assert_eq!(lookup(&words, &store, seed, same_home[0]), PASS);
-        assert_eq!(host_set(&mut store, seed, mask, same_home[SLOTS * 8], BLOCK), Err(TableFull));
+        assert_eq!(host_set(&mut store, seed, mask, same_home[SLOTS * PROBES], BLOCK), Err(TableFull));
         assert_eq!(host_set(&mut store, seed, mask, same_home[0], ALLOW), Ok(()));
         assert_eq!(lookup(&words, &store, seed, same_home[0]), ALLOW);
     }

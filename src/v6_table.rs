@@ -204,20 +204,22 @@ mod tests {
 
     #[test]
     fn set_get_clear_and_tombstones() {
-        let mut t = vec![xdpg_v6_bucket::default(); 64];
-        let same_home: Vec<u32> = (0u32..).filter(|&h| mix32(h) & 63 == 5).take(SLOTS * 8 + 1).collect();
-        for (i, &h) in same_home[..SLOTS * 8].iter().enumerate() {
+        const PROBES: usize = XDPG_V6_MAX_PROBES as usize;
+        // Room beyond the longest chain, so the chain never wraps onto itself.
+        let mut t = vec![xdpg_v6_bucket::default(); 4 * PROBES];
+        let same_home: Vec<u32> = (0u32..).filter(|&h| mix32(h) as usize & (4 * PROBES - 1) == 5).take(SLOTS * PROBES + 1).collect();
+        for (i, &h) in same_home[..SLOTS * PROBES].iter().enumerate() {
             set(&mut t, h, &key(i as u32, 48), 1).unwrap();
         }
-        assert_eq!(set(&mut t, same_home[SLOTS * 8], &key(999, 48), 1), Err(TableFull));
-        for (i, &h) in same_home[..SLOTS * 8].iter().enumerate() {
+        assert_eq!(set(&mut t, same_home[SLOTS * PROBES], &key(999, 48), 1), Err(TableFull));
+        for (i, &h) in same_home[..SLOTS * PROBES].iter().enumerate() {
             assert_eq!(get(&t, h, &key(i as u32, 48)), 1);
             assert_eq!(get(&t, h, &key(i as u32, 47)), 0, "the length is part of the key");
         }
         clear(&mut t, same_home[0], &key(0, 48));
         assert_eq!(get(&t, same_home[0], &key(0, 48)), 0);
         // The tombstone is not reused by another key...
-        assert_eq!(set(&mut t, same_home[SLOTS * 8], &key(999, 48), 1), Err(TableFull));
+        assert_eq!(set(&mut t, same_home[SLOTS * PROBES], &key(999, 48), 1), Err(TableFull));
         // ...but is by the same one.
         set(&mut t, same_home[0], &key(0, 48), 2).unwrap();
         assert_eq!(get(&t, same_home[0], &key(0, 48)), 2);
