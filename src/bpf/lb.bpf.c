@@ -73,6 +73,13 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 #define XDPG_AF_INET6 10
 #define XDPG_ETH_HLEN 14
 
+/* This CPU's scratch space for the cold paths' large temporaries. */
+static __always_inline struct xdpg_lb_scratch *cpu_scratch(void)
+{
+	__u32 zero = 0;
+	return bpf_map_lookup_elem(&xdpg_lb_scratch, &zero);
+}
+
 static __always_inline void count(__u32 idx, __u64 bytes)
 {
 	struct xdpg_counter *c = bpf_map_lookup_elem(&xdpg_lb_cnt, &idx);
@@ -269,11 +276,10 @@ XDPG_COLD int send_too_big(struct xdp_md *ctx, __u32 mtu, __u32 tot_len)
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
 	__u64 bytes = data_end - data;
-	__u32 key = 0;
 	int rc = XDP_DROP;
 
 	count(XDPG_LB_DROP_MTU, bytes);
-	struct xdpg_lb_scratch *sc = bpf_map_lookup_elem(&xdpg_lb_scratch, &key);
+	struct xdpg_lb_scratch *sc = cpu_scratch();
 	struct ethhdr *eth = data;
 	if (!sc || (void *)(eth + 1) > data_end)
 		return XDP_DROP;
@@ -330,8 +336,7 @@ static __always_inline int fib_next_hop(struct xdp_md *ctx, struct bpf_fib_looku
 XDPG_COLD int refill_hop(struct xdp_md *ctx, struct xdpg_lb_nexthop *nh, struct xdpg_lb_backend *be,
 			 const __u32 *src, __u32 packed)
 {
-	__u32 scratch_key = 0;
-	struct xdpg_lb_scratch *scratch = bpf_map_lookup_elem(&xdpg_lb_scratch, &scratch_key);
+	struct xdpg_lb_scratch *scratch = cpu_scratch();
 	if (!scratch)
 		return XDP_PASS;
 	struct bpf_fib_lookup *fib = &scratch->fib;
@@ -1201,8 +1206,7 @@ static __always_inline int nat_to_client(struct xdp_md *ctx, struct xdpg_lb_flow
 	__u64 bytes = ctx->data_end - ctx->data;
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
-	__u32 scratch_key = 0;
-	struct xdpg_lb_scratch *scratch = bpf_map_lookup_elem(&xdpg_lb_scratch, &scratch_key);
+	struct xdpg_lb_scratch *scratch = cpu_scratch();
 	if (!scratch)
 		return XDP_PASS;
 	struct bpf_fib_lookup *fib = &scratch->fib;
@@ -1315,8 +1319,7 @@ XDPG_COLD int lb_icmp(struct xdp_md *ctx, struct xdpg_lb_config *cfg, struct xdp
 	__u64 bytes = ctx->data_end - ctx->data;
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
-	__u32 scratch_key = 0;
-	struct xdpg_lb_scratch *scratch = bpf_map_lookup_elem(&xdpg_lb_scratch, &scratch_key);
+	struct xdpg_lb_scratch *scratch = cpu_scratch();
 	if (!scratch)
 		return XDP_PASS;
 	struct xdpg_lb_quoted *q = &scratch->quoted;
