@@ -3,8 +3,10 @@
 //! the per-VIP Maglev tables and the counters.
 
 use std::mem::{offset_of, MaybeUninit};
+use std::net::IpAddr;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
 
 use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
 use libbpf_rs::{MapCore, MapFlags, MapHandle, MapType};
@@ -112,6 +114,40 @@ impl LbMaps {
         nexthop_ttl: AtomicU64 => atomic_u64,
         ipip_v4_src: AtomicU32 => atomic_u32,
         ipip_v4_mask: AtomicU32 => atomic_u32,
+    }
+
+    /// How many VIPs use `addr`: the data plane's set of VIP addresses
+    /// (for ICMP echo and fragments), counted so VIPs can share an address.
+    pub(crate) fn vip_addr_users(&self, addr: IpAddr) -> Result<Option<u32>, LbError> {
+        let key = super::state::addr_key(addr);
+        Ok(self
+            .handle("xdpg_lb_vaddrs")
+            .lookup(bytemuck::bytes_of(&key), MapFlags::ANY)
+            .map_err(map_err("reading VIP addresses"))?
+            .map(|v| u32::from_ne_bytes(v[..4].try_into().expect("4 bytes"))))
+    }
+
+    /// Sets that count; at 0 the address stops being a VIP address.
+    pub(crate) fn set_vip_addr_users(&self, addr: IpAddr, n: u32) -> Result<(), LbError> {
+        let key = super::state::addr_key(addr);
+        let map = self.handle("xdpg_lb_vaddrs");
+        if n == 0 {
+            let _ = map.delete(bytemuck::bytes_of(&key));
+            return Ok(());
+        }
+        map.update(bytemuck::bytes_of(&key), &n.to_ne_bytes(), MapFlags::ANY).map_err(map_err("updating VIP addresses"))
+    }
+
+    /// A config field counted in kernel jiffies, as a duration.
+    pub(crate) fn duration(&self, field: &AtomicU64) -> Duration {
+        let tick = self.ns_per_jiffy().load(Ordering::Acquire);
+        Duration::from_nanos(field.load(Ordering::Acquire).saturating_mul(tick))
+    }
+
+    /// Stores a duration into a config field counted in kernel jiffies.
+    pub(crate) fn set_duration(&self, field: &AtomicU64, d: Duration) {
+        let tick = self.ns_per_jiffy().load(Ordering::Acquire);
+        field.store(to_jiffies(d, tick), Ordering::Release);
     }
 
     /// The four policy bytes (echo, fragments, options, pad) as one word.
@@ -282,7 +318,7 @@ pub(crate) fn ns_per_jiffy() -> u64 {
 }
 
 /// A duration in ticks, rounded up (so a timeout is never shorter than asked).
-pub(crate) fn to_jiffies(d: std::time::Duration, ns_per_jiffy: u64) -> u64 {
+pub(crate) fn to_jiffies(d: Duration, ns_per_jiffy: u64) -> u64 {
     let ns = d.as_nanos().min(u128::from(u64::MAX)) as u64;
     ns.div_ceil(ns_per_jiffy.max(1))
 }

@@ -467,17 +467,8 @@ impl LoadBalancer {
             maps.publish_table(index, None)?;
             // Address bookkeeping and counts first, so the VIP is complete
             // when its key starts matching.
-            let addrs = maps.handle("xdpg_lb_vaddrs");
-            let akey = state::addr_key(vip.addr);
-            let abytes = bytemuck::bytes_of(&akey);
-            let n = addrs
-                .lookup(abytes, MapFlags::ANY)
-                .map_err(map_err("reading VIP addresses"))?
-                .map(|v| u32::from_ne_bytes(v[..4].try_into().expect("4 bytes")))
-                .unwrap_or(0);
-            addrs
-                .update(abytes, &(n + 1).to_ne_bytes(), MapFlags::ANY)
-                .map_err(map_err("recording a VIP address"))?;
+            let n = maps.vip_addr_users(vip.addr)?.unwrap_or(0);
+            maps.set_vip_addr_users(vip.addr, n + 1)?;
             st.vips.insert(vip, VipState::new(index, config));
             Self::recount(st, maps);
             let (map, key) = state::vip_key(&vip);
@@ -505,19 +496,8 @@ impl LoadBalancer {
             for slot in vs.backends.values() {
                 maps.free_backend(slot.id);
             }
-            let addrs = maps.handle("xdpg_lb_vaddrs");
-            let akey = state::addr_key(vip.addr);
-            let abytes = bytemuck::bytes_of(&akey);
-            let n = addrs
-                .lookup(abytes, MapFlags::ANY)
-                .map_err(map_err("reading VIP addresses"))?
-                .map(|v| u32::from_ne_bytes(v[..4].try_into().expect("4 bytes")))
-                .unwrap_or(1);
-            if n <= 1 {
-                let _ = addrs.delete(abytes);
-            } else {
-                addrs.update(abytes, &(n - 1).to_ne_bytes(), MapFlags::ANY).map_err(map_err("updating VIP addresses"))?;
-            }
+            let n = maps.vip_addr_users(vip.addr)?.unwrap_or(1);
+            maps.set_vip_addr_users(vip.addr, n.saturating_sub(1))?;
             st.vips.remove(vip);
             Self::recount(st, maps);
             Ok(())
@@ -891,27 +871,23 @@ impl LoadBalancer {
 
     /// The UDP idle timeout in force.
     pub fn udp_timeout(&self) -> Duration {
-        let tick = self.maps.ns_per_jiffy().load(Ordering::Acquire);
-        Duration::from_nanos(self.maps.udp_timeout().load(Ordering::Acquire).saturating_mul(tick))
+        self.maps.duration(self.maps.udp_timeout())
     }
 
     /// Changes the UDP idle timeout.
     pub fn set_udp_timeout(&self, timeout: Duration) {
-        let tick = self.maps.ns_per_jiffy().load(Ordering::Acquire);
-        self.maps.udp_timeout().store(maps::to_jiffies(timeout, tick), Ordering::Release);
+        self.maps.set_duration(self.maps.udp_timeout(), timeout);
     }
 
     /// How long each CPU reuses a backend's next hop from the FIB.
     pub fn next_hop_cache(&self) -> Duration {
-        let tick = self.maps.ns_per_jiffy().load(Ordering::Acquire);
-        Duration::from_nanos(self.maps.nexthop_ttl().load(Ordering::Acquire).saturating_mul(tick))
+        self.maps.duration(self.maps.nexthop_ttl())
     }
 
     /// Changes how long each CPU reuses a backend's next hop (zero: a FIB
     /// lookup for every packet). Cached hops already made live out their time.
     pub fn set_next_hop_cache(&self, ttl: Duration) {
-        let tick = self.maps.ns_per_jiffy().load(Ordering::Acquire);
-        self.maps.nexthop_ttl().store(maps::to_jiffies(ttl, tick), Ordering::Release);
+        self.maps.set_duration(self.maps.nexthop_ttl(), ttl);
     }
 
     /// The flow hash seed.
