@@ -147,15 +147,7 @@ impl Set4 {
     }
 
     pub fn from_prefixes(prefixes: Vec<Prefix4>) -> Self {
-        let mut by_len: Vec<(u8, HashSet<u32>)> = Vec::new();
-        for p in &prefixes {
-            match by_len.iter_mut().find(|(l, _)| *l == p.len) {
-                Some((_, s)) => {
-                    s.insert(p.addr);
-                }
-                None => by_len.push((p.len, HashSet::from([p.addr]))),
-            }
-        }
+        let by_len = index_by_len(prefixes.iter().map(|p| (p.len, p.addr)));
         Self { prefixes, by_len }
     }
 
@@ -184,6 +176,21 @@ impl Set4 {
     }
 }
 
+/// Networks grouped by prefix length, for coverage checks (one set probe
+/// per length in use).
+fn index_by_len<A: std::hash::Hash + Eq>(nets: impl Iterator<Item = (u8, A)>) -> Vec<(u8, HashSet<A>)> {
+    let mut by_len: Vec<(u8, HashSet<A>)> = Vec::new();
+    for (len, addr) in nets {
+        match by_len.iter_mut().find(|(l, _)| *l == len) {
+            Some((_, s)) => {
+                s.insert(addr);
+            }
+            None => by_len.push((len, HashSet::from([addr]))),
+        }
+    }
+    by_len
+}
+
 /// A seeded IPv6 blocklist with its coverage index.
 pub struct Set6 {
     pub prefixes: Vec<Prefix6>,
@@ -207,15 +214,7 @@ impl Set6 {
                 prefixes.push(p);
             }
         }
-        let mut by_len: Vec<(u8, HashSet<u128>)> = Vec::new();
-        for p in &prefixes {
-            match by_len.iter_mut().find(|(l, _)| *l == p.len) {
-                Some((_, s)) => {
-                    s.insert(p.addr);
-                }
-                None => by_len.push((p.len, HashSet::from([p.addr]))),
-            }
-        }
+        let by_len = index_by_len(prefixes.iter().map(|p| (p.len, p.addr)));
         Self { prefixes, by_len }
     }
 
