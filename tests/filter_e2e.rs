@@ -22,6 +22,8 @@ use common::lb_topology::connect_from;
 use common::netns::*;
 use common::scratch::ScratchDir;
 use common::udp_echo::{udp_echo_reaches, UdpEcho};
+use libbpf_rs::query::{LinkInfoIter, LinkTypeInfo, ProgInfoIter, ProgInfoQueryOptions, ProgramInfo};
+use libbpf_rs::{MapHandle, ProgramType};
 use xdpguard::{AttachMode, Error, Filter, FilterStats, IpNetwork};
 
 const UDP_PORT: u16 = 7000;
@@ -338,6 +340,25 @@ fn detach_restores_connectivity() {
     bed.assert_reaches(CLIENT_B4, "re-attached");
 }
 
+/// The kernel's view of one loaded program, asked by id through libbpf
+/// (no `bpftool`: a fresh machine does not have it).
+fn program_info(id: u32) -> ProgramInfo {
+    ProgInfoIter::with_query_opts(ProgInfoQueryOptions::default().include_map_ids(true))
+        .find(|p| p.id == id)
+        .unwrap_or_else(|| panic!("program {id} is not loaded"))
+}
+
+/// Whether the kernel has freed the object a `*_get_fd_by_id` call names:
+/// ENOENT is "gone"; success is "still there"; any other error (missing
+/// privileges, say) fails the test instead of passing as "gone".
+fn freed<T>(what: &str, id: u32, lookup: libbpf_rs::Result<T>) -> bool {
+    match lookup {
+        Ok(_) => false,
+        Err(e) if e.kind() == libbpf_rs::ErrorKind::NotFound => true,
+        Err(e) => panic!("looking up {what} {id}: {e}"),
+    }
+}
+
 #[test]
 fn dropping_an_unpinned_filter_leaves_the_interface_clean() {
     let bed = Bed::new("e2eu");
@@ -345,11 +366,26 @@ fn dropping_an_unpinned_filter_leaves_the_interface_clean() {
     filter.blocklist().insert(net("192.0.2.0/24")).unwrap();
     bed.assert_blocked(CLIENT_A4, "attached");
     let (_, prog_id) = bed.xdp_on(&bed.pair.server, "eth0").expect("attached");
-    let prog_json =
-        run(std::process::Command::new("bpftool").args(["-j", "prog", "show", "id", &prog_id.to_string()])).stdout;
-    let prog: serde_json::Value = serde_json::from_slice(&prog_json).unwrap();
-    let map_ids: Vec<u64> = prog["map_ids"].as_array().expect("map_ids").iter().map(|v| v.as_u64().unwrap()).collect();
-    assert!(map_ids.len() >= 10, "{prog}");
+    let prog_id = u32::try_from(prog_id).unwrap();
+    // The program on eth0 is this filter's, with its maps, held by one XDP link.
+    assert_eq!(libbpf_rs::Program::id_from_fd(filter.program_fd()).unwrap(), prog_id);
+    let prog = program_info(prog_id);
+    assert_eq!((prog.name.to_str(), prog.ty), (Some("xdpg_filter"), ProgramType::Xdp), "{prog:?}");
+    let map_ids = prog.map_ids;
+    assert!(map_ids.len() >= 10, "{map_ids:?}");
+    let eth0 = bed.pair.server.ifindex("eth0");
+    let links: Vec<u32> = LinkInfoIter::default()
+        .filter(|l| l.prog_id == prog_id)
+        .map(|l| match l.info {
+            LinkTypeInfo::Xdp(x) => {
+                assert_eq!(x.ifindex, eth0, "link {} holds the program on eth0", l.id);
+                l.id
+            }
+            other => panic!("link {} of program {prog_id} is not an XDP link: {other:?}", l.id),
+        })
+        .collect();
+    assert_eq!(links.len(), 1, "one XDP link holds the program: {links:?}");
+    let link_id = links[0];
 
     assert_eq!(Arc::strong_count(&filter), 1);
     drop(filter);
@@ -357,19 +393,17 @@ fn dropping_an_unpinned_filter_leaves_the_interface_clean() {
     assert!(!bed.link_show(&bed.pair.server, "eth0").contains("xdp"));
     bed.assert_reaches(CLIENT_A4, "after drop");
     bed.assert_reaches(CLIENT_A6, "after drop");
-    // The program and every map are freed (the kernel frees them shortly
-    // after the last reference goes).
-    let gone = |kind: &str, id: u64| {
-        !std::process::Command::new("bpftool")
-            .args([kind, "show", "id", &id.to_string()])
-            .output()
-            .unwrap()
-            .status
-            .success()
-    };
+    // The link, the program and every map are freed (the kernel frees them
+    // shortly after the last reference goes).
+    let link_gone = || LinkInfoIter::default().all(|l| l.id != link_id);
+    let prog_gone = || freed("program", prog_id, libbpf_rs::Program::fd_from_id(prog_id));
+    let maps_gone = || map_ids.iter().all(|&m| freed("map", m, MapHandle::from_map_id(m)));
     let deadline = Instant::now() + Duration::from_secs(5);
-    while !(gone("prog", prog_id) && map_ids.iter().all(|&m| gone("map", m))) {
-        assert!(Instant::now() < deadline, "program {prog_id} or maps {map_ids:?} still loaded after drop");
+    while !(link_gone() && prog_gone() && maps_gone()) {
+        assert!(
+            Instant::now() < deadline,
+            "link {link_id}, program {prog_id} or maps {map_ids:?} still loaded after drop"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }

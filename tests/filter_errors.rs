@@ -13,6 +13,7 @@ use std::process::Command;
 
 use common::netns::*;
 use common::scratch::ScratchDir;
+use libbpf_rs::{MapCore, MapHandle, MapType};
 use xdpguard::{
     parse_list, parse_prefix, AttachError, AttachMode, Error, Filter, IpNetwork, ListError, LoadError, PinError,
     XdpAction,
@@ -309,18 +310,13 @@ fn a_bpffs_directory_holding_something_else_is_not_ours() {
     let pin = ScratchDir::bpffs("err");
     std::fs::create_dir_all(pin.path()).unwrap();
     let foreign = pin.path().join("other_map");
-    run(Command::new("bpftool").args(["map", "create"]).arg(&foreign).args([
-        "type",
-        "array",
-        "key",
-        "4",
-        "value",
-        "4",
-        "entries",
-        "1",
-        "name",
-        "other_map",
-    ]));
+    let opts = libbpf_rs::libbpf_sys::bpf_map_create_opts {
+        sz: size_of::<libbpf_rs::libbpf_sys::bpf_map_create_opts>() as _,
+        ..Default::default()
+    };
+    let mut map = MapHandle::create(MapType::Array, Some("other_map"), 4, 4, 1, &opts).expect("create a map");
+    map.pin(&foreign).expect("pin the foreign map");
+    drop(map); // the pin keeps it
     let err = Filter::builder().v4_capacity(64).pin(pin.path()).load().unwrap_err();
     let Error::Pin(PinError::NotOurs { found, kind, .. }) = &err else { panic!("{err:?}") };
     assert_eq!((found.as_str(), *kind), ("other_map", "filter"));
@@ -328,7 +324,8 @@ fn a_bpffs_directory_holding_something_else_is_not_ours() {
     assert_eq!(pin.names(), ["other_map"], "the foreign pin is untouched");
     let err = Filter::open_pinned(pin.path()).unwrap_err();
     assert!(matches!(err, Error::Pin(PinError::NotOurs { .. })), "{err:?}");
-    assert!(foreign.exists());
+    let still = MapHandle::from_pinned_path(&foreign).expect("the foreign map is still pinned");
+    assert_eq!((still.name().to_str(), still.map_type()), (Some("other_map"), MapType::Array));
 
     // A plain subdirectory is someone else's too.
     let pin2 = ScratchDir::bpffs("err");
