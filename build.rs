@@ -58,6 +58,7 @@ fn main() {
 fn check_clang(clang: &OsString) {
     let help = "xdpguard compiles its eBPF programs with clang: install clang >= 14 \
                 (Debian/Ubuntu: `apt-get install clang libelf-dev`), or point CLANG at one";
+    // check-deps: clang (or $CLANG; .ci/deps installs clang)
     let output = match Command::new(clang).arg("--version").output() {
         Ok(out) if out.status.success() => out,
         _ => panic!("clang not found ({}). {help}", clang.to_string_lossy()),

@@ -223,6 +223,7 @@ fn a_cli_killed_mid_edit_leaves_a_filter_that_reopens_consistent() {
         let path = file.path().join(format!("list{trial}.txt"));
         std::fs::File::create(&path).unwrap().write_all(text.as_bytes()).unwrap();
 
+        // check-deps: built-here (the CLI example)
         let mut child = Command::new(cli.path())
             .args(["block", "--file", path.to_str().unwrap(), "--pin", p])
             .stdout(Stdio::null())

@@ -42,6 +42,7 @@ impl ExampleBinary {
     /// Runs one command, whatever its exit status; prints the command line
     /// and its output (shown when a test fails).
     pub fn run(&self, args: &[&str]) -> Output {
+        // check-deps: built-here (an example of this crate)
         let out = Command::new(self.path()).args(args).output().expect("run the CLI");
         eprintln!("$ {} {}\n{}", self.name, args.join(" "), printed(&out));
         out
