@@ -7,24 +7,52 @@ use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 
 use crate::error::{LineError, ListError};
 
-/// A prefix as stored: host bits cleared.
+/// A prefix as stored: host bits cleared, IPv4-mapped IPv6 as IPv4.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Normalized {
-    /// The prefix with its host bits cleared (`192.0.2.7/24` → `192.0.2.0/24`).
+    /// The prefix as stored (`192.0.2.7/24` → `192.0.2.0/24`,
+    /// `::ffff:192.0.2.0/120` → `192.0.2.0/24`).
     pub network: IpNetwork,
     /// Whether host bits had to be cleared.
     pub host_bits_cleared: bool,
+    /// Whether it was given as an IPv4-mapped IPv6 prefix
+    /// (`::ffff:a.b.c.d/96+n`) and is stored as the IPv4 prefix it covers
+    /// (`a.b.c.d/n`).
+    pub ipv4_mapped: bool,
 }
 
-/// Clears host bits: `192.0.2.7/24` becomes `192.0.2.0/24`.
+/// The form a list entry is stored in: host bits cleared
+/// (`192.0.2.7/24` → `192.0.2.0/24`), and an IPv4-mapped IPv6 prefix
+/// (`::ffff:a.b.c.d`, a /96 or longer) turned into the IPv4 prefix it covers
+/// (`::ffff:192.0.2.5` → `192.0.2.5/32`, `::ffff:192.0.2.0/120` →
+/// `192.0.2.0/24`, `::ffff:0:0/96` → `0.0.0.0/0`).
+///
+/// Mapped addresses are how dual-stack sockets and many logs write IPv4
+/// sources, but packets never carry them: an IPv4 packet has an IPv4
+/// source, and the kernel drops IPv6 packets with a mapped source. Stored as
+/// IPv6, such an entry could never match anything, so every list API stores
+/// the IPv4 entry instead. An IPv6 prefix shorter than /96 that contains the
+/// mapped range (`::/64`) is kept as IPv6: it covers other addresses too, and
+/// it matches IPv6 packets only.
 ///
 /// ```
 /// let n = xdpguard::normalize("192.0.2.7/24".parse().unwrap());
 /// assert_eq!(n.network.to_string(), "192.0.2.0/24");
 /// assert!(n.host_bits_cleared);
+///
+/// let n = xdpguard::normalize("::ffff:192.0.2.5/128".parse().unwrap());
+/// assert_eq!(n.network.to_string(), "192.0.2.5/32");
+/// assert!(n.ipv4_mapped);
 /// ```
 pub fn normalize(net: IpNetwork) -> Normalized {
-    let network = match net {
+    let (given, ipv4_mapped) = match net {
+        IpNetwork::V6(n) if n.prefix() >= 96 => match n.ip().to_ipv4_mapped() {
+            Some(v4) => (IpNetwork::V4(Ipv4Network::new(v4, n.prefix() - 96).expect("at most 32")), true),
+            None => (net, false),
+        },
+        _ => (net, false),
+    };
+    let network = match given {
         IpNetwork::V4(n) => IpNetwork::V4(
             Ipv4Network::new(n.network(), n.prefix()).expect("prefix length already valid"),
         ),
@@ -32,10 +60,18 @@ pub fn normalize(net: IpNetwork) -> Normalized {
             Ipv6Network::new(n.network(), n.prefix()).expect("prefix length already valid"),
         ),
     };
-    Normalized { network, host_bits_cleared: network.ip() != net.ip() }
+    Normalized { network, host_bits_cleared: network.ip() != given.ip(), ipv4_mapped }
 }
 
 /// Parses `192.0.2.0/24`, `2001:db8::/32`, or a bare address (a /32 or /128).
+///
+/// The prefix comes back as written, host bits and IPv4-mapped form
+/// included; [`normalize`] gives the form it is stored in, and every list
+/// API normalises what it is given.
+///
+/// # Errors
+///
+/// [`ListError::InvalidPrefix`], saying what is wrong with the text.
 pub fn parse_prefix(text: &str) -> Result<IpNetwork, ListError> {
     let text = text.trim();
     let invalid = |reason: String| ListError::InvalidPrefix { input: text.to_owned(), reason };
@@ -72,28 +108,72 @@ pub struct ListLine {
 }
 
 /// Parses a list file: one CIDR or address per line; `#` and `;` start
-/// comments (whole-line or trailing); blank lines are skipped. Every bad line
-/// is reported with its number, and then nothing is returned, so a caller
-/// never applies half a file.
-pub fn parse_list(text: &str, source_name: &str) -> Result<Vec<ListLine>, ListError> {
+/// comments (whole-line or trailing); blank lines are skipped; a second
+/// column after the entry (Spamhaus's `; SBL123`, say) is ignored. Entries
+/// are normalised ([`normalize`]).
+///
+/// Takes the file's bytes (a `&str` works too): an entry that is not valid
+/// UTF-8 is a bad line like any other, reported with its number, while
+/// comments and ignored columns may hold any bytes (a Latin-1 name in a
+/// header, say). A UTF-8 byte-order mark is skipped; a UTF-16 file is
+/// refused, with the fix.
+///
+/// ```
+/// let lines = xdpguard::parse_list(std::fs::read("/dev/null")?, "/dev/null")?;
+/// assert!(lines.is_empty());
+/// let err = xdpguard::parse_list(b"192.0.2.0/24\n198.51.100.\xff/24\n", "list.txt").unwrap_err();
+/// assert!(err.to_string().contains("line 2"));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+///
+/// # Errors
+///
+/// [`ListError::BadLines`] with every bad line and why it is bad; then
+/// nothing is returned, so a caller never applies half a file.
+pub fn parse_list(text: impl AsRef<[u8]>, source_name: &str) -> Result<Vec<ListLine>, ListError> {
+    let mut bytes = text.as_ref();
+    let bad = |errors| ListError::BadLines { source_name: source_name.to_owned(), errors };
+    if let Some(rest) = bytes.strip_prefix(b"\xEF\xBB\xBF") {
+        bytes = rest;
+    }
+    if bytes.starts_with(b"\xFF\xFE") || bytes.starts_with(b"\xFE\xFF") {
+        return Err(bad(vec![LineError {
+            line: 1,
+            message: "the file is UTF-16 (it starts with a UTF-16 byte-order mark); save it as UTF-8 or ASCII".into(),
+        }]));
+    }
     let mut entries = Vec::new();
     let mut errors = Vec::new();
-    for (i, raw) in text.lines().enumerate() {
-        let content = raw.split(['#', ';']).next().unwrap_or("").trim();
-        if content.is_empty() {
-            continue;
-        }
-        // Some published lists carry a second column (e.g. Spamhaus's "; SBL123").
-        let token = content.split_whitespace().next().unwrap_or(content);
-        match parse_prefix(token) {
-            Ok(net) => entries.push(ListLine { line: i + 1, entry: normalize(net) }),
-            Err(err) => errors.push(LineError { line: i + 1, message: err.to_string() }),
+    for (i, raw) in bytes.split(|&b| b == b'\n').enumerate() {
+        let line = i + 1;
+        // `#`, `;` and ASCII blanks never occur inside a UTF-8 sequence, so
+        // the line is cut at bytes and only the entry has to be text.
+        let content = raw.split(|&b| b == b'#' || b == b';').next().unwrap_or_default();
+        let Some(start) = content.iter().position(|b| !b.is_ascii_whitespace()) else { continue };
+        let len = content[start..].iter().position(|b| b.is_ascii_whitespace()).unwrap_or(content.len() - start);
+        let token = &content[start..start + len];
+        let result = match std::str::from_utf8(token) {
+            Ok(t) if t.contains('\0') => Err(format!(
+                "`{}` holds NUL bytes: is the file UTF-16 or binary? Save it as UTF-8 or ASCII",
+                t.escape_debug()
+            )),
+            Ok(t) => parse_prefix(t).map_err(|e| e.to_string()),
+            Err(e) => Err(format!(
+                "`{}` is not valid UTF-8 (byte 0x{:02X} at column {}); save the file as UTF-8 or ASCII",
+                String::from_utf8_lossy(token),
+                token[e.valid_up_to()],
+                start + e.valid_up_to() + 1
+            )),
+        };
+        match result {
+            Ok(net) => entries.push(ListLine { line, entry: normalize(net) }),
+            Err(message) => errors.push(LineError { line, message }),
         }
     }
     if errors.is_empty() {
         Ok(entries)
     } else {
-        Err(ListError::BadLines { source_name: source_name.to_owned(), errors })
+        Err(bad(errors))
     }
 }
 
@@ -117,6 +197,75 @@ mod tests {
         assert!(!n.host_bits_cleared);
         let n = normalize("255.255.255.255/0".parse().unwrap());
         assert_eq!(n.network.to_string(), "0.0.0.0/0");
+    }
+
+    #[test]
+    fn ipv4_mapped_prefixes_are_stored_as_ipv4() {
+        let n = |s: &str| normalize(s.parse().unwrap());
+        let host = n("::ffff:192.0.2.5");
+        assert_eq!((host.network.to_string(), host.ipv4_mapped, host.host_bits_cleared), ("192.0.2.5/32".into(), true, false));
+        let v = n("::ffff:192.0.2.0/120");
+        assert_eq!((v.network.to_string(), v.ipv4_mapped, v.host_bits_cleared), ("192.0.2.0/24".into(), true, false));
+        // Host bits are judged on the IPv4 prefix.
+        let v = n("::ffff:192.0.2.77/120");
+        assert_eq!((v.network.to_string(), v.ipv4_mapped, v.host_bits_cleared), ("192.0.2.0/24".into(), true, true));
+        let v = n("::ffff:198.51.100.7/100");
+        assert_eq!(v.network.to_string(), "192.0.0.0/4");
+        // The whole mapped range is the whole IPv4 space.
+        assert_eq!(n("::ffff:0.0.0.0/96").network.to_string(), "0.0.0.0/0");
+        assert_eq!(n("::ffff:0:0/96").network, n("0.0.0.0/0").network);
+        // Shorter than /96, or outside ::ffff:0:0/96: IPv6 as given.
+        for v6 in ["::ffff:0:0/95", "::/64", "::/0", "::192.0.2.5/128", "64:ff9b::192.0.2.5/128", "2001:db8::/32"] {
+            let v = n(v6);
+            assert!(v.network.is_ipv6() && !v.ipv4_mapped, "{v6}: {v:?}");
+        }
+        assert!(!n("192.0.2.5").ipv4_mapped);
+        // Normalising twice changes nothing.
+        for s in ["::ffff:192.0.2.77/120", "192.0.2.7/24", "2001:db8::1/32"] {
+            let once = n(s).network;
+            assert_eq!(normalize(once).network, once, "{s}");
+        }
+        // parse_prefix keeps what was written; list files store IPv4.
+        assert_eq!(parse_prefix("::ffff:192.0.2.5").unwrap().to_string(), "::ffff:192.0.2.5/128");
+        let lines = parse_list("::ffff:192.0.2.5\n::ffff:c633:6400/120\n", "t").unwrap();
+        let got: Vec<_> = lines.iter().map(|l| (l.entry.network.to_string(), l.entry.ipv4_mapped)).collect();
+        assert_eq!(got, [("192.0.2.5/32".to_string(), true), ("198.51.100.0/24".to_string(), true)]);
+    }
+
+    #[test]
+    fn list_files_that_are_not_utf8_name_their_lines() {
+        // Line 2's entry is Latin-1, line 4's has a stray byte; line 3's
+        // comment and line 5's second column may hold anything.
+        let text = b"192.0.2.0/24\n19\xe82.0.2.1\n# caf\xe9\n198.51.100.0/24\xff\n203.0.113.0/24 caf\xe9\n\xff\n";
+        let err = parse_list(&text[..], "drop.txt").unwrap_err();
+        let ListError::BadLines { errors, source_name } = &err else { panic!("{err}") };
+        assert_eq!(source_name, "drop.txt");
+        assert_eq!(errors.iter().map(|e| e.line).collect::<Vec<_>>(), [2, 4, 6], "{err}");
+        assert!(errors[0].message.contains("not valid UTF-8") && errors[0].message.contains("column 3"), "{err}");
+        assert!(errors[0].message.contains("0xE8") && errors[0].message.contains("save the file as UTF-8"), "{err}");
+        assert!(errors[1].message.contains("column 16"), "{err}");
+        let text = err.to_string();
+        assert!(text.contains("line 2:") && text.contains("line 4:") && text.contains("nothing applied"), "{text}");
+        assert!(!text.contains("stream did not contain valid UTF-8"), "{text}");
+
+        // Mixed with other bad lines: every one is reported, in order.
+        let err = parse_list(b"bogus\n\xc3\x28/24\n192.0.2.0/33\n", "t").unwrap_err();
+        let ListError::BadLines { errors, .. } = &err else { panic!("{err}") };
+        assert_eq!(errors.iter().map(|e| e.line).collect::<Vec<_>>(), [1, 2, 3], "{err}");
+
+        // Bytes elsewhere than in the entry are fine.
+        let ok = parse_list(b"# \xa9 2024 Exampl\xe9\n192.0.2.0/24 ; \xff\xfe\r\n", "t").unwrap();
+        assert_eq!(ok.len(), 1);
+        assert_eq!((ok[0].line, ok[0].entry.network.to_string()), (2, "192.0.2.0/24".to_string()));
+        // A UTF-8 byte-order mark is skipped; UTF-16 is named.
+        let ok = parse_list(b"\xef\xbb\xbf192.0.2.0/24\n", "t").unwrap();
+        assert_eq!(ok[0].entry.network.to_string(), "192.0.2.0/24");
+        for bom in [&b"\xff\xfe1\x009\x002\x00"[..], b"\xfe\xff\x001\x009"] {
+            let err = parse_list(bom, "t").unwrap_err();
+            assert!(err.to_string().contains("line 1: the file is UTF-16"), "{err}");
+        }
+        let err = parse_list(b"1\x009\x002\x00.\x000\x00\n", "t").unwrap_err();
+        assert!(err.to_string().contains("NUL bytes"), "{err}");
     }
 
     #[test]
