@@ -8,6 +8,7 @@
 //! xdpguard attach --iface eth0 [--iface eth1] [--mode native|generic|offload|auto] [--pin DIR] [--netns NAME]
 //! xdpguard block 192.0.2.0/24 198.51.100.7      xdpguard unblock 192.0.2.0/24
 //! xdpguard block --file list.txt [--replace]    xdpguard allow / disallow ...
+//! xdpguard block --force 0.0.0.0/0             (a whole family: refused without --force)
 //! xdpguard list [--allow] [--json]              xdpguard stats [--json] [--watch SECS] [--reset]
 //! xdpguard check 192.0.2.9                       xdpguard status [--json]
 //! xdpguard detach
@@ -25,7 +26,7 @@ use std::time::{Duration, Instant};
 use clap::{Args, Parser, Subcommand};
 use common::Result;
 use serde_json::json;
-use xdpguard::{AttachMode, Filter, FilterStats, IpNetwork, ListKind, MalformedPolicy, PrefixList, Verdict};
+use xdpguard::{AttachMode, Filter, FilterStats, IpNetwork, ListError, ListKind, MalformedPolicy, PrefixList, Verdict};
 
 const DEFAULT_PIN: &str = "/sys/fs/bpf/xdpguard";
 
@@ -63,6 +64,17 @@ struct Add {
     replace: bool,
 }
 
+#[derive(Args)]
+struct BlockArgs {
+    #[command(flatten)]
+    add: Add,
+    /// Block even an entry that covers a whole address family (0.0.0.0/0,
+    /// ::/0): every packet of that family from a source that is not
+    /// allowlisted is dropped, your own SSH session included.
+    #[arg(long)]
+    force: bool,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Load the filter, attach it to interfaces and pin it.
@@ -95,7 +107,7 @@ enum Command {
         pin: Pin,
     },
     /// Add entries to the blocklist.
-    Block(Add),
+    Block(BlockArgs),
     /// Remove entries from the blocklist.
     Unblock(Edit),
     /// Add entries to the allowlist (checked before the blocklist).
@@ -175,8 +187,8 @@ fn run(command: Command) -> Result<()> {
             filter.unpin()?;
             common::print_detached(&attachments, &pin.pin);
         }
-        Command::Block(add) => add_entries(ListKind::Block, add)?,
-        Command::Allow(add) => add_entries(ListKind::Allow, add)?,
+        Command::Block(b) => add_entries(ListKind::Block, b.add, b.force)?,
+        Command::Allow(add) => add_entries(ListKind::Allow, add, false)?,
         Command::Unblock(edit) => remove_entries(ListKind::Block, edit)?,
         Command::Disallow(edit) => remove_entries(ListKind::Allow, edit)?,
         Command::List { pin, allow, json } => {
@@ -212,6 +224,16 @@ fn run(command: Command) -> Result<()> {
         }
         Command::Check { pin, addr, json } => {
             let filter = Filter::open_pinned(&pin.pin)?;
+            // Entries given as ::ffff:a.b.c.d are stored as a.b.c.d, and the
+            // packets they are about are IPv4 packets.
+            let addr = match addr {
+                IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some() => {
+                    let v4 = addr.to_canonical();
+                    eprintln!("note: {addr} is IPv4-mapped: checking {v4} (its packets are IPv4 packets)");
+                    v4
+                }
+                _ => addr,
+            };
             let (action, reason) = match filter.verdict(addr)? {
                 Verdict::Pass => ("pass", "in neither list".to_string()),
                 Verdict::Allow(n) => ("pass", format!("allowlisted by {n}")),
@@ -264,33 +286,68 @@ fn run(command: Command) -> Result<()> {
     Ok(())
 }
 
-/// Entries from the command line and/or a file, parsed before anything is
-/// applied: one bad entry means nothing is applied.
-fn gather(edit: &Edit) -> Result<Vec<IpNetwork>> {
-    let mut nets = Vec::new();
-    for c in &edit.cidrs {
-        nets.push(xdpguard::parse_prefix(c)?);
-    }
-    if let Some(path) = &edit.file {
-        nets.extend(read_file(path)?);
-    }
-    if nets.is_empty() {
-        return Err("no entries given: pass CIDRs or --file FILE".into());
-    }
-    Ok(nets)
+/// An entry to apply, and where it was given when that says more than the
+/// entry itself (for messages).
+struct Given {
+    net: IpNetwork,
+    origin: Option<String>,
 }
 
-fn read_file(path: &Path) -> Result<Vec<IpNetwork>> {
+/// Entries from the command line and/or a file, parsed before anything is
+/// applied: one bad entry means nothing is applied.
+fn gather(edit: &Edit) -> Result<Vec<Given>> {
+    let mut given = Vec::new();
+    for c in &edit.cidrs {
+        let net = xdpguard::parse_prefix(c)?;
+        let origin = (xdpguard::normalize(net).network.to_string() != c.trim()).then(|| format!("given as {}", c.trim()));
+        given.push(Given { net, origin });
+    }
+    if let Some(path) = &edit.file {
+        given.extend(read_file(path)?);
+    }
+    if given.is_empty() {
+        return Err("no entries given: pass CIDRs or --file FILE".into());
+    }
+    Ok(given)
+}
+
+/// A list file's entries. Read as bytes: a line that is not UTF-8 text is
+/// reported by number with the other bad lines.
+fn read_file(path: &Path) -> Result<Vec<Given>> {
     let started = Instant::now();
-    let text = std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
-    let lines = xdpguard::parse_list(&text, &path.display().to_string())?;
+    let bytes = std::fs::read(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+    let lines = xdpguard::parse_list(&bytes, &path.display().to_string())?;
     if lines.len() >= 100_000 {
         eprintln!("parsed {} entries from {} in {:.2?}", lines.len(), path.display(), started.elapsed());
     }
-    for l in lines.iter().filter(|l| l.entry.host_bits_cleared).take(5) {
-        eprintln!("note: line {}: host bits cleared, stored as {}", l.line, l.entry.network);
+    for l in lines.iter().filter(|l| l.entry.host_bits_cleared || l.entry.ipv4_mapped).take(5) {
+        let why = if l.entry.ipv4_mapped { "IPv4-mapped" } else { "host bits cleared" };
+        eprintln!("note: line {}: {why}, stored as {}", l.line, l.entry.network);
     }
-    Ok(lines.into_iter().map(|l| l.entry.network).collect())
+    Ok(lines
+        .into_iter()
+        .map(|l| Given { net: l.entry.network, origin: Some(format!("line {} of {}", l.line, path.display())) })
+        .collect())
+}
+
+/// The CLI's words for a whole-family entry refused by the library: what
+/// it would do here, and the two ways on.
+fn whole_family_refused(filter: &Filter, entry: IpNetwork, given: &[Given]) -> String {
+    let origin = given
+        .iter()
+        .find(|g| xdpguard::normalize(g.net).network == entry)
+        .and_then(|g| g.origin.as_ref())
+        .map(|o| format!(" ({o})"))
+        .unwrap_or_default();
+    let family = if entry.is_ipv4() { "IPv4" } else { "IPv6" };
+    let ifaces: Vec<String> = filter.attachments().into_iter().map(|a| a.interface).collect();
+    let on = if ifaces.is_empty() { "wherever the filter is attached".to_string() } else { format!("on {}", ifaces.join(", ")) };
+    format!(
+        "refusing to block {entry}{origin}: it would drop every {family} packet from any source {on}, \
+         including your own SSH session and the replies to connections this host opens. Nothing was changed. \
+         To let only some sources in, allowlist them first (`xdpguard allow ADDR`) and then block {entry} \
+         with --force; to block every {family} source anyway, add --force"
+    )
 }
 
 fn list_of(filter: &Filter, kind: ListKind) -> PrefixList<'_> {
@@ -300,19 +357,24 @@ fn list_of(filter: &Filter, kind: ListKind) -> PrefixList<'_> {
     }
 }
 
-fn add_entries(kind: ListKind, add: Add) -> Result<()> {
-    let nets = gather(&add.edit)?;
+fn add_entries(kind: ListKind, add: Add, force: bool) -> Result<()> {
+    let given = gather(&add.edit)?;
     let filter = Filter::open_pinned(&add.edit.pin.pin)?;
     let list = list_of(&filter, kind);
+    let list = if force { list.permit_whole_family() } else { list };
     let started = Instant::now();
-    let big = nets.len() >= 100_000;
-    if big {
-        eprintln!("applying {} entries to the {kind} as one atomic step...", nets.len());
+    let count = given.len();
+    if count >= 100_000 {
+        eprintln!("applying {count} entries to the {kind} as one atomic step...");
     }
-    let count = nets.len();
-    let change = if add.replace { list.replace(nets)? } else { list.extend(nets)? };
+    let nets = given.iter().map(|g| g.net);
+    let change = match if add.replace { list.replace(nets) } else { list.extend(nets) } {
+        Err(ListError::WholeFamily { entry, .. }) => return Err(whole_family_refused(&filter, entry, &given).into()),
+        other => other?,
+    };
     for (given, stored) in change.normalized.iter().take(5) {
-        eprintln!("note: {given} has host bits set; stored as {stored}");
+        let why = if given.is_ipv6() && stored.is_ipv4() { "is IPv4-mapped" } else { "has host bits set" };
+        eprintln!("note: {given} {why}; stored as {stored}");
     }
     if add.replace {
         println!("replaced the {kind}: {} entries now ({} changes) in {:.2?}", list.len()?, change.changed, started.elapsed());
@@ -328,11 +390,11 @@ fn add_entries(kind: ListKind, add: Add) -> Result<()> {
 }
 
 fn remove_entries(kind: ListKind, edit: Edit) -> Result<()> {
-    let nets = gather(&edit)?;
+    let given = gather(&edit)?;
     let filter = Filter::open_pinned(&edit.pin.pin)?;
     let list = list_of(&filter, kind);
-    let count = nets.len();
-    let change = list.remove_all(nets)?;
+    let count = given.len();
+    let change = list.remove_all(given.into_iter().map(|g| g.net))?;
     println!("{kind}: removed {} of {count} entries ({} were not present)", change.changed, count - change.changed);
     Ok(())
 }

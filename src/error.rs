@@ -4,6 +4,8 @@
 use std::io;
 use std::path::PathBuf;
 
+use ipnetwork::IpNetwork;
+
 use crate::AttachMode;
 
 /// Any xdpguard error.
@@ -222,6 +224,21 @@ pub enum ListError {
         source_name: String,
         /// Every bad line.
         errors: Vec<LineError>,
+    },
+    /// A blocklist entry that covers a whole address family (`0.0.0.0/0`,
+    /// `::/0`, or `::ffff:0:0/96`, which is `0.0.0.0/0`), refused unless
+    /// asked for with [`PrefixList::permit_whole_family`](crate::PrefixList::permit_whole_family).
+    /// Nothing of the edit was applied.
+    #[error(
+        "blocklisting {entry} would drop every IPv{} packet from any source that is not allowlisted, \
+         including the session this host is managed over (SSH, say) and the replies to connections it \
+         opens; nothing was applied. Allowlist what must stay reachable first; then, if a default-deny \
+         filter is what you want, blocklist it through `PrefixList::permit_whole_family()` (CLI: `--force`)",
+        if .entry.is_ipv4() { 4 } else { 6 }
+    )]
+    WholeFamily {
+        /// The entry, as it would be stored.
+        entry: IpNetwork,
     },
     /// A map is full; nothing of the failed edit was applied.
     #[error(

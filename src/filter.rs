@@ -76,7 +76,9 @@ pub struct BulkChange {
     /// Entries given that needed no change: already in the list (or, when
     /// removing, not in it; for a replace, kept from the old list).
     pub unchanged: usize,
-    /// Entries whose host bits were cleared, as given → as stored.
+    /// Entries stored in another form than given (host bits cleared, or an
+    /// IPv4-mapped IPv6 prefix stored as IPv4; see [`normalize`]), as given →
+    /// as stored.
     pub normalized: Vec<(IpNetwork, IpNetwork)>,
 }
 
@@ -282,16 +284,22 @@ impl Filter {
 
     /// The blocklist.
     pub fn blocklist(&self) -> PrefixList<'_> {
-        PrefixList { filter: self, list: ListKind::Block }
+        PrefixList { filter: self, list: ListKind::Block, whole_family: false }
     }
 
     /// The allowlist, checked before the blocklist: an allowlisted source
     /// always passes, even inside a blocked range.
     pub fn allowlist(&self) -> PrefixList<'_> {
-        PrefixList { filter: self, list: ListKind::Allow }
+        PrefixList { filter: self, list: ListKind::Allow, whole_family: false }
     }
 
     /// What the filter does with packets from `addr`, and which entry decides.
+    ///
+    /// Exactly what the kernel program does: an IPv6 address is looked up in
+    /// the IPv6 entries, an IPv4-mapped one (`::ffff:192.0.2.5`) included,
+    /// as for an IPv6 packet with that source (which the kernel's IPv6 stack
+    /// drops anyway). Packets from 192.0.2.5 are IPv4 packets: ask about
+    /// `192.0.2.5` (`IpAddr::to_canonical` gives it).
     pub fn verdict(&self, addr: IpAddr) -> Result<Verdict, ListError> {
         self.read(|st| match st.verdict(addr) {
             v if v == XDPG_VERDICT_ALLOW as u8 => {
@@ -437,6 +445,19 @@ impl Filter {
 /// One of a filter's two lists. Every edit takes effect for the next packet
 /// and never disturbs the verdict of any other address.
 ///
+/// Every method that takes entries normalises them first ([`normalize`]):
+/// host bits are cleared, and an IPv4-mapped IPv6 prefix
+/// (`::ffff:192.0.2.0/120`) is the IPv4 prefix it covers (`192.0.2.0/24`),
+/// so it matches the IPv4 packets it names.
+///
+/// The blocklist refuses an entry that covers a whole address family
+/// (`0.0.0.0/0`, `::/0`) with [`ListError::WholeFamily`]: one such entry cuts
+/// the host off, its SSH session included, and a list file that carries one
+/// by mistake would do it silently. A default-deny filter (allowlist what may
+/// pass, blocklist the rest) asks for it with
+/// [`permit_whole_family`](Self::permit_whole_family). The allowlist takes
+/// them as they are: allowlisting everything never cuts anyone off.
+///
 /// ```no_run
 /// # let filter = xdpguard::Filter::builder().interface("eth0").attach()?;
 /// let blocklist = filter.blocklist();
@@ -445,7 +466,7 @@ impl Filter {
 /// assert!(change.entry.host_bits_cleared);
 ///
 /// // A file's worth of entries, applied all or nothing.
-/// let text = std::fs::read_to_string("spamhaus-drop.txt")?;
+/// let text = std::fs::read("spamhaus-drop.txt")?;
 /// let entries = xdpguard::parse_list(&text, "spamhaus-drop.txt")?;
 /// blocklist.extend(entries.into_iter().map(|l| l.entry.network))?;
 ///
@@ -459,6 +480,7 @@ impl Filter {
 pub struct PrefixList<'f> {
     filter: &'f Filter,
     list: ListKind,
+    whole_family: bool,
 }
 
 impl PrefixList<'_> {
@@ -467,7 +489,33 @@ impl PrefixList<'_> {
         self.list
     }
 
-    /// Adds an entry (host bits are cleared, and the result says so).
+    /// This handle, letting its edits blocklist a whole address family
+    /// (`0.0.0.0/0`, `::/0`): every packet of that family whose source is not
+    /// allowlisted is dropped, the session the host is managed over
+    /// included. Without it, the blocklist refuses such entries
+    /// ([`ListError::WholeFamily`]). Makes no difference to the allowlist.
+    ///
+    /// ```no_run
+    /// # let filter = xdpguard::Filter::builder().interface("eth0").attach()?;
+    /// // Default deny: only the management network and the web front ends get in.
+    /// filter.allowlist().extend(["198.51.100.0/24".parse()?, "203.0.113.0/28".parse()?])?;
+    /// filter.blocklist().permit_whole_family().insert("0.0.0.0/0".parse()?)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn permit_whole_family(self) -> Self {
+        Self { whole_family: true, ..self }
+    }
+
+    /// Refuses a whole-family blocklist entry unless permitted.
+    fn guard(&self, entry: &IpNetwork) -> Result<(), ListError> {
+        if self.list == ListKind::Block && !self.whole_family && entry.prefix() == 0 {
+            return Err(ListError::WholeFamily { entry: *entry });
+        }
+        Ok(())
+    }
+
+    /// Adds an entry, normalised ([`normalize`]: host bits cleared,
+    /// IPv4-mapped IPv6 as IPv4; the result says which).
     ///
     /// Patched into the live tables in place (microseconds): every address
     /// it covers switches exactly once during the call and has its new
@@ -475,8 +523,16 @@ impl PrefixList<'_> {
     /// changes. A wide prefix spans several table words, which switch one
     /// after another; use [`extend`](Self::extend) to switch many addresses
     /// at one single point.
+    ///
+    /// # Errors
+    ///
+    /// [`ListError::WholeFamily`] for `0.0.0.0/0` or `::/0` on the blocklist
+    /// (see [`permit_whole_family`](Self::permit_whole_family)),
+    /// [`ListError::Full`] when the table has no room; the list is then as
+    /// it was.
     pub fn insert(&self, net: IpNetwork) -> Result<EntryChange, ListError> {
         let entry = normalize(net);
+        self.guard(&entry.network)?;
         let op = Op { net: entry.network, bit: self.list.bit(), insert: true };
         let changed = self.filter.edit(|ed| ed.apply_one(op))?;
         Ok(EntryChange { entry, changed })
@@ -497,7 +553,8 @@ impl PrefixList<'_> {
         self.filter.read(|st| st.contains(net, self.list))
     }
 
-    /// The most specific entry of this list that covers `addr`.
+    /// The most specific entry of this list that covers `addr` (IPv4-mapped
+    /// IPv6 addresses as in [`Filter::verdict`]).
     pub fn matching(&self, addr: IpAddr) -> Result<Option<IpNetwork>, ListError> {
         self.filter.read(|st| st.matching(addr, self.list))
     }
@@ -518,6 +575,10 @@ impl PrefixList<'_> {
     }
 
     /// Adds many entries as one atomic step: all of them or, on error, none.
+    ///
+    /// # Errors
+    ///
+    /// As [`insert`](Self::insert); nothing is applied.
     pub fn extend(&self, nets: impl IntoIterator<Item = IpNetwork>) -> Result<BulkChange, ListError> {
         self.bulk(nets, true)
     }
@@ -535,7 +596,10 @@ impl PrefixList<'_> {
         for net in nets {
             given += 1;
             let n = normalize(net);
-            if n.host_bits_cleared {
+            if insert {
+                self.guard(&n.network)?;
+            }
+            if n.network != net {
                 normalized.push((net, n.network));
             }
             if seen.insert(n.network) {
@@ -548,12 +612,18 @@ impl PrefixList<'_> {
 
     /// Replaces the whole list, atomically: traffic sees the old list or the
     /// new one, never a mix.
+    ///
+    /// # Errors
+    ///
+    /// As [`insert`](Self::insert) (a whole-family entry is refused even if
+    /// the list already holds it); the list is then as it was.
     pub fn replace(&self, nets: impl IntoIterator<Item = IpNetwork>) -> Result<BulkChange, ListError> {
         let mut normalized = Vec::new();
         let mut wanted = rustc_hash::FxHashSet::default();
         for net in nets {
             let n = normalize(net);
-            if n.host_bits_cleared {
+            self.guard(&n.network)?;
+            if n.network != net {
                 normalized.push((net, n.network));
             }
             wanted.insert(n.network);

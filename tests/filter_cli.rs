@@ -273,3 +273,132 @@ fn a_cli_killed_mid_edit_leaves_a_filter_that_reopens_consistent() {
     assert!(left_dirty >= 1, "no kill left an edit half done, so the repair never ran");
     cli.ok(&["detach", "--pin", p]);
 }
+
+/// A client with two addresses per family and a server with a UDP echo,
+/// the filter attached to the server's eth0 by the CLI and pinned.
+struct CliBed {
+    pair: Pair,
+    _echo: UdpEcho,
+    pin: ScratchDir,
+    files: ScratchDir,
+}
+
+impl CliBed {
+    fn new(cli: &ExampleBinary, tag: &str) -> CliBed {
+        let pair = Pair::new(tag);
+        pair.client.addr("eth0", "192.0.2.3/24");
+        pair.client.addr("eth0", "2001:db8::3/64");
+        let clients = ["192.0.2.1", "192.0.2.3", "2001:db8::1", "2001:db8::3"];
+        pair.server.static_neighbours("eth0", &clients, pair.client.mac("eth0"));
+        pair.client.static_neighbours("eth0", &["192.0.2.2", "2001:db8::2"], pair.server.mac("eth0"));
+        let echo = UdpEcho::start(&pair.server, UDP_PORT);
+        let pin = ScratchDir::bpffs(tag);
+        cli.ok(&["attach", "--iface", "eth0", "--pin", pin.arg(), "--netns", &pair.server.name, "--v4-capacity", "4096"]);
+        let files = ScratchDir::new(std::env::temp_dir(), tag);
+        std::fs::create_dir_all(files.path()).unwrap();
+        CliBed { pair, _echo: echo, pin, files }
+    }
+
+    fn file(&self, name: &str, bytes: &[u8]) -> String {
+        let path = self.files.path().join(name);
+        std::fs::write(&path, bytes).unwrap();
+        path.to_str().unwrap().to_owned()
+    }
+}
+
+#[track_caller]
+fn refused(out: &std::process::Output, words: &[&str]) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "must fail: {stderr}");
+    for w in words {
+        assert!(stderr.contains(w), "stderr should mention `{w}`: {stderr}");
+    }
+}
+
+/// `block 0.0.0.0/0` would cut the host off, SSH session and all: refused
+/// without --force, saying so, in every form, with nothing applied; with
+/// --force it blocks the family, and the allowlist still lets sources in.
+#[test]
+fn blocking_a_whole_family_needs_force() {
+    let cli = ExampleBinary::new("xdpguard");
+    let bed = CliBed::new(&cli, "cliall");
+    let (client, p) = (&bed.pair.client, bed.pin.arg());
+    cli.ok(&["block", "--pin", p, "203.0.113.0/24"]);
+
+    let out = cli.run(&["block", "--pin", p, "0.0.0.0/0"]);
+    refused(&out, &["refusing to block 0.0.0.0/0", "every IPv4 packet from any source on eth0", "SSH", "--force", "Nothing was changed"]);
+    let out = cli.run(&["block", "--pin", p, "198.51.100.0/24", "::/0"]);
+    refused(&out, &["refusing to block ::/0", "every IPv6 packet", "SSH", "xdpguard allow", "--force"]);
+    // The IPv4-mapped whole range is the whole IPv4 space, and a file
+    // names its line.
+    let out = cli.run(&["block", "--pin", p, "::ffff:0:0/96"]);
+    refused(&out, &["refusing to block 0.0.0.0/0 (given as ::ffff:0:0/96)", "every IPv4 packet"]);
+    let file = bed.file("all.txt", b"198.51.100.0/24\n0.0.0.0/0 ; copied from a route table\n");
+    let out = cli.run(&["block", "--pin", p, "--replace", "--file", &file]);
+    refused(&out, &["refusing to block 0.0.0.0/0 (line 2 of", "every IPv4 packet", "--force"]);
+    assert_eq!(entries(&cli.json(&["list", "--pin", p, "--json"])), set(&["203.0.113.0/24"]), "nothing applied");
+    for src in ["192.0.2.1", "192.0.2.3", "2001:db8::1"] {
+        assert_reaches(client, src, "after the refused blocks");
+    }
+    // Allowlisting a whole family cuts no one off: no --force needed.
+    cli.ok(&["allow", "--pin", p, "::/0"]);
+    cli.ok(&["disallow", "--pin", p, "::/0"]);
+
+    // Default deny, asked for: 192.0.2.3 allowlisted first.
+    cli.ok(&["allow", "--pin", p, "192.0.2.3"]);
+    let out = cli.ok(&["block", "--pin", p, "--force", "0.0.0.0/0"]);
+    assert!(out.contains("added 1 of 1"), "{out}");
+    assert_blocked(client, "192.0.2.1", "every IPv4 source blocked");
+    assert_reaches(client, "192.0.2.3", "allowlisted before the forced block");
+    assert_reaches(client, "2001:db8::1", "IPv6 untouched by 0.0.0.0/0");
+    let v = cli.json(&["check", "--pin", p, "198.51.100.9", "--json"]);
+    assert_eq!((v["action"].as_str(), v["reason"].as_str()), (Some("drop"), Some("blocklisted by 0.0.0.0/0")));
+    cli.ok(&["unblock", "--pin", p, "0.0.0.0/0"]);
+    assert_reaches(client, "192.0.2.1", "unblocked");
+    cli.ok(&["detach", "--pin", p]);
+}
+
+/// An IPv4-mapped entry blocks the IPv4 source it names; a list file that
+/// is not UTF-8 is refused by line number like any bad file.
+#[test]
+fn mapped_addresses_block_ipv4_and_non_utf8_files_name_their_lines() {
+    let cli = ExampleBinary::new("xdpguard");
+    let bed = CliBed::new(&cli, "climap");
+    let (client, p) = (&bed.pair.client, bed.pin.arg());
+
+    let out = cli.run(&["block", "--pin", p, "::ffff:192.0.2.1"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("::ffff:192.0.2.1/128 is IPv4-mapped; stored as 192.0.2.1/32"),
+        "{out:?}"
+    );
+    assert_eq!(entries(&cli.json(&["list", "--pin", p, "--json"])), set(&["192.0.2.1/32"]));
+    assert_blocked(client, "192.0.2.1", "blocked as ::ffff:192.0.2.1");
+    assert_reaches(client, "192.0.2.3", "not listed");
+    assert_reaches(client, "2001:db8::1", "not listed");
+    let out = cli.run(&["check", "--pin", p, "::ffff:192.0.2.1", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((v["address"].as_str(), v["action"].as_str()), (Some("192.0.2.1"), Some("drop")), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("IPv4-mapped"), "{out:?}");
+    cli.ok(&["unblock", "--pin", p, "::ffff:192.0.2.1"]);
+    assert_reaches(client, "192.0.2.1", "unblocked by its mapped form");
+
+    // Mapped prefixes in a file: stored as IPv4, noted by line.
+    let file = bed.file("mapped.txt", b"# from a dual-stack socket's log\n::ffff:192.0.2.0/127\n");
+    let out = cli.run(&["block", "--pin", p, "--file", &file]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("line 2: IPv4-mapped, stored as 192.0.2.0/31"), "{out:?}");
+    assert_blocked(client, "192.0.2.1", "in ::ffff:192.0.2.0/127");
+    assert_reaches(client, "192.0.2.3", "outside ::ffff:192.0.2.0/127");
+
+    // Not UTF-8: Latin-1 in line 3's entry, a stray byte in line 5's; the
+    // Latin-1 comment on line 4 is fine. Refused by line, nothing applied.
+    let file = bed.file("latin1.txt", b"# drop list\n203.0.113.0/24\n198.51.100.\xb2/32\n# r\xe9seau\n2001:db8::\xff/64\n");
+    let out = cli.run(&["block", "--pin", p, "--file", &file]);
+    refused(&out, &["2 bad line(s)", "line 3:", "line 5:", "not valid UTF-8", "save the file as UTF-8", "nothing applied"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("line 4") && !stderr.contains("stream did not contain"), "{stderr}");
+    assert_eq!(entries(&cli.json(&["list", "--pin", p, "--json"])), set(&["192.0.2.0/31"]), "nothing of it applied");
+    assert_reaches(client, "192.0.2.3", "the bad file applied nothing");
+    cli.ok(&["detach", "--pin", p]);
+}

@@ -411,7 +411,8 @@ struct Run<'a> {
 fn list_of<'f>(f: &'f Filter, kind: ListKind) -> PrefixList<'f> {
     match kind {
         ListKind::Allow => f.allowlist(),
-        ListKind::Block => f.blocklist(),
+        // Random prefixes include /0s, which the blocklist refuses unless asked.
+        ListKind::Block => f.blocklist().permit_whole_family(),
     }
 }
 

@@ -127,6 +127,58 @@ fn invalid_prefixes_are_typed_and_apply_nothing() {
     assert_eq!(action(&filter, "203.0.113.1"), XdpAction::Drop);
 }
 
+/// A blocklist entry that covers a whole family would cut the host off:
+/// refused with its own error unless asked for, in every form and through
+/// every edit, and nothing of the edit is applied.
+#[test]
+fn blocking_a_whole_family_is_refused_unless_asked_for() {
+    let filter = Filter::builder().v4_capacity(64).v6_capacity(64).load().expect("load");
+    filter.blocklist().extend([net("198.51.100.0/24"), net("2001:db8:1::/48")]).unwrap();
+    let before: Vec<_> = filter.blocklist().iter().unwrap().collect();
+    let probes = ["192.0.2.1", "198.51.100.1", "2001:db8::1", "2001:db8:1::1", "::ffff:192.0.2.1"];
+    let plane = |f: &Filter| probes.iter().map(|p| action(f, p)).collect::<Vec<_>>();
+    let plane_before = plane(&filter);
+    let check = |err: ListError, entry: &str, family: &str| {
+        let ListError::WholeFamily { entry: e } = &err else { panic!("{err:?}") };
+        assert_eq!(*e, net(entry));
+        assert_mentions(
+            &err.to_string(),
+            &[entry, &format!("every {family} packet"), "SSH", "nothing was applied", "permit_whole_family", "--force"],
+        );
+    };
+    let bl = filter.blocklist();
+    check(bl.insert(net("0.0.0.0/0")).unwrap_err(), "0.0.0.0/0", "IPv4");
+    check(bl.insert(net("::/0")).unwrap_err(), "::/0", "IPv6");
+    // Host bits or the IPv4-mapped form do not get around it.
+    check(bl.insert(net("203.0.113.9/0")).unwrap_err(), "0.0.0.0/0", "IPv4");
+    check(bl.insert(net("::ffff:0:0/96")).unwrap_err(), "0.0.0.0/0", "IPv4");
+    // One among many in a bulk edit or a replace: none of them applied.
+    check(bl.extend([net("203.0.113.0/24"), net("::/0")]).unwrap_err(), "::/0", "IPv6");
+    check(bl.replace([net("203.0.113.0/24"), net("0.0.0.0/0")]).unwrap_err(), "0.0.0.0/0", "IPv4");
+    let from_file = parse_list("203.0.113.0/24\n::ffff:0.0.0.0/96 # oops\n", "drop.txt").unwrap();
+    check(bl.extend(from_file.iter().map(|l| l.entry.network)).unwrap_err(), "0.0.0.0/0", "IPv4");
+    assert_eq!(filter.blocklist().iter().unwrap().collect::<Vec<_>>(), before, "lists unchanged");
+    assert_eq!(plane(&filter), plane_before, "data plane unchanged");
+    // Removing one, and allowlisting a whole family, are harmless.
+    assert!(!bl.remove(net("0.0.0.0/0")).unwrap().changed);
+    assert!(filter.allowlist().insert(net("::/0")).unwrap().changed);
+    assert_eq!(action(&filter, "2001:db8:1::1"), XdpAction::Pass, "allowlisted");
+    filter.allowlist().clear().unwrap();
+
+    // Asked for: a default-deny filter with an allowlisted hole.
+    filter.allowlist().insert(net("192.0.2.1/32")).unwrap();
+    assert!(bl.permit_whole_family().insert(net("0.0.0.0/0")).unwrap().changed);
+    assert_eq!(action(&filter, "203.0.113.7"), XdpAction::Drop);
+    assert_eq!(action(&filter, "192.0.2.1"), XdpAction::Pass);
+    assert_eq!(action(&filter, "2001:db8::1"), XdpAction::Pass, "IPv6 untouched");
+    // A replace that keeps it must ask again; one that drops it needs not.
+    check(bl.replace([net("0.0.0.0/0")]).unwrap_err(), "0.0.0.0/0", "IPv4");
+    assert!(filter.blocklist().contains(net("0.0.0.0/0")).unwrap());
+    bl.replace(before.iter().copied()).unwrap();
+    assert_eq!(filter.blocklist().iter().unwrap().collect::<Vec<_>>(), before);
+    assert_eq!(action(&filter, "203.0.113.7"), XdpAction::Pass);
+}
+
 #[test]
 fn invalid_capacity_is_typed() {
     for (b, what) in [

@@ -186,13 +186,62 @@ fn v4_whole_address_space_and_top_edge() {
     block(&f, "0.0.0.0/32");
     expect_all_l4(&f, v4("0.0.0.0"), Reason::BlockedV4);
     expect_all_l4(&f, v4("0.0.0.1"), Reason::Passed);
-    // /0 covers everything; an allowlisted /32 still passes.
-    block(&f, "0.0.0.0/0");
+    // /0 covers everything (asked for: the blocklist refuses it otherwise);
+    // an allowlisted /32 still passes.
+    assert!(f.blocklist().permit_whole_family().insert(net("0.0.0.0/0")).unwrap().changed);
     allow(&f, "192.0.2.1/32");
     expect_all_l4(&f, v4("8.8.8.8"), Reason::BlockedV4);
     expect_all_l4(&f, v4("192.0.2.1"), Reason::Allowlisted);
     expect_all_l4(&f, v4("192.0.2.2"), Reason::BlockedV4);
     // IPv6 is untouched by an IPv4 /0.
+    expect_all_l4(&f, v6("2001:db8::1"), Reason::Passed);
+}
+
+/// An IPv4-mapped IPv6 entry names IPv4 sources: it is stored as the IPv4
+/// entry and drops their IPv4 packets, whichever list API it came through.
+#[test]
+fn ipv4_mapped_entries_match_ipv4_packets() {
+    let f = load();
+    let change = f.blocklist().insert(net("::ffff:192.0.2.5")).unwrap();
+    assert!(change.changed && change.entry.ipv4_mapped, "{change:?}");
+    assert_eq!(change.entry.network, net("192.0.2.5/32"));
+    expect_all_l4(&f, v4("192.0.2.5"), Reason::BlockedV4);
+    expect_all_l4(&f, v4("192.0.2.4"), Reason::Passed);
+    expect_all_l4(&f, v4("192.0.2.6"), Reason::Passed);
+    assert_eq!(f.verdict(v4("192.0.2.5")).unwrap(), Verdict::Block(net("192.0.2.5/32")));
+    // An IPv6 packet with the mapped source (the kernel's IPv6 stack drops
+    // those) is judged by the IPv6 entries, of which there are none.
+    expect_all_l4(&f, v6("::ffff:192.0.2.5"), Reason::Passed);
+    assert_eq!(f.verdict(v6("::ffff:192.0.2.5")).unwrap(), Verdict::Pass);
+    assert_eq!(f.blocklist().iter().unwrap().collect::<Vec<_>>(), [net("192.0.2.5/32")]);
+    assert!(f.blocklist().contains(net("::ffff:192.0.2.5/128")).unwrap());
+    assert!(f.blocklist().contains(net("192.0.2.5/32")).unwrap());
+
+    // Prefixes, in bulk: /120 is a /24, host bits cleared on the IPv4 side.
+    let change = f.blocklist().extend([net("::ffff:198.51.100.77/120"), net("2001:db8::/32")]).unwrap();
+    assert_eq!(change.changed, 2);
+    assert_eq!(change.normalized, [(net("::ffff:198.51.100.77/120"), net("198.51.100.0/24"))]);
+    for h in [0, 1, 77, 255] {
+        expect(&f, &udp_from(v4(&format!("198.51.100.{h}"))).bytes, Reason::BlockedV4, &format!("198.51.100.{h}"));
+    }
+    expect_all_l4(&f, v4("198.51.101.0"), Reason::Passed);
+    // A hole through the allowlist, given mapped too.
+    f.allowlist().insert(net("::ffff:198.51.100.77")).unwrap();
+    expect_all_l4(&f, v4("198.51.100.77"), Reason::Allowlisted);
+    expect_all_l4(&f, v4("198.51.100.78"), Reason::BlockedV4);
+    assert_eq!(f.allowlist().iter().unwrap().collect::<Vec<_>>(), [net("198.51.100.77/32")]);
+
+    // Removing by either form removes the IPv4 entry.
+    assert!(f.blocklist().remove(net("192.0.2.5/32")).unwrap().changed);
+    expect_all_l4(&f, v4("192.0.2.5"), Reason::Passed);
+    f.blocklist().insert(net("::ffff:192.0.2.5")).unwrap();
+    assert!(f.blocklist().remove(net("::ffff:192.0.2.5")).unwrap().changed);
+    expect_all_l4(&f, v4("192.0.2.5"), Reason::Passed);
+    // A replace stores the IPv4 form as well.
+    f.blocklist().replace([net("::ffff:203.0.113.0/120")]).unwrap();
+    assert_eq!(f.blocklist().iter().unwrap().collect::<Vec<_>>(), [net("203.0.113.0/24")]);
+    expect_all_l4(&f, v4("203.0.113.9"), Reason::BlockedV4);
+    expect_all_l4(&f, v4("198.51.100.1"), Reason::Passed);
     expect_all_l4(&f, v6("2001:db8::1"), Reason::Passed);
 }
 
@@ -697,8 +746,7 @@ fn ip_length_fields_against_the_frame() {
 #[test]
 fn arp_lldp_and_other_non_ip_pass() {
     let f = load();
-    block(&f, "0.0.0.0/0");
-    block(&f, "::/0");
+    f.blocklist().permit_whole_family().extend([net("0.0.0.0/0"), net("::/0")]).unwrap();
     for policy in [MalformedPolicy::Pass, MalformedPolicy::Drop] {
         f.set_malformed_policy(policy);
         expect(&f, &arp(Vlan::None).bytes, Reason::NonIp, "ARP");
