@@ -297,9 +297,9 @@ impl Filter {
     ///
     /// Exactly what the kernel program does: an IPv6 address is looked up in
     /// the IPv6 entries, an IPv4-mapped one (`::ffff:192.0.2.5`) included,
-    /// as for an IPv6 packet with that source (which the kernel's IPv6 stack
-    /// drops anyway). Packets from 192.0.2.5 are IPv4 packets: ask about
-    /// `192.0.2.5` (`IpAddr::to_canonical` gives it).
+    /// as for an IPv6 packet with that source (not meant for the wire; see
+    /// [`normalize`]). Packets from the host 192.0.2.5 are IPv4 packets: ask
+    /// about `192.0.2.5` (`IpAddr::to_canonical` gives it).
     pub fn verdict(&self, addr: IpAddr) -> Result<Verdict, ListError> {
         self.read(|st| match st.verdict(addr) {
             v if v == XDPG_VERDICT_ALLOW as u8 => {

@@ -28,12 +28,14 @@ pub struct Normalized {
 /// `192.0.2.0/24`, `::ffff:0:0/96` → `0.0.0.0/0`).
 ///
 /// Mapped addresses are how dual-stack sockets and many logs write IPv4
-/// sources, but packets never carry them: an IPv4 packet has an IPv4
-/// source, and the kernel drops IPv6 packets with a mapped source. Stored as
-/// IPv6, such an entry could never match anything, so every list API stores
-/// the IPv4 entry instead. An IPv6 prefix shorter than /96 that contains the
-/// mapped range (`::/64`) is kept as IPv6: it covers other addresses too, and
-/// it matches IPv6 packets only.
+/// sources, but the packets from those hosts are IPv4 packets, with IPv4
+/// sources. Stored as IPv6, such an entry could never match one, so every
+/// list API stores the IPv4 entry instead. An IPv6 prefix shorter than /96
+/// that contains the mapped range (`::/64`) is kept as IPv6: it covers other
+/// addresses too, and it matches IPv6 packets only. (IPv6 packets that carry
+/// a mapped source are not meant for the wire, and Linux refuses TCP
+/// connections from them; to drop them in XDP too, blocklist an IPv6 prefix
+/// shorter than /96 around them, such as `::fffe:0:0/95`.)
 ///
 /// ```
 /// let n = xdpguard::normalize("192.0.2.7/24".parse().unwrap());

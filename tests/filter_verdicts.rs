@@ -209,10 +209,16 @@ fn ipv4_mapped_entries_match_ipv4_packets() {
     expect_all_l4(&f, v4("192.0.2.4"), Reason::Passed);
     expect_all_l4(&f, v4("192.0.2.6"), Reason::Passed);
     assert_eq!(f.verdict(v4("192.0.2.5")).unwrap(), Verdict::Block(net("192.0.2.5/32")));
-    // An IPv6 packet with the mapped source (the kernel's IPv6 stack drops
-    // those) is judged by the IPv6 entries, of which there are none.
+    // An IPv6 packet with the mapped source (not meant for the wire) is
+    // judged by the IPv6 entries, of which there are none; a shorter IPv6
+    // prefix around the mapped range (as the docs suggest) drops it.
     expect_all_l4(&f, v6("::ffff:192.0.2.5"), Reason::Passed);
     assert_eq!(f.verdict(v6("::ffff:192.0.2.5")).unwrap(), Verdict::Pass);
+    let change = f.blocklist().insert(net("::fffe:0:0/95")).unwrap();
+    assert!(change.changed && !change.entry.ipv4_mapped && change.entry.network.is_ipv6(), "{change:?}");
+    expect_all_l4(&f, v6("::ffff:192.0.2.5"), Reason::BlockedV6);
+    expect_all_l4(&f, v4("192.0.2.6"), Reason::Passed);
+    assert!(f.blocklist().remove(net("::fffe:0:0/95")).unwrap().changed);
     assert_eq!(f.blocklist().iter().unwrap().collect::<Vec<_>>(), [net("192.0.2.5/32")]);
     assert!(f.blocklist().contains(net("::ffff:192.0.2.5/128")).unwrap());
     assert!(f.blocklist().contains(net("192.0.2.5/32")).unwrap());
