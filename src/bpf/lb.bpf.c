@@ -30,8 +30,16 @@
  * - IPv4 options: forwarded (and counted) or dropped;
  * - ICMP errors quoting a VIP's flow go to that flow's backend; ICMP echo
  *   to a VIP address is answered, passed or dropped;
- * - no neighbour for the next hop, no route, or forwarding disabled: the
- *   packet goes to the stack unchanged, and is counted.
+ * - no route, or forwarding disabled: the packet goes to the stack
+ *   unchanged, and is counted;
+ * - no resolved neighbour for a backend's next hop (a cold cache, a flush):
+ *   IPIP and NAT packets go to the stack already rewritten, which routes
+ *   them by the backend address and resolves the neighbour on the way (the
+ *   packet waits in the neighbour's queue, it is not lost); an L2 DSR
+ *   packet, addressed to the VIP the stack cannot route, is turned into a
+ *   probe towards the backend (see dsr_probe). Counted globally and per
+ *   backend. User space keeps configured backends' next hops resolved with
+ *   managed neighbour entries, so this is rare.
  *
  * Next hops come from bpf_fib_lookup; each CPU reuses a backend's answer
  * (egress, MACs, route MTU) for nexthop_ttl jiffies, since a FIB lookup
@@ -294,9 +302,15 @@ XDPG_COLD int send_too_big(struct xdp_md *ctx, __u32 mtu, __u32 tot_len)
 
 /* ---- next hop ---------------------------------------------------------- */
 
+/* fib_next_hop's and backend_hop's answer when the route is known but its
+ * neighbour is not resolved: above every XDP verdict, so `rc >= 0` still
+ * means "stop here" to callers that do not handle it themselves. */
+#define XDPG_NEED_NEIGH 0x100
+
 /* Asks the FIB for the next hop towards dst. Returns -1 to go on (fib is
- * filled), TOO_BIG(mtu) when the packet does not fit the route's MTU, else
- * the verdict for the untouched packet. */
+ * filled), TOO_BIG(mtu) when the packet does not fit the route's MTU,
+ * XDPG_NEED_NEIGH (uncounted) when the next hop's neighbour is not
+ * resolved, else the verdict for the untouched packet. */
 static __always_inline int fib_next_hop(struct xdp_md *ctx, struct bpf_fib_lookup *fib, __u8 family,
 					const __u32 *src, const __u32 *dst, __u8 l4_proto, __u32 tot_len,
 					__u64 bytes)
@@ -318,8 +332,8 @@ static __always_inline int fib_next_hop(struct xdp_md *ctx, struct bpf_fib_looku
 	case BPF_FIB_LKUP_RET_SUCCESS:
 		return -1;
 	case BPF_FIB_LKUP_RET_NO_NEIGH:
-		/* The stack resolves the neighbour; later packets take the fast path. */
-		return pass_counted(XDPG_LB_PASS_NO_NEIGH, bytes);
+		/* The caller makes the stack resolve it (the MACs are not filled). */
+		return XDPG_NEED_NEIGH;
 	case BPF_FIB_LKUP_RET_FRAG_NEEDED:
 		return TOO_BIG(fib->mtu_result);
 	default:
@@ -327,17 +341,34 @@ static __always_inline int fib_next_hop(struct xdp_md *ctx, struct bpf_fib_looku
 	}
 }
 
-/* Asks the FIB for the next hop towards a backend and writes the answer
- * (with the route MTU) into this CPU's cache entry nh, valid for the
+/* A packet whose backend's next hop has no resolved neighbour. */
+static __always_inline void count_no_neigh(__u32 be_id, __u64 bytes)
+{
+	count(XDPG_LB_PASS_NO_NEIGH, bytes);
+	struct xdpg_lb_backend_stats *bs = bpf_map_lookup_elem(&xdpg_lb_becnt, &be_id);
+	if (bs) {
+		bs->no_neigh_packets++;
+		bs->no_neigh_bytes += bytes;
+	}
+}
+
+/* Asks the FIB for the next hop towards backend be_id and writes the answer
+ * (with the route MTU) into this CPU's cache entry for it, valid for the
  * configured time (none: it is only this packet's answer). The question's
  * length and L4 protocol come packed as tot_len | l4_proto << 16 (a
- * subprogram takes five arguments). Returns -1 to go on, TOO_BIG(mtu), or
- * the verdict; failed lookups are not cached. */
-XDPG_COLD int refill_hop(struct xdp_md *ctx, struct xdpg_lb_nexthop *nh, struct xdpg_lb_backend *be,
-			 const __u32 *src, __u32 packed)
+ * subprogram takes five arguments). Returns -1 to go on, TOO_BIG(mtu),
+ * XDPG_NEED_NEIGH, or the verdict. Only a successful lookup is cached: any
+ * other answer leaves the entry as it was (a "fragmentation needed" answer
+ * fills neither the MACs nor the egress, and caching it sent every packet
+ * to that backend out of the ingress with zero MACs until it expired). */
+XDPG_COLD int refill_hop(struct xdp_md *ctx, __u32 be_id, struct xdpg_lb_backend *be, const __u32 *src,
+			 __u32 packed)
 {
 	struct xdpg_lb_scratch *scratch = cpu_scratch();
-	if (!scratch)
+	/* Looked up again here rather than passed: counting in here keeps the
+	 * callers' frames (lb_icmp's above all) within the shared 512 bytes. */
+	struct xdpg_lb_nexthop *nh = bpf_map_lookup_elem(&xdpg_lb_nexthop, &be_id);
+	if (!scratch || !nh)
 		return XDP_PASS;
 	struct bpf_fib_lookup *fib = &scratch->fib;
 	__builtin_memset(fib, 0, sizeof(*fib));
@@ -349,7 +380,9 @@ XDPG_COLD int refill_hop(struct xdp_md *ctx, struct xdpg_lb_nexthop *nh, struct 
 	__u8 family = be->family;
 	__u32 gen = be->gen;
 	int rc = fib_next_hop(ctx, fib, family, src, dst, l4_proto, tot_len, bytes);
-	if (rc >= 0)
+	if (rc == XDPG_NEED_NEIGH)
+		count_no_neigh(be_id, bytes);
+	if (rc != -1)
 		return rc;
 	struct xdpg_lb_config *cfg = bpf_map_lookup_elem(&xdpg_lb_cfg, &zero);
 	__builtin_memcpy(nh->dmac, fib->dmac, ETH_ALEN);
@@ -378,10 +411,118 @@ XDPG_COLD int refill_hop(struct xdp_md *ctx, struct xdpg_lb_nexthop *nh, struct 
 	return -1;
 }
 
+/* Gives back the TTL (hop limit) a NAT rewrite took, before a rewritten
+ * packet goes to the stack, which takes it itself when it forwards. */
+static __always_inline void undo_ttl(struct xdp_md *ctx, __u8 family)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	if (family == XDPG_LB_FAMILY_V4) {
+		struct iphdr *iph = data + XDPG_ETH_HLEN;
+		if ((void *)(iph + 1) > data_end)
+			return;
+		__u16 old = *(__u16 *)&iph->ttl;
+		iph->ttl++;
+		iph->check = xdpg_csum_finish(xdpg_csum_replace16(xdpg_csum_start(iph->check), old, *(__u16 *)&iph->ttl));
+	} else {
+		struct ipv6hdr *ip6h = data + XDPG_ETH_HLEN;
+		if ((void *)(ip6h + 1) > data_end)
+			return;
+		ip6h->hop_limit++;
+	}
+}
+
+/* No resolved neighbour for an L2 DSR backend's next hop. The packet is
+ * addressed to the VIP, which the LB host's stack cannot route, so it
+ * becomes a probe the stack can route: an ICMP echo reply (8 bytes, id and
+ * sequence 0) from the client to the backend address, with the client's
+ * TTL. The stack forwards it and resolves the backend's next hop on the way;
+ * the backend's stack drops an unsolicited echo reply without answering.
+ * Rejected: passing the packet as it is (the stack answers the client
+ * "network unreachable", which aborts a TCP connect) and sending ARP or
+ * neighbour solicitations from XDP (the kernel creates no entry for an
+ * answer it did not ask for). The cost: the client's packet itself is
+ * lost; a TCP SYN is retransmitted after its 1 s timeout, later segments
+ * after their RTO. Returns XDP_PASS, or XDP_DROP for a frame too short to
+ * hold the probe. */
+XDPG_COLD int dsr_probe(struct xdp_md *ctx, struct xdpg_lb_backend *be)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct xdpg_lb_scratch *sc = cpu_scratch();
+	if (!sc)
+		return XDP_DROP;
+	if (be->family == XDPG_LB_FAMILY_V4) {
+		struct iphdr *iph = data + XDPG_ETH_HLEN;
+		if ((void *)(iph + 1) > data_end)
+			return XDP_DROP;
+		__u32 saddr = iph->saddr;
+		__u32 daddr = be->addr[0];
+		__u8 ttl = iph->ttl;
+		__u8 tos = iph->tos;
+		int delta = (int)(XDPG_ETH_HLEN + 20 + 8) - (int)(data_end - data);
+		if (delta > 0 || bpf_xdp_adjust_tail(ctx, delta))
+			return XDP_DROP;
+		data = (void *)(long)ctx->data;
+		data_end = (void *)(long)ctx->data_end;
+		struct iphdr *out = data + XDPG_ETH_HLEN;
+		__u32 *icmp = data + XDPG_ETH_HLEN + 20;
+		if ((void *)(icmp + 2) > data_end)
+			return XDP_DROP;
+		out->version = 4;
+		out->ihl = 5;
+		out->tos = tos;
+		out->tot_len = bpf_htons(28);
+		out->id = 0;
+		out->frag_off = 0;
+		out->ttl = ttl;
+		out->protocol = IPPROTO_ICMP;
+		out->check = 0;
+		out->saddr = saddr;
+		out->daddr = daddr;
+		out->check = xdpg_ipv4_hdr_csum(out);
+		/* Type 0 (echo reply), code 0, checksum 0xFFFF, id 0, seq 0. */
+		icmp[0] = bpf_htonl(0xFFFF);
+		icmp[1] = 0;
+		return XDP_PASS;
+	}
+	struct ipv6hdr *ip6h = data + XDPG_ETH_HLEN;
+	if ((void *)(ip6h + 1) > data_end)
+		return XDP_DROP;
+	/* The ICMPv6 checksum covers a pseudo-header: built in scratch. */
+	__u32 *w = sc->icmp;
+	__builtin_memcpy(&w[0], &ip6h->saddr, 16);
+	addr_copy(&w[4], be->addr);
+	w[8] = bpf_htonl(8);
+	w[9] = bpf_htonl(IPPROTO_ICMPV6);
+	w[10] = bpf_htonl(XDPG_ICMPV6_ECHO_REPLY << 24);
+	w[11] = 0;
+	((__u16 *)w)[21] = csum_of(w, 48);
+	__u8 hops = ip6h->hop_limit;
+	int delta = (int)(XDPG_ETH_HLEN + 40 + 8) - (int)(data_end - data);
+	if (delta > 0 || bpf_xdp_adjust_tail(ctx, delta))
+		return XDP_DROP;
+	data = (void *)(long)ctx->data;
+	data_end = (void *)(long)ctx->data_end;
+	struct ipv6hdr *out = data + XDPG_ETH_HLEN;
+	if ((void *)out + 48 > data_end)
+		return XDP_DROP;
+	*(__u32 *)out = bpf_htonl(6u << 28);
+	out->payload_len = bpf_htons(8);
+	out->nexthdr = IPPROTO_ICMPV6;
+	out->hop_limit = hops;
+	__builtin_memcpy(&out->saddr, &w[0], 16);
+	__builtin_memcpy(&out->daddr, &w[4], 16);
+	__builtin_memcpy((void *)(out + 1), &w[10], 8);
+	return XDP_PASS;
+}
+
 /* The next hop towards a backend: this CPU's cached FIB answer while it is
  * fresh (and for the same backend slot generation and ingress), else a
  * FIB lookup. Returns the cache entry holding the hop, or NULL with *verdict
- * set for the untouched packet. */
+ * set for the untouched packet, or to XDPG_NEED_NEIGH (counted globally
+ * and for the backend): the caller then hands the stack a packet that makes
+ * it resolve the neighbour. */
 static __always_inline struct xdpg_lb_nexthop *backend_hop(struct xdp_md *ctx, __u32 be_id,
 							   struct xdpg_lb_backend *be, const __u32 *src,
 							   __u8 l4_proto, __u32 tot_len, __u64 bytes, int *verdict,
@@ -393,7 +534,7 @@ static __always_inline struct xdpg_lb_nexthop *backend_hop(struct xdp_md *ctx, _
 		return NULL;
 	}
 	if (!(nh->expires > bpf_jiffies64() && nh->gen == be->gen && nh->ingress == ctx->ingress_ifindex)) {
-		int rc = refill_hop(ctx, nh, be, src, (tot_len & 0xFFFF) | ((__u32)l4_proto << 16));
+		int rc = refill_hop(ctx, be_id, be, src, (tot_len & 0xFFFF) | ((__u32)l4_proto << 16));
 		if (rc >= 0) {
 			*verdict = rc;
 			return NULL;
@@ -594,11 +735,23 @@ static __always_inline int fwd_dsr(struct xdp_md *ctx, struct xdpg_lb_config *cf
 		return drop_counted(XDPG_LB_DROP_UNSUPPORTED, bytes);
 	struct xdpg_lb_nexthop *nh = backend_hop(ctx, be_id, be, flow->src, flow->proto, l3_len, bytes, &verdict, may_reply);
 	if (!nh)
-		return verdict;
+		return verdict == XDPG_NEED_NEIGH ? dsr_probe(ctx, be) : verdict;
 	return emit(ctx, nh, bytes);
 }
 
 /* ---- IPIP -------------------------------------------------------------- */
+
+/* The received frame's MACs, moved to the frame's new start after
+ * bpf_xdp_adjust_head(-moved): a packet for the stack must stay addressed
+ * to this host, or it is dropped as someone else's. */
+static __always_inline void keep_macs(struct xdp_md *ctx, __u32 moved)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	if (data + moved + 12 > data_end)
+		return;
+	__builtin_memcpy(data, data + moved, 12);
+}
 
 static __always_inline int encap_v4(struct xdp_md *ctx, struct xdpg_lb_config *cfg, __u32 be_id,
 				    struct xdpg_lb_backend *be, struct xdpg_lb_flow *flow, __u32 l3_len, __u32 hash,
@@ -620,10 +773,12 @@ static __always_inline int encap_v4(struct xdp_md *ctx, struct xdpg_lb_config *c
 	src[0] = saddr;
 	__u32 outer_len = l3_len + sizeof(struct iphdr);
 	struct xdpg_lb_nexthop *nh = backend_hop(ctx, be_id, be, src, IPPROTO_IPIP, outer_len, bytes, &verdict, may_reply);
-	if (!nh)
+	if (!nh && verdict != XDPG_NEED_NEIGH)
 		return verdict;
 	if (bpf_xdp_adjust_head(ctx, -(int)sizeof(struct iphdr)))
 		return drop_counted(XDPG_LB_DROP_HEADROOM, bytes);
+	if (!nh)
+		keep_macs(ctx, sizeof(struct iphdr));
 	data = (void *)(long)ctx->data;
 	data_end = (void *)(long)ctx->data_end;
 	struct ethhdr *eth = data;
@@ -647,6 +802,9 @@ static __always_inline int encap_v4(struct xdp_md *ctx, struct xdpg_lb_config *c
 	o[3] = saddr;
 	o[4] = daddr;
 	eth->h_proto = bpf_htons(ETH_P_IP);
+	/* No neighbour: the stack routes the tunnel packet and resolves it. */
+	if (!nh)
+		return XDP_PASS;
 	return emit(ctx, nh, bytes + sizeof(struct iphdr));
 }
 
@@ -663,10 +821,12 @@ static __always_inline int encap_v6(struct xdp_md *ctx, struct xdpg_lb_config *c
 	src[3] = cfg->ipip_v6_src[3] | (bpf_htonl(hash) & cfg->ipip_v6_mask[1]);
 	__u8 next = flow->family == XDPG_LB_FAMILY_V4 ? IPPROTO_IPIP : IPPROTO_IPV6;
 	struct xdpg_lb_nexthop *nh = backend_hop(ctx, be_id, be, src, next, l3_len + sizeof(struct ipv6hdr), bytes, &verdict, may_reply);
-	if (!nh)
+	if (!nh && verdict != XDPG_NEED_NEIGH)
 		return verdict;
 	if (bpf_xdp_adjust_head(ctx, -(int)sizeof(struct ipv6hdr)))
 		return drop_counted(XDPG_LB_DROP_HEADROOM, bytes);
+	if (!nh)
+		keep_macs(ctx, sizeof(struct ipv6hdr));
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
 	struct ethhdr *eth = data;
@@ -682,6 +842,8 @@ static __always_inline int encap_v6(struct xdp_md *ctx, struct xdpg_lb_config *c
 	outer->hop_limit = XDPG_LB_OUTER_TTL;
 	__builtin_memcpy(&outer->saddr, src, 16);
 	__builtin_memcpy(&outer->daddr, be->addr, 16);
+	if (!nh)
+		return XDP_PASS;
 	return emit(ctx, nh, bytes + sizeof(struct ipv6hdr));
 }
 
@@ -803,10 +965,15 @@ static __always_inline int fwd_nat(struct xdp_md *ctx, struct xdpg_lb_config *cf
 		return pass_counted(XDPG_LB_PASS_TTL, bytes);
 	__u16 port = be->port;
 	struct xdpg_lb_nexthop *nh = backend_hop(ctx, be_id, be, flow->src, flow->proto, l3_len, bytes, &verdict, may_reply);
-	if (!nh)
+	if (!nh && verdict != XDPG_NEED_NEIGH)
 		return verdict;
 	if (nat_rewrite(ctx, flow->family, flow->proto, l4_off, NAT_DST, be->addr, port) < 0)
 		return pass_counted(XDPG_LB_PASS_MALFORMED, bytes);
+	if (!nh) {
+		/* The stack forwards it to the backend, resolving the neighbour. */
+		undo_ttl(ctx, flow->family);
+		return XDP_PASS;
+	}
 	return emit(ctx, nh, bytes);
 }
 
@@ -1227,7 +1394,14 @@ static __always_inline int nat_to_client(struct xdp_md *ctx, struct xdpg_lb_flow
 		return pass_counted(XDPG_LB_PASS_TTL, bytes);
 	int rc = fib_next_hop(ctx, fib, flow->family, from_backend ? vip_addr : flow->src, flow->dst, flow->proto,
 			      l3_len, bytes);
-	if (rc >= 0)
+	/* No neighbour for the client's next hop: translated all the same, and
+	 * the stack forwards it (an untranslated reply would reach the client
+	 * from the backend's address, which it would answer with a reset).
+	 * Marked by egress 0 in the FIB answer (which lives in scratch): a
+	 * flag kept on the stack pushed lb_icmp past its share of it. */
+	if (rc == XDPG_NEED_NEIGH)
+		fib->ifindex = 0;
+	else if (rc >= 0)
 		return rc;
 	if (rc < -1)
 		/* No ICMP about an ICMP error. */
@@ -1237,6 +1411,10 @@ static __always_inline int nat_to_client(struct xdp_md *ctx, struct xdpg_lb_flow
 	if (rc < 0)
 		return pass_counted(XDPG_LB_PASS_MALFORMED, bytes);
 	count(XDPG_LB_EV_NAT_REPLY, bytes);
+	if (!fib->ifindex) {
+		undo_ttl(ctx, flow->family);
+		return pass_counted(XDPG_LB_PASS_NO_NEIGH, bytes);
+	}
 	return emit_to(ctx, fib->dmac, fib->smac, fib->ifindex, bytes);
 }
 
@@ -1306,10 +1484,14 @@ static __always_inline int lb_icmp_error(struct xdp_md *ctx, struct xdpg_lb_conf
 		bs->bytes += bytes;
 	}
 	struct xdpg_lb_nexthop *nh = backend_hop(ctx, be_id, be, outer->src, outer->proto, l3_len, bytes, &verdict, 0);
-	if (!nh)
+	if (!nh && verdict != XDPG_NEED_NEIGH)
 		return verdict;
 	if (nat_icmp_rewrite(ctx, q, icmp_off, ICMP_TO_BACKEND, 1, be->addr, port) < 0)
 		return pass_counted(XDPG_LB_PASS_MALFORMED, bytes);
+	if (!nh) {
+		undo_ttl(ctx, outer->family);
+		return XDP_PASS;
+	}
 	return emit(ctx, nh, bytes);
 }
 

@@ -9,7 +9,7 @@
 /* Written into xdpg_lb_cfg so a pin directory can be recognised as an LB's,
  * and bumped whenever an LB layout changes. */
 #define XDPG_LB_MAGIC 0x58474C42u /* "XGLB" */
-#define XDPG_LB_LAYOUT_VERSION 1
+#define XDPG_LB_LAYOUT_VERSION 2
 
 /* Default capacities; user space sizes the maps before loading. */
 #define XDPG_LB_DEFAULT_MAX_VIPS 512
@@ -69,7 +69,7 @@ enum xdpg_lb_counter {
 	XDPG_LB_DROP_NAT_UNTRACKED,	/* new NAT flow over the new-flow bound: untranslatable replies */
 	XDPG_LB_PASS_NON_VIP,		/* not for a VIP: passed untouched */
 	XDPG_LB_PASS_MALFORMED,		/* bad or truncated headers: passed untouched */
-	XDPG_LB_PASS_NO_NEIGH,		/* next hop has no neighbour entry yet: passed to the stack */
+	XDPG_LB_PASS_NO_NEIGH,		/* next hop not resolved: to the stack, rewritten (or as a DSR probe), which resolves it */
 	XDPG_LB_PASS_NO_ROUTE,		/* FIB lookup failed (no route, forwarding off): passed */
 	XDPG_LB_PASS_NO_DEVMAP,		/* egress interface not in the devmap: passed rewritten */
 	XDPG_LB_PASS_TTL,		/* NAT: TTL/hop limit would expire: passed to the stack */

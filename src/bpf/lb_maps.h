@@ -126,13 +126,23 @@ struct {
 	__type(value, struct xdpg_lb_vip_stats);
 } xdpg_lb_vipcnt SEC(".maps");
 
-/* Per-backend packets and bytes, per CPU, indexed by backend slot. */
+/* Per-backend counters, per CPU, indexed by backend slot. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, XDPG_LB_DEFAULT_MAX_BACKENDS);
 	__type(key, __u32);
-	__type(value, struct xdpg_counter);
+	__type(value, struct xdpg_lb_backend_stats);
 } xdpg_lb_becnt SEC(".maps");
+
+/* The managed neighbour entries user space created for backends' next
+ * hops (struct xdpg_lb_nbr_key -> 0), so it removes exactly those. Only
+ * user space uses it; it lives here to be pinned with the rest. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, XDPG_LB_DEFAULT_MAX_BACKENDS);
+	__type(key, struct xdpg_lb_nbr_key);
+	__type(value, __u32);
+} xdpg_lb_nbrs SEC(".maps");
 
 /* Drop reasons and events (enum xdpg_lb_counter), per CPU. */
 struct {

@@ -138,6 +138,26 @@ struct xdpg_lb_config {
 	__u64 generation;	 /* user space: bumped after every edit */
 	__u64 nexthop_ttl;	 /* jiffies a CPU reuses a backend's FIB answer; 0 = ask every packet */
 	__u64 ns_per_jiffy;	 /* the kernel tick, measured by user space */
+	__u64 netns_dev;	 /* user space: the network namespace the LB was loaded in (its */
+	__u64 netns_ino;	 /*   nsfs device and inode), where it manages next hops */
+};
+
+/* Value of xdpg_lb_becnt: per-backend counters, per CPU. */
+struct xdpg_lb_backend_stats {
+	__u64 packets;		/* sent to it (or towards it), as received */
+	__u64 bytes;
+	__u64 no_neigh_packets; /* of those, found no resolved neighbour for its next hop */
+	__u64 no_neigh_bytes;	/*   and went through the LB host's stack, which resolves it */
+};
+
+/* Key of xdpg_lb_nbrs: a neighbour entry (a backend's next hop) that user
+ * space created as a managed entry and removes when no backend needs it.
+ * The data plane never reads it. */
+struct xdpg_lb_nbr_key {
+	__u32 addr[4];
+	__u32 ifindex;
+	__u8 family; /* XDPG_LB_FAMILY_* */
+	__u8 pad[3];
 };
 
 /* A backend's next hop as the FIB gave it, cached per CPU (xdpg_lb_nexthops)
@@ -173,11 +193,14 @@ _Static_assert(sizeof(struct xdpg_lb_flow) == 40, "xdpg_lb_flow layout");
 _Static_assert(sizeof(struct xdpg_lb_conn) == 16, "xdpg_lb_conn layout");
 _Static_assert(sizeof(struct xdpg_lb_nat_rev) == 24, "xdpg_lb_nat_rev layout");
 _Static_assert(sizeof(struct xdpg_lb_vip_stats) == 40, "xdpg_lb_vip_stats layout");
-_Static_assert(sizeof(struct xdpg_lb_config) == 112, "xdpg_lb_config layout");
+_Static_assert(sizeof(struct xdpg_lb_config) == 128, "xdpg_lb_config layout");
+_Static_assert(sizeof(struct xdpg_lb_backend_stats) == 32, "xdpg_lb_backend_stats layout");
+_Static_assert(sizeof(struct xdpg_lb_nbr_key) == 24, "xdpg_lb_nbr_key layout");
 _Static_assert(sizeof(struct xdpg_lb_nexthop) == 40, "xdpg_lb_nexthop layout");
 _Static_assert(__builtin_offsetof(struct xdpg_lb_config, udp_timeout) == 24, "udp_timeout offset");
 _Static_assert(__builtin_offsetof(struct xdpg_lb_config, ipip_v4_src) == 48, "ipip offset");
 _Static_assert(__builtin_offsetof(struct xdpg_lb_config, generation) == 88, "generation offset");
+_Static_assert(__builtin_offsetof(struct xdpg_lb_config, netns_dev) == 112, "netns offset");
 _Static_assert(sizeof(struct xdpg_decap_key) == 20, "xdpg_decap_key layout");
 
 #endif
