@@ -432,6 +432,29 @@ pub enum LbError {
         /// The capacity.
         capacity: usize,
     },
+    /// The load balancer's network namespace cannot be reached from this
+    /// thread, so its backends' next hops cannot be managed or read.
+    #[error(
+        "the load balancer was loaded in another network namespace (nsfs inode {ino}), which is neither this \
+         thread's nor one named under /run/netns; run this inside that namespace (e.g. `nsenter --net=PATH`, \
+         which keeps /sys/fs/bpf visible) to change its backends"
+    )]
+    ForeignNamespace {
+        /// The namespace's inode (as `ls -iL /proc/PID/ns/net` shows it).
+        ino: u64,
+    },
+    /// A netlink request about backends' next hops (routes, neighbour
+    /// entries) failed. Backend changes made before it stay applied.
+    #[error("{op} failed: {source}; {hint}")]
+    Neighbour {
+        /// What was being done.
+        op: String,
+        /// The kernel's error.
+        #[source]
+        source: io::Error,
+        /// What to check.
+        hint: &'static str,
+    },
     /// A BPF map operation failed.
     #[error("{op} failed: {source}; {hint}")]
     Map {

@@ -91,8 +91,8 @@ pub use filter::{
 pub use ipnetwork::IpNetwork;
 pub use lb::{
     Backend, BackendAddr, BackendBatch, BackendState, BackendStats, Decap, DecapBuilder, DecapStats, EchoPolicy, Flow,
-    ForwardingMode, FragmentPolicy, HashInput, LbDrops, LbStats, LoadBalancer, LoadBalancerBuilder, NewFlowLimit,
-    OptionsPolicy, Protocol, Vip, VipConfig, VipStats, DEFAULT_CONNECTIONS, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_VIPS,
+    ForwardingMode, FragmentPolicy, HashInput, LbDrops, LbStats, LoadBalancer, LoadBalancerBuilder, NeighbourState,
+    NewFlowLimit, NextHop, OptionsPolicy, Protocol, Vip, VipConfig, VipStats, NEIGH_PROTOCOL, DEFAULT_CONNECTIONS, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_VIPS,
     DEFAULT_NEXT_HOP_CACHE, DEFAULT_TABLE_SIZE, DEFAULT_UDP_TIMEOUT, MAX_TABLE_SIZE, MAX_WEIGHT, MIN_TABLE_SIZE,
 };
 pub use lists::ListKind;

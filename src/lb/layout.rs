@@ -22,8 +22,9 @@ pub(crate) mod decap_skel {
 
 pub(crate) use decap_skel::types::xdpg_decap_key;
 pub(crate) use lb_skel::types::{
-    xdpg_lb_addr_key, xdpg_lb_backend, xdpg_lb_config, xdpg_lb_conn, xdpg_lb_flow, xdpg_lb_flow4,
-    xdpg_lb_nat_rev, xdpg_lb_vip, xdpg_lb_vip_key, xdpg_lb_vip_key4, xdpg_lb_vip_stats,
+    xdpg_lb_addr_key, xdpg_lb_backend, xdpg_lb_backend_stats, xdpg_lb_config, xdpg_lb_conn, xdpg_lb_flow,
+    xdpg_lb_flow4, xdpg_lb_nat_rev, xdpg_lb_nbr_key, xdpg_lb_vip, xdpg_lb_vip_key, xdpg_lb_vip_key4,
+    xdpg_lb_vip_stats,
 };
 
 use crate::layout::pod;
@@ -31,11 +32,13 @@ use crate::layout::pod;
 pod!(
     xdpg_lb_addr_key,
     xdpg_lb_backend,
+    xdpg_lb_backend_stats,
     xdpg_lb_config,
     xdpg_lb_conn,
     xdpg_lb_flow,
     xdpg_lb_flow4,
     xdpg_lb_nat_rev,
+    xdpg_lb_nbr_key,
     xdpg_lb_vip,
     xdpg_lb_vip_key,
     xdpg_lb_vip_key4,
@@ -66,7 +69,14 @@ const _: () = {
     assert!(offset_of!(xdpg_lb_flow, proto) == 36);
     assert!(size_of::<xdpg_lb_nat_rev>() == 24);
     assert!(size_of::<xdpg_lb_vip_stats>() == 40);
-    assert!(size_of::<xdpg_lb_config>() == 112);
+    assert!(size_of::<xdpg_lb_config>() == 128);
+    assert!(offset_of!(xdpg_lb_config, netns_dev) == 112);
+    assert!(offset_of!(xdpg_lb_config, netns_ino) == 120);
+    assert!(size_of::<xdpg_lb_backend_stats>() == 32);
+    assert!(offset_of!(xdpg_lb_backend_stats, no_neigh_packets) == 16);
+    assert!(size_of::<xdpg_lb_nbr_key>() == 24);
+    assert!(offset_of!(xdpg_lb_nbr_key, ifindex) == 16);
+    assert!(offset_of!(xdpg_lb_nbr_key, family) == 20);
     assert!(offset_of!(xdpg_lb_config, nexthop_ttl) == 96);
     assert!(offset_of!(xdpg_lb_config, ns_per_jiffy) == 104);
     assert!(offset_of!(xdpg_lb_config, echo_policy) == 20);

@@ -12,7 +12,8 @@ use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
 use libbpf_rs::{MapCore, MapFlags, MapHandle, MapType};
 
 use super::layout::lb_skel::LbSkelBuilder;
-use super::layout::{xdpg_lb_backend, xdpg_lb_config, xdpg_lb_vip_stats};
+use super::layout::{xdpg_lb_backend, xdpg_lb_backend_stats, xdpg_lb_config, xdpg_lb_nbr_key, xdpg_lb_vip_stats};
+use super::neigh::{HopKey, NsId};
 use crate::error::{io_from_libbpf, missing_privileges, LbError, LoadError, PinError};
 use crate::maps::{load_err, program_fd, MapSet};
 use crate::stats::Counter;
@@ -27,7 +28,7 @@ pub(crate) const MARKER: &str = "xdpg_lb_cfg";
 /// What PinDir calls it in messages.
 pub(crate) const KIND: &str = "load balancer";
 
-const MAP_NAMES: [&str; 16] = [
+const MAP_NAMES: [&str; 17] = [
     "xdpg_lb_cfg",
     "xdpg_lb_vips4",
     "xdpg_lb_vips6",
@@ -44,6 +45,7 @@ const MAP_NAMES: [&str; 16] = [
     "xdpg_lb_nexthop",
     "xdpg_lb_rate",
     "xdpg_lb_devmap",
+    "xdpg_lb_nbrs",
 ];
 
 /// Sizes chosen at load time.
@@ -114,6 +116,50 @@ impl LbMaps {
         nexthop_ttl: AtomicU64 => atomic_u64,
         ipip_v4_src: AtomicU32 => atomic_u32,
         ipip_v4_mask: AtomicU32 => atomic_u32,
+    }
+
+    /// The network namespace the LB was loaded in.
+    pub(crate) fn netns(&self) -> NsId {
+        let c = self.config();
+        NsId { dev: c.netns_dev, ino: c.netns_ino }
+    }
+
+    /// The next hops whose managed neighbour entries this LB created.
+    pub(crate) fn recorded_hops(&self) -> std::collections::BTreeSet<HopKey> {
+        self.handle("xdpg_lb_nbrs")
+            .keys()
+            .filter_map(|k| {
+                let k: xdpg_lb_nbr_key = bytemuck::pod_read_unaligned(&k);
+                let addr = super::state::ip_from_words(k.family, k.addr)?;
+                Some(HopKey { ifindex: k.ifindex, addr })
+            })
+            .collect()
+    }
+
+    fn hop_key(hop: HopKey) -> xdpg_lb_nbr_key {
+        xdpg_lb_nbr_key {
+            addr: super::hash::addr_words(hop.addr),
+            ifindex: hop.ifindex,
+            family: super::hash::family_code(hop.addr),
+            pad: [0; 3],
+        }
+    }
+
+    /// Records a managed neighbour entry this LB created.
+    pub(crate) fn record_hop(&self, hop: HopKey) -> std::io::Result<()> {
+        let key = Self::hop_key(hop);
+        self.handle("xdpg_lb_nbrs")
+            .update(bytemuck::bytes_of(&key), &0u32.to_ne_bytes(), MapFlags::ANY)
+            .map_err(io_from_libbpf)
+    }
+
+    /// Forgets one (it was removed, or is no longer ours).
+    pub(crate) fn forget_hop(&self, hop: HopKey) -> std::io::Result<()> {
+        let key = Self::hop_key(hop);
+        match self.handle("xdpg_lb_nbrs").delete(bytemuck::bytes_of(&key)) {
+            Err(e) if e.kind() != libbpf_rs::ErrorKind::NotFound => Err(io_from_libbpf(e)),
+            _ => Ok(()),
+        }
     }
 
     /// How many VIPs use `addr`: the data plane's set of VIP addresses
@@ -266,8 +312,21 @@ impl LbMaps {
             .map_err(io_err("reading xdpg_lb_vipcnt"))
     }
 
-    pub(crate) fn backend_stats(&self, id: u32) -> Result<Counter, LbError> {
-        self.set.counter("xdpg_lb_becnt", id).map_err(io_err("reading xdpg_lb_becnt"))
+    /// A backend slot's (traffic, no-neighbour) counters, summed over CPUs.
+    pub(crate) fn backend_stats(&self, id: u32) -> Result<(Counter, Counter), LbError> {
+        let s = self
+            .set
+            .sum_percpu("xdpg_lb_becnt", id, |a: xdpg_lb_backend_stats, b| xdpg_lb_backend_stats {
+                packets: a.packets + b.packets,
+                bytes: a.bytes + b.bytes,
+                no_neigh_packets: a.no_neigh_packets + b.no_neigh_packets,
+                no_neigh_bytes: a.no_neigh_bytes + b.no_neigh_bytes,
+            })
+            .map_err(io_err("reading xdpg_lb_becnt"))?;
+        Ok((
+            Counter { packets: s.packets, bytes: s.bytes },
+            Counter { packets: s.no_neigh_packets, bytes: s.no_neigh_bytes },
+        ))
     }
 
     pub(crate) fn counters(&self) -> Result<Vec<Counter>, LbError> {
@@ -341,6 +400,7 @@ pub(crate) fn load(cap: Capacity, mut cfg: xdpg_lb_config) -> Result<(LbMaps, Ow
         (&mut m.xdpg_lb_backend, cap.max_backends),
         (&mut m.xdpg_lb_becnt, cap.max_backends),
         (&mut m.xdpg_lb_nexthop, cap.max_backends),
+        (&mut m.xdpg_lb_nbrs, cap.max_backends),
         (&mut m.xdpg_lb_conns4, cap.connections),
         (&mut m.xdpg_lb_conns6, cap.connections),
         (&mut m.xdpg_lb_nat4, cap.nat_connections),
@@ -382,3 +442,4 @@ fn classify_load_error(e: libbpf_rs::Error) -> LoadError {
 
 // Keep the stats value layouts honest for sum_percpu.
 const _: () = assert!(size_of::<xdpg_lb_vip_stats>() % 8 == 0);
+const _: () = assert!(size_of::<xdpg_lb_backend_stats>() % 8 == 0);

@@ -7,12 +7,14 @@ pub(crate) mod hash;
 pub(crate) mod layout;
 pub(crate) mod maglev;
 mod maps;
+mod neigh;
 mod state;
 mod stats;
 mod types;
 
 use std::net::IpAddr;
-use std::os::fd::BorrowedFd;
+use std::collections::BTreeSet;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Mutex, MutexGuard};
@@ -31,9 +33,11 @@ use crate::AttachMode;
 
 pub use decap::{Decap, DecapBuilder, DecapStats};
 pub use stats::{BackendStats, LbDrops, LbStats, VipStats};
+pub use neigh::NEIGH_PROTOCOL;
 pub use types::{
-    Backend, BackendAddr, BackendState, EchoPolicy, Flow, ForwardingMode, FragmentPolicy, HashInput, NewFlowLimit,
-    OptionsPolicy, Protocol, Vip, VipConfig, DEFAULT_TABLE_SIZE, MAX_TABLE_SIZE, MAX_WEIGHT, MIN_TABLE_SIZE,
+    Backend, BackendAddr, BackendState, EchoPolicy, Flow, ForwardingMode, FragmentPolicy, HashInput,
+    NeighbourState, NewFlowLimit, NextHop, OptionsPolicy, Protocol, Vip, VipConfig, DEFAULT_TABLE_SIZE,
+    MAX_TABLE_SIZE, MAX_WEIGHT, MIN_TABLE_SIZE,
 };
 
 use hash::{flow_hash, FlowKey};
@@ -87,8 +91,41 @@ pub const DEFAULT_NEXT_HOP_CACHE: Duration = Duration::from_millis(100);
 /// - Too big for the egress after encapsulation: dropped and counted, and
 ///   an ICMP "fragmentation needed" (IPv4 with DF) or "packet too big"
 ///   (IPv6) goes back to the sender, from the VIP, with the MTU left after
-///   encapsulation, so its path MTU discovery adapts. No neighbour yet:
-///   passed to the stack, which resolves it.
+///   encapsulation, so its path MTU discovery adapts.
+///
+/// # Next hops and neighbours
+///
+/// The data plane forwards in XDP only to a next hop whose neighbour (MAC)
+/// the kernel has resolved. So the library keeps every configured backend's
+/// next hop (the backend on its link, or the gateway the kernel routes it
+/// through) resolved with a *managed* neighbour entry, created when the
+/// backend is added (or the LB reopened, or [`LoadBalancer::refresh_neighbours`]
+/// called) and removed when no backend uses that next hop any more. The
+/// kernel resolves a managed entry at once and re-probes it by itself, so a
+/// VIP works from its first connection. Entries the library did not create
+/// (a permanent one an operator made) are never changed or removed. This
+/// happens in the network namespace the LB was loaded in, whichever thread
+/// calls. Kernel: Linux 5.16 or later for managed entries; on 5.15 the
+/// entries are made but not kept, and the data path below resolves next
+/// hops from traffic instead.
+///
+/// When a packet finds no resolved neighbour all the same (after `ip neigh
+/// flush`, which also removes managed entries, or a route change) it goes
+/// through the LB host's stack, which resolves the neighbour on the way:
+/// IPIP and NAT packets already rewritten (the stack forwards them by the
+/// backend address; the first packet waits in the neighbour's queue and is
+/// not lost), L2 DSR packets as a small probe towards the backend (an ICMP
+/// echo reply from the client, which the backend ignores; the client's
+/// packet itself is lost, so a SYN is retransmitted after 1 s). Delivery is
+/// back in XDP as soon as the neighbour is resolved, plus at most the
+/// next-hop cache time; the managed entries themselves come back at the
+/// next backend change, reopen or `refresh_neighbours`. Counted per backend
+/// ([`BackendStats::no_neighbour`]) and globally (`passed_no_neighbour`);
+/// [`BackendStats::next_hop`] shows the state. The stack's forwarding rules
+/// apply to those packets: IPIP outer sources must pass the ingress
+/// interface's `rp_filter` (0, or 2 with a route to the source prefix),
+/// and a firewall must let them through (a conntrack `INVALID` drop would
+/// stop the DSR probe).
 ///
 /// ```no_run
 /// use xdpguard::{ForwardingMode, LoadBalancer, Vip, VipConfig};
@@ -105,6 +142,9 @@ pub struct LoadBalancer {
     maps: LbMaps,
     program: XdpProgram,
     state: Mutex<LbState>,
+    /// The network namespace the LB was loaded in (None: reopened from a
+    /// thread that can neither see nor find it).
+    netns: Option<OwnedFd>,
 }
 
 program::impl_pinnable!(LoadBalancer, maps.set);
@@ -321,6 +361,10 @@ impl LoadBalancerBuilder {
         program::create(self.pin.as_deref(), maps::KIND, maps::MARKER, interfaces, self.mode, || {
             let (interval, burst) = self.new_flow_limit.gcra();
             let tick = maps::ns_per_jiffy();
+            let (netns, ns) = neigh::current().map_err(|source| LoadError::Bpf {
+                op: "opening this thread's network namespace (/proc/thread-self/ns/net)".into(),
+                source,
+            })?;
             let cfg = xdpg_lb_config {
                 hash_seed: self.hash_seed,
                 echo_policy: self.echo.code(),
@@ -330,6 +374,8 @@ impl LoadBalancerBuilder {
                 new_flow_interval: interval,
                 new_flow_burst: burst,
                 nexthop_ttl: maps::to_jiffies(self.next_hop_cache, tick),
+                netns_dev: ns.dev,
+                netns_ino: ns.ino,
                 ..Default::default()
             };
             let cap = Capacity {
@@ -344,6 +390,7 @@ impl LoadBalancerBuilder {
                 maps,
                 program: XdpProgram::new(fd, maps::PROGRAM_NAME),
                 state: Mutex::new(LbState::default()),
+                netns: Some(netns),
             };
             for prefix in &self.ipip_sources {
                 lb.set_ipip_source(*prefix)?;
@@ -418,6 +465,14 @@ impl LoadBalancer {
 
     /// Reopens a load balancer pinned under `dir`, with its VIPs, backends,
     /// connections and counters, still attached wherever it was.
+    ///
+    /// It finds the network namespace the LB was loaded in (the calling
+    /// thread's, or one named under `/run/netns`) and re-creates the
+    /// managed neighbour entries of its backends' next hops that are
+    /// missing (e.g. after `ip neigh flush`), as
+    /// [`LoadBalancer::refresh_neighbours`] does. A failure there is not an
+    /// error here (the data path resolves next hops from traffic meanwhile):
+    /// call `refresh_neighbours` to see it.
     pub fn open_pinned(dir: impl AsRef<Path>) -> Result<LoadBalancer, Error> {
         let dir = PinDir::open(dir.as_ref(), maps::KIND, maps::MARKER)?;
         if let Some(missing) = crate::error::missing_privileges() {
@@ -438,7 +493,11 @@ impl LoadBalancer {
             // Data-plane caches (the per-CPU VIP cache) key on the generation.
             maps.generation().fetch_add(1, Ordering::AcqRel);
         }
-        Ok(LoadBalancer { maps, program, state: Mutex::new(state) })
+        let netns = neigh::find(maps.netns());
+        let lb = LoadBalancer { maps, program, state: Mutex::new(state), netns };
+        drop(_lock);
+        let _ = lb.refresh_neighbours();
+        Ok(lb)
     }
 
     // ---- VIPs ---------------------------------------------------------
@@ -483,6 +542,9 @@ impl LoadBalancer {
     /// Removes a VIP and all its backends. Its packets pass untouched from
     /// the next one on.
     pub fn remove_vip(&self, vip: &Vip) -> Result<(), LbError> {
+        // Its backends' next hops are released: check first that they can be.
+        let has_backends = self.read(|st| st.vip(vip).map(|s| !s.backends.is_empty()))??;
+        let mut rtnl = if has_backends { Some(self.rtnl()?) } else { None };
         self.edit(|st, maps| {
             let vs = st.vip(vip)?.clone();
             let (map, key) = state::vip_key(vip);
@@ -500,6 +562,9 @@ impl LoadBalancer {
             maps.set_vip_addr_users(vip.addr, n.saturating_sub(1))?;
             st.vips.remove(vip);
             Self::recount(st, maps);
+            if let Some(rtnl) = rtnl.as_mut() {
+                Self::sync_hops(st, maps, rtnl)?;
+            }
             Ok(())
         })
     }
@@ -586,6 +651,9 @@ impl LoadBalancer {
     }
 
     fn apply_batch(&self, vip: &Vip, ops: &[BatchOp]) -> Result<(), LbError> {
+        // Next hops are managed in the LB's namespace: fail before any
+        // change when it cannot be reached.
+        let mut rtnl = self.rtnl()?;
         self.edit(|st, maps| {
             let vs = st.vip(vip)?;
             let mode = vs.config.mode;
@@ -676,8 +744,63 @@ impl LoadBalancer {
             }
             vs.backends = new_backends;
             vs.set_table(table);
+            Self::sync_hops(st, maps, &mut rtnl)?;
             Ok(())
         })
+    }
+
+    // ---- next hops ----------------------------------------------------
+
+    fn rtnl(&self) -> Result<neigh::Rtnl, LbError> {
+        let ns = self.netns.as_ref().ok_or(LbError::ForeignNamespace { ino: self.maps.netns().ino })?;
+        neigh::Rtnl::open_in(ns.as_fd()).map_err(neigh_err("opening an rtnetlink socket in the LB's network namespace"))
+    }
+
+    /// Makes the recorded managed neighbour entries match the next hops of
+    /// every configured backend.
+    fn sync_hops(st: &LbState, maps: &LbMaps, rtnl: &mut neigh::Rtnl) -> Result<neigh::Synced, LbError> {
+        let backends: BTreeSet<IpAddr> = st.vips.values().flat_map(|v| v.backends.keys().map(|b| b.ip)).collect();
+        let recorded = maps.recorded_hops();
+        if backends.is_empty() && recorded.is_empty() {
+            return Ok(neigh::Synced::default());
+        }
+        neigh::reconcile(rtnl, &backends, &recorded, |h| maps.record_hop(h), |h| maps.forget_hop(h))
+            .map_err(neigh_err("keeping the backends' next hops resolved (managed neighbour entries)"))
+    }
+
+    /// Makes sure every configured backend's next hop has a managed
+    /// neighbour entry (created if missing, e.g. after `ip neigh flush`, or
+    /// after a route change moved it to another gateway) and removes the
+    /// entries this LB created that no backend uses any more. Backend
+    /// changes and [`LoadBalancer::open_pinned`] do this by themselves.
+    /// Returns the number of entries created.
+    ///
+    /// Kernel: Linux 5.16 or later (`NTF_EXT_MANAGED`).
+    ///
+    /// # Errors
+    ///
+    /// [`LbError::ForeignNamespace`] when the LB's network namespace cannot
+    /// be reached from this thread; [`LbError::Neighbour`] when the kernel
+    /// refuses a request (e.g. without `CAP_NET_ADMIN` there).
+    pub fn refresh_neighbours(&self) -> Result<usize, LbError> {
+        let mut rtnl = self.rtnl()?;
+        let _flock = self.lock_pin()?;
+        let mut st = self.state();
+        st.sync(&self.maps)?;
+        Ok(Self::sync_hops(&st, &self.maps, &mut rtnl)?.created)
+    }
+
+    /// Removes every managed neighbour entry this LB created (when it is
+    /// going away).
+    fn release_neighbours(&self) -> Result<(), LbError> {
+        let recorded = self.maps.recorded_hops();
+        if recorded.is_empty() {
+            return Ok(());
+        }
+        let mut rtnl = self.rtnl()?;
+        neigh::reconcile(&mut rtnl, &BTreeSet::new(), &recorded, |_| Ok(()), |h| self.maps.forget_hop(h))
+            .map(drop)
+            .map_err(neigh_err("removing the backends' managed neighbour entries"))
     }
 
     /// The backend the kernel will choose for a new flow of `vip` (same
@@ -925,17 +1048,30 @@ impl LoadBalancer {
         Ok(VipStats::from_raw(self.maps.vip_stats(index)?))
     }
 
-    /// A VIP's backends with their counters.
+    /// A VIP's backends with their counters and the state of their next
+    /// hops (read from the kernel's route and neighbour tables in the LB's
+    /// network namespace; [`NeighbourState::Unknown`] when that namespace
+    /// cannot be reached from this thread).
+    ///
+    /// # Errors
+    ///
+    /// [`LbError::VipNotFound`]; [`LbError::Map`] or [`LbError::Neighbour`]
+    /// when reading the counters or the kernel's tables fails.
     pub fn backend_stats(&self, vip: &Vip) -> Result<Vec<BackendStats>, LbError> {
         let slots: Vec<(BackendAddr, Slot)> =
             self.read(|st| st.vip(vip).map(|s| s.backends.iter().map(|(a, s)| (*a, *s)).collect()))??;
+        let ips: Vec<IpAddr> = slots.iter().map(|(a, _)| a.ip).collect();
+        let hops = match self.rtnl() {
+            Ok(mut rtnl) => neigh::next_hops(&mut rtnl, &ips).map_err(neigh_err("reading the backends' next hops"))?,
+            Err(LbError::ForeignNamespace { .. }) => vec![NextHop::UNKNOWN; ips.len()],
+            Err(e) => return Err(e),
+        };
         slots
             .into_iter()
-            .map(|(addr, slot)| {
-                Ok(BackendStats {
-                    backend: Backend { addr, weight: slot.weight },
-                    traffic: self.maps.backend_stats(slot.id)?,
-                })
+            .zip(hops)
+            .map(|((addr, slot), next_hop)| {
+                let (traffic, no_neighbour) = self.maps.backend_stats(slot.id)?;
+                Ok(BackendStats { backend: Backend { addr, weight: slot.weight }, traffic, no_neighbour, next_hop })
             })
             .collect()
     }
@@ -1030,9 +1166,12 @@ impl LoadBalancer {
         self.program.pin_path()
     }
 
-    /// Detaches from every interface and removes every pin.
+    /// Detaches from every interface and removes every pin, and the
+    /// managed neighbour entries it created for its backends' next hops.
     pub fn unpin(self) -> Result<(), Error> {
-        self.program.unpin()
+        let released = self.release_neighbours();
+        self.program.unpin()?;
+        released.map_err(Error::from)
     }
 
     /// The LB program's fd: attach it elsewhere, or chain it behind a
@@ -1113,6 +1252,26 @@ impl LoadBalancer {
         self.maps.dirty().store(0, Ordering::Release);
         st.generation = self.maps.generation().fetch_add(1, Ordering::AcqRel) + 1;
         result
+    }
+}
+
+impl Drop for LoadBalancer {
+    /// An LB that is not pinned goes away with its handle, and so do the
+    /// managed neighbour entries it created (best effort). A pinned LB
+    /// keeps them; [`LoadBalancer::unpin`] removes them.
+    fn drop(&mut self) {
+        if self.program.pin_path().is_none() {
+            let _ = self.release_neighbours();
+        }
+    }
+}
+
+fn neigh_err(op: &str) -> impl FnOnce(std::io::Error) -> LbError + '_ {
+    move |source| LbError::Neighbour {
+        op: op.to_owned(),
+        source,
+        hint: "check that the process has CAP_NET_ADMIN in the LB's network namespace; meanwhile the data path \
+               resolves next hops from traffic",
     }
 }
 

@@ -2,7 +2,7 @@
 //! (no atomics on the hot path); these are the sums.
 
 use super::layout::xdpg_lb_vip_stats;
-use super::types::{Backend, BackendAddr};
+use super::types::{Backend, BackendAddr, NextHop};
 use crate::layout::consts::*;
 use crate::stats::Counter;
 
@@ -42,13 +42,22 @@ impl VipStats {
     }
 }
 
-/// One backend's counters.
+/// One backend's counters, and its next hop's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct BackendStats {
     /// The backend and its weight.
     pub backend: Backend,
     /// Packets and bytes sent to it (as received, before encapsulation).
     pub traffic: Counter,
+    /// Of those, the ones that found no resolved neighbour for its next hop
+    /// and went through the LB host's stack instead of XDP: IPIP and NAT
+    /// packets rewritten (the stack forwards them once the neighbour is
+    /// resolved, or drops them when it cannot be), L2 DSR packets as a
+    /// probe (the packet itself is lost; see [`ForwardingMode::L2Dsr`](crate::ForwardingMode::L2Dsr)).
+    /// Also counted in [`LbStats::passed_no_neighbour`].
+    pub no_neighbour: Counter,
+    /// Its next hop now, from the kernel's route and neighbour tables.
+    pub next_hop: NextHop,
 }
 
 impl BackendStats {
@@ -95,7 +104,10 @@ pub struct LbStats {
     pub passed_non_vip: Counter,
     /// Bad or truncated headers: passed untouched.
     pub passed_malformed: Counter,
-    /// The next hop had no neighbour entry: passed, so the stack resolves it.
+    /// The next hop had no resolved neighbour: passed to the stack, which
+    /// resolves it (towards a backend: IPIP and NAT packets rewritten, L2
+    /// DSR packets as a probe; see [`BackendStats::no_neighbour`]; towards
+    /// a client: NAT replies translated).
     pub passed_no_neighbour: Counter,
     /// No route, or forwarding disabled on the ingress interface: passed.
     pub passed_no_route: Counter,

@@ -425,6 +425,60 @@ impl fmt::Display for BackendState {
     }
 }
 
+/// Whether the kernel has resolved a backend's next hop (the backend on its
+/// link, or the gateway towards it): the data plane forwards in XDP only
+/// to a resolved one. Read from the kernel's neighbour table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum NeighbourState {
+    /// Resolved (reachable, or stale but usable, or a permanent entry):
+    /// packets to the backend are forwarded in XDP.
+    Resolved,
+    /// Being resolved (or about to be): packets go through the LB host's
+    /// stack meanwhile (see [`BackendStats::no_neighbour`](crate::BackendStats::no_neighbour)).
+    Resolving,
+    /// The kernel's last attempt got no answer: the host (or its gateway)
+    /// is down or absent. Its packets are counted in
+    /// [`BackendStats::no_neighbour`](crate::BackendStats::no_neighbour)
+    /// and dropped by the stack; a managed entry keeps being retried
+    /// (every 5 s by default), so this alternates with `Resolving` while
+    /// the host stays away.
+    Unreachable,
+    /// No unicast route to the backend: its packets go to the stack
+    /// (counted as `passed_no_route`).
+    NoRoute,
+    /// Not known: the load balancer's network namespace cannot be reached
+    /// from this thread (see [`LbError::ForeignNamespace`](crate::LbError::ForeignNamespace)).
+    Unknown,
+}
+
+impl fmt::Display for NeighbourState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            NeighbourState::Resolved => "resolved",
+            NeighbourState::Resolving => "resolving",
+            NeighbourState::Unreachable => "unreachable",
+            NeighbourState::NoRoute => "no-route",
+            NeighbourState::Unknown => "unknown",
+        })
+    }
+}
+
+/// Where the LB sends a backend's packets next, as the kernel routes them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct NextHop {
+    /// The neighbour: the backend itself when on-link, else the gateway
+    /// towards it (None: no route).
+    pub via: Option<IpAddr>,
+    /// The egress interface's index (0: no route).
+    pub ifindex: u32,
+    /// Whether the kernel has resolved that neighbour.
+    pub state: NeighbourState,
+}
+
+impl NextHop {
+    pub(crate) const UNKNOWN: NextHop = NextHop { via: None, ifindex: 0, state: NeighbourState::Unknown };
+}
+
 /// A client's flow to a VIP, for [`LoadBalancer::backend_for`](crate::LoadBalancer::backend_for).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Flow {
