@@ -118,7 +118,6 @@ impl Rig {
                     .expect("attach the LB"),
             )
         });
-        net.warm_neighbours();
         Rig { net, lb, mode, vip_family, backend_family, _servers: servers, _decaps: decaps }
     }
 
@@ -411,7 +410,6 @@ fn filter_in_front_of_the_lb() {
         filter.set_next(lb.program_fd()).unwrap();
         (filter, lb)
     });
-    net.warm_neighbours();
     let vip = Vip::tcp(SocketAddr::new(IpAddr::V4(VIP_V4), VIP_PORT));
     lb.add_vip(vip, VipConfig::new(ForwardingMode::L2Dsr)).unwrap();
     for i in 1..=3 {

@@ -24,7 +24,7 @@ use etherparse::{
 };
 use xdpguard::{
     BackendAddr, Decap, EchoPolicy, Flow, ForwardingMode, FragmentPolicy, HashInput, LbError, LoadBalancer,
-    NewFlowLimit, OptionsPolicy, Protocol, Vip, VipConfig, XdpAction,
+    NeighbourState, NewFlowLimit, NextHop, OptionsPolicy, Protocol, Vip, VipConfig, XdpAction,
 };
 
 // ---- frames ------------------------------------------------------------
@@ -1179,19 +1179,108 @@ fn too_big_after_encapsulation_is_dropped_and_the_sender_told() {
     });
 }
 
+/// Parses what the LB passes to the stack for an unresolved next hop and
+/// checks every checksum: (source, destination, protocol, TTL, payload).
+fn passed_packet(pkt: &[u8]) -> (IpAddr, IpAddr, IpNumber, u8, Vec<u8>) {
+    match pkt[0] >> 4 {
+        4 => {
+            let (ip, rest) = Ipv4Header::from_slice(pkt).expect("IPv4 header");
+            assert_eq!(ip.header_checksum, ip.calc_header_checksum(), "IPv4 header checksum");
+            let payload = rest[..usize::from(ip.total_len) - ip.header_len()].to_vec();
+            (IpAddr::from(ip.source), IpAddr::from(ip.destination), ip.protocol, ip.time_to_live, payload)
+        }
+        _ => {
+            let (ip, rest) = Ipv6Header::from_slice(pkt).expect("IPv6 header");
+            let payload = rest[..usize::from(ip.payload_length)].to_vec();
+            (IpAddr::from(ip.source), IpAddr::from(ip.destination), ip.next_header, ip.hop_limit, payload)
+        }
+    }
+}
+
+/// No resolved neighbour for a backend's next hop: the stack gets a packet
+/// it can route towards the backend, so it resolves the neighbour on the
+/// way: IPIP and NAT packets fully rewritten (NAT with the TTL left for the
+/// stack to take), an L2 DSR packet as an ICMP echo reply probe from the
+/// client to the backend. Counted globally and for the backend.
 #[test]
-fn missing_neighbour_and_non_vip_traffic_pass_to_the_stack() {
+fn unresolved_next_hops_go_to_the_stack_rewritten_or_as_a_probe() {
     in_lb_ns("vneigh", 2, |n| {
         let lb = lb();
-        let vip = Vip::tcp(sa(VIP_V4, 80));
-        // Backend 7 has no neighbour entry.
-        vip_with(&lb, vip, VipConfig::new(ForwardingMode::L2Dsr), &[IpAddr::V4(backend_v4(7))]);
-        let input = frame(n.eth0_mac, client(1), vip.addr_port(), Protocol::Tcp, true, PAYLOAD);
-        let out = lb.test_run_on(&input, n.eth0).unwrap();
-        assert_eq!((out.action, &out.frame), (XdpAction::Pass, &input), "untouched, for the stack to resolve");
-        assert_eq!(lb.stats().unwrap().passed_no_neighbour.packets, 1);
+        // Backends 7 and 8 have no permanent neighbour entry: the library
+        // makes managed ones, which nobody answers on this test bed.
+        let (b4, b6) = (IpAddr::V4(backend_v4(7)), IpAddr::V6(backend_v6(8)));
+        for (mode, port, backend, src) in [
+            (ForwardingMode::L2Dsr, 80, b4, client(1)),
+            (ForwardingMode::L2Dsr, 81, b6, client6(1)),
+            (ForwardingMode::Ipip, 82, b4, client(1)),
+            (ForwardingMode::Ipip, 83, b6, client6(1)),
+            (ForwardingMode::Nat, 84, b4, client(1)),
+            (ForwardingMode::Nat, 85, b6, client6(1)),
+        ] {
+            let vip_addr = if backend.is_ipv4() { IpAddr::V4(VIP_V4) } else { IpAddr::V6(VIP_V6) };
+            let vip = Vip::tcp(sa(vip_addr, port));
+            lb.add_vip(vip, VipConfig::new(mode)).unwrap();
+            let be: BackendAddr = if mode == ForwardingMode::Nat { sa(backend, 8080).into() } else { backend.into() };
+            lb.add_backend(&vip, be, 1).unwrap();
+            let what = format!("{mode} {vip}");
+            let input = frame(n.eth0_mac, src, vip.addr_port(), Protocol::Tcp, true, PAYLOAD);
+            let before = lb.stats().unwrap().passed_no_neighbour.packets;
+            let out = lb.test_run_on(&input, n.eth0).unwrap();
+            assert_eq!(out.action, XdpAction::Pass, "{what}: to the stack");
+            assert_eq!(out.frame[..12], input[..12], "{what}: MACs as received (the stack routes it)");
+            let (osrc, odst, proto, ttl, payload) = passed_packet(&out.frame[14..]);
+            match mode {
+                ForwardingMode::L2Dsr => {
+                    assert_eq!((osrc, odst, ttl), (src.ip(), backend, 64), "{what}: a probe from the client");
+                    assert_eq!(payload.len(), 8, "{what}: an 8-byte ICMP message");
+                    if backend.is_ipv4() {
+                        assert_eq!(proto, IpNumber::ICMP);
+                        let (h, rest) = Icmpv4Header::from_slice(&payload).unwrap();
+                        assert_eq!(h.icmp_type, etherparse::Icmpv4Type::EchoReply(etherparse::IcmpEchoHeader { id: 0, seq: 0 }));
+                        assert_eq!(h.checksum, Icmpv4Header::with_checksum(h.icmp_type.clone(), rest).checksum);
+                    } else {
+                        assert_eq!(proto, IpNumber::IPV6_ICMP);
+                        let (h, rest) = Icmpv6Header::from_slice(&payload).unwrap();
+                        assert_eq!(h.icmp_type, etherparse::Icmpv6Type::EchoReply(etherparse::IcmpEchoHeader { id: 0, seq: 0 }));
+                        let (IpAddr::V6(s6), IpAddr::V6(d6)) = (osrc, odst) else { unreachable!() };
+                        let want = Icmpv6Header::with_checksum(h.icmp_type, s6.octets(), d6.octets(), rest).unwrap();
+                        assert_eq!(h.checksum, want.checksum, "{what}: ICMPv6 checksum");
+                    }
+                }
+                ForwardingMode::Ipip => {
+                    assert_eq!(odst, backend, "{what}: outer destination");
+                    let flow = Flow::new(src, vip.addr_port(), Protocol::Tcp);
+                    assert_eq!(osrc, lb.ipip_source_for(&vip, &flow, backend).unwrap().unwrap());
+                    assert_eq!(ttl, 64);
+                    assert_eq!(payload, input[14..], "{what}: the client's packet inside, unchanged");
+                }
+                ForwardingMode::Nat => {
+                    let l4 = check_ip_packet(&out.frame[14..]);
+                    assert_eq!((l4.src, l4.dst), (src, sa(backend, 8080)), "{what}: translated");
+                    assert_eq!(l4.ttl, 64, "{what}: TTL left for the stack to decrement");
+                }
+            }
+            assert_eq!(lb.stats().unwrap().passed_no_neighbour.packets, before + 1, "{what}");
+            let bs = lb.backend_stats(&vip).unwrap();
+            assert_eq!(bs[0].no_neighbour.packets, 1, "{what}: counted for the backend");
+            assert_eq!(bs[0].traffic.packets, 1, "{what}");
+            assert_eq!(bs[0].next_hop.via, Some(backend), "{what}");
+            assert_eq!(bs[0].next_hop.ifindex, n.eth1, "{what}");
+            assert_ne!(bs[0].next_hop.state, NeighbourState::Resolved, "{what}: nobody answers");
+        }
+        assert_eq!(lb.stats().unwrap().redirected.packets, 0);
+    });
+}
+
+/// Not for a VIP, or no route: the stack gets the packet untouched.
+#[test]
+fn non_vip_traffic_and_unroutable_backends_pass_untouched() {
+    in_lb_ns("vpass", 2, |n| {
+        let lb = lb();
         // Traffic for the LB host itself, and a port of the VIP address no
         // VIP serves, pass untouched.
+        let vip = Vip::tcp(sa(VIP_V4, 80));
+        vip_with(&lb, vip, VipConfig::new(ForwardingMode::L2Dsr), &backends_v4(1));
         for dst in [sa(LB_FRONT_V4, 22), sa(VIP_V4, 81)] {
             let f = frame(n.eth0_mac, client(1), dst, Protocol::Tcp, true, PAYLOAD);
             let out = lb.test_run_on(&f, n.eth0).unwrap();
@@ -1205,8 +1294,78 @@ fn missing_neighbour_and_non_vip_traffic_pass_to_the_stack() {
         let f = frame(n.eth0_mac, client(1), vip2.addr_port(), Protocol::Tcp, true, PAYLOAD);
         let out = lb.test_run_on(&f, n.eth0).unwrap();
         std::fs::write("/proc/sys/net/ipv4/conf/all/forwarding", "1").unwrap();
-        assert_eq!(out.action, XdpAction::Pass);
+        assert_eq!((out.action, &out.frame), (XdpAction::Pass, &f));
         assert_eq!(lb.stats().unwrap().passed_no_route.packets, 1);
+        // A backend without any route.
+        let vip3 = Vip::tcp(sa(VIP_V4, 444));
+        let nowhere = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 99));
+        vip_with(&lb, vip3, VipConfig::new(ForwardingMode::L2Dsr), &[nowhere]);
+        let f = frame(n.eth0_mac, client(1), vip3.addr_port(), Protocol::Tcp, true, PAYLOAD);
+        let out = lb.test_run_on(&f, n.eth0).unwrap();
+        assert_eq!((out.action, &out.frame), (XdpAction::Pass, &f));
+        assert_eq!(lb.stats().unwrap().passed_no_route.packets, 2);
+        let bs = lb.backend_stats(&vip3).unwrap();
+        assert_eq!(bs[0].next_hop, NextHop { via: None, ifindex: 0, state: NeighbourState::NoRoute });
+        assert_eq!(lb.stats().unwrap().passed_no_neighbour.packets, 0);
+    });
+}
+
+/// Issue 14: a "fragmentation needed" answer from the FIB must not be
+/// cached as the backend's next hop. An oversized packet (DF) first, then a
+/// SYN of the same flow on the same CPU: the SYN must leave through the
+/// backend side with the backend's MAC, in every mode.
+#[test]
+fn a_too_big_answer_is_never_cached_as_the_next_hop() {
+    ensure_bpffs();
+    let vn = VerdictNet::new("vtbc", 3);
+    vn.lb.ip(&["link", "set", "eth1", "mtu", "1400"]);
+    let (eth0, eth1_mac, mac) = (vn.eth0, vn.eth1_mac, vn.eth0_mac);
+    vn.lb.run(move || {
+        // Both packets on one CPU: the next-hop cache is per CPU.
+        let mut cpus = nix::sched::CpuSet::new();
+        cpus.set(0).unwrap();
+        nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &cpus).unwrap();
+        let lb = lb();
+        for (name, mode, vip_addr, backends, port) in [
+            ("IPIP 4in4", ForwardingMode::Ipip, IpAddr::V4(VIP_V4), backends_v4(3), 80),
+            ("IPIP 6in6", ForwardingMode::Ipip, IpAddr::V6(VIP_V6), backends_v6(3), 80),
+            ("L2 DSR", ForwardingMode::L2Dsr, IpAddr::V4(VIP_V4), backends_v4(3), 81),
+            ("NAT", ForwardingMode::Nat, IpAddr::V4(VIP_V4), backends_v4(3), 82),
+            ("NAT v6", ForwardingMode::Nat, IpAddr::V6(VIP_V6), backends_v6(3), 82),
+        ] {
+            // A fresh VIP: fresh backend slots, with nothing cached yet.
+            let vip = Vip::tcp(sa(vip_addr, port));
+            vip_with(&lb, vip, VipConfig::new(mode), &backends);
+            let src = if vip_addr.is_ipv4() { sa(CLIENT_V4, 40000) } else { sa(CLIENT_V6, 40000) };
+            let chosen = lb.backend_for(&vip, &Flow::new(src, vip.addr_port(), Protocol::Tcp)).unwrap().unwrap();
+            // 1500 bytes of IP with DF: too big for eth1 (1400) in every
+            // mode, encapsulated or not.
+            let head = if vip_addr.is_ipv4() { 40 } else { 60 };
+            let big = frame(mac, src, vip.addr_port(), Protocol::Tcp, false, &vec![0x5a; 1500 - head]);
+            let out = lb.test_run_on(&big, eth0).unwrap();
+            assert_eq!(out.action, XdpAction::Tx, "{name}: the sender is told the MTU");
+            assert_eq!(macs(&out.frame).0, CLIENT_MAC, "{name}");
+            let syn = frame(mac, src, vip.addr_port(), Protocol::Tcp, true, PAYLOAD);
+            let out = lb.test_run_on(&syn, eth0).unwrap();
+            assert_eq!(out.action, XdpAction::Redirect, "{name}: the SYN goes out of eth1, not back");
+            let (dst_mac, src_mac, _) = macs(&out.frame);
+            assert_eq!(src_mac, eth1_mac, "{name}: from eth1's MAC");
+            assert_eq!(backend_of_mac(dst_mac), backend_index(chosen), "{name}: to the backend's MAC");
+            match mode {
+                ForwardingMode::Ipip => {
+                    check_ipip(&out.frame, &syn, eth1_mac);
+                }
+                ForwardingMode::Nat => {
+                    let l4 = check_ip_packet(&out.frame[14..]);
+                    assert_eq!(l4.dst.ip(), chosen.ip, "{name}");
+                }
+                ForwardingMode::L2Dsr => assert_eq!(out.frame[14..], syn[14..], "{name}"),
+            }
+        }
+        let s = lb.stats().unwrap();
+        assert_eq!(s.too_big_sent.packets, 5);
+        assert_eq!(s.redirected.packets, 5);
+        assert_eq!(s.tx.packets, 0, "nothing forwarded back out of the ingress");
     });
 }
 

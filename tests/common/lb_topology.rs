@@ -120,6 +120,17 @@ pub enum BackendKind {
     Plain,
 }
 
+/// Interfaces made from now on in `ns` skip IPv6 duplicate address
+/// detection, also for their link-local addresses. A host that has been up
+/// for a second has usable link-local addresses; an interface made a moment
+/// ago has a tentative one for about a second, and the kernel sends no
+/// neighbour solicitation without a usable one, so IPv6 next hops would
+/// resolve only once DAD is over.
+pub fn no_dad(ns: &NetNs) {
+    ns.sysctl("net.ipv6.conf.all.accept_dad", "0");
+    ns.sysctl("net.ipv6.conf.default.accept_dad", "0");
+}
+
 /// client — LB — bridge — backends, for real traffic.
 pub struct LbNet {
     pub client: NetNs,
@@ -137,6 +148,9 @@ impl LbNet {
         let client = NetNs::new(&format!("{tag}c"));
         let lb = NetNs::new(&format!("{tag}l"));
         let bridge = NetNs::new(&format!("{tag}b"));
+        for ns in [&client, &lb, &bridge] {
+            no_dad(ns);
+        }
         veth(&client, "eth0", &lb, "eth0");
         veth(&lb, "eth1", &bridge, "lb0");
         bridge.ip(&["link", "add", "br0", "type", "bridge"]);
@@ -161,6 +175,7 @@ impl LbNet {
         let mut backends = Vec::new();
         for i in 1..=n {
             let b = NetNs::new(&format!("{tag}{i}"));
+            no_dad(&b);
             let port = format!("b{i}");
             veth(&b, "eth0", &bridge, &port);
             bridge.ip(&["link", "set", &port, "master", "br0"]);
