@@ -220,7 +220,6 @@ fn main() -> Result<()> {
     for a in lb.attachments() {
         println!("   attached to {} in {} mode", a.interface, a.mode);
     }
-    net.warm_neighbours();
     let vip = Vip::tcp(SocketAddr::new(IpAddr::V4(VIP_V4), 80));
     lb.add_vip(vip, VipConfig::new(ForwardingMode::Ipip))?;
     lb.batch(&vip)
@@ -229,6 +228,8 @@ fn main() -> Result<()> {
         .add(IpAddr::V4(backend_v4(3)), 1)
         .apply()?;
     println!("   VIP {vip}: IPIP to b1 b2 b3 (weight 1 each), one Maglev table swap.");
+    println!("   The LB made managed neighbour entries for the backends, so the kernel resolves their MACs");
+    println!("   now, before the first request (no warm-up ping needed).");
     println!("   The backends strip the outer header in XDP (xdpguard::Decap) and answer the client");
     println!("   directly, from the VIP.");
 
@@ -274,13 +275,15 @@ fn main() -> Result<()> {
     );
     for b in lb.backend_stats(&vip)? {
         println!(
-            "   {:<4} {:<16} weight {} {:<9} {:>5} packets {:>7} bytes",
+            "   {:<4} {:<16} weight {} {:<9} {:>5} packets {:>7} bytes, neighbour {} ({} packets unresolved)",
             backend_name(b.backend.addr.ip),
             b.backend.addr.to_string(),
             b.backend.weight,
             b.backend.state().to_string(),
             b.traffic.packets,
-            b.traffic.bytes
+            b.traffic.bytes,
+            b.next_hop.state,
+            b.no_neighbour.packets
         );
     }
     println!("   global:");

@@ -32,7 +32,7 @@ use clap::{Args, Parser, Subcommand};
 use common::Result;
 use serde_json::{json, Value};
 use xdpguard::{
-    AttachMode, BackendAddr, Counter, Decap, EchoPolicy, Flow, ForwardingMode, FragmentPolicy, HashInput, IpNetwork,
+    AttachMode, BackendAddr, BackendStats, Counter, Decap, EchoPolicy, Flow, ForwardingMode, FragmentPolicy, HashInput, IpNetwork,
     LoadBalancer, OptionsPolicy, Protocol, Vip, VipConfig,
 };
 
@@ -474,6 +474,7 @@ fn run(command: Command) -> Result<()> {
                             "state": b.backend.state().to_string(),
                             "packets": b.traffic.packets,
                             "bytes": b.traffic.bytes,
+                            "neighbour": next_hop_json(b),
                         })
                     })
                     .collect();
@@ -481,12 +482,13 @@ fn run(command: Command) -> Result<()> {
             } else {
                 for b in stats {
                     println!(
-                        "{:<40} weight {:<6} {:<9} {:>12} pkts {:>14} bytes",
+                        "{:<40} weight {:<6} {:<9} {:>12} pkts {:>14} bytes  {}",
                         b.backend.addr.to_string(),
                         b.backend.weight,
                         b.backend.state().to_string(),
                         b.traffic.packets,
-                        b.traffic.bytes
+                        b.traffic.bytes,
+                        next_hop_text(&b)
                     );
                 }
             }
@@ -537,6 +539,7 @@ fn run(command: Command) -> Result<()> {
                                 "state": b.backend.state().to_string(),
                                 "packets": b.traffic.packets,
                                 "bytes": b.traffic.bytes,
+                                "neighbour": next_hop_json(b),
                             })).collect::<Vec<_>>(),
                         })
                     })
@@ -556,11 +559,12 @@ fn run(command: Command) -> Result<()> {
                     );
                     for b in backends {
                         println!(
-                            "    {:<40} weight {:<6} {:<9} {:>12} pkts",
+                            "    {:<40} weight {:<6} {:<9} {:>12} pkts  {}",
                             b.backend.addr.to_string(),
                             b.backend.weight,
                             b.backend.state().to_string(),
-                            b.traffic.packets
+                            b.traffic.packets,
+                            next_hop_text(b)
                         );
                     }
                 }
@@ -616,6 +620,22 @@ fn run(command: Command) -> Result<()> {
 
 fn counter(c: Counter) -> Value {
     json!({ "packets": c.packets, "bytes": c.bytes })
+}
+
+/// A backend's next hop and its neighbour state, with the packets that found
+/// it unresolved.
+fn next_hop_json(b: &BackendStats) -> Value {
+    json!({
+        "state": b.next_hop.state.to_string(),
+        "via": b.next_hop.via.map(|a| a.to_string()),
+        "ifindex": b.next_hop.ifindex,
+        "no_neighbour": counter(b.no_neighbour),
+    })
+}
+
+fn next_hop_text(b: &BackendStats) -> String {
+    let via = b.next_hop.via.map(|a| format!(" via {a} (ifindex {})", b.next_hop.ifindex)).unwrap_or_default();
+    format!("neighbour {}{via}, {} pkts unresolved", b.next_hop.state, b.no_neighbour.packets)
 }
 
 fn parse_echo(s: &str) -> Result<EchoPolicy> {

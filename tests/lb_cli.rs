@@ -55,7 +55,6 @@ fn the_cli_manages_a_pinned_lb() {
     let p = ["--pin", pin.arg()];
 
     cli.ok(&["attach", "--iface", "eth0", "--iface", "eth1", "--netns", &net.lb.name, "--connections", "4096", p[0], p[1]]);
-    net.warm_neighbours();
     let vip = "203.0.113.10:80";
     cli.ok(&["vip", "add", vip, "--mode", "dsr", "--table-size", "16381", p[0], p[1]]);
     for i in 1..=3 {
@@ -92,8 +91,32 @@ fn the_cli_manages_a_pinned_lb() {
     assert!(stats["global"]["redirected"]["packets"].as_u64().unwrap() >= 300);
     let b2 = stats["vips"][0]["backends"].as_array().unwrap().iter().find(|b| b["backend"] == "198.51.100.12").unwrap();
     assert_eq!(b2["state"], "draining");
+    // The CLI process runs in the root namespace: the library finds the
+    // LB's (named under /run/netns) to read the next hops.
+    assert_eq!(b2["neighbour"]["state"], "resolved", "{b2}");
+    assert_eq!(b2["neighbour"]["via"], "198.51.100.12");
     let human = cli.ok(&["stats", p[0], p[1]]);
     assert!(human.contains("redirected") && human.contains("198.51.100.12"));
+    assert!(human.contains("neighbour resolved via 198.51.100.12"), "{human}");
+
+    // A backend whose host does not exist: the kernel gives up on its
+    // neighbour, `backend list` says so, and its packets are counted.
+    cli.ok(&["backend", "add", vip, "198.51.100.99", "--weight", "0", p[0], p[1]]);
+    let dead_state = || {
+        let list = cli.json(&["backend", "list", vip, "--json", p[0], p[1]]);
+        let dead = list["backends"].as_array().unwrap().iter().find(|b| b["backend"] == "198.51.100.99").cloned();
+        dead.unwrap()["neighbour"]["state"].as_str().unwrap().to_owned()
+    };
+    let started = std::time::Instant::now();
+    while dead_state() != "unreachable" {
+        assert!(started.elapsed() < Duration::from_secs(10), "198.51.100.99 never shows as unreachable");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let human = cli.ok(&["backend", "list", vip, p[0], p[1]]);
+    assert!(human.contains("neighbour unreachable via 198.51.100.99"), "{human}");
+    cli.ok(&["backend", "del", vip, "198.51.100.99", p[0], p[1]]);
+    let gone = String::from_utf8_lossy(&net.lb.ip(&["neigh", "show", "198.51.100.99"]).stdout).into_owned();
+    assert!(gone.trim().is_empty(), "removing the backend removes its managed entry: {gone}");
 
     let status = cli.json(&["status", "--json", p[0], p[1]]);
     assert_eq!(status["attachments"].as_array().unwrap().len(), 2);
@@ -126,7 +149,6 @@ fn the_cli_runs_pinned_decapsulators_on_ipip_backends() {
     let p = ["--pin", pin.arg()];
 
     cli.ok(&["attach", "--iface", "eth0", "--iface", "eth1", "--netns", &net.lb.name, "--ipip-source", IPIP_SRC_V4, p[0], p[1]]);
-    net.warm_neighbours();
     let vip = "203.0.113.10:80";
     cli.ok(&["vip", "add", vip, "--mode", "ipip", p[0], p[1]]);
     for (i, (ns, dp)) in net.backends.iter().zip(&decap_pins).enumerate() {

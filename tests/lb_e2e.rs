@@ -32,7 +32,7 @@ use std::time::Duration;
 use common::lb_topology::*;
 use common::netns::ensure_bpffs;
 use xdpguard::{
-    BackendAddr, Decap, Filter, Flow, ForwardingMode, LoadBalancer, Protocol, Vip, VipConfig,
+    BackendAddr, Decap, Filter, Flow, ForwardingMode, LoadBalancer, NeighbourState, Protocol, Vip, VipConfig,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -441,4 +441,340 @@ fn filter_in_front_of_the_lb() {
     assert!(fs.blocked_v4.packets >= 1, "{fs:?}");
     assert!(lb.vip_stats(&vip).unwrap().traffic.packets >= 60 * 3);
     drop(servers);
+}
+
+// ---- next hops and neighbours ------------------------------------------------
+
+/// Live UDP traffic to a VIP while `ip neigh flush all` runs on the LB (it
+/// removes the managed entries too): delivery recovers by itself, through
+/// the stack's own resolution, and the managed entries come back with
+/// `refresh_neighbours`. Prints the longest outage measured.
+fn flush_under_live_traffic(tag: &str, mode: ForwardingMode, family: Family) {
+    let rig = Rig::new(tag, mode, family, family);
+    let lb = rig.lb.clone();
+    let vip = rig.vip(Protocol::Udp, VIP_PORT);
+    lb.add_vip(vip, VipConfig::new(mode)).unwrap();
+    lb.batch(&vip).add(rig.backend(1), 1).add(rig.backend(2), 1).add(rig.backend(3), 1).apply().unwrap();
+    let to = SocketAddr::new(vip.addr, VIP_PORT);
+    let client = client_addr(family);
+    let total = Duration::from_secs(4);
+    let flush_after = Duration::from_secs(1);
+    // One question every 5 ms, from 8 flows in turn (spread over the
+    // backends), each waiting up to 40 ms for its answer.
+    let traffic = rig.net.client.spawn(move || {
+        let socks: Vec<std::net::UdpSocket> = (0..8)
+            .map(|_| {
+                let s = std::net::UdpSocket::bind(SocketAddr::new(client, 0)).unwrap();
+                s.set_read_timeout(Some(Duration::from_millis(40))).unwrap();
+                s
+            })
+            .collect();
+        let start = std::time::Instant::now();
+        let mut log = Vec::new();
+        let mut buf = [0u8; 64];
+        for k in 0.. {
+            let sent = start.elapsed();
+            if sent > total {
+                break;
+            }
+            let s = &socks[k % socks.len()];
+            s.send_to(b"who", to).unwrap();
+            let ok = loop {
+                match s.recv_from(&mut buf) {
+                    Ok((_, from)) if from == to => break true,
+                    Ok(_) => continue,
+                    Err(_) => break false,
+                }
+            };
+            log.push((sent, ok));
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        (start, log)
+    });
+    std::thread::sleep(flush_after);
+    let flushed = std::time::Instant::now();
+    rig.net.lb.ip(&["neigh", "flush", "all"]);
+    let (start, log) = traffic.join().unwrap();
+    let flush_at = flushed - start;
+    let answered_before = log.iter().filter(|(t, ok)| *t < flush_at && *ok).count();
+    let sent_before = log.iter().filter(|(t, _)| *t < flush_at).count();
+    assert!(answered_before * 10 >= sent_before * 9, "{mode}: before the flush {answered_before}/{sent_before}");
+    // The longest time without an answered question, from the flush on.
+    let mut last_ok = flush_at;
+    let mut outage = Duration::ZERO;
+    for (t, ok) in log.iter().filter(|(t, _)| *t >= flush_at) {
+        if *ok {
+            outage = outage.max(t.saturating_sub(last_ok));
+            last_ok = *t;
+        }
+    }
+    let end = log.last().unwrap().0;
+    outage = outage.max(end.saturating_sub(last_ok));
+    let tail: Vec<bool> = log.iter().filter(|(t, _)| *t + Duration::from_secs(1) >= end).map(|(_, ok)| *ok).collect();
+    let tail_ok = tail.iter().filter(|ok| **ok).count();
+    let unresolved: u64 = lb.backend_stats(&vip).unwrap().iter().map(|b| b.no_neighbour.packets).sum();
+    println!(
+        "{mode} {family:?}: `ip neigh flush all` under live traffic: longest outage {:.0} ms, \
+         {unresolved} packets through the stack meanwhile, {tail_ok}/{} answered in the last second",
+        outage.as_secs_f64() * 1e3,
+        tail.len()
+    );
+    assert!(outage < Duration::from_secs(3), "{mode}: delivery recovers (outage {outage:?})");
+    assert!(tail_ok * 10 >= tail.len() * 9, "{mode}: {tail_ok}/{} answered in the last second", tail.len());
+    assert!(unresolved > 0, "{mode}: the flush took the next hops away, and the stack resolved them");
+    // The managed entries come back (the stack's own entries become managed).
+    assert!(lb.refresh_neighbours().unwrap() >= 1, "{mode}");
+    let shown = String::from_utf8_lossy(&rig.net.lb.ip(&["neigh", "show", "dev", "eth1"]).stdout).into_owned();
+    for i in 1..=3 {
+        let ip = backend_addr(family, i).to_string();
+        let line = shown.lines().find(|l| l.starts_with(&format!("{ip} "))).unwrap_or_else(|| panic!("{ip}: {shown}"));
+        assert!(line.contains("managed") && line.contains("proto 88"), "{mode}: {line}");
+    }
+}
+
+#[test]
+fn neighbour_flush_under_live_traffic_l2_dsr_ipv4() {
+    flush_under_live_traffic("efdsr", ForwardingMode::L2Dsr, Family::V4);
+}
+
+#[test]
+fn neighbour_flush_under_live_traffic_ipip_ipv6() {
+    flush_under_live_traffic("efip6", ForwardingMode::Ipip, Family::V6);
+}
+
+#[test]
+fn neighbour_flush_under_live_traffic_nat_ipv4() {
+    flush_under_live_traffic("efnat", ForwardingMode::Nat, Family::V4);
+}
+
+/// A backend whose host is down: its neighbour shows as unreachable, and
+/// the packets sent its way are counted (globally and for it) rather than
+/// silently lost; the other backends carry on.
+#[test]
+fn a_backend_that_is_down_is_shown_and_its_traffic_counted() {
+    let rig = Rig::new("edown", ForwardingMode::Ipip, Family::V4, Family::V4);
+    let lb = rig.lb.clone();
+    let vip = rig.vip(Protocol::Udp, VIP_PORT);
+    let dead: IpAddr = "198.51.100.99".parse().unwrap(); // nobody has it
+    lb.add_vip(vip, VipConfig::new(ForwardingMode::Ipip)).unwrap();
+    lb.batch(&vip).add(rig.backend(1), 1).add(rig.backend(2), 1).add(dead, 1).apply().unwrap();
+    let to = SocketAddr::new(vip.addr, VIP_PORT);
+    let (mut to_dead, mut to_live) = (Vec::new(), Vec::new());
+    for port in 41000u16..41200 {
+        let local = SocketAddr::new(client_addr(Family::V4), port);
+        let b = lb.backend_for(&vip, &Flow::new(local, to, Protocol::Udp)).unwrap().unwrap();
+        if b.ip == dead { to_dead.push(local) } else { to_live.push(local) }
+    }
+    let (to_dead, to_live): (Vec<_>, Vec<_>) = (to_dead[..5].to_vec(), to_live[..5].to_vec());
+    let before = lb.stats().unwrap().passed_no_neighbour.packets;
+    let answers = rig.net.client.run(move || {
+        let ask = |l: &SocketAddr| udp_ask(*l, to, Duration::from_millis(150)).is_ok();
+        (to_dead.iter().map(ask).collect::<Vec<_>>(), to_live.iter().map(ask).collect::<Vec<_>>())
+    });
+    assert_eq!(answers.0, vec![false; 5], "the dead backend answers nothing");
+    assert_eq!(answers.1, vec![true; 5], "the others carry on");
+    // Every question (three tries each) to the dead one was counted.
+    let started = std::time::Instant::now();
+    let stats = loop {
+        let s = lb.backend_stats(&vip).unwrap();
+        let d = *s.iter().find(|b| b.addr().ip == dead).unwrap();
+        if d.next_hop.state == NeighbourState::Unreachable || started.elapsed() > Duration::from_secs(10) {
+            break s;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let d = stats.iter().find(|b| b.addr().ip == dead).unwrap();
+    println!("the dead backend after {:?}: {d:?}", started.elapsed());
+    assert_eq!(d.next_hop.state, NeighbourState::Unreachable, "{d:?}");
+    assert_eq!(d.next_hop.via, Some(dead));
+    assert_eq!(d.traffic.packets, 15, "{d:?}");
+    assert_eq!(d.no_neighbour.packets, 15, "{d:?}: every packet to it went to the stack, counted");
+    assert!(lb.stats().unwrap().passed_no_neighbour.packets >= before + 15);
+    for b in stats.iter().filter(|b| b.addr().ip != dead) {
+        assert_eq!(b.next_hop.state, NeighbourState::Resolved, "{b:?}");
+        assert_eq!(b.no_neighbour.packets, 0, "{b:?}: resolved before the first packet");
+    }
+}
+
+/// The backends one router hop away: the router is every backend's next
+/// hop, resolved (and kept resolved) without any warm-up, in IPIP and NAT,
+/// both families.
+#[test]
+fn backends_one_router_hop_away() {
+    ensure_bpffs();
+    let net = LbNet::routed("erout", 3, BackendKind::VipOnLoopback);
+    let mut servers = Vec::new();
+    let mut decaps = Vec::new();
+    for (i, ns) in net.backends.iter().enumerate() {
+        let i = i + 1;
+        servers.push(Servers::start(ns, &format!("b{i}"), VIP_PORT, vec![]));
+        servers.push(Servers::start(ns, &format!("b{i}"), NAT_PORT, vec![]));
+        decaps.push(ns.run(move || {
+            Decap::builder()
+                .interface("eth0")
+                .local(IpAddr::V4(backend_v4(i)))
+                .local(IpAddr::V6(backend_v6(i)))
+                .attach()
+                .expect("attach the decapsulator")
+        }));
+    }
+    let lb = net.lb.run(|| {
+        LoadBalancer::builder()
+            .interface("eth0")
+            .interface("eth1")
+            .connections(4096)
+            .ipip_source(IPIP_SRC_V4.parse().unwrap())
+            .ipip_source(IPIP_SRC_V6.parse().unwrap())
+            .attach()
+            .unwrap()
+    });
+    for (mode, family, port) in [
+        (ForwardingMode::Ipip, Family::V4, VIP_PORT),
+        (ForwardingMode::Ipip, Family::V6, VIP_PORT),
+        (ForwardingMode::Nat, Family::V4, 82),
+        (ForwardingMode::Nat, Family::V6, 82),
+    ] {
+        let vip = Vip::tcp(SocketAddr::new(vip_addr(family), port));
+        lb.add_vip(vip, VipConfig::new(mode)).unwrap();
+        let backend = |i| -> BackendAddr {
+            if mode == ForwardingMode::Nat {
+                SocketAddr::new(backend_addr(family, i), NAT_PORT).into()
+            } else {
+                backend_addr(family, i).into()
+            }
+        };
+        lb.batch(&vip).add(backend(1), 1).add(backend(2), 1).add(backend(3), 1).apply().unwrap();
+        let to = SocketAddr::new(vip.addr, port);
+        let client = client_addr(family);
+        let answers: Vec<(SocketAddr, String)> = net.client.run(move || {
+            (0..30)
+                .map(|k| {
+                    let mut c = Conn::open_from(SocketAddr::new(client, 43000 + k), to, TIMEOUT)
+                        .unwrap_or_else(|e| panic!("{mode} {to}: connect {k}: {e}"));
+                    (c.local, c.ask().unwrap())
+                })
+                .collect()
+        });
+        let mut seen = std::collections::BTreeSet::new();
+        for (local, name) in answers {
+            let b = lb.backend_for(&vip, &Flow::new(local, to, Protocol::Tcp)).unwrap().unwrap();
+            let i = (1..=3).find(|&i| backend(i) == b).unwrap();
+            assert_eq!(name, format!("b{i}"), "{mode} {family:?}");
+            seen.insert(name);
+        }
+        assert_eq!(seen.len(), 3, "{mode} {family:?}: all backends answer");
+        let router: IpAddr = match family {
+            Family::V4 => ROUTER_LB_SIDE_V4.into(),
+            Family::V6 => ROUTER_LB_SIDE_V6.into(),
+        };
+        for b in lb.backend_stats(&vip).unwrap() {
+            assert_eq!(b.next_hop.via, Some(router), "{mode} {family:?}: {b:?}");
+            assert_eq!(b.next_hop.state, NeighbourState::Resolved, "{b:?}");
+        }
+    }
+    let s = lb.stats().unwrap();
+    assert!(s.redirected.packets > 4 * 30 * 3, "forwarded in XDP: {s:?}");
+    assert!(s.nat_replies.packets > 2 * 30 * 2, "NAT replies through the router translated in XDP: {s:?}");
+    // One managed entry per family, for the router, shared by every backend.
+    let shown = String::from_utf8_lossy(&net.lb.ip(&["neigh", "show", "proto", "88"]).stdout).into_owned();
+    assert_eq!(shown.lines().count(), 2, "{shown}");
+    drop(lb);
+    let left = String::from_utf8_lossy(&net.lb.ip(&["neigh", "show", "proto", "88"]).stdout).into_owned();
+    assert!(left.trim().is_empty(), "an LB that goes away removes its entries: {left}");
+    drop(decaps);
+    drop(servers);
+}
+
+/// Issue 14: full-size datagrams (DF set, too big once encapsulated) keep
+/// arriving for an IPIP backend; each gets the LB's "fragmentation needed"
+/// answer, and other flows to the same backend, on the same CPU, carry on
+/// without a stall (a cached too-big answer used to send them back out of
+/// the client side with zero MACs for 100 ms).
+#[test]
+fn full_size_packets_do_not_stall_other_flows_to_the_backend() {
+    let rig = Rig::new("ebig", ForwardingMode::Ipip, Family::V4, Family::V4);
+    let lb = rig.lb.clone();
+    let vip = rig.vip(Protocol::Udp, VIP_PORT);
+    lb.add_vip(vip, VipConfig::new(ForwardingMode::Ipip)).unwrap();
+    lb.batch(&vip).add(rig.backend(1), 1).add(rig.backend(2), 1).add(rig.backend(3), 1).apply().unwrap();
+    let to = SocketAddr::new(vip.addr, VIP_PORT);
+    let client = client_addr(Family::V4);
+    let backend_of = |port| lb.backend_for(&vip, &Flow::new(SocketAddr::new(client, port), to, Protocol::Udp)).unwrap();
+    let big_port = 42000u16;
+    let target = backend_of(big_port);
+    let small: Vec<u16> = (42001u16..43000).filter(|p| backend_of(*p) == target).take(8).collect();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Everything the client sends runs on one CPU, so the LB's XDP program
+    // (run by the sender's softirq on a veth) sees it all on one CPU too.
+    let pin = || {
+        let mut cpus = nix::sched::CpuSet::new();
+        cpus.set(0).unwrap();
+        nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &cpus).unwrap();
+    };
+    let big = {
+        let stop = stop.clone();
+        rig.net.client.spawn(move || {
+            pin();
+            let s = std::net::UdpSocket::bind(SocketAddr::new(client, big_port)).unwrap();
+            // DF on every datagram, whatever path MTU the ICMP teaches.
+            let probe: nix::libc::c_int = nix::libc::IP_PMTUDISC_PROBE;
+            // SAFETY: a valid int option on a valid socket.
+            let rc = unsafe {
+                nix::libc::setsockopt(
+                    std::os::fd::AsRawFd::as_raw_fd(&s),
+                    nix::libc::IPPROTO_IP,
+                    nix::libc::IP_MTU_DISCOVER,
+                    (&probe as *const nix::libc::c_int).cast(),
+                    std::mem::size_of::<nix::libc::c_int>() as nix::libc::socklen_t,
+                )
+            };
+            assert_eq!(rc, 0, "IP_PMTUDISC_PROBE");
+            let payload = vec![b'x'; 1500 - 28];
+            let mut sent = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if s.send_to(&payload, to).is_ok() {
+                    sent += 1;
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            sent
+        })
+    };
+    std::thread::sleep(Duration::from_millis(100));
+    let (answered, asked) = rig.net.client.run(move || {
+        pin();
+        let mut answered = 0;
+        let mut asked = 0;
+        let socks: Vec<std::net::UdpSocket> = small
+            .iter()
+            .map(|p| {
+                let s = std::net::UdpSocket::bind(SocketAddr::new(client, *p)).unwrap();
+                s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+                s
+            })
+            .collect();
+        let start = std::time::Instant::now();
+        for round in 0.. {
+            if start.elapsed() > Duration::from_secs(1) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+            for s in &socks {
+                asked += 1;
+                s.send_to(format!("who {round}").as_bytes(), to).unwrap();
+                let mut buf = [0u8; 64];
+                if matches!(s.recv_from(&mut buf), Ok((_, from)) if from == to) {
+                    answered += 1;
+                }
+            }
+        }
+        (answered, asked)
+    });
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let big_sent = big.join().unwrap();
+    let s = lb.stats().unwrap();
+    println!("{big_sent} full-size datagrams, {} ICMP answers; {answered}/{asked} small questions answered", s.too_big_sent.packets);
+    assert!(s.too_big_sent.packets >= 100, "the full-size datagrams were answered with ICMP: {s:?}");
+    assert_eq!(answered, asked, "no other flow to {target:?} stalled: {s:?}");
+    assert_eq!(s.tx.packets, 0, "nothing forwarded back out of the client side: {s:?}");
 }

@@ -131,12 +131,24 @@ pub fn no_dad(ns: &NetNs) {
     ns.sysctl("net.ipv6.conf.default.accept_dad", "0");
 }
 
-/// client — LB — bridge — backends, for real traffic.
+/// The router of [`LbNet::routed`]: its address on the LB's side (the LB's
+/// next hop for every backend) and on the backends' segment.
+pub const ROUTER_LB_SIDE_V4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 253);
+pub const ROUTER_LB_SIDE_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xd, 0, 0, 0, 0, 1);
+pub const ROUTER_BACK_V4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 126);
+pub const ROUTER_BACK_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xb, 0, 0, 0, 0, 1);
+/// The LB's address on the link to that router.
+pub const LB_TRANSIT_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xd, 0, 0, 0, 0, 0xfe);
+
+/// client — LB — bridge — backends, for real traffic; or with a router
+/// between the LB and the backends' segment ([`LbNet::routed`]).
 pub struct LbNet {
     pub client: NetNs,
     pub lb: NetNs,
     pub bridge: NetNs,
     pub backends: Vec<NetNs>,
+    /// The router between the LB and the bridge, if any.
+    pub router: Option<NetNs>,
     /// A pass-through XDP program on the client's veth: a veth kicks its
     /// peer's NAPI for XDP_TX frames (the LB's ICMP replies) only when the
     /// peer runs XDP; with GRO alone they wait for the next packet.
@@ -144,15 +156,35 @@ pub struct LbNet {
 }
 
 impl LbNet {
+    /// The backends on the LB's own segment: each is its own next hop.
     pub fn new(tag: &str, n: usize, kind: BackendKind) -> LbNet {
+        LbNet::build(tag, n, kind, false)
+    }
+
+    /// The backends one router hop away: the LB's eth1 faces a router
+    /// (198.51.100.253/25, 2001:db8:d::1/64), which faces the backends'
+    /// segment (198.51.100.0/25, 2001:db8:b::/64), so the router is every
+    /// backend's next hop.
+    pub fn routed(tag: &str, n: usize, kind: BackendKind) -> LbNet {
+        LbNet::build(tag, n, kind, true)
+    }
+
+    fn build(tag: &str, n: usize, kind: BackendKind, routed: bool) -> LbNet {
         let client = NetNs::new(&format!("{tag}c"));
         let lb = NetNs::new(&format!("{tag}l"));
         let bridge = NetNs::new(&format!("{tag}b"));
-        for ns in [&client, &lb, &bridge] {
+        let router = routed.then(|| NetNs::new(&format!("{tag}r")));
+        for ns in [&client, &lb, &bridge].into_iter().chain(router.as_ref()) {
             no_dad(ns);
         }
         veth(&client, "eth0", &lb, "eth0");
-        veth(&lb, "eth1", &bridge, "lb0");
+        match &router {
+            None => veth(&lb, "eth1", &bridge, "lb0"),
+            Some(r) => {
+                veth(&lb, "eth1", r, "r0");
+                veth(r, "r1", &bridge, "lb0");
+            }
+        }
         bridge.ip(&["link", "add", "br0", "type", "bridge"]);
         bridge.ip(&["link", "set", "br0", "up"]);
         bridge.ip(&["link", "set", "lb0", "master", "br0"]);
@@ -167,10 +199,42 @@ impl LbNet {
             client.ip(&["-6", "route", "add", net, "via", &LB_FRONT_V6.to_string()]);
         }
 
-        lb_addresses(&lb);
+        match &router {
+            None => lb_addresses(&lb),
+            Some(r) => {
+                lb.addr("eth0", &format!("{LB_FRONT_V4}/24"));
+                lb.addr("eth0", &format!("{LB_FRONT_V6}/64"));
+                lb.addr("eth1", &format!("{LB_BACK_V4}/25"));
+                lb.addr("eth1", &format!("{LB_TRANSIT_V6}/64"));
+                lb.sysctl("net.ipv4.ip_forward", "1");
+                lb.sysctl("net.ipv6.conf.all.forwarding", "1");
+                lb.ip(&["route", "add", "198.51.100.0/25", "via", &ROUTER_LB_SIDE_V4.to_string()]);
+                lb.ip(&["-6", "route", "add", "2001:db8:b::/64", "via", &ROUTER_LB_SIDE_V6.to_string()]);
+                r.addr("r0", &format!("{ROUTER_LB_SIDE_V4}/25"));
+                r.addr("r0", &format!("{ROUTER_LB_SIDE_V6}/64"));
+                r.addr("r1", &format!("{ROUTER_BACK_V4}/25"));
+                r.addr("r1", &format!("{ROUTER_BACK_V6}/64"));
+                r.sysctl("net.ipv4.ip_forward", "1");
+                r.sysctl("net.ipv6.conf.all.forwarding", "1");
+                for key in ["all", "default", "r0", "r1"] {
+                    r.sysctl(&format!("net.ipv4.conf.{key}.rp_filter"), "0");
+                }
+                // Clients, VIPs and IPIP sources are behind the LB.
+                for net in ["192.0.2.0/24", "203.0.113.0/24"] {
+                    r.ip(&["route", "add", net, "via", &LB_BACK_V4.to_string()]);
+                }
+                for net in ["2001:db8:c::/64", "2001:db8:f::/64", "2001:db8:e::/64"] {
+                    r.ip(&["-6", "route", "add", net, "via", &LB_TRANSIT_V6.to_string()]);
+                }
+                for dev in ["r0", "r1"] {
+                    r.exec(&["ethtool", "-K", dev, "tx", "off", "gso", "off", "gro", "on"]);
+                }
+            }
+        }
         for key in ["all", "default", "eth0", "eth1"] {
             lb.sysctl(&format!("net.ipv4.conf.{key}.rp_filter"), "0");
         }
+        let (gw4, gw6, plen4) = if routed { (ROUTER_BACK_V4, ROUTER_BACK_V6, 25) } else { (LB_BACK_V4, LB_BACK_V6, 24) };
 
         let mut backends = Vec::new();
         for i in 1..=n {
@@ -179,10 +243,10 @@ impl LbNet {
             let port = format!("b{i}");
             veth(&b, "eth0", &bridge, &port);
             bridge.ip(&["link", "set", &port, "master", "br0"]);
-            b.addr("eth0", &format!("{}/24", backend_v4(i)));
+            b.addr("eth0", &format!("{}/{plen4}", backend_v4(i)));
             b.addr("eth0", &format!("{}/64", backend_v6(i)));
-            b.ip(&["route", "add", "default", "via", &LB_BACK_V4.to_string()]);
-            b.ip(&["-6", "route", "add", "default", "via", &LB_BACK_V6.to_string()]);
+            b.ip(&["route", "add", "default", "via", &gw4.to_string()]);
+            b.ip(&["-6", "route", "add", "default", "via", &gw6.to_string()]);
             for key in ["all", "default", "eth0", "lo"] {
                 b.sysctl(&format!("net.ipv4.conf.{key}.rp_filter"), "0");
             }
@@ -211,18 +275,7 @@ impl LbNet {
         lb.exec(&["ethtool", "-K", "eth0", "tx", "off", "gso", "off", "gro", "on"]);
         lb.exec(&["ethtool", "-K", "eth1", "tx", "off", "gso", "off", "gro", "on"]);
         bridge.exec(&["ethtool", "-K", "lb0", "tx", "off", "gso", "off", "gro", "on"]);
-        LbNet { client, lb, bridge, backends, _client_xdp }
-    }
-
-    /// Makes the LB resolve every backend's neighbour entry (a health
-    /// checker would), so the first packets take the XDP path.
-    pub fn warm_neighbours(&self) {
-        for i in 1..=self.backends.len() {
-            self.lb.exec(&["ping", "-c1", "-W1", &backend_v4(i).to_string()]);
-            self.lb.exec(&["ping", "-6", "-c1", "-W1", &backend_v6(i).to_string()]);
-        }
-        self.lb.exec(&["ping", "-c1", "-W1", &CLIENT_V4.to_string()]);
-        self.lb.exec(&["ping", "-6", "-c1", "-W1", &CLIENT_V6.to_string()]);
+        LbNet { client, lb, bridge, backends, router, _client_xdp }
     }
 }
 
