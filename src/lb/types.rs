@@ -154,6 +154,11 @@ pub enum ForwardingMode {
     /// so backends must be on a link the LB reaches (the FIB's next hop for
     /// the backend address) and hold the VIP on a loopback interface. They
     /// answer clients directly. Same address family only; no port change.
+    /// A packet that finds the backend's next hop unresolved (rare: the
+    /// library keeps it resolved) is replaced by a probe that makes the
+    /// kernel resolve it, so that packet itself is lost and the client
+    /// retransmits it (see [`LoadBalancer`](crate::LoadBalancer), "Next hops and
+    /// neighbours").
     L2Dsr,
     /// IP-in-IP encapsulation (IPv4 in IPv4, IPv6 in IPv6, IPv4 in IPv6):
     /// backends may be any number of hops away, decapsulate (see
