@@ -105,9 +105,9 @@ pub const DEFAULT_NEXT_HOP_CACHE: Duration = Duration::from_millis(100);
 /// VIP works from its first connection. Entries the library did not create
 /// (a permanent one an operator made) are never changed or removed. This
 /// happens in the network namespace the LB was loaded in, whichever thread
-/// calls. Kernel: Linux 5.16 or later for managed entries; on 5.15 the
-/// entries are made but not kept, and the data path below resolves next
-/// hops from traffic instead.
+/// calls. Kernel: Linux 5.16 or later for managed entries (tested on
+/// 6.18); older kernels do not know the flag (not tested here), and the
+/// data path below then resolves next hops from traffic.
 ///
 /// When a packet finds no resolved neighbour all the same (after `ip neigh
 /// flush`, which also removes managed entries, or a route change) it goes
@@ -451,7 +451,18 @@ impl BackendBatch<'_> {
         self
     }
 
-    /// Applies every change, or none of them if one is invalid.
+    /// Applies every change, or none of them if one is invalid, then makes
+    /// the backends' next hops match (managed neighbour entries; see
+    /// [`LoadBalancer`]).
+    ///
+    /// # Errors
+    ///
+    /// A typed error for an invalid change (nothing applied);
+    /// [`LbError::ForeignNamespace`] when the LB's network namespace cannot
+    /// be reached from this thread (nothing applied); [`LbError::Map`] when
+    /// a map update fails; [`LbError::Neighbour`] when the kernel refuses a
+    /// neighbour request (the backend changes stay applied, and the data
+    /// path resolves their next hops from traffic).
     pub fn apply(self) -> Result<(), LbError> {
         self.lb.apply_batch(&self.vip, &self.ops)
     }
