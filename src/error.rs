@@ -426,6 +426,18 @@ pub enum LbError {
         /// Why.
         reason: &'static str,
     },
+    /// A flow to an all-ports VIP asked about without its destination port.
+    #[error(
+        "flow {flow} to all-ports VIP {vip} has destination port 0: the kernel hashes the port each \
+         packet carries, so give the port the client connects to (ask about fragments, which are \
+         hashed without ports, with `Flow::fragment()`)"
+    )]
+    DestinationPortRequired {
+        /// The flow, described.
+        flow: String,
+        /// The all-ports VIP.
+        vip: crate::Vip,
+    },
     /// Too many redirect interfaces.
     #[error("the devmap is full ({capacity} interfaces); raise it with LoadBalancerBuilder::max_interfaces")]
     DevmapFull {

@@ -814,13 +814,49 @@ impl LoadBalancer {
             .map_err(neigh_err("removing the backends' managed neighbour entries"))
     }
 
-    /// The backend the kernel will choose for a new flow of `vip` (same
-    /// hash, same Maglev table), or `None` when it would not forward it to
-    /// any (no usable backend; a fragment the fragment policy drops).
+    /// The VIP that takes a flow's packets, matched as the kernel matches
+    /// them: the VIP of the flow's destination address, port and protocol,
+    /// else the all-ports VIP of its address and protocol. A fragment
+    /// ([`Flow::fragment`]) carries no ports, so only an all-ports VIP can
+    /// take it ([`LoadBalancer::backend_for`] then says whether the fragment
+    /// policy forwards it). `None`: no VIP takes the flow; its packets pass
+    /// to the stack (a fragment to a VIP address is dropped).
     ///
-    /// Tracked flows keep the backend they started with, which is this
-    /// one unless the backend set changed since.
-    pub fn backend_for(&self, vip: &Vip, flow: &Flow) -> Result<Option<BackendAddr>, LbError> {
+    /// With [`LoadBalancer::backend_for`] this answers "where does a new
+    /// flow from this client to this address and port go", which is what
+    /// `xdpguard-lb which` prints.
+    ///
+    /// # Errors
+    ///
+    /// [`LbError::FlowMismatch`] when source and destination are of
+    /// different families; [`LbError::Map`] when the configuration cannot
+    /// be read back.
+    pub fn vip_for(&self, flow: &Flow) -> Result<Option<Vip>, LbError> {
+        if flow.src.is_ipv4() != flow.dst.is_ipv4() {
+            let vip = Vip { addr: flow.dst.ip(), port: None, protocol: flow.protocol };
+            return Err(LbError::FlowMismatch {
+                flow: flow.to_string(),
+                vip,
+                reason: "source and destination are of different families",
+            });
+        }
+        self.read(|st| {
+            let exact = Vip { addr: flow.dst.ip(), port: Some(flow.dst.port()), protocol: flow.protocol };
+            let any = Vip { port: None, ..exact };
+            if !flow.fragment && st.vips.contains_key(&exact) {
+                Some(exact)
+            } else if st.vips.contains_key(&any) {
+                Some(any)
+            } else {
+                None
+            }
+        })
+    }
+
+    /// Whether `flow` is one `vip` takes, for [`LoadBalancer::backend_for`]
+    /// and [`LoadBalancer::ipip_source_for`]: the questions they answer
+    /// depend on the flow's real destination port, also for all-ports VIPs.
+    fn check_flow(st: &LbState, vip: &Vip, flow: &Flow) -> Result<(), LbError> {
         let mismatch = |reason| LbError::FlowMismatch { flow: flow.to_string(), vip: *vip, reason };
         if flow.dst.ip() != vip.addr {
             return Err(mismatch("its destination is not the VIP address"));
@@ -831,28 +867,60 @@ impl LoadBalancer {
         if flow.protocol != vip.protocol {
             return Err(mismatch("its protocol is not the VIP's"));
         }
-        if !flow.fragment && vip.port.is_some_and(|p| p != flow.dst.port()) {
-            return Err(mismatch("its destination port is not the VIP's"));
+        if flow.fragment {
+            return Ok(());
         }
+        match vip.port {
+            Some(p) if p != flow.dst.port() => Err(mismatch("its destination port is not the VIP's")),
+            Some(_) => Ok(()),
+            // Port 0 is how a caller says "any port" by mistake: the kernel
+            // hashes the port each packet carries.
+            None if flow.dst.port() == 0 => {
+                Err(LbError::DestinationPortRequired { flow: flow.to_string(), vip: *vip })
+            }
+            None if st.vips.contains_key(&Vip { port: Some(flow.dst.port()), ..*vip }) => Err(mismatch(
+                "a VIP for its destination port takes it, before the all-ports VIP; ask about that VIP \
+                 (LoadBalancer::vip_for finds it)",
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// The backend the kernel will choose for a new flow of `vip` (same
+    /// hash, same Maglev table), or `None` when it would not forward it to
+    /// any (no usable backend; a fragment the fragment policy drops).
+    ///
+    /// The flow's destination port counts for all-ports VIPs too: the
+    /// kernel hashes the port each packet carries. To ask about a client's
+    /// flow to an address and port without knowing which VIP takes it,
+    /// find the VIP with [`LoadBalancer::vip_for`] first.
+    ///
+    /// Tracked flows keep the backend they started with, which is this
+    /// one unless the backend set changed since.
+    ///
+    /// # Errors
+    ///
+    /// [`LbError::VipNotFound`]; [`LbError::FlowMismatch`] when the flow is
+    /// not one the VIP takes (another address, family, protocol or port, or
+    /// a port a single-port VIP of the same address takes first);
+    /// [`LbError::DestinationPortRequired`] for a flow to an all-ports VIP
+    /// with destination port 0 (give the port the client connects to, or
+    /// ask about a fragment with [`Flow::fragment`]).
+    pub fn backend_for(&self, vip: &Vip, flow: &Flow) -> Result<Option<BackendAddr>, LbError> {
         let seed = self.maps.hash_seed().load(Ordering::Acquire);
         let frag_policy = FragmentPolicy::from_code(self.maps.config().frag_policy);
         let _flock = self.lock_pin()?;
         let mut st = self.state();
         st.sync(&self.maps)?;
+        st.vip(vip)?;
+        Self::check_flow(&st, vip, flow)?;
         let vs = st.vip_mut(vip)?;
         if flow.fragment
             && (vip.port.is_some() || vs.config.mode == ForwardingMode::Nat || frag_policy == FragmentPolicy::Drop)
         {
             return Ok(None);
         }
-        let key = FlowKey {
-            src: flow.src.ip(),
-            dst: flow.dst.ip(),
-            sport: if flow.fragment { 0 } else { flow.src.port() },
-            dport: if flow.fragment { 0 } else { flow.dst.port() },
-            proto: flow.protocol.number(),
-        };
-        let h = flow_hash(&key, seed, vs.config.hash == HashInput::SourceAddress);
+        let h = flow_hash(&Self::flow_key(flow), seed, vs.config.hash == HashInput::SourceAddress);
         let Some(table) = vs.table() else {
             return Ok(None);
         };
@@ -860,22 +928,34 @@ impl LoadBalancer {
         Ok(vs.backend_by_id(id))
     }
 
-    /// The IPIP outer source address the kernel uses for `flow` to `vip`
-    /// when its backend is of the family of `backend` (None: not IPIP, or no
-    /// source prefix for that family).
-    pub fn ipip_source_for(&self, vip: &Vip, flow: &Flow, backend: IpAddr) -> Result<Option<IpAddr>, LbError> {
-        let config = self.vip_config(vip)?;
-        if config.mode != ForwardingMode::Ipip {
-            return Ok(None);
-        }
-        let key = FlowKey {
+    /// The hash input the kernel builds from a flow (fragments: no ports).
+    fn flow_key(flow: &Flow) -> FlowKey {
+        FlowKey {
             src: flow.src.ip(),
             dst: flow.dst.ip(),
             sport: if flow.fragment { 0 } else { flow.src.port() },
             dport: if flow.fragment { 0 } else { flow.dst.port() },
             proto: flow.protocol.number(),
-        };
-        let h = flow_hash(&key, self.maps.hash_seed().load(Ordering::Acquire), config.hash == HashInput::SourceAddress);
+        }
+    }
+
+    /// The IPIP outer source address the kernel uses for `flow` to `vip`
+    /// when its backend is of the family of `backend` (None: not IPIP, or no
+    /// source prefix for that family).
+    ///
+    /// # Errors
+    ///
+    /// As [`LoadBalancer::backend_for`], for the same flows.
+    pub fn ipip_source_for(&self, vip: &Vip, flow: &Flow, backend: IpAddr) -> Result<Option<IpAddr>, LbError> {
+        let config = self.read(|st| {
+            let config = st.vip(vip)?.config;
+            Self::check_flow(st, vip, flow).map(|()| config)
+        })??;
+        if config.mode != ForwardingMode::Ipip {
+            return Ok(None);
+        }
+        let seed = self.maps.hash_seed().load(Ordering::Acquire);
+        let h = flow_hash(&Self::flow_key(flow), seed, config.hash == HashInput::SourceAddress);
         let cfg = self.maps.config();
         Ok(match backend {
             IpAddr::V4(_) => {

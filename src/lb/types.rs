@@ -484,12 +484,17 @@ impl NextHop {
     pub(crate) const UNKNOWN: NextHop = NextHop { via: None, ifindex: 0, state: NeighbourState::Unknown };
 }
 
-/// A client's flow to a VIP, for [`LoadBalancer::backend_for`](crate::LoadBalancer::backend_for).
+/// A client's flow to a VIP, for [`LoadBalancer::vip_for`](crate::LoadBalancer::vip_for)
+/// and [`LoadBalancer::backend_for`](crate::LoadBalancer::backend_for).
+///
+/// `dst` holds the port the client connects to, also for a flow to an
+/// all-ports VIP: the kernel hashes the port each packet carries, so the
+/// backend depends on it (`backend_for` refuses port 0 there).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Flow {
     /// The client's address and port.
     pub src: SocketAddr,
-    /// The VIP address and the destination port.
+    /// The VIP address and the destination port the client connects to.
     pub dst: SocketAddr,
     /// The protocol.
     pub protocol: Protocol,
