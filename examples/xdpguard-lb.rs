@@ -12,7 +12,8 @@
 //! xdpguard-lb backend add 203.0.113.10:80 198.51.100.11 [--weight 2]   (NAT: 198.51.100.11:8080)
 //! xdpguard-lb backend weight 203.0.113.10:80 198.51.100.11 0            (0 drains)
 //! xdpguard-lb backend del 203.0.113.10:80 198.51.100.11  xdpguard-lb backend list 203.0.113.10:80 [--json]
-//! xdpguard-lb which 203.0.113.10:80 --from 192.0.2.1:40000 [--json]     (the backend a new flow gets)
+//! xdpguard-lb which 203.0.113.10:80 --from 192.0.2.1:40000 [--json]     (the VIP and backend a new flow gets)
+//! xdpguard-lb which 203.0.113.13:* --to-port 443 --from 192.0.2.1:40000  (all-ports VIPs: the port counts)
 //! xdpguard-lb stats [--json] [--reset]                   xdpguard-lb status [--json]
 //! xdpguard-lb detach
 //! xdpguard-lb decap attach --iface eth0 --local 198.51.100.11 [--pin DIR] [--netns NAME]   (on a backend)
@@ -170,7 +171,12 @@ enum Command {
     /// Add, remove, reweight or list a VIP's backends.
     #[command(subcommand)]
     Backend(BackendCommand),
-    /// Name the backend a new flow from a client gets (as the kernel will).
+    /// Name the VIP and backend a new flow from a client gets (as the kernel will).
+    ///
+    /// The destination is ADDR:PORT ([V6ADDR]:PORT): the VIP of that port
+    /// takes the flow, else the all-ports VIP of the address. An all-ports
+    /// VIP sends each flow by the port it connects to, so ADDR:* needs
+    /// --to-port.
     Which {
         #[command(flatten)]
         pin: Pin,
@@ -179,6 +185,9 @@ enum Command {
         /// The client's ADDR:PORT.
         #[arg(long)]
         from: SocketAddr,
+        /// The destination port, when the destination is given as ADDR:*.
+        #[arg(long)]
+        to_port: Option<u16>,
         /// JSON output.
         #[arg(long)]
         json: bool,
@@ -493,22 +502,43 @@ fn run(command: Command) -> Result<()> {
                 }
             }
         }
-        Command::Which { pin, vip, from, json } => {
+        Command::Which { pin, vip, from, to_port, json } => {
             let lb = LoadBalancer::open_pinned(&pin.pin)?;
-            let vip = vip.vip()?;
-            let port = vip.port.unwrap_or(0);
-            let flow = Flow::new(from, SocketAddr::new(vip.addr, port), vip.protocol);
+            let target = vip.vip()?;
+            // The kernel hashes the port each packet carries, also for an
+            // all-ports VIP: there is no answer without it.
+            let port = match (target.port, to_port) {
+                (Some(p), Some(q)) if p != q => {
+                    return Err(format!("the destination names port {p} but --to-port says {q}: give the port once").into())
+                }
+                (Some(p), _) | (None, Some(p)) => p,
+                (None, None) => {
+                    return Err(format!(
+                        "{target} stands for every port, and an all-ports VIP sends each flow by the port it connects \
+                         to: give the port, e.g. `which {} --from {from}`, or add `--to-port 443`",
+                        SocketAddr::new(target.addr, 443)
+                    )
+                    .into())
+                }
+            };
+            let flow = Flow::new(from, SocketAddr::new(target.addr, port), target.protocol);
+            let Some(vip) = lb.vip_for(&flow)? else {
+                return Err(format!(
+                    "no VIP takes {flow}: its packets pass to the stack (list the VIPs with `xdpguard-lb vip list`)"
+                )
+                .into());
+            };
             let backend = lb.backend_for(&vip, &flow)?;
             if json {
                 println!(
                     "{}",
-                    json!({ "vip": vip.to_string(), "from": from.to_string(),
+                    json!({ "vip": vip.to_string(), "from": from.to_string(), "to": flow.dst.to_string(),
                             "backend": backend.map(|b| b.to_string()) })
                 );
             } else {
                 match backend {
-                    Some(b) => println!("{flow}: new flows go to {b}"),
-                    None => println!("{flow}: dropped (no usable backend)"),
+                    Some(b) => println!("{flow}: VIP {vip}; new flows go to {b}"),
+                    None => println!("{flow}: VIP {vip}; dropped (no usable backend)"),
                 }
             }
         }

@@ -14,13 +14,16 @@ mod common {
 }
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 use common::cli::ExampleBinary;
 use common::lb_topology::*;
 use common::scratch::ScratchDir;
-use xdpguard::{Flow, LoadBalancer, Protocol, Vip};
+use etherparse::PacketBuilder;
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+use xdpguard::{Flow, LbError, LoadBalancer, Protocol, Vip, XdpAction};
 
 /// `n` connections from the client; answers per backend name.
 fn spread(net: &LbNet, n: usize) -> BTreeMap<String, usize> {
@@ -185,4 +188,136 @@ fn the_cli_runs_pinned_decapsulators_on_ipip_backends() {
     let failed = net.client.run(move || Conn::open(to, Duration::from_millis(500)).and_then(|mut c| c.ask()).is_err());
     assert!(failed, "after decap detach nothing answers");
     cli.ok(&["detach", p[0], p[1]]);
+}
+
+/// Issue 14: `which` for an all-ports VIP named the backend of destination
+/// port 0, which is not where the kernel sends a flow to any real port. Now
+/// the destination port is given (`ADDR:PORT`, or `ADDR:* --to-port P`),
+/// resolved as the kernel resolves it (a single-port VIP first, then the
+/// all-ports VIP of the address), and `which` agrees with the real program
+/// (BPF_PROG_TEST_RUN through the pinned LB) for random ports.
+#[test]
+fn which_agrees_with_the_kernel_for_all_ports_vips() {
+    /// `args` and the pin directory.
+    fn with<'a>(pin: &'a str, args: &[&'a str]) -> Vec<&'a str> {
+        let mut v = args.to_vec();
+        v.extend(["--pin", pin]);
+        v
+    }
+    let pin = ScratchDir::bpffs("lbcliw");
+    let vn = VerdictNet::new("lcliw", 3);
+    let cli = ExampleBinary::new("xdpguard-lb");
+    let dir = pin.path().to_owned();
+    let pa = pin.arg();
+    cli.ok(&with(pa, &["attach", "--iface", "eth0", "--iface", "eth1", "--netns", &vn.lb.name, "--ipip-source", IPIP_SRC_V4]));
+    let any4 = "203.0.113.20:*";
+    let any6 = "[2001:db8:f::20]:*";
+    cli.ok(&with(pa, &["vip", "add", any4, "--mode", "ipip", "--table-size", "1021"]));
+    cli.ok(&with(pa, &["vip", "add", "203.0.113.20:443", "--mode", "dsr", "--table-size", "1021"]));
+    cli.ok(&with(pa, &["vip", "add", any6, "--proto", "udp", "--mode", "dsr", "--table-size", "1021"]));
+    for i in 1..=3 {
+        cli.ok(&with(pa, &["backend", "add", any4, &backend_v4(i).to_string()]));
+        cli.ok(&with(pa, &["backend", "add", "203.0.113.20:443", &backend_v4(i).to_string()]));
+        cli.ok(&with(pa, &["backend", "add", any6, "--proto", "udp", &backend_v6(i).to_string()]));
+    }
+
+    // Without a port there is no answer: the error says how to give it.
+    let out = cli.run(&with(pa, &["which", any4, "--from", "192.0.2.77:40001"]));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--to-port") && err.contains("203.0.113.20:443"), "{err}");
+    let out = cli.run(&with(pa, &["which", "203.0.113.99:80", "--from", "192.0.2.77:40001"]));
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no VIP takes"));
+    let out = cli.run(&with(pa, &["which", "203.0.113.20:80", "--to-port", "81", "--from", "192.0.2.77:40001"]));
+    assert!(!out.status.success(), "two different ports");
+    // A port a single-port VIP serves is that VIP's, also asked as ADDR:*.
+    for target in [vec!["203.0.113.20:443"], vec![any4, "--to-port", "443"]] {
+        let mut args = vec!["which"];
+        args.extend(target);
+        args.extend(["--from", "192.0.2.77:40001", "--json"]);
+        let w = cli.json(&with(pa, &args));
+        assert_eq!(w["vip"], "tcp 203.0.113.20:443", "{w}");
+    }
+
+    let eth0 = vn.eth0;
+    let mac = vn.eth0_mac;
+    let answers: Vec<(String, String, String)> = vn.lb.run(move || {
+        let lb = LoadBalancer::open_pinned(&dir).unwrap();
+        let mut rng = StdRng::seed_from_u64(0x14_0203);
+        let mut answers = Vec::new();
+        for i in 0..60 {
+            let v6 = i % 2 == 1;
+            let client: IpAddr = if v6 { "2001:db8:c::77".parse().unwrap() } else { Ipv4Addr::new(192, 0, 2, 77).into() };
+            let src = SocketAddr::new(client, rng.random_range(1024..=65535));
+            let dport = loop {
+                let p = rng.random_range(1..=65535u16);
+                if p != 443 {
+                    break p;
+                }
+            };
+            // The kernel's choice, from a real frame through the pinned program.
+            let mut frame = Vec::new();
+            let kernel = if v6 {
+                let (IpAddr::V6(s), d) = (client, Ipv6Addr::new(0x2001, 0xdb8, 0xf, 0, 0, 0, 0, 0x20)) else { unreachable!() };
+                PacketBuilder::ethernet2(CLIENT_MAC, mac)
+                    .ipv6(s.octets(), d.octets(), 64)
+                    .udp(src.port(), dport)
+                    .write(&mut frame, b"which")
+                    .unwrap();
+                let out = lb.test_run_on(&frame, eth0).unwrap();
+                assert_eq!(out.action, XdpAction::Redirect, "{src} -> port {dport}");
+                let i = (1..=3).find(|&i| out.frame[..6] == backend_mac(i)).expect("a backend's MAC");
+                IpAddr::V6(backend_v6(i))
+            } else {
+                let IpAddr::V4(s) = client else { unreachable!() };
+                PacketBuilder::ethernet2(CLIENT_MAC, mac)
+                    .ipv4(s.octets(), [203, 0, 113, 20], 64)
+                    .tcp(src.port(), dport, 1, 64000)
+                    .syn()
+                    .write(&mut frame, b"which")
+                    .unwrap();
+                let out = lb.test_run_on(&frame, eth0).unwrap();
+                assert_eq!(out.action, XdpAction::Redirect, "{src} -> port {dport}");
+                IpAddr::V4(Ipv4Addr::new(out.frame[30], out.frame[31], out.frame[32], out.frame[33]))
+            };
+            // The library, asked the old way (port 0 for "any port"), refuses.
+            let any = if v6 {
+                Vip::all_ports(IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0xf, 0, 0, 0, 0, 0x20)), Protocol::Udp)
+            } else {
+                Vip::all_ports(IpAddr::V4(Ipv4Addr::new(203, 0, 113, 20)), Protocol::Tcp)
+            };
+            let old = Flow::new(src, SocketAddr::new(any.addr, 0), any.protocol);
+            assert!(matches!(lb.backend_for(&any, &old), Err(LbError::DestinationPortRequired { .. })));
+            answers.push((src.to_string(), SocketAddr::new(any.addr, dport).to_string(), kernel.to_string()));
+        }
+        answers
+    });
+    let mut backends = std::collections::BTreeSet::new();
+    for (i, (from, to, kernel)) in answers.iter().enumerate() {
+        let v6 = to.starts_with('[');
+        let mut args = vec!["which"];
+        let to_port;
+        let star = if v6 { any6 } else { any4 };
+        if i % 4 < 2 {
+            args.push(to);
+        } else {
+            // The same question as ADDR:* with --to-port.
+            to_port = to.rsplit(':').next().unwrap().to_string();
+            args.extend([star, "--to-port", &to_port]);
+        }
+        if v6 {
+            args.extend(["--proto", "udp"]);
+        }
+        args.extend(["--from", from, "--json"]);
+        let w = cli.json(&with(pa, &args));
+        assert_eq!(w["backend"], kernel.as_str(), "which {args:?} disagrees with the kernel: {w}");
+        assert_eq!(w["vip"], if v6 { "udp [2001:db8:f::20]:*" } else { "tcp 203.0.113.20:*" });
+        assert_eq!(w["to"], to.as_str());
+        backends.insert(kernel.clone());
+    }
+    assert!(backends.len() >= 4, "random ports reach several backends of both VIPs: {backends:?}");
+    let human = cli.ok(&with(pa, &["which", "203.0.113.20:8080", "--from", "192.0.2.77:40001"]));
+    assert!(human.contains("VIP tcp 203.0.113.20:*") && human.contains("new flows go to 198.51.100."), "{human}");
+    cli.ok(&with(pa, &["detach"]));
 }
