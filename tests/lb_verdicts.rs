@@ -207,7 +207,7 @@ fn client6(i: u16) -> SocketAddr {
 // ---- L2 DSR --------------------------------------------------------------
 
 #[test]
-fn dsr_rewrites_only_the_destination_mac() {
+fn dsr_rewrites_only_the_ethernet_header() {
     in_lb_ns("vdsr", 3, |n| {
         let lb = lb();
         for (vip_addr, backends, proto) in [

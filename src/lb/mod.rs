@@ -76,8 +76,17 @@ pub const DEFAULT_NEXT_HOP_CACHE: Duration = Duration::from_millis(100);
 /// | [`ForwardingMode::Ipip`] | IPv4 (IPIP) or IPv6 (IPv4-in-IPv6) backends | IPv6 backends | the VIP's |
 /// | [`ForwardingMode::Nat`] | IPv4 backends | IPv6 backends | any (or the VIP's) |
 ///
-/// What happens to every packet, and which counter says so:
-/// - Not for a VIP (also VLAN-tagged or non-IP frames): passed untouched.
+/// What happens to every packet, and which counter ([`LbStats`]) says so:
+/// - Not for a VIP: passed untouched (`passed_non_vip`). So are
+///   VLAN-tagged frames (the egress may not carry the tag), non-IP frames,
+///   IP protocols other than TCP, UDP and ICMP, and IPv6 packets whose
+///   transport header lies beyond 8 extension headers.
+/// - Bad or truncated L2/L3/L4 headers: passed untouched
+///   (`passed_malformed`).
+/// - A TCP/UDP packet is for the VIP of its destination address, port and
+///   protocol, else for the all-ports VIP of its address and protocol,
+///   whose backend then depends on the destination port too (it is
+///   hashed; see [`LoadBalancer::vip_for`] and [`LoadBalancer::backend_for`]).
 /// - A tracked flow keeps its backend while that backend exists (also
 ///   when it is drained or others come and go); a TCP SYN (without ACK)
 ///   chooses afresh; a UDP flow idle for longer than the UDP timeout too.
@@ -85,13 +94,36 @@ pub const DEFAULT_NEXT_HOP_CACHE: Duration = Duration::from_millis(100);
 ///   bound are forwarded by Maglev without an entry (for NAT VIPs their
 ///   replies then reach the LB host untranslated: size the bound for NAT).
 /// - Fragments, IPv4 options and ICMP echo follow [`FragmentPolicy`],
-///   [`OptionsPolicy`] and [`EchoPolicy`]. ICMP errors (destination
-///   unreachable, fragmentation needed, packet too big) quoting a VIP's
-///   flow go to that flow's backend, translated for NAT.
+///   [`OptionsPolicy`] and [`EchoPolicy`]; the echo policy covers every
+///   VIP address, whatever its VIPs' ports and protocols.
+/// - ICMP errors: IPv4 destination unreachable (type 3, every code,
+///   "fragmentation needed" among them), ICMPv6 destination unreachable
+///   (type 1) and packet too big (type 2), sent to a VIP address about a
+///   TCP or UDP packet that address sent (the quote must hold its ports: not
+///   a later fragment, no IPv6 extension headers), go to the backend of the
+///   flow they quote (its tracked backend, else Maglev's), translated for
+///   NAT (`icmp_forwarded`); and those about a packet a NAT backend
+///   received go back to its client, translated (`nat_replies`). These are
+///   the errors a sender's stack acts on for a flow: path MTU discovery
+///   (without it a backend's large replies are black-holed) and
+///   unreachable destinations (connection attempts fail at once instead of
+///   timing out). Every other ICMP message is passed to the LB host's stack
+///   (`passed_non_vip`): time exceeded (a routing loop, or traceroute's
+///   answers) and parameter problem change nothing for an established TCP
+///   connection (Linux keeps them as soft errors, reported only to sockets
+///   that set `IP_RECVERR`), so delivering them would cost a connection
+///   lookup, and for NAT a rewrite, per message for nothing; redirects and
+///   source quench are not about a flow at all.
 /// - Too big for the egress after encapsulation: dropped and counted, and
-///   an ICMP "fragmentation needed" (IPv4 with DF) or "packet too big"
-///   (IPv6) goes back to the sender, from the VIP, with the MTU left after
-///   encapsulation, so its path MTU discovery adapts.
+///   an ICMP "fragmentation needed" (IPv4 with DF, not ICMP) or "packet
+///   too big" (IPv6, not ICMPv6) goes back to the sender, from the address
+///   the packet was sent to, with the MTU left after encapsulation, so its
+///   path MTU discovery adapts (`drop_mtu`, `too_big_sent`; ICMP errors the
+///   LB forwards are dropped without an answer). No resolved neighbour
+///   for the next hop: through the stack (see below, `passed_no_neighbour`).
+/// - Forwarded out of the receiving interface (`XDP_TX`, `tx`) or another
+///   one (`XDP_REDIRECT`, `redirected`), with the next hop's MAC as
+///   destination and the egress interface's as source.
 ///
 /// # Next hops and neighbours
 ///

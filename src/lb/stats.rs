@@ -123,16 +123,22 @@ pub struct LbStats {
     pub conntrack_refused: Counter,
     /// Fragments forwarded (hashed without ports).
     pub fragments_forwarded: Counter,
-    /// IPv4 packets with options forwarded.
+    /// IPv4 TCP/UDP packets with options to a VIP that the options policy
+    /// let through (counted whatever happens to them next).
     pub options_forwarded: Counter,
-    /// ICMP errors delivered to the backend of the flow they quote.
+    /// ICMP errors about a VIP's flow that found a backend to go to
+    /// (destination unreachable, fragmentation needed, packet too big: see
+    /// [`LoadBalancer`](crate::LoadBalancer)), counted whatever happens to
+    /// them next.
     pub icmp_forwarded: Counter,
     /// ICMP echo to a VIP answered.
     pub echo_answered: Counter,
     /// NAT replies translated back to the VIP, and ICMP errors about a NAT
     /// flow translated on their way to the client.
     pub nat_replies: Counter,
-    /// Sent back out of the receiving interface (`XDP_TX`).
+    /// Forwarded back out of the receiving interface (`XDP_TX`). The LB's
+    /// own answers (echo replies, too-big messages) leave by `XDP_TX` too,
+    /// but are counted in `echo_answered` and `too_big_sent` only.
     pub tx: Counter,
     /// Sent out of another interface (`XDP_REDIRECT`).
     pub redirected: Counter,

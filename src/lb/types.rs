@@ -150,9 +150,11 @@ pub(crate) fn parse_addr_port(s: &str) -> Result<(IpAddr, Option<u16>), String> 
 /// How packets reach a VIP's backends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum ForwardingMode {
-    /// Layer-2 direct server return: only the destination MAC is rewritten,
-    /// so backends must be on a link the LB reaches (the FIB's next hop for
-    /// the backend address) and hold the VIP on a loopback interface. They
+    /// Layer-2 direct server return: only the Ethernet header changes (the
+    /// destination MAC becomes the backend's, the FIB's next hop for the
+    /// backend address, and the source MAC the egress interface's); the IP
+    /// packet goes on byte for byte, TTL included. So backends must be on a
+    /// link the LB reaches and hold the VIP on a loopback interface. They
     /// answer clients directly. Same address family only; no port change.
     /// A packet that finds the backend's next hop unresolved (rare: the
     /// library keeps it resolved) is replaced by a probe that makes the
@@ -168,7 +170,9 @@ pub enum ForwardingMode {
     #[default]
     Ipip,
     /// Destination NAT: the destination address (and port, if the backend
-    /// has one) become the backend's, with checksums fixed. Replies must
+    /// has one) become the backend's, with checksums fixed, and the TTL or
+    /// hop limit drops by one as in any router (a packet it would expire is
+    /// passed to the stack, which answers "time exceeded"). Replies must
     /// come back through the LB (e.g. it is the backends' gateway), where
     /// their source becomes the VIP again. Same address family only.
     Nat,
@@ -587,7 +591,9 @@ impl FragmentPolicy {
     }
 }
 
-/// What the LB does with IPv4 packets carrying options to a VIP.
+/// What the LB does with IPv4 TCP and UDP packets carrying options to a
+/// VIP. Fragments follow the [`FragmentPolicy`] whatever their options, and
+/// ICMP (echo, errors) is handled whatever its options.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum OptionsPolicy {
     /// Forward them like any other packet (counted).
