@@ -180,8 +180,12 @@ enum Command {
     Which {
         #[command(flatten)]
         pin: Pin,
-        #[command(flatten)]
-        vip: VipArg,
+        /// Where the client connects to: ADDR:PORT, [V6ADDR]:PORT, or ADDR:* with --to-port.
+        #[arg(value_name = "DEST")]
+        dest: String,
+        /// The protocol.
+        #[arg(long, short, default_value = "tcp")]
+        proto: Protocol,
         /// The client's ADDR:PORT.
         #[arg(long)]
         from: SocketAddr,
@@ -502,9 +506,9 @@ fn run(command: Command) -> Result<()> {
                 }
             }
         }
-        Command::Which { pin, vip, from, to_port, json } => {
+        Command::Which { pin, dest, proto, from, to_port, json } => {
             let lb = LoadBalancer::open_pinned(&pin.pin)?;
-            let target = vip.vip()?;
+            let target = VipArg { vip: dest, proto }.vip()?;
             // The kernel hashes the port each packet carries, also for an
             // all-ports VIP: there is no answer without it.
             let port = match (target.port, to_port) {
