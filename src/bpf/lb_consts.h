@@ -26,7 +26,7 @@
 #define XDPG_LB_FAMILY_V6 6
 
 /* Forwarding modes, per VIP. */
-#define XDPG_LB_MODE_DSR 0  /* rewrite the destination MAC only */
+#define XDPG_LB_MODE_DSR 0  /* rewrite the Ethernet header only (both MACs, to the next hop) */
 #define XDPG_LB_MODE_IPIP 1 /* encapsulate in an outer IPv4 or IPv6 header */
 #define XDPG_LB_MODE_NAT 2  /* rewrite destination address and port */
 
