@@ -12,7 +12,8 @@ use std::collections::HashSet;
 use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
-use common::bpf::{map_memlock, LpmProg, XDP_PASS};
+use common::bpf::{LpmProg, XDP_PASS};
+use xdpguard::testing::live::map_memlock;
 use common::prefixes::{parse_size, size_label, Prefix4, Set4};
 use common::table::{print_markdown, Align, Table};
 use common::{env_num, env_or, fmt_bytes, fmt_duration, machine, percentile, quick, require_root};

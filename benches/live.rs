@@ -43,9 +43,6 @@
 //! receiver, and the receiver's cost shows in the rate as on a real NIC with
 //! RSS spreading a flood over all cores.
 
-#[path = "../tests/common/netns.rs"]
-mod netns;
-
 mod common;
 
 use std::io;
@@ -57,12 +54,13 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::bpf::{attach_native, test_run, DropProg, GenProg, LpmProg, Sources, XDP_DROP};
-use common::frames;
+use common::bpf::{DropProg, GenProg, LpmProg, Sources, XDP_DROP};
+use xdpguard::testing::frame::Frame;
+use xdpguard::testing::live::{attach_native, test_run, RunOptions};
+use xdpguard::testing::netns::{veth_with, NetNs, VethOptions};
 use common::prefixes::{parse_size, size_label, AnySet, Mix, Set4, Set6};
 use common::table::{print_markdown, Align, Table};
 use common::{env_list, env_num, env_or, env_secs, fmt_duration, machine, quick, require_root};
-use netns::NetNs;
 
 /// A receiver-side row of the comparison.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -178,6 +176,10 @@ impl Settings {
     }
 }
 
+/// Bytes of UDP payload in the generator's frames: IPv4 frames are 64 bytes
+/// (the minimum Ethernet frame without FCS), IPv6 frames 84 bytes.
+const UDP_PAYLOAD: usize = 22;
+
 fn cpu_count() -> usize {
     std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
 }
@@ -207,20 +209,15 @@ impl Harness {
         // One receive queue per CPU on each end: a veth hands an XDP_TX frame
         // to the peer queue of the sending CPU, so each generator CPU feeds
         // its own queue and the receiver's NAPI runs on every CPU.
-        let queues = cpu_count().to_string();
-        gen.ip(&[
-            "link", "add", "eth0", "numtxqueues", &queues, "numrxqueues", &queues, "type", "veth", "peer", "name", "eth0",
-            "numtxqueues", &queues, "numrxqueues", &queues, "netns", &rx.name,
-        ]);
-        gen.ip(&["link", "set", "eth0", "up"]);
-        rx.ip(&["link", "set", "eth0", "up"]);
+        let queues = cpu_count() as u32;
+        // Both ends send finished frames and the receiver has GRO on: without
+        // an XDP program the receiving veth only takes XDP_TX frames into NAPI
+        // with GRO on (the nftables row).
+        veth_with(&gen, "eth0", &rx, "eth0", VethOptions::default().queues(queues));
         gen.addr("eth0", "192.0.2.1/24");
         rx.addr("eth0", "192.0.2.2/24");
         gen.addr("eth0", "2001:db8::1/64");
         rx.addr("eth0", "2001:db8::2/64");
-        // Without an XDP program the receiving veth only takes XDP_TX frames
-        // into NAPI with GRO on (the nftables row).
-        rx.exec(&["ethtool", "-K", "eth0", "gro", "on"]);
         if threaded {
             rx.exec(&["sh", "-c", "echo 1 > /sys/class/net/eth0/threaded"]);
         }
@@ -236,16 +233,16 @@ impl Harness {
 
     fn template(&self, family: u8) -> Vec<u8> {
         match family {
-            4 => frames::udp4(self.gen_mac, self.rx_mac, Ipv4Addr::new(192, 0, 2, 1), Ipv4Addr::new(192, 0, 2, 2), 40000, 9),
-            _ => frames::udp6(
-                self.gen_mac,
-                self.rx_mac,
+            4 => Frame::builder().macs(self.gen_mac, self.rx_mac).ipv4(Ipv4Addr::new(192, 0, 2, 1), Ipv4Addr::new(192, 0, 2, 2)),
+            _ => Frame::builder().macs(self.gen_mac, self.rx_mac).ipv6(
                 "2001:db8::1".parse::<Ipv6Addr>().expect("literal"),
                 "2001:db8::2".parse::<Ipv6Addr>().expect("literal"),
-                40000,
-                9,
             ),
         }
+        .udp(40000, 9)
+        .payload(&[0x5a; UDP_PAYLOAD])
+        .build()
+        .to_vec()
     }
 
     /// Attaches `prog` natively on the receiver's veth; drop the link to detach.
@@ -270,14 +267,18 @@ fn generate(prog: OwnedFd, frame: Vec<u8>, ifindex: u32, cpu: Option<usize>, sto
         set.set(cpu).map_err(io::Error::other)?;
         nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).map_err(io::Error::other)?;
     }
-    let ctx = frames::xdp_md(frame.len(), ifindex);
     let mut repeat: u32 = 1 << 14;
     while !stop.load(Ordering::Relaxed) {
         let t = Instant::now();
-        let out = match test_run(prog.as_fd(), &frame, Some(&ctx), repeat, libbpf_sys::BPF_F_TEST_XDP_LIVE_FRAMES) {
+        let options = RunOptions::default().repeat(repeat).ingress(ifindex).live_frames();
+        let out = match test_run(prog.as_fd(), &frame, options) {
             // A signal cut the run short; the receiver counts what arrived, so just go on.
-            Err(e) if e.raw_os_error() == Some(nix::libc::EINTR) => continue,
-            other => other?,
+            Err(xdpguard::testing::live::LiveError::Kernel { source, .. })
+                if source.raw_os_error() == Some(nix::libc::EINTR) =>
+            {
+                continue
+            }
+            other => other.map_err(io::Error::other)?,
         };
         if out.retval != 0 {
             // Live-frames runs report 0; anything else is an error code.

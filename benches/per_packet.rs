@@ -27,25 +27,20 @@
 
 mod common;
 
-// The test harness's namespaces and LB topology, shared with tests/
-// (lb_topology.rs refers to its sibling as `super::netns`).
-#[path = "../tests/common/lb_topology.rs"]
-mod lb_topology;
-#[path = "../tests/common/netns.rs"]
-mod netns;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::{AsFd, BorrowedFd};
 
-use common::bpf::{test_run, DropProg, LpmProg, TxProg, XDP_DROP, XDP_PASS};
-use common::frames;
+use common::bpf::{DropProg, LpmProg, TxProg, XDP_DROP, XDP_PASS};
 use common::prefixes::{Prefix4, Prefix6, Set4, Set6};
 use common::table::{print_markdown, Align, Table};
 use common::{env_list, env_num, machine, median, quick, require_root};
-use lb_topology::{
+use xdpguard::testing::frame::Frame;
+use xdpguard::testing::lb_topology::{
     backend_v4, backend_v6, VerdictNet, CLIENT_MAC, CLIENT_V4, CLIENT_V6, IPIP_SRC_V4, IPIP_SRC_V6, VIP_V4, VIP_V6,
 };
-use netns::ensure_bpffs;
+use xdpguard::testing::live::{test_run, RunOptions};
+use xdpguard::testing::netns::{self as netns, ensure_bpffs};
 use xdpguard::{Filter, ForwardingMode, LoadBalancer, NewFlowLimit, Verdict, Vip, VipConfig, XdpAction};
 
 const SRC_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 1];
@@ -62,7 +57,7 @@ impl Timing {
         let mut samples = Vec::with_capacity(self.trials);
         let mut retval = 0;
         for _ in 0..self.trials {
-            let out = test_run(prog, frame, None, self.repeat, 0).expect("BPF_PROG_TEST_RUN");
+            let out = test_run(prog, frame, RunOptions::default().repeat(self.repeat)).expect("BPF_PROG_TEST_RUN");
             retval = out.retval;
             samples.push(f64::from(out.duration_ns));
         }
@@ -74,12 +69,27 @@ fn v4(a: [u8; 4]) -> Ipv4Addr {
     Ipv4Addr::from(a)
 }
 
+/// A UDP frame from `src` (64 bytes for IPv4, 84 for IPv6).
 fn udp4_from(src: Ipv4Addr) -> Vec<u8> {
-    frames::udp4(SRC_MAC, DST_MAC, src, Ipv4Addr::new(192, 0, 2, 2), 40000, 9)
+    Frame::builder().macs(SRC_MAC, DST_MAC).ipv4(src, Ipv4Addr::new(192, 0, 2, 2)).udp(40000, 9).payload(&[0x5a; 22]).build().to_vec()
 }
 
 fn udp6_from(src: Ipv6Addr) -> Vec<u8> {
-    frames::udp6(SRC_MAC, DST_MAC, src, "2001:db8::2".parse().expect("literal"), 40000, 9)
+    let dst = "2001:db8::2".parse().expect("literal");
+    Frame::builder().macs(SRC_MAC, DST_MAC).ipv6(src, dst).udp(40000, 9).payload(&[0x5a; 22]).build().to_vec()
+}
+
+/// An ARP request, padded to the minimum frame (not IP).
+fn arp() -> Vec<u8> {
+    let f = Frame::builder().macs(SRC_MAC, DST_MAC).arp_request(Ipv4Addr::new(192, 0, 2, 1), Ipv4Addr::new(192, 0, 2, 2));
+    let mut v = f.build().to_vec();
+    v.resize(60, 0);
+    v
+}
+
+/// An IPv4 EtherType followed by a truncated header (10 of 20 bytes).
+fn truncated4() -> Vec<u8> {
+    udp4_from(Ipv4Addr::new(192, 0, 2, 1))[..24].to_vec()
 }
 
 fn action(code: u32) -> &'static str {
@@ -154,8 +164,8 @@ fn filter_section(t: &Timing) -> Table {
         Path { name: "pass, IPv6 (probes every length in use)", frame: udp6_from(clean6), want: XDP_PASS },
         Path { name: "blocked, IPv6 /48", frame: udp6_from("2001:db8:1::5".parse().expect("literal")), want: XDP_DROP },
         Path { name: "blocked, IPv6 /128", frame: udp6_from("2001:db8:2::1".parse().expect("literal")), want: XDP_DROP },
-        Path { name: "non-IP (ARP)", frame: frames::arp(SRC_MAC), want: XDP_PASS },
-        Path { name: "malformed (truncated IPv4)", frame: frames::truncated4(SRC_MAC, DST_MAC), want: XDP_PASS },
+        Path { name: "non-IP (ARP)", frame: arp(), want: XDP_PASS },
+        Path { name: "malformed (truncated IPv4)", frame: truncated4(), want: XDP_PASS },
     ];
 
     // Baselines measured the same way: a bare XDP_DROP, and the LPM trie
@@ -341,9 +351,8 @@ fn lb_measure(calls: u32, run: &LbRun, ingress: u32, lb_mac: [u8; 6]) -> Table {
     // Only some paths (for profiling one of them); the default is all.
     let path_filter = env_list("XDPG_BENCH_LB_PATHS", "");
     let tx = TxProg::load().expect("loading bench_tx");
-    let ctx = frames::xdp_md(0, ingress);
     let sample = tcp_frame(lb_mac, SocketAddr::new(CLIENT_V4.into(), 40000), SocketAddr::new(VIP_V4.into(), 80), false);
-    let tx_ns = || one_shot_ns(tx.prog.as_fd(), |_| sample.clone(), calls, Some(ctx));
+    let tx_ns = || one_shot_ns(tx.prog.as_fd(), |_| sample.clone(), calls, ingress);
     let tx_before = tx_ns();
     let verdict = match run.shape {
         Shape::OneArm => XdpAction::Tx,
@@ -437,7 +446,7 @@ fn lb_measure(calls: u32, run: &LbRun, ingress: u32, lb_mac: [u8; 6]) -> Table {
             let probe = (p.frame_for)(0);
             let out = lb.test_run_on(&probe, ingress).expect("test run");
             assert_eq!(out.action, verdict, "{label} {}: action", p.name);
-            let ns = one_shot_ns(lb.program_fd(), |i| (p.frame_for)(i + 1), calls, Some(ctx));
+            let ns = one_shot_ns(lb.program_fd(), |i| (p.frame_for)(i + 1), calls, ingress);
             let target = match (mode, KATRAN_IPIP.iter().find(|(n, _)| *n == p.name)) {
                 (ForwardingMode::Ipip, Some((_, t))) if run.targets => Some(*t),
                 _ => None,
@@ -509,29 +518,21 @@ fn lb_measure(calls: u32, run: &LbRun, ingress: u32, lb_mac: [u8; 6]) -> Table {
 /// Builds the frame for call `i` of a path.
 type FrameFor<'a> = Box<dyn Fn(u32) -> Vec<u8> + 'a>;
 
+/// A TCP segment: a SYN, or else an ACK of an established flow.
 fn tcp_frame(lb_mac: [u8; 6], src: SocketAddr, dst: SocketAddr, syn: bool) -> Vec<u8> {
-    match (src.ip(), dst.ip()) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => frames::tcp4(CLIENT_MAC, lb_mac, s, d, src.port(), dst.port(), syn),
-        (IpAddr::V6(s), IpAddr::V6(d)) => frames::tcp6(CLIENT_MAC, lb_mac, s, d, src.port(), dst.port(), syn),
-        _ => panic!("mixed families"),
-    }
+    let b = Frame::builder().macs(CLIENT_MAC, lb_mac).ip(src.ip(), dst.ip()).tcp(src.port(), dst.port()).window(65535);
+    let b = if syn { b.syn() } else { b.ack(1) };
+    b.payload(&[0x5a; 16]).build().to_vec()
 }
 
 /// Kernel-reported ns of `calls` single-repetition runs, each on the frame
 /// `frame_for(i)` (built before timing starts): the mean of the fastest 99%,
 /// so the odd call hit by an interrupt or preemption does not skew it.
-fn one_shot_ns(prog: BorrowedFd<'_>, frame_for: impl Fn(u32) -> Vec<u8>, calls: u32, ctx: Option<[u8; 24]>) -> f64 {
+fn one_shot_ns(prog: BorrowedFd<'_>, frame_for: impl Fn(u32) -> Vec<u8>, calls: u32, ingress: u32) -> f64 {
     let frames: Vec<Vec<u8>> = (0..calls).map(&frame_for).collect();
-    let mut ns: Vec<u32> = frames
-        .iter()
-        .map(|f| {
-            let ctx = ctx.map(|mut c| {
-                c[4..8].copy_from_slice(&(f.len() as u32).to_ne_bytes()); // data_end
-                c
-            });
-            test_run(prog, f, ctx.as_ref().map(|c| &c[..]), 1, 0).expect("BPF_PROG_TEST_RUN").duration_ns
-        })
-        .collect();
+    let options = RunOptions::default().ingress(ingress);
+    let mut ns: Vec<u32> =
+        frames.iter().map(|f| test_run(prog, f, options).expect("BPF_PROG_TEST_RUN").duration_ns).collect();
     ns.sort_unstable();
     let kept = &ns[..(ns.len() * 99 / 100).max(1)];
     kept.iter().map(|&x| f64::from(x)).sum::<f64>() / kept.len() as f64

@@ -5,11 +5,6 @@
 //! with documentation addresses; nothing touches the host's own network.
 //! Needs root: `cargo run --example lb_demo`.
 
-#[path = "../tests/common/netns.rs"]
-mod netns;
-#[path = "../tests/common/lb_topology.rs"]
-mod lb_topology;
-
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr, TcpListener};
@@ -18,8 +13,8 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use lb_topology::*;
-use netns::ensure_bpffs;
+use xdpguard::testing::lb_topology::*;
+use xdpguard::testing::netns::{self as netns, ensure_bpffs};
 use xdpguard::{Decap, Flow, ForwardingMode, LoadBalancer, Protocol, Vip, VipConfig};
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;

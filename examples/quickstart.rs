@@ -13,14 +13,11 @@
 //!
 //! Run as root: `cargo run --release --example quickstart`.
 
-#[path = "../tests/common/netns.rs"]
-mod netns;
-
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::time::Duration;
 
-use netns::{ensure_bpffs, veth, NetNs};
+use xdpguard::testing::netns::{ensure_bpffs, veth, NetNs};
 use xdpguard::{AttachMode, Filter};
 
 const PORT: u16 = 7;

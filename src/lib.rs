@@ -78,6 +78,9 @@ mod program;
 mod stats;
 mod sys;
 mod testrun;
+#[cfg(feature = "testing")]
+#[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
+pub mod testing;
 mod v4;
 mod v6;
 mod v6_table;

@@ -8,8 +8,6 @@
 
 mod common {
     pub mod cli;
-    pub mod netns;
-    pub mod packets;
     pub mod scratch;
     pub mod udp_echo;
 }
@@ -19,7 +17,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use common::cli::ExampleBinary;
-use common::netns::*;
+use xdpguard::testing::netns::*;
 use common::scratch::ScratchDir;
 use common::udp_echo::{udp_echo_reaches, UdpEcho};
 use xdpguard::{Filter, IpNetwork, Verdict, XdpAction};
@@ -260,13 +258,13 @@ fn a_cli_killed_mid_edit_leaves_a_filter_that_reopens_consistent() {
         probes.extend(["192.0.2.9", "192.0.2.10", "192.0.2.200", "198.51.100.7"].map(|a| a.parse::<IpAddr>().unwrap()));
         for addr in probes {
             let verdict = f.verdict(addr).unwrap();
-            let action = f.test_run(&common::packets::udp_from(addr).bytes).unwrap().action;
+            let action = f.test_run(&xdpguard::testing::frame::udp_from(addr)).unwrap().action;
             let expected = if matches!(verdict, Verdict::Block(_)) { XdpAction::Drop } else { XdpAction::Pass };
             assert_eq!(action, expected, "trial {trial} ({delay_ms} ms): {addr} is {verdict:?} in the lists");
         }
         // And it takes edits again.
         f.blocklist().insert("203.0.113.0/24".parse().unwrap()).unwrap();
-        assert_eq!(f.test_run(&common::packets::udp_from("203.0.113.5".parse().unwrap()).bytes).unwrap().action, XdpAction::Drop);
+        assert_eq!(f.test_run(&xdpguard::testing::frame::udp_from("203.0.113.5".parse().unwrap())).unwrap().action, XdpAction::Drop);
         f.blocklist().remove("203.0.113.0/24".parse().unwrap()).unwrap();
     }
     eprintln!("{cut_short} of {trials} kills landed while the edit ran; {left_dirty} left it half done");

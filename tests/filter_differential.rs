@@ -17,16 +17,12 @@
 //!
 //! Needs root (CAP_BPF + CAP_NET_ADMIN); fails, never skips, without it.
 
-mod common {
-    pub mod packets;
-}
-
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::time::Instant;
 
-use common::packets::udp_from;
+use xdpguard::testing::frame::udp_from;
 use ipnetwork::{Ipv4Network, Ipv6Network};
 use libbpf_rs::{MapCore, MapFlags, MapHandle};
 use rand::rngs::StdRng;
@@ -617,7 +613,7 @@ impl Run<'_> {
             };
             let expected = self.model.verdict(addr);
             let frame = udp_from(addr);
-            let run = self.filter.test_run(&frame.bytes).unwrap();
+            let run = self.filter.test_run(&frame).unwrap();
             let bytes = frame.len() as u64;
             let one = Counter { packets: 1, bytes };
             let action = match expected {
@@ -815,7 +811,7 @@ fn v4_mixed_slash24s_every_host() {
                 Verdict::Block(_) => XdpAction::Drop,
                 _ => XdpAction::Pass,
             };
-            let got = filter.test_run(&frame.bytes).unwrap().action;
+            let got = filter.test_run(&frame).unwrap().action;
             assert_eq!(got, want, "step {step}: {addr}; model {:?}", model.verdict(addr));
         }
     }
@@ -856,7 +852,7 @@ fn full_host_table_leaves_lists_and_verdicts_as_they_were() {
                 let addr = IpAddr::V4(Ipv4Addr::from(first | host));
                 let want =
                     if matches!(model.verdict(addr), Verdict::Block(_)) { XdpAction::Drop } else { XdpAction::Pass };
-                let got = filter.test_run(&udp_from(addr).bytes).unwrap().action;
+                let got = filter.test_run(&udp_from(addr)).unwrap().action;
                 assert_eq!(got, want, "{what}: {addr}");
                 assert_eq!(filter.verdict(addr).unwrap(), model.verdict(addr), "{what}: verdict({addr})");
             }
@@ -942,7 +938,7 @@ fn v6_tombstones_force_packing_rebuilds_without_wrong_verdicts() {
                     Verdict::Block(_) => XdpAction::Drop,
                     _ => XdpAction::Pass,
                 };
-                assert_eq!(filter.test_run(&udp_from(addr).bytes).unwrap().action, want, "step {step}: {addr}");
+                assert_eq!(filter.test_run(&udp_from(addr)).unwrap().action, want, "step {step}: {addr}");
                 assert_eq!(filter.verdict(addr).unwrap(), model.verdict(addr), "step {step}: verdict({addr})");
             }
         }

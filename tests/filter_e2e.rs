@@ -3,8 +3,6 @@
 //! source addresses per family. Needs root; fails (never skips) without it.
 
 mod common {
-    pub mod lb_topology;
-    pub mod netns;
     pub mod scratch;
     pub mod udp_echo;
 }
@@ -18,8 +16,8 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::lb_topology::connect_from;
-use common::netns::*;
+use xdpguard::testing::lb_topology::connect_from;
+use xdpguard::testing::netns::*;
 use common::scratch::ScratchDir;
 use common::udp_echo::{udp_echo_reaches, UdpEcho};
 use libbpf_rs::query::{LinkInfoIter, LinkTypeInfo, ProgInfoIter, ProgInfoQueryOptions, ProgramInfo};

@@ -3,15 +3,13 @@
 //! interfaces) as it was. Needs root; fails (never skips) without it.
 
 mod common {
-    pub mod netns;
-    pub mod packets;
     pub mod scratch;
 }
 
 use std::net::IpAddr;
 use std::process::Command;
 
-use common::netns::*;
+use xdpguard::testing::netns::*;
 use common::scratch::ScratchDir;
 use libbpf_rs::{MapCore, MapHandle, MapType};
 use xdpguard::{
@@ -29,7 +27,7 @@ fn ip(s: &str) -> IpAddr {
 
 /// What the filter does with a UDP frame from `src`.
 fn action(f: &Filter, src: &str) -> XdpAction {
-    f.test_run(&common::packets::udp_from(ip(src)).bytes).expect("test_run").action
+    f.test_run(&xdpguard::testing::frame::udp_from(ip(src))).expect("test_run").action
 }
 
 fn xdp_attached(ns: &NetNs, dev: &str) -> bool {

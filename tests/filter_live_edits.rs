@@ -1,7 +1,7 @@
 //! List edits under live traffic (issue 4, section 3).
 //!
 //! A client namespace sends raw Ethernet frames (AF_PACKET, built with
-//! etherparse) from many source addresses to a UDP socket in the server
+//! the test kit's frame builder) from many source addresses to a UDP socket in the server
 //! namespace, where the filter runs in native mode. Every frame carries a
 //! sequence number; the server records which (source, sequence) pairs
 //! arrived. The veth has one queue, so frames are processed in the order
@@ -19,10 +19,6 @@
 //!
 //! Needs root; fails (never skips) without it.
 
-mod common {
-    pub mod netns;
-}
-
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, UdpSocket};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
@@ -31,7 +27,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::netns::*;
+use xdpguard::testing::netns::*;
+use xdpguard::testing::frame::Frame;
 use xdpguard::{AttachMode, Filter, IpNetwork};
 
 const PORT: u16 = 9000;
@@ -83,26 +80,7 @@ impl Bed {
     fn new(tag: &str) -> Bed {
         let client = NetNs::new(&format!("{tag}c"));
         let server = NetNs::new(&format!("{tag}s"));
-        client.ip(&[
-            "link",
-            "add",
-            "eth0",
-            "numtxqueues",
-            "1",
-            "numrxqueues",
-            "1",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "numtxqueues",
-            "1",
-            "numrxqueues",
-            "1",
-            "netns",
-            &server.name,
-        ]);
+        veth_with(&client, "eth0", &server, "eth0", VethOptions::default().queues(1));
         client.addr("eth0", "192.0.2.1/24");
         client.addr("eth0", "2001:db8::1/64");
         server.addr("eth0", "192.0.2.2/24");
@@ -243,21 +221,12 @@ impl PacketSocket {
     }
 }
 
-fn build_frame(src_mac: [u8; 6], dst_mac: [u8; 6], src: IpAddr, sport: u16, seq: u64) -> Vec<u8> {
+fn build_frame(src_mac: [u8; 6], dst_mac: [u8; 6], src: IpAddr, sport: u16, seq: u64) -> Frame {
     let mut payload = [0u8; 12];
     payload[..4].copy_from_slice(&MAGIC.to_be_bytes());
     payload[4..].copy_from_slice(&seq.to_be_bytes());
-    let b = etherparse::PacketBuilder::ethernet2(src_mac, dst_mac);
-    let mut out = Vec::with_capacity(96);
-    match src {
-        IpAddr::V4(a) => b.ipv4(a.octets(), [192, 0, 2, 2], 64).udp(sport, PORT).write(&mut out, &payload),
-        IpAddr::V6(a) => {
-            let dst: std::net::Ipv6Addr = "2001:db8::2".parse().unwrap();
-            b.ipv6(a.octets(), dst.octets(), 64).udp(sport, PORT).write(&mut out, &payload)
-        }
-    }
-    .expect("build frame");
-    out
+    let dst: IpAddr = if src.is_ipv4() { "192.0.2.2".parse().unwrap() } else { "2001:db8::2".parse().unwrap() };
+    Frame::builder().macs(src_mac, dst_mac).ip(src, dst).udp(sport, PORT).payload(&payload).build()
 }
 
 /// Sends one frame per source, round robin, paced at `RATE_PPS`, until

@@ -8,8 +8,6 @@
 
 mod common {
     pub mod cli;
-    pub mod lb_topology;
-    pub mod netns;
     pub mod scratch;
 }
 
@@ -18,9 +16,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 use common::cli::ExampleBinary;
-use common::lb_topology::*;
+use xdpguard::testing::lb_topology::*;
 use common::scratch::ScratchDir;
-use etherparse::PacketBuilder;
+use xdpguard::testing::frame::Frame;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use xdpguard::{Flow, LbError, LoadBalancer, Protocol, Vip, XdpAction};
@@ -257,26 +255,16 @@ fn which_agrees_with_the_kernel_for_all_ports_vips() {
                 }
             };
             // The kernel's choice, from a real frame through the pinned program.
-            let mut frame = Vec::new();
             let kernel = if v6 {
-                let (IpAddr::V6(s), d) = (client, Ipv6Addr::new(0x2001, 0xdb8, 0xf, 0, 0, 0, 0, 0x20)) else { unreachable!() };
-                PacketBuilder::ethernet2(CLIENT_MAC, mac)
-                    .ipv6(s.octets(), d.octets(), 64)
-                    .udp(src.port(), dport)
-                    .write(&mut frame, b"which")
-                    .unwrap();
+                let d = Ipv6Addr::new(0x2001, 0xdb8, 0xf, 0, 0, 0, 0, 0x20);
+                let frame = Frame::builder().macs(CLIENT_MAC, mac).ip(client, d.into()).udp(src.port(), dport).payload(b"which").build();
                 let out = lb.test_run_on(&frame, eth0).unwrap();
                 assert_eq!(out.action, XdpAction::Redirect, "{src} -> port {dport}");
                 let i = (1..=3).find(|&i| out.frame[..6] == backend_mac(i)).expect("a backend's MAC");
                 IpAddr::V6(backend_v6(i))
             } else {
-                let IpAddr::V4(s) = client else { unreachable!() };
-                PacketBuilder::ethernet2(CLIENT_MAC, mac)
-                    .ipv4(s.octets(), [203, 0, 113, 20], 64)
-                    .tcp(src.port(), dport, 1, 64000)
-                    .syn()
-                    .write(&mut frame, b"which")
-                    .unwrap();
+                let d = Ipv4Addr::new(203, 0, 113, 20);
+                let frame = Frame::builder().macs(CLIENT_MAC, mac).ip(client, d.into()).tcp(src.port(), dport).payload(b"which").build();
                 let out = lb.test_run_on(&frame, eth0).unwrap();
                 assert_eq!(out.action, XdpAction::Redirect, "{src} -> port {dport}");
                 IpAddr::V4(Ipv4Addr::new(out.frame[30], out.frame[31], out.frame[32], out.frame[33]))

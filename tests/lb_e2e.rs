@@ -19,18 +19,13 @@
 //! Plus the filter in front of the LB: a blocked client cannot reach the
 //! VIP while others are balanced. Needs root; fails (does not skip) without it.
 
-mod common {
-    pub mod lb_topology;
-    pub mod netns;
-}
-
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::lb_topology::*;
-use common::netns::ensure_bpffs;
+use xdpguard::testing::lb_topology::*;
+use xdpguard::testing::netns::ensure_bpffs;
 use xdpguard::{
     BackendAddr, Decap, Filter, Flow, ForwardingMode, LoadBalancer, NeighbourState, Protocol, Vip, VipConfig,
 };

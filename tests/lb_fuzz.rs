@@ -50,18 +50,13 @@
 //!
 //! Needs root; fails (does not skip) without it.
 
-mod common {
-    pub mod lb_topology;
-    pub mod netns;
-}
-
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Instant;
 
-use common::lb_topology::*;
-use common::netns::ensure_bpffs;
+use xdpguard::testing::lb_topology::*;
+use xdpguard::testing::netns::ensure_bpffs;
 use etherparse::{Icmpv4Header, Icmpv6Header, IpNumber, Ipv4Header, Ipv6Header, TcpHeader, UdpHeader};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};

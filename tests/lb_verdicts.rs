@@ -8,16 +8,14 @@
 //! Needs root; fails (does not skip) without it.
 
 mod common {
-    pub mod lb_topology;
-    pub mod netns;
     pub mod scratch;
 }
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
-use common::lb_topology::*;
-use common::netns::{ensure_bpffs, NetNs};
+use xdpguard::testing::lb_topology::*;
+use xdpguard::testing::netns::{ensure_bpffs, NetNs};
 use common::scratch::ScratchDir;
 use etherparse::{
     Icmpv4Header, Icmpv6Header, IpNumber, Ipv4Header, Ipv6Header, PacketBuilder, TcpHeader, UdpHeader,
@@ -1389,7 +1387,7 @@ fn next_hops_are_cached_briefly_and_refreshed() {
         let input = frame(mac, client(1), vip.addr_port(), Protocol::Udp, false, PAYLOAD);
         let dst_mac = || macs(&lb.test_run_on(&input, eth0).unwrap().frame).0;
         let set_neigh = |m: &str| {
-            common::netns::run(std::process::Command::new("ip").args([
+            xdpguard::testing::netns::run(std::process::Command::new("ip").args([
                 "-n", &ns, "neigh", "replace", &backend_v4(1).to_string(), "lladdr", m, "dev", "eth1", "nud",
                 "permanent",
             ]));

@@ -1,13 +1,14 @@
 //! The benchmark-only eBPF programs (`src/bpf/bench_*.bpf.c`), loaded into
-//! owned fds, plus XDP attach and `BPF_PROG_TEST_RUN` wrappers.
+//! owned fds. Running and attaching them by fd is the test kit's
+//! (`xdpguard::testing::live`).
 //!
 //! Each loader opens the skeleton, sizes its maps, loads it, then keeps only
 //! duplicated fds (program and map handles) and drops the skeleton, so the
 //! loaded objects are plain owned values with no borrowed storage.
 
 use std::io;
-use std::mem::{size_of, zeroed, MaybeUninit};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::mem::{size_of, MaybeUninit};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{MapCore, MapFlags, MapHandle};
@@ -37,87 +38,13 @@ pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
 pub const XDP_TX: u32 = 3;
 
-/// `XDP_FLAGS_DRV_MODE`: native mode only, fail rather than fall back.
-const XDP_FLAGS_DRV_MODE: u32 = 1 << 2;
-
 fn bpf_err(what: &str) -> impl FnOnce(libbpf_rs::Error) -> io::Error + '_ {
     move |e| io::Error::other(format!("{what}: {e}"))
 }
 
-fn check(ret: i32) -> io::Result<i32> {
-    if ret < 0 {
-        Err(io::Error::from_raw_os_error(-ret))
-    } else {
-        Ok(ret)
-    }
-}
-
-/// Attaches an XDP program in native mode through a BPF link. `ifindex` is
-/// resolved in the calling thread's network namespace. Dropping the returned
-/// fd detaches the program.
-pub fn attach_native(prog: BorrowedFd<'_>, ifindex: u32) -> io::Result<OwnedFd> {
-    // SAFETY: an all-zero bpf_link_create_opts is the documented "no options" value.
-    let mut opts: libbpf_sys::bpf_link_create_opts = unsafe { zeroed() };
-    opts.sz = size_of::<libbpf_sys::bpf_link_create_opts>() as _;
-    opts.flags = XDP_FLAGS_DRV_MODE;
-    // SAFETY: prog is a valid fd for the call and opts is sized and initialised.
-    let fd = check(unsafe { libbpf_sys::bpf_link_create(prog.as_raw_fd(), ifindex as i32, libbpf_sys::BPF_XDP, &opts) })?;
-    // SAFETY: the kernel just returned this fd; nothing else owns it.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-/// One `BPF_PROG_TEST_RUN` call's result.
-#[derive(Debug, Clone)]
-pub struct RunOut {
-    pub retval: u32,
-    /// The kernel's average time per repetition, in ns.
-    pub duration_ns: u32,
-    /// The frame as the program left it (empty for live-frames runs).
-    pub data_out: Vec<u8>,
-}
-
-/// `BPF_PROG_TEST_RUN` on one frame. `flags` may hold
-/// `BPF_F_TEST_XDP_LIVE_FRAMES` (then no output is read back).
-pub fn test_run(prog: BorrowedFd<'_>, data: &[u8], ctx: Option<&[u8]>, repeat: u32, flags: u32) -> io::Result<RunOut> {
-    let live = flags & libbpf_sys::BPF_F_TEST_XDP_LIVE_FRAMES != 0;
-    let mut out = vec![0u8; if live { 0 } else { data.len() + 256 }];
-    // SAFETY: zero is the documented initial value of bpf_test_run_opts.
-    let mut opts: libbpf_sys::bpf_test_run_opts = unsafe { zeroed() };
-    opts.sz = size_of::<libbpf_sys::bpf_test_run_opts>() as _;
-    opts.data_in = data.as_ptr().cast();
-    opts.data_size_in = data.len() as u32;
-    if !live {
-        opts.data_out = out.as_mut_ptr().cast();
-        opts.data_size_out = out.len() as u32;
-    }
-    if let Some(ctx) = ctx {
-        opts.ctx_in = ctx.as_ptr().cast();
-        opts.ctx_size_in = ctx.len() as u32;
-    }
-    opts.repeat = repeat as i32;
-    opts.flags = flags;
-    // SAFETY: every buffer opts points at outlives the call, with the sizes given.
-    check(unsafe { libbpf_sys::bpf_prog_test_run_opts(prog.as_raw_fd(), &mut opts) })?;
-    out.truncate(opts.data_size_out as usize);
-    Ok(RunOut { retval: opts.retval, duration_ns: opts.duration, data_out: out })
-}
-
 /// Sums a per-CPU `u64` slot over every CPU.
 pub fn percpu_u64(map: &MapHandle, key: u32) -> io::Result<u64> {
-    let per_cpu = map
-        .lookup_percpu(&key.to_ne_bytes(), MapFlags::ANY)
-        .map_err(bpf_err("reading a per-CPU counter"))?
-        .unwrap_or_default();
-    Ok(per_cpu.iter().map(|b| u64::from_ne_bytes(b[..8].try_into().expect("8-byte slot"))).sum())
-}
-
-/// Kernel memory charged to a map, from `/proc/self/fdinfo` (`memlock:`).
-pub fn map_memlock(map: BorrowedFd<'_>) -> io::Result<u64> {
-    let text = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", map.as_raw_fd()))?;
-    text.lines()
-        .find_map(|l| l.strip_prefix("memlock:"))
-        .and_then(|v| v.trim().parse().ok())
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no memlock in fdinfo"))
+    xdpguard::testing::live::percpu_u64(map, key).map_err(io::Error::other)
 }
 
 fn dup_prog(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {

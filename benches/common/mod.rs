@@ -1,9 +1,8 @@
 //! Helpers shared by the benches: the bench-only eBPF programs, seeded
-//! prefix sets, frames, settings from the environment, and tables.
+//! prefix sets, settings from the environment, and tables.
 #![allow(dead_code)]
 
 pub mod bpf;
-pub mod frames;
 pub mod prefixes;
 pub mod table;
 

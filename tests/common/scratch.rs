@@ -27,7 +27,7 @@ impl ScratchDir {
 
     /// A unique pin directory under /sys/fs/bpf (mounted first if needed).
     pub fn bpffs(tag: &str) -> ScratchDir {
-        super::netns::ensure_bpffs();
+        xdpguard::testing::netns::ensure_bpffs();
         ScratchDir::new("/sys/fs/bpf", tag)
     }
 

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::netns::NetNs;
+use xdpguard::testing::netns::NetNs;
 
 /// A UDP echo server on [::]:port in a namespace, counting the datagrams it
 /// gets per source; stops on drop.

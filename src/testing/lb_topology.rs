@@ -1,21 +1,43 @@
-//! Namespaces for the load-balancer tests and demo, on top of `netns.rs`.
+//! The load-balancer test bed: namespaces, addresses, routes and
+//! neighbours for verdict tests, end-to-end traffic and demos (on top of
+//! [`netns`](super::netns)).
 //!
-//! - [`VerdictNet`]: an LB namespace with a client-side and a backend-side
-//!   veth, addresses, routes and permanent neighbour entries, so
-//!   `bpf_fib_lookup` finds next hops for `BPF_PROG_TEST_RUN` frames.
-//!   Nothing is sent.
-//! - [`LbNet`]: client namespace — LB namespace — bridge namespace with
-//!   N backend namespaces, for real traffic. Backends run servers that
-//!   answer with their own name over TCP and UDP ([`Servers`]).
+//! - [`VerdictNet`]: an LB namespace with a client-side (`eth0`) and a
+//!   backend-side (`eth1`) veth, addresses, routes and permanent neighbour
+//!   entries, so `bpf_fib_lookup` finds next hops for `BPF_PROG_TEST_RUN`
+//!   frames. Nothing is sent.
+//! - [`LbNet`]: client namespace — LB namespace — bridge namespace with N
+//!   backend namespaces, for real traffic (optionally with a router between
+//!   the LB and the backends: [`LbNet::routed`]). Backends run servers that
+//!   answer with their own name over TCP and UDP ([`Servers`]); [`Conn`]
+//!   and [`udp_ask`] ask them from the client.
 //!
 //! Documentation addresses only: clients 192.0.2.0/24 and 2001:db8:c::/64,
 //! backends 198.51.100.0/24 and 2001:db8:b::/64, VIPs 203.0.113.0/25 and
 //! 2001:db8:f::/64, IPIP outer sources 203.0.113.128/25 and 2001:db8:e::/64.
 //!
-//! Use it with `mod common { pub mod netns; pub mod lb_topology; }`, or from
-//! examples with `#[path]` includes of both files.
+//! Needs root, `ip`, `ethtool` and `sysctl`; the helpers panic with the
+//! failing command (they are meant for tests).
+//!
+//! ```no_run
+//! use xdpguard::testing::frame::Frame;
+//! use xdpguard::testing::lb_topology::{backend_v4, VerdictNet, CLIENT_MAC, CLIENT_V4, VIP_V4};
+//! use xdpguard::{ForwardingMode, LoadBalancer, Vip, VipConfig, XdpAction};
+//!
+//! let net = VerdictNet::new("doc", 1);
+//! let (eth0, mac) = (net.eth0, net.eth0_mac);
+//! let action = net.lb.run(move || {
+//!     let lb = LoadBalancer::builder().redirect_interface("eth0").redirect_interface("eth1").load()?;
+//!     let vip = Vip::tcp((VIP_V4, 80).into());
+//!     lb.add_vip(vip, VipConfig::new(ForwardingMode::L2Dsr))?;
+//!     lb.add_backend(&vip, std::net::IpAddr::V4(backend_v4(1)), 1)?;
+//!     let syn = Frame::builder().macs(CLIENT_MAC, mac).ipv4(CLIENT_V4, VIP_V4).tcp(40000, 80).build();
+//!     Ok::<_, xdpguard::Error>(lb.test_run_on(&syn, eth0)?.action)
+//! })?;
+//! assert_eq!(action, XdpAction::Redirect);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
-#![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -26,27 +48,35 @@ use std::time::Duration;
 
 use super::netns::{veth, NetNs};
 
-/// The client's addresses.
+/// The client's IPv4 address.
 pub const CLIENT_V4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+/// The client's IPv6 address.
 pub const CLIENT_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xc, 0, 0, 0, 0, 1);
 /// A second client address (for filter tests).
 pub const CLIENT2_V4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
-/// The LB's client-side addresses.
+/// The LB's client-side IPv4 address (eth0).
 pub const LB_FRONT_V4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 254);
+/// The LB's client-side IPv6 address (eth0).
 pub const LB_FRONT_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xc, 0, 0, 0, 0, 0xfe);
-/// The LB's backend-side addresses.
+/// The LB's backend-side IPv4 address (eth1).
 pub const LB_BACK_V4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 254);
+/// The LB's backend-side IPv6 address (eth1).
 pub const LB_BACK_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xb, 0, 0, 0, 0, 0xfe);
-/// VIP addresses: one for single-port VIPs, one for all-ports VIPs.
+/// An IPv4 VIP address (tests use it for single-port VIPs).
 pub const VIP_V4: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
+/// An IPv6 VIP address (single-port VIPs).
 pub const VIP_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xf, 0, 0, 0, 0, 0x10);
+/// A second IPv4 VIP address (all-ports VIPs, or a second VIP).
 pub const VIP2_V4: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 20);
+/// A second IPv6 VIP address.
 pub const VIP2_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xf, 0, 0, 0, 0, 0x20);
-/// IPIP outer source prefixes.
+/// The IPv4 IPIP outer source prefix.
 pub const IPIP_SRC_V4: &str = "203.0.113.128/25";
+/// The IPv6 IPIP outer source prefix.
 pub const IPIP_SRC_V6: &str = "2001:db8:e::/64";
-/// A router on the client side that sends ICMP errors.
+/// A router on the client side that sends ICMP errors (IPv4).
 pub const ROUTER_V4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 99);
+/// The client-side router's IPv6 address.
 pub const ROUTER_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xc, 0, 0, 0, 0, 0x99);
 
 /// Backend `i` (1-based): 198.51.100.(10+i) and 2001:db8:b::(10+i).
@@ -54,6 +84,7 @@ pub fn backend_v4(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(198, 51, 100, 10 + i as u8)
 }
 
+/// Backend `i`'s IPv6 address (see [`backend_v4`]).
 pub fn backend_v6(i: usize) -> Ipv6Addr {
     Ipv6Addr::new(0x2001, 0xdb8, 0xb, 0, 0, 0, 0, 0x10 + i as u16)
 }
@@ -79,16 +110,28 @@ fn lb_addresses(lb: &NetNs) {
 
 /// An LB namespace for verdict tests: `eth0` faces clients, `eth1` faces
 /// backends 1..=`backends` (static neighbours, MACs from [`backend_mac`]).
+#[derive(Debug)]
 pub struct VerdictNet {
+    /// The LB's namespace (run the LB there: [`NetNs::run`]).
     pub lb: NetNs,
+    /// Holds the other ends of both veths.
     pub peer: NetNs,
+    /// Index of the client-side interface.
     pub eth0: u32,
+    /// Index of the backend-side interface.
     pub eth1: u32,
+    /// MAC of the client-side interface.
     pub eth0_mac: [u8; 6],
+    /// MAC of the backend-side interface.
     pub eth1_mac: [u8; 6],
 }
 
 impl VerdictNet {
+    /// Creates the namespaces (`<tag>l`, `<tag>p`), veths, addresses and
+    /// neighbours for backends `1..=backends`.
+    ///
+    /// # Panics
+    /// When a command fails.
     pub fn new(tag: &str, backends: usize) -> VerdictNet {
         let lb = NetNs::new(&format!("{tag}l"));
         let peer = NetNs::new(&format!("{tag}p"));
@@ -134,8 +177,11 @@ pub fn no_dad(ns: &NetNs) {
 /// The router of [`LbNet::routed`]: its address on the LB's side (the LB's
 /// next hop for every backend) and on the backends' segment.
 pub const ROUTER_LB_SIDE_V4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 253);
+/// The router's IPv6 address on the LB's side.
 pub const ROUTER_LB_SIDE_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xd, 0, 0, 0, 0, 1);
+/// The router's IPv4 address on the backends' segment (their gateway).
 pub const ROUTER_BACK_V4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 126);
+/// The router's IPv6 address on the backends' segment.
 pub const ROUTER_BACK_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xb, 0, 0, 0, 0, 1);
 /// The LB's address on the link to that router.
 pub const LB_TRANSIT_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xd, 0, 0, 0, 0, 0xfe);
@@ -143,20 +189,27 @@ pub const LB_TRANSIT_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xd, 0, 0, 0, 0
 /// client — LB — bridge — backends, for real traffic; or with a router
 /// between the LB and the backends' segment ([`LbNet::routed`]).
 pub struct LbNet {
+    /// The client (192.0.2.1, 192.0.2.2, 2001:db8:c::1; routes to the VIPs via the LB).
     pub client: NetNs,
+    /// The LB (eth0 towards the client, eth1 towards the backends).
     pub lb: NetNs,
+    /// The bridge joining the backends' segment.
     pub bridge: NetNs,
+    /// Backends 1..=n, in order.
     pub backends: Vec<NetNs>,
     /// The router between the LB and the bridge, if any.
     pub router: Option<NetNs>,
     /// A pass-through XDP program on the client's veth: a veth kicks its
     /// peer's NAPI for XDP_TX frames (the LB's ICMP replies) only when the
     /// peer runs XDP; with GRO alone they wait for the next packet.
-    _client_xdp: xdpguard::Decap,
+    _client_xdp: crate::Decap,
 }
 
 impl LbNet {
     /// The backends on the LB's own segment: each is its own next hop.
+    ///
+    /// # Panics
+    /// When a command fails.
     pub fn new(tag: &str, n: usize, kind: BackendKind) -> LbNet {
         LbNet::build(tag, n, kind, false)
     }
@@ -165,6 +218,9 @@ impl LbNet {
     /// (198.51.100.253/25, 2001:db8:d::1/64), which faces the backends'
     /// segment (198.51.100.0/25, 2001:db8:b::/64), so the router is every
     /// backend's next hop.
+    ///
+    /// # Panics
+    /// When a command fails.
     pub fn routed(tag: &str, n: usize, kind: BackendKind) -> LbNet {
         LbNet::build(tag, n, kind, true)
     }
@@ -226,9 +282,6 @@ impl LbNet {
                 for net in ["2001:db8:c::/64", "2001:db8:f::/64", "2001:db8:e::/64"] {
                     r.ip(&["-6", "route", "add", net, "via", &LB_TRANSIT_V6.to_string()]);
                 }
-                for dev in ["r0", "r1"] {
-                    r.exec(&["ethtool", "-K", dev, "tx", "off", "gso", "off", "gro", "on"]);
-                }
             }
         }
         for key in ["all", "default", "eth0", "eth1"] {
@@ -265,16 +318,10 @@ impl LbNet {
             // GSO (a veth hands GSO super-frames to its peer unsegmented,
             // and XDP drops those bigger than a page before the program
             // runs). GRO on, so XDP_TX/REDIRECT into the veth delivers.
-            b.exec(&["ethtool", "-K", "eth0", "tx", "off", "gso", "off", "gro", "on"]);
-            bridge.exec(&["ethtool", "-K", &port, "tx", "off", "gso", "off", "gro", "on"]);
             backends.push(b);
         }
-        client.exec(&["ethtool", "-K", "eth0", "tx", "off", "gso", "off", "gro", "on"]);
         // A decapsulator without local endpoints passes everything untouched.
-        let _client_xdp = client.run(|| xdpguard::Decap::builder().interface("eth0").attach().expect("client XDP"));
-        lb.exec(&["ethtool", "-K", "eth0", "tx", "off", "gso", "off", "gro", "on"]);
-        lb.exec(&["ethtool", "-K", "eth1", "tx", "off", "gso", "off", "gro", "on"]);
-        bridge.exec(&["ethtool", "-K", "lb0", "tx", "off", "gso", "off", "gro", "on"]);
+        let _client_xdp = client.run(|| crate::Decap::builder().interface("eth0").attach().expect("client XDP"));
         LbNet { client, lb, bridge, backends, router, _client_xdp }
     }
 }
@@ -288,6 +335,10 @@ pub struct Servers {
 
 impl Servers {
     /// Starts TCP on [::]:port (dual stack) and UDP on each of `udp_addrs`.
+    /// They are listening when this returns.
+    ///
+    /// # Panics
+    /// When a socket cannot be bound.
     pub fn start(ns: &NetNs, name: &str, port: u16, udp_addrs: Vec<IpAddr>) -> Servers {
         let stop = Arc::new(AtomicBool::new(false));
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
@@ -376,31 +427,50 @@ impl Drop for Servers {
 pub struct Conn {
     reader: BufReader<TcpStream>,
     writer: TcpStream,
+    /// The connection's local address.
     pub local: SocketAddr,
 }
 
 impl Conn {
+    /// Connects to `to`.
+    ///
+    /// # Errors
+    /// When the connection fails or times out.
     pub fn open(to: SocketAddr, timeout: Duration) -> std::io::Result<Conn> {
         Conn::from_stream(TcpStream::connect_timeout(&to, timeout)?)
     }
 
     /// Connects from a chosen source address and port (std cannot bind
     /// before connecting, so the socket is made with raw calls).
+    ///
+    /// # Errors
+    /// When binding or connecting fails.
     pub fn open_from(src: SocketAddr, to: SocketAddr, timeout: Duration) -> std::io::Result<Conn> {
         Conn::from_stream(connect_from(src, to, timeout)?)
     }
 
+    /// Wraps a connected stream (3 s read timeout).
+    ///
+    /// # Errors
+    /// When the socket cannot be set up.
     pub fn from_stream(s: TcpStream) -> std::io::Result<Conn> {
         s.set_read_timeout(Some(Duration::from_secs(3)))?;
         let local = s.local_addr()?;
         Ok(Conn { writer: s.try_clone()?, reader: BufReader::new(s), local })
     }
 
+    /// Asks "who": the answering backend's name.
+    ///
+    /// # Errors
+    /// When the connection fails or closes.
     pub fn ask(&mut self) -> std::io::Result<String> {
         self.ask_with(b"who")
     }
 
     /// Asks with a line of `question` (e.g. large, to exercise path MTU).
+    ///
+    /// # Errors
+    /// When the connection fails or closes.
     pub fn ask_with(&mut self, question: &[u8]) -> std::io::Result<String> {
         self.writer.write_all(question)?;
         self.writer.write_all(b"\n")?;
@@ -413,7 +483,10 @@ impl Conn {
 }
 
 /// One UDP question from `local` (an explicit port, so flows never repeat
-/// by accident): the answering backend's name.
+/// by accident): the answering backend's name (three tries).
+///
+/// # Errors
+/// When no answer comes, or one comes from elsewhere.
 pub fn udp_ask(local: SocketAddr, to: SocketAddr, timeout: Duration) -> std::io::Result<String> {
     let s = UdpSocket::bind(local)?;
     s.set_read_timeout(Some(timeout))?;
@@ -435,6 +508,9 @@ pub fn udp_ask(local: SocketAddr, to: SocketAddr, timeout: Duration) -> std::io:
 }
 
 /// A TCP connection from `src` (port 0: any) to `to`, with a connect timeout.
+///
+/// # Errors
+/// When the socket cannot be bound or the connection fails.
 pub fn connect_from(src: SocketAddr, to: SocketAddr, timeout: Duration) -> std::io::Result<TcpStream> {
     use nix::libc;
     use std::os::fd::FromRawFd;
