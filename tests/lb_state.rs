@@ -1,0 +1,253 @@
+//! The load balancer's pinned state and configuration errors: a pinned LB
+//! and Decap reopen with their state (and keep running without their
+//! process), a reopen repairs what a killed editor left, and bad
+//! configurations get typed errors with a fix. Needs root; fails (does not
+//! skip) without it.
+
+mod common {
+    pub mod lb;
+    pub mod scratch;
+}
+
+use std::net::IpAddr;
+
+use common::lb::*;
+use common::scratch::ScratchDir;
+use xdpguard::testing::lb_topology::*;
+use xdpguard::testing::netns::{ensure_bpffs, NetNs};
+use xdpguard::{Decap, Flow, ForwardingMode, LbError, LoadBalancer, Protocol, Vip, VipConfig, XdpAction};
+
+#[test]
+fn a_pinned_lb_reopens_with_its_state() {
+    let dir = ScratchDir::bpffs("lbpin");
+    let vn = VerdictNet::new("vpin", 3);
+    let (eth0, mac) = (vn.eth0, vn.eth0_mac);
+    let d = dir.path().to_owned();
+    vn.lb.run(move || {
+        let lb = LoadBalancer::builder()
+            .redirect_interface("eth0")
+            .redirect_interface("eth1")
+            .max_vips(8)
+            .max_backends(32)
+            .connections(1024)
+            .pin(&d)
+            .load()
+            .unwrap();
+        let vip = Vip::tcp(sa(VIP_V4, 80));
+        vip_with(&lb, vip, VipConfig::new(ForwardingMode::L2Dsr).table_size(16381), &backends_v4(3));
+        lb.set_weight(&vip, IpAddr::V4(backend_v4(2)), 5).unwrap();
+        let input = frame(mac, client(1), addr_port(&vip), Protocol::Tcp, true, PAYLOAD);
+        assert_eq!(lb.test_run_on(&input, eth0).unwrap().action, XdpAction::Redirect);
+        // Another handle (as another process would).
+        let again = LoadBalancer::open_pinned(&d).unwrap();
+        assert_eq!(again.vips().unwrap(), lb.vips().unwrap());
+        assert_eq!(again.backends(&vip).unwrap(), lb.backends(&vip).unwrap());
+        assert_eq!(again.vip_stats(&vip).unwrap().traffic.packets, 1);
+        for i in 0..50 {
+            let f = Flow::new(client(i), addr_port(&vip), Protocol::Tcp);
+            assert_eq!(again.backend_for(&vip, &f).unwrap(), lb.backend_for(&vip, &f).unwrap());
+        }
+        // Edits through one handle are seen by the other.
+        again.remove_backend(&vip, IpAddr::V4(backend_v4(1))).unwrap();
+        assert_eq!(lb.backends(&vip).unwrap().len(), 2);
+        assert!(matches!(
+            LoadBalancer::builder().pin(&d).load(),
+            Err(xdpguard::Error::Pin(xdpguard::PinError::InUse { .. }))
+        ));
+        assert_eq!(again.test_run_on(&input, eth0).unwrap().action, XdpAction::Redirect);
+        drop(lb);
+        again.unpin().unwrap();
+        assert!(!d.exists(), "unpin removes the directory");
+        assert!(matches!(LoadBalancer::open_pinned(&d), Err(xdpguard::Error::Pin(xdpguard::PinError::NotFound { .. }))));
+    });
+}
+
+#[test]
+fn a_pinned_decap_keeps_running_without_its_process() {
+    let dir = ScratchDir::bpffs("decappin");
+    let lb_dir = ScratchDir::bpffs("decappinlb");
+    let vn = VerdictNet::new("vdpin", 1);
+    let (eth0, mac) = (vn.eth0, vn.eth0_mac);
+    let (d, lb_d) = (dir.path().to_owned(), lb_dir.path().to_owned());
+    vn.lb.run(move || {
+        let lb = lb();
+        let vip = Vip::tcp(sa(VIP_V4, 80));
+        vip_with(&lb, vip, VipConfig::new(ForwardingMode::Ipip), &backends_v4(1));
+        let input = frame(mac, client(1), addr_port(&vip), Protocol::Tcp, true, PAYLOAD);
+        let enc = lb.test_run_on(&input, eth0).unwrap().frame;
+
+        let decap = Decap::builder()
+            .interface("eth1")
+            .mode(xdpguard::AttachMode::Native)
+            .local(IpAddr::V4(backend_v4(1)))
+            .pin(&d)
+            .attach()
+            .unwrap();
+        assert_eq!(decap.pin_path(), Some(d.as_path()));
+        assert_eq!(decap.test_run(&enc).unwrap().frame[12..], input[12..]);
+        drop(decap); // as when its process exits
+
+        let again = Decap::open_pinned(&d).unwrap();
+        let at = again.attachments();
+        assert_eq!((at.len(), at[0].interface.as_str(), at[0].mode), (1, "eth1", xdpguard::AttachMode::Native));
+        assert_eq!(again.locals(), vec![IpAddr::V4(backend_v4(1))]);
+        assert_eq!(again.stats().unwrap().decapsulated.packets, 1, "counters survive");
+        again.add_local(IpAddr::V4(backend_v4(2))).unwrap();
+        assert_eq!(Decap::open_pinned(&d).unwrap().locals().len(), 2, "edits are shared");
+        let out = again.test_run(&enc).unwrap();
+        assert_eq!((out.action, &out.frame[12..]), (XdpAction::Pass, &input[12..]));
+
+        // Not a decap directory, or none: typed errors.
+        let _pinned_lb = LoadBalancer::builder().pin(&lb_d).load().unwrap();
+        assert!(matches!(Decap::open_pinned(&lb_d), Err(xdpguard::Error::Pin(xdpguard::PinError::NotOurs { .. }))));
+        again.unpin().unwrap();
+        assert!(!d.exists(), "unpin removes the directory");
+        assert!(matches!(Decap::open_pinned(&d), Err(xdpguard::Error::Pin(xdpguard::PinError::NotFound { .. }))));
+        // The link went with the pins: the interface takes a new program.
+        let fresh = Decap::builder().interface("eth1").mode(xdpguard::AttachMode::Native).attach().unwrap();
+        assert_eq!(fresh.attachments().len(), 1);
+    });
+}
+
+/// What a process killed mid-edit leaves behind (the "edit in progress"
+/// mark set, and a VIP's Maglev table that disagrees with its backends),
+/// written straight into the pinned maps; reopening must republish the
+/// tables so the kernel picks what `backend_for` predicts again.
+#[test]
+fn reopening_repairs_an_lb_whose_editor_died() {
+    use libbpf_rs::{MapCore, MapFlags, MapHandle, MapType};
+    use std::os::fd::{AsFd, AsRawFd};
+    /// `offset_of!(struct xdpg_lb_config, dirty)`, asserted in src/lb/layout.rs.
+    const DIRTY_OFFSET: usize = 84;
+
+    let dir = ScratchDir::bpffs("lbrepair");
+    let vn = VerdictNet::new("vrep", 3);
+    let (eth0, mac, eth1_mac) = (vn.eth0, vn.eth0_mac, vn.eth1_mac);
+    let d = dir.path().to_owned();
+    vn.lb.run(move || {
+        let lb = LoadBalancer::builder()
+            .redirect_interface("eth0")
+            .redirect_interface("eth1")
+            .ipip_source(IPIP_SRC_V4.parse().unwrap())
+            .pin(&d)
+            .load()
+            .unwrap();
+        let vip = Vip::tcp(sa(VIP_V4, 80));
+        vip_with(&lb, vip, VipConfig::new(ForwardingMode::Ipip).table_size(1021), &backends_v4(3));
+        // Kernel and library agree on every new flow (a SYN always asks Maglev).
+        let agree = |lb: &LoadBalancer| {
+            (0..200u16).all(|i| {
+                let input = frame(mac, client(i), addr_port(&vip), Protocol::Tcp, true, PAYLOAD);
+                let out = lb.test_run_on(&input, eth0).unwrap();
+                let flow = Flow::new(client(i), addr_port(&vip), Protocol::Tcp);
+                let chosen = lb.backend_for(&vip, &flow).unwrap().unwrap();
+                let osrc = lb.ipip_source_for(&vip, &flow, chosen.ip).unwrap().unwrap();
+                out.frame == ipip(&input, osrc, chosen.ip, eth1_mac, backend_mac(backend_index(chosen))).to_vec()
+            })
+        };
+        assert!(agree(&lb));
+        drop(lb);
+
+        // The crash: a stale table (every slot on one backend) and the mark.
+        let outer = MapHandle::from_pinned_path(d.join("xdpg_lb_tables")).unwrap();
+        let slot = outer.keys().next().expect("the VIP's table");
+        let live = outer.lookup(&slot, MapFlags::ANY).unwrap().unwrap();
+        let live = MapHandle::from_map_id(u32::from_ne_bytes(live[..4].try_into().unwrap())).unwrap();
+        let one_backend = live.lookup(&0u32.to_ne_bytes(), MapFlags::ANY).unwrap().unwrap();
+        let opts = libbpf_sys::bpf_map_create_opts {
+            sz: std::mem::size_of::<libbpf_sys::bpf_map_create_opts>() as _,
+            map_flags: libbpf_sys::BPF_F_INNER_MAP,
+            ..Default::default()
+        };
+        let stale = MapHandle::create(MapType::Array, Some("stale"), 4, 4, 1021, &opts).unwrap();
+        for k in 0..1021u32 {
+            stale.update(&k.to_ne_bytes(), &one_backend, MapFlags::ANY).unwrap();
+        }
+        outer.update(&slot, &(stale.as_fd().as_raw_fd() as u32).to_ne_bytes(), MapFlags::ANY).unwrap();
+        let unmarked = LoadBalancer::open_pinned(&d).unwrap();
+        assert!(!agree(&unmarked), "the stale table is live (and nothing repairs it without the mark)");
+        drop(unmarked);
+        let cfg = MapHandle::from_pinned_path(d.join("xdpg_lb_cfg")).unwrap();
+        let mut value = cfg.lookup(&0u32.to_ne_bytes(), MapFlags::ANY).unwrap().unwrap();
+        value[DIRTY_OFFSET..DIRTY_OFFSET + 4].copy_from_slice(&1u32.to_ne_bytes());
+        cfg.update(&0u32.to_ne_bytes(), &value, MapFlags::ANY).unwrap();
+
+        let input = frame(mac, client(7), addr_port(&vip), Protocol::Tcp, true, PAYLOAD);
+        let repaired = LoadBalancer::open_pinned(&d).expect("reopen repairs");
+        let value = cfg.lookup(&0u32.to_ne_bytes(), MapFlags::ANY).unwrap().unwrap();
+        assert_eq!(value[DIRTY_OFFSET..DIRTY_OFFSET + 4], [0; 4], "the mark is cleared");
+        assert_eq!(repaired.backends(&vip).unwrap().len(), 3);
+        assert!(agree(&repaired), "tables republished from the backends");
+        assert_eq!(repaired.test_run_on(&input, eth0).unwrap().action, XdpAction::Redirect);
+        repaired.unpin().unwrap();
+    });
+}
+
+// ---- errors ----------------------------------------------------------------------
+
+#[test]
+fn configuration_errors_are_typed_with_a_fix() {
+    ensure_bpffs();
+    let ns = NetNs::new("verr");
+    ns.run(|| {
+        let lb = LoadBalancer::builder().max_vips(2).max_backends(4).connections(64).load().unwrap();
+        let vip = Vip::tcp(sa(VIP_V4, 80));
+        let e = lb.add_vip(vip, VipConfig::new(ForwardingMode::L2Dsr).table_size(65536)).unwrap_err();
+        assert!(matches!(e, LbError::TableSizeNotPrime { suggestion: 65537, .. }), "{e}");
+        assert!(e.to_string().contains("65537"));
+        assert!(matches!(lb.add_vip(vip, VipConfig::default().table_size(5)), Err(LbError::TableSizeOutOfRange { .. })));
+        assert!(matches!(lb.add_backend(&vip, IpAddr::V4(backend_v4(1)), 1), Err(LbError::VipNotFound { .. })));
+        lb.add_vip(vip, VipConfig::new(ForwardingMode::L2Dsr)).unwrap();
+        lb.add_vip(vip, VipConfig::new(ForwardingMode::L2Dsr)).unwrap(); // same: no change
+        let e = lb.add_vip(vip, VipConfig::new(ForwardingMode::Nat)).unwrap_err();
+        assert!(matches!(e, LbError::ConflictingVip { .. }), "{e}");
+        assert!(e.to_string().contains("remove_vip"));
+        let e = lb.add_backend(&vip, IpAddr::V6(backend_v6(1)), 1).unwrap_err();
+        assert!(matches!(e, LbError::Unsupported { .. }), "{e}");
+        let e = lb.add_backend(&vip, sa(backend_v4(1), 8080), 1).unwrap_err();
+        assert!(matches!(e, LbError::Unsupported { .. }), "DSR cannot change ports: {e}");
+        assert!(matches!(lb.add_backend(&vip, IpAddr::V4(backend_v4(1)), 70000), Err(LbError::InvalidWeight { .. })));
+        lb.add_backend(&vip, IpAddr::V4(backend_v4(1)), 1).unwrap();
+        assert!(matches!(lb.add_backend(&vip, IpAddr::V4(backend_v4(1)), 2), Err(LbError::BackendExists { weight: 1, .. })));
+        assert!(matches!(lb.set_weight(&vip, IpAddr::V4(backend_v4(2)), 2), Err(LbError::BackendNotFound { .. })));
+        assert!(matches!(lb.remove_backend(&vip, IpAddr::V4(backend_v4(2))), Err(LbError::BackendNotFound { .. })));
+        // A failed batch changes nothing.
+        let e = lb.batch(&vip).add(IpAddr::V4(backend_v4(2)), 1).remove(IpAddr::V4(backend_v4(9))).apply().unwrap_err();
+        assert!(matches!(e, LbError::BackendNotFound { .. }));
+        assert_eq!(lb.backends(&vip).unwrap().len(), 1);
+        let e = lb
+            .batch(&vip)
+            .add(IpAddr::V4(backend_v4(2)), 1)
+            .add(IpAddr::V4(backend_v4(3)), 1)
+            .add(IpAddr::V4(backend_v4(4)), 1)
+            .add(IpAddr::V4(backend_v4(5)), 1)
+            .apply()
+            .unwrap_err();
+        assert!(matches!(e, LbError::BackendTableFull { capacity: 4 }), "{e}");
+        assert_eq!(lb.backends(&vip).unwrap().len(), 1);
+
+        let ipip = Vip::tcp(sa(VIP_V6, 80));
+        lb.add_vip(ipip, VipConfig::new(ForwardingMode::Ipip)).unwrap();
+        let e = lb.add_backend(&ipip, IpAddr::V6(backend_v6(1)), 1).unwrap_err();
+        assert!(matches!(e, LbError::IpipSourceUnset { family: 6 }), "{e}");
+        assert!(e.to_string().contains("set_ipip_source"));
+        lb.set_ipip_source(IPIP_SRC_V6.parse().unwrap()).unwrap();
+        lb.add_backend(&ipip, IpAddr::V6(backend_v6(1)), 1).unwrap();
+        assert!(matches!(lb.add_backend(&ipip, IpAddr::V4(backend_v4(1)), 1), Err(LbError::Unsupported { .. })));
+        assert!(matches!(
+            lb.add_vip(Vip::udp(sa(VIP2_V4, 53)), VipConfig::new(ForwardingMode::Nat)),
+            Err(LbError::VipTableFull { capacity: 2 })
+        ));
+        lb.remove_vip(&ipip).unwrap();
+        assert!(matches!(
+            lb.add_vip(Vip::udp(sa(VIP2_V4, 53)), VipConfig::new(ForwardingMode::Nat).conntrack(false)),
+            Err(LbError::Unsupported { .. })
+        ));
+        let small = Vip::udp(sa(VIP2_V4, 53));
+        lb.add_vip(small, VipConfig::new(ForwardingMode::Nat).table_size(7)).unwrap();
+        assert!(matches!(lb.add_backend(&small, IpAddr::V4(backend_v4(2)), 1), Err(LbError::TableTooSmall { .. })));
+        let e = lb.backend_for(&vip, &Flow::new(client(1), sa(VIP_V4, 443), Protocol::Tcp)).unwrap_err();
+        assert!(matches!(e, LbError::FlowMismatch { .. }), "{e}");
+        assert!(matches!(lb.remove_vip(&ipip), Err(LbError::VipNotFound { .. })));
+    });
+}

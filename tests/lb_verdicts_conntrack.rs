@@ -1,0 +1,259 @@
+//! The load balancer's connection tracking and backend sets as fixture
+//! tables, through BPF_PROG_TEST_RUN: tracked flows keep their backend
+//! across backend changes and drains, a SYN chooses afresh, UDP flows
+//! expire, the new-flow bound, VIPs without a usable backend, and one
+//! batch as one table swap. Needs root; fails (does not skip) without it.
+
+mod common {
+    pub mod lb;
+}
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use common::lb::*;
+use xdpguard::testing::fixture::{Fixture, FixtureTable};
+use xdpguard::testing::lb_topology::*;
+use xdpguard::{Flow, ForwardingMode, LoadBalancer, NewFlowLimit, Protocol, Vip, VipConfig, XdpAction};
+
+/// A DSR row: out of eth1 to backend `b`'s MAC, the packet untouched.
+fn to_backend(n: &VerdictInfo, what: String, input: &[u8], b: usize) -> Fixture<'static> {
+    Fixture::new(what, input).on(n.eth0).action(XdpAction::Redirect).output(
+        {
+            let mut f = input.to_vec();
+            f[0..6].copy_from_slice(&backend_mac(b));
+            f[6..12].copy_from_slice(&n.eth1_mac);
+            f
+        },
+    )
+}
+
+/// A DSR row whose backend is whatever the frame's destination MAC says
+/// (the run's output tells).
+fn backend_of(t: &mut FixtureTable<'_, LoadBalancer>, n: &VerdictInfo, what: String, input: &[u8]) -> usize {
+    let out = t.run(Fixture::new(what, input).on(n.eth0).action(XdpAction::Redirect)).expect("a test run");
+    backend_of_mac(&out.frame)
+}
+
+#[test]
+fn tracked_flows_keep_their_backend_and_syn_chooses_afresh() {
+    in_lb_ns("vct", 6, |n| {
+        let lb = lb();
+        let mut t = FixtureTable::new(&lb, "connection tracking");
+        let vip = Vip::tcp(sa(VIP_V4, 80));
+        let all = backends_v4(6);
+        vip_with(&lb, vip, VipConfig::new(ForwardingMode::L2Dsr).table_size(16381), &all[..3]);
+        let flows: Vec<SocketAddr> = (0..60).map(client).collect();
+        let syn = |src: SocketAddr| frame(n.eth0_mac, src, addr_port(&vip), Protocol::Tcp, true, PAYLOAD);
+        let ack = |src: SocketAddr| frame(n.eth0_mac, src, addr_port(&vip), Protocol::Tcp, false, PAYLOAD);
+        let predicted = |src: SocketAddr| {
+            backend_index(lb.backend_for(&vip, &Flow::new(src, addr_port(&vip), Protocol::Tcp)).unwrap().unwrap())
+        };
+        let first: Vec<usize> = flows.iter().map(|&src| backend_of(&mut t, &n, format!("SYN from {src}"), &syn(src))).collect();
+        let s = lb.vip_stats(&vip).unwrap();
+        assert_eq!((s.traffic.packets, s.new_flows, s.lru_misses, s.lru_hits), (60, 60, 60, 0));
+        // Three more backends: Maglev now sends about half the flows elsewhere...
+        lb.batch(&vip).add(all[3], 1).add(all[4], 1).add(all[5], 1).apply().unwrap();
+        let moved = flows.iter().zip(&first).filter(|(src, b)| predicted(**src) != **b).count();
+        assert!(moved > 10, "only {moved} of 60 flows would move");
+        // ...but tracked flows (non-SYN segments) stay where they are.
+        for (&src, &b) in flows.iter().zip(&first) {
+            t.run(to_backend(&n, format!("ACK from {src} keeps backend {b}"), &ack(src), b));
+        }
+        let s = lb.vip_stats(&vip).unwrap();
+        assert_eq!((s.traffic.packets, s.lru_hits, s.lru_misses), (120, 60, 60));
+        // A new SYN on the same 4-tuple chooses afresh: backend_for's answer.
+        for &src in &flows {
+            t.run(to_backend(&n, format!("a new SYN from {src}"), &syn(src), predicted(src)));
+        }
+        let s = lb.vip_stats(&vip).unwrap();
+        assert_eq!((s.new_flows, s.lru_misses, s.lru_hits), (120, 120, 60));
+
+        // Draining a backend keeps its tracked flows; removing it moves them.
+        let victim_src = flows[0];
+        let victim = lb.backend_for(&vip, &Flow::new(victim_src, addr_port(&vip), Protocol::Tcp)).unwrap().unwrap();
+        lb.set_weight(&vip, victim, 0).unwrap();
+        t.run(to_backend(&n, "a drained backend keeps its flows".into(), &ack(victim_src), backend_index(victim)));
+        for i in 100..200 {
+            let f = Flow::new(client(i), addr_port(&vip), Protocol::Tcp);
+            assert_ne!(lb.backend_for(&vip, &f).unwrap(), Some(victim), "no new flow goes to a drained backend");
+            let got = backend_of(&mut t, &n, format!("a new flow from {}", client(i)), &syn(client(i)));
+            assert_ne!(got, backend_index(victim));
+        }
+        lb.remove_backend(&vip, victim).unwrap();
+        let now = lb.backend_for(&vip, &Flow::new(victim_src, addr_port(&vip), Protocol::Tcp)).unwrap().unwrap();
+        assert_ne!(now, victim);
+        t.run(to_backend(&n, "a removed backend's flows choose afresh".into(), &ack(victim_src), backend_index(now)));
+        // A backend slot reused by someone else does not inherit old flows:
+        // re-adding the victim gives it a new slot generation.
+        lb.add_backend(&vip, victim, 1).unwrap();
+        t.run(to_backend(&n, "the re-tracked flow stays put".into(), &ack(victim_src), backend_index(now)));
+        t.finish();
+    });
+}
+
+#[test]
+fn udp_flows_expire_after_the_idle_timeout() {
+    in_lb_ns("vudp", 4, |n| {
+        let lb = lb();
+        let mut t = FixtureTable::new(&lb, "UDP flows");
+        let vip = Vip::udp(sa(VIP_V6, 53));
+        let all = backends_v6(4);
+        vip_with(&lb, vip, VipConfig::new(ForwardingMode::L2Dsr).table_size(16381), &all[..2]);
+        lb.set_udp_timeout(std::time::Duration::from_millis(300));
+        let flows: Vec<SocketAddr> = (0..40).map(client6).collect();
+        let dgram = |src: SocketAddr| frame(n.eth0_mac, src, addr_port(&vip), Protocol::Udp, false, PAYLOAD);
+        let first: Vec<usize> = flows.iter().map(|&s| backend_of(&mut t, &n, format!("from {s}"), &dgram(s))).collect();
+        lb.batch(&vip).add(all[2], 1).add(all[3], 1).apply().unwrap();
+        for (&s, &b) in flows.iter().zip(&first) {
+            t.run(to_backend(&n, format!("within the timeout the flow from {s} sticks"), &dgram(s), b));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(600));
+        let mut moved = 0;
+        for (&s, &b) in flows.iter().zip(&first) {
+            let now = backend_index(lb.backend_for(&vip, &Flow::new(s, addr_port(&vip), Protocol::Udp)).unwrap().unwrap());
+            t.run(to_backend(&n, format!("after the timeout the flow from {s} chooses afresh"), &dgram(s), now));
+            moved += usize::from(now != b);
+        }
+        t.finish();
+        assert!(moved > 5, "only {moved} of 40 expired flows moved");
+    });
+}
+
+#[test]
+fn new_flow_rate_is_bounded_per_cpu_and_refusals_still_forward() {
+    in_lb_ns("vrate", 3, |n| {
+        // One CPU, so one per-CPU bucket sees every packet.
+        pin_to_cpu0();
+        let lb = lb();
+        lb.set_new_flow_limit(NewFlowLimit::PerCpu { per_second: 1, burst: 5 });
+        let vip = Vip::tcp(sa(VIP_V4, 80));
+        vip_with(&lb, vip, VipConfig::new(ForwardingMode::Ipip), &backends_v4(3));
+        let mut t = FixtureTable::new(&lb, "new-flow bound, IPIP");
+        for i in 0..20u16 {
+            let input = frame(n.eth0_mac, client(i), addr_port(&vip), Protocol::Tcp, true, PAYLOAD);
+            let flow = Flow::new(client(i), addr_port(&vip), Protocol::Tcp);
+            let chosen = lb.backend_for(&vip, &flow).unwrap().unwrap();
+            let osrc = lb.ipip_source_for(&vip, &flow, chosen.ip).unwrap().unwrap();
+            // Refused flows are still forwarded, to the same backend.
+            t.run(
+                Fixture::new(format!("flow {i}"), &input)
+                    .on(n.eth0)
+                    .action(XdpAction::Redirect)
+                    .output(ipip(&input, osrc, chosen.ip, n.eth1_mac, backend_mac(backend_index(chosen)))),
+            );
+        }
+        t.finish();
+        let s = lb.vip_stats(&vip).unwrap();
+        assert_eq!(s.new_flows, 5, "a burst of 5, then 1 per second");
+        assert_eq!(lb.stats().unwrap().conntrack_refused.packets, 15);
+        assert_eq!(lb.connection_count(), 5);
+        assert_eq!(lb.new_flow_limit(), NewFlowLimit::PerCpu { per_second: 1, burst: 5 });
+    });
+}
+
+#[test]
+fn nat_flows_over_the_new_flow_bound_are_dropped_not_broken() {
+    in_lb_ns("vnatrate", 3, |n| {
+        pin_to_cpu0();
+        let lb = lb();
+        lb.set_new_flow_limit(NewFlowLimit::PerCpu { per_second: 1, burst: 2 });
+        let vip = Vip::tcp(sa(VIP_V4, 80));
+        vip_with(&lb, vip, VipConfig::new(ForwardingMode::Nat), &backends_v4(3));
+        let mut t = FixtureTable::new(&lb, "new-flow bound, NAT");
+        let pkt = |i: u16, syn: bool| Pkt::new(client(i), addr_port(&vip), Protocol::Tcp, syn);
+        let before = lb.stats().unwrap();
+        for i in 0..6u16 {
+            let input = pkt(i, true).frame(CLIENT_MAC, n.eth0_mac);
+            if i < 2 {
+                let chosen = lb.backend_for(&vip, &Flow::new(client(i), addr_port(&vip), Protocol::Tcp)).unwrap().unwrap();
+                let out = pkt(i, true).to(sa(chosen.ip, 80)).frame(n.eth1_mac, backend_mac(backend_index(chosen)));
+                t.run(Fixture::new(format!("flow {i} is within the burst"), &input).on(n.eth0).action(XdpAction::Redirect).output(out));
+            } else {
+                // Forwarded untracked, its replies could not be translated back.
+                t.run(
+                    Fixture::new(format!("flow {i} is over the bound"), &input)
+                        .on(n.eth0)
+                        .action(XdpAction::Drop)
+                        .counts(&["drop_nat_untracked", "conntrack_refused"]),
+                );
+            }
+        }
+        let s = lb.stats().unwrap().since(&before);
+        assert_eq!(s.drops.nat_untracked.packets, 4, "{s:?}");
+        assert_eq!(s.conntrack_refused.packets, 4, "{s:?}");
+        assert_eq!(s.dropped().packets, 4, "{s:?}");
+        assert_eq!(lb.connection_count(), 2);
+        // A tracked flow keeps flowing while the bound refuses new ones.
+        t.run(Fixture::new("a tracked flow", pkt(0, false).frame(CLIENT_MAC, n.eth0_mac)).on(n.eth0).action(XdpAction::Redirect));
+        t.finish();
+        assert_eq!(lb.vip_stats(&vip).unwrap().lru_hits, 1);
+    });
+}
+
+#[test]
+fn vip_without_usable_backend_drops_and_counts() {
+    in_lb_ns("vnob", 2, |n| {
+        let lb = lb();
+        let mut t = FixtureTable::new(&lb, "no usable backend");
+        let vip = Vip::tcp(sa(VIP_V4, 80));
+        lb.add_vip(vip, VipConfig::new(ForwardingMode::L2Dsr)).unwrap();
+        let input = frame(n.eth0_mac, client(1), addr_port(&vip), Protocol::Tcp, true, PAYLOAD);
+        t.run(Fixture::new("no backend", &input).on(n.eth0).action(XdpAction::Drop).counts(&["drop_no_backend"]));
+        assert_eq!(lb.backend_for(&vip, &Flow::new(client(1), addr_port(&vip), Protocol::Tcp)).unwrap(), None);
+        // All backends drained: same.
+        lb.add_backend(&vip, IpAddr::V4(backend_v4(1)), 0).unwrap();
+        t.run(Fixture::new("every backend drained", &input).on(n.eth0).action(XdpAction::Drop).counts(&["drop_no_backend"]));
+        assert!(lb.kernel_table(&vip).unwrap().is_none());
+        let s = lb.stats().unwrap();
+        assert_eq!(s.drops.no_backend.packets, 2);
+        assert_eq!(s.drops.no_backend.bytes, 2 * input.len() as u64);
+        assert_eq!(lb.vip_stats(&vip).unwrap().traffic.packets, 2);
+        // Weight back: forwarded.
+        lb.set_weight(&vip, IpAddr::V4(backend_v4(1)), 3).unwrap();
+        t.run(to_backend(&n, "weight back".into(), &input, 1));
+        t.finish();
+        let table = lb.kernel_table(&vip).unwrap().unwrap();
+        assert_eq!(table.len(), 65537);
+        assert!(table.iter().all(|b| b.ip == IpAddr::V4(backend_v4(1))));
+    });
+}
+
+#[test]
+fn one_batch_is_one_table_swap() {
+    // The kernel table after a batch is exactly the table of the final
+    // backend set; the intermediate sets never existed there.
+    in_lb_ns("vbatch", 6, |_| {
+        let lb = lb();
+        let vip = Vip::tcp(sa(VIP_V4, 80));
+        vip_with(&lb, vip, VipConfig::new(ForwardingMode::L2Dsr).table_size(16381), &backends_v4(3));
+        let before = lb.kernel_table(&vip).unwrap().unwrap();
+        lb.batch(&vip)
+            .add(IpAddr::V4(backend_v4(4)), 2)
+            .add(IpAddr::V4(backend_v4(5)), 1)
+            .remove(IpAddr::V4(backend_v4(1)))
+            .set_weight(IpAddr::V4(backend_v4(2)), 0)
+            .apply()
+            .unwrap();
+        let after = lb.kernel_table(&vip).unwrap().unwrap();
+        assert_ne!(before, after);
+        let mut shares = std::collections::HashMap::new();
+        for b in &after {
+            *shares.entry(backend_index(*b)).or_insert(0usize) += 1;
+        }
+        assert_eq!(shares.keys().copied().collect::<std::collections::BTreeSet<_>>(), [3, 4, 5].into());
+        // Weights 1 : 2 : 1.
+        let total = after.len() as f64;
+        for (b, w) in [(3, 0.25), (4, 0.5), (5, 0.25)] {
+            let share = shares[&b] as f64 / total;
+            assert!((share - w).abs() < 0.01 * w, "backend {b}: share {share}");
+        }
+        // User space's prediction matches the kernel table slot by slot.
+        let arc = Arc::new(after);
+        for i in 0..200u16 {
+            let f = Flow::new(client(i), addr_port(&vip), Protocol::Tcp);
+            let b = lb.backend_for(&vip, &f).unwrap().unwrap();
+            assert!(arc.contains(&b));
+        }
+    });
+}

@@ -1,0 +1,204 @@
+//! The load balancer's policies and parser as fixture tables, through
+//! BPF_PROG_TEST_RUN: fragments, IPv4 options, ICMP echo to a VIP, and
+//! frames cut at every length. Needs root; fails (does not skip) without it.
+
+mod common {
+    pub mod lb;
+}
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use common::lb::*;
+use xdpguard::testing::fixture::{Fixture, FixtureTable};
+use xdpguard::testing::frame::{Ext, Frame, Icmp};
+use xdpguard::testing::lb_topology::*;
+use xdpguard::{EchoPolicy, Flow, ForwardingMode, FragmentPolicy, OptionsPolicy, Protocol, Vip, VipConfig, XdpAction};
+
+#[test]
+fn fragments_follow_the_fragment_policy() {
+    in_lb_ns("vfrag", 3, |n| {
+        let lb = lb();
+        let mut t = FixtureTable::new(&lb, "fragments");
+        let any = Vip::all_ports(IpAddr::V4(VIP2_V4), Protocol::Udp);
+        vip_with(&lb, any, VipConfig::new(ForwardingMode::Ipip), &backends_v4(3));
+        let one = Vip::udp(sa(VIP_V4, 53));
+        vip_with(&lb, one, VipConfig::new(ForwardingMode::Ipip), &backends_v4(3));
+        let any6 = Vip::all_ports(IpAddr::V6(VIP2_V6), Protocol::Udp);
+        vip_with(&lb, any6, VipConfig::new(ForwardingMode::L2Dsr), &backends_v6(3));
+
+        // A UDP fragment: 16 bytes of data, no UDP header of its own.
+        let v4_frag = |dst: Ipv4Addr, src_last: u8, offset_units: u16, more: bool| {
+            Frame::builder()
+                .macs(CLIENT_MAC, n.eth0_mac)
+                .ipv4(Ipv4Addr::new(192, 0, 2, src_last), dst)
+                .id(0x4242)
+                .fragment(offset_units, more)
+                .protocol(17)
+                .payload(&[0x11; 16])
+                .build()
+        };
+        for src_last in 1..=20u8 {
+            let first = v4_frag(VIP2_V4, src_last, 0, true);
+            let later = v4_frag(VIP2_V4, src_last, 2, false);
+            let flow = Flow::new(sa(Ipv4Addr::new(192, 0, 2, src_last), 0), sa(VIP2_V4, 0), Protocol::Udp).fragment();
+            let chosen = lb.backend_for(&any, &flow).unwrap().unwrap();
+            let osrc = lb.ipip_source_for(&any, &flow, chosen.ip).unwrap().unwrap();
+            for (what, f) in [("first", &first), ("later", &later)] {
+                // Every fragment of a datagram to the same, predicted backend.
+                let want = ipip(f, osrc, chosen.ip, n.eth1_mac, backend_mac(backend_index(chosen)));
+                t.run(
+                    Fixture::new(format!("{what} fragment from 192.0.2.{src_last}"), f)
+                        .on(n.eth0)
+                        .action(XdpAction::Redirect)
+                        .output(want)
+                        .counts_packets(&["fragments_forwarded", "redirected"]),
+                );
+            }
+        }
+        assert_eq!(lb.stats().unwrap().fragments_forwarded.packets, 40);
+        // A fragment to a single-port VIP's address cannot be matched: dropped.
+        t.run(
+            Fixture::new("a fragment to a single-port VIP", v4_frag(VIP_V4, 1, 2, false))
+                .on(n.eth0)
+                .action(XdpAction::Drop)
+                .counts(&["drop_fragment"]),
+        );
+        assert_eq!(lb.backend_for(&one, &Flow::new(client(1), sa(VIP_V4, 53), Protocol::Udp).fragment()).unwrap(), None);
+        // Not a VIP address: passed untouched.
+        t.run(Fixture::new("a fragment to no VIP", v4_frag(LB_FRONT_V4, 1, 2, false)).on(n.eth0).action(XdpAction::Pass).unchanged());
+        // IPv6 fragment header, to the all-ports DSR VIP.
+        let src6 = Ipv6Addr::new(0x2001, 0xdb8, 0xc, 0, 0, 0, 0, 7);
+        let f6 = Frame::builder()
+            .macs(CLIENT_MAC, n.eth0_mac)
+            .ipv6(src6, VIP2_V6)
+            .ext(Ext::Fragment { offset: 4, more: false, id: 9 })
+            .protocol(17)
+            .payload(&[0x22; 16])
+            .build();
+        let chosen = lb.backend_for(&any6, &Flow::new(sa(src6, 9), sa(VIP2_V6, 9), Protocol::Udp).fragment()).unwrap().unwrap();
+        t.run(
+            Fixture::new("an IPv6 fragment", &f6)
+                .on(n.eth0)
+                .action(XdpAction::Redirect)
+                .output(f6.with_macs(n.eth1_mac, backend_mac(backend_index(chosen)))),
+        );
+        // Policy Drop: every fragment to a VIP address goes.
+        lb.set_fragment_policy(FragmentPolicy::Drop);
+        assert_eq!(lb.fragment_policy(), FragmentPolicy::Drop);
+        t.run(Fixture::new("policy drop, IPv4", v4_frag(VIP2_V4, 1, 0, true)).on(n.eth0).action(XdpAction::Drop).counts(&["drop_fragment"]));
+        t.run(Fixture::new("policy drop, IPv6", &f6).on(n.eth0).action(XdpAction::Drop).counts(&["drop_fragment"]));
+        t.finish();
+        assert_eq!(lb.stats().unwrap().drops.fragment.packets, 3);
+    });
+}
+
+#[test]
+fn ipv4_options_follow_the_options_policy() {
+    in_lb_ns("vopt", 3, |n| {
+        let lb = lb();
+        let mut t = FixtureTable::new(&lb, "IPv4 options");
+        let vip = Vip::tcp(sa(VIP_V4, 80));
+        vip_with(&lb, vip, VipConfig::new(ForwardingMode::Nat), &backends_v4(3));
+        // A TCP SYN with a 4-byte IPv4 option (NOP NOP NOP EOL).
+        let sent = Pkt::new(sa(CLIENT_V4, 40000), addr_port(&vip), Protocol::Tcp, true);
+        let input = sent.builder(CLIENT_MAC, n.eth0_mac).options(&[1, 1, 1, 0]).build();
+        assert_eq!(input[14] & 0x0F, 6, "IHL 6: options present");
+        let chosen = lb.backend_for(&vip, &Flow::new(sa(CLIENT_V4, 40000), addr_port(&vip), Protocol::Tcp)).unwrap().unwrap();
+        // NAT with options: options kept, checksums still right.
+        let want = sent.to(sa(chosen.ip, 80)).builder(n.eth1_mac, backend_mac(backend_index(chosen))).options(&[1, 1, 1, 0]).build();
+        t.run(
+            Fixture::new("NAT with options", &input)
+                .on(n.eth0)
+                .action(XdpAction::Redirect)
+                .output(want)
+                .counts_packets(&["options_forwarded", "redirected"]),
+        );
+        lb.set_options_policy(OptionsPolicy::Drop);
+        assert_eq!(lb.options_policy(), OptionsPolicy::Drop);
+        t.run(Fixture::new("policy drop", &input).on(n.eth0).action(XdpAction::Drop).counts(&["drop_ip_options"]));
+        t.finish();
+        assert_eq!(lb.stats().unwrap().options_forwarded.packets, 1);
+        assert_eq!(lb.stats().unwrap().drops.ip_options.packets, 1);
+    });
+}
+
+#[test]
+fn echo_to_a_vip_follows_the_echo_policy() {
+    in_lb_ns("vecho", 2, |n| {
+        let lb = lb();
+        let mut t = FixtureTable::new(&lb, "echo");
+        vip_with(&lb, Vip::tcp(sa(VIP_V4, 80)), VipConfig::new(ForwardingMode::L2Dsr), &backends_v4(2));
+        vip_with(&lb, Vip::udp(sa(VIP_V6, 53)), VipConfig::new(ForwardingMode::L2Dsr), &backends_v6(2));
+        let echo = |src: IpAddr, dst: IpAddr, icmp: Icmp, macs: ([u8; 6], [u8; 6])| {
+            Frame::builder().macs(macs.0, macs.1).ip(src, dst).icmp(icmp).payload(b"ping").build()
+        };
+        let request = Icmp::EchoRequest { id: 7, seq: 1 };
+        let reply = Icmp::EchoReply { id: 7, seq: 1 };
+        let e4 = echo(CLIENT_V4.into(), VIP_V4.into(), request, (CLIENT_MAC, n.eth0_mac));
+        let e6 = echo(CLIENT_V6.into(), VIP_V6.into(), request, (CLIENT_MAC, n.eth0_mac));
+        assert_eq!(lb.echo_policy(), EchoPolicy::Answer, "the default");
+        // Answered on the spot: from the VIP, back out of eth0 (TTL 64).
+        for (what, req, vip, client) in [("IPv4", &e4, IpAddr::V4(VIP_V4), IpAddr::V4(CLIENT_V4)), ("IPv6", &e6, VIP_V6.into(), CLIENT_V6.into())] {
+            t.run(
+                Fixture::new(format!("{what} echo, policy answer"), req)
+                    .on(n.eth0)
+                    .action(XdpAction::Tx)
+                    .output(echo(vip, client, reply, (n.eth0_mac, CLIENT_MAC)))
+                    .counts(&["echo_answered"]),
+            );
+        }
+        assert_eq!(lb.stats().unwrap().echo_answered.packets, 2);
+        lb.set_echo_policy(EchoPolicy::Pass);
+        t.run(Fixture::new("policy pass", &e4).on(n.eth0).action(XdpAction::Pass).unchanged().counts(&["passed_echo"]));
+        lb.set_echo_policy(EchoPolicy::Drop);
+        t.run(Fixture::new("policy drop", &e6).on(n.eth0).action(XdpAction::Drop).counts(&["drop_echo"]));
+        let s = lb.stats().unwrap();
+        assert_eq!((s.passed_echo.packets, s.drops.echo.packets), (1, 1));
+        // Echo to a non-VIP address is not ours.
+        let other = echo(CLIENT_V4.into(), LB_FRONT_V4.into(), request, (CLIENT_MAC, n.eth0_mac));
+        t.run(Fixture::new("echo to the LB itself", &other).on(n.eth0).action(XdpAction::Pass).unchanged());
+        t.finish();
+    });
+}
+
+/// Every action but XDP_ABORTED.
+const NOT_ABORTED: &[XdpAction] = &[XdpAction::Drop, XdpAction::Pass, XdpAction::Tx, XdpAction::Redirect];
+
+#[test]
+fn truncated_frames_never_abort() {
+    in_lb_ns("vtrunc", 3, |n| {
+        let lb = lb();
+        let mut t = FixtureTable::new(&lb, "truncated frames");
+        vip_with(&lb, Vip::tcp(sa(VIP_V4, 80)), VipConfig::new(ForwardingMode::Nat), &backends_v4(3));
+        vip_with(&lb, Vip::udp(sa(VIP_V6, 53)), VipConfig::new(ForwardingMode::Ipip), &backends_v6(3));
+        vip_with(&lb, Vip::tcp(sa(VIP_V6, 80)), VipConfig::new(ForwardingMode::Nat), &backends_v6(3));
+        let frames = [
+            frame(n.eth0_mac, client(1), sa(VIP_V4, 80), Protocol::Tcp, true, PAYLOAD),
+            frame(n.eth0_mac, client6(1), sa(VIP_V6, 53), Protocol::Udp, false, PAYLOAD),
+            icmp_error(n.eth0_mac, sa(VIP_V6, 80), client6(2), Protocol::Tcp),
+            icmp_error(n.eth0_mac, sa(VIP_V4, 80), client(2), Protocol::Tcp),
+        ];
+        for full in &frames {
+            let l3_start = full.l3();
+            // BPF_PROG_TEST_RUN refuses frames shorter than an Ethernet header.
+            for len in 14..full.len() {
+                let cut = Fixture::new(format!("cut at {len} of {}", full.len()), full.cut(len)).on(n.eth0);
+                t.run(if len > l3_start {
+                    // The IP length field now overstates the frame: not
+                    // ours, passed untouched.
+                    cut.action(XdpAction::Pass).unchanged()
+                } else {
+                    cut.action_in(NOT_ABORTED)
+                });
+                // And with the IP length fixed up to the cut (a short but
+                // consistent packet), the program still never aborts.
+                if len >= l3_start + 40 {
+                    t.run(Fixture::new(format!("consistent cut at {len}"), full.cut_consistent(len)).on(n.eth0).action_in(NOT_ABORTED));
+                }
+            }
+        }
+        t.finish();
+        let s = lb.stats().unwrap();
+        assert!(s.passed_malformed.packets > 100, "cut frames are counted as malformed: {s:?}");
+    });
+}
