@@ -59,6 +59,7 @@ use xdpguard::testing::lb_topology::*;
 use xdpguard::testing::netns::ensure_bpffs;
 use etherparse::{Icmpv4Header, Icmpv6Header, IpNumber, Ipv4Header, Ipv6Header, TcpHeader, UdpHeader};
 use rand::rngs::StdRng;
+use xdpguard::testing::frame::{Ext, Frame, FrameBuilder, Icmp};
 use rand::{RngExt, SeedableRng};
 use xdpguard::{
     BackendAddr, EchoPolicy, Flow, ForwardingMode, FragmentPolicy, HashInput, LbError, LbStats, LoadBalancer,
@@ -99,29 +100,15 @@ fn env_number(name: &str) -> Option<u64> {
 }
 
 // ---------------------------------------------------------------------------
-// Checksums (RFC 1071) and their incremental update (RFC 1624, eqn. 3).
-
-fn ones_sum(data: &[u8]) -> u64 {
-    let mut s = 0u64;
-    let mut chunks = data.chunks_exact(2);
-    for c in &mut chunks {
-        s += u64::from(u16::from_be_bytes([c[0], c[1]]));
-    }
-    if let [last] = chunks.remainder() {
-        s += u64::from(*last) << 8;
-    }
-    s
-}
+// Incremental checksum updates (RFC 1624, eqn. 3), as the program makes
+// them: the model rewrites frames the way the program does; the test kit
+// builds every frame whole.
 
 fn fold(mut s: u64) -> u16 {
     while s > 0xFFFF {
         s = (s & 0xFFFF) + (s >> 16);
     }
     s as u16
-}
-
-fn checksum(data: &[u8]) -> u16 {
-    !fold(ones_sum(data))
 }
 
 /// HC' = ~(~HC + ~m + m') over every changed 16-bit word.
@@ -140,39 +127,6 @@ fn words(b: &[u8]) -> Vec<u16> {
 /// (old, new) word pairs of a field that changed from `old` to `new`.
 fn word_changes(old: &[u8], new: &[u8]) -> Vec<(u16, u16)> {
     words(old).into_iter().zip(words(new)).collect()
-}
-
-fn pseudo_header(src: IpAddr, dst: IpAddr, proto: u8, len: usize) -> Vec<u8> {
-    let mut p = Vec::new();
-    match (src, dst) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => {
-            p.extend_from_slice(&s.octets());
-            p.extend_from_slice(&d.octets());
-            p.extend_from_slice(&[0, proto]);
-            p.extend_from_slice(&(len as u16).to_be_bytes());
-        }
-        _ => {
-            p.extend_from_slice(&ip_octets(src));
-            p.extend_from_slice(&ip_octets(dst));
-            p.extend_from_slice(&(len as u32).to_be_bytes());
-            p.extend_from_slice(&[0, 0, 0, proto]);
-        }
-    }
-    p
-}
-
-/// The checksum of an L4 segment over its pseudo-header (field zeroed).
-fn l4_checksum(src: IpAddr, dst: IpAddr, proto: u8, seg: &[u8], field: usize) -> u16 {
-    let mut data = pseudo_header(src, dst, proto, seg.len());
-    let mut seg = seg.to_vec();
-    seg[field..field + 2].copy_from_slice(&[0, 0]);
-    data.extend_from_slice(&seg);
-    let c = checksum(&data);
-    if proto == 17 && c == 0 {
-        0xFFFF
-    } else {
-        c
-    }
 }
 
 fn ip_octets(a: IpAddr) -> Vec<u8> {
@@ -1046,36 +1000,13 @@ enum Unresolved {
 /// packet's source to the backend, with its TTL (and IPv4 TOS), in the
 /// received Ethernet header. None: the frame is too short to hold it.
 fn dsr_probe(f: &[u8], ip: &Ip, backend: IpAddr) -> Option<Vec<u8>> {
-    let mut out = f[..14].to_vec();
-    match ip.fam {
-        Fam::V4 => {
-            if f.len() < 14 + 28 {
-                return None;
-            }
-            let mut h = vec![0x45, f[15], 0, 28, 0, 0, 0, 0, f[22], 1, 0, 0];
-            h.extend_from_slice(&ip_octets(ip.src));
-            h.extend_from_slice(&ip_octets(backend));
-            let c = checksum(&h);
-            put16(&mut h, 10, c);
-            out.extend_from_slice(&h);
-            out.extend_from_slice(&[0, 0, 0xFF, 0xFF, 0, 0, 0, 0]);
-        }
-        Fam::V6 => {
-            if f.len() < 14 + 48 {
-                return None;
-            }
-            let mut icmp = vec![129, 0, 0, 0, 0, 0, 0, 0];
-            let mut data = pseudo_header(ip.src, backend, 58, 8);
-            data.extend_from_slice(&icmp);
-            let c = checksum(&data);
-            put16(&mut icmp, 2, c);
-            out.extend_from_slice(&[0x60, 0, 0, 0, 0, 8, 58, f[21]]);
-            out.extend_from_slice(&ip_octets(ip.src));
-            out.extend_from_slice(&ip_octets(backend));
-            out.extend_from_slice(&icmp);
-        }
-    }
-    Some(out)
+    let b = Frame::builder().macs(f[6..12].try_into().unwrap(), f[0..6].try_into().unwrap());
+    let b = match ip.fam {
+        Fam::V4 if f.len() >= 14 + 28 => b.ip(ip.src, backend).tos(f[15]).id(0).df(false).ttl(f[22]),
+        Fam::V6 if f.len() >= 14 + 48 => b.ip(ip.src, backend).ttl(f[21]),
+        _ => return None,
+    };
+    Some(b.icmp(Icmp::EchoReply { id: 0, seq: 0 }).build().to_vec())
 }
 
 /// Gives back the TTL (hop limit) a NAT rewrite took.
@@ -1107,54 +1038,26 @@ fn too_big(f: &[u8], ip: &Ip, mtu: usize, tot_len: usize, may_reply: bool) -> Pr
         return drop;
     }
     let overhead = tot_len.saturating_sub(ip.l3_len);
-    let (dmac, smac): ([u8; 6], [u8; 6]) = (f[6..12].try_into().unwrap(), f[0..6].try_into().unwrap());
-    let mut out = Vec::new();
-    out.extend_from_slice(&dmac);
-    out.extend_from_slice(&smac);
-    match ip.fam {
+    let b = Frame::builder().macs(f[0..6].try_into().unwrap(), f[6..12].try_into().unwrap());
+    let out = match ip.fam {
         Fam::V4 => {
             let qlen = ip.hdr_len + 8;
             if !ip.df || f[14 + 9] == 1 || 14 + qlen > f.len() {
                 return drop;
             }
             let report = if mtu > overhead + 68 { mtu - overhead } else { 68 };
-            let mut icmp = vec![3, 4, 0, 0, 0, 0];
-            icmp.extend_from_slice(&(report as u16).to_be_bytes());
-            icmp.extend_from_slice(&f[14..14 + qlen]);
-            let c = checksum(&icmp);
-            put16(&mut icmp, 2, c);
-            out.extend_from_slice(&[0x08, 0x00]);
-            let mut h = vec![0x45, f[15]];
-            h.extend_from_slice(&((20 + icmp.len()) as u16).to_be_bytes());
-            h.extend_from_slice(&[0, 0, 0, 0, 64, 1, 0, 0]);
-            h.extend_from_slice(&ip_octets(ip.dst));
-            h.extend_from_slice(&ip_octets(ip.src));
-            let c = checksum(&h);
-            put16(&mut h, 10, c);
-            out.extend_from_slice(&h);
-            out.extend_from_slice(&icmp);
+            b.ip(ip.dst, ip.src).tos(f[15]).id(0).df(false).ttl(64).icmp(Icmp::TooBig { mtu: report as u16 }).payload(&f[14..14 + qlen])
         }
         Fam::V6 => {
             if f.len() < 14 + 48 || f[14 + 6] == 58 {
                 return drop;
             }
             let report = if mtu > overhead + 1280 { mtu - overhead } else { 1280 };
-            let mut icmp = vec![2, 0, 0, 0];
-            icmp.extend_from_slice(&(report as u32).to_be_bytes());
-            icmp.extend_from_slice(&f[14..14 + 48]);
-            let mut data = pseudo_header(ip.dst, ip.src, 58, icmp.len());
-            data.extend_from_slice(&icmp);
-            let c = checksum(&data);
-            put16(&mut icmp, 2, c);
-            out.extend_from_slice(&[0x86, 0xDD]);
-            out.extend_from_slice(&[0x60, 0, 0, 0]);
-            out.extend_from_slice(&(icmp.len() as u16).to_be_bytes());
-            out.extend_from_slice(&[58, 64]);
-            out.extend_from_slice(&ip_octets(ip.dst));
-            out.extend_from_slice(&ip_octets(ip.src));
-            out.extend_from_slice(&icmp);
+            b.ip(ip.dst, ip.src).ttl(64).icmp(Icmp::TooBig { mtu: report as u16 }).payload(&f[14..14 + 48])
         }
     }
+    .build()
+    .to_vec();
     let mut p = Prediction::new(Verdict::Tx(out), format!("too big: {tot_len} > MTU {mtu}, sender told"), &["drop_mtu"]);
     p.counters.push("too_big_sent");
     p
@@ -1164,34 +1067,15 @@ fn too_big(f: &[u8], ip: &Ip, mtu: usize, tot_len: usize, may_reply: bool) -> Pr
 /// 64) or IPv6 header (flow label from the flow hash, hop limit 64) in
 /// front of the whole received packet.
 fn encapsulate(frame: &[u8], ip: &Ip, src: IpAddr, dst: IpAddr) -> Vec<u8> {
-    let mut out = frame[..12].to_vec();
-    match (src, dst) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => {
-            out.extend_from_slice(&[0x08, 0x00]);
-            let mut h = vec![0x45, frame[15]];
-            h.extend_from_slice(&((ip.l3_len + 20) as u16).to_be_bytes());
-            h.extend_from_slice(&[0, 0, 0, 0, 64, 4, 0, 0]);
-            h.extend_from_slice(&s.octets());
-            h.extend_from_slice(&d.octets());
-            let c = checksum(&h);
-            put16(&mut h, 10, c);
-            out.extend_from_slice(&h);
-        }
-        (IpAddr::V6(s), IpAddr::V6(d)) => {
-            out.extend_from_slice(&[0x86, 0xDD]);
-            // With a /64 prefix the source's low 32 bits are the flow hash.
-            let hash = u32::from_be_bytes(s.octets()[12..16].try_into().unwrap());
-            out.extend_from_slice(&((6u32 << 28) | (hash & 0xFFFFF)).to_be_bytes());
-            out.extend_from_slice(&(ip.l3_len as u16).to_be_bytes());
-            out.push(if ip.fam == Fam::V4 { 4 } else { 41 });
-            out.push(64);
-            out.extend_from_slice(&s.octets());
-            out.extend_from_slice(&d.octets());
-        }
-        _ => panic!("outer source {src} and backend {dst} of different families"),
-    }
-    out.extend_from_slice(&frame[14..]);
-    out
+    // The IP packet, and what the frame carries after it (Ethernet padding).
+    let (inner, trailer) = frame[14..].split_at(ip.l3_len.min(frame.len() - 14));
+    let b = Frame::builder().macs(frame[6..12].try_into().unwrap(), frame[0..6].try_into().unwrap()).ip(src, dst).ttl(64);
+    let b = match src {
+        IpAddr::V4(_) => b.tos(frame[15]).id(0).df(false),
+        // With a /64 prefix the source's low 32 bits are the flow hash.
+        IpAddr::V6(s) => b.flow_label(u32::from_be_bytes(s.octets()[12..16].try_into().unwrap()) & 0xFFFFF),
+    };
+    b.ip_payload(inner).trailer(trailer).build().to_vec()
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -1423,55 +1307,36 @@ fn payload(rng: &mut StdRng, max: usize) -> Vec<u8> {
     (0..len).map(|_| rng.random()).collect()
 }
 
+/// The transport part of a packet the test kit builds (`name`: its span).
+fn segment(b: FrameBuilder, name: &str) -> Vec<u8> {
+    let f = b.build();
+    f[f.span(name).start..].to_vec()
+}
+
+/// A TCP segment from `src` to `dst` with these flags and `opts` words of
+/// NOP options (checksum over the pseudo-header).
 fn tcp(src: IpAddr, dst: IpAddr, sport: u16, dport: u16, flags: u8, opts: usize, data: &[u8]) -> Vec<u8> {
-    let doff = 5 + opts;
-    let mut s = Vec::with_capacity(doff * 4 + data.len());
-    s.extend_from_slice(&sport.to_be_bytes());
-    s.extend_from_slice(&dport.to_be_bytes());
-    s.extend_from_slice(&0x1000_0001u32.to_be_bytes());
-    s.extend_from_slice(&(if flags & 0x10 != 0 { 0x2000_0001u32 } else { 0 }).to_be_bytes());
-    s.push((doff as u8) << 4);
-    s.push(flags);
-    s.extend_from_slice(&[0xFA, 0xF0, 0, 0, 0, 0]);
-    s.extend(std::iter::repeat(1u8).take(opts * 4)); // NOPs
-    s.extend_from_slice(data);
-    let c = l4_checksum(src, dst, 6, &s, 16);
-    put16(&mut s, 16, c);
-    s
+    let ack = if flags & 0x10 != 0 { 0x2000_0001 } else { 0 };
+    let b = Frame::builder().ip(src, dst).tcp(sport, dport).seq(0x1000_0001).tcp_flags(flags).ack_number(ack);
+    segment(b.window(0xFAF0).tcp_options(&vec![1; opts * 4]).payload(data), "tcp")
 }
 
+/// A UDP datagram from `src` to `dst`; IPv4 without a checksum when asked.
 fn udp(src: IpAddr, dst: IpAddr, sport: u16, dport: u16, no_checksum: bool, data: &[u8]) -> Vec<u8> {
-    let mut s = Vec::with_capacity(8 + data.len());
-    s.extend_from_slice(&sport.to_be_bytes());
-    s.extend_from_slice(&dport.to_be_bytes());
-    s.extend_from_slice(&((8 + data.len()) as u16).to_be_bytes());
-    s.extend_from_slice(&[0, 0]);
-    s.extend_from_slice(data);
-    if !(no_checksum && src.is_ipv4()) {
-        let c = l4_checksum(src, dst, 17, &s, 6);
-        put16(&mut s, 6, c);
-    }
-    s
+    let b = Frame::builder().ip(src, dst).udp(sport, dport);
+    let b = if no_checksum { b.no_udp_checksum() } else { b };
+    segment(b.payload(data), "udp")
 }
 
+/// An ICMP message of any type.
 fn icmp4(ty: u8, code: u8, rest: [u8; 4], body: &[u8]) -> Vec<u8> {
-    let mut m = vec![ty, code, 0, 0];
-    m.extend_from_slice(&rest);
-    m.extend_from_slice(body);
-    let c = checksum(&m);
-    put16(&mut m, 2, c);
-    m
+    let b = Frame::builder().ipv4(Ipv4Addr::UNSPECIFIED, Ipv4Addr::UNSPECIFIED);
+    segment(b.icmp(Icmp::Raw { kind: ty, code, rest }).payload(body), "icmpv4")
 }
 
+/// An ICMPv6 message of any type, from `src` to `dst`.
 fn icmp6(src: Ipv6Addr, dst: Ipv6Addr, ty: u8, code: u8, rest: [u8; 4], body: &[u8]) -> Vec<u8> {
-    let mut m = vec![ty, code, 0, 0];
-    m.extend_from_slice(&rest);
-    m.extend_from_slice(body);
-    let mut data = pseudo_header(IpAddr::V6(src), IpAddr::V6(dst), 58, m.len());
-    data.extend_from_slice(&m);
-    let c = checksum(&data);
-    put16(&mut m, 2, c);
-    m
+    segment(Frame::builder().ipv6(src, dst).icmp(Icmp::Raw { kind: ty, code, rest }).payload(body), "icmpv6")
 }
 
 #[derive(Clone, Debug)]
@@ -1492,42 +1357,31 @@ impl V4Hdr {
         V4Hdr { src, dst, proto, ttl: 64, tos: 0, df: true, mf: false, offset: 0, options: Vec::new() }
     }
 
+    /// The IPv4 packet of this header and `payload` (identification 0x4242).
     fn packet(&self, payload: &[u8]) -> Vec<u8> {
-        let hdr = 20 + self.options.len();
-        let mut h = vec![0x40 | (hdr / 4) as u8, self.tos];
-        h.extend_from_slice(&((hdr + payload.len()) as u16).to_be_bytes());
-        h.extend_from_slice(&0x4242u16.to_be_bytes());
-        let frag = (u16::from(self.df) << 14) | (u16::from(self.mf) << 13) | (self.offset & 0x1FFF);
-        h.extend_from_slice(&frag.to_be_bytes());
-        h.extend_from_slice(&[self.ttl, self.proto, 0, 0]);
-        h.extend_from_slice(&self.src.octets());
-        h.extend_from_slice(&self.dst.octets());
-        h.extend_from_slice(&self.options);
-        let c = checksum(&h);
-        put16(&mut h, 10, c);
-        h.extend_from_slice(payload);
-        h
+        let b = Frame::builder().ipv4(self.src, self.dst).ttl(self.ttl).tos(self.tos).id(0x4242).df(self.df);
+        let b = b.fragment(self.offset & 0x1FFF, self.mf).options(&self.options);
+        b.protocol(self.proto).payload(payload).build().ip_packet().to_vec()
     }
 }
 
-/// An IPv6 packet: extension headers (type, body after next/len; bodies
-/// sized to a multiple of 8 with the two leading bytes), then the payload.
+/// An IPv6 packet: extension headers (type, body after the next-header
+/// byte; bodies sized to a multiple of 8 with the two leading bytes), then
+/// the payload.
 fn v6_packet(src: Ipv6Addr, dst: Ipv6Addr, hop: u8, exts: &[(u8, Vec<u8>)], proto: u8, payload: &[u8]) -> Vec<u8> {
-    let mut chain = Vec::new();
-    for (i, (_, body)) in exts.iter().enumerate() {
-        let next = exts.get(i + 1).map_or(proto, |e| e.0);
-        chain.push(next);
-        chain.extend_from_slice(body);
-    }
-    let first = exts.first().map_or(proto, |e| e.0);
-    let mut p = vec![0x60, 0, 0, 0];
-    p.extend_from_slice(&((chain.len() + payload.len()) as u16).to_be_bytes());
-    p.extend_from_slice(&[first, hop]);
-    p.extend_from_slice(&src.octets());
-    p.extend_from_slice(&dst.octets());
-    p.extend_from_slice(&chain);
-    p.extend_from_slice(payload);
-    p
+    let exts: Vec<Ext> = exts
+        .iter()
+        .map(|(ty, body)| match ty {
+            44 => Ext::Fragment {
+                offset: be16(body, 1) >> 3,
+                more: body[2] & 1 != 0,
+                id: u32::from_be_bytes(body[3..7].try_into().unwrap()),
+            },
+            _ => Ext::Raw { number: *ty, body: body[1..].to_vec() },
+        })
+        .collect();
+    let b = Frame::builder().ipv6(src, dst).ttl(hop).exts(&exts);
+    b.protocol(proto).payload(payload).build().ip_packet().to_vec()
 }
 
 /// One extension header's body (after its next-header byte).
@@ -1559,13 +1413,9 @@ fn ext_body(rng: &mut StdRng, ty: u8) -> Vec<u8> {
     }
 }
 
+/// An Ethernet frame of any EtherType around `payload`.
 fn ether(dst: [u8; 6], src: [u8; 6], ethertype: u16, payload: &[u8]) -> Vec<u8> {
-    let mut f = Vec::with_capacity(14 + payload.len());
-    f.extend_from_slice(&dst);
-    f.extend_from_slice(&src);
-    f.extend_from_slice(&ethertype.to_be_bytes());
-    f.extend_from_slice(payload);
-    f
+    Frame::builder().macs(src, dst).ether_type(ethertype).payload(payload).build().to_vec()
 }
 
 fn sock(ip: IpAddr, port: u16) -> SocketAddr {
