@@ -25,6 +25,13 @@
 //! Requirements: Linux 5.15 or later with BTF (tested on 6.18), and the
 //! CAP_BPF and CAP_NET_ADMIN capabilities (or root).
 //!
+//! Features: `testing` adds [`testing`] (not in the default build; pulls in
+//! etherparse): the test kit the crate's own tests use, to test your lists
+//! and VIPs the same way: a frame builder, verdict fixtures run through the
+//! real programs with field-by-field frame diffs, throwaway network
+//! namespaces and the load balancer's test bed. Enable it in
+//! `[dev-dependencies]`.
+//!
 //! ```no_run
 //! use xdpguard::{AttachMode, Filter};
 //!
@@ -79,7 +86,6 @@ mod stats;
 mod sys;
 mod testrun;
 #[cfg(feature = "testing")]
-#[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
 pub mod testing;
 mod v4;
 mod v6;

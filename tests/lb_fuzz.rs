@@ -57,7 +57,7 @@ use std::time::Instant;
 
 use xdpguard::testing::lb_topology::*;
 use xdpguard::testing::netns::ensure_bpffs;
-use etherparse::{Icmpv4Header, Icmpv6Header, IpNumber, Ipv4Header, Ipv6Header, TcpHeader, UdpHeader};
+use xdpguard::testing::etherparse::{Icmpv4Header, Icmpv6Header, IpNumber, Ipv4Header, Ipv6Header, TcpHeader, UdpHeader};
 use rand::rngs::StdRng;
 use xdpguard::testing::frame::{Ext, Frame, FrameBuilder, Icmp};
 use rand::{RngExt, SeedableRng};

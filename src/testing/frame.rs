@@ -1,4 +1,4 @@
-//! Ethernet frames for tests, built with [etherparse](crate::testing::etherparse).
+//! Ethernet frames for tests, built with [`etherparse`].
 //!
 //! [`FrameBuilder`] writes a frame layer by layer: Ethernet, VLAN tags, one
 //! or more IP headers (IPv4 with options and fragmentation, IPv6 with

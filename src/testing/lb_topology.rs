@@ -334,7 +334,7 @@ pub struct Servers {
 }
 
 impl Servers {
-    /// Starts TCP on [::]:port (dual stack) and UDP on each of `udp_addrs`.
+    /// Starts TCP on `[::]:port` (dual stack) and UDP on each of `udp_addrs`.
     /// They are listening when this returns.
     ///
     /// # Panics
