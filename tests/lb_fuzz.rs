@@ -59,7 +59,7 @@ use xdpguard::testing::lb_topology::*;
 use xdpguard::testing::netns::ensure_bpffs;
 use xdpguard::testing::etherparse::{Icmpv4Header, Icmpv6Header, IpNumber, Ipv4Header, Ipv6Header, TcpHeader, UdpHeader};
 use rand::rngs::StdRng;
-use xdpguard::testing::frame::{Ext, Frame, FrameBuilder, Icmp};
+use xdpguard::testing::frame::{insert_vlan_tags, Ext, Frame, FrameBuilder, Icmp, VlanTag, TPID_8021AD, TPID_8021Q};
 use rand::{RngExt, SeedableRng};
 use xdpguard::{
     BackendAddr, EchoPolicy, Flow, ForwardingMode, FragmentPolicy, HashInput, LbError, LbStats, LoadBalancer,
@@ -1818,14 +1818,14 @@ impl Generator {
 
     fn vlan(&mut self, g: &mut Gen) {
         let tags = [1usize, 1, 2, 3][self.rng.random_range(0..4)];
-        let mut f = g.frame[..12].to_vec();
-        for i in 0..tags {
-            let tpid: u16 = if i == 0 && self.rng.random_bool(0.3) { 0x88A8 } else { 0x8100 };
-            f.extend_from_slice(&tpid.to_be_bytes());
-            f.extend_from_slice(&self.rng.random_range(1..4095u16).to_be_bytes());
-        }
-        f.extend_from_slice(&g.frame[12..]);
-        g.frame = f;
+        let tags: Vec<VlanTag> = (0..tags)
+            .map(|i| {
+                let tpid = if i == 0 && self.rng.random_bool(0.3) { TPID_8021AD } else { TPID_8021Q };
+                VlanTag { tpid, id: self.rng.random_range(1..4095u16) }
+            })
+            .collect();
+        g.frame = insert_vlan_tags(&g.frame, &tags);
+        let tags = tags.len();
         g.what = format!("{tags} VLAN tag(s), {}", g.what);
     }
 
