@@ -297,7 +297,7 @@ pub(crate) fn io_from_libbpf(err: libbpf_rs::Error) -> io::Error {
 
 /// Names missing capabilities, or `None` when the process has them all.
 pub(crate) fn missing_privileges() -> Option<String> {
-    let missing = crate::sys::missing_capabilities();
+    let missing = crate::core::sys::missing_capabilities();
     (!missing.is_empty()).then(|| missing.join(", "))
 }
 

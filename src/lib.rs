@@ -69,29 +69,14 @@
 //! ```
 #![warn(missing_docs)]
 
-mod attach;
+mod core;
 mod error;
 mod filter;
-mod filter_maps;
-mod hash;
-mod layout;
 mod lb;
-mod lists;
-mod maps;
-mod mmap;
-mod pin;
-mod prefix;
-mod program;
-mod stats;
-mod sys;
-mod testrun;
 #[cfg(feature = "testing")]
 pub mod testing;
-mod v4;
-mod v6;
-mod v6_table;
 
-pub use attach::{AttachMode, Attachment, Interface};
+pub use crate::core::attach::{AttachMode, Attachment, Interface};
 pub use error::{AttachError, Error, LbError, LineError, ListError, LoadError, PinError};
 pub use filter::{
     BulkChange, EntryChange, Filter, FilterBuilder, MalformedPolicy, PrefixList, Verdict, DEFAULT_V4_CAPACITY,
@@ -104,7 +89,6 @@ pub use lb::{
     NewFlowLimit, NextHop, OptionsPolicy, Protocol, Vip, VipConfig, VipStats, NEIGH_PROTOCOL, DEFAULT_CONNECTIONS, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_VIPS,
     DEFAULT_NEXT_HOP_CACHE, DEFAULT_TABLE_SIZE, DEFAULT_UDP_TIMEOUT, MAX_TABLE_SIZE, MAX_WEIGHT, MIN_TABLE_SIZE,
 };
-pub use lists::ListKind;
-pub use prefix::{normalize, parse_list, parse_prefix, ListLine, Normalized};
-pub use stats::{Counter, FilterStats};
-pub use testrun::{TestRun, XdpAction};
+pub use crate::core::testrun::{TestRun, XdpAction};
+pub use crate::core::counter::Counter;
+pub use filter::{normalize, parse_list, parse_prefix, FilterStats, ListKind, ListLine, Normalized};

@@ -14,14 +14,14 @@ use super::layout::decap_skel::DecapSkelBuilder;
 use super::layout::xdpg_decap_key;
 use super::maps::map_err;
 use super::state::ip_from_words;
-use crate::attach::{Attachment, Interface};
+use crate::core::attach::{Attachment, Interface};
 use crate::error::{missing_privileges, AttachError, Error, LbError, LoadError};
-use crate::layout::consts::*;
-use crate::maps::{load_err, program_fd, MapSet};
-use crate::pin::PinDir;
-use crate::program::{self, XdpProgram};
-use crate::stats::Counter;
-use crate::testrun::TestRun;
+use crate::core::layout::consts::*;
+use crate::core::maps::{load_err, program_fd, MapSet};
+use crate::core::pin::PinDir;
+use crate::core::program::{self, XdpProgram};
+use crate::Counter;
+use crate::core::testrun::TestRun;
 use crate::AttachMode;
 
 /// An XDP decapsulator: IPv4-in-IPv4, IPv6-in-IPv6 and IPv4-in-IPv6

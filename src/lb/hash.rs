@@ -4,8 +4,8 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use crate::hash::mix32;
-use crate::layout::consts::{XDPG_LB_FAMILY_V4, XDPG_LB_FAMILY_V6};
+use crate::core::hash::mix32;
+use crate::core::layout::consts::{XDPG_LB_FAMILY_V4, XDPG_LB_FAMILY_V6};
 
 const K1: u64 = 0x9E37_79B9_7F4A_7C15;
 const K2: u64 = 0xC2B2_AE3D_27D4_EB4F;

@@ -6,7 +6,7 @@
 
 use std::mem::{offset_of, size_of};
 
-use crate::layout::consts;
+use crate::core::layout::consts;
 
 /// The load balancer's skeleton (`src/bpf/lb.bpf.c`).
 pub(crate) mod lb_skel {
@@ -27,7 +27,7 @@ pub(crate) use lb_skel::types::{
     xdpg_lb_vip_stats,
 };
 
-use crate::layout::pod;
+use crate::core::layout::pod;
 
 pod!(
     xdpg_lb_addr_key,

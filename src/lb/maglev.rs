@@ -11,7 +11,7 @@
 //! - Weight 0 (draining) backends take no slots.
 
 use super::types::{BackendAddr, MAX_TABLE_SIZE, MIN_TABLE_SIZE};
-use crate::layout::consts::XDPG_LB_NO_BACKEND;
+use crate::core::layout::consts::XDPG_LB_NO_BACKEND;
 
 /// Seeds of the two identity hashes (offset and skip). Changing them
 /// changes every table: they are part of the cross-node contract.

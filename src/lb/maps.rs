@@ -15,11 +15,11 @@ use super::layout::lb_skel::LbSkelBuilder;
 use super::layout::{xdpg_lb_backend, xdpg_lb_backend_stats, xdpg_lb_config, xdpg_lb_nbr_key, xdpg_lb_vip_stats};
 use super::neigh::{HopKey, NsId};
 use crate::error::{io_from_libbpf, missing_privileges, LbError, LoadError, PinError};
-use crate::maps::{load_err, program_fd, MapSet};
-use crate::stats::Counter;
-use crate::layout::consts::*;
-use crate::mmap::{cfg_fields, MappedArray};
-use crate::pin::PinDir;
+use crate::core::maps::{load_err, program_fd, MapSet};
+use crate::Counter;
+use crate::core::layout::consts::*;
+use crate::core::mmap::{cfg_fields, MappedArray};
+use crate::core::pin::PinDir;
 
 /// The name of the LB program, also its pin name.
 pub(crate) const PROGRAM_NAME: &str = "xdpg_lb";

@@ -23,12 +23,12 @@ use std::time::Duration;
 use ipnetwork::IpNetwork;
 use libbpf_rs::{MapCore, MapFlags};
 
-use crate::attach::{Attachment, Interface};
+use crate::core::attach::{Attachment, Interface};
 use crate::error::{AttachError, Error, LbError, LoadError};
-use crate::layout::consts::*;
-use crate::pin::PinDir;
-use crate::program::{self, XdpProgram};
-use crate::testrun::TestRun;
+use crate::core::layout::consts::*;
+use crate::core::pin::PinDir;
+use crate::core::program::{self, XdpProgram};
+use crate::core::testrun::TestRun;
 use crate::AttachMode;
 
 pub use decap::{Decap, DecapBuilder, DecapStats};

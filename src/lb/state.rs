@@ -15,7 +15,7 @@ use super::maglev;
 use super::maps::{map_err, LbMaps};
 use super::types::{BackendAddr, ForwardingMode, HashInput, Protocol, Vip, VipConfig};
 use crate::error::LbError;
-use crate::layout::consts::*;
+use crate::core::layout::consts::*;
 
 /// A backend's slot in `xdpg_lb_backends` and its weight.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -3,8 +3,8 @@
 
 use super::layout::xdpg_lb_vip_stats;
 use super::types::{Backend, BackendAddr, NextHop};
-use crate::layout::consts::*;
-use crate::stats::Counter;
+use crate::core::layout::consts::*;
+use crate::Counter;
 
 /// One VIP's counters.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]

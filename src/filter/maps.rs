@@ -9,13 +9,13 @@ use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
 use libbpf_rs::MapHandle;
 
 use crate::error::{io_from_libbpf, missing_privileges, LoadError, PinError};
-use crate::layout::consts::*;
-use crate::layout::filter_skel::FilterSkelBuilder;
-use crate::layout::{xdpg_filter_config, xdpg_v4_bucket, xdpg_v4_rule, xdpg_v6_bucket, xdpg_v6_rule, xdpg_v6_view};
-use crate::maps::{load_err, program_fd, MapSet};
-use crate::mmap::{cfg_fields, MappedArray};
-use crate::pin::PinDir;
-use crate::stats::Counter;
+use crate::core::layout::consts::*;
+use crate::filter::layout::filter_skel::FilterSkelBuilder;
+use crate::filter::layout::{xdpg_filter_config, xdpg_v4_bucket, xdpg_v4_rule, xdpg_v6_bucket, xdpg_v6_rule, xdpg_v6_view};
+use crate::core::maps::{load_err, program_fd, MapSet};
+use crate::core::mmap::{cfg_fields, MappedArray};
+use crate::core::pin::PinDir;
+use crate::Counter;
 
 /// The name of the filter program, also its pin name.
 pub(crate) const PROGRAM_NAME: &str = "xdpg_filter";

@@ -8,8 +8,8 @@ use std::os::fd::{AsFd, OwnedFd};
 use libbpf_rs::{MapCore, MapFlags, MapHandle, Object};
 
 use crate::error::{io_from_libbpf, LoadError, PinError};
-use crate::layout::xdpg_counter;
-use crate::pin::PinDir;
+use crate::filter::layout::xdpg_counter;
+use crate::core::pin::PinDir;
 
 pub(crate) struct MapSet {
     handles: Vec<(&'static str, MapHandle)>,
@@ -68,7 +68,7 @@ impl MapSet {
 
     /// Kernel memory charged to all the maps.
     pub(crate) fn memlock_bytes(&self) -> u64 {
-        self.handles.iter().filter_map(|(_, h)| crate::sys::map_memlock(h.as_fd()).ok()).sum()
+        self.handles.iter().filter_map(|(_, h)| crate::core::sys::map_memlock(h.as_fd()).ok()).sum()
     }
 
     /// One entry of a per-CPU map, folded over CPUs with `add`.

@@ -8,11 +8,11 @@
 
 use std::sync::atomic::{fence, Ordering};
 
-use crate::hash::mix32;
-use crate::layout::consts::*;
-use crate::layout::{xdpg_v6_bucket, xdpg_v6_entry};
-use crate::mmap::MappedArray;
-use crate::v4::TableFull;
+use crate::core::hash::mix32;
+use crate::core::layout::consts::*;
+use crate::filter::layout::{xdpg_v6_bucket, xdpg_v6_entry};
+use crate::core::mmap::MappedArray;
+use crate::filter::v4::TableFull;
 
 const SLOTS: usize = XDPG_V6_BUCKET_SLOTS as usize;
 const OVERFLOW: u32 = XDPG_V6_BUCKET_OVERFLOW;
@@ -240,7 +240,7 @@ mod tests {
     #[test]
     fn a_table_takes_its_full_capacity() {
         for (capacity, seeds) in [(65_536usize, 12u32), (262_144, 4)] {
-            let buckets = crate::filter_maps::Capacity::new(1, capacity).v6_buckets;
+            let buckets = crate::filter::maps::Capacity::new(1, capacity).v6_buckets;
             for seed in 0..seeds {
                 let mut t = vec![xdpg_v6_bucket::default(); buckets];
                 let mut x = seed.wrapping_mul(0x9E37_79B9) | 1;

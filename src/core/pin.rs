@@ -10,10 +10,10 @@ use std::path::{Path, PathBuf};
 
 use nix::fcntl::{Flock, FlockArg};
 
-use crate::attach::Attachment;
+use crate::core::attach::Attachment;
 use crate::error::PinError;
 use crate::AttachMode;
-use crate::sys;
+use crate::core::sys;
 
 const LINK_PREFIX: &str = "link_";
 

@@ -1,5 +1,19 @@
 //! [`Filter`]: the XDP source-address filter, its builder, and its lists.
 
+mod hash;
+pub(crate) mod layout;
+mod lists;
+mod maps;
+mod prefix;
+mod stats;
+mod v4;
+mod v6;
+mod v6_table;
+
+pub use lists::ListKind;
+pub use prefix::{normalize, parse_list, parse_prefix, ListLine, Normalized};
+pub use stats::FilterStats;
+
 use std::net::IpAddr;
 use std::os::fd::BorrowedFd;
 use std::path::{Path, PathBuf};
@@ -9,16 +23,14 @@ use std::sync::{Mutex, MutexGuard};
 use ipnetwork::IpNetwork;
 use libbpf_rs::{MapCore, MapFlags};
 
-use crate::attach::{Attachment, Interface};
+use crate::core::attach::{Attachment, Interface};
 use crate::error::{io_from_libbpf, AttachError, Error, ListError, LoadError};
-use crate::filter_maps::{self, Capacity, FilterMaps};
-use crate::layout::consts::*;
-use crate::lists::{Editor, ListKind, ListState, Op};
-use crate::pin::PinDir;
-use crate::prefix::{normalize, Normalized};
-use crate::program::{self, XdpProgram};
-use crate::stats::FilterStats;
-use crate::testrun::TestRun;
+use maps::{Capacity, FilterMaps};
+use crate::core::layout::consts::*;
+use lists::{Editor, ListState, Op};
+use crate::core::pin::PinDir;
+use crate::core::program::{self, XdpProgram};
+use crate::core::testrun::TestRun;
 use crate::AttachMode;
 
 /// Default IPv4 capacity: entries (prefixes) per filter, both lists together.
@@ -228,12 +240,12 @@ impl FilterBuilder {
             _ => None,
         };
         let interfaces: &[Interface] = if attach { &self.interfaces } else { &[] };
-        program::create(self.pin.as_deref(), KIND, filter_maps::MARKER, interfaces, self.mode, || {
+        program::create(self.pin.as_deref(), KIND, maps::MARKER, interfaces, self.mode, || {
             let cap = Capacity::new(self.v4_capacity, self.v6_capacity);
-            let (maps, fd) = filter_maps::load(cap, self.malformed.code(), offload_ifindex)?;
+            let (maps, fd) = maps::load(cap, self.malformed.code(), offload_ifindex)?;
             Ok(Filter {
                 maps,
-                program: XdpProgram::new(fd, filter_maps::PROGRAM_NAME),
+                program: XdpProgram::new(fd, maps::PROGRAM_NAME),
                 state: Mutex::new(ListState::default()),
             })
         })
@@ -260,13 +272,13 @@ impl Filter {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn open_pinned(dir: impl AsRef<Path>) -> Result<Filter, Error> {
-        let dir = PinDir::open(dir.as_ref(), KIND, filter_maps::MARKER)?;
+        let dir = PinDir::open(dir.as_ref(), KIND, maps::MARKER)?;
         if let Some(missing) = crate::error::missing_privileges() {
             return Err(LoadError::MissingPrivileges { missing }.into());
         }
         let _lock = dir.lock()?;
         let maps = FilterMaps::open_pinned(&dir)?;
-        let program = XdpProgram::open_pinned(dir.clone(), filter_maps::PROGRAM_NAME)?;
+        let program = XdpProgram::open_pinned(dir.clone(), maps::PROGRAM_NAME)?;
         let mut state = ListState::load(&maps);
         if maps.dirty().load(Ordering::Acquire) != 0 {
             // A process died mid-edit: rebuild the tables from the rules.

@@ -5,7 +5,7 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use crate::error::{missing_privileges, AttachError};
-use crate::sys;
+use crate::core::sys;
 
 /// How to attach an XDP program.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]

@@ -16,13 +16,13 @@ use ipnetwork::IpNetwork;
 use rustc_hash::FxHashMap;
 
 use crate::error::ListError;
-use crate::filter_maps::FilterMaps;
-use crate::layout::consts::*;
-use crate::layout::{xdpg_v4_bucket, xdpg_v4_rule, xdpg_v6_bucket, xdpg_v6_rule, xdpg_v6_view};
-use crate::mmap::MappedArray;
-use crate::v4::{self, BucketStore, CellStore, V4Rules, LIST_ALLOW, LIST_BLOCK};
-use crate::v6::V6Rules;
-use crate::v6_table::{self, LiveV6};
+use crate::filter::maps::FilterMaps;
+use crate::core::layout::consts::*;
+use crate::filter::layout::{xdpg_v4_bucket, xdpg_v4_rule, xdpg_v6_bucket, xdpg_v6_rule, xdpg_v6_view};
+use crate::core::mmap::MappedArray;
+use crate::filter::v4::{self, BucketStore, CellStore, V4Rules, LIST_ALLOW, LIST_BLOCK};
+use crate::filter::v6::V6Rules;
+use crate::filter::v6_table::{self, LiveV6};
 
 /// Which list.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -290,7 +290,7 @@ impl<'a> Editor<'a> {
     /// The data plane's key for (net, len), and its hash.
     fn v6_key(&self, net: u128, len: u8) -> (u32, v6_table::Key) {
         let key = v6_table::Key { words: v6_words(net), len };
-        (crate::hash::v6_key_hash(u32::from(len), key.words, self.maps.config().v4_hash_seed), key)
+        (crate::filter::hash::v6_key_hash(u32::from(len), key.words, self.maps.config().v4_hash_seed), key)
     }
 
     fn bloom_bit(&self, net: u128, len: u8) -> usize {

@@ -16,9 +16,9 @@ use std::ops::Range;
 
 use rustc_hash::FxHashMap;
 
-use crate::hash::v4_bucket_index;
-use crate::layout::consts::*;
-use crate::layout::xdpg_v4_bucket;
+use crate::filter::hash::v4_bucket_index;
+use crate::core::layout::consts::*;
+use crate::filter::layout::xdpg_v4_bucket;
 
 pub(crate) const PASS: u8 = XDPG_VERDICT_PASS as u8;
 pub(crate) const BLOCK: u8 = XDPG_VERDICT_BLOCK as u8;
@@ -767,7 +767,7 @@ mod tests {
     #[test]
     fn host_buckets_take_what_they_are_sized_for() {
         let capacity = 1_048_576usize;
-        let c = crate::filter_maps::Capacity::new(capacity, 1);
+        let c = crate::filter::maps::Capacity::new(capacity, 1);
         let mask = (c.v4_buckets - 1) as u32;
         for seed in 0..20u32 {
             let mut t = vec![xdpg_v4_bucket::default(); c.v4_buckets];

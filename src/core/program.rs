@@ -11,11 +11,11 @@ use std::time::Duration;
 
 use nix::fcntl::Flock;
 
-use crate::attach::{self, Attachment, Interface, Link};
+use crate::core::attach::{self, Attachment, Interface, Link};
 use crate::error::{AttachError, Error, LoadError, PinError};
-use crate::pin::PinDir;
-use crate::sys;
-use crate::testrun::{TestRun, XdpAction};
+use crate::core::pin::PinDir;
+use crate::core::sys;
+use crate::core::testrun::{TestRun, XdpAction};
 use crate::AttachMode;
 
 pub(crate) struct XdpProgram {
@@ -35,18 +35,18 @@ pub(crate) trait Pinnable {
 }
 
 /// Implements [`Pinnable`] and `Debug` for a type holding an [`XdpProgram`]
-/// in `program` and its [`MapSet`](crate::maps::MapSet) at the field path
+/// in `program` and its [`MapSet`](crate::core::maps::MapSet) at the field path
 /// given (`maps.set`).
 macro_rules! impl_pinnable {
     ($ty:ident, $($maps:ident).+) => {
-        impl $crate::program::Pinnable for $ty {
-            fn program(&self) -> &$crate::program::XdpProgram {
+        impl $crate::core::program::Pinnable for $ty {
+            fn program(&self) -> &$crate::core::program::XdpProgram {
                 &self.program
             }
-            fn program_mut(&mut self) -> &mut $crate::program::XdpProgram {
+            fn program_mut(&mut self) -> &mut $crate::core::program::XdpProgram {
                 &mut self.program
             }
-            fn pin_maps(&self, dir: &$crate::pin::PinDir) -> Result<(), $crate::error::PinError> {
+            fn pin_maps(&self, dir: &$crate::core::pin::PinDir) -> Result<(), $crate::error::PinError> {
                 self.$($maps).+.pin_all(dir)
             }
         }

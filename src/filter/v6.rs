@@ -13,7 +13,7 @@ use std::collections::HashMap;
 
 use rustc_hash::FxHashMap;
 
-use crate::v4::{ALLOW, BLOCK, LIST_ALLOW, LIST_BLOCK, PASS};
+use crate::filter::v4::{ALLOW, BLOCK, LIST_ALLOW, LIST_BLOCK, PASS};
 
 pub(crate) fn mask(len: u8) -> u128 {
     if len == 0 {

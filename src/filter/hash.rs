@@ -1,0 +1,19 @@
+//! The filter's table hashes (src/bpf/hash.h), mirrored so user space puts
+//! every entry where the data plane looks for it. The verdict tests fail if
+//! the two disagree.
+
+use crate::core::hash::mix32;
+
+/// `xdpg_v4_bucket_index`.
+pub(crate) fn v4_bucket_index(addr: u32, seed: u32, mask: u32) -> u32 {
+    mix32(addr ^ seed) & mask
+}
+
+/// `xdpg_v6_key_hash`: `words` is the masked address as the kernel stores
+/// it (network byte order, read as native-endian words). Its low bits pick
+/// the Bloom bit; `mix32` of it picks the bucket.
+pub(crate) fn v6_key_hash(len: u32, words: [u32; 4], seed: u32) -> u32 {
+    let h = mix32(seed ^ len ^ words[0]);
+    let h = mix32(h ^ words[1]);
+    mix32(h ^ words[2] ^ words[3].wrapping_mul(0x9E37_79B1))
+}
