@@ -10,4 +10,5 @@ pub(crate) mod mmap;
 pub(crate) mod pin;
 pub(crate) mod program;
 pub(crate) mod sys;
+pub(crate) mod table;
 pub(crate) mod testrun;

@@ -4,9 +4,10 @@
 
 use crate::core::hash::mix32;
 
-/// `xdpg_v4_bucket_index`.
-pub(crate) fn v4_bucket_index(addr: u32, seed: u32, mask: u32) -> u32 {
-    mix32(addr ^ seed) & mask
+/// What `xdpg_v4_bucket_index` mixes into a host's home bucket
+/// (`mix32(hash) & mask`, as for every chained-bucket table).
+pub(crate) fn v4_host_hash(addr: u32, seed: u32) -> u32 {
+    addr ^ seed
 }
 
 /// `xdpg_v6_key_hash`: `words` is the masked address as the kernel stores

@@ -19,6 +19,14 @@ pub(crate) use filter_skel::types::{
     xdpg_v6_view,
 };
 
+/// Verdicts as the tables store them (allow wins over block whatever the
+/// prefix lengths), and the list bits of a stored entry.
+pub(crate) const PASS: u8 = consts::XDPG_VERDICT_PASS as u8;
+pub(crate) const BLOCK: u8 = consts::XDPG_VERDICT_BLOCK as u8;
+pub(crate) const ALLOW: u8 = consts::XDPG_VERDICT_ALLOW as u8;
+pub(crate) const LIST_BLOCK: u8 = consts::XDPG_LIST_BLOCK as u8;
+pub(crate) const LIST_ALLOW: u8 = consts::XDPG_LIST_ALLOW as u8;
+
 pod!(
     xdpg_counter,
     xdpg_filter_config,

@@ -10,7 +10,7 @@
 
 
 use std::net::IpAddr;
-use std::sync::atomic::{fence, Ordering};
+use std::sync::atomic::Ordering;
 
 use ipnetwork::IpNetwork;
 use rustc_hash::FxHashMap;
@@ -18,11 +18,12 @@ use rustc_hash::FxHashMap;
 use crate::error::ListError;
 use crate::filter::maps::FilterMaps;
 use crate::core::layout::consts::*;
-use crate::filter::layout::{xdpg_v4_bucket, xdpg_v4_rule, xdpg_v6_bucket, xdpg_v6_rule, xdpg_v6_view};
+use crate::filter::layout::{xdpg_v4_rule, xdpg_v6_bucket, xdpg_v6_rule, xdpg_v6_view};
 use crate::core::mmap::MappedArray;
-use crate::filter::v4::{self, BucketStore, CellStore, V4Rules, LIST_ALLOW, LIST_BLOCK};
-use crate::filter::v6::V6Rules;
-use crate::filter::v6_table::{self, LiveV6};
+use crate::core::table::{self, Live, TableError};
+use crate::filter::layout::{LIST_ALLOW, LIST_BLOCK};
+use crate::filter::v4::{self, CellStore, V4Rules};
+use crate::filter::v6::{V6Key, V6Rules};
 
 /// Which list.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -185,28 +186,6 @@ impl CellStore for LiveCells<'_> {
     }
 }
 
-/// Live v4 host buckets of one table pair.
-struct LiveBuckets<'a>(&'a MappedArray<xdpg_v4_bucket>);
-
-const META_OFFSET: usize = std::mem::offset_of!(xdpg_v4_bucket, meta);
-
-impl BucketStore for LiveBuckets<'_> {
-    fn bucket_count(&self) -> usize {
-        self.0.len()
-    }
-    fn read(&self, index: usize) -> xdpg_v4_bucket {
-        self.0.get(index)
-    }
-    fn write_addr(&mut self, index: usize, slot: usize, addr: u32) {
-        self.0.atomic_u32(index, slot * 4).store(addr, Ordering::Relaxed);
-    }
-    fn write_meta(&mut self, index: usize, meta: u32) {
-        // The address stores above become visible no later than the code.
-        fence(Ordering::Release);
-        self.0.atomic_u32(index, META_OFFSET).store(meta, Ordering::Release);
-    }
-}
-
 /// Applies edits to the state and the maps. Create one per edit, under the
 /// filter's lock; `finish` publishes the new generation.
 pub(crate) struct Editor<'a> {
@@ -267,7 +246,7 @@ impl<'a> Editor<'a> {
             let active = self.maps.v4_active();
             let seed = self.maps.config().v4_hash_seed;
             let mut cells_store = LiveCells(&self.maps.l1[active]);
-            let mut buckets = LiveBuckets(&self.maps.hosts[active]);
+            let mut buckets = Live(&self.maps.hosts[active]);
             cells.zip(old).all(|(c, o)| {
                 let n = self.st.v4.cell(c);
                 n == o || v4::transition(&mut cells_store, &mut buckets, seed, c, &o, &n).is_ok()
@@ -288,8 +267,8 @@ impl<'a> Editor<'a> {
     }
 
     /// The data plane's key for (net, len), and its hash.
-    fn v6_key(&self, net: u128, len: u8) -> (u32, v6_table::Key) {
-        let key = v6_table::Key { words: v6_words(net), len };
+    fn v6_key(&self, net: u128, len: u8) -> (u32, V6Key) {
+        let key = V6Key::new(net, len);
         (crate::filter::hash::v6_key_hash(u32::from(len), key.words, self.maps.config().v4_hash_seed), key)
     }
 
@@ -331,20 +310,17 @@ impl<'a> Editor<'a> {
 
     /// Writes the model's verdict for (net, len) into v6 table `table`, or
     /// retires the key when it is no longer an entry.
-    fn v6_write(&self, table: u32, net: u128, len: u8) -> Result<(), v4::TableFull> {
+    fn v6_write(&self, table: u32, net: u128, len: u8) -> Result<(), TableError> {
         let (hash, key) = self.v6_key(net, len);
-        let mut store = LiveV6(&self.maps.v6_tables[table as usize & 1]);
+        let mut store = Live(&self.maps.v6_tables[table as usize & 1]);
         match self.st.v6.effective(net, len) {
-            Some(v) => v6_table::set(&mut store, hash, &key, v),
-            None => {
-                v6_table::clear(&mut store, hash, &key);
-                Ok(())
-            }
+            Some(v) => table::set(&mut store, hash, &key, u32::from(v)),
+            None => table::clear(&mut store, hash, &key).map(drop),
         }
     }
 
     /// Writes the given keys into one table, retirements first.
-    fn v6_write_keys(&self, table: u32, keys: &[(u128, u8)]) -> Result<(), v4::TableFull> {
+    fn v6_write_keys(&self, table: u32, keys: &[(u128, u8)]) -> Result<(), TableError> {
         let (gone, kept): (Vec<_>, Vec<_>) = keys.iter().partition(|&&(n, l)| self.st.v6.effective(n, l).is_none());
         gone.iter().chain(&kept).try_for_each(|&(n, l)| self.v6_write(table, n, l))
     }
@@ -506,7 +482,7 @@ impl<'a> Editor<'a> {
     }
 
     /// Builds the v4 tables from the rules into the idle pair; returns it.
-    fn stage_v4(&mut self) -> Result<usize, v4::TableFull> {
+    fn stage_v4(&mut self) -> Result<usize, TableError> {
         let cfg = self.maps.config();
         let tables = self.st.v4.build(self.maps.capacity().v4_buckets, cfg.v4_hash_seed)?;
         let idle = 1 - self.maps.v4_active();
@@ -516,7 +492,7 @@ impl<'a> Editor<'a> {
     }
 
     /// Builds the v4 tables from the rules into the idle pair and swaps.
-    pub(crate) fn rebuild_v4(&mut self) -> Result<(), v4::TableFull> {
+    pub(crate) fn rebuild_v4(&mut self) -> Result<(), TableError> {
         let idle = self.stage_v4()?;
         self.maps.switch_tables(Some(idle), None);
         Ok(())
@@ -527,7 +503,7 @@ impl<'a> Editor<'a> {
         let mut buckets = vec![xdpg_v6_bucket::default(); self.maps.capacity().v6_buckets];
         for (n, l, v) in self.st.v6.entries() {
             let (hash, key) = self.v6_key(n, l);
-            v6_table::set(&mut buckets, hash, &key, v).map_err(|_| self.v6_full())?;
+            table::set(&mut buckets, hash, &key, u32::from(v)).map_err(|_| self.v6_full())?;
         }
         self.maps.v6_tables[table as usize & 1].fill_from(&buckets);
         Ok(())

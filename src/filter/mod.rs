@@ -8,7 +8,6 @@ mod prefix;
 mod stats;
 mod v4;
 mod v6;
-mod v6_table;
 
 pub use lists::ListKind;
 pub use prefix::{normalize, parse_list, parse_prefix, ListLine, Normalized};

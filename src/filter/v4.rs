@@ -16,17 +16,12 @@ use std::ops::Range;
 
 use rustc_hash::FxHashMap;
 
-use crate::filter::hash::v4_bucket_index;
 use crate::core::layout::consts::*;
-use crate::filter::layout::xdpg_v4_bucket;
+use crate::core::table::{self, Layout, Store, TableError};
+use crate::filter::hash::v4_host_hash;
+use crate::filter::layout::{xdpg_v4_bucket, ALLOW, BLOCK, LIST_ALLOW, LIST_BLOCK, PASS};
 
-pub(crate) const PASS: u8 = XDPG_VERDICT_PASS as u8;
-pub(crate) const BLOCK: u8 = XDPG_VERDICT_BLOCK as u8;
-pub(crate) const ALLOW: u8 = XDPG_VERDICT_ALLOW as u8;
-pub(crate) const LIST_BLOCK: u8 = XDPG_LIST_BLOCK as u8;
-pub(crate) const LIST_ALLOW: u8 = XDPG_LIST_ALLOW as u8;
 const SLOTS: usize = XDPG_V4_BUCKET_SLOTS as usize;
-const OVERFLOW: u32 = XDPG_V4_BUCKET_OVERFLOW;
 const MIXED: u8 = XDPG_V4_CELL_MIXED as u8;
 /// Cells per /24-index space.
 pub(crate) const CELLS: usize = 1 << 24;
@@ -293,7 +288,7 @@ impl V4Rules {
     }
 
     /// Builds both levels from scratch.
-    pub(crate) fn build(&self, bucket_count: usize, seed: u32) -> Result<V4Tables, TableFull> {
+    pub(crate) fn build(&self, bucket_count: usize, seed: u32) -> Result<V4Tables, TableError> {
         let mut words = vec![0u64; CELLS / 16];
         // Short prefixes: blocks first, then allows over them.
         for (bit, value) in [(LIST_BLOCK, BLOCK), (LIST_ALLOW, ALLOW)] {
@@ -304,7 +299,6 @@ impl V4Rules {
             }
         }
         let mut buckets = vec![xdpg_v4_bucket::default(); bucket_count];
-        let mask = (bucket_count - 1) as u32;
         let mut exceptions = Vec::with_capacity(256);
         for (&idx24, long) in &self.long {
             let base = cell_nibble(&words, idx24);
@@ -313,7 +307,7 @@ impl V4Rules {
             }
             let nibble = self.classify_long(long.as_slice(), base, &mut exceptions);
             for &(host, verdict) in &exceptions {
-                host_set(&mut buckets, seed, mask, (idx24 << 8) | u32::from(host), verdict)?;
+                host_set(&mut buckets, seed, (idx24 << 8) | u32::from(host), verdict)?;
             }
             set_cell_nibble(&mut words, idx24, nibble);
         }
@@ -389,36 +383,41 @@ pub(crate) struct V4Tables {
     pub buckets: Vec<xdpg_v4_bucket>,
 }
 
-/// The host buckets are full (even after compaction, when from a rebuild).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct TableFull;
+/// The slot layout of a host bucket (`struct xdpg_v4_bucket`): fifteen
+/// addresses and their 2-bit codes in `meta`, which also holds the
+/// overflow bit, so every publish is a store of `meta`. The data plane
+/// reads `meta` once, then the addresses.
+impl Layout for xdpg_v4_bucket {
+    type Key = u32;
+    const SLOTS: usize = SLOTS;
+    const MAX_PROBES: u32 = XDPG_V4_MAX_PROBES;
+    const OVERFLOW_WORD: usize = META_WORD;
+    const OVERFLOW_BIT: u32 = XDPG_V4_BUCKET_OVERFLOW;
 
-/// Where bucket writes go: a `Vec` while building, the mapped map when live.
-pub(crate) trait BucketStore {
-    fn bucket_count(&self) -> usize;
-    fn read(&self, index: usize) -> xdpg_v4_bucket;
-    /// Writes a slot's address; called only while the slot's code is 0.
-    fn write_addr(&mut self, index: usize, slot: usize, addr: u32);
-    /// Publishes a bucket's codes and overflow bit in one store.
-    fn write_meta(&mut self, index: usize, meta: u32);
+    fn key(&self, slot: usize) -> Option<u32> {
+        // A slot never used is all zero; so is 0.0.0.0's tombstone.
+        (self.addrs[slot] != 0 || self.code(slot) != 0).then_some(self.addrs[slot])
+    }
+    fn code(&self, slot: usize) -> u32 {
+        (self.meta >> (2 * slot)) & 3
+    }
+    fn write_key(slot: usize, key: &u32, store: &mut dyn FnMut(usize, u32)) {
+        store(slot, *key);
+    }
+    fn code_word(&self, slot: usize, _key: &u32, code: u32) -> (usize, u32) {
+        (META_WORD, (self.meta & !(3 << (2 * slot))) | (code << (2 * slot)))
+    }
+    /// 0.0.0.0's tombstone looks like a slot never used, which another
+    /// host could then take while a reader holds 0.0.0.0's code: never
+    /// retired in a live table (the edit rebuilds the tables instead).
+    fn tombstone_visible(key: &u32) -> bool {
+        *key != 0
+    }
 }
 
-impl BucketStore for Vec<xdpg_v4_bucket> {
-    fn bucket_count(&self) -> usize {
-        self.len()
-    }
-    fn read(&self, index: usize) -> xdpg_v4_bucket {
-        self[index]
-    }
-    fn write_addr(&mut self, index: usize, slot: usize, addr: u32) {
-        self[index].addrs[slot] = addr;
-    }
-    fn write_meta(&mut self, index: usize, meta: u32) {
-        self[index].meta = meta;
-    }
-}
+const META_WORD: usize = std::mem::offset_of!(xdpg_v4_bucket, meta) / 4;
 
-/// Host codes in buckets: 0 means empty, so PASS is stored as XDPG_HOST_PASS.
+/// Host codes in buckets: 0 means none, so PASS is stored as XDPG_HOST_PASS.
 fn host_code(verdict: u8) -> u32 {
     if verdict == PASS {
         XDPG_HOST_PASS
@@ -427,126 +426,30 @@ fn host_code(verdict: u8) -> u32 {
     }
 }
 
-fn slot_code(meta: u32, slot: usize) -> u32 {
-    (meta >> (2 * slot)) & 3
+/// Stores `verdict` for host `addr`.
+pub(crate) fn host_set<S: Store<xdpg_v4_bucket>>(store: &mut S, seed: u32, addr: u32, verdict: u8) -> Result<(), TableError> {
+    table::set(store, v4_host_hash(addr, seed), &addr, host_code(verdict))
 }
 
-/// Stores `verdict` for `addr`, updating it in place if present.
-///
-/// A slot whose code was cleared keeps its address (a tombstone) and is only
-/// reused for that same address: a reader racing with the writer can then
-/// never pair one host's address with another host's code.
-pub(crate) fn host_set<S: BucketStore>(
-    store: &mut S,
-    seed: u32,
-    mask: u32,
-    addr: u32,
-    verdict: u8,
-) -> Result<(), TableFull> {
-    let code = host_code(verdict);
-    let home = v4_bucket_index(addr, seed, mask);
-    let mut idx = home;
-    let mut free: Option<(u32, usize)> = None;
-    let mut last = home;
-    for _ in 0..XDPG_V4_MAX_PROBES {
-        let b = store.read(idx as usize);
-        for s in 0..SLOTS {
-            let c = slot_code(b.meta, s);
-            if c != 0 && b.addrs[s] == addr {
-                if c != code {
-                    store.write_meta(idx as usize, (b.meta & !(3 << (2 * s))) | (code << (2 * s)));
-                }
-                return Ok(());
-            }
-            if c == 0 && (b.addrs[s] == 0 || b.addrs[s] == addr) && free.is_none() {
-                free = Some((idx, s));
-            }
-        }
-        last = idx;
-        if b.meta & OVERFLOW == 0 {
-            break;
-        }
-        idx = (idx + 1) & mask;
-    }
-    if let Some((i, s)) = free {
-        store.write_addr(i as usize, s, addr);
-        let meta = store.read(i as usize).meta;
-        store.write_meta(i as usize, meta | (code << (2 * s)));
-        return Ok(());
-    }
-    // Extend the chain: find the nearest never-used slot after its end...
-    let used = (last.wrapping_sub(home) & mask) + 1;
-    let mut target = last;
-    let mut slot = None;
-    for _ in used..XDPG_V4_MAX_PROBES {
-        target = (target + 1) & mask;
-        let b = store.read(target as usize);
-        if let Some(s) = (0..SLOTS).find(|&s| slot_code(b.meta, s) == 0 && b.addrs[s] == 0) {
-            slot = Some(s);
-            break;
-        }
-    }
-    let s = slot.ok_or(TableFull)?;
-    store.write_addr(target as usize, s, addr);
-    let meta = store.read(target as usize).meta;
-    store.write_meta(target as usize, meta | (code << (2 * s)));
-    // ...then link the buckets in between, the old end last, so readers
-    // only reach the new slot once the whole chain leads there.
-    let mut link = target;
-    while link != last {
-        link = link.wrapping_sub(1) & mask;
-        let m = store.read(link as usize).meta;
-        if m & OVERFLOW == 0 {
-            store.write_meta(link as usize, m | OVERFLOW);
-        }
-    }
-    Ok(())
-}
-
-/// Clears `addr`'s code, leaving its address as a tombstone.
-pub(crate) fn host_clear<S: BucketStore>(store: &mut S, seed: u32, mask: u32, addr: u32) {
-    let mut idx = v4_bucket_index(addr, seed, mask);
-    for _ in 0..XDPG_V4_MAX_PROBES {
-        let b = store.read(idx as usize);
-        for s in 0..SLOTS {
-            if slot_code(b.meta, s) != 0 && b.addrs[s] == addr {
-                store.write_meta(idx as usize, b.meta & !(3 << (2 * s)));
-                return;
-            }
-        }
-        if b.meta & OVERFLOW == 0 {
-            return;
-        }
-        idx = (idx + 1) & mask;
-    }
+/// Retires host `addr`: it follows its /24's default again.
+pub(crate) fn host_clear<S: Store<xdpg_v4_bucket>>(store: &mut S, seed: u32, addr: u32) -> Result<(), TableError> {
+    table::clear(store, v4_host_hash(addr, seed), &addr).map(drop)
 }
 
 /// The data plane's lookup, in Rust: what `xdpg_filter` returns for `addr`.
 #[cfg(test)]
-pub(crate) fn lookup<S: BucketStore>(words: &dyn Fn(usize) -> u64, store: &S, seed: u32, addr: u32) -> u8 {
+pub(crate) fn lookup<S: Store<xdpg_v4_bucket>>(words: &dyn Fn(usize) -> u64, store: &S, seed: u32, addr: u32) -> u8 {
     let idx24 = addr >> 8;
     let word = words((idx24 / 16) as usize);
     let cell = ((word >> ((idx24 % 16) * 4)) & 0xF) as u8;
     if cell & MIXED == 0 {
         return cell & 3;
     }
-    let default = cell & 3;
-    let mask = (store.bucket_count() - 1) as u32;
-    let mut idx = v4_bucket_index(addr, seed, mask);
-    for _ in 0..XDPG_V4_MAX_PROBES {
-        let b = store.read(idx as usize);
-        for s in 0..SLOTS {
-            let c = slot_code(b.meta, s);
-            if c != 0 && b.addrs[s] == addr {
-                return if c == XDPG_HOST_PASS { PASS } else { c as u8 };
-            }
-        }
-        if b.meta & OVERFLOW == 0 {
-            break;
-        }
-        idx = (idx + 1) & mask;
+    match table::get(store, v4_host_hash(addr, seed), &addr) {
+        0 => cell & 3,
+        XDPG_HOST_PASS => PASS,
+        code => code as u8,
     }
-    default
 }
 
 /// Where L1 cell writes go.
@@ -567,29 +470,28 @@ fn write_cell<C: CellStore>(cells: &mut C, idx24: u32, nibble: u8) {
 
 /// Moves one /24 from `old` to `new` in live tables, in an order where every
 /// host whose verdict does not change keeps it at every intermediate step.
-pub(crate) fn transition<C: CellStore, S: BucketStore>(
+pub(crate) fn transition<C: CellStore, S: Store<xdpg_v4_bucket>>(
     cells: &mut C,
     store: &mut S,
     seed: u32,
     idx24: u32,
     old: &Cell,
     new: &Cell,
-) -> Result<(), TableFull> {
-    let mask = (store.bucket_count() - 1) as u32;
+) -> Result<(), TableError> {
     let addr = |h: u8| (idx24 << 8) | u32::from(h);
     match (old, new) {
         (_, Cell::Uniform(v)) => {
             write_cell(cells, idx24, *v);
             if let Cell::Mixed { exceptions, .. } = old {
                 for &(h, _) in exceptions {
-                    host_clear(store, seed, mask, addr(h));
+                    host_clear(store, seed, addr(h))?;
                 }
             }
         }
         (Cell::Uniform(_), Cell::Mixed { exceptions, .. }) => {
             // Invisible until the cell says "mixed".
             for &(h, v) in exceptions {
-                host_set(store, seed, mask, addr(h), v)?;
+                host_set(store, seed, addr(h), v)?;
             }
             write_cell(cells, idx24, new.nibble());
         }
@@ -598,25 +500,25 @@ pub(crate) fn transition<C: CellStore, S: BucketStore>(
                 // Pin every host to its old verdict so the default can flip.
                 for h in 0..=255u8 {
                     if !e0.iter().any(|&(x, _)| x == h) {
-                        host_set(store, seed, mask, addr(h), *d0)?;
+                        host_set(store, seed, addr(h), *d0)?;
                     }
                 }
                 write_cell(cells, idx24, new.nibble());
                 for h in 0..=255u8 {
                     let v = new.verdict_of(h);
                     if v == *d1 {
-                        host_clear(store, seed, mask, addr(h));
+                        host_clear(store, seed, addr(h))?;
                     } else {
-                        host_set(store, seed, mask, addr(h), v)?;
+                        host_set(store, seed, addr(h), v)?;
                     }
                 }
             } else {
                 for &(h, v) in e1 {
-                    host_set(store, seed, mask, addr(h), v)?;
+                    host_set(store, seed, addr(h), v)?;
                 }
                 for &(h, _) in e0 {
                     if !e1.iter().any(|&(x, _)| x == h) {
-                        host_clear(store, seed, mask, addr(h));
+                        host_clear(store, seed, addr(h))?;
                     }
                 }
             }
@@ -637,6 +539,7 @@ impl CellStore for Vec<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::hash::mix32;
     use rand::rngs::StdRng;
     use rand::{RngExt, SeedableRng};
 
@@ -698,25 +601,25 @@ mod tests {
     #[test]
     fn buckets_overflow_into_neighbours_and_report_full() {
         const PROBES: usize = XDPG_V4_MAX_PROBES as usize;
-        let (seed, mask) = (1, 63);
+        let seed = 1;
         let mut store = vec![xdpg_v4_bucket::default(); 64];
         // Every one of these hashes to bucket 0, so they fill the whole chain.
         let same_home: Vec<u32> =
-            (0x0A00_0000u32..).filter(|&a| v4_bucket_index(a, seed, mask) == 0).take(SLOTS * PROBES + 1).collect();
+            (0x0A00_0000u32..).filter(|&a| mix32(v4_host_hash(a, seed)) & 63 == 0).take(SLOTS * PROBES + 1).collect();
         for &a in &same_home[..SLOTS * PROBES] {
-            host_set(&mut store, seed, mask, a, BLOCK).unwrap();
+            host_set(&mut store, seed, a, BLOCK).unwrap();
         }
-        assert_eq!(host_set(&mut store, seed, mask, same_home[SLOTS * PROBES], BLOCK), Err(TableFull));
+        assert_eq!(host_set(&mut store, seed, same_home[SLOTS * PROBES], BLOCK), Err(TableError::Full));
         let words = |_| u64::from(MIXED | PASS) * 0x1111_1111_1111_1111;
         for &a in &same_home[..SLOTS * PROBES] {
             assert_eq!(lookup(&words, &store, seed, a), BLOCK, "{a:#x} reachable");
         }
         assert_eq!(lookup(&words, &store, seed, same_home[SLOTS * PROBES]), PASS);
         // A cleared slot is a tombstone: reused by the same address only.
-        host_clear(&mut store, seed, mask, same_home[0]);
+        host_clear(&mut store, seed, same_home[0]).unwrap();
         assert_eq!(lookup(&words, &store, seed, same_home[0]), PASS);
-        assert_eq!(host_set(&mut store, seed, mask, same_home[SLOTS * PROBES], BLOCK), Err(TableFull));
-        assert_eq!(host_set(&mut store, seed, mask, same_home[0], ALLOW), Ok(()));
+        assert_eq!(host_set(&mut store, seed, same_home[SLOTS * PROBES], BLOCK), Err(TableError::Full));
+        assert_eq!(host_set(&mut store, seed, same_home[0], ALLOW), Ok(()));
         assert_eq!(lookup(&words, &store, seed, same_home[0]), ALLOW);
     }
 
@@ -768,7 +671,6 @@ mod tests {
     fn host_buckets_take_what_they_are_sized_for() {
         let capacity = 1_048_576usize;
         let c = crate::filter::maps::Capacity::new(capacity, 1);
-        let mask = (c.v4_buckets - 1) as u32;
         for seed in 0..20u32 {
             let mut t = vec![xdpg_v4_bucket::default(); c.v4_buckets];
             let mut x = seed.wrapping_mul(0x9E37_79B9) | 1;
@@ -776,8 +678,30 @@ mod tests {
                 x ^= x << 13;
                 x ^= x >> 17;
                 x ^= x << 5;
-                assert!(host_set(&mut t, seed, mask, x, 1).is_ok(), "seed {seed}: full after {i} hosts");
+                assert!(host_set(&mut t, seed, x, 1).is_ok(), "seed {seed}: full after {i} hosts");
             }
+        }
+    }
+
+    /// The chained-bucket table's write order, over this layout: random
+    /// hosts (0.0.0.0 among them, which a live table never retires) crowded
+    /// into a few home buckets, set and retired in random order.
+    #[test]
+    fn host_buckets_keep_readers_safe_after_every_store() {
+        for seed in 0..6u32 {
+            let hosts: Vec<(u32, u32)> = std::iter::once(0)
+                .chain((1..2000u32).map(|i| 0xC000_0200 | mix32(i ^ seed)).filter(|&a| mix32(v4_host_hash(a, seed)) & 63 < 3))
+                .take(60)
+                .map(|a| (a, v4_host_hash(a, seed)))
+                .collect();
+            let seen = crate::core::table::tests::check_write_order::<xdpg_v4_bucket>(
+                64,
+                &hosts,
+                &[XDPG_VERDICT_BLOCK, XDPG_VERDICT_ALLOW, XDPG_HOST_PASS],
+                1500,
+                u64::from(seed),
+            );
+            assert!(seen.extensions > 0 && seen.tombstones_reused > 0 && seen.unpatchable > 0, "{seen:?}");
         }
     }
 }
