@@ -33,7 +33,8 @@ pub enum Error {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum LoadError {
-    /// The process lacks the capabilities the kernel asks for.
+    /// The process lacks the capabilities the kernel asks for, to load,
+    /// attach or reopen a program (the one error for all three).
     #[error(
         "missing privileges: this process lacks {missing}; xdpguard needs CAP_BPF and \
          CAP_NET_ADMIN to load, attach or reopen XDP programs and maps: run as root, or grant \
@@ -93,8 +94,9 @@ pub enum AttachError {
     /// Another XDP program already runs on the interface.
     #[error(
         "interface `{interface}` already has an XDP program attached{}; detach it first \
-         (`ip link set dev {interface} xdp off`, or `xdpguard detach` if it is ours), or run it \
-         behind the filter with `Filter::set_next`",
+         (`ip link set dev {interface} xdp off`; if it is an xdpguard program, `xdpguard detach`, \
+         `xdpguard-lb detach` or `xdpguard-lb decap detach`), or run it behind the filter with \
+         `Filter::set_next`",
         .program_id.map(|id| format!(" (program id {id})")).unwrap_or_default()
     )]
     AlreadyAttached {
@@ -112,16 +114,6 @@ pub enum AttachError {
         mode: AttachMode,
         /// What to do instead.
         hint: &'static str,
-    },
-    /// Missing capabilities.
-    #[error(
-        "missing privileges: this process lacks {missing}; attaching XDP programs needs CAP_BPF \
-         and CAP_NET_ADMIN: run as root, or grant them: \
-         `setcap cap_bpf,cap_net_admin,cap_perfmon+ep <binary>`"
-    )]
-    MissingPrivileges {
-        /// The capabilities that are missing.
-        missing: String,
     },
     /// No interface was given to the builder.
     #[error("no interface given: call `.interface(\"eth0\")` (or `.load()` to load without attaching)")]
@@ -147,17 +139,20 @@ pub enum PinError {
         /// The directory.
         path: PathBuf,
     },
-    /// The directory already holds a pinned xdpguard object.
+    /// The directory already holds a pinned xdpguard program.
     #[error(
         "{} already holds a pinned xdpguard {kind}; reopen it (`open_pinned`) or remove it \
-         first (`xdpguard detach --pin {}`)",
+         first (`{cli} detach --pin {}`)",
         path.display(), path.display()
     )]
     InUse {
         /// The directory.
         path: PathBuf,
-        /// `"filter"` or `"load balancer"`.
+        /// `"filter"`, `"load balancer"` or `"decapsulator"`.
         kind: &'static str,
+        /// The command that manages it: `"xdpguard"`, `"xdpguard-lb"` or
+        /// `"xdpguard-lb decap"`.
+        cli: &'static str,
     },
     /// The directory holds something that is not ours.
     #[error("{} holds pins that are not an xdpguard {kind} ({found}); choose another directory", path.display())]
@@ -170,12 +165,17 @@ pub enum PinError {
         found: String,
     },
     /// Nothing is pinned there.
-    #[error("no pinned xdpguard {kind} at {}; attach one with a pin directory first", path.display())]
+    #[error(
+        "no pinned xdpguard {kind} at {}; attach one with a pin directory first (`{cli} attach --pin {}`)",
+        path.display(), path.display()
+    )]
     NotFound {
         /// The directory.
         path: PathBuf,
         /// What was expected.
         kind: &'static str,
+        /// The command that manages one.
+        cli: &'static str,
     },
     /// Pinned by an xdpguard with a different map layout.
     #[error(
@@ -262,6 +262,9 @@ pub enum ListError {
         #[source]
         source: io::Error,
     },
+    /// The pin directory could not be locked for the edit (or read).
+    #[error(transparent)]
+    Pin(#[from] PinError),
 }
 
 /// One bad line of a list file.
@@ -271,28 +274,6 @@ pub struct LineError {
     pub line: usize,
     /// What is wrong.
     pub message: String,
-}
-
-/// Maps a libbpf-rs error to `io::Error`, keeping an errno where the kind
-/// names one, so callers can match on `raw_os_error()`.
-pub(crate) fn io_from_libbpf(err: libbpf_rs::Error) -> io::Error {
-    use libbpf_rs::ErrorKind as K;
-    let errno = match err.kind() {
-        K::PermissionDenied => Some(nix::libc::EPERM),
-        K::NotFound => Some(nix::libc::ENOENT),
-        K::AlreadyExists => Some(nix::libc::EEXIST),
-        K::InvalidInput => Some(nix::libc::EINVAL),
-        K::Unsupported => Some(nix::libc::EOPNOTSUPP),
-        K::OutOfMemory => Some(nix::libc::ENOMEM),
-        K::TooBig => Some(nix::libc::E2BIG),
-        K::WouldBlock => Some(nix::libc::EAGAIN),
-        _ => None,
-    };
-    match errno {
-        // libbpf-rs's message already names the errno.
-        Some(code) => io::Error::new(io::Error::from_raw_os_error(code).kind(), format!("{err:#}")),
-        None => io::Error::other(format!("{err:#}")),
-    }
 }
 
 /// Names missing capabilities, or `None` when the process has them all.
@@ -362,10 +343,12 @@ pub enum LbError {
         /// The largest accepted size.
         max: u32,
     },
-    /// A VIP's table is too small for its backends.
+    /// A VIP's table is too small for its backends: fewer than 10 slots
+    /// per backend (see [`VipConfig::table_size`](crate::VipConfig::table_size)).
     #[error(
         "VIP {vip} would have {backends} backends but its Maglev table has only {size} slots; \
-         use a table size of at least 100 times the number of backends"
+         use a table size of at least 10 times the number of backends (100 times keeps every \
+         backend's share within about 1% of its weight)"
     )]
     TableTooSmall {
         /// The VIP.
@@ -478,4 +461,7 @@ pub enum LbError {
         /// What to check.
         hint: &'static str,
     },
+    /// The pin directory could not be locked for the change (or read).
+    #[error(transparent)]
+    Pin(#[from] PinError),
 }

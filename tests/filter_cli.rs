@@ -182,8 +182,9 @@ fn a_cli_killed_mid_edit_leaves_a_filter_that_reopens_consistent() {
     use std::process::{Command, Stdio};
     use libbpf_rs::MapCore;
 
-    /// `offset_of!(struct xdpg_filter_config, dirty)`, asserted in src/layout.rs.
-    const DIRTY_OFFSET: usize = 28;
+    /// The offset of `dirty` in the config's `struct xdpg_header`, which
+    /// starts the config (src/bpf/common.h; asserted in src/core/maps.rs).
+    const DIRTY_OFFSET: usize = 8;
 
     let pair = Pair::new("clikill");
     let cli = ExampleBinary::new("xdpguard");

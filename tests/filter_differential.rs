@@ -336,14 +336,14 @@ fn map_named(prog: BorrowedFd<'_>, name: &str) -> MapHandle {
 /// Which v4 table pair the data plane reads (flips on every v4 rebuild).
 fn v4_active(cfg: &MapHandle) -> u32 {
     let v = cfg.lookup(&0u32.to_ne_bytes(), MapFlags::ANY).unwrap().expect("config entry");
-    // struct xdpg_filter_config: magic, layout_version, tables (bit 0: v4 pair), ...
-    u32::from_ne_bytes(v[8..12].try_into().unwrap()) & 1
+    // struct xdpg_filter_config: the 24-byte header, tables (bit 0: v4 pair), ...
+    u32::from_ne_bytes(v[24..28].try_into().unwrap()) & 1
 }
 
 fn v6_view(cfg: &MapHandle) -> u32 {
     let v = cfg.lookup(&0u32.to_ne_bytes(), MapFlags::ANY).unwrap().expect("config entry");
     // tables bits 8-15: the live v6 view.
-    (u32::from_ne_bytes(v[8..12].try_into().unwrap()) >> 8) & 0xFF
+    (u32::from_ne_bytes(v[24..28].try_into().unwrap()) >> 8) & 0xFF
 }
 
 /// (slots holding an address, live or tombstone; slots with a live code) in
@@ -368,7 +368,8 @@ fn v4_host_occupancy(prog: BorrowedFd<'_>, active: u32) -> (usize, usize) {
 
 fn v4_bucket_mask(cfg: &MapHandle) -> u32 {
     let v = cfg.lookup(&0u32.to_ne_bytes(), MapFlags::ANY).unwrap().expect("config entry");
-    u32::from_ne_bytes(v[12..16].try_into().unwrap())
+    // After the header and tables.
+    u32::from_ne_bytes(v[28..32].try_into().unwrap())
 }
 
 // ---------------------------------------------------------------------------

@@ -344,7 +344,7 @@ fn a_pin_directory_in_use_is_typed_and_left_alone() {
     assert!(names.iter().any(|n| n == "xdpg_filter"), "{names:?}");
 
     let err = Filter::builder().v4_capacity(64).pin(pin.path()).load().unwrap_err();
-    let Error::Pin(PinError::InUse { path, kind }) = &err else { panic!("{err:?}") };
+    let Error::Pin(PinError::InUse { path, kind, .. }) = &err else { panic!("{err:?}") };
     assert_eq!((path.as_path(), *kind), (pin.path(), "filter"));
     assert_mentions(&err.to_string(), &[&pin.path().display().to_string(), "already holds", "open_pinned"]);
 
@@ -389,7 +389,7 @@ fn a_bpffs_directory_holding_something_else_is_not_ours() {
 fn reopening_a_missing_pin_directory_is_not_found() {
     let pin = ScratchDir::bpffs("err");
     let err = Filter::open_pinned(pin.path()).unwrap_err();
-    let Error::Pin(PinError::NotFound { path, kind }) = &err else { panic!("{err:?}") };
+    let Error::Pin(PinError::NotFound { path, kind, .. }) = &err else { panic!("{err:?}") };
     assert_eq!((path.as_path(), *kind), (pin.path(), "filter"));
     assert_mentions(&err.to_string(), &[&pin.path().display().to_string(), "no pinned xdpguard filter", "attach one"]);
     assert!(!pin.path().exists(), "reopening creates nothing");
@@ -468,7 +468,6 @@ fn drop_caps(caps: &[u32]) {
 fn assert_missing_privileges(err: &Error, what: &str) -> String {
     let missing = match err {
         Error::Load(LoadError::MissingPrivileges { missing }) => missing,
-        Error::Attach(AttachError::MissingPrivileges { missing }) => missing,
         other => panic!("{what}: expected MissingPrivileges, got {other:?}"),
     };
     assert!(missing.contains("CAP_BPF") && missing.contains("CAP_NET_ADMIN"), "{what}: {missing}");

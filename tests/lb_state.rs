@@ -117,8 +117,9 @@ fn a_pinned_decap_keeps_running_without_its_process() {
 fn reopening_repairs_an_lb_whose_editor_died() {
     use libbpf_rs::{MapCore, MapFlags, MapHandle, MapType};
     use std::os::fd::{AsFd, AsRawFd};
-    /// `offset_of!(struct xdpg_lb_config, dirty)`, asserted in src/lb/layout.rs.
-    const DIRTY_OFFSET: usize = 84;
+    /// The offset of `dirty` in the config's `struct xdpg_header`, which
+    /// starts the config (src/bpf/common.h; asserted in src/core/maps.rs).
+    const DIRTY_OFFSET: usize = 8;
 
     let dir = ScratchDir::bpffs("lbrepair");
     let vn = VerdictNet::new("vrep", 3);

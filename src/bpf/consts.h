@@ -1,13 +1,13 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /* Constants shared by the eBPF programs and (through the skeletons and the
- * layout checks in src/layout.rs) by the Rust side. */
+ * layout checks in src/filter/layout.rs) by the Rust side. */
 #ifndef XDPG_CONSTS_H
 #define XDPG_CONSTS_H
 
 /* Written into the config map so a pin directory can be recognised as ours,
  * and bumped whenever a shared layout changes. */
 #define XDPG_MAGIC 0x58445047u /* "XDPG" */
-#define XDPG_LAYOUT_VERSION 1
+#define XDPG_LAYOUT_VERSION 2
 
 /* Parsing bounds: the verifier needs them, and real traffic never needs more. */
 #define XDPG_MAX_VLAN_TAGS 2

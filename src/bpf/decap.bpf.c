@@ -17,6 +17,16 @@
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
+/* Config, one entry, mmapped by user space: the common header only (the
+ * data plane reads nothing here). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__type(key, __u32);
+	__type(value, struct xdpg_decap_config);
+} xdpg_decap_cfg SEC(".maps");
+
 /* Local tunnel endpoints: outer destinations we decapsulate for. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);

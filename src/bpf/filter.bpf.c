@@ -35,7 +35,7 @@ static __always_inline int pass_on(struct xdp_md *ctx)
 static __always_inline __u32 v4_host_verdict(struct xdpg_filter_config *cfg, __u32 active, __u32 addr)
 {
 	__u32 mask = cfg->v4_bucket_mask;
-	__u32 idx = xdpg_v4_bucket_index(addr, cfg->v4_hash_seed, mask);
+	__u32 idx = xdpg_v4_bucket_index(addr, cfg->hash_seed, mask);
 
 	for (int probe = 0; probe < XDPG_V4_MAX_PROBES; probe++) {
 		struct xdpg_v4_bucket *b = active ? bpf_map_lookup_elem(&xdpg_v4_hosts_b, &idx)
@@ -133,7 +133,7 @@ static __always_inline __u32 v6_verdict(struct xdpg_filter_config *cfg, __u32 ta
 		return XDPG_VERDICT_PASS;
 	__u32 table = view->table;
 	__u32 count = view->count;
-	__u32 seed = cfg->v4_hash_seed;
+	__u32 seed = cfg->hash_seed;
 	__u32 bloom_mask = cfg->v6_bloom_mask;
 	__u32 key[4];
 

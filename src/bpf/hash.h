@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
-/* Hashes computed both here and in Rust (src/hash.rs); the verdict tests
- * fail if the two ever disagree. */
+/* Hashes computed both here and in Rust (src/core/hash.rs, src/filter/hash.rs);
+ * the verdict tests fail if the two ever disagree. */
 #ifndef XDPG_HASH_H
 #define XDPG_HASH_H
 

@@ -619,14 +619,14 @@ static __always_inline struct xdpg_lb_vip_cache *vip_cache_slot(__u64 k0, __u64 
 /* The VIP for (the flow's destination, port, protocol); port 0 looks up the
  * all-ports VIP. IPv4 uses its own map with an 8-byte key. Answers come
  * from this CPU's cache while the config generation they were found in is
- * current and no edit is under way (cfg->dirty); a hash-map lookup costs
+ * current and no edit is under way (cfg->hdr.dirty); a hash-map lookup costs
  * several calls and a hash. This relies on user space bumping the
  * generation after anything that may have changed a VIP map: every edit
  * does, and so must the recovery from an edit that died half way. */
 static __always_inline struct xdpg_lb_vip *vip_lookup(struct xdpg_lb_config *cfg, const struct xdpg_lb_flow *flow,
 						      __u16 port)
 {
-	__u64 gen = cfg->generation + 1;
+	__u64 gen = cfg->hdr.generation + 1;
 	__u64 k0, k1 = 0, k2 = 0;
 	struct xdpg_lb_vip *vip;
 
@@ -638,7 +638,7 @@ static __always_inline struct xdpg_lb_vip *vip_lookup(struct xdpg_lb_config *cfg
 		k2 = (__u64)port | ((__u64)flow->proto << 16) | ((__u64)flow->family << 24);
 	}
 	struct xdpg_lb_vip_cache *c = vip_cache_slot(k0, k1, k2);
-	if (c && c->generation == gen && c->key[0] == k0 && c->key[1] == k1 && c->key[2] == k2 && !cfg->dirty)
+	if (c && c->generation == gen && c->key[0] == k0 && c->key[1] == k1 && c->key[2] == k2 && !cfg->hdr.dirty)
 		return &c->vip;
 	if (flow->family == XDPG_LB_FAMILY_V4) {
 		union xdpg_lb_vip_key4_words k4;
@@ -652,7 +652,7 @@ static __always_inline struct xdpg_lb_vip *vip_lookup(struct xdpg_lb_config *cfg
 		key.w[2] = k2;
 		vip = bpf_map_lookup_elem(&xdpg_lb_vips6, &key.k);
 	}
-	if (vip && c && !cfg->dirty) {
+	if (vip && c && !cfg->hdr.dirty) {
 		c->key[0] = k0;
 		c->key[1] = k1;
 		c->key[2] = k2;

@@ -7,6 +7,7 @@
 #define XDPG_LB_STRUCTS_H
 
 #include <linux/types.h>
+#include "common.h"
 #include "lb_consts.h"
 
 /* Key of xdpg_lb_vips6: which packets a VIP takes. port 0 = all ports. */
@@ -117,8 +118,8 @@ struct xdpg_lb_rate {
 /* The LB's single config entry, mmapped by user space; fields are read on
  * their own and written with single stores. */
 struct xdpg_lb_config {
-	__u32 magic;		 /* XDPG_LB_MAGIC */
-	__u32 layout_version;	 /* XDPG_LB_LAYOUT_VERSION */
+	struct xdpg_header hdr;	 /* XDPG_LB_MAGIC, XDPG_LB_LAYOUT_VERSION; the VIP cache
+				  * keys on its generation and dirty flag */
 	__u32 hash_seed;	 /* flow hash seed: equal on every LB node of a service */
 	__u32 nat_vips;		 /* NAT VIPs configured (0: skip reply lookups) */
 	__u32 allport_vips;	 /* all-ports VIPs (0: skip the second VIP lookup) */
@@ -134,8 +135,7 @@ struct xdpg_lb_config {
 	__u32 ipip_v6_src[4];	 /* outer IPv6 source prefix */
 	__u32 ipip_v6_mask[2];	 /* host bits of words 2 and 3 */
 	__u32 next_backend;	 /* user space: where the next backend slot search starts */
-	__u32 dirty;		 /* user space: set while editing */
-	__u64 generation;	 /* user space: bumped after every edit */
+	__u32 pad1;
 	__u64 nexthop_ttl;	 /* jiffies a CPU reuses a backend's FIB answer; 0 = ask every packet */
 	__u64 ns_per_jiffy;	 /* the kernel tick, measured by user space */
 	__u64 netns_dev;	 /* user space: the network namespace the LB was loaded in (its */
@@ -174,6 +174,12 @@ struct xdpg_lb_nexthop {
 	__u32 pad2;
 };
 
+/* The decapsulator's config value (xdpg_decap_cfg): the common header
+ * only, so its pins are recognised and checked like the others'. */
+struct xdpg_decap_config {
+	struct xdpg_header hdr; /* XDPG_LB_DECAP_MAGIC, XDPG_LB_DECAP_LAYOUT_VERSION */
+};
+
 /* Key of xdpg_decap_addrs: a local address the decapsulator accepts
  * tunnels for. */
 struct xdpg_decap_key {
@@ -193,14 +199,16 @@ _Static_assert(sizeof(struct xdpg_lb_flow) == 40, "xdpg_lb_flow layout");
 _Static_assert(sizeof(struct xdpg_lb_conn) == 16, "xdpg_lb_conn layout");
 _Static_assert(sizeof(struct xdpg_lb_nat_rev) == 24, "xdpg_lb_nat_rev layout");
 _Static_assert(sizeof(struct xdpg_lb_vip_stats) == 40, "xdpg_lb_vip_stats layout");
-_Static_assert(sizeof(struct xdpg_lb_config) == 128, "xdpg_lb_config layout");
+_Static_assert(sizeof(struct xdpg_lb_config) == 136, "xdpg_lb_config layout");
 _Static_assert(sizeof(struct xdpg_lb_backend_stats) == 32, "xdpg_lb_backend_stats layout");
 _Static_assert(sizeof(struct xdpg_lb_nbr_key) == 24, "xdpg_lb_nbr_key layout");
 _Static_assert(sizeof(struct xdpg_lb_nexthop) == 40, "xdpg_lb_nexthop layout");
-_Static_assert(__builtin_offsetof(struct xdpg_lb_config, udp_timeout) == 24, "udp_timeout offset");
-_Static_assert(__builtin_offsetof(struct xdpg_lb_config, ipip_v4_src) == 48, "ipip offset");
-_Static_assert(__builtin_offsetof(struct xdpg_lb_config, generation) == 88, "generation offset");
-_Static_assert(__builtin_offsetof(struct xdpg_lb_config, netns_dev) == 112, "netns offset");
+_Static_assert(__builtin_offsetof(struct xdpg_lb_config, hash_seed) == 24, "hash_seed offset");
+_Static_assert(__builtin_offsetof(struct xdpg_lb_config, echo_policy) == 36, "policies offset");
+_Static_assert(__builtin_offsetof(struct xdpg_lb_config, udp_timeout) == 40, "udp_timeout offset");
+_Static_assert(__builtin_offsetof(struct xdpg_lb_config, ipip_v4_src) == 64, "ipip offset");
+_Static_assert(__builtin_offsetof(struct xdpg_lb_config, netns_dev) == 120, "netns offset");
+_Static_assert(sizeof(struct xdpg_decap_config) == 24, "xdpg_decap_config layout");
 _Static_assert(sizeof(struct xdpg_decap_key) == 20, "xdpg_decap_key layout");
 
 #endif

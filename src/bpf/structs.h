@@ -1,37 +1,28 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
-/* Every struct shared between the kernel and user space, defined once.
- * src/layout.rs asserts the same sizes and offsets on the Rust side; the
- * _Static_asserts here pin them on the C side. */
+/* Every struct the filter shares with user space, defined once.
+ * src/filter/layout.rs asserts the same sizes and offsets on the Rust side;
+ * the _Static_asserts here pin them on the C side. */
 #ifndef XDPG_STRUCTS_H
 #define XDPG_STRUCTS_H
 
 #include <linux/types.h>
+#include "common.h"
 #include "consts.h"
-
-/* One counter slot: per CPU in the map, summed by user space. */
-struct xdpg_counter {
-	__u64 packets;
-	__u64 bytes;
-};
 
 /* The filter's single config entry, mmapped by user space; each field is
  * read on its own and written with one atomic store. */
 struct xdpg_filter_config {
-	__u32 magic;		/* XDPG_MAGIC */
-	__u32 layout_version;	/* XDPG_LAYOUT_VERSION */
+	struct xdpg_header hdr; /* XDPG_MAGIC, XDPG_LAYOUT_VERSION */
 	__u32 tables;		/* bit 0: the live v4 table pair; bits 8-15: the live v6
 				 * view. One word, so a bulk edit of both families
 				 * switches at one instant. */
 	__u32 v4_bucket_mask;	/* number of host buckets - 1 (a power of two - 1) */
-	__u32 v4_hash_seed;	/* keys the host-bucket hash */
+	__u32 hash_seed;	/* keys the v4 host-bucket and the v6 entry hashes */
 	__u32 v6_bloom_mask;	/* bits in xdpg_v6_bloom - 1 (a power of two - 1) */
 	__u32 malformed_policy; /* XDPG_MALFORMED_* */
-	__u32 dirty;		/* set while user space edits; repaired on reopen */
 	__u32 v4_rule_count;	/* rules stored in xdpg_v4_rules */
 	__u32 v6_rule_count;	/* rules stored in xdpg_v6_rules */
-	__u64 generation;	/* bumped after every edit, so handles notice others' edits */
 	__u32 v6_bucket_mask;	/* number of v6 buckets - 1 (a power of two - 1) */
-	__u32 pad;
 };
 
 /* A v4 host bucket: fifteen addresses (host byte order) and their 2-bit
@@ -82,9 +73,8 @@ struct xdpg_v6_rule {
 	__u8 pad[6]; /* array elements are 8-byte strided; keep mmap offsets obvious */
 };
 
-_Static_assert(sizeof(struct xdpg_counter) == 16, "xdpg_counter layout");
 _Static_assert(sizeof(struct xdpg_filter_config) == 56, "xdpg_filter_config layout");
-_Static_assert(__builtin_offsetof(struct xdpg_filter_config, generation) == 40, "generation offset");
+_Static_assert(__builtin_offsetof(struct xdpg_filter_config, tables) == 24, "tables offset");
 _Static_assert(sizeof(struct xdpg_v4_bucket) == 64, "a v4 bucket is one cache line");
 _Static_assert(sizeof(struct xdpg_v6_entry) == 20, "xdpg_v6_entry layout");
 _Static_assert(sizeof(struct xdpg_v6_bucket) == 64, "a v6 bucket is one cache line");

@@ -4,7 +4,7 @@ use std::fmt;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
-use crate::error::{missing_privileges, AttachError};
+use crate::error::{missing_privileges, AttachError, Error, LoadError};
 use crate::core::sys;
 
 /// How to attach an XDP program.
@@ -134,7 +134,7 @@ pub(crate) fn attached_mode(ifindex: u32) -> Option<AttachMode> {
 }
 
 /// Attaches `prog` to `iface` in `mode` through a BPF link.
-pub(crate) fn attach(prog: BorrowedFd<'_>, iface: &Interface, mode: AttachMode) -> Result<Link, AttachError> {
+pub(crate) fn attach(prog: BorrowedFd<'_>, iface: &Interface, mode: AttachMode) -> Result<Link, Error> {
     let (ifindex, name) = iface.resolve()?;
     let try_mode = |m: AttachMode| sys::xdp_link_create(prog, ifindex, m.xdp_flags());
     let result = match mode {
@@ -158,15 +158,16 @@ fn is_unsupported(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(nix::libc::EOPNOTSUPP) | Some(nix::libc::EINVAL))
 }
 
-fn classify(source: io::Error, interface: &str, ifindex: u32, mode: AttachMode) -> AttachError {
+fn classify(source: io::Error, interface: &str, ifindex: u32, mode: AttachMode) -> Error {
     let interface = interface.to_owned();
-    match source.raw_os_error() {
+    if let Some(nix::libc::EPERM | nix::libc::EACCES) = source.raw_os_error() {
+        let missing = missing_privileges().unwrap_or_else(|| "CAP_NET_ADMIN".into());
+        return LoadError::MissingPrivileges { missing }.into();
+    }
+    let err = match source.raw_os_error() {
         Some(nix::libc::EBUSY) | Some(nix::libc::EEXIST) => AttachError::AlreadyAttached {
             interface,
             program_id: sys::xdp_query(ifindex).ok().map(|q| q.prog_id).filter(|&id| id != 0),
-        },
-        Some(nix::libc::EPERM) | Some(nix::libc::EACCES) => AttachError::MissingPrivileges {
-            missing: missing_privileges().unwrap_or_else(|| "CAP_NET_ADMIN".into()),
         },
         Some(nix::libc::ENODEV) => AttachError::InterfaceNotFound { interface },
         Some(nix::libc::EOPNOTSUPP) | Some(nix::libc::EINVAL) if mode != AttachMode::Auto => {
@@ -184,7 +185,8 @@ fn classify(source: io::Error, interface: &str, ifindex: u32, mode: AttachMode) 
             }
         }
         _ => AttachError::Bpf { interface, source },
-    }
+    };
+    err.into()
 }
 
 /// Link info for a pinned link: which interface it holds, if still attached.

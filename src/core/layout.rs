@@ -9,6 +9,24 @@ pub(crate) mod consts {
     include!(concat!(env!("OUT_DIR"), "/consts.rs"));
 }
 
+/// The names of every map and program, generated from their definitions
+/// in `src/bpf/` (the only place they are written).
+#[allow(dead_code)]
+pub(crate) mod names {
+    include!(concat!(env!("OUT_DIR"), "/names.rs"));
+}
+
+/// Byte offsets in `struct xdpg_header` (src/bpf/common.h), the start of
+/// every program's config value. Checked at compile time against each
+/// skeleton's copy of the struct by [`config!`](crate::core::maps::config).
+pub(crate) mod header {
+    pub(crate) const MAGIC: usize = 0;
+    pub(crate) const LAYOUT_VERSION: usize = 4;
+    pub(crate) const DIRTY: usize = 8;
+    pub(crate) const GENERATION: usize = 16;
+    pub(crate) const SIZE: usize = 24;
+}
+
 /// Implements `bytemuck::Pod` for skeleton-generated structs whose sizes
 /// are asserted next to the invocation (no padding).
 macro_rules! pod {

@@ -7,6 +7,7 @@ pub(crate) mod hash;
 pub(crate) mod layout;
 pub(crate) mod maps;
 pub(crate) mod mmap;
+pub(crate) mod pinned;
 pub(crate) mod pin;
 pub(crate) mod program;
 pub(crate) mod sys;

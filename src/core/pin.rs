@@ -1,7 +1,8 @@
-//! A bpffs directory holding one xdpguard object's pins: its maps (by their
-//! stable `xdpg_*` names), its program, and one `link_<ifindex>_<mode>_<ifname>` per
-//! interface. Edits from several processes are serialised with `flock` on
-//! the directory.
+//! A bpffs directory holding one xdpguard program's pins: its maps and its
+//! program (by their stable names, from `src/bpf/`), and one
+//! `link_<ifindex>_<mode>_<ifname>` per interface. Its config map marks the
+//! directory as that kind of program's. Edits from several processes are
+//! serialised with `flock` on the directory.
 
 use std::fs::{self, File};
 use std::io;
@@ -11,6 +12,7 @@ use std::path::{Path, PathBuf};
 use nix::fcntl::{Flock, FlockArg};
 
 use crate::core::attach::Attachment;
+use crate::core::pinned::Kind;
 use crate::error::PinError;
 use crate::AttachMode;
 use crate::core::sys;
@@ -20,31 +22,27 @@ const LINK_PREFIX: &str = "link_";
 #[derive(Debug, Clone)]
 pub(crate) struct PinDir {
     path: PathBuf,
-    kind: &'static str,
+    kind: &'static Kind,
 }
 
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> PinError + 'a {
     move |source| PinError::Io { op, path: path.to_owned(), source }
 }
 
-fn is_ours(name: &str) -> bool {
-    name.starts_with("xdpg_") || name.starts_with(LINK_PREFIX)
-}
-
 impl PinDir {
-    /// Prepares `path` for a new object. It must be on bpffs and either not
-    /// exist or be empty. `marker` is a pin name only this kind of object has.
-    pub(crate) fn create(path: &Path, kind: &'static str, marker: &str) -> Result<Self, PinError> {
+    /// Prepares `path` for a new program of `kind`. It must be on bpffs and
+    /// either not exist or be empty.
+    pub(crate) fn create(path: &Path, kind: &'static Kind) -> Result<Self, PinError> {
         if !sys::is_on_bpffs(path) {
             return Err(PinError::BpffsNotMounted { path: path.to_owned() });
         }
         if path.exists() {
             let entries = list(path)?;
-            if entries.iter().any(|e| e == marker) {
-                return Err(PinError::InUse { path: path.to_owned(), kind });
+            if entries.iter().any(|e| e == kind.marker()) {
+                return Err(PinError::InUse { path: path.to_owned(), kind: kind.name, cli: kind.cli });
             }
             if let Some(found) = entries.into_iter().next() {
-                return Err(PinError::NotOurs { path: path.to_owned(), kind, found });
+                return Err(PinError::NotOurs { path: path.to_owned(), kind: kind.name, found });
             }
         } else {
             fs::create_dir_all(path).map_err(io_err("creating", path))?;
@@ -52,19 +50,24 @@ impl PinDir {
         Ok(Self { path: path.to_owned(), kind })
     }
 
-    /// Opens a directory that must hold an object of this kind.
-    pub(crate) fn open(path: &Path, kind: &'static str, marker: &str) -> Result<Self, PinError> {
+    /// Opens a directory that must hold a program of `kind`: its config map
+    /// marks it. A directory holding the program but no config map was
+    /// pinned before that program had one (layout 0).
+    pub(crate) fn open(path: &Path, kind: &'static Kind) -> Result<Self, PinError> {
         if !path.exists() {
-            return Err(PinError::NotFound { path: path.to_owned(), kind });
+            return Err(PinError::NotFound { path: path.to_owned(), kind: kind.name, cli: kind.cli });
         }
         if !sys::is_on_bpffs(path) {
             return Err(PinError::BpffsNotMounted { path: path.to_owned() });
         }
         let entries = list(path)?;
-        if !entries.iter().any(|e| e == marker) {
+        if !entries.iter().any(|e| e == kind.marker()) {
+            if entries.iter().any(|e| e == kind.program) {
+                return Err(PinError::Incompatible { path: path.to_owned(), found: 0, expected: kind.layout_version });
+            }
             return Err(match entries.into_iter().next() {
-                Some(found) => PinError::NotOurs { path: path.to_owned(), kind, found },
-                None => PinError::NotFound { path: path.to_owned(), kind },
+                Some(found) => PinError::NotOurs { path: path.to_owned(), kind: kind.name, found },
+                None => PinError::NotFound { path: path.to_owned(), kind: kind.name, cli: kind.cli },
             });
         }
         Ok(Self { path: path.to_owned(), kind })
@@ -74,7 +77,7 @@ impl PinDir {
         &self.path
     }
 
-    pub(crate) fn kind(&self) -> &'static str {
+    pub(crate) fn kind(&self) -> &'static Kind {
         self.kind
     }
 
@@ -125,10 +128,12 @@ impl PinDir {
             .map_err(|(_, errno)| io_err("locking", &self.path)(io::Error::from(errno)))
     }
 
-    /// Removes every pin of ours, then the directory if that leaves it empty.
+    /// Removes every pin of ours (the kind's maps, its program, links), then
+    /// the directory if that leaves it empty.
     pub(crate) fn remove_all(&self) -> Result<(), PinError> {
+        let kind = self.kind;
         for name in list(&self.path)? {
-            if is_ours(&name) {
+            if name.starts_with(LINK_PREFIX) || name == kind.program || kind.maps.contains(&name.as_str()) {
                 self.unpin(&name)?;
             }
         }
@@ -161,6 +166,6 @@ mod tests {
             assert_eq!(PinDir::link_recorded(&pin), Some((mode, name)));
         }
         assert_eq!(PinDir::link_recorded("link_3"), None);
-        assert_eq!(PinDir::link_recorded("xdpg_filter_cfg"), None);
+        assert_eq!(PinDir::link_recorded(crate::core::layout::names::XDPG_FILTER_CFG), None);
     }
 }

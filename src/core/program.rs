@@ -1,7 +1,6 @@
-//! A loaded XDP program, the interfaces it is attached to, and (when pinned)
-//! its pin directory. [`Filter`](crate::Filter),
-//! [`LoadBalancer`](crate::LoadBalancer) and [`Decap`](crate::Decap) each
-//! hold one; what differs between them is their maps.
+//! A loaded XDP program, the interfaces it is attached to (through BPF
+//! links), and (when pinned) its pin directory. Every
+//! [`Pinned`](crate::core::pinned::Pinned) program holds one.
 
 use std::fs::File;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -24,75 +23,6 @@ pub(crate) struct XdpProgram {
     name: &'static str,
     links: Mutex<Vec<Link>>,
     pin: Option<PinDir>,
-}
-
-/// An object built around an [`XdpProgram`] that can be pinned.
-pub(crate) trait Pinnable {
-    fn program(&self) -> &XdpProgram;
-    fn program_mut(&mut self) -> &mut XdpProgram;
-    /// Pins the object's maps in `dir`.
-    fn pin_maps(&self, dir: &PinDir) -> Result<(), PinError>;
-}
-
-/// Implements [`Pinnable`] and `Debug` for a type holding an [`XdpProgram`]
-/// in `program` and its [`MapSet`](crate::core::maps::MapSet) at the field path
-/// given (`maps.set`).
-macro_rules! impl_pinnable {
-    ($ty:ident, $($maps:ident).+) => {
-        impl $crate::core::program::Pinnable for $ty {
-            fn program(&self) -> &$crate::core::program::XdpProgram {
-                &self.program
-            }
-            fn program_mut(&mut self) -> &mut $crate::core::program::XdpProgram {
-                &mut self.program
-            }
-            fn pin_maps(&self, dir: &$crate::core::pin::PinDir) -> Result<(), $crate::error::PinError> {
-                self.$($maps).+.pin_all(dir)
-            }
-        }
-
-        impl std::fmt::Debug for $ty {
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.debug_struct(stringify!($ty))
-                    .field("attachments", &self.attachments())
-                    .field("pin", &self.pin_path())
-                    .finish_non_exhaustive()
-            }
-        }
-    };
-}
-pub(crate) use impl_pinnable;
-
-/// Builds an object with `make`, attaches it to `interfaces` and pins it
-/// under `pin`. If any step fails, nothing is left attached or pinned.
-pub(crate) fn create<T: Pinnable>(
-    pin: Option<&Path>,
-    kind: &'static str,
-    marker: &str,
-    interfaces: &[Interface],
-    mode: AttachMode,
-    make: impl FnOnce() -> Result<T, Error>,
-) -> Result<T, Error> {
-    let dir = pin.map(|p| PinDir::create(p, kind, marker)).transpose()?;
-    let built = make().and_then(|obj| {
-        for iface in interfaces {
-            obj.program().attach(iface, mode)?;
-        }
-        Ok(obj)
-    });
-    let pinned = built.and_then(|mut obj| {
-        if let Some(dir) = &dir {
-            obj.pin_maps(dir)?;
-            obj.program_mut().pin_to(dir.clone())?;
-        }
-        Ok(obj)
-    });
-    if pinned.is_err() {
-        if let Some(dir) = &dir {
-            let _ = dir.remove_all();
-        }
-    }
-    pinned
 }
 
 impl XdpProgram {
@@ -133,7 +63,7 @@ impl XdpProgram {
     }
 
     /// Pins the program and its links in `dir`, and pins later links there too.
-    fn pin_to(&mut self, dir: PinDir) -> Result<(), PinError> {
+    pub(crate) fn pin_to(&mut self, dir: PinDir) -> Result<(), PinError> {
         dir.pin(self.name, self.fd.as_fd())?;
         for link in self.links().iter() {
             dir.pin(&PinDir::link_name(&link.attachment), link.fd.as_fd())?;

@@ -7,6 +7,7 @@
 use std::mem::{offset_of, size_of};
 
 use crate::core::layout::{consts, pod};
+use crate::core::maps::{config, summable};
 
 /// The filter program's skeleton (`src/bpf/filter.bpf.c`).
 pub(crate) mod filter_skel {
@@ -15,8 +16,8 @@ pub(crate) mod filter_skel {
 }
 
 pub(crate) use filter_skel::types::{
-    xdpg_counter, xdpg_filter_config, xdpg_v4_bucket, xdpg_v4_rule, xdpg_v6_bucket, xdpg_v6_entry, xdpg_v6_rule,
-    xdpg_v6_view,
+    xdpg_counter, xdpg_filter_config, xdpg_header, xdpg_v4_bucket, xdpg_v4_rule, xdpg_v6_bucket, xdpg_v6_entry,
+    xdpg_v6_rule, xdpg_v6_view,
 };
 
 /// Verdicts as the tables store them (allow wins over block whatever the
@@ -30,6 +31,7 @@ pub(crate) const LIST_ALLOW: u8 = consts::XDPG_LIST_ALLOW as u8;
 pod!(
     xdpg_counter,
     xdpg_filter_config,
+    xdpg_header,
     xdpg_v4_bucket,
     xdpg_v4_rule,
     xdpg_v6_bucket,
@@ -38,14 +40,21 @@ pod!(
     xdpg_v6_view,
 );
 
-// The same numbers as the _Static_asserts in src/bpf/structs.h.
+config!(xdpg_filter_config, xdpg_header);
+summable!(xdpg_counter { packets, bytes });
+
+impl From<xdpg_counter> for crate::Counter {
+    fn from(c: xdpg_counter) -> Self {
+        crate::Counter { packets: c.packets, bytes: c.bytes }
+    }
+}
+
+// The same numbers as the _Static_asserts in src/bpf/structs.h and common.h.
 const _: () = {
     assert!(size_of::<xdpg_counter>() == 16);
     assert!(size_of::<xdpg_filter_config>() == 56);
-    assert!(offset_of!(xdpg_filter_config, v6_bucket_mask) == 48);
-    assert!(offset_of!(xdpg_filter_config, tables) == 8);
-    assert!(offset_of!(xdpg_filter_config, dirty) == 28);
-    assert!(offset_of!(xdpg_filter_config, generation) == 40);
+    assert!(offset_of!(xdpg_filter_config, tables) == 24);
+    assert!(offset_of!(xdpg_filter_config, v6_bucket_mask) == 52);
     assert!(size_of::<xdpg_v4_bucket>() == 64);
     assert!(offset_of!(xdpg_v4_bucket, meta) == 60);
     assert!(size_of::<xdpg_v6_entry>() == 20);

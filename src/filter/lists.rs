@@ -1,29 +1,16 @@
-//! The allowlist and blocklist: the in-memory rule model, the rule store in
-//! the maps (the source of truth a reopening process reads back), and the
-//! edit engine that keeps the data-plane tables in step.
-//!
-//! Single edits are applied in place, in an order where no packet whose
-//! verdict should not change ever sees a different one. Bulk edits, replaces
-//! and anything too large to patch are built beside the live tables and
-//! swapped in with one store, so traffic sees the old lists or the new
-//! lists, never a mix.
-
+//! The allowlist and the blocklist as the API shows them: [`ListKind`],
+//! [`PrefixList`] (one list of a [`Filter`]) and what its edits return.
 
 use std::net::IpAddr;
-use std::sync::atomic::Ordering;
 
 use ipnetwork::IpNetwork;
-use rustc_hash::FxHashMap;
 
 use crate::error::ListError;
-use crate::filter::maps::FilterMaps;
-use crate::core::layout::consts::*;
-use crate::filter::layout::{xdpg_v4_rule, xdpg_v6_bucket, xdpg_v6_rule, xdpg_v6_view};
-use crate::core::mmap::MappedArray;
-use crate::core::table::{self, Live, TableError};
+use crate::filter::editor::{Editor, Op};
 use crate::filter::layout::{LIST_ALLOW, LIST_BLOCK};
-use crate::filter::v4::{self, CellStore, V4Rules};
-use crate::filter::v6::{V6Key, V6Rules};
+use crate::filter::prefix::{normalize, Normalized};
+use crate::filter::state::ListState;
+use crate::filter::Filter;
 
 /// Which list.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -52,525 +39,261 @@ impl std::fmt::Display for ListKind {
     }
 }
 
-/// Cells touched by one prefix beyond which a single edit rebuilds instead
-/// of patching in place (a /8 touches 65,536).
-const MAX_PATCH_CELLS: u32 = 1 << 16;
-
-/// The rules of both families, and where each is stored.
-#[derive(Debug, Default)]
-pub(crate) struct ListState {
-    pub v4: V4Rules,
-    v4_slots: FxHashMap<(u32, u8), u32>,
-    pub v6: V6Rules,
-    v6_slots: FxHashMap<(u128, u8), u32>,
-    /// v6 removals since the Bloom filter was last rebuilt (their bits linger).
-    v6_bloom_stale: usize,
-    generation: u64,
+/// The outcome of inserting or removing one entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EntryChange {
+    /// The entry as stored, and whether host bits were cleared to get it.
+    pub entry: Normalized,
+    /// Whether the list changed (false: it was already there, or not there).
+    pub changed: bool,
 }
 
-fn v6_words(net: u128) -> [u32; 4] {
-    bytemuck::cast(net.to_be_bytes())
+/// The outcome of a bulk edit.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct BulkChange {
+    /// Entries added or removed (for a replace: both).
+    pub changed: usize,
+    /// Entries given that needed no change: already in the list (or, when
+    /// removing, not in it; for a replace, kept from the old list).
+    pub unchanged: usize,
+    /// Entries stored in another form than given (host bits cleared, or an
+    /// IPv4-mapped IPv6 prefix stored as IPv4; see [`normalize`]), as given →
+    /// as stored.
+    pub normalized: Vec<(IpNetwork, IpNetwork)>,
 }
 
-fn v6_from_words(words: [u32; 4]) -> u128 {
-    u128::from_be_bytes(bytemuck::cast(words))
-}
-
-/// One change to one list.
+/// One of a filter's two lists. Every edit takes effect for the next packet
+/// and never disturbs the verdict of any other address.
+///
+/// Every method that takes entries normalises them first ([`normalize`]):
+/// host bits are cleared, and an IPv4-mapped IPv6 prefix
+/// (`::ffff:192.0.2.0/120`) is the IPv4 prefix it covers (`192.0.2.0/24`),
+/// so it matches the IPv4 packets it names.
+///
+/// The blocklist refuses an entry that covers a whole address family
+/// (`0.0.0.0/0`, `::/0`) with [`ListError::WholeFamily`]: one such entry cuts
+/// the host off, its SSH session included, and a list file that carries one
+/// by mistake would do it silently. A default-deny filter (allowlist what may
+/// pass, blocklist the rest) asks for it with
+/// [`permit_whole_family`](Self::permit_whole_family). The allowlist takes
+/// them as they are: allowlisting everything never cuts anyone off.
+///
+/// ```no_run
+/// # let filter = xdpguard::Filter::builder().interface("eth0").attach()?;
+/// let blocklist = filter.blocklist();
+/// let change = blocklist.insert("192.0.2.77/24".parse()?)?;
+/// assert_eq!(change.entry.network.to_string(), "192.0.2.0/24");
+/// assert!(change.entry.host_bits_cleared);
+///
+/// // A file's worth of entries, applied all or nothing.
+/// let text = std::fs::read("spamhaus-drop.txt")?;
+/// let entries = xdpguard::parse_list(&text, "spamhaus-drop.txt")?;
+/// blocklist.extend(entries.into_iter().map(|l| l.entry.network))?;
+///
+/// assert_eq!(blocklist.matching("192.0.2.9".parse()?)?, Some("192.0.2.0/24".parse()?));
+/// for entry in blocklist.iter()? {
+///     println!("{entry}");
+/// }
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Op {
-    pub net: IpNetwork,
-    pub bit: u8,
-    pub insert: bool,
+pub struct PrefixList<'f> {
+    filter: &'f Filter,
+    list: ListKind,
+    whole_family: bool,
 }
 
-impl ListState {
-    /// Reads the rule store back (after a reopen, or another handle's edit).
-    pub(crate) fn load(maps: &FilterMaps) -> Self {
-        let mut st = ListState { generation: maps.generation().load(Ordering::Acquire), ..Default::default() };
-        let n4 = (maps.v4_rule_count().load(Ordering::Acquire) as usize).min(maps.v4_rules.len());
-        for i in 0..n4 {
-            let r = maps.v4_rules.get(i);
-            for bit in [LIST_BLOCK, LIST_ALLOW] {
-                if r.lists & bit != 0 {
-                    st.v4.insert(r.addr, r.prefixlen, bit);
-                }
-            }
-            st.v4_slots.insert((r.addr, r.prefixlen), i as u32);
-        }
-        let n6 = (maps.v6_rule_count().load(Ordering::Acquire) as usize).min(maps.v6_rules.len());
-        for i in 0..n6 {
-            let r = maps.v6_rules.get(i);
-            let net = v6_from_words(r.addr);
-            for bit in [LIST_BLOCK, LIST_ALLOW] {
-                if r.lists & bit != 0 {
-                    st.v6.insert(net, r.prefixlen, bit);
-                }
-            }
-            st.v6_slots.insert((net, r.prefixlen), i as u32);
-        }
-        st
-    }
-
-    /// Reloads when another handle (or process) has edited the lists.
-    pub(crate) fn sync(&mut self, maps: &FilterMaps) {
-        if maps.generation().load(Ordering::Acquire) != self.generation {
-            *self = Self::load(maps);
-        }
-    }
-
-    pub(crate) fn entries(&self, list: ListKind) -> Vec<IpNetwork> {
-        let bit = list.bit();
-        let mut out: Vec<IpNetwork> = self
-            .v4
-            .iter()
-            .filter(|&(_, _, b)| b & bit != 0)
-            .map(|(n, l, _)| IpNetwork::new(IpAddr::from(n.to_be_bytes()), l).expect("valid"))
-            .chain(
-                self.v6
-                    .iter()
-                    .filter(|&(_, _, b)| b & bit != 0)
-                    .map(|(n, l, _)| IpNetwork::new(IpAddr::from(n.to_be_bytes()), l).expect("valid")),
-            )
-            .collect();
-        out.sort_by_key(|n| (n.is_ipv6(), n.ip(), n.prefix()));
-        out
-    }
-
-    pub(crate) fn count(&self, list: ListKind) -> usize {
-        let bit = list.bit();
-        self.v4.iter().filter(|&(_, _, b)| b & bit != 0).count()
-            + self.v6.iter().filter(|&(_, _, b)| b & bit != 0).count()
-    }
-
-    pub(crate) fn contains(&self, net: IpNetwork, list: ListKind) -> bool {
-        let bits = match net {
-            IpNetwork::V4(n) => self.v4.lists(u32::from(n.network()), n.prefix()),
-            IpNetwork::V6(n) => self.v6.lists(u128::from(n.network()), n.prefix()),
-        };
-        bits & list.bit() != 0
-    }
-
-    pub(crate) fn matching(&self, addr: IpAddr, list: ListKind) -> Option<IpNetwork> {
-        let (ip, len) = match addr {
-            IpAddr::V4(a) => {
-                let (n, l) = self.v4.matching(u32::from(a), list.bit())?;
-                (IpAddr::from(n.to_be_bytes()), l)
-            }
-            IpAddr::V6(a) => {
-                let (n, l) = self.v6.matching(u128::from(a), list.bit())?;
-                (IpAddr::from(n.to_be_bytes()), l)
-            }
-        };
-        IpNetwork::new(ip, len).ok()
-    }
-
-    /// The verdict the filter gives a source address.
-    pub(crate) fn verdict(&self, addr: IpAddr) -> u8 {
-        match addr {
-            IpAddr::V4(a) => self.v4.verdict(u32::from(a)),
-            IpAddr::V6(a) => self.v6.verdict(u128::from(a)),
-        }
+impl<'f> PrefixList<'f> {
+    pub(crate) fn new(filter: &'f Filter, list: ListKind) -> Self {
+        PrefixList { filter, list, whole_family: false }
     }
 }
 
-/// Live v4 level-1 words of one table pair.
-struct LiveCells<'a>(&'a MappedArray<u64>);
-
-impl CellStore for LiveCells<'_> {
-    fn read_word(&self, index: usize) -> u64 {
-        self.0.atomic_u64(index, 0).load(Ordering::Acquire)
-    }
-    fn write_word(&mut self, index: usize, word: u64) {
-        self.0.atomic_u64(index, 0).store(word, Ordering::Release);
-    }
-}
-
-/// Applies edits to the state and the maps. Create one per edit, under the
-/// filter's lock; `finish` publishes the new generation.
-pub(crate) struct Editor<'a> {
-    pub st: &'a mut ListState,
-    maps: &'a FilterMaps,
-}
-
-impl<'a> Editor<'a> {
-    pub(crate) fn begin(st: &'a mut ListState, maps: &'a FilterMaps) -> Self {
-        st.sync(maps);
-        maps.dirty().store(1, Ordering::Release);
-        Self { st, maps }
+impl PrefixList<'_> {
+    /// Which list this is.
+    pub fn kind(&self) -> ListKind {
+        self.list
     }
 
-    /// Publishes the edit: other handles see a new generation and reload.
-    pub(crate) fn finish(self) {
-        let g = self.maps.generation().fetch_add(1, Ordering::AcqRel) + 1;
-        self.st.generation = g;
-        self.maps.dirty().store(0, Ordering::Release);
+    /// This handle, letting its edits blocklist a whole address family
+    /// (`0.0.0.0/0`, `::/0`): every packet of that family whose source is not
+    /// allowlisted is dropped, the session the host is managed over
+    /// included. Without it, the blocklist refuses such entries
+    /// ([`ListError::WholeFamily`]). Makes no difference to the allowlist.
+    ///
+    /// ```no_run
+    /// # let filter = xdpguard::Filter::builder().interface("eth0").attach()?;
+    /// // Default deny: only the management network and the web front ends get in.
+    /// filter.allowlist().extend(["198.51.100.0/24".parse()?, "203.0.113.0/28".parse()?])?;
+    /// filter.blocklist().permit_whole_family().insert("0.0.0.0/0".parse()?)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn permit_whole_family(self) -> Self {
+        Self { whole_family: true, ..self }
     }
 
-    fn v4_full(&self) -> ListError {
-        ListError::Full { what: "the IPv4 entry table", capacity: self.maps.capacity().v4_rules, setter: "v4_capacity" }
-    }
-
-    fn v6_full(&self) -> ListError {
-        ListError::Full { what: "the IPv6 entry table", capacity: self.maps.capacity().v6_rules, setter: "v6_capacity" }
-    }
-
-    fn v4_hosts_full(&self) -> ListError {
-        ListError::Full {
-            what: "the IPv4 host table (mixed /24s)",
-            capacity: self.maps.capacity().v4_buckets * XDPG_V4_BUCKET_SLOTS as usize,
-            setter: "v4_capacity",
+    /// Refuses a whole-family blocklist entry unless permitted.
+    fn guard(&self, entry: &IpNetwork) -> Result<(), ListError> {
+        if self.list == ListKind::Block && !self.whole_family && entry.prefix() == 0 {
+            return Err(ListError::WholeFamily { entry: *entry });
         }
+        Ok(())
     }
 
-    /// One insert or remove, patched into the live tables.
-    pub(crate) fn apply_one(&mut self, op: Op) -> Result<bool, ListError> {
-        match op.net {
-            IpNetwork::V4(n) => self.v4_one(u32::from(n.network()), n.prefix(), op.bit, op.insert),
-            IpNetwork::V6(n) => self.v6_one(u128::from(n.network()), n.prefix(), op.bit, op.insert),
-        }
+    /// Adds an entry, normalised ([`normalize`]: host bits cleared,
+    /// IPv4-mapped IPv6 as IPv4; the result says which).
+    ///
+    /// Patched into the live tables in place (microseconds): every address
+    /// it covers switches exactly once during the call and has its new
+    /// verdict for the next packet after it returns; no other address ever
+    /// changes. A wide prefix spans several table words, which switch one
+    /// after another; use [`extend`](Self::extend) to switch many addresses
+    /// at one single point.
+    ///
+    /// # Errors
+    ///
+    /// [`ListError::WholeFamily`] for `0.0.0.0/0` or `::/0` on the blocklist
+    /// (see [`permit_whole_family`](Self::permit_whole_family)),
+    /// [`ListError::Full`] when the table has no room; the list is then as
+    /// it was.
+    pub fn insert(&self, net: IpNetwork) -> Result<EntryChange, ListError> {
+        let entry = normalize(net);
+        self.guard(&entry.network)?;
+        let op = Op { net: entry.network, bit: self.list.bit(), insert: true };
+        let changed = self.edit(|ed| ed.apply_one(op))?;
+        Ok(EntryChange { entry, changed })
     }
 
-    fn v4_one(&mut self, net: u32, len: u8, bit: u8, insert: bool) -> Result<bool, ListError> {
-        if insert && self.st.v4.lists(net, len) == 0 && self.st.v4.len() >= self.maps.capacity().v4_rules {
-            return Err(self.v4_full());
-        }
-        let cells = v4::cells_of(net, len);
-        let patch = cells.len() as u32 <= MAX_PATCH_CELLS;
-        let old: Vec<v4::Cell> = if patch { cells.clone().map(|c| self.st.v4.cell(c)).collect() } else { Vec::new() };
-        let changed = if insert { self.st.v4.insert(net, len, bit) } else { self.st.v4.remove(net, len, bit) };
-        if !changed {
-            return Ok(false);
-        }
-        let patched = patch && {
-            let active = self.maps.v4_active();
-            let seed = self.maps.config().v4_hash_seed;
-            let mut cells_store = LiveCells(&self.maps.l1[active]);
-            let mut buckets = Live(&self.maps.hosts[active]);
-            cells.zip(old).all(|(c, o)| {
-                let n = self.st.v4.cell(c);
-                n == o || v4::transition(&mut cells_store, &mut buckets, seed, c, &o, &n).is_ok()
-            })
-        };
-        // Too large to patch, or the buckets need compacting: rebuild.
-        if !patched && self.rebuild_v4().is_err() {
+    /// Removes an entry. Addresses another entry covers stay covered. Patched
+    /// in place like [`insert`](Self::insert).
+    ///
+    /// # Errors
+    ///
+    /// [`ListError::Full`] when removing it means rebuilding a table that
+    /// no longer fits (a removal can split a /24 into more hosts); the list
+    /// is then as it was.
+    pub fn remove(&self, net: IpNetwork) -> Result<EntryChange, ListError> {
+        let entry = normalize(net);
+        let op = Op { net: entry.network, bit: self.list.bit(), insert: false };
+        let changed = self.edit(|ed| ed.apply_one(op))?;
+        Ok(EntryChange { entry, changed })
+    }
+
+    /// Whether exactly this entry (after normalisation) is in the list.
+    pub fn contains(&self, net: IpNetwork) -> Result<bool, ListError> {
+        let net = normalize(net).network;
+        self.read(|st| st.contains(net, self.list))
+    }
+
+    /// The most specific entry of this list that covers `addr` (IPv4-mapped
+    /// IPv6 addresses as in [`Filter::verdict`]).
+    pub fn matching(&self, addr: IpAddr) -> Result<Option<IpNetwork>, ListError> {
+        self.read(|st| st.matching(addr, self.list))
+    }
+
+    /// A snapshot of the entries, IPv4 first, in address order.
+    pub fn iter(&self) -> Result<impl Iterator<Item = IpNetwork>, ListError> {
+        Ok(self.read(|st| st.entries(self.list))?.into_iter())
+    }
+
+    /// Number of entries.
+    pub fn len(&self) -> Result<usize, ListError> {
+        self.read(|st| st.count(self.list))
+    }
+
+    /// Whether the list is empty.
+    pub fn is_empty(&self) -> Result<bool, ListError> {
+        Ok(self.len()? == 0)
+    }
+
+    /// Adds many entries as one atomic step: all of them or, on error, none.
+    ///
+    /// # Errors
+    ///
+    /// As [`insert`](Self::insert); nothing is applied.
+    pub fn extend(&self, nets: impl IntoIterator<Item = IpNetwork>) -> Result<BulkChange, ListError> {
+        self.bulk(nets, true)
+    }
+
+    /// Removes many entries as one atomic step.
+    ///
+    /// # Errors
+    ///
+    /// As [`remove`](Self::remove); nothing is applied.
+    pub fn remove_all(&self, nets: impl IntoIterator<Item = IpNetwork>) -> Result<BulkChange, ListError> {
+        self.bulk(nets, false)
+    }
+
+    fn bulk(&self, nets: impl IntoIterator<Item = IpNetwork>, insert: bool) -> Result<BulkChange, ListError> {
+        let mut normalized = Vec::new();
+        let mut seen = rustc_hash::FxHashSet::default();
+        let mut ops = Vec::new();
+        let mut given = 0;
+        for net in nets {
+            given += 1;
+            let n = normalize(net);
             if insert {
-                self.st.v4.remove(net, len, bit);
-            } else {
-                self.st.v4.insert(net, len, bit);
+                self.guard(&n.network)?;
             }
-            let _ = self.rebuild_v4();
-            return Err(self.v4_hosts_full());
-        }
-        self.store_v4(net, len);
-        Ok(true)
-    }
-
-    /// The data plane's key for (net, len), and its hash.
-    fn v6_key(&self, net: u128, len: u8) -> (u32, V6Key) {
-        let key = V6Key::new(net, len);
-        (crate::filter::hash::v6_key_hash(u32::from(len), key.words, self.maps.config().v4_hash_seed), key)
-    }
-
-    fn bloom_bit(&self, net: u128, len: u8) -> usize {
-        (self.v6_key(net, len).0 & self.maps.config().v6_bloom_mask) as usize
-    }
-
-    /// Sets the Bloom bits of `keys`; done before their entries are written,
-    /// so a lookup that could find an entry never skips it.
-    fn bloom_add(&self, keys: &[(u128, u8)]) {
-        for &(n, l) in keys {
-            let bit = self.bloom_bit(n, l);
-            self.maps.v6_bloom.atomic_u64(bit / 64, 0).fetch_or(1 << (bit % 64), Ordering::AcqRel);
-        }
-    }
-
-    /// Rebuilds the Bloom filter from the model, clearing the bits removed
-    /// entries left behind. Every live entry is in the model, so no word
-    /// written here ever lacks a bit a live entry needs.
-    fn bloom_refresh(&mut self) {
-        let mut words = vec![0u64; self.maps.v6_bloom.len()];
-        for (n, l, _) in self.st.v6.iter() {
-            let bit = self.bloom_bit(n, l);
-            words[bit / 64] |= 1 << (bit % 64);
-        }
-        for (i, w) in words.into_iter().enumerate() {
-            self.maps.v6_bloom.atomic_u64(i, 0).store(w, Ordering::Release);
-        }
-        self.st.v6_bloom_stale = 0;
-    }
-
-    /// Counts a removal and rebuilds the Bloom filter once stale bits add up.
-    fn bloom_note_removal(&mut self) {
-        self.st.v6_bloom_stale += 1;
-        if self.st.v6_bloom_stale > 64 + self.st.v6.len() / 8 {
-            self.bloom_refresh();
-        }
-    }
-
-    /// Writes the model's verdict for (net, len) into v6 table `table`, or
-    /// retires the key when it is no longer an entry.
-    fn v6_write(&self, table: u32, net: u128, len: u8) -> Result<(), TableError> {
-        let (hash, key) = self.v6_key(net, len);
-        let mut store = Live(&self.maps.v6_tables[table as usize & 1]);
-        match self.st.v6.effective(net, len) {
-            Some(v) => table::set(&mut store, hash, &key, u32::from(v)),
-            None => table::clear(&mut store, hash, &key).map(drop),
-        }
-    }
-
-    /// Writes the given keys into one table, retirements first.
-    fn v6_write_keys(&self, table: u32, keys: &[(u128, u8)]) -> Result<(), TableError> {
-        let (gone, kept): (Vec<_>, Vec<_>) = keys.iter().partition(|&&(n, l)| self.st.v6.effective(n, l).is_none());
-        gone.iter().chain(&kept).try_for_each(|&(n, l)| self.v6_write(table, n, l))
-    }
-
-    /// The view for `table` holding the model's prefix lengths.
-    fn v6_view(&self, table: u32) -> xdpg_v6_view {
-        let lens = self.st.v6.lens_desc();
-        let mut view = xdpg_v6_view { table, count: lens.len() as u32, ..Default::default() };
-        view.lens[..lens.len()].copy_from_slice(&lens);
-        view
-    }
-
-    /// Keys whose stored verdict may change when (net, len) changes: itself,
-    /// and, when its allowlist membership changed, every entry inside it.
-    fn v6_affected(&self, net: u128, len: u8, bit: u8, out: &mut Vec<(u128, u8)>) {
-        out.push((net, len));
-        if bit == LIST_ALLOW {
-            out.extend(self.st.v6.inside(net, len));
-        }
-    }
-
-    /// One v6 edit. Both tables hold the same entries between edits (the
-    /// idle one is the spare a bulk edit fills); a single edit patches the
-    /// idle one, then the live one, key by key.
-    fn v6_one(&mut self, net: u128, len: u8, bit: u8, insert: bool) -> Result<bool, ListError> {
-        if insert && self.st.v6.lists(net, len) == 0 && self.st.v6.len() >= self.maps.capacity().v6_rules {
-            return Err(self.v6_full());
-        }
-        let lens_before = self.st.v6.lens_desc();
-        let changed = if insert { self.st.v6.insert(net, len, bit) } else { self.st.v6.remove(net, len, bit) };
-        if !changed {
-            return Ok(false);
-        }
-        let live = self.maps.current_v6_view().table;
-        let lens_after = self.st.v6.lens_desc();
-        // A length leaves the view before its last entry leaves the table...
-        if lens_after.len() < lens_before.len() {
-            let slot = self.maps.stage_v6_view(self.v6_view(live));
-            self.maps.switch_tables(None, Some(slot));
-        }
-        let mut keys = Vec::new();
-        self.v6_affected(net, len, bit, &mut keys);
-        if insert {
-            self.bloom_add(&[(net, len)]);
-        }
-        let patched = [1 - live, live].iter().all(|&t| self.v6_write_keys(t, &keys).is_ok());
-        // A chain too long (tombstones pile up): rebuild both tables packed.
-        if !patched && self.rebuild_v6().is_err() {
-            if insert {
-                self.st.v6.remove(net, len, bit);
-            } else {
-                self.st.v6.insert(net, len, bit);
+            if n.network != net {
+                normalized.push((net, n.network));
             }
-            let _ = self.rebuild_v6();
-            return Err(self.v6_full());
-        }
-        let live = self.maps.current_v6_view().table;
-        // ...and joins it after its first entry is in.
-        if lens_after.len() > lens_before.len() {
-            let slot = self.maps.stage_v6_view(self.v6_view(live));
-            self.maps.switch_tables(None, Some(slot));
-        }
-        self.store_v6(net, len);
-        if self.st.v6.lists(net, len) == 0 {
-            self.bloom_note_removal();
-        }
-        Ok(true)
-    }
-
-    /// Applies many changes as one atomic step: the new tables of both
-    /// families are staged beside the live ones and switched in with one
-    /// store. All of it or, on error, none of it.
-    pub(crate) fn apply_atomic(&mut self, ops: &[Op]) -> Result<usize, ListError> {
-        let mut done: Vec<Op> = Vec::new();
-        for &op in ops {
-            if self.apply_to_model(op) {
-                done.push(op);
+            if seen.insert(n.network) {
+                ops.push(Op { net: n.network, bit: self.list.bit(), insert });
             }
         }
-        let v4_changed = done.iter().any(|o| o.net.is_ipv4());
-        let mut v6_keys = Vec::new();
-        for op in &done {
-            if let IpNetwork::V6(n) = op.net {
-                self.v6_affected(u128::from(n.network()), n.prefix(), op.bit, &mut v6_keys);
+        let changed = self.edit(|ed| ed.apply_atomic(&ops))?;
+        Ok(BulkChange { changed, unchanged: given - changed, normalized })
+    }
+
+    /// Replaces the whole list, atomically: traffic sees the old list or the
+    /// new one, never a mix.
+    ///
+    /// # Errors
+    ///
+    /// As [`insert`](Self::insert) (a whole-family entry is refused even if
+    /// the list already holds it); the list is then as it was.
+    pub fn replace(&self, nets: impl IntoIterator<Item = IpNetwork>) -> Result<BulkChange, ListError> {
+        let mut normalized = Vec::new();
+        let mut wanted = rustc_hash::FxHashSet::default();
+        for net in nets {
+            let n = normalize(net);
+            self.guard(&n.network)?;
+            if n.network != net {
+                normalized.push((net, n.network));
             }
+            wanted.insert(n.network);
         }
-        v6_keys.sort_unstable();
-        v6_keys.dedup();
-        let live_v6 = self.maps.current_v6_view().table;
-        let cap = self.maps.capacity();
-        let staged = if self.st.v4.len() > cap.v4_rules {
-            Err(self.v4_full())
-        } else if self.st.v6.len() > cap.v6_rules {
-            Err(self.v6_full())
-        } else {
-            (|| {
-                let v4_pair = if v4_changed { Some(self.stage_v4().map_err(|_| self.v4_hosts_full())?) } else { None };
-                let v6_view = if v6_keys.is_empty() {
-                    None
-                } else {
-                    let present: Vec<_> =
-                        v6_keys.iter().copied().filter(|&(n, l)| self.st.v6.lists(n, l) != 0).collect();
-                    self.bloom_add(&present);
-                    if self.v6_write_keys(1 - live_v6, &v6_keys).is_err() {
-                        self.refill_v6(1 - live_v6)?;
-                    }
-                    Some(self.maps.stage_v6_view(self.v6_view(1 - live_v6)))
-                };
-                Ok((v4_pair, v6_view))
-            })()
-        };
-        let (v4_pair, v6_view) = match staged {
-            Ok(s) => s,
-            Err(e) => {
-                // Nothing was switched: put the model and the idle v6 table back.
-                for op in done.iter().rev() {
-                    self.undo(*op);
-                }
-                if self.v6_write_keys(1 - live_v6, &v6_keys).is_err() {
-                    let _ = self.refill_v6(1 - live_v6);
-                }
-                return Err(e);
-            }
-        };
-        self.maps.switch_tables(v4_pair, v6_view);
-        // The old live v6 table is now the spare: bring it level.
-        if v6_view.is_some() {
-            if self.v6_write_keys(live_v6, &v6_keys).is_err() {
-                let _ = self.refill_v6(live_v6);
-            }
-            if v6_keys.iter().any(|&(n, l)| self.st.v6.lists(n, l) == 0) {
-                self.bloom_refresh();
-            }
-        }
-        for op in &done {
-            match op.net {
-                IpNetwork::V4(n) => self.store_v4(u32::from(n.network()), n.prefix()),
-                IpNetwork::V6(n) => self.store_v6(u128::from(n.network()), n.prefix()),
-            }
-        }
-        Ok(done.len())
+        let bit = self.list.bit();
+        let (changed, kept) = self.edit(|ed| {
+            let current = ed.st.entries(self.list);
+            let current_set: rustc_hash::FxHashSet<_> = current.iter().copied().collect();
+            let kept = wanted.iter().filter(|n| current_set.contains(n)).count();
+            let ops: Vec<Op> = current
+                .iter()
+                .filter(|n| !wanted.contains(n))
+                .map(|&net| Op { net, bit, insert: false })
+                .chain(wanted.iter().filter(|n| !current_set.contains(n)).map(|&net| Op { net, bit, insert: true }))
+                .collect();
+            Ok((ed.apply_atomic(&ops)?, kept))
+        })?;
+        Ok(BulkChange { changed, unchanged: kept, normalized })
     }
 
-    fn apply_to_model(&mut self, op: Op) -> bool {
-        match op.net {
-            IpNetwork::V4(n) => {
-                let (a, l) = (u32::from(n.network()), n.prefix());
-                if op.insert { self.st.v4.insert(a, l, op.bit) } else { self.st.v4.remove(a, l, op.bit) }
-            }
-            IpNetwork::V6(n) => {
-                let (a, l) = (u128::from(n.network()), n.prefix());
-                if op.insert { self.st.v6.insert(a, l, op.bit) } else { self.st.v6.remove(a, l, op.bit) }
-            }
-        }
+    /// Empties the list, atomically. Returns how many entries it held.
+    ///
+    /// # Errors
+    ///
+    /// As [`replace`](Self::replace).
+    pub fn clear(&self) -> Result<usize, ListError> {
+        Ok(self.replace(std::iter::empty())?.changed)
     }
 
-    fn undo(&mut self, op: Op) {
-        self.apply_to_model(Op { insert: !op.insert, ..op });
+    fn read<R>(&self, f: impl FnOnce(&ListState) -> R) -> Result<R, ListError> {
+        self.filter.core.read(|st, _| f(st))
     }
 
-    /// Builds the v4 tables from the rules into the idle pair; returns it.
-    fn stage_v4(&mut self) -> Result<usize, TableError> {
-        let cfg = self.maps.config();
-        let tables = self.st.v4.build(self.maps.capacity().v4_buckets, cfg.v4_hash_seed)?;
-        let idle = 1 - self.maps.v4_active();
-        self.maps.l1[idle].fill_from(&tables.words);
-        self.maps.hosts[idle].fill_from(&tables.buckets);
-        Ok(idle)
-    }
-
-    /// Builds the v4 tables from the rules into the idle pair and swaps.
-    pub(crate) fn rebuild_v4(&mut self) -> Result<(), TableError> {
-        let idle = self.stage_v4()?;
-        self.maps.switch_tables(Some(idle), None);
-        Ok(())
-    }
-
-    /// Rewrites one v6 table, packed, with every entry of the model.
-    fn refill_v6(&self, table: u32) -> Result<(), ListError> {
-        let mut buckets = vec![xdpg_v6_bucket::default(); self.maps.capacity().v6_buckets];
-        for (n, l, v) in self.st.v6.entries() {
-            let (hash, key) = self.v6_key(n, l);
-            table::set(&mut buckets, hash, &key, u32::from(v)).map_err(|_| self.v6_full())?;
-        }
-        self.maps.v6_tables[table as usize & 1].fill_from(&buckets);
-        Ok(())
-    }
-
-    /// Rewrites both v6 tables from the model (after a crash, or to clear
-    /// tombstones): the idle one, then a switch, then the other.
-    pub(crate) fn rebuild_v6(&mut self) -> Result<(), ListError> {
-        let live = self.maps.current_v6_view().table;
-        let keys: Vec<_> = self.st.v6.iter().map(|(n, l, _)| (n, l)).collect();
-        self.bloom_add(&keys);
-        self.refill_v6(1 - live)?;
-        let slot = self.maps.stage_v6_view(self.v6_view(1 - live));
-        self.maps.switch_tables(None, Some(slot));
-        self.refill_v6(live)?;
-        self.bloom_refresh();
-        Ok(())
-    }
-
-    /// Brings the stored record of (net, len) in line with the model.
-    fn store_v4(&mut self, net: u32, len: u8) {
-        let bits = self.st.v4.lists(net, len);
-        let rules = &self.maps.v4_rules;
-        let count = self.maps.v4_rule_count();
-        let record = |lists| xdpg_v4_rule { addr: net, prefixlen: len, lists, pad: 0 };
-        store_record(&mut self.st.v4_slots, (net, len), bits, rules, count, record, |r| (r.addr, r.prefixlen));
-    }
-
-    fn store_v6(&mut self, net: u128, len: u8) {
-        let bits = self.st.v6.lists(net, len);
-        let rules = &self.maps.v6_rules;
-        let count = self.maps.v6_rule_count();
-        let record = |lists| xdpg_v6_rule { addr: v6_words(net), prefixlen: len, lists, pad: [0; 6] };
-        store_record(&mut self.st.v6_slots, (net, len), bits, rules, count, record, |r| {
-            (v6_from_words(r.addr), r.prefixlen)
-        });
-    }
-}
-
-/// Appends, updates or swap-removes one record of a rule store.
-fn store_record<K: std::hash::Hash + Eq + Copy, R: bytemuck::Pod>(
-    slots: &mut FxHashMap<K, u32>,
-    key: K,
-    bits: u8,
-    rules: &MappedArray<R>,
-    count: &std::sync::atomic::AtomicU32,
-    record: impl Fn(u8) -> R,
-    key_of: impl Fn(&R) -> K,
-) {
-    match (slots.get(&key).copied(), bits) {
-        (None, 0) => {}
-        (Some(i), 0) => {
-            let last = count.load(Ordering::Acquire) - 1;
-            if i != last {
-                let moved = rules.get(last as usize);
-                rules.set(i as usize, moved);
-                slots.insert(key_of(&moved), i);
-            }
-            count.store(last, Ordering::Release);
-            slots.remove(&key);
-        }
-        (Some(i), b) => rules.set(i as usize, record(b)),
-        (None, b) => {
-            let i = count.load(Ordering::Acquire);
-            rules.set(i as usize, record(b));
-            count.store(i + 1, Ordering::Release);
-            slots.insert(key, i);
-        }
+    fn edit<R>(&self, f: impl FnOnce(&mut Editor<'_>) -> Result<R, ListError>) -> Result<R, ListError> {
+        self.filter.core.edit(|st, maps| f(&mut Editor::new(st, maps)))
     }
 }

@@ -1,42 +1,37 @@
-//! The filter's maps as owned handles, whether just loaded or reopened from
-//! pins, plus typed access to its config entry and counters.
+//! The filter's maps (`src/bpf/filter_maps.h`), typed, and what the filter
+//! does with its config entry: which tables are live, the staged v6 views,
+//! the counters.
 
-use std::mem::MaybeUninit;
-use std::os::fd::OwnedFd;
-use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{fence, AtomicU32, Ordering};
 
-use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
-use libbpf_rs::MapHandle;
-
-use crate::error::{io_from_libbpf, missing_privileges, LoadError, PinError};
 use crate::core::layout::consts::*;
-use crate::filter::layout::filter_skel::FilterSkelBuilder;
-use crate::filter::layout::{xdpg_filter_config, xdpg_v4_bucket, xdpg_v4_rule, xdpg_v6_bucket, xdpg_v6_rule, xdpg_v6_view};
-use crate::core::maps::{load_err, program_fd, MapSet};
-use crate::core::mmap::{cfg_fields, MappedArray};
-use crate::core::pin::PinDir;
+use crate::core::layout::names;
+use crate::core::maps::{program_maps, Mmapped, PerCpu, ProgArray};
+use crate::core::mmap::cfg_fields;
+use crate::filter::layout::{
+    xdpg_counter, xdpg_filter_config, xdpg_v4_bucket, xdpg_v4_rule, xdpg_v6_bucket, xdpg_v6_rule, xdpg_v6_view,
+};
 use crate::Counter;
 
-/// The name of the filter program, also its pin name.
-pub(crate) const PROGRAM_NAME: &str = "xdpg_filter";
-/// The pin that marks a directory as holding a filter.
-pub(crate) const MARKER: &str = "xdpg_filter_cfg";
-
-const MAP_NAMES: [&str; 13] = [
-    "xdpg_filter_cfg",
-    "xdpg_filter_cnt",
-    "xdpg_v4_l1_a",
-    "xdpg_v4_l1_b",
-    "xdpg_v4_hosts_a",
-    "xdpg_v4_hosts_b",
-    "xdpg_v4_rules",
-    "xdpg_v6_tab_a",
-    "xdpg_v6_tab_b",
-    "xdpg_v6_views",
-    "xdpg_v6_bloom",
-    "xdpg_v6_rules",
-    "xdpg_next",
-];
+program_maps! {
+    /// The filter's maps. Tables come in pairs (`_a`, `_b`): a bulk edit
+    /// fills the idle one and switches with one store of `tables`.
+    pub(crate) struct FilterMaps {
+        config cfg: Mmapped<xdpg_filter_config> = names::XDPG_FILTER_CFG,
+        counters: PerCpu<xdpg_counter> = names::XDPG_FILTER_CNT,
+        l1_a: Mmapped<u64> = names::XDPG_V4_L1_A,
+        l1_b: Mmapped<u64> = names::XDPG_V4_L1_B,
+        hosts_a: Mmapped<xdpg_v4_bucket> = names::XDPG_V4_HOSTS_A,
+        hosts_b: Mmapped<xdpg_v4_bucket> = names::XDPG_V4_HOSTS_B,
+        v4_rules: Mmapped<xdpg_v4_rule> = names::XDPG_V4_RULES,
+        v6_tab_a: Mmapped<xdpg_v6_bucket> = names::XDPG_V6_TAB_A,
+        v6_tab_b: Mmapped<xdpg_v6_bucket> = names::XDPG_V6_TAB_B,
+        v6_views: Mmapped<xdpg_v6_view> = names::XDPG_V6_VIEWS,
+        v6_bloom: Mmapped<u64> = names::XDPG_V6_BLOOM,
+        v6_rules: Mmapped<xdpg_v6_rule> = names::XDPG_V6_RULES,
+        next: ProgArray = names::XDPG_NEXT,
+    }
+}
 
 /// Sizes chosen at load time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,46 +62,43 @@ impl Capacity {
             v6_bloom_words: bloom_bits / 64,
         }
     }
-}
 
-pub(crate) struct FilterMaps {
-    pub set: MapSet,
-    pub cfg: MappedArray<xdpg_filter_config>,
-    pub l1: [MappedArray<u64>; 2],
-    pub hosts: [MappedArray<xdpg_v4_bucket>; 2],
-    pub v4_rules: MappedArray<xdpg_v4_rule>,
-    pub v6_tables: [MappedArray<xdpg_v6_bucket>; 2],
-    pub v6_views: MappedArray<xdpg_v6_view>,
-    pub v6_bloom: MappedArray<u64>,
-    pub v6_rules: MappedArray<xdpg_v6_rule>,
+    /// The maps' sizes, for loading.
+    pub(crate) fn map_sizes(&self) -> [(&'static str, u32); 7] {
+        [
+            (names::XDPG_V4_HOSTS_A, self.v4_buckets as u32),
+            (names::XDPG_V4_HOSTS_B, self.v4_buckets as u32),
+            (names::XDPG_V4_RULES, self.v4_rules as u32),
+            (names::XDPG_V6_TAB_A, self.v6_buckets as u32),
+            (names::XDPG_V6_TAB_B, self.v6_buckets as u32),
+            (names::XDPG_V6_RULES, self.v6_rules as u32),
+            (names::XDPG_V6_BLOOM, self.v6_bloom_words as u32),
+        ]
+    }
 }
 
 impl FilterMaps {
-    fn new(set: MapSet) -> std::io::Result<Self> {
-        let get = |name: &str| set.get(name);
-        Ok(Self {
-            cfg: MappedArray::new(get("xdpg_filter_cfg"))?,
-            l1: [MappedArray::new(get("xdpg_v4_l1_a"))?, MappedArray::new(get("xdpg_v4_l1_b"))?],
-            hosts: [MappedArray::new(get("xdpg_v4_hosts_a"))?, MappedArray::new(get("xdpg_v4_hosts_b"))?],
-            v4_rules: MappedArray::new(get("xdpg_v4_rules"))?,
-            v6_tables: [MappedArray::new(get("xdpg_v6_tab_a"))?, MappedArray::new(get("xdpg_v6_tab_b"))?],
-            v6_views: MappedArray::new(get("xdpg_v6_views"))?,
-            v6_bloom: MappedArray::new(get("xdpg_v6_bloom"))?,
-            v6_rules: MappedArray::new(get("xdpg_v6_rules"))?,
-            set,
-        })
+    /// The level-1 words of v4 table pair `pair`.
+    pub(crate) fn l1(&self, pair: usize) -> &Mmapped<u64> {
+        [&self.l1_a, &self.l1_b][pair & 1]
     }
 
-    pub(crate) fn handle(&self, name: &str) -> &MapHandle {
-        self.set.get(name)
+    /// The host buckets of v4 table pair `pair`.
+    pub(crate) fn hosts(&self, pair: usize) -> &Mmapped<xdpg_v4_bucket> {
+        [&self.hosts_a, &self.hosts_b][pair & 1]
+    }
+
+    /// v6 table `table`.
+    pub(crate) fn v6_table(&self, table: u32) -> &Mmapped<xdpg_v6_bucket> {
+        [&self.v6_tab_a, &self.v6_tab_b][table as usize & 1]
     }
 
     pub(crate) fn capacity(&self) -> Capacity {
         Capacity {
             v4_rules: self.v4_rules.len(),
             v6_rules: self.v6_rules.len(),
-            v4_buckets: self.hosts[0].len(),
-            v6_buckets: self.v6_tables[0].len(),
+            v4_buckets: self.hosts_a.len(),
+            v6_buckets: self.v6_tab_a.len(),
             v6_bloom_words: self.v6_bloom.len(),
         }
     }
@@ -115,10 +107,8 @@ impl FilterMaps {
         xdpg_filter_config;
         tables: AtomicU32 => atomic_u32,
         malformed_policy: AtomicU32 => atomic_u32,
-        dirty: AtomicU32 => atomic_u32,
         v4_rule_count: AtomicU32 => atomic_u32,
         v6_rule_count: AtomicU32 => atomic_u32,
-        generation: AtomicU64 => atomic_u64,
     }
 
     pub(crate) fn config(&self) -> xdpg_filter_config {
@@ -162,94 +152,17 @@ impl FilterMaps {
     }
 
     /// Per-reason counters, summed over CPUs.
-    pub(crate) fn counters(&self) -> std::io::Result<Vec<Counter>> {
-        (0..XDPG_REASON_COUNT).map(|reason| self.set.counter("xdpg_filter_cnt", reason)).collect()
+    pub(crate) fn reasons(&self) -> std::io::Result<Vec<Counter>> {
+        (0..XDPG_REASON_COUNT).map(|reason| self.counters.sum(reason).map(Counter::from)).collect()
     }
 
-    pub(crate) fn reset_counters(&self) -> std::io::Result<()> {
-        (0..XDPG_REASON_COUNT).try_for_each(|reason| self.set.zero_percpu("xdpg_filter_cnt", reason))
-    }
-
-    /// Reopens the maps pinned in `dir`, checking they are a filter's.
-    pub(crate) fn open_pinned(dir: &PinDir) -> Result<Self, PinError> {
-        let set = MapSet::open_pinned(dir, &MAP_NAMES)?;
-        let maps = Self::new(set).map_err(|source| PinError::Io {
-            op: "mapping",
-            path: dir.path().to_owned(),
-            source,
-        })?;
-        let cfg = maps.config();
-        if cfg.magic != XDPG_MAGIC {
-            return Err(PinError::NotOurs {
-                path: dir.path().to_owned(),
-                kind: dir.kind(),
-                found: MARKER.into(),
-            });
-        }
-        if cfg.layout_version != XDPG_LAYOUT_VERSION {
-            return Err(PinError::Incompatible {
-                path: dir.path().to_owned(),
-                found: cfg.layout_version,
-                expected: XDPG_LAYOUT_VERSION,
-            });
-        }
-        Ok(maps)
+    pub(crate) fn reset_reasons(&self) -> std::io::Result<()> {
+        (0..XDPG_REASON_COUNT).try_for_each(|reason| self.counters.zero(reason))
     }
 }
 
-/// Loads the filter program and creates its maps, sized by `cap`.
-/// `offload_ifindex` binds program and maps to one device for offload.
-pub(crate) fn load(
-    cap: Capacity,
-    malformed_policy: u32,
-    offload_ifindex: Option<u32>,
-) -> Result<(FilterMaps, OwnedFd), LoadError> {
-    if let Some(missing) = missing_privileges() {
-        return Err(LoadError::MissingPrivileges { missing });
-    }
-    let mut storage = MaybeUninit::uninit();
-    let mut open = FilterSkelBuilder::default().open(&mut storage).map_err(load_err("opening the filter object"))?;
-    let m = &mut open.maps;
-    for (map, entries) in [
-        (&mut m.xdpg_v4_hosts_a, cap.v4_buckets),
-        (&mut m.xdpg_v4_hosts_b, cap.v4_buckets),
-        (&mut m.xdpg_v4_rules, cap.v4_rules),
-        (&mut m.xdpg_v6_tab_a, cap.v6_buckets),
-        (&mut m.xdpg_v6_tab_b, cap.v6_buckets),
-        (&mut m.xdpg_v6_rules, cap.v6_rules),
-        (&mut m.xdpg_v6_bloom, cap.v6_bloom_words),
-    ] {
-        map.set_max_entries(entries as u32).map_err(load_err("sizing maps"))?;
-    }
-    if let Some(ifindex) = offload_ifindex {
-        open.progs.xdpg_filter.set_ifindex(ifindex);
-        for mut map in open.open_object_mut().maps_mut() {
-            map.set_map_ifindex(ifindex);
-        }
-    }
-    let skel = open.load().map_err(|e| classify_load_error(e, offload_ifindex.is_some()))?;
-
-    let set = MapSet::from_object(skel.object(), &MAP_NAMES)?;
-    let prog = program_fd(skel.object(), PROGRAM_NAME)?;
-    drop(skel);
-    let maps = FilterMaps::new(set)
-        .map_err(|source| LoadError::Bpf { op: "mapping filter tables".into(), source })?;
-    // Both v4 pairs and both v6 tables start empty; pair 0 and view 0 are live.
-    let cfg = xdpg_filter_config {
-        magic: XDPG_MAGIC,
-        layout_version: XDPG_LAYOUT_VERSION,
-        v4_bucket_mask: (cap.v4_buckets - 1) as u32,
-        v4_hash_seed: random_seed(),
-        v6_bloom_mask: (cap.v6_bloom_words * 64 - 1) as u32,
-        v6_bucket_mask: (cap.v6_buckets - 1) as u32,
-        malformed_policy,
-        ..Default::default()
-    };
-    maps.cfg.set(0, cfg);
-    Ok((maps, prog))
-}
-
-fn random_seed() -> u32 {
+/// A random hash seed for a new filter's tables.
+pub(crate) fn random_seed() -> u32 {
     let mut buf = [0u8; 4];
     if std::fs::File::open("/dev/urandom")
         .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut buf))
@@ -260,28 +173,4 @@ fn random_seed() -> u32 {
         return t.subsec_nanos() ^ std::process::id();
     }
     u32::from_ne_bytes(buf)
-}
-
-fn classify_load_error(e: libbpf_rs::Error, offload: bool) -> LoadError {
-    let source = io_from_libbpf(e);
-    if let Some(missing) = missing_privileges() {
-        return LoadError::MissingPrivileges { missing };
-    }
-    match source.kind() {
-        std::io::ErrorKind::PermissionDenied => LoadError::MissingPrivileges {
-            missing: "CAP_BPF (or the kernel's BPF LSM policy refused it)".into(),
-        },
-        _ if offload => LoadError::KernelFeature {
-            feature: "BPF offload for this device",
-            hint: format!(
-                "the driver cannot offload this program and its maps ({source}); use native or \
-                 auto mode"
-            ),
-        },
-        std::io::ErrorKind::Unsupported => LoadError::KernelFeature {
-            feature: "a BPF feature xdpguard needs",
-            hint: format!("use Linux 5.15 or later with BTF ({source})"),
-        },
-        _ => LoadError::Rejected { program: PROGRAM_NAME, message: source.to_string() },
-    }
 }

@@ -1,28 +1,56 @@
 //! [`Decap`]: the backend side of IPIP mode, for hosts that cannot (or
 //! would rather not) run the kernel's ipip/ip6_tunnel modules.
 
-use std::mem::MaybeUninit;
 use std::net::IpAddr;
 use std::os::fd::BorrowedFd;
 use std::path::{Path, PathBuf};
 
-use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
-use libbpf_rs::{MapCore, MapFlags};
-
 use super::hash::{addr_words, family_code};
 use super::layout::decap_skel::DecapSkelBuilder;
-use super::layout::xdpg_decap_key;
+use super::layout::{decap, xdpg_decap_config, xdpg_decap_key};
 use super::maps::map_err;
 use super::state::ip_from_words;
 use crate::core::attach::{Attachment, Interface};
-use crate::error::{missing_privileges, AttachError, Error, LbError, LoadError};
 use crate::core::layout::consts::*;
-use crate::core::maps::{load_err, program_fd, MapSet};
-use crate::core::pin::PinDir;
-use crate::core::program::{self, XdpProgram};
-use crate::Counter;
+use crate::core::layout::names;
+use crate::core::maps::{program_maps, Hash, Mmapped, PerCpu, ProgramMaps};
+use crate::core::pinned::{Kind, LoadPlan, Pinned, ProgramKind};
 use crate::core::testrun::TestRun;
+use crate::error::{AttachError, Error, LbError};
 use crate::AttachMode;
+use crate::Counter;
+
+program_maps! {
+    /// The decapsulator's maps.
+    pub(crate) struct DecapMaps {
+        config cfg: Mmapped<xdpg_decap_config> = names::XDPG_DECAP_CFG,
+        locals: Hash<xdpg_decap_key, u32> = names::XDPG_DECAP_ADDR,
+        counters: PerCpu<decap::xdpg_counter> = names::XDPG_DECAP_CNT,
+    }
+}
+
+/// The decapsulator, as the core drives it: no model, nothing to repair.
+pub(crate) struct DecapKind;
+
+impl ProgramKind for DecapKind {
+    const KIND: &'static Kind = &Kind {
+        name: "decapsulator",
+        program: names::XDPG_DECAP,
+        maps: DecapMaps::NAMES,
+        magic: XDPG_LB_DECAP_MAGIC,
+        layout_version: XDPG_LB_DECAP_LAYOUT_VERSION,
+        cli: "xdpguard-lb decap",
+        needs: "a BPF feature the decapsulator needs (BPF links for XDP)",
+        min_kernel: "5.9 or later",
+    };
+    type Maps = DecapMaps;
+    type Model = ();
+    type Error = LbError;
+
+    fn load_model(_maps: &DecapMaps) -> Result<(), LbError> {
+        Ok(())
+    }
+}
 
 /// An XDP decapsulator: IPv4-in-IPv4, IPv6-in-IPv6 and IPv4-in-IPv6
 /// packets addressed to one of its local addresses lose their outer header
@@ -30,7 +58,10 @@ use crate::AttachMode;
 /// host holds on a loopback interface). Everything else passes untouched.
 /// Dropping an unpinned one detaches it; a pinned one (see
 /// [`DecapBuilder::pin`]) keeps running after its process exits, so a
-/// backend needs no resident agent. Requires Linux 5.9 (BPF links for XDP).
+/// backend needs no resident agent.
+///
+/// Requires Linux 5.9 or later (BPF links for XDP; tested on 6.18), and
+/// CAP_BPF plus CAP_NET_ADMIN (or root).
 ///
 /// ```no_run
 /// use xdpguard::Decap;
@@ -46,11 +77,26 @@ use crate::AttachMode;
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub struct Decap {
-    maps: MapSet,
-    program: XdpProgram,
+    core: Pinned<DecapKind>,
 }
 
-program::impl_pinnable!(Decap, maps);
+impl std::fmt::Debug for Decap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.core.debug("Decap", f)
+    }
+}
+
+impl std::borrow::Borrow<Pinned<DecapKind>> for Decap {
+    fn borrow(&self) -> &Pinned<DecapKind> {
+        &self.core
+    }
+}
+
+impl std::borrow::BorrowMut<Pinned<DecapKind>> for Decap {
+    fn borrow_mut(&mut self) -> &mut Pinned<DecapKind> {
+        &mut self.core
+    }
+}
 
 /// Builds a [`Decap`].
 #[derive(Debug, Clone, Default)]
@@ -98,11 +144,25 @@ impl DecapBuilder {
     }
 
     /// Loads without attaching (for [`Decap::test_run`]).
+    ///
+    /// # Errors
+    ///
+    /// [`LoadError`](crate::LoadError)s when the kernel refuses the program
+    /// or its maps (missing privileges first); [`PinError`](crate::PinError)s
+    /// for the pin directory; [`LbError::Map`] when a local address cannot
+    /// be added.
     pub fn load(self) -> Result<Decap, Error> {
         self.build(false)
     }
 
-    /// Loads and attaches to every interface given.
+    /// Loads and attaches to every interface given. If any step fails,
+    /// nothing is left attached or pinned.
+    ///
+    /// # Errors
+    ///
+    /// As [`load`](Self::load), and [`AttachError`]s: no interface given,
+    /// an interface not found, another XDP program there, a mode the driver
+    /// cannot do.
     pub fn attach(self) -> Result<Decap, Error> {
         if self.interfaces.is_empty() {
             return Err(AttachError::NoInterface.into());
@@ -111,19 +171,10 @@ impl DecapBuilder {
     }
 
     fn build(self, attach: bool) -> Result<Decap, Error> {
-        if let Some(missing) = missing_privileges() {
-            return Err(LoadError::MissingPrivileges { missing }.into());
-        }
         let interfaces: &[Interface] = if attach { &self.interfaces } else { &[] };
-        program::create(self.pin.as_deref(), KIND, MARKER, interfaces, self.mode, || {
-            let mut storage = MaybeUninit::uninit();
-            let open = DecapSkelBuilder::default().open(&mut storage).map_err(load_err("opening the decap object"))?;
-            let skel =
-                open.load().map_err(|e| LoadError::Rejected { program: PROGRAM_NAME, message: format!("{e:#}") })?;
-            let maps = MapSet::from_object(skel.object(), MAPS)?;
-            let program = XdpProgram::new(program_fd(skel.object(), PROGRAM_NAME)?, PROGRAM_NAME);
-            drop(skel);
-            let decap = Decap { maps, program };
+        Pinned::create(self.pin.as_deref(), interfaces, self.mode, || {
+            let core = Pinned::load(DecapSkelBuilder::default(), &LoadPlan::default(), |_| {})?;
+            let decap = Decap { core };
             for a in &self.locals {
                 decap.add_local(*a)?;
             }
@@ -131,12 +182,6 @@ impl DecapBuilder {
         })
     }
 }
-
-const PROGRAM_NAME: &str = "xdpg_decap";
-/// The maps, pinned under these names; the first marks a decap pin directory.
-const MAPS: &[&str] = &["xdpg_decap_addr", "xdpg_decap_cnt"];
-const MARKER: &str = "xdpg_decap_addr";
-const KIND: &str = "decapsulator";
 
 fn key(addr: IpAddr) -> xdpg_decap_key {
     xdpg_decap_key { addr: addr_words(addr), family: family_code(addr), pad: [0; 3] }
@@ -150,80 +195,89 @@ impl Decap {
 
     /// Reopens a decapsulator pinned under `dir`, with its local addresses
     /// and counters, still attached wherever it was.
+    ///
+    /// # Errors
+    ///
+    /// [`PinError`](crate::PinError)s: nothing pinned there, not a
+    /// decapsulator, pinned by an xdpguard with another layout (one from
+    /// before decapsulators had a config map too), bpffs not mounted;
+    /// [`LoadError::MissingPrivileges`](crate::LoadError::MissingPrivileges).
     pub fn open_pinned(dir: impl AsRef<Path>) -> Result<Decap, Error> {
-        let dir = PinDir::open(dir.as_ref(), KIND, MARKER)?;
-        if let Some(missing) = missing_privileges() {
-            return Err(LoadError::MissingPrivileges { missing }.into());
-        }
-        let maps = MapSet::open_pinned(&dir, MAPS)?;
-        let program = XdpProgram::open_pinned(dir, PROGRAM_NAME)?;
-        Ok(Decap { maps, program })
+        Ok(Decap { core: Pinned::open_pinned(dir.as_ref())? })
     }
 
     /// The pin directory, if pinned.
     pub fn pin_path(&self) -> Option<&Path> {
-        self.program.pin_path()
+        self.core.program.pin_path()
     }
 
     /// Detaches from every interface and removes every pin.
+    ///
+    /// # Errors
+    ///
+    /// [`AttachError::Bpf`] or [`PinError`](crate::PinError) when the
+    /// kernel or bpffs refuse, for the first interface that fails.
     pub fn unpin(self) -> Result<(), Error> {
-        self.program.unpin()
+        self.core.program.unpin()
     }
 
     /// The local tunnel endpoints it decapsulates for.
     pub fn locals(&self) -> Vec<IpAddr> {
-        let map = self.maps.get("xdpg_decap_addr");
-        let mut out = Vec::new();
-        for k in map.keys() {
-            let key: xdpg_decap_key = bytemuck::pod_read_unaligned(&k);
-            out.extend(ip_from_words(key.family, key.addr));
-        }
+        let mut out: Vec<IpAddr> = self.core.maps.locals.keys().filter_map(|k| ip_from_words(k.family, k.addr)).collect();
         out.sort();
         out
     }
 
     /// Decapsulates tunnel packets addressed to `addr` from the next packet on.
+    ///
+    /// # Errors
+    ///
+    /// [`LbError::Map`] when the address map is full (64 addresses) or
+    /// cannot be written.
     pub fn add_local(&self, addr: IpAddr) -> Result<(), LbError> {
-        let k = key(addr);
-        self.maps
-            .get("xdpg_decap_addr")
-            .update(bytemuck::bytes_of(&k), &1u32.to_ne_bytes(), MapFlags::ANY)
+        self.core
+            .maps
+            .locals
+            .insert(&key(addr), &1, libbpf_rs::MapFlags::ANY)
             .map_err(map_err(format!("adding decap address {addr}")))
     }
 
     /// Stops decapsulating for `addr`.
+    ///
+    /// # Errors
+    ///
+    /// [`LbError::Map`] when the address map cannot be written.
     pub fn remove_local(&self, addr: IpAddr) -> Result<(), LbError> {
-        let k = key(addr);
-        match self.maps.get("xdpg_decap_addr").delete(bytemuck::bytes_of(&k)) {
-            Err(e) if e.kind() != libbpf_rs::ErrorKind::NotFound => Err(map_err("removing a decap address")(e)),
-            _ => Ok(()),
-        }
+        self.core.maps.locals.remove(&key(addr)).map(drop).map_err(map_err("removing a decap address"))
     }
 
     /// Counters, summed over CPUs.
+    ///
+    /// # Errors
+    ///
+    /// [`LbError::Map`] when the counters cannot be read.
     pub fn stats(&self) -> Result<DecapStats, LbError> {
-        let get = |i: u32| {
-            self.maps.counter("xdpg_decap_cnt", i).map_err(|source| LbError::Map {
-                op: "reading decap counters".into(),
-                source,
-                hint: super::maps::MAP_HINT,
-            })
-        };
+        let get = |i: u32| self.core.maps.counters.sum(i).map(Counter::from).map_err(map_err("reading decap counters"));
         Ok(DecapStats { decapsulated: get(XDPG_LB_DECAP_DONE)?, passed: get(XDPG_LB_DECAP_PASSED)? })
     }
 
     /// The interfaces it is attached to.
     pub fn attachments(&self) -> Vec<Attachment> {
-        self.program.attachments()
+        self.core.program.attachments()
     }
 
     /// The program's fd.
     pub fn program_fd(&self) -> BorrowedFd<'_> {
-        self.program.fd()
+        self.core.program.fd()
     }
 
     /// Runs the program on one frame through `BPF_PROG_TEST_RUN`.
+    ///
+    /// # Errors
+    ///
+    /// [`LoadError::Bpf`](crate::LoadError::Bpf) when the kernel refuses
+    /// the run.
     pub fn test_run(&self, frame: &[u8]) -> Result<TestRun, Error> {
-        self.program.test_run(frame, None)
+        self.core.program.test_run(frame, None)
     }
 }

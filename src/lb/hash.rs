@@ -21,16 +21,10 @@ fn lane(lo: u32, hi: u32) -> u64 {
 /// An address as the four words the kernel loads from the packet
 /// (network-order bytes read natively; IPv4 in word 0).
 pub(crate) fn addr_words(ip: IpAddr) -> [u32; 4] {
-    let mut w = [0u32; 4];
     match ip {
-        IpAddr::V4(a) => w[0] = u32::from_ne_bytes(a.octets()),
-        IpAddr::V6(a) => {
-            for (i, chunk) in a.octets().chunks_exact(4).enumerate() {
-                w[i] = u32::from_ne_bytes(chunk.try_into().expect("4 bytes"));
-            }
-        }
+        IpAddr::V4(a) => [u32::from_ne_bytes(a.octets()), 0, 0, 0],
+        IpAddr::V6(a) => bytemuck::cast(a.octets()),
     }
-    w
 }
 
 /// A port as the kernel loads it (network-order bytes read natively).

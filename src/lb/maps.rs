@@ -1,52 +1,48 @@
-//! The load balancer's maps as owned handles, whether just loaded or
-//! reopened from pins: typed access to the config entry, the backend slots,
-//! the per-VIP Maglev tables and the counters.
+//! The load balancer's maps (`src/bpf/lb_maps.h`), typed, and what the LB
+//! does with them: its config entry, the backend slots, the per-VIP Maglev
+//! tables, the recorded next hops and the counters.
 
-use std::mem::{offset_of, MaybeUninit};
+use std::mem::offset_of;
 use std::net::IpAddr;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
-use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
-use libbpf_rs::{MapCore, MapFlags, MapHandle, MapType};
-
-use super::layout::lb_skel::LbSkelBuilder;
-use super::layout::{xdpg_lb_backend, xdpg_lb_backend_stats, xdpg_lb_config, xdpg_lb_nbr_key, xdpg_lb_vip_stats};
+use super::layout::{
+    xdpg_counter, xdpg_lb_addr_key, xdpg_lb_backend, xdpg_lb_backend_stats, xdpg_lb_config, xdpg_lb_conn,
+    xdpg_lb_flow, xdpg_lb_flow4, xdpg_lb_nat_rev, xdpg_lb_nbr_key, xdpg_lb_vip, xdpg_lb_vip_key, xdpg_lb_vip_key4,
+    xdpg_lb_vip_stats,
+};
 use super::neigh::{HopKey, NsId};
-use crate::error::{io_from_libbpf, missing_privileges, LbError, LoadError, PinError};
-use crate::core::maps::{load_err, program_fd, MapSet};
-use crate::Counter;
 use crate::core::layout::consts::*;
-use crate::core::mmap::{cfg_fields, MappedArray};
-use crate::core::pin::PinDir;
+use crate::core::layout::names;
+use crate::core::maps::{program_maps, ArrayOfMaps, DevMap, Hash, Mmapped, Opaque, PerCpu};
+use crate::core::mmap::cfg_fields;
+use crate::error::LbError;
+use crate::Counter;
 
-/// The name of the LB program, also its pin name.
-pub(crate) const PROGRAM_NAME: &str = "xdpg_lb";
-/// The pin that marks a directory as holding a load balancer.
-pub(crate) const MARKER: &str = "xdpg_lb_cfg";
-/// What PinDir calls it in messages.
-pub(crate) const KIND: &str = "load balancer";
-
-const MAP_NAMES: [&str; 17] = [
-    "xdpg_lb_cfg",
-    "xdpg_lb_vips4",
-    "xdpg_lb_vips6",
-    "xdpg_lb_vaddrs",
-    "xdpg_lb_tables",
-    "xdpg_lb_backend",
-    "xdpg_lb_conns4",
-    "xdpg_lb_conns6",
-    "xdpg_lb_nat4",
-    "xdpg_lb_nat6",
-    "xdpg_lb_vipcnt",
-    "xdpg_lb_becnt",
-    "xdpg_lb_cnt",
-    "xdpg_lb_nexthop",
-    "xdpg_lb_rate",
-    "xdpg_lb_devmap",
-    "xdpg_lb_nbrs",
-];
+program_maps! {
+    /// The load balancer's maps (the per-CPU scratch space and VIP cache
+    /// are the program's alone: not pinned).
+    pub(crate) struct LbMaps {
+        config cfg: Mmapped<xdpg_lb_config> = names::XDPG_LB_CFG,
+        vips4: Hash<xdpg_lb_vip_key4, xdpg_lb_vip> = names::XDPG_LB_VIPS4,
+        vips6: Hash<xdpg_lb_vip_key, xdpg_lb_vip> = names::XDPG_LB_VIPS6,
+        vip_addrs: Hash<xdpg_lb_addr_key, u32> = names::XDPG_LB_VADDRS,
+        tables: ArrayOfMaps = names::XDPG_LB_TABLES,
+        backends: Mmapped<xdpg_lb_backend> = names::XDPG_LB_BACKEND,
+        conns4: Hash<xdpg_lb_flow4, xdpg_lb_conn> = names::XDPG_LB_CONNS4,
+        conns6: Hash<xdpg_lb_flow, xdpg_lb_conn> = names::XDPG_LB_CONNS6,
+        nat4: Hash<xdpg_lb_flow4, xdpg_lb_nat_rev> = names::XDPG_LB_NAT4,
+        nat6: Hash<xdpg_lb_flow, xdpg_lb_nat_rev> = names::XDPG_LB_NAT6,
+        vip_counters: PerCpu<xdpg_lb_vip_stats> = names::XDPG_LB_VIPCNT,
+        backend_counters: PerCpu<xdpg_lb_backend_stats> = names::XDPG_LB_BECNT,
+        counters: PerCpu<xdpg_counter> = names::XDPG_LB_CNT,
+        next_hops: Opaque = names::XDPG_LB_NEXTHOP,
+        rate: Opaque = names::XDPG_LB_RATE,
+        devmap: DevMap = names::XDPG_LB_DEVMAP,
+        neighbours: Hash<xdpg_lb_nbr_key, u32> = names::XDPG_LB_NBRS,
+    }
+}
 
 /// Sizes chosen at load time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,46 +54,47 @@ pub(crate) struct Capacity {
     pub devices: u32,
 }
 
+impl Capacity {
+    /// The maps' sizes, for loading.
+    pub(crate) fn map_sizes(&self) -> [(&'static str, u32); 14] {
+        [
+            (names::XDPG_LB_VIPS4, self.max_vips),
+            (names::XDPG_LB_VIPS6, self.max_vips),
+            (names::XDPG_LB_VADDRS, self.max_vips),
+            (names::XDPG_LB_TABLES, self.max_vips),
+            (names::XDPG_LB_VIPCNT, self.max_vips),
+            (names::XDPG_LB_BACKEND, self.max_backends),
+            (names::XDPG_LB_BECNT, self.max_backends),
+            (names::XDPG_LB_NEXTHOP, self.max_backends),
+            (names::XDPG_LB_NBRS, self.max_backends),
+            (names::XDPG_LB_CONNS4, self.connections),
+            (names::XDPG_LB_CONNS6, self.connections),
+            (names::XDPG_LB_NAT4, self.nat_connections),
+            (names::XDPG_LB_NAT6, self.nat_connections),
+            (names::XDPG_LB_DEVMAP, self.devices),
+        ]
+    }
+}
+
 /// A hint for map failures: what usually causes them.
 pub(crate) const MAP_HINT: &str = "check that the process still has CAP_BPF and that the pinned maps were not \
                                    removed; reopen the load balancer if they were recreated";
 
-pub(crate) fn map_err(op: impl Into<String>) -> impl FnOnce(libbpf_rs::Error) -> LbError {
-    let op = op.into();
-    move |e| LbError::Map { op, source: io_from_libbpf(e), hint: MAP_HINT }
-}
-
-fn io_err(op: impl Into<String>) -> impl FnOnce(std::io::Error) -> LbError {
+/// Turns a map operation's error into an [`LbError::Map`] saying what was
+/// being done.
+pub(crate) fn map_err(op: impl Into<String>) -> impl FnOnce(std::io::Error) -> LbError {
     let op = op.into();
     move |source| LbError::Map { op, source, hint: MAP_HINT }
 }
 
-pub(crate) struct LbMaps {
-    pub set: MapSet,
-    pub cfg: MappedArray<xdpg_lb_config>,
-    pub backends: MappedArray<xdpg_lb_backend>,
-}
-
 impl LbMaps {
-    fn new(set: MapSet) -> std::io::Result<Self> {
-        Ok(Self {
-            cfg: MappedArray::new(set.get("xdpg_lb_cfg"))?,
-            backends: MappedArray::new(set.get("xdpg_lb_backend"))?,
-            set,
-        })
-    }
-
-    pub(crate) fn handle(&self, name: &str) -> &MapHandle {
-        self.set.get(name)
-    }
-
     pub(crate) fn capacity(&self) -> Capacity {
         Capacity {
-            max_vips: self.handle("xdpg_lb_vips4").max_entries(),
+            max_vips: self.vips4.capacity(),
             max_backends: self.backends.len() as u32,
-            connections: self.handle("xdpg_lb_conns4").max_entries(),
-            nat_connections: self.handle("xdpg_lb_nat4").max_entries(),
-            devices: self.handle("xdpg_lb_devmap").max_entries(),
+            connections: self.conns4.capacity(),
+            nat_connections: self.nat4.capacity(),
+            devices: self.devmap.capacity(),
         }
     }
 
@@ -107,8 +104,6 @@ impl LbMaps {
         nat_vips: AtomicU32 => atomic_u32,
         allport_vips: AtomicU32 => atomic_u32,
         next_backend: AtomicU32 => atomic_u32,
-        dirty: AtomicU32 => atomic_u32,
-        generation: AtomicU64 => atomic_u64,
         udp_timeout: AtomicU64 => atomic_u64,
         ns_per_jiffy: AtomicU64 => atomic_u64,
         new_flow_interval: AtomicU64 => atomic_u64,
@@ -126,13 +121,9 @@ impl LbMaps {
 
     /// The next hops whose managed neighbour entries this LB created.
     pub(crate) fn recorded_hops(&self) -> std::collections::BTreeSet<HopKey> {
-        self.handle("xdpg_lb_nbrs")
+        self.neighbours
             .keys()
-            .filter_map(|k| {
-                let k: xdpg_lb_nbr_key = bytemuck::pod_read_unaligned(&k);
-                let addr = super::state::ip_from_words(k.family, k.addr)?;
-                Some(HopKey { ifindex: k.ifindex, addr })
-            })
+            .filter_map(|k| Some(HopKey { ifindex: k.ifindex, addr: super::state::ip_from_words(k.family, k.addr)? }))
             .collect()
     }
 
@@ -147,41 +138,28 @@ impl LbMaps {
 
     /// Records a managed neighbour entry this LB created.
     pub(crate) fn record_hop(&self, hop: HopKey) -> std::io::Result<()> {
-        let key = Self::hop_key(hop);
-        self.handle("xdpg_lb_nbrs")
-            .update(bytemuck::bytes_of(&key), &0u32.to_ne_bytes(), MapFlags::ANY)
-            .map_err(io_from_libbpf)
+        self.neighbours.insert(&Self::hop_key(hop), &0, libbpf_rs::MapFlags::ANY)
     }
 
     /// Forgets one (it was removed, or is no longer ours).
     pub(crate) fn forget_hop(&self, hop: HopKey) -> std::io::Result<()> {
-        let key = Self::hop_key(hop);
-        match self.handle("xdpg_lb_nbrs").delete(bytemuck::bytes_of(&key)) {
-            Err(e) if e.kind() != libbpf_rs::ErrorKind::NotFound => Err(io_from_libbpf(e)),
-            _ => Ok(()),
-        }
+        self.neighbours.remove(&Self::hop_key(hop)).map(drop)
     }
 
     /// How many VIPs use `addr`: the data plane's set of VIP addresses
     /// (for ICMP echo and fragments), counted so VIPs can share an address.
     pub(crate) fn vip_addr_users(&self, addr: IpAddr) -> Result<Option<u32>, LbError> {
-        let key = super::state::addr_key(addr);
-        Ok(self
-            .handle("xdpg_lb_vaddrs")
-            .lookup(bytemuck::bytes_of(&key), MapFlags::ANY)
-            .map_err(map_err("reading VIP addresses"))?
-            .map(|v| u32::from_ne_bytes(v[..4].try_into().expect("4 bytes"))))
+        self.vip_addrs.get(&super::state::addr_key(addr)).map_err(map_err("reading VIP addresses"))
     }
 
     /// Sets that count; at 0 the address stops being a VIP address.
     pub(crate) fn set_vip_addr_users(&self, addr: IpAddr, n: u32) -> Result<(), LbError> {
         let key = super::state::addr_key(addr);
-        let map = self.handle("xdpg_lb_vaddrs");
         if n == 0 {
-            let _ = map.delete(bytemuck::bytes_of(&key));
+            let _ = self.vip_addrs.remove(&key);
             return Ok(());
         }
-        map.update(bytemuck::bytes_of(&key), &n.to_ne_bytes(), MapFlags::ANY).map_err(map_err("updating VIP addresses"))
+        self.vip_addrs.insert(&key, &n, libbpf_rs::MapFlags::ANY).map_err(map_err("updating VIP addresses"))
     }
 
     /// A config field counted in kernel jiffies, as a duration.
@@ -233,8 +211,8 @@ impl LbMaps {
         fence(Ordering::SeqCst);
         self.backends.set(id as usize, value);
         fence(Ordering::SeqCst);
-        let head: [u8; 4] = bytemuck::cast_slice(&[live])[16..20].try_into().expect("4 bytes");
-        self.backend_head(id).store(u32::from_ne_bytes(head), Ordering::Release);
+        let head: [u16; 2] = [live.port, u16::from_ne_bytes([live.family, live.flags])];
+        self.backend_head(id).store(bytemuck::cast(head), Ordering::Release);
         live.gen
     }
 
@@ -247,118 +225,43 @@ impl LbMaps {
     pub(crate) fn free_backend(&self, id: u32) {
         self.backend_head(id).store(0, Ordering::Release);
         fence(Ordering::SeqCst);
-        let mut v = self.backends.get(id as usize);
-        let gen = v.gen;
-        v = xdpg_lb_backend { gen, ..Default::default() };
-        self.backends.set(id as usize, v);
+        let gen = self.backends.get(id as usize).gen;
+        self.backends.set(id as usize, xdpg_lb_backend { gen, ..Default::default() });
     }
 
     /// Makes `table` the VIP slot's Maglev table with one map-in-map update
     /// (or removes it: the VIP then has no usable backend). A packet sees
     /// the old table or the new one, never a mix.
     pub(crate) fn publish_table(&self, index: u32, table: Option<&[u32]>) -> Result<(), LbError> {
-        let outer = self.handle("xdpg_lb_tables");
-        let key = index.to_ne_bytes();
-        let Some(table) = table else {
-            return match outer.delete(&key) {
-                Err(e) if e.kind() != libbpf_rs::ErrorKind::NotFound => Err(map_err("removing a Maglev table")(e)),
-                _ => Ok(()),
-            };
+        let op = match table {
+            Some(t) => format!("publishing a {}-slot Maglev table", t.len()),
+            None => "removing a Maglev table".into(),
         };
-        let size = table.len() as u32;
-        let opts = libbpf_sys::bpf_map_create_opts {
-            sz: size_of::<libbpf_sys::bpf_map_create_opts>() as _,
-            map_flags: libbpf_sys::BPF_F_INNER_MAP,
-            ..Default::default()
-        };
-        let inner = MapHandle::create(MapType::Array, Some("xdpg_lb_table"), 4, 4, size, &opts)
-            .map_err(map_err(format!("creating a {size}-slot Maglev table")))?;
-        let keys: Vec<u8> = (0..size).flat_map(|k| k.to_ne_bytes()).collect();
-        let values: Vec<u8> = table.iter().flat_map(|v| v.to_ne_bytes()).collect();
-        inner
-            .update_batch(&keys, &values, size, MapFlags::ANY, MapFlags::ANY)
-            .map_err(map_err("filling a Maglev table"))?;
-        let fd = inner.as_fd().as_raw_fd() as u32;
-        outer.update(&key, &fd.to_ne_bytes(), MapFlags::ANY).map_err(map_err("swapping in a Maglev table"))
-        // `inner` closes here; the outer map holds the table from now on.
+        self.tables.publish(index, names::XDPG_LB_TABLE, table).map_err(map_err(op))
     }
 
     /// Reads back a VIP slot's live table (tests and diagnostics).
     pub(crate) fn read_table(&self, index: u32) -> Result<Option<Vec<u32>>, LbError> {
-        let outer = self.handle("xdpg_lb_tables");
-        let Some(id) = outer.lookup(&index.to_ne_bytes(), MapFlags::ANY).map_err(map_err("reading a table id"))? else {
-            return Ok(None);
-        };
-        let id = u32::from_ne_bytes(id[..4].try_into().expect("4 bytes"));
-        let inner = MapHandle::from_map_id(id).map_err(map_err("opening a Maglev table"))?;
-        let n = inner.max_entries();
-        let mut out = Vec::with_capacity(n as usize);
-        for k in 0..n {
-            let v = inner.lookup(&k.to_ne_bytes(), MapFlags::ANY).map_err(map_err("reading a Maglev table"))?;
-            out.push(v.map(|v| u32::from_ne_bytes(v[..4].try_into().expect("4 bytes"))).unwrap_or(XDPG_LB_NO_BACKEND));
-        }
-        Ok(Some(out))
+        self.tables.read(index, XDPG_LB_NO_BACKEND).map_err(map_err("reading a Maglev table"))
     }
 
     pub(crate) fn vip_stats(&self, index: u32) -> Result<xdpg_lb_vip_stats, LbError> {
-        self.set
-            .sum_percpu("xdpg_lb_vipcnt", index, |a: xdpg_lb_vip_stats, b| xdpg_lb_vip_stats {
-                packets: a.packets + b.packets,
-                bytes: a.bytes + b.bytes,
-                new_flows: a.new_flows + b.new_flows,
-                lru_hits: a.lru_hits + b.lru_hits,
-                lru_misses: a.lru_misses + b.lru_misses,
-            })
-            .map_err(io_err("reading xdpg_lb_vipcnt"))
+        self.vip_counters.sum(index).map_err(map_err("reading the VIP counters"))
     }
 
     /// A backend slot's (traffic, no-neighbour) counters, summed over CPUs.
     pub(crate) fn backend_stats(&self, id: u32) -> Result<(Counter, Counter), LbError> {
-        let s = self
-            .set
-            .sum_percpu("xdpg_lb_becnt", id, |a: xdpg_lb_backend_stats, b| xdpg_lb_backend_stats {
-                packets: a.packets + b.packets,
-                bytes: a.bytes + b.bytes,
-                no_neigh_packets: a.no_neigh_packets + b.no_neigh_packets,
-                no_neigh_bytes: a.no_neigh_bytes + b.no_neigh_bytes,
-            })
-            .map_err(io_err("reading xdpg_lb_becnt"))?;
+        let s = self.backend_counters.sum(id).map_err(map_err("reading the backend counters"))?;
         Ok((
             Counter { packets: s.packets, bytes: s.bytes },
             Counter { packets: s.no_neigh_packets, bytes: s.no_neigh_bytes },
         ))
     }
 
-    pub(crate) fn counters(&self) -> Result<Vec<Counter>, LbError> {
+    pub(crate) fn global_counters(&self) -> Result<Vec<Counter>, LbError> {
         (0..XDPG_LB_COUNTER_COUNT)
-            .map(|i| self.set.counter("xdpg_lb_cnt", i).map_err(io_err("reading xdpg_lb_cnt")))
+            .map(|i| self.counters.sum(i).map(Counter::from).map_err(map_err("reading the LB counters")))
             .collect()
-    }
-
-    /// Zeroes one entry of a per-CPU map on every CPU.
-    pub(crate) fn zero_percpu(&self, map: &str, key: u32) -> Result<(), LbError> {
-        self.set.zero_percpu(map, key).map_err(io_err(format!("resetting {map}")))
-    }
-
-    /// Reopens the maps pinned in `dir`, checking they are an LB's.
-    pub(crate) fn open_pinned(dir: &PinDir) -> Result<Self, PinError> {
-        let maps = Self::new(MapSet::open_pinned(dir, &MAP_NAMES)?).map_err(|source| PinError::Io {
-            op: "mapping",
-            path: dir.path().to_owned(),
-            source,
-        })?;
-        let cfg = maps.config();
-        if cfg.magic != XDPG_LB_MAGIC {
-            return Err(PinError::NotOurs { path: dir.path().to_owned(), kind: KIND, found: MARKER.into() });
-        }
-        if cfg.layout_version != XDPG_LB_LAYOUT_VERSION {
-            return Err(PinError::Incompatible {
-                path: dir.path().to_owned(),
-                found: cfg.layout_version,
-                expected: XDPG_LB_LAYOUT_VERSION,
-            });
-        }
-        Ok(maps)
     }
 }
 
@@ -381,65 +284,3 @@ pub(crate) fn to_jiffies(d: Duration, ns_per_jiffy: u64) -> u64 {
     let ns = d.as_nanos().min(u128::from(u64::MAX)) as u64;
     ns.div_ceil(ns_per_jiffy.max(1))
 }
-
-/// Loads the LB program and creates its maps, sized by `cap`, with `cfg`
-/// as the initial config entry (magic and layout version are set here).
-pub(crate) fn load(cap: Capacity, mut cfg: xdpg_lb_config) -> Result<(LbMaps, OwnedFd), LoadError> {
-    if let Some(missing) = missing_privileges() {
-        return Err(LoadError::MissingPrivileges { missing });
-    }
-    let mut storage = MaybeUninit::uninit();
-    let mut open = LbSkelBuilder::default().open(&mut storage).map_err(load_err("opening the load balancer object"))?;
-    let m = &mut open.maps;
-    for (map, entries) in [
-        (&mut m.xdpg_lb_vips4, cap.max_vips),
-        (&mut m.xdpg_lb_vips6, cap.max_vips),
-        (&mut m.xdpg_lb_vaddrs, cap.max_vips),
-        (&mut m.xdpg_lb_tables, cap.max_vips),
-        (&mut m.xdpg_lb_vipcnt, cap.max_vips),
-        (&mut m.xdpg_lb_backend, cap.max_backends),
-        (&mut m.xdpg_lb_becnt, cap.max_backends),
-        (&mut m.xdpg_lb_nexthop, cap.max_backends),
-        (&mut m.xdpg_lb_nbrs, cap.max_backends),
-        (&mut m.xdpg_lb_conns4, cap.connections),
-        (&mut m.xdpg_lb_conns6, cap.connections),
-        (&mut m.xdpg_lb_nat4, cap.nat_connections),
-        (&mut m.xdpg_lb_nat6, cap.nat_connections),
-        (&mut m.xdpg_lb_devmap, cap.devices),
-    ] {
-        map.set_max_entries(entries).map_err(load_err("sizing maps"))?;
-    }
-    let skel = open.load().map_err(classify_load_error)?;
-
-    let set = MapSet::from_object(skel.object(), &MAP_NAMES)?;
-    let prog = program_fd(skel.object(), PROGRAM_NAME)?;
-    drop(skel);
-    let maps = LbMaps::new(set)
-        .map_err(|source| LoadError::Bpf { op: "mapping load-balancer tables".into(), source })?;
-    cfg.ns_per_jiffy = ns_per_jiffy();
-    cfg.magic = XDPG_LB_MAGIC;
-    cfg.layout_version = XDPG_LB_LAYOUT_VERSION;
-    maps.cfg.set(0, cfg);
-    Ok((maps, prog))
-}
-
-fn classify_load_error(e: libbpf_rs::Error) -> LoadError {
-    let source = io_from_libbpf(e);
-    if let Some(missing) = missing_privileges() {
-        return LoadError::MissingPrivileges { missing };
-    }
-    match source.kind() {
-        std::io::ErrorKind::PermissionDenied => LoadError::MissingPrivileges {
-            missing: "CAP_BPF (or the kernel's BPF LSM policy refused it)".into(),
-        },
-        std::io::ErrorKind::Unsupported => LoadError::KernelFeature {
-            feature: "a BPF feature the load balancer needs (map-in-map with BPF_F_INNER_MAP, DEVMAP_HASH)",
-            hint: format!("use Linux 5.15 or later with BTF ({source})"),
-        },
-        _ => LoadError::Rejected { program: PROGRAM_NAME, message: source.to_string() },
-    }
-}
-
-// Keep the stats value layouts honest for sum_percpu.
-const _: () = assert!(size_of::<xdpg_lb_vip_stats>() % 8 == 0);
-const _: () = assert!(size_of::<xdpg_lb_backend_stats>() % 8 == 0);

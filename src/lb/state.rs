@@ -1,13 +1,11 @@
 //! User space's model of a load balancer's configuration: VIPs, their
 //! backends and Maglev tables. The maps are the source of truth (so any
-//! process can reopen a pinned LB); the model is rebuilt from them whenever
-//! another handle has edited (the config's generation moved).
+//! process can reopen a pinned LB); the core rebuilds the model from them
+//! whenever another handle has edited (the config's generation moved).
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
-
-use libbpf_rs::{MapCore, MapFlags};
 
 use super::hash::{addr_words, family_code, port_word};
 use super::layout::{xdpg_lb_addr_key, xdpg_lb_backend, xdpg_lb_vip, xdpg_lb_vip_key, xdpg_lb_vip_key4};
@@ -62,8 +60,6 @@ impl VipState {
 
 #[derive(Debug, Default)]
 pub(crate) struct LbState {
-    /// The maps' generation this model reflects.
-    pub generation: u64,
     pub vips: BTreeMap<Vip, VipState>,
 }
 
@@ -86,38 +82,72 @@ pub(crate) fn port_from_word(w: u16) -> u16 {
     u16::from_be_bytes(w.to_ne_bytes())
 }
 
-/// A VIP's key: which map (IPv4 VIPs have their own, with a short key) and
-/// the key bytes.
-pub(crate) fn vip_key(vip: &Vip) -> (&'static str, Vec<u8>) {
+/// A VIP's key: IPv4 VIPs have their own map, with a shorter key.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum VipKey {
+    V4(xdpg_lb_vip_key4),
+    V6(xdpg_lb_vip_key),
+}
+
+pub(crate) fn vip_key(vip: &Vip) -> VipKey {
     let port = port_word(vip.port.unwrap_or(0));
     match vip.addr {
         IpAddr::V4(_) => {
-            let k = xdpg_lb_vip_key4 { addr: addr_words(vip.addr)[0], port, proto: vip.protocol.number(), pad: 0 };
-            ("xdpg_lb_vips4", bytemuck::bytes_of(&k).to_vec())
+            VipKey::V4(xdpg_lb_vip_key4 { addr: addr_words(vip.addr)[0], port, proto: vip.protocol.number(), pad: 0 })
         }
-        IpAddr::V6(_) => {
-            let k = xdpg_lb_vip_key {
-                addr: addr_words(vip.addr),
-                port,
-                proto: vip.protocol.number(),
-                family: family_code(vip.addr),
-            };
-            ("xdpg_lb_vips6", bytemuck::bytes_of(&k).to_vec())
-        }
+        IpAddr::V6(_) => VipKey::V6(xdpg_lb_vip_key {
+            addr: addr_words(vip.addr),
+            port,
+            proto: vip.protocol.number(),
+            family: family_code(vip.addr),
+        }),
     }
 }
 
-/// The VIP a key of `map` names, if this build wrote it.
-fn vip_from_key(map: &str, key: &[u8]) -> Option<Vip> {
-    let (addr, port, proto) = if map == "xdpg_lb_vips4" {
-        let k: xdpg_lb_vip_key4 = bytemuck::pod_read_unaligned(key);
-        (ip_from_words(XDPG_LB_FAMILY_V4 as u8, [k.addr, 0, 0, 0])?, k.port, k.proto)
-    } else {
-        let k: xdpg_lb_vip_key = bytemuck::pod_read_unaligned(key);
-        (ip_from_words(k.family, k.addr)?, k.port, k.proto)
+/// The VIP a key names, if this build wrote it.
+fn vip_from_key(key: &VipKey) -> Option<Vip> {
+    let (addr, port, proto) = match key {
+        VipKey::V4(k) => (ip_from_words(XDPG_LB_FAMILY_V4 as u8, [k.addr, 0, 0, 0])?, k.port, k.proto),
+        VipKey::V6(k) => (ip_from_words(k.family, k.addr)?, k.port, k.proto),
     };
     let port = port_from_word(port);
     Some(Vip { addr, port: (port != 0).then_some(port), protocol: Protocol::from_number(proto)? })
+}
+
+impl LbMaps {
+    /// Adds a VIP's key (it must not be there yet).
+    pub(crate) fn insert_vip(&self, key: &VipKey, value: &xdpg_lb_vip) -> std::io::Result<()> {
+        let flags = libbpf_rs::MapFlags::NO_EXIST;
+        match key {
+            VipKey::V4(k) => self.vips4.insert(k, value, flags),
+            VipKey::V6(k) => self.vips6.insert(k, value, flags),
+        }
+    }
+
+    /// Removes a VIP's key; returns whether it was there.
+    pub(crate) fn remove_vip(&self, key: &VipKey) -> std::io::Result<bool> {
+        match key {
+            VipKey::V4(k) => self.vips4.remove(k),
+            VipKey::V6(k) => self.vips6.remove(k),
+        }
+    }
+
+    /// Every VIP key with its value.
+    fn all_vips(&self) -> Result<Vec<(VipKey, xdpg_lb_vip)>, LbError> {
+        let mut found = Vec::new();
+        for k in self.vips4.keys() {
+            // None: removed meanwhile.
+            if let Some(v) = self.vips4.get(&k).map_err(map_err("reading a VIP"))? {
+                found.push((VipKey::V4(k), v));
+            }
+        }
+        for k in self.vips6.keys() {
+            if let Some(v) = self.vips6.get(&k).map_err(map_err("reading a VIP"))? {
+                found.push((VipKey::V6(k), v));
+            }
+        }
+        Ok(found)
+    }
 }
 
 pub(crate) fn addr_key(ip: IpAddr) -> xdpg_lb_addr_key {
@@ -150,22 +180,10 @@ pub(crate) fn backend_value(addr: &BackendAddr, vip_index: u32, weight: u32) -> 
 impl LbState {
     /// Reads the whole configuration back from the maps.
     pub(crate) fn load(maps: &LbMaps) -> Result<Self, LbError> {
-        let generation = maps.generation().load(std::sync::atomic::Ordering::Acquire);
         let mut vips = BTreeMap::new();
         let mut by_index = BTreeMap::new();
-        let mut found = Vec::new();
-        for name in ["xdpg_lb_vips4", "xdpg_lb_vips6"] {
-            let map = maps.handle(name);
-            for key in map.keys() {
-                let Some(value) = map.lookup(&key, MapFlags::ANY).map_err(map_err("reading a VIP"))? else {
-                    continue; // removed meanwhile
-                };
-                found.push((name, key, value));
-            }
-        }
-        for (name, key, value) in found {
-            let v: xdpg_lb_vip = bytemuck::pod_read_unaligned(&value);
-            let (Some(vip), Some(mode)) = (vip_from_key(name, &key), ForwardingMode::from_code(v.mode)) else {
+        for (key, v) in maps.all_vips()? {
+            let (Some(vip), Some(mode)) = (vip_from_key(&key), ForwardingMode::from_code(v.mode)) else {
                 continue; // not something this build writes
             };
             let config = VipConfig {
@@ -195,15 +213,7 @@ impl LbState {
                 vs.backends.insert(addr, Slot { id: id as u32, weight: b.weight });
             }
         }
-        Ok(LbState { generation, vips })
-    }
-
-    /// Reloads when another handle edited since this model was built.
-    pub(crate) fn sync(&mut self, maps: &LbMaps) -> Result<(), LbError> {
-        if maps.generation().load(std::sync::atomic::Ordering::Acquire) != self.generation {
-            *self = LbState::load(maps)?;
-        }
-        Ok(())
+        Ok(LbState { vips })
     }
 
     pub(crate) fn vip(&self, vip: &Vip) -> Result<&VipState, LbError> {

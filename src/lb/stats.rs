@@ -1,9 +1,17 @@
-//! Load-balancer counter snapshots. The data plane keeps one slot per CPU
-//! (no atomics on the hot path); these are the sums.
+//! Load-balancer counter snapshots, and the methods that read them. The
+//! data plane keeps one slot per CPU (no atomics on the hot path); these
+//! are the sums.
 
+use std::net::IpAddr;
+
+use super::hops::neigh_err;
 use super::layout::xdpg_lb_vip_stats;
+use super::maps::map_err;
+use super::state::Slot;
 use super::types::{Backend, BackendAddr, NextHop};
+use super::{neigh, LoadBalancer, Vip};
 use crate::core::layout::consts::*;
+use crate::error::LbError;
 use crate::Counter;
 
 /// One VIP's counters.
@@ -252,6 +260,82 @@ impl LbStats {
             redirected: d(self.redirected, earlier.redirected),
             too_big_sent: d(self.too_big_sent, earlier.too_big_sent),
         }
+    }
+}
+
+impl LoadBalancer {
+    /// A VIP's counters, summed over CPUs.
+    ///
+    /// # Errors
+    ///
+    /// [`LbError::VipNotFound`]; [`LbError::Map`] when the counters cannot
+    /// be read.
+    pub fn vip_stats(&self, vip: &Vip) -> Result<VipStats, LbError> {
+        let index = self.read(|st| st.vip(vip).map(|s| s.index))??;
+        Ok(VipStats::from_raw(self.maps().vip_stats(index)?))
+    }
+
+    /// A VIP's backends with their counters and the state of their next
+    /// hops (read from the kernel's route and neighbour tables in the LB's
+    /// network namespace; [`NeighbourState::Unknown`] when that namespace
+    /// cannot be reached from this thread).
+    ///
+    /// # Errors
+    ///
+    /// [`LbError::VipNotFound`]; [`LbError::Map`] or [`LbError::Neighbour`]
+    /// when reading the counters or the kernel's tables fails.
+    pub fn backend_stats(&self, vip: &Vip) -> Result<Vec<BackendStats>, LbError> {
+        let slots: Vec<(BackendAddr, Slot)> =
+            self.read(|st| st.vip(vip).map(|s| s.backends.iter().map(|(a, s)| (*a, *s)).collect()))??;
+        let ips: Vec<IpAddr> = slots.iter().map(|(a, _)| a.ip).collect();
+        let hops = match self.rtnl() {
+            Ok(mut rtnl) => neigh::next_hops(&mut rtnl, &ips).map_err(neigh_err("reading the backends' next hops"))?,
+            Err(LbError::ForeignNamespace { .. }) => vec![NextHop::UNKNOWN; ips.len()],
+            Err(e) => return Err(e),
+        };
+        slots
+            .into_iter()
+            .zip(hops)
+            .map(|((addr, slot), next_hop)| {
+                let (traffic, no_neighbour) = self.maps().backend_stats(slot.id)?;
+                Ok(BackendStats { backend: Backend { addr, weight: slot.weight }, traffic, no_neighbour, next_hop })
+            })
+            .collect()
+    }
+
+    /// The global counters: drops by reason, and events.
+    ///
+    /// # Errors
+    ///
+    /// [`LbError::Map`] when the counters cannot be read.
+    pub fn stats(&self) -> Result<LbStats, LbError> {
+        Ok(LbStats::from_raw(&self.maps().global_counters()?))
+    }
+
+    /// Zeroes every counter: global, per VIP, per backend.
+    ///
+    /// # Errors
+    ///
+    /// [`LbError::Map`] when a counter cannot be written.
+    pub fn reset_stats(&self) -> Result<(), LbError> {
+        let maps = self.maps();
+        let cap = maps.capacity();
+        for i in 0..XDPG_LB_COUNTER_COUNT {
+            maps.counters.zero(i).map_err(map_err("resetting the LB counters"))?;
+        }
+        let (vips, backends): (Vec<u32>, Vec<u32>) = self.read(|st| {
+            (
+                st.vips.values().map(|s| s.index).collect(),
+                st.vips.values().flat_map(|s| s.backends.values().map(|b| b.id)).collect(),
+            )
+        })?;
+        for i in vips.into_iter().filter(|i| *i < cap.max_vips) {
+            maps.vip_counters.zero(i).map_err(map_err("resetting the VIP counters"))?;
+        }
+        for id in backends {
+            maps.backend_counters.zero(id).map_err(map_err("resetting the backend counters"))?;
+        }
+        Ok(())
     }
 }
 

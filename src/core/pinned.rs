@@ -1,0 +1,377 @@
+//! The pinned-program core, written once for every program: [`Pinned<P>`]
+//! holds a program's [`XdpProgram`], its typed maps and its user-space
+//! model, and does what every program needs the same way:
+//!
+//! - [`Pinned::load`]: privilege check, the skeleton opened, maps sized
+//!   (and bound to a device for offload), the object loaded with its errors
+//!   mapped to [`LoadError`]s that say what to do, the maps and program fd
+//!   kept, the config header stamped with the program's magic and layout
+//!   version.
+//! - [`Pinned::create`]: load, attach and pin, leaving nothing attached or
+//!   pinned when any step fails.
+//! - [`Pinned::open_pinned`]: the pin directory recognised by its config
+//!   map, privileges checked, the directory locked, magic and layout
+//!   version checked before anything else is read, maps and program and
+//!   links reopened, and an edit that died half-way repaired (its `dirty`
+//!   flag is still set).
+//! - [`Pinned::read`] and [`Pinned::edit`]: under the pin directory's lock,
+//!   the model reloaded when another handle or process has edited (the
+//!   header's generation moved); an edit marks the header dirty, repairs
+//!   after a failure that may have left maps and model apart, and bumps the
+//!   generation before clearing the flag (so a process that dies at any
+//!   point leaves either a finished edit or a dirty one).
+//!
+//! A program plugs in by implementing [`ProgramKind`]: its [`Kind`] (names,
+//! magic, CLI), its maps (declared with
+//! [`program_maps!`](crate::core::maps::program_maps), the config map
+//! first, starting with `struct xdpg_header`), its model, and how to load
+//! the model from the maps and repair the data plane from it.
+
+use std::borrow::BorrowMut;
+use std::fmt;
+use std::fs::File;
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::{Mutex, MutexGuard};
+
+use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
+use libbpf_rs::{MapCore, MapFlags, MapHandle};
+use nix::fcntl::Flock;
+
+use crate::core::attach::Interface;
+use crate::core::maps::{io_from_libbpf, Loaded, ProgramMaps};
+use crate::core::pin::PinDir;
+use crate::core::program::XdpProgram;
+use crate::error::{missing_privileges, Error, LoadError, PinError};
+use crate::AttachMode;
+
+/// What one kind of program is: its names, its layout identity, and what
+/// messages say about it.
+#[derive(Debug)]
+pub(crate) struct Kind {
+    /// What messages call it, e.g. `"load balancer"`.
+    pub name: &'static str,
+    /// The XDP program's name, also its pin name.
+    pub program: &'static str,
+    /// Every map's name, the config map's first: it marks a pin directory.
+    pub maps: &'static [&'static str],
+    /// The config header's magic.
+    pub magic: u32,
+    /// The config header's layout version: pins of another are refused.
+    pub layout_version: u32,
+    /// The command that manages a pinned one, e.g. `"xdpguard-lb decap"`.
+    pub cli: &'static str,
+    /// What the kernel must support, for load errors.
+    pub needs: &'static str,
+    /// The oldest kernel it runs on, e.g. `"5.15 or later with BTF"`.
+    pub min_kernel: &'static str,
+}
+
+impl Kind {
+    /// The config map's name, whose pin marks a directory as this kind's.
+    pub(crate) fn marker(&self) -> &'static str {
+        self.maps[0]
+    }
+}
+
+/// A program the core drives. Adding a program costs an implementation of
+/// this, its maps and its model.
+pub(crate) trait ProgramKind: Sized + 'static {
+    const KIND: &'static Kind;
+    /// Its maps; `Maps::NAMES` is `KIND.maps`.
+    type Maps: ProgramMaps + Send + Sync;
+    /// What user space knows of its configuration, rebuilt from the maps
+    /// whenever another handle has edited.
+    type Model: Send;
+    /// The error of its reads and edits.
+    type Error: From<PinError> + Into<Error>;
+
+    /// Reads the model back from the maps (the source of truth).
+    fn load_model(maps: &Self::Maps) -> Result<Self::Model, Self::Error>;
+
+    /// Makes the data plane agree with the model again after an edit that
+    /// did not finish (its process died, or [`ProgramKind::repair_after`]).
+    fn repair(_maps: &Self::Maps, _model: &mut Self::Model) -> Result<(), Self::Error> {
+        Ok(())
+    }
+
+    /// Whether a failed edit may have left maps and model apart: the model
+    /// is then reloaded from the maps and [`ProgramKind::repair`] runs.
+    fn repair_after(_err: &Self::Error) -> bool {
+        false
+    }
+}
+
+/// How to load a program's object.
+#[derive(Debug, Default)]
+pub(crate) struct LoadPlan<'a> {
+    /// `max_entries` of the maps sized at load time.
+    pub sizes: &'a [(&'static str, u32)],
+    /// Offload: load the program and its maps for this device.
+    pub offload_ifindex: Option<u32>,
+}
+
+/// The model and the generation of the maps it reflects (`None`: reload).
+struct Synced<M> {
+    generation: Option<u64>,
+    model: M,
+}
+
+/// A loaded program: its XDP program, its maps and its model.
+pub(crate) struct Pinned<P: ProgramKind> {
+    pub(crate) maps: P::Maps,
+    pub(crate) program: XdpProgram,
+    state: Mutex<Synced<P::Model>>,
+}
+
+impl<P: ProgramKind> Pinned<P> {
+    /// Loads the program from its skeleton, sized by `plan`. `init` writes
+    /// the config before the core stamps its header.
+    ///
+    /// # Errors
+    ///
+    /// [`LoadError::MissingPrivileges`], [`LoadError::KernelFeature`] (also
+    /// for offload a device cannot do), [`LoadError::Rejected`],
+    /// [`LoadError::Bpf`].
+    pub(crate) fn load<B>(builder: B, plan: &LoadPlan<'_>, init: impl FnOnce(&P::Maps)) -> Result<Self, Error>
+    where
+        B: for<'obj> SkelBuilder<'obj>,
+    {
+        let kind = P::KIND;
+        if let Some(missing) = missing_privileges() {
+            return Err(LoadError::MissingPrivileges { missing }.into());
+        }
+        let mut storage = MaybeUninit::uninit();
+        let mut open = builder
+            .open(&mut storage)
+            .map_err(|e| LoadError::Bpf { op: format!("opening the {} object", kind.name), source: io_from_libbpf(e) })?;
+        let object = open.open_object_mut();
+        for mut map in object.maps_mut() {
+            if let Some(&(_, entries)) = plan.sizes.iter().find(|(name, _)| map.name() == *name) {
+                map.set_max_entries(entries)
+                    .map_err(|e| LoadError::Bpf { op: "sizing maps".into(), source: io_from_libbpf(e) })?;
+            }
+            if let Some(ifindex) = plan.offload_ifindex {
+                map.set_map_ifindex(ifindex);
+            }
+        }
+        if let Some(ifindex) = plan.offload_ifindex {
+            for mut prog in object.progs_mut() {
+                prog.set_ifindex(ifindex);
+            }
+        }
+        let skel = open.load().map_err(|e| load_error(kind, e, plan.offload_ifindex.is_some()))?;
+        let object = skel.object();
+        let maps = P::Maps::open(&Loaded(object))
+            .map_err(|e| LoadError::Bpf { op: format!("opening map {}", e.name), source: e.source })?;
+        let prog = object.progs().find(|p| p.name() == kind.program).ok_or_else(|| LoadError::Rejected {
+            program: kind.program,
+            message: "the object has no such program (a build error)".into(),
+        })?;
+        let fd: OwnedFd = prog
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|source| LoadError::Bpf { op: "duplicating the program fd".into(), source })?;
+        drop(skel);
+        init(&maps);
+        let header = maps.header();
+        header.magic.store(kind.magic, Ordering::Release);
+        header.layout_version.store(kind.layout_version, Ordering::Release);
+        let generation = header.generation.load(Ordering::Acquire);
+        let model = P::load_model(&maps).map_err(Into::into)?;
+        Ok(Pinned {
+            maps,
+            program: XdpProgram::new(fd, kind.program),
+            state: Mutex::new(Synced { generation: Some(generation), model }),
+        })
+    }
+
+    /// Builds a program with `make` (which loads it and sets it up),
+    /// attaches it to `interfaces` in `mode` and pins it under `pin`. If any
+    /// step fails, nothing is left attached or pinned.
+    ///
+    /// # Errors
+    ///
+    /// [`PinError`]s for the pin directory (checked first), `make`'s, and
+    /// [`AttachError`](crate::AttachError)s.
+    pub(crate) fn create<T: BorrowMut<Self>>(
+        pin: Option<&Path>,
+        interfaces: &[Interface],
+        mode: AttachMode,
+        make: impl FnOnce() -> Result<T, Error>,
+    ) -> Result<T, Error> {
+        let dir = pin.map(|p| PinDir::create(p, P::KIND)).transpose()?;
+        let built = make().and_then(|obj| {
+            for iface in interfaces {
+                obj.borrow().program.attach(iface, mode)?;
+            }
+            Ok(obj)
+        });
+        let pinned = built.and_then(|mut obj| {
+            if let Some(dir) = &dir {
+                let core = obj.borrow_mut();
+                for (name, handle) in core.maps.handles() {
+                    dir.pin(name, handle.as_fd())?;
+                }
+                core.program.pin_to(dir.clone())?;
+            }
+            Ok(obj)
+        });
+        if pinned.is_err() {
+            if let Some(dir) = &dir {
+                let _ = dir.remove_all();
+            }
+        }
+        pinned
+    }
+
+    /// Reopens a program pinned under `path`, repairing an edit that died.
+    ///
+    /// # Errors
+    ///
+    /// [`PinError::NotFound`], [`PinError::NotOurs`],
+    /// [`PinError::Incompatible`] (pinned by a build with another layout),
+    /// [`PinError::BpffsNotMounted`], [`PinError::Io`];
+    /// [`LoadError::MissingPrivileges`]; the program's own errors when its
+    /// model cannot be read back or repaired.
+    pub(crate) fn open_pinned(path: &Path) -> Result<Self, Error> {
+        let kind = P::KIND;
+        let dir = PinDir::open(path, kind)?;
+        if let Some(missing) = missing_privileges() {
+            return Err(LoadError::MissingPrivileges { missing }.into());
+        }
+        let _lock = dir.lock()?;
+        check_header(&dir)?;
+        let maps = P::Maps::open(&dir)
+            .map_err(|e| PinError::Io { op: "opening pinned map", path: dir.join(e.name), source: e.source })?;
+        let program = XdpProgram::open_pinned(dir.clone(), kind.program)?;
+        let header = maps.header();
+        let mut generation = header.generation.load(Ordering::Acquire);
+        let mut model = P::load_model(&maps).map_err(Into::into)?;
+        if header.dirty.load(Ordering::Acquire) != 0 {
+            // A process died mid-edit.
+            P::repair(&maps, &mut model).map_err(Into::into)?;
+            generation = header.generation.fetch_add(1, Ordering::AcqRel) + 1;
+            header.dirty.store(0, Ordering::Release);
+        }
+        Ok(Pinned { maps, program, state: Mutex::new(Synced { generation: Some(generation), model }) })
+    }
+
+    fn lock(&self) -> Result<Option<Flock<File>>, P::Error> {
+        self.program.lock().map_err(P::Error::from)
+    }
+
+    fn state(&self) -> MutexGuard<'_, Synced<P::Model>> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Reloads the model if another handle or process has edited.
+    fn sync(&self, st: &mut Synced<P::Model>) -> Result<(), P::Error> {
+        let generation = self.maps.header().generation.load(Ordering::Acquire);
+        if st.generation != Some(generation) {
+            st.model = P::load_model(&self.maps)?;
+            st.generation = Some(generation);
+        }
+        Ok(())
+    }
+
+    /// Runs `f` on the model, up to date, under the pin directory's lock.
+    /// `f` may refresh caches in the model, but changes no configuration.
+    pub(crate) fn read<R>(&self, f: impl FnOnce(&mut P::Model, &P::Maps) -> R) -> Result<R, P::Error> {
+        let _flock = self.lock()?;
+        let mut st = self.state();
+        self.sync(&mut st)?;
+        Ok(f(&mut st.model, &self.maps))
+    }
+
+    /// Runs the edit `f` on the model and the maps, under the pin
+    /// directory's lock, with the header marked dirty while it runs.
+    pub(crate) fn edit<R>(
+        &self,
+        f: impl FnOnce(&mut P::Model, &P::Maps) -> Result<R, P::Error>,
+    ) -> Result<R, P::Error> {
+        let _flock = self.lock()?;
+        let mut st = self.state();
+        self.sync(&mut st)?;
+        let header = self.maps.header();
+        header.dirty.store(1, Ordering::Release);
+        let result = f(&mut st.model, &self.maps);
+        let mut in_sync = true;
+        if let Err(e) = &result {
+            if P::repair_after(e) {
+                // Whatever reached the maps is the truth: reload the model
+                // from them and make the data plane agree with it.
+                in_sync = match P::load_model(&self.maps) {
+                    Ok(mut model) => {
+                        let repaired = P::repair(&self.maps, &mut model).is_ok();
+                        st.model = model;
+                        repaired
+                    }
+                    Err(_) => false,
+                };
+            }
+        }
+        let generation = header.generation.fetch_add(1, Ordering::AcqRel) + 1;
+        st.generation = in_sync.then_some(generation);
+        // Left set when the repair failed: the next reopen repairs again.
+        if in_sync {
+            header.dirty.store(0, Ordering::Release);
+        }
+        result
+    }
+
+    /// `Debug` for a facade over the core.
+    pub(crate) fn debug(&self, name: &str, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct(name)
+            .field("attachments", &self.program.attachments())
+            .field("pin", &self.program.pin_path())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Checks the config value's magic and layout version before the maps are
+/// opened by type, so a directory pinned by another layout says so (rather
+/// than failing on a value size).
+fn check_header(dir: &PinDir) -> Result<(), PinError> {
+    let kind = dir.kind();
+    let path = dir.join(kind.marker());
+    let io = |source| PinError::Io { op: "reading the pinned config", path: path.clone(), source };
+    let map = MapHandle::from_pinned_path(&path).map_err(|e| io(io_from_libbpf(e)))?;
+    let value = map.lookup(&0u32.to_ne_bytes(), MapFlags::ANY).map_err(|e| io(io_from_libbpf(e)))?;
+    let word = |i: usize| value.as_deref().and_then(|v| v.get(i..i + 4)).map(bytemuck::pod_read_unaligned::<u32>);
+    if word(0) != Some(kind.magic) {
+        return Err(PinError::NotOurs { path: dir.path().to_owned(), kind: kind.name, found: kind.marker().into() });
+    }
+    match word(4) {
+        Some(v) if v == kind.layout_version => Ok(()),
+        found => Err(PinError::Incompatible {
+            path: dir.path().to_owned(),
+            found: found.unwrap_or(0),
+            expected: kind.layout_version,
+        }),
+    }
+}
+
+/// What a failed load means, and what to do about it.
+fn load_error(kind: &Kind, err: libbpf_rs::Error, offload: bool) -> LoadError {
+    let message = format!("{err:#}");
+    let source = io_from_libbpf(err);
+    if let Some(missing) = missing_privileges() {
+        return LoadError::MissingPrivileges { missing };
+    }
+    match source.kind() {
+        std::io::ErrorKind::PermissionDenied => LoadError::MissingPrivileges {
+            missing: "CAP_BPF (or the kernel's BPF LSM policy refused it)".into(),
+        },
+        _ if offload => LoadError::KernelFeature {
+            feature: "BPF offload for this device",
+            hint: format!("the driver cannot offload this program and its maps ({message}); use native or auto mode"),
+        },
+        std::io::ErrorKind::Unsupported => {
+            LoadError::KernelFeature { feature: kind.needs, hint: format!("use Linux {} ({message})", kind.min_kernel) }
+        }
+        _ => LoadError::Rejected { program: kind.program, message },
+    }
+}

@@ -1,0 +1,269 @@
+//! Backend changes: [`BackendBatch`], and the Maglev batch edit that
+//! applies a VIP's backend changes as one table swap (new backend slots
+//! live first, then the table, then the removed slots freed).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::Ordering;
+
+use super::hops::sync_hops;
+use super::maps::map_err;
+use super::state::{self, Slot};
+use super::{maglev, Backend, BackendAddr, ForwardingMode, LoadBalancer, Vip, MAX_WEIGHT};
+use crate::error::LbError;
+
+/// The fewest Maglev table slots a VIP's backend may have on average.
+const MIN_SLOTS_PER_BACKEND: u64 = 10;
+
+/// A batch of backend changes to one VIP, applied as one Maglev table swap:
+/// a packet sees the backend set before the batch or after it, never a mix.
+///
+/// ```no_run
+/// # use xdpguard::{LoadBalancer, Vip};
+/// # fn f(lb: &LoadBalancer, vip: Vip) -> Result<(), xdpguard::LbError> {
+/// lb.batch(&vip)
+///     .add("198.51.100.14".parse::<std::net::IpAddr>().unwrap(), 1)
+///     .set_weight("198.51.100.11".parse::<std::net::IpAddr>().unwrap(), 0)
+///     .remove("198.51.100.12".parse::<std::net::IpAddr>().unwrap())
+///     .apply()?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+#[must_use = "a batch does nothing until apply() is called"]
+pub struct BackendBatch<'lb> {
+    lb: &'lb LoadBalancer,
+    vip: Vip,
+    ops: Vec<BatchOp>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(super) enum BatchOp {
+    Add(BackendAddr, u32),
+    SetWeight(BackendAddr, u32),
+    Remove(BackendAddr),
+}
+
+impl BackendBatch<'_> {
+    /// Adds a backend (an error at apply time if it is already there).
+    pub fn add(mut self, backend: impl Into<BackendAddr>, weight: u32) -> Self {
+        self.ops.push(BatchOp::Add(backend.into(), weight));
+        self
+    }
+
+    /// Changes a backend's weight; 0 drains it.
+    pub fn set_weight(mut self, backend: impl Into<BackendAddr>, weight: u32) -> Self {
+        self.ops.push(BatchOp::SetWeight(backend.into(), weight));
+        self
+    }
+
+    /// Removes a backend; its tracked flows choose afresh.
+    pub fn remove(mut self, backend: impl Into<BackendAddr>) -> Self {
+        self.ops.push(BatchOp::Remove(backend.into()));
+        self
+    }
+
+    /// Applies every change, or none of them if one is invalid, then makes
+    /// the backends' next hops match (managed neighbour entries; see
+    /// [`LoadBalancer`]).
+    ///
+    /// # Errors
+    ///
+    /// A typed error for an invalid change (nothing applied);
+    /// [`LbError::ForeignNamespace`] when the LB's network namespace cannot
+    /// be reached from this thread (nothing applied); [`LbError::Map`] when
+    /// a map update fails; [`LbError::Neighbour`] when the kernel refuses a
+    /// neighbour request (the backend changes stay applied, and the data
+    /// path resolves their next hops from traffic).
+    pub fn apply(self) -> Result<(), LbError> {
+        self.lb.apply_batch(&self.vip, &self.ops)
+    }
+}
+
+impl LoadBalancer {
+    /// Adds a backend with a weight (0 adds it drained). See
+    /// [`ForwardingMode`] for which families and ports each mode takes.
+    ///
+    /// # Errors
+    ///
+    /// As [`BackendBatch::apply`]: [`LbError::BackendExists`],
+    /// [`LbError::InvalidWeight`], [`LbError::Unsupported`] and
+    /// [`LbError::IpipSourceUnset`] for a backend the VIP's mode cannot
+    /// reach, [`LbError::TableTooSmall`], [`LbError::BackendTableFull`].
+    pub fn add_backend(&self, vip: &Vip, backend: impl Into<BackendAddr>, weight: u32) -> Result<(), LbError> {
+        self.batch(vip).add(backend, weight).apply()
+    }
+
+    /// Changes a backend's weight. 0 drains it: no new flows, tracked flows
+    /// keep going to it.
+    ///
+    /// # Errors
+    ///
+    /// As [`BackendBatch::apply`]: [`LbError::BackendNotFound`],
+    /// [`LbError::InvalidWeight`].
+    pub fn set_weight(&self, vip: &Vip, backend: impl Into<BackendAddr>, weight: u32) -> Result<(), LbError> {
+        self.batch(vip).set_weight(backend, weight).apply()
+    }
+
+    /// Removes a backend. Its tracked flows choose afresh from their next
+    /// packet (to drain gracefully, set its weight to 0 first).
+    ///
+    /// # Errors
+    ///
+    /// As [`BackendBatch::apply`]: [`LbError::BackendNotFound`].
+    pub fn remove_backend(&self, vip: &Vip, backend: impl Into<BackendAddr>) -> Result<(), LbError> {
+        self.batch(vip).remove(backend).apply()
+    }
+
+    /// Starts a batch of backend changes to `vip`, applied as one table swap.
+    pub fn batch(&self, vip: &Vip) -> BackendBatch<'_> {
+        BackendBatch { lb: self, vip: *vip, ops: Vec::new() }
+    }
+
+    /// A VIP's backends, in canonical order.
+    ///
+    /// # Errors
+    ///
+    /// [`LbError::VipNotFound`].
+    pub fn backends(&self, vip: &Vip) -> Result<Vec<Backend>, LbError> {
+        self.read(|st| {
+            st.vip(vip).map(|s| s.backends.iter().map(|(a, slot)| Backend { addr: *a, weight: slot.weight }).collect())
+        })?
+    }
+
+    fn check_backend(&self, vip: &Vip, mode: ForwardingMode, b: &BackendAddr) -> Result<(), LbError> {
+        let what = |s: &str| format!("{s} (VIP {vip}, backend {b})");
+        match mode {
+            ForwardingMode::L2Dsr | ForwardingMode::Nat if vip.addr.is_ipv4() != b.ip.is_ipv4() => {
+                Err(LbError::Unsupported {
+                    what: what(&format!("{mode} between address families")),
+                    fix: "use a backend of the VIP's family, or IPIP mode (which carries IPv4 in IPv6)",
+                })
+            }
+            ForwardingMode::L2Dsr | ForwardingMode::Ipip if b.port.is_some() => Err(LbError::Unsupported {
+                what: what(&format!("a backend port in {mode} mode")),
+                fix: "DSR and IPIP backends serve the VIP's own port; give the backend without a port, or use NAT",
+            }),
+            ForwardingMode::Ipip if vip.addr.is_ipv6() && b.ip.is_ipv4() => Err(LbError::Unsupported {
+                what: what("IPv6 in IPv4 encapsulation"),
+                fix: "give IPv6 VIPs IPv6 backends (IPv4 VIPs may have IPv4 or IPv6 backends)",
+            }),
+            ForwardingMode::Ipip => {
+                let cfg = self.maps().config();
+                let unset = if b.ip.is_ipv4() {
+                    cfg.ipip_v4_src == 0 && cfg.ipip_v4_mask == 0
+                } else {
+                    cfg.ipip_v6_src.iter().chain(&cfg.ipip_v6_mask).all(|w| *w == 0)
+                };
+                if unset {
+                    Err(LbError::IpipSourceUnset { family: if b.ip.is_ipv4() { 4 } else { 6 } })
+                } else {
+                    Ok(())
+                }
+            }
+            _ => Ok(()),
+        }
+    }
+
+    pub(super) fn apply_batch(&self, vip: &Vip, ops: &[BatchOp]) -> Result<(), LbError> {
+        // Next hops are managed in the LB's namespace: fail before any
+        // change when it cannot be reached.
+        let mut rtnl = self.rtnl()?;
+        self.edit(|st, maps| {
+            let vs = st.vip(vip)?;
+            let mode = vs.config.mode;
+            let size = vs.config.table_size;
+            let index = vs.index;
+            // The desired set: Some(slot) for existing, None for new.
+            let mut desired: BTreeMap<BackendAddr, (Option<u32>, u32)> =
+                vs.backends.iter().map(|(a, s)| (*a, (Some(s.id), s.weight))).collect();
+            for op in ops {
+                match *op {
+                    BatchOp::Add(b, w) | BatchOp::SetWeight(b, w) if w > MAX_WEIGHT => {
+                        let _ = b;
+                        return Err(LbError::InvalidWeight { weight: w, max: MAX_WEIGHT });
+                    }
+                    BatchOp::Add(b, w) => {
+                        self.check_backend(vip, mode, &b)?;
+                        if let Some((_, weight)) = desired.get(&b) {
+                            return Err(LbError::BackendExists { vip: *vip, backend: b, weight: *weight });
+                        }
+                        desired.insert(b, (None, w));
+                    }
+                    BatchOp::SetWeight(b, w) => match desired.get_mut(&b) {
+                        Some(entry) => entry.1 = w,
+                        None => return Err(LbError::BackendNotFound { vip: *vip, backend: b }),
+                    },
+                    BatchOp::Remove(b) => {
+                        if desired.remove(&b).is_none() {
+                            return Err(LbError::BackendNotFound { vip: *vip, backend: b });
+                        }
+                    }
+                }
+            }
+            // Fewer than 10 slots a backend and one slot is over a tenth of
+            // its share: refused. 100 or more (Maglev's advice, for shares
+            // within about 1% of the weights) is what the docs recommend,
+            // not required: at the default 65537 slots that would cap a VIP
+            // at 655 backends, while 6,553 still get shares within ~10%.
+            if desired.len() as u64 * MIN_SLOTS_PER_BACKEND > u64::from(size) {
+                return Err(LbError::TableTooSmall { vip: *vip, backends: desired.len(), size });
+            }
+            // Slots for new backends, searched from where the last search
+            // stopped, so a freed slot is not reused at once (its stale
+            // connection entries also carry the old gen, and miss).
+            let capacity = maps.backends.len() as u32;
+            let used: BTreeSet<u32> =
+                st.vips.values().flat_map(|s| s.backends.values().map(|slot| slot.id)).collect();
+            let needed = desired.values().filter(|(id, _)| id.is_none()).count();
+            let mut fresh = Vec::with_capacity(needed);
+            let start = maps.next_backend().load(Ordering::Acquire) % capacity;
+            for k in 0..capacity {
+                if fresh.len() == needed {
+                    break;
+                }
+                let id = (start + k) % capacity;
+                if !used.contains(&id) && maps.backends.get(id as usize).family == 0 {
+                    fresh.push(id);
+                }
+            }
+            if fresh.len() < needed {
+                return Err(LbError::BackendTableFull { capacity: capacity as usize });
+            }
+            if let Some(last) = fresh.last() {
+                maps.next_backend().store((last + 1) % capacity, Ordering::Release);
+            }
+            // New slots go live before the table that references them.
+            let mut fresh = fresh.into_iter();
+            let mut new_backends = BTreeMap::new();
+            for (addr, (id, weight)) in &desired {
+                let id = match id {
+                    Some(id) => {
+                        maps.set_backend_weight(*id, *weight);
+                        *id
+                    }
+                    None => {
+                        let id = fresh.next().expect("enough slots reserved");
+                        maps.backend_counters.zero(id).map_err(map_err("resetting a backend's counters"))?;
+                        maps.write_backend(id, state::backend_value(addr, index, *weight));
+                        id
+                    }
+                };
+                new_backends.insert(*addr, Slot { id, weight: *weight });
+            }
+            let entries: Vec<maglev::Entry> =
+                new_backends.iter().map(|(a, s)| maglev::Entry { addr: *a, weight: s.weight, id: s.id }).collect();
+            let table = maglev::build(size, &entries);
+            maps.publish_table(index, table.as_deref())?;
+            // Removed backends go after the swap: no new flow picks them.
+            let vs = st.vip_mut(vip)?;
+            for (addr, slot) in &vs.backends {
+                if !new_backends.contains_key(addr) {
+                    maps.free_backend(slot.id);
+                }
+            }
+            vs.backends = new_backends;
+            vs.set_table(table);
+            sync_hops(st, maps, &mut rtnl)?;
+            Ok(())
+        })
+    }
+}

@@ -1,0 +1,201 @@
+//! Where flows go: which VIP takes a flow, the backend the kernel will
+//! choose for it, the IPIP outer source it gets, and the kernel's tables
+//! read back.
+
+use std::net::IpAddr;
+use std::sync::atomic::Ordering;
+
+use super::hash::{self, flow_hash, FlowKey};
+use super::state::LbState;
+use super::{BackendAddr, Flow, ForwardingMode, FragmentPolicy, HashInput, LoadBalancer, Vip};
+use crate::error::LbError;
+
+impl LoadBalancer {
+    /// The VIP that takes a flow's packets, matched as the kernel matches
+    /// them: the VIP of the flow's destination address, port and protocol,
+    /// else the all-ports VIP of its address and protocol. A fragment
+    /// ([`Flow::fragment`]) carries no ports, so only an all-ports VIP can
+    /// take it ([`LoadBalancer::backend_for`] then says whether the fragment
+    /// policy forwards it). `None`: no VIP takes the flow; its packets pass
+    /// to the stack (a fragment to a VIP address is dropped).
+    ///
+    /// With [`LoadBalancer::backend_for`] this answers "where does a new
+    /// flow from this client to this address and port go", which is what
+    /// `xdpguard-lb which` prints.
+    ///
+    /// # Errors
+    ///
+    /// [`LbError::FlowMismatch`] when source and destination are of
+    /// different families; [`LbError::Map`] when the configuration cannot
+    /// be read back.
+    pub fn vip_for(&self, flow: &Flow) -> Result<Option<Vip>, LbError> {
+        if flow.src.is_ipv4() != flow.dst.is_ipv4() {
+            let vip = Vip { addr: flow.dst.ip(), port: None, protocol: flow.protocol };
+            return Err(LbError::FlowMismatch {
+                flow: flow.to_string(),
+                vip,
+                reason: "source and destination are of different families",
+            });
+        }
+        self.read(|st| {
+            let exact = Vip { addr: flow.dst.ip(), port: Some(flow.dst.port()), protocol: flow.protocol };
+            let any = Vip { port: None, ..exact };
+            if !flow.fragment && st.vips.contains_key(&exact) {
+                Some(exact)
+            } else if st.vips.contains_key(&any) {
+                Some(any)
+            } else {
+                None
+            }
+        })
+    }
+
+    /// Whether `flow` is one `vip` takes, for [`LoadBalancer::backend_for`]
+    /// and [`LoadBalancer::ipip_source_for`]: the questions they answer
+    /// depend on the flow's real destination port, also for all-ports VIPs.
+    fn check_flow(st: &LbState, vip: &Vip, flow: &Flow) -> Result<(), LbError> {
+        let mismatch = |reason| LbError::FlowMismatch { flow: flow.to_string(), vip: *vip, reason };
+        if flow.dst.ip() != vip.addr {
+            return Err(mismatch("its destination is not the VIP address"));
+        }
+        if flow.src.is_ipv4() != flow.dst.is_ipv4() {
+            return Err(mismatch("source and destination are of different families"));
+        }
+        if flow.protocol != vip.protocol {
+            return Err(mismatch("its protocol is not the VIP's"));
+        }
+        if flow.fragment {
+            return Ok(());
+        }
+        match vip.port {
+            Some(p) if p != flow.dst.port() => Err(mismatch("its destination port is not the VIP's")),
+            Some(_) => Ok(()),
+            // Port 0 is how a caller says "any port" by mistake: the kernel
+            // hashes the port each packet carries.
+            None if flow.dst.port() == 0 => {
+                Err(LbError::DestinationPortRequired { flow: flow.to_string(), vip: *vip })
+            }
+            None if st.vips.contains_key(&Vip { port: Some(flow.dst.port()), ..*vip }) => Err(mismatch(
+                "a VIP for its destination port takes it, before the all-ports VIP; ask about that VIP \
+                 (LoadBalancer::vip_for finds it)",
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// The backend the kernel will choose for a new flow of `vip` (same
+    /// hash, same Maglev table), or `None` when it would not forward it to
+    /// any (no usable backend; a fragment the fragment policy drops).
+    ///
+    /// The flow's destination port counts for all-ports VIPs too: the
+    /// kernel hashes the port each packet carries. To ask about a client's
+    /// flow to an address and port without knowing which VIP takes it,
+    /// find the VIP with [`LoadBalancer::vip_for`] first.
+    ///
+    /// Tracked flows keep the backend they started with, which is this
+    /// one unless the backend set changed since.
+    ///
+    /// # Errors
+    ///
+    /// [`LbError::VipNotFound`]; [`LbError::FlowMismatch`] when the flow is
+    /// not one the VIP takes (another address, family, protocol or port, or
+    /// a port a single-port VIP of the same address takes first);
+    /// [`LbError::DestinationPortRequired`] for a flow to an all-ports VIP
+    /// with destination port 0 (give the port the client connects to, or
+    /// ask about a fragment with [`Flow::fragment`]).
+    pub fn backend_for(&self, vip: &Vip, flow: &Flow) -> Result<Option<BackendAddr>, LbError> {
+        let seed = self.maps().hash_seed().load(Ordering::Acquire);
+        let frag_policy = FragmentPolicy::from_code(self.maps().config().frag_policy);
+        self.read(|st| {
+            st.vip(vip)?;
+            Self::check_flow(st, vip, flow)?;
+            let vs = st.vip_mut(vip)?;
+            if flow.fragment
+                && (vip.port.is_some() || vs.config.mode == ForwardingMode::Nat || frag_policy == FragmentPolicy::Drop)
+            {
+                return Ok(None);
+            }
+            let h = flow_hash(&Self::flow_key(flow), seed, vs.config.hash == HashInput::SourceAddress);
+            let Some(table) = vs.table() else {
+                return Ok(None);
+            };
+            let id = table[(h % vs.config.table_size) as usize];
+            Ok(vs.backend_by_id(id))
+        })?
+    }
+
+    /// The hash input the kernel builds from a flow (fragments: no ports).
+    fn flow_key(flow: &Flow) -> FlowKey {
+        FlowKey {
+            src: flow.src.ip(),
+            dst: flow.dst.ip(),
+            sport: if flow.fragment { 0 } else { flow.src.port() },
+            dport: if flow.fragment { 0 } else { flow.dst.port() },
+            proto: flow.protocol.number(),
+        }
+    }
+
+    /// The IPIP outer source address the kernel uses for `flow` to `vip`
+    /// when its backend is of the family of `backend` (None: not IPIP, or no
+    /// source prefix for that family).
+    ///
+    /// # Errors
+    ///
+    /// As [`LoadBalancer::backend_for`], for the same flows.
+    pub fn ipip_source_for(&self, vip: &Vip, flow: &Flow, backend: IpAddr) -> Result<Option<IpAddr>, LbError> {
+        let config = self.read(|st| {
+            let config = st.vip(vip)?.config;
+            Self::check_flow(st, vip, flow).map(|()| config)
+        })??;
+        if config.mode != ForwardingMode::Ipip {
+            return Ok(None);
+        }
+        let seed = self.maps().hash_seed().load(Ordering::Acquire);
+        let h = flow_hash(&Self::flow_key(flow), seed, config.hash == HashInput::SourceAddress);
+        let cfg = self.maps().config();
+        Ok(match backend {
+            IpAddr::V4(_) => {
+                let base = std::net::Ipv4Addr::from(cfg.ipip_v4_src.to_ne_bytes());
+                let mask = u32::from_be_bytes(cfg.ipip_v4_mask.to_ne_bytes());
+                Some(IpAddr::V4(hash::ipip_source_v4(base, mask, h)))
+            }
+            IpAddr::V6(_) => {
+                let mut b = [0u8; 16];
+                for (i, w) in cfg.ipip_v6_src.iter().enumerate() {
+                    b[4 * i..4 * i + 4].copy_from_slice(&w.to_ne_bytes());
+                }
+                let hi = u32::from_be_bytes(cfg.ipip_v6_mask[0].to_ne_bytes());
+                let lo = u32::from_be_bytes(cfg.ipip_v6_mask[1].to_ne_bytes());
+                let mask = (u64::from(hi) << 32) | u64::from(lo);
+                Some(IpAddr::V6(hash::ipip_source_v6(std::net::Ipv6Addr::from(b), mask, h)))
+            }
+        })
+    }
+
+    /// The VIP's Maglev table as the kernel holds it, slot by slot (`None`:
+    /// no usable backend). Reads every slot: for diagnostics and tests.
+    ///
+    /// # Errors
+    ///
+    /// [`LbError::VipNotFound`]; [`LbError::Map`] when the table cannot be
+    /// read, or names a backend slot the VIP no longer has (another process
+    /// is editing it).
+    pub fn kernel_table(&self, vip: &Vip) -> Result<Option<Vec<BackendAddr>>, LbError> {
+        let (index, backends) = self.read(|st| st.vip(vip).map(|s| (s.index, s.backends.clone())))??;
+        let Some(ids) = self.maps().read_table(index)? else {
+            return Ok(None);
+        };
+        let by_id: std::collections::HashMap<u32, BackendAddr> =
+            backends.iter().map(|(a, s)| (s.id, *a)).collect();
+        ids.into_iter()
+            .map(|id| {
+                by_id.get(&id).copied().ok_or_else(|| LbError::Map {
+                    op: format!("reading the table of {vip}"),
+                    source: std::io::Error::other(format!("slot refers to unknown backend slot {id}")),
+                    hint: "another process is editing this VIP; try again",
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some)
+    }
+}

@@ -1,0 +1,147 @@
+//! The load balancer's settings, read and changed in place (each takes
+//! effect for the next packet): IPIP sources, policies, timeouts, the
+//! new-flow bound; and the connection table.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use ipnetwork::IpNetwork;
+
+use super::{EchoPolicy, FragmentPolicy, LoadBalancer, NewFlowLimit, OptionsPolicy};
+use crate::error::LbError;
+
+impl LoadBalancer {
+    /// Sets the prefix IPIP outer sources of its family are drawn from.
+    /// The host bits (up to the low 64 of an IPv6 prefix) come from the
+    /// flow hash. Takes effect for the next packet.
+    ///
+    /// # Errors
+    ///
+    /// None today (the config is written in place); kept for checks to come.
+    pub fn set_ipip_source(&self, prefix: IpNetwork) -> Result<(), LbError> {
+        match prefix {
+            IpNetwork::V4(p) => {
+                let mask = if p.prefix() == 0 { u32::MAX } else { (1u64 << (32 - u32::from(p.prefix()))) as u32 - 1 };
+                let base = u32::from(p.network());
+                self.maps().ipip_v4_src().store(u32::from_ne_bytes(base.to_be_bytes()), Ordering::Release);
+                self.maps().ipip_v4_mask().store(u32::from_ne_bytes(mask.to_be_bytes()), Ordering::Release);
+            }
+            IpNetwork::V6(p) => {
+                let host_bits = 128 - u32::from(p.prefix());
+                let mask: u64 = if host_bits >= 64 { u64::MAX } else { (1u64 << host_bits) - 1 };
+                let base = u128::from(p.network()) & !u128::from(mask);
+                let words: [u32; 4] = bytemuck::cast(base.to_be_bytes());
+                for (i, w) in words.into_iter().enumerate() {
+                    self.maps().ipip_v6_word(i).store(w, Ordering::Release);
+                }
+                self.maps().ipip_v6_word(4).store(u32::from_ne_bytes(((mask >> 32) as u32).to_be_bytes()), Ordering::Release);
+                self.maps().ipip_v6_word(5).store(u32::from_ne_bytes((mask as u32).to_be_bytes()), Ordering::Release);
+            }
+        }
+        Ok(())
+    }
+
+    fn set_policy_byte(&self, byte: usize, value: u8) {
+        let word = self.maps().policies();
+        let mut cur = word.load(Ordering::Acquire);
+        loop {
+            let mut b = cur.to_ne_bytes();
+            b[byte] = value;
+            match word.compare_exchange(cur, u32::from_ne_bytes(b), Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return,
+                Err(now) => cur = now,
+            }
+        }
+    }
+
+    /// The ICMP echo policy in force.
+    pub fn echo_policy(&self) -> EchoPolicy {
+        EchoPolicy::from_code(self.maps().config().echo_policy)
+    }
+
+    /// Changes the ICMP echo policy; takes effect for the next packet.
+    pub fn set_echo_policy(&self, policy: EchoPolicy) {
+        self.set_policy_byte(0, policy.code());
+    }
+
+    /// The fragment policy in force.
+    pub fn fragment_policy(&self) -> FragmentPolicy {
+        FragmentPolicy::from_code(self.maps().config().frag_policy)
+    }
+
+    /// Changes the fragment policy.
+    pub fn set_fragment_policy(&self, policy: FragmentPolicy) {
+        self.set_policy_byte(1, policy.code());
+    }
+
+    /// The IPv4 options policy in force.
+    pub fn options_policy(&self) -> OptionsPolicy {
+        OptionsPolicy::from_code(self.maps().config().options_policy)
+    }
+
+    /// Changes the IPv4 options policy.
+    pub fn set_options_policy(&self, policy: OptionsPolicy) {
+        self.set_policy_byte(2, policy.code());
+    }
+
+    /// The new-flow bound in force.
+    pub fn new_flow_limit(&self) -> NewFlowLimit {
+        let c = self.maps().config();
+        NewFlowLimit::from_gcra(c.new_flow_interval, c.new_flow_burst)
+    }
+
+    /// Changes the per-CPU new-flow bound.
+    pub fn set_new_flow_limit(&self, limit: NewFlowLimit) {
+        let (interval, burst) = limit.gcra();
+        // Burst first: a reader never sees a bound tighter than either.
+        self.maps().new_flow_burst().store(burst, Ordering::Release);
+        self.maps().new_flow_interval().store(interval, Ordering::Release);
+    }
+
+    /// The UDP idle timeout in force.
+    pub fn udp_timeout(&self) -> Duration {
+        self.maps().duration(self.maps().udp_timeout())
+    }
+
+    /// Changes the UDP idle timeout.
+    pub fn set_udp_timeout(&self, timeout: Duration) {
+        self.maps().set_duration(self.maps().udp_timeout(), timeout);
+    }
+
+    /// How long each CPU reuses a backend's next hop from the FIB.
+    pub fn next_hop_cache(&self) -> Duration {
+        self.maps().duration(self.maps().nexthop_ttl())
+    }
+
+    /// Changes how long each CPU reuses a backend's next hop (zero: a FIB
+    /// lookup for every packet). Cached hops already made live out their time.
+    pub fn set_next_hop_cache(&self, ttl: Duration) {
+        self.maps().set_duration(self.maps().nexthop_ttl(), ttl);
+    }
+
+    /// The flow hash seed.
+    pub fn hash_seed(&self) -> u32 {
+        self.maps().hash_seed().load(Ordering::Acquire)
+    }
+
+    /// Empties the connection and NAT tables: every flow chooses afresh
+    /// (by Maglev) from its next packet. NAT replies of live flows are no
+    /// longer translated, so NAT connections break.
+    ///
+    /// # Errors
+    ///
+    /// None today (entries that vanish meanwhile are skipped); kept for map
+    /// failures to come.
+    pub fn flush_connections(&self) -> Result<usize, LbError> {
+        let maps = self.maps();
+        let flushed = maps.conns4.clear() + maps.conns6.clear();
+        maps.nat4.clear();
+        maps.nat6.clear();
+        Ok(flushed)
+    }
+
+    /// Number of entries in the connection table (walks it: diagnostics only).
+    pub fn connection_count(&self) -> usize {
+        self.maps().conns4.keys().count() + self.maps().conns6.keys().count()
+    }
+}

@@ -1,0 +1,101 @@
+//! Adding and removing VIPs.
+
+use std::sync::atomic::Ordering;
+
+use super::hops::sync_hops;
+use super::maps::{map_err, LbMaps};
+use super::state::{self, LbState, VipState};
+use super::{maglev, ForwardingMode, LoadBalancer, Vip, VipConfig};
+use crate::error::LbError;
+
+impl LoadBalancer {
+    /// Adds a VIP. Adding one that exists with the same configuration
+    /// changes nothing; with another configuration it is an error. Until it
+    /// has a backend, its packets are dropped (counted as `no_backend`).
+    ///
+    /// # Errors
+    ///
+    /// [`LbError::TableSizeOutOfRange`], [`LbError::TableSizeNotPrime`],
+    /// [`LbError::Unsupported`] (NAT without connection tracking),
+    /// [`LbError::ConflictingVip`], [`LbError::VipTableFull`];
+    /// [`LbError::Map`] when a map update fails.
+    pub fn add_vip(&self, vip: Vip, config: VipConfig) -> Result<(), LbError> {
+        maglev::check_size(config.table_size)?;
+        if config.mode == ForwardingMode::Nat && !config.conntrack {
+            return Err(LbError::Unsupported {
+                what: format!("NAT without connection tracking for {vip}"),
+                fix: "NAT replies are translated from connection state: keep conntrack on",
+            });
+        }
+        self.edit(|st, maps| {
+            if let Some(existing) = st.vips.get(&vip) {
+                if existing.config == config {
+                    return Ok(());
+                }
+                return Err(LbError::ConflictingVip { vip, existing: existing.config.to_string() });
+            }
+            let cap = maps.capacity().max_vips;
+            let index = st.free_vip_index(cap).ok_or(LbError::VipTableFull { capacity: cap as usize })?;
+            maps.vip_counters.zero(index).map_err(map_err("resetting the VIP's counters"))?;
+            maps.publish_table(index, None)?;
+            // Address bookkeeping and counts first, so the VIP is complete
+            // when its key starts matching.
+            let n = maps.vip_addr_users(vip.addr)?.unwrap_or(0);
+            maps.set_vip_addr_users(vip.addr, n + 1)?;
+            st.vips.insert(vip, VipState::new(index, config));
+            Self::recount(st, maps);
+            let value = state::vip_value(index, &config);
+            maps.insert_vip(&state::vip_key(&vip), &value).map_err(map_err(format!("adding VIP {vip}")))?;
+            Ok(())
+        })
+    }
+
+    /// Removes a VIP and all its backends. Its packets pass untouched from
+    /// the next one on.
+    ///
+    /// # Errors
+    ///
+    /// [`LbError::VipNotFound`]; [`LbError::ForeignNamespace`] when it has
+    /// backends whose next hops cannot be released from this thread
+    /// (nothing removed); [`LbError::Map`], [`LbError::Neighbour`].
+    pub fn remove_vip(&self, vip: &Vip) -> Result<(), LbError> {
+        // Its backends' next hops are released: check first that they can be.
+        let has_backends = self.read(|st| st.vip(vip).map(|s| !s.backends.is_empty()))??;
+        let mut rtnl = if has_backends { Some(self.rtnl()?) } else { None };
+        self.edit(|st, maps| {
+            let vs = st.vip(vip)?.clone();
+            maps.remove_vip(&state::vip_key(vip)).map_err(map_err(format!("removing VIP {vip}")))?;
+            maps.publish_table(vs.index, None)?;
+            for slot in vs.backends.values() {
+                maps.free_backend(slot.id);
+            }
+            let n = maps.vip_addr_users(vip.addr)?.unwrap_or(1);
+            maps.set_vip_addr_users(vip.addr, n.saturating_sub(1))?;
+            st.vips.remove(vip);
+            Self::recount(st, maps);
+            if let Some(rtnl) = rtnl.as_mut() {
+                sync_hops(st, maps, rtnl)?;
+            }
+            Ok(())
+        })
+    }
+
+    fn recount(st: &LbState, maps: &LbMaps) {
+        maps.nat_vips().store(st.count_where(|_, s| s.config.mode == ForwardingMode::Nat), Ordering::Release);
+        maps.allport_vips().store(st.count_where(|v, _| v.port.is_none()), Ordering::Release);
+    }
+
+    /// Every VIP and its configuration.
+    pub fn vips(&self) -> Result<Vec<(Vip, VipConfig)>, LbError> {
+        self.read(|st| st.vips.iter().map(|(v, s)| (*v, s.config)).collect())
+    }
+
+    /// One VIP's configuration.
+    ///
+    /// # Errors
+    ///
+    /// [`LbError::VipNotFound`].
+    pub fn vip_config(&self, vip: &Vip) -> Result<VipConfig, LbError> {
+        self.read(|st| st.vip(vip).map(|s| s.config))?
+    }
+}
