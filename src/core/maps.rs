@@ -164,6 +164,21 @@ macro_rules! summable {
 }
 pub(crate) use summable;
 
+/// Implements [`Summable`] and `Into<Counter>` for skeletons' copies of
+/// `struct xdpg_counter`.
+macro_rules! counter {
+    ($($ty:ty),+ $(,)?) => {$(
+        $crate::core::maps::summable!($ty { packets, bytes });
+
+        impl From<$ty> for $crate::Counter {
+            fn from(c: $ty) -> Self {
+                $crate::Counter { packets: c.packets, bytes: c.bytes }
+            }
+        }
+    )+};
+}
+pub(crate) use counter;
+
 /// A `BPF_F_MMAPABLE` array of `V`, mapped into this process.
 pub(crate) struct Mmapped<V> {
     handle: MapHandle,

@@ -32,7 +32,7 @@ use std::fmt;
 use std::fs::File;
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, OwnedFd};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Mutex, MutexGuard};
 
@@ -44,7 +44,7 @@ use crate::core::attach::Interface;
 use crate::core::maps::{io_from_libbpf, Loaded, ProgramMaps};
 use crate::core::pin::PinDir;
 use crate::core::program::XdpProgram;
-use crate::error::{missing_privileges, Error, LoadError, PinError};
+use crate::error::{missing_privileges, AttachError, Error, LoadError, PinError};
 use crate::AttachMode;
 
 /// What one kind of program is: its names, its layout identity, and what
@@ -103,6 +103,92 @@ pub(crate) trait ProgramKind: Sized + 'static {
         false
     }
 }
+
+/// Where a new program goes: what every builder collects besides its own
+/// settings.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Placement {
+    pub interfaces: Vec<Interface>,
+    pub mode: AttachMode,
+    pub pin: Option<PathBuf>,
+}
+
+impl Placement {
+    /// The interfaces to attach to: every one given to attach (there must
+    /// be one), none to load only.
+    pub(crate) fn targets(&self, attach: bool) -> Result<&[Interface], AttachError> {
+        match (attach, self.interfaces.is_empty()) {
+            (false, _) => Ok(&[]),
+            (true, true) => Err(AttachError::NoInterface),
+            (true, false) => Ok(&self.interfaces),
+        }
+    }
+
+    /// The interfaces as messages name them: `eth0,eth1`.
+    pub(crate) fn names(&self) -> String {
+        self.interfaces.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(",")
+    }
+}
+
+/// The builder methods every program's builder has, over its `place:
+/// Placement` field: `interface`, `mode`, `pin`. `$program` names the
+/// program in the docs, `$reopen` the function that reopens a pinned one;
+/// `$note` adds to `interface`'s doc.
+macro_rules! placement_methods {
+    ($program:literal, $reopen:literal $(, $note:literal)?) => {
+        /// Adds an interface to attach to, by name (`"eth0"`) or index
+        /// (`3u32`).
+        $(#[doc = $note])?
+        pub fn interface(mut self, iface: impl Into<$crate::Interface>) -> Self {
+            self.place.interfaces.push(iface.into());
+            self
+        }
+
+        /// The attach mode for every interface (default:
+        /// [`AttachMode::Auto`](crate::AttachMode::Auto)).
+        pub fn mode(mut self, mode: $crate::AttachMode) -> Self {
+            self.place.mode = mode;
+            self
+        }
+
+        #[doc = concat!(
+            "Pins the program, its maps and its links under `dir` (on bpffs, e.g. `/sys/fs/bpf/xdpguard`; ",
+            "the directory must not exist or be empty), so the ", $program, " outlives this process. [`",
+            $reopen, "`] reopens it."
+        )]
+        pub fn pin(mut self, dir: impl Into<std::path::PathBuf>) -> Self {
+            self.place.pin = Some(dir.into());
+            self
+        }
+    };
+}
+pub(crate) use placement_methods;
+
+/// Implements what a public type over [`Pinned`] needs from it: `Debug`
+/// (attachments and pin directory), and `Borrow`/`BorrowMut` for
+/// [`Pinned::create`]. The type holds its core in a field `core`.
+macro_rules! facade {
+    ($ty:ident, $kind:ty) => {
+        impl std::fmt::Debug for $ty {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                self.core.debug(stringify!($ty), f)
+            }
+        }
+
+        impl std::borrow::Borrow<$crate::core::pinned::Pinned<$kind>> for $ty {
+            fn borrow(&self) -> &$crate::core::pinned::Pinned<$kind> {
+                &self.core
+            }
+        }
+
+        impl std::borrow::BorrowMut<$crate::core::pinned::Pinned<$kind>> for $ty {
+            fn borrow_mut(&mut self) -> &mut $crate::core::pinned::Pinned<$kind> {
+                &mut self.core
+            }
+        }
+    };
+}
+pub(crate) use facade;
 
 /// How to load a program's object.
 #[derive(Debug, Default)]
@@ -189,23 +275,23 @@ impl<P: ProgramKind> Pinned<P> {
     }
 
     /// Builds a program with `make` (which loads it and sets it up),
-    /// attaches it to `interfaces` in `mode` and pins it under `pin`. If any
-    /// step fails, nothing is left attached or pinned.
+    /// attaches it to `targets` (from [`Placement::targets`]) and pins it
+    /// as `place` says. If any step fails, nothing is left attached or
+    /// pinned.
     ///
     /// # Errors
     ///
     /// [`PinError`]s for the pin directory (checked first), `make`'s, and
-    /// [`AttachError`](crate::AttachError)s.
+    /// [`AttachError`]s.
     pub(crate) fn create<T: BorrowMut<Self>>(
-        pin: Option<&Path>,
-        interfaces: &[Interface],
-        mode: AttachMode,
+        place: &Placement,
+        targets: &[Interface],
         make: impl FnOnce() -> Result<T, Error>,
     ) -> Result<T, Error> {
-        let dir = pin.map(|p| PinDir::create(p, P::KIND)).transpose()?;
+        let dir = place.pin.as_deref().map(|p| PinDir::create(p, P::KIND)).transpose()?;
         let built = make().and_then(|obj| {
-            for iface in interfaces {
-                obj.borrow().program.attach(iface, mode)?;
+            for iface in targets {
+                obj.borrow().program.attach(iface, place.mode)?;
             }
             Ok(obj)
         });

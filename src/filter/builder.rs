@@ -1,10 +1,7 @@
 //! [`FilterBuilder`]: capacities, policy, interfaces and pinning of a new
 //! [`Filter`].
 
-use std::path::PathBuf;
-
-use crate::core::attach::Interface;
-use crate::core::pinned::{LoadPlan, Pinned};
+use crate::core::pinned::{placement_methods, LoadPlan, Pinned, Placement};
 use crate::error::{AttachError, Error, LoadError};
 use crate::filter::layout::filter_skel::FilterSkelBuilder;
 use crate::filter::layout::xdpg_filter_config;
@@ -29,9 +26,7 @@ use crate::AttachMode;
 /// ```
 #[derive(Debug, Clone)]
 pub struct FilterBuilder {
-    interfaces: Vec<Interface>,
-    mode: AttachMode,
-    pin: Option<PathBuf>,
+    place: Placement,
     v4_capacity: usize,
     v6_capacity: usize,
     malformed: MalformedPolicy,
@@ -40,9 +35,7 @@ pub struct FilterBuilder {
 impl Default for FilterBuilder {
     fn default() -> Self {
         Self {
-            interfaces: Vec::new(),
-            mode: AttachMode::Auto,
-            pin: None,
+            place: Placement::default(),
             v4_capacity: DEFAULT_V4_CAPACITY,
             v6_capacity: DEFAULT_V6_CAPACITY,
             malformed: MalformedPolicy::Pass,
@@ -51,24 +44,7 @@ impl Default for FilterBuilder {
 }
 
 impl FilterBuilder {
-    /// Adds an interface, by name (`"eth0"`) or index (`3u32`).
-    pub fn interface(mut self, iface: impl Into<Interface>) -> Self {
-        self.interfaces.push(iface.into());
-        self
-    }
-
-    /// The attach mode for every interface (default: [`AttachMode::Auto`]).
-    pub fn mode(mut self, mode: AttachMode) -> Self {
-        self.mode = mode;
-        self
-    }
-
-    /// Pins the program, maps and links under this bpffs directory (e.g.
-    /// `/sys/fs/bpf/xdpguard`), so the filter outlives the process.
-    pub fn pin(mut self, dir: impl Into<PathBuf>) -> Self {
-        self.pin = Some(dir.into());
-        self
-    }
+    placement_methods!("filter", "Filter::open_pinned");
 
     /// Maximum IPv4 entries, both lists together (default 1,048,576).
     pub fn v4_capacity(mut self, entries: usize) -> Self {
@@ -109,34 +85,31 @@ impl FilterBuilder {
     /// an interface not found, another XDP program there, a mode the driver
     /// cannot do.
     pub fn attach(self) -> Result<Filter, Error> {
-        if self.interfaces.is_empty() {
-            return Err(AttachError::NoInterface.into());
-        }
         self.build(true)
     }
 
     fn build(self, attach: bool) -> Result<Filter, Error> {
+        let targets = self.place.targets(attach)?;
         for (what, value) in [("v4_capacity", self.v4_capacity), ("v6_capacity", self.v6_capacity)] {
             if value == 0 || value > MAX_CAPACITY {
                 return Err(LoadError::InvalidCapacity { what, value, hint: "between 1 and 16,777,216" }.into());
             }
         }
-        let offload_ifindex = match (self.mode, attach) {
+        let offload_ifindex = match (self.place.mode, attach) {
             (AttachMode::Offload, true) => {
-                if self.interfaces.len() != 1 {
+                if targets.len() != 1 {
                     return Err(AttachError::ModeUnsupported {
-                        interface: self.interfaces.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(","),
+                        interface: self.place.names(),
                         mode: AttachMode::Offload,
                         hint: "an offloaded program is loaded for one device: give exactly one interface",
                     }
                     .into());
                 }
-                Some(self.interfaces[0].resolve()?.0)
+                Some(targets[0].resolve()?.0)
             }
             _ => None,
         };
-        let interfaces: &[Interface] = if attach { &self.interfaces } else { &[] };
-        Pinned::create(self.pin.as_deref(), interfaces, self.mode, || {
+        Pinned::create(&self.place, targets, || {
             let cap = Capacity::new(self.v4_capacity, self.v6_capacity);
             let plan = LoadPlan { sizes: &cap.map_sizes(), offload_ifindex };
             // Both v4 pairs and both v6 tables start empty; pair 0 and view 0 are live.

@@ -78,20 +78,22 @@ impl<'a> Editor<'a> {
     /// One insert or remove, patched into the live tables.
     pub(crate) fn apply_one(&mut self, op: Op) -> Result<bool, ListError> {
         match op.net {
-            IpNetwork::V4(n) => self.v4_one(u32::from(n.network()), n.prefix(), op.bit, op.insert),
-            IpNetwork::V6(n) => self.v6_one(u128::from(n.network()), n.prefix(), op.bit, op.insert),
+            IpNetwork::V4(n) => self.v4_one(op, u32::from(n.network()), n.prefix()),
+            IpNetwork::V6(n) => self.v6_one(op, u128::from(n.network()), n.prefix()),
         }
     }
 
-    fn v4_one(&mut self, net: u32, len: u8, bit: u8, insert: bool) -> Result<bool, ListError> {
-        if insert && self.st.v4.lists(net, len) == 0 && self.st.v4.len() >= self.maps.capacity().v4_rules {
+    /// One v4 edit (`op`, of `net/len`): the /24 cells it touches move one
+    /// by one, in place; too many cells, or host buckets that need
+    /// compacting, and the v4 tables are rebuilt beside the live ones.
+    fn v4_one(&mut self, op: Op, net: u32, len: u8) -> Result<bool, ListError> {
+        if op.insert && self.st.v4.lists(net, len) == 0 && self.st.v4.len() >= self.maps.capacity().v4_rules {
             return Err(self.v4_full());
         }
         let cells = v4::cells_of(net, len);
         let patch = cells.len() as u32 <= MAX_PATCH_CELLS;
         let old: Vec<v4::Cell> = if patch { cells.clone().map(|c| self.st.v4.cell(c)).collect() } else { Vec::new() };
-        let changed = if insert { self.st.v4.insert(net, len, bit) } else { self.st.v4.remove(net, len, bit) };
-        if !changed {
+        if !self.apply_to_model(op) {
             return Ok(false);
         }
         let patched = patch && {
@@ -106,11 +108,7 @@ impl<'a> Editor<'a> {
         };
         // Too large to patch, or the buckets need compacting: rebuild.
         if !patched && self.rebuild_v4().is_err() {
-            if insert {
-                self.st.v4.remove(net, len, bit);
-            } else {
-                self.st.v4.insert(net, len, bit);
-            }
+            self.undo(op);
             let _ = self.rebuild_v4();
             return Err(self.v4_hosts_full());
         }
@@ -197,13 +195,12 @@ impl<'a> Editor<'a> {
     /// One v6 edit. Both tables hold the same entries between edits (the
     /// idle one is the spare a bulk edit fills); a single edit patches the
     /// idle one, then the live one, key by key.
-    fn v6_one(&mut self, net: u128, len: u8, bit: u8, insert: bool) -> Result<bool, ListError> {
-        if insert && self.st.v6.lists(net, len) == 0 && self.st.v6.len() >= self.maps.capacity().v6_rules {
+    fn v6_one(&mut self, op: Op, net: u128, len: u8) -> Result<bool, ListError> {
+        if op.insert && self.st.v6.lists(net, len) == 0 && self.st.v6.len() >= self.maps.capacity().v6_rules {
             return Err(self.v6_full());
         }
         let lens_before = self.st.v6.lens_desc();
-        let changed = if insert { self.st.v6.insert(net, len, bit) } else { self.st.v6.remove(net, len, bit) };
-        if !changed {
+        if !self.apply_to_model(op) {
             return Ok(false);
         }
         let live = self.maps.current_v6_view().table;
@@ -214,18 +211,14 @@ impl<'a> Editor<'a> {
             self.maps.switch_tables(None, Some(slot));
         }
         let mut keys = Vec::new();
-        self.v6_affected(net, len, bit, &mut keys);
-        if insert {
+        self.v6_affected(net, len, op.bit, &mut keys);
+        if op.insert {
             self.bloom_add(&[(net, len)]);
         }
         let patched = [1 - live, live].iter().all(|&t| self.v6_write_keys(t, &keys).is_ok());
         // A chain too long (tombstones pile up): rebuild both tables packed.
         if !patched && self.rebuild_v6().is_err() {
-            if insert {
-                self.st.v6.remove(net, len, bit);
-            } else {
-                self.st.v6.insert(net, len, bit);
-            }
+            self.undo(op);
             let _ = self.rebuild_v6();
             return Err(self.v6_full());
         }

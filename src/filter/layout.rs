@@ -7,7 +7,7 @@
 use std::mem::{offset_of, size_of};
 
 use crate::core::layout::{consts, pod};
-use crate::core::maps::{config, summable};
+use crate::core::maps::{config, counter};
 
 /// The filter program's skeleton (`src/bpf/filter.bpf.c`).
 pub(crate) mod filter_skel {
@@ -41,13 +41,7 @@ pod!(
 );
 
 config!(xdpg_filter_config, xdpg_header);
-summable!(xdpg_counter { packets, bytes });
-
-impl From<xdpg_counter> for crate::Counter {
-    fn from(c: xdpg_counter) -> Self {
-        crate::Counter { packets: c.packets, bytes: c.bytes }
-    }
-}
+counter!(xdpg_counter);
 
 // The same numbers as the _Static_asserts in src/bpf/structs.h and common.h.
 const _: () = {

@@ -14,6 +14,7 @@
 
 mod builder;
 mod editor;
+mod entries;
 mod hash;
 mod layout;
 mod lists;
@@ -40,7 +41,7 @@ use crate::core::attach::{Attachment, Interface};
 use crate::core::layout::consts::*;
 use crate::core::layout::names;
 use crate::core::maps::ProgramMaps;
-use crate::core::pinned::{Kind, Pinned, ProgramKind};
+use crate::core::pinned::{facade, Kind, Pinned, ProgramKind};
 use crate::core::testrun::TestRun;
 use crate::error::{Error, ListError, LoadError};
 use crate::AttachMode;
@@ -143,23 +144,7 @@ pub struct Filter {
     core: Pinned<FilterKind>,
 }
 
-impl std::fmt::Debug for Filter {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.core.debug("Filter", f)
-    }
-}
-
-impl std::borrow::Borrow<Pinned<FilterKind>> for Filter {
-    fn borrow(&self) -> &Pinned<FilterKind> {
-        &self.core
-    }
-}
-
-impl std::borrow::BorrowMut<Pinned<FilterKind>> for Filter {
-    fn borrow_mut(&mut self) -> &mut Pinned<FilterKind> {
-        &mut self.core
-    }
-}
+facade!(Filter, FilterKind);
 
 impl Filter {
     /// Starts building a filter.
@@ -272,7 +257,7 @@ impl Filter {
     ///
     /// # Errors
     ///
-    /// [`AttachError`]s (interface not found, another XDP program there, a
+    /// [`AttachError`](crate::AttachError)s (interface not found, another XDP program there, a
     /// mode the driver cannot do); [`PinError`](crate::PinError) when the
     /// link cannot be pinned.
     pub fn attach(&self, iface: impl Into<Interface>, mode: AttachMode) -> Result<Attachment, Error> {
@@ -283,8 +268,8 @@ impl Filter {
     ///
     /// # Errors
     ///
-    /// [`AttachError::InterfaceNotFound`] when not attached there;
-    /// [`AttachError::Bpf`], [`PinError`](crate::PinError) when the kernel
+    /// [`AttachError::InterfaceNotFound`](crate::AttachError::InterfaceNotFound) when not attached there;
+    /// [`AttachError::Bpf`](crate::AttachError::Bpf), [`PinError`](crate::PinError) when the kernel
     /// or bpffs refuse.
     pub fn detach(&self, iface: impl Into<Interface>) -> Result<(), Error> {
         self.core.program.detach(&iface.into())

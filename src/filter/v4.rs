@@ -18,6 +18,7 @@ use rustc_hash::FxHashMap;
 
 use crate::core::layout::consts::*;
 use crate::core::table::{self, Layout, Store, TableError};
+use crate::filter::entries::{self, Entries};
 use crate::filter::hash::v4_host_hash;
 use crate::filter::layout::{xdpg_v4_bucket, ALLOW, BLOCK, LIST_ALLOW, LIST_BLOCK, PASS};
 
@@ -77,7 +78,7 @@ impl Cell {
 #[derive(Debug, Default, Clone)]
 pub(crate) struct V4Rules {
     /// (network, prefix length) → list bits.
-    rules: FxHashMap<(u32, u8), u8>,
+    rules: Entries<u32>,
     /// Number of rules per (list, length) for lengths up to 24.
     short_counts: [[u32; 25]; 2],
     /// Lengths up to 24 in use, per list, so coverage checks skip the rest.
@@ -144,21 +145,19 @@ impl V4Rules {
     }
 
     pub(crate) fn lists(&self, net: u32, len: u8) -> u8 {
-        self.rules.get(&(net, len)).copied().unwrap_or(0)
+        self.rules.lists(net, len)
     }
 
     pub(crate) fn iter(&self) -> impl Iterator<Item = (u32, u8, u8)> + '_ {
-        self.rules.iter().map(|(&(n, l), &b)| (n, l, b))
+        self.rules.iter()
     }
 
     /// Adds `bit` to the entry; returns whether anything changed.
     pub(crate) fn insert(&mut self, net: u32, len: u8, bit: u8) -> bool {
-        let bits = self.rules.entry((net, len)).or_insert(0);
-        if *bits & bit != 0 {
+        let Some(before) = self.rules.add(net, len, bit) else {
             return false;
-        }
-        *bits |= bit;
-        let now = *bits;
+        };
+        let now = before | bit;
         if len <= 24 {
             let l = list_index(bit);
             self.short_counts[l][usize::from(len)] += 1;
@@ -175,18 +174,10 @@ impl V4Rules {
 
     /// Removes `bit` from the entry; returns whether anything changed.
     pub(crate) fn remove(&mut self, net: u32, len: u8, bit: u8) -> bool {
-        let Some(bits) = self.rules.get_mut(&(net, len)) else {
+        let Some(now) = self.rules.remove(net, len, bit) else {
             return false;
         };
-        if *bits & bit == 0 {
-            return false;
-        }
-        *bits &= !bit;
-        let now = *bits;
         let now_empty = now == 0;
-        if now_empty {
-            self.rules.remove(&(net, len));
-        }
         if len <= 24 {
             let l = list_index(bit);
             self.short_counts[l][usize::from(len)] -= 1;
@@ -213,13 +204,7 @@ impl V4Rules {
 
     /// The verdict of a whole /24 from rules of length ≤ 24 alone.
     fn base24(&self, idx24: u32) -> u8 {
-        if self.covers24(idx24, LIST_ALLOW) {
-            ALLOW
-        } else if self.covers24(idx24, LIST_BLOCK) {
-            BLOCK
-        } else {
-            PASS
-        }
+        entries::verdict(|bit| self.covers24(idx24, bit))
     }
 
     /// The state of one /24.
@@ -278,13 +263,7 @@ impl V4Rules {
     /// The verdict for `addr`, straight from the rules (the reference the
     /// tables are checked against).
     pub(crate) fn verdict(&self, addr: u32) -> u8 {
-        if self.matching(addr, LIST_ALLOW).is_some() {
-            ALLOW
-        } else if self.matching(addr, LIST_BLOCK).is_some() {
-            BLOCK
-        } else {
-            PASS
-        }
+        entries::verdict(|bit| self.matching(addr, bit).is_some())
     }
 
     /// Builds both levels from scratch.
@@ -292,7 +271,7 @@ impl V4Rules {
         let mut words = vec![0u64; CELLS / 16];
         // Short prefixes: blocks first, then allows over them.
         for (bit, value) in [(LIST_BLOCK, BLOCK), (LIST_ALLOW, ALLOW)] {
-            for (&(net, len), &bits) in &self.rules {
+            for (net, len, bits) in self.rules.iter() {
                 if len <= 24 && bits & bit != 0 {
                     fill_cells(&mut words, cells_of(net, len), value);
                 }

@@ -15,11 +15,10 @@ use std::collections::BTreeSet;
 #[cfg(test)]
 use std::collections::HashMap;
 
-use rustc_hash::FxHashMap;
-
 use crate::core::layout::consts::*;
 use crate::core::table::Layout;
-use crate::filter::layout::{xdpg_v6_bucket, xdpg_v6_entry, ALLOW, BLOCK, LIST_ALLOW, LIST_BLOCK, PASS};
+use crate::filter::entries::{self, Entries};
+use crate::filter::layout::{xdpg_v6_bucket, xdpg_v6_entry, ALLOW, BLOCK, LIST_ALLOW};
 
 pub(crate) fn mask(len: u8) -> u128 {
     if len == 0 {
@@ -88,7 +87,7 @@ impl Layout for xdpg_v6_bucket {
 /// The v6 entries of both lists.
 #[derive(Debug, Clone)]
 pub(crate) struct V6Rules {
-    rules: FxHashMap<(u128, u8), u8>,
+    rules: Entries<u128>,
     /// The same entries in address order, for "entries inside this prefix".
     ordered: BTreeSet<(u128, u8)>,
     /// Entries per length (any list), and allowlist entries per length.
@@ -98,7 +97,7 @@ pub(crate) struct V6Rules {
 
 impl Default for V6Rules {
     fn default() -> Self {
-        Self { rules: FxHashMap::default(), ordered: BTreeSet::new(), len_counts: [0; 129], allow_len_counts: [0; 129] }
+        Self { rules: Entries::default(), ordered: BTreeSet::new(), len_counts: [0; 129], allow_len_counts: [0; 129] }
     }
 }
 
@@ -108,23 +107,21 @@ impl V6Rules {
     }
 
     pub(crate) fn lists(&self, net: u128, len: u8) -> u8 {
-        self.rules.get(&(net, len)).copied().unwrap_or(0)
+        self.rules.lists(net, len)
     }
 
     pub(crate) fn iter(&self) -> impl Iterator<Item = (u128, u8, u8)> + '_ {
-        self.rules.iter().map(|(&(n, l), &b)| (n, l, b))
+        self.rules.iter()
     }
 
     pub(crate) fn insert(&mut self, net: u128, len: u8, bit: u8) -> bool {
-        let bits = self.rules.entry((net, len)).or_insert(0);
-        if *bits & bit != 0 {
+        let Some(before) = self.rules.add(net, len, bit) else {
             return false;
-        }
-        if *bits == 0 {
+        };
+        if before == 0 {
             self.ordered.insert((net, len));
             self.len_counts[usize::from(len)] += 1;
         }
-        *bits |= bit;
         if bit == LIST_ALLOW {
             self.allow_len_counts[usize::from(len)] += 1;
         }
@@ -132,15 +129,10 @@ impl V6Rules {
     }
 
     pub(crate) fn remove(&mut self, net: u128, len: u8, bit: u8) -> bool {
-        let Some(bits) = self.rules.get_mut(&(net, len)) else {
+        let Some(now) = self.rules.remove(net, len, bit) else {
             return false;
         };
-        if *bits & bit == 0 {
-            return false;
-        }
-        *bits &= !bit;
-        if *bits == 0 {
-            self.rules.remove(&(net, len));
+        if now == 0 {
             self.ordered.remove(&(net, len));
             self.len_counts[usize::from(len)] -= 1;
         }
@@ -183,8 +175,8 @@ impl V6Rules {
     /// All entries with their effective verdicts.
     pub(crate) fn entries(&self) -> Vec<(u128, u8, u8)> {
         self.rules
-            .keys()
-            .map(|&(n, l)| (n, l, self.effective(n, l).expect("is an entry")))
+            .iter()
+            .map(|(n, l, _)| (n, l, self.effective(n, l).expect("is an entry")))
             .collect()
     }
 
@@ -199,13 +191,7 @@ impl V6Rules {
 
     /// The reference verdict for `addr`.
     pub(crate) fn verdict(&self, addr: u128) -> u8 {
-        if self.matching(addr, LIST_ALLOW).is_some() {
-            ALLOW
-        } else if self.matching(addr, LIST_BLOCK).is_some() {
-            BLOCK
-        } else {
-            PASS
-        }
+        entries::verdict(|bit| self.matching(addr, bit).is_some())
     }
 
     /// What the data plane computes: the first hit, longest length first.
@@ -213,13 +199,14 @@ impl V6Rules {
     pub(crate) fn dataplane_verdict(table: &HashMap<(u128, u8), u8>, lens: &[u8], addr: u128) -> u8 {
         lens.iter()
             .find_map(|&l| table.get(&(addr & mask(l), l)).copied())
-            .unwrap_or(PASS)
+            .unwrap_or(crate::filter::layout::PASS)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::filter::layout::{LIST_BLOCK, PASS};
     use crate::core::hash::mix32;
     use crate::core::table::{self, TableError};
     use rand::rngs::StdRng;

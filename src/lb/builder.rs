@@ -1,7 +1,6 @@
 //! [`LoadBalancerBuilder`]: capacities, policies, interfaces and pinning
 //! of a new [`LoadBalancer`].
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use ipnetwork::IpNetwork;
@@ -14,17 +13,15 @@ use super::{neigh, LoadBalancer, DEFAULT_CONNECTIONS, DEFAULT_MAX_BACKENDS, DEFA
 use super::{EchoPolicy, FragmentPolicy, NewFlowLimit, OptionsPolicy};
 use crate::core::attach::Interface;
 use crate::core::layout::consts::XDPG_LB_DEFAULT_DEVICES;
-use crate::core::pinned::{LoadPlan, Pinned};
+use crate::core::pinned::{placement_methods, LoadPlan, Pinned, Placement};
 use crate::error::{AttachError, Error, LoadError};
 use crate::AttachMode;
 
 /// Builds and attaches a [`LoadBalancer`].
 #[derive(Debug, Clone)]
 pub struct LoadBalancerBuilder {
-    interfaces: Vec<Interface>,
+    place: Placement,
     redirect: Vec<Interface>,
-    mode: AttachMode,
-    pin: Option<PathBuf>,
     max_vips: u32,
     max_backends: u32,
     connections: u32,
@@ -43,10 +40,8 @@ pub struct LoadBalancerBuilder {
 impl Default for LoadBalancerBuilder {
     fn default() -> Self {
         LoadBalancerBuilder {
-            interfaces: Vec::new(),
+            place: Placement::default(),
             redirect: Vec::new(),
-            mode: AttachMode::Auto,
-            pin: None,
             max_vips: DEFAULT_MAX_VIPS,
             max_backends: DEFAULT_MAX_BACKENDS,
             connections: DEFAULT_CONNECTIONS,
@@ -65,31 +60,13 @@ impl Default for LoadBalancerBuilder {
 }
 
 impl LoadBalancerBuilder {
-    /// Adds an interface to attach to, by name (`"eth0"`) or index. It is
-    /// also a redirect target.
-    pub fn interface(mut self, iface: impl Into<Interface>) -> Self {
-        self.interfaces.push(iface.into());
-        self
-    }
+    placement_methods!("load balancer", "LoadBalancer::open_pinned", "It is also a redirect target.");
 
     /// Adds an interface the LB may send packets out of (`XDP_REDIRECT`)
     /// without attaching to it, e.g. when the LB is tail-called by a filter
     /// attached there. Interfaces it attaches to are added anyway.
     pub fn redirect_interface(mut self, iface: impl Into<Interface>) -> Self {
         self.redirect.push(iface.into());
-        self
-    }
-
-    /// The attach mode for every interface (default: [`AttachMode::Auto`]).
-    pub fn mode(mut self, mode: AttachMode) -> Self {
-        self.mode = mode;
-        self
-    }
-
-    /// Pins the program, maps and links under this bpffs directory, so the
-    /// LB outlives the process.
-    pub fn pin(mut self, dir: impl Into<PathBuf>) -> Self {
-        self.pin = Some(dir.into());
         self
     }
 
@@ -207,13 +184,11 @@ impl LoadBalancerBuilder {
     /// offload asked for, an interface not found, another XDP program
     /// there, a mode the driver cannot do.
     pub fn attach(self) -> Result<LoadBalancer, Error> {
-        if self.interfaces.is_empty() {
-            return Err(AttachError::NoInterface.into());
-        }
         self.build(true)
     }
 
     fn build(self, attach: bool) -> Result<LoadBalancer, Error> {
+        let targets = self.place.targets(attach)?;
         for (what, value, max) in [
             ("max_vips", self.max_vips, 1 << 16),
             ("max_backends", self.max_backends, 1 << 20),
@@ -231,17 +206,16 @@ impl LoadBalancerBuilder {
                 .into());
             }
         }
-        if attach && self.mode == AttachMode::Offload {
+        if attach && self.place.mode == AttachMode::Offload {
             return Err(AttachError::ModeUnsupported {
-                interface: self.interfaces.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(","),
+                interface: self.place.names(),
                 mode: AttachMode::Offload,
                 hint: "the load balancer uses map-in-map, LRU maps and the FIB, which NICs cannot offload; use \
                        native or auto mode",
             }
             .into());
         }
-        let interfaces: &[Interface] = if attach { &self.interfaces } else { &[] };
-        Pinned::create(self.pin.as_deref(), interfaces, self.mode, || {
+        Pinned::create(&self.place, targets, || {
             let (interval, burst) = self.new_flow_limit.gcra();
             let tick = ns_per_jiffy();
             let (netns, ns) = neigh::current().map_err(|source| LoadError::Bpf {
@@ -276,7 +250,7 @@ impl LoadBalancerBuilder {
                 lb.set_ipip_source(*prefix)?;
             }
             // Every interface it runs on can also be an egress.
-            for iface in self.redirect.iter().chain(&self.interfaces) {
+            for iface in self.redirect.iter().chain(&self.place.interfaces) {
                 lb.add_redirect_interface(iface.clone())?;
             }
             Ok(lb)

@@ -3,21 +3,20 @@
 
 use std::net::IpAddr;
 use std::os::fd::BorrowedFd;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use super::hash::{addr_words, family_code};
 use super::layout::decap_skel::DecapSkelBuilder;
 use super::layout::{decap, xdpg_decap_config, xdpg_decap_key};
 use super::maps::map_err;
 use super::state::ip_from_words;
-use crate::core::attach::{Attachment, Interface};
+use crate::core::attach::Attachment;
 use crate::core::layout::consts::*;
 use crate::core::layout::names;
 use crate::core::maps::{program_maps, Hash, Mmapped, PerCpu, ProgramMaps};
-use crate::core::pinned::{Kind, LoadPlan, Pinned, ProgramKind};
+use crate::core::pinned::{facade, placement_methods, Kind, LoadPlan, Pinned, Placement, ProgramKind};
 use crate::core::testrun::TestRun;
-use crate::error::{AttachError, Error, LbError};
-use crate::AttachMode;
+use crate::error::{Error, LbError};
 use crate::Counter;
 
 program_maps! {
@@ -80,31 +79,13 @@ pub struct Decap {
     core: Pinned<DecapKind>,
 }
 
-impl std::fmt::Debug for Decap {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.core.debug("Decap", f)
-    }
-}
-
-impl std::borrow::Borrow<Pinned<DecapKind>> for Decap {
-    fn borrow(&self) -> &Pinned<DecapKind> {
-        &self.core
-    }
-}
-
-impl std::borrow::BorrowMut<Pinned<DecapKind>> for Decap {
-    fn borrow_mut(&mut self) -> &mut Pinned<DecapKind> {
-        &mut self.core
-    }
-}
+facade!(Decap, DecapKind);
 
 /// Builds a [`Decap`].
 #[derive(Debug, Clone, Default)]
 pub struct DecapBuilder {
-    interfaces: Vec<Interface>,
-    mode: AttachMode,
+    place: Placement,
     locals: Vec<IpAddr>,
-    pin: Option<PathBuf>,
 }
 
 /// The decapsulator's counters.
@@ -117,29 +98,11 @@ pub struct DecapStats {
 }
 
 impl DecapBuilder {
-    /// Adds an interface to attach to.
-    pub fn interface(mut self, iface: impl Into<Interface>) -> Self {
-        self.interfaces.push(iface.into());
-        self
-    }
-
-    /// The attach mode (default auto).
-    pub fn mode(mut self, mode: AttachMode) -> Self {
-        self.mode = mode;
-        self
-    }
+    placement_methods!("decapsulator", "Decap::open_pinned");
 
     /// Adds a local tunnel endpoint: outer destinations to decapsulate for.
     pub fn local(mut self, addr: IpAddr) -> Self {
         self.locals.push(addr);
-        self
-    }
-
-    /// Pins the program, its maps and its links under `dir` (on bpffs; the
-    /// directory must not exist or be empty), so the decapsulator outlives
-    /// this process. [`Decap::open_pinned`] reopens it.
-    pub fn pin(mut self, dir: impl Into<PathBuf>) -> Self {
-        self.pin = Some(dir.into());
         self
     }
 
@@ -160,19 +123,16 @@ impl DecapBuilder {
     ///
     /// # Errors
     ///
-    /// As [`load`](Self::load), and [`AttachError`]s: no interface given,
+    /// As [`load`](Self::load), and [`AttachError`](crate::AttachError)s: no interface given,
     /// an interface not found, another XDP program there, a mode the driver
     /// cannot do.
     pub fn attach(self) -> Result<Decap, Error> {
-        if self.interfaces.is_empty() {
-            return Err(AttachError::NoInterface.into());
-        }
         self.build(true)
     }
 
     fn build(self, attach: bool) -> Result<Decap, Error> {
-        let interfaces: &[Interface] = if attach { &self.interfaces } else { &[] };
-        Pinned::create(self.pin.as_deref(), interfaces, self.mode, || {
+        let targets = self.place.targets(attach)?;
+        Pinned::create(&self.place, targets, || {
             let core = Pinned::load(DecapSkelBuilder::default(), &LoadPlan::default(), |_| {})?;
             let decap = Decap { core };
             for a in &self.locals {
@@ -215,7 +175,7 @@ impl Decap {
     ///
     /// # Errors
     ///
-    /// [`AttachError::Bpf`] or [`PinError`](crate::PinError) when the
+    /// [`AttachError::Bpf`](crate::AttachError::Bpf) or [`PinError`](crate::PinError) when the
     /// kernel or bpffs refuse, for the first interface that fails.
     pub fn unpin(self) -> Result<(), Error> {
         self.core.program.unpin()

@@ -1,6 +1,7 @@
 //! The load balancer's and the decapsulator's kernel/user shared layouts:
-//! the skeleton-generated types of `src/bpf/lb_structs.h`, checked at compile time against the
-//! sizes and offsets the C side pins with `_Static_assert`.
+//! the skeleton-generated types of `src/bpf/lb_structs.h`, checked at
+//! compile time against the sizes and offsets the C side pins with
+//! `_Static_assert`.
 
 #![allow(missing_docs, non_camel_case_types, clippy::all)]
 
@@ -33,7 +34,7 @@ pub(crate) mod decap {
 }
 
 use crate::core::layout::pod;
-use crate::core::maps::{config, summable};
+use crate::core::maps::{config, counter, summable};
 
 pod!(
     xdpg_counter,
@@ -59,24 +60,11 @@ pod!(
 
 config!(xdpg_lb_config, xdpg_header);
 config!(xdpg_decap_config, decap::xdpg_header);
+counter!(xdpg_counter, decap::xdpg_counter);
 summable!(
-    xdpg_counter { packets, bytes },
-    decap::xdpg_counter { packets, bytes },
     xdpg_lb_vip_stats { packets, bytes, new_flows, lru_hits, lru_misses },
     xdpg_lb_backend_stats { packets, bytes, no_neigh_packets, no_neigh_bytes },
 );
-
-impl From<xdpg_counter> for crate::Counter {
-    fn from(c: xdpg_counter) -> Self {
-        crate::Counter { packets: c.packets, bytes: c.bytes }
-    }
-}
-
-impl From<decap::xdpg_counter> for crate::Counter {
-    fn from(c: decap::xdpg_counter) -> Self {
-        crate::Counter { packets: c.packets, bytes: c.bytes }
-    }
-}
 
 // The same numbers as the _Static_asserts in src/bpf/lb_structs.h.
 const _: () = {

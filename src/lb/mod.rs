@@ -36,7 +36,7 @@ use crate::core::attach::{Attachment, Interface};
 use crate::core::layout::consts::*;
 use crate::core::layout::names;
 use crate::core::maps::ProgramMaps;
-use crate::core::pinned::{Kind, Pinned, ProgramKind};
+use crate::core::pinned::{facade, Kind, Pinned, ProgramKind};
 use crate::core::testrun::TestRun;
 use crate::error::{Error, LbError};
 use crate::AttachMode;
@@ -232,23 +232,7 @@ impl ProgramKind for LbKind {
     }
 }
 
-impl std::fmt::Debug for LoadBalancer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.core.debug("LoadBalancer", f)
-    }
-}
-
-impl std::borrow::Borrow<Pinned<LbKind>> for LoadBalancer {
-    fn borrow(&self) -> &Pinned<LbKind> {
-        &self.core
-    }
-}
-
-impl std::borrow::BorrowMut<Pinned<LbKind>> for LoadBalancer {
-    fn borrow_mut(&mut self) -> &mut Pinned<LbKind> {
-        &mut self.core
-    }
-}
+facade!(LoadBalancer, LbKind);
 
 impl LoadBalancer {
     /// Starts building a load balancer.

@@ -277,7 +277,7 @@ impl LoadBalancer {
 
     /// A VIP's backends with their counters and the state of their next
     /// hops (read from the kernel's route and neighbour tables in the LB's
-    /// network namespace; [`NeighbourState::Unknown`] when that namespace
+    /// network namespace; [`NeighbourState::Unknown`](super::NeighbourState::Unknown) when that namespace
     /// cannot be reached from this thread).
     ///
     /// # Errors
