@@ -465,3 +465,29 @@ pub enum LbError {
     #[error(transparent)]
     Pin(#[from] PinError),
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Hints name the command of the program they are about.
+    #[test]
+    fn pin_hints_name_the_right_cli() {
+        for (kind, cli) in [("filter", "xdpguard"), ("load balancer", "xdpguard-lb"), ("decapsulator", "xdpguard-lb decap")]
+        {
+            let path = PathBuf::from("/sys/fs/bpf/x");
+            let in_use = PinError::InUse { path: path.clone(), kind, cli }.to_string();
+            assert!(in_use.contains(&format!("`{cli} detach --pin /sys/fs/bpf/x`")), "{in_use}");
+            let not_found = PinError::NotFound { path, kind, cli }.to_string();
+            assert!(not_found.contains(&format!("`{cli} attach --pin /sys/fs/bpf/x`")), "{not_found}");
+        }
+    }
+
+    /// The Maglev size check and its message agree: 10 slots a backend.
+    #[test]
+    fn table_too_small_says_what_is_checked() {
+        let vip = crate::Vip::tcp("203.0.113.10:80".parse().unwrap());
+        let text = LbError::TableTooSmall { vip, backends: 2, size: 7 }.to_string();
+        assert!(text.contains("at least 10 times the number of backends"), "{text}");
+    }
+}

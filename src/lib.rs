@@ -23,7 +23,16 @@
 //!   without tunnel modules decapsulate with [`Decap`].
 //!
 //! Requirements: Linux 5.15 or later with BTF (tested on 6.18), and the
-//! CAP_BPF and CAP_NET_ADMIN capabilities (or root).
+//! CAP_BPF and CAP_NET_ADMIN capabilities (or root). The load balancer
+//! keeps backends' next hops resolved before their first packet from Linux
+//! 5.16 on (managed neighbour entries); [`Decap`] runs from Linux 5.9.
+//!
+//! Inside, every program is the same shape: an eBPF program in `src/bpf/`
+//! whose config value starts with a shared header, typed maps declared
+//! once, and a model of its configuration, driven by one core
+//! (`src/core/`) that loads, attaches, pins, reopens and edits it with
+//! crash repair. [`Filter`] (`src/filter/`), [`LoadBalancer`] and [`Decap`]
+//! (`src/lb/`) are thin types over that core.
 //!
 //! Features: `testing` adds [`testing`] (not in the default build; pulls in
 //! etherparse): the test kit the crate's own tests use, to test your lists

@@ -19,7 +19,8 @@ use crate::error::ListError;
 use crate::filter::layout::{xdpg_v4_rule, xdpg_v6_bucket, xdpg_v6_rule, xdpg_v6_view, LIST_ALLOW};
 use crate::filter::maps::FilterMaps;
 use crate::filter::state::{v6_from_words, v6_words, ListState};
-use crate::filter::v4::{self, CellStore};
+use crate::filter::v4;
+use crate::filter::v4_tables::{transition, CellStore};
 use crate::filter::v6::V6Key;
 
 /// Cells touched by one prefix beyond which a single edit rebuilds instead
@@ -103,7 +104,7 @@ impl<'a> Editor<'a> {
             let mut buckets = Live(self.maps.hosts(active));
             cells.zip(old).all(|(c, o)| {
                 let n = self.st.v4.cell(c);
-                n == o || v4::transition(&mut cells_store, &mut buckets, seed, c, &o, &n).is_ok()
+                n == o || transition(&mut cells_store, &mut buckets, seed, c, &o, &n).is_ok()
             })
         };
         // Too large to patch, or the buckets need compacting: rebuild.

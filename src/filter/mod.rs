@@ -6,7 +6,8 @@
 //! - `lists.rs`: the lists as the API shows them ([`PrefixList`]);
 //!   `prefix.rs`: parsing and normalising entries; `stats.rs`: counters.
 //! - `state.rs`: the model of both lists; `editor.rs`: how an edit reaches
-//!   the tables; `v4.rs` and `v6.rs`: the tables the data plane reads;
+//!   the tables; `v4.rs` and `v6.rs`: each family's model, and (`v4_tables.rs`,
+//!   `v6.rs`) the tables the data plane reads;
 //!   `hash.rs`: their hashes.
 //!
 //! [`FilterKind`] is what the core needs to know: its maps, its model, and
@@ -23,6 +24,7 @@ mod prefix;
 mod state;
 mod stats;
 mod v4;
+mod v4_tables;
 mod v6;
 
 pub use builder::FilterBuilder;

@@ -8,7 +8,7 @@
 //!   maps; `vips.rs`: adding and removing VIPs; `batch.rs`: backend
 //!   changes and the Maglev batch edit; `maglev.rs`: the tables.
 //! - `flows.rs`: where a flow goes (`hash.rs`: the data plane's hash);
-//!   `settings.rs`: policies and timeouts; `stats.rs`: counters;
+//!   `settings.rs` and `policies.rs`: policies and timeouts; `stats.rs`: counters;
 //!   `hops.rs` and `neigh.rs`: backends' next hops.
 //! - `decap.rs`: [`Decap`], a second program over the same core.
 
@@ -22,6 +22,7 @@ pub(crate) mod layout;
 pub(crate) mod maglev;
 mod maps;
 mod neigh;
+mod policies;
 mod settings;
 mod state;
 mod stats;
@@ -46,10 +47,10 @@ pub use builder::LoadBalancerBuilder;
 pub use decap::{Decap, DecapBuilder, DecapStats};
 pub use neigh::NEIGH_PROTOCOL;
 pub use stats::{BackendStats, LbDrops, LbStats, VipStats};
+pub use policies::{EchoPolicy, FragmentPolicy, NewFlowLimit, OptionsPolicy};
 pub use types::{
-    Backend, BackendAddr, BackendState, EchoPolicy, Flow, ForwardingMode, FragmentPolicy, HashInput,
-    NeighbourState, NewFlowLimit, NextHop, OptionsPolicy, Protocol, Vip, VipConfig, DEFAULT_TABLE_SIZE,
-    MAX_TABLE_SIZE, MAX_WEIGHT, MIN_TABLE_SIZE,
+    Backend, BackendAddr, BackendState, Flow, ForwardingMode, HashInput, NeighbourState, NextHop, Protocol, Vip,
+    VipConfig, DEFAULT_TABLE_SIZE, MAX_TABLE_SIZE, MAX_WEIGHT, MIN_TABLE_SIZE,
 };
 
 use maps::{map_err, LbMaps};

@@ -1,5 +1,6 @@
-//! The load balancer's public vocabulary: VIPs, backends, modes, policies
-//! and flows. Everything is typed; nothing here is raw bytes.
+//! The load balancer's public vocabulary: VIPs, backends, modes and flows
+//! (policies are in `policies.rs`). Everything is typed; nothing here is
+//! raw bytes.
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -237,8 +238,13 @@ pub enum HashInput {
 pub struct VipConfig {
     /// How packets reach the backends.
     pub mode: ForwardingMode,
-    /// Maglev table size: a prime, at least 100 times the largest number of
-    /// backends the VIP will have (default 65537).
+    /// Maglev table size: a prime (default 65537). Backends share it in
+    /// proportion to their weights, so more slots per backend mean fairer
+    /// shares: 100 or more (Maglev's recommendation) keep each backend
+    /// within about 1% of its share, 65537 does that for up to 655
+    /// backends. Fewer than 10 slots per backend is refused
+    /// ([`LbError::TableTooSmall`](crate::LbError::TableTooSmall)): a slot
+    /// would then be over a tenth of a backend's share.
     pub table_size: u32,
     /// What the flow hash covers.
     pub hash: HashInput,
@@ -265,7 +271,8 @@ impl VipConfig {
         VipConfig { mode, ..Default::default() }
     }
 
-    /// Sets the Maglev table size (a prime).
+    /// Sets the Maglev table size: a prime, at least 10 and preferably 100
+    /// times the number of backends (see [`VipConfig::table_size`]).
     pub fn table_size(mut self, size: u32) -> Self {
         self.table_size = size;
         self
@@ -529,145 +536,6 @@ impl fmt::Display for Flow {
     }
 }
 
-/// What the LB does with ICMP echo requests to a VIP address.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub enum EchoPolicy {
-    /// Answer in XDP (the VIP is pingable whatever its backends do).
-    #[default]
-    Answer,
-    /// Hand them to the LB host's stack.
-    Pass,
-    /// Drop them (counted).
-    Drop,
-}
-
-impl EchoPolicy {
-    pub(crate) fn code(self) -> u8 {
-        (match self {
-            EchoPolicy::Answer => XDPG_LB_ECHO_ANSWER,
-            EchoPolicy::Pass => XDPG_LB_ECHO_PASS,
-            EchoPolicy::Drop => XDPG_LB_ECHO_DROP,
-        }) as u8
-    }
-
-    pub(crate) fn from_code(c: u8) -> Self {
-        match u32::from(c) {
-            XDPG_LB_ECHO_PASS => EchoPolicy::Pass,
-            XDPG_LB_ECHO_DROP => EchoPolicy::Drop,
-            _ => EchoPolicy::Answer,
-        }
-    }
-}
-
-/// What the LB does with IP fragments addressed to a VIP address.
-/// Fragments carry no ports after the first one, so they cannot be matched
-/// to a single-port VIP or tracked.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub enum FragmentPolicy {
-    /// Fragments to an all-ports L2 DSR or IPIP VIP are forwarded, hashed
-    /// on addresses and protocol only (so all fragments of a datagram reach
-    /// the same backend) and not tracked; every other fragment to a VIP
-    /// address is dropped and counted.
-    #[default]
-    ForwardAllPorts,
-    /// Every fragment to a VIP address is dropped and counted.
-    Drop,
-}
-
-impl FragmentPolicy {
-    pub(crate) fn code(self) -> u8 {
-        (match self {
-            FragmentPolicy::ForwardAllPorts => XDPG_LB_FRAG_FORWARD,
-            FragmentPolicy::Drop => XDPG_LB_FRAG_DROP,
-        }) as u8
-    }
-
-    pub(crate) fn from_code(c: u8) -> Self {
-        if u32::from(c) == XDPG_LB_FRAG_DROP {
-            FragmentPolicy::Drop
-        } else {
-            FragmentPolicy::ForwardAllPorts
-        }
-    }
-}
-
-/// What the LB does with IPv4 TCP and UDP packets carrying options to a
-/// VIP. Fragments follow the [`FragmentPolicy`] whatever their options, and
-/// ICMP (echo, errors) is handled whatever its options.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub enum OptionsPolicy {
-    /// Forward them like any other packet (counted).
-    #[default]
-    Forward,
-    /// Drop them (counted).
-    Drop,
-}
-
-impl OptionsPolicy {
-    pub(crate) fn code(self) -> u8 {
-        (match self {
-            OptionsPolicy::Forward => XDPG_LB_OPTIONS_FORWARD,
-            OptionsPolicy::Drop => XDPG_LB_OPTIONS_DROP,
-        }) as u8
-    }
-
-    pub(crate) fn from_code(c: u8) -> Self {
-        if u32::from(c) == XDPG_LB_OPTIONS_DROP {
-            OptionsPolicy::Drop
-        } else {
-            OptionsPolicy::Forward
-        }
-    }
-}
-
-/// The per-CPU bound on new connection-table entries, so a SYN flood
-/// cannot evict live flows. Flows over the bound are still forwarded (by
-/// Maglev), just not tracked, and counted as refused; except new flows to a
-/// NAT VIP, which need their entry to translate replies back and are
-/// dropped instead ([`LbDrops::nat_untracked`](crate::LbDrops::nat_untracked)).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum NewFlowLimit {
-    /// No bound.
-    Unlimited,
-    /// At most `per_second` new entries per second on each CPU, with bursts
-    /// of up to `burst` entries.
-    PerCpu {
-        /// Sustained rate.
-        per_second: u32,
-        /// Burst size (at least 1).
-        burst: u32,
-    },
-}
-
-impl Default for NewFlowLimit {
-    fn default() -> Self {
-        NewFlowLimit::PerCpu { per_second: 200_000, burst: 20_000 }
-    }
-}
-
-impl NewFlowLimit {
-    /// (interval ns, burst ns) as the data plane's GCRA wants them.
-    pub(crate) fn gcra(self) -> (u64, u64) {
-        match self {
-            NewFlowLimit::Unlimited => (0, 0),
-            NewFlowLimit::PerCpu { per_second, burst } => {
-                let interval = (1_000_000_000u64 / u64::from(per_second.max(1))).max(1);
-                (interval, interval * u64::from(burst.max(1) - 1))
-            }
-        }
-    }
-
-    pub(crate) fn from_gcra(interval: u64, burst_ns: u64) -> Self {
-        if interval == 0 {
-            return NewFlowLimit::Unlimited;
-        }
-        NewFlowLimit::PerCpu {
-            per_second: (1_000_000_000 / interval).min(u64::from(u32::MAX)) as u32,
-            burst: (burst_ns / interval + 1).min(u64::from(u32::MAX)) as u32,
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -693,14 +561,5 @@ mod tests {
         let shown: Vec<String> = v.iter().map(|b| b.to_string()).collect();
         assert_eq!(shown, ["198.51.100.1", "198.51.100.1:8080", "198.51.100.3", "2001:db8::1"]);
         assert_ne!(v[0].identity(), v[1].identity());
-    }
-
-    #[test]
-    fn gcra_round_trips() {
-        let l = NewFlowLimit::PerCpu { per_second: 1000, burst: 50 };
-        let (i, b) = l.gcra();
-        assert_eq!(i, 1_000_000);
-        assert_eq!(NewFlowLimit::from_gcra(i, b), l);
-        assert_eq!(NewFlowLimit::Unlimited.gcra(), (0, 0));
     }
 }
