@@ -473,8 +473,8 @@ mod tests {
     /// Hints name the command of the program they are about.
     #[test]
     fn pin_hints_name_the_right_cli() {
-        for (kind, cli) in [("filter", "xdpguard"), ("load balancer", "xdpguard-lb"), ("decapsulator", "xdpguard-lb decap")]
-        {
+        let kinds = [("filter", "xdpguard"), ("load balancer", "xdpguard-lb"), ("decapsulator", "xdpguard-lb decap")];
+        for (kind, cli) in kinds {
             let path = PathBuf::from("/sys/fs/bpf/x");
             let in_use = PinError::InUse { path: path.clone(), kind, cli }.to_string();
             assert!(in_use.contains(&format!("`{cli} detach --pin /sys/fs/bpf/x`")), "{in_use}");

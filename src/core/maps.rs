@@ -109,7 +109,10 @@ fn check_sizes(name: &str, handle: &MapHandle, key: usize, value: usize) -> io::
     if (k, v) != (key, value) {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
-            format!("map {name} has {k}-byte keys and {v}-byte values, this build expects {key} and {value} (mismatched layout)"),
+            format!(
+                "map {name} has {k}-byte keys and {v}-byte values, this build expects {key} and {value} \
+                 (mismatched layout)"
+            ),
         ));
     }
     Ok(())

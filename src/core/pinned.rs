@@ -230,9 +230,10 @@ impl<P: ProgramKind> Pinned<P> {
             return Err(LoadError::MissingPrivileges { missing }.into());
         }
         let mut storage = MaybeUninit::uninit();
-        let mut open = builder
-            .open(&mut storage)
-            .map_err(|e| LoadError::Bpf { op: format!("opening the {} object", kind.name), source: io_from_libbpf(e) })?;
+        let mut open = builder.open(&mut storage).map_err(|e| LoadError::Bpf {
+            op: format!("opening the {} object", kind.name),
+            source: io_from_libbpf(e),
+        })?;
         let object = open.open_object_mut();
         for mut map in object.maps_mut() {
             if let Some(&(_, entries)) = plan.sizes.iter().find(|(name, _)| map.name() == *name) {

@@ -249,7 +249,11 @@ pub(crate) fn set<B: Layout, S: Store<B> + ?Sized>(
 
 /// Retires `key`, leaving its slot as a tombstone. Returns whether it was
 /// there.
-pub(crate) fn clear<B: Layout, S: Store<B> + ?Sized>(store: &mut S, hash: u32, key: &B::Key) -> Result<bool, TableError> {
+pub(crate) fn clear<B: Layout, S: Store<B> + ?Sized>(
+    store: &mut S,
+    hash: u32,
+    key: &B::Key,
+) -> Result<bool, TableError> {
     let found = chain(store, home(store, hash))
         .find_map(|(idx, b)| (0..B::SLOTS).find(|&s| b.key(s) == Some(*key) && b.code(s) != 0).map(|s| (idx, s)));
     let Some((idx, s)) = found else {

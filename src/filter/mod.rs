@@ -5,9 +5,9 @@
 //!   structs and their compile-time checks.
 //! - `lists.rs`: the lists as the API shows them ([`PrefixList`]);
 //!   `prefix.rs`: parsing and normalising entries; `stats.rs`: counters.
-//! - `state.rs`: the model of both lists; `editor.rs`: how an edit reaches
-//!   the tables; `v4.rs` and `v6.rs`: each family's model, and (`v4_tables.rs`,
-//!   `v6.rs`) the tables the data plane reads;
+//! - `state.rs`: the model of both lists, over each family's (`v4.rs`,
+//!   `v6.rs`, sharing `entries.rs`); `editor.rs`: how an edit reaches the
+//!   tables the data plane reads (`v4_tables.rs`; IPv6's in `v6.rs`);
 //!   `hash.rs`: their hashes.
 //!
 //! [`FilterKind`] is what the core needs to know: its maps, its model, and
@@ -259,9 +259,9 @@ impl Filter {
     ///
     /// # Errors
     ///
-    /// [`AttachError`](crate::AttachError)s (interface not found, another XDP program there, a
-    /// mode the driver cannot do); [`PinError`](crate::PinError) when the
-    /// link cannot be pinned.
+    /// [`AttachError`](crate::AttachError)s (interface not found, another
+    /// XDP program there, a mode the driver cannot do);
+    /// [`PinError`](crate::PinError) when the link cannot be pinned.
     pub fn attach(&self, iface: impl Into<Interface>, mode: AttachMode) -> Result<Attachment, Error> {
         self.core.program.attach(&iface.into(), mode)
     }
@@ -270,9 +270,9 @@ impl Filter {
     ///
     /// # Errors
     ///
-    /// [`AttachError::InterfaceNotFound`](crate::AttachError::InterfaceNotFound) when not attached there;
-    /// [`AttachError::Bpf`](crate::AttachError::Bpf), [`PinError`](crate::PinError) when the kernel
-    /// or bpffs refuse.
+    /// [`AttachError::InterfaceNotFound`](crate::AttachError::InterfaceNotFound)
+    /// when not attached there; [`AttachError::Bpf`](crate::AttachError::Bpf),
+    /// [`PinError`](crate::PinError) when the kernel or bpffs refuse.
     pub fn detach(&self, iface: impl Into<Interface>) -> Result<(), Error> {
         self.core.program.detach(&iface.into())
     }

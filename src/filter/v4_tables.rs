@@ -90,7 +90,12 @@ fn host_code(verdict: u8) -> u32 {
 }
 
 /// Stores `verdict` for host `addr`.
-pub(crate) fn host_set<S: Store<xdpg_v4_bucket>>(store: &mut S, seed: u32, addr: u32, verdict: u8) -> Result<(), TableError> {
+pub(crate) fn host_set<S: Store<xdpg_v4_bucket>>(
+    store: &mut S,
+    seed: u32,
+    addr: u32,
+    verdict: u8,
+) -> Result<(), TableError> {
     table::set(store, v4_host_hash(addr, seed), &addr, host_code(verdict))
 }
 
@@ -340,8 +345,9 @@ mod tests {
     #[test]
     fn host_buckets_keep_readers_safe_after_every_store() {
         for seed in 0..6u32 {
+            let crowded = |&a: &u32| mix32(v4_host_hash(a, seed)) & 63 < 3;
             let hosts: Vec<(u32, u32)> = std::iter::once(0)
-                .chain((1..2000u32).map(|i| 0xC000_0200 | mix32(i ^ seed)).filter(|&a| mix32(v4_host_hash(a, seed)) & 63 < 3))
+                .chain((1..2000u32).map(|i| 0xC000_0200 | mix32(i ^ seed)).filter(crowded))
                 .take(60)
                 .map(|a| (a, v4_host_hash(a, seed)))
                 .collect();

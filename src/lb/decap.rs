@@ -123,9 +123,9 @@ impl DecapBuilder {
     ///
     /// # Errors
     ///
-    /// As [`load`](Self::load), and [`AttachError`](crate::AttachError)s: no interface given,
-    /// an interface not found, another XDP program there, a mode the driver
-    /// cannot do.
+    /// As [`load`](Self::load), and [`AttachError`](crate::AttachError)s:
+    /// no interface given, an interface not found, another XDP program
+    /// there, a mode the driver cannot do.
     pub fn attach(self) -> Result<Decap, Error> {
         self.build(true)
     }
@@ -175,15 +175,17 @@ impl Decap {
     ///
     /// # Errors
     ///
-    /// [`AttachError::Bpf`](crate::AttachError::Bpf) or [`PinError`](crate::PinError) when the
-    /// kernel or bpffs refuse, for the first interface that fails.
+    /// [`AttachError::Bpf`](crate::AttachError::Bpf) or
+    /// [`PinError`](crate::PinError) when the kernel or bpffs refuse, for
+    /// the first interface that fails.
     pub fn unpin(self) -> Result<(), Error> {
         self.core.program.unpin()
     }
 
     /// The local tunnel endpoints it decapsulates for.
     pub fn locals(&self) -> Vec<IpAddr> {
-        let mut out: Vec<IpAddr> = self.core.maps.locals.keys().filter_map(|k| ip_from_words(k.family, k.addr)).collect();
+        let mut out: Vec<IpAddr> =
+            self.core.maps.locals.keys().filter_map(|k| ip_from_words(k.family, k.addr)).collect();
         out.sort();
         out
     }
