@@ -793,7 +793,7 @@ fn a_bulk_edit_over_both_families_switches_at_one_point() {
     assert!(
         findings.not_atomic.is_empty(),
         "a bulk edit was seen half applied across families (IPv4 tables swapped, IPv6 not yet: \
-         Editor::apply_atomic in src/lists.rs swaps each family on its own):\n{:#?}\n{windows:?}",
+         Editor::apply_atomic in src/filter/editor.rs swaps each family on its own):\n{:#?}\n{windows:?}",
         findings.not_atomic
     );
 }
