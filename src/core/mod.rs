@@ -1,5 +1,18 @@
-//! What every program uses: loading, attaching, pinning, maps, layouts and
-//! test runs. Nothing here knows about filters or load balancers.
+//! What every program uses, written once. Nothing here knows about filters
+//! or load balancers.
+//!
+//! - `pinned.rs`: [`Pinned`](pinned::Pinned), a loaded program with its
+//!   maps and model, and [`ProgramKind`](pinned::ProgramKind), what a
+//!   program tells the core about itself. Start here.
+//! - `program.rs`: the XDP program, its links and its pins; `attach.rs`:
+//!   attach modes and interfaces; `pin.rs`: the pin directory; `sys.rs`:
+//!   the system calls libbpf-rs does not cover.
+//! - `maps.rs`: typed maps and `program_maps!`; `mmap.rs`: memory-mapped
+//!   arrays; `layout.rs`: the generated constants and names, the shared
+//!   header's offsets; `counter.rs`: counter snapshots.
+//! - `table.rs`: the chained-bucket hash table (and its write order) the
+//!   filter's tables use; `hash.rs`: the hash under it.
+//! - `testrun.rs`: `BPF_PROG_TEST_RUN` results.
 
 pub(crate) mod attach;
 pub(crate) mod counter;
@@ -7,8 +20,8 @@ pub(crate) mod hash;
 pub(crate) mod layout;
 pub(crate) mod maps;
 pub(crate) mod mmap;
-pub(crate) mod pinned;
 pub(crate) mod pin;
+pub(crate) mod pinned;
 pub(crate) mod program;
 pub(crate) mod sys;
 pub(crate) mod table;

@@ -180,6 +180,10 @@ impl PrefixList<'_> {
     }
 
     /// Whether exactly this entry (after normalisation) is in the list.
+    ///
+    /// # Errors
+    ///
+    /// [`ListError::Pin`] when the pin directory cannot be locked.
     pub fn contains(&self, net: IpNetwork) -> Result<bool, ListError> {
         let net = normalize(net).network;
         self.read(|st| st.contains(net, self.list))
@@ -187,21 +191,37 @@ impl PrefixList<'_> {
 
     /// The most specific entry of this list that covers `addr` (IPv4-mapped
     /// IPv6 addresses as in [`Filter::verdict`]).
+    ///
+    /// # Errors
+    ///
+    /// [`ListError::Pin`] when the pin directory cannot be locked.
     pub fn matching(&self, addr: IpAddr) -> Result<Option<IpNetwork>, ListError> {
         self.read(|st| st.matching(addr, self.list))
     }
 
     /// A snapshot of the entries, IPv4 first, in address order.
+    ///
+    /// # Errors
+    ///
+    /// [`ListError::Pin`] when the pin directory cannot be locked.
     pub fn iter(&self) -> Result<impl Iterator<Item = IpNetwork>, ListError> {
         Ok(self.read(|st| st.entries(self.list))?.into_iter())
     }
 
     /// Number of entries.
+    ///
+    /// # Errors
+    ///
+    /// [`ListError::Pin`] when the pin directory cannot be locked.
     pub fn len(&self) -> Result<usize, ListError> {
         self.read(|st| st.count(self.list))
     }
 
     /// Whether the list is empty.
+    ///
+    /// # Errors
+    ///
+    /// [`ListError::Pin`] when the pin directory cannot be locked.
     pub fn is_empty(&self) -> Result<bool, ListError> {
         Ok(self.len()? == 0)
     }

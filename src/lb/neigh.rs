@@ -164,7 +164,7 @@ impl Rtnl {
             let mut off = 0;
             while off < data.len() {
                 let msg = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&data[off..])
-                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
                 let len = msg.header.length as usize;
                 if len == 0 {
                     break;

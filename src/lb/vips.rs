@@ -86,6 +86,11 @@ impl LoadBalancer {
     }
 
     /// Every VIP and its configuration.
+    ///
+    /// # Errors
+    ///
+    /// [`LbError::Pin`] when the pin directory cannot be locked;
+    /// [`LbError::Map`] when another process's edit cannot be read back.
     pub fn vips(&self) -> Result<Vec<(Vip, VipConfig)>, LbError> {
         self.read(|st| st.vips.iter().map(|(v, s)| (*v, s.config)).collect())
     }
