@@ -27,6 +27,9 @@ pub enum Error {
     /// A load-balancer operation failed.
     #[error(transparent)]
     Lb(#[from] LbError),
+    /// Text did not name a value (a policy, mode, VIP, backend...).
+    #[error(transparent)]
+    Parse(#[from] ParseError),
 }
 
 /// Loading programs and creating maps.
@@ -276,6 +279,44 @@ pub struct LineError {
     pub message: String,
 }
 
+/// Text that does not name a value of one of the crate's types: what their
+/// [`FromStr`](std::str::FromStr) implementations return. The message names
+/// what was expected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ParseError {
+    /// Not one of the names of a policy, mode or other named value.
+    #[error("unknown {what} `{input}` (expected {})", one_of(expected))]
+    Unknown {
+        /// What was being parsed, e.g. `"echo policy"`.
+        what: &'static str,
+        /// The text given.
+        input: String,
+        /// The names accepted (each value's main name; some values have
+        /// aliases too).
+        expected: &'static [&'static str],
+    },
+    /// Not in the form of a VIP, an address or a backend.
+    #[error("invalid {what} `{input}`: expected e.g. {example}")]
+    Invalid {
+        /// What was being parsed, e.g. `"VIP"`.
+        what: &'static str,
+        /// The text given.
+        input: String,
+        /// Examples of the accepted forms.
+        example: &'static str,
+    },
+}
+
+/// `a`, `a or b`, `a, b or c`.
+fn one_of(names: &[&str]) -> String {
+    match names {
+        [] => String::new(),
+        [one] => (*one).to_owned(),
+        [rest @ .., last] => format!("{} or {last}", rest.join(", ")),
+    }
+}
+
 /// Names missing capabilities, or `None` when the process has them all.
 pub(crate) fn missing_privileges() -> Option<String> {
     let missing = crate::core::sys::missing_capabilities();
@@ -481,6 +522,16 @@ mod tests {
             let not_found = PinError::NotFound { path, kind, cli }.to_string();
             assert!(not_found.contains(&format!("`{cli} attach --pin /sys/fs/bpf/x`")), "{not_found}");
         }
+    }
+
+    /// A name that is not accepted gets the accepted ones listed.
+    #[test]
+    fn parse_errors_list_what_is_accepted() {
+        let e = ParseError::Unknown { what: "echo policy", input: "reply".into(), expected: &["answer", "pass", "drop"] };
+        assert_eq!(e.to_string(), "unknown echo policy `reply` (expected answer, pass or drop)");
+        let e = ParseError::Unknown { what: "protocol", input: "sctp".into(), expected: &["tcp", "udp"] };
+        assert_eq!(e.to_string(), "unknown protocol `sctp` (expected tcp or udp)");
+        assert_eq!(one_of(&["auto"]), "auto");
     }
 
     /// The Maglev size check and its message agree: 10 slots a backend.

@@ -86,7 +86,7 @@ mod lb;
 pub mod testing;
 
 pub use crate::core::attach::{AttachMode, Attachment, Interface};
-pub use error::{AttachError, Error, LbError, LineError, ListError, LoadError, PinError};
+pub use error::{AttachError, Error, LbError, LineError, ListError, LoadError, ParseError, PinError};
 pub use filter::{
     BulkChange, EntryChange, Filter, FilterBuilder, MalformedPolicy, PrefixList, Verdict, DEFAULT_V4_CAPACITY,
     DEFAULT_V6_CAPACITY, MAX_CAPACITY,

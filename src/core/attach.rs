@@ -34,29 +34,12 @@ impl AttachMode {
     }
 }
 
-impl fmt::Display for AttachMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            AttachMode::Native => "native",
-            AttachMode::Generic => "generic",
-            AttachMode::Offload => "offload",
-            AttachMode::Auto => "auto",
-        })
-    }
-}
-
-impl std::str::FromStr for AttachMode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "native" | "drv" | "driver" => Ok(AttachMode::Native),
-            "generic" | "skb" => Ok(AttachMode::Generic),
-            "offload" | "hw" => Ok(AttachMode::Offload),
-            "auto" => Ok(AttachMode::Auto),
-            _ => Err(format!("unknown XDP mode `{s}` (expected native, generic, offload or auto)")),
-        }
-    }
-}
+crate::core::names::named_values! { AttachMode, "XDP mode", {
+    Native => "native" | "drv" | "driver",
+    Generic => "generic" | "skb",
+    Offload => "offload" | "hw",
+    Auto => "auto",
+} }
 
 /// An interface, by name or by index, in the calling thread's network namespace.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

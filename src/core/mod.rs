@@ -13,6 +13,8 @@
 //! - `table.rs`: the chained-bucket hash table (and its write order) the
 //!   filter's tables use; `hash.rs`: the hash under it.
 //! - `testrun.rs`: `BPF_PROG_TEST_RUN` results.
+//! - `names.rs`: `Display` and `FromStr` for the public enums (policies,
+//!   modes, states) from one table of names each.
 
 pub(crate) mod attach;
 pub(crate) mod counter;
@@ -20,6 +22,7 @@ pub(crate) mod hash;
 pub(crate) mod layout;
 pub(crate) mod maps;
 pub(crate) mod mmap;
+pub(crate) mod names;
 pub(crate) mod pin;
 pub(crate) mod pinned;
 pub(crate) mod program;

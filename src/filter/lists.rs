@@ -30,14 +30,10 @@ impl ListKind {
     }
 }
 
-impl std::fmt::Display for ListKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            ListKind::Allow => "allowlist",
-            ListKind::Block => "blocklist",
-        })
-    }
-}
+crate::core::names::named_values! { ListKind, "list", {
+    Allow => "allowlist" | "allow",
+    Block => "blocklist" | "block",
+} }
 
 /// The outcome of inserting or removing one entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -78,6 +78,11 @@ impl MalformedPolicy {
     }
 }
 
+crate::core::names::named_values! { MalformedPolicy, "malformed-packet policy", {
+    Pass => "pass",
+    Drop => "drop",
+} }
+
 /// What the filter does with packets from one source address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Verdict {

@@ -2,6 +2,7 @@
 //! the per-CPU bound on new flows, with the codes the data plane reads.
 
 use crate::core::layout::consts::*;
+use crate::core::names::named_values;
 
 /// What the LB does with ICMP echo requests to a VIP address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -32,6 +33,12 @@ impl EchoPolicy {
         }
     }
 }
+
+named_values! { EchoPolicy, "echo policy", {
+    Answer => "answer",
+    Pass => "pass",
+    Drop => "drop",
+} }
 
 /// What the LB does with IP fragments addressed to a VIP address.
 /// Fragments carry no ports after the first one, so they cannot be matched
@@ -65,6 +72,11 @@ impl FragmentPolicy {
     }
 }
 
+named_values! { FragmentPolicy, "fragment policy", {
+    ForwardAllPorts => "forward" | "forward-all-ports",
+    Drop => "drop",
+} }
+
 /// What the LB does with IPv4 TCP and UDP packets carrying options to a
 /// VIP. Fragments follow the [`FragmentPolicy`] whatever their options, and
 /// ICMP (echo, errors) is handled whatever its options.
@@ -93,6 +105,11 @@ impl OptionsPolicy {
         }
     }
 }
+
+named_values! { OptionsPolicy, "options policy", {
+    Forward => "forward",
+    Drop => "drop",
+} }
 
 /// The per-CPU bound on new connection-table entries, so a SYN flood
 /// cannot evict live flows. Flows over the bound are still forwarded (by

@@ -7,6 +7,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::str::FromStr;
 
 use crate::core::layout::consts::*;
+use crate::core::names::named_values;
+use crate::error::ParseError;
 
 /// A transport protocol a VIP serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -35,25 +37,10 @@ impl Protocol {
     }
 }
 
-impl fmt::Display for Protocol {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Protocol::Tcp => "tcp",
-            Protocol::Udp => "udp",
-        })
-    }
-}
-
-impl FromStr for Protocol {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.to_ascii_lowercase().as_str() {
-            "tcp" => Ok(Protocol::Tcp),
-            "udp" => Ok(Protocol::Udp),
-            _ => Err(format!("unknown protocol `{s}` (expected tcp or udp)")),
-        }
-    }
-}
+named_values! { Protocol, "protocol", {
+    Tcp => "tcp",
+    Udp => "udp",
+} }
 
 /// A virtual service: the packets with this destination address, port (or
 /// any port) and protocol are load balanced.
@@ -103,6 +90,27 @@ impl Vip {
     pub fn is_ipv6(&self) -> bool {
         self.addr.is_ipv6()
     }
+
+    /// Parses a VIP's address and port, the protocol given apart (as the
+    /// CLI's `--proto` gives it): `203.0.113.10:80`, `[2001:db8::1]:80`,
+    /// or every port with `203.0.113.10:*`, `[2001:db8::1]:*` or a bare
+    /// address.
+    ///
+    /// ```
+    /// use xdpguard::{Protocol, Vip};
+    /// let dns = Vip::parse_with("[2001:db8::53]:53", Protocol::Udp)?;
+    /// assert_eq!(dns, Vip::udp("[2001:db8::53]:53".parse()?));
+    /// assert_eq!(Vip::parse_with("203.0.113.11:*", Protocol::Tcp)?.port, None);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`ParseError::Invalid`] naming the accepted forms.
+    pub fn parse_with(s: &str, protocol: Protocol) -> Result<Vip, ParseError> {
+        let (addr, port) = parse_addr_port(s, "VIP address", "203.0.113.10:80, [2001:db8::1]:80 or 203.0.113.10:*")?;
+        Ok(Vip { addr, port, protocol })
+    }
 }
 
 impl fmt::Display for Vip {
@@ -116,36 +124,57 @@ impl fmt::Display for Vip {
 }
 
 impl FromStr for Vip {
-    type Err = String;
+    type Err = ParseError;
     /// Parses `tcp 203.0.113.10:80`, `udp [2001:db8::1]:53` or
-    /// `tcp 203.0.113.10:*` (also with `/` instead of the space).
+    /// `tcp 203.0.113.10:*` (what `Display` shows), also with `/` instead
+    /// of the space, and with the protocol last (`203.0.113.10:80/tcp`).
+    /// The address part is read as by [`Vip::parse_with`].
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let s = s.trim();
-        let (proto, rest) = s
-            .split_once([' ', '/'])
-            .ok_or_else(|| format!("invalid VIP `{s}`: expected e.g. `tcp 203.0.113.10:80`"))?;
-        let protocol: Protocol = proto.parse()?;
-        let (addr, port) = parse_addr_port(rest.trim())?;
-        Ok(Vip { addr, port, protocol })
+        let t = s.trim();
+        let invalid = || ParseError::Invalid {
+            what: "VIP",
+            input: s.to_owned(),
+            example: "`tcp 203.0.113.10:80`, `udp [2001:db8::53]:53`, `tcp 203.0.113.10:*` or `203.0.113.10:80/tcp`",
+        };
+        let (first, rest) = t.split_once([' ', '/']).ok_or_else(invalid)?;
+        let (before, last) = t.rsplit_once([' ', '/']).ok_or_else(invalid)?;
+        if let Ok(protocol) = first.parse() {
+            return Vip::parse_with(rest, protocol);
+        }
+        if let Ok(protocol) = last.parse() {
+            return Vip::parse_with(before, protocol);
+        }
+        // No protocol at either end: name the one that is not, when the
+        // other end is an address.
+        let is_addr = |a: &str| parse_addr_port(a, "", "").is_ok();
+        Err(if is_addr(before) {
+            last.parse::<Protocol>().unwrap_err()
+        } else if is_addr(rest) {
+            first.parse::<Protocol>().unwrap_err()
+        } else {
+            invalid()
+        })
     }
 }
 
 /// Parses `203.0.113.10:80`, `[2001:db8::1]:80`, `203.0.113.10:*` (port
-/// `None`) or a bare address (port `None`).
-pub(crate) fn parse_addr_port(s: &str) -> Result<(IpAddr, Option<u16>), String> {
-    if let Ok(ip) = s.parse::<IpAddr>() {
+/// `None`) or a bare address (port `None`); an error names `what` and
+/// gives `example`.
+fn parse_addr_port(s: &str, what: &'static str, example: &'static str) -> Result<(IpAddr, Option<u16>), ParseError> {
+    let t = s.trim();
+    if let Ok(ip) = t.parse::<IpAddr>() {
         return Ok((ip, None));
     }
-    if let Ok(sa) = s.parse::<SocketAddr>() {
+    if let Ok(sa) = t.parse::<SocketAddr>() {
         return Ok((sa.ip(), Some(sa.port())));
     }
-    if let Some(host) = s.strip_suffix(":*") {
-        let host = host.trim_start_matches('[').trim_end_matches(']');
+    if let Some(host) = t.strip_suffix(":*") {
+        let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
         if let Ok(ip) = host.parse::<IpAddr>() {
             return Ok((ip, None));
         }
     }
-    Err(format!("invalid address `{s}`: expected e.g. 203.0.113.10:80, [2001:db8::1]:80 or 203.0.113.10:*"))
+    Err(ParseError::Invalid { what, input: s.to_owned(), example })
 }
 
 /// How packets reach a VIP's backends.
@@ -198,27 +227,11 @@ impl ForwardingMode {
     }
 }
 
-impl fmt::Display for ForwardingMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            ForwardingMode::L2Dsr => "dsr",
-            ForwardingMode::Ipip => "ipip",
-            ForwardingMode::Nat => "nat",
-        })
-    }
-}
-
-impl FromStr for ForwardingMode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.to_ascii_lowercase().as_str() {
-            "dsr" | "l2dsr" | "l2-dsr" => Ok(ForwardingMode::L2Dsr),
-            "ipip" | "tunnel" => Ok(ForwardingMode::Ipip),
-            "nat" => Ok(ForwardingMode::Nat),
-            _ => Err(format!("unknown mode `{s}` (expected dsr, ipip or nat)")),
-        }
-    }
-}
+named_values! { ForwardingMode, "forwarding mode", {
+    L2Dsr => "dsr" | "l2dsr" | "l2-dsr",
+    Ipip => "ipip" | "tunnel",
+    Nat => "nat",
+} }
 
 /// What a VIP's flow hash covers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -231,6 +244,11 @@ pub enum HashInput {
     /// its source port.
     SourceAddress,
 }
+
+named_values! { HashInput, "hash input", {
+    FiveTuple => "five-tuple" | "5-tuple",
+    SourceAddress => "source" | "src" | "source-address",
+} }
 
 /// A VIP's settings. Fixed while the VIP exists: remove and re-add it to
 /// change them.
@@ -396,9 +414,13 @@ impl fmt::Display for BackendAddr {
 }
 
 impl FromStr for BackendAddr {
-    type Err = String;
+    type Err = ParseError;
+    /// Parses an address (`198.51.100.11`, `2001:db8::11`), or for NAT an
+    /// address and port (`198.51.100.11:8080`, `[2001:db8::11]:8080`):
+    /// what `Display` shows. `ADDR:*` is the address alone (the client's
+    /// port kept).
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (ip, port) = parse_addr_port(s.trim())?;
+        let (ip, port) = parse_addr_port(s, "backend", "198.51.100.11, 198.51.100.11:8080 (NAT) or [2001:db8::11]:8080")?;
         Ok(BackendAddr { ip, port })
     }
 }
@@ -432,14 +454,10 @@ pub enum BackendState {
     Draining,
 }
 
-impl fmt::Display for BackendState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            BackendState::Active => "active",
-            BackendState::Draining => "draining",
-        })
-    }
-}
+named_values! { BackendState, "backend state", {
+    Active => "active",
+    Draining => "draining",
+} }
 
 /// Whether the kernel has resolved a backend's next hop (the backend on its
 /// link, or the gateway towards it): the data plane forwards in XDP only
@@ -467,17 +485,13 @@ pub enum NeighbourState {
     Unknown,
 }
 
-impl fmt::Display for NeighbourState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            NeighbourState::Resolved => "resolved",
-            NeighbourState::Resolving => "resolving",
-            NeighbourState::Unreachable => "unreachable",
-            NeighbourState::NoRoute => "no-route",
-            NeighbourState::Unknown => "unknown",
-        })
-    }
-}
+named_values! { NeighbourState, "neighbour state", {
+    Resolved => "resolved",
+    Resolving => "resolving",
+    Unreachable => "unreachable",
+    NoRoute => "no-route",
+    Unknown => "unknown",
+} }
 
 /// Where the LB sends a backend's packets next, as the kernel routes them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -547,8 +561,36 @@ mod tests {
             assert_eq!(v.to_string(), s);
         }
         assert_eq!("tcp/203.0.113.10".parse::<Vip>().unwrap().port, None);
-        assert!("sctp 203.0.113.10:80".parse::<Vip>().is_err());
-        assert!("tcp nowhere:80".parse::<Vip>().is_err());
+        assert_eq!("203.0.113.10:80/tcp".parse::<Vip>(), Ok(Vip::tcp("203.0.113.10:80".parse().unwrap())));
+        assert_eq!("[2001:db8::53]:53 UDP".parse::<Vip>(), Ok(Vip::udp("[2001:db8::53]:53".parse().unwrap())));
+        for bad in ["sctp 203.0.113.10:80", "203.0.113.10:80/sctp", "sctp/[2001:db8::1]:*"] {
+            assert_eq!(bad.parse::<Vip>().unwrap_err().to_string(), "unknown protocol `sctp` (expected tcp or udp)");
+        }
+        assert!(matches!("web tcp".parse::<Vip>(), Err(ParseError::Invalid { what: "VIP address", .. })));
+        assert!(matches!("web server".parse::<Vip>(), Err(ParseError::Invalid { what: "VIP", .. })));
+        let e = "tcp nowhere:80".parse::<Vip>().unwrap_err();
+        assert!(matches!(&e, ParseError::Invalid { what: "VIP address", input, .. } if input == "nowhere:80"), "{e:?}");
+        let e = "203.0.113.10:80".parse::<Vip>().unwrap_err();
+        assert!(e.to_string().starts_with("invalid VIP `203.0.113.10:80`: expected e.g. `tcp 203.0.113.10:80`"), "{e}");
+        for (s, port) in [("203.0.113.10:80", Some(80)), ("[2001:db8::1]:*", None), ("2001:db8::1", None), (" 203.0.113.10:* ", None)] {
+            let v = Vip::parse_with(s, Protocol::Udp).unwrap();
+            assert_eq!((v.port, v.protocol), (port, Protocol::Udp), "{s}");
+            assert_eq!(v.to_string().parse::<Vip>(), Ok(v), "{s}");
+        }
+        for bad in ["203.0.113.10:", "203.0.113.10:65536", "[2001:db8::1:*", "[203.0.113.10]:80", ""] {
+            assert!(Vip::parse_with(bad, Protocol::Tcp).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn backend_parse_and_print() {
+        for s in ["198.51.100.11", "198.51.100.11:8080", "2001:db8::11", "[2001:db8::11]:8080"] {
+            let b: BackendAddr = s.parse().unwrap();
+            assert_eq!(b.to_string(), s);
+        }
+        assert_eq!("198.51.100.11:*".parse::<BackendAddr>(), Ok(BackendAddr::new("198.51.100.11".parse().unwrap())));
+        let e = "backend-1".parse::<BackendAddr>().unwrap_err().to_string();
+        assert_eq!(e, "invalid backend `backend-1`: expected e.g. 198.51.100.11, 198.51.100.11:8080 (NAT) or [2001:db8::11]:8080");
     }
 
     #[test]
