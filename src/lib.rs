@@ -9,7 +9,7 @@
 //!   for the next packet; bulk loads and replaces are atomic.
 //! - Per-CPU counters from day one ([`Filter::stats`]).
 //! - Pinned state: a filter pinned in bpffs keeps running after its process
-//!   exits, and any process (such as the `xdpguard` CLI in `examples/`) can
+//!   exits, and any process (such as the `xdpguard` tool, feature `cli`) can
 //!   reopen it with [`Filter::open_pinned`] to edit lists and read counters.
 //! - Native, generic and offload attach modes, or auto ([`AttachMode`]).
 //! - [`LoadBalancer`]: an L4 load balancer for TCP and UDP virtual services
@@ -34,12 +34,20 @@
 //! crash repair. [`Filter`] (`src/filter/`), [`LoadBalancer`] and [`Decap`]
 //! (`src/lb/`) are thin types over that core.
 //!
-//! Features: `testing` adds [`testing`] (not in the default build; pulls in
-//! etherparse): the test kit the crate's own tests use, to test your lists
-//! and VIPs the same way: a frame builder, verdict fixtures run through the
-//! real programs with field-by-field frame diffs, throwaway network
-//! namespaces and the load balancer's test bed. Enable it in
-//! `[dev-dependencies]`.
+//! Features (neither is in the default build):
+//! - `testing` adds [`testing`] (pulls in etherparse): the test kit the
+//!   crate's own tests use, to test your lists and VIPs the same way: a
+//!   frame builder, verdict fixtures run through the real programs with
+//!   field-by-field frame diffs, throwaway network namespaces and the load
+//!   balancer's test bed. Enable it in `[dev-dependencies]`.
+//! - `cli` builds the command-line tools `xdpguard` (filter) and
+//!   `xdpguard-lb` (load balancer, decapsulator) over this API (pulls in
+//!   clap and serde_json): `cargo install xdpguard --features cli`.
+//!
+//! The policies, modes, VIPs and backends the tools take are parsed by the
+//! types' `FromStr` (errors: [`ParseError`]) and shown by their `Display`,
+//! so a program or a configuration file reading them accepts the same
+//! words, and what is shown parses back.
 //!
 //! ```no_run
 //! use xdpguard::{AttachMode, Filter};

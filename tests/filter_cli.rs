@@ -1,10 +1,9 @@
-//! The `xdpguard` CLI (examples/xdpguard.rs) driving a pinned filter across
+//! The `xdpguard` CLI (src/bin/xdpguard.rs) driving a pinned filter across
 //! processes: each command is its own process, and the filter keeps
 //! filtering real traffic after every one of them has exited.
 //!
-//! CI builds the examples before the tests (`cargo build --release
-//! --examples`); locally run `cargo build --examples` (same profile as the
-//! tests) first. Needs root; fails (never skips) without it.
+//! `cargo test` builds the tool (tests/common/cli.rs). Needs root; fails
+//! (never skips) without it.
 
 mod common {
     pub mod cli;
@@ -16,7 +15,7 @@ use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use common::cli::ExampleBinary;
+use common::cli::{Cli, XDPGUARD};
 use xdpguard::testing::netns::*;
 use common::scratch::ScratchDir;
 use common::udp_echo::{udp_echo_reaches, UdpEcho};
@@ -60,10 +59,16 @@ fn the_cli_manages_a_pinned_filter_that_outlives_every_command() {
     pair.server.static_neighbours("eth0", &clients, pair.client.mac("eth0"));
     pair.client.static_neighbours("eth0", &["192.0.2.2", "2001:db8::2"], pair.server.mac("eth0"));
     let _echo = UdpEcho::start(&pair.server, UDP_PORT);
-    let cli = ExampleBinary::new("xdpguard");
+    let cli = XDPGUARD;
     let pin = ScratchDir::bpffs("cli");
     let p = pin.arg();
     assert_reaches(&pair.client, "192.0.2.1", "no filter yet");
+
+    // A mode the library does not name is refused, listing the ones it does.
+    let out = cli.run(&["attach", "--iface", "eth0", "--mode", "fast", "--pin", p, "--netns", &pair.server.name]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("unknown XDP mode `fast` (expected native, generic, offload or auto)"), "{err}");
+    assert!(!pin.path().exists(), "a refused attach pins nothing");
 
     // attach: the process exits, the filter stays.
     let out = cli.ok(&[
@@ -151,6 +156,7 @@ fn the_cli_manages_a_pinned_filter_that_outlives_every_command() {
     assert_eq!(att[0]["ifindex"].as_u64(), Some(u64::from(pair.server.ifindex("eth0"))), "{v}");
     assert_eq!(att[0]["mode"], "native", "{v}");
     assert_eq!(v["blocklist_entries"], 2);
+    assert_eq!(v["malformed_policy"], "pass", "{v}");
 
     // detach: everything gone, traffic flows again.
     cli.ok(&["detach", "--pin", p]);
@@ -187,7 +193,7 @@ fn a_cli_killed_mid_edit_leaves_a_filter_that_reopens_consistent() {
     const DIRTY_OFFSET: usize = 8;
 
     let pair = Pair::new("clikill");
-    let cli = ExampleBinary::new("xdpguard");
+    let cli = XDPGUARD;
     let pin = ScratchDir::bpffs("clikill");
     let p = pin.arg();
     cli.ok(&["attach", "--iface", "eth0", "--pin", p, "--netns", &pair.server.name]);
@@ -222,7 +228,7 @@ fn a_cli_killed_mid_edit_leaves_a_filter_that_reopens_consistent() {
         let path = file.path().join(format!("list{trial}.txt"));
         std::fs::File::create(&path).unwrap().write_all(text.as_bytes()).unwrap();
 
-        // check-deps: built-here (the CLI example)
+        // check-deps: built-here (a binary of this crate: CARGO_BIN_EXE_xdpguard)
         let mut child = Command::new(cli.path())
             .args(["block", "--file", path.to_str().unwrap(), "--pin", p])
             .stdout(Stdio::null())
@@ -283,7 +289,7 @@ struct CliBed {
 }
 
 impl CliBed {
-    fn new(cli: &ExampleBinary, tag: &str) -> CliBed {
+    fn new(cli: &Cli, tag: &str) -> CliBed {
         let pair = Pair::new(tag);
         pair.client.addr("eth0", "192.0.2.3/24");
         pair.client.addr("eth0", "2001:db8::3/64");
@@ -319,7 +325,7 @@ fn refused(out: &std::process::Output, words: &[&str]) {
 /// --force it blocks the family, and the allowlist still lets sources in.
 #[test]
 fn blocking_a_whole_family_needs_force() {
-    let cli = ExampleBinary::new("xdpguard");
+    let cli = XDPGUARD;
     let bed = CliBed::new(&cli, "cliall");
     let (client, p) = (&bed.pair.client, bed.pin.arg());
     cli.ok(&["block", "--pin", p, "203.0.113.0/24"]);
@@ -361,7 +367,7 @@ fn blocking_a_whole_family_needs_force() {
 /// is not UTF-8 is refused by line number like any bad file.
 #[test]
 fn mapped_addresses_block_ipv4_and_non_utf8_files_name_their_lines() {
-    let cli = ExampleBinary::new("xdpguard");
+    let cli = XDPGUARD;
     let bed = CliBed::new(&cli, "climap");
     let (client, p) = (&bed.pair.client, bed.pin.arg());
 

@@ -1,10 +1,9 @@
-//! The `xdpguard-lb` CLI (examples/xdpguard-lb.rs) driving a pinned load
+//! The `xdpguard-lb` CLI (src/bin/xdpguard-lb.rs) driving a pinned load
 //! balancer across processes: each command is its own process, and the LB
 //! keeps balancing real traffic after every one of them has exited.
 //!
-//! CI builds the examples before the tests (`cargo build --release
-//! --examples`); locally run `cargo build --examples` (same profile as the
-//! tests) first. Needs root; fails (never skips) without it.
+//! `cargo test` builds the tool (tests/common/cli.rs). Needs root; fails
+//! (never skips) without it.
 
 mod common {
     pub mod cli;
@@ -15,7 +14,7 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
-use common::cli::ExampleBinary;
+use common::cli::XDPGUARD_LB;
 use xdpguard::testing::lb_topology::*;
 use common::scratch::ScratchDir;
 use xdpguard::testing::frame::Frame;
@@ -52,11 +51,23 @@ fn the_cli_manages_a_pinned_lb() {
     let pin = ScratchDir::bpffs("lbcli");
     let net = LbNet::new("lcli", 3, BackendKind::VipOnLoopback);
     let _servers = web_servers(&net);
-    let cli = ExampleBinary::new("xdpguard-lb");
+    let cli = XDPGUARD_LB;
     let p = ["--pin", pin.arg()];
 
-    cli.ok(&["attach", "--iface", "eth0", "--iface", "eth1", "--netns", &net.lb.name, "--connections", "4096", p[0], p[1]]);
+    // Modes and policies are the library's names (FromStr): a wrong one is
+    // refused before anything is loaded, with the accepted ones listed.
+    let out = cli.run(&["attach", "--iface", "eth0", "--netns", &net.lb.name, "--echo", "reply", p[0], p[1]]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("unknown echo policy `reply` (expected answer, pass or drop)"), "{err}");
+    assert!(!pin.path().exists(), "a refused attach pins nothing");
+    let policies = ["--echo", "pass", "--fragments", "drop", "--options", "DROP"];
+    let attach = ["attach", "--iface", "eth0", "--iface", "eth1", "--netns", &net.lb.name, "--connections", "4096", p[0], p[1]];
+    cli.ok(&[&attach[..], &policies].concat());
     let vip = "203.0.113.10:80";
+    let out = cli.run(&["vip", "add", vip, "--mode", "direct", p[0], p[1]]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("unknown forwarding mode `direct` (expected dsr, ipip or nat)"), "{err}");
     cli.ok(&["vip", "add", vip, "--mode", "dsr", "--table-size", "16381", p[0], p[1]]);
     for i in 1..=3 {
         cli.ok(&["backend", "add", vip, &backend_v4(i).to_string(), p[0], p[1]]);
@@ -64,6 +75,7 @@ fn the_cli_manages_a_pinned_lb() {
     let list = cli.json(&["vip", "list", "--json", p[0], p[1]]);
     assert_eq!(list[0]["vip"], "tcp 203.0.113.10:80");
     assert_eq!(list[0]["mode"], "dsr");
+    assert_eq!(list[0]["hash"], "five-tuple");
     assert_eq!(list[0]["backends"].as_array().unwrap().len(), 3);
 
     // Every command has exited; the pinned LB balances real connections.
@@ -122,6 +134,11 @@ fn the_cli_manages_a_pinned_lb() {
     let status = cli.json(&["status", "--json", p[0], p[1]]);
     assert_eq!(status["attachments"].as_array().unwrap().len(), 2);
     assert_eq!(status["vips"], 1);
+    // Shown as the names they were given by, read back from the pinned LB.
+    for (key, shown) in [("echo_policy", "pass"), ("fragment_policy", "drop"), ("options_policy", "drop")] {
+        assert_eq!(status[key], shown, "{status}");
+    }
+    assert_eq!(lb.echo_policy(), xdpguard::EchoPolicy::Pass);
 
     // Errors name the cause and the fix, with a failing exit status.
     let out = cli.run(&["backend", "add", "203.0.113.99:80", "198.51.100.11", p[0], p[1]]);
@@ -146,7 +163,7 @@ fn the_cli_runs_pinned_decapsulators_on_ipip_backends() {
     let decap_pins: Vec<ScratchDir> = (0..3).map(|_| ScratchDir::bpffs("lbclidecap")).collect();
     let net = LbNet::new("lclid", 3, BackendKind::VipOnLoopback);
     let _servers = web_servers(&net);
-    let cli = ExampleBinary::new("xdpguard-lb");
+    let cli = XDPGUARD_LB;
     let p = ["--pin", pin.arg()];
 
     cli.ok(&["attach", "--iface", "eth0", "--iface", "eth1", "--netns", &net.lb.name, "--ipip-source", IPIP_SRC_V4, p[0], p[1]]);
@@ -204,7 +221,7 @@ fn which_agrees_with_the_kernel_for_all_ports_vips() {
     }
     let pin = ScratchDir::bpffs("lbcliw");
     let vn = VerdictNet::new("lcliw", 3);
-    let cli = ExampleBinary::new("xdpguard-lb");
+    let cli = XDPGUARD_LB;
     let dir = pin.path().to_owned();
     let pa = pin.arg();
     cli.ok(&with(pa, &["attach", "--iface", "eth0", "--iface", "eth1", "--netns", &vn.lb.name, "--ipip-source", IPIP_SRC_V4]));

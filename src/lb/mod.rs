@@ -74,8 +74,8 @@ pub const DEFAULT_NEXT_HOP_CACHE: Duration = Duration::from_millis(100);
 /// Attach it on its own with [`LoadBalancer::builder`], or chain it behind
 /// a [`Filter`](crate::Filter) with `filter.set_next(lb.program_fd())`.
 /// Pinned, it keeps balancing after the process exits and
-/// [`LoadBalancer::open_pinned`] reopens it (the `xdpguard-lb` CLI in
-/// `examples/` does).
+/// [`LoadBalancer::open_pinned`] reopens it (the `xdpguard-lb` tool,
+/// feature `cli`, does).
 ///
 /// The LB host must forward (`net.ipv4.ip_forward=1`,
 /// `net.ipv6.conf.all.forwarding=1`): the FIB lookup refuses otherwise, and

@@ -1,48 +1,40 @@
-//! Running the CLI examples (examples/xdpguard.rs, examples/xdpguard-lb.rs)
-//! from tests, each command as its own process.
+//! Running the command-line tools (src/bin/xdpguard.rs,
+//! src/bin/xdpguard-lb.rs) from tests, each command as its own process.
 //!
-//! The binaries come from the same profile as the test binary, so CI builds
-//! the examples first (`cargo build --release --examples`); locally run
-//! `cargo build --examples` (or `--release` to match `cargo test --release`).
+//! `cargo test` builds them (the self dev-dependency enables the `cli`
+//! feature they require) and tells the tests where they are through
+//! CARGO_BIN_EXE_<name>, so nothing needs building first.
 //!
 //! Use it from tests with `mod common { pub mod cli; }`.
 
 #![allow(dead_code)]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
-/// An example binary built next to this test binary.
+/// A command-line tool of this crate.
 #[derive(Debug, Clone, Copy)]
-pub struct ExampleBinary {
-    /// The example's name, e.g. "xdpguard".
+pub struct Cli {
+    /// The binary's name, e.g. "xdpguard".
     pub name: &'static str,
+    path: &'static str,
 }
 
-impl ExampleBinary {
-    pub const fn new(name: &'static str) -> ExampleBinary {
-        ExampleBinary { name }
-    }
+/// `xdpguard`: the filter's tool.
+pub const XDPGUARD: Cli = Cli { name: "xdpguard", path: env!("CARGO_BIN_EXE_xdpguard") };
+/// `xdpguard-lb`: the load balancer's (and decapsulator's) tool.
+pub const XDPGUARD_LB: Cli = Cli { name: "xdpguard-lb", path: env!("CARGO_BIN_EXE_xdpguard-lb") };
 
-    /// target/<profile>/deps/<test>-* -> target/<profile>/examples/<name>;
-    /// panics with the build command when it is missing.
-    pub fn path(&self) -> PathBuf {
-        let exe = std::env::current_exe().unwrap();
-        let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
-        let bin = profile_dir.join("examples").join(self.name);
-        assert!(
-            bin.is_file(),
-            "{} is missing: build the examples first (`cargo build --examples`, or `cargo build --release --examples` \
-             for `cargo test --release`)",
-            bin.display()
-        );
-        bin
+impl Cli {
+    /// The binary cargo built for this test run.
+    pub fn path(&self) -> &Path {
+        Path::new(self.path)
     }
 
     /// Runs one command, whatever its exit status; prints the command line
     /// and its output (shown when a test fails).
     pub fn run(&self, args: &[&str]) -> Output {
-        // check-deps: built-here (an example of this crate)
+        // check-deps: built-here (a binary of this crate: CARGO_BIN_EXE_*)
         let out = Command::new(self.path()).args(args).output().expect("run the CLI");
         eprintln!("$ {} {}\n{}", self.name, args.join(" "), printed(&out));
         out

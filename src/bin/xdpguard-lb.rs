@@ -3,7 +3,9 @@
 //! Every command works on a load balancer pinned in bpffs, so one attached
 //! by one invocation keeps balancing after it exits, and any later
 //! invocation can change its VIPs and backends or read its counters. Built
-//! on the public API only.
+//! on the public API only. Installed with `cargo install xdpguard --features
+//! cli` (from a checkout: `cargo install --path . --features cli`); shares
+//! `common/` with `xdpguard`.
 //!
 //! ```text
 //! xdpguard-lb attach --iface eth0 [--iface eth1] [--redirect IF] [--ipip-source CIDR] [--netns NAME] [--pin DIR]
@@ -19,9 +21,10 @@
 //! xdpguard-lb decap attach --iface eth0 --local 198.51.100.11 [--pin DIR] [--netns NAME]   (on a backend)
 //! xdpguard-lb decap stats [--json]                       xdpguard-lb decap detach
 //! ```
-//! A VIP is `ADDR:PORT`, `[V6ADDR]:PORT`, or `ADDR:*` for all ports.
+//! A VIP is `ADDR:PORT`, `[V6ADDR]:PORT`, or `ADDR:*` for all ports
+//! (`Vip::parse_with`); modes and policies are the names their types parse
+//! (`ForwardingMode`, `EchoPolicy`, ...: `FromStr`).
 
-#[path = "common/mod.rs"]
 mod common;
 
 use std::net::SocketAddr;
@@ -33,8 +36,8 @@ use clap::{Args, Parser, Subcommand};
 use common::Result;
 use serde_json::{json, Value};
 use xdpguard::{
-    AttachMode, BackendAddr, BackendStats, Counter, Decap, EchoPolicy, Flow, ForwardingMode, FragmentPolicy, HashInput, IpNetwork,
-    LoadBalancer, OptionsPolicy, Protocol, Vip, VipConfig,
+    BackendAddr, BackendStats, Decap, EchoPolicy, Flow, ForwardingMode, FragmentPolicy, HashInput, IpNetwork, LoadBalancer,
+    OptionsPolicy, Protocol, Vip, VipConfig,
 };
 
 const DEFAULT_PIN: &str = "/sys/fs/bpf/xdpguard-lb";
@@ -58,14 +61,14 @@ struct Pin {
 struct VipArg {
     /// The VIP: ADDR:PORT, [V6ADDR]:PORT, or ADDR:* for every port.
     vip: String,
-    /// Its protocol.
-    #[arg(long, short, default_value = "tcp")]
+    /// Its protocol: tcp or udp.
+    #[arg(long, short, default_value_t = Protocol::Tcp)]
     proto: Protocol,
 }
 
 impl VipArg {
     fn vip(&self) -> Result<Vip> {
-        format!("{}/{}", self.proto, self.vip).parse::<Vip>().map_err(Into::into)
+        Ok(Vip::parse_with(&self.vip, self.proto)?)
     }
 }
 
@@ -80,20 +83,13 @@ struct DecapPin {
 enum DecapCommand {
     /// Load a decapsulator, attach it and pin it: it keeps running after this exits.
     Attach {
-        /// Interface to attach to (repeatable).
-        #[arg(long = "iface", required = true)]
-        ifaces: Vec<String>,
+        #[command(flatten)]
+        target: common::Target,
         /// Local tunnel endpoint to decapsulate for (repeatable): the address the LB sends to.
         #[arg(long = "local", required = true)]
         locals: Vec<std::net::IpAddr>,
-        /// XDP mode.
-        #[arg(long, default_value = "auto")]
-        mode: AttachMode,
         #[command(flatten)]
         pin: DecapPin,
-        /// Attach inside this named network namespace (/run/netns/NAME).
-        #[arg(long)]
-        netns: Option<String>,
     },
     /// Show its interfaces, local endpoints and counters.
     Stats {
@@ -114,15 +110,12 @@ enum DecapCommand {
 enum Command {
     /// Load the load balancer, attach it to interfaces and pin it.
     Attach {
-        /// Interface to attach to (repeatable); also a redirect target.
-        #[arg(long = "iface", required = true)]
-        ifaces: Vec<String>,
-        /// Interface to send out of without attaching (repeatable).
+        #[command(flatten)]
+        target: common::Target,
+        /// Interface to send out of without attaching (repeatable); the
+        /// --iface interfaces are sent out of too.
         #[arg(long = "redirect")]
         redirect: Vec<String>,
-        /// XDP mode.
-        #[arg(long, default_value = "auto")]
-        mode: AttachMode,
         #[command(flatten)]
         pin: Pin,
         /// Prefix for IPIP outer sources (one per family; repeatable).
@@ -141,21 +134,17 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         hash_seed: u32,
         /// ICMP echo to a VIP: answer, pass or drop.
-        #[arg(long, default_value = "answer")]
-        echo: String,
+        #[arg(long, default_value_t = EchoPolicy::Answer)]
+        echo: EchoPolicy,
         /// Fragments to a VIP: forward (to all-ports DSR/IPIP VIPs) or drop.
-        #[arg(long, default_value = "forward")]
-        fragments: String,
+        #[arg(long, default_value_t = FragmentPolicy::ForwardAllPorts)]
+        fragments: FragmentPolicy,
         /// IPv4 options to a VIP: forward or drop.
-        #[arg(long, default_value = "forward")]
-        options: String,
+        #[arg(long, default_value_t = OptionsPolicy::Forward)]
+        options: OptionsPolicy,
         /// UDP idle timeout, seconds.
         #[arg(long, default_value_t = 30)]
         udp_timeout: u64,
-        /// Attach inside this named network namespace (/run/netns/NAME).
-        /// Use this rather than `ip netns exec`, which hides /sys/fs/bpf.
-        #[arg(long)]
-        netns: Option<String>,
     },
     /// Detach from every interface and remove the pins.
     Detach {
@@ -183,8 +172,8 @@ enum Command {
         /// Where the client connects to: ADDR:PORT, [V6ADDR]:PORT, or ADDR:* with --to-port.
         #[arg(value_name = "DEST")]
         dest: String,
-        /// The protocol.
-        #[arg(long, short, default_value = "tcp")]
+        /// The protocol: tcp or udp.
+        #[arg(long, short, default_value_t = Protocol::Tcp)]
         proto: Protocol,
         /// The client's ADDR:PORT.
         #[arg(long)]
@@ -231,9 +220,9 @@ enum VipCommand {
         /// Maglev table size (a prime).
         #[arg(long, default_value_t = xdpguard::DEFAULT_TABLE_SIZE)]
         table_size: u32,
-        /// Hash input: five-tuple or source.
-        #[arg(long, default_value = "five-tuple")]
-        hash: String,
+        /// Hash input: five-tuple or source (the client's address only).
+        #[arg(long, default_value_t = HashInput::FiveTuple)]
+        hash: HashInput,
         /// Do not track connections (not for NAT).
         #[arg(long)]
         no_conntrack: bool,
@@ -308,9 +297,8 @@ fn main() -> ExitCode {
 fn run(command: Command) -> Result<()> {
     match command {
         Command::Attach {
-            ifaces,
+            target,
             redirect,
-            mode,
             pin,
             ipip_sources,
             connections,
@@ -321,23 +309,20 @@ fn run(command: Command) -> Result<()> {
             fragments,
             options,
             udp_timeout,
-            netns,
         } => {
-            if let Some(name) = netns {
-                common::enter_netns(&name)?;
-            }
+            target.enter_netns()?;
             let mut b = LoadBalancer::builder()
-                .mode(mode)
+                .mode(target.mode)
                 .pin(&pin.pin)
                 .connections(connections)
                 .max_vips(max_vips)
                 .max_backends(max_backends)
                 .hash_seed(hash_seed)
-                .echo_policy(parse_echo(&echo)?)
-                .fragment_policy(parse_fragments(&fragments)?)
-                .options_policy(parse_options(&options)?)
+                .echo_policy(echo)
+                .fragment_policy(fragments)
+                .options_policy(options)
                 .udp_timeout(Duration::from_secs(udp_timeout));
-            for i in &ifaces {
+            for i in &target.ifaces {
                 b = b.interface(i.as_str());
             }
             for i in &redirect {
@@ -349,12 +334,10 @@ fn run(command: Command) -> Result<()> {
             let lb = b.attach()?;
             common::print_attached(&lb.attachments(), &pin.pin);
         }
-        Command::Decap(DecapCommand::Attach { ifaces, locals, mode, pin, netns }) => {
-            if let Some(name) = netns {
-                common::enter_netns(&name)?;
-            }
-            let mut b = Decap::builder().mode(mode).pin(&pin.pin);
-            for i in &ifaces {
+        Command::Decap(DecapCommand::Attach { target, locals, pin }) => {
+            target.enter_netns()?;
+            let mut b = Decap::builder().mode(target.mode).pin(&pin.pin);
+            for i in &target.ifaces {
                 b = b.interface(i.as_str());
             }
             for a in locals {
@@ -375,13 +358,13 @@ fn run(command: Command) -> Result<()> {
                     json!({
                         "attachments": attachments,
                         "locals": locals,
-                        "decapsulated": counter(s.decapsulated),
-                        "passed": counter(s.passed),
+                        "decapsulated": common::counter_json(s.decapsulated),
+                        "passed": common::counter_json(s.passed),
                     })
                 );
             } else {
                 for a in decap.attachments() {
-                    println!("attached to {} ({})", a.interface, a.mode);
+                    println!("attached to {}", common::attachment_text(&a));
                 }
                 for a in &locals {
                     println!("local endpoint {a}");
@@ -406,11 +389,6 @@ fn run(command: Command) -> Result<()> {
         Command::Vip(VipCommand::Add { pin, vip, mode, table_size, hash, no_conntrack }) => {
             let lb = LoadBalancer::open_pinned(&pin.pin)?;
             let vip = vip.vip()?;
-            let hash = match hash.as_str() {
-                "five-tuple" | "5-tuple" => HashInput::FiveTuple,
-                "source" | "src" => HashInput::SourceAddress,
-                other => return Err(format!("unknown hash input `{other}` (expected five-tuple or source)").into()),
-            };
             let config = VipConfig::new(mode).table_size(table_size).hash(hash).conntrack(!no_conntrack);
             lb.add_vip(vip, config)?;
             println!("added VIP {vip} ({config}); it drops until it has a backend");
@@ -434,7 +412,7 @@ fn run(command: Command) -> Result<()> {
                         "protocol": vip.protocol.to_string(),
                         "mode": config.mode.to_string(),
                         "table_size": config.table_size,
-                        "hash": if config.hash == HashInput::SourceAddress { "source" } else { "five-tuple" },
+                        "hash": config.hash.to_string(),
                         "conntrack": config.conntrack,
                         "backends": backends.iter().map(|b| json!({
                             "backend": b.addr.to_string(), "weight": b.weight, "state": b.state().to_string(),
@@ -508,7 +486,7 @@ fn run(command: Command) -> Result<()> {
         }
         Command::Which { pin, dest, proto, from, to_port, json } => {
             let lb = LoadBalancer::open_pinned(&pin.pin)?;
-            let target = VipArg { vip: dest, proto }.vip()?;
+            let target = Vip::parse_with(&dest, proto)?;
             // The kernel hashes the port each packet carries, also for an
             // all-ports VIP: there is no answer without it.
             let port = match (target.port, to_port) {
@@ -555,7 +533,7 @@ fn run(command: Command) -> Result<()> {
             }
             if json {
                 let global: serde_json::Map<String, Value> =
-                    global.rows().into_iter().map(|(name, c)| (name.to_owned(), counter(c))).collect();
+                    global.rows().into_iter().map(|(name, c)| (name.to_owned(), common::counter_json(c))).collect();
                 let vips: Vec<Value> = vips
                     .iter()
                     .map(|(vip, config, s, backends)| {
@@ -622,9 +600,9 @@ fn run(command: Command) -> Result<()> {
                         "capacity": { "vips": vips, "backends": backends, "connections": connections },
                         "connections": lb.connection_count(),
                         "map_memory_bytes": lb.map_memory_bytes(),
-                        "echo_policy": format!("{:?}", lb.echo_policy()),
-                        "fragment_policy": format!("{:?}", lb.fragment_policy()),
-                        "options_policy": format!("{:?}", lb.options_policy()),
+                        "echo_policy": lb.echo_policy().to_string(),
+                        "fragment_policy": lb.fragment_policy().to_string(),
+                        "options_policy": lb.options_policy().to_string(),
                         "udp_timeout_secs": lb.udp_timeout().as_secs_f64(),
                         "hash_seed": lb.hash_seed(),
                     })
@@ -632,15 +610,15 @@ fn run(command: Command) -> Result<()> {
             } else {
                 println!("pinned at:   {}", pin.pin.display());
                 for a in &attachments {
-                    println!("attached:    {} (ifindex {}, {} mode)", a.interface, a.ifindex, a.mode);
+                    println!("attached:    {}", common::attachment_text(a));
                 }
                 println!("redirect:    ifindexes {:?}", lb.redirect_interfaces());
                 println!("VIPs:        {} of {vips}", lb.vips()?.len());
                 println!("backends:    up to {backends}");
                 println!("connections: {} tracked, table of {connections}", lb.connection_count());
-                println!("memory:      {:.1} MiB of maps", lb.map_memory_bytes() as f64 / (1 << 20) as f64);
+                println!("memory:      {}", common::memory_text(lb.map_memory_bytes()));
                 println!(
-                    "policies:    echo {:?}, fragments {:?}, options {:?}, UDP timeout {:?}",
+                    "policies:    echo {}, fragments {}, options {}, UDP timeout {:?}",
                     lb.echo_policy(),
                     lb.fragment_policy(),
                     lb.options_policy(),
@@ -652,10 +630,6 @@ fn run(command: Command) -> Result<()> {
     Ok(())
 }
 
-fn counter(c: Counter) -> Value {
-    json!({ "packets": c.packets, "bytes": c.bytes })
-}
-
 /// A backend's next hop and its neighbour state, with the packets that found
 /// it unresolved.
 fn next_hop_json(b: &BackendStats) -> Value {
@@ -663,36 +637,11 @@ fn next_hop_json(b: &BackendStats) -> Value {
         "state": b.next_hop.state.to_string(),
         "via": b.next_hop.via.map(|a| a.to_string()),
         "ifindex": b.next_hop.ifindex,
-        "no_neighbour": counter(b.no_neighbour),
+        "no_neighbour": common::counter_json(b.no_neighbour),
     })
 }
 
 fn next_hop_text(b: &BackendStats) -> String {
     let via = b.next_hop.via.map(|a| format!(" via {a} (ifindex {})", b.next_hop.ifindex)).unwrap_or_default();
     format!("neighbour {}{via}, {} pkts unresolved", b.next_hop.state, b.no_neighbour.packets)
-}
-
-fn parse_echo(s: &str) -> Result<EchoPolicy> {
-    Ok(match s {
-        "answer" => EchoPolicy::Answer,
-        "pass" => EchoPolicy::Pass,
-        "drop" => EchoPolicy::Drop,
-        _ => return Err(format!("unknown echo policy `{s}` (expected answer, pass or drop)").into()),
-    })
-}
-
-fn parse_fragments(s: &str) -> Result<FragmentPolicy> {
-    Ok(match s {
-        "forward" => FragmentPolicy::ForwardAllPorts,
-        "drop" => FragmentPolicy::Drop,
-        _ => return Err(format!("unknown fragment policy `{s}` (expected forward or drop)").into()),
-    })
-}
-
-fn parse_options(s: &str) -> Result<OptionsPolicy> {
-    Ok(match s {
-        "forward" => OptionsPolicy::Forward,
-        "drop" => OptionsPolicy::Drop,
-        _ => return Err(format!("unknown options policy `{s}` (expected forward or drop)").into()),
-    })
 }

@@ -3,6 +3,9 @@
 //! Every command works on a filter pinned in bpffs, so a filter attached by
 //! one invocation keeps running after it exits and any later invocation can
 //! edit its lists or read its counters. Built on the public API only.
+//! Installed with `cargo install xdpguard --features cli` (from a checkout:
+//! `cargo install --path . --features cli`); shares `common/` with
+//! `xdpguard-lb`.
 //!
 //! ```text
 //! xdpguard attach --iface eth0 [--iface eth1] [--mode native|generic|offload|auto] [--pin DIR] [--netns NAME]
@@ -14,7 +17,6 @@
 //! xdpguard detach
 //! ```
 
-#[path = "common/mod.rs"]
 mod common;
 
 use std::io::Write;
@@ -26,7 +28,7 @@ use std::time::{Duration, Instant};
 use clap::{Args, Parser, Subcommand};
 use common::Result;
 use serde_json::json;
-use xdpguard::{AttachMode, Filter, FilterStats, IpNetwork, ListError, ListKind, MalformedPolicy, PrefixList, Verdict};
+use xdpguard::{Filter, FilterStats, IpNetwork, ListError, ListKind, MalformedPolicy, PrefixList, Verdict};
 
 const DEFAULT_PIN: &str = "/sys/fs/bpf/xdpguard";
 
@@ -79,12 +81,8 @@ struct BlockArgs {
 enum Command {
     /// Load the filter, attach it to interfaces and pin it.
     Attach {
-        /// Interface to attach to (repeatable).
-        #[arg(long = "iface", required = true)]
-        ifaces: Vec<String>,
-        /// XDP mode.
-        #[arg(long, default_value = "auto")]
-        mode: AttachMode,
+        #[command(flatten)]
+        target: common::Target,
         #[command(flatten)]
         pin: Pin,
         /// Maximum IPv4 entries.
@@ -96,10 +94,6 @@ enum Command {
         /// Drop malformed packets instead of passing them.
         #[arg(long)]
         drop_malformed: bool,
-        /// Attach inside this named network namespace (/run/netns/NAME).
-        /// Use this rather than `ip netns exec`, which hides /sys/fs/bpf.
-        #[arg(long)]
-        netns: Option<String>,
     },
     /// Detach from every interface and remove the pins.
     Detach {
@@ -165,17 +159,15 @@ fn main() -> ExitCode {
 
 fn run(command: Command) -> Result<()> {
     match command {
-        Command::Attach { ifaces, mode, pin, v4_capacity, v6_capacity, drop_malformed, netns } => {
-            if let Some(name) = netns {
-                common::enter_netns(&name)?;
-            }
+        Command::Attach { target, pin, v4_capacity, v6_capacity, drop_malformed } => {
+            target.enter_netns()?;
             let mut b = Filter::builder()
-                .mode(mode)
+                .mode(target.mode)
                 .pin(&pin.pin)
                 .v4_capacity(v4_capacity)
                 .v6_capacity(v6_capacity)
                 .malformed(if drop_malformed { MalformedPolicy::Drop } else { MalformedPolicy::Pass });
-            for i in &ifaces {
+            for i in &target.ifaces {
                 b = b.interface(i.as_str());
             }
             let filter = b.attach()?;
@@ -264,13 +256,13 @@ fn run(command: Command) -> Result<()> {
                         "v4_capacity": v4_cap,
                         "v6_capacity": v6_cap,
                         "map_memory_bytes": memory,
-                        "malformed_policy": format!("{:?}", filter.malformed_policy()).to_lowercase(),
+                        "malformed_policy": filter.malformed_policy().to_string(),
                     })
                 );
             } else {
                 println!("pin:        {}", pin.pin.display());
                 for a in &attachments {
-                    println!("attached:   {} (ifindex {}, {} mode)", a.interface, a.ifindex, a.mode);
+                    println!("attached:   {}", common::attachment_text(a));
                 }
                 if attachments.is_empty() {
                     println!("attached:   nowhere");
@@ -278,8 +270,8 @@ fn run(command: Command) -> Result<()> {
                 println!("blocklist:  {blocked} entries");
                 println!("allowlist:  {allowed} entries");
                 println!("capacity:   {v4_cap} IPv4, {v6_cap} IPv6 entries");
-                println!("memory:     {:.1} MiB of maps", memory as f64 / (1 << 20) as f64);
-                println!("malformed:  {:?}", filter.malformed_policy());
+                println!("memory:     {}", common::memory_text(memory));
+                println!("malformed:  {}", filter.malformed_policy());
             }
         }
     }
@@ -403,7 +395,7 @@ fn print_stats(s: &FilterStats, rates: Option<(FilterStats, Duration)>, json: bo
     if json {
         let mut obj = serde_json::Map::new();
         for (name, c) in s.rows() {
-            obj.insert(name.into(), json!({ "packets": c.packets, "bytes": c.bytes }));
+            obj.insert(name.into(), common::counter_json(c));
         }
         if let Some((d, dt)) = rates {
             let secs = dt.as_secs_f64().max(1e-9);

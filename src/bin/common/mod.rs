@@ -1,0 +1,97 @@
+//! What the command-line tools (`xdpguard`, `xdpguard-lb`) share: the error
+//! wrapper around a command, the arguments of every `attach`, how
+//! attachments, counters and memory are shown. Each tool includes it with
+//! `mod common;` (a directory under `src/bin/` without a `main.rs` is not a
+//! binary of its own). Values (modes, policies, VIPs, backends) are parsed
+//! by the library's `FromStr`, so the tools and a program using the library
+//! accept the same words.
+
+// Each tool uses most of this, not all of it.
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use clap::Args;
+use serde_json::{json, Value};
+use xdpguard::{AttachMode, Attachment, Counter};
+
+/// A command's result: any error is printed for the user.
+pub type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+
+/// The exit status for a command's result; an error goes to stderr as
+/// `error: ...`.
+pub fn exit_code(result: Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Where an `attach` command puts its program (every tool's `attach`).
+#[derive(Args)]
+pub struct Target {
+    /// Interface to attach to (repeatable).
+    #[arg(long = "iface", required = true)]
+    pub ifaces: Vec<String>,
+    /// XDP mode: native, generic, offload or auto (native where the driver
+    /// has it, else generic).
+    #[arg(long, default_value_t = AttachMode::Auto)]
+    pub mode: AttachMode,
+    /// Attach inside this named network namespace (/run/netns/NAME).
+    /// Use this rather than `ip netns exec`, which hides /sys/fs/bpf.
+    #[arg(long)]
+    pub netns: Option<String>,
+}
+
+impl Target {
+    /// Moves this (single-threaded) process into the named network
+    /// namespace, if one was given, keeping the mount namespace so bpffs
+    /// stays visible. Before anything is loaded: interfaces are looked up
+    /// in the namespace the program is attached from.
+    pub fn enter_netns(&self) -> Result<()> {
+        let Some(name) = &self.netns else { return Ok(()) };
+        let path = Path::new("/run/netns").join(name);
+        let file = std::fs::File::open(&path).map_err(|e| format!("network namespace {name}: {e}"))?;
+        nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET)
+            .map_err(|e| format!("entering network namespace {name}: {e}"))?;
+        Ok(())
+    }
+}
+
+/// After `attach`: where the program runs, and that it outlives the command.
+pub fn print_attached(attachments: &[Attachment], pin: &Path) {
+    for a in attachments {
+        println!("attached to {}", attachment_text(a));
+    }
+    println!("pinned at {}; it keeps running after this command exits", pin.display());
+}
+
+/// After `detach`: the interfaces it left and the pin directory removed.
+pub fn print_detached(attachments: &[Attachment], pin: &Path) {
+    let names: Vec<&str> = attachments.iter().map(|a| a.interface.as_str()).collect();
+    println!("detached from [{}] and removed {}", names.join(", "), pin.display());
+}
+
+/// One attachment in text: `eth0 (ifindex 3, native mode)`.
+pub fn attachment_text(a: &Attachment) -> String {
+    format!("{} (ifindex {}, {} mode)", a.interface, a.ifindex, a.mode)
+}
+
+/// One attachment in `--json` output.
+pub fn attachment_json(a: &Attachment) -> Value {
+    json!({ "interface": a.interface, "ifindex": a.ifindex, "mode": a.mode.to_string() })
+}
+
+/// A counter in `--json` output.
+pub fn counter_json(c: Counter) -> Value {
+    json!({ "packets": c.packets, "bytes": c.bytes })
+}
+
+/// Map memory for people: `12.3 MiB of maps`.
+pub fn memory_text(bytes: u64) -> String {
+    format!("{:.1} MiB of maps", bytes as f64 / (1 << 20) as f64)
+}
