@@ -24,6 +24,10 @@
 //! A VIP is `ADDR:PORT`, `[V6ADDR]:PORT`, or `ADDR:*` for all ports
 //! (`Vip::parse_with`); modes and policies are the names their types parse
 //! (`ForwardingMode`, `EchoPolicy`, ...: `FromStr`).
+//!
+//! Over 600 lines on purpose: half is the clap definitions, which are the
+//! help text, and the other half one match arm per command, read top to
+//! bottom; what the tools share is in `common/`.
 
 mod common;
 
@@ -456,19 +460,7 @@ fn run(command: Command) -> Result<()> {
             let vip = vip.vip()?;
             let stats = lb.backend_stats(&vip)?;
             if json {
-                let items: Vec<Value> = stats
-                    .iter()
-                    .map(|b| {
-                        json!({
-                            "backend": b.backend.addr.to_string(),
-                            "weight": b.backend.weight,
-                            "state": b.backend.state().to_string(),
-                            "packets": b.traffic.packets,
-                            "bytes": b.traffic.bytes,
-                            "neighbour": next_hop_json(b),
-                        })
-                    })
-                    .collect();
+                let items: Vec<Value> = stats.iter().map(backend_json).collect();
                 println!("{}", json!({ "vip": vip.to_string(), "backends": items }));
             } else {
                 for b in stats {
@@ -545,14 +537,7 @@ fn run(command: Command) -> Result<()> {
                             "new_flows": s.new_flows,
                             "lru_hits": s.lru_hits,
                             "lru_misses": s.lru_misses,
-                            "backends": backends.iter().map(|b| json!({
-                                "backend": b.backend.addr.to_string(),
-                                "weight": b.backend.weight,
-                                "state": b.backend.state().to_string(),
-                                "packets": b.traffic.packets,
-                                "bytes": b.traffic.bytes,
-                                "neighbour": next_hop_json(b),
-                            })).collect::<Vec<_>>(),
+                            "backends": backends.iter().map(backend_json).collect::<Vec<_>>(),
                         })
                     })
                     .collect();
@@ -628,6 +613,18 @@ fn run(command: Command) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// A backend with its counters and next hop (`backend list`, `stats`).
+fn backend_json(b: &BackendStats) -> Value {
+    json!({
+        "backend": b.backend.addr.to_string(),
+        "weight": b.backend.weight,
+        "state": b.backend.state().to_string(),
+        "packets": b.traffic.packets,
+        "bytes": b.traffic.bytes,
+        "neighbour": next_hop_json(b),
+    })
 }
 
 /// A backend's next hop and its neighbour state, with the packets that found
