@@ -4,9 +4,10 @@
 //! [`ParseError`](crate::ParseError) listing the accepted ones. The CLIs
 //! parse their arguments with these (and a configuration file may).
 //!
-//! Rejected alternatives: strum's derives do the same with a dependency and
-//! attributes on every variant, and clap's `ValueEnum` would put clap in the
-//! library; a table of a few lines per enum needs neither.
+//! Rejected alternatives: strum's derives do the same with a dependency,
+//! attributes on every variant and, for an error listing the accepted
+//! names, an error function per type; clap's `ValueEnum` would put clap in
+//! the library. A table of a few lines per enum needs neither.
 
 /// Implements `Display` (the first name of each variant; width and
 /// alignment honoured) and `FromStr` (every name, in any ASCII case,
