@@ -787,13 +787,29 @@ fn ip_length_fields_against_the_frame() {
     );
     m.expect(&frame6.with_ipv6_payload_len(u16::MAX), Reason::Malformed, "IPv6 payload length 65535");
     m.expect(&frame6.padded(30), Reason::BlockedV6, "IPv6 with Ethernet padding");
-    // Payload length 0 is how jumbograms are marked (their length lives in
-    // hop-by-hop): not malformed, and the source decides.
+    // Payload length 0 with a hop-by-hop header is how jumbograms are marked
+    // (their length lives in a hop-by-hop option); Linux delivers one with
+    // the frame's length even without the option, so it is not malformed
+    // and the source decides.
     m.expect(&frame6.with_ipv6_payload_len(0), Reason::BlockedV6, "IPv6 payload length 0 (jumbogram marker)");
     // A payload length that ends inside the extension chain, with the
-    // headers still in the frame: the walk checks the frame, not the
-    // length field, so this is judged by source.
-    m.expect(&frame6.with_ipv6_payload_len(4), Reason::BlockedV6, "IPv6 payload length shorter than its headers");
+    // headers still in the frame: the chain is cut short by the packet's
+    // own length (the stack trims the packet to it and drops it), and the
+    // bytes after it are not part of the packet.
+    for len in [4u16, 7] {
+        let what = format!("IPv6 payload length {len}, shorter than its hop-by-hop header");
+        m.expect(&frame6.with_ipv6_payload_len(len), Reason::Malformed, &what);
+    }
+    // Payload length 0 without a hop-by-hop header: a 40-byte packet, its
+    // transport header missing (not checked); the source decides.
+    let udp6 = v6b("2001:db8:bad::1").build();
+    m.expect(&udp6.with_ipv6_payload_len(0), Reason::BlockedV6, "IPv6 payload length 0, UDP");
+    // A destination-options header past the payload length, the frame
+    // holding it as trailing bytes.
+    let dst6 = v6b("2001:db8:900d::1").exts(&[Ext::HopByHop, Ext::DestOpts]).build();
+    let hbh_end = dst6.span("ext0:hop-by-hop").end() - dst6.l3() - 40;
+    let what = "IPv6 payload length ending inside the second extension header";
+    m.expect(&dst6.with_ipv6_payload_len(hbh_end as u16 + 4), Reason::Malformed, what);
 }
 
 #[test]

@@ -2,7 +2,15 @@
 /* Packet parsing shared by every xdpguard program: Ethernet, up to two VLAN
  * tags, IPv4 (options honoured) and IPv6 (a bounded walk over extension
  * headers). Every access is bounds-checked, so no packet can make a program
- * fail verification at run time or return XDP_ABORTED. */
+ * fail verification at run time or return XDP_ABORTED.
+ *
+ * The IP packet ends where its length field says (IPv4 total length, IPv6
+ * 40 + payload length), which may be before the frame's end: Ethernet pads
+ * frames to 60 bytes, and a sender may append anything. Headers after the
+ * IP header are read up to that end only, as the kernel's stack does after
+ * trimming the packet to its length; bytes past it are not part of the
+ * packet. Callers reading on (the LB's L4 and ICMP readers) bound their
+ * reads the same way (lb_parsing.h). */
 #ifndef XDPG_PARSING_H
 #define XDPG_PARSING_H
 
@@ -129,9 +137,23 @@ static __always_inline int xdpg_parse_ipv6(void *data, void *data_end, struct xd
 	if (ip6h->version != 6)
 		return XDPG_PARSE_MALFORMED;
 	__u32 payload_len = bpf_ntohs(ip6h->payload_len);
-	/* payload_len 0 is a jumbogram, whose length lives in hop-by-hop. */
-	if (payload_len && (void *)(ip6h + 1) + payload_len > data_end)
-		return XDPG_PARSE_MALFORMED;
+	__u32 end;
+	if (payload_len == 0 && ip6h->nexthdr == IPPROTO_HOPOPTS) {
+		/* A jumbogram's length lives in a hop-by-hop option (RFC 2675).
+		 * Linux does not trim such a packet: measured on 6.18, one
+		 * without the option is delivered with the frame's length as
+		 * its own. So the walk reads up to the frame's end, as the
+		 * stack does, and the filter judges the source. Nothing XDP
+		 * sees can really be one (no link carries 64 KiB frames): the
+		 * LB passes it as malformed. */
+		end = data_end - data;
+	} else {
+		/* Payload length 0 otherwise is a packet of its 40-byte header
+		 * alone, as the stack takes it. */
+		end = off + sizeof(*ip6h) + payload_len;
+		if (data + end > data_end)
+			return XDPG_PARSE_MALFORMED;
+	}
 
 	__u8 next = ip6h->nexthdr;
 	off += sizeof(*ip6h);
@@ -143,11 +165,13 @@ static __always_inline int xdpg_parse_ipv6(void *data, void *data_end, struct xd
 		case IPPROTO_HOPOPTS:
 		case IPPROTO_ROUTING:
 		case IPPROTO_DSTOPTS: {
+			/* Within the frame (for the verifier) and within the IP
+			 * packet (a header past its end is cut short). */
 			struct xdpg_ipv6_opt_hdr *opt = data + off;
-			if ((void *)(opt + 1) > data_end)
+			if ((void *)(opt + 1) > data_end || off + sizeof(*opt) > end)
 				return XDPG_PARSE_MALFORMED;
 			__u32 len = ((__u32)opt->hdrlen + 1) * 8;
-			if (data + off + len > data_end)
+			if (data + off + len > data_end || off + len > end)
 				return XDPG_PARSE_MALFORMED;
 			next = opt->nexthdr;
 			off += len;
@@ -155,7 +179,7 @@ static __always_inline int xdpg_parse_ipv6(void *data, void *data_end, struct xd
 		}
 		case IPPROTO_FRAGMENT: {
 			struct xdpg_ipv6_frag_hdr *fh = data + off;
-			if ((void *)(fh + 1) > data_end)
+			if ((void *)(fh + 1) > data_end || off + sizeof(*fh) > end)
 				return XDPG_PARSE_MALFORMED;
 			__u16 frag = bpf_ntohs(fh->frag_off);
 			pkt->fragment = 1;
@@ -180,8 +204,9 @@ static __always_inline int xdpg_parse_ipv6(void *data, void *data_end, struct xd
 	return XDPG_PARSE_OK;
 }
 
-/* Parses L2 and L3. XDPG_PARSE_OK means pkt->l3_proto is IPv4 or IPv6 and
- * its header chain is complete and within the frame. */
+/* Parses L2 and L3. XDPG_PARSE_OK means pkt->l3_proto is IPv4 or IPv6, the
+ * IP packet lies within the frame and its header chain within the packet
+ * (a jumbogram claim's within the frame). */
 static __always_inline int xdpg_parse(struct xdp_md *ctx, struct xdpg_pkt *pkt)
 {
 	void *data = (void *)(long)ctx->data;

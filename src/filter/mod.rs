@@ -60,6 +60,17 @@ pub const MAX_CAPACITY: usize = 1 << 24;
 
 /// What the filter does with packets whose L2/L3 headers are malformed or
 /// truncated. They are counted either way.
+///
+/// Truncated means cut short by the frame's end or by the packet's own IP
+/// length (IPv4 total length, IPv6 40 + payload length): an IPv6 extension
+/// header that runs past the payload length is cut short, as the kernel's
+/// stack reads it (it trims the packet to its length, then drops it). Bytes
+/// after the IP packet (Ethernet padding) are not part of it, and a
+/// transport header cut short is not checked: the source decides. One
+/// exception: an IPv6 payload length of 0 with a hop-by-hop header claims a
+/// jumbogram (RFC 2675), which Linux delivers with the frame's length
+/// (measured on 6.18, also without the jumbo option), so its headers are
+/// read up to the frame's end and the source decides too.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum MalformedPolicy {
     /// Let them through (the kernel stack drops what it cannot parse).
