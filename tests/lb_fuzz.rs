@@ -32,8 +32,7 @@
 //! and per epoch the global counters match the model's.
 //!
 //! The model is written from the documentation; where the program disagrees
-//! the fuzzer reports it. One known disagreement, found by this fuzzer and
-//! not yet fixed, is tolerated and counted (TRAILING_BYTES_BUG_UNFIXED).
+//! the fuzzer reports it.
 //!
 //! CI runs 100,000 frames (about 3 s here; seed below). A larger run:
 //! `XDPG_FUZZ_FRAMES=2000000 XDPG_FUZZ_SEED=7 cargo test --release --test lb_fuzz -- --nocapture`
@@ -74,17 +73,6 @@ const CI_SEED: u64 = 0x14;
 const EPOCH: usize = 4_000;
 /// Failures printed in full (all are counted).
 const SHOWN: usize = 8;
-
-/// Issue 14, found by this fuzzer: the program reads TCP/UDP, ICMP and
-/// quoted headers, and walks IPv6 extension headers, up to the end of the
-/// frame rather than of the IP packet. A packet whose headers run into the
-/// frame's trailing bytes (Ethernet padding) is forwarded, rewritten in its
-/// padding or answered, instead of passed as malformed; an IPv6 payload
-/// length of 0 is forwarded as a 40-byte packet. While this is true, frames
-/// the documented model gets wrong only in that way are counted and the
-/// first is shown, but they do not fail the run. Set it to false once
-/// lb.bpf.c bounds those reads by the IP length: they then fail it.
-const TRAILING_BYTES_BUG_UNFIXED: bool = true;
 
 /// The egress MTU of both interfaces (VerdictNet leaves the default).
 const MTU: usize = 1500;
@@ -252,8 +240,8 @@ struct Ip {
     /// IPv4 total length; IPv6 40 + payload length.
     l3_len: usize,
     /// How far headers after the IP header may be read: the end of the IP
-    /// packet (documented), or of the frame (what the program does today,
-    /// see TRAILING_BYTES_BUG_UNFIXED).
+    /// packet, not of the frame (whose trailing bytes, such as Ethernet
+    /// padding, are not part of the packet).
     bound: usize,
     /// The IPv4 header's length (IPv6: 40).
     hdr_len: usize,
@@ -276,7 +264,7 @@ enum Parsed {
 
 const MAX_EXT_HDRS: usize = 8;
 
-fn parse(f: &[u8], lenient: bool) -> (usize, Parsed) {
+fn parse(f: &[u8]) -> (usize, Parsed) {
     let mut et = be16(f, 12);
     let mut off = 14;
     let mut tags = 0;
@@ -289,14 +277,14 @@ fn parse(f: &[u8], lenient: bool) -> (usize, Parsed) {
         tags += 1;
     }
     let parsed = match et {
-        0x0800 => parse_v4(f, off, lenient),
-        0x86DD => parse_v6(f, off, lenient),
+        0x0800 => parse_v4(f, off),
+        0x86DD => parse_v6(f, off),
         _ => Parsed::NonIp,
     };
     (tags, parsed)
 }
 
-fn parse_v4(f: &[u8], off: usize, lenient: bool) -> Parsed {
+fn parse_v4(f: &[u8], off: usize) -> Parsed {
     if f.len() < off + 20 || f[off] >> 4 != 4 || f[off] & 0xF < 5 {
         return Parsed::Malformed;
     }
@@ -312,7 +300,7 @@ fn parse_v4(f: &[u8], off: usize, lenient: bool) -> Parsed {
         src: IpAddr::V4(Ipv4Addr::new(f[off + 12], f[off + 13], f[off + 14], f[off + 15])),
         dst: IpAddr::V4(Ipv4Addr::new(f[off + 16], f[off + 17], f[off + 18], f[off + 19])),
         l3_len: tot,
-        bound: if lenient { f.len() } else { off + tot },
+        bound: off + tot,
         hdr_len: hdr,
         proto: f[off + 9],
         l4: (!later).then_some(off + hdr),
@@ -323,7 +311,7 @@ fn parse_v4(f: &[u8], off: usize, lenient: bool) -> Parsed {
     })
 }
 
-fn parse_v6(f: &[u8], off: usize, lenient: bool) -> Parsed {
+fn parse_v6(f: &[u8], off: usize) -> Parsed {
     if f.len() < off + 40 || f[off] >> 4 != 6 {
         return Parsed::Malformed;
     }
@@ -331,10 +319,11 @@ fn parse_v6(f: &[u8], off: usize, lenient: bool) -> Parsed {
     if off + 40 + plen > f.len() {
         return Parsed::Malformed;
     }
-    // Payload length 0 claims a jumbogram (RFC 2675), whose length lives in
-    // a hop-by-hop option; no frame XDP sees can be one, and the kernel's
-    // stack takes such a packet for its 40-byte header alone.
-    let end = if lenient { f.len() } else { off + 40 + plen };
+    // Payload length 0 is a 40-byte packet. With a hop-by-hop header it
+    // claims a jumbogram (RFC 2675), whose length lives in a hop-by-hop
+    // option: no frame XDP sees can be one, and the LB passes it as
+    // malformed (here: its hop-by-hop header lies past the 40 bytes).
+    let end = off + 40 + plen;
     let mut next = f[off + 6];
     let mut at = off + 40;
     let (mut fragment, mut later) = (false, false);
@@ -609,10 +598,9 @@ impl Model {
         }
     }
 
-    /// The whole frame's fate; `lenient` reads headers up to the frame's
-    /// end rather than the IP packet's (TRAILING_BYTES_BUG_UNFIXED).
-    fn predict(&self, lb: &LoadBalancer, f: &[u8], ingress: u32, lenient: bool) -> Prediction {
-        let (tags, parsed) = parse(f, lenient);
+    /// The whole frame's fate.
+    fn predict(&self, lb: &LoadBalancer, f: &[u8], ingress: u32) -> Prediction {
+        let (tags, parsed) = parse(f);
         let ip = match parsed {
             Parsed::Malformed => return Prediction::pass("malformed L2/L3 headers", "passed_malformed"),
             Parsed::NonIp => return Prediction::pass("not IP", "passed_non_vip"),
@@ -2240,7 +2228,7 @@ fn same_frame(want: &[u8], got: &[u8], soft: &[usize], input_ok: bool) -> bool {
 /// IPIP's outer destination, NAT's new destination, or (DSR) the
 /// neighbour owning the destination MAC.
 fn kernel_backend(out: &[u8], mode: ForwardingMode) -> Option<IpAddr> {
-    let ip = match parse(out, true).1 {
+    let ip = match parse(out).1 {
         Parsed::Ip(ip) => ip,
         _ => return None,
     };
@@ -2348,8 +2336,6 @@ struct Outcome {
     seed: u64,
     frames: usize,
     failures: Vec<Failure>,
-    /// Frames that disagree only by TRAILING_BYTES_BUG_UNFIXED (the first with its report).
-    known: Vec<Failure>,
     unpredictable: usize,
     /// Frames whose answer the test's tamper hook changed.
     tampered: Vec<usize>,
@@ -2368,15 +2354,13 @@ impl Outcome {
             *cats.entry(&f.category).or_default() += 1;
         }
         let mut s = format!(
-            "seed {:#x}: {} frames in {:.1?} ({:?}); {} unpredictable; {} disagreement(s); {} known (headers read \
-             past the IP packet, TRAILING_BYTES_BUG_UNFIXED)",
+            "seed {:#x}: {} frames in {:.1?} ({:?}); {} unpredictable; {} disagreement(s)",
             self.seed,
             self.frames,
             self.elapsed,
             self.by_action,
             self.unpredictable,
             self.failures.len(),
-            self.known.len()
         );
         let _ = write!(s, "\n  paths: {:?}", self.coverage);
         for (c, n) in cats {
@@ -2399,7 +2383,7 @@ impl Outcome {
         let firsts: Vec<&Failure> = self.failures.iter().filter(|f| seen.insert(f.category.clone())).collect();
         let more = env_number("XDPG_FUZZ_SHOW").map_or(SHOWN, |n| n as usize).saturating_sub(firsts.len());
         let rest = self.failures.iter().filter(|f| !firsts.iter().any(|g| std::ptr::eq(*g, *f))).take(more);
-        for f in self.known.iter().take(1).chain(firsts.iter().copied()).chain(rest) {
+        for f in firsts.iter().copied().chain(rest) {
             eprintln!("{}", f.report);
         }
         eprintln!("{}", self.summary());
@@ -2435,7 +2419,6 @@ fn fuzz_in_namespace(seed: u64, frames: usize, net: Net, tamper: Option<Tamper>)
         seed,
         frames,
         failures: Vec::new(),
-        known: Vec::new(),
         unpredictable: 0,
         tampered: Vec::new(),
         coverage: BTreeMap::new(),
@@ -2468,7 +2451,7 @@ fn fuzz_in_namespace(seed: u64, frames: usize, net: Net, tamper: Option<Tamper>)
             }
         }
         let g = gen.next(&vips, &model.nat_keys);
-        let mut prediction = model.predict(&lb, &g.frame, g.ingress, false);
+        let mut prediction = model.predict(&lb, &g.frame, g.ingress);
         let mut got = lb.test_run_on(&g.frame, g.ingress).expect("BPF_PROG_TEST_RUN");
         if let Some(t) = tamper {
             if t(&mut got) {
@@ -2477,39 +2460,8 @@ fn fuzz_in_namespace(seed: u64, frames: usize, net: Net, tamper: Option<Tamper>)
         }
         if trace == Some(index as u64) {
             eprintln!("{}", report(&prediction, &g, &got, index, seed, &changes, &[("traced".into(), String::new())]).report);
-            let lenient = model.predict(&lb, &g.frame, g.ingress, true);
-            eprintln!("lenient model: {} -> {:?}", lenient.why, lenient.verdict.action());
-            if let Some(w) = lenient.verdict.frame() {
-                eprintln!("lenient frame: {}", hex(w));
-            }
         }
         *out.by_action.entry(action_name(got.action)).or_default() += 1;
-        if TRAILING_BYTES_BUG_UNFIXED {
-            // What the program does today; where it agrees with the kernel
-            // it also names the counters and table entries the frame made.
-            let lenient = model.predict(&lb, &g.frame, g.ingress, true);
-            let documented_wrong = prediction.unpredictable.is_none() && !agrees(&prediction, &g.frame, &got);
-            // Which path the kernel took (and counted) is unknown then.
-            counts_known &= lenient.unpredictable.is_none() || prediction.unpredictable.is_some();
-            // A port 0 read from the padding leaves the lenient model without an answer.
-            if documented_wrong && (lenient.unpredictable.is_some() || agrees(&lenient, &g.frame, &got)) {
-                let known = "known: headers read past the IP packet (TRAILING_BYTES_BUG_UNFIXED)";
-                let mut f = report(&prediction, &g, &got, index, seed, &changes, &[(known.into(), String::new())]);
-                if !out.known.is_empty() {
-                    f.report.clear();
-                }
-                out.known.push(f);
-                model.apply(&lenient.effects);
-                for c in &lenient.counters {
-                    *counts.entry(c).or_default() += 1;
-                    *out.coverage.entry(c).or_default() += 1;
-                }
-                continue;
-            }
-            if agrees(&lenient, &g.frame, &got) {
-                prediction = lenient;
-            }
-        }
         model.apply(&prediction.effects);
         prediction.effects.clear();
         if prediction.unpredictable.is_some() {
@@ -2771,7 +2723,7 @@ fn all_ports_vips_hash_the_port_each_flow_carries() {
             };
             let et = if vip.addr.is_ipv4() { 0x0800 } else { 0x86DD };
             let g = Gen { frame: ether(net.eth0_mac, CLIENT_MAC, et, &pkt), ingress: net.eth0, what: format!("to {vip} port {dport}") };
-            let prediction = model.predict(&lb, &g.frame, g.ingress, false);
+            let prediction = model.predict(&lb, &g.frame, g.ingress);
             let got = lb.test_run_on(&g.frame, g.ingress).unwrap();
             *by_action.entry(action_name(got.action)).or_default() += 1;
             if let Some(f) = check_frame(&model, &g, &prediction, &got, index, 0x14_02, &[]) {
@@ -2800,7 +2752,6 @@ fn all_ports_vips_hash_the_port_each_flow_carries() {
             seed: 0x14_02,
             frames: 3000,
             failures,
-            known: Vec::new(),
             unpredictable: 0,
             tampered: Vec::new(),
             coverage: BTreeMap::new(),

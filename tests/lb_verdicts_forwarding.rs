@@ -19,6 +19,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use common::lb::*;
 use xdpguard::testing::fixture::{Fixture, FixtureTable};
+use xdpguard::testing::frame::{Frame, Icmp};
 use xdpguard::testing::lb_topology::*;
 use xdpguard::{Decap, Flow, ForwardingMode, HashInput, Protocol, Vip, VipConfig, XdpAction};
 
@@ -269,5 +270,90 @@ fn decap_strips_what_the_lb_adds() {
         let s = decap.stats().unwrap();
         assert_eq!(s.decapsulated.packets, decapsulated);
         assert_eq!(s.passed.packets, 2);
+    });
+}
+
+/// Ethernet pads frames to 60 bytes: a 40-byte IPv4 TCP ACK arrives with 6
+/// bytes after its IP packet. It is forwarded, rewritten or answered as
+/// any packet, and the padding goes along untouched after it (receivers
+/// read the IP length, and a NIC pads a short frame again anyway): L2 DSR
+/// and NAT keep the frame's length; IPIP's outer length comes from the
+/// inner IP length, so the padding sits after the outer packet, outside
+/// both. Other trailing bytes likewise (10 after an IPv6 UDP packet here).
+#[test]
+fn ethernet_padding_stays_after_the_packet() {
+    in_lb_ns("vpad", 3, |n| {
+        let lb = lb();
+        let mut t = FixtureTable::new(&lb, "Ethernet padding");
+        let vip = |port| Vip::tcp(sa(VIP_V4, port));
+        vip_with(&lb, vip(80), VipConfig::new(ForwardingMode::L2Dsr), &backends_v4(3));
+        vip_with(&lb, vip(81), VipConfig::new(ForwardingMode::Ipip), &backends_v4(3));
+        vip_with(&lb, vip(82), VipConfig::new(ForwardingMode::Ipip), &backends_v6(3));
+        lb.add_vip(vip(83), VipConfig::new(ForwardingMode::Nat)).unwrap();
+        lb.batch(&vip(83)).add(sa(backend_v4(1), 8080), 1).add(sa(backend_v4(2), 8080), 1).apply().unwrap();
+        let udp6 = Vip::udp(sa(VIP_V6, 53));
+        vip_with(&lb, udp6, VipConfig::new(ForwardingMode::Ipip), &backends_v6(3));
+        let pad = [0xAA; 6];
+        // A bare ACK (no payload) and the same frame padded to 60 bytes.
+        let ack = |port| Pkt::new(client(1), sa(VIP_V4, port), Protocol::Tcp, false).payload(&[]);
+        let padded = |p: &Pkt, macs: ([u8; 6], [u8; 6])| p.builder(macs.0, macs.1).trailer(&pad).build();
+        let with_pad = |f: &[u8]| [f, &pad[..]].concat();
+        let chosen = |port, src| lb.backend_for(&vip(port), &Flow::new(src, sa(VIP_V4, port), Protocol::Tcp)).unwrap().unwrap();
+
+        let input = padded(&ack(80), (CLIENT_MAC, n.eth0_mac));
+        assert_eq!(input.len(), 60);
+        let b = chosen(80, client(1));
+        let want = input.with_macs(n.eth1_mac, backend_mac(backend_index(b)));
+        t.run(Fixture::new("DSR: the packet and its padding as received", &input).on(n.eth0).action(XdpAction::Redirect).output(want));
+
+        for port in [81, 82] {
+            let sent = ack(port);
+            let input = padded(&sent, (CLIENT_MAC, n.eth0_mac));
+            let flow = Flow::new(client(1), sa(VIP_V4, port), Protocol::Tcp);
+            let b = chosen(port, client(1));
+            let osrc = lb.ipip_source_for(&vip(port), &flow, b.ip).unwrap().unwrap();
+            // The unpadded packet encapsulated, then the padding.
+            let tunnel = ipip(&sent.frame(CLIENT_MAC, n.eth0_mac), osrc, b.ip, n.eth1_mac, backend_mac(backend_index(b)));
+            t.run(
+                Fixture::new(format!("IPIP to {}: the outer length from the inner IP length, the padding after it", b.ip), &input)
+                    .on(n.eth0)
+                    .action(XdpAction::Redirect)
+                    .output(with_pad(&tunnel)),
+            );
+        }
+
+        let sent = ack(83);
+        let b = chosen(83, client(1));
+        let at_backend = sa(b.ip, 8080);
+        let want = padded(&sent.to(at_backend), (n.eth1_mac, backend_mac(backend_index(b))));
+        t.run(Fixture::new("NAT: translated, the padding untouched", padded(&sent, (CLIENT_MAC, n.eth0_mac))).on(n.eth0).action(XdpAction::Redirect).output(want));
+        let reply = Pkt::new(at_backend, client(1), Protocol::Tcp, false).payload(&[]);
+        let want = padded(&reply.from(sa(VIP_V4, 83)), (n.eth0_mac, CLIENT_MAC));
+        t.run(Fixture::new("NAT reply: from the VIP, the padding untouched", padded(&reply, (backend_mac(1), n.eth1_mac))).on(n.eth1).action(XdpAction::Redirect).output(want));
+
+        // An echo request, 42 bytes, padded to 60: answered, padding kept.
+        let echo = |macs: ([u8; 6], [u8; 6]), src: IpAddr, dst: IpAddr, icmp| {
+            Frame::builder().macs(macs.0, macs.1).ip(src, dst).icmp(icmp).trailer(&[0xAA; 18]).build()
+        };
+        let request = echo((CLIENT_MAC, n.eth0_mac), CLIENT_V4.into(), VIP_V4.into(), Icmp::EchoRequest { id: 7, seq: 1 });
+        let answer = echo((n.eth0_mac, CLIENT_MAC), VIP_V4.into(), CLIENT_V4.into(), Icmp::EchoReply { id: 7, seq: 1 });
+        assert_eq!(request.len(), 60);
+        t.run(Fixture::new("echo: answered, the padding untouched", &request).on(n.eth0).action(XdpAction::Tx).output(answer).counts(&["echo_answered"]));
+
+        // IPv6 UDP with 10 trailing bytes, IPIP 6in6.
+        let sent = Pkt::new(client6(1), sa(VIP_V6, 53), Protocol::Udp, false);
+        let input = sent.builder(CLIENT_MAC, n.eth0_mac).trailer(&[0xBB; 10]).build();
+        let flow = Flow::new(client6(1), sa(VIP_V6, 53), Protocol::Udp);
+        let b = lb.backend_for(&udp6, &flow).unwrap().unwrap();
+        let osrc = lb.ipip_source_for(&udp6, &flow, b.ip).unwrap().unwrap();
+        let tunnel = ipip(&sent.frame(CLIENT_MAC, n.eth0_mac), osrc, b.ip, n.eth1_mac, backend_mac(backend_index(b)));
+        t.run(
+            Fixture::new("6in6: the trailing bytes after the outer packet", &input)
+                .on(n.eth0)
+                .action(XdpAction::Redirect)
+                .output([&tunnel[..], &[0xBB; 10]].concat()),
+        );
+        t.finish();
+        assert_eq!(lb.stats().unwrap().passed_malformed.packets, 0);
     });
 }

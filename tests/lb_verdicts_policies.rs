@@ -10,7 +10,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use common::lb::*;
 use xdpguard::testing::fixture::{Fixture, FixtureTable};
-use xdpguard::testing::frame::{Ext, Frame, Icmp};
+use xdpguard::testing::frame::{Ext, Family, Frame, Icmp};
 use xdpguard::testing::lb_topology::*;
 use xdpguard::{EchoPolicy, Flow, ForwardingMode, FragmentPolicy, OptionsPolicy, Protocol, Vip, VipConfig, XdpAction};
 
@@ -200,5 +200,94 @@ fn truncated_frames_never_abort() {
         t.finish();
         let s = lb.stats().unwrap();
         assert!(s.passed_malformed.packets > 100, "cut frames are counted as malformed: {s:?}");
+    });
+}
+
+/// The IPv4 header checksum of `h` (its checksum field skipped).
+fn ipv4_header_checksum(h: &[u8]) -> u16 {
+    let words = h.chunks(2).enumerate().filter(|(i, _)| *i != 5).map(|(_, w)| u16::from_be_bytes([w[0], w[1]]));
+    let mut sum: u32 = words.map(u32::from).sum();
+    while sum > 0xFFFF {
+        sum = (sum & 0xFFFF) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// `f` with its IP length field saying the packet is `ip_len` bytes long
+/// (IPv4 total length, header checksum fixed; IPv6 40 + payload length):
+/// the bytes after that stay in the frame as trailing bytes.
+fn with_ip_len(f: &Frame, ip_len: usize) -> Vec<u8> {
+    let l3 = f.l3();
+    match f.family() {
+        Some(Family::V4) => {
+            let mut b = f.with_ipv4_total_len(ip_len as u16);
+            let ihl = usize::from(b[l3] & 0xF) * 4;
+            let c = ipv4_header_checksum(&b[l3..l3 + ihl]);
+            b[l3 + 10..l3 + 12].copy_from_slice(&c.to_be_bytes());
+            b
+        }
+        _ => f.with_ipv6_payload_len((ip_len - 40) as u16),
+    }
+}
+
+/// Headers after the IP header are read up to the end of the IP packet
+/// (IPv4 total length, IPv6 40 + payload length), not of the frame: a
+/// packet whose TCP/UDP, ICMP or IPv6 extension header runs into the bytes
+/// after it (Ethernet padding, or whatever a sender appended) is malformed,
+/// passed untouched and counted as such, so it is neither forwarded nor
+/// rewritten in those bytes nor answered. An ICMP error whose quote runs
+/// into them quotes no flow: passed as any such ICMP message
+/// (`passed_non_vip`). Each frame, whole, is forwarded or answered.
+#[test]
+fn headers_past_the_ip_packet_are_not_read() {
+    in_lb_ns("vtrail", 3, |n| {
+        let lb = lb();
+        let mut t = FixtureTable::new(&lb, "headers past the IP packet");
+        vip_with(&lb, Vip::tcp(sa(VIP_V4, 80)), VipConfig::new(ForwardingMode::Nat), &backends_v4(3));
+        vip_with(&lb, Vip::udp(sa(VIP_V4, 53)), VipConfig::new(ForwardingMode::L2Dsr), &backends_v4(3));
+        vip_with(&lb, Vip::tcp(sa(VIP_V6, 80)), VipConfig::new(ForwardingMode::Ipip), &backends_v6(3));
+        vip_with(&lb, Vip::udp(sa(VIP_V6, 53)), VipConfig::new(ForwardingMode::Nat), &backends_v6(3));
+        let m = n.eth0_mac;
+        let to_vip = |src, dst, proto| Pkt::new(src, dst, proto, proto == Protocol::Tcp);
+        let tcp4 = to_vip(client(1), sa(VIP_V4, 80), Protocol::Tcp).frame(CLIENT_MAC, m);
+        let udp4 = to_vip(client(1), sa(VIP_V4, 53), Protocol::Udp).frame(CLIENT_MAC, m);
+        let tcp6 = to_vip(client6(1), sa(VIP_V6, 80), Protocol::Tcp).frame(CLIENT_MAC, m);
+        let udp6 = to_vip(client6(1), sa(VIP_V6, 53), Protocol::Udp).frame(CLIENT_MAC, m);
+        let dst6 = to_vip(client6(1), sa(VIP_V6, 80), Protocol::Tcp).builder(CLIENT_MAC, m).ext(Ext::DestOpts).build();
+        let hbh6 = to_vip(client6(1), sa(VIP_V6, 53), Protocol::Udp).builder(CLIENT_MAC, m).ext(Ext::HopByHop).build();
+        let echo = |src: IpAddr, dst: IpAddr| {
+            Frame::builder().macs(CLIENT_MAC, m).ip(src, dst).icmp(Icmp::EchoRequest { id: 7, seq: 1 }).payload(b"ping").build()
+        };
+        let echo4 = echo(CLIENT_V4.into(), VIP_V4.into());
+        let echo6 = echo(CLIENT_V6.into(), VIP_V6.into());
+        let err4 = icmp_error(m, sa(VIP_V4, 80), client(2), Protocol::Tcp);
+        let err6 = icmp_error(m, sa(VIP_V6, 80), client6(2), Protocol::Tcp);
+        let whole = [&tcp4, &udp4, &tcp6, &udp6, &dst6, &hbh6, &echo4, &echo6, &err4, &err6];
+        for (i, f) in whole.into_iter().enumerate() {
+            t.run(Fixture::new(format!("frame {i}, whole"), f).on(n.eth0).action_in(&[XdpAction::Tx, XdpAction::Redirect]));
+        }
+        let (malformed, non_vip) = ("passed_malformed", "passed_non_vip");
+        let dst_len = dst6.span("ext0:destination-options").len;
+        let cases = [
+            ("IPv4 TCP header cut by the total length", with_ip_len(&tcp4, 20 + 19), malformed),
+            ("IPv4 total length of the header alone, TCP", with_ip_len(&tcp4, 20), malformed),
+            ("IPv4 UDP header cut", with_ip_len(&udp4, 20 + 7), malformed),
+            ("IPv6 TCP header cut by the payload length", with_ip_len(&tcp6, 40 + 19), malformed),
+            ("IPv6 UDP header cut", with_ip_len(&udp6, 40 + 7), malformed),
+            ("IPv6 payload length 0, TCP: a 40-byte packet", with_ip_len(&tcp6, 40), malformed),
+            ("IPv6 destination options header cut", with_ip_len(&dst6, 40 + 4), malformed),
+            ("IPv6 TCP header after destination options cut", with_ip_len(&dst6, 40 + dst_len + 19), malformed),
+            ("IPv6 payload length 0 with hop-by-hop: a jumbogram claim", with_ip_len(&hbh6, 40), malformed),
+            ("ICMP echo header cut", with_ip_len(&echo4, 20 + 7), malformed),
+            ("ICMPv6 echo header cut", with_ip_len(&echo6, 40 + 7), malformed),
+            ("ICMP error, quoted IPv4 header cut", with_ip_len(&err4, 20 + 8 + 19), non_vip),
+            ("ICMP error, quoted ports cut", with_ip_len(&err4, 20 + 8 + 20 + 7), non_vip),
+            ("ICMPv6 error, quoted IPv6 header cut", with_ip_len(&err6, 40 + 8 + 39), non_vip),
+            ("ICMPv6 error, quoted ports cut", with_ip_len(&err6, 40 + 8 + 40 + 7), non_vip),
+        ];
+        for (what, f, counter) in &cases {
+            t.run(Fixture::new(*what, f).on(n.eth0).action(XdpAction::Pass).unchanged().counts(&[counter]));
+        }
+        t.finish();
     });
 }

@@ -163,6 +163,8 @@ static __always_inline int too_big_v4(struct xdp_md *ctx, struct xdpg_lb_scratch
 	__u32 overhead = tot_len > len ? tot_len - len : 0;
 	__u32 report = mtu > overhead + 68 ? mtu - overhead : 68;
 	__u32 qlen = hdr + 8; /* the header and 8 bytes: what RFC 792 asks for */
+	if (qlen > len)
+		qlen = len; /* never past the packet (only a tiny fragment is shorter) */
 	__u32 saddr = iph->saddr;
 	__u32 daddr = iph->daddr;
 	__u8 tos = iph->tos;
@@ -236,6 +238,10 @@ static __always_inline int too_big_v6(struct xdp_md *ctx, struct xdpg_lb_scratch
 	if (ip6h->nexthdr == IPPROTO_ICMPV6)
 		return XDP_DROP;
 	__u32 len = sizeof(*ip6h) + bpf_ntohs(ip6h->payload_len);
+	/* Never quotes past the packet (every packet forwarded holds 8 bytes
+	 * after its header: TCP, UDP or a fragment header). */
+	if (len < qlen)
+		return XDP_DROP;
 	__u32 overhead = tot_len > len ? tot_len - len : 0;
 	__u32 report = mtu > overhead + XDPG_IPV6_MIN_MTU ? mtu - overhead : XDPG_IPV6_MIN_MTU;
 	__builtin_memcpy(to, eth->h_source, ETH_ALEN);
@@ -1507,10 +1513,12 @@ XDPG_COLD int lb_icmp(struct xdp_md *ctx, struct xdpg_lb_config *cfg, struct xdp
 	struct xdpg_lb_quoted *q = &scratch->quoted;
 	__builtin_memset(q, 0, sizeof(*q));
 
+	/* Where the IP packet ends: untagged, so its header is at 14. */
+	__u32 end = XDPG_ETH_HLEN + l3_len;
 	if (l4_off == 0 || l4_off > XDPG_LB_MAX_L4_OFFSET)
 		return pass_counted(XDPG_LB_PASS_MALFORMED, bytes);
 	__u8 *icmp = data + l4_off;
-	if ((void *)(icmp + 8) > data_end)
+	if ((void *)(icmp + 8) > data_end || l4_off + 8 > end)
 		return pass_counted(XDPG_LB_PASS_MALFORMED, bytes);
 	__u8 type = icmp[0];
 	if (flow->family == XDPG_LB_FAMILY_V4) {
@@ -1518,14 +1526,14 @@ XDPG_COLD int lb_icmp(struct xdp_md *ctx, struct xdpg_lb_config *cfg, struct xdp
 			return lb_echo(ctx, cfg, flow, l4_off, bytes);
 		if (type != XDPG_ICMP_DEST_UNREACH)
 			return pass_counted(XDPG_LB_PASS_NON_VIP, bytes);
-		if (xdpg_lb_quoted_v4(data, data_end, l4_off, q) < 0)
+		if (xdpg_lb_quoted_v4(data, data_end, l4_off, end, q) < 0)
 			return pass_counted(XDPG_LB_PASS_NON_VIP, bytes);
 	} else {
 		if (type == XDPG_ICMPV6_ECHO_REQUEST)
 			return lb_echo(ctx, cfg, flow, l4_off, bytes);
 		if (type != XDPG_ICMPV6_DEST_UNREACH && type != XDPG_ICMPV6_PKT_TOOBIG)
 			return pass_counted(XDPG_LB_PASS_NON_VIP, bytes);
-		if (xdpg_lb_quoted_v6(data, data_end, l4_off, q) < 0)
+		if (xdpg_lb_quoted_v6(data, data_end, l4_off, end, q) < 0)
 			return pass_counted(XDPG_LB_PASS_NON_VIP, bytes);
 	}
 	return lb_icmp_error(ctx, cfg, flow, q, l4_off, l3_len, bytes);
@@ -1543,14 +1551,16 @@ struct xdpg_lb_meta {
 
 /* The common case without the generic parser's loops: an untagged IPv4
  * packet without options or fragmentation, or an IPv6 packet without
- * extension headers, carrying a whole TCP or UDP header. Returns 0 with
- * the flow and meta filled, or -1: the generic path then decides (and
- * gives these packets the verdict it always gave them). */
+ * extension headers, carrying a whole TCP or UDP header (within the IP
+ * packet, not only the frame). Returns 0 with the flow and meta filled, or
+ * -1: the generic path then decides (and gives these packets the verdict it
+ * always gave them). */
 static __always_inline int parse_fast(void *data, void *data_end, union xdpg_lb_flow_words *fw,
 				      struct xdpg_lb_meta *m)
 {
 	struct ethhdr *eth = data;
 	void *l4;
+	__u32 l4_len; /* the IP packet's bytes from l4 on */
 	__u64 family;
 	__u8 proto;
 
@@ -1566,6 +1576,7 @@ static __always_inline int parse_fast(void *data, void *data_end, union xdpg_lb_
 			return -1;
 		proto = iph->protocol;
 		l4 = iph + 1;
+		l4_len = tot - sizeof(*iph);
 		fw->w[0] = iph->saddr;
 		fw->w[1] = 0;
 		fw->w[2] = iph->daddr;
@@ -1583,6 +1594,7 @@ static __always_inline int parse_fast(void *data, void *data_end, union xdpg_lb_
 			return -1;
 		proto = ip6h->nexthdr;
 		l4 = ip6h + 1;
+		l4_len = plen;
 		__u32 *a = (__u32 *)&ip6h->saddr;
 		fw->w[0] = a[0] | ((__u64)a[1] << 32);
 		fw->w[1] = a[2] | ((__u64)a[3] << 32);
@@ -1596,12 +1608,12 @@ static __always_inline int parse_fast(void *data, void *data_end, union xdpg_lb_
 	}
 	if (proto == IPPROTO_TCP) {
 		struct tcphdr *th = l4;
-		if ((void *)(th + 1) > data_end)
+		if ((void *)(th + 1) > data_end || l4_len < sizeof(*th))
 			return -1;
 		/* Byte 13 holds the flags: SYN is 0x02, ACK 0x10. */
 		m->syn = (((__u8 *)th)[13] & 0x12) == 0x02;
 	} else if (proto == IPPROTO_UDP) {
-		if (l4 + sizeof(struct udphdr) > data_end)
+		if (l4 + sizeof(struct udphdr) > data_end || l4_len < sizeof(struct udphdr))
 			return -1;
 		m->syn = 0;
 	} else {
@@ -1648,6 +1660,11 @@ static __always_inline int lb_generic(struct xdp_md *ctx, struct xdpg_lb_config 
 		struct ipv6hdr *ip6h = data + XDPG_ETH_HLEN;
 		if ((void *)(ip6h + 1) > data_end)
 			return XDP_PASS;
+		/* Payload length 0 with hop-by-hop claims a jumbogram, whose
+		 * length we do not read (parsing.h); nothing XDP sees can be
+		 * one. Other payload lengths of 0 are 40-byte packets. */
+		if (ip6h->payload_len == 0 && ip6h->nexthdr == IPPROTO_HOPOPTS)
+			return pass_counted(XDPG_LB_PASS_MALFORMED, bytes);
 		__builtin_memcpy(flow->src, &ip6h->saddr, 16);
 		__builtin_memcpy(flow->dst, &ip6h->daddr, 16);
 		flow->family = XDPG_LB_FAMILY_V6;
@@ -1660,7 +1677,8 @@ static __always_inline int lb_generic(struct xdp_md *ctx, struct xdpg_lb_config 
 
 	if (flow->proto == IPPROTO_TCP || flow->proto == IPPROTO_UDP) {
 		int syn = 0;
-		if (xdpg_lb_read_ports(data, data_end, pkt.l4_off, flow, &syn) < 0)
+		/* Untagged: the IP packet starts at 14. */
+		if (xdpg_lb_read_ports(data, data_end, pkt.l4_off, XDPG_ETH_HLEN + l3_len, flow, &syn) < 0)
 			return pass_counted(XDPG_LB_PASS_MALFORMED, bytes);
 		m->l4_off = pkt.l4_off;
 		m->l3_len = l3_len;

@@ -72,7 +72,7 @@ enum xdpg_lb_counter {
 	XDPG_LB_DROP_HEADROOM,		/* no room to encapsulate (bpf_xdp_adjust_head failed) */
 	XDPG_LB_DROP_NAT_UNTRACKED,	/* new NAT flow over the new-flow bound: untranslatable replies */
 	XDPG_LB_PASS_NON_VIP,		/* not for a VIP: passed untouched */
-	XDPG_LB_PASS_MALFORMED,		/* bad or truncated headers: passed untouched */
+	XDPG_LB_PASS_MALFORMED,		/* bad or truncated headers (frame or IP length): passed untouched */
 	XDPG_LB_PASS_NO_NEIGH,		/* next hop not resolved: to the stack, rewritten (or as a DSR probe), which resolves it */
 	XDPG_LB_PASS_NO_ROUTE,		/* FIB lookup failed (no route, forwarding off): passed */
 	XDPG_LB_PASS_NO_DEVMAP,		/* egress interface not in the devmap: passed rewritten */

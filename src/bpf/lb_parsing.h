@@ -1,6 +1,8 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /* L4 and ICMP parsing for the load balancer, on top of parsing.h. Every
- * access is bounds-checked against data_end. */
+ * access is bounds-checked against data_end (for the verifier) and against
+ * the end of the IP packet (`end`, an offset from data; see parsing.h):
+ * bytes after it, such as Ethernet padding, are not part of the packet. */
 #ifndef XDPG_LB_PARSING_H
 #define XDPG_LB_PARSING_H
 
@@ -29,15 +31,16 @@
 #define XDPG_ICMPV6_ECHO_REPLY 129
 
 /* Reads the ports into flow (network order) and says whether a TCP segment
- * is a bare SYN (SYN without ACK). Fails (-1) when the L4 header is cut. */
-static __always_inline int xdpg_lb_read_ports(void *data, void *data_end, __u32 l4_off,
+ * is a bare SYN (SYN without ACK). Fails (-1) when the L4 header is cut
+ * (by the frame or by the IP packet's end). */
+static __always_inline int xdpg_lb_read_ports(void *data, void *data_end, __u32 l4_off, __u32 end,
 					      struct xdpg_lb_flow *flow, int *syn)
 {
 	if (l4_off == 0 || l4_off > XDPG_LB_MAX_L4_OFFSET)
 		return -1;
 	if (flow->proto == IPPROTO_TCP) {
 		struct tcphdr *th = data + l4_off;
-		if ((void *)(th + 1) > data_end)
+		if ((void *)(th + 1) > data_end || l4_off + sizeof(*th) > end)
 			return -1;
 		flow->sport = th->source;
 		flow->dport = th->dest;
@@ -45,7 +48,7 @@ static __always_inline int xdpg_lb_read_ports(void *data, void *data_end, __u32 
 		return 0;
 	}
 	struct udphdr *uh = data + l4_off;
-	if ((void *)(uh + 1) > data_end)
+	if ((void *)(uh + 1) > data_end || l4_off + sizeof(*uh) > end)
 		return -1;
 	flow->sport = uh->source;
 	flow->dport = uh->dest;
@@ -62,14 +65,16 @@ struct xdpg_lb_quoted {
 	struct xdpg_lb_flow flow;
 };
 
-/* An ICMPv4 error (header at l4_off) quoting a TCP or UDP packet. */
-static __always_inline int xdpg_lb_quoted_v4(void *data, void *data_end, __u32 l4_off, struct xdpg_lb_quoted *q)
+/* An ICMPv4 error (header at l4_off) quoting a TCP or UDP packet, within
+ * the error's IP packet (which ends at end). */
+static __always_inline int xdpg_lb_quoted_v4(void *data, void *data_end, __u32 l4_off, __u32 end,
+					     struct xdpg_lb_quoted *q)
 {
 	if (l4_off > XDPG_LB_MAX_L4_OFFSET)
 		return -1;
 	__u32 off = l4_off + XDPG_ICMP_HDR_LEN;
 	struct iphdr *in = data + off;
-	if ((void *)(in + 1) > data_end)
+	if ((void *)(in + 1) > data_end || off + sizeof(*in) > end)
 		return -1;
 	if (in->version != 4 || in->ihl < 5)
 		return -1;
@@ -80,7 +85,7 @@ static __always_inline int xdpg_lb_quoted_v4(void *data, void *data_end, __u32 l
 		return -1;
 	__u32 l4 = off + in->ihl * 4;
 	__u16 *ports = data + l4;
-	if ((void *)(ports + 4) > data_end)
+	if ((void *)(ports + 4) > data_end || l4 + 8 > end)
 		return -1;
 	q->l3_off = off;
 	q->l4_off = l4;
@@ -94,8 +99,9 @@ static __always_inline int xdpg_lb_quoted_v4(void *data, void *data_end, __u32 l
 }
 
 /* An ICMPv6 error quoting a TCP or UDP packet (no extension headers in
- * the quoted packet). */
-static __always_inline int xdpg_lb_quoted_v6(void *data, void *data_end, __u32 l4_off, struct xdpg_lb_quoted *q)
+ * the quoted packet), within the error's IP packet (which ends at end). */
+static __always_inline int xdpg_lb_quoted_v6(void *data, void *data_end, __u32 l4_off, __u32 end,
+					     struct xdpg_lb_quoted *q)
 {
 	if (l4_off > XDPG_LB_MAX_L4_OFFSET)
 		return -1;
@@ -109,7 +115,7 @@ static __always_inline int xdpg_lb_quoted_v6(void *data, void *data_end, __u32 l
 		return -1;
 	__u32 l4 = off + sizeof(*in);
 	__u16 *ports = data + l4;
-	if ((void *)(ports + 4) > data_end)
+	if ((void *)(ports + 4) > data_end || l4 + 8 > end)
 		return -1;
 	q->l3_off = off;
 	q->l4_off = l4;

@@ -93,7 +93,17 @@ pub const DEFAULT_NEXT_HOP_CACHE: Duration = Duration::from_millis(100);
 ///   IP protocols other than TCP, UDP and ICMP, and IPv6 packets whose
 ///   transport header lies beyond 8 extension headers.
 /// - Bad or truncated L2/L3/L4 headers: passed untouched
-///   (`passed_malformed`).
+///   (`passed_malformed`). Truncated by the frame's end or by the packet's
+///   own IP length (IPv4 total length, IPv6 40 + payload length): headers
+///   after the IP header are read up to the IP packet's end only. Bytes
+///   after it (Ethernet padding of a short frame, or anything a sender
+///   appended) are not part of the packet: a forwarded packet carries them
+///   along untouched after it (an IPIP outer header's length comes from the
+///   inner packet's, so they sit after the outer packet), which costs no
+///   helper call, and receivers read the IP length (a NIC pads a short
+///   frame again anyway). An IPv6 payload length of 0 is a 40-byte packet,
+///   and with a hop-by-hop header it claims a jumbogram, which no link XDP
+///   runs on can carry: malformed.
 /// - A TCP/UDP packet is for the VIP of its destination address, port and
 ///   protocol, else for the all-ports VIP of its address and protocol,
 ///   whose backend then depends on the destination port too (it is
@@ -110,8 +120,9 @@ pub const DEFAULT_NEXT_HOP_CACHE: Duration = Duration::from_millis(100);
 /// - ICMP errors: IPv4 destination unreachable (type 3, every code,
 ///   "fragmentation needed" among them), ICMPv6 destination unreachable
 ///   (type 1) and packet too big (type 2), sent to a VIP address about a
-///   TCP or UDP packet that address sent (the quote must hold its ports: not
-///   a later fragment, no IPv6 extension headers), go to the backend of the
+///   TCP or UDP packet that address sent (the quote must hold its ports,
+///   within the error's own IP length: not a later fragment, no IPv6
+///   extension headers), go to the backend of the
 ///   flow they quote (its tracked backend, else Maglev's), translated for
 ///   NAT (`icmp_forwarded`); and those about a packet a NAT backend
 ///   received go back to its client, translated (`nat_replies`). These are

@@ -110,7 +110,8 @@ pub struct LbStats {
     pub drops: LbDrops,
     /// Not for a VIP (also VLAN-tagged and non-IP frames): passed untouched.
     pub passed_non_vip: Counter,
-    /// Bad or truncated headers: passed untouched.
+    /// Bad or truncated headers (by the frame's end or by the packet's own
+    /// IP length): passed untouched.
     pub passed_malformed: Counter,
     /// The next hop had no resolved neighbour: passed to the stack, which
     /// resolves it (towards a backend: IPIP and NAT packets rewritten, L2
