@@ -87,6 +87,49 @@ fn unresolved_next_hops_go_to_the_stack_rewritten_or_as_a_probe() {
     });
 }
 
+/// An L2 DSR packet whose backend's next hop is unresolved becomes a probe
+/// the stack can route (above), also from a frame shorter than the probe:
+/// an empty IPv4 fragment (34 bytes, on a link that does not pad) is grown
+/// to it, and counted once as passed to the stack, for the backend too.
+#[test]
+fn a_dsr_probe_fits_in_any_frame() {
+    in_lb_ns("vprobe", 2, |n| {
+        let lb = lb();
+        let mut t = FixtureTable::new(&lb, "DSR probe");
+        let vip = Vip::all_ports(IpAddr::V4(VIP_V4), Protocol::Udp);
+        let backend = IpAddr::V4(backend_v4(7)); // no permanent neighbour
+        vip_with(&lb, vip, VipConfig::new(ForwardingMode::L2Dsr), &[backend]);
+        // A later fragment without data: its IP header alone.
+        let input = Frame::builder()
+            .macs(CLIENT_MAC, n.eth0_mac)
+            .ipv4(CLIENT_V4, VIP_V4)
+            .ttl(9)
+            .id(0x1234)
+            .df(false)
+            .fragment(185, false)
+            .protocol(17)
+            .build();
+        assert_eq!(input.len(), 34);
+        let probe = Frame::builder()
+            .macs(CLIENT_MAC, n.eth0_mac)
+            .ip(CLIENT_V4.into(), backend)
+            .ttl(9)
+            .id(0)
+            .df(false)
+            .icmp(Icmp::EchoReply { id: 0, seq: 0 })
+            .build();
+        t.run(
+            Fixture::new("an empty fragment: grown to a probe", &input)
+                .on(n.eth0)
+                .action(XdpAction::Pass)
+                .output(probe)
+                .counts(&["passed_no_neighbour", "fragments_forwarded"]),
+        );
+        t.finish();
+        assert_eq!(lb.backend_stats(&vip).unwrap()[0].no_neighbour.packets, 1);
+    });
+}
+
 /// Not for a VIP, or no route: the stack gets the packet untouched.
 #[test]
 fn non_vip_traffic_and_unroutable_backends_pass_untouched() {

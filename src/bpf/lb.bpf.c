@@ -347,7 +347,10 @@ static __always_inline int fib_next_hop(struct xdp_md *ctx, struct bpf_fib_looku
 	}
 }
 
-/* A packet whose backend's next hop has no resolved neighbour. */
+/* A packet whose backend's next hop has no resolved neighbour, on its way
+ * to the stack. Counted when the packet is on its way, not when the FIB
+ * answers: a packet dropped after all (no room to encapsulate) is counted
+ * as that drop only. */
 static __always_inline void count_no_neigh(__u32 be_id, __u64 bytes)
 {
 	count(XDPG_LB_PASS_NO_NEIGH, bytes);
@@ -358,21 +361,32 @@ static __always_inline void count_no_neigh(__u32 be_id, __u64 bytes)
 	}
 }
 
+/* Counts a packet rewritten for a backend whose next hop is unresolved and
+ * passes it to the stack. A subprogram, so its map lookups cost the
+ * callers' frames nothing (lb_icmp's is near the shared limit). */
+XDPG_COLD int no_neigh_pass(__u32 be_id, __u64 bytes)
+{
+	count_no_neigh(be_id, bytes);
+	return XDP_PASS;
+}
+
 /* Asks the FIB for the next hop towards backend be_id and writes the answer
  * (with the route MTU) into this CPU's cache entry for it, valid for the
  * configured time (none: it is only this packet's answer). The question's
  * length and L4 protocol come packed as tot_len | l4_proto << 16 (a
  * subprogram takes five arguments). Returns -1 to go on, TOO_BIG(mtu),
- * XDPG_NEED_NEIGH, or the verdict. Only a successful lookup is cached: any
- * other answer leaves the entry as it was (a "fragmentation needed" answer
- * fills neither the MACs nor the egress, and caching it sent every packet
- * to that backend out of the ingress with zero MACs until it expired). */
+ * XDPG_NEED_NEIGH (not counted: the caller counts what it makes of the
+ * packet, with no_neigh_pass or dsr_probe), or the verdict. Only a
+ * successful lookup is cached: any other answer leaves the entry as it was
+ * (a "fragmentation needed" answer fills neither the MACs nor the egress,
+ * and caching it sent every packet to that backend out of the ingress with
+ * zero MACs until it expired). */
 XDPG_COLD int refill_hop(struct xdp_md *ctx, __u32 be_id, struct xdpg_lb_backend *be, const __u32 *src,
 			 __u32 packed)
 {
 	struct xdpg_lb_scratch *scratch = cpu_scratch();
-	/* Looked up again here rather than passed: counting in here keeps the
-	 * callers' frames (lb_icmp's above all) within the shared 512 bytes. */
+	/* Looked up again here rather than passed: keeps the callers' frames
+	 * (lb_icmp's above all) within the shared 512 bytes. */
 	struct xdpg_lb_nexthop *nh = bpf_map_lookup_elem(&xdpg_lb_nexthop, &be_id);
 	if (!scratch || !nh)
 		return XDP_PASS;
@@ -386,8 +400,6 @@ XDPG_COLD int refill_hop(struct xdp_md *ctx, __u32 be_id, struct xdpg_lb_backend
 	__u8 family = be->family;
 	__u32 gen = be->gen;
 	int rc = fib_next_hop(ctx, fib, family, src, dst, l4_proto, tot_len, bytes);
-	if (rc == XDPG_NEED_NEIGH)
-		count_no_neigh(be_id, bytes);
 	if (rc != -1)
 		return rc;
 	struct xdpg_lb_config *cfg = bpf_map_lookup_elem(&xdpg_lb_cfg, &zero);
@@ -449,12 +461,16 @@ static __always_inline void undo_ttl(struct xdp_md *ctx, __u8 family)
  * neighbour solicitations from XDP (the kernel creates no entry for an
  * answer it did not ask for). The cost: the client's packet itself is
  * lost; a TCP SYN is retransmitted after its 1 s timeout, later segments
- * after their RTO. Returns XDP_PASS, or XDP_DROP for a frame too short to
- * hold the probe. */
-XDPG_COLD int dsr_probe(struct xdp_md *ctx, struct xdpg_lb_backend *be)
+ * after their RTO. The frame is cut (or grown: an IPv4 fragment of under 8
+ * bytes, on a link that does not pad frames to 60 bytes, is shorter than
+ * the probe) to the probe's length. Returns XDP_PASS, counted as
+ * passed_no_neighbour (for backend be_id too), or XDP_DROP when the driver
+ * has no room to grow the frame (counted as drop_headroom). */
+XDPG_COLD int dsr_probe(struct xdp_md *ctx, __u32 be_id, struct xdpg_lb_backend *be)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
+	__u64 bytes = data_end - data;
 	struct xdpg_lb_scratch *sc = cpu_scratch();
 	if (!sc)
 		return XDP_DROP;
@@ -466,9 +482,9 @@ XDPG_COLD int dsr_probe(struct xdp_md *ctx, struct xdpg_lb_backend *be)
 		__u32 daddr = be->addr[0];
 		__u8 ttl = iph->ttl;
 		__u8 tos = iph->tos;
-		int delta = (int)(XDPG_ETH_HLEN + 20 + 8) - (int)(data_end - data);
-		if (delta > 0 || bpf_xdp_adjust_tail(ctx, delta))
-			return XDP_DROP;
+		int delta = (int)(XDPG_ETH_HLEN + 20 + 8) - (int)bytes;
+		if (bpf_xdp_adjust_tail(ctx, delta))
+			return drop_counted(XDPG_LB_DROP_HEADROOM, bytes);
 		data = (void *)(long)ctx->data;
 		data_end = (void *)(long)ctx->data_end;
 		struct iphdr *out = data + XDPG_ETH_HLEN;
@@ -490,6 +506,7 @@ XDPG_COLD int dsr_probe(struct xdp_md *ctx, struct xdpg_lb_backend *be)
 		/* Type 0 (echo reply), code 0, checksum 0xFFFF, id 0, seq 0. */
 		icmp[0] = bpf_htonl(0xFFFF);
 		icmp[1] = 0;
+		count_no_neigh(be_id, bytes);
 		return XDP_PASS;
 	}
 	struct ipv6hdr *ip6h = data + XDPG_ETH_HLEN;
@@ -505,9 +522,9 @@ XDPG_COLD int dsr_probe(struct xdp_md *ctx, struct xdpg_lb_backend *be)
 	w[11] = 0;
 	((__u16 *)w)[21] = csum_of(w, 48);
 	__u8 hops = ip6h->hop_limit;
-	int delta = (int)(XDPG_ETH_HLEN + 40 + 8) - (int)(data_end - data);
-	if (delta > 0 || bpf_xdp_adjust_tail(ctx, delta))
-		return XDP_DROP;
+	int delta = (int)(XDPG_ETH_HLEN + 40 + 8) - (int)bytes;
+	if (bpf_xdp_adjust_tail(ctx, delta))
+		return drop_counted(XDPG_LB_DROP_HEADROOM, bytes);
 	data = (void *)(long)ctx->data;
 	data_end = (void *)(long)ctx->data_end;
 	struct ipv6hdr *out = data + XDPG_ETH_HLEN;
@@ -520,15 +537,16 @@ XDPG_COLD int dsr_probe(struct xdp_md *ctx, struct xdpg_lb_backend *be)
 	__builtin_memcpy(&out->saddr, &w[0], 16);
 	__builtin_memcpy(&out->daddr, &w[4], 16);
 	__builtin_memcpy((void *)(out + 1), &w[10], 8);
+	count_no_neigh(be_id, bytes);
 	return XDP_PASS;
 }
 
 /* The next hop towards a backend: this CPU's cached FIB answer while it is
  * fresh (and for the same backend slot generation and ingress), else a
  * FIB lookup. Returns the cache entry holding the hop, or NULL with *verdict
- * set for the untouched packet, or to XDPG_NEED_NEIGH (counted globally
- * and for the backend): the caller then hands the stack a packet that makes
- * it resolve the neighbour. */
+ * set for the untouched packet, or to XDPG_NEED_NEIGH: the caller then
+ * hands the stack a packet that makes it resolve the neighbour, and counts
+ * it (no_neigh_pass, dsr_probe). */
 static __always_inline struct xdpg_lb_nexthop *backend_hop(struct xdp_md *ctx, __u32 be_id,
 							   struct xdpg_lb_backend *be, const __u32 *src,
 							   __u8 l4_proto, __u32 tot_len, __u64 bytes, int *verdict,
@@ -741,7 +759,7 @@ static __always_inline int fwd_dsr(struct xdp_md *ctx, struct xdpg_lb_config *cf
 		return drop_counted(XDPG_LB_DROP_UNSUPPORTED, bytes);
 	struct xdpg_lb_nexthop *nh = backend_hop(ctx, be_id, be, flow->src, flow->proto, l3_len, bytes, &verdict, may_reply);
 	if (!nh)
-		return verdict == XDPG_NEED_NEIGH ? dsr_probe(ctx, be) : verdict;
+		return verdict == XDPG_NEED_NEIGH ? dsr_probe(ctx, be_id, be) : verdict;
 	return emit(ctx, nh, bytes);
 }
 
@@ -810,7 +828,7 @@ static __always_inline int encap_v4(struct xdp_md *ctx, struct xdpg_lb_config *c
 	eth->h_proto = bpf_htons(ETH_P_IP);
 	/* No neighbour: the stack routes the tunnel packet and resolves it. */
 	if (!nh)
-		return XDP_PASS;
+		return no_neigh_pass(be_id, bytes);
 	return emit(ctx, nh, bytes + sizeof(struct iphdr));
 }
 
@@ -849,7 +867,7 @@ static __always_inline int encap_v6(struct xdp_md *ctx, struct xdpg_lb_config *c
 	__builtin_memcpy(&outer->saddr, src, 16);
 	__builtin_memcpy(&outer->daddr, be->addr, 16);
 	if (!nh)
-		return XDP_PASS;
+		return no_neigh_pass(be_id, bytes);
 	return emit(ctx, nh, bytes + sizeof(struct ipv6hdr));
 }
 
@@ -978,7 +996,7 @@ static __always_inline int fwd_nat(struct xdp_md *ctx, struct xdpg_lb_config *cf
 	if (!nh) {
 		/* The stack forwards it to the backend, resolving the neighbour. */
 		undo_ttl(ctx, flow->family);
-		return XDP_PASS;
+		return no_neigh_pass(be_id, bytes);
 	}
 	return emit(ctx, nh, bytes);
 }
@@ -1496,7 +1514,7 @@ static __always_inline int lb_icmp_error(struct xdp_md *ctx, struct xdpg_lb_conf
 		return pass_counted(XDPG_LB_PASS_MALFORMED, bytes);
 	if (!nh) {
 		undo_ttl(ctx, outer->family);
-		return XDP_PASS;
+		return no_neigh_pass(be_id, bytes);
 	}
 	return emit(ctx, nh, bytes);
 }

@@ -69,7 +69,7 @@ enum xdpg_lb_counter {
 	XDPG_LB_DROP_ECHO,		/* ICMP echo to a VIP, by the echo policy */
 	XDPG_LB_DROP_ICMP,		/* ICMP error about a VIP flow we cannot deliver */
 	XDPG_LB_DROP_UNSUPPORTED,	/* backend family the mode cannot reach */
-	XDPG_LB_DROP_HEADROOM,		/* no room to encapsulate (bpf_xdp_adjust_head failed) */
+	XDPG_LB_DROP_HEADROOM,		/* no room to encapsulate or grow a DSR probe (adjust_head/tail failed) */
 	XDPG_LB_DROP_NAT_UNTRACKED,	/* new NAT flow over the new-flow bound: untranslatable replies */
 	XDPG_LB_PASS_NON_VIP,		/* not for a VIP: passed untouched */
 	XDPG_LB_PASS_MALFORMED,		/* bad or truncated headers (frame or IP length): passed untouched */

@@ -93,7 +93,8 @@ pub struct LbDrops {
     pub icmp: Counter,
     /// A backend of a family its VIP's mode cannot reach.
     pub unsupported: Counter,
-    /// No headroom to encapsulate (driver gives too little).
+    /// No room to encapsulate, or to grow a short frame into an L2 DSR
+    /// probe (the driver gives too little).
     pub headroom: Counter,
     /// New NAT flows over the [`NewFlowLimit`](crate::NewFlowLimit): NAT
     /// translates replies from the connection entry, so a flow that gets
