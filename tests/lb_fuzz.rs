@@ -847,6 +847,7 @@ impl Model {
         match self.echo {
             EchoPolicy::Pass => Prediction::pass("echo to a VIP, policy pass", "passed_echo"),
             EchoPolicy::Drop => Prediction::drop("echo to a VIP, policy drop", "drop_echo"),
+            _ if group_macs(f) => Prediction::drop("echo to a VIP from or to a group MAC: not answered", "drop_echo"),
             _ => {
                 let mut out = f.to_vec();
                 let reply = if ip.fam == Fam::V4 { 0 } else { 129 };
@@ -996,6 +997,13 @@ fn dsr_probe(f: &[u8], ip: &Ip, backend: IpAddr) -> Vec<u8> {
     b.icmp(Icmp::EchoReply { id: 0, seq: 0 }).build().to_vec()
 }
 
+/// Whether either MAC of a frame is a group (multicast or broadcast)
+/// address: the LB answers neither (an answer goes back to the source MAC,
+/// from the destination MAC).
+fn group_macs(f: &[u8]) -> bool {
+    (f[0] | f[6]) & 1 != 0
+}
+
 /// Gives back the TTL (hop limit) a NAT rewrite took.
 fn undo_ttl(out: &mut [u8], ip: &Ip) {
     if ip.fam == Fam::V4 {
@@ -1021,7 +1029,8 @@ fn unpredictable(why: String) -> Prediction {
 /// with the MTU left after encapsulation; else a drop.
 fn too_big(f: &[u8], ip: &Ip, mtu: usize, tot_len: usize, may_reply: bool) -> Prediction {
     let drop = Prediction::drop(format!("too big: {tot_len} > MTU {mtu}"), "drop_mtu");
-    if !may_reply {
+    // Answers go to unicast senders only.
+    if !may_reply || group_macs(f) {
         return drop;
     }
     let overhead = tot_len.saturating_sub(ip.l3_len);
@@ -2288,8 +2297,10 @@ fn invariants(
             let smac: [u8; 6] = out[6..12].try_into().unwrap();
             let sender: [u8; 6] = input[6..12].try_into().unwrap();
             let ingress_mac = m.net.mac(ingress);
-            // An answer goes back to whatever MAC the sender used.
-            if !answer_frame(out, input) && (dmac == [0; 6] || smac == [0; 6] || dmac[0] & 1 != 0) {
+            // Neither forwarded frames nor answers (which go back to the
+            // sender's MAC, only when it and the one it used are unicast)
+            // leave with a group MAC; forwarded ones not with a zero MAC.
+            if (dmac[0] | smac[0]) & 1 != 0 || (!answer_frame(out, input) && (dmac == [0; 6] || smac == [0; 6])) {
                 v.push(("forwarded with zero or multicast MAC addresses".into(), format!("dst {dmac:02x?} src {smac:02x?}")));
             } else if action == XdpAction::Tx {
                 let answer = dmac == sender && smac == input[0..6];

@@ -276,10 +276,23 @@ fn too_big_after_encapsulation_is_dropped_and_the_sender_told() {
             .payload(&to6[14..14 + 48])
             .build();
         t.run(Fixture::new("too big by IPIP, IPv6", &to6).on(eth0).action(XdpAction::Tx).output(&answer6));
-        t.finish();
         let s = lb.stats().unwrap();
         assert_eq!(s.drops.mtu.packets, 4);
         assert_eq!(s.too_big_sent.packets, 3);
+        // Only unicast senders are told (the answer goes back to the frame's
+        // source MAC, from its destination MAC): from or to a group MAC, the
+        // packet is dropped without a message.
+        let groups = [(mac, [0xff; 6]), ([0xff; 6], CLIENT_MAC), (mac, [0x01, 0x00, 0x5e, 0, 0, 1])];
+        for (dst, src) in groups {
+            for (what, f) in [("IPv4", &input), ("IPv6", &to6)] {
+                let mut f = f.to_vec();
+                f[0..6].copy_from_slice(&dst);
+                f[6..12].copy_from_slice(&src);
+                let what = format!("too big, {what}, {src:02x?} -> {dst:02x?}: not told");
+                t.run(Fixture::new(what, &f).on(eth0).action(XdpAction::Drop).counts(&["drop_mtu"]));
+            }
+        }
+        t.finish();
     });
 }
 

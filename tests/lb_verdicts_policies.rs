@@ -157,6 +157,24 @@ fn echo_to_a_vip_follows_the_echo_policy() {
         // Echo to a non-VIP address is not ours.
         let other = echo(CLIENT_V4.into(), LB_FRONT_V4.into(), request, (CLIENT_MAC, n.eth0_mac));
         t.run(Fixture::new("echo to the LB itself", &other).on(n.eth0).action(XdpAction::Pass).unchanged());
+        // Answered to unicast senders only: the answer goes back to the
+        // request's source MAC from its destination MAC, so a request from a
+        // group (multicast or broadcast) MAC, which no station sends from, or
+        // to one, is dropped unanswered, as the echo policy's drops are.
+        lb.set_echo_policy(EchoPolicy::Answer);
+        let groups: [([u8; 6], [u8; 6]); 4] = [
+            ([0x01, 0x00, 0x5e, 0, 0, 1], n.eth0_mac), // from an IPv4 multicast MAC
+            ([0xff; 6], n.eth0_mac),                  // from the broadcast MAC
+            (CLIENT_MAC, [0xff; 6]),                  // to the broadcast MAC
+            (CLIENT_MAC, [0x33, 0x33, 0, 0, 0, 1]),   // to an IPv6 multicast MAC
+        ];
+        for macs in groups {
+            for (what, src, dst) in [("IPv4", IpAddr::V4(CLIENT_V4), IpAddr::V4(VIP_V4)), ("IPv6", CLIENT_V6.into(), VIP_V6.into())] {
+                let f = echo(src, dst, request, macs);
+                let what = format!("{what} echo {:02x?} -> {:02x?}: not answered", macs.0, macs.1);
+                t.run(Fixture::new(what, &f).on(n.eth0).action(XdpAction::Drop).counts(&["drop_echo"]));
+            }
+        }
         t.finish();
     });
 }

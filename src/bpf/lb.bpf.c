@@ -128,6 +128,16 @@ static __always_inline void addr_copy(__u32 *dst, const __u32 *src)
 #define XDPG_ICMP_FRAG_NEEDED 4
 #define XDPG_IPV6_MIN_MTU 1280
 
+/* Whether either MAC of the frame is a group (multicast or broadcast)
+ * address: its I/G bit, the first octet's lowest. An answer goes back to the
+ * frame's source MAC from its destination MAC, so neither may be one: a
+ * group source is invalid (IEEE 802), and answering it, or answering from a
+ * group address, would put the answer on every port of the segment. */
+static __always_inline int group_macs(const struct ethhdr *eth)
+{
+	return (eth->h_dest[0] | eth->h_source[0]) & 1;
+}
+
 /* Writes the reply's Ethernet header: back to the frame's sender. */
 static __always_inline void reply_eth(struct ethhdr *eth, const __u8 *to, const __u8 *from, __u16 proto)
 {
@@ -284,7 +294,8 @@ static __always_inline int too_big_v6(struct xdp_md *ctx, struct xdpg_lb_scratch
  * "fragmentation needed" (IPv4 with DF) or "packet too big" (IPv6) back to
  * its sender, quoting its start, so the sender's stack lowers its path MTU.
  * The packet itself is dropped (and counted) either way. Returns XDP_TX,
- * or XDP_DROP when no message is due. */
+ * or XDP_DROP when no message is due (IPv4 without DF, ICMP, a frame from
+ * or to a group MAC). */
 XDPG_COLD int send_too_big(struct xdp_md *ctx, __u32 mtu, __u32 tot_len)
 {
 	void *data = (void *)(long)ctx->data;
@@ -296,6 +307,9 @@ XDPG_COLD int send_too_big(struct xdp_md *ctx, __u32 mtu, __u32 tot_len)
 	struct xdpg_lb_scratch *sc = cpu_scratch();
 	struct ethhdr *eth = data;
 	if (!sc || (void *)(eth + 1) > data_end)
+		return XDP_DROP;
+	/* Answers go to unicast senders only (the drop stays counted). */
+	if (group_macs(eth))
 		return XDP_DROP;
 	if (eth->h_proto == bpf_htons(ETH_P_IP))
 		rc = too_big_v4(ctx, sc, mtu, tot_len);
@@ -1247,6 +1261,10 @@ static __always_inline int lb_echo(struct xdp_md *ctx, struct xdpg_lb_config *cf
 	__u8 *icmp = data + l4_off;
 	if ((void *)(icmp + 4) > data_end || (void *)(eth + 1) > data_end)
 		return XDP_PASS;
+	/* Answered to unicast senders only; a frame from or to a group MAC
+	 * is dropped as the echo policy's drops are. */
+	if (group_macs(eth))
+		return drop_counted(XDPG_LB_DROP_ECHO, bytes);
 	/* Swapping source and destination leaves every checksum as it is;
 	 * only the type changes. */
 	__u16 old_word = *(__u16 *)icmp;

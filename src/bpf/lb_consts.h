@@ -66,7 +66,7 @@ enum xdpg_lb_counter {
 	XDPG_LB_DROP_MTU,		/* too big for the egress link after encapsulation */
 	XDPG_LB_DROP_FRAGMENT,		/* fragment to a VIP address, by the fragment policy */
 	XDPG_LB_DROP_IP_OPTIONS,	/* IPv4 options to a VIP, by the options policy */
-	XDPG_LB_DROP_ECHO,		/* ICMP echo to a VIP, by the echo policy */
+	XDPG_LB_DROP_ECHO,		/* ICMP echo to a VIP, by the echo policy (or from/to a group MAC) */
 	XDPG_LB_DROP_ICMP,		/* ICMP error about a VIP flow we cannot deliver */
 	XDPG_LB_DROP_UNSUPPORTED,	/* backend family the mode cannot reach */
 	XDPG_LB_DROP_HEADROOM,		/* no room to encapsulate or grow a DSR probe (adjust_head/tail failed) */

@@ -143,6 +143,10 @@ pub const DEFAULT_NEXT_HOP_CACHE: Duration = Duration::from_millis(100);
 ///   path MTU discovery adapts (`drop_mtu`, `too_big_sent`; ICMP errors the
 ///   LB forwards are dropped without an answer). No resolved neighbour
 ///   for the next hop: through the stack (see below, `passed_no_neighbour`).
+/// - Answers (echo replies, "too big" messages) go back to the frame's
+///   source MAC from its destination MAC, so only when both are unicast: a
+///   frame from or to a multicast or broadcast MAC gets none (an echo is
+///   dropped as `drop_echo`; a packet too big is dropped, `drop_mtu`).
 /// - Forwarded out of the receiving interface (`XDP_TX`, `tx`) or another
 ///   one (`XDP_REDIRECT`, `redirected`), with the next hop's MAC as
 ///   destination and the egress interface's as source.

@@ -7,7 +7,10 @@ use crate::core::names::named_values;
 /// What the LB does with ICMP echo requests to a VIP address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum EchoPolicy {
-    /// Answer in XDP (the VIP is pingable whatever its backends do).
+    /// Answer in XDP (the VIP is pingable whatever its backends do). The
+    /// answer goes back to the request's source MAC from its destination
+    /// MAC, so a request from or to a multicast or broadcast MAC (no
+    /// station sends from one) is dropped instead, counted as an echo drop.
     #[default]
     Answer,
     /// Hand them to the LB host's stack.

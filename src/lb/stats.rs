@@ -87,7 +87,8 @@ pub struct LbDrops {
     pub fragment: Counter,
     /// IPv4 options to a VIP, by the [`OptionsPolicy`](crate::OptionsPolicy).
     pub ip_options: Counter,
-    /// ICMP echo to a VIP, by the [`EchoPolicy`](crate::EchoPolicy).
+    /// ICMP echo to a VIP, by the [`EchoPolicy`](crate::EchoPolicy), or
+    /// one to answer that came from or to a multicast or broadcast MAC.
     pub echo: Counter,
     /// ICMP errors about a VIP flow with no backend to deliver them to.
     pub icmp: Counter,
