@@ -430,6 +430,40 @@ pub enum LbError {
         /// What to do instead.
         fix: &'static str,
     },
+    /// A backend port on an all-ports NAT VIP: every port of the VIP would
+    /// reach that one backend port.
+    #[error(
+        "backend {backend} of all-ports NAT VIP {vip} has a port, so every port of the VIP would reach that one \
+         backend port: two connections from one client address and port to two ports of the VIP would be one \
+         connection to the backend, and share one reply translation; give the backend without a port (each packet \
+         keeps its destination port), or use a single-port VIP for each port"
+    )]
+    NatPortOnAllPortsVip {
+        /// The all-ports NAT VIP.
+        vip: crate::Vip,
+        /// The backend given.
+        backend: crate::BackendAddr,
+    },
+    /// A NAT backend address and port that another NAT VIP (another VIP
+    /// address or port, same protocol) already reaches.
+    #[error(
+        "NAT backend {backend} of VIP {vip} would take connections on {at}, as backend {other_backend} of NAT VIP \
+         {other} does: a client using one address and port for both VIPs would be one connection to the backend, \
+         and the replies of one of them would leave from the other VIP; give one of the two another backend port \
+         (a NAT backend may have its own) or address, or serve both through one VIP"
+    )]
+    NatBackendConflict {
+        /// The VIP the backend was being added to.
+        vip: crate::Vip,
+        /// The backend given.
+        backend: crate::BackendAddr,
+        /// The NAT VIP that already reaches the same backend address and port.
+        other: crate::Vip,
+        /// Its backend.
+        other_backend: crate::BackendAddr,
+        /// The backend address and port(s) both reach, described.
+        at: String,
+    },
     /// IPIP needs an outer source prefix of the backend's family.
     #[error(
         "IPIP to IPv{family} backends needs an outer source prefix: set one with \

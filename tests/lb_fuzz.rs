@@ -32,7 +32,10 @@
 //! and per epoch the global counters match the model's.
 //!
 //! The model is written from the documentation; where the program disagrees
-//! the fuzzer reports it.
+//! the fuzzer reports it. So does a NAT reply entry that replaces another
+//! flow's (two flows from one client address and port reaching one backend
+//! address and port from different VIP ports or addresses): the library
+//! refuses the configurations that allow it, so it must never happen.
 //!
 //! CI runs 100,000 frames (about 3 s here; seed below). A larger run:
 //! `XDPG_FUZZ_FRAMES=2000000 XDPG_FUZZ_SEED=7 cargo test --release --test lb_fuzz -- --nocapture`
@@ -578,6 +581,15 @@ impl Model {
         self.vips[vip].backends.get(b).is_some_and(|&(_, i)| i == inc)
     }
 
+    /// Whether a NAT reply entry still belongs to a configured backend: the
+    /// VIP it names still reaches the reply's source address and port.
+    fn nat_entry_live(&self, key: &Key, (addr, port): (IpAddr, u16)) -> bool {
+        let Some(vip) = self.vip_of(addr, port, key.proto) else { return false };
+        let vm = &self.vips[&vip];
+        vm.config.mode == ForwardingMode::Nat
+            && vm.backends.keys().any(|b| b.ip == key.src && b.port.or(vip.port).unwrap_or(port) == key.sport)
+    }
+
     /// Records what a frame left in the connection and NAT tables.
     fn apply(&mut self, effects: &[Effect]) {
         for e in effects {
@@ -587,7 +599,9 @@ impl Model {
                 }
                 Effect::Nat(key, addr, port) => match self.nat.insert(key, (addr, port)) {
                     None => self.nat_keys.push(key),
-                    Some(old) if old != (addr, port) => self.nat_overwrites += 1,
+                    Some(old) if old != (addr, port) && self.nat_entry_live(&key, old) => self.nat_overwrites += 1,
+                    // A stale entry (its VIP no longer has that backend, so
+                    // that flow moved on) is fair game.
                     Some(_) => {}
                 },
                 Effect::Taint(key) => {
@@ -1950,7 +1964,12 @@ type VipSpec = (Vip, VipConfig, Vec<(BackendAddr, u32)>, Vec<BackendAddr>);
 fn vip_table() -> Vec<VipSpec> {
     let v4: Vec<BackendAddr> = (1..=BACKENDS).map(b4).collect();
     let v6: Vec<BackendAddr> = (1..=BACKENDS).map(b6).collect();
-    let nat4: Vec<BackendAddr> = v4.iter().flat_map(|b| [*b, with_port(*b, 8443), with_port(*b, 9000)]).collect();
+    // Ports 443 and 8080 are the two TCP NAT VIPs' own: a backend given one
+    // may collide with the other VIP's backend that keeps its port.
+    let nat4: Vec<BackendAddr> = v4
+        .iter()
+        .flat_map(|b| [*b, with_port(*b, 8443), with_port(*b, 9000), with_port(*b, 443), with_port(*b, 8080)])
+        .collect();
     let nat6: Vec<BackendAddr> = v6.iter().flat_map(|b| [*b, with_port(*b, 5353)]).collect();
     let vip4 = |last: u8, port: Option<u16>, p: Protocol| Vip { addr: IpAddr::V4(Ipv4Addr::new(203, 0, 113, last)), port, protocol: p };
     let vip6 = |last: u16, port: Option<u16>, p: Protocol| Vip {
@@ -1972,8 +1991,9 @@ fn vip_table() -> Vec<VipSpec> {
             vec![(b4(2), 1), (b4(3), 1), (b4(4), 1), (b4(5), 1), (b4(NO_NEIGH_BACKEND), 1)],
             v4.iter().copied().chain([b4(NO_NEIGH_BACKEND)]).collect(),
         ),
-        (vip4(20, Some(8080), tcp), cfg(Nat), vec![(b4(4), 1), (with_port(b4(5), 9000), 1)], nat4.clone()),
-        (vip4(30, None, udp), cfg(Nat), vec![(b4(1), 1), (with_port(b4(6), 8443), 1)], nat4),
+        (vip4(20, Some(8080), tcp), cfg(Nat), vec![(b4(4), 1), (with_port(b4(5), 9000), 1)], nat4),
+        // All-ports NAT: backends keep each packet's port (none of their own).
+        (vip4(30, None, udp), cfg(Nat), vec![(b4(1), 1), (b4(6), 1)], v4.clone()),
         (
             vip4(40, Some(80), tcp),
             cfg(Ipip).conntrack(false),
@@ -1982,7 +2002,7 @@ fn vip_table() -> Vec<VipSpec> {
         ),
         (vip4(50, Some(5000), udp), cfg(L2Dsr), vec![], v4.clone()),
         (vip6(0x10, Some(80), tcp), cfg(Ipip), vec![(b6(1), 1), (b6(2), 1), (b6(3), 1), (b6(4), 1)], v6.clone()),
-        (vip6(0x10, Some(53), udp), cfg(Nat), vec![(with_port(b6(1), 5353), 1), (b6(2), 1), (b6(3), 1)], nat6.clone()),
+        (vip6(0x10, Some(53), udp), cfg(Nat), vec![(with_port(b6(1), 5353), 1), (b6(2), 1), (b6(3), 1)], nat6),
         (
             vip6(0x20, None, tcp),
             cfg(L2Dsr),
@@ -1990,7 +2010,7 @@ fn vip_table() -> Vec<VipSpec> {
             v6.iter().copied().chain([b6(NO_NEIGH_BACKEND)]).collect(),
         ),
         (vip6(0x20, None, udp), cfg(Ipip).hash(HashInput::SourceAddress), vec![(b6(2), 1), (b6(3), 1), (b6(4), 1)], v6.clone()),
-        (vip6(0x30, None, tcp), cfg(Nat), vec![(with_port(b6(2), 5353), 1), (b6(3), 1)], nat6),
+        (vip6(0x30, None, tcp), cfg(Nat), vec![(b6(2), 1), (b6(3), 1)], v6.clone()),
     ]
 }
 
@@ -2038,7 +2058,50 @@ fn configure(lb: &LoadBalancer, net: Net) -> Model {
         batch.apply().unwrap();
         m.vips.insert(vip, VipModel { config, backends: bs, pool });
     }
+    // Every backend a NAT VIP may be given that would collide with another
+    // NAT VIP's is refused, naming that VIP (change() checks the others are
+    // accepted as they come).
+    let mut refused = 0;
+    for (vip, vm) in &m.vips {
+        for b in vm.pool.iter().filter(|b| !vm.backends.keys().any(|p| p.ip == b.ip)) {
+            if let Some(other) = m.nat_conflict(vip, b) {
+                let e = lb.add_backend(vip, *b, 1).unwrap_err();
+                assert!(matches!(e, LbError::NatBackendConflict { other: o, .. } if o == other), "{vip} + {b}: {e}");
+                refused += 1;
+            }
+        }
+    }
+    assert!(refused >= 2, "only {refused} colliding NAT backends in the pools");
     m
+}
+
+impl Model {
+    /// The NAT VIP (of the protocol, another address or port) that already
+    /// reaches `b`'s address and port, if any: adding `b` to `vip` is then
+    /// refused (ForwardingMode::Nat's docs: a backend address and port
+    /// serve one VIP address and port; an all-ports VIP's backend address
+    /// serves no other NAT VIP of the protocol but a single-port VIP of the
+    /// same address whose backend keeps that port).
+    fn nat_conflict(&self, vip: &Vip, b: &BackendAddr) -> Option<Vip> {
+        if self.vips[vip].config.mode != ForwardingMode::Nat {
+            return None;
+        }
+        // A single-port VIP of `all`'s address whose backend keeps its port.
+        let carved = |all: &Vip, v: &Vip, ob: &BackendAddr| {
+            v.addr == all.addr && v.port.is_some() && (ob.port.is_none() || ob.port == v.port)
+        };
+        let clash = |v: &Vip, ob: &BackendAddr| match (vip.port, v.port) {
+            (None, None) => true,
+            (None, Some(_)) => !carved(vip, v, ob),
+            (Some(_), None) => !carved(v, vip, b),
+            (Some(p), Some(q)) => b.port.unwrap_or(p) == ob.port.unwrap_or(q),
+        };
+        self.vips
+            .iter()
+            .filter(|(v, vm)| *v != vip && v.protocol == vip.protocol && vm.config.mode == ForwardingMode::Nat)
+            .find(|(v, vm)| vm.backends.keys().any(|ob| ob.ip == b.ip && clash(v, ob)))
+            .map(|(v, _)| *v)
+    }
 }
 
 /// One change to the LB and the model alike: a backend added, removed or
@@ -2064,6 +2127,13 @@ fn change(lb: &LoadBalancer, m: &mut Model, rng: &mut StdRng) -> String {
         0 if !absent.is_empty() => {
             let b = absent[rng.random_range(0..absent.len())];
             let w = rng.random_range(0..=3);
+            if let Some(other) = m.nat_conflict(&vip, &b) {
+                // Refused, nothing changed: replies of two VIPs' flows would share an entry.
+                let e = lb.add_backend(&vip, b, w).unwrap_err();
+                assert!(matches!(e, LbError::NatBackendConflict { other: o, .. } if o == other), "{vip} + {b}: {e}");
+                return format!("{vip}: add {b} refused (NAT conflict with {other})");
+            }
+            let vm = m.vips.get_mut(&vip).unwrap();
             lb.add_backend(&vip, b, w).unwrap();
             m.incarnations += 1;
             vm.backends.insert(b, (w, m.incarnations));
@@ -2391,7 +2461,7 @@ impl Outcome {
             let _ = write!(
                 s,
                 "\n  (NAT: {} reply entries replaced another flow's: flows from one client address and port to \
-                 two VIP ports that reach the same backend address and port share a reply entry)",
+                 two VIP addresses or ports that reach the same backend address and port share a reply entry)",
                 self.nat_overwrites
             );
         }
@@ -2483,7 +2553,14 @@ fn fuzz_in_namespace(seed: u64, frames: usize, net: Net, tamper: Option<Tamper>)
             eprintln!("{}", report(&prediction, &g, &got, index, seed, &changes, &[("traced".into(), String::new())]).report);
         }
         *out.by_action.entry(action_name(got.action)).or_default() += 1;
+        let overwrites = model.nat_overwrites;
         model.apply(&prediction.effects);
+        if model.nat_overwrites > overwrites {
+            // The configurations that allow it are refused (ForwardingMode::Nat).
+            let why = "the library refuses configurations where two VIP flows share a backend address and port";
+            let problem = ("a NAT reply entry replaced another flow's".to_string(), why.to_string());
+            out.failures.push(report(&prediction, &g, &got, index, seed, &changes, &[problem]));
+        }
         prediction.effects.clear();
         if prediction.unpredictable.is_some() {
             out.unpredictable += 1;

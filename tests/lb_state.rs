@@ -15,7 +15,8 @@ use common::lb::*;
 use common::scratch::ScratchDir;
 use xdpguard::testing::lb_topology::*;
 use xdpguard::testing::netns::{ensure_bpffs, NetNs};
-use xdpguard::{Decap, Flow, ForwardingMode, LbError, LoadBalancer, Protocol, Vip, VipConfig, XdpAction};
+use xdpguard::testing::fixture::{Fixture, FixtureTable};
+use xdpguard::{BackendAddr, Decap, Flow, ForwardingMode, LbError, LoadBalancer, Protocol, Vip, VipConfig, XdpAction};
 
 #[test]
 fn a_pinned_lb_reopens_with_its_state() {
@@ -250,5 +251,102 @@ fn configuration_errors_are_typed_with_a_fix() {
         let e = lb.backend_for(&vip, &Flow::new(client(1), sa(VIP_V4, 443), Protocol::Tcp)).unwrap_err();
         assert!(matches!(e, LbError::FlowMismatch { .. }), "{e}");
         assert!(matches!(lb.remove_vip(&ipip), Err(LbError::VipNotFound { .. })));
+    });
+}
+
+/// A NAT backend address and port serve one VIP address and port: the
+/// backend knows a connection by the client's address and port and its
+/// own, and so does the reply translation, which holds no VIP. Every
+/// configuration that would let two flows from one client address and port
+/// share a backend address and port from two VIP addresses or ports is
+/// refused with a typed error (nothing applied); the setups that keep them
+/// apart are accepted, and their replies leave from their own VIPs.
+#[test]
+fn nat_backends_serve_one_vip_address_and_port() {
+    in_lb_ns("vnatc", 3, |n| {
+        let lb = lb();
+        let nat = || VipConfig::new(ForwardingMode::Nat).table_size(1021);
+        let (b1, b2, b3) = (IpAddr::V4(backend_v4(1)), IpAddr::V4(backend_v4(2)), IpAddr::V4(backend_v4(3)));
+        let all_a = Vip::all_ports(IpAddr::V4(VIP_V4), Protocol::Tcp);
+        let a443 = Vip::tcp(sa(VIP_V4, 443));
+        let b443 = Vip::tcp(sa(VIP2_V4, 443));
+        let all_b = Vip::all_ports(IpAddr::V4(VIP2_V4), Protocol::Tcp);
+        for v in [all_a, a443, b443, all_b] {
+            lb.add_vip(v, nat()).unwrap();
+        }
+
+        // An all-ports VIP's backend keeps each packet's port: no port of its own.
+        let e = lb.add_backend(&all_a, sa(b1, 8080), 1).unwrap_err();
+        assert!(matches!(e, LbError::NatPortOnAllPortsVip { vip, .. } if vip == all_a), "{e}");
+        assert!(e.to_string().contains("give the backend without a port"), "{e}");
+        lb.add_backend(&all_a, b1, 1).unwrap();
+
+        // The single-port VIP of the same address may share the backend on
+        // its own port (it takes 443 before the all-ports VIP does)...
+        lb.add_backend(&a443, b1, 1).unwrap();
+        // ... but not on another port, which the all-ports VIP reaches too.
+        let e = lb.add_backend(&a443, sa(b1, 8080), 1).unwrap_err();
+        match &e {
+            LbError::NatBackendConflict { vip, backend, other, other_backend, at } => {
+                assert_eq!((*vip, *other), (a443, all_a));
+                assert_eq!((*backend, *other_backend), (BackendAddr::from(sa(b1, 8080)), BackendAddr::new(b1)));
+                assert_eq!(at, &sa(b1, 8080).to_string());
+            }
+            other => panic!("expected NatBackendConflict, got {other:?}"),
+        }
+        assert!(e.to_string().contains("another backend port"), "{e}");
+
+        // Two VIP addresses, one port, one backend address and port: refused.
+        lb.add_backend(&a443, sa(b2, 8443), 1).unwrap();
+        let e = lb.add_backend(&b443, sa(b2, 8443), 1).unwrap_err();
+        assert!(matches!(e, LbError::NatBackendConflict { other, .. } if other == a443), "{e}");
+        // The other VIP address keeping port 443 on b1: the all-ports VIP reaches b1:443 too.
+        let e = lb.add_backend(&b443, b1, 1).unwrap_err();
+        assert!(matches!(&e, LbError::NatBackendConflict { at, .. } if *at == sa(b1, 443).to_string()), "{e}");
+        // Two all-ports VIPs on one backend address: every port collides.
+        let e = lb.add_backend(&all_b, b1, 1).unwrap_err();
+        assert!(matches!(&e, LbError::NatBackendConflict { at, .. } if at.contains("every port")), "{e}");
+        // A failed batch changes nothing.
+        let e = lb.batch(&b443).add(b3, 1).add(sa(b2, 8443), 1).apply().unwrap_err();
+        assert!(matches!(e, LbError::NatBackendConflict { .. }), "{e}");
+        assert!(lb.backends(&b443).unwrap().is_empty());
+
+        // Accepted: another backend port, another protocol, another mode.
+        lb.add_backend(&b443, sa(b2, 9443), 1).unwrap();
+        let udp = Vip::udp(sa(VIP2_V4, 443));
+        lb.add_vip(udp, nat()).unwrap();
+        lb.add_backend(&udp, sa(b2, 8443), 1).unwrap();
+        let dsr = Vip::tcp(sa(VIP2_V4, 80));
+        lb.add_vip(dsr, VipConfig::new(ForwardingMode::L2Dsr).table_size(1021)).unwrap();
+        lb.add_backend(&dsr, b1, 1).unwrap();
+        // Once the other VIP lets go of the address and port, it is free.
+        lb.remove_backend(&a443, sa(b2, 8443)).unwrap();
+        lb.batch(&b443).remove(sa(b2, 9443)).add(sa(b2, 8443), 1).apply().unwrap();
+        lb.batch(&a443).add(sa(b2, 9443), 1).remove(b1).apply().unwrap();
+
+        // One client address and port to both VIPs' port 443 (as Linux may
+        // pick it): two backend ports, two connections, and each reply
+        // leaves from its own VIP.
+        let mut t = FixtureTable::new(&lb, "NAT VIPs sharing a backend address");
+        let src = client(7);
+        for (vip, backend) in [(a443, sa(b2, 9443)), (b443, sa(b2, 8443))] {
+            let sent = Pkt::new(src, addr_port(&vip), Protocol::Tcp, true);
+            t.run(
+                Fixture::new(format!("{src} to {vip}"), sent.frame(CLIENT_MAC, n.eth0_mac))
+                    .on(n.eth0)
+                    .action(XdpAction::Redirect)
+                    .output(sent.to(backend).frame(n.eth1_mac, backend_mac(2))),
+            );
+        }
+        for (vip, backend) in [(a443, sa(b2, 9443)), (b443, sa(b2, 8443))] {
+            let reply = Pkt::new(backend, src, Protocol::Tcp, false);
+            t.run(
+                Fixture::new(format!("the reply of {vip}'s flow leaves from {vip}"), reply.frame(backend_mac(2), n.eth1_mac))
+                    .on(n.eth1)
+                    .action(XdpAction::Redirect)
+                    .output(reply.from(addr_port(&vip)).frame(n.eth0_mac, CLIENT_MAC)),
+            );
+        }
+        t.finish();
     });
 }

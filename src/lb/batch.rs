@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 
 use super::hops::sync_hops;
 use super::maps::map_err;
-use super::state::{self, Slot};
+use super::state::{self, LbState, Slot};
 use super::{maglev, Backend, BackendAddr, ForwardingMode, LoadBalancer, Vip, MAX_WEIGHT};
 use crate::error::LbError;
 
@@ -87,7 +87,10 @@ impl LoadBalancer {
     /// As [`BackendBatch::apply`]: [`LbError::BackendExists`],
     /// [`LbError::InvalidWeight`], [`LbError::Unsupported`] and
     /// [`LbError::IpipSourceUnset`] for a backend the VIP's mode cannot
-    /// reach, [`LbError::TableTooSmall`], [`LbError::BackendTableFull`].
+    /// reach, [`LbError::TableTooSmall`], [`LbError::BackendTableFull`]; for
+    /// NAT, [`LbError::NatPortOnAllPortsVip`] (a port on an all-ports VIP's
+    /// backend) and [`LbError::NatBackendConflict`] (a backend address and
+    /// port another NAT VIP already reaches; see [`ForwardingMode::Nat`]).
     pub fn add_backend(&self, vip: &Vip, backend: impl Into<BackendAddr>, weight: u32) -> Result<(), LbError> {
         self.batch(vip).add(backend, weight).apply()
     }
@@ -142,6 +145,9 @@ impl LoadBalancer {
                 what: what(&format!("a backend port in {mode} mode")),
                 fix: "DSR and IPIP backends serve the VIP's own port; give the backend without a port, or use NAT",
             }),
+            ForwardingMode::Nat if vip.port.is_none() && b.port.is_some() => {
+                Err(LbError::NatPortOnAllPortsVip { vip: *vip, backend: *b })
+            }
             ForwardingMode::Ipip if vip.addr.is_ipv6() && b.ip.is_ipv4() => Err(LbError::Unsupported {
                 what: what("IPv6 in IPv4 encapsulation"),
                 fix: "give IPv6 VIPs IPv6 backends (IPv4 VIPs may have IPv4 or IPv6 backends)",
@@ -161,6 +167,47 @@ impl LoadBalancer {
             }
             _ => Ok(()),
         }
+    }
+
+    /// Refuses a NAT backend whose connections would arrive on a backend
+    /// address and port that another NAT VIP's connections arrive on too
+    /// (see [`ForwardingMode::Nat`]). The backend sees a connection by
+    /// client address and port and its own address and port, and so does
+    /// the reply translation (its key holds no VIP), so a client that uses
+    /// one source port for both VIPs would be one connection there.
+    /// Checked against every other NAT VIP of the protocol: at most a few
+    /// hundred VIPs and their backends, once per added backend.
+    fn check_nat_backend(st: &LbState, vip: &Vip, b: &BackendAddr) -> Result<(), LbError> {
+        // The backend port a VIP's connections reach: the backend's own, else
+        // the VIP's, else (an all-ports VIP) each packet's destination port.
+        let port_of = |v: &Vip, b: &BackendAddr| b.port.or(v.port);
+        let mine = port_of(vip, b);
+        for (other, vs) in &st.vips {
+            if other == vip || other.protocol != vip.protocol || vs.config.mode != ForwardingMode::Nat {
+                continue;
+            }
+            for ob in vs.backends.keys().filter(|ob| ob.ip == b.ip) {
+                let theirs = port_of(other, ob);
+                let clash = match (mine, theirs) {
+                    (Some(p), Some(q)) => p == q,
+                    // An all-ports VIP takes every port of its address but
+                    // those of its single-port VIPs, and one of those may use
+                    // the backend on its own port (its target is its port).
+                    (None, Some(q)) => !(other.addr == vip.addr && other.port == Some(q)),
+                    (Some(p), None) => !(vip.addr == other.addr && vip.port == Some(p)),
+                    (None, None) => true,
+                };
+                if clash {
+                    let at = match mine.or(theirs) {
+                        Some(p) => std::net::SocketAddr::new(b.ip, p).to_string(),
+                        None => format!("every port of {}", b.ip),
+                    };
+                    let (vip, backend, other, other_backend) = (*vip, *b, *other, *ob);
+                    return Err(LbError::NatBackendConflict { vip, backend, other, other_backend, at });
+                }
+            }
+        }
+        Ok(())
     }
 
     pub(super) fn apply_batch(&self, vip: &Vip, ops: &[BatchOp]) -> Result<(), LbError> {
@@ -183,6 +230,9 @@ impl LoadBalancer {
                     }
                     BatchOp::Add(b, w) => {
                         self.check_backend(vip, mode, &b)?;
+                        if mode == ForwardingMode::Nat {
+                            Self::check_nat_backend(st, vip, &b)?;
+                        }
                         if let Some((_, weight)) = desired.get(&b) {
                             return Err(LbError::BackendExists { vip: *vip, backend: b, weight: *weight });
                         }

@@ -85,7 +85,7 @@ pub const DEFAULT_NEXT_HOP_CACHE: Duration = Duration::from_millis(100);
 /// |---|---|---|---|
 /// | [`ForwardingMode::L2Dsr`] | IPv4 backends | IPv6 backends | the VIP's |
 /// | [`ForwardingMode::Ipip`] | IPv4 (IPIP) or IPv6 (IPv4-in-IPv6) backends | IPv6 backends | the VIP's |
-/// | [`ForwardingMode::Nat`] | IPv4 backends | IPv6 backends | any (or the VIP's) |
+/// | [`ForwardingMode::Nat`] | IPv4 backends | IPv6 backends | any (or the VIP's; none on all-ports VIPs), see [`ForwardingMode::Nat`] |
 ///
 /// What happens to every packet, and which counter ([`LbStats`]) says so:
 /// - Not for a VIP: passed untouched (`passed_non_vip`). So are

@@ -205,6 +205,26 @@ pub enum ForwardingMode {
     /// passed to the stack, which answers "time exceeded"). Replies must
     /// come back through the LB (e.g. it is the backends' gateway), where
     /// their source becomes the VIP again. Same address family only.
+    ///
+    /// A backend address and port serve one VIP address and port. The
+    /// backend knows a connection by the client's address and port and its
+    /// own, and so does the LB's translation of its replies (which holds no
+    /// VIP): two connections from one client address and port (Linux reuses
+    /// a source port towards different destinations) to two VIPs that reach
+    /// the same backend address and port would be one connection there, and
+    /// one's replies would leave from the other VIP. So
+    /// [`LoadBalancer::add_backend`](crate::LoadBalancer::add_backend)
+    /// refuses a backend that another NAT VIP of the protocol (another
+    /// address or port) already reaches on the same address and port
+    /// ([`LbError::NatBackendConflict`](crate::LbError::NatBackendConflict)):
+    /// give the two VIPs distinct backend ports (`198.51.100.11:8443` and
+    /// `198.51.100.11:9443`) or addresses. The backends of an all-ports NAT
+    /// VIP keep each packet's destination port: they take no port of their
+    /// own ([`LbError::NatPortOnAllPortsVip`](crate::LbError::NatPortOnAllPortsVip)),
+    /// and their address serves no other NAT VIP of the protocol, except a
+    /// single-port VIP of the same address whose backend keeps that port
+    /// (`203.0.113.10:443` next to `203.0.113.10:*`, both to `198.51.100.11`:
+    /// the single-port VIP takes port 443 first).
     Nat,
 }
 
@@ -254,7 +274,8 @@ named_values! { HashInput, "hash input", {
 /// change them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct VipConfig {
-    /// How packets reach the backends.
+    /// How packets reach the backends (for NAT, which backends a VIP may
+    /// share with others: see [`ForwardingMode::Nat`]).
     pub mode: ForwardingMode,
     /// Maglev table size: a prime (default 65537). Backends share it in
     /// proportion to their weights, so more slots per backend mean fairer
