@@ -756,7 +756,9 @@ impl Model {
     ) -> Prediction {
         let mode = self.vips[&vip].config.mode;
         match mode {
-            ForwardingMode::L2Dsr => self.via(f, ip, ingress, backend.ip, 0, may_reply, Unresolved::Probe, |out, _| out),
+            ForwardingMode::L2Dsr => {
+                self.via(f, ip, ingress, FibSrc::Cached(ip.src), backend.ip, 0, may_reply, Unresolved::Probe, |out, _| out)
+            }
             ForwardingMode::Ipip => {
                 let src = lb
                     .ipip_source_for(&vip, flow, backend.ip)
@@ -764,7 +766,9 @@ impl Model {
                     .expect("IPIP VIPs have sources of both families");
                 let overhead = if backend.ip.is_ipv4() { 20 } else { 40 };
                 let unresolved = Unresolved::Rewritten { nat: false };
-                self.via(f, ip, ingress, backend.ip, overhead, may_reply, unresolved, |out, _| encapsulate(&out, ip, src, backend.ip))
+                self.via(f, ip, ingress, FibSrc::Cached(src), backend.ip, overhead, may_reply, unresolved, |out, _| {
+                    encapsulate(&out, ip, src, backend.ip)
+                })
             }
             ForwardingMode::Nat => {
                 // TCP/UDP only: fragments never reach NAT VIPs, and ICMP
@@ -774,7 +778,8 @@ impl Model {
                 }
                 let mut soft = Vec::new();
                 let unresolved = Unresolved::Rewritten { nat: true };
-                let mut p = self.via(f, ip, ingress, backend.ip, 0, may_reply, unresolved, |mut out, _| {
+                let from = FibSrc::Cached(ip.src);
+                let mut p = self.via(f, ip, ingress, from, backend.ip, 0, may_reply, unresolved, |mut out, _| {
                     soft = nat_rewrite(&mut out, ip, Dir::Dst, backend.ip, backend.port);
                     out
                 });
@@ -784,16 +789,18 @@ impl Model {
         }
     }
 
-    /// The next hop towards `to`: the route, the MTU, then the neighbour
-    /// (as the FIB answers); then `rewrite` and the MACs. `overhead` is the
-    /// encapsulation's. Too big: an ICMP answer when `may_reply`, else a
-    /// drop. No resolved neighbour: `unresolved` says what goes to the stack.
+    /// The next hop towards `to`, asked from `src`: the route, the MTU,
+    /// then the neighbour (as the FIB answers); then `rewrite` and the MACs.
+    /// `overhead` is the encapsulation's. Too big: an ICMP answer when
+    /// `may_reply`, else a drop. No resolved neighbour: `unresolved` says
+    /// what goes to the stack.
     #[allow(clippy::too_many_arguments)]
     fn via(
         &self,
         f: &[u8],
         ip: &Ip,
         ingress: u32,
+        src: FibSrc,
         to: IpAddr,
         overhead: usize,
         may_reply: bool,
@@ -803,6 +810,22 @@ impl Model {
         let hop = self.net.hop(to);
         if let Hop::NoRoute = hop {
             return Prediction::pass(format!("no route to {to}"), "passed_no_route");
+        }
+        // The FIB forwards nothing from or to an IPv6 multicast, link-local
+        // or loopback address (rt6_need_strict).
+        let strict = |a: IpAddr| match a {
+            IpAddr::V6(a) => a.is_multicast() || a.is_loopback() || a.segments()[0] & 0xFFC0 == 0xFE80,
+            IpAddr::V4(_) => false,
+        };
+        match src {
+            FibSrc::Asked(from) if strict(from) || strict(to) => {
+                return Prediction::pass(format!("the FIB does not forward from {from}"), "passed_no_route");
+            }
+            // Asked only when this CPU's cached answer for the backend expired.
+            FibSrc::Cached(from) if strict(from) || strict(to) => {
+                return unpredictable(format!("towards {to} from {from}: the cached next hop, or no route once it expired"));
+            }
+            _ => {}
         }
         if ip.l3_len + overhead > MTU {
             return too_big(f, ip, MTU, ip.l3_len + overhead, may_reply);
@@ -927,7 +950,8 @@ impl Model {
             return Prediction::pass("NAT: the TTL would expire", "passed_ttl");
         }
         let mut soft = Vec::new();
-        let mut p = self.via(f, ip, ingress, b.ip, 0, false, Unresolved::Rewritten { nat: true }, |mut out, _| {
+        let unresolved = Unresolved::Rewritten { nat: true };
+        let mut p = self.via(f, ip, ingress, FibSrc::Cached(ip.src), b.ip, 0, false, unresolved, |mut out, _| {
             soft = icmp_rewrite(&mut out, ip, l4, q, Dir::Dst, true, b.ip, b.port);
             out
         });
@@ -953,7 +977,8 @@ impl Model {
             return Prediction::pass("NAT: the TTL would expire", "passed_ttl");
         }
         let mut soft = Vec::new();
-        let mut p = self.via(f, ip, ingress, ip.dst, 0, false, Unresolved::Rewritten { nat: true }, |mut out, _| {
+        let from = FibSrc::Asked(if from_backend { vip_addr } else { ip.src });
+        let mut p = self.via(f, ip, ingress, from, ip.dst, 0, false, Unresolved::Rewritten { nat: true }, |mut out, _| {
             soft = icmp_rewrite(&mut out, ip, l4, q, Dir::Src, from_backend, vip_addr, Some(vip_port));
             out
         });
@@ -976,7 +1001,8 @@ impl Model {
             return Prediction::pass("NAT: the TTL would expire", "passed_ttl");
         }
         let mut soft = Vec::new();
-        let mut p = self.via(f, ip, ingress, ip.dst, 0, true, Unresolved::Rewritten { nat: true }, |mut out, _| {
+        let unresolved = Unresolved::Rewritten { nat: true };
+        let mut p = self.via(f, ip, ingress, FibSrc::Asked(vip_addr), ip.dst, 0, true, unresolved, |mut out, _| {
             soft = nat_rewrite(&mut out, ip, Dir::Src, vip_addr, Some(vip_port));
             out
         });
@@ -986,6 +1012,16 @@ impl Model {
         p.soft_csums = soft;
         p.because(format!("NAT reply {key:?} from {vip_addr}:{vip_port}"))
     }
+}
+
+/// The source of the program's FIB question for a next hop.
+#[derive(Clone, Copy)]
+enum FibSrc {
+    /// Towards a backend: answered from this CPU's next-hop cache, and asked
+    /// (with this source) only when the cached answer expired.
+    Cached(IpAddr),
+    /// Towards a NAT client: asked for every packet.
+    Asked(IpAddr),
 }
 
 /// What goes to the stack when a next hop has no resolved neighbour.
