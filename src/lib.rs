@@ -84,7 +84,10 @@
 //! println!("{:?}", lb.vip_stats(&vip)?);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
-#![warn(missing_docs)]
+// Beyond the crate-wide [lints] of Cargo.toml, for the library only: it never
+// prints (errors are returned, not reported), and every `pub` item is
+// reachable from the crate root (the rest is `pub(crate)`).
+#![warn(clippy::print_stdout, clippy::print_stderr, unreachable_pub)]
 
 mod core;
 mod error;

@@ -781,7 +781,7 @@ fn a_bulk_edit_over_both_families_switches_at_one_point() {
     let (timeline, (sent, got)) = run_edits(&bed, &filter, &mut model, &sources, edits, Duration::from_millis(400));
     // One group: every changed source, whatever its family.
     let findings = timeline.check(&sent, &got, |_, _| 0);
-    let per_family = timeline.check(&sent, &got, |_, a| a.is_ipv6() as u128);
+    let per_family = timeline.check(&sent, &got, |_, a| u128::from(a.is_ipv6()));
     let windows: Vec<String> = timeline
         .windows
         .iter()

@@ -727,7 +727,7 @@ fn truncation_at_every_header_boundary() {
                 checked += 1;
             }
             // The whole frame, for contrast.
-            m.expect(&frame, blocked, &format!("{name}: whole frame"));
+            m.expect(frame, blocked, &format!("{name}: whole frame"));
         }
     }
     assert!(checked > 300, "only {checked} cuts checked");

@@ -1449,10 +1449,10 @@ fn ext_body(rng: &mut StdRng, ty: u8) -> Vec<u8> {
             let len = (usize::from(units) + 1) * 8 - 2;
             if ty == 43 {
                 b.extend_from_slice(&[rng.random_range(0..5), 0]);
-                b.extend(std::iter::repeat(0u8).take(len - 2));
+                b.extend(std::iter::repeat_n(0u8, len - 2));
             } else {
                 b.extend_from_slice(&[1, (len - 2) as u8]);
-                b.extend(std::iter::repeat(0u8).take(len - 2));
+                b.extend(std::iter::repeat_n(0u8, len - 2));
             }
             b
         }
@@ -1932,7 +1932,7 @@ impl Generator {
                 }
                 6 | 7 => {
                     let pad = if f.len() < 60 && self.rng.random_bool(0.5) { 60 - f.len() } else { self.rng.random_range(1..64) };
-                    f.extend(std::iter::repeat(0u8).take(pad));
+                    f.extend(std::iter::repeat_n(0u8, pad));
                     done.push(format!("{pad} bytes of padding"));
                 }
                 _ => {

@@ -21,7 +21,7 @@
 //! xdpguard-lb decap attach --iface eth0 --local 198.51.100.11 [--pin DIR] [--netns NAME]   (on a backend)
 //! xdpguard-lb decap stats [--json]                       xdpguard-lb decap detach
 //! ```
-//! A VIP is `ADDR:PORT`, `[V6ADDR]:PORT`, or `ADDR:*` for all ports
+//! A VIP is `ADDR:PORT`, `[V6-ADDR]:PORT`, or `ADDR:*` for all ports
 //! (`Vip::parse_with`); modes and policies are the names their types parse
 //! (`ForwardingMode`, `EchoPolicy`, ...: `FromStr`).
 //!
@@ -63,7 +63,7 @@ struct Pin {
 
 #[derive(Args)]
 struct VipArg {
-    /// The VIP: ADDR:PORT, [V6ADDR]:PORT, or ADDR:* for every port.
+    /// The VIP: ADDR:PORT, [V6-ADDR]:PORT, or ADDR:* for every port.
     vip: String,
     /// Its protocol: tcp or udp.
     #[arg(long, short, default_value_t = Protocol::Tcp)]
@@ -166,14 +166,14 @@ enum Command {
     Backend(BackendCommand),
     /// Name the VIP and backend a new flow from a client gets (as the kernel will).
     ///
-    /// The destination is ADDR:PORT ([V6ADDR]:PORT): the VIP of that port
+    /// The destination is ADDR:PORT ([V6-ADDR]:PORT): the VIP of that port
     /// takes the flow, else the all-ports VIP of the address. An all-ports
     /// VIP sends each flow by the port it connects to, so ADDR:* needs
     /// --to-port.
     Which {
         #[command(flatten)]
         pin: Pin,
-        /// Where the client connects to: ADDR:PORT, [V6ADDR]:PORT, or ADDR:* with --to-port.
+        /// Where the client connects to: ADDR:PORT, [V6-ADDR]:PORT, or ADDR:* with --to-port.
         #[arg(value_name = "DEST")]
         dest: String,
         /// The protocol: tcp or udp.

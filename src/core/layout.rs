@@ -3,15 +3,16 @@
 //! generated structs be read and written as plain bytes once their sizes
 //! are asserted. Each program's own structs are in its `layout.rs`.
 
-/// Constants generated from `src/bpf/*consts.h`.
-#[allow(dead_code)]
+/// Constants generated from `src/bpf/*consts.h` (`pub`, as generated, in a
+/// crate-private module).
+#[allow(dead_code, unreachable_pub)]
 pub(crate) mod consts {
     include!(concat!(env!("OUT_DIR"), "/consts.rs"));
 }
 
 /// The names of every map and program, generated from their definitions
 /// in `src/bpf/` (the only place they are written).
-#[allow(dead_code)]
+#[allow(dead_code, unreachable_pub)]
 pub(crate) mod names {
     include!(concat!(env!("OUT_DIR"), "/names.rs"));
 }

@@ -96,27 +96,38 @@ impl<T: Pod> MappedArray<T> {
     /// Copies `values` over the first `values.len()` entries and zeroes the rest.
     pub(crate) fn fill_from(&self, values: &[T]) {
         assert!(values.len() <= self.len);
-        // SAFETY: both ranges are in bounds, do not overlap (one is ours, one
-        // the mapping) and T is Pod, so zero bytes are a valid T.
-        unsafe {
-            std::ptr::copy_nonoverlapping(values.as_ptr(), self.base.as_ptr(), values.len());
-            std::ptr::write_bytes(self.base.as_ptr().add(values.len()), 0, self.len - values.len());
-        }
+        let base = self.base.as_ptr();
+        // SAFETY: both ranges are in bounds (values.len() <= self.len,
+        // asserted) and do not overlap (one is ours, one the mapping).
+        unsafe { std::ptr::copy_nonoverlapping(values.as_ptr(), base, values.len()) };
+        // SAFETY: values.len() <= self.len, so the pointer stays inside the
+        // mapping (or one past its last value).
+        let rest = unsafe { base.add(values.len()) };
+        // SAFETY: the remaining self.len - values.len() values are in bounds,
+        // and T is Pod, so zero bytes are a valid T.
+        unsafe { std::ptr::write_bytes(rest, 0, self.len - values.len()) };
     }
 
     /// The `u32` at `byte_offset` inside value `index`, for single-store updates.
     pub(crate) fn atomic_u32(&self, index: usize, byte_offset: usize) -> &AtomicU32 {
         assert!(byte_offset % 4 == 0 && byte_offset + 4 <= size_of::<T>());
-        // SAFETY: in bounds and 4-byte aligned (values are 8-byte aligned);
-        // the memory lives as long as self.
-        unsafe { AtomicU32::from_ptr(self.slot(index).cast::<u8>().add(byte_offset).cast()) }
+        // SAFETY: byte_offset + 4 <= size_of::<T>() (asserted): the pointer
+        // stays inside value `index`.
+        let field = unsafe { self.slot(index).byte_add(byte_offset) }.cast::<u32>();
+        // SAFETY: in bounds and 4-byte aligned (values are 8-byte aligned,
+        // byte_offset is a multiple of 4); the memory lives as long as self.
+        unsafe { AtomicU32::from_ptr(field) }
     }
 
     /// The `u64` at `byte_offset` inside value `index`.
     pub(crate) fn atomic_u64(&self, index: usize, byte_offset: usize) -> &AtomicU64 {
         assert!(byte_offset % 8 == 0 && byte_offset + 8 <= size_of::<T>());
-        // SAFETY: in bounds and 8-byte aligned; lives as long as self.
-        unsafe { AtomicU64::from_ptr(self.slot(index).cast::<u8>().add(byte_offset).cast()) }
+        // SAFETY: byte_offset + 8 <= size_of::<T>() (asserted): the pointer
+        // stays inside value `index`.
+        let field = unsafe { self.slot(index).byte_add(byte_offset) }.cast::<u64>();
+        // SAFETY: in bounds and 8-byte aligned (values are 8-byte aligned,
+        // byte_offset is a multiple of 8); lives as long as self.
+        unsafe { AtomicU64::from_ptr(field) }
     }
 }
 

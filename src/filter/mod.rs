@@ -216,6 +216,7 @@ impl Filter {
     /// # Errors
     ///
     /// [`ListError::Pin`] when the pin directory cannot be locked.
+    #[expect(clippy::missing_panics_doc, reason = "an allow or block verdict always has its matching entry")]
     pub fn verdict(&self, addr: IpAddr) -> Result<Verdict, ListError> {
         self.core.read(|st, _| match st.verdict(addr) {
             v if v == XDPG_VERDICT_ALLOW as u8 => {

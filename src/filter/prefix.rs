@@ -46,6 +46,7 @@ pub struct Normalized {
 /// assert_eq!(n.network.to_string(), "192.0.2.5/32");
 /// assert!(n.ipv4_mapped);
 /// ```
+#[expect(clippy::missing_panics_doc, reason = "the prefix lengths given to new() are valid by construction")]
 pub fn normalize(net: IpNetwork) -> Normalized {
     let (given, ipv4_mapped) = match net {
         IpNetwork::V6(n) if n.prefix() >= 96 => match n.ip().to_ipv4_mapped() {
@@ -92,10 +93,7 @@ pub fn parse_prefix(text: &str) -> Result<IpNetwork, ListError> {
                 .parse()
                 .map_err(|_| invalid(format!("`{len}` is not a prefix length")))?;
             let max = if addr.is_ipv4() { 32 } else { 128 };
-            if len > max {
-                return Err(invalid(format!("prefix length {len} is longer than {max}")));
-            }
-            Ok(IpNetwork::new(addr, len).expect("length checked above"))
+            IpNetwork::new(addr, len).map_err(|_| invalid(format!("prefix length {len} is longer than {max}")))
         }
     }
 }

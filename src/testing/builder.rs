@@ -60,7 +60,8 @@ pub(super) enum Transport {
 pub(super) enum Net {
     None,
     Ip(Vec<IpLayer>),
-    Arp(ArpPacket),
+    // Boxed: an ArpPacket is 1 KiB (room for any address length).
+    Arp(Box<ArpPacket>),
     Lldp,
     Ether(u16),
 }
@@ -68,6 +69,10 @@ pub(super) enum Net {
 /// Writes a frame layer by layer; [`FrameBuilder::build`] makes the
 /// [`Frame`]. Header setters (`ttl`, `df`, `hop_limit`, `ext`, ...) apply to
 /// the IP header added last; `syn`, `ack`, `seq`, ... to the TCP header.
+///
+/// A builder is for tests, where a mistake should stop the test: a setter
+/// for a header the frame does not have (`df` without an IPv4 header last,
+/// `seq` without a TCP header) panics, naming the setter.
 #[derive(Debug, Clone)]
 #[must_use = "a builder does nothing until built"]
 pub struct FrameBuilder {
@@ -199,6 +204,7 @@ impl FrameBuilder {
 
     /// The IPv4 TOS byte (DSCP and ECN) or IPv6 traffic class of the last
     /// IP header.
+    #[expect(clippy::missing_panics_doc, reason = "tos >> 2 fits 6 bits and tos & 3 fits 2: the expects cannot fail")]
     pub fn tos(mut self, tos: u8) -> Self {
         match self.ip_mut("tos") {
             IpLayer::V4(h) => {
@@ -225,6 +231,9 @@ impl FrameBuilder {
     /// Fragmentation of the last (IPv4) header: offset in 8-byte units and
     /// the more-fragments flag. A later fragment (offset > 0) carries no
     /// transport header: a TCP/UDP/ICMP header asked for is left out.
+    ///
+    /// # Panics
+    /// When `offset` does not fit 13 bits.
     pub fn fragment(mut self, offset: u16, more: bool) -> Self {
         let h = self.v4_mut("fragment");
         h.fragment_offset = IpFragOffset::try_new(offset).expect("fragment offset fits 13 bits");
@@ -243,12 +252,18 @@ impl FrameBuilder {
 
     /// Options of the last (IPv4) header: a multiple of 4 bytes, at most 40,
     /// written as given.
+    ///
+    /// # Panics
+    /// When `options` is longer than 40 bytes or not a multiple of 4.
     pub fn options(mut self, options: &[u8]) -> Self {
         self.v4_mut("options").options = options.try_into().expect("IPv4 options: a multiple of 4 bytes, at most 40");
         self
     }
 
     /// The flow label of the last (IPv6) header (20 bits).
+    ///
+    /// # Panics
+    /// When `label` does not fit 20 bits.
     pub fn flow_label(mut self, label: u32) -> Self {
         self.v6_mut("flow_label").0.flow_label = Ipv6FlowLabel::try_new(label).expect("flow label fits 20 bits");
         self
@@ -342,6 +357,9 @@ impl FrameBuilder {
     }
 
     /// TCP options, written as given (a multiple of 4 bytes, at most 40).
+    ///
+    /// # Panics
+    /// When `options` is longer than 40 bytes or not a multiple of 4.
     pub fn tcp_options(mut self, options: &[u8]) -> Self {
         self.tcp_mut("tcp_options").set_options_raw(options).expect("TCP options: a multiple of 4 bytes, at most 40");
         self
@@ -355,6 +373,9 @@ impl FrameBuilder {
     }
 
     /// IPv4 only: the UDP checksum left 0 ("none").
+    ///
+    /// # Panics
+    /// When the transport set so far is not UDP.
     pub fn no_udp_checksum(mut self) -> Self {
         match &mut self.transport {
             Transport::Udp { zero_checksum, .. } => *zero_checksum = true,
@@ -423,6 +444,7 @@ impl FrameBuilder {
 
     /// An ARP request from `sender` ([`FrameBuilder::macs`]'s source MAC)
     /// asking for `target`; the destination MAC becomes broadcast.
+    #[expect(clippy::missing_panics_doc, reason = "MAC and IPv4 lengths are always valid ARP lengths")]
     pub fn arp_request(mut self, sender: Ipv4Addr, target: Ipv4Addr) -> Self {
         let arp = ArpPacket::new(
             ArpHardwareId::ETHERNET,
@@ -435,7 +457,7 @@ impl FrameBuilder {
         )
         .expect("valid ARP lengths");
         self.dst_mac = BROADCAST_MAC;
-        self.net = Net::Arp(arp);
+        self.net = Net::Arp(Box::new(arp));
         self
     }
 
@@ -641,7 +663,7 @@ fn ip_header(layer: &IpLayer, proto: IpNumber, body_len: usize, prefix: &str) ->
             h.header_checksum = h.calc_header_checksum();
             let bytes = h.to_bytes().to_vec();
             spans.push(Span { name: format!("{prefix}ipv4"), start: 0, len: Ipv4Header::MIN_LEN });
-            if h.options.len() > 0 {
+            if !h.options.is_empty() {
                 spans.push(Span { name: format!("{prefix}ipv4-options"), start: Ipv4Header::MIN_LEN, len: h.options.len() });
             }
             (bytes, spans)

@@ -188,6 +188,7 @@ pub const LB_TRANSIT_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xd, 0, 0, 0, 0
 
 /// client — LB — bridge — backends, for real traffic; or with a router
 /// between the LB and the backends' segment ([`LbNet::routed`]).
+#[derive(Debug)]
 pub struct LbNet {
     /// The client (192.0.2.1, 192.0.2.2, 2001:db8:c::1; routes to the VIPs via the LB).
     pub client: NetNs,
@@ -328,6 +329,7 @@ impl LbNet {
 
 /// Servers answering with their name: TCP (one line per line received)
 /// and UDP (one datagram per datagram), on `port`, in one namespace.
+#[derive(Debug)]
 pub struct Servers {
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
@@ -424,6 +426,7 @@ impl Drop for Servers {
 }
 
 /// A client TCP connection that asks "who are you?" as often as wanted.
+#[derive(Debug)]
 pub struct Conn {
     reader: BufReader<TcpStream>,
     writer: TcpStream,

@@ -169,7 +169,7 @@ pub fn percpu_u64(map: &MapHandle, key: u32) -> Result<u64, LiveError> {
         .lookup_percpu(&key.to_ne_bytes(), MapFlags::ANY)
         .map_err(|source| LiveError::Map { op: "reading a per-CPU counter", source })?
         .unwrap_or_default();
-    Ok(per_cpu.iter().map(|b| b.get(..8).map_or(0, |v| u64::from_ne_bytes(v.try_into().expect("8 bytes")))).sum())
+    Ok(per_cpu.iter().map(|b| b.first_chunk::<8>().map_or(0, |v| u64::from_ne_bytes(*v))).sum())
 }
 
 /// Kernel memory charged to a map (`memlock:` of its fdinfo).

@@ -93,5 +93,5 @@ pub fn counter_json(c: Counter) -> Value {
 
 /// Map memory for people: `12.3 MiB of maps`.
 pub fn memory_text(bytes: u64) -> String {
-    format!("{:.1} MiB of maps", bytes as f64 / (1 << 20) as f64)
+    format!("{:.1} MiB of maps", bytes as f64 / f64::from(1 << 20))
 }
