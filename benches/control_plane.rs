@@ -13,11 +13,11 @@ use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
 use common::bpf::{LpmProg, XDP_PASS};
-use xdpguard::testing::live::map_memlock;
 use common::prefixes::{parse_size, size_label, Prefix4, Set4};
 use common::table::{print_markdown, Align, Table};
 use common::{env_num, env_or, fmt_bytes, fmt_duration, machine, percentile, quick, require_root};
 use libbpf_rs::{MapCore, MapFlags};
+use xdpguard::testing::live::map_memlock;
 use xdpguard::{Filter, IpNetwork};
 
 fn ms(d: Duration) -> String {
@@ -58,7 +58,8 @@ fn main() {
     }
     require_root();
     let q = quick();
-    let n = parse_size(&env_or("XDPG_BENCH_CP_SIZE", if q { "100k" } else { "1m" })).expect("XDPG_BENCH_CP_SIZE: a size");
+    let n =
+        parse_size(&env_or("XDPG_BENCH_CP_SIZE", if q { "100k" } else { "1m" })).expect("XDPG_BENCH_CP_SIZE: a size");
     let samples: usize = env_num("XDPG_BENCH_CP_SAMPLES", if q { "300" } else { "2000" });
     let machine = machine();
     println!("xdpguard control-plane bench on {machine}: {} IPv4 prefixes", size_label(n));
@@ -149,12 +150,7 @@ fn main() {
     // --- Single edits with the big list loaded ------------------------------
     let mut edits = Table::new(
         format!("Single insert / remove with {label} prefixes loaded ({samples} samples each)"),
-        &[
-            ("operation", Align::Left),
-            ("p50", Align::Right),
-            ("p99", Align::Right),
-            ("max", Align::Right),
-        ],
+        &[("operation", Align::Left), ("p50", Align::Right), ("p99", Align::Right), ("max", Align::Right)],
     );
     let extra = fresh(&set, samples, 99);
     let extra_nets: Vec<IpNetwork> = extra.iter().map(|p| p.net()).collect();
@@ -162,12 +158,9 @@ fn main() {
     let rem = sample(|i| assert!(filter.blocklist().remove(extra_nets[i]).expect("remove").changed), extra.len());
     let lins = sample(|i| lpm.insert_v4(extra[i]).expect("LPM insert"), extra.len());
     let lrem = sample(|i| lpm.remove_v4(extra[i]).expect("LPM delete"), extra.len());
-    for (name, v) in [
-        ("xdpguard insert", &ins),
-        ("xdpguard remove", &rem),
-        ("LPM trie update", &lins),
-        ("LPM trie delete", &lrem),
-    ] {
+    for (name, v) in
+        [("xdpguard insert", &ins), ("xdpguard remove", &rem), ("LPM trie update", &lins), ("LPM trie delete", &lrem)]
+    {
         edits.row(vec![name.into(), us(percentile(v, 50.0)), us(percentile(v, 99.0)), us(*v.last().expect("samples"))]);
     }
     edits.note("New prefixes from the same mix (70% /32, 25% /24, 5% /16–/23); each removal undoes one insert.");
@@ -202,11 +195,13 @@ fn main() {
     // prefixes are loaded; the LPM trie allocates per entry and scales.
     let per_m = |b: u64| fmt_bytes((b as f64 * 1_000_000.0 / n as f64) as u64);
     let full = filter.map_memory_bytes();
-    let v4_only = Filter::builder().v4_capacity(v4_capacity(n)).v6_capacity(1).load().expect("loading a v4-only filter");
+    let v4_only =
+        Filter::builder().v4_capacity(v4_capacity(n)).v6_capacity(1).load().expect("loading a v4-only filter");
     v4_only.blocklist().extend(nets.iter().copied()).expect("bulk load");
     let v4_bytes = v4_only.map_memory_bytes();
     drop(v4_only);
-    let empty = Filter::builder().v4_capacity(v4_capacity(n)).load().expect("loading an empty filter").map_memory_bytes();
+    let empty =
+        Filter::builder().v4_capacity(v4_capacity(n)).load().expect("loading an empty filter").map_memory_bytes();
     let lpm_bytes = map_memlock(lpm.v4.as_fd()).expect("LPM memlock");
     mem.row(vec![
         format!("xdpguard, all maps (v4 capacity {}, v6 capacity {})", v4_capacity(n), xdpguard::DEFAULT_V6_CAPACITY),

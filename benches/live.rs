@@ -55,12 +55,12 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use common::bpf::{DropProg, GenProg, LpmProg, Sources, XDP_DROP};
-use xdpguard::testing::frame::Frame;
-use xdpguard::testing::live::{attach_native, test_run, RunOptions};
-use xdpguard::testing::netns::{veth_with, NetNs, VethOptions};
 use common::prefixes::{parse_size, size_label, AnySet, Mix, Set4, Set6};
 use common::table::{print_markdown, Align, Table};
 use common::{env_list, env_num, env_or, env_secs, fmt_duration, machine, quick, require_root};
+use xdpguard::testing::frame::Frame;
+use xdpguard::testing::live::{attach_native, test_run, RunOptions};
+use xdpguard::testing::netns::{veth_with, NetNs, VethOptions};
 
 /// A receiver-side row of the comparison.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,7 +117,8 @@ impl Settings {
             Ok(v) => v.split(',').map(|s| parse_size(s).expect("XDPG_BENCH_V6_SIZES: bad size")).collect(),
             Err(_) => sizes.iter().copied().filter(|&n| n <= 100_000).collect(),
         };
-        let mut rows: Vec<Row> = env_list("XDPG_BENCH_ROWS", "drop,lpm,xdpguard,nft").iter().map(|s| Row::parse(s)).collect();
+        let mut rows: Vec<Row> =
+            env_list("XDPG_BENCH_ROWS", "drop,lpm,xdpguard,nft").iter().map(|s| Row::parse(s)).collect();
         if !rows.contains(&Row::Drop) {
             // Every ratio needs the ceiling from the same run.
             rows.insert(0, Row::Drop);
@@ -134,7 +135,10 @@ impl Settings {
             cpus.iter().map(|c| Some(c.parse().expect("XDPG_BENCH_GEN_CPUS: CPU numbers, or `none`"))).collect()
         };
         Settings {
-            families: env_list("XDPG_BENCH_FAMILIES", "4,6").iter().map(|f| f.parse().expect("XDPG_BENCH_FAMILIES: 4,6")).collect(),
+            families: env_list("XDPG_BENCH_FAMILIES", "4,6")
+                .iter()
+                .map(|f| f.parse().expect("XDPG_BENCH_FAMILIES: 4,6"))
+                .collect(),
             sizes4: sizes,
             sizes6,
             mixes: env_list("XDPG_BENCH_MIXES", "attack,clean,half")
@@ -233,7 +237,9 @@ impl Harness {
 
     fn template(&self, family: u8) -> Vec<u8> {
         match family {
-            4 => Frame::builder().macs(self.gen_mac, self.rx_mac).ipv4(Ipv4Addr::new(192, 0, 2, 1), Ipv4Addr::new(192, 0, 2, 2)),
+            4 => Frame::builder()
+                .macs(self.gen_mac, self.rx_mac)
+                .ipv4(Ipv4Addr::new(192, 0, 2, 1), Ipv4Addr::new(192, 0, 2, 2)),
             _ => Frame::builder().macs(self.gen_mac, self.rx_mac).ipv6(
                 "2001:db8::1".parse::<Ipv6Addr>().expect("literal"),
                 "2001:db8::2".parse::<Ipv6Addr>().expect("literal"),
@@ -261,7 +267,14 @@ struct Generator {
 }
 
 /// One generator thread's loop: live-frames runs until told to stop.
-fn generate(prog: OwnedFd, frame: Vec<u8>, ifindex: u32, cpu: Option<usize>, stop: &AtomicBool, sent: &AtomicU64) -> io::Result<()> {
+fn generate(
+    prog: OwnedFd,
+    frame: Vec<u8>,
+    ifindex: u32,
+    cpu: Option<usize>,
+    stop: &AtomicBool,
+    sent: &AtomicU64,
+) -> io::Result<()> {
     if let Some(cpu) = cpu {
         let mut set = nix::sched::CpuSet::new();
         set.set(cpu).map_err(io::Error::other)?;
@@ -429,7 +442,14 @@ struct Contenders {
     nft: Option<NftTable>,
 }
 
-fn prepare(h: &Harness, settings: &Settings, set: &AnySet, sink: &DropProg, tmp: &std::path::Path, log: &mut Vec<String>) -> Contenders {
+fn prepare(
+    h: &Harness,
+    settings: &Settings,
+    set: &AnySet,
+    sink: &DropProg,
+    tmp: &std::path::Path,
+    log: &mut Vec<String>,
+) -> Contenders {
     let n = set.len();
     let label = format!("IPv{} {}", set.family(), size_label(n));
     let lpm = settings.rows.contains(&Row::Lpm).then(|| {
@@ -470,7 +490,15 @@ fn prepare(h: &Harness, settings: &Settings, set: &AnySet, sink: &DropProg, tmp:
     Contenders { lpm, filter, nft }
 }
 
-fn run_row(h: &Harness, settings: &Settings, row: Row, c: &Contenders, bare: &DropProg, gen: &GenProg, frame: &[u8]) -> Measured {
+fn run_row(
+    h: &Harness,
+    settings: &Settings,
+    row: Row,
+    c: &Contenders,
+    bare: &DropProg,
+    gen: &GenProg,
+    frame: &[u8],
+) -> Measured {
     let link = match row {
         Row::Drop => Some(h.attach_rx(&bare.prog)),
         Row::Lpm => Some(h.attach_rx(&c.lpm.as_ref().expect("LPM loaded").prog)),
@@ -686,7 +714,13 @@ fn main() {
     let summary = targets(&groups, settings.gen_cpus.len());
     println!("\n{}", summary.aligned());
     tables.push(summary);
-    let mut preamble = vec![format!("Machine: {machine}."), format!("{}.", settings.describe()), String::new(), COLUMNS.to_string(), String::new()];
+    let mut preamble = vec![
+        format!("Machine: {machine}."),
+        format!("{}.", settings.describe()),
+        String::new(),
+        COLUMNS.to_string(),
+        String::new(),
+    ];
     preamble.extend(log.iter().map(|l| format!("- {l}")));
     print_markdown(&preamble, &tables);
 }

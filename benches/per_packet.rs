@@ -27,7 +27,6 @@
 
 mod common;
 
-
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::{AsFd, BorrowedFd};
 
@@ -71,7 +70,13 @@ fn v4(a: [u8; 4]) -> Ipv4Addr {
 
 /// A UDP frame from `src` (64 bytes for IPv4, 84 for IPv6).
 fn udp4_from(src: Ipv4Addr) -> Vec<u8> {
-    Frame::builder().macs(SRC_MAC, DST_MAC).ipv4(src, Ipv4Addr::new(192, 0, 2, 2)).udp(40000, 9).payload(&[0x5a; 22]).build().to_vec()
+    Frame::builder()
+        .macs(SRC_MAC, DST_MAC)
+        .ipv4(src, Ipv4Addr::new(192, 0, 2, 2))
+        .udp(40000, 9)
+        .payload(&[0x5a; 22])
+        .build()
+        .to_vec()
 }
 
 fn udp6_from(src: Ipv6Addr) -> Vec<u8> {
@@ -81,7 +86,8 @@ fn udp6_from(src: Ipv6Addr) -> Vec<u8> {
 
 /// An ARP request, padded to the minimum frame (not IP).
 fn arp() -> Vec<u8> {
-    let f = Frame::builder().macs(SRC_MAC, DST_MAC).arp_request(Ipv4Addr::new(192, 0, 2, 1), Ipv4Addr::new(192, 0, 2, 2));
+    let f =
+        Frame::builder().macs(SRC_MAC, DST_MAC).arp_request(Ipv4Addr::new(192, 0, 2, 1), Ipv4Addr::new(192, 0, 2, 2));
     let mut v = f.build().to_vec();
     v.resize(60, 0);
     v
@@ -158,12 +164,20 @@ fn filter_section(t: &Timing) -> Table {
     let paths = vec![
         Path { name: "pass, IPv4 (unlisted /24)", frame: udp4_from(clean4), want: XDP_PASS },
         Path { name: "pass, IPv4 (mixed /24, host miss)", frame: udp4_from(v4([203, 0, 113, 9])), want: XDP_PASS },
-        Path { name: "allowlisted, IPv4 /32 inside a blocked /24", frame: udp4_from(v4([192, 0, 2, 10])), want: XDP_PASS },
+        Path {
+            name: "allowlisted, IPv4 /32 inside a blocked /24",
+            frame: udp4_from(v4([192, 0, 2, 10])),
+            want: XDP_PASS,
+        },
         Path { name: "blocked, IPv4 /24 level", frame: udp4_from(v4([198, 51, 100, 9])), want: XDP_DROP },
         Path { name: "blocked, IPv4 host-bucket level", frame: udp4_from(v4([203, 0, 113, 7])), want: XDP_DROP },
         Path { name: "pass, IPv6 (probes every length in use)", frame: udp6_from(clean6), want: XDP_PASS },
         Path { name: "blocked, IPv6 /48", frame: udp6_from("2001:db8:1::5".parse().expect("literal")), want: XDP_DROP },
-        Path { name: "blocked, IPv6 /128", frame: udp6_from("2001:db8:2::1".parse().expect("literal")), want: XDP_DROP },
+        Path {
+            name: "blocked, IPv6 /128",
+            frame: udp6_from("2001:db8:2::1".parse().expect("literal")),
+            want: XDP_DROP,
+        },
         Path { name: "non-IP (ARP)", frame: arp(), want: XDP_PASS },
         Path { name: "malformed (truncated IPv4)", frame: truncated4(), want: XDP_PASS },
     ];
@@ -181,8 +195,10 @@ fn filter_section(t: &Timing) -> Table {
     for (a, len) in [([198, 51, 100, 0], 24), ([203, 0, 113, 7], 32), ([192, 0, 2, 0], 24)] {
         lpm.insert_v4(Prefix4 { addr: u32::from_be_bytes(a), len }).expect("LPM insert");
     }
-    lpm.insert_v6(Prefix6 { addr: u128::from("2001:db8:1::".parse::<Ipv6Addr>().expect("literal")), len: 48 }).expect("LPM insert");
-    lpm.insert_v6(Prefix6 { addr: u128::from("2001:db8:2::1".parse::<Ipv6Addr>().expect("literal")), len: 128 }).expect("LPM insert");
+    lpm.insert_v6(Prefix6 { addr: u128::from("2001:db8:1::".parse::<Ipv6Addr>().expect("literal")), len: 48 })
+        .expect("LPM insert");
+    lpm.insert_v6(Prefix6 { addr: u128::from("2001:db8:2::1".parse::<Ipv6Addr>().expect("literal")), len: 128 })
+        .expect("LPM insert");
 
     let (drop_ns, _) = t.hot(bare.prog.as_fd(), &udp4_from(clean4));
     let mut table = Table::new(
@@ -195,7 +211,13 @@ fn filter_section(t: &Timing) -> Table {
             ("LPM trie ns", Align::Right),
         ],
     );
-    table.row(vec!["bare XDP_DROP (baseline)".into(), "DROP".into(), format!("{drop_ns:.1}"), "0.0".into(), "—".into()]);
+    table.row(vec![
+        "bare XDP_DROP (baseline)".into(),
+        "DROP".into(),
+        format!("{drop_ns:.1}"),
+        "0.0".into(),
+        "—".into(),
+    ]);
     for p in &paths {
         let (ns, ret) = t.hot(filter.program_fd(), &p.frame);
         assert_eq!(ret, p.want, "{}: the filter returned {}", p.name, action(ret));
@@ -207,7 +229,13 @@ fn filter_section(t: &Timing) -> Table {
             let (lns, lret) = t.hot(lpm.prog.as_fd(), &p.frame);
             format!("{lns:.1}{}", if lret != p.want { format!(" ({})", action(lret)) } else { String::new() })
         };
-        table.row(vec![p.name.into(), action(ret).into(), format!("{ns:.1}"), format!("{:.1}", ns - drop_ns), lpm_cell]);
+        table.row(vec![
+            p.name.into(),
+            action(ret).into(),
+            format!("{ns:.1}"),
+            format!("{:.1}", ns - drop_ns),
+            lpm_cell,
+        ]);
     }
     table.note(format!(
         "Median of {} runs of {} repetitions each. One frame repeated keeps its lookups in cache: these are best \
@@ -244,7 +272,10 @@ enum Shape {
 /// through `BPF_PROG_TEST_RUN`.
 enum LbNs {
     /// The LB namespace, and the one holding the other end of its veth.
-    OneArm { lb: netns::NetNs, _gateway: netns::NetNs },
+    OneArm {
+        lb: netns::NetNs,
+        _gateway: netns::NetNs,
+    },
     TwoArm(VerdictNet),
 }
 
@@ -481,7 +512,8 @@ fn lb_measure(calls: u32, run: &LbRun, ingress: u32, lb_mac: [u8; 6]) -> Table {
     let action = format!("{verdict:?}").to_uppercase();
     for (label, name, work, ns, target) in rows {
         let above = ns - tx_ns;
-        let mut row = vec![label.into(), name.into(), work.into(), action.clone(), format!("{ns:.1}"), format!("{above:.1}")];
+        let mut row =
+            vec![label.into(), name.into(), work.into(), action.clone(), format!("{ns:.1}"), format!("{above:.1}")];
         if run.targets {
             match target {
                 Some(t) => row.extend([format!("≤ {t:.0}"), if above <= t { "yes".into() } else { "**no**".into() }]),

@@ -40,7 +40,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     start_echo_servers(&server);
 
     step("2. Attaching the xdpguard filter to both of the server's interfaces");
-    let filter = server.run(|| Filter::builder().interface("eth0").interface("eth1").mode(AttachMode::Auto).attach())?;
+    let filter =
+        server.run(|| Filter::builder().interface("eth0").interface("eth1").mode(AttachMode::Auto).attach())?;
     for a in filter.attachments() {
         println!("   attached to {} in {} mode", a.interface, a.mode);
     }
@@ -79,10 +80,7 @@ fn step(title: &str) {
 /// UDP and TCP echo servers on port 7, on threads inside the namespace.
 fn start_echo_servers(ns: &NetNs) {
     let (udp, tcp) = ns.run(|| {
-        (
-            UdpSocket::bind(("0.0.0.0", PORT)).expect("bind udp"),
-            TcpListener::bind(("0.0.0.0", PORT)).expect("bind tcp"),
-        )
+        (UdpSocket::bind(("0.0.0.0", PORT)).expect("bind udp"), TcpListener::bind(("0.0.0.0", PORT)).expect("bind tcp"))
     });
     std::thread::spawn(move || {
         let mut buf = [0u8; 1500];

@@ -561,7 +561,8 @@ mod tests {
     /// A name that is not accepted gets the accepted ones listed.
     #[test]
     fn parse_errors_list_what_is_accepted() {
-        let e = ParseError::Unknown { what: "echo policy", input: "reply".into(), expected: &["answer", "pass", "drop"] };
+        let e =
+            ParseError::Unknown { what: "echo policy", input: "reply".into(), expected: &["answer", "pass", "drop"] };
         assert_eq!(e.to_string(), "unknown echo policy `reply` (expected answer, pass or drop)");
         let e = ParseError::Unknown { what: "protocol", input: "sctp".into(), expected: &["tcp", "udp"] };
         assert_eq!(e.to_string(), "unknown protocol `sctp` (expected tcp or udp)");

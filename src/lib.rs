@@ -97,7 +97,10 @@ mod lb;
 pub mod testing;
 
 pub use crate::core::attach::{AttachMode, Attachment, Interface};
+pub use crate::core::counter::Counter;
+pub use crate::core::testrun::{TestRun, XdpAction};
 pub use error::{AttachError, Error, LbError, LineError, ListError, LoadError, ParseError, PinError};
+pub use filter::{normalize, parse_list, parse_prefix, FilterStats, ListKind, ListLine, Normalized};
 pub use filter::{
     BulkChange, EntryChange, Filter, FilterBuilder, MalformedPolicy, PrefixList, Verdict, DEFAULT_V4_CAPACITY,
     DEFAULT_V6_CAPACITY, MAX_CAPACITY,
@@ -106,9 +109,7 @@ pub use ipnetwork::IpNetwork;
 pub use lb::{
     Backend, BackendAddr, BackendBatch, BackendState, BackendStats, Decap, DecapBuilder, DecapStats, EchoPolicy, Flow,
     ForwardingMode, FragmentPolicy, HashInput, LbDrops, LbStats, LoadBalancer, LoadBalancerBuilder, NeighbourState,
-    NewFlowLimit, NextHop, OptionsPolicy, Protocol, Vip, VipConfig, VipStats, NEIGH_PROTOCOL, DEFAULT_CONNECTIONS, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_VIPS,
-    DEFAULT_NEXT_HOP_CACHE, DEFAULT_TABLE_SIZE, DEFAULT_UDP_TIMEOUT, MAX_TABLE_SIZE, MAX_WEIGHT, MIN_TABLE_SIZE,
+    NewFlowLimit, NextHop, OptionsPolicy, Protocol, Vip, VipConfig, VipStats, DEFAULT_CONNECTIONS,
+    DEFAULT_MAX_BACKENDS, DEFAULT_MAX_VIPS, DEFAULT_NEXT_HOP_CACHE, DEFAULT_TABLE_SIZE, DEFAULT_UDP_TIMEOUT,
+    MAX_TABLE_SIZE, MAX_WEIGHT, MIN_TABLE_SIZE, NEIGH_PROTOCOL,
 };
-pub use crate::core::testrun::{TestRun, XdpAction};
-pub use crate::core::counter::Counter;
-pub use filter::{normalize, parse_list, parse_prefix, FilterStats, ListKind, ListLine, Normalized};

@@ -16,9 +16,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use common::cli::{Cli, XDPGUARD};
-use xdpguard::testing::netns::*;
 use common::scratch::ScratchDir;
 use common::udp_echo::{udp_echo_reaches, UdpEcho};
+use xdpguard::testing::netns::*;
 use xdpguard::{Filter, IpNetwork, Verdict, XdpAction};
 
 const UDP_PORT: u16 = 7100;
@@ -67,7 +67,10 @@ fn the_cli_manages_a_pinned_filter_that_outlives_every_command() {
     // A mode the library does not name is refused, listing the ones it does.
     let out = cli.run(&["attach", "--iface", "eth0", "--mode", "fast", "--pin", p, "--netns", &pair.server.name]);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("unknown XDP mode `fast` (expected native, generic, offload or auto)"), "{err}");
+    assert!(
+        !out.status.success() && err.contains("unknown XDP mode `fast` (expected native, generic, offload or auto)"),
+        "{err}"
+    );
     assert!(!pin.path().exists(), "a refused attach pins nothing");
 
     // attach: the process exits, the filter stays.
@@ -181,12 +184,12 @@ fn the_cli_manages_a_pinned_filter_that_outlives_every_command() {
 /// inconsistent.
 #[test]
 fn a_cli_killed_mid_edit_leaves_a_filter_that_reopens_consistent() {
+    use libbpf_rs::MapCore;
     use rand::rngs::StdRng;
     use rand::{RngExt, SeedableRng};
     use std::io::{BufRead, BufReader, Write};
     use std::net::{Ipv4Addr, Ipv6Addr};
     use std::process::{Command, Stdio};
-    use libbpf_rs::MapCore;
 
     /// The offset of `dirty` in the config's `struct xdpg_header`, which
     /// starts the config (src/bpf/common.h; asserted in src/core/maps.rs).
@@ -255,7 +258,10 @@ fn a_cli_killed_mid_edit_leaves_a_filter_that_reopens_consistent() {
 
         let f = Filter::open_pinned(pin.path()).expect("reopen repairs a filter whose editor died");
         for b in base {
-            assert!(f.blocklist().contains(b.parse().unwrap()).unwrap(), "trial {trial}: {b} was loaded before the edit");
+            assert!(
+                f.blocklist().contains(b.parse().unwrap()).unwrap(),
+                "trial {trial}: {b} was loaded before the edit"
+            );
         }
         assert!(f.allowlist().contains("192.0.2.9/32".parse().unwrap()).unwrap());
         let listed: Vec<IpNetwork> = f.blocklist().iter().unwrap().collect();
@@ -271,7 +277,10 @@ fn a_cli_killed_mid_edit_leaves_a_filter_that_reopens_consistent() {
         }
         // And it takes edits again.
         f.blocklist().insert("203.0.113.0/24".parse().unwrap()).unwrap();
-        assert_eq!(f.test_run(&xdpguard::testing::frame::udp_from("203.0.113.5".parse().unwrap())).unwrap().action, XdpAction::Drop);
+        assert_eq!(
+            f.test_run(&xdpguard::testing::frame::udp_from("203.0.113.5".parse().unwrap())).unwrap().action,
+            XdpAction::Drop
+        );
         f.blocklist().remove("203.0.113.0/24".parse().unwrap()).unwrap();
     }
     eprintln!("{cut_short} of {trials} kills landed while the edit ran; {left_dirty} left it half done");
@@ -298,7 +307,17 @@ impl CliBed {
         pair.client.static_neighbours("eth0", &["192.0.2.2", "2001:db8::2"], pair.server.mac("eth0"));
         let echo = UdpEcho::start(&pair.server, UDP_PORT);
         let pin = ScratchDir::bpffs(tag);
-        cli.ok(&["attach", "--iface", "eth0", "--pin", pin.arg(), "--netns", &pair.server.name, "--v4-capacity", "4096"]);
+        cli.ok(&[
+            "attach",
+            "--iface",
+            "eth0",
+            "--pin",
+            pin.arg(),
+            "--netns",
+            &pair.server.name,
+            "--v4-capacity",
+            "4096",
+        ]);
         let files = ScratchDir::new(std::env::temp_dir(), tag);
         std::fs::create_dir_all(files.path()).unwrap();
         CliBed { pair, _echo: echo, pin, files }
@@ -331,7 +350,16 @@ fn blocking_a_whole_family_needs_force() {
     cli.ok(&["block", "--pin", p, "203.0.113.0/24"]);
 
     let out = cli.run(&["block", "--pin", p, "0.0.0.0/0"]);
-    refused(&out, &["refusing to block 0.0.0.0/0", "every IPv4 packet from any source on eth0", "SSH", "--force", "Nothing was changed"]);
+    refused(
+        &out,
+        &[
+            "refusing to block 0.0.0.0/0",
+            "every IPv4 packet from any source on eth0",
+            "SSH",
+            "--force",
+            "Nothing was changed",
+        ],
+    );
     let out = cli.run(&["block", "--pin", p, "198.51.100.0/24", "::/0"]);
     refused(&out, &["refusing to block ::/0", "every IPv6 packet", "SSH", "xdpguard allow", "--force"]);
     // The IPv4-mapped whole range is the whole IPv4 space, and a file
@@ -398,9 +426,13 @@ fn mapped_addresses_block_ipv4_and_non_utf8_files_name_their_lines() {
 
     // Not UTF-8: Latin-1 in line 3's entry, a stray byte in line 5's; the
     // Latin-1 comment on line 4 is fine. Refused by line, nothing applied.
-    let file = bed.file("latin1.txt", b"# drop list\n203.0.113.0/24\n198.51.100.\xb2/32\n# r\xe9seau\n2001:db8::\xff/64\n");
+    let file =
+        bed.file("latin1.txt", b"# drop list\n203.0.113.0/24\n198.51.100.\xb2/32\n# r\xe9seau\n2001:db8::\xff/64\n");
     let out = cli.run(&["block", "--pin", p, "--file", &file]);
-    refused(&out, &["2 bad line(s)", "line 3:", "line 5:", "not valid UTF-8", "save the file as UTF-8", "nothing applied"]);
+    refused(
+        &out,
+        &["2 bad line(s)", "line 3:", "line 5:", "not valid UTF-8", "save the file as UTF-8", "nothing applied"],
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!stderr.contains("line 4") && !stderr.contains("stream did not contain"), "{stderr}");
     assert_eq!(entries(&cli.json(&["list", "--pin", p, "--json"])), set(&["192.0.2.0/31"]), "nothing of it applied");

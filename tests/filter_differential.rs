@@ -22,11 +22,11 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::time::Instant;
 
-use xdpguard::testing::frame::udp_from;
 use ipnetwork::{Ipv4Network, Ipv6Network};
 use libbpf_rs::{MapCore, MapFlags, MapHandle};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
+use xdpguard::testing::frame::udp_from;
 use xdpguard::{Counter, Filter, FilterStats, IpNetwork, ListError, ListKind, PrefixList, Verdict, XdpAction};
 
 // ---------------------------------------------------------------------------

@@ -16,12 +16,12 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use xdpguard::testing::lb_topology::connect_from;
-use xdpguard::testing::netns::*;
 use common::scratch::ScratchDir;
 use common::udp_echo::{udp_echo_reaches, UdpEcho};
 use libbpf_rs::query::{LinkInfoIter, LinkTypeInfo, ProgInfoIter, ProgInfoQueryOptions, ProgramInfo};
 use libbpf_rs::{MapHandle, ProgramType};
+use xdpguard::testing::lb_topology::connect_from;
+use xdpguard::testing::netns::*;
 use xdpguard::{AttachMode, Error, Filter, FilterStats, IpNetwork};
 
 const UDP_PORT: u16 = 7000;

@@ -9,9 +9,9 @@ mod common {
 use std::net::IpAddr;
 use std::process::Command;
 
-use xdpguard::testing::netns::*;
 use common::scratch::ScratchDir;
 use libbpf_rs::{MapCore, MapHandle, MapType};
+use xdpguard::testing::netns::*;
 use xdpguard::{
     parse_list, parse_prefix, AttachError, AttachMode, Error, Filter, IpNetwork, ListError, LoadError, PinError,
     XdpAction,

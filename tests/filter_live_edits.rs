@@ -27,8 +27,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use xdpguard::testing::netns::*;
 use xdpguard::testing::frame::Frame;
+use xdpguard::testing::netns::*;
 use xdpguard::{AttachMode, Filter, IpNetwork};
 
 const PORT: u16 = 9000;

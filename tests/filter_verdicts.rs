@@ -11,10 +11,10 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use xdpguard::testing::fixture::{Fixture, FixtureTable};
-use xdpguard::testing::frame::*;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
+use xdpguard::testing::fixture::{Fixture, FixtureTable};
+use xdpguard::testing::frame::*;
 use xdpguard::{Counter, Filter, FilterStats, IpNetwork, MalformedPolicy, Verdict, XdpAction};
 
 /// Which counter a packet must land in.
@@ -585,10 +585,7 @@ fn ipv4_fragments_first_and_later() {
         }
     }
     // A later fragment with options.
-    let later = v4b("198.51.100.3")
-        .options(&[0x01; 4])
-        .frag(Frag::Later { offset: 1, more: true })
-        .build();
+    let later = v4b("198.51.100.3").options(&[0x01; 4]).frag(Frag::Later { offset: 1, more: true }).build();
     m.expect(&later, Reason::BlockedV4, "later fragment with options");
 }
 
@@ -686,13 +683,7 @@ fn truncation_at_every_header_boundary() {
             v6a(src6)
                 .l4(L4::Tcp)
                 .vlan(Vlan::Dot1Q(9))
-                .exts(&[
-                    Ext::HopByHop,
-                    Ext::DestOpts,
-                    Ext::Routing,
-                    Ext::fragment(0, true),
-                    Ext::DestOpts,
-                ])
+                .exts(&[Ext::HopByHop, Ext::DestOpts, Ext::Routing, Ext::fragment(0, true), Ext::DestOpts])
                 .build(),
         ),
         ("v6 QinQ + UDP", v6a(src6).vlan(Vlan::Dot1AdDot1Q(1, 2)).build()),
@@ -780,11 +771,7 @@ fn ip_length_fields_against_the_frame() {
 
     let frame6 = v6b("2001:db8:bad::1").exts(&[Ext::HopByHop]).build();
     let payload = (frame6.len() - frame6.l3() - 40) as u16;
-    m.expect(
-        &frame6.with_ipv6_payload_len(payload + 1),
-        Reason::Malformed,
-        "IPv6 payload length one beyond the frame",
-    );
+    m.expect(&frame6.with_ipv6_payload_len(payload + 1), Reason::Malformed, "IPv6 payload length one beyond the frame");
     m.expect(&frame6.with_ipv6_payload_len(u16::MAX), Reason::Malformed, "IPv6 payload length 65535");
     m.expect(&frame6.padded(30), Reason::BlockedV6, "IPv6 with Ethernet padding");
     // Payload length 0 with a hop-by-hop header is how jumbograms are marked

@@ -15,20 +15,18 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 use common::cli::XDPGUARD_LB;
-use xdpguard::testing::lb_topology::*;
 use common::scratch::ScratchDir;
-use xdpguard::testing::frame::Frame;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
+use xdpguard::testing::frame::Frame;
+use xdpguard::testing::lb_topology::*;
 use xdpguard::{Flow, LbError, LoadBalancer, Protocol, Vip, XdpAction};
 
 /// `n` connections from the client; answers per backend name.
 fn spread(net: &LbNet, n: usize) -> BTreeMap<String, usize> {
     let to = SocketAddr::new(IpAddr::V4(VIP_V4), 80);
     let names: Vec<String> = net.client.run(move || {
-        (0..n)
-            .map(|_| Conn::open(to, Duration::from_secs(2)).expect("connect").ask().expect("answer"))
-            .collect()
+        (0..n).map(|_| Conn::open(to, Duration::from_secs(2)).expect("connect").ask().expect("answer")).collect()
     });
     let mut m = BTreeMap::new();
     for n in names {
@@ -62,12 +60,16 @@ fn the_cli_manages_a_pinned_lb() {
     assert!(err.contains("unknown echo policy `reply` (expected answer, pass or drop)"), "{err}");
     assert!(!pin.path().exists(), "a refused attach pins nothing");
     let policies = ["--echo", "pass", "--fragments", "drop", "--options", "DROP"];
-    let attach = ["attach", "--iface", "eth0", "--iface", "eth1", "--netns", &net.lb.name, "--connections", "4096", p[0], p[1]];
+    let attach =
+        ["attach", "--iface", "eth0", "--iface", "eth1", "--netns", &net.lb.name, "--connections", "4096", p[0], p[1]];
     cli.ok(&[&attach[..], &policies].concat());
     let vip = "203.0.113.10:80";
     let out = cli.run(&["vip", "add", vip, "--mode", "direct", p[0], p[1]]);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("unknown forwarding mode `direct` (expected dsr, ipip or nat)"), "{err}");
+    assert!(
+        !out.status.success() && err.contains("unknown forwarding mode `direct` (expected dsr, ipip or nat)"),
+        "{err}"
+    );
     cli.ok(&["vip", "add", vip, "--mode", "dsr", "--table-size", "16381", p[0], p[1]]);
     for i in 1..=3 {
         cli.ok(&["backend", "add", vip, &backend_v4(i).to_string(), p[0], p[1]]);
@@ -166,13 +168,26 @@ fn the_cli_runs_pinned_decapsulators_on_ipip_backends() {
     let cli = XDPGUARD_LB;
     let p = ["--pin", pin.arg()];
 
-    cli.ok(&["attach", "--iface", "eth0", "--iface", "eth1", "--netns", &net.lb.name, "--ipip-source", IPIP_SRC_V4, p[0], p[1]]);
+    cli.ok(&[
+        "attach",
+        "--iface",
+        "eth0",
+        "--iface",
+        "eth1",
+        "--netns",
+        &net.lb.name,
+        "--ipip-source",
+        IPIP_SRC_V4,
+        p[0],
+        p[1],
+    ]);
     let vip = "203.0.113.10:80";
     cli.ok(&["vip", "add", vip, "--mode", "ipip", p[0], p[1]]);
     for (i, (ns, dp)) in net.backends.iter().zip(&decap_pins).enumerate() {
         let local = backend_v4(i + 1).to_string();
         cli.ok(&["backend", "add", vip, &local, p[0], p[1]]);
-        let out = cli.ok(&["decap", "attach", "--iface", "eth0", "--local", &local, "--netns", &ns.name, "--pin", dp.arg()]);
+        let out =
+            cli.ok(&["decap", "attach", "--iface", "eth0", "--local", &local, "--netns", &ns.name, "--pin", dp.arg()]);
         assert!(out.contains("eth0"), "{out}");
     }
 
@@ -224,7 +239,10 @@ fn which_agrees_with_the_kernel_for_all_ports_vips() {
     let cli = XDPGUARD_LB;
     let dir = pin.path().to_owned();
     let pa = pin.arg();
-    cli.ok(&with(pa, &["attach", "--iface", "eth0", "--iface", "eth1", "--netns", &vn.lb.name, "--ipip-source", IPIP_SRC_V4]));
+    cli.ok(&with(
+        pa,
+        &["attach", "--iface", "eth0", "--iface", "eth1", "--netns", &vn.lb.name, "--ipip-source", IPIP_SRC_V4],
+    ));
     let any4 = "203.0.113.20:*";
     let any6 = "[2001:db8:f::20]:*";
     cli.ok(&with(pa, &["vip", "add", any4, "--mode", "ipip", "--table-size", "1021"]));
@@ -263,7 +281,8 @@ fn which_agrees_with_the_kernel_for_all_ports_vips() {
         let mut answers = Vec::new();
         for i in 0..60 {
             let v6 = i % 2 == 1;
-            let client: IpAddr = if v6 { "2001:db8:c::77".parse().unwrap() } else { Ipv4Addr::new(192, 0, 2, 77).into() };
+            let client: IpAddr =
+                if v6 { "2001:db8:c::77".parse().unwrap() } else { Ipv4Addr::new(192, 0, 2, 77).into() };
             let src = SocketAddr::new(client, rng.random_range(1024..=65535));
             let dport = loop {
                 let p = rng.random_range(1..=65535u16);
@@ -274,14 +293,24 @@ fn which_agrees_with_the_kernel_for_all_ports_vips() {
             // The kernel's choice, from a real frame through the pinned program.
             let kernel = if v6 {
                 let d = Ipv6Addr::new(0x2001, 0xdb8, 0xf, 0, 0, 0, 0, 0x20);
-                let frame = Frame::builder().macs(CLIENT_MAC, mac).ip(client, d.into()).udp(src.port(), dport).payload(b"which").build();
+                let frame = Frame::builder()
+                    .macs(CLIENT_MAC, mac)
+                    .ip(client, d.into())
+                    .udp(src.port(), dport)
+                    .payload(b"which")
+                    .build();
                 let out = lb.test_run_on(&frame, eth0).unwrap();
                 assert_eq!(out.action, XdpAction::Redirect, "{src} -> port {dport}");
                 let i = (1..=3).find(|&i| out.frame[..6] == backend_mac(i)).expect("a backend's MAC");
                 IpAddr::V6(backend_v6(i))
             } else {
                 let d = Ipv4Addr::new(203, 0, 113, 20);
-                let frame = Frame::builder().macs(CLIENT_MAC, mac).ip(client, d.into()).tcp(src.port(), dport).payload(b"which").build();
+                let frame = Frame::builder()
+                    .macs(CLIENT_MAC, mac)
+                    .ip(client, d.into())
+                    .tcp(src.port(), dport)
+                    .payload(b"which")
+                    .build();
                 let out = lb.test_run_on(&frame, eth0).unwrap();
                 assert_eq!(out.action, XdpAction::Redirect, "{src} -> port {dport}");
                 IpAddr::V4(Ipv4Addr::new(out.frame[30], out.frame[31], out.frame[32], out.frame[33]))

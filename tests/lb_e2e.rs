@@ -558,7 +558,11 @@ fn a_backend_that_is_down_is_shown_and_its_traffic_counted() {
     for port in 41000u16..41200 {
         let local = SocketAddr::new(client_addr(Family::V4), port);
         let b = lb.backend_for(&vip, &Flow::new(local, to, Protocol::Udp)).unwrap().unwrap();
-        if b.ip == dead { to_dead.push(local) } else { to_live.push(local) }
+        if b.ip == dead {
+            to_dead.push(local)
+        } else {
+            to_live.push(local)
+        }
     }
     let (to_dead, to_live): (Vec<_>, Vec<_>) = (to_dead[..5].to_vec(), to_live[..5].to_vec());
     let before = lb.stats().unwrap().passed_no_neighbour.packets;
@@ -768,7 +772,10 @@ fn full_size_packets_do_not_stall_other_flows_to_the_backend() {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let big_sent = big.join().unwrap();
     let s = lb.stats().unwrap();
-    println!("{big_sent} full-size datagrams, {} ICMP answers; {answered}/{asked} small questions answered", s.too_big_sent.packets);
+    println!(
+        "{big_sent} full-size datagrams, {} ICMP answers; {answered}/{asked} small questions answered",
+        s.too_big_sent.packets
+    );
     assert!(s.too_big_sent.packets >= 100, "the full-size datagrams were answered with ICMP: {s:?}");
     assert_eq!(answered, asked, "no other flow to {target:?} stalled: {s:?}");
     assert_eq!(s.tx.packets, 0, "nothing forwarded back out of the client side: {s:?}");

@@ -57,12 +57,14 @@ use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Instant;
 
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+use xdpguard::testing::etherparse::{
+    Icmpv4Header, Icmpv6Header, IpNumber, Ipv4Header, Ipv6Header, TcpHeader, UdpHeader,
+};
+use xdpguard::testing::frame::{insert_vlan_tags, Ext, Frame, FrameBuilder, Icmp, VlanTag, TPID_8021AD, TPID_8021Q};
 use xdpguard::testing::lb_topology::*;
 use xdpguard::testing::netns::ensure_bpffs;
-use xdpguard::testing::etherparse::{Icmpv4Header, Icmpv6Header, IpNumber, Ipv4Header, Ipv6Header, TcpHeader, UdpHeader};
-use rand::rngs::StdRng;
-use xdpguard::testing::frame::{insert_vlan_tags, Ext, Frame, FrameBuilder, Icmp, VlanTag, TPID_8021AD, TPID_8021Q};
-use rand::{RngExt, SeedableRng};
 use xdpguard::{
     BackendAddr, EchoPolicy, Flow, ForwardingMode, FragmentPolicy, HashInput, LbError, LbStats, LoadBalancer,
     NewFlowLimit, OptionsPolicy, Protocol, Vip, VipConfig, XdpAction,
@@ -712,7 +714,11 @@ impl Model {
         let mut p = self.deliver(lb, f, ip, ingress, vip, &flow, backend, true);
         p.pick = Some(Pick { vip, backend, fresh });
         p.effects = effects;
-        p.because(format!("{flow} to {vip} ({}), {} backend {backend}", vm.config.mode, if fresh { "new:" } else { "tracked:" }))
+        p.because(format!(
+            "{flow} to {vip} ({}), {} backend {backend}",
+            vm.config.mode,
+            if fresh { "new:" } else { "tracked:" }
+        ))
     }
 
     /// `vip_for` then `backend_for`, as `xdpguard-lb which` asks: the
@@ -756,9 +762,17 @@ impl Model {
     ) -> Prediction {
         let mode = self.vips[&vip].config.mode;
         match mode {
-            ForwardingMode::L2Dsr => {
-                self.via(f, ip, ingress, FibSrc::Cached(ip.src), backend.ip, 0, may_reply, Unresolved::Probe, |out, _| out)
-            }
+            ForwardingMode::L2Dsr => self.via(
+                f,
+                ip,
+                ingress,
+                FibSrc::Cached(ip.src),
+                backend.ip,
+                0,
+                may_reply,
+                Unresolved::Probe,
+                |out, _| out,
+            ),
             ForwardingMode::Ipip => {
                 let src = lb
                     .ipip_source_for(&vip, flow, backend.ip)
@@ -823,7 +837,9 @@ impl Model {
             }
             // Asked only when this CPU's cached answer for the backend expired.
             FibSrc::Cached(from) if strict(from) || strict(to) => {
-                return unpredictable(format!("towards {to} from {from}: the cached next hop, or no route once it expired"));
+                return unpredictable(format!(
+                    "towards {to} from {from}: the cached next hop, or no route once it expired"
+                ));
             }
             _ => {}
         }
@@ -862,10 +878,13 @@ impl Model {
                     let flow = Flow::new(SocketAddr::new(ip.src, 0), SocketAddr::new(ip.dst, 0), protocol).fragment();
                     let backend = match self.ask(lb, &any, &flow) {
                         Err(p) => return *p,
-                        Ok(None) => return Prediction::drop(format!("fragment to {any}: no usable backend"), "drop_no_backend"),
+                        Ok(None) => {
+                            return Prediction::drop(format!("fragment to {any}: no usable backend"), "drop_no_backend")
+                        }
                         Ok(Some(b)) => b,
                     };
-                    let mut p = self.deliver(lb, f, ip, ingress, any, &flow, backend, true).count("fragments_forwarded");
+                    let mut p =
+                        self.deliver(lb, f, ip, ingress, any, &flow, backend, true).count("fragments_forwarded");
                     p.pick = Some(Pick { vip: any, backend, fresh: true });
                     return p.because(format!("fragment to {any}, backend {backend}"));
                 }
@@ -928,7 +947,9 @@ impl Model {
             Some((b, inc)) if self.alive(&vip, &b, inc) => (b, false),
             _ => match self.ask(lb, &vip, &flow) {
                 Err(p) => return *p,
-                Ok(None) => return Prediction::drop(format!("ICMP error about {flow}: {vip} has no backend"), "drop_icmp"),
+                Ok(None) => {
+                    return Prediction::drop(format!("ICMP error about {flow}: {vip} has no backend"), "drop_icmp")
+                }
                 Ok(Some(b)) => (b, true),
             },
         };
@@ -945,7 +966,15 @@ impl Model {
     /// An ICMP error about a NAT VIP's flow: outer destination, quoted
     /// source address and port become the backend's.
     #[allow(clippy::too_many_arguments)]
-    fn icmp_to_nat_backend(&self, f: &[u8], ip: &Ip, ingress: u32, l4: usize, q: &Quoted, b: BackendAddr) -> Prediction {
+    fn icmp_to_nat_backend(
+        &self,
+        f: &[u8],
+        ip: &Ip,
+        ingress: u32,
+        l4: usize,
+        q: &Quoted,
+        b: BackendAddr,
+    ) -> Prediction {
         if ip.ttl <= 1 {
             return Prediction::pass("NAT: the TTL would expire", "passed_ttl");
         }
@@ -978,10 +1007,11 @@ impl Model {
         }
         let mut soft = Vec::new();
         let from = FibSrc::Asked(if from_backend { vip_addr } else { ip.src });
-        let mut p = self.via(f, ip, ingress, from, ip.dst, 0, false, Unresolved::Rewritten { nat: true }, |mut out, _| {
-            soft = icmp_rewrite(&mut out, ip, l4, q, Dir::Src, from_backend, vip_addr, Some(vip_port));
-            out
-        });
+        let mut p =
+            self.via(f, ip, ingress, from, ip.dst, 0, false, Unresolved::Rewritten { nat: true }, |mut out, _| {
+                soft = icmp_rewrite(&mut out, ip, l4, q, Dir::Src, from_backend, vip_addr, Some(vip_port));
+                out
+            });
         if p.forwarded() {
             p = p.count("nat_replies");
         }
@@ -1092,7 +1122,13 @@ fn too_big(f: &[u8], ip: &Ip, mtu: usize, tot_len: usize, may_reply: bool) -> Pr
                 return drop;
             }
             let report = if mtu > overhead + 68 { mtu - overhead } else { 68 };
-            b.ip(ip.dst, ip.src).tos(f[15]).id(0).df(false).ttl(64).icmp(Icmp::TooBig { mtu: report as u16 }).payload(&f[14..14 + qlen])
+            b.ip(ip.dst, ip.src)
+                .tos(f[15])
+                .id(0)
+                .df(false)
+                .ttl(64)
+                .icmp(Icmp::TooBig { mtu: report as u16 })
+                .payload(&f[14..14 + qlen])
         }
         Fam::V6 => {
             if f.len() < 14 + 48 || f[14 + 6] == 58 {
@@ -1104,7 +1140,8 @@ fn too_big(f: &[u8], ip: &Ip, mtu: usize, tot_len: usize, may_reply: bool) -> Pr
     }
     .build()
     .to_vec();
-    let mut p = Prediction::new(Verdict::Tx(out), format!("too big: {tot_len} > MTU {mtu}, sender told"), &["drop_mtu"]);
+    let mut p =
+        Prediction::new(Verdict::Tx(out), format!("too big: {tot_len} > MTU {mtu}, sender told"), &["drop_mtu"]);
     p.counters.push("too_big_sent");
     p
 }
@@ -1115,7 +1152,8 @@ fn too_big(f: &[u8], ip: &Ip, mtu: usize, tot_len: usize, may_reply: bool) -> Pr
 fn encapsulate(frame: &[u8], ip: &Ip, src: IpAddr, dst: IpAddr) -> Vec<u8> {
     // The IP packet, and what the frame carries after it (Ethernet padding).
     let (inner, trailer) = frame[14..].split_at(ip.l3_len.min(frame.len() - 14));
-    let b = Frame::builder().macs(frame[6..12].try_into().unwrap(), frame[0..6].try_into().unwrap()).ip(src, dst).ttl(64);
+    let b =
+        Frame::builder().macs(frame[6..12].try_into().unwrap(), frame[0..6].try_into().unwrap()).ip(src, dst).ttl(64);
     let b = match src {
         IpAddr::V4(_) => b.tos(frame[15]).id(0).df(false),
         // With a /64 prefix the source's low 32 bits are the flow hash.
@@ -1480,7 +1518,13 @@ impl Generator {
     fn new(seed: u64, net: Net) -> Generator {
         let mut rng = StdRng::seed_from_u64(seed);
         let pools = Pools {
-            clients4: vec![CLIENT_V4, CLIENT_V4, ROUTER_V4, Ipv4Addr::new(192, 0, 2, 77), Ipv4Addr::new(203, 0, 113, 99)],
+            clients4: vec![
+                CLIENT_V4,
+                CLIENT_V4,
+                ROUTER_V4,
+                Ipv4Addr::new(192, 0, 2, 77),
+                Ipv4Addr::new(203, 0, 113, 99),
+            ],
             clients6: vec![
                 CLIENT_V6,
                 CLIENT_V6,
@@ -1544,7 +1588,8 @@ impl Generator {
         let n = if self.rng.random_bool(0.1) { self.rng.random_range(8..=10) } else { self.rng.random_range(1..=3) };
         (0..n)
             .map(|i| {
-                let ty = if i == 0 && self.rng.random_bool(0.4) { 0 } else { [60, 43, 60][self.rng.random_range(0..3)] };
+                let ty =
+                    if i == 0 && self.rng.random_bool(0.4) { 0 } else { [60, 43, 60][self.rng.random_range(0..3)] };
                 (ty, ext_body(&mut self.rng, ty))
             })
             .collect()
@@ -1599,8 +1644,11 @@ impl Generator {
             Some(p) => p,
             None => {
                 // At times a port a single-port VIP of the same address takes first.
-                let shadow: Vec<u16> =
-                    all.iter().filter(|v| v.addr == vip.addr && v.protocol == vip.protocol).filter_map(|v| v.port).collect();
+                let shadow: Vec<u16> = all
+                    .iter()
+                    .filter(|v| v.addr == vip.addr && v.protocol == vip.protocol)
+                    .filter_map(|v| v.port)
+                    .collect();
                 if !shadow.is_empty() && self.rng.random_bool(0.1) {
                     shadow[self.rng.random_range(0..shadow.len())]
                 } else {
@@ -1624,12 +1672,20 @@ impl Generator {
         }
         let ingress = if self.rng.random_bool(0.92) { self.net.eth0 } else { self.net.eth1 };
         let src_mac = if ingress == self.net.eth0 { CLIENT_MAC } else { backend_mac(1) };
-        Gen { frame: self.eth_ip(ingress, src_mac, &pkt), ingress, what: format!("{proto} {src} -> {vip} port {}", dst.port()) }
+        Gen {
+            frame: self.eth_ip(ingress, src_mac, &pkt),
+            ingress,
+            what: format!("{proto} {src} -> {vip} port {}", dst.port()),
+        }
     }
 
     /// Fragments to VIP addresses (and a few elsewhere).
     fn fragment(&mut self, vips: &[Vip]) -> Gen {
-        let dst = if self.rng.random_bool(0.9) { self.pick_vip(vips).addr } else { IpAddr::V4(Ipv4Addr::new(203, 0, 113, 99)) };
+        let dst = if self.rng.random_bool(0.9) {
+            self.pick_vip(vips).addr
+        } else {
+            IpAddr::V4(Ipv4Addr::new(203, 0, 113, 99))
+        };
         let proto = [6u8, 17, 17, 6, 1, 58, 47][self.rng.random_range(0..7)];
         let data = payload(&mut self.rng, 2800);
         let pkt = match dst {
@@ -1662,7 +1718,11 @@ impl Generator {
             }
         };
         let ingress = self.net.eth0;
-        Gen { frame: self.eth_ip(ingress, CLIENT_MAC, &pkt), ingress, what: format!("fragment (proto {proto}) to {dst}") }
+        Gen {
+            frame: self.eth_ip(ingress, CLIENT_MAC, &pkt),
+            ingress,
+            what: format!("fragment (proto {proto}) to {dst}"),
+        }
     }
 
     /// An ICMP error from the client side about a packet a VIP sent.
@@ -1671,7 +1731,11 @@ impl Generator {
             self.recent[self.rng.random_range(0..self.recent.len())]
         } else {
             let vip = *self.pick_vip(vips);
-            (sock(self.client(vip.addr.is_ipv6()), self.sport()), sock(vip.addr, self.dport_for(&vip, vips)), proto_of(vip.protocol))
+            (
+                sock(self.client(vip.addr.is_ipv6()), self.sport()),
+                sock(vip.addr, self.dport_for(&vip, vips)),
+                proto_of(vip.protocol),
+            )
         };
         // What the VIP (its backend) sent: VIP:port -> client.
         let data = payload(&mut self.rng, 1400);
@@ -1695,7 +1759,11 @@ impl Generator {
                 }
                 let mut q = qh.packet(&seg);
                 let keep = (20 + qh.options.len() + self.rng.random_range(0..60)).min(q.len());
-                q.truncate(if self.rng.random_bool(0.1) { self.rng.random_range(0..=keep) } else { keep.max(20 + qh.options.len() + 8).min(q.len()) });
+                q.truncate(if self.rng.random_bool(0.1) {
+                    self.rng.random_range(0..=keep)
+                } else {
+                    keep.max(20 + qh.options.len() + 8).min(q.len())
+                });
                 let (ty, code, rest) = match self.rng.random_range(0..10) {
                     0..=4 => (3, 4, [0, 0, 0x05, self.rng.random()]),
                     5..=6 => (3, self.rng.random_range(0..16), [0; 4]),
@@ -1703,7 +1771,14 @@ impl Generator {
                     8 => (12, 0, [0x14, 0, 0, 0]),
                     _ => (self.rng.random_range(4..=5), 0, [0; 4]),
                 };
-                let src = if from_router { ROUTER_V4 } else { match self.client(false) { IpAddr::V4(a) => a, _ => unreachable!() } };
+                let src = if from_router {
+                    ROUTER_V4
+                } else {
+                    match self.client(false) {
+                        IpAddr::V4(a) => a,
+                        _ => unreachable!(),
+                    }
+                };
                 let IpAddr::V4(od) = outer_dst else { unreachable!() };
                 let mut h = V4Hdr::new(src, od, 1);
                 h.ttl = self.ttl();
@@ -1720,7 +1795,14 @@ impl Generator {
                     7 => (3, 0, [0; 4]),
                     _ => (4, 0, [0, 0, 0, 8]),
                 };
-                let src = if from_router { ROUTER_V6 } else { match self.client(true) { IpAddr::V6(a) => a, _ => unreachable!() } };
+                let src = if from_router {
+                    ROUTER_V6
+                } else {
+                    match self.client(true) {
+                        IpAddr::V6(a) => a,
+                        _ => unreachable!(),
+                    }
+                };
                 let IpAddr::V6(od) = outer_dst else { unreachable!() };
                 let ttl = self.ttl();
                 v6_packet(src, od, ttl, &[], 58, &icmp6(src, od, ty, code, rest, &q))
@@ -1729,7 +1811,11 @@ impl Generator {
         };
         let ingress = self.net.eth0;
         let mac = if from_router { ROUTER_MAC } else { CLIENT_MAC };
-        Gen { frame: self.eth_ip(ingress, mac, &pkt), ingress, what: format!("ICMP error about {proto} {client} <- {vip_end}") }
+        Gen {
+            frame: self.eth_ip(ingress, mac, &pkt),
+            ingress,
+            what: format!("ICMP error about {proto} {client} <- {vip_end}"),
+        }
     }
 
     /// A NAT backend's reply (or a stray backend packet).
@@ -1740,11 +1826,19 @@ impl Generator {
             let v6 = self.rng.random_bool(0.5);
             let b = self.rng.random_range(1..=BACKENDS);
             let src = if v6 { IpAddr::V6(backend_v6(b)) } else { IpAddr::V4(backend_v4(b)) };
-            Key { src, dst: self.client(v6), sport: 8443, dport: self.sport(), proto: if self.rng.random_bool(0.5) { 6 } else { 17 } }
+            Key {
+                src,
+                dst: self.client(v6),
+                sport: 8443,
+                dport: self.sport(),
+                proto: if self.rng.random_bool(0.5) { 6 } else { 17 },
+            }
         };
         let pkt = self.l4_packet(key.src, key.dst, key.sport, key.dport, key.proto, 2900);
         let ingress = if self.rng.random_bool(0.9) { self.net.eth1 } else { self.net.eth0 };
-        let b = (1..=BACKENDS).find(|&i| key.src == IpAddr::V4(backend_v4(i)) || key.src == IpAddr::V6(backend_v6(i))).unwrap_or(1);
+        let b = (1..=BACKENDS)
+            .find(|&i| key.src == IpAddr::V4(backend_v4(i)) || key.src == IpAddr::V6(backend_v6(i)))
+            .unwrap_or(1);
         Gen { frame: self.eth_ip(ingress, backend_mac(b), &pkt), ingress, what: format!("backend reply {key:?}") }
     }
 
@@ -1777,18 +1871,27 @@ impl Generator {
                 let mut q = v6_packet(c, b, 62, &[], key.proto, &seg);
                 q.truncate(68.min(q.len()));
                 let src = if from_backend { b } else { backend_v6(200) };
-                let (ty, code, rest) = if self.rng.random_bool(0.5) { (1, 4, [0; 4]) } else { (2, 0, [0, 0, 0x05, 0x00]) };
+                let (ty, code, rest) =
+                    if self.rng.random_bool(0.5) { (1, 4, [0; 4]) } else { (2, 0, [0, 0, 0x05, 0x00]) };
                 let ttl = self.ttl();
                 v6_packet(src, c, ttl, &[], 58, &icmp6(src, c, ty, code, rest, &q))
             }
             _ => unreachable!(),
         };
         let ingress = self.net.eth1;
-        Gen { frame: self.eth_ip(ingress, backend_mac(1), &pkt), ingress, what: format!("ICMP error from the backend side about {key:?}") }
+        Gen {
+            frame: self.eth_ip(ingress, backend_mac(1), &pkt),
+            ingress,
+            what: format!("ICMP error from the backend side about {key:?}"),
+        }
     }
 
     fn echo(&mut self, vips: &[Vip]) -> Gen {
-        let dst = if self.rng.random_bool(0.8) { self.pick_vip(vips).addr } else { [IpAddr::V4(LB_FRONT_V4), IpAddr::V6(LB_FRONT_V6)][self.rng.random_range(0..2)] };
+        let dst = if self.rng.random_bool(0.8) {
+            self.pick_vip(vips).addr
+        } else {
+            [IpAddr::V4(LB_FRONT_V4), IpAddr::V6(LB_FRONT_V6)][self.rng.random_range(0..2)]
+        };
         let src = self.client(dst.is_ipv6());
         let data = payload(&mut self.rng, 1400);
         let pkt = match (src, dst) {
@@ -1814,9 +1917,27 @@ impl Generator {
     fn non_vip(&mut self, vips: &[Vip]) -> Gen {
         let v6 = self.rng.random_bool(0.4);
         let dst: IpAddr = match self.rng.random_range(0..5) {
-            0 => if v6 { IpAddr::V6(LB_FRONT_V6) } else { IpAddr::V4(LB_FRONT_V4) },
-            1 => if v6 { IpAddr::V6(backend_v6(1)) } else { IpAddr::V4(backend_v4(1)) },
-            2 => if v6 { "2001:db8:f::99".parse().unwrap() } else { IpAddr::V4(Ipv4Addr::new(203, 0, 113, 99)) },
+            0 => {
+                if v6 {
+                    IpAddr::V6(LB_FRONT_V6)
+                } else {
+                    IpAddr::V4(LB_FRONT_V4)
+                }
+            }
+            1 => {
+                if v6 {
+                    IpAddr::V6(backend_v6(1))
+                } else {
+                    IpAddr::V4(backend_v4(1))
+                }
+            }
+            2 => {
+                if v6 {
+                    "2001:db8:f::99".parse().unwrap()
+                } else {
+                    IpAddr::V4(Ipv4Addr::new(203, 0, 113, 99))
+                }
+            }
             _ => {
                 let candidates: Vec<IpAddr> = vips.iter().map(|v| v.addr).filter(|a| a.is_ipv6() == v6).collect();
                 candidates[self.rng.random_range(0..candidates.len())]
@@ -1841,11 +1962,16 @@ impl Generator {
     }
 
     fn non_ip(&mut self) -> Gen {
-        let et: u16 = [0x0806, 0x88CC, 0x8847, 0x0842, 0x05DC, 0x0060, 0x9000, self.rng.random()][self.rng.random_range(0..8)];
+        let et: u16 =
+            [0x0806, 0x88CC, 0x8847, 0x0842, 0x05DC, 0x0060, 0x9000, self.rng.random()][self.rng.random_range(0..8)];
         let len = self.rng.random_range(0..120);
         let data: Vec<u8> = (0..len).map(|_| self.rng.random()).collect();
         let ingress = if self.rng.random_bool(0.5) { self.net.eth0 } else { self.net.eth1 };
-        Gen { frame: ether(self.net.mac(ingress), CLIENT_MAC, et, &data), ingress, what: format!("ethertype {et:#06x}") }
+        Gen {
+            frame: ether(self.net.mac(ingress), CLIENT_MAC, et, &data),
+            ingress,
+            what: format!("ethertype {et:#06x}"),
+        }
     }
 
     fn garbage(&mut self) -> Gen {
@@ -1896,7 +2022,14 @@ impl Generator {
                     done.push(format!("byte {at} ^= {x:#04x}"));
                 }
                 3 if v4 && f.len() >= 34 => {
-                    let (at, what) = [(14usize, "version/IHL"), (16, "total length hi"), (17, "total length lo"), (20, "flags/offset"), (22, "TTL"), (23, "protocol")][self.rng.random_range(0..6)];
+                    let (at, what) = [
+                        (14usize, "version/IHL"),
+                        (16, "total length hi"),
+                        (17, "total length lo"),
+                        (20, "flags/offset"),
+                        (22, "TTL"),
+                        (23, "protocol"),
+                    ][self.rng.random_range(0..6)];
                     f[at] = match at {
                         14 => [0x45, 0x46, 0x4f, 0x44, 0x55, 0x65][self.rng.random_range(0..6)],
                         23 => [1u8, 6, 17, 58, 47, 0][self.rng.random_range(0..6)],
@@ -1904,34 +2037,36 @@ impl Generator {
                     };
                     done.push(format!("IPv4 {what} = {:#04x}", f[at]));
                 }
-                4 if v6 && f.len() >= 54 => {
-                    match self.rng.random_range(0..4) {
-                        0 => {
-                            let pl = [0u16, 1, 7, 8, self.rng.random()][self.rng.random_range(0..5)];
-                            put16(f, 18, pl);
-                            done.push(format!("IPv6 payload length = {pl}"));
-                        }
-                        1 => {
-                            f[20] = [0u8, 6, 17, 43, 44, 58, 59, 60][self.rng.random_range(0..8)];
-                            done.push(format!("IPv6 next header = {}", f[20]));
-                        }
-                        2 => {
-                            f[21] = self.rng.random_range(0..3);
-                            done.push(format!("IPv6 hop limit = {}", f[21]));
-                        }
-                        _ => {
-                            f[14] = self.rng.random();
-                            done.push(format!("IPv6 version byte = {:#04x}", f[14]));
-                        }
+                4 if v6 && f.len() >= 54 => match self.rng.random_range(0..4) {
+                    0 => {
+                        let pl = [0u16, 1, 7, 8, self.rng.random()][self.rng.random_range(0..5)];
+                        put16(f, 18, pl);
+                        done.push(format!("IPv6 payload length = {pl}"));
                     }
-                }
+                    1 => {
+                        f[20] = [0u8, 6, 17, 43, 44, 58, 59, 60][self.rng.random_range(0..8)];
+                        done.push(format!("IPv6 next header = {}", f[20]));
+                    }
+                    2 => {
+                        f[21] = self.rng.random_range(0..3);
+                        done.push(format!("IPv6 hop limit = {}", f[21]));
+                    }
+                    _ => {
+                        f[14] = self.rng.random();
+                        done.push(format!("IPv6 version byte = {:#04x}", f[14]));
+                    }
+                },
                 5 => {
                     let et: u16 = [0x0800, 0x86DD, 0x8100, 0x88A8, 0x0806][self.rng.random_range(0..5)];
                     put16(f, 12, et);
                     done.push(format!("ethertype = {et:#06x}"));
                 }
                 6 | 7 => {
-                    let pad = if f.len() < 60 && self.rng.random_bool(0.5) { 60 - f.len() } else { self.rng.random_range(1..64) };
+                    let pad = if f.len() < 60 && self.rng.random_bool(0.5) {
+                        60 - f.len()
+                    } else {
+                        self.rng.random_range(1..64)
+                    };
                     f.extend(std::iter::repeat_n(0u8, pad));
                     done.push(format!("{pad} bytes of padding"));
                 }
@@ -2007,7 +2142,11 @@ fn vip_table() -> Vec<VipSpec> {
         .flat_map(|b| [*b, with_port(*b, 8443), with_port(*b, 9000), with_port(*b, 443), with_port(*b, 8080)])
         .collect();
     let nat6: Vec<BackendAddr> = v6.iter().flat_map(|b| [*b, with_port(*b, 5353)]).collect();
-    let vip4 = |last: u8, port: Option<u16>, p: Protocol| Vip { addr: IpAddr::V4(Ipv4Addr::new(203, 0, 113, last)), port, protocol: p };
+    let vip4 = |last: u8, port: Option<u16>, p: Protocol| Vip {
+        addr: IpAddr::V4(Ipv4Addr::new(203, 0, 113, last)),
+        port,
+        protocol: p,
+    };
     let vip6 = |last: u16, port: Option<u16>, p: Protocol| Vip {
         addr: IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0xf, 0, 0, 0, 0, last)),
         port,
@@ -2018,9 +2157,24 @@ fn vip_table() -> Vec<VipSpec> {
     use ForwardingMode::{Ipip, L2Dsr, Nat};
     vec![
         (vip4(10, Some(80), tcp), cfg(L2Dsr), vec![(b4(1), 1), (b4(2), 2), (b4(3), 1)], v4.clone()),
-        (vip4(10, Some(53), udp), cfg(Ipip), vec![(b4(1), 1), (b4(2), 1), (b4(3), 1), (b4(4), 1)], v4.iter().chain(&v6).copied().collect()),
-        (vip4(10, Some(443), tcp), cfg(Nat), vec![(with_port(b4(1), 8443), 1), (b4(2), 1), (with_port(b4(3), 8443), 2)], nat4.clone()),
-        (vip4(20, None, tcp), cfg(Ipip), vec![(b6(1), 1), (b6(2), 1), (b6(3), 1)], v4.iter().chain(&v6).copied().collect()),
+        (
+            vip4(10, Some(53), udp),
+            cfg(Ipip),
+            vec![(b4(1), 1), (b4(2), 1), (b4(3), 1), (b4(4), 1)],
+            v4.iter().chain(&v6).copied().collect(),
+        ),
+        (
+            vip4(10, Some(443), tcp),
+            cfg(Nat),
+            vec![(with_port(b4(1), 8443), 1), (b4(2), 1), (with_port(b4(3), 8443), 2)],
+            nat4.clone(),
+        ),
+        (
+            vip4(20, None, tcp),
+            cfg(Ipip),
+            vec![(b6(1), 1), (b6(2), 1), (b6(3), 1)],
+            v4.iter().chain(&v6).copied().collect(),
+        ),
         (
             vip4(20, None, udp),
             cfg(L2Dsr).hash(HashInput::SourceAddress),
@@ -2045,7 +2199,12 @@ fn vip_table() -> Vec<VipSpec> {
             vec![(b6(1), 1), (b6(2), 1), (b6(3), 1), (b6(4), 1), (b6(5), 1), (b6(NO_NEIGH_BACKEND), 1)],
             v6.iter().copied().chain([b6(NO_NEIGH_BACKEND)]).collect(),
         ),
-        (vip6(0x20, None, udp), cfg(Ipip).hash(HashInput::SourceAddress), vec![(b6(2), 1), (b6(3), 1), (b6(4), 1)], v6.clone()),
+        (
+            vip6(0x20, None, udp),
+            cfg(Ipip).hash(HashInput::SourceAddress),
+            vec![(b6(2), 1), (b6(3), 1), (b6(4), 1)],
+            v6.clone(),
+        ),
         (vip6(0x30, None, tcp), cfg(Nat), vec![(b6(2), 1), (b6(3), 1)], v6.clone()),
     ]
 }
@@ -2157,8 +2316,7 @@ fn change(lb: &LoadBalancer, m: &mut Model, rng: &mut StdRng) -> String {
     let vm = m.vips.get_mut(&vip).unwrap();
     let present: Vec<BackendAddr> = vm.backends.keys().copied().collect();
     // One backend per address: NAT pools list an address with several ports.
-    let absent: Vec<BackendAddr> =
-        vm.pool.iter().filter(|b| !present.iter().any(|p| p.ip == b.ip)).copied().collect();
+    let absent: Vec<BackendAddr> = vm.pool.iter().filter(|b| !present.iter().any(|p| p.ip == b.ip)).copied().collect();
     match rng.random_range(0..3) {
         0 if !absent.is_empty() => {
             let b = absent[rng.random_range(0..absent.len())];
@@ -2238,7 +2396,11 @@ fn check_ip(et: u16, pkt: &[u8], problems: &mut Vec<String>, depth: usize) {
         0x0800 => {
             let Ok((ip, rest)) = Ipv4Header::from_slice(pkt) else { return };
             if ip.header_checksum != ip.calc_header_checksum() {
-                problems.push(format!("IPv4 header checksum {:#06x}, should be {:#06x}", ip.header_checksum, ip.calc_header_checksum()));
+                problems.push(format!(
+                    "IPv4 header checksum {:#06x}, should be {:#06x}",
+                    ip.header_checksum,
+                    ip.calc_header_checksum()
+                ));
             }
             let len = usize::from(ip.total_len).saturating_sub(ip.header_len());
             if rest.len() < len || ip.is_fragmenting_payload() {
@@ -2313,7 +2475,8 @@ fn check_ip(et: u16, pkt: &[u8], problems: &mut Vec<String>, depth: usize) {
                 }
                 IpNumber::IPV6_ICMP => {
                     if let Ok((h, data)) = Icmpv6Header::from_slice(payload) {
-                        let want = Icmpv6Header::with_checksum(h.icmp_type, ip.source, ip.destination, data).unwrap().checksum;
+                        let want =
+                            Icmpv6Header::with_checksum(h.icmp_type, ip.source, ip.destination, data).unwrap().checksum;
                         if h.checksum != want {
                             problems.push(format!("ICMPv6 checksum {:#06x}, should be {want:#06x}", h.checksum));
                         }
@@ -2360,7 +2523,13 @@ fn kernel_backend(out: &[u8], mode: ForwardingMode) -> Option<IpAddr> {
         ForwardingMode::Ipip | ForwardingMode::Nat => Some(ip.dst),
         ForwardingMode::L2Dsr => {
             let mac: [u8; 6] = out[0..6].try_into().unwrap();
-            (1..=BACKENDS).find(|&i| backend_mac(i) == mac).map(|i| if ip.fam == Fam::V4 { IpAddr::V4(backend_v4(i)) } else { IpAddr::V6(backend_v6(i)) })
+            (1..=BACKENDS).find(|&i| backend_mac(i) == mac).map(|i| {
+                if ip.fam == Fam::V4 {
+                    IpAddr::V4(backend_v4(i))
+                } else {
+                    IpAddr::V6(backend_v6(i))
+                }
+            })
         }
     }
 }
@@ -2378,7 +2547,9 @@ fn invariants(
     let pick = prediction.pick;
     let mut v = Vec::new();
     match action {
-        XdpAction::Aborted | XdpAction::Other(_) => v.push(("XDP_ABORTED or unknown action".into(), format!("{action:?}"))),
+        XdpAction::Aborted | XdpAction::Other(_) => {
+            v.push(("XDP_ABORTED or unknown action".into(), format!("{action:?}")))
+        }
         XdpAction::Pass => {
             // Only a packet whose next hop has no resolved neighbour goes
             // to the stack rewritten (then with valid checksums and the
@@ -2407,17 +2578,26 @@ fn invariants(
             // sender's MAC, only when it and the one it used are unicast)
             // leave with a group MAC; forwarded ones not with a zero MAC.
             if (dmac[0] | smac[0]) & 1 != 0 || (!answer_frame(out, input) && (dmac == [0; 6] || smac == [0; 6])) {
-                v.push(("forwarded with zero or multicast MAC addresses".into(), format!("dst {dmac:02x?} src {smac:02x?}")));
+                v.push((
+                    "forwarded with zero or multicast MAC addresses".into(),
+                    format!("dst {dmac:02x?} src {smac:02x?}"),
+                ));
             } else if action == XdpAction::Tx {
                 let answer = dmac == sender && smac == input[0..6];
                 let on_link = smac == ingress_mac && m.net.neighbour_macs().contains(&dmac);
                 if !answer && !on_link {
-                    v.push(("XDP_TX with MACs of neither an answer nor a neighbour".into(), format!("dst {dmac:02x?} src {smac:02x?}")));
+                    v.push((
+                        "XDP_TX with MACs of neither an answer nor a neighbour".into(),
+                        format!("dst {dmac:02x?} src {smac:02x?}"),
+                    ));
                 }
             } else {
                 let other = if ingress == m.net.eth0 { m.net.eth1_mac } else { m.net.eth0_mac };
                 if smac != other || !m.net.neighbour_macs().contains(&dmac) {
-                    v.push(("XDP_REDIRECT without the egress MAC and a neighbour's".into(), format!("dst {dmac:02x?} src {smac:02x?}")));
+                    v.push((
+                        "XDP_REDIRECT without the egress MAC and a neighbour's".into(),
+                        format!("dst {dmac:02x?} src {smac:02x?}"),
+                    ));
                 }
             }
             if checksums_ok(input) {
@@ -2431,10 +2611,14 @@ fn invariants(
                 if let Some(got) = kernel_backend(out, vm.config.mode) {
                     if !answer_frame(out, input) {
                         match vm.backends.iter().find(|(b, _)| b.ip == got) {
-                            None => v.push(("sent to an address that is not one of the VIP's backends".into(), format!("{got} for {}", pick.vip))),
-                            Some((_, (w, _))) if pick.fresh && *w == 0 => {
-                                v.push(("a new flow sent to a drained backend".into(), format!("{got} for {}", pick.vip)))
-                            }
+                            None => v.push((
+                                "sent to an address that is not one of the VIP's backends".into(),
+                                format!("{got} for {}", pick.vip),
+                            )),
+                            Some((_, (w, _))) if pick.fresh && *w == 0 => v.push((
+                                "a new flow sent to a drained backend".into(),
+                                format!("{got} for {}", pick.vip),
+                            )),
                             _ => {}
                         }
                         if got != pick.backend.ip {
@@ -2586,7 +2770,10 @@ fn fuzz_in_namespace(seed: u64, frames: usize, net: Net, tamper: Option<Tamper>)
             }
         }
         if trace == Some(index as u64) {
-            eprintln!("{}", report(&prediction, &g, &got, index, seed, &changes, &[("traced".into(), String::new())]).report);
+            eprintln!(
+                "{}",
+                report(&prediction, &g, &got, index, seed, &changes, &[("traced".into(), String::new())]).report
+            );
         }
         *out.by_action.entry(action_name(got.action)).or_default() += 1;
         let overwrites = model.nat_overwrites;
@@ -2812,7 +2999,13 @@ fn injected_faults_are_caught() {
         let tampered: Vec<usize> = o.tampered.iter().copied().filter(|i| !baseline.contains(i)).collect();
         assert!(tampered.len() >= 20, "{name}: only {} frames tampered with", tampered.len());
         let missed: Vec<usize> = tampered.iter().copied().filter(|i| !reported.contains(i)).collect();
-        assert!(missed.is_empty(), "{name}: {} of {} faults not reported, e.g. frame {:?}", missed.len(), tampered.len(), missed.first());
+        assert!(
+            missed.is_empty(),
+            "{name}: {} of {} faults not reported, e.g. frame {:?}",
+            missed.len(),
+            tampered.len(),
+            missed.first()
+        );
     }
 }
 
@@ -2842,7 +3035,12 @@ fn all_ports_vips_hash_the_port_each_flow_carries() {
             let client = if vip.addr.is_ipv4() { IpAddr::V4(CLIENT_V4) } else { IpAddr::V6(CLIENT_V6) };
             // A few client ports, many destination ports (some a single-port VIP's).
             let src = SocketAddr::new(client, [40000, 40001, 51515][index % 3]);
-            let shadowing: Vec<u16> = model.vips.keys().filter(|v| v.addr == vip.addr && v.protocol == vip.protocol).filter_map(|v| v.port).collect();
+            let shadowing: Vec<u16> = model
+                .vips
+                .keys()
+                .filter(|v| v.addr == vip.addr && v.protocol == vip.protocol)
+                .filter_map(|v| v.port)
+                .collect();
             let dport = if !shadowing.is_empty() && index % 10 == 0 { shadowing[0] } else { nonzero_port(&mut rng) };
             let proto = proto_of(vip.protocol);
             let seg = if proto == 6 {
@@ -2856,7 +3054,11 @@ fn all_ports_vips_hash_the_port_each_flow_carries() {
                 _ => unreachable!(),
             };
             let et = if vip.addr.is_ipv4() { 0x0800 } else { 0x86DD };
-            let g = Gen { frame: ether(net.eth0_mac, CLIENT_MAC, et, &pkt), ingress: net.eth0, what: format!("to {vip} port {dport}") };
+            let g = Gen {
+                frame: ether(net.eth0_mac, CLIENT_MAC, et, &pkt),
+                ingress: net.eth0,
+                what: format!("to {vip} port {dport}"),
+            };
             let prediction = model.predict(&lb, &g.frame, g.ingress);
             let got = lb.test_run_on(&g.frame, g.ingress).unwrap();
             *by_action.entry(action_name(got.action)).or_default() += 1;

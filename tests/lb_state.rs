@@ -13,9 +13,9 @@ use std::net::IpAddr;
 
 use common::lb::*;
 use common::scratch::ScratchDir;
+use xdpguard::testing::fixture::{Fixture, FixtureTable};
 use xdpguard::testing::lb_topology::*;
 use xdpguard::testing::netns::{ensure_bpffs, NetNs};
-use xdpguard::testing::fixture::{Fixture, FixtureTable};
 use xdpguard::{BackendAddr, Decap, Flow, ForwardingMode, LbError, LoadBalancer, Protocol, Vip, VipConfig, XdpAction};
 
 #[test]
@@ -59,7 +59,10 @@ fn a_pinned_lb_reopens_with_its_state() {
         drop(lb);
         again.unpin().unwrap();
         assert!(!d.exists(), "unpin removes the directory");
-        assert!(matches!(LoadBalancer::open_pinned(&d), Err(xdpguard::Error::Pin(xdpguard::PinError::NotFound { .. }))));
+        assert!(matches!(
+            LoadBalancer::open_pinned(&d),
+            Err(xdpguard::Error::Pin(xdpguard::PinError::NotFound { .. }))
+        ));
     });
 }
 
@@ -197,7 +200,10 @@ fn configuration_errors_are_typed_with_a_fix() {
         let e = lb.add_vip(vip, VipConfig::new(ForwardingMode::L2Dsr).table_size(65536)).unwrap_err();
         assert!(matches!(e, LbError::TableSizeNotPrime { suggestion: 65537, .. }), "{e}");
         assert!(e.to_string().contains("65537"));
-        assert!(matches!(lb.add_vip(vip, VipConfig::default().table_size(5)), Err(LbError::TableSizeOutOfRange { .. })));
+        assert!(matches!(
+            lb.add_vip(vip, VipConfig::default().table_size(5)),
+            Err(LbError::TableSizeOutOfRange { .. })
+        ));
         assert!(matches!(lb.add_backend(&vip, IpAddr::V4(backend_v4(1)), 1), Err(LbError::VipNotFound { .. })));
         lb.add_vip(vip, VipConfig::new(ForwardingMode::L2Dsr)).unwrap();
         lb.add_vip(vip, VipConfig::new(ForwardingMode::L2Dsr)).unwrap(); // same: no change
@@ -210,7 +216,10 @@ fn configuration_errors_are_typed_with_a_fix() {
         assert!(matches!(e, LbError::Unsupported { .. }), "DSR cannot change ports: {e}");
         assert!(matches!(lb.add_backend(&vip, IpAddr::V4(backend_v4(1)), 70000), Err(LbError::InvalidWeight { .. })));
         lb.add_backend(&vip, IpAddr::V4(backend_v4(1)), 1).unwrap();
-        assert!(matches!(lb.add_backend(&vip, IpAddr::V4(backend_v4(1)), 2), Err(LbError::BackendExists { weight: 1, .. })));
+        assert!(matches!(
+            lb.add_backend(&vip, IpAddr::V4(backend_v4(1)), 2),
+            Err(LbError::BackendExists { weight: 1, .. })
+        ));
         assert!(matches!(lb.set_weight(&vip, IpAddr::V4(backend_v4(2)), 2), Err(LbError::BackendNotFound { .. })));
         assert!(matches!(lb.remove_backend(&vip, IpAddr::V4(backend_v4(2))), Err(LbError::BackendNotFound { .. })));
         // A failed batch changes nothing.
@@ -341,10 +350,13 @@ fn nat_backends_serve_one_vip_address_and_port() {
         for (vip, backend) in [(a443, sa(b2, 9443)), (b443, sa(b2, 8443))] {
             let reply = Pkt::new(backend, src, Protocol::Tcp, false);
             t.run(
-                Fixture::new(format!("the reply of {vip}'s flow leaves from {vip}"), reply.frame(backend_mac(2), n.eth1_mac))
-                    .on(n.eth1)
-                    .action(XdpAction::Redirect)
-                    .output(reply.from(addr_port(&vip)).frame(n.eth0_mac, CLIENT_MAC)),
+                Fixture::new(
+                    format!("the reply of {vip}'s flow leaves from {vip}"),
+                    reply.frame(backend_mac(2), n.eth1_mac),
+                )
+                .on(n.eth1)
+                .action(XdpAction::Redirect)
+                .output(reply.from(addr_port(&vip)).frame(n.eth0_mac, CLIENT_MAC)),
             );
         }
         t.finish();

@@ -18,14 +18,12 @@ use xdpguard::{Flow, ForwardingMode, LoadBalancer, NewFlowLimit, Protocol, Vip, 
 
 /// A DSR row: out of eth1 to backend `b`'s MAC, the packet untouched.
 fn to_backend(n: &VerdictInfo, what: String, input: &[u8], b: usize) -> Fixture<'static> {
-    Fixture::new(what, input).on(n.eth0).action(XdpAction::Redirect).output(
-        {
-            let mut f = input.to_vec();
-            f[0..6].copy_from_slice(&backend_mac(b));
-            f[6..12].copy_from_slice(&n.eth1_mac);
-            f
-        },
-    )
+    Fixture::new(what, input).on(n.eth0).action(XdpAction::Redirect).output({
+        let mut f = input.to_vec();
+        f[0..6].copy_from_slice(&backend_mac(b));
+        f[6..12].copy_from_slice(&n.eth1_mac);
+        f
+    })
 }
 
 /// A DSR row whose backend is whatever the frame's destination MAC says
@@ -49,7 +47,8 @@ fn tracked_flows_keep_their_backend_and_syn_chooses_afresh() {
         let predicted = |src: SocketAddr| {
             backend_index(lb.backend_for(&vip, &Flow::new(src, addr_port(&vip), Protocol::Tcp)).unwrap().unwrap())
         };
-        let first: Vec<usize> = flows.iter().map(|&src| backend_of(&mut t, &n, format!("SYN from {src}"), &syn(src))).collect();
+        let first: Vec<usize> =
+            flows.iter().map(|&src| backend_of(&mut t, &n, format!("SYN from {src}"), &syn(src))).collect();
         let s = lb.vip_stats(&vip).unwrap();
         assert_eq!((s.traffic.packets, s.new_flows, s.lru_misses, s.lru_hits), (60, 60, 60, 0));
         // Three more backends: Maglev now sends about half the flows elsewhere...
@@ -111,7 +110,8 @@ fn udp_flows_expire_after_the_idle_timeout() {
         std::thread::sleep(std::time::Duration::from_millis(600));
         let mut moved = 0;
         for (&s, &b) in flows.iter().zip(&first) {
-            let now = backend_index(lb.backend_for(&vip, &Flow::new(s, addr_port(&vip), Protocol::Udp)).unwrap().unwrap());
+            let now =
+                backend_index(lb.backend_for(&vip, &Flow::new(s, addr_port(&vip), Protocol::Udp)).unwrap().unwrap());
             t.run(to_backend(&n, format!("after the timeout the flow from {s} chooses afresh"), &dgram(s), now));
             moved += usize::from(now != b);
         }
@@ -136,12 +136,13 @@ fn new_flow_rate_is_bounded_per_cpu_and_refusals_still_forward() {
             let chosen = lb.backend_for(&vip, &flow).unwrap().unwrap();
             let osrc = lb.ipip_source_for(&vip, &flow, chosen.ip).unwrap().unwrap();
             // Refused flows are still forwarded, to the same backend.
-            t.run(
-                Fixture::new(format!("flow {i}"), &input)
-                    .on(n.eth0)
-                    .action(XdpAction::Redirect)
-                    .output(ipip(&input, osrc, chosen.ip, n.eth1_mac, backend_mac(backend_index(chosen)))),
-            );
+            t.run(Fixture::new(format!("flow {i}"), &input).on(n.eth0).action(XdpAction::Redirect).output(ipip(
+                &input,
+                osrc,
+                chosen.ip,
+                n.eth1_mac,
+                backend_mac(backend_index(chosen)),
+            )));
         }
         t.finish();
         let s = lb.vip_stats(&vip).unwrap();
@@ -166,9 +167,15 @@ fn nat_flows_over_the_new_flow_bound_are_dropped_not_broken() {
         for i in 0..6u16 {
             let input = pkt(i, true).frame(CLIENT_MAC, n.eth0_mac);
             if i < 2 {
-                let chosen = lb.backend_for(&vip, &Flow::new(client(i), addr_port(&vip), Protocol::Tcp)).unwrap().unwrap();
+                let chosen =
+                    lb.backend_for(&vip, &Flow::new(client(i), addr_port(&vip), Protocol::Tcp)).unwrap().unwrap();
                 let out = pkt(i, true).to(sa(chosen.ip, 80)).frame(n.eth1_mac, backend_mac(backend_index(chosen)));
-                t.run(Fixture::new(format!("flow {i} is within the burst"), &input).on(n.eth0).action(XdpAction::Redirect).output(out));
+                t.run(
+                    Fixture::new(format!("flow {i} is within the burst"), &input)
+                        .on(n.eth0)
+                        .action(XdpAction::Redirect)
+                        .output(out),
+                );
             } else {
                 // Forwarded untracked, its replies could not be translated back.
                 t.run(
@@ -185,7 +192,11 @@ fn nat_flows_over_the_new_flow_bound_are_dropped_not_broken() {
         assert_eq!(s.dropped().packets, 4, "{s:?}");
         assert_eq!(lb.connection_count(), 2);
         // A tracked flow keeps flowing while the bound refuses new ones.
-        t.run(Fixture::new("a tracked flow", pkt(0, false).frame(CLIENT_MAC, n.eth0_mac)).on(n.eth0).action(XdpAction::Redirect));
+        t.run(
+            Fixture::new("a tracked flow", pkt(0, false).frame(CLIENT_MAC, n.eth0_mac))
+                .on(n.eth0)
+                .action(XdpAction::Redirect),
+        );
         t.finish();
         assert_eq!(lb.vip_stats(&vip).unwrap().lru_hits, 1);
     });
@@ -203,7 +214,12 @@ fn vip_without_usable_backend_drops_and_counts() {
         assert_eq!(lb.backend_for(&vip, &Flow::new(client(1), addr_port(&vip), Protocol::Tcp)).unwrap(), None);
         // All backends drained: same.
         lb.add_backend(&vip, IpAddr::V4(backend_v4(1)), 0).unwrap();
-        t.run(Fixture::new("every backend drained", &input).on(n.eth0).action(XdpAction::Drop).counts(&["drop_no_backend"]));
+        t.run(
+            Fixture::new("every backend drained", &input)
+                .on(n.eth0)
+                .action(XdpAction::Drop)
+                .counts(&["drop_no_backend"]),
+        );
         assert!(lb.kernel_table(&vip).unwrap().is_none());
         let s = lb.stats().unwrap();
         assert_eq!(s.drops.no_backend.packets, 2);

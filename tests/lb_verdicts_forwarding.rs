@@ -41,7 +41,9 @@ fn dsr_rewrites_only_the_ethernet_header() {
             let chosen = lb.backend_for(&vip, &Flow::new(src, addr_port(&vip), proto)).unwrap().unwrap();
             // Out of eth1, from its MAC to the predicted backend's; L3 and up untouched.
             let want = input.with_macs(n.eth1_mac, backend_mac(backend_index(chosen)));
-            t.run(Fixture::new(format!("{vip} from {src}"), &input).on(n.eth0).action(XdpAction::Redirect).output(want));
+            t.run(
+                Fixture::new(format!("{vip} from {src}"), &input).on(n.eth0).action(XdpAction::Redirect).output(want),
+            );
         }
         t.finish();
         let s = lb.stats().unwrap();
@@ -149,7 +151,13 @@ fn nat_rewrites_destination_and_translates_replies() {
         assert_eq!(s.nat_replies.packets, 4 * 24);
         // A reply nobody asked for is not translated.
         let stray = frame(n.eth1_mac, sa(backend_v4(1), 80), client(999), Protocol::Tcp, false, PAYLOAD);
-        t.run(Fixture::new("a stray reply", &stray).on(n.eth1).action(XdpAction::Pass).unchanged().counts(&["passed_non_vip"]));
+        t.run(
+            Fixture::new("a stray reply", &stray)
+                .on(n.eth1)
+                .action(XdpAction::Pass)
+                .unchanged()
+                .counts(&["passed_non_vip"]),
+        );
         t.finish();
     });
 }
@@ -238,7 +246,8 @@ fn decap_strips_what_the_lb_adds() {
             for i in 0..5 {
                 let src = if vip_addr.is_ipv4() { client(i) } else { client6(i) };
                 let input = frame(n.eth0_mac, src, addr_port(&vip), Protocol::Tcp, true, PAYLOAD);
-                let Some(enc) = lbt.run(Fixture::new(format!("{vip} from {src}"), &input).on(n.eth0).action(XdpAction::Redirect))
+                let Some(enc) =
+                    lbt.run(Fixture::new(format!("{vip} from {src}"), &input).on(n.eth0).action(XdpAction::Redirect))
                 else {
                     continue;
                 };
@@ -263,7 +272,12 @@ fn decap_strips_what_the_lb_adds() {
         });
         let input = frame(n.eth0_mac, src.unwrap(), addr_port(&vip), Protocol::Tcp, true, PAYLOAD);
         let enc = lb.test_run_on(&input, n.eth0).unwrap();
-        dt.run(Fixture::new("a tunnel to a removed local", &enc.frame).action(XdpAction::Pass).unchanged().counts(&["passed"]));
+        dt.run(
+            Fixture::new("a tunnel to a removed local", &enc.frame)
+                .action(XdpAction::Pass)
+                .unchanged()
+                .counts(&["passed"]),
+        );
         dt.run(Fixture::new("not a tunnel", &input).action(XdpAction::Pass).unchanged().counts(&["passed"]));
         lbt.finish();
         dt.finish();
@@ -298,13 +312,19 @@ fn ethernet_padding_stays_after_the_packet() {
         let ack = |port| Pkt::new(client(1), sa(VIP_V4, port), Protocol::Tcp, false).payload(&[]);
         let padded = |p: &Pkt, macs: ([u8; 6], [u8; 6])| p.builder(macs.0, macs.1).trailer(&pad).build();
         let with_pad = |f: &[u8]| [f, &pad[..]].concat();
-        let chosen = |port, src| lb.backend_for(&vip(port), &Flow::new(src, sa(VIP_V4, port), Protocol::Tcp)).unwrap().unwrap();
+        let chosen =
+            |port, src| lb.backend_for(&vip(port), &Flow::new(src, sa(VIP_V4, port), Protocol::Tcp)).unwrap().unwrap();
 
         let input = padded(&ack(80), (CLIENT_MAC, n.eth0_mac));
         assert_eq!(input.len(), 60);
         let b = chosen(80, client(1));
         let want = input.with_macs(n.eth1_mac, backend_mac(backend_index(b)));
-        t.run(Fixture::new("DSR: the packet and its padding as received", &input).on(n.eth0).action(XdpAction::Redirect).output(want));
+        t.run(
+            Fixture::new("DSR: the packet and its padding as received", &input)
+                .on(n.eth0)
+                .action(XdpAction::Redirect)
+                .output(want),
+        );
 
         for port in [81, 82] {
             let sent = ack(port);
@@ -313,12 +333,16 @@ fn ethernet_padding_stays_after_the_packet() {
             let b = chosen(port, client(1));
             let osrc = lb.ipip_source_for(&vip(port), &flow, b.ip).unwrap().unwrap();
             // The unpadded packet encapsulated, then the padding.
-            let tunnel = ipip(&sent.frame(CLIENT_MAC, n.eth0_mac), osrc, b.ip, n.eth1_mac, backend_mac(backend_index(b)));
+            let tunnel =
+                ipip(&sent.frame(CLIENT_MAC, n.eth0_mac), osrc, b.ip, n.eth1_mac, backend_mac(backend_index(b)));
             t.run(
-                Fixture::new(format!("IPIP to {}: the outer length from the inner IP length, the padding after it", b.ip), &input)
-                    .on(n.eth0)
-                    .action(XdpAction::Redirect)
-                    .output(with_pad(&tunnel)),
+                Fixture::new(
+                    format!("IPIP to {}: the outer length from the inner IP length, the padding after it", b.ip),
+                    &input,
+                )
+                .on(n.eth0)
+                .action(XdpAction::Redirect)
+                .output(with_pad(&tunnel)),
             );
         }
 
@@ -326,19 +350,39 @@ fn ethernet_padding_stays_after_the_packet() {
         let b = chosen(83, client(1));
         let at_backend = sa(b.ip, 8080);
         let want = padded(&sent.to(at_backend), (n.eth1_mac, backend_mac(backend_index(b))));
-        t.run(Fixture::new("NAT: translated, the padding untouched", padded(&sent, (CLIENT_MAC, n.eth0_mac))).on(n.eth0).action(XdpAction::Redirect).output(want));
+        t.run(
+            Fixture::new("NAT: translated, the padding untouched", padded(&sent, (CLIENT_MAC, n.eth0_mac)))
+                .on(n.eth0)
+                .action(XdpAction::Redirect)
+                .output(want),
+        );
         let reply = Pkt::new(at_backend, client(1), Protocol::Tcp, false).payload(&[]);
         let want = padded(&reply.from(sa(VIP_V4, 83)), (n.eth0_mac, CLIENT_MAC));
-        t.run(Fixture::new("NAT reply: from the VIP, the padding untouched", padded(&reply, (backend_mac(1), n.eth1_mac))).on(n.eth1).action(XdpAction::Redirect).output(want));
+        t.run(
+            Fixture::new(
+                "NAT reply: from the VIP, the padding untouched",
+                padded(&reply, (backend_mac(1), n.eth1_mac)),
+            )
+            .on(n.eth1)
+            .action(XdpAction::Redirect)
+            .output(want),
+        );
 
         // An echo request, 42 bytes, padded to 60: answered, padding kept.
         let echo = |macs: ([u8; 6], [u8; 6]), src: IpAddr, dst: IpAddr, icmp| {
             Frame::builder().macs(macs.0, macs.1).ip(src, dst).icmp(icmp).trailer(&[0xAA; 18]).build()
         };
-        let request = echo((CLIENT_MAC, n.eth0_mac), CLIENT_V4.into(), VIP_V4.into(), Icmp::EchoRequest { id: 7, seq: 1 });
+        let request =
+            echo((CLIENT_MAC, n.eth0_mac), CLIENT_V4.into(), VIP_V4.into(), Icmp::EchoRequest { id: 7, seq: 1 });
         let answer = echo((n.eth0_mac, CLIENT_MAC), VIP_V4.into(), CLIENT_V4.into(), Icmp::EchoReply { id: 7, seq: 1 });
         assert_eq!(request.len(), 60);
-        t.run(Fixture::new("echo: answered, the padding untouched", &request).on(n.eth0).action(XdpAction::Tx).output(answer).counts(&["echo_answered"]));
+        t.run(
+            Fixture::new("echo: answered, the padding untouched", &request)
+                .on(n.eth0)
+                .action(XdpAction::Tx)
+                .output(answer)
+                .counts(&["echo_answered"]),
+        );
 
         // IPv6 UDP with 10 trailing bytes, IPIP 6in6.
         let sent = Pkt::new(client6(1), sa(VIP_V6, 53), Protocol::Udp, false);

@@ -89,14 +89,22 @@ fn icmp_errors_reach_the_backend_of_their_flow() {
                 let mut batch = lb.batch(&vip);
                 for (i, b) in backends.iter().enumerate() {
                     // NAT backends 2 and 3 listen on 8080.
-                    batch = if mode == ForwardingMode::Nat && i > 0 { batch.add(sa(*b, 8080), 1) } else { batch.add(*b, 1) };
+                    batch = if mode == ForwardingMode::Nat && i > 0 {
+                        batch.add(sa(*b, 8080), 1)
+                    } else {
+                        batch.add(*b, 1)
+                    };
                 }
                 batch.apply().unwrap();
                 for i in 0..12u16 {
                     let c = if vip_addr.is_ipv4() { client(i) } else { client6(i) };
                     // Start the flow (tracked).
                     let syn = frame(n.eth0_mac, c, addr_port(&vip), proto, true, PAYLOAD);
-                    t.run(Fixture::new(format!("{mode} {vip}: SYN from {c}"), &syn).on(n.eth0).action(XdpAction::Redirect));
+                    t.run(
+                        Fixture::new(format!("{mode} {vip}: SYN from {c}"), &syn)
+                            .on(n.eth0)
+                            .action(XdpAction::Redirect),
+                    );
                     let tracked = lb.backend_for(&vip, &Flow::new(c, addr_port(&vip), proto)).unwrap().unwrap();
                     let next_hop = backend_mac(backend_index(tracked));
                     let err = icmp_error(n.eth0_mac, addr_port(&vip), c, proto);
@@ -153,7 +161,12 @@ fn icmp_error_to(lb_mac: [u8; 6], from: IpAddr, to: IpAddr, quoted: &Frame, too_
         (false, true) => Icmp::Unreachable { code: 3 },
         (false, false) => Icmp::Unreachable { code: 4 },
     };
-    Frame::builder().macs(backend_mac(1), lb_mac).ip(from, to).icmp(icmp).payload(&quoted.ip_packet()[..hdr + 8 + 20]).build()
+    Frame::builder()
+        .macs(backend_mac(1), lb_mac)
+        .ip(from, to)
+        .icmp(icmp)
+        .payload(&quoted.ip_packet()[..hdr + 8 + 20])
+        .build()
 }
 
 /// Errors about a NAT flow's packets that come back from the backends'
@@ -175,7 +188,12 @@ fn icmp_errors_from_nat_backends_reach_the_client_translated() {
         ] {
             let vip = Vip::new(sa(vip_addr, 80), proto);
             lb.add_vip(vip, VipConfig::new(ForwardingMode::Nat)).unwrap();
-            lb.batch(&vip).add(backends[0], 1).add(sa(backends[1], 8080), 1).add(sa(backends[2], 8080), 1).apply().unwrap();
+            lb.batch(&vip)
+                .add(backends[0], 1)
+                .add(sa(backends[1], 8080), 1)
+                .add(sa(backends[2], 8080), 1)
+                .apply()
+                .unwrap();
             for i in 0..12u16 {
                 let c = if vip_addr.is_ipv4() { client(i) } else { client6(i) };
                 let syn = frame(n.eth0_mac, c, addr_port(&vip), proto, true, PAYLOAD);
@@ -196,7 +214,11 @@ fn icmp_errors_from_nat_backends_reach_the_client_translated() {
                         .on(n.eth1)
                         .action(XdpAction::Redirect)
                         .check(move |out| {
-                            same("MACs", (dst_mac(out), <[u8; 6]>::try_from(&out[6..12]).unwrap()), (CLIENT_MAC, eth0_mac))?;
+                            same(
+                                "MACs",
+                                (dst_mac(out), <[u8; 6]>::try_from(&out[6..12]).unwrap()),
+                                (CLIENT_MAC, eth0_mac),
+                            )?;
                             let (osrc, odst, ttl, qsrc, qdst, qsum) = read_icmp_error(&out[14..], proto)?;
                             // The VIP answers for its backend.
                             same("outer source", osrc, if from_backend { vip_addr } else { router })?;
@@ -346,7 +368,9 @@ fn a_too_big_answer_is_never_cached_as_the_next_hop() {
                 ForwardingMode::Nat => syn.to(sa(chosen.ip, port)).frame(eth1_mac, next_hop).to_vec(),
                 _ => input.with_macs(eth1_mac, next_hop),
             };
-            t.run(Fixture::new(format!("{name}: then a SYN"), &input).on(eth0).action(XdpAction::Redirect).output(want));
+            t.run(
+                Fixture::new(format!("{name}: then a SYN"), &input).on(eth0).action(XdpAction::Redirect).output(want),
+            );
         }
         t.finish();
         let s = lb.stats().unwrap();

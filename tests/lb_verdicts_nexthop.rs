@@ -15,7 +15,9 @@ use xdpguard::testing::fixture::{Fixture, FixtureTable};
 use xdpguard::testing::frame::{Frame, Icmp};
 use xdpguard::testing::lb_topology::*;
 use xdpguard::testing::netns::ensure_bpffs;
-use xdpguard::{BackendAddr, Flow, ForwardingMode, LoadBalancer, NeighbourState, NextHop, Protocol, Vip, VipConfig, XdpAction};
+use xdpguard::{
+    BackendAddr, Flow, ForwardingMode, LoadBalancer, NeighbourState, NextHop, Protocol, Vip, VipConfig, XdpAction,
+};
 
 /// No resolved neighbour for a backend's next hop: the stack gets a packet
 /// it can route towards the backend, so it resolves the neighbour on the
@@ -142,7 +144,13 @@ fn non_vip_traffic_and_unroutable_backends_pass_untouched() {
         vip_with(&lb, vip, VipConfig::new(ForwardingMode::L2Dsr), &backends_v4(1));
         for dst in [sa(LB_FRONT_V4, 22), sa(VIP_V4, 81)] {
             let f = frame(n.eth0_mac, client(1), dst, Protocol::Tcp, true, PAYLOAD);
-            t.run(Fixture::new(format!("to {dst}"), &f).on(n.eth0).action(XdpAction::Pass).unchanged().counts(&["passed_non_vip"]));
+            t.run(
+                Fixture::new(format!("to {dst}"), &f)
+                    .on(n.eth0)
+                    .action(XdpAction::Pass)
+                    .unchanged()
+                    .counts(&["passed_non_vip"]),
+            );
         }
         assert_eq!(lb.stats().unwrap().passed_non_vip.packets, 2);
         // Forwarding disabled: the FIB refuses, the packet goes to the stack.
@@ -150,14 +158,26 @@ fn non_vip_traffic_and_unroutable_backends_pass_untouched() {
         vip_with(&lb, vip2, VipConfig::new(ForwardingMode::L2Dsr), &backends_v4(2));
         std::fs::write("/proc/sys/net/ipv4/conf/all/forwarding", "0").unwrap();
         let f = frame(n.eth0_mac, client(1), addr_port(&vip2), Protocol::Tcp, true, PAYLOAD);
-        t.run(Fixture::new("forwarding off", &f).on(n.eth0).action(XdpAction::Pass).unchanged().counts(&["passed_no_route"]));
+        t.run(
+            Fixture::new("forwarding off", &f)
+                .on(n.eth0)
+                .action(XdpAction::Pass)
+                .unchanged()
+                .counts(&["passed_no_route"]),
+        );
         std::fs::write("/proc/sys/net/ipv4/conf/all/forwarding", "1").unwrap();
         // A backend without any route.
         let vip3 = Vip::tcp(sa(VIP_V4, 444));
         let nowhere = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 99));
         vip_with(&lb, vip3, VipConfig::new(ForwardingMode::L2Dsr), &[nowhere]);
         let f = frame(n.eth0_mac, client(1), addr_port(&vip3), Protocol::Tcp, true, PAYLOAD);
-        t.run(Fixture::new("a backend without a route", &f).on(n.eth0).action(XdpAction::Pass).unchanged().counts(&["passed_no_route"]));
+        t.run(
+            Fixture::new("a backend without a route", &f)
+                .on(n.eth0)
+                .action(XdpAction::Pass)
+                .unchanged()
+                .counts(&["passed_no_route"]),
+        );
         t.finish();
         assert_eq!(lb.stats().unwrap().passed_no_route.packets, 2);
         let bs = lb.backend_stats(&vip3).unwrap();
@@ -186,11 +206,25 @@ fn next_hops_are_cached_briefly_and_refreshed() {
         vip_with(&lb, vip, VipConfig::new(ForwardingMode::L2Dsr), &backends_v4(1));
         let input = frame(mac, client(1), addr_port(&vip), Protocol::Udp, false, PAYLOAD);
         let mut to = |what: &str, next_hop: [u8; 6]| {
-            t.run(Fixture::new(what, &input).on(eth0).action(XdpAction::Redirect).output(input.with_macs(eth1_mac, next_hop)));
+            t.run(
+                Fixture::new(what, &input)
+                    .on(eth0)
+                    .action(XdpAction::Redirect)
+                    .output(input.with_macs(eth1_mac, next_hop)),
+            );
         };
         let set_neigh = |m: &str| {
             xdpguard::testing::netns::run(std::process::Command::new("ip").args([
-                "-n", &ns, "neigh", "replace", &backend_v4(1).to_string(), "lladdr", m, "dev", "eth1", "nud",
+                "-n",
+                &ns,
+                "neigh",
+                "replace",
+                &backend_v4(1).to_string(),
+                "lladdr",
+                m,
+                "dev",
+                "eth1",
+                "nud",
                 "permanent",
             ]));
         };

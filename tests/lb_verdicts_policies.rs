@@ -63,9 +63,17 @@ fn fragments_follow_the_fragment_policy() {
                 .action(XdpAction::Drop)
                 .counts(&["drop_fragment"]),
         );
-        assert_eq!(lb.backend_for(&one, &Flow::new(client(1), sa(VIP_V4, 53), Protocol::Udp).fragment()).unwrap(), None);
+        assert_eq!(
+            lb.backend_for(&one, &Flow::new(client(1), sa(VIP_V4, 53), Protocol::Udp).fragment()).unwrap(),
+            None
+        );
         // Not a VIP address: passed untouched.
-        t.run(Fixture::new("a fragment to no VIP", v4_frag(LB_FRONT_V4, 1, 2, false)).on(n.eth0).action(XdpAction::Pass).unchanged());
+        t.run(
+            Fixture::new("a fragment to no VIP", v4_frag(LB_FRONT_V4, 1, 2, false))
+                .on(n.eth0)
+                .action(XdpAction::Pass)
+                .unchanged(),
+        );
         // IPv6 fragment header, to the all-ports DSR VIP.
         let src6 = Ipv6Addr::new(0x2001, 0xdb8, 0xc, 0, 0, 0, 0, 7);
         let f6 = Frame::builder()
@@ -75,7 +83,8 @@ fn fragments_follow_the_fragment_policy() {
             .protocol(17)
             .payload(&[0x22; 16])
             .build();
-        let chosen = lb.backend_for(&any6, &Flow::new(sa(src6, 9), sa(VIP2_V6, 9), Protocol::Udp).fragment()).unwrap().unwrap();
+        let chosen =
+            lb.backend_for(&any6, &Flow::new(sa(src6, 9), sa(VIP2_V6, 9), Protocol::Udp).fragment()).unwrap().unwrap();
         t.run(
             Fixture::new("an IPv6 fragment", &f6)
                 .on(n.eth0)
@@ -85,7 +94,12 @@ fn fragments_follow_the_fragment_policy() {
         // Policy Drop: every fragment to a VIP address goes.
         lb.set_fragment_policy(FragmentPolicy::Drop);
         assert_eq!(lb.fragment_policy(), FragmentPolicy::Drop);
-        t.run(Fixture::new("policy drop, IPv4", v4_frag(VIP2_V4, 1, 0, true)).on(n.eth0).action(XdpAction::Drop).counts(&["drop_fragment"]));
+        t.run(
+            Fixture::new("policy drop, IPv4", v4_frag(VIP2_V4, 1, 0, true))
+                .on(n.eth0)
+                .action(XdpAction::Drop)
+                .counts(&["drop_fragment"]),
+        );
         t.run(Fixture::new("policy drop, IPv6", &f6).on(n.eth0).action(XdpAction::Drop).counts(&["drop_fragment"]));
         t.finish();
         assert_eq!(lb.stats().unwrap().drops.fragment.packets, 3);
@@ -103,9 +117,14 @@ fn ipv4_options_follow_the_options_policy() {
         let sent = Pkt::new(sa(CLIENT_V4, 40000), addr_port(&vip), Protocol::Tcp, true);
         let input = sent.builder(CLIENT_MAC, n.eth0_mac).options(&[1, 1, 1, 0]).build();
         assert_eq!(input[14] & 0x0F, 6, "IHL 6: options present");
-        let chosen = lb.backend_for(&vip, &Flow::new(sa(CLIENT_V4, 40000), addr_port(&vip), Protocol::Tcp)).unwrap().unwrap();
+        let chosen =
+            lb.backend_for(&vip, &Flow::new(sa(CLIENT_V4, 40000), addr_port(&vip), Protocol::Tcp)).unwrap().unwrap();
         // NAT with options: options kept, checksums still right.
-        let want = sent.to(sa(chosen.ip, 80)).builder(n.eth1_mac, backend_mac(backend_index(chosen))).options(&[1, 1, 1, 0]).build();
+        let want = sent
+            .to(sa(chosen.ip, 80))
+            .builder(n.eth1_mac, backend_mac(backend_index(chosen)))
+            .options(&[1, 1, 1, 0])
+            .build();
         t.run(
             Fixture::new("NAT with options", &input)
                 .on(n.eth0)
@@ -138,7 +157,9 @@ fn echo_to_a_vip_follows_the_echo_policy() {
         let e6 = echo(CLIENT_V6.into(), VIP_V6.into(), request, (CLIENT_MAC, n.eth0_mac));
         assert_eq!(lb.echo_policy(), EchoPolicy::Answer, "the default");
         // Answered on the spot: from the VIP, back out of eth0 (TTL 64).
-        for (what, req, vip, client) in [("IPv4", &e4, IpAddr::V4(VIP_V4), IpAddr::V4(CLIENT_V4)), ("IPv6", &e6, VIP_V6.into(), CLIENT_V6.into())] {
+        for (what, req, vip, client) in
+            [("IPv4", &e4, IpAddr::V4(VIP_V4), IpAddr::V4(CLIENT_V4)), ("IPv6", &e6, VIP_V6.into(), CLIENT_V6.into())]
+        {
             t.run(
                 Fixture::new(format!("{what} echo, policy answer"), req)
                     .on(n.eth0)
@@ -164,12 +185,14 @@ fn echo_to_a_vip_follows_the_echo_policy() {
         lb.set_echo_policy(EchoPolicy::Answer);
         let groups: [([u8; 6], [u8; 6]); 4] = [
             ([0x01, 0x00, 0x5e, 0, 0, 1], n.eth0_mac), // from an IPv4 multicast MAC
-            ([0xff; 6], n.eth0_mac),                  // from the broadcast MAC
-            (CLIENT_MAC, [0xff; 6]),                  // to the broadcast MAC
-            (CLIENT_MAC, [0x33, 0x33, 0, 0, 0, 1]),   // to an IPv6 multicast MAC
+            ([0xff; 6], n.eth0_mac),                   // from the broadcast MAC
+            (CLIENT_MAC, [0xff; 6]),                   // to the broadcast MAC
+            (CLIENT_MAC, [0x33, 0x33, 0, 0, 0, 1]),    // to an IPv6 multicast MAC
         ];
         for macs in groups {
-            for (what, src, dst) in [("IPv4", IpAddr::V4(CLIENT_V4), IpAddr::V4(VIP_V4)), ("IPv6", CLIENT_V6.into(), VIP_V6.into())] {
+            for (what, src, dst) in
+                [("IPv4", IpAddr::V4(CLIENT_V4), IpAddr::V4(VIP_V4)), ("IPv6", CLIENT_V6.into(), VIP_V6.into())]
+            {
                 let f = echo(src, dst, request, macs);
                 let what = format!("{what} echo {:02x?} -> {:02x?}: not answered", macs.0, macs.1);
                 t.run(Fixture::new(what, &f).on(n.eth0).action(XdpAction::Drop).counts(&["drop_echo"]));
@@ -211,7 +234,11 @@ fn truncated_frames_never_abort() {
                 // And with the IP length fixed up to the cut (a short but
                 // consistent packet), the program still never aborts.
                 if len >= l3_start + 40 {
-                    t.run(Fixture::new(format!("consistent cut at {len}"), full.cut_consistent(len)).on(n.eth0).action_in(NOT_ABORTED));
+                    t.run(
+                        Fixture::new(format!("consistent cut at {len}"), full.cut_consistent(len))
+                            .on(n.eth0)
+                            .action_in(NOT_ABORTED),
+                    );
                 }
             }
         }
@@ -274,7 +301,12 @@ fn headers_past_the_ip_packet_are_not_read() {
         let dst6 = to_vip(client6(1), sa(VIP_V6, 80), Protocol::Tcp).builder(CLIENT_MAC, m).ext(Ext::DestOpts).build();
         let hbh6 = to_vip(client6(1), sa(VIP_V6, 53), Protocol::Udp).builder(CLIENT_MAC, m).ext(Ext::HopByHop).build();
         let echo = |src: IpAddr, dst: IpAddr| {
-            Frame::builder().macs(CLIENT_MAC, m).ip(src, dst).icmp(Icmp::EchoRequest { id: 7, seq: 1 }).payload(b"ping").build()
+            Frame::builder()
+                .macs(CLIENT_MAC, m)
+                .ip(src, dst)
+                .icmp(Icmp::EchoRequest { id: 7, seq: 1 })
+                .payload(b"ping")
+                .build()
         };
         let echo4 = echo(CLIENT_V4.into(), VIP_V4.into());
         let echo6 = echo(CLIENT_V6.into(), VIP_V6.into());
@@ -282,7 +314,11 @@ fn headers_past_the_ip_packet_are_not_read() {
         let err6 = icmp_error(m, sa(VIP_V6, 80), client6(2), Protocol::Tcp);
         let whole = [&tcp4, &udp4, &tcp6, &udp6, &dst6, &hbh6, &echo4, &echo6, &err4, &err6];
         for (i, f) in whole.into_iter().enumerate() {
-            t.run(Fixture::new(format!("frame {i}, whole"), f).on(n.eth0).action_in(&[XdpAction::Tx, XdpAction::Redirect]));
+            t.run(
+                Fixture::new(format!("frame {i}, whole"), f)
+                    .on(n.eth0)
+                    .action_in(&[XdpAction::Tx, XdpAction::Redirect]),
+            );
         }
         let (malformed, non_vip) = ("passed_malformed", "passed_non_vip");
         let dst_len = dst6.span("ext0:destination-options").len;

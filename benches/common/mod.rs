@@ -55,14 +55,19 @@ pub fn require_root() {
 
 /// One line describing the machine: CPU model, CPU count, kernel.
 pub fn machine() -> String {
-    let lscpu = Command::new("lscpu").output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+    let lscpu =
+        Command::new("lscpu").output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
     let field = |name: &str| {
         lscpu
             .lines()
             .find_map(|l| l.strip_prefix(name).map(|v| v.trim_start_matches(':').trim().to_string()))
             .unwrap_or_else(|| "?".into())
     };
-    let kernel = Command::new("uname").arg("-r").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default();
+    let kernel = Command::new("uname")
+        .arg("-r")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
     format!("{} × {}, kernel {}", field("CPU(s)"), field("Model name"), kernel)
 }
 

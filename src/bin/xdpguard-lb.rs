@@ -40,8 +40,8 @@ use clap::{Args, Parser, Subcommand};
 use common::Result;
 use serde_json::{json, Value};
 use xdpguard::{
-    BackendAddr, BackendStats, Decap, EchoPolicy, Flow, ForwardingMode, FragmentPolicy, HashInput, IpNetwork, LoadBalancer,
-    OptionsPolicy, Protocol, Vip, VipConfig,
+    BackendAddr, BackendStats, Decap, EchoPolicy, Flow, ForwardingMode, FragmentPolicy, HashInput, IpNetwork,
+    LoadBalancer, OptionsPolicy, Protocol, Vip, VipConfig,
 };
 
 const DEFAULT_PIN: &str = "/sys/fs/bpf/xdpguard-lb";
@@ -483,7 +483,9 @@ fn run(command: Command) -> Result<()> {
             // all-ports VIP: there is no answer without it.
             let port = match (target.port, to_port) {
                 (Some(p), Some(q)) if p != q => {
-                    return Err(format!("the destination names port {p} but --to-port says {q}: give the port once").into())
+                    return Err(
+                        format!("the destination names port {p} but --to-port says {q}: give the port once").into()
+                    )
                 }
                 (Some(p), _) | (None, Some(p)) => p,
                 (None, None) => {

@@ -291,7 +291,8 @@ fn gather(edit: &Edit) -> Result<Vec<Given>> {
     let mut given = Vec::new();
     for c in &edit.cidrs {
         let net = xdpguard::parse_prefix(c)?;
-        let origin = (xdpguard::normalize(net).network.to_string() != c.trim()).then(|| format!("given as {}", c.trim()));
+        let origin =
+            (xdpguard::normalize(net).network.to_string() != c.trim()).then(|| format!("given as {}", c.trim()));
         given.push(Given { net, origin });
     }
     if let Some(path) = &edit.file {
@@ -333,7 +334,11 @@ fn whole_family_refused(filter: &Filter, entry: IpNetwork, given: &[Given]) -> S
         .unwrap_or_default();
     let family = if entry.is_ipv4() { "IPv4" } else { "IPv6" };
     let ifaces: Vec<String> = filter.attachments().into_iter().map(|a| a.interface).collect();
-    let on = if ifaces.is_empty() { "wherever the filter is attached".to_string() } else { format!("on {}", ifaces.join(", ")) };
+    let on = if ifaces.is_empty() {
+        "wherever the filter is attached".to_string()
+    } else {
+        format!("on {}", ifaces.join(", "))
+    };
     format!(
         "refusing to block {entry}{origin}: it would drop every {family} packet from any source {on}, \
          including your own SSH session and the replies to connections this host opens. Nothing was changed. \
@@ -369,7 +374,12 @@ fn add_entries(kind: ListKind, add: Add, force: bool) -> Result<()> {
         eprintln!("note: {given} {why}; stored as {stored}");
     }
     if add.replace {
-        println!("replaced the {kind}: {} entries now ({} changes) in {:.2?}", list.len()?, change.changed, started.elapsed());
+        println!(
+            "replaced the {kind}: {} entries now ({} changes) in {:.2?}",
+            list.len()?,
+            change.changed,
+            started.elapsed()
+        );
     } else {
         println!(
             "{kind}: added {} of {count} entries ({} already present) in {:.2?}",

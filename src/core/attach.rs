@@ -4,8 +4,8 @@ use std::fmt;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
-use crate::error::{missing_privileges, AttachError, Error, LoadError};
 use crate::core::sys;
+use crate::error::{missing_privileges, AttachError, Error, LoadError};
 
 /// How to attach an XDP program.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]

@@ -43,9 +43,11 @@ pub(crate) struct Loaded<'a>(pub &'a Object);
 
 impl MapSource for Loaded<'_> {
     fn map(&self, name: &'static str) -> io::Result<MapHandle> {
-        let map = self.0.maps().find(|m| m.name() == name).ok_or_else(|| {
-            io::Error::new(io::ErrorKind::NotFound, format!("the object defines no map {name}"))
-        })?;
+        let map = self
+            .0
+            .maps()
+            .find(|m| m.name() == name)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("the object defines no map {name}")))?;
         MapHandle::try_from(&map).map_err(io_from_libbpf)
     }
 }

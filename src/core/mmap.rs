@@ -58,8 +58,8 @@ impl<T: Pod> MappedArray<T> {
         let len = map.max_entries() as usize;
         let page = 4096;
         let map_bytes = (len * value_size).div_ceil(page) * page;
-        let size = NonZeroUsize::new(map_bytes)
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "empty map"))?;
+        let size =
+            NonZeroUsize::new(map_bytes).ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "empty map"))?;
         // SAFETY: we map a BPF array map fd that was created BPF_F_MMAPABLE;
         // the size is its page-rounded value area, which the kernel allows.
         let ptr = unsafe {

@@ -13,9 +13,9 @@ use nix::fcntl::{Flock, FlockArg};
 
 use crate::core::attach::Attachment;
 use crate::core::pinned::Kind;
+use crate::core::sys;
 use crate::error::PinError;
 use crate::AttachMode;
-use crate::core::sys;
 
 const LINK_PREFIX: &str = "link_";
 
@@ -159,7 +159,9 @@ mod tests {
 
     #[test]
     fn link_pins_record_mode_and_name() {
-        for (mode, name) in [(AttachMode::Generic, "eth0"), (AttachMode::Native, "veth_lb_1"), (AttachMode::Offload, "x")] {
+        for (mode, name) in
+            [(AttachMode::Generic, "eth0"), (AttachMode::Native, "veth_lb_1"), (AttachMode::Offload, "x")]
+        {
             let a = Attachment { ifindex: 42, interface: name.into(), mode };
             let pin = PinDir::link_name(&a);
             assert!(pin.starts_with("link_42_"), "{pin}");

@@ -331,8 +331,11 @@ impl<P: ProgramKind> Pinned<P> {
         }
         let _lock = dir.lock()?;
         check_header(&dir)?;
-        let maps = P::Maps::open(&dir)
-            .map_err(|e| PinError::Io { op: "opening pinned map", path: dir.join(e.name), source: e.source })?;
+        let maps = P::Maps::open(&dir).map_err(|e| PinError::Io {
+            op: "opening pinned map",
+            path: dir.join(e.name),
+            source: e.source,
+        })?;
         let program = XdpProgram::open_pinned(dir.clone(), kind.program)?;
         let header = maps.header();
         let mut generation = header.generation.load(Ordering::Acquire);
@@ -449,9 +452,9 @@ fn load_error(kind: &Kind, err: libbpf_rs::Error, offload: bool) -> LoadError {
         return LoadError::MissingPrivileges { missing };
     }
     match source.kind() {
-        std::io::ErrorKind::PermissionDenied => LoadError::MissingPrivileges {
-            missing: "CAP_BPF (or the kernel's BPF LSM policy refused it)".into(),
-        },
+        std::io::ErrorKind::PermissionDenied => {
+            LoadError::MissingPrivileges { missing: "CAP_BPF (or the kernel's BPF LSM policy refused it)".into() }
+        }
         _ if offload => LoadError::KernelFeature {
             feature: "BPF offload for this device",
             hint: format!("the driver cannot offload this program and its maps ({message}); use native or auto mode"),

@@ -11,10 +11,10 @@ use std::time::Duration;
 use nix::fcntl::Flock;
 
 use crate::core::attach::{self, Attachment, Interface, Link};
-use crate::error::{AttachError, Error, LoadError, PinError};
 use crate::core::pin::PinDir;
 use crate::core::sys;
 use crate::core::testrun::{TestRun, XdpAction};
+use crate::error::{AttachError, Error, LoadError, PinError};
 use crate::AttachMode;
 
 pub(crate) struct XdpProgram {
@@ -37,7 +37,8 @@ impl XdpProgram {
         let fd = sys::obj_get(&path).map_err(|source| PinError::Io { op: "opening pinned program", path, source })?;
         let mut links = Vec::new();
         for (pin_name, path) in dir.links()? {
-            let link = sys::obj_get(&path).map_err(|source| PinError::Io { op: "opening pinned link", path, source })?;
+            let link =
+                sys::obj_get(&path).map_err(|source| PinError::Io { op: "opening pinned link", path, source })?;
             match attach::link_attachment(&link) {
                 Ok(Some(mut attachment)) => {
                     // This process may be in another network namespace than
@@ -101,7 +102,9 @@ impl XdpProgram {
                 Interface::Index(i) => l.attachment.ifindex == *i,
             });
             let Some(pos) = pos else {
-                return Err(AttachError::InterfaceNotFound { interface: format!("{iface} (not attached to it)") }.into());
+                return Err(
+                    AttachError::InterfaceNotFound { interface: format!("{iface} (not attached to it)") }.into()
+                );
             };
             links.remove(pos)
         };

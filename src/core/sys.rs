@@ -40,9 +40,8 @@ pub(crate) fn xdp_link_create(prog: BorrowedFd<'_>, ifindex: u32, xdp_flags: u32
     opts.flags = xdp_flags;
     // SAFETY: prog is a valid fd for the duration of the call and opts is a
     // properly sized, initialised struct.
-    let fd = check(unsafe {
-        libbpf_sys::bpf_link_create(prog.as_raw_fd(), ifindex as i32, libbpf_sys::BPF_XDP, &opts)
-    })?;
+    let fd =
+        check(unsafe { libbpf_sys::bpf_link_create(prog.as_raw_fd(), ifindex as i32, libbpf_sys::BPF_XDP, &opts) })?;
     // SAFETY: the kernel just returned this fd to us; nothing else owns it.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
@@ -120,9 +119,7 @@ pub(crate) fn is_on_bpffs(path: &Path) -> bool {
     let mut probe = Some(path);
     while let Some(p) = probe {
         if p.exists() {
-            return nix::sys::statfs::statfs(p)
-                .map(|s| s.filesystem_type().0 == BPF_FS_MAGIC)
-                .unwrap_or(false);
+            return nix::sys::statfs::statfs(p).map(|s| s.filesystem_type().0 == BPF_FS_MAGIC).unwrap_or(false);
         }
         probe = p.parent();
     }

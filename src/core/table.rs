@@ -381,8 +381,8 @@ pub(crate) mod tests {
             let (key, hash, old) = rec.keys[i];
             let clear_it = old != 0 && rng.random_bool(0.4);
             let new = if clear_it { 0 } else { codes[rng.random_range(0..codes.len())] };
-            let own_tombstone = old == 0
-                && rec.owner.iter().any(|(&(b, s), k)| *k == key && rec.buckets[b].key(s) == Some(key));
+            let own_tombstone =
+                old == 0 && rec.owner.iter().any(|(&(b, s), k)| *k == key && rec.buckets[b].key(s) == Some(key));
             rec.editing = Some((key, hash, new));
             let result = if clear_it {
                 rec.seen.clears += 1;

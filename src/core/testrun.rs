@@ -4,8 +4,6 @@
 
 use std::time::Duration;
 
-
-
 /// An XDP program's return value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum XdpAction {

@@ -314,11 +314,19 @@ impl<'a> Editor<'a> {
         match op.net {
             IpNetwork::V4(n) => {
                 let (a, l) = (u32::from(n.network()), n.prefix());
-                if op.insert { self.st.v4.insert(a, l, op.bit) } else { self.st.v4.remove(a, l, op.bit) }
+                if op.insert {
+                    self.st.v4.insert(a, l, op.bit)
+                } else {
+                    self.st.v4.remove(a, l, op.bit)
+                }
             }
             IpNetwork::V6(n) => {
                 let (a, l) = (u128::from(n.network()), n.prefix());
-                if op.insert { self.st.v6.insert(a, l, op.bit) } else { self.st.v6.remove(a, l, op.bit) }
+                if op.insert {
+                    self.st.v6.insert(a, l, op.bit)
+                } else {
+                    self.st.v6.remove(a, l, op.bit)
+                }
             }
         }
     }

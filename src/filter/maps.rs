@@ -164,10 +164,7 @@ impl FilterMaps {
 /// A random hash seed for a new filter's tables.
 pub(crate) fn random_seed() -> u32 {
     let mut buf = [0u8; 4];
-    if std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut buf))
-        .is_err()
-    {
+    if std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut buf)).is_err() {
         // Only the bucket spread depends on it; fall back to the clock.
         let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
         return t.subsec_nanos() ^ std::process::id();

@@ -56,12 +56,12 @@ pub fn normalize(net: IpNetwork) -> Normalized {
         _ => (net, false),
     };
     let network = match given {
-        IpNetwork::V4(n) => IpNetwork::V4(
-            Ipv4Network::new(n.network(), n.prefix()).expect("prefix length already valid"),
-        ),
-        IpNetwork::V6(n) => IpNetwork::V6(
-            Ipv6Network::new(n.network(), n.prefix()).expect("prefix length already valid"),
-        ),
+        IpNetwork::V4(n) => {
+            IpNetwork::V4(Ipv4Network::new(n.network(), n.prefix()).expect("prefix length already valid"))
+        }
+        IpNetwork::V6(n) => {
+            IpNetwork::V6(Ipv6Network::new(n.network(), n.prefix()).expect("prefix length already valid"))
+        }
     };
     Normalized { network, host_bits_cleared: network.ip() != given.ip(), ipv4_mapped }
 }
@@ -82,16 +82,10 @@ pub fn parse_prefix(text: &str) -> Result<IpNetwork, ListError> {
         return Err(invalid("empty".into()));
     }
     match text.split_once('/') {
-        None => text
-            .parse::<IpAddr>()
-            .map(IpNetwork::from)
-            .map_err(|_| invalid("not an IPv4 or IPv6 address".into())),
+        None => text.parse::<IpAddr>().map(IpNetwork::from).map_err(|_| invalid("not an IPv4 or IPv6 address".into())),
         Some((addr, len)) => {
-            let addr: IpAddr =
-                addr.parse().map_err(|_| invalid(format!("`{addr}` is not an IP address")))?;
-            let len: u8 = len
-                .parse()
-                .map_err(|_| invalid(format!("`{len}` is not a prefix length")))?;
+            let addr: IpAddr = addr.parse().map_err(|_| invalid(format!("`{addr}` is not an IP address")))?;
+            let len: u8 = len.parse().map_err(|_| invalid(format!("`{len}` is not a prefix length")))?;
             let max = if addr.is_ipv4() { 32 } else { 128 };
             IpNetwork::new(addr, len).map_err(|_| invalid(format!("prefix length {len} is longer than {max}")))
         }
@@ -206,7 +200,10 @@ mod tests {
     fn ipv4_mapped_prefixes_are_stored_as_ipv4() {
         let n = |s: &str| normalize(s.parse().unwrap());
         let host = n("::ffff:192.0.2.5");
-        assert_eq!((host.network.to_string(), host.ipv4_mapped, host.host_bits_cleared), ("192.0.2.5/32".into(), true, false));
+        assert_eq!(
+            (host.network.to_string(), host.ipv4_mapped, host.host_bits_cleared),
+            ("192.0.2.5/32".into(), true, false)
+        );
         let v = n("::ffff:192.0.2.0/120");
         assert_eq!((v.network.to_string(), v.ipv4_mapped, v.host_bits_cleared), ("192.0.2.0/24".into(), true, false));
         // Host bits are judged on the IPv4 prefix.
@@ -276,7 +273,9 @@ mod tests {
         assert_eq!(parse_prefix("192.0.2.1").unwrap().to_string(), "192.0.2.1/32");
         assert_eq!(parse_prefix(" 2001:db8::1 ").unwrap().to_string(), "2001:db8::1/128");
         assert_eq!(parse_prefix("198.51.100.0/24").unwrap().prefix(), 24);
-        for bad in ["", "192.0.2.0/33", "2001:db8::/129", "192.0.2", "x/24", "192.0.2.0/", "192.0.2.0/-1", "1.2.3.4/24/1"] {
+        for bad in
+            ["", "192.0.2.0/33", "2001:db8::/129", "192.0.2", "x/24", "192.0.2.0/", "192.0.2.0/-1", "1.2.3.4/24/1"]
+        {
             let err = parse_prefix(bad).unwrap_err();
             assert!(matches!(err, ListError::InvalidPrefix { .. }), "{bad}: {err}");
         }

@@ -66,10 +66,9 @@ impl Cell {
     pub(crate) fn verdict_of(&self, host: u8) -> u8 {
         match self {
             Cell::Uniform(v) => *v,
-            Cell::Mixed { default, exceptions } => exceptions
-                .iter()
-                .find(|(h, _)| *h == host)
-                .map_or(*default, |(_, v)| *v),
+            Cell::Mixed { default, exceptions } => {
+                exceptions.iter().find(|(h, _)| *h == host).map_or(*default, |(_, v)| *v)
+            }
         }
     }
 }
@@ -198,9 +197,7 @@ impl V4Rules {
     /// Whether a rule of the list `bit` with length ≤ 24 covers the /24.
     fn covers24(&self, idx24: u32, bit: u8) -> bool {
         let addr = idx24 << 8;
-        self.short_lens[list_index(bit)]
-            .iter()
-            .any(|&len| self.lists(addr & mask(len), len) & bit != 0)
+        self.short_lens[list_index(bit)].iter().any(|&len| self.lists(addr & mask(len), len) & bit != 0)
     }
 
     /// The verdict of a whole /24 from rules of length ≤ 24 alone.
@@ -255,10 +252,7 @@ impl V4Rules {
 
     /// The most specific entry of list `bit` covering `addr`.
     pub(crate) fn matching(&self, addr: u32, bit: u8) -> Option<(u32, u8)> {
-        (0..=32u8)
-            .rev()
-            .map(|len| (addr & mask(len), len))
-            .find(|&(n, l)| self.lists(n, l) & bit != 0)
+        (0..=32u8).rev().map(|len| (addr & mask(len), len)).find(|&(n, l)| self.lists(n, l) & bit != 0)
     }
 
     /// The verdict for `addr`, straight from the rules (the reference the

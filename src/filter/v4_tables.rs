@@ -220,12 +220,7 @@ mod tests {
     fn check_all(rules: &V4Rules, t: &V4Tables, seed: u32, addrs: &[u32]) {
         let words = |i: usize| t.words[i];
         for &a in addrs {
-            assert_eq!(
-                lookup(&words, &t.buckets, seed, a),
-                rules.verdict(a),
-                "addr {}",
-                std::net::Ipv4Addr::from(a)
-            );
+            assert_eq!(lookup(&words, &t.buckets, seed, a), rules.verdict(a), "addr {}", std::net::Ipv4Addr::from(a));
         }
     }
 
@@ -245,9 +240,9 @@ mod tests {
         assert_eq!(r.verdict(ip("198.51.101.1")), BLOCK);
         assert_eq!(r.verdict(ip("203.0.113.9")), BLOCK);
         assert_eq!(r.verdict(ip("203.0.113.10")), PASS);
-        let addrs: Vec<u32> = (0..=255).flat_map(|h| {
-            [ip("192.0.2.0") + h, ip("198.51.100.0") + h, ip("198.51.101.0") + h, ip("203.0.113.0") + h]
-        }).collect();
+        let addrs: Vec<u32> = (0..=255)
+            .flat_map(|h| [ip("192.0.2.0") + h, ip("198.51.100.0") + h, ip("198.51.101.0") + h, ip("203.0.113.0") + h])
+            .collect();
         check_all(&r, &t, 7, &addrs);
         // Removing the /25 leaves the /24 blocking the same hosts.
         r.remove(ip("192.0.2.128"), 25, LIST_BLOCK);
@@ -313,7 +308,8 @@ mod tests {
                 transition(&mut live.words, &mut live.buckets, seed, c, &o, &n).unwrap();
             }
             if step % 100 == 0 {
-                let probe: Vec<u32> = (0..2000).map(|_| base.wrapping_sub(2048) + rng.random_range(0..8192u32)).collect();
+                let probe: Vec<u32> =
+                    (0..2000).map(|_| base.wrapping_sub(2048) + rng.random_range(0..8192u32)).collect();
                 check_all(&r, &live, seed, &probe);
                 let fresh = r.build(256, seed).unwrap();
                 check_all(&r, &fresh, seed, &probe);

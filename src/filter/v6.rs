@@ -149,9 +149,7 @@ impl V6Rules {
 
     /// Whether an allowlist entry of length ≤ `len` covers `net/len`.
     fn allow_covers(&self, net: u128, len: u8) -> bool {
-        (0..=len).any(|l| {
-            self.allow_len_counts[usize::from(l)] > 0 && self.lists(net & mask(l), l) & LIST_ALLOW != 0
-        })
+        (0..=len).any(|l| self.allow_len_counts[usize::from(l)] > 0 && self.lists(net & mask(l), l) & LIST_ALLOW != 0)
     }
 
     /// The verdict stored for an entry, or `None` when it is not an entry.
@@ -166,18 +164,12 @@ impl V6Rules {
 
     /// Entries strictly inside `net/len` (longer prefixes within it).
     pub(crate) fn inside(&self, net: u128, len: u8) -> impl Iterator<Item = (u128, u8)> + '_ {
-        self.ordered
-            .range((net, 0)..=(last_addr(net, len), 128))
-            .copied()
-            .filter(move |&(_, l)| l > len)
+        self.ordered.range((net, 0)..=(last_addr(net, len), 128)).copied().filter(move |&(_, l)| l > len)
     }
 
     /// All entries with their effective verdicts.
     pub(crate) fn entries(&self) -> Vec<(u128, u8, u8)> {
-        self.rules
-            .iter()
-            .map(|(n, l, _)| (n, l, self.effective(n, l).expect("is an entry")))
-            .collect()
+        self.rules.iter().map(|(n, l, _)| (n, l, self.effective(n, l).expect("is an entry"))).collect()
     }
 
     /// The most specific entry of list `bit` covering `addr`.
@@ -197,18 +189,16 @@ impl V6Rules {
     /// What the data plane computes: the first hit, longest length first.
     #[cfg(test)]
     pub(crate) fn dataplane_verdict(table: &HashMap<(u128, u8), u8>, lens: &[u8], addr: u128) -> u8 {
-        lens.iter()
-            .find_map(|&l| table.get(&(addr & mask(l), l)).copied())
-            .unwrap_or(crate::filter::layout::PASS)
+        lens.iter().find_map(|&l| table.get(&(addr & mask(l), l)).copied()).unwrap_or(crate::filter::layout::PASS)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::filter::layout::{LIST_BLOCK, PASS};
     use crate::core::hash::mix32;
     use crate::core::table::{self, TableError};
+    use crate::filter::layout::{LIST_BLOCK, PASS};
     use rand::rngs::StdRng;
     use rand::{RngExt, SeedableRng};
 
@@ -257,7 +247,8 @@ mod tests {
                 let table: HashMap<_, _> = r.entries().into_iter().map(|(n, l, v)| ((n, l), v)).collect();
                 let lens = r.lens_desc();
                 for _ in 0..500 {
-                    let a = base | (u128::from(rng.random_range(0..17u8)) << 88) | u128::from(rng.random::<u8>() & 0x1F);
+                    let a =
+                        base | (u128::from(rng.random_range(0..17u8)) << 88) | u128::from(rng.random::<u8>() & 0x1F);
                     assert_eq!(V6Rules::dataplane_verdict(&table, &lens, a), r.verdict(a));
                 }
             }
@@ -274,7 +265,8 @@ mod tests {
         const SLOTS: usize = XDPG_V6_BUCKET_SLOTS as usize;
         // Room beyond the longest chain, so the chain never wraps onto itself.
         let mut t = vec![xdpg_v6_bucket::default(); 4 * PROBES];
-        let same_home: Vec<u32> = (0u32..).filter(|&h| mix32(h) as usize & (4 * PROBES - 1) == 5).take(SLOTS * PROBES + 1).collect();
+        let same_home: Vec<u32> =
+            (0u32..).filter(|&h| mix32(h) as usize & (4 * PROBES - 1) == 5).take(SLOTS * PROBES + 1).collect();
         for (i, &h) in same_home[..SLOTS * PROBES].iter().enumerate() {
             table::set(&mut t, h, &key(i as u32, 48), 1).unwrap();
         }

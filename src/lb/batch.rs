@@ -261,8 +261,7 @@ impl LoadBalancer {
             // stopped, so a freed slot is not reused at once (its stale
             // connection entries also carry the old gen, and miss).
             let capacity = maps.backends.len() as u32;
-            let used: BTreeSet<u32> =
-                st.vips.values().flat_map(|s| s.backends.values().map(|slot| slot.id)).collect();
+            let used: BTreeSet<u32> = st.vips.values().flat_map(|s| s.backends.values().map(|slot| slot.id)).collect();
             let needed = desired.values().filter(|(id, _)| id.is_none()).count();
             let mut fresh = Vec::with_capacity(needed);
             let start = maps.next_backend().load(Ordering::Acquire) % capacity;

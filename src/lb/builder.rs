@@ -8,8 +8,10 @@ use ipnetwork::IpNetwork;
 use super::layout::lb_skel::LbSkelBuilder;
 use super::layout::xdpg_lb_config;
 use super::maps::{ns_per_jiffy, to_jiffies, Capacity, LbMaps};
-use super::{neigh, LoadBalancer, DEFAULT_CONNECTIONS, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_VIPS, DEFAULT_NEXT_HOP_CACHE,
-    DEFAULT_UDP_TIMEOUT};
+use super::{
+    neigh, LoadBalancer, DEFAULT_CONNECTIONS, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_VIPS, DEFAULT_NEXT_HOP_CACHE,
+    DEFAULT_UDP_TIMEOUT,
+};
 use super::{EchoPolicy, FragmentPolicy, NewFlowLimit, OptionsPolicy};
 use crate::core::attach::Interface;
 use crate::core::layout::consts::XDPG_LB_DEFAULT_DEVICES;

@@ -72,9 +72,7 @@ impl LoadBalancer {
             Some(_) => Ok(()),
             // Port 0 is how a caller says "any port" by mistake: the kernel
             // hashes the port each packet carries.
-            None if flow.dst.port() == 0 => {
-                Err(LbError::DestinationPortRequired { flow: flow.to_string(), vip: *vip })
-            }
+            None if flow.dst.port() == 0 => Err(LbError::DestinationPortRequired { flow: flow.to_string(), vip: *vip }),
             None if st.vips.contains_key(&Vip { port: Some(flow.dst.port()), ..*vip }) => Err(mismatch(
                 "a VIP for its destination port takes it, before the all-ports VIP; ask about that VIP \
                  (LoadBalancer::vip_for finds it)",
@@ -185,8 +183,7 @@ impl LoadBalancer {
         let Some(ids) = self.maps().read_table(index)? else {
             return Ok(None);
         };
-        let by_id: std::collections::HashMap<u32, BackendAddr> =
-            backends.iter().map(|(a, s)| (s.id, *a)).collect();
+        let by_id: std::collections::HashMap<u32, BackendAddr> = backends.iter().map(|(a, s)| (s.id, *a)).collect();
         ids.into_iter()
             .map(|id| {
                 by_id.get(&id).copied().ok_or_else(|| LbError::Map {

@@ -51,9 +51,7 @@ pub(crate) struct FlowKey {
 /// `xdpg_lb_flow_hash`.
 pub(crate) fn flow_hash(flow: &FlowKey, seed: u32, src_only: bool) -> u32 {
     let s = addr_words(flow.src);
-    let mut h = (lane(s[0], s[1]) ^ u64::from(seed))
-        .wrapping_mul(K1)
-        .wrapping_add(lane(s[2], s[3]).wrapping_mul(K2));
+    let mut h = (lane(s[0], s[1]) ^ u64::from(seed)).wrapping_mul(K1).wrapping_add(lane(s[2], s[3]).wrapping_mul(K2));
     if !src_only {
         let d = addr_words(flow.dst);
         let ports = u32::from(port_word(flow.sport)) | (u32::from(port_word(flow.dport)) << 16);

@@ -206,7 +206,10 @@ mod tests {
             let expected = f64::from(size) * f64::from(*w) / f64::from(total);
             let got = s[&(i as u32)] as f64;
             // 1% of the expected share, or one slot for tiny shares.
-            assert!((got - expected).abs() <= (expected * 0.01).max(1.0), "weight {w}: {got} slots, expected {expected:.1}");
+            assert!(
+                (got - expected).abs() <= (expected * 0.01).max(1.0),
+                "weight {w}: {got} slots, expected {expected:.1}"
+            );
         }
     }
 
@@ -243,8 +246,7 @@ mod tests {
                 let rest: Vec<Entry> = all.iter().copied().filter(|e| e.id != victim).collect();
                 let after = build(size, &rest).unwrap();
                 let own = before.iter().filter(|&&id| id == victim).count();
-                let moved_others =
-                    before.iter().zip(&after).filter(|(b, a)| **b != victim && b != a).count();
+                let moved_others = before.iter().zip(&after).filter(|(b, a)| **b != victim && b != a).count();
                 let frac = moved_others as f64 / f64::from(size);
                 let own_frac = own as f64 / f64::from(size);
                 assert!(

@@ -8,9 +8,8 @@ use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use super::layout::{
-    xdpg_counter, xdpg_lb_addr_key, xdpg_lb_backend, xdpg_lb_backend_stats, xdpg_lb_config, xdpg_lb_conn,
-    xdpg_lb_flow, xdpg_lb_flow4, xdpg_lb_nat_rev, xdpg_lb_nbr_key, xdpg_lb_vip, xdpg_lb_vip_key, xdpg_lb_vip_key4,
-    xdpg_lb_vip_stats,
+    xdpg_counter, xdpg_lb_addr_key, xdpg_lb_backend, xdpg_lb_backend_stats, xdpg_lb_config, xdpg_lb_conn, xdpg_lb_flow,
+    xdpg_lb_flow4, xdpg_lb_nat_rev, xdpg_lb_nbr_key, xdpg_lb_vip, xdpg_lb_vip_key, xdpg_lb_vip_key4, xdpg_lb_vip_stats,
 };
 use super::neigh::{HopKey, NsId};
 use crate::core::layout::consts::*;

@@ -46,8 +46,8 @@ pub use batch::BackendBatch;
 pub use builder::LoadBalancerBuilder;
 pub use decap::{Decap, DecapBuilder, DecapStats};
 pub use neigh::NEIGH_PROTOCOL;
-pub use stats::{BackendStats, LbDrops, LbStats, VipStats};
 pub use policies::{EchoPolicy, FragmentPolicy, NewFlowLimit, OptionsPolicy};
+pub use stats::{BackendStats, LbDrops, LbStats, VipStats};
 pub use types::{
     Backend, BackendAddr, BackendState, Flow, ForwardingMode, HashInput, NeighbourState, NextHop, Protocol, Vip,
     VipConfig, DEFAULT_TABLE_SIZE, MAX_TABLE_SIZE, MAX_WEIGHT, MIN_TABLE_SIZE,

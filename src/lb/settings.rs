@@ -34,7 +34,9 @@ impl LoadBalancer {
                 for (i, w) in words.into_iter().enumerate() {
                     self.maps().ipip_v6_word(i).store(w, Ordering::Release);
                 }
-                self.maps().ipip_v6_word(4).store(u32::from_ne_bytes(((mask >> 32) as u32).to_be_bytes()), Ordering::Release);
+                self.maps()
+                    .ipip_v6_word(4)
+                    .store(u32::from_ne_bytes(((mask >> 32) as u32).to_be_bytes()), Ordering::Release);
                 self.maps().ipip_v6_word(5).store(u32::from_ne_bytes((mask as u32).to_be_bytes()), Ordering::Release);
             }
         }

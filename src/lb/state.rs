@@ -12,8 +12,8 @@ use super::layout::{xdpg_lb_addr_key, xdpg_lb_backend, xdpg_lb_vip, xdpg_lb_vip_
 use super::maglev;
 use super::maps::{map_err, LbMaps};
 use super::types::{BackendAddr, ForwardingMode, HashInput, Protocol, Vip, VipConfig};
-use crate::error::LbError;
 use crate::core::layout::consts::*;
+use crate::error::LbError;
 
 /// A backend's slot in `xdpg_lb_backends` and its weight.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

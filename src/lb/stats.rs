@@ -196,7 +196,15 @@ impl LbStats {
     /// Every drop, whatever the reason.
     pub fn dropped(&self) -> Counter {
         let d = &self.drops;
-        d.no_backend + d.mtu + d.fragment + d.ip_options + d.echo + d.icmp + d.unsupported + d.headroom + d.nat_untracked
+        d.no_backend
+            + d.mtu
+            + d.fragment
+            + d.ip_options
+            + d.echo
+            + d.icmp
+            + d.unsupported
+            + d.headroom
+            + d.nat_untracked
     }
 
     /// (name, counter) pairs, drops first, in a stable order, for tables and JSON.

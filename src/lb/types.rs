@@ -441,7 +441,8 @@ impl FromStr for BackendAddr {
     /// what `Display` shows. `ADDR:*` is the address alone (the client's
     /// port kept).
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (ip, port) = parse_addr_port(s, "backend", "198.51.100.11, 198.51.100.11:8080 (NAT) or [2001:db8::11]:8080")?;
+        let (ip, port) =
+            parse_addr_port(s, "backend", "198.51.100.11, 198.51.100.11:8080 (NAT) or [2001:db8::11]:8080")?;
         Ok(BackendAddr { ip, port })
     }
 }
@@ -593,7 +594,12 @@ mod tests {
         assert!(matches!(&e, ParseError::Invalid { what: "VIP address", input, .. } if input == "nowhere:80"), "{e:?}");
         let e = "203.0.113.10:80".parse::<Vip>().unwrap_err();
         assert!(e.to_string().starts_with("invalid VIP `203.0.113.10:80`: expected e.g. `tcp 203.0.113.10:80`"), "{e}");
-        for (s, port) in [("203.0.113.10:80", Some(80)), ("[2001:db8::1]:*", None), ("2001:db8::1", None), (" 203.0.113.10:* ", None)] {
+        for (s, port) in [
+            ("203.0.113.10:80", Some(80)),
+            ("[2001:db8::1]:*", None),
+            ("2001:db8::1", None),
+            (" 203.0.113.10:* ", None),
+        ] {
             let v = Vip::parse_with(s, Protocol::Udp).unwrap();
             assert_eq!((v.port, v.protocol), (port, Protocol::Udp), "{s}");
             assert_eq!(v.to_string().parse::<Vip>(), Ok(v), "{s}");
@@ -611,7 +617,10 @@ mod tests {
         }
         assert_eq!("198.51.100.11:*".parse::<BackendAddr>(), Ok(BackendAddr::new("198.51.100.11".parse().unwrap())));
         let e = "backend-1".parse::<BackendAddr>().unwrap_err().to_string();
-        assert_eq!(e, "invalid backend `backend-1`: expected e.g. 198.51.100.11, 198.51.100.11:8080 (NAT) or [2001:db8::11]:8080");
+        assert_eq!(
+            e,
+            "invalid backend `backend-1`: expected e.g. 198.51.100.11, 198.51.100.11:8080 (NAT) or [2001:db8::11]:8080"
+        );
     }
 
     #[test]

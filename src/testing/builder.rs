@@ -11,7 +11,9 @@ use etherparse::{
     TcpHeader, UdpHeader, VlanId, VlanPcp,
 };
 
-use super::frame::{Ext, Family, Frag, Frame, Icmp, Span, Vlan, VlanTag, BROADCAST_MAC, DST_MAC, ETHERTYPE_LLDP, L4, LLDP_MAC, SRC_MAC};
+use super::frame::{
+    Ext, Family, Frag, Frame, Icmp, Span, Vlan, VlanTag, BROADCAST_MAC, DST_MAC, ETHERTYPE_LLDP, L4, LLDP_MAC, SRC_MAC,
+};
 
 /// One IP header to build.
 #[derive(Debug, Clone)]
@@ -141,7 +143,8 @@ impl FrameBuilder {
     /// Called again (or after [`FrameBuilder::ipv6`]), it adds an inner
     /// header: IP in IP, outermost first.
     pub fn ipv4(self, src: Ipv4Addr, dst: Ipv4Addr) -> Self {
-        let mut h = Ipv4Header { source: src.octets(), destination: dst.octets(), time_to_live: 64, ..Default::default() };
+        let mut h =
+            Ipv4Header { source: src.octets(), destination: dst.octets(), time_to_live: 64, ..Default::default() };
         h.identification = 0;
         self.push_ip(IpLayer::V4(h))
     }
@@ -155,7 +158,8 @@ impl FrameBuilder {
     /// An IPv6 header: hop limit 64, traffic class and flow label 0, no
     /// extension headers. Called again, it adds an inner header.
     pub fn ipv6(self, src: Ipv6Addr, dst: Ipv6Addr) -> Self {
-        let header = Ipv6Header { hop_limit: 64, source: src.octets(), destination: dst.octets(), ..Default::default() };
+        let header =
+            Ipv6Header { hop_limit: 64, source: src.octets(), destination: dst.octets(), ..Default::default() };
         self.push_ip(IpLayer::V6 { header, exts: Vec::new() })
     }
 
@@ -664,7 +668,11 @@ fn ip_header(layer: &IpLayer, proto: IpNumber, body_len: usize, prefix: &str) ->
             let bytes = h.to_bytes().to_vec();
             spans.push(Span { name: format!("{prefix}ipv4"), start: 0, len: Ipv4Header::MIN_LEN });
             if !h.options.is_empty() {
-                spans.push(Span { name: format!("{prefix}ipv4-options"), start: Ipv4Header::MIN_LEN, len: h.options.len() });
+                spans.push(Span {
+                    name: format!("{prefix}ipv4-options"),
+                    start: Ipv4Header::MIN_LEN,
+                    len: h.options.len(),
+                });
             }
             (bytes, spans)
         }

@@ -63,7 +63,13 @@ fn shorten(v: &str, at: usize) -> String {
     }
     let start = at.saturating_sub(16) & !1;
     let end = (start + KEEP).min(v.len());
-    format!("{}{}{} ({} bytes)", if start > 0 { "..." } else { "" }, &v[start..end], if end < v.len() { "..." } else { "" }, v.len() / 2)
+    format!(
+        "{}{}{} ({} bytes)",
+        if start > 0 { "..." } else { "" },
+        &v[start..end],
+        if end < v.len() { "..." } else { "" },
+        v.len() / 2
+    )
 }
 
 struct Reader<'a> {
@@ -141,7 +147,11 @@ impl Reader<'_> {
         self.push(n("total-length"), at + 2, total.to_string());
         self.push(n("id"), at + 4, format!("{:#06x}", be16(f, at + 4)));
         let frag = be16(f, at + 6);
-        self.push(n("flags"), at + 6, format!("{}{}", if frag & 0x4000 != 0 { "DF" } else { "-" }, if frag & 0x2000 != 0 { "MF" } else { "-" }));
+        self.push(
+            n("flags"),
+            at + 6,
+            format!("{}{}", if frag & 0x4000 != 0 { "DF" } else { "-" }, if frag & 0x2000 != 0 { "MF" } else { "-" }),
+        );
         self.push(n("fragment-offset"), at + 6, (frag & 0x1FFF).to_string());
         self.push(n("ttl"), at + 8, f[at + 8].to_string());
         let proto = f[at + 9];
@@ -194,7 +204,13 @@ impl Reader<'_> {
         for i in 0..16 {
             match next {
                 0 | 43 | 60 | 44 => {
-                    let len = if next == 44 { 8 } else if off + 2 <= pend { (usize::from(f[off + 1]) + 1) * 8 } else { 8 };
+                    let len = if next == 44 {
+                        8
+                    } else if off + 2 <= pend {
+                        (usize::from(f[off + 1]) + 1) * 8
+                    } else {
+                        8
+                    };
                     if off + len > pend {
                         self.rest_until(&format!("{p}ext{i}-truncated"), off, pend);
                         off = pend;
@@ -336,7 +352,9 @@ impl fmt::Display for FrameDiff {
         for d in &self.fields {
             // Where the two first differ, so long values print around it.
             let at = match (&d.want, &d.got) {
-                (Some(w), Some(g)) => w.bytes().zip(g.bytes()).position(|(a, b)| a != b).unwrap_or(w.len().min(g.len())),
+                (Some(w), Some(g)) => {
+                    w.bytes().zip(g.bytes()).position(|(a, b)| a != b).unwrap_or(w.len().min(g.len()))
+                }
                 _ => 0,
             };
             let show = |v: &Option<String>| v.as_deref().map_or_else(|| "(absent)".into(), |v| shorten(v, at));
@@ -362,7 +380,11 @@ pub fn diff(want: &[u8], got: &[u8]) -> FrameDiff {
         seen.insert(fa.name.clone());
         match b.iter().find(|fb| fb.name == fa.name) {
             Some(fb) if fb.value == fa.value => {}
-            Some(fb) => out.fields.push(FieldDiff { name: fa.name.clone(), want: Some(fa.value.clone()), got: Some(fb.value.clone()) }),
+            Some(fb) => out.fields.push(FieldDiff {
+                name: fa.name.clone(),
+                want: Some(fa.value.clone()),
+                got: Some(fb.value.clone()),
+            }),
             None => out.fields.push(FieldDiff { name: fa.name.clone(), want: Some(fa.value.clone()), got: None }),
         }
     }
@@ -386,7 +408,8 @@ mod tests {
 
     #[test]
     fn every_byte_of_a_frame_is_in_some_field() {
-        let quoted = Frame::builder().ipv4([192, 0, 2, 1].into(), [203, 0, 113, 1].into()).tcp(1, 80).payload(&[1; 40]).build();
+        let quoted =
+            Frame::builder().ipv4([192, 0, 2, 1].into(), [203, 0, 113, 1].into()).tcp(1, 80).payload(&[1; 40]).build();
         let f = Frame::builder()
             .ipv6("2001:db8::1".parse().unwrap(), "2001:db8::2".parse().unwrap())
             .ipv4([192, 0, 2, 99].into(), [192, 0, 2, 1].into())

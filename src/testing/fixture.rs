@@ -368,14 +368,19 @@ fn run_one<T: Target + ?Sized>(target: &T, fx: &Fixture<'_>) -> (Option<TestRun>
     match fx.actions.as_slice() {
         [] => {}
         [want] if run.action != *want => problems.push(format!("action: want {want:?}, got {:?}", run.action)),
-        any if !any.contains(&run.action) => problems.push(format!("action: want one of {any:?}, got {:?}", run.action)),
+        any if !any.contains(&run.action) => {
+            problems.push(format!("action: want one of {any:?}, got {:?}", run.action))
+        }
         _ => {}
     }
     for out in &fx.outputs {
         match out {
             Output::Unchanged => {
                 if run.frame != fx.input {
-                    problems.push(format!("the frame must come back unchanged; it differs:\n{}", diff(&fx.input, &run.frame)));
+                    problems.push(format!(
+                        "the frame must come back unchanged; it differs:\n{}",
+                        diff(&fx.input, &run.frame)
+                    ));
                 }
             }
             Output::Exactly(want) => {

@@ -38,7 +38,6 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-
 use std::io::{BufRead, BufReader, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -288,7 +287,8 @@ impl LbNet {
         for key in ["all", "default", "eth0", "eth1"] {
             lb.sysctl(&format!("net.ipv4.conf.{key}.rp_filter"), "0");
         }
-        let (gw4, gw6, plen4) = if routed { (ROUTER_BACK_V4, ROUTER_BACK_V6, 25) } else { (LB_BACK_V4, LB_BACK_V6, 24) };
+        let (gw4, gw6, plen4) =
+            if routed { (ROUTER_BACK_V4, ROUTER_BACK_V6, 25) } else { (LB_BACK_V4, LB_BACK_V6, 24) };
 
         let mut backends = Vec::new();
         for i in 1..=n {

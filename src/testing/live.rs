@@ -145,7 +145,8 @@ pub fn test_run(prog: BorrowedFd<'_>, frame: &[u8], options: RunOptions) -> Resu
     let needs_ctx = options.ingress.is_some() || options.live_frames;
     let flags = if options.live_frames { libbpf_sys::BPF_F_TEST_XDP_LIVE_FRAMES } else { 0 };
     let ctx = needs_ctx.then(|| bytemuck::cast_slice_mut(&mut ctx[..]));
-    let out = crate::core::sys::prog_test_run(prog, frame, ctx, options.repeat, flags).map_err(kernel("BPF_PROG_TEST_RUN"))?;
+    let out = crate::core::sys::prog_test_run(prog, frame, ctx, options.repeat, flags)
+        .map_err(kernel("BPF_PROG_TEST_RUN"))?;
     Ok(RunOutput { retval: out.retval, duration_ns: out.duration_ns, frame: out.data_out })
 }
 
@@ -177,5 +178,9 @@ pub fn percpu_u64(map: &MapHandle, key: u32) -> Result<u64, LiveError> {
 /// # Errors
 /// When the fdinfo cannot be read.
 pub fn map_memlock(map: BorrowedFd<'_>) -> Result<u64, LiveError> {
-    crate::core::sys::map_memlock(map).map_err(|source| LiveError::Kernel { op: "reading a map's memlock", source, hint: "" })
+    crate::core::sys::map_memlock(map).map_err(|source| LiveError::Kernel {
+        op: "reading a map's memlock",
+        source,
+        hint: "",
+    })
 }

@@ -2,7 +2,10 @@
 
 use std::net::IpAddr;
 
-use etherparse::{Ethernet2Header, Icmpv4Header, Icmpv4Type, Icmpv6Header, Icmpv6Type, Ipv4Header, Ipv6Header, SingleVlanHeader, TcpHeader, UdpHeader};
+use etherparse::{
+    Ethernet2Header, Icmpv4Header, Icmpv4Type, Icmpv6Header, Icmpv6Type, Ipv4Header, Ipv6Header, SingleVlanHeader,
+    TcpHeader, UdpHeader,
+};
 
 use super::builder::{IpLayer, Net, Transport};
 use super::frame::{Frame, FrameBuilder};
@@ -244,10 +247,8 @@ mod tests {
         let icmp = f.span("icmpv4").start;
         assert_eq!(f[icmp..icmp + 2], [3, 4]);
         assert_eq!(f[icmp + 6..icmp + 8], 1280u16.to_be_bytes());
-        let f6 = Frame::builder()
-            .ipv6("2001:db8::99".parse().unwrap(), DST_V6)
-            .icmp(Icmp::TooBig { mtu: 1280 })
-            .build();
+        let f6 =
+            Frame::builder().ipv6("2001:db8::99".parse().unwrap(), DST_V6).icmp(Icmp::TooBig { mtu: 1280 }).build();
         let icmp = f6.span("icmpv6").start;
         assert_eq!(f6[icmp..icmp + 2], [2, 0]);
         assert_eq!(f6[icmp + 4..icmp + 8], [0, 0, 5, 0]);
