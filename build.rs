@@ -2,6 +2,12 @@
 //! libbpf-rs skeleton (`$OUT_DIR/<name>.skel.rs`) with libbpf-cargo; and
 //! generates, from the C sources, the Rust constants of `*consts.h`
 //! (`consts.rs`) and the names of every map and program (`names.rs`).
+//!
+//! With the `bench` feature it also compiles the benchmark-only programs of
+//! `benches/bpf/` (skeletons in the same `$OUT_DIR`, included by
+//! `benches/common/bpf.rs`). The crate's own tests, examples and benches turn
+//! that feature on through its dev-dependency on itself; a library user never
+//! compiles them, and the published crate has no `benches/`.
 
 use std::env;
 use std::ffi::OsString;
@@ -12,6 +18,7 @@ use std::process::Command;
 use libbpf_cargo::SkeletonBuilder;
 
 const BPF_DIR: &str = "src/bpf";
+const BENCH_BPF_DIR: &str = "benches/bpf";
 const MIN_CLANG_MAJOR: u32 = 14;
 
 fn main() {
@@ -20,24 +27,17 @@ fn main() {
     check_clang(&clang);
 
     println!("cargo:rerun-if-env-changed=CLANG");
-    println!("cargo:rerun-if-changed={BPF_DIR}");
-    let mut sources = Vec::new();
-    let mut files = Vec::new();
-    for entry in fs::read_dir(BPF_DIR).expect("src/bpf exists") {
-        let path = entry.expect("readable src/bpf entry").path();
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-        if name.ends_with(".bpf.c") || name.ends_with(".h") {
-            println!("cargo:rerun-if-changed={}", path.display());
-            files.push(path.clone());
-        }
-        if name.ends_with(".bpf.c") {
-            sources.push(path);
-        }
-    }
-    sources.sort();
-    files.sort();
+    let (mut sources, files) = bpf_files(BPF_DIR);
     write_consts(&out_dir);
     write_names(&out_dir, &files);
+    if env::var_os("CARGO_FEATURE_BENCH").is_some() {
+        assert!(
+            Path::new(BENCH_BPF_DIR).is_dir(),
+            "the `bench` feature compiles the benchmark programs in {BENCH_BPF_DIR}/, which only a checkout \
+             of xdpguard has (the published crate does not): build the benches from a checkout"
+        );
+        sources.extend(bpf_files(BENCH_BPF_DIR).0);
+    }
 
     let args = clang_args();
     for source in &sources {
@@ -58,6 +58,28 @@ fn main() {
             panic!("building {} failed: {err:#}", source.display());
         }
     }
+}
+
+/// The programs (`*.bpf.c`) and every C file (programs and headers) of a
+/// directory, sorted, each registered for a rebuild when it changes.
+fn bpf_files(dir: &str) -> (Vec<PathBuf>, Vec<PathBuf>) {
+    println!("cargo:rerun-if-changed={dir}");
+    let mut sources = Vec::new();
+    let mut files = Vec::new();
+    for entry in fs::read_dir(dir).unwrap_or_else(|e| panic!("reading {dir}: {e}")) {
+        let path = entry.unwrap_or_else(|e| panic!("reading {dir}: {e}")).path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        if name.ends_with(".bpf.c") || name.ends_with(".h") {
+            println!("cargo:rerun-if-changed={}", path.display());
+            files.push(path.clone());
+        }
+        if name.ends_with(".bpf.c") {
+            sources.push(path);
+        }
+    }
+    sources.sort();
+    files.sort();
+    (sources, files)
 }
 
 /// Fails the build early, with the fix, when clang is missing or too old.

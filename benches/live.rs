@@ -3,7 +3,7 @@
 //! spoofed flood, as a ratio to a bare `XDP_DROP` measured in the same run.
 //!
 //! Shape: two throwaway namespaces joined by a veth pair. In the sender, a
-//! generator program (`src/bpf/bench_gen.bpf.c`) runs under
+//! generator program (`benches/bpf/bench_gen.bpf.c`) runs under
 //! `BPF_PROG_TEST_RUN` with `BPF_F_TEST_XDP_LIVE_FRAMES`: for each frame it
 //! writes a source address taken from a shuffled table (or at random) into a
 //! template UDP frame and sends it with `XDP_TX`. The receiver runs the
