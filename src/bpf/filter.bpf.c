@@ -1,14 +1,23 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /* The xdpguard filter: allowlist, then blocklist, then pass. Whatever passes
- * is tail-called into xdpg_next[0] when a next stage is installed. */
+ * is tail-called into xdpg_next[0] when a next stage is installed.
+ *
+ * A packet's path, top to bottom of xdpg_filter (at the end of this file):
+ * parse (parsing.h), then the source's verdict: IPv4 by v4_verdict (one
+ * 4-bit cell per /24, then a mixed /24's host buckets), IPv6 by v6_verdict
+ * (the live view's prefix lengths, longest first, each behind a Bloom bit,
+ * probed by v6_probe); then count and drop or pass on. The tables' layout
+ * is in filter_structs.h and filter_consts.h, the maps in filter_maps.h,
+ * the hashes (mirrored in Rust) in hash.h. */
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
-#include "consts.h"
-#include "structs.h"
+#include "common.h"
+#include "filter_consts.h"
+#include "filter_structs.h"
+#include "filter_maps.h"
 #include "parsing.h"
 #include "hash.h"
-#include "filter_maps.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 

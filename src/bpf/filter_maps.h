@@ -6,7 +6,7 @@
 
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
-#include "structs.h"
+#include "filter_structs.h"
 
 /* Config and bookkeeping, one entry, mmapped by user space. */
 struct {

@@ -49,8 +49,7 @@
 #include <linux/if_ether.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
-#include "consts.h"
-#include "structs.h"
+#include "common.h"
 #include "parsing.h"
 #include "hash.h"
 #include "csum.h"

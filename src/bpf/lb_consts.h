@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
-/* Constants of the load balancer (xdpg_lb) and of the decapsulator
- * (xdpg_decap), shared with Rust through build.rs (crate::layout::consts).
- * Every name starts with XDPG_LB_ because consts.rs is one module for all
- * *consts.h files. Only integer literals: build.rs reads nothing else. */
+/* Constants of the load balancer (xdpg_lb), shared with Rust through
+ * build.rs (crate::core::layout::consts). Every name starts with XDPG_LB_
+ * because consts.rs is one module for all *consts.h files. Only integer
+ * literals and enums: build.rs reads nothing else. */
 #ifndef XDPG_LB_CONSTS_H
 #define XDPG_LB_CONSTS_H
 
@@ -10,10 +10,6 @@
  * and bumped whenever an LB layout changes. */
 #define XDPG_LB_MAGIC 0x58474C42u /* "XGLB" */
 #define XDPG_LB_LAYOUT_VERSION 3
-
-/* Written into xdpg_decap_cfg, likewise for the decapsulator. */
-#define XDPG_LB_DECAP_MAGIC 0x58474443u /* "XGDC" */
-#define XDPG_LB_DECAP_LAYOUT_VERSION 1
 
 /* Default capacities; user space sizes the maps before loading. */
 #define XDPG_LB_DEFAULT_MAX_VIPS 512
@@ -25,7 +21,8 @@
 #define XDPG_LB_DEFAULT_TABLE_SIZE 65537
 #define XDPG_LB_MAX_TABLE_SIZE 1048573
 
-/* Address families as stored in keys (not AF_*, so one byte suffices). */
+/* Address families as stored in keys (not AF_*, so one byte suffices);
+ * the decapsulator's keys use them too. */
 #define XDPG_LB_FAMILY_V4 4
 #define XDPG_LB_FAMILY_V6 6
 
@@ -88,13 +85,6 @@ enum xdpg_lb_counter {
 	XDPG_LB_EV_REDIRECT,		/* forwarded out of another interface */
 	XDPG_LB_EV_TOO_BIG_SENT,	/* too big: ICMP frag-needed / packet-too-big sent back */
 	XDPG_LB_COUNTER_COUNT,
-};
-
-/* The decapsulator's per-CPU counters. */
-enum xdpg_decap_counter {
-	XDPG_LB_DECAP_DONE = 0, /* outer header removed, inner packet passed */
-	XDPG_LB_DECAP_PASSED,	/* not a tunnel packet for a local endpoint: passed */
-	XDPG_LB_DECAP_COUNT,
 };
 
 #endif

@@ -7,7 +7,7 @@
 
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
-#include "structs.h"
+#include "common.h"
 #include "lb_structs.h"
 #include "lb_parsing.h"
 

@@ -174,20 +174,6 @@ struct xdpg_lb_nexthop {
 	__u32 pad2;
 };
 
-/* The decapsulator's config value (xdpg_decap_cfg): the common header
- * only, so its pins are recognised and checked like the others'. */
-struct xdpg_decap_config {
-	struct xdpg_header hdr; /* XDPG_LB_DECAP_MAGIC, XDPG_LB_DECAP_LAYOUT_VERSION */
-};
-
-/* Key of xdpg_decap_addrs: a local address the decapsulator accepts
- * tunnels for. */
-struct xdpg_decap_key {
-	__u32 addr[4];
-	__u8 family;
-	__u8 pad[3];
-};
-
 _Static_assert(sizeof(struct xdpg_lb_vip_key) == 20, "xdpg_lb_vip_key layout");
 _Static_assert(sizeof(struct xdpg_lb_vip_key4) == 8, "xdpg_lb_vip_key4 layout");
 _Static_assert(sizeof(struct xdpg_lb_flow4) == 16, "xdpg_lb_flow4 layout");
@@ -208,7 +194,5 @@ _Static_assert(__builtin_offsetof(struct xdpg_lb_config, echo_policy) == 36, "po
 _Static_assert(__builtin_offsetof(struct xdpg_lb_config, udp_timeout) == 40, "udp_timeout offset");
 _Static_assert(__builtin_offsetof(struct xdpg_lb_config, ipip_v4_src) == 64, "ipip offset");
 _Static_assert(__builtin_offsetof(struct xdpg_lb_config, netns_dev) == 120, "netns offset");
-_Static_assert(sizeof(struct xdpg_decap_config) == 24, "xdpg_decap_config layout");
-_Static_assert(sizeof(struct xdpg_decap_key) == 20, "xdpg_decap_key layout");
 
 #endif

@@ -22,7 +22,10 @@
 #include <linux/ipv6.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
-#include "consts.h"
+
+/* Parsing bounds: the verifier needs them, and real traffic never needs more. */
+#define XDPG_MAX_VLAN_TAGS 2
+#define XDPG_MAX_IPV6_EXT_HDRS 8
 
 #ifndef ETH_P_8021AD
 #define ETH_P_8021AD 0x88A8

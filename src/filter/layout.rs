@@ -1,5 +1,5 @@
 //! The filter's kernel/user shared layouts: the skeleton-generated types of
-//! `src/bpf/structs.h`, checked here at compile time against the sizes and
+//! `src/bpf/filter_structs.h`, checked here at compile time against the sizes and
 //! offsets the C side pins with `_Static_assert`.
 
 use std::mem::{offset_of, size_of};
@@ -44,7 +44,7 @@ pod!(
 config!(xdpg_filter_config, xdpg_header);
 counter!(xdpg_counter);
 
-// The same numbers as the _Static_asserts in src/bpf/structs.h and common.h.
+// The same numbers as the _Static_asserts in src/bpf/filter_structs.h and common.h.
 const _: () = {
     assert!(size_of::<xdpg_counter>() == 16);
     assert!(size_of::<xdpg_filter_config>() == 56);

@@ -1,5 +1,6 @@
 //! The load balancer's and the decapsulator's kernel/user shared layouts:
-//! the skeleton-generated types of `src/bpf/lb_structs.h`, checked at
+//! the skeleton-generated types of `src/bpf/lb_structs.h` and
+//! `src/bpf/decap_structs.h`, checked at
 //! compile time against the sizes and offsets the C side pins with
 //! `_Static_assert`.
 
@@ -70,7 +71,7 @@ summable!(
     xdpg_lb_backend_stats { packets, bytes, no_neigh_packets, no_neigh_bytes },
 );
 
-// The same numbers as the _Static_asserts in src/bpf/lb_structs.h.
+// The same numbers as the _Static_asserts in src/bpf/lb_structs.h and decap_structs.h.
 const _: () = {
     assert!(size_of::<xdpg_lb_vip_key>() == 20);
     assert!(offset_of!(xdpg_lb_vip_key, port) == 16);

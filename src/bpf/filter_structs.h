@@ -2,12 +2,12 @@
 /* Every struct the filter shares with user space, defined once.
  * src/filter/layout.rs asserts the same sizes and offsets on the Rust side;
  * the _Static_asserts here pin them on the C side. */
-#ifndef XDPG_STRUCTS_H
-#define XDPG_STRUCTS_H
+#ifndef XDPG_FILTER_STRUCTS_H
+#define XDPG_FILTER_STRUCTS_H
 
 #include <linux/types.h>
 #include "common.h"
-#include "consts.h"
+#include "filter_consts.h"
 
 /* The filter's single config entry, mmapped by user space; each field is
  * read on its own and written with one atomic store. */

@@ -1,17 +1,14 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
-/* Constants shared by the eBPF programs and (through the skeletons and the
- * layout checks in src/filter/layout.rs) by the Rust side. */
-#ifndef XDPG_CONSTS_H
-#define XDPG_CONSTS_H
+/* The filter's constants (xdpg_filter), shared with Rust through build.rs
+ * (crate::core::layout::consts; src/filter/layout.rs uses them). Only
+ * integer literals and enums: build.rs reads nothing else. */
+#ifndef XDPG_FILTER_CONSTS_H
+#define XDPG_FILTER_CONSTS_H
 
 /* Written into the config map so a pin directory can be recognised as ours,
  * and bumped whenever a shared layout changes. */
 #define XDPG_MAGIC 0x58445047u /* "XDPG" */
 #define XDPG_LAYOUT_VERSION 2
-
-/* Parsing bounds: the verifier needs them, and real traffic never needs more. */
-#define XDPG_MAX_VLAN_TAGS 2
-#define XDPG_MAX_IPV6_EXT_HDRS 8
 
 /* Verdict codes stored in the v4 per-/24 array, the v4 host buckets and the
  * v6 buckets. Allow wins over block whatever the prefix lengths. */
