@@ -170,7 +170,7 @@ struct {
 } xdpg_lb_scratch SEC(".maps");
 
 /* A VIP lookup's answer, cached per CPU and valid for one config
- * generation (see vip_lookup in lb.bpf.c). Not shared with user space. */
+ * generation (see vip_lookup in lb_select.h). Not shared with user space. */
 struct xdpg_lb_vip_cache {
 	__u64 generation; /* cfg->hdr.generation + 1 when filled (0: empty) */
 	__u64 key[3];	  /* the lookup key's words (IPv4: key[0] only) */
