@@ -287,6 +287,105 @@ fn decap_strips_what_the_lb_adds() {
     });
 }
 
+/// Decap strips an outer header only when the outer packet holds a whole
+/// inner one: the inner header within the outer payload, and the inner
+/// packet's own length too. Otherwise the frame passes untouched (counted
+/// as passed) and the stack judges it as any tunnel packet. Reported by a
+/// fuzzer: the outer length was not checked, so bytes after the outer
+/// packet (Ethernet padding, or anything a sender appends) reached the
+/// stack as part of the inner packet. An inner packet shorter than the
+/// outer payload is whole (the stack trims the rest, as its tunnel drivers
+/// do), and bytes after the outer packet stay after the inner one.
+#[test]
+fn decap_strips_only_whole_inner_packets() {
+    let (local4, local6) = (backend_v4(1), backend_v6(1));
+    let decap = Decap::builder().local(IpAddr::V4(local4)).local(IpAddr::V6(local6)).load().unwrap();
+    let mut t = FixtureTable::new(&decap, "decap: outer and inner lengths");
+    let macs = (CLIENT_MAC, backend_mac(1));
+    let client4 = Pkt::new(client(1), sa(VIP_V4, 80), Protocol::Tcp, false).frame(macs.0, macs.1);
+    let client6 = Pkt::new(client6(1), sa(VIP_V6, 80), Protocol::Tcp, false).frame(macs.0, macs.1);
+    let src4 = IpAddr::V4(LB_BACK_V4);
+    let src6 = IpAddr::V6(LB_BACK_V6);
+    let (to4, to6) = (IpAddr::V4(local4), IpAddr::V6(local6));
+    // An outer header from src to dst around `ip_payload` (its first nibble
+    // picks protocol 4 or 41), then `trailer`.
+    let tunnel = |src: IpAddr, dst: IpAddr, ip_payload: &[u8], trailer: &[u8]| {
+        Frame::builder().macs(macs.0, macs.1).ip(src, dst).ttl(64).ip_payload(ip_payload).trailer(trailer).build()
+    };
+    // What a decapsulated tunnel becomes: its MACs, the client's frame from
+    // its EtherType on, then `after`.
+    let stripped = |tunnel: &[u8], client: &Frame, after: &[u8]| [&tunnel[..12], &client[12..], after].concat();
+
+    let mut whole = 0;
+    for (name, src, dst, client) in
+        [("4in4", src4, to4, &client4), ("6in6", src6, to6, &client6), ("4in6", src6, to6, &client4)]
+    {
+        let inner = client.ip_packet();
+        let f = tunnel(src, dst, inner, &[]);
+        t.run(Fixture::new(format!("{name}: whole"), &f).action(XdpAction::Pass).output(stripped(&f, client, &[])).counts(&["decapsulated"]));
+        let f = tunnel(src, dst, inner, &[0xAA; 6]);
+        t.run(
+            Fixture::new(format!("{name}: 6 bytes after the outer packet stay after the inner one"), &f)
+                .action(XdpAction::Pass)
+                .output(stripped(&f, client, &[0xAA; 6]))
+                .counts(&["decapsulated"]),
+        );
+        let f = tunnel(src, dst, &[inner, &[0xBB; 4]].concat(), &[]);
+        t.run(
+            Fixture::new(format!("{name}: 4 bytes after the inner packet inside the outer one"), &f)
+                .action(XdpAction::Pass)
+                .output(stripped(&f, client, &[0xBB; 4]))
+                .counts(&["decapsulated"]),
+        );
+        whole += 3;
+    }
+
+    let untouched = |t: &mut FixtureTable<'_, Decap>, what: String, frame: &[u8]| {
+        t.run(Fixture::new(what, frame).action(XdpAction::Pass).unchanged().counts(&["passed"]));
+    };
+    let inner4 = client4.ip_packet();
+    let inner6 = client6.ip_packet();
+    let len4 = inner4.len() as u16;
+    let len6 = inner6.len() as u16;
+    // IPv4 outer: its total length against the inner packet and the frame.
+    let f = tunnel(src4, to4, inner4, &[]);
+    untouched(&mut t, "4in4: outer total length 1 byte short of the inner packet".into(), &f.with_ipv4_total_len(20 + len4 - 1));
+    let f = tunnel(src4, to4, inner4, &[]);
+    untouched(&mut t, "4in4: outer total length 20, the inner packet after the outer one".into(), &f.with_ipv4_total_len(20));
+    untouched(&mut t, "4in4: outer total length past the frame".into(), &f.with_ipv4_total_len(20 + len4 + 1));
+    untouched(&mut t, "4in4: outer total length below its header".into(), &f.with_ipv4_total_len(19));
+    // The inner packet against the outer payload.
+    let long4 = client4.with_ipv4_total_len(len4 + 1);
+    untouched(&mut t, "4in4: inner total length 1 byte past the outer payload".into(), &tunnel(src4, to4, &long4[14..], &[]));
+    let short4 = client4.with_ipv4_total_len(19);
+    untouched(&mut t, "4in4: inner total length below its header".into(), &tunnel(src4, to4, &short4[14..], &[]));
+    untouched(&mut t, "4in4: an outer payload of 19 bytes (no whole IPv4 header)".into(), &tunnel(src4, to4, &inner4[..19], &[]));
+    let v6_in_4 = Frame::builder().macs(macs.0, macs.1).ip(src4, to4).ttl(64).protocol(4).payload(inner6).build();
+    untouched(&mut t, "4in4: protocol 4 carrying an IPv6 packet".into(), &v6_in_4);
+    // IPv6 outer: its payload length against the inner packet and the frame.
+    for (name, client, inner, len) in [("6in6", &client6, inner6, len6), ("4in6", &client4, inner4, len4)] {
+        let f = tunnel(src6, to6, inner, &[]);
+        untouched(&mut t, format!("{name}: outer payload length 1 byte short of the inner packet"), &f.with_ipv6_payload_len(len - 1));
+        untouched(&mut t, format!("{name}: outer payload length 0, the inner packet after the outer one"), &f.with_ipv6_payload_len(0));
+        untouched(&mut t, format!("{name}: outer payload length past the frame"), &f.with_ipv6_payload_len(len + 1));
+        let long = if client.family() == Some(xdpguard::testing::frame::Family::V4) {
+            client.with_ipv4_total_len(len + 1)
+        } else {
+            client.with_ipv6_payload_len(len - 40 + 1)
+        };
+        untouched(&mut t, format!("{name}: inner length 1 byte past the outer payload"), &tunnel(src6, to6, &long[14..], &[]));
+    }
+    untouched(&mut t, "6in6: an outer payload of 39 bytes (no whole IPv6 header)".into(), &tunnel(src6, to6, &inner6[..39], &[]));
+    let v4_in_6 = Frame::builder().macs(macs.0, macs.1).ip(src6, to6).ttl(64).protocol(41).payload(inner4).build();
+    untouched(&mut t, "6in6: next header 41 carrying an IPv4 packet".into(), &v4_in_6);
+    let passed = t.report().rows as u64 - whole;
+    t.finish();
+
+    let s = decap.stats().unwrap();
+    assert_eq!((s.decapsulated.packets, s.passed.packets), (whole, passed));
+    assert_eq!(passed, 18);
+}
+
 /// Ethernet pads frames to 60 bytes: a 40-byte IPv4 TCP ACK arrives with 6
 /// bytes after its IP packet. It is forwarded, rewritten or answered as
 /// any packet, and the padding goes along untouched after it (receivers

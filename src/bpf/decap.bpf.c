@@ -2,8 +2,10 @@
 /* xdpg_decap: the backend side of the LB's IPIP mode, for hosts without
  * ipip/ip6_tunnel modules. IPv4-in-IPv4, IPv6-in-IPv6 and IPv4-in-IPv6
  * packets whose outer destination is one of the local addresses in
- * xdpg_decap_addr lose their outer header and go to the stack as the inner
- * packet. Everything else passes untouched. */
+ * xdpg_decap_addr, and whose outer packet holds a whole inner one
+ * (inner_fits), lose their outer header and go to the stack as the inner
+ * packet. Everything else passes untouched. Its constants, structs and
+ * maps are decap_consts.h, decap_structs.h and decap_maps.h. */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
 #include <linux/in.h>
@@ -27,6 +29,38 @@ static __always_inline int counted(__u32 idx, __u64 bytes)
 		c->bytes += bytes;
 	}
 	return XDP_PASS;
+}
+
+/* Whether the outer packet holds a whole inner one: the inner header
+ * (l3_off from data, of the family the outer header names) within the
+ * outer payload (payload bytes), and the inner packet's own length (IPv4
+ * total length, IPv6 40 + payload length) too. The outer length must lie
+ * within the frame (checked by the caller). Otherwise bytes the outer
+ * packet does not carry, such as Ethernet padding or whatever a sender put
+ * after it, would be delivered as part of the inner packet: such a packet
+ * passes untouched, and the stack judges it as it would any tunnel packet.
+ * An inner packet shorter than the outer payload is whole: the stack trims
+ * the rest, as its tunnel drivers do. */
+static __always_inline int inner_fits(void *data, void *data_end, __u32 l3_off, __u32 payload, __u16 inner_proto)
+{
+	/* At most 14 + 60 (an IPv4 header with options); a bound for the verifier. */
+	if (l3_off > 128)
+		return 0;
+	if (inner_proto == ETH_P_IP) {
+		struct iphdr *in = data + l3_off;
+		if ((void *)(in + 1) > data_end || payload < sizeof(*in))
+			return 0;
+		if (in->version != 4 || in->ihl < 5)
+			return 0;
+		__u32 len = bpf_ntohs(in->tot_len);
+		return len >= in->ihl * 4 && len <= payload;
+	}
+	struct ipv6hdr *in6 = data + l3_off;
+	if ((void *)(in6 + 1) > data_end || payload < sizeof(*in6))
+		return 0;
+	if (in6->version != 6)
+		return 0;
+	return sizeof(*in6) + bpf_ntohs(in6->payload_len) <= payload;
 }
 
 /* Drops the outer_len bytes after the Ethernet header. */
@@ -72,11 +106,16 @@ int xdpg_decap(struct xdp_md *ctx)
 		/* A fragmented tunnel packet is left to the stack. */
 		if (iph->frag_off & bpf_htons(0x3FFF))
 			return counted(XDPG_LB_DECAP_PASSED, bytes);
+		__u32 hdr = iph->ihl * 4;
+		__u32 tot = bpf_ntohs(iph->tot_len);
+		if (tot < hdr || (void *)iph + tot > data_end ||
+		    !inner_fits(data, data_end, sizeof(*eth) + hdr, tot - hdr, ETH_P_IP))
+			return counted(XDPG_LB_DECAP_PASSED, bytes);
 		key.addr[0] = iph->daddr;
 		key.family = XDPG_LB_FAMILY_V4;
 		if (!bpf_map_lookup_elem(&xdpg_decap_addr, &key))
 			return counted(XDPG_LB_DECAP_PASSED, bytes);
-		return strip(ctx, iph->ihl * 4, ETH_P_IP, bytes);
+		return strip(ctx, hdr, ETH_P_IP, bytes);
 	}
 	if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
 		struct ipv6hdr *ip6h = (void *)(eth + 1);
@@ -84,11 +123,17 @@ int xdpg_decap(struct xdp_md *ctx)
 			return XDP_PASS;
 		if (ip6h->version != 6 || (ip6h->nexthdr != IPPROTO_IPIP && ip6h->nexthdr != IPPROTO_IPV6))
 			return counted(XDPG_LB_DECAP_PASSED, bytes);
+		__u16 inner_proto = ip6h->nexthdr == IPPROTO_IPIP ? ETH_P_IP : ETH_P_IPV6;
+		/* Payload length 0 (a jumbogram's, or none) holds no inner packet. */
+		__u32 payload = bpf_ntohs(ip6h->payload_len);
+		if ((void *)(ip6h + 1) + payload > data_end ||
+		    !inner_fits(data, data_end, sizeof(*eth) + sizeof(*ip6h), payload, inner_proto))
+			return counted(XDPG_LB_DECAP_PASSED, bytes);
 		__builtin_memcpy(key.addr, &ip6h->daddr, 16);
 		key.family = XDPG_LB_FAMILY_V6;
 		if (!bpf_map_lookup_elem(&xdpg_decap_addr, &key))
 			return counted(XDPG_LB_DECAP_PASSED, bytes);
-		return strip(ctx, sizeof(*ip6h), ip6h->nexthdr == IPPROTO_IPIP ? ETH_P_IP : ETH_P_IPV6, bytes);
+		return strip(ctx, sizeof(*ip6h), inner_proto, bytes);
 	}
 	return XDP_PASS;
 }

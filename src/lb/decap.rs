@@ -54,7 +54,9 @@ impl ProgramKind for DecapKind {
 /// An XDP decapsulator: IPv4-in-IPv4, IPv6-in-IPv6 and IPv4-in-IPv6
 /// packets addressed to one of its local addresses lose their outer header
 /// and reach the stack as the inner packet (whose destination, the VIP, the
-/// host holds on a loopback interface). Everything else passes untouched.
+/// host holds on a loopback interface), when the outer packet holds a whole
+/// inner one (its header, and its own length, within the outer payload).
+/// Everything else passes untouched.
 /// Dropping an unpinned one detaches it; a pinned one (see
 /// [`DecapBuilder::pin`]) keeps running after its process exits, so a
 /// backend needs no resident agent.
