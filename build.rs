@@ -48,12 +48,8 @@ fn main() {
             .expect("source names end in .bpf.c");
         let skel = out_dir.join(format!("{stem}.skel.rs"));
         let obj = out_dir.join(format!("{stem}.bpf.o"));
-        if let Err(err) = SkeletonBuilder::new()
-            .source(source)
-            .obj(&obj)
-            .clang(&clang)
-            .clang_args(&args)
-            .build_and_generate(&skel)
+        if let Err(err) =
+            SkeletonBuilder::new().source(source).obj(&obj).clang(&clang).clang_args(&args).build_and_generate(&skel)
         {
             panic!("building {} failed: {err:#}", source.display());
         }
@@ -92,11 +88,8 @@ fn check_clang(clang: &OsString) {
         _ => panic!("clang not found ({}). {help}", clang.to_string_lossy()),
     };
     let text = String::from_utf8_lossy(&output.stdout);
-    let major = text
-        .split("version ")
-        .nth(1)
-        .and_then(|v| v.split('.').next())
-        .and_then(|v| v.trim().parse::<u32>().ok());
+    let major =
+        text.split("version ").nth(1).and_then(|v| v.split('.').next()).and_then(|v| v.trim().parse::<u32>().ok());
     match major {
         Some(m) if m >= MIN_CLANG_MAJOR => {}
         Some(m) => panic!("clang {m} is too old. {help}"),
@@ -166,10 +159,9 @@ fn write_consts(out_dir: &Path) {
                     continue;
                 }
                 let (name, value) = match item.split_once('=') {
-                    Some((n, v)) => (
-                        n.trim(),
-                        parse_c_integer(v.trim()).expect("enum values in consts headers are literals"),
-                    ),
+                    Some((n, v)) => {
+                        (n.trim(), parse_c_integer(v.trim()).expect("enum values in consts headers are literals"))
+                    }
                     None => (item, next_value),
                 };
                 rust.push_str(&format!("pub const {name}: u32 = {value};\n"));

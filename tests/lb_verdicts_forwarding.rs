@@ -322,7 +322,12 @@ fn decap_strips_only_whole_inner_packets() {
     {
         let inner = client.ip_packet();
         let f = tunnel(src, dst, inner, &[]);
-        t.run(Fixture::new(format!("{name}: whole"), &f).action(XdpAction::Pass).output(stripped(&f, client, &[])).counts(&["decapsulated"]));
+        t.run(
+            Fixture::new(format!("{name}: whole"), &f)
+                .action(XdpAction::Pass)
+                .output(stripped(&f, client, &[]))
+                .counts(&["decapsulated"]),
+        );
         let f = tunnel(src, dst, inner, &[0xAA; 6]);
         t.run(
             Fixture::new(format!("{name}: 6 bytes after the outer packet stay after the inner one"), &f)
@@ -349,33 +354,65 @@ fn decap_strips_only_whole_inner_packets() {
     let len6 = inner6.len() as u16;
     // IPv4 outer: its total length against the inner packet and the frame.
     let f = tunnel(src4, to4, inner4, &[]);
-    untouched(&mut t, "4in4: outer total length 1 byte short of the inner packet".into(), &f.with_ipv4_total_len(20 + len4 - 1));
+    untouched(
+        &mut t,
+        "4in4: outer total length 1 byte short of the inner packet".into(),
+        &f.with_ipv4_total_len(20 + len4 - 1),
+    );
     let f = tunnel(src4, to4, inner4, &[]);
-    untouched(&mut t, "4in4: outer total length 20, the inner packet after the outer one".into(), &f.with_ipv4_total_len(20));
+    untouched(
+        &mut t,
+        "4in4: outer total length 20, the inner packet after the outer one".into(),
+        &f.with_ipv4_total_len(20),
+    );
     untouched(&mut t, "4in4: outer total length past the frame".into(), &f.with_ipv4_total_len(20 + len4 + 1));
     untouched(&mut t, "4in4: outer total length below its header".into(), &f.with_ipv4_total_len(19));
     // The inner packet against the outer payload.
     let long4 = client4.with_ipv4_total_len(len4 + 1);
-    untouched(&mut t, "4in4: inner total length 1 byte past the outer payload".into(), &tunnel(src4, to4, &long4[14..], &[]));
+    untouched(
+        &mut t,
+        "4in4: inner total length 1 byte past the outer payload".into(),
+        &tunnel(src4, to4, &long4[14..], &[]),
+    );
     let short4 = client4.with_ipv4_total_len(19);
     untouched(&mut t, "4in4: inner total length below its header".into(), &tunnel(src4, to4, &short4[14..], &[]));
-    untouched(&mut t, "4in4: an outer payload of 19 bytes (no whole IPv4 header)".into(), &tunnel(src4, to4, &inner4[..19], &[]));
+    untouched(
+        &mut t,
+        "4in4: an outer payload of 19 bytes (no whole IPv4 header)".into(),
+        &tunnel(src4, to4, &inner4[..19], &[]),
+    );
     let v6_in_4 = Frame::builder().macs(macs.0, macs.1).ip(src4, to4).ttl(64).protocol(4).payload(inner6).build();
     untouched(&mut t, "4in4: protocol 4 carrying an IPv6 packet".into(), &v6_in_4);
     // IPv6 outer: its payload length against the inner packet and the frame.
     for (name, client, inner, len) in [("6in6", &client6, inner6, len6), ("4in6", &client4, inner4, len4)] {
         let f = tunnel(src6, to6, inner, &[]);
-        untouched(&mut t, format!("{name}: outer payload length 1 byte short of the inner packet"), &f.with_ipv6_payload_len(len - 1));
-        untouched(&mut t, format!("{name}: outer payload length 0, the inner packet after the outer one"), &f.with_ipv6_payload_len(0));
+        untouched(
+            &mut t,
+            format!("{name}: outer payload length 1 byte short of the inner packet"),
+            &f.with_ipv6_payload_len(len - 1),
+        );
+        untouched(
+            &mut t,
+            format!("{name}: outer payload length 0, the inner packet after the outer one"),
+            &f.with_ipv6_payload_len(0),
+        );
         untouched(&mut t, format!("{name}: outer payload length past the frame"), &f.with_ipv6_payload_len(len + 1));
         let long = if client.family() == Some(xdpguard::testing::frame::Family::V4) {
             client.with_ipv4_total_len(len + 1)
         } else {
             client.with_ipv6_payload_len(len - 40 + 1)
         };
-        untouched(&mut t, format!("{name}: inner length 1 byte past the outer payload"), &tunnel(src6, to6, &long[14..], &[]));
+        untouched(
+            &mut t,
+            format!("{name}: inner length 1 byte past the outer payload"),
+            &tunnel(src6, to6, &long[14..], &[]),
+        );
     }
-    untouched(&mut t, "6in6: an outer payload of 39 bytes (no whole IPv6 header)".into(), &tunnel(src6, to6, &inner6[..39], &[]));
+    untouched(
+        &mut t,
+        "6in6: an outer payload of 39 bytes (no whole IPv6 header)".into(),
+        &tunnel(src6, to6, &inner6[..39], &[]),
+    );
     let v4_in_6 = Frame::builder().macs(macs.0, macs.1).ip(src6, to6).ttl(64).protocol(41).payload(inner4).build();
     untouched(&mut t, "6in6: next header 41 carrying an IPv4 packet".into(), &v4_in_6);
     let passed = t.report().rows as u64 - whole;

@@ -71,7 +71,8 @@ pub struct DropProg {
 impl DropProg {
     pub fn load() -> io::Result<Self> {
         let mut storage = MaybeUninit::uninit();
-        let open = skel::drop::BenchDropSkelBuilder::default().open(&mut storage).map_err(bpf_err("opening bench_drop"))?;
+        let open =
+            skel::drop::BenchDropSkelBuilder::default().open(&mut storage).map_err(bpf_err("opening bench_drop"))?;
         let s = open.load().map_err(bpf_err("loading bench_drop"))?;
         Ok(Self { prog: dup_prog(s.progs.bench_drop.as_fd())?, cnt: handle(&s.maps.bench_drop_cnt)? })
     }
@@ -129,7 +130,8 @@ impl LpmProg {
     /// what a source in neither trie gets (`XDP_PASS`, or `XDP_DROP` to sink).
     pub fn load(v4_entries: usize, v6_entries: usize, pass_action: u32) -> io::Result<Self> {
         let mut storage = MaybeUninit::uninit();
-        let mut open = skel::lpm::BenchLpmSkelBuilder::default().open(&mut storage).map_err(bpf_err("opening bench_lpm"))?;
+        let mut open =
+            skel::lpm::BenchLpmSkelBuilder::default().open(&mut storage).map_err(bpf_err("opening bench_lpm"))?;
         open.maps.bench_lpm_v4.set_max_entries(v4_entries.max(1) as u32).map_err(bpf_err("sizing"))?;
         open.maps.bench_lpm_v6.set_max_entries(v6_entries.max(1) as u32).map_err(bpf_err("sizing"))?;
         open.maps.rodata_data.as_deref_mut().expect("bench_lpm has rodata").bench_lpm_pass_action = pass_action;
@@ -179,7 +181,8 @@ pub struct GenProg {
 impl GenProg {
     pub fn load(family: u8, sources: &Sources) -> io::Result<Self> {
         let mut storage = MaybeUninit::uninit();
-        let mut open = skel::gen::BenchGenSkelBuilder::default().open(&mut storage).map_err(bpf_err("opening bench_gen"))?;
+        let mut open =
+            skel::gen::BenchGenSkelBuilder::default().open(&mut storage).map_err(bpf_err("opening bench_gen"))?;
         let len = match sources {
             Sources::Table(t) => t.len().max(1),
             Sources::Random => 1,

@@ -20,7 +20,7 @@ struct xdpg_header {
 	__u32 layout_version; /* its XDPG_*LAYOUT_VERSION, bumped with any shared layout */
 	__u32 dirty;	      /* set while user space edits; repaired on reopen */
 	__u32 reserved;
-	__u64 generation;     /* bumped after every edit */
+	__u64 generation; /* bumped after every edit */
 };
 
 /* One counter slot: per CPU in the map, summed by user space. */

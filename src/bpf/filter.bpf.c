@@ -76,8 +76,8 @@ static __always_inline __u32 v4_verdict(struct xdpg_filter_config *cfg, __u32 ta
 	__u32 active = tables & XDPG_TABLES_V4_MASK;
 	__u32 cell_idx = addr >> 8;
 	__u32 word_idx = cell_idx / XDPG_V4_CELLS_PER_WORD;
-	__u64 *word = active ? bpf_map_lookup_elem(&xdpg_v4_l1_b, &word_idx)
-			     : bpf_map_lookup_elem(&xdpg_v4_l1_a, &word_idx);
+	__u64 *word =
+		active ? bpf_map_lookup_elem(&xdpg_v4_l1_b, &word_idx) : bpf_map_lookup_elem(&xdpg_v4_l1_a, &word_idx);
 	if (!word)
 		return XDPG_VERDICT_PASS;
 	__u32 cell = (*word >> ((cell_idx % XDPG_V4_CELLS_PER_WORD) * 4)) & 0xF;
@@ -113,8 +113,8 @@ __noinline int v6_probe(__u64 where, __u32 k0, __u32 k1, __u32 k2, __u32 k3)
 	__u32 idx = xdpg_mix32(hash) & mask;
 
 	for (int probe = 0; probe < XDPG_V6_MAX_PROBES; probe++) {
-		struct xdpg_v6_bucket *b = table ? bpf_map_lookup_elem(&xdpg_v6_tab_b, &idx)
-						 : bpf_map_lookup_elem(&xdpg_v6_tab_a, &idx);
+		struct xdpg_v6_bucket *b =
+			table ? bpf_map_lookup_elem(&xdpg_v6_tab_b, &idx) : bpf_map_lookup_elem(&xdpg_v6_tab_a, &idx);
 		if (!b)
 			break;
 #pragma unroll

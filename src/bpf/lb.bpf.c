@@ -104,16 +104,15 @@ struct xdpg_lb_meta {
 };
 
 /* This file's stages, defined below in the order a packet meets them. */
-static __always_inline int parse_fast(void *data, void *data_end, union xdpg_lb_flow_words *fw,
-				      struct xdpg_lb_meta *m);
+static __always_inline int parse_fast(void *data, void *data_end, union xdpg_lb_flow_words *fw, struct xdpg_lb_meta *m);
 static __always_inline int lb_generic(struct xdp_md *ctx, struct xdpg_lb_config *cfg, union xdpg_lb_flow_words *fw,
 				      struct xdpg_lb_meta *m);
 XDPG_COLD int lb_fragment(struct xdp_md *ctx, struct xdpg_lb_config *cfg, struct xdpg_lb_flow *flow, __u32 l3_len);
 static __always_inline int lb_vip(struct xdp_md *ctx, struct xdpg_lb_config *cfg, struct xdpg_lb_vip *vip,
 				  struct xdpg_lb_flow *flow, __u32 l4_off, __u32 l3_len, int syn, __u64 bytes);
-static __always_inline int deliver(struct xdp_md *ctx, struct xdpg_lb_config *cfg, struct xdpg_lb_vip *vip,
-				   __u32 be_id, struct xdpg_lb_backend *be, struct xdpg_lb_flow *flow,
-				   __u32 l4_off, __u32 l3_len, __u32 hash, __u64 bytes, const int may_reply);
+static __always_inline int deliver(struct xdp_md *ctx, struct xdpg_lb_config *cfg, struct xdpg_lb_vip *vip, __u32 be_id,
+				   struct xdpg_lb_backend *be, struct xdpg_lb_flow *flow, __u32 l4_off, __u32 l3_len,
+				   __u32 hash, __u64 bytes, const int may_reply);
 
 /* ---- 1. entry: config, parse, VIP, policies ----------------------------- */
 
@@ -161,8 +160,7 @@ int xdpg_lb(struct xdp_md *ctx)
  * packet, not only the frame). Returns 0 with the flow and meta filled, or
  * -1: the generic path then decides (and gives these packets the verdict it
  * always gave them). */
-static __always_inline int parse_fast(void *data, void *data_end, union xdpg_lb_flow_words *fw,
-				      struct xdpg_lb_meta *m)
+static __always_inline int parse_fast(void *data, void *data_end, union xdpg_lb_flow_words *fw, struct xdpg_lb_meta *m)
 {
 	struct ethhdr *eth = data;
 	void *l4;
@@ -235,7 +233,7 @@ static __always_inline int parse_fast(void *data, void *data_end, union xdpg_lb_
  * extension headers, ICMP, other protocols, malformed packets. Returns a
  * verdict, or -1 with the flow and meta filled for the TCP/UDP path. */
 static __always_inline int lb_generic(struct xdp_md *ctx, struct xdpg_lb_config *cfg, union xdpg_lb_flow_words *fw,
-			 struct xdpg_lb_meta *m)
+				      struct xdpg_lb_meta *m)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
@@ -247,8 +245,7 @@ static __always_inline int lb_generic(struct xdp_md *ctx, struct xdpg_lb_config 
 	__builtin_memset(fw, 0, sizeof(*fw));
 	int parsed = xdpg_parse(ctx, &pkt);
 	if (parsed != XDPG_PARSE_OK)
-		return pass_counted(parsed == XDPG_PARSE_NON_IP ? XDPG_LB_PASS_NON_VIP : XDPG_LB_PASS_MALFORMED,
-				    bytes);
+		return pass_counted(parsed == XDPG_PARSE_NON_IP ? XDPG_LB_PASS_NON_VIP : XDPG_LB_PASS_MALFORMED, bytes);
 	/* VLAN-tagged traffic is not load balanced (the egress may not carry
 	 * the tag): the stack gets it. */
 	if (pkt.vlan_tags)
@@ -304,8 +301,7 @@ static __always_inline int lb_generic(struct xdp_md *ctx, struct xdpg_lb_config 
 XDPG_COLD int lb_fragment(struct xdp_md *ctx, struct xdpg_lb_config *cfg, struct xdpg_lb_flow *flow, __u32 l3_len)
 {
 	__u64 bytes = ctx->data_end - ctx->data;
-	if (cfg->frag_policy == XDPG_LB_FRAG_FORWARD &&
-	    (flow->proto == IPPROTO_TCP || flow->proto == IPPROTO_UDP)) {
+	if (cfg->frag_policy == XDPG_LB_FRAG_FORWARD && (flow->proto == IPPROTO_TCP || flow->proto == IPPROTO_UDP)) {
 		struct xdpg_lb_vip *vip = vip_lookup(cfg, flow, 0);
 		if (vip && vip->mode != XDPG_LB_MODE_NAT) {
 			__u32 vip_index = vip->index;
@@ -418,9 +414,9 @@ static __always_inline int lb_vip(struct xdp_md *ctx, struct xdpg_lb_config *cfg
 /* ---- 4. delivery by mode ------------------------------------------------ */
 
 /* Counts the packet for its backend and sends it by the VIP's mode. */
-static __always_inline int deliver(struct xdp_md *ctx, struct xdpg_lb_config *cfg, struct xdpg_lb_vip *vip,
-				   __u32 be_id, struct xdpg_lb_backend *be, struct xdpg_lb_flow *flow,
-				   __u32 l4_off, __u32 l3_len, __u32 hash, __u64 bytes, const int may_reply)
+static __always_inline int deliver(struct xdp_md *ctx, struct xdpg_lb_config *cfg, struct xdpg_lb_vip *vip, __u32 be_id,
+				   struct xdpg_lb_backend *be, struct xdpg_lb_flow *flow, __u32 l4_off, __u32 l3_len,
+				   __u32 hash, __u64 bytes, const int may_reply)
 {
 	struct xdpg_counter *bs = bpf_map_lookup_elem(&xdpg_lb_becnt, &be_id);
 	if (bs) {

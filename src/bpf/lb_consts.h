@@ -59,31 +59,31 @@
 /* Global per-CPU counters: what happened to packets that are not counted
  * per VIP, and every drop reason. Drops first, then events. */
 enum xdpg_lb_counter {
-	XDPG_LB_DROP_NO_BACKEND = 0,	/* VIP without usable backend */
-	XDPG_LB_DROP_MTU,		/* too big for the egress link after encapsulation */
-	XDPG_LB_DROP_FRAGMENT,		/* fragment to a VIP address, by the fragment policy */
-	XDPG_LB_DROP_IP_OPTIONS,	/* IPv4 options to a VIP, by the options policy */
-	XDPG_LB_DROP_ECHO,		/* ICMP echo to a VIP, by the echo policy (or from/to a group MAC) */
-	XDPG_LB_DROP_ICMP,		/* ICMP error about a VIP flow we cannot deliver */
-	XDPG_LB_DROP_UNSUPPORTED,	/* backend family the mode cannot reach */
-	XDPG_LB_DROP_HEADROOM,		/* no room to encapsulate or grow a DSR probe (adjust_head/tail failed) */
-	XDPG_LB_DROP_NAT_UNTRACKED,	/* new NAT flow over the new-flow bound: untranslatable replies */
-	XDPG_LB_PASS_NON_VIP,		/* not for a VIP: passed untouched */
-	XDPG_LB_PASS_MALFORMED,		/* bad or truncated headers (frame or IP length): passed untouched */
-	XDPG_LB_PASS_NO_NEIGH,		/* next hop not resolved: to the stack, rewritten (or as a DSR probe), which resolves it */
-	XDPG_LB_PASS_NO_ROUTE,		/* FIB lookup failed (no route, forwarding off): passed */
-	XDPG_LB_PASS_NO_DEVMAP,		/* egress interface not in the devmap: passed rewritten */
-	XDPG_LB_PASS_TTL,		/* NAT: TTL/hop limit would expire: passed to the stack */
-	XDPG_LB_PASS_ECHO,		/* ICMP echo to a VIP passed by the echo policy */
-	XDPG_LB_EV_CT_REFUSED,		/* new flow not tracked: per-CPU rate bound hit */
-	XDPG_LB_EV_FRAG_FORWARDED,	/* fragment forwarded (hashed without ports) */
-	XDPG_LB_EV_OPTIONS_FORWARDED,	/* IPv4 packet with options forwarded */
-	XDPG_LB_EV_ICMP_FORWARDED,	/* ICMP error sent to the backend of its flow */
-	XDPG_LB_EV_ECHO_ANSWERED,	/* ICMP echo to a VIP answered */
-	XDPG_LB_EV_NAT_REPLY,		/* backend reply (or ICMP error about a NAT flow) translated to the VIP */
-	XDPG_LB_EV_TX,			/* forwarded out of the receiving interface */
-	XDPG_LB_EV_REDIRECT,		/* forwarded out of another interface */
-	XDPG_LB_EV_TOO_BIG_SENT,	/* too big: ICMP frag-needed / packet-too-big sent back */
+	XDPG_LB_DROP_NO_BACKEND = 0, /* VIP without usable backend */
+	XDPG_LB_DROP_MTU,	     /* too big for the egress link after encapsulation */
+	XDPG_LB_DROP_FRAGMENT,	     /* fragment to a VIP address, by the fragment policy */
+	XDPG_LB_DROP_IP_OPTIONS,     /* IPv4 options to a VIP, by the options policy */
+	XDPG_LB_DROP_ECHO,	     /* ICMP echo to a VIP, by the echo policy (or from/to a group MAC) */
+	XDPG_LB_DROP_ICMP,	     /* ICMP error about a VIP flow we cannot deliver */
+	XDPG_LB_DROP_UNSUPPORTED,    /* backend family the mode cannot reach */
+	XDPG_LB_DROP_HEADROOM,	     /* no room to encapsulate or grow a DSR probe (adjust_head/tail failed) */
+	XDPG_LB_DROP_NAT_UNTRACKED,  /* new NAT flow over the new-flow bound: untranslatable replies */
+	XDPG_LB_PASS_NON_VIP,	     /* not for a VIP: passed untouched */
+	XDPG_LB_PASS_MALFORMED,	     /* bad or truncated headers (frame or IP length): passed untouched */
+	XDPG_LB_PASS_NO_NEIGH, /* next hop not resolved: to the stack, rewritten (or as a DSR probe), which resolves it */
+	XDPG_LB_PASS_NO_ROUTE,	      /* FIB lookup failed (no route, forwarding off): passed */
+	XDPG_LB_PASS_NO_DEVMAP,	      /* egress interface not in the devmap: passed rewritten */
+	XDPG_LB_PASS_TTL,	      /* NAT: TTL/hop limit would expire: passed to the stack */
+	XDPG_LB_PASS_ECHO,	      /* ICMP echo to a VIP passed by the echo policy */
+	XDPG_LB_EV_CT_REFUSED,	      /* new flow not tracked: per-CPU rate bound hit */
+	XDPG_LB_EV_FRAG_FORWARDED,    /* fragment forwarded (hashed without ports) */
+	XDPG_LB_EV_OPTIONS_FORWARDED, /* IPv4 packet with options forwarded */
+	XDPG_LB_EV_ICMP_FORWARDED,    /* ICMP error sent to the backend of its flow */
+	XDPG_LB_EV_ECHO_ANSWERED,     /* ICMP echo to a VIP answered */
+	XDPG_LB_EV_NAT_REPLY,	      /* backend reply (or ICMP error about a NAT flow) translated to the VIP */
+	XDPG_LB_EV_TX,		      /* forwarded out of the receiving interface */
+	XDPG_LB_EV_REDIRECT,	      /* forwarded out of another interface */
+	XDPG_LB_EV_TOO_BIG_SENT,      /* too big: ICMP frag-needed / packet-too-big sent back */
 	XDPG_LB_COUNTER_COUNT,
 };
 

@@ -52,7 +52,8 @@ static __always_inline int encap_v4(struct xdp_md *ctx, struct xdpg_lb_config *c
 	__u32 daddr = be->addr[0];
 	src[0] = saddr;
 	__u32 outer_len = l3_len + sizeof(struct iphdr);
-	struct xdpg_lb_nexthop *nh = backend_hop(ctx, be_id, be, src, IPPROTO_IPIP, outer_len, bytes, &verdict, may_reply);
+	struct xdpg_lb_nexthop *nh =
+		backend_hop(ctx, be_id, be, src, IPPROTO_IPIP, outer_len, bytes, &verdict, may_reply);
 	if (!nh && verdict != XDPG_NEED_NEIGH)
 		return verdict;
 	if (bpf_xdp_adjust_head(ctx, -(int)sizeof(struct iphdr)))
@@ -100,7 +101,8 @@ static __always_inline int encap_v6(struct xdp_md *ctx, struct xdpg_lb_config *c
 	src[2] = cfg->ipip_v6_src[2] | (bpf_htonl(xdpg_mix32(hash)) & cfg->ipip_v6_mask[0]);
 	src[3] = cfg->ipip_v6_src[3] | (bpf_htonl(hash) & cfg->ipip_v6_mask[1]);
 	__u8 next = flow->family == XDPG_LB_FAMILY_V4 ? IPPROTO_IPIP : IPPROTO_IPV6;
-	struct xdpg_lb_nexthop *nh = backend_hop(ctx, be_id, be, src, next, l3_len + sizeof(struct ipv6hdr), bytes, &verdict, may_reply);
+	struct xdpg_lb_nexthop *nh =
+		backend_hop(ctx, be_id, be, src, next, l3_len + sizeof(struct ipv6hdr), bytes, &verdict, may_reply);
 	if (!nh && verdict != XDPG_NEED_NEIGH)
 		return verdict;
 	if (bpf_xdp_adjust_head(ctx, -(int)sizeof(struct ipv6hdr)))

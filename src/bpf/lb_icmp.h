@@ -273,9 +273,9 @@ static __always_inline int lb_echo(struct xdp_md *ctx, struct xdpg_lb_config *cf
 
 /* The TCP/UDP path's last stage (lb.bpf.c), which an ICMP error to a
  * DSR or IPIP backend takes too. */
-static __always_inline int deliver(struct xdp_md *ctx, struct xdpg_lb_config *cfg, struct xdpg_lb_vip *vip,
-				   __u32 be_id, struct xdpg_lb_backend *be, struct xdpg_lb_flow *flow,
-				   __u32 l4_off, __u32 l3_len, __u32 hash, __u64 bytes, const int may_reply);
+static __always_inline int deliver(struct xdp_md *ctx, struct xdpg_lb_config *cfg, struct xdpg_lb_vip *vip, __u32 be_id,
+				   struct xdpg_lb_backend *be, struct xdpg_lb_flow *flow, __u32 l4_off, __u32 l3_len,
+				   __u32 hash, __u64 bytes, const int may_reply);
 
 /* An ICMP error quoting a packet the VIP sent: deliver it to the backend
  * that serves the quoted flow, so its stack learns the path MTU (or that

@@ -130,7 +130,8 @@ static __always_inline void undo_ttl(struct xdp_md *ctx, __u8 family)
 			return;
 		__u16 old = *(__u16 *)&iph->ttl;
 		iph->ttl++;
-		iph->check = xdpg_csum_finish(xdpg_csum_replace16(xdpg_csum_start(iph->check), old, *(__u16 *)&iph->ttl));
+		iph->check =
+			xdpg_csum_finish(xdpg_csum_replace16(xdpg_csum_start(iph->check), old, *(__u16 *)&iph->ttl));
 	} else {
 		struct ipv6hdr *ip6h = data + XDPG_ETH_HLEN;
 		if ((void *)(ip6h + 1) > data_end)
@@ -153,7 +154,8 @@ static __always_inline int fwd_nat(struct xdp_md *ctx, struct xdpg_lb_config *cf
 	if (read_ttl(data, data_end, flow->family) <= 1)
 		return pass_counted(XDPG_LB_PASS_TTL, bytes);
 	__u16 port = be->port;
-	struct xdpg_lb_nexthop *nh = backend_hop(ctx, be_id, be, flow->src, flow->proto, l3_len, bytes, &verdict, may_reply);
+	struct xdpg_lb_nexthop *nh =
+		backend_hop(ctx, be_id, be, flow->src, flow->proto, l3_len, bytes, &verdict, may_reply);
 	if (!nh && verdict != XDPG_NEED_NEIGH)
 		return verdict;
 	if (nat_rewrite(ctx, flow->family, flow->proto, l4_off, NAT_DST, be->addr, port) < 0)
@@ -237,15 +239,14 @@ static __always_inline void nat_remember(struct xdpg_lb_flow *flow, struct xdpg_
  * left alone: no receiver checks it. */
 #define ICMP_TO_BACKEND 0
 #define ICMP_TO_CLIENT 1
-static __always_inline int nat_icmp_rewrite(struct xdp_md *ctx, struct xdpg_lb_quoted *q, __u32 icmp_off,
-					    int direction, int outer_too, const __u32 *addr, __u16 port)
+static __always_inline int nat_icmp_rewrite(struct xdp_md *ctx, struct xdpg_lb_quoted *q, __u32 icmp_off, int direction,
+					    int outer_too, const __u32 *addr, __u16 port)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
 	__u32 icmp_fix = 0;
 
-	if (icmp_off > XDPG_LB_MAX_L4_OFFSET || q->l3_off > XDPG_LB_MAX_L4_OFFSET ||
-	    q->l4_off > XDPG_LB_MAX_L4_OFFSET)
+	if (icmp_off > XDPG_LB_MAX_L4_OFFSET || q->l3_off > XDPG_LB_MAX_L4_OFFSET || q->l4_off > XDPG_LB_MAX_L4_OFFSET)
 		return -1;
 	__u16 *icmp_check = data + icmp_off + 2;
 	__u16 *ports = data + q->l4_off;

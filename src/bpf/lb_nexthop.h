@@ -40,9 +40,8 @@ XDPG_COLD int send_too_big(struct xdp_md *ctx, __u32 mtu, __u32 tot_len);
  * filled), TOO_BIG(mtu) when the packet does not fit the route's MTU,
  * XDPG_NEED_NEIGH (uncounted) when the next hop's neighbour is not
  * resolved, else the verdict for the untouched packet. */
-static __always_inline int fib_next_hop(struct xdp_md *ctx, struct bpf_fib_lookup *fib, __u8 family,
-					const __u32 *src, const __u32 *dst, __u8 l4_proto, __u32 tot_len,
-					__u64 bytes)
+static __always_inline int fib_next_hop(struct xdp_md *ctx, struct bpf_fib_lookup *fib, __u8 family, const __u32 *src,
+					const __u32 *dst, __u8 l4_proto, __u32 tot_len, __u64 bytes)
 {
 	fib->l4_protocol = l4_proto;
 	fib->tot_len = tot_len;
@@ -104,8 +103,7 @@ XDPG_COLD int no_neigh_pass(__u32 be_id, __u64 bytes)
  * (a "fragmentation needed" answer fills neither the MACs nor the egress,
  * and caching it sent every packet to that backend out of the ingress with
  * zero MACs until it expired). */
-XDPG_COLD int refill_hop(struct xdp_md *ctx, __u32 be_id, struct xdpg_lb_backend *be, const __u32 *src,
-			 __u32 packed)
+XDPG_COLD int refill_hop(struct xdp_md *ctx, __u32 be_id, struct xdpg_lb_backend *be, const __u32 *src, __u32 packed)
 {
 	struct xdpg_lb_scratch *scratch = cpu_scratch();
 	/* Looked up again here rather than passed: keeps the callers' frames
@@ -249,10 +247,9 @@ XDPG_COLD int dsr_probe(struct xdp_md *ctx, __u32 be_id, struct xdpg_lb_backend 
  * set for the untouched packet, or to XDPG_NEED_NEIGH: the caller then
  * hands the stack a packet that makes it resolve the neighbour, and counts
  * it (no_neigh_pass, dsr_probe). */
-static __always_inline struct xdpg_lb_nexthop *backend_hop(struct xdp_md *ctx, __u32 be_id,
-							   struct xdpg_lb_backend *be, const __u32 *src,
-							   __u8 l4_proto, __u32 tot_len, __u64 bytes, int *verdict,
-							   const int may_reply)
+static __always_inline struct xdpg_lb_nexthop *backend_hop(struct xdp_md *ctx, __u32 be_id, struct xdpg_lb_backend *be,
+							   const __u32 *src, __u8 l4_proto, __u32 tot_len, __u64 bytes,
+							   int *verdict, const int may_reply)
 {
 	struct xdpg_lb_nexthop *nh = bpf_map_lookup_elem(&xdpg_lb_nexthop, &be_id);
 	if (!nh) {
@@ -279,8 +276,7 @@ static __always_inline struct xdpg_lb_nexthop *backend_hop(struct xdp_md *ctx, _
 }
 
 /* Writes the next hop's MACs and sends the frame on its way. */
-static __always_inline int emit_to(struct xdp_md *ctx, const __u8 *dmac, const __u8 *smac, __u32 ifindex,
-				   __u64 bytes)
+static __always_inline int emit_to(struct xdp_md *ctx, const __u8 *dmac, const __u8 *smac, __u32 ifindex, __u64 bytes)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
@@ -313,12 +309,14 @@ static __always_inline int emit(struct xdp_md *ctx, struct xdpg_lb_nexthop *nh, 
  * header changes (to the next hop's MACs); the backend answers the client
  * from the VIP, which it holds on a loopback. */
 static __always_inline int fwd_dsr(struct xdp_md *ctx, struct xdpg_lb_config *cfg, __u32 be_id,
-				   struct xdpg_lb_backend *be, struct xdpg_lb_flow *flow, __u32 l3_len, __u64 bytes, const int may_reply)
+				   struct xdpg_lb_backend *be, struct xdpg_lb_flow *flow, __u32 l3_len, __u64 bytes,
+				   const int may_reply)
 {
 	int verdict = XDP_PASS;
 	if (be->family != flow->family)
 		return drop_counted(XDPG_LB_DROP_UNSUPPORTED, bytes);
-	struct xdpg_lb_nexthop *nh = backend_hop(ctx, be_id, be, flow->src, flow->proto, l3_len, bytes, &verdict, may_reply);
+	struct xdpg_lb_nexthop *nh =
+		backend_hop(ctx, be_id, be, flow->src, flow->proto, l3_len, bytes, &verdict, may_reply);
 	if (!nh)
 		return verdict == XDPG_NEED_NEIGH ? dsr_probe(ctx, be_id, be) : verdict;
 	return emit(ctx, nh, bytes);

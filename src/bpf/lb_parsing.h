@@ -60,8 +60,8 @@ static __always_inline int xdpg_lb_read_ports(void *data, void *data_end, __u32 
  * reversed so it reads as the client's flow to the VIP: the quoted packet
  * was sent by the VIP (its source), the client was its destination. */
 struct xdpg_lb_quoted {
-	__u32 l3_off;	/* quoted IP header */
-	__u32 l4_off;	/* quoted L4 header (8 bytes present) */
+	__u32 l3_off; /* quoted IP header */
+	__u32 l4_off; /* quoted L4 header (8 bytes present) */
 	struct xdpg_lb_flow flow;
 };
 

@@ -51,12 +51,12 @@ struct xdpg_lb_addr_key {
  * LB rebuilds its state from the maps alone. */
 struct xdpg_lb_backend {
 	__u32 addr[4];
-	__u16 port;	  /* NAT: destination port on the backend; 0 keeps the client's */
-	__u8 family;	  /* XDPG_LB_FAMILY_*, 0 for a free slot */
-	__u8 flags;	  /* XDPG_LB_BACKEND_* */
-	__u32 gen;	  /* bumped whenever the slot changes hands */
-	__u32 vip_index;  /* the VIP it serves */
-	__u32 weight;	  /* 0 = draining */
+	__u16 port;	 /* NAT: destination port on the backend; 0 keeps the client's */
+	__u8 family;	 /* XDPG_LB_FAMILY_*, 0 for a free slot */
+	__u8 flags;	 /* XDPG_LB_BACKEND_* */
+	__u32 gen;	 /* bumped whenever the slot changes hands */
+	__u32 vip_index; /* the VIP it serves */
+	__u32 weight;	 /* 0 = draining */
 };
 
 /* A flow: the program's representation, the hash input, and the key of
@@ -118,14 +118,14 @@ struct xdpg_lb_rate {
 /* The LB's single config entry, mmapped by user space; fields are read on
  * their own and written with single stores. */
 struct xdpg_lb_config {
-	struct xdpg_header hdr;	 /* XDPG_LB_MAGIC, XDPG_LB_LAYOUT_VERSION; the VIP cache
+	struct xdpg_header hdr; /* XDPG_LB_MAGIC, XDPG_LB_LAYOUT_VERSION; the VIP cache
 				  * keys on its generation and dirty flag */
-	__u32 hash_seed;	 /* flow hash seed: equal on every LB node of a service */
-	__u32 nat_vips;		 /* NAT VIPs configured (0: skip reply lookups) */
-	__u32 allport_vips;	 /* all-ports VIPs (0: skip the second VIP lookup) */
-	__u8 echo_policy;	 /* XDPG_LB_ECHO_* */
-	__u8 frag_policy;	 /* XDPG_LB_FRAG_* */
-	__u8 options_policy;	 /* XDPG_LB_OPTIONS_* */
+	__u32 hash_seed;	/* flow hash seed: equal on every LB node of a service */
+	__u32 nat_vips;		/* NAT VIPs configured (0: skip reply lookups) */
+	__u32 allport_vips;	/* all-ports VIPs (0: skip the second VIP lookup) */
+	__u8 echo_policy;	/* XDPG_LB_ECHO_* */
+	__u8 frag_policy;	/* XDPG_LB_FRAG_* */
+	__u8 options_policy;	/* XDPG_LB_OPTIONS_* */
 	__u8 pad0;
 	__u64 udp_timeout;	 /* jiffies of idleness after which a UDP flow chooses afresh */
 	__u64 new_flow_interval; /* ns between new entries per CPU; 0 = unbounded */
@@ -136,15 +136,15 @@ struct xdpg_lb_config {
 	__u32 ipip_v6_mask[2];	 /* host bits of words 2 and 3 */
 	__u32 next_backend;	 /* user space: where the next backend slot search starts */
 	__u32 pad1;
-	__u64 nexthop_ttl;	 /* jiffies a CPU reuses a backend's FIB answer; 0 = ask every packet */
-	__u64 ns_per_jiffy;	 /* the kernel tick, measured by user space */
-	__u64 netns_dev;	 /* user space: the network namespace the LB was loaded in (its */
-	__u64 netns_ino;	 /*   nsfs device and inode), where it manages next hops */
+	__u64 nexthop_ttl;  /* jiffies a CPU reuses a backend's FIB answer; 0 = ask every packet */
+	__u64 ns_per_jiffy; /* the kernel tick, measured by user space */
+	__u64 netns_dev;    /* user space: the network namespace the LB was loaded in (its */
+	__u64 netns_ino;    /*   nsfs device and inode), where it manages next hops */
 };
 
 /* Value of xdpg_lb_becnt: per-backend counters, per CPU. */
 struct xdpg_lb_backend_stats {
-	__u64 packets;		/* sent to it (or towards it), as received */
+	__u64 packets; /* sent to it (or towards it), as received */
 	__u64 bytes;
 	__u64 no_neigh_packets; /* of those, found no resolved neighbour for its next hop */
 	__u64 no_neigh_bytes;	/*   and went through the LB host's stack, which resolves it */
@@ -163,11 +163,11 @@ struct xdpg_lb_nbr_key {
 /* A backend's next hop as the FIB gave it, cached per CPU (xdpg_lb_nexthops)
  * so the hot path does not pay a FIB lookup per packet. */
 struct xdpg_lb_nexthop {
-	__u64 expires;	/* jiffies after which the FIB is asked again */
-	__u32 ifindex;	/* egress */
-	__u32 ingress;	/* the ingress it was resolved for (forwarding is per ingress) */
-	__u32 gen;	/* the backend slot's gen it was resolved for */
-	__u16 mtu;	/* route MTU of the egress */
+	__u64 expires; /* jiffies after which the FIB is asked again */
+	__u32 ifindex; /* egress */
+	__u32 ingress; /* the ingress it was resolved for (forwarding is per ingress) */
+	__u32 gen;     /* the backend slot's gen it was resolved for */
+	__u16 mtu;     /* route MTU of the egress */
 	__u16 pad;
 	__u8 dmac[6];
 	__u8 smac[6];

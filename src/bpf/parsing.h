@@ -61,14 +61,14 @@ struct xdpg_ipv6_frag_hdr {
 /* What the parser learned about a packet. Offsets are from ctx->data. */
 struct xdpg_pkt {
 	__u32 l3_off;
-	__u32 l4_off;	  /* 0 when there is no L4 header to read */
-	__u16 l3_proto;	  /* ETH_P_IP or ETH_P_IPV6, host byte order */
-	__u8 l4_proto;	  /* IPPROTO_*, after IPv6 extension headers */
+	__u32 l4_off;	/* 0 when there is no L4 header to read */
+	__u16 l3_proto; /* ETH_P_IP or ETH_P_IPV6, host byte order */
+	__u8 l4_proto;	/* IPPROTO_*, after IPv6 extension headers */
 	__u8 vlan_tags;
-	__u8 fragment;	  /* any fragment (first or later) */
+	__u8 fragment;	     /* any fragment (first or later) */
 	__u8 later_fragment; /* fragment offset != 0: no L4 header */
-	__u8 ip_options;  /* IPv4 header longer than 20 bytes */
-	__u8 ext_chain_cut; /* IPv6: more extension headers than we walk */
+	__u8 ip_options;     /* IPv4 header longer than 20 bytes */
+	__u8 ext_chain_cut;  /* IPv6: more extension headers than we walk */
 };
 
 static __always_inline int xdpg_parse_eth(void *data, void *data_end, struct xdpg_pkt *pkt)
