@@ -3,11 +3,22 @@
 //! generates, from the C sources, the Rust constants of `*consts.h`
 //! (`consts.rs`) and the names of every map and program (`names.rs`).
 //!
+//! Without clang (docs.rs, minimal CI images) it generates the skeletons from
+//! the objects committed in `src/bpf/prebuilt/` instead, after checking that
+//! they were made from exactly these sources (`src/bpf/prebuilt/INPUTS` holds
+//! the digest of the sources and flags, and the clang that made them).
+//! `XDPGUARD_BPF_PREBUILT=1` takes that path even when clang is installed.
+//! `.ci/prebuilt-bpf check` fails when a clang build differs from the committed
+//! objects; `.ci/prebuilt-bpf update` refreshes them. The objects are
+//! byte-for-byte reproducible: `-fdebug-prefix-map` takes the checkout's path
+//! out of the BTF line info, the only input that differed between checkouts.
+//!
 //! With the `bench` feature it also compiles the benchmark-only programs of
 //! `benches/bpf/` (skeletons in the same `$OUT_DIR`, included by
 //! `benches/common/bpf.rs`). The crate's own tests, examples and benches turn
 //! that feature on through its dev-dependency on itself; a library user never
-//! compiles them, and the published crate has no `benches/`.
+//! compiles them, and the published crate has no `benches/`. They always need
+//! clang.
 
 use std::env;
 use std::ffi::OsString;
@@ -16,43 +27,124 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use libbpf_cargo::SkeletonBuilder;
+use sha2::{Digest, Sha256};
 
 const BPF_DIR: &str = "src/bpf";
 const BENCH_BPF_DIR: &str = "benches/bpf";
+const PREBUILT_DIR: &str = "src/bpf/prebuilt";
+const PREBUILT_ENV: &str = "XDPGUARD_BPF_PREBUILT";
 const MIN_CLANG_MAJOR: u32 = 14;
 
 fn main() {
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
-    let clang = env::var_os("CLANG").unwrap_or_else(|| OsString::from("clang"));
-    check_clang(&clang);
-
     println!("cargo:rerun-if-env-changed=CLANG");
-    let (mut sources, files) = bpf_files(BPF_DIR);
+    println!("cargo:rerun-if-env-changed={PREBUILT_ENV}");
+    println!("cargo:rerun-if-changed={PREBUILT_DIR}");
+    let (sources, files) = bpf_files(BPF_DIR);
     write_consts(&out_dir);
     write_names(&out_dir, &files);
+
+    let digest = inputs_digest(&files);
+    fs::write(out_dir.join("INPUTS.sha256"), format!("{digest}\n")).expect("writing OUT_DIR/INPUTS.sha256");
+    let clang = env::var_os("CLANG").unwrap_or_else(|| OsString::from("clang"));
+    let forced = env::var_os(PREBUILT_ENV).is_some_and(|v| v == "1");
+    let compile = !forced && clang_version(&clang).is_some();
+    if compile {
+        check_clang(&clang);
+    } else {
+        check_prebuilt(&digest, &clang, forced);
+    }
+    let args = clang_args();
+    for source in &sources {
+        let stem = stem(source);
+        let skel = out_dir.join(format!("{stem}.skel.rs"));
+        if compile {
+            build(source, &out_dir.join(format!("{stem}.bpf.o")), &skel, &clang, &args);
+        } else {
+            let obj = Path::new(PREBUILT_DIR).join(format!("{stem}.bpf.o"));
+            if let Err(err) = SkeletonBuilder::new().obj(&obj).generate(&skel) {
+                panic!("generating the skeleton of {} failed: {err:#}", obj.display());
+            }
+        }
+    }
+
     if env::var_os("CARGO_FEATURE_BENCH").is_some() {
         assert!(
             Path::new(BENCH_BPF_DIR).is_dir(),
             "the `bench` feature compiles the benchmark programs in {BENCH_BPF_DIR}/, which only a checkout \
              of xdpguard has (the published crate does not): build the benches from a checkout"
         );
-        sources.extend(bpf_files(BENCH_BPF_DIR).0);
-    }
-
-    let args = clang_args();
-    for source in &sources {
-        let stem = source
-            .file_name()
-            .and_then(|n| n.to_str())
-            .and_then(|n| n.strip_suffix(".bpf.c"))
-            .expect("source names end in .bpf.c");
-        let skel = out_dir.join(format!("{stem}.skel.rs"));
-        let obj = out_dir.join(format!("{stem}.bpf.o"));
-        if let Err(err) =
-            SkeletonBuilder::new().source(source).obj(&obj).clang(&clang).clang_args(&args).build_and_generate(&skel)
-        {
-            panic!("building {} failed: {err:#}", source.display());
+        check_clang(&clang);
+        for source in &bpf_files(BENCH_BPF_DIR).0 {
+            let stem = stem(source);
+            build(
+                source,
+                &out_dir.join(format!("{stem}.bpf.o")),
+                &out_dir.join(format!("{stem}.skel.rs")),
+                &clang,
+                &args,
+            );
         }
+    }
+}
+
+fn stem(source: &Path) -> &str {
+    source
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_suffix(".bpf.c"))
+        .expect("source names end in .bpf.c")
+}
+
+fn build(source: &Path, obj: &Path, skel: &Path, clang: &OsString, args: &[OsString]) {
+    if let Err(err) =
+        SkeletonBuilder::new().source(source).obj(obj).clang(clang).clang_args(args).build_and_generate(skel)
+    {
+        panic!("building {} failed: {err:#}", source.display());
+    }
+}
+
+/// The digest of what makes the objects: every C file's name and bytes, and
+/// the flags that reach the object (not the machine-dependent include
+/// directory or the path map, which change no instruction).
+fn inputs_digest(files: &[PathBuf]) -> String {
+    let mut hash = Sha256::new();
+    for file in files {
+        let name = file.file_name().and_then(|n| n.to_str()).expect("C file names are UTF-8");
+        hash.update(name.as_bytes());
+        hash.update([0]);
+        hash.update(fs::read(file).unwrap_or_else(|e| panic!("reading {}: {e}", file.display())));
+        hash.update([0]);
+    }
+    hash.update(format!("libbpf-cargo 0.27 -I {BPF_DIR} -Wall").as_bytes());
+    hash.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Without clang (or with `XDPGUARD_BPF_PREBUILT=1`) the committed objects
+/// must have been made from these very sources.
+fn check_prebuilt(digest: &str, clang: &OsString, forced: bool) {
+    let inputs = Path::new(PREBUILT_DIR).join("INPUTS");
+    let text = fs::read_to_string(&inputs).unwrap_or_default();
+    let field =
+        |key: &str| text.lines().find_map(|l| l.strip_prefix(key)).map(str::trim).unwrap_or("(none)").to_owned();
+    let recorded = field("sources-sha256 ");
+    let why =
+        if forced { format!("{PREBUILT_ENV}=1") } else { format!("clang not found ({})", clang.to_string_lossy()) };
+    assert!(
+        recorded == digest,
+        "{why}, and the committed eBPF objects in {PREBUILT_DIR}/ were not made from these sources (recorded \
+         {recorded}, now {digest}). Install clang >= {MIN_CLANG_MAJOR} (Debian/Ubuntu: `apt-get install clang \
+         libelf-dev`) or, in a checkout with Debian 12's clang, run `.ci/prebuilt-bpf update`"
+    );
+    assert!(
+        env::var("CARGO_CFG_TARGET_ENDIAN").as_deref() == Ok("little"),
+        "the committed eBPF objects are little-endian; install clang >= {MIN_CLANG_MAJOR} to build for this target"
+    );
+    if !forced {
+        println!(
+            "cargo:warning=clang not found: using the eBPF objects committed in {PREBUILT_DIR}/ (made by {})",
+            field("clang ")
+        );
     }
 }
 
@@ -78,16 +170,20 @@ fn bpf_files(dir: &str) -> (Vec<PathBuf>, Vec<PathBuf>) {
     (sources, files)
 }
 
+/// clang's `--version` text, or `None` when it cannot be run.
+fn clang_version(clang: &OsString) -> Option<String> {
+    // check-deps: clang (or $CLANG; .ci/deps installs clang)
+    let out = Command::new(clang).arg("--version").output().ok().filter(|o| o.status.success())?;
+    Some(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 /// Fails the build early, with the fix, when clang is missing or too old.
 fn check_clang(clang: &OsString) {
     let help = "xdpguard compiles its eBPF programs with clang: install clang >= 14 \
                 (Debian/Ubuntu: `apt-get install clang libelf-dev`), or point CLANG at one";
-    // check-deps: clang (or $CLANG; .ci/deps installs clang)
-    let output = match Command::new(clang).arg("--version").output() {
-        Ok(out) if out.status.success() => out,
-        _ => panic!("clang not found ({}). {help}", clang.to_string_lossy()),
+    let Some(text) = clang_version(clang) else {
+        panic!("clang not found ({}). {help}", clang.to_string_lossy());
     };
-    let text = String::from_utf8_lossy(&output.stdout);
     let major =
         text.split("version ").nth(1).and_then(|v| v.split('.').next()).and_then(|v| v.trim().parse::<u32>().ok());
     match major {
@@ -99,6 +195,13 @@ fn check_clang(clang: &OsString) {
 
 fn clang_args() -> Vec<OsString> {
     let mut args: Vec<OsString> = vec!["-I".into(), BPF_DIR.into(), "-Wall".into()];
+    // The checkout's path out of the BTF line info: the objects are then the
+    // same wherever the crate is built (what .ci/prebuilt-bpf compares).
+    let root = env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR");
+    let mut map = OsString::from("-fdebug-prefix-map=");
+    map.push(root);
+    map.push("=.");
+    args.push(map);
     // Debian and Ubuntu keep <asm/types.h> under a multiarch directory that
     // clang's BPF target does not search by itself.
     if let Some(dir) = multiarch_include() {
