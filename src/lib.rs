@@ -34,7 +34,7 @@
 //! crash repair. [`Filter`] (`src/filter/`), [`LoadBalancer`] and [`Decap`]
 //! (`src/lb/`) are thin types over that core.
 //!
-//! Features (neither is in the default build):
+//! Features (none is in the default build):
 //! - `testing` adds [`testing`] (pulls in etherparse): the test kit the
 //!   crate's own tests use, to test your lists and VIPs the same way: a
 //!   frame builder, verdict fixtures run through the real programs with
@@ -43,6 +43,9 @@
 //! - `cli` builds the command-line tools `xdpguard` (filter) and
 //!   `xdpguard-lb` (load balancer, decapsulator) over this API (pulls in
 //!   clap and serde_json): `cargo install xdpguard --features cli`.
+//! - `metrics` adds [`metrics`] (pulls in prometheus-client): every counter
+//!   of pinned programs as Prometheus metrics, read at scrape time; `cli`
+//!   enables it for `xdpguard metrics`, the exporter.
 //!
 //! The policies, modes, VIPs and backends the tools take are parsed by the
 //! types' `FromStr` (errors: [`ParseError`]) and shown by their `Display`,
@@ -93,6 +96,8 @@ mod core;
 mod error;
 mod filter;
 mod lb;
+#[cfg(feature = "metrics")]
+pub mod metrics;
 #[cfg(feature = "testing")]
 pub mod testing;
 
