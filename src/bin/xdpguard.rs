@@ -15,9 +15,16 @@
 //! xdpguard list [--allow] [--json]              xdpguard stats [--json] [--watch SECS] [--reset]
 //! xdpguard check 192.0.2.9                       xdpguard status [--json]
 //! xdpguard detach
+//! xdpguard metrics [--listen 127.0.0.1:9435] --filter PIN --lb PIN --decap PIN   (repeatable; a Prometheus exporter)
 //! ```
 
 mod common;
+// This tool's own modules, beside it in xdpguard/ (a crate root's modules
+// are looked up beside it, among the other tools' files, otherwise).
+#[path = "xdpguard/metrics.rs"]
+mod metrics;
+#[path = "xdpguard/progress.rs"]
+mod progress;
 
 use std::io::Write;
 use std::net::IpAddr;
@@ -151,6 +158,10 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Serve the counters of pinned filters, load balancers and
+    /// decapsulators to Prometheus over HTTP (OpenMetrics or text format),
+    /// read at each scrape, until killed.
+    Metrics(metrics::MetricsArgs),
 }
 
 fn main() -> ExitCode {
@@ -274,6 +285,7 @@ fn run(command: Command) -> Result<()> {
                 println!("malformed:  {}", filter.malformed_policy());
             }
         }
+        Command::Metrics(args) => metrics::serve(args)?,
     }
     Ok(())
 }
@@ -309,7 +321,10 @@ fn gather(edit: &Edit) -> Result<Vec<Given>> {
 fn read_file(path: &Path) -> Result<Vec<Given>> {
     let started = Instant::now();
     let bytes = std::fs::read(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+    let step =
+        progress::Step::start(bytes.iter().filter(|b| **b == b'\n').count(), format!("parsing {}", path.display()));
     let lines = xdpguard::parse_list(&bytes, &path.display().to_string())?;
+    drop(step);
     if lines.len() >= 100_000 {
         eprintln!("parsed {} entries from {} in {:.2?}", lines.len(), path.display(), started.elapsed());
     }
@@ -365,7 +380,10 @@ fn add_entries(kind: ListKind, add: Add, force: bool) -> Result<()> {
         eprintln!("applying {count} entries to the {kind} as one atomic step...");
     }
     let nets = given.iter().map(|g| g.net);
-    let change = match if add.replace { list.replace(nets) } else { list.extend(nets) } {
+    let step = progress::Step::start(count, format!("applying {count} entries to the {kind}"));
+    let applied = if add.replace { list.replace(nets) } else { list.extend(nets) };
+    drop(step);
+    let change = match applied {
         Err(ListError::WholeFamily { entry, .. }) => return Err(whole_family_refused(&filter, entry, &given).into()),
         other => other?,
     };

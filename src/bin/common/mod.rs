@@ -53,13 +53,21 @@ impl Target {
     /// stays visible. Before anything is loaded: interfaces are looked up
     /// in the namespace the program is attached from.
     pub fn enter_netns(&self) -> Result<()> {
-        let Some(name) = &self.netns else { return Ok(()) };
-        let path = Path::new("/run/netns").join(name);
-        let file = std::fs::File::open(&path).map_err(|e| format!("network namespace {name}: {e}"))?;
-        nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET)
-            .map_err(|e| format!("entering network namespace {name}: {e}"))?;
-        Ok(())
+        match &self.netns {
+            Some(name) => enter_netns(name),
+            None => Ok(()),
+        }
     }
+}
+
+/// Moves this (single-threaded) process into the network namespace
+/// /run/netns/NAME, keeping the mount namespace so bpffs stays visible.
+pub fn enter_netns(name: &str) -> Result<()> {
+    let path = Path::new("/run/netns").join(name);
+    let file = std::fs::File::open(&path).map_err(|e| format!("network namespace {name}: {e}"))?;
+    nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET)
+        .map_err(|e| format!("entering network namespace {name}: {e}"))?;
+    Ok(())
 }
 
 /// After `attach`: where the program runs, and that it outlives the command.

@@ -1,0 +1,125 @@
+//! `xdpguard metrics`: a Prometheus exporter for pinned filters, load
+//! balancers and decapsulators (the library's `xdpguard::metrics`), served
+//! over HTTP by tiny_http, one request at a time (a scrape reads a few
+//! maps: there is nothing to gain from threads, and a single thread keeps
+//! two scrapes from reading a program at once).
+
+use std::io;
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+
+use clap::Args;
+use xdpguard::metrics::{Format, Metrics};
+
+/// The exporter's arguments.
+#[derive(Args)]
+pub struct MetricsArgs {
+    /// Address and port to serve on (`/metrics`). 9435 is free in
+    /// Prometheus' list of default exporter ports.
+    #[arg(long, default_value = "127.0.0.1:9435")]
+    listen: SocketAddr,
+    /// A filter's pin directory (repeatable).
+    #[arg(long = "filter", value_name = "PIN")]
+    filters: Vec<PathBuf>,
+    /// A load balancer's pin directory (repeatable).
+    #[arg(long = "lb", value_name = "PIN")]
+    lbs: Vec<PathBuf>,
+    /// A decapsulator's pin directory (repeatable).
+    #[arg(long = "decap", value_name = "PIN")]
+    decaps: Vec<PathBuf>,
+    /// Listen inside this named network namespace (/run/netns/NAME),
+    /// keeping bpffs visible (unlike `ip netns exec`).
+    #[arg(long)]
+    netns: Option<String>,
+}
+
+/// Why the exporter could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ExporterError {
+    /// Nothing to export.
+    #[error("no program given: name at least one pin directory with --filter PIN, --lb PIN or --decap PIN")]
+    NoPrograms,
+    /// Another process listens on the address.
+    #[error(
+        "cannot listen on {addr}: the address is in use (another exporter? `ss -ltnp 'sport = :{}'` shows \
+         which process); stop it or choose another address with --listen",
+        addr.port()
+    )]
+    AddressInUse {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// The kernel's refusal.
+        #[source]
+        source: io::Error,
+    },
+    /// Binding failed otherwise (an address this host does not have, a
+    /// privileged port without the capability).
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// The kernel's refusal.
+        #[source]
+        source: io::Error,
+    },
+    /// The HTTP server could not start on the bound socket.
+    #[error("starting the HTTP server on {addr}: {message}")]
+    Http {
+        /// The address.
+        addr: SocketAddr,
+        /// tiny_http's error (it boxes them).
+        message: String,
+    },
+}
+
+/// Serves until killed; returns only when it cannot start.
+pub fn serve(args: MetricsArgs) -> crate::common::Result<()> {
+    let mut metrics = Metrics::new().on_error(|e| eprintln!("warning: {e}"));
+    for p in args.filters {
+        metrics = metrics.filter(p);
+    }
+    for p in args.lbs {
+        metrics = metrics.load_balancer(p);
+    }
+    for p in args.decaps {
+        metrics = metrics.decap(p);
+    }
+    if metrics.sources().next().is_none() {
+        return Err(ExporterError::NoPrograms.into());
+    }
+    if let Some(name) = &args.netns {
+        crate::common::enter_netns(name)?;
+    }
+    let addr = args.listen;
+    let listener = TcpListener::bind(addr).map_err(|source| match source.kind() {
+        io::ErrorKind::AddrInUse => ExporterError::AddressInUse { addr, source },
+        _ => ExporterError::Listen { addr, source },
+    })?;
+    let server = tiny_http::Server::from_listener(listener, None)
+        .map_err(|e| ExporterError::Http { addr, message: e.to_string() })?;
+    for (program, pin) in metrics.sources() {
+        eprintln!("exporting the {program} pinned at {}", pin.display());
+    }
+    println!("serving metrics on http://{addr}/metrics");
+    for request in server.incoming_requests() {
+        let response = match (request.method(), request.url()) {
+            (tiny_http::Method::Get | tiny_http::Method::Head, "/metrics") => {
+                let accept =
+                    request.headers().iter().find(|h| h.field.equiv("Accept")).map(|h| h.value.as_str()).unwrap_or("");
+                let format = Format::from_accept(accept);
+                text(200, metrics.render(format), format.content_type())
+            }
+            (tiny_http::Method::Get, "/") => text(200, "xdpguard exporter: metrics at /metrics\n".into(), "text/plain"),
+            _ => text(404, "not found: metrics are at /metrics\n".into(), "text/plain"),
+        };
+        if let Err(e) = request.respond(response) {
+            eprintln!("warning: answering a scrape: {e}");
+        }
+    }
+    Ok(())
+}
+
+fn text(code: u16, body: String, content_type: &str) -> tiny_http::Response<io::Cursor<Vec<u8>>> {
+    let header = tiny_http::Header::from_bytes("Content-Type", content_type).expect("an ASCII header");
+    tiny_http::Response::from_string(body).with_status_code(code).with_header(header)
+}
