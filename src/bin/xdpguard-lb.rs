@@ -16,7 +16,7 @@
 //! xdpguard-lb backend del 203.0.113.10:80 198.51.100.11  xdpguard-lb backend list 203.0.113.10:80 [--json]
 //! xdpguard-lb which 203.0.113.10:80 --from 192.0.2.1:40000 [--json]     (the VIP and backend a new flow gets)
 //! xdpguard-lb which 203.0.113.13:* --to-port 443 --from 192.0.2.1:40000  (all-ports VIPs: the port counts)
-//! xdpguard-lb stats [--json] [--reset]                   xdpguard-lb status [--json]
+//! xdpguard-lb stats [--json] [--reset] [--watch [--interval SECS]]   xdpguard-lb status [--json]
 //! xdpguard-lb detach
 //! xdpguard-lb decap attach --iface eth0 --local 198.51.100.11 [--pin DIR] [--netns NAME]   (on a backend)
 //! xdpguard-lb decap stats [--json]                       xdpguard-lb decap detach
@@ -34,14 +34,14 @@ mod common;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
 use common::Result;
 use serde_json::{json, Value};
 use xdpguard::{
-    BackendAddr, BackendStats, Decap, EchoPolicy, Flow, ForwardingMode, FragmentPolicy, HashInput, IpNetwork,
-    LoadBalancer, OptionsPolicy, Protocol, Vip, VipConfig,
+    BackendAddr, BackendStats, Decap, EchoPolicy, Flow, ForwardingMode, FragmentPolicy, HashInput, IpNetwork, LbStats,
+    LoadBalancer, OptionsPolicy, Protocol, Vip, VipConfig, VipStats,
 };
 
 const DEFAULT_PIN: &str = "/sys/fs/bpf/xdpguard-lb";
@@ -199,6 +199,12 @@ enum Command {
         /// Reset the counters after reading them.
         #[arg(long)]
         reset: bool,
+        /// Repeat every --interval seconds, showing packet rates, until interrupted.
+        #[arg(long)]
+        watch: bool,
+        /// Seconds between two rounds of --watch.
+        #[arg(long, value_name = "SECS", default_value_t = 1, requires = "watch")]
+        interval: u64,
     },
     /// Show interfaces, policies, capacities and memory.
     Status {
@@ -518,58 +524,23 @@ fn run(command: Command) -> Result<()> {
                 }
             }
         }
-        Command::Stats { pin, json, reset } => {
+        Command::Stats { pin, json, reset, watch, interval } => {
             let lb = LoadBalancer::open_pinned(&pin.pin)?;
-            let global = lb.stats()?;
-            let mut vips = Vec::new();
-            for (vip, config) in lb.vips()? {
-                vips.push((vip, config, lb.vip_stats(&vip)?, lb.backend_stats(&vip)?));
-            }
-            if json {
-                let global: serde_json::Map<String, Value> =
-                    global.rows().into_iter().map(|(name, c)| (name.to_owned(), common::counter_json(c))).collect();
-                let vips: Vec<Value> = vips
-                    .iter()
-                    .map(|(vip, config, s, backends)| {
-                        json!({
-                            "vip": vip.to_string(),
-                            "mode": config.mode.to_string(),
-                            "packets": s.traffic.packets,
-                            "bytes": s.traffic.bytes,
-                            "new_flows": s.new_flows,
-                            "lru_hits": s.lru_hits,
-                            "lru_misses": s.lru_misses,
-                            "backends": backends.iter().map(backend_json).collect::<Vec<_>>(),
-                        })
-                    })
-                    .collect();
-                println!("{}", json!({ "global": global, "vips": vips }));
-            } else {
-                println!("{:<22} {:>14} {:>16}", "counter", "packets", "bytes");
-                for (name, c) in global.rows() {
-                    if c.packets > 0 {
-                        println!("{name:<22} {:>14} {:>16}", c.packets, c.bytes);
-                    }
+            let mut previous: Option<Snapshot> = None;
+            loop {
+                let now = Snapshot::read(&lb)?;
+                print_stats(&now, previous.as_ref(), json);
+                if reset {
+                    lb.reset_stats()?;
                 }
-                for (vip, config, s, backends) in &vips {
-                    println!(
-                        "\n{vip} ({}): {} pkts, {} bytes, {} new flows, {} LRU hits, {} misses",
-                        config.mode, s.traffic.packets, s.traffic.bytes, s.new_flows, s.lru_hits, s.lru_misses
-                    );
-                    for b in backends {
-                        println!(
-                            "    {:<40} weight {:<6} {:<9} {:>12} pkts  {}",
-                            b.backend.addr.to_string(),
-                            b.backend.weight,
-                            b.backend.state().to_string(),
-                            b.traffic.packets,
-                            next_hop_text(b)
-                        );
-                    }
+                if !watch {
+                    break;
                 }
-            }
-            if reset {
-                lb.reset_stats()?;
+                previous = Some(now);
+                std::thread::sleep(Duration::from_secs(interval.max(1)));
+                if !json {
+                    println!();
+                }
             }
         }
         Command::Status { pin, json } => {
@@ -615,6 +586,94 @@ fn run(command: Command) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The counters at one moment (`stats`, and each round of `stats --watch`).
+struct Snapshot {
+    taken: Instant,
+    global: LbStats,
+    vips: Vec<(Vip, VipConfig, VipStats, Vec<BackendStats>)>,
+}
+
+impl Snapshot {
+    fn read(lb: &LoadBalancer) -> Result<Snapshot> {
+        let global = lb.stats()?;
+        let mut vips = Vec::new();
+        for (vip, config) in lb.vips()? {
+            vips.push((vip, config, lb.vip_stats(&vip)?, lb.backend_stats(&vip)?));
+        }
+        Ok(Snapshot { taken: Instant::now(), global, vips })
+    }
+}
+
+/// Prints a snapshot; with an earlier one (`--watch`), packet rates too.
+fn print_stats(now: &Snapshot, previous: Option<&Snapshot>, json: bool) {
+    let secs = previous.map(|p| now.taken.duration_since(p.taken).as_secs_f64().max(1e-9));
+    let delta = previous.map(|p| now.global.since(&p.global).rows());
+    let vip_pps = |vip: &Vip, s: &VipStats| {
+        let (p, secs) = (previous?, secs?);
+        let (_, _, before, _) = p.vips.iter().find(|(v, ..)| v == vip)?;
+        Some(s.since(before).traffic.packets as f64 / secs)
+    };
+    let (global, vips) = (&now.global, &now.vips);
+    if json {
+        let mut global: serde_json::Map<String, Value> =
+            global.rows().into_iter().map(|(name, c)| (name.to_owned(), common::counter_json(c))).collect();
+        if let (Some(delta), Some(secs)) = (&delta, secs) {
+            let rates: serde_json::Map<String, Value> = delta
+                .iter()
+                .map(|(name, c)| {
+                    ((*name).to_owned(), json!({ "pps": c.packets as f64 / secs, "bps": c.bytes as f64 * 8.0 / secs }))
+                })
+                .collect();
+            global.insert("rates".into(), Value::Object(rates));
+        }
+        let vips: Vec<Value> = vips
+            .iter()
+            .map(|(vip, config, s, backends)| {
+                json!({
+                    "vip": vip.to_string(),
+                    "mode": config.mode.to_string(),
+                    "packets": s.traffic.packets,
+                    "bytes": s.traffic.bytes,
+                    "new_flows": s.new_flows,
+                    "lru_hits": s.lru_hits,
+                    "lru_misses": s.lru_misses,
+                    "pps": vip_pps(vip, s),
+                    "backends": backends.iter().map(backend_json).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        println!("{}", json!({ "global": global, "vips": vips }));
+        return;
+    }
+    println!("{:<22} {:>14} {:>16} {:>12}", "counter", "packets", "bytes", "pps");
+    for (i, (name, c)) in global.rows().into_iter().enumerate() {
+        let pps = match (&delta, secs) {
+            (Some(d), Some(secs)) => format!("{:.0}", d[i].1.packets as f64 / secs),
+            _ => "-".into(),
+        };
+        if c.packets > 0 {
+            println!("{name:<22} {:>14} {:>16} {pps:>12}", c.packets, c.bytes);
+        }
+    }
+    for (vip, config, s, backends) in vips {
+        let rate = vip_pps(vip, s).map(|r| format!(", {r:.0} pps")).unwrap_or_default();
+        println!(
+            "\n{vip} ({}): {} pkts, {} bytes, {} new flows, {} LRU hits, {} misses{rate}",
+            config.mode, s.traffic.packets, s.traffic.bytes, s.new_flows, s.lru_hits, s.lru_misses
+        );
+        for b in backends {
+            println!(
+                "    {:<40} weight {:<6} {:<9} {:>12} pkts  {}",
+                b.backend.addr.to_string(),
+                b.backend.weight,
+                b.backend.state().to_string(),
+                b.traffic.packets,
+                next_hop_text(b)
+            );
+        }
+    }
 }
 
 /// A backend with its counters and next hop (`backend list`, `stats`).
