@@ -1,0 +1,292 @@
+//! The metrics exporter (`xdpguard metrics`, src/bin/xdpguard/metrics.rs,
+//! over src/metrics/) end to end: pinned filter, load balancer and
+//! decapsulators in test namespaces, the exporter listening inside one,
+//! scraped with curl from there, its output checked by `promtool check
+//! metrics` (Debian's prometheus), and counters that move with real
+//! traffic. Also `xdpguard-lb stats --watch`, and the exporter's typed
+//! error when its address is taken.
+//!
+//! Needs root; fails (never skips) without it.
+
+mod common {
+    pub mod cli;
+    pub mod scratch;
+    pub mod udp_echo;
+}
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::cli::{XDPGUARD, XDPGUARD_LB};
+use common::scratch::ScratchDir;
+use common::udp_echo::{udp_echo_reaches, UdpEcho};
+use xdpguard::testing::lb_topology::*;
+use xdpguard::testing::netns::{NetNs, Pair};
+
+const LISTEN: &str = "127.0.0.1:9435";
+const UDP_PORT: u16 = 7100;
+
+/// A child process killed (and reaped) on drop, also when a test panics.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `xdpguard metrics` with these arguments, inside `ns`.
+fn exporter(ns: &NetNs, args: &[&str]) -> Running {
+    // check-deps: built-here (a binary of this crate: CARGO_BIN_EXE_*)
+    let child = Command::new(XDPGUARD.path())
+        .args(["metrics", "--netns", &ns.name, "--listen", LISTEN])
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start the exporter");
+    Running(child)
+}
+
+/// One scrape with curl inside `ns`: (content type, body).
+fn scrape(ns: &NetNs, accept: Option<&str>) -> (String, String) {
+    let url = format!("http://{LISTEN}/metrics");
+    let header = format!("Accept: {}", accept.unwrap_or("*/*"));
+    let started = Instant::now();
+    loop {
+        // The last line is the content type (`-w`), after the body.
+        let out = ns.try_exec(&["curl", "-sS", "--fail", "-H", &header, "-w", "\n%{content_type}", &url]);
+        if out.status.success() {
+            let text = String::from_utf8(out.stdout).expect("UTF-8 metrics");
+            let (body, content_type) = text.rsplit_once('\n').unwrap();
+            return (content_type.to_owned(), body.to_owned());
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "the exporter never answered: {out:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `promtool check metrics` on a scrape (Prometheus text format): no
+/// parse error and no lint problem (its exit status is 3 for those).
+fn promtool_check(body: &str) {
+    let dir = ScratchDir::new("/tmp", "metrics");
+    std::fs::write(dir.path(), body).unwrap();
+    let file = std::fs::File::open(dir.path()).unwrap();
+    let out = Command::new("promtool").args(["check", "metrics"]).stdin(file).output().expect("run promtool");
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "promtool check metrics: {said}\n{body}");
+    let _ = std::fs::remove_file(dir.path());
+}
+
+/// The samples of a scrape: `name{labels}` to value.
+fn samples(body: &str) -> BTreeMap<String, f64> {
+    body.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| {
+            let (key, value) = l.rsplit_once(' ').unwrap_or_else(|| panic!("not a sample: {l}"));
+            (key.to_owned(), value.parse().unwrap_or_else(|_| panic!("not a number: {l}")))
+        })
+        .collect()
+}
+
+/// The value of `name` with `labels` (given in their encoded order).
+fn value(samples: &BTreeMap<String, f64>, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+    let key = format!("{name}{{{}}}", labels.join(","));
+    *samples.get(&key).unwrap_or_else(|| panic!("no sample {key} in {samples:#?}"))
+}
+
+/// Sends `n` UDP datagrams of `len` bytes from `src` to `dst` (no answer
+/// awaited: the filter drops them). Call inside the sender's namespace.
+fn send_udp(src: IpAddr, dst: SocketAddr, n: usize, len: usize) {
+    let sock = UdpSocket::bind(SocketAddr::new(src, 0)).expect("bind");
+    for _ in 0..n {
+        sock.send_to(&vec![0x5a; len], dst).expect("send");
+    }
+}
+
+#[test]
+fn the_exporter_serves_pinned_programs_and_its_counters_move_with_traffic() {
+    // A filter on the server of a pair; 192.0.2.3 of the client is blocked.
+    let pair = Pair::new("met");
+    pair.client.addr("eth0", "192.0.2.3/24");
+    pair.server.static_neighbours("eth0", &["192.0.2.1", "192.0.2.3"], pair.client.mac("eth0"));
+    pair.client.static_neighbours("eth0", &["192.0.2.2"], pair.server.mac("eth0"));
+    let _echo = UdpEcho::start(&pair.server, UDP_PORT);
+    let fpin = ScratchDir::bpffs("metf");
+    let fp = fpin.arg();
+    let attach_filter = ["attach", "--iface", "eth0", "--netns", &pair.server.name, "--pin", fp];
+    XDPGUARD.ok(&attach_filter);
+    XDPGUARD.ok(&["block", "192.0.2.3", "--pin", fp]);
+
+    // An IPIP load balancer with two backends, each with a pinned
+    // decapsulator.
+    let net = LbNet::new("metl", 2, BackendKind::VipOnLoopback);
+    let _servers: Vec<Servers> = net
+        .backends
+        .iter()
+        .enumerate()
+        .map(|(i, ns)| Servers::start(ns, &format!("b{}", i + 1), 80, vec![IpAddr::V4(VIP_V4)]))
+        .collect();
+    let lpin = ScratchDir::bpffs("metl");
+    let lp = lpin.arg();
+    let dpins: Vec<ScratchDir> = (0..2).map(|_| ScratchDir::bpffs("metd")).collect();
+    let lb = XDPGUARD_LB;
+    lb.ok(&[
+        "attach",
+        "--iface",
+        "eth0",
+        "--iface",
+        "eth1",
+        "--netns",
+        &net.lb.name,
+        "--ipip-source",
+        IPIP_SRC_V4,
+        "--pin",
+        lp,
+    ]);
+    let vip = "203.0.113.10:80";
+    lb.ok(&["vip", "add", vip, "--mode", "ipip", "--pin", lp]);
+    for (i, (ns, dp)) in net.backends.iter().zip(&dpins).enumerate() {
+        let local = backend_v4(i + 1).to_string();
+        lb.ok(&["backend", "add", vip, &local, "--pin", lp]);
+        lb.ok(&["decap", "attach", "--iface", "eth0", "--local", &local, "--netns", &ns.name, "--pin", dp.arg()]);
+    }
+
+    // The exporter, listening inside the filter's namespace.
+    let args = ["--filter", fp, "--lb", lp, "--decap", dpins[0].arg(), "--decap", dpins[1].arg()];
+    let _exporter = exporter(&pair.server, &args);
+    let (content_type, before) = scrape(&pair.server, None);
+    assert_eq!(content_type, "text/plain; version=0.0.4; charset=utf-8");
+    promtool_check(&before);
+    let before = samples(&before);
+    for (program, pin) in [("filter", fp), ("lb", lp), ("decap", dpins[0].arg()), ("decap", dpins[1].arg())] {
+        assert_eq!(value(&before, "xdpguard_up", &[("program", program), ("pin", pin)]), 1.0, "{program} {pin}");
+    }
+    let attached = [("program", "filter"), ("pin", fp), ("interface", "eth0"), ("mode", "native")];
+    assert_eq!(value(&before, "xdpguard_attached", &attached), 1.0);
+    assert_eq!(value(&before, "xdpguard_filter_list_entries", &[("pin", fp), ("list", "block")]), 1.0);
+    let backend1 = backend_v4(1).to_string();
+    let vip_label = format!("tcp {vip}");
+    let b1 = [("pin", lp), ("vip", vip_label.as_str()), ("backend", backend1.as_str())];
+    assert_eq!(value(&before, "xdpguard_lb_backend_weight", &b1), 1.0);
+    let vl = [("pin", lp), ("vip", vip_label.as_str())];
+    assert_eq!(value(&before, "xdpguard_lb_vip_backends", &[vl[0], vl[1], ("state", "active")]), 2.0);
+
+    // Real traffic: 200 datagrams the filter drops, 100 it passes (echoed),
+    // 20 connections through the LB and the decapsulators.
+    let server = SocketAddr::new("192.0.2.2".parse().unwrap(), UDP_PORT);
+    pair.client.run(move || send_udp("192.0.2.3".parse().unwrap(), server, 200, 100));
+    pair.client.run(move || {
+        for _ in 0..100 {
+            assert!(udp_echo_reaches("192.0.2.1".parse().unwrap(), server, 3, Duration::from_millis(300)));
+        }
+    });
+    let to = SocketAddr::new(IpAddr::V4(VIP_V4), 80);
+    net.client.run(move || {
+        for _ in 0..20 {
+            Conn::open(to, Duration::from_secs(2)).expect("connect").ask().expect("answer");
+        }
+    });
+
+    let (_, after) = scrape(&pair.server, None);
+    promtool_check(&after);
+    let after = samples(&after);
+    let delta = |name: &str, labels: &[(&str, &str)]| value(&after, name, labels) - value(&before, name, labels);
+    let blocked = [("pin", fp), ("reason", "blocked_v4")];
+    assert_eq!(delta("xdpguard_filter_packets_total", &blocked), 200.0, "exactly the datagrams sent");
+    assert_eq!(delta("xdpguard_filter_bytes_total", &blocked), 200.0 * (14.0 + 20.0 + 8.0 + 100.0));
+    assert!(delta("xdpguard_filter_packets_total", &[("pin", fp), ("reason", "passed")]) >= 100.0);
+    let vip_packets = delta("xdpguard_lb_vip_packets_total", &vl);
+    assert!(vip_packets >= 20.0 * 4.0, "a connection is a few packets each way: {vip_packets}");
+    assert!(delta("xdpguard_lb_vip_new_flows_total", &vl) >= 20.0);
+    let mut backends = 0.0;
+    let mut decapsulated = 0.0;
+    for (i, dp) in dpins.iter().enumerate() {
+        let b = backend_v4(i + 1).to_string();
+        backends += delta("xdpguard_lb_backend_packets_total", &[vl[0], vl[1], ("backend", b.as_str())]);
+        decapsulated += delta("xdpguard_decap_packets_total", &[("pin", dp.arg()), ("reason", "decapsulated")]);
+        let resolved = [vl[0], vl[1], ("backend", b.as_str()), ("state", "resolved")];
+        assert_eq!(value(&after, "xdpguard_lb_backend_neighbour_state", &resolved), 1.0, "{b}");
+        let hop = [vl[0], vl[1], ("backend", b.as_str()), ("via", b.as_str()), ("interface", "eth1")];
+        assert_eq!(value(&after, "xdpguard_lb_backend_next_hop", &hop), 1.0, "{b}");
+    }
+    assert_eq!(backends, vip_packets, "every VIP packet went to a backend");
+    assert_eq!(decapsulated, vip_packets, "and was decapsulated there");
+    let redirected = delta("xdpguard_lb_event_packets_total", &[("pin", lp), ("event", "redirected")]);
+    assert_eq!(redirected, vip_packets, "out of the backends' interface");
+
+    // OpenMetrics, when asked for as Prometheus asks: the same samples.
+    let accept = "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+    let (content_type, om) = scrape(&pair.server, Some(accept));
+    assert_eq!(content_type, "application/openmetrics-text; version=1.0.0; charset=utf-8");
+    assert!(om.ends_with("# EOF\n"), "{om}");
+    assert!(om.contains("# UNIT xdpguard_filter_bytes bytes\n"), "{om}");
+    let names = |s: &BTreeMap<String, f64>| s.keys().cloned().collect::<BTreeSet<_>>();
+    assert_eq!(names(&samples(&om)), names(&after));
+    assert_eq!(
+        value(&samples(&om), "xdpguard_filter_packets_total", &blocked),
+        value(&after, "xdpguard_filter_packets_total", &blocked)
+    );
+
+    // The filter detached: down, and its counters gone; re-created under the
+    // same pin directory: read again (a new program, counting from zero).
+    XDPGUARD.ok(&["detach", "--pin", fp]);
+    let (_, gone) = scrape(&pair.server, None);
+    promtool_check(&gone);
+    let gone = samples(&gone);
+    assert_eq!(value(&gone, "xdpguard_up", &[("program", "filter"), ("pin", fp)]), 0.0);
+    assert!(!gone.keys().any(|k| k.starts_with("xdpguard_filter_")), "{gone:#?}");
+    assert_eq!(value(&gone, "xdpguard_up", &[("program", "lb"), ("pin", lp)]), 1.0, "the others are still read");
+    XDPGUARD.ok(&attach_filter);
+    XDPGUARD.ok(&["block", "192.0.2.3", "--pin", fp]);
+    pair.client.run(move || send_udp("192.0.2.3".parse().unwrap(), server, 50, 100));
+    let again = samples(&scrape(&pair.server, None).1);
+    assert_eq!(value(&again, "xdpguard_up", &[("program", "filter"), ("pin", fp)]), 1.0);
+    assert_eq!(value(&again, "xdpguard_filter_packets_total", &blocked), 50.0, "the new program's counters");
+
+    // A second exporter on the same address: a typed error, at once.
+    // check-deps: built-here (a binary of this crate: CARGO_BIN_EXE_*)
+    let out = Command::new(XDPGUARD.path())
+        .args(["metrics", "--netns", &pair.server.name, "--listen", LISTEN, "--filter", fp])
+        .output()
+        .expect("run the second exporter");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains(&format!("error: cannot listen on {LISTEN}: the address is in use")), "{err}");
+
+    // `xdpguard-lb stats --watch`: a round per interval, with rates from the
+    // second on.
+    // check-deps: built-here (a binary of this crate: CARGO_BIN_EXE_*)
+    let child = Command::new(XDPGUARD_LB.path())
+        .args(["stats", "--watch", "--interval", "1", "--json", "--pin", lp])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start stats --watch");
+    let mut watch = Running(child);
+    let mut lines = BufReader::new(watch.0.stdout.take().unwrap()).lines();
+    let first: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert!(first["global"].get("rates").is_none(), "{first}");
+    net.client.run(move || Conn::open(to, Duration::from_secs(2)).expect("connect").ask().expect("answer"));
+    let second: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert!(second["global"]["rates"]["redirected"]["pps"].as_f64().unwrap() > 0.0, "{second}");
+    assert!(second["vips"][0]["pps"].as_f64().unwrap() > 0.0, "{second}");
+    drop(watch);
+
+    for dp in &dpins {
+        lb.ok(&["decap", "detach", "--pin", dp.arg()]);
+    }
+    lb.ok(&["detach", "--pin", lp]);
+    XDPGUARD.ok(&["detach", "--pin", fp]);
+}
+
+#[test]
+fn the_exporter_needs_a_program() {
+    let out = XDPGUARD.run(&["metrics", "--listen", LISTEN]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no program given: name at least one pin directory"));
+}
