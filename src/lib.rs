@@ -111,6 +111,7 @@ pub use filter::{
     DEFAULT_V6_CAPACITY, MAX_CAPACITY,
 };
 pub use ipnetwork::IpNetwork;
+pub use lb::Health;
 pub use lb::{
     Backend, BackendAddr, BackendBatch, BackendState, BackendStats, Decap, DecapBuilder, DecapStats, EchoPolicy, Flow,
     ForwardingMode, FragmentPolicy, HashInput, LbDrops, LbStats, LoadBalancer, LoadBalancerBuilder, NeighbourState,

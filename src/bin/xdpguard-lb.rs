@@ -16,7 +16,7 @@
 //! xdpguard-lb backend del 203.0.113.10:80 198.51.100.11  xdpguard-lb backend list 203.0.113.10:80 [--json]
 //! xdpguard-lb which 203.0.113.10:80 --from 192.0.2.1:40000 [--json]     (the VIP and backend a new flow gets)
 //! xdpguard-lb which 203.0.113.13:* --to-port 443 --from 192.0.2.1:40000  (all-ports VIPs: the port counts)
-//! xdpguard-lb stats [--json] [--reset] [--watch [--interval SECS]]   xdpguard-lb status [--json]
+//! xdpguard-lb stats [--json] [--reset] [--watch [--interval SECS]]   xdpguard-lb status [--json] [--exit-code]
 //! xdpguard-lb detach
 //! xdpguard-lb decap attach --iface eth0 --local 198.51.100.11 [--pin DIR] [--netns NAME]   (on a backend)
 //! xdpguard-lb decap stats [--json]                       xdpguard-lb decap detach
@@ -207,12 +207,21 @@ enum Command {
         interval: u64,
     },
     /// Show interfaces, policies, capacities and memory.
+    ///
+    /// With --exit-code, a health check (the hook a BGP speaker's agent
+    /// polls, dist/bird/): exits 0 when attached and at least one VIP has
+    /// an active backend, 3 when attached to no interface, 4 when no VIP has
+    /// an active backend, 1 when no LB is pinned (detached) or it cannot be
+    /// read.
     Status {
         #[command(flatten)]
         pin: Pin,
         /// JSON output.
         #[arg(long)]
         json: bool,
+        /// Exit non-zero unless the LB is serving (see above).
+        #[arg(long)]
+        exit_code: bool,
     },
 }
 
@@ -301,7 +310,19 @@ enum BackendCommand {
 }
 
 fn main() -> ExitCode {
-    common::exit_code(run(Cli::parse().command))
+    match Cli::parse().command {
+        Command::Status { pin, json, exit_code: true } => health(&pin, json),
+        command => common::exit_code(run(command)),
+    }
+}
+
+/// `status --exit-code`: the status, and the health verdict as the exit
+/// code `Health::exit_code` documents (1 on any error).
+fn health(pin: &Pin, json: bool) -> ExitCode {
+    match status(pin, json) {
+        Ok(h) => ExitCode::from(h.exit_code()),
+        Err(e) => common::exit_code(Err(e)),
+    }
 }
 
 fn run(command: Command) -> Result<()> {
@@ -543,49 +564,58 @@ fn run(command: Command) -> Result<()> {
                 }
             }
         }
-        Command::Status { pin, json } => {
-            let lb = LoadBalancer::open_pinned(&pin.pin)?;
-            let (vips, backends, connections) = lb.capacity();
-            let attachments = lb.attachments();
-            if json {
-                println!(
-                    "{}",
-                    json!({
-                        "pin": pin.pin.display().to_string(),
-                        "attachments": attachments.iter().map(common::attachment_json).collect::<Vec<_>>(),
-                        "redirect_ifindexes": lb.redirect_interfaces(),
-                        "vips": lb.vips()?.len(),
-                        "capacity": { "vips": vips, "backends": backends, "connections": connections },
-                        "connections": lb.connection_count(),
-                        "map_memory_bytes": lb.map_memory_bytes(),
-                        "echo_policy": lb.echo_policy().to_string(),
-                        "fragment_policy": lb.fragment_policy().to_string(),
-                        "options_policy": lb.options_policy().to_string(),
-                        "udp_timeout_secs": lb.udp_timeout().as_secs_f64(),
-                        "hash_seed": lb.hash_seed(),
-                    })
-                );
-            } else {
-                println!("pinned at:   {}", pin.pin.display());
-                for a in &attachments {
-                    println!("attached:    {}", common::attachment_text(a));
-                }
-                println!("redirect:    ifindexes {:?}", lb.redirect_interfaces());
-                println!("VIPs:        {} of {vips}", lb.vips()?.len());
-                println!("backends:    up to {backends}");
-                println!("connections: {} tracked, table of {connections}", lb.connection_count());
-                println!("memory:      {}", common::memory_text(lb.map_memory_bytes()));
-                println!(
-                    "policies:    echo {}, fragments {}, options {}, UDP timeout {:?}",
-                    lb.echo_policy(),
-                    lb.fragment_policy(),
-                    lb.options_policy(),
-                    lb.udp_timeout()
-                );
-            }
+        Command::Status { pin, json, exit_code: _ } => {
+            status(&pin, json)?;
         }
     }
     Ok(())
+}
+
+/// `status`: interfaces, policies, capacities, memory and health.
+fn status(pin: &Pin, json: bool) -> Result<xdpguard::Health> {
+    let lb = LoadBalancer::open_pinned(&pin.pin)?;
+    let health = lb.health()?;
+    let (vips, backends, connections) = lb.capacity();
+    let attachments = lb.attachments();
+    if json {
+        println!(
+            "{}",
+            json!({
+                "pin": pin.pin.display().to_string(),
+                "attachments": attachments.iter().map(common::attachment_json).collect::<Vec<_>>(),
+                "redirect_ifindexes": lb.redirect_interfaces(),
+                "vips": lb.vips()?.len(),
+                "capacity": { "vips": vips, "backends": backends, "connections": connections },
+                "connections": lb.connection_count(),
+                "map_memory_bytes": lb.map_memory_bytes(),
+                "echo_policy": lb.echo_policy().to_string(),
+                "fragment_policy": lb.fragment_policy().to_string(),
+                "options_policy": lb.options_policy().to_string(),
+                "udp_timeout_secs": lb.udp_timeout().as_secs_f64(),
+                "hash_seed": lb.hash_seed(),
+                "serving": health.is_serving(),
+            })
+        );
+    } else {
+        println!("pinned at:   {}", pin.pin.display());
+        for a in &attachments {
+            println!("attached:    {}", common::attachment_text(a));
+        }
+        println!("redirect:    ifindexes {:?}", lb.redirect_interfaces());
+        println!("VIPs:        {} of {vips}", lb.vips()?.len());
+        println!("backends:    up to {backends}");
+        println!("connections: {} tracked, table of {connections}", lb.connection_count());
+        println!("memory:      {}", common::memory_text(lb.map_memory_bytes()));
+        println!(
+            "policies:    echo {}, fragments {}, options {}, UDP timeout {:?}",
+            lb.echo_policy(),
+            lb.fragment_policy(),
+            lb.options_policy(),
+            lb.udp_timeout()
+        );
+        println!("health:      {health}");
+    }
+    Ok(health)
 }
 
 /// The counters at one moment (`stats`, and each round of `stats --watch`).

@@ -9,7 +9,8 @@
 //!   changes and the Maglev batch edit; `maglev.rs`: the tables.
 //! - `flows.rs`: where a flow goes (`hash.rs`: the data plane's hash);
 //!   `settings.rs` and `policies.rs`: policies and timeouts; `stats.rs`: counters;
-//!   `hops.rs` and `neigh.rs`: backends' next hops.
+//!   `hops.rs` and `neigh.rs`: backends' next hops; `health.rs`: whether it
+//!   serves (the BGP health hook).
 //! - `decap.rs`: [`Decap`], a second program over the same core.
 
 mod batch;
@@ -17,6 +18,7 @@ mod builder;
 mod decap;
 mod flows;
 pub(crate) mod hash;
+mod health;
 mod hops;
 pub(crate) mod layout;
 pub(crate) mod maglev;
@@ -45,6 +47,7 @@ use crate::AttachMode;
 pub use batch::BackendBatch;
 pub use builder::LoadBalancerBuilder;
 pub use decap::{Decap, DecapBuilder, DecapStats};
+pub use health::Health;
 pub use neigh::NEIGH_PROTOCOL;
 pub use policies::{EchoPolicy, FragmentPolicy, NewFlowLimit, OptionsPolicy};
 pub use stats::{BackendStats, LbDrops, LbStats, VipStats};
