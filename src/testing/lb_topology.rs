@@ -475,8 +475,13 @@ impl Conn {
     /// # Errors
     /// When the connection fails or closes.
     pub fn ask_with(&mut self, question: &[u8]) -> std::io::Result<String> {
-        self.writer.write_all(question)?;
-        self.writer.write_all(b"\n")?;
+        // One write: with two, Nagle holds the newline until the server's
+        // delayed ACK of the question (40 ms an ask once the connection
+        // has left quick-ACK mode).
+        let mut line = Vec::with_capacity(question.len() + 1);
+        line.extend_from_slice(question);
+        line.push(b'\n');
+        self.writer.write_all(&line)?;
         let mut line = String::new();
         if self.reader.read_line(&mut line)? == 0 {
             return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "closed"));
