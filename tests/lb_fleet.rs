@@ -206,8 +206,8 @@ impl Pin {
 
 impl Drop for Pin {
     fn drop(&mut self) {
-        if self.0.path().exists() {
-            let _ = Command::new(XDPGUARD_LB.path()).args(["detach", "--pin", self.arg()]).output();
+        if let Ok(lb) = LoadBalancer::open_pinned(self.0.path()) {
+            let _ = lb.unpin();
         }
     }
 }
@@ -508,7 +508,7 @@ impl Fleet {
         let stats = XDPGUARD_LB.json(&["stats", "--json", "--pin", self.pins[i - 1].arg()]);
         let of = |port: u16| -> u64 {
             let name = vip(port).to_string();
-            let v = stats["vips"].as_array().unwrap().iter().find(|v| v["vip"] == Value::from(name.clone()));
+            let v = stats["vips"].as_array().unwrap().iter().find(|v| v["vip"].as_str() == Some(name.as_str()));
             v.unwrap_or_else(|| panic!("node {i}: no {name} in {stats}"))["new_flows"].as_u64().unwrap()
         };
         [of(IPIP_PORT), of(DSR_PORT)]
