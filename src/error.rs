@@ -183,8 +183,9 @@ pub enum PinError {
     /// Pinned by an xdpguard with a different map layout.
     #[error(
         "{} was pinned by an incompatible xdpguard (layout {found}, this build uses {expected}); \
-         detach it with the version that created it",
-        path.display()
+         if this build is the newer one, take it over with `upgrade` (e.g. `xdpguard upgrade --pin {}`), \
+         else detach it with the version that created it",
+        path.display(), path.display()
     )]
     Incompatible {
         /// The directory.
@@ -193,6 +194,38 @@ pub enum PinError {
         found: u32,
         /// The layout version of this build.
         expected: u32,
+    },
+    /// An upgrade found pins of a layout this build has no migration for;
+    /// nothing was changed.
+    #[error(
+        "cannot take over the xdpguard {kind} pinned at {}: it has layout {found}, this build uses {expected} \
+         and knows no migration from {found}; nothing was changed (it keeps running). Upgrade through a \
+         version that knows both layouts, or detach it with the version that created it and attach anew \
+         (its lists, VIPs and connections are then lost)",
+        path.display()
+    )]
+    NoMigration {
+        /// The directory.
+        path: PathBuf,
+        /// What is pinned there.
+        kind: &'static str,
+        /// The layout version found.
+        found: u32,
+        /// The layout version of this build.
+        expected: u32,
+    },
+    /// An upgrade cannot reuse a pinned map as it is; nothing was changed.
+    #[error(
+        "cannot take over the xdpguard {kind} pinned at {}: {reason}; nothing was changed (it keeps running)",
+        path.display()
+    )]
+    UpgradeRefused {
+        /// The directory.
+        path: PathBuf,
+        /// What is pinned there.
+        kind: &'static str,
+        /// What does not fit, named.
+        reason: String,
     },
     /// A file-system or BPF operation on the pin directory failed.
     #[error("{op} {} failed: {source}", path.display())]

@@ -104,6 +104,7 @@ pub mod testing;
 pub use crate::core::attach::{AttachMode, Attachment, Interface};
 pub use crate::core::counter::Counter;
 pub use crate::core::testrun::{TestRun, XdpAction};
+pub use crate::core::upgrade::UpgradeReport;
 pub use error::{AttachError, Error, LbError, LineError, ListError, LoadError, ParseError, PinError};
 pub use filter::{normalize, parse_list, parse_prefix, FilterStats, ListKind, ListLine, Normalized};
 pub use filter::{

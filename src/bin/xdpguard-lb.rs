@@ -17,9 +17,9 @@
 //! xdpguard-lb which 203.0.113.10:80 --from 192.0.2.1:40000 [--json]     (the VIP and backend a new flow gets)
 //! xdpguard-lb which 203.0.113.13:* --to-port 443 --from 192.0.2.1:40000  (all-ports VIPs: the port counts)
 //! xdpguard-lb stats [--json] [--reset] [--watch [--interval SECS]]   xdpguard-lb status [--json] [--exit-code]
-//! xdpguard-lb detach
+//! xdpguard-lb detach                                    xdpguard-lb upgrade   (a newer build takes over)
 //! xdpguard-lb decap attach --iface eth0 --local 198.51.100.11 [--pin DIR] [--netns NAME]   (on a backend)
-//! xdpguard-lb decap stats [--json]                       xdpguard-lb decap detach
+//! xdpguard-lb decap stats [--json]                       xdpguard-lb decap detach | upgrade
 //! ```
 //! A VIP is `ADDR:PORT`, `[V6-ADDR]:PORT`, or `ADDR:*` for all ports
 //! (`Vip::parse_with`); modes and policies are the names their types parse
@@ -108,6 +108,11 @@ enum DecapCommand {
         #[command(flatten)]
         pin: DecapPin,
     },
+    /// Take over a decapsulator pinned by another (older) xdpguard, swapping its program in place.
+    Upgrade {
+        #[command(flatten)]
+        pin: DecapPin,
+    },
 }
 
 #[derive(Subcommand)]
@@ -152,6 +157,14 @@ enum Command {
     },
     /// Detach from every interface and remove the pins.
     Detach {
+        #[command(flatten)]
+        pin: Pin,
+    },
+    /// Take over a load balancer pinned by another (older) xdpguard: VIPs,
+    /// backends and connections stay, its program is swapped for this
+    /// build's on every interface at once, without a packet going
+    /// unbalanced.
+    Upgrade {
         #[command(flatten)]
         pin: Pin,
     },
@@ -410,6 +423,14 @@ fn run(command: Command) -> Result<()> {
             let attachments = decap.attachments();
             decap.unpin()?;
             common::print_detached(&attachments, &pin.pin);
+        }
+        Command::Decap(DecapCommand::Upgrade { pin }) => {
+            let (_, report) = Decap::upgrade_pinned(&pin.pin)?;
+            common::print_upgraded("decapsulator", &report, &pin.pin);
+        }
+        Command::Upgrade { pin } => {
+            let (_, report) = LoadBalancer::upgrade_pinned(&pin.pin)?;
+            common::print_upgraded("load balancer", &report, &pin.pin);
         }
         Command::Detach { pin } => {
             let lb = LoadBalancer::open_pinned(&pin.pin)?;

@@ -14,7 +14,7 @@
 //! xdpguard block --force 0.0.0.0/0             (a whole family: refused without --force)
 //! xdpguard list [--allow] [--json]              xdpguard stats [--json] [--watch SECS] [--reset]
 //! xdpguard check 192.0.2.9                       xdpguard status [--json]
-//! xdpguard detach
+//! xdpguard detach                               xdpguard upgrade   (a newer build takes over)
 //! xdpguard metrics [--listen 127.0.0.1:9435] --filter PIN --lb PIN --decap PIN   (repeatable; a Prometheus exporter)
 //! ```
 
@@ -107,6 +107,13 @@ enum Command {
         #[command(flatten)]
         pin: Pin,
     },
+    /// Take over a filter pinned by another (older) xdpguard: its lists and
+    /// counters stay, its program is swapped for this build's on every
+    /// interface at once, without a packet going unfiltered.
+    Upgrade {
+        #[command(flatten)]
+        pin: Pin,
+    },
     /// Add entries to the blocklist.
     Block(BlockArgs),
     /// Remove entries from the blocklist.
@@ -189,6 +196,10 @@ fn run(command: Command) -> Result<()> {
             let attachments = filter.attachments();
             filter.unpin()?;
             common::print_detached(&attachments, &pin.pin);
+        }
+        Command::Upgrade { pin } => {
+            let (_, report) = Filter::upgrade_pinned(&pin.pin)?;
+            common::print_upgraded("filter", &report, &pin.pin);
         }
         Command::Block(b) => add_entries(ListKind::Block, b.add, b.force)?,
         Command::Allow(add) => add_entries(ListKind::Allow, add, false)?,

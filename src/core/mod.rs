@@ -13,6 +13,8 @@
 //! - `table.rs`: the chained-bucket hash table (and its write order) the
 //!   filter's tables use; `hash.rs`: the hash under it.
 //! - `testrun.rs`: `BPF_PROG_TEST_RUN` results.
+//! - `upgrade.rs`: a newer build taking over a pinned program (the
+//!   migration hook is [`ProgramKind::migration`](pinned::ProgramKind::migration)).
 //! - `names.rs`: `Display` and `FromStr` for the public enums (policies,
 //!   modes, states) from one table of names each.
 
@@ -29,3 +31,4 @@ pub(crate) mod program;
 pub(crate) mod sys;
 pub(crate) mod table;
 pub(crate) mod testrun;
+pub(crate) mod upgrade;

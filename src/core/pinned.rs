@@ -102,7 +102,54 @@ pub(crate) trait ProgramKind: Sized + 'static {
     fn repair_after(_err: &Self::Error) -> bool {
         false
     }
+
+    /// The upgrade hook: how this build takes over maps pinned by a build
+    /// of the older layout `from` ([`Kind::layout_version`] differs). `None`
+    /// (the default, and every layout no migration is written for): the
+    /// upgrade is refused with [`PinError::NoMigration`] before anything is
+    /// touched. A layout bump adds its migration here, so the versions this
+    /// build takes over are listed in one place per program.
+    fn migration(_from: u32) -> Option<Migration<Self::Maps>> {
+        None
+    }
+
+    /// The maps an upgrade rehearsal recreates and copies (see
+    /// [`REHEARSAL_LAYOUT`]): the ones whose migration is hardest to get
+    /// right, those the data plane writes itself among them.
+    const REHEARSAL: &'static [&'static str] = &[];
 }
+
+/// How a build takes over the maps of an older layout: the maps whose
+/// layout changed are created anew (with the pinned ones' capacities) and
+/// filled by `copy`; every other map is reused as pinned, and must be
+/// unchanged (checked before anything is touched).
+pub(crate) struct Migration<M> {
+    /// The maps recreated, by name.
+    pub changed: &'static [&'static str],
+    /// Copies what the old maps hold into the new ones: once before the
+    /// programs are swapped (the old one still runs: lists, VIPs, backends,
+    /// connections), and once after ([`CopyPass::AfterSwap`]: what the old
+    /// program wrote meanwhile, counters). The pin directory is locked
+    /// throughout, so no edit runs in between.
+    pub copy: fn(old: &PinDir, new: &M, pass: CopyPass) -> Result<(), Error>,
+}
+
+/// When a [`Migration`]'s copy runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CopyPass {
+    /// Before the swap, while the old program still runs.
+    BeforeSwap,
+    /// After it: the old program no longer runs, its maps are frozen.
+    AfterSwap,
+}
+
+/// A layout version no build writes. With the `testing` feature, every
+/// program takes over pins stamped with it through a migration that
+/// recreates its [`ProgramKind::REHEARSAL`] maps and copies them as they
+/// are (`xdpguard::testing::upgrade`), so tests rehearse a migrating
+/// upgrade under live traffic: new maps, both copy passes, the swap, the
+/// pins replaced.
+pub(crate) const REHEARSAL_LAYOUT: u32 = 0x5245_0000; // "RE"
 
 /// Where a new program goes: what every builder collects besides its own
 /// settings.
@@ -445,7 +492,7 @@ fn check_header(dir: &PinDir) -> Result<(), PinError> {
 }
 
 /// What a failed load means, and what to do about it.
-fn load_error(kind: &Kind, err: libbpf_rs::Error, offload: bool) -> LoadError {
+pub(crate) fn load_error(kind: &Kind, err: libbpf_rs::Error, offload: bool) -> LoadError {
     let message = format!("{err:#}");
     let source = io_from_libbpf(err);
     if let Some(missing) = missing_privileges() {

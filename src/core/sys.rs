@@ -206,3 +206,64 @@ pub(crate) fn prog_test_run(
     out.truncate(opts.data_size_out as usize);
     Ok(TestRun { retval: opts.retval, data_out: out, duration_ns: opts.duration })
 }
+
+/// Swaps the program a link runs for `prog`, atomically: every packet runs
+/// either the old program or the new one (`BPF_LINK_UPDATE`, Linux 5.7;
+/// XDP links 5.9). No `BPF_F_REPLACE`: callers hold the pin directory's
+/// lock, and an upgrade that died after swapping must be able to run again.
+pub(crate) fn link_update(link: BorrowedFd<'_>, prog: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: zero is the documented "no options" value of bpf_link_update_opts.
+    let mut opts: libbpf_sys::bpf_link_update_opts = unsafe { zeroed() };
+    opts.sz = size_of::<libbpf_sys::bpf_link_update_opts>() as _;
+    // SAFETY: both fds are valid for the duration of the call; opts is sized and initialised.
+    check(unsafe { libbpf_sys::bpf_link_update(link.as_raw_fd(), prog.as_raw_fd(), &opts) }).map(drop)
+}
+
+/// The id of the program a link runs.
+pub(crate) fn link_prog_id(link: BorrowedFd<'_>) -> io::Result<u32> {
+    // SAFETY: bpf_link_info is plain data; zero is a valid value.
+    let mut info: libbpf_sys::bpf_link_info = unsafe { zeroed() };
+    let mut len = size_of::<libbpf_sys::bpf_link_info>() as u32;
+    // SAFETY: info and len describe a writable buffer of the right size.
+    check(unsafe { libbpf_sys::bpf_link_get_info_by_fd(link.as_raw_fd(), &mut info, &mut len) })?;
+    Ok(info.prog_id)
+}
+
+/// A loaded program's id, name and BTF object id (0: none).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ProgInfo {
+    pub id: u32,
+    pub name: String,
+    pub btf_id: u32,
+}
+
+pub(crate) fn prog_info(prog: BorrowedFd<'_>) -> io::Result<ProgInfo> {
+    // SAFETY: bpf_prog_info is plain data; zero is a valid value.
+    let mut info: libbpf_sys::bpf_prog_info = unsafe { zeroed() };
+    let mut len = size_of::<libbpf_sys::bpf_prog_info>() as u32;
+    // SAFETY: info and len describe a writable buffer of the right size.
+    check(unsafe { libbpf_sys::bpf_prog_get_info_by_fd(prog.as_raw_fd(), &mut info, &mut len) })?;
+    let name: Vec<u8> = info.name.iter().take_while(|&&c| c != 0).map(|&c| c as u8).collect();
+    Ok(ProgInfo { id: info.id, name: String::from_utf8_lossy(&name).into_owned(), btf_id: info.btf_id })
+}
+
+/// Opens a loaded program by id (needs CAP_SYS_ADMIN).
+pub(crate) fn prog_by_id(id: u32) -> io::Result<OwnedFd> {
+    // SAFETY: a plain system call on an integer id.
+    let fd = check(unsafe { libbpf_sys::bpf_prog_get_fd_by_id(id) })?;
+    // SAFETY: the kernel just returned this fd to us.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Whether the kernel loads `BPF_PROG_TYPE_EXT` (freplace) programs, which
+/// a libxdp dispatcher's components are: libbpf's probe loads a minimal
+/// one. `None` when the probe itself fails for another reason.
+pub(crate) fn kernel_loads_freplace() -> Option<bool> {
+    // SAFETY: a probe with no options; it loads and frees a tiny program.
+    let ret = unsafe { libbpf_sys::libbpf_probe_bpf_prog_type(libbpf_sys::BPF_PROG_TYPE_EXT, std::ptr::null()) };
+    match ret {
+        1 => Some(true),
+        0 => Some(false),
+        _ => None,
+    }
+}

@@ -123,6 +123,8 @@ impl ProgramKind for FilterKind {
     type Model = ListState;
     type Error = ListError;
 
+    const REHEARSAL: &'static [&'static str] = &[names::XDPG_FILTER_CNT, names::XDPG_V4_RULES];
+
     fn load_model(maps: &FilterMaps) -> Result<ListState, ListError> {
         Ok(ListState::load(maps))
     }
@@ -192,6 +194,37 @@ impl Filter {
     /// [`ListError::Full`] if the tables of a crashed edit no longer fit.
     pub fn open_pinned(dir: impl AsRef<Path>) -> Result<Filter, Error> {
         Ok(Filter { core: Pinned::open_pinned(dir.as_ref())? })
+    }
+
+    /// Takes over the filter pinned under `dir` by another xdpguard build
+    /// (an older version): its lists, policy and counters stay, and its
+    /// program is replaced by this build's on every interface at once
+    /// (`BPF_LINK_UPDATE`), so no packet goes unfiltered. Pins of the same
+    /// layout are reused as they are; pins of an older layout are migrated
+    /// when this build knows how, else refused before anything changes.
+    /// Handles other processes hold keep working after a same-layout
+    /// upgrade (the maps are the same); after a migration they must reopen.
+    /// A program chained behind it with [`set_next`](Self::set_next) stays.
+    ///
+    /// Requires Linux 5.9 or later (the filter itself needs 5.15).
+    ///
+    /// ```no_run
+    /// let (filter, report) = xdpguard::Filter::upgrade_pinned("/sys/fs/bpf/xdpguard")?;
+    /// println!("program {} replaced {}", report.new_program_id, report.old_program_id);
+    /// # Ok::<(), xdpguard::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`open_pinned`](Self::open_pinned), and
+    /// [`PinError::NoMigration`](crate::PinError::NoMigration) (a layout
+    /// this build cannot migrate), [`PinError::UpgradeRefused`](crate::PinError::UpgradeRefused),
+    /// the [`LoadError`]s of loading the new program: all before anything is
+    /// changed. [`AttachError::Bpf`](crate::AttachError::Bpf) when an
+    /// interface refuses the new program (the others are switched back).
+    pub fn upgrade_pinned(dir: impl AsRef<Path>) -> Result<(Filter, crate::UpgradeReport), Error> {
+        let (core, report) = Pinned::upgrade(dir.as_ref(), layout::filter_skel::FilterSkelBuilder::default())?;
+        Ok((Filter { core }, report))
     }
 
     /// The blocklist.

@@ -46,6 +46,8 @@ impl ProgramKind for DecapKind {
     type Model = ();
     type Error = LbError;
 
+    const REHEARSAL: &'static [&'static str] = &[names::XDPG_DECAP_ADDR, names::XDPG_DECAP_CNT];
+
     fn load_model(_maps: &DecapMaps) -> Result<(), LbError> {
         Ok(())
     }
@@ -166,6 +168,19 @@ impl Decap {
     /// [`LoadError::MissingPrivileges`](crate::LoadError::MissingPrivileges).
     pub fn open_pinned(dir: impl AsRef<Path>) -> Result<Decap, Error> {
         Ok(Decap { core: Pinned::open_pinned(dir.as_ref())? })
+    }
+
+    /// Takes over the decapsulator pinned under `dir` by another xdpguard
+    /// build, as [`LoadBalancer::upgrade_pinned`](crate::LoadBalancer::upgrade_pinned)
+    /// does: its local addresses and counters stay, its program is replaced
+    /// on every interface at once.
+    ///
+    /// # Errors
+    ///
+    /// As [`Filter::upgrade_pinned`](crate::Filter::upgrade_pinned).
+    pub fn upgrade_pinned(dir: impl AsRef<Path>) -> Result<(Decap, crate::UpgradeReport), Error> {
+        let (core, report) = Pinned::upgrade(dir.as_ref(), DecapSkelBuilder::default())?;
+        Ok((Decap { core }, report))
     }
 
     /// The pin directory, if pinned.

@@ -231,6 +231,8 @@ impl ProgramKind for LbKind {
     type Model = LbState;
     type Error = LbError;
 
+    const REHEARSAL: &'static [&'static str] = &[names::XDPG_LB_CONNS4, names::XDPG_LB_CONNS6, names::XDPG_LB_CNT];
+
     fn load_model(maps: &LbMaps) -> Result<LbState, LbError> {
         LbState::load(maps)
     }
@@ -283,6 +285,37 @@ impl LoadBalancer {
         let lb = LoadBalancer { core, netns };
         let _ = lb.refresh_neighbours();
         Ok(lb)
+    }
+
+    /// Takes over the load balancer pinned under `dir` by another xdpguard
+    /// build (an older version): its VIPs, backends, Maglev tables,
+    /// connection and NAT tables, next hops and counters stay, and its
+    /// program is replaced by this build's on every interface at once
+    /// (`BPF_LINK_UPDATE`), so no packet goes unbalanced and every tracked
+    /// connection keeps its backend. Pins of the same layout are reused as
+    /// they are; an older layout is migrated when this build knows how,
+    /// else refused before anything changes. A filter that chains into it
+    /// (`Filter::set_next`) still holds the old program: chain the new one
+    /// (`filter.set_next(lb.program_fd())`).
+    ///
+    /// Requires Linux 5.9 or later (the LB itself needs 5.15).
+    ///
+    /// # Errors
+    ///
+    /// As [`open_pinned`](Self::open_pinned), and
+    /// [`PinError::NoMigration`](crate::PinError::NoMigration),
+    /// [`PinError::UpgradeRefused`](crate::PinError::UpgradeRefused), the
+    /// [`LoadError`](crate::LoadError)s of loading the new program: all
+    /// before anything is changed. [`AttachError::Bpf`](crate::AttachError::Bpf)
+    /// when an interface refuses the new program (the others are switched
+    /// back).
+    pub fn upgrade_pinned(dir: impl AsRef<Path>) -> Result<(LoadBalancer, crate::UpgradeReport), Error> {
+        let (core, report): (Pinned<LbKind>, _) =
+            Pinned::upgrade(dir.as_ref(), layout::lb_skel::LbSkelBuilder::default())?;
+        let netns = neigh::find(core.maps.netns());
+        let lb = LoadBalancer { core, netns };
+        let _ = lb.refresh_neighbours();
+        Ok((lb, report))
     }
 
     fn maps(&self) -> &LbMaps {

@@ -462,6 +462,34 @@ impl Conn {
         Ok(Conn { writer: s.try_clone()?, reader: BufReader::new(s), local })
     }
 
+    /// Segments the kernel retransmitted on this connection so far
+    /// (`tcpi_total_retrans` of `TCP_INFO`): a packet lost on the path
+    /// shows here.
+    ///
+    /// # Errors
+    /// When the socket cannot be asked.
+    pub fn retransmits(&self) -> std::io::Result<u32> {
+        use std::os::fd::AsRawFd;
+        // SAFETY: tcp_info is plain data; zero is a valid value.
+        let mut info: nix::libc::tcp_info = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<nix::libc::tcp_info>() as nix::libc::socklen_t;
+        // SAFETY: the fd is this connection's open socket; info and len
+        // describe a writable buffer of the size given.
+        let ret = unsafe {
+            nix::libc::getsockopt(
+                self.writer.as_raw_fd(),
+                nix::libc::IPPROTO_TCP,
+                nix::libc::TCP_INFO,
+                (&raw mut info).cast(),
+                &mut len,
+            )
+        };
+        if ret != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(info.tcpi_total_retrans)
+    }
+
     /// Asks "who": the answering backend's name.
     ///
     /// # Errors

@@ -79,6 +79,23 @@ pub fn print_attached(attachments: &[Attachment], pin: &Path) {
 }
 
 /// After `detach`: the interfaces it left and the pin directory removed.
+pub fn print_upgraded(what: &str, report: &xdpguard::UpgradeReport, pin: &Path) {
+    let maps = if report.migrated_maps.is_empty() {
+        "every map reused".to_owned()
+    } else {
+        format!("migrated {}", report.migrated_maps.join(", "))
+    };
+    let on = if report.interfaces.is_empty() { "no interface".to_owned() } else { report.interfaces.join(", ") };
+    println!(
+        "upgraded the {what} pinned at {}: program {} replaced program {} on {on} (layout {} -> {}, {maps})",
+        pin.display(),
+        report.new_program_id,
+        report.old_program_id,
+        report.from_layout,
+        report.to_layout,
+    );
+}
+
 pub fn print_detached(attachments: &[Attachment], pin: &Path) {
     let names: Vec<&str> = attachments.iter().map(|a| a.interface.as_str()).collect();
     println!("detached from [{}] and removed {}", names.join(", "), pin.display());

@@ -1,0 +1,66 @@
+//! Rehearsing upgrades: stamp a pinned program's config header with
+//! another layout version, and read which program its pinned links run.
+//!
+//! Stamping [`REHEARSAL_LAYOUT`] makes the next `upgrade_pinned` run a
+//! migration (with this feature, every program knows one from it): the
+//! program's hardest maps (the LB's connection tables and counters, the
+//! filter's counters and IPv4 entries, the decapsulator's addresses and
+//! counters) are recreated and copied before and after the swap, and their
+//! pins replaced, exactly as a migration from an older layout does, with
+//! values that need no conversion. Stamping any other version no build
+//! knows makes it refuse with [`PinError::NoMigration`](crate::PinError::NoMigration).
+
+use std::path::Path;
+
+use libbpf_rs::{MapCore, MapFlags, MapHandle};
+
+use crate::core::layout::{header, names};
+use crate::core::sys;
+
+/// The layout version every program migrates from with the `testing`
+/// feature (an identity migration of some of its maps).
+pub const REHEARSAL_LAYOUT: u32 = crate::core::pinned::REHEARSAL_LAYOUT;
+
+/// The config maps that mark a pin directory, one per program.
+const CONFIGS: [&str; 3] = [names::XDPG_FILTER_CFG, names::XDPG_LB_CFG, names::XDPG_DECAP_CFG];
+
+/// Writes `version` as the layout version of the program pinned in `dir`.
+///
+/// # Panics
+/// When `dir` holds no xdpguard program, or its config cannot be written.
+pub fn stamp_layout(dir: impl AsRef<Path>, version: u32) {
+    let dir = dir.as_ref();
+    let path = CONFIGS
+        .iter()
+        .map(|c| dir.join(c))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| panic!("{} holds no pinned xdpguard program", dir.display()));
+    let map = MapHandle::from_pinned_path(&path).expect("open the pinned config");
+    let mut value = map.lookup(&0u32.to_ne_bytes(), MapFlags::ANY).expect("read the config").expect("config entry");
+    value[header::LAYOUT_VERSION..header::LAYOUT_VERSION + 4].copy_from_slice(&version.to_ne_bytes());
+    map.update(&0u32.to_ne_bytes(), &value, MapFlags::ANY).expect("write the config");
+}
+
+/// The ids of the programs the links pinned in `dir` run, sorted.
+///
+/// # Panics
+/// When a link pin cannot be read.
+pub fn link_program_ids(dir: impl AsRef<Path>) -> Vec<u32> {
+    let mut ids: Vec<u32> = std::fs::read_dir(dir.as_ref())
+        .expect("read the pin directory")
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().starts_with("link_"))
+        .map(|e| {
+            let fd = sys::obj_get(&e.path()).expect("open the pinned link");
+            sys::link_prog_id(std::os::fd::AsFd::as_fd(&fd)).expect("read the link's program")
+        })
+        .collect();
+    ids.sort_unstable();
+    ids
+}
+
+/// The id of the XDP program attached to `ifindex` (in the calling
+/// thread's network namespace), if any.
+pub fn attached_program_id(ifindex: u32) -> Option<u32> {
+    sys::xdp_query(ifindex).ok().map(|q| q.prog_id).filter(|&id| id != 0)
+}
