@@ -94,19 +94,31 @@ pub enum AttachError {
         /// The name or index that was given.
         interface: String,
     },
-    /// Another XDP program already runs on the interface.
+    /// Another XDP program already runs on the interface (found before
+    /// attaching: nothing was attached or changed).
     #[error(
-        "interface `{interface}` already has an XDP program attached{}; detach it first \
+        "interface `{interface}` already has an XDP program attached{}{}; detach it first \
          (`ip link set dev {interface} xdp off`; if it is an xdpguard program, `xdpguard detach`, \
          `xdpguard-lb detach` or `xdpguard-lb decap detach`), or run it behind the filter with \
          `Filter::set_next`",
-        .program_id.map(|id| format!(" (program id {id})")).unwrap_or_default()
+        match (.program.as_deref(), .program_id) {
+            (Some(name), Some(id)) => format!(" ({name}, program id {id})"),
+            (None, Some(id)) => format!(" (program id {id})"),
+            _ => String::new(),
+        },
+        .libxdp.as_deref().map(|note| format!(": {note}")).unwrap_or_default()
     )]
     AlreadyAttached {
         /// The interface.
         interface: String,
         /// The id of the program already there, when the kernel says.
         program_id: Option<u32>,
+        /// Its name, when the kernel says.
+        program: Option<String>,
+        /// When it was loaded through libxdp (xdp-tools' `xdp-filter`,
+        /// `xdp-loader`, or a libxdp dispatcher): what that means here and
+        /// why the two cannot share the interface.
+        libxdp: Option<String>,
     },
     /// The interface or its driver cannot run XDP in the requested mode.
     #[error("interface `{interface}` does not support {mode} XDP: {hint}")]

@@ -288,7 +288,7 @@ fn attaching_twice_is_typed_and_the_first_filter_keeps_working() {
             .server
             .run(move || Filter::builder().interface("eth0").mode(mode).v4_capacity(64).pin(p).attach())
             .unwrap_err();
-        let Error::Attach(AttachError::AlreadyAttached { interface, program_id }) = &err else {
+        let Error::Attach(AttachError::AlreadyAttached { interface, program_id, .. }) = &err else {
             panic!("{mode}: wrong error {err:?}")
         };
         assert_eq!(interface, "eth0");

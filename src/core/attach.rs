@@ -116,9 +116,14 @@ pub(crate) fn attached_mode(ifindex: u32) -> Option<AttachMode> {
     }
 }
 
-/// Attaches `prog` to `iface` in `mode` through a BPF link.
+/// Attaches `prog` to `iface` in `mode` through a BPF link. What is on the
+/// interface already is looked at first: another program there is an
+/// [`AttachError::AlreadyAttached`] that names it, before anything is tried.
 pub(crate) fn attach(prog: BorrowedFd<'_>, iface: &Interface, mode: AttachMode) -> Result<Link, Error> {
     let (ifindex, name) = iface.resolve()?;
+    if let Some(taken) = occupant(&name, ifindex) {
+        return Err(taken.into());
+    }
     let try_mode = |m: AttachMode| sys::xdp_link_create(prog, ifindex, m.xdp_flags());
     let result = match mode {
         // Ask for native explicitly, so "auto" never silently means generic
@@ -148,10 +153,8 @@ fn classify(source: io::Error, interface: &str, ifindex: u32, mode: AttachMode) 
         return LoadError::MissingPrivileges { missing }.into();
     }
     let err = match source.raw_os_error() {
-        Some(nix::libc::EBUSY) | Some(nix::libc::EEXIST) => AttachError::AlreadyAttached {
-            interface,
-            program_id: sys::xdp_query(ifindex).ok().map(|q| q.prog_id).filter(|&id| id != 0),
-        },
+        Some(nix::libc::EBUSY) | Some(nix::libc::EEXIST) => occupant(&interface, ifindex)
+            .unwrap_or(AttachError::AlreadyAttached { interface, program_id: None, program: None, libxdp: None }),
         Some(nix::libc::ENODEV) => AttachError::InterfaceNotFound { interface },
         Some(nix::libc::EOPNOTSUPP) | Some(nix::libc::EINVAL) if mode != AttachMode::Auto => {
             AttachError::ModeUnsupported {
@@ -170,6 +173,52 @@ fn classify(source: io::Error, interface: &str, ifindex: u32, mode: AttachMode) 
         _ => AttachError::Bpf { interface, source },
     };
     err.into()
+}
+
+/// The program already on an interface, named, as the error attaching
+/// there gives: `None` when the interface is free.
+///
+/// libxdp (xdp-tools' `xdp-filter` and `xdp-loader`, or a program using the
+/// library) shares an interface between programs through a dispatcher whose
+/// components are `BPF_PROG_TYPE_EXT` (freplace) programs. Where the kernel
+/// refuses those (it answers EPERM; measured on this project's 6.18 CI
+/// kernel), libxdp falls back to its legacy mode: one plain program per
+/// interface, attached through netlink, which excludes every other. The
+/// program is recognised as libxdp's by the `.xdp_run_config` section of
+/// its BTF (where libxdp reads its run priority), a dispatcher by its name.
+/// Joining a dispatcher as one of its components is not done: it needs the
+/// EXT program type, and on Linux 6.13 and later (and stable kernels with
+/// the backport) an extension that tail-calls or moves packet data (every
+/// xdpguard program does) cannot replace libxdp 1.3's dispatcher slots.
+fn occupant(interface: &str, ifindex: u32) -> Option<AttachError> {
+    let id = sys::xdp_query(ifindex).ok().map(|q| q.prog_id).filter(|&id| id != 0)?;
+    let info = sys::prog_by_id(id).and_then(|fd| sys::prog_info(fd.as_fd())).ok();
+    let name = info.as_ref().map(|i| i.name.clone()).filter(|n| !n.is_empty());
+    let libxdp = info.as_ref().and_then(|i| {
+        let freplace = match sys::kernel_loads_freplace() {
+            Some(false) => {
+                " This kernel refuses BPF_PROG_TYPE_EXT (freplace) programs, so libxdp cannot build a \
+                 dispatcher here and fell back to its legacy mode: one program per interface."
+            }
+            _ => "",
+        };
+        if i.name == "xdp_dispatcher" {
+            Some(format!(
+                "it is a libxdp dispatcher (xdp-loader, xdp-filter), which xdpguard does not join: remove its \
+                 programs (`xdp-loader unload {interface} --all`) or use another interface"
+            ))
+        } else if sys::btf_has_datasec(i.btf_id, ".xdp_run_config") {
+            Some(format!(
+                "it was loaded through libxdp (xdp-tools' xdp-filter or xdp-loader) as a single program.{freplace} \
+                 Unload it (`xdp-filter unload {interface}` or `xdp-loader unload {interface} --all`) and run its \
+                 job behind xdpguard instead (an XDP program of your own goes behind the filter with \
+                 `Filter::set_next`)"
+            ))
+        } else {
+            None
+        }
+    });
+    Some(AttachError::AlreadyAttached { interface: interface.to_owned(), program_id: Some(id), program: name, libxdp })
 }
 
 /// Link info for a pinned link: which interface it holds, if still attached.

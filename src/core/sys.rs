@@ -220,6 +220,7 @@ pub(crate) fn link_update(link: BorrowedFd<'_>, prog: BorrowedFd<'_>) -> io::Res
 }
 
 /// The id of the program a link runs.
+#[cfg_attr(not(feature = "testing"), allow(dead_code))]
 pub(crate) fn link_prog_id(link: BorrowedFd<'_>) -> io::Result<u32> {
     // SAFETY: bpf_link_info is plain data; zero is a valid value.
     let mut info: libbpf_sys::bpf_link_info = unsafe { zeroed() };
@@ -266,4 +267,23 @@ pub(crate) fn kernel_loads_freplace() -> Option<bool> {
         0 => Some(false),
         _ => None,
     }
+}
+
+/// Whether the kernel BTF object `btf_id` (a program's) has a DATASEC
+/// named `name`; false when it cannot be read.
+pub(crate) fn btf_has_datasec(btf_id: u32, name: &str) -> bool {
+    let Ok(c) = CString::new(name) else { return false };
+    if btf_id == 0 {
+        return false;
+    }
+    // SAFETY: loads a copy of a kernel BTF object; NULL on failure.
+    let btf = unsafe { libbpf_sys::btf__load_from_kernel_by_id(btf_id) };
+    if btf.is_null() {
+        return false;
+    }
+    // SAFETY: btf is the valid object just loaded and c a NUL-terminated name.
+    let found = unsafe { libbpf_sys::btf__find_by_name_kind(btf, c.as_ptr(), libbpf_sys::BTF_KIND_DATASEC) } >= 0;
+    // SAFETY: btf was returned by btf__load_from_kernel_by_id and is freed once.
+    unsafe { libbpf_sys::btf__free(btf) };
+    found
 }
