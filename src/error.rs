@@ -192,6 +192,21 @@ pub enum PinError {
         /// The command that manages one.
         cli: &'static str,
     },
+    /// The directory holds what a process pinned while creating a program
+    /// there before it died: not a usable program.
+    #[error(
+        "{} holds the leftovers of an xdpguard {kind} whose creation was interrupted (its process died before \
+         it finished); create it again (`{cli} attach --pin {}`, or `xdpguard apply`), which removes them first",
+        path.display(), path.display()
+    )]
+    Interrupted {
+        /// The directory.
+        path: PathBuf,
+        /// What was being created.
+        kind: &'static str,
+        /// The command that creates one.
+        cli: &'static str,
+    },
     /// Pinned by an xdpguard with a different map layout.
     #[error(
         "{} was pinned by an incompatible xdpguard (layout {found}, this build uses {expected}); \

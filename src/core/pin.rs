@@ -19,6 +19,13 @@ use crate::AttachMode;
 
 const LINK_PREFIX: &str = "link_";
 
+/// A subdirectory that exists while a program is being created in the
+/// directory, whose creator holds the directory's lock meanwhile. Found
+/// with the lock free, it marks the leftovers of a creator that died
+/// half-way (bpffs holds only pins and directories, so the mark is one;
+/// and it refuses names with a dot).
+const CREATING: &str = "xdpg_creating";
+
 #[derive(Debug, Clone)]
 pub(crate) struct PinDir {
     path: PathBuf,
@@ -31,23 +38,41 @@ fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Pin
 
 impl PinDir {
     /// Prepares `path` for a new program of `kind`. It must be on bpffs and
-    /// either not exist or be empty.
-    pub(crate) fn create(path: &Path, kind: &'static Kind) -> Result<Self, PinError> {
+    /// either not exist, be empty, or hold the leftovers of a creation
+    /// whose process died (they are removed: a leftover link pin would keep
+    /// a half-made program attached). Returns it locked and marked as being
+    /// created until [`PinDir::created`]; the lock guard is the second value.
+    pub(crate) fn create(path: &Path, kind: &'static Kind) -> Result<(Self, Flock<File>), PinError> {
         if !sys::is_on_bpffs(path) {
             return Err(PinError::BpffsNotMounted { path: path.to_owned() });
         }
-        if path.exists() {
-            let entries = list(path)?;
-            if entries.iter().any(|e| e == kind.marker()) {
-                return Err(PinError::InUse { path: path.to_owned(), kind: kind.name, cli: kind.cli });
-            }
-            if let Some(found) = entries.into_iter().next() {
-                return Err(PinError::NotOurs { path: path.to_owned(), kind: kind.name, found });
-            }
-        } else {
+        if !path.exists() {
             fs::create_dir_all(path).map_err(io_err("creating", path))?;
         }
-        Ok(Self { path: path.to_owned(), kind })
+        let dir = Self { path: path.to_owned(), kind };
+        let lock = dir.lock()?;
+        let mut entries = list(path)?;
+        if entries.iter().any(|e| e == CREATING) {
+            // We hold the lock, so its creator is gone.
+            dir.remove_ours()?;
+            entries = list(path)?;
+        }
+        if entries.iter().any(|e| e == kind.marker()) {
+            return Err(PinError::InUse { path: path.to_owned(), kind: kind.name, cli: kind.cli });
+        }
+        if let Some(found) = entries.into_iter().next() {
+            return Err(PinError::NotOurs { path: path.to_owned(), kind: kind.name, found });
+        }
+        let mark = dir.join(CREATING);
+        fs::create_dir(&mark).map_err(io_err("creating", &mark))?;
+        Ok((dir, lock))
+    }
+
+    /// Marks the creation begun by [`PinDir::create`] finished: every pin
+    /// is in place.
+    pub(crate) fn created(&self) -> Result<(), PinError> {
+        let mark = self.join(CREATING);
+        fs::remove_dir(&mark).map_err(io_err("removing", &mark))
     }
 
     /// Opens a directory that must hold a program of `kind`: its config map
@@ -60,7 +85,15 @@ impl PinDir {
         if !sys::is_on_bpffs(path) {
             return Err(PinError::BpffsNotMounted { path: path.to_owned() });
         }
-        let entries = list(path)?;
+        let mut entries = list(path)?;
+        if entries.iter().any(|e| e == CREATING) {
+            // Being created (wait for it), or its creator died.
+            let _lock = Self { path: path.to_owned(), kind }.lock()?;
+            entries = list(path)?;
+            if entries.iter().any(|e| e == CREATING) {
+                return Err(PinError::Interrupted { path: path.to_owned(), kind: kind.name, cli: kind.cli });
+            }
+        }
         if !entries.iter().any(|e| e == kind.marker()) {
             if entries.iter().any(|e| e == kind.program) {
                 return Err(PinError::Incompatible { path: path.to_owned(), found: 0, expected: kind.layout_version });
@@ -128,17 +161,31 @@ impl PinDir {
             .map_err(|(_, errno)| io_err("locking", &self.path)(io::Error::from(errno)))
     }
 
-    /// Removes every pin of ours (the kind's maps, its program, links), then
-    /// the directory if that leaves it empty.
+    /// Removes every pin of ours (the kind's maps, its program, links) and
+    /// the creation mark, then the directory if that leaves it empty.
     pub(crate) fn remove_all(&self) -> Result<(), PinError> {
-        let kind = self.kind;
-        for name in list(&self.path)? {
-            if name.starts_with(LINK_PREFIX) || name == kind.program || kind.maps.contains(&name.as_str()) {
-                self.unpin(&name)?;
-            }
-        }
+        self.remove_ours()?;
         if list(&self.path)?.is_empty() {
             fs::remove_dir(&self.path).map_err(io_err("removing", &self.path))?;
+        }
+        Ok(())
+    }
+}
+
+impl PinDir {
+    /// Removes every pin of ours and the creation mark (links first, so the
+    /// program they hold on an interface leaves it).
+    fn remove_ours(&self) -> Result<(), PinError> {
+        let kind = self.kind;
+        let mut names = list(&self.path)?;
+        names.sort_by_key(|n| !n.starts_with(LINK_PREFIX));
+        for name in names {
+            if name.starts_with(LINK_PREFIX) || name == kind.program || kind.maps.contains(&name.as_str()) {
+                self.unpin(&name)?;
+            } else if name == CREATING {
+                let mark = self.join(CREATING);
+                fs::remove_dir(&mark).map_err(io_err("removing", &mark))?;
+            }
         }
         Ok(())
     }

@@ -336,7 +336,13 @@ impl<P: ProgramKind> Pinned<P> {
         targets: &[Interface],
         make: impl FnOnce() -> Result<T, Error>,
     ) -> Result<T, Error> {
-        let dir = place.pin.as_deref().map(|p| PinDir::create(p, P::KIND)).transpose()?;
+        // The directory stays locked, and marked as being created, until
+        // every pin is in place: a process that dies half-way leaves the
+        // mark, so the next creation removes what it pinned (its pinned
+        // links would otherwise keep a half-made program attached) and
+        // reopening says what happened.
+        let creation = place.pin.as_deref().map(|p| PinDir::create(p, P::KIND)).transpose()?;
+        let dir = creation.as_ref().map(|(dir, _lock)| dir);
         let built = make().and_then(|obj| {
             for iface in targets {
                 obj.borrow().program.attach(iface, place.mode)?;
@@ -344,20 +350,22 @@ impl<P: ProgramKind> Pinned<P> {
             Ok(obj)
         });
         let pinned = built.and_then(|mut obj| {
-            if let Some(dir) = &dir {
+            if let Some(dir) = dir {
                 let core = obj.borrow_mut();
                 for (name, handle) in core.maps.handles() {
                     dir.pin(name, handle.as_fd())?;
                 }
                 core.program.pin_to(dir.clone())?;
+                dir.created()?;
             }
             Ok(obj)
         });
         if pinned.is_err() {
-            if let Some(dir) = &dir {
+            if let Some(dir) = dir {
                 let _ = dir.remove_all();
             }
         }
+        drop(creation);
         pinned
     }
 
@@ -367,6 +375,7 @@ impl<P: ProgramKind> Pinned<P> {
     ///
     /// [`PinError::NotFound`], [`PinError::NotOurs`],
     /// [`PinError::Incompatible`] (pinned by a build with another layout),
+    /// [`PinError::Interrupted`] (its creator died before finishing),
     /// [`PinError::BpffsNotMounted`], [`PinError::Io`];
     /// [`LoadError::MissingPrivileges`]; the program's own errors when its
     /// model cannot be read back or repaired.
@@ -457,6 +466,11 @@ impl<P: ProgramKind> Pinned<P> {
             header.dirty.store(0, Ordering::Release);
         }
         result
+    }
+
+    /// The header's generation: advanced by every edit.
+    pub(crate) fn generation(&self) -> u64 {
+        self.maps.header().generation.load(Ordering::Acquire)
     }
 
     /// `Debug` for a facade over the core.
