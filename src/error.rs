@@ -30,6 +30,11 @@ pub enum Error {
     /// Text did not name a value (a policy, mode, VIP, backend...).
     #[error(transparent)]
     Parse(#[from] ParseError),
+    /// A configuration file could not be read, checked or applied
+    /// (feature `config`).
+    #[cfg(feature = "config")]
+    #[error(transparent)]
+    Config(#[from] ConfigError),
 }
 
 /// Loading programs and creating maps.
@@ -381,6 +386,110 @@ fn one_of(names: &[&str]) -> String {
 pub(crate) fn missing_privileges() -> Option<String> {
     let missing = crate::core::sys::missing_capabilities();
     (!missing.is_empty()).then(|| missing.join(", "))
+}
+
+/// One problem of a configuration file, and where it is (feature `config`).
+#[cfg(feature = "config")]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Problem {
+    /// The file: the configuration file, or a list file it names.
+    pub file: PathBuf,
+    /// 1-based line.
+    pub line: usize,
+    /// 1-based column (in characters), when it points into the line.
+    pub column: Option<usize>,
+    /// What is wrong, and how to fix it.
+    pub message: String,
+}
+
+#[cfg(feature = "config")]
+impl std::fmt::Display for Problem {
+    /// `FILE:LINE:COLUMN: MESSAGE` (or `FILE:LINE: MESSAGE`), as compilers
+    /// write them, so editors jump to it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}:", self.file.display(), self.line)?;
+        if let Some(c) = self.column {
+            write!(f, "{c}:")?;
+        }
+        write!(f, " {}", self.message)
+    }
+}
+
+/// Reading, planning and applying configuration files (feature `config`).
+#[cfg(feature = "config")]
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file cannot be read.
+    #[error("cannot read configuration file {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// The file is rejected as a whole: every problem found, with where it
+    /// is. Nothing was applied.
+    #[error(
+        "{} rejected, nothing applied ({} problem{}):\n{}",
+        file.display(), problems.len(), if problems.len() == 1 { "" } else { "s" },
+        problems.iter().map(|p| format!("  {p}")).collect::<Vec<_>>().join("\n")
+    )]
+    Invalid {
+        /// The configuration file.
+        file: PathBuf,
+        /// Every problem, in file order.
+        problems: Vec<Problem>,
+    },
+    /// The running host does not have what the file needs (interfaces,
+    /// network namespaces, pin directories another program holds). Found
+    /// while planning: nothing was applied.
+    #[error(
+        "this host cannot run the configuration as it is, nothing applied:\n{}",
+        problems.iter().map(|p| format!("  {p}")).collect::<Vec<_>>().join("\n")
+    )]
+    Host {
+        /// Every problem found, each naming its section.
+        problems: Vec<String>,
+    },
+    /// Settings a program was loaded with differ from the file's, and the
+    /// program can only get them by being created again (its connections
+    /// and counters lost). Nothing was applied.
+    #[error(
+        "{section} was loaded with other fixed settings ({}); they cannot change while it runs: \
+         re-create it (`xdpguard apply --recreate`, which drops its connection table and counters), or \
+         keep the running values in the file. Nothing was applied",
+        changes.join(", ")
+    )]
+    Fixed {
+        /// The section, e.g. `lb /sys/fs/bpf/xdpguard-lb`.
+        section: String,
+        /// Each difference: `connections 131072 -> 262144`.
+        changes: Vec<String>,
+    },
+    /// A step failed. The steps before it stay applied; applying again
+    /// goes on from there.
+    #[error("{step}: {source}")]
+    Step {
+        /// The step, described.
+        step: String,
+        /// The library's error.
+        #[source]
+        source: Box<Error>,
+    },
+    /// After applying, the running state read back differs from the file:
+    /// another process changed it meanwhile.
+    #[error(
+        "after applying, {section} differs from the file: {what}; another process may have changed it \
+         meanwhile: apply again"
+    )]
+    Mismatch {
+        /// The section.
+        section: String,
+        /// What differs.
+        what: String,
+    },
 }
 
 /// Load-balancer configuration and operation. Every message names the

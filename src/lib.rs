@@ -92,6 +92,8 @@
 // reachable from the crate root (the rest is `pub(crate)`).
 #![warn(clippy::print_stdout, clippy::print_stderr, unreachable_pub)]
 
+#[cfg(feature = "config")]
+pub mod config;
 mod core;
 mod error;
 mod filter;
@@ -114,9 +116,9 @@ pub use filter::{
 pub use ipnetwork::IpNetwork;
 pub use lb::Health;
 pub use lb::{
-    Backend, BackendAddr, BackendBatch, BackendState, BackendStats, Decap, DecapBuilder, DecapStats, EchoPolicy, Flow,
-    ForwardingMode, FragmentPolicy, HashInput, LbDrops, LbStats, LoadBalancer, LoadBalancerBuilder, NeighbourState,
-    NewFlowLimit, NextHop, OptionsPolicy, Protocol, Vip, VipConfig, VipStats, DEFAULT_CONNECTIONS,
-    DEFAULT_MAX_BACKENDS, DEFAULT_MAX_VIPS, DEFAULT_NEXT_HOP_CACHE, DEFAULT_TABLE_SIZE, DEFAULT_UDP_TIMEOUT,
-    MAX_TABLE_SIZE, MAX_WEIGHT, MIN_TABLE_SIZE, NEIGH_PROTOCOL,
+    Backend, BackendAddr, BackendBatch, BackendState, BackendStats, Decap, DecapBuilder, DecapStats, Digest,
+    EchoPolicy, Flow, ForwardingMode, FragmentPolicy, HashInput, LbDigest, LbDrops, LbStats, LoadBalancer,
+    LoadBalancerBuilder, NeighbourState, NewFlowLimit, NextHop, OptionsPolicy, Protocol, Vip, VipConfig, VipStats,
+    DEFAULT_CONNECTIONS, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_VIPS, DEFAULT_NEXT_HOP_CACHE, DEFAULT_TABLE_SIZE,
+    DEFAULT_UDP_TIMEOUT, MAX_TABLE_SIZE, MAX_WEIGHT, MIN_TABLE_SIZE, NEIGH_PROTOCOL,
 };

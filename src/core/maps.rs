@@ -323,6 +323,13 @@ impl ProgArray {
         self.0.update(&slot.to_ne_bytes(), &fd.to_ne_bytes(), MapFlags::ANY).map_err(io_from_libbpf)
     }
 
+    /// The id of the program in `slot` (the kernel answers user space
+    /// with ids, not fds), if any.
+    pub(crate) fn get(&self, slot: u32) -> io::Result<Option<u32>> {
+        let v = self.0.lookup(&slot.to_ne_bytes(), MapFlags::ANY).map_err(io_from_libbpf)?;
+        Ok(v.and_then(|v| v.get(..4).map(bytemuck::pod_read_unaligned::<u32>)))
+    }
+
     /// Empties `slot`; returns whether it held a program.
     pub(crate) fn clear(&self, slot: u32) -> io::Result<bool> {
         match self.0.delete(&slot.to_ne_bytes()) {

@@ -59,6 +59,12 @@ impl XdpProgram {
         self.fd.as_fd()
     }
 
+    /// The program's kernel id.
+    pub(crate) fn id(&self) -> Result<u32, Error> {
+        sys::prog_id(self.fd.as_fd())
+            .map_err(|source| LoadError::Bpf { op: format!("reading program {}'s id", self.name), source }.into())
+    }
+
     fn links(&self) -> std::sync::MutexGuard<'_, Vec<Link>> {
         self.links.lock().unwrap_or_else(|p| p.into_inner())
     }

@@ -72,6 +72,16 @@ pub(crate) fn xdp_link_info(link: BorrowedFd<'_>) -> io::Result<XdpLinkInfo> {
     Ok(XdpLinkInfo { ifindex })
 }
 
+/// A program's kernel id (what prog arrays and `bpftool prog` show).
+pub(crate) fn prog_id(prog: BorrowedFd<'_>) -> io::Result<u32> {
+    // SAFETY: bpf_prog_info is plain data; zero is a valid value.
+    let mut info: libbpf_sys::bpf_prog_info = unsafe { zeroed() };
+    let mut len = size_of::<libbpf_sys::bpf_prog_info>() as u32;
+    // SAFETY: info and len describe a writable buffer of the right size.
+    check(unsafe { libbpf_sys::bpf_prog_get_info_by_fd(prog.as_raw_fd(), &mut info, &mut len) })?;
+    Ok(info.id)
+}
+
 /// The XDP program attached to an interface, if any, and how.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct XdpQuery {

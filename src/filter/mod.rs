@@ -377,6 +377,38 @@ impl Filter {
             .map_err(|source| LoadError::Bpf { op: "removing the next program".into(), source }.into())
     }
 
+    /// The kernel id of the program the filter passes packets on to
+    /// ([`set_next`](Self::set_next)), if any: compare it with
+    /// [`LoadBalancer::program_id`](crate::LoadBalancer::program_id).
+    ///
+    /// # Errors
+    ///
+    /// [`LoadError::Bpf`] when the program array cannot be read.
+    pub fn next_program(&self) -> Result<Option<u32>, Error> {
+        self.core
+            .maps
+            .next
+            .get(0)
+            .map_err(|source| LoadError::Bpf { op: "reading the next program".into(), source }.into())
+    }
+
+    /// The filter program's kernel id (as `bpftool prog` shows it).
+    ///
+    /// # Errors
+    ///
+    /// [`LoadError::Bpf`] when the kernel does not answer about the program.
+    pub fn program_id(&self) -> Result<u32, Error> {
+        self.core.program.id()
+    }
+
+    /// The lists' generation: every edit of either list, by any process,
+    /// advances it by one (the malformed policy and interfaces are not
+    /// counted). Unchanged, nothing was edited: `xdpguard apply` relies on
+    /// it to show that a second run changes nothing.
+    pub fn generation(&self) -> u64 {
+        self.core.generation()
+    }
+
     /// The filter program's fd (to attach it elsewhere, or chain it).
     pub fn program_fd(&self) -> BorrowedFd<'_> {
         self.core.program.fd()

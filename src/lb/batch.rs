@@ -133,81 +133,19 @@ impl LoadBalancer {
     }
 
     fn check_backend(&self, vip: &Vip, mode: ForwardingMode, b: &BackendAddr) -> Result<(), LbError> {
-        let what = |s: &str| format!("{s} (VIP {vip}, backend {b})");
-        match mode {
-            ForwardingMode::L2Dsr | ForwardingMode::Nat if vip.addr.is_ipv4() != b.ip.is_ipv4() => {
-                Err(LbError::Unsupported {
-                    what: what(&format!("{mode} between address families")),
-                    fix: "use a backend of the VIP's family, or IPIP mode (which carries IPv4 in IPv6)",
-                })
+        let cfg = self.maps().config();
+        check_backend(vip, mode, b, |v6| {
+            if v6 {
+                cfg.ipip_v6_src.iter().chain(&cfg.ipip_v6_mask).any(|w| *w != 0)
+            } else {
+                cfg.ipip_v4_src != 0 || cfg.ipip_v4_mask != 0
             }
-            ForwardingMode::L2Dsr | ForwardingMode::Ipip if b.port.is_some() => Err(LbError::Unsupported {
-                what: what(&format!("a backend port in {mode} mode")),
-                fix: "DSR and IPIP backends serve the VIP's own port; give the backend without a port, or use NAT",
-            }),
-            ForwardingMode::Nat if vip.port.is_none() && b.port.is_some() => {
-                Err(LbError::NatPortOnAllPortsVip { vip: *vip, backend: *b })
-            }
-            ForwardingMode::Ipip if vip.addr.is_ipv6() && b.ip.is_ipv4() => Err(LbError::Unsupported {
-                what: what("IPv6 in IPv4 encapsulation"),
-                fix: "give IPv6 VIPs IPv6 backends (IPv4 VIPs may have IPv4 or IPv6 backends)",
-            }),
-            ForwardingMode::Ipip => {
-                let cfg = self.maps().config();
-                let unset = if b.ip.is_ipv4() {
-                    cfg.ipip_v4_src == 0 && cfg.ipip_v4_mask == 0
-                } else {
-                    cfg.ipip_v6_src.iter().chain(&cfg.ipip_v6_mask).all(|w| *w == 0)
-                };
-                if unset {
-                    Err(LbError::IpipSourceUnset { family: if b.ip.is_ipv4() { 4 } else { 6 } })
-                } else {
-                    Ok(())
-                }
-            }
-            _ => Ok(()),
-        }
+        })
     }
 
-    /// Refuses a NAT backend whose connections would arrive on a backend
-    /// address and port that another NAT VIP's connections arrive on too
-    /// (see [`ForwardingMode::Nat`]). The backend sees a connection by
-    /// client address and port and its own address and port, and so does
-    /// the reply translation (its key holds no VIP), so a client that uses
-    /// one source port for both VIPs would be one connection there.
-    /// Checked against every other NAT VIP of the protocol: at most a few
-    /// hundred VIPs and their backends, once per added backend.
     fn check_nat_backend(st: &LbState, vip: &Vip, b: &BackendAddr) -> Result<(), LbError> {
-        // The backend port a VIP's connections reach: the backend's own, else
-        // the VIP's, else (an all-ports VIP) each packet's destination port.
-        let port_of = |v: &Vip, b: &BackendAddr| b.port.or(v.port);
-        let mine = port_of(vip, b);
-        for (other, vs) in &st.vips {
-            if other == vip || other.protocol != vip.protocol || vs.config.mode != ForwardingMode::Nat {
-                continue;
-            }
-            for ob in vs.backends.keys().filter(|ob| ob.ip == b.ip) {
-                let theirs = port_of(other, ob);
-                let clash = match (mine, theirs) {
-                    (Some(p), Some(q)) => p == q,
-                    // An all-ports VIP takes every port of its address but
-                    // those of its single-port VIPs, and one of those may use
-                    // the backend on its own port (its target is its port).
-                    (None, Some(q)) => !(other.addr == vip.addr && other.port == Some(q)),
-                    (Some(p), None) => !(vip.addr == other.addr && vip.port == Some(p)),
-                    (None, None) => true,
-                };
-                if clash {
-                    let at = match mine.or(theirs) {
-                        Some(p) => std::net::SocketAddr::new(b.ip, p).to_string(),
-                        None => format!("every port of {}", b.ip),
-                    };
-                    let (vip, backend, other, other_backend) = (*vip, *b, *other, *ob);
-                    return Err(LbError::NatBackendConflict { vip, backend, other, other_backend, at });
-                }
-            }
-        }
-        Ok(())
+        let others = st.vips.iter().flat_map(|(v, vs)| vs.backends.keys().map(move |ob| (v, vs.config.mode, ob)));
+        check_nat_backend(vip, b, others)
     }
 
     pub(super) fn apply_batch(&self, vip: &Vip, ops: &[BatchOp]) -> Result<(), LbError> {
@@ -315,4 +253,84 @@ impl LoadBalancer {
             Ok(())
         })
     }
+}
+
+/// Whether `vip`'s mode can reach backend `b`; `ipip_source(ipv6)` says
+/// whether an IPIP outer source of that family is set. Also what a
+/// configuration file is checked with before anything is applied.
+pub(crate) fn check_backend(
+    vip: &Vip,
+    mode: ForwardingMode,
+    b: &BackendAddr,
+    ipip_source: impl Fn(bool) -> bool,
+) -> Result<(), LbError> {
+    let what = |s: &str| format!("{s} (VIP {vip}, backend {b})");
+    match mode {
+        ForwardingMode::L2Dsr | ForwardingMode::Nat if vip.addr.is_ipv4() != b.ip.is_ipv4() => {
+            Err(LbError::Unsupported {
+                what: what(&format!("{mode} between address families")),
+                fix: "use a backend of the VIP's family, or IPIP mode (which carries IPv4 in IPv6)",
+            })
+        }
+        ForwardingMode::L2Dsr | ForwardingMode::Ipip if b.port.is_some() => Err(LbError::Unsupported {
+            what: what(&format!("a backend port in {mode} mode")),
+            fix: "DSR and IPIP backends serve the VIP's own port; give the backend without a port, or use NAT",
+        }),
+        ForwardingMode::Nat if vip.port.is_none() && b.port.is_some() => {
+            Err(LbError::NatPortOnAllPortsVip { vip: *vip, backend: *b })
+        }
+        ForwardingMode::Ipip if vip.addr.is_ipv6() && b.ip.is_ipv4() => Err(LbError::Unsupported {
+            what: what("IPv6 in IPv4 encapsulation"),
+            fix: "give IPv6 VIPs IPv6 backends (IPv4 VIPs may have IPv4 or IPv6 backends)",
+        }),
+        ForwardingMode::Ipip if !ipip_source(b.ip.is_ipv6()) => {
+            Err(LbError::IpipSourceUnset { family: if b.ip.is_ipv4() { 4 } else { 6 } })
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Refuses a NAT backend whose connections would arrive on a backend
+/// address and port that another NAT VIP's connections arrive on too
+/// (see [`ForwardingMode::Nat`]). The backend sees a connection by
+/// client address and port and its own address and port, and so does
+/// the reply translation (its key holds no VIP), so a client that uses
+/// one source port for both VIPs would be one connection there.
+/// `others` are every VIP's (mode, backend); checked against those of the
+/// other NAT VIPs of the protocol: at most a few hundred VIPs and their
+/// backends, once per added backend. Also what a configuration file is
+/// checked with.
+pub(crate) fn check_nat_backend<'a>(
+    vip: &Vip,
+    b: &BackendAddr,
+    others: impl IntoIterator<Item = (&'a Vip, ForwardingMode, &'a BackendAddr)>,
+) -> Result<(), LbError> {
+    // The backend port a VIP's connections reach: the backend's own, else
+    // the VIP's, else (an all-ports VIP) each packet's destination port.
+    let port_of = |v: &Vip, b: &BackendAddr| b.port.or(v.port);
+    let mine = port_of(vip, b);
+    for (other, mode, ob) in others {
+        if other == vip || other.protocol != vip.protocol || mode != ForwardingMode::Nat || ob.ip != b.ip {
+            continue;
+        }
+        let theirs = port_of(other, ob);
+        let clash = match (mine, theirs) {
+            (Some(p), Some(q)) => p == q,
+            // An all-ports VIP takes every port of its address but
+            // those of its single-port VIPs, and one of those may use
+            // the backend on its own port (its target is its port).
+            (None, Some(q)) => !(other.addr == vip.addr && other.port == Some(q)),
+            (Some(p), None) => !(vip.addr == other.addr && vip.port == Some(p)),
+            (None, None) => true,
+        };
+        if clash {
+            let at = match mine.or(theirs) {
+                Some(p) => std::net::SocketAddr::new(b.ip, p).to_string(),
+                None => format!("every port of {}", b.ip),
+            };
+            let (vip, backend, other, other_backend) = (*vip, *b, *other, *ob);
+            return Err(LbError::NatBackendConflict { vip, backend, other, other_backend, at });
+        }
+    }
+    Ok(())
 }

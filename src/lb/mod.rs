@@ -16,6 +16,7 @@
 mod batch;
 mod builder;
 mod decap;
+pub(crate) mod digest;
 mod flows;
 pub(crate) mod hash;
 mod health;
@@ -45,8 +46,11 @@ use crate::error::{Error, LbError};
 use crate::AttachMode;
 
 pub use batch::BackendBatch;
+#[cfg_attr(not(feature = "config"), allow(unused_imports))]
+pub(crate) use batch::{check_backend, check_nat_backend};
 pub use builder::LoadBalancerBuilder;
 pub use decap::{Decap, DecapBuilder, DecapStats};
+pub use digest::{Digest, LbDigest};
 pub use health::Health;
 pub use neigh::NEIGH_PROTOCOL;
 pub use policies::{EchoPolicy, FragmentPolicy, NewFlowLimit, OptionsPolicy};
@@ -423,6 +427,26 @@ impl LoadBalancer {
     /// filter with [`Filter::set_next`](crate::Filter::set_next).
     pub fn program_fd(&self) -> BorrowedFd<'_> {
         self.core.program.fd()
+    }
+
+    /// The LB program's kernel id (as `bpftool prog` shows it, and as
+    /// [`Filter::next_program`](crate::Filter::next_program) names the
+    /// program a filter passes packets on to).
+    ///
+    /// # Errors
+    ///
+    /// [`LoadError::Bpf`](crate::LoadError::Bpf) when the kernel does not
+    /// answer about the program.
+    pub fn program_id(&self) -> Result<u32, Error> {
+        self.core.program.id()
+    }
+
+    /// The configuration's generation: every edit of VIPs and backends, by
+    /// any process, advances it by one (policies, timeouts and interfaces
+    /// are not counted). Unchanged, nothing was edited: `xdpguard apply`
+    /// relies on it to show that a second run changes nothing.
+    pub fn generation(&self) -> u64 {
+        self.core.generation()
     }
 
     /// The capacities the LB was loaded with: (VIPs, backends, connections).

@@ -5,9 +5,11 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use ipnetwork::IpNetwork;
+use std::net::Ipv6Addr;
 
-use super::{EchoPolicy, FragmentPolicy, LoadBalancer, NewFlowLimit, OptionsPolicy};
+use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
+
+use super::{EchoPolicy, ForwardingMode, FragmentPolicy, LoadBalancer, NewFlowLimit, OptionsPolicy};
 use crate::error::LbError;
 
 impl LoadBalancer {
@@ -41,6 +43,74 @@ impl LoadBalancer {
             }
         }
         Ok(())
+    }
+
+    /// The IPIP outer source prefixes in force (IPv4 first), as the data
+    /// plane uses them: an IPv6 prefix shorter than /64 draws host bits
+    /// from the low 64 only, so it shows as its first /64.
+    pub fn ipip_sources(&self) -> Vec<IpNetwork> {
+        let cfg = self.maps().config();
+        let mut out = Vec::new();
+        if cfg.ipip_v4_src != 0 || cfg.ipip_v4_mask != 0 {
+            let base = u32::from_be_bytes(cfg.ipip_v4_src.to_ne_bytes());
+            let mask = u32::from_be_bytes(cfg.ipip_v4_mask.to_ne_bytes());
+            let prefix = mask.leading_zeros() as u8;
+            out.extend(Ipv4Network::new(base.into(), prefix).ok().map(IpNetwork::V4));
+        }
+        if cfg.ipip_v6_src.iter().chain(&cfg.ipip_v6_mask).any(|w| *w != 0) {
+            let mut bytes = [0u8; 16];
+            for (i, w) in cfg.ipip_v6_src.iter().enumerate() {
+                bytes[4 * i..4 * i + 4].copy_from_slice(&w.to_ne_bytes());
+            }
+            let hi = u32::from_be_bytes(cfg.ipip_v6_mask[0].to_ne_bytes());
+            let lo = u32::from_be_bytes(cfg.ipip_v6_mask[1].to_ne_bytes());
+            let mask = (u64::from(hi) << 32) | u64::from(lo);
+            let prefix = 64 + mask.leading_zeros() as u8;
+            out.extend(Ipv6Network::new(Ipv6Addr::from(bytes), prefix).ok().map(IpNetwork::V6));
+        }
+        out
+    }
+
+    /// Forgets the IPIP outer source prefix of one family (IPv6 when
+    /// `ipv6`), so [`LoadBalancer::ipip_sources`] no longer shows it.
+    ///
+    /// # Errors
+    ///
+    /// [`LbError::Unsupported`] while an IPIP VIP has a backend of that
+    /// family (its packets need an outer source: remove the backend first);
+    /// [`LbError::Pin`] when the pin directory cannot be locked.
+    pub fn clear_ipip_source(&self, ipv6: bool) -> Result<(), LbError> {
+        self.edit(|st, maps| {
+            let users = st.vips.iter().find(|(_, vs)| {
+                vs.config.mode == ForwardingMode::Ipip && vs.backends.keys().any(|b| b.ip.is_ipv6() == ipv6)
+            });
+            if let Some((vip, _)) = users {
+                return Err(LbError::Unsupported {
+                    what: format!(
+                        "clearing the IPv{} IPIP source while IPIP VIP {vip} has such backends",
+                        if ipv6 { 6 } else { 4 }
+                    ),
+                    fix: "remove those backends (or the VIP) first",
+                });
+            }
+            if ipv6 {
+                for i in 0..6 {
+                    maps.ipip_v6_word(i).store(0, Ordering::Release);
+                }
+            } else {
+                maps.ipip_v4_src().store(0, Ordering::Release);
+                maps.ipip_v4_mask().store(0, Ordering::Release);
+            }
+            Ok(())
+        })
+    }
+
+    /// `d` as a timeout of the data plane stores it (whole kernel ticks,
+    /// rounded up): what [`LoadBalancer::udp_timeout`] would read back.
+    #[cfg_attr(not(feature = "config"), allow(dead_code))]
+    pub(crate) fn as_stored(&self, d: Duration) -> Duration {
+        let tick = self.maps().ns_per_jiffy().load(Ordering::Acquire);
+        Duration::from_nanos(super::maps::to_jiffies(d, tick).saturating_mul(tick))
     }
 
     fn set_policy_byte(&self, byte: usize, value: u8) {

@@ -1,0 +1,166 @@
+//! What a configuration file says, checked and normalised: the desired
+//! state of each program, by pin directory.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnetwork::IpNetwork;
+
+use crate::lb::digest;
+use crate::{
+    AttachMode, Backend, BackendAddr, EchoPolicy, FragmentPolicy, LbDigest, MalformedPolicy, NewFlowLimit,
+    OptionsPolicy, Vip, VipConfig,
+};
+
+/// A whole configuration file, checked: what [`Config::from_file`] returns.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct Config {
+    /// The file it was read from (list files are found relative to it).
+    pub path: PathBuf,
+    /// The `[[filter]]` sections, in file order.
+    pub filters: Vec<FilterConfig>,
+    /// The `[[lb]]` sections, in file order.
+    pub lbs: Vec<LbConfig>,
+    /// The `[[decap]]` sections, in file order.
+    pub decaps: Vec<DecapConfig>,
+}
+
+/// A filter (`[[filter]]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct FilterConfig {
+    /// Its pin directory (`pin`; default `/sys/fs/bpf/xdpguard`).
+    pub pin: PathBuf,
+    /// The interfaces it is attached to (`interfaces`).
+    pub interfaces: Vec<String>,
+    /// The attach mode (`mode`; default auto).
+    pub mode: AttachMode,
+    /// The named network namespace its interfaces are in (`netns`, under
+    /// `/run/netns`; default: the one the caller runs in).
+    pub netns: Option<String>,
+    /// IPv4 capacity (`v4_capacity`).
+    pub v4_capacity: usize,
+    /// IPv6 capacity (`v6_capacity`).
+    pub v6_capacity: usize,
+    /// The malformed-packet policy (`malformed`).
+    pub malformed: MalformedPolicy,
+    /// The allowlist (`allowlist` and `allowlist_files`), normalised,
+    /// without duplicates, sorted.
+    pub allowlist: Vec<IpNetwork>,
+    /// The blocklist (`blocklist` and `blocklist_files`), likewise.
+    pub blocklist: Vec<IpNetwork>,
+    /// Whether the blocklist may hold `0.0.0.0/0` or `::/0`
+    /// (`block_whole_family`; see
+    /// [`PrefixList::permit_whole_family`](crate::PrefixList::permit_whole_family)).
+    pub block_whole_family: bool,
+    /// The pin directory of the LB (in the same file) it passes packets on
+    /// to (`next`).
+    pub next: Option<PathBuf>,
+}
+
+/// A load balancer (`[[lb]]`), with its VIPs (`[[lb.vip]]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LbConfig {
+    /// Its pin directory (`pin`; default `/sys/fs/bpf/xdpguard-lb`).
+    pub pin: PathBuf,
+    /// The interfaces it is attached to (`interfaces`; none when it only
+    /// runs behind a filter).
+    pub interfaces: Vec<String>,
+    /// The attach mode (`mode`; default auto).
+    pub mode: AttachMode,
+    /// The named network namespace its interfaces are in (`netns`).
+    pub netns: Option<String>,
+    /// Interfaces it may send out of without being attached (`redirect`);
+    /// those it is attached to are added.
+    pub redirect: Vec<String>,
+    /// IPIP outer source prefixes, at most one per family (`ipip_sources`).
+    pub ipip_sources: Vec<IpNetwork>,
+    /// The flow hash seed (`hash_seed`; fixed at load).
+    pub hash_seed: u32,
+    /// Capacities (fixed at load): `max_vips`.
+    pub max_vips: u32,
+    /// `max_backends`.
+    pub max_backends: u32,
+    /// `connections`.
+    pub connections: u32,
+    /// `nat_connections` (default: as `connections`).
+    pub nat_connections: u32,
+    /// `max_interfaces`.
+    pub max_interfaces: u32,
+    /// `udp_timeout_secs`.
+    pub udp_timeout: Duration,
+    /// `next_hop_cache_ms`.
+    pub next_hop_cache: Duration,
+    /// `new_flow_limit`: `"unlimited"` or `{ per_second = N, burst = M }`.
+    pub new_flow_limit: NewFlowLimit,
+    /// `echo`.
+    pub echo: EchoPolicy,
+    /// `fragments`.
+    pub fragments: FragmentPolicy,
+    /// `options`.
+    pub options: OptionsPolicy,
+    /// The VIPs, in VIP order.
+    pub vips: Vec<VipSpec>,
+}
+
+/// A VIP of a load balancer (`[[lb.vip]]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct VipSpec {
+    /// The VIP (`vip = "tcp 203.0.113.10:80"`).
+    pub vip: Vip,
+    /// Its settings (`mode`, `table_size`, `hash`, `conntrack`).
+    pub config: VipConfig,
+    /// Its backends and weights (`backends`), in canonical order.
+    pub backends: Vec<Backend>,
+}
+
+/// A decapsulator (`[[decap]]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DecapConfig {
+    /// Its pin directory (`pin`; default `/sys/fs/bpf/xdpguard-decap`).
+    pub pin: PathBuf,
+    /// The interfaces it is attached to (`interfaces`).
+    pub interfaces: Vec<String>,
+    /// The attach mode (`mode`).
+    pub mode: AttachMode,
+    /// The named network namespace its interfaces are in (`netns`).
+    pub netns: Option<String>,
+    /// The tunnel endpoints it decapsulates for (`locals`), sorted.
+    pub locals: Vec<IpAddr>,
+}
+
+impl LbConfig {
+    /// The digests an LB built from this section shows
+    /// ([`LoadBalancer::digest`](crate::LoadBalancer::digest)): what every
+    /// node applying the same file must report, computed without an LB.
+    pub fn expected_digest(&self) -> LbDigest {
+        let sets: Vec<(Vip, VipConfig, Vec<(BackendAddr, u32)>)> = self
+            .vips
+            .iter()
+            .map(|v| (v.vip, v.config, v.backends.iter().map(|b| (b.addr, b.weight)).collect()))
+            .collect();
+        digest::expected(self.hash_seed, sets.iter().map(|(v, c, b)| (*v, *c, b.as_slice())))
+    }
+
+    /// Every interface it may send out of: the ones it is attached to and
+    /// the redirect ones, without duplicates.
+    pub(crate) fn egress(&self) -> Vec<String> {
+        let mut all: Vec<String> = self.interfaces.iter().chain(&self.redirect).cloned().collect();
+        let mut seen = std::collections::BTreeSet::new();
+        all.retain(|i| seen.insert(i.clone()));
+        all
+    }
+}
+
+impl Config {
+    /// The section with this pin directory, described for messages:
+    /// `filter /sys/fs/bpf/xdpguard`.
+    pub(crate) fn lb(&self, pin: &Path) -> Option<&LbConfig> {
+        self.lbs.iter().find(|l| l.pin == pin)
+    }
+}

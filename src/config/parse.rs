@@ -1,0 +1,761 @@
+//! Reading a configuration file into the model, with every problem and
+//! where it is.
+//!
+//! Why not serde's derive: a derived `Deserialize` stops at the first
+//! error, and a bad file must be rejected with all of them at once. So the
+//! document is parsed into the `toml` crate's spanned tree
+//! (`DeTable::parse_recoverable`, which reports every syntax error too),
+//! and each section is read key by key from it, each unknown key and bad
+//! value recorded with its span and the reading going on. Values are
+//! parsed by the library's own `FromStr`s, so the file takes the same
+//! words as the tools, with the same messages.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Display;
+use std::net::IpAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use ipnetwork::IpNetwork;
+use toml::de::{DeTable, DeValue};
+use toml::Spanned;
+
+use super::model::{Config, DecapConfig, FilterConfig, LbConfig, VipSpec};
+use super::{DEFAULT_DECAP_PIN, DEFAULT_FILTER_PIN, DEFAULT_LB_PIN};
+use crate::error::{ConfigError, ListError, Problem};
+use crate::lb::{check_backend, check_nat_backend, maglev};
+use crate::{
+    normalize, parse_list, parse_prefix, AttachMode, Backend, BackendAddr, EchoPolicy, ForwardingMode,
+    FragmentPolicy, HashInput, MalformedPolicy, NewFlowLimit, OptionsPolicy, Vip, VipConfig, DEFAULT_CONNECTIONS,
+    DEFAULT_MAX_BACKENDS, DEFAULT_MAX_VIPS, DEFAULT_NEXT_HOP_CACHE, DEFAULT_TABLE_SIZE, DEFAULT_UDP_TIMEOUT,
+    DEFAULT_V4_CAPACITY, DEFAULT_V6_CAPACITY, MAX_CAPACITY, MAX_WEIGHT,
+};
+
+type Val<'i> = Spanned<DeValue<'i>>;
+
+const TOP_KEYS: &[&str] = &["filter", "lb", "decap"];
+const FILTER_KEYS: &[&str] = &[
+    "pin",
+    "interfaces",
+    "mode",
+    "netns",
+    "v4_capacity",
+    "v6_capacity",
+    "malformed",
+    "allowlist",
+    "allowlist_files",
+    "blocklist",
+    "blocklist_files",
+    "block_whole_family",
+    "next",
+    "rules",
+    "rule_files",
+];
+const LB_KEYS: &[&str] = &[
+    "pin",
+    "interfaces",
+    "mode",
+    "netns",
+    "redirect",
+    "ipip_sources",
+    "hash_seed",
+    "max_vips",
+    "max_backends",
+    "connections",
+    "nat_connections",
+    "max_interfaces",
+    "udp_timeout_secs",
+    "next_hop_cache_ms",
+    "new_flow_limit",
+    "echo",
+    "fragments",
+    "options",
+    "vip",
+];
+const VIP_KEYS: &[&str] = &["vip", "mode", "table_size", "hash", "conntrack", "backends"];
+const BACKEND_KEYS: &[&str] = &["addr", "weight"];
+const LIMIT_KEYS: &[&str] = &["per_second", "burst"];
+const DECAP_KEYS: &[&str] = &["pin", "interfaces", "mode", "netns", "locals"];
+/// The decapsulator's address map holds 64 entries (src/bpf).
+const MAX_DECAP_LOCALS: usize = 64;
+
+/// Where something was given: a span of the configuration file, or a line
+/// of a list file.
+#[derive(Debug, Clone)]
+enum Loc {
+    Span(Range<usize>),
+    Line(PathBuf, usize),
+}
+
+/// The file being read, and the problems found so far.
+struct Reader<'a> {
+    file: &'a Path,
+    text: &'a str,
+    problems: Vec<Problem>,
+}
+
+impl Reader<'_> {
+    fn problem(&mut self, span: Range<usize>, message: impl Into<String>) {
+        let (line, column) = self.position(span.start);
+        self.problems.push(Problem { file: self.file.to_owned(), line, column: Some(column), message: message.into() });
+    }
+
+    fn at(&mut self, loc: &Loc, message: impl Into<String>) {
+        match loc {
+            Loc::Span(s) => self.problem(s.clone(), message),
+            Loc::Line(file, line) => {
+                self.problems.push(Problem { file: file.clone(), line: *line, column: None, message: message.into() })
+            }
+        }
+    }
+
+    /// 1-based line and column (in characters) of a byte offset.
+    fn position(&self, offset: usize) -> (usize, usize) {
+        let offset = offset.min(self.text.len());
+        let before = &self.text[..offset];
+        let line = before.matches('\n').count() + 1;
+        let start = before.rfind('\n').map_or(0, |i| i + 1);
+        (line, before[start..].chars().count() + 1)
+    }
+
+    /// Reports keys of `table` not in `accepted`, naming the likely one meant.
+    fn unknown_keys(&mut self, table: &DeTable<'_>, what: &str, accepted: &[&str]) {
+        for (key, _) in table.iter() {
+            let k: &str = key.get_ref();
+            if accepted.contains(&k) {
+                continue;
+            }
+            let close = accepted
+                .iter()
+                .map(|a| (strsim::damerau_levenshtein(k, a), *a))
+                .filter(|(d, a)| *d <= 2.max(a.len() / 4))
+                .min();
+            let hint = close.map(|(_, a)| format!(" (did you mean `{a}`?)")).unwrap_or_default();
+            self.problem(key.span(), format!("unknown key `{k}` in {what}{hint}; accepted: {}", accepted.join(", ")));
+        }
+    }
+
+    fn string<'v>(&mut self, v: &'v Val<'_>) -> Option<&'v str> {
+        match v.get_ref() {
+            DeValue::String(s) => Some(s.as_ref()),
+            other => {
+                self.problem(v.span(), format!("expected a string, found {}", other.type_str()));
+                None
+            }
+        }
+    }
+
+    fn parsed<T: FromStr>(&mut self, v: &Val<'_>) -> Option<T>
+    where
+        T::Err: Display,
+    {
+        let s = self.string(v)?;
+        match s.parse() {
+            Ok(t) => Some(t),
+            Err(e) => {
+                self.problem(v.span(), e.to_string());
+                None
+            }
+        }
+    }
+
+    fn int(&mut self, v: &Val<'_>, min: u64, max: u64) -> Option<u64> {
+        let DeValue::Integer(i) = v.get_ref() else {
+            self.problem(v.span(), format!("expected an integer, found {}", v.get_ref().type_str()));
+            return None;
+        };
+        match i64::from_str_radix(i.as_str(), i.radix()).ok().and_then(|n| u64::try_from(n).ok()) {
+            Some(n) if (min..=max).contains(&n) => Some(n),
+            _ => {
+                self.problem(v.span(), format!("{} is out of range: expected {min} to {max}", i.as_str()));
+                None
+            }
+        }
+    }
+
+    fn boolean(&mut self, v: &Val<'_>) -> Option<bool> {
+        match v.get_ref() {
+            DeValue::Boolean(b) => Some(*b),
+            other => {
+                self.problem(v.span(), format!("expected true or false, found {}", other.type_str()));
+                None
+            }
+        }
+    }
+
+    /// An array's elements (a bad value is reported: `None`).
+    fn array<'v, 'i>(&mut self, v: &'v Val<'i>) -> Option<&'v [Val<'i>]> {
+        match v.get_ref() {
+            DeValue::Array(a) => Some(a),
+            other => {
+                self.problem(v.span(), format!("expected an array, found {}", other.type_str()));
+                None
+            }
+        }
+    }
+
+    /// Each element of an array, converted; bad elements are reported and left out.
+    fn each<T>(&mut self, v: &Val<'_>, mut f: impl FnMut(&mut Self, &Val<'_>) -> Option<T>) -> Vec<(T, Range<usize>)> {
+        let Some(items) = self.array(v) else { return Vec::new() };
+        items.iter().filter_map(|item| f(self, item).map(|t| (t, item.span()))).collect()
+    }
+
+    /// The tables of `key` at the top level: one `[key]` table or an
+    /// array of `[[key]]` tables.
+    fn sections<'t, 'i>(&mut self, v: &'t Val<'i>, key: &str) -> Vec<(&'t DeTable<'i>, Range<usize>)> {
+        match v.get_ref() {
+            DeValue::Table(t) => vec![(t, v.span())],
+            DeValue::Array(items) => items
+                .iter()
+                .filter_map(|item| match item.get_ref() {
+                    DeValue::Table(t) => Some((t, item.span())),
+                    other => {
+                        self.problem(item.span(), format!("expected a [[{key}]] table, found {}", other.type_str()));
+                        None
+                    }
+                })
+                .collect(),
+            other => {
+                self.problem(v.span(), format!("expected [[{key}]] tables, found {}", other.type_str()));
+                Vec::new()
+            }
+        }
+    }
+}
+
+fn get<'t, 'i>(table: &'t DeTable<'i>, key: &str) -> Option<&'t Val<'i>> {
+    table.iter().find(|(k, _)| {
+        let k: &str = k.get_ref();
+        k == key
+    })
+    .map(|(_, v)| v)
+}
+
+/// What every section has: where it is pinned and attached.
+struct Placement {
+    pin: (PathBuf, Range<usize>),
+    interfaces: Vec<(String, Range<usize>)>,
+    mode: AttachMode,
+    netns: Option<String>,
+}
+
+fn placement(r: &mut Reader<'_>, t: &DeTable<'_>, span: &Range<usize>, default_pin: &str) -> Placement {
+    let pin = match get(t, "pin") {
+        Some(v) => match r.string(v) {
+            Some(p) if Path::new(p).is_absolute() => (PathBuf::from(p), v.span()),
+            Some(p) => {
+                r.problem(v.span(), format!("pin `{p}` must be an absolute path on bpffs, e.g. {default_pin}"));
+                (PathBuf::from(p), v.span())
+            }
+            None => (PathBuf::from(default_pin), v.span()),
+        },
+        None => (PathBuf::from(default_pin), span.clone()),
+    };
+    let mut interfaces = Vec::new();
+    if let Some(v) = get(t, "interfaces") {
+        for (name, s) in r.each(v, |r, item| r.string(item).map(str::to_owned)) {
+            if name.is_empty() || name.len() > 15 || name.contains(['/', ' ', ':']) {
+                r.problem(s.clone(), format!("`{name}` is not an interface name (1 to 15 characters, no `/`, `:` or space)"));
+            } else if interfaces.iter().any(|(n, _)| *n == name) {
+                r.problem(s.clone(), format!("interface `{name}` is listed twice"));
+            } else {
+                interfaces.push((name, s));
+            }
+        }
+    }
+    let mode = get(t, "mode").and_then(|v| r.parsed(v)).unwrap_or_default();
+    let netns = get(t, "netns").and_then(|v| {
+        let name = r.string(v)?;
+        if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+            r.problem(v.span(), format!("`{name}` is not a network namespace name (as under /run/netns)"));
+            return None;
+        }
+        Some(name.to_owned())
+    });
+    Placement { pin, interfaces, mode, netns }
+}
+
+/// Prefix entries given inline (`key`) and in files (`key_files`), with
+/// where each was given.
+fn entries(r: &mut Reader<'_>, t: &DeTable<'_>, key: &str, base: &Path) -> Vec<(IpNetwork, Loc)> {
+    let mut out = Vec::new();
+    if let Some(v) = get(t, key) {
+        for (text, s) in r.each(v, |r, item| r.string(item).map(str::to_owned)) {
+            match parse_prefix(&text) {
+                Ok(net) => out.push((normalize(net).network, Loc::Span(s))),
+                Err(e) => r.problem(s, e.to_string()),
+            }
+        }
+    }
+    if let Some(v) = get(t, &format!("{key}_files")) {
+        for (name, s) in r.each(v, |r, item| r.string(item).map(str::to_owned)) {
+            let path = base.join(&name);
+            let bytes = match std::fs::read(&path) {
+                Ok(b) => b,
+                Err(e) => {
+                    r.problem(s, format!("cannot read list file {}: {e}", path.display()));
+                    continue;
+                }
+            };
+            match parse_list(&bytes, &path.display().to_string()) {
+                Ok(lines) => {
+                    out.extend(lines.into_iter().map(|l| (l.entry.network, Loc::Line(path.clone(), l.line))));
+                }
+                Err(ListError::BadLines { errors, .. }) => {
+                    for e in errors {
+                        r.at(&Loc::Line(path.clone(), e.line), e.message);
+                    }
+                }
+                Err(e) => r.problem(s, format!("list file {}: {e}", path.display())),
+            }
+        }
+    }
+    out
+}
+
+fn filter(r: &mut Reader<'_>, t: &DeTable<'_>, span: &Range<usize>, base: &Path) -> (FilterConfig, Placement) {
+    r.unknown_keys(t, "[[filter]]", FILTER_KEYS);
+    let place = placement(r, t, span, DEFAULT_FILTER_PIN);
+    if place.interfaces.is_empty() {
+        r.problem(span.clone(), "a [[filter]] needs `interfaces = [\"eth0\"]`: it filters nothing attached nowhere");
+    }
+    for key in ["rules", "rule_files"] {
+        // TODO(issue 10): the rule engine's rule sets go here: parse the
+        // rule text (inline, and files with line numbers as for lists),
+        // keep it in FilterConfig, and plan one atomic rule-set replace.
+        if let Some(v) = get(t, key) {
+            r.problem(v.span(), format!("`{key}` is reserved for filter rules, which this version of xdpguard does not have yet"));
+        }
+    }
+    let cap = |r: &mut Reader<'_>, key, default| {
+        get(t, key).and_then(|v| r.int(v, 1, MAX_CAPACITY as u64)).map_or(default, |n| n as usize)
+    };
+    let v4_capacity = cap(r, "v4_capacity", DEFAULT_V4_CAPACITY);
+    let v6_capacity = cap(r, "v6_capacity", DEFAULT_V6_CAPACITY);
+    let malformed = get(t, "malformed").and_then(|v| r.parsed::<MalformedPolicy>(v)).unwrap_or_default();
+    let block_whole_family = get(t, "block_whole_family").and_then(|v| r.boolean(v)).unwrap_or(false);
+    let allow = entries(r, t, "allowlist", base);
+    let block = entries(r, t, "blocklist", base);
+    if !block_whole_family {
+        for (net, loc) in block.iter().filter(|(n, _)| n.prefix() == 0) {
+            r.at(
+                loc,
+                format!(
+                    "blocklisting {net} drops every IPv{} packet from any source that is not allowlisted, this \
+                     host's own management session included; if a default-deny filter is meant, allowlist what must \
+                     stay reachable and set `block_whole_family = true`",
+                    if net.is_ipv4() { 4 } else { 6 }
+                ),
+            );
+        }
+    }
+    let set = |v: &[(IpNetwork, Loc)]| v.iter().map(|(n, _)| *n).collect::<BTreeSet<IpNetwork>>();
+    let (allowlist, blocklist) = (set(&allow), set(&block));
+    for (v6, capacity, key) in [(false, v4_capacity, "v4_capacity"), (true, v6_capacity, "v6_capacity")] {
+        let n = allowlist.union(&blocklist).filter(|n| n.is_ipv6() == v6).count();
+        if n > capacity {
+            let s = get(t, key).map_or(span.clone(), |v| v.span());
+            r.problem(
+                s,
+                format!("the lists hold {n} distinct IPv{} entries but {key} is {capacity}: raise {key}", if v6 { 6 } else { 4 }),
+            );
+        }
+    }
+    let next = get(t, "next").and_then(|v| r.string(v)).map(PathBuf::from);
+    let cfg = FilterConfig {
+        pin: place.pin.0.clone(),
+        interfaces: place.interfaces.iter().map(|(n, _)| n.clone()).collect(),
+        mode: place.mode,
+        netns: place.netns.clone(),
+        v4_capacity,
+        v6_capacity,
+        malformed,
+        allowlist: allowlist.into_iter().collect(),
+        blocklist: blocklist.into_iter().collect(),
+        block_whole_family,
+        next,
+    };
+    (cfg, place)
+}
+
+fn backend(r: &mut Reader<'_>, v: &Val<'_>) -> Option<Backend> {
+    match v.get_ref() {
+        DeValue::String(_) => r.parsed::<BackendAddr>(v).map(|addr| Backend { addr, weight: 1 }),
+        DeValue::Table(t) => {
+            r.unknown_keys(t, "a backend", BACKEND_KEYS);
+            let addr = match get(t, "addr") {
+                Some(a) => r.parsed::<BackendAddr>(a),
+                None => {
+                    r.problem(v.span(), "a backend table needs `addr`, e.g. { addr = \"198.51.100.11\", weight = 2 }");
+                    None
+                }
+            };
+            let weight = match get(t, "weight") {
+                Some(w) => r.int(w, 0, u64::from(MAX_WEIGHT)).map(|w| w as u32),
+                None => Some(1),
+            };
+            Some(Backend { addr: addr?, weight: weight? })
+        }
+        other => {
+            r.problem(
+                v.span(),
+                format!("expected a backend (\"198.51.100.11\" or {{ addr = \"198.51.100.11\", weight = 2 }}), found {}", other.type_str()),
+            );
+            None
+        }
+    }
+}
+
+/// One `[[lb.vip]]`, with where its parts are.
+struct VipRead {
+    spec: VipSpec,
+    span: Range<usize>,
+    backend_spans: Vec<Range<usize>>,
+}
+
+fn vip(r: &mut Reader<'_>, t: &DeTable<'_>, span: &Range<usize>) -> Option<VipRead> {
+    r.unknown_keys(t, "[[lb.vip]]", VIP_KEYS);
+    let vip = match get(t, "vip") {
+        Some(v) => r.parsed::<Vip>(v),
+        None => {
+            r.problem(span.clone(), "a [[lb.vip]] needs `vip`, e.g. vip = \"tcp 203.0.113.10:80\"");
+            None
+        }
+    };
+    let mode = match get(t, "mode") {
+        Some(v) => r.parsed::<ForwardingMode>(v),
+        None => {
+            r.problem(span.clone(), "a [[lb.vip]] needs `mode`: dsr, ipip or nat");
+            None
+        }
+    };
+    let table_size = match get(t, "table_size") {
+        Some(v) => r.int(v, 0, u64::from(u32::MAX)).and_then(|n| match maglev::check_size(n as u32) {
+            Ok(()) => Some(n as u32),
+            Err(e) => {
+                r.problem(v.span(), e.to_string());
+                None
+            }
+        }),
+        None => Some(DEFAULT_TABLE_SIZE),
+    };
+    let hash = get(t, "hash").map_or(Some(HashInput::default()), |v| r.parsed::<HashInput>(v));
+    let conntrack = get(t, "conntrack").map_or(Some(true), |v| r.boolean(v));
+    let mut backends: Vec<(Backend, Range<usize>)> = Vec::new();
+    if let Some(v) = get(t, "backends") {
+        for (b, s) in r.each(v, backend) {
+            if let Some((_, first)) = backends.iter().find(|(x, _)| x.addr == b.addr) {
+                let line = r.position(first.start).0;
+                r.problem(s, format!("backend {} is listed twice (also on line {line}): give it once, with its weight", b.addr));
+            } else {
+                backends.push((b, s));
+            }
+        }
+    }
+    let (vip, mode, table_size, hash, conntrack) = (vip?, mode?, table_size?, hash?, conntrack?);
+    let config = VipConfig::new(mode).table_size(table_size).hash(hash).conntrack(conntrack);
+    if mode == ForwardingMode::Nat && !conntrack {
+        let s = get(t, "conntrack").map_or(span.clone(), |v| v.span());
+        r.problem(s, format!("NAT VIP {vip} needs connection tracking: its replies are translated from it"));
+    }
+    if backends.len() as u64 * 10 > u64::from(table_size) {
+        let s = get(t, "table_size").or_else(|| get(t, "backends")).map_or(span.clone(), |v| v.span());
+        r.problem(
+            s,
+            crate::LbError::TableTooSmall { vip, backends: backends.len(), size: table_size }.to_string(),
+        );
+    }
+    backends.sort_by_key(|(b, _)| b.addr);
+    let (backends, backend_spans) = backends.into_iter().unzip();
+    Some(VipRead { spec: VipSpec { vip, config, backends }, span: span.clone(), backend_spans })
+}
+
+fn lb(r: &mut Reader<'_>, t: &DeTable<'_>, span: &Range<usize>) -> (LbConfig, Placement) {
+    r.unknown_keys(t, "[[lb]]", LB_KEYS);
+    let place = placement(r, t, span, DEFAULT_LB_PIN);
+    let mut redirect: Vec<String> = Vec::new();
+    if let Some(v) = get(t, "redirect") {
+        for (name, s) in r.each(v, |r, item| r.string(item).map(str::to_owned)) {
+            if redirect.contains(&name) {
+                r.problem(s, format!("interface `{name}` is listed twice"));
+            } else {
+                redirect.push(name);
+            }
+        }
+    }
+    let mut ipip_sources: Vec<IpNetwork> = Vec::new();
+    if let Some(v) = get(t, "ipip_sources") {
+        for (net, s) in r.each(v, |r, item| r.parsed::<IpNetwork>(item)) {
+            if ipip_sources.iter().any(|n| n.is_ipv4() == net.is_ipv4()) {
+                r.problem(s, format!("one IPIP source prefix per family: {net} is a second IPv{} one", if net.is_ipv4() { 4 } else { 6 }));
+            } else {
+                ipip_sources.push(net);
+            }
+        }
+    }
+    let num = |r: &mut Reader<'_>, key, default: u32, max: u64| {
+        get(t, key).and_then(|v| r.int(v, 1, max)).map_or(default, |n| n as u32)
+    };
+    let max_vips = num(r, "max_vips", DEFAULT_MAX_VIPS, 1 << 16);
+    let max_backends = num(r, "max_backends", DEFAULT_MAX_BACKENDS, 1 << 20);
+    let connections = num(r, "connections", DEFAULT_CONNECTIONS, 1 << 26);
+    let nat_connections = num(r, "nat_connections", connections, 1 << 26);
+    let max_interfaces = num(r, "max_interfaces", 64, 1 << 12);
+    let hash_seed = get(t, "hash_seed").and_then(|v| r.int(v, 0, u64::from(u32::MAX))).map_or(0, |n| n as u32);
+    let udp_timeout = get(t, "udp_timeout_secs")
+        .and_then(|v| r.int(v, 1, 86_400 * 365))
+        .map_or(DEFAULT_UDP_TIMEOUT, Duration::from_secs);
+    let next_hop_cache = get(t, "next_hop_cache_ms")
+        .and_then(|v| r.int(v, 0, 3_600_000))
+        .map_or(DEFAULT_NEXT_HOP_CACHE, Duration::from_millis);
+    let new_flow_limit = match get(t, "new_flow_limit") {
+        None => NewFlowLimit::default(),
+        Some(v) => match v.get_ref() {
+            DeValue::String(s) if s.as_ref() == "unlimited" => NewFlowLimit::Unlimited,
+            DeValue::Table(l) => {
+                r.unknown_keys(l, "new_flow_limit", LIMIT_KEYS);
+                let field = |r: &mut Reader<'_>, key| match get(l, key) {
+                    Some(x) => r.int(x, 1, u64::from(u32::MAX)).map(|n| n as u32),
+                    None => {
+                        r.problem(v.span(), format!("new_flow_limit needs `{key}`"));
+                        None
+                    }
+                };
+                match (field(r, "per_second"), field(r, "burst")) {
+                    (Some(per_second), Some(burst)) => NewFlowLimit::PerCpu { per_second, burst },
+                    _ => NewFlowLimit::default(),
+                }
+            }
+            _ => {
+                r.problem(v.span(), "new_flow_limit is \"unlimited\" or { per_second = 200000, burst = 20000 }");
+                NewFlowLimit::default()
+            }
+        },
+    };
+    let echo = get(t, "echo").and_then(|v| r.parsed::<EchoPolicy>(v)).unwrap_or_default();
+    let fragments = get(t, "fragments").and_then(|v| r.parsed::<FragmentPolicy>(v)).unwrap_or_default();
+    let options = get(t, "options").and_then(|v| r.parsed::<OptionsPolicy>(v)).unwrap_or_default();
+
+    let mut vips: Vec<VipRead> = Vec::new();
+    if let Some(v) = get(t, "vip") {
+        for (vt, vspan) in r.sections(v, "lb.vip") {
+            if let Some(read) = vip(r, vt, &vspan) {
+                if let Some(first) = vips.iter().find(|x| x.spec.vip == read.spec.vip) {
+                    let line = r.position(first.span.start).0;
+                    r.problem(vspan, format!("VIP {} is configured twice (also on line {line})", read.spec.vip));
+                } else {
+                    vips.push(read);
+                }
+            }
+        }
+    }
+    // What the library would refuse, checked against the whole file.
+    let has_source = |v6: bool| ipip_sources.iter().any(|n| n.is_ipv6() == v6);
+    for (i, read) in vips.iter().enumerate() {
+        for (b, s) in read.spec.backends.iter().zip(&read.backend_spans) {
+            if let Err(e) = check_backend(&read.spec.vip, read.spec.config.mode, &b.addr, has_source) {
+                r.problem(s.clone(), e.to_string());
+            } else if read.spec.config.mode == ForwardingMode::Nat {
+                let earlier = vips[..i].iter().flat_map(|o| o.spec.backends.iter().map(move |ob| (&o.spec.vip, o.spec.config.mode, &ob.addr)));
+                if let Err(e) = check_nat_backend(&read.spec.vip, &b.addr, earlier) {
+                    r.problem(s.clone(), e.to_string());
+                }
+            }
+        }
+    }
+    if vips.len() > max_vips as usize {
+        let s = get(t, "max_vips").map_or(span.clone(), |v| v.span());
+        r.problem(s, format!("{} VIPs are configured but max_vips is {max_vips}: raise max_vips", vips.len()));
+    }
+    let backends: usize = vips.iter().map(|v| v.spec.backends.len()).sum();
+    if backends > max_backends as usize {
+        let s = get(t, "max_backends").map_or(span.clone(), |v| v.span());
+        r.problem(s, format!("the VIPs have {backends} backends in all but max_backends is {max_backends}: raise max_backends"));
+    }
+    vips.sort_by_key(|v| v.spec.vip);
+    let cfg = LbConfig {
+        pin: place.pin.0.clone(),
+        interfaces: place.interfaces.iter().map(|(n, _)| n.clone()).collect(),
+        mode: place.mode,
+        netns: place.netns.clone(),
+        redirect,
+        ipip_sources,
+        hash_seed,
+        max_vips,
+        max_backends,
+        connections,
+        nat_connections,
+        max_interfaces,
+        udp_timeout,
+        next_hop_cache,
+        new_flow_limit,
+        echo,
+        fragments,
+        options,
+        vips: vips.into_iter().map(|v| v.spec).collect(),
+    };
+    let egress = cfg.egress().len();
+    if egress > max_interfaces as usize {
+        let s = get(t, "max_interfaces").map_or(span.clone(), |v| v.span());
+        r.problem(s, format!("{egress} interfaces to send out of but max_interfaces is {max_interfaces}"));
+    }
+    if place.mode == AttachMode::Offload && !place.interfaces.is_empty() {
+        let s = get(t, "mode").map_or(span.clone(), |v| v.span());
+        r.problem(s, "the load balancer cannot be offloaded (map-in-map, LRU maps and the FIB): use native or auto");
+    }
+    (cfg, place)
+}
+
+fn decap(r: &mut Reader<'_>, t: &DeTable<'_>, span: &Range<usize>) -> (DecapConfig, Placement) {
+    r.unknown_keys(t, "[[decap]]", DECAP_KEYS);
+    let place = placement(r, t, span, DEFAULT_DECAP_PIN);
+    if place.interfaces.is_empty() {
+        r.problem(span.clone(), "a [[decap]] needs `interfaces = [\"eth0\"]`");
+    }
+    let mut locals: Vec<IpAddr> = Vec::new();
+    match get(t, "locals") {
+        Some(v) => {
+            for (a, s) in r.each(v, |r, item| r.parsed::<IpAddr>(item)) {
+                if locals.contains(&a) {
+                    r.problem(s, format!("local address {a} is listed twice"));
+                } else {
+                    locals.push(a);
+                }
+            }
+            if locals.len() > MAX_DECAP_LOCALS {
+                r.problem(v.span(), format!("{} local addresses; a decapsulator holds at most {MAX_DECAP_LOCALS}", locals.len()));
+            }
+        }
+        None => r.problem(span.clone(), "a [[decap]] needs `locals`: the addresses the LB sends tunnels to"),
+    }
+    locals.sort();
+    let cfg = DecapConfig {
+        pin: place.pin.0.clone(),
+        interfaces: place.interfaces.iter().map(|(n, _)| n.clone()).collect(),
+        mode: place.mode,
+        netns: place.netns.clone(),
+        locals,
+    };
+    (cfg, place)
+}
+
+/// Reads and checks a whole file: the configuration, or every problem.
+pub(crate) fn read(text: &str, path: &Path) -> Result<Config, ConfigError> {
+    let mut r = Reader { file: path, text, problems: Vec::new() };
+    let (doc, syntax) = DeTable::parse_recoverable(text);
+    if !syntax.is_empty() {
+        // Whatever follows a syntax error is guesswork: report those alone.
+        for e in syntax {
+            let span = e.span().unwrap_or(0..0);
+            r.problem(span, format!("TOML syntax: {}", e.message().trim_end()));
+        }
+        return Err(invalid(path, r.problems));
+    }
+    let doc = doc.into_inner();
+    r.unknown_keys(&doc, "the file (sections are [[filter]], [[lb]] and [[decap]])", TOP_KEYS);
+    let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let mut placements: Vec<(&'static str, Placement)> = Vec::new();
+    let mut filters = Vec::new();
+    let mut lbs = Vec::new();
+    let mut decaps = Vec::new();
+    let mut next_spans = Vec::new();
+    if let Some(v) = get(&doc, "filter") {
+        for (t, span) in r.sections(v, "filter") {
+            let (cfg, place) = filter(&mut r, t, &span, &base);
+            next_spans.push(get(t, "next").map(|v| v.span()));
+            filters.push(cfg);
+            placements.push(("filter", place));
+        }
+    }
+    if let Some(v) = get(&doc, "lb") {
+        for (t, span) in r.sections(v, "lb") {
+            let (cfg, place) = lb(&mut r, t, &span);
+            lbs.push(cfg);
+            placements.push(("lb", place));
+        }
+    }
+    if let Some(v) = get(&doc, "decap") {
+        for (t, span) in r.sections(v, "decap") {
+            let (cfg, place) = decap(&mut r, t, &span);
+            decaps.push(cfg);
+            placements.push(("decap", place));
+        }
+    }
+    if placements.is_empty() {
+        r.problem(0..0, "the file describes nothing: add a [[filter]], [[lb]] or [[decap]] section");
+    }
+    // One program per pin directory, and per interface (in each namespace).
+    let mut pins: BTreeMap<PathBuf, usize> = BTreeMap::new();
+    let mut ifaces: BTreeMap<(Option<String>, String), (&'static str, usize)> = BTreeMap::new();
+    for (kind, place) in &placements {
+        let (pin, span) = &place.pin;
+        if let Some(first) = pins.get(pin) {
+            let line = r.position(*first).0;
+            r.problem(
+                span.clone(),
+                format!(
+                    "pin directory {} is already the one of the section on line {line} (a section without `pin` \
+                     has its kind's default): give each program its own `pin`",
+                    pin.display()
+                ),
+            );
+        } else {
+            pins.insert(pin.clone(), span.start);
+        }
+        for (name, s) in &place.interfaces {
+            let key = (place.netns.clone(), name.clone());
+            if let Some((other, at)) = ifaces.get(&key) {
+                let line = r.position(*at).0;
+                r.problem(
+                    s.clone(),
+                    format!("interface `{name}` already runs the [[{other}]] of line {line}: an interface runs one XDP program (chain the LB behind the filter with `next`)"),
+                );
+            } else {
+                ifaces.insert(key, (kind, s.start));
+            }
+        }
+    }
+    // A filter's next is an LB of this file, in its namespace.
+    let mut chained: BTreeSet<PathBuf> = BTreeSet::new();
+    for (f, span) in filters.iter().zip(&next_spans) {
+        let (Some(next), Some(span)) = (&f.next, span) else { continue };
+        match lbs.iter().find(|l| &l.pin == next) {
+            None => r.problem(
+                span.clone(),
+                format!("next = {}: no [[lb]] of this file is pinned there (give the `pin` of one)", next.display()),
+            ),
+            Some(l) if l.netns != f.netns => r.problem(
+                span.clone(),
+                "the filter and the LB it passes packets to must be in the same network namespace".to_string(),
+            ),
+            Some(_) => {
+                chained.insert(next.clone());
+            }
+        }
+    }
+    for (l, (_, place)) in lbs.iter().zip(placements.iter().filter(|(k, _)| *k == "lb")) {
+        if l.interfaces.is_empty() && !chained.contains(&l.pin) {
+            r.problem(
+                place.pin.1.clone(),
+                format!(
+                    "the [[lb]] pinned at {} would receive no packet: give it `interfaces`, or name it as a filter's `next`",
+                    l.pin.display()
+                ),
+            );
+        }
+    }
+    if r.problems.is_empty() {
+        Ok(Config { path: path.to_owned(), filters, lbs, decaps })
+    } else {
+        Err(invalid(path, r.problems))
+    }
+}
+
+/// Every problem, the configuration file's first, each file's in order.
+fn invalid(path: &Path, mut problems: Vec<Problem>) -> ConfigError {
+    problems.sort_by(|a, b| (a.file != path, &a.file, a.line, a.column).cmp(&(b.file != path, &b.file, b.line, b.column)));
+    problems.dedup();
+    ConfigError::Invalid { file: path.to_owned(), problems }
+}
