@@ -18,6 +18,7 @@
 //! xdpguard-lb which 203.0.113.13:* --to-port 443 --from 192.0.2.1:40000  (all-ports VIPs: the port counts)
 //! xdpguard-lb stats [--json] [--reset] [--watch [--interval SECS]]   xdpguard-lb status [--json] [--exit-code]
 //! xdpguard-lb detach                                    xdpguard-lb upgrade   (a newer build takes over)
+//! xdpguard-lb digest [--json] [--config FILE]            (what decides where flows go: compare LB nodes)
 //! xdpguard-lb decap attach --iface eth0 --local 198.51.100.11 [--pin DIR] [--netns NAME]   (on a backend)
 //! xdpguard-lb decap stats [--json]                       xdpguard-lb decap detach | upgrade
 //! ```
@@ -235,6 +236,20 @@ enum Command {
         /// Exit non-zero unless the LB is serving (see above).
         #[arg(long)]
         exit_code: bool,
+    },
+    /// Show the state digests: per VIP (its settings, the hash seed, its
+    /// backends and weights, its Maglev table) and overall. LB nodes with
+    /// equal digests send every new flow to the same backend.
+    Digest {
+        #[command(flatten)]
+        pin: Pin,
+        /// Instead of a running LB's, the digests the configuration file's
+        /// section (`[[lb]]`) pinned at --pin promises (no LB needed).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -582,6 +597,32 @@ fn run(command: Command) -> Result<()> {
                 std::thread::sleep(Duration::from_secs(interval.max(1)));
                 if !json {
                     println!();
+                }
+            }
+        }
+        Command::Digest { pin, config, json } => {
+            let digest = match config {
+                None => LoadBalancer::open_pinned(&pin.pin)?.digest()?,
+                Some(file) => {
+                    let config = xdpguard::config::Config::from_file(&file)?;
+                    let lb = config.lbs.iter().find(|l| l.pin == pin.pin).ok_or_else(|| {
+                        format!(
+                            "{} has no [[lb]] pinned at {} (give its `pin` with --pin)",
+                            file.display(),
+                            pin.pin.display()
+                        )
+                    })?;
+                    lb.expected_digest()
+                }
+            };
+            if json {
+                let vips: Vec<_> =
+                    digest.vips.iter().map(|(v, d)| json!({ "vip": v.to_string(), "digest": d.to_string() })).collect();
+                println!("{}", json!({ "digest": digest.overall.to_string(), "vips": vips }));
+            } else {
+                println!("overall {}", digest.overall);
+                for (v, d) in &digest.vips {
+                    println!("{d}  {v}");
                 }
             }
         }

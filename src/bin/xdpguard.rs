@@ -16,7 +16,12 @@
 //! xdpguard check 192.0.2.9                       xdpguard status [--json]
 //! xdpguard detach                               xdpguard upgrade   (a newer build takes over)
 //! xdpguard metrics [--listen 127.0.0.1:9435] --filter PIN --lb PIN --decap PIN   (repeatable; a Prometheus exporter)
+//! xdpguard apply --config /etc/xdpguard/xdpguard.toml [--dry-run] [--recreate]
+//! xdpguard down --config /etc/xdpguard/xdpguard.toml [--dry-run]
 //! ```
+//!
+//! `apply` and `down` manage every program a configuration file describes
+//! (filters, load balancers, decapsulators: see `xdpguard::config`).
 
 mod common;
 // This tool's own modules, beside it in xdpguard/ (a crate root's modules
@@ -35,6 +40,7 @@ use std::time::{Duration, Instant};
 use clap::{Args, Parser, Subcommand};
 use common::Result;
 use serde_json::json;
+use xdpguard::config::{Config, Plan, PlanOptions};
 use xdpguard::{Filter, FilterStats, IpNetwork, ListError, ListKind, MalformedPolicy, PrefixList, Verdict};
 
 const DEFAULT_PIN: &str = "/sys/fs/bpf/xdpguard";
@@ -169,6 +175,29 @@ enum Command {
     /// decapsulators to Prometheus over HTTP (OpenMetrics or text format),
     /// read at each scrape, until killed.
     Metrics(metrics::MetricsArgs),
+    /// Make the running filters, load balancers and decapsulators match a
+    /// configuration file, changing only what differs; prints each change.
+    Apply {
+        /// The configuration file (TOML).
+        #[arg(long)]
+        config: PathBuf,
+        /// Print the plan; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Re-create a program whose fixed settings (capacities, hash seed)
+        /// differ from the file's (drops its connections and counters).
+        #[arg(long)]
+        recreate: bool,
+    },
+    /// Detach every program a configuration file describes and remove its pins.
+    Down {
+        /// The configuration file (TOML).
+        #[arg(long)]
+        config: PathBuf,
+        /// Print what would be removed; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -297,6 +326,45 @@ fn run(command: Command) -> Result<()> {
             }
         }
         Command::Metrics(args) => metrics::serve(args)?,
+        Command::Apply { config, dry_run, recreate } => {
+            let config = Config::from_file(&config)?;
+            let plan = config.plan_with(PlanOptions::default().recreate(recreate))?;
+            run_plan(&plan, dry_run)?;
+        }
+        Command::Down { config, dry_run } => {
+            let config = Config::from_file(&config)?;
+            run_plan(&config.plan_down()?, dry_run)?;
+        }
+    }
+    Ok(())
+}
+
+/// Prints a plan (`--dry-run`), or applies it printing each change as it
+/// is done (so a run that is stopped shows how far it got), then each
+/// LB's digest and a summary.
+fn run_plan(plan: &Plan, dry_run: bool) -> Result<()> {
+    if dry_run {
+        if plan.is_empty() {
+            println!("no changes");
+        } else {
+            for l in plan.lines() {
+                println!("would {l}");
+            }
+            println!("{} changes planned (dry run: nothing applied)", plan.len());
+        }
+        return Ok(());
+    }
+    let applied = plan.apply_reporting(|line| {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{line}");
+        let _ = out.flush();
+    })?;
+    for (pin, d) in &applied.digests {
+        println!("lb {}: digest {} ({} VIPs)", pin.display(), d.overall, d.vips.len());
+    }
+    match applied.changes.len() {
+        0 => println!("no changes"),
+        n => println!("applied {n} changes"),
     }
     Ok(())
 }

@@ -66,7 +66,7 @@ mod plan;
 
 pub use apply::Applied;
 pub use model::{Config, DecapConfig, FilterConfig, LbConfig, VipSpec};
-pub use plan::{Plan, PlanOptions, Step};
+pub use plan::{Plan, PlanOptions, Program, SectionPlan, Step};
 
 pub use crate::error::{ConfigError, Problem};
 

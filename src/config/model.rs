@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use ipnetwork::IpNetwork;
 
+use crate::error::ConfigError;
 use crate::lb::digest;
 use crate::{
     AttachMode, Backend, BackendAddr, EchoPolicy, FragmentPolicy, LbDigest, MalformedPolicy, NewFlowLimit,
@@ -139,7 +140,8 @@ impl LbConfig {
     /// ([`LoadBalancer::digest`](crate::LoadBalancer::digest)): what every
     /// node applying the same file must report, computed without an LB.
     pub fn expected_digest(&self) -> LbDigest {
-        let sets: Vec<(Vip, VipConfig, Vec<(BackendAddr, u32)>)> = self
+        type Set = (Vip, VipConfig, Vec<(BackendAddr, u32)>);
+        let sets: Vec<Set> = self
             .vips
             .iter()
             .map(|v| (v.vip, v.config, v.backends.iter().map(|b| (b.addr, b.weight)).collect()))
@@ -162,5 +164,42 @@ impl Config {
     /// `filter /sys/fs/bpf/xdpguard`.
     pub(crate) fn lb(&self, pin: &Path) -> Option<&LbConfig> {
         self.lbs.iter().find(|l| l.pin == pin)
+    }
+}
+
+impl Config {
+    /// Reads and checks a configuration file; list files it names are
+    /// read relative to its directory.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Read`] when the file cannot be read;
+    /// [`ConfigError::Invalid`] with every problem of the file (and of the
+    /// list files it names), each with its file, line and column.
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Config, ConfigError> {
+        let path = path.as_ref();
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        Config::parse(&text, path)
+    }
+
+    /// Checks configuration text as if read from `path` (which names it in
+    /// problems; list files are read relative to its directory).
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Invalid`], as [`Config::from_file`].
+    pub fn parse(text: &str, path: impl AsRef<Path>) -> Result<Config, ConfigError> {
+        super::parse::read(text, path.as_ref())
+    }
+}
+
+impl std::str::FromStr for Config {
+    type Err = ConfigError;
+
+    /// [`Config::parse`] of text not from a file: problems name it
+    /// `<string>`, list files are read relative to the working directory.
+    fn from_str(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, "<string>")
     }
 }

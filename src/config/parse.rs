@@ -27,10 +27,10 @@ use super::{DEFAULT_DECAP_PIN, DEFAULT_FILTER_PIN, DEFAULT_LB_PIN};
 use crate::error::{ConfigError, ListError, Problem};
 use crate::lb::{check_backend, check_nat_backend, maglev};
 use crate::{
-    normalize, parse_list, parse_prefix, AttachMode, Backend, BackendAddr, EchoPolicy, ForwardingMode,
-    FragmentPolicy, HashInput, MalformedPolicy, NewFlowLimit, OptionsPolicy, Vip, VipConfig, DEFAULT_CONNECTIONS,
-    DEFAULT_MAX_BACKENDS, DEFAULT_MAX_VIPS, DEFAULT_NEXT_HOP_CACHE, DEFAULT_TABLE_SIZE, DEFAULT_UDP_TIMEOUT,
-    DEFAULT_V4_CAPACITY, DEFAULT_V6_CAPACITY, MAX_CAPACITY, MAX_WEIGHT,
+    normalize, parse_list, parse_prefix, AttachMode, Backend, BackendAddr, EchoPolicy, ForwardingMode, FragmentPolicy,
+    HashInput, MalformedPolicy, NewFlowLimit, OptionsPolicy, Vip, VipConfig, DEFAULT_CONNECTIONS, DEFAULT_MAX_BACKENDS,
+    DEFAULT_MAX_VIPS, DEFAULT_NEXT_HOP_CACHE, DEFAULT_TABLE_SIZE, DEFAULT_UDP_TIMEOUT, DEFAULT_V4_CAPACITY,
+    DEFAULT_V6_CAPACITY, MAX_CAPACITY, MAX_WEIGHT,
 };
 
 type Val<'i> = Spanned<DeValue<'i>>;
@@ -226,11 +226,13 @@ impl Reader<'_> {
 }
 
 fn get<'t, 'i>(table: &'t DeTable<'i>, key: &str) -> Option<&'t Val<'i>> {
-    table.iter().find(|(k, _)| {
-        let k: &str = k.get_ref();
-        k == key
-    })
-    .map(|(_, v)| v)
+    table
+        .iter()
+        .find(|(k, _)| {
+            let k: &str = k.get_ref();
+            k == key
+        })
+        .map(|(_, v)| v)
 }
 
 /// What every section has: where it is pinned and attached.
@@ -257,7 +259,10 @@ fn placement(r: &mut Reader<'_>, t: &DeTable<'_>, span: &Range<usize>, default_p
     if let Some(v) = get(t, "interfaces") {
         for (name, s) in r.each(v, |r, item| r.string(item).map(str::to_owned)) {
             if name.is_empty() || name.len() > 15 || name.contains(['/', ' ', ':']) {
-                r.problem(s.clone(), format!("`{name}` is not an interface name (1 to 15 characters, no `/`, `:` or space)"));
+                r.problem(
+                    s.clone(),
+                    format!("`{name}` is not an interface name (1 to 15 characters, no `/`, `:` or space)"),
+                );
             } else if interfaces.iter().any(|(n, _)| *n == name) {
                 r.problem(s.clone(), format!("interface `{name}` is listed twice"));
             } else {
@@ -326,7 +331,10 @@ fn filter(r: &mut Reader<'_>, t: &DeTable<'_>, span: &Range<usize>, base: &Path)
         // rule text (inline, and files with line numbers as for lists),
         // keep it in FilterConfig, and plan one atomic rule-set replace.
         if let Some(v) = get(t, key) {
-            r.problem(v.span(), format!("`{key}` is reserved for filter rules, which this version of xdpguard does not have yet"));
+            r.problem(
+                v.span(),
+                format!("`{key}` is reserved for filter rules, which this version of xdpguard does not have yet"),
+            );
         }
     }
     let cap = |r: &mut Reader<'_>, key, default| {
@@ -359,7 +367,10 @@ fn filter(r: &mut Reader<'_>, t: &DeTable<'_>, span: &Range<usize>, base: &Path)
             let s = get(t, key).map_or(span.clone(), |v| v.span());
             r.problem(
                 s,
-                format!("the lists hold {n} distinct IPv{} entries but {key} is {capacity}: raise {key}", if v6 { 6 } else { 4 }),
+                format!(
+                    "the lists hold {n} distinct IPv{} entries but {key} is {capacity}: raise {key}",
+                    if v6 { 6 } else { 4 }
+                ),
             );
         }
     }
@@ -401,7 +412,10 @@ fn backend(r: &mut Reader<'_>, v: &Val<'_>) -> Option<Backend> {
         other => {
             r.problem(
                 v.span(),
-                format!("expected a backend (\"198.51.100.11\" or {{ addr = \"198.51.100.11\", weight = 2 }}), found {}", other.type_str()),
+                format!(
+                    "expected a backend (\"198.51.100.11\" or {{ addr = \"198.51.100.11\", weight = 2 }}), found {}",
+                    other.type_str()
+                ),
             );
             None
         }
@@ -448,7 +462,10 @@ fn vip(r: &mut Reader<'_>, t: &DeTable<'_>, span: &Range<usize>) -> Option<VipRe
         for (b, s) in r.each(v, backend) {
             if let Some((_, first)) = backends.iter().find(|(x, _)| x.addr == b.addr) {
                 let line = r.position(first.start).0;
-                r.problem(s, format!("backend {} is listed twice (also on line {line}): give it once, with its weight", b.addr));
+                r.problem(
+                    s,
+                    format!("backend {} is listed twice (also on line {line}): give it once, with its weight", b.addr),
+                );
             } else {
                 backends.push((b, s));
             }
@@ -462,10 +479,7 @@ fn vip(r: &mut Reader<'_>, t: &DeTable<'_>, span: &Range<usize>) -> Option<VipRe
     }
     if backends.len() as u64 * 10 > u64::from(table_size) {
         let s = get(t, "table_size").or_else(|| get(t, "backends")).map_or(span.clone(), |v| v.span());
-        r.problem(
-            s,
-            crate::LbError::TableTooSmall { vip, backends: backends.len(), size: table_size }.to_string(),
-        );
+        r.problem(s, crate::LbError::TableTooSmall { vip, backends: backends.len(), size: table_size }.to_string());
     }
     backends.sort_by_key(|(b, _)| b.addr);
     let (backends, backend_spans) = backends.into_iter().unzip();
@@ -489,7 +503,13 @@ fn lb(r: &mut Reader<'_>, t: &DeTable<'_>, span: &Range<usize>) -> (LbConfig, Pl
     if let Some(v) = get(t, "ipip_sources") {
         for (net, s) in r.each(v, |r, item| r.parsed::<IpNetwork>(item)) {
             if ipip_sources.iter().any(|n| n.is_ipv4() == net.is_ipv4()) {
-                r.problem(s, format!("one IPIP source prefix per family: {net} is a second IPv{} one", if net.is_ipv4() { 4 } else { 6 }));
+                r.problem(
+                    s,
+                    format!(
+                        "one IPIP source prefix per family: {net} is a second IPv{} one",
+                        if net.is_ipv4() { 4 } else { 6 }
+                    ),
+                );
             } else {
                 ipip_sources.push(net);
             }
@@ -558,7 +578,9 @@ fn lb(r: &mut Reader<'_>, t: &DeTable<'_>, span: &Range<usize>) -> (LbConfig, Pl
             if let Err(e) = check_backend(&read.spec.vip, read.spec.config.mode, &b.addr, has_source) {
                 r.problem(s.clone(), e.to_string());
             } else if read.spec.config.mode == ForwardingMode::Nat {
-                let earlier = vips[..i].iter().flat_map(|o| o.spec.backends.iter().map(move |ob| (&o.spec.vip, o.spec.config.mode, &ob.addr)));
+                let earlier = vips[..i]
+                    .iter()
+                    .flat_map(|o| o.spec.backends.iter().map(move |ob| (&o.spec.vip, o.spec.config.mode, &ob.addr)));
                 if let Err(e) = check_nat_backend(&read.spec.vip, &b.addr, earlier) {
                     r.problem(s.clone(), e.to_string());
                 }
@@ -572,7 +594,10 @@ fn lb(r: &mut Reader<'_>, t: &DeTable<'_>, span: &Range<usize>) -> (LbConfig, Pl
     let backends: usize = vips.iter().map(|v| v.spec.backends.len()).sum();
     if backends > max_backends as usize {
         let s = get(t, "max_backends").map_or(span.clone(), |v| v.span());
-        r.problem(s, format!("the VIPs have {backends} backends in all but max_backends is {max_backends}: raise max_backends"));
+        r.problem(
+            s,
+            format!("the VIPs have {backends} backends in all but max_backends is {max_backends}: raise max_backends"),
+        );
     }
     vips.sort_by_key(|v| v.spec.vip);
     let cfg = LbConfig {
@@ -625,7 +650,10 @@ fn decap(r: &mut Reader<'_>, t: &DeTable<'_>, span: &Range<usize>) -> (DecapConf
                 }
             }
             if locals.len() > MAX_DECAP_LOCALS {
-                r.problem(v.span(), format!("{} local addresses; a decapsulator holds at most {MAX_DECAP_LOCALS}", locals.len()));
+                r.problem(
+                    v.span(),
+                    format!("{} local addresses; a decapsulator holds at most {MAX_DECAP_LOCALS}", locals.len()),
+                );
             }
         }
         None => r.problem(span.clone(), "a [[decap]] needs `locals`: the addresses the LB sends tunnels to"),
@@ -755,7 +783,147 @@ pub(crate) fn read(text: &str, path: &Path) -> Result<Config, ConfigError> {
 
 /// Every problem, the configuration file's first, each file's in order.
 fn invalid(path: &Path, mut problems: Vec<Problem>) -> ConfigError {
-    problems.sort_by(|a, b| (a.file != path, &a.file, a.line, a.column).cmp(&(b.file != path, &b.file, b.line, b.column)));
+    problems
+        .sort_by(|a, b| (a.file != path, &a.file, a.line, a.column).cmp(&(b.file != path, &b.file, b.line, b.column)));
     problems.dedup();
     ConfigError::Invalid { file: path.to_owned(), problems }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problems(text: &str) -> Vec<(usize, Option<usize>, String)> {
+        match read(text, Path::new("/etc/xdpguard/x.toml")) {
+            Ok(c) => panic!("accepted: {c:?}"),
+            Err(ConfigError::Invalid { problems, .. }) => {
+                problems.into_iter().map(|p| (p.line, p.column, p.message)).collect()
+            }
+            Err(e) => panic!("another error: {e}"),
+        }
+    }
+
+    /// Each expected problem (line, column, a part of the message) is
+    /// reported, and nothing else.
+    fn expect(text: &str, want: &[(usize, usize, &str)]) {
+        let got = problems(text);
+        for (line, col, part) in want {
+            assert!(
+                got.iter().any(|(l, c, m)| l == line && *c == Some(*col) && m.contains(part)),
+                "no problem at {line}:{col} containing {part:?}; got {got:#?}"
+            );
+        }
+        assert_eq!(got.len(), want.len(), "{got:#?}");
+    }
+
+    #[test]
+    fn every_problem_of_a_file_is_reported_with_its_line_and_column() {
+        let text = r#"
+[[filter]]
+interfaces = ["eth0", "eth0"]
+blocklsit = ["192.0.2.0/24"]
+blocklist = ["192.0.2.0/33", "0.0.0.0/0"]
+v4_capacity = 0
+mode = "fast"
+next = "/sys/fs/bpf/nowhere"
+
+[[lb]]
+interfaces = ["eth0"]
+hash_seed = "seven"
+
+[[lb.vip]]
+vip = "tcp 203.0.113.10:99999"
+mode = "ipip"
+
+[[lb.vip]]
+vip = "tcp 203.0.113.11:80"
+mode = "dsr"
+table_size = 7
+backends = ["198.51.100.11", "198.51.100.11", "198.51.100.12:8080", { addr = "198.51.100.13", wieght = 2 }]
+"#;
+        expect(
+            text,
+            &[
+                (3, 23, "interface `eth0` is listed twice"),
+                (4, 1, "unknown key `blocklsit` in [[filter]] (did you mean `blocklist`?)"),
+                (5, 14, "192.0.2.0/33"),
+                (5, 30, "blocklisting 0.0.0.0/0 drops every IPv4 packet"),
+                (6, 15, "0 is out of range: expected 1 to 16777216"),
+                (7, 8, "unknown XDP mode `fast`"),
+                (8, 8, "no [[lb]] of this file is pinned there"),
+                (11, 15, "interface `eth0` already runs the [[filter]] of line 3"),
+                (12, 13, "expected an integer, found string"),
+                (15, 7, "203.0.113.10:99999"),
+                (21, 14, "would have 3 backends but its Maglev table has only 7 slots"),
+                (22, 30, "backend 198.51.100.11 is listed twice (also on line 22)"),
+                (22, 47, "a backend port in dsr mode"),
+                (22, 95, "unknown key `wieght` in a backend (did you mean `weight`?)"),
+            ],
+        );
+    }
+
+    #[test]
+    fn syntax_errors_are_reported_alone_with_their_place() {
+        let got = problems("[[filter]]\ninterfaces = [\"eth0\"\nblocklist = 3\n");
+        assert!(!got.is_empty());
+        assert!(got.iter().all(|(_, c, m)| m.starts_with("TOML syntax:") && c.is_some()), "{got:#?}");
+        assert!(got.iter().any(|(l, _, _)| *l == 2 || *l == 3), "{got:#?}");
+    }
+
+    #[test]
+    fn list_file_lines_are_reported_by_their_own_line_numbers() {
+        let dir = std::env::temp_dir().join(format!("xdpg-config-unit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("drop.txt"), "192.0.2.0/24\n# fine\nnot-a-prefix\n198.51.100.7\n10.0.0.0/99\n")
+            .unwrap();
+        let text = "[[filter]]\ninterfaces = [\"eth0\"]\nblocklist_files = [\"drop.txt\", \"missing.txt\"]\n";
+        let err = read(text, &dir.join("x.toml")).unwrap_err();
+        let ConfigError::Invalid { problems, .. } = &err else { panic!("{err}") };
+        let at: Vec<(String, usize, Option<usize>)> = problems
+            .iter()
+            .map(|p| (p.file.file_name().unwrap().to_string_lossy().into_owned(), p.line, p.column))
+            .collect();
+        assert_eq!(
+            at,
+            vec![("x.toml".into(), 3, Some(32)), ("drop.txt".into(), 3, None), ("drop.txt".into(), 5, None)],
+            "{err}"
+        );
+        assert!(err.to_string().contains("x.toml:3:32: cannot read list file"), "{err}");
+        assert!(err.to_string().contains("drop.txt:3: "), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_good_file_is_read_normalised_with_defaults() {
+        let text = r#"
+[[filter]]
+interfaces = ["eth0"]
+blocklist = ["192.0.2.7/24", "2001:db8::1", "192.0.2.0/24"]
+next = "/sys/fs/bpf/xdpguard-lb"
+
+[[lb]]
+ipip_sources = ["203.0.113.128/25"]
+hash_seed = 7
+
+[[lb.vip]]
+vip = "tcp 203.0.113.10:80"
+mode = "ipip"
+backends = [{ addr = "198.51.100.12", weight = 2 }, "198.51.100.11"]
+"#;
+        let c = read(text, Path::new("x.toml")).unwrap();
+        let f = &c.filters[0];
+        assert_eq!(f.pin, Path::new(DEFAULT_FILTER_PIN));
+        assert_eq!(f.v4_capacity, DEFAULT_V4_CAPACITY);
+        let block: Vec<String> = f.blocklist.iter().map(ToString::to_string).collect();
+        assert_eq!(block, ["192.0.2.0/24", "2001:db8::1/128"]);
+        let lb = &c.lbs[0];
+        assert_eq!((lb.pin.as_path(), lb.hash_seed, lb.interfaces.len()), (Path::new(DEFAULT_LB_PIN), 7, 0));
+        let v = &lb.vips[0];
+        assert_eq!(v.config.table_size, DEFAULT_TABLE_SIZE);
+        let b: Vec<(String, u32)> = v.backends.iter().map(|b| (b.addr.to_string(), b.weight)).collect();
+        assert_eq!(b, [("198.51.100.11".to_string(), 1), ("198.51.100.12".to_string(), 2)]);
+        // The same file in another order promises the same digest.
+        assert_eq!(lb.expected_digest().vips.len(), 1);
+        assert!("".parse::<Config>().is_err(), "an empty file describes nothing");
+    }
 }

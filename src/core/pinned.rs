@@ -405,6 +405,22 @@ impl<P: ProgramKind> Pinned<P> {
         Ok(Pinned { maps, program, state: Mutex::new(Synced { generation: Some(generation), model }) })
     }
 
+    /// Removes what a creation that died left in `path` (a pin directory
+    /// [`Pinned::open_pinned`] answers [`PinError::Interrupted`] for), and
+    /// the directory when that empties it.
+    ///
+    /// # Errors
+    ///
+    /// The [`PinError`]s of creating: the directory holds a whole program
+    /// (`InUse`) or something else (`NotOurs`); bpffs refuses.
+    #[cfg_attr(not(feature = "config"), allow(dead_code))]
+    pub(crate) fn clear_interrupted(path: &Path) -> Result<(), Error> {
+        let (dir, lock) = PinDir::create(path, P::KIND)?;
+        dir.remove_all()?;
+        drop(lock);
+        Ok(())
+    }
+
     fn lock(&self) -> Result<Option<Flock<File>>, P::Error> {
         self.program.lock().map_err(P::Error::from)
     }

@@ -10,14 +10,14 @@ use super::layout::decap_skel::DecapSkelBuilder;
 use super::layout::{decap, xdpg_decap_config, xdpg_decap_key};
 use super::maps::map_err;
 use super::state::ip_from_words;
-use crate::core::attach::Attachment;
+use crate::core::attach::{Attachment, Interface};
 use crate::core::layout::consts::*;
 use crate::core::layout::names;
 use crate::core::maps::{program_maps, Hash, Mmapped, PerCpu, ProgramMaps};
 use crate::core::pinned::{facade, placement_methods, Kind, LoadPlan, Pinned, Placement, ProgramKind};
 use crate::core::testrun::TestRun;
 use crate::error::{Error, LbError};
-use crate::Counter;
+use crate::{AttachMode, Counter};
 
 program_maps! {
     /// The decapsulator's maps.
@@ -243,6 +243,28 @@ impl Decap {
     /// The interfaces it is attached to.
     pub fn attachments(&self) -> Vec<Attachment> {
         self.core.program.attachments()
+    }
+
+    /// Attaches to one more interface (pinning the link if pinned).
+    ///
+    /// # Errors
+    ///
+    /// [`AttachError`](crate::AttachError)s: the interface not found,
+    /// another XDP program there, a mode the driver cannot do;
+    /// [`PinError`](crate::PinError) when the link cannot be pinned.
+    pub fn attach(&self, iface: impl Into<Interface>, mode: AttachMode) -> Result<Attachment, Error> {
+        self.core.program.attach(&iface.into(), mode)
+    }
+
+    /// Detaches from one interface.
+    ///
+    /// # Errors
+    ///
+    /// [`AttachError::InterfaceNotFound`](crate::AttachError::InterfaceNotFound)
+    /// when not attached there; [`AttachError::Bpf`](crate::AttachError::Bpf),
+    /// [`PinError`](crate::PinError) when the kernel or bpffs refuse.
+    pub fn detach(&self, iface: impl Into<Interface>) -> Result<(), Error> {
+        self.core.program.detach(&iface.into())
     }
 
     /// The program's fd.

@@ -49,6 +49,8 @@ pub use batch::BackendBatch;
 #[cfg_attr(not(feature = "config"), allow(unused_imports))]
 pub(crate) use batch::{check_backend, check_nat_backend};
 pub use builder::LoadBalancerBuilder;
+#[cfg_attr(not(feature = "config"), allow(unused_imports))]
+pub(crate) use decap::DecapKind;
 pub use decap::{Decap, DecapBuilder, DecapStats};
 pub use digest::{Digest, LbDigest};
 pub use health::Health;

@@ -1,0 +1,338 @@
+//! Applying a plan: each step one library call, then the running state read
+//! back and compared with the file.
+
+use std::path::{Path, PathBuf};
+
+use super::model::{Config, DecapConfig, FilterConfig, LbConfig};
+use super::netns::Entered;
+use super::plan::{line, opened, Direction, Plan, Program, SectionPlan, Step};
+use crate::core::pinned::Pinned;
+use crate::error::{ConfigError, Error, PinError};
+use crate::filter::FilterKind;
+use crate::lb::{DecapKind, LbKind};
+use crate::{Decap, Filter, LbDigest, ListKind, LoadBalancer};
+
+/// What [`Plan::apply`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Applied {
+    /// Each step done, as a line (as [`Plan::lines`] shows it).
+    pub changes: Vec<String>,
+    /// Each load balancer's digests after applying, by pin directory
+    /// (checked equal to what the file promises,
+    /// [`LbConfig::expected_digest`]). Empty for `down`.
+    pub digests: Vec<(PathBuf, LbDigest)>,
+}
+
+/// Whether something of ours is pinned there (leftovers of an interrupted
+/// creation count: they are removed too).
+pub(crate) fn present<T>(r: Result<T, Error>) -> Result<bool, Error> {
+    match r {
+        Ok(_) | Err(Error::Pin(PinError::Interrupted { .. })) => Ok(true),
+        Err(Error::Pin(PinError::NotFound { .. })) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// A section's program, opened or created on first use.
+enum Handle {
+    None,
+    Filter(Box<Filter>),
+    Lb(Box<LoadBalancer>),
+    Decap(Box<Decap>),
+}
+
+struct Run<'a> {
+    config: &'a Config,
+    section: &'a SectionPlan,
+    handle: Handle,
+}
+
+impl Run<'_> {
+    fn filter_config(&self) -> &FilterConfig {
+        self.config.filters.iter().find(|f| f.pin == self.section.pin).expect("a plan's sections are the file's")
+    }
+    fn lb_config(&self) -> &LbConfig {
+        self.config.lb(&self.section.pin).expect("a plan's sections are the file's")
+    }
+    fn decap_config(&self) -> &DecapConfig {
+        self.config.decaps.iter().find(|d| d.pin == self.section.pin).expect("a plan's sections are the file's")
+    }
+
+    fn filter(&mut self) -> Result<&Filter, Error> {
+        if !matches!(self.handle, Handle::Filter(_)) {
+            self.handle = Handle::Filter(Box::new(Filter::open_pinned(&self.section.pin)?));
+        }
+        let Handle::Filter(f) = &self.handle else { unreachable!("just opened") };
+        Ok(f)
+    }
+    fn lb(&mut self) -> Result<&LoadBalancer, Error> {
+        if !matches!(self.handle, Handle::Lb(_)) {
+            self.handle = Handle::Lb(Box::new(LoadBalancer::open_pinned(&self.section.pin)?));
+        }
+        let Handle::Lb(l) = &self.handle else { unreachable!("just opened") };
+        Ok(l)
+    }
+    fn decap(&mut self) -> Result<&Decap, Error> {
+        if !matches!(self.handle, Handle::Decap(_)) {
+            self.handle = Handle::Decap(Box::new(Decap::open_pinned(&self.section.pin)?));
+        }
+        let Handle::Decap(d) = &self.handle else { unreachable!("just opened") };
+        Ok(d)
+    }
+
+    fn create(&mut self) -> Result<(), Error> {
+        let pin = &self.section.pin;
+        self.handle = match self.section.program {
+            Program::Filter => {
+                let f = self.filter_config();
+                let b = Filter::builder()
+                    .pin(pin)
+                    .mode(f.mode)
+                    .v4_capacity(f.v4_capacity)
+                    .v6_capacity(f.v6_capacity)
+                    .malformed(f.malformed);
+                Handle::Filter(Box::new(b.load()?))
+            }
+            Program::Lb => {
+                let l = self.lb_config();
+                let mut b = LoadBalancer::builder()
+                    .pin(pin)
+                    .mode(l.mode)
+                    .max_vips(l.max_vips)
+                    .max_backends(l.max_backends)
+                    .connections(l.connections)
+                    .nat_connections(l.nat_connections)
+                    .max_interfaces(l.max_interfaces)
+                    .hash_seed(l.hash_seed)
+                    .udp_timeout(l.udp_timeout)
+                    .next_hop_cache(l.next_hop_cache)
+                    .new_flow_limit(l.new_flow_limit)
+                    .echo_policy(l.echo)
+                    .fragment_policy(l.fragments)
+                    .options_policy(l.options);
+                for n in &l.ipip_sources {
+                    b = b.ipip_source(*n);
+                }
+                for i in l.egress() {
+                    b = b.redirect_interface(i.as_str());
+                }
+                Handle::Lb(Box::new(b.load()?))
+            }
+            Program::Decap => {
+                let d = self.decap_config();
+                let mut b = Decap::builder().pin(pin).mode(d.mode);
+                for a in &d.locals {
+                    b = b.local(*a);
+                }
+                Handle::Decap(Box::new(b.load()?))
+            }
+        };
+        Ok(())
+    }
+
+    /// Removes the program, or the leftovers of one whose creation died.
+    fn remove(&mut self) -> Result<(), Error> {
+        let pin = self.section.pin.clone();
+        self.handle = Handle::None;
+        match self.section.program {
+            Program::Filter => match opened(Filter::open_pinned(&pin))? {
+                Some(f) => f.unpin(),
+                None => Pinned::<FilterKind>::clear_interrupted(&pin),
+            },
+            Program::Lb => match opened(LoadBalancer::open_pinned(&pin))? {
+                Some(l) => l.unpin(),
+                None => Pinned::<LbKind>::clear_interrupted(&pin),
+            },
+            Program::Decap => match opened(Decap::open_pinned(&pin))? {
+                Some(d) => d.unpin(),
+                None => Pinned::<DecapKind>::clear_interrupted(&pin),
+            },
+        }
+    }
+
+    fn step(&mut self, step: &Step, lbs: &[(PathBuf, Box<LoadBalancer>)]) -> Result<(), Error> {
+        match step {
+            Step::Create => self.create()?,
+            Step::Remove { .. } => self.remove()?,
+            Step::Attach { interface, mode } => {
+                let i = interface.as_str();
+                match self.section.program {
+                    Program::Filter => drop(self.filter()?.attach(i, *mode)?),
+                    Program::Lb => drop(self.lb()?.attach(i, *mode)?),
+                    Program::Decap => drop(self.decap()?.attach(i, *mode)?),
+                }
+            }
+            Step::Detach { interface, .. } => {
+                let i = interface.as_str();
+                match self.section.program {
+                    Program::Filter => self.filter()?.detach(i)?,
+                    Program::Lb => self.lb()?.detach(i)?,
+                    Program::Decap => self.decap()?.detach(i)?,
+                }
+            }
+            Step::ReplaceList { list, entries, .. } => {
+                let whole = self.filter_config().block_whole_family;
+                let f = self.filter()?;
+                let pl = match list {
+                    ListKind::Allow => f.allowlist(),
+                    _ if whole => f.blocklist().permit_whole_family(),
+                    _ => f.blocklist(),
+                };
+                pl.replace(entries.iter().copied())?;
+            }
+            Step::SetMalformed(p) => self.filter()?.set_malformed_policy(*p),
+            Step::SetNext(pin) => {
+                let lb = lbs.iter().find(|(p, _)| p == pin).map(|(_, l)| &**l);
+                let opened;
+                let lb = match lb {
+                    Some(l) => l,
+                    None => {
+                        opened = LoadBalancer::open_pinned(pin)?;
+                        &opened
+                    }
+                };
+                self.filter()?.set_next(lb.program_fd())?;
+            }
+            Step::ClearNext => self.filter()?.clear_next()?,
+            Step::SetIpipSource(n) => self.lb()?.set_ipip_source(*n)?,
+            Step::ClearIpipSource(n) => self.lb()?.clear_ipip_source(n.is_ipv6())?,
+            Step::SetPolicies { .. } => {
+                let l = self.lb_config().clone();
+                let lb = self.lb()?;
+                lb.set_echo_policy(l.echo);
+                lb.set_fragment_policy(l.fragments);
+                lb.set_options_policy(l.options);
+                lb.set_new_flow_limit(l.new_flow_limit);
+                lb.set_udp_timeout(l.udp_timeout);
+                lb.set_next_hop_cache(l.next_hop_cache);
+            }
+            Step::AddRedirect(i) => drop(self.lb()?.add_redirect_interface(i.as_str())?),
+            Step::RemoveRedirect { ifindex, .. } => self.lb()?.remove_redirect_interface(*ifindex)?,
+            Step::AddVip { vip, config } => self.lb()?.add_vip(*vip, *config)?,
+            Step::RemoveVip(vip) => self.lb()?.remove_vip(vip)?,
+            Step::ReconfigureVip { vip, to, .. } => {
+                let lb = self.lb()?;
+                lb.remove_vip(vip)?;
+                lb.add_vip(*vip, *to)?;
+            }
+            Step::Backends { vip, added, reweighted, removed } => {
+                let mut batch = self.lb()?.batch(vip);
+                for b in removed {
+                    batch = batch.remove(*b);
+                }
+                for (b, _, w) in reweighted {
+                    batch = batch.set_weight(*b, *w);
+                }
+                for b in added {
+                    batch = batch.add(b.addr, b.weight);
+                }
+                batch.apply()?;
+            }
+            Step::AddLocal(a) => self.decap()?.add_local(*a)?,
+            Step::RemoveLocal(a) => self.decap()?.remove_local(*a)?,
+        }
+        Ok(())
+    }
+}
+
+impl Plan {
+    /// Runs the plan's steps in order, through the public API, then reads
+    /// the running state back and checks it matches the file: planning
+    /// again finds nothing to do, and every LB's digests are the ones the
+    /// file promises. An empty plan writes nothing.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Step`] when a step fails (those before it stay
+    /// applied; applying again goes on from there);
+    /// [`ConfigError::Mismatch`] when the state read back differs (another
+    /// process changed it meanwhile); the errors of [`Config::plan`] while
+    /// reading back.
+    pub fn apply(&self) -> Result<Applied, ConfigError> {
+        self.apply_reporting(|_| {})
+    }
+
+    /// [`Plan::apply`], calling `report` with each step's line once it is
+    /// done (for progress output).
+    ///
+    /// # Errors
+    ///
+    /// As [`Plan::apply`].
+    pub fn apply_reporting(&self, mut report: impl FnMut(&str)) -> Result<Applied, ConfigError> {
+        let mut changes = Vec::new();
+        // LBs handled so far, for the filters that pass packets to them.
+        let mut lbs: Vec<(PathBuf, Box<LoadBalancer>)> = Vec::new();
+        for section in &self.sections {
+            let _ns = Entered::enter(section.netns.as_deref())
+                .map_err(|problem| ConfigError::Host { problems: vec![problem] })?;
+            let mut run = Run { config: &self.config, section, handle: Handle::None };
+            for step in &section.steps {
+                let text = line(section, step);
+                run.step(step, &lbs).map_err(|e| ConfigError::Step { step: text.clone(), source: Box::new(e) })?;
+                report(&text);
+                changes.push(text);
+            }
+            if let Handle::Lb(lb) = run.handle {
+                lbs.push((section.pin.clone(), lb));
+            }
+        }
+        drop(lbs);
+        match self.direction {
+            Direction::Up => self.check_up(changes),
+            Direction::Down => self.check_down(changes),
+        }
+    }
+
+    fn check_up(&self, changes: Vec<String>) -> Result<Applied, ConfigError> {
+        let again = self.config.plan()?;
+        if let Some(s) = again.sections.iter().find(|s| !s.steps.is_empty()) {
+            let what: Vec<String> = s.steps.iter().map(ToString::to_string).collect();
+            return Err(ConfigError::Mismatch {
+                section: format!("{} {}", s.program, s.pin.display()),
+                what: format!("it still needs: {}", what.join("; ")),
+            });
+        }
+        let mut digests = Vec::new();
+        for l in &self.config.lbs {
+            let lb = LoadBalancer::open_pinned(&l.pin).map_err(|e| ConfigError::Step {
+                step: format!("reading lb {}", l.pin.display()),
+                source: Box::new(e),
+            })?;
+            let digest = lb.digest().map_err(|e| ConfigError::Step {
+                step: format!("reading lb {}'s digest", l.pin.display()),
+                source: Box::new(e.into()),
+            })?;
+            let expected = l.expected_digest();
+            if digest != expected {
+                return Err(ConfigError::Mismatch {
+                    section: format!("lb {}", l.pin.display()),
+                    what: format!("its digest is {}, the file's {}", digest.overall, expected.overall),
+                });
+            }
+            digests.push((l.pin.clone(), digest));
+        }
+        Ok(Applied { changes, digests })
+    }
+
+    fn check_down(&self, changes: Vec<String>) -> Result<Applied, ConfigError> {
+        for s in &self.sections {
+            let gone = |p: &Path| !p.exists() || std::fs::read_dir(p).map(|mut d| d.next().is_none()).unwrap_or(false);
+            if !gone(&s.pin) && !matches!(present_at(s.program, &s.pin), Ok(false)) {
+                return Err(ConfigError::Mismatch {
+                    section: format!("{} {}", s.program, s.pin.display()),
+                    what: "it is still pinned".into(),
+                });
+            }
+        }
+        Ok(Applied { changes, digests: Vec::new() })
+    }
+}
+
+fn present_at(program: Program, pin: &Path) -> Result<bool, Error> {
+    match program {
+        Program::Filter => present(Filter::open_pinned(pin)),
+        Program::Lb => present(LoadBalancer::open_pinned(pin)),
+        Program::Decap => present(Decap::open_pinned(pin)),
+    }
+}

@@ -1,0 +1,697 @@
+//! Planning: the running state, read through the library, compared with
+//! the file; the result is the list of steps that make them match.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
+
+use super::model::{Config, DecapConfig, FilterConfig, LbConfig};
+use super::netns::Entered;
+use crate::error::{ConfigError, Error, PinError};
+use crate::{
+    AttachMode, Attachment, Backend, BackendAddr, Decap, Filter, ListKind, LoadBalancer, MalformedPolicy, Vip,
+    VipConfig,
+};
+
+/// Which program a section describes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Program {
+    /// A `[[filter]]`.
+    Filter,
+    /// An `[[lb]]`.
+    Lb,
+    /// A `[[decap]]`.
+    Decap,
+}
+
+impl fmt::Display for Program {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Program::Filter => "filter",
+            Program::Lb => "lb",
+            Program::Decap => "decap",
+        })
+    }
+}
+
+/// How to plan ([`Config::plan_with`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PlanOptions {
+    /// Re-create a program whose fixed settings (capacities, hash seed)
+    /// differ from the file's, instead of refusing with
+    /// [`ConfigError::Fixed`]. Its connection table and counters are lost.
+    pub recreate: bool,
+}
+
+impl PlanOptions {
+    /// Sets [`PlanOptions::recreate`].
+    pub fn recreate(mut self, on: bool) -> Self {
+        self.recreate = on;
+        self
+    }
+}
+
+/// One change to a program, done by one library call (a backend batch, a
+/// list replace...), each crash-safe on its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Step {
+    /// Load the program with the file's fixed settings and pin it (not
+    /// attached yet: it is filled first).
+    Create,
+    /// Detach it everywhere and remove its pins: `down`, or to create it
+    /// again with other fixed settings (`changes` says which).
+    Remove {
+        /// Why, when it is re-created: each fixed setting that differs.
+        changes: Vec<String>,
+    },
+    /// Attach to an interface.
+    Attach {
+        /// The interface.
+        interface: String,
+        /// The mode asked for.
+        mode: AttachMode,
+    },
+    /// Detach from an interface (not in the file, or in another mode).
+    Detach {
+        /// The interface.
+        interface: String,
+        /// The mode it is attached in.
+        mode: AttachMode,
+    },
+    /// Replace a filter list with the file's entries, atomically.
+    ReplaceList {
+        /// Which list.
+        list: ListKind,
+        /// The entries it will hold.
+        entries: Vec<IpNetwork>,
+        /// Entries added.
+        added: usize,
+        /// Entries removed.
+        removed: usize,
+    },
+    /// Change the filter's malformed-packet policy.
+    SetMalformed(MalformedPolicy),
+    /// Pass what the filter passes on to the LB pinned there.
+    SetNext(PathBuf),
+    /// Stop passing packets on to an LB.
+    ClearNext,
+    /// Set the LB's IPIP outer source prefix of a family.
+    SetIpipSource(IpNetwork),
+    /// Forget the LB's IPIP outer source prefix of a family.
+    ClearIpipSource(IpNetwork),
+    /// Set the LB's policies and timeouts that differ (values from the file).
+    SetPolicies {
+        /// Each one that differs: `echo drop -> pass`.
+        changes: Vec<String>,
+    },
+    /// Let the LB send out of an interface.
+    AddRedirect(String),
+    /// Stop the LB sending out of an interface.
+    RemoveRedirect {
+        /// Its index.
+        ifindex: u32,
+        /// Its name, when it still exists.
+        interface: Option<String>,
+    },
+    /// Add a VIP (its backends follow in one [`Step::Backends`]).
+    AddVip {
+        /// The VIP.
+        vip: Vip,
+        /// Its settings.
+        config: VipConfig,
+    },
+    /// Remove a VIP and its backends.
+    RemoveVip(Vip),
+    /// Remove a VIP whose settings differ and add it again with the file's
+    /// (its backends follow): its tracked connections choose afresh.
+    ReconfigureVip {
+        /// The VIP.
+        vip: Vip,
+        /// Its running settings.
+        from: VipConfig,
+        /// The file's.
+        to: VipConfig,
+    },
+    /// Change a VIP's backends in one batch: one Maglev table swap.
+    Backends {
+        /// The VIP.
+        vip: Vip,
+        /// Backends added, with their weights.
+        added: Vec<Backend>,
+        /// Weights changed: (backend, running weight, file's weight).
+        reweighted: Vec<(BackendAddr, u32, u32)>,
+        /// Backends removed.
+        removed: Vec<BackendAddr>,
+    },
+    /// Decapsulate for one more local address.
+    AddLocal(IpAddr),
+    /// Stop decapsulating for a local address.
+    RemoveLocal(IpAddr),
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Step::Create => write!(f, "create and pin"),
+            Step::Remove { changes } if changes.is_empty() => write!(f, "detach and remove"),
+            Step::Remove { changes } => write!(f, "remove, to create again ({})", changes.join(", ")),
+            Step::Attach { interface, mode } => write!(f, "attach to {interface} ({mode} mode)"),
+            Step::Detach { interface, mode } => write!(f, "detach from {interface} ({mode} mode)"),
+            Step::ReplaceList { list, entries, added, removed } => {
+                write!(f, "{list}: replace with {} entries (+{added} -{removed})", entries.len())
+            }
+            Step::SetMalformed(p) => write!(f, "malformed packets: {p}"),
+            Step::SetNext(p) => write!(f, "pass packets on to the lb {}", p.display()),
+            Step::ClearNext => write!(f, "stop passing packets on to an lb"),
+            Step::SetIpipSource(n) => write!(f, "IPIP source {n}"),
+            Step::ClearIpipSource(n) => write!(f, "IPIP source {n} removed"),
+            Step::SetPolicies { changes } => write!(f, "set {}", changes.join(", ")),
+            Step::AddRedirect(i) => write!(f, "redirect out of {i}"),
+            Step::RemoveRedirect { ifindex, interface: Some(i) } => write!(f, "no redirect out of {i} ({ifindex})"),
+            Step::RemoveRedirect { ifindex, interface: None } => write!(f, "no redirect out of #{ifindex}"),
+            Step::AddVip { vip, config } => write!(f, "add VIP {vip} ({config})"),
+            Step::RemoveVip(vip) => write!(f, "remove VIP {vip}"),
+            Step::ReconfigureVip { vip, from, to } => write!(f, "re-add VIP {vip}: {from} -> {to}"),
+            Step::Backends { vip, added, reweighted, removed } => {
+                let mut parts = Vec::new();
+                if !added.is_empty() {
+                    let list: Vec<String> = added.iter().map(|b| format!("{} weight {}", b.addr, b.weight)).collect();
+                    parts.push(format!("add {}", list.join(", ")));
+                }
+                if !reweighted.is_empty() {
+                    let list: Vec<String> = reweighted.iter().map(|(b, o, n)| format!("{b} {o} -> {n}")).collect();
+                    parts.push(format!("weight {}", list.join(", ")));
+                }
+                if !removed.is_empty() {
+                    let list: Vec<String> = removed.iter().map(ToString::to_string).collect();
+                    parts.push(format!("remove {}", list.join(", ")));
+                }
+                write!(f, "VIP {vip} backends: {} (one table swap)", parts.join("; "))
+            }
+            Step::AddLocal(a) => write!(f, "decapsulate for {a}"),
+            Step::RemoveLocal(a) => write!(f, "stop decapsulating for {a}"),
+        }
+    }
+}
+
+/// The steps of one section of the file: one program.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SectionPlan {
+    /// Which program.
+    pub program: Program,
+    /// Its pin directory.
+    pub pin: PathBuf,
+    /// The network namespace its interfaces are in.
+    pub netns: Option<String>,
+    /// What changes, in order.
+    pub steps: Vec<Step>,
+}
+
+/// Whether a plan brings programs up or takes them down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Direction {
+    Up,
+    Down,
+}
+
+/// What makes the running state match a file ([`Config::plan`]), or takes
+/// its programs down ([`Config::plan_down`]); [`Plan::apply`] runs it.
+/// Shown (`Display`) one step a line, `no changes` when empty.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub(crate) config: Config,
+    pub(crate) direction: Direction,
+    pub(crate) sections: Vec<SectionPlan>,
+}
+
+impl Plan {
+    /// Each section's steps, in the order they run (decapsulators, load
+    /// balancers, filters; the reverse for `down`).
+    pub fn sections(&self) -> &[SectionPlan] {
+        &self.sections
+    }
+
+    /// The number of steps.
+    pub fn len(&self) -> usize {
+        self.sections.iter().map(|s| s.steps.len()).sum()
+    }
+
+    /// Whether nothing changes.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Each step as a line: `lb /sys/fs/bpf/xdpguard-lb: add VIP ...`.
+    pub fn lines(&self) -> Vec<String> {
+        self.sections.iter().flat_map(|s| s.steps.iter().map(move |st| line(s, st))).collect()
+    }
+}
+
+pub(crate) fn line(s: &SectionPlan, step: &Step) -> String {
+    format!("{} {}: {step}", s.program, s.pin.display())
+}
+
+impl fmt::Display for Plan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_empty() {
+            return writeln!(f, "no changes");
+        }
+        self.lines().iter().try_for_each(|l| writeln!(f, "{l}"))
+    }
+}
+
+/// `Ok(None)` when nothing usable is pinned there: nothing at all, or the
+/// leftovers of a creation that died (creating it again clears them).
+pub(crate) fn opened<T>(r: Result<T, Error>) -> Result<Option<T>, Error> {
+    match r {
+        Ok(t) => Ok(Some(t)),
+        Err(Error::Pin(PinError::NotFound { .. } | PinError::Interrupted { .. })) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// An IPIP source as the LB shows it back ([`LoadBalancer::ipip_sources`]).
+fn as_shown(n: IpNetwork) -> IpNetwork {
+    match n {
+        IpNetwork::V4(p) => IpNetwork::V4(Ipv4Network::new(p.network(), p.prefix()).expect("valid prefix")),
+        IpNetwork::V6(p) => IpNetwork::V6(Ipv6Network::new(p.network(), p.prefix().max(64)).expect("valid prefix")),
+    }
+}
+
+/// What planning collects: the host's problems (all reported at once).
+struct Planner {
+    options: PlanOptions,
+    host: Vec<String>,
+    fixed: Option<ConfigError>,
+    /// The program id of each LB that exists and stays, by pin.
+    lb_ids: BTreeMap<PathBuf, u32>,
+}
+
+fn read_err(program: Program, pin: &Path) -> impl Fn(Error) -> ConfigError + '_ {
+    move |e| ConfigError::Step { step: format!("reading {program} {}", pin.display()), source: Box::new(e) }
+}
+
+impl Planner {
+    /// Enters the section's namespace and checks its interfaces exist there.
+    fn enter(&mut self, program: Program, pin: &Path, netns: Option<&str>, ifaces: &[String]) -> Option<Entered> {
+        let entered = match Entered::enter(netns) {
+            Ok(e) => e,
+            Err(e) => {
+                self.host.push(format!("{program} {}: {e}", pin.display()));
+                return None;
+            }
+        };
+        for i in ifaces {
+            if nix::net::if_::if_nametoindex(i.as_str()).is_err() {
+                let place = netns.map_or("this network namespace".to_owned(), |n| format!("network namespace `{n}`"));
+                self.host.push(format!("{program} {}: no interface `{i}` in {place}", pin.display()));
+            }
+        }
+        Some(entered)
+    }
+
+    /// The fixed settings that differ: an error, or a removal first.
+    fn fixed(&mut self, program: Program, pin: &Path, changes: Vec<String>, steps: &mut Vec<Step>) -> bool {
+        if changes.is_empty() {
+            return false;
+        }
+        if self.options.recreate {
+            steps.push(Step::Remove { changes });
+            return true;
+        }
+        if self.fixed.is_none() {
+            self.fixed = Some(ConfigError::Fixed { section: format!("{program} {}", pin.display()), changes });
+        }
+        false
+    }
+
+    fn filter(&mut self, f: &FilterConfig) -> Result<Vec<Step>, ConfigError> {
+        let Some(_ns) = self.enter(Program::Filter, &f.pin, f.netns.as_deref(), &f.interfaces) else {
+            return Ok(Vec::new());
+        };
+        let err = read_err(Program::Filter, &f.pin);
+        let mut steps = Vec::new();
+        let running = match opened(Filter::open_pinned(&f.pin)) {
+            Ok(r) => r,
+            Err(e) => {
+                self.host.push(format!("filter {}: {e}", f.pin.display()));
+                return Ok(steps);
+            }
+        };
+        let running = match running {
+            Some(filter) => {
+                let (v4, v6) = filter.capacity();
+                let mut changes = Vec::new();
+                if v4 != f.v4_capacity {
+                    changes.push(format!("v4_capacity {v4} -> {}", f.v4_capacity));
+                }
+                if v6 != f.v6_capacity {
+                    changes.push(format!("v6_capacity {v6} -> {}", f.v6_capacity));
+                }
+                if self.fixed(Program::Filter, &f.pin, changes, &mut steps) {
+                    None
+                } else {
+                    Some(filter)
+                }
+            }
+            None => None,
+        };
+        let Some(filter) = running else {
+            steps.push(Step::Create);
+            for (list, entries) in [(ListKind::Allow, &f.allowlist), (ListKind::Block, &f.blocklist)] {
+                if !entries.is_empty() {
+                    steps.push(Step::ReplaceList { list, entries: entries.clone(), added: entries.len(), removed: 0 });
+                }
+            }
+            if let Some(next) = &f.next {
+                steps.push(Step::SetNext(next.clone()));
+            }
+            steps.extend(f.interfaces.iter().map(|i| Step::Attach { interface: i.clone(), mode: f.mode }));
+            return Ok(steps);
+        };
+        if filter.malformed_policy() != f.malformed {
+            steps.push(Step::SetMalformed(f.malformed));
+        }
+        for (list, want) in [(ListKind::Allow, &f.allowlist), (ListKind::Block, &f.blocklist)] {
+            let pl = if list == ListKind::Allow { filter.allowlist() } else { filter.blocklist() };
+            let have: BTreeSet<IpNetwork> = pl.iter().map_err(|e| err(e.into()))?.collect();
+            let want: BTreeSet<IpNetwork> = want.iter().copied().collect();
+            if have != want {
+                let added = want.difference(&have).count();
+                let removed = have.difference(&want).count();
+                steps.push(Step::ReplaceList { list, entries: want.into_iter().collect(), added, removed });
+            }
+        }
+        let next = filter.next_program().map_err(&err)?;
+        match &f.next {
+            Some(lb) if next.is_none() || next != self.lb_ids.get(lb).copied() => steps.push(Step::SetNext(lb.clone())),
+            None if next.is_some() => steps.push(Step::ClearNext),
+            _ => {}
+        }
+        attachments(&filter.attachments(), &f.interfaces, f.mode, &mut steps);
+        Ok(steps)
+    }
+
+    fn lb(&mut self, l: &LbConfig) -> Result<Vec<Step>, ConfigError> {
+        let egress = l.egress();
+        let Some(_ns) = self.enter(Program::Lb, &l.pin, l.netns.as_deref(), &egress) else {
+            return Ok(Vec::new());
+        };
+        let err = read_err(Program::Lb, &l.pin);
+        let mut steps = Vec::new();
+        let running = match opened(LoadBalancer::open_pinned(&l.pin)) {
+            Ok(r) => r,
+            Err(e) => {
+                self.host.push(format!("lb {}: {e}", l.pin.display()));
+                return Ok(steps);
+            }
+        };
+        let running = match running {
+            Some(lb) => {
+                let (vips, backends, connections) = lb.capacity();
+                let mut changes = Vec::new();
+                for (what, have, want) in [
+                    ("max_vips", vips, l.max_vips),
+                    ("max_backends", backends, l.max_backends),
+                    ("connections", connections, l.connections),
+                    ("hash_seed", lb.hash_seed(), l.hash_seed),
+                ] {
+                    if have != want {
+                        changes.push(format!("{what} {have} -> {want}"));
+                    }
+                }
+                if self.fixed(Program::Lb, &l.pin, changes, &mut steps) {
+                    None
+                } else {
+                    Some(lb)
+                }
+            }
+            None => None,
+        };
+        let Some(lb) = running else {
+            steps.push(Step::Create);
+            for v in &l.vips {
+                steps.push(Step::AddVip { vip: v.vip, config: v.config });
+                if !v.backends.is_empty() {
+                    let added = v.backends.clone();
+                    steps.push(Step::Backends { vip: v.vip, added, reweighted: Vec::new(), removed: Vec::new() });
+                }
+            }
+            steps.extend(l.interfaces.iter().map(|i| Step::Attach { interface: i.clone(), mode: l.mode }));
+            return Ok(steps);
+        };
+        self.lb_ids.insert(l.pin.clone(), lb.program_id().map_err(&err)?);
+
+        // IPIP sources: set before backends need them, cleared after.
+        let have = lb.ipip_sources();
+        let mut clears = Vec::new();
+        for v6 in [false, true] {
+            let h = have.iter().find(|n| n.is_ipv6() == v6).copied();
+            let w = l.ipip_sources.iter().find(|n| n.is_ipv6() == v6).copied();
+            match (h, w) {
+                (h, Some(w)) if h != Some(as_shown(w)) => steps.push(Step::SetIpipSource(w)),
+                (Some(h), None) => clears.push(Step::ClearIpipSource(h)),
+                _ => {}
+            }
+        }
+        let mut changes = Vec::new();
+        let mut differs = |what: &str, have: String, want: String| {
+            if have != want {
+                changes.push(format!("{what} {have} -> {want}"));
+            }
+        };
+        differs("echo", lb.echo_policy().to_string(), l.echo.to_string());
+        differs("fragments", lb.fragment_policy().to_string(), l.fragments.to_string());
+        differs("options", lb.options_policy().to_string(), l.options.to_string());
+        differs("new_flow_limit", limit_text(lb.new_flow_limit()), limit_text(l.new_flow_limit));
+        differs("udp_timeout", format!("{:?}", lb.udp_timeout()), format!("{:?}", lb.as_stored(l.udp_timeout)));
+        differs(
+            "next_hop_cache",
+            format!("{:?}", lb.next_hop_cache()),
+            format!("{:?}", lb.as_stored(l.next_hop_cache)),
+        );
+        if lb.new_flow_limit().gcra() == l.new_flow_limit.gcra() {
+            changes.retain(|c| !c.starts_with("new_flow_limit"));
+        }
+        if !changes.is_empty() {
+            steps.push(Step::SetPolicies { changes });
+        }
+
+        // VIPs: removed first (their backends may be needed by others).
+        let running: BTreeMap<Vip, VipConfig> = lb.vips().map_err(|e| err(e.into()))?.into_iter().collect();
+        let wanted: BTreeMap<Vip, _> = l.vips.iter().map(|v| (v.vip, v)).collect();
+        for vip in running.keys().filter(|v| !wanted.contains_key(v)) {
+            steps.push(Step::RemoveVip(*vip));
+        }
+        for (vip, spec) in &wanted {
+            let have_backends = match running.get(vip) {
+                None => {
+                    steps.push(Step::AddVip { vip: *vip, config: spec.config });
+                    Vec::new()
+                }
+                Some(cfg) if *cfg != spec.config => {
+                    steps.push(Step::ReconfigureVip { vip: *vip, from: *cfg, to: spec.config });
+                    Vec::new()
+                }
+                Some(_) => lb.backends(vip).map_err(|e| err(e.into()))?,
+            };
+            let have: BTreeMap<BackendAddr, u32> = have_backends.iter().map(|b| (b.addr, b.weight)).collect();
+            let want: BTreeMap<BackendAddr, u32> = spec.backends.iter().map(|b| (b.addr, b.weight)).collect();
+            let added: Vec<Backend> = spec.backends.iter().filter(|b| !have.contains_key(&b.addr)).copied().collect();
+            let reweighted: Vec<(BackendAddr, u32, u32)> =
+                want.iter().filter_map(|(a, w)| have.get(a).filter(|h| *h != w).map(|h| (*a, *h, *w))).collect();
+            let removed: Vec<BackendAddr> = have.keys().filter(|a| !want.contains_key(a)).copied().collect();
+            if !(added.is_empty() && reweighted.is_empty() && removed.is_empty()) {
+                steps.push(Step::Backends { vip: *vip, added, reweighted, removed });
+            }
+        }
+        steps.extend(clears);
+
+        // Interfaces: redirect targets, then attachments.
+        let have: BTreeSet<u32> = lb.redirect_interfaces().into_iter().collect();
+        let mut want = BTreeSet::new();
+        for name in &egress {
+            // A missing one is reported by enter().
+            if let Ok(i) = nix::net::if_::if_nametoindex(name.as_str()) {
+                want.insert(i);
+                if !have.contains(&i) {
+                    steps.push(Step::AddRedirect(name.clone()));
+                }
+            }
+        }
+        for &ifindex in have.difference(&want) {
+            let interface = sys_ifname(ifindex);
+            steps.push(Step::RemoveRedirect { ifindex, interface });
+        }
+        attachments(&lb.attachments(), &l.interfaces, l.mode, &mut steps);
+        Ok(steps)
+    }
+
+    fn decap(&mut self, d: &DecapConfig) -> Result<Vec<Step>, ConfigError> {
+        let Some(_ns) = self.enter(Program::Decap, &d.pin, d.netns.as_deref(), &d.interfaces) else {
+            return Ok(Vec::new());
+        };
+        let mut steps = Vec::new();
+        let decap = match opened(Decap::open_pinned(&d.pin)) {
+            Ok(Some(decap)) => decap,
+            Ok(None) => {
+                steps.push(Step::Create);
+                steps.extend(d.interfaces.iter().map(|i| Step::Attach { interface: i.clone(), mode: d.mode }));
+                return Ok(steps);
+            }
+            Err(e) => {
+                self.host.push(format!("decap {}: {e}", d.pin.display()));
+                return Ok(steps);
+            }
+        };
+        let have: BTreeSet<IpAddr> = decap.locals().into_iter().collect();
+        let want: BTreeSet<IpAddr> = d.locals.iter().copied().collect();
+        steps.extend(want.difference(&have).map(|a| Step::AddLocal(*a)));
+        steps.extend(have.difference(&want).map(|a| Step::RemoveLocal(*a)));
+        attachments(&decap.attachments(), &d.interfaces, d.mode, &mut steps);
+        Ok(steps)
+    }
+}
+
+fn sys_ifname(ifindex: u32) -> Option<String> {
+    let mut buf = [0u8; 16];
+    // SAFETY: buf has IF_NAMESIZE (16) bytes, as if_indextoname requires.
+    let p = unsafe { nix::libc::if_indextoname(ifindex, buf.as_mut_ptr().cast()) };
+    if p.is_null() {
+        return None;
+    }
+    let len = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+    Some(String::from_utf8_lossy(&buf[..len]).into_owned())
+}
+
+fn limit_text(l: crate::NewFlowLimit) -> String {
+    match l {
+        crate::NewFlowLimit::Unlimited => "unlimited".into(),
+        crate::NewFlowLimit::PerCpu { per_second, burst } => format!("{per_second}/s burst {burst}"),
+    }
+}
+
+/// Detaches what is attached but not wanted (or in another mode than the
+/// one asked for), then attaches what is missing.
+fn attachments(have: &[Attachment], want: &[String], mode: AttachMode, steps: &mut Vec<Step>) {
+    let mut kept = BTreeSet::new();
+    for a in have {
+        if want.contains(&a.interface) && (mode == AttachMode::Auto || a.mode == mode) {
+            kept.insert(a.interface.clone());
+        } else {
+            steps.push(Step::Detach { interface: a.interface.clone(), mode: a.mode });
+        }
+    }
+    steps.extend(want.iter().filter(|i| !kept.contains(*i)).map(|i| Step::Attach { interface: i.clone(), mode }));
+}
+
+impl Config {
+    /// What makes the running state match this file: reads every program
+    /// it describes through the library (reopening its pin directory) and
+    /// compares. Nothing is changed.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Host`] with every problem of the host: interfaces or
+    /// network namespaces that do not exist, pin directories that hold
+    /// something else; [`ConfigError::Fixed`] when a fixed setting differs
+    /// (see [`PlanOptions::recreate`]); [`ConfigError::Step`] when a running
+    /// program cannot be read.
+    pub fn plan(&self) -> Result<Plan, ConfigError> {
+        self.plan_with(PlanOptions::default())
+    }
+
+    /// [`Config::plan`] with options.
+    ///
+    /// # Errors
+    ///
+    /// As [`Config::plan`].
+    pub fn plan_with(&self, options: PlanOptions) -> Result<Plan, ConfigError> {
+        let mut p = Planner { options, host: Vec::new(), fixed: None, lb_ids: BTreeMap::new() };
+        let mut sections = Vec::new();
+        let section = |program, pin: &Path, netns: &Option<String>, steps| SectionPlan {
+            program,
+            pin: pin.to_owned(),
+            netns: netns.clone(),
+            steps,
+        };
+        for d in &self.decaps {
+            let steps = p.decap(d)?;
+            sections.push(section(Program::Decap, &d.pin, &d.netns, steps));
+        }
+        for l in &self.lbs {
+            let steps = p.lb(l)?;
+            sections.push(section(Program::Lb, &l.pin, &l.netns, steps));
+        }
+        for f in &self.filters {
+            let steps = p.filter(f)?;
+            sections.push(section(Program::Filter, &f.pin, &f.netns, steps));
+        }
+        if !p.host.is_empty() {
+            return Err(ConfigError::Host { problems: p.host });
+        }
+        if let Some(e) = p.fixed {
+            return Err(e);
+        }
+        Ok(Plan { config: self.clone(), direction: Direction::Up, sections })
+    }
+
+    /// What takes this file's programs down: each one pinned is detached
+    /// from every interface and its pins removed (filters first, so none
+    /// passes packets to an LB on its way out). Programs not pinned are
+    /// left out; what the file does not describe is left alone.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Host`] when a pin directory holds something that is
+    /// not the section's program, or a network namespace is missing.
+    pub fn plan_down(&self) -> Result<Plan, ConfigError> {
+        let mut host = Vec::new();
+        let mut sections = Vec::new();
+        let all = self
+            .filters
+            .iter()
+            .map(|f| (Program::Filter, &f.pin, &f.netns))
+            .chain(self.lbs.iter().map(|l| (Program::Lb, &l.pin, &l.netns)))
+            .chain(self.decaps.iter().map(|d| (Program::Decap, &d.pin, &d.netns)));
+        for (program, pin, netns) in all {
+            let _ns = match Entered::enter(netns.as_deref()) {
+                Ok(e) => e,
+                Err(e) => {
+                    host.push(format!("{program} {}: {e}", pin.display()));
+                    continue;
+                }
+            };
+            let present = match program {
+                Program::Filter => super::apply::present(Filter::open_pinned(pin)),
+                Program::Lb => super::apply::present(LoadBalancer::open_pinned(pin)),
+                Program::Decap => super::apply::present(Decap::open_pinned(pin)),
+            };
+            match present {
+                Ok(false) => continue,
+                Ok(true) => {}
+                Err(e) => {
+                    host.push(format!("{program} {}: {e}", pin.display()));
+                    continue;
+                }
+            }
+            sections.push(SectionPlan {
+                program,
+                pin: pin.clone(),
+                netns: netns.clone(),
+                steps: vec![Step::Remove { changes: Vec::new() }],
+            });
+        }
+        if !host.is_empty() {
+            return Err(ConfigError::Host { problems: host });
+        }
+        Ok(Plan { config: self.clone(), direction: Direction::Down, sections })
+    }
+}

@@ -1,0 +1,371 @@
+//! `xdpguard apply --config FILE` and `xdpguard down` (src/config/, the
+//! CLI in src/bin/xdpguard.rs) against real pinned programs in test
+//! namespaces: a bad file is rejected whole and applies nothing; a dry run
+//! changes nothing; apply creates, fills, chains and attaches; a second run
+//! changes nothing (every generation counter stays put); an edited file
+//! changes only what differs (one list replace, one backend batch); fixed
+//! settings need --recreate; `down` removes everything; and an apply killed
+//! with SIGKILL at any point is finished by the next one.
+//!
+//! Needs root; fails (never skips) without it.
+
+mod common {
+    pub mod cli;
+    pub mod scratch;
+    pub mod udp_echo;
+}
+
+use std::io::{BufRead, BufReader};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::cli::XDPGUARD;
+use common::scratch::ScratchDir;
+use common::udp_echo::{udp_echo_reaches, UdpEcho};
+use xdpguard::config::Config;
+use xdpguard::testing::netns::*;
+use xdpguard::{Decap, Filter, LoadBalancer, Vip};
+
+const UDP_PORT: u16 = 7300;
+
+struct Bed {
+    pair: Pair,
+    dir: ScratchDir,
+    filter_pin: ScratchDir,
+    lb_pin: ScratchDir,
+    decap_pin: ScratchDir,
+}
+
+impl Bed {
+    fn new(tag: &str) -> Bed {
+        let pair = Pair::new(tag);
+        let dir = ScratchDir::new("/tmp", tag);
+        std::fs::create_dir_all(dir.path()).unwrap();
+        Bed {
+            pair,
+            dir,
+            filter_pin: ScratchDir::bpffs(&format!("{tag}f")),
+            lb_pin: ScratchDir::bpffs(&format!("{tag}l")),
+            decap_pin: ScratchDir::bpffs(&format!("{tag}d")),
+        }
+    }
+
+    fn file(&self) -> PathBuf {
+        self.dir.path().join("xdpguard.toml")
+    }
+
+    fn arg(&self) -> String {
+        self.file().display().to_string()
+    }
+
+    /// The configuration: a filter on the server's eth0 passing what it
+    /// passes to an LB that sends out of the same eth0, and a decapsulator
+    /// on the client's eth0. `extra_lb` goes into the [[lb]] section,
+    /// `vips` after it.
+    fn write(&self, blocklist: &str, extra_lb: &str, vips: &str, locals: &str) {
+        let (f, l, d) = (self.filter_pin.arg(), self.lb_pin.arg(), self.decap_pin.arg());
+        let (s, c) = (&self.pair.server.name, &self.pair.client.name);
+        let text = format!(
+            r#"# written by tests/config_apply.rs
+[[filter]]
+pin = "{f}"
+netns = "{s}"
+interfaces = ["eth0"]
+mode = "generic"
+v4_capacity = 200000
+allowlist = ["198.51.100.0/24"]
+blocklist = [{blocklist}]
+blocklist_files = ["drop.txt"]
+next = "{l}"
+
+[[lb]]
+pin = "{l}"
+netns = "{s}"
+redirect = ["eth0"]
+ipip_sources = ["203.0.113.128/25", "2001:db8:ff::/64"]
+hash_seed = 7
+max_vips = 64
+max_backends = 512
+connections = 4096
+{extra_lb}
+
+{vips}
+
+[[decap]]
+pin = "{d}"
+netns = "{c}"
+interfaces = ["eth0"]
+locals = [{locals}]
+"#
+        );
+        std::fs::write(self.file(), text).unwrap();
+    }
+
+    fn drop_list(&self, lines: &str) {
+        std::fs::write(self.dir.path().join("drop.txt"), lines).unwrap();
+    }
+
+    fn pins_exist(&self) -> [bool; 3] {
+        [self.filter_pin.path().exists(), self.lb_pin.path().exists(), self.decap_pin.path().exists()]
+    }
+}
+
+const VIPS: &str = r#"
+[[lb.vip]]
+vip = "tcp 203.0.113.10:80"
+mode = "ipip"
+table_size = 1021
+backends = ["198.51.100.11", { addr = "198.51.100.12", weight = 2 }, "2001:db8:b::13"]
+
+[[lb.vip]]
+vip = "udp [2001:db8::10]:53"
+mode = "dsr"
+backends = ["2001:db8::21", "2001:db8::22"]
+"#;
+
+fn vip(s: &str) -> Vip {
+    s.parse().unwrap()
+}
+
+fn xdp_on(ns: &NetNs) -> bool {
+    String::from_utf8_lossy(&ns.ip(&["link", "show", "dev", "eth0"]).stdout).contains("xdp")
+}
+
+fn reaches(client: &NetNs, src: &str, tries: u32) -> bool {
+    let src: IpAddr = src.parse().unwrap();
+    let dst = SocketAddr::new("192.0.2.2".parse().unwrap(), UDP_PORT);
+    client.run(move || udp_echo_reaches(src, dst, tries, Duration::from_millis(300)))
+}
+
+/// Lines of stdout that are changes (not the digest and summary lines).
+fn changes(out: &str) -> Vec<&str> {
+    out.lines().filter(|l| !l.contains(": digest ") && !l.starts_with("applied ") && *l != "no changes").collect()
+}
+
+#[test]
+fn apply_converges_changes_only_what_differs_and_down_removes_it() {
+    let bed = Bed::new("cfga");
+    let (client, server) = (&bed.pair.client, &bed.pair.server);
+    server.static_neighbours("eth0", &["192.0.2.1"], client.mac("eth0"));
+    client.static_neighbours("eth0", &["192.0.2.2"], server.mac("eth0"));
+    let _echo = UdpEcho::start(server, UDP_PORT);
+    let cfg = bed.arg();
+    bed.drop_list("# blocked sources\n192.0.2.1\n203.0.113.0/25\n2001:db8:bad::/48\n");
+
+    // A file with several problems is rejected whole, each with its place,
+    // and nothing is applied.
+    bed.write("\"192.0.2.300\"", "echo = \"loud\"", VIPS, "\"198.51.100.11\"");
+    let out = XDPGUARD.run(&["apply", "--config", &cfg]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("rejected, nothing applied (2 problems)"), "{err}");
+    assert!(err.contains(&format!("{cfg}:9:14: ")) && err.contains("192.0.2.300"), "{err}");
+    assert!(err.contains(&format!("{cfg}:22:8: unknown echo policy `loud`")), "{err}");
+    assert_eq!(bed.pins_exist(), [false; 3], "a rejected file creates nothing");
+
+    // A dry run plans everything and changes nothing.
+    bed.write("\"203.0.113.200\"", "", VIPS, "\"198.51.100.11\"");
+    let out = XDPGUARD.ok(&["apply", "--config", &cfg, "--dry-run"]);
+    assert!(out.contains("would filter ") && out.contains(": create and pin"), "{out}");
+    assert!(out.lines().any(|l| l.contains("VIP tcp 203.0.113.10:80 backends: add")), "{out}");
+    assert_eq!(bed.pins_exist(), [false; 3], "a dry run creates nothing");
+    assert!(!xdp_on(server) && !xdp_on(client));
+    assert!(reaches(client, "192.0.2.1", 5), "nothing filters yet");
+
+    // Apply: everything is created, filled, chained and attached.
+    let out = XDPGUARD.ok(&["apply", "--config", &cfg]);
+    let done = changes(&out);
+    assert!(out.ends_with(&format!("applied {} changes\n", done.len())), "{out}");
+    assert!(xdp_on(server) && xdp_on(client));
+    let filter = Filter::open_pinned(bed.filter_pin.path()).unwrap();
+    let lb = LoadBalancer::open_pinned(bed.lb_pin.path()).unwrap();
+    let decap = Decap::open_pinned(bed.decap_pin.path()).unwrap();
+    let block: Vec<String> = filter.blocklist().iter().unwrap().map(|n| n.to_string()).collect();
+    assert_eq!(block, ["192.0.2.1/32", "203.0.113.0/25", "203.0.113.200/32", "2001:db8:bad::/48"]);
+    assert_eq!(filter.next_program().unwrap(), Some(lb.program_id().unwrap()));
+    assert_eq!(lb.vips().unwrap().len(), 2);
+    let weights: Vec<(String, u32)> =
+        lb.backends(&vip("tcp 203.0.113.10:80")).unwrap().iter().map(|b| (b.addr.to_string(), b.weight)).collect();
+    assert_eq!(weights, [("198.51.100.11".into(), 1), ("198.51.100.12".into(), 2), ("2001:db8:b::13".into(), 1)]);
+    assert_eq!(decap.locals(), ["198.51.100.11".parse::<IpAddr>().unwrap()]);
+    // The digest printed is the running LB's and the file's.
+    let digest = lb.digest().unwrap();
+    assert!(out.contains(&format!("digest {} (2 VIPs)", digest.overall)), "{out}");
+    let config = Config::from_file(bed.file()).unwrap();
+    assert_eq!(config.lbs[0].expected_digest(), digest);
+    let lb_cli = common::cli::XDPGUARD_LB.ok(&["digest", "--pin", bed.lb_pin.arg()]);
+    assert!(lb_cli.starts_with(&format!("overall {}\n", digest.overall)), "{lb_cli}");
+    // Real packets: the blocklisted client is dropped.
+    assert!(!reaches(client, "192.0.2.1", 2), "192.0.2.1 is blocklisted");
+
+    // A second run changes nothing: no map is written.
+    let generations = (filter.generation(), lb.generation());
+    let ids = (filter.program_id().unwrap(), lb.program_id().unwrap());
+    let out = XDPGUARD.ok(&["apply", "--config", &cfg]);
+    assert!(out.ends_with("no changes\n") && changes(&out).is_empty(), "{out}");
+    assert_eq!((filter.generation(), lb.generation()), generations);
+    assert_eq!((filter.program_id().unwrap(), lb.program_id().unwrap()), ids);
+    assert!(config.plan().unwrap().is_empty());
+    assert_eq!(XDPGUARD.ok(&["apply", "--config", &cfg, "--dry-run"]), "no changes\n");
+
+    // An edited file: the client unblocked (list file), one weight changed,
+    // a backend added, another removed, a policy, a decap address. One list
+    // replace, one batch for the VIP; the other VIP and the allowlist
+    // untouched.
+    bed.drop_list("203.0.113.0/25\n2001:db8:bad::/48\n");
+    let vips = VIPS.replace("weight = 2 }, \"2001:db8:b::13\"", "weight = 5 }, \"198.51.100.14\"");
+    bed.write("\"203.0.113.200\"", "echo = \"drop\"", &vips, "\"198.51.100.11\", \"198.51.100.14\"");
+    let plan = XDPGUARD.ok(&["apply", "--config", &cfg, "--dry-run"]);
+    assert_eq!(filter.generation(), generations.0, "a dry run writes nothing");
+    let out = XDPGUARD.ok(&["apply", "--config", &cfg]);
+    let done = changes(&out);
+    let planned: Vec<&str> = plan.lines().filter_map(|l| l.strip_prefix("would ")).collect();
+    assert_eq!(planned, done, "the dry run showed what was done");
+    assert_eq!(done.len(), 4, "{out}");
+    assert!(done[0].ends_with(": decapsulate for 198.51.100.14"), "{out}");
+    assert!(done[1].ends_with(": set echo answer -> drop"), "{out}");
+    assert!(
+        done[2].ends_with(
+            "VIP tcp 203.0.113.10:80 backends: add 198.51.100.14 weight 1; weight 198.51.100.12 2 -> 5; \
+             remove 2001:db8:b::13 (one table swap)"
+        ),
+        "{out}"
+    );
+    assert!(done[3].ends_with(": blocklist: replace with 3 entries (+0 -1)"), "{out}");
+    assert_eq!(filter.generation(), generations.0 + 1, "one atomic replace");
+    assert_eq!(lb.generation(), generations.1 + 1, "one batch: one Maglev swap");
+    assert_eq!(filter.allowlist().len().unwrap(), 1);
+    assert_eq!(lb.echo_policy().to_string(), "drop");
+    assert!(reaches(client, "192.0.2.1", 5), "192.0.2.1 is no longer blocklisted");
+    assert!(XDPGUARD.ok(&["apply", "--config", &cfg]).ends_with("no changes\n"));
+
+    // A fixed setting: refused with the way out, nothing changed...
+    let seeded = std::fs::read_to_string(bed.file()).unwrap().replace("hash_seed = 7", "hash_seed = 8");
+    std::fs::write(bed.file(), seeded).unwrap();
+    let out = XDPGUARD.run(&["apply", "--config", &cfg]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("hash_seed 7 -> 8") && err.contains("--recreate"), "{err}");
+    assert_eq!(lb.hash_seed(), 7);
+    // ...or the LB re-created, and the filter passes to the new one.
+    let out = XDPGUARD.ok(&["apply", "--config", &cfg, "--recreate"]);
+    assert!(out.contains("remove, to create again (hash_seed 7 -> 8)"), "{out}");
+    let lb2 = LoadBalancer::open_pinned(bed.lb_pin.path()).unwrap();
+    assert_eq!(lb2.hash_seed(), 8);
+    assert_eq!(filter.next_program().unwrap(), Some(lb2.program_id().unwrap()));
+    assert!(XDPGUARD.ok(&["apply", "--config", &cfg]).ends_with("no changes\n"));
+    drop((filter, lb, lb2, decap));
+
+    // down: everything detached and unpinned; a second down has nothing to do.
+    let out = XDPGUARD.ok(&["down", "--config", &cfg]);
+    assert_eq!(changes(&out).len(), 3, "{out}");
+    assert_eq!(bed.pins_exist(), [false; 3]);
+    assert!(!xdp_on(server) && !xdp_on(client));
+    assert!(reaches(client, "192.0.2.1", 5));
+    assert_eq!(XDPGUARD.ok(&["down", "--config", &cfg]), "no changes\n");
+}
+
+/// Starts `apply`, kills it with SIGKILL once it has printed `after`
+/// changes (or at once, for `None`); returns whether it was still running.
+fn killed_apply(cfg: &str, after: Option<usize>, delay: Duration) -> bool {
+    // check-deps: built-here (a binary of this crate: CARGO_BIN_EXE_*)
+    let mut child = Command::new(XDPGUARD.path())
+        .args(["apply", "--config", cfg])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    for _ in 0..after.unwrap_or(0) {
+        if lines.next().is_none() {
+            break;
+        }
+    }
+    std::thread::sleep(delay);
+    let running = child.try_wait().unwrap().is_none();
+    child.kill().unwrap_or(());
+    child.wait().unwrap();
+    running
+}
+
+/// Two states to move between: `a` or not. Each has a 20,000-entry
+/// blocklist (so its replace takes a while) and VIPs of 40 backends.
+fn kill_state(bed: &Bed, a: bool) {
+    let mut list = String::new();
+    for i in 0..20_000u32 {
+        list.push_str(&format!("10.{}.{}.0/24\n", (i >> 8) + if a { 0 } else { 100 }, i & 255));
+    }
+    bed.drop_list(&list);
+    let mut vips = String::new();
+    for v in (0..6).filter(|v| a || *v != 0).chain((!a).then_some(9)) {
+        vips.push_str(&format!("[[lb.vip]]\nvip = \"tcp 203.0.113.{}:80\"\nmode = \"ipip\"\nbackends = [", 10 + v));
+        for b in 0..40 {
+            let weight = if !a && v % 2 == 0 { 2 } else { 1 };
+            vips.push_str(&format!("{{ addr = \"198.51.{}.{}\", weight = {weight} }}, ", 100 + v, 10 + b));
+        }
+        vips.push_str("]\n\n");
+    }
+    let (echo, locals) = if a { ("", "\"198.51.100.11\"") } else { ("echo = \"drop\"", "\"198.51.100.11\", \"::1\"") };
+    bed.write("\"203.0.113.200\"", echo, &vips, locals);
+}
+
+/// Kills an apply at `point` and checks the next apply converges on the
+/// file; returns whether the kill landed mid-way (the next run had work).
+fn kill_and_converge(bed: &Bed, point: (Option<usize>, Duration)) -> bool {
+    let cfg = bed.arg();
+    let running = killed_apply(&cfg, point.0, point.1);
+    // What the killed run left: the next run finishes it...
+    let out = XDPGUARD.ok(&["apply", "--config", &cfg]);
+    // ...to exactly the file, which a third run confirms.
+    let config = Config::from_file(bed.file()).unwrap();
+    assert!(config.plan().unwrap().is_empty(), "after a kill at {point:?}: {out}");
+    assert!(XDPGUARD.ok(&["apply", "--config", &cfg]).ends_with("no changes\n"));
+    let filter = Filter::open_pinned(bed.filter_pin.path()).unwrap();
+    assert_eq!(filter.blocklist().len().unwrap(), 20_001);
+    let lb = LoadBalancer::open_pinned(bed.lb_pin.path()).unwrap();
+    assert_eq!(lb.digest().unwrap(), config.lbs[0].expected_digest());
+    running && !out.ends_with("no changes\n")
+}
+
+#[test]
+fn an_apply_killed_at_any_point_is_finished_by_the_next() {
+    let bed = Bed::new("cfgk");
+    let cfg = bed.arg();
+
+    // Killed while creating: from nothing each time (creating the LB takes
+    // about a second, most of it the verifier, so a few points only).
+    kill_state(&bed, true);
+    let steps = Config::from_file(bed.file()).unwrap().plan().unwrap().len();
+    assert!(steps > 15, "{steps} steps");
+    let mut landed = 0;
+    let creating = [
+        (None, Duration::from_millis(5)),
+        (None, Duration::from_millis(400)),
+        (Some(1), Duration::ZERO),
+        (Some(3), Duration::ZERO),
+        (Some(steps - 4), Duration::ZERO),
+        (Some(steps - 2), Duration::ZERO),
+    ];
+    for point in creating {
+        landed += usize::from(kill_and_converge(&bed, point));
+        XDPGUARD.ok(&["down", "--config", &cfg]);
+        assert_eq!(bed.pins_exist(), [false; 3]);
+    }
+    assert!(landed >= 4, "only {landed} of the kills while creating landed mid-way");
+
+    // Killed while changing from one state to the other, after each step.
+    XDPGUARD.ok(&["apply", "--config", &cfg]);
+    kill_state(&bed, false);
+    let steps = Config::from_file(bed.file()).unwrap().plan().unwrap().len();
+    assert!(steps >= 8, "{steps} steps");
+    let mut landed = 0;
+    for k in 0..steps {
+        // a -> b, b -> a, ...: the same steps each way.
+        kill_state(&bed, k % 2 == 1);
+        landed += usize::from(kill_and_converge(&bed, (Some(k), Duration::ZERO)));
+    }
+    eprintln!("{landed} of {steps} kills while changing landed mid-way");
+    assert!(landed * 2 >= steps, "only {landed} of {steps} kills while changing landed mid-way");
+    XDPGUARD.ok(&["down", "--config", &cfg]);
+}
