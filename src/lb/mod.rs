@@ -244,8 +244,19 @@ impl ProgramKind for LbKind {
     }
 
     /// Every table is republished from the backend slots, which are written
-    /// before tables reference them.
+    /// before tables reference them; backend slots of no VIP are freed (a
+    /// `remove_vip` that died after removing the VIP but before freeing its
+    /// backends left them, and a VIP added later in the same VIP slot would
+    /// otherwise take them over: found by tests/config_apply.rs killing
+    /// `xdpguard apply`).
     fn repair(maps: &LbMaps, st: &mut LbState) -> Result<(), LbError> {
+        let used: std::collections::HashSet<u32> =
+            st.vips.values().flat_map(|vs| vs.backends.values().map(|s| s.id)).collect();
+        for id in 0..maps.backends.len() as u32 {
+            if maps.backends.get(id as usize).family != 0 && !used.contains(&id) {
+                maps.free_backend(id);
+            }
+        }
         for vs in st.vips.values_mut() {
             let table = vs.table();
             maps.publish_table(vs.index, table.as_deref().map(|t| t.as_slice()))?;
