@@ -46,6 +46,9 @@
 //! - `metrics` adds [`metrics`] (pulls in prometheus-client): every counter
 //!   of pinned programs as Prometheus metrics, read at scrape time; `cli`
 //!   enables it for `xdpguard metrics`, the exporter.
+//! - `health` adds [`health_check`] (pulls in ureq, without TLS): backend
+//!   health checks that drain failing load-balancer backends and restore
+//!   them; `cli` enables it for `xdpguard-lb health`.
 //!
 //! The policies, modes, VIPs and backends the tools take are parsed by the
 //! types' `FromStr` (errors: [`ParseError`]) and shown by their `Display`,
@@ -114,6 +117,9 @@ pub use filter::{
     DEFAULT_V6_CAPACITY, MAX_CAPACITY,
 };
 pub use ipnetwork::IpNetwork;
+/// Backend health checks for the load balancer (feature `health`).
+#[cfg(feature = "health")]
+pub use lb::health_check;
 pub use lb::Health;
 pub use lb::{
     Backend, BackendAddr, BackendBatch, BackendState, BackendStats, Decap, DecapBuilder, DecapStats, Digest,

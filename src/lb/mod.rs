@@ -12,6 +12,7 @@
 //!   `hops.rs` and `neigh.rs`: backends' next hops; `health.rs`: whether it
 //!   serves (the BGP health hook).
 //! - `decap.rs`: [`Decap`], a second program over the same core.
+//! - `health_check/`: backend health checks (feature `health`), on the public API.
 
 mod batch;
 mod builder;
@@ -20,6 +21,8 @@ pub(crate) mod digest;
 mod flows;
 pub(crate) mod hash;
 mod health;
+#[cfg(feature = "health")]
+pub mod health_check;
 mod hops;
 pub(crate) mod layout;
 pub(crate) mod maglev;
