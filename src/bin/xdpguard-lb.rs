@@ -19,6 +19,7 @@
 //! xdpguard-lb stats [--json] [--reset] [--watch [--interval SECS]]   xdpguard-lb status [--json] [--exit-code]
 //! xdpguard-lb detach                                    xdpguard-lb upgrade   (a newer build takes over)
 //! xdpguard-lb digest [--json] [--config FILE]            (what decides where flows go: compare LB nodes)
+//! xdpguard-lb health [--netns NAME] [--interval 1s --timeout 500ms --rise 2 --fall 3] [--tcp | --http PATH] [--port N]
 //! xdpguard-lb decap attach --iface eth0 --local 198.51.100.11 [--pin DIR] [--netns NAME]   (on a backend)
 //! xdpguard-lb decap stats [--json]                       xdpguard-lb decap detach | upgrade
 //! ```
@@ -220,6 +221,15 @@ enum Command {
         #[arg(long, value_name = "SECS", default_value_t = 1, requires = "watch")]
         interval: u64,
     },
+    /// Check the backends and drain the failing ones; runs in the foreground (an agent).
+    ///
+    /// Every backend of every TCP VIP (or of each --vip) is checked at its
+    /// own address, on --port, else its own port (NAT), else the VIP's.
+    /// `fall` failed checks in a row drain it (weight 0: tracked flows
+    /// continue), `rise` passed checks in a row restore the weight it had,
+    /// unless an operator set another weight meanwhile. One line per change
+    /// on stderr. Run it where the LB runs (--netns for a named namespace).
+    Health(HealthArgs),
     /// Show interfaces, policies, capacities and memory.
     ///
     /// With --exit-code, a health check (the hook a BGP speaker's agent
@@ -251,6 +261,45 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Args)]
+struct HealthArgs {
+    #[command(flatten)]
+    pin: Pin,
+    /// Check from this named network namespace (/run/netns/NAME): the LB's.
+    /// Use this rather than `ip netns exec`, which hides /sys/fs/bpf.
+    #[arg(long)]
+    netns: Option<String>,
+    /// Time between rounds of checks, e.g. 1s, 500ms.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    interval: Duration,
+    /// Time a check may take (at most the interval).
+    #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+    /// Passed checks in a row that restore a drained backend.
+    #[arg(long, default_value_t = xdpguard::health_check::DEFAULT_RISE)]
+    rise: u32,
+    /// Failed checks in a row that drain a backend.
+    #[arg(long, default_value_t = xdpguard::health_check::DEFAULT_FALL)]
+    fall: u32,
+    /// Check with a TCP connect (the default).
+    #[arg(long, conflicts_with = "http")]
+    tcp: bool,
+    /// Check with an HTTP GET of PATH (2xx or 3xx passes).
+    #[arg(long, value_name = "PATH")]
+    http: Option<String>,
+    /// The port to check on every backend (default: the backend's, else the VIP's).
+    #[arg(long)]
+    port: Option<u16>,
+    /// Check only this VIP's backends (repeatable), e.g. 203.0.113.10:80/tcp.
+    #[arg(long = "vip")]
+    vips: Vec<Vip>,
+    /// A JSON file the state is written to at every change (the weights of
+    /// the backends it drained among it), and read back at start, so a
+    /// restarted agent restores what the previous one drained.
+    #[arg(long)]
+    state: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -626,6 +675,7 @@ fn run(command: Command) -> Result<()> {
                 }
             }
         }
+        Command::Health(args) => health_agent(args)?,
         Command::Status { pin, json, exit_code: _ } => {
             status(&pin, json)?;
         }
@@ -766,6 +816,107 @@ fn print_stats(now: &Snapshot, previous: Option<&Snapshot>, json: bool) {
             );
         }
     }
+}
+
+/// `health`: the agent. Logs one line per event on stderr, and keeps the
+/// state file (if any) current.
+fn health_agent(args: HealthArgs) -> Result<()> {
+    use xdpguard::health_check::{Check, HealthChecker, HealthConfig};
+    if let Some(name) = &args.netns {
+        common::enter_netns(name)?;
+    }
+    let lb = LoadBalancer::open_pinned(&args.pin.pin)?;
+    let check = match args.http {
+        Some(path) => Check::Http { path },
+        None => Check::Tcp,
+    };
+    let mut config =
+        HealthConfig::new(check).interval(args.interval).timeout(args.timeout).rise(args.rise).fall(args.fall);
+    config.port = args.port;
+    config.vips = args.vips;
+    let checker = HealthChecker::new(config)?;
+    if let Some(path) = &args.state {
+        for (vip, backend, weight) in read_health_state(path)? {
+            checker.adopt(vip, backend, weight);
+        }
+    }
+    let c = checker.config();
+    eprintln!(
+        "health: checking backends every {} ({}, timeout {}, rise {}, fall {}): a failing one is drained within {}, \
+         a recovered one restored within {}",
+        humantime::format_duration(c.interval),
+        c.check,
+        humantime::format_duration(c.timeout),
+        c.rise,
+        c.fall,
+        humantime::format_duration(c.drain_bound()),
+        humantime::format_duration(c.restore_bound()),
+    );
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let mut write_error = None;
+    checker.run(&lb, &stop, |event| {
+        eprintln!("health: {event}");
+        if let Some(path) = &args.state {
+            if let Err(e) = write_health_state(path, &checker.status()) {
+                write_error = Some(e);
+                stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    })?;
+    match write_error {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// The state file: every checked backend's state and counters.
+fn write_health_state(path: &std::path::Path, status: &[xdpguard::health_check::BackendHealth]) -> Result<()> {
+    let backends: Vec<Value> = status
+        .iter()
+        .map(|h| {
+            json!({
+                "vip": h.vip.to_string(),
+                "backend": h.backend.to_string(),
+                "target": h.target.to_string(),
+                "state": h.state.to_string(),
+                "pending": h.pending,
+                "checks": h.checks,
+                "failed_checks": h.failed_checks,
+                "went_down": h.went_down,
+                "came_up": h.came_up,
+                "drained_from": h.drained_from,
+                "last_error": h.last_error,
+            })
+        })
+        .collect();
+    // Written aside and renamed: a reader never sees half a file.
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, json!({ "backends": backends }).to_string())
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(|e| format!("writing the health state file {}: {e}", path.display()))?;
+    Ok(())
+}
+
+/// The drained backends of a state file (none if it does not exist).
+fn read_health_state(path: &std::path::Path) -> Result<Vec<(Vip, BackendAddr, u32)>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(format!("reading the health state file {}: {e}", path.display()).into()),
+    };
+    let bad = |what: &str| format!("the health state file {} {what}: remove it to start afresh", path.display());
+    let state: Value = serde_json::from_str(&text).map_err(|e| bad(&format!("is not JSON ({e})")))?;
+    let mut drained = Vec::new();
+    for b in state["backends"].as_array().ok_or_else(|| bad("has no \"backends\" list"))? {
+        let Some(weight) = b["drained_from"].as_u64() else { continue };
+        let vip: Vip =
+            b["vip"].as_str().unwrap_or_default().parse().map_err(|e| bad(&format!("has a bad VIP: {e}")))?;
+        let backend: BackendAddr =
+            b["backend"].as_str().unwrap_or_default().parse().map_err(|e| bad(&format!("has a bad backend: {e}")))?;
+        let weight = u32::try_from(weight).map_err(|_| bad("has a weight out of range"))?;
+        drained.push((vip, backend, weight));
+    }
+    Ok(drained)
 }
 
 /// A backend with its counters and next hop (`backend list`, `stats`).

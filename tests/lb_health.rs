@@ -1,0 +1,388 @@
+//! Backend health checks (`xdpguard::health`, `xdpguard-lb health`) end to
+//! end: a pinned DSR load balancer in front of three backends running
+//! `python3 -m http.server`, steady curl traffic from the client, the
+//! health agent running in the LB's namespace. A killed server is drained
+//! within `interval × fall + timeout` (no new connection reaches it after
+//! that), a restarted one restored to its weight within `rise × interval`;
+//! a restarted agent restores what the previous one drained; an operator's
+//! weight is never overwritten. And the probes themselves, against real
+//! servers: why a check fails.
+//!
+//! Needs root, `python3` and `curl`; fails (never skips) without them.
+
+mod common {
+    pub mod cli;
+    pub mod scratch;
+}
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use common::cli::XDPGUARD_LB;
+use common::scratch::ScratchDir;
+use xdpguard::health_check::{Check, HealthChecker, HealthConfig, ProbeError};
+use xdpguard::testing::lb_topology::*;
+use xdpguard::testing::netns::{NetNs, Pair};
+use xdpguard::{LoadBalancer, Vip};
+
+const INTERVAL: Duration = Duration::from_millis(300);
+const TIMEOUT: Duration = Duration::from_millis(200);
+const RISE: u32 = 2;
+const FALL: u32 = 3;
+/// What the bounds allow on top for scheduling: the agent's timers, the
+/// test's 20 ms polls and process start-up on a shared 2-core machine
+/// (measured at load average ~10: drains 0.83-0.86 s against 1.1 s,
+/// restores 0.36-0.63 s against 0.6 s).
+const SLACK: Duration = Duration::from_millis(250);
+
+/// `python3 -m http.server` in a namespace, serving `dir` on port 80.
+struct HttpServer {
+    child: Child,
+}
+
+impl HttpServer {
+    /// Starts it and waits until it accepts connections (from inside its
+    /// namespace, so nothing the checker sees is warmed).
+    fn start(ns: &NetNs, dir: &std::path::Path) -> HttpServer {
+        let dir = dir.to_owned();
+        let child = ns.run(move || {
+            // Debian's python3 (on the fresh image), not a shim on the caller's PATH.
+            Command::new("/usr/bin/python3")
+                .args(["-m", "http.server", "80", "--bind", "0.0.0.0", "--directory"])
+                .arg(&dir)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start python3 -m http.server")
+        });
+        let started = Instant::now();
+        ns.run(move || {
+            while TcpStream::connect(("127.0.0.1", 80)).is_err() {
+                assert!(started.elapsed() < Duration::from_secs(10), "http.server never listened");
+                thread::sleep(Duration::from_millis(10));
+            }
+        });
+        HttpServer { child }
+    }
+
+    /// Kills it; returns when its socket is closed.
+    fn kill(mut self) {
+        self.child.kill().expect("kill http.server");
+        self.child.wait().expect("reap http.server");
+    }
+}
+
+impl Drop for HttpServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `xdpguard-lb health` running in the background; its stderr collected.
+struct Agent {
+    child: Child,
+    log: Arc<Mutex<Vec<String>>>,
+    reader: Option<JoinHandle<()>>,
+}
+
+impl Agent {
+    fn start(args: &[&str]) -> Agent {
+        // check-deps: built-here (CARGO_BIN_EXE_xdpguard-lb)
+        let mut child = Command::new(XDPGUARD_LB.path())
+            .arg("health")
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start xdpguard-lb health");
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let lines = log.clone();
+        let reader = thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("agent: {line}");
+                lines.lock().unwrap().push(line);
+            }
+        });
+        Agent { child, log, reader: Some(reader) }
+    }
+
+    /// Waits for a log line containing every one of `parts`.
+    fn wait_for(&self, parts: &[&str], within: Duration) -> String {
+        let started = Instant::now();
+        loop {
+            if let Some(l) = self.log.lock().unwrap().iter().find(|l| parts.iter().all(|p| l.contains(p))) {
+                return l.clone();
+            }
+            assert!(started.elapsed() < within, "no agent line with {parts:?}: {:?}", self.log.lock().unwrap());
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+    }
+}
+
+/// One curl request: when it started, and the backend that
+/// answered (None: it failed).
+#[derive(Debug, Clone)]
+struct Request {
+    start: Instant,
+    answer: Option<String>,
+}
+
+/// curl to the VIP in a loop from the client, a new connection each time.
+struct Traffic {
+    stop: Arc<AtomicBool>,
+    log: Arc<Mutex<Vec<Request>>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Traffic {
+    fn start(client: &NetNs) -> Traffic {
+        let stop = Arc::new(AtomicBool::new(false));
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (s, l) = (stop.clone(), log.clone());
+        let thread = client.spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                let start = Instant::now();
+                // A child started from this thread is in the client's namespace.
+                let out = Command::new("curl")
+                    .args(["-s", "--noproxy", "*", "--max-time", "2", &format!("http://{VIP_V4}/whoami")])
+                    .output()
+                    .expect("run curl");
+                let answer = out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned());
+                l.lock().unwrap().push(Request { start, answer });
+                thread::sleep(Duration::from_millis(15));
+            }
+        });
+        Traffic { stop, log, thread: Some(thread) }
+    }
+
+    fn since(&self, t: Instant) -> Vec<Request> {
+        self.log.lock().unwrap().iter().filter(|r| r.start >= t).cloned().collect()
+    }
+}
+
+impl Drop for Traffic {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Polls a backend's weight until it is `want`; returns when it was seen.
+fn weight_becomes(lb: &LoadBalancer, vip: &Vip, backend: IpAddr, want: u32, within: Duration) -> Instant {
+    let started = Instant::now();
+    loop {
+        let w = lb.backends(vip).unwrap().into_iter().find(|b| b.addr.ip == backend).map(|b| b.weight);
+        if w == Some(want) {
+            return Instant::now();
+        }
+        assert!(started.elapsed() < within, "{backend} still at weight {w:?}, not {want}, after {within:?}");
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn failing_backends_are_drained_and_restored_under_traffic() {
+    let pin = ScratchDir::bpffs("lbhealth");
+    let www = ScratchDir::new("/tmp", "health-www");
+    let state = ScratchDir::new("/tmp", "health-state");
+    let net = LbNet::new("lhc", 3, BackendKind::VipOnLoopback);
+    let cli = XDPGUARD_LB;
+    let p = ["--pin", pin.arg()];
+    cli.ok(&["attach", "--iface", "eth0", "--iface", "eth1", "--netns", &net.lb.name, p[0], p[1]]);
+    let vip_arg = format!("{VIP_V4}:80");
+    cli.ok(&["vip", "add", &vip_arg, "--mode", "dsr", p[0], p[1]]);
+    let weights = [1u32, 2, 1];
+    for (i, w) in weights.iter().enumerate() {
+        cli.ok(&["backend", "add", &vip_arg, &backend_v4(i + 1).to_string(), "--weight", &w.to_string(), p[0], p[1]]);
+    }
+    let vip = Vip::tcp(SocketAddr::new(IpAddr::V4(VIP_V4), 80));
+    let b = |i: usize| IpAddr::V4(backend_v4(i));
+
+    // Each backend serves /whoami: its name.
+    std::fs::create_dir_all(www.path()).unwrap();
+    let dirs: Vec<_> = (1..=3)
+        .map(|i| {
+            let d = www.path().join(format!("b{i}"));
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(d.join("whoami"), format!("b{i}")).unwrap();
+            d
+        })
+        .collect();
+    let mut servers: Vec<Option<HttpServer>> =
+        net.backends.iter().zip(&dirs).map(|(ns, d)| Some(HttpServer::start(ns, d))).collect();
+
+    let (interval, timeout) = (format!("{}ms", INTERVAL.as_millis()), format!("{}ms", TIMEOUT.as_millis()));
+    std::fs::create_dir_all(state.path()).unwrap();
+    let state_file = state.path().join("health.json");
+    let state_arg = state_file.to_str().unwrap().to_owned();
+    #[rustfmt::skip]
+    let agent_args = [
+        "--pin", pin.arg(), "--netns", &net.lb.name, "--interval", &interval, "--timeout", &timeout,
+        "--rise", "2", "--fall", "3", "--http", "/whoami", "--state", &state_arg,
+    ];
+    let config = HealthConfig::new(Check::Http { path: "/whoami".into() })
+        .interval(INTERVAL)
+        .timeout(TIMEOUT)
+        .rise(RISE)
+        .fall(FALL);
+    let (drain_bound, restore_bound) = (config.drain_bound(), config.restore_bound());
+    let agent = Agent::start(&agent_args);
+    agent.wait_for(&["health: checking backends every 300ms", "HTTP GET /whoami"], Duration::from_secs(5));
+
+    let lb = LoadBalancer::open_pinned(pin.path()).unwrap();
+    let traffic = Traffic::start(&net.client);
+    // Every backend answers while all are healthy.
+    thread::sleep(Duration::from_secs(1));
+    let healthy = traffic.since(Instant::now() - Duration::from_secs(1));
+    for i in 1..=3 {
+        assert!(healthy.iter().any(|r| r.answer.as_deref() == Some(&format!("b{i}"))), "b{i} answers: {healthy:?}");
+    }
+    assert!(healthy.iter().all(|r| r.answer.is_some()), "no failures while healthy: {healthy:?}");
+
+    // Kill b2's server: drained within interval × fall + timeout.
+    servers[1].take().unwrap().kill();
+    let killed = Instant::now();
+    let drained = weight_becomes(&lb, &vip, b(2), 0, drain_bound + SLACK + Duration::from_secs(2));
+    let took = drained - killed;
+    eprintln!("b2 drained {took:?} after its server died (bound {drain_bound:?})");
+    assert!(took <= drain_bound + SLACK, "drained after {took:?}, over {drain_bound:?} (+{SLACK:?})");
+    assert!(took >= INTERVAL * (FALL - 1), "drained after {took:?}: before {FALL} failed checks could run");
+    agent.wait_for(&["backend 198.51.100.12: down after 3 failed checks", "drained (weight 2 -> 0)"], SLACK);
+    // Others untouched; b2 drained, not removed.
+    let now: Vec<u32> = lb.backends(&vip).unwrap().iter().map(|b| b.weight).collect();
+    assert_eq!(now, [1, 0, 1]);
+    thread::sleep(Duration::from_secs(1));
+    let during = traffic.since(killed);
+    let failed: Vec<&Request> = during.iter().filter(|r| r.answer.is_none()).collect();
+    assert!(!failed.is_empty(), "some connections reached the dead b2 before the drain: {during:?}");
+    for r in &failed {
+        let at = r.start - killed;
+        assert!(at <= drain_bound + SLACK, "a connection failed {at:?} after the kill (bound {drain_bound:?})");
+        assert!(r.start <= drained, "a connection started after the drain failed ({at:?} after the kill)");
+    }
+    let after = traffic.since(drained);
+    assert!(after.len() >= 10, "traffic kept going: {after:?}");
+    assert!(after.iter().all(|r| r.answer.as_deref().is_some_and(|a| a != "b2")), "{after:?}");
+    let file: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&state_file).unwrap()).unwrap();
+    let b2 = file["backends"].as_array().unwrap().iter().find(|e| e["backend"] == "198.51.100.12").unwrap().clone();
+    assert_eq!((b2["state"].as_str(), b2["drained_from"].as_u64()), (Some("down"), Some(2)), "{file}");
+    assert!(b2["last_error"].as_str().unwrap().contains("198.51.100.12:80"), "{b2}");
+
+    // Restart it: restored to weight 2 within rise × interval, and new
+    // connections reach it again.
+    servers[1] = Some(HttpServer::start(&net.backends[1], &dirs[1]));
+    let up = Instant::now();
+    let restored = weight_becomes(&lb, &vip, b(2), 2, restore_bound + SLACK + Duration::from_secs(2));
+    let took = restored - up;
+    eprintln!("b2 restored {took:?} after its server came back (bound {restore_bound:?})");
+    assert!(took <= restore_bound + SLACK, "restored after {took:?}, over {restore_bound:?} (+{SLACK:?})");
+    agent.wait_for(&["backend 198.51.100.12: up after 2 passed checks", "restored (weight 0 -> 2)"], SLACK);
+    thread::sleep(Duration::from_secs(1));
+    let back = traffic.since(restored);
+    assert!(back.iter().any(|r| r.answer.as_deref() == Some("b2")), "b2 answers again: {back:?}");
+    assert!(back.iter().all(|r| r.answer.is_some()), "{back:?}");
+    drop(traffic);
+
+    // b3 dies and is drained; the agent is killed and another started with
+    // the same state file: it restores b3 when its server is back.
+    servers[2].take().unwrap().kill();
+    weight_becomes(&lb, &vip, b(3), 0, drain_bound + SLACK + Duration::from_secs(2));
+    agent.wait_for(&["backend 198.51.100.13: down"], SLACK);
+    drop(agent);
+    let agent = Agent::start(&agent_args);
+    agent.wait_for(&["health: checking backends"], Duration::from_secs(5));
+    thread::sleep(INTERVAL * 2);
+    assert_eq!(lb.backends(&vip).unwrap()[2].weight, 0, "still down: still drained");
+    servers[2] = Some(HttpServer::start(&net.backends[2], &dirs[2]));
+    weight_becomes(&lb, &vip, b(3), 1, restore_bound + SLACK + Duration::from_secs(2));
+    agent.wait_for(&["backend 198.51.100.13: up after 2 passed checks", "restored (weight 0 -> 1)"], SLACK);
+
+    // An operator's weight is never overwritten: b1 dies and is drained; the
+    // operator sets weight 3 while it is down; it comes back at 3.
+    servers[0].take().unwrap().kill();
+    weight_becomes(&lb, &vip, b(1), 0, drain_bound + SLACK + Duration::from_secs(2));
+    cli.ok(&["backend", "weight", &vip_arg, &b(1).to_string(), "3", p[0], p[1]]);
+    agent.wait_for(&["backend 198.51.100.11: an operator set weight 3"], INTERVAL * 2 + SLACK);
+    thread::sleep(INTERVAL * 2);
+    assert_eq!(lb.backends(&vip).unwrap()[0].weight, 3, "the checker leaves the operator's weight on a down backend");
+    servers[0] = Some(HttpServer::start(&net.backends[0], &dirs[0]));
+    agent.wait_for(&["backend 198.51.100.11: up after 2 passed checks", "left alone"], restore_bound + SLACK * 2);
+    assert_eq!(lb.backends(&vip).unwrap().iter().map(|b| b.weight).collect::<Vec<_>>(), [3, 2, 1]);
+    drop(agent);
+    drop(lb);
+    cli.ok(&["detach", p[0], p[1]]);
+}
+
+/// The probes against real servers: what passes, and why a check fails.
+#[test]
+fn probes_say_why_a_check_fails() {
+    let pair = Pair::new("hpr");
+    let www = ScratchDir::new("/tmp", "health-probe");
+    std::fs::create_dir_all(www.path()).unwrap();
+    std::fs::write(www.path().join("ok"), "ok").unwrap();
+    let _http = HttpServer::start(&pair.server, www.path());
+    // A TCP server that answers anything with a line that is not HTTP.
+    let garbage = pair.server.run(|| TcpListener::bind("0.0.0.0:81").unwrap());
+    let garbage_thread = thread::spawn(move || {
+        for mut s in garbage.incoming().flatten().take(1) {
+            let _ = s.write_all(b"SSH-2.0-not-http\r\n");
+        }
+    });
+
+    let timeout = Duration::from_millis(200);
+    let results = pair.client.run(move || {
+        let checker = |check: Check| {
+            HealthChecker::new(HealthConfig::new(check).timeout(timeout).interval(Duration::from_secs(1))).unwrap()
+        };
+        let http = |path: &str| checker(Check::Http { path: path.into() });
+        let at = |port: u16| SocketAddr::from(([192, 0, 2, 2], port));
+        let absent = SocketAddr::from(([192, 0, 2, 99], 80));
+        let started = Instant::now();
+        let timed_out = checker(Check::Tcp).probe(absent);
+        let waited = started.elapsed();
+        let http_timed_out = http("/ok").probe(absent);
+        (
+            checker(Check::Tcp).probe(at(80)),
+            checker(Check::Tcp).probe(at(82)),
+            timed_out,
+            waited,
+            http_timed_out,
+            http("/ok").probe(at(80)),
+            http("/missing").probe(at(80)),
+            http("/ok").probe(at(81)),
+        )
+    });
+    let _ = garbage_thread.join();
+    let (tcp_ok, refused, timed_out, waited, http_timed_out, http_ok, missing, not_http) = results;
+    assert!(tcp_ok.is_ok(), "{tcp_ok:?}");
+    let e = refused.unwrap_err();
+    assert!(matches!(&e, ProbeError::Connect { .. }), "{e:?}");
+    assert!(e.to_string().contains("192.0.2.2:82") && e.to_string().contains("refused"), "{e}");
+    assert!(matches!(timed_out, Err(ProbeError::Timeout { .. })), "{timed_out:?}");
+    assert!(waited >= timeout && waited < timeout * 3, "a check lasts its timeout: {waited:?}");
+    assert!(matches!(http_timed_out, Err(ProbeError::Timeout { .. })), "{http_timed_out:?}");
+    assert!(http_ok.is_ok(), "{http_ok:?}");
+    let e = missing.unwrap_err();
+    assert!(matches!(&e, ProbeError::Status { status: 404, .. }), "{e:?}");
+    assert_eq!(e.to_string(), "GET http://192.0.2.2:80/missing answered 404");
+    assert!(matches!(not_http, Err(ProbeError::Http { .. })), "{not_http:?}");
+}
