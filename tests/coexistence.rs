@@ -20,12 +20,22 @@ mod common {
 
 use std::net::UdpSocket;
 use std::process::{Command, Output};
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use common::scratch::ScratchDir;
 use xdpguard::testing::netns::{ensure_bpffs, NetNs, Pair};
 use xdpguard::testing::upgrade::attached_program_id;
 use xdpguard::{AttachError, AttachMode, Error, Filter};
+
+/// xdp-filter keeps its state in pins shared by the whole host (under
+/// /sys/fs/bpf), so its loads and unloads from two tests at once trample each
+/// other (seen as "xdp-filter status" losing eth0): the tests take turns.
+static XDP_FILTER: Mutex<()> = Mutex::new(());
+
+fn xdp_filter_turn() -> MutexGuard<'static, ()> {
+    XDP_FILTER.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 /// Runs an xdp-tools command inside `ns`, keeping this mount namespace
 /// (libxdp needs /sys/fs/bpf, which `ip netns exec` remounts away).
@@ -58,6 +68,7 @@ fn send(pair: &Pair, n: usize) {
 
 #[test]
 fn xdp_filter_first_gives_a_typed_error_naming_it_and_keeps_running() {
+    let _turn = xdp_filter_turn();
     ensure_bpffs();
     let pair = Pair::new("cxa");
     let out = xdp_tool(&pair.server, &["xdp-filter", "load", "--mode", "skb", "eth0"]);
@@ -94,6 +105,7 @@ fn xdp_filter_first_gives_a_typed_error_naming_it_and_keeps_running() {
 
 #[test]
 fn xdpguard_first_makes_xdp_filter_fail_and_keeps_filtering() {
+    let _turn = xdp_filter_turn();
     ensure_bpffs();
     let pair = Pair::new("cxb");
     let filter = pair
