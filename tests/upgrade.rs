@@ -21,16 +21,17 @@
 mod common {
     pub mod cli;
     pub mod scratch;
+    pub mod udp_echo;
 }
 
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::cli::{XDPGUARD, XDPGUARD_LB};
 use common::scratch::ScratchDir;
+use common::udp_echo::UdpEcho;
 use xdpguard::testing::lb_topology::*;
 use xdpguard::testing::netns::{ensure_bpffs, NetNs, Pair};
 use xdpguard::testing::upgrade::{attached_program_id, link_program_ids, stamp_layout, REHEARSAL_LAYOUT};
@@ -42,50 +43,6 @@ const BLOCKED: &str = "192.0.2.66";
 
 fn net(s: &str) -> IpNetwork {
     s.parse().unwrap()
-}
-
-/// Datagrams received per source, by a reader in the server namespace.
-struct Sink {
-    stop: Arc<AtomicBool>,
-    seen: Arc<Mutex<HashMap<IpAddr, u64>>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Sink {
-    fn start(ns: &NetNs) -> Sink {
-        let stop = Arc::new(AtomicBool::new(false));
-        let seen: Arc<Mutex<HashMap<IpAddr, u64>>> = Arc::default();
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let thread = {
-            let (stop, seen) = (stop.clone(), seen.clone());
-            ns.spawn(move || {
-                let sock = UdpSocket::bind(("0.0.0.0", PORT)).expect("bind");
-                sock.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
-                ready_tx.send(()).unwrap();
-                let mut buf = [0u8; 64];
-                while !stop.load(Ordering::Relaxed) {
-                    if let Ok((_, from)) = sock.recv_from(&mut buf) {
-                        *seen.lock().unwrap().entry(from.ip()).or_default() += 1;
-                    }
-                }
-            })
-        };
-        ready_rx.recv().unwrap();
-        Sink { stop, seen, thread: Some(thread) }
-    }
-
-    fn seen(&self, src: &str) -> u64 {
-        self.seen.lock().unwrap().get(&src.parse::<IpAddr>().unwrap()).copied().unwrap_or_default()
-    }
-}
-
-impl Drop for Sink {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
 }
 
 /// One datagram from each source every 250 µs until stopped; returns how
@@ -138,10 +95,10 @@ fn filter_upgrades_under_live_traffic_without_losing_or_leaking_a_packet() {
     let first_id = link_program_ids(&dir)[0];
     drop(filter);
 
-    let sink = Sink::start(&pair.server);
+    let sink = UdpEcho::start(&pair.server, PORT);
     let (stop, sent) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
     let sender = send_until(&pair.client, stop.clone(), sent.clone());
-    wait_for("traffic", || sink.seen(ALLOWED) >= 400);
+    wait_for("traffic", || sink.seen(ALLOWED.parse().unwrap()) >= 400);
 
     // 1. The same layout: every map reused, the program swapped.
     let (_, same) = pair.server.run({
@@ -161,9 +118,9 @@ fn filter_upgrades_under_live_traffic_without_losing_or_leaking_a_packet() {
     wait_for("traffic after the second upgrade", || sent.load(Ordering::Relaxed) >= mid + 400);
     stop.store(true, Ordering::Relaxed);
     let sent = sender.join().unwrap();
-    wait_for("the last datagrams", || sink.seen(ALLOWED) >= sent);
+    wait_for("the last datagrams", || sink.seen(ALLOWED.parse().unwrap()) >= sent);
     std::thread::sleep(Duration::from_millis(100));
-    let (got, leaked) = (sink.seen(ALLOWED), sink.seen(BLOCKED));
+    let (got, leaked) = (sink.seen(ALLOWED.parse().unwrap()), sink.seen(BLOCKED.parse().unwrap()));
     println!(
         "filter: {sent} datagrams per source over two upgrades; allowed source: {got} arrived; blocked source: \
          {leaked} arrived; programs {first_id} -> {} -> {}",
