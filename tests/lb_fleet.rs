@@ -11,12 +11,18 @@
 //! The router runs BIRD 2 with eBGP to every node and merges their equal
 //! routes into one multipath route for the VIP 203.0.113.10 (ECMP, hashed
 //! on ports: policy 3 with fields 0x37). Each LB node runs BIRD with
-//! dist/bird/bird-lb.conf, and the health agent dist/bird/xdpguard-bird-health.sh,
-//! which announces the VIP while `xdpguard-lb status --exit-code` passes.
-//! Every node is configured with the CLI (`env!("CARGO_BIN_EXE_xdpguard-lb")`),
-//! the same hash seed and backends, added in a different order on each node.
-//! The VIP's port 80 is IPIP, port 81 L2 DSR (the nodes' `back` interfaces
-//! share the backends' segment). Nothing warms a neighbour cache.
+//! dist/bird/bird-lb.conf, and the health agent dist/bird/xdpguard-bird-health.sh
+//! with `-c FILE`, which announces the VIP while `xdpguard-lb status
+//! --exit-code --expect-digest` (the digest the file promises) passes.
+//!
+//! One configuration for the fleet: [`fleet_config`] is the fleet's file,
+//! and every node runs `xdpguard apply --config` on it
+//! (`env!("CARGO_BIN_EXE_xdpguard")`). On real nodes the very same file
+//! serves every node; here all nodes share the host's bpffs and live in
+//! namespaces, so each node's copy differs in exactly two words, its `pin`
+//! and `netns` (the template's `@PIN@`, `@NETNS@`). The VIP's port 80 is
+//! IPIP, port 81 L2 DSR (the nodes' `back` interfaces share the backends'
+//! segment). Nothing warms a neighbour cache.
 //!
 //! Checks (the issue's numbering):
 //! 1. Flows from many client addresses and ports spread over all nodes (each
@@ -26,11 +32,18 @@
 //!    moves its flows (and, the kernel's ECMP being hash-threshold, some of
 //!    the survivors' flows) onto the others mid-flow, and every held
 //!    keep-alive connection, IPIP and DSR, still answers from its backend.
-//! 3. The node re-attached (a restart, backends added in yet another order)
-//!    takes its flows back and new ones, again without breaking any.
-//! 4. Draining a backend on every node behaves as on one node.
-//! 5. Every node names the same backend for thousands of flows (identical
-//!    tables), also the restarted one.
+//! 3. The node comes back stale (an older file: other backends and
+//!    weights): serving, but its digest is not the fleet's, so its agent
+//!    keeps it withdrawn (exit code 5); one apply of the fleet's file
+//!    catches it up (its backends now sit in other kernel slots than on
+//!    the other nodes), and it takes its flows back and new ones, again
+//!    without breaking any.
+//! 4. Draining a backend by editing the fleet's file (weight 0) and
+//!    applying it on every node behaves as on one node.
+//! 5. Every node's `xdpguard-lb digest --json` is the same, and the one
+//!    `xdpguard-lb digest --config FILE` computes from the file, after the
+//!    bring-up, the catch-up and the drain; and the nodes name the same
+//!    backend for thousands of flows.
 //!
 //! Plus the health hook's exit codes. Needs root, `ip`, `ethtool`, `sysctl`
 //! and BIRD 2 (`bird`, `birdc`: Debian's bird2, installed by .ci/deps).
@@ -45,7 +58,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::cli::XDPGUARD_LB;
+use common::cli::{XDPGUARD, XDPGUARD_LB};
 use common::scratch::ScratchDir;
 use serde_json::Value;
 use xdpguard::testing::lb_topology::{backend_v4, backend_v6, no_dad, Conn, Servers, IPIP_SRC_V4, IPIP_SRC_V6, VIP_V4};
@@ -57,12 +70,14 @@ const BACKENDS: usize = 3;
 const IPIP_PORT: u16 = 80;
 const DSR_PORT: u16 = 81;
 /// The fleet's hash seed: the same on every node (docs/deployment.md).
-const SEED: &str = "4242";
+const SEED: u32 = 4242;
 /// Client addresses 192.0.2.1..=CLIENTS.
 const CLIENTS: u8 = 8;
 const ROUTER_AS: u32 = 65000;
 const NODE_AS: u32 = 65001;
 const TIMEOUT: Duration = Duration::from_secs(2);
+/// The fleet's backends and weights ([`fleet_config`]).
+const FLEET: [(usize, u32); BACKENDS] = [(1, 1), (2, 1), (3, 1)];
 
 /// The router's address on node `i`'s link (198.51.100.192/26, out of the
 /// kit's backends' /25).
@@ -162,12 +177,13 @@ impl Drop for Bird {
 }
 
 /// The shipped health agent (dist/bird/xdpguard-bird-health.sh) for one
-/// node, run in the root namespace as on a real node (bpffs and BIRD's
-/// socket are reachable from there); SIGTERM on drop, which withdraws.
+/// node, checking the node against its configuration file (`-c`), run in
+/// the root namespace as on a real node (bpffs and BIRD's socket are
+/// reachable from there); SIGTERM on drop, which withdraws.
 struct Agent(Child);
 
 impl Agent {
-    fn start(socket: &Path, pin: &Path) -> Agent {
+    fn start(socket: &Path, pin: &Path, config: &Path) -> Agent {
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/dist/bird/xdpguard-bird-health.sh");
         let child = Command::new("sh")
             .arg(script)
@@ -175,7 +191,9 @@ impl Agent {
             .arg(socket)
             .arg("-p")
             .arg(pin)
-            .args(["-i", "0.05", "-r", "20"])
+            .arg("-c")
+            .arg(config)
+            .args(["-g", "20", "-i", "0.05", "-r", "20"])
             .env("XDPGUARD_LB", XDPGUARD_LB.path())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -240,15 +258,32 @@ struct Fleet {
     dir: ScratchDir,
 }
 
-/// Backends in the order node `i` adds them (1-based; `round` varies it on
-/// a restart): the tables must not depend on it.
-fn add_order(i: usize, round: usize) -> Vec<usize> {
-    let mut v: Vec<usize> = (1..=BACKENDS).collect();
-    v.rotate_left((i + round) % BACKENDS);
-    if (i + round) % 2 == 1 {
-        v.reverse();
+/// The fleet's configuration file with these backends (number, weight)
+/// behind every VIP, as a template: `@PIN@` and `@NETNS@` are the node's
+/// (see the module's comment). Fixed settings as the nodes need them:
+/// small capacities, the fleet's seed.
+fn fleet_config(backends: &[(usize, u32)]) -> String {
+    let backends: Vec<String> =
+        backends.iter().map(|&(b, w)| format!("{{ addr = \"{}\", weight = {w} }}", backend_v4(b))).collect();
+    let backends = backends.join(", ");
+    let mut text = format!(
+        r#"# The fleet's configuration (tests/lb_fleet.rs): every LB node applies it.
+[[lb]]
+pin = "@PIN@"
+netns = "@NETNS@"
+interfaces = ["uplink"]
+redirect = ["back"]
+ipip_sources = ["{IPIP_SRC_V4}", "{IPIP_SRC_V6}"]
+hash_seed = {SEED}
+connections = 16384
+max_vips = 8
+max_backends = 32
+"#
+    );
+    for (port, mode) in [(IPIP_PORT, "ipip"), (DSR_PORT, "dsr")] {
+        text += &format!("\n[[lb.vip]]\nvip = \"tcp {VIP_V4}:{port}\"\nmode = \"{mode}\"\nbackends = [{backends}]\n");
     }
-    v
+    text
 }
 
 impl Fleet {
@@ -358,11 +393,23 @@ impl Fleet {
             _backends: backends,
             dir,
         };
+        fleet.pins = (1..=NODES).map(|i| Pin(ScratchDir::bpffs(&format!("fleet{i}-")))).collect();
         for i in 1..=NODES {
-            let pin = Pin(ScratchDir::bpffs(&format!("fleet{i}-")));
-            fleet.configure(i, &pin, 0);
-            fleet.pins.push(pin);
+            let out = fleet.apply(i, &fleet_config(&FLEET));
+            assert!(out.contains("create and pin"), "node {i}: {out}");
+            let code = XDPGUARD_LB.run(&[
+                "status",
+                "--exit-code",
+                "--config",
+                &fleet.arg(i),
+                "--pin",
+                fleet.pins[i - 1].arg(),
+            ]);
+            assert_eq!(code.status.code(), Some(0), "node {i}: configured, serving, as the file says");
+            fleet.wait_resolved(i);
         }
+        // The same file again changes nothing.
+        assert!(fleet.apply(1, &fleet_config(&FLEET)).ends_with("no changes\n"));
 
         // BIRD: the router, then every node from the shipped template.
         let dir = fleet.dir.path().to_owned();
@@ -438,38 +485,41 @@ impl Fleet {
     }
 
     fn start_agent(&mut self, i: usize) {
-        let agent = Agent::start(&self.bird(i).socket, self.pins[i - 1].0.path());
+        let agent = Agent::start(&self.bird(i).socket, self.pins[i - 1].0.path(), &self.file(i));
         self.agents[i - 1] = Some(agent);
     }
 
-    /// Attaches node `i`'s LB with the CLI and configures it: the same seed
-    /// and backends everywhere, in a node- (and round-) dependent order.
-    fn configure(&self, i: usize, pin: &Pin, round: usize) {
-        let p = ["--pin", pin.arg()];
-        let ns = &self.nodes[i - 1].name;
-        let mut attach = vec!["attach", "--iface", "uplink", "--redirect", "back", "--netns", ns];
-        attach.extend(["--hash-seed", SEED, "--connections", "16384", "--max-vips", "8", "--max-backends", "32"]);
-        attach.extend(["--ipip-source", IPIP_SRC_V4, "--ipip-source", IPIP_SRC_V6]);
-        attach.extend(p);
-        XDPGUARD_LB.ok(&attach);
-        // A pinned LB with VIPs but no backend yet: not serving.
-        for (port, mode) in [(IPIP_PORT, "ipip"), (DSR_PORT, "dsr")] {
-            let v = format!("{VIP_V4}:{port}");
-            XDPGUARD_LB.ok(&["vip", "add", &v, "--mode", mode, p[0], p[1]]);
-        }
-        let code = XDPGUARD_LB.run(&["status", "--exit-code", p[0], p[1]]).status.code();
-        assert_eq!(code, Some(4), "node {i}: VIPs without backends are not serving");
-        for port in [IPIP_PORT, DSR_PORT] {
-            let v = format!("{VIP_V4}:{port}");
-            for b in add_order(i, round) {
-                XDPGUARD_LB.ok(&["backend", "add", &v, &backend_v4(b).to_string(), p[0], p[1]]);
-            }
-        }
-        let status = XDPGUARD_LB.run(&["status", "--exit-code", p[0], p[1]]);
-        assert_eq!(status.status.code(), Some(0), "node {i}: configured, serving");
-        // The managed neighbour entries resolve the backends by themselves
-        // (nothing here pings them): wait until the LB sees them resolved.
-        let lb = pin.open();
+    /// Node `i`'s copy of the fleet's file (what its agent checks it
+    /// against).
+    fn file(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("node{i}.toml"))
+    }
+
+    fn arg(&self, i: usize) -> String {
+        self.file(i).display().to_string()
+    }
+
+    /// Node `i`'s copy of `config` (a [`fleet_config`] template).
+    fn node_config(&self, i: usize, config: &str) -> String {
+        render(config, &[("PIN", self.pins[i - 1].arg().to_owned()), ("NETNS", self.nodes[i - 1].name.clone())])
+    }
+
+    /// Applies the fleet's file `config` on node `i` as a node's pull loop
+    /// does (docs/deployment.md): `xdpguard apply` on a copy beside the
+    /// node's file, then renamed over it, so the file the agent checks
+    /// against is never ahead of the node's state. What apply printed.
+    fn apply(&self, i: usize, config: &str) -> String {
+        let new = self.dir.path().join(format!("node{i}.toml.new"));
+        std::fs::write(&new, self.node_config(i, config)).expect("write the node's file");
+        let out = XDPGUARD.ok(&["apply", "--config", &new.display().to_string()]);
+        std::fs::rename(&new, self.file(i)).expect("put the applied file in place");
+        out
+    }
+
+    /// Waits until node `i`'s backends' next hops are resolved: the managed
+    /// neighbour entries resolve them by themselves (nothing here pings).
+    fn wait_resolved(&self, i: usize) {
+        let lb = self.pins[i - 1].open();
         let t = Instant::now();
         loop {
             let states: Vec<NeighbourState> =
@@ -480,6 +530,27 @@ impl Fleet {
             assert!(t.elapsed() < Duration::from_secs(5), "node {i}: backends' next hops {states:?}");
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Check 5: every node's digests (`digest --json`) are the ones the
+    /// fleet's file promises (`digest --config`: the same file on every
+    /// node, so the same digests), and the health hook with `--config`
+    /// passes. The overall digest.
+    fn same_digests(&self, when: &str) -> String {
+        let promised: Vec<Value> = (1..=NODES)
+            .map(|i| XDPGUARD_LB.json(&["digest", "--json", "--config", &self.arg(i), "--pin", self.pins[i - 1].arg()]))
+            .collect();
+        let running: Vec<Value> =
+            self.pins.iter().map(|p| XDPGUARD_LB.json(&["digest", "--json", "--pin", p.arg()])).collect();
+        for i in 0..NODES {
+            assert_eq!(promised[i], promised[0], "{when}: node {}'s file promises other digests", i + 1);
+            assert_eq!(running[i], promised[0], "{when}: node {}'s tables differ from the fleet's file", i + 1);
+            let code =
+                XDPGUARD_LB.run(&["status", "--exit-code", "--config", &self.arg(i + 1), "--pin", self.pins[i].arg()]);
+            assert_eq!(code.status.code(), Some(0), "{when}: node {} is healthy against its file", i + 1);
+        }
+        assert_eq!(running[0]["vips"].as_array().map(Vec::len), Some(2), "{when}: {}", running[0]);
+        running[0]["digest"].as_str().expect("an overall digest").to_owned()
     }
 
     /// The router's next hops for the VIP.
@@ -573,7 +644,8 @@ fn predicted_by_every_node(lbs: &[LoadBalancer], held: &[Held], when: &str) {
     }
 }
 
-/// The nodes agree on the backend of `n` synthetic flows per VIP port.
+/// The nodes agree on the backend of `n` synthetic flows per VIP port
+/// (what equal digests promise, checked once the hard way).
 fn same_tables(lbs: &[LoadBalancer], n: u32, when: &str) {
     for port in [IPIP_PORT, DSR_PORT] {
         let v = vip(port);
@@ -595,11 +667,8 @@ fn a_fleet_behind_ecmp_keeps_every_connection() {
     eprintln!("fleet up in {:?}", started.elapsed());
     let lbs: Vec<LoadBalancer> = fleet.pins.iter().map(Pin::open).collect();
 
-    // 5. Identical tables on every node, whatever the order of the adds.
-    same_tables(&lbs, 3000, "after bring-up");
-    let lists: Vec<Value> =
-        fleet.pins.iter().map(|p| XDPGUARD_LB.json(&["vip", "list", "--json", "--pin", p.arg()])).collect();
-    assert!(lists.iter().all(|l| *l == lists[0]), "the nodes list different VIPs or backends: {lists:#?}");
+    // 5. One file, identical tables on every node.
+    let fleet_digest = fleet.same_digests("after bring-up");
 
     // 1. Spread over the nodes, answers from the predicted backends.
     let per_port = 144;
@@ -659,16 +728,34 @@ fn a_fleet_behind_ecmp_keeps_every_connection() {
         before[0]
     );
 
-    // 3. Node 1 comes back (a restart: backends in another order) and takes
-    // flows again, its old ones mid-connection, without breaking any.
-    fleet.agents[0] = None; // the operator stops the agent, reconfigures, starts it
-    let pin = &fleet.pins[0];
-    fleet.configure(1, pin, 1);
-    fleet.start_agent(1);
-    let rejoined = fleet.wait_next_hops(NODES, Duration::from_secs(5));
-    eprintln!("agent start -> route back: {rejoined:?}; node 1 out for {:?}", t.elapsed());
+    // 3. Node 1 comes back stale: its LB set up from an older file (other
+    // backends and weights, as an old image's boot would), while the
+    // fleet's file is in place. It serves, but not the fleet's tables: its
+    // agent, still running, keeps it withdrawn (exit code 5). One apply of
+    // the fleet's file catches it up (its backends now sit in other kernel
+    // slots than on the other nodes: the digests do not care), the agent
+    // announces it, and it takes flows again without breaking any.
+    let stale = fleet.dir.path().join("node1-old.toml");
+    std::fs::write(&stale, fleet.node_config(1, &fleet_config(&[(3, 2), (1, 1)]))).unwrap();
+    XDPGUARD.ok(&["apply", "--config", &stale.display().to_string()]);
+    let p1 = ["--pin", fleet.pins[0].arg()];
+    assert_eq!(XDPGUARD_LB.run(&["status", "--exit-code", p1[0], p1[1]]).status.code(), Some(0), "stale, serving");
+    let code = XDPGUARD_LB.run(&["status", "--exit-code", "--config", &fleet.arg(1), p1[0], p1[1]]).status.code();
+    assert_eq!(code, Some(5), "stale: not the fleet's digest");
+    std::thread::sleep(Duration::from_millis(500)); // 10 rounds of the agent
+    assert_eq!(fleet.next_hops(), NODES - 1, "a stale node is not announced");
+    let t_apply = Instant::now();
+    let out = fleet.apply(1, &fleet_config(&FLEET));
+    assert!(
+        !out.contains("create") && out.matches("one table swap").count() == 2,
+        "one apply, only what differs: {out}"
+    );
+    fleet.wait_resolved(1);
+    fleet.wait_next_hops(NODES, Duration::from_secs(5));
+    eprintln!("catch-up apply -> route back: {:?}; node 1 out for {:?}", t_apply.elapsed(), t.elapsed());
     let lbs: Vec<LoadBalancer> = fleet.pins.iter().map(Pin::open).collect();
-    same_tables(&lbs, 3000, "after node 1 restarted");
+    assert_eq!(fleet.same_digests("after node 1 caught up"), fleet_digest);
+    same_tables(&lbs, 3000, "after node 1 caught up");
     ask_all(&mut held, "after node 1 rejoined");
     let back = fleet.new_flows(1);
     for k in 0..2 {
@@ -696,22 +783,23 @@ fn a_fleet_behind_ecmp_keeps_every_connection() {
     ask_all(&mut held, "after node 2's BIRD came back");
     ask_all(&mut fresh, "after node 2's BIRD came back");
 
-    // 4. Drain backend 1 on every node: held connections keep their
-    // backend (b1's included), new ones avoid it, every node agrees.
-    for p in &fleet.pins {
-        for port in [IPIP_PORT, DSR_PORT] {
-            let v = format!("{VIP_V4}:{port}");
-            XDPGUARD_LB.ok(&["backend", "weight", &v, &backend_v4(1).to_string(), "0", "--pin", p.arg()]);
-        }
-        assert_eq!(XDPGUARD_LB.run(&["status", "--exit-code", "--pin", p.arg()]).status.code(), Some(0));
+    // 4. Drain backend 1 through the fleet's file (weight 0), applied on
+    // every node: held connections keep their backend (b1's included), new
+    // ones avoid it, every node agrees, and no node was withdrawn.
+    let drained_config = fleet_config(&[(1, 0), (2, 1), (3, 1)]);
+    for i in 1..=NODES {
+        let out = fleet.apply(i, &drained_config);
+        assert_eq!(out.matches("one table swap").count(), 2, "node {i}: one weight change per VIP: {out}");
     }
+    let drained_digest = fleet.same_digests("after the drain");
+    assert_ne!(drained_digest, fleet_digest, "a drain changes the digest");
+    assert_eq!(fleet.next_hops(), NODES, "draining withdraws no node");
     assert!(held.iter().any(|h| h.answer == "b1"), "some held connections are on b1");
     ask_all(&mut held, "after draining b1 everywhere");
     ask_all(&mut fresh, "after draining b1 everywhere");
     let drained = fleet.connect(48, 45000);
     assert!(drained.iter().all(|h| h.answer != "b1"), "new connections avoid drained b1");
     predicted_by_every_node(&lbs, &drained, "after the drain");
-    same_tables(&lbs, 3000, "after the drain");
 
     // The IPIP VIP really went through the decapsulators, the DSR one not.
     let decapsulated: u64 = fleet._decaps.iter().map(|d| d.stats().unwrap().decapsulated.packets).sum();
@@ -720,6 +808,23 @@ fn a_fleet_behind_ecmp_keeps_every_connection() {
         let s = lb.stats().unwrap();
         assert!(s.redirected.packets > 100, "node {}: forwarded in XDP: {s:?}", i + 1);
     }
+
+    // A node edited by hand drifts from the fleet's file: its agent keeps
+    // it announced through the grace (`-g 20`: an apply in progress looks
+    // the same for a moment), then withdraws it. (Last: flows that move
+    // off it now may change backends.)
+    let v = format!("{VIP_V4}:{IPIP_PORT}");
+    let p3 = ["--pin", fleet.pins[2].arg()];
+    XDPGUARD_LB.ok(&["backend", "weight", &v, &backend_v4(2).to_string(), "2", p3[0], p3[1]]);
+    let t = Instant::now();
+    let code = XDPGUARD_LB.run(&["status", "--exit-code", "--config", &fleet.arg(3), p3[0], p3[1]]).status.code();
+    assert_eq!(code, Some(5), "node 3 drifted from the fleet's file");
+    std::thread::sleep(Duration::from_millis(400));
+    assert_eq!(fleet.next_hops(), NODES, "a drifted node stays announced through the grace");
+    fleet.wait_next_hops(NODES - 1, Duration::from_secs(4));
+    eprintln!("node 3 edited by hand -> withdrawn after {:?} (grace: 20 rounds of 50 ms)", t.elapsed());
+    assert!(t.elapsed() >= Duration::from_millis(900), "withdrawn before the grace ran out");
+
     drop(lbs);
     eprintln!("whole test: {:?}", started.elapsed());
     drop(fleet);
@@ -756,7 +861,57 @@ fn status_exit_code_names_what_is_missing() {
         "{text}"
     );
     let json = XDPGUARD_LB.json(&["status", "--json", "--pin", pin.arg()]);
-    assert_eq!(json["serving"], Value::Bool(true));
+    assert_eq!((&json["serving"], &json["digest_matches"]), (&Value::Bool(true), &Value::Null));
+
+    // 5: serving, but not the state the fleet's file (or digest) expects.
+    let dir = ScratchDir::new("/tmp", "fleet-x");
+    std::fs::create_dir_all(dir.path()).unwrap();
+    let file = dir.path().join("fleet.toml");
+    let write = |weight: u32| {
+        let text = format!(
+            "[[lb]]\npin = \"{}\"\nnetns = \"{}\"\ninterfaces = [\"eth0\"]\n[[lb.vip]]\nvip = \"tcp 203.0.113.10:80\"\nmode = \"dsr\"\n\
+             backends = [{{ addr = \"198.51.100.11\", weight = {weight} }}]\n",
+            pin.arg(),
+            ns.name
+        );
+        std::fs::write(&file, text).unwrap();
+    };
+    let file_arg = file.display().to_string();
+    let against = |how: &[&str]| {
+        let mut args = vec!["status", "--exit-code", "--pin", pin.arg()];
+        args.extend(how);
+        XDPGUARD_LB.run(&args)
+    };
+    write(1);
+    let promised = XDPGUARD_LB.json(&["digest", "--json", "--config", &file_arg, "--pin", pin.arg()]);
+    let promised = promised["digest"].as_str().unwrap().to_owned();
+    assert_eq!(against(&["--config", &file_arg]).status.code(), Some(0), "as the file says");
+    assert_eq!(against(&["--expect-digest", &promised]).status.code(), Some(0), "the file's digest");
+    write(3);
+    let out = against(&["--config", &file_arg]);
+    assert_eq!(out.status.code(), Some(5), "the file wants weight 3");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(
+            "not serving: attached to 1 interface(s), 1 of 1 VIP(s) with an active backend, state digest differs"
+        ),
+        "{text}"
+    );
+    let json = XDPGUARD_LB.json(&["status", "--json", "--config", &file_arg, "--pin", pin.arg()]);
+    assert_eq!((&json["serving"], &json["digest_matches"]), (&Value::Bool(false), &Value::Bool(false)));
+    XDPGUARD_LB.ok(&["backend", "weight", "203.0.113.10:80", "198.51.100.11", "3", "--pin", pin.arg()]);
+    assert_eq!(against(&["--config", &file_arg]).status.code(), Some(0), "caught up with the file");
+    assert_eq!(against(&["--expect-digest", &promised]).status.code(), Some(5), "not the old digest any more");
+    // Usage errors (2): not a digest; both ways at once. A file without
+    // this pin's [[lb]] is an error (1), as anything that cannot be read.
+    assert_eq!(against(&["--expect-digest", "12ab"]).status.code(), Some(2));
+    assert_eq!(against(&["--config", &file_arg, "--expect-digest", &promised]).status.code(), Some(2));
+    let out =
+        XDPGUARD_LB.run(&["status", "--exit-code", "--config", &file_arg, "--pin", "/sys/fs/bpf/xdpguard-lb-none"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("has no [[lb]] pinned at"), "{out:?}");
+
     XDPGUARD_LB.ok(&["detach", "--pin", pin.arg()]);
     assert_eq!(code(&pin), Some(1), "detached");
+    assert_eq!(against(&["--config", &file_arg]).status.code(), Some(1), "detached, with a file");
 }

@@ -16,7 +16,8 @@
 //! xdpguard-lb backend del 203.0.113.10:80 198.51.100.11  xdpguard-lb backend list 203.0.113.10:80 [--json]
 //! xdpguard-lb which 203.0.113.10:80 --from 192.0.2.1:40000 [--json]     (the VIP and backend a new flow gets)
 //! xdpguard-lb which 203.0.113.13:* --to-port 443 --from 192.0.2.1:40000  (all-ports VIPs: the port counts)
-//! xdpguard-lb stats [--json] [--reset] [--watch [--interval SECS]]   xdpguard-lb status [--json] [--exit-code]
+//! xdpguard-lb stats [--json] [--reset] [--watch [--interval SECS]]
+//! xdpguard-lb status [--json] [--exit-code [--config FILE | --expect-digest HEX]]   (the BGP health hook)
 //! xdpguard-lb detach                                    xdpguard-lb upgrade   (a newer build takes over)
 //! xdpguard-lb digest [--json] [--config FILE]            (what decides where flows go: compare LB nodes)
 //! xdpguard-lb health [--netns NAME] [--interval 1s --timeout 500ms --rise 2 --fall 3] [--tcp | --http PATH] [--port N]
@@ -34,7 +35,7 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -42,8 +43,8 @@ use clap::{Args, Parser, Subcommand};
 use common::Result;
 use serde_json::{json, Value};
 use xdpguard::{
-    BackendAddr, BackendStats, Decap, EchoPolicy, Flow, ForwardingMode, FragmentPolicy, HashInput, IpNetwork, LbStats,
-    LoadBalancer, OptionsPolicy, Protocol, Vip, VipConfig, VipStats,
+    BackendAddr, BackendStats, Decap, Digest, EchoPolicy, Flow, ForwardingMode, FragmentPolicy, HashInput, IpNetwork,
+    LbDigest, LbStats, LoadBalancer, OptionsPolicy, Protocol, Vip, VipConfig, VipStats,
 };
 
 const DEFAULT_PIN: &str = "/sys/fs/bpf/xdpguard-lb";
@@ -235,8 +236,10 @@ enum Command {
     /// With --exit-code, a health check (the hook a BGP speaker's agent
     /// polls, dist/bird/): exits 0 when attached and at least one VIP has
     /// an active backend, 3 when attached to no interface, 4 when no VIP has
-    /// an active backend, 1 when no LB is pinned (detached) or it cannot be
-    /// read.
+    /// an active backend, 5 when serving but its state digest differs from
+    /// the one --config or --expect-digest expects (the node does not hold
+    /// the fleet's configuration), 1 when no LB is pinned (detached) or it
+    /// cannot be read.
     Status {
         #[command(flatten)]
         pin: Pin,
@@ -246,6 +249,14 @@ enum Command {
         /// Exit non-zero unless the LB is serving (see above).
         #[arg(long)]
         exit_code: bool,
+        /// Also require the state digest the configuration file's section
+        /// (`[[lb]]`) pinned at --pin promises (`digest --config FILE`).
+        #[arg(long, value_name = "FILE", conflicts_with = "expect_digest")]
+        config: Option<PathBuf>,
+        /// Also require this overall state digest (64 hex digits, as
+        /// `digest` shows it).
+        #[arg(long, value_name = "HEX")]
+        expect_digest: Option<Digest>,
     },
     /// Show the state digests: per VIP (its settings, the hash seed, its
     /// backends and weights, its Maglev table) and overall. LB nodes with
@@ -388,18 +399,38 @@ enum BackendCommand {
 
 fn main() -> ExitCode {
     match Cli::parse().command {
-        Command::Status { pin, json, exit_code: true } => health(&pin, json),
+        Command::Status { pin, json, exit_code: true, config, expect_digest } => {
+            health(&pin, json, config.as_deref(), expect_digest)
+        }
         command => common::exit_code(run(command)),
     }
 }
 
 /// `status --exit-code`: the status, and the health verdict as the exit
 /// code `Health::exit_code` documents (1 on any error).
-fn health(pin: &Pin, json: bool) -> ExitCode {
-    match status(pin, json) {
+fn health(pin: &Pin, json: bool, config: Option<&Path>, expect: Option<Digest>) -> ExitCode {
+    match expected(pin, config, expect).and_then(|expect| status(pin, json, expect)) {
         Ok(h) => ExitCode::from(h.exit_code()),
         Err(e) => common::exit_code(Err(e)),
     }
+}
+
+/// The overall digest `status` is to expect: given, or what the file's
+/// section pinned at --pin promises.
+fn expected(pin: &Pin, config: Option<&Path>, expect: Option<Digest>) -> Result<Option<Digest>> {
+    Ok(match config {
+        Some(file) => Some(config_digest(file, &pin.pin)?.overall),
+        None => expect,
+    })
+}
+
+/// The digests the configuration file's `[[lb]]` pinned at `pin` promises.
+fn config_digest(file: &Path, pin: &Path) -> Result<LbDigest> {
+    let config = xdpguard::config::Config::from_file(file)?;
+    let lb = config.lbs.iter().find(|l| l.pin == pin).ok_or_else(|| {
+        format!("{} has no [[lb]] pinned at {} (give its `pin` with --pin)", file.display(), pin.display())
+    })?;
+    Ok(lb.expected_digest())
 }
 
 fn run(command: Command) -> Result<()> {
@@ -652,17 +683,7 @@ fn run(command: Command) -> Result<()> {
         Command::Digest { pin, config, json } => {
             let digest = match config {
                 None => LoadBalancer::open_pinned(&pin.pin)?.digest()?,
-                Some(file) => {
-                    let config = xdpguard::config::Config::from_file(&file)?;
-                    let lb = config.lbs.iter().find(|l| l.pin == pin.pin).ok_or_else(|| {
-                        format!(
-                            "{} has no [[lb]] pinned at {} (give its `pin` with --pin)",
-                            file.display(),
-                            pin.pin.display()
-                        )
-                    })?;
-                    lb.expected_digest()
-                }
+                Some(file) => config_digest(&file, &pin.pin)?,
             };
             if json {
                 let vips: Vec<_> =
@@ -676,17 +697,21 @@ fn run(command: Command) -> Result<()> {
             }
         }
         Command::Health(args) => health_agent(args)?,
-        Command::Status { pin, json, exit_code: _ } => {
-            status(&pin, json)?;
+        Command::Status { pin, json, exit_code: _, config, expect_digest } => {
+            let expect = expected(&pin, config.as_deref(), expect_digest)?;
+            status(&pin, json, expect)?;
         }
     }
     Ok(())
 }
 
 /// `status`: interfaces, policies, capacities, memory and health.
-fn status(pin: &Pin, json: bool) -> Result<xdpguard::Health> {
+fn status(pin: &Pin, json: bool, expect: Option<Digest>) -> Result<xdpguard::Health> {
     let lb = LoadBalancer::open_pinned(&pin.pin)?;
-    let health = lb.health()?;
+    let health = match expect {
+        Some(d) => lb.health_expecting(&d)?,
+        None => lb.health()?,
+    };
     let (vips, backends, connections) = lb.capacity();
     let attachments = lb.attachments();
     if json {
@@ -706,6 +731,7 @@ fn status(pin: &Pin, json: bool) -> Result<xdpguard::Health> {
                 "udp_timeout_secs": lb.udp_timeout().as_secs_f64(),
                 "hash_seed": lb.hash_seed(),
                 "serving": health.is_serving(),
+                "digest_matches": health.digest_matches,
             })
         );
     } else {
