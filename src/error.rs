@@ -24,6 +24,9 @@ pub enum Error {
     /// An allowlist or blocklist edit failed.
     #[error(transparent)]
     List(#[from] ListError),
+    /// A rule, a rule file or a named-set edit was refused or failed.
+    #[error(transparent)]
+    Rule(#[from] RuleError),
     /// A load-balancer operation failed.
     #[error(transparent)]
     Lb(#[from] LbError),
@@ -335,7 +338,119 @@ pub enum ListError {
     Pin(#[from] PinError),
 }
 
-/// One bad line of a list file.
+/// Rules and named sets: bad rule text, edits refused, full tables. A
+/// refused or failed edit leaves the rules and sets as they were.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RuleError {
+    /// Not a valid rule.
+    #[error("invalid rule `{rule}`: {reason}")]
+    Invalid {
+        /// The rule as given.
+        rule: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A rule file has bad lines; nothing from it was applied.
+    #[error("{} bad line(s) in {source_name}, nothing applied:\n{}", errors.len(),
+            errors.iter().map(|e| format!("  line {}: {}", e.line, e.message)).collect::<Vec<_>>().join("\n"))]
+    BadLines {
+        /// The file (or "input").
+        source_name: String,
+        /// Every bad line.
+        errors: Vec<LineError>,
+    },
+    /// Something the rule syntax reserves that this release does not do.
+    #[error("{what} is not supported yet: {hint}")]
+    Unsupported {
+        /// What was asked for.
+        what: &'static str,
+        /// What to do instead.
+        hint: &'static str,
+    },
+    /// Not a valid set name.
+    #[error(
+        "invalid set name `{name}`: use 1 to 31 letters, digits, `-`, `_` or `.`, starting with a letter \
+         (e.g. resolvers)"
+    )]
+    InvalidSetName {
+        /// The name given.
+        name: String,
+    },
+    /// A rule or an edit names a set that does not exist.
+    #[error("no set named `{name}`: create it first (`Filter::sets().create`, CLI: `xdpguard set create {name}`)")]
+    UnknownSet {
+        /// The name.
+        name: String,
+    },
+    /// A set of this name exists already.
+    #[error("a set named `{name}` exists already; edit it, or delete it first")]
+    SetExists {
+        /// The name.
+        name: String,
+    },
+    /// A set that rules name cannot be deleted.
+    #[error("set `{name}` is named by {} rule(s) ({}); remove or change them first", rules.len(), rules.join("; "))]
+    SetInUse {
+        /// The set.
+        name: String,
+        /// The rules naming it.
+        rules: Vec<String>,
+    },
+    /// No rule with this id.
+    #[error("no rule with id {id}; list them with `Rules::list` (CLI: `xdpguard rule list`)")]
+    NotFound {
+        /// The id asked for.
+        id: u32,
+    },
+    /// A position past the end of the rule set.
+    #[error("position {position} is past the end of the rule set ({len} rules): use 0 to {len}")]
+    InvalidPosition {
+        /// The position given (0-based).
+        position: usize,
+        /// Rules in the set.
+        len: usize,
+    },
+    /// A table is full; nothing of the failed edit was applied.
+    #[error(
+        "{what} is full ({capacity}); nothing of this edit was applied. Raise the capacity with \
+         FilterBuilder::{setter}"
+    )]
+    Full {
+        /// Which table.
+        what: &'static str,
+        /// Its capacity.
+        capacity: usize,
+        /// The builder method that raises it.
+        setter: &'static str,
+    },
+    /// The filter has no guard stage, so it cannot hold rules.
+    #[error("this filter has no guard stage, so it holds no rules or sets: {reason}")]
+    NoGuard {
+        /// Why, and what to do.
+        reason: &'static str,
+    },
+    /// What the maps hold cannot be read back (written by another build?).
+    #[error("the pinned rules cannot be read back: {what}; detach the filter and attach it again")]
+    Corrupt {
+        /// What could not be read.
+        what: String,
+    },
+    /// A map operation failed.
+    #[error("{op} failed: {source}")]
+    Bpf {
+        /// What was being done.
+        op: String,
+        /// The kernel's error.
+        #[source]
+        source: io::Error,
+    },
+    /// The pin directory could not be locked for the edit (or read).
+    #[error(transparent)]
+    Pin(#[from] PinError),
+}
+
+/// One bad line of a list or rule file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LineError {
     /// 1-based line number.

@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
-/* The xdpguard filter: allowlist, then blocklist, then pass. Whatever passes
- * is tail-called into xdpg_next[0] when a next stage is installed.
+/* The xdpguard filter: allowlist, then blocklist, then (when a rule set is
+ * loaded) the guard stage, then pass. Whatever passes is tail-called into
+ * xdpg_next[0] when a next stage is installed. In monitor mode a
+ * blocklisted source is counted as "would drop" and passed.
  *
  * A packet's path, top to bottom of xdpg_filter (at the end of this file):
  * parse (parsing.h), then the source's verdict: IPv4 by v4_verdict (one
@@ -18,6 +20,7 @@
 #include "filter_maps.h"
 #include "parsing.h"
 #include "hash.h"
+#include "guard_consts.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
@@ -192,7 +195,7 @@ int xdpg_filter(struct xdp_md *ctx)
 	}
 	if (parsed != XDPG_PARSE_OK) {
 		count(XDPG_REASON_MALFORMED, bytes);
-		if (cfg->malformed_policy == XDPG_MALFORMED_DROP)
+		if (cfg->malformed_policy == XDPG_MALFORMED_DROP && !(cfg->monitor & XDPG_MONITOR_ON))
 			return XDP_DROP;
 		return pass_on(ctx);
 	}
@@ -218,9 +221,20 @@ int xdpg_filter(struct xdp_md *ctx)
 	}
 
 	if (verdict == XDPG_VERDICT_BLOCK) {
+		if (cfg->monitor & XDPG_MONITOR_ON) {
+			count(XDPG_REASON_WOULD_DROP_BLOCKED, bytes);
+			return pass_on(ctx);
+		}
 		count(blocked_reason, bytes);
 		return XDP_DROP;
 	}
-	count(verdict == XDPG_VERDICT_ALLOW ? XDPG_REASON_ALLOWLISTED : XDPG_REASON_PASSED, bytes);
+	if (verdict == XDPG_VERDICT_ALLOW) {
+		count(XDPG_REASON_ALLOWLISTED, bytes);
+		return pass_on(ctx);
+	}
+	/* The guard stage decides (and counts) the rest while it is installed;
+	 * an empty slot falls through at the cost of a not-taken jump. */
+	bpf_tail_call(ctx, &xdpg_stages, XDPG_STAGE_GUARD);
+	count(XDPG_REASON_PASSED, bytes);
 	return pass_on(ctx);
 }

@@ -8,7 +8,7 @@
 /* Written into the config map so a pin directory can be recognised as ours,
  * and bumped whenever a shared layout changes. */
 #define XDPG_MAGIC 0x58445047u /* "XDPG" */
-#define XDPG_LAYOUT_VERSION 2
+#define XDPG_LAYOUT_VERSION 3
 
 /* Verdict codes stored in the v4 per-/24 array, the v4 host buckets and the
  * v6 buckets. Allow wins over block whatever the prefix lengths. */
@@ -56,8 +56,16 @@ enum xdpg_filter_reason {
 	XDPG_REASON_BLOCKED_V6,	 /* IPv6 source blocked */
 	XDPG_REASON_MALFORMED,	 /* bad or truncated L2/L3 headers */
 	XDPG_REASON_NON_IP,	 /* ARP, LLDP, ... */
+	XDPG_REASON_RULE_DROPPED, /* dropped by a rule (the guard stage) */
+	XDPG_REASON_RULE_PASSED,  /* passed by a pass rule */
+	XDPG_REASON_WOULD_DROP_BLOCKED, /* monitor mode: blocklisted, passed */
+	XDPG_REASON_WOULD_DROP_RULE,	/* monitor mode: a drop rule matched, passed */
 	XDPG_REASON_COUNT,
 };
+
+/* config->monitor: monitor (dry-run) mode, every drop decision after the
+ * allowlist is counted as "would drop" and the packet passed. */
+#define XDPG_MONITOR_ON 1
 
 /* What the filter does with malformed packets. */
 #define XDPG_MALFORMED_PASS 0

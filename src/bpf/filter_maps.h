@@ -7,23 +7,8 @@
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
 #include "filter_structs.h"
-
-/* Config and bookkeeping, one entry, mmapped by user space. */
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
-	__uint(map_flags, BPF_F_MMAPABLE);
-	__type(key, __u32);
-	__type(value, struct xdpg_filter_config);
-} xdpg_filter_cfg SEC(".maps");
-
-/* Packets and bytes per verdict reason, per CPU. */
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, XDPG_REASON_COUNT);
-	__type(key, __u32);
-	__type(value, struct xdpg_counter);
-} xdpg_filter_cnt SEC(".maps");
+#include "filter_shared_maps.h"
+#include "guard_consts.h"
 
 /* v4 level 1, table pair 0: 4-bit cells, one per /24, sixteen per word. */
 struct {
@@ -116,12 +101,14 @@ struct {
 	__type(value, struct xdpg_v6_rule);
 } xdpg_v6_rules SEC(".maps");
 
-/* Slot 0: the program that gets what the filter passes (the LB, or yours). */
+/* The guard stage (guard.bpf.c) in slot XDPG_STAGE_GUARD while it has
+ * work (a rule set is not empty): tail-called for packets neither list
+ * decided. An empty slot costs the filter nothing measurable. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PROG_ARRAY);
-	__uint(max_entries, 1);
+	__uint(max_entries, XDPG_STAGES);
 	__type(key, __u32);
 	__type(value, __u32);
-} xdpg_next SEC(".maps");
+} xdpg_stages SEC(".maps");
 
 #endif

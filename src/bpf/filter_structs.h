@@ -23,6 +23,9 @@ struct xdpg_filter_config {
 	__u32 v4_rule_count;	/* rules stored in xdpg_v4_rules */
 	__u32 v6_rule_count;	/* rules stored in xdpg_v6_rules */
 	__u32 v6_bucket_mask;	/* number of v6 buckets - 1 (a power of two - 1) */
+	__u32 monitor;		/* XDPG_MONITOR_ON: drop nothing, count "would drop"
+				 * (read by the guard stage too) */
+	__u32 pad;
 };
 
 /* A v4 host bucket: fifteen addresses (host byte order) and their 2-bit
@@ -73,7 +76,7 @@ struct xdpg_v6_rule {
 	__u8 pad[6]; /* array elements are 8-byte strided; keep mmap offsets obvious */
 };
 
-_Static_assert(sizeof(struct xdpg_filter_config) == 56, "xdpg_filter_config layout");
+_Static_assert(sizeof(struct xdpg_filter_config) == 64, "xdpg_filter_config layout");
 _Static_assert(__builtin_offsetof(struct xdpg_filter_config, tables) == 24, "tables offset");
 _Static_assert(sizeof(struct xdpg_v4_bucket) == 64, "a v4 bucket is one cache line");
 _Static_assert(sizeof(struct xdpg_v6_entry) == 20, "xdpg_v6_entry layout");

@@ -296,6 +296,10 @@ impl<V: Summable> PerCpu<V> {
         Ok(per_cpu.iter().map(|b| bytemuck::pod_read_unaligned::<V>(&b[..size_of::<V>()])).fold(V::default(), V::add))
     }
 
+    pub(crate) fn capacity(&self) -> u32 {
+        self.handle.max_entries()
+    }
+
     /// Zeroes entry `index` on every CPU.
     pub(crate) fn zero(&self, index: u32) -> io::Result<()> {
         let cpus = libbpf_rs::num_possible_cpus().map_err(io_from_libbpf)?;

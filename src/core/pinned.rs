@@ -31,7 +31,7 @@ use std::borrow::BorrowMut;
 use std::fmt;
 use std::fs::File;
 use std::mem::MaybeUninit;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Mutex, MutexGuard};
@@ -272,6 +272,26 @@ impl<P: ProgramKind> Pinned<P> {
     where
         B: for<'obj> SkelBuilder<'obj>,
     {
+        Self::load_sharing(builder, plan, &[], init)
+    }
+
+    /// [`load`](Self::load), with maps another loaded program owns: the
+    /// object's maps named in `shared` use those fds (libbpf reuses them)
+    /// rather than new maps, so both programs read and write the same ones.
+    ///
+    /// # Errors
+    ///
+    /// As [`load`](Self::load); [`LoadError::Bpf`] when a shared map cannot
+    /// be reused (its type or sizes differ from the object's definition).
+    pub(crate) fn load_sharing<B>(
+        builder: B,
+        plan: &LoadPlan<'_>,
+        shared: &[(&'static str, BorrowedFd<'_>)],
+        init: impl FnOnce(&P::Maps),
+    ) -> Result<Self, Error>
+    where
+        B: for<'obj> SkelBuilder<'obj>,
+    {
         let kind = P::KIND;
         if let Some(missing) = missing_privileges() {
             return Err(LoadError::MissingPrivileges { missing }.into());
@@ -289,6 +309,12 @@ impl<P: ProgramKind> Pinned<P> {
             }
             if let Some(ifindex) = plan.offload_ifindex {
                 map.set_map_ifindex(ifindex);
+            }
+            if let Some(&(name, fd)) = shared.iter().find(|(name, _)| map.name() == *name) {
+                map.reuse_fd(fd).map_err(|e| LoadError::Bpf {
+                    op: format!("sharing map {name} with the {}", kind.name),
+                    source: io_from_libbpf(e),
+                })?;
             }
         }
         if let Some(ifindex) = plan.offload_ifindex {

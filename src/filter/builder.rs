@@ -5,6 +5,8 @@ use crate::core::pinned::{placement_methods, LoadPlan, Pinned, Placement};
 use crate::error::{AttachError, Error, LoadError};
 use crate::filter::layout::filter_skel::FilterSkelBuilder;
 use crate::filter::layout::xdpg_filter_config;
+use crate::filter::guard::maps::{GuardCapacity, DEFAULT_MAX_RULES, DEFAULT_MAX_SET_ENTRIES, MAX_RULES};
+use crate::filter::guard::Guard;
 use crate::filter::maps::{random_seed, Capacity, FilterMaps};
 use crate::filter::{Filter, MalformedPolicy, DEFAULT_V4_CAPACITY, DEFAULT_V6_CAPACITY, MAX_CAPACITY};
 use crate::AttachMode;
@@ -30,6 +32,10 @@ pub struct FilterBuilder {
     v4_capacity: usize,
     v6_capacity: usize,
     malformed: MalformedPolicy,
+    guard: bool,
+    max_rules: usize,
+    max_rule_records: Option<usize>,
+    max_set_entries: usize,
 }
 
 impl Default for FilterBuilder {
@@ -39,6 +45,10 @@ impl Default for FilterBuilder {
             v4_capacity: DEFAULT_V4_CAPACITY,
             v6_capacity: DEFAULT_V6_CAPACITY,
             malformed: MalformedPolicy::Pass,
+            guard: true,
+            max_rules: DEFAULT_MAX_RULES,
+            max_rule_records: None,
+            max_set_entries: DEFAULT_MAX_SET_ENTRIES,
         }
     }
 }
@@ -61,6 +71,39 @@ impl FilterBuilder {
     /// What to do with malformed packets (default: pass).
     pub fn malformed(mut self, policy: MalformedPolicy) -> Self {
         self.malformed = policy;
+        self
+    }
+
+    /// Whether to load the guard stage, which runs the rules
+    /// ([`Filter::rules`]) and named sets (default: yes). It needs Linux
+    /// 5.17 or later (bpf_loop); without it the filter runs on 5.15 and
+    /// holds lists only. An offloaded filter has none.
+    pub fn guard(mut self, on: bool) -> Self {
+        self.guard = on;
+        self
+    }
+
+    /// Maximum rules in the rule set (default 4,096): each has a per-CPU
+    /// counter, and about 128 bytes of the text store.
+    pub fn max_rules(mut self, rules: usize) -> Self {
+        self.max_rules = rules;
+        self
+    }
+
+    /// Maximum compiled rule records (default: 4 per rule). A rule takes
+    /// one record per source-port range in every group it is in; a rule
+    /// without a destination port is in every group of its protocol, so
+    /// many port rules plus a few rules without ports need more. 64 bytes
+    /// each, twice (the live and the idle half).
+    pub fn max_rule_records(mut self, records: usize) -> Self {
+        self.max_rule_records = Some(records);
+        self
+    }
+
+    /// Maximum prefixes in all named sets together (default 65,536); a
+    /// whole-set replace needs room for the old and the new set.
+    pub fn max_set_entries(mut self, entries: usize) -> Self {
+        self.max_set_entries = entries;
         self
     }
 
@@ -95,6 +138,16 @@ impl FilterBuilder {
                 return Err(LoadError::InvalidCapacity { what, value, hint: "between 1 and 16,777,216" }.into());
             }
         }
+        let records = self.max_rule_records.unwrap_or(self.max_rules.saturating_mul(4));
+        for (what, value, max, hint) in [
+            ("max_rules", self.max_rules, MAX_RULES, "between 1 and 1,048,576"),
+            ("max_rule_records", records, 1 << 23, "between 1 and 8,388,608"),
+            ("max_set_entries", self.max_set_entries, MAX_CAPACITY, "between 1 and 16,777,216"),
+        ] {
+            if value == 0 || value > max {
+                return Err(LoadError::InvalidCapacity { what, value, hint }.into());
+            }
+        }
         let offload_ifindex = match (self.place.mode, attach) {
             (AttachMode::Offload, true) => {
                 if targets.len() != 1 {
@@ -109,7 +162,8 @@ impl FilterBuilder {
             }
             _ => None,
         };
-        Pinned::create(&self.place, targets, || {
+        let with_guard = self.guard && offload_ifindex.is_none();
+        let filter = Pinned::create(&self.place, targets, || {
             let cap = Capacity::new(self.v4_capacity, self.v6_capacity);
             let plan = LoadPlan { sizes: &cap.map_sizes(), offload_ifindex };
             // Both v4 pairs and both v6 tables start empty; pair 0 and view 0 are live.
@@ -122,7 +176,25 @@ impl FilterBuilder {
                 ..Default::default()
             };
             let core = Pinned::load(FilterSkelBuilder::default(), &plan, |maps: &FilterMaps| maps.cfg.set(0, cfg))?;
-            Ok(Filter { core })
-        })
+            let guard = if with_guard {
+                let cap = GuardCapacity::new(self.max_rules, records, self.max_set_entries);
+                Some(Guard::load(cap, &Guard::shared_maps(&core.maps))?)
+            } else {
+                None
+            };
+            Ok(Filter { core, guard })
+        })?;
+        // The guard is pinned beside the filter once the filter is: it is
+        // not attached anywhere, and the filter's pins must exist first.
+        match (&self.place.pin, filter) {
+            (Some(dir), Filter { core, guard: Some(guard) }) => match guard.pin(dir) {
+                Ok(guard) => Ok(Filter { core, guard: Some(guard) }),
+                Err(e) => {
+                    let _ = core.program.unpin();
+                    Err(e)
+                }
+            },
+            (_, filter) => Ok(filter),
+        }
     }
 }

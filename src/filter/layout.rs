@@ -47,7 +47,8 @@ counter!(xdpg_counter);
 // The same numbers as the _Static_asserts in src/bpf/filter_structs.h and common.h.
 const _: () = {
     assert!(size_of::<xdpg_counter>() == 16);
-    assert!(size_of::<xdpg_filter_config>() == 56);
+    assert!(size_of::<xdpg_filter_config>() == 64);
+    assert!(offset_of!(xdpg_filter_config, monitor) == 56);
     assert!(offset_of!(xdpg_filter_config, tables) == 24);
     assert!(offset_of!(xdpg_filter_config, v6_bucket_mask) == 52);
     assert!(size_of::<xdpg_v4_bucket>() == 64);
@@ -72,7 +73,7 @@ mod tests {
     #[test]
     fn reasons_are_dense() {
         assert_eq!(XDPG_REASON_PASSED, 0);
-        assert_eq!(XDPG_REASON_NON_IP + 1, XDPG_REASON_COUNT);
+        assert_eq!(XDPG_REASON_WOULD_DROP_RULE + 1, XDPG_REASON_COUNT);
     }
 
     #[test]

@@ -30,6 +30,7 @@ program_maps! {
         v6_bloom: Mmapped<u64> = names::XDPG_V6_BLOOM,
         v6_rules: Mmapped<xdpg_v6_rule> = names::XDPG_V6_RULES,
         next: ProgArray = names::XDPG_NEXT,
+        stages: ProgArray = names::XDPG_STAGES,
     }
 }
 
@@ -109,6 +110,7 @@ impl FilterMaps {
         malformed_policy: AtomicU32 => atomic_u32,
         v4_rule_count: AtomicU32 => atomic_u32,
         v6_rule_count: AtomicU32 => atomic_u32,
+        monitor: AtomicU32 => atomic_u32,
     }
 
     pub(crate) fn config(&self) -> xdpg_filter_config {

@@ -16,11 +16,13 @@
 mod builder;
 mod editor;
 mod entries;
+pub(crate) mod guard;
 mod hash;
 mod layout;
 mod lists;
 mod maps;
 mod prefix;
+pub(crate) mod rules;
 mod state;
 mod stats;
 mod v4;
@@ -28,6 +30,11 @@ mod v4_tables;
 mod v6;
 
 pub use builder::FilterBuilder;
+pub use guard::maps::{DEFAULT_MAX_RULES, DEFAULT_MAX_SET_ENTRIES, MAX_RULES};
+pub use rules::{
+    parse_rules, DestinationMatch, IpFamily, NamedSet, RangeSet, Rule, RuleAction, RuleChange, RuleEntry, RuleId,
+    RuleLine, RuleProtocol, Rules, Sets, Source, SourceMatch, TcpFlags,
+};
 pub use lists::{BulkChange, EntryChange, ListKind, PrefixList};
 pub use prefix::{normalize, parse_list, parse_prefix, ListLine, Normalized};
 pub use stats::FilterStats;
@@ -45,9 +52,10 @@ use crate::core::layout::names;
 use crate::core::maps::ProgramMaps;
 use crate::core::pinned::{facade, Kind, Pinned, ProgramKind};
 use crate::core::testrun::TestRun;
-use crate::error::{Error, ListError, LoadError};
+use crate::error::{Error, ListError, LoadError, RuleError};
 use crate::AttachMode;
 use editor::Editor;
+use guard::Guard;
 use maps::FilterMaps;
 use state::ListState;
 
@@ -162,6 +170,8 @@ impl ProgramKind for FilterKind {
 /// ```
 pub struct Filter {
     core: Pinned<FilterKind>,
+    /// The guard stage (rules), unless loaded without one.
+    guard: Option<Guard>,
 }
 
 facade!(Filter, FilterKind);
@@ -193,7 +203,15 @@ impl Filter {
     /// [`LoadError::MissingPrivileges`](crate::LoadError::MissingPrivileges);
     /// [`ListError::Full`] if the tables of a crashed edit no longer fit.
     pub fn open_pinned(dir: impl AsRef<Path>) -> Result<Filter, Error> {
-        Ok(Filter { core: Pinned::open_pinned(dir.as_ref())? })
+        let core = Pinned::open_pinned(dir.as_ref())?;
+        let guard = Guard::open_pinned(dir.as_ref())?;
+        if let Some(g) = &guard {
+            // A process that died between an edit and the stage switch left
+            // the filter calling the guard for nothing, or not calling it.
+            let active = g.core.read(|st, _| Guard::active(st))?;
+            g.install(&core.maps.stages, active)?;
+        }
+        Ok(Filter { core, guard })
     }
 
     /// Takes over the filter pinned under `dir` by another xdpguard build
@@ -277,6 +295,10 @@ impl Filter {
             blocked_v6: get(XDPG_REASON_BLOCKED_V6),
             malformed: get(XDPG_REASON_MALFORMED),
             non_ip: get(XDPG_REASON_NON_IP),
+            rule_dropped: get(XDPG_REASON_RULE_DROPPED),
+            rule_passed: get(XDPG_REASON_RULE_PASSED),
+            would_drop_blocked: get(XDPG_REASON_WOULD_DROP_BLOCKED),
+            would_drop_rule: get(XDPG_REASON_WOULD_DROP_RULE),
         })
     }
 
@@ -344,6 +366,9 @@ impl Filter {
     ///
     /// As [`detach`](Self::detach), for the first interface that fails.
     pub fn unpin(self) -> Result<(), Error> {
+        if let Some(guard) = self.guard {
+            guard.unpin()?;
+        }
         self.core.program.unpin()
     }
 
@@ -431,8 +456,108 @@ impl Filter {
         (c.v4_rules, c.v6_rules)
     }
 
-    /// Kernel memory charged to the filter's maps, in bytes.
+    /// Kernel memory charged to the filter's maps (its guard stage's
+    /// included), in bytes.
     pub fn map_memory_bytes(&self) -> u64 {
-        self.core.maps.memlock_bytes()
+        self.core.maps.memlock_bytes() + self.guard.as_ref().map_or(0, Guard::memlock_bytes)
+    }
+
+    /// Whether the filter is in monitor (dry-run) mode.
+    pub fn monitor(&self) -> bool {
+        self.core.maps.monitor().load(Ordering::Acquire) & XDPG_MONITOR_ON != 0
+    }
+
+    /// Switches monitor (dry-run) mode on or off, for the next packet (one
+    /// store). In monitor mode the filter drops nothing: a blocklisted
+    /// source is counted in [`FilterStats::would_drop_blocked`], a packet a
+    /// drop rule matches in [`FilterStats::would_drop_rule`] (and the
+    /// rule's counter), malformed packets are counted in
+    /// [`FilterStats::malformed`] whatever the policy; all are passed on as
+    /// if allowed. Allowlisting and pass rules work as always.
+    pub fn set_monitor(&self, on: bool) {
+        self.core.maps.monitor().store(if on { XDPG_MONITOR_ON } else { 0 }, Ordering::Release);
+    }
+
+    /// The rules, checked (by the filter's guard stage) for packets that
+    /// neither list decided.
+    ///
+    /// # Order of evaluation
+    ///
+    /// 1. Packets that are not IP, or malformed, are decided first (see
+    ///    [`MalformedPolicy`]).
+    /// 2. An allowlisted source passes: no rule sees it.
+    /// 3. A blocklisted source is dropped: no rule sees it.
+    /// 4. The rules, in order: the first drop or pass rule that matches
+    ///    decides; count rules and monitored rules count and go on.
+    /// 5. What no rule decided passes (to the next program, if one is set).
+    ///
+    /// Every packet is counted in one of [`FilterStats`]' reasons, and in
+    /// the counter of every rule that matched it ([`Rules::list`]).
+    ///
+    /// # Rule syntax
+    ///
+    /// One rule per line; a `#` starts a comment:
+    ///
+    /// ```text
+    /// [monitor] ACTION [ipv4|ipv6] [PROTO] [[not] from SRC] [[not] to DST]
+    ///           [sport PORTS] [dport PORTS] [flags FLAGS] [type TYPES]
+    /// ```
+    ///
+    /// - ACTION: `drop`, `pass` or `count`. `monitor` in front: the rule
+    ///   only counts (a dry run of it). (`rate-limit` is reserved.)
+    /// - PROTO: `tcp`, `udp`, `icmp`, `icmpv6` or `proto N` (0-255).
+    /// - SRC: a prefix or address (`198.51.100.0/24`, `2001:db8::1`) or
+    ///   `set NAME`, a named set ([`Filter::sets`]). DST: a prefix.
+    /// - PORTS (TCP and UDP only) and TYPES (ICMP, ICMPv6 only): numbers,
+    ///   ranges and lists: `53`, `1000-2000`, `1900,11211`.
+    /// - FLAGS (TCP only): `syn,fin` (both set), `syn/syn,ack` (SYN set and
+    ///   ACK clear), `none/syn,ack` (both clear): `VALUE[/MASK]` of fin,
+    ///   syn, rst, psh, ack, urg, ece, cwr.
+    /// - A condition left out matches anything. A packet whose transport
+    ///   header cannot be read (a later fragment, a header cut short)
+    ///   matches no rule with ports, flags or types.
+    ///
+    /// ```text
+    /// drop udp sport 53 not from set resolvers   # DNS amplification
+    /// drop udp dport 1900,11211                   # SSDP, memcached reflection
+    /// pass tcp dport 22 from 198.51.100.0/24      # SSH from the office only...
+    /// drop tcp dport 22                           # ...and from nowhere else
+    /// drop tcp flags syn,fin                      # never legitimate
+    /// monitor drop icmp type 8                    # what would this drop?
+    /// ```
+    ///
+    /// # Cost
+    ///
+    /// A packet pays one index read (by protocol and destination port, ICMP
+    /// type or protocol number) and then one cache line per rule that could
+    /// match it, in order, until one decides: rules on other ports cost it
+    /// nothing. A rule without a destination port is checked by every
+    /// packet of its protocol. Nothing is paid while the set is empty.
+    ///
+    /// ```no_run
+    /// # let filter = xdpguard::Filter::builder().interface("eth0").attach()?;
+    /// let rules = filter.rules();
+    /// let id = rules.add("drop udp dport 1900,11211".parse()?)?;
+    /// for entry in rules.list()? {
+    ///     println!("{} {} ({} packets)", entry.id, entry.rule, entry.hits.packets);
+    /// }
+    /// rules.remove(id)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn rules(&self) -> Rules<'_> {
+        Rules::new(self)
+    }
+
+    /// The named sets of prefixes rules can name (`from set resolvers`).
+    pub fn sets(&self) -> Sets<'_> {
+        Sets::new(self)
+    }
+
+    /// The guard stage, or why there is none.
+    pub(crate) fn guard_stage(&self) -> Result<&Guard, RuleError> {
+        self.guard.as_ref().ok_or(RuleError::NoGuard {
+            reason: "it was loaded with FilterBuilder::guard(false), or for offload; load it again with the \
+                     guard stage (Linux 5.17 or later)",
+        })
     }
 }

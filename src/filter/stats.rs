@@ -3,7 +3,9 @@
 use crate::Counter;
 
 /// The filter's counters, one per verdict reason; every packet the filter
-/// sees is counted in exactly one of them.
+/// sees is counted in exactly one of them (its guard stage's decisions
+/// included: a packet the rules decide is counted by the rule reason, one
+/// they leave is `passed`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct FilterStats {
     /// IP packets in neither list: passed.
@@ -19,6 +21,14 @@ pub struct FilterStats {
     pub malformed: Counter,
     /// Not IP (ARP, LLDP, ...): passed.
     pub non_ip: Counter,
+    /// Dropped by a drop rule.
+    pub rule_dropped: Counter,
+    /// Passed by a pass rule.
+    pub rule_passed: Counter,
+    /// Monitor mode: blocklisted sources, passed.
+    pub would_drop_blocked: Counter,
+    /// Monitor mode: matched by a drop rule, passed.
+    pub would_drop_rule: Counter,
 }
 
 impl FilterStats {
@@ -27,9 +37,26 @@ impl FilterStats {
         self.blocked_v4 + self.blocked_v6
     }
 
+    /// Dropped by the lists or the rules (malformed packets not included).
+    pub fn dropped(&self) -> Counter {
+        self.blocked() + self.rule_dropped
+    }
+
+    /// Monitor mode: what the lists and rules would have dropped.
+    pub fn would_drop(&self) -> Counter {
+        self.would_drop_blocked + self.would_drop_rule
+    }
+
     /// Every packet the filter saw.
     pub fn total(&self) -> Counter {
-        self.passed + self.allowlisted + self.blocked() + self.malformed + self.non_ip
+        self.passed
+            + self.allowlisted
+            + self.blocked()
+            + self.malformed
+            + self.non_ip
+            + self.rule_dropped
+            + self.rule_passed
+            + self.would_drop()
     }
 
     /// The counts since `earlier`.
@@ -41,11 +68,15 @@ impl FilterStats {
             blocked_v6: self.blocked_v6 - earlier.blocked_v6,
             malformed: self.malformed - earlier.malformed,
             non_ip: self.non_ip - earlier.non_ip,
+            rule_dropped: self.rule_dropped - earlier.rule_dropped,
+            rule_passed: self.rule_passed - earlier.rule_passed,
+            would_drop_blocked: self.would_drop_blocked - earlier.would_drop_blocked,
+            would_drop_rule: self.would_drop_rule - earlier.would_drop_rule,
         }
     }
 
     /// (name, counter) pairs, in a stable order, for tables and JSON.
-    pub fn rows(&self) -> [(&'static str, Counter); 6] {
+    pub fn rows(&self) -> [(&'static str, Counter); 10] {
         [
             ("passed", self.passed),
             ("allowlisted", self.allowlisted),
@@ -53,6 +84,10 @@ impl FilterStats {
             ("blocked_v6", self.blocked_v6),
             ("malformed", self.malformed),
             ("non_ip", self.non_ip),
+            ("rule_dropped", self.rule_dropped),
+            ("rule_passed", self.rule_passed),
+            ("would_drop_blocked", self.would_drop_blocked),
+            ("would_drop_rule", self.would_drop_rule),
         ]
     }
 }

@@ -1,0 +1,276 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/* The guard stage: the filter tail-calls it (xdpg_stages) for IP packets
+ * neither of its lists decided, while a rule set is loaded. It checks the
+ * rules, in priority order, first terminal match wins:
+ *
+ *   parse -> the packet's key (protocol + destination port / ICMP type /
+ *   protocol number) -> the key's group in the index (one 16-bit read) ->
+ *   the group's records, one cache line each, walked with bpf_loop.
+ *
+ * A drop rule drops (in monitor mode: counts "would drop" and passes), a
+ * pass rule passes, a count rule or a monitored rule counts and the walk
+ * goes on. Whatever no rule decided is passed. Passed packets go on to the
+ * filter's next program (xdpg_next, shared with the filter). Every packet
+ * is counted in exactly one of the filter's reason counters, and each rule
+ * that matched it in its own counter.
+ *
+ * Later stages (rate limits, the SYN guard) come after the rules, in
+ * pass_on(); every drop decision goes through decided(), where events go.
+ *
+ * Needs bpf_loop (Linux 5.17; inlined by the verifier from 6.0 on). */
+#include <linux/bpf.h>
+#include <linux/in.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+#include "filter_consts.h"
+#include "filter_structs.h"
+#include "parsing.h"
+#include "filter_shared_maps.h"
+#include "guard_consts.h"
+#include "guard_structs.h"
+#include "guard_maps.h"
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+#ifndef IPPROTO_ICMPV6
+#define IPPROTO_ICMPV6 58
+#endif
+#ifndef IPPROTO_HOPOPTS
+#define IPPROTO_HOPOPTS 0
+#endif
+/* Transport headers start at most this far into the frame (the parser's
+ * bound on the IP header's offset, plus the longest IPv4 header or IPv6
+ * extension chain it walks). */
+#define GUARD_MAX_L4_OFFSET 8192
+
+/* What the rule walk needs of a packet, and what it decided. */
+struct walk {
+	__u32 src[4]; /* network byte order, IPv4 in word 0 */
+	__u32 dst[4];
+	__u32 first;  /* the group's first record */
+	__u32 half;   /* the live half */
+	__u64 bytes;
+	__u32 rule;   /* the deciding rule's id */
+	__u16 sport;
+	__u8 family;  /* 4 or 6 */
+	__u8 flags;   /* TCP flags (0 for other packets) */
+	__u8 action;  /* XDPG_RULE_DROP or _PASS once decided, else 0 */
+};
+
+static __always_inline void count(__u32 reason, __u64 bytes)
+{
+	struct xdpg_counter *c = bpf_map_lookup_elem(&xdpg_filter_cnt, &reason);
+	if (c) {
+		c->packets++;
+		c->bytes += bytes;
+	}
+}
+
+/* Passed packets go on to the next program. Later stages (rate limits, the
+ * SYN guard) go before it for packets no rule decided. */
+static __always_inline int pass_on(struct xdp_md *ctx)
+{
+	bpf_tail_call(ctx, &xdpg_next, 0);
+	return XDP_PASS;
+}
+
+/* Every drop and would-drop decision of the guard, with its reason and
+ * rule: the hook where drop events (a later stage) are produced. */
+static __always_inline void decided(struct xdp_md *ctx, __u32 reason, __u32 rule)
+{
+}
+
+static __always_inline __u32 mask_word(__u32 word, int bits)
+{
+	if (bits >= 32)
+		return word;
+	if (bits <= 0)
+		return 0;
+	return word & bpf_htonl(~0u << (32 - bits));
+}
+
+/* Whether addr lies in net/len (both network byte order, IPv4 in word 0:
+ * an IPv4 prefix is never longer than 32, so words 1-3 are not compared). */
+static __always_inline int in_prefix(const __u32 *net, __u32 len, const __u32 *addr)
+{
+	return ((mask_word(addr[0], len) ^ net[0]) | (mask_word(addr[1], len - 32) ^ net[1]) |
+		(mask_word(addr[2], len - 64) ^ net[2]) | (mask_word(addr[3], len - 96) ^ net[3])) == 0;
+}
+
+/* Whether the source is in physical set `set`: one trie lookup, only for
+ * packets that reach a rule naming a set. */
+static __always_inline int in_set(__u32 set, const struct walk *w)
+{
+	struct xdpg_set_key key = {};
+	int v6 = w->family == 6;
+	key.prefixlen = XDPG_SET_TAG_BITS + (v6 ? 128 : 32);
+	key.tag = bpf_htonl((set << 1) | v6);
+	__builtin_memcpy(key.addr, w->src, sizeof(key.addr));
+	return bpf_map_lookup_elem(&xdpg_g_sets, &key) != NULL;
+}
+
+static __always_inline void count_rule(__u32 id, __u64 bytes)
+{
+	struct xdpg_counter *c = bpf_map_lookup_elem(&xdpg_g_cnt, &id);
+	if (c) {
+		c->packets++;
+		c->bytes += bytes;
+	}
+}
+
+/* One record of the group: 0 to go on, 1 when the walk is decided. */
+static long check_record(__u32 i, void *data)
+{
+	struct walk *w = data;
+	__u32 idx = w->first + i;
+	struct xdpg_rule_rec *r = w->half ? bpf_map_lookup_elem(&xdpg_g_rec_b, &idx)
+					  : bpf_map_lookup_elem(&xdpg_g_rec_a, &idx);
+	if (!r)
+		return 1;
+	if (r->family && r->family != w->family)
+		return 0;
+	__u32 match = r->match;
+	if ((match & XDPG_RM_SPORT) && (w->sport < r->sport_lo || w->sport > r->sport_hi))
+		return 0;
+	if ((w->flags & r->flags_mask) != r->flags_value)
+		return 0;
+	if (match & XDPG_RM_DST) {
+		int hit = in_prefix(r->dst, r->dst_len, w->dst);
+		if (hit == !!(match & XDPG_RM_DST_NOT))
+			return 0;
+	}
+	if (match & XDPG_RM_SRC) {
+		int hit = (match & XDPG_RM_SRC_SET) ? in_set(r->set, w) : in_prefix(r->src, r->src_len, w->src);
+		if (hit == !!(match & XDPG_RM_SRC_NOT))
+			return 0;
+	}
+	count_rule(r->rule, w->bytes);
+	if (r->action == XDPG_RULE_COUNT || (r->mode & XDPG_RULE_MONITOR))
+		return 0;
+	w->action = r->action;
+	w->rule = r->rule;
+	return 1;
+}
+
+/* The packet's index key; fills the walk's ports and flags. */
+static __always_inline __u32 packet_key(void *data, void *data_end, struct xdpg_pkt *pkt, __u32 ip_end,
+					struct walk *w)
+{
+	__u32 proto = pkt->l4_proto;
+	__u32 off = pkt->l4_off;
+	__u32 need, base, nokey;
+
+	switch (proto) {
+	case IPPROTO_TCP:
+		need = XDPG_TCP_MIN, base = XDPG_GK_TCP, nokey = XDPG_GK_NOKEY_TCP;
+		break;
+	case IPPROTO_UDP:
+		need = XDPG_UDP_MIN, base = XDPG_GK_UDP, nokey = XDPG_GK_NOKEY_UDP;
+		break;
+	case IPPROTO_ICMP:
+		need = XDPG_ICMP_MIN, base = XDPG_GK_ICMP, nokey = XDPG_GK_NOKEY_ICMP;
+		break;
+	case IPPROTO_ICMPV6:
+		need = XDPG_ICMP6_MIN, base = XDPG_GK_ICMP6, nokey = XDPG_GK_NOKEY_ICMP6;
+		break;
+	default:
+		return XDPG_GK_OTHER + (proto & 0xFF);
+	}
+	/* Later fragments and cut extension chains have no transport header;
+	 * one cut short by the IP packet's end (or the frame's) is not read. */
+	if (off == 0 || off > GUARD_MAX_L4_OFFSET || off + need > ip_end)
+		return nokey;
+	__u8 *l4 = data + off;
+	if (proto == IPPROTO_TCP) {
+		if ((void *)(l4 + XDPG_TCP_MIN) > data_end)
+			return nokey;
+		w->sport = ((__u16)l4[0] << 8) | l4[1];
+		w->flags = l4[13];
+		return base + (((__u32)l4[2] << 8) | l4[3]);
+	}
+	if (proto == IPPROTO_UDP) {
+		if ((void *)(l4 + XDPG_UDP_MIN) > data_end)
+			return nokey;
+		w->sport = ((__u16)l4[0] << 8) | l4[1];
+		return base + (((__u32)l4[2] << 8) | l4[3]);
+	}
+	if ((void *)(l4 + XDPG_ICMP6_MIN) > data_end)
+		return nokey;
+	return base + l4[0];
+}
+
+SEC("xdp")
+int xdpg_guard(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	__u32 zero = 0;
+	struct xdpg_pkt pkt = {};
+	struct walk w = {};
+
+	w.bytes = data_end - data;
+	struct xdpg_guard_config *gcfg = bpf_map_lookup_elem(&xdpg_guard_cfg, &zero);
+	struct xdpg_filter_config *fcfg = bpf_map_lookup_elem(&xdpg_filter_cfg, &zero);
+	if (!gcfg || !fcfg || xdpg_parse(ctx, &pkt) != XDPG_PARSE_OK)
+		goto passed;
+
+	__u32 ip_end;
+	if (pkt.l3_proto == ETH_P_IP) {
+		struct iphdr *iph = data + (pkt.l3_off & 0xFFF);
+		if ((void *)(iph + 1) > data_end)
+			goto passed;
+		w.family = 4;
+		w.src[0] = iph->saddr;
+		w.dst[0] = iph->daddr;
+		ip_end = (pkt.l3_off & 0xFFF) + bpf_ntohs(iph->tot_len);
+	} else {
+		struct ipv6hdr *ip6h = data + (pkt.l3_off & 0xFFF);
+		if ((void *)(ip6h + 1) > data_end)
+			goto passed;
+		w.family = 6;
+		__builtin_memcpy(w.src, &ip6h->saddr, sizeof(w.src));
+		__builtin_memcpy(w.dst, &ip6h->daddr, sizeof(w.dst));
+		__u32 payload = bpf_ntohs(ip6h->payload_len);
+		/* A jumbogram claim is read up to the frame's end (parsing.h). */
+		if (payload == 0 && ip6h->nexthdr == IPPROTO_HOPOPTS)
+			ip_end = data_end - data;
+		else
+			ip_end = (pkt.l3_off & 0xFFF) + sizeof(*ip6h) + payload;
+	}
+
+	/* One read: one rule set (one half) decides this packet. */
+	w.half = *(volatile __u32 *)&gcfg->rules & XDPG_RULES_HALF;
+	__u32 key = packet_key(data, data_end, &pkt, ip_end, &w);
+	__u32 word_idx = key / XDPG_GK_PER_WORD;
+	__u64 *word = w.half ? bpf_map_lookup_elem(&xdpg_g_idx_b, &word_idx)
+			     : bpf_map_lookup_elem(&xdpg_g_idx_a, &word_idx);
+	if (!word)
+		goto passed;
+	__u32 group = (*word >> ((key % XDPG_GK_PER_WORD) * 16)) & 0xFFFF;
+	if (group == 0)
+		goto passed;
+	struct xdpg_rule_group *g = w.half ? bpf_map_lookup_elem(&xdpg_g_grp_b, &group)
+					   : bpf_map_lookup_elem(&xdpg_g_grp_a, &group);
+	if (!g)
+		goto passed;
+	w.first = g->first;
+	bpf_loop(g->count, check_record, &w, 0);
+
+	if (w.action == XDPG_RULE_DROP) {
+		if (fcfg->monitor & XDPG_MONITOR_ON) {
+			count(XDPG_REASON_WOULD_DROP_RULE, w.bytes);
+			decided(ctx, XDPG_REASON_WOULD_DROP_RULE, w.rule);
+			return pass_on(ctx);
+		}
+		count(XDPG_REASON_RULE_DROPPED, w.bytes);
+		decided(ctx, XDPG_REASON_RULE_DROPPED, w.rule);
+		return XDP_DROP;
+	}
+	if (w.action == XDPG_RULE_PASS) {
+		count(XDPG_REASON_RULE_PASSED, w.bytes);
+		return pass_on(ctx);
+	}
+passed:
+	count(XDPG_REASON_PASSED, w.bytes);
+	return pass_on(ctx);
+}

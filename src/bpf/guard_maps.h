@@ -1,0 +1,112 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* The guard stage's own maps (the ones it shares with the filter are in
+ * filter_shared_maps.h). Rule tables come in halves (_a, _b): a rule set is
+ * compiled into the idle half and made live with one store of the config's
+ * `rules`. User space sizes the capacity-dependent maps before loading. */
+#ifndef XDPG_GUARD_MAPS_H
+#define XDPG_GUARD_MAPS_H
+
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+#include "guard_structs.h"
+
+/* Config and bookkeeping, one entry, mmapped by user space. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__type(key, __u32);
+	__type(value, struct xdpg_guard_config);
+} xdpg_guard_cfg SEC(".maps");
+
+/* The rule index, half 0: a packet's key -> its group (16 bits, 4 a word). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, XDPG_GK_WORDS);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__type(key, __u32);
+	__type(value, __u64);
+} xdpg_g_idx_a SEC(".maps");
+
+/* The rule index, half 1. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, XDPG_GK_WORDS);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__type(key, __u32);
+	__type(value, __u64);
+} xdpg_g_idx_b SEC(".maps");
+
+/* Groups, half 0: each a run of records. Group 0 is empty. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__type(key, __u32);
+	__type(value, struct xdpg_rule_group);
+} xdpg_g_grp_a SEC(".maps");
+
+/* Groups, half 1. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__type(key, __u32);
+	__type(value, struct xdpg_rule_group);
+} xdpg_g_grp_b SEC(".maps");
+
+/* Compiled rules, half 0, group after group. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__type(key, __u32);
+	__type(value, struct xdpg_rule_rec);
+} xdpg_g_rec_a SEC(".maps");
+
+/* Compiled rules, half 1. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__type(key, __u32);
+	__type(value, struct xdpg_rule_rec);
+} xdpg_g_rec_b SEC(".maps");
+
+/* Packets and bytes each rule matched, per CPU, by rule id. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct xdpg_counter);
+} xdpg_g_cnt SEC(".maps");
+
+/* The rule sets as text ("ID RULE" lines), both halves: the source of truth
+ * a reopening process reads back. Never read by the data plane. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__type(key, __u32);
+	__type(value, __u64);
+} xdpg_g_text SEC(".maps");
+
+/* Named sets' prefixes, all sets in one trie, keyed by physical set. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 1);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct xdpg_set_key);
+	__type(value, __u32);
+} xdpg_g_sets SEC(".maps");
+
+/* Named sets' names and live physical sets, by slot. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, XDPG_MAX_SETS);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__type(key, __u32);
+	__type(value, struct xdpg_set_name);
+} xdpg_g_setnm SEC(".maps");
+
+#endif

@@ -1,0 +1,151 @@
+//! The guard stage's maps (`src/bpf/guard_maps.h`), typed, and their sizes.
+
+use std::sync::atomic::{fence, AtomicU32, Ordering};
+
+use crate::core::layout::consts::*;
+use crate::core::layout::names;
+use crate::core::maps::{program_maps, Hash, Mmapped, PerCpu};
+use crate::core::mmap::cfg_fields;
+use crate::filter::guard::layout::{
+    xdpg_counter, xdpg_guard_config, xdpg_rule_group, xdpg_rule_rec, xdpg_set_key, xdpg_set_name,
+};
+
+program_maps! {
+    /// The guard's own maps (the filter's config, counters and next-program
+    /// array are shared with it; the filter holds those). Rule tables come
+    /// in halves: a rule set is written into the idle one and switched in
+    /// with one store of `rules`.
+    pub(crate) struct GuardMaps {
+        config cfg: Mmapped<xdpg_guard_config> = names::XDPG_GUARD_CFG,
+        idx_a: Mmapped<u64> = names::XDPG_G_IDX_A,
+        idx_b: Mmapped<u64> = names::XDPG_G_IDX_B,
+        grp_a: Mmapped<xdpg_rule_group> = names::XDPG_G_GRP_A,
+        grp_b: Mmapped<xdpg_rule_group> = names::XDPG_G_GRP_B,
+        rec_a: Mmapped<xdpg_rule_rec> = names::XDPG_G_REC_A,
+        rec_b: Mmapped<xdpg_rule_rec> = names::XDPG_G_REC_B,
+        counters: PerCpu<xdpg_counter> = names::XDPG_G_CNT,
+        text: Mmapped<u64> = names::XDPG_G_TEXT,
+        sets: Hash<xdpg_set_key, u32> = names::XDPG_G_SETS,
+        set_names: Mmapped<xdpg_set_name> = names::XDPG_G_SETNM,
+    }
+}
+
+/// Default capacity of a filter's rule sets ([`FilterBuilder::max_rules`](crate::FilterBuilder::max_rules)).
+pub const DEFAULT_MAX_RULES: usize = 4096;
+/// The largest rule capacity accepted.
+pub const MAX_RULES: usize = 1 << 20;
+/// Default capacity of named sets, prefixes of all sets together
+/// ([`FilterBuilder::max_set_entries`](crate::FilterBuilder::max_set_entries)).
+pub const DEFAULT_MAX_SET_ENTRIES: usize = 65536;
+/// Bytes of rule text per rule the text store holds (per half), on average.
+const TEXT_BYTES_PER_RULE: usize = 128;
+
+/// Sizes chosen at load time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct GuardCapacity {
+    /// Rules in a set (and rule counters).
+    pub rules: usize,
+    /// Compiled records in a half.
+    pub records: usize,
+    /// Groups in a half (group 0 included).
+    pub groups: usize,
+    /// Words of rule text in a half.
+    pub text_words: usize,
+    /// Prefixes in the set trie (every set's both physical sets).
+    pub set_entries: usize,
+}
+
+impl GuardCapacity {
+    pub(crate) fn new(rules: usize, records: usize, set_entries: usize) -> Self {
+        GuardCapacity {
+            rules,
+            records,
+            groups: (records + 1).min(XDPG_MAX_GROUPS as usize),
+            text_words: rules * TEXT_BYTES_PER_RULE / 8,
+            set_entries,
+        }
+    }
+
+    pub(crate) fn map_sizes(&self) -> [(&'static str, u32); 8] {
+        [
+            (names::XDPG_G_GRP_A, self.groups as u32),
+            (names::XDPG_G_GRP_B, self.groups as u32),
+            (names::XDPG_G_REC_A, self.records as u32),
+            (names::XDPG_G_REC_B, self.records as u32),
+            (names::XDPG_G_CNT, self.rules as u32),
+            (names::XDPG_G_TEXT, (self.text_words * 2) as u32),
+            (names::XDPG_G_SETS, self.set_entries as u32),
+            (names::XDPG_G_SETNM, XDPG_MAX_SETS),
+        ]
+    }
+}
+
+impl GuardMaps {
+    cfg_fields! {
+        xdpg_guard_config;
+        rules: AtomicU32 => atomic_u32,
+    }
+
+    pub(crate) fn capacity(&self) -> GuardCapacity {
+        GuardCapacity {
+            rules: self.counters.capacity() as usize,
+            records: self.rec_a.len(),
+            groups: self.grp_a.len(),
+            text_words: self.text.len() / 2,
+            set_entries: self.sets.capacity() as usize,
+        }
+    }
+
+    /// The live half (0 or 1).
+    pub(crate) fn live_half(&self) -> usize {
+        (self.rules().load(Ordering::Acquire) & XDPG_RULES_HALF) as usize
+    }
+
+    pub(crate) fn index(&self, half: usize) -> &Mmapped<u64> {
+        [&self.idx_a, &self.idx_b][half & 1]
+    }
+
+    pub(crate) fn groups(&self, half: usize) -> &Mmapped<xdpg_rule_group> {
+        [&self.grp_a, &self.grp_b][half & 1]
+    }
+
+    pub(crate) fn records(&self, half: usize) -> &Mmapped<xdpg_rule_rec> {
+        [&self.rec_a, &self.rec_b][half & 1]
+    }
+
+    /// The rule text of half `half`.
+    pub(crate) fn read_text(&self, half: usize) -> Vec<u8> {
+        let cfg = self.cfg.get(0);
+        let words = self.capacity().text_words;
+        let len = (cfg.text_len[half & 1] as usize).min(words * 8);
+        let base = (half & 1) * words;
+        let mut bytes = Vec::with_capacity(len);
+        for i in 0..len.div_ceil(8) {
+            bytes.extend_from_slice(&self.text.get(base + i).to_ne_bytes());
+        }
+        bytes.truncate(len);
+        bytes
+    }
+
+    /// Writes `bytes` as the rule text of half `half` (which must be idle).
+    pub(crate) fn write_text(&self, half: usize, bytes: &[u8]) {
+        let words = self.capacity().text_words;
+        assert!(bytes.len() <= words * 8, "rule text checked against the store's capacity");
+        let base = (half & 1) * words;
+        for (i, chunk) in bytes.chunks(8).enumerate() {
+            let mut w = [0u8; 8];
+            w[..chunk.len()].copy_from_slice(chunk);
+            self.text.set(base + i, u64::from_ne_bytes(w));
+        }
+        let off = std::mem::offset_of!(xdpg_guard_config, text_len) + 4 * (half & 1);
+        self.cfg.atomic_u32(0, off).store(bytes.len() as u32, Ordering::Release);
+    }
+
+    /// Makes half `half` live with one store.
+    pub(crate) fn switch_half(&self, half: usize) {
+        // Everything written into the half is visible no later than the switch.
+        fence(Ordering::SeqCst);
+        let word = self.rules().load(Ordering::Acquire);
+        self.rules().store((word & !XDPG_RULES_HALF) | (half as u32 & XDPG_RULES_HALF), Ordering::Release);
+    }
+}

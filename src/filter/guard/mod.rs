@@ -1,0 +1,140 @@
+//! The guard stage (`src/bpf/guard.bpf.c`): a second XDP program of the
+//! filter, tail-called by it (the filter's `xdpg_stages` slot) for packets
+//! neither list decided, while it has work. It runs the rules now; rate
+//! limits and the SYN guard come after them in the same program.
+//!
+//! It is a program of its own for the core ([`GuardKind`]): loaded with the
+//! filter's config, counter and next-program maps (their fds reused, so it
+//! counts in the filter's counters and passes to the filter's next
+//! program), pinned in the filter's pin directory under `guard/`, reopened
+//! and crash-repaired with it. The public API is the filter's
+//! ([`Filter::rules`](crate::Filter::rules), [`Filter::sets`](crate::Filter::sets)).
+//!
+//! Measured on the bench machine (BENCHMARKS.md): with no rule set the
+//! filter's empty tail call costs nothing measurable; with one, the tail
+//! call and the guard's own parse cost a few ns a packet before the first
+//! rule. A single program (rules inlined in the filter) would save those;
+//! it was not taken: the filter alone keeps its 5.15 floor and its
+//! verification, and the guard's later stages (SYN cookies need 6.0) stay
+//! out of the filter's object.
+
+pub(crate) mod layout;
+pub(crate) mod maps;
+pub(crate) mod state;
+
+use std::os::fd::{AsFd, BorrowedFd};
+use std::path::Path;
+
+use crate::core::layout::consts::*;
+use crate::core::layout::names;
+use crate::core::maps::{ProgArray, ProgramMaps};
+use crate::core::pinned::{facade, Kind, LoadPlan, Pinned, Placement, ProgramKind};
+use crate::error::{Error, RuleError};
+use layout::guard_skel::GuardSkelBuilder;
+use maps::{GuardCapacity, GuardMaps};
+use state::GuardState;
+
+/// The subdirectory of the filter's pin directory the guard is pinned in.
+pub(crate) const PIN_SUBDIR: &str = "guard";
+
+/// The guard stage, as the core drives it.
+pub(crate) struct GuardKind;
+
+impl ProgramKind for GuardKind {
+    const KIND: &'static Kind = &Kind {
+        name: "guard stage",
+        program: names::XDPG_GUARD,
+        maps: GuardMaps::NAMES,
+        magic: XDPG_GUARD_MAGIC,
+        layout_version: XDPG_GUARD_LAYOUT_VERSION,
+        cli: "xdpguard",
+        needs: "bpf_loop, which the guard stage (rules) needs",
+        min_kernel: "5.17 or later with BTF (or load the filter without rules: FilterBuilder::guard(false))",
+    };
+    type Maps = GuardMaps;
+    type Model = GuardState;
+    type Error = RuleError;
+
+    fn load_model(maps: &GuardMaps) -> Result<GuardState, RuleError> {
+        GuardState::load(maps)
+    }
+
+    fn repair(maps: &GuardMaps, st: &mut GuardState) -> Result<(), RuleError> {
+        st.repair(maps)
+    }
+
+    fn repair_after(err: &RuleError) -> bool {
+        matches!(err, RuleError::Bpf { .. })
+    }
+}
+
+/// The loaded guard stage.
+pub(crate) struct Guard {
+    pub(crate) core: Pinned<GuardKind>,
+}
+
+facade!(Guard, GuardKind);
+
+impl Guard {
+    /// Loads the guard with the filter's shared maps (`xdpg_filter_cfg`,
+    /// `xdpg_filter_cnt`, `xdpg_next`, by fd).
+    pub(crate) fn load(cap: GuardCapacity, shared: &[(&'static str, BorrowedFd<'_>)]) -> Result<Guard, Error> {
+        let plan = LoadPlan { sizes: &cap.map_sizes(), offload_ifindex: None };
+        let core = Pinned::load_sharing(GuardSkelBuilder::default(), &plan, shared, |_| {})?;
+        Ok(Guard { core })
+    }
+
+    /// Pins it under `dir` (the filter's pin directory).
+    pub(crate) fn pin(self, dir: &Path) -> Result<Guard, Error> {
+        let place = Placement { pin: Some(dir.join(PIN_SUBDIR)), ..Default::default() };
+        Pinned::create(&place, &[], || Ok(self))
+    }
+
+    /// Reopens the guard pinned under the filter's pin directory `dir`, if
+    /// there is one.
+    pub(crate) fn open_pinned(dir: &Path) -> Result<Option<Guard>, Error> {
+        let sub = dir.join(PIN_SUBDIR);
+        if !sub.exists() {
+            return Ok(None);
+        }
+        Ok(Some(Guard { core: Pinned::open_pinned(&sub)? }))
+    }
+
+    /// Whether the guard has work: the filter should tail-call it.
+    pub(crate) fn active(st: &GuardState) -> bool {
+        !st.rules.is_empty()
+    }
+
+    /// Puts the guard in the filter's stage slot, or takes it out, as
+    /// `active` says.
+    pub(crate) fn install(&self, stages: &ProgArray, active: bool) -> Result<(), RuleError> {
+        let result = if active {
+            stages.set(XDPG_STAGE_GUARD, self.core.program.fd())
+        } else {
+            stages.clear(XDPG_STAGE_GUARD).map(drop)
+        };
+        result.map_err(|source| RuleError::Bpf { op: "installing the guard stage in the filter".into(), source })
+    }
+
+    pub(crate) fn program_fd(&self) -> BorrowedFd<'_> {
+        self.core.program.fd()
+    }
+
+    pub(crate) fn unpin(self) -> Result<(), Error> {
+        self.core.program.unpin()
+    }
+
+    pub(crate) fn memlock_bytes(&self) -> u64 {
+        self.core.maps.memlock_bytes()
+    }
+
+    /// The shared maps' fds, from the filter's maps, by name.
+    pub(crate) fn shared_maps(maps: &crate::filter::maps::FilterMaps) -> [(&'static str, BorrowedFd<'_>); 3] {
+        use crate::core::maps::TypedMap;
+        [
+            (names::XDPG_FILTER_CFG, maps.cfg.handle().as_fd()),
+            (names::XDPG_FILTER_CNT, maps.counters.handle().as_fd()),
+            (names::XDPG_NEXT, maps.next.handle().as_fd()),
+        ]
+    }
+}

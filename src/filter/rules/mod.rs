@@ -1,0 +1,314 @@
+//! Rules beyond the source address, run by the filter's guard stage:
+//! [`Rules`] (one filter's rule set, from [`Filter::rules`]) and
+//! [`Sets`] (its named sets, from [`Filter::sets`]).
+//!
+//! - `syntax.rs`: [`Rule`] and its parts, their checks and canonical text;
+//! - `parse.rs`: rule text and rule files ([`parse_rules`]);
+//! - `compile.rs`: the index the data plane reads;
+//! - `sets.rs`: [`Sets`] and [`NamedSet`].
+//!
+//! The model and the maps are the guard's (`src/filter/guard/`).
+
+pub(crate) mod compile;
+mod parse;
+mod sets;
+mod syntax;
+
+pub use parse::{parse_rules, RuleLine};
+pub use sets::{NamedSet, Sets};
+pub use syntax::{DestinationMatch, IpFamily, RangeSet, Rule, RuleAction, RuleProtocol, Source, SourceMatch, TcpFlags};
+
+use std::fmt;
+use std::str::FromStr;
+
+use crate::error::RuleError;
+use crate::filter::guard::maps::GuardMaps;
+use crate::filter::guard::state::{GuardState, StoredRule};
+use crate::filter::guard::Guard;
+use crate::filter::Filter;
+use crate::Counter;
+
+/// A rule's id: stable while the rule is in the set (moves and other
+/// rules' edits keep it), and the slot of its counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RuleId(pub(crate) u32);
+
+impl RuleId {
+    /// The number.
+    pub fn get(self) -> u32 {
+        self.0
+    }
+}
+
+impl From<u32> for RuleId {
+    fn from(n: u32) -> RuleId {
+        RuleId(n)
+    }
+}
+
+impl fmt::Display for RuleId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl FromStr for RuleId {
+    type Err = crate::ParseError;
+
+    /// A number, as `Display` shows it (`#12` is accepted too).
+    fn from_str(s: &str) -> Result<RuleId, crate::ParseError> {
+        let t = s.trim();
+        t.strip_prefix('#').unwrap_or(t).parse().map(RuleId).map_err(|_| crate::ParseError::Invalid {
+            what: "rule id",
+            input: s.to_owned(),
+            example: "12 (the ids `xdpguard rule list` shows)",
+        })
+    }
+}
+
+/// A rule of the set, where it stands and what it has matched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleEntry {
+    /// Its id.
+    pub id: RuleId,
+    /// Its place in the priority order (0 first).
+    pub position: usize,
+    /// The rule.
+    pub rule: Rule,
+    /// Packets and bytes it matched (a monitored drop rule: would have
+    /// dropped), summed over CPUs, since it was added or its counter reset.
+    pub hits: Counter,
+}
+
+/// The outcome of replacing a rule set.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RuleChange {
+    /// Rules of the new set that were not in the old one.
+    pub added: usize,
+    /// Rules of the old set that are not in the new one.
+    pub removed: usize,
+    /// Rules in both (same text): they keep their ids and counters.
+    pub kept: usize,
+    /// The new set's ids, in order.
+    pub ids: Vec<RuleId>,
+}
+
+/// A filter's rule set, checked by its guard stage for the packets neither
+/// list decided. Get it with [`Filter::rules`]; see there for the syntax
+/// and the order of evaluation.
+///
+/// Every edit compiles the whole new set beside the live one and switches
+/// to it with one store: traffic sees the old set or the new one, never a
+/// mix, and a refused or failed edit changes nothing.
+#[derive(Debug, Clone, Copy)]
+pub struct Rules<'f> {
+    filter: &'f Filter,
+}
+
+impl<'f> Rules<'f> {
+    pub(crate) fn new(filter: &'f Filter) -> Self {
+        Rules { filter }
+    }
+
+    fn guard(&self) -> Result<&'f Guard, RuleError> {
+        self.filter.guard_stage()
+    }
+
+    fn read<R>(&self, f: impl FnOnce(&GuardState, &GuardMaps) -> R) -> Result<R, RuleError> {
+        self.guard()?.core.read(|st, maps| f(st, maps))
+    }
+
+    /// Runs an edit under the guard's lock, then puts the guard in the
+    /// filter's stage slot or takes it out, as the new set needs.
+    fn edit<R>(&self, f: impl FnOnce(&mut GuardState, &GuardMaps) -> Result<R, RuleError>) -> Result<R, RuleError> {
+        let guard = self.guard()?;
+        let stages = &self.filter.core.maps.stages;
+        guard.core.edit(|st, maps| {
+            let r = f(st, maps)?;
+            guard.install(stages, Guard::active(st))?;
+            Ok(r)
+        })
+    }
+
+    /// The rules in priority order, with their counters.
+    ///
+    /// # Errors
+    ///
+    /// [`RuleError::NoGuard`]; [`RuleError::Pin`] when the pin directory
+    /// cannot be locked; [`RuleError::Bpf`] when the counters cannot be read.
+    pub fn list(&self) -> Result<Vec<RuleEntry>, RuleError> {
+        let maps = &self.guard()?.core.maps;
+        let rules = self.read(|st, _| st.rules.clone())?;
+        rules
+            .into_iter()
+            .enumerate()
+            .map(|(position, r)| {
+                let hits = maps
+                    .counters
+                    .sum(r.id)
+                    .map_err(|source| RuleError::Bpf { op: format!("reading the counter of rule {}", r.id), source })?;
+                Ok(RuleEntry { id: RuleId(r.id), position, rule: r.rule, hits: hits.into() })
+            })
+            .collect()
+    }
+
+    /// Number of rules.
+    ///
+    /// # Errors
+    ///
+    /// [`RuleError::NoGuard`], [`RuleError::Pin`].
+    pub fn len(&self) -> Result<usize, RuleError> {
+        self.read(|st, _| st.rules.len())
+    }
+
+    /// Whether the set is empty (the guard is then not called at all).
+    ///
+    /// # Errors
+    ///
+    /// [`RuleError::NoGuard`], [`RuleError::Pin`].
+    pub fn is_empty(&self) -> Result<bool, RuleError> {
+        Ok(self.len()? == 0)
+    }
+
+    /// The rule with this id.
+    ///
+    /// # Errors
+    ///
+    /// [`RuleError::NotFound`], [`RuleError::NoGuard`], [`RuleError::Pin`].
+    pub fn get(&self, id: RuleId) -> Result<Rule, RuleError> {
+        self.read(|st, _| st.rules.iter().find(|r| r.id == id.0).map(|r| r.rule.clone()))?
+            .ok_or(RuleError::NotFound { id: id.0 })
+    }
+
+    /// Adds a rule after all the others; returns its id.
+    ///
+    /// # Errors
+    ///
+    /// [`RuleError::Invalid`] (see [`Rule::normalized`]),
+    /// [`RuleError::UnknownSet`], [`RuleError::Full`],
+    /// [`RuleError::NoGuard`], [`RuleError::Bpf`], [`RuleError::Pin`]; the
+    /// rule set is then as it was.
+    pub fn add(&self, rule: Rule) -> Result<RuleId, RuleError> {
+        self.insert_at(None, rule)
+    }
+
+    /// Adds a rule at `position` (0: before all the others; `len()`: after
+    /// them); returns its id.
+    ///
+    /// # Errors
+    ///
+    /// As [`add`](Self::add), and [`RuleError::InvalidPosition`].
+    pub fn insert(&self, position: usize, rule: Rule) -> Result<RuleId, RuleError> {
+        self.insert_at(Some(position), rule)
+    }
+
+    fn insert_at(&self, position: Option<usize>, rule: Rule) -> Result<RuleId, RuleError> {
+        let rule = rule.normalized()?;
+        self.edit(|st, maps| {
+            let len = st.rules.len();
+            let at = position.unwrap_or(len);
+            if at > len {
+                return Err(RuleError::InvalidPosition { position: at, len });
+            }
+            let id = st.fresh_ids(&[], 1, maps.capacity().rules)?[0];
+            let mut rules = st.rules.clone();
+            rules.insert(at, StoredRule { id, rule });
+            st.commit(maps, rules, None)?;
+            Ok(RuleId(id))
+        })
+    }
+
+    /// Removes a rule; returns it.
+    ///
+    /// # Errors
+    ///
+    /// [`RuleError::NotFound`], [`RuleError::NoGuard`], [`RuleError::Bpf`],
+    /// [`RuleError::Pin`]; the rule set is then as it was.
+    pub fn remove(&self, id: RuleId) -> Result<Rule, RuleError> {
+        self.edit(|st, maps| {
+            let at = st.rules.iter().position(|r| r.id == id.0).ok_or(RuleError::NotFound { id: id.0 })?;
+            let mut rules = st.rules.clone();
+            let gone = rules.remove(at);
+            st.commit(maps, rules, None)?;
+            Ok(gone.rule)
+        })
+    }
+
+    /// Puts one rule in or out of monitor mode (it then counts what it
+    /// matches and decides nothing), keeping its id, place and counter.
+    ///
+    /// # Errors
+    ///
+    /// As [`remove`](Self::remove).
+    pub fn set_monitor(&self, id: RuleId, on: bool) -> Result<(), RuleError> {
+        self.edit(|st, maps| {
+            let at = st.rules.iter().position(|r| r.id == id.0).ok_or(RuleError::NotFound { id: id.0 })?;
+            if st.rules[at].rule.monitor == on {
+                return Ok(());
+            }
+            let mut rules = st.rules.clone();
+            rules[at].rule.monitor = on;
+            st.commit(maps, rules, None)
+        })
+    }
+
+    /// Replaces the whole set, atomically. Rules of the new set written the
+    /// same as a rule of the old one (after normalizing) keep its id and
+    /// counter.
+    ///
+    /// # Errors
+    ///
+    /// As [`add`](Self::add), for any rule; nothing is applied.
+    pub fn replace(&self, rules: impl IntoIterator<Item = Rule>) -> Result<RuleChange, RuleError> {
+        let wanted: Vec<Rule> = rules.into_iter().map(Rule::normalized).collect::<Result<_, _>>()?;
+        self.edit(|st, maps| {
+            let mut old: Vec<Option<&StoredRule>> = st.rules.iter().map(Some).collect();
+            let mut ids: Vec<Option<u32>> = Vec::with_capacity(wanted.len());
+            for rule in &wanted {
+                let same = old.iter_mut().find(|o| o.is_some_and(|o| &o.rule == rule));
+                ids.push(same.and_then(Option::take).map(|o| o.id));
+            }
+            let kept_ids: Vec<u32> = ids.iter().flatten().copied().collect();
+            let added = ids.iter().filter(|i| i.is_none()).count();
+            let mut fresh = st.fresh_ids(&kept_ids, added, maps.capacity().rules)?.into_iter();
+            let new: Vec<StoredRule> = wanted
+                .into_iter()
+                .zip(ids)
+                .map(|(rule, id)| StoredRule { id: id.unwrap_or_else(|| fresh.next().expect("enough fresh ids")), rule })
+                .collect();
+            let change = RuleChange {
+                added,
+                removed: st.rules.len() - kept_ids.len(),
+                kept: kept_ids.len(),
+                ids: new.iter().map(|r| RuleId(r.id)).collect(),
+            };
+            st.commit(maps, new, None)?;
+            Ok(change)
+        })
+    }
+
+    /// Removes every rule, atomically (the filter then stops calling the
+    /// guard). Returns how many there were.
+    ///
+    /// # Errors
+    ///
+    /// As [`remove`](Self::remove).
+    pub fn clear(&self) -> Result<usize, RuleError> {
+        Ok(self.replace(std::iter::empty())?.removed)
+    }
+
+    /// Sets every rule's counter to zero.
+    ///
+    /// # Errors
+    ///
+    /// [`RuleError::NoGuard`], [`RuleError::Bpf`], [`RuleError::Pin`].
+    pub fn reset_counters(&self) -> Result<(), RuleError> {
+        let maps = &self.guard()?.core.maps;
+        let ids: Vec<u32> = self.read(|st, _| st.rules.iter().map(|r| r.id).collect())?;
+        ids.into_iter().try_for_each(|id| {
+            maps.counters
+                .zero(id)
+                .map_err(|source| RuleError::Bpf { op: format!("resetting the counter of rule {id}"), source })
+        })
+    }
+}
