@@ -110,8 +110,13 @@ pub use crate::core::attach::{AttachMode, Attachment, Interface};
 pub use crate::core::counter::Counter;
 pub use crate::core::testrun::{TestRun, XdpAction};
 pub use crate::core::upgrade::UpgradeReport;
-pub use error::{AttachError, Error, LbError, LineError, ListError, LoadError, ParseError, PinError};
+pub use error::{AttachError, Error, LbError, LineError, ListError, LoadError, ParseError, PinError, RuleError};
 pub use filter::{normalize, parse_list, parse_prefix, FilterStats, ListKind, ListLine, Normalized};
+pub use filter::{
+    parse_rules, DestinationMatch, IpFamily, NamedSet, RangeSet, Rule, RuleAction, RuleChange, RuleEntry, RuleId,
+    RuleLine, RuleProtocol, Rules, Sets, Source, SourceMatch, TcpFlags, DEFAULT_MAX_RULES, DEFAULT_MAX_SET_ENTRIES,
+    MAX_RULES,
+};
 pub use filter::{
     BulkChange, EntryChange, Filter, FilterBuilder, MalformedPolicy, PrefixList, Verdict, DEFAULT_V4_CAPACITY,
     DEFAULT_V6_CAPACITY, MAX_CAPACITY,

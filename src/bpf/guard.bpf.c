@@ -129,7 +129,7 @@ static long check_record(__u32 i, void *data)
 		return 1;
 	if (r->family && r->family != w->family)
 		return 0;
-	__u32 match = r->match;
+	__u32 match = r->conds;
 	if ((match & XDPG_RM_SPORT) && (w->sport < r->sport_lo || w->sport > r->sport_hi))
 		return 0;
 	if ((w->flags & r->flags_mask) != r->flags_value)

@@ -52,7 +52,7 @@
 /* Reserved for the rate-limit action (not yet supported: refused by user space). */
 #define XDPG_RULE_RATE_LIMIT 4
 
-/* What a record checks (xdpg_rule_rec.match bits). */
+/* What a record checks (xdpg_rule_rec.conds bits). */
 #define XDPG_RM_SRC 0x01     /* the source: src/src_len, or the set `set` */
 #define XDPG_RM_SRC_NOT 0x02 /* ... negated */
 #define XDPG_RM_SRC_SET 0x04 /* ... is a named set */

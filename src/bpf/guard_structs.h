@@ -38,7 +38,7 @@ struct xdpg_rule_rec {
 	__u8 src_len;	   /* prefix lengths */
 	__u8 dst_len;
 	__u8 family;	   /* 0: either, 4 or 6 */
-	__u8 match;	   /* XDPG_RM_* */
+	__u8 conds;	   /* XDPG_RM_*: the conditions checked */
 	__u8 flags_mask;   /* TCP flags: (flags & mask) == value */
 	__u8 flags_value;
 	__u8 action;	   /* XDPG_RULE_* */

@@ -203,7 +203,7 @@ impl Filter {
     /// [`LoadError::MissingPrivileges`](crate::LoadError::MissingPrivileges);
     /// [`ListError::Full`] if the tables of a crashed edit no longer fit.
     pub fn open_pinned(dir: impl AsRef<Path>) -> Result<Filter, Error> {
-        let core = Pinned::open_pinned(dir.as_ref())?;
+        let core: Pinned<FilterKind> = Pinned::open_pinned(dir.as_ref())?;
         let guard = Guard::open_pinned(dir.as_ref())?;
         if let Some(g) = &guard {
             // A process that died between an edit and the stage switch left

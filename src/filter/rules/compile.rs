@@ -57,7 +57,7 @@ fn coverage(rule: &Rule) -> Vec<(u32, u32)> {
         && rule.destination_ports.is_none()
         && rule.tcp_flags.is_none()
         && rule.icmp_types.is_none();
-    let table = |base: u32, nokey: u32, set: Option<&crate::RangeSet>, size: u32| {
+    let table = |base: u32, nokey: u32, set: Option<&crate::filter::rules::syntax::RangeSet>, size: u32| {
         let mut out: Vec<(u32, u32)> = match set {
             Some(s) => s.pairs().iter().map(|&(lo, hi)| (base + u32::from(lo), base + u32::from(hi))).collect(),
             None => vec![(base, base + size - 1)],
@@ -135,7 +135,7 @@ fn records(id: u32, rule: &Rule, set_phys: &dyn Fn(&str) -> Option<u32>) -> Resu
         rec.dst = addr_words(dst.prefix.network());
         rec.dst_len = dst.prefix.prefix();
     }
-    rec.match_ = m as u8;
+    rec.conds = m as u8;
     Ok(match &rule.source_ports {
         None => vec![rec],
         Some(ports) => ports
@@ -144,7 +144,7 @@ fn records(id: u32, rule: &Rule, set_phys: &dyn Fn(&str) -> Option<u32>) -> Resu
             .map(|&(lo, hi)| xdpg_rule_rec {
                 sport_lo: lo,
                 sport_hi: hi,
-                match_: (m | XDPG_RM_SPORT) as u8,
+                conds: (m | XDPG_RM_SPORT) as u8,
                 ..rec
             })
             .collect(),
@@ -367,7 +367,7 @@ pub(crate) mod tests {
         let sport = if readable { p.ports.map_or(0, |x| x.0) } else { 0 };
         let flags = if readable && p.proto == 6 { p.flags } else { 0 };
         for r in &c.records[grp.first as usize..(grp.first + grp.count) as usize] {
-            let m = u32::from(r.match_);
+            let m = u32::from(r.conds);
             if r.family != 0 && r.family != fam {
                 continue;
             }

@@ -10,9 +10,9 @@
 //! The model and the maps are the guard's (`src/filter/guard/`).
 
 pub(crate) mod compile;
-mod parse;
+pub(crate) mod parse;
 mod sets;
-mod syntax;
+pub(crate) mod syntax;
 
 pub use parse::{parse_rules, RuleLine};
 pub use sets::{NamedSet, Sets};

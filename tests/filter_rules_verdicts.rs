@@ -1,0 +1,417 @@
+//! The rules (the filter's guard stage) through BPF_PROG_TEST_RUN on the
+//! real programs with their live maps: the filter tail-calls the guard for
+//! packets neither list decided.
+//!
+//! Every case is a fixture row (xdpguard::testing::fixture): the XDP
+//! action, the frame unchanged (neither program rewrites), exactly one
+//! filter reason counter moved by one packet of the frame's length; and,
+//! checked beside the table, exactly the named rules' counters moved by one
+//! packet each. Tables cover the issue's four examples (IPv4 and IPv6),
+//! every match field, every action, the evaluation order (lists first,
+//! count and monitored rules going on, first terminal match winning),
+//! monitor mode, packets whose transport header cannot be read, named sets
+//! and whole-set replaces, and the filter's path with no rules.
+//!
+//! Needs root (CAP_BPF + CAP_NET_ADMIN); fails, never skips, without it.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+use xdpguard::testing::fixture::{Fixture, FixtureTable};
+use xdpguard::testing::frame::*;
+use xdpguard::{Counter, Filter, IpNetwork, Rule, RuleError, RuleId, XdpAction};
+
+fn load() -> Filter {
+    Filter::builder()
+        .v4_capacity(1024)
+        .v6_capacity(1024)
+        .max_rules(256)
+        .load()
+        .unwrap_or_else(|e| panic!("loading the filter failed; these tests need root and a BPF-capable kernel: {e}"))
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
+}
+
+fn net(s: &str) -> IpNetwork {
+    s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
+}
+
+fn rule(s: &str) -> Rule {
+    s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
+}
+
+/// The destination of a frame of the same family as `src`.
+fn dst_for(src: IpAddr) -> IpAddr {
+    match src {
+        IpAddr::V4(_) => IpAddr::V4(DST_V4),
+        IpAddr::V6(_) => IpAddr::V6(DST_V6),
+    }
+}
+
+fn udp(src: &str, sport: u16, dport: u16) -> Frame {
+    let src = ip(src);
+    Frame::builder().ip(src, dst_for(src)).udp(sport, dport).payload(PAYLOAD).build()
+}
+
+fn tcp(src: &str, dport: u16, flags: u8) -> Frame {
+    let src = ip(src);
+    Frame::builder().ip(src, dst_for(src)).tcp(40000, dport).tcp_flags(flags).payload(PAYLOAD).build()
+}
+
+fn tcp_to(src: &str, dst: &str, dport: u16) -> Frame {
+    Frame::builder().ip(ip(src), ip(dst)).tcp(40000, dport).syn().payload(PAYLOAD).build()
+}
+
+fn echo(src: &str) -> Frame {
+    let src = ip(src);
+    Frame::builder().ip(src, dst_for(src)).icmp(Icmp::EchoRequest { id: 7, seq: 1 }).payload(PAYLOAD).build()
+}
+
+fn echo_reply(src: &str) -> Frame {
+    let src = ip(src);
+    Frame::builder().ip(src, dst_for(src)).icmp(Icmp::EchoReply { id: 7, seq: 1 }).payload(PAYLOAD).build()
+}
+
+fn proto(src: &str, number: u8) -> Frame {
+    let src = ip(src);
+    Frame::builder().ip(src, dst_for(src)).protocol(number).payload(PAYLOAD).build()
+}
+
+const SYN: u8 = 0x02;
+const FIN: u8 = 0x01;
+const ACK: u8 = 0x10;
+const RST: u8 = 0x04;
+
+/// A table of fixture rows plus the rule counters each row must move.
+struct Table<'f> {
+    f: &'f Filter,
+    table: FixtureTable<'f, Filter>,
+    rule_failures: Vec<String>,
+}
+
+impl<'f> Table<'f> {
+    fn new(f: &'f Filter, name: &str) -> Self {
+        Table { f, table: FixtureTable::new(f, name), rule_failures: Vec::new() }
+    }
+
+    fn hits(&self) -> HashMap<RuleId, Counter> {
+        self.f.rules().list().expect("list rules").into_iter().map(|e| (e.id, e.hits)).collect()
+    }
+
+    /// `frame` gets `action`, comes back unchanged, moves the filter's
+    /// `reason` counter and exactly the counters of `rules`, each by one
+    /// packet of the frame's length.
+    fn expect(&mut self, what: &str, frame: &[u8], action: XdpAction, reason: &'static str, rules: &[RuleId]) {
+        let before = self.hits();
+        self.table.run(Fixture::new(what, frame).action(action).unchanged().counts(&[reason]));
+        let after = self.hits();
+        for (id, now) in &after {
+            let was = before.get(id).copied().unwrap_or_default();
+            let moved = *now - was;
+            let want = if rules.contains(id) { Counter { packets: 1, bytes: frame.len() as u64 } } else { Counter::default() };
+            if moved != want {
+                self.rule_failures.push(format!("{what}: rule {id} moved by {moved:?}, expected {want:?}"));
+            }
+        }
+    }
+
+    fn drop(&mut self, what: &str, frame: &[u8], rules: &[RuleId]) {
+        self.expect(what, frame, XdpAction::Drop, "rule_dropped", rules);
+    }
+
+    fn pass(&mut self, what: &str, frame: &[u8], rules: &[RuleId]) {
+        self.expect(what, frame, XdpAction::Pass, "passed", rules);
+    }
+
+    fn passed_by_rule(&mut self, what: &str, frame: &[u8], rules: &[RuleId]) {
+        self.expect(what, frame, XdpAction::Pass, "rule_passed", rules);
+    }
+
+    fn finish(self) {
+        let report = self.table.into_report();
+        assert!(
+            report.is_ok() && self.rule_failures.is_empty(),
+            "{report}\nrule counters:\n{}",
+            self.rule_failures.join("\n")
+        );
+    }
+}
+
+/// Adds rules in order; returns their ids.
+fn add(f: &Filter, rules: &[&str]) -> Vec<RuleId> {
+    rules.iter().map(|r| f.rules().add(rule(r)).unwrap_or_else(|e| panic!("{r}: {e}"))).collect()
+}
+
+#[test]
+fn the_issue_examples() {
+    let f = load();
+    let resolvers = f.sets().create("resolvers").unwrap();
+    resolvers.extend([net("198.51.100.53/32"), net("2001:db8:53::/48")]).unwrap();
+    let ids = add(
+        &f,
+        &[
+            "drop udp sport 53 not from set resolvers",
+            "drop udp dport 1900,11211",
+            "pass tcp dport 22 from 198.51.100.0/24",
+            "drop tcp dport 22",
+            "drop tcp flags syn,fin",
+        ],
+    );
+    let [amp, reflect, ssh_ok, ssh, synfin] = ids[..] else { unreachable!() };
+    let mut t = Table::new(&f, "the issue's examples");
+    t.drop("DNS answer from a random source", &udp("203.0.113.9", 53, 40000), &[amp]);
+    t.drop("DNS answer from a random v6 source", &udp("2001:db8:99::9", 53, 40000), &[amp]);
+    t.pass("DNS answer from a listed resolver", &udp("198.51.100.53", 53, 40000), &[]);
+    t.pass("DNS answer from a listed v6 resolver prefix", &udp("2001:db8:53::1", 53, 40000), &[]);
+    t.pass("a DNS query to us (dport 53, not sport)", &udp("203.0.113.9", 40000, 53), &[]);
+    t.pass("TCP from port 53 (the rule is UDP)", &Frame::builder().ip(ip("203.0.113.9"), dst_for(ip("203.0.113.9"))).tcp(53, 40000).syn().build(), &[]);
+    t.drop("SSDP", &udp("203.0.113.9", 40000, 1900), &[reflect]);
+    t.drop("memcached", &udp("2001:db8:99::9", 40000, 11211), &[reflect]);
+    t.pass("port 1901", &udp("203.0.113.9", 40000, 1901), &[]);
+    t.pass("port 11212", &udp("203.0.113.9", 40000, 11212), &[]);
+    t.passed_by_rule("SSH from the office", &tcp("198.51.100.7", 22, SYN), &[ssh_ok]);
+    t.drop("SSH from elsewhere", &tcp("203.0.113.7", 22, SYN), &[ssh]);
+    t.drop("SSH from v6 (the office rule is v4)", &tcp("2001:db8:99::7", 22, SYN), &[ssh]);
+    t.pass("HTTP SYN", &tcp("203.0.113.7", 80, SYN), &[]);
+    t.drop("SYN+FIN", &tcp("203.0.113.7", 80, SYN | FIN), &[synfin]);
+    t.drop("SYN+FIN+ACK", &tcp("2001:db8:99::7", 443, SYN | FIN | ACK), &[synfin]);
+    t.pass("FIN+ACK", &tcp("203.0.113.7", 80, FIN | ACK), &[]);
+    // The office's SSH+SYN+FIN: the pass rule comes first.
+    t.passed_by_rule("SYN+FIN to 22 from the office: first match passes", &tcp("198.51.100.7", 22, SYN | FIN), &[ssh_ok]);
+    t.drop("SYN+FIN to 22 from elsewhere: the SSH drop is first", &tcp("203.0.113.7", 22, SYN | FIN), &[ssh]);
+    t.finish();
+}
+
+#[test]
+fn every_field() {
+    let f = load();
+    let ids = add(
+        &f,
+        &[
+            "drop udp sport 1000-1010,2000 dport 9000",
+            "drop tcp dport 8000-8010 flags syn/syn,ack",
+            "drop tcp dport 8443 flags none/ack,rst",
+            "drop icmp type 8",
+            "drop icmpv6 type 128",
+            "drop proto 47",
+            "drop to 192.0.2.128/25",
+            "drop udp dport 7000 not to 2001:db8::/64",
+            "drop udp dport 7001 not from 203.0.113.0/24",
+            "drop ipv6 udp dport 7002",
+            "drop udp dport 7003 from 2001:db8:7::/48",
+        ],
+    );
+    let [sport, flags, flags_clear, icmp, icmp6, gre, to, not_to, not_from, v6only, from6] = ids[..] else {
+        unreachable!()
+    };
+    let mut t = Table::new(&f, "every field");
+    t.drop("sport in range", &udp("203.0.113.1", 1005, 9000), &[sport]);
+    t.drop("sport at the range's end", &udp("203.0.113.1", 1010, 9000), &[sport]);
+    t.drop("sport the single port", &udp("203.0.113.1", 2000, 9000), &[sport]);
+    t.pass("sport outside", &udp("203.0.113.1", 1011, 9000), &[]);
+    t.pass("sport right, dport wrong", &udp("203.0.113.1", 1005, 9001), &[]);
+    t.drop("SYN to 8005", &tcp("203.0.113.1", 8005, SYN), &[flags]);
+    t.drop("SYN to 8010 (v6)", &tcp("2001:db8:9::1", 8010, SYN), &[flags]);
+    t.pass("SYN-ACK to 8005 (ACK must be clear)", &tcp("203.0.113.1", 8005, SYN | ACK), &[]);
+    t.pass("ACK to 8005", &tcp("203.0.113.1", 8005, ACK), &[]);
+    t.pass("SYN to 8011", &tcp("203.0.113.1", 8011, SYN), &[]);
+    t.drop("bare SYN to 8443 (ACK and RST clear)", &tcp("203.0.113.1", 8443, SYN), &[flags_clear]);
+    t.pass("RST to 8443", &tcp("203.0.113.1", 8443, RST), &[]);
+    t.drop("ICMP echo request", &echo("203.0.113.1"), &[icmp]);
+    t.pass("ICMP echo reply", &echo_reply("203.0.113.1"), &[]);
+    t.drop("ICMPv6 echo request", &echo("2001:db8:9::1"), &[icmp6]);
+    t.pass("ICMPv6 echo reply", &echo_reply("2001:db8:9::1"), &[]);
+    t.drop("GRE", &proto("203.0.113.1", 47), &[gre]);
+    t.drop("GRE over v6", &proto("2001:db8:9::1", 47), &[gre]);
+    t.pass("ESP", &proto("203.0.113.1", 50), &[]);
+    t.drop("to 192.0.2.200", &tcp_to("203.0.113.1", "192.0.2.200", 80), &[to]);
+    t.pass("to 192.0.2.100", &tcp_to("203.0.113.1", "192.0.2.100", 80), &[]);
+    t.pass("to 2001:db8::200 (a v4 prefix)", &tcp_to("2001:db8:9::1", "2001:db8::200", 80), &[]);
+    t.pass("UDP 7000 to 2001:db8::2 (inside)", &udp("2001:db8:9::1", 1, 7000), &[]);
+    t.drop("UDP 7000 to v6 outside", &Frame::builder().ip(ip("2001:db8:9::1"), ip("2001:db8:1::2")).udp(1, 7000).build(), &[not_to]);
+    t.pass("UDP 7000 over v4 (a v6 prefix: the rule is v6 only)", &udp("203.0.113.1", 1, 7000), &[]);
+    t.pass("UDP 7001 from inside", &udp("203.0.113.1", 1, 7001), &[]);
+    t.drop("UDP 7001 from outside", &udp("198.51.100.1", 1, 7001), &[not_from]);
+    t.pass("UDP 7001 over v6 (the prefix is v4)", &udp("2001:db8:9::1", 1, 7001), &[]);
+    t.drop("UDP 7002 over v6", &udp("2001:db8:9::1", 1, 7002), &[v6only]);
+    t.pass("UDP 7002 over v4", &udp("198.51.100.1", 1, 7002), &[]);
+    t.drop("UDP 7003 from the /48", &udp("2001:db8:7:ffff::1", 1, 7003), &[from6]);
+    t.pass("UDP 7003 from next to it", &udp("2001:db8:8::1", 1, 7003), &[]);
+    t.finish();
+}
+
+#[test]
+fn order_actions_and_monitor() {
+    let f = load();
+    f.allowlist().insert(net("192.0.2.77/32")).unwrap();
+    f.blocklist().insert(net("198.51.100.66/32")).unwrap();
+    let ids = add(
+        &f,
+        &[
+            "count udp",
+            "monitor drop udp dport 5000-5010",
+            "pass udp dport 5005",
+            "drop udp dport 5000-5009",
+            "drop udp",
+            "count tcp dport 80",
+            "monitor pass tcp dport 80",
+        ],
+    );
+    let [count_udp, mon_drop, pass5005, drop500x, drop_udp, count80, mon_pass80] = ids[..] else { unreachable!() };
+    let mut t = Table::new(&f, "order, actions, monitor");
+    t.passed_by_rule("count, monitored drop, then pass", &udp("203.0.113.1", 1, 5005), &[count_udp, mon_drop, pass5005]);
+    t.drop("count, monitored drop, then drop", &udp("203.0.113.1", 1, 5001), &[count_udp, mon_drop, drop500x]);
+    t.drop("count, monitored drop, then the catch-all", &udp("203.0.113.1", 1, 5010), &[count_udp, mon_drop, drop_udp]);
+    t.drop("count then the catch-all", &udp("203.0.113.1", 1, 53), &[count_udp, drop_udp]);
+    t.pass("count rules and monitored rules decide nothing", &tcp("203.0.113.1", 80, SYN), &[count80, mon_pass80]);
+    t.pass("no rule for TCP 81", &tcp("203.0.113.1", 81, SYN), &[]);
+    t.expect("allowlisted: no rule sees it", &udp("192.0.2.77", 1, 5001), XdpAction::Pass, "allowlisted", &[]);
+    t.expect("blocklisted: no rule sees it", &udp("198.51.100.66", 1, 5005), XdpAction::Drop, "blocked_v4", &[]);
+
+    // The whole filter in monitor mode: drops become "would drop".
+    f.set_monitor(true);
+    assert!(f.monitor());
+    t.expect(
+        "monitor mode: a drop rule would drop",
+        &udp("203.0.113.1", 1, 5001),
+        XdpAction::Pass,
+        "would_drop_rule",
+        &[count_udp, mon_drop, drop500x],
+    );
+    t.passed_by_rule("monitor mode: a pass rule passes", &udp("203.0.113.1", 1, 5005), &[count_udp, mon_drop, pass5005]);
+    t.expect("monitor mode: blocklisted would drop", &udp("198.51.100.66", 1, 5005), XdpAction::Pass, "would_drop_blocked", &[]);
+    t.expect("monitor mode: allowlisted as always", &udp("192.0.2.77", 1, 5001), XdpAction::Pass, "allowlisted", &[]);
+    f.set_monitor(false);
+    t.drop("monitor mode off: dropped again", &udp("203.0.113.1", 1, 5001), &[count_udp, mon_drop, drop500x]);
+
+    // One rule switched into monitor mode keeps its id, place and counter.
+    let before = f.rules().list().unwrap();
+    f.rules().set_monitor(drop500x, true).unwrap();
+    let after = f.rules().list().unwrap();
+    assert_eq!(before.iter().map(|e| (e.id, e.position)).collect::<Vec<_>>(), after.iter().map(|e| (e.id, e.position)).collect::<Vec<_>>());
+    assert_eq!(after[3].rule.to_string(), "monitor drop udp dport 5000-5009");
+    assert_eq!(after[3].hits, before[3].hits, "the counter is kept");
+    t.drop("a monitored rule goes on to the next", &udp("203.0.113.1", 1, 5001), &[count_udp, mon_drop, drop500x, drop_udp]);
+    t.finish();
+}
+
+#[test]
+fn unreadable_transport_headers() {
+    let f = load();
+    let ids = add(&f, &["drop udp dport 9999", "drop udp sport 1-65535", "drop tcp flags syn", "count udp from 203.0.113.0/24", "drop icmp type 0-255"]);
+    let [dport, sport, syn, count_udp, icmp] = ids[..] else { unreachable!() };
+    let b = || Frame::builder().ip(ip("203.0.113.1"), IpAddr::V4(DST_V4));
+    let later = b().udp(1, 9999).payload(PAYLOAD).frag(Frag::Later { offset: 10, more: false }).build();
+    let first = b().udp(1, 9999).payload(PAYLOAD).frag(Frag::First).build();
+    let tcp_later = b().tcp(1, 80).syn().payload(PAYLOAD).frag(Frag::Later { offset: 10, more: true }).build();
+    let icmp_later = b().icmp(Icmp::EchoRequest { id: 1, seq: 1 }).payload(PAYLOAD).frag(Frag::Later { offset: 3, more: false }).build();
+    let udp_cut = udp("203.0.113.1", 1, 9999);
+    // The frame ends 4 bytes into the UDP header (the IP length says so too).
+    let cut = udp_cut.cut_consistent(udp_cut.l3() + 20 + 4);
+    let v6_frag = Frame::builder()
+        .ip(ip("2001:db8:9::1"), IpAddr::V6(DST_V6))
+        .ext(Ext::fragment(10, false))
+        .udp(1, 9999)
+        .payload(PAYLOAD)
+        .build();
+    let mut t = Table::new(&f, "unreadable transport headers");
+    t.drop("first fragment: ports read", &first, &[dport]);
+    t.pass("later fragment: only rules without ports, flags or types", &later, &[count_udp]);
+    t.pass("later TCP fragment: no flags to match", &tcp_later, &[]);
+    t.pass("later ICMP fragment: no type to match", &icmp_later, &[]);
+    t.pass("UDP header cut short", &cut, &[count_udp]);
+    t.pass("v6 later fragment", &v6_frag, &[]);
+    t.drop("sport 1-65535 matches a whole header", &udp("198.51.100.1", 7, 1), &[sport]);
+    t.drop("any SYN", &tcp("198.51.100.1", 1, SYN), &[syn]);
+    t.drop("any ICMP type", &echo("198.51.100.1"), &[icmp]);
+    t.finish();
+}
+
+#[test]
+fn sets_and_atomic_replaces() {
+    let f = load();
+    let sets = f.sets();
+    let trusted = sets.create("trusted").unwrap();
+    trusted.insert(net("203.0.113.0/28")).unwrap();
+    let ids = add(&f, &["pass udp from set trusted", "drop udp dport 4000"]);
+    let mut t = Table::new(&f, "sets and replaces");
+    t.passed_by_rule("in the set", &udp("203.0.113.5", 1, 4000), &[ids[0]]);
+    t.drop("outside the set", &udp("203.0.113.17", 1, 4000), &[ids[1]]);
+    // A whole-set replace switches the rule to the new set at once.
+    trusted.replace([net("203.0.113.16/28"), net("2001:db8:5::/48")]).unwrap();
+    assert_eq!(trusted.iter().unwrap().map(|n| n.to_string()).collect::<Vec<_>>(), ["203.0.113.16/28", "2001:db8:5::/48"]);
+    t.drop("left the set", &udp("203.0.113.5", 1, 4000), &[ids[1]]);
+    t.passed_by_rule("joined the set", &udp("203.0.113.17", 1, 4000), &[ids[0]]);
+    t.passed_by_rule("joined the set (v6)", &udp("2001:db8:5::9", 1, 4000), &[ids[0]]);
+    trusted.remove(net("203.0.113.16/28")).unwrap();
+    t.drop("removed in place", &udp("203.0.113.17", 1, 4000), &[ids[1]]);
+
+    // A set that rules name cannot go; an unknown set cannot be named.
+    assert!(matches!(sets.delete("trusted"), Err(RuleError::SetInUse { .. })));
+    assert!(matches!(f.rules().add(rule("drop from set nope")), Err(RuleError::UnknownSet { .. })));
+
+    // A rule-set replace: kept rules keep ids and counters, one switch.
+    let hits_before = f.rules().list().unwrap()[1].hits;
+    let change = f.rules().replace([rule("drop udp dport 4001"), rule("drop udp dport 4000")]).unwrap();
+    assert_eq!((change.added, change.removed, change.kept), (1, 1, 1), "{change:?}");
+    assert_eq!(change.ids[1], ids[1], "the kept rule keeps its id");
+    let list = f.rules().list().unwrap();
+    assert_eq!(list[1].hits, hits_before, "and its counter");
+    assert_eq!(list[0].hits, Counter::default(), "a new rule starts at zero");
+    t.drop("new rule", &udp("203.0.113.5", 1, 4001), &[change.ids[0]]);
+    t.drop("kept rule", &udp("203.0.113.5", 1, 4000), &[ids[1]]);
+    t.pass("the set's rule is gone", &udp("2001:db8:5::9", 1, 4002), &[]);
+    assert_eq!(sets.delete("trusted").unwrap(), 1, "no rule names it now");
+
+    // A rejected replace (one bad rule) changes nothing.
+    let err = f.rules().replace([rule("drop udp dport 1"), rule("drop from set gone")]).unwrap_err();
+    assert!(matches!(err, RuleError::UnknownSet { .. }), "{err}");
+    assert_eq!(f.rules().list().unwrap().iter().map(|e| e.id).collect::<Vec<_>>(), change.ids);
+    t.pass("after a rejected replace, as before", &udp("203.0.113.5", 1, 1), &[]);
+    t.drop("after a rejected replace, as before", &udp("203.0.113.5", 1, 4001), &[change.ids[0]]);
+
+    // A bad rule file: every bad line by number, nothing parsed to apply.
+    let err = xdpguard::parse_rules(b"drop udp dport 1\ndrop udpp\n# fine\ndrop tcp flags syn,fun\n", "r.rules").unwrap_err();
+    let RuleError::BadLines { errors, .. } = &err else { panic!("{err}") };
+    assert_eq!(errors.iter().map(|e| e.line).collect::<Vec<_>>(), [2, 4], "{err}");
+
+    // Cleared: the filter stops calling the guard; packets count as passed.
+    assert_eq!(f.rules().clear().unwrap(), 2);
+    t.expect("no rules: the filter's own path", &udp("203.0.113.5", 1, 4001), XdpAction::Pass, "passed", &[]);
+    t.finish();
+}
+
+#[test]
+fn full_tables_refuse_and_keep_the_set() {
+    let f = Filter::builder().max_rules(4).max_rule_records(8).load().expect("load");
+    let ids = add(&f, &["drop udp dport 1", "drop udp dport 2", "drop udp dport 3"]);
+    // Five records for one rule: more than are left.
+    let err = f.rules().add(rule("drop udp sport 1,3,5,7,9")).unwrap_err();
+    assert!(matches!(err, RuleError::Full { .. }), "{err}");
+    f.rules().add(rule("drop udp dport 4")).unwrap();
+    let err = f.rules().add(rule("drop udp dport 5")).unwrap_err();
+    assert!(matches!(err, RuleError::Full { what: "the rule table", .. }), "{err}");
+    assert_eq!(f.rules().len().unwrap(), 4);
+    let mut t = Table::new(&f, "after refused edits");
+    t.drop("port 1 still dropped", &udp("203.0.113.5", 9, 1), &[ids[0]]);
+    t.pass("port 5 was never added", &udp("203.0.113.5", 9, 5), &[]);
+    t.finish();
+}
+
+#[test]
+fn v4_and_v6_sources_match_only_their_family() {
+    // A prefix of one family never matches the other, also for ::/0 and 0.0.0.0/0.
+    let f = load();
+    let ids = add(&f, &["drop udp dport 1 from 0.0.0.0/0", "drop udp dport 2 from ::/0", "drop udp dport 3 not from 0.0.0.0/0"]);
+    let mut t = Table::new(&f, "families");
+    t.drop("v4 from 0.0.0.0/0", &udp("203.0.113.5", 9, 1), &[ids[0]]);
+    t.pass("v6, v4 prefix", &udp("2001:db8::5", 9, 1), &[]);
+    t.drop("v6 from ::/0", &udp("2001:db8::5", 9, 2), &[ids[1]]);
+    t.pass("v4, v6 prefix", &udp("203.0.113.5", 9, 2), &[]);
+    // "not from 0.0.0.0/0" is a v4 rule: it matches no v4 source and no v6 packet.
+    t.pass("v4 not from 0.0.0.0/0", &udp("203.0.113.5", 9, 3), &[]);
+    t.pass("v6 and a v4-only rule", &udp("2001:db8::5", 9, 3), &[]);
+    t.finish();
+}
