@@ -110,7 +110,8 @@ impl<'f> Table<'f> {
         for (id, now) in &after {
             let was = before.get(id).copied().unwrap_or_default();
             let moved = *now - was;
-            let want = if rules.contains(id) { Counter { packets: 1, bytes: frame.len() as u64 } } else { Counter::default() };
+            let want =
+                if rules.contains(id) { Counter { packets: 1, bytes: frame.len() as u64 } } else { Counter::default() };
             if moved != want {
                 self.rule_failures.push(format!("{what}: rule {id} moved by {moved:?}, expected {want:?}"));
             }
@@ -166,7 +167,11 @@ fn the_issue_examples() {
     t.pass("DNS answer from a listed resolver", &udp("198.51.100.53", 53, 40000), &[]);
     t.pass("DNS answer from a listed v6 resolver prefix", &udp("2001:db8:53::1", 53, 40000), &[]);
     t.pass("a DNS query to us (dport 53, not sport)", &udp("203.0.113.9", 40000, 53), &[]);
-    t.pass("TCP from port 53 (the rule is UDP)", &Frame::builder().ip(ip("203.0.113.9"), dst_for(ip("203.0.113.9"))).tcp(53, 40000).syn().build(), &[]);
+    t.pass(
+        "TCP from port 53 (the rule is UDP)",
+        &Frame::builder().ip(ip("203.0.113.9"), dst_for(ip("203.0.113.9"))).tcp(53, 40000).syn().build(),
+        &[],
+    );
     t.drop("SSDP", &udp("203.0.113.9", 40000, 1900), &[reflect]);
     t.drop("memcached", &udp("2001:db8:99::9", 40000, 11211), &[reflect]);
     t.pass("port 1901", &udp("203.0.113.9", 40000, 1901), &[]);
@@ -179,7 +184,11 @@ fn the_issue_examples() {
     t.drop("SYN+FIN+ACK", &tcp("2001:db8:99::7", 443, SYN | FIN | ACK), &[synfin]);
     t.pass("FIN+ACK", &tcp("203.0.113.7", 80, FIN | ACK), &[]);
     // The office's SSH+SYN+FIN: the pass rule comes first.
-    t.passed_by_rule("SYN+FIN to 22 from the office: first match passes", &tcp("198.51.100.7", 22, SYN | FIN), &[ssh_ok]);
+    t.passed_by_rule(
+        "SYN+FIN to 22 from the office: first match passes",
+        &tcp("198.51.100.7", 22, SYN | FIN),
+        &[ssh_ok],
+    );
     t.drop("SYN+FIN to 22 from elsewhere: the SSH drop is first", &tcp("203.0.113.7", 22, SYN | FIN), &[ssh]);
     t.finish();
 }
@@ -230,7 +239,11 @@ fn every_field() {
     t.pass("to 192.0.2.100", &tcp_to("203.0.113.1", "192.0.2.100", 80), &[]);
     t.pass("to 2001:db8::200 (a v4 prefix)", &tcp_to("2001:db8:9::1", "2001:db8::200", 80), &[]);
     t.pass("UDP 7000 to 2001:db8::2 (inside)", &udp("2001:db8:9::1", 1, 7000), &[]);
-    t.drop("UDP 7000 to v6 outside", &Frame::builder().ip(ip("2001:db8:9::1"), ip("2001:db8:1::2")).udp(1, 7000).build(), &[not_to]);
+    t.drop(
+        "UDP 7000 to v6 outside",
+        &Frame::builder().ip(ip("2001:db8:9::1"), ip("2001:db8:1::2")).udp(1, 7000).build(),
+        &[not_to],
+    );
     t.pass("UDP 7000 over v4 (a v6 prefix: the rule is v6 only)", &udp("203.0.113.1", 1, 7000), &[]);
     t.pass("UDP 7001 from inside", &udp("203.0.113.1", 1, 7001), &[]);
     t.drop("UDP 7001 from outside", &udp("198.51.100.1", 1, 7001), &[not_from]);
@@ -261,7 +274,11 @@ fn order_actions_and_monitor() {
     );
     let [count_udp, mon_drop, pass5005, drop500x, drop_udp, count80, mon_pass80] = ids[..] else { unreachable!() };
     let mut t = Table::new(&f, "order, actions, monitor");
-    t.passed_by_rule("count, monitored drop, then pass", &udp("203.0.113.1", 1, 5005), &[count_udp, mon_drop, pass5005]);
+    t.passed_by_rule(
+        "count, monitored drop, then pass",
+        &udp("203.0.113.1", 1, 5005),
+        &[count_udp, mon_drop, pass5005],
+    );
     t.drop("count, monitored drop, then drop", &udp("203.0.113.1", 1, 5001), &[count_udp, mon_drop, drop500x]);
     t.drop("count, monitored drop, then the catch-all", &udp("203.0.113.1", 1, 5010), &[count_udp, mon_drop, drop_udp]);
     t.drop("count then the catch-all", &udp("203.0.113.1", 1, 53), &[count_udp, drop_udp]);
@@ -280,8 +297,18 @@ fn order_actions_and_monitor() {
         "would_drop_rule",
         &[count_udp, mon_drop, drop500x],
     );
-    t.passed_by_rule("monitor mode: a pass rule passes", &udp("203.0.113.1", 1, 5005), &[count_udp, mon_drop, pass5005]);
-    t.expect("monitor mode: blocklisted would drop", &udp("198.51.100.66", 1, 5005), XdpAction::Pass, "would_drop_blocked", &[]);
+    t.passed_by_rule(
+        "monitor mode: a pass rule passes",
+        &udp("203.0.113.1", 1, 5005),
+        &[count_udp, mon_drop, pass5005],
+    );
+    t.expect(
+        "monitor mode: blocklisted would drop",
+        &udp("198.51.100.66", 1, 5005),
+        XdpAction::Pass,
+        "would_drop_blocked",
+        &[],
+    );
     t.expect("monitor mode: allowlisted as always", &udp("192.0.2.77", 1, 5001), XdpAction::Pass, "allowlisted", &[]);
     f.set_monitor(false);
     t.drop("monitor mode off: dropped again", &udp("203.0.113.1", 1, 5001), &[count_udp, mon_drop, drop500x]);
@@ -290,23 +317,43 @@ fn order_actions_and_monitor() {
     let before = f.rules().list().unwrap();
     f.rules().set_monitor(drop500x, true).unwrap();
     let after = f.rules().list().unwrap();
-    assert_eq!(before.iter().map(|e| (e.id, e.position)).collect::<Vec<_>>(), after.iter().map(|e| (e.id, e.position)).collect::<Vec<_>>());
+    assert_eq!(
+        before.iter().map(|e| (e.id, e.position)).collect::<Vec<_>>(),
+        after.iter().map(|e| (e.id, e.position)).collect::<Vec<_>>()
+    );
     assert_eq!(after[3].rule.to_string(), "monitor drop udp dport 5000-5009");
     assert_eq!(after[3].hits, before[3].hits, "the counter is kept");
-    t.drop("a monitored rule goes on to the next", &udp("203.0.113.1", 1, 5001), &[count_udp, mon_drop, drop500x, drop_udp]);
+    t.drop(
+        "a monitored rule goes on to the next",
+        &udp("203.0.113.1", 1, 5001),
+        &[count_udp, mon_drop, drop500x, drop_udp],
+    );
     t.finish();
 }
 
 #[test]
 fn unreadable_transport_headers() {
     let f = load();
-    let ids = add(&f, &["drop udp dport 9999", "drop udp sport 1-65535", "drop tcp flags syn", "count udp from 203.0.113.0/24", "drop icmp type 0-255"]);
+    let ids = add(
+        &f,
+        &[
+            "drop udp dport 9999",
+            "drop udp sport 1-65535",
+            "drop tcp flags syn",
+            "count udp from 203.0.113.0/24",
+            "drop icmp type 0-255",
+        ],
+    );
     let [dport, sport, syn, count_udp, icmp] = ids[..] else { unreachable!() };
     let b = || Frame::builder().ip(ip("203.0.113.1"), IpAddr::V4(DST_V4));
     let later = b().udp(1, 9999).payload(PAYLOAD).frag(Frag::Later { offset: 10, more: false }).build();
     let first = b().udp(1, 9999).payload(PAYLOAD).frag(Frag::First).build();
     let tcp_later = b().tcp(1, 80).syn().payload(PAYLOAD).frag(Frag::Later { offset: 10, more: true }).build();
-    let icmp_later = b().icmp(Icmp::EchoRequest { id: 1, seq: 1 }).payload(PAYLOAD).frag(Frag::Later { offset: 3, more: false }).build();
+    let icmp_later = b()
+        .icmp(Icmp::EchoRequest { id: 1, seq: 1 })
+        .payload(PAYLOAD)
+        .frag(Frag::Later { offset: 3, more: false })
+        .build();
     let udp_cut = udp("203.0.113.1", 1, 9999);
     // The frame ends 4 bytes into the UDP header (the IP length says so too).
     let cut = udp_cut.cut_consistent(udp_cut.l3() + 20 + 4);
@@ -341,7 +388,10 @@ fn sets_and_atomic_replaces() {
     t.drop("outside the set", &udp("203.0.113.17", 1, 4000), &[ids[1]]);
     // A whole-set replace switches the rule to the new set at once.
     trusted.replace([net("203.0.113.16/28"), net("2001:db8:5::/48")]).unwrap();
-    assert_eq!(trusted.iter().unwrap().map(|n| n.to_string()).collect::<Vec<_>>(), ["203.0.113.16/28", "2001:db8:5::/48"]);
+    assert_eq!(
+        trusted.iter().unwrap().map(|n| n.to_string()).collect::<Vec<_>>(),
+        ["203.0.113.16/28", "2001:db8:5::/48"]
+    );
     t.drop("left the set", &udp("203.0.113.5", 1, 4000), &[ids[1]]);
     t.passed_by_rule("joined the set", &udp("203.0.113.17", 1, 4000), &[ids[0]]);
     t.passed_by_rule("joined the set (v6)", &udp("2001:db8:5::9", 1, 4000), &[ids[0]]);
@@ -373,7 +423,8 @@ fn sets_and_atomic_replaces() {
     t.drop("after a rejected replace, as before", &udp("203.0.113.5", 1, 4001), &[change.ids[0]]);
 
     // A bad rule file: every bad line by number, nothing parsed to apply.
-    let err = xdpguard::parse_rules(b"drop udp dport 1\ndrop udpp\n# fine\ndrop tcp flags syn,fun\n", "r.rules").unwrap_err();
+    let err =
+        xdpguard::parse_rules(b"drop udp dport 1\ndrop udpp\n# fine\ndrop tcp flags syn,fun\n", "r.rules").unwrap_err();
     let RuleError::BadLines { errors, .. } = &err else { panic!("{err}") };
     assert_eq!(errors.iter().map(|e| e.line).collect::<Vec<_>>(), [2, 4], "{err}");
 
@@ -404,7 +455,10 @@ fn full_tables_refuse_and_keep_the_set() {
 fn v4_and_v6_sources_match_only_their_family() {
     // A prefix of one family never matches the other, also for ::/0 and 0.0.0.0/0.
     let f = load();
-    let ids = add(&f, &["drop udp dport 1 from 0.0.0.0/0", "drop udp dport 2 from ::/0", "drop udp dport 3 not from 0.0.0.0/0"]);
+    let ids = add(
+        &f,
+        &["drop udp dport 1 from 0.0.0.0/0", "drop udp dport 2 from ::/0", "drop udp dport 3 not from 0.0.0.0/0"],
+    );
     let mut t = Table::new(&f, "families");
     t.drop("v4 from 0.0.0.0/0", &udp("203.0.113.5", 9, 1), &[ids[0]]);
     t.pass("v6, v4 prefix", &udp("2001:db8::5", 9, 1), &[]);

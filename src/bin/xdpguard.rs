@@ -14,6 +14,15 @@
 //! xdpguard block --force 0.0.0.0/0             (a whole family: refused without --force)
 //! xdpguard list [--allow] [--json]              xdpguard stats [--json] [--watch SECS] [--reset]
 //! xdpguard check 192.0.2.9                       xdpguard status [--json]
+//! xdpguard rule add drop udp sport 53 not from set resolvers
+//! xdpguard rule add --at 0 pass tcp dport 22 from 198.51.100.0/24
+//! xdpguard rule del 3 [4 ...]                    xdpguard rule list [--json]
+//! xdpguard rule replace --file rules.txt        xdpguard rule add --file more.txt
+//! xdpguard rule monitor 3 [--off]               xdpguard rule clear
+//! xdpguard set create resolvers                 xdpguard set delete resolvers
+//! xdpguard set add resolvers 192.0.2.53 [--file F] [--replace]
+//! xdpguard set del resolvers 192.0.2.53         xdpguard set list [NAME] [--json]
+//! xdpguard monitor on|off                       (the whole filter: count, drop nothing)
 //! xdpguard detach                               xdpguard upgrade   (a newer build takes over)
 //! xdpguard metrics [--listen 127.0.0.1:9435] --filter PIN --lb PIN --decap PIN   (repeatable; a Prometheus exporter)
 //! xdpguard apply --config /etc/xdpguard/xdpguard.toml [--dry-run] [--recreate]
@@ -41,7 +50,9 @@ use clap::{Args, Parser, Subcommand};
 use common::Result;
 use serde_json::json;
 use xdpguard::config::{Config, Plan, PlanOptions};
-use xdpguard::{Filter, FilterStats, IpNetwork, ListError, ListKind, MalformedPolicy, PrefixList, Verdict};
+use xdpguard::{
+    Filter, FilterStats, IpNetwork, ListError, ListKind, MalformedPolicy, PrefixList, Rule, RuleId, Verdict,
+};
 
 const DEFAULT_PIN: &str = "/sys/fs/bpf/xdpguard";
 
@@ -107,6 +118,9 @@ enum Command {
         /// Drop malformed packets instead of passing them.
         #[arg(long)]
         drop_malformed: bool,
+        /// Maximum rules (see `xdpguard rule`).
+        #[arg(long, default_value_t = xdpguard::DEFAULT_MAX_RULES)]
+        max_rules: usize,
     },
     /// Detach from every interface and remove the pins.
     Detach {
@@ -163,6 +177,22 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Rules beyond the source address: protocol, ports, TCP flags, ICMP
+    /// types, destination, named sets. Checked in order after the lists.
+    #[command(subcommand)]
+    Rule(RuleCommand),
+    /// Named sets of prefixes that rules name (`from set NAME`).
+    #[command(subcommand)]
+    Set(SetCommand),
+    /// Monitor (dry-run) mode for the whole filter: what the blocklist and
+    /// drop rules match is counted as "would drop" and passed.
+    Monitor {
+        #[command(flatten)]
+        pin: Pin,
+        /// on or off.
+        #[arg(value_parser = ["on", "off"])]
+        state: String,
+    },
     /// Show interfaces, list sizes, capacities and memory.
     Status {
         #[command(flatten)]
@@ -200,19 +230,128 @@ enum Command {
     },
 }
 
+/// Rule text, e.g. `drop udp sport 53 not from set resolvers`:
+///
+/// `[monitor] drop|pass|count [ipv4|ipv6] [tcp|udp|icmp|icmpv6|proto N]
+/// [[not] from PREFIX|set NAME] [[not] to PREFIX] [sport PORTS] [dport PORTS]
+/// [flags VALUE[/MASK]] [type TYPES]`
+#[derive(Subcommand)]
+enum RuleCommand {
+    /// Add a rule (after the others, or at --at), or every rule of a file.
+    Add {
+        #[command(flatten)]
+        pin: Pin,
+        /// Position in the priority order (0: first). Default: last.
+        #[arg(long)]
+        at: Option<usize>,
+        /// Read rules from a file (one per line, `#` comments); all or nothing.
+        #[arg(long, conflicts_with = "rule")]
+        file: Option<PathBuf>,
+        /// The rule, as words (`drop udp dport 1900,11211`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        rule: Vec<String>,
+    },
+    /// Remove rules by id (the ids `rule list` shows).
+    Del {
+        #[command(flatten)]
+        pin: Pin,
+        /// Rule ids.
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+    /// Show the rules in priority order, with their ids and counters.
+    List {
+        #[command(flatten)]
+        pin: Pin,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Replace the whole rule set with a file's rules, atomically (a bad
+    /// line is reported with its number and nothing is applied).
+    Replace {
+        #[command(flatten)]
+        pin: Pin,
+        /// The rule file (`-`: standard input).
+        #[arg(long)]
+        file: PathBuf,
+    },
+    /// Put a rule in monitor mode (it counts and decides nothing), or out.
+    Monitor {
+        #[command(flatten)]
+        pin: Pin,
+        /// The rule's id.
+        id: String,
+        /// Take it out of monitor mode.
+        #[arg(long)]
+        off: bool,
+    },
+    /// Remove every rule.
+    Clear {
+        #[command(flatten)]
+        pin: Pin,
+    },
+}
+
+#[derive(Subcommand)]
+enum SetCommand {
+    /// Create an empty set.
+    Create {
+        #[command(flatten)]
+        pin: Pin,
+        /// Its name (letters, digits, `-`, `_`, `.`).
+        name: String,
+    },
+    /// Delete a set no rule names.
+    Delete {
+        #[command(flatten)]
+        pin: Pin,
+        /// Its name.
+        name: String,
+    },
+    /// Add prefixes to a set (atomically), or replace its contents.
+    Add {
+        /// The set.
+        set: String,
+        #[command(flatten)]
+        edit: Edit,
+        /// Replace the whole set with the given entries, atomically.
+        #[arg(long)]
+        replace: bool,
+    },
+    /// Remove prefixes from a set.
+    Del {
+        /// The set.
+        set: String,
+        #[command(flatten)]
+        edit: Edit,
+    },
+    /// Show the sets (or one set's prefixes).
+    List {
+        #[command(flatten)]
+        pin: Pin,
+        /// Only this set.
+        name: Option<String>,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
 fn main() -> ExitCode {
     common::exit_code(run(Cli::parse().command))
 }
 
 fn run(command: Command) -> Result<()> {
     match command {
-        Command::Attach { target, pin, v4_capacity, v6_capacity, drop_malformed } => {
+        Command::Attach { target, pin, v4_capacity, v6_capacity, drop_malformed, max_rules } => {
             target.enter_netns()?;
             let mut b = Filter::builder()
                 .mode(target.mode)
                 .pin(&pin.pin)
                 .v4_capacity(v4_capacity)
                 .v6_capacity(v6_capacity)
+                .max_rules(max_rules)
                 .malformed(if drop_malformed { MalformedPolicy::Drop } else { MalformedPolicy::Pass });
             for i in &target.ifaces {
                 b = b.interface(i.as_str());
@@ -288,11 +427,28 @@ fn run(command: Command) -> Result<()> {
                 println!("{addr}: {action} ({reason})");
             }
         }
+        Command::Rule(cmd) => rule_command(cmd)?,
+        Command::Set(cmd) => set_command(cmd)?,
+        Command::Monitor { pin, state } => {
+            let filter = Filter::open_pinned(&pin.pin)?;
+            filter.set_monitor(state == "on");
+            println!(
+                "monitor mode {state}: {}",
+                if state == "on" {
+                    "nothing is dropped; what would be is counted (stats: would_drop_*)"
+                } else {
+                    "drops are enforced"
+                }
+            );
+        }
         Command::Status { pin, json } => {
             let filter = Filter::open_pinned(&pin.pin)?;
             let (v4_cap, v6_cap) = filter.capacity();
             let blocked = filter.blocklist().len()?;
             let allowed = filter.allowlist().len()?;
+            let rules = filter.rules().len().ok();
+            let sets = filter.sets().names().ok();
+            let monitor = filter.monitor();
             let memory = filter.map_memory_bytes();
             let attachments = filter.attachments();
             if json {
@@ -308,6 +464,9 @@ fn run(command: Command) -> Result<()> {
                         "v6_capacity": v6_cap,
                         "map_memory_bytes": memory,
                         "malformed_policy": filter.malformed_policy().to_string(),
+                        "rules": rules,
+                        "sets": sets,
+                        "monitor": monitor,
                     })
                 );
             } else {
@@ -323,6 +482,11 @@ fn run(command: Command) -> Result<()> {
                 println!("capacity:   {v4_cap} IPv4, {v6_cap} IPv6 entries");
                 println!("memory:     {}", common::memory_text(memory));
                 println!("malformed:  {}", filter.malformed_policy());
+                match (rules, sets) {
+                    (Some(r), Some(s)) => println!("rules:      {r} rules, {} named sets", s.len()),
+                    _ => println!("rules:      none (loaded without the guard stage)"),
+                }
+                println!("monitor:    {}", if monitor { "on (nothing is dropped)" } else { "off" });
             }
         }
         Command::Metrics(args) => metrics::serve(args)?,
@@ -495,6 +659,154 @@ fn remove_entries(kind: ListKind, edit: Edit) -> Result<()> {
     let count = given.len();
     let change = list.remove_all(given.into_iter().map(|g| g.net))?;
     println!("{kind}: removed {} of {count} entries ({} were not present)", change.changed, count - change.changed);
+    Ok(())
+}
+
+/// A rule file's rules (`-`: standard input), every bad line reported.
+fn read_rules(path: &Path) -> Result<Vec<Rule>> {
+    let (bytes, name) = if path == Path::new("-") {
+        let mut b = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut b)?;
+        (b, "standard input".to_string())
+    } else {
+        (std::fs::read(path).map_err(|e| format!("reading {}: {e}", path.display()))?, path.display().to_string())
+    };
+    Ok(xdpguard::parse_rules(&bytes, &name)?.into_iter().map(|l| l.rule).collect())
+}
+
+fn rule_command(cmd: RuleCommand) -> Result<()> {
+    match cmd {
+        RuleCommand::Add { pin, at, file, rule } => {
+            let rules = match file {
+                Some(path) => read_rules(&path)?,
+                None if rule.is_empty() => {
+                    return Err("no rule given: write one (`drop udp dport 1900`) or --file F".into())
+                }
+                None => vec![rule.join(" ").parse::<Rule>()?],
+            };
+            let filter = Filter::open_pinned(&pin.pin)?;
+            let set = filter.rules();
+            if rules.len() == 1 {
+                let id = match at {
+                    Some(at) => set.insert(at, rules[0].clone())?,
+                    None => set.add(rules[0].clone())?,
+                };
+                println!("added rule {id}: {}", set.get(id)?);
+            } else {
+                // Several rules: one switch, the old rules kept (ids, counters).
+                let mut all: Vec<Rule> = set.list()?.into_iter().map(|e| e.rule).collect();
+                let at = at.unwrap_or(all.len()).min(all.len());
+                let n = rules.len();
+                all.splice(at..at, rules);
+                let change = set.replace(all)?;
+                println!("added {n} rules ({} rules now)", change.ids.len());
+            }
+        }
+        RuleCommand::Del { pin, ids } => {
+            let ids: Vec<RuleId> = ids.iter().map(|s| s.parse()).collect::<std::result::Result<_, _>>()?;
+            let filter = Filter::open_pinned(&pin.pin)?;
+            for id in ids {
+                let gone = filter.rules().remove(id)?;
+                println!("removed rule {id}: {gone}");
+            }
+        }
+        RuleCommand::List { pin, json } => {
+            let filter = Filter::open_pinned(&pin.pin)?;
+            let list = filter.rules().list()?;
+            if json {
+                let items: Vec<_> = list
+                    .iter()
+                    .map(|e| {
+                        json!({
+                            "id": e.id.get(),
+                            "position": e.position,
+                            "rule": e.rule.to_string(),
+                            "hits": common::counter_json(e.hits),
+                        })
+                    })
+                    .collect();
+                println!("{}", json!({ "rules": items, "monitor": filter.monitor() }));
+            } else {
+                println!("{:>5} {:>14} {:>16}  rule", "id", "packets", "bytes");
+                for e in &list {
+                    println!("{:>5} {:>14} {:>16}  {}", e.id, e.hits.packets, e.hits.bytes, e.rule);
+                }
+                eprintln!("{} rules, checked in this order after the allowlist and blocklist", list.len());
+            }
+        }
+        RuleCommand::Replace { pin, file } => {
+            let rules = read_rules(&file)?;
+            let filter = Filter::open_pinned(&pin.pin)?;
+            let change = filter.rules().replace(rules)?;
+            println!(
+                "replaced the rules: {} now ({} added, {} removed, {} kept with their counters)",
+                change.ids.len(),
+                change.added,
+                change.removed,
+                change.kept
+            );
+        }
+        RuleCommand::Monitor { pin, id, off } => {
+            let id: RuleId = id.parse()?;
+            let filter = Filter::open_pinned(&pin.pin)?;
+            filter.rules().set_monitor(id, !off)?;
+            println!("rule {id}: {}", filter.rules().get(id)?);
+        }
+        RuleCommand::Clear { pin } => {
+            let filter = Filter::open_pinned(&pin.pin)?;
+            println!("removed {} rules", filter.rules().clear()?);
+        }
+    }
+    Ok(())
+}
+
+fn set_command(cmd: SetCommand) -> Result<()> {
+    match cmd {
+        SetCommand::Create { pin, name } => {
+            Filter::open_pinned(&pin.pin)?.sets().create(&name)?;
+            println!("created set {name}");
+        }
+        SetCommand::Delete { pin, name } => {
+            let n = Filter::open_pinned(&pin.pin)?.sets().delete(&name)?;
+            println!("deleted set {name} ({n} entries)");
+        }
+        SetCommand::Add { edit, set, replace } => {
+            let given = gather(&edit)?;
+            let filter = Filter::open_pinned(&edit.pin.pin)?;
+            let s = filter.sets().get(&set);
+            let nets = given.iter().map(|g| g.net);
+            let change = if replace { s.replace(nets)? } else { s.extend(nets)? };
+            println!("set {set}: {} entries now ({} changes)", s.len()?, change.changed);
+        }
+        SetCommand::Del { edit, set } => {
+            let given = gather(&edit)?;
+            let filter = Filter::open_pinned(&edit.pin.pin)?;
+            let s = filter.sets().get(&set);
+            let change = s.remove_all(given.iter().map(|g| g.net))?;
+            println!("set {set}: removed {} entries, {} left", change.changed, s.len()?);
+        }
+        SetCommand::List { pin, name, json } => {
+            let filter = Filter::open_pinned(&pin.pin)?;
+            let names = match name {
+                Some(n) => vec![n],
+                None => filter.sets().names()?,
+            };
+            let mut out = serde_json::Map::new();
+            for n in &names {
+                let entries: Vec<String> = filter.sets().get(n).iter()?.map(|e| e.to_string()).collect();
+                if !json {
+                    println!("{n} ({} entries)", entries.len());
+                    for e in &entries {
+                        println!("  {e}");
+                    }
+                }
+                out.insert(n.clone(), json!(entries));
+            }
+            if json {
+                println!("{}", json!({ "sets": out }));
+            }
+        }
+    }
     Ok(())
 }
 

@@ -3,10 +3,10 @@
 
 use crate::core::pinned::{placement_methods, LoadPlan, Pinned, Placement};
 use crate::error::{AttachError, Error, LoadError};
-use crate::filter::layout::filter_skel::FilterSkelBuilder;
-use crate::filter::layout::xdpg_filter_config;
 use crate::filter::guard::maps::{GuardCapacity, DEFAULT_MAX_RULES, DEFAULT_MAX_SET_ENTRIES, MAX_RULES};
 use crate::filter::guard::Guard;
+use crate::filter::layout::filter_skel::FilterSkelBuilder;
+use crate::filter::layout::xdpg_filter_config;
 use crate::filter::maps::{random_seed, Capacity, FilterMaps};
 use crate::filter::{Filter, MalformedPolicy, DEFAULT_V4_CAPACITY, DEFAULT_V6_CAPACITY, MAX_CAPACITY};
 use crate::AttachMode;

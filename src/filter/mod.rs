@@ -31,12 +31,12 @@ mod v6;
 
 pub use builder::FilterBuilder;
 pub use guard::maps::{DEFAULT_MAX_RULES, DEFAULT_MAX_SET_ENTRIES, MAX_RULES};
+pub use lists::{BulkChange, EntryChange, ListKind, PrefixList};
+pub use prefix::{normalize, parse_list, parse_prefix, ListLine, Normalized};
 pub use rules::{
     parse_rules, DestinationMatch, IpFamily, NamedSet, RangeSet, Rule, RuleAction, RuleChange, RuleEntry, RuleId,
     RuleLine, RuleProtocol, Rules, Sets, Source, SourceMatch, TcpFlags,
 };
-pub use lists::{BulkChange, EntryChange, ListKind, PrefixList};
-pub use prefix::{normalize, parse_list, parse_prefix, ListLine, Normalized};
 pub use stats::FilterStats;
 
 use std::net::IpAddr;

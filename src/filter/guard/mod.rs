@@ -116,10 +116,6 @@ impl Guard {
         result.map_err(|source| RuleError::Bpf { op: "installing the guard stage in the filter".into(), source })
     }
 
-    pub(crate) fn program_fd(&self) -> BorrowedFd<'_> {
-        self.core.program.fd()
-    }
-
     pub(crate) fn unpin(self) -> Result<(), Error> {
         self.core.program.unpin()
     }

@@ -207,11 +207,11 @@ impl GuardState {
         if self.set_slot(name).is_some() {
             return Err(RuleError::SetExists { name: name.to_owned() });
         }
-        let slot = self
-            .sets
-            .iter()
-            .position(Option::is_none)
-            .ok_or(RuleError::Full { what: "the named sets", capacity: XDPG_MAX_SETS as usize, setter: "(fixed)" })?;
+        let slot = self.sets.iter().position(Option::is_none).ok_or(RuleError::Full {
+            what: "the named sets",
+            capacity: XDPG_MAX_SETS as usize,
+            setter: "(fixed)",
+        })?;
         let mut rec = xdpg_set_name { phys: 2 * slot as u32, used: 1, ..Default::default() };
         rec.name[..name.len()].copy_from_slice(name.as_bytes());
         maps.set_names.set(slot, rec);

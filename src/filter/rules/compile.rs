@@ -141,12 +141,7 @@ fn records(id: u32, rule: &Rule, set_phys: &dyn Fn(&str) -> Option<u32>) -> Resu
         Some(ports) => ports
             .pairs()
             .iter()
-            .map(|&(lo, hi)| xdpg_rule_rec {
-                sport_lo: lo,
-                sport_hi: hi,
-                conds: (m | XDPG_RM_SPORT) as u8,
-                ..rec
-            })
+            .map(|&(lo, hi)| xdpg_rule_rec { sport_lo: lo, sport_hi: hi, conds: (m | XDPG_RM_SPORT) as u8, ..rec })
             .collect(),
     })
 }
@@ -504,7 +499,12 @@ pub(crate) mod tests {
                 let p = random_packet(&mut g);
                 let want = linear(&listed, &p, &in_set);
                 let got = walk(&c, &p, &|phys, a| phys == 9 && in_set("s", a));
-                assert_eq!(got, want, "round {round}: {p:?}\nrules: {:#?}", rules.iter().map(|r| r.to_string()).collect::<Vec<_>>());
+                assert_eq!(
+                    got,
+                    want,
+                    "round {round}: {p:?}\nrules: {:#?}",
+                    rules.iter().map(|r| r.to_string()).collect::<Vec<_>>()
+                );
             }
         }
     }

@@ -274,7 +274,10 @@ impl<'f> Rules<'f> {
             let new: Vec<StoredRule> = wanted
                 .into_iter()
                 .zip(ids)
-                .map(|(rule, id)| StoredRule { id: id.unwrap_or_else(|| fresh.next().expect("enough fresh ids")), rule })
+                .map(|(rule, id)| StoredRule {
+                    id: id.unwrap_or_else(|| fresh.next().expect("enough fresh ids")),
+                    rule,
+                })
                 .collect();
             let change = RuleChange {
                 added,

@@ -82,9 +82,8 @@ impl FromStr for RangeSet {
         let mut ranges = Vec::new();
         for part in s.split(',') {
             let part = part.trim();
-            let num = |t: &str| {
-                t.trim().parse::<u16>().map_err(|_| bad(format!("`{t}` is not a number from 0 to 65535")))
-            };
+            let num =
+                |t: &str| t.trim().parse::<u16>().map_err(|_| bad(format!("`{t}` is not a number from 0 to 65535")));
             let (lo, hi) = match part.split_once('-') {
                 Some((a, b)) => (num(a)?, num(b)?),
                 None => {
@@ -174,9 +173,8 @@ impl FromStr for Rule {
         };
         while let Some(word) = words.next() {
             let lower = word.to_ascii_lowercase();
-            let mut value = |what: &str| {
-                words.next().ok_or_else(|| format!("`{what}` needs a value after it")).map(str::to_owned)
-            };
+            let mut value =
+                |what: &str| words.next().ok_or_else(|| format!("`{what}` needs a value after it")).map(str::to_owned);
             match lower.as_str() {
                 "ipv4" | "ip4" | "ipv6" | "ip6" => {
                     once("ipv4/ipv6").map_err(&bad)?;

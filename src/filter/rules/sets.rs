@@ -226,9 +226,8 @@ impl NamedSet<'_> {
     ///
     /// As [`contains`](Self::contains).
     pub fn iter(&self) -> Result<impl Iterator<Item = IpNetwork>, RuleError> {
-        let mut v: Vec<IpNetwork> = read(self.filter, |st| st.set(&self.name).map(|s| s.entries.clone()))??
-            .into_iter()
-            .collect();
+        let mut v: Vec<IpNetwork> =
+            read(self.filter, |st| st.set(&self.name).map(|s| s.entries.clone()))??.into_iter().collect();
         v.sort_by_key(|n| (n.is_ipv6(), n.ip(), n.prefix()));
         Ok(v.into_iter())
     }
