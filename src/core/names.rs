@@ -69,8 +69,8 @@ mod tests {
 
     use crate::error::ParseError;
     use crate::{
-        AttachMode, BackendState, EchoPolicy, ForwardingMode, FragmentPolicy, HashInput, ListKind, MalformedPolicy,
-        NeighbourState, OptionsPolicy, Protocol,
+        AttachMode, BackendState, EchoPolicy, ForwardingMode, FragmentPolicy, HashInput, IpFamily, ListKind,
+        MalformedPolicy, NeighbourState, OptionsPolicy, Protocol, RuleAction,
     };
 
     /// Every value prints as a name that parses back to it, in any case and
@@ -112,6 +112,8 @@ mod tests {
         round_trip(OptionsPolicy::ALL, "options policy");
         round_trip(BackendState::ALL, "backend state");
         round_trip(NeighbourState::ALL, "neighbour state");
+        round_trip(RuleAction::ALL, "rule action");
+        round_trip(IpFamily::ALL, "IP version");
     }
 
     /// The names the CLIs documented before these tables existed still

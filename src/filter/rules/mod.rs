@@ -270,15 +270,15 @@ impl<'f> Rules<'f> {
             }
             let kept_ids: Vec<u32> = ids.iter().flatten().copied().collect();
             let added = ids.iter().filter(|i| i.is_none()).count();
-            let mut fresh = st.fresh_ids(&kept_ids, added, maps.capacity().rules)?.into_iter();
+            let capacity = maps.capacity().rules;
+            let mut fresh = st.fresh_ids(&kept_ids, added, capacity)?.into_iter();
+            // fresh_ids gave one id per new rule (or refused).
             let new: Vec<StoredRule> = wanted
                 .into_iter()
                 .zip(ids)
-                .map(|(rule, id)| StoredRule {
-                    id: id.unwrap_or_else(|| fresh.next().expect("enough fresh ids")),
-                    rule,
-                })
-                .collect();
+                .map(|(rule, id)| id.or_else(|| fresh.next()).map(|id| StoredRule { id, rule }))
+                .collect::<Option<_>>()
+                .ok_or(RuleError::Full { what: "the rule table", capacity, setter: "max_rules" })?;
             let change = RuleChange {
                 added,
                 removed: st.rules.len() - kept_ids.len(),

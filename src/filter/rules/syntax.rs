@@ -521,7 +521,15 @@ impl Rule {
         }
         if let (Some(given), Some(implied)) = (self.family, src_family.or(dst_family)) {
             if given != implied {
-                return Err(invalid(&self, format!("a {implied} prefix in a rule for {given} only")));
+                let name = |f: IpFamily| if f == IpFamily::V4 { "IPv4" } else { "IPv6" };
+                return Err(invalid(
+                    &self,
+                    format!(
+                        "an {} prefix in a rule for {} only (leave out `{given}`: the prefix implies its version)",
+                        name(implied),
+                        name(given)
+                    ),
+                ));
             }
             // Implied by the prefix: left implicit, so the text has one form.
             self.family = None;
@@ -591,6 +599,7 @@ mod tests {
     use super::*;
 
     #[test]
+    #[allow(clippy::reversed_empty_ranges)] // an empty range is ignored: that is what is tested
     fn range_sets_merge() {
         let s = RangeSet::new([11211..=11211, 1900..=1900, 1000..=2000, 2001..=2005, 5..=3]);
         assert_eq!(s.to_string(), "1000-2005,11211");
