@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /* The guard stage's own maps (the ones it shares with the filter are in
- * filter_shared_maps.h). Rule tables come in halves (_a, _b): a rule set is
+ * filter_shared_maps.h). Rule tables hold two halves each: a rule set is
  * compiled into the idle half and made live with one store of the config's
  * `rules`. User space sizes the capacity-dependent maps before loading. */
 #ifndef XDPG_GUARD_MAPS_H
@@ -19,59 +19,38 @@ struct {
 	__type(value, struct xdpg_guard_config);
 } xdpg_guard_cfg SEC(".maps");
 
-/* The rule index, half 0: a packet's key -> its group (16 bits, 4 a word). */
+/* The rule index, both halves (half 1 from word XDPG_GK_WORDS on): a
+ * packet's key -> its group (16 bits, 4 a word). One map per table, not one
+ * per half: a lookup site that picks between two maps keeps the verifier
+ * from inlining the array lookup, and the helper call it falls back to
+ * (an indirect call, through a retpoline here) cost ~20 ns a lookup. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, XDPG_GK_WORDS);
+	__uint(max_entries, 2 * XDPG_GK_WORDS);
 	__uint(map_flags, BPF_F_MMAPABLE);
 	__type(key, __u32);
 	__type(value, __u64);
-} xdpg_g_idx_a SEC(".maps");
+} xdpg_g_idx SEC(".maps");
 
-/* The rule index, half 1. */
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, XDPG_GK_WORDS);
-	__uint(map_flags, BPF_F_MMAPABLE);
-	__type(key, __u32);
-	__type(value, __u64);
-} xdpg_g_idx_b SEC(".maps");
-
-/* Groups, half 0: each a run of records. Group 0 is empty. */
+/* Groups, both halves (half 1 from config groups_per_half on): each a run of
+ * records. Group 0 of a half is empty. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1);
 	__uint(map_flags, BPF_F_MMAPABLE);
 	__type(key, __u32);
 	__type(value, struct xdpg_rule_group);
-} xdpg_g_grp_a SEC(".maps");
+} xdpg_g_grp SEC(".maps");
 
-/* Groups, half 1. */
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
-	__uint(map_flags, BPF_F_MMAPABLE);
-	__type(key, __u32);
-	__type(value, struct xdpg_rule_group);
-} xdpg_g_grp_b SEC(".maps");
-
-/* Compiled rules, half 0, group after group. */
+/* Compiled rules, both halves, group after group (a group's `first` is an
+ * index into the whole array). */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1);
 	__uint(map_flags, BPF_F_MMAPABLE);
 	__type(key, __u32);
 	__type(value, struct xdpg_rule_rec);
-} xdpg_g_rec_a SEC(".maps");
-
-/* Compiled rules, half 1. */
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
-	__uint(map_flags, BPF_F_MMAPABLE);
-	__type(key, __u32);
-	__type(value, struct xdpg_rule_rec);
-} xdpg_g_rec_b SEC(".maps");
+} xdpg_g_rec SEC(".maps");
 
 /* Packets and bytes each rule matched, per CPU, by rule id. */
 struct {

@@ -15,11 +15,12 @@ struct xdpg_guard_config {
 	struct xdpg_header hdr; /* XDPG_GUARD_MAGIC, XDPG_GUARD_LAYOUT_VERSION */
 	__u32 rules;		/* XDPG_RULES_HALF: the live half of the rule tables */
 	__u32 text_len[2];	/* bytes of rule text in each half of xdpg_g_text */
-	__u32 pad;
+	__u32 groups_per_half;	/* half 1's groups start here in xdpg_g_grp */
 };
 
 /* A group: the rules a key's packets are checked against, in priority
- * order, as records first .. first + count - 1 of the half's record array. */
+ * order, as records first .. first + count - 1 of xdpg_g_rec (the half's
+ * base included). */
 struct xdpg_rule_group {
 	__u32 first;
 	__u32 count;
@@ -65,6 +66,7 @@ struct xdpg_set_name {
 
 _Static_assert(sizeof(struct xdpg_guard_config) == 40, "xdpg_guard_config layout");
 _Static_assert(__builtin_offsetof(struct xdpg_guard_config, rules) == 24, "rules offset");
+_Static_assert(__builtin_offsetof(struct xdpg_guard_config, groups_per_half) == 36, "groups_per_half offset");
 _Static_assert(sizeof(struct xdpg_rule_group) == 8, "xdpg_rule_group layout");
 _Static_assert(sizeof(struct xdpg_rule_rec) == 64, "a rule record is one cache line");
 _Static_assert(__builtin_offsetof(struct xdpg_rule_rec, rule) == 32, "rule offset");

@@ -108,6 +108,23 @@ impl<T: Pod> MappedArray<T> {
         unsafe { std::ptr::write_bytes(rest, 0, self.len - values.len()) };
     }
 
+    /// Copies `values` over entries `start..` and zeroes the rest of
+    /// `start..start + len`.
+    pub(crate) fn fill_range(&self, start: usize, len: usize, values: &[T]) {
+        assert!(values.len() <= len && start.checked_add(len).is_some_and(|end| end <= self.len));
+        // SAFETY: start + len <= self.len (asserted), so the pointer stays
+        // inside the mapping (or one past its last value).
+        let base = unsafe { self.base.as_ptr().add(start) };
+        // SAFETY: values.len() <= len entries from base are in bounds, and
+        // the ranges do not overlap (one is ours, one the mapping).
+        unsafe { std::ptr::copy_nonoverlapping(values.as_ptr(), base, values.len()) };
+        // SAFETY: values.len() <= len, so the pointer stays in bounds.
+        let rest = unsafe { base.add(values.len()) };
+        // SAFETY: the remaining len - values.len() values are in bounds, and
+        // T is Pod, so zero bytes are a valid T.
+        unsafe { std::ptr::write_bytes(rest, 0, len - values.len()) };
+    }
+
     /// The `u32` at `byte_offset` inside value `index`, for single-store updates.
     pub(crate) fn atomic_u32(&self, index: usize, byte_offset: usize) -> &AtomicU32 {
         assert!(byte_offset % 4 == 0 && byte_offset + 4 <= size_of::<T>());

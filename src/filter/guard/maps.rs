@@ -9,20 +9,18 @@ use crate::core::mmap::cfg_fields;
 use crate::filter::guard::layout::{
     xdpg_counter, xdpg_guard_config, xdpg_rule_group, xdpg_rule_rec, xdpg_set_key, xdpg_set_name,
 };
+use crate::filter::rules::compile::Compiled;
 
 program_maps! {
     /// The guard's own maps (the filter's config, counters and next-program
     /// array are shared with it; the filter holds those). Rule tables come
-    /// in halves: a rule set is written into the idle one and switched in
-    /// with one store of `rules`.
+    /// in two halves each: a rule set is written into the idle one and
+    /// switched in with one store of `rules`.
     pub(crate) struct GuardMaps {
         config cfg: Mmapped<xdpg_guard_config> = names::XDPG_GUARD_CFG,
-        idx_a: Mmapped<u64> = names::XDPG_G_IDX_A,
-        idx_b: Mmapped<u64> = names::XDPG_G_IDX_B,
-        grp_a: Mmapped<xdpg_rule_group> = names::XDPG_G_GRP_A,
-        grp_b: Mmapped<xdpg_rule_group> = names::XDPG_G_GRP_B,
-        rec_a: Mmapped<xdpg_rule_rec> = names::XDPG_G_REC_A,
-        rec_b: Mmapped<xdpg_rule_rec> = names::XDPG_G_REC_B,
+        idx: Mmapped<u64> = names::XDPG_G_IDX,
+        grp: Mmapped<xdpg_rule_group> = names::XDPG_G_GRP,
+        rec: Mmapped<xdpg_rule_rec> = names::XDPG_G_REC,
         counters: PerCpu<xdpg_counter> = names::XDPG_G_CNT,
         text: Mmapped<u64> = names::XDPG_G_TEXT,
         sets: Hash<xdpg_set_key, u32> = names::XDPG_G_SETS,
@@ -66,12 +64,10 @@ impl GuardCapacity {
         }
     }
 
-    pub(crate) fn map_sizes(&self) -> [(&'static str, u32); 8] {
+    pub(crate) fn map_sizes(&self) -> [(&'static str, u32); 6] {
         [
-            (names::XDPG_G_GRP_A, self.groups as u32),
-            (names::XDPG_G_GRP_B, self.groups as u32),
-            (names::XDPG_G_REC_A, self.records as u32),
-            (names::XDPG_G_REC_B, self.records as u32),
+            (names::XDPG_G_GRP, (self.groups * 2) as u32),
+            (names::XDPG_G_REC, (self.records * 2) as u32),
             (names::XDPG_G_CNT, self.rules as u32),
             (names::XDPG_G_TEXT, (self.text_words * 2) as u32),
             (names::XDPG_G_SETS, self.set_entries as u32),
@@ -84,13 +80,14 @@ impl GuardMaps {
     cfg_fields! {
         xdpg_guard_config;
         rules: AtomicU32 => atomic_u32,
+        groups_per_half: AtomicU32 => atomic_u32,
     }
 
     pub(crate) fn capacity(&self) -> GuardCapacity {
         GuardCapacity {
             rules: self.counters.capacity() as usize,
-            records: self.rec_a.len(),
-            groups: self.grp_a.len(),
+            records: self.rec.len() / 2,
+            groups: self.grp.len() / 2,
             text_words: self.text.len() / 2,
             set_entries: self.sets.capacity() as usize,
         }
@@ -101,16 +98,24 @@ impl GuardMaps {
         (self.rules().load(Ordering::Acquire) & XDPG_RULES_HALF) as usize
     }
 
-    pub(crate) fn index(&self, half: usize) -> &Mmapped<u64> {
-        [&self.idx_a, &self.idx_b][half & 1]
-    }
-
-    pub(crate) fn groups(&self, half: usize) -> &Mmapped<xdpg_rule_group> {
-        [&self.grp_a, &self.grp_b][half & 1]
-    }
-
-    pub(crate) fn records(&self, half: usize) -> &Mmapped<xdpg_rule_rec> {
-        [&self.rec_a, &self.rec_b][half & 1]
+    /// Writes a compiled rule set into half `half` (which must be idle):
+    /// its index, its groups (their records' positions moved to the half's
+    /// base), its records. Groups and records past the set's are never read
+    /// (the index names none of them) and are left as they are.
+    pub(crate) fn write_half(&self, half: usize, compiled: &Compiled) {
+        let cap = self.capacity();
+        let half = half & 1;
+        let words = XDPG_GK_WORDS as usize;
+        self.idx.fill_range(half * words, words, &compiled.words);
+        let rec_base = (half * cap.records) as u32;
+        let groups: Vec<xdpg_rule_group> =
+            compiled.groups.iter().map(|g| xdpg_rule_group { first: g.first + rec_base, count: g.count }).collect();
+        for (i, g) in groups.iter().enumerate() {
+            self.grp.set(half * cap.groups + i, *g);
+        }
+        for (i, rec) in compiled.records.iter().enumerate() {
+            self.rec.set(half * cap.records + i, *rec);
+        }
     }
 
     /// The rule text of half `half`.

@@ -80,7 +80,10 @@ impl Guard {
     /// `xdpg_filter_cnt`, `xdpg_next`, by fd).
     pub(crate) fn load(cap: GuardCapacity, shared: &[(&'static str, BorrowedFd<'_>)]) -> Result<Guard, Error> {
         let plan = LoadPlan { sizes: &cap.map_sizes(), offload_ifindex: None };
-        let core = Pinned::load_sharing(GuardSkelBuilder::default(), &plan, shared, |_| {})?;
+        let groups = cap.groups as u32;
+        let core = Pinned::load_sharing(GuardSkelBuilder::default(), &plan, shared, |maps: &GuardMaps| {
+            maps.groups_per_half().store(groups, std::sync::atomic::Ordering::Release);
+        })?;
         Ok(Guard { core })
     }
 

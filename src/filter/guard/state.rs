@@ -173,13 +173,7 @@ impl GuardState {
             maps.counters.zero(r.id).map_err(bpf(format!("zeroing the counter of rule {}", r.id)))?;
         }
         let idle = 1 - maps.live_half();
-        maps.index(idle).fill_from(&compiled.words);
-        maps.groups(idle).fill_from(&compiled.groups);
-        // Records past the new ones are never read; only the used part is written.
-        let records = maps.records(idle);
-        for (i, rec) in compiled.records.iter().enumerate() {
-            records.set(i, *rec);
-        }
+        maps.write_half(idle, &compiled);
         maps.write_text(idle, &text);
         maps.switch_half(idle);
         self.rules = rules;
