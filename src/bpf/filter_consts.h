@@ -50,14 +50,14 @@
 
 /* Why the filter let a packet through or dropped it: one per-CPU counter each. */
 enum xdpg_filter_reason {
-	XDPG_REASON_PASSED = 0,	 /* IP, in no list */
-	XDPG_REASON_ALLOWLISTED, /* matched the allowlist */
-	XDPG_REASON_BLOCKED_V4,	 /* IPv4 source blocked */
-	XDPG_REASON_BLOCKED_V6,	 /* IPv6 source blocked */
-	XDPG_REASON_MALFORMED,	 /* bad or truncated L2/L3 headers */
-	XDPG_REASON_NON_IP,	 /* ARP, LLDP, ... */
-	XDPG_REASON_RULE_DROPPED, /* dropped by a rule (the guard stage) */
-	XDPG_REASON_RULE_PASSED,  /* passed by a pass rule */
+	XDPG_REASON_PASSED = 0,		/* IP, in no list */
+	XDPG_REASON_ALLOWLISTED,	/* matched the allowlist */
+	XDPG_REASON_BLOCKED_V4,		/* IPv4 source blocked */
+	XDPG_REASON_BLOCKED_V6,		/* IPv6 source blocked */
+	XDPG_REASON_MALFORMED,		/* bad or truncated L2/L3 headers */
+	XDPG_REASON_NON_IP,		/* ARP, LLDP, ... */
+	XDPG_REASON_RULE_DROPPED,	/* dropped by a rule (the guard stage) */
+	XDPG_REASON_RULE_PASSED,	/* passed by a pass rule */
 	XDPG_REASON_WOULD_DROP_BLOCKED, /* monitor mode: blocklisted, passed */
 	XDPG_REASON_WOULD_DROP_RULE,	/* monitor mode: a drop rule matched, passed */
 	XDPG_REASON_COUNT,

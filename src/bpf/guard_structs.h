@@ -33,26 +33,26 @@ struct xdpg_rule_group {
 struct xdpg_rule_rec {
 	__u32 src[4];
 	__u32 dst[4];
-	__u32 rule;	   /* the rule's id: its counter slot in xdpg_g_cnt */
-	__u16 sport_lo;	   /* XDPG_RM_SPORT: the range, inclusive */
+	__u32 rule;	/* the rule's id: its counter slot in xdpg_g_cnt */
+	__u16 sport_lo; /* XDPG_RM_SPORT: the range, inclusive */
 	__u16 sport_hi;
-	__u8 src_len;	   /* prefix lengths */
+	__u8 src_len; /* prefix lengths */
 	__u8 dst_len;
-	__u8 family;	   /* 0: either, 4 or 6 */
-	__u8 conds;	   /* XDPG_RM_*: the conditions checked */
-	__u8 flags_mask;   /* TCP flags: (flags & mask) == value */
+	__u8 family;	 /* 0: either, 4 or 6 */
+	__u8 conds;	 /* XDPG_RM_*: the conditions checked */
+	__u8 flags_mask; /* TCP flags: (flags & mask) == value */
 	__u8 flags_value;
-	__u8 action;	   /* XDPG_RULE_* */
-	__u8 mode;	   /* XDPG_RULE_MONITOR */
-	__u32 set;	   /* XDPG_RM_SRC_SET: the physical set number */
-	__u32 arg;	   /* the action's argument (reserved: the rate limit's) */
+	__u8 action; /* XDPG_RULE_* */
+	__u8 mode;   /* XDPG_RULE_MONITOR */
+	__u32 set;   /* XDPG_RM_SRC_SET: the physical set number */
+	__u32 arg;   /* the action's argument (reserved: the rate limit's) */
 	__u32 reserved[2];
 };
 
 /* A named-set trie key: prefixlen counts the tag's bits too. */
 struct xdpg_set_key {
 	__u32 prefixlen;
-	__u32 tag;	 /* network byte order: physical set << 1 | is IPv6 */
+	__u32 tag;     /* network byte order: physical set << 1 | is IPv6 */
 	__u32 addr[4]; /* network byte order; IPv4 in word 0 */
 };
 

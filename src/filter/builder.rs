@@ -32,7 +32,8 @@ pub struct FilterBuilder {
     v4_capacity: usize,
     v6_capacity: usize,
     malformed: MalformedPolicy,
-    guard: bool,
+    /// None: when the kernel can run it.
+    guard: Option<bool>,
     max_rules: usize,
     max_rule_records: Option<usize>,
     max_set_entries: usize,
@@ -45,7 +46,7 @@ impl Default for FilterBuilder {
             v4_capacity: DEFAULT_V4_CAPACITY,
             v6_capacity: DEFAULT_V6_CAPACITY,
             malformed: MalformedPolicy::Pass,
-            guard: true,
+            guard: None,
             max_rules: DEFAULT_MAX_RULES,
             max_rule_records: None,
             max_set_entries: DEFAULT_MAX_SET_ENTRIES,
@@ -75,11 +76,15 @@ impl FilterBuilder {
     }
 
     /// Whether to load the guard stage, which runs the rules
-    /// ([`Filter::rules`]) and named sets (default: yes). It needs Linux
-    /// 5.17 or later (bpf_loop); without it the filter runs on 5.15 and
-    /// holds lists only. An offloaded filter has none.
+    /// ([`Filter::rules`]) and named sets ([`Filter::sets`]). It needs
+    /// `bpf_loop` (Linux 5.17 or later). By default it is loaded when the
+    /// kernel has `bpf_loop` and the filter is not offloaded; without it the
+    /// filter runs from 5.15 on and holds lists only (the rule API then
+    /// returns [`RuleError::NoGuard`](crate::RuleError::NoGuard)).
+    /// An offloaded filter has none. `guard(true)` makes a kernel without it an error
+    /// ([`LoadError::KernelFeature`]); `guard(false)` never loads it.
     pub fn guard(mut self, on: bool) -> Self {
-        self.guard = on;
+        self.guard = Some(on);
         self
     }
 
@@ -162,7 +167,22 @@ impl FilterBuilder {
             }
             _ => None,
         };
-        let with_guard = self.guard && offload_ifindex.is_none();
+        let with_guard = match self.guard {
+            Some(false) => false,
+            _ if offload_ifindex.is_some() => false,
+            Some(true) => {
+                if !guard_supported() {
+                    return Err(LoadError::KernelFeature {
+                        feature: "bpf_loop, which the guard stage (rules) needs",
+                        hint: "use Linux 5.17 or later, or load the filter without rules (FilterBuilder::guard(false))"
+                            .into(),
+                    }
+                    .into());
+                }
+                true
+            }
+            None => guard_supported(),
+        };
         let filter = Pinned::create(&self.place, targets, || {
             let cap = Capacity::new(self.v4_capacity, self.v6_capacity);
             let plan = LoadPlan { sizes: &cap.map_sizes(), offload_ifindex };
@@ -197,4 +217,10 @@ impl FilterBuilder {
             (_, filter) => Ok(filter),
         }
     }
+}
+
+/// Whether this kernel can run the guard stage: XDP programs may call
+/// `bpf_loop` (Linux 5.17). A failed probe counts as no.
+fn guard_supported() -> bool {
+    libbpf_rs::ProgramType::Xdp.is_helper_supported(libbpf_sys::BPF_FUNC_loop).unwrap_or(false)
 }

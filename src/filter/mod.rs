@@ -528,11 +528,18 @@ impl Filter {
     ///
     /// # Cost
     ///
-    /// A packet pays one index read (by protocol and destination port, ICMP
-    /// type or protocol number) and then one cache line per rule that could
-    /// match it, in order, until one decides: rules on other ports cost it
-    /// nothing. A rule without a destination port is checked by every
-    /// packet of its protocol. Nothing is paid while the set is empty.
+    /// A packet the lists did not decide pays, while the set is not empty,
+    /// the guard stage's tail call and parse, one index read (by protocol
+    /// and destination port, ICMP type or protocol number), and then one
+    /// 64-byte record per rule that could match it, in order, until one
+    /// decides: rules on other ports cost it nothing, so the cost does not
+    /// grow with the number of rules. A rule without a destination port is
+    /// checked by every packet of its protocol; many rules on one port that
+    /// differ only by source are walked one by one (put those sources in a
+    /// set or a list). Measured on clean traffic (`BENCHMARKS.md`, *Rules*):
+    /// about +13 ns for a packet whose port has no rule, +3 to 15 ns per
+    /// rule walked, the same with 10 or 10,000 rules. Nothing is paid while
+    /// the set is empty: the filter does not call the guard then.
     ///
     /// ```no_run
     /// # let filter = xdpguard::Filter::builder().interface("eth0").attach()?;

@@ -41,7 +41,9 @@ const TEXT_BYTES_PER_RULE: usize = 128;
 /// Sizes chosen at load time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct GuardCapacity {
-    /// Rules in a set (and rule counters).
+    /// Rules in a set. Rule ids (counter slots) run to twice this: a
+    /// whole-set replace gets ids the old set does not use, so packets the
+    /// old set is still deciding never count in a new rule's counter.
     pub rules: usize,
     /// Compiled records in a half.
     pub records: usize,
@@ -68,7 +70,7 @@ impl GuardCapacity {
         [
             (names::XDPG_G_GRP, (self.groups * 2) as u32),
             (names::XDPG_G_REC, (self.records * 2) as u32),
-            (names::XDPG_G_CNT, self.rules as u32),
+            (names::XDPG_G_CNT, (self.rules * 2) as u32),
             (names::XDPG_G_TEXT, (self.text_words * 2) as u32),
             (names::XDPG_G_SETS, self.set_entries as u32),
             (names::XDPG_G_SETNM, XDPG_MAX_SETS),
@@ -85,7 +87,7 @@ impl GuardMaps {
 
     pub(crate) fn capacity(&self) -> GuardCapacity {
         GuardCapacity {
-            rules: self.counters.capacity() as usize,
+            rules: self.counters.capacity() as usize / 2,
             records: self.rec.len() / 2,
             groups: self.grp.len() / 2,
             text_words: self.text.len() / 2,

@@ -10,13 +10,22 @@
 //! and crash-repaired with it. The public API is the filter's
 //! ([`Filter::rules`](crate::Filter::rules), [`Filter::sets`](crate::Filter::sets)).
 //!
-//! Measured on the bench machine (BENCHMARKS.md): with no rule set the
-//! filter's empty tail call costs nothing measurable; with one, the tail
-//! call and the guard's own parse cost a few ns a packet before the first
-//! rule. A single program (rules inlined in the filter) would save those;
-//! it was not taken: the filter alone keeps its 5.15 floor and its
-//! verification, and the guard's later stages (SYN cookies need 6.0) stay
-//! out of the filter's object.
+//! Measured (`benches/rules.rs`, BENCHMARKS.md): with no rule set the
+//! filter's stage slot is empty and its tail call is patched to a jump the
+//! filter does not take (the filter's own path costs the same as before the
+//! guard existed); with rules, the tail call, the guard's own parse and the
+//! index read cost about 13 ns a packet before the first rule. A single
+//! program (rules inlined in the filter) would save the tail call and the
+//! second parse; it was not taken: the filter alone keeps its 5.15 floor
+//! and its verification, and the guard's later stages (rate limits, the SYN
+//! guard with SYN cookies, which need 6.0) stay out of the filter's object.
+//!
+//! Where later stages go: a rate-limit rule action (`XDPG_RULE_RATE_LIMIT`,
+//! reserved, its argument in `xdpg_rule_rec.arg`) is decided in the walk
+//! like drop and pass; the SYN guard goes in `undecided()`, for packets no
+//! rule decided; drop events are produced in `decided()`, where every drop
+//! and would-drop decision goes; their config goes after the rule fields of
+//! `xdpg_guard_config`, with `XDPG_GUARD_LAYOUT_VERSION` bumped.
 
 pub(crate) mod layout;
 pub(crate) mod maps;

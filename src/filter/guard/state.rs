@@ -124,10 +124,12 @@ impl GuardState {
 
     /// Ids for `n` new rules: the lowest ones neither the live set nor
     /// `kept` uses (so an id freed by this edit, which packets of the old
-    /// set may still count in, is not reused before a later edit).
+    /// set may still count in, is not reused before a later edit). Ids run
+    /// to twice the rule capacity, so a set can always be replaced by as
+    /// many new rules.
     pub(crate) fn fresh_ids(&self, kept: &[u32], n: usize, capacity: usize) -> Result<Vec<u32>, RuleError> {
         let used: BTreeSet<u32> = self.rules.iter().map(|r| r.id).chain(kept.iter().copied()).collect();
-        let ids: Vec<u32> = (0..capacity as u32).filter(|i| !used.contains(i)).take(n).collect();
+        let ids: Vec<u32> = (0..2 * capacity as u32).filter(|i| !used.contains(i)).take(n).collect();
         if ids.len() < n {
             return Err(RuleError::Full { what: "the rule table", capacity, setter: "max_rules" });
         }

@@ -18,6 +18,7 @@ pub use parse::{parse_rules, RuleLine};
 pub use sets::{NamedSet, Sets};
 pub use syntax::{DestinationMatch, IpFamily, RangeSet, Rule, RuleAction, RuleProtocol, Source, SourceMatch, TcpFlags};
 
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::str::FromStr;
 
@@ -262,12 +263,13 @@ impl<'f> Rules<'f> {
     pub fn replace(&self, rules: impl IntoIterator<Item = Rule>) -> Result<RuleChange, RuleError> {
         let wanted: Vec<Rule> = rules.into_iter().map(Rule::normalized).collect::<Result<_, _>>()?;
         self.edit(|st, maps| {
-            let mut old: Vec<Option<&StoredRule>> = st.rules.iter().map(Some).collect();
-            let mut ids: Vec<Option<u32>> = Vec::with_capacity(wanted.len());
-            for rule in &wanted {
-                let same = old.iter_mut().find(|o| o.is_some_and(|o| &o.rule == rule));
-                ids.push(same.and_then(Option::take).map(|o| o.id));
+            // The old rules' ids by text, in order: equal rules pair off in order.
+            let mut old: HashMap<&Rule, VecDeque<u32>> = HashMap::new();
+            for r in &st.rules {
+                old.entry(&r.rule).or_default().push_back(r.id);
             }
+            let ids: Vec<Option<u32>> =
+                wanted.iter().map(|rule| old.get_mut(rule).and_then(VecDeque::pop_front)).collect();
             let kept_ids: Vec<u32> = ids.iter().flatten().copied().collect();
             let added = ids.iter().filter(|i| i.is_none()).count();
             let capacity = maps.capacity().rules;
