@@ -155,7 +155,7 @@ fn main() {
 
     let bare = DropProg::load().expect("loading bench_drop");
     let plain = Filter::builder().guard(false).load().expect("loading the filter without a guard stage");
-    let filter = Filter::builder().max_rules(12_000).max_rule_records(40_000).load().expect("loading the filter");
+    let filter = Filter::builder().max_rules(12_000).load().expect("loading the filter");
     let resolvers = filter.sets().create("resolvers").expect("set");
     resolvers.insert("192.0.2.53/32".parse().expect("literal")).expect("set entry");
 

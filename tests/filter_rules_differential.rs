@@ -22,7 +22,8 @@ use rand::{RngExt, SeedableRng};
 use xdpguard::testing::frame::{Ext, Frag, Frame, Icmp};
 use xdpguard::{Filter, IpNetwork, Rule, XdpAction};
 
-const V4_POOL: [&str; 6] = ["192.0.2.1", "192.0.2.130", "198.51.100.7", "198.51.100.200", "203.0.113.9", "203.0.113.250"];
+const V4_POOL: [&str; 6] =
+    ["192.0.2.1", "192.0.2.130", "198.51.100.7", "198.51.100.200", "203.0.113.9", "203.0.113.250"];
 const V6_POOL: [&str; 5] = ["2001:db8::1", "2001:db8::8001", "2001:db8:1::7", "2001:db8:2::9", "2001:db8:2:1::1"];
 const PORTS: [u16; 8] = [0, 22, 53, 80, 123, 1900, 11211, 65535];
 const ALLOW: [&str; 2] = ["192.0.2.128/25", "2001:db8::8000/113"];
@@ -66,7 +67,11 @@ impl Pkt {
         };
         b = b.payload(b"differential");
         if self.later_fragment {
-            b = if self.src.is_ipv4() { b.frag(Frag::Later { offset: 20, more: true }) } else { b.ext(Ext::fragment(20, true)) };
+            b = if self.src.is_ipv4() {
+                b.frag(Frag::Later { offset: 20, more: true })
+            } else {
+                b.ext(Ext::fragment(20, true))
+            };
         }
         b.build().to_vec()
     }
@@ -128,7 +133,8 @@ fn random_rule(rng: &mut StdRng) -> String {
     }
     w.push(["drop", "drop", "pass", "count"][rng.random_range(0..4)].into());
     let v6 = rng.random_bool(0.35);
-    let proto = ["", "tcp", "tcp", "udp", "udp", if v6 { "icmpv6" } else { "icmp" }, "proto 47"][rng.random_range(0..7)];
+    let proto =
+        ["", "tcp", "tcp", "udp", "udp", if v6 { "icmpv6" } else { "icmp" }, "proto 47"][rng.random_range(0..7)];
     if rng.random_bool(0.15) {
         w.push(if v6 { "ipv6" } else { "ipv4" }.into());
     }
@@ -137,7 +143,8 @@ fn random_rule(rng: &mut StdRng) -> String {
     }
     let prefix = |rng: &mut StdRng| -> String {
         if v6 {
-            ["2001:db8::/32", "2001:db8:2::/48", "2001:db8::8000/113", "2001:db8:1::7/128"][rng.random_range(0..4)].into()
+            ["2001:db8::/32", "2001:db8:2::/48", "2001:db8::8000/113", "2001:db8:1::7/128"][rng.random_range(0..4)]
+                .into()
         } else {
             ["192.0.2.0/24", "198.51.100.0/25", "203.0.113.128/25", "198.51.100.7/32"][rng.random_range(0..4)].into()
         }
@@ -161,7 +168,10 @@ fn random_rule(rng: &mut StdRng) -> String {
         }
     }
     if proto == "tcp" && rng.random_bool(0.4) {
-        w.push(["flags syn", "flags syn/syn,ack", "flags syn,fin", "flags none/ack", "flags rst"][rng.random_range(0..5)].into());
+        w.push(
+            ["flags syn", "flags syn/syn,ack", "flags syn,fin", "flags none/ack", "flags rst"][rng.random_range(0..5)]
+                .into(),
+        );
     }
     if proto.starts_with("icmp") && rng.random_bool(0.5) {
         w.push(if v6 { "type 128" } else { "type 8" }.into());

@@ -436,7 +436,7 @@ fn sets_and_atomic_replaces() {
 
 #[test]
 fn full_tables_refuse_and_keep_the_set() {
-    let f = Filter::builder().max_rules(4).max_rule_records(8).load().expect("load");
+    let f = Filter::builder().max_rules(4).max_rule_records(6).load().expect("load");
     let ids = add(&f, &["drop udp dport 1", "drop udp dport 2", "drop udp dport 3"]);
     // Five records for one rule: more than are left.
     let err = f.rules().add(rule("drop udp sport 1,3,5,7,9")).unwrap_err();
@@ -448,6 +448,16 @@ fn full_tables_refuse_and_keep_the_set() {
     let mut t = Table::new(&f, "after refused edits");
     t.drop("port 1 still dropped", &udp("203.0.113.5", 9, 1), &[ids[0]]);
     t.pass("port 5 was never added", &udp("203.0.113.5", 9, 5), &[]);
+    t.finish();
+
+    // Group entries: a rule without a port joins every TCP group.
+    let g = Filter::builder().max_rules(8).max_rule_refs(4).load().expect("load");
+    let ids = add(&g, &["drop tcp dport 1", "drop tcp dport 2"]);
+    let err = g.rules().add(rule("drop tcp flags syn,fin")).unwrap_err();
+    assert!(matches!(err, RuleError::Full { setter: "max_rule_refs", .. }), "{err}");
+    let mut t = Table::new(&g, "after a refused edit (group entries)");
+    t.drop("port 2 still dropped", &tcp("203.0.113.5", 2, SYN), &[ids[1]]);
+    t.pass("SYN+FIN was never added", &tcp("203.0.113.5", 3, SYN | FIN), &[]);
     t.finish();
 }
 

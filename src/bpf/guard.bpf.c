@@ -5,8 +5,8 @@
  *
  *   parse -> the packet's key (protocol + destination port / ICMP type /
  *   protocol number) -> the key's group in the index (one 16-bit read) ->
- *   the group's records, one cache line each, in order (the first few in a
- *   plain loop, the rest with bpf_loop).
+ *   the group's entries, each naming a record of one cache line, in order
+ *   (the first few in a plain loop, the rest with bpf_loop).
  *
  * A drop rule drops (in monitor mode: counts "would drop" and passes), a
  * pass rule passes, a count rule or a monitored rule counts and the walk
@@ -52,7 +52,7 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 struct walk {
 	__u32 src[4]; /* network byte order, IPv4 in word 0 */
 	__u32 dst[4];
-	__u32 first; /* the group's first record (in xdpg_g_rec) */
+	__u32 first; /* the group's first entry (in xdpg_g_ref) */
 	__u64 bytes;
 	__u32 rule; /* the deciding rule's id */
 	__u16 sport;
@@ -137,7 +137,12 @@ static __always_inline void count_rule(__u32 id, __u64 bytes)
 static __always_inline long check_record(__u32 i, struct walk *w)
 {
 	__u32 idx = w->first + i;
-	struct xdpg_rule_rec *r = bpf_map_lookup_elem(&xdpg_g_rec, &idx);
+	__u32 word_idx = idx / 2;
+	__u64 *word = bpf_map_lookup_elem(&xdpg_g_ref, &word_idx);
+	if (!word)
+		return 1;
+	__u32 ref = (__u32)(*word >> ((idx & 1) * 32));
+	struct xdpg_rule_rec *r = bpf_map_lookup_elem(&xdpg_g_rec, &ref);
 	if (!r)
 		return 1;
 	if (r->family && r->family != w->family)

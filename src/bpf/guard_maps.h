@@ -33,7 +33,7 @@ struct {
 } xdpg_g_idx SEC(".maps");
 
 /* Groups, both halves (half 1 from config groups_per_half on): each a run of
- * records. Group 0 of a half is empty. */
+ * entries of xdpg_g_ref. Group 0 of a half is empty. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1);
@@ -42,8 +42,23 @@ struct {
 	__type(value, struct xdpg_rule_group);
 } xdpg_g_grp SEC(".maps");
 
-/* Compiled rules, both halves, group after group (a group's `first` is an
- * index into the whole array). */
+/* The groups' entries, both halves, two per word (entry 2k in bits 0-31,
+ * 2k + 1 in bits 32-63: an array's values are 8-byte strided): each a
+ * record's index in xdpg_g_rec (the half's base included). A group is a run of these, so a rule's records are
+ * stored once however many groups hold it (a rule without a destination
+ * port is in every group of its protocol): 4 bytes per group entry rather
+ * than a 64-byte record, and the records of such rules stay the same few
+ * cache lines for every port. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__type(key, __u32);
+	__type(value, __u64);
+} xdpg_g_ref SEC(".maps");
+
+/* Compiled rules, both halves (half 1 from the capacity's midpoint): one
+ * record per rule, or per source-port range of a rule, in priority order. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1);

@@ -19,8 +19,8 @@ struct xdpg_guard_config {
 };
 
 /* A group: the rules a key's packets are checked against, in priority
- * order, as records first .. first + count - 1 of xdpg_g_rec (the half's
- * base included). */
+ * order, as entries first .. first + count - 1 of xdpg_g_ref (the half's
+ * base included), each naming a record. */
 struct xdpg_rule_group {
 	__u32 first;
 	__u32 count;

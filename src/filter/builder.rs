@@ -36,6 +36,7 @@ pub struct FilterBuilder {
     guard: Option<bool>,
     max_rules: usize,
     max_rule_records: Option<usize>,
+    max_rule_refs: Option<usize>,
     max_set_entries: usize,
 }
 
@@ -49,6 +50,7 @@ impl Default for FilterBuilder {
             guard: None,
             max_rules: DEFAULT_MAX_RULES,
             max_rule_records: None,
+            max_rule_refs: None,
             max_set_entries: DEFAULT_MAX_SET_ENTRIES,
         }
     }
@@ -95,13 +97,21 @@ impl FilterBuilder {
         self
     }
 
-    /// Maximum compiled rule records (default: 4 per rule). A rule takes
-    /// one record per source-port range in every group it is in; a rule
-    /// without a destination port is in every group of its protocol, so
-    /// many port rules plus a few rules without ports need more. 64 bytes
-    /// each, twice (the live and the idle half).
+    /// Maximum compiled rule records (default: 2 per rule): a rule takes
+    /// one, or one per range of its `sport` condition. 64 bytes each, twice
+    /// (the live and the idle half).
     pub fn max_rule_records(mut self, records: usize) -> Self {
         self.max_rule_records = Some(records);
+        self
+    }
+
+    /// Maximum entries of the rule index's groups (default: 16 per rule).
+    /// A rule is in every group of a port (or ICMP type) it can match: a
+    /// rule with one destination port in one, a rule without a destination
+    /// port in every group of its protocol, so many port rules plus a few
+    /// rules without ports need more. 4 bytes each, twice.
+    pub fn max_rule_refs(mut self, refs: usize) -> Self {
+        self.max_rule_refs = Some(refs);
         self
     }
 
@@ -143,10 +153,12 @@ impl FilterBuilder {
                 return Err(LoadError::InvalidCapacity { what, value, hint: "between 1 and 16,777,216" }.into());
             }
         }
-        let records = self.max_rule_records.unwrap_or(self.max_rules.saturating_mul(4));
+        let records = self.max_rule_records.unwrap_or(self.max_rules.saturating_mul(2));
+        let refs = self.max_rule_refs.unwrap_or(self.max_rules.saturating_mul(16));
         for (what, value, max, hint) in [
             ("max_rules", self.max_rules, MAX_RULES, "between 1 and 1,048,576"),
             ("max_rule_records", records, 1 << 23, "between 1 and 8,388,608"),
+            ("max_rule_refs", refs, 1 << 26, "between 1 and 67,108,864"),
             ("max_set_entries", self.max_set_entries, MAX_CAPACITY, "between 1 and 16,777,216"),
         ] {
             if value == 0 || value > max {
@@ -197,7 +209,7 @@ impl FilterBuilder {
             };
             let core = Pinned::load(FilterSkelBuilder::default(), &plan, |maps: &FilterMaps| maps.cfg.set(0, cfg))?;
             let guard = if with_guard {
-                let cap = GuardCapacity::new(self.max_rules, records, self.max_set_entries);
+                let cap = GuardCapacity::new(self.max_rules, records, refs, self.max_set_entries);
                 Some(Guard::load(cap, &Guard::shared_maps(&core.maps))?)
             } else {
                 None

@@ -20,6 +20,7 @@ program_maps! {
         config cfg: Mmapped<xdpg_guard_config> = names::XDPG_GUARD_CFG,
         idx: Mmapped<u64> = names::XDPG_G_IDX,
         grp: Mmapped<xdpg_rule_group> = names::XDPG_G_GRP,
+        refs: Mmapped<u64> = names::XDPG_G_REF,
         rec: Mmapped<xdpg_rule_rec> = names::XDPG_G_REC,
         counters: PerCpu<xdpg_counter> = names::XDPG_G_CNT,
         text: Mmapped<u64> = names::XDPG_G_TEXT,
@@ -45,8 +46,11 @@ pub(crate) struct GuardCapacity {
     /// whole-set replace gets ids the old set does not use, so packets the
     /// old set is still deciding never count in a new rule's counter.
     pub rules: usize,
-    /// Compiled records in a half.
+    /// Compiled records in a half: one per rule, or per source-port range.
     pub records: usize,
+    /// Group entries in a half (even): a rule takes one in every group it
+    /// is in. Stored two a word: the map has `refs` words for both halves.
+    pub refs: usize,
     /// Groups in a half (group 0 included).
     pub groups: usize,
     /// Words of rule text in a half.
@@ -56,19 +60,22 @@ pub(crate) struct GuardCapacity {
 }
 
 impl GuardCapacity {
-    pub(crate) fn new(rules: usize, records: usize, set_entries: usize) -> Self {
+    pub(crate) fn new(rules: usize, records: usize, refs: usize, set_entries: usize) -> Self {
         GuardCapacity {
             rules,
             records,
-            groups: (records + 1).min(XDPG_MAX_GROUPS as usize),
+            // Even: each half starts on a word (two entries a word).
+            refs: refs.next_multiple_of(2),
+            groups: (refs + 1).min(XDPG_MAX_GROUPS as usize),
             text_words: rules * TEXT_BYTES_PER_RULE / 8,
             set_entries,
         }
     }
 
-    pub(crate) fn map_sizes(&self) -> [(&'static str, u32); 6] {
+    pub(crate) fn map_sizes(&self) -> [(&'static str, u32); 7] {
         [
             (names::XDPG_G_GRP, (self.groups * 2) as u32),
+            (names::XDPG_G_REF, self.refs as u32),
             (names::XDPG_G_REC, (self.records * 2) as u32),
             (names::XDPG_G_CNT, (self.rules * 2) as u32),
             (names::XDPG_G_TEXT, (self.text_words * 2) as u32),
@@ -89,6 +96,7 @@ impl GuardMaps {
         GuardCapacity {
             rules: self.counters.capacity() as usize / 2,
             records: self.rec.len() / 2,
+            refs: self.refs.len(),
             groups: self.grp.len() / 2,
             text_words: self.text.len() / 2,
             set_entries: self.sets.capacity() as usize,
@@ -101,22 +109,26 @@ impl GuardMaps {
     }
 
     /// Writes a compiled rule set into half `half` (which must be idle):
-    /// its index, its groups (their records' positions moved to the half's
-    /// base), its records. Groups and records past the set's are never read
-    /// (the index names none of them) and are left as they are.
+    /// its index, its groups and their entries (moved to the half's bases),
+    /// its records. Groups, entries and records past the set's are never
+    /// read (the index names none of them) and are left as they are.
     pub(crate) fn write_half(&self, half: usize, compiled: &Compiled) {
         let cap = self.capacity();
         let half = half & 1;
         let words = XDPG_GK_WORDS as usize;
         self.idx.fill_range(half * words, words, &compiled.words);
-        let rec_base = (half * cap.records) as u32;
-        let groups: Vec<xdpg_rule_group> =
-            compiled.groups.iter().map(|g| xdpg_rule_group { first: g.first + rec_base, count: g.count }).collect();
-        for (i, g) in groups.iter().enumerate() {
-            self.grp.set(half * cap.groups + i, *g);
-        }
+        let (ref_base, rec_base) = ((half * cap.refs) as u32, (half * cap.records) as u32);
         for (i, rec) in compiled.records.iter().enumerate() {
             self.rec.set(half * cap.records + i, *rec);
+        }
+        // Two entries a word, the even one in the low half.
+        for (i, pair) in compiled.refs.chunks(2).enumerate() {
+            let low = u64::from(pair[0] + rec_base);
+            let high = pair.get(1).map_or(0, |&r| u64::from(r + rec_base));
+            self.refs.set(half * cap.refs / 2 + i, low | (high << 32));
+        }
+        for (i, g) in compiled.groups.iter().enumerate() {
+            self.grp.set(half * cap.groups + i, xdpg_rule_group { first: g.first + ref_base, count: g.count });
         }
     }
 

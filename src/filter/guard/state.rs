@@ -3,7 +3,7 @@
 //! slots and the set trie), and the edits that keep maps and model in step.
 //!
 //! A rule-set edit compiles the whole new set into the idle half (index,
-//! groups, records, text), zeroes the counters of new rule ids, and makes
+//! groups, entries, records, text), zeroes the counters of new rule ids, and makes
 //! the half live with one store: traffic sees the old set or the new one.
 //! A whole-set replace of a named set fills the set's idle physical set,
 //! then switches the rules to it the same way.
@@ -158,7 +158,7 @@ impl GuardState {
             }
         };
         let listed: Vec<(u32, &Rule)> = rules.iter().map(|r| (r.id, &r.rule)).collect();
-        let compiled = compile(&listed, &phys_of, Limits { groups: cap.groups, records: cap.records })?;
+        let compiled = compile(&listed, &phys_of, Limits { groups: cap.groups, refs: cap.refs, records: cap.records })?;
         let mut text = Vec::new();
         for r in &rules {
             text.extend_from_slice(format!("{} {}\n", r.id, r.rule).as_bytes());

@@ -10,21 +10,25 @@
 //!   covers those ports of its protocol, a rule without one covers every
 //!   port (and the no-key slot, when it has no port, flag or type
 //!   condition), a rule without a protocol covers every key.
-//! - Keys covered by the same rules share a *group*: the records of those
-//!   rules, in priority order. A sweep over the key space finds the runs of
+//! - Keys covered by the same rules share a *group*: a run of entries
+//!   naming those rules' records, in priority order (each rule's records
+//!   are stored once). A sweep over the key space finds the runs of
 //!   keys with the same covering rules; equal rule lists share one group.
 //! - The index maps each key to its group (16 bits, four keys a word). A
-//!   packet costs one index read, one group read, and one record (a cache
-//!   line) per rule of its group until one decides: the number of rules
+//!   packet costs one index read, one group read, and one entry and one
+//!   record (a cache line) per rule of its group until one decides: the number of rules
 //!   elsewhere does not matter. A rule without a destination port (or ICMP
 //!   type, or protocol) is in every group it covers, so such rules are
-//!   paid for by every packet of their protocol, and cost memory in each
-//!   group: put source-only conditions in the lists or a set instead.
+//!   paid for by every packet of their protocol, and cost a 4-byte entry in
+//!   each group: put source-only conditions in the lists or a set instead.
 //!
 //! Rejected: a second "wildcard" list walked beside the port's group, merged
 //! by priority in the data plane (less memory, but two cursors and a merge
 //! per record in BPF for every packet); a per-source-prefix index (the lists
-//! and sets already are one).
+//! and sets already are one); records copied into every group (no entry to
+//! read, but 64 bytes per group entry: 1,000 port rules and 20 rules
+//! without a port took 21,000 records, 2.7 MB for both halves, and a
+//! rule set of the differential test overflowed the default capacity).
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
@@ -39,8 +43,11 @@ use crate::filter::rules::syntax::{IpFamily, Rule, RuleAction, RuleProtocol, Sou
 pub(crate) struct Compiled {
     /// `XDPG_GK_WORDS` words of four 16-bit group numbers.
     pub words: Vec<u64>,
-    /// Group 0 is the empty group.
+    /// Group 0 is the empty group; a group is a run of `refs`.
     pub groups: Vec<xdpg_rule_group>,
+    /// Each group entry: an index into `records`.
+    pub refs: Vec<u32>,
+    /// Every rule's records, once, in priority order.
     pub records: Vec<xdpg_rule_rec>,
 }
 
@@ -48,6 +55,7 @@ pub(crate) struct Compiled {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Limits {
     pub groups: usize,
+    pub refs: usize,
     pub records: usize,
 }
 
@@ -94,7 +102,7 @@ pub(crate) fn action_code(action: RuleAction) -> u8 {
 }
 
 /// A rule's records: one, or one per source-port range.
-fn records(id: u32, rule: &Rule, set_phys: &dyn Fn(&str) -> Option<u32>) -> Result<Vec<xdpg_rule_rec>, RuleError> {
+fn records_of(id: u32, rule: &Rule, set_phys: &dyn Fn(&str) -> Option<u32>) -> Result<Vec<xdpg_rule_rec>, RuleError> {
     let mut rec = xdpg_rule_rec {
         rule: id,
         family: match rule.effective_family() {
@@ -153,8 +161,21 @@ pub(crate) fn compile(
     set_phys: &dyn Fn(&str) -> Option<u32>,
     limits: Limits,
 ) -> Result<Compiled, RuleError> {
-    let per_rule: Vec<Vec<xdpg_rule_rec>> =
-        rules.iter().map(|&(id, r)| records(id, r, set_phys)).collect::<Result<_, _>>()?;
+    // Every rule's records, once, in priority order; groups name them.
+    let mut records: Vec<xdpg_rule_rec> = Vec::new();
+    let mut per_rule: Vec<std::ops::Range<u32>> = Vec::with_capacity(rules.len());
+    for &(id, r) in rules {
+        let start = records.len() as u32;
+        records.extend(records_of(id, r, set_phys)?);
+        per_rule.push(start..records.len() as u32);
+    }
+    if records.len() > limits.records {
+        return Err(RuleError::Full {
+            what: "the compiled rule records (one per rule, or per source-port range)",
+            capacity: limits.records,
+            setter: "max_rule_records",
+        });
+    }
     // Sweep: at each boundary rules start (+) or end (-) covering keys.
     let mut events: Vec<(u32, bool, usize)> = Vec::new();
     for (i, (_, rule)) in rules.iter().enumerate() {
@@ -166,7 +187,7 @@ pub(crate) fn compile(
     events.sort_unstable();
     let mut gids = vec![0u16; XDPG_GK_KEYS as usize];
     let mut groups = vec![xdpg_rule_group::default()];
-    let mut records: Vec<xdpg_rule_rec> = Vec::new();
+    let mut refs: Vec<u32> = Vec::new();
     let mut by_rules: HashMap<Vec<usize>, u16> = HashMap::new();
     // A rule may cover overlapping ranges only through distinct tables, so
     // counts (not a set) keep the sweep exact.
@@ -200,22 +221,22 @@ pub(crate) fn compile(
                     return Err(RuleError::Full {
                         what: "the rule groups (distinct rule lists per port)",
                         capacity: limits.groups,
-                        setter: "max_rule_records",
+                        setter: "max_rule_refs",
                     });
                 }
-                let first = records.len();
+                let first = refs.len();
                 for &r in &list {
-                    records.extend_from_slice(&per_rule[r]);
+                    refs.extend(per_rule[r].clone());
                 }
-                if records.len() > limits.records {
+                if refs.len() > limits.refs {
                     return Err(RuleError::Full {
-                        what: "the compiled rule records",
-                        capacity: limits.records,
-                        setter: "max_rule_records",
+                        what: "the rule groups' entries (a rule in every group it can match)",
+                        capacity: limits.refs,
+                        setter: "max_rule_refs",
                     });
                 }
                 let g = groups.len() as u16;
-                groups.push(xdpg_rule_group { first: first as u32, count: (records.len() - first) as u32 });
+                groups.push(xdpg_rule_group { first: first as u32, count: (refs.len() - first) as u32 });
                 by_rules.insert(list, g);
                 g
             }
@@ -226,7 +247,7 @@ pub(crate) fn compile(
     for (k, &g) in gids.iter().enumerate() {
         words[k / XDPG_GK_PER_WORD as usize] |= u64::from(g) << (16 * (k % XDPG_GK_PER_WORD as usize));
     }
-    Ok(Compiled { words, groups, records })
+    Ok(Compiled { words, groups, refs, records })
 }
 
 #[cfg(test)]
@@ -361,7 +382,8 @@ pub(crate) mod tests {
         let readable = matches!(p.proto, 6 | 17) && p.ports.is_some();
         let sport = if readable { p.ports.map_or(0, |x| x.0) } else { 0 };
         let flags = if readable && p.proto == 6 { p.flags } else { 0 };
-        for r in &c.records[grp.first as usize..(grp.first + grp.count) as usize] {
+        for &ri in &c.refs[grp.first as usize..(grp.first + grp.count) as usize] {
+            let r = &c.records[ri as usize];
             let m = u32::from(r.conds);
             if r.family != 0 && r.family != fam {
                 continue;
@@ -494,7 +516,7 @@ pub(crate) mod tests {
             let n = 1 + g.below(if round % 10 == 0 { 60 } else { 12 });
             let rules: Vec<Rule> = (0..n).map(|_| random_rule(&mut g)).collect();
             let listed: Vec<(u32, &Rule)> = rules.iter().enumerate().map(|(i, r)| (i as u32 * 3 + 1, r)).collect();
-            let c = compile(&listed, &|_| Some(9), Limits { groups: 65536, records: 1 << 20 }).unwrap();
+            let c = compile(&listed, &|_| Some(9), Limits { groups: 65536, refs: 1 << 20, records: 1 << 20 }).unwrap();
             for _ in 0..400 {
                 let p = random_packet(&mut g);
                 let want = linear(&listed, &p, &in_set);
@@ -516,16 +538,19 @@ pub(crate) mod tests {
             .chain(["drop udp sport 53".parse().unwrap()])
             .collect();
         let listed: Vec<(u32, &Rule)> = rules.iter().enumerate().map(|(i, r)| (i as u32, r)).collect();
-        let c = compile(&listed, &|_| None, Limits { groups: 65536, records: 1 << 20 }).unwrap();
+        let c = compile(&listed, &|_| None, Limits { groups: 65536, refs: 1 << 20, records: 1 << 20 }).unwrap();
         // One group per port rule (its rule + the sport rule), one for the
         // rest of UDP; the no-key slot has none (sport needs a port).
         assert_eq!(c.groups.len(), 1 + 100 + 1);
-        assert_eq!(c.records.len(), 100 * 2 + 1);
-        let too_few = compile(&listed, &|_| None, Limits { groups: 65536, records: 150 });
+        assert_eq!(c.refs.len(), 100 * 2 + 1);
+        assert_eq!(c.records.len(), 101, "each rule's record once");
+        let too_few = compile(&listed, &|_| None, Limits { groups: 65536, refs: 150, records: 1000 });
+        assert!(matches!(too_few, Err(RuleError::Full { .. })));
+        let too_few = compile(&listed, &|_| None, Limits { groups: 65536, refs: 1000, records: 100 });
         assert!(matches!(too_few, Err(RuleError::Full { .. })));
         let unknown: Rule = "drop from set nope".parse().unwrap();
         assert!(matches!(
-            compile(&[(0, &unknown)], &|_| None, Limits { groups: 10, records: 10 }),
+            compile(&[(0, &unknown)], &|_| None, Limits { groups: 10, refs: 10, records: 10 }),
             Err(RuleError::UnknownSet { .. })
         ));
     }
