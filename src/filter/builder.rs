@@ -83,15 +83,18 @@ impl FilterBuilder {
     /// kernel has `bpf_loop` and the filter is not offloaded; without it the
     /// filter runs from 5.15 on and holds lists only (the rule API then
     /// returns [`RuleError::NoGuard`](crate::RuleError::NoGuard)).
-    /// An offloaded filter has none. `guard(true)` makes a kernel without it an error
-    /// ([`LoadError::KernelFeature`]); `guard(false)` never loads it.
+    /// An offloaded filter has none. `guard(true)` makes a kernel without
+    /// it an error ([`LoadError::KernelFeature`]); `guard(false)` never
+    /// loads it.
     pub fn guard(mut self, on: bool) -> Self {
         self.guard = Some(on);
         self
     }
 
-    /// Maximum rules in the rule set (default 4,096): each has a per-CPU
-    /// counter, and about 128 bytes of the text store.
+    /// Maximum rules in the rule set (default 4,096). Each takes about 128
+    /// bytes of the text store (twice: both halves), and there are two
+    /// per-CPU counters per rule (a whole-set replace gives new rules ids
+    /// the old set does not use).
     pub fn max_rules(mut self, rules: usize) -> Self {
         self.max_rules = rules;
         self
