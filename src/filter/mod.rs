@@ -204,7 +204,13 @@ impl Filter {
     /// [`ListError::Full`] if the tables of a crashed edit no longer fit.
     pub fn open_pinned(dir: impl AsRef<Path>) -> Result<Filter, Error> {
         let core: Pinned<FilterKind> = Pinned::open_pinned(dir.as_ref())?;
-        let guard = Guard::open_pinned(dir.as_ref())?;
+        Filter::with_pinned_guard(core, dir.as_ref())
+    }
+
+    /// The filter `core` with the guard stage pinned beside it, if any,
+    /// put in (or taken out of) the filter's stage slot as its rules say.
+    fn with_pinned_guard(core: Pinned<FilterKind>, dir: &Path) -> Result<Filter, Error> {
+        let guard = Guard::open_pinned(dir)?;
         if let Some(g) = &guard {
             // A process that died between an edit and the stage switch left
             // the filter calling the guard for nothing, or not calling it.
@@ -223,6 +229,10 @@ impl Filter {
     /// Handles other processes hold keep working after a same-layout
     /// upgrade (the maps are the same); after a migration they must reopen.
     /// A program chained behind it with [`set_next`](Self::set_next) stays.
+    /// So does its guard stage (the rules): the pinned guard program keeps
+    /// running the rules with its maps; it is not swapped for this build's.
+    /// Pins of layout 2 (before rules) have no migration yet: detach and
+    /// attach again.
     ///
     /// Requires Linux 5.9 or later (the filter itself needs 5.15).
     ///
@@ -242,7 +252,7 @@ impl Filter {
     /// interface refuses the new program (the others are switched back).
     pub fn upgrade_pinned(dir: impl AsRef<Path>) -> Result<(Filter, crate::UpgradeReport), Error> {
         let (core, report) = Pinned::upgrade(dir.as_ref(), layout::filter_skel::FilterSkelBuilder::default())?;
-        Ok((Filter { core }, report))
+        Ok((Filter::with_pinned_guard(core, dir.as_ref())?, report))
     }
 
     /// The blocklist.
