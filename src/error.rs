@@ -157,7 +157,12 @@ pub enum AttachError {
 #[non_exhaustive]
 pub enum PinError {
     /// The pin directory is not on a bpffs mount.
-    #[error("{} is not on a bpffs mount; mount one with `mount -t bpf bpf /sys/fs/bpf`", path.display())]
+    #[error(
+        "{} is not on a bpffs mount; mount one with `mount -t bpf bpf /sys/fs/bpf` (or wherever the pins \
+         belong). A bpffs unmounted under running programs took their pins with it: each program stays \
+         attached only while a process holds it, so attach them again and restore their lists and VIPs",
+        path.display()
+    )]
     BpffsNotMounted {
         /// The directory.
         path: PathBuf,
@@ -262,6 +267,41 @@ pub enum PinError {
         /// What does not fit, named.
         reason: String,
     },
+    /// Pins of the directory are missing (removed by hand): the program
+    /// cannot be reopened from it.
+    #[error(
+        "the pin directory {} is incomplete: `{missing}` is missing (removed by hand?), so the xdpguard {kind} \
+         pinned there cannot be reopened. Remove the rest (`rm -r {}`, which detaches it unless a process still \
+         holds it) and attach again (`{cli} attach --pin {}`)",
+        path.display(), path.display(), path.display()
+    )]
+    Incomplete {
+        /// The directory.
+        path: PathBuf,
+        /// The pin that is missing.
+        missing: String,
+        /// `"filter"`, `"load balancer"` or `"decapsulator"`.
+        kind: &'static str,
+        /// The command that manages one.
+        cli: &'static str,
+    },
+    /// The pin directory of an open program was removed (by hand, or its
+    /// bpffs was unmounted): other processes can no longer reach the
+    /// program, and edits through this handle are refused.
+    #[error(
+        "the pin directory {} of this xdpguard {kind} was removed (by hand, or its bpffs was unmounted): \
+         no other process can reach it, and it detaches when this process lets go of it. Attach a new one \
+         (`{cli} attach --pin {}`) and restore its configuration",
+        path.display(), path.display()
+    )]
+    Removed {
+        /// The directory.
+        path: PathBuf,
+        /// `"filter"`, `"load balancer"` or `"decapsulator"`.
+        kind: &'static str,
+        /// The command that manages one.
+        cli: &'static str,
+    },
     /// A file-system or BPF operation on the pin directory failed.
     #[error("{op} {} failed: {source}", path.display())]
     Io {
@@ -313,8 +353,9 @@ pub enum ListError {
     },
     /// A map is full; nothing of the failed edit was applied.
     #[error(
-        "{what} is full ({capacity} entries); nothing of this edit was applied. Raise the \
-         capacity with FilterBuilder::{setter}"
+        "{what} is full ({capacity} entries); nothing of this edit was applied: remove entries, or load \
+         the filter with a larger capacity (FilterBuilder::{setter}; CLI: `xdpguard attach --{}`)",
+        setter.replace('_', "-")
     )]
     Full {
         /// Which table.
@@ -684,15 +725,18 @@ pub enum LbError {
         size: u32,
     },
     /// No free VIP slot.
-    #[error("the VIP table is full ({capacity} VIPs); raise it with LoadBalancerBuilder::max_vips")]
+    #[error(
+        "the VIP table is full ({capacity} VIPs); remove a VIP first, or load the LB with more room \
+         (LoadBalancerBuilder::max_vips; CLI: `xdpguard-lb attach --max-vips`)"
+    )]
     VipTableFull {
         /// The capacity.
         capacity: usize,
     },
     /// No free backend slot.
     #[error(
-        "the backend table is full ({capacity} backends over all VIPs); raise it with \
-         LoadBalancerBuilder::max_backends"
+        "the backend table is full ({capacity} backends over all VIPs); remove a backend first, or load \
+         the LB with more room (LoadBalancerBuilder::max_backends; CLI: `xdpguard-lb attach --max-backends`)"
     )]
     BackendTableFull {
         /// The capacity.

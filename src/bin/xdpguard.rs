@@ -9,6 +9,7 @@
 //!
 //! ```text
 //! xdpguard attach --iface eth0 [--iface eth1] [--mode native|generic|offload|auto] [--pin DIR] [--netns NAME]
+//!                  (on a DIR holding a filter already: attaches that one, lists kept)
 //! xdpguard block 192.0.2.0/24 198.51.100.7      xdpguard unblock 192.0.2.0/24
 //! xdpguard block --file list.txt [--replace]    xdpguard allow / disallow ...
 //! xdpguard block --force 0.0.0.0/0             (a whole family: refused without --force)
@@ -103,18 +104,20 @@ struct BlockArgs {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Load the filter, attach it to interfaces and pin it.
+    /// Load the filter, attach it to interfaces and pin it. When the pin
+    /// directory already holds a filter (its interface was deleted and made
+    /// again, say), attach that one, lists kept.
     Attach {
         #[command(flatten)]
         target: common::Target,
         #[command(flatten)]
         pin: Pin,
-        /// Maximum IPv4 entries.
-        #[arg(long, default_value_t = xdpguard::DEFAULT_V4_CAPACITY)]
-        v4_capacity: usize,
-        /// Maximum IPv6 entries.
-        #[arg(long, default_value_t = xdpguard::DEFAULT_V6_CAPACITY)]
-        v6_capacity: usize,
+        /// Maximum IPv4 entries [default: 1048576].
+        #[arg(long)]
+        v4_capacity: Option<usize>,
+        /// Maximum IPv6 entries [default: 262144].
+        #[arg(long)]
+        v6_capacity: Option<usize>,
         /// Drop malformed packets instead of passing them.
         #[arg(long)]
         drop_malformed: bool,
@@ -346,11 +349,14 @@ fn run(command: Command) -> Result<()> {
     match command {
         Command::Attach { target, pin, v4_capacity, v6_capacity, drop_malformed, max_rules } => {
             target.enter_netns()?;
+            if holds_pins(&pin.pin) {
+                return reattach(&target, &pin.pin, v4_capacity, v6_capacity, drop_malformed);
+            }
             let mut b = Filter::builder()
                 .mode(target.mode)
                 .pin(&pin.pin)
-                .v4_capacity(v4_capacity)
-                .v6_capacity(v6_capacity)
+                .v4_capacity(v4_capacity.unwrap_or(xdpguard::DEFAULT_V4_CAPACITY))
+                .v6_capacity(v6_capacity.unwrap_or(xdpguard::DEFAULT_V6_CAPACITY))
                 .max_rules(max_rules)
                 .malformed(if drop_malformed { MalformedPolicy::Drop } else { MalformedPolicy::Pass });
             for i in &target.ifaces {
@@ -475,7 +481,11 @@ fn run(command: Command) -> Result<()> {
                     println!("attached:   {}", common::attachment_text(a));
                 }
                 if attachments.is_empty() {
-                    println!("attached:   nowhere");
+                    println!(
+                        "attached:   nowhere (its interfaces are gone?); attach it again, lists kept: \
+                         `xdpguard attach --iface IF --pin {}`",
+                        pin.pin.display()
+                    );
                 }
                 println!("blocklist:  {blocked} entries");
                 println!("allowlist:  {allowed} entries");
@@ -530,6 +540,62 @@ fn run_plan(plan: &Plan, dry_run: bool) -> Result<()> {
         0 => println!("no changes"),
         n => println!("applied {n} changes"),
     }
+    Ok(())
+}
+
+/// Whether `dir` exists and holds anything (a pinned program, or pins
+/// that are not one: reopening it says which).
+fn holds_pins(dir: &Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some())
+}
+
+/// `attach` on a pin directory that already holds a filter: attaches that
+/// filter to the interfaces given, its lists and counters kept (after an
+/// interface was deleted and made again, its link died with it). Settings
+/// fixed at load time that differ are refused, not ignored.
+fn reattach(
+    target: &common::Target,
+    dir: &Path,
+    v4_capacity: Option<usize>,
+    v6_capacity: Option<usize>,
+    drop_malformed: bool,
+) -> Result<()> {
+    let filter = Filter::open_pinned(dir)?;
+    let (v4, v6) = filter.capacity();
+    if v4_capacity.is_some_and(|c| c != v4) || v6_capacity.is_some_and(|c| c != v6) {
+        return Err(format!(
+            "the filter pinned at {} has capacities {v4} IPv4 and {v6} IPv6 entries, fixed when it was loaded; \
+             attach it without --v4-capacity/--v6-capacity, or detach it (`xdpguard detach --pin {}`, which \
+             drops its lists) and attach a new one",
+            dir.display(),
+            dir.display()
+        )
+        .into());
+    }
+    if drop_malformed {
+        filter.set_malformed_policy(MalformedPolicy::Drop);
+    }
+    let attached = filter.attachments();
+    for iface in &target.ifaces {
+        if let Some(a) = attached.iter().find(|a| &a.interface == iface) {
+            return Err(format!(
+                "the filter pinned at {} is already attached to {}; nothing to do",
+                dir.display(),
+                common::attachment_text(a)
+            )
+            .into());
+        }
+    }
+    let mut now = Vec::new();
+    for iface in &target.ifaces {
+        now.push(filter.attach(iface.as_str(), target.mode)?);
+    }
+    common::print_attached(&now, dir);
+    println!(
+        "reopened the filter pinned there: lists kept ({} blocklist, {} allowlist entries)",
+        filter.blocklist().len()?,
+        filter.allowlist().len()?
+    );
     Ok(())
 }
 

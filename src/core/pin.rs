@@ -79,11 +79,13 @@ impl PinDir {
     /// marks it. A directory holding the program but no config map was
     /// pinned before that program had one (layout 0).
     pub(crate) fn open(path: &Path, kind: &'static Kind) -> Result<Self, PinError> {
-        if !path.exists() {
-            return Err(PinError::NotFound { path: path.to_owned(), kind: kind.name, cli: kind.cli });
-        }
+        // bpffs first: an unmounted bpffs takes the directory with it, and
+        // "not found" would hide why.
         if !sys::is_on_bpffs(path) {
             return Err(PinError::BpffsNotMounted { path: path.to_owned() });
+        }
+        if !path.exists() {
+            return Err(PinError::NotFound { path: path.to_owned(), kind: kind.name, cli: kind.cli });
         }
         let mut entries = list(path)?;
         if entries.iter().any(|e| e == CREATING) {
@@ -154,9 +156,33 @@ impl PinDir {
         }
     }
 
+    /// The error for a pin of this directory that could not be opened: a
+    /// missing one means the directory was damaged by hand.
+    pub(crate) fn open_error(&self, op: &'static str, name: &str, source: io::Error) -> PinError {
+        if source.kind() == io::ErrorKind::NotFound {
+            let kind = self.kind;
+            return PinError::Incomplete {
+                path: self.path.clone(),
+                missing: name.into(),
+                kind: kind.name,
+                cli: kind.cli,
+            };
+        }
+        PinError::Io { op, path: self.join(name), source }
+    }
+
     /// Takes the directory's edit lock until the returned guard drops.
+    ///
+    /// A directory gone while a handle is open (removed by hand, or its
+    /// bpffs unmounted) is [`PinError::Removed`]: the handle's fds keep the
+    /// program alive, but no other process can reach it any more.
     pub(crate) fn lock(&self) -> Result<Flock<File>, PinError> {
-        let dir = File::open(&self.path).map_err(io_err("opening", &self.path))?;
+        let dir = File::open(&self.path).map_err(|source| match source.kind() {
+            io::ErrorKind::NotFound => {
+                PinError::Removed { path: self.path.clone(), kind: self.kind.name, cli: self.kind.cli }
+            }
+            _ => io_err("opening", &self.path)(source),
+        })?;
         Flock::lock(dir, FlockArg::LockExclusive)
             .map_err(|(_, errno)| io_err("locking", &self.path)(io::Error::from(errno)))
     }

@@ -402,7 +402,8 @@ impl<P: ProgramKind> Pinned<P> {
     /// [`PinError::NotFound`], [`PinError::NotOurs`],
     /// [`PinError::Incompatible`] (pinned by a build with another layout),
     /// [`PinError::Interrupted`] (its creator died before finishing),
-    /// [`PinError::BpffsNotMounted`], [`PinError::Io`];
+    /// [`PinError::BpffsNotMounted`], [`PinError::Incomplete`] (pins removed
+    /// by hand), [`PinError::Io`];
     /// [`LoadError::MissingPrivileges`]; the program's own errors when its
     /// model cannot be read back or repaired.
     pub(crate) fn open_pinned(path: &Path) -> Result<Self, Error> {
@@ -413,11 +414,7 @@ impl<P: ProgramKind> Pinned<P> {
         }
         let _lock = dir.lock()?;
         check_header(&dir)?;
-        let maps = P::Maps::open(&dir).map_err(|e| PinError::Io {
-            op: "opening pinned map",
-            path: dir.join(e.name),
-            source: e.source,
-        })?;
+        let maps = P::Maps::open(&dir).map_err(|e| dir.open_error("opening pinned map", e.name, e.source))?;
         let program = XdpProgram::open_pinned(dir.clone(), kind.program)?;
         let header = maps.header();
         let mut generation = header.generation.load(Ordering::Acquire);

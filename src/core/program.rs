@@ -33,8 +33,8 @@ impl XdpProgram {
     /// Reopens a pinned program and its links. Links whose interface is gone
     /// are dead: their pins are removed.
     pub(crate) fn open_pinned(dir: PinDir, name: &'static str) -> Result<Self, Error> {
-        let path = dir.join(name);
-        let fd = sys::obj_get(&path).map_err(|source| PinError::Io { op: "opening pinned program", path, source })?;
+        let fd =
+            sys::obj_get(&dir.join(name)).map_err(|source| dir.open_error("opening pinned program", name, source))?;
         let mut links = Vec::new();
         for (pin_name, path) in dir.links()? {
             let link =
