@@ -96,7 +96,16 @@ impl PrivateBpffs {
         run(Command::new("mount").args(["-t", "bpf", "bpf"]).arg(&self.mount));
     }
 
+    /// Unmounts it, retrying for a moment: a process another test forks
+    /// holds this one's open descriptors (the pin directory's lock, say)
+    /// until it execs, and the mount is busy meanwhile.
     fn umount(&self) {
+        for _ in 0..100 {
+            if Command::new("umount").arg(&self.mount).status().is_ok_and(|s| s.success()) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
         run(Command::new("umount").arg(&self.mount));
     }
 
@@ -130,10 +139,23 @@ fn assert_mentions(text: &str, words: &[&str]) {
     }
 }
 
-/// The program ids XDP runs on `dev` in `ns` (empty: nothing attached).
+/// Whether an XDP program runs on `dev` in `ns`.
 fn xdp_on(ns: &NetNs, dev: &str) -> bool {
     let out = ns.ip(&["-d", "link", "show", "dev", dev]);
     String::from_utf8_lossy(&out.stdout).contains("prog/xdp")
+}
+
+/// Waits (up to 5 s) for `dev` to carry no program: the kernel releases a
+/// link whose last reference went from a deferred work item, not at once.
+fn detached(ns: &NetNs, dev: &str) -> bool {
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while xdp_on(ns, dev) {
+        if std::time::Instant::now() > until {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    true
 }
 
 /// A UDP frame from `src` to the server of a [`Pair`].
@@ -478,7 +500,7 @@ fn interface_deleted_and_recreated_keeps_the_lists_and_reattach_restores_it() {
         ns.ip(&["link", "set", dev, "up"]);
         ns.finished_frames(dev);
     }
-    assert!(!xdp_on(&ns, "xg0"), "a new interface carries no program");
+    assert!(detached(&ns, "xg0"), "a new interface carries no program");
 
     // The pinned filter and its lists are still there; status says it is
     // attached nowhere, and how to attach it again.
@@ -523,7 +545,7 @@ fn bpffs_unmounted_says_to_mount_it_and_attach_again() {
     assert_mentions(&err.to_string(), &["removed", "bpffs", "xdpguard attach --pin"]);
     // Once the last holder goes, the program goes with it.
     drop(held);
-    assert!(!xdp_on(&ns, "xg0"), "the unmount took the last reference");
+    assert!(detached(&ns, "xg0"), "the unmount took the last reference");
     let err = Filter::open_pinned(&pin.path).unwrap_err();
     assert!(matches!(err, Error::Pin(PinError::BpffsNotMounted { .. })), "{err:?}");
 
@@ -559,7 +581,7 @@ fn pin_directory_removed_by_hand_gives_typed_errors_naming_the_fix() {
 
     // The whole directory removed: the program goes with its last pin.
     run(Command::new("rm").arg("-r").arg(&pin.path));
-    assert!(!xdp_on(&ns, "xg0"), "removing the pins detached it");
+    assert!(detached(&ns, "xg0"), "removing the pins detached it");
     let err = Filter::open_pinned(&pin.path).unwrap_err();
     assert!(matches!(err, Error::Pin(PinError::NotFound { .. })), "{err:?}");
     let text = fails(&["list", "--pin", pin.s()]);
@@ -574,7 +596,7 @@ fn pin_directory_removed_by_hand_gives_typed_errors_naming_the_fix() {
     let err = held.blocklist().insert(net("198.51.100.0/24")).unwrap_err();
     assert!(matches!(err, ListError::Pin(PinError::Removed { .. })), "{err:?}");
     drop(held);
-    assert!(!xdp_on(&ns, "xg0"));
+    assert!(detached(&ns, "xg0"));
 
     // The fix named: attach again.
     attach_cli(&ns, pin.s());

@@ -579,7 +579,7 @@ fn reattach(
     for iface in &target.ifaces {
         if let Some(a) = attached.iter().find(|a| &a.interface == iface) {
             return Err(format!(
-                "the filter pinned at {} is already attached to {}; nothing to do",
+                "{} already holds a filter attached to {}; nothing changed",
                 dir.display(),
                 common::attachment_text(a)
             )
