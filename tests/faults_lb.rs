@@ -162,7 +162,7 @@ fn full_backend_and_vip_tables_under_a_flood() {
     let flood = LiveFlood::start(&net, prog, frames, 1024, 2_000_000, true);
 
     let mut refused = 0;
-    while flood.runs() < 60_000 {
+    while flood.runs() < 30_000 {
         let e = lb.add_backend(&vip, b(5), 1).unwrap_err();
         assert!(matches!(e, LbError::BackendTableFull { capacity: 4 }), "{e:?}");
         assert_mentions(
@@ -235,8 +235,8 @@ fn a_full_connection_table_evicts_without_misrouting() {
         lb.add_backend(&vip, b(i), 1).unwrap();
     }
 
-    // Six times as many flows as the table holds.
-    const FLOWS: u16 = 384;
+    // Four times as many flows as the table holds.
+    const FLOWS: u16 = 256;
     // Plain runs (no live frames): one call a packet, and a live-frames
     // call costs milliseconds of setup; the connection table is the same.
     let frames: Vec<Vec<u8>> = (0..FLOWS).map(|i| client_frame(net.eth0_mac, 20000 + i, vip_addr)).collect();
