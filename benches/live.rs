@@ -54,7 +54,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::bpf::{DropProg, GenProg, LpmProg, Sources, XDP_DROP};
+use common::bpf::{ChaseProg, DropProg, GenProg, LpmProg, Sources, XDP_DROP};
 use common::prefixes::{parse_size, size_label, AnySet, Mix, Set4, Set6};
 use common::table::{print_markdown, Align, Table};
 use common::{env_list, env_num, env_or, env_secs, fmt_duration, machine, quick, require_root};
@@ -66,6 +66,9 @@ use xdpguard::testing::netns::{veth_with, NetNs, VethOptions};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Row {
     Drop,
+    /// One random dependent read per frame (`bench_chase`): the yardstick
+    /// for one memory round trip.
+    Chase,
     Lpm,
     Xdpguard,
     Nft,
@@ -75,16 +78,18 @@ impl Row {
     fn parse(s: &str) -> Row {
         match s {
             "drop" => Row::Drop,
+            "chase" => Row::Chase,
             "lpm" => Row::Lpm,
             "xdpguard" | "filter" => Row::Xdpguard,
             "nft" | "nftables" => Row::Nft,
-            other => panic!("XDPG_BENCH_ROWS: unknown row `{other}` (drop, lpm, xdpguard, nft)"),
+            other => panic!("XDPG_BENCH_ROWS: unknown row `{other}` (drop, chase, lpm, xdpguard, nft)"),
         }
     }
 
     fn label(self) -> &'static str {
         match self {
             Row::Drop => "bare XDP_DROP",
+            Row::Chase => "one random read (pointer chase)",
             Row::Lpm => "kernel LPM trie",
             Row::Xdpguard => "xdpguard",
             Row::Nft => "nftables interval set",
@@ -105,6 +110,7 @@ struct Settings {
     table_len: usize,
     gen_cpus: Vec<Option<usize>>,
     threaded: bool,
+    chase_bytes: usize,
 }
 
 impl Settings {
@@ -118,7 +124,7 @@ impl Settings {
             Err(_) => sizes.iter().copied().filter(|&n| n <= 100_000).collect(),
         };
         let mut rows: Vec<Row> =
-            env_list("XDPG_BENCH_ROWS", "drop,lpm,xdpguard,nft").iter().map(|s| Row::parse(s)).collect();
+            env_list("XDPG_BENCH_ROWS", "drop,chase,lpm,xdpguard,nft").iter().map(|s| Row::parse(s)).collect();
         if !rows.contains(&Row::Drop) {
             // Every ratio needs the ceiling from the same run.
             rows.insert(0, Row::Drop);
@@ -153,6 +159,7 @@ impl Settings {
             table_len: env_num("XDPG_BENCH_TABLE", if q { "262144" } else { "1048576" }),
             gen_cpus,
             threaded: matches!(env_or("XDPG_BENCH_THREADED", "0").as_str(), "1" | "true" | "yes"),
+            chase_bytes: env_num::<usize>("XDPG_BENCH_CHASE_MIB", "16") << 20,
         }
     }
 }
@@ -168,7 +175,7 @@ impl Settings {
     fn describe(&self) -> String {
         format!(
             "Settings: {} round(s) of {} s per row after {} s warm-up, rows taking turns; generator table {} entries, \
-             seed {}, generator threads on CPUs {}, receiver NAPI {}",
+             seed {}, generator threads on CPUs {}, receiver NAPI {}; pointer-chase table {} MiB",
             self.rounds,
             self.secs.as_secs_f64(),
             self.warmup.as_secs_f64(),
@@ -176,6 +183,7 @@ impl Settings {
             self.seed,
             gen_cpus_label(&self.gen_cpus),
             if self.threaded { "threaded" } else { "as softirq on the generating CPU" },
+            self.chase_bytes >> 20,
         )
     }
 }
@@ -496,11 +504,13 @@ fn run_row(
     row: Row,
     c: &Contenders,
     bare: &DropProg,
+    chase: &ChaseProg,
     gen: &GenProg,
     frame: &[u8],
 ) -> Measured {
     let link = match row {
         Row::Drop => Some(h.attach_rx(&bare.prog)),
+        Row::Chase => Some(h.attach_rx(&chase.prog)),
         Row::Lpm => Some(h.attach_rx(&c.lpm.as_ref().expect("LPM loaded").prog)),
         Row::Xdpguard => {
             let fd = c.filter.as_ref().expect("filter loaded").program_fd().try_clone_to_owned().expect("dup");
@@ -511,6 +521,10 @@ fn run_row(
     let count: Box<dyn Fn() -> RxCount> = match row {
         Row::Drop => Box::new(|| {
             let n = bare.count().expect("drop counter");
+            RxCount { total: n, blocked: n }
+        }),
+        Row::Chase => Box::new(|| {
+            let n = chase.count().expect("chase counter");
             RxCount { total: n, blocked: n }
         }),
         Row::Lpm => Box::new(|| {
@@ -609,7 +623,7 @@ impl Group {
 
 fn targets(groups: &[Group], cpus: usize) -> Table {
     let mut t = Table::new(
-        "Issue 4 targets (ratios from this run)",
+        "Issue 4 and 13 targets (ratios from this run)",
         &[("target", Align::Left), ("measured", Align::Left), ("met", Align::Left)],
     );
     let find = |f: u8, n: usize, mix: Mix| groups.iter().find(|g| g.family == f && g.n == n && g.mix == mix);
@@ -637,6 +651,19 @@ fn targets(groups: &[Group], cpus: usize) -> Table {
             ]);
         }
     }
+    // Issue 13: the filter's added cost against one random read (the
+    // pointer-chase row), both above bare drop in the same table.
+    for g in groups.iter().filter(|g| g.mix != Mix::Half) {
+        if let (Some(x), Some(c), Some(d)) = (g.mpps(Row::Xdpguard), g.mpps(Row::Chase), g.mpps(Row::Drop)) {
+            let over = |r: f64| cpus as f64 * (1e3 / r - 1e3 / d);
+            let ratio = over(x) / over(c);
+            t.row(vec![
+                format!("IPv{} {} {}: added cost ≤ 1.25× one random read", g.family, size_label(g.n), g.mix.label()),
+                format!("xdpguard +{:.0} ns/pkt, one random read +{:.0} ns/pkt: {ratio:.2}×", over(x), over(c)),
+                if ratio <= 1.25 { "yes".into() } else { "NO".into() },
+            ]);
+        }
+    }
     t.note("Clean overhead is counted as met when xdpguard's clean rate is within 2% (run-to-run noise) of the LPM trie's or above.");
     t
 }
@@ -656,6 +683,7 @@ fn main() {
     std::fs::create_dir_all(&tmp).expect("temp dir");
     let drop_prog = DropProg::load().expect("loading bench_drop");
     let sink = DropProg::load().expect("loading the sink");
+    let chase = ChaseProg::load(settings.chase_bytes).expect("loading bench_chase");
 
     let mut tables = Vec::new();
     let mut groups = Vec::new();
@@ -688,7 +716,7 @@ fn main() {
                 let mut rows: Vec<Measured> = Vec::new();
                 for _ in 0..settings.rounds {
                     for &row in &settings.rows {
-                        let m = run_row(&h, &settings, row, &contenders, &drop_prog, &gen, &frame);
+                        let m = run_row(&h, &settings, row, &contenders, &drop_prog, &chase, &gen, &frame);
                         match rows.iter_mut().find(|b| b.row == row) {
                             Some(best) => {
                                 best.spread.push(m.mpps);

@@ -34,6 +34,9 @@ pub mod skel {
     pub mod tx {
         include!(concat!(env!("OUT_DIR"), "/bench_tx.skel.rs"));
     }
+    pub mod chase {
+        include!(concat!(env!("OUT_DIR"), "/bench_chase.skel.rs"));
+    }
 }
 
 /// XDP return codes.
@@ -94,6 +97,58 @@ impl TxProg {
         let open = skel::tx::BenchTxSkelBuilder::default().open(&mut storage).map_err(bpf_err("opening bench_tx"))?;
         let s = open.load().map_err(bpf_err("loading bench_tx"))?;
         Ok(Self { prog: dup_prog(s.progs.bench_tx.as_fd())? })
+    }
+}
+
+/// `bench_chase`: one random dependent read per frame in a table of
+/// `bytes` (rounded down to a power of two), then `XDP_DROP`.
+pub struct ChaseProg {
+    pub prog: OwnedFd,
+    cnt: MapHandle,
+    /// The table's size in bytes.
+    pub bytes: usize,
+}
+
+impl ChaseProg {
+    pub fn load(bytes: usize) -> io::Result<Self> {
+        let entries = (bytes / 8).max(2);
+        let entries = 1usize << (usize::BITS - 1 - entries.leading_zeros());
+        let mut storage = MaybeUninit::uninit();
+        let mut open =
+            skel::chase::BenchChaseSkelBuilder::default().open(&mut storage).map_err(bpf_err("opening bench_chase"))?;
+        open.maps.bench_chase_tab.set_max_entries(entries as u32).map_err(bpf_err("sizing"))?;
+        open.maps.rodata_data.as_deref_mut().expect("bench_chase has rodata").bench_chase_mask = entries as u32 - 1;
+        let s = open.load().map_err(bpf_err("loading bench_chase"))?;
+        let tab = handle(&s.maps.bench_chase_tab)?;
+        let chase = Self {
+            prog: dup_prog(s.progs.bench_chase.as_fd())?,
+            cnt: handle(&s.maps.bench_chase_cnt)?,
+            bytes: entries * 8,
+        };
+        drop(s);
+        // Random words (xorshift), so every read's successor is anywhere.
+        const CHUNK: usize = 1 << 16;
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        for start in (0..entries).step_by(CHUNK) {
+            let n = CHUNK.min(entries - start);
+            let keys: Vec<u8> = (start..start + n).flat_map(|i| (i as u32).to_ne_bytes()).collect();
+            let values: Vec<u8> = (0..n)
+                .flat_map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x.to_ne_bytes()
+                })
+                .collect();
+            tab.update_batch(&keys, &values, n as u32, MapFlags::ANY, MapFlags::ANY)
+                .map_err(bpf_err("filling the chase table"))?;
+        }
+        Ok(chase)
+    }
+
+    /// Frames seen so far, all CPUs.
+    pub fn count(&self) -> io::Result<u64> {
+        percpu_u64(&self.cnt, 0)
     }
 }
 

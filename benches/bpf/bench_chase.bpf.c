@@ -1,0 +1,61 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/* Benchmark yardstick: one random dependent read per frame, in a table the
+ * size of the filter's tables. Each frame reads bench_chase_tab at an index
+ * mixed from its IPv4 source and the value the previous frame on this CPU
+ * read (a pointer chase: the address of each read depends on the last
+ * one, so no two reads overlap), then drops the frame. Its cost above a
+ * bare drop in the live bench is one memory round trip in that harness,
+ * which is what a lookup structure is measured against. Not used by the
+ * library. */
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/ip.h>
+#include <bpf/bpf_helpers.h>
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+/* Random 64-bit words; user space sets max_entries (a power of two) and
+ * fills them before loading the traffic. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__type(key, __u32);
+	__type(value, __u64);
+} bench_chase_tab SEC(".maps");
+
+/* Per CPU: slot 0 frames seen, slot 1 the last value read (the chain). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 2);
+	__type(key, __u32);
+	__type(value, __u64);
+} bench_chase_cnt SEC(".maps");
+
+/* max_entries - 1 of bench_chase_tab, set by user space. */
+volatile const __u32 bench_chase_mask = 0;
+
+SEC("xdp")
+int bench_chase(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+	struct iphdr *iph = (void *)(eth + 1);
+	__u32 zero = 0, one = 1;
+	__u32 src = 0;
+
+	if ((void *)(iph + 1) <= data_end && eth->h_proto == __constant_htons(ETH_P_IP))
+		src = iph->saddr;
+	__u64 *n = bpf_map_lookup_elem(&bench_chase_cnt, &zero);
+	__u64 *last = bpf_map_lookup_elem(&bench_chase_cnt, &one);
+	if (!n || !last)
+		return XDP_DROP;
+	*n += 1;
+	__u32 h = (src ^ (__u32)*last) * 0x9E3779B1u;
+	__u32 idx = (h ^ (h >> 15)) & bench_chase_mask;
+	__u64 *v = bpf_map_lookup_elem(&bench_chase_tab, &idx);
+	if (v)
+		*last = *v;
+	return XDP_DROP;
+}
