@@ -15,7 +15,9 @@
 //! - kernel LPM trie filter (`bench_lpm.bpf.c`): the approach of most XDP
 //!   blocklist tutorials;
 //! - xdpguard's `Filter`, blocklist filled with `extend`;
-//! - nftables netdev ingress interval set (when `nft` is installed).
+//! - nftables netdev ingress interval set (when `nft` is installed);
+//! - iptables raw PREROUTING matching an `ipset hash:net` set (when
+//!   `iptables` and `ipset` are installed), the blocklist most operators run.
 //!
 //! Passed (clean) packets go to a sink that drops them, in every row: the
 //! filter's next stage is `bench_drop`, the LPM program returns `XDP_DROP`
@@ -28,7 +30,9 @@
 //! - `XDPG_BENCH_SIZES=10k,100k,1m` (IPv6 skips sizes above 100k unless
 //!   `XDPG_BENCH_V6_SIZES` says otherwise); `XDPG_BENCH_FAMILIES=4,6`;
 //! - `XDPG_BENCH_MIXES=attack,clean,half[,random]`;
-//! - `XDPG_BENCH_ROWS=drop,lpm,xdpguard,nft`;
+//! - `XDPG_BENCH_ROWS=drop,chase,lpm,xdpguard,nft,ipt` (`chase`: one random
+//!   dependent read per frame, the yardstick for one memory round trip;
+//!   `XDPG_BENCH_CHASE_MIB=16` sizes its table);
 //! - `XDPG_BENCH_SECS=2`, `XDPG_BENCH_WARMUP=0.5` (seconds per round,
 //!   fractional ok), `XDPG_BENCH_ROUNDS=3` (rows take turns; each row
 //!   reports its best round, and the table shows the spread);
@@ -72,6 +76,8 @@ enum Row {
     Lpm,
     Xdpguard,
     Nft,
+    /// iptables raw PREROUTING with an ipset hash:net set.
+    Ipt,
 }
 
 impl Row {
@@ -82,7 +88,8 @@ impl Row {
             "lpm" => Row::Lpm,
             "xdpguard" | "filter" => Row::Xdpguard,
             "nft" | "nftables" => Row::Nft,
-            other => panic!("XDPG_BENCH_ROWS: unknown row `{other}` (drop, chase, lpm, xdpguard, nft)"),
+            "ipt" | "iptables" => Row::Ipt,
+            other => panic!("XDPG_BENCH_ROWS: unknown row `{other}` (drop, chase, lpm, xdpguard, nft, ipt)"),
         }
     }
 
@@ -93,6 +100,7 @@ impl Row {
             Row::Lpm => "kernel LPM trie",
             Row::Xdpguard => "xdpguard",
             Row::Nft => "nftables interval set",
+            Row::Ipt => "iptables raw + ipset hash:net",
         }
     }
 }
@@ -124,7 +132,7 @@ impl Settings {
             Err(_) => sizes.iter().copied().filter(|&n| n <= 100_000).collect(),
         };
         let mut rows: Vec<Row> =
-            env_list("XDPG_BENCH_ROWS", "drop,chase,lpm,xdpguard,nft").iter().map(|s| Row::parse(s)).collect();
+            env_list("XDPG_BENCH_ROWS", "drop,chase,lpm,xdpguard,nft,ipt").iter().map(|s| Row::parse(s)).collect();
         if !rows.contains(&Row::Drop) {
             // Every ratio needs the ceiling from the same run.
             rows.insert(0, Row::Drop);
@@ -132,6 +140,10 @@ impl Settings {
         if rows.contains(&Row::Nft) && !nft_installed() {
             eprintln!("note: `nft` not found, skipping the nftables row");
             rows.retain(|r| *r != Row::Nft);
+        }
+        if rows.contains(&Row::Ipt) && !iptables_installed() {
+            eprintln!("note: `iptables` or `ipset` not found, skipping the iptables row");
+            rows.retain(|r| *r != Row::Ipt);
         }
         let all: Vec<String> = (0..cpu_count()).map(|c| c.to_string()).collect();
         let cpus = env_list("XDPG_BENCH_GEN_CPUS", &all.join(","));
@@ -382,7 +394,12 @@ fn measure(gen: &Generator, settings: &Settings, count: &dyn Fn() -> RxCount) ->
 /// The nftables row: the blocklist table, plus a separate sink table whose
 /// counter can be read cheaply (listing anything in a table that holds a
 /// million-element set makes `nft` dump the set, which takes over a minute).
-struct NftTable;
+struct NftTable {
+    /// The match on the source: `ip saddr` or `ip6 saddr`.
+    sel: &'static str,
+    /// Where the hook ruleset is written before `nft -f`.
+    hook_file: std::path::PathBuf,
+}
 
 const NFT_TABLE: &str = "xdpgbench";
 const NFT_SINK: &str = "xdpgbench_sink";
@@ -400,21 +417,31 @@ impl NftTable {
             text += &chunk.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(", ");
             text += ",\n";
         }
-        text += "    }\n  }\n";
-        text += &format!(
-            "  chain ingress {{\n    type filter hook ingress device \"eth0\" priority -500; policy accept;\n    {sel} @blocked drop\n  }}\n}}\n"
-        );
-        // What the blocklist passes ends here, counted, as in the XDP rows.
-        text += &format!(
-            "table netdev {NFT_SINK} {{\n  chain sink {{\n    type filter hook ingress device \"eth0\" priority 500; policy accept;\n    counter drop\n  }}\n}}\n"
-        );
+        text += "    }\n  }\n}\n";
         let path = dir.join(format!("nft-v{}-{}.nft", set.family(), set.len()));
         std::fs::write(&path, text).expect("writing the nft ruleset");
         let t = Instant::now();
         h.rx.exec(&["nft", "-f", path.to_str().expect("utf-8 temp path")]);
         let took = t.elapsed();
         let _ = std::fs::remove_file(&path);
-        (NftTable, took)
+        (NftTable { sel, hook_file: dir.join("nft-hook.nft") }, took)
+    }
+
+    /// Hooks the set in (an ingress chain), and the sink after it: only
+    /// while this row runs, so the iptables row sees neither.
+    fn activate(&self, h: &Harness) {
+        let sel = self.sel;
+        let text = format!(
+            "table netdev {NFT_TABLE} {{\n  chain ingress {{\n    type filter hook ingress device \"eth0\" priority -500; policy accept;\n    {sel} @blocked drop\n  }}\n}}\n\
+             table netdev {NFT_SINK} {{\n  chain sink {{\n    type filter hook ingress device \"eth0\" priority 500; policy accept;\n    counter drop\n  }}\n}}\n"
+        );
+        std::fs::write(&self.hook_file, text).expect("writing the nft hook ruleset");
+        h.rx.exec(&["nft", "-f", self.hook_file.to_str().expect("utf-8 temp path")]);
+    }
+
+    fn deactivate(&self, h: &Harness) {
+        h.rx.exec(&["nft", "delete", "chain", "netdev", NFT_TABLE, "ingress"]);
+        h.rx.exec(&["nft", "delete", "table", "netdev", NFT_SINK]);
     }
 
     /// Frames that reached the receiver veth (its rx counter) and frames the
@@ -439,7 +466,80 @@ impl NftTable {
 
     fn unload(self, h: &Harness) {
         h.rx.exec(&["nft", "delete", "table", "netdev", NFT_TABLE]);
-        h.rx.exec(&["nft", "delete", "table", "netdev", NFT_SINK]);
+    }
+}
+
+/// The iptables row, the blocklist most operators run: an `ipset hash:net`
+/// set matched in the raw table's PREROUTING chain (before conntrack), then
+/// a counted DROP as the sink. The set is loaded once; the rules are added
+/// only while the row runs.
+struct IptSet {
+    /// `iptables` or `ip6tables`.
+    cmd: &'static str,
+}
+
+const IPSET: &str = "xdpgbench";
+
+fn iptables_installed() -> bool {
+    ["iptables", "ipset"].iter().all(|p| {
+        // check-deps: iptables ipset
+        Command::new(p).arg("--version").output().map(|o| o.status.success()).unwrap_or(false)
+    })
+}
+
+impl IptSet {
+    /// Writes `set` as an `ipset restore` file and loads it.
+    fn load(h: &Harness, set: &AnySet, dir: &std::path::Path) -> (IptSet, Duration) {
+        let (family, cmd) = if set.family() == 4 { ("inet", "iptables") } else { ("inet6", "ip6tables") };
+        let n = set.len();
+        let hashsize = (n.next_power_of_two() / 2).max(1024);
+        let mut text = format!("create {IPSET} hash:net family {family} hashsize {hashsize} maxelem {}\n", n.max(1024));
+        for net in set.nets() {
+            text += &format!("add {IPSET} {net}\n");
+        }
+        let path = dir.join(format!("ipset-v{}-{n}.txt", set.family()));
+        std::fs::write(&path, text).expect("writing the ipset file");
+        let t = Instant::now();
+        h.rx.exec(&["ipset", "restore", "-file", path.to_str().expect("utf-8 temp path")]);
+        let took = t.elapsed();
+        let _ = std::fs::remove_file(&path);
+        (IptSet { cmd }, took)
+    }
+
+    fn activate(&self, h: &Harness) {
+        let raw = [self.cmd, "-t", "raw", "-A", "PREROUTING", "-i", "eth0"];
+        let set_rule = [&raw[..], &["-m", "set", "--match-set", IPSET, "src", "-j", "DROP"]].concat();
+        // check-deps: iptables ip6tables
+        h.rx.exec(&set_rule);
+        let sink_rule = [&raw[..], &["-j", "DROP"]].concat();
+        // check-deps: iptables ip6tables
+        h.rx.exec(&sink_rule);
+    }
+
+    fn deactivate(&self, h: &Harness) {
+        // check-deps: iptables ip6tables
+        h.rx.exec(&[self.cmd, "-t", "raw", "-F", "PREROUTING"]);
+    }
+
+    /// Frames that reached the receiver veth, and the sink rule's count.
+    fn counters(&self, h: &Harness) -> RxCount {
+        let out = h.rx.exec(&["ip", "-s", "-j", "link", "show", "dev", "eth0"]);
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ip -j output is JSON");
+        let total = json[0]["stats64"]["rx"]["packets"].as_u64().unwrap_or_else(|| panic!("no rx packets in {json}"));
+        // check-deps: iptables ip6tables
+        let out = h.rx.exec(&[self.cmd, "-t", "raw", "-L", "PREROUTING", "-v", "-x", "-n"]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        // The sink is the DROP rule without a set match.
+        let passed = text
+            .lines()
+            .filter(|l| l.contains("DROP") && !l.contains("match-set"))
+            .find_map(|l| l.split_whitespace().next()?.parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("no sink rule in {text}"));
+        RxCount { total, blocked: total.saturating_sub(passed) }
+    }
+
+    fn unload(self, h: &Harness) {
+        h.rx.exec(&["ipset", "destroy", IPSET]);
     }
 }
 
@@ -448,6 +548,7 @@ struct Contenders {
     lpm: Option<LpmProg>,
     filter: Option<xdpguard::Filter>,
     nft: Option<NftTable>,
+    ipt: Option<IptSet>,
 }
 
 fn prepare(
@@ -495,7 +596,12 @@ fn prepare(
         log.push(format!("{label}: nftables set loaded with nft -f in {}", fmt_duration(took)));
         table
     });
-    Contenders { lpm, filter, nft }
+    let ipt = settings.rows.contains(&Row::Ipt).then(|| {
+        let (ipt, took) = IptSet::load(h, set, tmp);
+        log.push(format!("{label}: ipset hash:net loaded with ipset restore in {}", fmt_duration(took)));
+        ipt
+    });
+    Contenders { lpm, filter, nft, ipt }
 }
 
 fn run_row(
@@ -516,7 +622,14 @@ fn run_row(
             let fd = c.filter.as_ref().expect("filter loaded").program_fd().try_clone_to_owned().expect("dup");
             Some(h.attach_rx(&fd))
         }
-        Row::Nft => None,
+        Row::Nft => {
+            c.nft.as_ref().expect("nft loaded").activate(h);
+            None
+        }
+        Row::Ipt => {
+            c.ipt.as_ref().expect("ipset loaded").activate(h);
+            None
+        }
     };
     let count: Box<dyn Fn() -> RxCount> = match row {
         Row::Drop => Box::new(|| {
@@ -536,16 +649,26 @@ fn run_row(
             RxCount { total: s.total().packets, blocked: s.blocked().packets }
         }),
         Row::Nft => Box::new(|| NftTable::counters(h)),
+        Row::Ipt => Box::new(|| c.ipt.as_ref().expect("ipset").counters(h)),
     };
     let g = Generator::start(h, gen, frame.to_vec(), &settings.gen_cpus);
     let (mpps, sent_mpps, blocked_frac) = measure(&g, settings, &*count);
     g.finish();
     drop(link);
+    match row {
+        Row::Nft => c.nft.as_ref().expect("nft loaded").deactivate(h),
+        Row::Ipt => c.ipt.as_ref().expect("ipset loaded").deactivate(h),
+        _ => {}
+    }
     if mpps <= 0.0 {
         panic!(
             "{}: no frames counted at the receiver (generator sent {sent_mpps:.2} Mpps); {}",
             row.label(),
-            if row == Row::Nft { "is GRO on for the receiver veth?" } else { "is the program attached natively?" }
+            if matches!(row, Row::Nft | Row::Ipt) {
+                "is GRO on for the receiver veth?"
+            } else {
+                "is the program attached natively?"
+            }
         );
     }
     Measured { row, mpps, sent_mpps, blocked_frac, spread: vec![mpps] }
@@ -735,6 +858,9 @@ fn main() {
             }
             if let Some(nft) = contenders.nft {
                 nft.unload(&h);
+            }
+            if let Some(ipt) = contenders.ipt {
+                ipt.unload(&h);
             }
         }
     }
