@@ -22,7 +22,7 @@
 //! `XDPG_BENCH_LB_CONNECTIONS` (default 1,048,576),
 //! `XDPG_BENCH_LB_SMALL_CONNECTIONS` (default 1024), `XDPG_BENCH_LB_MODES`
 //! (default `ipip4,ipip6,dsr,nat`) and `XDPG_BENCH_LB_PATHS` (default: all)
-//! for the LB; `XDPG_BENCH_SECTIONS` (default `filter,lb,lbk,lb2`) picks the
+//! for the LB; `XDPG_BENCH_SECTIONS` (default `filter,cold,lb,lbk,lb2`) picks the
 //! tables; `XDPG_BENCH_QUICK=1` shortens everything.
 //!
 //! Filter, cache-cold (section `cold`, issue 13): a 1M-prefix IPv4
