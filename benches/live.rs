@@ -604,19 +604,25 @@ fn prepare(
     Contenders { lpm, filter, nft, ipt }
 }
 
+/// The rows every other row is measured against: the bare drop (the
+/// ceiling) and one random read (one memory round trip).
+struct Yardsticks {
+    bare: DropProg,
+    chase: ChaseProg,
+}
+
 fn run_row(
     h: &Harness,
     settings: &Settings,
     row: Row,
     c: &Contenders,
-    bare: &DropProg,
-    chase: &ChaseProg,
+    yard: &Yardsticks,
     gen: &GenProg,
     frame: &[u8],
 ) -> Measured {
     let link = match row {
-        Row::Drop => Some(h.attach_rx(&bare.prog)),
-        Row::Chase => Some(h.attach_rx(&chase.prog)),
+        Row::Drop => Some(h.attach_rx(&yard.bare.prog)),
+        Row::Chase => Some(h.attach_rx(&yard.chase.prog)),
         Row::Lpm => Some(h.attach_rx(&c.lpm.as_ref().expect("LPM loaded").prog)),
         Row::Xdpguard => {
             let fd = c.filter.as_ref().expect("filter loaded").program_fd().try_clone_to_owned().expect("dup");
@@ -633,11 +639,11 @@ fn run_row(
     };
     let count: Box<dyn Fn() -> RxCount> = match row {
         Row::Drop => Box::new(|| {
-            let n = bare.count().expect("drop counter");
+            let n = yard.bare.count().expect("drop counter");
             RxCount { total: n, blocked: n }
         }),
         Row::Chase => Box::new(|| {
-            let n = chase.count().expect("chase counter");
+            let n = yard.chase.count().expect("chase counter");
             RxCount { total: n, blocked: n }
         }),
         Row::Lpm => Box::new(|| {
@@ -804,9 +810,11 @@ fn main() {
     let h = Harness::new(settings.threaded);
     let tmp = std::env::temp_dir().join(format!("xdpg-bench-live-{}", std::process::id()));
     std::fs::create_dir_all(&tmp).expect("temp dir");
-    let drop_prog = DropProg::load().expect("loading bench_drop");
+    let yard = Yardsticks {
+        bare: DropProg::load().expect("loading bench_drop"),
+        chase: ChaseProg::load(settings.chase_bytes).expect("loading bench_chase"),
+    };
     let sink = DropProg::load().expect("loading the sink");
-    let chase = ChaseProg::load(settings.chase_bytes).expect("loading bench_chase");
 
     let mut tables = Vec::new();
     let mut groups = Vec::new();
@@ -839,7 +847,7 @@ fn main() {
                 let mut rows: Vec<Measured> = Vec::new();
                 for _ in 0..settings.rounds {
                     for &row in &settings.rows {
-                        let m = run_row(&h, &settings, row, &contenders, &drop_prog, &chase, &gen, &frame);
+                        let m = run_row(&h, &settings, row, &contenders, &yard, &gen, &frame);
                         match rows.iter_mut().find(|b| b.row == row) {
                             Some(best) => {
                                 best.spread.push(m.mpps);
