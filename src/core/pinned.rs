@@ -322,19 +322,7 @@ impl<P: ProgramKind> Pinned<P> {
                 prog.set_ifindex(ifindex);
             }
         }
-        let skel = open.load().map_err(|e| load_error(kind, e, plan.offload_ifindex.is_some()))?;
-        let object = skel.object();
-        let maps = P::Maps::open(&Loaded(object))
-            .map_err(|e| LoadError::Bpf { op: format!("opening map {}", e.name), source: e.source })?;
-        let prog = object.progs().find(|p| p.name() == kind.program).ok_or_else(|| LoadError::Rejected {
-            program: kind.program,
-            message: "the object has no such program (a build error)".into(),
-        })?;
-        let fd: OwnedFd = prog
-            .as_fd()
-            .try_clone_to_owned()
-            .map_err(|source| LoadError::Bpf { op: "duplicating the program fd".into(), source })?;
-        drop(skel);
+        let (maps, fd) = load_opened::<P, _>(kind, open, plan.offload_ifindex.is_some())?;
         init(&maps);
         let header = maps.header();
         header.magic.store(kind.magic, Ordering::Release);
@@ -545,6 +533,29 @@ fn check_header(dir: &PinDir) -> Result<(), PinError> {
 }
 
 /// What a failed load means, and what to do about it.
+/// Loads an opened object: its typed maps and its program's fd, the two
+/// things that outlive the skeleton (a fresh load and an upgrade both end
+/// here).
+pub(crate) fn load_opened<'obj, P: ProgramKind, O: OpenSkel<'obj>>(
+    kind: &Kind,
+    open: O,
+    offload: bool,
+) -> Result<(P::Maps, OwnedFd), LoadError> {
+    let skel = open.load().map_err(|e| load_error(kind, e, offload))?;
+    let object = skel.object();
+    let maps = P::Maps::open(&Loaded(object))
+        .map_err(|e| LoadError::Bpf { op: format!("opening map {}", e.name), source: e.source })?;
+    let prog = object.progs().find(|p| p.name() == kind.program).ok_or_else(|| LoadError::Rejected {
+        program: kind.program,
+        message: "the object has no such program (a build error)".into(),
+    })?;
+    let fd = prog
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|source| LoadError::Bpf { op: "duplicating the program fd".into(), source })?;
+    Ok((maps, fd))
+}
+
 pub(crate) fn load_error(kind: &Kind, err: libbpf_rs::Error, offload: bool) -> LoadError {
     let message = format!("{err:#}");
     let source = io_from_libbpf(err);

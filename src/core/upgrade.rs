@@ -36,14 +36,14 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 use std::sync::atomic::Ordering;
 
-use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
+use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{MapCore, MapFlags, MapHandle, MapType};
 
 use crate::core::attach;
 use crate::core::layout::header;
-use crate::core::maps::{io_from_libbpf, Loaded, ProgramMaps};
+use crate::core::maps::{io_from_libbpf, ProgramMaps};
 use crate::core::pin::PinDir;
-use crate::core::pinned::{load_error, CopyPass, Migration, Pinned, ProgramKind, REHEARSAL_LAYOUT};
+use crate::core::pinned::{load_opened, CopyPass, Migration, Pinned, ProgramKind, REHEARSAL_LAYOUT};
 use crate::core::sys;
 use crate::error::{missing_privileges, AttachError, Error, LoadError, PinError};
 
@@ -172,19 +172,7 @@ impl<P: ProgramKind> Pinned<P> {
         if let Some(missing) = kind.maps.iter().find(|n| !seen.contains(n)) {
             return Err(refused(format!("this build's object has no map {missing} (a build error)")).into());
         }
-        let skel = open.load().map_err(|e| load_error(kind, e, false))?;
-        let object = skel.object();
-        let maps = P::Maps::open(&Loaded(object))
-            .map_err(|e| LoadError::Bpf { op: format!("opening map {}", e.name), source: e.source })?;
-        let prog = object.progs().find(|p| p.name() == kind.program).ok_or_else(|| LoadError::Rejected {
-            program: kind.program,
-            message: "the object has no such program (a build error)".into(),
-        })?;
-        let new_prog: OwnedFd = prog
-            .as_fd()
-            .try_clone_to_owned()
-            .map_err(|source| LoadError::Bpf { op: "duplicating the program fd".into(), source })?;
-        drop(skel);
+        let (maps, new_prog) = load_opened::<P, _>(kind, open, false)?;
         let new_id = sys::prog_info(new_prog.as_fd())
             .map_err(|source| LoadError::Bpf { op: "reading the new program's id".into(), source })?
             .id;
