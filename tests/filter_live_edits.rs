@@ -21,12 +21,17 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, UdpSocket};
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+mod common {
+    pub mod flood;
+}
+
+use common::flood::PacketSocket;
 use xdpguard::testing::frame::Frame;
 use xdpguard::testing::netns::*;
 use xdpguard::{AttachMode, Filter, IpNetwork};
@@ -180,46 +185,6 @@ impl Receiver {
 }
 
 // --- sender ---------------------------------------------------------------------
-
-/// A raw AF_PACKET socket bound to one interface (send only: protocol 0
-/// receives nothing).
-struct PacketSocket(OwnedFd);
-
-impl PacketSocket {
-    fn bind(ifname: &str) -> PacketSocket {
-        let ifindex = nix::net::if_::if_nametoindex(ifname).expect("ifindex");
-        use nix::libc;
-        // SAFETY: plain socket(2) call; the fd is owned right below.
-        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
-        assert!(fd >= 0, "AF_PACKET socket: {}", std::io::Error::last_os_error());
-        // SAFETY: fd was just returned by socket(2) and nothing else owns it.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        // SAFETY: sockaddr_ll is plain data; all-zero is a valid value.
-        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        sll.sll_family = libc::AF_PACKET as u16;
-        sll.sll_ifindex = ifindex as i32;
-        // SAFETY: sll is a valid sockaddr_ll and the length given is its size.
-        let r = unsafe {
-            libc::bind(
-                fd.as_raw_fd(),
-                (&sll as *const libc::sockaddr_ll).cast(),
-                std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-            )
-        };
-        assert_eq!(r, 0, "bind AF_PACKET: {}", std::io::Error::last_os_error());
-        PacketSocket(fd)
-    }
-
-    fn send(&self, frame: &[u8]) -> std::io::Result<()> {
-        // SAFETY: frame is a valid buffer of frame.len() bytes for the call.
-        let r = unsafe { nix::libc::send(self.0.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) };
-        if r == frame.len() as isize {
-            Ok(())
-        } else {
-            Err(std::io::Error::last_os_error())
-        }
-    }
-}
 
 fn build_frame(src_mac: [u8; 6], dst_mac: [u8; 6], src: IpAddr, sport: u16, seq: u64) -> Frame {
     let mut payload = [0u8; 12];

@@ -16,10 +16,11 @@ use xdpguard::testing::netns::NetNs;
 
 /// A raw AF_PACKET socket bound to one interface (send only: protocol 0
 /// receives nothing).
-struct PacketSocket(OwnedFd);
+pub struct PacketSocket(OwnedFd);
 
 impl PacketSocket {
-    fn bind(ifname: &str) -> PacketSocket {
+    /// Binds a send-only packet socket to `ifname` in the current namespace.
+    pub fn bind(ifname: &str) -> PacketSocket {
         use nix::libc;
         let ifindex = nix::net::if_::if_nametoindex(ifname).expect("ifindex");
         // SAFETY: plain socket(2) call; the fd is owned right below.
@@ -43,7 +44,8 @@ impl PacketSocket {
         PacketSocket(fd)
     }
 
-    fn send(&self, frame: &[u8]) -> std::io::Result<()> {
+    /// Sends one whole frame.
+    pub fn send(&self, frame: &[u8]) -> std::io::Result<()> {
         // SAFETY: frame is a valid buffer of frame.len() bytes for the call.
         let r = unsafe { nix::libc::send(self.0.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) };
         if r == frame.len() as isize {
