@@ -32,6 +32,7 @@
 #include "guard_consts.h"
 #include "guard_structs.h"
 #include "guard_maps.h"
+#include "guard_clock.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 

@@ -8,14 +8,18 @@
 #include "common.h"
 #include "guard_consts.h"
 
-/* The guard's config entry, mmapped by user space. A later stage (rate
- * limits, the SYN guard) adds its fields after these and bumps
- * XDPG_GUARD_LAYOUT_VERSION. */
+/* The guard's config entry, mmapped by user space: the rule engine's
+ * fields and the clock every stage shares. A later stage (rate limits, the
+ * SYN guard) keeps its config in a one-entry map of its own, and any
+ * change of these bumps XDPG_GUARD_LAYOUT_VERSION. */
 struct xdpg_guard_config {
 	struct xdpg_header hdr; /* XDPG_GUARD_MAGIC, XDPG_GUARD_LAYOUT_VERSION */
 	__u32 rules;		/* XDPG_RULES_HALF: the live half of the rule tables */
 	__u32 text_len[2];	/* bytes of rule text in each half of xdpg_g_text */
 	__u32 groups_per_half;	/* half 1's groups start here in xdpg_g_grp */
+	__s64 clock_offset_ns;	/* added to the kernel's clock by guard_now()
+				 * (guard_clock.h): 0, except in tests that move
+				 * the guard's time (Filter::advance_clock) */
 };
 
 /* A group: the rules a key's packets are checked against, in priority
@@ -64,9 +68,10 @@ struct xdpg_set_name {
 	__u32 used;
 };
 
-_Static_assert(sizeof(struct xdpg_guard_config) == 40, "xdpg_guard_config layout");
+_Static_assert(sizeof(struct xdpg_guard_config) == 48, "xdpg_guard_config layout");
 _Static_assert(__builtin_offsetof(struct xdpg_guard_config, rules) == 24, "rules offset");
 _Static_assert(__builtin_offsetof(struct xdpg_guard_config, groups_per_half) == 36, "groups_per_half offset");
+_Static_assert(__builtin_offsetof(struct xdpg_guard_config, clock_offset_ns) == 40, "clock_offset_ns offset");
 _Static_assert(sizeof(struct xdpg_rule_group) == 8, "xdpg_rule_group layout");
 _Static_assert(sizeof(struct xdpg_rule_rec) == 64, "a rule record is one cache line");
 _Static_assert(__builtin_offsetof(struct xdpg_rule_rec, rule) == 32, "rule offset");

@@ -572,6 +572,20 @@ impl Filter {
         Sets::new(self)
     }
 
+    /// Moves the clock of the filter's guard stage (rate limits, blocks
+    /// that expire, the SYN guard) forward by `by`, as if that much time had
+    /// passed, for the next packet: tests step time without sleeping. The
+    /// kernel's clock is not touched; nothing else reads this one.
+    ///
+    /// # Errors
+    ///
+    /// [`RuleError::NoGuard`] if the filter was loaded without its guard stage.
+    #[cfg(feature = "testing")]
+    pub fn advance_clock(&self, by: std::time::Duration) -> Result<(), RuleError> {
+        self.guard_stage()?.core.maps.advance_clock(by);
+        Ok(())
+    }
+
     /// The guard stage, or why there is none.
     pub(crate) fn guard_stage(&self) -> Result<&Guard, RuleError> {
         self.guard.as_ref().ok_or(RuleError::NoGuard {

@@ -27,10 +27,11 @@ counter!(xdpg_counter);
 
 // The same numbers as the _Static_asserts in src/bpf/guard_structs.h.
 const _: () = {
-    assert!(size_of::<xdpg_guard_config>() == 40);
+    assert!(size_of::<xdpg_guard_config>() == 48);
     assert!(offset_of!(xdpg_guard_config, rules) == 24);
     assert!(offset_of!(xdpg_guard_config, text_len) == 28);
     assert!(offset_of!(xdpg_guard_config, groups_per_half) == 36);
+    assert!(offset_of!(xdpg_guard_config, clock_offset_ns) == 40);
     assert!(size_of::<xdpg_rule_group>() == 8);
     assert!(size_of::<xdpg_rule_rec>() == 64);
     assert!(offset_of!(xdpg_rule_rec, rule) == 32);

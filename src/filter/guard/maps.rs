@@ -1,6 +1,7 @@
 //! The guard stage's maps (`src/bpf/guard_maps.h`), typed, and their sizes.
 
-use std::sync::atomic::{fence, AtomicU32, Ordering};
+use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
 
 use crate::core::layout::consts::*;
 use crate::core::layout::names;
@@ -90,6 +91,23 @@ impl GuardMaps {
         xdpg_guard_config;
         rules: AtomicU32 => atomic_u32,
         groups_per_half: AtomicU32 => atomic_u32,
+        clock_offset_ns: AtomicU64 => atomic_u64,
+    }
+
+    /// The guard's clock (`guard_now()` in `src/bpf/guard_clock.h`), in
+    /// nanoseconds: CLOCK_MONOTONIC, which `bpf_ktime_get_ns` reads, plus
+    /// the offset tests move it by.
+    #[allow(dead_code)] // until the first stage that keeps time reads it
+    pub(crate) fn now_ns(&self) -> u64 {
+        let mono = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+            .map(|ts| Duration::from(ts).as_nanos() as u64)
+            .unwrap_or(0);
+        mono.wrapping_add(self.clock_offset_ns().load(Ordering::Acquire))
+    }
+
+    /// Moves the guard's clock forward by `by`, for the next packet.
+    pub(crate) fn advance_clock(&self, by: Duration) {
+        self.clock_offset_ns().fetch_add(by.as_nanos() as u64, Ordering::AcqRel);
     }
 
     pub(crate) fn capacity(&self) -> GuardCapacity {
