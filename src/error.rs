@@ -465,6 +465,14 @@ pub enum RuleError {
         /// The builder method that raises it.
         setter: &'static str,
     },
+    /// A timed block's time to live is out of range.
+    #[error("a timed block of {ttl:?}: {reason}")]
+    BadTtl {
+        /// The TTL given.
+        ttl: std::time::Duration,
+        /// The range.
+        reason: &'static str,
+    },
     /// The filter has no guard stage, so it cannot hold rules.
     #[error("this filter has no guard stage, so it holds no rules or sets: {reason}")]
     NoGuard {

@@ -121,6 +121,7 @@ pub use filter::{
     BulkChange, EntryChange, Filter, FilterBuilder, MalformedPolicy, PrefixList, Verdict, DEFAULT_V4_CAPACITY,
     DEFAULT_V6_CAPACITY, MAX_CAPACITY,
 };
+pub use filter::{LimitKey, LimiterStats, RateLimit, TimedBlock, TimedBlocks, MAX_BLOCK, MAX_RATE};
 pub use ipnetwork::IpNetwork;
 /// Backend health checks for the load balancer (feature `health`).
 #[cfg(feature = "health")]

@@ -8,7 +8,7 @@
 /* Written into the config map so a pin directory can be recognised as ours,
  * and bumped whenever a shared layout changes. */
 #define XDPG_MAGIC 0x58445047u /* "XDPG" */
-#define XDPG_LAYOUT_VERSION 3
+#define XDPG_LAYOUT_VERSION 4
 
 /* Verdict codes stored in the v4 per-/24 array, the v4 host buckets and the
  * v6 buckets. Allow wins over block whatever the prefix lengths. */
@@ -60,6 +60,10 @@ enum xdpg_filter_reason {
 	XDPG_REASON_RULE_PASSED,	/* passed by a pass rule */
 	XDPG_REASON_WOULD_DROP_BLOCKED, /* monitor mode: blocklisted, passed */
 	XDPG_REASON_WOULD_DROP_RULE,	/* monitor mode: a drop rule matched, passed */
+	XDPG_REASON_RATE_LIMITED,	/* over a rate-limit rule's limit: dropped */
+	XDPG_REASON_WOULD_DROP_LIMIT,	/* monitor mode: over a limit, passed */
+	XDPG_REASON_TIMED_BLOCKED,	/* in a timed block (guard stage): dropped */
+	XDPG_REASON_WOULD_DROP_TIMED,	/* monitor mode: in a timed block, passed */
 	XDPG_REASON_COUNT,
 };
 

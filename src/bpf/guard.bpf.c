@@ -33,6 +33,7 @@
 #include "guard_structs.h"
 #include "guard_maps.h"
 #include "guard_clock.h"
+#include "hash.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
@@ -133,6 +134,8 @@ static __always_inline void count_rule(__u32 id, __u64 bytes)
 	}
 }
 
+#include "guard_limit.h"
+
 /* Record i of the group: 0 to go on, 1 when the walk is decided (or the
  * record cannot be read). */
 static __always_inline long check_record(__u32 i, struct walk *w)
@@ -164,6 +167,16 @@ static __always_inline long check_record(__u32 i, struct walk *w)
 			return 0;
 	}
 	count_rule(r->rule, w->bytes);
+	if (r->action == XDPG_RULE_RATE_LIMIT) {
+		/* Within the limit the walk goes on; over it, the rule decides
+		 * (a monitored rule only counts it). */
+		__u32 monitored = r->mode & XDPG_RULE_MONITOR;
+		if (!limit_over(w, r->rule, monitored) || monitored)
+			return 0;
+		w->action = XDPG_RULE_RATE_LIMIT;
+		w->rule = r->rule;
+		return 1;
+	}
 	if (r->action == XDPG_RULE_COUNT || (r->mode & XDPG_RULE_MONITOR))
 		return 0;
 	w->action = r->action;
@@ -283,6 +296,19 @@ int xdpg_guard(struct xdp_md *ctx)
 			ip_end = (pkt.l3_off & 0xFFF) + sizeof(*ip6h) + payload;
 	}
 
+	/* Timed blocks (user space's and rate limits' auto-blocks), while
+	 * there are any: after the lists, before the rules. */
+	if (timed_blocked(&w, gcfg)) {
+		if (fcfg->monitor & XDPG_MONITOR_ON) {
+			count(XDPG_REASON_WOULD_DROP_TIMED, w.bytes);
+			decided(ctx, XDPG_REASON_WOULD_DROP_TIMED, XDPG_TB_BY_USER);
+			return pass_on(ctx);
+		}
+		count(XDPG_REASON_TIMED_BLOCKED, w.bytes);
+		decided(ctx, XDPG_REASON_TIMED_BLOCKED, XDPG_TB_BY_USER);
+		return XDP_DROP;
+	}
+
 	/* One read: one rule set (one half) decides this packet. */
 	__u32 half = *(volatile __u32 *)&gcfg->rules & XDPG_RULES_HALF;
 	__u32 key = packet_key(data, data_end, &pkt, ip_end, &w);
@@ -308,6 +334,16 @@ int xdpg_guard(struct xdp_md *ctx)
 		}
 		count(XDPG_REASON_RULE_DROPPED, w.bytes);
 		decided(ctx, XDPG_REASON_RULE_DROPPED, w.rule);
+		return XDP_DROP;
+	}
+	if (w.action == XDPG_RULE_RATE_LIMIT) {
+		if (fcfg->monitor & XDPG_MONITOR_ON) {
+			count(XDPG_REASON_WOULD_DROP_LIMIT, w.bytes);
+			decided(ctx, XDPG_REASON_WOULD_DROP_LIMIT, w.rule);
+			return pass_on(ctx);
+		}
+		count(XDPG_REASON_RATE_LIMITED, w.bytes);
+		decided(ctx, XDPG_REASON_RATE_LIMITED, w.rule);
 		return XDP_DROP;
 	}
 	if (w.action == XDPG_RULE_PASS) {

@@ -9,7 +9,7 @@
  * whenever a guard layout changes (a later stage adding config fields or
  * maps bumps it too). */
 #define XDPG_GUARD_MAGIC 0x58444744u
-#define XDPG_GUARD_LAYOUT_VERSION 2
+#define XDPG_GUARD_LAYOUT_VERSION 3
 
 /* Slot of the guard in the filter's xdpg_stages program array. The filter
  * tail-calls it for the packets its lists did not decide, only while user
@@ -49,7 +49,8 @@
 #define XDPG_RULE_DROP 1
 #define XDPG_RULE_PASS 2
 #define XDPG_RULE_COUNT 3
-/* Reserved for the rate-limit action (not yet supported: refused by user space). */
+/* Rate limit (guard_limit.h): within the limit the walk goes on, over it
+ * the packet is dropped; the limit is xdpg_l_spec[rule id]. */
 #define XDPG_RULE_RATE_LIMIT 4
 
 /* What a record checks (xdpg_rule_rec.conds bits). */

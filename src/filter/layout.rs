@@ -73,7 +73,7 @@ mod tests {
     #[test]
     fn reasons_are_dense() {
         assert_eq!(XDPG_REASON_PASSED, 0);
-        assert_eq!(XDPG_REASON_WOULD_DROP_RULE + 1, XDPG_REASON_COUNT);
+        assert_eq!(XDPG_REASON_WOULD_DROP_TIMED + 1, XDPG_REASON_COUNT);
     }
 
     #[test]

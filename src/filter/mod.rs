@@ -22,9 +22,11 @@ mod layout;
 mod lists;
 mod maps;
 mod prefix;
+mod ratelimit;
 pub(crate) mod rules;
 mod state;
 mod stats;
+mod ttl;
 mod v4;
 mod v4_tables;
 mod v6;
@@ -33,11 +35,13 @@ pub use builder::FilterBuilder;
 pub use guard::maps::{DEFAULT_MAX_RULES, DEFAULT_MAX_SET_ENTRIES, MAX_RULES};
 pub use lists::{BulkChange, EntryChange, ListKind, PrefixList};
 pub use prefix::{normalize, parse_list, parse_prefix, ListLine, Normalized};
+pub use ratelimit::{LimitKey, RateLimit, MAX_BLOCK, MAX_RATE};
 pub use rules::{
     parse_rules, DestinationMatch, IpFamily, NamedSet, RangeSet, Rule, RuleAction, RuleChange, RuleEntry, RuleId,
     RuleLine, RuleProtocol, Rules, Sets, Source, SourceMatch, TcpFlags,
 };
 pub use stats::FilterStats;
+pub use ttl::{LimiterStats, TimedBlock, TimedBlocks};
 
 use std::net::IpAddr;
 use std::os::fd::BorrowedFd;
@@ -309,6 +313,10 @@ impl Filter {
             rule_passed: get(XDPG_REASON_RULE_PASSED),
             would_drop_blocked: get(XDPG_REASON_WOULD_DROP_BLOCKED),
             would_drop_rule: get(XDPG_REASON_WOULD_DROP_RULE),
+            rate_limited: get(XDPG_REASON_RATE_LIMITED),
+            would_drop_limit: get(XDPG_REASON_WOULD_DROP_LIMIT),
+            timed_blocked: get(XDPG_REASON_TIMED_BLOCKED),
+            would_drop_timed: get(XDPG_REASON_WOULD_DROP_TIMED),
         })
     }
 
@@ -497,9 +505,12 @@ impl Filter {
     ///    [`MalformedPolicy`]).
     /// 2. An allowlisted source passes: no rule sees it.
     /// 3. A blocklisted source is dropped: no rule sees it.
-    /// 4. The rules, in order: the first drop or pass rule that matches
-    ///    decides; count rules and monitored rules count and go on.
-    /// 5. What no rule decided passes (to the next program, if one is set).
+    /// 4. A source in a timed block ([`Filter::timed_blocks`]) is dropped.
+    /// 5. The rules, in order: the first drop or pass rule that matches
+    ///    decides; count rules and monitored rules count and go on; a
+    ///    rate-limit rule drops a packet over its limit and lets one within
+    ///    it go on to the next rules.
+    /// 6. What no rule decided passes (to the next program, if one is set).
     ///
     /// Every packet is counted in one of [`FilterStats`]' reasons, and in
     /// the counter of every rule that matched it ([`Rules::list`]).
@@ -511,10 +522,24 @@ impl Filter {
     /// ```text
     /// [monitor] ACTION [ipv4|ipv6] [PROTO] [[not] from SRC] [[not] to DST]
     ///           [sport PORTS] [dport PORTS] [flags FLAGS] [type TYPES]
+    /// ACTION: drop | pass | count | rate-limit RATE [RATE] [per src[/V4LEN[/V6LEN]]]
+    ///                                  [burst N] [burst SIZE] [block DURATION]
     /// ```
     ///
-    /// - ACTION: `drop`, `pass` or `count`. `monitor` in front: the rule
-    ///   only counts (a dry run of it). (`rate-limit` is reserved.)
+    /// - ACTION: `drop`, `pass`, `count` or `rate-limit`. `monitor` in
+    ///   front: the rule only counts (a dry run of it; a monitored
+    ///   rate-limit rule counts what it would limit).
+    /// - `rate-limit`: token buckets per source address (or `per src/24/64`:
+    ///   per IPv4 /24 and IPv6 /64 prefix) of RATE packets (`100/s`) and/or
+    ///   bits (`1mbit/s`) or bytes (`125kB/s`) a second; `burst` sets the
+    ///   buckets' depth (default: one second of the rate; a number: packets,
+    ///   a size like `64kB`: bytes); `block 10m` blocks a source over the
+    ///   limit for that long (a timed block made by the data plane, listed
+    ///   with the rule's id). Over the limit: dropped and counted in
+    ///   [`FilterStats::rate_limited`] and the rule's
+    ///   [`RuleEntry::limited`]. The state is bounded (a count-min sketch
+    ///   admits light sources without state; only heavy ones get an exact
+    ///   bucket in a 65,536-entry LRU; see `src/bpf/guard_limit.h`).
     /// - PROTO: `tcp`, `udp`, `icmp`, `icmpv6` or `proto N` (0-255).
     /// - SRC: a prefix or address (`198.51.100.0/24`, `2001:db8::1`) or
     ///   `set NAME`, a named set ([`Filter::sets`]). DST: a prefix.
@@ -534,6 +559,8 @@ impl Filter {
     /// drop tcp dport 22                           # ...and from nowhere else
     /// drop tcp flags syn,fin                      # never legitimate
     /// monitor drop icmp type 8                    # what would this drop?
+    /// rate-limit 100/s per src/24/64 udp dport 53 # DNS queries per /24
+    /// rate-limit 20/s burst 40 block 10m tcp flags syn/syn,ack dport 22
     /// ```
     ///
     /// # Cost

@@ -29,6 +29,15 @@ pub struct FilterStats {
     pub would_drop_blocked: Counter,
     /// Monitor mode: matched by a drop rule, passed.
     pub would_drop_rule: Counter,
+    /// Over a rate-limit rule's limit: dropped.
+    pub rate_limited: Counter,
+    /// Monitor mode: over a rate-limit rule's limit, passed.
+    pub would_drop_limit: Counter,
+    /// Sources in a timed block (`xdpguard block --ttl`, or a rate
+    /// limit's auto-block): dropped.
+    pub timed_blocked: Counter,
+    /// Monitor mode: sources in a timed block, passed.
+    pub would_drop_timed: Counter,
 }
 
 impl FilterStats {
@@ -39,12 +48,12 @@ impl FilterStats {
 
     /// Dropped by the lists or the rules (malformed packets not included).
     pub fn dropped(&self) -> Counter {
-        self.blocked() + self.rule_dropped
+        self.blocked() + self.rule_dropped + self.rate_limited + self.timed_blocked
     }
 
     /// Monitor mode: what the lists and rules would have dropped.
     pub fn would_drop(&self) -> Counter {
-        self.would_drop_blocked + self.would_drop_rule
+        self.would_drop_blocked + self.would_drop_rule + self.would_drop_limit + self.would_drop_timed
     }
 
     /// Every packet the filter saw.
@@ -56,6 +65,8 @@ impl FilterStats {
             + self.non_ip
             + self.rule_dropped
             + self.rule_passed
+            + self.rate_limited
+            + self.timed_blocked
             + self.would_drop()
     }
 
@@ -72,11 +83,15 @@ impl FilterStats {
             rule_passed: self.rule_passed - earlier.rule_passed,
             would_drop_blocked: self.would_drop_blocked - earlier.would_drop_blocked,
             would_drop_rule: self.would_drop_rule - earlier.would_drop_rule,
+            rate_limited: self.rate_limited - earlier.rate_limited,
+            would_drop_limit: self.would_drop_limit - earlier.would_drop_limit,
+            timed_blocked: self.timed_blocked - earlier.timed_blocked,
+            would_drop_timed: self.would_drop_timed - earlier.would_drop_timed,
         }
     }
 
     /// (name, counter) pairs, in a stable order, for tables and JSON.
-    pub fn rows(&self) -> [(&'static str, Counter); 10] {
+    pub fn rows(&self) -> [(&'static str, Counter); 14] {
         [
             ("passed", self.passed),
             ("allowlisted", self.allowlisted),
@@ -88,6 +103,10 @@ impl FilterStats {
             ("rule_passed", self.rule_passed),
             ("would_drop_blocked", self.would_drop_blocked),
             ("would_drop_rule", self.would_drop_rule),
+            ("rate_limited", self.rate_limited),
+            ("would_drop_limit", self.would_drop_limit),
+            ("timed_blocked", self.timed_blocked),
+            ("would_drop_timed", self.would_drop_timed),
         ]
     }
 }

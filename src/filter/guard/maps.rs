@@ -5,10 +5,14 @@ use std::time::Duration;
 
 use crate::core::layout::consts::*;
 use crate::core::layout::names;
-use crate::core::maps::{program_maps, Hash, Mmapped, PerCpu};
+use crate::core::maps::{program_maps, Hash, Mmapped, Opaque, PerCpu};
 use crate::core::mmap::cfg_fields;
 use crate::filter::guard::layout::{
     xdpg_counter, xdpg_guard_config, xdpg_rule_group, xdpg_rule_rec, xdpg_set_key, xdpg_set_name,
+};
+use crate::filter::guard::limits::{
+    xdpg_limit_bucket, xdpg_limit_config, xdpg_limit_counter, xdpg_limit_key, xdpg_limit_spec, xdpg_limit_stats,
+    xdpg_tblock, xdpg_tblock_key,
 };
 use crate::filter::rules::compile::Compiled;
 
@@ -27,6 +31,14 @@ program_maps! {
         text: Mmapped<u64> = names::XDPG_G_TEXT,
         sets: Hash<xdpg_set_key, u32> = names::XDPG_G_SETS,
         set_names: Mmapped<xdpg_set_name> = names::XDPG_G_SETNM,
+        // Rate limits and timed blocks (src/filter/guard/limits.rs).
+        lcfg: Mmapped<xdpg_limit_config> = names::XDPG_L_CFG,
+        lspec: Mmapped<xdpg_limit_spec> = names::XDPG_L_SPEC,
+        lcnt: PerCpu<xdpg_limit_counter> = names::XDPG_L_CNT,
+        lsketch: Opaque = names::XDPG_L_SKETCH,
+        llru: Hash<xdpg_limit_key, xdpg_limit_bucket> = names::XDPG_L_LRU,
+        lstats: PerCpu<xdpg_limit_stats> = names::XDPG_L_STATS,
+        tblk: Hash<xdpg_tblock_key, xdpg_tblock> = names::XDPG_L_TBLK,
     }
 }
 
@@ -73,7 +85,7 @@ impl GuardCapacity {
         }
     }
 
-    pub(crate) fn map_sizes(&self) -> [(&'static str, u32); 7] {
+    pub(crate) fn map_sizes(&self) -> [(&'static str, u32); 9] {
         [
             (names::XDPG_G_GRP, (self.groups * 2) as u32),
             (names::XDPG_G_REF, self.refs as u32),
@@ -82,6 +94,8 @@ impl GuardCapacity {
             (names::XDPG_G_TEXT, (self.text_words * 2) as u32),
             (names::XDPG_G_SETS, self.set_entries as u32),
             (names::XDPG_G_SETNM, XDPG_MAX_SETS),
+            (names::XDPG_L_SPEC, (self.rules * 2) as u32),
+            (names::XDPG_L_CNT, (self.rules * 2) as u32),
         ]
     }
 }
@@ -97,7 +111,6 @@ impl GuardMaps {
     /// The guard's clock (`guard_now()` in `src/bpf/guard_clock.h`), in
     /// nanoseconds: CLOCK_MONOTONIC, which `bpf_ktime_get_ns` reads, plus
     /// the offset tests move it by.
-    #[allow(dead_code)] // until the first stage that keeps time reads it
     pub(crate) fn now_ns(&self) -> u64 {
         let mono = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
             .map(|ts| Duration::from(ts).as_nanos() as u64)
@@ -106,6 +119,7 @@ impl GuardMaps {
     }
 
     /// Moves the guard's clock forward by `by`, for the next packet.
+    #[cfg_attr(not(feature = "testing"), allow(dead_code))] // Filter::advance_clock
     pub(crate) fn advance_clock(&self, by: Duration) {
         self.clock_offset_ns().fetch_add(by.as_nanos() as u64, Ordering::AcqRel);
     }

@@ -28,6 +28,7 @@
 //! `xdpg_guard_config`, with `XDPG_GUARD_LAYOUT_VERSION` bumped.
 
 pub(crate) mod layout;
+pub(crate) mod limits;
 pub(crate) mod maps;
 pub(crate) mod state;
 
@@ -92,6 +93,7 @@ impl Guard {
         let groups = cap.groups as u32;
         let core = Pinned::load_sharing(GuardSkelBuilder::default(), &plan, shared, |maps: &GuardMaps| {
             maps.groups_per_half().store(groups, std::sync::atomic::Ordering::Release);
+            limits::init(maps);
         })?;
         Ok(Guard { core })
     }
@@ -112,9 +114,10 @@ impl Guard {
         Ok(Some(Guard { core: Pinned::open_pinned(&sub)? }))
     }
 
-    /// Whether the guard has work: the filter should tail-call it.
+    /// Whether the guard has work: the filter should tail-call it (a rule
+    /// set, or timed blocks that were live at the last edit or list).
     pub(crate) fn active(st: &GuardState) -> bool {
-        !st.rules.is_empty()
+        !st.rules.is_empty() || st.timed_blocks > 0
     }
 
     /// Puts the guard in the filter's stage slot, or takes it out, as

@@ -42,6 +42,8 @@ pub(crate) struct GuardState {
     pub rules: Vec<StoredRule>,
     /// By slot (`XDPG_MAX_SETS`).
     pub sets: Vec<Option<NamedSetState>>,
+    /// Live timed blocks at the last edit or list (limits.rs).
+    pub timed_blocks: usize,
 }
 
 fn bpf(op: impl Into<String>) -> impl FnOnce(std::io::Error) -> RuleError {
@@ -104,7 +106,8 @@ impl GuardState {
                 }
             }
         }
-        Ok(GuardState { rules, sets })
+        let timed_blocks = crate::filter::guard::limits::entries(maps).len();
+        Ok(GuardState { rules, sets, timed_blocks })
     }
 
     pub(crate) fn set_slot(&self, name: &str) -> Option<usize> {
@@ -174,6 +177,7 @@ impl GuardState {
         for r in rules.iter().filter(|r| !old.contains(&r.id)) {
             maps.counters.zero(r.id).map_err(bpf(format!("zeroing the counter of rule {}", r.id)))?;
         }
+        self.timed_blocks = crate::filter::guard::limits::prepare(maps, &rules, &self.rules)?;
         let idle = 1 - maps.live_half();
         maps.write_half(idle, &compiled);
         maps.write_text(idle, &text);

@@ -98,6 +98,7 @@ pub(crate) fn action_code(action: RuleAction) -> u8 {
         RuleAction::Drop => XDPG_RULE_DROP,
         RuleAction::Pass => XDPG_RULE_PASS,
         RuleAction::Count => XDPG_RULE_COUNT,
+        RuleAction::RateLimit => XDPG_RULE_RATE_LIMIT,
     }) as u8
 }
 

@@ -79,6 +79,11 @@ pub struct RuleEntry {
     /// Packets and bytes it matched (a monitored drop rule: would have
     /// dropped), summed over CPUs, since it was added or its counter reset.
     pub hits: Counter,
+    /// A rate-limit rule: the packets and bytes over its limit (dropped, or
+    /// in monitor mode would have been), summed over CPUs. Zero for others.
+    pub limited: Counter,
+    /// A rate-limit rule with `block`: the sources it blocked.
+    pub auto_blocks: u64,
 }
 
 /// The outcome of replacing a rule set.
@@ -148,7 +153,16 @@ impl<'f> Rules<'f> {
                     .counters
                     .sum(r.id)
                     .map_err(|source| RuleError::Bpf { op: format!("reading the counter of rule {}", r.id), source })?;
-                Ok(RuleEntry { id: RuleId(r.id), position, rule: r.rule, hits: hits.into() })
+                let (limited, auto_blocks) = if r.rule.action == RuleAction::RateLimit {
+                    let l = maps.lcnt.sum(r.id).map_err(|source| RuleError::Bpf {
+                        op: format!("reading the limit counter of rule {}", r.id),
+                        source,
+                    })?;
+                    (Counter { packets: l.packets, bytes: l.bytes }, l.blocks)
+                } else {
+                    (Counter::default(), 0)
+                };
+                Ok(RuleEntry { id: RuleId(r.id), position, rule: r.rule, hits: hits.into(), limited, auto_blocks })
             })
             .collect()
     }

@@ -6,6 +6,7 @@ use std::str::FromStr;
 
 use crate::error::{LineError, RuleError};
 use crate::filter::prefix::parse_prefix;
+use crate::filter::ratelimit::RateLimit;
 use crate::filter::rules::syntax::{
     DestinationMatch, IpFamily, RangeSet, Rule, RuleAction, RuleProtocol, Source, SourceMatch, TcpFlags,
 };
@@ -151,17 +152,13 @@ impl FromStr for Rule {
         }
         let action = match words.next() {
             None => return Err(bad("empty rule: expected an action (drop, pass or count)".into())),
-            Some(w) if w.eq_ignore_ascii_case("rate-limit") => {
-                return Err(RuleError::Unsupported {
-                    what: "the rate-limit action",
-                    hint: "this release has drop, pass and count; drop or count the traffic for now",
-                })
-            }
             Some(w) => w.parse::<RuleAction>().map_err(|_| {
-                bad(format!("`{w}` is not an action: a rule starts with drop, pass or count (or monitor)"))
+                bad(format!("`{w}` is not an action: a rule starts with drop, pass, count or rate-limit (or monitor)"))
             })?,
         };
         let mut rule = Rule::new(action).monitored(monitor);
+        let mut limit = (action == RuleAction::RateLimit).then(RateLimit::default);
+        let mut limit_seen: Vec<&'static str> = Vec::new();
         let mut seen: Vec<&str> = Vec::new();
         let mut once = |what: &'static str| {
             if seen.contains(&what) {
@@ -172,6 +169,11 @@ impl FromStr for Rule {
             }
         };
         while let Some(word) = words.next() {
+            if let Some(l) = &mut limit {
+                if l.parse_word(word, || words.next().map(str::to_owned), &mut limit_seen).map_err(&bad)? {
+                    continue;
+                }
+            }
             let lower = word.to_ascii_lowercase();
             let mut value =
                 |what: &str| words.next().ok_or_else(|| format!("`{what}` needs a value after it")).map(str::to_owned);
@@ -260,6 +262,7 @@ impl FromStr for Rule {
                 }
             }
         }
+        rule.limit = limit;
         rule.normalized().map_err(|e| match e {
             // Name the rule as written, not as normalized.
             RuleError::Invalid { reason, .. } => bad(reason),
@@ -287,6 +290,12 @@ mod tests {
             ("drop from 192.0.2.7 not to 192.0.2.0/24", "drop from 192.0.2.7/32 not to 192.0.2.0/24"),
             ("drop ipv4", "drop ipv4"),
             ("pass tcp flags none/syn,fin,rst,psh,ack,urg", "pass tcp flags none/fin,syn,rst,psh,ack,urg"),
+            (
+                "rate-limit 100/s 1mbit/s per src/24/64 burst 200 block 10m udp dport 53",
+                "rate-limit 100/s 1mbit/s per src/24/64 burst 200 block 10m udp dport 53",
+            ),
+            ("rate-limit udp dport 53 50pps", "rate-limit 50/s udp dport 53"),
+            ("monitor rate-limit 10/s tcp flags syn/syn,ack", "monitor rate-limit 10/s tcp flags syn/syn,ack"),
         ] {
             let rule: Rule = text.parse().unwrap_or_else(|e| panic!("{text}: {e}"));
             assert_eq!(rule.to_string(), shown, "{text}");
@@ -317,13 +326,20 @@ mod tests {
             let err = text.parse::<Rule>().expect_err(text).to_string();
             assert!(err.contains(why), "{text}: {err}");
         }
-        let err = "rate-limit 100/s udp".parse::<Rule>().unwrap_err();
-        assert!(matches!(err, RuleError::Unsupported { .. }), "{err}");
+        for (text, why) in [
+            ("rate-limit udp", "needs a rate"),
+            ("rate-limit 10/s 20/s", "given twice"),
+            ("drop 10/s udp", "unknown word"),
+            ("rate-limit 10/s block 1y", "duration"),
+        ] {
+            let err = text.parse::<Rule>().expect_err(text).to_string();
+            assert!(err.contains(why), "{text}: {err}");
+        }
     }
 
     #[test]
     fn files_report_every_bad_line() {
-        let text = b"# rules\ndrop udp sport 53\nbogus\n\ndrop tcp dport 1-2-3\n\xff\nrate-limit 10/s\npass icmp\n";
+        let text = b"# rules\ndrop udp sport 53\nbogus\n\ndrop tcp dport 1-2-3\n\xff\nrate-limit 10/x\npass icmp\n";
         let err = parse_rules(text, "r.txt").unwrap_err();
         let RuleError::BadLines { errors, source_name } = &err else { panic!("{err}") };
         assert_eq!(source_name, "r.txt");

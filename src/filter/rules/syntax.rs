@@ -10,12 +10,11 @@ use ipnetwork::IpNetwork;
 
 use crate::error::RuleError;
 use crate::filter::prefix::normalize;
+use crate::filter::ratelimit::RateLimit;
 
 /// What a rule does with the packets it matches.
 ///
-/// Rate limits (`rate-limit ...` in rule text) are reserved for a later
-/// release: the parser recognises the word and refuses it with
-/// [`RuleError::Unsupported`].
+/// A rate-limit rule carries its limit in [`Rule::limit`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum RuleAction {
@@ -25,12 +24,17 @@ pub enum RuleAction {
     Pass,
     /// Count the packet in the rule's counter and go on to the next rule.
     Count,
+    /// Check the packet against the rule's [`Rule::limit`]: within it, go
+    /// on to the next rule (like `count`); over it, drop the packet (in
+    /// monitor mode: count it as "would drop", pass it).
+    RateLimit,
 }
 
 crate::core::names::named_values! { RuleAction, "rule action", {
     Drop => "drop",
     Pass => "pass",
     Count => "count",
+    RateLimit => "rate-limit",
 } }
 
 /// An IP version, for rules that match one.
@@ -320,6 +324,8 @@ pub struct Rule {
     pub tcp_flags: Option<TcpFlags>,
     /// `type`: ICMP or ICMPv6 types.
     pub icmp_types: Option<RangeSet>,
+    /// The limit of a [`RuleAction::RateLimit`] rule (and only of one).
+    pub limit: Option<RateLimit>,
 }
 
 impl Rule {
@@ -337,7 +343,13 @@ impl Rule {
             destination_ports: None,
             tcp_flags: None,
             icmp_types: None,
+            limit: None,
         }
+    }
+
+    /// A rate-limit rule with this limit (add conditions to scope it).
+    pub fn rate_limit(limit: RateLimit) -> Rule {
+        Rule { limit: Some(limit), ..Rule::new(RuleAction::RateLimit) }
     }
 
     /// In monitor mode (or not).
@@ -473,6 +485,14 @@ impl Rule {
         if let Some(SourceMatch { source: Source::Set(name), .. }) = &self.source {
             check_set_name(name)?;
         }
+        match (self.action, &self.limit) {
+            (RuleAction::RateLimit, Some(l)) => l.check().map_err(|reason| invalid(&self, reason))?,
+            (RuleAction::RateLimit, None) => {
+                return Err(invalid(&self, "`rate-limit` needs a rate after it (`rate-limit 100/s ...`)".into()))
+            }
+            (_, Some(_)) => return Err(invalid(&self, "only a `rate-limit` rule has a limit".into())),
+            _ => {}
+        }
         let proto = self.protocol;
         for (what, set) in [("sport", &self.source_ports), ("dport", &self.destination_ports)] {
             if let Some(set) = set {
@@ -554,7 +574,7 @@ pub(crate) fn check_set_name(name: &str) -> Result<(), RuleError> {
 }
 
 impl fmt::Display for Rule {
-    /// The rule's text: `[monitor] ACTION [ipv4|ipv6] [PROTO] [[not] from
+    /// The rule's text: `[monitor] ACTION [LIMIT] [ipv4|ipv6] [PROTO] [[not] from
     /// SRC] [[not] to DST] [sport PORTS] [dport PORTS] [flags FLAGS] [type
     /// TYPES]`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -562,6 +582,9 @@ impl fmt::Display for Rule {
             f.write_str("monitor ")?;
         }
         write!(f, "{}", self.action)?;
+        if let Some(limit) = &self.limit {
+            write!(f, " {limit}")?;
+        }
         if let Some(family) = self.family {
             write!(f, " {family}")?;
         }

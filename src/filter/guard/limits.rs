@@ -1,0 +1,206 @@
+//! The guard's rate limits and timed blocks, user space's side: their
+//! layouts (`src/bpf/guard_limit_structs.h`, checked here), the compiled
+//! limit of each rate-limit rule (written by rule id before the rule set
+//! naming it goes live), and the timed-block table's edits.
+
+use std::mem::{offset_of, size_of};
+use std::net::IpAddr;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use ipnetwork::IpNetwork;
+use libbpf_rs::MapFlags;
+
+use crate::core::layout::consts::*;
+use crate::core::layout::pod;
+use crate::core::maps::summable;
+use crate::error::RuleError;
+use crate::filter::guard::maps::GuardMaps;
+use crate::filter::guard::state::StoredRule;
+use crate::filter::ratelimit::RateLimit;
+use crate::filter::rules::compile::addr_words;
+use crate::filter::rules::RuleAction;
+
+pub(crate) use crate::filter::guard::layout::guard_skel::types::{
+    xdpg_limit_bucket, xdpg_limit_config, xdpg_limit_counter, xdpg_limit_key, xdpg_limit_spec, xdpg_limit_stats,
+    xdpg_tblock, xdpg_tblock_key,
+};
+
+pod!(
+    xdpg_limit_bucket,
+    xdpg_limit_config,
+    xdpg_limit_counter,
+    xdpg_limit_key,
+    xdpg_limit_spec,
+    xdpg_limit_stats,
+    xdpg_tblock,
+    xdpg_tblock_key
+);
+summable!(
+    xdpg_limit_counter { packets, bytes, blocks, reserved },
+    xdpg_limit_stats {
+        window,
+        window_made,
+        buckets_made,
+        promote_capped,
+        sketch_over,
+        blocks_failed,
+        expired,
+        reserved
+    },
+);
+
+// The same numbers as the _Static_asserts in src/bpf/guard_limit_structs.h.
+const _: () = {
+    assert!(size_of::<xdpg_limit_config>() == 24);
+    assert!(size_of::<xdpg_limit_spec>() == 64);
+    assert!(offset_of!(xdpg_limit_spec, admit) == 40);
+    assert!(offset_of!(xdpg_limit_spec, v4_len) == 48);
+    assert!(size_of::<xdpg_limit_key>() == 24);
+    assert!(size_of::<xdpg_limit_bucket>() == 16);
+    assert!(size_of::<xdpg_limit_counter>() == 32);
+    assert!(size_of::<xdpg_limit_stats>() == 64);
+    assert!(size_of::<xdpg_tblock_key>() == 24);
+    assert!(size_of::<xdpg_tblock>() == 16);
+    assert!(XDPG_RL_WIDTH.is_power_of_two());
+};
+
+fn bpf(op: impl Into<String>) -> impl FnOnce(std::io::Error) -> RuleError {
+    let op = op.into();
+    move |source| RuleError::Bpf { op, source }
+}
+
+/// One second in the buckets' time unit (1/16 ns).
+const SECOND: u64 = 1_000_000_000 << XDPG_RL_TIME_SHIFT;
+
+/// Sets up a freshly loaded guard's limit config.
+pub(crate) fn init(maps: &GuardMaps) {
+    let mut cfg = maps.lcfg.get(0);
+    cfg.version = XDPG_LIMIT_LAYOUT_VERSION;
+    cfg.window_ns = u64::from(XDPG_RL_WINDOW_NS);
+    cfg.promote_max = XDPG_RL_PROMOTE_MAX;
+    cfg.seed = crate::filter::maps::random_seed();
+    maps.lcfg.set(0, cfg);
+}
+
+/// The compiled form of a limit, for a sketch window of `window_ns`.
+pub(crate) fn compile_spec(l: &RateLimit, window_ns: u64) -> xdpg_limit_spec {
+    let mut s = xdpg_limit_spec { v4_len: l.per.v4_len, v6_len: l.per.v6_len, ..Default::default() };
+    let window_ns = window_ns.max(1);
+    let in_window = |rate: u64| (u128::from(rate) * u128::from(window_ns) / 1_000_000_000) as u64;
+    let mut admit = u64::MAX;
+    let mut sketch_max = u64::MAX;
+    if let (Some(pps), Some(burst)) = (l.packets_per_sec, l.effective_burst_packets()) {
+        s.pkt_cost = (SECOND / pps).max(1);
+        s.pkt_burst = burst.saturating_mul(s.pkt_cost);
+        admit = admit.min(burst.min(in_window(pps)) / 2);
+        sketch_max = sketch_max.min(in_window(pps).saturating_add(burst));
+    }
+    if let (Some(bps), Some(burst)) = (l.bytes_per_sec, l.effective_burst_bytes()) {
+        s.byte_cost = (SECOND / bps).max(1);
+        s.byte_burst = burst.saturating_mul(s.byte_cost);
+        // The sketch counts packets: at most one jumbo frame each.
+        admit = admit.min(burst.min(in_window(bps)) / 2 / 9018);
+        sketch_max = sketch_max.min(in_window(bps).saturating_add(burst) / 64);
+    }
+    s.admit = admit.min(u64::from(XDPG_RL_COUNT_MASK)) as u32;
+    s.sketch_max = sketch_max.min(u64::from(XDPG_RL_COUNT_MASK)) as u32;
+    s.block_ns = l.block.map_or(0, |d| d.as_nanos() as u64);
+    s
+}
+
+/// Before a rule set goes live: writes the limit of every rate-limit rule
+/// (by id) and zeroes the limit counters of new ids; keeps the data
+/// plane's timed-block switch on while any entry may exist or a rule may
+/// make one. Returns the live timed blocks (expired ones removed).
+pub(crate) fn prepare(maps: &GuardMaps, rules: &[StoredRule], old: &[StoredRule]) -> Result<usize, RuleError> {
+    let window = maps.lcfg.get(0).window_ns.max(1);
+    for r in rules {
+        if r.rule.action != RuleAction::RateLimit {
+            continue;
+        }
+        let Some(limit) = &r.rule.limit else { continue };
+        maps.lspec.set(r.id as usize, compile_spec(limit, window));
+        if !old.iter().any(|o| o.id == r.id) {
+            maps.lcnt.zero(r.id).map_err(bpf(format!("zeroing the limit counter of rule {}", r.id)))?;
+        }
+    }
+    let live = reclaim(maps)?;
+    let blocking = rules.iter().any(|r| r.rule.limit.is_some_and(|l| l.block.is_some()));
+    set_timed_active(maps, live > 0 || blocking);
+    Ok(live)
+}
+
+fn set_timed_active(maps: &GuardMaps, on: bool) {
+    let off = offset_of!(xdpg_limit_config, timed_active);
+    maps.lcfg.atomic_u32(0, off).store(u32::from(on), Ordering::Release);
+}
+
+/// The trie key of a prefix.
+pub(crate) fn tblock_key(net: IpNetwork) -> xdpg_tblock_key {
+    xdpg_tblock_key {
+        prefixlen: XDPG_TB_TAG_BITS + u32::from(net.prefix()),
+        tag: u32::from(net.is_ipv6()).to_be(),
+        addr: addr_words(net.network()),
+    }
+}
+
+/// The prefix of a trie key.
+pub(crate) fn tblock_net(key: &xdpg_tblock_key) -> Option<IpNetwork> {
+    let len = u8::try_from(key.prefixlen.checked_sub(XDPG_TB_TAG_BITS)?).ok()?;
+    let addr = if u32::from_be(key.tag) == 1 {
+        IpAddr::from(bytemuck::cast::<[u32; 4], [u8; 16]>(key.addr))
+    } else {
+        IpAddr::from(key.addr[0].to_ne_bytes())
+    };
+    IpNetwork::new(addr, len).ok()
+}
+
+/// Every timed block (expired ones included).
+pub(crate) fn entries(maps: &GuardMaps) -> Vec<(IpNetwork, xdpg_tblock)> {
+    maps.tblk.keys().filter_map(|k| Some((tblock_net(&k)?, maps.tblk.get(&k).ok()??))).collect()
+}
+
+/// Removes expired timed blocks; returns how many live ones are left.
+pub(crate) fn reclaim(maps: &GuardMaps) -> Result<usize, RuleError> {
+    let now = maps.now_ns();
+    let mut live = 0;
+    for (net, tb) in entries(maps) {
+        if tb.expires_ns <= now {
+            maps.tblk.remove(&tblock_key(net)).map_err(bpf(format!("removing the expired timed block {net}")))?;
+        } else {
+            live += 1;
+        }
+    }
+    Ok(live)
+}
+
+/// Adds or renews a timed block of `net` for `ttl`.
+pub(crate) fn insert(maps: &GuardMaps, net: IpNetwork, ttl: Duration) -> Result<(), RuleError> {
+    let live = reclaim(maps)?;
+    let key = tblock_key(net);
+    let exists = maps.tblk.get(&key).map_err(bpf("reading the timed blocks"))?.is_some();
+    if !exists && live >= maps.tblk.capacity() as usize {
+        return Err(RuleError::Full { what: "the timed-block table", capacity: live, setter: "(fixed)" });
+    }
+    let tb = xdpg_tblock {
+        expires_ns: maps.now_ns() + ttl.as_nanos() as u64,
+        rule: XDPG_TB_BY_USER,
+        len: u32::from(net.prefix()),
+    };
+    // The switch first: a packet that finds the entry must look it up.
+    set_timed_active(maps, true);
+    maps.tblk.insert(&key, &tb, MapFlags::ANY).map_err(|source| {
+        if [nix::errno::Errno::E2BIG as i32, nix::errno::Errno::ENOSPC as i32]
+            .contains(&source.raw_os_error().unwrap_or(0))
+        {
+            RuleError::Full {
+                what: "the timed-block table",
+                capacity: maps.tblk.capacity() as usize,
+                setter: "(fixed)",
+            }
+        } else {
+            RuleError::Bpf { op: format!("adding the timed block {net}"), source }
+        }
+    })
+}

@@ -1,0 +1,399 @@
+//! The rate-limit rule action's limit: [`RateLimit`], its text (the words
+//! after `rate-limit` in a rule) and its checks. The data plane's side is
+//! `src/bpf/guard_limit.h`; the compiled form is written by
+//! `src/filter/guard/limits.rs`.
+//!
+//! ```text
+//! rate-limit RATE [RATE] [per src[/V4LEN[/V6LEN]]] [burst N] [burst SIZE] [block DURATION] MATCH...
+//! ```
+//!
+//! - RATE: packets (`100/s`, `100pps`) or bits (`1mbit/s`, `800kbit/s`,
+//!   `10gbit/s`) or bytes (`125kB/s`) per second; one of each kind at most.
+//! - `per src` (the default): one bucket per source address; `per src/24/64`:
+//!   per IPv4 /24 and IPv6 /64; a rule for one IP version gives one length
+//!   (`rate-limit 10/s per src/24 ipv4 udp`).
+//! - `burst N`: packets the bucket holds (default: one second of the rate);
+//!   `burst 64kB`: the same in bytes.
+//! - `block 10m`: a source over the limit is blocked for that long (a timed
+//!   block, [`Filter::timed_blocks`](crate::Filter::timed_blocks)), by the
+//!   data plane itself. Units: `s`, `m`, `h`, `d`.
+
+use std::fmt;
+use std::time::Duration;
+
+/// How a rate limit keys its buckets: by the source's prefix of these
+/// lengths (32 and 128: by address).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct LimitKey {
+    /// IPv4 prefix length (0 to 32).
+    pub v4_len: u8,
+    /// IPv6 prefix length (0 to 128).
+    pub v6_len: u8,
+}
+
+impl Default for LimitKey {
+    fn default() -> Self {
+        LimitKey { v4_len: 32, v6_len: 128 }
+    }
+}
+
+/// A rate-limit rule's limit: token buckets in packets and/or bytes per
+/// second, per source (or source prefix), with an optional auto-block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub struct RateLimit {
+    /// Packets per second.
+    pub packets_per_sec: Option<u64>,
+    /// Bytes per second (rule text may give bits: `1mbit/s`).
+    pub bytes_per_sec: Option<u64>,
+    /// The bucket's key.
+    pub per: LimitKey,
+    /// Packets the bucket holds (default: `packets_per_sec`, at least 1).
+    pub burst_packets: Option<u64>,
+    /// Bytes the bucket holds (default: `bytes_per_sec`, at least 9018).
+    pub burst_bytes: Option<u64>,
+    /// Block a source over the limit for this long (whole seconds).
+    pub block: Option<Duration>,
+}
+
+/// The longest auto-block or timed block: 365 days.
+pub const MAX_BLOCK: Duration = Duration::from_secs(365 * 86_400);
+/// The highest rate accepted (packets or bytes per second).
+pub const MAX_RATE: u64 = 1 << 40;
+/// The smallest default byte burst: one jumbo frame.
+const MIN_BYTE_BURST: u64 = 9018;
+
+impl RateLimit {
+    /// A limit of `pps` packets per second per source.
+    pub fn packets(pps: u64) -> RateLimit {
+        RateLimit { packets_per_sec: Some(pps), ..Default::default() }
+    }
+
+    /// A limit of `bps` bytes per second per source.
+    pub fn bytes(bps: u64) -> RateLimit {
+        RateLimit { bytes_per_sec: Some(bps), ..Default::default() }
+    }
+
+    /// Keyed by source prefixes of these lengths.
+    pub fn per_prefix(mut self, v4_len: u8, v6_len: u8) -> RateLimit {
+        self.per = LimitKey { v4_len, v6_len };
+        self
+    }
+
+    /// With a bucket of `n` packets.
+    pub fn burst(mut self, n: u64) -> RateLimit {
+        self.burst_packets = Some(n);
+        self
+    }
+
+    /// A source over the limit is blocked for `ttl`.
+    pub fn block_for(mut self, ttl: Duration) -> RateLimit {
+        self.block = Some(ttl);
+        self
+    }
+
+    /// The packet bucket's depth.
+    pub fn effective_burst_packets(&self) -> Option<u64> {
+        self.packets_per_sec.map(|p| self.burst_packets.unwrap_or(p).max(1))
+    }
+
+    /// The byte bucket's depth.
+    pub fn effective_burst_bytes(&self) -> Option<u64> {
+        self.bytes_per_sec.map(|b| self.burst_bytes.unwrap_or(b.max(MIN_BYTE_BURST)).max(1))
+    }
+
+    /// What is wrong with it, if anything.
+    pub(crate) fn check(&self) -> Result<(), String> {
+        if self.packets_per_sec.is_none() && self.bytes_per_sec.is_none() {
+            return Err(
+                "`rate-limit` needs a rate after it: packets (`100/s`) and/or bits (`1mbit/s`) per second".into()
+            );
+        }
+        for r in [self.packets_per_sec, self.bytes_per_sec].into_iter().flatten() {
+            if r == 0 || r > MAX_RATE {
+                return Err(format!("a rate must be 1 to {MAX_RATE} a second (to drop everything, use `drop`)"));
+            }
+        }
+        if self.burst_packets.is_some() && self.packets_per_sec.is_none() {
+            return Err("`burst N` (packets) needs a packet rate (`100/s`)".into());
+        }
+        if self.burst_bytes.is_some() && self.bytes_per_sec.is_none() {
+            return Err("`burst SIZE` (bytes) needs a byte or bit rate (`1mbit/s`)".into());
+        }
+        for b in [self.burst_packets, self.burst_bytes].into_iter().flatten() {
+            if b == 0 || b > MAX_RATE {
+                return Err(format!("a burst must be 1 to {MAX_RATE}"));
+            }
+        }
+        if self.per.v4_len > 32 || self.per.v6_len > 128 {
+            return Err("`per src/V4/V6`: IPv4 lengths are 0 to 32, IPv6 ones 0 to 128".into());
+        }
+        if let Some(d) = self.block {
+            check_ttl(d).map_err(str::to_owned)?;
+        }
+        Ok(())
+    }
+
+    /// Reads one word of a limit (`100/s`, `1mbit/s`, `per`, `burst`,
+    /// `block`), taking its value from `next`. `Ok(false)`: not a limit word.
+    pub(crate) fn parse_word(
+        &mut self,
+        word: &str,
+        mut next: impl FnMut() -> Option<String>,
+        seen: &mut Vec<&'static str>,
+    ) -> Result<bool, String> {
+        let mut once = |what: &'static str| {
+            if seen.contains(&what) {
+                Err(format!("`{what}` given twice"))
+            } else {
+                seen.push(what);
+                Ok(())
+            }
+        };
+        let lower = word.to_ascii_lowercase();
+        match lower.as_str() {
+            "per" => {
+                once("per")?;
+                let v = next().ok_or("`per` needs `src` or `src/LEN[/LEN]` after it")?.to_ascii_lowercase();
+                let rest = v.strip_prefix("src").ok_or_else(|| format!("`per {v}`: only `per src[/LEN[/LEN]]`"))?;
+                let lens: Vec<&str> = rest.split('/').skip(1).collect();
+                let num = |s: &str, max: u8| {
+                    s.parse::<u8>()
+                        .ok()
+                        .filter(|n| *n <= max)
+                        .ok_or_else(|| format!("`per {v}`: `{s}` is not a prefix length (0 to {max})"))
+                };
+                if !rest.is_empty() && !rest.starts_with('/') {
+                    return Err(format!("`per {v}`: write `per src/24` or `per src/24/64`"));
+                }
+                self.per = match lens[..] {
+                    [] => LimitKey::default(),
+                    [a] => {
+                        // One length: the IPv4 one when it fits, else IPv6;
+                        // normalized() checks it against the rule's family.
+                        let n = num(a, 128)?;
+                        if n <= 32 {
+                            LimitKey { v4_len: n, v6_len: 128 }
+                        } else {
+                            LimitKey { v4_len: 32, v6_len: n }
+                        }
+                    }
+                    [a, b] => LimitKey { v4_len: num(a, 32)?, v6_len: num(b, 128)? },
+                    _ => return Err(format!("`per {v}`: at most two lengths (IPv4, IPv6)")),
+                };
+                Ok(true)
+            }
+            "burst" => {
+                let v = next().ok_or("`burst` needs a number (packets) or a size (`64kB`)")?;
+                if let Ok(n) = v.parse::<u64>() {
+                    once("burst (packets)")?;
+                    self.burst_packets = Some(n);
+                } else {
+                    once("burst (bytes)")?;
+                    self.burst_bytes = Some(parse_size(&v).ok_or_else(|| {
+                        format!("`burst {v}`: give packets (`200`) or bytes (`64kB`, `1MB`, `1500B`)")
+                    })?);
+                }
+                Ok(true)
+            }
+            "block" => {
+                once("block")?;
+                let v = next().ok_or("`block` needs a duration (`10m`)")?;
+                let d =
+                    parse_duration(&v).ok_or_else(|| format!("`block {v}`: write a duration like 30s, 10m, 2h, 1d"))?;
+                self.block = Some(d);
+                Ok(true)
+            }
+            _ => match parse_rate(word) {
+                Some(Rate::Packets(n)) => {
+                    once("packet rate")?;
+                    self.packets_per_sec = Some(n);
+                    Ok(true)
+                }
+                Some(Rate::Bytes(n)) => {
+                    once("byte rate")?;
+                    self.bytes_per_sec = Some(n);
+                    Ok(true)
+                }
+                None if lower.ends_with("/s") || lower.ends_with("pps") || lower.ends_with("bps") => Err(format!(
+                    "`{word}` is not a rate: write packets (`100/s`) or bits (`1mbit/s`) or bytes (`125kB/s`) per \
+                     second, whole bytes"
+                )),
+                None => Ok(false),
+            },
+        }
+    }
+}
+
+/// Checks a time to live (timed blocks, auto-blocks).
+pub(crate) fn check_ttl(d: Duration) -> Result<(), &'static str> {
+    if d < Duration::from_secs(1) || d > MAX_BLOCK {
+        return Err("a block lasts 1 second to 365 days");
+    }
+    Ok(())
+}
+
+enum Rate {
+    Packets(u64),
+    Bytes(u64),
+}
+
+fn split_number(s: &str) -> Option<(u64, &str)> {
+    let end = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    Some((s[..end].parse().ok()?, &s[end..]))
+}
+
+fn scale(unit: &str) -> Option<(u64, &str)> {
+    let (k, rest) = match unit.as_bytes().first() {
+        Some(b'k' | b'K') => (1_000, &unit[1..]),
+        Some(b'm' | b'M') => (1_000_000, &unit[1..]),
+        Some(b'g' | b'G') => (1_000_000_000, &unit[1..]),
+        _ => (1, unit),
+    };
+    Some((k, rest))
+}
+
+/// `100/s`, `100pps` (packets); `1mbit/s`, `1mbps` (bits); `125kB/s` (bytes).
+fn parse_rate(s: &str) -> Option<Rate> {
+    let (n, unit) = split_number(s)?;
+    if unit == "/s" || unit.eq_ignore_ascii_case("pps") {
+        return Some(Rate::Packets(n));
+    }
+    let (k, rest) = scale(unit)?;
+    let rest_lower = rest.to_ascii_lowercase();
+    let total = n.checked_mul(k)?;
+    match rest_lower.as_str() {
+        "bit/s" | "bps" => (total % 8 == 0).then_some(Rate::Bytes(total / 8)),
+        _ if rest == "B/s" => Some(Rate::Bytes(total)),
+        _ => None,
+    }
+}
+
+/// `1500B`, `64kB`, `1MB` (bytes, powers of 1000).
+fn parse_size(s: &str) -> Option<u64> {
+    let (n, unit) = split_number(s)?;
+    let (k, rest) = scale(unit)?;
+    (rest == "B").then(|| n.checked_mul(k)).flatten()
+}
+
+/// `30s`, `10m`, `2h`, `1d` (a number and one unit).
+pub(crate) fn parse_duration(s: &str) -> Option<Duration> {
+    let (n, unit) = split_number(s.trim())?;
+    let secs = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return None,
+    };
+    Some(Duration::from_secs(n.checked_mul(secs)?))
+}
+
+/// A duration as rule text writes it: the largest unit that divides it.
+pub(crate) fn fmt_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    for (unit, secs) in [("d", 86_400), ("h", 3600), ("m", 60)] {
+        if s >= secs && s % secs == 0 {
+            return format!("{}{unit}", s / secs);
+        }
+    }
+    format!("{s}s")
+}
+
+fn fmt_scaled(n: u64, unit: &str) -> String {
+    for (prefix, k) in [("g", 1_000_000_000u64), ("m", 1_000_000), ("k", 1_000)] {
+        if n >= k && n % k == 0 {
+            return format!("{}{prefix}{unit}", n / k);
+        }
+    }
+    format!("{n}{unit}")
+}
+
+impl fmt::Display for RateLimit {
+    /// `RATE [RATE] [per src/..] [burst N] [burst SIZE] [block DURATION]`
+    /// (what follows `rate-limit` in a rule).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut words = Vec::new();
+        if let Some(p) = self.packets_per_sec {
+            words.push(format!("{p}/s"));
+        }
+        if let Some(b) = self.bytes_per_sec {
+            words.push(format!("{}/s", fmt_scaled(b * 8, "bit")));
+        }
+        if self.per != LimitKey::default() {
+            words.push(format!("per src/{}/{}", self.per.v4_len, self.per.v6_len));
+        }
+        if let Some(n) = self.burst_packets {
+            words.push(format!("burst {n}"));
+        }
+        if let Some(n) = self.burst_bytes {
+            let s = fmt_scaled(n, "B").replace("mB", "MB").replace("gB", "GB");
+            words.push(format!("burst {s}"));
+        }
+        if let Some(d) = self.block {
+            words.push(format!("block {}", fmt_duration(d)));
+        }
+        f.write_str(&words.join(" "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(words: &str) -> Result<RateLimit, String> {
+        let mut l = RateLimit::default();
+        let mut it = words.split_whitespace().map(str::to_owned);
+        let mut seen = Vec::new();
+        while let Some(w) = it.next() {
+            if !l.parse_word(&w, || it.next(), &mut seen)? {
+                return Err(format!("not a limit word: {w}"));
+            }
+        }
+        l.check()?;
+        Ok(l)
+    }
+
+    #[test]
+    fn limits_round_trip() {
+        for (text, shown) in [
+            ("100/s", "100/s"),
+            ("100pps 1mbit/s", "100/s 1mbit/s"),
+            ("8000bit/s", "8kbit/s"),
+            ("125kB/s", "1mbit/s"),
+            ("10/s per src/24/64 burst 20 block 10m", "10/s per src/24/64 burst 20 block 10m"),
+            ("10/s per src/24", "10/s per src/24/128"),
+            ("10/s per src/64", "10/s per src/32/64"),
+            ("1gbit/s burst 64kB", "1gbit/s burst 64kB"),
+            ("5/s block 90s", "5/s block 90s"),
+            ("5/s block 7200s", "5/s block 2h"),
+        ] {
+            let l = parse(text).unwrap_or_else(|e| panic!("{text}: {e}"));
+            assert_eq!(l.to_string(), shown, "{text}");
+            assert_eq!(parse(shown).unwrap(), l, "{shown} round-trips");
+        }
+        let l = parse("1mbit/s").unwrap();
+        assert_eq!(l.bytes_per_sec, Some(125_000));
+        assert_eq!(l.effective_burst_bytes(), Some(125_000));
+        assert_eq!(parse("100/s").unwrap().effective_burst_packets(), Some(100));
+    }
+
+    #[test]
+    fn bad_limits_say_why() {
+        for (text, why) in [
+            ("per src", "needs a rate"),
+            ("0/s", "1 to"),
+            ("100/s 200/s", "given twice"),
+            ("12bit/s", "not a rate"),
+            ("10/s burst 64kB", "needs a byte"),
+            ("1mbit/s burst 5", "needs a packet rate"),
+            ("10/s per src/33/64", "0 to 32"),
+            ("10/s per dst", "only `per src"),
+            ("10/s block 0s", "1 second"),
+            ("10/s block soon", "duration"),
+        ] {
+            let err = parse(text).expect_err(text);
+            assert!(err.contains(why), "{text}: {err}");
+        }
+    }
+}

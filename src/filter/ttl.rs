@@ -1,0 +1,188 @@
+//! Blocks that expire: [`TimedBlocks`] (from [`Filter::timed_blocks`]),
+//! and the rate limiter's own counters ([`LimiterStats`]).
+//!
+//! A timed block drops every packet from its prefix until it expires. The
+//! guard stage checks them after the lists (an allowlisted source still
+//! passes) and before the rules, only while there are any. The data plane
+//! compares the expiry with its clock, so an expired entry stops matching
+//! at once, with no daemon running; it is deleted by the first packet that
+//! finds it expired, and by user space on any edit or list. A rate-limit
+//! rule with `block DURATION` adds entries itself (with the rule's id).
+
+use std::time::Duration;
+
+use ipnetwork::IpNetwork;
+
+use crate::core::layout::consts::*;
+use crate::error::RuleError;
+use crate::filter::guard::limits;
+use crate::filter::guard::Guard;
+use crate::filter::prefix::normalize;
+use crate::filter::rules::RuleId;
+use crate::filter::Filter;
+
+/// A timed block: its prefix, the time left, and who made it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimedBlock {
+    /// The blocked prefix.
+    pub prefix: IpNetwork,
+    /// Time left until it expires.
+    pub remaining: Duration,
+    /// The rate-limit rule that blocked it (`None`: added by hand).
+    pub rule: Option<RuleId>,
+}
+
+/// The rate limiter's own counters, summed over CPUs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct LimiterStats {
+    /// Exact buckets made for keys the sketch found heavy.
+    pub buckets_made: u64,
+    /// Heavy keys that got no bucket (the per-window cap was reached): the
+    /// sketch's estimate decided for them.
+    pub promote_capped: u64,
+    /// ... and of those, found over the limit.
+    pub sketch_over: u64,
+    /// Auto-blocks the timed-block table refused (full).
+    pub blocks_failed: u64,
+    /// Expired timed blocks the data plane deleted.
+    pub expired: u64,
+    /// Exact buckets in the LRU now (at most its capacity).
+    pub buckets: usize,
+}
+
+/// A filter's timed blocks. Get them with [`Filter::timed_blocks`].
+///
+/// ```no_run
+/// # let filter = xdpguard::Filter::open_pinned("/sys/fs/bpf/xdpguard")?;
+/// use std::time::Duration;
+/// filter.timed_blocks().insert("192.0.2.7".parse()?, Duration::from_secs(600))?;
+/// for b in filter.timed_blocks().list()? {
+///     println!("{} for {:?} more", b.prefix, b.remaining);
+/// }
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct TimedBlocks<'f> {
+    filter: &'f Filter,
+}
+
+impl Filter {
+    /// The blocks that expire (`xdpguard block --ttl 10m ADDR`), checked by
+    /// the guard stage after the lists and before the rules. Needs the
+    /// guard stage (Linux 5.17).
+    pub fn timed_blocks(&self) -> TimedBlocks<'_> {
+        TimedBlocks { filter: self }
+    }
+
+    /// Sets how many exact buckets one CPU may make per sketch window
+    /// (100 ms) before the sketch decides alone (default 1,024; the table
+    /// holds 65,536): how fast a flood that saturates the sketch can churn
+    /// the buckets of real clients. Live, for the next packet.
+    ///
+    /// # Errors
+    ///
+    /// [`RuleError::NoGuard`].
+    pub fn set_limiter_promote_max(&self, n: u32) -> Result<(), RuleError> {
+        let maps = &self.guard_stage()?.core.maps;
+        let off = std::mem::offset_of!(limits::xdpg_limit_config, promote_max);
+        maps.lcfg.atomic_u32(0, off).store(n.max(1), std::sync::atomic::Ordering::Release);
+        Ok(())
+    }
+
+    /// The rate limiter's own counters (buckets made, sketch decisions).
+    ///
+    /// # Errors
+    ///
+    /// [`RuleError::NoGuard`]; [`RuleError::Bpf`] when a counter cannot be read.
+    pub fn limiter_stats(&self) -> Result<LimiterStats, RuleError> {
+        let maps = &self.guard_stage()?.core.maps;
+        let s = maps
+            .lstats
+            .sum(0)
+            .map_err(|source| RuleError::Bpf { op: "reading the rate limiter's counters".into(), source })?;
+        Ok(LimiterStats {
+            buckets_made: s.buckets_made,
+            promote_capped: s.promote_capped,
+            sketch_over: s.sketch_over,
+            blocks_failed: s.blocks_failed,
+            expired: s.expired,
+            buckets: maps.llru.keys().count(),
+        })
+    }
+}
+
+impl TimedBlocks<'_> {
+    fn guard(&self) -> Result<&Guard, RuleError> {
+        self.filter.guard_stage()
+    }
+
+    /// Runs an edit under the guard's lock, reclaims expired entries, and
+    /// puts the guard in the filter's stage slot or takes it out.
+    fn edit<R>(
+        &self,
+        f: impl FnOnce(&crate::filter::guard::maps::GuardMaps) -> Result<R, RuleError>,
+    ) -> Result<R, RuleError> {
+        let guard = self.guard()?;
+        let stages = &self.filter.core.maps.stages;
+        guard.core.edit(|st, maps| {
+            let r = f(maps)?;
+            st.timed_blocks = limits::reclaim(maps)?;
+            guard.install(stages, Guard::active(st))?;
+            Ok(r)
+        })
+    }
+
+    /// Blocks `prefix` (an address or a prefix, IPv4 or IPv6) for `ttl`,
+    /// or renews its block. Host bits are cleared.
+    ///
+    /// # Errors
+    ///
+    /// [`RuleError::BadTtl`] for a TTL under a second or over 365 days;
+    /// [`RuleError::Full`] when the table (65,536 entries) is full;
+    /// [`RuleError::NoGuard`], [`RuleError::Bpf`], [`RuleError::Pin`].
+    /// Nothing is changed then.
+    pub fn insert(&self, prefix: IpNetwork, ttl: Duration) -> Result<(), RuleError> {
+        crate::filter::ratelimit::check_ttl(ttl).map_err(|reason| RuleError::BadTtl { ttl, reason })?;
+        let net = normalize(prefix).network;
+        self.edit(|maps| limits::insert(maps, net, ttl))
+    }
+
+    /// Removes the timed block of `prefix`; returns whether there was one.
+    ///
+    /// # Errors
+    ///
+    /// [`RuleError::NoGuard`], [`RuleError::Bpf`], [`RuleError::Pin`].
+    pub fn remove(&self, prefix: IpNetwork) -> Result<bool, RuleError> {
+        let net = normalize(prefix).network;
+        self.edit(|maps| {
+            maps.tblk
+                .remove(&limits::tblock_key(net))
+                .map_err(|source| RuleError::Bpf { op: format!("removing the timed block {net}"), source })
+        })
+    }
+
+    /// The live timed blocks, soonest to expire first (expired ones are
+    /// reclaimed on the way).
+    ///
+    /// # Errors
+    ///
+    /// [`RuleError::NoGuard`], [`RuleError::Bpf`], [`RuleError::Pin`].
+    pub fn list(&self) -> Result<Vec<TimedBlock>, RuleError> {
+        self.edit(|maps| {
+            limits::reclaim(maps)?;
+            let now = maps.now_ns();
+            let mut out: Vec<TimedBlock> = limits::entries(maps)
+                .into_iter()
+                .filter(|(_, tb)| tb.expires_ns > now)
+                .map(|(prefix, tb)| TimedBlock {
+                    prefix,
+                    remaining: Duration::from_nanos(tb.expires_ns - now),
+                    rule: (tb.rule != XDPG_TB_BY_USER).then_some(RuleId(tb.rule)),
+                })
+                .collect();
+            out.sort_by_key(|b| (b.remaining, b.prefix));
+            Ok(out)
+        })
+    }
+}

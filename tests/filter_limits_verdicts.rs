@@ -1,0 +1,310 @@
+//! Rate limits and timed blocks (the guard stage) through BPF_PROG_TEST_RUN
+//! on the real programs, with the guard's clock stepped by
+//! `Filter::advance_clock`: every packet a fixture row (action, frame
+//! unchanged, exactly one filter reason moved), rule counters (matches and
+//! "limited") checked beside the table.
+//!
+//! The limiter's sketch is per CPU: the tests pin themselves to CPU 0.
+//!
+//! Needs root (CAP_BPF + CAP_NET_ADMIN); fails, never skips, without it.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use xdpguard::testing::fixture::{Fixture, FixtureTable};
+use xdpguard::testing::frame::*;
+use xdpguard::{Counter, Filter, IpNetwork, Rule, RuleError, RuleId, XdpAction};
+
+/// Pins the calling thread to CPU 0 (the sketch is per CPU).
+fn pin_to_cpu0() {
+    let mut cpus = nix::sched::CpuSet::new();
+    cpus.set(0).unwrap();
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &cpus).unwrap();
+}
+
+fn load() -> Filter {
+    pin_to_cpu0();
+    Filter::builder()
+        .v4_capacity(1024)
+        .v6_capacity(1024)
+        .max_rules(64)
+        .load()
+        .unwrap_or_else(|e| panic!("loading the filter failed; these tests need root and a BPF-capable kernel: {e}"))
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
+}
+
+fn net(s: &str) -> IpNetwork {
+    s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
+}
+
+fn rule(s: &str) -> Rule {
+    s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
+}
+
+fn udp_sized(src: &str, dport: u16, payload: usize) -> Frame {
+    let src = ip(src);
+    let dst = if src.is_ipv4() { IpAddr::V4(DST_V4) } else { IpAddr::V6(DST_V6) };
+    Frame::builder().ip(src, dst).udp(40000, dport).payload(&vec![0x5a; payload]).build()
+}
+
+fn udp(src: &str, dport: u16) -> Frame {
+    udp_sized(src, dport, 32)
+}
+
+/// (matches, limited) packets of a rule.
+fn counts(f: &Filter, id: RuleId) -> (u64, u64) {
+    let e = f.rules().list().unwrap().into_iter().find(|e| e.id == id).expect("rule listed");
+    (e.hits.packets, e.limited.packets)
+}
+
+struct Table<'f> {
+    f: &'f Filter,
+    table: FixtureTable<'f, Filter>,
+    failures: Vec<String>,
+}
+
+impl<'f> Table<'f> {
+    fn new(f: &'f Filter, name: &str) -> Self {
+        Table { f, table: FixtureTable::new(f, name), failures: Vec::new() }
+    }
+
+    /// `frame` gets `action` and moves `reason`; rule `id` (if given)
+    /// counts a match, and a "limited" packet when `limited`.
+    fn run(&mut self, what: &str, frame: &[u8], action: XdpAction, reason: &'static str, id: Option<(RuleId, bool)>) {
+        let before = id.map(|(id, _)| counts(self.f, id));
+        self.table.run(Fixture::new(what, frame).action(action).unchanged().counts(&[reason]));
+        if let (Some((id, limited)), Some(b)) = (id, before) {
+            let a = counts(self.f, id);
+            let want = (b.0 + 1, b.1 + u64::from(limited));
+            if a != want {
+                self.failures.push(format!("{what}: rule {id} (matches, limited) {b:?} -> {a:?}, expected {want:?}"));
+            }
+        }
+    }
+
+    fn pass(&mut self, what: &str, frame: &[u8], id: RuleId) {
+        self.run(what, frame, XdpAction::Pass, "passed", Some((id, false)));
+    }
+
+    fn limited(&mut self, what: &str, frame: &[u8], id: RuleId) {
+        self.run(what, frame, XdpAction::Drop, "rate_limited", Some((id, true)));
+    }
+
+    fn finish(self) {
+        let report = self.table.into_report();
+        assert!(report.is_ok() && self.failures.is_empty(), "{report}\nrule counters:\n{}", self.failures.join("\n"));
+    }
+}
+
+#[test]
+fn packet_buckets_burst_and_refill() {
+    let f = load();
+    let id = f.rules().add(rule("rate-limit 1/s burst 5 udp dport 53")).unwrap();
+    let other = f.rules().add(rule("drop udp dport 54")).unwrap();
+    let mut t = Table::new(&f, "packets per second");
+    for i in 1..=5 {
+        t.pass(&format!("burst packet {i}"), &udp("203.0.113.1", 53), id);
+    }
+    t.limited("6th packet at once: over", &udp("203.0.113.1", 53), id);
+    t.limited("7th: still over", &udp("203.0.113.1", 53), id);
+    t.pass("another source has its own bucket", &udp("203.0.113.2", 53), id);
+    t.pass("IPv6 source, own bucket", &udp("2001:db8:9::1", 53), id);
+    t.run("not the rule's port", &udp("203.0.113.1", 54), XdpAction::Drop, "rule_dropped", Some((other, false)));
+    f.advance_clock(Duration::from_secs(1)).unwrap();
+    t.pass("1 s later: one token", &udp("203.0.113.1", 53), id);
+    t.limited("and only one", &udp("203.0.113.1", 53), id);
+    f.advance_clock(Duration::from_secs(10)).unwrap();
+    for i in 1..=5 {
+        t.pass(&format!("10 s later: the bucket refilled to its burst, {i}"), &udp("203.0.113.1", 53), id);
+    }
+    t.limited("not beyond it", &udp("203.0.113.1", 53), id);
+    t.finish();
+    let s = f.stats().unwrap();
+    assert_eq!(s.rate_limited.packets, 4, "{s:?}");
+}
+
+#[test]
+fn byte_buckets() {
+    let f = load();
+    // 800 bit/s = 100 bytes/s, 3000 bytes deep (real time between rows
+    // refills a byte per 10 ms: far from the rows' margins).
+    let id = f.rules().add(rule("rate-limit 800bit/s burst 3kB udp dport 53")).unwrap();
+    let frame = udp_sized("203.0.113.1", 53, 1000);
+    assert!(frame.len() > 1000 && frame.len() * 2 <= 3000 && frame.len() * 3 > 3000, "{}", frame.len());
+    let small = udp_sized("203.0.113.1", 53, 10);
+    let mut t = Table::new(&f, "bytes per second");
+    t.pass("1st big frame", &frame, id);
+    t.pass("2nd big frame", &frame, id);
+    t.limited("3rd big frame: over 3 kB", &frame, id);
+    t.pass("a small frame still fits", &small, id);
+    f.advance_clock(Duration::from_secs(20)).unwrap();
+    t.pass("20 s later: 2000 bytes more", &frame, id);
+    t.pass("and another", &frame, id);
+    t.limited("not a third", &frame, id);
+    t.finish();
+}
+
+#[test]
+fn packets_and_bytes_together_and_per_prefix() {
+    let f = load();
+    let id = f.rules().add(rule("rate-limit 1/s 8kbit/s per src/24/64 burst 2 burst 100kB udp dport 53")).unwrap();
+    let mut t = Table::new(&f, "per prefix, both rates");
+    t.pass("203.0.113.1", &udp("203.0.113.1", 53), id);
+    t.pass("203.0.113.200: same /24, same bucket", &udp("203.0.113.200", 53), id);
+    t.limited("203.0.113.7: the /24's burst of 2 is spent", &udp("203.0.113.7", 53), id);
+    t.pass("198.51.100.1: another /24", &udp("198.51.100.1", 53), id);
+    t.pass("2001:db8:1:1::1", &udp("2001:db8:1:1::1", 53), id);
+    t.pass("2001:db8:1:1::2: same /64", &udp("2001:db8:1:1::2", 53), id);
+    t.limited("2001:db8:1:1:ffff::3: same /64, over", &udp("2001:db8:1:1:ffff::3", 53), id);
+    t.pass("2001:db8:1:2::1: another /64", &udp("2001:db8:1:2::1", 53), id);
+    t.finish();
+}
+
+#[test]
+fn the_sketch_admits_light_sources_without_state() {
+    let f = load();
+    // 100/s: 10 a window (100 ms), burst 100: a key is admitted by the
+    // sketch up to 5 packets a window, then gets an exact bucket.
+    let id = f.rules().add(rule("rate-limit 100/s udp dport 53")).unwrap();
+    let before = f.limiter_stats().unwrap();
+    for i in 0..2000u32 {
+        let src = format!("198.51.{}.{}", 100 + (i / 250), 1 + i % 250);
+        let run = f.test_run(&udp(&src, 53)).unwrap();
+        assert_eq!(run.action, XdpAction::Pass, "{src}");
+    }
+    let after = f.limiter_stats().unwrap();
+    assert_eq!(after.buckets_made, before.buckets_made, "one packet per source makes no bucket: {after:?}");
+    assert_eq!(after.buckets, 0, "{after:?}");
+    // A heavy source: admitted by the sketch, then an exact bucket charged
+    // with what the sketch saw: 100 pass (the burst), then over.
+    let frame = udp("203.0.113.9", 53);
+    let passed = (0..130).filter(|_| f.test_run(&frame).unwrap().action == XdpAction::Pass).count();
+    assert_eq!(passed, 100, "the burst exactly");
+    let s = f.limiter_stats().unwrap();
+    assert_eq!((s.buckets_made - before.buckets_made, s.buckets), (1, 1), "{s:?}");
+    assert_eq!(counts(&f, id).1, 30);
+}
+
+#[test]
+fn a_full_bucket_budget_leaves_the_decision_to_the_sketch() {
+    let f = load();
+    // burst 1, 1/s: admit 0 (every key is heavy at once); the sketch's
+    // limit for a key without a bucket: 0 + 1 packets a window.
+    f.rules().add(rule("rate-limit 1/s burst 1 udp dport 53")).unwrap();
+    f.set_limiter_promote_max(10).unwrap();
+    let mut real = udp("192.0.2.10", 53);
+    assert_eq!(f.test_run(&real).unwrap().action, XdpAction::Pass, "the real client's first packet");
+    assert_eq!(f.test_run(&real).unwrap().action, XdpAction::Drop, "its bucket: burst 1");
+    // A spoofed flood in one window: 10 more buckets, then none.
+    // 100 sources, twice each.
+    for i in 0..200u32 {
+        let src = format!("203.0.113.{}", 1 + i % 100);
+        let _ = f.test_run(&udp(&src, 53)).unwrap();
+    }
+    let s = f.limiter_stats().unwrap();
+    assert!(s.buckets_made <= 11 + 11, "the cap holds (a window may roll once): {s:?}");
+    assert!(s.promote_capped > 0, "{s:?}");
+    assert!(s.sketch_over > 0, "sources seen twice in a window without a bucket are over: {s:?}");
+    // The real client's bucket was not evicted: still over, then refilled.
+    assert_eq!(f.test_run(&real).unwrap().action, XdpAction::Drop, "its bucket is still there");
+    f.advance_clock(Duration::from_secs(2)).unwrap();
+    real = udp("192.0.2.10", 53);
+    assert_eq!(f.test_run(&real).unwrap().action, XdpAction::Pass, "refilled");
+}
+
+#[test]
+fn monitor_modes_count_and_pass() {
+    let f = load();
+    let mon = f.rules().add(rule("monitor rate-limit 1/s burst 1 udp dport 53")).unwrap();
+    let id = f.rules().add(rule("rate-limit 1/s burst 1 block 1m udp dport 53")).unwrap();
+    let mut t = Table::new(&f, "monitor");
+    t.pass("first packet, both rules", &udp("203.0.113.1", 53), id);
+    assert_eq!(counts(&f, mon), (1, 0));
+    // The whole filter in monitor mode: would drop, no auto-block.
+    f.set_monitor(true);
+    t.run("over, monitor mode", &udp("203.0.113.1", 53), XdpAction::Pass, "would_drop_limit", Some((id, true)));
+    assert_eq!(counts(&f, mon), (2, 1), "the monitored rule counts what it would limit and goes on");
+    assert!(f.timed_blocks().list().unwrap().is_empty(), "monitor mode blocks no one");
+    f.set_monitor(false);
+    t.limited("over, for real", &udp("203.0.113.1", 53), id);
+    let blocks = f.timed_blocks().list().unwrap();
+    assert_eq!(blocks.len(), 1, "{blocks:?}");
+    assert_eq!((blocks[0].prefix, blocks[0].rule), (net("203.0.113.1/32"), Some(id)));
+    t.finish();
+}
+
+#[test]
+fn timed_blocks_expire_and_are_reclaimed() {
+    let f = load();
+    let tb = f.timed_blocks();
+    tb.insert(net("192.0.2.7"), Duration::from_secs(60)).unwrap();
+    tb.insert(net("2001:db8:7::/48"), Duration::from_secs(600)).unwrap();
+    tb.insert(net("198.51.100.0/24"), Duration::from_secs(600)).unwrap();
+    tb.insert(net("198.51.100.9/32"), Duration::from_secs(30)).unwrap();
+    f.allowlist().insert(net("198.51.100.77/32")).unwrap();
+    let list = tb.list().unwrap();
+    assert_eq!(list.len(), 4);
+    assert_eq!(list[0].prefix, net("198.51.100.9/32"), "soonest first");
+    assert!(list[0].remaining <= Duration::from_secs(30) && list[0].remaining > Duration::from_secs(29), "{list:?}");
+    assert!(list.iter().all(|b| b.rule.is_none()));
+
+    let mut t = FixtureTable::new(&f, "timed blocks");
+    let row = |what: &str, src: &str, action, reason| {
+        Fixture::new(what.to_owned(), udp(src, 80)).action(action).unchanged().counts(&[reason])
+    };
+    t.run(row("a blocked address", "192.0.2.7", XdpAction::Drop, "timed_blocked"));
+    t.run(row("its neighbour", "192.0.2.8", XdpAction::Pass, "passed"));
+    t.run(row("in a blocked /48", "2001:db8:7:1::1", XdpAction::Drop, "timed_blocked"));
+    t.run(row("in a blocked /24", "198.51.100.1", XdpAction::Drop, "timed_blocked"));
+    t.run(row("the allowlist wins", "198.51.100.77", XdpAction::Pass, "allowlisted"));
+    f.advance_clock(Duration::from_secs(31)).unwrap();
+    // The /32 inside the /24 expired: the packet finds it expired, deletes
+    // it, and the /24 still blocks.
+    t.run(row("expired /32 inside a live /24", "198.51.100.9", XdpAction::Drop, "timed_blocked"));
+    assert_eq!(f.limiter_stats().unwrap().expired, 1, "the data plane reclaimed it");
+    f.advance_clock(Duration::from_secs(30)).unwrap();
+    t.run(row("61 s later: the address expired", "192.0.2.7", XdpAction::Pass, "passed"));
+    f.set_monitor(true);
+    t.run(row("monitor mode: would drop", "198.51.100.1", XdpAction::Pass, "would_drop_timed"));
+    f.set_monitor(false);
+    t.finish();
+    let mut left: Vec<IpNetwork> = tb.list().unwrap().into_iter().map(|b| b.prefix).collect();
+    left.sort();
+    assert_eq!(left, [net("198.51.100.0/24"), net("2001:db8:7::/48")]);
+    assert!(tb.remove(net("198.51.100.0/24")).unwrap());
+    assert!(!tb.remove(net("198.51.100.0/24")).unwrap());
+    // Errors: a TTL out of range changes nothing.
+    assert!(matches!(tb.insert(net("192.0.2.1"), Duration::from_millis(10)), Err(RuleError::BadTtl { .. })));
+    assert_eq!(tb.list().unwrap().len(), 1);
+    f.advance_clock(Duration::from_secs(600)).unwrap();
+    assert!(tb.list().unwrap().is_empty(), "user space reclaims the expired ones");
+    let run = f.test_run(&udp("2001:db8:7:1::1", 80)).unwrap();
+    assert_eq!(run.action, XdpAction::Pass);
+    let _ = Counter::default();
+}
+
+#[test]
+fn auto_block_by_a_rate_limit() {
+    let f = load();
+    let id = f.rules().add(rule("rate-limit 1/s burst 2 per src/24 block 10m udp dport 53")).unwrap();
+    let mut t = Table::new(&f, "auto-block");
+    t.pass("1", &udp("203.0.113.1", 53), id);
+    t.pass("2", &udp("203.0.113.2", 53), id);
+    t.limited("3: over, and its /24 is blocked", &udp("203.0.113.3", 53), id);
+    t.run("the /24 is blocked on any port", &udp("203.0.113.99", 80), XdpAction::Drop, "timed_blocked", None);
+    t.run("before the rules see it", &udp("203.0.113.4", 53), XdpAction::Drop, "timed_blocked", None);
+    assert_eq!(counts(&f, id), (3, 1), "the blocked packets reach no rule");
+    let e = f.rules().list().unwrap().into_iter().find(|e| e.id == id).unwrap();
+    assert_eq!(e.auto_blocks, 1);
+    let blocks = f.timed_blocks().list().unwrap();
+    assert_eq!(blocks.len(), 1);
+    assert_eq!((blocks[0].prefix, blocks[0].rule), (net("203.0.113.0/24"), Some(id)));
+    assert!(blocks[0].remaining > Duration::from_secs(590), "{blocks:?}");
+    f.advance_clock(Duration::from_secs(601)).unwrap();
+    t.run("10 min later: unblocked", &udp("203.0.113.99", 80), XdpAction::Pass, "passed", None);
+    t.pass("and limited afresh", &udp("203.0.113.4", 53), id);
+    t.finish();
+}
