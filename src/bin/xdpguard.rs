@@ -40,6 +40,8 @@ mod common;
 mod metrics;
 #[path = "xdpguard/progress.rs"]
 mod progress;
+#[path = "xdpguard/timed.rs"]
+mod timed;
 
 use std::io::Write;
 use std::net::IpAddr;
@@ -100,6 +102,11 @@ struct BlockArgs {
     /// allowlisted is dropped, your own SSH session included.
     #[arg(long)]
     force: bool,
+    /// Block for this long only (`30s`, `10m`, `2h`; 1 s to 365 days): a
+    /// timed block, checked by the guard stage after the lists; it stops
+    /// matching when it expires, with no daemon running.
+    #[arg(long, value_parser = humantime::parse_duration, conflicts_with = "replace")]
+    ttl: Option<Duration>,
 }
 
 #[derive(Subcommand)]
@@ -375,6 +382,11 @@ fn run(command: Command) -> Result<()> {
             let (_, report) = Filter::upgrade_pinned(&pin.pin)?;
             common::print_upgraded("filter", &report, &pin.pin);
         }
+        Command::Block(b) if b.ttl.is_some() => {
+            let nets: Vec<IpNetwork> = gather(&b.add.edit)?.into_iter().map(|g| g.net).collect();
+            let filter = Filter::open_pinned(&b.add.edit.pin.pin)?;
+            timed::block(&filter, &nets, b.ttl.unwrap_or_default())?;
+        }
         Command::Block(b) => add_entries(ListKind::Block, b.add, b.force)?,
         Command::Allow(add) => add_entries(ListKind::Allow, add, false)?,
         Command::Unblock(edit) => remove_entries(ListKind::Block, edit)?,
@@ -383,15 +395,20 @@ fn run(command: Command) -> Result<()> {
             let filter = Filter::open_pinned(&pin.pin)?;
             let list = if allow { filter.allowlist() } else { filter.blocklist() };
             let entries: Vec<IpNetwork> = list.iter()?.collect();
+            let timed = if allow { Vec::new() } else { timed::list(&filter)? };
             if json {
                 let items: Vec<String> = entries.iter().map(|n| n.to_string()).collect();
-                println!("{}", json!({ "list": list.kind().to_string(), "entries": items }));
+                let timed: Vec<_> = timed.iter().map(timed::to_json).collect();
+                println!("{}", json!({ "list": list.kind().to_string(), "entries": items, "timed": timed }));
             } else {
                 let mut out = std::io::stdout().lock();
                 for e in &entries {
                     writeln!(out, "{e}")?;
                 }
-                eprintln!("{} entries in the {}", entries.len(), list.kind());
+                for b in &timed {
+                    writeln!(out, "{}", timed::to_line(b))?;
+                }
+                eprintln!("{} entries in the {}, {} timed blocks", entries.len(), list.kind(), timed.len());
             }
         }
         Command::Stats { pin, json, watch, reset } => {
@@ -723,8 +740,15 @@ fn remove_entries(kind: ListKind, edit: Edit) -> Result<()> {
     let filter = Filter::open_pinned(&edit.pin.pin)?;
     let list = list_of(&filter, kind);
     let count = given.len();
-    let change = list.remove_all(given.into_iter().map(|g| g.net))?;
+    let nets: Vec<IpNetwork> = given.into_iter().map(|g| g.net).collect();
+    let change = list.remove_all(nets.iter().copied())?;
     println!("{kind}: removed {} of {count} entries ({} were not present)", change.changed, count - change.changed);
+    if kind == ListKind::Block && filter.rules().len().is_ok() {
+        let timed = timed::unblock(&filter, &nets)?;
+        if timed > 0 {
+            println!("timed blocks: removed {timed}");
+        }
+    }
     Ok(())
 }
 
@@ -788,6 +812,8 @@ fn rule_command(cmd: RuleCommand) -> Result<()> {
                             "position": e.position,
                             "rule": e.rule.to_string(),
                             "hits": common::counter_json(e.hits),
+                            "limited": common::counter_json(e.limited),
+                            "auto_blocks": e.auto_blocks,
                         })
                     })
                     .collect();
@@ -796,6 +822,12 @@ fn rule_command(cmd: RuleCommand) -> Result<()> {
                 println!("{:>5} {:>14} {:>16}  rule", "id", "packets", "bytes");
                 for e in &list {
                     println!("{:>5} {:>14} {:>16}  {}", e.id, e.hits.packets, e.hits.bytes, e.rule);
+                    if e.rule.limit.is_some() {
+                        println!(
+                            "{:>5} {:>14} {:>16}  (over the limit; {} auto-blocks)",
+                            "", e.limited.packets, e.limited.bytes, e.auto_blocks
+                        );
+                    }
                 }
                 eprintln!("{} rules, checked in this order after the allowlist and blocklist", list.len());
             }
