@@ -7,8 +7,8 @@
  *
  *   1. an exact bucket for the key in the LRU (xdpg_l_lru)? Its GCRA
  *      decides (packets and bytes, each with its burst);
- *   2. else the key is counted in this CPU's count-min sketch (4 rows,
- *      time-windowed, never under-counts). An estimate up to the rule's
+ *   2. else the key is counted in this CPU's count-min sketch (4 rows in
+ *      one cache line, time-windowed, never under-counts). An estimate up to the rule's
  *      `admit` (at most half of what the rate allows in a window) cannot
  *      be over the limit: the packet conforms and no state is made. So a
  *      spoofed flood of one or two packets per source makes no bucket;
@@ -78,22 +78,31 @@ static __always_inline int bucket_over(struct xdpg_limit_bucket *b, const struct
 	return 0;
 }
 
-/* Counts the key in the sketch; returns its estimate for this window. */
+/* Counts the key in the sketch; returns its estimate for this window.
+ * Measured (1M random sources, one call each): one sketch counter per row
+ * in a per-CPU array of single counters cost two misses a row (the
+ * element's pointer, then the counter); the blocked layout costs one. */
 static __always_inline __u32 sketch_count(__u32 hash, __u64 window)
 {
 	__u32 est = XDPG_RL_COUNT_MASK;
 	__u32 tag = (__u32)(window & 0xFF) << XDPG_RL_TAG_SHIFT;
+	__u32 block = hash & (XDPG_RL_BLOCKS - 1);
+	__u32 chunk = block / XDPG_RL_CHUNK_BLOCKS;
+	struct xdpg_sketch_chunk *ch = bpf_map_lookup_elem(&xdpg_l_sketch, &chunk);
+	if (!ch)
+		return est;
+	__u32 base = (block % XDPG_RL_CHUNK_BLOCKS) * XDPG_RL_BLOCK_SLOTS;
+	__u32 slots = xdpg_mix32(hash ^ 0x9E3779B9u);
 #pragma unroll
 	for (__u32 row = 0; row < XDPG_RL_ROWS; row++) {
-		__u32 idx = row * XDPG_RL_WIDTH + (xdpg_mix32(hash + row * 0x9E3779B9u) & (XDPG_RL_WIDTH - 1));
-		__u32 *c = bpf_map_lookup_elem(&xdpg_l_sketch, &idx);
-		if (!c)
-			continue;
-		__u32 v = *c;
+		__u32 idx = base + row * 4 + ((slots >> (2 * row)) & 3);
+		if (idx >= XDPG_RL_CHUNK_BLOCKS * XDPG_RL_BLOCK_SLOTS)
+			return est;
+		__u32 v = ch->c[idx];
 		__u32 n = (v & ~XDPG_RL_COUNT_MASK) == tag ? (v & XDPG_RL_COUNT_MASK) : 0;
 		if (n < XDPG_RL_COUNT_MASK)
 			n++;
-		*c = tag | n;
+		ch->c[idx] = tag | n;
 		if (n < est)
 			est = n;
 	}

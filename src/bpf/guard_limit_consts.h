@@ -7,12 +7,21 @@
 /* Layout of the limit maps (guard_limit_structs.h), in their config. */
 #define XDPG_LIMIT_LAYOUT_VERSION 1
 
-/* The count-min sketch: rows of counters, each indexed by its own hash of
- * (rule, key). A counter is a window tag (high 8 bits: the window number)
- * and a count (low 24 bits): a counter last written in another window
- * reads as 0, so the sketch empties itself window by window. */
+/* The count-min sketch, cache-blocked: a key's XDPG_RL_ROWS counters lie in
+ * one 64-byte block of 16 (row i: one of slots 4i..4i+3), so counting a key
+ * costs one cache miss rather than one per row. XDPG_RL_BLOCKS blocks per
+ * CPU, in chunks of XDPG_RL_CHUNK_BLOCKS (one per-CPU array value of 32 KiB,
+ * the most a per-CPU value can hold). A counter is a window tag (high 8
+ * bits: the window number) and a count (low 24 bits): a counter last
+ * written in another window reads as 0, so the sketch empties itself
+ * window by window. Two keys share all four counters only when they share
+ * a block (1 in 4,096) and then each row's slot (1 in 4 each). */
 #define XDPG_RL_ROWS 4
-#define XDPG_RL_WIDTH 16384 /* counters per row, a power of two */
+#define XDPG_RL_BLOCK_SLOTS 16
+#define XDPG_RL_BLOCKS 4096 /* a power of two: 256 KiB per CPU */
+#define XDPG_RL_CHUNK_BLOCKS 512
+#define XDPG_RL_CHUNKS 8    /* XDPG_RL_BLOCKS / XDPG_RL_CHUNK_BLOCKS */
+#define XDPG_RL_WIDTH 16384 /* counters per row, all blocks */
 #define XDPG_RL_TAG_SHIFT 24
 #define XDPG_RL_COUNT_MASK 0xFFFFFF
 /* Default sketch window (config window_ns = 0): 100 ms. */

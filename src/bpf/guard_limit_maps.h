@@ -37,12 +37,12 @@ struct {
 
 /* The count-min sketch, per CPU (no atomics, no cache line bouncing
  * between CPUs; RSS keeps a source's packets on one queue, so per-CPU
- * counts are its counts): XDPG_RL_ROWS rows of XDPG_RL_WIDTH counters. */
+ * counts are its counts), in chunks (guard_limit_consts.h). */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, XDPG_RL_ROWS *XDPG_RL_WIDTH);
+	__uint(max_entries, XDPG_RL_CHUNKS);
 	__type(key, __u32);
-	__type(value, __u32);
+	__type(value, struct xdpg_sketch_chunk);
 } xdpg_l_sketch SEC(".maps");
 
 /* Exact buckets of the keys the sketch found heavy. */

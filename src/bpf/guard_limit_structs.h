@@ -70,6 +70,11 @@ struct xdpg_limit_stats {
 	__u64 reserved;
 };
 
+/* A chunk of the sketch: XDPG_RL_CHUNK_BLOCKS blocks of 16 counters. */
+struct xdpg_sketch_chunk {
+	__u32 c[XDPG_RL_CHUNK_BLOCKS * XDPG_RL_BLOCK_SLOTS];
+};
+
 /* A timed block's key (an LPM trie key: prefixlen counts the tag's bits). */
 struct xdpg_tblock_key {
 	__u32 prefixlen;
@@ -92,6 +97,8 @@ _Static_assert(sizeof(struct xdpg_limit_key) == 24, "xdpg_limit_key layout");
 _Static_assert(sizeof(struct xdpg_limit_bucket) == 16, "xdpg_limit_bucket layout");
 _Static_assert(sizeof(struct xdpg_limit_counter) == 32, "xdpg_limit_counter layout");
 _Static_assert(sizeof(struct xdpg_limit_stats) == 64, "xdpg_limit_stats layout");
+_Static_assert(sizeof(struct xdpg_sketch_chunk) == 32768, "a per-CPU value's most");
+_Static_assert(XDPG_RL_CHUNKS *XDPG_RL_CHUNK_BLOCKS == XDPG_RL_BLOCKS, "sketch chunks");
 _Static_assert(sizeof(struct xdpg_tblock_key) == 24, "xdpg_tblock_key layout");
 _Static_assert(sizeof(struct xdpg_tblock) == 16, "xdpg_tblock layout");
 

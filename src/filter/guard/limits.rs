@@ -62,7 +62,8 @@ const _: () = {
     assert!(size_of::<xdpg_limit_stats>() == 64);
     assert!(size_of::<xdpg_tblock_key>() == 24);
     assert!(size_of::<xdpg_tblock>() == 16);
-    assert!(XDPG_RL_WIDTH.is_power_of_two());
+    assert!(XDPG_RL_BLOCKS.is_power_of_two());
+    assert!(XDPG_RL_BLOCKS * XDPG_RL_BLOCK_SLOTS == XDPG_RL_WIDTH * XDPG_RL_ROWS);
 };
 
 fn bpf(op: impl Into<String>) -> impl FnOnce(std::io::Error) -> RuleError {
