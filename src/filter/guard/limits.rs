@@ -205,3 +205,32 @@ pub(crate) fn insert(maps: &GuardMaps, net: IpNetwork, ttl: Duration) -> Result<
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specs_in_the_buckets_units() {
+        let window = 100_000_000;
+        let s = compile_spec(&RateLimit::packets(100), window);
+        assert_eq!(s.pkt_cost, SECOND / 100, "10 ms a packet, in 1/16 ns");
+        assert_eq!(s.pkt_burst, 100 * s.pkt_cost, "one second of the rate");
+        assert_eq!((s.admit, s.sketch_max), (5, 110), "half a window's worth; a window's plus the burst");
+        assert_eq!((s.byte_cost, s.v4_len, s.v6_len, s.block_ns), (0, 32, 128, 0));
+        let l: crate::Rule = "rate-limit 1mbit/s per src/24/64 block 10m udp".parse().unwrap();
+        let s = compile_spec(l.limit.as_ref().unwrap(), window);
+        assert_eq!(s.byte_cost, SECOND / 125_000);
+        assert_eq!(s.byte_burst, 125_000 * s.byte_cost);
+        assert_eq!(s.admit, 0, "12.5 kB a window: under two jumbo frames, every key is metered exactly");
+        assert_eq!((s.v4_len, s.v6_len, s.block_ns), (24, 64, 600_000_000_000));
+    }
+
+    #[test]
+    fn timed_block_keys_round_trip() {
+        for net in ["192.0.2.7/32", "198.51.100.0/24", "2001:db8:7::/48", "2001:db8::1/128"] {
+            let net: IpNetwork = net.parse().unwrap();
+            assert_eq!(tblock_net(&tblock_key(net)), Some(net));
+        }
+    }
+}
