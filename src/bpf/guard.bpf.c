@@ -15,8 +15,9 @@
  * is counted in exactly one of the filter's reason counters, and each rule
  * that matched it in its own counter.
  *
- * Later stages: a rate-limit action is decided in the walk like drop and
- * pass (XDPG_RULE_RATE_LIMIT is reserved); the SYN guard goes in
+ * A rate-limit rule asks limit_over() (guard_limit.h): within its limit the
+ * walk goes on, over it the rule decides (a drop). Timed blocks are checked
+ * before the rules (timed_blocked(), guard_limit.h). The SYN guard goes in
  * undecided(), for the packets no rule decided; every drop decision goes
  * through decided(), where drop events go.
  *
@@ -88,7 +89,7 @@ static __always_inline void decided(struct xdp_md *ctx, __u32 reason, __u32 rule
 /* Packets no rule decided (count rules and monitored rules may have
  * counted them): the place of the stages after the rules (the SYN guard),
  * in the plan's order. Today they pass. A rate-limit rule action
- * (XDPG_RULE_RATE_LIMIT, reserved) is decided in the walk instead, like
+ * (XDPG_RULE_RATE_LIMIT) is decided in the walk instead, like
  * drop and pass. */
 static __always_inline int undecided(struct xdp_md *ctx, __u64 bytes)
 {

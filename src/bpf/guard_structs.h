@@ -49,7 +49,8 @@ struct xdpg_rule_rec {
 	__u8 action; /* XDPG_RULE_* */
 	__u8 mode;   /* XDPG_RULE_MONITOR */
 	__u32 set;   /* XDPG_RM_SRC_SET: the physical set number */
-	__u32 arg;   /* the action's argument (reserved: the rate limit's) */
+	__u32 arg;   /* the action's argument (unused: a rate limit's spec is
+		      * xdpg_l_spec[rule], guard_limit_maps.h) */
 	__u32 reserved[2];
 };
 

@@ -20,8 +20,9 @@
 //! and its verification, and the guard's later stages (rate limits, the SYN
 //! guard with SYN cookies, which need 6.0) stay out of the filter's object.
 //!
+//! Rate limits and timed blocks: `limits.rs` (and `src/bpf/guard_limit.h`).
 //! Where later stages go: a rate-limit rule action (`XDPG_RULE_RATE_LIMIT`,
-//! reserved, its argument in `xdpg_rule_rec.arg`) is decided in the walk
+//! its limit in `xdpg_l_spec` by rule id) is decided in the walk
 //! like drop and pass; the SYN guard goes in `undecided()`, for packets no
 //! rule decided; drop events are produced in `decided()`, where every drop
 //! and would-drop decision goes; their config goes after the rule fields of
