@@ -308,3 +308,28 @@ fn auto_block_by_a_rate_limit() {
     t.pass("and limited afresh", &udp("203.0.113.4", 53), id);
     t.finish();
 }
+
+#[test]
+fn a_full_lru_evicts_cold_buckets_not_an_active_client() {
+    let f = load();
+    // admit 0 and no cap: every new source gets a bucket, so 70,000
+    // sources overfill the 65,536-entry LRU.
+    f.rules().add(rule("rate-limit 1/s burst 1 udp dport 53")).unwrap();
+    f.set_limiter_promote_max(u32::MAX).unwrap();
+    let client = udp("192.0.2.10", 53);
+    assert_eq!(f.test_run(&client).unwrap().action, XdpAction::Pass, "the client's first packet");
+    let mut client_passed = 0;
+    for i in 0..70_000u32 {
+        let src = format!("2001:db8:{:x}:{:x}::1", i >> 16, i & 0xffff);
+        assert_eq!(f.test_run(&udp(&src, 53)).unwrap().action, XdpAction::Pass, "{src}: a new bucket, full");
+        if i % 500 == 0 && f.test_run(&client).unwrap().action == XdpAction::Pass {
+            client_passed += 1;
+        }
+    }
+    let s = f.limiter_stats().unwrap();
+    assert!(s.buckets_made >= 70_000, "{s:?}");
+    assert!(s.buckets <= 65_536, "bounded: {s:?}");
+    // The client, over its limit all along, kept its bucket: evicting it
+    // would have given it a fresh burst.
+    assert_eq!(client_passed, 0, "the active client's bucket was never evicted");
+}

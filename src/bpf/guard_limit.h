@@ -12,8 +12,8 @@
  *      `admit` (at most half of what the rate allows in a window) cannot
  *      be over the limit: the packet conforms and no state is made. So a
  *      spoofed flood of one or two packets per source makes no bucket;
- *   3. else (a heavy key) a bucket is made, charged with the sketch's
- *      estimate, and decides. At most `promote_max` buckets are made per
+ *   3. else (a heavy key) a bucket is made, charged with the packets the
+ *      sketch let through (the estimate, at most `admit`), and decides. At most `promote_max` buckets are made per
  *      window per CPU: when a flood saturates the sketch (every estimate
  *      high), it cannot churn the LRU faster than that, so the buckets of
  *      clients seen recently stay. Past the cap the sketch decides alone:
@@ -183,10 +183,13 @@ __noinline int limit_over(struct walk *w, __u32 rule, __u32 monitor)
 			st->sketch_over++;
 		goto decided;
 	}
-	/* A new bucket, charged with what the sketch saw before this packet
-	 * (at most its burst: the key may not be over yet). */
+	/* A new bucket, charged with the packets the sketch let through
+	 * without one: at most `admit` (past it, a key gets a bucket), so a
+	 * new key whose estimate collisions inflated is not charged for other
+	 * keys' packets beyond that (never for its whole burst: admit is at
+	 * most half of it). */
 	struct xdpg_limit_bucket nb = {};
-	__u64 seen = est - 1;
+	__u64 seen = est - 1 < s->admit ? est - 1 : s->admit;
 	nb.tat_pkts = now + (seen * s->pkt_cost < s->pkt_burst ? seen * s->pkt_cost : s->pkt_burst);
 	__u64 seen_bytes = seen * bytes * s->byte_cost;
 	nb.tat_bytes = now + (seen_bytes < s->byte_burst ? seen_bytes : s->byte_burst);
