@@ -306,6 +306,17 @@ fn auto_block_by_a_rate_limit() {
     f.advance_clock(Duration::from_secs(601)).unwrap();
     t.run("10 min later: unblocked", &udp("203.0.113.99", 80), XdpAction::Pass, "passed", None);
     t.pass("and limited afresh", &udp("203.0.113.4", 53), id);
+
+    // IPv6: keyed and blocked by /64.
+    let v6 = f.rules().add(rule("rate-limit 1/s burst 1 per src/32/64 block 30s ipv6 udp dport 54")).unwrap();
+    t.pass("v6 1", &udp("2001:db8:1:2::1", 54), v6);
+    t.limited("v6 2, same /64: over, the /64 blocked", &udp("2001:db8:1:2::ff", 54), v6);
+    t.run("the /64 is blocked", &udp("2001:db8:1:2:abcd::1", 80), XdpAction::Drop, "timed_blocked", None);
+    t.run("the next /64 is not", &udp("2001:db8:1:3::1", 80), XdpAction::Pass, "passed", None);
+    let blocks = f.timed_blocks().list().unwrap();
+    assert_eq!(blocks.iter().map(|b| (b.prefix, b.rule)).collect::<Vec<_>>(), [(net("2001:db8:1:2::/64"), Some(v6))]);
+    f.advance_clock(Duration::from_secs(31)).unwrap();
+    t.run("30 s later: unblocked", &udp("2001:db8:1:2:abcd::1", 80), XdpAction::Pass, "passed", None);
     t.finish();
 }
 
