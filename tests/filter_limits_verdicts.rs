@@ -307,6 +307,16 @@ fn auto_block_by_a_rate_limit() {
     t.run("10 min later: unblocked", &udp("203.0.113.99", 80), XdpAction::Pass, "passed", None);
     t.pass("and limited afresh", &udp("203.0.113.4", 53), id);
 
+    // `after N`: blocked only once N packets were over.
+    let patient = f.rules().add(rule("rate-limit 1/s burst 1 block 1m after 2 udp dport 55")).unwrap();
+    t.pass("after 2: first packet", &udp("192.0.2.50", 55), patient);
+    t.limited("over once: not blocked yet", &udp("192.0.2.50", 55), patient);
+    t.limited("over twice: not yet", &udp("192.0.2.50", 55), patient);
+    t.run("still reaches other ports", &udp("192.0.2.50", 80), XdpAction::Pass, "passed", None);
+    t.limited("over a third time: blocked", &udp("192.0.2.50", 55), patient);
+    t.run("now blocked everywhere", &udp("192.0.2.50", 80), XdpAction::Drop, "timed_blocked", None);
+    f.timed_blocks().remove(net("192.0.2.50/32")).unwrap();
+
     // IPv6: keyed and blocked by /64.
     let v6 = f.rules().add(rule("rate-limit 1/s burst 1 per src/32/64 block 30s ipv6 udp dport 54")).unwrap();
     t.pass("v6 1", &udp("2001:db8:1:2::1", 54), v6);

@@ -158,9 +158,12 @@ __noinline int limit_over(struct walk *w, __u32 rule, __u32 monitor)
 	limit_key(&k, rule, family, w->src, family == 6 ? s->v6_len : s->v4_len);
 
 	int over;
+	__u64 over_count = 1; /* the key's over-limit packets, this one included */
 	struct xdpg_limit_bucket *b = bpf_map_lookup_elem(&xdpg_l_lru, &k);
 	if (b) {
 		over = bucket_over(b, s, now, bytes);
+		if (over)
+			over_count = ++b->over;
 		goto decided;
 	}
 	__u64 window_ns = lcfg->window_ns ? lcfg->window_ns : XDPG_RL_WINDOW_NS;
@@ -179,8 +182,10 @@ __noinline int limit_over(struct walk *w, __u32 rule, __u32 monitor)
 	if (st->window_made >= cap) {
 		st->promote_capped++;
 		over = est > s->sketch_max;
-		if (over)
+		if (over) {
 			st->sketch_over++;
+			over_count = est - s->sketch_max;
+		}
 		goto decided;
 	}
 	/* A new bucket, charged with the packets the sketch let through
@@ -194,6 +199,7 @@ __noinline int limit_over(struct walk *w, __u32 rule, __u32 monitor)
 	__u64 seen_bytes = seen * bytes * s->byte_cost;
 	nb.tat_bytes = now + (seen_bytes < s->byte_burst ? seen_bytes : s->byte_burst);
 	over = bucket_over(&nb, s, now, bytes);
+	nb.over = over;
 	bpf_map_update_elem(&xdpg_l_lru, &k, &nb, BPF_ANY);
 	st->window_made++;
 	st->buckets_made++;
@@ -206,7 +212,7 @@ decided:
 		c->packets++;
 		c->bytes += bytes;
 	}
-	if (s->block_ns && !monitor)
+	if (s->block_ns && !monitor && over_count > s->block_after)
 		auto_block(lcfg, st, &k, s, now_ns);
 	return 1;
 }

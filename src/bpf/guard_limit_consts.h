@@ -5,7 +5,7 @@
 #define XDPG_GUARD_LIMIT_CONSTS_H
 
 /* Layout of the limit maps (guard_limit_structs.h), in their config. */
-#define XDPG_LIMIT_LAYOUT_VERSION 1
+#define XDPG_LIMIT_LAYOUT_VERSION 2
 
 /* The count-min sketch, cache-blocked: a key's XDPG_RL_ROWS counters lie in
  * one 64-byte block of 16 (row i: one of slots 4i..4i+3), so counting a key

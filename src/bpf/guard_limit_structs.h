@@ -34,7 +34,8 @@ struct xdpg_limit_spec {
 	__u8 v4_len;	  /* key: the source's prefix (32 / 128: the address) */
 	__u8 v6_len;
 	__u8 pad[6];
-	__u64 reserved;
+	__u32 block_after; /* over-limit packets of a key before it is blocked */
+	__u32 reserved;
 };
 
 /* An exact bucket's key: the rule and the source's prefix. */
@@ -44,10 +45,12 @@ struct xdpg_limit_key {
 	__u32 addr[4];	  /* network byte order, host bits cleared */
 };
 
-/* An exact bucket: the packet and byte TATs (1/16 ns). */
+/* An exact bucket: the packet and byte TATs (1/16 ns), and how many of the
+ * key's packets were over the limit (for `block ... after N`). */
 struct xdpg_limit_bucket {
 	__u64 tat_pkts;
 	__u64 tat_bytes;
+	__u64 over;
 };
 
 /* Per rule, per CPU: what the limit decided. */
@@ -94,7 +97,8 @@ _Static_assert(sizeof(struct xdpg_limit_spec) == 64, "xdpg_limit_spec layout");
 _Static_assert(__builtin_offsetof(struct xdpg_limit_spec, admit) == 40, "admit offset");
 _Static_assert(__builtin_offsetof(struct xdpg_limit_spec, v4_len) == 48, "v4_len offset");
 _Static_assert(sizeof(struct xdpg_limit_key) == 24, "xdpg_limit_key layout");
-_Static_assert(sizeof(struct xdpg_limit_bucket) == 16, "xdpg_limit_bucket layout");
+_Static_assert(__builtin_offsetof(struct xdpg_limit_spec, block_after) == 56, "block_after offset");
+_Static_assert(sizeof(struct xdpg_limit_bucket) == 24, "xdpg_limit_bucket layout");
 _Static_assert(sizeof(struct xdpg_limit_counter) == 32, "xdpg_limit_counter layout");
 _Static_assert(sizeof(struct xdpg_limit_stats) == 64, "xdpg_limit_stats layout");
 _Static_assert(sizeof(struct xdpg_sketch_chunk) == 32768, "a per-CPU value's most");

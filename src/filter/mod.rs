@@ -523,7 +523,7 @@ impl Filter {
     /// [monitor] ACTION [ipv4|ipv6] [PROTO] [[not] from SRC] [[not] to DST]
     ///           [sport PORTS] [dport PORTS] [flags FLAGS] [type TYPES]
     /// ACTION: drop | pass | count | rate-limit RATE [RATE] [per src[/V4LEN[/V6LEN]]]
-    ///                                  [burst N] [burst SIZE] [block DURATION]
+    ///                                  [burst N] [burst SIZE] [block DURATION [after N]]
     /// ```
     ///
     /// - ACTION: `drop`, `pass`, `count` or `rate-limit`. `monitor` in

@@ -4,7 +4,7 @@
 //! `src/filter/guard/limits.rs`.
 //!
 //! ```text
-//! rate-limit RATE [RATE] [per src[/V4LEN[/V6LEN]]] [burst N] [burst SIZE] [block DURATION] MATCH...
+//! rate-limit RATE [RATE] [per src[/V4LEN[/V6LEN]]] [burst N] [burst SIZE] [block DURATION [after N]] MATCH...
 //! ```
 //!
 //! - RATE: packets (`100/s`, `100pps`) or bits (`1mbit/s`, `800kbit/s`,
@@ -16,7 +16,9 @@
 //!   `burst 64kB`: the same in bytes.
 //! - `block 10m`: a source over the limit is blocked for that long (a timed
 //!   block, [`Filter::timed_blocks`](crate::Filter::timed_blocks)), by the
-//!   data plane itself. Units: `s`, `m`, `h`, `d`.
+//!   data plane itself. Units: `s`, `m`, `h`, `d`. `block 10m after 20`:
+//!   only once 20 of its packets were over the limit (counted in its exact
+//!   bucket; a source the sketch decides for: by its estimate).
 
 use std::fmt;
 use std::time::Duration;
@@ -54,6 +56,9 @@ pub struct RateLimit {
     pub burst_bytes: Option<u64>,
     /// Block a source over the limit for this long (whole seconds).
     pub block: Option<Duration>,
+    /// ... once this many of its packets were over the limit (`block 10m
+    /// after 20`; default: the first one).
+    pub block_after: Option<u32>,
 }
 
 /// The longest auto-block or timed block: 365 days.
@@ -131,6 +136,9 @@ impl RateLimit {
         if let Some(d) = self.block {
             check_ttl(d).map_err(str::to_owned)?;
         }
+        if self.block_after.is_some() && self.block.is_none() {
+            return Err("`after N` goes with `block DURATION`".into());
+        }
         Ok(())
     }
 
@@ -202,6 +210,13 @@ impl RateLimit {
                 let d =
                     parse_duration(&v).ok_or_else(|| format!("`block {v}`: write a duration like 30s, 10m, 2h, 1d"))?;
                 self.block = Some(d);
+                Ok(true)
+            }
+            "after" => {
+                once("after")?;
+                let v = next().ok_or("`after` needs a number of packets over the limit")?;
+                self.block_after =
+                    Some(v.parse().map_err(|_| format!("`after {v}`: give a number of packets (`after 20`)"))?);
                 Ok(true)
             }
             _ => match parse_rate(word) {
@@ -333,6 +348,9 @@ impl fmt::Display for RateLimit {
         if let Some(d) = self.block {
             words.push(format!("block {}", fmt_duration(d)));
         }
+        if let Some(n) = self.block_after {
+            words.push(format!("after {n}"));
+        }
         f.write_str(&words.join(" "))
     }
 }
@@ -367,6 +385,7 @@ mod tests {
             ("1gbit/s burst 64kB", "1gbit/s burst 64kB"),
             ("5/s block 90s", "5/s block 90s"),
             ("5/s block 7200s", "5/s block 2h"),
+            ("5/s block 10m after 20", "5/s block 10m after 20"),
         ] {
             let l = parse(text).unwrap_or_else(|e| panic!("{text}: {e}"));
             assert_eq!(l.to_string(), shown, "{text}");
@@ -391,6 +410,7 @@ mod tests {
             ("10/s per dst", "only `per src"),
             ("10/s block 0s", "1 second"),
             ("10/s block soon", "duration"),
+            ("10/s after 5", "goes with `block"),
         ] {
             let err = parse(text).expect_err(text);
             assert!(err.contains(why), "{text}: {err}");

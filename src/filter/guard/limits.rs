@@ -57,7 +57,8 @@ const _: () = {
     assert!(offset_of!(xdpg_limit_spec, admit) == 40);
     assert!(offset_of!(xdpg_limit_spec, v4_len) == 48);
     assert!(size_of::<xdpg_limit_key>() == 24);
-    assert!(size_of::<xdpg_limit_bucket>() == 16);
+    assert!(offset_of!(xdpg_limit_spec, block_after) == 56);
+    assert!(size_of::<xdpg_limit_bucket>() == 24);
     assert!(size_of::<xdpg_limit_counter>() == 32);
     assert!(size_of::<xdpg_limit_stats>() == 64);
     assert!(size_of::<xdpg_tblock_key>() == 24);
@@ -107,6 +108,7 @@ pub(crate) fn compile_spec(l: &RateLimit, window_ns: u64) -> xdpg_limit_spec {
     s.admit = admit.min(u64::from(XDPG_RL_COUNT_MASK)) as u32;
     s.sketch_max = sketch_max.min(u64::from(XDPG_RL_COUNT_MASK)) as u32;
     s.block_ns = l.block.map_or(0, |d| d.as_nanos() as u64);
+    s.block_after = l.block_after.unwrap_or(0);
     s
 }
 
