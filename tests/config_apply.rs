@@ -73,6 +73,7 @@ impl Bed {
     /// As `write`, with `guard` (monitor, rules, `[filter.sets]`) at the
     /// end of the [[filter]] section.
     fn write_with_rules(&self, blocklist: &str, guard: &str, extra_lb: &str, vips: &str, locals: &str) {
+        let guard = if guard.is_empty() { String::new() } else { format!("\n{guard}") };
         let (f, l, d) = (self.filter_pin.arg(), self.lb_pin.arg(), self.decap_pin.arg());
         let (s, c) = (&self.pair.server.name, &self.pair.client.name);
         let text = format!(
@@ -86,8 +87,7 @@ v4_capacity = 200000
 allowlist = ["198.51.100.0/24"]
 blocklist = [{blocklist}]
 blocklist_files = ["drop.txt"]
-next = "{l}"
-{guard}
+next = "{l}"{guard}
 
 [[lb]]
 pin = "{l}"
