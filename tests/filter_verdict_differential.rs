@@ -278,7 +278,7 @@ fn mutate(rng: &mut StdRng, mut f: Vec<u8>) -> Vec<u8> {
             }
             5 => f.extend((0..rng.random_range(1..40)).map(|_| rng.random::<u8>())),
             _ => {
-                let at = rng.random_range(12..f.len().min(80).max(13)).min(f.len() - 1);
+                let at = rng.random_range(12..f.len().clamp(13, 80)).min(f.len() - 1);
                 f[at] = rng.random();
             }
         }

@@ -625,10 +625,12 @@ impl Planner {
     }
 }
 
+/// Named sets by name, as the file and the running filter have them.
+type NamedSets = BTreeMap<String, Vec<IpNetwork>>;
+
 /// The running filter's named sets and rules, or `None` when it has no
 /// guard stage.
-#[expect(clippy::type_complexity, reason = "a private pair of what planning compares")]
-fn running_guard(filter: &Filter) -> Result<Option<(BTreeMap<String, Vec<IpNetwork>>, Vec<Rule>)>, RuleError> {
+fn running_guard(filter: &Filter) -> Result<Option<(NamedSets, Vec<Rule>)>, RuleError> {
     let names = match filter.sets().names() {
         Ok(n) => n,
         Err(RuleError::NoGuard { .. }) => return Ok(None),
@@ -647,7 +649,7 @@ fn running_guard(filter: &Filter) -> Result<Option<(BTreeMap<String, Vec<IpNetwo
 /// and filled first (rules may name them), then one whole-set rule
 /// replace, then the sets the file dropped deleted (no rule names them any
 /// more).
-fn guard_steps(f: &FilterConfig, have_sets: &BTreeMap<String, Vec<IpNetwork>>, have: &[Rule], steps: &mut Vec<Step>) {
+fn guard_steps(f: &FilterConfig, have_sets: &NamedSets, have: &[Rule], steps: &mut Vec<Step>) {
     for (name, want) in &f.sets {
         let current = match have_sets.get(name) {
             Some(c) => c.as_slice(),

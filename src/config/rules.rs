@@ -110,6 +110,9 @@ fn inline_line_offset(r: &Reader<'_>, span: &Range<usize>, line: usize) -> usize
     span.start
 }
 
+/// Where rule line N (1-based) of the rules was given.
+type Locate = Box<dyn Fn(&Reader<'_>, usize) -> Loc>;
+
 /// The rules (`rules` inline, or `rules_file`), normalised, in order; each
 /// problem at its place. Sets the rules name must be in `sets`.
 pub(super) fn rules(
@@ -124,7 +127,7 @@ pub(super) fn rules(
         r.problem(f.span(), "give the rules either inline (`rules`) or in a file (`rules_file`), not both");
         return Vec::new();
     }
-    let (lines, locate): (Vec<crate::RuleLine>, Box<dyn Fn(&Reader<'_>, usize) -> Loc>) = match (inline, file) {
+    let (lines, locate): (Vec<crate::RuleLine>, Locate) = match (inline, file) {
         (Some(v), None) => {
             let Some(text) = string(r, v) else { return Vec::new() };
             let span = v.span();
