@@ -441,9 +441,6 @@ impl Planner {
             )),
             Err(e) => return Err(err(e.into())),
         }
-        if !f.monitor && monitor {
-            steps.push(Step::SetMonitor(false));
-        }
         for (list, want) in [(ListKind::Allow, &f.allowlist), (ListKind::Block, &f.blocklist)] {
             let pl = if list == ListKind::Allow { filter.allowlist() } else { filter.blocklist() };
             let have: BTreeSet<IpNetwork> = pl.iter().map_err(|e| err(e.into()))?.collect();
@@ -459,6 +456,11 @@ impl Planner {
             Some(lb) if next.is_none() || next != self.lb_ids.get(lb).copied() => steps.push(Step::SetNext(lb.clone())),
             None if next.is_some() => steps.push(Step::ClearNext),
             _ => {}
+        }
+        // Off after every other change of the filter: no step drops what the
+        // file only meant to watch.
+        if !f.monitor && monitor {
+            steps.push(Step::SetMonitor(false));
         }
         attachments(&filter.attachments(), &f.interfaces, f.mode, &mut steps);
         Ok(steps)
