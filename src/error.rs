@@ -27,6 +27,9 @@ pub enum Error {
     /// A rule, a rule file or a named-set edit was refused or failed.
     #[error(transparent)]
     Rule(#[from] RuleError),
+    /// Drop events (`Filter::events`).
+    #[error(transparent)]
+    Events(#[from] crate::filter::EventError),
     /// A load-balancer operation failed.
     #[error(transparent)]
     Lb(#[from] LbError),

@@ -121,6 +121,7 @@ pub use filter::{
     BulkChange, EntryChange, Filter, FilterBuilder, MalformedPolicy, PrefixList, Verdict, DEFAULT_V4_CAPACITY,
     DEFAULT_V6_CAPACITY, MAX_CAPACITY,
 };
+pub use filter::{DropEvent, DropReason, EventError, EventOptions, EventRate, EventReader, EventStats, SNAP_LEN};
 pub use ipnetwork::IpNetwork;
 /// Backend health checks for the load balancer (feature `health`).
 #[cfg(feature = "health")]

@@ -18,7 +18,7 @@
  * Later stages: a rate-limit action is decided in the walk like drop and
  * pass (XDPG_RULE_RATE_LIMIT is reserved); the SYN guard goes in
  * undecided(), for the packets no rule decided; every drop decision goes
- * through decided(), where drop events go.
+ * through decided(), which sends drop events (filter_events.h).
  *
  * Needs bpf_loop (Linux 5.17; inlined by the verifier from 6.0 on). */
 #include <linux/bpf.h>
@@ -62,26 +62,16 @@ struct walk {
 	__u8 action; /* XDPG_RULE_DROP or _PASS once decided, else 0 */
 };
 
-static __always_inline void count(__u32 reason, __u64 bytes)
-{
-	struct xdpg_counter *c = bpf_map_lookup_elem(&xdpg_filter_cnt, &reason);
-	if (c) {
-		c->packets++;
-		c->bytes += bytes;
-	}
-}
-
-/* Passed packets go on to the next program (xdpg_next[0]: the LB), if any. */
-static __always_inline int pass_on(struct xdp_md *ctx)
-{
-	bpf_tail_call(ctx, &xdpg_next, 0);
-	return XDP_PASS;
-}
-
 /* Every drop and would-drop decision of the guard, with its reason and
- * rule: the hook where drop events (a later stage) are produced. */
+ * rule: a sampled drop event while a reader holds a lease
+ * (filter_events.h). The filter's config line is hot (the filter read it
+ * for this packet), so the lookup and the lease's load cost a few cycles. */
 static __always_inline void decided(struct xdp_md *ctx, __u32 reason, __u32 rule)
 {
+	__u32 zero = 0;
+	struct xdpg_filter_config *cfg = bpf_map_lookup_elem(&xdpg_filter_cfg, &zero);
+	if (cfg)
+		xdpg_event(ctx, cfg, reason, rule);
 }
 
 /* Packets no rule decided (count rules and monitored rules may have

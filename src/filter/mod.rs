@@ -16,6 +16,7 @@
 mod builder;
 mod editor;
 mod entries;
+pub(crate) mod events;
 pub(crate) mod guard;
 mod hash;
 mod layout;
@@ -30,6 +31,7 @@ mod v4_tables;
 mod v6;
 
 pub use builder::FilterBuilder;
+pub use events::{DropEvent, DropReason, EventError, EventOptions, EventRate, EventReader, EventStats, SNAP_LEN};
 pub use guard::maps::{DEFAULT_MAX_RULES, DEFAULT_MAX_SET_ENTRIES, MAX_RULES};
 pub use lists::{BulkChange, EntryChange, ListKind, PrefixList};
 pub use prefix::{normalize, parse_list, parse_prefix, ListLine, Normalized};

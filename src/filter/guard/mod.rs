@@ -137,12 +137,16 @@ impl Guard {
     }
 
     /// The shared maps' fds, from the filter's maps, by name.
-    pub(crate) fn shared_maps(maps: &crate::filter::maps::FilterMaps) -> [(&'static str, BorrowedFd<'_>); 3] {
+    pub(crate) fn shared_maps(maps: &crate::filter::maps::FilterMaps) -> [(&'static str, BorrowedFd<'_>); 6] {
         use crate::core::maps::TypedMap;
         [
             (names::XDPG_FILTER_CFG, maps.cfg.handle().as_fd()),
             (names::XDPG_FILTER_CNT, maps.counters.handle().as_fd()),
             (names::XDPG_NEXT, maps.next.handle().as_fd()),
+            // The drop events: one ring, one rate limit for both programs.
+            (names::XDPG_EVENTS, maps.events.handle().as_fd()),
+            (names::XDPG_EV_CFG, maps.events_cfg.handle().as_fd()),
+            (names::XDPG_EV_CPU, maps.events_cpu.handle().as_fd()),
         ]
     }
 }
