@@ -24,6 +24,8 @@
 //! xdpguard set add resolvers 192.0.2.53 [--file F] [--replace]
 //! xdpguard set del resolvers 192.0.2.53         xdpguard set list [NAME] [--json]
 //! xdpguard monitor on|off                       (the whole filter: count, drop nothing)
+//! xdpguard events [--json] [--count N] [--rate N/s]   (sampled drop events)
+//! xdpguard capture -w drops.pcap --count N [--timeout S]   xdpguard top [--interval S]
 //! xdpguard detach                               xdpguard upgrade   (a newer build takes over)
 //! xdpguard metrics [--listen 127.0.0.1:9435] --filter PIN --lb PIN --decap PIN   (repeatable; a Prometheus exporter)
 //! xdpguard apply --config /etc/xdpguard/xdpguard.toml [--dry-run] [--recreate]
@@ -36,6 +38,8 @@
 mod common;
 // This tool's own modules, beside it in xdpguard/ (a crate root's modules
 // are looked up beside it, among the other tools' files, otherwise).
+#[path = "xdpguard/events.rs"]
+mod events;
 #[path = "xdpguard/metrics.rs"]
 mod metrics;
 #[path = "xdpguard/progress.rs"]
@@ -196,6 +200,12 @@ enum Command {
         #[arg(value_parser = ["on", "off"])]
         state: String,
     },
+    /// Tail sampled drop events (text, or --json one object per line).
+    Events(events::EventsArgs),
+    /// Write sampled dropped packets (their first 128 bytes) to a pcap file.
+    Capture(events::CaptureArgs),
+    /// The busiest rules (exact) and sources and blocklist entries (sampled) per interval.
+    Top(events::TopArgs),
     /// Show interfaces, list sizes, capacities and memory.
     Status {
         #[command(flatten)]
@@ -500,6 +510,9 @@ fn run(command: Command) -> Result<()> {
             }
         }
         Command::Metrics(args) => metrics::serve(args)?,
+        Command::Events(args) => events::events(args)?,
+        Command::Capture(args) => events::capture(args)?,
+        Command::Top(args) => events::top(args)?,
         Command::Apply { config, dry_run, recreate } => {
             let config = Config::from_file(&config)?;
             let plan = config.plan_with(PlanOptions::default().recreate(recreate))?;
