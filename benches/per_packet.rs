@@ -22,8 +22,15 @@
 //! `XDPG_BENCH_LB_CONNECTIONS` (default 1,048,576),
 //! `XDPG_BENCH_LB_SMALL_CONNECTIONS` (default 1024), `XDPG_BENCH_LB_MODES`
 //! (default `ipip4,ipip6,dsr,nat`) and `XDPG_BENCH_LB_PATHS` (default: all)
-//! for the LB; `XDPG_BENCH_SECTIONS` (default `filter,cold,lb,lbk,lb2`) picks the
+//! for the LB; `XDPG_BENCH_SECTIONS` (default `filter,events,cold,lb,lbk,lb2`) picks the
 //! tables; `XDPG_BENCH_QUICK=1` shortens everything.
+//!
+//! Drop events (section `events`, issue 10): a blocklisted source's drop
+//! with no event reader, against the same filter without the event hook
+//! (`bench_filter_noev`, loaded over the same pinned maps) and a bare drop,
+//! measured in turns; then the costs while a reader holds a lease (rate
+//! limit exhausted; every drop sending an event, `repeat = 1000` runs with
+//! the ring drained between them).
 //!
 //! Filter, cache-cold (section `cold`, issue 13): a 1M-prefix IPv4
 //! blocklist, one `repeat = 1` call per frame from a new random source,
@@ -38,7 +45,7 @@ mod common;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::{AsFd, BorrowedFd};
 
-use common::bpf::{ChaseProg, DropProg, LpmProg, TxProg, XDP_DROP, XDP_PASS};
+use common::bpf::{ChaseProg, DropProg, FilterNoEventsProg, LpmProg, TxProg, XDP_DROP, XDP_PASS};
 use common::prefixes::{size_label, Prefix4, Prefix6, Set4, Set6};
 use common::table::{print_markdown, Align, Table};
 use common::{env_list, env_num, machine, median, quick, require_root};
@@ -50,7 +57,9 @@ use xdpguard::testing::lb_topology::{
 };
 use xdpguard::testing::live::{test_run, RunOptions};
 use xdpguard::testing::netns::{self as netns, ensure_bpffs};
-use xdpguard::{Filter, ForwardingMode, LoadBalancer, NewFlowLimit, Verdict, Vip, VipConfig, XdpAction};
+use xdpguard::{
+    EventOptions, EventRate, Filter, ForwardingMode, LoadBalancer, NewFlowLimit, Verdict, Vip, VipConfig, XdpAction,
+};
 
 const SRC_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 1];
 const DST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 2];
@@ -254,6 +263,90 @@ fn filter_section(t: &Timing) -> Table {
     ));
     table.note("Passed frames end in the filter's tail call to its (empty) next-stage slot, as when no LB is chained.");
     table.note("Prefixes loaded: 100k IPv4 (70% /32, 25% /24, 5% /16–/23) and 10k IPv6, plus the hand-placed entries each path needs.");
+    table
+}
+
+/// Drop events: what a blocklisted drop pays for the event hook with no
+/// reader (A/B against the filter compiled without it, same maps), and
+/// with a reader.
+fn events_section(t: &Timing) -> Table {
+    ensure_bpffs();
+    let pin = std::path::PathBuf::from(format!("/sys/fs/bpf/xdpg-bench-events-{}", std::process::id()));
+    let filter = Filter::builder().pin(&pin).load().expect("loading the filter");
+    filter.blocklist().insert("198.51.100.0/24".parse().expect("literal")).expect("insert");
+    let noev = FilterNoEventsProg::load(&pin).expect("loading bench_filter_noev");
+    let bare = DropProg::load().expect("loading bench_drop");
+    let frame = udp4_from(v4([198, 51, 100, 9]));
+
+    // In turns, so a busy machine slows all three alike.
+    let one = Timing { repeat: t.repeat, trials: 1 };
+    let (mut b, mut old, mut new, mut diff) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let turns = t.trials.max(5) * 3;
+    for _ in 0..turns {
+        b.push(one.hot(bare.prog.as_fd(), &frame).0);
+        let (before, ret) = one.hot(noev.prog.as_fd(), &frame);
+        assert_eq!(ret, XDP_DROP, "the filter without the hook drops the blocklisted source");
+        let (after, ret) = one.hot(filter.program_fd(), &frame);
+        assert_eq!(ret, XDP_DROP);
+        old.push(before);
+        new.push(after);
+        diff.push(after - before);
+    }
+    assert_eq!(filter.event_stats().expect("event stats").sent, 0, "no reader, no event");
+    let (drop_ns, old_ns, new_ns) = (median(&mut b), median(&mut old), median(&mut new));
+    diff.sort_by(f64::total_cmp);
+    let (lo, mid, hi) = (diff[0], median(&mut diff), diff[diff.len() - 1]);
+
+    // A reader holding a lease, the rate limit exhausted: the helper call
+    // for the clock, the lease check and the token bucket.
+    let mut reader =
+        filter.events(EventOptions::default().rate(EventRate { per_second: 1, burst: 1 })).expect("reading events");
+    let (limited_ns, _) = t.hot(filter.program_fd(), &frame);
+    let _ = reader.poll(std::time::Duration::ZERO);
+    // Every drop sends: 1,000 per run (the ring holds ~1,560), drained between runs.
+    filter.set_event_rate(EventRate { per_second: 1_000_000, burst: 1_000_000 }).expect("rate");
+    let mut sent = Vec::new();
+    for _ in 0..t.trials.max(5) {
+        let before = filter.event_stats().expect("event stats");
+        let (ns, _) = Timing { repeat: 1000, trials: 1 }.hot(filter.program_fd(), &frame);
+        let after = filter.event_stats().expect("event stats");
+        assert_eq!(after.sent - before.sent, 1000, "every drop sent an event ({after:?})");
+        sent.push(ns);
+        let got = reader.poll(std::time::Duration::from_millis(100)).expect("poll").len();
+        assert!(got > 0, "the reader drains the ring");
+    }
+    let sent_ns = median(&mut sent);
+    drop(reader);
+    filter.unpin().expect("unpin the bench filter");
+
+    let mut table = Table::new(
+        "Drop events: a blocklisted IPv4 source's drop (BPF_PROG_TEST_RUN, one frame repeated: hot cache)",
+        &[("path", Align::Left), ("ns", Align::Right), ("− bare drop", Align::Right), ("× bare drop", Align::Right)],
+    );
+    let row = |table: &mut Table, name: &str, ns: f64| {
+        table.row(vec![
+            name.into(),
+            format!("{ns:.0}"),
+            format!("{:.0}", ns - drop_ns),
+            format!("{:.2}", ns / drop_ns),
+        ]);
+    };
+    row(&mut table, "bare XDP_DROP (baseline)", drop_ns);
+    row(&mut table, "filter without the event hook (before)", old_ns);
+    row(&mut table, "filter, no reader (after)", new_ns);
+    row(&mut table, "filter, a reader's lease, rate limit exhausted", limited_ns);
+    row(&mut table, "filter, a reader, every drop sends an event", sent_ns);
+    table.note(format!(
+        "Bare drop, before and after measured in turns: median of {} runs of {} repetitions each (the kernel's \
+         figure, whole ns per repetition); the same pinned maps for before and after. With a reader: median of {} \
+         runs ({} repetitions; 1,000 when every drop sends).",
+        turns, t.repeat, t.trials, t.repeat
+    ));
+    table.note(format!(
+        "No reader: after − before, turn by turn: median {mid:+.0} ns (min {lo:+.0}, max {hi:+.0}); after / before \
+         = {:.3}.",
+        new_ns / old_ns
+    ));
     table
 }
 
@@ -688,10 +781,13 @@ fn main() {
     println!("xdpguard per-packet bench on {machine}");
     println!("NOTE: repeating one packet measures the hot-cache path only (every lookup hits the CPU cache).");
     let calls: u32 = env_num("XDPG_BENCH_LB_CALLS", if q { "20000" } else { "200000" });
-    let sections = env_list("XDPG_BENCH_SECTIONS", "filter,cold,lb,lbk,lb2");
+    let sections = env_list("XDPG_BENCH_SECTIONS", "filter,events,cold,lb,lbk,lb2");
     let mut tables = Vec::new();
     if sections.iter().any(|s| s == "filter") {
         tables.push(filter_section(&t));
+    }
+    if sections.iter().any(|s| s == "events") {
+        tables.push(events_section(&t));
     }
     if sections.iter().any(|s| s == "cold") {
         let n =

@@ -37,6 +37,9 @@ pub mod skel {
     pub mod chase {
         include!(concat!(env!("OUT_DIR"), "/bench_chase.skel.rs"));
     }
+    pub mod filter_noev {
+        include!(concat!(env!("OUT_DIR"), "/bench_filter_noev.skel.rs"));
+    }
 }
 
 /// XDP return codes.
@@ -83,6 +86,31 @@ impl DropProg {
     /// Frames seen so far, all CPUs.
     pub fn count(&self) -> io::Result<u64> {
         percpu_u64(&self.cnt, 0)
+    }
+}
+
+/// `bench_filter_noev`: the filter without its drop-event hook, loaded over
+/// the maps of a filter pinned in `pin_dir` (its lists, config, counters):
+/// the same tables, only the hook differs.
+pub struct FilterNoEventsProg {
+    pub prog: OwnedFd,
+}
+
+impl FilterNoEventsProg {
+    pub fn load(pin_dir: &std::path::Path) -> io::Result<Self> {
+        use libbpf_rs::skel::OpenSkel as _;
+        let mut storage = MaybeUninit::uninit();
+        let mut open = skel::filter_noev::BenchFilterNoevSkelBuilder::default()
+            .open(&mut storage)
+            .map_err(bpf_err("opening bench_filter_noev"))?;
+        for mut map in open.open_object_mut().maps_mut() {
+            let path = pin_dir.join(map.name());
+            if let Ok(pinned) = MapHandle::from_pinned_path(&path) {
+                map.reuse_fd(pinned.as_fd()).map_err(bpf_err("reusing a pinned map"))?;
+            }
+        }
+        let s = open.load().map_err(bpf_err("loading bench_filter_noev"))?;
+        Ok(Self { prog: dup_prog(s.progs.xdpg_filter.as_fd())? })
     }
 }
 

@@ -70,6 +70,7 @@ struct {
 		off += (n);                                                         \
 	}
 
+#ifndef XDPG_EVENTS_OFF
 /* Copies the frame's first bytes into the event; returns how many. A
  * function of its own (not inlined) so struct xdpg_drop_event is in the
  * object's BTF, where the Rust skeleton's type comes from. */
@@ -143,13 +144,18 @@ static __noinline int xdpg_event_send(struct xdp_md *ctx, struct xdpg_filter_con
 	c->sent++;
 	return 1;
 }
+#endif
 
 /* A drop or would-drop decision: an event while a reader holds a lease.
- * With no lease, one load and a branch not taken. */
+ * With no lease, one load and a branch not taken. XDPG_EVENTS_OFF is for
+ * the benches only (benches/bpf/bench_filter_noev.bpf.c: this filter
+ * without the hook, the "before" of the A/B). */
 static __always_inline void xdpg_event(struct xdp_md *ctx, struct xdpg_filter_config *cfg, __u32 reason, __u32 rule)
 {
+#ifndef XDPG_EVENTS_OFF
 	if (*(volatile __u32 *)&cfg->events_lease)
 		xdpg_event_send(ctx, cfg, reason, rule);
+#endif
 }
 
 #endif
