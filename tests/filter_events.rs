@@ -264,3 +264,21 @@ fn the_per_cpu_rate_limit_caps_events_over_a_repeated_run() {
     let err = f.events(EventOptions::default().lease(Duration::from_millis(1))).unwrap_err();
     assert!(matches!(err, EventError::Lease { .. }), "{err}");
 }
+
+#[test]
+fn a_filter_pinned_before_the_events_layout_is_refused_with_the_typed_error() {
+    xdpguard::testing::netns::ensure_bpffs();
+    let dir = std::path::PathBuf::from(format!("/sys/fs/bpf/xdpg-test-{}-evlayout", std::process::id()));
+    let f = Filter::builder().v4_capacity(1024).v6_capacity(1024).max_rules(16).pin(&dir).load().expect("load");
+    drop(f);
+    // Layout 3: the filter before drop events (no ring, no lease word).
+    xdpguard::testing::upgrade::stamp_layout(&dir, 3);
+    let err = Filter::open_pinned(&dir).unwrap_err();
+    let text = err.to_string();
+    xdpguard::testing::upgrade::stamp_layout(&dir, 4);
+    Filter::open_pinned(&dir).expect("reopen at this build's layout").unpin().expect("unpin");
+    assert!(
+        matches!(err, xdpguard::Error::Pin(xdpguard::PinError::Incompatible { found: 3, expected: 4, .. })),
+        "{text}"
+    );
+}

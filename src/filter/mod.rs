@@ -233,7 +233,8 @@ impl Filter {
     /// A program chained behind it with [`set_next`](Self::set_next) stays.
     /// So does its guard stage (the rules): the pinned guard program keeps
     /// running the rules with its maps; it is not swapped for this build's.
-    /// Pins of layout 2 (before rules) have no migration yet: detach and
+    /// Pins of layouts 2 (before rules) and 3 (before drop events, which
+    /// add maps an upgrade cannot create yet) have no migration: detach and
     /// attach again.
     ///
     /// Requires Linux 5.9 or later (the filter itself needs 5.15).
