@@ -421,3 +421,29 @@ impl Filter {
         self.core.maps.events_lease().load(Ordering::Acquire) != 0
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drop_reasons_round_trip_and_cover_every_dropping_code() {
+        for r in DropReason::ALL {
+            assert_eq!(r.to_string().parse::<DropReason>().unwrap(), *r);
+        }
+        let decoded: Vec<DropReason> = (0..XDPG_REASON_COUNT).filter_map(DropReason::from_code).collect();
+        assert_eq!(decoded.len(), DropReason::ALL.len(), "every dropping reason has a DropReason, once");
+        for passing in [XDPG_REASON_PASSED, XDPG_REASON_ALLOWLISTED, XDPG_REASON_RULE_PASSED, XDPG_REASON_NON_IP] {
+            assert_eq!(DropReason::from_code(passing), None);
+        }
+    }
+
+    #[test]
+    fn rates_out_of_range_are_refused() {
+        assert!(EventRate { per_second: 1, burst: 1 }.check().is_ok());
+        assert!(EventRate::per_second(XDPG_EVENT_MAX_RATE).check().is_ok());
+        for (per_second, burst) in [(0, 1), (1, 0), (XDPG_EVENT_MAX_RATE + 1, 1), (1, XDPG_EVENT_MAX_RATE + 1)] {
+            assert!(matches!(EventRate { per_second, burst }.check(), Err(EventError::Rate { .. })));
+        }
+    }
+}
