@@ -156,6 +156,14 @@ fn capture_writes_a_pcap_tcpdump_reads_and_events_print_json() {
     assert_eq!(events[1]["rule"], rule, "{}", events[1]);
     assert_eq!(events[1]["entry"], serde_json::Value::Null);
 
+    // events, text: one line per event.
+    let mut child = spawn(&["events", "--pin", p, "--count", "1", "--timeout", "30"]);
+    wait_for_lease(&filter, &mut child);
+    send(&pair.client, BLOCKED, 40007, 7100, 20);
+    let text = finish(child);
+    assert_eq!(text.lines().count(), 1, "{text}");
+    assert!(text.contains(" blocked-v4 entry 192.0.2.4/32 192.0.2.4:40007 -> 192.0.2.2:7100 udp len 62"), "{text}");
+
     // top: one report; the rule's exact delta, the sampled source and entry.
     let mut child = spawn(&["top", "--pin", p, "--interval", "3", "--iterations", "1", "--json"]);
     wait_for_lease(&filter, &mut child);
