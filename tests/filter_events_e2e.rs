@@ -150,6 +150,7 @@ fn capture_writes_a_pcap_tcpdump_reads_and_events_print_json() {
         assert_eq!(e["len"], 62, "{e}");
         assert_eq!(e["caplen"], 62, "{e}");
         assert_eq!(e["ifindex"], server_ifindex, "{e}");
+        assert_eq!(e["iface"], "eth0", "the name in the filter's namespace: {e}");
     }
     assert_eq!(events[0]["entry"], "192.0.2.4/32", "the blocklist entry: {}", events[0]);
     assert_eq!(events[0]["rule"], serde_json::Value::Null);

@@ -130,11 +130,15 @@ fn summarize(bytes: &[u8]) -> Summary {
     s
 }
 
-fn iface(ifindex: u32) -> String {
-    nix::net::if_::if_indextoname(ifindex)
-        .ok()
-        .and_then(|n| n.into_string().ok())
-        .unwrap_or_else(|| format!("if{ifindex}"))
+/// The interface's name as the filter's attachments record it (the filter
+/// may be attached in another network namespace, where the same index
+/// names another interface than here); `ifN` otherwise.
+fn iface(filter: &Filter, ifindex: u32) -> String {
+    filter
+        .attachments()
+        .into_iter()
+        .find(|a| a.ifindex == ifindex)
+        .map_or_else(|| format!("if{ifindex}"), |a| a.interface)
 }
 
 /// The blocklist entry that decides `src` now (sampled events are matched
@@ -165,7 +169,7 @@ fn text_line(filter: &Filter, e: &DropEvent) -> String {
     format!(
         "{} {} {} {} {}{} -> {}{} {} len {}",
         rfc3339(e.time),
-        iface(e.ifindex),
+        iface(filter, e.ifindex),
         e.reason,
         who,
         addr(s.src),
@@ -184,7 +188,7 @@ fn json_line(filter: &Filter, e: &DropEvent) -> serde_json::Value {
         "time": rfc3339(e.time),
         "time_ns": e.time.duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos() as u64,
         "ifindex": e.ifindex,
-        "iface": iface(e.ifindex),
+        "iface": iface(filter, e.ifindex),
         "queue": e.queue,
         "reason": e.reason.to_string(),
         "rule": e.rule.map(RuleId::get),
