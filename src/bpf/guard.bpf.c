@@ -64,8 +64,10 @@ struct walk {
 
 /* Every drop and would-drop decision of the guard, with its reason and
  * rule: a sampled drop event while a reader holds a lease
- * (filter_events.h). The filter's config line is hot (the filter read it
- * for this packet), so the lookup and the lease's load cost a few cycles. */
+ * (filter_events.h). The config lookup is an inlined array lookup of a
+ * line the filter read for this packet; not measured on its own (the
+ * filter's hook, the same load and branch, measured no cost:
+ * BENCHMARKS.md, "Drop events"). */
 static __always_inline void decided(struct xdp_md *ctx, __u32 reason, __u32 rule)
 {
 	__u32 zero = 0;

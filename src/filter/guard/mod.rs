@@ -4,9 +4,9 @@
 //! limits and the SYN guard come after them in the same program.
 //!
 //! It is a program of its own for the core ([`GuardKind`]): loaded with the
-//! filter's config, counter and next-program maps (their fds reused, so it
-//! counts in the filter's counters and passes to the filter's next
-//! program), pinned in the filter's pin directory under `guard/`, reopened
+//! filter's config, counter and next-program maps and its drop-event maps
+//! (their fds reused, so it counts in the filter's counters, passes to the
+//! filter's next program and sends its drop events into the filter's ring), pinned in the filter's pin directory under `guard/`, reopened
 //! and crash-repaired with it. The public API is the filter's
 //! ([`Filter::rules`](crate::Filter::rules), [`Filter::sets`](crate::Filter::sets)).
 //!
