@@ -33,10 +33,12 @@
 //! the ring drained between them).
 //!
 //! Filter, cache-cold (section `cold`, issue 13): a 1M-prefix IPv4 and a
-//! 1M-prefix IPv6 blocklist (`XDPG_BENCH_COLD_FAMILIES`, default `4,6`), one `repeat = 1` call per frame from a new random source,
+//! 1M-prefix IPv6 blocklist in one filter (`XDPG_BENCH_COLD_FAMILIES`,
+//! default `4,6`), one `repeat = 1` call per frame from a new random source,
 //! against a bare drop and a pointer chase (`bench_chase`: one random
 //! dependent read in a table of `XDPG_BENCH_CHASE_MIB`, default 16) measured
-//! in turns in the same run; `XDPG_BENCH_COLD_PREFIXES` (default `1m`),
+//! in turns in the same run, and IPv6's cost over IPv4's round by round;
+//! `XDPG_BENCH_COLD_PREFIXES` (default `1m`),
 //! `XDPG_BENCH_COLD_CALLS` (default 200,000), `XDPG_BENCH_COLD_ROUNDS`
 //! (default 3).
 
