@@ -412,6 +412,14 @@ pub enum RuleError {
         /// What to do instead.
         hint: &'static str,
     },
+    /// A SYN guard policy that cannot be applied.
+    #[error("SYN guard, port {port}: {reason}")]
+    InvalidSynPolicy {
+        /// The port (0: not about one port).
+        port: u16,
+        /// What is wrong and what to give instead.
+        reason: String,
+    },
     /// Not a valid set name.
     #[error(
         "invalid set name `{name}`: use 1 to 31 letters, digits, `-`, `_` or `.`, starting with a letter \

@@ -87,6 +87,35 @@ static __always_inline int undecided(struct xdp_md *ctx, __u64 bytes)
 	return pass_on(ctx);
 }
 
+#include "guard_syn.h"
+
+/* The SYN guard's decision for a packet no rule decided (guard_syn.h);
+ * what it leaves goes to undecided(). */
+static __always_inline int syn_stage(struct xdp_md *ctx, const struct xdpg_pkt *pkt, const struct walk *w, __u32 key,
+				     const struct xdpg_guard_config *gcfg, const struct xdpg_filter_config *fcfg)
+{
+	if (w->family == 0 || key >= XDPG_GK_UDP)
+		return undecided(ctx, w->bytes);
+	int monitor = fcfg->monitor & XDPG_MONITOR_ON;
+	switch (xdpg_syn_guard(ctx, pkt, w->family, w->flags, key - XDPG_GK_TCP, w->src, gcfg, monitor)) {
+	case XDPG_SYN_DROP:
+		count(XDPG_REASON_SYN_DROPPED, w->bytes);
+		decided(ctx, XDPG_REASON_SYN_DROPPED, 0);
+		return XDP_DROP;
+	case XDPG_SYN_WOULD_DROP:
+		count(XDPG_REASON_WOULD_DROP_SYN, w->bytes);
+		decided(ctx, XDPG_REASON_WOULD_DROP_SYN, 0);
+		return pass_on(ctx);
+	case XDPG_SYN_TX:
+		count(XDPG_REASON_SYN_COOKIE_SENT, w->bytes);
+		return XDP_TX;
+	case XDPG_SYN_COOKIE_OK:
+		count(XDPG_REASON_SYN_COOKIE_PASSED, w->bytes);
+		return pass_on(ctx);
+	}
+	return undecided(ctx, w->bytes);
+}
+
 static __always_inline __u32 mask_word(__u32 word, int bits)
 {
 	if (bits >= 32)
@@ -244,6 +273,7 @@ int xdpg_guard(struct xdp_md *ctx)
 	__u32 zero = 0;
 	struct xdpg_pkt pkt = {};
 	struct walk w = {};
+	__u32 key = XDPG_GK_KEYS; /* none, until the packet is parsed */
 
 	w.bytes = data_end - data;
 	struct xdpg_guard_config *gcfg = bpf_map_lookup_elem(&xdpg_guard_cfg, &zero);
@@ -277,7 +307,7 @@ int xdpg_guard(struct xdp_md *ctx)
 
 	/* One read: one rule set (one half) decides this packet. */
 	__u32 half = *(volatile __u32 *)&gcfg->rules & XDPG_RULES_HALF;
-	__u32 key = packet_key(data, data_end, &pkt, ip_end, &w);
+	key = packet_key(data, data_end, &pkt, ip_end, &w);
 	__u32 word_idx = key / XDPG_GK_PER_WORD + (half ? XDPG_GK_WORDS : 0);
 	__u64 *word = bpf_map_lookup_elem(&xdpg_g_idx, &word_idx);
 	if (!word)
@@ -307,5 +337,7 @@ int xdpg_guard(struct xdp_md *ctx)
 		return pass_on(ctx);
 	}
 passed:
-	return undecided(ctx, w.bytes);
+	if (!gcfg || !fcfg)
+		return undecided(ctx, w.bytes);
+	return syn_stage(ctx, &pkt, &w, key, gcfg, fcfg);
 }

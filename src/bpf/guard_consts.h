@@ -9,7 +9,7 @@
  * whenever a guard layout changes (a later stage adding config fields or
  * maps bumps it too). */
 #define XDPG_GUARD_MAGIC 0x58444744u
-#define XDPG_GUARD_LAYOUT_VERSION 2
+#define XDPG_GUARD_LAYOUT_VERSION 3
 
 /* Slot of the guard in the filter's xdpg_stages program array. The filter
  * tail-calls it for the packets its lists did not decide, only while user

@@ -80,7 +80,7 @@ mod tests {
     #[test]
     fn reasons_are_dense() {
         assert_eq!(XDPG_REASON_PASSED, 0);
-        assert_eq!(XDPG_REASON_WOULD_DROP_RULE + 1, XDPG_REASON_COUNT);
+        assert_eq!(XDPG_REASON_SYN_COOKIE_PASSED + 1, XDPG_REASON_COUNT);
     }
 
     #[test]

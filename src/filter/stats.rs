@@ -29,6 +29,16 @@ pub struct FilterStats {
     pub would_drop_blocked: Counter,
     /// Monitor mode: matched by a drop rule, passed.
     pub would_drop_rule: Counter,
+    /// SYN guard: SYNs over a port's threshold from unknown sources (or
+    /// that cookie mode cannot answer): dropped.
+    pub syn_dropped: Counter,
+    /// Monitor mode (the filter's or a port's): SYNs the SYN guard would
+    /// have dropped or answered, passed.
+    pub would_drop_syn: Counter,
+    /// SYN guard, cookie mode: SYNs answered with a SYN-ACK (XDP_TX).
+    pub syn_cookies_sent: Counter,
+    /// SYN guard, cookie mode: ACKs with a valid cookie, passed.
+    pub syn_cookies_passed: Counter,
 }
 
 impl FilterStats {
@@ -39,12 +49,12 @@ impl FilterStats {
 
     /// Dropped by the lists or the rules (malformed packets not included).
     pub fn dropped(&self) -> Counter {
-        self.blocked() + self.rule_dropped
+        self.blocked() + self.rule_dropped + self.syn_dropped
     }
 
     /// Monitor mode: what the lists and rules would have dropped.
     pub fn would_drop(&self) -> Counter {
-        self.would_drop_blocked + self.would_drop_rule
+        self.would_drop_blocked + self.would_drop_rule + self.would_drop_syn
     }
 
     /// Every packet the filter saw.
@@ -57,6 +67,9 @@ impl FilterStats {
             + self.rule_dropped
             + self.rule_passed
             + self.would_drop()
+            + self.syn_dropped
+            + self.syn_cookies_sent
+            + self.syn_cookies_passed
     }
 
     /// The counts since `earlier`.
@@ -72,11 +85,15 @@ impl FilterStats {
             rule_passed: self.rule_passed - earlier.rule_passed,
             would_drop_blocked: self.would_drop_blocked - earlier.would_drop_blocked,
             would_drop_rule: self.would_drop_rule - earlier.would_drop_rule,
+            syn_dropped: self.syn_dropped - earlier.syn_dropped,
+            would_drop_syn: self.would_drop_syn - earlier.would_drop_syn,
+            syn_cookies_sent: self.syn_cookies_sent - earlier.syn_cookies_sent,
+            syn_cookies_passed: self.syn_cookies_passed - earlier.syn_cookies_passed,
         }
     }
 
     /// (name, counter) pairs, in a stable order, for tables and JSON.
-    pub fn rows(&self) -> [(&'static str, Counter); 10] {
+    pub fn rows(&self) -> [(&'static str, Counter); 14] {
         [
             ("passed", self.passed),
             ("allowlisted", self.allowlisted),
@@ -88,6 +105,10 @@ impl FilterStats {
             ("rule_passed", self.rule_passed),
             ("would_drop_blocked", self.would_drop_blocked),
             ("would_drop_rule", self.would_drop_rule),
+            ("syn_dropped", self.syn_dropped),
+            ("would_drop_syn", self.would_drop_syn),
+            ("syn_cookies_sent", self.syn_cookies_sent),
+            ("syn_cookies_passed", self.syn_cookies_passed),
         ]
     }
 }

@@ -38,7 +38,7 @@
 //! |---|---|---|---|
 //! | `xdpguard_up` | gauge | `program`, `pin` | 1 if the program (`filter`, `lb`, `decap`) could be read at this scrape, else 0 |
 //! | `xdpguard_attached` | gauge | `program`, `pin`, `interface`, `mode` | 1 per interface the program is attached to, in XDP mode `native`, `generic` or `offload` |
-//! | `xdpguard_filter_packets_total` | counter | `pin`, `reason` | packets by verdict reason: `passed`, `allowlisted`, `blocked_v4`, `blocked_v6`, `malformed`, `non_ip`, `rule_dropped`, `rule_passed`, `would_drop_blocked`, `would_drop_rule` (each packet in one; their sum is every packet) |
+//! | `xdpguard_filter_packets_total` | counter | `pin`, `reason` | packets by verdict reason: `passed`, `allowlisted`, `blocked_v4`, `blocked_v6`, `malformed`, `non_ip`, `rule_dropped`, `rule_passed`, `would_drop_blocked`, `would_drop_rule`, `syn_dropped`, `would_drop_syn`, `syn_cookies_sent`, `syn_cookies_passed` (each packet in one; their sum is every packet) |
 //! | `xdpguard_filter_bytes_total` | counter | `pin`, `reason` | bytes, the same way |
 //! | `xdpguard_filter_list_entries` | gauge | `pin`, `list` | entries in the `block` and `allow` lists |
 //! | `xdpguard_filter_monitor` | gauge | `pin` | 1 while the filter is in monitor (dry-run) mode ([`Filter::set_monitor`]) |

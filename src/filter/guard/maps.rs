@@ -27,6 +27,11 @@ program_maps! {
         text: Mmapped<u64> = names::XDPG_G_TEXT,
         sets: Hash<xdpg_set_key, u32> = names::XDPG_G_SETS,
         set_names: Mmapped<xdpg_set_name> = names::XDPG_G_SETNM,
+        syn_cfg: Mmapped<crate::filter::guard::layout::guard_skel::types::xdpg_syn_config> = names::XDPG_SYN_CFG,
+        syn_idx: Mmapped<u64> = names::XDPG_SYN_IDX,
+        syn_slots: Mmapped<crate::filter::guard::layout::guard_skel::types::xdpg_syn_port> = names::XDPG_SYN_SLOTS,
+        syn_counters: PerCpu<crate::filter::guard::layout::guard_skel::types::xdpg_syn_counters> = names::XDPG_SYN_CNT,
+        syn_known: Hash<crate::filter::guard::layout::guard_skel::types::xdpg_syn_key, u64> = names::XDPG_SYN_KNOWN,
     }
 }
 
@@ -97,7 +102,6 @@ impl GuardMaps {
     /// The guard's clock (`guard_now()` in `src/bpf/guard_clock.h`), in
     /// nanoseconds: CLOCK_MONOTONIC, which `bpf_ktime_get_ns` reads, plus
     /// the offset tests move it by.
-    #[allow(dead_code)] // until the first stage that keeps time reads it
     pub(crate) fn now_ns(&self) -> u64 {
         let mono = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
             .map(|ts| Duration::from(ts).as_nanos() as u64)

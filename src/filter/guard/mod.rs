@@ -30,6 +30,7 @@
 pub(crate) mod layout;
 pub(crate) mod maps;
 pub(crate) mod state;
+pub(crate) mod syn;
 
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::Path;
@@ -57,8 +58,8 @@ impl ProgramKind for GuardKind {
         magic: XDPG_GUARD_MAGIC,
         layout_version: XDPG_GUARD_LAYOUT_VERSION,
         cli: "xdpguard",
-        needs: "bpf_loop, which the guard stage (rules) needs",
-        min_kernel: "5.17 or later with BTF (or load the filter without rules: FilterBuilder::guard(false))",
+        needs: "bpf_loop and the SYN cookie helpers, which the guard stage (rules, SYN guard) needs",
+        min_kernel: "6.0 or later with BTF (or load the filter without rules: FilterBuilder::guard(false))",
     };
     type Maps = GuardMaps;
     type Model = GuardState;
@@ -92,6 +93,7 @@ impl Guard {
         let groups = cap.groups as u32;
         let core = Pinned::load_sharing(GuardSkelBuilder::default(), &plan, shared, |maps: &GuardMaps| {
             maps.groups_per_half().store(groups, std::sync::atomic::Ordering::Release);
+            syn::init(maps);
         })?;
         Ok(Guard { core })
     }
@@ -114,7 +116,7 @@ impl Guard {
 
     /// Whether the guard has work: the filter should tail-call it.
     pub(crate) fn active(st: &GuardState) -> bool {
-        !st.rules.is_empty()
+        !st.rules.is_empty() || st.syn.active()
     }
 
     /// Puts the guard in the filter's stage slot, or takes it out, as

@@ -42,6 +42,8 @@ pub(crate) struct GuardState {
     pub rules: Vec<StoredRule>,
     /// By slot (`XDPG_MAX_SETS`).
     pub sets: Vec<Option<NamedSetState>>,
+    /// The SYN guard's protected ports.
+    pub syn: crate::filter::guard::syn::SynState,
 }
 
 fn bpf(op: impl Into<String>) -> impl FnOnce(std::io::Error) -> RuleError {
@@ -104,7 +106,7 @@ impl GuardState {
                 }
             }
         }
-        Ok(GuardState { rules, sets })
+        Ok(GuardState { rules, sets, syn: crate::filter::guard::syn::SynState::load(maps) })
     }
 
     pub(crate) fn set_slot(&self, name: &str) -> Option<usize> {
