@@ -44,6 +44,8 @@ mod events;
 mod metrics;
 #[path = "xdpguard/progress.rs"]
 mod progress;
+#[path = "xdpguard/syn.rs"]
+mod syn;
 
 use std::io::Write;
 use std::net::IpAddr;
@@ -191,6 +193,10 @@ enum Command {
     /// Named sets of prefixes that rules name (`from set NAME`).
     #[command(subcommand)]
     Set(SetCommand),
+    /// The SYN-flood guard: protect TCP ports (SYN cookies from XDP, or a
+    /// SYN rate threshold), its counters, the nftables rules it needs.
+    #[command(subcommand)]
+    Syn(syn::SynCommand),
     /// Monitor (dry-run) mode for the whole filter: what the blocklist and
     /// drop rules match is counted as "would drop" and passed.
     Monitor {
@@ -445,6 +451,7 @@ fn run(command: Command) -> Result<()> {
         }
         Command::Rule(cmd) => rule_command(cmd)?,
         Command::Set(cmd) => set_command(cmd)?,
+        Command::Syn(cmd) => syn::run(cmd)?,
         Command::Monitor { pin, state } => {
             let filter = Filter::open_pinned(&pin.pin)?;
             filter.set_monitor(state == "on");

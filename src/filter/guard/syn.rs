@@ -476,7 +476,7 @@ pub fn nft_rules(ports: &[u16], mss: u16) -> String {
          \t\ttype filter hook prerouting priority raw; policy accept;\n\
          \t\ttcp dport {set} tcp flags syn notrack\n\
          \t}}\n\
-         \tchain synproxy {{\n\
+         \tchain input {{\n\
          \t\ttype filter hook input priority filter; policy accept;\n\
          \t\ttcp dport {set} ct state invalid,untracked synproxy mss {mss} wscale 7 timestamp sack-perm\n\
          \t\ttcp dport {set} ct state invalid drop\n\
