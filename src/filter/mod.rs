@@ -509,7 +509,9 @@ impl Filter {
     /// 3. A blocklisted source is dropped: no rule sees it.
     /// 4. The rules, in order: the first drop or pass rule that matches
     ///    decides; count rules and monitored rules count and go on.
-    /// 5. What no rule decided passes (to the next program, if one is set).
+    /// 5. The SYN guard ([`Filter::syn_guard`]), for TCP packets to the
+    ///    ports it protects.
+    /// 6. What no rule decided passes (to the next program, if one is set).
     ///
     /// Every packet is counted in one of [`FilterStats`]' reasons, and in
     /// the counter of every rule that matched it ([`Rules::list`]).
