@@ -260,7 +260,7 @@ fn cookie_mode(client: &str, other: &str, mss: u16, default_mss: u16) {
     let policy = if mss == 0 { SynPolicy::cookies() } else { SynPolicy::cookies().with_mss(mss) };
     f.syn_guard().protect(443, policy).unwrap();
     let want_mss = if mss == 0 { default_mss } else { mss };
-    let mut t = FixtureTable::new(&f, &format!("SYN guard, cookie mode, {client}"));
+    let mut t = FixtureTable::new(&f, format!("SYN guard, cookie mode, {client}"));
     let mut cookies = Vec::new();
     for (what, frame) in [("a SYN with options", syn(client, 40000, 443)), ("a bare SYN", bare_syn(other, 40001, 443))]
     {
