@@ -4,12 +4,12 @@
 //! exchanges data during the flood.
 //!
 //! ```text
-//! client (192.0.2.1) --eth0-- server (192.0.2.2, 198.51.100.2) --eth1-- attacker (198.51.100.1)
+//! client (192.0.2.1, 2001:db8::1) --eth0-- server (192.0.2.2, 2001:db8::2; 198.51.100.2) --eth1-- attacker
 //!                             filter on eth0 + eth1 (native), port 8080 in cookie mode,
 //!                             nftables synproxy (xdpguard syn nft-rules --apply)
 //! ```
 //!
-//! Asserts: every client connection succeeds and echoes its data; the
+//! Asserts: every client connection (IPv4 and IPv6 in turn) succeeds and echoes its data; the
 //! guard answered (almost) the whole flood with SYN-ACKs (XDP_TX) and
 //! passed the client's cookie ACKs; the server's stack saw none of the
 //! flood (its TCP PassiveOpens count only the client's connections, no
@@ -35,7 +35,7 @@ use xdpguard::{AttachMode, Filter};
 
 const PORT: u16 = 8080;
 const FLOOD: u32 = 20_000;
-const CONNECTIONS: usize = 5;
+const CONNECTIONS: usize = 6;
 
 /// The server namespace's TCP and TcpExt counters (/proc/net/snmp, netstat).
 fn tcp_counters(ns: &NetNs) -> HashMap<String, u64> {
@@ -64,7 +64,9 @@ fn clients_connect_through_a_spoofed_syn_flood() {
     veth(&client, "eth0", &server, "eth0");
     veth(&attacker, "eth0", &server, "eth1");
     client.addr("eth0", "192.0.2.1/24");
+    client.addr("eth0", "2001:db8::1/64");
     server.addr("eth0", "192.0.2.2/24");
+    server.addr("eth0", "2001:db8::2/64");
     server.addr("eth1", "198.51.100.2/24");
     attacker.addr("eth0", "198.51.100.1/24");
     // A pass-through XDP program on the client's and the attacker's veth: a
@@ -98,7 +100,7 @@ fn clients_connect_through_a_spoofed_syn_flood() {
     assert!(out.status.success());
 
     // The server: echoes what each connection sends, then closes it.
-    let listener = server.run(|| TcpListener::bind(("0.0.0.0", PORT)).expect("bind the server"));
+    let listener = server.run(|| TcpListener::bind(("::", PORT)).expect("bind the server"));
     let server_thread = std::thread::spawn(move || {
         for _ in 0..CONNECTIONS {
             let (mut s, _) = listener.accept().expect("accept");
@@ -123,7 +125,12 @@ fn clients_connect_through_a_spoofed_syn_flood() {
     let results = client.run(|| {
         (0..CONNECTIONS)
             .map(|i| -> Result<(), String> {
-                let addr = SocketAddr::from(([192, 0, 2, 2], PORT));
+                // IPv4 and IPv6 in turn.
+                let addr: SocketAddr = if i % 2 == 0 {
+                    SocketAddr::from(([192, 0, 2, 2], PORT))
+                } else {
+                    format!("[2001:db8::2]:{PORT}").parse().unwrap()
+                };
                 let mut s =
                     TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(|e| format!("connect: {e}"))?;
                 s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -185,5 +192,12 @@ fn clients_connect_through_a_spoofed_syn_flood() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status --json");
     assert_eq!(v["ports"][0]["port"], PORT);
     assert!(v["ports"][0]["cookies_sent"].as_u64().unwrap() >= answered);
+    // A bad policy is refused with its reason, nothing changed; then unprotect.
+    let bad = XDPGUARD.run(&["syn", "protect", "--pin", pin.arg(), "9000", "--mode", "drop", "--threshold", "0"]);
+    assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("threshold of 0"));
+    let out = XDPGUARD.run(&["syn", "unprotect", "--pin", pin.arg(), &PORT.to_string()]);
+    assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("unprotected"));
+    let out = XDPGUARD.run(&["syn", "status", "--pin", pin.arg()]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("0 port(s) protected"));
     filter.unpin().expect("unpin");
 }
