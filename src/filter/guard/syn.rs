@@ -484,3 +484,65 @@ pub fn nft_rules(ports: &[u16], mss: u16) -> String {
          }}\n"
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policies_round_trip_through_slots() {
+        for p in [
+            SynPolicy::drop_above(200),
+            SynPolicy::drop_above(1).with_monitor(true),
+            SynPolicy::cookies(),
+            SynPolicy::cookies().with_mss(1400).with_monitor(true),
+        ] {
+            let slot = p.to_slot(443);
+            assert_eq!(slot.port, 443);
+            assert_eq!(SynPolicy::from_slot(&slot), Some(p));
+        }
+        assert_eq!(SynPolicy::from_slot(&xdpg_syn_port::default()), None, "a free slot");
+    }
+
+    #[test]
+    fn policies_display() {
+        assert_eq!(SynPolicy::drop_above(200).to_string(), "drop above 200/s");
+        assert_eq!(SynPolicy::cookies().with_mss(1400).with_monitor(true).to_string(), "cookie mss 1400 monitor");
+        assert_eq!("cookie".parse::<SynMode>().unwrap(), SynMode::Cookie);
+        assert!("synproxy".parse::<SynMode>().is_err());
+    }
+
+    #[test]
+    fn checks_name_what_is_wrong() {
+        assert!(SynPolicy::cookies().check(443).is_ok());
+        for (port, p) in [
+            (0, SynPolicy::cookies()),
+            (80, SynPolicy::drop_above(0)),
+            (80, SynPolicy::cookies().with_mss(535)),
+            (80, SynPolicy::cookies().with_mss(9001)),
+        ] {
+            assert!(matches!(p.check(port), Err(RuleError::InvalidSynPolicy { .. })), "{port} {p}");
+        }
+    }
+
+    /// The same estimate as guard_syn.h's syn_rate: this window's count
+    /// plus the last one's, weighted by how much of it the last second
+    /// still covers; nothing from older windows.
+    #[test]
+    fn rate_estimate_matches_the_data_plane() {
+        let w = u64::from(XDPG_SYN_WINDOW_NS);
+        let slot = xdpg_syn_port { window: 10, cur: 40, prev: 100, ..Default::default() };
+        assert_eq!(estimate(&slot, 10 * w), 140, "at the window's start");
+        assert_eq!(estimate(&slot, 10 * w + w / 4), 40 + 75);
+        assert_eq!(estimate(&slot, 11 * w + w / 2), 20, "the next window: half of this one");
+        assert_eq!(estimate(&slot, 12 * w), 0, "two windows on: nothing");
+    }
+
+    #[test]
+    fn nft_rules_for_one_port() {
+        let text = nft_rules(&[443], 0);
+        assert!(text.contains("tcp dport 443 tcp flags syn notrack"), "{text}");
+        assert!(text.contains("synproxy mss 1460 "), "the default MSS: {text}");
+        assert!(text.contains("delete table inet xdpguard_syn"), "idempotent: {text}");
+    }
+}
