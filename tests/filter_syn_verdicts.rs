@@ -6,7 +6,7 @@
 //! ack = seq + 1, MSS option, valid IP and TCP checksums), and exactly one
 //! filter reason counter moved. Drop mode: the threshold with the guard's
 //! clock stepped (Filter::advance_clock), known sources, monitor mode.
-//! Cookie mode, IPv4 and IPv6: the SYN-ACK, its cookie accepted on the
+//! Cookie mode, IPv4 and IPv6 (untagged and QinQ, the tags kept): the SYN-ACK, its cookie accepted on the
 //! matching ACK, a wrong ACK not accepted, monitor mode, unanswerable SYNs.
 //!
 //! Needs root (CAP_BPF + CAP_NET_ADMIN); fails, never skips, without it.
@@ -89,7 +89,7 @@ fn fold(mut sum: u32) -> u16 {
 
 /// Checks that `out` is the SYN-ACK answering `syn`; returns its sequence
 /// number (the cookie).
-fn check_synack(syn: &[u8], out: &[u8], mss: u16) -> Result<u32, String> {
+fn check_synack(syn: &[u8], l2: usize, out: &[u8], mss: u16) -> Result<u32, String> {
     let inp = SlicedPacket::from_ethernet(syn).map_err(|e| format!("input: {e}"))?;
     let got = SlicedPacket::from_ethernet(out).map_err(|e| format!("output does not parse: {e}"))?;
     let (ie, oe) = match (&inp.link, &got.link) {
@@ -162,7 +162,11 @@ fn check_synack(syn: &[u8], out: &[u8], mss: u16) -> Result<u32, String> {
     if fold(sum16(tcp_bytes, pseudo)) != 0xFFFF {
         errs.push(format!("bad TCP checksum {:#06x} ({src} -> {dst})", ot.checksum()));
     }
-    if out.len() != 14 + if src.is_ipv4() { 20 } else { 40 } + 24 {
+    // The SYN's own L2 header (VLAN tags kept), then IP and TCP.
+    if out.get(12..l2) != syn.get(12..l2) {
+        errs.push("VLAN tags or EtherType changed".into());
+    }
+    if out.len() != l2 + if src.is_ipv4() { 20 } else { 40 } + 24 {
         errs.push(format!("frame of {} bytes: trailing bytes left", out.len()));
     }
     if errs.is_empty() {
@@ -262,17 +266,29 @@ fn cookie_mode(client: &str, other: &str, mss: u16, default_mss: u16) {
     let want_mss = if mss == 0 { default_mss } else { mss };
     let mut t = FixtureTable::new(&f, format!("SYN guard, cookie mode, {client}"));
     let mut cookies = Vec::new();
-    for (what, frame) in [("a SYN with options", syn(client, 40000, 443)), ("a bare SYN", bare_syn(other, 40001, 443))]
-    {
+    let src = ip(client);
+    let tagged = Frame::builder()
+        .vlan(Vlan::Dot1AdDot1Q(100, 7))
+        .ip(src, dst_for(src))
+        .tcp(40009, 443)
+        .syn()
+        .seq(CLIENT_SEQ)
+        .build();
+    for (what, frame) in [
+        ("a SYN with options", syn(client, 40000, 443)),
+        ("a bare SYN", bare_syn(other, 40001, 443)),
+        ("a SYN under two VLAN tags (QinQ)", tagged),
+    ] {
         let input = frame.to_vec();
+        let l2 = frame.l3();
         let run = t.run(
             Fixture::new(what, frame.bytes())
                 .action(XdpAction::Tx)
-                .check(move |out| check_synack(&input, out, want_mss).map(drop_value))
+                .check(move |out| check_synack(&input, l2, out, want_mss).map(drop_value))
                 .counts_packets(&["syn_cookies_sent"]),
         );
         let out = run.expect("the row ran").frame;
-        cookies.push(check_synack(frame.bytes(), &out, want_mss).unwrap_or(0));
+        cookies.push(check_synack(frame.bytes(), l2, &out, want_mss).unwrap_or(0));
     }
     t.run(pass("the ACK answering the cookie", &ack(client, 40000, 443, cookies[0]), "syn_cookies_passed"));
     t.run(pass("the bare SYN's ACK too", &ack(other, 40001, 443, cookies[1]), "syn_cookies_passed"));
@@ -309,7 +325,7 @@ fn cookie_mode(client: &str, other: &str, mss: u16, default_mss: u16) {
     let s = f.syn_guard().status().unwrap()[0].stats;
     assert_eq!(
         (s.syns, s.cookies_sent, s.cookies_ok, s.acks_other, s.unanswerable, s.would_drop),
-        (4, 2, 2, 3, 1, 1),
+        (5, 3, 2, 3, 1, 1),
         "{s:?}"
     );
     assert_eq!(f.syn_guard().known_sources().unwrap(), 2, "valid cookies make their sources known");
