@@ -34,7 +34,7 @@ pub use builder::FilterBuilder;
 pub use events::{DropEvent, DropReason, EventError, EventOptions, EventRate, EventReader, EventStats, SNAP_LEN};
 pub use guard::maps::{DEFAULT_MAX_RULES, DEFAULT_MAX_SET_ENTRIES, MAX_RULES};
 pub use guard::syn::{
-    nft_rules, SynGuard, SynMode, SynPolicy, SynPortStats, SynPortStatus, DEFAULT_THRESHOLD, MAX_SYN_PORTS,
+    nft_rules, SynGuard, SynMode, SynPolicy, SynPortStats, SynPortStatus, DEFAULT_SYN_THRESHOLD, MAX_SYN_PORTS,
 };
 pub use lists::{BulkChange, EntryChange, ListKind, PrefixList};
 pub use prefix::{normalize, parse_list, parse_prefix, ListLine, Normalized};

@@ -36,7 +36,7 @@ pub enum SynCommand {
         #[arg(long, default_value = "cookie")]
         mode: SynMode,
         /// Drop mode: SYNs a second the port takes from anyone.
-        #[arg(long, default_value_t = xdpguard::DEFAULT_THRESHOLD)]
+        #[arg(long, default_value_t = xdpguard::DEFAULT_SYN_THRESHOLD)]
         threshold: u32,
         /// Cookie mode: the MSS the SYN-ACK advertises (0: 1460 / 1440).
         #[arg(long, default_value_t = 0)]

@@ -187,6 +187,7 @@ impl GuardState {
     /// Recompiles the live set into the idle half and switches (after a
     /// crash), and removes trie entries of physical sets no slot uses.
     pub(crate) fn repair(&mut self, maps: &GuardMaps) -> Result<(), RuleError> {
+        self.syn.repair(maps);
         let live: BTreeSet<u32> = self.sets.iter().flatten().map(|s| s.phys).collect();
         let stale: Vec<xdpg_set_key> =
             maps.sets.keys().filter(|k| key_entry(k).is_none_or(|(phys, _)| !live.contains(&phys))).collect();

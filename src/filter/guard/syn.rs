@@ -170,7 +170,7 @@ impl FromStr for SynMode {
     fn from_str(s: &str) -> Result<SynMode, crate::ParseError> {
         match s.trim() {
             "cookie" | "cookies" => Ok(SynMode::Cookie),
-            "drop" => Ok(SynMode::Drop { threshold: DEFAULT_THRESHOLD }),
+            "drop" => Ok(SynMode::Drop { threshold: DEFAULT_SYN_THRESHOLD }),
             _ => Err(crate::ParseError::Invalid {
                 what: "SYN guard mode",
                 input: s.to_owned(),
@@ -181,7 +181,7 @@ impl FromStr for SynMode {
 }
 
 /// The threshold `drop` mode gets when none is given: SYNs a second.
-pub const DEFAULT_THRESHOLD: u32 = 1000;
+pub const DEFAULT_SYN_THRESHOLD: u32 = 1000;
 /// Ports the SYN guard can protect at once.
 pub const MAX_SYN_PORTS: usize = XDPG_SYN_MAX_PORTS as usize;
 
@@ -258,6 +258,20 @@ impl SynState {
 
     pub(crate) fn active(&self) -> bool {
         !self.ports.is_empty()
+    }
+
+    /// Makes the port index and the config's port count match the slots
+    /// (after an edit cut short: `protect` writes the slot, then the index,
+    /// then the count; `unprotect` the reverse).
+    pub(crate) fn repair(&self, maps: &GuardMaps) {
+        for port in 0..XDPG_SYN_IDX_ENTRIES as usize {
+            let want =
+                u16::try_from(port).ok().and_then(|p| self.ports.get(&p)).map_or(0, |&(slot, _)| slot as u64 + 1);
+            if maps.syn_idx.get(port) != want {
+                maps.syn_idx.set(port, want);
+            }
+        }
+        ports_word(maps).store(self.ports.len() as u32, Ordering::Release);
     }
 }
 
