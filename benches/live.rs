@@ -39,6 +39,8 @@
 //! - `XDPG_BENCH_SEED=1`, `XDPG_BENCH_TABLE=1048576` (generator table size);
 //! - `XDPG_BENCH_GEN_CPUS=0,1` (default: every CPU): one generator thread
 //!   pinned to each; `none` for one unpinned thread;
+//! - `XDPG_BENCH_LB_FLOWS=1k,1m` (`none` to skip): the load balancer's hit
+//!   path against bare `XDP_TX`, with that many UDP flows (issue 13);
 //! - `XDPG_BENCH_THREADED=1`: threaded NAPI on the receiver (default: off;
 //!   the receiver's NAPI then runs as a softirq on the generating CPU).
 //!
@@ -873,6 +875,14 @@ fn main() {
         }
     }
     let _ = std::fs::remove_dir_all(&tmp);
+    // The load balancer's hit path against bare XDP_TX (issue 13).
+    let lb_flows = env_list("XDPG_BENCH_LB_FLOWS", if quick() { "1k" } else { "1k,1m" });
+    for f in lb_flows.iter().filter(|f| f.as_str() != "none") {
+        let flows = parse_size(f).unwrap_or_else(|| panic!("XDPG_BENCH_LB_FLOWS: bad size `{f}`"));
+        let table = lb_group(&h, &settings, flows);
+        println!("\n{}", table.aligned());
+        tables.push(table);
+    }
     let summary = targets(&groups, settings.gen_cpus.len());
     println!("\n{}", summary.aligned());
     tables.push(summary);
@@ -885,4 +895,169 @@ fn main() {
     ];
     preamble.extend(log.iter().map(|l| format!("- {l}")));
     print_markdown(&preamble, &tables);
+}
+
+// ---- the load balancer on live traffic (issue 13) ---------------------------
+
+/// The LB's VIP in the live bench, and the backends behind the generator's
+/// side (the LB reaches them through the interface frames arrive on, so it
+/// answers with `XDP_TX`, like the bare `XDP_TX` row).
+const LB_VIP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
+const LB_PORT: u16 = 9;
+
+/// Client addresses of the LB rows: `flows` distinct ones from the shared
+/// address space 100.64.0.0/10 (4M addresses, routed nowhere), each one flow
+/// (the generator varies only the source address), in shuffled order.
+fn lb_clients(flows: usize, seed: u64) -> Vec<[u32; 4]> {
+    use rand::seq::SliceRandom;
+    use rand::SeedableRng;
+    assert!(flows <= 1 << 22, "XDPG_BENCH_LB_FLOWS: at most 4M flows (100.64.0.0/10)");
+    let base = u32::from(Ipv4Addr::new(100, 64, 0, 0));
+    let mut v: Vec<[u32; 4]> = (0..flows as u32).map(|i| common::prefixes::words4(base + i)).collect();
+    v.shuffle(&mut rand::rngs::StdRng::seed_from_u64(seed ^ 0x1b00_0000));
+    v
+}
+
+/// Rows of the LB group: bare `XDP_TX` and the LB's hit path, taking turns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LbRow {
+    Tx,
+    Lb,
+}
+
+/// The LB on the receiver against a bare `XDP_TX` there, same traffic, same
+/// run: UDP to one VIP (IPIP, 3 backends) from `flows` clients the
+/// generator cycles through. The first frame of each flow creates its
+/// connection entry (during the warm-up); after that every frame takes the
+/// hit path. Both rows are counted where their frames come back: a
+/// `bench_drop` on the generator's veth, so the count is the same for both.
+fn lb_group(h: &Harness, settings: &Settings, flows: usize) -> Table {
+    // Backends behind the generator: a route and a permanent neighbour, so the
+    // LB's FIB lookup answers without resolving anything.
+    let gw = "192.0.2.1";
+    let gen_mac = h.gen_mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
+    h.rx.ip(&["neigh", "replace", gw, "lladdr", &gen_mac, "dev", "eth0", "nud", "permanent"]);
+    h.rx.ip(&["route", "replace", "198.51.100.0/24", "via", gw, "dev", "eth0"]);
+    h.rx.sysctl("net.ipv4.ip_forward", "1");
+    xdpguard::testing::netns::ensure_bpffs();
+    let connections = (flows * 2).next_power_of_two().max(1024) as u32;
+    let lb = h.rx.run(move || {
+        let lb = xdpguard::LoadBalancer::builder()
+            .connections(connections)
+            .new_flow_limit(xdpguard::NewFlowLimit::Unlimited)
+            .ipip_source("192.0.2.2/32".parse().expect("literal"))
+            .load()
+            .expect("loading the load balancer");
+        let vip = xdpguard::Vip::udp(std::net::SocketAddr::new(LB_VIP.into(), LB_PORT));
+        lb.add_vip(vip, xdpguard::VipConfig::new(xdpguard::ForwardingMode::Ipip)).expect("adding the VIP");
+        let mut batch = lb.batch(&vip);
+        for i in 1..=3u8 {
+            batch = batch.add(Ipv4Addr::new(198, 51, 100, i), 1);
+        }
+        batch.apply().expect("adding backends");
+        lb
+    });
+    let vip = xdpguard::Vip::udp(std::net::SocketAddr::new(LB_VIP.into(), LB_PORT));
+    let returned = DropProg::load().expect("loading the generator-side sink");
+    let sink_fd = returned.prog.try_clone().expect("dup");
+    let gen_ifindex = h.gen_ifindex;
+    let sink_link = h
+        .gen
+        .run(move || attach_native(sink_fd.as_fd(), gen_ifindex))
+        .expect("native XDP attach on the generator veth");
+    let tx = common::bpf::TxProg::load().expect("loading bench_tx");
+    let frame = Frame::builder()
+        .macs(h.gen_mac, h.rx_mac)
+        .ipv4(Ipv4Addr::new(100, 64, 0, 0), LB_VIP)
+        .udp(40000, LB_PORT)
+        .payload(&[0x5a; UDP_PAYLOAD])
+        .build()
+        .to_vec();
+    // The LB rewrites every frame in the page the generator sends again.
+    let gen = GenProg::load_restoring(4, &Sources::Table(lb_clients(flows, settings.seed)), Some(&frame[..48]))
+        .expect("loading the generator");
+    let count = || RxCount { total: returned.count().expect("sink counter"), blocked: 0 };
+    // Every flow's first frame creates its entry: send until each has one
+    // (at most 60 s), so the measured rounds take the hit path only.
+    {
+        let link = h.attach_rx(&lb.program_fd().try_clone_to_owned().expect("dup"));
+        let g = Generator::start(h, &gen, frame.clone(), &settings.gen_cpus);
+        let t = Instant::now();
+        while lb.vip_stats(&vip).expect("VIP stats").new_flows < flows as u64 && t.elapsed() < Duration::from_secs(60) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        g.finish();
+        drop(link);
+    }
+    let mut best: Vec<(LbRow, f64, f64, Vec<f64>)> = Vec::new();
+    let mut hits = (0u64, 0u64);
+    for _ in 0..settings.rounds {
+        for row in [LbRow::Tx, LbRow::Lb] {
+            let link = match row {
+                LbRow::Tx => h.attach_rx(&tx.prog),
+                LbRow::Lb => h.attach_rx(&lb.program_fd().try_clone_to_owned().expect("dup")),
+            };
+            let before = lb.vip_stats(&vip).expect("VIP stats");
+            let g = Generator::start(h, &gen, frame.clone(), &settings.gen_cpus);
+            let (mpps, sent, _) = measure(&g, settings, &count);
+            g.finish();
+            drop(link);
+            if row == LbRow::Lb {
+                let s = lb.vip_stats(&vip).expect("VIP stats").since(&before);
+                hits.0 += s.lru_hits;
+                hits.1 += s.lru_hits + s.lru_misses;
+            }
+            assert!(mpps > 0.0, "{row:?}: no frames came back to the generator (sent {sent:.2} Mpps)");
+            match best.iter_mut().find(|b| b.0 == row) {
+                Some(b) => {
+                    b.3.push(mpps);
+                    if mpps > b.1 {
+                        (b.1, b.2) = (mpps, sent);
+                    }
+                }
+                None => best.push((row, mpps, sent, vec![mpps])),
+            }
+        }
+    }
+    drop(sink_link);
+    let dropped = lb.stats().expect("LB stats").dropped().packets;
+    assert_eq!(dropped, 0, "the LB dropped frames");
+    let hit_frac = hits.0 as f64 / hits.1.max(1) as f64;
+    assert!(hit_frac > 0.9, "the LB rows should take the hit path ({:.1}% hits)", hit_frac * 100.0);
+    let cpus = settings.gen_cpus.len();
+    let mut t = Table::new(
+        format!("Load balancer, UDP to one VIP (IPIP 4in4, XDP_TX), {} flows", size_label(flows)),
+        &[
+            ("program", Align::Left),
+            ("Mpps (returned)", Align::Right),
+            ("× bare XDP_TX", Align::Right),
+            ("+ns/pkt vs XDP_TX", Align::Right),
+            ("hit path", Align::Right),
+            ("sent Mpps", Align::Right),
+            ("rounds (Mpps)", Align::Left),
+        ],
+    );
+    let base = best.iter().find(|b| b.0 == LbRow::Tx).map(|b| b.1).expect("the XDP_TX row");
+    for (row, mpps, sent, spread) in &best {
+        let extra = cpus as f64 * (1e3 / mpps - 1e3 / base);
+        t.row(vec![
+            match row {
+                LbRow::Tx => "bare XDP_TX".into(),
+                LbRow::Lb => "xdpguard LB (connection-table hit)".into(),
+            },
+            fmt_mpps(*mpps),
+            format!("{:.3}", mpps / base),
+            if *row == LbRow::Tx { "—".into() } else { format!("{extra:.0}") },
+            if *row == LbRow::Tx { "—".into() } else { format!("{:.1}%", hit_frac * 100.0) },
+            fmt_mpps(*sent),
+            spread.iter().map(|x| format!("{x:.2}")).collect::<Vec<_>>().join(" / "),
+        ]);
+    }
+    t.note(format!(
+        "{flows} clients (one UDP flow each, from 100.64.0.0/10) cycled by the generator; connection table of \
+         {connections} entries; 3 backends, Maglev table of 65537 slots. Both rows send every frame back out the \
+         receiving veth (XDP_TX; the LB's frames carry a 20-byte IPIP header more) and are counted by a bench_drop \
+         on the generator's veth. Issue 13 goal: LB ≥ 0.5× bare XDP_TX."
+    ));
+    t
 }

@@ -22,14 +22,23 @@
 //! `XDPG_BENCH_LB_CONNECTIONS` (default 1,048,576),
 //! `XDPG_BENCH_LB_SMALL_CONNECTIONS` (default 1024), `XDPG_BENCH_LB_MODES`
 //! (default `ipip4,ipip6,dsr,nat`) and `XDPG_BENCH_LB_PATHS` (default: all)
-//! for the LB; `XDPG_BENCH_SECTIONS` (default `filter,cold,lb,lbk,lb2`) picks the
+//! for the LB; `XDPG_BENCH_SECTIONS` (default `filter,events,cold,lb,lbk,lb2`) picks the
 //! tables; `XDPG_BENCH_QUICK=1` shortens everything.
 //!
-//! Filter, cache-cold (section `cold`, issue 13): a 1M-prefix IPv4
-//! blocklist, one `repeat = 1` call per frame from a new random source,
+//! Drop events (section `events`, issue 10): a blocklisted source's drop
+//! with no event reader, against the same filter without the event hook
+//! (`bench_filter_noev`, loaded over the same pinned maps) and a bare drop,
+//! measured in turns; then the costs while a reader holds a lease (rate
+//! limit exhausted; every drop sending an event, `repeat = 1000` runs with
+//! the ring drained between them).
+//!
+//! Filter, cache-cold (section `cold`, issue 13): a 1M-prefix IPv4 and a
+//! 1M-prefix IPv6 blocklist in one filter (`XDPG_BENCH_COLD_FAMILIES`,
+//! default `4,6`), one `repeat = 1` call per frame from a new random source,
 //! against a bare drop and a pointer chase (`bench_chase`: one random
 //! dependent read in a table of `XDPG_BENCH_CHASE_MIB`, default 16) measured
-//! in turns in the same run; `XDPG_BENCH_COLD_PREFIXES` (default `1m`),
+//! in turns in the same run, and IPv6's cost over IPv4's round by round;
+//! `XDPG_BENCH_COLD_PREFIXES` (default `1m`),
 //! `XDPG_BENCH_COLD_CALLS` (default 200,000), `XDPG_BENCH_COLD_ROUNDS`
 //! (default 3).
 
@@ -38,7 +47,7 @@ mod common;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::{AsFd, BorrowedFd};
 
-use common::bpf::{ChaseProg, DropProg, LpmProg, TxProg, XDP_DROP, XDP_PASS};
+use common::bpf::{ChaseProg, DropProg, FilterNoEventsProg, LpmProg, TxProg, XDP_DROP, XDP_PASS};
 use common::prefixes::{size_label, Prefix4, Prefix6, Set4, Set6};
 use common::table::{print_markdown, Align, Table};
 use common::{env_list, env_num, machine, median, quick, require_root};
@@ -50,7 +59,9 @@ use xdpguard::testing::lb_topology::{
 };
 use xdpguard::testing::live::{test_run, RunOptions};
 use xdpguard::testing::netns::{self as netns, ensure_bpffs};
-use xdpguard::{Filter, ForwardingMode, LoadBalancer, NewFlowLimit, Verdict, Vip, VipConfig, XdpAction};
+use xdpguard::{
+    EventOptions, EventRate, Filter, ForwardingMode, LoadBalancer, NewFlowLimit, Verdict, Vip, VipConfig, XdpAction,
+};
 
 const SRC_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 1];
 const DST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 2];
@@ -257,6 +268,90 @@ fn filter_section(t: &Timing) -> Table {
     table
 }
 
+/// Drop events: what a blocklisted drop pays for the event hook with no
+/// reader (A/B against the filter compiled without it, same maps), and
+/// with a reader.
+fn events_section(t: &Timing) -> Table {
+    ensure_bpffs();
+    let pin = std::path::PathBuf::from(format!("/sys/fs/bpf/xdpg-bench-events-{}", std::process::id()));
+    let filter = Filter::builder().pin(&pin).load().expect("loading the filter");
+    filter.blocklist().insert("198.51.100.0/24".parse().expect("literal")).expect("insert");
+    let noev = FilterNoEventsProg::load(&pin).expect("loading bench_filter_noev");
+    let bare = DropProg::load().expect("loading bench_drop");
+    let frame = udp4_from(v4([198, 51, 100, 9]));
+
+    // In turns, so a busy machine slows all three alike.
+    let one = Timing { repeat: t.repeat, trials: 1 };
+    let (mut b, mut old, mut new, mut diff) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let turns = t.trials.max(5) * 3;
+    for _ in 0..turns {
+        b.push(one.hot(bare.prog.as_fd(), &frame).0);
+        let (before, ret) = one.hot(noev.prog.as_fd(), &frame);
+        assert_eq!(ret, XDP_DROP, "the filter without the hook drops the blocklisted source");
+        let (after, ret) = one.hot(filter.program_fd(), &frame);
+        assert_eq!(ret, XDP_DROP);
+        old.push(before);
+        new.push(after);
+        diff.push(after - before);
+    }
+    assert_eq!(filter.event_stats().expect("event stats").sent, 0, "no reader, no event");
+    let (drop_ns, old_ns, new_ns) = (median(&mut b), median(&mut old), median(&mut new));
+    diff.sort_by(f64::total_cmp);
+    let (lo, mid, hi) = (diff[0], median(&mut diff), diff[diff.len() - 1]);
+
+    // A reader holding a lease, the rate limit exhausted: the helper call
+    // for the clock, the lease check and the token bucket.
+    let mut reader =
+        filter.events(EventOptions::default().rate(EventRate { per_second: 1, burst: 1 })).expect("reading events");
+    let (limited_ns, _) = t.hot(filter.program_fd(), &frame);
+    let _ = reader.poll(std::time::Duration::ZERO);
+    // Every drop sends: 1,000 per run (the ring holds ~1,560), drained between runs.
+    filter.set_event_rate(EventRate { per_second: 1_000_000, burst: 1_000_000 }).expect("rate");
+    let mut sent = Vec::new();
+    for _ in 0..t.trials.max(5) {
+        let before = filter.event_stats().expect("event stats");
+        let (ns, _) = Timing { repeat: 1000, trials: 1 }.hot(filter.program_fd(), &frame);
+        let after = filter.event_stats().expect("event stats");
+        assert_eq!(after.sent - before.sent, 1000, "every drop sent an event ({after:?})");
+        sent.push(ns);
+        let got = reader.poll(std::time::Duration::from_millis(100)).expect("poll").len();
+        assert!(got > 0, "the reader drains the ring");
+    }
+    let sent_ns = median(&mut sent);
+    drop(reader);
+    filter.unpin().expect("unpin the bench filter");
+
+    let mut table = Table::new(
+        "Drop events: a blocklisted IPv4 source's drop (BPF_PROG_TEST_RUN, one frame repeated: hot cache)",
+        &[("path", Align::Left), ("ns", Align::Right), ("− bare drop", Align::Right), ("× bare drop", Align::Right)],
+    );
+    let row = |table: &mut Table, name: &str, ns: f64| {
+        table.row(vec![
+            name.into(),
+            format!("{ns:.0}"),
+            format!("{:.0}", ns - drop_ns),
+            format!("{:.2}", ns / drop_ns),
+        ]);
+    };
+    row(&mut table, "bare XDP_DROP (baseline)", drop_ns);
+    row(&mut table, "filter without the event hook (before)", old_ns);
+    row(&mut table, "filter, no reader (after)", new_ns);
+    row(&mut table, "filter, a reader's lease, rate limit exhausted", limited_ns);
+    row(&mut table, "filter, a reader, every drop sends an event", sent_ns);
+    table.note(format!(
+        "Bare drop, before and after measured in turns: median of {} runs of {} repetitions each (the kernel's \
+         figure, whole ns per repetition); the same pinned maps for before and after. With a reader: median of {} \
+         runs ({} repetitions; 1,000 when every drop sends).",
+        turns, t.repeat, t.trials, t.repeat
+    ));
+    table.note(format!(
+        "No reader: after − before, turn by turn: median {mid:+.0} ns (min {lo:+.0}, max {hi:+.0}); after / before \
+         = {:.3}.",
+        new_ns / old_ns
+    ));
+    table
+}
+
 /// Kernel-reported ns of one `repeat = 1` run per frame: the mean of the
 /// fastest 99% (a preempted or interrupted call is dropped, not averaged).
 fn cold_ns(prog: BorrowedFd<'_>, frames: &[Vec<u8>]) -> f64 {
@@ -269,27 +364,41 @@ fn cold_ns(prog: BorrowedFd<'_>, frames: &[Vec<u8>]) -> f64 {
     kept.iter().map(|&x| f64::from(x)).sum::<f64>() / kept.len() as f64
 }
 
-/// Filter, cache-cold (issue 13): `n` IPv4 prefixes of the live bench's mix,
-/// one `repeat = 1` call per frame, each frame from another random source,
-/// listed (attack) or in no prefix (clean). Beside it, in turns: a bare drop
-/// and the pointer chase (one random dependent read in a table of
-/// `chase_bytes`). The kernel's per-run time leaves out scheduling, so this
-/// holds up on a busy machine where the live bench's rates do not.
-fn filter_cold_section(calls: u32, n: usize, chase_bytes: usize, rounds: usize) -> Table {
+/// Filter, cache-cold (issue 13): `n` prefixes of the live bench's mix per
+/// family in `families` (IPv4 70% /32, 25% /24, 5% /16–/23; IPv6 55% /128,
+/// 25% /64, 10% /56, 10% /48), all in one filter, one `repeat = 1` call per
+/// frame, each frame from another random source, listed (attack) or in no
+/// prefix (clean). Beside it, in turns: a bare drop and the pointer chase
+/// (one random dependent read in a table of `chase_bytes`). The kernel's
+/// per-run time leaves out scheduling, so this holds up on a busy machine
+/// where the live bench's rates do not. With both families, the IPv6 rows
+/// also give their cost over IPv4's for the same traffic, round by round.
+fn filter_cold_section(calls: u32, n: usize, chase_bytes: usize, rounds: usize, families: &[u8]) -> Table {
     let cpu = pin_to_one_cpu();
-    let set = Set4::generate(n, 1);
-    let filter =
-        Filter::builder().v4_capacity(n.max(xdpguard::DEFAULT_V4_CAPACITY)).load().expect("loading the filter");
-    filter.blocklist().extend(set.nets()).expect("loading the blocklist");
+    let set4 = families.contains(&4).then(|| Set4::generate(n, 1));
+    let set6 = families.contains(&6).then(|| Set6::generate(n, 1));
+    let filter = Filter::builder()
+        .v4_capacity(n.max(xdpguard::DEFAULT_V4_CAPACITY))
+        .v6_capacity(n.max(xdpguard::DEFAULT_V6_CAPACITY))
+        .load()
+        .expect("loading the filter");
+    if let Some(set) = &set4 {
+        filter.blocklist().extend(set.nets()).expect("loading the IPv4 blocklist");
+    }
+    if let Some(set) = &set6 {
+        filter.blocklist().extend(set.nets()).expect("loading the IPv6 blocklist");
+    }
     // Passed frames end in a drop, as in the live bench.
     let sink = DropProg::load().expect("loading the sink");
     filter.set_next(sink.prog.as_fd()).expect("chaining the sink");
     let bare = DropProg::load().expect("loading bench_drop");
     let chase = ChaseProg::load(chase_bytes).expect("loading bench_chase");
     let mut rng = StdRng::seed_from_u64(13);
+    let fams = families.iter().map(|f| format!("IPv{f}")).collect::<Vec<_>>().join(" and ");
     let mut table = Table::new(
         format!(
-            "Filter, cache-cold: IPv4, {} prefixes, a new random source every call (repeat=1), against one random read",
+            "Filter, cache-cold: {fams}, {} prefixes each, a new random source every call (repeat=1), against one \
+             random read",
             size_label(n)
         ),
         &[
@@ -299,41 +408,72 @@ fn filter_cold_section(calls: u32, n: usize, chase_bytes: usize, rounds: usize) 
             ("xdpguard: + ns", Align::Right),
             ("xdpguard / one read", Align::Right),
             ("rounds (xdpguard / read)", Align::Left),
+            ("IPv6 / IPv4 (+ ns), rounds", Align::Left),
         ],
     );
     for attack in [true, false] {
-        let frames: Vec<Vec<u8>> = (0..calls)
-            .map(|_| udp4_from(Ipv4Addr::from(if attack { set.attack(&mut rng) } else { set.clean(&mut rng) })))
-            .collect();
+        let mut frames: Vec<(u8, Vec<Vec<u8>>)> = Vec::new();
+        if let Some(set) = &set4 {
+            let f = (0..calls)
+                .map(|_| udp4_from(Ipv4Addr::from(if attack { set.attack(&mut rng) } else { set.clean(&mut rng) })))
+                .collect();
+            frames.push((4, f));
+        }
+        if let Some(set) = &set6 {
+            let f = (0..calls)
+                .map(|_| udp6_from(Ipv6Addr::from(if attack { set.attack(&mut rng) } else { set.clean(&mut rng) })))
+                .collect();
+            frames.push((6, f));
+        }
         let blocked_before = filter.stats().expect("stats").blocked().packets;
-        let (mut base, mut read, mut guard, mut ratios) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        // Per family: bare, read, xdpguard, ratio to the read, one entry per round.
+        let mut got: Vec<[Vec<f64>; 4]> = vec![Default::default(); frames.len()];
         for _ in 0..rounds {
-            let b = cold_ns(bare.prog.as_fd(), &frames);
-            let c = cold_ns(chase.prog.as_fd(), &frames) - b;
-            let x = cold_ns(filter.program_fd(), &frames) - b;
-            base.push(b);
-            read.push(c);
-            guard.push(x);
-            ratios.push(x / c);
+            for (i, (_, f)) in frames.iter().enumerate() {
+                let b = cold_ns(bare.prog.as_fd(), f);
+                let c = cold_ns(chase.prog.as_fd(), f) - b;
+                let x = cold_ns(filter.program_fd(), f) - b;
+                got[i][0].push(b);
+                got[i][1].push(c);
+                got[i][2].push(x);
+                got[i][3].push(x / c);
+            }
         }
         let blocked = filter.stats().expect("stats").blocked().packets - blocked_before;
-        let want = if attack { u64::from(calls) * rounds as u64 } else { 0 };
+        let want = if attack { u64::from(calls) * (rounds * frames.len()) as u64 } else { 0 };
         assert_eq!(blocked, want, "every attack frame is blocked, no clean one");
-        let spread = ratios.iter().map(|r| format!("{r:.2}")).collect::<Vec<_>>().join(" / ");
-        table.row(vec![
-            if attack { "random listed sources (attack)" } else { "random unlisted sources (clean)" }.into(),
-            format!("{:.1}", median(&mut base)),
-            format!("{:.1}", median(&mut read)),
-            format!("{:.1}", median(&mut guard)),
-            format!("{:.2}×", median(&mut ratios)),
-            spread,
-        ]);
+        let v4_ns = frames.iter().position(|(f, _)| *f == 4).map(|i| got[i][2].clone());
+        for (i, (family, _)) in frames.iter().enumerate() {
+            let g = &mut got[i];
+            let spread = g[3].iter().map(|r| format!("{r:.2}")).collect::<Vec<_>>().join(" / ");
+            let over_v4 = match (&v4_ns, family) {
+                (Some(v4), 6) => {
+                    let mut r: Vec<f64> = g[2].iter().zip(v4).map(|(x6, x4)| x6 / x4).collect();
+                    let each = r.iter().map(|r| format!("{r:.2}")).collect::<Vec<_>>().join(" / ");
+                    format!("{:.2}× ({each})", median(&mut r))
+                }
+                _ => "—".into(),
+            };
+            let kind = if attack { "random listed sources (attack)" } else { "random unlisted sources (clean)" };
+            table.row(vec![
+                format!("IPv{family}, {kind}"),
+                format!("{:.1}", median(&mut g[0])),
+                format!("{:.1}", median(&mut g[1])),
+                format!("{:.1}", median(&mut g[2])),
+                format!("{:.2}×", median(&mut g[3])),
+                spread,
+                over_v4,
+            ]);
+        }
     }
     table.note(format!(
         "{calls} calls per row and round, {rounds} rounds taking turns, from one thread pinned to CPU {cpu}; each \
          figure the median over rounds of the mean of the fastest 99% of calls (kernel-reported time per call). \
-         + ns: above the bare drop of the same round. One random read: bench_chase, a pointer chase (each read's \
-         address depends on the previous one) in a {} MiB table. Prefix mix: 70% /32, 25% /24, 5% /16–/23.",
+         + ns: above the bare drop of the same round and family (IPv4 frames 64 bytes, IPv6 84). One random read: \
+         bench_chase, a pointer chase (each read's address depends on the previous one) in a {} MiB table. Prefix \
+         mix: IPv4 70% /32, 25% /24, 5% /16–/23; IPv6 55% /128, 25% /64, 10% /56, 10% /48; both families loaded in \
+         the one filter. IPv6 / IPv4: xdpguard's + ns for IPv6 over IPv4's in the same round (issue 13 target: \
+         ≤ 1.5×).",
         chase.bytes >> 20
     ));
     table
@@ -688,10 +828,13 @@ fn main() {
     println!("xdpguard per-packet bench on {machine}");
     println!("NOTE: repeating one packet measures the hot-cache path only (every lookup hits the CPU cache).");
     let calls: u32 = env_num("XDPG_BENCH_LB_CALLS", if q { "20000" } else { "200000" });
-    let sections = env_list("XDPG_BENCH_SECTIONS", "filter,cold,lb,lbk,lb2");
+    let sections = env_list("XDPG_BENCH_SECTIONS", "filter,events,cold,lb,lbk,lb2");
     let mut tables = Vec::new();
     if sections.iter().any(|s| s == "filter") {
         tables.push(filter_section(&t));
+    }
+    if sections.iter().any(|s| s == "events") {
+        tables.push(events_section(&t));
     }
     if sections.iter().any(|s| s == "cold") {
         let n =
@@ -700,7 +843,11 @@ fn main() {
         let chase_mib: usize = env_num("XDPG_BENCH_CHASE_MIB", "16");
         let cold_calls: u32 = env_num("XDPG_BENCH_COLD_CALLS", if q { "20000" } else { "200000" });
         let rounds: usize = env_num("XDPG_BENCH_COLD_ROUNDS", "3");
-        tables.push(filter_cold_section(cold_calls, n, chase_mib << 20, rounds));
+        let families: Vec<u8> = env_list("XDPG_BENCH_COLD_FAMILIES", "4,6")
+            .iter()
+            .map(|f| f.parse().expect("XDPG_BENCH_COLD_FAMILIES: 4, 6 or 4,6"))
+            .collect();
+        tables.push(filter_cold_section(cold_calls, n, chase_mib << 20, rounds, &families));
     }
     let modes = env_list("XDPG_BENCH_LB_MODES", "ipip4,ipip6,dsr,nat");
     let connections: u32 = env_num("XDPG_BENCH_LB_CONNECTIONS", "1048576");

@@ -27,6 +27,9 @@ pub enum Error {
     /// A rule, a rule file or a named-set edit was refused or failed.
     #[error(transparent)]
     Rule(#[from] RuleError),
+    /// Drop events (`Filter::events`).
+    #[error(transparent)]
+    Events(#[from] crate::filter::EventError),
     /// A load-balancer operation failed.
     #[error(transparent)]
     Lb(#[from] LbError),
@@ -408,6 +411,14 @@ pub enum RuleError {
         what: &'static str,
         /// What to do instead.
         hint: &'static str,
+    },
+    /// A SYN guard policy that cannot be applied.
+    #[error("SYN guard, port {port}: {reason}")]
+    InvalidSynPolicy {
+        /// The port (0: not about one port).
+        port: u16,
+        /// What is wrong and what to give instead.
+        reason: String,
     },
     /// Not a valid set name.
     #[error(

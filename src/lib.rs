@@ -111,6 +111,9 @@ pub use crate::core::counter::Counter;
 pub use crate::core::testrun::{TestRun, XdpAction};
 pub use crate::core::upgrade::UpgradeReport;
 pub use error::{AttachError, Error, LbError, LineError, ListError, LoadError, ParseError, PinError, RuleError};
+pub use filter::{
+    nft_rules, SynGuard, SynMode, SynPolicy, SynPortStats, SynPortStatus, DEFAULT_SYN_THRESHOLD, MAX_SYN_PORTS,
+};
 pub use filter::{normalize, parse_list, parse_prefix, FilterStats, ListKind, ListLine, Normalized};
 pub use filter::{
     parse_rules, DestinationMatch, IpFamily, NamedSet, RangeSet, Rule, RuleAction, RuleChange, RuleEntry, RuleId,
@@ -121,6 +124,7 @@ pub use filter::{
     BulkChange, EntryChange, Filter, FilterBuilder, MalformedPolicy, PrefixList, Verdict, DEFAULT_V4_CAPACITY,
     DEFAULT_V6_CAPACITY, MAX_CAPACITY,
 };
+pub use filter::{DropEvent, DropReason, EventError, EventOptions, EventRate, EventReader, EventStats, SNAP_LEN};
 pub use filter::{LimitKey, LimiterStats, RateLimit, TimedBlock, TimedBlocks, MAX_BLOCK, MAX_RATE};
 pub use ipnetwork::IpNetwork;
 /// Backend health checks for the load balancer (feature `health`).

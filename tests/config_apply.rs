@@ -4,7 +4,9 @@
 //! changes nothing; apply creates, fills, chains and attaches; a second run
 //! changes nothing (every generation counter stays put); an edited file
 //! changes only what differs (one list replace, one backend batch); fixed
-//! settings need --recreate; `down` removes everything; and an apply killed
+//! settings need --recreate; rules, named sets and monitor mode are planned
+//! the same way (one set replace, one whole rule-set switch, removals last);
+//! `down` removes everything; and an apply killed
 //! with SIGKILL at any point is finished by the next one.
 //!
 //! Needs root; fails (never skips) without it.
@@ -65,6 +67,13 @@ impl Bed {
     /// on the client's eth0. `extra_lb` goes into the [[lb]] section,
     /// `vips` after it.
     fn write(&self, blocklist: &str, extra_lb: &str, vips: &str, locals: &str) {
+        self.write_with_rules(blocklist, "", extra_lb, vips, locals);
+    }
+
+    /// As `write`, with `guard` (monitor, rules, `[filter.sets]`) at the
+    /// end of the [[filter]] section.
+    fn write_with_rules(&self, blocklist: &str, guard: &str, extra_lb: &str, vips: &str, locals: &str) {
+        let guard = if guard.is_empty() { String::new() } else { format!("\n{guard}") };
         let (f, l, d) = (self.filter_pin.arg(), self.lb_pin.arg(), self.decap_pin.arg());
         let (s, c) = (&self.pair.server.name, &self.pair.client.name);
         let text = format!(
@@ -78,7 +87,7 @@ v4_capacity = 200000
 allowlist = ["198.51.100.0/24"]
 blocklist = [{blocklist}]
 blocklist_files = ["drop.txt"]
-next = "{l}"
+next = "{l}"{guard}
 
 [[lb]]
 pin = "{l}"
@@ -241,6 +250,95 @@ fn apply_converges_changes_only_what_differs_and_down_removes_it() {
     assert!(reaches(client, "192.0.2.1", 5), "192.0.2.1 is no longer blocklisted");
     assert!(XDPGUARD.ok(&["apply", "--config", &cfg]).ends_with("no changes\n"));
 
+    // Rules, named sets and monitor mode. A drop rule on the echo port for
+    // sources outside a set, first watched (monitor mode: counted, passed).
+    let guard = |monitor: bool, rules: &str, sets: &str| {
+        format!("monitor = {monitor}\nrules = \"\"\"\n{rules}\"\"\"\n\n[filter.sets]\n{sets}")
+    };
+    let write_guard = |g: &str| {
+        bed.write_with_rules("\"203.0.113.200\"", g, "echo = \"drop\"", &vips, "\"198.51.100.11\", \"198.51.100.14\"")
+    };
+    let echo_rules = format!("count udp dport {UDP_PORT}\ndrop udp dport {UDP_PORT} not from set friends\n");
+    write_guard(&guard(true, &echo_rules, "friends = [\"198.51.100.0/24\", \"2001:db8:f::/48\"]\nspare = []\n"));
+    let plan = XDPGUARD.ok(&["apply", "--config", &cfg, "--dry-run"]);
+    assert!(filter.rules().is_empty().unwrap() && !filter.monitor(), "a dry run applies nothing");
+    let out = XDPGUARD.ok(&["apply", "--config", &cfg]);
+    let done = changes(&out);
+    let planned: Vec<&str> = plan.lines().filter_map(|l| l.strip_prefix("would ")).collect();
+    assert_eq!(planned, done, "the dry run showed what was done");
+    let want = [
+        ": monitor mode on (count what would be dropped, drop nothing)",
+        ": set friends: create",
+        ": set friends: replace with 2 entries (+2 -0)",
+        ": set spare: create",
+        ": rules: replace with 2 rules (+2 -0, 0 kept; one switch)",
+    ];
+    assert_eq!(done.len(), want.len(), "{out}");
+    for (d, w) in done.iter().zip(want) {
+        assert!(d.ends_with(w), "{d} / {w}\n{out}");
+    }
+    let rule_texts = |f: &Filter| f.rules().list().unwrap().iter().map(|e| e.rule.to_string()).collect::<Vec<_>>();
+    assert_eq!(
+        rule_texts(&filter),
+        [format!("count udp dport {UDP_PORT}"), format!("drop udp not from set friends dport {UDP_PORT}")]
+    );
+    assert_eq!(filter.sets().names().unwrap(), ["friends", "spare"]);
+    assert!(filter.monitor());
+    assert_eq!(filter.generation(), generations.0 + 1, "the lists are untouched");
+    let before = filter.stats().unwrap();
+    assert!(reaches(client, "192.0.2.1", 5), "monitor mode: the drop rule drops nothing");
+    let moved = filter.stats().unwrap().since(&before);
+    assert!(moved.would_drop_rule.packets > 0 && moved.rule_dropped.packets == 0, "{moved:?}");
+    let drop_id = filter.rules().list().unwrap()[1].id;
+    assert!(filter.rules().list().unwrap()[1].hits.packets > 0);
+    assert!(XDPGUARD.ok(&["apply", "--config", &cfg]).ends_with("no changes\n"));
+
+    // Monitor off, one rule changed, a set shrunk and another gone: one set
+    // replace, one rule-set switch (the unchanged rule keeps its id), the
+    // set deleted after the rules, monitor off last.
+    let echo_rules =
+        format!("count udp dport {UDP_PORT} from 192.0.2.0/24\ndrop udp dport {UDP_PORT} not from set friends\n");
+    write_guard(&guard(false, &echo_rules, "friends = [\"198.51.100.0/24\"]\n"));
+    let out = XDPGUARD.ok(&["apply", "--config", &cfg]);
+    let done = changes(&out);
+    let want = [
+        ": set friends: replace with 1 entries (+0 -1)",
+        ": rules: replace with 2 rules (+1 -1, 1 kept; one switch)",
+        ": set spare: delete",
+        ": monitor mode off",
+    ];
+    assert_eq!(done.len(), want.len(), "{out}");
+    for (d, w) in done.iter().zip(want) {
+        assert!(d.ends_with(w), "{d} / {w}\n{out}");
+    }
+    assert_eq!(filter.rules().list().unwrap()[1].id, drop_id, "the kept rule keeps its id");
+    assert!(!filter.monitor());
+    assert!(!reaches(client, "192.0.2.1", 2), "the drop rule drops now");
+    assert!(XDPGUARD.ok(&["apply", "--config", &cfg]).ends_with("no changes\n"));
+
+    // A bad rule: reported at its line and column of the TOML file,
+    // nothing applied.
+    let bad = format!("drop udp dport {UDP_PORT} not from set friends\n   drop udp sport 70000\n");
+    write_guard(&guard(false, &bad, "friends = [\"198.51.100.0/24\"]\n"));
+    let text = std::fs::read_to_string(bed.file()).unwrap();
+    let line = text.lines().position(|l| l.contains("sport 70000")).unwrap() + 1;
+    let out = XDPGUARD.run(&["apply", "--config", &cfg]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains(&format!("{cfg}:{line}:4: rule `drop udp sport 70000`")), "{err}");
+    assert_eq!(rule_texts(&filter).len(), 2, "nothing applied");
+
+    // No rules, no sets: the rule set emptied, then the set deleted.
+    write_guard("");
+    let out = XDPGUARD.ok(&["apply", "--config", &cfg]);
+    let done = changes(&out);
+    assert_eq!(done.len(), 2, "{out}");
+    assert!(done[0].ends_with(": rules: replace with 0 rules (+0 -2, 0 kept; one switch)"), "{out}");
+    assert!(done[1].ends_with(": set friends: delete"), "{out}");
+    assert!(filter.rules().is_empty().unwrap() && filter.sets().names().unwrap().is_empty());
+    assert!(reaches(client, "192.0.2.1", 5));
+    assert!(XDPGUARD.ok(&["apply", "--config", &cfg]).ends_with("no changes\n"));
+
     // A fixed setting: refused with the way out, nothing changed...
     let seeded = std::fs::read_to_string(bed.file()).unwrap().replace("hash_seed = 7", "hash_seed = 8");
     std::fs::write(bed.file(), seeded).unwrap();
@@ -307,7 +405,17 @@ fn kill_state(bed: &Bed, a: bool) {
         vips.push_str("]\n\n");
     }
     let (echo, locals) = if a { ("", "\"198.51.100.11\"") } else { ("echo = \"drop\"", "\"198.51.100.11\", \"::1\"") };
-    bed.write("\"203.0.113.200\"", echo, &vips, locals);
+    // Rules and sets that differ both ways: a -> b turns monitor mode on,
+    // creates and fills a set, replaces another and the rules; b -> a
+    // replaces a set and the rules, deletes the set, turns monitor mode off.
+    let guard = if a {
+        "monitor = false\nrules = \"\"\"\ndrop udp sport 53 not from set resolvers\ndrop udp dport 1900,11211\n\"\"\"\n\
+         [filter.sets]\nresolvers = [\"192.0.2.53\"]\n"
+    } else {
+        "monitor = true\nrules = \"\"\"\ndrop udp sport 53 not from set resolvers\ncount tcp dport 22 from set office\n\"\"\"\n\
+         [filter.sets]\nresolvers = [\"192.0.2.53\", \"2001:db8::53\"]\noffice = [\"198.51.100.0/24\"]\n"
+    };
+    bed.write_with_rules("\"203.0.113.200\"", guard, echo, &vips, locals);
 }
 
 /// Kills an apply at `point` and checks the next apply converges on the
@@ -323,6 +431,11 @@ fn kill_and_converge(bed: &Bed, point: (Option<usize>, Duration)) -> bool {
     assert!(XDPGUARD.ok(&["apply", "--config", &cfg]).ends_with("no changes\n"));
     let filter = Filter::open_pinned(bed.filter_pin.path()).unwrap();
     assert_eq!(filter.blocklist().len().unwrap(), 20_001);
+    let f = &config.filters[0];
+    let rules: Vec<_> = filter.rules().list().unwrap().into_iter().map(|e| e.rule).collect();
+    assert_eq!(rules, f.rules);
+    assert_eq!(filter.monitor(), f.monitor);
+    assert_eq!(filter.sets().names().unwrap().len(), f.sets.len());
     let lb = LoadBalancer::open_pinned(bed.lb_pin.path()).unwrap();
     assert_eq!(lb.digest().unwrap(), config.lbs[0].expected_digest());
     running && !out.ends_with("no changes\n")

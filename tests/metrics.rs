@@ -114,6 +114,7 @@ fn the_exporter_serves_pinned_programs_and_its_counters_move_with_traffic() {
     // A filter on the server of a pair; 192.0.2.3 of the client is blocked.
     let pair = Pair::new("met");
     pair.client.addr("eth0", "192.0.2.3/24");
+    pair.client.addr("eth0", "192.0.2.5/24");
     pair.server.static_neighbours("eth0", &["192.0.2.1", "192.0.2.3"], pair.client.mac("eth0"));
     pair.client.static_neighbours("eth0", &["192.0.2.2"], pair.server.mac("eth0"));
     let _echo = UdpEcho::start(&pair.server, UDP_PORT);
@@ -122,6 +123,14 @@ fn the_exporter_serves_pinned_programs_and_its_counters_move_with_traffic() {
     let attach_filter = ["attach", "--iface", "eth0", "--netns", &pair.server.name, "--pin", fp];
     XDPGUARD.ok(&attach_filter);
     XDPGUARD.ok(&["block", "192.0.2.3", "--pin", fp]);
+    // Two rules: count what goes to the echo port, drop it from 192.0.2.5.
+    let port = UDP_PORT.to_string();
+    XDPGUARD.ok(&["rule", "add", "--pin", fp, "count", "udp", "dport", &port]);
+    XDPGUARD.ok(&["rule", "add", "--pin", fp, "drop", "udp", "dport", &port, "from", "192.0.2.5"]);
+    let (count_text, drop_text) =
+        (format!("count udp dport {UDP_PORT}"), format!("drop udp from 192.0.2.5/32 dport {UDP_PORT}"));
+    let count_rule = [("pin", fp), ("rule", "0"), ("action", "count"), ("text", count_text.as_str())];
+    let drop_rule = [("pin", fp), ("rule", "1"), ("action", "drop"), ("text", drop_text.as_str())];
 
     // An IPIP load balancer with two backends, each with a pinned
     // decapsulator.
@@ -170,6 +179,9 @@ fn the_exporter_serves_pinned_programs_and_its_counters_move_with_traffic() {
     let attached = [("program", "filter"), ("pin", fp), ("interface", "eth0"), ("mode", "native")];
     assert_eq!(value(&before, "xdpguard_attached", &attached), 1.0);
     assert_eq!(value(&before, "xdpguard_filter_list_entries", &[("pin", fp), ("list", "block")]), 1.0);
+    assert_eq!(value(&before, "xdpguard_filter_monitor", &[("pin", fp)]), 0.0);
+    assert_eq!(value(&before, "xdpguard_filter_rule_packets_total", &drop_rule), 0.0);
+    assert_eq!(value(&before, "xdpguard_filter_rule_monitor", &[("pin", fp), ("rule", "1")]), 0.0);
     let backend1 = backend_v4(1).to_string();
     let vip_label = format!("tcp {vip}");
     let b1 = [("pin", lp), ("vip", vip_label.as_str()), ("backend", backend1.as_str())];
@@ -181,6 +193,7 @@ fn the_exporter_serves_pinned_programs_and_its_counters_move_with_traffic() {
     // 20 connections through the LB and the decapsulators.
     let server = SocketAddr::new("192.0.2.2".parse().unwrap(), UDP_PORT);
     pair.client.run(move || send_udp("192.0.2.3".parse().unwrap(), server, 200, 100));
+    pair.client.run(move || send_udp("192.0.2.5".parse().unwrap(), server, 50, 100));
     pair.client.run(move || {
         for _ in 0..100 {
             assert!(udp_echo_reaches("192.0.2.1".parse().unwrap(), server, 3, Duration::from_millis(300)));
@@ -201,6 +214,13 @@ fn the_exporter_serves_pinned_programs_and_its_counters_move_with_traffic() {
     assert_eq!(delta("xdpguard_filter_packets_total", &blocked), 200.0, "exactly the datagrams sent");
     assert_eq!(delta("xdpguard_filter_bytes_total", &blocked), 200.0 * (14.0 + 20.0 + 8.0 + 100.0));
     assert!(delta("xdpguard_filter_packets_total", &[("pin", fp), ("reason", "passed")]) >= 100.0);
+    // The rules: the drop rule exactly the 50 from 192.0.2.5, the count rule
+    // those and the echoed ones (not the blocklisted: the lists come first).
+    assert_eq!(delta("xdpguard_filter_rule_packets_total", &drop_rule), 50.0);
+    assert_eq!(delta("xdpguard_filter_rule_bytes_total", &drop_rule), 50.0 * (14.0 + 20.0 + 8.0 + 100.0));
+    assert_eq!(delta("xdpguard_filter_packets_total", &[("pin", fp), ("reason", "rule_dropped")]), 50.0);
+    let counted = delta("xdpguard_filter_rule_packets_total", &count_rule);
+    assert!((150.0..400.0).contains(&counted), "{counted}");
     let vip_packets = delta("xdpguard_lb_vip_packets_total", &vl);
     assert!(vip_packets >= 20.0 * 4.0, "a connection is a few packets each way: {vip_packets}");
     assert!(delta("xdpguard_lb_vip_new_flows_total", &vl) >= 20.0);
@@ -219,6 +239,26 @@ fn the_exporter_serves_pinned_programs_and_its_counters_move_with_traffic() {
     assert_eq!(decapsulated, vip_packets, "and was decapsulated there");
     let redirected = delta("xdpguard_lb_event_packets_total", &[("pin", lp), ("event", "redirected")]);
     assert_eq!(redirected, vip_packets, "out of the backends' interface");
+
+    // Monitor mode, for the whole filter and then for the drop rule: the
+    // gauges say so, the rule's series goes on (same labels), what it would
+    // drop is counted and passed.
+    XDPGUARD.ok(&["monitor", "--pin", fp, "on"]);
+    XDPGUARD.ok(&["rule", "monitor", "--pin", fp, "1"]);
+    pair.client.run(move || send_udp("192.0.2.5".parse().unwrap(), server, 10, 100));
+    let (_, watched) = scrape(&pair.server, None);
+    promtool_check(&watched);
+    let watched = samples(&watched);
+    assert_eq!(value(&watched, "xdpguard_filter_monitor", &[("pin", fp)]), 1.0);
+    assert_eq!(value(&watched, "xdpguard_filter_rule_monitor", &[("pin", fp), ("rule", "1")]), 1.0);
+    assert_eq!(value(&watched, "xdpguard_filter_rule_monitor", &[("pin", fp), ("rule", "0")]), 0.0);
+    let moved = |name: &str, labels: &[(&str, &str)]| value(&watched, name, labels) - value(&after, name, labels);
+    assert_eq!(moved("xdpguard_filter_rule_packets_total", &drop_rule), 10.0);
+    assert_eq!(moved("xdpguard_filter_packets_total", &[("pin", fp), ("reason", "rule_dropped")]), 0.0);
+    // A monitored rule decides nothing: no rule decided these, they passed.
+    assert!(moved("xdpguard_filter_packets_total", &[("pin", fp), ("reason", "passed")]) >= 10.0);
+    XDPGUARD.ok(&["rule", "monitor", "--pin", fp, "1", "--off"]);
+    XDPGUARD.ok(&["monitor", "--pin", fp, "off"]);
 
     // OpenMetrics, when asked for as Prometheus asks: the same samples.
     let accept = "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";

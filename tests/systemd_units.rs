@@ -65,4 +65,6 @@ fn the_example_configuration_is_valid() {
     assert_eq!((config.filters.len(), config.lbs.len(), config.decaps.len()), (1, 1, 0));
     assert_eq!(config.lbs[0].vips.len(), 2);
     assert_eq!(config.filters[0].next.as_deref(), Some(config.lbs[0].pin.as_path()));
+    assert_eq!(config.filters[0].rules.len(), 3);
+    assert_eq!(config.filters[0].sets["resolvers"].len(), 2);
 }

@@ -23,6 +23,15 @@ volatile const __u32 bench_gen_random = 0;
 /* Entries of bench_gen_srcs in use (at least 1). */
 volatile const __u32 bench_gen_table_len = 1;
 
+/* 1: write bench_gen_hdr over the frame's first 48 bytes before each send.
+ * Live-frames pages come back to the generator's page pool with whatever
+ * the receiver wrote into them (the load balancer's rows rewrite and
+ * encapsulate every frame and send it back), so those rows restore the
+ * headers every time; the filter rows do not need it. */
+volatile const __u32 bench_gen_restore = 0;
+/* The template's first 48 bytes (Ethernet, IPv4, UDP and 6 payload bytes). */
+volatile const __u64 bench_gen_hdr[6] = {};
+
 /* One source address, network byte order; IPv4 uses words[0]. */
 struct bench_gen_src {
 	__u32 words[4];
@@ -94,6 +103,13 @@ int bench_gen(struct xdp_md *ctx)
 
 	if (next_source(&src))
 		return XDP_ABORTED;
+	if (bench_gen_restore) {
+		if (data + 48 > data_end)
+			return XDP_ABORTED;
+#pragma unroll
+		for (int i = 0; i < 6; i++)
+			((__u64 *)data)[i] = bench_gen_hdr[i];
+	}
 	if (bench_gen_family == 4) {
 		struct iphdr *iph = (void *)(eth + 1);
 		if ((void *)(iph + 1) > data_end)

@@ -37,6 +37,9 @@ pub mod skel {
     pub mod chase {
         include!(concat!(env!("OUT_DIR"), "/bench_chase.skel.rs"));
     }
+    pub mod filter_noev {
+        include!(concat!(env!("OUT_DIR"), "/bench_filter_noev.skel.rs"));
+    }
 }
 
 /// XDP return codes.
@@ -83,6 +86,31 @@ impl DropProg {
     /// Frames seen so far, all CPUs.
     pub fn count(&self) -> io::Result<u64> {
         percpu_u64(&self.cnt, 0)
+    }
+}
+
+/// `bench_filter_noev`: the filter without its drop-event hook, loaded over
+/// the maps of a filter pinned in `pin_dir` (its lists, config, counters):
+/// the same tables, only the hook differs.
+pub struct FilterNoEventsProg {
+    pub prog: OwnedFd,
+}
+
+impl FilterNoEventsProg {
+    pub fn load(pin_dir: &std::path::Path) -> io::Result<Self> {
+        use libbpf_rs::skel::OpenSkel as _;
+        let mut storage = MaybeUninit::uninit();
+        let mut open = skel::filter_noev::BenchFilterNoevSkelBuilder::default()
+            .open(&mut storage)
+            .map_err(bpf_err("opening bench_filter_noev"))?;
+        for mut map in open.open_object_mut().maps_mut() {
+            let path = pin_dir.join(map.name());
+            if let Ok(pinned) = MapHandle::from_pinned_path(&path) {
+                map.reuse_fd(pinned.as_fd()).map_err(bpf_err("reusing a pinned map"))?;
+            }
+        }
+        let s = open.load().map_err(bpf_err("loading bench_filter_noev"))?;
+        Ok(Self { prog: dup_prog(s.progs.xdpg_filter.as_fd())? })
     }
 }
 
@@ -235,6 +263,14 @@ pub struct GenProg {
 
 impl GenProg {
     pub fn load(family: u8, sources: &Sources) -> io::Result<Self> {
+        Self::load_restoring(family, sources, None)
+    }
+
+    /// As [`GenProg::load`]; with `header` (the template's first 48 bytes),
+    /// the generator writes it over every frame before sending, for
+    /// receivers that rewrite the frames they send back (live-frames pages
+    /// return to the generator as the receiver left them).
+    pub fn load_restoring(family: u8, sources: &Sources, header: Option<&[u8]>) -> io::Result<Self> {
         let mut storage = MaybeUninit::uninit();
         let mut open =
             skel::gen::BenchGenSkelBuilder::default().open(&mut storage).map_err(bpf_err("opening bench_gen"))?;
@@ -247,6 +283,13 @@ impl GenProg {
         ro.bench_gen_family = u32::from(family);
         ro.bench_gen_random = u32::from(matches!(sources, Sources::Random));
         ro.bench_gen_table_len = len as u32;
+        if let Some(h) = header {
+            let h: &[u8; 48] = h.get(..48).and_then(|h| h.try_into().ok()).expect("a 48-byte header");
+            ro.bench_gen_restore = 1;
+            for (i, w) in h.chunks_exact(8).enumerate() {
+                ro.bench_gen_hdr[i] = u64::from_ne_bytes(w.try_into().expect("8 bytes"));
+            }
+        }
         let s = open.load().map_err(bpf_err("loading bench_gen"))?;
         let gen = Self {
             prog: dup_prog(s.progs.bench_gen.as_fd())?,

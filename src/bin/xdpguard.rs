@@ -24,6 +24,8 @@
 //! xdpguard set add resolvers 192.0.2.53 [--file F] [--replace]
 //! xdpguard set del resolvers 192.0.2.53         xdpguard set list [NAME] [--json]
 //! xdpguard monitor on|off                       (the whole filter: count, drop nothing)
+//! xdpguard events [--json] [--count N] [--rate N/s]   (sampled drop events)
+//! xdpguard capture -w drops.pcap --count N [--timeout S]   xdpguard top [--interval S]
 //! xdpguard detach                               xdpguard upgrade   (a newer build takes over)
 //! xdpguard metrics [--listen 127.0.0.1:9435] --filter PIN --lb PIN --decap PIN   (repeatable; a Prometheus exporter)
 //! xdpguard apply --config /etc/xdpguard/xdpguard.toml [--dry-run] [--recreate]
@@ -36,10 +38,14 @@
 mod common;
 // This tool's own modules, beside it in xdpguard/ (a crate root's modules
 // are looked up beside it, among the other tools' files, otherwise).
+#[path = "xdpguard/events.rs"]
+mod events;
 #[path = "xdpguard/metrics.rs"]
 mod metrics;
 #[path = "xdpguard/progress.rs"]
 mod progress;
+#[path = "xdpguard/syn.rs"]
+mod syn;
 #[path = "xdpguard/timed.rs"]
 mod timed;
 
@@ -194,6 +200,10 @@ enum Command {
     /// Named sets of prefixes that rules name (`from set NAME`).
     #[command(subcommand)]
     Set(SetCommand),
+    /// The SYN-flood guard: protect TCP ports (SYN cookies from XDP, or a
+    /// SYN rate threshold), its counters, the nftables rules it needs.
+    #[command(subcommand)]
+    Syn(syn::SynCommand),
     /// Monitor (dry-run) mode for the whole filter: what the blocklist and
     /// drop rules match is counted as "would drop" and passed.
     Monitor {
@@ -203,6 +213,12 @@ enum Command {
         #[arg(value_parser = ["on", "off"])]
         state: String,
     },
+    /// Tail sampled drop events (text, or --json one object per line).
+    Events(events::EventsArgs),
+    /// Write sampled dropped packets (their first 128 bytes) to a pcap file.
+    Capture(events::CaptureArgs),
+    /// The busiest rules (exact) and sources and blocklist entries (sampled) per interval.
+    Top(events::TopArgs),
     /// Show interfaces, list sizes, capacities and memory.
     Status {
         #[command(flatten)]
@@ -452,6 +468,7 @@ fn run(command: Command) -> Result<()> {
         }
         Command::Rule(cmd) => rule_command(cmd)?,
         Command::Set(cmd) => set_command(cmd)?,
+        Command::Syn(cmd) => syn::run(cmd)?,
         Command::Monitor { pin, state } => {
             let filter = Filter::open_pinned(&pin.pin)?;
             filter.set_monitor(state == "on");
@@ -517,6 +534,9 @@ fn run(command: Command) -> Result<()> {
             }
         }
         Command::Metrics(args) => metrics::serve(args)?,
+        Command::Events(args) => events::events(args)?,
+        Command::Capture(args) => events::capture(args)?,
+        Command::Top(args) => events::top(args)?,
         Command::Apply { config, dry_run, recreate } => {
             let config = Config::from_file(&config)?;
             let plan = config.plan_with(PlanOptions::default().recreate(recreate))?;

@@ -10,7 +10,8 @@
  * (the live view's prefix lengths, longest first, each behind a Bloom bit,
  * probed by v6_probe); then count and drop or pass on. The tables' layout
  * is in filter_structs.h and filter_consts.h, the maps in filter_maps.h,
- * the hashes (mirrored in Rust) in hash.h. */
+ * the hashes (mirrored in Rust) in hash.h. Every drop and would-drop
+ * may send a sampled event (filter_events.h) while a reader holds a lease. */
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
@@ -23,21 +24,6 @@
 #include "guard_consts.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
-
-static __always_inline void count(__u32 reason, __u64 bytes)
-{
-	struct xdpg_counter *c = bpf_map_lookup_elem(&xdpg_filter_cnt, &reason);
-	if (c) {
-		c->packets++;
-		c->bytes += bytes;
-	}
-}
-
-static __always_inline int pass_on(struct xdp_md *ctx)
-{
-	bpf_tail_call(ctx, &xdpg_next, 0);
-	return XDP_PASS;
-}
 
 /* Returned by the host lookup when no bucket holds the host. */
 #define HOST_NOT_FOUND 0xFF
@@ -195,8 +181,10 @@ int xdpg_filter(struct xdp_md *ctx)
 	}
 	if (parsed != XDPG_PARSE_OK) {
 		count(XDPG_REASON_MALFORMED, bytes);
-		if (cfg->malformed_policy == XDPG_MALFORMED_DROP && !(cfg->monitor & XDPG_MONITOR_ON))
+		if (cfg->malformed_policy == XDPG_MALFORMED_DROP && !(cfg->monitor & XDPG_MONITOR_ON)) {
+			xdpg_event(ctx, cfg, XDPG_REASON_MALFORMED, 0);
 			return XDP_DROP;
+		}
 		return pass_on(ctx);
 	}
 
@@ -223,9 +211,11 @@ int xdpg_filter(struct xdp_md *ctx)
 	if (verdict == XDPG_VERDICT_BLOCK) {
 		if (cfg->monitor & XDPG_MONITOR_ON) {
 			count(XDPG_REASON_WOULD_DROP_BLOCKED, bytes);
+			xdpg_event(ctx, cfg, XDPG_REASON_WOULD_DROP_BLOCKED, 0);
 			return pass_on(ctx);
 		}
 		count(blocked_reason, bytes);
+		xdpg_event(ctx, cfg, blocked_reason, 0);
 		return XDP_DROP;
 	}
 	if (verdict == XDPG_VERDICT_ALLOW) {

@@ -60,6 +60,10 @@ enum xdpg_filter_reason {
 	XDPG_REASON_RULE_PASSED,	/* passed by a pass rule */
 	XDPG_REASON_WOULD_DROP_BLOCKED, /* monitor mode: blocklisted, passed */
 	XDPG_REASON_WOULD_DROP_RULE,	/* monitor mode: a drop rule matched, passed */
+	XDPG_REASON_SYN_DROPPED,	/* SYN guard: over the port's threshold, unknown source */
+	XDPG_REASON_WOULD_DROP_SYN,	/* monitor: the SYN guard would drop or answer it, passed */
+	XDPG_REASON_SYN_COOKIE_SENT,	/* SYN guard: answered with a SYN cookie SYN-ACK (XDP_TX) */
+	XDPG_REASON_SYN_COOKIE_PASSED,	/* SYN guard: an ACK with a valid cookie, passed */
 	XDPG_REASON_RATE_LIMITED,	/* over a rate-limit rule's limit: dropped */
 	XDPG_REASON_WOULD_DROP_LIMIT,	/* monitor mode: over a limit, passed */
 	XDPG_REASON_TIMED_BLOCKED,	/* in a timed block (guard stage): dropped */

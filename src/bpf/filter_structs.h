@@ -25,7 +25,9 @@ struct xdpg_filter_config {
 	__u32 v6_bucket_mask;	/* number of v6 buckets - 1 (a power of two - 1) */
 	__u32 monitor;		/* XDPG_MONITOR_ON: drop nothing, count "would drop"
 				 * (read by the guard stage too) */
-	__u32 pad;
+	__u32 events_lease;	/* a drop-event reader's deadline, 0 = no reader
+				 * (filter_events.h): beside `monitor`, in the line
+				 * every drop reads */
 };
 
 /* A v4 host bucket: fifteen addresses (host byte order) and their 2-bit
@@ -78,6 +80,7 @@ struct xdpg_v6_rule {
 
 _Static_assert(sizeof(struct xdpg_filter_config) == 64, "xdpg_filter_config layout");
 _Static_assert(__builtin_offsetof(struct xdpg_filter_config, tables) == 24, "tables offset");
+_Static_assert(__builtin_offsetof(struct xdpg_filter_config, events_lease) == 60, "events_lease offset");
 _Static_assert(sizeof(struct xdpg_v4_bucket) == 64, "a v4 bucket is one cache line");
 _Static_assert(sizeof(struct xdpg_v6_entry) == 20, "xdpg_v6_entry layout");
 _Static_assert(sizeof(struct xdpg_v6_bucket) == 64, "a v6 bucket is one cache line");

@@ -19,7 +19,7 @@
  * walk goes on, over it the rule decides (a drop). Timed blocks are checked
  * before the rules (timed_blocked(), guard_limit.h). The SYN guard goes in
  * undecided(), for the packets no rule decided; every drop decision goes
- * through decided(), where drop events go.
+ * through decided(), which sends drop events (filter_events.h).
  *
  * Needs bpf_loop (Linux 5.17; inlined by the verifier from 6.0 on). */
 #include <linux/bpf.h>
@@ -64,26 +64,18 @@ struct walk {
 	__u8 action; /* XDPG_RULE_DROP or _PASS once decided, else 0 */
 };
 
-static __always_inline void count(__u32 reason, __u64 bytes)
-{
-	struct xdpg_counter *c = bpf_map_lookup_elem(&xdpg_filter_cnt, &reason);
-	if (c) {
-		c->packets++;
-		c->bytes += bytes;
-	}
-}
-
-/* Passed packets go on to the next program (xdpg_next[0]: the LB), if any. */
-static __always_inline int pass_on(struct xdp_md *ctx)
-{
-	bpf_tail_call(ctx, &xdpg_next, 0);
-	return XDP_PASS;
-}
-
 /* Every drop and would-drop decision of the guard, with its reason and
- * rule: the hook where drop events (a later stage) are produced. */
+ * rule: a sampled drop event while a reader holds a lease
+ * (filter_events.h). The config lookup is an inlined array lookup of a
+ * line the filter read for this packet; not measured on its own (the
+ * filter's hook, the same load and branch, measured no cost:
+ * BENCHMARKS.md, "Drop events"). */
 static __always_inline void decided(struct xdp_md *ctx, __u32 reason, __u32 rule)
 {
+	__u32 zero = 0;
+	struct xdpg_filter_config *cfg = bpf_map_lookup_elem(&xdpg_filter_cfg, &zero);
+	if (cfg)
+		xdpg_event(ctx, cfg, reason, rule);
 }
 
 /* Packets no rule decided (count rules and monitored rules may have
@@ -95,6 +87,35 @@ static __always_inline int undecided(struct xdp_md *ctx, __u64 bytes)
 {
 	count(XDPG_REASON_PASSED, bytes);
 	return pass_on(ctx);
+}
+
+#include "guard_syn.h"
+
+/* The SYN guard's decision for a packet no rule decided (guard_syn.h);
+ * what it leaves goes to undecided(). */
+static __always_inline int syn_stage(struct xdp_md *ctx, const struct xdpg_pkt *pkt, const struct walk *w, __u32 key,
+				     const struct xdpg_guard_config *gcfg, const struct xdpg_filter_config *fcfg)
+{
+	if (w->family == 0 || key >= XDPG_GK_UDP)
+		return undecided(ctx, w->bytes);
+	int monitor = fcfg->monitor & XDPG_MONITOR_ON;
+	switch (xdpg_syn_guard(ctx, pkt, w->family, w->flags, key - XDPG_GK_TCP, w->src, gcfg, monitor)) {
+	case XDPG_SYN_DROP:
+		count(XDPG_REASON_SYN_DROPPED, w->bytes);
+		decided(ctx, XDPG_REASON_SYN_DROPPED, 0);
+		return XDP_DROP;
+	case XDPG_SYN_WOULD_DROP:
+		count(XDPG_REASON_WOULD_DROP_SYN, w->bytes);
+		decided(ctx, XDPG_REASON_WOULD_DROP_SYN, 0);
+		return pass_on(ctx);
+	case XDPG_SYN_TX:
+		count(XDPG_REASON_SYN_COOKIE_SENT, w->bytes);
+		return XDP_TX;
+	case XDPG_SYN_COOKIE_OK:
+		count(XDPG_REASON_SYN_COOKIE_PASSED, w->bytes);
+		return pass_on(ctx);
+	}
+	return undecided(ctx, w->bytes);
 }
 
 static __always_inline __u32 mask_word(__u32 word, int bits)
@@ -266,6 +287,7 @@ int xdpg_guard(struct xdp_md *ctx)
 	__u32 zero = 0;
 	struct xdpg_pkt pkt = {};
 	struct walk w = {};
+	__u32 key = XDPG_GK_KEYS; /* none, until the packet is parsed */
 
 	w.bytes = data_end - data;
 	struct xdpg_guard_config *gcfg = bpf_map_lookup_elem(&xdpg_guard_cfg, &zero);
@@ -312,7 +334,7 @@ int xdpg_guard(struct xdp_md *ctx)
 
 	/* One read: one rule set (one half) decides this packet. */
 	__u32 half = *(volatile __u32 *)&gcfg->rules & XDPG_RULES_HALF;
-	__u32 key = packet_key(data, data_end, &pkt, ip_end, &w);
+	key = packet_key(data, data_end, &pkt, ip_end, &w);
 	__u32 word_idx = key / XDPG_GK_PER_WORD + (half ? XDPG_GK_WORDS : 0);
 	__u64 *word = bpf_map_lookup_elem(&xdpg_g_idx, &word_idx);
 	if (!word)
@@ -352,5 +374,7 @@ int xdpg_guard(struct xdp_md *ctx)
 		return pass_on(ctx);
 	}
 passed:
-	return undecided(ctx, w.bytes);
+	if (!gcfg || !fcfg)
+		return undecided(ctx, w.bytes);
+	return syn_stage(ctx, &pkt, &w, key, gcfg, fcfg);
 }

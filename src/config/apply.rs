@@ -182,6 +182,13 @@ impl Run<'_> {
                 pl.replace(entries.iter().copied())?;
             }
             Step::SetMalformed(p) => self.filter()?.set_malformed_policy(*p),
+            Step::SetMonitor(on) => self.filter()?.set_monitor(*on),
+            Step::CreateSet(name) => drop(self.filter()?.sets().create(name)?),
+            Step::ReplaceSet { name, entries, .. } => {
+                drop(self.filter()?.sets().get(name).replace(entries.iter().copied())?)
+            }
+            Step::ReplaceRules { rules, .. } => drop(self.filter()?.rules().replace(rules.iter().cloned())?),
+            Step::DeleteSet(name) => drop(self.filter()?.sets().delete(name)?),
             Step::SetNext(pin) => {
                 let lb = lbs.iter().find(|(p, _)| p == pin).map(|(_, l)| &**l);
                 let opened;

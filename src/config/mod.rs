@@ -63,6 +63,7 @@ mod model;
 mod netns;
 mod parse;
 mod plan;
+mod rules;
 
 pub use apply::Applied;
 pub use model::{Config, DecapConfig, FilterConfig, LbConfig, VipSpec};

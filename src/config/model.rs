@@ -1,6 +1,7 @@
 //! What a configuration file says, checked and normalised: the desired
 //! state of each program, by pin directory.
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -11,7 +12,7 @@ use crate::error::ConfigError;
 use crate::lb::digest;
 use crate::{
     AttachMode, Backend, BackendAddr, EchoPolicy, FragmentPolicy, LbDigest, MalformedPolicy, NewFlowLimit,
-    OptionsPolicy, Vip, VipConfig,
+    OptionsPolicy, Rule, Vip, VipConfig,
 };
 
 /// A whole configuration file, checked: what [`Config::from_file`] returns.
@@ -59,6 +60,15 @@ pub struct FilterConfig {
     /// The pin directory of the LB (in the same file) it passes packets on
     /// to (`next`).
     pub next: Option<PathBuf>,
+    /// Monitor (dry-run) mode for the whole filter (`monitor`; see
+    /// [`Filter::set_monitor`](crate::Filter::set_monitor)).
+    pub monitor: bool,
+    /// The rule set, in priority order, normalised (`rules`, inline, or
+    /// `rules_file`; see [`Filter::rules`](crate::Filter::rules)).
+    pub rules: Vec<Rule>,
+    /// The named sets rules can name (`[filter.sets]`): name -> prefixes,
+    /// normalised, sorted.
+    pub sets: BTreeMap<String, Vec<IpNetwork>>,
 }
 
 /// A load balancer (`[[lb]]`), with its VIPs (`[[lb.vip]]`).

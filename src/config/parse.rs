@@ -33,7 +33,7 @@ use crate::{
     DEFAULT_V6_CAPACITY, MAX_CAPACITY, MAX_WEIGHT,
 };
 
-type Val<'i> = Spanned<DeValue<'i>>;
+pub(super) type Val<'i> = Spanned<DeValue<'i>>;
 
 const TOP_KEYS: &[&str] = &["filter", "lb", "decap"];
 const FILTER_KEYS: &[&str] = &[
@@ -50,8 +50,10 @@ const FILTER_KEYS: &[&str] = &[
     "blocklist_files",
     "block_whole_family",
     "next",
+    "monitor",
     "rules",
-    "rule_files",
+    "rules_file",
+    "sets",
 ];
 const LB_KEYS: &[&str] = &[
     "pin",
@@ -84,25 +86,25 @@ const MAX_DECAP_LOCALS: usize = 64;
 /// Where something was given: a span of the configuration file, or a line
 /// of a list file.
 #[derive(Debug, Clone)]
-enum Loc {
+pub(super) enum Loc {
     Span(Range<usize>),
     Line(PathBuf, usize),
 }
 
 /// The file being read, and the problems found so far.
-struct Reader<'a> {
-    file: &'a Path,
-    text: &'a str,
-    problems: Vec<Problem>,
+pub(super) struct Reader<'a> {
+    pub(super) file: &'a Path,
+    pub(super) text: &'a str,
+    pub(super) problems: Vec<Problem>,
 }
 
 impl Reader<'_> {
-    fn problem(&mut self, span: Range<usize>, message: impl Into<String>) {
+    pub(super) fn problem(&mut self, span: Range<usize>, message: impl Into<String>) {
         let (line, column) = self.position(span.start);
         self.problems.push(Problem { file: self.file.to_owned(), line, column: Some(column), message: message.into() });
     }
 
-    fn at(&mut self, loc: &Loc, message: impl Into<String>) {
+    pub(super) fn at(&mut self, loc: &Loc, message: impl Into<String>) {
         match loc {
             Loc::Span(s) => self.problem(s.clone(), message),
             Loc::Line(file, line) => {
@@ -112,7 +114,7 @@ impl Reader<'_> {
     }
 
     /// 1-based line and column (in characters) of a byte offset.
-    fn position(&self, offset: usize) -> (usize, usize) {
+    pub(super) fn position(&self, offset: usize) -> (usize, usize) {
         let offset = offset.min(self.text.len());
         let before = &self.text[..offset];
         let line = before.matches('\n').count() + 1;
@@ -137,7 +139,7 @@ impl Reader<'_> {
         }
     }
 
-    fn string<'v>(&mut self, v: &'v Val<'_>) -> Option<&'v str> {
+    pub(super) fn string<'v>(&mut self, v: &'v Val<'_>) -> Option<&'v str> {
         match v.get_ref() {
             DeValue::String(s) => Some(s.as_ref()),
             other => {
@@ -175,7 +177,7 @@ impl Reader<'_> {
         }
     }
 
-    fn boolean(&mut self, v: &Val<'_>) -> Option<bool> {
+    pub(super) fn boolean(&mut self, v: &Val<'_>) -> Option<bool> {
         match v.get_ref() {
             DeValue::Boolean(b) => Some(*b),
             other => {
@@ -186,7 +188,7 @@ impl Reader<'_> {
     }
 
     /// An array's elements (a bad value is reported: `None`).
-    fn array<'v, 'i>(&mut self, v: &'v Val<'i>) -> Option<&'v [Val<'i>]> {
+    pub(super) fn array<'v, 'i>(&mut self, v: &'v Val<'i>) -> Option<&'v [Val<'i>]> {
         match v.get_ref() {
             DeValue::Array(a) => Some(a),
             other => {
@@ -197,7 +199,11 @@ impl Reader<'_> {
     }
 
     /// Each element of an array, converted; bad elements are reported and left out.
-    fn each<T>(&mut self, v: &Val<'_>, mut f: impl FnMut(&mut Self, &Val<'_>) -> Option<T>) -> Vec<(T, Range<usize>)> {
+    pub(super) fn each<T>(
+        &mut self,
+        v: &Val<'_>,
+        mut f: impl FnMut(&mut Self, &Val<'_>) -> Option<T>,
+    ) -> Vec<(T, Range<usize>)> {
         let Some(items) = self.array(v) else { return Vec::new() };
         items.iter().filter_map(|item| f(self, item).map(|t| (t, item.span()))).collect()
     }
@@ -225,7 +231,7 @@ impl Reader<'_> {
     }
 }
 
-fn get<'t, 'i>(table: &'t DeTable<'i>, key: &str) -> Option<&'t Val<'i>> {
+pub(super) fn get<'t, 'i>(table: &'t DeTable<'i>, key: &str) -> Option<&'t Val<'i>> {
     table
         .iter()
         .find(|(k, _)| {
@@ -326,17 +332,9 @@ fn filter(r: &mut Reader<'_>, t: &DeTable<'_>, span: &Range<usize>, base: &Path)
     if place.interfaces.is_empty() {
         r.problem(span.clone(), "a [[filter]] needs `interfaces = [\"eth0\"]`: it filters nothing attached nowhere");
     }
-    for key in ["rules", "rule_files"] {
-        // TODO(issue 10): the rule engine's rule sets go here: parse the
-        // rule text (inline, and files with line numbers as for lists),
-        // keep it in FilterConfig, and plan one atomic rule-set replace.
-        if let Some(v) = get(t, key) {
-            r.problem(
-                v.span(),
-                format!("`{key}` is reserved for filter rules, which this version of xdpguard does not have yet"),
-            );
-        }
-    }
+    let monitor = get(t, "monitor").and_then(|v| r.boolean(v)).unwrap_or(false);
+    let sets = super::rules::sets(r, t);
+    let rules = super::rules::rules(r, t, base, &sets);
     let cap = |r: &mut Reader<'_>, key, default| {
         get(t, key).and_then(|v| r.int(v, 1, MAX_CAPACITY as u64)).map_or(default, |n| n as usize)
     };
@@ -387,6 +385,9 @@ fn filter(r: &mut Reader<'_>, t: &DeTable<'_>, span: &Range<usize>, base: &Path)
         blocklist: blocklist.into_iter().collect(),
         block_whole_family,
         next,
+        monitor,
+        rules,
+        sets,
     };
     (cfg, place)
 }

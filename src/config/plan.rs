@@ -12,8 +12,8 @@ use super::model::{Config, DecapConfig, FilterConfig, LbConfig};
 use super::netns::Entered;
 use crate::error::{ConfigError, Error, PinError};
 use crate::{
-    AttachMode, Attachment, Backend, BackendAddr, Decap, Filter, ListKind, LoadBalancer, MalformedPolicy, Vip,
-    VipConfig,
+    AttachMode, Attachment, Backend, BackendAddr, Decap, Filter, ListKind, LoadBalancer, MalformedPolicy, Rule,
+    RuleError, Vip, VipConfig,
 };
 
 /// Which program a section describes.
@@ -97,6 +97,40 @@ pub enum Step {
     },
     /// Change the filter's malformed-packet policy.
     SetMalformed(MalformedPolicy),
+    /// Switch the filter's monitor (dry-run) mode: on before the other
+    /// filter steps, off after them, so no step drops what the file only
+    /// means to watch.
+    SetMonitor(bool),
+    /// Create an empty named set (its entries follow in one
+    /// [`Step::ReplaceSet`]).
+    CreateSet(String),
+    /// Replace a named set's prefixes, atomically (before the rules that
+    /// name it change).
+    ReplaceSet {
+        /// The set.
+        name: String,
+        /// The prefixes it will hold.
+        entries: Vec<IpNetwork>,
+        /// Prefixes added.
+        added: usize,
+        /// Prefixes removed.
+        removed: usize,
+    },
+    /// Replace the whole rule set, atomically (one switch of the guard's
+    /// halves); rules in both keep their ids and counters.
+    ReplaceRules {
+        /// The rules, in priority order.
+        rules: Vec<Rule>,
+        /// Rules added.
+        added: usize,
+        /// Rules removed.
+        removed: usize,
+        /// Rules kept.
+        kept: usize,
+    },
+    /// Delete a named set the file no longer has (after the rules that
+    /// named it are gone).
+    DeleteSet(String),
     /// Pass what the filter passes on to the LB pinned there.
     SetNext(PathBuf),
     /// Stop passing packets on to an LB.
@@ -167,6 +201,16 @@ impl fmt::Display for Step {
                 write!(f, "{list}: replace with {} entries (+{added} -{removed})", entries.len())
             }
             Step::SetMalformed(p) => write!(f, "malformed packets: {p}"),
+            Step::SetMonitor(true) => write!(f, "monitor mode on (count what would be dropped, drop nothing)"),
+            Step::SetMonitor(false) => write!(f, "monitor mode off"),
+            Step::CreateSet(name) => write!(f, "set {name}: create"),
+            Step::ReplaceSet { name, entries, added, removed } => {
+                write!(f, "set {name}: replace with {} entries (+{added} -{removed})", entries.len())
+            }
+            Step::ReplaceRules { rules, added, removed, kept } => {
+                write!(f, "rules: replace with {} rules (+{added} -{removed}, {kept} kept; one switch)", rules.len())
+            }
+            Step::DeleteSet(name) => write!(f, "set {name}: delete"),
             Step::SetNext(p) => write!(f, "pass packets on to the lb {}", p.display()),
             Step::ClearNext => write!(f, "stop passing packets on to an lb"),
             Step::SetIpipSource(n) => write!(f, "IPIP source {n}"),
@@ -365,6 +409,10 @@ impl Planner {
         };
         let Some(filter) = running else {
             steps.push(Step::Create);
+            if f.monitor {
+                steps.push(Step::SetMonitor(true));
+            }
+            guard_steps(f, &BTreeMap::new(), &[], &mut steps);
             for (list, entries) in [(ListKind::Allow, &f.allowlist), (ListKind::Block, &f.blocklist)] {
                 if !entries.is_empty() {
                     steps.push(Step::ReplaceList { list, entries: entries.clone(), added: entries.len(), removed: 0 });
@@ -378,6 +426,20 @@ impl Planner {
         };
         if filter.malformed_policy() != f.malformed {
             steps.push(Step::SetMalformed(f.malformed));
+        }
+        let monitor = filter.monitor();
+        if f.monitor && !monitor {
+            steps.push(Step::SetMonitor(true));
+        }
+        match running_guard(&filter) {
+            Ok(Some((sets, rules))) => guard_steps(f, &sets, &rules, &mut steps),
+            Ok(None) if f.rules.is_empty() && f.sets.is_empty() => {}
+            Ok(None) => self.host.push(format!(
+                "filter {}: it runs without the guard stage (loaded with FilterBuilder::guard(false), or on a \
+                 kernel without bpf_loop), so it cannot take rules or sets: take it down and apply again",
+                f.pin.display()
+            )),
+            Err(e) => return Err(err(e.into())),
         }
         for (list, want) in [(ListKind::Allow, &f.allowlist), (ListKind::Block, &f.blocklist)] {
             let pl = if list == ListKind::Allow { filter.allowlist() } else { filter.blocklist() };
@@ -394,6 +456,11 @@ impl Planner {
             Some(lb) if next.is_none() || next != self.lb_ids.get(lb).copied() => steps.push(Step::SetNext(lb.clone())),
             None if next.is_some() => steps.push(Step::ClearNext),
             _ => {}
+        }
+        // Off after every other change of the filter: no step drops what the
+        // file only meant to watch.
+        if !f.monitor && monitor {
+            steps.push(Step::SetMonitor(false));
         }
         attachments(&filter.attachments(), &f.interfaces, f.mode, &mut steps);
         Ok(steps)
@@ -557,6 +624,74 @@ impl Planner {
         steps.extend(have.difference(&want).map(|a| Step::RemoveLocal(*a)));
         attachments(&decap.attachments(), &d.interfaces, d.mode, &mut steps);
         Ok(steps)
+    }
+}
+
+/// Named sets by name, as the file and the running filter have them.
+type NamedSets = BTreeMap<String, Vec<IpNetwork>>;
+
+/// The running filter's named sets and rules, or `None` when it has no
+/// guard stage.
+fn running_guard(filter: &Filter) -> Result<Option<(NamedSets, Vec<Rule>)>, RuleError> {
+    let names = match filter.sets().names() {
+        Ok(n) => n,
+        Err(RuleError::NoGuard { .. }) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let mut sets = BTreeMap::new();
+    for name in names {
+        let entries: BTreeSet<IpNetwork> = filter.sets().get(&name).iter()?.collect();
+        sets.insert(name, entries.into_iter().collect());
+    }
+    let rules = filter.rules().list()?.into_iter().map(|e| e.rule).collect();
+    Ok(Some((sets, rules)))
+}
+
+/// The steps from the running sets and rules to the file's: sets created
+/// and filled first (rules may name them), then one whole-set rule
+/// replace, then the sets the file dropped deleted (no rule names them any
+/// more).
+fn guard_steps(f: &FilterConfig, have_sets: &NamedSets, have: &[Rule], steps: &mut Vec<Step>) {
+    for (name, want) in &f.sets {
+        let current = match have_sets.get(name) {
+            Some(c) => c.as_slice(),
+            None => {
+                steps.push(Step::CreateSet(name.clone()));
+                &[]
+            }
+        };
+        if current != want.as_slice() {
+            let (c, w): (BTreeSet<_>, BTreeSet<_>) = (current.iter().collect(), want.iter().collect());
+            steps.push(Step::ReplaceSet {
+                name: name.clone(),
+                entries: want.clone(),
+                added: w.difference(&c).count(),
+                removed: c.difference(&w).count(),
+            });
+        }
+    }
+    if have != f.rules.as_slice() {
+        // Kept: rules of both, paired by text (as Rules::replace pairs them).
+        let mut old: BTreeMap<String, usize> = BTreeMap::new();
+        for r in have {
+            *old.entry(r.to_string()).or_default() += 1;
+        }
+        let mut kept = 0;
+        for r in &f.rules {
+            if let Some(n) = old.get_mut(&r.to_string()).filter(|n| **n > 0) {
+                *n -= 1;
+                kept += 1;
+            }
+        }
+        steps.push(Step::ReplaceRules {
+            rules: f.rules.clone(),
+            added: f.rules.len() - kept,
+            removed: have.len() - kept,
+            kept,
+        });
+    }
+    for name in have_sets.keys().filter(|n| !f.sets.contains_key(*n)) {
+        steps.push(Step::DeleteSet(name.clone()));
     }
 }
 

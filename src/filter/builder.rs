@@ -210,7 +210,10 @@ impl FilterBuilder {
                 malformed_policy: self.malformed.code(),
                 ..Default::default()
             };
-            let core = Pinned::load(FilterSkelBuilder::default(), &plan, |maps: &FilterMaps| maps.cfg.set(0, cfg))?;
+            let core = Pinned::load(FilterSkelBuilder::default(), &plan, |maps: &FilterMaps| {
+                maps.cfg.set(0, cfg);
+                crate::filter::events::init(maps);
+            })?;
             let guard = if with_guard {
                 let cap = GuardCapacity::new(self.max_rules, records, refs, self.max_set_entries);
                 Some(Guard::load(cap, &Guard::shared_maps(&core.maps))?)

@@ -20,6 +20,9 @@ pub(crate) use filter_skel::types::{
     xdpg_counter, xdpg_filter_config, xdpg_header, xdpg_v4_bucket, xdpg_v4_rule, xdpg_v6_bucket, xdpg_v6_entry,
     xdpg_v6_rule, xdpg_v6_view,
 };
+// The drop events' types (src/bpf/filter_events_structs.h), checked in
+// src/filter/events/layout.rs.
+pub(crate) use filter_skel::types::{xdpg_drop_event, xdpg_event_cpu, xdpg_events_config};
 
 /// Verdicts as the tables store them (allow wins over block whatever the
 /// prefix lengths), and the list bits of a stored entry.
@@ -39,6 +42,9 @@ pod!(
     xdpg_v6_entry,
     xdpg_v6_rule,
     xdpg_v6_view,
+    xdpg_drop_event,
+    xdpg_event_cpu,
+    xdpg_events_config,
 );
 
 config!(xdpg_filter_config, xdpg_header);
@@ -49,6 +55,7 @@ const _: () = {
     assert!(size_of::<xdpg_counter>() == 16);
     assert!(size_of::<xdpg_filter_config>() == 64);
     assert!(offset_of!(xdpg_filter_config, monitor) == 56);
+    assert!(offset_of!(xdpg_filter_config, events_lease) == 60);
     assert!(offset_of!(xdpg_filter_config, tables) == 24);
     assert!(offset_of!(xdpg_filter_config, v6_bucket_mask) == 52);
     assert!(size_of::<xdpg_v4_bucket>() == 64);

@@ -6,10 +6,11 @@ use std::sync::atomic::{fence, AtomicU32, Ordering};
 
 use crate::core::layout::consts::*;
 use crate::core::layout::names;
-use crate::core::maps::{program_maps, Mmapped, PerCpu, ProgArray};
+use crate::core::maps::{program_maps, Mmapped, Opaque, PerCpu, ProgArray};
 use crate::core::mmap::cfg_fields;
 use crate::filter::layout::{
-    xdpg_counter, xdpg_filter_config, xdpg_v4_bucket, xdpg_v4_rule, xdpg_v6_bucket, xdpg_v6_rule, xdpg_v6_view,
+    xdpg_counter, xdpg_event_cpu, xdpg_events_config, xdpg_filter_config, xdpg_v4_bucket, xdpg_v4_rule, xdpg_v6_bucket,
+    xdpg_v6_rule, xdpg_v6_view,
 };
 use crate::Counter;
 
@@ -31,6 +32,10 @@ program_maps! {
         v6_rules: Mmapped<xdpg_v6_rule> = names::XDPG_V6_RULES,
         next: ProgArray = names::XDPG_NEXT,
         stages: ProgArray = names::XDPG_STAGES,
+        // The drop events (src/bpf/filter_events.h; src/filter/events/).
+        events: Opaque = names::XDPG_EVENTS,
+        events_cfg: Mmapped<xdpg_events_config> = names::XDPG_EV_CFG,
+        events_cpu: PerCpu<xdpg_event_cpu> = names::XDPG_EV_CPU,
     }
 }
 
@@ -111,6 +116,7 @@ impl FilterMaps {
         v4_rule_count: AtomicU32 => atomic_u32,
         v6_rule_count: AtomicU32 => atomic_u32,
         monitor: AtomicU32 => atomic_u32,
+        events_lease: AtomicU32 => atomic_u32,
     }
 
     pub(crate) fn config(&self) -> xdpg_filter_config {

@@ -16,6 +16,7 @@
 mod builder;
 mod editor;
 mod entries;
+pub(crate) mod events;
 pub(crate) mod guard;
 mod hash;
 mod layout;
@@ -32,7 +33,11 @@ mod v4_tables;
 mod v6;
 
 pub use builder::FilterBuilder;
+pub use events::{DropEvent, DropReason, EventError, EventOptions, EventRate, EventReader, EventStats, SNAP_LEN};
 pub use guard::maps::{DEFAULT_MAX_RULES, DEFAULT_MAX_SET_ENTRIES, MAX_RULES};
+pub use guard::syn::{
+    nft_rules, SynGuard, SynMode, SynPolicy, SynPortStats, SynPortStatus, DEFAULT_SYN_THRESHOLD, MAX_SYN_PORTS,
+};
 pub use lists::{BulkChange, EntryChange, ListKind, PrefixList};
 pub use prefix::{normalize, parse_list, parse_prefix, ListLine, Normalized};
 pub use ratelimit::{LimitKey, RateLimit, MAX_BLOCK, MAX_RATE};
@@ -235,7 +240,8 @@ impl Filter {
     /// A program chained behind it with [`set_next`](Self::set_next) stays.
     /// So does its guard stage (the rules): the pinned guard program keeps
     /// running the rules with its maps; it is not swapped for this build's.
-    /// Pins of layout 2 (before rules) have no migration yet: detach and
+    /// Pins of layouts 2 (before rules) and 3 (before drop events, which
+    /// add maps an upgrade cannot create yet) have no migration: detach and
     /// attach again.
     ///
     /// Requires Linux 5.9 or later (the filter itself needs 5.15).
@@ -313,6 +319,10 @@ impl Filter {
             rule_passed: get(XDPG_REASON_RULE_PASSED),
             would_drop_blocked: get(XDPG_REASON_WOULD_DROP_BLOCKED),
             would_drop_rule: get(XDPG_REASON_WOULD_DROP_RULE),
+            syn_dropped: get(XDPG_REASON_SYN_DROPPED),
+            would_drop_syn: get(XDPG_REASON_WOULD_DROP_SYN),
+            syn_cookies_sent: get(XDPG_REASON_SYN_COOKIE_SENT),
+            syn_cookies_passed: get(XDPG_REASON_SYN_COOKIE_PASSED),
             rate_limited: get(XDPG_REASON_RATE_LIMITED),
             would_drop_limit: get(XDPG_REASON_WOULD_DROP_LIMIT),
             timed_blocked: get(XDPG_REASON_TIMED_BLOCKED),
@@ -510,7 +520,9 @@ impl Filter {
     ///    decides; count rules and monitored rules count and go on; a
     ///    rate-limit rule drops a packet over its limit and lets one within
     ///    it go on to the next rules.
-    /// 6. What no rule decided passes (to the next program, if one is set).
+    /// 6. The SYN guard ([`Filter::syn_guard`]), for TCP packets to the
+    ///    ports it protects.
+    /// 7. What no rule decided passes (to the next program, if one is set).
     ///
     /// Every packet is counted in one of [`FilterStats`]' reasons, and in
     /// the counter of every rule that matched it ([`Rules::list`]).
@@ -599,6 +611,64 @@ impl Filter {
         Sets::new(self)
     }
 
+    /// The SYN-flood guard: the last step of the guard stage (after the
+    /// lists and the rules), for TCP packets to the ports it protects. A
+    /// port is protected in one of two modes ([`SynPolicy`]):
+    ///
+    /// - **drop** ([`SynPolicy::drop_above`]): the port's SYNs are counted
+    ///   (the last second, estimated from one-second windows); above the
+    ///   threshold, a SYN from a source that has not completed a handshake
+    ///   is dropped. A source has completed one when it sent a pure ACK
+    ///   (ACK set, SYN and RST clear) to a protected port while that port
+    ///   was under its threshold, or an ACK with a valid cookie (cookie
+    ///   mode); it is then known for an hour ([`SynGuard::set_known_ttl`]),
+    ///   in an LRU of 65,536 sources. A pure ACK can be forged by a spoofer
+    ///   who knows the port, so during a flood no source becomes known by
+    ///   an ACK: the flood can neither let its own SYNs in nor evict the
+    ///   known clients that way. New clients are refused while the flood
+    ///   lasts: that is what cookie mode is for.
+    /// - **cookie** ([`SynPolicy::cookies`]): every SYN is answered from
+    ///   XDP with a SYN-ACK built in place (XDP_TX), its sequence number a
+    ///   SYN cookie of the kernel's (`bpf_tcp_raw_gen_syncookie_ipv4/6`);
+    ///   no SYN reaches the stack. An ACK with a valid cookie
+    ///   (`bpf_tcp_raw_check_syncookie_ipv4/6`) is passed, and nftables
+    ///   `synproxy` (conntrack, the same kernel secret) opens the
+    ///   connection to the server; the host needs the rules [`nft_rules`]
+    ///   prints (CLI: `xdpguard syn nft-rules --port P`). Other ACKs (of
+    ///   established connections, or forged) go to conntrack, which drops
+    ///   the forged: connections open before the port was protected go on.
+    ///   Cookies are sent for every SYN, not only above a threshold: the
+    ///   host needs synproxy anyway, which answers every SYN with a cookie
+    ///   too, so passing some SYNs would only answer them the slow way. The
+    ///   SYN-ACK carries only an MSS option: connections it opens have no
+    ///   window scaling, SACK or timestamps. SYNs with IPv4 options or IPv6
+    ///   extension headers are not answered (dropped, counted).
+    ///
+    /// In monitor mode (the filter's, [`Filter::set_monitor`], or the
+    /// port's, [`SynPolicy::with_monitor`]) what would be dropped or
+    /// answered is counted ([`FilterStats::would_drop_syn`]) and passed.
+    /// Counters: [`FilterStats`] (`syn_dropped`, `syn_cookies_sent`,
+    /// `syn_cookies_passed`, `would_drop_syn`) and per port
+    /// ([`SynGuard::status`]).
+    ///
+    /// Needs the guard stage: Linux 6.0 or later (the cookie helpers).
+    ///
+    /// ```no_run
+    /// # let filter = xdpguard::Filter::builder().interface("eth0").attach()?;
+    /// use xdpguard::SynPolicy;
+    /// let syn = filter.syn_guard();
+    /// syn.protect(443, SynPolicy::cookies())?;
+    /// syn.protect(22, SynPolicy::drop_above(200))?;
+    /// print!("{}", xdpguard::nft_rules(&[443], 1460)); // for `nft -f -`
+    /// for port in syn.status()? {
+    ///     println!("{} {}: {} SYNs, {} cookies", port.port, port.policy, port.stats.syns, port.stats.cookies_sent);
+    /// }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn syn_guard(&self) -> SynGuard<'_> {
+        SynGuard::new(self)
+    }
+
     /// Moves the clock of the filter's guard stage (rate limits, blocks
     /// that expire, the SYN guard) forward by `by`, as if that much time had
     /// passed, for the next packet: tests step time without sleeping. The
@@ -611,6 +681,18 @@ impl Filter {
     pub fn advance_clock(&self, by: std::time::Duration) -> Result<(), RuleError> {
         self.guard_stage()?.core.maps.advance_clock(by);
         Ok(())
+    }
+
+    /// The clock of the filter's guard stage (CLOCK_MONOTONIC plus what
+    /// [`Filter::advance_clock`] added), as the next packet reads it: tests
+    /// align their steps to the SYN guard's one-second rate windows with it.
+    ///
+    /// # Errors
+    ///
+    /// [`RuleError::NoGuard`] if the filter was loaded without its guard stage.
+    #[cfg(feature = "testing")]
+    pub fn guard_clock(&self) -> Result<std::time::Duration, RuleError> {
+        Ok(std::time::Duration::from_nanos(self.guard_stage()?.core.maps.now_ns()))
     }
 
     /// The guard stage, or why there is none.

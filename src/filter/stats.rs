@@ -29,6 +29,16 @@ pub struct FilterStats {
     pub would_drop_blocked: Counter,
     /// Monitor mode: matched by a drop rule, passed.
     pub would_drop_rule: Counter,
+    /// SYN guard: SYNs over a port's threshold from unknown sources (or
+    /// that cookie mode cannot answer): dropped.
+    pub syn_dropped: Counter,
+    /// Monitor mode (the filter's or a port's): SYNs the SYN guard would
+    /// have dropped or answered, passed.
+    pub would_drop_syn: Counter,
+    /// SYN guard, cookie mode: SYNs answered with a SYN-ACK (XDP_TX).
+    pub syn_cookies_sent: Counter,
+    /// SYN guard, cookie mode: ACKs with a valid cookie, passed.
+    pub syn_cookies_passed: Counter,
     /// Over a rate-limit rule's limit: dropped.
     pub rate_limited: Counter,
     /// Monitor mode: over a rate-limit rule's limit, passed.
@@ -48,12 +58,16 @@ impl FilterStats {
 
     /// Dropped by the lists or the rules (malformed packets not included).
     pub fn dropped(&self) -> Counter {
-        self.blocked() + self.rule_dropped + self.rate_limited + self.timed_blocked
+        self.blocked() + self.rule_dropped + self.syn_dropped + self.rate_limited + self.timed_blocked
     }
 
     /// Monitor mode: what the lists and rules would have dropped.
     pub fn would_drop(&self) -> Counter {
-        self.would_drop_blocked + self.would_drop_rule + self.would_drop_limit + self.would_drop_timed
+        self.would_drop_blocked
+            + self.would_drop_rule
+            + self.would_drop_syn
+            + self.would_drop_limit
+            + self.would_drop_timed
     }
 
     /// Every packet the filter saw.
@@ -68,6 +82,9 @@ impl FilterStats {
             + self.rate_limited
             + self.timed_blocked
             + self.would_drop()
+            + self.syn_dropped
+            + self.syn_cookies_sent
+            + self.syn_cookies_passed
     }
 
     /// The counts since `earlier`.
@@ -83,6 +100,10 @@ impl FilterStats {
             rule_passed: self.rule_passed - earlier.rule_passed,
             would_drop_blocked: self.would_drop_blocked - earlier.would_drop_blocked,
             would_drop_rule: self.would_drop_rule - earlier.would_drop_rule,
+            syn_dropped: self.syn_dropped - earlier.syn_dropped,
+            would_drop_syn: self.would_drop_syn - earlier.would_drop_syn,
+            syn_cookies_sent: self.syn_cookies_sent - earlier.syn_cookies_sent,
+            syn_cookies_passed: self.syn_cookies_passed - earlier.syn_cookies_passed,
             rate_limited: self.rate_limited - earlier.rate_limited,
             would_drop_limit: self.would_drop_limit - earlier.would_drop_limit,
             timed_blocked: self.timed_blocked - earlier.timed_blocked,
@@ -91,7 +112,7 @@ impl FilterStats {
     }
 
     /// (name, counter) pairs, in a stable order, for tables and JSON.
-    pub fn rows(&self) -> [(&'static str, Counter); 14] {
+    pub fn rows(&self) -> [(&'static str, Counter); 18] {
         [
             ("passed", self.passed),
             ("allowlisted", self.allowlisted),
@@ -103,6 +124,10 @@ impl FilterStats {
             ("rule_passed", self.rule_passed),
             ("would_drop_blocked", self.would_drop_blocked),
             ("would_drop_rule", self.would_drop_rule),
+            ("syn_dropped", self.syn_dropped),
+            ("would_drop_syn", self.would_drop_syn),
+            ("syn_cookies_sent", self.syn_cookies_sent),
+            ("syn_cookies_passed", self.syn_cookies_passed),
             ("rate_limited", self.rate_limited),
             ("would_drop_limit", self.would_drop_limit),
             ("timed_blocked", self.timed_blocked),

@@ -38,9 +38,13 @@
 //! |---|---|---|---|
 //! | `xdpguard_up` | gauge | `program`, `pin` | 1 if the program (`filter`, `lb`, `decap`) could be read at this scrape, else 0 |
 //! | `xdpguard_attached` | gauge | `program`, `pin`, `interface`, `mode` | 1 per interface the program is attached to, in XDP mode `native`, `generic` or `offload` |
-//! | `xdpguard_filter_packets_total` | counter | `pin`, `reason` | packets by verdict reason: `passed`, `allowlisted`, `blocked_v4`, `blocked_v6`, `malformed`, `non_ip`, `rule_dropped`, `rule_passed`, `would_drop_blocked`, `would_drop_rule`, `rate_limited`, `would_drop_limit`, `timed_blocked`, `would_drop_timed` (each packet in one; their sum is every packet) |
+//! | `xdpguard_filter_packets_total` | counter | `pin`, `reason` | packets by verdict reason: `passed`, `allowlisted`, `blocked_v4`, `blocked_v6`, `malformed`, `non_ip`, `rule_dropped`, `rule_passed`, `would_drop_blocked`, `would_drop_rule`, `syn_dropped`, `would_drop_syn`, `syn_cookies_sent`, `syn_cookies_passed`, `rate_limited`, `would_drop_limit`, `timed_blocked`, `would_drop_timed` (each packet in one; their sum is every packet) |
 //! | `xdpguard_filter_bytes_total` | counter | `pin`, `reason` | bytes, the same way |
 //! | `xdpguard_filter_list_entries` | gauge | `pin`, `list` | entries in the `block` and `allow` lists |
+//! | `xdpguard_filter_monitor` | gauge | `pin` | 1 while the filter is in monitor (dry-run) mode ([`Filter::set_monitor`]) |
+//! | `xdpguard_filter_rule_packets_total` | counter | `pin`, `rule`, `action`, `text` | packets each rule matched (a monitored drop rule: would have dropped; a count rule: counted): `rule` its id, `action` `drop`, `pass` or `count`, `text` its rule text without `monitor` (stable for the id) |
+//! | `xdpguard_filter_rule_bytes_total` | counter | `pin`, `rule`, `action`, `text` | bytes, the same way |
+//! | `xdpguard_filter_rule_monitor` | gauge | `pin`, `rule` | 1 for a rule in monitor mode, 0 for the others |
 //! | `xdpguard_lb_dropped_packets_total` | counter | `pin`, `reason` | drops by reason: `no_backend`, `mtu`, `fragment`, `ip_options`, `echo`, `icmp`, `unsupported`, `headroom`, `nat_untracked` ([`LbDrops`](crate::LbDrops)) |
 //! | `xdpguard_lb_dropped_bytes_total` | counter | `pin`, `reason` | bytes, the same way |
 //! | `xdpguard_lb_passed_packets_total` | counter | `pin`, `reason` | passed to the stack: `non_vip`, `malformed`, `no_neighbour`, `no_route`, `no_devmap`, `ttl`, `echo` ([`LbStats`]`::passed_*`) |

@@ -13,6 +13,8 @@
 //! - [`netns`]: throwaway network namespaces and veth pairs, for tests that
 //!   send real traffic; [`lb_topology`]: the load balancer's test bed
 //!   (client, LB, backends) built from them.
+//! - [`model`]: a reference model of the filter's whole verdict on a frame
+//!   (lists, named sets, rules, monitor mode), for differential tests.
 //! - [`upgrade`]: rehearsing upgrades (layout stamps, the programs links run).
 //! - [`live`]: `BPF_PROG_TEST_RUN` on any XDP program (repetitions, live
 //!   frames) and native attach by fd, for benchmarks and generators.
@@ -52,6 +54,7 @@ pub mod fixture;
 pub mod frame;
 pub mod lb_topology;
 pub mod live;
+pub mod model;
 pub mod netns;
 pub mod upgrade;
 mod verify;

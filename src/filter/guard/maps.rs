@@ -39,6 +39,11 @@ program_maps! {
         llru: Hash<xdpg_limit_key, xdpg_limit_bucket> = names::XDPG_L_LRU,
         lstats: PerCpu<xdpg_limit_stats> = names::XDPG_L_STATS,
         tblk: Hash<xdpg_tblock_key, xdpg_tblock> = names::XDPG_L_TBLK,
+        syn_cfg: Mmapped<crate::filter::guard::layout::guard_skel::types::xdpg_syn_config> = names::XDPG_SYN_CFG,
+        syn_idx: Mmapped<u64> = names::XDPG_SYN_IDX,
+        syn_slots: Mmapped<crate::filter::guard::layout::guard_skel::types::xdpg_syn_port> = names::XDPG_SYN_SLOTS,
+        syn_counters: PerCpu<crate::filter::guard::layout::guard_skel::types::xdpg_syn_counters> = names::XDPG_SYN_CNT,
+        syn_known: Hash<crate::filter::guard::layout::guard_skel::types::xdpg_syn_key, u64> = names::XDPG_SYN_KNOWN,
     }
 }
 

@@ -4,9 +4,9 @@
 //! limits and the SYN guard come after them in the same program.
 //!
 //! It is a program of its own for the core ([`GuardKind`]): loaded with the
-//! filter's config, counter and next-program maps (their fds reused, so it
-//! counts in the filter's counters and passes to the filter's next
-//! program), pinned in the filter's pin directory under `guard/`, reopened
+//! filter's config, counter and next-program maps and its drop-event maps
+//! (their fds reused, so it counts in the filter's counters, passes to the
+//! filter's next program and sends its drop events into the filter's ring), pinned in the filter's pin directory under `guard/`, reopened
 //! and crash-repaired with it. The public API is the filter's
 //! ([`Filter::rules`](crate::Filter::rules), [`Filter::sets`](crate::Filter::sets)).
 //!
@@ -32,6 +32,7 @@ pub(crate) mod layout;
 pub(crate) mod limits;
 pub(crate) mod maps;
 pub(crate) mod state;
+pub(crate) mod syn;
 
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::Path;
@@ -59,8 +60,8 @@ impl ProgramKind for GuardKind {
         magic: XDPG_GUARD_MAGIC,
         layout_version: XDPG_GUARD_LAYOUT_VERSION,
         cli: "xdpguard",
-        needs: "bpf_loop, which the guard stage (rules) needs",
-        min_kernel: "5.17 or later with BTF (or load the filter without rules: FilterBuilder::guard(false))",
+        needs: "bpf_loop and the SYN cookie helpers, which the guard stage (rules, SYN guard) needs",
+        min_kernel: "6.0 or later with BTF (or load the filter without rules: FilterBuilder::guard(false))",
     };
     type Maps = GuardMaps;
     type Model = GuardState;
@@ -95,6 +96,7 @@ impl Guard {
         let core = Pinned::load_sharing(GuardSkelBuilder::default(), &plan, shared, |maps: &GuardMaps| {
             maps.groups_per_half().store(groups, std::sync::atomic::Ordering::Release);
             limits::init(maps);
+            syn::init(maps);
         })?;
         Ok(Guard { core })
     }
@@ -118,7 +120,7 @@ impl Guard {
     /// Whether the guard has work: the filter should tail-call it (a rule
     /// set, or timed blocks that were live at the last edit or list).
     pub(crate) fn active(st: &GuardState) -> bool {
-        !st.rules.is_empty() || st.timed_blocks > 0
+        !st.rules.is_empty() || st.timed_blocks > 0 || st.syn.active()
     }
 
     /// Puts the guard in the filter's stage slot, or takes it out, as
@@ -141,12 +143,16 @@ impl Guard {
     }
 
     /// The shared maps' fds, from the filter's maps, by name.
-    pub(crate) fn shared_maps(maps: &crate::filter::maps::FilterMaps) -> [(&'static str, BorrowedFd<'_>); 3] {
+    pub(crate) fn shared_maps(maps: &crate::filter::maps::FilterMaps) -> [(&'static str, BorrowedFd<'_>); 6] {
         use crate::core::maps::TypedMap;
         [
             (names::XDPG_FILTER_CFG, maps.cfg.handle().as_fd()),
             (names::XDPG_FILTER_CNT, maps.counters.handle().as_fd()),
             (names::XDPG_NEXT, maps.next.handle().as_fd()),
+            // The drop events: one ring, one rate limit for both programs.
+            (names::XDPG_EVENTS, maps.events.handle().as_fd()),
+            (names::XDPG_EV_CFG, maps.events_cfg.handle().as_fd()),
+            (names::XDPG_EV_CPU, maps.events_cpu.handle().as_fd()),
         ]
     }
 }

@@ -44,6 +44,8 @@ pub(crate) struct GuardState {
     pub sets: Vec<Option<NamedSetState>>,
     /// Live timed blocks at the last edit or list (limits.rs).
     pub timed_blocks: usize,
+    /// The SYN guard's protected ports.
+    pub syn: crate::filter::guard::syn::SynState,
 }
 
 fn bpf(op: impl Into<String>) -> impl FnOnce(std::io::Error) -> RuleError {
@@ -107,7 +109,7 @@ impl GuardState {
             }
         }
         let timed_blocks = crate::filter::guard::limits::entries(maps).len();
-        Ok(GuardState { rules, sets, timed_blocks })
+        Ok(GuardState { rules, sets, timed_blocks, syn: crate::filter::guard::syn::SynState::load(maps) })
     }
 
     pub(crate) fn set_slot(&self, name: &str) -> Option<usize> {
@@ -189,6 +191,7 @@ impl GuardState {
     /// Recompiles the live set into the idle half and switches (after a
     /// crash), and removes trie entries of physical sets no slot uses.
     pub(crate) fn repair(&mut self, maps: &GuardMaps) -> Result<(), RuleError> {
+        self.syn.repair(maps);
         let live: BTreeSet<u32> = self.sets.iter().flatten().map(|s| s.phys).collect();
         let stale: Vec<xdpg_set_key> =
             maps.sets.keys().filter(|k| key_entry(k).is_none_or(|(phys, _)| !live.contains(&phys))).collect();

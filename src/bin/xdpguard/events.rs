@@ -1,0 +1,348 @@
+//! `xdpguard events`, `capture` and `top`: what the filter drops, from its
+//! sampled drop events (`Filter::events`) and its rule counters.
+//!
+//! Events are sampled: at most the event rate per CPU (`--rate`), so
+//! `top`'s sources and list entries are the busiest among the samples, not
+//! exact counts (its rules are exact: their counters). Each command holds
+//! the events' lease while it runs; killed, the filter stops sending within
+//! the lease (2 s).
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::Write;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use clap::Args;
+use etherparse::{LaxNetSlice, LaxSlicedPacket, TransportSlice};
+use pcap_file::pcap::{PcapPacket, PcapWriter};
+use serde_json::json;
+use xdpguard::{DropEvent, EventOptions, EventRate, Filter, RuleId, Verdict};
+
+use crate::common::Result;
+use crate::Pin;
+
+/// `xdpguard events`.
+#[derive(Args)]
+pub struct EventsArgs {
+    #[command(flatten)]
+    pin: Pin,
+    /// One JSON object per line.
+    #[arg(long)]
+    json: bool,
+    /// Stop after this many events.
+    #[arg(long)]
+    count: Option<u64>,
+    /// Stop after this many seconds.
+    #[arg(long, value_name = "S")]
+    timeout: Option<f64>,
+    /// Set the event rate limit first: events per second per CPU (`100/s`
+    /// or `100`), with a burst of as many. It stays set for later readers.
+    #[arg(long, value_parser = parse_rate)]
+    rate: Option<EventRate>,
+}
+
+/// `xdpguard capture`.
+#[derive(Args)]
+pub struct CaptureArgs {
+    #[command(flatten)]
+    pin: Pin,
+    /// The pcap file to write (tcpdump and Wireshark read it).
+    #[arg(short = 'w', long = "write", value_name = "FILE")]
+    file: PathBuf,
+    /// Stop after this many packets.
+    #[arg(long)]
+    count: u64,
+    /// Stop after this many seconds, even with fewer packets.
+    #[arg(long, value_name = "S")]
+    timeout: Option<f64>,
+    /// Set the event rate limit first (as for `events`).
+    #[arg(long, value_parser = parse_rate)]
+    rate: Option<EventRate>,
+}
+
+/// `xdpguard top`.
+#[derive(Args)]
+pub struct TopArgs {
+    #[command(flatten)]
+    pin: Pin,
+    /// Seconds per report.
+    #[arg(long, value_name = "S", default_value_t = 5.0)]
+    interval: f64,
+    /// Stop after this many reports (default: until killed).
+    #[arg(long)]
+    iterations: Option<u64>,
+    /// Lines per table.
+    #[arg(long, default_value_t = 10)]
+    limit: usize,
+    /// One JSON object per report.
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_rate(s: &str) -> std::result::Result<EventRate, String> {
+    let n = s.trim().trim_end_matches("/s");
+    n.parse::<u32>()
+        .map(EventRate::per_second)
+        .map_err(|_| format!("`{s}` is not a rate: give events per second, e.g. 100/s"))
+}
+
+fn seconds(s: f64, what: &str) -> Result<Duration> {
+    Duration::try_from_secs_f64(s).map_err(|_| format!("{what} must be a number of seconds, not {s}").into())
+}
+
+/// The addresses, protocol and ports of an event's packet, as far as its
+/// first bytes show them.
+#[derive(Debug, Default)]
+struct Summary {
+    src: Option<IpAddr>,
+    dst: Option<IpAddr>,
+    proto: Option<String>,
+    sport: Option<u16>,
+    dport: Option<u16>,
+}
+
+fn summarize(bytes: &[u8]) -> Summary {
+    let mut s = Summary::default();
+    let Ok(p) = LaxSlicedPacket::from_ethernet(bytes) else {
+        return s;
+    };
+    let number = match &p.net {
+        Some(LaxNetSlice::Ipv4(ip)) => {
+            s.src = Some(ip.header().source_addr().into());
+            s.dst = Some(ip.header().destination_addr().into());
+            Some(ip.payload().ip_number)
+        }
+        Some(LaxNetSlice::Ipv6(ip)) => {
+            s.src = Some(ip.header().source_addr().into());
+            s.dst = Some(ip.header().destination_addr().into());
+            Some(ip.payload().ip_number)
+        }
+        _ => None,
+    };
+    s.proto = number.map(|n| n.keyword_str().map_or_else(|| n.0.to_string(), str::to_ascii_lowercase));
+    match &p.transport {
+        Some(TransportSlice::Tcp(t)) => (s.sport, s.dport) = (Some(t.source_port()), Some(t.destination_port())),
+        Some(TransportSlice::Udp(u)) => (s.sport, s.dport) = (Some(u.source_port()), Some(u.destination_port())),
+        _ => {}
+    }
+    s
+}
+
+/// The interface's name as the filter's attachments record it (the filter
+/// may be attached in another network namespace, where the same index
+/// names another interface than here); `ifN` otherwise.
+fn iface(filter: &Filter, ifindex: u32) -> String {
+    filter
+        .attachments()
+        .into_iter()
+        .find(|a| a.ifindex == ifindex)
+        .map_or_else(|| format!("if{ifindex}"), |a| a.interface)
+}
+
+/// The blocklist entry that decides `src` now (sampled events are matched
+/// against the lists as they are when shown).
+fn entry(filter: &Filter, e: &DropEvent, src: Option<IpAddr>) -> Option<String> {
+    if !e.reason.is_list() {
+        return None;
+    }
+    match filter.verdict(src?).ok()? {
+        Verdict::Block(net) => Some(net.to_string()),
+        _ => None,
+    }
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_micros(t).to_string()
+}
+
+fn text_line(filter: &Filter, e: &DropEvent) -> String {
+    let s = summarize(&e.bytes);
+    let who = match (e.rule, entry(filter, e, s.src)) {
+        (Some(id), _) => format!("rule {id}"),
+        (None, Some(net)) => format!("entry {net}"),
+        (None, None) => "-".into(),
+    };
+    let port = |p: Option<u16>| p.map_or(String::new(), |p| format!(":{p}"));
+    let addr = |a: Option<IpAddr>| a.map_or("?".into(), |a| a.to_string());
+    format!(
+        "{} {} {} {} {}{} -> {}{} {} len {}",
+        rfc3339(e.time),
+        iface(filter, e.ifindex),
+        e.reason,
+        who,
+        addr(s.src),
+        port(s.sport),
+        addr(s.dst),
+        port(s.dport),
+        s.proto.as_deref().unwrap_or("-"),
+        e.len
+    )
+}
+
+fn json_line(filter: &Filter, e: &DropEvent) -> serde_json::Value {
+    let s = summarize(&e.bytes);
+    let hex: String = e.bytes.iter().map(|b| format!("{b:02x}")).collect();
+    json!({
+        "time": rfc3339(e.time),
+        "time_ns": e.time.duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos() as u64,
+        "ifindex": e.ifindex,
+        "iface": iface(filter, e.ifindex),
+        "queue": e.queue,
+        "reason": e.reason.to_string(),
+        "rule": e.rule.map(RuleId::get),
+        "entry": entry(filter, e, s.src),
+        "len": e.len,
+        "caplen": e.bytes.len(),
+        "src": s.src.map(|a| a.to_string()),
+        "dst": s.dst.map(|a| a.to_string()),
+        "proto": s.proto,
+        "sport": s.sport,
+        "dport": s.dport,
+        "bytes": hex,
+    })
+}
+
+/// Reads events until `count` or `timeout`, handing each to `each`.
+fn read_events(
+    filter: &Filter,
+    rate: Option<EventRate>,
+    count: Option<u64>,
+    timeout: Option<Duration>,
+    mut each: impl FnMut(&DropEvent) -> Result<()>,
+) -> Result<u64> {
+    let mut options = EventOptions::default();
+    if let Some(rate) = rate {
+        options = options.rate(rate);
+    }
+    let mut reader = filter.events(options)?;
+    let start = Instant::now();
+    let mut seen = 0u64;
+    loop {
+        let left = timeout.map(|t| t.saturating_sub(start.elapsed()));
+        if left.is_some_and(|l| l.is_zero()) || count.is_some_and(|c| seen >= c) {
+            return Ok(seen);
+        }
+        for e in reader.poll(left.unwrap_or(Duration::from_secs(1)).min(Duration::from_secs(1)))? {
+            if count.is_some_and(|c| seen >= c) {
+                break;
+            }
+            each(&e)?;
+            seen += 1;
+        }
+    }
+}
+
+/// `xdpguard events`.
+pub fn events(args: EventsArgs) -> Result<()> {
+    let filter = Filter::open_pinned(&args.pin.pin)?;
+    let timeout = args.timeout.map(|s| seconds(s, "--timeout")).transpose()?;
+    let mut out = std::io::stdout().lock();
+    read_events(&filter, args.rate, args.count, timeout, |e| {
+        let line = if args.json { json_line(&filter, e).to_string() } else { text_line(&filter, e) };
+        writeln!(out, "{line}")?;
+        out.flush()?;
+        Ok(())
+    })?;
+    Ok(())
+}
+
+/// `xdpguard capture`.
+pub fn capture(args: CaptureArgs) -> Result<()> {
+    let filter = Filter::open_pinned(&args.pin.pin)?;
+    let timeout = args.timeout.map(|s| seconds(s, "--timeout")).transpose()?;
+    let file = File::create(&args.file).map_err(|e| format!("cannot create {}: {e}", args.file.display()))?;
+    // Ethernet frames, microsecond timestamps, snap length 65535 (each
+    // packet's own caplen says how much of it an event carried).
+    let mut pcap = PcapWriter::new(file)?;
+    let n = read_events(&filter, args.rate, Some(args.count), timeout, |e| {
+        let ts = e.time.duration_since(UNIX_EPOCH).unwrap_or_default();
+        pcap.write_packet(&PcapPacket::new(ts, e.len, &e.bytes))?;
+        Ok(())
+    })?;
+    pcap.into_writer().sync_all()?;
+    eprintln!("{n} packet(s) written to {} (the first {} bytes of each)", args.file.display(), xdpguard::SNAP_LEN);
+    if n < args.count {
+        return Err(format!("only {n} of {} packets before the timeout", args.count).into());
+    }
+    Ok(())
+}
+
+/// `xdpguard top`.
+pub fn top(args: TopArgs) -> Result<()> {
+    let filter = Filter::open_pinned(&args.pin.pin)?;
+    let interval = seconds(args.interval, "--interval")?;
+    let mut reader = filter.events(EventOptions::default())?;
+    let rules_now = |f: &Filter| -> Result<HashMap<RuleId, (String, u64, u64)>> {
+        Ok(f.rules().list()?.into_iter().map(|r| (r.id, (r.rule.to_string(), r.hits.packets, r.hits.bytes))).collect())
+    };
+    let mut before = rules_now(&filter)?;
+    let mut done = 0u64;
+    while args.iterations.is_none_or(|n| done < n) {
+        let start = Instant::now();
+        let mut sources: HashMap<IpAddr, u64> = HashMap::new();
+        let mut entries: HashMap<String, u64> = HashMap::new();
+        let mut sampled = 0u64;
+        while start.elapsed() < interval {
+            for e in reader.poll(interval.saturating_sub(start.elapsed()))? {
+                sampled += 1;
+                let s = summarize(&e.bytes);
+                if let Some(src) = s.src {
+                    *sources.entry(src).or_default() += 1;
+                }
+                if let Some(net) = entry(&filter, &e, s.src) {
+                    *entries.entry(net).or_default() += 1;
+                }
+            }
+        }
+        let after = rules_now(&filter)?;
+        let mut rules: Vec<(RuleId, String, u64, u64)> = after
+            .iter()
+            .map(|(id, (text, p, b))| {
+                let (_, p0, b0) = before.get(id).cloned().unwrap_or_default();
+                (*id, text.clone(), p.saturating_sub(p0), b.saturating_sub(b0))
+            })
+            .filter(|r| r.2 > 0)
+            .collect();
+        rules.sort_by(|a, b| b.2.cmp(&a.2).then(a.0.cmp(&b.0)));
+        rules.truncate(args.limit);
+        let busiest = |m: HashMap<String, u64>| {
+            let mut v: Vec<(String, u64)> = m.into_iter().collect();
+            v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+            v.truncate(args.limit);
+            v
+        };
+        let sources = busiest(sources.into_iter().map(|(a, n)| (a.to_string(), n)).collect());
+        let entries = busiest(entries);
+        let secs = interval.as_secs_f64();
+        if args.json {
+            let v = json!({
+                "interval_s": secs,
+                "sampled_events": sampled,
+                "rules": rules.iter().map(|(id, text, p, b)| json!({"id": id.get(), "rule": text, "packets": p, "bytes": b})).collect::<Vec<_>>(),
+                "sources": sources.iter().map(|(a, n)| json!({"source": a, "events": n})).collect::<Vec<_>>(),
+                "entries": entries.iter().map(|(e, n)| json!({"entry": e, "events": n})).collect::<Vec<_>>(),
+            });
+            println!("{v}");
+        } else {
+            println!("busiest rules over {secs:.1} s (exact: rule counters):");
+            println!("  {:>6} {:>12} {:>14}  rule", "id", "packets", "bytes");
+            for (id, text, p, b) in &rules {
+                println!("  {:>6} {:>12} {:>14}  {text}", id.get(), p, b);
+            }
+            println!("busiest sources ({sampled} sampled drop events, at most the event rate per CPU):");
+            for (a, n) in &sources {
+                println!("  {n:>8}  {a}");
+            }
+            println!("busiest blocklist entries (sampled):");
+            for (e, n) in &entries {
+                println!("  {n:>8}  {e}");
+            }
+            println!();
+        }
+        before = after;
+        done += 1;
+    }
+    Ok(())
+}

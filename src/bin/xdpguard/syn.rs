@@ -1,0 +1,183 @@
+//! `xdpguard syn ...`: the SYN-flood guard of a pinned filter
+//! (`Filter::syn_guard`): protect and unprotect ports, show their
+//! counters, print (and apply) the nftables rules cookie mode needs.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use clap::{Args, Subcommand};
+use serde_json::json;
+use xdpguard::{Filter, SynMode, SynPolicy};
+
+use crate::common::Result;
+
+/// The filter's pin directory.
+#[derive(Args)]
+pub struct SynPin {
+    /// The filter's bpffs pin directory.
+    #[arg(long, default_value = crate::DEFAULT_PIN)]
+    pin: PathBuf,
+}
+
+/// `xdpguard syn` subcommands.
+#[derive(Subcommand)]
+pub enum SynCommand {
+    /// Protect a TCP port (or change its policy). Cookie mode needs the
+    /// host's nftables synproxy rules: see `xdpguard syn nft-rules`.
+    Protect {
+        #[command(flatten)]
+        pin: SynPin,
+        /// The port.
+        port: u16,
+        /// cookie: answer every SYN with a SYN cookie from XDP; drop: above
+        /// --threshold SYNs a second, drop SYNs of sources that have not
+        /// completed a handshake.
+        #[arg(long, default_value = "cookie")]
+        mode: SynMode,
+        /// Drop mode: SYNs a second the port takes from anyone.
+        #[arg(long, default_value_t = xdpguard::DEFAULT_SYN_THRESHOLD)]
+        threshold: u32,
+        /// Cookie mode: the MSS the SYN-ACK advertises (0: 1460 / 1440).
+        #[arg(long, default_value_t = 0)]
+        mss: u16,
+        /// Count what would be dropped or answered; pass it.
+        #[arg(long)]
+        monitor: bool,
+    },
+    /// Stop protecting a port.
+    Unprotect {
+        #[command(flatten)]
+        pin: SynPin,
+        /// The port.
+        port: u16,
+    },
+    /// The protected ports, their SYN rates and counters.
+    Status {
+        #[command(flatten)]
+        pin: SynPin,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the nftables rules (and the sysctl) cookie mode needs on the
+    /// host; with --apply, load them with `nft -f -` and set the sysctl.
+    NftRules {
+        /// A protected port (repeatable).
+        #[arg(long = "port", required = true)]
+        ports: Vec<u16>,
+        /// The MSS synproxy advertises for SYNs it answers itself.
+        #[arg(long, default_value_t = 1460)]
+        mss: u16,
+        /// Apply them in this network namespace (needs nft and root).
+        #[arg(long)]
+        apply: bool,
+    },
+}
+
+/// Runs an `xdpguard syn` subcommand.
+pub fn run(cmd: SynCommand) -> Result<()> {
+    match cmd {
+        SynCommand::Protect { pin, port, mode, threshold, mss, monitor } => {
+            let filter = Filter::open_pinned(&pin.pin)?;
+            let policy = match mode {
+                SynMode::Drop { .. } => SynPolicy::drop_above(threshold),
+                SynMode::Cookie => SynPolicy::cookies(),
+            }
+            .with_mss(mss)
+            .with_monitor(monitor);
+            filter.syn_guard().protect(port, policy)?;
+            println!("protecting tcp port {port}: {policy}");
+            if policy.mode == SynMode::Cookie {
+                eprintln!(
+                    "note: cookie mode needs nftables synproxy on the host: `xdpguard syn nft-rules --port {port}`"
+                );
+            }
+        }
+        SynCommand::Unprotect { pin, port } => {
+            let filter = Filter::open_pinned(&pin.pin)?;
+            if filter.syn_guard().unprotect(port)? {
+                println!("tcp port {port} unprotected");
+            } else {
+                println!("tcp port {port} was not protected");
+            }
+        }
+        SynCommand::Status { pin, json } => {
+            let filter = Filter::open_pinned(&pin.pin)?;
+            let syn = filter.syn_guard();
+            let ports = syn.status()?;
+            let known = syn.known_sources()?;
+            if json {
+                let items: Vec<_> = ports
+                    .iter()
+                    .map(|p| {
+                        let s = p.stats;
+                        json!({
+                            "port": p.port, "policy": p.policy.to_string(), "rate": p.rate,
+                            "syns": s.syns, "dropped": s.dropped, "would_drop": s.would_drop,
+                            "cookies_sent": s.cookies_sent, "cookies_ok": s.cookies_ok,
+                            "acks_other": s.acks_other, "known_passed": s.known_passed,
+                            "unanswerable": s.unanswerable,
+                        })
+                    })
+                    .collect();
+                println!("{}", json!({ "ports": items, "known_sources": known }));
+            } else {
+                let mut out = std::io::stdout().lock();
+                writeln!(
+                    out,
+                    "{:>5}  {:<24} {:>8} {:>10} {:>10} {:>10} {:>10} {:>10}",
+                    "port", "policy", "SYN/s", "SYNs", "dropped", "cookies", "valid ACK", "would drop"
+                )?;
+                for p in &ports {
+                    let s = p.stats;
+                    writeln!(
+                        out,
+                        "{:>5}  {:<24} {:>8} {:>10} {:>10} {:>10} {:>10} {:>10}",
+                        p.port,
+                        p.policy.to_string(),
+                        p.rate,
+                        s.syns,
+                        s.dropped + s.unanswerable,
+                        s.cookies_sent,
+                        s.cookies_ok,
+                        s.would_drop
+                    )?;
+                }
+                writeln!(out, "{} port(s) protected, {known} known source(s)", ports.len())?;
+            }
+        }
+        SynCommand::NftRules { ports, mss, apply } => {
+            let rules = xdpguard::nft_rules(&ports, mss);
+            if !apply {
+                print!("{rules}");
+                return Ok(());
+            }
+            // nft loads nf_conntrack, which brings the sysctl.
+            apply_nft(&rules)?;
+            std::fs::write("/proc/sys/net/netfilter/nf_conntrack_tcp_loose", "0\n")
+                .map_err(|e| format!("setting net.netfilter.nf_conntrack_tcp_loose=0: {e}"))?;
+            println!("applied: nftables table inet xdpguard_syn (synproxy for tcp port(s) {ports:?}), nf_conntrack_tcp_loose=0");
+        }
+    }
+    Ok(())
+}
+
+fn apply_nft(rules: &str) -> std::result::Result<(), String> {
+    let mut child = Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("running nft (install nftables): {e}"))?;
+    child
+        .stdin
+        .take()
+        .expect("stdin is piped")
+        .write_all(rules.as_bytes())
+        .map_err(|e| format!("writing to nft: {e}"))?;
+    let status = child.wait().map_err(|e| format!("waiting for nft: {e}"))?;
+    if !status.success() {
+        return Err(format!("nft -f - failed ({status}): the rules were not applied"));
+    }
+    Ok(())
+}

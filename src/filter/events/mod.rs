@@ -1,0 +1,495 @@
+//! Sampled drop events: what the filter and its rules drop (or would drop,
+//! in monitor mode), one event per sampled packet, through a BPF ring
+//! buffer shared by the filter and its guard stage (`src/bpf/filter_events.h`).
+//!
+//! - **Only while someone reads.** The data plane sends events only while a
+//!   reader holds a fresh *lease*: a deadline in the filter's config word
+//!   `events_lease`, which [`EventReader`] sets when it starts, refreshes
+//!   on every poll and clears when dropped. A reader that dies (even by
+//!   SIGKILL) stops production within its lease ([`EventOptions::lease`]):
+//!   the first drop after the deadline clears the word. With no lease a drop
+//!   pays one load from the config line it has just read and a branch not
+//!   taken: nothing measurable (BENCHMARKS.md, *Drop events*).
+//! - **Rate-limited in the kernel**, per CPU: a token bucket of
+//!   [`EventRate::per_second`] events a second with a
+//!   [`EventRate::burst`] ([`Filter::set_event_rate`]); what it leaves
+//!   out is counted ([`EventStats::limited`]), as are events the ring had
+//!   no room for ([`EventStats::lost`]: a reader too slow).
+//! - **What an event carries**: the reason ([`DropReason`]), the deciding
+//!   rule (for rule drops), the interface and receive queue, the frame's
+//!   length, the time, and the frame's first
+//!   [`SNAP_LEN`] bytes (every header the filter decides on; see
+//!   `filter_events_consts.h` for why 128).
+//!
+//! One reader at a time: the ring has one consumer position, so two readers
+//! share (split) the events, and either dropping clears the lease until the
+//! other's next poll.
+
+mod layout;
+
+use std::collections::VecDeque;
+use std::io;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use libbpf_rs::{RingBuffer, RingBufferBuilder};
+
+use crate::core::layout::consts::*;
+use crate::core::maps::{io_from_libbpf, TypedMap};
+use crate::filter::maps::FilterMaps;
+use crate::filter::{Filter, RuleId};
+use layout::{xdpg_drop_event, xdpg_events_config};
+
+/// Bytes of each packet an event carries at most (from the Ethernet header).
+pub const SNAP_LEN: usize = XDPG_EVENT_SNAP_LEN as usize;
+
+/// Errors of the drop events.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EventError {
+    /// A rate or burst out of range.
+    #[error("invalid event rate {per_second}/s with a burst of {burst}: {reason}")]
+    Rate {
+        /// Events per second asked for.
+        per_second: u32,
+        /// The burst asked for.
+        burst: u32,
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// A lease too short or too long.
+    #[error("invalid lease {lease:?}: {reason}")]
+    Lease {
+        /// The lease asked for.
+        lease: Duration,
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// The kernel refused an operation on the event maps.
+    #[error("{op} failed: {source}")]
+    Bpf {
+        /// What was being done.
+        op: &'static str,
+        /// The kernel's error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Why a packet was dropped (or would have been, in monitor mode): the
+/// filter's verdict reasons that drop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum DropReason {
+    /// An IPv4 source on the blocklist.
+    BlockedV4,
+    /// An IPv6 source on the blocklist.
+    BlockedV6,
+    /// Malformed headers, under [`MalformedPolicy::Drop`](crate::MalformedPolicy::Drop).
+    Malformed,
+    /// A drop rule matched (its id is the event's `rule`).
+    RuleDropped,
+    /// Monitor mode: a blocklisted source, passed.
+    WouldDropBlocked,
+    /// Monitor mode: a drop rule matched, passed.
+    WouldDropRule,
+    /// Over a rate-limit rule's limit (its id is the event's `rule`).
+    RateLimited,
+    /// Monitor mode: over a rate-limit rule's limit, passed.
+    WouldDropLimit,
+    /// A source in a timed block ([`Filter::timed_blocks`](crate::Filter::timed_blocks)).
+    TimedBlocked,
+    /// Monitor mode: a source in a timed block, passed.
+    WouldDropTimed,
+    /// The SYN guard: a SYN over its port's threshold from an unknown
+    /// source, or one cookie mode cannot answer.
+    SynDropped,
+    /// Monitor mode: a SYN the SYN guard would have dropped or answered, passed.
+    WouldDropSyn,
+}
+
+crate::core::names::named_values! { DropReason, "drop reason", {
+    BlockedV4 => "blocked-v4",
+    BlockedV6 => "blocked-v6",
+    Malformed => "malformed",
+    RuleDropped => "rule",
+    WouldDropBlocked => "would-drop-blocked",
+    WouldDropRule => "would-drop-rule",
+    RateLimited => "rate-limit",
+    WouldDropLimit => "would-drop-limit",
+    TimedBlocked => "timed-block",
+    WouldDropTimed => "would-drop-timed",
+    SynDropped => "syn",
+    WouldDropSyn => "would-drop-syn",
+} }
+
+impl DropReason {
+    /// The reason of the data plane's code (`enum xdpg_filter_reason`);
+    /// `None` for reasons that do not drop.
+    fn from_code(code: u32) -> Option<DropReason> {
+        Some(match code {
+            XDPG_REASON_BLOCKED_V4 => DropReason::BlockedV4,
+            XDPG_REASON_BLOCKED_V6 => DropReason::BlockedV6,
+            XDPG_REASON_MALFORMED => DropReason::Malformed,
+            XDPG_REASON_RULE_DROPPED => DropReason::RuleDropped,
+            XDPG_REASON_WOULD_DROP_BLOCKED => DropReason::WouldDropBlocked,
+            XDPG_REASON_WOULD_DROP_RULE => DropReason::WouldDropRule,
+            XDPG_REASON_RATE_LIMITED => DropReason::RateLimited,
+            XDPG_REASON_WOULD_DROP_LIMIT => DropReason::WouldDropLimit,
+            XDPG_REASON_TIMED_BLOCKED => DropReason::TimedBlocked,
+            XDPG_REASON_WOULD_DROP_TIMED => DropReason::WouldDropTimed,
+            XDPG_REASON_SYN_DROPPED => DropReason::SynDropped,
+            XDPG_REASON_WOULD_DROP_SYN => DropReason::WouldDropSyn,
+            _ => return None,
+        })
+    }
+
+    /// Whether the packet was passed (monitor mode), not dropped.
+    pub fn is_would_drop(self) -> bool {
+        matches!(
+            self,
+            DropReason::WouldDropBlocked
+                | DropReason::WouldDropRule
+                | DropReason::WouldDropLimit
+                | DropReason::WouldDropTimed
+                | DropReason::WouldDropSyn
+        )
+    }
+
+    /// Whether a rule decided (the event's `rule` names it).
+    pub fn is_rule(self) -> bool {
+        matches!(
+            self,
+            DropReason::RuleDropped | DropReason::WouldDropRule | DropReason::RateLimited | DropReason::WouldDropLimit
+        )
+    }
+
+    /// Whether a list entry (the blocklist) decided, rather than a rule.
+    pub fn is_list(self) -> bool {
+        matches!(self, DropReason::BlockedV4 | DropReason::BlockedV6 | DropReason::WouldDropBlocked)
+    }
+}
+
+/// One sampled drop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DropEvent {
+    /// Why it was dropped.
+    pub reason: DropReason,
+    /// The drop rule that matched, for rule drops.
+    pub rule: Option<RuleId>,
+    /// The receiving interface's index.
+    pub ifindex: u32,
+    /// The receive queue.
+    pub queue: u32,
+    /// The frame's length, from the Ethernet header.
+    pub len: u32,
+    /// When the data plane decided (the kernel's monotonic clock, shown as
+    /// wall-clock time: exact between events, as exact as the two clocks'
+    /// offset at the last poll otherwise).
+    pub time: SystemTime,
+    /// The frame's first bytes: all of it up to [`SNAP_LEN`].
+    pub bytes: Vec<u8>,
+}
+
+/// The event rate limit, per CPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventRate {
+    /// Events per second each CPU may send (1 to 1,000,000).
+    pub per_second: u32,
+    /// Events a CPU may send at once after a quiet time (1 to 1,000,000).
+    pub burst: u32,
+}
+
+impl Default for EventRate {
+    fn default() -> Self {
+        EventRate { per_second: XDPG_EVENT_DEFAULT_RATE, burst: XDPG_EVENT_DEFAULT_BURST }
+    }
+}
+
+impl EventRate {
+    /// `per_second` events a second, with a burst of as many.
+    pub fn per_second(per_second: u32) -> Self {
+        EventRate { per_second, burst: per_second }
+    }
+
+    fn check(self) -> Result<(), EventError> {
+        let bad = |reason| Err(EventError::Rate { per_second: self.per_second, burst: self.burst, reason });
+        match (self.per_second, self.burst) {
+            (0, _) | (_, 0) => bad("both must be at least 1 (stop reading to stop the events)"),
+            (r, b) if r > XDPG_EVENT_MAX_RATE || b > XDPG_EVENT_MAX_RATE => bad("both must be at most 1000000"),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Event counts since the filter was loaded, summed over CPUs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EventStats {
+    /// Events put in the ring.
+    pub sent: u64,
+    /// Drops the rate limit left out (while a reader held a lease).
+    pub limited: u64,
+    /// Events the ring had no room for: the reader did not keep up.
+    pub lost: u64,
+}
+
+/// How [`Filter::events`] reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventOptions {
+    /// How long the data plane keeps sending after the reader's last poll
+    /// (default 2 s; 10 ms to 1 hour). A poll waits at most half of it
+    /// between refreshes.
+    pub lease: Duration,
+    /// A rate to set first ([`Filter::set_event_rate`]); `None` keeps the
+    /// one in force.
+    pub rate: Option<EventRate>,
+}
+
+impl Default for EventOptions {
+    fn default() -> Self {
+        EventOptions { lease: Duration::from_secs(2), rate: None }
+    }
+}
+
+impl EventOptions {
+    /// Sets the lease.
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.lease = lease;
+        self
+    }
+
+    /// Sets the rate first.
+    pub fn rate(mut self, rate: EventRate) -> Self {
+        self.rate = Some(rate);
+        self
+    }
+}
+
+/// Sets a newly loaded filter's event rate to the default.
+pub(crate) fn init(maps: &FilterMaps) {
+    let rate = EventRate::default();
+    maps.events_cfg.set(0, xdpg_events_config { rate: rate.per_second, burst: rate.burst });
+}
+
+/// The kernel's monotonic clock (`bpf_ktime_get_ns`'s), in ns.
+fn monotonic_ns() -> u64 {
+    let mut ts = nix::libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC always exists.
+    unsafe { nix::libc::clock_gettime(nix::libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// The lease word for a deadline `lease` from now (never 0, "no reader").
+fn lease_word(lease: Duration) -> u32 {
+    let deadline = monotonic_ns() + lease.as_nanos() as u64;
+    ((deadline >> XDPG_EVENT_LEASE_SHIFT) as u32).max(1)
+}
+
+/// Reads drop events while holding the lease: see [`Filter::events`].
+pub struct EventReader<'f> {
+    filter: &'f Filter,
+    ring: RingBuffer<'static>,
+    queue: Arc<Mutex<VecDeque<xdpg_drop_event>>>,
+    lease: Duration,
+}
+
+impl std::fmt::Debug for EventReader<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventReader").field("lease", &self.lease).finish_non_exhaustive()
+    }
+}
+
+impl EventReader<'_> {
+    /// Refreshes the lease: the data plane sends for another lease from now.
+    pub fn refresh(&self) {
+        self.filter.core.maps.events_lease().store(lease_word(self.lease), Ordering::Release);
+    }
+
+    /// Waits up to `timeout` for events and returns those that arrived
+    /// (empty when none did), refreshing the lease at least every half
+    /// lease while it waits.
+    ///
+    /// # Errors
+    ///
+    /// [`EventError::Bpf`] when reading the ring fails (not for a signal:
+    /// an interrupted wait returns what arrived).
+    pub fn poll(&mut self, timeout: Duration) -> Result<Vec<DropEvent>, EventError> {
+        let start = std::time::Instant::now();
+        loop {
+            self.refresh();
+            self.ring
+                .consume()
+                .map_err(|e| EventError::Bpf { op: "reading the event ring", source: io_from_libbpf(e) })?;
+            if !self.queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner).is_empty() {
+                break;
+            }
+            let left = timeout.saturating_sub(start.elapsed());
+            if left.is_zero() {
+                break;
+            }
+            let wait = left.min(self.lease / 2);
+            match self.ring.poll(wait) {
+                Ok(()) => {}
+                Err(e) if e.kind() == libbpf_rs::ErrorKind::Interrupted => break,
+                Err(e) => return Err(EventError::Bpf { op: "waiting for events", source: io_from_libbpf(e) }),
+            }
+        }
+        self.refresh();
+        let raw: Vec<xdpg_drop_event> =
+            self.queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner).drain(..).collect();
+        // The kernel's clock to wall-clock time, at this instant.
+        let (wall, mono) = (SystemTime::now(), monotonic_ns());
+        Ok(raw
+            .iter()
+            .filter_map(|e| {
+                let reason = DropReason::from_code(e.reason)?;
+                let age = Duration::from_nanos(mono.saturating_sub(e.time_ns));
+                let cap = (e.cap_len as usize).min(SNAP_LEN);
+                Some(DropEvent {
+                    reason,
+                    rule: reason.is_rule().then_some(RuleId(e.rule)),
+                    ifindex: e.ifindex,
+                    queue: e.rx_queue,
+                    len: e.len,
+                    time: wall.checked_sub(age).unwrap_or(wall),
+                    bytes: e.bytes[..cap].to_vec(),
+                })
+            })
+            .collect())
+    }
+}
+
+impl Drop for EventReader<'_> {
+    /// Gives the lease back: production stops at the next drop.
+    fn drop(&mut self) {
+        self.filter.core.maps.events_lease().store(0, Ordering::Release);
+    }
+}
+
+impl Filter {
+    /// Starts reading sampled drop events ([`DropEvent`]): from now until
+    /// the reader is dropped (or stops polling for longer than its lease),
+    /// the filter and its rules send an event for each drop and would-drop
+    /// (monitor mode), at most [`event_rate`](Self::event_rate) a second per
+    /// CPU. Nothing is sent, and nothing measurable spent, while no one reads.
+    ///
+    /// Requires the ring buffer (Linux 5.8; the filter itself needs 5.15).
+    ///
+    /// ```no_run
+    /// # let filter = xdpguard::Filter::open_pinned("/sys/fs/bpf/xdpguard")?;
+    /// use std::time::Duration;
+    /// use xdpguard::EventOptions;
+    ///
+    /// let mut events = filter.events(EventOptions::default())?;
+    /// for e in events.poll(Duration::from_secs(1))? {
+    ///     println!("{} {} bytes on ifindex {} (rule {:?})", e.reason, e.len, e.ifindex, e.rule);
+    /// }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`EventError::Lease`] for a lease out of range, [`EventError::Rate`]
+    /// for a bad `options.rate`, [`EventError::Bpf`] when the ring cannot be
+    /// opened or mapped.
+    pub fn events(&self, options: EventOptions) -> Result<EventReader<'_>, EventError> {
+        if options.lease < Duration::from_millis(10) || options.lease > Duration::from_secs(3600) {
+            return Err(EventError::Lease { lease: options.lease, reason: "choose between 10 ms and 1 hour" });
+        }
+        if let Some(rate) = options.rate {
+            self.set_event_rate(rate)?;
+        }
+        // Borrowed from the filter, which outlives the reader: the ring
+        // polls its fd.
+        let map = self.core.maps.events.handle();
+        let queue: Arc<Mutex<VecDeque<xdpg_drop_event>>> = Arc::default();
+        let sink = Arc::clone(&queue);
+        let mut builder = RingBufferBuilder::new();
+        builder
+            .add(map, move |data: &[u8]| {
+                if data.len() >= size_of::<xdpg_drop_event>() {
+                    let e: xdpg_drop_event = bytemuck::pod_read_unaligned(&data[..size_of::<xdpg_drop_event>()]);
+                    sink.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push_back(e);
+                }
+                0
+            })
+            .map_err(|e| EventError::Bpf { op: "mapping the event ring", source: io_from_libbpf(e) })?;
+        let ring =
+            builder.build().map_err(|e| EventError::Bpf { op: "mapping the event ring", source: io_from_libbpf(e) })?;
+        let reader = EventReader { filter: self, ring, queue, lease: options.lease };
+        reader.refresh();
+        Ok(reader)
+    }
+
+    /// The event rate limit in force (per CPU).
+    pub fn event_rate(&self) -> EventRate {
+        let c = self.core.maps.events_cfg.get(0);
+        EventRate { per_second: c.rate, burst: c.burst }
+    }
+
+    /// Sets the event rate limit (per CPU); takes effect at the next event.
+    /// Applies to every reader of this filter.
+    ///
+    /// # Errors
+    ///
+    /// [`EventError::Rate`] when either number is 0 or above 1,000,000.
+    pub fn set_event_rate(&self, rate: EventRate) -> Result<(), EventError> {
+        rate.check()?;
+        self.core.maps.events_cfg.set(0, xdpg_events_config { rate: rate.per_second, burst: rate.burst });
+        Ok(())
+    }
+
+    /// How many events were sent, left out by the rate limit, and lost.
+    ///
+    /// # Errors
+    ///
+    /// [`EventError::Bpf`] when the per-CPU counts cannot be read.
+    pub fn event_stats(&self) -> Result<EventStats, EventError> {
+        let c = self
+            .core
+            .maps
+            .events_cpu
+            .sum(0)
+            .map_err(|source| EventError::Bpf { op: "reading the event counts", source })?;
+        Ok(EventStats { sent: c.sent, limited: c.limited, lost: c.lost })
+    }
+
+    /// Whether a reader holds a lease now (the data plane clears an
+    /// expired one at the next drop).
+    pub fn events_lease_held(&self) -> bool {
+        self.core.maps.events_lease().load(Ordering::Acquire) != 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drop_reasons_round_trip_and_cover_every_dropping_code() {
+        for r in DropReason::ALL {
+            assert_eq!(r.to_string().parse::<DropReason>().unwrap(), *r);
+        }
+        let decoded: Vec<DropReason> = (0..XDPG_REASON_COUNT).filter_map(DropReason::from_code).collect();
+        assert_eq!(decoded.len(), DropReason::ALL.len(), "every dropping reason has a DropReason, once");
+        for passing in [
+            XDPG_REASON_PASSED,
+            XDPG_REASON_ALLOWLISTED,
+            XDPG_REASON_RULE_PASSED,
+            XDPG_REASON_NON_IP,
+            XDPG_REASON_SYN_COOKIE_SENT,
+            XDPG_REASON_SYN_COOKIE_PASSED,
+        ] {
+            assert_eq!(DropReason::from_code(passing), None);
+        }
+    }
+
+    #[test]
+    fn rates_out_of_range_are_refused() {
+        assert!(EventRate { per_second: 1, burst: 1 }.check().is_ok());
+        assert!(EventRate::per_second(XDPG_EVENT_MAX_RATE).check().is_ok());
+        for (per_second, burst) in [(0, 1), (1, 0), (XDPG_EVENT_MAX_RATE + 1, 1), (1, XDPG_EVENT_MAX_RATE + 1)] {
+            assert!(matches!(EventRate { per_second, burst }.check(), Err(EventError::Rate { .. })));
+        }
+    }
+}

@@ -1,0 +1,562 @@
+//! The SYN-flood guard ([`SynGuard`], from [`Filter::syn_guard`]): the last
+//! step of the filter's guard stage (`src/bpf/guard_syn.h`), for TCP
+//! packets to the ports an operator protects.
+//!
+//! Data plane: a 65,536-entry array maps a destination port to its slot
+//! (one inlined lookup for every TCP packet the guard sees); a slot (one
+//! cache line) holds the port's policy and its SYN rate; per-CPU counters
+//! per slot; an LRU of the sources that completed a handshake. The model
+//! (the protected ports and their policies) is read back from the slots.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::mem::{offset_of, size_of};
+use std::str::FromStr;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use crate::core::layout::consts::*;
+use crate::core::layout::pod;
+use crate::core::maps::summable;
+use crate::error::RuleError;
+use crate::filter::guard::layout::guard_skel::types::{
+    xdpg_syn_config, xdpg_syn_counters, xdpg_syn_key, xdpg_syn_port,
+};
+use crate::filter::guard::maps::GuardMaps;
+use crate::filter::guard::Guard;
+use crate::filter::Filter;
+
+pod!(xdpg_syn_config, xdpg_syn_counters, xdpg_syn_key, xdpg_syn_port);
+summable!(xdpg_syn_counters {
+    syns,
+    dropped,
+    would_drop,
+    cookies_sent,
+    cookies_ok,
+    acks_other,
+    known_passed,
+    unanswerable
+});
+
+// The same numbers as the _Static_asserts in src/bpf/guard_syn_structs.h.
+const _: () = {
+    assert!(size_of::<xdpg_syn_config>() == 32);
+    assert!(offset_of!(xdpg_syn_config, known_ttl_s) == 4);
+    assert!(size_of::<xdpg_syn_port>() == 64);
+    assert!(offset_of!(xdpg_syn_port, port) == 4);
+    assert!(offset_of!(xdpg_syn_port, mss) == 6);
+    assert!(offset_of!(xdpg_syn_port, mode) == 8);
+    assert!(offset_of!(xdpg_syn_port, window) == 16);
+    assert!(offset_of!(xdpg_syn_port, cur) == 24);
+    assert!(offset_of!(xdpg_syn_port, prev) == 32);
+    assert!(size_of::<xdpg_syn_counters>() == 64);
+    assert!(size_of::<xdpg_syn_key>() == 20);
+};
+
+/// How a protected port's SYNs are handled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SynMode {
+    /// Count the port's SYNs; above `threshold` SYNs a second, drop SYNs
+    /// from sources that have not completed a handshake (see
+    /// [`Filter::syn_guard`] for how that is known).
+    Drop {
+        /// SYNs a second the port takes from any source.
+        threshold: u32,
+    },
+    /// Answer every SYN with a SYN cookie from XDP; pass ACKs carrying a
+    /// valid cookie. The host must run nftables `synproxy` for the port
+    /// ([`nft_rules`]).
+    Cookie,
+}
+
+/// A protected port's policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SynPolicy {
+    /// What is done with its SYNs.
+    pub mode: SynMode,
+    /// Cookie mode: the MSS the SYN-ACK advertises; 0: 1460 (IPv4) and
+    /// 1440 (IPv6). Use the value of the nftables rule's `synproxy mss`.
+    pub mss: u16,
+    /// Only count what would be dropped or answered (in
+    /// [`SynPortStats::would_drop`]); pass it.
+    pub monitor: bool,
+}
+
+impl SynPolicy {
+    /// Drop mode: above `threshold` SYNs a second, drop SYNs from unknown sources.
+    pub fn drop_above(threshold: u32) -> SynPolicy {
+        SynPolicy { mode: SynMode::Drop { threshold }, mss: 0, monitor: false }
+    }
+
+    /// Cookie mode, advertising the default MSS.
+    pub fn cookies() -> SynPolicy {
+        SynPolicy { mode: SynMode::Cookie, mss: 0, monitor: false }
+    }
+
+    /// The same, advertising `mss` in cookie mode.
+    #[must_use]
+    pub fn with_mss(mut self, mss: u16) -> SynPolicy {
+        self.mss = mss;
+        self
+    }
+
+    /// The same, in monitor mode or not.
+    #[must_use]
+    pub fn with_monitor(mut self, on: bool) -> SynPolicy {
+        self.monitor = on;
+        self
+    }
+
+    fn check(&self, port: u16) -> Result<(), RuleError> {
+        let bad = |reason: &str| Err(RuleError::InvalidSynPolicy { port, reason: reason.to_owned() });
+        if port == 0 {
+            return bad("port 0 cannot be protected: give the server's TCP port (1-65535)");
+        }
+        if matches!(self.mode, SynMode::Drop { threshold: 0 }) {
+            return bad("a threshold of 0 SYNs a second would refuse every new client: give at least 1");
+        }
+        if self.mss != 0 && !(536..=9000).contains(&self.mss) {
+            return bad("an MSS must be 536 to 9000 (or 0 for the defaults, 1460 / 1440)");
+        }
+        Ok(())
+    }
+
+    fn to_slot(self, port: u16) -> xdpg_syn_port {
+        let (mode, threshold) = match self.mode {
+            SynMode::Drop { threshold } => (XDPG_SYN_MODE_DROP, threshold),
+            SynMode::Cookie => (XDPG_SYN_MODE_COOKIE, 0),
+        };
+        xdpg_syn_port {
+            threshold,
+            port,
+            mss: self.mss,
+            mode: mode as u8,
+            flags: if self.monitor { XDPG_SYN_F_MONITOR as u8 } else { 0 },
+            ..Default::default()
+        }
+    }
+
+    fn from_slot(s: &xdpg_syn_port) -> Option<SynPolicy> {
+        let mode = match u32::from(s.mode) {
+            XDPG_SYN_MODE_DROP => SynMode::Drop { threshold: s.threshold },
+            XDPG_SYN_MODE_COOKIE => SynMode::Cookie,
+            _ => return None,
+        };
+        Some(SynPolicy { mode, mss: s.mss, monitor: u32::from(s.flags) & XDPG_SYN_F_MONITOR != 0 })
+    }
+}
+
+impl fmt::Display for SynPolicy {
+    /// `drop above 1000/s`, `cookie`, `cookie mss 1400`, with ` monitor`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.mode {
+            SynMode::Drop { threshold } => write!(f, "drop above {threshold}/s")?,
+            SynMode::Cookie => f.write_str("cookie")?,
+        }
+        if self.mss != 0 {
+            write!(f, " mss {}", self.mss)?;
+        }
+        if self.monitor {
+            f.write_str(" monitor")?;
+        }
+        Ok(())
+    }
+}
+
+impl FromStr for SynMode {
+    type Err = crate::ParseError;
+
+    /// `cookie`, or `drop` (threshold 1000/s: set it with [`SynPolicy`]).
+    fn from_str(s: &str) -> Result<SynMode, crate::ParseError> {
+        match s.trim() {
+            "cookie" | "cookies" => Ok(SynMode::Cookie),
+            "drop" => Ok(SynMode::Drop { threshold: DEFAULT_SYN_THRESHOLD }),
+            _ => Err(crate::ParseError::Invalid {
+                what: "SYN guard mode",
+                input: s.to_owned(),
+                example: "cookie or drop",
+            }),
+        }
+    }
+}
+
+/// The threshold `drop` mode gets when none is given: SYNs a second.
+pub const DEFAULT_SYN_THRESHOLD: u32 = 1000;
+/// Ports the SYN guard can protect at once.
+pub const MAX_SYN_PORTS: usize = XDPG_SYN_MAX_PORTS as usize;
+
+/// A protected port's counters, summed over CPUs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct SynPortStats {
+    /// SYNs to the port (not allowlisted, not decided by a rule).
+    pub syns: u64,
+    /// Drop mode: SYNs over the threshold from unknown sources, dropped.
+    pub dropped: u64,
+    /// Monitor: SYNs that would have been dropped or answered, passed.
+    pub would_drop: u64,
+    /// Cookie mode: SYN-ACKs sent.
+    pub cookies_sent: u64,
+    /// Cookie mode: ACKs with a valid cookie, passed to the stack.
+    pub cookies_ok: u64,
+    /// Cookie mode: ACKs without a valid cookie (established connections,
+    /// or forged), passed to conntrack, which drops the forged.
+    pub acks_other: u64,
+    /// Drop mode: SYNs over the threshold from known sources, passed.
+    pub known_passed: u64,
+    /// Cookie mode: SYNs with IPv4 options or IPv6 extension headers,
+    /// which the guard does not answer: dropped.
+    pub unanswerable: u64,
+}
+
+impl From<xdpg_syn_counters> for SynPortStats {
+    fn from(c: xdpg_syn_counters) -> Self {
+        SynPortStats {
+            syns: c.syns,
+            dropped: c.dropped,
+            would_drop: c.would_drop,
+            cookies_sent: c.cookies_sent,
+            cookies_ok: c.cookies_ok,
+            acks_other: c.acks_other,
+            known_passed: c.known_passed,
+            unanswerable: c.unanswerable,
+        }
+    }
+}
+
+/// A protected port, its policy, SYN rate and counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SynPortStatus {
+    /// The TCP port.
+    pub port: u16,
+    /// Its policy.
+    pub policy: SynPolicy,
+    /// Drop mode: SYNs in the last second, as the data plane estimates it.
+    pub rate: u64,
+    /// Its counters (since it was protected).
+    pub stats: SynPortStats,
+}
+
+/// The SYN guard's part of the guard's model: protected ports by port,
+/// each with its slot.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(crate) struct SynState {
+    pub ports: BTreeMap<u16, (usize, SynPolicy)>,
+}
+
+impl SynState {
+    /// Reads the protected ports back from the slots.
+    pub(crate) fn load(maps: &GuardMaps) -> SynState {
+        let mut ports = BTreeMap::new();
+        for slot in 0..maps.syn_slots.len() {
+            let s = maps.syn_slots.get(slot);
+            if let Some(policy) = SynPolicy::from_slot(&s) {
+                ports.insert(s.port, (slot, policy));
+            }
+        }
+        SynState { ports }
+    }
+
+    pub(crate) fn active(&self) -> bool {
+        !self.ports.is_empty()
+    }
+
+    /// Makes the port index and the config's port count match the slots
+    /// (after an edit cut short: `protect` writes the slot, then the index,
+    /// then the count; `unprotect` the reverse).
+    pub(crate) fn repair(&self, maps: &GuardMaps) {
+        for port in 0..XDPG_SYN_IDX_ENTRIES as usize {
+            let want =
+                u16::try_from(port).ok().and_then(|p| self.ports.get(&p)).map_or(0, |&(slot, _)| slot as u64 + 1);
+            if maps.syn_idx.get(port) != want {
+                maps.syn_idx.set(port, want);
+            }
+        }
+        ports_word(maps).store(self.ports.len() as u32, Ordering::Release);
+    }
+}
+
+/// Sets the SYN guard's config at load: no port, the default known TTL.
+pub(crate) fn init(maps: &GuardMaps) {
+    let cfg = xdpg_syn_config { known_ttl_s: XDPG_SYN_KNOWN_TTL_S, ..Default::default() };
+    maps.syn_cfg.set(0, cfg);
+}
+
+fn ports_word(maps: &GuardMaps) -> &std::sync::atomic::AtomicU32 {
+    maps.syn_cfg.atomic_u32(0, offset_of!(xdpg_syn_config, ports))
+}
+
+/// The SYN-flood guard of a filter (its guard stage's last step), from
+/// [`Filter::syn_guard`]; see there.
+#[derive(Debug, Clone, Copy)]
+pub struct SynGuard<'f> {
+    filter: &'f Filter,
+}
+
+impl<'f> SynGuard<'f> {
+    pub(crate) fn new(filter: &'f Filter) -> Self {
+        SynGuard { filter }
+    }
+
+    fn guard(&self) -> Result<&'f Guard, RuleError> {
+        self.filter.guard_stage()
+    }
+
+    /// Protects `port` with `policy` (or changes its policy; its counters
+    /// and rate are then kept). Live from the next packet.
+    ///
+    /// Needs the guard stage, which needs Linux 6.0 (the SYN cookie helpers).
+    ///
+    /// # Errors
+    ///
+    /// [`RuleError::InvalidSynPolicy`] (port 0, threshold 0, an MSS out of
+    /// 536..=9000); [`RuleError::Full`] when [`MAX_SYN_PORTS`] ports are
+    /// protected already; [`RuleError::NoGuard`]; [`RuleError::Bpf`],
+    /// [`RuleError::Pin`]. Nothing changes on error.
+    pub fn protect(&self, port: u16, policy: SynPolicy) -> Result<(), RuleError> {
+        policy.check(port)?;
+        let guard = self.guard()?;
+        let stages = &self.filter.core.maps.stages;
+        guard.core.edit(|st, maps| {
+            if let Some(&(slot, old)) = st.syn.ports.get(&port) {
+                if old != policy {
+                    // Keep the rate: only the policy's fields change.
+                    let mut s = maps.syn_slots.get(slot);
+                    let new = policy.to_slot(port);
+                    (s.threshold, s.mss, s.flags) = (new.threshold, new.mss, new.flags);
+                    if s.mode != new.mode {
+                        (s.mode, s.window, s.cur, s.prev) = (new.mode, 0, 0, 0);
+                    }
+                    maps.syn_slots.set(slot, s);
+                    st.syn.ports.insert(port, (slot, policy));
+                }
+                return Ok(());
+            }
+            let used: Vec<usize> = st.syn.ports.values().map(|&(s, _)| s).collect();
+            let slot = (0..MAX_SYN_PORTS).find(|s| !used.contains(s)).ok_or(RuleError::Full {
+                what: "the SYN guard's protected ports",
+                capacity: MAX_SYN_PORTS,
+                setter: "(fixed: unprotect a port first)",
+            })?;
+            maps.syn_counters
+                .zero(slot as u32)
+                .map_err(|source| RuleError::Bpf { op: format!("zeroing the SYN counters of port {port}"), source })?;
+            // The slot first, then the index names it: a packet sees the
+            // port unprotected or protected with its whole policy.
+            maps.syn_slots.set(slot, policy.to_slot(port));
+            std::sync::atomic::fence(Ordering::SeqCst);
+            maps.syn_idx.set(usize::from(port), slot as u64 + 1);
+            st.syn.ports.insert(port, (slot, policy));
+            ports_word(maps).store(st.syn.ports.len() as u32, Ordering::Release);
+            guard.install(stages, Guard::active(st))
+        })
+    }
+
+    /// Stops protecting `port`; returns whether it was protected.
+    ///
+    /// # Errors
+    ///
+    /// [`RuleError::NoGuard`], [`RuleError::Bpf`], [`RuleError::Pin`].
+    pub fn unprotect(&self, port: u16) -> Result<bool, RuleError> {
+        let guard = self.guard()?;
+        let stages = &self.filter.core.maps.stages;
+        guard.core.edit(|st, maps| {
+            let Some((slot, _)) = st.syn.ports.remove(&port) else { return Ok(false) };
+            maps.syn_idx.set(usize::from(port), 0);
+            ports_word(maps).store(st.syn.ports.len() as u32, Ordering::Release);
+            std::sync::atomic::fence(Ordering::SeqCst);
+            maps.syn_slots.set(slot, xdpg_syn_port::default());
+            guard.install(stages, Guard::active(st))?;
+            Ok(true)
+        })
+    }
+
+    /// The policy of `port`, if protected.
+    ///
+    /// # Errors
+    ///
+    /// [`RuleError::NoGuard`], [`RuleError::Pin`].
+    pub fn policy(&self, port: u16) -> Result<Option<SynPolicy>, RuleError> {
+        self.guard()?.core.read(|st, _| st.syn.ports.get(&port).map(|&(_, p)| p))
+    }
+
+    /// The protected ports, by port, with their rates and counters.
+    ///
+    /// # Errors
+    ///
+    /// [`RuleError::NoGuard`], [`RuleError::Pin`]; [`RuleError::Bpf`] when
+    /// the counters cannot be read.
+    pub fn status(&self) -> Result<Vec<SynPortStatus>, RuleError> {
+        let guard = self.guard()?;
+        let maps = &guard.core.maps;
+        let ports = guard.core.read(|st, _| st.syn.ports.clone())?;
+        let now = maps.now_ns();
+        ports
+            .into_iter()
+            .map(|(port, (slot, policy))| {
+                let c = maps.syn_counters.sum(slot as u32).map_err(|source| RuleError::Bpf {
+                    op: format!("reading the SYN counters of port {port}"),
+                    source,
+                })?;
+                let s = maps.syn_slots.get(slot);
+                Ok(SynPortStatus { port, policy, rate: estimate(&s, now), stats: c.into() })
+            })
+            .collect()
+    }
+
+    /// Sources the guard knows completed a handshake (at most
+    /// 65,536: the least recently seen go first).
+    ///
+    /// # Errors
+    ///
+    /// [`RuleError::NoGuard`].
+    pub fn known_sources(&self) -> Result<usize, RuleError> {
+        Ok(self.guard()?.core.maps.syn_known.keys().count())
+    }
+
+    /// Forgets every known source (they must complete a handshake again).
+    ///
+    /// # Errors
+    ///
+    /// [`RuleError::NoGuard`].
+    pub fn forget_sources(&self) -> Result<usize, RuleError> {
+        Ok(self.guard()?.core.maps.syn_known.clear())
+    }
+
+    /// How long a source stays known after its last handshake (default one
+    /// hour).
+    ///
+    /// # Errors
+    ///
+    /// [`RuleError::NoGuard`]; [`RuleError::InvalidSynPolicy`] for a TTL
+    /// under one second or over 2^32 seconds.
+    pub fn set_known_ttl(&self, ttl: Duration) -> Result<(), RuleError> {
+        let secs = u32::try_from(ttl.as_secs()).ok().filter(|&s| s > 0).ok_or(RuleError::InvalidSynPolicy {
+            port: 0,
+            reason: format!("a known-source TTL of {ttl:?}: give 1 s to about 136 years"),
+        })?;
+        let maps = &self.guard()?.core.maps;
+        maps.syn_cfg.atomic_u32(0, offset_of!(xdpg_syn_config, known_ttl_s)).store(secs, Ordering::Release);
+        Ok(())
+    }
+}
+
+/// The data plane's rate estimate of a slot at `now` (guard_syn.h's
+/// syn_rate, without counting).
+fn estimate(s: &xdpg_syn_port, now: u64) -> u64 {
+    let win_ns = u64::from(XDPG_SYN_WINDOW_NS);
+    let w = now / win_ns;
+    let left = win_ns - now % win_ns;
+    if s.window == w {
+        s.cur + s.prev * left / win_ns
+    } else if s.window + 1 == w {
+        s.cur * left / win_ns
+    } else {
+        0
+    }
+}
+
+/// The nftables ruleset (for `nft -f -`) and the sysctl the host needs for
+/// the SYN guard's cookie mode on `ports`: nftables' `synproxy` completes
+/// the connections whose ACK the guard passed (conntrack, the kernel's
+/// syncookie secret, the same the guard's cookies come from).
+///
+/// - SYNs never enter conntrack (`notrack` in the raw prerouting hook):
+///   the guard answers them, and one it passed (monitor mode) is answered
+///   by synproxy itself;
+/// - `net.netfilter.nf_conntrack_tcp_loose=0` (per network namespace, in
+///   the comment at the top: apply it with sysctl): an ACK that opens no
+///   known connection is `invalid` rather than picked up mid-stream;
+/// - an `invalid` or `untracked` packet to the port goes to `synproxy`,
+///   which checks its cookie and opens the connection to the server, or
+///   drops it.
+///
+/// `mss` is what synproxy advertises for SYNs it answers itself (use the
+/// policy's). The guard's own SYN-ACK carries only the MSS option (no
+/// window scaling, SACK or timestamps: those would need the timestamp
+/// option to carry them in the cookie), so connections it opens have
+/// none of them; synproxy's `wscale`, `timestamp` and `sack-perm` only
+/// apply to SYNs it answers itself.
+pub fn nft_rules(ports: &[u16], mss: u16) -> String {
+    let list = ports.iter().map(u16::to_string).collect::<Vec<_>>().join(", ");
+    let set = if ports.len() == 1 { list } else { format!("{{ {list} }}") };
+    let mss = if mss == 0 { XDPG_SYN_DEFAULT_MSS4 as u16 } else { mss };
+    format!(
+        "# xdpguard SYN guard, cookie mode: what the host needs (apply with `nft -f -`).\n\
+         # Also, in the server's network namespace: sysctl -w net.netfilter.nf_conntrack_tcp_loose=0\n\
+         table inet xdpguard_syn\n\
+         delete table inet xdpguard_syn\n\
+         table inet xdpguard_syn {{\n\
+         \tchain raw {{\n\
+         \t\ttype filter hook prerouting priority raw; policy accept;\n\
+         \t\ttcp dport {set} tcp flags syn notrack\n\
+         \t}}\n\
+         \tchain input {{\n\
+         \t\ttype filter hook input priority filter; policy accept;\n\
+         \t\ttcp dport {set} ct state invalid,untracked synproxy mss {mss} wscale 7 timestamp sack-perm\n\
+         \t\ttcp dport {set} ct state invalid drop\n\
+         \t}}\n\
+         }}\n"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policies_round_trip_through_slots() {
+        for p in [
+            SynPolicy::drop_above(200),
+            SynPolicy::drop_above(1).with_monitor(true),
+            SynPolicy::cookies(),
+            SynPolicy::cookies().with_mss(1400).with_monitor(true),
+        ] {
+            let slot = p.to_slot(443);
+            assert_eq!(slot.port, 443);
+            assert_eq!(SynPolicy::from_slot(&slot), Some(p));
+        }
+        assert_eq!(SynPolicy::from_slot(&xdpg_syn_port::default()), None, "a free slot");
+    }
+
+    #[test]
+    fn policies_display() {
+        assert_eq!(SynPolicy::drop_above(200).to_string(), "drop above 200/s");
+        assert_eq!(SynPolicy::cookies().with_mss(1400).with_monitor(true).to_string(), "cookie mss 1400 monitor");
+        assert_eq!("cookie".parse::<SynMode>().unwrap(), SynMode::Cookie);
+        assert!("synproxy".parse::<SynMode>().is_err());
+    }
+
+    #[test]
+    fn checks_name_what_is_wrong() {
+        assert!(SynPolicy::cookies().check(443).is_ok());
+        for (port, p) in [
+            (0, SynPolicy::cookies()),
+            (80, SynPolicy::drop_above(0)),
+            (80, SynPolicy::cookies().with_mss(535)),
+            (80, SynPolicy::cookies().with_mss(9001)),
+        ] {
+            assert!(matches!(p.check(port), Err(RuleError::InvalidSynPolicy { .. })), "{port} {p}");
+        }
+    }
+
+    /// The same estimate as guard_syn.h's syn_rate: this window's count
+    /// plus the last one's, weighted by how much of it the last second
+    /// still covers; nothing from older windows.
+    #[test]
+    fn rate_estimate_matches_the_data_plane() {
+        let w = u64::from(XDPG_SYN_WINDOW_NS);
+        let slot = xdpg_syn_port { window: 10, cur: 40, prev: 100, ..Default::default() };
+        assert_eq!(estimate(&slot, 10 * w), 140, "at the window's start");
+        assert_eq!(estimate(&slot, 10 * w + w / 4), 40 + 75);
+        assert_eq!(estimate(&slot, 11 * w + w / 2), 20, "the next window: half of this one");
+        assert_eq!(estimate(&slot, 12 * w), 0, "two windows on: nothing");
+    }
+
+    #[test]
+    fn nft_rules_for_one_port() {
+        let text = nft_rules(&[443], 0);
+        assert!(text.contains("tcp dport 443 tcp flags syn notrack"), "{text}");
+        assert!(text.contains("synproxy mss 1460 "), "the default MSS: {text}");
+        assert!(text.contains("delete table inet xdpguard_syn"), "idempotent: {text}");
+    }
+}

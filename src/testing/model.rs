@@ -1,0 +1,408 @@
+//! A reference model of the filter's whole verdict on a frame, for
+//! differential tests: [`FilterModel`] (lists, named sets, rules, monitor
+//! mode, malformed policy) and [`FilterModel::verdict`], which says what
+//! the kernel program does with a frame, which reason counter counts it,
+//! and which rules count it.
+//!
+//! It is written from the documented behaviour, not from the data plane's
+//! structures: a linear scan of prefixes and rules, and a byte-by-byte
+//! reading of the frame ([`parse`]) that follows the parser's documented
+//! rules (`src/bpf/parsing.h`: Ethernet, at most two VLAN tags, IPv4 with
+//! options and fragments, IPv6 with at most eight extension headers, the
+//! IP packet ending where its length says). A frame cut short, a length
+//! field that lies, a bit flipped anywhere: the model must say what the
+//! kernel says. The order of evaluation is [`Filter::rules`]':
+//!
+//! 1. not IP: `non_ip`, passed; malformed: `malformed`, dropped under
+//!    [`MalformedPolicy::Drop`] unless in monitor mode, else passed;
+//! 2. an allowlisted source: `allowlisted`, passed;
+//! 3. a blocklisted source: `blocked_v4`/`blocked_v6`, dropped (monitor
+//!    mode: `would_drop_blocked`, passed);
+//! 4. the rules in order: each that matches counts the packet; a count or
+//!    a monitored rule goes on; the first drop rule drops (`rule_dropped`;
+//!    monitor mode: `would_drop_rule`, passed), the first pass rule passes
+//!    (`rule_passed`);
+//! 5. the rest: `passed`.
+//!
+//! Why a model in the test kit rather than an API of [`Filter`]: a method
+//! that read the running filter's tables and judged a frame would share
+//! the library's view of its own state, and a differential test would
+//! compare the library with itself. Here the state is given explicitly
+//! (the test builds it from the same inputs it gives the filter), so the
+//! kernel is checked against an independent statement of the semantics.
+//! [`FilterModel::from_filter`] is there for users who want to check
+//! frames against a running filter's configuration in their own tests.
+//!
+//! Not modelled: rate limits, the SYN guard and anything else a later
+//! guard stage adds (a filter using them is outside this model), and
+//! `xdp_md` metadata (the verdict does not depend on it).
+//!
+//! ```
+//! use xdpguard::testing::frame::Frame;
+//! use xdpguard::testing::model::FilterModel;
+//! use xdpguard::XdpAction;
+//!
+//! let mut m = FilterModel::default();
+//! m.sets.insert("resolvers".into(), vec!["192.0.2.53/32".parse()?]);
+//! m.rules.push("drop udp sport 53 not from set resolvers".parse()?);
+//! let reply = |src: [u8; 4]| Frame::builder().ipv4(src.into(), [198, 51, 100, 1].into()).udp(53, 40000).build();
+//! let v = m.verdict(reply([203, 0, 113, 9]).bytes());
+//! assert_eq!((v.action, v.reason, v.rules.as_slice()), (XdpAction::Drop, "rule_dropped", &[0][..]));
+//! assert_eq!(m.verdict(reply([192, 0, 2, 53]).bytes()).reason, "passed");
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use ipnetwork::IpNetwork;
+
+use crate::{Error, Filter, IpFamily, MalformedPolicy, Rule, RuleAction, RuleError, Source, XdpAction};
+
+/// What the filter is configured with, as plain data.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FilterModel {
+    /// The allowlist's prefixes.
+    pub allowlist: Vec<IpNetwork>,
+    /// The blocklist's prefixes.
+    pub blocklist: Vec<IpNetwork>,
+    /// The named sets, by name.
+    pub sets: BTreeMap<String, Vec<IpNetwork>>,
+    /// The rules, in priority order.
+    pub rules: Vec<Rule>,
+    /// Whole-filter monitor (dry-run) mode.
+    pub monitor: bool,
+    /// The malformed-packet policy.
+    pub malformed: MalformedPolicy,
+}
+
+/// What the filter does with one frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelVerdict {
+    /// The program's action (a pass goes on to the next program, if set).
+    pub action: XdpAction,
+    /// The reason counter that counts it: a row name of
+    /// [`FilterStats::rows`](crate::FilterStats::rows).
+    pub reason: &'static str,
+    /// The indexes (in [`FilterModel::rules`]) of the rules that count it.
+    pub rules: Vec<usize>,
+}
+
+/// The transport fields the rules read, when the transport header can be
+/// read (the first fragment or an unfragmented packet, its header whole
+/// within the IP packet).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Transport {
+    /// TCP or UDP source port (0 for ICMP).
+    pub sport: u16,
+    /// TCP or UDP destination port (0 for ICMP).
+    pub dport: u16,
+    /// TCP flags (0 for others).
+    pub tcp_flags: u8,
+    /// ICMP or ICMPv6 type (0 for others).
+    pub icmp_type: u8,
+}
+
+/// An IP packet as the filter reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IpPacket {
+    /// Source address.
+    pub src: IpAddr,
+    /// Destination address.
+    pub dst: IpAddr,
+    /// The protocol after IPv6 extension headers (the next header where a
+    /// chain longer than the walk stops).
+    pub protocol: u8,
+    /// The transport fields, when readable (TCP, UDP, ICMP, ICMPv6 only).
+    pub transport: Option<Transport>,
+}
+
+/// How the filter reads a frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Parsed {
+    /// Not IPv4 or IPv6 (after up to two VLAN tags).
+    NonIp,
+    /// Cut short, inconsistent lengths, a bad version, too many VLAN tags.
+    Malformed,
+    /// An IP packet.
+    Ip(IpPacket),
+}
+
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86DD;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88A8;
+const MAX_VLAN_TAGS: usize = 2;
+const MAX_EXT_HEADERS: usize = 8;
+const MAX_L3_OFFSET: usize = 4096;
+const MAX_L4_OFFSET: usize = 8192;
+
+fn be16(b: &[u8], at: usize) -> u16 {
+    u16::from_be_bytes([b[at], b[at + 1]])
+}
+
+/// Reads a frame as the filter does.
+pub fn parse(frame: &[u8]) -> Parsed {
+    if frame.len() < 14 {
+        return Parsed::Malformed;
+    }
+    let mut proto = be16(frame, 12);
+    let mut off = 14;
+    for _ in 0..MAX_VLAN_TAGS {
+        if proto != ETH_P_8021Q && proto != ETH_P_8021AD {
+            break;
+        }
+        if off + 4 > frame.len() {
+            return Parsed::Malformed;
+        }
+        proto = be16(frame, off + 2);
+        off += 4;
+    }
+    match proto {
+        ETH_P_8021Q | ETH_P_8021AD => Parsed::Malformed,
+        ETH_P_IP => ipv4(frame, off),
+        ETH_P_IPV6 => ipv6(frame, off),
+        _ => Parsed::NonIp,
+    }
+}
+
+fn ipv4(frame: &[u8], l3: usize) -> Parsed {
+    if l3 > MAX_L3_OFFSET || l3 + 20 > frame.len() {
+        return Parsed::Malformed;
+    }
+    let h = &frame[l3..];
+    let (version, ihl) = (h[0] >> 4, usize::from(h[0] & 0xF));
+    if version != 4 || ihl < 5 {
+        return Parsed::Malformed;
+    }
+    let hdr_len = ihl * 4;
+    let total = usize::from(be16(h, 2));
+    if l3 + hdr_len > frame.len() || total < hdr_len || l3 + total > frame.len() {
+        return Parsed::Malformed;
+    }
+    let later_fragment = be16(h, 6) & 0x1FFF != 0;
+    let src = IpAddr::V4(Ipv4Addr::new(h[12], h[13], h[14], h[15]));
+    let dst = IpAddr::V4(Ipv4Addr::new(h[16], h[17], h[18], h[19]));
+    let protocol = h[9];
+    let l4 = (!later_fragment).then_some(l3 + hdr_len);
+    Parsed::Ip(IpPacket { src, dst, protocol, transport: transport(frame, protocol, l4, l3 + total) })
+}
+
+fn ipv6(frame: &[u8], l3: usize) -> Parsed {
+    if l3 > MAX_L3_OFFSET || l3 + 40 > frame.len() {
+        return Parsed::Malformed;
+    }
+    let h = &frame[l3..];
+    if h[0] >> 4 != 6 {
+        return Parsed::Malformed;
+    }
+    let payload = usize::from(be16(h, 4));
+    let mut next = h[6];
+    // A zero payload length with a hop-by-hop header claims a jumbogram:
+    // the packet is read to the frame's end.
+    let end = if payload == 0 && next == 0 { frame.len() } else { l3 + 40 + payload };
+    if end > frame.len() {
+        return Parsed::Malformed;
+    }
+    let octets = |at: usize| -> [u8; 16] { h[at..at + 16].try_into().expect("16 bytes") };
+    let src = IpAddr::V6(Ipv6Addr::from(octets(8)));
+    let dst = IpAddr::V6(Ipv6Addr::from(octets(24)));
+    let mut off = l3 + 40;
+    let mut later_fragment = false;
+    for _ in 0..MAX_EXT_HEADERS {
+        if off > MAX_L3_OFFSET {
+            return Parsed::Malformed;
+        }
+        match next {
+            0 | 43 | 60 => {
+                if off + 2 > end {
+                    return Parsed::Malformed;
+                }
+                let len = (usize::from(frame[off + 1]) + 1) * 8;
+                if off + len > end {
+                    return Parsed::Malformed;
+                }
+                next = frame[off];
+                off += len;
+            }
+            44 => {
+                if off + 8 > end {
+                    return Parsed::Malformed;
+                }
+                later_fragment |= be16(frame, off + 2) & 0xFFF8 != 0;
+                next = frame[off];
+                off += 8;
+            }
+            protocol => {
+                let l4 = (!later_fragment).then_some(off);
+                return Parsed::Ip(IpPacket { src, dst, protocol, transport: transport(frame, protocol, l4, end) });
+            }
+        }
+    }
+    // More extension headers than the walk takes: no transport header.
+    Parsed::Ip(IpPacket { src, dst, protocol: next, transport: None })
+}
+
+/// The transport fields of a header at `l4` in an IP packet ending at `end`.
+fn transport(frame: &[u8], protocol: u8, l4: Option<usize>, end: usize) -> Option<Transport> {
+    let need = match protocol {
+        6 => 20,
+        17 | 1 => 8,
+        58 => 4,
+        _ => return None,
+    };
+    let off = l4?;
+    if off == 0 || off > MAX_L4_OFFSET || off + need > end || off + need > frame.len() {
+        return None;
+    }
+    let t = &frame[off..];
+    Some(match protocol {
+        6 => Transport { sport: be16(t, 0), dport: be16(t, 2), tcp_flags: t[13], icmp_type: 0 },
+        17 => Transport { sport: be16(t, 0), dport: be16(t, 2), tcp_flags: 0, icmp_type: 0 },
+        _ => Transport { sport: 0, dport: 0, tcp_flags: 0, icmp_type: t[0] },
+    })
+}
+
+/// Whether `net` covers `addr` (an address of the other family: never).
+fn covers(net: &IpNetwork, addr: IpAddr) -> bool {
+    net.is_ipv4() == addr.is_ipv4() && net.contains(addr)
+}
+
+impl FilterModel {
+    /// Whether `rule` matches the packet (whatever its action).
+    pub fn matches(&self, rule: &Rule, p: &IpPacket) -> bool {
+        if let Some(f) = rule.effective_family() {
+            if (f == IpFamily::V4) != p.src.is_ipv4() {
+                return false;
+            }
+        }
+        if rule.protocol.is_some_and(|proto| proto.number() != p.protocol) {
+            return false;
+        }
+        if let Some(s) = &rule.source {
+            let hit = match &s.source {
+                Source::Prefix(n) => covers(n, p.src),
+                Source::Set(name) => self.sets.get(name).is_some_and(|set| set.iter().any(|n| covers(n, p.src))),
+            };
+            if hit == s.negated {
+                return false;
+            }
+        }
+        if let Some(d) = rule.destination {
+            if covers(&d.prefix, p.dst) == d.negated {
+                return false;
+            }
+        }
+        let needs_transport = rule.source_ports.is_some()
+            || rule.destination_ports.is_some()
+            || rule.tcp_flags.is_some()
+            || rule.icmp_types.is_some();
+        if !needs_transport {
+            return true;
+        }
+        let Some(t) = p.transport else { return false };
+        rule.source_ports.as_ref().is_none_or(|s| s.contains(t.sport))
+            && rule.destination_ports.as_ref().is_none_or(|s| s.contains(t.dport))
+            && rule.tcp_flags.is_none_or(|f| f.matches(t.tcp_flags))
+            && rule.icmp_types.as_ref().is_none_or(|s| s.contains(u16::from(t.icmp_type)))
+    }
+
+    /// What the filter does with `frame`.
+    pub fn verdict(&self, frame: &[u8]) -> ModelVerdict {
+        let done = |action, reason| ModelVerdict { action, reason, rules: Vec::new() };
+        let p = match parse(frame) {
+            Parsed::NonIp => return done(XdpAction::Pass, "non_ip"),
+            Parsed::Malformed if self.malformed == MalformedPolicy::Drop && !self.monitor => {
+                return done(XdpAction::Drop, "malformed")
+            }
+            Parsed::Malformed => return done(XdpAction::Pass, "malformed"),
+            Parsed::Ip(p) => p,
+        };
+        if self.allowlist.iter().any(|n| covers(n, p.src)) {
+            return done(XdpAction::Pass, "allowlisted");
+        }
+        if self.blocklist.iter().any(|n| covers(n, p.src)) {
+            return match (self.monitor, p.src.is_ipv4()) {
+                (true, _) => done(XdpAction::Pass, "would_drop_blocked"),
+                (false, true) => done(XdpAction::Drop, "blocked_v4"),
+                (false, false) => done(XdpAction::Drop, "blocked_v6"),
+            };
+        }
+        let mut rules = Vec::new();
+        for (i, rule) in self.rules.iter().enumerate() {
+            if !self.matches(rule, &p) {
+                continue;
+            }
+            rules.push(i);
+            if rule.monitor || rule.action == RuleAction::Count {
+                continue;
+            }
+            let (action, reason) = match (rule.action, self.monitor) {
+                (RuleAction::Pass, _) => (XdpAction::Pass, "rule_passed"),
+                (_, true) => (XdpAction::Pass, "would_drop_rule"),
+                _ => (XdpAction::Drop, "rule_dropped"),
+            };
+            return ModelVerdict { action, reason, rules };
+        }
+        ModelVerdict { action: XdpAction::Pass, reason: "passed", rules }
+    }
+
+    /// The configuration of a running filter: its lists, sets, rules,
+    /// monitor mode and malformed policy (a filter without the guard stage
+    /// has no sets and rules).
+    ///
+    /// # Errors
+    ///
+    /// The errors of reading the lists ([`PrefixList::iter`](crate::PrefixList::iter)),
+    /// the sets and the rules ([`Rules::list`](crate::Rules::list)).
+    pub fn from_filter(filter: &Filter) -> Result<FilterModel, Error> {
+        let mut m = FilterModel {
+            allowlist: filter.allowlist().iter()?.collect(),
+            blocklist: filter.blocklist().iter()?.collect(),
+            monitor: filter.monitor(),
+            malformed: filter.malformed_policy(),
+            ..FilterModel::default()
+        };
+        match filter.sets().names() {
+            Ok(names) => {
+                for name in names {
+                    m.sets.insert(name.clone(), filter.sets().get(&name).iter()?.collect());
+                }
+                m.rules = filter.rules().list()?.into_iter().map(|e| e.rule).collect();
+            }
+            Err(RuleError::NoGuard { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+        Ok(m)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::frame::{Ext, Frame};
+
+    #[test]
+    fn frames_read_as_documented() {
+        let src: IpAddr = "2001:db8::1".parse().unwrap();
+        let dst: IpAddr = "2001:db8::2".parse().unwrap();
+        let f = Frame::builder().ip(src, dst).exts(&[Ext::HopByHop, Ext::DestOpts]).tcp(1, 2).tcp_flags(0x12).build();
+        let Parsed::Ip(p) = parse(f.bytes()) else { panic!() };
+        assert_eq!((p.protocol, p.transport.map(|t| (t.sport, t.dport, t.tcp_flags))), (6, Some((1, 2, 0x12))));
+        let later = Frame::builder().ip(src, dst).ext(Ext::fragment(8, false)).udp(1, 2).build();
+        let Parsed::Ip(p) = parse(later.bytes()) else { panic!() };
+        assert_eq!((p.protocol, p.transport), (17, None));
+        let nine: Vec<Ext> = (0..9).map(|_| Ext::DestOpts).collect();
+        let long = Frame::builder().ip(src, dst).exts(&nine).udp(1, 2).build();
+        let Parsed::Ip(p) = parse(long.bytes()) else { panic!() };
+        assert_eq!((p.protocol, p.transport), (60, None), "the walk stops after eight headers");
+        assert_eq!(parse(&f.bytes()[..f.len() - 1]), Parsed::Malformed, "the payload length says more");
+        assert_eq!(parse(&f.with_ip_version(4)), Parsed::Malformed);
+        let v4 = Frame::builder().ipv4([192, 0, 2, 1].into(), [192, 0, 2, 2].into()).udp(53, 9).build();
+        assert!(matches!(parse(v4.bytes()), Parsed::Ip(IpPacket { transport: Some(_), .. })));
+        assert_eq!(parse(&v4.with_ipv4_ihl(4)), Parsed::Malformed);
+        let mut arp = v4.to_vec();
+        arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
+        assert_eq!(parse(&arp), Parsed::NonIp);
+    }
+}

@@ -1,0 +1,284 @@
+//! Drop events through BPF_PROG_TEST_RUN on the real filter and its guard
+//! stage, with their live maps and ring buffer.
+//!
+//! - Events only while a reader holds a lease: none before, none after the
+//!   reader is dropped, none once its lease has run out (the data plane
+//!   clears it), and events again after a refresh.
+//! - A fixture table: each row a frame, the action, and the event it must
+//!   send (or none: passed and allowlisted packets), checked field by
+//!   field: reason, rule, interface, queue, length, and the first bytes
+//!   equal to the frame's (cut at the snap length for a long frame). Rows
+//!   for IPv4 and IPv6 blocklist drops, a rule drop, malformed drops, and
+//!   monitor mode's would-drops.
+//! - The per-CPU rate limit: one test run repeated 2,000 times on one CPU
+//!   sends exactly the burst.
+//!
+//! Needs root (CAP_BPF + CAP_NET_ADMIN); fails, never skips, without it.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use xdpguard::testing::frame::*;
+use xdpguard::testing::live::{test_run, RunOptions};
+use xdpguard::{
+    DropEvent, DropReason, EventError, EventOptions, EventRate, Filter, MalformedPolicy, RuleId, XdpAction, SNAP_LEN,
+};
+
+fn load() -> Filter {
+    Filter::builder()
+        .v4_capacity(1024)
+        .v6_capacity(1024)
+        .max_rules(64)
+        .load()
+        .unwrap_or_else(|e| panic!("loading the filter failed; these tests need root and a BPF-capable kernel: {e}"))
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
+}
+
+fn dst_for(src: IpAddr) -> IpAddr {
+    match src {
+        IpAddr::V4(_) => IpAddr::V4(DST_V4),
+        IpAddr::V6(_) => IpAddr::V6(DST_V6),
+    }
+}
+
+fn udp(src: &str, dport: u16, payload: &[u8]) -> Vec<u8> {
+    let src = ip(src);
+    Frame::builder().ip(src, dst_for(src)).udp(40000, dport).payload(payload).build().to_vec()
+}
+
+/// A filter with a blocked /24 (both families), an allowlisted host in it,
+/// and one drop rule.
+fn setup() -> (Filter, RuleId) {
+    let f = load();
+    f.blocklist().insert("203.0.113.0/24".parse().unwrap()).unwrap();
+    f.blocklist().insert("2001:db8:bad::/48".parse().unwrap()).unwrap();
+    f.allowlist().insert("203.0.113.7/32".parse().unwrap()).unwrap();
+    let rule = f.rules().add("drop udp dport 1900".parse().unwrap()).unwrap();
+    (f, rule)
+}
+
+fn run(f: &Filter, frame: &[u8]) -> XdpAction {
+    f.test_run(frame).unwrap_or_else(|e| panic!("test run: {e}")).action
+}
+
+/// What one frame must do and send.
+struct Row {
+    what: &'static str,
+    frame: Vec<u8>,
+    action: XdpAction,
+    /// The event's reason and rule, or no event.
+    event: Option<(DropReason, Option<RuleId>)>,
+}
+
+/// The event's fields, one by one, against the row; the failures.
+fn check_event(row: &Row, e: &DropEvent, failures: &mut Vec<String>) {
+    let (reason, rule) = row.event.expect("a row with an event");
+    let mut bad = |field: &str, got: String, want: String| {
+        if got != want {
+            failures.push(format!("{}: event {field} is {got}, expected {want}", row.what));
+        }
+    };
+    bad("reason", e.reason.to_string(), reason.to_string());
+    bad("rule", format!("{:?}", e.rule), format!("{rule:?}"));
+    bad("len", e.len.to_string(), row.frame.len().to_string());
+    // A test run without a context arrives on the loopback device, queue 0.
+    bad("ifindex", e.ifindex.to_string(), "1".into());
+    bad("queue", e.queue.to_string(), "0".into());
+    let want = &row.frame[..row.frame.len().min(SNAP_LEN)];
+    bad("bytes", format!("{:02x?}", e.bytes), format!("{want:02x?}"));
+    let age = std::time::SystemTime::now().duration_since(e.time).unwrap_or_default();
+    bad("time (within 10 s)", (age < Duration::from_secs(10)).to_string(), "true".into());
+}
+
+/// Runs every row with a reader polling after each, and reports every
+/// failing row.
+fn run_table(f: &Filter, name: &str, rows: &[Row]) {
+    let mut reader = f.events(EventOptions::default().rate(EventRate::per_second(1000))).expect("start reading");
+    let mut failures = Vec::new();
+    for row in rows {
+        let action = run(f, &row.frame);
+        if action != row.action {
+            failures.push(format!("{}: action {action:?}, expected {:?}", row.what, row.action));
+        }
+        let wait = if row.event.is_some() { Duration::from_secs(2) } else { Duration::from_millis(50) };
+        let events = reader.poll(wait).expect("poll");
+        match (row.event, events.as_slice()) {
+            (None, []) => {}
+            (None, got) => failures.push(format!("{}: expected no event, got {got:?}", row.what)),
+            (Some(_), [e]) => check_event(row, e, &mut failures),
+            (Some(_), got) => failures.push(format!("{}: expected one event, got {}: {got:?}", row.what, got.len())),
+        }
+    }
+    assert!(failures.is_empty(), "{name}: {} failure(s):\n{}", failures.len(), failures.join("\n"));
+}
+
+#[test]
+fn each_drop_sends_one_event_with_its_fields_and_passed_packets_none() {
+    let (f, rule) = setup();
+    let long = vec![0x5a; 400];
+    let rows = vec![
+        Row {
+            what: "IPv4 blocklisted source",
+            frame: udp("203.0.113.9", 53, PAYLOAD),
+            action: XdpAction::Drop,
+            event: Some((DropReason::BlockedV4, None)),
+        },
+        Row {
+            what: "IPv4 blocklisted source, a frame longer than the snap length",
+            frame: udp("203.0.113.9", 53, &long),
+            action: XdpAction::Drop,
+            event: Some((DropReason::BlockedV4, None)),
+        },
+        Row {
+            what: "IPv6 blocklisted source",
+            frame: udp("2001:db8:bad::9", 53, PAYLOAD),
+            action: XdpAction::Drop,
+            event: Some((DropReason::BlockedV6, None)),
+        },
+        Row {
+            what: "a drop rule (the guard stage)",
+            frame: udp("198.51.100.9", 1900, PAYLOAD),
+            action: XdpAction::Drop,
+            event: Some((DropReason::RuleDropped, Some(rule))),
+        },
+        Row {
+            what: "a drop rule over IPv6, a long frame",
+            frame: udp("2001:db8::9", 1900, &long),
+            action: XdpAction::Drop,
+            event: Some((DropReason::RuleDropped, Some(rule))),
+        },
+        Row {
+            what: "a clean source: passed, no event",
+            frame: udp("198.51.100.9", 53, PAYLOAD),
+            action: XdpAction::Pass,
+            event: None,
+        },
+        Row {
+            what: "allowlisted inside the blocked /24: no event",
+            frame: udp("203.0.113.7", 1900, PAYLOAD),
+            action: XdpAction::Pass,
+            event: None,
+        },
+    ];
+    run_table(&f, "drops", &rows);
+
+    // Malformed packets, dropped by policy: an event with the frame's bytes.
+    f.set_malformed_policy(MalformedPolicy::Drop);
+    let good = Frame::builder().ip(ip("198.51.100.9"), IpAddr::V4(DST_V4)).udp(1, 2).payload(PAYLOAD).build();
+    let rows = vec![Row {
+        what: "an IPv4 header with IHL 3",
+        frame: good.with_ipv4_ihl(3),
+        action: XdpAction::Drop,
+        event: Some((DropReason::Malformed, None)),
+    }];
+    run_table(&f, "malformed", &rows);
+    f.set_malformed_policy(MalformedPolicy::Pass);
+
+    // Monitor mode: would-drops pass and still send events.
+    f.set_monitor(true);
+    let rows = vec![
+        Row {
+            what: "monitor: blocklisted source",
+            frame: udp("203.0.113.9", 53, PAYLOAD),
+            action: XdpAction::Pass,
+            event: Some((DropReason::WouldDropBlocked, None)),
+        },
+        Row {
+            what: "monitor: a drop rule",
+            frame: udp("198.51.100.9", 1900, PAYLOAD),
+            action: XdpAction::Pass,
+            event: Some((DropReason::WouldDropRule, Some(rule))),
+        },
+    ];
+    run_table(&f, "monitor", &rows);
+    let stats = f.event_stats().unwrap();
+    assert_eq!((stats.sent, stats.limited, stats.lost), (8, 0, 0), "{stats:?}");
+}
+
+#[test]
+fn events_flow_only_while_a_reader_holds_a_fresh_lease() {
+    let (f, _) = setup();
+    let blocked = udp("203.0.113.9", 53, PAYLOAD);
+    assert!(!f.events_lease_held());
+    assert_eq!(run(&f, &blocked), XdpAction::Drop);
+    assert_eq!(f.event_stats().unwrap().sent, 0, "no reader, no event");
+
+    let mut reader = f.events(EventOptions::default().lease(Duration::from_millis(100))).unwrap();
+    assert!(reader.poll(Duration::from_millis(20)).unwrap().is_empty(), "drops before the lease are not sent");
+    run(&f, &blocked);
+    assert_eq!(reader.poll(Duration::from_secs(2)).unwrap().len(), 1, "a drop under the lease");
+
+    // The reader stops polling: its lease runs out; the next drop clears it.
+    std::thread::sleep(Duration::from_millis(250));
+    assert!(f.events_lease_held(), "the data plane clears the lease only at a drop");
+    run(&f, &blocked);
+    assert!(!f.events_lease_held(), "the first drop after the deadline clears the lease");
+    run(&f, &blocked);
+    assert_eq!(f.event_stats().unwrap().sent, 1, "no event after the lease ran out");
+    assert!(reader.poll(Duration::ZERO).unwrap().is_empty());
+
+    // Polling refreshed it: events again.
+    assert!(f.events_lease_held());
+    run(&f, &blocked);
+    assert_eq!(reader.poll(Duration::from_secs(2)).unwrap().len(), 1, "a drop after the refresh");
+
+    drop(reader);
+    assert!(!f.events_lease_held(), "dropping the reader gives the lease back");
+    run(&f, &blocked);
+    assert_eq!(f.event_stats().unwrap().sent, 2, "no event after the reader is gone");
+}
+
+#[test]
+fn the_per_cpu_rate_limit_caps_events_over_a_repeated_run() {
+    let (f, rule) = setup();
+    let burst = 5;
+    let mut reader = f.events(EventOptions::default().rate(EventRate { per_second: 1, burst })).unwrap();
+    assert_eq!(f.event_rate(), EventRate { per_second: 1, burst });
+    // One run of 2,000 repetitions: one CPU, a few hundred microseconds.
+    let frame = udp("198.51.100.9", 1900, PAYLOAD);
+    let out = test_run(f.program_fd(), &frame, RunOptions::default().repeat(2000)).unwrap();
+    assert_eq!(out.action(), XdpAction::Drop);
+    let mut events = Vec::new();
+    while let Ok(more) = reader.poll(Duration::from_millis(200)) {
+        if more.is_empty() {
+            break;
+        }
+        events.extend(more);
+    }
+    assert_eq!(events.len(), burst as usize, "the burst, then the rate (1/s) in well under a second");
+    assert!(events.iter().all(|e| e.reason == DropReason::RuleDropped && e.rule == Some(rule)));
+    let stats = f.event_stats().unwrap();
+    assert_eq!(stats.sent, u64::from(burst), "{stats:?}");
+    assert_eq!(stats.limited, 2000 - u64::from(burst), "{stats:?}");
+
+    // Bad rates and leases are refused, the rate in force kept.
+    for (per_second, burst) in [(0, 5), (5, 0), (2_000_000, 5)] {
+        let err = f.set_event_rate(EventRate { per_second, burst }).unwrap_err();
+        assert!(matches!(err, EventError::Rate { .. }), "{err}");
+    }
+    assert_eq!(f.event_rate(), EventRate { per_second: 1, burst: 5 });
+    drop(reader);
+    let err = f.events(EventOptions::default().lease(Duration::from_millis(1))).unwrap_err();
+    assert!(matches!(err, EventError::Lease { .. }), "{err}");
+}
+
+#[test]
+fn a_filter_pinned_before_the_events_layout_is_refused_with_the_typed_error() {
+    xdpguard::testing::netns::ensure_bpffs();
+    let dir = std::path::PathBuf::from(format!("/sys/fs/bpf/xdpg-test-{}-evlayout", std::process::id()));
+    let f = Filter::builder().v4_capacity(1024).v6_capacity(1024).max_rules(16).pin(&dir).load().expect("load");
+    drop(f);
+    // Layout 3: the filter before drop events (no ring, no lease word).
+    xdpguard::testing::upgrade::stamp_layout(&dir, 3);
+    let err = Filter::open_pinned(&dir).unwrap_err();
+    let text = err.to_string();
+    xdpguard::testing::upgrade::stamp_layout(&dir, 4);
+    Filter::open_pinned(&dir).expect("reopen at this build's layout").unpin().expect("unpin");
+    assert!(
+        matches!(err, xdpguard::Error::Pin(xdpguard::PinError::Incompatible { found: 3, expected: 4, .. })),
+        "{text}"
+    );
+}

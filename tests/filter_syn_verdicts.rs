@@ -1,0 +1,352 @@
+//! The SYN guard (the last step of the filter's guard stage) through
+//! BPF_PROG_TEST_RUN on the real programs with their live maps.
+//!
+//! Every case is a fixture row: the XDP action, the output frame (unchanged,
+//! or the SYN-ACK checked field by field: MACs, IPs and ports swapped, SYN|ACK,
+//! ack = seq + 1, MSS option, valid IP and TCP checksums), and exactly one
+//! filter reason counter moved. Drop mode: the threshold with the guard's
+//! clock stepped (Filter::advance_clock), known sources, monitor mode.
+//! Cookie mode, IPv4 and IPv6 (untagged and QinQ, the tags kept): the SYN-ACK, its cookie accepted on the
+//! matching ACK, a wrong ACK not accepted, monitor mode, unanswerable SYNs.
+//!
+//! Needs root (CAP_BPF + CAP_NET_ADMIN); fails, never skips, without it.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use xdpguard::testing::etherparse::{self, NetSlice, SlicedPacket, TransportSlice};
+use xdpguard::testing::fixture::{Fixture, FixtureTable};
+use xdpguard::testing::frame::*;
+use xdpguard::{Filter, RuleError, SynPolicy, XdpAction};
+
+fn load() -> Filter {
+    Filter::builder()
+        .v4_capacity(1024)
+        .v6_capacity(1024)
+        .max_rules(64)
+        .load()
+        .unwrap_or_else(|e| panic!("loading the filter failed; these tests need root and a BPF-capable kernel: {e}"))
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
+}
+
+fn dst_for(src: IpAddr) -> IpAddr {
+    match src {
+        IpAddr::V4(_) => IpAddr::V4(DST_V4),
+        IpAddr::V6(_) => IpAddr::V6(DST_V6),
+    }
+}
+
+/// MSS 1400, SACK permitted, timestamps, NOP, window scale 7: a Linux SYN's options.
+const SYN_OPTIONS: [u8; 20] = [2, 4, 0x05, 0x78, 4, 2, 8, 10, 0, 0, 0, 1, 0, 0, 0, 0, 1, 3, 3, 7];
+const CLIENT_SEQ: u32 = 0x1234_5678;
+
+fn syn(src: &str, sport: u16, dport: u16) -> Frame {
+    let src = ip(src);
+    Frame::builder().ip(src, dst_for(src)).tcp(sport, dport).syn().seq(CLIENT_SEQ).tcp_options(&SYN_OPTIONS).build()
+}
+
+fn bare_syn(src: &str, sport: u16, dport: u16) -> Frame {
+    let src = ip(src);
+    Frame::builder().ip(src, dst_for(src)).tcp(sport, dport).syn().seq(CLIENT_SEQ).build()
+}
+
+/// The client's ACK answering a SYN-ACK with sequence number `cookie`.
+fn ack(src: &str, sport: u16, dport: u16, cookie: u32) -> Frame {
+    let src = ip(src);
+    Frame::builder().ip(src, dst_for(src)).tcp(sport, dport).ack(cookie.wrapping_add(1)).seq(CLIENT_SEQ + 1).build()
+}
+
+fn data(src: &str, sport: u16, dport: u16) -> Frame {
+    let src = ip(src);
+    Frame::builder().ip(src, dst_for(src)).tcp(sport, dport).ack(777).payload(PAYLOAD).build()
+}
+
+fn pass(what: &str, frame: &[u8], reason: &'static str) -> Fixture<'static> {
+    Fixture::new(what, frame).action(XdpAction::Pass).unchanged().counts(&[reason])
+}
+
+fn drop(what: &str, frame: &[u8], reason: &'static str) -> Fixture<'static> {
+    Fixture::new(what, frame).action(XdpAction::Drop).unchanged().counts(&[reason])
+}
+
+/// One's-complement sum of `bytes` (16-bit big-endian words).
+fn sum16(bytes: &[u8], mut sum: u32) -> u32 {
+    for c in bytes.chunks(2) {
+        sum += u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
+    }
+    sum
+}
+
+fn fold(mut sum: u32) -> u16 {
+    while sum > 0xFFFF {
+        sum = (sum & 0xFFFF) + (sum >> 16);
+    }
+    sum as u16
+}
+
+/// Checks that `out` is the SYN-ACK answering `syn`; returns its sequence
+/// number (the cookie).
+fn check_synack(syn: &[u8], l2: usize, out: &[u8], mss: u16) -> Result<u32, String> {
+    let inp = SlicedPacket::from_ethernet(syn).map_err(|e| format!("input: {e}"))?;
+    let got = SlicedPacket::from_ethernet(out).map_err(|e| format!("output does not parse: {e}"))?;
+    let (ie, oe) = match (&inp.link, &got.link) {
+        (Some(etherparse::LinkSlice::Ethernet2(a)), Some(etherparse::LinkSlice::Ethernet2(b))) => (a, b),
+        _ => return Err("no Ethernet header".into()),
+    };
+    let mut errs = Vec::new();
+    if oe.source() != ie.destination() || oe.destination() != ie.source() {
+        errs.push(format!("MACs not swapped: {:?} -> {:?}", oe.source(), oe.destination()));
+    }
+    let (src, dst, pseudo) = match got.net {
+        Some(NetSlice::Ipv4(ref v4)) => {
+            let h = v4.header();
+            let Some(NetSlice::Ipv4(ref i4)) = inp.net else { return Err("family changed".into()) };
+            if h.ihl() != 5 || h.total_len() != 44 || h.ttl() != 64 || h.protocol() != etherparse::IpNumber::TCP {
+                errs.push(format!("IPv4 header: ihl {} total {} ttl {}", h.ihl(), h.total_len(), h.ttl()));
+            }
+            if h.to_header().calc_header_checksum() != h.header_checksum() {
+                errs.push("bad IPv4 header checksum".into());
+            }
+            let (s, d) = (IpAddr::from(h.source_addr()), IpAddr::from(h.destination_addr()));
+            let (is, id) = (IpAddr::from(i4.header().source_addr()), IpAddr::from(i4.header().destination_addr()));
+            let mut p = sum16(&h.source(), 0);
+            p = sum16(&h.destination(), p) + 6 + 24;
+            if s != id || d != is {
+                errs.push(format!("IPs not swapped: {s} -> {d}"));
+            }
+            (s, d, p)
+        }
+        Some(NetSlice::Ipv6(ref v6)) => {
+            let h = v6.header();
+            let Some(NetSlice::Ipv6(ref i6)) = inp.net else { return Err("family changed".into()) };
+            if h.payload_length() != 24 || h.hop_limit() != 64 || h.next_header() != etherparse::IpNumber::TCP {
+                errs.push(format!("IPv6 header: payload {} hop limit {}", h.payload_length(), h.hop_limit()));
+            }
+            let (s, d) = (IpAddr::from(h.source_addr()), IpAddr::from(h.destination_addr()));
+            let (is, id) = (IpAddr::from(i6.header().source_addr()), IpAddr::from(i6.header().destination_addr()));
+            if s != id || d != is {
+                errs.push(format!("IPs not swapped: {s} -> {d}"));
+            }
+            let mut p = sum16(&h.source(), 0);
+            p = sum16(&h.destination(), p) + 6 + 24;
+            (s, d, p)
+        }
+        _ => return Err("output is not IP".into()),
+    };
+    let (Some(TransportSlice::Tcp(it)), Some(TransportSlice::Tcp(ot))) = (&inp.transport, &got.transport) else {
+        return Err("no TCP header".into());
+    };
+    if ot.source_port() != it.destination_port() || ot.destination_port() != it.source_port() {
+        errs.push(format!("ports not swapped: {} -> {}", ot.source_port(), ot.destination_port()));
+    }
+    if !(ot.syn() && ot.ack()) || ot.fin() || ot.rst() || ot.psh() || ot.urg() {
+        errs.push("flags are not exactly SYN|ACK".into());
+    }
+    if ot.acknowledgment_number() != it.sequence_number().wrapping_add(1) {
+        errs.push(format!("ack {:#x}, expected seq + 1 = {:#x}", ot.acknowledgment_number(), it.sequence_number() + 1));
+    }
+    if ot.window_size() != 0 {
+        errs.push(format!("window {}, expected 0", ot.window_size()));
+    }
+    let mss_bytes = mss.to_be_bytes();
+    if ot.options() != [2, 4, mss_bytes[0], mss_bytes[1]] {
+        errs.push(format!("options {:?}, expected MSS {mss} only", ot.options()));
+    }
+    let tcp_bytes = ot.slice();
+    if tcp_bytes.len() != 24 {
+        errs.push(format!("TCP segment of {} bytes, expected 24", tcp_bytes.len()));
+    }
+    if fold(sum16(tcp_bytes, pseudo)) != 0xFFFF {
+        errs.push(format!("bad TCP checksum {:#06x} ({src} -> {dst})", ot.checksum()));
+    }
+    // The SYN's own L2 header (VLAN tags kept), then IP and TCP.
+    if out.get(12..l2) != syn.get(12..l2) {
+        errs.push("VLAN tags or EtherType changed".into());
+    }
+    if out.len() != l2 + if src.is_ipv4() { 20 } else { 40 } + 24 {
+        errs.push(format!("frame of {} bytes: trailing bytes left", out.len()));
+    }
+    if errs.is_empty() {
+        Ok(ot.sequence_number())
+    } else {
+        Err(errs.join("; "))
+    }
+}
+
+/// Moves the guard's clock to just after the start of a one-second rate
+/// window: the steps that follow (a few ms) then fall in one window.
+fn align(f: &Filter) {
+    let now = f.guard_clock().unwrap().as_nanos() as u64;
+    let to_next = 1_000_000_000 - now % 1_000_000_000;
+    f.advance_clock(Duration::from_nanos(to_next + 1_000)).unwrap();
+}
+
+#[test]
+fn drop_mode_threshold_known_sources_and_monitor() {
+    let f = load();
+    f.syn_guard().protect(8080, SynPolicy::drop_above(3)).expect("protect 8080");
+    align(&f);
+    let mut t = FixtureTable::new(&f, "SYN guard, drop mode (threshold 3/s)");
+    for i in 0..3u16 {
+        t.run(pass(&format!("SYN {i} under the threshold"), &syn("198.51.100.1", 1000 + i, 8080), "passed"));
+    }
+    t.run(drop("4th SYN this second, unknown source", &syn("198.51.100.2", 2000, 8080), "syn_dropped"));
+    t.run(drop("IPv6, unknown source", &syn("2001:db8::7", 2001, 8080), "syn_dropped"));
+    t.run(pass("an unprotected port", &syn("198.51.100.2", 2002, 8081), "passed"));
+    t.run(pass("an ACK over the threshold: no one becomes known", &ack("198.51.100.2", 2000, 8080, 5), "passed"));
+    t.run(drop("so its next SYN is dropped", &syn("198.51.100.2", 2003, 8080), "syn_dropped"));
+    t.run(pass("a SYN with ACK set is not a new connection", &data("198.51.100.2", 2003, 8080), "passed"));
+
+    // Two seconds later the rate is 0 again: a handshake's ACK makes the source known.
+    f.advance_clock(Duration::from_secs(2)).unwrap();
+    t.run(pass("an ACK under the threshold", &ack("198.51.100.9", 3000, 8080, 5), "passed"));
+    for i in 0..3u16 {
+        t.run(pass(&format!("SYN {i} from a random source"), &syn("203.0.113.50", 4000 + i, 8080), "passed"));
+    }
+    t.run(drop("over the threshold again: unknown dropped", &syn("203.0.113.51", 4100, 8080), "syn_dropped"));
+    t.run(pass("the known source still connects", &syn("198.51.100.9", 3001, 8080), "passed"));
+
+    f.set_monitor(true);
+    t.run(pass("filter monitor mode: would drop", &syn("203.0.113.52", 4101, 8080), "would_drop_syn"));
+    f.set_monitor(false);
+    f.syn_guard().protect(8080, SynPolicy::drop_above(3).with_monitor(true)).unwrap();
+    t.run(pass("port monitor mode: would drop", &syn("203.0.113.53", 4102, 8080), "would_drop_syn"));
+    f.syn_guard().protect(8080, SynPolicy::drop_above(3)).unwrap();
+    t.run(drop("monitor off again", &syn("203.0.113.54", 4103, 8080), "syn_dropped"));
+    f.blocklist().insert("203.0.113.60/32".parse().unwrap()).unwrap();
+    f.allowlist().insert("203.0.113.61/32".parse().unwrap()).unwrap();
+    t.run(pass("the allowlist comes first", &syn("203.0.113.61", 4104, 8080), "allowlisted"));
+    t.run(drop("the blocklist comes first", &syn("203.0.113.60", 4105, 8080), "blocked_v4"));
+    t.finish();
+
+    let st = f.syn_guard().status().unwrap();
+    assert_eq!(st.len(), 1);
+    let s = st[0].stats;
+    assert_eq!((st[0].port, s.syns, s.dropped, s.known_passed, s.would_drop), (8080, 14, 5, 1, 2), "{s:?}");
+    assert!(st[0].rate >= 4, "the rate estimate counts this second's SYNs: {}", st[0].rate);
+    assert_eq!(f.syn_guard().known_sources().unwrap(), 1);
+
+    // Unprotected: nothing is dropped, and with no rules the guard is not called.
+    assert!(f.syn_guard().unprotect(8080).unwrap());
+    assert!(!f.syn_guard().unprotect(8080).unwrap());
+    let mut t = FixtureTable::new(&f, "unprotected");
+    t.run(pass("SYN after unprotect", &syn("203.0.113.55", 4106, 8080), "passed"));
+    t.finish();
+    assert!(f.syn_guard().status().unwrap().is_empty());
+}
+
+#[test]
+fn bad_policies_are_refused() {
+    let f = load();
+    let g = f.syn_guard();
+    assert!(matches!(g.protect(0, SynPolicy::cookies()), Err(RuleError::InvalidSynPolicy { port: 0, .. })));
+    assert!(matches!(g.protect(80, SynPolicy::drop_above(0)), Err(RuleError::InvalidSynPolicy { port: 80, .. })));
+    assert!(matches!(g.protect(80, SynPolicy::cookies().with_mss(100)), Err(RuleError::InvalidSynPolicy { .. })));
+    assert!(g.status().unwrap().is_empty(), "nothing applied");
+    for port in 1..=xdpguard::MAX_SYN_PORTS as u16 {
+        g.protect(port, SynPolicy::cookies()).unwrap();
+    }
+    let full = g.protect(9999, SynPolicy::cookies()).unwrap_err();
+    assert!(matches!(full, RuleError::Full { .. }), "{full}");
+    assert_eq!(g.status().unwrap().len(), xdpguard::MAX_SYN_PORTS);
+    assert_eq!(g.policy(9999).unwrap(), None);
+    // A changed policy keeps the slot.
+    g.protect(5, SynPolicy::drop_above(10)).unwrap();
+    assert_eq!(g.policy(5).unwrap(), Some(SynPolicy::drop_above(10)));
+}
+
+/// Cookie mode, one family: SYN-ACK, cookie accepted, wrong ACK, monitor.
+fn cookie_mode(client: &str, other: &str, mss: u16, default_mss: u16) {
+    let f = load();
+    let policy = if mss == 0 { SynPolicy::cookies() } else { SynPolicy::cookies().with_mss(mss) };
+    f.syn_guard().protect(443, policy).unwrap();
+    let want_mss = if mss == 0 { default_mss } else { mss };
+    let mut t = FixtureTable::new(&f, format!("SYN guard, cookie mode, {client}"));
+    let mut cookies = Vec::new();
+    let src = ip(client);
+    let tagged = Frame::builder()
+        .vlan(Vlan::Dot1AdDot1Q(100, 7))
+        .ip(src, dst_for(src))
+        .tcp(40009, 443)
+        .syn()
+        .seq(CLIENT_SEQ)
+        .build();
+    for (what, frame) in [
+        ("a SYN with options", syn(client, 40000, 443)),
+        ("a bare SYN", bare_syn(other, 40001, 443)),
+        ("a SYN under two VLAN tags (QinQ)", tagged),
+    ] {
+        let input = frame.to_vec();
+        let l2 = frame.l3();
+        let run = t.run(
+            Fixture::new(what, frame.bytes())
+                .action(XdpAction::Tx)
+                .check(move |out| check_synack(&input, l2, out, want_mss).map(drop_value))
+                .counts_packets(&["syn_cookies_sent"]),
+        );
+        let out = run.expect("the row ran").frame;
+        cookies.push(check_synack(frame.bytes(), l2, &out, want_mss).unwrap_or(0));
+    }
+    t.run(pass("the ACK answering the cookie", &ack(client, 40000, 443, cookies[0]), "syn_cookies_passed"));
+    t.run(pass("the bare SYN's ACK too", &ack(other, 40001, 443, cookies[1]), "syn_cookies_passed"));
+    t.run(pass("an ACK with a wrong cookie goes to conntrack", &ack(client, 40000, 443, cookies[0] ^ 0x100), "passed"));
+    t.run(pass("an ACK from another port: not its cookie", &ack(client, 40002, 443, cookies[0]), "passed"));
+    t.run(pass("data of an established connection", &data(client, 40003, 443), "passed"));
+    t.run(pass("an unprotected port", &syn(client, 40004, 444), "passed"));
+    t.run(drop(
+        "a SYN with an IP option or extension header is not answered",
+        &if client.contains(':') {
+            Frame::builder()
+                .ip(ip(client), dst_for(ip(client)))
+                .ext(Ext::HopByHop)
+                .tcp(40005, 443)
+                .syn()
+                .build()
+                .to_vec()
+        } else {
+            Frame::builder()
+                .ip(ip(client), dst_for(ip(client)))
+                .options(&[1, 1, 1, 0])
+                .tcp(40005, 443)
+                .syn()
+                .build()
+                .to_vec()
+        },
+        "syn_dropped",
+    ));
+    f.set_monitor(true);
+    t.run(pass("monitor mode: would answer, passes", &syn(client, 40006, 443), "would_drop_syn"));
+    f.set_monitor(false);
+    t.finish();
+
+    let s = f.syn_guard().status().unwrap()[0].stats;
+    assert_eq!(
+        (s.syns, s.cookies_sent, s.cookies_ok, s.acks_other, s.unanswerable, s.would_drop),
+        (5, 3, 2, 3, 1, 1),
+        "{s:?}"
+    );
+    assert_eq!(f.syn_guard().known_sources().unwrap(), 2, "valid cookies make their sources known");
+}
+
+fn drop_value(_: u32) {}
+
+#[test]
+fn cookie_mode_v4() {
+    cookie_mode("198.51.100.20", "198.51.100.21", 0, 1460);
+}
+
+#[test]
+fn cookie_mode_v6() {
+    cookie_mode("2001:db8::20", "2001:db8::21", 1400, 1440);
+}
+
+#[test]
+fn nft_rules_name_the_ports() {
+    let text = xdpguard::nft_rules(&[443, 8443], 1400);
+    assert!(text.contains("tcp dport { 443, 8443 } tcp flags syn notrack"), "{text}");
+    assert!(text.contains("synproxy mss 1400 wscale 7 timestamp sack-perm"), "{text}");
+    assert!(text.contains("nf_conntrack_tcp_loose=0"), "{text}");
+}
