@@ -192,7 +192,11 @@ static __always_inline int syn_answer_v4(struct xdp_md *ctx, const struct xdpg_p
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
 	__u32 l3 = pkt->l3_off & 0xFF; /* a few VLAN tags at most */
-	__u8 buf[60] = {};
+	__u32 zero = 0;
+	struct xdpg_syn_scratch *tmp = bpf_map_lookup_elem(&xdpg_syn_tmp, &zero);
+	if (!tmp)
+		return -1;
+	__u8 *buf = tmp->tcp;
 	struct iphdr *iph = data + l3;
 	if ((void *)(iph + 1) > data_end || iph->ihl != 5 || pkt->fragment)
 		return -1;
@@ -241,7 +245,11 @@ static __always_inline int syn_answer_v6(struct xdp_md *ctx, const struct xdpg_p
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
 	__u32 l3 = pkt->l3_off & 0xFF;
-	__u8 buf[60] = {};
+	__u32 zero = 0;
+	struct xdpg_syn_scratch *tmp = bpf_map_lookup_elem(&xdpg_syn_tmp, &zero);
+	if (!tmp)
+		return -1;
+	__u8 *buf = tmp->tcp;
 	struct ipv6hdr *ip6h = data + l3;
 	if ((void *)(ip6h + 1) > data_end || ip6h->nexthdr != IPPROTO_TCP)
 		return -1;

@@ -54,4 +54,15 @@ struct {
 	__type(value, __u64);
 } xdpg_syn_known SEC(".maps");
 
+/* Per CPU, the SYN's TCP header copied for the cookie helpers: 60 bytes
+ * here rather than on the stack, where the guard's deepest call chain (the
+ * program, the rule walk's bpf_loop callback, limit_over) would pass the
+ * 512-byte BPF stack limit (the verifier refused it at 528). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct xdpg_syn_scratch);
+} xdpg_syn_tmp SEC(".maps");
+
 #endif

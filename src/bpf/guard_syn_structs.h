@@ -49,6 +49,12 @@ struct xdpg_syn_key {
 	__u32 family;  /* 4 or 6 */
 };
 
+/* Scratch space for a SYN's TCP header, which the cookie helpers read from
+ * memory (xdpg_syn_tmp). */
+struct xdpg_syn_scratch {
+	__u8 tcp[64]; /* a TCP header is at most 60 bytes */
+};
+
 _Static_assert(sizeof(struct xdpg_syn_config) == 32, "xdpg_syn_config layout");
 _Static_assert(sizeof(struct xdpg_syn_port) == 64, "a port slot is one cache line");
 _Static_assert(__builtin_offsetof(struct xdpg_syn_port, mode) == 8, "mode offset");

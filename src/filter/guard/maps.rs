@@ -44,6 +44,7 @@ program_maps! {
         syn_slots: Mmapped<crate::filter::guard::layout::guard_skel::types::xdpg_syn_port> = names::XDPG_SYN_SLOTS,
         syn_counters: PerCpu<crate::filter::guard::layout::guard_skel::types::xdpg_syn_counters> = names::XDPG_SYN_CNT,
         syn_known: Hash<crate::filter::guard::layout::guard_skel::types::xdpg_syn_key, u64> = names::XDPG_SYN_KNOWN,
+        syn_tmp: Opaque = names::XDPG_SYN_TMP,
     }
 }
 
