@@ -1,5 +1,6 @@
 //! The SYN guard end to end: a real TCP server behind the filter in cookie
-//! mode, a spoofed SYN flood (hping3 --rand-source) from an attacker
+//! mode, a spoofed SYN flood (hping3 --rand-source, its sources rewritten
+//! into 203.0.113.0/24 by tests/common/spoof.rs) from an attacker
 //! namespace, and a real client from another namespace that connects and
 //! exchanges data during the flood.
 //!
@@ -20,6 +21,7 @@
 mod common {
     pub mod cli;
     pub mod scratch;
+    pub mod spoof;
 }
 
 use std::collections::HashMap;
@@ -112,6 +114,7 @@ fn clients_connect_through_a_spoofed_syn_flood() {
     });
     let before = tcp_counters(&server);
 
+    common::spoof::confine(&attacker);
     // The flood: FLOOD spoofed SYNs at ~20,000 a second, bounded by count and time.
     let mut hping = Command::new("ip")
         .args(["netns", "exec", &attacker.name, "timeout", "60", "hping3", "-q", "-S", "--rand-source"])
