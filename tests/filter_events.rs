@@ -15,9 +15,14 @@
 //!
 //! Needs root (CAP_BPF + CAP_NET_ADMIN); fails, never skips, without it.
 
+mod common {
+    pub mod verdict;
+}
+
 use std::net::IpAddr;
 use std::time::Duration;
 
+use common::verdict::{dst_for, ip};
 use xdpguard::testing::frame::*;
 use xdpguard::testing::live::{test_run, RunOptions};
 use xdpguard::{
@@ -25,23 +30,7 @@ use xdpguard::{
 };
 
 fn load() -> Filter {
-    Filter::builder()
-        .v4_capacity(1024)
-        .v6_capacity(1024)
-        .max_rules(64)
-        .load()
-        .unwrap_or_else(|e| panic!("loading the filter failed; these tests need root and a BPF-capable kernel: {e}"))
-}
-
-fn ip(s: &str) -> IpAddr {
-    s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
-}
-
-fn dst_for(src: IpAddr) -> IpAddr {
-    match src {
-        IpAddr::V4(_) => IpAddr::V4(DST_V4),
-        IpAddr::V6(_) => IpAddr::V6(DST_V6),
-    }
+    common::verdict::load(64)
 }
 
 fn udp(src: &str, dport: u16, payload: &[u8]) -> Vec<u8> {

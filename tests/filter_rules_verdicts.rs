@@ -14,41 +14,23 @@
 //!
 //! Needs root (CAP_BPF + CAP_NET_ADMIN); fails, never skips, without it.
 
+mod common {
+    pub mod verdict;
+}
+
 use std::collections::HashMap;
 use std::net::IpAddr;
 
+use common::verdict::{dst_for, ip, net, rule};
 use xdpguard::testing::fixture::{Fixture, FixtureTable};
 use xdpguard::testing::frame::*;
-use xdpguard::{Counter, Filter, IpNetwork, Rule, RuleError, RuleId, XdpAction};
+use xdpguard::{Counter, Filter, RuleError, RuleId, XdpAction};
 
 fn load() -> Filter {
-    Filter::builder()
-        .v4_capacity(1024)
-        .v6_capacity(1024)
-        .max_rules(256)
-        .load()
-        .unwrap_or_else(|e| panic!("loading the filter failed; these tests need root and a BPF-capable kernel: {e}"))
-}
-
-fn ip(s: &str) -> IpAddr {
-    s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
-}
-
-fn net(s: &str) -> IpNetwork {
-    s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
-}
-
-fn rule(s: &str) -> Rule {
-    s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
+    common::verdict::load(256)
 }
 
 /// The destination of a frame of the same family as `src`.
-fn dst_for(src: IpAddr) -> IpAddr {
-    match src {
-        IpAddr::V4(_) => IpAddr::V4(DST_V4),
-        IpAddr::V6(_) => IpAddr::V6(DST_V6),
-    }
-}
 
 fn udp(src: &str, sport: u16, dport: u16) -> Frame {
     let src = ip(src);

@@ -11,32 +11,21 @@
 //!
 //! Needs root (CAP_BPF + CAP_NET_ADMIN); fails, never skips, without it.
 
+mod common {
+    pub mod verdict;
+}
+
 use std::net::IpAddr;
 use std::time::Duration;
 
+use common::verdict::{dst_for, ip};
 use xdpguard::testing::etherparse::{self, NetSlice, SlicedPacket, TransportSlice};
 use xdpguard::testing::fixture::{Fixture, FixtureTable};
 use xdpguard::testing::frame::*;
 use xdpguard::{Filter, RuleError, SynPolicy, XdpAction};
 
 fn load() -> Filter {
-    Filter::builder()
-        .v4_capacity(1024)
-        .v6_capacity(1024)
-        .max_rules(64)
-        .load()
-        .unwrap_or_else(|e| panic!("loading the filter failed; these tests need root and a BPF-capable kernel: {e}"))
-}
-
-fn ip(s: &str) -> IpAddr {
-    s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
-}
-
-fn dst_for(src: IpAddr) -> IpAddr {
-    match src {
-        IpAddr::V4(_) => IpAddr::V4(DST_V4),
-        IpAddr::V6(_) => IpAddr::V6(DST_V6),
-    }
+    common::verdict::load(64)
 }
 
 /// MSS 1400, SACK permitted, timestamps, NOP, window scale 7: a Linux SYN's options.
@@ -179,9 +168,7 @@ fn check_synack(syn: &[u8], l2: usize, out: &[u8], mss: u16) -> Result<u32, Stri
 /// Moves the guard's clock to just after the start of a one-second rate
 /// window: the steps that follow (a few ms) then fall in one window.
 fn align(f: &Filter) {
-    let now = f.guard_clock().unwrap().as_nanos() as u64;
-    let to_next = 1_000_000_000 - now % 1_000_000_000;
-    f.advance_clock(Duration::from_nanos(to_next + 1_000)).unwrap();
+    common::verdict::align(f, Duration::from_secs(1));
 }
 
 #[test]

@@ -21,6 +21,7 @@
 #include "filter_maps.h"
 #include "parsing.h"
 #include "hash.h"
+#include "prefix.h"
 #include "guard_consts.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
@@ -74,15 +75,6 @@ static __always_inline __u32 v4_verdict(struct xdpg_filter_config *cfg, __u32 ta
 		return cell & 3;
 	__u32 host = v4_host_verdict(cfg, active, addr);
 	return host == HOST_NOT_FOUND ? cell & 3 : host;
-}
-
-static __always_inline __u32 mask_word(__u32 word, int bits)
-{
-	if (bits >= 32)
-		return word;
-	if (bits <= 0)
-		return 0;
-	return word & bpf_htonl(~0u << (32 - bits));
 }
 
 /* Looks a masked v6 key up in one table: its bucket chain, three entries

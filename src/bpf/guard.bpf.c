@@ -29,6 +29,7 @@
 #include "filter_consts.h"
 #include "filter_structs.h"
 #include "parsing.h"
+#include "prefix.h"
 #include "filter_shared_maps.h"
 #include "guard_consts.h"
 #include "guard_structs.h"
@@ -78,6 +79,21 @@ static __always_inline void decided(struct xdp_md *ctx, __u32 reason, __u32 rule
 		xdpg_event(ctx, cfg, reason, rule);
 }
 
+/* A drop decision (`reason`): the packet is dropped, or, in the filter's
+ * monitor mode, counted as `would` and passed on. */
+static __always_inline int drop_or_monitor(struct xdp_md *ctx, const struct xdpg_filter_config *fcfg, __u32 reason,
+					   __u32 would, __u32 rule, __u64 bytes)
+{
+	if (fcfg->monitor & XDPG_MONITOR_ON) {
+		count(would, bytes);
+		decided(ctx, would, rule);
+		return pass_on(ctx);
+	}
+	count(reason, bytes);
+	decided(ctx, reason, rule);
+	return XDP_DROP;
+}
+
 /* Packets no rule decided (count rules and monitored rules may have
  * counted them): the place of the stages after the rules (the SYN guard),
  * in the plan's order. Today they pass. A rate-limit rule action
@@ -116,15 +132,6 @@ static __always_inline int syn_stage(struct xdp_md *ctx, const struct xdpg_pkt *
 		return pass_on(ctx);
 	}
 	return undecided(ctx, w->bytes);
-}
-
-static __always_inline __u32 mask_word(__u32 word, int bits)
-{
-	if (bits >= 32)
-		return word;
-	if (bits <= 0)
-		return 0;
-	return word & bpf_htonl(~0u << (32 - bits));
 }
 
 /* Whether addr lies in net/len (both network byte order, IPv4 in word 0:
@@ -321,16 +328,9 @@ int xdpg_guard(struct xdp_md *ctx)
 
 	/* Timed blocks (user space's and rate limits' auto-blocks), while
 	 * there are any: after the lists, before the rules. */
-	if (timed_blocked(&w, gcfg)) {
-		if (fcfg->monitor & XDPG_MONITOR_ON) {
-			count(XDPG_REASON_WOULD_DROP_TIMED, w.bytes);
-			decided(ctx, XDPG_REASON_WOULD_DROP_TIMED, XDPG_TB_BY_USER);
-			return pass_on(ctx);
-		}
-		count(XDPG_REASON_TIMED_BLOCKED, w.bytes);
-		decided(ctx, XDPG_REASON_TIMED_BLOCKED, XDPG_TB_BY_USER);
-		return XDP_DROP;
-	}
+	if (timed_blocked(&w, gcfg))
+		return drop_or_monitor(ctx, fcfg, XDPG_REASON_TIMED_BLOCKED, XDPG_REASON_WOULD_DROP_TIMED,
+				       XDPG_TB_BY_USER, w.bytes);
 
 	/* One read: one rule set (one half) decides this packet. */
 	__u32 half = *(volatile __u32 *)&gcfg->rules & XDPG_RULES_HALF;
@@ -349,26 +349,12 @@ int xdpg_guard(struct xdp_md *ctx)
 	w.first = g->first;
 	walk_group(&w, g->count);
 
-	if (w.action == XDPG_RULE_DROP) {
-		if (fcfg->monitor & XDPG_MONITOR_ON) {
-			count(XDPG_REASON_WOULD_DROP_RULE, w.bytes);
-			decided(ctx, XDPG_REASON_WOULD_DROP_RULE, w.rule);
-			return pass_on(ctx);
-		}
-		count(XDPG_REASON_RULE_DROPPED, w.bytes);
-		decided(ctx, XDPG_REASON_RULE_DROPPED, w.rule);
-		return XDP_DROP;
-	}
-	if (w.action == XDPG_RULE_RATE_LIMIT) {
-		if (fcfg->monitor & XDPG_MONITOR_ON) {
-			count(XDPG_REASON_WOULD_DROP_LIMIT, w.bytes);
-			decided(ctx, XDPG_REASON_WOULD_DROP_LIMIT, w.rule);
-			return pass_on(ctx);
-		}
-		count(XDPG_REASON_RATE_LIMITED, w.bytes);
-		decided(ctx, XDPG_REASON_RATE_LIMITED, w.rule);
-		return XDP_DROP;
-	}
+	if (w.action == XDPG_RULE_DROP)
+		return drop_or_monitor(ctx, fcfg, XDPG_REASON_RULE_DROPPED, XDPG_REASON_WOULD_DROP_RULE, w.rule,
+				       w.bytes);
+	if (w.action == XDPG_RULE_RATE_LIMIT)
+		return drop_or_monitor(ctx, fcfg, XDPG_REASON_RATE_LIMITED, XDPG_REASON_WOULD_DROP_LIMIT, w.rule,
+				       w.bytes);
 	if (w.action == XDPG_RULE_PASS) {
 		count(XDPG_REASON_RULE_PASSED, w.bytes);
 		return pass_on(ctx);

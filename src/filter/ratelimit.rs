@@ -150,14 +150,7 @@ impl RateLimit {
         mut next: impl FnMut() -> Option<String>,
         seen: &mut Vec<&'static str>,
     ) -> Result<bool, String> {
-        let mut once = |what: &'static str| {
-            if seen.contains(&what) {
-                Err(format!("`{what}` given twice"))
-            } else {
-                seen.push(what);
-                Ok(())
-            }
-        };
+        let mut once = |what: &'static str| crate::filter::rules::parse::once(seen, what);
         let lower = word.to_ascii_lowercase();
         match lower.as_str() {
             "per" => {

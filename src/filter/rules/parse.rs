@@ -159,15 +159,8 @@ impl FromStr for Rule {
         let mut rule = Rule::new(action).monitored(monitor);
         let mut limit = (action == RuleAction::RateLimit).then(RateLimit::default);
         let mut limit_seen: Vec<&'static str> = Vec::new();
-        let mut seen: Vec<&str> = Vec::new();
-        let mut once = |what: &'static str| {
-            if seen.contains(&what) {
-                Err(format!("`{what}` given twice"))
-            } else {
-                seen.push(what);
-                Ok(())
-            }
-        };
+        let mut seen: Vec<&'static str> = Vec::new();
+        let mut once = |what: &'static str| once(&mut seen, what);
         while let Some(word) = words.next() {
             if let Some(l) = &mut limit {
                 if l.parse_word(word, || words.next().map(str::to_owned), &mut limit_seen).map_err(&bad)? {
@@ -269,6 +262,15 @@ impl FromStr for Rule {
             other => other,
         })
     }
+}
+
+/// Records that word `what` of a rule was given: an error the second time.
+pub(crate) fn once(seen: &mut Vec<&'static str>, what: &'static str) -> Result<(), String> {
+    if seen.contains(&what) {
+        return Err(format!("`{what}` given twice"));
+    }
+    seen.push(what);
+    Ok(())
 }
 
 #[cfg(test)]
