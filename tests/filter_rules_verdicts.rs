@@ -30,8 +30,6 @@ fn load() -> Filter {
     common::verdict::load(256)
 }
 
-/// The destination of a frame of the same family as `src`.
-
 fn udp(src: &str, sport: u16, dport: u16) -> Frame {
     let src = ip(src);
     Frame::builder().ip(src, dst_for(src)).udp(sport, dport).payload(PAYLOAD).build()
