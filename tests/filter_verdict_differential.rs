@@ -1,8 +1,11 @@
 //! The whole filter verdict in the kernel (filter program, guard stage,
 //! their live maps, through BPF_PROG_TEST_RUN) against the test kit's
 //! reference model (`xdpguard::testing::model::FilterModel`): random list
-//! contents, random named sets, random rule sets (as rule text: parser,
-//! compiler and data plane all take part), monitor mode and the malformed
+//! contents, random timed blocks (live ones, and expired ones: inserted
+//! with a short TTL, then the guard clock moved past it), random named
+//! sets, random rule sets (as rule text: parser, compiler and data plane
+//! all take part; rate-limit rules among them, with limits no key reaches:
+//! they count and the walk goes on), monitor mode and the malformed
 //! policy, and at least 1,000,000 random and mutated frames: VLAN tags (up
 //! to three), IPv4 options and fragments, IPv6 extension chains (up to
 //! nine headers, fragments among them), TCP flags, ICMP types, other
@@ -11,7 +14,12 @@
 //!
 //! Every frame's action must be the model's (and never XDP_ABORTED); after
 //! each batch of frames, every reason counter and every rule counter must
-//! have moved exactly as the model says (packets and bytes). A batch that
+//! have moved exactly as the model says (packets and bytes), and no
+//! rate-limit rule's `limited` counter moved. Rate limits that are reached
+//! are not modelled (their verdict depends on timing, the per-CPU sketch
+//! and the LRU: see `xdpguard::testing::model`); `filter_limits_verdicts`
+//! covers them. Expired timed blocks are never nested in one another here
+//! (the model's documented limit). A batch that
 //! disagrees is run again frame by frame to name the first frame that
 //! disagrees, printed with the seed, the round, the lists, sets and rules.
 //!
@@ -22,7 +30,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -125,7 +133,23 @@ fn random_rule(rng: &mut StdRng, pool: &Pool) -> String {
     if rng.random_bool(0.1) {
         w.push("monitor".into());
     }
-    w.push(["drop", "drop", "pass", "count"][rng.random_range(0..4)].into());
+    // Rate limits no key reaches: a rate whose sketch admission (half of
+    // a 100 ms window's allowance) is never passed, or a low rate with a
+    // burst above the packets (and bytes) of the whole run, so exact
+    // buckets are made and decide, always within the limit. An inert
+    // auto-block now and then.
+    const LIMITS: [&str; 4] = [
+        "rate-limit 10000000/s",
+        "rate-limit 100/s burst 5000000",
+        "rate-limit 100/s 1mbit/s burst 5000000 burst 4000MB block 10m",
+        "rate-limit 2000kB/s burst 4000MB",
+    ];
+    match rng.random_range(0..9) {
+        0..=1 => w.push("drop".into()),
+        2..=3 => w.push("pass".into()),
+        4..=5 => w.push("count".into()),
+        _ => w.push(LIMITS[rng.random_range(0..LIMITS.len())].into()),
+    }
     let v6 = rng.random_bool(0.4);
     if rng.random_bool(0.15) {
         w.push(if v6 { "ipv6" } else { "ipv4" }.into());
@@ -286,15 +310,19 @@ fn mutate(rng: &mut StdRng, mut f: Vec<u8>) -> Vec<u8> {
     f
 }
 
-/// The reason rows and the rule counters, as (packets, bytes).
-type Moves = (BTreeMap<&'static str, (u64, u64)>, Vec<(u64, u64)>);
+/// The reason rows and the rule counters (hits, then `limited`), as
+/// (packets, bytes).
+type Moves = (BTreeMap<&'static str, (u64, u64)>, Vec<(u64, u64)>, Vec<(u64, u64)>);
 
-fn read(f: &Filter) -> (xdpguard::FilterStats, Vec<Counter>) {
-    (f.stats().unwrap(), f.rules().list().unwrap().into_iter().map(|e| e.hits).collect())
+type Read = (xdpguard::FilterStats, Vec<Counter>, Vec<Counter>);
+
+fn read(f: &Filter) -> Read {
+    let rules = f.rules().list().unwrap();
+    (f.stats().unwrap(), rules.iter().map(|e| e.hits).collect(), rules.iter().map(|e| e.limited).collect())
 }
 
-fn moved(f: &Filter, before: &(xdpguard::FilterStats, Vec<Counter>)) -> Moves {
-    let (stats, hits) = read(f);
+fn moved(f: &Filter, before: &Read) -> Moves {
+    let (stats, hits, limited) = read(f);
     let reasons = stats
         .since(&before.0)
         .rows()
@@ -303,12 +331,15 @@ fn moved(f: &Filter, before: &(xdpguard::FilterStats, Vec<Counter>)) -> Moves {
         .map(|(name, c)| (name, (c.packets, c.bytes)))
         .collect();
     let rules = hits.iter().zip(&before.1).map(|(a, b)| (a.packets - b.packets, a.bytes - b.bytes)).collect();
-    (reasons, rules)
+    let limited = limited.iter().zip(&before.2).map(|(a, b)| (a.packets - b.packets, a.bytes - b.bytes)).collect();
+    (reasons, rules, limited)
 }
 
 fn expected(model: &FilterModel, frames: &[Vec<u8>]) -> Moves {
     let mut reasons: BTreeMap<&'static str, (u64, u64)> = BTreeMap::new();
     let mut rules = vec![(0u64, 0u64); model.rules.len()];
+    // No limit is ever reached.
+    let limited = vec![(0u64, 0u64); model.rules.len()];
     for fr in frames {
         let v = model.verdict(fr);
         let e = reasons.entry(v.reason).or_default();
@@ -319,7 +350,7 @@ fn expected(model: &FilterModel, frames: &[Vec<u8>]) -> Moves {
             rules[i].1 += fr.len() as u64;
         }
     }
-    (reasons, rules)
+    (reasons, rules, limited)
 }
 
 /// What differs between two counter moves: reasons, and the rules (with
@@ -328,6 +359,9 @@ fn describe(got: &Moves, want: &Moves, texts: &[String]) -> String {
     let mut out = format!("reasons {:?}, model {:?}", got.0, want.0);
     for (i, (g, w)) in got.1.iter().zip(&want.1).enumerate().filter(|(_, (g, w))| g != w) {
         out.push_str(&format!("; rule {i} `{}` counted {g:?}, model {w:?}", texts[i]));
+    }
+    for (i, g) in got.2.iter().enumerate().filter(|(_, g)| **g != (0, 0)) {
+        out.push_str(&format!("; rule {i} `{}` limited {g:?}, model (0, 0)", texts[i]));
     }
     out
 }
@@ -349,6 +383,7 @@ fn the_whole_verdict_agrees_with_the_model_on_a_million_random_and_mutated_frame
     let started = Instant::now();
     let (mut sent, mut aborted, mut mutated_frames) = (0usize, 0usize, 0usize);
     let mut reasons_seen: BTreeMap<&'static str, u64> = BTreeMap::new();
+    let mut rate_limit_hits = 0u64;
     let rounds = total.div_ceil(PACKETS_PER_ROUND);
     for round in 0..rounds {
         let mut rng = StdRng::seed_from_u64(seed ^ (round as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
@@ -387,6 +422,34 @@ fn the_whole_verdict_agrees_with_the_model_on_a_million_random_and_mutated_frame
         f.rules().replace(model.rules.iter().cloned()).unwrap();
         f.set_monitor(model.monitor);
         f.set_malformed_policy(model.malformed);
+        // Timed blocks, inserted last (edits reclaim expired entries, and
+        // the expired ones must still be in the table when the frames run):
+        // the last round's removed, then live ones (days) and ones that
+        // expire before the frames (seconds; never nested in one another).
+        for b in f.timed_blocks().list().unwrap() {
+            f.timed_blocks().remove(b.prefix).unwrap();
+        }
+        let live = nets(&mut rng, 6);
+        let mut expired: Vec<IpNetwork> = Vec::new();
+        for n in nets(&mut rng, 6) {
+            let overlaps = |a: &IpNetwork, b: &IpNetwork| {
+                a.is_ipv4() == b.is_ipv4() && (a.contains(b.network()) || b.contains(a.network()))
+            };
+            if !live.contains(&n) && !expired.iter().any(|e| overlaps(e, &n)) {
+                expired.push(n);
+            }
+        }
+        let at = f.guard_clock().unwrap();
+        for n in &live {
+            let ttl = Duration::from_secs(rng.random_range(1..=30) * 86_400);
+            f.timed_blocks().insert(*n, ttl).unwrap();
+            model.timed_blocks.push((*n, at + ttl));
+        }
+        for n in &expired {
+            let ttl = Duration::from_secs(rng.random_range(1..=4));
+            f.timed_blocks().insert(*n, ttl).unwrap();
+            model.timed_blocks.push((*n, at + ttl));
+        }
         // The running filter reads back as the model it was given.
         let mut back = FilterModel::from_filter(&f).unwrap();
         for v in [&mut back.allowlist, &mut back.blocklist].into_iter().chain(back.sets.values_mut()) {
@@ -397,16 +460,35 @@ fn the_whole_verdict_agrees_with_the_model_on_a_million_random_and_mutated_frame
             v.sort_by_key(|n| (n.is_ipv6(), n.ip(), n.prefix()));
             v.dedup();
         }
+        // Timed blocks: the same prefixes, expiring when given (within the
+        // time the inserts and the reading took).
+        back.timed_blocks.sort_by_key(|(n, _)| (n.is_ipv6(), n.ip(), n.prefix()));
+        given.timed_blocks.sort_by_key(|(n, _)| (n.is_ipv6(), n.ip(), n.prefix()));
+        assert_eq!(
+            back.timed_blocks.iter().map(|b| b.0).collect::<Vec<_>>(),
+            given.timed_blocks.iter().map(|b| b.0).collect::<Vec<_>>(),
+            "FilterModel::from_filter's timed blocks, round {round}"
+        );
+        for ((n, got), (_, want)) in back.timed_blocks.iter().zip(&given.timed_blocks) {
+            assert!(got.abs_diff(*want) < Duration::from_secs(1), "timed block {n}: expires {got:?}, given {want:?}");
+        }
+        (back.timed_blocks, back.now) = (given.timed_blocks.clone(), given.now);
         assert_eq!(back, given, "FilterModel::from_filter, round {round}");
+        // The short ones expire: the clock moves past them (no edit after
+        // this, so they stay in the table until a frame finds them).
+        f.advance_clock(Duration::from_secs(10)).unwrap();
+        model.now = f.guard_clock().unwrap();
 
         let context = || {
             format!(
                 "seed {seed} (XDPG_VERDICT_DIFF_SEED={seed}), round {round}\nmonitor {}, malformed {}\nallow {:?}\n\
-                 block {:?}\nsets {:?}\nrules:\n  {}",
+                 block {:?}\ntimed blocks at {:?}: {:?}\nsets {:?}\nrules:\n  {}",
                 model.monitor,
                 model.malformed,
                 model.allowlist.iter().map(ToString::to_string).collect::<Vec<_>>(),
                 model.blocklist.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                model.now,
+                model.timed_blocks.iter().map(|(n, e)| format!("{n} until {e:?}")).collect::<Vec<_>>(),
                 model.sets,
                 texts.join("\n  ")
             )
@@ -457,15 +539,25 @@ fn the_whole_verdict_agrees_with_the_model_on_a_million_random_and_mutated_frame
             for (r, (p, _)) in &want.0 {
                 *reasons_seen.entry(r).or_default() += p;
             }
+            for (i, (p, _)) in want.1.iter().enumerate() {
+                if texts[i].contains("rate-limit") {
+                    rate_limit_hits += p;
+                }
+            }
             sent += frames.len();
         }
     }
     let secs = started.elapsed().as_secs_f64();
     eprintln!(
         "{sent} frames ({mutated_frames} mutated) over {rounds} configurations agreed with the model in {secs:.1} s \
-         ({:.0} frames/s); by reason: {reasons_seen:?}",
+         ({:.0} frames/s); by reason: {reasons_seen:?}; rate-limit rule hits {rate_limit_hits}",
         sent as f64 / secs
     );
+    assert!(rate_limit_hits > 0 || total < 100_000, "no rate-limit rule counted a frame");
+    // The limits with a low rate and a high burst made exact buckets (and
+    // their GCRA said within the limit every time).
+    let limiter = f.limiter_stats().unwrap();
+    assert!(limiter.buckets_made > 0 || total < 100_000, "no exact bucket was made: {limiter:?}");
     assert_eq!(aborted, 0, "XDP_ABORTED");
     assert!(sent >= total);
     // Every path was taken.
@@ -480,6 +572,8 @@ fn the_whole_verdict_agrees_with_the_model_on_a_million_random_and_mutated_frame
         "rule_passed",
         "would_drop_blocked",
         "would_drop_rule",
+        "timed_blocked",
+        "would_drop_timed",
     ] {
         assert!(
             reasons_seen.get(r).copied().unwrap_or(0) > 0 || total < 100_000,

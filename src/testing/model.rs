@@ -1,6 +1,6 @@
 //! A reference model of the filter's whole verdict on a frame, for
-//! differential tests: [`FilterModel`] (lists, named sets, rules, monitor
-//! mode, malformed policy) and [`FilterModel::verdict`], which says what
+//! differential tests: [`FilterModel`] (lists, timed blocks, named sets,
+//! rules, monitor mode, malformed policy) and [`FilterModel::verdict`], which says what
 //! the kernel program does with a frame, which reason counter counts it,
 //! and which rules count it.
 //!
@@ -18,11 +18,24 @@
 //! 2. an allowlisted source: `allowlisted`, passed;
 //! 3. a blocklisted source: `blocked_v4`/`blocked_v6`, dropped (monitor
 //!    mode: `would_drop_blocked`, passed);
-//! 4. the rules in order: each that matches counts the packet; a count or
-//!    a monitored rule goes on; the first drop rule drops (`rule_dropped`;
-//!    monitor mode: `would_drop_rule`, passed), the first pass rule passes
-//!    (`rule_passed`);
+//! 3. a source in a timed block that has not expired on the guard clock
+//!    ([`FilterModel::now`] before its expiry): `timed_blocked`, dropped
+//!    (monitor mode: `would_drop_timed`, passed);
+//! 4. the rules in order: each that matches counts the packet; a count, a
+//!    rate-limit or a monitored rule goes on; the first drop rule drops
+//!    (`rule_dropped`; monitor mode: `would_drop_rule`, passed), the first
+//!    pass rule passes (`rule_passed`);
 //! 5. the rest: `passed`.
+//!
+//! A rate-limit rule is modelled as never over its limit: it counts the
+//! packet and the walk goes on, like `count` (its `limited` counter never
+//! moves). That is exact for limits no key reaches (a rate or a burst above
+//! every packet the key ever sends), not for limits that are reached: the
+//! verdict then depends on the packets' timing on the guard clock, the
+//! per-CPU count-min sketch (collisions between keys), the LRU of exact
+//! buckets and its promotion cap per 100 ms window, so a frame's verdict
+//! is no function of the frame and the configuration alone. Limits that
+//! are reached are checked by `tests/filter_limits_verdicts.rs`.
 //!
 //! Why a model in the test kit rather than an API of [`Filter`]: a method
 //! that read the running filter's tables and judged a frame would share
@@ -33,9 +46,17 @@
 //! [`FilterModel::from_filter`] is there for users who want to check
 //! frames against a running filter's configuration in their own tests.
 //!
-//! Not modelled: rate limits, the SYN guard and anything else a later
-//! guard stage adds (a filter using them is outside this model), and
-//! `xdp_md` metadata (the verdict does not depend on it).
+//! Not modelled: rate limits that are reached (above), the SYN guard and
+//! anything else a later guard stage adds (a filter using them is outside
+//! this model), and `xdp_md` metadata (the verdict does not depend on it).
+//!
+//! Timed blocks: the data plane deletes an expired entry its lookup finds
+//! and looks once more (`timed_blocked()` in `src/bpf/guard_limit.h`), so a
+//! source under two nested expired entries and a shorter live one is passed
+//! by the first packet that finds them (later packets are blocked). The
+//! model says blocked; configurations where expired entries nest are
+//! outside it (library edits reclaim expired entries, so they arise only
+//! between edits).
 //!
 //! ```
 //! use xdpguard::testing::frame::Frame;
@@ -54,6 +75,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::time::Duration;
 
 use ipnetwork::IpNetwork;
 
@@ -66,6 +88,12 @@ pub struct FilterModel {
     pub allowlist: Vec<IpNetwork>,
     /// The blocklist's prefixes.
     pub blocklist: Vec<IpNetwork>,
+    /// The timed blocks: each prefix and when it expires, on the guard
+    /// clock ([`Filter::guard_clock`] with the feature `testing`).
+    pub timed_blocks: Vec<(IpNetwork, Duration)>,
+    /// The guard clock the frames are judged at: a timed block matches
+    /// while this is before its expiry.
+    pub now: Duration,
     /// The named sets, by name.
     pub sets: BTreeMap<String, Vec<IpNetwork>>,
     /// The rules, in priority order.
@@ -328,13 +356,21 @@ impl FilterModel {
                 (false, false) => done(XdpAction::Drop, "blocked_v6"),
             };
         }
+        if self.timed_blocks.iter().any(|(n, expires)| covers(n, p.src) && self.now < *expires) {
+            return if self.monitor {
+                done(XdpAction::Pass, "would_drop_timed")
+            } else {
+                done(XdpAction::Drop, "timed_blocked")
+            };
+        }
         let mut rules = Vec::new();
         for (i, rule) in self.rules.iter().enumerate() {
             if !self.matches(rule, &p) {
                 continue;
             }
             rules.push(i);
-            if rule.monitor || rule.action == RuleAction::Count {
+            // A rate-limit rule within its limit goes on like a count.
+            if rule.monitor || matches!(rule.action, RuleAction::Count | RuleAction::RateLimit) {
                 continue;
             }
             let (action, reason) = match (rule.action, self.monitor) {
@@ -347,13 +383,16 @@ impl FilterModel {
         ModelVerdict { action: XdpAction::Pass, reason: "passed", rules }
     }
 
-    /// The configuration of a running filter: its lists, sets, rules,
-    /// monitor mode and malformed policy (a filter without the guard stage
-    /// has no sets and rules).
+    /// The configuration of a running filter: its lists, live timed blocks
+    /// (with [`FilterModel::now`] the guard clock as they were read), sets,
+    /// rules, monitor mode and malformed policy (a filter without the guard
+    /// stage has no timed blocks, sets and rules). Reading the timed blocks
+    /// reclaims the expired ones ([`TimedBlocks::list`](crate::TimedBlocks::list)).
     ///
     /// # Errors
     ///
     /// The errors of reading the lists ([`PrefixList::iter`](crate::PrefixList::iter)),
+    /// the timed blocks ([`TimedBlocks::list`](crate::TimedBlocks::list)),
     /// the sets and the rules ([`Rules::list`](crate::Rules::list)).
     pub fn from_filter(filter: &Filter) -> Result<FilterModel, Error> {
         let mut m = FilterModel {
@@ -369,6 +408,9 @@ impl FilterModel {
                     m.sets.insert(name.clone(), filter.sets().get(&name).iter()?.collect());
                 }
                 m.rules = filter.rules().list()?.into_iter().map(|e| e.rule).collect();
+                m.now = filter.guard_clock()?;
+                m.timed_blocks =
+                    filter.timed_blocks().list()?.into_iter().map(|b| (b.prefix, m.now + b.remaining)).collect();
             }
             Err(RuleError::NoGuard { .. }) => {}
             Err(e) => return Err(e.into()),
