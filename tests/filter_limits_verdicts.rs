@@ -242,6 +242,10 @@ fn timed_blocks_expire_and_are_reclaimed() {
     assert!(list[0].remaining <= Duration::from_secs(30) && list[0].remaining > Duration::from_secs(29), "{list:?}");
     assert!(list.iter().all(|b| b.rule.is_none()));
 
+    // Nested under the live /24, both expiring with the /32 above: a
+    // source under them finds two expired entries before the live one.
+    tb.insert(net("198.51.100.128/25"), Duration::from_secs(30)).unwrap();
+    tb.insert(net("198.51.100.130/32"), Duration::from_secs(30)).unwrap();
     let mut t = FixtureTable::new(&f, "timed blocks");
     let row = |what: &str, src: &str, action, reason| {
         Fixture::new(what.to_owned(), udp(src, 80)).action(action).unchanged().counts(&[reason])
@@ -256,6 +260,8 @@ fn timed_blocks_expire_and_are_reclaimed() {
     // it, and the /24 still blocks.
     t.run(row("expired /32 inside a live /24", "198.51.100.9", XdpAction::Drop, "timed_blocked"));
     assert_eq!(f.limiter_stats().unwrap().expired, 1, "the data plane reclaimed it");
+    t.run(row("two expired blocks over a live /24", "198.51.100.130", XdpAction::Drop, "timed_blocked"));
+    assert_eq!(f.limiter_stats().unwrap().expired, 3, "the data plane reclaimed both");
     f.advance_clock(Duration::from_secs(30)).unwrap();
     t.run(row("61 s later: the address expired", "192.0.2.7", XdpAction::Pass, "passed"));
     f.set_monitor(true);

@@ -217,48 +217,69 @@ decided:
 	return 1;
 }
 
-/* Whether the source is in an unexpired timed block; deletes the expired
- * entry a lookup finds (and looks again: a shorter live prefix may cover
- * the source). */
+/* One step of the timed-block lookup (bpf_loop's callback): looks the
+ * source up; a live entry blocks (1 in `blocked`, stop), no entry ends the
+ * walk (stop), an expired one is deleted by its key and counted, and the
+ * walk goes on: a shorter prefix, live or expired, may cover the source.
+ * Every step removes one entry covering the source, so the walk ends within
+ * one step per prefix length. */
+struct tblock_walk {
+	struct xdpg_tblock_key tk;
+	const struct walk *w;
+	__u64 now;
+	int blocked;
+};
+
+static long tblock_step(__u32 i, void *data)
+{
+	struct tblock_walk *t = data;
+	const struct walk *w = t->w;
+	__u32 zero = 0;
+	struct xdpg_tblock *tb = bpf_map_lookup_elem(&xdpg_l_tblk, &t->tk);
+	if (!tb)
+		return 1;
+	if (t->now < tb->expires_ns) {
+		t->blocked = 1;
+		return 1;
+	}
+	struct xdpg_tblock_key dk = {};
+	__u32 len = tb->len & 0xFF;
+	dk.prefixlen = XDPG_TB_TAG_BITS + len;
+	dk.tag = t->tk.tag;
+	dk.addr[0] = mask_word(w->src[0], len);
+	if (w->family == 6) {
+		dk.addr[1] = mask_word(w->src[1], (int)len - 32);
+		dk.addr[2] = mask_word(w->src[2], (int)len - 64);
+		dk.addr[3] = mask_word(w->src[3], (int)len - 96);
+	}
+	if (bpf_map_delete_elem(&xdpg_l_tblk, &dk) != 0)
+		return 1; /* another CPU deleted it first; it was expired anyway */
+	struct xdpg_limit_stats *st = bpf_map_lookup_elem(&xdpg_l_stats, &zero);
+	if (st)
+		st->expired++;
+	return 0;
+}
+
+/* Whether the source is in a live timed block. Expired entries on the way
+ * are reclaimed; nested ones (an expired /32 inside an expired /24 inside a
+ * live /16) are all walked: bpf_loop, one step per entry, at most one per
+ * prefix length (129). The first version stopped after two lookups and
+ * passed a source whose live block lay under two expired ones. */
 static __always_inline int timed_blocked(const struct walk *w, struct xdpg_guard_config *gcfg)
 {
 	__u32 zero = 0;
 	struct xdpg_limit_config *lcfg = bpf_map_lookup_elem(&xdpg_l_cfg, &zero);
 	if (!lcfg || !lcfg->timed_active)
 		return 0;
-	struct xdpg_tblock_key tk = {};
+	struct tblock_walk t = {};
 	int v6 = w->family == 6;
-	tk.prefixlen = XDPG_TB_TAG_BITS + (v6 ? 128 : 32);
-	tk.tag = bpf_htonl(v6);
-	__builtin_memcpy(tk.addr, w->src, sizeof(tk.addr));
-	__u64 now = guard_now(gcfg);
-#pragma unroll
-	for (int i = 0; i < 2; i++) {
-		struct xdpg_tblock *tb = bpf_map_lookup_elem(&xdpg_l_tblk, &tk);
-		if (!tb)
-			return 0;
-		if (now < tb->expires_ns)
-			return 1;
-		/* Expired: delete it by its key (the stored length), count
-		 * it, and look again: a shorter live prefix may cover the
-		 * source. */
-		struct xdpg_tblock_key dk = {};
-		__u32 len = tb->len & 0xFF;
-		dk.prefixlen = XDPG_TB_TAG_BITS + len;
-		dk.tag = tk.tag;
-		dk.addr[0] = mask_word(w->src[0], len);
-		if (v6) {
-			dk.addr[1] = mask_word(w->src[1], (int)len - 32);
-			dk.addr[2] = mask_word(w->src[2], (int)len - 64);
-			dk.addr[3] = mask_word(w->src[3], (int)len - 96);
-		}
-		if (bpf_map_delete_elem(&xdpg_l_tblk, &dk) == 0) {
-			struct xdpg_limit_stats *st = bpf_map_lookup_elem(&xdpg_l_stats, &zero);
-			if (st)
-				st->expired++;
-		}
-	}
-	return 0;
+	t.tk.prefixlen = XDPG_TB_TAG_BITS + (v6 ? 128 : 32);
+	t.tk.tag = bpf_htonl(v6);
+	__builtin_memcpy(t.tk.addr, w->src, sizeof(t.tk.addr));
+	t.w = w;
+	t.now = guard_now(gcfg);
+	bpf_loop(129, tblock_step, &t, 0);
+	return t.blocked;
 }
 
 #endif
