@@ -16,7 +16,7 @@ mod common {
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
-use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -272,6 +272,64 @@ fn the_exporter_serves_pinned_programs_and_its_counters_move_with_traffic() {
         value(&samples(&om), "xdpguard_filter_packets_total", &blocked),
         value(&after, "xdpguard_filter_packets_total", &blocked)
     );
+
+    // The guard stage: a SYN-guarded port (drop mode, far above the test's
+    // rate: its SYNs counted and passed), a tight rate limit a burst goes
+    // over (the limiter makes an exact bucket), a timed block, and drop
+    // events to a reader.
+    let (syn_port, limit_port) = (7200u16, 7300u16);
+    let syn_labels = |counted| [("pin", fp), ("port", "7200"), ("counted", counted)];
+    XDPGUARD.ok(&["syn", "protect", "--pin", fp, &syn_port.to_string(), "--mode", "drop", "--threshold", "1000"]);
+    XDPGUARD.ok(&["rule", "add", "--pin", fp, &format!("rate-limit 10/s udp dport {limit_port}")]);
+    let guarded = samples(&scrape(&pair.server, None).1);
+    assert_eq!(value(&guarded, "xdpguard_filter_syn_packets_total", &syn_labels("syns")), 0.0);
+    assert_eq!(value(&guarded, "xdpguard_filter_timed_blocks", &[("pin", fp)]), 0.0);
+    XDPGUARD.ok(&["block", "--pin", fp, "--ttl", "10m", "198.51.100.0/24"]);
+    // Five SYNs: nothing listens on the port, so each connect is refused
+    // (one SYN, one RST, no retry).
+    let syn_to = SocketAddr::new("192.0.2.2".parse().unwrap(), syn_port);
+    pair.client.run(move || {
+        for _ in 0..5 {
+            let refused = TcpStream::connect_timeout(&syn_to, Duration::from_secs(2)).unwrap_err();
+            assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused, "{refused}");
+        }
+    });
+    let limited_to = SocketAddr::new("192.0.2.2".parse().unwrap(), limit_port);
+    pair.client.run(move || send_udp("192.0.2.1".parse().unwrap(), limited_to, 300, 100));
+    // A reader of one drop event; blocked datagrams until it has it.
+    // check-deps: built-here (a binary of this crate: CARGO_BIN_EXE_*)
+    let child = Command::new(XDPGUARD.path())
+        .args(["events", "--pin", fp, "--count", "1", "--timeout", "30"])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start events");
+    let mut reader = Running(child);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while reader.0.try_wait().expect("events").is_none() {
+        assert!(Instant::now() < deadline, "the events reader saw no drop");
+        pair.client.run(move || send_udp("192.0.2.3".parse().unwrap(), server, 1, 100));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(reader);
+    let (_, body) = scrape(&pair.server, None);
+    promtool_check(&body);
+    let guarded2 = samples(&body);
+    let grew = |name: &str, labels: &[(&str, &str)]| value(&guarded2, name, labels) - value(&guarded, name, labels);
+    assert_eq!(grew("xdpguard_filter_syn_packets_total", &syn_labels("syns")), 5.0);
+    assert_eq!(grew("xdpguard_filter_syn_packets_total", &syn_labels("dropped")), 0.0, "under the threshold");
+    assert!(value(&guarded2, "xdpguard_filter_syn_rate", &[("pin", fp), ("port", "7200")]) >= 0.0);
+    assert!(grew("xdpguard_filter_limiter_total", &[("pin", fp), ("counted", "buckets_made")]) >= 1.0);
+    assert!(value(&guarded2, "xdpguard_filter_limiter_buckets", &[("pin", fp)]) >= 1.0);
+    assert!(grew("xdpguard_filter_packets_total", &[("pin", fp), ("reason", "rate_limited")]) >= 100.0);
+    assert_eq!(value(&guarded2, "xdpguard_filter_timed_blocks", &[("pin", fp)]), 1.0);
+    assert!(grew("xdpguard_filter_drop_events_total", &[("pin", fp), ("counted", "sent")]) >= 1.0);
+    for counted in ["limited", "lost"] {
+        assert!(value(&guarded2, "xdpguard_filter_drop_events_total", &[("pin", fp), ("counted", counted)]) >= 0.0);
+    }
+    // Unprotected: the port's series go.
+    XDPGUARD.ok(&["syn", "unprotect", "--pin", fp, &syn_port.to_string()]);
+    let unguarded = samples(&scrape(&pair.server, None).1);
+    assert!(!unguarded.keys().any(|k| k.starts_with("xdpguard_filter_syn_")), "{unguarded:#?}");
 
     // The filter detached: down, and its counters gone; re-created under the
     // same pin directory: read again (a new program, counting from zero).

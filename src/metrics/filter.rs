@@ -24,12 +24,18 @@ pub(crate) fn read(f: &Filter, pin: Label, s: &mut Samples) -> Result<(), Error>
     s.push(Id::FILTER_ENTRIES, [pin.clone(), "block".into()], f.blocklist().len()? as u64);
     s.push(Id::FILTER_ENTRIES, [pin.clone(), "allow".into()], f.allowlist().len()? as u64);
     s.push(Id::FILTER_MONITOR, [pin.clone()], u64::from(f.monitor()));
+    let ev = f.event_stats()?;
+    for (counted, v) in [("sent", ev.sent), ("limited", ev.limited), ("lost", ev.lost)] {
+        s.push(Id::EVENTS, [pin.clone(), counted.into()], v);
+    }
     let rules = match f.rules().list() {
         Ok(r) => r,
-        // A filter without the guard stage has no rules.
-        Err(crate::RuleError::NoGuard { .. }) => Vec::new(),
+        // A filter without the guard stage has no rules, no SYN guard, no
+        // limiter: their families are left out, not reported as 0.
+        Err(crate::RuleError::NoGuard { .. }) => return Ok(()),
         Err(e) => return Err(e.into()),
     };
+    guard(f, &pin, s)?;
     for e in rules {
         let mut rule = e.rule;
         let monitor = rule.monitor;
@@ -39,5 +45,43 @@ pub(crate) fn read(f: &Filter, pin: Label, s: &mut Samples) -> Result<(), Error>
         s.push_counter(Id::RULE_PACKETS, Id::RULE_BYTES, labels, e.hits);
         s.push(Id::RULE_MONITOR, [pin.clone(), id], u64::from(monitor));
     }
+    Ok(())
+}
+
+/// The guard stage's SYN guard (per protected port), rate limiter and
+/// timed blocks. Series are bounded: at most [`crate::MAX_SYN_PORTS`] ports
+/// times eight counters.
+fn guard(f: &Filter, pin: &Label, s: &mut Samples) -> Result<(), Error> {
+    for p in f.syn_guard().status()? {
+        let port: Label = p.port.to_string().into();
+        let st = p.stats;
+        for (counted, v) in [
+            ("syns", st.syns),
+            ("dropped", st.dropped),
+            ("would_drop", st.would_drop),
+            ("cookies_sent", st.cookies_sent),
+            ("cookies_ok", st.cookies_ok),
+            ("acks_other", st.acks_other),
+            ("known_passed", st.known_passed),
+            ("unanswerable", st.unanswerable),
+        ] {
+            s.push(Id::SYN_PACKETS, [pin.clone(), port.clone(), counted.into()], v);
+        }
+        s.push(Id::SYN_RATE, [pin.clone(), port], p.rate);
+    }
+    let l = f.limiter_stats()?;
+    for (counted, v) in [
+        ("buckets_made", l.buckets_made),
+        ("promote_capped", l.promote_capped),
+        ("sketch_over", l.sketch_over),
+        ("blocks_failed", l.blocks_failed),
+        ("expired", l.expired),
+    ] {
+        s.push(Id::LIMITER, [pin.clone(), counted.into()], v);
+    }
+    s.push(Id::LIMITER_BUCKETS, [pin.clone()], l.buckets as u64);
+    // Listing reclaims expired blocks first (under the guard's lock, like
+    // an edit), so the count is of live blocks only.
+    s.push(Id::TIMED_BLOCKS, [pin.clone()], f.timed_blocks().list()?.len() as u64);
     Ok(())
 }
