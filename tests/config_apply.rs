@@ -28,7 +28,7 @@ use common::scratch::ScratchDir;
 use common::udp_echo::{udp_echo_reaches, UdpEcho};
 use xdpguard::config::Config;
 use xdpguard::testing::netns::*;
-use xdpguard::{Decap, Filter, LoadBalancer, Vip};
+use xdpguard::{Decap, Filter, LoadBalancer, SynPolicy, Vip};
 
 const UDP_PORT: u16 = 7300;
 
@@ -252,14 +252,21 @@ fn apply_converges_changes_only_what_differs_and_down_removes_it() {
 
     // Rules, named sets and monitor mode. A drop rule on the echo port for
     // sources outside a set, first watched (monitor mode: counted, passed).
-    let guard = |monitor: bool, rules: &str, sets: &str| {
-        format!("monitor = {monitor}\nrules = \"\"\"\n{rules}\"\"\"\n\n[filter.sets]\n{sets}")
+    let guard = |monitor: bool, rules: &str, sets: &str, syn: &str| {
+        format!("monitor = {monitor}\nrules = \"\"\"\n{rules}\"\"\"\n\n[filter.sets]\n{sets}\n{syn}")
     };
+    let cookie = "[[filter.syn]]\nport = 8080\nmode = \"cookie\"\nmss = 1460\n";
+    let drop_mode = "[[filter.syn]]\nport = 8080\nmode = \"drop\"\nthreshold = 1000\n";
     let write_guard = |g: &str| {
         bed.write_with_rules("\"203.0.113.200\"", g, "echo = \"drop\"", &vips, "\"198.51.100.11\", \"198.51.100.14\"")
     };
     let echo_rules = format!("count udp dport {UDP_PORT}\ndrop udp dport {UDP_PORT} not from set friends\n");
-    write_guard(&guard(true, &echo_rules, "friends = [\"198.51.100.0/24\", \"2001:db8:f::/48\"]\nspare = []\n"));
+    write_guard(&guard(
+        true,
+        &echo_rules,
+        "friends = [\"198.51.100.0/24\", \"2001:db8:f::/48\"]\nspare = []\n",
+        cookie,
+    ));
     let plan = XDPGUARD.ok(&["apply", "--config", &cfg, "--dry-run"]);
     assert!(filter.rules().is_empty().unwrap() && !filter.monitor(), "a dry run applies nothing");
     let out = XDPGUARD.ok(&["apply", "--config", &cfg]);
@@ -272,6 +279,7 @@ fn apply_converges_changes_only_what_differs_and_down_removes_it() {
         ": set friends: replace with 2 entries (+2 -0)",
         ": set spare: create",
         ": rules: replace with 2 rules (+2 -0, 0 kept; one switch)",
+        ": SYN guard: protect port 8080 (cookie mss 1460)",
     ];
     assert_eq!(done.len(), want.len(), "{out}");
     for (d, w) in done.iter().zip(want) {
@@ -284,6 +292,7 @@ fn apply_converges_changes_only_what_differs_and_down_removes_it() {
     );
     assert_eq!(filter.sets().names().unwrap(), ["friends", "spare"]);
     assert!(filter.monitor());
+    assert_eq!(filter.syn_guard().policy(8080).unwrap(), Some(SynPolicy::cookies().with_mss(1460)));
     assert_eq!(filter.generation(), generations.0 + 1, "the lists are untouched");
     let before = filter.stats().unwrap();
     assert!(reaches(client, "192.0.2.1", 5), "monitor mode: the drop rule drops nothing");
@@ -298,13 +307,14 @@ fn apply_converges_changes_only_what_differs_and_down_removes_it() {
     // set deleted after the rules, monitor off last.
     let echo_rules =
         format!("count udp dport {UDP_PORT} from 192.0.2.0/24\ndrop udp dport {UDP_PORT} not from set friends\n");
-    write_guard(&guard(false, &echo_rules, "friends = [\"198.51.100.0/24\"]\n"));
+    write_guard(&guard(false, &echo_rules, "friends = [\"198.51.100.0/24\"]\n", drop_mode));
     let out = XDPGUARD.ok(&["apply", "--config", &cfg]);
     let done = changes(&out);
     let want = [
         ": set friends: replace with 1 entries (+0 -1)",
         ": rules: replace with 2 rules (+1 -1, 1 kept; one switch)",
         ": set spare: delete",
+        ": SYN guard: port 8080 cookie mss 1460 -> drop above 1000/s",
         ": monitor mode off",
     ];
     assert_eq!(done.len(), want.len(), "{out}");
@@ -313,13 +323,14 @@ fn apply_converges_changes_only_what_differs_and_down_removes_it() {
     }
     assert_eq!(filter.rules().list().unwrap()[1].id, drop_id, "the kept rule keeps its id");
     assert!(!filter.monitor());
+    assert_eq!(filter.syn_guard().policy(8080).unwrap(), Some(SynPolicy::drop_above(1000)));
     assert!(!reaches(client, "192.0.2.1", 2), "the drop rule drops now");
     assert!(XDPGUARD.ok(&["apply", "--config", &cfg]).ends_with("no changes\n"));
 
     // A bad rule: reported at its line and column of the TOML file,
     // nothing applied.
     let bad = format!("drop udp dport {UDP_PORT} not from set friends\n   drop udp sport 70000\n");
-    write_guard(&guard(false, &bad, "friends = [\"198.51.100.0/24\"]\n"));
+    write_guard(&guard(false, &bad, "friends = [\"198.51.100.0/24\"]\n", drop_mode));
     let text = std::fs::read_to_string(bed.file()).unwrap();
     let line = text.lines().position(|l| l.contains("sport 70000")).unwrap() + 1;
     let out = XDPGUARD.run(&["apply", "--config", &cfg]);
@@ -327,14 +338,35 @@ fn apply_converges_changes_only_what_differs_and_down_removes_it() {
     assert!(!out.status.success(), "{err}");
     assert!(err.contains(&format!("{cfg}:{line}:4: rule `drop udp sport 70000`")), "{err}");
     assert_eq!(rule_texts(&filter).len(), 2, "nothing applied");
+    // Bad SYN guard values likewise: an MSS in drop mode, a threshold of 0,
+    // a mode the CLI does not know.
+    let rules =
+        format!("count udp dport {UDP_PORT} from 192.0.2.0/24\ndrop udp dport {UDP_PORT} not from set friends\n");
+    let bad_syn = "[[filter.syn]]\nport = 8080\nmode = \"drop\"\nmss = 1460\n\n\
+                   [[filter.syn]]\nport = 8081\nmode = \"drop\"\nthreshold = 0\n\n\
+                   [[filter.syn]]\nport = 8082\nmode = \"syncookie\"\n";
+    write_guard(&guard(false, &rules, "friends = [\"198.51.100.0/24\"]\n", bad_syn));
+    let text = std::fs::read_to_string(bed.file()).unwrap();
+    let line_of = |needle: &str| text.lines().position(|l| l.contains(needle)).unwrap() + 1;
+    let out = XDPGUARD.run(&["apply", "--config", &cfg]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    let mss = format!("{cfg}:{}:7: `mss` is for mode = \"cookie\"", line_of("mss = 1460"));
+    assert!(err.contains(&mss), "{err}");
+    assert!(err.contains(&format!("{cfg}:{}:13: 0 is out of range", line_of("threshold = 0"))), "{err}");
+    assert!(err.contains(&format!("{cfg}:{}:8: ", line_of("syncookie"))), "{err}");
+    assert_eq!(filter.syn_guard().policy(8080).unwrap(), Some(SynPolicy::drop_above(1000)), "nothing applied");
+    assert_eq!(filter.syn_guard().policy(8081).unwrap(), None);
 
     // No rules, no sets: the rule set emptied, then the set deleted.
     write_guard("");
     let out = XDPGUARD.ok(&["apply", "--config", &cfg]);
     let done = changes(&out);
-    assert_eq!(done.len(), 2, "{out}");
+    assert_eq!(done.len(), 3, "{out}");
     assert!(done[0].ends_with(": rules: replace with 0 rules (+0 -2, 0 kept; one switch)"), "{out}");
     assert!(done[1].ends_with(": set friends: delete"), "{out}");
+    assert!(done[2].ends_with(": SYN guard: unprotect port 8080"), "{out}");
+    assert!(filter.syn_guard().status().unwrap().is_empty());
     assert!(filter.rules().is_empty().unwrap() && filter.sets().names().unwrap().is_empty());
     assert!(reaches(client, "192.0.2.1", 5));
     assert!(XDPGUARD.ok(&["apply", "--config", &cfg]).ends_with("no changes\n"));

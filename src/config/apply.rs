@@ -189,6 +189,8 @@ impl Run<'_> {
             }
             Step::ReplaceRules { rules, .. } => drop(self.filter()?.rules().replace(rules.iter().cloned())?),
             Step::DeleteSet(name) => drop(self.filter()?.sets().delete(name)?),
+            Step::Protect { port, policy, .. } => self.filter()?.syn_guard().protect(*port, *policy)?,
+            Step::Unprotect(port) => drop(self.filter()?.syn_guard().unprotect(*port)?),
             Step::SetNext(pin) => {
                 let lb = lbs.iter().find(|(p, _)| p == pin).map(|(_, l)| &**l);
                 let opened;

@@ -12,7 +12,7 @@ use crate::error::ConfigError;
 use crate::lb::digest;
 use crate::{
     AttachMode, Backend, BackendAddr, EchoPolicy, FragmentPolicy, LbDigest, MalformedPolicy, NewFlowLimit,
-    OptionsPolicy, Rule, Vip, VipConfig,
+    OptionsPolicy, Rule, SynPolicy, Vip, VipConfig,
 };
 
 /// A whole configuration file, checked: what [`Config::from_file`] returns.
@@ -69,6 +69,9 @@ pub struct FilterConfig {
     /// The named sets rules can name (`[filter.sets]`): name -> prefixes,
     /// normalised, sorted.
     pub sets: BTreeMap<String, Vec<IpNetwork>>,
+    /// The SYN guard's protected ports and their policies
+    /// (`[[filter.syn]]`; see [`Filter::syn_guard`](crate::Filter::syn_guard)).
+    pub syn: BTreeMap<u16, SynPolicy>,
 }
 
 /// A load balancer (`[[lb]]`), with its VIPs (`[[lb.vip]]`).

@@ -28,9 +28,9 @@ use crate::error::{ConfigError, ListError, Problem};
 use crate::lb::{check_backend, check_nat_backend, maglev};
 use crate::{
     normalize, parse_list, parse_prefix, AttachMode, Backend, BackendAddr, EchoPolicy, ForwardingMode, FragmentPolicy,
-    HashInput, MalformedPolicy, NewFlowLimit, OptionsPolicy, Vip, VipConfig, DEFAULT_CONNECTIONS, DEFAULT_MAX_BACKENDS,
-    DEFAULT_MAX_VIPS, DEFAULT_NEXT_HOP_CACHE, DEFAULT_TABLE_SIZE, DEFAULT_UDP_TIMEOUT, DEFAULT_V4_CAPACITY,
-    DEFAULT_V6_CAPACITY, MAX_CAPACITY, MAX_WEIGHT,
+    HashInput, MalformedPolicy, NewFlowLimit, OptionsPolicy, SynMode, SynPolicy, Vip, VipConfig, DEFAULT_CONNECTIONS,
+    DEFAULT_MAX_BACKENDS, DEFAULT_MAX_VIPS, DEFAULT_NEXT_HOP_CACHE, DEFAULT_SYN_THRESHOLD, DEFAULT_TABLE_SIZE,
+    DEFAULT_UDP_TIMEOUT, DEFAULT_V4_CAPACITY, DEFAULT_V6_CAPACITY, MAX_CAPACITY, MAX_SYN_PORTS, MAX_WEIGHT,
 };
 
 pub(super) type Val<'i> = Spanned<DeValue<'i>>;
@@ -54,7 +54,10 @@ const FILTER_KEYS: &[&str] = &[
     "rules",
     "rules_file",
     "sets",
+    "syn",
 ];
+/// `[[filter.syn]]`: the words of `xdpguard syn protect` and [`SynPolicy`].
+const SYN_KEYS: &[&str] = &["port", "mode", "threshold", "mss", "monitor"];
 const LB_KEYS: &[&str] = &[
     "pin",
     "interfaces",
@@ -373,6 +376,22 @@ fn filter(r: &mut Reader<'_>, t: &DeTable<'_>, span: &Range<usize>, base: &Path)
         }
     }
     let next = get(t, "next").and_then(|v| r.string(v)).map(PathBuf::from);
+    let mut syn: BTreeMap<u16, SynPolicy> = BTreeMap::new();
+    if let Some(v) = get(t, "syn") {
+        let mut lines: BTreeMap<u16, usize> = BTreeMap::new();
+        for (st, sspan) in r.sections(v, "filter.syn") {
+            if let Some((port, policy)) = syn_port(r, st, &sspan) {
+                if let Some(line) = lines.get(&port) {
+                    r.problem(sspan, format!("port {port} is SYN-guarded twice (also on line {line})"));
+                } else if syn.len() == MAX_SYN_PORTS {
+                    r.problem(sspan, format!("the SYN guard protects at most {MAX_SYN_PORTS} ports"));
+                } else {
+                    lines.insert(port, r.position(sspan.start).0);
+                    syn.insert(port, policy);
+                }
+            }
+        }
+    }
     let cfg = FilterConfig {
         pin: place.pin.0.clone(),
         interfaces: place.interfaces.iter().map(|(n, _)| n.clone()).collect(),
@@ -388,8 +407,56 @@ fn filter(r: &mut Reader<'_>, t: &DeTable<'_>, span: &Range<usize>, base: &Path)
         monitor,
         rules,
         sets,
+        syn,
     };
     (cfg, place)
+}
+
+/// A `[[filter.syn]]` table: `port`, `mode` (`cookie` or `drop`),
+/// `threshold` (drop mode, SYNs a second; default 1000), `mss` (cookie
+/// mode; 0 or 536 to 9000), `monitor`.
+fn syn_port(r: &mut Reader<'_>, t: &DeTable<'_>, span: &Range<usize>) -> Option<(u16, SynPolicy)> {
+    r.unknown_keys(t, "[[filter.syn]]", SYN_KEYS);
+    let port = match get(t, "port") {
+        Some(v) => r.int(v, 1, u64::from(u16::MAX)).map(|n| n as u16),
+        None => {
+            r.problem(span.clone(), "a [[filter.syn]] needs `port`, the server's TCP port, e.g. port = 443");
+            None
+        }
+    };
+    let mode = match get(t, "mode") {
+        Some(v) => r.parsed::<SynMode>(v),
+        None => {
+            r.problem(span.clone(), "a [[filter.syn]] needs `mode`: cookie or drop");
+            None
+        }
+    };
+    let threshold = get(t, "threshold").map(|v| (v, r.int(v, 1, u64::from(u32::MAX)).map(|n| n as u32)));
+    let mss = get(t, "mss").map(|v| (v, r.int(v, 0, 9000)));
+    let monitor = get(t, "monitor").and_then(|v| r.boolean(v)).unwrap_or(false);
+    let mut policy = match mode? {
+        SynMode::Cookie => {
+            if let Some((v, _)) = threshold {
+                r.problem(v.span(), "`threshold` is for mode = \"drop\": cookie mode answers every SYN");
+            }
+            SynPolicy::cookies()
+        }
+        SynMode::Drop { .. } => {
+            if let Some((v, _)) = mss {
+                r.problem(v.span(), "`mss` is for mode = \"cookie\": drop mode sends no SYN-ACK");
+            }
+            SynPolicy::drop_above(threshold.map_or(Some(DEFAULT_SYN_THRESHOLD), |(_, t)| t)?)
+        }
+    };
+    if let Some((v, m)) = mss {
+        let m = m?;
+        if m != 0 && m < 536 {
+            r.problem(v.span(), format!("an MSS of {m} is too small: give 536 to 9000 (or 0 for 1460 / 1440)"));
+            return None;
+        }
+        policy = policy.with_mss(m as u16);
+    }
+    Some((port?, policy.with_monitor(monitor)))
 }
 
 fn backend(r: &mut Reader<'_>, v: &Val<'_>) -> Option<Backend> {

@@ -13,7 +13,7 @@ use super::netns::Entered;
 use crate::error::{ConfigError, Error, PinError};
 use crate::{
     AttachMode, Attachment, Backend, BackendAddr, Decap, Filter, ListKind, LoadBalancer, MalformedPolicy, Rule,
-    RuleError, Vip, VipConfig,
+    RuleError, SynPolicy, Vip, VipConfig,
 };
 
 /// Which program a section describes.
@@ -131,6 +131,18 @@ pub enum Step {
     /// Delete a named set the file no longer has (after the rules that
     /// named it are gone).
     DeleteSet(String),
+    /// Protect a TCP port with the SYN guard, or change its policy (after
+    /// the rules: the guard's order is rules, then SYN guard).
+    Protect {
+        /// The port.
+        port: u16,
+        /// The file's policy.
+        policy: SynPolicy,
+        /// The running policy, when the port is already protected.
+        from: Option<SynPolicy>,
+    },
+    /// Stop protecting a port the file no longer has.
+    Unprotect(u16),
     /// Pass what the filter passes on to the LB pinned there.
     SetNext(PathBuf),
     /// Stop passing packets on to an LB.
@@ -211,6 +223,11 @@ impl fmt::Display for Step {
                 write!(f, "rules: replace with {} rules (+{added} -{removed}, {kept} kept; one switch)", rules.len())
             }
             Step::DeleteSet(name) => write!(f, "set {name}: delete"),
+            Step::Protect { port, policy, from: None } => write!(f, "SYN guard: protect port {port} ({policy})"),
+            Step::Protect { port, policy, from: Some(from) } => {
+                write!(f, "SYN guard: port {port} {from} -> {policy}")
+            }
+            Step::Unprotect(port) => write!(f, "SYN guard: unprotect port {port}"),
             Step::SetNext(p) => write!(f, "pass packets on to the lb {}", p.display()),
             Step::ClearNext => write!(f, "stop passing packets on to an lb"),
             Step::SetIpipSource(n) => write!(f, "IPIP source {n}"),
@@ -412,7 +429,7 @@ impl Planner {
             if f.monitor {
                 steps.push(Step::SetMonitor(true));
             }
-            guard_steps(f, &BTreeMap::new(), &[], &mut steps);
+            guard_steps(f, &BTreeMap::new(), &[], &BTreeMap::new(), &mut steps);
             for (list, entries) in [(ListKind::Allow, &f.allowlist), (ListKind::Block, &f.blocklist)] {
                 if !entries.is_empty() {
                     steps.push(Step::ReplaceList { list, entries: entries.clone(), added: entries.len(), removed: 0 });
@@ -432,11 +449,11 @@ impl Planner {
             steps.push(Step::SetMonitor(true));
         }
         match running_guard(&filter) {
-            Ok(Some((sets, rules))) => guard_steps(f, &sets, &rules, &mut steps),
-            Ok(None) if f.rules.is_empty() && f.sets.is_empty() => {}
+            Ok(Some((sets, rules, syn))) => guard_steps(f, &sets, &rules, &syn, &mut steps),
+            Ok(None) if f.rules.is_empty() && f.sets.is_empty() && f.syn.is_empty() => {}
             Ok(None) => self.host.push(format!(
                 "filter {}: it runs without the guard stage (loaded with FilterBuilder::guard(false), or on a \
-                 kernel without bpf_loop), so it cannot take rules or sets: take it down and apply again",
+                 kernel without bpf_loop), so it cannot take rules, sets or SYN-guarded ports: take it down and apply again",
                 f.pin.display()
             )),
             Err(e) => return Err(err(e.into())),
@@ -630,9 +647,13 @@ impl Planner {
 /// Named sets by name, as the file and the running filter have them.
 type NamedSets = BTreeMap<String, Vec<IpNetwork>>;
 
-/// The running filter's named sets and rules, or `None` when it has no
-/// guard stage.
-fn running_guard(filter: &Filter) -> Result<Option<(NamedSets, Vec<Rule>)>, RuleError> {
+/// Protected ports and their policies, as the file and the running filter
+/// have them.
+type SynPorts = BTreeMap<u16, SynPolicy>;
+
+/// The running filter's named sets, rules and SYN-guarded ports, or `None`
+/// when it has no guard stage.
+fn running_guard(filter: &Filter) -> Result<Option<(NamedSets, Vec<Rule>, SynPorts)>, RuleError> {
     let names = match filter.sets().names() {
         Ok(n) => n,
         Err(RuleError::NoGuard { .. }) => return Ok(None),
@@ -644,14 +665,16 @@ fn running_guard(filter: &Filter) -> Result<Option<(NamedSets, Vec<Rule>)>, Rule
         sets.insert(name, entries.into_iter().collect());
     }
     let rules = filter.rules().list()?.into_iter().map(|e| e.rule).collect();
-    Ok(Some((sets, rules)))
+    let syn = filter.syn_guard().status()?.into_iter().map(|p| (p.port, p.policy)).collect();
+    Ok(Some((sets, rules, syn)))
 }
 
 /// The steps from the running sets and rules to the file's: sets created
 /// and filled first (rules may name them), then one whole-set rule
 /// replace, then the sets the file dropped deleted (no rule names them any
-/// more).
-fn guard_steps(f: &FilterConfig, have_sets: &NamedSets, have: &[Rule], steps: &mut Vec<Step>) {
+/// more), then the SYN guard's ports: protected or changed, then
+/// unprotected.
+fn guard_steps(f: &FilterConfig, have_sets: &NamedSets, have: &[Rule], have_syn: &SynPorts, steps: &mut Vec<Step>) {
     for (name, want) in &f.sets {
         let current = match have_sets.get(name) {
             Some(c) => c.as_slice(),
@@ -692,6 +715,15 @@ fn guard_steps(f: &FilterConfig, have_sets: &NamedSets, have: &[Rule], steps: &m
     }
     for name in have_sets.keys().filter(|n| !f.sets.contains_key(*n)) {
         steps.push(Step::DeleteSet(name.clone()));
+    }
+    for (port, policy) in &f.syn {
+        let from = have_syn.get(port).copied();
+        if from != Some(*policy) {
+            steps.push(Step::Protect { port: *port, policy: *policy, from });
+        }
+    }
+    for port in have_syn.keys().filter(|p| !f.syn.contains_key(*p)) {
+        steps.push(Step::Unprotect(*port));
     }
 }
 
