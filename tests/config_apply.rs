@@ -440,12 +440,15 @@ fn kill_state(bed: &Bed, a: bool) {
     // Rules and sets that differ both ways: a -> b turns monitor mode on,
     // creates and fills a set, replaces another and the rules; b -> a
     // replaces a set and the rules, deletes the set, turns monitor mode off.
+    // SYN guard: a -> b changes port 443 and protects 8443; b -> a the reverse.
     let guard = if a {
         "monitor = false\nrules = \"\"\"\ndrop udp sport 53 not from set resolvers\ndrop udp dport 1900,11211\n\"\"\"\n\
-         [filter.sets]\nresolvers = [\"192.0.2.53\"]\n"
+         [filter.sets]\nresolvers = [\"192.0.2.53\"]\n\n[[filter.syn]]\nport = 443\nmode = \"cookie\"\n"
     } else {
         "monitor = true\nrules = \"\"\"\ndrop udp sport 53 not from set resolvers\ncount tcp dport 22 from set office\n\"\"\"\n\
-         [filter.sets]\nresolvers = [\"192.0.2.53\", \"2001:db8::53\"]\noffice = [\"198.51.100.0/24\"]\n"
+         [filter.sets]\nresolvers = [\"192.0.2.53\", \"2001:db8::53\"]\noffice = [\"198.51.100.0/24\"]\n\n\
+         [[filter.syn]]\nport = 443\nmode = \"drop\"\nthreshold = 500\n\n\
+         [[filter.syn]]\nport = 8443\nmode = \"cookie\"\nmss = 1400\n"
     };
     bed.write_with_rules("\"203.0.113.200\"", guard, echo, &vips, locals);
 }
@@ -468,6 +471,9 @@ fn kill_and_converge(bed: &Bed, point: (Option<usize>, Duration)) -> bool {
     assert_eq!(rules, f.rules);
     assert_eq!(filter.monitor(), f.monitor);
     assert_eq!(filter.sets().names().unwrap().len(), f.sets.len());
+    let syn: std::collections::BTreeMap<_, _> =
+        filter.syn_guard().status().unwrap().into_iter().map(|p| (p.port, p.policy)).collect();
+    assert_eq!(syn, f.syn);
     let lb = LoadBalancer::open_pinned(bed.lb_pin.path()).unwrap();
     assert_eq!(lb.digest().unwrap(), config.lbs[0].expected_digest());
     running && !out.ends_with("no changes\n")
