@@ -962,6 +962,34 @@ backends = ["198.51.100.11", "198.51.100.11", "198.51.100.12:8080", { addr = "19
     }
 
     #[test]
+    fn syn_guard_tables_are_read_and_their_problems_placed() {
+        let good = "[[filter]]\ninterfaces = [\"eth0\"]\n\n[[filter.syn]]\nport = 443\nmode = \"drop\"\n\n\
+                    [[filter.syn]]\nport = 8443\nmode = \"cookie\"\nmss = 1400\nmonitor = true\n";
+        let c = read(good, Path::new("/etc/xdpguard/x.toml")).unwrap();
+        let want = [
+            (443, crate::SynPolicy::drop_above(crate::DEFAULT_SYN_THRESHOLD)),
+            (8443, crate::SynPolicy::cookies().with_mss(1400).with_monitor(true)),
+        ];
+        assert_eq!(c.filters[0].syn, want.into_iter().collect());
+        let bad = "[[filter]]\ninterfaces = [\"eth0\"]\n\n\
+                   [[filter.syn]]\nport = 443\nmode = \"cookie\"\nthreshold = 5\n\n\
+                   [[filter.syn]]\nport = 443\nmode = \"drop\"\n\n\
+                   [[filter.syn]]\nport = 0\nmode = \"cookie\"\nmss = 100\nspeed = 1\n\n\
+                   [[filter.syn]]\nport = 80\n";
+        expect(
+            bad,
+            &[
+                (7, 13, "`threshold` is for mode = \"drop\""),
+                (9, 1, "port 443 is SYN-guarded twice (also on line 4)"),
+                (14, 8, "0 is out of range: expected 1 to 65535"),
+                (16, 7, "an MSS of 100 is too small"),
+                (17, 1, "speed"),
+                (19, 1, "a [[filter.syn]] needs `mode`"),
+            ],
+        );
+    }
+
+    #[test]
     fn a_good_file_is_read_normalised_with_defaults() {
         let text = r#"
 [[filter]]

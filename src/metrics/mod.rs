@@ -45,6 +45,12 @@
 //! | `xdpguard_filter_rule_packets_total` | counter | `pin`, `rule`, `action`, `text` | packets each rule matched (a monitored drop rule: would have dropped; a count rule: counted): `rule` its id, `action` `drop`, `pass` or `count`, `text` its rule text without `monitor` (stable for the id) |
 //! | `xdpguard_filter_rule_bytes_total` | counter | `pin`, `rule`, `action`, `text` | bytes, the same way |
 //! | `xdpguard_filter_rule_monitor` | gauge | `pin`, `rule` | 1 for a rule in monitor mode, 0 for the others |
+//! | `xdpguard_filter_syn_packets_total` | counter | `pin`, `port`, `counted` | per SYN-guarded port ([`Filter::syn_guard`], [`SynPortStats`](crate::SynPortStats)): `syns`, `dropped`, `would_drop`, `cookies_sent`, `cookies_ok`, `acks_other`, `known_passed`, `unanswerable`; the port's series go when it is unprotected |
+//! | `xdpguard_filter_syn_rate` | gauge | `pin`, `port` | the port's SYNs a second, as the guard measured it |
+//! | `xdpguard_filter_limiter_total` | counter | `pin`, `counted` | the rate limiter ([`Filter::limiter_stats`]): `buckets_made`, `promote_capped`, `sketch_over`, `blocks_failed`, `expired` |
+//! | `xdpguard_filter_limiter_buckets` | gauge | `pin` | exact rate-limit buckets in use |
+//! | `xdpguard_filter_timed_blocks` | gauge | `pin` | live timed blocks ([`Filter::timed_blocks`]) |
+//! | `xdpguard_filter_drop_events_total` | counter | `pin`, `counted` | drop events ([`Filter::event_stats`]): `sent`, `limited` (by the per-CPU event rate), `lost` (ring full) |
 //! | `xdpguard_lb_dropped_packets_total` | counter | `pin`, `reason` | drops by reason: `no_backend`, `mtu`, `fragment`, `ip_options`, `echo`, `icmp`, `unsupported`, `headroom`, `nat_untracked` ([`LbDrops`](crate::LbDrops)) |
 //! | `xdpguard_lb_dropped_bytes_total` | counter | `pin`, `reason` | bytes, the same way |
 //! | `xdpguard_lb_passed_packets_total` | counter | `pin`, `reason` | passed to the stack: `non_vip`, `malformed`, `no_neighbour`, `no_route`, `no_devmap`, `ttl`, `echo` ([`LbStats`]`::passed_*`) |
