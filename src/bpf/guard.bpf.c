@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /* The guard stage: the filter tail-calls it (xdpg_stages) for IP packets
- * neither of its lists decided, while a rule set is loaded. It checks the
- * rules, in priority order, first terminal match wins:
+ * neither of its lists decided, while it has work (a rule set, timed
+ * blocks, a SYN-guarded port). Timed blocks first, then the rules, in
+ * priority order, first terminal match wins:
  *
  *   parse -> the packet's key (protocol + destination port / ICMP type /
  *   protocol number) -> the key's group in the index (one 16-bit read) ->
@@ -10,18 +11,19 @@
  *
  * A drop rule drops (in monitor mode: counts "would drop" and passes), a
  * pass rule passes, a count rule or a monitored rule counts and the walk
- * goes on. Whatever no rule decided is passed. Passed packets go on to the
+ * goes on. Whatever no stage decided is passed. Passed packets go on to the
  * filter's next program (xdpg_next, shared with the filter). Every packet
  * is counted in exactly one of the filter's reason counters, and each rule
  * that matched it in its own counter.
  *
  * A rate-limit rule asks limit_over() (guard_limit.h): within its limit the
  * walk goes on, over it the rule decides (a drop). Timed blocks are checked
- * before the rules (timed_blocked(), guard_limit.h). The SYN guard goes in
- * undecided(), for the packets no rule decided; every drop decision goes
- * through decided(), which sends drop events (filter_events.h).
+ * before the rules (timed_blocked(), guard_limit.h). The SYN guard
+ * (syn_stage(), guard_syn.h) takes the packets no rule decided; every drop
+ * decision goes through decided(), which sends drop events
+ * (filter_events.h).
  *
- * Needs bpf_loop (Linux 5.17; inlined by the verifier from 6.0 on). */
+ * Needs bpf_loop (5.17) and the SYN-cookie helpers (6.0). */
 #include <linux/bpf.h>
 #include <linux/in.h>
 #include <bpf/bpf_helpers.h>

@@ -1,32 +1,35 @@
 //! The guard stage (`src/bpf/guard.bpf.c`): a second XDP program of the
 //! filter, tail-called by it (the filter's `xdpg_stages` slot) for packets
-//! neither list decided, while it has work. It runs the rules now; rate
-//! limits and the SYN guard come after them in the same program.
+//! neither list decided, while it has work (a rule set, timed blocks, a
+//! SYN-guarded port). In order: timed blocks (`limits.rs`,
+//! `src/bpf/guard_limit.h`), the rules with their rate limits, the SYN
+//! guard (`syn.rs`, `src/bpf/guard_syn.h`); every drop decision goes
+//! through `decided()`, which sends drop events.
 //!
 //! It is a program of its own for the core ([`GuardKind`]): loaded with the
 //! filter's config, counter and next-program maps and its drop-event maps
 //! (their fds reused, so it counts in the filter's counters, passes to the
-//! filter's next program and sends its drop events into the filter's ring), pinned in the filter's pin directory under `guard/`, reopened
-//! and crash-repaired with it. The public API is the filter's
-//! ([`Filter::rules`](crate::Filter::rules), [`Filter::sets`](crate::Filter::sets)).
+//! filter's next program and sends its drop events into the filter's
+//! ring), pinned in the filter's pin directory under `guard/`, reopened and
+//! crash-repaired with it. The public API is the filter's
+//! ([`Filter::rules`](crate::Filter::rules), [`Filter::sets`](crate::Filter::sets),
+//! [`Filter::timed_blocks`](crate::Filter::timed_blocks),
+//! [`Filter::syn_guard`](crate::Filter::syn_guard)).
 //!
-//! Measured (`benches/rules.rs`, BENCHMARKS.md): with no rule set the
+//! Measured (`benches/rules.rs`, BENCHMARKS.md): with nothing to do the
 //! filter's stage slot is empty and its tail call is patched to a jump the
 //! filter does not take (the filter's own path costs the same as before the
 //! guard existed); with rules, the tail call, the guard's own parse and the
 //! index read cost about 13 ns a packet before the first rule. A single
 //! program (rules inlined in the filter) would save the tail call and the
 //! second parse; it was not taken: the filter alone keeps its 5.15 floor
-//! and its verification, and the guard's later stages (rate limits, the SYN
-//! guard with SYN cookies, which need 6.0) stay out of the filter's object.
+//! and its verification, and the guard's stages (rate limits, the SYN guard
+//! with SYN cookies, which need 6.0) stay out of the filter's object.
 //!
-//! Rate limits and timed blocks: `limits.rs` (and `src/bpf/guard_limit.h`).
-//! Where later stages go: a rate-limit rule action (`XDPG_RULE_RATE_LIMIT`,
-//! its limit in `xdpg_l_spec` by rule id) is decided in the walk
-//! like drop and pass; the SYN guard goes in `undecided()`, for packets no
-//! rule decided; drop events are produced in `decided()`, where every drop
-//! and would-drop decision goes; their config goes after the rule fields of
-//! `xdpg_guard_config`, with `XDPG_GUARD_LAYOUT_VERSION` bumped.
+//! Each stage keeps its config in a one-entry map of its own (the rule
+//! engine's and the shared clock's are in `xdpg_guard_config`), so stages
+//! change apart; any change of a shared layout bumps
+//! `XDPG_GUARD_LAYOUT_VERSION`.
 
 pub(crate) mod layout;
 pub(crate) mod limits;
