@@ -45,12 +45,7 @@ static __always_inline void limit_key(struct xdpg_limit_key *k, __u32 rule, __u3
 {
 	k->rule = rule;
 	k->family_len = (family << 8) | len;
-	k->addr[0] = mask_word(src[0], len);
-	if (family == 6) {
-		k->addr[1] = mask_word(src[1], (int)len - 32);
-		k->addr[2] = mask_word(src[2], (int)len - 64);
-		k->addr[3] = mask_word(src[3], (int)len - 96);
-	}
+	mask_prefix(k->addr, src, len, family == 6);
 }
 
 /* GCRA: whether a packet of `cost` conforms to (tat, burst) at `now`, and
@@ -246,12 +241,7 @@ static long tblock_step(__u32 i, void *data)
 	__u32 len = tb->len & 0xFF;
 	dk.prefixlen = XDPG_TB_TAG_BITS + len;
 	dk.tag = t->tk.tag;
-	dk.addr[0] = mask_word(w->src[0], len);
-	if (w->family == 6) {
-		dk.addr[1] = mask_word(w->src[1], (int)len - 32);
-		dk.addr[2] = mask_word(w->src[2], (int)len - 64);
-		dk.addr[3] = mask_word(w->src[3], (int)len - 96);
-	}
+	mask_prefix(dk.addr, w->src, len, w->family == 6);
 	if (bpf_map_delete_elem(&xdpg_l_tblk, &dk) != 0)
 		return 1; /* another CPU deleted it first; it was expired anyway */
 	struct xdpg_limit_stats *st = bpf_map_lookup_elem(&xdpg_l_stats, &zero);
