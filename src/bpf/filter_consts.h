@@ -8,7 +8,7 @@
 /* Written into the config map so a pin directory can be recognised as ours,
  * and bumped whenever a shared layout changes. */
 #define XDPG_MAGIC 0x58445047u /* "XDPG" */
-#define XDPG_LAYOUT_VERSION 4
+#define XDPG_LAYOUT_VERSION 5
 
 /* Verdict codes stored in the v4 per-/24 array, the v4 host buckets and the
  * v6 buckets. Allow wins over block whatever the prefix lengths. */
@@ -20,10 +20,19 @@
 #define XDPG_HOST_PASS 3
 
 /* v4 level 1: one 4-bit cell per /24. Bits 0-1 hold the verdict for the whole
- * /24 (or the default of a mixed /24), bit 2 says "look up the host buckets". */
+ * /24 (or the default of a mixed /24), bit 2 says "look up the host". */
 #define XDPG_V4_CELLS_PER_WORD 16
-#define XDPG_V4_L1_WORDS 1048576 /* 2^24 cells / 16 per word */
 #define XDPG_V4_CELL_MIXED 4
+
+/* v4 level 1 is laid out in lines, one per /18 (struct xdpg_v4_line): its
+ * 64 cells, then the hosts of its mixed /24s inline, in 16-bit slots. */
+#define XDPG_V4_LINES 262144 /* 2^24 cells / 64 per line */
+#define XDPG_V4_LINE_CELL_WORDS 4
+#define XDPG_V4_LINE_SLOT_WORDS 4
+#define XDPG_V4_LINE_SLOTS 15 /* the 16th slot holds the overflow mark */
+/* In slot 16: some host of this /18 is only in the host buckets. Its code
+ * bits are 0, so it never matches a host. */
+#define XDPG_V4_LINE_OVERFLOW 0xFFFC
 
 /* v4 host buckets: one cache line each. */
 #define XDPG_V4_BUCKET_SLOTS 15

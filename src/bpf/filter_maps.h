@@ -10,25 +10,28 @@
 #include "filter_shared_maps.h"
 #include "guard_consts.h"
 
-/* v4 level 1, table pair 0: 4-bit cells, one per /24, sixteen per word. */
+/* v4 level 1, table pair 0: a line per /18, its 64 cells and inline hosts
+ * (16 MiB: as large as the 8 MiB cell array plus the 8 MiB host buckets it
+ * replaced as the first read, and a mixed /24's host is in the same line). */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, XDPG_V4_L1_WORDS);
+	__uint(max_entries, XDPG_V4_LINES);
 	__uint(map_flags, BPF_F_MMAPABLE);
 	__type(key, __u32);
-	__type(value, __u64);
+	__type(value, struct xdpg_v4_line);
 } xdpg_v4_l1_a SEC(".maps");
 
 /* v4 level 1, table pair 1 (the other half of an atomic replace). */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, XDPG_V4_L1_WORDS);
+	__uint(max_entries, XDPG_V4_LINES);
 	__uint(map_flags, BPF_F_MMAPABLE);
 	__type(key, __u32);
-	__type(value, __u64);
+	__type(value, struct xdpg_v4_line);
 } xdpg_v4_l1_b SEC(".maps");
 
-/* v4 host buckets for mixed /24s, table pair 0. */
+/* v4 host buckets, table pair 0: every host of every mixed /24, read only
+ * for a /18 whose line overflowed. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1 << 17);

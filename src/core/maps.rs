@@ -456,9 +456,17 @@ pub(crate) trait ProgramMaps: Sized {
     /// The header of the config value.
     fn header(&self) -> Header<'_>;
 
+    /// Kernel memory charged to each map, in bytes, by name.
+    fn memlock_by_map(&self) -> Vec<(&'static str, u64)> {
+        self.handles()
+            .iter()
+            .filter_map(|&(n, h)| crate::core::sys::map_memlock(h.as_fd()).ok().map(|b| (n, b)))
+            .collect()
+    }
+
     /// Kernel memory charged to the maps, in bytes.
     fn memlock_bytes(&self) -> u64 {
-        self.handles().iter().filter_map(|(_, h)| crate::core::sys::map_memlock(h.as_fd()).ok()).sum()
+        self.memlock_by_map().iter().map(|&(_, b)| b).sum()
     }
 }
 

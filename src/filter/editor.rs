@@ -16,11 +16,11 @@ use crate::core::layout::consts::*;
 use crate::core::mmap::MappedArray;
 use crate::core::table::{self, Live, TableError};
 use crate::error::ListError;
-use crate::filter::layout::{xdpg_v4_rule, xdpg_v6_bucket, xdpg_v6_rule, xdpg_v6_view, LIST_ALLOW};
+use crate::filter::layout::{xdpg_v4_line, xdpg_v4_rule, xdpg_v6_bucket, xdpg_v6_rule, xdpg_v6_view, LIST_ALLOW};
 use crate::filter::maps::FilterMaps;
 use crate::filter::state::{v6_from_words, v6_words, ListState};
 use crate::filter::v4;
-use crate::filter::v4_tables::{transition, CellStore};
+use crate::filter::v4_tables::{transition, LineStore};
 use crate::filter::v6::V6Key;
 
 /// Cells touched by one prefix beyond which a single edit rebuilds instead
@@ -35,15 +35,15 @@ pub(crate) struct Op {
     pub insert: bool,
 }
 
-/// Live v4 level-1 words of one table pair.
-struct LiveCells<'a>(&'a MappedArray<u64>);
+/// Live v4 level-1 lines of one table pair: every write one store of a word.
+struct LiveLines<'a>(&'a MappedArray<xdpg_v4_line>);
 
-impl CellStore for LiveCells<'_> {
-    fn read_word(&self, index: usize) -> u64 {
-        self.0.atomic_u64(index, 0).load(Ordering::Acquire)
+impl LineStore for LiveLines<'_> {
+    fn read(&self, line: usize, word: usize) -> u64 {
+        self.0.atomic_u64(line, word * 8).load(Ordering::Acquire)
     }
-    fn write_word(&mut self, index: usize, word: u64) {
-        self.0.atomic_u64(index, 0).store(word, Ordering::Release);
+    fn write(&mut self, line: usize, word: usize, value: u64) {
+        self.0.atomic_u64(line, word * 8).store(value, Ordering::Release);
     }
 }
 
@@ -100,11 +100,11 @@ impl<'a> Editor<'a> {
         let patched = patch && {
             let active = self.maps.v4_active();
             let seed = self.maps.config().hash_seed;
-            let mut cells_store = LiveCells(self.maps.l1(active));
+            let mut lines = LiveLines(self.maps.l1(active));
             let mut buckets = Live(self.maps.hosts(active));
             cells.zip(old).all(|(c, o)| {
                 let n = self.st.v4.cell(c);
-                n == o || transition(&mut cells_store, &mut buckets, seed, c, &o, &n).is_ok()
+                n == o || transition(&mut lines, &mut buckets, seed, c, &o, &n).is_ok()
             })
         };
         // Too large to patch, or the buckets need compacting: rebuild.
@@ -340,7 +340,7 @@ impl<'a> Editor<'a> {
         let cfg = self.maps.config();
         let tables = self.st.v4.build(self.maps.capacity().v4_buckets, cfg.hash_seed)?;
         let idle = 1 - self.maps.v4_active();
-        self.maps.l1(idle).fill_from(&tables.words);
+        self.maps.l1(idle).fill_from(&tables.lines);
         self.maps.hosts(idle).fill_from(&tables.buckets);
         Ok(idle)
     }

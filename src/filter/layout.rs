@@ -17,8 +17,8 @@ pub(crate) mod filter_skel {
 }
 
 pub(crate) use filter_skel::types::{
-    xdpg_counter, xdpg_filter_config, xdpg_header, xdpg_v4_bucket, xdpg_v4_rule, xdpg_v6_bucket, xdpg_v6_entry,
-    xdpg_v6_rule, xdpg_v6_view,
+    xdpg_counter, xdpg_filter_config, xdpg_header, xdpg_v4_bucket, xdpg_v4_line, xdpg_v4_rule, xdpg_v6_bucket,
+    xdpg_v6_entry, xdpg_v6_rule, xdpg_v6_view,
 };
 // The drop events' types (src/bpf/filter_events_structs.h), checked in
 // src/filter/events/layout.rs.
@@ -37,6 +37,7 @@ pod!(
     xdpg_filter_config,
     xdpg_header,
     xdpg_v4_bucket,
+    xdpg_v4_line,
     xdpg_v4_rule,
     xdpg_v6_bucket,
     xdpg_v6_entry,
@@ -70,7 +71,12 @@ const _: () = {
     assert!(size_of::<xdpg_v6_rule>() == 24);
     assert!(offset_of!(xdpg_v6_rule, prefixlen) == 16);
     assert!(consts::XDPG_V4_BUCKET_SLOTS as usize * 2 <= 30);
-    assert!(consts::XDPG_V4_L1_WORDS * consts::XDPG_V4_CELLS_PER_WORD == 1 << 24);
+    assert!(size_of::<xdpg_v4_line>() == 64);
+    assert!(offset_of!(xdpg_v4_line, slots) == 32);
+    assert!(consts::XDPG_V4_LINES as usize * 64 == 1 << 24);
+    assert!(consts::XDPG_V4_LINE_CELL_WORDS as usize * consts::XDPG_V4_CELLS_PER_WORD as usize == 64);
+    assert!(consts::XDPG_V4_LINE_SLOTS as usize + 1 == consts::XDPG_V4_LINE_SLOT_WORDS as usize * 4);
+    assert!(consts::XDPG_V4_LINE_OVERFLOW & 3 == 0);
 };
 
 #[cfg(test)]

@@ -9,8 +9,8 @@ use crate::core::layout::names;
 use crate::core::maps::{program_maps, Mmapped, Opaque, PerCpu, ProgArray};
 use crate::core::mmap::cfg_fields;
 use crate::filter::layout::{
-    xdpg_counter, xdpg_event_cpu, xdpg_events_config, xdpg_filter_config, xdpg_v4_bucket, xdpg_v4_rule, xdpg_v6_bucket,
-    xdpg_v6_rule, xdpg_v6_view,
+    xdpg_counter, xdpg_event_cpu, xdpg_events_config, xdpg_filter_config, xdpg_v4_bucket, xdpg_v4_line, xdpg_v4_rule,
+    xdpg_v6_bucket, xdpg_v6_rule, xdpg_v6_view,
 };
 use crate::Counter;
 
@@ -20,8 +20,8 @@ program_maps! {
     pub(crate) struct FilterMaps {
         config cfg: Mmapped<xdpg_filter_config> = names::XDPG_FILTER_CFG,
         counters: PerCpu<xdpg_counter> = names::XDPG_FILTER_CNT,
-        l1_a: Mmapped<u64> = names::XDPG_V4_L1_A,
-        l1_b: Mmapped<u64> = names::XDPG_V4_L1_B,
+        l1_a: Mmapped<xdpg_v4_line> = names::XDPG_V4_L1_A,
+        l1_b: Mmapped<xdpg_v4_line> = names::XDPG_V4_L1_B,
         hosts_a: Mmapped<xdpg_v4_bucket> = names::XDPG_V4_HOSTS_A,
         hosts_b: Mmapped<xdpg_v4_bucket> = names::XDPG_V4_HOSTS_B,
         v4_rules: Mmapped<xdpg_v4_rule> = names::XDPG_V4_RULES,
@@ -84,8 +84,8 @@ impl Capacity {
 }
 
 impl FilterMaps {
-    /// The level-1 words of v4 table pair `pair`.
-    pub(crate) fn l1(&self, pair: usize) -> &Mmapped<u64> {
+    /// The level-1 lines of v4 table pair `pair`.
+    pub(crate) fn l1(&self, pair: usize) -> &Mmapped<xdpg_v4_line> {
         [&self.l1_a, &self.l1_b][pair & 1]
     }
 

@@ -487,7 +487,18 @@ impl Filter {
     /// Kernel memory charged to the filter's maps (its guard stage's
     /// included), in bytes.
     pub fn map_memory_bytes(&self) -> u64 {
-        self.core.maps.memlock_bytes() + self.guard.as_ref().map_or(0, Guard::memlock_bytes)
+        self.map_memory_by_map().iter().map(|&(_, b)| b).sum()
+    }
+
+    /// Kernel memory charged to each of the filter's maps (its guard
+    /// stage's included), in bytes, by map name (as `bpftool map` shows
+    /// them): the IPv4 tables are the `xdpg_v4_*` maps, the IPv6 tables the
+    /// `xdpg_v6_*` maps. Preallocated: set by the capacities, not by how
+    /// many entries are loaded.
+    pub fn map_memory_by_map(&self) -> Vec<(&'static str, u64)> {
+        let mut maps = self.core.maps.memlock_by_map();
+        maps.extend(self.guard.as_ref().map(Guard::memlock_by_map).unwrap_or_default());
+        maps
     }
 
     /// Whether the filter is in monitor (dry-run) mode.

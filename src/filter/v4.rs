@@ -1,11 +1,13 @@
 //! IPv4 lists: the rule model, from which `v4_tables.rs` derives the
 //! two-level table the data plane reads.
 //!
-//! Level 1 holds a 4-bit cell per /24 (8 MiB for all of IPv4): the verdict
-//! for the whole /24, or "mixed" plus a default. Level 2 holds, for mixed
-//! /24s only, the hosts whose verdict differs from that default, in
-//! cache-line buckets of fifteen. A lookup therefore touches one word and at
-//! most one cache line in the common case, whatever the number of prefixes,
+//! Level 1 holds a 4-bit cell per /24: the verdict for the whole /24, or
+//! "mixed" plus a default; the hosts of mixed /24s whose verdict differs
+//! from that default are kept in cache-line host buckets of fifteen, and
+//! the first fifteen of each /18 also inline in the /18's level-1 line
+//! (64 cells and 15 hosts in 64 bytes: 16 MiB for all of IPv4). A lookup
+//! therefore reads one cache line, whatever the number of prefixes, unless
+//! a /18 holds more than fifteen listed hosts (then a host bucket too),
 //! where an LPM trie walks a chain of cache misses.
 //!
 //! Exact CIDR semantics are kept by deriving the tables from the rules:
@@ -21,12 +23,10 @@ use crate::core::layout::consts::*;
 use crate::core::table::TableError;
 use crate::filter::entries::{self, Entries};
 use crate::filter::layout::{xdpg_v4_bucket, ALLOW, BLOCK, LIST_ALLOW, LIST_BLOCK, PASS};
-use crate::filter::v4_tables::{cell_nibble, fill_cells, host_set, set_cell_nibble, V4Tables};
+use crate::filter::v4_tables::{cell_nibble, fill_cells, host_set, new_lines, set_cell_nibble, V4Tables};
 
-/// A cell's "mixed" bit: look the host up in the buckets.
+/// A cell's "mixed" bit: look the host up (in its line, else the buckets).
 pub(crate) const MIXED: u8 = XDPG_V4_CELL_MIXED as u8;
-/// Cells per /24-index space.
-pub(crate) const CELLS: usize = 1 << 24;
 
 pub(crate) fn mask(len: u8) -> u32 {
     if len == 0 {
@@ -263,29 +263,29 @@ impl V4Rules {
 
     /// Builds both levels from scratch.
     pub(crate) fn build(&self, bucket_count: usize, seed: u32) -> Result<V4Tables, TableError> {
-        let mut words = vec![0u64; CELLS / 16];
+        let mut lines = new_lines();
         // Short prefixes: blocks first, then allows over them.
         for (bit, value) in [(LIST_BLOCK, BLOCK), (LIST_ALLOW, ALLOW)] {
             for (net, len, bits) in self.rules.iter() {
                 if len <= 24 && bits & bit != 0 {
-                    fill_cells(&mut words, cells_of(net, len), value);
+                    fill_cells(&mut lines, cells_of(net, len), value);
                 }
             }
         }
         let mut buckets = vec![xdpg_v4_bucket::default(); bucket_count];
         let mut exceptions = Vec::with_capacity(256);
         for (&idx24, long) in &self.long {
-            let base = cell_nibble(&words, idx24);
+            let base = cell_nibble(&lines, idx24);
             if base == ALLOW {
                 continue;
             }
             let nibble = self.classify_long(long.as_slice(), base, &mut exceptions);
             for &(host, verdict) in &exceptions {
-                host_set(&mut buckets, seed, (idx24 << 8) | u32::from(host), verdict)?;
+                host_set(&mut lines, &mut buckets, seed, (idx24 << 8) | u32::from(host), verdict)?;
             }
-            set_cell_nibble(&mut words, idx24, nibble);
+            set_cell_nibble(&mut lines, idx24, nibble);
         }
-        Ok(V4Tables { words, buckets })
+        Ok(V4Tables { lines, buckets })
     }
 }
 

@@ -1,40 +1,88 @@
 //! The IPv4 tables the data plane reads, derived from the rule model
-//! (`v4.rs`): level 1, a 4-bit cell per /24 in 64-bit words; level 2, the
-//! host buckets of mixed /24s, a chained-bucket table
-//! ([`crate::core::table`]) of fifteen hosts per cache line. Built whole
-//! for a swap, or moved /24 by /24 in place ([`transition`]).
+//! (`v4.rs`): level 1, one cache line per /18 ([`xdpg_v4_line`]) holding
+//! its 64 cells (4 bits per /24) and up to fifteen hosts of its mixed /24s
+//! inline; level 2, the host buckets of mixed /24s, a chained-bucket table
+//! ([`crate::core::table`]) of fifteen hosts per cache line holding every
+//! host, read only for a /18 whose line overflowed. Built whole for a
+//! swap, or moved /24 by /24 in place ([`transition`]).
 
 use std::ops::Range;
 
 use crate::core::layout::consts::*;
 use crate::core::table::{self, Layout, Store, TableError};
 use crate::filter::hash::v4_host_hash;
-use crate::filter::layout::{xdpg_v4_bucket, PASS};
+use crate::filter::layout::{xdpg_v4_bucket, xdpg_v4_line, PASS};
 use crate::filter::v4::Cell;
 
 const SLOTS: usize = XDPG_V4_BUCKET_SLOTS as usize;
+const CELL_WORDS: usize = XDPG_V4_LINE_CELL_WORDS as usize;
+/// The slot holding a line's overflow mark (after its host slots).
+const MARK_SLOT: usize = XDPG_V4_LINE_SLOTS as usize;
+const MARK: u16 = XDPG_V4_LINE_OVERFLOW as u16;
 
-/// The cell of /24 number `idx24` in level-1 `words`.
-pub(crate) fn cell_nibble(words: &[u64], idx24: u32) -> u8 {
-    ((words[(idx24 / 16) as usize] >> ((idx24 % 16) * 4)) & 0xF) as u8
+/// Level-1 lines: where cell and inline-host writes go. `word` counts the
+/// line's 64-bit words: 0..4 its cells, 4..8 its host slots.
+pub(crate) trait LineStore {
+    fn read(&self, line: usize, word: usize) -> u64;
+    fn write(&mut self, line: usize, word: usize, value: u64);
 }
 
-/// Sets that cell.
-pub(crate) fn set_cell_nibble(words: &mut [u64], idx24: u32, nibble: u8) {
-    let (w, shift) = ((idx24 / 16) as usize, (idx24 % 16) * 4);
-    words[w] = (words[w] & !(0xF << shift)) | (u64::from(nibble) << shift);
+impl LineStore for Vec<xdpg_v4_line> {
+    fn read(&self, line: usize, word: usize) -> u64 {
+        let l = &self[line];
+        if word < CELL_WORDS {
+            l.cells[word]
+        } else {
+            l.slots[word - CELL_WORDS]
+        }
+    }
+    fn write(&mut self, line: usize, word: usize, value: u64) {
+        let l = &mut self[line];
+        if word < CELL_WORDS {
+            l.cells[word] = value;
+        } else {
+            l.slots[word - CELL_WORDS] = value;
+        }
+    }
+}
+
+/// A fresh level 1: every /24 passes, no host inline.
+pub(crate) fn new_lines() -> Vec<xdpg_v4_line> {
+    vec![xdpg_v4_line::default(); XDPG_V4_LINES as usize]
+}
+
+/// Where /24 number `idx24`'s cell is: its line, the word, the shift.
+fn cell_at(idx24: u32) -> (usize, usize, u32) {
+    ((idx24 >> 6) as usize, ((idx24 >> 4) & 3) as usize, (idx24 % 16) * 4)
+}
+
+/// The cell of /24 number `idx24`.
+pub(crate) fn cell_nibble<L: LineStore>(lines: &L, idx24: u32) -> u8 {
+    let (line, word, shift) = cell_at(idx24);
+    ((lines.read(line, word) >> shift) & 0xF) as u8
+}
+
+/// Sets that cell, with one store of its word (none if it is unchanged).
+pub(crate) fn set_cell_nibble<L: LineStore>(lines: &mut L, idx24: u32, nibble: u8) {
+    let (line, word, shift) = cell_at(idx24);
+    let w = lines.read(line, word);
+    let nw = (w & !(0xF << shift)) | (u64::from(nibble) << shift);
+    if nw != w {
+        lines.write(line, word, nw);
+    }
 }
 
 /// Sets every cell in `range` to `nibble`, a whole word at a time where it can.
-pub(crate) fn fill_cells(words: &mut [u64], range: Range<u32>, nibble: u8) {
+pub(crate) fn fill_cells<L: LineStore>(lines: &mut L, range: Range<u32>, nibble: u8) {
     let whole = u64::from(nibble) * 0x1111_1111_1111_1111;
     let mut i = range.start;
     while i < range.end {
         if i % 16 == 0 && range.end - i >= 16 {
-            words[(i / 16) as usize] = whole;
+            let (line, word, _) = cell_at(i);
+            lines.write(line, word, whole);
             i += 16;
         } else {
-            set_cell_nibble(words, i, nibble);
+            set_cell_nibble(lines, i, nibble);
             i += 1;
         }
     }
@@ -42,7 +90,7 @@ pub(crate) fn fill_cells(words: &mut [u64], range: Range<u32>, nibble: u8) {
 
 /// Both levels, ready to copy into the maps.
 pub(crate) struct V4Tables {
-    pub words: Vec<u64>,
+    pub lines: Vec<xdpg_v4_line>,
     pub buckets: Vec<xdpg_v4_bucket>,
 }
 
@@ -80,7 +128,8 @@ impl Layout for xdpg_v4_bucket {
 
 const META_WORD: usize = std::mem::offset_of!(xdpg_v4_bucket, meta) / 4;
 
-/// Host codes in buckets: 0 means none, so PASS is stored as XDPG_HOST_PASS.
+/// Host codes in buckets and slots: 0 means none, so PASS is stored as
+/// XDPG_HOST_PASS.
 fn host_code(verdict: u8) -> u32 {
     if verdict == PASS {
         XDPG_HOST_PASS
@@ -89,57 +138,121 @@ fn host_code(verdict: u8) -> u32 {
     }
 }
 
-/// Stores `verdict` for host `addr`.
-pub(crate) fn host_set<S: Store<xdpg_v4_bucket>>(
+/// Host `addr`'s key in an inline slot: its /24 within the /18 and its
+/// last octet, in bits 2-15 (bits 0-1 take the code).
+fn slot_key(addr: u32) -> u16 {
+    ((((addr >> 8) & 63) << 10) | ((addr & 0xFF) << 2)) as u16
+}
+
+fn slot<L: LineStore>(lines: &L, line: usize, s: usize) -> u16 {
+    (lines.read(line, CELL_WORDS + s / 4) >> (16 * (s % 4))) as u16
+}
+
+/// Writes one slot with one store of its word.
+fn write_slot<L: LineStore>(lines: &mut L, line: usize, s: usize, value: u16) {
+    let (word, shift) = (CELL_WORDS + s / 4, 16 * (s % 4));
+    let w = lines.read(line, word);
+    lines.write(line, word, (w & !(0xFFFF << shift)) | (u64::from(value) << shift));
+}
+
+fn overflowed<L: LineStore>(lines: &L, line: usize) -> bool {
+    slot(lines, line, MARK_SLOT) == MARK
+}
+
+/// The slot holding host `addr` with a code, if any.
+fn live_slot<L: LineStore>(lines: &L, line: usize, key: u16) -> Option<usize> {
+    (0..MARK_SLOT).find(|&s| {
+        let v = slot(lines, line, s);
+        v & !3 == key && v & 3 != 0
+    })
+}
+
+/// Gives host `addr` `code` in its line: in its own slot if it has one
+/// (live or retired: a host keeps one slot for the table's life, so a
+/// reader scanning the slots never misses it by a move), else in an empty
+/// one; with none left, marks the line overflowed (the host is already in
+/// the buckets).
+fn inline_set<L: LineStore>(lines: &mut L, addr: u32, code: u32) {
+    let (line, key) = ((addr >> 14) as usize, slot_key(addr));
+    let value = key | code as u16;
+    let own = live_slot(lines, line, key).or_else(|| (0..MARK_SLOT).find(|&s| key != 0 && slot(lines, line, s) == key));
+    if let Some(s) = own {
+        write_slot(lines, line, s, value);
+    } else if overflowed(lines, line) {
+        // Found through the buckets.
+    } else if let Some(s) = (0..MARK_SLOT).find(|&s| slot(lines, line, s) == 0) {
+        write_slot(lines, line, s, value);
+    } else {
+        write_slot(lines, line, MARK_SLOT, MARK);
+    }
+}
+
+/// Retires host `addr` from its line: its slot keeps the key with code 0.
+/// Key 0's retired slot would look empty and could go to another host, so
+/// that line is marked overflowed first (its hosts stay found through the
+/// buckets).
+fn inline_clear<L: LineStore>(lines: &mut L, addr: u32) {
+    let (line, key) = ((addr >> 14) as usize, slot_key(addr));
+    if let Some(s) = live_slot(lines, line, key) {
+        if key == 0 {
+            write_slot(lines, line, MARK_SLOT, MARK);
+        }
+        write_slot(lines, line, s, key);
+    }
+}
+
+/// Stores `verdict` for host `addr`: in the buckets first (a reader gets
+/// there only through a line's mark), then in its line.
+pub(crate) fn host_set<L: LineStore, S: Store<xdpg_v4_bucket>>(
+    lines: &mut L,
     store: &mut S,
     seed: u32,
     addr: u32,
     verdict: u8,
 ) -> Result<(), TableError> {
-    table::set(store, v4_host_hash(addr, seed), &addr, host_code(verdict))
+    let code = host_code(verdict);
+    table::set(store, v4_host_hash(addr, seed), &addr, code)?;
+    inline_set(lines, addr, code);
+    Ok(())
 }
 
-/// Retires host `addr`: it follows its /24's default again.
-pub(crate) fn host_clear<S: Store<xdpg_v4_bucket>>(store: &mut S, seed: u32, addr: u32) -> Result<(), TableError> {
+/// Retires host `addr`: it follows its /24's default again. From its line
+/// first, then from the buckets.
+pub(crate) fn host_clear<L: LineStore, S: Store<xdpg_v4_bucket>>(
+    lines: &mut L,
+    store: &mut S,
+    seed: u32,
+    addr: u32,
+) -> Result<(), TableError> {
+    inline_clear(lines, addr);
     table::clear(store, v4_host_hash(addr, seed), &addr).map(drop)
 }
 
-/// The data plane's lookup, in Rust: what `xdpg_filter` returns for `addr`.
+/// The data plane's lookup (`v4_verdict`), in Rust: what `xdpg_filter`
+/// returns for `addr`.
 #[cfg(test)]
-pub(crate) fn lookup<S: Store<xdpg_v4_bucket>>(words: &dyn Fn(usize) -> u64, store: &S, seed: u32, addr: u32) -> u8 {
-    let idx24 = addr >> 8;
-    let word = words((idx24 / 16) as usize);
-    let cell = ((word >> ((idx24 % 16) * 4)) & 0xF) as u8;
+pub(crate) fn lookup<L: LineStore, S: Store<xdpg_v4_bucket>>(lines: &L, store: &S, seed: u32, addr: u32) -> u8 {
+    let cell = cell_nibble(lines, addr >> 8);
     if cell & crate::filter::v4::MIXED == 0 {
         return cell & 3;
     }
-    match table::get(store, v4_host_hash(addr, seed), &addr) {
+    let line = (addr >> 14) as usize;
+    let code = match live_slot(lines, line, slot_key(addr)) {
+        Some(s) => u32::from(slot(lines, line, s) & 3),
+        None if overflowed(lines, line) => table::get(store, v4_host_hash(addr, seed), &addr),
+        None => 0,
+    };
+    match code {
         0 => cell & 3,
         XDPG_HOST_PASS => PASS,
         code => code as u8,
     }
 }
 
-/// Where L1 cell writes go.
-pub(crate) trait CellStore {
-    fn read_word(&self, index: usize) -> u64;
-    fn write_word(&mut self, index: usize, word: u64);
-}
-
-fn write_cell<C: CellStore>(cells: &mut C, idx24: u32, nibble: u8) {
-    let wi = (idx24 / 16) as usize;
-    let shift = (idx24 % 16) * 4;
-    let w = cells.read_word(wi);
-    let nw = (w & !(0xF << shift)) | (u64::from(nibble) << shift);
-    if nw != w {
-        cells.write_word(wi, nw);
-    }
-}
-
 /// Moves one /24 from `old` to `new` in live tables, in an order where every
 /// host whose verdict does not change keeps it at every intermediate step.
-pub(crate) fn transition<C: CellStore, S: Store<xdpg_v4_bucket>>(
-    cells: &mut C,
+pub(crate) fn transition<L: LineStore, S: Store<xdpg_v4_bucket>>(
+    lines: &mut L,
     store: &mut S,
     seed: u32,
     idx24: u32,
@@ -149,59 +262,50 @@ pub(crate) fn transition<C: CellStore, S: Store<xdpg_v4_bucket>>(
     let addr = |h: u8| (idx24 << 8) | u32::from(h);
     match (old, new) {
         (_, Cell::Uniform(v)) => {
-            write_cell(cells, idx24, *v);
+            set_cell_nibble(lines, idx24, *v);
             if let Cell::Mixed { exceptions, .. } = old {
                 for &(h, _) in exceptions {
-                    host_clear(store, seed, addr(h))?;
+                    host_clear(lines, store, seed, addr(h))?;
                 }
             }
         }
         (Cell::Uniform(_), Cell::Mixed { exceptions, .. }) => {
             // Invisible until the cell says "mixed".
             for &(h, v) in exceptions {
-                host_set(store, seed, addr(h), v)?;
+                host_set(lines, store, seed, addr(h), v)?;
             }
-            write_cell(cells, idx24, new.nibble());
+            set_cell_nibble(lines, idx24, new.nibble());
         }
         (Cell::Mixed { default: d0, exceptions: e0 }, Cell::Mixed { default: d1, exceptions: e1 }) => {
             if d0 != d1 {
                 // Pin every host to its old verdict so the default can flip.
                 for h in 0..=255u8 {
                     if !e0.iter().any(|&(x, _)| x == h) {
-                        host_set(store, seed, addr(h), *d0)?;
+                        host_set(lines, store, seed, addr(h), *d0)?;
                     }
                 }
-                write_cell(cells, idx24, new.nibble());
+                set_cell_nibble(lines, idx24, new.nibble());
                 for h in 0..=255u8 {
                     let v = new.verdict_of(h);
                     if v == *d1 {
-                        host_clear(store, seed, addr(h))?;
+                        host_clear(lines, store, seed, addr(h))?;
                     } else {
-                        host_set(store, seed, addr(h), v)?;
+                        host_set(lines, store, seed, addr(h), v)?;
                     }
                 }
             } else {
                 for &(h, v) in e1 {
-                    host_set(store, seed, addr(h), v)?;
+                    host_set(lines, store, seed, addr(h), v)?;
                 }
                 for &(h, _) in e0 {
                     if !e1.iter().any(|&(x, _)| x == h) {
-                        host_clear(store, seed, addr(h))?;
+                        host_clear(lines, store, seed, addr(h))?;
                     }
                 }
             }
         }
     }
     Ok(())
-}
-
-impl CellStore for Vec<u64> {
-    fn read_word(&self, index: usize) -> u64 {
-        self[index]
-    }
-    fn write_word(&mut self, index: usize, word: u64) {
-        self[index] = word;
-    }
 }
 
 #[cfg(test)]
@@ -218,9 +322,8 @@ mod tests {
     }
 
     fn check_all(rules: &V4Rules, t: &V4Tables, seed: u32, addrs: &[u32]) {
-        let words = |i: usize| t.words[i];
         for &a in addrs {
-            assert_eq!(lookup(&words, &t.buckets, seed, a), rules.verdict(a), "addr {}", std::net::Ipv4Addr::from(a));
+            assert_eq!(lookup(&t.lines, &t.buckets, seed, a), rules.verdict(a), "addr {}", std::net::Ipv4Addr::from(a));
         }
     }
 
@@ -257,21 +360,26 @@ mod tests {
         // Every one of these hashes to bucket 0, so they fill the whole chain.
         let same_home: Vec<u32> =
             (0x0A00_0000u32..).filter(|&a| mix32(v4_host_hash(a, seed)) & 63 == 0).take(SLOTS * PROBES + 1).collect();
-        for &a in &same_home[..SLOTS * PROBES] {
-            host_set(&mut store, seed, a, BLOCK).unwrap();
+        // Every /24 mixed, every line marked overflowed: only the buckets answer.
+        let mut lines = new_lines();
+        for l in &mut lines {
+            l.cells = [u64::from(MIXED | PASS) * 0x1111_1111_1111_1111; 4];
+            l.slots[3] = u64::from(MARK) << 48;
         }
-        assert_eq!(host_set(&mut store, seed, same_home[SLOTS * PROBES], BLOCK), Err(TableError::Full));
-        let words = |_| u64::from(MIXED | PASS) * 0x1111_1111_1111_1111;
         for &a in &same_home[..SLOTS * PROBES] {
-            assert_eq!(lookup(&words, &store, seed, a), BLOCK, "{a:#x} reachable");
+            host_set(&mut lines, &mut store, seed, a, BLOCK).unwrap();
         }
-        assert_eq!(lookup(&words, &store, seed, same_home[SLOTS * PROBES]), PASS);
+        assert_eq!(host_set(&mut lines, &mut store, seed, same_home[SLOTS * PROBES], BLOCK), Err(TableError::Full));
+        for &a in &same_home[..SLOTS * PROBES] {
+            assert_eq!(lookup(&lines, &store, seed, a), BLOCK, "{a:#x} reachable");
+        }
+        assert_eq!(lookup(&lines, &store, seed, same_home[SLOTS * PROBES]), PASS);
         // A cleared slot is a tombstone: reused by the same address only.
-        host_clear(&mut store, seed, same_home[0]).unwrap();
-        assert_eq!(lookup(&words, &store, seed, same_home[0]), PASS);
-        assert_eq!(host_set(&mut store, seed, same_home[SLOTS * PROBES], BLOCK), Err(TableError::Full));
-        assert_eq!(host_set(&mut store, seed, same_home[0], ALLOW), Ok(()));
-        assert_eq!(lookup(&words, &store, seed, same_home[0]), ALLOW);
+        host_clear(&mut lines, &mut store, seed, same_home[0]).unwrap();
+        assert_eq!(lookup(&lines, &store, seed, same_home[0]), PASS);
+        assert_eq!(host_set(&mut lines, &mut store, seed, same_home[SLOTS * PROBES], BLOCK), Err(TableError::Full));
+        assert_eq!(host_set(&mut lines, &mut store, seed, same_home[0], ALLOW), Ok(()));
+        assert_eq!(lookup(&lines, &store, seed, same_home[0]), ALLOW);
     }
 
     /// Random rules, random interleaved inserts and removals: the tables,
@@ -305,7 +413,7 @@ mod tests {
             }
             for (c, o) in cells.zip(old) {
                 let n = r.cell(c);
-                transition(&mut live.words, &mut live.buckets, seed, c, &o, &n).unwrap();
+                transition(&mut live.lines, &mut live.buckets, seed, c, &o, &n).unwrap();
             }
             if step % 100 == 0 {
                 let probe: Vec<u32> =
@@ -317,6 +425,96 @@ mod tests {
         }
     }
 
+    /// The host x.x.x.0 of a line's first /24 has slot key 0: retired, its
+    /// slot would look empty and go to another host, and set again it would
+    /// land in another slot (a reader scanning could miss it between the
+    /// two). So retiring it marks the line overflowed: still found.
+    #[test]
+    fn retiring_slot_key_zero_marks_the_line() {
+        let (h0, a, b) = (ip("198.51.64.0"), ip("198.51.64.1"), ip("198.51.64.2"));
+        let line = (h0 >> 14) as usize;
+        let mut lines = new_lines();
+        lines[line].cells[0] = u64::from(MIXED | PASS);
+        let mut store = vec![xdpg_v4_bucket::default(); 64];
+        host_set(&mut lines, &mut store, 1, h0, BLOCK).unwrap();
+        host_set(&mut lines, &mut store, 1, a, BLOCK).unwrap();
+        assert!(!overflowed(&lines, line));
+        host_clear(&mut lines, &mut store, 1, h0).unwrap();
+        assert!(overflowed(&lines, line));
+        host_set(&mut lines, &mut store, 1, b, ALLOW).unwrap();
+        host_set(&mut lines, &mut store, 1, h0, ALLOW).unwrap();
+        for (h, v) in [(h0, ALLOW), (a, BLOCK), (b, ALLOW), (h0 + 3, PASS)] {
+            assert_eq!(lookup(&lines, &store, 1, h), v, "{h:#x}");
+        }
+    }
+
+    /// Inline slots under random sets and retirements of hosts crowded
+    /// into two lines (x.x.x.0 of a line's first /24 among them, whose
+    /// retired slot looks empty): every host reads its verdict after every
+    /// edit; a host never changes slots while its line is not overflowed
+    /// (so a reader scanning the words one by one cannot miss it by a
+    /// move); a line overflows only when full or when that host retires,
+    /// and stays so.
+    #[test]
+    fn inline_slots_keep_hosts_in_place() {
+        use std::collections::HashMap;
+        let seed = 9;
+        let mut rng = StdRng::seed_from_u64(7);
+        let lines_at = [ip("198.51.64.0"), ip("203.0.64.0")];
+        let hosts: Vec<u32> = lines_at
+            .iter()
+            .flat_map(|&l| std::iter::once(l).chain((0..20).map(move |i| l + (i * 769) % 16384 + 1)))
+            .collect();
+        let mut lines = new_lines();
+        for &l in &lines_at {
+            let line = &mut lines[(l >> 14) as usize];
+            line.cells = [u64::from(MIXED | PASS) * 0x1111_1111_1111_1111; 4];
+        }
+        let mut store = vec![xdpg_v4_bucket::default(); 256];
+        let mut want: HashMap<u32, u8> = HashMap::new();
+        let mut slot_of: HashMap<u32, usize> = HashMap::new();
+        let mut marked = [false; 2];
+        for step in 0..4000 {
+            let h = hosts[rng.random_range(0..hosts.len())];
+            let full = (0..MARK_SLOT).all(|s| slot(&lines, (h >> 14) as usize, s) != 0);
+            if want.contains_key(&h) && rng.random_bool(0.4) {
+                host_clear(&mut lines, &mut store, seed, h).unwrap();
+                want.remove(&h);
+            } else {
+                let v = [BLOCK, ALLOW, PASS][rng.random_range(0..3)];
+                host_set(&mut lines, &mut store, seed, h, v).unwrap();
+                want.insert(h, v);
+            }
+            for (i, &l) in lines_at.iter().enumerate() {
+                let line = (l >> 14) as usize;
+                let now = overflowed(&lines, line);
+                assert!(marked[i] <= now, "step {step}: a mark was taken back");
+                if now && !marked[i] {
+                    assert!(h >> 14 == l >> 14 && (full || slot_key(h) == 0), "step {step}: marked without cause");
+                }
+                marked[i] = now;
+            }
+            for &g in &hosts {
+                let line = (g >> 14) as usize;
+                assert_eq!(
+                    lookup(&lines, &store, seed, g),
+                    want.get(&g).copied().unwrap_or(PASS),
+                    "step {step}: {g:#x}"
+                );
+                let key = slot_key(g);
+                let held = (0..MARK_SLOT)
+                    .find(|&s| slot(&lines, line, s) & !3 == key && (key != 0 || slot(&lines, line, s) != 0));
+                if let Some(s) = held {
+                    if let Some(&before) = slot_of.get(&g) {
+                        assert!(before == s || overflowed(&lines, line), "step {step}: {g:#x} moved {before} -> {s}");
+                    }
+                    slot_of.insert(g, s);
+                }
+            }
+        }
+        assert!(marked.iter().all(|&m| m), "both lines overflowed at some point (21 hosts each)");
+    }
+
     /// The host buckets take the 1.25 hosts per entry they are sized for,
     /// at the default capacity, whatever the hash seed.
     #[test]
@@ -325,12 +523,13 @@ mod tests {
         let c = crate::filter::maps::Capacity::new(capacity, 1);
         for seed in 0..20u32 {
             let mut t = vec![xdpg_v4_bucket::default(); c.v4_buckets];
+            let mut lines = new_lines();
             let mut x = seed.wrapping_mul(0x9E37_79B9) | 1;
             for i in 0..(capacity + capacity / 4) as u32 {
                 x ^= x << 13;
                 x ^= x >> 17;
                 x ^= x << 5;
-                assert!(host_set(&mut t, seed, x, 1).is_ok(), "seed {seed}: full after {i} hosts");
+                assert!(host_set(&mut lines, &mut t, seed, x, 1).is_ok(), "seed {seed}: full after {i} hosts");
             }
         }
     }

@@ -141,8 +141,8 @@ impl Guard {
         self.core.program.unpin()
     }
 
-    pub(crate) fn memlock_bytes(&self) -> u64 {
-        self.core.maps.memlock_bytes()
+    pub(crate) fn memlock_by_map(&self) -> Vec<(&'static str, u64)> {
+        self.core.maps.memlock_by_map()
     }
 
     /// The shared maps' fds, from the filter's maps, by name.
