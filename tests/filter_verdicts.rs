@@ -180,6 +180,41 @@ fn v4_blocked_host_and_its_neighbours() {
     assert_eq!(f.verdict(v4("203.0.113.7")).unwrap(), Verdict::Block(net("203.0.113.7/32")));
 }
 
+/// A /18's level-1 line holds fifteen hosts inline; the rest of its listed
+/// hosts are found in the host buckets (the line's overflow mark). Forty
+/// hosts in one /24, an allowlisted host in a blocked /24 of the same /18,
+/// then most hosts removed and some listed again, one edit at a time.
+#[test]
+fn v4_hosts_past_a_lines_inline_slots() {
+    let f = load();
+    let mut m = Matrix::new(&f, "v4_hosts_past_a_lines_inline_slots");
+    let host = |i: u32| format!("203.0.113.{i}");
+    for i in 1..=40 {
+        block(&f, &format!("{}/32", host(i)));
+    }
+    block(&f, "203.0.112.0/24");
+    allow(&f, "203.0.112.9/32");
+    for i in 1..=40 {
+        m.all_l4(v4(&host(i)), Reason::BlockedV4);
+    }
+    for s in ["203.0.113.0", "203.0.113.41", "203.0.113.255", "203.0.114.1"] {
+        m.all_l4(v4(s), Reason::Passed);
+    }
+    m.all_l4(v4("203.0.112.9"), Reason::Allowlisted);
+    m.all_l4(v4("203.0.112.10"), Reason::BlockedV4);
+    for i in (1..=40).filter(|i| i % 4 != 0) {
+        assert!(f.blocklist().remove(net(&format!("{}/32", host(i)))).unwrap().changed);
+    }
+    for i in [3, 5, 7] {
+        block(&f, &format!("{}/32", host(i)));
+    }
+    for i in 1..=40 {
+        let listed = i % 4 == 0 || [3, 5, 7].contains(&i);
+        m.all_l4(v4(&host(i)), if listed { Reason::BlockedV4 } else { Reason::Passed });
+    }
+    m.all_l4(v4("203.0.112.9"), Reason::Allowlisted);
+}
+
 #[test]
 fn v4_blocked_ranges_inside_and_both_boundaries() {
     let f = load();

@@ -6,9 +6,9 @@
  *
  * A packet's path, top to bottom of xdpg_filter (at the end of this file):
  * parse (parsing.h), then the source's verdict: IPv4 by v4_verdict (one
- * line per /18: its /24 cells and hosts inline; host buckets on overflow), IPv6 by v6_verdict
- * (the live view's prefix lengths, longest first, each behind a Bloom bit,
- * probed by v6_probe); then count and drop or pass on. The tables' layout
+ * line per /18: its /24 cells and listed hosts inline; host buckets on
+ * overflow), IPv6 by v6_verdict (the live view's prefix lengths, longest
+ * first, each behind a Bloom bit, probed by v6_probe); then count and drop or pass on. The tables' layout
  * is in filter_structs.h and filter_consts.h, the maps in filter_maps.h,
  * the hashes (mirrored in Rust) in hash.h. Every drop and would-drop
  * may send a sampled event (filter_events.h) while a reader holds a lease. */
@@ -59,8 +59,8 @@ static __always_inline __u32 v4_host_verdict(struct xdpg_filter_config *cfg, __u
 
 /* The code of host `addr` in its line's inline slots, 0 when none holds
  * it. Branch-free: each word's four slots are compared at once (a slot
- * matches when its bits 2-15 equal the host's, and it adds its code bits;
- * at most one slot holds a host). */
+ * matches when its bits 2-15 equal the host's, and gives its code bits; at
+ * most one slot holds a host). */
 static __always_inline __u32 v4_inline_code(const struct xdpg_v4_line *line, __u32 addr)
 {
 	const __u64 lanes = 0x0001000100010001ULL;
@@ -80,12 +80,14 @@ static __always_inline __u32 v4_inline_code(const struct xdpg_v4_line *line, __u
 	return codes & 3;
 }
 
-/* A uniform /24's verdict is its cell; a mixed /24's is its host's code in
- * the same line, else (only if the line overflowed) the host buckets', else
- * the /24's default. One cache line per packet unless a /18 holds more than
- * fifteen listed hosts. (Measured and dropped: reading the bucket early in
- * parallel with a cell; a 2 MiB "mixed /24" hint bitmap to skip the cell;
- * a /20 cell and a /24 table with two hosts inline, BENCHMARKS.md.) */
+/* A source's verdict: its host's code in its /18's line, else (only if the
+ * line overflowed) in the host buckets, else its /24's cell. One memory
+ * access unless a /18 holds more than seven listed hosts. (Measured and
+ * dropped, BENCHMARKS.md: a 4-bit cell per /24 with a "mixed" bit sending
+ * the lookup on to the host buckets, two dependent reads for a listed /32;
+ * reading that bucket early in parallel with the cell; a 2 MiB "mixed /24"
+ * hint bitmap; a /20 cell and a /24 table with two hosts inline; 64-byte
+ * lines with fifteen hosts, whose 16 MiB array left the TLB's reach.) */
 static __always_inline __u32 v4_verdict(struct xdpg_filter_config *cfg, __u32 tables, __u32 addr)
 {
 	__u32 active = tables & XDPG_TABLES_V4_MASK;
@@ -95,17 +97,14 @@ static __always_inline __u32 v4_verdict(struct xdpg_filter_config *cfg, __u32 ta
 	if (!line)
 		return XDPG_VERDICT_PASS;
 	__u32 cell_idx = (addr >> 8) & 63;
-	__u32 cell =
-		(line->cells[cell_idx / XDPG_V4_CELLS_PER_WORD] >> ((cell_idx % XDPG_V4_CELLS_PER_WORD) * 4)) & 0xF;
-	if (!(cell & XDPG_V4_CELL_MIXED))
-		return cell & 3;
+	__u32 cell = (line->cells[cell_idx / XDPG_V4_CELLS_PER_WORD] >> ((cell_idx % XDPG_V4_CELLS_PER_WORD) * 2)) & 3;
 	__u32 code = v4_inline_code(line, addr);
 	if (code)
 		return code == XDPG_HOST_PASS ? XDPG_VERDICT_PASS : code;
 	if ((line->slots[XDPG_V4_LINE_SLOT_WORDS - 1] >> 48) != XDPG_V4_LINE_OVERFLOW)
-		return cell & 3;
+		return cell;
 	__u32 host = v4_host_verdict(cfg, active, addr);
-	return host == HOST_NOT_FOUND ? cell & 3 : host;
+	return host == HOST_NOT_FOUND ? cell : host;
 }
 
 /* Looks a masked v6 key up in one table: its bucket chain, three entries

@@ -19,19 +19,16 @@
  * with this code instead of XDPG_VERDICT_PASS. */
 #define XDPG_HOST_PASS 3
 
-/* v4 level 1: one 4-bit cell per /24. Bits 0-1 hold the verdict for the whole
- * /24 (or the default of a mixed /24), bit 2 says "look up the host". */
-#define XDPG_V4_CELLS_PER_WORD 16
-#define XDPG_V4_CELL_MIXED 4
-
-/* v4 level 1 is laid out in lines, one per /18 (struct xdpg_v4_line): its
- * 64 cells, then the hosts of its mixed /24s inline, in 16-bit slots. */
-#define XDPG_V4_LINES 262144 /* 2^24 cells / 64 per line */
-#define XDPG_V4_LINE_CELL_WORDS 4
-#define XDPG_V4_LINE_SLOT_WORDS 4
-#define XDPG_V4_LINE_SLOTS 15 /* the 16th slot holds the overflow mark */
-/* In slot 16: some host of this /18 is only in the host buckets. Its code
- * bits are 0, so it never matches a host. */
+/* v4 level 1: one 32-byte line per /18 (struct xdpg_v4_line): a 2-bit cell
+ * per /24, its verdict (the default of a /24 with listed hosts), then up to
+ * seven listed hosts of the /18 inline, in 16-bit slots. */
+#define XDPG_V4_LINES 262144 /* 2^24 /24s, 64 per line */
+#define XDPG_V4_CELLS_PER_WORD 32
+#define XDPG_V4_LINE_CELL_WORDS 2
+#define XDPG_V4_LINE_SLOT_WORDS 2
+#define XDPG_V4_LINE_SLOTS 7 /* the 8th slot holds the overflow mark */
+/* In the 8th slot: some listed host of this /18 is only in the host
+ * buckets. Its code bits are 0, so it never matches a host. */
 #define XDPG_V4_LINE_OVERFLOW 0xFFFC
 
 /* v4 host buckets: one cache line each. */

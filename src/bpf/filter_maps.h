@@ -10,9 +10,8 @@
 #include "filter_shared_maps.h"
 #include "guard_consts.h"
 
-/* v4 level 1, table pair 0: a line per /18, its 64 cells and inline hosts
- * (16 MiB: as large as the 8 MiB cell array plus the 8 MiB host buckets it
- * replaced as the first read, and a mixed /24's host is in the same line). */
+/* v4 level 1, table pair 0: a 32-byte line per /18, its 64 cells and up to
+ * seven listed hosts inline (8 MiB). */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, XDPG_V4_LINES);
@@ -30,8 +29,8 @@ struct {
 	__type(value, struct xdpg_v4_line);
 } xdpg_v4_l1_b SEC(".maps");
 
-/* v4 host buckets, table pair 0: every host of every mixed /24, read only
- * for a /18 whose line overflowed. */
+/* v4 host buckets, table pair 0: every listed host whose verdict differs
+ * from its /24's cell, read only for a /18 whose line overflowed. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1 << 17);

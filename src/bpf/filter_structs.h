@@ -30,16 +30,19 @@ struct xdpg_filter_config {
 				 * every drop reads */
 };
 
-/* v4 level 1, one line per /18 (64 bytes: one cache line, so a packet's
- * lookup is one memory access whether its /24 is uniform or mixed):
- * cells: the /18's 64 cells, sixteen 4-bit cells per word (XDPG_V4_CELL_*).
- * slots: sixteen 16-bit slots, slot s in bits 16*(s%4) of word s/4. Slots
- *   0-14 hold hosts of the /18's mixed /24s: bits 10-15 the /24 within the
- *   /18, bits 2-9 the host's last octet, bits 0-1 its code as in the host
- *   buckets (0 = empty, or retired: a retired slot keeps its host and is
- *   reused only by it). Slot 15 is 0, or XDPG_V4_LINE_OVERFLOW when a host
- *   of this /18 did not fit: then a mixed /24's host missing here is looked
- *   up in the host buckets, which always hold every host. */
+/* v4 level 1, one line per /18: 32 bytes, half a cache line, so a packet's
+ * lookup is one memory access whether or not its /24 has listed hosts, and
+ * the array (8 MiB) stays within the TLB's reach where a 64-byte line did not.
+ * cells: the /18's 64 cells, 2 bits each (XDPG_VERDICT_*), cell c in bits
+ *   2*(c%32) of word c/32: the /24's verdict, or the default of its hosts.
+ * slots: eight 16-bit slots, slot s in bits 16*(s%4) of word s/4. Slots
+ *   0-6 hold listed hosts whose verdict differs from their /24's cell: bits
+ *   10-15 the /24 within the /18, bits 2-9 the host's last octet, bits 0-1
+ *   its code as in the host buckets (0 = empty, or retired: a retired slot
+ *   keeps its host and is reused only by it). Slot 7 is 0, or
+ *   XDPG_V4_LINE_OVERFLOW when a listed host of this /18 did not fit: then a
+ *   host missing here is looked up in the host buckets, which always hold
+ *   every listed host. */
 struct xdpg_v4_line {
 	__u64 cells[XDPG_V4_LINE_CELL_WORDS];
 	__u64 slots[XDPG_V4_LINE_SLOT_WORDS];
@@ -96,7 +99,7 @@ struct xdpg_v6_rule {
 _Static_assert(sizeof(struct xdpg_filter_config) == 64, "xdpg_filter_config layout");
 _Static_assert(__builtin_offsetof(struct xdpg_filter_config, tables) == 24, "tables offset");
 _Static_assert(__builtin_offsetof(struct xdpg_filter_config, events_lease) == 60, "events_lease offset");
-_Static_assert(sizeof(struct xdpg_v4_line) == 64, "a v4 line is one cache line");
+_Static_assert(sizeof(struct xdpg_v4_line) == 32, "a v4 line is half a cache line");
 _Static_assert(sizeof(struct xdpg_v4_bucket) == 64, "a v4 bucket is one cache line");
 _Static_assert(sizeof(struct xdpg_v6_entry) == 20, "xdpg_v6_entry layout");
 _Static_assert(sizeof(struct xdpg_v6_bucket) == 64, "a v6 bucket is one cache line");

@@ -71,8 +71,8 @@ const _: () = {
     assert!(size_of::<xdpg_v6_rule>() == 24);
     assert!(offset_of!(xdpg_v6_rule, prefixlen) == 16);
     assert!(consts::XDPG_V4_BUCKET_SLOTS as usize * 2 <= 30);
-    assert!(size_of::<xdpg_v4_line>() == 64);
-    assert!(offset_of!(xdpg_v4_line, slots) == 32);
+    assert!(size_of::<xdpg_v4_line>() == 32);
+    assert!(offset_of!(xdpg_v4_line, slots) == 16);
     assert!(consts::XDPG_V4_LINES as usize * 64 == 1 << 24);
     assert!(consts::XDPG_V4_LINE_CELL_WORDS as usize * consts::XDPG_V4_CELLS_PER_WORD as usize == 64);
     assert!(consts::XDPG_V4_LINE_SLOTS as usize + 1 == consts::XDPG_V4_LINE_SLOT_WORDS as usize * 4);
@@ -94,6 +94,5 @@ mod tests {
         for code in [XDPG_VERDICT_PASS, XDPG_VERDICT_BLOCK, XDPG_VERDICT_ALLOW, XDPG_HOST_PASS] {
             assert!(code < 4);
         }
-        assert_eq!(XDPG_V4_CELL_MIXED & 3, 0, "the mixed bit sits above the verdict bits");
     }
 }

@@ -1,14 +1,14 @@
 //! IPv4 lists: the rule model, from which `v4_tables.rs` derives the
 //! two-level table the data plane reads.
 //!
-//! Level 1 holds a 4-bit cell per /24: the verdict for the whole /24, or
-//! "mixed" plus a default; the hosts of mixed /24s whose verdict differs
+//! Level 1 holds a 2-bit cell per /24: the verdict for the whole /24, or
+//! the default of a "mixed" /24's hosts; the hosts whose verdict differs
 //! from that default are kept in cache-line host buckets of fifteen, and
-//! the first fifteen of each /18 also inline in the /18's level-1 line
-//! (64 cells and 15 hosts in 64 bytes: 16 MiB for all of IPv4). A lookup
-//! therefore reads one cache line, whatever the number of prefixes, unless
-//! a /18 holds more than fifteen listed hosts (then a host bucket too),
-//! where an LPM trie walks a chain of cache misses.
+//! the first seven of each /18 also inline in the /18's level-1 line (64
+//! cells and 7 hosts in 32 bytes: 8 MiB for all of IPv4). A lookup
+//! therefore reads one line, whatever the number of prefixes, unless a /18
+//! holds more than seven listed hosts (then a host bucket too), where an
+//! LPM trie walks a chain of cache misses.
 //!
 //! Exact CIDR semantics are kept by deriving the tables from the rules:
 //! overlapping prefixes, allowlist entries (which win over the blocklist
@@ -19,14 +19,14 @@ use std::ops::Range;
 
 use rustc_hash::FxHashMap;
 
-use crate::core::layout::consts::*;
 use crate::core::table::TableError;
 use crate::filter::entries::{self, Entries};
 use crate::filter::layout::{xdpg_v4_bucket, ALLOW, BLOCK, LIST_ALLOW, LIST_BLOCK, PASS};
-use crate::filter::v4_tables::{cell_nibble, fill_cells, host_set, new_lines, set_cell_nibble, V4Tables};
+use crate::filter::v4_tables::{cell_verdict, fill_cells, host_set, new_lines, set_cell_verdict, V4Tables};
 
-/// A cell's "mixed" bit: look the host up (in its line, else the buckets).
-pub(crate) const MIXED: u8 = XDPG_V4_CELL_MIXED as u8;
+/// The model's "mixed" bit over a /24's verdict (the nibble of a /24 with
+/// listed hosts); the data plane stores only the verdict, its hosts decide.
+pub(crate) const MIXED: u8 = 4;
 
 pub(crate) fn mask(len: u8) -> u32 {
     if len == 0 {
@@ -53,24 +53,6 @@ pub(crate) enum Cell {
     Uniform(u8),
     /// Hosts default to `default`, except those listed (host byte, verdict).
     Mixed { default: u8, exceptions: Vec<(u8, u8)> },
-}
-
-impl Cell {
-    pub(crate) fn nibble(&self) -> u8 {
-        match self {
-            Cell::Uniform(v) => *v,
-            Cell::Mixed { default, .. } => MIXED | default,
-        }
-    }
-
-    pub(crate) fn verdict_of(&self, host: u8) -> u8 {
-        match self {
-            Cell::Uniform(v) => *v,
-            Cell::Mixed { default, exceptions } => {
-                exceptions.iter().find(|(h, _)| *h == host).map_or(*default, |(_, v)| *v)
-            }
-        }
-    }
 }
 
 /// The v4 entries of both lists, indexed for the questions the table
@@ -275,7 +257,7 @@ impl V4Rules {
         let mut buckets = vec![xdpg_v4_bucket::default(); bucket_count];
         let mut exceptions = Vec::with_capacity(256);
         for (&idx24, long) in &self.long {
-            let base = cell_nibble(&lines, idx24);
+            let base = cell_verdict(&lines, idx24);
             if base == ALLOW {
                 continue;
             }
@@ -283,7 +265,7 @@ impl V4Rules {
             for &(host, verdict) in &exceptions {
                 host_set(&mut lines, &mut buckets, seed, (idx24 << 8) | u32::from(host), verdict)?;
             }
-            set_cell_nibble(&mut lines, idx24, nibble);
+            set_cell_verdict(&mut lines, idx24, nibble & 3);
         }
         Ok(V4Tables { lines, buckets })
     }

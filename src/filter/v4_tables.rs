@@ -1,10 +1,11 @@
 //! The IPv4 tables the data plane reads, derived from the rule model
-//! (`v4.rs`): level 1, one cache line per /18 ([`xdpg_v4_line`]) holding
-//! its 64 cells (4 bits per /24) and up to fifteen hosts of its mixed /24s
-//! inline; level 2, the host buckets of mixed /24s, a chained-bucket table
-//! ([`crate::core::table`]) of fifteen hosts per cache line holding every
-//! host, read only for a /18 whose line overflowed. Built whole for a
-//! swap, or moved /24 by /24 in place ([`transition`]).
+//! (`v4.rs`): level 1, one 32-byte line per /18 ([`xdpg_v4_line`]) holding
+//! its 64 cells (each /24's verdict, or the default of its listed hosts)
+//! and up to seven listed hosts inline; level 2, the host buckets, a
+//! chained-bucket table ([`crate::core::table`]) of fifteen hosts per cache
+//! line holding every listed host, read only for a /18 whose line
+//! overflowed. Built whole for a swap, or moved /24 by /24 in place
+//! ([`transition`]).
 
 use std::ops::Range;
 
@@ -53,36 +54,38 @@ pub(crate) fn new_lines() -> Vec<xdpg_v4_line> {
 
 /// Where /24 number `idx24`'s cell is: its line, the word, the shift.
 fn cell_at(idx24: u32) -> (usize, usize, u32) {
-    ((idx24 >> 6) as usize, ((idx24 >> 4) & 3) as usize, (idx24 % 16) * 4)
+    let per_word = XDPG_V4_CELLS_PER_WORD;
+    ((idx24 >> 6) as usize, ((idx24 % 64) / per_word) as usize, (idx24 % per_word) * 2)
 }
 
-/// The cell of /24 number `idx24`.
-pub(crate) fn cell_nibble<L: LineStore>(lines: &L, idx24: u32) -> u8 {
+/// The cell of /24 number `idx24`: its verdict, or its hosts' default.
+pub(crate) fn cell_verdict<L: LineStore>(lines: &L, idx24: u32) -> u8 {
     let (line, word, shift) = cell_at(idx24);
-    ((lines.read(line, word) >> shift) & 0xF) as u8
+    ((lines.read(line, word) >> shift) & 3) as u8
 }
 
 /// Sets that cell, with one store of its word (none if it is unchanged).
-pub(crate) fn set_cell_nibble<L: LineStore>(lines: &mut L, idx24: u32, nibble: u8) {
+pub(crate) fn set_cell_verdict<L: LineStore>(lines: &mut L, idx24: u32, verdict: u8) {
     let (line, word, shift) = cell_at(idx24);
     let w = lines.read(line, word);
-    let nw = (w & !(0xF << shift)) | (u64::from(nibble) << shift);
+    let nw = (w & !(3 << shift)) | (u64::from(verdict & 3) << shift);
     if nw != w {
         lines.write(line, word, nw);
     }
 }
 
-/// Sets every cell in `range` to `nibble`, a whole word at a time where it can.
-pub(crate) fn fill_cells<L: LineStore>(lines: &mut L, range: Range<u32>, nibble: u8) {
-    let whole = u64::from(nibble) * 0x1111_1111_1111_1111;
+/// Sets every cell in `range` to `verdict`, a whole word at a time where it can.
+pub(crate) fn fill_cells<L: LineStore>(lines: &mut L, range: Range<u32>, verdict: u8) {
+    let per_word = XDPG_V4_CELLS_PER_WORD;
+    let whole = u64::from(verdict & 3) * 0x5555_5555_5555_5555;
     let mut i = range.start;
     while i < range.end {
-        if i % 16 == 0 && range.end - i >= 16 {
+        if i % per_word == 0 && range.end - i >= per_word {
             let (line, word, _) = cell_at(i);
             lines.write(line, word, whole);
-            i += 16;
+            i += per_word;
         } else {
-            set_cell_nibble(lines, i, nibble);
+            set_cell_verdict(lines, i, verdict);
             i += 1;
         }
     }
@@ -232,10 +235,6 @@ pub(crate) fn host_clear<L: LineStore, S: Store<xdpg_v4_bucket>>(
 /// returns for `addr`.
 #[cfg(test)]
 pub(crate) fn lookup<L: LineStore, S: Store<xdpg_v4_bucket>>(lines: &L, store: &S, seed: u32, addr: u32) -> u8 {
-    let cell = cell_nibble(lines, addr >> 8);
-    if cell & crate::filter::v4::MIXED == 0 {
-        return cell & 3;
-    }
     let line = (addr >> 14) as usize;
     let code = match live_slot(lines, line, slot_key(addr)) {
         Some(s) => u32::from(slot(lines, line, s) & 3),
@@ -243,14 +242,26 @@ pub(crate) fn lookup<L: LineStore, S: Store<xdpg_v4_bucket>>(lines: &L, store: &
         None => 0,
     };
     match code {
-        0 => cell & 3,
+        0 => cell_verdict(lines, addr >> 8),
         XDPG_HOST_PASS => PASS,
         code => code as u8,
     }
 }
 
+/// A cell's default and its listed hosts (none for a uniform /24).
+fn parts(cell: &Cell) -> (u8, &[(u8, u8)]) {
+    match cell {
+        Cell::Uniform(v) => (*v, &[]),
+        Cell::Mixed { default, exceptions } => (*default, exceptions),
+    }
+}
+
 /// Moves one /24 from `old` to `new` in live tables, in an order where every
-/// host whose verdict does not change keeps it at every intermediate step.
+/// host whose verdict does not change keeps it at every intermediate step
+/// (a host's entry wins over its cell): the new hosts' entries first, then
+/// the cell, then the old entries the new cell makes redundant. A host that
+/// keeps its verdict either has a new entry before the cell changes, or
+/// keeps its old entry until the cell already says the same.
 pub(crate) fn transition<L: LineStore, S: Store<xdpg_v4_bucket>>(
     lines: &mut L,
     store: &mut S,
@@ -260,49 +271,16 @@ pub(crate) fn transition<L: LineStore, S: Store<xdpg_v4_bucket>>(
     new: &Cell,
 ) -> Result<(), TableError> {
     let addr = |h: u8| (idx24 << 8) | u32::from(h);
-    match (old, new) {
-        (_, Cell::Uniform(v)) => {
-            set_cell_nibble(lines, idx24, *v);
-            if let Cell::Mixed { exceptions, .. } = old {
-                for &(h, _) in exceptions {
-                    host_clear(lines, store, seed, addr(h))?;
-                }
-            }
+    let ((_, e0), (d1, e1)) = (parts(old), parts(new));
+    for &(h, v) in e1 {
+        if !e0.contains(&(h, v)) {
+            host_set(lines, store, seed, addr(h), v)?;
         }
-        (Cell::Uniform(_), Cell::Mixed { exceptions, .. }) => {
-            // Invisible until the cell says "mixed".
-            for &(h, v) in exceptions {
-                host_set(lines, store, seed, addr(h), v)?;
-            }
-            set_cell_nibble(lines, idx24, new.nibble());
-        }
-        (Cell::Mixed { default: d0, exceptions: e0 }, Cell::Mixed { default: d1, exceptions: e1 }) => {
-            if d0 != d1 {
-                // Pin every host to its old verdict so the default can flip.
-                for h in 0..=255u8 {
-                    if !e0.iter().any(|&(x, _)| x == h) {
-                        host_set(lines, store, seed, addr(h), *d0)?;
-                    }
-                }
-                set_cell_nibble(lines, idx24, new.nibble());
-                for h in 0..=255u8 {
-                    let v = new.verdict_of(h);
-                    if v == *d1 {
-                        host_clear(lines, store, seed, addr(h))?;
-                    } else {
-                        host_set(lines, store, seed, addr(h), v)?;
-                    }
-                }
-            } else {
-                for &(h, v) in e1 {
-                    host_set(lines, store, seed, addr(h), v)?;
-                }
-                for &(h, _) in e0 {
-                    if !e1.iter().any(|&(x, _)| x == h) {
-                        host_clear(lines, store, seed, addr(h))?;
-                    }
-                }
-            }
+    }
+    set_cell_verdict(lines, idx24, d1);
+    for &(h, _) in e0 {
+        if !e1.iter().any(|&(x, _)| x == h) {
+            host_clear(lines, store, seed, addr(h))?;
         }
     }
     Ok(())
@@ -313,7 +291,7 @@ mod tests {
     use super::*;
     use crate::core::hash::mix32;
     use crate::filter::layout::{ALLOW, BLOCK, LIST_ALLOW, LIST_BLOCK};
-    use crate::filter::v4::{cells_of, mask, V4Rules, MIXED};
+    use crate::filter::v4::{cells_of, mask, V4Rules};
     use rand::rngs::StdRng;
     use rand::{RngExt, SeedableRng};
 
@@ -360,11 +338,10 @@ mod tests {
         // Every one of these hashes to bucket 0, so they fill the whole chain.
         let same_home: Vec<u32> =
             (0x0A00_0000u32..).filter(|&a| mix32(v4_host_hash(a, seed)) & 63 == 0).take(SLOTS * PROBES + 1).collect();
-        // Every /24 mixed, every line marked overflowed: only the buckets answer.
+        // Every line marked overflowed and no host inline: only the buckets answer.
         let mut lines = new_lines();
         for l in &mut lines {
-            l.cells = [u64::from(MIXED | PASS) * 0x1111_1111_1111_1111; 4];
-            l.slots[3] = u64::from(MARK) << 48;
+            l.slots[1] = u64::from(MARK) << 48;
         }
         for &a in &same_home[..SLOTS * PROBES] {
             host_set(&mut lines, &mut store, seed, a, BLOCK).unwrap();
@@ -425,6 +402,103 @@ mod tests {
         }
     }
 
+    /// Both levels behind one RefCell, so the line and bucket stores a
+    /// transition writes through can each check every host of the /24
+    /// after every single store, as a concurrent reader would see them.
+    struct Watched<'a> {
+        state: &'a std::cell::RefCell<(Vec<xdpg_v4_line>, Vec<xdpg_v4_bucket>)>,
+        check: &'a dyn Fn(&Vec<xdpg_v4_line>, &Vec<xdpg_v4_bucket>),
+    }
+
+    impl LineStore for Watched<'_> {
+        fn read(&self, line: usize, word: usize) -> u64 {
+            LineStore::read(&self.state.borrow().0, line, word)
+        }
+        fn write(&mut self, line: usize, word: usize, value: u64) {
+            LineStore::write(&mut self.state.borrow_mut().0, line, word, value);
+            let st = self.state.borrow();
+            (self.check)(&st.0, &st.1);
+        }
+    }
+
+    impl Store<xdpg_v4_bucket> for Watched<'_> {
+        const SHARED: bool = true;
+        fn len(&self) -> usize {
+            self.state.borrow().1.len()
+        }
+        fn read(&self, index: usize) -> xdpg_v4_bucket {
+            self.state.borrow().1[index]
+        }
+        fn write(&mut self, index: usize, word: usize, value: u32) {
+            Store::write(&mut self.state.borrow_mut().1, index, word, value);
+            let st = self.state.borrow();
+            (self.check)(&st.0, &st.1);
+        }
+        fn publish(&mut self, index: usize, word: usize, value: u32) {
+            Store::write(self, index, word, value);
+        }
+    }
+
+    /// Every kind of move of a /24 (uniform and mixed, defaults that flip,
+    /// exceptions added, changed and dropped, /24s of one /18 crowding its
+    /// seven slots): after every single store of a transition, a host whose
+    /// verdict does not change reads it, and one that changes reads its old
+    /// or its new verdict.
+    #[test]
+    fn transitions_keep_unchanged_hosts_after_every_store() {
+        let mut rng = StdRng::seed_from_u64(0xC0FFEE);
+        let seed = 3;
+        let base = ip("198.51.100.0");
+        let mut r = V4Rules::default();
+        let state = std::cell::RefCell::new((new_lines(), vec![xdpg_v4_bucket::default(); 512]));
+        let mut present: Vec<(u32, u8, u8)> = Vec::new();
+        let mut stores = 0usize;
+        for _ in 0..600 {
+            let remove = !present.is_empty() && rng.random_bool(0.4);
+            let (net, len, bit) = if remove {
+                present.swap_remove(rng.random_range(0..present.len()))
+            } else {
+                let len = [22u8, 24, 25, 26, 29, 32, 32, 32][rng.random_range(0..8)];
+                let a = base + rng.random_range(0..1024u32);
+                let bit = if rng.random_bool(0.3) { LIST_ALLOW } else { LIST_BLOCK };
+                (a & mask(len), len, bit)
+            };
+            let cells: Vec<u32> = cells_of(net, len).collect();
+            let before = r.clone();
+            let changed = if remove { r.remove(net, len, bit) } else { r.insert(net, len, bit) };
+            if !remove && changed {
+                present.push((net, len, bit));
+            }
+            for &c in &cells {
+                let (o, n) = (before.cell(c), r.cell(c));
+                let hosts: Vec<(u32, u8, u8)> = (0..256u32)
+                    .map(|h| (c << 8) | h)
+                    .map(|a| (a, before.verdict(a), r.verdict(a)))
+                    .collect();
+                let check = |lines: &Vec<xdpg_v4_line>, buckets: &Vec<xdpg_v4_bucket>| {
+                    for &(a, old, new) in &hosts {
+                        let now = lookup(lines, buckets, seed, a);
+                        assert!(now == old || now == new, "{a:#x}: {now}, not {old} or {new}");
+                    }
+                };
+                let counted = std::cell::Cell::new(0usize);
+                let counting = |l: &Vec<xdpg_v4_line>, b: &Vec<xdpg_v4_bucket>| {
+                    counted.set(counted.get() + 1);
+                    check(l, b)
+                };
+                let mut lines = Watched { state: &state, check: &counting };
+                let mut buckets = Watched { state: &state, check: &counting };
+                transition(&mut lines, &mut buckets, seed, c, &o, &n).unwrap();
+                stores += counted.get();
+                let st = state.borrow();
+                for &(a, _, new) in &hosts {
+                    assert_eq!(lookup(&st.0, &st.1, seed, a), new, "{a:#x} after the move");
+                }
+            }
+        }
+        assert!(stores > 1000, "{stores} stores checked");
+    }
+
     /// The host x.x.x.0 of a line's first /24 has slot key 0: retired, its
     /// slot would look empty and go to another host, and set again it would
     /// land in another slot (a reader scanning could miss it between the
@@ -434,7 +508,6 @@ mod tests {
         let (h0, a, b) = (ip("198.51.64.0"), ip("198.51.64.1"), ip("198.51.64.2"));
         let line = (h0 >> 14) as usize;
         let mut lines = new_lines();
-        lines[line].cells[0] = u64::from(MIXED | PASS);
         let mut store = vec![xdpg_v4_bucket::default(); 64];
         host_set(&mut lines, &mut store, 1, h0, BLOCK).unwrap();
         host_set(&mut lines, &mut store, 1, a, BLOCK).unwrap();
@@ -466,10 +539,6 @@ mod tests {
             .flat_map(|&l| std::iter::once(l).chain((0..20).map(move |i| l + (i * 769) % 16384 + 1)))
             .collect();
         let mut lines = new_lines();
-        for &l in &lines_at {
-            let line = &mut lines[(l >> 14) as usize];
-            line.cells = [u64::from(MIXED | PASS) * 0x1111_1111_1111_1111; 4];
-        }
         let mut store = vec![xdpg_v4_bucket::default(); 256];
         let mut want: HashMap<u32, u8> = HashMap::new();
         let mut slot_of: HashMap<u32, usize> = HashMap::new();
@@ -512,7 +581,7 @@ mod tests {
                 }
             }
         }
-        assert!(marked.iter().all(|&m| m), "both lines overflowed at some point (21 hosts each)");
+        assert!(marked.iter().all(|&m| m), "both lines overflowed at some point (21 hosts each, 7 slots)");
     }
 
     /// The host buckets take the 1.25 hosts per entry they are sized for,
