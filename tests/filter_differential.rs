@@ -759,7 +759,10 @@ fn drive(v6: bool, seed: u64, batches: usize, ops_per_batch: usize, probes: usiz
 
 #[test]
 fn v4_matches_the_reference_model() {
-    let t = drive(false, 0x5eed_0004, 80, 50, 400);
+    // 200 batches: host entries are written only for hosts that differ from
+    // their /24's default, so the buckets fill slowly; this many batches
+    // still overflow them (5 rebuilds with this seed).
+    let t = drive(false, 0x5eed_0004, 200, 50, 400);
     // The run must have exercised what it claims to.
     assert!(t.dropped > 1000 && t.allowlisted > 500 && t.probes - t.dropped - t.allowlisted > 1000, "{t:?}");
     assert!(t.single_rebuilds >= 3, "single edits must hit the bucket-overflow rebuild path: {t:?}");

@@ -102,10 +102,30 @@ impl<'a> Editor<'a> {
             let seed = self.maps.config().hash_seed;
             let mut lines = LiveLines(self.maps.l1(active));
             let mut buckets = Live(self.maps.hosts(active));
-            cells.zip(old).all(|(c, o)| {
+            let mut moved = Vec::new();
+            let mut ok = true;
+            for (c, o) in cells.zip(old) {
                 let n = self.st.v4.cell(c);
-                n == o || transition(&mut lines, &mut buckets, seed, c, &o, &n).is_ok()
-            })
+                if n == o {
+                    continue;
+                }
+                let done = transition(&mut lines, &mut buckets, seed, c, &o, &n).is_ok();
+                moved.push((c, o, n));
+                if !done {
+                    ok = false;
+                    break;
+                }
+            }
+            if !ok {
+                // Host entries are live as soon as they are written: move
+                // every /24 back (its old entries are still there, or kept as
+                // tombstones for the same hosts, so this needs no new room),
+                // and the lists read as before while the rebuild is tried.
+                for (c, o, n) in moved.iter().rev() {
+                    let _ = transition(&mut lines, &mut buckets, seed, *c, n, o);
+                }
+            }
+            ok
         };
         // Too large to patch, or the buckets need compacting: rebuild.
         if !patched && self.rebuild_v4().is_err() {
@@ -123,8 +143,18 @@ impl<'a> Editor<'a> {
         (crate::filter::hash::v6_key_hash(u32::from(len), key.words, self.maps.config().hash_seed), key)
     }
 
+    /// The key's Bloom bit: a 512-bit line (one cache line) chosen by the
+    /// address's /48 for every length from 48 up, so a lookup's tests of those
+    /// lengths read one line (by its own hash for shorter lengths); the bit in
+    /// the line by the key's hash. The data plane's `v6_verdict` computes the same.
     fn bloom_bit(&self, net: u128, len: u8) -> usize {
-        (self.v6_key(net, len).0 & self.maps.config().v6_bloom_mask) as usize
+        const LINE_LEN: u8 = XDPG_V6_BLOOM_LINE_LEN as u8;
+        let mask = self.maps.config().v6_bloom_mask;
+        let h = self.v6_key(net, len).0;
+        let line_hash = if len >= LINE_LEN { self.v6_key(net & (!0u128 << (128 - LINE_LEN)), LINE_LEN).0 } else { h };
+        // The line from bits 9 and up, the bit from bits 0-8: independent
+        // even for a /48, whose own hash is the line's.
+        ((((line_hash >> 9) & (mask >> 9)) << 9) | (h & 511)) as usize
     }
 
     /// Sets the Bloom bits of `keys`; done before their entries are written,

@@ -471,10 +471,8 @@ mod tests {
             }
             for &c in &cells {
                 let (o, n) = (before.cell(c), r.cell(c));
-                let hosts: Vec<(u32, u8, u8)> = (0..256u32)
-                    .map(|h| (c << 8) | h)
-                    .map(|a| (a, before.verdict(a), r.verdict(a)))
-                    .collect();
+                let hosts: Vec<(u32, u8, u8)> =
+                    (0..256u32).map(|h| (c << 8) | h).map(|a| (a, before.verdict(a), r.verdict(a))).collect();
                 let check = |lines: &Vec<xdpg_v4_line>, buckets: &Vec<xdpg_v4_bucket>| {
                     for &(a, old, new) in &hosts {
                         let now = lookup(lines, buckets, seed, a);

@@ -21,6 +21,9 @@ use crate::core::sys;
 /// feature (an identity migration of some of its maps).
 pub const REHEARSAL_LAYOUT: u32 = crate::core::pinned::REHEARSAL_LAYOUT;
 
+/// The filter's layout version in this build (what its pins are stamped with).
+pub const FILTER_LAYOUT: u32 = crate::core::layout::consts::XDPG_LAYOUT_VERSION;
+
 /// The config maps that mark a pin directory, one per program.
 const CONFIGS: [&str; 3] = [names::XDPG_FILTER_CFG, names::XDPG_LB_CFG, names::XDPG_DECAP_CFG];
 
