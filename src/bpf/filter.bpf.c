@@ -157,15 +157,6 @@ static __always_inline __u32 v6_verdict(struct xdpg_filter_config *cfg, __u32 ta
 	__u32 bloom_mask = cfg->v6_bloom_mask;
 	__u32 key[4];
 
-	/* The Bloom line (512 bits, one cache line) of every length from
-	 * XDPG_V6_BLOOM_LINE_LEN up: chosen by the source's /48, so those tests
-	 * read one line (src/filter/editor.rs bloom_bit places the bits). */
-	key[0] = addr[0];
-	key[1] = mask_word(addr[1], XDPG_V6_BLOOM_LINE_LEN - 32);
-	key[2] = 0;
-	key[3] = 0;
-	__u32 line_hash = xdpg_v6_key_hash(XDPG_V6_BLOOM_LINE_LEN, key, seed);
-
 	/* Longest first: the first hit is the most specific entry, and its
 	 * stored verdict already says whether an allow entry covers it. */
 	for (__u32 i = 0; i < XDPG_V6_MAX_LENS; i++) {
@@ -179,9 +170,7 @@ static __always_inline __u32 v6_verdict(struct xdpg_filter_config *cfg, __u32 ta
 		__u32 hash = xdpg_v6_key_hash(len, key, seed);
 		/* A clear Bloom bit proves the key absent: skip the probe, a
 		 * cache miss in a big table. */
-		/* The line from bits 9 and up, the bit in it from bits 0-8. */
-		__u32 line = (len >= XDPG_V6_BLOOM_LINE_LEN ? line_hash : hash) >> 9;
-		__u32 bit = ((line & (bloom_mask >> 9)) << 9) | (hash & 511);
+		__u32 bit = hash & bloom_mask;
 		__u32 word_idx = bit / 64;
 		__u64 *word = bpf_map_lookup_elem(&xdpg_v6_bloom, &word_idx);
 		if (!word || !((*word >> (bit % 64)) & 1))

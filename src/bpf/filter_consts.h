@@ -41,11 +41,6 @@
 #define XDPG_V6_BUCKET_OVERFLOW 0x80000000
 #define XDPG_V6_MAX_PROBES 64
 
-/* v6 Bloom prefilter: every prefix length from this one up takes its bit in
- * the 512-bit line (one cache line) chosen by the address's /48, so a
- * lookup's tests of those lengths read one line. */
-#define XDPG_V6_BLOOM_LINE_LEN 48
-
 /* v6: prefix lengths 0..128 can all be in use at once. */
 #define XDPG_V6_MAX_LENS 129
 /* Views are rotated so a reader never sees a view being rewritten. */

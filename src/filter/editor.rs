@@ -143,18 +143,8 @@ impl<'a> Editor<'a> {
         (crate::filter::hash::v6_key_hash(u32::from(len), key.words, self.maps.config().hash_seed), key)
     }
 
-    /// The key's Bloom bit: a 512-bit line (one cache line) chosen by the
-    /// address's /48 for every length from 48 up, so a lookup's tests of those
-    /// lengths read one line (by its own hash for shorter lengths); the bit in
-    /// the line by the key's hash. The data plane's `v6_verdict` computes the same.
     fn bloom_bit(&self, net: u128, len: u8) -> usize {
-        const LINE_LEN: u8 = XDPG_V6_BLOOM_LINE_LEN as u8;
-        let mask = self.maps.config().v6_bloom_mask;
-        let h = self.v6_key(net, len).0;
-        let line_hash = if len >= LINE_LEN { self.v6_key(net & (!0u128 << (128 - LINE_LEN)), LINE_LEN).0 } else { h };
-        // The line from bits 9 and up, the bit from bits 0-8: independent
-        // even for a /48, whose own hash is the line's.
-        ((((line_hash >> 9) & (mask >> 9)) << 9) | (h & 511)) as usize
+        (self.v6_key(net, len).0 & self.maps.config().v6_bloom_mask) as usize
     }
 
     /// Sets the Bloom bits of `keys`; done before their entries are written,
