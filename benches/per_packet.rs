@@ -147,7 +147,12 @@ fn filter_section(t: &Timing) -> Table {
     // documentation ranges, so these /24s hold nothing else).
     let block = |s: &str| filter.blocklist().insert(s.parse().expect("literal")).expect("insert");
     block("198.51.100.0/24"); // a whole /24: decided at level 1
-    block("203.0.113.7/32"); // a host in a mixed /24: host buckets
+    block("203.0.113.7/32"); // a host in a mixed /24: inline in its /18's line
+                             // Eight more hosts in that /18: a line holds seven, so the last of them
+                             // is found in the host buckets (the line's overflow mark).
+    for h in 20..28u8 {
+        block(&format!("203.0.113.{h}/32"));
+    }
     block("192.0.2.0/24");
     filter.allowlist().insert("192.0.2.10/32".parse().expect("literal")).expect("allow");
     block("2001:db8:1::/48");
@@ -178,20 +183,34 @@ fn filter_section(t: &Timing) -> Table {
     expect(v4([192, 0, 2, 10]).into(), "allow");
     expect(v4([198, 51, 100, 9]).into(), "block");
     expect(v4([203, 0, 113, 7]).into(), "block");
+    expect(v4([203, 0, 113, 27]).into(), "block");
     expect(clean6.into(), "pass");
     expect("2001:db8:1::5".parse::<IpAddr>().expect("literal"), "block");
     expect("2001:db8:2::1".parse::<IpAddr>().expect("literal"), "block");
 
     let paths = vec![
         Path { name: "pass, IPv4 (unlisted /24)", frame: udp4_from(clean4), want: XDP_PASS },
-        Path { name: "pass, IPv4 (mixed /24, host miss)", frame: udp4_from(v4([203, 0, 113, 9])), want: XDP_PASS },
+        Path {
+            name: "pass, IPv4 (partly listed /24, host not listed)",
+            frame: udp4_from(v4([203, 0, 113, 9])),
+            want: XDP_PASS,
+        },
         Path {
             name: "allowlisted, IPv4 /32 inside a blocked /24",
             frame: udp4_from(v4([192, 0, 2, 10])),
             want: XDP_PASS,
         },
         Path { name: "blocked, IPv4 /24 level", frame: udp4_from(v4([198, 51, 100, 9])), want: XDP_DROP },
-        Path { name: "blocked, IPv4 host-bucket level", frame: udp4_from(v4([203, 0, 113, 7])), want: XDP_DROP },
+        Path {
+            name: "blocked, IPv4 /32 (inline in its /18's line)",
+            frame: udp4_from(v4([203, 0, 113, 7])),
+            want: XDP_DROP,
+        },
+        Path {
+            name: "blocked, IPv4 /32 (host buckets: its line overflowed)",
+            frame: udp4_from(v4([203, 0, 113, 27])),
+            want: XDP_DROP,
+        },
         Path { name: "pass, IPv6 (probes every length in use)", frame: udp6_from(clean6), want: XDP_PASS },
         Path { name: "blocked, IPv6 /48", frame: udp6_from("2001:db8:1::5".parse().expect("literal")), want: XDP_DROP },
         Path {
@@ -206,14 +225,16 @@ fn filter_section(t: &Timing) -> Table {
     // Baselines measured the same way: a bare XDP_DROP, and the LPM trie
     // filter holding the same generated prefixes plus the hand-placed ones.
     let bare = DropProg::load().expect("loading bench_drop");
-    let lpm = LpmProg::load(v4_set.prefixes.len() + 8, v6_set.prefixes.len() + 8, XDP_PASS).expect("loading bench_lpm");
+    let lpm =
+        LpmProg::load(v4_set.prefixes.len() + 16, v6_set.prefixes.len() + 8, XDP_PASS).expect("loading bench_lpm");
     for &p in &v4_set.prefixes {
         lpm.insert_v4(p).expect("LPM insert");
     }
     for &p in &v6_set.prefixes {
         lpm.insert_v6(p).expect("LPM insert");
     }
-    for (a, len) in [([198, 51, 100, 0], 24), ([203, 0, 113, 7], 32), ([192, 0, 2, 0], 24)] {
+    let hosts = (20..28u8).map(|h| ([203, 0, 113, h], 32));
+    for (a, len) in [([198, 51, 100, 0], 24), ([203, 0, 113, 7], 32), ([192, 0, 2, 0], 24)].into_iter().chain(hosts) {
         lpm.insert_v4(Prefix4 { addr: u32::from_be_bytes(a), len }).expect("LPM insert");
     }
     lpm.insert_v6(Prefix6 { addr: u128::from("2001:db8:1::".parse::<Ipv6Addr>().expect("literal")), len: 48 })
