@@ -8,8 +8,9 @@
  * parse (parsing.h), then the source's verdict: IPv4 by v4_verdict (one
  * line per /18: its /24 cells and listed hosts inline; host buckets on
  * overflow), IPv6 by v6_verdict (the live view's prefix lengths, longest
- * first, each behind a Bloom bit, probed by v6_probe); then count and drop or pass on. The tables' layout
- * is in filter_structs.h and filter_consts.h, the maps in filter_maps.h,
+ * first, each behind a Bloom bit, probed by v6_probe); then count and drop
+ * or pass on. The tables' layout is in filter_structs.h and
+ * filter_consts.h, the maps in filter_maps.h,
  * the hashes (mirrored in Rust) in hash.h. Every drop and would-drop
  * may send a sampled event (filter_events.h) while a reader holds a lease. */
 #include <linux/bpf.h>

@@ -22,7 +22,7 @@ const MARK_SLOT: usize = XDPG_V4_LINE_SLOTS as usize;
 const MARK: u16 = XDPG_V4_LINE_OVERFLOW as u16;
 
 /// Level-1 lines: where cell and inline-host writes go. `word` counts the
-/// line's 64-bit words: 0..4 its cells, 4..8 its host slots.
+/// line's 64-bit words: first its cells, then its host slots.
 pub(crate) trait LineStore {
     fn read(&self, line: usize, word: usize) -> u64;
     fn write(&mut self, line: usize, word: usize, value: u64);
