@@ -881,13 +881,19 @@ fn health_agent(args: HealthArgs) -> Result<()> {
     let stop = std::sync::atomic::AtomicBool::new(false);
     let mut write_error = None;
     checker.run(&lb, &stop, |event| {
-        eprintln!("health: {event}");
+        // The state file first, then the line: whoever reads the line (an
+        // operator, a supervisor about to restart the agent) may rely on a
+        // restarted agent knowing what this one drained. (Found by
+        // tests/lb_health.rs, which kills the agent right after a drain's
+        // line: logged first, the restarted agent took the drained backend
+        // for an operator's weight 0 and never restored it.)
         if let Some(path) = &args.state {
             if let Err(e) = write_health_state(path, &checker.status()) {
                 write_error = Some(e);
                 stop.store(true, std::sync::atomic::Ordering::Relaxed);
             }
         }
+        eprintln!("health: {event}");
     })?;
     match write_error {
         Some(e) => Err(e),
