@@ -6,6 +6,8 @@
 #define XDPG_CSUM_H
 
 #include <linux/types.h>
+#include <linux/ip.h>
+#include <bpf/bpf_endian.h>
 
 /* Folds a 32-bit running sum to 16 bits, without complementing. */
 static __always_inline __u16 xdpg_csum_fold(__u32 sum)
@@ -66,6 +68,27 @@ static __always_inline __u16 xdpg_ipv4_hdr_csum(const void *hdr)
 	for (int i = 0; i < 10; i++)
 		sum += w[i];
 	return (__u16)~xdpg_csum_fold(sum);
+}
+
+/* Writes a fresh 20-byte IPv4 header (no options, id 0) and its checksum:
+ * the headers the programs make themselves (the LB's ICMP answers, the SYN
+ * guard's SYN-ACKs). `tot_len` in host order; the rest as they go on the
+ * wire. The caller has checked the 20 bytes are in the packet. */
+static __always_inline void xdpg_ipv4_hdr_write(struct iphdr *iph, __u8 tos, __u16 tot_len, __be16 frag_off, __u8 ttl,
+						__u8 protocol, __be32 saddr, __be32 daddr)
+{
+	iph->version = 4;
+	iph->ihl = 5;
+	iph->tos = tos;
+	iph->tot_len = bpf_htons(tot_len);
+	iph->id = 0;
+	iph->frag_off = frag_off;
+	iph->ttl = ttl;
+	iph->protocol = protocol;
+	iph->check = 0;
+	iph->saddr = saddr;
+	iph->daddr = daddr;
+	iph->check = xdpg_ipv4_hdr_csum(iph);
 }
 
 #endif

@@ -220,18 +220,9 @@ static __always_inline int syn_answer_v4(struct xdp_md *ctx, const struct xdpg_p
 	iph = data + l3;
 	if ((void *)iph + sizeof(*iph) + XDPG_SYN_TCP_LEN > data_end)
 		return -1;
-	iph->version = 4;
-	iph->ihl = 5;
-	iph->tos = 0;
-	iph->tot_len = bpf_htons(sizeof(*iph) + XDPG_SYN_TCP_LEN);
-	iph->id = 0;
-	iph->frag_off = bpf_htons(0x4000); /* DF */
-	iph->ttl = XDPG_SYN_TTL;
-	iph->protocol = IPPROTO_TCP;
-	iph->check = 0;
-	iph->saddr = saddr;
-	iph->daddr = daddr;
-	iph->check = xdpg_ipv4_hdr_csum(iph);
+	/* DF set, as the stack's SYN-ACKs. */
+	xdpg_ipv4_hdr_write(iph, 0, sizeof(*iph) + XDPG_SYN_TCP_LEN, bpf_htons(0x4000), XDPG_SYN_TTL, IPPROTO_TCP,
+			    saddr, daddr);
 
 	__u64 pseudo = (__u64)saddr + daddr + bpf_htonl(IPPROTO_TCP) + bpf_htonl(XDPG_SYN_TCP_LEN);
 	t.check = syn_tcp_csum(&t, pseudo);

@@ -105,20 +105,9 @@ static __always_inline int too_big_v4(struct xdp_md *ctx, struct xdpg_lb_scratch
 	if ((void *)(out + 1) > data_end)
 		return XDP_DROP;
 	reply_eth(eth, to, from, ETH_P_IP);
-	out->version = 4;
-	out->ihl = 5;
-	out->tos = tos;
-	out->tot_len = bpf_htons(20 + icmp_len);
-	out->id = 0;
-	out->frag_off = 0;
-	out->ttl = XDPG_LB_OUTER_TTL;
-	out->protocol = IPPROTO_ICMP;
-	out->check = 0;
 	/* From the address the packet was sent to (the VIP): the sender's
 	 * stack matches the message to its connection by the quote. */
-	out->saddr = daddr;
-	out->daddr = saddr;
-	out->check = xdpg_ipv4_hdr_csum(out);
+	xdpg_ipv4_hdr_write(out, tos, 20 + icmp_len, 0, XDPG_LB_OUTER_TTL, IPPROTO_ICMP, daddr, saddr);
 	for (int i = 0; i < 19; i++) {
 		if (i * 4 >= icmp_len)
 			break;

@@ -191,18 +191,7 @@ XDPG_COLD int dsr_probe(struct xdp_md *ctx, __u32 be_id, struct xdpg_lb_backend 
 		__u32 *icmp = data + XDPG_ETH_HLEN + 20;
 		if ((void *)(icmp + 2) > data_end)
 			return XDP_DROP;
-		out->version = 4;
-		out->ihl = 5;
-		out->tos = tos;
-		out->tot_len = bpf_htons(28);
-		out->id = 0;
-		out->frag_off = 0;
-		out->ttl = ttl;
-		out->protocol = IPPROTO_ICMP;
-		out->check = 0;
-		out->saddr = saddr;
-		out->daddr = daddr;
-		out->check = xdpg_ipv4_hdr_csum(out);
+		xdpg_ipv4_hdr_write(out, tos, 28, 0, ttl, IPPROTO_ICMP, saddr, daddr);
 		/* Type 0 (echo reply), code 0, checksum 0xFFFF, id 0, seq 0. */
 		icmp[0] = bpf_htonl(0xFFFF);
 		icmp[1] = 0;
