@@ -366,6 +366,26 @@ fn v4_host_occupancy(prog: BorrowedFd<'_>, active: u32) -> (usize, usize) {
     (used, live)
 }
 
+/// (anchored entries, dense /48 marks) live in v6 table 0 (between edits
+/// both tables hold the same entries).
+fn v6_kinds(prog: BorrowedFd<'_>) -> (usize, usize) {
+    let map = map_named(prog, "xdpg_v6_tab_a");
+    let (mut anchored, mut dense) = (0, 0);
+    for i in 0..map.info().unwrap().info.max_entries {
+        let b = map.lookup(&i.to_ne_bytes(), MapFlags::ANY).unwrap().expect("array entry");
+        // struct xdpg_v6_bucket: three 20-byte entries, len_code last in each
+        // (bits 8-15 the code, 16-17 the kind).
+        for s in 0..3 {
+            let len_code = u32::from_ne_bytes(b[20 * s + 16..20 * s + 20].try_into().unwrap());
+            if (len_code >> 8) & 0xFF != 0 {
+                anchored += usize::from(len_code >> 16 == 1);
+                dense += usize::from(len_code >> 16 == 2);
+            }
+        }
+    }
+    (anchored, dense)
+}
+
 fn v4_bucket_mask(cfg: &MapHandle) -> u32 {
     let v = cfg.lookup(&0u32.to_ne_bytes(), MapFlags::ANY).unwrap().expect("config entry");
     // After the header and tables.
@@ -387,6 +407,9 @@ struct Tally {
     single_rebuilds: usize,
     /// Peak share of host-bucket slots in use (live or tombstone), percent.
     peak_bucket_use: usize,
+    /// Peak v6 entries anchored in their /48's chain, and dense /48 marks.
+    peak_anchored: usize,
+    peak_dense: usize,
     probes: usize,
     dropped: usize,
     allowlisted: usize,
@@ -742,6 +765,10 @@ fn drive(v6: bool, seed: u64, batches: usize, ops_per_batch: usize, probes: usiz
         if !v6 {
             let (used, _live) = v4_host_occupancy(filter.program_fd(), v4_active(&run.cfg));
             run.tally.peak_bucket_use = run.tally.peak_bucket_use.max(used * 100 / (256 * 15));
+        } else {
+            let (anchored, dense) = v6_kinds(filter.program_fd());
+            run.tally.peak_anchored = run.tally.peak_anchored.max(anchored);
+            run.tally.peak_dense = run.tally.peak_dense.max(dense);
         }
     }
     eprintln!(
@@ -773,6 +800,8 @@ fn v4_matches_the_reference_model() {
 fn v6_matches_the_reference_model() {
     let t = drive(true, 0x5eed_0006, 60, 40, 400);
     assert!(t.dropped > 1000 && t.allowlisted > 500 && t.probes - t.dropped - t.allowlisted > 1000, "{t:?}");
+    // Both placements of v6 entries, and /48s turning dense (hot /64s).
+    assert!(t.peak_anchored >= 50 && t.peak_dense >= 2, "{t:?}");
     assert!(t.bulk_ops >= 20, "{t:?}");
 }
 

@@ -331,6 +331,49 @@ fn v6_blocked_host_and_its_neighbours() {
     assert_eq!(f.verdict(v6("2001:db8::7")).unwrap(), Verdict::Block(net("2001:db8::7/128")));
 }
 
+/// Entries of /48 and longer sit in their /48's chain until it holds more
+/// than nine; then it is marked dense and they move to their own chains
+/// (src/filter/v6_tables.rs). Hosts of one /48 added one by one past that
+/// point and removed again, beside an allowlisted host in a blocked /64, a
+/// /40 behind them all (shorter than the anchor, probed on its own), and a
+/// sparse /48 next door: after every edit every probe reads its verdict.
+#[test]
+fn v6_a_slash48_turning_dense_and_back() {
+    let f = load();
+    let mut m = Matrix::new(&f, "v6_a_slash48_turning_dense_and_back");
+    let (b, a, p) = (Reason::BlockedV6, Reason::Allowlisted, Reason::Passed);
+    block(&f, "2001:db8:5:9::/64");
+    allow(&f, "2001:db8:5:9::a/128");
+    block(&f, "2001:db8:6::1/128");
+    let host = |i: usize| format!("2001:db8:5::{:x}", 0x100 + i);
+    let check = |m: &mut Matrix<'_>, listed: usize, behind: Reason| {
+        for i in 0..10 {
+            m.all_l4(v6(&host(i)), if i < listed { b } else { behind });
+        }
+        m.all_l4(v6("2001:db8:5:9::a"), a);
+        m.all_l4(v6("2001:db8:5:9::b"), b);
+        m.all_l4(v6("2001:db8:5:a::1"), behind);
+        m.all_l4(v6("2001:db8:6::1"), b);
+        m.all_l4(v6("2001:db8:6::2"), behind);
+    };
+    for behind in [p, b] {
+        for i in 0..10 {
+            check(&mut m, i, behind);
+            block(&f, &format!("{}/128", host(i)));
+        }
+        check(&mut m, 10, behind);
+        for i in (0..10).rev() {
+            f.blocklist().remove(net(&format!("{}/128", host(i)))).unwrap();
+            check(&mut m, i, behind);
+        }
+        if behind == p {
+            // The second round with a /40 behind every /48 of the test.
+            block(&f, "2001:db8::/40");
+        }
+    }
+    assert_eq!(f.verdict(v6("2001:db8:5:a::1")).unwrap(), Verdict::Block(net("2001:db8::/40")));
+}
+
 #[test]
 fn v6_blocked_ranges_inside_and_both_boundaries() {
     let f = load();

@@ -32,10 +32,15 @@ use std::time::{Duration, Instant};
 use common::cli::{XDPGUARD, XDPGUARD_LB};
 use common::scratch::ScratchDir;
 use common::udp_echo::UdpEcho;
+use xdpguard::testing::frame::Frame;
 use xdpguard::testing::lb_topology::*;
 use xdpguard::testing::netns::{ensure_bpffs, NetNs, Pair};
-use xdpguard::testing::upgrade::{attached_program_id, link_program_ids, stamp_layout, REHEARSAL_LAYOUT};
-use xdpguard::{Decap, Error, Filter, ForwardingMode, IpNetwork, LoadBalancer, PinError, Protocol, Vip, VipConfig};
+use xdpguard::testing::upgrade::{
+    attached_program_id, link_program_ids, stamp_layout, FILTER_LAYOUT, REHEARSAL_LAYOUT,
+};
+use xdpguard::{
+    Decap, Error, Filter, ForwardingMode, IpNetwork, LoadBalancer, PinError, Protocol, Vip, VipConfig, XdpAction,
+};
 
 const PORT: u16 = 7100;
 const ALLOWED: &str = "192.0.2.1";
@@ -205,6 +210,70 @@ fn an_unknown_layout_is_refused_before_anything_changes_and_the_tool_upgrades() 
     assert!(text.contains(&format!("program {} replaced", after[0])), "{text}");
     let filter = Filter::open_pinned(&dir).unwrap();
     assert_eq!(filter.blocklist().iter().unwrap().collect::<Vec<_>>(), [net("198.51.100.0/24")]);
+    filter.unpin().unwrap();
+}
+
+/// A filter pinned by layout 5 (stamped) is migrated: every map reused,
+/// the IPv6 tables rebuilt (the live view moves on) once the new program
+/// runs, and every verdict the same, checked by running the attached
+/// program: a dense /48 (more entries than its chain keeps), a sparse one,
+/// an allowlisted host inside a blocked /64, a /32 behind them.
+#[test]
+fn a_layout_5_filter_is_migrated_with_its_ipv6_tables_rebuilt() {
+    ensure_bpffs();
+    let pair = Pair::new("up5");
+    let pin = ScratchDir::bpffs("up5");
+    let dir = pin.path().to_owned();
+    let filter = {
+        let dir = dir.clone();
+        pair.server.run(move || {
+            Filter::builder().interface("eth0").v4_capacity(1024).v6_capacity(1024).pin(dir).attach().expect("attach")
+        })
+    };
+    let mut nets: Vec<IpNetwork> = (1..=12).map(|i| net(&format!("2001:db8:5::{i:x}/128"))).collect();
+    nets.extend(["2001:db8:6::1/128", "2001:db8:6:1::/64", "2001:db9::/32", "198.51.100.0/24"].map(net));
+    filter.blocklist().extend(nets).unwrap();
+    filter.allowlist().insert(net("2001:db8:6:1::a/128")).unwrap();
+    let cases = [
+        ("2001:db8:5::3", XdpAction::Drop),
+        ("2001:db8:5::d", XdpAction::Pass),
+        ("2001:db8:6::1", XdpAction::Drop),
+        ("2001:db8:6:1::a", XdpAction::Pass),
+        ("2001:db8:6:1::b", XdpAction::Drop),
+        ("2001:db9:7::1", XdpAction::Drop),
+        ("2001:db8:7::1", XdpAction::Pass),
+        ("198.51.100.1", XdpAction::Drop),
+    ];
+    let check = |f: &Filter| {
+        for (src, want) in cases {
+            let src: IpAddr = src.parse().unwrap();
+            let dst: IpAddr =
+                if src.is_ipv4() { "203.0.113.1".parse().unwrap() } else { "2001:db8:f::1".parse().unwrap() };
+            let frame = Frame::builder().ip(src, dst).udp(40000, 53).payload(b"x").build().to_vec();
+            assert_eq!(f.test_run(&frame).unwrap().action, want, "{src}");
+        }
+    };
+    check(&filter);
+    let tables_word = |dir: &std::path::Path| {
+        let cfg = libbpf_rs::MapHandle::from_pinned_path(dir.join("xdpg_filter_cfg")).unwrap();
+        let v = libbpf_rs::MapCore::lookup(&cfg, &0u32.to_ne_bytes(), libbpf_rs::MapFlags::ANY).unwrap().unwrap();
+        u32::from_ne_bytes(v[24..28].try_into().unwrap())
+    };
+    let before = tables_word(&dir);
+    drop(filter);
+
+    stamp_layout(&dir, 5);
+    let (filter, report) = Filter::upgrade_pinned(&dir).expect("layout 5 is migrated");
+    assert_eq!((report.from_layout, report.to_layout), (5, FILTER_LAYOUT));
+    assert!(report.migrated_maps.is_empty(), "{report:?}");
+    assert_eq!(report.interfaces.len(), 1, "{report:?}");
+    let after = tables_word(&dir);
+    assert_eq!(before & 0xFF, after & 0xFF, "the IPv4 tables stay");
+    assert_ne!(before >> 8, after >> 8, "the IPv6 tables are rebuilt and switched in");
+    check(&filter);
+    drop(filter);
+    let filter = Filter::open_pinned(&dir).expect("reopens as this layout");
+    check(&filter);
     filter.unpin().unwrap();
 }
 

@@ -8,7 +8,7 @@
 /* Written into the config map so a pin directory can be recognised as ours,
  * and bumped whenever a shared layout changes. */
 #define XDPG_MAGIC 0x58445047u /* "XDPG" */
-#define XDPG_LAYOUT_VERSION 5
+#define XDPG_LAYOUT_VERSION 6
 
 /* Verdict codes stored in the v4 per-/24 array, the v4 host buckets and the
  * v6 buckets. Allow wins over block whatever the prefix lengths. */
@@ -40,6 +40,17 @@
 #define XDPG_V6_BUCKET_SLOTS 3
 #define XDPG_V6_BUCKET_OVERFLOW 0x80000000
 #define XDPG_V6_MAX_PROBES 64
+
+/* v6 entries of /48 and longer are anchored: kept in the bucket chain of
+ * their /48's hash (xdpg_v6_anchor_hash), so one walk of one chain finds
+ * the longest of them, unless their /48 holds too many and is marked dense
+ * (then they are in the chains of their own (length, prefix) hashes, as the
+ * shorter entries always are). */
+#define XDPG_V6_ANCHOR_LEN 48
+/* An entry's kind, in len_code bits 16-17 (struct xdpg_v6_entry). */
+#define XDPG_V6_KIND_LEN 0	/* in the chain of its (length, prefix) hash */
+#define XDPG_V6_KIND_ANCHORED 1 /* in the chain of its /48's hash */
+#define XDPG_V6_KIND_DENSE 2	/* a /48's mark (length 48): its entries are KIND_LEN */
 
 /* v6: prefix lengths 0..128 can all be in use at once. */
 #define XDPG_V6_MAX_LENS 129

@@ -57,7 +57,9 @@ struct {
 	__type(value, struct xdpg_v4_rule);
 } xdpg_v4_rules SEC(".maps");
 
-/* v6 entries (effective verdicts) in cache-line buckets, table 0. */
+/* v6 entries (effective verdicts) in cache-line buckets, table 0: those of
+ * /48 and longer in their /48's chain (one walk finds them), the others in
+ * the chains of their own (length, prefix) hashes. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1 << 17);
@@ -84,8 +86,9 @@ struct {
 	__type(value, struct xdpg_v6_view);
 } xdpg_v6_views SEC(".maps");
 
-/* Bloom filter over the v6 keys (one bit each), sized to stay in L2: lets
- * lookups skip the lengths an address cannot match. */
+/* Bloom filter over the v6 entries in their own chains (one bit each),
+ * sized to stay in L2: lets lookups skip the lengths an address cannot
+ * match. Anchored entries need none: their /48's chain is read anyway. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1 << 15);

@@ -57,12 +57,14 @@ struct xdpg_v4_bucket {
 };
 
 /* One v6 entry: the prefix with its host bits cleared (network byte order),
- * its length + 1 (so 0 marks a slot never used) and its code (0 = none:
- * empty or a tombstone; else XDPG_VERDICT_BLOCK or XDPG_VERDICT_ALLOW).
- * len_code holds both, so one 32-bit store publishes or retires an entry. */
+ * its length + 1 (so 0 marks a slot never used), its code (0 = none:
+ * empty or a tombstone; else XDPG_VERDICT_BLOCK or XDPG_VERDICT_ALLOW) and
+ * its kind (XDPG_V6_KIND_*: which hash placed it, or a dense /48's mark).
+ * len_code holds all three, so one 32-bit store publishes or retires an
+ * entry. */
 struct xdpg_v6_entry {
 	__u32 addr[4];
-	__u32 len_code; /* bits 0-7: prefix length + 1; bits 8-15: code */
+	__u32 len_code; /* bits 0-7: prefix length + 1; 8-15: code; 16-17: kind */
 };
 
 /* A v6 bucket: three entries in one cache line; meta bit 31 says a later
@@ -72,12 +74,15 @@ struct xdpg_v6_bucket {
 	__u32 meta;
 };
 
-/* Which v6 table to read, and the prefix lengths in use there, longest first. */
+/* Which v6 table to read, and the prefix lengths in use there, longest
+ * first; lens[short_from] is the first one shorter than XDPG_V6_ANCHOR_LEN
+ * (short_from is 0 when no entry is anchored, count when all are). */
 struct xdpg_v6_view {
 	__u32 table; /* 0 or 1 */
 	__u32 count;
 	__u8 lens[XDPG_V6_MAX_LENS];
-	__u8 pad[7];
+	__u8 short_from;
+	__u8 pad[6];
 };
 
 /* A stored list entry, the source of truth the data plane is derived from.
@@ -104,6 +109,7 @@ _Static_assert(sizeof(struct xdpg_v4_bucket) == 64, "a v4 bucket is one cache li
 _Static_assert(sizeof(struct xdpg_v6_entry) == 20, "xdpg_v6_entry layout");
 _Static_assert(sizeof(struct xdpg_v6_bucket) == 64, "a v6 bucket is one cache line");
 _Static_assert(sizeof(struct xdpg_v6_view) == 144, "xdpg_v6_view layout");
+_Static_assert(__builtin_offsetof(struct xdpg_v6_view, short_from) == 137, "short_from offset");
 _Static_assert(sizeof(struct xdpg_v4_rule) == 8, "xdpg_v4_rule layout");
 _Static_assert(sizeof(struct xdpg_v6_rule) == 24, "xdpg_v6_rule layout");
 

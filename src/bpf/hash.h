@@ -33,4 +33,13 @@ static __always_inline __u32 xdpg_v6_key_hash(__u32 len, const __u32 *w, __u32 s
 	return xdpg_mix32(h ^ w[2] ^ (w[3] * 0x9E3779B1u));
 }
 
+/* Hash of a /48 (its first two words in network order, the second masked):
+ * the home of the chain holding that /48's anchored entries and its dense
+ * mark. Those chains share the buckets with xdpg_v6_key_hash's; an entry's
+ * kind keeps each walk to its own entries. */
+static __always_inline __u32 xdpg_v6_anchor_hash(__u32 w0, __u32 w1_masked, __u32 seed)
+{
+	return xdpg_mix32(xdpg_mix32(seed ^ 0xA5C30000u ^ w0) ^ w1_masked);
+}
+
 #endif

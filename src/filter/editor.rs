@@ -14,14 +14,14 @@ use rustc_hash::FxHashMap;
 
 use crate::core::layout::consts::*;
 use crate::core::mmap::MappedArray;
-use crate::core::table::{self, Live, TableError};
+use crate::core::table::{Live, TableError};
 use crate::error::ListError;
-use crate::filter::layout::{xdpg_v4_line, xdpg_v4_rule, xdpg_v6_bucket, xdpg_v6_rule, xdpg_v6_view, LIST_ALLOW};
+use crate::filter::layout::{xdpg_v4_line, xdpg_v4_rule, xdpg_v6_rule, xdpg_v6_view, LIST_ALLOW};
 use crate::filter::maps::FilterMaps;
 use crate::filter::state::{v6_from_words, v6_words, ListState};
 use crate::filter::v4;
 use crate::filter::v4_tables::{transition, LineStore};
-use crate::filter::v6::V6Key;
+use crate::filter::v6_tables;
 
 /// Cells touched by one prefix beyond which a single edit rebuilds instead
 /// of patching in place (a /8 touches 65,536).
@@ -137,32 +137,28 @@ impl<'a> Editor<'a> {
         Ok(true)
     }
 
-    /// The data plane's key for (net, len), and its hash.
-    fn v6_key(&self, net: u128, len: u8) -> (u32, V6Key) {
-        let key = V6Key::new(net, len);
-        (crate::filter::hash::v6_key_hash(u32::from(len), key.words, self.maps.config().hash_seed), key)
+    /// The Bloom bit of a v6 chain: its hash's low bits.
+    fn bloom_bit(&self, hash: u32) -> usize {
+        (hash & self.maps.config().v6_bloom_mask) as usize
     }
 
-    fn bloom_bit(&self, net: u128, len: u8) -> usize {
-        (self.v6_key(net, len).0 & self.maps.config().v6_bloom_mask) as usize
-    }
-
-    /// Sets the Bloom bits of `keys`; done before their entries are written,
-    /// so a lookup that could find an entry never skips it.
-    fn bloom_add(&self, keys: &[(u128, u8)]) {
-        for &(n, l) in keys {
-            let bit = self.bloom_bit(n, l);
+    /// Sets the Bloom bits of the chains `hashes`; done before an entry or
+    /// mark is written into them, so a lookup that could find it never
+    /// skips its chain.
+    fn bloom_add(&self, hashes: &[u32]) {
+        for &h in hashes {
+            let bit = self.bloom_bit(h);
             self.maps.v6_bloom.atomic_u64(bit / 64, 0).fetch_or(1 << (bit % 64), Ordering::AcqRel);
         }
     }
 
     /// Rebuilds the Bloom filter from the model, clearing the bits removed
-    /// entries left behind. Every live entry is in the model, so no word
-    /// written here ever lacks a bit a live entry needs.
+    /// (or since anchored) entries left behind. Every live entry is in the
+    /// model, so no word written here ever lacks a bit a live entry needs.
     fn bloom_refresh(&mut self) {
         let mut words = vec![0u64; self.maps.v6_bloom.len()];
-        for (n, l, _) in self.st.v6.iter() {
-            let bit = self.bloom_bit(n, l);
+        for h in v6_tables::bloom_hashes(&self.st.v6, self.maps.config().hash_seed) {
+            let bit = self.bloom_bit(h);
             words[bit / 64] |= 1 << (bit % 64);
         }
         for (i, w) in words.into_iter().enumerate() {
@@ -179,27 +175,20 @@ impl<'a> Editor<'a> {
         }
     }
 
-    /// Writes the model's verdict for (net, len) into v6 table `table`, or
-    /// retires the key when it is no longer an entry.
-    fn v6_write(&self, table: u32, net: u128, len: u8) -> Result<(), TableError> {
-        let (hash, key) = self.v6_key(net, len);
-        let mut store = Live(self.maps.v6_table(table));
-        match self.st.v6.effective(net, len) {
-            Some(v) => table::set(&mut store, hash, &key, u32::from(v)),
-            None => table::clear(&mut store, hash, &key).map(drop),
-        }
-    }
-
-    /// Writes the given keys into one table, retirements first.
+    /// Writes the model's verdicts for the given keys into one table,
+    /// moving the entries of any /48 they turn dense or sparse
+    /// ([`v6_tables::sync`]).
     fn v6_write_keys(&self, table: u32, keys: &[(u128, u8)]) -> Result<(), TableError> {
-        let (gone, kept): (Vec<_>, Vec<_>) = keys.iter().partition(|&&(n, l)| self.st.v6.effective(n, l).is_none());
-        gone.iter().chain(&kept).try_for_each(|&(n, l)| self.v6_write(table, n, l))
+        let mut store = Live(self.maps.v6_table(table));
+        let seed = self.maps.config().hash_seed;
+        v6_tables::sync(&mut store, &self.st.v6, seed, keys, &mut |h| self.bloom_add(&[h]))
     }
 
     /// The view for `table` holding the model's prefix lengths.
     fn v6_view(&self, table: u32) -> xdpg_v6_view {
         let lens = self.st.v6.lens_desc();
-        let mut view = xdpg_v6_view { table, count: lens.len() as u32, ..Default::default() };
+        let short_from = v6_tables::short_from(&lens) as u8;
+        let mut view = xdpg_v6_view { table, count: lens.len() as u32, short_from, ..Default::default() };
         view.lens[..lens.len()].copy_from_slice(&lens);
         view
     }
@@ -233,9 +222,6 @@ impl<'a> Editor<'a> {
         }
         let mut keys = Vec::new();
         self.v6_affected(net, len, op.bit, &mut keys);
-        if op.insert {
-            self.bloom_add(&[(net, len)]);
-        }
         let patched = [1 - live, live].iter().all(|&t| self.v6_write_keys(t, &keys).is_ok());
         // A chain too long (tombstones pile up): rebuild both tables packed.
         if !patched && self.rebuild_v6().is_err() {
@@ -287,9 +273,6 @@ impl<'a> Editor<'a> {
                 let v6_view = if v6_keys.is_empty() {
                     None
                 } else {
-                    let present: Vec<_> =
-                        v6_keys.iter().copied().filter(|&(n, l)| self.st.v6.lists(n, l) != 0).collect();
-                    self.bloom_add(&present);
                     if self.v6_write_keys(1 - live_v6, &v6_keys).is_err() {
                         self.refill_v6(1 - live_v6)?;
                     }
@@ -372,13 +355,13 @@ impl<'a> Editor<'a> {
         Ok(())
     }
 
-    /// Rewrites one v6 table, packed, with every entry of the model.
+    /// Rewrites one v6 table, packed, with every entry of the model (its
+    /// Bloom bits set first).
     fn refill_v6(&self, table: u32) -> Result<(), ListError> {
-        let mut buckets = vec![xdpg_v6_bucket::default(); self.maps.capacity().v6_buckets];
-        for (n, l, v) in self.st.v6.entries() {
-            let (hash, key) = self.v6_key(n, l);
-            table::set(&mut buckets, hash, &key, u32::from(v)).map_err(|_| self.v6_full())?;
-        }
+        let seed = self.maps.config().hash_seed;
+        let buckets =
+            v6_tables::build(&self.st.v6, seed, self.maps.capacity().v6_buckets).map_err(|_| self.v6_full())?;
+        self.bloom_add(&v6_tables::bloom_hashes(&self.st.v6, seed));
         self.maps.v6_table(table).fill_from(&buckets);
         Ok(())
     }
@@ -387,8 +370,6 @@ impl<'a> Editor<'a> {
     /// tombstones): the idle one, then a switch, then the other.
     pub(crate) fn rebuild_v6(&mut self) -> Result<(), ListError> {
         let live = self.maps.current_v6_view().table;
-        let keys: Vec<_> = self.st.v6.iter().map(|(n, l, _)| (n, l)).collect();
-        self.bloom_add(&keys);
         self.refill_v6(1 - live)?;
         let slot = self.maps.stage_v6_view(self.v6_view(1 - live));
         self.maps.switch_tables(None, Some(slot));

@@ -67,6 +67,8 @@ const _: () = {
     assert!(offset_of!(xdpg_v6_bucket, meta) == 60);
     assert!(size_of::<xdpg_v6_view>() == 144);
     assert!(offset_of!(xdpg_v6_view, lens) == 8);
+    assert!(offset_of!(xdpg_v6_view, short_from) == 137);
+    assert!(consts::XDPG_V6_ANCHOR_LEN > 32 && consts::XDPG_V6_ANCHOR_LEN <= 64);
     assert!(size_of::<xdpg_v4_rule>() == 8);
     assert!(size_of::<xdpg_v6_rule>() == 24);
     assert!(offset_of!(xdpg_v6_rule, prefixlen) == 16);

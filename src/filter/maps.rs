@@ -58,8 +58,11 @@ impl Capacity {
         // About 8 bits per v6 entry: a few percent of false positives, and
         // 256 KiB at the default capacity, small enough to stay in L2.
         let bloom_bits = (v6_rules * 8).next_power_of_two().max(1 << 16);
-        // v6 buckets hold three entries: a load factor of at most 0.75.
-        let v6_buckets = (v6_rules * 4 / 3 + 64).div_ceil(XDPG_V6_BUCKET_SLOTS as usize);
+        // v6 buckets hold three entries: a load factor of at most 0.75, with
+        // a dense /48's mark per ANCHORED_MAX + 1 entries (the most there can
+        // be; the default and 1M capacities take no more buckets for them).
+        let v6_slots = v6_rules + v6_rules / (crate::filter::v6_tables::ANCHORED_MAX + 1);
+        let v6_buckets = (v6_slots * 4 / 3 + 64).div_ceil(XDPG_V6_BUCKET_SLOTS as usize);
         Self {
             v4_rules,
             v6_rules,

@@ -31,6 +31,7 @@ mod ttl;
 mod v4;
 mod v4_tables;
 mod v6;
+mod v6_tables;
 
 pub use builder::FilterBuilder;
 pub use events::{DropEvent, DropReason, EventError, EventOptions, EventRate, EventReader, EventStats, SNAP_LEN};
@@ -59,7 +60,7 @@ use crate::core::attach::{Attachment, Interface};
 use crate::core::layout::consts::*;
 use crate::core::layout::names;
 use crate::core::maps::ProgramMaps;
-use crate::core::pinned::{facade, Kind, Pinned, ProgramKind};
+use crate::core::pinned::{facade, CopyPass, Kind, Migration, Pinned, ProgramKind};
 use crate::core::testrun::TestRun;
 use crate::error::{Error, ListError, LoadError, RuleError};
 use crate::AttachMode;
@@ -152,6 +153,26 @@ impl ProgramKind for FilterKind {
         ed.rebuild_v4().map_err(|_| ed.v4_hosts_full())?;
         ed.rebuild_v6()
     }
+
+    /// From layout 5, whose maps are this layout's but whose IPv6 tables keep
+    /// every entry in the chain of its own (length, prefix) hash: this build's
+    /// program reads them as they are (no entry is anchored while the view's
+    /// `short_from` is 0, and layout 5 wrote 0 there), so every map is reused,
+    /// and once the new program runs the v6 tables are rebuilt with the
+    /// entries of /48 and longer anchored (the idle table first, then a
+    /// switch, then the other).
+    fn migration(from: u32) -> Option<Migration<FilterMaps>> {
+        (from == 5).then_some(Migration {
+            changed: &[],
+            copy: |_, maps, pass| {
+                if pass == CopyPass::AfterSwap {
+                    let mut st = ListState::load(maps);
+                    Editor::new(&mut st, maps).rebuild_v6()?;
+                }
+                Ok(())
+            },
+        })
+    }
 }
 
 /// An XDP filter: allowlist, then blocklist, then pass, by source address,
@@ -240,9 +261,11 @@ impl Filter {
     /// A program chained behind it with [`set_next`](Self::set_next) stays.
     /// So does its guard stage (the rules): the pinned guard program keeps
     /// running the rules with its maps; it is not swapped for this build's.
-    /// Pins of layouts 2 (before rules) and 3 (before drop events, which
-    /// add maps an upgrade cannot create yet) have no migration: detach and
-    /// attach again.
+    /// Pins of layout 5 (IPv6 entries not yet anchored by /48) are migrated:
+    /// every map reused, the IPv6 tables rebuilt once the new program runs.
+    /// Pins of layouts 2 (before rules), 3 (before drop events, which add
+    /// maps an upgrade cannot create yet) and 4 (before the IPv4 lines) have
+    /// no migration: detach and attach again.
     ///
     /// Requires Linux 5.9 or later (the filter itself needs 5.15).
     ///

@@ -1,11 +1,12 @@
-//! IPv6 lists: the rule model, and the per-length hash the data plane reads.
+//! IPv6 lists: the rule model, and the entry layout the data plane reads.
 //!
-//! Every entry is stored once, keyed by (length, network), with its
-//! *effective* verdict: allow when the entry is allowlisted or an allowlist
-//! entry covers it, block otherwise. The data plane probes the lengths in
-//! use, longest first; the first hit is the most specific entry, and its
-//! stored verdict already accounts for the allowlist winning. Real lists use
-//! few lengths (/128, /64, /56, /48, /32), so a lookup is a few probes.
+//! Every entry is stored once with its *effective* verdict: allow when the
+//! entry is allowlisted or an allowlist entry covers it, block otherwise. So
+//! the most specific entry covering an address decides, and its stored
+//! verdict already accounts for the allowlist winning. Entries of /48 and
+//! longer are found in one walk of their /48's chain, the shorter ones (and
+//! those of a /48 crowded with entries) by probing the lengths in use,
+//! longest first ([`crate::filter::v6_tables`] places them).
 //!
 //! The entries live in chained-bucket tables ([`crate::core::table`]) of
 //! three entries per cache-line bucket, so a probe costs one cache miss
@@ -15,10 +16,13 @@ use std::collections::BTreeSet;
 #[cfg(test)]
 use std::collections::HashMap;
 
+use rustc_hash::{FxHashMap, FxHashSet};
+
 use crate::core::layout::consts::*;
 use crate::core::table::Layout;
 use crate::filter::entries::{self, Entries};
 use crate::filter::layout::{xdpg_v6_bucket, xdpg_v6_entry, ALLOW, BLOCK, LIST_ALLOW};
+use crate::filter::v6_tables::{ANCHORED_MAX, ANCHOR_LEN};
 
 pub(crate) fn mask(len: u8) -> u128 {
     if len == 0 {
@@ -33,22 +37,26 @@ fn last_addr(net: u128, len: u8) -> u128 {
 }
 
 /// A masked key as the data plane probes it: the address words as the
-/// kernel stores them (network byte order read natively) and the length.
+/// kernel stores them (network byte order read natively), the length, and
+/// the kind (`XDPG_V6_KIND_*`: which chain the entry sits in, or a dense
+/// /48's mark; see [`crate::filter::v6_tables`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct V6Key {
     pub words: [u32; 4],
     pub len: u8,
+    pub kind: u8,
 }
 
 impl V6Key {
-    pub(crate) fn new(net: u128, len: u8) -> Self {
-        V6Key { words: bytemuck::cast(net.to_be_bytes()), len }
+    pub(crate) fn new(net: u128, len: u8, kind: u32) -> Self {
+        V6Key { words: bytemuck::cast(net.to_be_bytes()), len, kind: kind as u8 }
     }
 }
 
-/// `len_code`: the length + 1 (so 0 marks a slot never used) and the code.
-fn len_code(len: u8, code: u32) -> u32 {
-    (u32::from(len) + 1) | (code << 8)
+/// `len_code`: the length + 1 (so 0 marks a slot never used), the code and
+/// the kind.
+fn len_code(key: &V6Key, code: u32) -> u32 {
+    (u32::from(key.len) + 1) | (code << 8) | (u32::from(key.kind) << 16)
 }
 
 const ENTRY_WORDS: usize = size_of::<xdpg_v6_entry>() / 4;
@@ -68,7 +76,7 @@ impl Layout for xdpg_v6_bucket {
     fn key(&self, slot: usize) -> Option<V6Key> {
         let e = &self.e[slot];
         let len = (e.len_code & 0xFF).checked_sub(1)?;
-        Some(V6Key { words: e.addr, len: len as u8 })
+        Some(V6Key { words: e.addr, len: len as u8, kind: (e.len_code >> 16) as u8 })
     }
     fn code(&self, slot: usize) -> u32 {
         (self.e[slot].len_code >> 8) & 0xFF
@@ -77,10 +85,10 @@ impl Layout for xdpg_v6_bucket {
         for (i, w) in key.words.iter().enumerate() {
             store(slot * ENTRY_WORDS + i, *w);
         }
-        store(slot * ENTRY_WORDS + LEN_CODE_WORD, len_code(key.len, 0));
+        store(slot * ENTRY_WORDS + LEN_CODE_WORD, len_code(key, 0));
     }
     fn code_word(&self, slot: usize, key: &V6Key, code: u32) -> (usize, u32) {
-        (slot * ENTRY_WORDS + LEN_CODE_WORD, len_code(key.len, code))
+        (slot * ENTRY_WORDS + LEN_CODE_WORD, len_code(key, code))
     }
 }
 
@@ -160,6 +168,29 @@ impl V6Rules {
             _ if self.allow_covers(net, len) => Some(ALLOW),
             _ => Some(BLOCK),
         }
+    }
+
+    /// Entries of the anchor length or longer inside the /48 `anchor`: the
+    /// entries [`crate::filter::v6_tables`] anchors in its chain.
+    pub(crate) fn anchored(&self, anchor: u128) -> impl Iterator<Item = (u128, u8)> + '_ {
+        self.ordered
+            .range((anchor, ANCHOR_LEN)..=(last_addr(anchor, ANCHOR_LEN), 128))
+            .copied()
+            .filter(|&(_, l)| l >= ANCHOR_LEN)
+    }
+
+    /// Whether the /48 `anchor` holds more entries than its chain keeps.
+    pub(crate) fn is_dense(&self, anchor: u128) -> bool {
+        self.anchored(anchor).nth(ANCHORED_MAX).is_some()
+    }
+
+    /// Every dense /48.
+    pub(crate) fn dense_anchors(&self) -> FxHashSet<u128> {
+        let mut counts: FxHashMap<u128, usize> = FxHashMap::default();
+        for (n, _, _) in self.rules.iter().filter(|&(_, l, _)| l >= ANCHOR_LEN) {
+            *counts.entry(n & mask(ANCHOR_LEN)).or_default() += 1;
+        }
+        counts.into_iter().filter(|&(_, c)| c > ANCHORED_MAX).map(|(a, _)| a).collect()
     }
 
     /// Entries strictly inside `net/len` (longer prefixes within it).
@@ -256,7 +287,7 @@ mod tests {
     }
 
     fn key(i: u32, len: u8) -> V6Key {
-        V6Key { words: [0x2001_0db8u32.to_be(), i, 0, 0], len }
+        V6Key { words: [0x2001_0db8u32.to_be(), i, 0, 0], len, kind: 0 }
     }
 
     #[test]
@@ -287,28 +318,30 @@ mod tests {
     #[test]
     fn the_zero_prefix_is_not_an_empty_slot() {
         let mut t = vec![xdpg_v6_bucket::default(); 64];
-        let k = V6Key { words: [0; 4], len: 0 };
+        let k = V6Key { words: [0; 4], len: 0, kind: 0 };
         assert_eq!(table::get(&t, 7, &k), 0);
         table::set(&mut t, 7, &k, 1).unwrap();
         assert_eq!(table::get(&t, 7, &k), 1);
     }
 
     /// A table sized for `capacity` entries (as `Capacity::new` sizes it)
-    /// takes that many keys with random hashes, whatever the hash seed: the
-    /// probe limit is long enough for the clusters linear probing makes.
+    /// takes that many keys with random hashes, and the most dense /48
+    /// marks they can need, whatever the hash seed: the probe limit is long
+    /// enough for the clusters linear probing makes.
     #[test]
     fn a_table_takes_its_full_capacity() {
-        for (capacity, seeds) in [(65_536usize, 12u32), (262_144, 4)] {
+        for (capacity, seeds) in [(65_536usize, 12u32), (262_144, 4), (1 << 20, 1)] {
             let buckets = crate::filter::maps::Capacity::new(1, capacity).v6_buckets;
             for seed in 0..seeds {
                 let mut t = vec![xdpg_v6_bucket::default(); buckets];
                 let mut x = seed.wrapping_mul(0x9E37_79B9) | 1;
-                for i in 0..capacity as u32 {
+                let marks = capacity / (crate::filter::v6_tables::ANCHORED_MAX + 1);
+                for i in 0..(capacity + marks) as u32 {
                     // xorshift32: a stand-in for the key hash.
                     x ^= x << 13;
                     x ^= x >> 17;
                     x ^= x << 5;
-                    let k = V6Key { words: [0x2001_0db8u32.to_be(), i, seed, 0], len: 64 };
+                    let k = V6Key { words: [0x2001_0db8u32.to_be(), i, seed, 0], len: 64, kind: 0 };
                     assert!(table::set(&mut t, x, &k, 1).is_ok(), "capacity {capacity}, seed {seed}: full after {i}");
                 }
             }
@@ -324,7 +357,7 @@ mod tests {
             let mut keys: Vec<(V6Key, u32)> = Vec::new();
             for i in 0..20_000u32 {
                 let len = [0u8, 32, 48, 64, 128][i as usize % 5];
-                let key = V6Key::new((u128::from(mix32(i ^ seed)) << 64) & mask(len), len);
+                let key = V6Key::new((u128::from(mix32(i ^ seed)) << 64) & mask(len), len, (i / 5) % 3);
                 let hash = crate::filter::hash::v6_key_hash(u32::from(len), key.words, seed);
                 if mix32(hash) & 31 < 2 && !keys.iter().any(|(k, _)| *k == key) && keys.len() < 24 {
                     keys.push((key, hash));
