@@ -110,6 +110,12 @@ static __always_inline __u32 v4_verdict(struct xdpg_filter_config *cfg, __u32 ta
 	return host == HOST_NOT_FOUND ? cell : host;
 }
 
+/* Bucket `idx` of v6 table `table` (0 or 1), NULL past the end. */
+static __always_inline struct xdpg_v6_bucket *v6_bucket(__u32 table, __u32 idx)
+{
+	return table ? bpf_map_lookup_elem(&xdpg_v6_tab_b, &idx) : bpf_map_lookup_elem(&xdpg_v6_tab_a, &idx);
+}
+
 /* Looks a masked v6 key up in one table: its bucket chain, three entries
  * per cache line. Returns the entry's code, or 0 when absent. A global
  * function (checked once by the verifier), so the caller's loop over prefix
@@ -127,8 +133,7 @@ __noinline int v6_probe(__u64 where, __u32 k0, __u32 k1, __u32 k2, __u32 k3)
 	__u32 idx = xdpg_mix32(hash) & mask;
 
 	for (int probe = 0; probe < XDPG_V6_MAX_PROBES; probe++) {
-		struct xdpg_v6_bucket *b =
-			table ? bpf_map_lookup_elem(&xdpg_v6_tab_b, &idx) : bpf_map_lookup_elem(&xdpg_v6_tab_a, &idx);
+		struct xdpg_v6_bucket *b = v6_bucket(table, idx);
 		if (!b)
 			break;
 #pragma unroll
@@ -181,8 +186,7 @@ __noinline int v6_anchored(__u64 where, __u32 a0, __u32 a1, __u32 a2, __u32 a3)
 	__u32 dense = 0;
 
 	for (int probe = 0; probe < XDPG_V6_MAX_PROBES; probe++) {
-		struct xdpg_v6_bucket *b =
-			table ? bpf_map_lookup_elem(&xdpg_v6_tab_b, &idx) : bpf_map_lookup_elem(&xdpg_v6_tab_a, &idx);
+		struct xdpg_v6_bucket *b = v6_bucket(table, idx);
 		if (!b)
 			break;
 #pragma unroll
