@@ -378,7 +378,8 @@ fn v6_kinds(prog: BorrowedFd<'_>) -> (usize, usize) {
         for s in 0..3 {
             let len_code = u32::from_ne_bytes(b[20 * s + 16..20 * s + 20].try_into().unwrap());
             if (len_code >> 8) & 0xFF != 0 {
-                anchored += usize::from(len_code >> 16 == 1);
+                // Kinds 1 and 3: anchored among others, a /48's only one.
+                anchored += usize::from(len_code >> 16 == 1 || len_code >> 16 == 3);
                 dense += usize::from(len_code >> 16 == 2);
             }
         }

@@ -51,6 +51,7 @@
 #define XDPG_V6_KIND_LEN 0	/* in the chain of its (length, prefix) hash */
 #define XDPG_V6_KIND_ANCHORED 1 /* in the chain of its /48's hash */
 #define XDPG_V6_KIND_DENSE 2	/* a /48's mark (length 48): its entries are KIND_LEN */
+#define XDPG_V6_KIND_SINGLE 3	/* in the chain of its /48's hash, the /48's only one */
 
 /* v6: prefix lengths 0..128 can all be in use at once. */
 #define XDPG_V6_MAX_LENS 129

@@ -160,13 +160,13 @@ fn home<B, S: Store<B> + ?Sized>(store: &S, hash: u32) -> u32 {
 }
 
 /// The buckets a reader walks from `hash`'s home, in order.
-#[cfg(test)]
 pub(crate) fn walk<B: Layout, S: Store<B> + ?Sized>(store: &S, hash: u32) -> impl Iterator<Item = B> + '_ {
     chain(store, home(store, hash)).map(|(_, b)| b)
 }
 
 /// The code stored for `key`, 0 when absent: what the data plane's lookup
 /// returns. `hash` is what the data plane mixes into the home bucket.
+#[cfg(test)]
 pub(crate) fn get<B: Layout, S: Store<B> + ?Sized>(store: &S, hash: u32, key: &B::Key) -> u32 {
     chain(store, home(store, hash))
         .find_map(|(_, b)| (0..B::SLOTS).find(|&s| b.key(s) == Some(*key) && b.code(s) != 0).map(|s| b.code(s)))

@@ -184,6 +184,17 @@ impl<'a> Editor<'a> {
         v6_tables::sync(&mut store, &self.st.v6, seed, keys, &mut |h| self.bloom_add(&[h]))
     }
 
+    /// Brings v6 table `table` level with the model after a bulk edit of
+    /// `keys`: key by key, or rebuilt whole when they are a large share of
+    /// the entries (1M new entries: 7.0 s patched into both tables, the /48
+    /// states read back from the table for each) or a chain is full.
+    fn v6_level(&self, table: u32, keys: &[(u128, u8)]) -> Result<(), ListError> {
+        if keys.len() > self.st.v6.len() / 4 + 64 || self.v6_write_keys(table, keys).is_err() {
+            return self.refill_v6(table);
+        }
+        Ok(())
+    }
+
     /// The view for `table` holding the model's prefix lengths.
     fn v6_view(&self, table: u32) -> xdpg_v6_view {
         let lens = self.st.v6.lens_desc();
@@ -273,9 +284,7 @@ impl<'a> Editor<'a> {
                 let v6_view = if v6_keys.is_empty() {
                     None
                 } else {
-                    if self.v6_write_keys(1 - live_v6, &v6_keys).is_err() {
-                        self.refill_v6(1 - live_v6)?;
-                    }
+                    self.v6_level(1 - live_v6, &v6_keys)?;
                     Some(self.maps.stage_v6_view(self.v6_view(1 - live_v6)))
                 };
                 Ok((v4_pair, v6_view))
@@ -288,18 +297,14 @@ impl<'a> Editor<'a> {
                 for op in done.iter().rev() {
                     self.undo(*op);
                 }
-                if self.v6_write_keys(1 - live_v6, &v6_keys).is_err() {
-                    let _ = self.refill_v6(1 - live_v6);
-                }
+                let _ = self.v6_level(1 - live_v6, &v6_keys);
                 return Err(e);
             }
         };
         self.maps.switch_tables(v4_pair, v6_view);
         // The old live v6 table is now the spare: bring it level.
         if v6_view.is_some() {
-            if self.v6_write_keys(live_v6, &v6_keys).is_err() {
-                let _ = self.refill_v6(live_v6);
-            }
+            let _ = self.v6_level(live_v6, &v6_keys);
             if v6_keys.iter().any(|&(n, l)| self.st.v6.lists(n, l) == 0) {
                 self.bloom_refresh();
             }

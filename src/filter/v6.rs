@@ -16,13 +16,13 @@ use std::collections::BTreeSet;
 #[cfg(test)]
 use std::collections::HashMap;
 
-use rustc_hash::{FxHashMap, FxHashSet};
+use rustc_hash::FxHashMap;
 
 use crate::core::layout::consts::*;
 use crate::core::table::Layout;
 use crate::filter::entries::{self, Entries};
 use crate::filter::layout::{xdpg_v6_bucket, xdpg_v6_entry, ALLOW, BLOCK, LIST_ALLOW};
-use crate::filter::v6_tables::{ANCHORED_MAX, ANCHOR_LEN};
+use crate::filter::v6_tables::{Anchor, ANCHORED_MAX, ANCHOR_LEN};
 
 pub(crate) fn mask(len: u8) -> u128 {
     if len == 0 {
@@ -179,18 +179,18 @@ impl V6Rules {
             .filter(|&(_, l)| l >= ANCHOR_LEN)
     }
 
-    /// Whether the /48 `anchor` holds more entries than its chain keeps.
-    pub(crate) fn is_dense(&self, anchor: u128) -> bool {
-        self.anchored(anchor).nth(ANCHORED_MAX).is_some()
+    /// How the entries of the /48 `anchor` sit in the table.
+    pub(crate) fn anchor_state(&self, anchor: u128) -> Anchor {
+        Anchor::of(self.anchored(anchor).take(ANCHORED_MAX + 1).count())
     }
 
-    /// Every dense /48.
-    pub(crate) fn dense_anchors(&self) -> FxHashSet<u128> {
+    /// The state of every /48 holding an entry of /48 or longer.
+    pub(crate) fn anchor_states(&self) -> FxHashMap<u128, Anchor> {
         let mut counts: FxHashMap<u128, usize> = FxHashMap::default();
         for (n, _, _) in self.rules.iter().filter(|&(_, l, _)| l >= ANCHOR_LEN) {
             *counts.entry(n & mask(ANCHOR_LEN)).or_default() += 1;
         }
-        counts.into_iter().filter(|&(_, c)| c > ANCHORED_MAX).map(|(a, _)| a).collect()
+        counts.into_iter().map(|(a, c)| (a, Anchor::of(c))).collect()
     }
 
     /// Entries strictly inside `net/len` (longer prefixes within it).

@@ -2,7 +2,8 @@
 //! sits in, and the edits that move entries between chains while readers run.
 //!
 //! Entries of /48 and longer are *anchored*: they sit in the chain of their
-//! /48's hash (kind `XDPG_V6_KIND_ANCHORED`), so `v6_anchored` in
+//! /48's hash (kind `XDPG_V6_KIND_ANCHORED`, or `XDPG_V6_KIND_SINGLE` for a
+//! /48's only one, where the walk may stop), so `v6_anchored` in
 //! `src/bpf/filter.bpf.c` finds the longest of them in one walk of one
 //! chain, mostly one cache line, whatever lengths are in use. A /48 with
 //! more than [`ANCHORED_MAX`] of them is *dense*: a mark (kind
@@ -41,19 +42,51 @@ pub(crate) fn anchor_of(net: u128) -> u128 {
     net & mask(ANCHOR_LEN)
 }
 
+/// How the entries of /48 and longer of one /48 sit in the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Anchor {
+    /// Its only one, in its chain as `XDPG_V6_KIND_SINGLE`: a walk that
+    /// meets it stops there. (Random sources of a 1M list are one per /48;
+    /// a walk that had to read the whole chain for the longest match read
+    /// 2.2 buckets on average at the tables' load, one that stops at its
+    /// entry 1.2.)
+    Single,
+    /// Up to [`ANCHORED_MAX`] (or none), in its chain as `XDPG_V6_KIND_ANCHORED`.
+    Several,
+    /// More: a mark in its chain, the entries in their own chains.
+    Dense,
+}
+
+impl Anchor {
+    /// The state of a /48 holding `count` entries of /48 or longer.
+    pub(crate) fn of(count: usize) -> Anchor {
+        match count {
+            1 => Anchor::Single,
+            c if c > ANCHORED_MAX => Anchor::Dense,
+            _ => Anchor::Several,
+        }
+    }
+}
+
 fn anchor_hash(anchor: u128, seed: u32) -> u32 {
     let w = V6Key::new(anchor, ANCHOR_LEN, XDPG_V6_KIND_LEN).words;
     v6_anchor_hash(w[0], w[1], seed)
 }
 
-/// Where entry (net, len) sits, its /48 dense or not: its chain's hash and
-/// its key.
-pub(crate) fn placed(net: u128, len: u8, dense: bool, seed: u32) -> (u32, V6Key) {
-    if len < ANCHOR_LEN || dense {
-        let key = V6Key::new(net, len, XDPG_V6_KIND_LEN);
+/// Where entry (net, len) sits, its /48 in state `anchor` (not read for an
+/// entry shorter than /48): its chain's hash and its key.
+pub(crate) fn placed(net: u128, len: u8, anchor: Anchor, seed: u32) -> (u32, V6Key) {
+    let kind = match anchor {
+        _ if len < ANCHOR_LEN => XDPG_V6_KIND_LEN,
+        Anchor::Dense => XDPG_V6_KIND_LEN,
+        Anchor::Single => XDPG_V6_KIND_SINGLE,
+        Anchor::Several => XDPG_V6_KIND_ANCHORED,
+    };
+    let key = V6Key::new(net, len, kind);
+    if kind == XDPG_V6_KIND_LEN {
         (v6_key_hash(u32::from(len), key.words, seed), key)
     } else {
-        (anchor_hash(anchor_of(net), seed), V6Key::new(net, len, XDPG_V6_KIND_ANCHORED))
+        (anchor_hash(anchor_of(net), seed), key)
     }
 }
 
@@ -62,46 +95,76 @@ fn mark(anchor: u128, seed: u32) -> (u32, V6Key) {
     (anchor_hash(anchor, seed), V6Key::new(anchor, ANCHOR_LEN, XDPG_V6_KIND_DENSE))
 }
 
+fn net_of(key: &V6Key) -> u128 {
+    u128::from_be_bytes(bytemuck::cast(key.words))
+}
+
+/// The state the table holds the /48 `anchor` in: dense when its mark is
+/// live, single when a live entry of it is kept as its only one, else
+/// several (or none).
+fn table_state<S: Store<xdpg_v6_bucket>>(store: &S, anchor: u128, seed: u32) -> Anchor {
+    use crate::core::table::Layout;
+    let mut state = Anchor::Several;
+    for b in table::walk(store, anchor_hash(anchor, seed)) {
+        for s in 0..xdpg_v6_bucket::SLOTS {
+            let Some(k) = b.key(s).filter(|_| b.code(s) != 0) else { continue };
+            match u32::from(k.kind) {
+                XDPG_V6_KIND_DENSE if net_of(&k) == anchor => return Anchor::Dense,
+                XDPG_V6_KIND_SINGLE if anchor_of(net_of(&k)) == anchor => state = Anchor::Single,
+                _ => {}
+            }
+        }
+    }
+    state
+}
+
 /// The number of lengths in `lens_desc` (longest first) that are anchored:
 /// the view's `short_from`.
 pub(crate) fn short_from(lens_desc: &[u8]) -> usize {
     lens_desc.iter().take_while(|&&l| l >= ANCHOR_LEN).count()
 }
 
-/// The chain hashes whose Bloom bits must be set: every entry's in its
-/// own chain, and every /48's with an entry of /48 or longer (anchored, or
-/// its dense mark). The Bloom bit is the hash's low bits.
+/// Where every entry of `rules` sits, and the dense /48s' marks.
+fn placements(rules: &V6Rules, seed: u32) -> impl Iterator<Item = (u32, V6Key, u32)> + '_ {
+    let states = rules.anchor_states();
+    let marks: Vec<u128> = states.iter().filter(|(_, s)| **s == Anchor::Dense).map(|(a, _)| *a).collect();
+    rules
+        .entries()
+        .into_iter()
+        .map(move |(n, l, v)| {
+            let state = states.get(&anchor_of(n)).copied().unwrap_or(Anchor::Several);
+            let (hash, key) = placed(n, l, state, seed);
+            (hash, key, u32::from(v))
+        })
+        .chain(marks.into_iter().map(move |a| {
+            let (hash, key) = mark(a, seed);
+            (hash, key, 1)
+        }))
+}
+
+/// The chain hashes whose Bloom bits must be set: every entry's chain and
+/// every dense /48's (its mark's). The Bloom bit is the hash's low bits.
 pub(crate) fn bloom_hashes(rules: &V6Rules, seed: u32) -> Vec<u32> {
-    let dense = rules.dense_anchors();
-    let mut out: Vec<u32> =
-        rules.iter().map(|(n, l, _)| placed(n, l, l >= ANCHOR_LEN && dense.contains(&anchor_of(n)), seed).0).collect();
-    out.extend(dense.iter().map(|&a| anchor_hash(a, seed)));
-    out
+    placements(rules, seed).map(|(hash, _, _)| hash).collect()
 }
 
 /// A table of `buckets` buckets holding every entry of `rules` and the marks
 /// of its dense /48s.
 pub(crate) fn build(rules: &V6Rules, seed: u32, buckets: usize) -> Result<Vec<xdpg_v6_bucket>, TableError> {
-    let dense = rules.dense_anchors();
     let mut t = vec![xdpg_v6_bucket::default(); buckets];
-    for (n, l, v) in rules.entries() {
-        let (hash, key) = placed(n, l, l >= ANCHOR_LEN && dense.contains(&anchor_of(n)), seed);
-        table::set(&mut t, hash, &key, u32::from(v))?;
-    }
-    for &a in &dense {
-        let (hash, key) = mark(a, seed);
-        table::set(&mut t, hash, &key, 1)?;
+    for (hash, key, code) in placements(rules, seed) {
+        table::set(&mut t, hash, &key, code)?;
     }
     Ok(t)
 }
 
 /// Brings one table in line with the model for `keys`: the entries whose
 /// stored verdict may have changed, removed ones included. An entry of /48
-/// or longer brings its /48 along: when that turned dense or sparse, all its
-/// entries move, in the order that lets a reader racing the writer find
+/// or longer brings its /48 along: when that changed state ([`Anchor`]), all
+/// its entries move, in the order that lets a reader racing the writer find
 /// each with its old verdict or its new one: the new placements, then the
-/// mark (set or cleared), then the old placements retired. `bloom` gets
-/// the hash of every chain about to take an entry or a mark, before it does.
+/// mark (set or cleared), then the old placements retired. `bloom` gets the
+/// hash of every chain about to take an entry or a mark, before it does.
 pub(crate) fn sync<S: Store<xdpg_v6_bucket>>(
     store: &mut S,
     rules: &V6Rules,
@@ -111,18 +174,17 @@ pub(crate) fn sync<S: Store<xdpg_v6_bucket>>(
 ) -> Result<(), TableError> {
     // Removed entries first, wherever they sit.
     for &(n, l) in keys.iter().filter(|&&(n, l)| rules.effective(n, l).is_none()) {
-        for dense in [false, true] {
-            let (hash, key) = placed(n, l, dense, seed);
+        for state in [Anchor::Single, Anchor::Several, Anchor::Dense] {
+            let (hash, key) = placed(n, l, state, seed);
             table::clear(store, hash, &key)?;
         }
     }
     let anchors: BTreeSet<u128> = keys.iter().filter(|&&(_, l)| l >= ANCHOR_LEN).map(|&(n, _)| anchor_of(n)).collect();
-    // Each touched /48: dense now, and whether it moved here.
-    let mut state: FxHashMap<u128, (bool, bool)> = FxHashMap::default();
+    // Each touched /48: its state now, and whether its entries moved here.
+    let mut state: FxHashMap<u128, (Anchor, bool)> = FxHashMap::default();
     for a in anchors {
-        let now = rules.is_dense(a);
-        let (mark_hash, mark_key) = mark(a, seed);
-        let was = table::get(store, mark_hash, &mark_key) != 0;
+        let now = rules.anchor_state(a);
+        let was = table_state(store, a, seed);
         state.insert(a, (now, was != now));
         if was == now {
             continue;
@@ -134,7 +196,8 @@ pub(crate) fn sync<S: Store<xdpg_v6_bucket>>(
             bloom(hash);
             table::set(store, hash, &key, u32::from(v))?;
         }
-        if now {
+        let (mark_hash, mark_key) = mark(a, seed);
+        if now == Anchor::Dense {
             bloom(mark_hash);
             table::set(store, mark_hash, &mark_key, 1)?;
         } else {
@@ -147,11 +210,11 @@ pub(crate) fn sync<S: Store<xdpg_v6_bucket>>(
     }
     for &(n, l) in keys {
         let Some(v) = rules.effective(n, l) else { continue };
-        let (dense, moved) = if l >= ANCHOR_LEN { state[&anchor_of(n)] } else { (true, false) };
+        let (now, moved) = if l >= ANCHOR_LEN { state[&anchor_of(n)] } else { (Anchor::Dense, false) };
         if moved {
             continue;
         }
-        let (hash, key) = placed(n, l, dense, seed);
+        let (hash, key) = placed(n, l, now, seed);
         bloom(hash);
         table::set(store, hash, &key, u32::from(v))?;
     }
@@ -159,9 +222,10 @@ pub(crate) fn sync<S: Store<xdpg_v6_bucket>>(
 }
 
 /// What the data plane's `v6_verdict` computes, over a table's buckets:
-/// the longest anchored entry covering `addr` unless its /48 is marked
-/// dense, then each length of `lens_desc` left to probe, longest first;
-/// each chain only when `bloom` has its hash.
+/// the walk of the source's /48's chain (stopping at that /48's only entry
+/// or its mark), then, unless it found an entry, each length of
+/// `lens_desc` left to probe, longest first; each chain only when `bloom`
+/// has its hash.
 #[cfg(test)]
 pub(crate) fn lookup<S: Store<xdpg_v6_bucket>>(
     store: &S,
@@ -172,34 +236,39 @@ pub(crate) fn lookup<S: Store<xdpg_v6_bucket>>(
 ) -> u8 {
     use crate::core::table::Layout;
     let anchored = short_from(lens_desc);
-    let mut first = 0;
     let home = anchor_hash(anchor_of(addr), seed);
-    if anchored > 0 && !bloom(home) {
-        first = anchored;
-    } else if anchored > 0 {
-        let (mut best, mut dense) = (None::<(u8, u32)>, false);
+    // The walk: Some(first length to probe) or the verdict.
+    let walk = || -> Result<usize, u32> {
+        let mut best: Option<(u8, u32)> = None;
         for b in table::walk(store, home) {
             for s in 0..xdpg_v6_bucket::SLOTS {
                 let (Some(k), code) = (b.key(s), b.code(s)) else { continue };
-                if code == 0 || k.len < ANCHOR_LEN || V6Key::new(addr & mask(k.len), k.len, k.kind.into()) != k {
+                if code == 0 || k.kind == 0 || anchor_of(net_of(&k)) != anchor_of(addr) {
                     continue;
                 }
+                let covers = V6Key::new(addr & mask(k.len), k.len, k.kind.into()) == k;
                 match u32::from(k.kind) {
-                    XDPG_V6_KIND_DENSE => dense = true,
-                    XDPG_V6_KIND_ANCHORED if best.is_none_or(|(l, _)| l < k.len) => best = Some((k.len, code)),
+                    XDPG_V6_KIND_DENSE => return Ok(0),
+                    XDPG_V6_KIND_SINGLE => return if covers { Err(code) } else { Ok(anchored) },
+                    _ if covers && best.is_none_or(|(l, _)| l < k.len) => best = Some((k.len, code)),
                     _ => {}
                 }
             }
         }
-        if !dense {
-            if let Some((_, code)) = best {
-                return code as u8;
-            }
-            first = anchored;
+        best.map_or(Ok(anchored), |(_, code)| Err(code))
+    };
+    let first = if anchored == 0 {
+        0
+    } else if !bloom(home) {
+        anchored
+    } else {
+        match walk() {
+            Ok(first) => first,
+            Err(code) => return code as u8,
         }
-    }
+    };
     for &l in &lens_desc[first..] {
-        let (hash, key) = placed(addr & mask(l), l, true, seed);
+        let (hash, key) = placed(addr & mask(l), l, Anchor::Dense, seed);
         if !bloom(hash) {
             continue;
         }
@@ -297,9 +366,9 @@ mod tests {
         let mut rules = V6Rules::default();
         let buckets = vec![xdpg_v6_bucket::default(); 256];
         let mut t = Watch { buckets, probes: vec![], lens: vec![], seed, bloom: &bloom, stores: 0 };
-        let (mut flips, mut rebuilds, mut present) = (0, 0, Vec::<(u128, u8, u8)>::new());
+        let (mut flips, mut rebuilds, mut present) = (FxHashMap::default(), 0, Vec::<(u128, u8, u8)>::new());
         for _ in 0..1500 {
-            let dense_before: Vec<bool> = anchors.iter().map(|&a| rules.is_dense(anchor_of(a))).collect();
+            let states_before: Vec<Anchor> = anchors.iter().map(|&a| rules.anchor_state(anchor_of(a))).collect();
             let (net, len, bit, insert) = if !present.is_empty() && rng.random_bool(0.4) {
                 let (n, l, b) = present.swap_remove(rng.random_range(0..present.len()));
                 (n, l, b, false)
@@ -341,10 +410,20 @@ mod tests {
             }
             t.lens = lens_after;
             t.check();
-            let dense_after: Vec<bool> = anchors.iter().map(|&a| rules.is_dense(anchor_of(a))).collect();
-            flips += dense_before.iter().zip(&dense_after).filter(|(b, a)| b != a).count();
+            let states_after: Vec<Anchor> = anchors.iter().map(|&a| rules.anchor_state(anchor_of(a))).collect();
+            for (b, a) in states_before.iter().zip(&states_after).filter(|(b, a)| b != a) {
+                *flips.entry((*b, *a)).or_insert(0usize) += 1;
+            }
         }
-        assert!(flips >= 10, "only {flips} /48s turned dense or back");
+        // Every move between states, more than once.
+        for from in [Anchor::Single, Anchor::Several, Anchor::Dense] {
+            for to in [Anchor::Single, Anchor::Several, Anchor::Dense] {
+                let single_to_dense = [from, to].contains(&Anchor::Single) && [from, to].contains(&Anchor::Dense);
+                if from != to && !single_to_dense {
+                    assert!(flips.get(&(from, to)).is_some_and(|&n| n >= 3), "{from:?} -> {to:?}: {flips:?}");
+                }
+            }
+        }
         assert!(rebuilds < 20, "{rebuilds} rebuilds");
         assert!(t.stores > 1000, "{} stores", t.stores);
         // And a table built from scratch reads the same.
@@ -364,14 +443,17 @@ mod tests {
         }
         rules.insert(ip("2001:db8::"), 32, LIST_ALLOW);
         rules.insert(ip("2001:db8:8::5"), 128, LIST_BLOCK);
-        assert!(rules.is_dense(a) && !rules.is_dense(ip("2001:db8:8::")));
-        assert_eq!(rules.dense_anchors().into_iter().collect::<Vec<_>>(), vec![a]);
+        assert_eq!(rules.anchor_state(a), Anchor::Dense);
+        assert_eq!(rules.anchor_state(ip("2001:db8:8::")), Anchor::Single);
+        let states = rules.anchor_states();
+        assert_eq!(states.len(), 2);
+        assert_eq!(states[&a], Anchor::Dense);
         // Bloom bits: the dense /48's hosts and mark, the /32, and the
         // anchored host's /48 (not its own chain: it is not there).
         let bits: FxHashSet<u32> = bloom_hashes(&rules, 9).into_iter().collect();
         assert_eq!(bits.len(), ANCHORED_MAX + 1 + 3);
         assert!(bits.contains(&anchor_hash(ip("2001:db8:8::"), 9)));
-        assert!(!bits.contains(&placed(ip("2001:db8:8::5"), 128, true, 9).0));
+        assert!(!bits.contains(&placed(ip("2001:db8:8::5"), 128, Anchor::Dense, 9).0));
         let t = build(&rules, 9, 64).expect("room");
         let bloom = |h| bits.contains(&h);
         for addr in [a, a | 3, a | 99, ip("2001:db8:8::5"), ip("2001:db8:8::6"), ip("2001:db9::1")] {
