@@ -361,12 +361,13 @@ impl<'a> Editor<'a> {
     }
 
     /// Rewrites one v6 table, packed, with every entry of the model (its
-    /// Bloom bits set first).
+    /// Bloom bits set while it is built, before it is written).
     fn refill_v6(&self, table: u32) -> Result<(), ListError> {
         let seed = self.maps.config().hash_seed;
-        let buckets =
-            v6_tables::build(&self.st.v6, seed, self.maps.capacity().v6_buckets).map_err(|_| self.v6_full())?;
-        self.bloom_add(&v6_tables::bloom_hashes(&self.st.v6, seed));
+        let buckets = v6_tables::build(&self.st.v6, seed, self.maps.capacity().v6_buckets, &mut |h| {
+            self.bloom_add(&[h]);
+        })
+        .map_err(|_| self.v6_full())?;
         self.maps.v6_table(table).fill_from(&buckets);
         Ok(())
     }

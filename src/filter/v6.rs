@@ -199,6 +199,7 @@ impl V6Rules {
     }
 
     /// All entries with their effective verdicts.
+    #[cfg(test)]
     pub(crate) fn entries(&self) -> Vec<(u128, u8, u8)> {
         self.rules.iter().map(|(n, l, _)| (n, l, self.effective(n, l).expect("is an entry"))).collect()
     }

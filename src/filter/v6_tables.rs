@@ -73,9 +73,12 @@ fn anchor_hash(anchor: u128, seed: u32) -> u32 {
     v6_anchor_hash(w[0], w[1], seed)
 }
 
+/// Where a key sits: its chain's hash, and the key.
+type Placed = (u32, V6Key);
+
 /// Where entry (net, len) sits, its /48 in state `anchor` (not read for an
 /// entry shorter than /48): its chain's hash and its key.
-pub(crate) fn placed(net: u128, len: u8, anchor: Anchor, seed: u32) -> (u32, V6Key) {
+pub(crate) fn placed(net: u128, len: u8, anchor: Anchor, seed: u32) -> Placed {
     let kind = match anchor {
         _ if len < ANCHOR_LEN => XDPG_V6_KIND_LEN,
         Anchor::Dense => XDPG_V6_KIND_LEN,
@@ -91,7 +94,7 @@ pub(crate) fn placed(net: u128, len: u8, anchor: Anchor, seed: u32) -> (u32, V6K
 }
 
 /// The dense mark of the /48 `anchor`: its chain's hash and its key.
-fn mark(anchor: u128, seed: u32) -> (u32, V6Key) {
+fn mark(anchor: u128, seed: u32) -> Placed {
     (anchor_hash(anchor, seed), V6Key::new(anchor, ANCHOR_LEN, XDPG_V6_KIND_DENSE))
 }
 
@@ -124,36 +127,44 @@ pub(crate) fn short_from(lens_desc: &[u8]) -> usize {
     lens_desc.iter().take_while(|&&l| l >= ANCHOR_LEN).count()
 }
 
-/// Where every entry of `rules` sits, and the dense /48s' marks.
-fn placements(rules: &V6Rules, seed: u32) -> impl Iterator<Item = (u32, V6Key, u32)> + '_ {
+/// Where every entry of `rules` sits, as (net, len, chain hash, key), and
+/// the dense /48s' marks.
+fn placements(rules: &V6Rules, seed: u32) -> (impl Iterator<Item = (u128, u8, u32, V6Key)> + '_, Vec<Placed>) {
     let states = rules.anchor_states();
-    let marks: Vec<u128> = states.iter().filter(|(_, s)| **s == Anchor::Dense).map(|(a, _)| *a).collect();
-    rules
-        .entries()
-        .into_iter()
-        .map(move |(n, l, v)| {
-            let state = states.get(&anchor_of(n)).copied().unwrap_or(Anchor::Several);
-            let (hash, key) = placed(n, l, state, seed);
-            (hash, key, u32::from(v))
-        })
-        .chain(marks.into_iter().map(move |a| {
-            let (hash, key) = mark(a, seed);
-            (hash, key, 1)
-        }))
+    let marks = states.iter().filter(|(_, s)| **s == Anchor::Dense).map(|(a, _)| mark(*a, seed)).collect();
+    let entries = rules.iter().map(move |(n, l, _)| {
+        let state = states.get(&anchor_of(n)).copied().unwrap_or(Anchor::Several);
+        let (hash, key) = placed(n, l, state, seed);
+        (n, l, hash, key)
+    });
+    (entries, marks)
 }
 
 /// The chain hashes whose Bloom bits must be set: every entry's chain and
 /// every dense /48's (its mark's). The Bloom bit is the hash's low bits.
 pub(crate) fn bloom_hashes(rules: &V6Rules, seed: u32) -> Vec<u32> {
-    placements(rules, seed).map(|(hash, _, _)| hash).collect()
+    let (entries, marks) = placements(rules, seed);
+    entries.map(|(_, _, hash, _)| hash).chain(marks.into_iter().map(|(hash, _)| hash)).collect()
 }
 
 /// A table of `buckets` buckets holding every entry of `rules` and the marks
-/// of its dense /48s.
-pub(crate) fn build(rules: &V6Rules, seed: u32, buckets: usize) -> Result<Vec<xdpg_v6_bucket>, TableError> {
+/// of its dense /48s. `bloom` gets the hash of every chain written to (the
+/// same as [`bloom_hashes`]).
+pub(crate) fn build(
+    rules: &V6Rules,
+    seed: u32,
+    buckets: usize,
+    bloom: &mut dyn FnMut(u32),
+) -> Result<Vec<xdpg_v6_bucket>, TableError> {
     let mut t = vec![xdpg_v6_bucket::default(); buckets];
-    for (hash, key, code) in placements(rules, seed) {
-        table::set(&mut t, hash, &key, code)?;
+    let (entries, marks) = placements(rules, seed);
+    for (n, l, hash, key) in entries {
+        bloom(hash);
+        table::set(&mut t, hash, &key, u32::from(rules.effective(n, l).expect("an entry")))?;
+    }
+    for (hash, key) in marks {
+        bloom(hash);
+        table::set(&mut t, hash, &key, 1)?;
     }
     Ok(t)
 }
@@ -405,8 +416,11 @@ mod tests {
             if synced == Err(TableError::Full) {
                 // Tombstones filled a chain: the editor rebuilds the table.
                 rebuilds += 1;
-                t.buckets = build(&rules, seed, t.buckets.len()).expect("room once packed");
-                bloom.borrow_mut().extend(bloom_hashes(&rules, seed));
+                let mut bits = bloom.borrow_mut();
+                t.buckets = build(&rules, seed, t.buckets.len(), &mut |h| {
+                    bits.insert(h);
+                })
+                .expect("room once packed");
             }
             t.lens = lens_after;
             t.check();
@@ -427,7 +441,7 @@ mod tests {
         assert!(rebuilds < 20, "{rebuilds} rebuilds");
         assert!(t.stores > 1000, "{} stores", t.stores);
         // And a table built from scratch reads the same.
-        let built = build(&rules, seed, 256).expect("room");
+        let built = build(&rules, seed, 256, &mut |_| {}).expect("room");
         let all_bits = |_| true;
         for a in probes(&rules, &mut rng) {
             assert_eq!(lookup(&built, &rules.lens_desc(), seed, a, &all_bits), rules.verdict(a), "{a:#x}");
@@ -454,7 +468,12 @@ mod tests {
         assert_eq!(bits.len(), ANCHORED_MAX + 1 + 3);
         assert!(bits.contains(&anchor_hash(ip("2001:db8:8::"), 9)));
         assert!(!bits.contains(&placed(ip("2001:db8:8::5"), 128, Anchor::Dense, 9).0));
-        let t = build(&rules, 9, 64).expect("room");
+        let mut written = FxHashSet::default();
+        let t = build(&rules, 9, 64, &mut |h| {
+            written.insert(h);
+        })
+        .expect("room");
+        assert_eq!(written, bits, "build reports the chains bloom_hashes names");
         let bloom = |h| bits.contains(&h);
         for addr in [a, a | 3, a | 99, ip("2001:db8:8::5"), ip("2001:db8:8::6"), ip("2001:db9::1")] {
             assert_eq!(lookup(&t, &rules.lens_desc(), 9, addr, &bloom), rules.verdict(addr), "{addr:#x}");
