@@ -6,14 +6,19 @@
 
 mod common {
     pub mod lb;
+    pub mod scratch;
 }
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use common::lb::*;
+use common::scratch::ScratchDir;
+use libbpf_rs::{MapCore, MapFlags, MapHandle, MapType};
 use xdpguard::testing::fixture::{Fixture, FixtureTable};
 use xdpguard::testing::lb_topology::*;
+use xdpguard::testing::netns::ensure_bpffs;
+use xdpguard::testing::upgrade::stamp_layout;
 use xdpguard::{Flow, ForwardingMode, LoadBalancer, NewFlowLimit, Protocol, Vip, VipConfig, XdpAction};
 
 /// A DSR row: out of eth1 to backend `b`'s MAC, the packet untouched.
@@ -271,5 +276,150 @@ fn one_batch_is_one_table_swap() {
             let b = lb.backend_for(&vip, &f).unwrap().unwrap();
             assert!(arc.contains(&b));
         }
+    });
+}
+
+/// Where the kernel sent each tracked flow is what `tracked_backend` reads
+/// back (IPv4 from the table of cache lines, whose placement user space
+/// mirrors; IPv6 from the LRU hash), after a backend change too; a full
+/// IPv4 table replaces old entries and never holds more than its slots;
+/// a flush empties both. (Hash seed 0, so the placement is the same every
+/// run.)
+#[test]
+fn tracked_backend_reads_the_kernel_table_and_a_full_table_replaces_the_idlest() {
+    in_lb_ns("vtrk", 6, |n| {
+        let lb = LoadBalancer::builder()
+            .redirect_interface("eth0")
+            .redirect_interface("eth1")
+            .max_vips(4)
+            .max_backends(16)
+            .connections(64)
+            .new_flow_limit(NewFlowLimit::Unlimited)
+            .load()
+            .expect("load the LB (needs root)");
+        let mut t = FixtureTable::new(&lb, "tracked backends");
+        let all = backends_v4(6);
+        let vip4 = Vip::tcp(sa(VIP_V4, 80));
+        let vip6 = Vip::tcp(sa(VIP_V6, 80));
+        vip_with(&lb, vip4, VipConfig::new(ForwardingMode::L2Dsr).table_size(16381), &all[..3]);
+        vip_with(&lb, vip6, VipConfig::new(ForwardingMode::L2Dsr).table_size(16381), &backends_v6(3));
+        let ack = |src: SocketAddr, vip: &Vip| frame(n.eth0_mac, src, addr_port(vip), Protocol::Tcp, false, PAYLOAD);
+        let tracked = |src: SocketAddr, vip: &Vip| {
+            lb.tracked_backend(&Flow::new(src, addr_port(vip), Protocol::Tcp)).unwrap().map(backend_index)
+        };
+        // 40 flows in a table of 128 slots (64 connections asked for):
+        // every one tracked where it went.
+        let flows: Vec<SocketAddr> = (0..40).map(client).collect();
+        let first: Vec<usize> =
+            flows.iter().map(|&s| backend_of(&mut t, &n, format!("new flow from {s}"), &ack(s, &vip4))).collect();
+        for (&s, &b) in flows.iter().zip(&first) {
+            assert_eq!(tracked(s, &vip4), Some(b), "{s}");
+        }
+        assert_eq!(tracked(client(999), &vip4), None, "a flow never seen");
+        // After the backends change, the table still says where they go.
+        lb.batch(&vip4).add(all[3], 1).add(all[4], 1).add(all[5], 1).apply().unwrap();
+        for (&s, &b) in flows.iter().zip(&first) {
+            t.run(to_backend(&n, format!("tracked flow from {s} stays"), &ack(s, &vip4), b));
+            assert_eq!(tracked(s, &vip4), Some(b), "{s}");
+        }
+        let flows6: Vec<SocketAddr> = (0..8).map(client6).collect();
+        for &s in &flows6 {
+            let b = backend_of(&mut t, &n, format!("new flow from {s}"), &ack(s, &vip6));
+            assert_eq!(tracked(s, &vip6), Some(b), "{s}");
+        }
+        assert_eq!(lb.connection_count(), 48);
+        // 400 more IPv4 flows: the table stays at its 128 slots, and the
+        // newest flow is always tracked where it went.
+        for i in 1000..1400 {
+            let s = client(i);
+            let b = backend_of(&mut t, &n, format!("flow {i} into a full table"), &ack(s, &vip4));
+            assert_eq!(tracked(s, &vip4), Some(b), "the newest flow {s}");
+        }
+        assert_eq!(lb.connection_count(), 128 + 8, "every IPv4 slot taken, none more");
+        let replaced = flows.iter().filter(|&&s| tracked(s, &vip4).is_none()).count();
+        assert!(replaced > 20, "only {replaced} of the 40 idle flows were replaced");
+        assert_eq!(lb.flush_connections().unwrap(), 128 + 8);
+        assert_eq!(lb.connection_count(), 0);
+        assert_eq!((tracked(client(1399), &vip4), tracked(flows6[0], &vip6)), (None, None));
+        t.finish();
+    });
+}
+
+/// An LB pinned by layout 3 kept its IPv4 connections in a kernel LRU hash;
+/// this build's upgrade recreates the table as cache lines and fills it
+/// from that hash before the swap. The layout-3 pins are made here: the
+/// table of a pinned LB is swapped for an LRU hash holding the same
+/// entries, and the header stamped 3. Flows whose backend Maglev would now
+/// choose differently keep theirs through the migration.
+#[test]
+fn a_layout_3_lb_keeps_its_ipv4_connections_through_the_migration() {
+    in_lb_ns("vmig3", 6, |n| {
+        ensure_bpffs();
+        let pin = ScratchDir::bpffs("vmig3");
+        let dir = pin.path().to_owned();
+        let lb = LoadBalancer::builder()
+            .redirect_interface("eth0")
+            .redirect_interface("eth1")
+            .max_vips(4)
+            .max_backends(16)
+            .connections(64)
+            .new_flow_limit(NewFlowLimit::Unlimited)
+            .pin(&dir)
+            .load()
+            .expect("load the LB (needs root)");
+        let mut t = FixtureTable::new(&lb, "before the migration");
+        let all = backends_v4(6);
+        let vip = Vip::tcp(sa(VIP_V4, 80));
+        vip_with(&lb, vip, VipConfig::new(ForwardingMode::L2Dsr).table_size(16381), &all[..3]);
+        let ack = |src: SocketAddr| frame(n.eth0_mac, src, addr_port(&vip), Protocol::Tcp, false, PAYLOAD);
+        let flows: Vec<SocketAddr> = (0..30).map(client).collect();
+        let first: Vec<usize> =
+            flows.iter().map(|&s| backend_of(&mut t, &n, format!("new flow from {s}"), &ack(s))).collect();
+        t.finish();
+        lb.batch(&vip).add(all[3], 1).add(all[4], 1).add(all[5], 1).apply().unwrap();
+        drop(lb);
+
+        // The entries as layout 3 held them: flow4 key -> conn, in an LRU hash.
+        let table_path = dir.join("xdpg_lb_conns4");
+        let table = MapHandle::from_pinned_path(&table_path).unwrap();
+        let opts = libbpf_rs::libbpf_sys::bpf_map_create_opts {
+            sz: size_of::<libbpf_rs::libbpf_sys::bpf_map_create_opts>() as _,
+            ..Default::default()
+        };
+        let mut lru = MapHandle::create(MapType::LruHash, Some("xdpg_lb_conns4"), 16, 16, 64, &opts).unwrap();
+        let mut entries = 0;
+        for line in 0..table.max_entries() {
+            let v = table.lookup(&line.to_ne_bytes(), MapFlags::ANY).unwrap().unwrap();
+            for slot in v.chunks_exact(32).filter(|s| s[..8] != [0; 8]) {
+                lru.update(&slot[..16], &slot[16..], MapFlags::NO_EXIST).unwrap();
+                entries += 1;
+            }
+        }
+        assert_eq!(entries, flows.len());
+        drop(table);
+        std::fs::remove_file(&table_path).unwrap();
+        lru.pin(&table_path).unwrap();
+        // Layout 3's config had padding where the table's mask is now.
+        let cfg = MapHandle::from_pinned_path(dir.join("xdpg_lb_cfg")).unwrap();
+        let mut value = cfg.lookup(&0u32.to_ne_bytes(), MapFlags::ANY).unwrap().unwrap();
+        assert_eq!(&value[100..104], &63u32.to_ne_bytes(), "ct4_mask of 64 lines");
+        value[100..104].fill(0);
+        cfg.update(&0u32.to_ne_bytes(), &value, MapFlags::ANY).unwrap();
+        stamp_layout(&dir, 3);
+
+        let (lb, report) = LoadBalancer::upgrade_pinned(&dir).expect("layout 3 is migrated");
+        assert_eq!((report.from_layout, report.migrated_maps.as_slice()), (3, &["xdpg_lb_conns4"][..]));
+        assert_eq!(lb.connection_count(), flows.len());
+        let mut t = FixtureTable::new(&lb, "after the migration");
+        let mut moved = 0;
+        for (&s, &b) in flows.iter().zip(&first) {
+            let f = Flow::new(s, addr_port(&vip), Protocol::Tcp);
+            assert_eq!(lb.tracked_backend(&f).unwrap().map(backend_index), Some(b), "{s}");
+            moved += usize::from(backend_index(lb.backend_for(&vip, &f).unwrap().unwrap()) != b);
+            t.run(to_backend(&n, format!("the flow from {s} keeps backend {b}"), &ack(s), b));
+        }
+        assert!(moved > 5, "only {moved} of 30 flows would choose another backend now");
+        t.finish();
+        lb.unpin().unwrap();
     });
 }

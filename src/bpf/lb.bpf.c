@@ -348,7 +348,7 @@ static __always_inline int lb_vip(struct xdp_md *ctx, struct xdpg_lb_config *cfg
 	 * update takes a new element, two locks and frees the old one), and a
 	 * new flow's lookup brings the bucket into the cache for the insert. */
 	if (track)
-		conn = (union xdpg_lb_conn_words *)conn_lookup(flow);
+		conn = (union xdpg_lb_conn_words *)conn_lookup(cfg, flow);
 	if (conn && !syn) {
 		__u64 backend_gen = conn->w[0];
 		be_id = (__u32)backend_gen;
@@ -356,10 +356,10 @@ static __always_inline int lb_vip(struct xdp_md *ctx, struct xdpg_lb_config *cfg
 		be = backend_at(be_id);
 		if (be && be->gen != (__u32)(backend_gen >> 32))
 			be = NULL;
-		if (be && flow->proto == IPPROTO_UDP) {
+		if (be) {
 			__u32 now = bpf_jiffies64();
 			__u32 last = conn->c.last_seen;
-			if (now - last > cfg->udp_timeout)
+			if (flow->proto == IPPROTO_UDP && now - last > cfg->udp_timeout)
 				be = NULL;
 			else if (now != last)
 				conn->c.last_seen = now; /* at most one write per tick */
@@ -392,7 +392,7 @@ static __always_inline int lb_vip(struct xdp_md *ctx, struct xdpg_lb_config *cfg
 					union xdpg_lb_conn_words fresh;
 					fresh.w[0] = w0;
 					fresh.w[1] = w1;
-					conn_update(flow, &fresh.c);
+					conn_insert(cfg, flow, &fresh);
 				}
 				if (vip->mode == XDPG_LB_MODE_NAT)
 					nat_remember(flow, be, vip_index);

@@ -9,7 +9,7 @@
 /* Written into xdpg_lb_cfg so a pin directory can be recognised as an LB's,
  * and bumped whenever an LB layout changes. */
 #define XDPG_LB_MAGIC 0x58474C42u /* "XGLB" */
-#define XDPG_LB_LAYOUT_VERSION 3
+#define XDPG_LB_LAYOUT_VERSION 4
 
 /* Default capacities; user space sizes the maps before loading. */
 #define XDPG_LB_DEFAULT_MAX_VIPS 512

@@ -291,7 +291,7 @@ static __always_inline int lb_icmp_error(struct xdp_md *ctx, struct xdpg_lb_conf
 	struct xdpg_lb_backend *be = NULL;
 	__u32 be_id = XDPG_LB_NO_BACKEND;
 	if (!(vip->flags & XDPG_LB_VIP_NO_CONNTRACK)) {
-		struct xdpg_lb_conn *conn = conn_lookup(&q->flow);
+		struct xdpg_lb_conn *conn = conn_lookup(cfg, &q->flow);
 		if (conn) {
 			be_id = conn->backend;
 			be = backend_at(be_id);

@@ -79,19 +79,25 @@ struct {
 	__type(value, struct xdpg_lb_backend);
 } xdpg_lb_backend SEC(".maps");
 
-/* The connection and NAT tables keep one LRU list for all CPUs (no
+/* The IPv6 connection table and the NAT tables keep one LRU list for all CPUs (no
  * BPF_F_NO_COMMON_LRU). Per-CPU lists were measured slower here for every
  * insert, with one CPU or two inserting at once (benches/per_packet.rs,
  * BENCHMARKS.md), and they split the capacity: a CPU that sees most new
  * flows evicts once it has filled its 1/N share. Lookups see every entry
  * either way, so a flow keeps its backend whichever CPU sees it. */
 
-/* IPv4 connection table: flow -> backend, least recently used evicted first. */
+/* IPv4 connection table: 64-byte lines of two slots, a power of two of
+ * them (cfg->ct4_mask + 1), twice the slots of the connections asked for;
+ * a flow lives in one of the four slots of its two lines, and a new one
+ * takes an empty slot, else the one idle longest (ct4_* in lb_select.h,
+ * sizes and measurements in src/lb/conntrack.rs). It replaced an LRU hash
+ * in layout 4: a hit there was two dependent cache misses. */
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, XDPG_LB_DEFAULT_CONNECTIONS);
-	__type(key, struct xdpg_lb_flow4);
-	__type(value, struct xdpg_lb_conn);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__type(key, __u32);
+	__type(value, struct xdpg_lb_ct4_line);
 } xdpg_lb_conns4 SEC(".maps");
 
 /* IPv6 connection table. */

@@ -124,28 +124,129 @@ union xdpg_lb_conn_words {
 	__u64 w[2];
 };
 
-static __always_inline struct xdpg_lb_conn *conn_lookup(const struct xdpg_lb_flow *flow)
+/* Where a flow's IPv4 connection entry is or goes: its key words and its
+ * two lines. The lines' addresses depend on the key alone, so the CPU
+ * fetches both at once: a hit costs one memory round trip however large
+ * the table (the kernel LRU hash took two dependent ones, its bucket and
+ * then the element). The lines are placed by the flow-hash seed too: where
+ * clients could aim many flows at one line to push a victim's entry out,
+ * give the LB a secret seed. src/lb/conntrack.rs mirrors the placement. */
+struct xdpg_lb_ct4_probe {
+	__u64 k0, k1;
+	struct xdpg_lb_ct4_line *line[2];
+};
+
+static __always_inline int ct4_probe(struct xdpg_lb_config *cfg, const struct xdpg_lb_flow *flow,
+				     struct xdpg_lb_ct4_probe *p)
 {
-	if (flow->family == XDPG_LB_FAMILY_V4) {
-		union xdpg_lb_flow4_words k;
-		flow4_key(&k, flow);
-		struct xdpg_lb_conn *conn = bpf_map_lookup_elem(&xdpg_lb_conns4, &k.k);
-		XDPG_DISTINCT(conn);
-		return conn;
-	}
+	union xdpg_lb_flow4_words k;
+	flow4_key(&k, flow);
+	p->k0 = k.w[0];
+	p->k1 = k.w[1];
+	__u64 h = (p->k0 ^ (p->k1 * 0xC2B2AE3D27D4EB4Full) ^ cfg->hash_seed) * 0x9E3779B97F4A7C15ull;
+	__u32 mask = cfg->ct4_mask;
+	__u32 a = (__u32)(h >> 32) & mask;
+	h = (h ^ (h >> 29)) * 0xBF58476D1CE4E5B9ull;
+	__u32 b = (__u32)(h >> 32) & mask;
+	if (b == a)
+		b ^= 1;
+	p->line[0] = bpf_map_lookup_elem(&xdpg_lb_conns4, &a);
+	p->line[1] = bpf_map_lookup_elem(&xdpg_lb_conns4, &b);
+	return p->line[0] && p->line[1];
+}
+
+#define XDPG_CT4_MATCH(l, i)                                          \
+	if (l->slot[i].key[0] == p->k0 && l->slot[i].key[1] == p->k1) \
+		return &l->slot[i].conn;
+
+static __always_inline struct xdpg_lb_conn *ct4_find(struct xdpg_lb_ct4_probe *p)
+{
+	struct xdpg_lb_ct4_line *l0 = p->line[0], *l1 = p->line[1];
+	XDPG_CT4_MATCH(l0, 0)
+	XDPG_CT4_MATCH(l0, 1)
+	XDPG_CT4_MATCH(l1, 0)
+	XDPG_CT4_MATCH(l1, 1)
+	return NULL;
+}
+
+/* How much a slot is worth taking: an empty one in an empty line most,
+ * then an empty one beside an entry (so new flows spread over both lines,
+ * and a line fills only when its partner is full too), else the one idle
+ * longest. */
+static __always_inline __u32 ct4_worth(struct xdpg_lb_ct4_slot *c, struct xdpg_lb_ct4_slot *other, __u32 now)
+{
+	if (!c->key[0])
+		return other->key[0] ? 0xFFFFFFFEu : 0xFFFFFFFFu;
+	return now - c->conn.last_seen;
+}
+
+#define XDPG_CT4_CONSIDER(l, i)                                                   \
+	do {                                                                      \
+		__u32 worth = ct4_worth(&(l)->slot[i], &(l)->slot[1 - (i)], now); \
+		if (worth > best) {                                               \
+			best = worth;                                             \
+			s = &(l)->slot[i];                                        \
+		}                                                                 \
+	} while (0)
+
+/* A new IPv4 entry (after a ct4_probe that found both lines) in the slot
+ * of its lines most worth taking. The key's first word is cleared first
+ * and written last, so a reader on another CPU sees the old flow, no flow,
+ * or the new flow whole (stores are seen in order on x86; elsewhere a torn
+ * read can pair a key with another flow's entry for the length of a
+ * store). */
+static __always_inline void ct4_insert(struct xdpg_lb_ct4_probe *p, __u64 w0, __u64 w1, __u32 now)
+{
+	struct xdpg_lb_ct4_line *l0 = p->line[0], *l1 = p->line[1];
+	struct xdpg_lb_ct4_slot *s = &l0->slot[0];
+	__u32 best = ct4_worth(s, &l0->slot[1], now);
+	XDPG_CT4_CONSIDER(l0, 1);
+	XDPG_CT4_CONSIDER(l1, 0);
+	XDPG_CT4_CONSIDER(l1, 1);
+	union xdpg_lb_conn_words *w = (union xdpg_lb_conn_words *)&s->conn;
+	*(volatile __u64 *)&s->key[0] = 0;
+	*(volatile __u64 *)&w->w[0] = w0;
+	*(volatile __u64 *)&w->w[1] = w1;
+	*(volatile __u64 *)&s->key[1] = p->k1;
+	*(volatile __u64 *)&s->key[0] = p->k0;
+}
+
+/* The IPv4 table's lookup and insert are calls of their own: inlined, the
+ * registers they hold push lb_vip's frame past the 512 bytes of stack its
+ * deepest call chain may use. */
+static __attribute__((noinline)) struct xdpg_lb_conn *ct4_lookup(struct xdpg_lb_config *cfg,
+								 const struct xdpg_lb_flow *flow)
+{
+	struct xdpg_lb_ct4_probe p;
+	return ct4_probe(cfg, flow, &p) ? ct4_find(&p) : NULL;
+}
+
+static __attribute__((noinline)) void ct4_add(struct xdpg_lb_config *cfg, const struct xdpg_lb_flow *flow, __u64 w0,
+					      __u64 w1)
+{
+	struct xdpg_lb_ct4_probe p;
+	if (ct4_probe(cfg, flow, &p))
+		ct4_insert(&p, w0, w1, (__u32)w1);
+}
+
+static __always_inline struct xdpg_lb_conn *conn_lookup(struct xdpg_lb_config *cfg, const struct xdpg_lb_flow *flow)
+{
+	if (flow->family == XDPG_LB_FAMILY_V4)
+		return ct4_lookup(cfg, flow);
 	return bpf_map_lookup_elem(&xdpg_lb_conns6, flow);
 }
 
-static __always_inline void conn_update(const struct xdpg_lb_flow *flow, struct xdpg_lb_conn *conn)
+/* A new entry for a flow conn_lookup did not find (the IPv4 lines it read
+ * are still in the cache: finding them again costs a few ns, keeping them
+ * would cost stack the program does not have). */
+static __always_inline void conn_insert(struct xdpg_lb_config *cfg, const struct xdpg_lb_flow *flow,
+					union xdpg_lb_conn_words *fresh)
 {
 	if (flow->family == XDPG_LB_FAMILY_V4) {
-		union xdpg_lb_flow4_words k;
-		flow4_key(&k, flow);
-		long rc = bpf_map_update_elem(&xdpg_lb_conns4, &k.k, conn, BPF_ANY);
-		XDPG_DISTINCT(rc);
+		ct4_add(cfg, flow, fresh->w[0], fresh->w[1]);
 		return;
 	}
-	bpf_map_update_elem(&xdpg_lb_conns6, flow, conn, BPF_ANY);
+	bpf_map_update_elem(&xdpg_lb_conns6, flow, &fresh->c, BPF_ANY);
 }
 
 /* ---- backend selection -------------------------------------------------- */

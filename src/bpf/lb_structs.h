@@ -86,8 +86,21 @@ struct xdpg_lb_flow4 {
 struct xdpg_lb_conn {
 	__u32 backend;	 /* slot in xdpg_lb_backend */
 	__u32 gen;	 /* the slot's gen when chosen: a reassigned slot misses */
-	__u32 last_seen; /* jiffies (low 32 bits), refreshed for UDP only */
+	__u32 last_seen; /* jiffies (low 32 bits), refreshed at most once a tick */
 	__u32 hash;	 /* the flow hash, so a hit needs no rehash (IPIP source) */
+};
+
+/* An IPv4 connection-table slot: the flow's key as two words (src | dst <<
+ * 32, sport | dport << 16 | proto << 32; all zero: empty) and its entry. */
+struct xdpg_lb_ct4_slot {
+	__u64 key[2];
+	struct xdpg_lb_conn conn;
+};
+
+/* A line of the IPv4 connection table: one cache line, two slots. A flow
+ * lives in one of the four slots of its two lines. */
+struct xdpg_lb_ct4_line {
+	struct xdpg_lb_ct4_slot slot[2];
 };
 
 /* Value of xdpg_lb_nat: how to translate a NAT reply back (its key is the
@@ -135,11 +148,11 @@ struct xdpg_lb_config {
 	__u32 ipip_v6_src[4];	 /* outer IPv6 source prefix */
 	__u32 ipip_v6_mask[2];	 /* host bits of words 2 and 3 */
 	__u32 next_backend;	 /* user space: where the next backend slot search starts */
-	__u32 pad1;
-	__u64 nexthop_ttl;  /* jiffies a CPU reuses a backend's FIB answer; 0 = ask every packet */
-	__u64 ns_per_jiffy; /* the kernel tick, measured by user space */
-	__u64 netns_dev;    /* user space: the network namespace the LB was loaded in (its */
-	__u64 netns_ino;    /*   nsfs device and inode), where it manages next hops */
+	__u32 ct4_mask;		 /* lines in xdpg_lb_conns4 - 1 (a power of two - 1) */
+	__u64 nexthop_ttl;	 /* jiffies a CPU reuses a backend's FIB answer; 0 = ask every packet */
+	__u64 ns_per_jiffy;	 /* the kernel tick, measured by user space */
+	__u64 netns_dev;	 /* user space: the network namespace the LB was loaded in (its */
+	__u64 netns_ino;	 /*   nsfs device and inode), where it manages next hops */
 };
 
 /* Value of xdpg_lb_becnt: per-backend counters, per CPU. */
@@ -183,6 +196,7 @@ _Static_assert(sizeof(struct xdpg_lb_backend) == 32, "xdpg_lb_backend layout");
 _Static_assert(__builtin_offsetof(struct xdpg_lb_backend, gen) == 20, "backend gen offset");
 _Static_assert(sizeof(struct xdpg_lb_flow) == 40, "xdpg_lb_flow layout");
 _Static_assert(sizeof(struct xdpg_lb_conn) == 16, "xdpg_lb_conn layout");
+_Static_assert(sizeof(struct xdpg_lb_ct4_line) == 64, "xdpg_lb_ct4_line layout");
 _Static_assert(sizeof(struct xdpg_lb_nat_rev) == 24, "xdpg_lb_nat_rev layout");
 _Static_assert(sizeof(struct xdpg_lb_vip_stats) == 40, "xdpg_lb_vip_stats layout");
 _Static_assert(sizeof(struct xdpg_lb_config) == 136, "xdpg_lb_config layout");
@@ -194,5 +208,6 @@ _Static_assert(__builtin_offsetof(struct xdpg_lb_config, echo_policy) == 36, "po
 _Static_assert(__builtin_offsetof(struct xdpg_lb_config, udp_timeout) == 40, "udp_timeout offset");
 _Static_assert(__builtin_offsetof(struct xdpg_lb_config, ipip_v4_src) == 64, "ipip offset");
 _Static_assert(__builtin_offsetof(struct xdpg_lb_config, netns_dev) == 120, "netns offset");
+_Static_assert(__builtin_offsetof(struct xdpg_lb_config, ct4_mask) == 100, "ct4_mask offset");
 
 #endif

@@ -120,18 +120,26 @@ pub(crate) trait ProgramKind: Sized + 'static {
 }
 
 /// How a build takes over the maps of an older layout: the maps whose
-/// layout changed are created anew (with the pinned ones' capacities) and
-/// filled by `copy`; every other map is reused as pinned, and must be
-/// unchanged (checked before anything is touched).
+/// layout changed are created anew (sized by `size` from the pinned ones'
+/// capacities) and filled by `copy`; every other map is reused as pinned,
+/// and must be unchanged (checked before anything is touched).
 pub(crate) struct Migration<M> {
     /// The maps recreated, by name.
     pub changed: &'static [&'static str],
+    /// A recreated map's `max_entries` from its pinned one's
+    /// ([`same_size`] where the entry count means the same).
+    pub size: fn(name: &'static str, pinned_max_entries: u32) -> u32,
     /// Copies what the old maps hold into the new ones: once before the
     /// programs are swapped (the old one still runs: lists, VIPs, backends,
     /// connections), and once after ([`CopyPass::AfterSwap`]: what the old
     /// program wrote meanwhile, counters). The pin directory is locked
     /// throughout, so no edit runs in between.
     pub copy: fn(old: &PinDir, new: &M, pass: CopyPass) -> Result<(), Error>,
+}
+
+/// A recreated map as large as the pinned one.
+pub(crate) fn same_size(_name: &'static str, pinned_max_entries: u32) -> u32 {
+    pinned_max_entries
 }
 
 /// When a [`Migration`]'s copy runs.

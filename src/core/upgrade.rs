@@ -43,7 +43,7 @@ use crate::core::attach;
 use crate::core::layout::header;
 use crate::core::maps::{io_from_libbpf, ProgramMaps};
 use crate::core::pin::PinDir;
-use crate::core::pinned::{load_opened, CopyPass, Migration, Pinned, ProgramKind, REHEARSAL_LAYOUT};
+use crate::core::pinned::{load_opened, same_size, CopyPass, Migration, Pinned, ProgramKind, REHEARSAL_LAYOUT};
 use crate::core::sys;
 use crate::error::{missing_privileges, AttachError, Error, LoadError, PinError};
 
@@ -102,7 +102,7 @@ impl<P: ProgramKind> Pinned<P> {
         let migration: Option<Migration<P::Maps>> = match found.layout {
             v if v == kind.layout_version => None,
             v if v == REHEARSAL_LAYOUT && cfg!(feature = "testing") => {
-                Some(Migration { changed: P::REHEARSAL, copy: rehearse::<P> })
+                Some(Migration { changed: P::REHEARSAL, size: same_size, copy: rehearse::<P> })
             }
             v => Some(P::migration(v).ok_or_else(|| PinError::NoMigration {
                 path: path.to_owned(),
@@ -112,6 +112,7 @@ impl<P: ProgramKind> Pinned<P> {
             })?),
         };
         let changed: &[&'static str] = migration.as_ref().map_or(&[], |m| m.changed);
+        let size = migration.as_ref().map_or(same_size as fn(&'static str, u32) -> u32, |m| m.size);
         let refused = |reason: String| PinError::UpgradeRefused { path: path.to_owned(), kind: kind.name, reason };
 
         let prog_path = dir.join(kind.program);
@@ -143,7 +144,7 @@ impl<P: ProgramKind> Pinned<P> {
             })?;
             if changed.contains(&name) {
                 // Recreated with the capacity it had.
-                map.set_max_entries(old.max_entries())
+                map.set_max_entries(size(name, old.max_entries()))
                     .map_err(|e| LoadError::Bpf { op: format!("sizing map {name}"), source: io_from_libbpf(e) })?;
                 continue;
             }

@@ -60,7 +60,7 @@ use crate::core::attach::{Attachment, Interface};
 use crate::core::layout::consts::*;
 use crate::core::layout::names;
 use crate::core::maps::ProgramMaps;
-use crate::core::pinned::{facade, CopyPass, Kind, Migration, Pinned, ProgramKind};
+use crate::core::pinned::{facade, same_size, CopyPass, Kind, Migration, Pinned, ProgramKind};
 use crate::core::testrun::TestRun;
 use crate::error::{Error, ListError, LoadError, RuleError};
 use crate::AttachMode;
@@ -164,6 +164,7 @@ impl ProgramKind for FilterKind {
     fn migration(from: u32) -> Option<Migration<FilterMaps>> {
         (from == 5).then_some(Migration {
             changed: &[],
+            size: same_size,
             copy: |_, maps, pass| {
                 if pass == CopyPass::AfterSwap {
                     let mut st = ListState::load(maps);

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use ipnetwork::IpNetwork;
 
+use super::conntrack;
 use super::layout::lb_skel::LbSkelBuilder;
 use super::layout::xdpg_lb_config;
 use super::maps::{ns_per_jiffy, to_jiffies, Capacity, LbMaps};
@@ -85,7 +86,10 @@ impl LoadBalancerBuilder {
     }
 
     /// Connection-table entries, per address family (default 131,072).
-    /// About 100 bytes of kernel memory each, preallocated.
+    /// Preallocated: IPv4 32 bytes each, rounded up to a power of two (a
+    /// flow has four slots to choose from; when all four are taken, the one
+    /// idle longest is replaced); IPv6 about 100 bytes each (a kernel LRU
+    /// hash).
     pub fn connections(mut self, n: u32) -> Self {
         self.connections = n;
         self
@@ -234,6 +238,7 @@ impl LoadBalancerBuilder {
                 new_flow_burst: burst,
                 nexthop_ttl: to_jiffies(self.next_hop_cache, tick),
                 ns_per_jiffy: tick,
+                ct4_mask: conntrack::lines_for(self.connections) - 1,
                 netns_dev: ns.dev,
                 netns_ino: ns.ino,
                 ..Default::default()

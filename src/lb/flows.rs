@@ -5,9 +5,12 @@
 use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 
-use super::hash::{self, flow_hash, FlowKey};
+use super::hash::{self, addr_words, family_code, flow_hash, port_word, FlowKey};
+use super::layout::{xdpg_lb_flow, xdpg_lb_flow4};
+use super::maps::map_err;
 use super::state::LbState;
 use super::{BackendAddr, Flow, ForwardingMode, FragmentPolicy, HashInput, LoadBalancer, Vip};
+use crate::core::layout::consts::XDPG_LB_BACKEND_ACTIVE;
 use crate::error::LbError;
 
 impl LoadBalancer {
@@ -194,5 +197,53 @@ impl LoadBalancer {
             })
             .collect::<Result<Vec<_>, _>>()
             .map(Some)
+    }
+
+    /// The backend the connection table holds for `flow`: where its next
+    /// non-SYN packet goes, whatever Maglev would choose now. `None`: the
+    /// flow has no entry (never seen, untracked, evicted or flushed), or its
+    /// backend has gone since. An idle UDP flow past the idle timeout is
+    /// still reported until its next packet chooses afresh.
+    ///
+    /// # Errors
+    ///
+    /// [`LbError::Map`] when the IPv6 table cannot be read.
+    pub fn tracked_backend(&self, flow: &Flow) -> Result<Option<BackendAddr>, LbError> {
+        let key = Self::flow_key(flow);
+        if key.src.is_ipv4() != key.dst.is_ipv4() {
+            return Ok(None);
+        }
+        let maps = self.maps();
+        let conn = if key.src.is_ipv4() {
+            let k = xdpg_lb_flow4 {
+                src: addr_words(key.src)[0],
+                dst: addr_words(key.dst)[0],
+                sport: port_word(key.sport),
+                dport: port_word(key.dport),
+                proto: key.proto,
+                ..Default::default()
+            };
+            maps.ct4().find(super::conntrack::key_words(&k))
+        } else {
+            let k = xdpg_lb_flow {
+                src: addr_words(key.src),
+                dst: addr_words(key.dst),
+                sport: port_word(key.sport),
+                dport: port_word(key.dport),
+                proto: key.proto,
+                family: family_code(key.src),
+                ..Default::default()
+            };
+            maps.conns6.get(&k).map_err(map_err("reading the IPv6 connection table"))?
+        };
+        let Some(conn) = conn else { return Ok(None) };
+        if conn.backend as usize >= maps.backends.len() {
+            return Ok(None);
+        }
+        let slot = maps.backends.get(conn.backend as usize);
+        if u32::from(slot.flags) & XDPG_LB_BACKEND_ACTIVE == 0 || slot.gen != conn.gen {
+            return Ok(None);
+        }
+        self.read(|st| st.vips.values().find_map(|vs| vs.backend_by_id(conn.backend)))
     }
 }

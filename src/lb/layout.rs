@@ -29,8 +29,8 @@ pub(crate) mod decap_skel {
 pub(crate) use decap_skel::types::{xdpg_decap_config, xdpg_decap_key};
 pub(crate) use lb_skel::types::{
     xdpg_counter, xdpg_header, xdpg_lb_addr_key, xdpg_lb_backend, xdpg_lb_backend_stats, xdpg_lb_config, xdpg_lb_conn,
-    xdpg_lb_flow, xdpg_lb_flow4, xdpg_lb_nat_rev, xdpg_lb_nbr_key, xdpg_lb_vip, xdpg_lb_vip_key, xdpg_lb_vip_key4,
-    xdpg_lb_vip_stats,
+    xdpg_lb_ct4_line, xdpg_lb_ct4_slot, xdpg_lb_flow, xdpg_lb_flow4, xdpg_lb_nat_rev, xdpg_lb_nbr_key, xdpg_lb_vip,
+    xdpg_lb_vip_key, xdpg_lb_vip_key4, xdpg_lb_vip_stats,
 };
 
 /// The decapsulator's copies of the shared types.
@@ -49,6 +49,8 @@ pod!(
     xdpg_lb_backend_stats,
     xdpg_lb_config,
     xdpg_lb_conn,
+    xdpg_lb_ct4_line,
+    xdpg_lb_ct4_slot,
     xdpg_lb_flow,
     xdpg_lb_flow4,
     xdpg_lb_nat_rev,
@@ -82,6 +84,8 @@ const _: () = {
     assert!(offset_of!(xdpg_lb_flow4, proto) == 12);
     assert!(size_of::<xdpg_lb_conn>() == 16);
     assert!(offset_of!(xdpg_lb_conn, hash) == 12);
+    assert!(size_of::<xdpg_lb_ct4_slot>() == 32);
+    assert!(size_of::<xdpg_lb_ct4_line>() == 64);
     assert!(size_of::<xdpg_lb_vip>() == 16);
     assert!(offset_of!(xdpg_lb_vip, mode) == 8);
     assert!(size_of::<xdpg_lb_addr_key>() == 20);
@@ -113,6 +117,7 @@ const _: () = {
     assert!(offset_of!(xdpg_lb_config, ipip_v4_src) == 64);
     assert!(offset_of!(xdpg_lb_config, ipip_v6_mask) == 88);
     assert!(offset_of!(xdpg_lb_config, next_backend) == 96);
+    assert!(offset_of!(xdpg_lb_config, ct4_mask) == 100);
     assert!(size_of::<xdpg_decap_key>() == 20);
     assert!(size_of::<xdpg_decap_config>() == 24);
     assert!(consts::XDPG_LB_DROP_NO_BACKEND == 0);

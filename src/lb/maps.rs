@@ -7,9 +7,11 @@ use std::net::IpAddr;
 use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
+use super::conntrack::{self, Ct4};
 use super::layout::{
-    xdpg_counter, xdpg_lb_addr_key, xdpg_lb_backend, xdpg_lb_backend_stats, xdpg_lb_config, xdpg_lb_conn, xdpg_lb_flow,
-    xdpg_lb_flow4, xdpg_lb_nat_rev, xdpg_lb_nbr_key, xdpg_lb_vip, xdpg_lb_vip_key, xdpg_lb_vip_key4, xdpg_lb_vip_stats,
+    xdpg_counter, xdpg_lb_addr_key, xdpg_lb_backend, xdpg_lb_backend_stats, xdpg_lb_config, xdpg_lb_conn,
+    xdpg_lb_ct4_line, xdpg_lb_flow, xdpg_lb_flow4, xdpg_lb_nat_rev, xdpg_lb_nbr_key, xdpg_lb_vip, xdpg_lb_vip_key,
+    xdpg_lb_vip_key4, xdpg_lb_vip_stats,
 };
 use super::neigh::{HopKey, NsId};
 use crate::core::layout::consts::*;
@@ -29,7 +31,7 @@ program_maps! {
         vip_addrs: Hash<xdpg_lb_addr_key, u32> = names::XDPG_LB_VADDRS,
         tables: ArrayOfMaps = names::XDPG_LB_TABLES,
         backends: Mmapped<xdpg_lb_backend> = names::XDPG_LB_BACKEND,
-        conns4: Hash<xdpg_lb_flow4, xdpg_lb_conn> = names::XDPG_LB_CONNS4,
+        conns4: Mmapped<xdpg_lb_ct4_line> = names::XDPG_LB_CONNS4,
         conns6: Hash<xdpg_lb_flow, xdpg_lb_conn> = names::XDPG_LB_CONNS6,
         nat4: Hash<xdpg_lb_flow4, xdpg_lb_nat_rev> = names::XDPG_LB_NAT4,
         nat6: Hash<xdpg_lb_flow, xdpg_lb_nat_rev> = names::XDPG_LB_NAT6,
@@ -66,7 +68,7 @@ impl Capacity {
             (names::XDPG_LB_BECNT, self.max_backends),
             (names::XDPG_LB_NEXTHOP, self.max_backends),
             (names::XDPG_LB_NBRS, self.max_backends),
-            (names::XDPG_LB_CONNS4, self.connections),
+            (names::XDPG_LB_CONNS4, conntrack::lines_for(self.connections)),
             (names::XDPG_LB_CONNS6, self.connections),
             (names::XDPG_LB_NAT4, self.nat_connections),
             (names::XDPG_LB_NAT6, self.nat_connections),
@@ -91,10 +93,15 @@ impl LbMaps {
         Capacity {
             max_vips: self.vips4.capacity(),
             max_backends: self.backends.len() as u32,
-            connections: self.conns4.capacity(),
+            connections: self.conns6.capacity(),
             nat_connections: self.nat4.capacity(),
             devices: self.devmap.capacity(),
         }
+    }
+
+    /// The IPv4 connection table.
+    pub(crate) fn ct4(&self) -> Ct4<'_> {
+        Ct4 { lines: &self.conns4, seed: self.hash_seed().load(Ordering::Acquire) }
     }
 
     cfg_fields! {
@@ -103,6 +110,7 @@ impl LbMaps {
         nat_vips: AtomicU32 => atomic_u32,
         allport_vips: AtomicU32 => atomic_u32,
         next_backend: AtomicU32 => atomic_u32,
+        ct4_mask: AtomicU32 => atomic_u32,
         udp_timeout: AtomicU64 => atomic_u64,
         ns_per_jiffy: AtomicU64 => atomic_u64,
         new_flow_interval: AtomicU64 => atomic_u64,

@@ -16,6 +16,7 @@
 
 mod batch;
 mod builder;
+mod conntrack;
 mod decap;
 pub(crate) mod digest;
 mod flows;
@@ -43,7 +44,7 @@ use crate::core::attach::{Attachment, Interface};
 use crate::core::layout::consts::*;
 use crate::core::layout::names;
 use crate::core::maps::ProgramMaps;
-use crate::core::pinned::{facade, Kind, Pinned, ProgramKind};
+use crate::core::pinned::{facade, CopyPass, Kind, Migration, Pinned, ProgramKind};
 use crate::core::testrun::TestRun;
 use crate::error::{Error, LbError};
 use crate::AttachMode;
@@ -241,6 +242,19 @@ impl ProgramKind for LbKind {
     type Error = LbError;
 
     const REHEARSAL: &'static [&'static str] = &[names::XDPG_LB_CONNS4, names::XDPG_LB_CONNS6, names::XDPG_LB_CNT];
+
+    /// Layout 3 kept IPv4 connections in a kernel LRU hash: the table is
+    /// recreated as lines (`conntrack`) and filled from it.
+    fn migration(from: u32) -> Option<Migration<LbMaps>> {
+        (from == 3).then_some(Migration {
+            changed: &[names::XDPG_LB_CONNS4],
+            size: |name, n| if name == names::XDPG_LB_CONNS4 { conntrack::lines_for(n) } else { n },
+            copy: |old, maps, pass| match pass {
+                CopyPass::BeforeSwap => conntrack::adopt_lru(old, maps),
+                CopyPass::AfterSwap => Ok(()),
+            },
+        })
+    }
 
     fn load_model(maps: &LbMaps) -> Result<LbState, LbError> {
         LbState::load(maps)

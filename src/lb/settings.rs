@@ -206,7 +206,7 @@ impl LoadBalancer {
     /// failures to come.
     pub fn flush_connections(&self) -> Result<usize, LbError> {
         let maps = self.maps();
-        let flushed = maps.conns4.clear() + maps.conns6.clear();
+        let flushed = maps.ct4().clear() + maps.conns6.clear();
         maps.nat4.clear();
         maps.nat6.clear();
         Ok(flushed)
@@ -214,6 +214,6 @@ impl LoadBalancer {
 
     /// Number of entries in the connection table (walks it: diagnostics only).
     pub fn connection_count(&self) -> usize {
-        self.maps().conns4.keys().count() + self.maps().conns6.keys().count()
+        self.maps().ct4().count() + self.maps().conns6.keys().count()
     }
 }
