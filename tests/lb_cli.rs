@@ -92,6 +92,9 @@ fn the_cli_manages_a_pinned_lb() {
         let w = cli.json(&["which", vip, "--from", &from.to_string(), "--json", p[0], p[1]]);
         let lib = lb.backend_for(&v, &Flow::new(from, vip.parse().unwrap(), Protocol::Tcp)).unwrap().unwrap();
         assert_eq!(w["backend"], lib.to_string());
+        // No traffic came from these ports: untracked (the connections
+        // above used ephemeral ports; one that did would be tracked there).
+        assert!(w["tracked"].is_null() || w["tracked"] == w["backend"], "{w}");
     }
 
     // Drain b2 from the CLI: new connections avoid it.

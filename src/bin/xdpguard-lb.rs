@@ -185,7 +185,9 @@ enum Command {
     /// The destination is ADDR:PORT ([V6-ADDR]:PORT): the VIP of that port
     /// takes the flow, else the all-ports VIP of the address. An all-ports
     /// VIP sends each flow by the port it connects to, so ADDR:* needs
-    /// --to-port.
+    /// --to-port. A flow the connection table tracks also gets the backend
+    /// its packets go to now ("tracked"), which can differ after backend
+    /// changes.
     Which {
         #[command(flatten)]
         pin: Pin,
@@ -648,16 +650,20 @@ fn run(command: Command) -> Result<()> {
                 .into());
             };
             let backend = lb.backend_for(&vip, &flow)?;
+            let tracked = lb.tracked_backend(&flow)?;
             if json {
                 println!(
                     "{}",
                     json!({ "vip": vip.to_string(), "from": from.to_string(), "to": flow.dst.to_string(),
-                            "backend": backend.map(|b| b.to_string()) })
+                            "backend": backend.map(|b| b.to_string()), "tracked": tracked.map(|b| b.to_string()) })
                 );
             } else {
                 match backend {
                     Some(b) => println!("{flow}: VIP {vip}; new flows go to {b}"),
                     None => println!("{flow}: VIP {vip}; dropped (no usable backend)"),
+                }
+                if let Some(t) = tracked {
+                    println!("  tracked: this flow's packets go to {t} (its connection-table entry)");
                 }
             }
         }

@@ -356,7 +356,11 @@ static __always_inline int lb_vip(struct xdp_md *ctx, struct xdpg_lb_config *cfg
 		be = backend_at(be_id);
 		if (be && be->gen != (__u32)(backend_gen >> 32))
 			be = NULL;
-		if (be) {
+		/* A UDP entry's age is its timeout; an IPv4 entry's is also what
+		 * decides which entry a new flow replaces (lb_select.h), so it is
+		 * kept for TCP too. An IPv6 TCP hit reads no clock (the LRU hash
+		 * keeps its own order). */
+		if (be && (flow->proto == IPPROTO_UDP || flow->family == XDPG_LB_FAMILY_V4)) {
 			__u32 now = bpf_jiffies64();
 			__u32 last = conn->c.last_seen;
 			if (flow->proto == IPPROTO_UDP && now - last > cfg->udp_timeout)

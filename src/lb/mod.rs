@@ -490,6 +490,14 @@ impl LoadBalancer {
         self.maps().memlock_bytes()
     }
 
+    /// Kernel memory charged to each of the LB's maps, in bytes, by map
+    /// name (as `bpftool map` shows them; the connection tables are
+    /// `xdpg_lb_conns4` and `xdpg_lb_conns6`). Preallocated: set by the
+    /// capacities, not by how many flows are tracked.
+    pub fn map_memory_by_map(&self) -> Vec<(&'static str, u64)> {
+        self.maps().memlock_by_map()
+    }
+
     /// Runs the real LB program, with its live maps, on one Ethernet frame
     /// through `BPF_PROG_TEST_RUN`, as if received without an interface
     /// (the FIB lookup then has no ingress; see [`LoadBalancer::test_run_on`]).
