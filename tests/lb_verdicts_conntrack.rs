@@ -279,6 +279,17 @@ fn one_batch_is_one_table_swap() {
     });
 }
 
+/// An LB with a connection table for `connections` flows (one VIP or two).
+fn small_lb(connections: u32) -> xdpguard::LoadBalancerBuilder {
+    LoadBalancer::builder()
+        .redirect_interface("eth0")
+        .redirect_interface("eth1")
+        .max_vips(4)
+        .max_backends(16)
+        .connections(connections)
+        .new_flow_limit(NewFlowLimit::Unlimited)
+}
+
 /// Where the kernel sent each tracked flow is what `tracked_backend` reads
 /// back (IPv4 from the table of cache lines, whose placement user space
 /// mirrors; IPv6 from the LRU hash), after a backend change too; a full
@@ -288,15 +299,7 @@ fn one_batch_is_one_table_swap() {
 #[test]
 fn tracked_backend_reads_the_kernel_table_and_a_full_table_replaces_the_idlest() {
     in_lb_ns("vtrk", 6, |n| {
-        let lb = LoadBalancer::builder()
-            .redirect_interface("eth0")
-            .redirect_interface("eth1")
-            .max_vips(4)
-            .max_backends(16)
-            .connections(64)
-            .new_flow_limit(NewFlowLimit::Unlimited)
-            .load()
-            .expect("load the LB (needs root)");
+        let lb = small_lb(64).load().expect("load the LB (needs root)");
         let mut t = FixtureTable::new(&lb, "tracked backends");
         let all = backends_v4(6);
         let vip4 = Vip::tcp(sa(VIP_V4, 80));
@@ -357,16 +360,7 @@ fn a_layout_3_lb_keeps_its_ipv4_connections_through_the_migration() {
         ensure_bpffs();
         let pin = ScratchDir::bpffs("vmig3");
         let dir = pin.path().to_owned();
-        let lb = LoadBalancer::builder()
-            .redirect_interface("eth0")
-            .redirect_interface("eth1")
-            .max_vips(4)
-            .max_backends(16)
-            .connections(64)
-            .new_flow_limit(NewFlowLimit::Unlimited)
-            .pin(&dir)
-            .load()
-            .expect("load the LB (needs root)");
+        let lb = small_lb(64).pin(&dir).load().expect("load the LB (needs root)");
         let mut t = FixtureTable::new(&lb, "before the migration");
         let all = backends_v4(6);
         let vip = Vip::tcp(sa(VIP_V4, 80));
@@ -432,15 +426,7 @@ fn a_layout_3_lb_keeps_its_ipv4_connections_through_the_migration() {
 #[test]
 fn a_filling_table_moves_entries_before_it_replaces_any() {
     in_lb_ns("vcuc", 3, |n| {
-        let lb = LoadBalancer::builder()
-            .redirect_interface("eth0")
-            .redirect_interface("eth1")
-            .max_vips(4)
-            .max_backends(16)
-            .connections(1024)
-            .new_flow_limit(NewFlowLimit::Unlimited)
-            .load()
-            .expect("load the LB (needs root)");
+        let lb = small_lb(1024).load().expect("load the LB (needs root)");
         let mut t = FixtureTable::new(&lb, "a filling table");
         let vip = Vip::udp(sa(VIP_V4, 53));
         vip_with(&lb, vip, VipConfig::new(ForwardingMode::L2Dsr).table_size(1021), &backends_v4(3));
