@@ -86,10 +86,10 @@ impl LoadBalancerBuilder {
     }
 
     /// Connection-table entries, per address family (default 131,072).
-    /// Preallocated: IPv4 32 bytes each, rounded up to a power of two (a
-    /// flow has four slots to choose from; when all four are taken, the one
-    /// idle longest is replaced); IPv6 about 100 bytes each (a kernel LRU
-    /// hash).
+    /// Preallocated: IPv4 64 bytes each (two 32-byte slots per connection,
+    /// rounded up to a power of two: a flow has four slots to choose from,
+    /// and at the number asked for, half the slots are taken); IPv6 about
+    /// 120 bytes each (a kernel LRU hash).
     pub fn connections(mut self, n: u32) -> Self {
         self.connections = n;
         self
