@@ -4,14 +4,16 @@
 //! IPv4 connections up to LB layout 3.
 //!
 //! The table is an array of 64-byte lines of two slots (key, entry). A
-//! flow's two lines follow from its key alone, so the data plane fetches
-//! both in one memory round trip; a new flow takes an empty slot of the
-//! two (its first line's first), else the one idle longest. Measured
-//! against the LRU hash it replaces (BENCHMARKS.md, "Issue 13, fifth
-//! session"): a hit is one dependent cache miss where the LRU hash took
-//! two (its bucket, then the element), and an insert is four stores into a
-//! line the lookup already fetched, where the LRU took two locks and a
-//! free-list pop (about 230 ns on AMD EPYC).
+//! flow's two lines follow from its key and the LB's flow-hash seed (fixed
+//! for the LB's life), so the data plane fetches both in one memory round
+//! trip; a new flow takes an empty slot of the emptier line, else moves an
+//! entry of its four slots to that entry's other line, else replaces the
+//! one idle longest (`lines_for`). Measured against the LRU hash it
+//! replaces (BENCHMARKS.md, "Issue 13, fifth session"): a hit is one
+//! dependent cache miss where the LRU hash took two (its bucket, then the
+//! element), and an insert is five stores into a line the lookup already
+//! fetched, where the LRU took two locks and a free-list pop (about 230 ns
+//! on AMD EPYC).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
