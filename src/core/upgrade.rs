@@ -112,7 +112,6 @@ impl<P: ProgramKind> Pinned<P> {
             })?),
         };
         let changed: &[&'static str] = migration.as_ref().map_or(&[], |m| m.changed);
-        let size = migration.as_ref().map_or(same_size as fn(&'static str, u32) -> u32, |m| m.size);
         let refused = |reason: String| PinError::UpgradeRefused { path: path.to_owned(), kind: kind.name, reason };
 
         let prog_path = dir.join(kind.program);
@@ -143,8 +142,9 @@ impl<P: ProgramKind> Pinned<P> {
                 _ => PinError::Io { op: "opening pinned map", path: pin.clone(), source: io_from_libbpf(e) },
             })?;
             if changed.contains(&name) {
-                // Recreated with the capacity it had.
-                map.set_max_entries(size(name, old.max_entries()))
+                // Recreated with the capacity it had (in the new map's terms).
+                let pinned = old.max_entries();
+                map.set_max_entries(migration.as_ref().map_or(pinned, |m| (m.size)(name, pinned)))
                     .map_err(|e| LoadError::Bpf { op: format!("sizing map {name}"), source: io_from_libbpf(e) })?;
                 continue;
             }
