@@ -70,6 +70,20 @@ fn send_until(ns: &NetNs, stop: Arc<AtomicBool>, sent: Arc<AtomicU64>) -> std::t
     })
 }
 
+/// A filter pinned in `dir`, attached to the server's eth0 of `pair`.
+fn pinned_filter(pair: &Pair, dir: &std::path::Path, v4_capacity: usize) -> Filter {
+    let dir = dir.to_owned();
+    pair.server.run(move || {
+        Filter::builder()
+            .interface("eth0")
+            .v4_capacity(v4_capacity)
+            .v6_capacity(1024)
+            .pin(dir)
+            .attach()
+            .expect("attach")
+    })
+}
+
 fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
     let start = Instant::now();
     while !f() {
@@ -85,12 +99,7 @@ fn filter_upgrades_under_live_traffic_without_losing_or_leaking_a_packet() {
     pair.client.addr("eth0", &format!("{BLOCKED}/24"));
     let pin = ScratchDir::bpffs("upf");
     let dir = pin.path().to_owned();
-    let filter = {
-        let dir = dir.clone();
-        pair.server.run(move || {
-            Filter::builder().interface("eth0").v4_capacity(4096).v6_capacity(1024).pin(dir).attach().expect("attach")
-        })
-    };
+    let filter = pinned_filter(&pair, &dir, 4096);
     filter.blocklist().insert(net("192.0.2.64/26")).unwrap();
     filter.blocklist().insert(net("198.51.100.0/24")).unwrap();
     filter.blocklist().insert(net("2001:db8:bad::/48")).unwrap();
@@ -171,12 +180,7 @@ fn an_unknown_layout_is_refused_before_anything_changes_and_the_tool_upgrades() 
     let pair = Pair::new("upr");
     let pin = ScratchDir::bpffs("upr");
     let dir = pin.path().to_owned();
-    let filter = {
-        let dir = dir.clone();
-        pair.server.run(move || {
-            Filter::builder().interface("eth0").v4_capacity(1024).v6_capacity(1024).pin(dir).attach().expect("attach")
-        })
-    };
+    let filter = pinned_filter(&pair, &dir, 1024);
     filter.blocklist().insert(net("198.51.100.0/24")).unwrap();
     drop(filter);
     let before = link_program_ids(&dir);
@@ -224,12 +228,7 @@ fn a_layout_5_filter_is_migrated_with_its_ipv6_tables_rebuilt() {
     let pair = Pair::new("up5");
     let pin = ScratchDir::bpffs("up5");
     let dir = pin.path().to_owned();
-    let filter = {
-        let dir = dir.clone();
-        pair.server.run(move || {
-            Filter::builder().interface("eth0").v4_capacity(1024).v6_capacity(1024).pin(dir).attach().expect("attach")
-        })
-    };
+    let filter = pinned_filter(&pair, &dir, 1024);
     let mut nets: Vec<IpNetwork> = (1..=12).map(|i| net(&format!("2001:db8:5::{i:x}/128"))).collect();
     nets.extend(["2001:db8:6::1/128", "2001:db8:6:1::/64", "2001:db9::/32", "198.51.100.0/24"].map(net));
     filter.blocklist().extend(nets).unwrap();
