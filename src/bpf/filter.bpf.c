@@ -29,8 +29,32 @@
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
+/* Entry `key` of map_b when `use_b` is set, else of map_a (the live copy of
+ * an A/B table pair). Two call sites, each given one map, so that the
+ * verifier inlines both array lookups into a bounds check and an add. One
+ * call site given either map, which is what `use_b ? lookup(map_b) :
+ * lookup(map_a)` compiles to, cannot be inlined: it stays a call into the
+ * generic helper and its indirect call through the map's ops, a retpoline
+ * here (measured: 58 ns of the IPv4 drop's 65 at repeat=1, BENCHMARKS.md,
+ * "Issue 13, sixth session"). The empty asm in one arm keeps clang from
+ * merging the two calls back into one. */
+#define XDPG_LOOKUP_AB(use_b, map_b, map_a, key)                   \
+	({                                                         \
+		void *__entry;                                     \
+		if (use_b) {                                       \
+			__entry = bpf_map_lookup_elem(map_b, key); \
+			asm volatile("" ::: "memory");             \
+		} else {                                           \
+			__entry = bpf_map_lookup_elem(map_a, key); \
+		}                                                  \
+		__entry;                                           \
+	})
+
 /* Returned by the host lookup when no bucket holds the host. */
 #define HOST_NOT_FOUND 0xFF
+
+_Static_assert(XDPG_HOST_PASS == 3 && XDPG_VERDICT_PASS == 0 && XDPG_VERDICT_BLOCK == 1 && XDPG_VERDICT_ALLOW == 2,
+	       "v4_verdict maps a host's code to a verdict by these values");
 
 /* Looks a host up in the mixed-/24 buckets. Inlined: as a global function
  * (one verification, one call) it measured ~15 ns slower per flood packet. */
@@ -40,8 +64,7 @@ static __always_inline __u32 v4_host_verdict(struct xdpg_filter_config *cfg, __u
 	__u32 idx = xdpg_v4_bucket_index(addr, cfg->hash_seed, mask);
 
 	for (int probe = 0; probe < XDPG_V4_MAX_PROBES; probe++) {
-		struct xdpg_v4_bucket *b = active ? bpf_map_lookup_elem(&xdpg_v4_hosts_b, &idx)
-						  : bpf_map_lookup_elem(&xdpg_v4_hosts_a, &idx);
+		struct xdpg_v4_bucket *b = XDPG_LOOKUP_AB(active, &xdpg_v4_hosts_b, &xdpg_v4_hosts_a, &idx);
 		if (!b)
 			break;
 		__u32 meta = b->meta;
@@ -95,17 +118,26 @@ static __always_inline __u32 v4_verdict(struct xdpg_filter_config *cfg, __u32 ta
 {
 	__u32 active = tables & XDPG_TABLES_V4_MASK;
 	__u32 line_idx = addr >> 14;
-	struct xdpg_v4_line *line =
-		active ? bpf_map_lookup_elem(&xdpg_v4_l1_b, &line_idx) : bpf_map_lookup_elem(&xdpg_v4_l1_a, &line_idx);
+	struct xdpg_v4_line *line = XDPG_LOOKUP_AB(active, &xdpg_v4_l1_b, &xdpg_v4_l1_a, &line_idx);
 	if (!line)
 		return XDPG_VERDICT_PASS;
 	__u32 cell_idx = (addr >> 8) & 63;
 	__u32 cell = (line->cells[cell_idx / XDPG_V4_CELLS_PER_WORD] >> ((cell_idx % XDPG_V4_CELLS_PER_WORD) * 2)) & 3;
 	__u32 code = v4_inline_code(line, addr);
-	if (code)
-		return code == XDPG_HOST_PASS ? XDPG_VERDICT_PASS : code;
-	if ((line->slots[XDPG_V4_LINE_SLOT_WORDS - 1] >> 48) != XDPG_V4_LINE_OVERFLOW)
-		return cell;
+	/* The host's code when a slot holds the host, else the cell, chosen
+	 * without a branch: which of the two decides changes from packet to
+	 * packet under a flood, and a mispredicted branch on it is found only
+	 * when the line's miss returns, then the work after it is redone
+	 * (about 10 ns per cold attack packet, BENCHMARKS.md, "Issue 13,
+	 * sixth session"). BPF has no conditional move; the empty asm keeps
+	 * clang from turning the masks back into a branch. */
+	__u64 in_line = ((__u64)code + 3) >> 2;			     /* code 1-3: 1 */
+	__u64 host_verdict = code & ~(((code >> 1) & code & 1) * 3); /* XDPG_HOST_PASS: 0 */
+	__u64 pick = -in_line;
+	asm volatile("" : "+r"(pick));
+	__u32 verdict = (host_verdict & pick) | (cell & ~pick);
+	if (in_line | ((line->slots[XDPG_V4_LINE_SLOT_WORDS - 1] >> 48) != XDPG_V4_LINE_OVERFLOW))
+		return verdict;
 	__u32 host = v4_host_verdict(cfg, active, addr);
 	return host == HOST_NOT_FOUND ? cell : host;
 }
@@ -113,7 +145,7 @@ static __always_inline __u32 v4_verdict(struct xdpg_filter_config *cfg, __u32 ta
 /* Bucket `idx` of v6 table `table` (0 or 1), NULL past the end. */
 static __always_inline struct xdpg_v6_bucket *v6_bucket(__u32 table, __u32 idx)
 {
-	return table ? bpf_map_lookup_elem(&xdpg_v6_tab_b, &idx) : bpf_map_lookup_elem(&xdpg_v6_tab_a, &idx);
+	return XDPG_LOOKUP_AB(table, &xdpg_v6_tab_b, &xdpg_v6_tab_a, &idx);
 }
 
 /* Looks a masked v6 key up in one table: its bucket chain, three entries
@@ -169,21 +201,19 @@ static __always_inline __u32 v6_word_masked(__u32 word, int bits)
 /* Set in v6_anchored's answer when the /48 is marked dense. */
 #define V6_WALK_DENSE 0x10000
 
-/* Walks the chain of a /48's hash (`where` packs it and the table) for the
- * entries of that /48 covering address a0-a3. Returns V6_WALK_DENSE at the
- * /48's dense mark; else the longest covering entry as (length + 1) << 8 |
- * code, 0 when none. Stops at the /48's mark or at its only entry
+/* Walks the chain of a /48's hash in v6 table `table` for the entries of
+ * that /48 covering address a0-a3. Returns V6_WALK_DENSE at the /48's
+ * dense mark; else the longest covering entry as (length + 1) << 8 | code,
+ * 0 when none. Stops at the /48's mark or at its only entry
  * (XDPG_V6_KIND_SINGLE), else reads the whole chain: a longer entry may
- * come later. A global function, as v6_probe. */
-__noinline int v6_anchored(__u64 where, __u32 a0, __u32 a1, __u32 a2, __u32 a3)
+ * come later. Inlined (called once per packet): as a global function, its
+ * call, return and second config lookup cost about 10 ns per cold IPv6
+ * attack packet (BENCHMARKS.md, "Issue 13, sixth session"). */
+static __always_inline int v6_anchored(struct xdpg_filter_config *cfg, __u32 table, __u32 hash, __u32 a0, __u32 a1,
+				       __u32 a2, __u32 a3)
 {
-	__u32 zero = 0;
-	struct xdpg_filter_config *cfg = bpf_map_lookup_elem(&xdpg_filter_cfg, &zero);
-	if (!cfg)
-		return 0;
-	__u32 table = (where >> 40) & 1;
 	__u32 mask = cfg->v6_bucket_mask;
-	__u32 idx = xdpg_mix32((__u32)where) & mask;
+	__u32 idx = xdpg_mix32(hash) & mask;
 	__u32 w1_mask = bpf_htonl(0xFFFF0000);
 	__u32 best = 0;
 
@@ -245,8 +275,7 @@ static __always_inline __u32 v6_verdict(struct xdpg_filter_config *cfg, __u32 ta
 		__u64 *word = bpf_map_lookup_elem(&xdpg_v6_bloom, &word_idx);
 		first = view->short_from;
 		if (word && ((*word >> (bit % 64)) & 1)) {
-			__u64 where = hash | ((__u64)table << 40);
-			int found = v6_anchored(where, addr[0], addr[1], addr[2], addr[3]);
+			int found = v6_anchored(cfg, table, hash, addr[0], addr[1], addr[2], addr[3]);
 			if (found & V6_WALK_DENSE)
 				first = 0;
 			else if (found)

@@ -272,6 +272,16 @@ impl Decap {
         self.core.program.fd()
     }
 
+    /// The program's kernel id (as `bpftool prog` shows it).
+    ///
+    /// # Errors
+    ///
+    /// [`LoadError::Bpf`](crate::LoadError::Bpf) when the kernel does not
+    /// answer about the program.
+    pub fn program_id(&self) -> Result<u32, Error> {
+        self.core.program.id()
+    }
+
     /// Runs the program on one frame through `BPF_PROG_TEST_RUN`.
     ///
     /// # Errors
