@@ -38,6 +38,8 @@
 //! against a bare drop and a pointer chase (`bench_chase`: one random
 //! dependent read in a table of `XDPG_BENCH_CHASE_MIB`, default 16) measured
 //! in turns in the same run, and IPv6's cost over IPv4's round by round;
+//! warm rows (16 listed sources in turn, their lines cached) give the fixed
+//! work at `repeat = 1`;
 //! `XDPG_BENCH_COLD_PREFIXES` (default `1m`),
 //! `XDPG_BENCH_COLD_CALLS` (default 200,000), `XDPG_BENCH_COLD_ROUNDS`
 //! (default 3).
@@ -385,6 +387,25 @@ enum Traffic {
 /// Sources of the cold section's warm rows.
 const WARM_SOURCES: usize = 16;
 
+/// `calls` sources of traffic `kind` from prefix set `set`.
+fn sources<S, A: Copy>(
+    set: &S,
+    kind: Traffic,
+    calls: u32,
+    rng: &mut StdRng,
+    attack: fn(&S, &mut StdRng) -> A,
+    clean: fn(&S, &mut StdRng) -> A,
+) -> Vec<A> {
+    let warm: Vec<A> = (0..WARM_SOURCES).map(|_| attack(set, rng)).collect();
+    (0..calls as usize)
+        .map(|i| match kind {
+            Traffic::Attack => attack(set, rng),
+            Traffic::Clean => clean(set, rng),
+            Traffic::Warm => warm[i % WARM_SOURCES],
+        })
+        .collect()
+}
+
 /// Kernel-reported ns of one `repeat = 1` run per frame: the mean of the
 /// fastest 99% (a preempted or interrupted call is dropped, not averaged).
 fn cold_ns(prog: BorrowedFd<'_>, frames: &[Vec<u8>]) -> f64 {
@@ -453,28 +474,12 @@ fn filter_cold_section(calls: u32, n: usize, chase_bytes: usize, rounds: usize, 
         let attack = kind != Traffic::Clean;
         let mut frames: Vec<(u8, Vec<Vec<u8>>)> = Vec::new();
         if let Some(set) = &set4 {
-            let warm: Vec<u32> = (0..WARM_SOURCES).map(|_| set.attack(&mut rng)).collect();
-            let f = (0..calls as usize)
-                .map(|i| match kind {
-                    Traffic::Attack => set.attack(&mut rng),
-                    Traffic::Clean => set.clean(&mut rng),
-                    Traffic::Warm => warm[i % WARM_SOURCES],
-                })
-                .map(|a| udp4_from(Ipv4Addr::from(a)))
-                .collect();
-            frames.push((4, f));
+            let f = sources(set, kind, calls, &mut rng, Set4::attack, Set4::clean);
+            frames.push((4, f.into_iter().map(|a| udp4_from(Ipv4Addr::from(a))).collect()));
         }
         if let Some(set) = &set6 {
-            let warm: Vec<u128> = (0..WARM_SOURCES).map(|_| set.attack(&mut rng)).collect();
-            let f = (0..calls as usize)
-                .map(|i| match kind {
-                    Traffic::Attack => set.attack(&mut rng),
-                    Traffic::Clean => set.clean(&mut rng),
-                    Traffic::Warm => warm[i % WARM_SOURCES],
-                })
-                .map(|a| udp6_from(Ipv6Addr::from(a)))
-                .collect();
-            frames.push((6, f));
+            let f = sources(set, kind, calls, &mut rng, Set6::attack, Set6::clean);
+            frames.push((6, f.into_iter().map(|a| udp6_from(Ipv6Addr::from(a))).collect()));
         }
         let blocked_before = filter.stats().expect("stats").blocked().packets;
         // Per family: bare, read, xdpguard, ratio to the read, one entry per round.
