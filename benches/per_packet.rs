@@ -39,7 +39,10 @@
 //! dependent read in a table of `XDPG_BENCH_CHASE_MIB`, default 16) measured
 //! in turns in the same run, and IPv6's cost over IPv4's round by round;
 //! warm rows (16 listed sources in turn, their lines cached) give the fixed
-//! work at `repeat = 1`;
+//! work at `repeat = 1`; clean rows with rules loaded that no frame matches
+//! (`XDPG_BENCH_COLD_RULES`, default 10, 0 to skip: first on other ports
+//! only, then also three in every frame's group) give what the guard stage
+//! adds;
 //! `XDPG_BENCH_COLD_PREFIXES` (default `1m`),
 //! `XDPG_BENCH_COLD_CALLS` (default 200,000), `XDPG_BENCH_COLD_ROUNDS`
 //! (default 3).
@@ -62,7 +65,8 @@ use xdpguard::testing::lb_topology::{
 use xdpguard::testing::live::{test_run, RunOptions};
 use xdpguard::testing::netns::{self as netns, ensure_bpffs};
 use xdpguard::{
-    EventOptions, EventRate, Filter, ForwardingMode, LoadBalancer, NewFlowLimit, Verdict, Vip, VipConfig, XdpAction,
+    EventOptions, EventRate, Filter, ForwardingMode, LoadBalancer, NewFlowLimit, Rule, Verdict, Vip, VipConfig,
+    XdpAction,
 };
 
 const SRC_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 1];
@@ -376,12 +380,50 @@ fn events_section(t: &Timing) -> Table {
 }
 
 /// The cold section's traffic: random listed sources, random unlisted ones,
-/// or a few listed ones in turn (their table lines stay in cache).
+/// a few listed ones in turn (their table lines stay in cache), or random
+/// unlisted ones while rules none of them match are loaded: rules on other
+/// ports only (`RulesElsewhere`), then also on their own port, walked for
+/// every frame (`RulesOnPort`).
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Traffic {
     Attack,
     Clean,
     Warm,
+    RulesElsewhere,
+    RulesOnPort,
+}
+
+/// Rules of the rules bench's shape that no frame of the cold section's
+/// clean traffic (UDP 40000 → 9 from sources outside the documentation
+/// ranges) matches (issue 13: what the rule engine adds must stay within
+/// the targets when no rule matches). For `RulesElsewhere`, `n - 4` rules on
+/// other ports (`drop udp|tcp dport P from 198.51.100.0/24`); for
+/// `RulesOnPort`, four more, three of which every frame's group holds
+/// (`drop udp sport 53 not from set resolvers`, `drop udp dport 9 from
+/// 198.51.100.0/24`, the same from 2001:db8::/32) besides `drop tcp flags
+/// syn,fin`.
+fn cold_rules(filter: &Filter, kind: Traffic, n: usize) {
+    let rules: Vec<String> = if kind == Traffic::RulesElsewhere {
+        let ports = n.saturating_sub(4).max(1);
+        (0..ports)
+            .map(|k| {
+                let proto = if k % 2 == 0 { "udp" } else { "tcp" };
+                format!("drop {proto} dport {} from 198.51.100.0/24", 1024 + k * (64_000 / ports))
+            })
+            .collect()
+    } else {
+        let resolvers = filter.sets().create("resolvers").expect("set");
+        resolvers.insert("192.0.2.53/32".parse().expect("literal")).expect("set entry");
+        vec![
+            "drop tcp flags syn,fin".into(),
+            "drop udp sport 53 not from set resolvers".into(),
+            "drop udp dport 9 from 198.51.100.0/24".into(),
+            "drop udp dport 9 from 2001:db8::/32".into(),
+        ]
+    };
+    for r in rules {
+        filter.rules().add(r.parse::<Rule>().expect("rule")).expect("adding a rule");
+    }
 }
 
 /// Sources of the cold section's warm rows.
@@ -400,7 +442,7 @@ fn sources<S, A: Copy>(
     (0..calls as usize)
         .map(|i| match kind {
             Traffic::Attack => attack(set, rng),
-            Traffic::Clean => clean(set, rng),
+            Traffic::Clean | Traffic::RulesElsewhere | Traffic::RulesOnPort => clean(set, rng),
             Traffic::Warm => warm[i % WARM_SOURCES],
         })
         .collect()
@@ -429,7 +471,14 @@ fn cold_ns(prog: BorrowedFd<'_>, frames: &[Vec<u8>]) -> f64 {
 /// per-run time leaves out scheduling, so this holds up on a busy machine
 /// where the live bench's rates do not. With both families, the IPv6 rows
 /// also give their cost over IPv4's for the same traffic, round by round.
-fn filter_cold_section(calls: u32, n: usize, chase_bytes: usize, rounds: usize, families: &[u8]) -> Table {
+fn filter_cold_section(
+    calls: u32,
+    n: usize,
+    chase_bytes: usize,
+    rounds: usize,
+    families: &[u8],
+    rules: usize,
+) -> Table {
     let cpu = pin_to_one_cpu();
     let set4 = families.contains(&4).then(|| Set4::generate(n, 1));
     let set6 = families.contains(&6).then(|| Set6::generate(n, 1));
@@ -470,8 +519,13 @@ fn filter_cold_section(calls: u32, n: usize, chase_bytes: usize, rounds: usize, 
     // Warm: the attack path with its lines in cache (16 listed sources in
     // turn), so cold − warm is what the memory costs and warm alone the
     // fixed work, both in this harness.
-    for kind in [Traffic::Attack, Traffic::Clean, Traffic::Warm] {
-        let attack = kind != Traffic::Clean;
+    let kinds = [Traffic::Attack, Traffic::Clean, Traffic::Warm, Traffic::RulesElsewhere, Traffic::RulesOnPort];
+    let ruled = |k: Traffic| matches!(k, Traffic::RulesElsewhere | Traffic::RulesOnPort);
+    for kind in kinds.into_iter().filter(|&k| rules >= 4 || !ruled(k)) {
+        let attack = matches!(kind, Traffic::Attack | Traffic::Warm);
+        if ruled(kind) {
+            cold_rules(&filter, kind, rules);
+        }
         let mut frames: Vec<(u8, Vec<Vec<u8>>)> = Vec::new();
         if let Some(set) = &set4 {
             let f = sources(set, kind, calls, &mut rng, Set4::attack, Set4::clean);
@@ -498,6 +552,10 @@ fn filter_cold_section(calls: u32, n: usize, chase_bytes: usize, rounds: usize, 
         let blocked = filter.stats().expect("stats").blocked().packets - blocked_before;
         let want = if attack { u64::from(calls) * (rounds * frames.len()) as u64 } else { 0 };
         assert_eq!(blocked, want, "every attack frame is blocked, no clean one");
+        if ruled(kind) {
+            let hits: u64 = filter.rules().list().expect("rules").iter().map(|r| r.hits.packets).sum();
+            assert_eq!(hits, 0, "no rule matches the clean frames");
+        }
         let v4_ns = frames.iter().position(|(f, _)| *f == 4).map(|i| got[i][2].clone());
         for (i, (family, _)) in frames.iter().enumerate() {
             let g = &mut got[i];
@@ -514,6 +572,10 @@ fn filter_cold_section(calls: u32, n: usize, chase_bytes: usize, rounds: usize, 
                 Traffic::Attack => "random listed sources (attack)".to_string(),
                 Traffic::Clean => "random unlisted sources (clean)".to_string(),
                 Traffic::Warm => format!("{WARM_SOURCES} listed sources in turn (warm: fixed work)"),
+                Traffic::RulesElsewhere => {
+                    format!("random unlisted sources, {} rules on other ports", rules.saturating_sub(4).max(1))
+                }
+                Traffic::RulesOnPort => format!("the same, {rules} rules, 3 in each frame's group, none matching"),
             };
             // With a few sources in turn the chase's chain falls into a
             // short cycle that stays cached: no yardstick there.
@@ -916,7 +978,8 @@ fn main() {
             .iter()
             .map(|f| f.parse().expect("XDPG_BENCH_COLD_FAMILIES: 4, 6 or 4,6"))
             .collect();
-        tables.push(filter_cold_section(cold_calls, n, chase_mib << 20, rounds, &families));
+        let rules: usize = env_num("XDPG_BENCH_COLD_RULES", "10");
+        tables.push(filter_cold_section(cold_calls, n, chase_mib << 20, rounds, &families, rules));
     }
     let modes = env_list("XDPG_BENCH_LB_MODES", "ipip4,ipip6,dsr,nat");
     let connections: u32 = env_num("XDPG_BENCH_LB_CONNECTIONS", "1048576");
