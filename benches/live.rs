@@ -15,6 +15,9 @@
 //! - kernel LPM trie filter (`bench_lpm.bpf.c`): the approach of most XDP
 //!   blocklist tutorials;
 //! - xdpguard's `Filter`, blocklist filled with `extend`;
+//! - the same with ten rules loaded that no frame matches, three of them in
+//!   every frame's group (row `rules`, not measured by default): what the
+//!   guard stage adds;
 //! - nftables netdev ingress interval set (when `nft` is installed);
 //! - iptables raw PREROUTING matching an `ipset hash:net` set (when
 //!   `iptables` and `ipset` are installed), the blocklist most operators run.
@@ -77,6 +80,10 @@ enum Row {
     Chase,
     Lpm,
     Xdpguard,
+    /// The same filter and list with rules loaded that no frame matches,
+    /// three of them on the frames' own port (issue 13: what the rule
+    /// engine adds must stay within the targets when no rule matches).
+    XdpguardRules,
     Nft,
     /// iptables raw PREROUTING with an ipset hash:net set.
     Ipt,
@@ -89,6 +96,7 @@ impl Row {
             "chase" => Row::Chase,
             "lpm" => Row::Lpm,
             "xdpguard" | "filter" => Row::Xdpguard,
+            "rules" => Row::XdpguardRules,
             "nft" | "nftables" => Row::Nft,
             "ipt" | "iptables" => Row::Ipt,
             other => panic!("XDPG_BENCH_ROWS: unknown row `{other}` (drop, chase, lpm, xdpguard, nft, ipt)"),
@@ -101,6 +109,7 @@ impl Row {
             Row::Chase => "one random read (pointer chase)",
             Row::Lpm => "kernel LPM trie",
             Row::Xdpguard => "xdpguard",
+            Row::XdpguardRules => "xdpguard, 10 rules, none matching",
             Row::Nft => "nftables interval set",
             Row::Ipt => "iptables raw + ipset hash:net",
         }
@@ -549,6 +558,7 @@ impl IptSet {
 struct Contenders {
     lpm: Option<LpmProg>,
     filter: Option<xdpguard::Filter>,
+    filter_rules: Option<xdpguard::Filter>,
     nft: Option<NftTable>,
     ipt: Option<IptSet>,
 }
@@ -574,7 +584,7 @@ fn prepare(
         log.push(format!("{label}: LPM trie filled one prefix at a time in {}", fmt_duration(t.elapsed())));
         lpm
     });
-    let filter = settings.rows.contains(&Row::Xdpguard).then(|| {
+    let load_filter = |log: &mut Vec<String>| {
         let mut b = xdpguard::Filter::builder();
         if set.family() == 4 {
             b = b.v4_capacity(n.max(xdpguard::DEFAULT_V4_CAPACITY));
@@ -592,6 +602,12 @@ fn prepare(
         ));
         filter.set_next(sink.prog.as_fd()).expect("chaining the sink after the filter");
         filter
+    };
+    let filter = settings.rows.contains(&Row::Xdpguard).then(|| load_filter(log));
+    let filter_rules = settings.rows.contains(&Row::XdpguardRules).then(|| {
+        let filter = load_filter(log);
+        load_unmatched_rules(&filter);
+        filter
     });
     let nft = settings.rows.contains(&Row::Nft).then(|| {
         let (table, took) = NftTable::load(h, set, tmp);
@@ -603,7 +619,39 @@ fn prepare(
         log.push(format!("{label}: ipset hash:net loaded with ipset restore in {}", fmt_duration(took)));
         ipt
     });
-    Contenders { lpm, filter, nft, ipt }
+    Contenders { lpm, filter, filter_rules, nft, ipt }
+}
+
+/// The filter a row measures.
+fn filter_of(row: Row, c: &Contenders) -> &xdpguard::Filter {
+    let f = if row == Row::XdpguardRules { &c.filter_rules } else { &c.filter };
+    f.as_ref().expect("filter loaded")
+}
+
+/// Ten rules no frame of the generator (UDP 40000 → 9 from sources outside
+/// the documentation ranges) matches, of the rules bench's shape: six on
+/// other ports, and four of which three sit in the group of every frame
+/// (`drop udp sport 53 not from set resolvers`, `drop udp dport 9 from
+/// 198.51.100.0/24`, the same from 2001:db8::/32), so that each frame walks
+/// them.
+fn load_unmatched_rules(filter: &xdpguard::Filter) {
+    let resolvers = filter.sets().create("resolvers").expect("set");
+    resolvers.insert("192.0.2.53/32".parse().expect("literal")).expect("set entry");
+    let mut rules: Vec<String> = (0..6)
+        .map(|k| format!("drop {} dport {} from 198.51.100.0/24", ["udp", "tcp"][k % 2], 1024 + k * 10_000))
+        .collect();
+    rules.extend(
+        [
+            "drop tcp flags syn,fin",
+            "drop udp sport 53 not from set resolvers",
+            "drop udp dport 9 from 198.51.100.0/24",
+            "drop udp dport 9 from 2001:db8::/32",
+        ]
+        .map(String::from),
+    );
+    for r in rules {
+        filter.rules().add(r.parse::<xdpguard::Rule>().expect("rule")).expect("adding a rule");
+    }
 }
 
 /// The rows every other row is measured against: the bare drop (the
@@ -626,8 +674,8 @@ fn run_row(
         Row::Drop => Some(h.attach_rx(&yard.bare.prog)),
         Row::Chase => Some(h.attach_rx(&yard.chase.prog)),
         Row::Lpm => Some(h.attach_rx(&c.lpm.as_ref().expect("LPM loaded").prog)),
-        Row::Xdpguard => {
-            let fd = c.filter.as_ref().expect("filter loaded").program_fd().try_clone_to_owned().expect("dup");
+        Row::Xdpguard | Row::XdpguardRules => {
+            let fd = filter_of(row, c).program_fd().try_clone_to_owned().expect("dup");
             Some(h.attach_rx(&fd))
         }
         Row::Nft => {
@@ -652,8 +700,8 @@ fn run_row(
             let (passed, dropped) = c.lpm.as_ref().expect("LPM").counts().expect("LPM counters");
             RxCount { total: passed + dropped, blocked: dropped }
         }),
-        Row::Xdpguard => Box::new(|| {
-            let s = c.filter.as_ref().expect("filter").stats().expect("filter stats");
+        Row::Xdpguard | Row::XdpguardRules => Box::new(move || {
+            let s = filter_of(row, c).stats().expect("filter stats");
             RxCount { total: s.total().packets, blocked: s.blocked().packets }
         }),
         Row::Nft => Box::new(|| NftTable::counters(h)),
