@@ -65,6 +65,7 @@ use std::time::{Duration, Instant};
 
 use common::bpf::{ChaseProg, DropProg, GenProg, LpmProg, Sources, XDP_DROP};
 use common::prefixes::{parse_size, size_label, AnySet, Mix, Set4, Set6};
+use common::rules;
 use common::table::{print_markdown, Align, Table};
 use common::{env_list, env_num, env_or, env_secs, fmt_duration, machine, quick, require_root};
 use xdpguard::testing::frame::Frame;
@@ -629,29 +630,14 @@ fn filter_of(row: Row, c: &Contenders) -> &xdpguard::Filter {
 }
 
 /// Ten rules no frame of the generator (UDP 40000 → 9 from sources outside
-/// the documentation ranges) matches, of the rules bench's shape: six on
-/// other ports, and four of which three sit in the group of every frame
-/// (`drop udp sport 53 not from set resolvers`, `drop udp dport 9 from
-/// 198.51.100.0/24`, the same from 2001:db8::/32), so that each frame walks
-/// them.
+/// the documentation ranges) matches, of the rules bench's shape
+/// (`common::rules`): six port rules, none on port 9, the two
+/// protocol-wide rules and the two on port 9, so that each frame walks
+/// three.
 fn load_unmatched_rules(filter: &xdpguard::Filter) {
-    let resolvers = filter.sets().create("resolvers").expect("set");
-    resolvers.insert("192.0.2.53/32".parse().expect("literal")).expect("set entry");
-    let mut rules: Vec<String> = (0..6)
-        .map(|k| format!("drop {} dport {} from 198.51.100.0/24", ["udp", "tcp"][k % 2], 1024 + k * 10_000))
-        .collect();
-    rules.extend(
-        [
-            "drop tcp flags syn,fin",
-            "drop udp sport 53 not from set resolvers",
-            "drop udp dport 9 from 198.51.100.0/24",
-            "drop udp dport 9 from 2001:db8::/32",
-        ]
-        .map(String::from),
-    );
-    for r in rules {
-        filter.rules().add(r.parse::<xdpguard::Rule>().expect("rule")).expect("adding a rule");
-    }
+    rules::create_resolvers(filter);
+    let ports = (0..6).map(|k| rules::port_rule(k, 6));
+    rules::add_all(filter, ports.chain(rules::protocol_wide()).chain(rules::on_clean_port()));
 }
 
 /// The rows every other row is measured against: the bare drop (the

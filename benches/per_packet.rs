@@ -54,6 +54,7 @@ use std::os::fd::{AsFd, BorrowedFd};
 
 use common::bpf::{ChaseProg, DropProg, FilterNoEventsProg, LpmProg, TxProg, XDP_DROP, XDP_PASS};
 use common::prefixes::{size_label, Prefix4, Prefix6, Set4, Set6};
+use common::rules;
 use common::table::{print_markdown, Align, Table};
 use common::{env_list, env_num, machine, median, quick, require_root};
 use rand::rngs::StdRng;
@@ -65,8 +66,7 @@ use xdpguard::testing::lb_topology::{
 use xdpguard::testing::live::{test_run, RunOptions};
 use xdpguard::testing::netns::{self as netns, ensure_bpffs};
 use xdpguard::{
-    EventOptions, EventRate, Filter, ForwardingMode, LoadBalancer, NewFlowLimit, Rule, Verdict, Vip, VipConfig,
-    XdpAction,
+    EventOptions, EventRate, Filter, ForwardingMode, LoadBalancer, NewFlowLimit, Verdict, Vip, VipConfig, XdpAction,
 };
 
 const SRC_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 1];
@@ -393,36 +393,20 @@ enum Traffic {
     RulesOnPort,
 }
 
-/// Rules of the rules bench's shape that no frame of the cold section's
-/// clean traffic (UDP 40000 → 9 from sources outside the documentation
-/// ranges) matches (issue 13: what the rule engine adds must stay within
-/// the targets when no rule matches). For `RulesElsewhere`, `n - 4` rules on
-/// other ports (`drop udp|tcp dport P from 198.51.100.0/24`); for
-/// `RulesOnPort`, four more, three of which every frame's group holds
-/// (`drop udp sport 53 not from set resolvers`, `drop udp dport 9 from
-/// 198.51.100.0/24`, the same from 2001:db8::/32) besides `drop tcp flags
-/// syn,fin`.
+/// Rules of the rules bench's shape (`common::rules`) that no frame of the
+/// cold section's clean traffic (UDP 40000 → 9 from sources outside the
+/// documentation ranges) matches (issue 13: what the rule engine adds must
+/// stay within the targets when no rule matches). For `RulesElsewhere`,
+/// `n - 4` port rules, none on port 9; for `RulesOnPort`, the two
+/// protocol-wide rules and the two on port 9, so that every frame walks
+/// three.
 fn cold_rules(filter: &Filter, kind: Traffic, n: usize) {
-    let rules: Vec<String> = if kind == Traffic::RulesElsewhere {
+    if kind == Traffic::RulesElsewhere {
         let ports = n.saturating_sub(4).max(1);
-        (0..ports)
-            .map(|k| {
-                let proto = if k % 2 == 0 { "udp" } else { "tcp" };
-                format!("drop {proto} dport {} from 198.51.100.0/24", 1024 + k * (64_000 / ports))
-            })
-            .collect()
+        rules::add_all(filter, (0..ports).map(|k| rules::port_rule(k, ports)));
     } else {
-        let resolvers = filter.sets().create("resolvers").expect("set");
-        resolvers.insert("192.0.2.53/32".parse().expect("literal")).expect("set entry");
-        vec![
-            "drop tcp flags syn,fin".into(),
-            "drop udp sport 53 not from set resolvers".into(),
-            "drop udp dport 9 from 198.51.100.0/24".into(),
-            "drop udp dport 9 from 2001:db8::/32".into(),
-        ]
-    };
-    for r in rules {
-        filter.rules().add(r.parse::<Rule>().expect("rule")).expect("adding a rule");
+        rules::create_resolvers(filter);
+        rules::add_all(filter, rules::protocol_wide().into_iter().chain(rules::on_clean_port()));
     }
 }
 

@@ -36,6 +36,7 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::time::Instant;
 
 use common::bpf::{DropProg, XDP_DROP, XDP_PASS};
+use common::rules::{create_resolvers, port_rule, protocol_wide, rule_port};
 use common::table::{print_markdown, Align, Table};
 use common::{env_num, machine, median, quick, require_root};
 use rand::rngs::StdRng;
@@ -57,27 +58,13 @@ fn syn(src: Ipv4Addr, dport: u16) -> Vec<u8> {
     Frame::builder().macs(SRC_MAC, DST_MAC).ipv4(src, DST).tcp(40000, dport).syn().payload(&[0x5a; 10]).build().to_vec()
 }
 
-/// The destination port of port rule `k` (of `n`): spread over 1024..65535.
-fn rule_port(k: usize, n: usize) -> u16 {
-    let per_proto = n.div_ceil(2).max(1);
-    (1024 + (k / 2) * (64_000 / per_proto)) as u16
-}
-
 /// `n` rules of the shape the module docs give.
 fn rule_set(n: usize) -> Vec<Rule> {
     if n == 0 {
         return Vec::new();
     }
-    let mut rules: Vec<Rule> = vec![
-        "drop tcp flags syn,fin".parse().expect("rule"),
-        "drop udp sport 53 not from set resolvers".parse().expect("rule"),
-    ];
     let ports = n - 2;
-    for k in 0..ports {
-        let proto = if k % 2 == 0 { "udp" } else { "tcp" };
-        rules.push(format!("drop {proto} dport {} from 198.51.100.0/24", rule_port(k, ports)).parse().expect("rule"));
-    }
-    rules
+    protocol_wide().into_iter().chain((0..ports).map(|k| port_rule(k, ports))).collect()
 }
 
 struct Timing {
@@ -156,8 +143,7 @@ fn main() {
     let bare = DropProg::load().expect("loading bench_drop");
     let plain = Filter::builder().guard(false).load().expect("loading the filter without a guard stage");
     let filter = Filter::builder().max_rules(12_000).load().expect("loading the filter");
-    let resolvers = filter.sets().create("resolvers").expect("set");
-    resolvers.insert("192.0.2.53/32".parse().expect("literal")).expect("set entry");
+    create_resolvers(&filter);
 
     let clean_src = Ipv4Addr::new(203, 0, 113, 9);
     // A UDP port with a rule at every size > 0 (the first port rule's), and

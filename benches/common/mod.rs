@@ -4,6 +4,7 @@
 
 pub mod bpf;
 pub mod prefixes;
+pub mod rules;
 pub mod table;
 
 use std::process::Command;
