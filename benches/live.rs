@@ -35,7 +35,9 @@
 //! - `XDPG_BENCH_MIXES=attack,clean,half[,random]`;
 //! - `XDPG_BENCH_ROWS=drop,chase,lpm,xdpguard,nft,ipt` (`chase`: one random
 //!   dependent read per frame, the yardstick for one memory round trip;
-//!   `XDPG_BENCH_CHASE_MIB=16` sizes its table);
+//!   `XDPG_BENCH_CHASE_MIB=16` sizes its table; also `rules` and
+//!   `rules-elsewhere`: the filter with rules no frame matches, three of
+//!   them on the frames' port, or six on other ports only);
 //! - `XDPG_BENCH_SECS=2`, `XDPG_BENCH_WARMUP=0.5` (seconds per round,
 //!   fractional ok), `XDPG_BENCH_ROUNDS=3` (rows take turns; each row
 //!   reports its best round, and the table shows the spread);
@@ -85,6 +87,9 @@ enum Row {
     /// three of them on the frames' own port (issue 13: what the rule
     /// engine adds must stay within the targets when no rule matches).
     XdpguardRules,
+    /// The same with six rules on other ports only: the filter passes the
+    /// frames without its guard stage (the gate).
+    XdpguardRulesElsewhere,
     Nft,
     /// iptables raw PREROUTING with an ipset hash:net set.
     Ipt,
@@ -98,9 +103,12 @@ impl Row {
             "lpm" => Row::Lpm,
             "xdpguard" | "filter" => Row::Xdpguard,
             "rules" => Row::XdpguardRules,
+            "rules-elsewhere" => Row::XdpguardRulesElsewhere,
             "nft" | "nftables" => Row::Nft,
             "ipt" | "iptables" => Row::Ipt,
-            other => panic!("XDPG_BENCH_ROWS: unknown row `{other}` (drop, chase, lpm, xdpguard, nft, ipt)"),
+            other => panic!(
+                "XDPG_BENCH_ROWS: unknown row `{other}` (drop, chase, lpm, xdpguard, rules, rules-elsewhere, nft, ipt)"
+            ),
         }
     }
 
@@ -111,6 +119,7 @@ impl Row {
             Row::Lpm => "kernel LPM trie",
             Row::Xdpguard => "xdpguard",
             Row::XdpguardRules => "xdpguard, 10 rules, none matching",
+            Row::XdpguardRulesElsewhere => "xdpguard, 6 rules on other ports",
             Row::Nft => "nftables interval set",
             Row::Ipt => "iptables raw + ipset hash:net",
         }
@@ -559,7 +568,8 @@ impl IptSet {
 struct Contenders {
     lpm: Option<LpmProg>,
     filter: Option<xdpguard::Filter>,
-    filter_rules: Option<xdpguard::Filter>,
+    /// The filters of the rules rows, each with its rules.
+    ruled: Vec<(Row, xdpguard::Filter)>,
     nft: Option<NftTable>,
     ipt: Option<IptSet>,
 }
@@ -605,11 +615,14 @@ fn prepare(
         filter
     };
     let filter = settings.rows.contains(&Row::Xdpguard).then(|| load_filter(log));
-    let filter_rules = settings.rows.contains(&Row::XdpguardRules).then(|| {
-        let filter = load_filter(log);
-        load_unmatched_rules(&filter);
-        filter
-    });
+    let mut ruled = Vec::new();
+    for row in [Row::XdpguardRules, Row::XdpguardRulesElsewhere] {
+        if settings.rows.contains(&row) {
+            let filter = load_filter(log);
+            load_unmatched_rules(&filter, row == Row::XdpguardRules);
+            ruled.push((row, filter));
+        }
+    }
     let nft = settings.rows.contains(&Row::Nft).then(|| {
         let (table, took) = NftTable::load(h, set, tmp);
         log.push(format!("{label}: nftables set loaded with nft -f in {}", fmt_duration(took)));
@@ -620,24 +633,29 @@ fn prepare(
         log.push(format!("{label}: ipset hash:net loaded with ipset restore in {}", fmt_duration(took)));
         ipt
     });
-    Contenders { lpm, filter, filter_rules, nft, ipt }
+    Contenders { lpm, filter, ruled, nft, ipt }
 }
 
 /// The filter a row measures.
 fn filter_of(row: Row, c: &Contenders) -> &xdpguard::Filter {
-    let f = if row == Row::XdpguardRules { &c.filter_rules } else { &c.filter };
-    f.as_ref().expect("filter loaded")
+    let ruled = c.ruled.iter().find(|(r, _)| *r == row).map(|(_, f)| f);
+    ruled.or(c.filter.as_ref()).expect("filter loaded")
 }
 
-/// Ten rules no frame of the generator (UDP 40000 → 9 from sources outside
-/// the documentation ranges) matches, of the rules bench's shape
-/// (`common::rules`): six port rules, none on port 9, the two
-/// protocol-wide rules and the two on port 9, so that each frame walks
-/// three.
-fn load_unmatched_rules(filter: &xdpguard::Filter) {
-    rules::create_resolvers(filter);
+/// Rules no frame of the generator (UDP 40000 → 9 from sources outside the
+/// documentation ranges) matches, of the rules bench's shape
+/// (`common::rules`): six port rules, none on port 9, and with `on_port`
+/// the two protocol-wide rules and the two on port 9, so that each frame
+/// walks three (without, no rule is in the frames' group: the filter's
+/// gate passes them without the guard stage).
+fn load_unmatched_rules(filter: &xdpguard::Filter, on_port: bool) {
     let ports = (0..6).map(|k| rules::port_rule(k, 6));
-    rules::add_all(filter, ports.chain(rules::protocol_wide()).chain(rules::on_clean_port()));
+    if on_port {
+        rules::create_resolvers(filter);
+        rules::add_all(filter, ports.chain(rules::protocol_wide()).chain(rules::on_clean_port()));
+    } else {
+        rules::add_all(filter, ports);
+    }
 }
 
 /// The rows every other row is measured against: the bare drop (the
@@ -660,7 +678,7 @@ fn run_row(
         Row::Drop => Some(h.attach_rx(&yard.bare.prog)),
         Row::Chase => Some(h.attach_rx(&yard.chase.prog)),
         Row::Lpm => Some(h.attach_rx(&c.lpm.as_ref().expect("LPM loaded").prog)),
-        Row::Xdpguard | Row::XdpguardRules => {
+        Row::Xdpguard | Row::XdpguardRules | Row::XdpguardRulesElsewhere => {
             let fd = filter_of(row, c).program_fd().try_clone_to_owned().expect("dup");
             Some(h.attach_rx(&fd))
         }
@@ -686,7 +704,7 @@ fn run_row(
             let (passed, dropped) = c.lpm.as_ref().expect("LPM").counts().expect("LPM counters");
             RxCount { total: passed + dropped, blocked: dropped }
         }),
-        Row::Xdpguard | Row::XdpguardRules => Box::new(move || {
+        Row::Xdpguard | Row::XdpguardRules | Row::XdpguardRulesElsewhere => Box::new(move || {
             let s = filter_of(row, c).stats().expect("filter stats");
             RxCount { total: s.total().packets, blocked: s.blocked().packets }
         }),

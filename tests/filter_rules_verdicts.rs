@@ -459,3 +459,71 @@ fn v4_and_v6_sources_match_only_their_family() {
     t.pass("v6 and a v4-only rule", &udp("2001:db8::5", 9, 3), &[]);
     t.finish();
 }
+
+/// The gate (the filter passes the packets the guard has nothing to do
+/// with itself, without the tail call) follows every edit: open with the
+/// bits of the live rule set, every port of a protocol-wide rule's protocol
+/// out of it, the SYN guard's ports out of it, closed while a timed block
+/// may exist; and a frame to a key it skipped meets the rule added for it.
+#[test]
+fn the_gate_follows_every_edit() {
+    use std::time::Duration;
+    use xdpguard::testing::gate::{is_open, skips};
+    use xdpguard::SynPolicy;
+    const TCP: u8 = 6;
+    const UDP: u8 = 17;
+    const ICMP: u8 = 1;
+    let f = load();
+    let action = |frame: Frame| f.test_run(&frame.to_vec()).expect("test run").action;
+    let from = "198.51.100.7";
+    assert!(!is_open(&f), "the guard has no work, no stage: closed");
+
+    add(&f, &["drop udp dport 9 from 198.51.100.0/24"]);
+    assert!(is_open(&f));
+    assert!(!skips(&f, UDP, 9), "its rule's key goes to the guard");
+    for (proto, port) in [(UDP, 10), (UDP, 65535), (TCP, 9), (ICMP, 8), (47, 0)] {
+        assert!(skips(&f, proto, port), "{proto}/{port} has no rule");
+    }
+    assert_eq!(action(udp(from, 40000, 9)), XdpAction::Drop);
+    assert_eq!(action(udp(from, 40000, 10)), XdpAction::Pass, "skipped: no rule");
+    let port_rule = add(&f, &["drop udp dport 10 from 198.51.100.0/24"])[0];
+    assert!(!skips(&f, UDP, 10));
+    assert_eq!(action(udp(from, 40000, 10)), XdpAction::Drop, "the new rule, at once");
+    f.rules().remove(port_rule).expect("remove");
+    assert!(skips(&f, UDP, 10), "its key skipped again");
+
+    // A protocol-wide rule puts all of its protocol's keys in the guard.
+    let wide = add(&f, &["drop tcp flags syn,fin"])[0];
+    assert!(!skips(&f, TCP, 1) && !skips(&f, TCP, 443) && !skips(&f, TCP, 65535));
+    assert!(skips(&f, UDP, 10), "other protocols' keys stay skipped");
+    assert_eq!(action(tcp(from, 4444, SYN | FIN)), XdpAction::Drop);
+    f.rules().remove(wide).expect("remove");
+    assert!(skips(&f, TCP, 443));
+
+    // A SYN-guarded port is the guard's, with or without a rule.
+    f.syn_guard().protect(443, SynPolicy::cookies()).expect("protect");
+    assert!(is_open(&f) && !skips(&f, TCP, 443) && skips(&f, TCP, 444) && skips(&f, UDP, 443));
+    assert_eq!(action(tcp(from, 443, SYN)), XdpAction::Tx, "answered with a cookie");
+    f.syn_guard().unprotect(443).expect("unprotect");
+    assert!(skips(&f, TCP, 443));
+
+    // A timed block applies to every key: closed, and the blocked source's
+    // frames to keys skipped before are dropped.
+    f.timed_blocks().insert(net("203.0.113.9/32"), Duration::from_secs(60)).expect("timed block");
+    assert!(!is_open(&f));
+    assert_eq!(action(udp("203.0.113.9", 40000, 10)), XdpAction::Drop);
+    assert_eq!(action(udp("203.0.113.10", 40000, 10)), XdpAction::Pass);
+}
+
+/// A rule that blocks for a while (a rate limit's auto-block, added by the
+/// data plane itself) keeps the gate closed while it is in the set.
+#[test]
+fn a_blocking_rate_limit_keeps_the_gate_closed() {
+    use xdpguard::testing::gate::is_open;
+    let f = load();
+    let id = add(&f, &["rate-limit 1/s burst 1 block 1m udp dport 53"])[0];
+    assert!(!is_open(&f), "an auto-block may come from any packet: every key goes to the guard");
+    f.rules().remove(id).expect("remove");
+    add(&f, &["rate-limit 1/s burst 1 udp dport 53"]);
+    assert!(is_open(&f), "a limit that does not block leaves the other keys skipped");
+}

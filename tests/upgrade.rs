@@ -261,10 +261,13 @@ fn a_layout_5_filter_is_migrated_with_its_ipv6_tables_rebuilt() {
     let before = tables_word(&dir);
     drop(filter);
 
+    // Layout 5 had no gate.
+    std::fs::remove_file(dir.join("xdpg_gate")).unwrap();
     stamp_layout(&dir, 5);
     let (filter, report) = Filter::upgrade_pinned(&dir).expect("layout 5 is migrated");
     assert_eq!((report.from_layout, report.to_layout), (5, FILTER_LAYOUT));
     assert!(report.migrated_maps.is_empty(), "{report:?}");
+    assert_eq!(report.created_maps, ["xdpg_gate"], "{report:?}");
     assert_eq!(report.interfaces.len(), 1, "{report:?}");
     let after = tables_word(&dir);
     assert_eq!(before & 0xFF, after & 0xFF, "the IPv4 tables stay");
@@ -273,6 +276,47 @@ fn a_layout_5_filter_is_migrated_with_its_ipv6_tables_rebuilt() {
     drop(filter);
     let filter = Filter::open_pinned(&dir).expect("reopens as this layout");
     check(&filter);
+    filter.unpin().unwrap();
+}
+
+/// A filter pinned by layout 6 (stamped, its gate's pin removed: layout 6
+/// had none) is migrated by the tool: the gate created and pinned, every
+/// other map reused, the rules deciding throughout (the new gate is created
+/// closed: every packet goes to the guard, as layout 6's filter sent it),
+/// and the gate opened by the reopen that ends the upgrade.
+#[test]
+fn a_layout_6_filter_is_migrated_with_the_gate_created() {
+    use xdpguard::testing::gate::{is_open, skips};
+    ensure_bpffs();
+    let pair = Pair::new("up6");
+    let pin = ScratchDir::bpffs("up6");
+    let dir = pin.path().to_owned();
+    let filter = pinned_filter(&pair, &dir, 1024);
+    filter.rules().add("drop udp dport 9 from 198.51.100.0/24".parse().unwrap()).unwrap();
+    let frame = |dport: u16| {
+        let (src, dst): (IpAddr, IpAddr) = ("198.51.100.7".parse().unwrap(), "203.0.113.1".parse().unwrap());
+        Frame::builder().ip(src, dst).udp(40000, dport).payload(b"x").build().to_vec()
+    };
+    let check = |f: &Filter| {
+        assert_eq!(f.test_run(&frame(9)).unwrap().action, XdpAction::Drop, "the rule");
+        assert_eq!(f.test_run(&frame(10)).unwrap().action, XdpAction::Pass, "no rule");
+    };
+    check(&filter);
+    assert!(is_open(&filter));
+    drop(filter);
+
+    std::fs::remove_file(dir.join("xdpg_gate")).unwrap();
+    stamp_layout(&dir, 6);
+    let text = XDPGUARD.ok(&["upgrade", "--pin", pin.arg()]);
+    assert!(
+        text.contains(&format!("layout 6 -> {FILTER_LAYOUT}, created xdpg_gate, every other map reused")),
+        "{text}"
+    );
+    assert!(dir.join("xdpg_gate").exists(), "the gate is pinned");
+    let filter = Filter::open_pinned(&dir).expect("reopens as this layout");
+    check(&filter);
+    assert!(is_open(&filter), "opened with the rules' bits");
+    assert!(skips(&filter, 17, 10) && !skips(&filter, 17, 9));
     filter.unpin().unwrap();
 }
 

@@ -10,9 +10,9 @@
  * overflow), IPv6 by v6_verdict (entries of /48 and longer in one chain
  * per /48, walked by v6_anchored; the live view's shorter prefix lengths,
  * longest first, each behind a Bloom bit, probed by v6_probe); then count
- * and drop
- * or pass on. The tables' layout is in filter_structs.h and
- * filter_consts.h, the maps in filter_maps.h,
+ * and drop, or pass on (through the guard stage unless its gate, xdpg_gate,
+ * says it has nothing to do for the packet: gate_skips). The tables' layout
+ * is in filter_structs.h and filter_consts.h, the maps in filter_maps.h,
  * the hashes (mirrored in Rust) in hash.h. Every drop and would-drop
  * may send a sampled event (filter_events.h) while a reader holds a lease. */
 #include <linux/bpf.h>
@@ -26,6 +26,7 @@
 #include "hash.h"
 #include "prefix.h"
 #include "guard_consts.h"
+#include "guard_key.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
@@ -309,6 +310,29 @@ static __always_inline __u32 v6_verdict(struct xdpg_filter_config *cfg, __u32 ta
 	return XDPG_VERDICT_PASS;
 }
 
+/* 1 when the guard's gate (filter_maps.h) is open and says the guard has
+ * nothing to do for this packet's key: then the filter passes it itself.
+ * Read right after the parse, where the verifier has few paths to walk
+ * (after the verdict's walks, its branches multiplied the filter's
+ * verified paths past the verifier's limit), and inlined (as a global
+ * function, its call and return cost about 20 ns per cache-cold packet,
+ * BENCHMARKS.md, "Issue 13, seventh session"). */
+static __always_inline __u64 gate_skips(void *data, void *data_end, const struct xdpg_pkt *pkt)
+{
+	__u32 zero = 0;
+	__u64 *open = bpf_map_lookup_elem(&xdpg_gate, &zero);
+	if (!open || !*open)
+		return 0;
+	__u16 sport;
+	__u8 flags;
+	__u32 key = xdpg_guard_key(data, data_end, pkt, xdpg_ip_end(data, data_end, pkt), &sport, &flags);
+	__u32 word = 1 + key / 64;
+	__u64 *bits = bpf_map_lookup_elem(&xdpg_gate, &word);
+	if (!bits)
+		return 0;
+	return (*bits >> (key % 64)) & 1;
+}
+
 SEC("xdp")
 int xdpg_filter(struct xdp_md *ctx)
 {
@@ -335,6 +359,8 @@ int xdpg_filter(struct xdp_md *ctx)
 		}
 		return pass_on(ctx);
 	}
+
+	__u64 skip_guard = gate_skips(data, data_end, &pkt);
 
 	/* One read: the tables of one edit generation decide this packet. */
 	__u32 tables = *(volatile __u32 *)&cfg->tables;
@@ -370,9 +396,11 @@ int xdpg_filter(struct xdp_md *ctx)
 		count(XDPG_REASON_ALLOWLISTED, bytes);
 		return pass_on(ctx);
 	}
-	/* The guard stage decides (and counts) the rest while it is installed;
-	 * an empty slot falls through at the cost of a not-taken jump. */
-	bpf_tail_call(ctx, &xdpg_stages, XDPG_STAGE_GUARD);
+	/* The guard stage decides (and counts) the rest while it is installed,
+	 * unless its gate says it has nothing to do for this packet; an empty
+	 * slot falls through at the cost of a not-taken jump. */
+	if (!skip_guard)
+		bpf_tail_call(ctx, &xdpg_stages, XDPG_STAGE_GUARD);
 	count(XDPG_REASON_PASSED, bytes);
 	return pass_on(ctx);
 }

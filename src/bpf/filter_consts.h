@@ -8,7 +8,9 @@
 /* Written into the config map so a pin directory can be recognised as ours,
  * and bumped whenever a shared layout changes. */
 #define XDPG_MAGIC 0x58445047u /* "XDPG" */
-#define XDPG_LAYOUT_VERSION 6
+/* 7: the guard's gate (xdpg_gate) added; migrated from 6 and 5, the gate
+ * created closed. */
+#define XDPG_LAYOUT_VERSION 7
 
 /* Verdict codes stored in the v4 per-/24 array, the v4 host buckets and the
  * v6 buckets. Allow wins over block whatever the prefix lengths. */

@@ -37,20 +37,11 @@
 #include "guard_structs.h"
 #include "guard_maps.h"
 #include "guard_clock.h"
+#include "guard_key.h"
 #include "hash.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
-#ifndef IPPROTO_ICMPV6
-#define IPPROTO_ICMPV6 58
-#endif
-#ifndef IPPROTO_HOPOPTS
-#define IPPROTO_HOPOPTS 0
-#endif
-/* Transport headers start at most this far into the frame (the parser's
- * bound on the IP header's offset, plus the longest IPv4 header or IPv6
- * extension chain it walks). */
-#define GUARD_MAX_L4_OFFSET 8192
 /* Records of a group checked before bpf_loop takes over (see walk_group). */
 #define GUARD_INLINE_RECORDS 4
 
@@ -242,52 +233,6 @@ static __always_inline void walk_group(struct walk *w, __u32 count)
 	}
 }
 
-/* The packet's index key; fills the walk's ports and flags. */
-static __always_inline __u32 packet_key(void *data, void *data_end, struct xdpg_pkt *pkt, __u32 ip_end, struct walk *w)
-{
-	__u32 proto = pkt->l4_proto;
-	__u32 off = pkt->l4_off;
-	__u32 need, base, nokey;
-
-	switch (proto) {
-	case IPPROTO_TCP:
-		need = XDPG_TCP_MIN, base = XDPG_GK_TCP, nokey = XDPG_GK_NOKEY_TCP;
-		break;
-	case IPPROTO_UDP:
-		need = XDPG_UDP_MIN, base = XDPG_GK_UDP, nokey = XDPG_GK_NOKEY_UDP;
-		break;
-	case IPPROTO_ICMP:
-		need = XDPG_ICMP_MIN, base = XDPG_GK_ICMP, nokey = XDPG_GK_NOKEY_ICMP;
-		break;
-	case IPPROTO_ICMPV6:
-		need = XDPG_ICMP6_MIN, base = XDPG_GK_ICMP6, nokey = XDPG_GK_NOKEY_ICMP6;
-		break;
-	default:
-		return XDPG_GK_OTHER + (proto & 0xFF);
-	}
-	/* Later fragments and cut extension chains have no transport header;
-	 * one cut short by the IP packet's end (or the frame's) is not read. */
-	if (off == 0 || off > GUARD_MAX_L4_OFFSET || off + need > ip_end)
-		return nokey;
-	__u8 *l4 = data + off;
-	if (proto == IPPROTO_TCP) {
-		if ((void *)(l4 + XDPG_TCP_MIN) > data_end)
-			return nokey;
-		w->sport = ((__u16)l4[0] << 8) | l4[1];
-		w->flags = l4[13];
-		return base + (((__u32)l4[2] << 8) | l4[3]);
-	}
-	if (proto == IPPROTO_UDP) {
-		if ((void *)(l4 + XDPG_UDP_MIN) > data_end)
-			return nokey;
-		w->sport = ((__u16)l4[0] << 8) | l4[1];
-		return base + (((__u32)l4[2] << 8) | l4[3]);
-	}
-	if ((void *)(l4 + XDPG_ICMP6_MIN) > data_end)
-		return nokey;
-	return base + l4[0];
-}
-
 SEC("xdp")
 int xdpg_guard(struct xdp_md *ctx)
 {
@@ -304,7 +249,6 @@ int xdpg_guard(struct xdp_md *ctx)
 	if (!gcfg || !fcfg || xdpg_parse(ctx, &pkt) != XDPG_PARSE_OK)
 		goto passed;
 
-	__u32 ip_end;
 	if (pkt.l3_proto == ETH_P_IP) {
 		struct iphdr *iph = data + (pkt.l3_off & 0xFFF);
 		if ((void *)(iph + 1) > data_end)
@@ -312,7 +256,6 @@ int xdpg_guard(struct xdp_md *ctx)
 		w.family = 4;
 		w.src[0] = iph->saddr;
 		w.dst[0] = iph->daddr;
-		ip_end = (pkt.l3_off & 0xFFF) + bpf_ntohs(iph->tot_len);
 	} else {
 		struct ipv6hdr *ip6h = data + (pkt.l3_off & 0xFFF);
 		if ((void *)(ip6h + 1) > data_end)
@@ -320,12 +263,6 @@ int xdpg_guard(struct xdp_md *ctx)
 		w.family = 6;
 		__builtin_memcpy(w.src, &ip6h->saddr, sizeof(w.src));
 		__builtin_memcpy(w.dst, &ip6h->daddr, sizeof(w.dst));
-		__u32 payload = bpf_ntohs(ip6h->payload_len);
-		/* A jumbogram claim is read up to the frame's end (parsing.h). */
-		if (payload == 0 && ip6h->nexthdr == IPPROTO_HOPOPTS)
-			ip_end = data_end - data;
-		else
-			ip_end = (pkt.l3_off & 0xFFF) + sizeof(*ip6h) + payload;
 	}
 
 	/* Timed blocks (user space's and rate limits' auto-blocks), while
@@ -336,7 +273,7 @@ int xdpg_guard(struct xdp_md *ctx)
 
 	/* One read: one rule set (one half) decides this packet. */
 	__u32 half = *(volatile __u32 *)&gcfg->rules & XDPG_RULES_HALF;
-	key = packet_key(data, data_end, &pkt, ip_end, &w);
+	key = xdpg_guard_key(data, data_end, &pkt, xdpg_ip_end(data, data_end, &pkt), &w.sport, &w.flags);
 	__u32 word_idx = key / XDPG_GK_PER_WORD + (half ? XDPG_GK_WORDS : 0);
 	__u64 *word = bpf_map_lookup_elem(&xdpg_g_idx, &word_idx);
 	if (!word)

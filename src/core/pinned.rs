@@ -126,6 +126,10 @@ pub(crate) trait ProgramKind: Sized + 'static {
 pub(crate) struct Migration<M> {
     /// The maps recreated, by name.
     pub changed: &'static [&'static str],
+    /// The maps this layout added, by name: created, as a new program's
+    /// load creates them, and pinned (a new map starts as the program's
+    /// load leaves it: a copy may fill it).
+    pub added: &'static [&'static str],
     /// A recreated map's `max_entries` from its pinned one's
     /// ([`same_size`] where the entry count means the same).
     pub size: fn(name: &'static str, pinned_max_entries: u32) -> u32,

@@ -64,6 +64,9 @@ pub struct UpgradeReport {
     /// The maps recreated and copied by a migration (none for the same
     /// layout: every map was reused as it was).
     pub migrated_maps: Vec<&'static str>,
+    /// The maps the new layout added, created (as the new program's load
+    /// creates them) and pinned beside the others.
+    pub created_maps: Vec<&'static str>,
 }
 
 /// A pin name no program or map has, for a pin about to replace another.
@@ -102,7 +105,7 @@ impl<P: ProgramKind> Pinned<P> {
         let migration: Option<Migration<P::Maps>> = match found.layout {
             v if v == kind.layout_version => None,
             v if v == REHEARSAL_LAYOUT && cfg!(feature = "testing") => {
-                Some(Migration { changed: P::REHEARSAL, size: same_size, copy: rehearse::<P> })
+                Some(Migration { changed: P::REHEARSAL, added: &[], size: same_size, copy: rehearse::<P> })
             }
             v => Some(P::migration(v).ok_or_else(|| PinError::NoMigration {
                 path: path.to_owned(),
@@ -112,6 +115,7 @@ impl<P: ProgramKind> Pinned<P> {
             })?),
         };
         let changed: &[&'static str] = migration.as_ref().map_or(&[], |m| m.changed);
+        let added: &[&'static str] = migration.as_ref().map_or(&[], |m| m.added);
         let refused = |reason: String| PinError::UpgradeRefused { path: path.to_owned(), kind: kind.name, reason };
 
         let prog_path = dir.join(kind.program);
@@ -136,6 +140,10 @@ impl<P: ProgramKind> Pinned<P> {
             // Maps that are not pinned (per-CPU scratch space, caches) are the new program's own.
             let Some(&name) = kind.maps.iter().find(|n| **n == name) else { continue };
             seen.push(name);
+            if added.contains(&name) {
+                // New in this layout: created by the load, pinned after the swap.
+                continue;
+            }
             let pin = dir.join(name);
             let old = MapHandle::from_pinned_path(&pin).map_err(|e| match e.kind() {
                 libbpf_rs::ErrorKind::NotFound => refused(format!("its map {name} is not pinned")),
@@ -212,7 +220,7 @@ impl<P: ProgramKind> Pinned<P> {
         // Handles open elsewhere reload their model.
         hdr.generation.fetch_add(1, Ordering::AcqRel);
         for (name, handle) in maps.handles() {
-            if changed.contains(&name) {
+            if changed.contains(&name) || added.contains(&name) {
                 replace_pin(&dir, name, handle.as_fd())?;
             }
         }
@@ -227,6 +235,7 @@ impl<P: ProgramKind> Pinned<P> {
             new_program_id: new_id,
             interfaces: swapped.into_iter().map(|(_, i)| i).collect(),
             migrated_maps: changed.to_vec(),
+            created_maps: added.to_vec(),
         };
         Ok((core, report))
     }

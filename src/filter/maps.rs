@@ -32,6 +32,8 @@ program_maps! {
         v6_rules: Mmapped<xdpg_v6_rule> = names::XDPG_V6_RULES,
         next: ProgArray = names::XDPG_NEXT,
         stages: ProgArray = names::XDPG_STAGES,
+        // The guard's gate (src/filter/guard/gate.rs).
+        gate: Mmapped<u64> = names::XDPG_GATE,
         // The drop events (src/bpf/filter_events.h; src/filter/events/).
         events: Opaque = names::XDPG_EVENTS,
         events_cfg: Mmapped<xdpg_events_config> = names::XDPG_EV_CFG,

@@ -154,25 +154,36 @@ impl ProgramKind for FilterKind {
         ed.rebuild_v6()
     }
 
-    /// From layout 5, whose maps are this layout's but whose IPv6 tables keep
-    /// every entry in the chain of its own (length, prefix) hash: this build's
+    /// From layout 6, which lacks only the guard's gate (`xdpg_gate`): it
+    /// is created (closed: every packet goes to the guard, as layout 6's
+    /// filter sent it) and every other map reused; the reopen that ends
+    /// the upgrade opens it.
+    ///
+    /// From layout 5, also without the gate, whose IPv6 tables keep every
+    /// entry in the chain of its own (length, prefix) hash: this build's
     /// program reads them as they are (no entry is anchored while the view's
-    /// `short_from` is 0, and layout 5 wrote 0 there), so every map is reused,
+    /// `short_from` is 0, and layout 5 wrote 0 there), so they are reused,
     /// and once the new program runs the v6 tables are rebuilt with the
     /// entries of /48 and longer anchored (the idle table first, then a
     /// switch, then the other).
     fn migration(from: u32) -> Option<Migration<FilterMaps>> {
-        (from == 5).then_some(Migration {
-            changed: &[],
-            size: same_size,
-            copy: |_, maps, pass| {
-                if pass == CopyPass::AfterSwap {
-                    let mut st = ListState::load(maps);
-                    Editor::new(&mut st, maps).rebuild_v6()?;
-                }
-                Ok(())
-            },
-        })
+        let added: &'static [&'static str] = &[names::XDPG_GATE];
+        match from {
+            6 => Some(Migration { changed: &[], added, size: same_size, copy: |_, _, _| Ok(()) }),
+            5 => Some(Migration {
+                changed: &[],
+                added,
+                size: same_size,
+                copy: |_, maps, pass| {
+                    if pass == CopyPass::AfterSwap {
+                        let mut st = ListState::load(maps);
+                        Editor::new(&mut st, maps).rebuild_v6()?;
+                    }
+                    Ok(())
+                },
+            }),
+            _ => None,
+        }
     }
 }
 
@@ -244,9 +255,10 @@ impl Filter {
         let guard = Guard::open_pinned(dir)?;
         if let Some(g) = &guard {
             // A process that died between an edit and the stage switch left
-            // the filter calling the guard for nothing, or not calling it.
-            let active = g.core.read(|st, _| Guard::active(st))?;
-            g.install(&core.maps.stages, active)?;
+            // the filter calling the guard for nothing, or not calling it,
+            // and maybe the gate closed; pins upgraded from a layout
+            // without the gate have it closed.
+            g.edit(&core.maps, |_, _| Ok(()))?;
         }
         Ok(Filter { core, guard })
     }
@@ -262,11 +274,13 @@ impl Filter {
     /// A program chained behind it with [`set_next`](Self::set_next) stays.
     /// So does its guard stage (the rules): the pinned guard program keeps
     /// running the rules with its maps; it is not swapped for this build's.
-    /// Pins of layout 5 (IPv6 entries not yet anchored by /48) are migrated:
-    /// every map reused, the IPv6 tables rebuilt once the new program runs.
-    /// Pins of layouts 2 (before rules), 3 (before drop events, which add
-    /// maps an upgrade cannot create yet) and 4 (before the IPv4 lines) have
-    /// no migration: detach and attach again.
+    /// Pins of layout 6 (before the guard's gate) are migrated: the gate
+    /// created, every other map reused. Pins of layout 5 (also IPv6 entries
+    /// not yet anchored by /48) too, and their IPv6 tables rebuilt once the
+    /// new program runs.
+    /// Pins of layouts 2 (before rules), 3 (before drop events, whose
+    /// config fields no migration converts) and 4 (before the IPv4 lines)
+    /// have no migration: detach and attach again.
     ///
     /// Requires Linux 5.9 or later (the filter itself needs 5.15).
     ///

@@ -123,12 +123,9 @@ impl TimedBlocks<'_> {
         &self,
         f: impl FnOnce(&crate::filter::guard::maps::GuardMaps) -> Result<R, RuleError>,
     ) -> Result<R, RuleError> {
-        let guard = self.guard()?;
-        let stages = &self.filter.core.maps.stages;
-        guard.core.edit(|st, maps| {
+        self.guard()?.edit(&self.filter.core.maps, |st, maps| {
             let r = f(maps)?;
             st.timed_blocks = limits::reclaim(maps)?;
-            guard.install(stages, Guard::active(st))?;
             Ok(r)
         })
     }

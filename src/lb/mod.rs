@@ -247,6 +247,7 @@ impl ProgramKind for LbKind {
     /// recreated as lines (`conntrack`) and filled from it.
     fn migration(from: u32) -> Option<Migration<LbMaps>> {
         (from == 3).then_some(Migration {
+            added: &[],
             changed: &[names::XDPG_LB_CONNS4],
             size: |name, n| if name == names::XDPG_LB_CONNS4 { conntrack::lines_for(n) } else { n },
             copy: |old, maps, pass| match pass {

@@ -15,6 +15,7 @@
 //!   (client, LB, backends) built from them.
 //! - [`model`]: a reference model of the filter's whole verdict on a frame
 //!   (lists, named sets, rules, monitor mode), for differential tests.
+//! - [`gate`]: whether the filter skips its guard stage for a key.
 //! - [`upgrade`]: rehearsing upgrades (layout stamps, the programs links run).
 //! - [`live`]: `BPF_PROG_TEST_RUN` on any XDP program (repetitions, live
 //!   frames) and native attach by fd, for benchmarks and generators.
@@ -52,6 +53,7 @@ mod builder;
 pub mod diff;
 pub mod fixture;
 pub mod frame;
+pub mod gate;
 pub mod lb_topology;
 pub mod live;
 pub mod model;

@@ -80,10 +80,12 @@ pub fn print_attached(attachments: &[Attachment], pin: &Path) {
 
 /// After `detach`: the interfaces it left and the pin directory removed.
 pub fn print_upgraded(what: &str, report: &xdpguard::UpgradeReport, pin: &Path) {
-    let maps = if report.migrated_maps.is_empty() {
-        "every map reused".to_owned()
-    } else {
-        format!("migrated {}", report.migrated_maps.join(", "))
+    let (migrated, created) = (report.migrated_maps.join(", "), report.created_maps.join(", "));
+    let maps = match (migrated.is_empty(), created.is_empty()) {
+        (true, true) => "every map reused".to_owned(),
+        (true, false) => format!("created {created}, every other map reused"),
+        (false, true) => format!("migrated {migrated}"),
+        (false, false) => format!("migrated {migrated}, created {created}"),
     };
     let on = if report.interfaces.is_empty() { "no interface".to_owned() } else { report.interfaces.join(", ") };
     println!(

@@ -314,9 +314,7 @@ impl<'f> SynGuard<'f> {
     /// [`RuleError::Pin`]. Nothing changes on error.
     pub fn protect(&self, port: u16, policy: SynPolicy) -> Result<(), RuleError> {
         policy.check(port)?;
-        let guard = self.guard()?;
-        let stages = &self.filter.core.maps.stages;
-        guard.core.edit(|st, maps| {
+        self.guard()?.edit(&self.filter.core.maps, |st, maps| {
             if let Some(&(slot, old)) = st.syn.ports.get(&port) {
                 if old != policy {
                     // Keep the rate: only the policy's fields change.
@@ -347,7 +345,7 @@ impl<'f> SynGuard<'f> {
             maps.syn_idx.set(usize::from(port), slot as u64 + 1);
             st.syn.ports.insert(port, (slot, policy));
             ports_word(maps).store(st.syn.ports.len() as u32, Ordering::Release);
-            guard.install(stages, Guard::active(st))
+            Ok(())
         })
     }
 
@@ -357,15 +355,12 @@ impl<'f> SynGuard<'f> {
     ///
     /// [`RuleError::NoGuard`], [`RuleError::Bpf`], [`RuleError::Pin`].
     pub fn unprotect(&self, port: u16) -> Result<bool, RuleError> {
-        let guard = self.guard()?;
-        let stages = &self.filter.core.maps.stages;
-        guard.core.edit(|st, maps| {
+        self.guard()?.edit(&self.filter.core.maps, |st, maps| {
             let Some((slot, _)) = st.syn.ports.remove(&port) else { return Ok(false) };
             maps.syn_idx.set(usize::from(port), 0);
             ports_word(maps).store(st.syn.ports.len() as u32, Ordering::Release);
             std::sync::atomic::fence(Ordering::SeqCst);
             maps.syn_slots.set(slot, xdpg_syn_port::default());
-            guard.install(stages, Guard::active(st))?;
             Ok(true)
         })
     }

@@ -127,13 +127,7 @@ impl<'f> Rules<'f> {
     /// Runs an edit under the guard's lock, then puts the guard in the
     /// filter's stage slot or takes it out, as the new set needs.
     fn edit<R>(&self, f: impl FnOnce(&mut GuardState, &GuardMaps) -> Result<R, RuleError>) -> Result<R, RuleError> {
-        let guard = self.guard()?;
-        let stages = &self.filter.core.maps.stages;
-        guard.core.edit(|st, maps| {
-            let r = f(st, maps)?;
-            guard.install(stages, Guard::active(st))?;
-            Ok(r)
-        })
+        self.guard()?.edit(&self.filter.core.maps, f)
     }
 
     /// The rules in priority order, with their counters.

@@ -54,7 +54,7 @@ fn edit<R>(
     filter: &Filter,
     f: impl FnOnce(&mut GuardState, &GuardMaps) -> Result<R, RuleError>,
 ) -> Result<R, RuleError> {
-    guard(filter)?.core.edit(f)
+    guard(filter)?.edit(&filter.core.maps, f)
 }
 
 impl<'f> Sets<'f> {

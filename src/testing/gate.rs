@@ -1,0 +1,38 @@
+//! The guard's gate (the filter's `xdpg_gate` map): whether the filter
+//! passes a packet itself instead of tail-calling the guard stage, which it
+//! does for packets the guard has nothing to do with (no rule for their
+//! protocol and port, no SYN-guarded port, no timed block possible). For
+//! tests that check the gate follows every edit.
+
+use std::borrow::Borrow;
+
+use crate::core::layout::consts::*;
+use crate::core::pinned::Pinned;
+use crate::filter::FilterKind;
+use crate::Filter;
+
+fn word(filter: &Filter, i: usize) -> u64 {
+    let core: &Pinned<FilterKind> = filter.borrow();
+    core.maps.gate.get(i)
+}
+
+/// Whether the gate is open (closed, every packet the lists pass goes to
+/// the guard).
+pub fn is_open(filter: &Filter) -> bool {
+    word(filter, 0) != 0
+}
+
+/// Whether the filter passes packets of IP protocol `proto` to `port` (TCP
+/// and UDP: the destination port; ICMP and ICMPv6: the type; other
+/// protocols: ignored) without the guard: the gate is open and the key's
+/// bit is set.
+pub fn skips(filter: &Filter, proto: u8, port: u16) -> bool {
+    let key = match proto {
+        6 => XDPG_GK_TCP + u32::from(port),
+        17 => XDPG_GK_UDP + u32::from(port),
+        1 => XDPG_GK_ICMP + u32::from(port & 0xFF),
+        58 => XDPG_GK_ICMP6 + u32::from(port & 0xFF),
+        p => XDPG_GK_OTHER + u32::from(p),
+    } as usize;
+    is_open(filter) && word(filter, 1 + key / 64) >> (key % 64) & 1 == 1
+}
