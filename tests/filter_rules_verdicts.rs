@@ -513,6 +513,10 @@ fn the_gate_follows_every_edit() {
     assert!(!is_open(&f));
     assert_eq!(action(udp("203.0.113.9", 40000, 10)), XdpAction::Drop);
     assert_eq!(action(udp("203.0.113.10", 40000, 10)), XdpAction::Pass);
+    // The last one gone, it opens again.
+    assert!(f.timed_blocks().remove(net("203.0.113.9/32")).expect("remove"));
+    assert!(is_open(&f) && skips(&f, UDP, 10));
+    assert_eq!(action(udp("203.0.113.9", 40000, 10)), XdpAction::Pass);
 }
 
 /// A rule that blocks for a while (a rate limit's auto-block, added by the

@@ -117,15 +117,17 @@ impl TimedBlocks<'_> {
         self.filter.guard_stage()
     }
 
-    /// Runs an edit under the guard's lock, reclaims expired entries, and
-    /// puts the guard in the filter's stage slot or takes it out.
+    /// Runs an edit under the guard's lock, reclaims expired entries (the
+    /// last one gone, the data plane stops looking blocks up and the
+    /// filter's gate may open again), and puts the guard in the filter's
+    /// stage slot or takes it out.
     fn edit<R>(
         &self,
         f: impl FnOnce(&crate::filter::guard::maps::GuardMaps) -> Result<R, RuleError>,
     ) -> Result<R, RuleError> {
         self.guard()?.edit(&self.filter.core.maps, |st, maps| {
             let r = f(maps)?;
-            st.timed_blocks = limits::reclaim(maps)?;
+            st.timed_blocks = limits::settle(maps, &st.rules)?;
             Ok(r)
         })
     }

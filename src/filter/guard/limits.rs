@@ -128,6 +128,16 @@ pub(crate) fn prepare(maps: &GuardMaps, rules: &[StoredRule], old: &[StoredRule]
             maps.lcnt.zero(r.id).map_err(bpf(format!("zeroing the limit counter of rule {}", r.id)))?;
         }
     }
+    settle(maps, rules)
+}
+
+/// Removes expired timed blocks and sets the data plane's timed-block
+/// switch (and so whether the filter's gate may open, `gate.rs`): on while
+/// a live entry exists or a rule of `rules` (the live set) may make one.
+/// Off, no packet looks the table up, and only user space turns it on
+/// again: the data plane adds entries only for a blocking rule. Returns the
+/// live timed blocks.
+pub(crate) fn settle(maps: &GuardMaps, rules: &[StoredRule]) -> Result<usize, RuleError> {
     let live = reclaim(maps)?;
     let blocking = rules.iter().any(|r| r.rule.limit.is_some_and(|l| l.block.is_some()));
     set_timed_active(maps, live > 0 || blocking);
