@@ -310,23 +310,19 @@ static __always_inline __u32 v6_verdict(struct xdpg_filter_config *cfg, __u32 ta
 	return XDPG_VERDICT_PASS;
 }
 
-/* 1 when the guard's gate (filter_maps.h) is open and says the guard has
- * nothing to do for this packet's key: then the filter passes it itself.
- * Read right after the parse, where the verifier has few paths to walk
- * (after the verdict's walks, its branches multiplied the filter's
- * verified paths past the verifier's limit), and inlined (as a global
- * function, its call and return cost about 20 ns per cache-cold packet,
- * BENCHMARKS.md, "Issue 13, seventh session"). */
+/* 1 when the guard's gate (filter_maps.h) says the guard has nothing to
+ * do for this packet's key: then the filter passes it itself. Called only
+ * while the gate is open; right after the parse, where the verifier has
+ * few paths to walk (after the verdict's walks, its branches multiplied
+ * the filter's verified paths past the verifier's limit), and inlined (as
+ * a global function, its call and return cost about 20 ns per cache-cold
+ * packet, BENCHMARKS.md, "Issue 13, seventh session"). */
 static __always_inline __u64 gate_skips(void *data, void *data_end, const struct xdpg_pkt *pkt)
 {
-	__u32 zero = 0;
-	__u64 *open = bpf_map_lookup_elem(&xdpg_gate, &zero);
-	if (!open || !*open)
-		return 0;
 	__u16 sport;
 	__u8 flags;
 	__u32 key = xdpg_guard_key(data, data_end, pkt, xdpg_ip_end(data, data_end, pkt), &sport, &flags);
-	__u32 word = 1 + key / 64;
+	__u32 word = key / 64;
 	__u64 *bits = bpf_map_lookup_elem(&xdpg_gate, &word);
 	if (!bits)
 		return 0;
@@ -360,10 +356,9 @@ int xdpg_filter(struct xdp_md *ctx)
 		return pass_on(ctx);
 	}
 
-	__u64 skip_guard = gate_skips(data, data_end, &pkt);
-
 	/* One read: the tables of one edit generation decide this packet. */
 	__u32 tables = *(volatile __u32 *)&cfg->tables;
+	__u64 skip_guard = (tables & XDPG_TABLES_GATE_OPEN) ? gate_skips(data, data_end, &pkt) : 0;
 	__u32 verdict;
 	__u32 blocked_reason;
 	if (pkt.l3_proto == ETH_P_IP) {

@@ -8,8 +8,9 @@
 /* Written into the config map so a pin directory can be recognised as ours,
  * and bumped whenever a shared layout changes. */
 #define XDPG_MAGIC 0x58445047u /* "XDPG" */
-/* 7: the guard's gate (xdpg_gate) added; migrated from 6 and 5, the gate
- * created closed. */
+/* 7: the guard's gate (xdpg_gate, and its open bit in `tables`) added;
+ * migrated from 6 and 5, the gate created closed (those layouts leave
+ * bit 31 of `tables` clear). */
 #define XDPG_LAYOUT_VERSION 7
 
 /* Verdict codes stored in the v4 per-/24 array, the v4 host buckets and the
@@ -63,6 +64,9 @@
 #define XDPG_TABLES_V4_MASK 0x1
 #define XDPG_TABLES_V6_SHIFT 8
 #define XDPG_TABLES_V6_MASK 0xFF
+/* Set while the guard's gate (filter_maps.h, xdpg_gate) is open: in the word
+ * the filter reads anyway, so a closed gate costs it no memory access. */
+#define XDPG_TABLES_GATE_OPEN 0x80000000
 
 /* List membership bits of a stored rule. */
 #define XDPG_LIST_BLOCK 1

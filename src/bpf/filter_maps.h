@@ -117,17 +117,18 @@ struct {
 } xdpg_stages SEC(".maps");
 
 /* The guard stage's gate, written by user space only (src/filter/guard/
- * gate.rs): word 0 nonzero while the gate is open, then bit k of word
- * 1 + k / 64 set when the guard has nothing to do for packets of index key
- * k (guard_key.h): no rule group in the live rule set, not a SYN-guarded
- * port, no timed block possible. While it is open the filter passes such
- * packets itself, without the tail call into the guard (the tail call, the
- * guard's second parse, its config reads and its index read: +34-49 ns per
- * cache-cold packet, BENCHMARKS.md, "Issue 13, seventh session"). Closed
- * (all zero, as created) every packet goes to the guard, as before the
- * gate: user space closes it while it edits the guard and opens it with the
- * new bits after, so a rule set and bits from another never meet. 16 KiB:
- * stays in cache under random ports. */
+ * gate.rs): bit k of word k / 64 set when the guard has nothing to do for
+ * packets of index key k (guard_key.h): no rule group in the live rule set,
+ * not a SYN-guarded port, no timed block possible. Read only while the
+ * config's `tables` says the gate is open (XDPG_TABLES_GATE_OPEN). While it
+ * is open the filter passes such packets itself, without the tail call into
+ * the guard (the tail call, the guard's second parse, its config reads and
+ * its index read: +34-49 ns per cache-cold packet, BENCHMARKS.md, "Issue 13,
+ * seventh session"). Closed
+ * (the bit clear, as pins of older layouts have it) every packet goes to
+ * the guard, as before the gate: user space closes it while it edits the
+ * guard and opens it with the new bits after, so a rule set and bits from
+ * another never meet. 16 KiB: stays in cache under random ports. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, XDPG_GATE_WORDS);

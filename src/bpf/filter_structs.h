@@ -15,7 +15,8 @@ struct xdpg_filter_config {
 	struct xdpg_header hdr; /* XDPG_MAGIC, XDPG_LAYOUT_VERSION */
 	__u32 tables;		/* bit 0: the live v4 table pair; bits 8-15: the live v6
 				 * view. One word, so a bulk edit of both families
-				 * switches at one instant. */
+				 * switches at one instant. Bit 31: the guard's
+				 * gate is open (XDPG_TABLES_GATE_OPEN). */
 	__u32 v4_bucket_mask;	/* number of host buckets - 1 (a power of two - 1) */
 	__u32 hash_seed;	/* keys the v4 host-bucket and the v6 entry hashes */
 	__u32 v6_bloom_mask;	/* bits in xdpg_v6_bloom - 1 (a power of two - 1) */

@@ -34,9 +34,9 @@
 #define XDPG_GK_KEYS 131844
 #define XDPG_GK_PER_WORD 4
 #define XDPG_GK_WORDS 32961 /* XDPG_GK_KEYS / 4, rounded up */
-/* The guard's gate (filter_maps.h, xdpg_gate): a word saying whether it is
- * open, then a bit per key (1 + XDPG_GK_KEYS / 64, rounded up). */
-#define XDPG_GATE_WORDS 2062
+/* The guard's gate (filter_maps.h, xdpg_gate): a bit per key
+ * (XDPG_GK_KEYS / 64, rounded up). */
+#define XDPG_GATE_WORDS 2061
 /* Group numbers are 16 bits; group 0 is the empty group. */
 #define XDPG_MAX_GROUPS 65536
 

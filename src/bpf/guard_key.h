@@ -28,7 +28,7 @@
  * extension chain it walks). */
 #define XDPG_GUARD_MAX_L4_OFFSET 8192
 
-_Static_assert(XDPG_GATE_WORDS == 1 + (XDPG_GK_KEYS + 63) / 64, "the gate: a word, then a bit per key");
+_Static_assert(XDPG_GATE_WORDS == (XDPG_GK_KEYS + 63) / 64, "the gate: a bit per key");
 
 /* Where the IP packet of a parsed frame ends (from the frame's start): its
  * length field's end (parsing.h), or the frame's end for an IPv6

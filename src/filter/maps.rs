@@ -150,18 +150,21 @@ impl FilterMaps {
     }
 
     /// Makes a v4 table pair and/or a staged v6 view live with one store,
-    /// so packets see all of an edit or none of it.
+    /// so packets see all of an edit or none of it. A compare-and-swap:
+    /// the guard's edits open and close its gate in the same word
+    /// (`XDPG_TABLES_GATE_OPEN`, `guard/gate.rs`) under another lock.
     pub(crate) fn switch_tables(&self, v4_pair: Option<usize>, v6_view: Option<u32>) {
-        let mut word = self.tables().load(Ordering::Acquire);
-        if let Some(pair) = v4_pair {
-            word = (word & !XDPG_TABLES_V4_MASK) | (pair as u32 & XDPG_TABLES_V4_MASK);
-        }
-        if let Some(view) = v6_view {
-            word = (word & !(XDPG_TABLES_V6_MASK << XDPG_TABLES_V6_SHIFT)) | (view << XDPG_TABLES_V6_SHIFT);
-        }
         // Everything staged before is visible no later than the switch.
         fence(Ordering::SeqCst);
-        self.tables().store(word, Ordering::Release);
+        let _ = self.tables().fetch_update(Ordering::AcqRel, Ordering::Acquire, |mut word| {
+            if let Some(pair) = v4_pair {
+                word = (word & !XDPG_TABLES_V4_MASK) | (pair as u32 & XDPG_TABLES_V4_MASK);
+            }
+            if let Some(view) = v6_view {
+                word = (word & !(XDPG_TABLES_V6_MASK << XDPG_TABLES_V6_SHIFT)) | (view << XDPG_TABLES_V6_SHIFT);
+            }
+            Some(word)
+        });
     }
 
     /// Per-reason counters, summed over CPUs.

@@ -21,7 +21,7 @@ pub(crate) mod guard;
 mod hash;
 mod layout;
 mod lists;
-mod maps;
+pub(crate) mod maps;
 mod prefix;
 mod ratelimit;
 pub(crate) mod rules;
@@ -154,10 +154,11 @@ impl ProgramKind for FilterKind {
         ed.rebuild_v6()
     }
 
-    /// From layout 6, which lacks only the guard's gate (`xdpg_gate`): it
-    /// is created (closed: every packet goes to the guard, as layout 6's
-    /// filter sent it) and every other map reused; the reopen that ends
-    /// the upgrade opens it.
+    /// From layout 6, which lacks only the guard's gate (`xdpg_gate`, and
+    /// its open bit in the config's `tables`, which layout 6 leaves clear):
+    /// the map is created (closed: every packet goes to the guard, as
+    /// layout 6's filter sent it) and every other map reused; the reopen
+    /// that ends the upgrade opens it.
     ///
     /// From layout 5, also without the gate, whose IPv6 tables keep every
     /// entry in the chain of its own (length, prefix) hash: this build's

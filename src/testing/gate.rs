@@ -8,18 +8,19 @@ use std::borrow::Borrow;
 
 use crate::core::layout::consts::*;
 use crate::core::pinned::Pinned;
+use crate::filter::maps::FilterMaps;
 use crate::filter::FilterKind;
 use crate::Filter;
 
-fn word(filter: &Filter, i: usize) -> u64 {
+fn maps(filter: &Filter) -> &FilterMaps {
     let core: &Pinned<FilterKind> = filter.borrow();
-    core.maps.gate.get(i)
+    &core.maps
 }
 
 /// Whether the gate is open (closed, every packet the lists pass goes to
 /// the guard).
 pub fn is_open(filter: &Filter) -> bool {
-    word(filter, 0) != 0
+    crate::filter::guard::gate::is_open(maps(filter))
 }
 
 /// Whether the filter passes packets of IP protocol `proto` to `port` (TCP
@@ -34,5 +35,5 @@ pub fn skips(filter: &Filter, proto: u8, port: u16) -> bool {
         58 => XDPG_GK_ICMP6 + u32::from(port & 0xFF),
         p => XDPG_GK_OTHER + u32::from(p),
     } as usize;
-    is_open(filter) && word(filter, 1 + key / 64) >> (key % 64) & 1 == 1
+    is_open(filter) && maps(filter).gate.get(key / 64) >> (key % 64) & 1 == 1
 }

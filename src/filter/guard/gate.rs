@@ -1,7 +1,8 @@
-//! The guard's gate (`xdpg_gate`, `src/bpf/filter_maps.h`): a word saying
-//! whether it is open, then a bit per index key, set when the guard has
-//! nothing to do for that key's packets. While it is open the filter passes
-//! those packets itself instead of tail-calling the guard.
+//! The guard's gate (`xdpg_gate`, `src/bpf/filter_maps.h`): a bit per index
+//! key, set when the guard has nothing to do for that key's packets, and
+//! whether it is open (a bit of the filter config's `tables` word, which
+//! the filter reads for every packet anyway). While it is open the filter
+//! passes those packets itself instead of tail-calling the guard.
 //!
 //! The gate is a filter map (the filter reads it); only the guard's edits
 //! write it, under the guard's lock: [`Guard::edit`](super::Guard::edit)
@@ -16,30 +17,36 @@
 //! cache-cold clean packet whose key has no rule, the guard's tail call,
 //! second parse, config reads and index read cost 34–49 ns; with the gate
 //! such a packet costs what it costs without rules. The closed gate costs
-//! the filter 2–3 ns at `repeat=1`; the open one, on packets that still go
-//! to the guard, 10–20 ns (the guard computes the key again).
+//! the filter nothing measurable (a bit of a word it reads anyway: as its
+//! own word in the gate map, a cache line of its own, it cost 2–9 ns); the
+//! open one, on packets that still go to the guard, 10–20 ns (the guard
+//! computes the key again).
 
 use std::sync::atomic::Ordering;
 
 use crate::core::layout::consts::*;
-use crate::core::maps::Mmapped;
 use crate::filter::guard::maps::GuardMaps;
 use crate::filter::guard::state::GuardState;
-
-/// Words of bits after the open word.
-const BIT_WORDS: usize = XDPG_GATE_WORDS as usize - 1;
+use crate::filter::maps::FilterMaps;
 
 /// Closes the gate: from the next packet on, every packet the lists pass
-/// goes to the guard.
-pub(crate) fn close(gate: &Mmapped<u64>) {
-    gate.atomic_u64(0, 0).store(0, Ordering::SeqCst);
+/// goes to the guard. (An atomic read-modify-write: list edits switch
+/// tables in the same word under another lock.)
+pub(crate) fn close(filter: &FilterMaps) {
+    filter.tables().fetch_and(!XDPG_TABLES_GATE_OPEN, Ordering::SeqCst);
+}
+
+/// Whether the gate is open.
+#[cfg_attr(not(feature = "testing"), allow(dead_code))]
+pub(crate) fn is_open(filter: &FilterMaps) -> bool {
+    filter.tables().load(Ordering::Acquire) & XDPG_TABLES_GATE_OPEN != 0
 }
 
 /// Writes the bits of the guard's live state and opens the gate, unless a
 /// timed block may exist (they apply to every key, and the data plane adds
 /// them itself while a rule auto-blocks: the limit config's `timed_active`
 /// is set then, and cleared only by an edit): then it stays closed.
-pub(crate) fn open(gate: &Mmapped<u64>, maps: &GuardMaps, st: &GuardState) {
+pub(crate) fn open(filter: &FilterMaps, maps: &GuardMaps, st: &GuardState) {
     if maps.lcfg.get(0).timed_active != 0 {
         return;
     }
@@ -47,9 +54,9 @@ pub(crate) fn open(gate: &Mmapped<u64>, maps: &GuardMaps, st: &GuardState) {
     let base = maps.live_half() * words;
     let index: Vec<u64> = (base..base + words).map(|i| maps.idx.get(i)).collect();
     let bits = skip_bits(&index, st.syn.ports.keys().copied());
-    gate.fill_range(1, BIT_WORDS, &bits);
-    // The bits are visible no later than the open word.
-    gate.atomic_u64(0, 0).store(1, Ordering::SeqCst);
+    filter.gate.fill_from(&bits);
+    // The bits are visible no later than the open bit.
+    filter.tables().fetch_or(XDPG_TABLES_GATE_OPEN, Ordering::SeqCst);
 }
 
 /// The gate's bits for a rule index (`index`: the live half's words, four
@@ -57,7 +64,7 @@ pub(crate) fn open(gate: &Mmapped<u64>, maps: &GuardMaps, st: &GuardState) {
 /// set when its group is 0 and it is not the TCP key of a protected port
 /// (the guard sends only TCP keys to the SYN guard, `syn_stage`).
 fn skip_bits(index: &[u64], syn_ports: impl Iterator<Item = u16>) -> Vec<u64> {
-    let mut bits = vec![0u64; BIT_WORDS];
+    let mut bits = vec![0u64; XDPG_GATE_WORDS as usize];
     for key in 0..XDPG_GK_KEYS as usize {
         let per = XDPG_GK_PER_WORD as usize;
         let group = (index[key / per] >> ((key % per) * 16)) & 0xFFFF;

@@ -143,7 +143,7 @@ impl Guard {
         f: impl FnOnce(&mut GuardState, &GuardMaps) -> Result<R, RuleError>,
     ) -> Result<R, RuleError> {
         self.core.edit(|st, maps| {
-            gate::close(&filter.gate);
+            gate::close(filter);
             let r = f(st, maps)?;
             let active = Guard::active(st);
             let installed = if active {
@@ -154,7 +154,7 @@ impl Guard {
             installed
                 .map_err(|source| RuleError::Bpf { op: "installing the guard stage in the filter".into(), source })?;
             if active {
-                gate::open(&filter.gate, maps, st);
+                gate::open(filter, maps, st);
             }
             Ok(r)
         })
