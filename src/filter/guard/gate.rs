@@ -9,7 +9,7 @@
 //! closes it first, and opens it with bits computed from the state the
 //! edit left. Closed, every packet goes to the guard, as before the gate
 //! existed, so a crash mid-edit, a failed edit or pins upgraded from a
-//! layout without it (the gate created all zero) only cost speed. A bit
+//! layout without it (their `tables` bit clear) only cost speed. A bit
 //! set while its key had work would skip a rule: the bits are computed
 //! from the live half's index itself, and from the SYN guard's ports.
 //!
