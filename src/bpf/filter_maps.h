@@ -124,11 +124,11 @@ struct {
  * is open the filter passes such packets itself, without the tail call into
  * the guard (the tail call, the guard's second parse, its config reads and
  * its index read: +34-49 ns per cache-cold packet, BENCHMARKS.md, "Issue 13,
- * seventh session"). Closed
- * (the bit clear, as pins of older layouts have it) every packet goes to
- * the guard, as before the gate: user space closes it while it edits the
- * guard and opens it with the new bits after, so a rule set and bits from
- * another never meet. 16 KiB: stays in cache under random ports. */
+ * seventh session"). Closed (the bit clear, as pins of older layouts have
+ * it) every packet goes to the guard, as before the gate: user space closes
+ * it while it edits the guard and opens it with the new bits after, so a
+ * rule set and bits from another never meet. 16 KiB: stays in cache under
+ * random ports. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, XDPG_GATE_WORDS);

@@ -162,14 +162,13 @@ impl TimedBlocks<'_> {
     }
 
     /// The live timed blocks, soonest to expire first (expired ones are
-    /// reclaimed on the way).
+    /// reclaimed on the way, by the edit's settle).
     ///
     /// # Errors
     ///
     /// [`RuleError::NoGuard`], [`RuleError::Bpf`], [`RuleError::Pin`].
     pub fn list(&self) -> Result<Vec<TimedBlock>, RuleError> {
         self.edit(|maps| {
-            limits::reclaim(maps)?;
             let now = maps.now_ns();
             let mut out: Vec<TimedBlock> = limits::entries(maps)
                 .into_iter()

@@ -6,7 +6,6 @@
 
 use std::borrow::Borrow;
 
-use crate::core::layout::consts::*;
 use crate::core::pinned::Pinned;
 use crate::filter::maps::FilterMaps;
 use crate::filter::FilterKind;
@@ -28,12 +27,6 @@ pub fn is_open(filter: &Filter) -> bool {
 /// protocols: ignored) without the guard: the gate is open and the key's
 /// bit is set.
 pub fn skips(filter: &Filter, proto: u8, port: u16) -> bool {
-    let key = match proto {
-        6 => XDPG_GK_TCP + u32::from(port),
-        17 => XDPG_GK_UDP + u32::from(port),
-        1 => XDPG_GK_ICMP + u32::from(port & 0xFF),
-        58 => XDPG_GK_ICMP6 + u32::from(port & 0xFF),
-        p => XDPG_GK_OTHER + u32::from(p),
-    } as usize;
+    let key = crate::filter::rules::compile::packet_key(proto, Some(port)) as usize;
     is_open(filter) && maps(filter).gate.get(key / 64) >> (key % 64) & 1 == 1
 }

@@ -251,6 +251,23 @@ pub(crate) fn compile(
     Ok(Compiled { words, groups, refs, records })
 }
 
+/// The index key of a packet of IP protocol `proto`, as the data plane
+/// computes it (`src/bpf/guard_key.h`): `field` is its destination port
+/// (TCP, UDP) or ICMP type (ICMP, ICMPv6; its low byte), `None` when its
+/// transport header cannot be read (the protocol's "no key" slot); other
+/// protocols' keys are their protocol number.
+#[cfg(any(test, feature = "testing"))]
+pub(crate) fn packet_key(proto: u8, field: Option<u16>) -> u32 {
+    let (base, nokey, mask) = match proto {
+        6 => (XDPG_GK_TCP, XDPG_GK_NOKEY_TCP, 0xFFFF),
+        17 => (XDPG_GK_UDP, XDPG_GK_NOKEY_UDP, 0xFFFF),
+        1 => (XDPG_GK_ICMP, XDPG_GK_NOKEY_ICMP, 0xFF),
+        58 => (XDPG_GK_ICMP6, XDPG_GK_NOKEY_ICMP6, 0xFF),
+        other => return XDPG_GK_OTHER + u32::from(other),
+    };
+    field.map_or(nokey, |f| base + u32::from(f & mask))
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     //! The compiled index walked as the data plane walks it, against a
@@ -342,17 +359,11 @@ pub(crate) mod tests {
     }
 
     fn key(p: &Pkt) -> u32 {
-        match (p.proto, p.ports, p.icmp_type) {
-            (6, Some((_, d)), _) => XDPG_GK_TCP + u32::from(d),
-            (6, None, _) => XDPG_GK_NOKEY_TCP,
-            (17, Some((_, d)), _) => XDPG_GK_UDP + u32::from(d),
-            (17, None, _) => XDPG_GK_NOKEY_UDP,
-            (1, _, Some(t)) => XDPG_GK_ICMP + u32::from(t),
-            (1, _, None) => XDPG_GK_NOKEY_ICMP,
-            (58, _, Some(t)) => XDPG_GK_ICMP6 + u32::from(t),
-            (58, _, None) => XDPG_GK_NOKEY_ICMP6,
-            (other, _, _) => XDPG_GK_OTHER + u32::from(other),
-        }
+        let field = match p.proto {
+            6 | 17 => p.ports.map(|(_, d)| d),
+            _ => p.icmp_type.map(u16::from),
+        };
+        packet_key(p.proto, field)
     }
 
     fn mask_eq(net: [u32; 4], len: u8, addr: [u32; 4]) -> bool {
