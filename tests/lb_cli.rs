@@ -20,7 +20,7 @@ use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use xdpguard::testing::frame::Frame;
 use xdpguard::testing::lb_topology::*;
-use xdpguard::{Flow, LbError, LoadBalancer, Protocol, Vip, XdpAction};
+use xdpguard::{Decap, Flow, LbError, LoadBalancer, Protocol, Vip, XdpAction};
 
 /// `n` connections from the client; answers per backend name.
 fn spread(net: &LbNet, n: usize) -> BTreeMap<String, usize> {
@@ -163,6 +163,66 @@ fn the_cli_manages_a_pinned_lb() {
 }
 
 #[test]
+fn attach_on_a_pinned_lb_attaches_it_again_with_its_state() {
+    let pin = ScratchDir::bpffs("lbrea");
+    let net = LbNet::new("lrea", 2, BackendKind::VipOnLoopback);
+    let _servers = web_servers(&net);
+    let cli = XDPGUARD_LB;
+    let p = ["--pin", pin.arg()];
+    let attach = ["attach", "--iface", "eth0", "--iface", "eth1", "--netns", &net.lb.name];
+    cli.ok(&[&attach[..], &["--connections", "4096"], &p].concat());
+    let vip = "203.0.113.10:80";
+    cli.ok(&["vip", "add", vip, "--mode", "dsr", p[0], p[1]]);
+    for i in 1..=2 {
+        cli.ok(&["backend", "add", vip, &backend_v4(i).to_string(), p[0], p[1]]);
+    }
+    assert_eq!(spread(&net, 20).len(), 2, "both backends answer");
+    let before = cli.json(&["status", "--json", p[0], p[1]]);
+    let tracked = before["connections"].as_u64().unwrap();
+    assert!(tracked >= 20, "{before}");
+
+    // Its links go (as when its interfaces are made again); the pinned LB
+    // and its state stay, and status says how to attach it again.
+    let path = pin.path().to_path_buf();
+    net.lb.run(move || {
+        let lb = LoadBalancer::open_pinned(&path).unwrap();
+        lb.detach("eth0").unwrap();
+        lb.detach("eth1").unwrap();
+    });
+    let status = cli.json(&["status", "--json", p[0], p[1]]);
+    assert_eq!(status["attachments"], serde_json::json!([]), "{status}");
+    let text = cli.ok(&["status", p[0], p[1]]);
+    assert!(text.contains("attached:    nowhere") && text.contains("xdpguard-lb attach --iface IF --pin"), "{text}");
+
+    // Load-time settings that differ are refused before anything changes.
+    let out = cli.run(&[&attach[..], &["--connections", "1024"], &p].concat());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("--connections 4096") && err.contains("detach"), "{err}");
+    assert_eq!(cli.json(&["status", "--json", p[0], p[1]])["attachments"], serde_json::json!([]));
+
+    // `attach` on the pin directory attaches the same LB: VIPs, backends and
+    // connections kept, the options given applied, the others left as they were.
+    let out = cli.ok(&[&attach[..], &["--echo", "drop"], &p].concat());
+    assert!(out.contains("attached to eth0") && out.contains("attached to eth1"), "{out}");
+    assert!(out.contains("VIPs, backends and connections kept"), "{out}");
+    let status = cli.json(&["status", "--json", p[0], p[1]]);
+    assert_eq!(status["attachments"].as_array().unwrap().len(), 2, "{status}");
+    assert_eq!(status["vips"], 1);
+    assert!(status["connections"].as_u64().unwrap() >= tracked, "{status}");
+    assert_eq!(status["echo_policy"], "drop");
+    assert_eq!(status["fragment_policy"], before["fragment_policy"], "not given: unchanged");
+    assert_eq!(status["udp_timeout_secs"], before["udp_timeout_secs"]);
+    assert_eq!(spread(&net, 20).len(), 2, "it balances again");
+
+    // Attaching where it already runs is refused, naming the interface.
+    let out = cli.run(&["attach", "--iface", "eth1", "--netns", &net.lb.name, p[0], p[1]]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("eth1") && err.contains("already"), "{err}");
+    cli.ok(&["detach", p[0], p[1]]);
+    assert!(!pin.path().exists());
+}
+
+#[test]
 fn the_cli_runs_pinned_decapsulators_on_ipip_backends() {
     let pin = ScratchDir::bpffs("lbclid");
     let decap_pins: Vec<ScratchDir> = (0..3).map(|_| ScratchDir::bpffs("lbclidecap")).collect();
@@ -208,6 +268,23 @@ fn the_cli_runs_pinned_decapsulators_on_ipip_backends() {
     assert!(decapsulated >= 45 * 3, "every request is a few packets, all decapsulated: {decapsulated}");
     let human = cli.ok(&["decap", "stats", "--pin", decap_pins[0].arg()]);
     assert!(human.contains("decapsulated") && human.contains(&backend_v4(1).to_string()), "{human}");
+
+    // The first backend's decapsulator loses its link; `decap attach` on its
+    // pin directory attaches it again, its endpoint kept and one more added;
+    // where it already runs, it is refused.
+    let (ns, dp) = (&net.backends[0], &decap_pins[0]);
+    let path = dp.path().to_path_buf();
+    ns.run(move || Decap::open_pinned(&path).unwrap().detach("eth0").unwrap());
+    let extra = "198.51.100.111";
+    let again = ["decap", "attach", "--iface", "eth0", "--local", extra, "--netns", &ns.name, "--pin", dp.arg()];
+    let out = cli.ok(&again);
+    assert!(out.contains("attached to eth0") && out.contains("local endpoints"), "{out}");
+    let s = cli.json(&["decap", "stats", "--json", "--pin", dp.arg()]);
+    assert_eq!(s["locals"], serde_json::json!([backend_v4(1).to_string(), extra]), "{s}");
+    let out = cli.run(&again);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("eth0") && err.contains("already"), "{err}");
+    assert_eq!(spread(&net, 30).len(), 3, "all three backends answer again");
 
     // A missing pin directory is a typed error with a failing status.
     let out = cli.run(&["decap", "stats", "--pin", "/sys/fs/bpf/xdpguard-no-such-decap"]);

@@ -9,6 +9,7 @@
 //!
 //! ```text
 //! xdpguard-lb attach --iface eth0 [--iface eth1] [--redirect IF] [--ipip-source CIDR] [--netns NAME] [--pin DIR]
+//!                                                       (on a pin dir holding an LB: attaches that one, state kept)
 //! xdpguard-lb vip add 203.0.113.10:80 [--proto tcp|udp] --mode dsr|ipip|nat [--table-size P] [--hash source]
 //! xdpguard-lb vip del 203.0.113.10:80 [--proto udp]      xdpguard-lb vip list [--json]
 //! xdpguard-lb backend add 203.0.113.10:80 198.51.100.11 [--weight 2]   (NAT: 198.51.100.11:8080)
@@ -39,7 +40,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use clap::{Args, Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use common::Result;
 use serde_json::{json, Value};
 use xdpguard::{
@@ -118,46 +120,52 @@ enum DecapCommand {
     },
 }
 
+/// `attach`'s arguments.
+#[derive(Args)]
+struct AttachArgs {
+    #[command(flatten)]
+    target: common::Target,
+    /// Interface to send out of without attaching (repeatable); the
+    /// --iface interfaces are sent out of too.
+    #[arg(long = "redirect")]
+    redirect: Vec<String>,
+    #[command(flatten)]
+    pin: Pin,
+    /// Prefix for IPIP outer sources (one per family; repeatable).
+    #[arg(long = "ipip-source")]
+    ipip_sources: Vec<IpNetwork>,
+    /// Connection-table entries.
+    #[arg(long, default_value_t = xdpguard::DEFAULT_CONNECTIONS)]
+    connections: u32,
+    /// Maximum VIPs.
+    #[arg(long, default_value_t = xdpguard::DEFAULT_MAX_VIPS)]
+    max_vips: u32,
+    /// Maximum backends over all VIPs.
+    #[arg(long, default_value_t = xdpguard::DEFAULT_MAX_BACKENDS)]
+    max_backends: u32,
+    /// Flow hash seed (the same on every LB node of a service).
+    #[arg(long, default_value_t = 0)]
+    hash_seed: u32,
+    /// ICMP echo to a VIP: answer, pass or drop.
+    #[arg(long, default_value_t = EchoPolicy::Answer)]
+    echo: EchoPolicy,
+    /// Fragments to a VIP: forward (to all-ports DSR/IPIP VIPs) or drop.
+    #[arg(long, default_value_t = FragmentPolicy::ForwardAllPorts)]
+    fragments: FragmentPolicy,
+    /// IPv4 options to a VIP: forward or drop.
+    #[arg(long, default_value_t = OptionsPolicy::Forward)]
+    options: OptionsPolicy,
+    /// UDP idle timeout, seconds.
+    #[arg(long, default_value_t = 30)]
+    udp_timeout: u64,
+}
+
 #[derive(Subcommand)]
 enum Command {
-    /// Load the load balancer, attach it to interfaces and pin it.
-    Attach {
-        #[command(flatten)]
-        target: common::Target,
-        /// Interface to send out of without attaching (repeatable); the
-        /// --iface interfaces are sent out of too.
-        #[arg(long = "redirect")]
-        redirect: Vec<String>,
-        #[command(flatten)]
-        pin: Pin,
-        /// Prefix for IPIP outer sources (one per family; repeatable).
-        #[arg(long = "ipip-source")]
-        ipip_sources: Vec<IpNetwork>,
-        /// Connection-table entries.
-        #[arg(long, default_value_t = xdpguard::DEFAULT_CONNECTIONS)]
-        connections: u32,
-        /// Maximum VIPs.
-        #[arg(long, default_value_t = xdpguard::DEFAULT_MAX_VIPS)]
-        max_vips: u32,
-        /// Maximum backends over all VIPs.
-        #[arg(long, default_value_t = xdpguard::DEFAULT_MAX_BACKENDS)]
-        max_backends: u32,
-        /// Flow hash seed (the same on every LB node of a service).
-        #[arg(long, default_value_t = 0)]
-        hash_seed: u32,
-        /// ICMP echo to a VIP: answer, pass or drop.
-        #[arg(long, default_value_t = EchoPolicy::Answer)]
-        echo: EchoPolicy,
-        /// Fragments to a VIP: forward (to all-ports DSR/IPIP VIPs) or drop.
-        #[arg(long, default_value_t = FragmentPolicy::ForwardAllPorts)]
-        fragments: FragmentPolicy,
-        /// IPv4 options to a VIP: forward or drop.
-        #[arg(long, default_value_t = OptionsPolicy::Forward)]
-        options: OptionsPolicy,
-        /// UDP idle timeout, seconds.
-        #[arg(long, default_value_t = 30)]
-        udp_timeout: u64,
-    },
+    /// Load the load balancer, attach it to interfaces and pin it. On a pin
+    /// directory that already holds one (its interfaces were made again,
+    /// say), attach that one: VIPs, backends and connections kept.
+    Attach(AttachArgs),
     /// Detach from every interface and remove the pins.
     Detach {
         #[command(flatten)]
@@ -400,11 +408,17 @@ enum BackendCommand {
 }
 
 fn main() -> ExitCode {
-    match Cli::parse().command {
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    // The `attach` options given on the command line (not defaulted): on a
+    // pin directory that already holds an LB, only those are applied.
+    let attach = matches.subcommand_matches("attach");
+    let given = |id: &str| attach.is_some_and(|m| m.value_source(id) == Some(ValueSource::CommandLine));
+    match cli.command {
         Command::Status { pin, json, exit_code: true, config, expect_digest } => {
             health(&pin, json, config.as_deref(), expect_digest)
         }
-        command => common::exit_code(run(command)),
+        command => common::exit_code(run(command, &given)),
     }
 }
 
@@ -435,23 +449,27 @@ fn config_digest(file: &Path, pin: &Path) -> Result<LbDigest> {
     Ok(lb.expected_digest())
 }
 
-fn run(command: Command) -> Result<()> {
+fn run(command: Command, given: &dyn Fn(&str) -> bool) -> Result<()> {
     match command {
-        Command::Attach {
-            target,
-            redirect,
-            pin,
-            ipip_sources,
-            connections,
-            max_vips,
-            max_backends,
-            hash_seed,
-            echo,
-            fragments,
-            options,
-            udp_timeout,
-        } => {
-            target.enter_netns()?;
+        Command::Attach(args) => {
+            args.target.enter_netns()?;
+            if common::holds_pins(&args.pin.pin) {
+                return reattach(&args, given);
+            }
+            let AttachArgs {
+                target,
+                redirect,
+                pin,
+                ipip_sources,
+                connections,
+                max_vips,
+                max_backends,
+                hash_seed,
+                echo,
+                fragments,
+                options,
+                udp_timeout,
+            } = args;
             let mut b = LoadBalancer::builder()
                 .mode(target.mode)
                 .pin(&pin.pin)
@@ -477,6 +495,21 @@ fn run(command: Command) -> Result<()> {
         }
         Command::Decap(DecapCommand::Attach { target, locals, pin }) => {
             target.enter_netns()?;
+            if common::holds_pins(&pin.pin) {
+                // A decapsulator pinned there: attached again, its local
+                // endpoints kept and the ones given added.
+                let decap = Decap::open_pinned(&pin.pin)?;
+                common::refuse_attached(&pin.pin, "decapsulator", &decap.attachments(), &target.ifaces)?;
+                let now =
+                    common::attach_all(&target.ifaces, |i| decap.attach(i, target.mode), |i| drop(decap.detach(i)))?;
+                for a in locals.into_iter().filter(|a| !decap.locals().contains(a)) {
+                    decap.add_local(a)?;
+                }
+                common::print_attached(&now, &pin.pin);
+                let kept: Vec<String> = decap.locals().iter().map(ToString::to_string).collect();
+                println!("reopened the decapsulator pinned there: local endpoints {}", kept.join(", "));
+                return Ok(());
+            }
             let mut b = Decap::builder().mode(target.mode).pin(&pin.pin);
             for i in &target.ifaces {
                 b = b.interface(i.as_str());
@@ -711,6 +744,65 @@ fn run(command: Command) -> Result<()> {
     Ok(())
 }
 
+/// `attach` on a pin directory that already holds a load balancer:
+/// attaches that one to the interfaces given, its VIPs, backends and
+/// connections kept (after an interface was deleted and made again, its
+/// link died with it). Of the options, only those given are applied: the
+/// policies, the UDP timeout, IPIP sources and redirect interfaces are set
+/// on the running LB; capacities and the hash seed, fixed at load time,
+/// are refused when they differ, not ignored. If an interface cannot be
+/// attached, those attached by this command are detached again.
+fn reattach(args: &AttachArgs, given: &dyn Fn(&str) -> bool) -> Result<()> {
+    let dir = &args.pin.pin;
+    let lb = LoadBalancer::open_pinned(dir)?;
+    let (vips, backends, connections) = lb.capacity();
+    for (id, flag, have, want) in [
+        ("connections", "--connections", connections, args.connections),
+        ("max_vips", "--max-vips", vips, args.max_vips),
+        ("max_backends", "--max-backends", backends, args.max_backends),
+        ("hash_seed", "--hash-seed", lb.hash_seed(), args.hash_seed),
+    ] {
+        if given(id) && have != want {
+            return Err(format!(
+                "the load balancer pinned at {} has {flag} {have}, fixed when it was loaded; attach it without \
+                 {flag}, or detach it (`xdpguard-lb detach --pin {}`, which drops its VIPs, backends and \
+                 connections) and attach a new one",
+                dir.display(),
+                dir.display()
+            )
+            .into());
+        }
+    }
+    common::refuse_attached(dir, "load balancer", &lb.attachments(), &args.target.ifaces)?;
+    if given("echo") {
+        lb.set_echo_policy(args.echo);
+    }
+    if given("fragments") {
+        lb.set_fragment_policy(args.fragments);
+    }
+    if given("options") {
+        lb.set_options_policy(args.options);
+    }
+    if given("udp_timeout") {
+        lb.set_udp_timeout(Duration::from_secs(args.udp_timeout));
+    }
+    for prefix in &args.ipip_sources {
+        lb.set_ipip_source(*prefix)?;
+    }
+    for iface in &args.redirect {
+        lb.add_redirect_interface(iface.as_str())?;
+    }
+    let now = common::attach_all(&args.target.ifaces, |i| lb.attach(i, args.target.mode), |i| drop(lb.detach(i)))?;
+    common::print_attached(&now, dir);
+    println!(
+        "reopened the load balancer pinned there: VIPs, backends and connections kept ({} VIPs, {} connections \
+         tracked)",
+        lb.vips()?.len(),
+        lb.connection_count()
+    );
+    Ok(())
+}
+
 /// `status`: interfaces, policies, capacities, memory and health.
 fn status(pin: &Pin, json: bool, expect: Option<Digest>) -> Result<xdpguard::Health> {
     let lb = LoadBalancer::open_pinned(&pin.pin)?;
@@ -744,6 +836,13 @@ fn status(pin: &Pin, json: bool, expect: Option<Digest>) -> Result<xdpguard::Hea
         println!("pinned at:   {}", pin.pin.display());
         for a in &attachments {
             println!("attached:    {}", common::attachment_text(a));
+        }
+        if attachments.is_empty() {
+            println!(
+                "attached:    nowhere (its interfaces are gone?); attach it again, VIPs, backends and connections \
+                 kept: `xdpguard-lb attach --iface IF --pin {}`",
+                pin.pin.display()
+            );
         }
         println!("redirect:    ifindexes {:?}", lb.redirect_interfaces());
         println!("VIPs:        {} of {vips}", lb.vips()?.len());

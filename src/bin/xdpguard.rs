@@ -372,7 +372,7 @@ fn run(command: Command) -> Result<()> {
     match command {
         Command::Attach { target, pin, v4_capacity, v6_capacity, drop_malformed, max_rules } => {
             target.enter_netns()?;
-            if holds_pins(&pin.pin) {
+            if common::holds_pins(&pin.pin) {
                 return reattach(&target, &pin.pin, v4_capacity, v6_capacity, drop_malformed);
             }
             let mut b = Filter::builder()
@@ -580,12 +580,6 @@ fn run_plan(plan: &Plan, dry_run: bool) -> Result<()> {
     Ok(())
 }
 
-/// Whether `dir` exists and holds anything (a pinned program, or pins
-/// that are not one: reopening it says which).
-fn holds_pins(dir: &Path) -> bool {
-    std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some())
-}
-
 /// `attach` on a pin directory that already holds a filter: attaches that
 /// filter to the interfaces given, its lists and counters kept (after an
 /// interface was deleted and made again, its link died with it). Settings
@@ -609,24 +603,11 @@ fn reattach(
         )
         .into());
     }
+    common::refuse_attached(dir, "filter", &filter.attachments(), &target.ifaces)?;
     if drop_malformed {
         filter.set_malformed_policy(MalformedPolicy::Drop);
     }
-    let attached = filter.attachments();
-    for iface in &target.ifaces {
-        if let Some(a) = attached.iter().find(|a| &a.interface == iface) {
-            return Err(format!(
-                "{} already holds a filter attached to {}; nothing changed",
-                dir.display(),
-                common::attachment_text(a)
-            )
-            .into());
-        }
-    }
-    let mut now = Vec::new();
-    for iface in &target.ifaces {
-        now.push(filter.attach(iface.as_str(), target.mode)?);
-    }
+    let now = common::attach_all(&target.ifaces, |i| filter.attach(i, target.mode), |i| drop(filter.detach(i)))?;
     common::print_attached(&now, dir);
     println!(
         "reopened the filter pinned there: lists kept ({} blocklist, {} allowlist entries)",

@@ -70,6 +70,49 @@ pub fn enter_netns(name: &str) -> Result<()> {
     Ok(())
 }
 
+/// Whether `dir` exists and holds anything (a pinned program, or pins
+/// that are not one: reopening it says which): `attach` there reopens what
+/// is pinned instead of loading a new one.
+pub fn holds_pins(dir: &Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some())
+}
+
+/// `attach` on a pin directory whose program was reopened: refuses, before
+/// anything changes, an interface in `ifaces` the program already runs on
+/// (naming the attachment).
+pub fn refuse_attached(dir: &Path, kind: &str, have: &[Attachment], ifaces: &[String]) -> Result<()> {
+    match have.iter().find(|a| ifaces.contains(&a.interface)) {
+        Some(a) => {
+            Err(format!("{} already holds a {kind} attached to {}; nothing changed", dir.display(), attachment_text(a))
+                .into())
+        }
+        None => Ok(()),
+    }
+}
+
+/// Attaches a reopened program to each of `ifaces` with `attach`; when one
+/// cannot be attached, those attached here are detached again with
+/// `detach` (best effort: the error that stopped it is the one reported).
+pub fn attach_all<E: Into<Box<dyn std::error::Error>>>(
+    ifaces: &[String],
+    attach: impl Fn(&str) -> std::result::Result<Attachment, E>,
+    detach: impl Fn(&str),
+) -> Result<Vec<Attachment>> {
+    let mut now = Vec::new();
+    for iface in ifaces {
+        match attach(iface) {
+            Ok(a) => now.push(a),
+            Err(e) => {
+                for a in &now {
+                    detach(&a.interface);
+                }
+                return Err(e.into());
+            }
+        }
+    }
+    Ok(now)
+}
+
 /// After `attach`: where the program runs, and that it outlives the command.
 pub fn print_attached(attachments: &[Attachment], pin: &Path) {
     for a in attachments {
