@@ -500,11 +500,11 @@ fn run(command: Command, given: &dyn Fn(&str) -> bool) -> Result<()> {
                 // endpoints kept and the ones given added.
                 let decap = Decap::open_pinned(&pin.pin)?;
                 common::refuse_attached(&pin.pin, "decapsulator", &decap.attachments(), &target.ifaces)?;
-                let now =
-                    common::attach_all(&target.ifaces, |i| decap.attach(i, target.mode), |i| drop(decap.detach(i)))?;
                 for a in locals.into_iter().filter(|a| !decap.locals().contains(a)) {
                     decap.add_local(a)?;
                 }
+                let now =
+                    common::attach_all(&target.ifaces, |i| decap.attach(i, target.mode), |i| drop(decap.detach(i)))?;
                 common::print_attached(&now, &pin.pin);
                 let kept: Vec<String> = decap.locals().iter().map(ToString::to_string).collect();
                 println!("reopened the decapsulator pinned there: local endpoints {}", kept.join(", "));
