@@ -649,12 +649,9 @@ fn filter_of(row: Row, c: &Contenders) -> &xdpguard::Filter {
 /// walks three (without, no rule is in the frames' group: the filter's
 /// gate passes them without the guard stage).
 fn load_unmatched_rules(filter: &xdpguard::Filter, on_port: bool) {
-    let ports = (0..6).map(|k| rules::port_rule(k, 6));
+    rules::add_elsewhere(filter, 6);
     if on_port {
-        rules::create_resolvers(filter);
-        rules::add_all(filter, ports.chain(rules::protocol_wide()).chain(rules::on_clean_port()));
-    } else {
-        rules::add_all(filter, ports);
+        rules::add_on_clean_port(filter);
     }
 }
 

@@ -405,11 +405,9 @@ enum Traffic {
 /// three.
 fn cold_rules(filter: &Filter, kind: Traffic, n: usize) {
     if kind == Traffic::RulesElsewhere {
-        let ports = n.saturating_sub(4).max(1);
-        rules::add_all(filter, (0..ports).map(|k| rules::port_rule(k, ports)));
+        rules::add_elsewhere(filter, n.saturating_sub(4).max(1));
     } else {
-        rules::create_resolvers(filter);
-        rules::add_all(filter, rules::protocol_wide().into_iter().chain(rules::on_clean_port()));
+        rules::add_on_clean_port(filter);
     }
 }
 

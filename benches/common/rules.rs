@@ -38,6 +38,21 @@ pub fn create_resolvers(filter: &Filter) {
     resolvers.insert("192.0.2.53/32".parse().expect("literal")).expect("set entry");
 }
 
+/// Adds `n` port rules ([`port_rule`]), none on port 9: rules in no group a
+/// clean frame of the benches (UDP 40000 → 9) has, so the filter's gate
+/// passes those frames without the guard stage.
+pub fn add_elsewhere(filter: &Filter, n: usize) {
+    add_all(filter, (0..n).map(|k| port_rule(k, n)));
+}
+
+/// Adds the two [`protocol_wide`] rules (creating the set the second
+/// names) and the two [`on_clean_port`]: every clean UDP frame of the
+/// benches walks three rules, none of which matches it.
+pub fn add_on_clean_port(filter: &Filter) {
+    create_resolvers(filter);
+    add_all(filter, protocol_wide().into_iter().chain(on_clean_port()));
+}
+
 /// Adds `rules` to `filter`, one by one.
 pub fn add_all(filter: &Filter, rules: impl IntoIterator<Item = Rule>) {
     for r in rules {
