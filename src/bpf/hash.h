@@ -42,4 +42,15 @@ static __always_inline __u32 xdpg_v6_anchor_hash(__u32 w0, __u32 w1_masked, __u3
 	return xdpg_mix32(xdpg_mix32(seed ^ 0xA5C30000u ^ w0) ^ w1_masked);
 }
 
+/* The slot of its home bucket, of `slots`, a chained-bucket table puts a key
+ * in when that slot is free (`mixed` is xdpg_mix32 of the key's chain hash;
+ * bits 22-31, above any bucket index, scaled to the slots), so a lookup can
+ * judge that one slot before walking the chain (the filter's v6 entries).
+ * A macro so the values below are checked at compile time; src/filter/
+ * hash.rs checks the same ones. */
+#define XDPG_HOME_SLOT(mixed, slots) (((((__u32)(mixed)) >> 22) * (slots)) >> 10)
+_Static_assert(XDPG_HOME_SLOT(0, 3) == 0 && XDPG_HOME_SLOT(0x557FFFFFu, 3) == 0, "home slot 0 of 3");
+_Static_assert(XDPG_HOME_SLOT(0x55800000u, 3) == 1 && XDPG_HOME_SLOT(0xAABFFFFFu, 3) == 1, "home slot 1 of 3");
+_Static_assert(XDPG_HOME_SLOT(0xAAC00000u, 3) == 2 && XDPG_HOME_SLOT(0xFFFFFFFFu, 3) == 2, "home slot 2 of 3");
+
 #endif

@@ -62,6 +62,12 @@ pub(crate) trait Layout: Pod {
     fn tombstone_visible(_key: &Self::Key) -> bool {
         true
     }
+    /// The slot of its home bucket a key of chain hash `hash` goes in when
+    /// that slot was never used, for a lookup that judges that slot first;
+    /// `None`: the first slot never used on the chain.
+    fn home_slot(_hash: u32) -> Option<usize> {
+        None
+    }
 }
 
 /// Where a table lives: a `Vec` being built, or a live map readers share.
@@ -155,7 +161,8 @@ fn chain<B: Layout, S: Store<B> + ?Sized>(store: &S, start: u32) -> Chain<'_, B,
     Chain { store, mask, next: Some(start & mask), probes: 0, _bucket: std::marker::PhantomData }
 }
 
-fn home<B, S: Store<B> + ?Sized>(store: &S, hash: u32) -> u32 {
+/// The home bucket of chain hash `hash`: where its chain starts.
+pub(crate) fn home<B, S: Store<B> + ?Sized>(store: &S, hash: u32) -> u32 {
     mix32(hash) & (store.len() - 1) as u32
 }
 
@@ -184,8 +191,9 @@ fn fill<B: Layout, S: Store<B> + ?Sized>(store: &mut S, idx: u32, slot: usize, k
 }
 
 /// Stores `code` (not 0) for `key`: in place where the key is, live or
-/// retired; else in the first slot never used on its chain; else in one
-/// past the chain's end, which is then linked in end first.
+/// retired; else in its home slot ([`Layout::home_slot`]) if never used;
+/// else in the first slot never used on its chain; else in one past the
+/// chain's end, which is then linked in end first.
 pub(crate) fn set<B: Layout, S: Store<B> + ?Sized>(
     store: &mut S,
     hash: u32,
@@ -194,6 +202,7 @@ pub(crate) fn set<B: Layout, S: Store<B> + ?Sized>(
 ) -> Result<(), TableError> {
     debug_assert_ne!(code, 0, "code 0 means no value: use clear");
     let home = home(store, hash);
+    let home_slot = B::home_slot(hash);
     let mut own = None;
     let mut free = None;
     let mut last = home;
@@ -208,6 +217,11 @@ pub(crate) fn set<B: Layout, S: Store<B> + ?Sized>(
                 }
                 Some(k) if k == *key => {
                     own.get_or_insert((idx, s));
+                }
+                // The home bucket is the chain's first: any free slot
+                // found before this one is in it too.
+                None if idx == home && home_slot == Some(s) => {
+                    free = Some((idx, s));
                 }
                 None => {
                     free.get_or_insert((idx, s));
@@ -250,6 +264,26 @@ pub(crate) fn set<B: Layout, S: Store<B> + ?Sized>(
         }
     }
     Ok(())
+}
+
+/// Stores `code` (not 0) for `key` in its home slot ([`Layout::home_slot`])
+/// if that slot was never used (the key must not be in the table yet).
+/// Returns whether it did: a bulk build places the keys a lookup judges
+/// first this way, before the others take the slots left.
+pub(crate) fn set_in_home_slot<B: Layout, S: Store<B> + ?Sized>(
+    store: &mut S,
+    hash: u32,
+    key: &B::Key,
+    code: u32,
+) -> bool {
+    let idx = home(store, hash);
+    match B::home_slot(hash) {
+        Some(s) if store.read(idx as usize).key(s).is_none() => {
+            fill(store, idx, s, key, code);
+            true
+        }
+        _ => false,
+    }
 }
 
 /// Retires `key`, leaving its slot as a tombstone. Returns whether it was

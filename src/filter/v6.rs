@@ -18,6 +18,7 @@ use std::collections::HashMap;
 
 use rustc_hash::FxHashMap;
 
+use crate::core::hash::mix32;
 use crate::core::layout::consts::*;
 use crate::core::table::Layout;
 use crate::filter::entries::{self, Entries};
@@ -89,6 +90,9 @@ impl Layout for xdpg_v6_bucket {
     }
     fn code_word(&self, slot: usize, key: &V6Key, code: u32) -> (usize, u32) {
         (slot * ENTRY_WORDS + LEN_CODE_WORD, len_code(key, code))
+    }
+    fn home_slot(hash: u32) -> Option<usize> {
+        Some(crate::filter::hash::v6_home_slot(mix32(hash)))
     }
 }
 
