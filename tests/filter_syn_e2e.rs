@@ -1,20 +1,27 @@
-//! The SYN guard end to end: a real TCP server behind the filter in cookie
-//! mode, a spoofed SYN flood (hping3 --rand-source, its sources rewritten
-//! into 203.0.113.0/24 by tests/common/spoof.rs) from an attacker
-//! namespace, and a real client from another namespace that connects and
-//! exchanges data during the flood.
+//! The SYN guard end to end, in its two modes. Cookie mode: a real TCP
+//! server behind the filter, a spoofed SYN flood (hping3 --rand-source, its
+//! sources rewritten into 203.0.113.0/24 by tests/common/spoof.rs) from an
+//! attacker namespace, and a real client from another namespace that
+//! connects and exchanges data during the flood. Drop mode: the same bed,
+//! a client known from a handshake before the flood connects through it, a
+//! new one is refused until it ends.
 //!
 //! ```text
 //! client (192.0.2.1, 2001:db8::1) --eth0-- server (192.0.2.2, 2001:db8::2; 198.51.100.2) --eth1-- attacker
-//!                             filter on eth0 + eth1 (native), port 8080 in cookie mode,
-//!                             nftables synproxy (xdpguard syn nft-rules --apply)
+//!                             filter on eth0 + eth1 (native), the port in cookie mode
+//!                             (nftables synproxy: xdpguard syn nft-rules --apply) or drop mode
 //! ```
 //!
-//! Asserts: every client connection (IPv4 and IPv6 in turn) succeeds and echoes its data; the
-//! guard answered (almost) the whole flood with SYN-ACKs (XDP_TX) and
-//! passed the client's cookie ACKs; the server's stack saw none of the
-//! flood (its TCP PassiveOpens count only the client's connections, no
-//! SYN cookies of its own were sent, no listen queue overflow or drop).
+//! Cookie mode asserts: every client connection (IPv4 and IPv6 in turn)
+//! succeeds and echoes its data; the guard answered (almost) the whole
+//! flood with SYN-ACKs (XDP_TX) and passed the client's cookie ACKs; the
+//! server's stack saw none of the flood (its TCP PassiveOpens count only
+//! the client's connections, no SYN cookies of its own were sent, no listen
+//! queue overflow or drop). Drop mode asserts: the known client's
+//! connections succeed during the flood (its SYNs passed as known), the
+//! new source's connect times out during it and succeeds after it, at
+//! least 90% of the flood is dropped in XDP, the server's stack receives
+//! under a tenth of it, and no source becomes known during the flood.
 //!
 //! Needs root, hping3 and nft; fails (never skips) without them.
 
@@ -57,24 +64,130 @@ fn tcp_counters(ns: &NetNs) -> HashMap<String, u64> {
     out
 }
 
+/// The three namespaces of the module's drawing, their addresses, and the
+/// filter attached (native) and pinned in the server's.
+struct Bed {
+    client: NetNs,
+    server: NetNs,
+    attacker: NetNs,
+    pin: ScratchDir,
+    filter: Filter,
+}
+
+impl Bed {
+    /// Namespaces `{tag}c`, `{tag}s` (a [`Pair`]) and `{tag}a`.
+    fn new(tag: &str) -> Bed {
+        ensure_bpffs();
+        let Pair { client, server } = Pair::new(tag);
+        let attacker = NetNs::new(&format!("{tag}a"));
+        veth(&attacker, "eth0", &server, "eth1");
+        server.addr("eth1", "198.51.100.2/24");
+        attacker.addr("eth0", "198.51.100.1/24");
+        common::spoof::confine(&attacker);
+        let pin = ScratchDir::bpffs(&format!("{tag}e2e"));
+        let pin_path = pin.path().to_path_buf();
+        let filter = server.run(move || {
+            Filter::builder()
+                .interface("eth0")
+                .interface("eth1")
+                .mode(AttachMode::Native)
+                .pin(&pin_path)
+                .attach()
+                .expect("attach the filter")
+        });
+        Bed { client, server, attacker, pin, filter }
+    }
+
+    /// `xdpguard syn protect` with `args` after the pin directory.
+    fn protect(&self, args: &[&str]) {
+        let mut all = vec!["syn", "protect", "--pin", self.pin.arg()];
+        all.extend_from_slice(args);
+        let out = XDPGUARD.run(&all);
+        assert!(out.status.success(), "syn protect {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// A server on `port` that echoes what each of `connections`
+    /// connections sends, then closes it.
+    fn echo_server(&self, port: u16, connections: usize) -> std::thread::JoinHandle<()> {
+        let listener = self.server.run(move || TcpListener::bind(("::", port)).expect("bind the server"));
+        std::thread::spawn(move || {
+            for _ in 0..connections {
+                let (mut s, _) = listener.accept().expect("accept");
+                s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                let mut buf = [0u8; 64];
+                let n = s.read(&mut buf).expect("read");
+                s.write_all(&buf[..n]).expect("echo");
+            }
+        })
+    }
+
+    /// `count` spoofed SYNs to `port`, one every `interval_us`, bounded by
+    /// count and time.
+    fn flood(&self, port: u16, count: u32, interval_us: u32) -> Flood {
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.attacker.name, "timeout", "60", "hping3", "-q", "-S", "--rand-source"])
+            .args(["-p", &port.to_string(), "-c", &count.to_string(), "-i", &format!("u{interval_us}"), "198.51.100.2"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start hping3 (install hping3)");
+        Flood { child, count }
+    }
+}
+
+/// A running hping3 flood.
+struct Flood {
+    child: std::process::Child,
+    count: u32,
+}
+
+impl Flood {
+    fn running(&mut self) -> bool {
+        self.child.try_wait().expect("hping3 status").is_none()
+    }
+
+    /// Waits for the flood's end; panics unless hping3 sent all of it.
+    fn finish(mut self) {
+        let status = self.child.wait().expect("wait for hping3");
+        let mut err = String::new();
+        self.child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+        // hping3 exits 1 when no reply reached it (the SYN-ACKs go to the
+        // spoofed sources): only a timeout (124) or a failure to start is fatal.
+        assert!(matches!(status.code(), Some(0 | 1)), "hping3 failed: {status}: {err}");
+        assert!(err.contains(&format!("{} packets transmitted", self.count)), "hping3 sent the whole flood: {err}");
+    }
+}
+
+/// One connection to `addr` (from the calling thread's namespace) within
+/// `timeout`, `msg` sent and echoed back.
+fn echo(addr: SocketAddr, msg: &str, timeout: Duration) -> Result<(), String> {
+    let mut s = TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(msg.as_bytes()).map_err(|e| format!("write: {e}"))?;
+    let mut buf = vec![0u8; msg.len()];
+    s.read_exact(&mut buf).map_err(|e| format!("read: {e}"))?;
+    if buf != msg.as_bytes() {
+        return Err(format!("echo {:?}", String::from_utf8_lossy(&buf)));
+    }
+    Ok(())
+}
+
+fn v4(port: u16) -> SocketAddr {
+    SocketAddr::from(([192, 0, 2, 2], port))
+}
+
+fn v6(port: u16) -> SocketAddr {
+    format!("[2001:db8::2]:{port}").parse().unwrap()
+}
+
 #[test]
 fn clients_connect_through_a_spoofed_syn_flood() {
-    ensure_bpffs();
-    let client = NetNs::new("sync");
-    let server = NetNs::new("syns");
-    let attacker = NetNs::new("syna");
-    veth(&client, "eth0", &server, "eth0");
-    veth(&attacker, "eth0", &server, "eth1");
-    client.addr("eth0", "192.0.2.1/24");
-    client.addr("eth0", "2001:db8::1/64");
-    server.addr("eth0", "192.0.2.2/24");
-    server.addr("eth0", "2001:db8::2/64");
-    server.addr("eth1", "198.51.100.2/24");
-    attacker.addr("eth0", "198.51.100.1/24");
+    let bed = Bed::new("syn");
+    let Bed { client, server, attacker, pin, filter } = &bed;
     // A pass-through XDP program on the client's and the attacker's veth: a
     // veth kicks its peer's NAPI for XDP_TX frames (the SYN-ACKs) only when
     // the peer runs XDP; with GRO alone they wait for the next packet.
-    let _peer_xdp = [&client, &attacker]
+    let _peer_xdp = [client, attacker]
         .map(|ns| ns.run(|| xdpguard::Decap::builder().interface("eth0").attach().expect("pass-through XDP")));
 
     // The host's side of cookie mode, through the CLI: synproxy + the sysctl.
@@ -87,77 +200,28 @@ fn clients_connect_through_a_spoofed_syn_flood() {
     let loose = server.exec(&["cat", "/proc/sys/net/netfilter/nf_conntrack_tcp_loose"]);
     assert_eq!(String::from_utf8_lossy(&loose.stdout).trim(), "0");
 
-    let pin = ScratchDir::bpffs("syne2e");
-    let pin_path = pin.path().to_path_buf();
-    let filter = server.run(move || {
-        Filter::builder()
-            .interface("eth0")
-            .interface("eth1")
-            .mode(AttachMode::Native)
-            .pin(&pin_path)
-            .attach()
-            .expect("attach the filter")
-    });
-    let out = XDPGUARD.run(&["syn", "protect", "--pin", pin.arg(), &PORT.to_string(), "--mode", "cookie"]);
-    assert!(out.status.success());
+    bed.protect(&[&PORT.to_string(), "--mode", "cookie"]);
+    let server_thread = bed.echo_server(PORT, CONNECTIONS);
+    let before = tcp_counters(server);
 
-    // The server: echoes what each connection sends, then closes it.
-    let listener = server.run(|| TcpListener::bind(("::", PORT)).expect("bind the server"));
-    let server_thread = std::thread::spawn(move || {
-        for _ in 0..CONNECTIONS {
-            let (mut s, _) = listener.accept().expect("accept");
-            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-            let mut buf = [0u8; 64];
-            let n = s.read(&mut buf).expect("read");
-            s.write_all(&buf[..n]).expect("echo");
-        }
-    });
-    let before = tcp_counters(&server);
-
-    common::spoof::confine(&attacker);
-    // The flood: FLOOD spoofed SYNs at ~20,000 a second, bounded by count and time.
-    let mut hping = Command::new("ip")
-        .args(["netns", "exec", &attacker.name, "timeout", "60", "hping3", "-q", "-S", "--rand-source"])
-        .args(["-p", &PORT.to_string(), "-c", &FLOOD.to_string(), "-i", "u50", "198.51.100.2"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("start hping3 (install hping3)");
+    // The flood: FLOOD spoofed SYNs at ~20,000 a second.
+    let mut flood = bed.flood(PORT, FLOOD, 50);
     std::thread::sleep(Duration::from_millis(300));
 
     let results = client.run(|| {
         (0..CONNECTIONS)
-            .map(|i| -> Result<(), String> {
+            .map(|i| {
                 // IPv4 and IPv6 in turn.
-                let addr: SocketAddr = if i % 2 == 0 {
-                    SocketAddr::from(([192, 0, 2, 2], PORT))
-                } else {
-                    format!("[2001:db8::2]:{PORT}").parse().unwrap()
-                };
-                let mut s =
-                    TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(|e| format!("connect: {e}"))?;
-                s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-                let msg = format!("hello {i} through the flood");
-                s.write_all(msg.as_bytes()).map_err(|e| format!("write: {e}"))?;
-                let mut buf = vec![0u8; msg.len()];
-                s.read_exact(&mut buf).map_err(|e| format!("read: {e}"))?;
-                if buf != msg.as_bytes() {
-                    return Err(format!("echo {:?}", String::from_utf8_lossy(&buf)));
-                }
+                let addr = if i % 2 == 0 { v4(PORT) } else { v6(PORT) };
+                let r = echo(addr, &format!("hello {i} through the flood"), Duration::from_secs(5));
                 std::thread::sleep(Duration::from_millis(100));
-                Ok(())
+                r
             })
             .collect::<Vec<_>>()
     });
-    let flood_running = hping.try_wait().expect("hping3 status").is_none();
-    let status = hping.wait().expect("wait for hping3");
-    let mut err = String::new();
-    hping.stderr.take().unwrap().read_to_string(&mut err).unwrap();
-    // hping3 exits 1 when no reply reached it (the SYN-ACKs go to the
-    // spoofed sources): only a timeout (124) or a failure to start is fatal.
-    assert!(matches!(status.code(), Some(0 | 1)), "hping3 failed: {status}: {err}");
-    assert!(err.contains(&format!("{FLOOD} packets transmitted")), "hping3 sent the whole flood: {err}");
-    let after = tcp_counters(&server);
+    let flood_running = flood.running();
+    flood.finish();
+    let after = tcp_counters(server);
 
     for (i, r) in results.iter().enumerate() {
         assert!(r.is_ok(), "client connection {i} during the flood: {r:?}");
@@ -202,5 +266,82 @@ fn clients_connect_through_a_spoofed_syn_flood() {
     assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("unprotected"));
     let out = XDPGUARD.run(&["syn", "status", "--pin", pin.arg()]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("0 port(s) protected"));
+    let Bed { filter, .. } = bed;
     filter.unpin().expect("unpin");
+}
+
+/// Drop mode: a client that completed a handshake while the port was quiet
+/// is known, and connects through a spoofed flood far above the threshold;
+/// a source never seen (the client's IPv6 address) is refused while the
+/// flood lasts and connects once it is over; the server's stack sees
+/// almost none of the flood. (No synproxy: drop mode needs nothing on the
+/// host.)
+#[test]
+fn known_clients_connect_through_a_flood_in_drop_mode_and_new_ones_after_it() {
+    const DROP_PORT: u16 = 8081;
+    const THRESHOLD: u32 = 200;
+    // ~10,000 SYNs a second for about three seconds.
+    const DROP_FLOOD: u32 = 30_000;
+    const KNOWN: usize = 3;
+    let bed = Bed::new("synd");
+    let Bed { client, server, filter, .. } = &bed;
+    bed.protect(&[&DROP_PORT.to_string(), "--mode", "drop", "--threshold", &THRESHOLD.to_string()]);
+    // One connection while the port is quiet, KNOWN through the flood, the
+    // new source's after it.
+    let server_thread = bed.echo_server(DROP_PORT, 1 + KNOWN + 1);
+
+    let first = client.run(|| echo(v4(DROP_PORT), "hello before the flood", Duration::from_secs(5)));
+    assert_eq!(first, Ok(()), "the first connection, the port quiet");
+    let known_sources = || {
+        let out = XDPGUARD.run(&["syn", "status", "--pin", bed.pin.arg(), "--json"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status --json");
+        v["known_sources"].as_u64().expect("known_sources")
+    };
+    assert_eq!(known_sources(), 1, "the client, known from its handshake's ACK");
+    let before = tcp_counters(server);
+    let mut flood = bed.flood(DROP_PORT, DROP_FLOOD, 100);
+    // The port's rate is the last second's, estimated from one-second
+    // windows: well over the threshold within the first of them.
+    std::thread::sleep(Duration::from_millis(1200));
+    let (known, newcomer) = client.run(|| {
+        let known: Vec<_> = (0..KNOWN)
+            .map(|i| echo(v4(DROP_PORT), &format!("known {i} through the flood"), Duration::from_secs(5)))
+            .collect();
+        // Its SYN and the retransmit a second later are both dropped.
+        let newcomer = echo(v6(DROP_PORT), "new during the flood", Duration::from_millis(1500));
+        (known, newcomer)
+    });
+    let flood_running = flood.running();
+    flood.finish();
+    let after = tcp_counters(server);
+    let status = filter.syn_guard().status().unwrap()[0];
+
+    for (i, r) in known.iter().enumerate() {
+        assert_eq!(r, &Ok(()), "known client's connection {i} during the flood");
+    }
+    assert!(flood_running, "the flood was still running when the clients were done");
+    let refused = newcomer.expect_err("a source never seen connected during the flood");
+    assert!(refused.contains("timed out"), "the new source's connect: {refused}");
+    eprintln!("port {DROP_PORT}: {status:?}");
+    assert!(status.stats.known_passed >= KNOWN as u64, "known SYNs passed over the threshold: {status:?}");
+    // All but the flood's first moments (under the threshold) are dropped
+    // in XDP, counted by the filter and the port alike.
+    let dropped = filter.stats().unwrap().syn_dropped.packets;
+    assert!(dropped >= u64::from(DROP_FLOOD) * 9 / 10, "{dropped} of {DROP_FLOOD} flood SYNs dropped");
+    assert_eq!(status.stats.dropped, dropped);
+    assert_eq!(known_sources(), 1, "no source became known during the flood");
+    let delta = |k: &str| after.get(k).copied().unwrap_or(0) - before.get(k).copied().unwrap_or(0);
+    assert!(
+        delta("Tcp.InSegs") < u64::from(DROP_FLOOD) / 10,
+        "the server's stack received {} TCP segments during a flood of {DROP_FLOOD}",
+        delta("Tcp.InSegs")
+    );
+
+    // The flood over, the port's rate falls under the threshold within two
+    // windows, and the new source connects.
+    std::thread::sleep(Duration::from_millis(2500));
+    let later = client.run(|| echo(v6(DROP_PORT), "new after the flood", Duration::from_secs(5)));
+    assert_eq!(later, Ok(()), "the new source, the flood over");
+    assert_eq!(known_sources(), 2, "the new source known from its handshake");
+    server_thread.join().expect("the server accepted every connection");
 }
