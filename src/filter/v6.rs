@@ -232,7 +232,6 @@ impl V6Rules {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::hash::mix32;
     use crate::core::table::{self, TableError};
     use crate::filter::layout::{LIST_BLOCK, PASS};
     use rand::rngs::StdRng;
