@@ -464,16 +464,14 @@ pub enum RuleError {
         len: usize,
     },
     /// A table is full; nothing of the failed edit was applied.
-    #[error(
-        "{what} is full ({capacity}); nothing of this edit was applied. Raise the capacity with \
-         FilterBuilder::{setter}"
-    )]
+    #[error("{what} is full ({capacity}); nothing of this edit was applied: {}", rule_full_fix(setter))]
     Full {
         /// Which table.
         what: &'static str,
         /// Its capacity.
         capacity: usize,
-        /// The builder method that raises it.
+        /// The builder method that raises it, or `"(fixed)"` for a limit
+        /// no option changes.
         setter: &'static str,
     },
     /// A timed block's time to live is out of range.
@@ -508,6 +506,20 @@ pub enum RuleError {
     /// The pin directory could not be locked for the edit (or read).
     #[error(transparent)]
     Pin(#[from] PinError),
+}
+
+/// How to get past a full rule-stage table: the option that raises its
+/// capacity, or, for a fixed limit, making room.
+fn rule_full_fix(setter: &str) -> String {
+    if setter == "(fixed)" {
+        "the limit is fixed: remove one first".to_owned()
+    } else {
+        format!(
+            "remove entries, or load the filter with a larger capacity (FilterBuilder::{setter}; CLI: `xdpguard \
+             attach --{}`)",
+            setter.replace('_', "-")
+        )
+    }
 }
 
 /// One bad line of a list or rule file.

@@ -88,6 +88,8 @@ fn the_cli_manages_a_pinned_filter_that_outlives_every_command() {
         "4096",
         "--v6-capacity",
         "4096",
+        "--max-timed-blocks",
+        "2",
     ]);
     assert!(out.contains("attached to eth0") && out.contains("native"), "{out}");
     assert!(xdp_attached(&pair.server), "attached after the CLI exited");
@@ -97,6 +99,18 @@ fn the_cli_manages_a_pinned_filter_that_outlives_every_command() {
     let again = cli.run(&["attach", "--iface", "eth0", "--pin", p, "--netns", &pair.server.name]);
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("already holds"), "{again:?}");
+    // The rule stage's capacities are the load's: given again, refused by name.
+    let again = cli.run(&["attach", "--iface", "eth0", "--pin", p, "--netns", &pair.server.name, "--max-rules", "8"]);
+    refused(
+        &again,
+        &["--max-rules: the capacities of the rule stage", "fixed when it was loaded", "xdpguard detach --pin"],
+    );
+
+    // The timed-block table holds what attach gave it; full, the error names the option.
+    cli.ok(&["block", "--pin", p, "--ttl", "10m", "203.0.113.1", "203.0.113.2"]);
+    let full = cli.run(&["block", "--pin", p, "--ttl", "10m", "203.0.113.3"]);
+    refused(&full, &["the timed-block table is full (2)", "xdpguard attach --max-timed-blocks"]);
+    cli.ok(&["unblock", "--pin", p, "203.0.113.1", "203.0.113.2"]);
 
     // block: v4 and v6, one with host bits set.
     let out = cli.ok(&["block", "--pin", p, "192.0.2.1", "2001:db8::1/128", "198.51.100.7/24"]);

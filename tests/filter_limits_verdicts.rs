@@ -351,3 +351,38 @@ fn a_full_lru_evicts_cold_buckets_not_an_active_client() {
     // would have given it a fresh burst.
     assert_eq!(client_passed, 0, "the active client's bucket was never evicted");
 }
+
+/// The timed-block table's capacity is the builder's (`max_timed_blocks`):
+/// full, an insert is refused with a `RuleError::Full` that names the
+/// option, the blocks in it keep blocking, and a rate limit's auto-block is
+/// counted as failed (its packets still limited) until a block is removed.
+#[test]
+fn a_full_timed_block_table_refuses_and_names_its_capacity() {
+    pin_to_cpu0();
+    let Err(bad) = Filter::builder().max_timed_blocks(0).load() else { panic!("a capacity of 0 is refused") };
+    assert!(bad.to_string().contains("max_timed_blocks"), "{bad}");
+    let f = Filter::builder().v4_capacity(1024).v6_capacity(1024).max_timed_blocks(3).load().expect("load");
+    let tb = f.timed_blocks();
+    for b in ["192.0.2.7", "192.0.2.8", "2001:db8:7::/48"] {
+        tb.insert(net(b), Duration::from_secs(60)).unwrap();
+    }
+    let err = tb.insert(net("192.0.2.9"), Duration::from_secs(60)).unwrap_err();
+    assert!(matches!(err, RuleError::Full { capacity: 3, setter: "max_timed_blocks", .. }), "{err:?}");
+    assert!(err.to_string().contains("--max-timed-blocks"), "{err}");
+    // Renewing a block already there needs no room.
+    tb.insert(net("192.0.2.7"), Duration::from_secs(120)).unwrap();
+    assert_eq!(tb.list().unwrap().len(), 3);
+
+    let id = f.rules().add(rule("rate-limit 1/s burst 1 block 10m udp dport 53")).unwrap();
+    let mut t = Table::new(&f, "full timed-block table");
+    t.run("a block made before it filled", &udp("192.0.2.8", 53), XdpAction::Drop, "timed_blocked", None);
+    t.pass("1", &udp("198.51.100.1", 53), id);
+    t.limited("2: over, no room for its block", &udp("198.51.100.1", 53), id);
+    t.run("so not blocked elsewhere", &udp("198.51.100.1", 80), XdpAction::Pass, "passed", None);
+    assert_eq!(f.limiter_stats().unwrap().blocks_failed, 1);
+    assert!(tb.remove(net("192.0.2.8")).unwrap());
+    t.limited("3: over again, blocked now", &udp("198.51.100.1", 53), id);
+    t.run("blocked on any port", &udp("198.51.100.1", 80), XdpAction::Drop, "timed_blocked", None);
+    t.finish();
+    assert_eq!(tb.list().unwrap().len(), 3);
+}

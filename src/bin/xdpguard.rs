@@ -134,9 +134,8 @@ enum Command {
         /// Drop malformed packets instead of passing them.
         #[arg(long)]
         drop_malformed: bool,
-        /// Maximum rules (see `xdpguard rule`).
-        #[arg(long, default_value_t = xdpguard::DEFAULT_MAX_RULES)]
-        max_rules: usize,
+        #[command(flatten)]
+        guard: GuardCapacities,
     },
     /// Detach from every interface and remove the pins.
     Detach {
@@ -368,20 +367,74 @@ fn main() -> ExitCode {
     common::exit_code(run(Cli::parse().command))
 }
 
+/// The guard stage's capacities, fixed when the filter is loaded (the
+/// `FilterBuilder` methods of the same names).
+#[derive(clap::Args, Debug, Default)]
+struct GuardCapacities {
+    /// Maximum rules (see `xdpguard rule`) [default: 4096].
+    #[arg(long)]
+    max_rules: Option<usize>,
+    /// Maximum compiled rule records [default: 2 per rule].
+    #[arg(long)]
+    max_rule_records: Option<usize>,
+    /// Maximum entries of the rule index's groups [default: 16 per rule].
+    #[arg(long)]
+    max_rule_refs: Option<usize>,
+    /// Maximum prefixes in all named sets together [default: 65536].
+    #[arg(long)]
+    max_set_entries: Option<usize>,
+    /// Maximum timed blocks, user-added and auto-blocks [default: 65536].
+    #[arg(long)]
+    max_timed_blocks: Option<usize>,
+}
+
+impl GuardCapacities {
+    fn apply(&self, mut b: xdpguard::FilterBuilder) -> xdpguard::FilterBuilder {
+        b = b.max_rules(self.max_rules.unwrap_or(xdpguard::DEFAULT_MAX_RULES));
+        if let Some(n) = self.max_rule_records {
+            b = b.max_rule_records(n);
+        }
+        if let Some(n) = self.max_rule_refs {
+            b = b.max_rule_refs(n);
+        }
+        if let Some(n) = self.max_set_entries {
+            b = b.max_set_entries(n);
+        }
+        if let Some(n) = self.max_timed_blocks {
+            b = b.max_timed_blocks(n);
+        }
+        b
+    }
+
+    /// The options given, as `--name`.
+    fn given(&self) -> Vec<&'static str> {
+        [
+            ("--max-rules", self.max_rules),
+            ("--max-rule-records", self.max_rule_records),
+            ("--max-rule-refs", self.max_rule_refs),
+            ("--max-set-entries", self.max_set_entries),
+            ("--max-timed-blocks", self.max_timed_blocks),
+        ]
+        .into_iter()
+        .filter_map(|(name, v)| v.map(|_| name))
+        .collect()
+    }
+}
+
 fn run(command: Command) -> Result<()> {
     match command {
-        Command::Attach { target, pin, v4_capacity, v6_capacity, drop_malformed, max_rules } => {
+        Command::Attach { target, pin, v4_capacity, v6_capacity, drop_malformed, guard } => {
             target.enter_netns()?;
             if common::holds_pins(&pin.pin) {
-                return reattach(&target, &pin.pin, v4_capacity, v6_capacity, drop_malformed);
+                return reattach(&target, &pin.pin, v4_capacity, v6_capacity, drop_malformed, &guard);
             }
-            let mut b = Filter::builder()
+            let b = Filter::builder()
                 .mode(target.mode)
                 .pin(&pin.pin)
                 .v4_capacity(v4_capacity.unwrap_or(xdpguard::DEFAULT_V4_CAPACITY))
                 .v6_capacity(v6_capacity.unwrap_or(xdpguard::DEFAULT_V6_CAPACITY))
-                .max_rules(max_rules)
                 .malformed(if drop_malformed { MalformedPolicy::Drop } else { MalformedPolicy::Pass });
+            let mut b = guard.apply(b);
             for i in &target.ifaces {
                 b = b.interface(i.as_str());
             }
@@ -590,7 +643,20 @@ fn reattach(
     v4_capacity: Option<usize>,
     v6_capacity: Option<usize>,
     drop_malformed: bool,
+    guard: &GuardCapacities,
 ) -> Result<()> {
+    let given = guard.given();
+    if !given.is_empty() {
+        return Err(format!(
+            "{}: the capacities of the rule stage of the filter pinned at {} were fixed when it was loaded; \
+             attach it without them, or detach it (`xdpguard detach --pin {}`, which drops its lists and \
+             rules) and attach a new one",
+            given.join(", "),
+            dir.display(),
+            dir.display()
+        )
+        .into());
+    }
     let filter = Filter::open_pinned(dir)?;
     let (v4, v6) = filter.capacity();
     if v4_capacity.is_some_and(|c| c != v4) || v6_capacity.is_some_and(|c| c != v6) {

@@ -37,7 +37,8 @@
 #define XDPG_RL_TIME_SHIFT 4
 
 /* Timed blocks: an LPM trie of prefixes with an expiry. Keys carry a 32-bit
- * tag (1 for IPv6, 0 for IPv4) before the address, like the named sets. */
+ * tag (1 for IPv6, 0 for IPv4) before the address, like the named sets.
+ * The default capacity; FilterBuilder::max_timed_blocks sets it at load. */
 #define XDPG_TB_MAX 65536
 #define XDPG_TB_TAG_BITS 32
 /* xdpg_tblock.rule for an entry user space added. */

@@ -3,7 +3,9 @@
 
 use crate::core::pinned::{placement_methods, LoadPlan, Pinned, Placement};
 use crate::error::{AttachError, Error, LoadError};
-use crate::filter::guard::maps::{GuardCapacity, DEFAULT_MAX_RULES, DEFAULT_MAX_SET_ENTRIES, MAX_RULES};
+use crate::filter::guard::maps::{
+    GuardCapacity, DEFAULT_MAX_RULES, DEFAULT_MAX_SET_ENTRIES, DEFAULT_MAX_TIMED_BLOCKS, MAX_RULES,
+};
 use crate::filter::guard::Guard;
 use crate::filter::layout::filter_skel::FilterSkelBuilder;
 use crate::filter::layout::xdpg_filter_config;
@@ -38,6 +40,7 @@ pub struct FilterBuilder {
     max_rule_records: Option<usize>,
     max_rule_refs: Option<usize>,
     max_set_entries: usize,
+    max_timed_blocks: usize,
 }
 
 impl Default for FilterBuilder {
@@ -52,6 +55,7 @@ impl Default for FilterBuilder {
             max_rule_records: None,
             max_rule_refs: None,
             max_set_entries: DEFAULT_MAX_SET_ENTRIES,
+            max_timed_blocks: DEFAULT_MAX_TIMED_BLOCKS,
         }
     }
 }
@@ -125,6 +129,18 @@ impl FilterBuilder {
         self
     }
 
+    /// Maximum timed blocks (default 65,536): prefixes blocked for a while,
+    /// by [`TimedBlocks::insert`](crate::TimedBlocks::insert) or a rate
+    /// limit's auto-block. Kernel memory is taken as blocks are added (an
+    /// LPM trie without preallocation), so a large capacity costs nothing
+    /// until a flood fills it. When full, an auto-block fails (counted in
+    /// [`LimiterStats::blocks_failed`](crate::LimiterStats::blocks_failed)) and an insert
+    /// returns [`RuleError::Full`](crate::RuleError::Full).
+    pub fn max_timed_blocks(mut self, blocks: usize) -> Self {
+        self.max_timed_blocks = blocks;
+        self
+    }
+
     /// Loads the filter without attaching it anywhere (for chaining, or for
     /// [`Filter::test_run`]). A pin directory, if set, is still used.
     ///
@@ -163,6 +179,7 @@ impl FilterBuilder {
             ("max_rule_records", records, 1 << 23, "between 1 and 8,388,608"),
             ("max_rule_refs", refs, 1 << 26, "between 1 and 67,108,864"),
             ("max_set_entries", self.max_set_entries, MAX_CAPACITY, "between 1 and 16,777,216"),
+            ("max_timed_blocks", self.max_timed_blocks, MAX_CAPACITY, "between 1 and 16,777,216"),
         ] {
             if value == 0 || value > max {
                 return Err(LoadError::InvalidCapacity { what, value, hint }.into());
@@ -215,7 +232,8 @@ impl FilterBuilder {
                 crate::filter::events::init(maps);
             })?;
             let guard = if with_guard {
-                let cap = GuardCapacity::new(self.max_rules, records, refs, self.max_set_entries);
+                let cap =
+                    GuardCapacity::new(self.max_rules, records, refs, self.max_set_entries, self.max_timed_blocks);
                 Some(Guard::load(cap, &Guard::shared_maps(&core.maps))?)
             } else {
                 None

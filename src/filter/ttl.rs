@@ -138,7 +138,9 @@ impl TimedBlocks<'_> {
     /// # Errors
     ///
     /// [`RuleError::BadTtl`] for a TTL under a second or over 365 days;
-    /// [`RuleError::Full`] when the table (65,536 entries) is full;
+    /// [`RuleError::Full`] when the table is full (its capacity:
+    /// [`FilterBuilder::max_timed_blocks`](crate::FilterBuilder::max_timed_blocks),
+    /// 65,536 by default);
     /// [`RuleError::NoGuard`], [`RuleError::Bpf`], [`RuleError::Pin`].
     /// Nothing is changed then.
     pub fn insert(&self, prefix: IpNetwork, ttl: Duration) -> Result<(), RuleError> {

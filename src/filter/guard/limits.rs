@@ -194,7 +194,7 @@ pub(crate) fn insert(maps: &GuardMaps, net: IpNetwork, ttl: Duration) -> Result<
     let key = tblock_key(net);
     let exists = maps.tblk.get(&key).map_err(bpf("reading the timed blocks"))?.is_some();
     if !exists && live >= maps.tblk.capacity() as usize {
-        return Err(RuleError::Full { what: "the timed-block table", capacity: live, setter: "(fixed)" });
+        return Err(RuleError::Full { what: "the timed-block table", capacity: live, setter: "max_timed_blocks" });
     }
     let tb = xdpg_tblock {
         expires_ns: maps.now_ns() + ttl.as_nanos() as u64,
@@ -210,7 +210,7 @@ pub(crate) fn insert(maps: &GuardMaps, net: IpNetwork, ttl: Duration) -> Result<
             RuleError::Full {
                 what: "the timed-block table",
                 capacity: maps.tblk.capacity() as usize,
-                setter: "(fixed)",
+                setter: "max_timed_blocks",
             }
         } else {
             RuleError::Bpf { op: format!("adding the timed block {net}"), source }

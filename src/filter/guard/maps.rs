@@ -55,6 +55,10 @@ pub const MAX_RULES: usize = 1 << 20;
 /// Default capacity of named sets, prefixes of all sets together
 /// ([`FilterBuilder::max_set_entries`](crate::FilterBuilder::max_set_entries)).
 pub const DEFAULT_MAX_SET_ENTRIES: usize = 65536;
+/// Default capacity of the timed-block table: prefixes blocked for a while,
+/// by user space or a rate limit's auto-block
+/// ([`FilterBuilder::max_timed_blocks`](crate::FilterBuilder::max_timed_blocks)).
+pub const DEFAULT_MAX_TIMED_BLOCKS: usize = XDPG_TB_MAX as usize;
 /// Bytes of rule text per rule the text store holds (per half), on average.
 const TEXT_BYTES_PER_RULE: usize = 128;
 
@@ -76,10 +80,12 @@ pub(crate) struct GuardCapacity {
     pub text_words: usize,
     /// Prefixes in the set trie (every set's both physical sets).
     pub set_entries: usize,
+    /// Prefixes in the timed-block trie (allocated as they are added).
+    pub timed_blocks: usize,
 }
 
 impl GuardCapacity {
-    pub(crate) fn new(rules: usize, records: usize, refs: usize, set_entries: usize) -> Self {
+    pub(crate) fn new(rules: usize, records: usize, refs: usize, set_entries: usize, timed_blocks: usize) -> Self {
         GuardCapacity {
             rules,
             records,
@@ -88,10 +94,11 @@ impl GuardCapacity {
             groups: (refs + 1).min(XDPG_MAX_GROUPS as usize),
             text_words: rules * TEXT_BYTES_PER_RULE / 8,
             set_entries,
+            timed_blocks,
         }
     }
 
-    pub(crate) fn map_sizes(&self) -> [(&'static str, u32); 9] {
+    pub(crate) fn map_sizes(&self) -> [(&'static str, u32); 10] {
         [
             (names::XDPG_G_GRP, (self.groups * 2) as u32),
             (names::XDPG_G_REF, self.refs as u32),
@@ -102,6 +109,7 @@ impl GuardCapacity {
             (names::XDPG_G_SETNM, XDPG_MAX_SETS),
             (names::XDPG_L_SPEC, (self.rules * 2) as u32),
             (names::XDPG_L_CNT, (self.rules * 2) as u32),
+            (names::XDPG_L_TBLK, self.timed_blocks as u32),
         ]
     }
 }
@@ -138,6 +146,7 @@ impl GuardMaps {
             groups: self.grp.len() / 2,
             text_words: self.text.len() / 2,
             set_entries: self.sets.capacity() as usize,
+            timed_blocks: self.tblk.capacity() as usize,
         }
     }
 
