@@ -385,6 +385,18 @@ fn apply_converges_changes_only_what_differs_and_down_removes_it() {
     assert_eq!(lb2.hash_seed(), 8);
     assert_eq!(filter.next_program().unwrap(), Some(lb2.program_id().unwrap()));
     assert!(XDPGUARD.ok(&["apply", "--config", &cfg]).ends_with("no changes\n"));
+    // The filter's rule-stage capacities are fixed settings too.
+    let text = std::fs::read_to_string(bed.file()).unwrap();
+    let more = text.replace("v4_capacity = 200000", "v4_capacity = 200000\nmax_timed_blocks = 1000");
+    std::fs::write(bed.file(), more).unwrap();
+    let out = XDPGUARD.run(&["apply", "--config", &cfg]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("max_timed_blocks 65536 -> 1000") && err.contains("--recreate"),
+        "{err}"
+    );
+    std::fs::write(bed.file(), text).unwrap();
+    assert!(XDPGUARD.ok(&["apply", "--config", &cfg]).ends_with("no changes\n"));
     drop((filter, lb, lb2, decap));
 
     // down: everything detached and unpinned; a second down has nothing to do.

@@ -46,6 +46,11 @@ pub struct FilterConfig {
     pub v4_capacity: usize,
     /// IPv6 capacity (`v6_capacity`).
     pub v6_capacity: usize,
+    /// The rule stage's capacities (`max_rules`, `max_rule_records`,
+    /// `max_rule_refs`, `max_set_entries`, `max_timed_blocks`; the
+    /// [`FilterBuilder`](crate::FilterBuilder) methods of the same names),
+    /// defaults resolved.
+    pub guard: GuardLimits,
     /// The malformed-packet policy (`malformed`).
     pub malformed: MalformedPolicy,
     /// The allowlist (`allowlist` and `allowlist_files`), normalised,
@@ -72,6 +77,22 @@ pub struct FilterConfig {
     /// The SYN guard's protected ports and their policies
     /// (`[[filter.syn]]`; see [`Filter::syn_guard`](crate::Filter::syn_guard)).
     pub syn: BTreeMap<u16, SynPolicy>,
+}
+
+/// The capacities of a filter's rule stage, fixed when it is loaded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct GuardLimits {
+    /// Rules in a set (`max_rules`).
+    pub max_rules: usize,
+    /// Compiled rule records (`max_rule_records`; default 2 per rule).
+    pub max_rule_records: usize,
+    /// Entries of the rule index's groups (`max_rule_refs`; default 16 per rule).
+    pub max_rule_refs: usize,
+    /// Prefixes in all named sets together (`max_set_entries`).
+    pub max_set_entries: usize,
+    /// Timed blocks (`max_timed_blocks`).
+    pub max_timed_blocks: usize,
 }
 
 /// A load balancer (`[[lb]]`), with its VIPs (`[[lb.vip]]`).

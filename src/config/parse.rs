@@ -22,15 +22,16 @@ use ipnetwork::IpNetwork;
 use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
-use super::model::{Config, DecapConfig, FilterConfig, LbConfig, VipSpec};
+use super::model::{Config, DecapConfig, FilterConfig, GuardLimits, LbConfig, VipSpec};
 use super::{DEFAULT_DECAP_PIN, DEFAULT_FILTER_PIN, DEFAULT_LB_PIN};
 use crate::error::{ConfigError, ListError, Problem};
 use crate::lb::{check_backend, check_nat_backend, maglev};
 use crate::{
     normalize, parse_list, parse_prefix, AttachMode, Backend, BackendAddr, EchoPolicy, ForwardingMode, FragmentPolicy,
     HashInput, MalformedPolicy, NewFlowLimit, OptionsPolicy, SynMode, SynPolicy, Vip, VipConfig, DEFAULT_CONNECTIONS,
-    DEFAULT_MAX_BACKENDS, DEFAULT_MAX_VIPS, DEFAULT_NEXT_HOP_CACHE, DEFAULT_SYN_THRESHOLD, DEFAULT_TABLE_SIZE,
-    DEFAULT_UDP_TIMEOUT, DEFAULT_V4_CAPACITY, DEFAULT_V6_CAPACITY, MAX_CAPACITY, MAX_SYN_PORTS, MAX_WEIGHT,
+    DEFAULT_MAX_BACKENDS, DEFAULT_MAX_RULES, DEFAULT_MAX_SET_ENTRIES, DEFAULT_MAX_TIMED_BLOCKS, DEFAULT_MAX_VIPS,
+    DEFAULT_NEXT_HOP_CACHE, DEFAULT_SYN_THRESHOLD, DEFAULT_TABLE_SIZE, DEFAULT_UDP_TIMEOUT, DEFAULT_V4_CAPACITY,
+    DEFAULT_V6_CAPACITY, MAX_CAPACITY, MAX_RULES, MAX_SYN_PORTS, MAX_WEIGHT,
 };
 
 pub(super) type Val<'i> = Spanned<DeValue<'i>>;
@@ -43,6 +44,11 @@ const FILTER_KEYS: &[&str] = &[
     "netns",
     "v4_capacity",
     "v6_capacity",
+    "max_rules",
+    "max_rule_records",
+    "max_rule_refs",
+    "max_set_entries",
+    "max_timed_blocks",
     "malformed",
     "allowlist",
     "allowlist_files",
@@ -343,6 +349,20 @@ fn filter(r: &mut Reader<'_>, t: &DeTable<'_>, span: &Range<usize>, base: &Path)
     };
     let v4_capacity = cap(r, "v4_capacity", DEFAULT_V4_CAPACITY);
     let v6_capacity = cap(r, "v6_capacity", DEFAULT_V6_CAPACITY);
+    let num =
+        |r: &mut Reader<'_>, key, max: usize| get(t, key).and_then(|v| r.int(v, 1, max as u64)).map(|n| n as usize);
+    let max_rules = num(r, "max_rules", MAX_RULES).unwrap_or(DEFAULT_MAX_RULES);
+    let guard = GuardLimits {
+        max_rules,
+        max_rule_records: num(r, "max_rule_records", 1 << 23).unwrap_or(max_rules * 2),
+        max_rule_refs: num(r, "max_rule_refs", 1 << 26).unwrap_or(max_rules * 16),
+        max_set_entries: cap(r, "max_set_entries", DEFAULT_MAX_SET_ENTRIES),
+        max_timed_blocks: cap(r, "max_timed_blocks", DEFAULT_MAX_TIMED_BLOCKS),
+    };
+    if rules.len() > max_rules {
+        let s = get(t, "max_rules").map_or(span.clone(), |v| v.span());
+        r.problem(s, format!("{} rules are configured but max_rules is {max_rules}: raise max_rules", rules.len()));
+    }
     let malformed = get(t, "malformed").and_then(|v| r.parsed::<MalformedPolicy>(v)).unwrap_or_default();
     let block_whole_family = get(t, "block_whole_family").and_then(|v| r.boolean(v)).unwrap_or(false);
     let allow = entries(r, t, "allowlist", base);
@@ -399,6 +419,7 @@ fn filter(r: &mut Reader<'_>, t: &DeTable<'_>, span: &Range<usize>, base: &Path)
         netns: place.netns.clone(),
         v4_capacity,
         v6_capacity,
+        guard,
         malformed,
         allowlist: allowlist.into_iter().collect(),
         blocklist: blocklist.into_iter().collect(),
@@ -1010,6 +1031,12 @@ backends = [{ addr = "198.51.100.12", weight = 2 }, "198.51.100.11"]
         let f = &c.filters[0];
         assert_eq!(f.pin, Path::new(DEFAULT_FILTER_PIN));
         assert_eq!(f.v4_capacity, DEFAULT_V4_CAPACITY);
+        let g = f.guard;
+        assert_eq!(
+            (g.max_rules, g.max_rule_records, g.max_rule_refs, g.max_set_entries, g.max_timed_blocks),
+            (DEFAULT_MAX_RULES, 2 * DEFAULT_MAX_RULES, 16 * DEFAULT_MAX_RULES, DEFAULT_MAX_SET_ENTRIES, 65536),
+            "the builder's defaults, resolved"
+        );
         let block: Vec<String> = f.blocklist.iter().map(ToString::to_string).collect();
         assert_eq!(block, ["192.0.2.0/24", "2001:db8::1/128"]);
         let lb = &c.lbs[0];
@@ -1021,5 +1048,32 @@ backends = [{ addr = "198.51.100.12", weight = 2 }, "198.51.100.11"]
         // The same file in another order promises the same digest.
         assert_eq!(lb.expected_digest().vips.len(), 1);
         assert!("".parse::<Config>().is_err(), "an empty file describes nothing");
+    }
+
+    /// The rule stage's capacities: read, bounded, and a rule set larger
+    /// than `max_rules` reported at its key.
+    #[test]
+    fn rule_stage_capacities_are_read_and_checked() {
+        let text = r#"
+[[filter]]
+interfaces = ["eth0"]
+max_rules = 8
+max_rule_refs = 33
+max_timed_blocks = 1000000
+rules = "drop udp dport 53"
+"#;
+        let c = read(text, Path::new("x.toml")).unwrap();
+        let g = c.filters[0].guard;
+        assert_eq!((g.max_rules, g.max_rule_records, g.max_rule_refs, g.max_timed_blocks), (8, 16, 33, 1_000_000));
+        expect(
+            r#"
+[[filter]]
+interfaces = ["eth0"]
+max_rules = 1
+max_set_entries = 0
+rules = "drop udp dport 53\ndrop udp dport 54"
+"#,
+            &[(4, 13, "2 rules are configured but max_rules is 1: raise max_rules"), (5, 19, "out of range")],
+        );
     }
 }

@@ -416,6 +416,21 @@ impl Planner {
                 if v6 != f.v6_capacity {
                     changes.push(format!("v6_capacity {v6} -> {}", f.v6_capacity));
                 }
+                if let Some(cap) = filter.guard_capacity() {
+                    let g = &f.guard;
+                    for (key, running, wanted) in [
+                        ("max_rules", cap.rules, g.max_rules),
+                        ("max_rule_records", cap.records, g.max_rule_records),
+                        // Stored rounded up to even (two entries a word).
+                        ("max_rule_refs", cap.refs, g.max_rule_refs.next_multiple_of(2)),
+                        ("max_set_entries", cap.set_entries, g.max_set_entries),
+                        ("max_timed_blocks", cap.timed_blocks, g.max_timed_blocks),
+                    ] {
+                        if running != wanted {
+                            changes.push(format!("{key} {running} -> {wanted}"));
+                        }
+                    }
+                }
                 if self.fixed(Program::Filter, &f.pin, changes, &mut steps) {
                     None
                 } else {

@@ -523,6 +523,11 @@ impl Filter {
         (c.v4_rules, c.v6_rules)
     }
 
+    /// The rule stage's capacities, as loaded (`None` without one).
+    pub(crate) fn guard_capacity(&self) -> Option<guard::maps::GuardCapacity> {
+        self.guard.as_ref().map(|g| g.core.maps.capacity())
+    }
+
     /// Kernel memory charged to the filter's maps (its guard stage's
     /// included), in bytes.
     pub fn map_memory_bytes(&self) -> u64 {
