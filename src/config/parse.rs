@@ -25,6 +25,7 @@ use toml::Spanned;
 use super::model::{Config, DecapConfig, FilterConfig, GuardLimits, LbConfig, VipSpec};
 use super::{DEFAULT_DECAP_PIN, DEFAULT_FILTER_PIN, DEFAULT_LB_PIN};
 use crate::error::{ConfigError, ListError, Problem};
+use crate::filter::guard::maps::{default_rule_records, default_rule_refs, MAX_RULE_RECORDS, MAX_RULE_REFS};
 use crate::lb::{check_backend, check_nat_backend, maglev};
 use crate::{
     normalize, parse_list, parse_prefix, AttachMode, Backend, BackendAddr, EchoPolicy, ForwardingMode, FragmentPolicy,
@@ -354,8 +355,8 @@ fn filter(r: &mut Reader<'_>, t: &DeTable<'_>, span: &Range<usize>, base: &Path)
     let max_rules = num(r, "max_rules", MAX_RULES).unwrap_or(DEFAULT_MAX_RULES);
     let guard = GuardLimits {
         max_rules,
-        max_rule_records: num(r, "max_rule_records", 1 << 23).unwrap_or(max_rules * 2),
-        max_rule_refs: num(r, "max_rule_refs", 1 << 26).unwrap_or(max_rules * 16),
+        max_rule_records: num(r, "max_rule_records", MAX_RULE_RECORDS).unwrap_or(default_rule_records(max_rules)),
+        max_rule_refs: num(r, "max_rule_refs", MAX_RULE_REFS).unwrap_or(default_rule_refs(max_rules)),
         max_set_entries: cap(r, "max_set_entries", DEFAULT_MAX_SET_ENTRIES),
         max_timed_blocks: cap(r, "max_timed_blocks", DEFAULT_MAX_TIMED_BLOCKS),
     };

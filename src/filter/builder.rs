@@ -4,7 +4,8 @@
 use crate::core::pinned::{placement_methods, LoadPlan, Pinned, Placement};
 use crate::error::{AttachError, Error, LoadError};
 use crate::filter::guard::maps::{
-    GuardCapacity, DEFAULT_MAX_RULES, DEFAULT_MAX_SET_ENTRIES, DEFAULT_MAX_TIMED_BLOCKS, MAX_RULES,
+    default_rule_records, default_rule_refs, GuardCapacity, DEFAULT_MAX_RULES, DEFAULT_MAX_SET_ENTRIES,
+    DEFAULT_MAX_TIMED_BLOCKS, MAX_RULES, MAX_RULE_RECORDS, MAX_RULE_REFS,
 };
 use crate::filter::guard::Guard;
 use crate::filter::layout::filter_skel::FilterSkelBuilder;
@@ -172,12 +173,12 @@ impl FilterBuilder {
                 return Err(LoadError::InvalidCapacity { what, value, hint: "between 1 and 16,777,216" }.into());
             }
         }
-        let records = self.max_rule_records.unwrap_or(self.max_rules.saturating_mul(2));
-        let refs = self.max_rule_refs.unwrap_or(self.max_rules.saturating_mul(16));
+        let records = self.max_rule_records.unwrap_or(default_rule_records(self.max_rules));
+        let refs = self.max_rule_refs.unwrap_or(default_rule_refs(self.max_rules));
         for (what, value, max, hint) in [
             ("max_rules", self.max_rules, MAX_RULES, "between 1 and 1,048,576"),
-            ("max_rule_records", records, 1 << 23, "between 1 and 8,388,608"),
-            ("max_rule_refs", refs, 1 << 26, "between 1 and 67,108,864"),
+            ("max_rule_records", records, MAX_RULE_RECORDS, "between 1 and 8,388,608"),
+            ("max_rule_refs", refs, MAX_RULE_REFS, "between 1 and 67,108,864"),
             ("max_set_entries", self.max_set_entries, MAX_CAPACITY, "between 1 and 16,777,216"),
             ("max_timed_blocks", self.max_timed_blocks, MAX_CAPACITY, "between 1 and 16,777,216"),
         ] {

@@ -59,6 +59,18 @@ pub const DEFAULT_MAX_SET_ENTRIES: usize = 65536;
 /// by user space or a rate limit's auto-block
 /// ([`FilterBuilder::max_timed_blocks`](crate::FilterBuilder::max_timed_blocks)).
 pub const DEFAULT_MAX_TIMED_BLOCKS: usize = XDPG_TB_MAX as usize;
+/// The largest rule-record capacity accepted (`FilterBuilder::max_rule_records`).
+pub(crate) const MAX_RULE_RECORDS: usize = 1 << 23;
+/// The largest rule-index capacity accepted (`FilterBuilder::max_rule_refs`).
+pub(crate) const MAX_RULE_REFS: usize = 1 << 26;
+/// The default rule-record capacity for `rules` rules: two a rule.
+pub(crate) fn default_rule_records(rules: usize) -> usize {
+    rules.saturating_mul(2)
+}
+/// The default rule-index capacity for `rules` rules: sixteen a rule.
+pub(crate) fn default_rule_refs(rules: usize) -> usize {
+    rules.saturating_mul(16)
+}
 /// Bytes of rule text per rule the text store holds (per half), on average.
 const TEXT_BYTES_PER_RULE: usize = 128;
 
