@@ -83,7 +83,18 @@ impl Flood {
                         if n >= budget || stop.load(Ordering::Relaxed) {
                             break 'outer;
                         }
-                        sock.send(f).unwrap_or_else(|e| panic!("flood send: {e}"));
+                        // ENOBUFS: the interface's queue was full and the
+                        // frame not sent (a busy CI machine, the peer's NAPI
+                        // not yet run): let it drain, send the frame again.
+                        while let Err(e) = sock.send(f) {
+                            if e.raw_os_error() != Some(nix::libc::ENOBUFS) {
+                                panic!("flood send: {e}");
+                            }
+                            if stop.load(Ordering::Relaxed) {
+                                break 'outer;
+                            }
+                            std::thread::sleep(std::time::Duration::from_micros(100));
+                        }
                         per_frame[i] += 1;
                         n += 1;
                         sent.store(n, Ordering::Relaxed);
