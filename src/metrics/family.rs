@@ -93,6 +93,8 @@ families! {
         "Exact rate-limit buckets in use (the table holds 65,536)."),
     TIMED_BLOCKS = ("xdpguard_filter_timed_blocks", Gauge, false, ["pin"],
         "Live timed blocks (blocks that expire)."),
+    TIMED_BLOCKS_CAPACITY = ("xdpguard_filter_timed_blocks_capacity", Gauge, false, ["pin"],
+        "Timed blocks the table holds (max_timed_blocks at load); full, auto-blocks fail."),
     EVENTS = ("xdpguard_filter_drop_events", Counter, false, ["pin", "counted"],
         "Drop events: sent to the ring, limited by the per-CPU rate, lost (ring full)."),
     LB_DROPPED_PACKETS = ("xdpguard_lb_dropped_packets", Counter, false, ["pin", "reason"],

@@ -83,5 +83,6 @@ fn guard(f: &Filter, pin: &Label, s: &mut Samples) -> Result<(), Error> {
     // Listing reclaims expired blocks first (under the guard's lock, like
     // an edit), so the count is of live blocks only.
     s.push(Id::TIMED_BLOCKS, [pin.clone()], f.timed_blocks().list()?.len() as u64);
+    s.push(Id::TIMED_BLOCKS_CAPACITY, [pin.clone()], f.timed_blocks().capacity()? as u64);
     Ok(())
 }
