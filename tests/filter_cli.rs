@@ -15,7 +15,7 @@ use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use common::cli::{Cli, XDPGUARD};
+use common::cli::{refused, Cli, XDPGUARD};
 use common::scratch::ScratchDir;
 use common::udp_echo::{udp_echo_reaches, UdpEcho};
 use xdpguard::testing::netns::*;
@@ -341,15 +341,6 @@ impl CliBed {
         let path = self.files.path().join(name);
         std::fs::write(&path, bytes).unwrap();
         path.to_str().unwrap().to_owned()
-    }
-}
-
-#[track_caller]
-fn refused(out: &std::process::Output, words: &[&str]) {
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "must fail: {stderr}");
-    for w in words {
-        assert!(stderr.contains(w), "stderr should mention `{w}`: {stderr}");
     }
 }
 

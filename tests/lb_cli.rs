@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
-use common::cli::XDPGUARD_LB;
+use common::cli::{refused, XDPGUARD_LB};
 use common::scratch::ScratchDir;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -195,9 +195,7 @@ fn attach_on_a_pinned_lb_attaches_it_again_with_its_state() {
     assert!(text.contains("attached:    nowhere") && text.contains("xdpguard-lb attach --iface IF --pin"), "{text}");
 
     // Load-time settings that differ are refused before anything changes.
-    let out = cli.run(&[&attach[..], &["--connections", "1024"], &p].concat());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("--connections 4096") && err.contains("detach"), "{err}");
+    refused(&cli.run(&[&attach[..], &["--connections", "1024"], &p].concat()), &["--connections 4096", "detach"]);
     assert_eq!(cli.json(&["status", "--json", p[0], p[1]])["attachments"], serde_json::json!([]));
 
     // `attach` on the pin directory attaches the same LB: VIPs, backends and
@@ -215,9 +213,7 @@ fn attach_on_a_pinned_lb_attaches_it_again_with_its_state() {
     assert_eq!(spread(&net, 20).len(), 2, "it balances again");
 
     // Attaching where it already runs is refused, naming the interface.
-    let out = cli.run(&["attach", "--iface", "eth1", "--netns", &net.lb.name, p[0], p[1]]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("eth1") && err.contains("already"), "{err}");
+    refused(&cli.run(&["attach", "--iface", "eth1", "--netns", &net.lb.name, p[0], p[1]]), &["eth1", "already"]);
     cli.ok(&["detach", p[0], p[1]]);
     assert!(!pin.path().exists());
 }
@@ -281,9 +277,7 @@ fn the_cli_runs_pinned_decapsulators_on_ipip_backends() {
     assert!(out.contains("attached to eth0") && out.contains("local endpoints"), "{out}");
     let s = cli.json(&["decap", "stats", "--json", "--pin", dp.arg()]);
     assert_eq!(s["locals"], serde_json::json!([backend_v4(1).to_string(), extra]), "{s}");
-    let out = cli.run(&again);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("eth0") && err.contains("already"), "{err}");
+    refused(&cli.run(&again), &["eth0", "already"]);
     assert_eq!(spread(&net, 30).len(), 3, "all three backends answer again");
 
     // A missing pin directory is a typed error with a failing status.

@@ -390,7 +390,9 @@ struct GuardCapacities {
 
 impl GuardCapacities {
     fn apply(&self, mut b: xdpguard::FilterBuilder) -> xdpguard::FilterBuilder {
-        b = b.max_rules(self.max_rules.unwrap_or(xdpguard::DEFAULT_MAX_RULES));
+        if let Some(n) = self.max_rules {
+            b = b.max_rules(n);
+        }
         if let Some(n) = self.max_rule_records {
             b = b.max_rule_records(n);
         }

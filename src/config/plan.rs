@@ -11,6 +11,7 @@ use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use super::model::{Config, DecapConfig, FilterConfig, LbConfig};
 use super::netns::Entered;
 use crate::error::{ConfigError, Error, PinError};
+use crate::filter::guard::maps::GuardCapacity;
 use crate::{
     AttachMode, Attachment, Backend, BackendAddr, Decap, Filter, ListKind, LoadBalancer, MalformedPolicy, Rule,
     RuleError, SynPolicy, Vip, VipConfig,
@@ -417,14 +418,22 @@ impl Planner {
                     changes.push(format!("v6_capacity {v6} -> {}", f.v6_capacity));
                 }
                 if let Some(cap) = filter.guard_capacity() {
+                    // What the builder would load from the file's values (the
+                    // rule index rounded as it stores it).
                     let g = &f.guard;
+                    let want = GuardCapacity::new(
+                        g.max_rules,
+                        g.max_rule_records,
+                        g.max_rule_refs,
+                        g.max_set_entries,
+                        g.max_timed_blocks,
+                    );
                     for (key, running, wanted) in [
-                        ("max_rules", cap.rules, g.max_rules),
-                        ("max_rule_records", cap.records, g.max_rule_records),
-                        // Stored rounded up to even (two entries a word).
-                        ("max_rule_refs", cap.refs, g.max_rule_refs.next_multiple_of(2)),
-                        ("max_set_entries", cap.set_entries, g.max_set_entries),
-                        ("max_timed_blocks", cap.timed_blocks, g.max_timed_blocks),
+                        ("max_rules", cap.rules, want.rules),
+                        ("max_rule_records", cap.records, want.records),
+                        ("max_rule_refs", cap.refs, want.refs),
+                        ("max_set_entries", cap.set_entries, want.set_entries),
+                        ("max_timed_blocks", cap.timed_blocks, want.timed_blocks),
                     ] {
                         if running != wanted {
                             changes.push(format!("{key} {running} -> {wanted}"));

@@ -55,6 +55,17 @@ impl Cli {
     }
 }
 
+/// Requires that a command failed and that its stderr mentions each of
+/// `words` (what was wrong, and the way out).
+#[track_caller]
+pub fn refused(out: &Output, words: &[&str]) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "must fail: {stderr}");
+    for w in words {
+        assert!(stderr.contains(w), "stderr should mention `{w}`: {stderr}");
+    }
+}
+
 /// What a command printed: stdout, then stderr.
 fn printed(out: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
