@@ -460,6 +460,47 @@ fn v4_and_v6_sources_match_only_their_family() {
     t.finish();
 }
 
+/// IPv4 source and destination prefixes of every edge length (/0, /1, /31,
+/// /32, and one inside a byte), each matched by the address at its last
+/// covered bit and missed by the one just past it: the guard takes an IPv4
+/// prefix's mask from one shift without a branch (`in_prefix`).
+#[test]
+fn v4_prefix_lengths_at_their_edges() {
+    let f = load();
+    let ids = add(
+        &f,
+        &[
+            "drop udp dport 10 from 0.0.0.0/0",
+            "drop udp dport 11 from 128.0.0.0/1",
+            "drop udp dport 12 from 203.0.113.6/31",
+            "drop udp dport 13 from 203.0.113.7/32",
+            "drop udp dport 14 from 203.0.113.64/27",
+            "drop udp dport 15 not from 203.0.113.64/27",
+            "drop tcp dport 16 to 192.0.2.128/25",
+            "drop tcp dport 17 to 192.0.2.7/32",
+        ],
+    );
+    let mut t = Table::new(&f, "v4 prefix lengths");
+    t.drop("/0", &udp("203.0.113.5", 9, 10), &[ids[0]]);
+    t.drop("/1, its last address", &udp("255.255.255.254", 9, 11), &[ids[1]]);
+    t.pass("/1, the address before it", &udp("127.255.255.255", 9, 11), &[]);
+    t.drop("/31, its first address", &udp("203.0.113.6", 9, 12), &[ids[2]]);
+    t.drop("/31, its last address", &udp("203.0.113.7", 9, 12), &[ids[2]]);
+    t.pass("/31, the address after it", &udp("203.0.113.8", 9, 12), &[]);
+    t.pass("/31, the address before it", &udp("203.0.113.5", 9, 12), &[]);
+    t.drop("/32, its address", &udp("203.0.113.7", 9, 13), &[ids[3]]);
+    t.pass("/32, its neighbour", &udp("203.0.113.6", 9, 13), &[]);
+    t.drop("/27, its last address", &udp("203.0.113.95", 9, 14), &[ids[4]]);
+    t.pass("/27, the address after it", &udp("203.0.113.96", 9, 14), &[]);
+    t.pass("not /27, inside", &udp("203.0.113.64", 9, 15), &[]);
+    t.drop("not /27, the address before it", &udp("203.0.113.63", 9, 15), &[ids[5]]);
+    t.drop("to /25, its last address", &tcp_to("203.0.113.5", "192.0.2.255", 16), &[ids[6]]);
+    t.pass("to /25, the address before it", &tcp_to("203.0.113.5", "192.0.2.127", 16), &[]);
+    t.drop("to /32, its address", &tcp_to("203.0.113.5", "192.0.2.7", 17), &[ids[7]]);
+    t.pass("to /32, its neighbour", &tcp_to("203.0.113.5", "192.0.2.6", 17), &[]);
+    t.finish();
+}
+
 /// The gate (the filter passes the packets the guard has nothing to do
 /// with itself, without the tail call) follows every edit: open with the
 /// bits of the live rule set, every port of a protocol-wide rule's protocol

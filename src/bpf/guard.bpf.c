@@ -127,10 +127,16 @@ static __always_inline int syn_stage(struct xdp_md *ctx, const struct xdpg_pkt *
 	return undecided(ctx, w->bytes);
 }
 
-/* Whether addr lies in net/len (both network byte order, IPv4 in word 0:
- * an IPv4 prefix is never longer than 32, so words 1-3 are not compared). */
-static __always_inline int in_prefix(const __u32 *net, __u32 len, const __u32 *addr)
+/* Whether addr lies in net/len (both network byte order, IPv4 in word 0).
+ * A record's prefix is of its family (user space sets the family whenever
+ * a prefix is given), and the walk skips records of the other family, so
+ * an IPv4 packet's check is one word against an IPv4 prefix (len <= 32):
+ * its mask, the first `len` of 32 bits, taken from a 64-bit shift without
+ * a branch. */
+static __always_inline int in_prefix(const __u32 *net, __u32 len, const __u32 *addr, int v6)
 {
+	if (!v6)
+		return (addr[0] & bpf_htonl((__u32)(0xFFFFFFFF00000000ull >> (len & 63)))) == net[0];
 	return ((mask_word(addr[0], len) ^ net[0]) | (mask_word(addr[1], len - 32) ^ net[1]) |
 		(mask_word(addr[2], len - 64) ^ net[2]) | (mask_word(addr[3], len - 96) ^ net[3])) == 0;
 }
@@ -179,12 +185,13 @@ static __always_inline long check_record(__u32 i, struct walk *w)
 	if ((w->flags & r->flags_mask) != r->flags_value)
 		return 0;
 	if (match & XDPG_RM_DST) {
-		int hit = in_prefix(r->dst, r->dst_len, w->dst);
+		int hit = in_prefix(r->dst, r->dst_len, w->dst, w->family == 6);
 		if (hit == !!(match & XDPG_RM_DST_NOT))
 			return 0;
 	}
 	if (match & XDPG_RM_SRC) {
-		int hit = (match & XDPG_RM_SRC_SET) ? in_set(r->set, w) : in_prefix(r->src, r->src_len, w->src);
+		int hit = (match & XDPG_RM_SRC_SET) ? in_set(r->set, w)
+						    : in_prefix(r->src, r->src_len, w->src, w->family == 6);
 		if (hit == !!(match & XDPG_RM_SRC_NOT))
 			return 0;
 	}
