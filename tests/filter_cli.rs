@@ -99,11 +99,58 @@ fn the_cli_manages_a_pinned_filter_that_outlives_every_command() {
     let again = cli.run(&["attach", "--iface", "eth0", "--pin", p, "--netns", &pair.server.name]);
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("already holds"), "{again:?}");
-    // The rule stage's capacities are the load's: given again, refused by name.
-    let again = cli.run(&["attach", "--iface", "eth0", "--pin", p, "--netns", &pair.server.name, "--max-rules", "8"]);
+    // The rule stage's capacities are the load's: given again with its own
+    // values, they pass (and the attach is refused for eth0 as above); with
+    // others, refused by name beside the pinned value, nothing changed.
+    let again = cli.run(&[
+        "attach",
+        "--iface",
+        "eth0",
+        "--pin",
+        p,
+        "--netns",
+        &pair.server.name,
+        "--max-timed-blocks",
+        "2",
+        "--max-rules",
+        &xdpguard::DEFAULT_MAX_RULES.to_string(),
+    ]);
+    refused(&again, &["already holds"]);
+    let again = cli.run(&[
+        "attach",
+        "--iface",
+        "eth0",
+        "--pin",
+        p,
+        "--netns",
+        &pair.server.name,
+        "--max-rules",
+        "8",
+        "--max-timed-blocks",
+        "2",
+        "--max-set-entries",
+        "9",
+    ]);
     refused(
         &again,
-        &["--max-rules: the capacities of the rule stage", "fixed when it was loaded", "xdpguard detach --pin"],
+        &[
+            &format!(
+                "--max-rules 8 (it has {}), --max-set-entries 9 (it has {}): the capacities of the rule stage",
+                xdpguard::DEFAULT_MAX_RULES,
+                xdpguard::DEFAULT_MAX_SET_ENTRIES
+            ),
+            "fixed when it was loaded",
+            "xdpguard detach --pin",
+        ],
+    );
+    let status = cli.json(&["status", "--pin", p, "--json"]);
+    assert_eq!(status["rule_capacities"]["max_timed_blocks"], 2, "{status}");
+    assert_eq!(status["rule_capacities"]["max_rules"], xdpguard::DEFAULT_MAX_RULES, "{status}");
+    let text = cli.ok(&["status", "--pin", p]);
+    assert!(
+        text.contains(&format!("rule stage: {} rules,", xdpguard::DEFAULT_MAX_RULES))
+            && text.contains("2 timed blocks at most"),
+        "{text}"
     );
 
     // The timed-block table holds what attach gave it; full, the error names the option.

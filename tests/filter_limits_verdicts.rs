@@ -352,6 +352,33 @@ fn a_full_lru_evicts_cold_buckets_not_an_active_client() {
     assert_eq!(client_passed, 0, "the active client's bucket was never evicted");
 }
 
+/// A loaded filter reports the rule stage's capacities it was loaded with:
+/// what its builder said it would load (defaults applied, the rule index
+/// rounded up to even), and none without a rule stage.
+#[test]
+fn a_filter_reports_the_rule_capacities_its_builder_set() {
+    let builder = || Filter::builder().v4_capacity(1024).v6_capacity(1024);
+    let b = builder().max_rules(100).max_rule_refs(1001).max_set_entries(77).max_timed_blocks(5);
+    let wanted = b.rule_capacities();
+    assert_eq!(
+        wanted.named(),
+        [
+            ("max_rules", 100),
+            ("max_rule_records", 200),
+            ("max_rule_refs", 1002),
+            ("max_set_entries", 77),
+            ("max_timed_blocks", 5)
+        ]
+    );
+    let f = b.load().expect("load");
+    assert_eq!(f.rule_capacities(), Some(wanted));
+    let defaults = builder().load().expect("load");
+    assert_eq!(defaults.rule_capacities(), Some(Filter::builder().rule_capacities()));
+    assert_eq!(defaults.rule_capacities().map(|c| c.max_rules), Some(xdpguard::DEFAULT_MAX_RULES));
+    let bare = builder().guard(false).load().expect("load without a rule stage");
+    assert_eq!(bare.rule_capacities(), None);
+}
+
 /// The timed-block table's capacity is the builder's (`max_timed_blocks`):
 /// full, an insert is refused with a `RuleError::Full` that names the
 /// option, the blocks in it keep blocking, and a rate limit's auto-block is

@@ -408,18 +408,31 @@ impl GuardCapacities {
         b
     }
 
-    /// The options given, as `--name`.
-    fn given(&self) -> Vec<&'static str> {
-        [
-            ("--max-rules", self.max_rules),
-            ("--max-rule-records", self.max_rule_records),
-            ("--max-rule-refs", self.max_rule_refs),
-            ("--max-set-entries", self.max_set_entries),
-            ("--max-timed-blocks", self.max_timed_blocks),
-        ]
-        .into_iter()
-        .filter_map(|(name, v)| v.map(|_| name))
-        .collect()
+    /// Where the options given differ from the rule stage of `filter` (a
+    /// pinned one), as `--option N (it has M)`; all of them when it has no
+    /// rule stage.
+    fn differing(&self, filter: &Filter) -> Vec<String> {
+        // In the order of `RuleCapacities::named`.
+        let given =
+            [self.max_rules, self.max_rule_records, self.max_rule_refs, self.max_set_entries, self.max_timed_blocks];
+        // What a new filter would get from these options (the rule index
+        // rounded as it is stored), beside what the pinned one has.
+        let wanted = self.apply(Filter::builder()).rule_capacities().named();
+        let pinned = filter.rule_capacities().map(|p| p.named());
+        given
+            .into_iter()
+            .zip(wanted)
+            .enumerate()
+            .filter_map(|(i, (value, (name, want)))| {
+                let value = value?;
+                let option = format!("--{}", name.replace('_', "-"));
+                match pinned {
+                    Some(p) if p[i].1 == want => None,
+                    Some(p) => Some(format!("{option} {value} (it has {})", p[i].1)),
+                    None => Some(format!("{option} {value} (it has no rule stage)")),
+                }
+            })
+            .collect()
     }
 }
 
@@ -546,7 +559,14 @@ fn run(command: Command) -> Result<()> {
             let monitor = filter.monitor();
             let memory = filter.map_memory_bytes();
             let attachments = filter.attachments();
+            let rule_caps = filter.rule_capacities();
             if json {
+                let rule_caps_json = rule_caps.map(|c| {
+                    c.named()
+                        .into_iter()
+                        .map(|(name, v)| (name.to_string(), json!(v)))
+                        .collect::<serde_json::Map<_, _>>()
+                });
                 let ifs: Vec<_> = attachments.iter().map(common::attachment_json).collect();
                 println!(
                     "{}",
@@ -557,6 +577,7 @@ fn run(command: Command) -> Result<()> {
                         "allowlist_entries": allowed,
                         "v4_capacity": v4_cap,
                         "v6_capacity": v6_cap,
+                        "rule_capacities": rule_caps_json,
                         "map_memory_bytes": memory,
                         "malformed_policy": filter.malformed_policy().to_string(),
                         "rules": rules,
@@ -579,6 +600,12 @@ fn run(command: Command) -> Result<()> {
                 println!("blocklist:  {blocked} entries");
                 println!("allowlist:  {allowed} entries");
                 println!("capacity:   {v4_cap} IPv4, {v6_cap} IPv6 entries");
+                if let Some(c) = rule_caps {
+                    println!(
+                        "rule stage: {} rules, {} records, {} index entries, {} set entries, {} timed blocks at most",
+                        c.max_rules, c.max_rule_records, c.max_rule_refs, c.max_set_entries, c.max_timed_blocks
+                    );
+                }
                 println!("memory:     {}", common::memory_text(memory));
                 println!("malformed:  {}", filter.malformed_policy());
                 match (rules, sets) {
@@ -647,19 +674,19 @@ fn reattach(
     drop_malformed: bool,
     guard: &GuardCapacities,
 ) -> Result<()> {
-    let given = guard.given();
-    if !given.is_empty() {
+    let filter = Filter::open_pinned(dir)?;
+    let differing = guard.differing(&filter);
+    if !differing.is_empty() {
         return Err(format!(
             "{}: the capacities of the rule stage of the filter pinned at {} were fixed when it was loaded; \
-             attach it without them, or detach it (`xdpguard detach --pin {}`, which drops its lists and \
-             rules) and attach a new one",
-            given.join(", "),
+             attach it with its own or without these options, or detach it (`xdpguard detach --pin {}`, which \
+             drops its lists and rules) and attach a new one",
+            differing.join(", "),
             dir.display(),
             dir.display()
         )
         .into());
     }
-    let filter = Filter::open_pinned(dir)?;
     let (v4, v6) = filter.capacity();
     if v4_capacity.is_some_and(|c| c != v4) || v6_capacity.is_some_and(|c| c != v6) {
         return Err(format!(

@@ -91,12 +91,8 @@ impl Run<'_> {
                     .mode(f.mode)
                     .v4_capacity(f.v4_capacity)
                     .v6_capacity(f.v6_capacity)
-                    .max_rules(f.guard.max_rules)
-                    .max_rule_records(f.guard.max_rule_records)
-                    .max_rule_refs(f.guard.max_rule_refs)
-                    .max_set_entries(f.guard.max_set_entries)
-                    .max_timed_blocks(f.guard.max_timed_blocks)
                     .malformed(f.malformed);
+                let b = f.guard.apply(b);
                 Handle::Filter(Box::new(b.load()?))
             }
             Program::Lb => {

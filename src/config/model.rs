@@ -95,6 +95,17 @@ pub struct GuardLimits {
     pub max_timed_blocks: usize,
 }
 
+impl GuardLimits {
+    /// `b` with these capacities.
+    pub(crate) fn apply(&self, b: crate::FilterBuilder) -> crate::FilterBuilder {
+        b.max_rules(self.max_rules)
+            .max_rule_records(self.max_rule_records)
+            .max_rule_refs(self.max_rule_refs)
+            .max_set_entries(self.max_set_entries)
+            .max_timed_blocks(self.max_timed_blocks)
+    }
+}
+
 /// A load balancer (`[[lb]]`), with its VIPs (`[[lb.vip]]`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]

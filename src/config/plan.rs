@@ -11,7 +11,6 @@ use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use super::model::{Config, DecapConfig, FilterConfig, LbConfig};
 use super::netns::Entered;
 use crate::error::{ConfigError, Error, PinError};
-use crate::filter::guard::maps::GuardCapacity;
 use crate::{
     AttachMode, Attachment, Backend, BackendAddr, Decap, Filter, ListKind, LoadBalancer, MalformedPolicy, Rule,
     RuleError, SynPolicy, Vip, VipConfig,
@@ -417,24 +416,11 @@ impl Planner {
                 if v6 != f.v6_capacity {
                     changes.push(format!("v6_capacity {v6} -> {}", f.v6_capacity));
                 }
-                if let Some(cap) = filter.guard_capacity() {
+                if let Some(running) = filter.rule_capacities() {
                     // What the builder would load from the file's values (the
                     // rule index rounded as it stores it).
-                    let g = &f.guard;
-                    let want = GuardCapacity::new(
-                        g.max_rules,
-                        g.max_rule_records,
-                        g.max_rule_refs,
-                        g.max_set_entries,
-                        g.max_timed_blocks,
-                    );
-                    for (key, running, wanted) in [
-                        ("max_rules", cap.rules, want.rules),
-                        ("max_rule_records", cap.records, want.records),
-                        ("max_rule_refs", cap.refs, want.refs),
-                        ("max_set_entries", cap.set_entries, want.set_entries),
-                        ("max_timed_blocks", cap.timed_blocks, want.timed_blocks),
-                    ] {
+                    let wanted = f.guard.apply(Filter::builder()).rule_capacities();
+                    for ((key, running), (_, wanted)) in running.named().into_iter().zip(wanted.named()) {
                         if running != wanted {
                             changes.push(format!("{key} {running} -> {wanted}"));
                         }

@@ -4,7 +4,7 @@
 use crate::core::pinned::{placement_methods, LoadPlan, Pinned, Placement};
 use crate::error::{AttachError, Error, LoadError};
 use crate::filter::guard::maps::{
-    default_rule_records, default_rule_refs, GuardCapacity, DEFAULT_MAX_RULES, DEFAULT_MAX_SET_ENTRIES,
+    default_rule_records, default_rule_refs, GuardCapacity, RuleCapacities, DEFAULT_MAX_RULES, DEFAULT_MAX_SET_ENTRIES,
     DEFAULT_MAX_TIMED_BLOCKS, MAX_RULES, MAX_RULE_RECORDS, MAX_RULE_REFS,
 };
 use crate::filter::guard::Guard;
@@ -142,6 +142,28 @@ impl FilterBuilder {
         self
     }
 
+    /// The rule stage's capacities this builder would load (its settings,
+    /// with the defaults applied and the rule index rounded as stored);
+    /// compare them with a pinned filter's
+    /// ([`Filter::rule_capacities`]). Not checked against their limits
+    /// here: [`load`](Self::load) does that.
+    pub fn rule_capacities(&self) -> RuleCapacities {
+        self.guard_capacity().limits()
+    }
+
+    /// The rule records and rule-index entries asked for, defaults applied.
+    fn records_and_refs(&self) -> (usize, usize) {
+        (
+            self.max_rule_records.unwrap_or(default_rule_records(self.max_rules)),
+            self.max_rule_refs.unwrap_or(default_rule_refs(self.max_rules)),
+        )
+    }
+
+    fn guard_capacity(&self) -> GuardCapacity {
+        let (records, refs) = self.records_and_refs();
+        GuardCapacity::new(self.max_rules, records, refs, self.max_set_entries, self.max_timed_blocks)
+    }
+
     /// Loads the filter without attaching it anywhere (for chaining, or for
     /// [`Filter::test_run`]). A pin directory, if set, is still used.
     ///
@@ -173,8 +195,8 @@ impl FilterBuilder {
                 return Err(LoadError::InvalidCapacity { what, value, hint: "between 1 and 16,777,216" }.into());
             }
         }
-        let records = self.max_rule_records.unwrap_or(default_rule_records(self.max_rules));
-        let refs = self.max_rule_refs.unwrap_or(default_rule_refs(self.max_rules));
+        let guard_cap = self.guard_capacity();
+        let (records, refs) = self.records_and_refs();
         for (what, value, max, hint) in [
             ("max_rules", self.max_rules, MAX_RULES, "between 1 and 1,048,576"),
             ("max_rule_records", records, MAX_RULE_RECORDS, "between 1 and 8,388,608"),
@@ -232,13 +254,7 @@ impl FilterBuilder {
                 maps.cfg.set(0, cfg);
                 crate::filter::events::init(maps);
             })?;
-            let guard = if with_guard {
-                let cap =
-                    GuardCapacity::new(self.max_rules, records, refs, self.max_set_entries, self.max_timed_blocks);
-                Some(Guard::load(cap, &Guard::shared_maps(&core.maps))?)
-            } else {
-                None
-            };
+            let guard = if with_guard { Some(Guard::load(guard_cap, &Guard::shared_maps(&core.maps))?) } else { None };
             Ok(Filter { core, guard })
         })?;
         // The guard is pinned beside the filter once the filter is: it is

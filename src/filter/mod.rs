@@ -35,7 +35,9 @@ mod v6_tables;
 
 pub use builder::FilterBuilder;
 pub use events::{DropEvent, DropReason, EventError, EventOptions, EventRate, EventReader, EventStats, SNAP_LEN};
-pub use guard::maps::{DEFAULT_MAX_RULES, DEFAULT_MAX_SET_ENTRIES, DEFAULT_MAX_TIMED_BLOCKS, MAX_RULES};
+pub use guard::maps::{
+    RuleCapacities, DEFAULT_MAX_RULES, DEFAULT_MAX_SET_ENTRIES, DEFAULT_MAX_TIMED_BLOCKS, MAX_RULES,
+};
 pub use guard::syn::{
     nft_rules, SynGuard, SynMode, SynPolicy, SynPortStats, SynPortStatus, DEFAULT_SYN_THRESHOLD, MAX_SYN_PORTS,
 };
@@ -523,9 +525,10 @@ impl Filter {
         (c.v4_rules, c.v6_rules)
     }
 
-    /// The rule stage's capacities, as loaded (`None` without one).
-    pub(crate) fn guard_capacity(&self) -> Option<guard::maps::GuardCapacity> {
-        self.guard.as_ref().map(|g| g.core.maps.capacity())
+    /// The rule stage's capacities, as loaded (`None` for a filter loaded
+    /// without one: [`FilterBuilder::guard`]`(false)`, an offloaded one).
+    pub fn rule_capacities(&self) -> Option<RuleCapacities> {
+        self.guard.as_ref().map(|g| g.core.maps.capacity().limits())
     }
 
     /// Kernel memory charged to the filter's maps (its guard stage's

@@ -74,6 +74,43 @@ pub(crate) fn default_rule_refs(rules: usize) -> usize {
 /// Bytes of rule text per rule the text store holds (per half), on average.
 const TEXT_BYTES_PER_RULE: usize = 128;
 
+/// The rule stage's capacities, fixed when a filter is loaded: the
+/// [`FilterBuilder`](crate::FilterBuilder) methods of the same names, with
+/// their defaults applied and the rule index rounded up to an even count, as
+/// the maps hold them. From [`Filter::rule_capacities`](crate::Filter::rule_capacities)
+/// (a loaded filter's) or
+/// [`FilterBuilder::rule_capacities`](crate::FilterBuilder::rule_capacities)
+/// (what a builder would load), so that a tool can tell whether a pinned
+/// filter has the capacities it was asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RuleCapacities {
+    /// Rules in a rule set.
+    pub max_rules: usize,
+    /// Compiled rule records.
+    pub max_rule_records: usize,
+    /// Entries of the rule index's groups.
+    pub max_rule_refs: usize,
+    /// Prefixes in all named sets together.
+    pub max_set_entries: usize,
+    /// Timed blocks.
+    pub max_timed_blocks: usize,
+}
+
+impl RuleCapacities {
+    /// Each capacity under the name of its builder method, in the builder's
+    /// order (for messages and comparisons).
+    pub fn named(&self) -> [(&'static str, usize); 5] {
+        [
+            ("max_rules", self.max_rules),
+            ("max_rule_records", self.max_rule_records),
+            ("max_rule_refs", self.max_rule_refs),
+            ("max_set_entries", self.max_set_entries),
+            ("max_timed_blocks", self.max_timed_blocks),
+        ]
+    }
+}
+
 /// Sizes chosen at load time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct GuardCapacity {
@@ -107,6 +144,17 @@ impl GuardCapacity {
             text_words: rules * TEXT_BYTES_PER_RULE / 8,
             set_entries,
             timed_blocks,
+        }
+    }
+
+    /// The capacities a user set (the builder's), as loaded.
+    pub(crate) fn limits(&self) -> RuleCapacities {
+        RuleCapacities {
+            max_rules: self.rules,
+            max_rule_records: self.records,
+            max_rule_refs: self.refs,
+            max_set_entries: self.set_entries,
+            max_timed_blocks: self.timed_blocks,
         }
     }
 
