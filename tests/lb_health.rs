@@ -333,6 +333,96 @@ fn failing_backends_are_drained_and_restored_under_traffic() {
 }
 
 /// The probes against real servers: what passes, and why a check fails.
+/// A drain is journaled before it is made (the window an agent killed
+/// between the weight change and its state file left): the journal sees
+/// the LB's weights unchanged and the backends to drain already holding the
+/// weight to restore; a journal that fails applies nothing (each change an
+/// `EditFailed` naming it, made at the next round); a restore needs no
+/// journal. Probes run in a namespace of the test's own, whose only route
+/// is its loopback: a backend is up while a listener holds its address.
+#[test]
+fn a_drain_is_journaled_before_it_is_made() {
+    use xdpguard::health_check::{BackendHealth, HealthEventKind, HealthState};
+    use xdpguard::{BackendAddr, ForwardingMode, VipConfig};
+
+    let ns = NetNs::new("hjr");
+    let backends: [IpAddr; 2] = ["198.51.100.11".parse().unwrap(), "198.51.100.12".parse().unwrap()];
+    ns.ip(&["addr", "add", "198.51.100.11/32", "dev", "lo"]);
+    let outcome = ns.run(move || {
+        let lb = LoadBalancer::builder().connections(1024).load().expect("load the LB");
+        let vip = Vip::tcp(SocketAddr::new(IpAddr::V4(VIP_V4), 80));
+        lb.add_vip(vip, VipConfig::new(ForwardingMode::L2Dsr)).unwrap();
+        lb.batch(&vip).add(BackendAddr::new(backends[0]), 5).add(BackendAddr::new(backends[1]), 7).apply().unwrap();
+        let weights = |lb: &LoadBalancer| -> Vec<u32> {
+            backends
+                .iter()
+                .map(|ip| lb.backends(&vip).unwrap().into_iter().find(|b| b.addr.ip == *ip).unwrap().weight)
+                .collect()
+        };
+        let config = HealthConfig::new(Check::Tcp).interval(INTERVAL).timeout(TIMEOUT).rise(1).fall(1);
+        let checker = HealthChecker::new(config).unwrap();
+        let drained = |status: &[BackendHealth]| -> Vec<Option<u32>> {
+            backends.iter().map(|ip| status.iter().find(|h| h.backend.ip == *ip).unwrap().drained_from).collect()
+        };
+
+        // Nothing listens on either: both fail. The journal refuses: nothing drained.
+        let mut calls = 0;
+        let refused = checker
+            .round_journaled(&lb, &mut |_: &[BackendHealth]| {
+                calls += 1;
+                Err("the disk is full".into())
+            })
+            .unwrap();
+        let refused_weights = weights(&lb);
+
+        // The journal keeps it: it sees the weights before the drain and the drains ahead.
+        let mut seen = Vec::new();
+        let drain = checker
+            .round_journaled(&lb, &mut |status: &[BackendHealth]| {
+                seen.push((weights(&lb), drained(status)));
+                Ok(())
+            })
+            .unwrap();
+        let drained_weights = weights(&lb);
+
+        // The first is back: restored with no journal call.
+        let listener = std::net::TcpListener::bind("198.51.100.11:80").unwrap();
+        let mut restore_calls = 0;
+        let restore = checker
+            .round_journaled(&lb, &mut |_: &[BackendHealth]| {
+                restore_calls += 1;
+                Ok(())
+            })
+            .unwrap();
+        drop(listener);
+        let restored_weights = weights(&lb);
+        (calls, refused, refused_weights, seen, drain, drained_weights, restore_calls, restore, restored_weights)
+    });
+    let (calls, refused, refused_weights, seen, drain, drained_weights, restore_calls, restore, restored_weights) =
+        outcome;
+
+    assert_eq!(calls, 1, "one journal call for the round's drains");
+    assert_eq!(refused_weights, [5, 7], "a refused journal applies nothing: {refused:?}");
+    assert_eq!(refused.len(), 2, "{refused:?}");
+    for e in &refused {
+        assert!(
+            matches!(&e.kind, HealthEventKind::EditFailed { to: HealthState::Down, error } if error.contains("the journal refused the change: the disk is full")),
+            "{e:?}"
+        );
+    }
+    assert_eq!(seen, [(vec![5, 7], vec![Some(5), Some(7)])], "journaled before the LB changed");
+    assert_eq!(drained_weights, [0, 0], "{drain:?}");
+    assert!(drain.iter().all(|e| matches!(e.kind, HealthEventKind::Down { drained_from: Some(_), .. })), "{drain:?}");
+    assert_eq!(restore_calls, 0, "a restore needs no journal: {restore:?}");
+    assert_eq!(restored_weights, [5, 0], "{restore:?}");
+    assert!(
+        restore
+            .iter()
+            .any(|e| e.backend.ip == backends[0] && matches!(e.kind, HealthEventKind::Up { restored: Some(5), .. })),
+        "{restore:?}"
+    );
+}
+
 #[test]
 fn probes_say_why_a_check_fails() {
     let pair = Pair::new("hpr");

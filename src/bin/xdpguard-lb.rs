@@ -984,23 +984,36 @@ fn health_agent(args: HealthArgs) -> Result<()> {
         humantime::format_duration(c.restore_bound()),
     );
     let stop = std::sync::atomic::AtomicBool::new(false);
-    let mut write_error = None;
-    checker.run(&lb, &stop, |event| {
-        // The state file first, then the line: whoever reads the line (an
-        // operator, a supervisor about to restart the agent) may rely on a
-        // restarted agent knowing what this one drained. (Found by
-        // tests/lb_health.rs, which kills the agent right after a drain's
-        // line: logged first, the restarted agent took the drained backend
-        // for an operator's weight 0 and never restored it.)
-        if let Some(path) = &args.state {
-            if let Err(e) = write_health_state(path, &checker.status()) {
-                write_error = Some(e);
-                stop.store(true, std::sync::atomic::Ordering::Relaxed);
-            }
-        }
-        eprintln!("health: {event}");
-    })?;
-    match write_error {
+    let write_error = std::cell::RefCell::new(None);
+    // The state file, or the agent stops with the error.
+    let keep = |status: &[xdpguard::health_check::BackendHealth]| -> std::result::Result<(), String> {
+        let Some(path) = &args.state else { return Ok(()) };
+        write_health_state(path, status).map_err(|e| {
+            let text = e.to_string();
+            write_error.borrow_mut().get_or_insert(e);
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            text
+        })
+    };
+    checker.run_journaled(
+        &lb,
+        &stop,
+        // Before a drain is written to the LB, the state file holds it: an
+        // agent killed between the two is restarted knowing what to restore.
+        keep,
+        |event| {
+            // The state file first, then the line: whoever reads the line
+            // (an operator, a supervisor about to restart the agent) may
+            // rely on a restarted agent knowing what this one drained.
+            // (Found by tests/lb_health.rs, which kills the agent right
+            // after a drain's line: logged first, the restarted agent took
+            // the drained backend for an operator's weight 0 and never
+            // restored it.)
+            let _ = keep(&checker.status());
+            eprintln!("health: {event}");
+        },
+    )?;
+    match write_error.into_inner() {
         Some(e) => Err(e),
         None => Ok(()),
     }

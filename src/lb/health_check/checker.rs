@@ -95,8 +95,9 @@ pub enum HealthEventKind {
         /// Why.
         reason: &'static str,
     },
-    /// The LB refused the weight change; the change is retried after the
-    /// next check.
+    /// The LB refused the weight change, or the journal refused to keep it
+    /// ([`HealthChecker::round_journaled`]); the change is retried after
+    /// the next check.
     EditFailed {
         /// The state the change was for.
         to: HealthState,
@@ -254,6 +255,30 @@ impl HealthChecker {
     /// (nothing changed). A failed weight change is not an error: it is an
     /// [`HealthEventKind::EditFailed`] event, retried after the next check.
     pub fn round(&self, lb: &LoadBalancer) -> Result<Vec<HealthEvent>, HealthError> {
+        self.round_journaled(lb, &mut |_| Ok(()))
+    }
+
+    /// [`round`](Self::round), with a journal: before the round drains any
+    /// backend, `journal` is given every checked backend's state as it will
+    /// be once the round's changes are applied, the backends it drains
+    /// already holding the weight they will be restored to
+    /// ([`BackendHealth::drained_from`]), those it restores still holding
+    /// theirs. A journal that keeps this (a state file, as `xdpguard-lb
+    /// health --state`) lets a restarted checker restore what this one
+    /// drained ([`adopt`](Self::adopt)) even when it died between the
+    /// weight change and its events: a drain is never written to the LB
+    /// before the journal has it. A journal's error applies none of the
+    /// round's changes (each an [`HealthEventKind::EditFailed`] naming the
+    /// journal, retried after the next check).
+    ///
+    /// # Errors
+    ///
+    /// As [`round`](Self::round).
+    pub fn round_journaled(
+        &self,
+        lb: &LoadBalancer,
+        journal: &mut dyn FnMut(&[BackendHealth]) -> Result<(), String>,
+    ) -> Result<Vec<HealthEvent>, HealthError> {
         let mut events = Vec::new();
         // The backends now, with their weights.
         let mut current: BTreeMap<Key, (u32, Result<SocketAddr, &'static str>)> = BTreeMap::new();
@@ -341,15 +366,44 @@ impl HealthChecker {
             t.health.pending = t.machine.pending();
         }
 
+        // Write-ahead: what a restarted checker needs to restore a drain is
+        // kept before the drain is made (a restore needs nothing first: the
+        // journal already holds what it restores from).
+        let drains = changes.iter().flat_map(|(vip, list)| list.iter().map(move |c| ((*vip, c.backend), c)));
+        let drains: BTreeMap<Key, u32> = drains
+            .filter_map(|(key, c)| c.remembered.filter(|_| c.to == HealthState::Down).map(|w| (key, w)))
+            .collect();
+        let journaled = if drains.is_empty() {
+            Ok(())
+        } else {
+            let ahead: Vec<BackendHealth> = inner
+                .tracked
+                .iter()
+                .map(|(key, t)| {
+                    let mut h = t.health.clone();
+                    if let Some(&w) = drains.get(key) {
+                        h.drained_from = Some(w);
+                    }
+                    h
+                })
+                .collect();
+            journal(&ahead).map_err(|e| format!("the journal refused the change: {e}"))
+        };
+
         for (vip, list) in changes {
-            let mut batch = lb.batch(&vip);
-            for c in &list {
-                batch = batch.set_weight(c.backend, c.weight);
-            }
-            let applied = match batch.apply() {
-                // Weights changed; only the next hops' upkeep failed.
-                Ok(()) | Err(LbError::Neighbour { .. }) => Ok(()),
-                Err(e) => Err(e.to_string()),
+            let applied = match &journaled {
+                Ok(()) => {
+                    let mut batch = lb.batch(&vip);
+                    for c in &list {
+                        batch = batch.set_weight(c.backend, c.weight);
+                    }
+                    match batch.apply() {
+                        // Weights changed; only the next hops' upkeep failed.
+                        Ok(()) | Err(LbError::Neighbour { .. }) => Ok(()),
+                        Err(e) => Err(e.to_string()),
+                    }
+                }
+                Err(e) => Err(e.clone()),
             };
             for c in list {
                 let key = (vip, c.backend);
@@ -410,11 +464,27 @@ impl HealthChecker {
         &self,
         lb: &LoadBalancer,
         stop: &AtomicBool,
+        on_event: impl FnMut(&HealthEvent),
+    ) -> Result<(), HealthError> {
+        self.run_journaled(lb, stop, |_| Ok(()), on_event)
+    }
+
+    /// [`run`](Self::run), each round with `journal` (see
+    /// [`round_journaled`](Self::round_journaled)).
+    ///
+    /// # Errors
+    ///
+    /// As [`run`](Self::run).
+    pub fn run_journaled(
+        &self,
+        lb: &LoadBalancer,
+        stop: &AtomicBool,
+        mut journal: impl FnMut(&[BackendHealth]) -> Result<(), String>,
         mut on_event: impl FnMut(&HealthEvent),
     ) -> Result<(), HealthError> {
         let mut next = Instant::now();
         while !stop.load(Ordering::Relaxed) {
-            for e in self.round(lb)? {
+            for e in self.round_journaled(lb, &mut journal)? {
                 on_event(&e);
             }
             next += self.config.interval;

@@ -30,6 +30,12 @@
 //! (one Maglev table swap). A backend removed from the LB is forgotten; one
 //! added is checked from the next round, starting up.
 //!
+//! What the checker drained is its own memory: a restarted checker learns
+//! it again through [`HealthChecker::adopt`], from a journal the old one
+//! kept ([`HealthChecker::round_journaled`]: written before a drain is
+//! made, so a checker killed between the two leaves nothing the next one
+//! needs unsaid; `xdpguard-lb health --state FILE` keeps one).
+//!
 //! # Where checks come from
 //!
 //! Checks run from the calling thread's network namespace: the LB's, so
