@@ -329,27 +329,34 @@ fn auto_block_by_a_rate_limit() {
 
 #[test]
 fn a_full_lru_evicts_cold_buckets_not_an_active_client() {
-    let f = load();
-    // admit 0 and no cap: every new source gets a bucket, so 70,000
-    // sources overfill the 65,536-entry LRU.
+    // The default table (65,536), and one of `max_limit_buckets`.
+    full_lru_keeps_the_active_client(load(), 70_000, 500, 65_536);
+    let small = Filter::builder().v4_capacity(1024).v6_capacity(1024).max_limit_buckets(300).load().expect("load");
+    full_lru_keeps_the_active_client(small, 1_000, 20, 300);
+}
+
+/// Admit 0 and no cap: every new source gets a bucket, so `sources`
+/// sources overfill a table of `capacity`; the client, over its limit and
+/// seen every `every` sources, keeps its bucket.
+fn full_lru_keeps_the_active_client(f: Filter, sources: u32, every: u32, capacity: u64) {
     f.rules().add(rule("rate-limit 1/s burst 1 udp dport 53")).unwrap();
     f.set_limiter_promote_max(u32::MAX).unwrap();
     let client = udp("192.0.2.10", 53);
     assert_eq!(f.test_run(&client).unwrap().action, XdpAction::Pass, "the client's first packet");
     let mut client_passed = 0;
-    for i in 0..70_000u32 {
+    for i in 0..sources {
         let src = format!("2001:db8:{:x}:{:x}::1", i >> 16, i & 0xffff);
         assert_eq!(f.test_run(&udp(&src, 53)).unwrap().action, XdpAction::Pass, "{src}: a new bucket, full");
-        if i % 500 == 0 && f.test_run(&client).unwrap().action == XdpAction::Pass {
+        if i % every == 0 && f.test_run(&client).unwrap().action == XdpAction::Pass {
             client_passed += 1;
         }
     }
     let s = f.limiter_stats().unwrap();
-    assert!(s.buckets_made >= 70_000, "{s:?}");
-    assert!(s.buckets <= 65_536, "bounded: {s:?}");
+    assert!(s.buckets_made >= u64::from(sources), "{s:?}");
+    assert!(s.buckets as u64 <= capacity, "bounded by {capacity}: {s:?}");
     // The client, over its limit all along, kept its bucket: evicting it
     // would have given it a fresh burst.
-    assert_eq!(client_passed, 0, "the active client's bucket was never evicted");
+    assert_eq!(client_passed, 0, "the active client's bucket was never evicted (table of {capacity})");
 }
 
 /// A loaded filter reports the rule stage's capacities it was loaded with:
@@ -358,7 +365,7 @@ fn a_full_lru_evicts_cold_buckets_not_an_active_client() {
 #[test]
 fn a_filter_reports_the_rule_capacities_its_builder_set() {
     let builder = || Filter::builder().v4_capacity(1024).v6_capacity(1024);
-    let b = builder().max_rules(100).max_rule_refs(1001).max_set_entries(77).max_timed_blocks(5);
+    let b = builder().max_rules(100).max_rule_refs(1001).max_set_entries(77).max_timed_blocks(5).max_limit_buckets(9);
     let wanted = b.rule_capacities();
     assert_eq!(
         wanted.named(),
@@ -367,7 +374,8 @@ fn a_filter_reports_the_rule_capacities_its_builder_set() {
             ("max_rule_records", 200),
             ("max_rule_refs", 1002),
             ("max_set_entries", 77),
-            ("max_timed_blocks", 5)
+            ("max_timed_blocks", 5),
+            ("max_limit_buckets", 9)
         ]
     );
     let f = b.load().expect("load");
@@ -375,6 +383,9 @@ fn a_filter_reports_the_rule_capacities_its_builder_set() {
     let defaults = builder().load().expect("load");
     assert_eq!(defaults.rule_capacities(), Some(Filter::builder().rule_capacities()));
     assert_eq!(defaults.rule_capacities().map(|c| c.max_rules), Some(xdpguard::DEFAULT_MAX_RULES));
+    assert_eq!(defaults.rule_capacities().map(|c| c.max_limit_buckets), Some(xdpguard::DEFAULT_MAX_LIMIT_BUCKETS));
+    let Err(bad) = builder().max_limit_buckets(0).load() else { panic!("no buckets is refused") };
+    assert!(bad.to_string().contains("max_limit_buckets"), "{bad}");
     let bare = builder().guard(false).load().expect("load without a rule stage");
     assert_eq!(bare.rule_capacities(), None);
 }

@@ -121,7 +121,7 @@ fn the_exporter_serves_pinned_programs_and_its_counters_move_with_traffic() {
     let fpin = ScratchDir::bpffs("metf");
     let fp = fpin.arg();
     let attach_filter = ["attach", "--iface", "eth0", "--netns", &pair.server.name, "--pin", fp];
-    XDPGUARD.ok(&[&attach_filter[..], &["--max-timed-blocks", "5000"]].concat());
+    XDPGUARD.ok(&[&attach_filter[..], &["--max-timed-blocks", "5000", "--max-limit-buckets", "3000"]].concat());
     XDPGUARD.ok(&["block", "192.0.2.3", "--pin", fp]);
     // Two rules: count what goes to the echo port, drop it from 192.0.2.5.
     let port = UDP_PORT.to_string();
@@ -323,6 +323,8 @@ fn the_exporter_serves_pinned_programs_and_its_counters_move_with_traffic() {
     assert!(grew("xdpguard_filter_packets_total", &[("pin", fp), ("reason", "rate_limited")]) >= 100.0);
     assert_eq!(value(&guarded2, "xdpguard_filter_timed_blocks", &[("pin", fp)]), 1.0);
     assert_eq!(value(&guarded2, "xdpguard_filter_timed_blocks_capacity", &[("pin", fp)]), 5000.0, "--max-timed-blocks");
+    let buckets_capacity = value(&guarded2, "xdpguard_filter_limiter_buckets_capacity", &[("pin", fp)]);
+    assert_eq!(buckets_capacity, 3000.0, "--max-limit-buckets");
     assert!(grew("xdpguard_filter_drop_events_total", &[("pin", fp), ("counted", "sent")]) >= 1.0);
     for counted in ["limited", "lost"] {
         assert!(value(&guarded2, "xdpguard_filter_drop_events_total", &[("pin", fp), ("counted", counted)]) >= 0.0);

@@ -386,6 +386,10 @@ struct GuardCapacities {
     /// Maximum timed blocks, user-added and auto-blocks [default: 65536].
     #[arg(long)]
     max_timed_blocks: Option<usize>,
+    /// Maximum exact buckets of the rate limiter: keys the sketch found
+    /// heavy, least recently used evicted [default: 65536].
+    #[arg(long)]
+    max_limit_buckets: Option<usize>,
 }
 
 impl GuardCapacities {
@@ -405,6 +409,9 @@ impl GuardCapacities {
         if let Some(n) = self.max_timed_blocks {
             b = b.max_timed_blocks(n);
         }
+        if let Some(n) = self.max_limit_buckets {
+            b = b.max_limit_buckets(n);
+        }
         b
     }
 
@@ -412,13 +419,20 @@ impl GuardCapacities {
     /// pinned one), as `--option N (it has M)`; all of them when it has no
     /// rule stage.
     fn differing(&self, filter: &Filter) -> Vec<String> {
-        // In the order of `RuleCapacities::named`.
-        let given =
-            [self.max_rules, self.max_rule_records, self.max_rule_refs, self.max_set_entries, self.max_timed_blocks];
+        // In the order of `RuleCapacities::named` (the arrays' types keep
+        // their lengths equal).
+        let given: [Option<usize>; 6] = [
+            self.max_rules,
+            self.max_rule_records,
+            self.max_rule_refs,
+            self.max_set_entries,
+            self.max_timed_blocks,
+            self.max_limit_buckets,
+        ];
         // What a new filter would get from these options (the rule index
         // rounded as it is stored), beside what the pinned one has.
-        let wanted = self.apply(Filter::builder()).rule_capacities().named();
-        let pinned = filter.rule_capacities().map(|p| p.named());
+        let wanted: [(&str, usize); 6] = self.apply(Filter::builder()).rule_capacities().named();
+        let pinned: Option<[(&str, usize); 6]> = filter.rule_capacities().map(|p| p.named());
         given
             .into_iter()
             .zip(wanted)
@@ -602,8 +616,14 @@ fn run(command: Command) -> Result<()> {
                 println!("capacity:   {v4_cap} IPv4, {v6_cap} IPv6 entries");
                 if let Some(c) = rule_caps {
                     println!(
-                        "rule stage: {} rules, {} records, {} index entries, {} set entries, {} timed blocks at most",
-                        c.max_rules, c.max_rule_records, c.max_rule_refs, c.max_set_entries, c.max_timed_blocks
+                        "rule stage: {} rules, {} records, {} index entries, {} set entries, {} timed blocks, {} limiter \
+                         buckets at most",
+                        c.max_rules,
+                        c.max_rule_records,
+                        c.max_rule_refs,
+                        c.max_set_entries,
+                        c.max_timed_blocks,
+                        c.max_limit_buckets
                     );
                 }
                 println!("memory:     {}", common::memory_text(memory));

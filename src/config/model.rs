@@ -47,7 +47,8 @@ pub struct FilterConfig {
     /// IPv6 capacity (`v6_capacity`).
     pub v6_capacity: usize,
     /// The rule stage's capacities (`max_rules`, `max_rule_records`,
-    /// `max_rule_refs`, `max_set_entries`, `max_timed_blocks`; the
+    /// `max_rule_refs`, `max_set_entries`, `max_timed_blocks`,
+    /// `max_limit_buckets`; the
     /// [`FilterBuilder`](crate::FilterBuilder) methods of the same names),
     /// defaults resolved.
     pub guard: GuardLimits,
@@ -93,6 +94,8 @@ pub struct GuardLimits {
     pub max_set_entries: usize,
     /// Timed blocks (`max_timed_blocks`).
     pub max_timed_blocks: usize,
+    /// The rate limiter's exact buckets (`max_limit_buckets`).
+    pub max_limit_buckets: usize,
 }
 
 impl GuardLimits {
@@ -103,6 +106,7 @@ impl GuardLimits {
             .max_rule_refs(self.max_rule_refs)
             .max_set_entries(self.max_set_entries)
             .max_timed_blocks(self.max_timed_blocks)
+            .max_limit_buckets(self.max_limit_buckets)
     }
 }
 

@@ -30,9 +30,9 @@ use crate::lb::{check_backend, check_nat_backend, maglev};
 use crate::{
     normalize, parse_list, parse_prefix, AttachMode, Backend, BackendAddr, EchoPolicy, ForwardingMode, FragmentPolicy,
     HashInput, MalformedPolicy, NewFlowLimit, OptionsPolicy, SynMode, SynPolicy, Vip, VipConfig, DEFAULT_CONNECTIONS,
-    DEFAULT_MAX_BACKENDS, DEFAULT_MAX_RULES, DEFAULT_MAX_SET_ENTRIES, DEFAULT_MAX_TIMED_BLOCKS, DEFAULT_MAX_VIPS,
-    DEFAULT_NEXT_HOP_CACHE, DEFAULT_SYN_THRESHOLD, DEFAULT_TABLE_SIZE, DEFAULT_UDP_TIMEOUT, DEFAULT_V4_CAPACITY,
-    DEFAULT_V6_CAPACITY, MAX_CAPACITY, MAX_RULES, MAX_SYN_PORTS, MAX_WEIGHT,
+    DEFAULT_MAX_BACKENDS, DEFAULT_MAX_LIMIT_BUCKETS, DEFAULT_MAX_RULES, DEFAULT_MAX_SET_ENTRIES,
+    DEFAULT_MAX_TIMED_BLOCKS, DEFAULT_MAX_VIPS, DEFAULT_NEXT_HOP_CACHE, DEFAULT_SYN_THRESHOLD, DEFAULT_TABLE_SIZE,
+    DEFAULT_UDP_TIMEOUT, DEFAULT_V4_CAPACITY, DEFAULT_V6_CAPACITY, MAX_CAPACITY, MAX_RULES, MAX_SYN_PORTS, MAX_WEIGHT,
 };
 
 pub(super) type Val<'i> = Spanned<DeValue<'i>>;
@@ -50,6 +50,7 @@ const FILTER_KEYS: &[&str] = &[
     "max_rule_refs",
     "max_set_entries",
     "max_timed_blocks",
+    "max_limit_buckets",
     "malformed",
     "allowlist",
     "allowlist_files",
@@ -359,6 +360,7 @@ fn filter(r: &mut Reader<'_>, t: &DeTable<'_>, span: &Range<usize>, base: &Path)
         max_rule_refs: num(r, "max_rule_refs", MAX_RULE_REFS).unwrap_or(default_rule_refs(max_rules)),
         max_set_entries: cap(r, "max_set_entries", DEFAULT_MAX_SET_ENTRIES),
         max_timed_blocks: cap(r, "max_timed_blocks", DEFAULT_MAX_TIMED_BLOCKS),
+        max_limit_buckets: cap(r, "max_limit_buckets", DEFAULT_MAX_LIMIT_BUCKETS),
     };
     if rules.len() > max_rules {
         let s = get(t, "max_rules").map_or(span.clone(), |v| v.span());
@@ -1034,8 +1036,15 @@ backends = [{ addr = "198.51.100.12", weight = 2 }, "198.51.100.11"]
         assert_eq!(f.v4_capacity, DEFAULT_V4_CAPACITY);
         let g = f.guard;
         assert_eq!(
-            (g.max_rules, g.max_rule_records, g.max_rule_refs, g.max_set_entries, g.max_timed_blocks),
-            (DEFAULT_MAX_RULES, 2 * DEFAULT_MAX_RULES, 16 * DEFAULT_MAX_RULES, DEFAULT_MAX_SET_ENTRIES, 65536),
+            (
+                g.max_rules,
+                g.max_rule_records,
+                g.max_rule_refs,
+                g.max_set_entries,
+                g.max_timed_blocks,
+                g.max_limit_buckets
+            ),
+            (DEFAULT_MAX_RULES, 2 * DEFAULT_MAX_RULES, 16 * DEFAULT_MAX_RULES, DEFAULT_MAX_SET_ENTRIES, 65536, 65536),
             "the builder's defaults, resolved"
         );
         let block: Vec<String> = f.blocklist.iter().map(ToString::to_string).collect();
@@ -1061,11 +1070,15 @@ interfaces = ["eth0"]
 max_rules = 8
 max_rule_refs = 33
 max_timed_blocks = 1000000
+max_limit_buckets = 300
 rules = "drop udp dport 53"
 "#;
         let c = read(text, Path::new("x.toml")).unwrap();
         let g = c.filters[0].guard;
-        assert_eq!((g.max_rules, g.max_rule_records, g.max_rule_refs, g.max_timed_blocks), (8, 16, 33, 1_000_000));
+        assert_eq!(
+            (g.max_rules, g.max_rule_records, g.max_rule_refs, g.max_timed_blocks, g.max_limit_buckets),
+            (8, 16, 33, 1_000_000, 300)
+        );
         expect(
             r#"
 [[filter]]

@@ -4,8 +4,8 @@
 use crate::core::pinned::{placement_methods, LoadPlan, Pinned, Placement};
 use crate::error::{AttachError, Error, LoadError};
 use crate::filter::guard::maps::{
-    default_rule_records, default_rule_refs, GuardCapacity, RuleCapacities, DEFAULT_MAX_RULES, DEFAULT_MAX_SET_ENTRIES,
-    DEFAULT_MAX_TIMED_BLOCKS, MAX_RULES, MAX_RULE_RECORDS, MAX_RULE_REFS,
+    default_rule_records, default_rule_refs, GuardCapacity, RuleCapacities, DEFAULT_MAX_LIMIT_BUCKETS,
+    DEFAULT_MAX_RULES, DEFAULT_MAX_SET_ENTRIES, DEFAULT_MAX_TIMED_BLOCKS, MAX_RULES, MAX_RULE_RECORDS, MAX_RULE_REFS,
 };
 use crate::filter::guard::Guard;
 use crate::filter::layout::filter_skel::FilterSkelBuilder;
@@ -42,6 +42,7 @@ pub struct FilterBuilder {
     max_rule_refs: Option<usize>,
     max_set_entries: usize,
     max_timed_blocks: usize,
+    max_limit_buckets: usize,
 }
 
 impl Default for FilterBuilder {
@@ -57,6 +58,7 @@ impl Default for FilterBuilder {
             max_rule_refs: None,
             max_set_entries: DEFAULT_MAX_SET_ENTRIES,
             max_timed_blocks: DEFAULT_MAX_TIMED_BLOCKS,
+            max_limit_buckets: DEFAULT_MAX_LIMIT_BUCKETS,
         }
     }
 }
@@ -142,6 +144,18 @@ impl FilterBuilder {
         self
     }
 
+    /// Maximum exact buckets of the rate limiter (default 65,536): one per
+    /// key (a source, a /24, ...) that the sketch found heavy, so that a
+    /// rate limit holds it to its exact rate. When full, the least recently
+    /// used bucket is evicted (a kernel LRU hash); an evicted key that comes
+    /// back starts a fresh bucket, with a full burst. Size it above the
+    /// heavy keys a flood brings at once. About 100 bytes each, allocated
+    /// at load.
+    pub fn max_limit_buckets(mut self, buckets: usize) -> Self {
+        self.max_limit_buckets = buckets;
+        self
+    }
+
     /// The rule stage's capacities this builder would load (its settings,
     /// with the defaults applied and the rule index rounded as stored);
     /// compare them with a pinned filter's
@@ -161,7 +175,14 @@ impl FilterBuilder {
 
     fn guard_capacity(&self) -> GuardCapacity {
         let (records, refs) = self.records_and_refs();
-        GuardCapacity::new(self.max_rules, records, refs, self.max_set_entries, self.max_timed_blocks)
+        GuardCapacity::new(&RuleCapacities {
+            max_rules: self.max_rules,
+            max_rule_records: records,
+            max_rule_refs: refs,
+            max_set_entries: self.max_set_entries,
+            max_timed_blocks: self.max_timed_blocks,
+            max_limit_buckets: self.max_limit_buckets,
+        })
     }
 
     /// Loads the filter without attaching it anywhere (for chaining, or for
@@ -195,7 +216,6 @@ impl FilterBuilder {
                 return Err(LoadError::InvalidCapacity { what, value, hint: "between 1 and 16,777,216" }.into());
             }
         }
-        let guard_cap = self.guard_capacity();
         let (records, refs) = self.records_and_refs();
         for (what, value, max, hint) in [
             ("max_rules", self.max_rules, MAX_RULES, "between 1 and 1,048,576"),
@@ -203,6 +223,7 @@ impl FilterBuilder {
             ("max_rule_refs", refs, MAX_RULE_REFS, "between 1 and 67,108,864"),
             ("max_set_entries", self.max_set_entries, MAX_CAPACITY, "between 1 and 16,777,216"),
             ("max_timed_blocks", self.max_timed_blocks, MAX_CAPACITY, "between 1 and 16,777,216"),
+            ("max_limit_buckets", self.max_limit_buckets, MAX_CAPACITY, "between 1 and 16,777,216"),
         ] {
             if value == 0 || value > max {
                 return Err(LoadError::InvalidCapacity { what, value, hint }.into());
@@ -254,7 +275,11 @@ impl FilterBuilder {
                 maps.cfg.set(0, cfg);
                 crate::filter::events::init(maps);
             })?;
-            let guard = if with_guard { Some(Guard::load(guard_cap, &Guard::shared_maps(&core.maps))?) } else { None };
+            let guard = if with_guard {
+                Some(Guard::load(self.guard_capacity(), &Guard::shared_maps(&core.maps))?)
+            } else {
+                None
+            };
             Ok(Filter { core, guard })
         })?;
         // The guard is pinned beside the filter once the filter is: it is

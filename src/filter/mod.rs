@@ -36,7 +36,8 @@ mod v6_tables;
 pub use builder::FilterBuilder;
 pub use events::{DropEvent, DropReason, EventError, EventOptions, EventRate, EventReader, EventStats, SNAP_LEN};
 pub use guard::maps::{
-    RuleCapacities, DEFAULT_MAX_RULES, DEFAULT_MAX_SET_ENTRIES, DEFAULT_MAX_TIMED_BLOCKS, MAX_RULES,
+    RuleCapacities, DEFAULT_MAX_LIMIT_BUCKETS, DEFAULT_MAX_RULES, DEFAULT_MAX_SET_ENTRIES, DEFAULT_MAX_TIMED_BLOCKS,
+    MAX_RULES,
 };
 pub use guard::syn::{
     nft_rules, SynGuard, SynMode, SynPolicy, SynPortStats, SynPortStatus, DEFAULT_SYN_THRESHOLD, MAX_SYN_PORTS,

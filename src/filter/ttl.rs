@@ -77,7 +77,8 @@ impl Filter {
 
     /// Sets how many exact buckets one CPU may make per sketch window
     /// (100 ms) before the sketch decides alone (default 1,024; the table
-    /// holds 65,536): how fast a flood that saturates the sketch can churn
+    /// holds [`FilterBuilder::max_limit_buckets`](crate::FilterBuilder::max_limit_buckets),
+    /// 65,536 by default): how fast a flood that saturates the sketch can churn
     /// the buckets of real clients. Live, for the next packet.
     ///
     /// # Errors

@@ -80,6 +80,9 @@ fn guard(f: &Filter, pin: &Label, s: &mut Samples) -> Result<(), Error> {
         s.push(Id::LIMITER, [pin.clone(), counted.into()], v);
     }
     s.push(Id::LIMITER_BUCKETS, [pin.clone()], l.buckets as u64);
+    if let Some(c) = f.rule_capacities() {
+        s.push(Id::LIMITER_BUCKETS_CAPACITY, [pin.clone()], c.max_limit_buckets as u64);
+    }
     // Listing reclaims expired blocks first (under the guard's lock, like
     // an edit), so the count is of live blocks only.
     s.push(Id::TIMED_BLOCKS, [pin.clone()], f.timed_blocks().list()?.len() as u64);

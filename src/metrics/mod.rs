@@ -49,6 +49,7 @@
 //! | `xdpguard_filter_syn_rate` | gauge | `pin`, `port` | the port's SYNs a second, as the guard measured it |
 //! | `xdpguard_filter_limiter_total` | counter | `pin`, `counted` | the rate limiter ([`Filter::limiter_stats`]): `buckets_made`, `promote_capped`, `sketch_over`, `blocks_failed`, `expired` |
 //! | `xdpguard_filter_limiter_buckets` | gauge | `pin` | exact rate-limit buckets in use |
+//! | `xdpguard_filter_limiter_buckets_capacity` | gauge | `pin` | buckets the table holds ([`FilterBuilder::max_limit_buckets`](crate::FilterBuilder::max_limit_buckets)); full, the least recently used is evicted |
 //! | `xdpguard_filter_timed_blocks` | gauge | `pin` | live timed blocks ([`Filter::timed_blocks`]) |
 //! | `xdpguard_filter_timed_blocks_capacity` | gauge | `pin` | blocks the table holds ([`FilterBuilder::max_timed_blocks`](crate::FilterBuilder::max_timed_blocks)) |
 //! | `xdpguard_filter_drop_events_total` | counter | `pin`, `counted` | drop events ([`Filter::event_stats`]): `sent`, `limited` (by the per-CPU event rate), `lost` (ring full) |

@@ -59,6 +59,10 @@ pub const DEFAULT_MAX_SET_ENTRIES: usize = 65536;
 /// by user space or a rate limit's auto-block
 /// ([`FilterBuilder::max_timed_blocks`](crate::FilterBuilder::max_timed_blocks)).
 pub const DEFAULT_MAX_TIMED_BLOCKS: usize = XDPG_TB_MAX as usize;
+/// Default capacity of the rate limiter's exact buckets, one per key the
+/// sketch found heavy, least recently used evicted first
+/// ([`FilterBuilder::max_limit_buckets`](crate::FilterBuilder::max_limit_buckets)).
+pub const DEFAULT_MAX_LIMIT_BUCKETS: usize = XDPG_RL_BUCKETS as usize;
 /// The largest rule-record capacity accepted (`FilterBuilder::max_rule_records`).
 pub(crate) const MAX_RULE_RECORDS: usize = 1 << 23;
 /// The largest rule-index capacity accepted (`FilterBuilder::max_rule_refs`).
@@ -95,18 +99,21 @@ pub struct RuleCapacities {
     pub max_set_entries: usize,
     /// Timed blocks.
     pub max_timed_blocks: usize,
+    /// The rate limiter's exact buckets.
+    pub max_limit_buckets: usize,
 }
 
 impl RuleCapacities {
     /// Each capacity under the name of its builder method, in the builder's
     /// order (for messages and comparisons).
-    pub fn named(&self) -> [(&'static str, usize); 5] {
+    pub fn named(&self) -> [(&'static str, usize); 6] {
         [
             ("max_rules", self.max_rules),
             ("max_rule_records", self.max_rule_records),
             ("max_rule_refs", self.max_rule_refs),
             ("max_set_entries", self.max_set_entries),
             ("max_timed_blocks", self.max_timed_blocks),
+            ("max_limit_buckets", self.max_limit_buckets),
         ]
     }
 }
@@ -131,19 +138,32 @@ pub(crate) struct GuardCapacity {
     pub set_entries: usize,
     /// Prefixes in the timed-block trie (allocated as they are added).
     pub timed_blocks: usize,
+    /// The rate limiter's exact buckets (an LRU hash).
+    pub limit_buckets: usize,
 }
 
 impl GuardCapacity {
-    pub(crate) fn new(rules: usize, records: usize, refs: usize, set_entries: usize, timed_blocks: usize) -> Self {
+    pub(crate) fn new(limits: &RuleCapacities) -> Self {
+        let RuleCapacities {
+            max_rules: rules,
+            max_rule_records: records,
+            max_rule_refs: refs,
+            max_set_entries: set_entries,
+            max_timed_blocks: timed_blocks,
+            max_limit_buckets: limit_buckets,
+        } = *limits;
         GuardCapacity {
             rules,
             records,
             // Even: each half starts on a word (two entries a word).
-            refs: refs.next_multiple_of(2),
-            groups: (refs + 1).min(XDPG_MAX_GROUPS as usize),
-            text_words: rules * TEXT_BYTES_PER_RULE / 8,
+            // Saturating: a builder's values are checked against their
+            // limits only when it loads, and may be anything before.
+            refs: refs.saturating_add(refs % 2),
+            groups: refs.saturating_add(1).min(XDPG_MAX_GROUPS as usize),
+            text_words: rules.saturating_mul(TEXT_BYTES_PER_RULE) / 8,
             set_entries,
             timed_blocks,
+            limit_buckets,
         }
     }
 
@@ -155,10 +175,11 @@ impl GuardCapacity {
             max_rule_refs: self.refs,
             max_set_entries: self.set_entries,
             max_timed_blocks: self.timed_blocks,
+            max_limit_buckets: self.limit_buckets,
         }
     }
 
-    pub(crate) fn map_sizes(&self) -> [(&'static str, u32); 10] {
+    pub(crate) fn map_sizes(&self) -> [(&'static str, u32); 11] {
         [
             (names::XDPG_G_GRP, (self.groups * 2) as u32),
             (names::XDPG_G_REF, self.refs as u32),
@@ -170,6 +191,7 @@ impl GuardCapacity {
             (names::XDPG_L_SPEC, (self.rules * 2) as u32),
             (names::XDPG_L_CNT, (self.rules * 2) as u32),
             (names::XDPG_L_TBLK, self.timed_blocks as u32),
+            (names::XDPG_L_LRU, self.limit_buckets as u32),
         ]
     }
 }
@@ -207,6 +229,7 @@ impl GuardMaps {
             text_words: self.text.len() / 2,
             set_entries: self.sets.capacity() as usize,
             timed_blocks: self.tblk.capacity() as usize,
+            limit_buckets: self.llru.capacity() as usize,
         }
     }
 
