@@ -92,7 +92,7 @@ impl Run<'_> {
                     .v4_capacity(f.v4_capacity)
                     .v6_capacity(f.v6_capacity)
                     .malformed(f.malformed);
-                let b = f.guard.apply(b);
+                let b = b.with_rule_capacities(&f.guard);
                 Handle::Filter(Box::new(b.load()?))
             }
             Program::Lb => {

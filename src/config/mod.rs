@@ -66,7 +66,7 @@ mod plan;
 mod rules;
 
 pub use apply::Applied;
-pub use model::{Config, DecapConfig, FilterConfig, GuardLimits, LbConfig, VipSpec};
+pub use model::{Config, DecapConfig, FilterConfig, LbConfig, VipSpec};
 pub use plan::{Plan, PlanOptions, Program, SectionPlan, Step};
 
 pub use crate::error::{ConfigError, Problem};

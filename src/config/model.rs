@@ -51,7 +51,7 @@ pub struct FilterConfig {
     /// `max_limit_buckets`; the
     /// [`FilterBuilder`](crate::FilterBuilder) methods of the same names),
     /// defaults resolved.
-    pub guard: GuardLimits,
+    pub guard: crate::RuleCapacities,
     /// The malformed-packet policy (`malformed`).
     pub malformed: MalformedPolicy,
     /// The allowlist (`allowlist` and `allowlist_files`), normalised,
@@ -78,36 +78,6 @@ pub struct FilterConfig {
     /// The SYN guard's protected ports and their policies
     /// (`[[filter.syn]]`; see [`Filter::syn_guard`](crate::Filter::syn_guard)).
     pub syn: BTreeMap<u16, SynPolicy>,
-}
-
-/// The capacities of a filter's rule stage, fixed when it is loaded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct GuardLimits {
-    /// Rules in a set (`max_rules`).
-    pub max_rules: usize,
-    /// Compiled rule records (`max_rule_records`; default 2 per rule).
-    pub max_rule_records: usize,
-    /// Entries of the rule index's groups (`max_rule_refs`; default 16 per rule).
-    pub max_rule_refs: usize,
-    /// Prefixes in all named sets together (`max_set_entries`).
-    pub max_set_entries: usize,
-    /// Timed blocks (`max_timed_blocks`).
-    pub max_timed_blocks: usize,
-    /// The rate limiter's exact buckets (`max_limit_buckets`).
-    pub max_limit_buckets: usize,
-}
-
-impl GuardLimits {
-    /// `b` with these capacities.
-    pub(crate) fn apply(&self, b: crate::FilterBuilder) -> crate::FilterBuilder {
-        b.max_rules(self.max_rules)
-            .max_rule_records(self.max_rule_records)
-            .max_rule_refs(self.max_rule_refs)
-            .max_set_entries(self.max_set_entries)
-            .max_timed_blocks(self.max_timed_blocks)
-            .max_limit_buckets(self.max_limit_buckets)
-    }
 }
 
 /// A load balancer (`[[lb]]`), with its VIPs (`[[lb.vip]]`).

@@ -22,15 +22,15 @@ use ipnetwork::IpNetwork;
 use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
-use super::model::{Config, DecapConfig, FilterConfig, GuardLimits, LbConfig, VipSpec};
+use super::model::{Config, DecapConfig, FilterConfig, LbConfig, VipSpec};
 use super::{DEFAULT_DECAP_PIN, DEFAULT_FILTER_PIN, DEFAULT_LB_PIN};
 use crate::error::{ConfigError, ListError, Problem};
 use crate::filter::guard::maps::{default_rule_records, default_rule_refs, MAX_RULE_RECORDS, MAX_RULE_REFS};
 use crate::lb::{check_backend, check_nat_backend, maglev};
 use crate::{
     normalize, parse_list, parse_prefix, AttachMode, Backend, BackendAddr, EchoPolicy, ForwardingMode, FragmentPolicy,
-    HashInput, MalformedPolicy, NewFlowLimit, OptionsPolicy, SynMode, SynPolicy, Vip, VipConfig, DEFAULT_CONNECTIONS,
-    DEFAULT_MAX_BACKENDS, DEFAULT_MAX_LIMIT_BUCKETS, DEFAULT_MAX_RULES, DEFAULT_MAX_SET_ENTRIES,
+    HashInput, MalformedPolicy, NewFlowLimit, OptionsPolicy, RuleCapacities, SynMode, SynPolicy, Vip, VipConfig,
+    DEFAULT_CONNECTIONS, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_LIMIT_BUCKETS, DEFAULT_MAX_RULES, DEFAULT_MAX_SET_ENTRIES,
     DEFAULT_MAX_TIMED_BLOCKS, DEFAULT_MAX_VIPS, DEFAULT_NEXT_HOP_CACHE, DEFAULT_SYN_THRESHOLD, DEFAULT_TABLE_SIZE,
     DEFAULT_UDP_TIMEOUT, DEFAULT_V4_CAPACITY, DEFAULT_V6_CAPACITY, MAX_CAPACITY, MAX_RULES, MAX_SYN_PORTS, MAX_WEIGHT,
 };
@@ -354,7 +354,7 @@ fn filter(r: &mut Reader<'_>, t: &DeTable<'_>, span: &Range<usize>, base: &Path)
     let num =
         |r: &mut Reader<'_>, key, max: usize| get(t, key).and_then(|v| r.int(v, 1, max as u64)).map(|n| n as usize);
     let max_rules = num(r, "max_rules", MAX_RULES).unwrap_or(DEFAULT_MAX_RULES);
-    let guard = GuardLimits {
+    let guard = RuleCapacities {
         max_rules,
         max_rule_records: num(r, "max_rule_records", MAX_RULE_RECORDS).unwrap_or(default_rule_records(max_rules)),
         max_rule_refs: num(r, "max_rule_refs", MAX_RULE_REFS).unwrap_or(default_rule_refs(max_rules)),

@@ -419,7 +419,7 @@ impl Planner {
                 if let Some(running) = filter.rule_capacities() {
                     // What the builder would load from the file's values (the
                     // rule index rounded as it stores it).
-                    let wanted = f.guard.apply(Filter::builder()).rule_capacities();
+                    let wanted = Filter::builder().with_rule_capacities(&f.guard).rule_capacities();
                     for ((key, running), (_, wanted)) in running.named().into_iter().zip(wanted.named()) {
                         if running != wanted {
                             changes.push(format!("{key} {running} -> {wanted}"));

@@ -156,6 +156,17 @@ impl FilterBuilder {
         self
     }
 
+    /// All of the rule stage's capacities at once: `c`'s (for instance a
+    /// pinned filter's, [`Filter::rule_capacities`], to load one like it).
+    pub fn with_rule_capacities(self, c: &RuleCapacities) -> Self {
+        self.max_rules(c.max_rules)
+            .max_rule_records(c.max_rule_records)
+            .max_rule_refs(c.max_rule_refs)
+            .max_set_entries(c.max_set_entries)
+            .max_timed_blocks(c.max_timed_blocks)
+            .max_limit_buckets(c.max_limit_buckets)
+    }
+
     /// The rule stage's capacities this builder would load (its settings,
     /// with the defaults applied and the rule index rounded as stored);
     /// compare them with a pinned filter's
