@@ -1019,8 +1019,8 @@ fn main() {
                 targets: true,
                 note: format!(
                     "{connections} entries is a realistic size for one LB node; the table's buckets and entries are \
-                     far larger than the caches, so a new flow's lookup and insert reach memory (about 150 ns per \
-                     dependent access on this machine)."
+                     far larger than the caches, so a new flow's lookup and insert reach memory (what one such \
+                     access costs on this machine: the cold section's pointer chase, `XDPG_BENCH_SECTIONS=cold`)."
                 ),
             },
         ));
