@@ -118,17 +118,6 @@ impl TimedBlocks<'_> {
         self.filter.guard_stage()
     }
 
-    /// How many blocks the table holds
-    /// ([`FilterBuilder::max_timed_blocks`](crate::FilterBuilder::max_timed_blocks)
-    /// when the filter was loaded).
-    ///
-    /// # Errors
-    ///
-    /// [`RuleError::NoGuard`].
-    pub fn capacity(&self) -> Result<usize, RuleError> {
-        Ok(self.guard()?.core.maps.tblk.capacity() as usize)
-    }
-
     /// Runs an edit under the guard's lock, reclaims expired entries (the
     /// last one gone, the data plane stops looking blocks up and the
     /// filter's gate may open again), and puts the guard in the filter's

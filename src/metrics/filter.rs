@@ -80,12 +80,14 @@ fn guard(f: &Filter, pin: &Label, s: &mut Samples) -> Result<(), Error> {
         s.push(Id::LIMITER, [pin.clone(), counted.into()], v);
     }
     s.push(Id::LIMITER_BUCKETS, [pin.clone()], l.buckets as u64);
-    if let Some(c) = f.rule_capacities() {
-        s.push(Id::LIMITER_BUCKETS_CAPACITY, [pin.clone()], c.max_limit_buckets as u64);
-    }
     // Listing reclaims expired blocks first (under the guard's lock, like
     // an edit), so the count is of live blocks only.
     s.push(Id::TIMED_BLOCKS, [pin.clone()], f.timed_blocks().list()?.len() as u64);
-    s.push(Id::TIMED_BLOCKS_CAPACITY, [pin.clone()], f.timed_blocks().capacity()? as u64);
+    // The tables' sizes, beside what is in them (the stats above read the
+    // guard stage, so it is there).
+    if let Some(c) = f.rule_capacities() {
+        s.push(Id::LIMITER_BUCKETS_CAPACITY, [pin.clone()], c.max_limit_buckets as u64);
+        s.push(Id::TIMED_BLOCKS_CAPACITY, [pin.clone()], c.max_timed_blocks as u64);
+    }
     Ok(())
 }
