@@ -367,6 +367,9 @@ fn main() -> ExitCode {
     common::exit_code(run(Cli::parse().command))
 }
 
+/// A `FilterBuilder` method that sets one capacity.
+type BuilderSetter = fn(xdpguard::FilterBuilder, usize) -> xdpguard::FilterBuilder;
+
 /// The guard stage's capacities, fixed when the filter is loaded (the
 /// `FilterBuilder` methods of the same names).
 #[derive(clap::Args, Debug, Default)]
@@ -393,42 +396,33 @@ struct GuardCapacities {
 }
 
 impl GuardCapacities {
-    fn apply(&self, mut b: xdpguard::FilterBuilder) -> xdpguard::FilterBuilder {
-        if let Some(n) = self.max_rules {
-            b = b.max_rules(n);
-        }
-        if let Some(n) = self.max_rule_records {
-            b = b.max_rule_records(n);
-        }
-        if let Some(n) = self.max_rule_refs {
-            b = b.max_rule_refs(n);
-        }
-        if let Some(n) = self.max_set_entries {
-            b = b.max_set_entries(n);
-        }
-        if let Some(n) = self.max_timed_blocks {
-            b = b.max_timed_blocks(n);
-        }
-        if let Some(n) = self.max_limit_buckets {
-            b = b.max_limit_buckets(n);
-        }
-        b
+    /// Each option with the builder method it sets, in the order of
+    /// `RuleCapacities::named` (the arrays' lengths keep the two in step).
+    fn options(&self) -> [(BuilderSetter, Option<usize>); 6] {
+        use xdpguard::FilterBuilder as B;
+        [
+            (B::max_rules, self.max_rules),
+            (B::max_rule_records, self.max_rule_records),
+            (B::max_rule_refs, self.max_rule_refs),
+            (B::max_set_entries, self.max_set_entries),
+            (B::max_timed_blocks, self.max_timed_blocks),
+            (B::max_limit_buckets, self.max_limit_buckets),
+        ]
+    }
+
+    /// `b` with the options given.
+    fn apply(&self, b: xdpguard::FilterBuilder) -> xdpguard::FilterBuilder {
+        self.options().into_iter().fold(b, |b, (set, value)| match value {
+            Some(n) => set(b, n),
+            None => b,
+        })
     }
 
     /// Where the options given differ from the rule stage of `filter` (a
     /// pinned one), as `--option N (it has M)`; all of them when it has no
     /// rule stage.
     fn differing(&self, filter: &Filter) -> Vec<String> {
-        // In the order of `RuleCapacities::named` (the arrays' types keep
-        // their lengths equal).
-        let given: [Option<usize>; 6] = [
-            self.max_rules,
-            self.max_rule_records,
-            self.max_rule_refs,
-            self.max_set_entries,
-            self.max_timed_blocks,
-            self.max_limit_buckets,
-        ];
+        let given = self.options().map(|(_, value)| value);
         // What a new filter would get from these options (the rule index
         // rounded as it is stored), beside what the pinned one has.
         let wanted: [(&str, usize); 6] = self.apply(Filter::builder()).rule_capacities().named();
