@@ -273,13 +273,15 @@ fn apply_converges_changes_only_what_differs_and_down_removes_it() {
     let done = changes(&out);
     let planned: Vec<&str> = plan.lines().filter_map(|l| l.strip_prefix("would ")).collect();
     assert_eq!(planned, done, "the dry run showed what was done");
+    // The SYN-ACK's window scale: this host's, read by `apply` as by the test.
+    let syn = format!(": SYN guard: protect port 8080 (cookie mss 1460 wscale {})", xdpguard::host_wscale());
     let want = [
         ": monitor mode on (count what would be dropped, drop nothing)",
         ": set friends: create",
         ": set friends: replace with 2 entries (+2 -0)",
         ": set spare: create",
         ": rules: replace with 2 rules (+2 -0, 0 kept; one switch)",
-        ": SYN guard: protect port 8080 (cookie mss 1460)",
+        &syn,
     ];
     assert_eq!(done.len(), want.len(), "{out}");
     for (d, w) in done.iter().zip(want) {
@@ -310,11 +312,12 @@ fn apply_converges_changes_only_what_differs_and_down_removes_it() {
     write_guard(&guard(false, &echo_rules, "friends = [\"198.51.100.0/24\"]\n", drop_mode));
     let out = XDPGUARD.ok(&["apply", "--config", &cfg]);
     let done = changes(&out);
+    let syn = format!(": SYN guard: port 8080 cookie mss 1460 wscale {} -> drop above 1000/s", xdpguard::host_wscale());
     let want = [
         ": set friends: replace with 1 entries (+0 -1)",
         ": rules: replace with 2 rules (+1 -1, 1 kept; one switch)",
         ": set spare: delete",
-        ": SYN guard: port 8080 cookie mss 1460 -> drop above 1000/s",
+        &syn,
         ": monitor mode off",
     ];
     assert_eq!(done.len(), want.len(), "{out}");

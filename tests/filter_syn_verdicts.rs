@@ -76,9 +76,37 @@ fn fold(mut sum: u32) -> u16 {
     sum as u16
 }
 
-/// Checks that `out` is the SYN-ACK answering `syn`; returns its sequence
-/// number (the cookie).
-fn check_synack(syn: &[u8], l2: usize, out: &[u8], mss: u16) -> Result<u32, String> {
+/// What a SYN-ACK's options must be, byte by byte: (mask, value).
+type Want = Vec<(u8, u8)>;
+
+/// The MSS option alone.
+fn mss_only(mss: u16) -> Want {
+    let m = mss.to_be_bytes();
+    [2, 4, m[0], m[1]].into_iter().map(|b| (0xFF, b)).collect()
+}
+
+/// Linux's SYN-ACK options, nf_synproxy's encoding: the MSS; SACK
+/// permitted (or two NOPs); timestamps, whose value's low 6 bits carry the
+/// client's window scale (15: none) and SACK permission (16), the rest
+/// milliseconds (not checked), and whose echo is the client's value; NOP
+/// and window scale `ours` (or four NOPs).
+fn full_options(mss: u16, ours: u8, client_ws: Option<u8>, sack: bool, client_ts: u32) -> Want {
+    let mut w = mss_only(mss);
+    let exact = |w: &mut Want, bytes: &[u8]| w.extend(bytes.iter().map(|&b| (0xFF, b)));
+    exact(&mut w, if sack { &[4, 2] } else { &[1, 1] });
+    exact(&mut w, &[8, 10]);
+    w.extend([(0, 0), (0, 0), (0, 0)]);
+    w.push((0x3F, client_ws.unwrap_or(15) | if sack { 16 } else { 0 }));
+    exact(&mut w, &client_ts.to_be_bytes());
+    let window = if client_ws.is_some() { [1, 3, 3, ours] } else { [1, 1, 1, 1] };
+    exact(&mut w, &window);
+    w
+}
+
+/// Checks that `out` is the SYN-ACK answering `syn`, its options `want`;
+/// returns its sequence number (the cookie).
+fn check_synack(syn: &[u8], l2: usize, out: &[u8], want: &[(u8, u8)]) -> Result<u32, String> {
+    let tcp_len = 20 + want.len() as u32;
     let inp = SlicedPacket::from_ethernet(syn).map_err(|e| format!("input: {e}"))?;
     let got = SlicedPacket::from_ethernet(out).map_err(|e| format!("output does not parse: {e}"))?;
     let (ie, oe) = match (&inp.link, &got.link) {
@@ -93,7 +121,11 @@ fn check_synack(syn: &[u8], l2: usize, out: &[u8], mss: u16) -> Result<u32, Stri
         Some(NetSlice::Ipv4(ref v4)) => {
             let h = v4.header();
             let Some(NetSlice::Ipv4(ref i4)) = inp.net else { return Err("family changed".into()) };
-            if h.ihl() != 5 || h.total_len() != 44 || h.ttl() != 64 || h.protocol() != etherparse::IpNumber::TCP {
+            if h.ihl() != 5
+                || u32::from(h.total_len()) != 20 + tcp_len
+                || h.ttl() != 64
+                || h.protocol() != etherparse::IpNumber::TCP
+            {
                 errs.push(format!("IPv4 header: ihl {} total {} ttl {}", h.ihl(), h.total_len(), h.ttl()));
             }
             if h.to_header().calc_header_checksum() != h.header_checksum() {
@@ -102,7 +134,7 @@ fn check_synack(syn: &[u8], l2: usize, out: &[u8], mss: u16) -> Result<u32, Stri
             let (s, d) = (IpAddr::from(h.source_addr()), IpAddr::from(h.destination_addr()));
             let (is, id) = (IpAddr::from(i4.header().source_addr()), IpAddr::from(i4.header().destination_addr()));
             let mut p = sum16(&h.source(), 0);
-            p = sum16(&h.destination(), p) + 6 + 24;
+            p = sum16(&h.destination(), p) + 6 + tcp_len;
             if s != id || d != is {
                 errs.push(format!("IPs not swapped: {s} -> {d}"));
             }
@@ -111,7 +143,10 @@ fn check_synack(syn: &[u8], l2: usize, out: &[u8], mss: u16) -> Result<u32, Stri
         Some(NetSlice::Ipv6(ref v6)) => {
             let h = v6.header();
             let Some(NetSlice::Ipv6(ref i6)) = inp.net else { return Err("family changed".into()) };
-            if h.payload_length() != 24 || h.hop_limit() != 64 || h.next_header() != etherparse::IpNumber::TCP {
+            if u32::from(h.payload_length()) != tcp_len
+                || h.hop_limit() != 64
+                || h.next_header() != etherparse::IpNumber::TCP
+            {
                 errs.push(format!("IPv6 header: payload {} hop limit {}", h.payload_length(), h.hop_limit()));
             }
             let (s, d) = (IpAddr::from(h.source_addr()), IpAddr::from(h.destination_addr()));
@@ -120,7 +155,7 @@ fn check_synack(syn: &[u8], l2: usize, out: &[u8], mss: u16) -> Result<u32, Stri
                 errs.push(format!("IPs not swapped: {s} -> {d}"));
             }
             let mut p = sum16(&h.source(), 0);
-            p = sum16(&h.destination(), p) + 6 + 24;
+            p = sum16(&h.destination(), p) + 6 + tcp_len;
             (s, d, p)
         }
         _ => return Err("output is not IP".into()),
@@ -140,13 +175,17 @@ fn check_synack(syn: &[u8], l2: usize, out: &[u8], mss: u16) -> Result<u32, Stri
     if ot.window_size() != 0 {
         errs.push(format!("window {}, expected 0", ot.window_size()));
     }
-    let mss_bytes = mss.to_be_bytes();
-    if ot.options() != [2, 4, mss_bytes[0], mss_bytes[1]] {
-        errs.push(format!("options {:?}, expected MSS {mss} only", ot.options()));
+    let opts = ot.options();
+    if opts.len() != want.len() || opts.iter().zip(want).any(|(&b, &(mask, v))| b & mask != v) {
+        errs.push(format!(
+            "options {opts:?}, expected {:?} (under masks {:?})",
+            want.iter().map(|w| w.1).collect::<Vec<_>>(),
+            want.iter().map(|w| w.0).collect::<Vec<_>>()
+        ));
     }
     let tcp_bytes = ot.slice();
-    if tcp_bytes.len() != 24 {
-        errs.push(format!("TCP segment of {} bytes, expected 24", tcp_bytes.len()));
+    if tcp_bytes.len() as u32 != tcp_len {
+        errs.push(format!("TCP segment of {} bytes, expected {tcp_len}", tcp_bytes.len()));
     }
     if fold(sum16(tcp_bytes, pseudo)) != 0xFFFF {
         errs.push(format!("bad TCP checksum {:#06x} ({src} -> {dst})", ot.checksum()));
@@ -155,7 +194,7 @@ fn check_synack(syn: &[u8], l2: usize, out: &[u8], mss: u16) -> Result<u32, Stri
     if out.get(12..l2) != syn.get(12..l2) {
         errs.push("VLAN tags or EtherType changed".into());
     }
-    if out.len() != l2 + if src.is_ipv4() { 20 } else { 40 } + 24 {
+    if out.len() != l2 + if src.is_ipv4() { 20 } else { 40 } + tcp_len as usize {
         errs.push(format!("frame of {} bytes: trailing bytes left", out.len()));
     }
     if errs.is_empty() {
@@ -232,6 +271,10 @@ fn bad_policies_are_refused() {
     assert!(matches!(g.protect(0, SynPolicy::cookies()), Err(RuleError::InvalidSynPolicy { port: 0, .. })));
     assert!(matches!(g.protect(80, SynPolicy::drop_above(0)), Err(RuleError::InvalidSynPolicy { port: 80, .. })));
     assert!(matches!(g.protect(80, SynPolicy::cookies().with_mss(100)), Err(RuleError::InvalidSynPolicy { .. })));
+    let wide = g.protect(80, SynPolicy::cookies().with_wscale(Some(15))).unwrap_err();
+    assert!(wide.to_string().contains("0 to 14"), "{wide}");
+    let drop_ws = g.protect(80, SynPolicy::drop_above(10).with_wscale(Some(7))).unwrap_err();
+    assert!(drop_ws.to_string().contains("drop mode sends no SYN-ACK"), "{drop_ws}");
     assert!(g.status().unwrap().is_empty(), "nothing applied");
     for port in 1..=xdpguard::MAX_SYN_PORTS as u16 {
         g.protect(port, SynPolicy::cookies()).unwrap();
@@ -261,21 +304,26 @@ fn cookie_mode(client: &str, other: &str, mss: u16, default_mss: u16) {
         .syn()
         .seq(CLIENT_SEQ)
         .build();
-    for (what, frame) in [
-        ("a SYN with options", syn(client, 40000, 443)),
-        ("a bare SYN", bare_syn(other, 40001, 443)),
-        ("a SYN under two VLAN tags (QinQ)", tagged),
+    for (what, frame, want) in [
+        (
+            "a SYN with Linux's options",
+            syn(client, 40000, 443),
+            full_options(want_mss, xdpguard::host_wscale(), Some(7), true, 1),
+        ),
+        ("a bare SYN", bare_syn(other, 40001, 443), mss_only(want_mss)),
+        ("a SYN under two VLAN tags (QinQ)", tagged, mss_only(want_mss)),
     ] {
         let input = frame.to_vec();
         let l2 = frame.l3();
+        let row_want = want.clone();
         let run = t.run(
             Fixture::new(what, frame.bytes())
                 .action(XdpAction::Tx)
-                .check(move |out| check_synack(&input, l2, out, want_mss).map(drop_value))
+                .check(move |out| check_synack(&input, l2, out, &row_want).map(drop_value))
                 .counts_packets(&["syn_cookies_sent"]),
         );
         let out = run.expect("the row ran").frame;
-        cookies.push(check_synack(frame.bytes(), l2, &out, want_mss).unwrap_or(0));
+        cookies.push(check_synack(frame.bytes(), l2, &out, &want).unwrap_or(0));
     }
     t.run(pass("the ACK answering the cookie", &ack(client, 40000, 443, cookies[0]), "syn_cookies_passed"));
     t.run(pass("the bare SYN's ACK too", &ack(other, 40001, 443, cookies[1]), "syn_cookies_passed"));
@@ -330,10 +378,99 @@ fn cookie_mode_v6() {
     cookie_mode("2001:db8::20", "2001:db8::21", 1400, 1440);
 }
 
+/// The cookie SYN-ACK's options against the SYN's: which it offers, the
+/// client's window scale and SACK permission kept in its timestamp value,
+/// the client's timestamp echoed; a SYN without timestamps, malformed
+/// options or a port without TCP options get the MSS alone; each answer's
+/// cookie accepted on its ACK. One family is enough: the options are built
+/// by code both share (IPv6 runs the Linux set in cookie_mode_v6).
+#[test]
+fn cookie_synack_options_follow_the_syn() {
+    let f = load();
+    f.syn_guard().protect(443, SynPolicy::cookies().with_wscale(Some(9))).unwrap();
+    f.syn_guard().protect(8443, SynPolicy::cookies().with_mss(1400).with_wscale(None)).unwrap();
+    assert_eq!(f.syn_guard().policy(443).unwrap().unwrap().to_string(), "cookie wscale 9");
+    assert_eq!(f.syn_guard().policy(8443).unwrap().unwrap().to_string(), "cookie mss 1400 mss-only");
+    let ts = [0xA1, 0xB2, 0xC3, 0xD4];
+    let cat = |parts: &[&[u8]]| parts.concat();
+    let rows: Vec<(&str, u16, Vec<u8>, Want)> = vec![
+        (
+            "timestamps alone (NOP NOP TS)",
+            443,
+            cat(&[&[1, 1, 8, 10], &ts, &[0, 0, 0, 0]]),
+            full_options(1460, 9, None, false, 0xA1B2_C3D4),
+        ),
+        (
+            "macOS's order: MSS, NOP, WS 6, NOP NOP TS, SACK, EOL",
+            443,
+            cat(&[&[2, 4, 0x05, 0xB4, 1, 3, 3, 6, 1, 1, 8, 10], &ts, &[0, 0, 0, 0, 4, 2, 0, 0]]),
+            full_options(1460, 9, Some(6), true, 0xA1B2_C3D4),
+        ),
+        (
+            "a window scale above 14 is taken as 14 (RFC 7323)",
+            443,
+            cat(&[&[1, 3, 3, 15, 1, 1, 8, 10], &ts, &[0, 0, 0, 0]]),
+            full_options(1460, 9, Some(14), false, 0xA1B2_C3D4),
+        ),
+        (
+            "Linux's order (read in place, not walked), window scale 15: 14",
+            443,
+            cat(&[&[2, 4, 0x05, 0xB4, 4, 2, 8, 10], &ts, &[0, 0, 0, 0, 1, 3, 3, 15]]),
+            full_options(1460, 9, Some(14), true, 0xA1B2_C3D4),
+        ),
+        (
+            "Linux's order but for one byte (walked): the same answer",
+            443,
+            cat(&[&[2, 4, 0x05, 0xB4, 4, 2, 8, 10], &ts, &[0, 0, 0, 0, 3, 3, 2, 1]]),
+            full_options(1460, 9, Some(2), true, 0xA1B2_C3D4),
+        ),
+        (
+            "SACK and window scale without timestamps: the MSS alone",
+            443,
+            vec![2, 4, 5, 0xB4, 1, 3, 3, 7, 4, 2, 0, 0],
+            mss_only(1460),
+        ),
+        (
+            "a zero-length option ends the walk before the timestamps",
+            443,
+            cat(&[&[1, 1, 4, 0, 8, 10], &ts, &[0, 0, 0, 0, 0, 0]]),
+            mss_only(1460),
+        ),
+        ("timestamps running past the header", 443, cat(&[&[1, 1, 1, 1, 8, 10], &ts[..2]]), mss_only(1460)),
+        ("a port with TCP options off: the MSS alone", 8443, SYN_OPTIONS.to_vec(), mss_only(1400)),
+    ];
+    let mut t = FixtureTable::new(&f, "SYN guard, cookie mode, the SYN-ACK's options");
+    let mut answered = Vec::new();
+    for (i, (what, port, opts, want)) in rows.into_iter().enumerate() {
+        let src = ip("198.51.100.30");
+        let sport = 41000 + i as u16;
+        let frame =
+            Frame::builder().ip(src, dst_for(src)).tcp(sport, port).syn().seq(CLIENT_SEQ).tcp_options(&opts).build();
+        let (input, l2, row_want) = (frame.to_vec(), frame.l3(), want.clone());
+        let run = t.run(
+            Fixture::new(what, frame.bytes())
+                .action(XdpAction::Tx)
+                .check(move |out| check_synack(&input, l2, out, &row_want).map(drop_value))
+                .counts_packets(&["syn_cookies_sent"]),
+        );
+        let out = run.expect("the row ran").frame;
+        answered.push((sport, port, check_synack(frame.bytes(), l2, &out, &want).unwrap_or(0)));
+    }
+    for (sport, port, cookie) in answered {
+        t.run(pass(
+            &format!("the ACK of {sport} -> {port}'s cookie"),
+            &ack("198.51.100.30", sport, port, cookie),
+            "syn_cookies_passed",
+        ));
+    }
+    t.finish();
+}
+
 #[test]
 fn nft_rules_name_the_ports() {
     let text = xdpguard::nft_rules(&[443, 8443], 1400);
     assert!(text.contains("tcp dport { 443, 8443 } tcp flags syn notrack"), "{text}");
-    assert!(text.contains("synproxy mss 1400 wscale 7 timestamp sack-perm"), "{text}");
+    let ws = xdpguard::host_wscale();
+    assert!(text.contains(&format!("synproxy mss 1400 wscale {ws} timestamp sack-perm")), "{text}");
     assert!(text.contains("nf_conntrack_tcp_loose=0"), "{text}");
 }

@@ -16,7 +16,8 @@
 #define XDPG_SYN_MODE_COOKIE 2 /* answer every SYN with a SYN cookie (XDP_TX) */
 
 /* xdpg_syn_port.flags */
-#define XDPG_SYN_F_MONITOR 0x1 /* count what would be dropped/answered, pass it */
+#define XDPG_SYN_F_MONITOR 0x1	   /* count what would be dropped/answered, pass it */
+#define XDPG_SYN_F_TCP_OPTIONS 0x2 /* cookie mode: window scaling, SACK, timestamps (below) */
 
 /* The SYN rate is measured over windows of this many ns, the previous
  * window's count weighted by how much of it still overlaps the last second. */
@@ -30,9 +31,20 @@
 #define XDPG_SYN_KNOWN_TTL_S 3600
 
 /* The SYN-ACK's IPv4 TTL / IPv6 hop limit, and its TCP header: 20 bytes
- * and one option, MSS (4 bytes). */
+ * and the MSS option (4 bytes); with XDPG_SYN_F_TCP_OPTIONS and a SYN that
+ * offers timestamps, 16 more: SACK permitted (or two NOPs), timestamps,
+ * and NOP + window scale (or four NOPs), the order of Linux's own. */
 #define XDPG_SYN_TTL 64
 #define XDPG_SYN_TCP_LEN 24
+#define XDPG_SYN_TCP_LEN_OPTIONS 40
+/* The timestamp cookie (nf_synproxy's encoding, which synproxy decodes
+ * from the ACK's echoed timestamp): the low 6 bits of the SYN-ACK's
+ * timestamp value carry the client's window scale (0xF: none) and its
+ * SACK permission (bit 4); the rest are milliseconds. */
+#define XDPG_SYN_TS_OPT_MASK 0x3F
+#define XDPG_SYN_TS_WSCALE_NONE 0xF
+#define XDPG_SYN_TS_SACK 0x10
+#define XDPG_SYN_MAX_WSCALE 14
 #define XDPG_SYN_DEFAULT_MSS4 1460
 #define XDPG_SYN_DEFAULT_MSS6 1440
 

@@ -23,7 +23,8 @@ struct xdpg_syn_port {
 	__u16 mss;	 /* cookie mode: the MSS the SYN-ACK advertises */
 	__u8 mode;	 /* XDPG_SYN_MODE_*; 0: free */
 	__u8 flags;	 /* XDPG_SYN_F_* */
-	__u16 pad;
+	__u8 wscale;	 /* cookie mode, XDPG_SYN_F_TCP_OPTIONS: the window scale the SYN-ACK offers */
+	__u8 pad;
 	__u32 pad2;
 	__u64 window; /* number of the current rate window */
 	__u64 cur;    /* SYNs in it */

@@ -24,6 +24,7 @@ use toml::Spanned;
 
 use super::model::{Config, DecapConfig, FilterConfig, LbConfig, VipSpec};
 use super::{DEFAULT_DECAP_PIN, DEFAULT_FILTER_PIN, DEFAULT_LB_PIN};
+use crate::core::layout::consts::XDPG_SYN_MAX_WSCALE;
 use crate::error::{ConfigError, ListError, Problem};
 use crate::filter::guard::maps::{default_rule_records, default_rule_refs, MAX_RULE_RECORDS, MAX_RULE_REFS};
 use crate::lb::{check_backend, check_nat_backend, maglev};
@@ -65,7 +66,7 @@ const FILTER_KEYS: &[&str] = &[
     "syn",
 ];
 /// `[[filter.syn]]`: the words of `xdpguard syn protect` and [`SynPolicy`].
-const SYN_KEYS: &[&str] = &["port", "mode", "threshold", "mss", "monitor"];
+const SYN_KEYS: &[&str] = &["port", "mode", "threshold", "mss", "wscale", "mss_only", "monitor"];
 const LB_KEYS: &[&str] = &[
     "pin",
     "interfaces",
@@ -438,7 +439,9 @@ fn filter(r: &mut Reader<'_>, t: &DeTable<'_>, span: &Range<usize>, base: &Path)
 
 /// A `[[filter.syn]]` table: `port`, `mode` (`cookie` or `drop`),
 /// `threshold` (drop mode, SYNs a second; default 1000), `mss` (cookie
-/// mode; 0 or 536 to 9000), `monitor`.
+/// mode; 0 or 536 to 9000), `wscale` (cookie mode; 0 to 14, default the
+/// host's), `mss_only` (cookie mode: no window scaling, SACK or
+/// timestamps), `monitor`.
 fn syn_port(r: &mut Reader<'_>, t: &DeTable<'_>, span: &Range<usize>) -> Option<(u16, SynPolicy)> {
     r.unknown_keys(t, "[[filter.syn]]", SYN_KEYS);
     let port = match get(t, "port") {
@@ -457,17 +460,32 @@ fn syn_port(r: &mut Reader<'_>, t: &DeTable<'_>, span: &Range<usize>) -> Option<
     };
     let threshold = get(t, "threshold").map(|v| (v, r.int(v, 1, u64::from(u32::MAX)).map(|n| n as u32)));
     let mss = get(t, "mss").map(|v| (v, r.int(v, 0, 9000)));
+    let mss_only = get(t, "mss_only").map(|v| (v, r.boolean(v)));
+    let wscale = get(t, "wscale").map(|v| (v, r.int(v, 0, u64::from(XDPG_SYN_MAX_WSCALE)).map(|n| n as u8)));
     let monitor = get(t, "monitor").and_then(|v| r.boolean(v)).unwrap_or(false);
     let mut policy = match mode? {
         SynMode::Cookie => {
             if let Some((v, _)) = threshold {
                 r.problem(v.span(), "`threshold` is for mode = \"drop\": cookie mode answers every SYN");
             }
-            SynPolicy::cookies()
+            match (wscale, mss_only.and_then(|(_, b)| b)) {
+                (Some((v, _)), Some(true)) => {
+                    r.problem(v.span(), "`wscale` with `mss_only = true`: the MSS alone offers no window scale");
+                    return None;
+                }
+                (_, Some(true)) => SynPolicy::cookies().with_wscale(None),
+                (Some((_, w)), _) => SynPolicy::cookies().with_wscale(Some(w?)),
+                (None, _) => SynPolicy::cookies(),
+            }
         }
         SynMode::Drop { .. } => {
             if let Some((v, _)) = mss {
                 r.problem(v.span(), "`mss` is for mode = \"cookie\": drop mode sends no SYN-ACK");
+            }
+            for (key, v) in [("mss_only", mss_only.map(|m| m.0)), ("wscale", wscale.map(|w| w.0))] {
+                if let Some(v) = v {
+                    r.problem(v.span(), format!("`{key}` is for mode = \"cookie\": drop mode sends no SYN-ACK"));
+                }
             }
             SynPolicy::drop_above(threshold.map_or(Some(DEFAULT_SYN_THRESHOLD), |(_, t)| t)?)
         }
@@ -988,18 +1006,25 @@ backends = ["198.51.100.11", "198.51.100.11", "198.51.100.12:8080", { addr = "19
     #[test]
     fn syn_guard_tables_are_read_and_their_problems_placed() {
         let good = "[[filter]]\ninterfaces = [\"eth0\"]\n\n[[filter.syn]]\nport = 443\nmode = \"drop\"\n\n\
-                    [[filter.syn]]\nport = 8443\nmode = \"cookie\"\nmss = 1400\nmonitor = true\n";
+                    [[filter.syn]]\nport = 8443\nmode = \"cookie\"\nmss = 1400\nmonitor = true\n\n\
+                    [[filter.syn]]\nport = 8444\nmode = \"cookie\"\nwscale = 9\n\n\
+                    [[filter.syn]]\nport = 8445\nmode = \"cookie\"\nmss_only = true\n";
         let c = read(good, Path::new("/etc/xdpguard/x.toml")).unwrap();
         let want = [
             (443, crate::SynPolicy::drop_above(crate::DEFAULT_SYN_THRESHOLD)),
             (8443, crate::SynPolicy::cookies().with_mss(1400).with_monitor(true)),
+            (8444, crate::SynPolicy::cookies().with_wscale(Some(9))),
+            (8445, crate::SynPolicy::cookies().with_wscale(None)),
         ];
         assert_eq!(c.filters[0].syn, want.into_iter().collect());
         let bad = "[[filter]]\ninterfaces = [\"eth0\"]\n\n\
                    [[filter.syn]]\nport = 443\nmode = \"cookie\"\nthreshold = 5\n\n\
                    [[filter.syn]]\nport = 443\nmode = \"drop\"\n\n\
                    [[filter.syn]]\nport = 0\nmode = \"cookie\"\nmss = 100\nspeed = 1\n\n\
-                   [[filter.syn]]\nport = 80\n";
+                   [[filter.syn]]\nport = 80\n\n\
+                   [[filter.syn]]\nport = 81\nmode = \"drop\"\nwscale = 7\nmss_only = false\n\n\
+                   [[filter.syn]]\nport = 82\nmode = \"cookie\"\nwscale = 15\n\n\
+                   [[filter.syn]]\nport = 83\nmode = \"cookie\"\nwscale = 7\nmss_only = true\n";
         expect(
             bad,
             &[
@@ -1009,6 +1034,10 @@ backends = ["198.51.100.11", "198.51.100.11", "198.51.100.12:8080", { addr = "19
                 (16, 7, "an MSS of 100 is too small"),
                 (17, 1, "speed"),
                 (19, 1, "a [[filter.syn]] needs `mode`"),
+                (25, 10, "`wscale` is for mode = \"cookie\""),
+                (26, 12, "`mss_only` is for mode = \"cookie\""),
+                (31, 10, "15 is out of range: expected 0 to 14"),
+                (36, 10, "`wscale` with `mss_only = true`"),
             ],
         );
     }

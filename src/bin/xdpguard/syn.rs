@@ -41,6 +41,16 @@ pub enum SynCommand {
         /// Cookie mode: the MSS the SYN-ACK advertises (0: 1460 / 1440).
         #[arg(long, default_value_t = 0)]
         mss: u16,
+        /// Cookie mode: the window scale the SYN-ACK offers with SACK and
+        /// timestamps, the server's own (default: this host's, as
+        /// `syn nft-rules` gives synproxy).
+        #[arg(long, value_parser = clap::value_parser!(u8).range(0..=14), conflicts_with = "mss_only")]
+        wscale: Option<u8>,
+        /// Cookie mode: the SYN-ACK offers the MSS alone, not window
+        /// scaling, SACK and timestamps (for a synproxy rule without
+        /// `wscale N timestamp sack-perm`).
+        #[arg(long)]
+        mss_only: bool,
         /// Count what would be dropped or answered; pass it.
         #[arg(long)]
         monitor: bool,
@@ -78,11 +88,12 @@ pub enum SynCommand {
 /// Runs an `xdpguard syn` subcommand.
 pub fn run(cmd: SynCommand) -> Result<()> {
     match cmd {
-        SynCommand::Protect { pin, port, mode, threshold, mss, monitor } => {
+        SynCommand::Protect { pin, port, mode, threshold, mss, wscale, mss_only, monitor } => {
             let filter = Filter::open_pinned(&pin.pin)?;
             let policy = match mode {
                 SynMode::Drop { .. } => SynPolicy::drop_above(threshold),
-                SynMode::Cookie => SynPolicy::cookies(),
+                SynMode::Cookie if mss_only => SynPolicy::cookies().with_wscale(None),
+                SynMode::Cookie => SynPolicy::cookies().with_wscale(Some(wscale.unwrap_or_else(xdpguard::host_wscale))),
             }
             .with_mss(mss)
             .with_monitor(monitor);

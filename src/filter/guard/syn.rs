@@ -80,17 +80,29 @@ pub struct SynPolicy {
     /// Only count what would be dropped or answered (in
     /// [`SynPortStats::would_drop`]); pass it.
     pub monitor: bool,
+    /// Cookie mode, `Some(shift)`: the SYN-ACK also offers window scaling
+    /// by `shift`, SACK and timestamps, as nftables synproxy's own SYN-ACK
+    /// does, whenever the SYN offers timestamps (where the client's window
+    /// scale and SACK permission are kept until its ACK; a SYN without
+    /// them gets the MSS alone). `shift` must be the server's own window
+    /// scale, which synproxy's rule gives too (`wscale N timestamp
+    /// sack-perm`, as [`nft_rules`] writes it): [`host_wscale`] by
+    /// default. `None`: the MSS alone, and connections opened through a
+    /// cookie have no window scaling (at most 64 KiB in flight). A slot
+    /// written by a filter older than this field reads back as `None`.
+    pub wscale: Option<u8>,
 }
 
 impl SynPolicy {
     /// Drop mode: above `threshold` SYNs a second, drop SYNs from unknown sources.
     pub fn drop_above(threshold: u32) -> SynPolicy {
-        SynPolicy { mode: SynMode::Drop { threshold }, mss: 0, monitor: false }
+        SynPolicy { mode: SynMode::Drop { threshold }, mss: 0, monitor: false, wscale: None }
     }
 
-    /// Cookie mode, advertising the default MSS.
+    /// Cookie mode, advertising the default MSS, with window scaling (this
+    /// host's, [`host_wscale`]), SACK and timestamps ([`SynPolicy::wscale`]).
     pub fn cookies() -> SynPolicy {
-        SynPolicy { mode: SynMode::Cookie, mss: 0, monitor: false }
+        SynPolicy { mode: SynMode::Cookie, mss: 0, monitor: false, wscale: Some(host_wscale()) }
     }
 
     /// The same, advertising `mss` in cookie mode.
@@ -107,6 +119,14 @@ impl SynPolicy {
         self
     }
 
+    /// The same, its cookie SYN-ACKs with window scaling by `wscale`, SACK
+    /// and timestamps, or (`None`) with the MSS alone ([`SynPolicy::wscale`]).
+    #[must_use]
+    pub fn with_wscale(mut self, wscale: Option<u8>) -> SynPolicy {
+        self.wscale = wscale;
+        self
+    }
+
     fn check(&self, port: u16) -> Result<(), RuleError> {
         let bad = |reason: &str| Err(RuleError::InvalidSynPolicy { port, reason: reason.to_owned() });
         if port == 0 {
@@ -117,6 +137,15 @@ impl SynPolicy {
         }
         if self.mss != 0 && !(536..=9000).contains(&self.mss) {
             return bad("an MSS must be 536 to 9000 (or 0 for the defaults, 1460 / 1440)");
+        }
+        match self.wscale {
+            Some(_) if self.mode != SynMode::Cookie => {
+                return bad("a window scale is for cookie mode: drop mode sends no SYN-ACK (give none)")
+            }
+            Some(w) if w > XDPG_SYN_MAX_WSCALE as u8 => {
+                return bad("a window scale must be 0 to 14 (RFC 7323): give the server's own (host_wscale)")
+            }
+            _ => {}
         }
         Ok(())
     }
@@ -131,7 +160,9 @@ impl SynPolicy {
             port,
             mss: self.mss,
             mode: mode as u8,
-            flags: if self.monitor { XDPG_SYN_F_MONITOR as u8 } else { 0 },
+            flags: (if self.monitor { XDPG_SYN_F_MONITOR } else { 0 }
+                | if self.wscale.is_some() { XDPG_SYN_F_TCP_OPTIONS } else { 0 }) as u8,
+            wscale: self.wscale.unwrap_or(0),
             ..Default::default()
         }
     }
@@ -142,12 +173,19 @@ impl SynPolicy {
             XDPG_SYN_MODE_COOKIE => SynMode::Cookie,
             _ => return None,
         };
-        Some(SynPolicy { mode, mss: s.mss, monitor: u32::from(s.flags) & XDPG_SYN_F_MONITOR != 0 })
+        let flags = u32::from(s.flags);
+        Some(SynPolicy {
+            mode,
+            mss: s.mss,
+            monitor: flags & XDPG_SYN_F_MONITOR != 0,
+            wscale: (flags & XDPG_SYN_F_TCP_OPTIONS != 0).then_some(s.wscale),
+        })
     }
 }
 
 impl fmt::Display for SynPolicy {
-    /// `drop above 1000/s`, `cookie`, `cookie mss 1400`, with ` monitor`.
+    /// `drop above 1000/s`, `cookie wscale 10`, `cookie mss 1400 wscale 7`,
+    /// `cookie mss-only` (no [`SynPolicy::wscale`]), with ` monitor`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.mode {
             SynMode::Drop { threshold } => write!(f, "drop above {threshold}/s")?,
@@ -155,6 +193,11 @@ impl fmt::Display for SynPolicy {
         }
         if self.mss != 0 {
             write!(f, " mss {}", self.mss)?;
+        }
+        match self.wscale {
+            Some(w) => write!(f, " wscale {w}")?,
+            None if self.mode == SynMode::Cookie => f.write_str(" mss-only")?,
+            None => {}
         }
         if self.monitor {
             f.write_str(" monitor")?;
@@ -184,6 +227,30 @@ impl FromStr for SynMode {
 pub const DEFAULT_SYN_THRESHOLD: u32 = 1000;
 /// Ports the SYN guard can protect at once.
 pub const MAX_SYN_PORTS: usize = XDPG_SYN_MAX_PORTS as usize;
+
+/// The window scale this host's TCP offers for a listening socket with
+/// its default buffers, as Linux computes it (`tcp_select_initial_window`):
+/// log2 of the larger of `net.ipv4.tcp_rmem`'s maximum and
+/// `net.core.rmem_max`, less 15, within 0 to 14; read in the calling
+/// thread's network namespace. 10 with Linux 6.18's defaults (32 MiB), 7
+/// with older kernels' (6 MiB); 7 when the sysctls cannot be read. A server
+/// that sets a larger `SO_RCVBUF` itself may use more: give its own in
+/// [`SynPolicy::with_wscale`] then.
+pub fn host_wscale() -> u8 {
+    let read = |path: &str| std::fs::read_to_string(path).ok();
+    let tcp_rmem = read("/proc/sys/net/ipv4/tcp_rmem").and_then(|t| t.split_whitespace().nth(2)?.parse::<u64>().ok());
+    let rmem_max = read("/proc/sys/net/core/rmem_max").and_then(|t| t.trim().parse::<u64>().ok());
+    match tcp_rmem.max(rmem_max) {
+        Some(space) if space > 0 => wscale_for(space),
+        _ => 7,
+    }
+}
+
+/// Linux's window scale for a receive space of `space` bytes.
+fn wscale_for(space: u64) -> u8 {
+    let space = space.min(u64::from(u32::MAX));
+    (space.ilog2().saturating_sub(15)).min(XDPG_SYN_MAX_WSCALE) as u8
+}
 
 /// A protected port's counters, summed over CPUs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
@@ -466,12 +533,12 @@ fn estimate(s: &xdpg_syn_port, now: u64) -> u64 {
 ///   drops it.
 ///
 /// `mss` is what synproxy advertises for SYNs it answers itself (use the
-/// policy's). The guard's own SYN-ACK carries only the MSS option (no
-/// window scaling, SACK or timestamps: those would need the timestamp
-/// option to carry them in the cookie), so connections it opens have
-/// none of them; synproxy's `wscale`, `timestamp` and `sack-perm` only
-/// apply to SYNs it answers itself.
+/// policy's). Its `wscale` ([`host_wscale`]: the server's own, what the
+/// guard's SYN-ACKs offer by default), `timestamp` and `sack-perm` are
+/// what the guard's own SYN-ACKs offer ([`SynPolicy::wscale`]): synproxy
+/// decodes the client's options from the timestamp its ACK echoes.
 pub fn nft_rules(ports: &[u16], mss: u16) -> String {
+    let wscale = host_wscale();
     let list = ports.iter().map(u16::to_string).collect::<Vec<_>>().join(", ");
     let set = if ports.len() == 1 { list } else { format!("{{ {list} }}") };
     let mss = if mss == 0 { XDPG_SYN_DEFAULT_MSS4 as u16 } else { mss };
@@ -487,7 +554,7 @@ pub fn nft_rules(ports: &[u16], mss: u16) -> String {
          \t}}\n\
          \tchain input {{\n\
          \t\ttype filter hook input priority filter; policy accept;\n\
-         \t\ttcp dport {set} ct state invalid,untracked synproxy mss {mss} wscale 7 timestamp sack-perm\n\
+         \t\ttcp dport {set} ct state invalid,untracked synproxy mss {mss} wscale {wscale} timestamp sack-perm\n\
          \t\ttcp dport {set} ct state invalid drop\n\
          \t}}\n\
          }}\n"
@@ -505,18 +572,28 @@ mod tests {
             SynPolicy::drop_above(1).with_monitor(true),
             SynPolicy::cookies(),
             SynPolicy::cookies().with_mss(1400).with_monitor(true),
+            SynPolicy::cookies().with_wscale(Some(0)),
+            SynPolicy::cookies().with_wscale(Some(14)),
+            SynPolicy::cookies().with_wscale(None),
         ] {
             let slot = p.to_slot(443);
             assert_eq!(slot.port, 443);
             assert_eq!(SynPolicy::from_slot(&slot), Some(p));
         }
         assert_eq!(SynPolicy::from_slot(&xdpg_syn_port::default()), None, "a free slot");
+        // A cookie slot an older filter wrote: no options flag, whatever
+        // its (then padding) byte holds.
+        let old = xdpg_syn_port { mode: XDPG_SYN_MODE_COOKIE as u8, wscale: 0, ..Default::default() };
+        assert_eq!(SynPolicy::from_slot(&old), Some(SynPolicy::cookies().with_wscale(None)));
     }
 
     #[test]
     fn policies_display() {
         assert_eq!(SynPolicy::drop_above(200).to_string(), "drop above 200/s");
-        assert_eq!(SynPolicy::cookies().with_mss(1400).with_monitor(true).to_string(), "cookie mss 1400 monitor");
+        let p = SynPolicy::cookies().with_mss(1400).with_monitor(true);
+        assert_eq!(p.with_wscale(Some(7)).to_string(), "cookie mss 1400 wscale 7 monitor");
+        assert_eq!(p.with_wscale(None).to_string(), "cookie mss 1400 mss-only monitor");
+        assert_eq!(SynPolicy::cookies().to_string(), format!("cookie wscale {}", host_wscale()));
         assert_eq!("cookie".parse::<SynMode>().unwrap(), SynMode::Cookie);
         assert!("synproxy".parse::<SynMode>().is_err());
     }
@@ -529,6 +606,8 @@ mod tests {
             (80, SynPolicy::drop_above(0)),
             (80, SynPolicy::cookies().with_mss(535)),
             (80, SynPolicy::cookies().with_mss(9001)),
+            (80, SynPolicy::cookies().with_wscale(Some(15))),
+            (80, SynPolicy::drop_above(10).with_wscale(Some(7))),
         ] {
             assert!(matches!(p.check(port), Err(RuleError::InvalidSynPolicy { .. })), "{port} {p}");
         }
@@ -545,6 +624,23 @@ mod tests {
         assert_eq!(estimate(&slot, 10 * w + w / 4), 40 + 75);
         assert_eq!(estimate(&slot, 11 * w + w / 2), 20, "the next window: half of this one");
         assert_eq!(estimate(&slot, 12 * w), 0, "two windows on: nothing");
+    }
+
+    /// Linux's tcp_select_initial_window: log2 of the space, less 15,
+    /// within 0 to 14.
+    #[test]
+    fn window_scales_follow_linux() {
+        for (space, want) in [
+            (6 << 20, 7),   // tcp_rmem's maximum on older kernels
+            (32 << 20, 10), // on this project's Linux 6.18
+            (4 << 20, 7),   // rmem_max's default
+            (65_535, 0),
+            (1 << 16, 1),
+            (1 << 40, 14),
+        ] {
+            assert_eq!(wscale_for(space), want, "{space} bytes");
+        }
+        assert!(host_wscale() <= 14);
     }
 
     #[test]
