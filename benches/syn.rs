@@ -23,6 +23,8 @@
 //! - cookie mode, an ACK of an established connection (what every
 //!   client-to-server packet of a protected port pays: the cookie check,
 //!   which fails, then pass);
+//! - cookie mode with `drop_untracked_acks`, a spoofed ACK flood: the
+//!   cookie check, a conntrack lookup from XDP that finds nothing, drop;
 //! - drop mode, an ACK of an established connection under flood (rate read,
 //!   then pass).
 //!
@@ -49,6 +51,7 @@ const DST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 2];
 const DST: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
 const COOKIE_PORT: u16 = 443;
 const MSS_ONLY_PORT: u16 = 444;
+const UNTRACKED_PORT: u16 = 445;
 const DROP_PORT: u16 = 8080;
 /// MSS 1460, SACK permitted, timestamps, NOP, window scale 7.
 const SYN_OPTIONS: [u8; 20] = [2, 4, 0x05, 0xb4, 4, 2, 8, 10, 0, 0, 0, 1, 0, 0, 0, 0, 1, 3, 3, 7];
@@ -66,7 +69,22 @@ fn syn(src: Ipv4Addr, sport: u16, dport: u16) -> Vec<u8> {
 }
 
 fn ack(src: Ipv4Addr, dport: u16) -> Vec<u8> {
-    Frame::builder().macs(SRC_MAC, DST_MAC).ipv4(src, DST).tcp(40000, dport).ack(12345).seq(999).build().to_vec()
+    ack_from(src, 40000, dport)
+}
+
+fn ack_from(src: Ipv4Addr, sport: u16, dport: u16) -> Vec<u8> {
+    Frame::builder().macs(SRC_MAC, DST_MAC).ipv4(src, DST).tcp(sport, dport).ack(12345).seq(999).build().to_vec()
+}
+
+/// Spoofed ACKs to `dport`, from sources and ports as [`flood`]'s.
+fn ack_flood(n: usize, dport: u16, seed: u64) -> Vec<Vec<u8>> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    (0..n)
+        .map(|_| {
+            let src = Ipv4Addr::new(203, 0, 113, rng.random_range(1..=254));
+            ack_from(src, rng.random_range(1024..=65535), dport)
+        })
+        .collect()
 }
 
 /// Spoofed SYNs to `dport`: random sources in 198.51.100.0/24 and
@@ -140,6 +158,8 @@ fn main() {
     syn_guard.protect(DROP_PORT, SynPolicy::drop_above(1)).expect("protect the drop port");
     syn_guard.protect(COOKIE_PORT, SynPolicy::cookies()).expect("protect the cookie port");
     syn_guard.protect(MSS_ONLY_PORT, SynPolicy::cookies().with_wscale(None)).expect("protect the MSS-only port");
+    let untracked = SynPolicy::cookies().with_drop_untracked_acks(true);
+    syn_guard.protect(UNTRACKED_PORT, untracked).expect("protect the port dropping untracked ACKs");
     // Over the threshold (1 SYN a second) from here on.
     for f in &drop_flood[..3] {
         test_run(filter.program_fd(), f, RunOptions::default()).expect("BPF_PROG_TEST_RUN");
@@ -155,6 +175,9 @@ fn main() {
     }
     let est_cookie_h = hot(filter.program_fd(), &est_cookie, XDP_PASS, repeat);
     let est_cookie_v = varied(filter.program_fd(), &vec![est_cookie.clone(); n / 10], XDP_PASS);
+    let forged = ack_flood(n, UNTRACKED_PORT, 3);
+    let forged_v = varied(filter.program_fd(), &forged, XDP_DROP);
+    let forged_h = hot(filter.program_fd(), &forged[0], XDP_DROP, repeat);
     let stats = syn_guard.status().expect("status");
     assert!(stats.iter().any(|p| p.stats.cookies_sent as usize >= n), "every cookie SYN was answered");
 
@@ -182,6 +205,7 @@ fn main() {
     row(&mut t, "cookie mode: SYN-ACK built in place, TCP's options", "tx", Some(cookie_v), None);
     row(&mut t, "cookie mode: SYN-ACK built in place, the MSS alone", "tx", Some(mss_only_v), None);
     row(&mut t, "cookie mode: ACK of an established connection", "pass", Some(est_cookie_v), Some(est_cookie_h));
+    row(&mut t, "cookie mode, drop untracked ACKs: spoofed ACK", "drop", Some(forged_v), Some(forged_h));
     row(&mut t, "drop mode: ACK of an established connection", "pass", None, Some(est_drop_h));
     t.note(format!(
         "varied: {n} spoofed SYNs (random sources and source ports), one repeat-1 call each, mean of the fastest \

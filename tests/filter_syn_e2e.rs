@@ -138,8 +138,13 @@ impl Bed {
     /// `count` spoofed SYNs to `port`, one every `interval_us`, bounded by
     /// count and time.
     fn flood(&self, port: u16, count: u32, interval_us: u32) -> Flood {
+        self.flood_of("-S", port, count, interval_us)
+    }
+
+    /// The same with hping3's TCP flag option `flag` (`-S` SYNs, `-A` ACKs).
+    fn flood_of(&self, flag: &str, port: u16, count: u32, interval_us: u32) -> Flood {
         let child = Command::new("ip")
-            .args(["netns", "exec", &self.attacker.name, "timeout", "60", "hping3", "-q", "-S", "--rand-source"])
+            .args(["netns", "exec", &self.attacker.name, "timeout", "60", "hping3", "-q", flag, "--rand-source"])
             .args(["-p", &port.to_string(), "-c", &count.to_string(), "-i", &format!("u{interval_us}"), "198.51.100.2"])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
@@ -438,6 +443,78 @@ fn cookie_connections_keep_window_scaling_sack_and_timestamps() {
         // same acknowledgement number: still a valid cookie).
         assert!(port.stats.cookies_ok > ok_before, "{addr}: and passed the cookie's ACK: {port:?}");
     }
+    let Bed { filter, .. } = bed;
+    filter.unpin().expect("unpin");
+}
+
+/// Cookie mode dropping untracked ACKs (`--drop-untracked-acks`): a
+/// spoofed ACK flood (hping3 -A, ~20,000 a second) is dropped in XDP, while
+/// a client's connection, opened through a cookie before it, exchanges
+/// data through it: its ACKs are of a connection conntrack tracks. Asserts:
+/// every echo during the flood; at least 90% of the flood dropped in XDP
+/// (the port's `dropped`); what the guard passed to the stack is about the
+/// client's own packets, not the flood's.
+#[test]
+fn a_spoofed_ack_flood_is_dropped_in_xdp_and_tracked_connections_go_on() {
+    const ACK_PORT: u16 = 8083;
+    const ACK_FLOOD: u32 = 20_000;
+    const ROUNDS: usize = 10;
+    let bed = Bed::new("syna");
+    let Bed { client, server, filter, pin, .. } = &bed;
+    let _peer_xdp = client.run(|| xdpguard::Decap::builder().interface("eth0").attach().expect("pass-through XDP"));
+    bed.synproxy(ACK_PORT);
+    bed.protect(&[&ACK_PORT.to_string(), "--mode", "cookie", "--drop-untracked-acks"]);
+    let listener = server.run(|| TcpListener::bind(("::", ACK_PORT)).expect("bind the server"));
+    let serve = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().expect("accept");
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut buf = [0u8; 256];
+        loop {
+            match s.read(&mut buf).expect("read") {
+                0 => break,
+                // Twice: the client's packets then stop looking like its
+                // handshake's ACK (see below) and pass as tracked.
+                n => s.write_all(&[&buf[..n], &buf[..n]].concat()).expect("echo"),
+            }
+        }
+    });
+    let mut conn = client
+        .run(|| TcpStream::connect_timeout(&v4(ACK_PORT), Duration::from_secs(5)).expect("connect before the flood"));
+    conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let before = filter.syn_guard().status().unwrap()[0].stats;
+
+    let mut flood = bed.flood_of("-A", ACK_PORT, ACK_FLOOD, 50);
+    std::thread::sleep(Duration::from_millis(300));
+    let mut echoed = Vec::new();
+    for i in 0..ROUNDS {
+        let msg = format!("round {i} through the ACK flood");
+        let ok = conn.write_all(msg.as_bytes()).is_ok() && {
+            let mut back = vec![0u8; 2 * msg.len()];
+            conn.read_exact(&mut back).is_ok() && back == [msg.as_bytes(), msg.as_bytes()].concat()
+        };
+        echoed.push(ok);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let flood_running = flood.running();
+    flood.finish();
+    drop(conn);
+    serve.join().expect("the server");
+
+    let port = filter.syn_guard().status().unwrap()[0];
+    eprintln!("port {ACK_PORT}: {port:?}");
+    assert!(echoed.iter().all(|&ok| ok), "every round echoed during the flood: {echoed:?}");
+    assert!(flood_running, "the flood was still running when the client was done");
+    let dropped = port.stats.dropped - before.dropped;
+    // Passed as tracked (a plain echo would keep a segment's acknowledgement
+    // and sequence numbers as far apart as in the handshake's ACK, which is
+    // all the cookie check reads: its segments would pass as cookies).
+    let passed = port.stats.acks_other - before.acks_other;
+    assert!(dropped >= u64::from(ACK_FLOOD) * 9 / 10, "flood ACKs dropped in XDP: {dropped} of {ACK_FLOOD}");
+    assert!(passed < 200, "ACKs passed to the stack: {passed} (the client's {ROUNDS} rounds)");
+    assert!(passed >= ROUNDS as u64, "the client's own packets passed as tracked: {passed}");
+    let out = XDPGUARD.run(&["syn", "status", "--pin", pin.arg(), "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status --json");
+    assert!(v["ports"][0]["policy"].as_str().unwrap().ends_with(" drop-untracked-acks"), "{v}");
     let Bed { filter, .. } = bed;
     filter.unpin().expect("unpin");
 }

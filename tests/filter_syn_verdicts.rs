@@ -466,6 +466,54 @@ fn cookie_synack_options_follow_the_syn() {
     t.finish();
 }
 
+/// Cookie mode dropping untracked ACKs: an ACK that is neither a valid
+/// cookie nor of a connection conntrack tracks (none is tracked in the
+/// test's namespace) is dropped in XDP, counted in the port's `dropped`
+/// and the filter's `syn_dropped`; a valid cookie still passes; a port
+/// without the option passes the same ACK to the stack; monitor mode counts
+/// it and passes it. (The tracked connection's side: filter_syn_e2e.rs.)
+fn untracked_acks(client: &str) {
+    let f = load();
+    let g = f.syn_guard();
+    g.protect(443, SynPolicy::cookies().with_drop_untracked_acks(true)).unwrap();
+    g.protect(444, SynPolicy::cookies()).unwrap();
+    let policy = g.policy(443).unwrap().unwrap();
+    assert!(policy.drop_untracked_acks && policy.to_string().ends_with(" drop-untracked-acks"), "{policy}");
+    let mut t = FixtureTable::new(&f, format!("SYN guard, cookie mode, untracked ACKs dropped, {client}"));
+    let frame = syn(client, 42000, 443);
+    let run = t.run(Fixture::new("a SYN", frame.bytes()).action(XdpAction::Tx).counts_packets(&["syn_cookies_sent"]));
+    let out = run.expect("the row ran").frame;
+    let cookie = check_synack(
+        frame.bytes(),
+        frame.l3(),
+        &out,
+        &full_options(if client.contains(':') { 1440 } else { 1460 }, xdpguard::host_wscale(), Some(7), true, 1),
+    )
+    .unwrap();
+    t.run(pass("its ACK: a valid cookie", &ack(client, 42000, 443, cookie), "syn_cookies_passed"));
+    t.run(drop("a forged ACK (wrong cookie, untracked)", &ack(client, 42000, 443, cookie ^ 0x100), "syn_dropped"));
+    t.run(drop("data of a connection conntrack does not track", &data(client, 42001, 443), "syn_dropped"));
+    t.run(pass("the same ACK to a port without the option", &ack(client, 42000, 444, cookie ^ 0x100), "passed"));
+    f.set_monitor(true);
+    t.run(pass("monitor mode: would drop, passes", &ack(client, 42002, 443, 7), "would_drop_syn"));
+    f.set_monitor(false);
+    t.finish();
+    let s = g.status().unwrap().into_iter().find(|p| p.port == 443).unwrap().stats;
+    assert_eq!((s.cookies_ok, s.dropped, s.would_drop, s.acks_other), (1, 2, 1, 0), "{s:?}");
+    let bad = g.protect(80, SynPolicy::drop_above(10).with_drop_untracked_acks(true)).unwrap_err();
+    assert!(bad.to_string().contains("for cookie mode"), "{bad}");
+}
+
+#[test]
+fn untracked_acks_v4() {
+    untracked_acks("198.51.100.40");
+}
+
+#[test]
+fn untracked_acks_v6() {
+    untracked_acks("2001:db8::40");
+}
+
 #[test]
 fn nft_rules_name_the_ports() {
     let text = xdpguard::nft_rules(&[443, 8443], 1400);

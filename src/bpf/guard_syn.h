@@ -20,13 +20,16 @@
  *   reaches the stack. An ACK whose cookie the kernel accepts
  *   (bpf_tcp_raw_check_syncookie_ipv4/6) is passed: nftables' synproxy
  *   (conntrack, the same secret) completes the connection with the server.
- *   Other ACKs (of established connections, or forged) go to conntrack,
- *   which passes the established and drops the rest. Always, not only
- *   above a threshold: the host needs synproxy for the port anyway (the
- *   stack could not complete a connection from an XDP cookie without it),
- *   and synproxy answers every SYN with a cookie too; passing SYNs below a
- *   threshold would only send them the slow way, and cost a shared rate
- *   counter on every SYN.
+ *   Every SYN, not only above a threshold: the host needs synproxy for the
+ *   port anyway (the stack could not complete a connection from an XDP
+ *   cookie without it), and synproxy answers every SYN with a cookie too;
+ *   passing SYNs below a threshold would only send them the slow way, and
+ *   cost a shared rate counter on every SYN. The SYN-ACK carries window
+ *   scaling, SACK and timestamps when the SYN offered timestamps and the
+ *   port has XDPG_SYN_F_TCP_OPTIONS (syn_tcp_build). Other ACKs (of
+ *   established connections, or forged) go to conntrack, which passes the
+ *   established and drops the rest; with XDPG_SYN_F_DROP_UNTRACKED the
+ *   guard asks conntrack itself (syn_tracked) and drops the rest in XDP.
  *
  * Monitor (the filter's, or the port's): what would be dropped or answered
  * is counted and passed.
@@ -414,6 +417,80 @@ static __always_inline int syn_answer_v6(struct xdp_md *ctx, const struct xdpg_p
 	return syn_tcp_write(ip6h + 1, data_end, tmp, tcp_len, pseudo);
 }
 
+/* Conntrack from XDP (nf_conntrack's kfuncs, Linux 5.18). Weak: where the
+ * kernel has none (nf_conntrack a module not loaded when the guard was),
+ * the guard loads without them and untracked ACKs go to the stack as
+ * before (syn_tracked returns -1). The options' layout is the kernel's
+ * first (12 bytes), which later kernels still take. */
+struct nf_conn {
+	__u64 opaque; /* never read: a struct, not a declaration, which libbpf's kfunc check takes for the kernel's */
+};
+struct bpf_ct_opts {
+	__s32 netns_id;
+	__s32 error;
+	__u8 l4proto;
+	__u8 dir;
+	__u8 reserved[2];
+};
+extern struct nf_conn *bpf_xdp_ct_lookup(struct xdp_md *ctx, struct bpf_sock_tuple *tuple, __u32 tuple__sz,
+					 struct bpf_ct_opts *opts, __u32 opts__sz) __ksym __weak;
+extern void bpf_ct_release(struct nf_conn *ct) __ksym __weak;
+
+_Static_assert(sizeof(struct bpf_sock_tuple) + sizeof(struct bpf_ct_opts) <= sizeof(struct xdpg_syn_scratch),
+	       "a conntrack lookup's tuple and options fit the scratch");
+
+/* Whether conntrack (of the device's network namespace) tracks the TCP
+ * connection of the packet whose IP header is at `l3`, in either
+ * direction: 1 or 0; -1 when the kernel has no conntrack kfuncs or the
+ * packet cannot be read. The tuple and options are built in the scratch
+ * buffer (`tmp`; the stack has no room). A global function, verified on
+ * its own, which also keeps the conntrack reference's tracking out of the
+ * guard's paths. */
+__noinline int syn_tracked(struct xdp_md *ctx, struct xdpg_syn_scratch *tmp, __u32 l3, __u32 family)
+{
+	if (!ctx || !tmp || !bpf_ksym_exists(bpf_xdp_ct_lookup) || !bpf_ksym_exists(bpf_ct_release))
+		return -1;
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct bpf_sock_tuple *tuple = (void *)tmp->tcp;
+	struct bpf_ct_opts *opts = (void *)&tmp->tcp[sizeof(*tuple)];
+	__u32 tuple_len;
+	l3 &= 0xFF;
+	if (family == 4) {
+		struct iphdr *iph = data + l3;
+		if ((void *)(iph + 1) > data_end || iph->ihl != 5)
+			return -1;
+		struct tcphdr *th = (void *)(iph + 1);
+		if ((void *)(th + 1) > data_end)
+			return -1;
+		tuple->ipv4.saddr = iph->saddr;
+		tuple->ipv4.daddr = iph->daddr;
+		tuple->ipv4.sport = th->source;
+		tuple->ipv4.dport = th->dest;
+		tuple_len = sizeof(tuple->ipv4);
+	} else {
+		struct ipv6hdr *ip6h = data + l3;
+		if ((void *)(ip6h + 1) > data_end || ip6h->nexthdr != IPPROTO_TCP)
+			return -1;
+		struct tcphdr *th = (void *)(ip6h + 1);
+		if ((void *)(th + 1) > data_end)
+			return -1;
+		__builtin_memcpy(tuple->ipv6.saddr, &ip6h->saddr, 16);
+		__builtin_memcpy(tuple->ipv6.daddr, &ip6h->daddr, 16);
+		tuple->ipv6.sport = th->source;
+		tuple->ipv6.dport = th->dest;
+		tuple_len = sizeof(tuple->ipv6);
+	}
+	__builtin_memset(opts, 0, sizeof(*opts));
+	opts->netns_id = BPF_F_CURRENT_NETNS;
+	opts->l4proto = IPPROTO_TCP;
+	struct nf_conn *ct = bpf_xdp_ct_lookup(ctx, tuple, tuple_len, opts, sizeof(*opts));
+	if (!ct)
+		return opts->error == -2 /* -ENOENT: not tracked */ ? 0 : -1;
+	bpf_ct_release(ct);
+	return 1;
+}
+
 /* Whether an ACK carries a cookie the kernel issued (and accepts now). */
 static __always_inline int syn_cookie_valid(struct xdp_md *ctx, const struct xdpg_pkt *pkt, __u32 family)
 {
@@ -496,6 +573,23 @@ static __always_inline int xdpg_syn_guard(struct xdp_md *ctx, const struct xdpg_
 		return XDPG_SYN_NONE;
 	if (mode == XDPG_SYN_MODE_COOKIE) {
 		if (!syn_cookie_valid(ctx, pkt, family)) {
+			/* Not a cookie: an established connection's, or forged.
+			 * With XDPG_SYN_F_DROP_UNTRACKED, conntrack decides here:
+			 * what it does not track is dropped (a spoofed ACK flood
+			 * never reaches the stack); else the stack's conntrack
+			 * does, after XDP. */
+			if (p->flags & XDPG_SYN_F_DROP_UNTRACKED) {
+				__u32 zero = 0;
+				struct xdpg_syn_scratch *tmp = bpf_map_lookup_elem(&xdpg_syn_tmp, &zero);
+				if (tmp && syn_tracked(ctx, tmp, pkt->l3_off, family) == 0) {
+					if (monitor) {
+						c->would_drop++;
+						return XDPG_SYN_WOULD_DROP;
+					}
+					c->dropped++;
+					return XDPG_SYN_DROP;
+				}
+			}
 			c->acks_other++;
 			return XDPG_SYN_NONE;
 		}

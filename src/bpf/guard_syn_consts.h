@@ -16,8 +16,9 @@
 #define XDPG_SYN_MODE_COOKIE 2 /* answer every SYN with a SYN cookie (XDP_TX) */
 
 /* xdpg_syn_port.flags */
-#define XDPG_SYN_F_MONITOR 0x1	   /* count what would be dropped/answered, pass it */
-#define XDPG_SYN_F_TCP_OPTIONS 0x2 /* cookie mode: window scaling, SACK, timestamps (below) */
+#define XDPG_SYN_F_MONITOR 0x1	      /* count what would be dropped/answered, pass it */
+#define XDPG_SYN_F_TCP_OPTIONS 0x2    /* cookie mode: window scaling, SACK, timestamps (below) */
+#define XDPG_SYN_F_DROP_UNTRACKED 0x4 /* cookie mode: drop ACKs neither conntrack's nor cookies */
 
 /* The SYN rate is measured over windows of this many ns, the previous
  * window's count weighted by how much of it still overlaps the last second. */

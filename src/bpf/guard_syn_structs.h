@@ -35,7 +35,7 @@ struct xdpg_syn_port {
 /* A protected port's counters, per CPU. */
 struct xdpg_syn_counters {
 	__u64 syns;	    /* SYNs to the port */
-	__u64 dropped;	    /* drop mode: over the threshold, unknown source */
+	__u64 dropped;	    /* drop mode: over the threshold, unknown source; cookie: untracked ACKs */
 	__u64 would_drop;   /* monitor: would have been dropped or answered */
 	__u64 cookies_sent; /* cookie mode: SYN-ACKs sent */
 	__u64 cookies_ok;   /* cookie mode: ACKs with a valid cookie, passed */

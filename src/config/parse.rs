@@ -66,7 +66,7 @@ const FILTER_KEYS: &[&str] = &[
     "syn",
 ];
 /// `[[filter.syn]]`: the words of `xdpguard syn protect` and [`SynPolicy`].
-const SYN_KEYS: &[&str] = &["port", "mode", "threshold", "mss", "wscale", "mss_only", "monitor"];
+const SYN_KEYS: &[&str] = &["port", "mode", "threshold", "mss", "wscale", "mss_only", "drop_untracked_acks", "monitor"];
 const LB_KEYS: &[&str] = &[
     "pin",
     "interfaces",
@@ -441,7 +441,7 @@ fn filter(r: &mut Reader<'_>, t: &DeTable<'_>, span: &Range<usize>, base: &Path)
 /// `threshold` (drop mode, SYNs a second; default 1000), `mss` (cookie
 /// mode; 0 or 536 to 9000), `wscale` (cookie mode; 0 to 14, default the
 /// host's), `mss_only` (cookie mode: no window scaling, SACK or
-/// timestamps), `monitor`.
+/// timestamps), `drop_untracked_acks` (cookie mode), `monitor`.
 fn syn_port(r: &mut Reader<'_>, t: &DeTable<'_>, span: &Range<usize>) -> Option<(u16, SynPolicy)> {
     r.unknown_keys(t, "[[filter.syn]]", SYN_KEYS);
     let port = match get(t, "port") {
@@ -461,6 +461,7 @@ fn syn_port(r: &mut Reader<'_>, t: &DeTable<'_>, span: &Range<usize>) -> Option<
     let threshold = get(t, "threshold").map(|v| (v, r.int(v, 1, u64::from(u32::MAX)).map(|n| n as u32)));
     let mss = get(t, "mss").map(|v| (v, r.int(v, 0, 9000)));
     let mss_only = get(t, "mss_only").map(|v| (v, r.boolean(v)));
+    let untracked = get(t, "drop_untracked_acks").map(|v| (v, r.boolean(v)));
     let wscale = get(t, "wscale").map(|v| (v, r.int(v, 0, u64::from(XDPG_SYN_MAX_WSCALE)).map(|n| n as u8)));
     let monitor = get(t, "monitor").and_then(|v| r.boolean(v)).unwrap_or(false);
     let mut policy = match mode? {
@@ -482,7 +483,12 @@ fn syn_port(r: &mut Reader<'_>, t: &DeTable<'_>, span: &Range<usize>) -> Option<
             if let Some((v, _)) = mss {
                 r.problem(v.span(), "`mss` is for mode = \"cookie\": drop mode sends no SYN-ACK");
             }
-            for (key, v) in [("mss_only", mss_only.map(|m| m.0)), ("wscale", wscale.map(|w| w.0))] {
+            let keys = [
+                ("mss_only", mss_only.map(|m| m.0)),
+                ("wscale", wscale.map(|w| w.0)),
+                ("drop_untracked_acks", untracked.map(|u| u.0)),
+            ];
+            for (key, v) in keys {
                 if let Some(v) = v {
                     r.problem(v.span(), format!("`{key}` is for mode = \"cookie\": drop mode sends no SYN-ACK"));
                 }
@@ -497,6 +503,9 @@ fn syn_port(r: &mut Reader<'_>, t: &DeTable<'_>, span: &Range<usize>) -> Option<
             return None;
         }
         policy = policy.with_mss(m as u16);
+    }
+    if policy.mode == SynMode::Cookie {
+        policy = policy.with_drop_untracked_acks(untracked.and_then(|(_, b)| b).unwrap_or(false));
     }
     Some((port?, policy.with_monitor(monitor)))
 }
@@ -1008,13 +1017,13 @@ backends = ["198.51.100.11", "198.51.100.11", "198.51.100.12:8080", { addr = "19
         let good = "[[filter]]\ninterfaces = [\"eth0\"]\n\n[[filter.syn]]\nport = 443\nmode = \"drop\"\n\n\
                     [[filter.syn]]\nport = 8443\nmode = \"cookie\"\nmss = 1400\nmonitor = true\n\n\
                     [[filter.syn]]\nport = 8444\nmode = \"cookie\"\nwscale = 9\n\n\
-                    [[filter.syn]]\nport = 8445\nmode = \"cookie\"\nmss_only = true\n";
+                    [[filter.syn]]\nport = 8445\nmode = \"cookie\"\nmss_only = true\ndrop_untracked_acks = true\n";
         let c = read(good, Path::new("/etc/xdpguard/x.toml")).unwrap();
         let want = [
             (443, crate::SynPolicy::drop_above(crate::DEFAULT_SYN_THRESHOLD)),
             (8443, crate::SynPolicy::cookies().with_mss(1400).with_monitor(true)),
             (8444, crate::SynPolicy::cookies().with_wscale(Some(9))),
-            (8445, crate::SynPolicy::cookies().with_wscale(None)),
+            (8445, crate::SynPolicy::cookies().with_wscale(None).with_drop_untracked_acks(true)),
         ];
         assert_eq!(c.filters[0].syn, want.into_iter().collect());
         let bad = "[[filter]]\ninterfaces = [\"eth0\"]\n\n\

@@ -51,6 +51,12 @@ pub enum SynCommand {
         /// `wscale N timestamp sack-perm`).
         #[arg(long)]
         mss_only: bool,
+        /// Cookie mode: drop ACKs that are neither valid cookies nor of
+        /// connections this namespace's conntrack tracks (a spoofed ACK
+        /// flood), in XDP. Only where the server runs in this network
+        /// namespace.
+        #[arg(long)]
+        drop_untracked_acks: bool,
         /// Count what would be dropped or answered; pass it.
         #[arg(long)]
         monitor: bool,
@@ -88,7 +94,7 @@ pub enum SynCommand {
 /// Runs an `xdpguard syn` subcommand.
 pub fn run(cmd: SynCommand) -> Result<()> {
     match cmd {
-        SynCommand::Protect { pin, port, mode, threshold, mss, wscale, mss_only, monitor } => {
+        SynCommand::Protect { pin, port, mode, threshold, mss, wscale, mss_only, drop_untracked_acks, monitor } => {
             let filter = Filter::open_pinned(&pin.pin)?;
             let policy = match mode {
                 SynMode::Drop { .. } => SynPolicy::drop_above(threshold),
@@ -96,6 +102,7 @@ pub fn run(cmd: SynCommand) -> Result<()> {
                 SynMode::Cookie => SynPolicy::cookies().with_wscale(Some(wscale.unwrap_or_else(xdpguard::host_wscale))),
             }
             .with_mss(mss)
+            .with_drop_untracked_acks(drop_untracked_acks)
             .with_monitor(monitor);
             filter.syn_guard().protect(port, policy)?;
             println!("protecting tcp port {port}: {policy}");

@@ -91,18 +91,43 @@ pub struct SynPolicy {
     /// cookie have no window scaling (at most 64 KiB in flight). A slot
     /// written by a filter older than this field reads back as `None`.
     pub wscale: Option<u8>,
+    /// Cookie mode: drop an ACK that carries no valid cookie unless
+    /// conntrack (of the network namespace the filter's interface is in)
+    /// tracks its connection, so a spoofed ACK flood is dropped in XDP
+    /// instead of reaching the stack's conntrack and synproxy, which drop
+    /// it there at a far higher cost (counted in
+    /// [`SynPortStats::dropped`]). Off by default: right where the TCP
+    /// server, its synproxy rules and the filter share a network namespace
+    /// (the usual host), wrong where the filter's interface forwards to
+    /// servers in other namespaces (their connections are not in this
+    /// one's conntrack, and would be dropped). Needs Linux's conntrack
+    /// kfuncs (5.18; `nf_conntrack` loaded before the filter when it is a
+    /// module): without them the ACKs pass as with it off.
+    pub drop_untracked_acks: bool,
 }
 
 impl SynPolicy {
     /// Drop mode: above `threshold` SYNs a second, drop SYNs from unknown sources.
     pub fn drop_above(threshold: u32) -> SynPolicy {
-        SynPolicy { mode: SynMode::Drop { threshold }, mss: 0, monitor: false, wscale: None }
+        SynPolicy {
+            mode: SynMode::Drop { threshold },
+            mss: 0,
+            monitor: false,
+            wscale: None,
+            drop_untracked_acks: false,
+        }
     }
 
     /// Cookie mode, advertising the default MSS, with window scaling (this
     /// host's, [`host_wscale`]), SACK and timestamps ([`SynPolicy::wscale`]).
     pub fn cookies() -> SynPolicy {
-        SynPolicy { mode: SynMode::Cookie, mss: 0, monitor: false, wscale: Some(host_wscale()) }
+        SynPolicy {
+            mode: SynMode::Cookie,
+            mss: 0,
+            monitor: false,
+            wscale: Some(host_wscale()),
+            drop_untracked_acks: false,
+        }
     }
 
     /// The same, advertising `mss` in cookie mode.
@@ -116,6 +141,15 @@ impl SynPolicy {
     #[must_use]
     pub fn with_monitor(mut self, on: bool) -> SynPolicy {
         self.monitor = on;
+        self
+    }
+
+    /// The same, dropping in cookie mode the ACKs that are neither valid
+    /// cookies nor of connections conntrack tracks, or not
+    /// ([`SynPolicy::drop_untracked_acks`]).
+    #[must_use]
+    pub fn with_drop_untracked_acks(mut self, on: bool) -> SynPolicy {
+        self.drop_untracked_acks = on;
         self
     }
 
@@ -147,6 +181,9 @@ impl SynPolicy {
             }
             _ => {}
         }
+        if self.drop_untracked_acks && self.mode != SynMode::Cookie {
+            return bad("dropping untracked ACKs is for cookie mode: drop mode learns clients from their ACKs");
+        }
         Ok(())
     }
 
@@ -161,7 +198,8 @@ impl SynPolicy {
             mss: self.mss,
             mode: mode as u8,
             flags: (if self.monitor { XDPG_SYN_F_MONITOR } else { 0 }
-                | if self.wscale.is_some() { XDPG_SYN_F_TCP_OPTIONS } else { 0 }) as u8,
+                | if self.wscale.is_some() { XDPG_SYN_F_TCP_OPTIONS } else { 0 }
+                | if self.drop_untracked_acks { XDPG_SYN_F_DROP_UNTRACKED } else { 0 }) as u8,
             wscale: self.wscale.unwrap_or(0),
             ..Default::default()
         }
@@ -179,13 +217,15 @@ impl SynPolicy {
             mss: s.mss,
             monitor: flags & XDPG_SYN_F_MONITOR != 0,
             wscale: (flags & XDPG_SYN_F_TCP_OPTIONS != 0).then_some(s.wscale),
+            drop_untracked_acks: flags & XDPG_SYN_F_DROP_UNTRACKED != 0,
         })
     }
 }
 
 impl fmt::Display for SynPolicy {
     /// `drop above 1000/s`, `cookie wscale 10`, `cookie mss 1400 wscale 7`,
-    /// `cookie mss-only` (no [`SynPolicy::wscale`]), with ` monitor`.
+    /// `cookie mss-only` (no [`SynPolicy::wscale`]), with
+    /// ` drop-untracked-acks` and ` monitor`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.mode {
             SynMode::Drop { threshold } => write!(f, "drop above {threshold}/s")?,
@@ -198,6 +238,9 @@ impl fmt::Display for SynPolicy {
             Some(w) => write!(f, " wscale {w}")?,
             None if self.mode == SynMode::Cookie => f.write_str(" mss-only")?,
             None => {}
+        }
+        if self.drop_untracked_acks {
+            f.write_str(" drop-untracked-acks")?;
         }
         if self.monitor {
             f.write_str(" monitor")?;
@@ -258,6 +301,8 @@ pub struct SynPortStats {
     /// SYNs to the port (not allowlisted, not decided by a rule).
     pub syns: u64,
     /// Drop mode: SYNs over the threshold from unknown sources, dropped.
+    /// Cookie mode: ACKs neither valid cookies nor of tracked connections,
+    /// dropped ([`SynPolicy::drop_untracked_acks`]).
     pub dropped: u64,
     /// Monitor: SYNs that would have been dropped or answered, passed.
     pub would_drop: u64,
@@ -266,7 +311,9 @@ pub struct SynPortStats {
     /// Cookie mode: ACKs with a valid cookie, passed to the stack.
     pub cookies_ok: u64,
     /// Cookie mode: ACKs without a valid cookie (established connections,
-    /// or forged), passed to conntrack, which drops the forged.
+    /// or forged) passed to the stack, whose conntrack drops the forged
+    /// (with [`SynPolicy::drop_untracked_acks`], those of tracked
+    /// connections only).
     pub acks_other: u64,
     /// Drop mode: SYNs over the threshold from known sources, passed.
     pub known_passed: u64,
@@ -575,6 +622,7 @@ mod tests {
             SynPolicy::cookies().with_wscale(Some(0)),
             SynPolicy::cookies().with_wscale(Some(14)),
             SynPolicy::cookies().with_wscale(None),
+            SynPolicy::cookies().with_drop_untracked_acks(true).with_monitor(true),
         ] {
             let slot = p.to_slot(443);
             assert_eq!(slot.port, 443);
@@ -593,6 +641,10 @@ mod tests {
         let p = SynPolicy::cookies().with_mss(1400).with_monitor(true);
         assert_eq!(p.with_wscale(Some(7)).to_string(), "cookie mss 1400 wscale 7 monitor");
         assert_eq!(p.with_wscale(None).to_string(), "cookie mss 1400 mss-only monitor");
+        assert_eq!(
+            p.with_wscale(Some(7)).with_drop_untracked_acks(true).to_string(),
+            "cookie mss 1400 wscale 7 drop-untracked-acks monitor"
+        );
         assert_eq!(SynPolicy::cookies().to_string(), format!("cookie wscale {}", host_wscale()));
         assert_eq!("cookie".parse::<SynMode>().unwrap(), SynMode::Cookie);
         assert!("synproxy".parse::<SynMode>().is_err());
@@ -608,6 +660,7 @@ mod tests {
             (80, SynPolicy::cookies().with_mss(9001)),
             (80, SynPolicy::cookies().with_wscale(Some(15))),
             (80, SynPolicy::drop_above(10).with_wscale(Some(7))),
+            (80, SynPolicy::drop_above(10).with_drop_untracked_acks(true)),
         ] {
             assert!(matches!(p.check(port), Err(RuleError::InvalidSynPolicy { .. })), "{port} {p}");
         }
