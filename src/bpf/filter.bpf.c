@@ -246,10 +246,19 @@ static __always_inline int v6_anchored(struct xdpg_filter_config *cfg, __u32 tab
 	    !((e->addr[1] ^ a1) & w1_mask))
 		return v6_judged(e, len_code, a1, a2, a3);
 
+	/* The walk starts at the home bucket already looked up (it was
+	 * looked up again: Intel Xeon, four A/B pairs in turn, a cold IPv6
+	 * attack packet 172.9 / 185.8 / 186.2 / 182.2 -> 179.2 / 168.1 /
+	 * 178.8 / 175.0 ns, warm 41-54 -> 37-44; BENCHMARKS.md, "Issue 13,
+	 * eleventh session"). */
+	struct xdpg_v6_bucket *b = home;
 	for (int probe = 0; probe < XDPG_V6_MAX_PROBES; probe++) {
-		struct xdpg_v6_bucket *b = v6_bucket(table, idx);
-		if (!b)
-			break;
+		if (probe) {
+			idx = (idx + 1) & mask;
+			b = v6_bucket(table, idx);
+			if (!b)
+				break;
+		}
 #pragma unroll
 		for (int s = 0; s < XDPG_V6_BUCKET_SLOTS; s++) {
 			/* Code first: the key is only meaningful under a code. The
@@ -271,7 +280,6 @@ static __always_inline int v6_anchored(struct xdpg_filter_config *cfg, __u32 tab
 		}
 		if (!(b->meta & XDPG_V6_BUCKET_OVERFLOW))
 			break;
-		idx = (idx + 1) & mask;
 	}
 	return best;
 }
