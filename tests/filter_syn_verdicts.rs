@@ -456,6 +456,16 @@ fn cookie_synack_options_follow_the_syn() {
         let out = run.expect("the row ran").frame;
         answered.push((sport, port, check_synack(frame.bytes(), l2, &out, &want).unwrap_or(0)));
     }
+    // A changed window scale reaches the port's live slot.
+    f.syn_guard().protect(443, SynPolicy::cookies().with_wscale(Some(5))).unwrap();
+    let linux = syn("198.51.100.30", 41999, 443);
+    let (input, l2) = (linux.to_vec(), linux.l3());
+    t.run(
+        Fixture::new("the window scale changed to 5", linux.bytes())
+            .action(XdpAction::Tx)
+            .check(move |out| check_synack(&input, l2, out, &full_options(1460, 5, Some(7), true, 1)).map(drop_value))
+            .counts_packets(&["syn_cookies_sent"]),
+    );
     for (sport, port, cookie) in answered {
         t.run(pass(
             &format!("the ACK of {sport} -> {port}'s cookie"),

@@ -289,6 +289,18 @@ pub fn host_wscale() -> u8 {
     }
 }
 
+/// Whether the running kernel has the conntrack kfuncs the guard's
+/// [`SynPolicy::drop_untracked_acks`] needs (`bpf_xdp_ct_lookup` in
+/// `/proc/kallsyms`; true when that cannot be read: nothing is refused on
+/// a guess). A module loaded after the filter is not in the guard's
+/// program, which resolved its kfuncs at load: the docs say to attach again.
+fn conntrack_kfuncs() -> bool {
+    match std::fs::read_to_string("/proc/kallsyms") {
+        Ok(syms) => syms.lines().any(|l| l.split_whitespace().nth(2) == Some("bpf_xdp_ct_lookup")),
+        Err(_) => true,
+    }
+}
+
 /// Linux's window scale for a receive space of `space` bytes.
 fn wscale_for(space: u64) -> u8 {
     let space = space.min(u64::from(u32::MAX));
@@ -428,13 +440,23 @@ impl<'f> SynGuard<'f> {
     /// [`RuleError::Pin`]. Nothing changes on error.
     pub fn protect(&self, port: u16, policy: SynPolicy) -> Result<(), RuleError> {
         policy.check(port)?;
+        if policy.drop_untracked_acks && !conntrack_kfuncs() {
+            return Err(RuleError::InvalidSynPolicy {
+                port,
+                reason:
+                    "this kernel has no conntrack lookup for XDP (bpf_xdp_ct_lookup, Linux 5.18, in nf_conntrack): \
+                         untracked ACKs would pass; load nf_conntrack (modprobe nf_conntrack) and attach the filter \
+                         again, or protect the port without dropping untracked ACKs"
+                        .to_owned(),
+            });
+        }
         self.guard()?.edit(&self.filter.core.maps, |st, maps| {
             if let Some(&(slot, old)) = st.syn.ports.get(&port) {
                 if old != policy {
                     // Keep the rate: only the policy's fields change.
                     let mut s = maps.syn_slots.get(slot);
                     let new = policy.to_slot(port);
-                    (s.threshold, s.mss, s.flags) = (new.threshold, new.mss, new.flags);
+                    (s.threshold, s.mss, s.flags, s.wscale) = (new.threshold, new.mss, new.flags, new.wscale);
                     if s.mode != new.mode {
                         (s.mode, s.window, s.cur, s.prev) = (new.mode, 0, 0, 0);
                     }
