@@ -43,6 +43,15 @@ use common::scratch::ScratchDir;
 use xdpguard::testing::netns::*;
 use xdpguard::{AttachMode, Filter};
 
+/// The tests here flood and time clients against the flood on a 2-core
+/// machine: run them one at a time (two floods at once starved the
+/// clients of one).
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 const PORT: u16 = 8080;
 const FLOOD: u32 = 20_000;
 const CONNECTIONS: usize = 6;
@@ -201,6 +210,7 @@ fn v6(port: u16) -> SocketAddr {
 
 #[test]
 fn clients_connect_through_a_spoofed_syn_flood() {
+    let _turn = serial();
     let bed = Bed::new("syn");
     let Bed { client, server, attacker, pin, filter } = &bed;
     // A pass-through XDP program on the client's and the attacker's veth: a
@@ -288,6 +298,7 @@ fn clients_connect_through_a_spoofed_syn_flood() {
 /// host.)
 #[test]
 fn known_clients_connect_through_a_flood_in_drop_mode_and_new_ones_after_it() {
+    let _turn = serial();
     const DROP_PORT: u16 = 8081;
     const THRESHOLD: u32 = 200;
     // ~10,000 SYNs a second for about five seconds: the clients are done
@@ -391,6 +402,7 @@ fn tcp_info(s: &TcpStream) -> (u8, u8, bool, bool) {
 /// MSS alone: no window scaling, at most 64 KiB in flight.)
 #[test]
 fn cookie_connections_keep_window_scaling_sack_and_timestamps() {
+    let _turn = serial();
     const OPT_PORT: u16 = 8082;
     const UP: usize = 1 << 20;
     const DOWN: usize = 4 << 20;
@@ -456,6 +468,7 @@ fn cookie_connections_keep_window_scaling_sack_and_timestamps() {
 /// client's own packets, not the flood's.
 #[test]
 fn a_spoofed_ack_flood_is_dropped_in_xdp_and_tracked_connections_go_on() {
+    let _turn = serial();
     const ACK_PORT: u16 = 8083;
     const ACK_FLOOD: u32 = 20_000;
     const ROUNDS: usize = 10;

@@ -204,6 +204,21 @@ fn check_synack(syn: &[u8], l2: usize, out: &[u8], want: &[(u8, u8)]) -> Result<
     }
 }
 
+/// Runs `frame`, a SYN, as a row that must answer it with a SYN-ACK whose
+/// options are `want`; returns its cookie (0 when the row failed: the
+/// table reports it).
+fn synack_row(t: &mut FixtureTable<'_, Filter>, what: &str, frame: &Frame, want: &[(u8, u8)]) -> u32 {
+    let (input, l2, row_want) = (frame.to_vec(), frame.l3(), want.to_vec());
+    let run = t.run(
+        Fixture::new(what, frame.bytes())
+            .action(XdpAction::Tx)
+            .check(move |out| check_synack(&input, l2, out, &row_want).map(drop_value))
+            .counts_packets(&["syn_cookies_sent"]),
+    );
+    let out = run.expect("the row ran").frame;
+    check_synack(frame.bytes(), l2, &out, want).unwrap_or(0)
+}
+
 /// Moves the guard's clock to just after the start of a one-second rate
 /// window: the steps that follow (a few ms) then fall in one window.
 fn align(f: &Filter) {
@@ -313,17 +328,7 @@ fn cookie_mode(client: &str, other: &str, mss: u16, default_mss: u16) {
         ("a bare SYN", bare_syn(other, 40001, 443), mss_only(want_mss)),
         ("a SYN under two VLAN tags (QinQ)", tagged, mss_only(want_mss)),
     ] {
-        let input = frame.to_vec();
-        let l2 = frame.l3();
-        let row_want = want.clone();
-        let run = t.run(
-            Fixture::new(what, frame.bytes())
-                .action(XdpAction::Tx)
-                .check(move |out| check_synack(&input, l2, out, &row_want).map(drop_value))
-                .counts_packets(&["syn_cookies_sent"]),
-        );
-        let out = run.expect("the row ran").frame;
-        cookies.push(check_synack(frame.bytes(), l2, &out, &want).unwrap_or(0));
+        cookies.push(synack_row(&mut t, what, &frame, &want));
     }
     t.run(pass("the ACK answering the cookie", &ack(client, 40000, 443, cookies[0]), "syn_cookies_passed"));
     t.run(pass("the bare SYN's ACK too", &ack(other, 40001, 443, cookies[1]), "syn_cookies_passed"));
@@ -446,26 +451,12 @@ fn cookie_synack_options_follow_the_syn() {
         let sport = 41000 + i as u16;
         let frame =
             Frame::builder().ip(src, dst_for(src)).tcp(sport, port).syn().seq(CLIENT_SEQ).tcp_options(&opts).build();
-        let (input, l2, row_want) = (frame.to_vec(), frame.l3(), want.clone());
-        let run = t.run(
-            Fixture::new(what, frame.bytes())
-                .action(XdpAction::Tx)
-                .check(move |out| check_synack(&input, l2, out, &row_want).map(drop_value))
-                .counts_packets(&["syn_cookies_sent"]),
-        );
-        let out = run.expect("the row ran").frame;
-        answered.push((sport, port, check_synack(frame.bytes(), l2, &out, &want).unwrap_or(0)));
+        answered.push((sport, port, synack_row(&mut t, what, &frame, &want)));
     }
     // A changed window scale reaches the port's live slot.
     f.syn_guard().protect(443, SynPolicy::cookies().with_wscale(Some(5))).unwrap();
-    let linux = syn("198.51.100.30", 41999, 443);
-    let (input, l2) = (linux.to_vec(), linux.l3());
-    t.run(
-        Fixture::new("the window scale changed to 5", linux.bytes())
-            .action(XdpAction::Tx)
-            .check(move |out| check_synack(&input, l2, out, &full_options(1460, 5, Some(7), true, 1)).map(drop_value))
-            .counts_packets(&["syn_cookies_sent"]),
-    );
+    let changed = full_options(1460, 5, Some(7), true, 1);
+    synack_row(&mut t, "the window scale changed to 5", &syn("198.51.100.30", 41999, 443), &changed);
     for (sport, port, cookie) in answered {
         t.run(pass(
             &format!("the ACK of {sport} -> {port}'s cookie"),
@@ -490,16 +481,9 @@ fn untracked_acks(client: &str) {
     let policy = g.policy(443).unwrap().unwrap();
     assert!(policy.drop_untracked_acks && policy.to_string().ends_with(" drop-untracked-acks"), "{policy}");
     let mut t = FixtureTable::new(&f, format!("SYN guard, cookie mode, untracked ACKs dropped, {client}"));
-    let frame = syn(client, 42000, 443);
-    let run = t.run(Fixture::new("a SYN", frame.bytes()).action(XdpAction::Tx).counts_packets(&["syn_cookies_sent"]));
-    let out = run.expect("the row ran").frame;
-    let cookie = check_synack(
-        frame.bytes(),
-        frame.l3(),
-        &out,
-        &full_options(if client.contains(':') { 1440 } else { 1460 }, xdpguard::host_wscale(), Some(7), true, 1),
-    )
-    .unwrap();
+    let mss = if client.contains(':') { 1440 } else { 1460 };
+    let want = full_options(mss, xdpguard::host_wscale(), Some(7), true, 1);
+    let cookie = synack_row(&mut t, "a SYN", &syn(client, 42000, 443), &want);
     t.run(pass("its ACK: a valid cookie", &ack(client, 42000, 443, cookie), "syn_cookies_passed"));
     t.run(drop("a forged ACK (wrong cookie, untracked)", &ack(client, 42000, 443, cookie ^ 0x100), "syn_dropped"));
     t.run(drop("data of a connection conntrack does not track", &data(client, 42001, 443), "syn_dropped"));

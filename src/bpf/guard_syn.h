@@ -329,24 +329,49 @@ static __always_inline int syn_resize(struct xdp_md *ctx, __u32 l3, __u32 ip_len
 	return 0;
 }
 
+/* The TCP header right after the IP header at `l3`: IPv4 without options
+ * or IPv6 without extension headers (family 4 or 6), `*ip` set to the IP
+ * header; NULL for any other packet, or one too short. Where the kernel's
+ * cookie helpers, which take the two headers, can read them. */
+static __always_inline struct tcphdr *syn_tcp_hdr(struct xdp_md *ctx, __u32 l3, __u32 family, void **ip)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	void *at = data + (l3 & 0xFF); /* a few VLAN tags at most */
+	struct tcphdr *th;
+	if (family == 4) {
+		struct iphdr *iph = at;
+		if ((void *)(iph + 1) > data_end || iph->ihl != 5)
+			return NULL;
+		th = (void *)(iph + 1);
+	} else {
+		struct ipv6hdr *ip6h = at;
+		if ((void *)(ip6h + 1) > data_end || ip6h->nexthdr != IPPROTO_TCP)
+			return NULL;
+		th = (void *)(ip6h + 1);
+	}
+	if ((void *)(th + 1) > data_end)
+		return NULL;
+	*ip = at;
+	return th;
+}
+
 /* Answers an IPv4 SYN with a cookie SYN-ACK in place: 0, or -1 when it
  * cannot (IP options, a fragment, a bad TCP header). */
 static __always_inline int syn_answer_v4(struct xdp_md *ctx, const struct xdpg_pkt *pkt, const struct xdpg_syn_port *p)
 {
-	void *data = (void *)(long)ctx->data;
-	void *data_end = (void *)(long)ctx->data_end;
-	__u32 l3 = pkt->l3_off & 0xFF; /* a few VLAN tags at most */
+	void *data, *data_end;
+	__u32 l3 = pkt->l3_off & 0xFF;
 	__u32 zero = 0;
 	struct xdpg_syn_scratch *tmp = bpf_map_lookup_elem(&xdpg_syn_tmp, &zero);
 	if (!tmp)
 		return -1;
 	__u8 *buf = tmp->tcp;
-	struct iphdr *iph = data + l3;
-	if ((void *)(iph + 1) > data_end || iph->ihl != 5 || pkt->fragment)
+	void *ip;
+	struct tcphdr *th = syn_tcp_hdr(ctx, l3, 4, &ip);
+	if (!th || pkt->fragment)
 		return -1;
-	struct tcphdr *th = (void *)(iph + 1);
-	if ((void *)(th + 1) > data_end)
-		return -1;
+	struct iphdr *iph = ip;
 	__u32 len = syn_copy_tcp(ctx, l3 + sizeof(*iph), th, buf);
 	if (!len)
 		return -1;
@@ -373,20 +398,18 @@ static __always_inline int syn_answer_v4(struct xdp_md *ctx, const struct xdpg_p
 /* The same for IPv6: -1 when extension headers come before TCP. */
 static __always_inline int syn_answer_v6(struct xdp_md *ctx, const struct xdpg_pkt *pkt, const struct xdpg_syn_port *p)
 {
-	void *data = (void *)(long)ctx->data;
-	void *data_end = (void *)(long)ctx->data_end;
+	void *data, *data_end;
 	__u32 l3 = pkt->l3_off & 0xFF;
 	__u32 zero = 0;
 	struct xdpg_syn_scratch *tmp = bpf_map_lookup_elem(&xdpg_syn_tmp, &zero);
 	if (!tmp)
 		return -1;
 	__u8 *buf = tmp->tcp;
-	struct ipv6hdr *ip6h = data + l3;
-	if ((void *)(ip6h + 1) > data_end || ip6h->nexthdr != IPPROTO_TCP)
+	void *ip;
+	struct tcphdr *th = syn_tcp_hdr(ctx, l3, 6, &ip);
+	if (!th)
 		return -1;
-	struct tcphdr *th = (void *)(ip6h + 1);
-	if ((void *)(th + 1) > data_end)
-		return -1;
+	struct ipv6hdr *ip6h = ip;
 	__u32 len = syn_copy_tcp(ctx, l3 + sizeof(*ip6h), th, buf);
 	if (!len)
 		return -1;
@@ -450,31 +473,22 @@ __noinline int syn_tracked(struct xdp_md *ctx, struct xdpg_syn_scratch *tmp, __u
 {
 	if (!ctx || !tmp || !bpf_ksym_exists(bpf_xdp_ct_lookup) || !bpf_ksym_exists(bpf_ct_release))
 		return -1;
-	void *data = (void *)(long)ctx->data;
-	void *data_end = (void *)(long)ctx->data_end;
 	struct bpf_sock_tuple *tuple = (void *)tmp->tcp;
 	struct bpf_ct_opts *opts = (void *)&tmp->tcp[sizeof(*tuple)];
 	__u32 tuple_len;
-	l3 &= 0xFF;
+	void *ip;
+	struct tcphdr *th = syn_tcp_hdr(ctx, l3, family, &ip);
+	if (!th)
+		return -1;
 	if (family == 4) {
-		struct iphdr *iph = data + l3;
-		if ((void *)(iph + 1) > data_end || iph->ihl != 5)
-			return -1;
-		struct tcphdr *th = (void *)(iph + 1);
-		if ((void *)(th + 1) > data_end)
-			return -1;
+		struct iphdr *iph = ip;
 		tuple->ipv4.saddr = iph->saddr;
 		tuple->ipv4.daddr = iph->daddr;
 		tuple->ipv4.sport = th->source;
 		tuple->ipv4.dport = th->dest;
 		tuple_len = sizeof(tuple->ipv4);
 	} else {
-		struct ipv6hdr *ip6h = data + l3;
-		if ((void *)(ip6h + 1) > data_end || ip6h->nexthdr != IPPROTO_TCP)
-			return -1;
-		struct tcphdr *th = (void *)(ip6h + 1);
-		if ((void *)(th + 1) > data_end)
-			return -1;
+		struct ipv6hdr *ip6h = ip;
 		__builtin_memcpy(tuple->ipv6.saddr, &ip6h->saddr, 16);
 		__builtin_memcpy(tuple->ipv6.daddr, &ip6h->daddr, 16);
 		tuple->ipv6.sport = th->source;
@@ -494,25 +508,13 @@ __noinline int syn_tracked(struct xdp_md *ctx, struct xdpg_syn_scratch *tmp, __u
 /* Whether an ACK carries a cookie the kernel issued (and accepts now). */
 static __always_inline int syn_cookie_valid(struct xdp_md *ctx, const struct xdpg_pkt *pkt, __u32 family)
 {
-	void *data = (void *)(long)ctx->data;
-	void *data_end = (void *)(long)ctx->data_end;
-	__u32 l3 = pkt->l3_off & 0xFF;
-	if (family == 4) {
-		struct iphdr *iph = data + l3;
-		if ((void *)(iph + 1) > data_end || iph->ihl != 5)
-			return 0;
-		struct tcphdr *th = (void *)(iph + 1);
-		if ((void *)(th + 1) > data_end)
-			return 0;
-		return bpf_tcp_raw_check_syncookie_ipv4(iph, th) == 0;
-	}
-	struct ipv6hdr *ip6h = data + l3;
-	if ((void *)(ip6h + 1) > data_end || ip6h->nexthdr != IPPROTO_TCP)
+	void *ip;
+	struct tcphdr *th = syn_tcp_hdr(ctx, pkt->l3_off, family, &ip);
+	if (!th)
 		return 0;
-	struct tcphdr *th = (void *)(ip6h + 1);
-	if ((void *)(th + 1) > data_end)
-		return 0;
-	return bpf_tcp_raw_check_syncookie_ipv6(ip6h, th) == 0;
+	if (family == 4)
+		return bpf_tcp_raw_check_syncookie_ipv4(ip, th) == 0;
+	return bpf_tcp_raw_check_syncookie_ipv6(ip, th) == 0;
 }
 
 /* The SYN guard for a TCP packet to `dport` with `flags`, from `src`:
