@@ -102,7 +102,8 @@ pub struct SynPolicy {
     /// servers in other namespaces (their connections are not in this
     /// one's conntrack, and would be dropped). Needs Linux's conntrack
     /// kfuncs (5.18; `nf_conntrack` loaded before the filter when it is a
-    /// module): without them the ACKs pass as with it off.
+    /// module): [`SynGuard::protect`] refuses it where the kernel has none;
+    /// a guard loaded before the module passes the ACKs as with it off.
     pub drop_untracked_acks: bool,
 }
 
@@ -435,7 +436,9 @@ impl<'f> SynGuard<'f> {
     /// # Errors
     ///
     /// [`RuleError::InvalidSynPolicy`] (port 0, threshold 0, an MSS out of
-    /// 536..=9000); [`RuleError::Full`] when [`MAX_SYN_PORTS`] ports are
+    /// 536..=9000, a window scale over 14, a cookie option in drop mode,
+    /// [`SynPolicy::drop_untracked_acks`] on a kernel without conntrack's
+    /// XDP lookup); [`RuleError::Full`] when [`MAX_SYN_PORTS`] ports are
     /// protected already; [`RuleError::NoGuard`]; [`RuleError::Bpf`],
     /// [`RuleError::Pin`]. Nothing changes on error.
     pub fn protect(&self, port: u16, policy: SynPolicy) -> Result<(), RuleError> {
