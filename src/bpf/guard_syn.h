@@ -136,6 +136,13 @@ _Static_assert(sizeof(struct syn_tcp) <= sizeof(struct xdpg_syn_scratch), "the S
 #define SYN_OFFER_SACK 0x100
 #define SYN_OFFER_WSCALE_SHIFT 12
 
+/* A SYN's window scale as the SYN-ACK's cookie keeps it: above 14 taken as
+ * 14 (RFC 7323). */
+static __always_inline __u32 syn_wscale(__u32 ws)
+{
+	return ws > XDPG_SYN_MAX_WSCALE ? XDPG_SYN_MAX_WSCALE : ws;
+}
+
 /* Reads the options of the SYN's TCP header (`len` bytes in `tcp`).
  * Malformed options end the walk with what was found before them, as the
  * kernel's tcp_parse_options does. A global function, verified once on its
@@ -167,8 +174,7 @@ __noinline int syn_read_offer(const struct xdpg_syn_scratch *tcp, __u32 len)
 		if (olen < 2 || i + olen > len)
 			break;
 		if (kind == 3 && olen == 3) {
-			__u32 ws = buf[(i + 2) & 63];
-			wscale = ws > XDPG_SYN_MAX_WSCALE ? XDPG_SYN_MAX_WSCALE : ws;
+			wscale = syn_wscale(buf[(i + 2) & 63]);
 		} else if (kind == 4 && olen == 2) {
 			sack = SYN_OFFER_SACK;
 		} else if (kind == 8 && olen == 10) {
@@ -296,9 +302,7 @@ static __always_inline __u32 syn_tcp_build(struct xdpg_syn_scratch *tcp, const s
 		__u64 head = bpf_be64_to_cpu(*(__u64 *)&tcp->tcp[20]);
 		__u32 tail = bpf_ntohl(*(__u32 *)&tcp->tcp[36]);
 		if (len == 40 && (head & 0xFFFF0000FFFFFFFFULL) == 0x020400000402080AULL && (tail >> 8) == 0x010303) {
-			__u32 ws = tail & 0xFF;
-			offer = 26 | SYN_OFFER_SACK |
-				(ws > XDPG_SYN_MAX_WSCALE ? XDPG_SYN_MAX_WSCALE : ws) << SYN_OFFER_WSCALE_SHIFT;
+			offer = 26 | SYN_OFFER_SACK | syn_wscale(tail & 0xFF) << SYN_OFFER_WSCALE_SHIFT;
 		} else {
 			offer = (__u32)syn_read_offer(tcp, len);
 		}

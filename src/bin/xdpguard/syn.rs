@@ -98,8 +98,12 @@ pub fn run(cmd: SynCommand) -> Result<()> {
             let filter = Filter::open_pinned(&pin.pin)?;
             let policy = match mode {
                 SynMode::Drop { .. } => SynPolicy::drop_above(threshold),
+                // cookies() offers this host's window scale (host_wscale).
                 SynMode::Cookie if mss_only => SynPolicy::cookies().with_wscale(None),
-                SynMode::Cookie => SynPolicy::cookies().with_wscale(Some(wscale.unwrap_or_else(xdpguard::host_wscale))),
+                SynMode::Cookie => match wscale {
+                    Some(w) => SynPolicy::cookies().with_wscale(Some(w)),
+                    None => SynPolicy::cookies(),
+                },
             }
             .with_mss(mss)
             .with_drop_untracked_acks(drop_untracked_acks)
