@@ -217,11 +217,51 @@ fn an_unknown_layout_is_refused_before_anything_changes_and_the_tool_upgrades() 
     filter.unpin().unwrap();
 }
 
+/// IPv6 (and one IPv4) lists whose verdicts cover every kind of v6 chain: a
+/// dense /48 (more entries than its chain keeps), a sparse one (a /128 and
+/// a /64 with an allowlisted host inside it), a /48's only entry (a /56), a
+/// /32 behind them; loaded into `filter`.
+fn v6_lists(filter: &Filter) {
+    let mut nets: Vec<IpNetwork> = (1..=12).map(|i| net(&format!("2001:db8:5::{i:x}/128"))).collect();
+    nets.extend(
+        ["2001:db8:6::1/128", "2001:db8:6:1::/64", "2001:db8:9::/56", "2001:db9::/32", "198.51.100.0/24"].map(net),
+    );
+    filter.blocklist().extend(nets).unwrap();
+    filter.allowlist().insert(net("2001:db8:6:1::a/128")).unwrap();
+}
+
+/// The verdicts of [`v6_lists`], checked by running the attached program.
+fn check_v6_lists(f: &Filter) {
+    let cases = [
+        ("2001:db8:5::3", XdpAction::Drop),
+        ("2001:db8:5::d", XdpAction::Pass),
+        ("2001:db8:6::1", XdpAction::Drop),
+        ("2001:db8:6:1::a", XdpAction::Pass),
+        ("2001:db8:6:1::b", XdpAction::Drop),
+        ("2001:db8:9:aa::1", XdpAction::Drop),
+        ("2001:db8:9:100::1", XdpAction::Pass),
+        ("2001:db9:7::1", XdpAction::Drop),
+        ("2001:db8:7::1", XdpAction::Pass),
+        ("198.51.100.1", XdpAction::Drop),
+    ];
+    for (src, want) in cases {
+        let src: IpAddr = src.parse().unwrap();
+        let dst: IpAddr = if src.is_ipv4() { "203.0.113.1".parse().unwrap() } else { "2001:db8:f::1".parse().unwrap() };
+        let frame = Frame::builder().ip(src, dst).udp(40000, 53).payload(b"x").build().to_vec();
+        assert_eq!(f.test_run(&frame).unwrap().action, want, "{src}");
+    }
+}
+
+/// The config's `tables` word of the filter pinned in `dir`.
+fn tables_word(dir: &std::path::Path) -> u32 {
+    let cfg = libbpf_rs::MapHandle::from_pinned_path(dir.join("xdpg_filter_cfg")).unwrap();
+    let v = libbpf_rs::MapCore::lookup(&cfg, &0u32.to_ne_bytes(), libbpf_rs::MapFlags::ANY).unwrap().unwrap();
+    u32::from_ne_bytes(v[24..28].try_into().unwrap())
+}
+
 /// A filter pinned by layout 5 (stamped) is migrated: every map reused,
 /// the IPv6 tables rebuilt (the live view moves on) once the new program
-/// runs, and every verdict the same, checked by running the attached
-/// program: a dense /48 (more entries than its chain keeps), a sparse one,
-/// an allowlisted host inside a blocked /64, a /32 behind them.
+/// runs, and every verdict the same ([`check_v6_lists`]).
 #[test]
 fn a_layout_5_filter_is_migrated_with_its_ipv6_tables_rebuilt() {
     ensure_bpffs();
@@ -229,35 +269,8 @@ fn a_layout_5_filter_is_migrated_with_its_ipv6_tables_rebuilt() {
     let pin = ScratchDir::bpffs("up5");
     let dir = pin.path().to_owned();
     let filter = pinned_filter(&pair, &dir, 1024);
-    let mut nets: Vec<IpNetwork> = (1..=12).map(|i| net(&format!("2001:db8:5::{i:x}/128"))).collect();
-    nets.extend(["2001:db8:6::1/128", "2001:db8:6:1::/64", "2001:db9::/32", "198.51.100.0/24"].map(net));
-    filter.blocklist().extend(nets).unwrap();
-    filter.allowlist().insert(net("2001:db8:6:1::a/128")).unwrap();
-    let cases = [
-        ("2001:db8:5::3", XdpAction::Drop),
-        ("2001:db8:5::d", XdpAction::Pass),
-        ("2001:db8:6::1", XdpAction::Drop),
-        ("2001:db8:6:1::a", XdpAction::Pass),
-        ("2001:db8:6:1::b", XdpAction::Drop),
-        ("2001:db9:7::1", XdpAction::Drop),
-        ("2001:db8:7::1", XdpAction::Pass),
-        ("198.51.100.1", XdpAction::Drop),
-    ];
-    let check = |f: &Filter| {
-        for (src, want) in cases {
-            let src: IpAddr = src.parse().unwrap();
-            let dst: IpAddr =
-                if src.is_ipv4() { "203.0.113.1".parse().unwrap() } else { "2001:db8:f::1".parse().unwrap() };
-            let frame = Frame::builder().ip(src, dst).udp(40000, 53).payload(b"x").build().to_vec();
-            assert_eq!(f.test_run(&frame).unwrap().action, want, "{src}");
-        }
-    };
-    check(&filter);
-    let tables_word = |dir: &std::path::Path| {
-        let cfg = libbpf_rs::MapHandle::from_pinned_path(dir.join("xdpg_filter_cfg")).unwrap();
-        let v = libbpf_rs::MapCore::lookup(&cfg, &0u32.to_ne_bytes(), libbpf_rs::MapFlags::ANY).unwrap().unwrap();
-        u32::from_ne_bytes(v[24..28].try_into().unwrap())
-    };
+    v6_lists(&filter);
+    check_v6_lists(&filter);
     let before = tables_word(&dir);
     drop(filter);
 
@@ -272,10 +285,55 @@ fn a_layout_5_filter_is_migrated_with_its_ipv6_tables_rebuilt() {
     let after = tables_word(&dir);
     assert_eq!(before & 0xFF, after & 0xFF, "the IPv4 tables stay");
     assert_ne!(before >> 8, after >> 8, "the IPv6 tables are rebuilt and switched in");
-    check(&filter);
+    check_v6_lists(&filter);
     drop(filter);
     let filter = Filter::open_pinned(&dir).expect("reopens as this layout");
-    check(&filter);
+    check_v6_lists(&filter);
+    filter.unpin().unwrap();
+}
+
+/// A filter pinned by layout 7 (stamped, its IPv6 tables rewritten as
+/// layout 7 wrote them: the /48s' chains under the murmur hash, the view's
+/// `anchor_hash` 0) is read right by this build's program before the
+/// upgrade (the window between the program swap and the rebuild), and
+/// migrated by it: every map reused, both IPv6 tables rebuilt in the
+/// multiply hash and switched in, every verdict the same throughout. The
+/// two hashes put the test's chains in different buckets, so a program
+/// reading a table in the other hash would pass what is blocked.
+#[test]
+fn a_layout_7_filter_is_migrated_with_its_ipv6_chains_rehashed() {
+    use xdpguard::testing::upgrade::{rebuild_v6_as_layout_7, v6_anchor_hash};
+    ensure_bpffs();
+    let pair = Pair::new("up7");
+    let pin = ScratchDir::bpffs("up7");
+    let dir = pin.path().to_owned();
+    let filter = pinned_filter(&pair, &dir, 1024);
+    v6_lists(&filter);
+    assert_eq!(v6_anchor_hash(&filter), 1, "this build writes the multiply hash");
+    check_v6_lists(&filter);
+    rebuild_v6_as_layout_7(&filter);
+    assert_eq!(v6_anchor_hash(&filter), 0);
+    check_v6_lists(&filter);
+    let before = tables_word(&dir);
+    drop(filter);
+
+    stamp_layout(&dir, 7);
+    let text = XDPGUARD.ok(&["upgrade", "--pin", pin.arg()]);
+    assert!(text.contains(&format!("layout 7 -> {FILTER_LAYOUT}, every map reused")), "{text}");
+    let after = tables_word(&dir);
+    assert_eq!(before & 0xFF, after & 0xFF, "the IPv4 tables stay");
+    assert_ne!(before >> 8, after >> 8, "the IPv6 tables are rebuilt and switched in");
+    let filter = Filter::open_pinned(&dir).expect("reopens as this layout");
+    assert_eq!(v6_anchor_hash(&filter), 1, "rebuilt in the multiply hash");
+    check_v6_lists(&filter);
+    filter.blocklist().insert(net("2001:db8:7::/48")).unwrap();
+    let frame = Frame::builder()
+        .ip("2001:db8:7::1".parse().unwrap(), "2001:db8:f::1".parse().unwrap())
+        .udp(40000, 53)
+        .payload(b"x")
+        .build()
+        .to_vec();
+    assert_eq!(filter.test_run(&frame).unwrap().action, XdpAction::Drop, "an edit after the migration");
     filter.unpin().unwrap();
 }
 

@@ -193,9 +193,19 @@ __noinline int v6_probe(__u64 where, __u32 k0, __u32 k1, __u32 k2, __u32 k3)
  * lengths are random from one packet to the next. */
 static __always_inline __u32 v6_word_masked(__u32 word, int bits)
 {
-	int c = bits & ~(bits >> 31); /* max(bits, 0) */
-	int over = c - 32;
-	c -= over & ~(over >> 31); /* min(c, 32) */
+	__s64 c = bits;
+	__s64 neg = c >> 63; /* all ones when bits < 0 */
+	/* Hidden from clang: it turned the max and min into jumps (BPF has
+	 * no conditional move), six per judged entry on lengths random per
+	 * packet (Intel Xeon, three A/B pairs in turn: a cold IPv6 attack
+	 * packet 3 ns cheaper at the median; BENCHMARKS.md, "Issue 13,
+	 * twelfth session"). */
+	barrier_var(neg);
+	c &= ~neg; /* max(bits, 0) */
+	__s64 over = c - 32;
+	__s64 under = over >> 63; /* all ones when c < 32 */
+	barrier_var(under);
+	c -= over & ~under; /* min(c, 32) */
 	return word & bpf_htonl((__u32)(0xFFFFFFFF00000000ULL >> c));
 }
 
@@ -213,19 +223,19 @@ static __always_inline __u32 v6_judged(const struct xdpg_v6_entry *e, __u32 len_
 /* Set in v6_anchored's answer when the /48 is marked dense. */
 #define V6_WALK_DENSE 0x10000
 
-/* Walks the chain of a /48's hash in v6 table `table` for the entries of
- * that /48 covering address a0-a3. Returns V6_WALK_DENSE at the /48's
+/* Walks the chain of a /48 in v6 table `table` (`mixed`: xdpg_mix32 of its
+ * chain hash, whichever hash the view names) for the entries of that /48
+ * covering address a0-a3. Returns V6_WALK_DENSE at the /48's
  * dense mark; else the longest covering entry as (length + 1) << 8 | code,
  * 0 when none. Stops at the /48's mark or at its only entry
  * (XDPG_V6_KIND_SINGLE), else reads the whole chain: a longer entry may
  * come later. Inlined (called once per packet): as a global function, its
  * call, return and second config lookup cost about 10 ns per cold IPv6
  * attack packet (BENCHMARKS.md, "Issue 13, sixth session"). */
-static __always_inline int v6_anchored(struct xdpg_filter_config *cfg, __u32 table, __u32 hash, __u32 a0, __u32 a1,
+static __always_inline int v6_anchored(struct xdpg_filter_config *cfg, __u32 table, __u32 mixed, __u32 a0, __u32 a1,
 				       __u32 a2, __u32 a3)
 {
 	__u32 mask = cfg->v6_bucket_mask;
-	__u32 mixed = xdpg_mix32(hash);
 	__u32 idx = mixed & mask;
 	__u32 w1_mask = bpf_htonl(0xFFFF0000);
 	__u32 best = 0;
@@ -302,13 +312,28 @@ static __always_inline __u32 v6_verdict(struct xdpg_filter_config *cfg, __u32 ta
 	 * length is probed on its own. */
 	if (view->short_from) {
 		__u32 w1 = addr[1] & bpf_htonl(0xFFFF0000);
-		__u32 hash = xdpg_v6_anchor_hash(addr[0], w1, seed);
+		/* The chain's bucket and slot (mixed), and its Bloom bit (from
+		 * hash), in the table's own hash (the view says which). The
+		 * multiply hash puts one multiply between the address and the
+		 * bucket, where the murmur hash put three dependent xdpg_mix32:
+		 * Intel Xeon, seven A/B pairs in turn, a cold IPv6 attack packet
+		 * 188-194 -> 172-179 ns, warm 45-55 -> 34-45 (with the
+		 * branch-free masks of v6_word_masked; BENCHMARKS.md, "Issue 13,
+		 * twelfth session"). */
+		__u32 mixed, hash;
+		if (view->anchor_hash == XDPG_V6_ANCHOR_MULSHIFT) {
+			mixed = xdpg_v6_anchor_mixed(addr[0], w1, xdpg_v6_anchor_mult(seed));
+			hash = xdpg_unmix32(mixed);
+		} else {
+			hash = xdpg_v6_anchor_hash(addr[0], w1, seed);
+			mixed = xdpg_mix32(hash);
+		}
 		__u32 bit = hash & bloom_mask;
 		__u32 word_idx = bit / 64;
 		__u64 *word = bpf_map_lookup_elem(&xdpg_v6_bloom, &word_idx);
 		first = view->short_from;
 		if (word && ((*word >> (bit % 64)) & 1)) {
-			int found = v6_anchored(cfg, table, hash, addr[0], addr[1], addr[2], addr[3]);
+			int found = v6_anchored(cfg, table, mixed, addr[0], addr[1], addr[2], addr[3]);
 			if (found & V6_WALK_DENSE)
 				first = 0;
 			else if (found)

@@ -8,10 +8,13 @@
 /* Written into the config map so a pin directory can be recognised as ours,
  * and bumped whenever a shared layout changes. */
 #define XDPG_MAGIC 0x58445047u /* "XDPG" */
-/* 7: the guard's gate (xdpg_gate, and its open bit in `tables`) added;
- * migrated from 6 and 5, the gate created closed (those layouts leave
- * bit 31 of `tables` clear). */
-#define XDPG_LAYOUT_VERSION 7
+/* 8: the v6 view says how its table hashes the /48s' chains
+ * (`anchor_hash`, XDPG_V6_ANCHOR_*); migrated from 7, 6 and 5, whose views
+ * leave it 0 (murmur), by rebuilding both v6 tables in the multiply hash
+ * once the new program (which reads both) runs. 7: the guard's gate
+ * (xdpg_gate, and its open bit in `tables`) added; migrated from 6 and 5,
+ * the gate created closed (those layouts leave bit 31 of `tables` clear). */
+#define XDPG_LAYOUT_VERSION 8
 
 /* Verdict codes stored in the v4 per-/24 array, the v4 host buckets and the
  * v6 buckets. Allow wins over block whatever the prefix lengths. */
@@ -55,6 +58,11 @@
 #define XDPG_V6_KIND_ANCHORED 1 /* in the chain of its /48's hash */
 #define XDPG_V6_KIND_DENSE 2	/* a /48's mark (length 48): its entries are KIND_LEN */
 #define XDPG_V6_KIND_SINGLE 3	/* in the chain of its /48's hash, the /48's only one */
+
+/* How a v6 table hashes the /48s' chains (struct xdpg_v6_view's
+ * anchor_hash, src/bpf/hash.h). */
+#define XDPG_V6_ANCHOR_MURMUR 0	  /* xdpg_v6_anchor_hash: layouts 5-7 */
+#define XDPG_V6_ANCHOR_MULSHIFT 1 /* xdpg_v6_anchor_mixed: from layout 8 */
 
 /* v6: prefix lengths 0..128 can all be in use at once. */
 #define XDPG_V6_MAX_LENS 129

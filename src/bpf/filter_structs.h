@@ -77,13 +77,16 @@ struct xdpg_v6_bucket {
 
 /* Which v6 table to read, and the prefix lengths in use there, longest
  * first; lens[short_from] is the first one shorter than XDPG_V6_ANCHOR_LEN
- * (short_from is 0 when no entry is anchored, count when all are). */
+ * (short_from is 0 when no entry is anchored, count when all are);
+ * anchor_hash: how that table hashes the /48s' chains (XDPG_V6_ANCHOR_*,
+ * 0 in the views of layouts 5-7). */
 struct xdpg_v6_view {
 	__u32 table; /* 0 or 1 */
 	__u32 count;
 	__u8 lens[XDPG_V6_MAX_LENS];
 	__u8 short_from;
-	__u8 pad[6];
+	__u8 anchor_hash;
+	__u8 pad[5];
 };
 
 /* A stored list entry, the source of truth the data plane is derived from.
@@ -111,6 +114,7 @@ _Static_assert(sizeof(struct xdpg_v6_entry) == 20, "xdpg_v6_entry layout");
 _Static_assert(sizeof(struct xdpg_v6_bucket) == 64, "a v6 bucket is one cache line");
 _Static_assert(sizeof(struct xdpg_v6_view) == 144, "xdpg_v6_view layout");
 _Static_assert(__builtin_offsetof(struct xdpg_v6_view, short_from) == 137, "short_from offset");
+_Static_assert(__builtin_offsetof(struct xdpg_v6_view, anchor_hash) == 138, "anchor_hash offset");
 _Static_assert(sizeof(struct xdpg_v4_rule) == 8, "xdpg_v4_rule layout");
 _Static_assert(sizeof(struct xdpg_v6_rule) == 24, "xdpg_v6_rule layout");
 

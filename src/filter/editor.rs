@@ -16,6 +16,7 @@ use crate::core::layout::consts::*;
 use crate::core::mmap::MappedArray;
 use crate::core::table::{Live, TableError};
 use crate::error::ListError;
+use crate::filter::hash::{AnchorHash, V6Hashes};
 use crate::filter::layout::{xdpg_v4_line, xdpg_v4_rule, xdpg_v6_rule, xdpg_v6_view, LIST_ALLOW};
 use crate::filter::maps::FilterMaps;
 use crate::filter::state::{v6_from_words, v6_words, ListState};
@@ -53,11 +54,27 @@ impl LineStore for LiveLines<'_> {
 pub(crate) struct Editor<'a> {
     pub st: &'a mut ListState,
     maps: &'a FilterMaps,
+    /// How the v6 tables it writes hash the /48s' chains: always this
+    /// build's ([`AnchorHash::MulShift`]), but for the test kit's tables of
+    /// an older layout.
+    v6_anchor: AnchorHash,
 }
 
 impl<'a> Editor<'a> {
     pub(crate) fn new(st: &'a mut ListState, maps: &'a FilterMaps) -> Self {
-        Self { st, maps }
+        Self { st, maps, v6_anchor: AnchorHash::MulShift }
+    }
+
+    /// An editor whose v6 tables hash the /48s' chains by `anchor` (the
+    /// test kit's rehearsal of an older layout's tables; its rebuilds only).
+    #[cfg(feature = "testing")]
+    pub(crate) fn with_v6_anchor(st: &'a mut ListState, maps: &'a FilterMaps, anchor: AnchorHash) -> Self {
+        Self { st, maps, v6_anchor: anchor }
+    }
+
+    /// The hashes the v6 tables are written in.
+    fn v6_hashes(&self) -> V6Hashes {
+        V6Hashes { seed: self.maps.config().hash_seed, anchor: self.v6_anchor }
     }
 
     fn v4_full(&self) -> ListError {
@@ -157,7 +174,7 @@ impl<'a> Editor<'a> {
     /// model, so no word written here ever lacks a bit a live entry needs.
     fn bloom_refresh(&mut self) {
         let mut words = vec![0u64; self.maps.v6_bloom.len()];
-        for h in v6_tables::bloom_hashes(&self.st.v6, self.maps.config().hash_seed) {
+        for h in v6_tables::bloom_hashes(&self.st.v6, self.v6_hashes()) {
             let bit = self.bloom_bit(h);
             words[bit / 64] |= 1 << (bit % 64);
         }
@@ -180,8 +197,7 @@ impl<'a> Editor<'a> {
     /// ([`v6_tables::sync`]).
     fn v6_write_keys(&self, table: u32, keys: &[(u128, u8)]) -> Result<(), TableError> {
         let mut store = Live(self.maps.v6_table(table));
-        let seed = self.maps.config().hash_seed;
-        v6_tables::sync(&mut store, &self.st.v6, seed, keys, &mut |h| self.bloom_add(&[h]))
+        v6_tables::sync(&mut store, &self.st.v6, self.v6_hashes(), keys, &mut |h| self.bloom_add(&[h]))
     }
 
     /// Brings v6 table `table` level with the model after a bulk edit of
@@ -199,7 +215,13 @@ impl<'a> Editor<'a> {
     fn v6_view(&self, table: u32) -> xdpg_v6_view {
         let lens = self.st.v6.lens_desc();
         let short_from = v6_tables::short_from(&lens) as u8;
-        let mut view = xdpg_v6_view { table, count: lens.len() as u32, short_from, ..Default::default() };
+        let mut view = xdpg_v6_view {
+            table,
+            count: lens.len() as u32,
+            short_from,
+            anchor_hash: self.v6_anchor as u8,
+            ..Default::default()
+        };
         view.lens[..lens.len()].copy_from_slice(&lens);
         view
     }
@@ -363,8 +385,7 @@ impl<'a> Editor<'a> {
     /// Rewrites one v6 table, packed, with every entry of the model (its
     /// Bloom bits set while it is built, before it is written).
     fn refill_v6(&self, table: u32) -> Result<(), ListError> {
-        let seed = self.maps.config().hash_seed;
-        let buckets = v6_tables::build(&self.st.v6, seed, self.maps.capacity().v6_buckets, &mut |h| {
+        let buckets = v6_tables::build(&self.st.v6, self.v6_hashes(), self.maps.capacity().v6_buckets, &mut |h| {
             self.bloom_add(&[h]);
         })
         .map_err(|_| self.v6_full())?;

@@ -68,6 +68,7 @@ const _: () = {
     assert!(size_of::<xdpg_v6_view>() == 144);
     assert!(offset_of!(xdpg_v6_view, lens) == 8);
     assert!(offset_of!(xdpg_v6_view, short_from) == 137);
+    assert!(offset_of!(xdpg_v6_view, anchor_hash) == 138);
     assert!(consts::XDPG_V6_ANCHOR_LEN > 32 && consts::XDPG_V6_ANCHOR_LEN <= 64);
     assert!(size_of::<xdpg_v4_rule>() == 8);
     assert!(size_of::<xdpg_v6_rule>() == 24);

@@ -14,11 +14,11 @@
 //! how to repair the tables after an edit that died.
 
 mod builder;
-mod editor;
+pub(crate) mod editor;
 mod entries;
 pub(crate) mod events;
 pub(crate) mod guard;
-mod hash;
+pub(crate) mod hash;
 mod layout;
 mod lists;
 pub(crate) mod maps;
@@ -158,37 +158,39 @@ impl ProgramKind for FilterKind {
         ed.rebuild_v6()
     }
 
-    /// From layout 6, which lacks only the guard's gate (`xdpg_gate`, and
-    /// its open bit in the config's `tables`, which layout 6 leaves clear):
-    /// the map is created (closed: every packet goes to the guard, as
-    /// layout 6's filter sent it) and every other map reused; the reopen
-    /// that ends the upgrade opens it.
+    /// From layouts 7, 6 and 5, whose IPv6 views leave `anchor_hash` 0
+    /// (the /48s' chains under the murmur hash): this build's program reads
+    /// those tables as they are, so every map is reused, and once it runs
+    /// both IPv6 tables are rebuilt in the multiply hash (the idle table
+    /// first, then a switch, then the other): no packet meets a table in a
+    /// hash its program does not read.
     ///
-    /// From layout 5, also without the gate, whose IPv6 tables keep every
-    /// entry in the chain of its own (length, prefix) hash: this build's
-    /// program reads them as they are (no entry is anchored while the view's
-    /// `short_from` is 0, and layout 5 wrote 0 there), so they are reused,
-    /// and once the new program runs the v6 tables are rebuilt with the
-    /// entries of /48 and longer anchored (the idle table first, then a
-    /// switch, then the other).
+    /// Layouts 6 and 5 also lack the guard's gate (`xdpg_gate`, and its open
+    /// bit in the config's `tables`, which they leave clear): the map is
+    /// created closed (every packet goes to the guard, as their filter sent
+    /// it); the reopen that ends the upgrade opens it. Layout 5's IPv6
+    /// tables also keep every entry in the chain of its own (length, prefix)
+    /// hash, which this program reads too (no entry is anchored while the
+    /// view's `short_from` is 0, as layout 5 wrote it); the same rebuild
+    /// anchors the entries of /48 and longer.
     fn migration(from: u32) -> Option<Migration<FilterMaps>> {
-        let added: &'static [&'static str] = &[names::XDPG_GATE];
-        match from {
-            6 => Some(Migration { changed: &[], added, size: same_size, copy: |_, _, _| Ok(()) }),
-            5 => Some(Migration {
-                changed: &[],
-                added,
-                size: same_size,
-                copy: |_, maps, pass| {
-                    if pass == CopyPass::AfterSwap {
-                        let mut st = ListState::load(maps);
-                        Editor::new(&mut st, maps).rebuild_v6()?;
-                    }
-                    Ok(())
-                },
-            }),
-            _ => None,
-        }
+        let added: &'static [&'static str] = match from {
+            7 => &[],
+            6 | 5 => &[names::XDPG_GATE],
+            _ => return None,
+        };
+        Some(Migration {
+            changed: &[],
+            added,
+            size: same_size,
+            copy: |_, maps, pass| {
+                if pass == CopyPass::AfterSwap {
+                    let mut st = ListState::load(maps);
+                    Editor::new(&mut st, maps).rebuild_v6()?;
+                }
+                Ok(())
+            },
+        })
     }
 }
 
@@ -279,10 +281,11 @@ impl Filter {
     /// A program chained behind it with [`set_next`](Self::set_next) stays.
     /// So does its guard stage (the rules): the pinned guard program keeps
     /// running the rules with its maps; it is not swapped for this build's.
-    /// Pins of layout 6 (before the guard's gate) are migrated: the gate
-    /// created, every other map reused. Pins of layout 5 (also IPv6 entries
-    /// not yet anchored by /48) too, and their IPv6 tables rebuilt once the
-    /// new program runs.
+    /// Pins of layout 7 (before the multiply hash of the IPv6 /48s' chains)
+    /// are migrated: every map reused, the IPv6 tables rebuilt once the new
+    /// program (which reads both hashes) runs. Pins of layouts 6 (before
+    /// the guard's gate) and 5 (also IPv6 entries not yet anchored by /48)
+    /// too, with the gate created.
     /// Pins of layouts 2 (before rules), 3 (before drop events, whose
     /// config fields no migration converts) and 4 (before the IPv4 lines)
     /// have no migration: detach and attach again.

@@ -31,7 +31,7 @@ use rustc_hash::FxHashMap;
 
 use crate::core::layout::consts::*;
 use crate::core::table::{self, Store, TableError};
-use crate::filter::hash::{v6_anchor_hash, v6_key_hash};
+use crate::filter::hash::V6Hashes;
 use crate::filter::layout::xdpg_v6_bucket;
 use crate::filter::v6::{mask, V6Key, V6Rules};
 
@@ -78,9 +78,9 @@ impl Anchor {
     }
 }
 
-fn anchor_hash(anchor: u128, seed: u32) -> u32 {
+fn anchor_hash(anchor: u128, hashes: V6Hashes) -> u32 {
     let w = V6Key::new(anchor, ANCHOR_LEN, XDPG_V6_KIND_LEN).words;
-    v6_anchor_hash(w[0], w[1], seed)
+    hashes.anchor(w[0], w[1])
 }
 
 /// Where a key sits: its chain's hash, and the key.
@@ -88,7 +88,7 @@ type Placed = (u32, V6Key);
 
 /// Where entry (net, len) sits, its /48 in state `anchor` (not read for an
 /// entry shorter than /48): its chain's hash and its key.
-pub(crate) fn placed(net: u128, len: u8, anchor: Anchor, seed: u32) -> Placed {
+pub(crate) fn placed(net: u128, len: u8, anchor: Anchor, hashes: V6Hashes) -> Placed {
     let kind = match anchor {
         _ if len < ANCHOR_LEN => XDPG_V6_KIND_LEN,
         Anchor::Dense => XDPG_V6_KIND_LEN,
@@ -97,15 +97,15 @@ pub(crate) fn placed(net: u128, len: u8, anchor: Anchor, seed: u32) -> Placed {
     };
     let key = V6Key::new(net, len, kind);
     if kind == XDPG_V6_KIND_LEN {
-        (v6_key_hash(u32::from(len), key.words, seed), key)
+        (hashes.key(u32::from(len), key.words), key)
     } else {
-        (anchor_hash(anchor_of(net), seed), key)
+        (anchor_hash(anchor_of(net), hashes), key)
     }
 }
 
 /// The dense mark of the /48 `anchor`: its chain's hash and its key.
-fn mark(anchor: u128, seed: u32) -> Placed {
-    (anchor_hash(anchor, seed), V6Key::new(anchor, ANCHOR_LEN, XDPG_V6_KIND_DENSE))
+fn mark(anchor: u128, hashes: V6Hashes) -> Placed {
+    (anchor_hash(anchor, hashes), V6Key::new(anchor, ANCHOR_LEN, XDPG_V6_KIND_DENSE))
 }
 
 fn net_of(key: &V6Key) -> u128 {
@@ -115,10 +115,10 @@ fn net_of(key: &V6Key) -> u128 {
 /// The state the table holds the /48 `anchor` in: dense when its mark is
 /// live, single when a live entry of it is kept as its only one, else
 /// several (or none).
-fn table_state<S: Store<xdpg_v6_bucket>>(store: &S, anchor: u128, seed: u32) -> Anchor {
+fn table_state<S: Store<xdpg_v6_bucket>>(store: &S, anchor: u128, hashes: V6Hashes) -> Anchor {
     use crate::core::table::Layout;
     let mut state = Anchor::Several;
-    for b in table::walk(store, anchor_hash(anchor, seed)) {
+    for b in table::walk(store, anchor_hash(anchor, hashes)) {
         for s in 0..xdpg_v6_bucket::SLOTS {
             let Some(k) = b.key(s).filter(|_| b.code(s) != 0) else { continue };
             match u32::from(k.kind) {
@@ -139,12 +139,12 @@ pub(crate) fn short_from(lens_desc: &[u8]) -> usize {
 
 /// Where every entry of `rules` sits, as (net, len, chain hash, key), and
 /// the dense /48s' marks.
-fn placements(rules: &V6Rules, seed: u32) -> (impl Iterator<Item = (u128, u8, u32, V6Key)> + '_, Vec<Placed>) {
+fn placements(rules: &V6Rules, hashes: V6Hashes) -> (impl Iterator<Item = (u128, u8, u32, V6Key)> + '_, Vec<Placed>) {
     let states = rules.anchor_states();
-    let marks = states.iter().filter(|(_, s)| **s == Anchor::Dense).map(|(a, _)| mark(*a, seed)).collect();
+    let marks = states.iter().filter(|(_, s)| **s == Anchor::Dense).map(|(a, _)| mark(*a, hashes)).collect();
     let entries = rules.iter().map(move |(n, l, _)| {
         let state = states.get(&anchor_of(n)).copied().unwrap_or(Anchor::Several);
-        let (hash, key) = placed(n, l, state, seed);
+        let (hash, key) = placed(n, l, state, hashes);
         (n, l, hash, key)
     });
     (entries, marks)
@@ -152,8 +152,8 @@ fn placements(rules: &V6Rules, seed: u32) -> (impl Iterator<Item = (u128, u8, u3
 
 /// The chain hashes whose Bloom bits must be set: every entry's chain and
 /// every dense /48's (its mark's). The Bloom bit is the hash's low bits.
-pub(crate) fn bloom_hashes(rules: &V6Rules, seed: u32) -> Vec<u32> {
-    let (entries, marks) = placements(rules, seed);
+pub(crate) fn bloom_hashes(rules: &V6Rules, hashes: V6Hashes) -> Vec<u32> {
+    let (entries, marks) = placements(rules, hashes);
     entries.map(|(_, _, hash, _)| hash).chain(marks.into_iter().map(|(hash, _)| hash)).collect()
 }
 
@@ -162,12 +162,12 @@ pub(crate) fn bloom_hashes(rules: &V6Rules, seed: u32) -> Vec<u32> {
 /// same as [`bloom_hashes`]).
 pub(crate) fn build(
     rules: &V6Rules,
-    seed: u32,
+    hashes: V6Hashes,
     buckets: usize,
     bloom: &mut dyn FnMut(u32),
 ) -> Result<Vec<xdpg_v6_bucket>, TableError> {
     let mut t = vec![xdpg_v6_bucket::default(); buckets];
-    let (entries, marks) = placements(rules, seed);
+    let (entries, marks) = placements(rules, hashes);
     // The /48s' only entries first, each in its home slot if still free:
     // the slot `v6_anchored` judges before its walk.
     let mut rest = Vec::new();
@@ -198,14 +198,14 @@ pub(crate) fn build(
 pub(crate) fn sync<S: Store<xdpg_v6_bucket>>(
     store: &mut S,
     rules: &V6Rules,
-    seed: u32,
+    hashes: V6Hashes,
     keys: &[(u128, u8)],
     bloom: &mut dyn FnMut(u32),
 ) -> Result<(), TableError> {
     // Removed entries first, wherever they sit.
     for &(n, l) in keys.iter().filter(|&&(n, l)| rules.effective(n, l).is_none()) {
         for state in [Anchor::Single, Anchor::Several, Anchor::Dense] {
-            let (hash, key) = placed(n, l, state, seed);
+            let (hash, key) = placed(n, l, state, hashes);
             table::clear(store, hash, &key)?;
         }
     }
@@ -214,7 +214,7 @@ pub(crate) fn sync<S: Store<xdpg_v6_bucket>>(
     let mut state: FxHashMap<u128, (Anchor, bool)> = FxHashMap::default();
     for a in anchors {
         let now = rules.anchor_state(a);
-        let was = table_state(store, a, seed);
+        let was = table_state(store, a, hashes);
         state.insert(a, (now, was != now));
         if was == now {
             continue;
@@ -222,11 +222,11 @@ pub(crate) fn sync<S: Store<xdpg_v6_bucket>>(
         let moved: Vec<(u128, u8, u8)> =
             rules.anchored(a).map(|(n, l)| (n, l, rules.effective(n, l).expect("an entry"))).collect();
         for &(n, l, v) in &moved {
-            let (hash, key) = placed(n, l, now, seed);
+            let (hash, key) = placed(n, l, now, hashes);
             bloom(hash);
             table::set(store, hash, &key, u32::from(v))?;
         }
-        let (mark_hash, mark_key) = mark(a, seed);
+        let (mark_hash, mark_key) = mark(a, hashes);
         if now == Anchor::Dense {
             bloom(mark_hash);
             table::set(store, mark_hash, &mark_key, 1)?;
@@ -234,7 +234,7 @@ pub(crate) fn sync<S: Store<xdpg_v6_bucket>>(
             table::clear(store, mark_hash, &mark_key)?;
         }
         for &(n, l, _) in &moved {
-            let (hash, key) = placed(n, l, was, seed);
+            let (hash, key) = placed(n, l, was, hashes);
             table::clear(store, hash, &key)?;
         }
     }
@@ -244,7 +244,7 @@ pub(crate) fn sync<S: Store<xdpg_v6_bucket>>(
         if moved {
             continue;
         }
-        let (hash, key) = placed(n, l, now, seed);
+        let (hash, key) = placed(n, l, now, hashes);
         bloom(hash);
         table::set(store, hash, &key, u32::from(v))?;
     }
@@ -260,13 +260,13 @@ pub(crate) fn sync<S: Store<xdpg_v6_bucket>>(
 pub(crate) fn lookup<S: Store<xdpg_v6_bucket>>(
     store: &S,
     lens_desc: &[u8],
-    seed: u32,
+    hashes: V6Hashes,
     addr: u128,
     bloom: &dyn Fn(u32) -> bool,
 ) -> u8 {
     use crate::core::table::Layout;
     let anchored = short_from(lens_desc);
-    let home = anchor_hash(anchor_of(addr), seed);
+    let home = anchor_hash(anchor_of(addr), hashes);
     // The walk: Some(first length to probe) or the verdict.
     let walk = || -> Result<usize, u32> {
         // The home slot first: the /48's only entry, if it sits there.
@@ -307,7 +307,7 @@ pub(crate) fn lookup<S: Store<xdpg_v6_bucket>>(
         }
     };
     for &l in &lens_desc[first..] {
-        let (hash, key) = placed(addr & mask(l), l, Anchor::Dense, seed);
+        let (hash, key) = placed(addr & mask(l), l, Anchor::Dense, hashes);
         if !bloom(hash) {
             continue;
         }
@@ -328,6 +328,7 @@ mod tests {
     use rustc_hash::FxHashSet;
 
     use super::*;
+    use crate::filter::hash::AnchorHash;
     use crate::filter::layout::{LIST_ALLOW, LIST_BLOCK};
 
     type Bloom = RefCell<FxHashSet<u32>>;
@@ -341,7 +342,7 @@ mod tests {
         probes: Vec<(u128, u8, u8)>,
         /// The view's lengths while the table is edited.
         lens: Vec<u8>,
-        seed: u32,
+        seed: V6Hashes,
         bloom: &'a Bloom,
         stores: usize,
     }
@@ -400,7 +401,7 @@ mod tests {
     fn placements_move_with_readers_safe_after_every_store() {
         let mut rng = StdRng::seed_from_u64(48);
         let anchors = [ip("2001:db8:1::"), ip("2001:db8:2::"), ip("2001:db8:1:8000::"), ip("2001:db9::")];
-        let seed = 0x5EED;
+        let seed = V6Hashes::new(0x5EED);
         let bloom = Bloom::default();
         let mut rules = V6Rules::default();
         let buckets = vec![xdpg_v6_bucket::default(); 256];
@@ -468,11 +469,16 @@ mod tests {
         }
         assert!(rebuilds < 20, "{rebuilds} rebuilds");
         assert!(t.stores > 1000, "{} stores", t.stores);
-        // And a table built from scratch reads the same.
-        let built = build(&rules, seed, 256, &mut |_| {}).expect("room");
+        // And a table built from scratch reads the same, in either hash of
+        // the /48s' chains (this build's, and layouts 5-7's murmur hash,
+        // which the data plane still reads).
         let all_bits = |_| true;
-        for a in probes(&rules, &mut rng) {
-            assert_eq!(lookup(&built, &rules.lens_desc(), seed, a, &all_bits), rules.verdict(a), "{a:#x}");
+        for anchor in [AnchorHash::MulShift, AnchorHash::Murmur] {
+            let hashes = V6Hashes { anchor, ..seed };
+            let built = build(&rules, hashes, 256, &mut |_| {}).expect("room");
+            for a in probes(&rules, &mut rng) {
+                assert_eq!(lookup(&built, &rules.lens_desc(), hashes, a, &all_bits), rules.verdict(a), "{a:#x}");
+            }
         }
     }
 
@@ -492,19 +498,20 @@ mod tests {
         assert_eq!(states[&a], Anchor::Dense);
         // Bloom bits: the dense /48's hosts and mark, the /32, and the
         // anchored host's /48 (not its own chain: it is not there).
-        let bits: FxHashSet<u32> = bloom_hashes(&rules, 9).into_iter().collect();
+        let nine = V6Hashes::new(9);
+        let bits: FxHashSet<u32> = bloom_hashes(&rules, nine).into_iter().collect();
         assert_eq!(bits.len(), ANCHORED_MAX + 1 + 3);
-        assert!(bits.contains(&anchor_hash(ip("2001:db8:8::"), 9)));
-        assert!(!bits.contains(&placed(ip("2001:db8:8::5"), 128, Anchor::Dense, 9).0));
+        assert!(bits.contains(&anchor_hash(ip("2001:db8:8::"), nine)));
+        assert!(!bits.contains(&placed(ip("2001:db8:8::5"), 128, Anchor::Dense, nine).0));
         let mut written = FxHashSet::default();
-        let t = build(&rules, 9, 64, &mut |h| {
+        let t = build(&rules, nine, 64, &mut |h| {
             written.insert(h);
         })
         .expect("room");
         assert_eq!(written, bits, "build reports the chains bloom_hashes names");
         let bloom = |h| bits.contains(&h);
         for addr in [a, a | 3, a | 99, ip("2001:db8:8::5"), ip("2001:db8:8::6"), ip("2001:db9::1")] {
-            assert_eq!(lookup(&t, &rules.lens_desc(), 9, addr, &bloom), rules.verdict(addr), "{addr:#x}");
+            assert_eq!(lookup(&t, &rules.lens_desc(), nine, addr, &bloom), rules.verdict(addr), "{addr:#x}");
         }
         assert_eq!(short_from(&rules.lens_desc()), 1);
     }
@@ -519,7 +526,7 @@ mod tests {
     fn single_entries_sit_in_their_home_slots() {
         use crate::core::table::Layout;
         let mut rng = StdRng::seed_from_u64(6);
-        let seed = 0xC0FFEE;
+        let seed = V6Hashes::new(0xC0FFEE);
         let buckets = 1 << 13;
         let mut rules = V6Rules::default();
         while rules.iter().count() < 2 * buckets {
