@@ -54,9 +54,9 @@ static __always_inline __u32 xdpg_v6_anchor_hash(__u32 w0, __u32 w1_masked, __u3
 	return xdpg_mix32(xdpg_mix32(seed ^ 0xA5C30000u ^ w0) ^ w1_masked);
 }
 
-/* The odd 64-bit multiplier of XDPG_V6_ANCHOR_MULSHIFT's hash, from the
- * filter's seed (a bijection: each seed its own multiplier): depends on
- * nothing from the packet, so it is ready before the address is. */
+/* The odd 64-bit multiplier of XDPG_V6_ANCHOR_MULSHIFT's hash: the
+ * filter's seed spread over 64 bits by one multiply. It depends on nothing
+ * from the packet, so it is ready before the address is. */
 static __always_inline __u64 xdpg_v6_anchor_mult(__u32 seed)
 {
 	return ((((__u64)seed << 32) | seed) ^ 0xD6E8FEB86659FD93ULL) * 0x9E3779B97F4A7C15ULL | 1;
