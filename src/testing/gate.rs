@@ -4,16 +4,11 @@
 //! protocol and port, no SYN-guarded port, no timed block possible). For
 //! tests that check the gate follows every edit.
 
-use std::borrow::Borrow;
-
-use crate::core::pinned::Pinned;
 use crate::filter::maps::FilterMaps;
-use crate::filter::FilterKind;
 use crate::Filter;
 
 fn maps(filter: &Filter) -> &FilterMaps {
-    let core: &Pinned<FilterKind> = filter.borrow();
-    &core.maps
+    &super::filter_core(filter).maps
 }
 
 /// Whether the gate is open (closed, every packet the lists pass goes to

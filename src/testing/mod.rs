@@ -61,4 +61,10 @@ pub mod netns;
 pub mod upgrade;
 mod verify;
 
+/// The pinned core of `filter` (its maps, its edit lock): what the test
+/// kit's modules that reach inside a filter read.
+fn filter_core(filter: &crate::Filter) -> &crate::core::pinned::Pinned<crate::filter::FilterKind> {
+    std::borrow::Borrow::borrow(filter)
+}
+
 pub use etherparse;

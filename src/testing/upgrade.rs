@@ -78,26 +78,16 @@ pub fn attached_program_id(ifindex: u32) -> Option<u32> {
 /// # Panics
 /// When the tables cannot be rebuilt (full).
 pub fn rebuild_v6_as_layout_7(filter: &crate::Filter) {
-    use std::borrow::Borrow;
-
-    use crate::core::pinned::Pinned;
     use crate::filter::editor::Editor;
     use crate::filter::hash::AnchorHash;
-    use crate::filter::FilterKind;
 
-    let core: &Pinned<FilterKind> = filter.borrow();
-    core.edit(|st, maps| Editor::with_v6_anchor(st, maps, AnchorHash::Murmur).rebuild_v6())
+    super::filter_core(filter)
+        .edit(|st, maps| Editor::with_v6_anchor(st, maps, AnchorHash::Murmur).rebuild_v6())
         .expect("rebuilding the IPv6 tables in the murmur hash");
 }
 
 /// How the live IPv6 view of `filter` hashes the /48s' chains
 /// (`XDPG_V6_ANCHOR_*`: 0 murmur, as layouts 5–7 wrote it; 1 multiply).
 pub fn v6_anchor_hash(filter: &crate::Filter) -> u8 {
-    use std::borrow::Borrow;
-
-    use crate::core::pinned::Pinned;
-    use crate::filter::FilterKind;
-
-    let core: &Pinned<FilterKind> = filter.borrow();
-    core.maps.current_v6_view().anchor_hash
+    super::filter_core(filter).maps.current_v6_view().anchor_hash
 }
