@@ -282,6 +282,8 @@ fn clients_connect_through_a_spoofed_syn_flood() {
     // A bad policy is refused with its reason, nothing changed; then unprotect.
     let bad = XDPGUARD.run(&["syn", "protect", "--pin", pin.arg(), "9000", "--mode", "drop", "--threshold", "0"]);
     assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("threshold of 0"));
+    let bad = XDPGUARD.run(&["syn", "protect", "--pin", pin.arg(), "9000", "--mode", "drop", "--wscale", "7"]);
+    assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("window scale is for cookie mode"));
     let out = XDPGUARD.run(&["syn", "unprotect", "--pin", pin.arg(), &PORT.to_string()]);
     assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("unprotected"));
     let out = XDPGUARD.run(&["syn", "status", "--pin", pin.arg()]);

@@ -98,12 +98,15 @@ pub fn run(cmd: SynCommand) -> Result<()> {
             let filter = Filter::open_pinned(&pin.pin)?;
             let policy = match mode {
                 SynMode::Drop { .. } => SynPolicy::drop_above(threshold),
-                // cookies() offers this host's window scale (host_wscale).
-                SynMode::Cookie if mss_only => SynPolicy::cookies().with_wscale(None),
-                SynMode::Cookie => match wscale {
-                    Some(w) => SynPolicy::cookies().with_wscale(Some(w)),
-                    None => SynPolicy::cookies(),
-                },
+                SynMode::Cookie => SynPolicy::cookies(),
+            };
+            // cookies() offers this host's window scale (host_wscale);
+            // --wscale or --mss-only replace it, and protect() refuses a
+            // window scale in drop mode (which sends no SYN-ACK).
+            let policy = match (wscale, mss_only) {
+                (Some(w), _) => policy.with_wscale(Some(w)),
+                (None, true) => policy.with_wscale(None),
+                (None, false) => policy,
             }
             .with_mss(mss)
             .with_drop_untracked_acks(drop_untracked_acks)
