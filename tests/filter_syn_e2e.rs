@@ -284,6 +284,17 @@ fn clients_connect_through_a_spoofed_syn_flood() {
     assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("threshold of 0"));
     let bad = XDPGUARD.run(&["syn", "protect", "--pin", pin.arg(), "9000", "--mode", "drop", "--wscale", "7"]);
     assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("window scale is for cookie mode"));
+    // Each mode's options are refused in the other, as [[filter.syn]] refuses them.
+    for (args, reason) in [
+        (&["--mode", "drop", "--mss-only"][..], "--mss-only is for --mode cookie"),
+        (&["--mode", "drop", "--mss", "1400"][..], "MSS is for cookie mode"),
+        (&["--mode", "drop", "--drop-untracked-acks"][..], "untracked ACKs is for cookie mode"),
+        (&["--mode", "cookie", "--threshold", "10"][..], "--threshold is for --mode drop"),
+    ] {
+        let bad = XDPGUARD.run(&[&["syn", "protect", "--pin", pin.arg(), "9000"][..], args].concat());
+        let stderr = String::from_utf8_lossy(&bad.stderr);
+        assert!(!bad.status.success() && stderr.contains(reason), "{args:?}: {stderr}");
+    }
     let out = XDPGUARD.run(&["syn", "unprotect", "--pin", pin.arg(), &PORT.to_string()]);
     assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("unprotected"));
     let out = XDPGUARD.run(&["syn", "status", "--pin", pin.arg()]);

@@ -35,9 +35,10 @@ pub enum SynCommand {
         /// completed a handshake.
         #[arg(long, default_value = "cookie")]
         mode: SynMode,
-        /// Drop mode: SYNs a second the port takes from anyone.
-        #[arg(long, default_value_t = xdpguard::DEFAULT_SYN_THRESHOLD)]
-        threshold: u32,
+        /// Drop mode: SYNs a second the port takes from anyone (default
+        /// 1000).
+        #[arg(long)]
+        threshold: Option<u32>,
         /// Cookie mode: the MSS the SYN-ACK advertises (0: 1460 / 1440).
         #[arg(long, default_value_t = 0)]
         mss: u16,
@@ -96,8 +97,19 @@ pub fn run(cmd: SynCommand) -> Result<()> {
     match cmd {
         SynCommand::Protect { pin, port, mode, threshold, mss, wscale, mss_only, drop_untracked_acks, monitor } => {
             let filter = Filter::open_pinned(&pin.pin)?;
+            // Each mode's options are refused in the other, with the
+            // reason, as `[[filter.syn]]` refuses them (protect() checks
+            // those it can see in the policy: --mss, --wscale,
+            // --drop-untracked-acks in drop mode).
             let policy = match mode {
-                SynMode::Drop { .. } => SynPolicy::drop_above(threshold),
+                SynMode::Drop { .. } if mss_only => {
+                    return Err("--mss-only is for --mode cookie: drop mode sends no SYN-ACK (leave it out)".into())
+                }
+                SynMode::Drop { .. } => SynPolicy::drop_above(threshold.unwrap_or(xdpguard::DEFAULT_SYN_THRESHOLD)),
+                SynMode::Cookie if threshold.is_some() => return Err(
+                    "--threshold is for --mode drop: cookie mode answers every SYN (leave it out, or use --mode drop)"
+                        .into(),
+                ),
                 SynMode::Cookie => SynPolicy::cookies(),
             };
             // cookies() offers this host's window scale (host_wscale);

@@ -170,6 +170,9 @@ impl SynPolicy {
         if matches!(self.mode, SynMode::Drop { threshold: 0 }) {
             return bad("a threshold of 0 SYNs a second would refuse every new client: give at least 1");
         }
+        if self.mss != 0 && self.mode != SynMode::Cookie {
+            return bad("an MSS is for cookie mode: drop mode sends no SYN-ACK (give 0)");
+        }
         if self.mss != 0 && !(536..=9000).contains(&self.mss) {
             return bad("an MSS must be 536 to 9000 (or 0 for the defaults, 1460 / 1440)");
         }
@@ -436,7 +439,8 @@ impl<'f> SynGuard<'f> {
     /// # Errors
     ///
     /// [`RuleError::InvalidSynPolicy`] (port 0, threshold 0, an MSS out of
-    /// 536..=9000, a window scale over 14, a cookie option in drop mode,
+    /// 536..=9000, a window scale over 14, a cookie option (an MSS, a window
+    /// scale, dropping untracked ACKs) in drop mode,
     /// [`SynPolicy::drop_untracked_acks`] on a kernel without conntrack's
     /// XDP lookup); [`RuleError::Full`] when [`MAX_SYN_PORTS`] ports are
     /// protected already; [`RuleError::NoGuard`]; [`RuleError::Bpf`],
@@ -686,6 +690,7 @@ mod tests {
             (80, SynPolicy::cookies().with_wscale(Some(15))),
             (80, SynPolicy::drop_above(10).with_wscale(Some(7))),
             (80, SynPolicy::drop_above(10).with_drop_untracked_acks(true)),
+            (80, SynPolicy::drop_above(10).with_mss(1400)),
         ] {
             assert!(matches!(p.check(port), Err(RuleError::InvalidSynPolicy { .. })), "{port} {p}");
         }
