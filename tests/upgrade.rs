@@ -378,6 +378,75 @@ fn a_layout_6_filter_is_migrated_with_the_gate_created() {
     filter.unpin().unwrap();
 }
 
+/// The guard stage is upgraded with the filter: its program replaced in the
+/// filter's stage slot, the rules kept; a handle opened before installs the
+/// new program at its next edit, never the old one; a guard of a layout
+/// this build cannot take over stops the upgrade before the filter's
+/// program is touched.
+#[test]
+fn the_guard_stage_is_upgraded_with_the_filter() {
+    use xdpguard::testing::upgrade::{guard_stage_program_id, kfunc_calls, GUARD_LAYOUT};
+    ensure_bpffs();
+    let pair = Pair::new("upg");
+    let pin = ScratchDir::bpffs("upg");
+    let dir = pin.path().to_owned();
+    let filter = pinned_filter(&pair, &dir, 1024);
+    filter.rules().add("drop udp dport 9 from 198.51.100.0/24".parse().unwrap()).unwrap();
+    let frame = |dport: u16| {
+        let (src, dst): (IpAddr, IpAddr) = ("198.51.100.7".parse().unwrap(), "203.0.113.1".parse().unwrap());
+        Frame::builder().ip(src, dst).udp(40000, dport).payload(b"x").build().to_vec()
+    };
+    let check = |f: &Filter| {
+        assert_eq!(f.test_run(&frame(9)).unwrap().action, XdpAction::Drop, "the rule");
+        assert_eq!(f.test_run(&frame(10)).unwrap().action, XdpAction::Pass, "no rule");
+    };
+    check(&filter);
+    let old_guard = guard_stage_program_id(&filter).expect("a rule puts the guard in the stage slot");
+    // The filter's own program calls no kfunc; the guard calls conntrack's
+    // when the kernel had them at its load (bpf_xdp_ct_lookup, release).
+    assert_eq!(kfunc_calls(link_program_ids(&dir)[0]), 0);
+    let kallsyms = std::fs::read_to_string("/proc/kallsyms").unwrap();
+    let conntrack = kallsyms.lines().any(|l| l.split_whitespace().nth(2) == Some("bpf_xdp_ct_lookup"));
+    assert_eq!(kfunc_calls(old_guard) > 0, conntrack, "conntrack kfuncs in the kernel: {conntrack}");
+    let stale = filter; // a handle opened before the upgrade
+
+    let text = XDPGUARD.ok(&["upgrade", "--pin", pin.arg()]);
+    let filter = Filter::open_pinned(&dir).unwrap();
+    let new_guard = guard_stage_program_id(&filter).expect("the guard stays in the slot");
+    assert_ne!(new_guard, old_guard);
+    assert!(
+        text.contains(&format!(
+            "upgraded its guard stage: program {new_guard} replaced program {old_guard} in the filter's stage slot \
+             (layout {GUARD_LAYOUT} -> {GUARD_LAYOUT}, every map reused)"
+        )),
+        "{text}"
+    );
+    check(&filter);
+
+    // The old handle's next edit installs the pinned (new) program.
+    stale.rules().add("drop udp dport 11 from 198.51.100.0/24".parse().unwrap()).unwrap();
+    assert_eq!(guard_stage_program_id(&filter), Some(new_guard), "not the old program back");
+    assert_eq!(filter.test_run(&frame(11)).unwrap().action, XdpAction::Drop, "the stale handle's rule");
+    drop(stale);
+    assert!(libbpf_rs::query::ProgInfoIter::default().all(|p| p.id != old_guard), "the old guard program is freed");
+
+    // A guard layout no migration knows: refused before the filter's swap.
+    let links = link_program_ids(&dir);
+    stamp_layout(dir.join("guard"), 77);
+    let err = Filter::upgrade_pinned(&dir).unwrap_err();
+    assert!(matches!(err, Error::Pin(PinError::NoMigration { found: 77, .. })), "{err:?}");
+    assert!(err.to_string().contains("guard stage"), "{err}");
+    assert_eq!(link_program_ids(&dir), links, "the filter's program was not replaced");
+    assert_eq!(guard_stage_program_id(&filter), Some(new_guard));
+    stamp_layout(dir.join("guard"), GUARD_LAYOUT);
+    let (filter, report) = Filter::upgrade_pinned(&dir).unwrap();
+    let guard = report.guard.expect("the guard's report");
+    assert_eq!((guard.old_program_id, guard.interfaces.len()), (new_guard, 0));
+    assert_eq!(guard_stage_program_id(&filter), Some(guard.new_program_id));
+    check(&filter);
+    filter.unpin().unwrap();
+}
+
 /// A pinned LB in `mode`, three backends (with decapsulators for IPIP), and
 /// a keep-alive TCP connection asking "who" every millisecond through a
 /// same-layout upgrade and a migration of the connection tables. Its

@@ -59,6 +59,20 @@ impl XdpProgram {
         self.fd.as_fd()
     }
 
+    /// The program that runs now: when pinned, the pinned one (an upgrade,
+    /// by another process too, replaces the pin with its program, and a
+    /// handle opened before must not put the old one back), else this
+    /// handle's own.
+    pub(crate) fn current(&self) -> Result<OwnedFd, Error> {
+        match &self.pin {
+            Some(dir) => sys::obj_get(&dir.join(self.name))
+                .map_err(|source| dir.open_error("opening pinned program", self.name, source).into()),
+            None => self.fd.try_clone().map_err(|source| {
+                LoadError::Bpf { op: format!("duplicating program {}'s fd", self.name), source }.into()
+            }),
+        }
+    }
+
     /// The program's kernel id.
     pub(crate) fn id(&self) -> Result<u32, Error> {
         sys::prog_id(self.fd.as_fd())
@@ -88,9 +102,10 @@ impl XdpProgram {
         self.pin.as_ref().map(|d| d.lock()).transpose()
     }
 
-    /// Attaches to one more interface, pinning the link if pinned.
+    /// Attaches [the program that runs now](Self::current) to one more
+    /// interface, pinning the link if pinned.
     pub(crate) fn attach(&self, iface: &Interface, mode: AttachMode) -> Result<Attachment, Error> {
-        let link = attach::attach(self.fd.as_fd(), iface, mode)?;
+        let link = attach::attach(self.current()?.as_fd(), iface, mode)?;
         let attachment = link.attachment.clone();
         if let Some(dir) = &self.pin {
             dir.pin(&PinDir::link_name(&attachment), link.fd.as_fd())?;

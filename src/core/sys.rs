@@ -258,6 +258,38 @@ pub(crate) fn prog_info(prog: BorrowedFd<'_>) -> io::Result<ProgInfo> {
     Ok(ProgInfo { id: info.id, name: String::from_utf8_lossy(&name).into_owned(), btf_id: info.btf_id })
 }
 
+/// How many calls of kernel functions (kfuncs) a loaded program makes, in
+/// the instructions the verifier left (`xlated`): a call of a weak kfunc
+/// the kernel did not have when the program was loaded is not among them
+/// (`bpf_ksym_exists` made it dead code, and the verifier removed it).
+pub(crate) fn prog_kfunc_calls(prog: BorrowedFd<'_>) -> io::Result<usize> {
+    // `BPF_JMP | BPF_CALL`, and the source register marking a kfunc.
+    const CALL: u8 = 0x85;
+    const PSEUDO_KFUNC_CALL: u8 = 2;
+    // SAFETY: bpf_prog_info is plain data; zero is a valid value.
+    let mut info: libbpf_sys::bpf_prog_info = unsafe { zeroed() };
+    let mut len = size_of::<libbpf_sys::bpf_prog_info>() as u32;
+    // SAFETY: info and len describe a writable buffer of the right size.
+    check(unsafe { libbpf_sys::bpf_prog_get_info_by_fd(prog.as_raw_fd(), &mut info, &mut len) })?;
+    let count = info.xlated_prog_len as usize / size_of::<libbpf_sys::bpf_insn>();
+    // SAFETY: bpf_insn is plain data; zero is a valid value.
+    let mut insns: Vec<libbpf_sys::bpf_insn> = vec![unsafe { zeroed() }; count];
+    // SAFETY: as above; the kernel writes at most xlated_prog_len bytes
+    // (what it just reported, the length of `insns`) through the pointer.
+    let mut info: libbpf_sys::bpf_prog_info = unsafe { zeroed() };
+    info.xlated_prog_len = (count * size_of::<libbpf_sys::bpf_insn>()) as u32;
+    info.xlated_prog_insns = insns.as_mut_ptr() as u64;
+    let mut len = size_of::<libbpf_sys::bpf_prog_info>() as u32;
+    // SAFETY: info and len describe a writable buffer of the right size;
+    // info.xlated_prog_insns points at `insns`, as long as it says.
+    check(unsafe { libbpf_sys::bpf_prog_get_info_by_fd(prog.as_raw_fd(), &mut info, &mut len) })?;
+    if info.xlated_prog_insns == 0 {
+        // The kernel withholds the instructions (kernel.kptr_restrict).
+        return Err(io::Error::new(io::ErrorKind::PermissionDenied, "the kernel withholds the program's instructions"));
+    }
+    Ok(insns.iter().filter(|i| i.code == CALL && i.src_reg() == PSEUDO_KFUNC_CALL).count())
+}
+
 /// Opens a loaded program by id (needs CAP_SYS_ADMIN).
 pub(crate) fn prog_by_id(id: u32) -> io::Result<OwnedFd> {
     // SAFETY: a plain system call on an integer id.

@@ -67,6 +67,24 @@ pub struct UpgradeReport {
     /// The maps the new layout added, created (as the new program's load
     /// creates them) and pinned beside the others.
     pub created_maps: Vec<&'static str>,
+    /// A filter's guard stage (rules, SYN guard), upgraded after the
+    /// filter: its program replaced in the filter's stage slot, over its
+    /// own maps (`interfaces` is empty: it runs where the filter calls it).
+    /// `None` for a filter loaded without one, and for other programs.
+    pub guard: Option<Box<UpgradeReport>>,
+}
+
+/// What an upgrade of a program that is not attached by links of its own
+/// needs besides its pins.
+#[derive(Default)]
+pub(crate) struct Takeover<'a> {
+    /// Maps another program owns, by name: the new object uses these fds
+    /// (as [`Pinned::load_sharing`] does).
+    pub shared: &'a [(&'static str, std::os::fd::BorrowedFd<'a>)],
+    /// Puts the new program where the old one (its id given) runs, after
+    /// the links (if any) are switched, under the pin directory's lock.
+    #[allow(clippy::type_complexity)]
+    pub install: Option<&'a dyn Fn(u32, std::os::fd::BorrowedFd<'_>) -> Result<(), Error>>,
 }
 
 /// A pin name no program or map has, for a pin about to replace another.
@@ -88,6 +106,25 @@ impl<P: ProgramKind> Pinned<P> {
     where
         B: for<'obj> SkelBuilder<'obj>,
     {
+        Self::upgrade_with(path, builder, &Takeover::default())
+    }
+
+    /// [`upgrade`](Self::upgrade) of a program that shares maps of another
+    /// one, and runs where that one's program array puts it, as
+    /// `takeover` says.
+    ///
+    /// # Errors
+    ///
+    /// As [`upgrade`](Self::upgrade); after the swap, `takeover.install`'s
+    /// (the links switched are switched back).
+    pub(crate) fn upgrade_with<B>(
+        path: &Path,
+        builder: B,
+        takeover: &Takeover<'_>,
+    ) -> Result<(Self, UpgradeReport), Error>
+    where
+        B: for<'obj> SkelBuilder<'obj>,
+    {
         let kind = P::KIND;
         let dir = PinDir::open(path, kind)?;
         if let Some(missing) = missing_privileges() {
@@ -102,18 +139,7 @@ impl<P: ProgramKind> Pinned<P> {
             lock = dir.lock()?;
             found = read_header(&dir)?;
         }
-        let migration: Option<Migration<P::Maps>> = match found.layout {
-            v if v == kind.layout_version => None,
-            v if v == REHEARSAL_LAYOUT && cfg!(feature = "testing") => {
-                Some(Migration { changed: P::REHEARSAL, added: &[], size: same_size, copy: rehearse::<P> })
-            }
-            v => Some(P::migration(v).ok_or_else(|| PinError::NoMigration {
-                path: path.to_owned(),
-                kind: kind.name,
-                found: v,
-                expected: kind.layout_version,
-            })?),
-        };
+        let migration = Self::migration_from(path, found.layout)?;
         let changed: &[&'static str] = migration.as_ref().map_or(&[], |m| m.changed);
         let added: &[&'static str] = migration.as_ref().map_or(&[], |m| m.added);
         let refused = |reason: String| PinError::UpgradeRefused { path: path.to_owned(), kind: kind.name, reason };
@@ -137,6 +163,13 @@ impl<P: ProgramKind> Pinned<P> {
         let mut seen = Vec::new();
         for mut map in open.open_object_mut().maps_mut() {
             let name = map.name().to_string_lossy().into_owned();
+            if let Some(&(shared, fd)) = takeover.shared.iter().find(|(n, _)| **n == name) {
+                map.reuse_fd(fd).map_err(|e| LoadError::Bpf {
+                    op: format!("sharing map {shared} with the {}", kind.name),
+                    source: io_from_libbpf(e),
+                })?;
+                continue;
+            }
             // Maps that are not pinned (per-CPU scratch space, caches) are the new program's own.
             let Some(&name) = kind.maps.iter().find(|n| **n == name) else { continue };
             seen.push(name);
@@ -210,6 +243,14 @@ impl<P: ProgramKind> Pinned<P> {
             }
             swapped.push((link, interface));
         }
+        if let Some(install) = takeover.install {
+            if let Err(err) = install(old_id, new_prog.as_fd()) {
+                for (done, _) in &swapped {
+                    let _ = sys::link_update(done.as_fd(), old_prog.as_fd());
+                }
+                return Err(err);
+            }
+        }
 
         if let Some(m) = &migration {
             (m.copy)(&dir, &maps, CopyPass::AfterSwap)?;
@@ -236,8 +277,40 @@ impl<P: ProgramKind> Pinned<P> {
             interfaces: swapped.into_iter().map(|(_, i)| i).collect(),
             migrated_maps: changed.to_vec(),
             created_maps: added.to_vec(),
+            guard: None,
         };
         Ok((core, report))
+    }
+}
+
+impl<P: ProgramKind> Pinned<P> {
+    /// Whether [`upgrade`](Self::upgrade) can take over the program pinned
+    /// under `path` (its layout is this build's, or one it migrates),
+    /// without changing anything.
+    ///
+    /// # Errors
+    ///
+    /// [`PinError::NoMigration`] and the [`PinError`]s of reading its pins.
+    pub(crate) fn check_upgradable(path: &Path) -> Result<(), Error> {
+        let dir = PinDir::open(path, P::KIND)?;
+        Self::migration_from(path, read_header(&dir)?.layout).map(drop).map_err(Into::into)
+    }
+
+    /// How this build takes over pins of `layout`: `None` for its own.
+    fn migration_from(path: &Path, layout: u32) -> Result<Option<Migration<P::Maps>>, PinError> {
+        let kind = P::KIND;
+        Ok(match layout {
+            v if v == kind.layout_version => None,
+            v if v == REHEARSAL_LAYOUT && cfg!(feature = "testing") => {
+                Some(Migration { changed: P::REHEARSAL, added: &[], size: same_size, copy: rehearse::<P> })
+            }
+            v => Some(P::migration(v).ok_or_else(|| PinError::NoMigration {
+                path: path.to_owned(),
+                kind: kind.name,
+                found: v,
+                expected: kind.layout_version,
+            })?),
+        })
     }
 }
 

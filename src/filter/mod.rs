@@ -279,8 +279,14 @@ impl Filter {
     /// Handles other processes hold keep working after a same-layout
     /// upgrade (the maps are the same); after a migration they must reopen.
     /// A program chained behind it with [`set_next`](Self::set_next) stays.
-    /// So does its guard stage (the rules): the pinned guard program keeps
-    /// running the rules with its maps; it is not swapped for this build's.
+    /// Its guard stage (rules, SYN guard) is upgraded after it, the same
+    /// way: the guard program replaced by this build's in the filter's stage
+    /// slot, over its maps ([`UpgradeReport::guard`](crate::UpgradeReport::guard));
+    /// its layout is checked with the filter's, before anything changes. A
+    /// handle opened before installs the new guard program at its next
+    /// edit, never the old one. Upgrading to the same build reloads both
+    /// programs: a guard loaded before `nf_conntrack` then finds its
+    /// conntrack lookup ([`SynPolicy::drop_untracked_acks`]).
     /// Pins of layout 7 (before the multiply hash of the IPv6 /48s' chains)
     /// are migrated: every map reused, the IPv6 tables rebuilt once the new
     /// program (which reads both hashes) runs. Pins of layouts 6 (before
@@ -304,11 +310,17 @@ impl Filter {
     /// [`PinError::NoMigration`](crate::PinError::NoMigration) (a layout
     /// this build cannot migrate), [`PinError::UpgradeRefused`](crate::PinError::UpgradeRefused),
     /// the [`LoadError`]s of loading the new program: all before anything is
-    /// changed. [`AttachError::Bpf`](crate::AttachError::Bpf) when an
-    /// interface refuses the new program (the others are switched back).
+    /// changed (the guard stage's too). [`AttachError::Bpf`](crate::AttachError::Bpf)
+    /// when an interface refuses the new program (the others are switched
+    /// back). An error of the guard stage's upgrade after the filter's
+    /// leaves the new filter program running with the old guard program
+    /// (as before the guard was upgraded too): run the upgrade again.
     pub fn upgrade_pinned(dir: impl AsRef<Path>) -> Result<(Filter, crate::UpgradeReport), Error> {
-        let (core, report) = Pinned::upgrade(dir.as_ref(), layout::filter_skel::FilterSkelBuilder::default())?;
-        Ok((Filter::with_pinned_guard(core, dir.as_ref())?, report))
+        let dir = dir.as_ref();
+        Guard::check_upgradable(dir)?;
+        let (core, mut report) = Pinned::upgrade(dir, layout::filter_skel::FilterSkelBuilder::default())?;
+        report.guard = Guard::upgrade(dir, &core.maps)?.map(Box::new);
+        Ok((Filter::with_pinned_guard(core, dir)?, report))
     }
 
     /// The blocklist.

@@ -24,8 +24,11 @@ pub const REHEARSAL_LAYOUT: u32 = crate::core::pinned::REHEARSAL_LAYOUT;
 /// The filter's layout version in this build (what its pins are stamped with).
 pub const FILTER_LAYOUT: u32 = crate::core::layout::consts::XDPG_LAYOUT_VERSION;
 
+/// The guard stage's layout version in this build.
+pub const GUARD_LAYOUT: u32 = crate::core::layout::consts::XDPG_GUARD_LAYOUT_VERSION;
+
 /// The config maps that mark a pin directory, one per program.
-const CONFIGS: [&str; 3] = [names::XDPG_FILTER_CFG, names::XDPG_LB_CFG, names::XDPG_DECAP_CFG];
+const CONFIGS: [&str; 4] = [names::XDPG_FILTER_CFG, names::XDPG_LB_CFG, names::XDPG_DECAP_CFG, names::XDPG_GUARD_CFG];
 
 /// Writes `version` as the layout version of the program pinned in `dir`.
 ///
@@ -66,6 +69,27 @@ pub fn link_program_ids(dir: impl AsRef<Path>) -> Vec<u32> {
 /// thread's network namespace), if any.
 pub fn attached_program_id(ifindex: u32) -> Option<u32> {
     sys::xdp_query(ifindex).ok().map(|q| q.prog_id).filter(|&id| id != 0)
+}
+
+/// The id of the program in `filter`'s guard-stage slot (the guard the
+/// filter tail-calls), if any.
+///
+/// # Panics
+/// When the slot cannot be read.
+pub fn guard_stage_program_id(filter: &crate::Filter) -> Option<u32> {
+    let slot = crate::core::layout::consts::XDPG_STAGE_GUARD;
+    super::filter_core(filter).maps.stages.get(slot).expect("read the filter's stage slot")
+}
+
+/// How many kfunc calls the program with id `id` makes, as the verifier
+/// left it (the guard's are conntrack's, present only when `nf_conntrack`
+/// was loaded before it).
+///
+/// # Panics
+/// When the program cannot be opened or read.
+pub fn kfunc_calls(id: u32) -> usize {
+    let fd = sys::prog_by_id(id).expect("open the program by id");
+    sys::prog_kfunc_calls(std::os::fd::AsFd::as_fd(&fd)).expect("read the program's instructions")
 }
 
 /// Rewrites both IPv6 tables of `filter` the way layouts 5–7 wrote them:

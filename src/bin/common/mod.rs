@@ -121,8 +121,28 @@ pub fn print_attached(attachments: &[Attachment], pin: &Path) {
     println!("pinned at {}; it keeps running after this command exits", pin.display());
 }
 
-/// After `detach`: the interfaces it left and the pin directory removed.
+/// After `upgrade`: the programs replaced, and what became of the maps.
 pub fn print_upgraded(what: &str, report: &xdpguard::UpgradeReport, pin: &Path) {
+    let on = if report.interfaces.is_empty() { "no interface".to_owned() } else { report.interfaces.join(", ") };
+    println!(
+        "upgraded the {what} pinned at {}: program {} replaced program {} on {on} ({})",
+        pin.display(),
+        report.new_program_id,
+        report.old_program_id,
+        upgrade_text(report)
+    );
+    if let Some(guard) = &report.guard {
+        println!(
+            "upgraded its guard stage: program {} replaced program {} in the filter's stage slot ({})",
+            guard.new_program_id,
+            guard.old_program_id,
+            upgrade_text(guard)
+        );
+    }
+}
+
+/// `layout 7 -> 8, created xdpg_gate, every other map reused`.
+fn upgrade_text(report: &xdpguard::UpgradeReport) -> String {
     let (migrated, created) = (report.migrated_maps.join(", "), report.created_maps.join(", "));
     let maps = match (migrated.is_empty(), created.is_empty()) {
         (true, true) => "every map reused".to_owned(),
@@ -130,17 +150,10 @@ pub fn print_upgraded(what: &str, report: &xdpguard::UpgradeReport, pin: &Path) 
         (false, true) => format!("migrated {migrated}"),
         (false, false) => format!("migrated {migrated}, created {created}"),
     };
-    let on = if report.interfaces.is_empty() { "no interface".to_owned() } else { report.interfaces.join(", ") };
-    println!(
-        "upgraded the {what} pinned at {}: program {} replaced program {} on {on} (layout {} -> {}, {maps})",
-        pin.display(),
-        report.new_program_id,
-        report.old_program_id,
-        report.from_layout,
-        report.to_layout,
-    );
+    format!("layout {} -> {}, {maps}", report.from_layout, report.to_layout)
 }
 
+/// After `detach`: the interfaces it left and the pin directory removed.
 pub fn print_detached(attachments: &[Attachment], pin: &Path) {
     let names: Vec<&str> = attachments.iter().map(|a| a.interface.as_str()).collect();
     println!("detached from [{}] and removed {}", names.join(", "), pin.display());

@@ -47,7 +47,8 @@ use crate::core::layout::consts::*;
 use crate::core::layout::names;
 use crate::core::maps::ProgramMaps;
 use crate::core::pinned::{facade, Kind, LoadPlan, Pinned, Placement, ProgramKind};
-use crate::error::{Error, RuleError};
+use crate::core::upgrade::{Takeover, UpgradeReport};
+use crate::error::{Error, LoadError, RuleError};
 use crate::filter::maps::FilterMaps;
 use layout::guard_skel::GuardSkelBuilder;
 use maps::{GuardCapacity, GuardMaps};
@@ -147,7 +148,13 @@ impl Guard {
             let r = f(st, maps)?;
             let active = Guard::active(st);
             let installed = if active {
-                filter.stages.set(XDPG_STAGE_GUARD, self.core.program.fd())
+                // The pinned program: an upgrade since this handle opened
+                // replaced it (`upgrade`).
+                let program = self.core.program.current().map_err(|e| RuleError::Bpf {
+                    op: "opening the guard stage's program".into(),
+                    source: std::io::Error::other(e),
+                })?;
+                filter.stages.set(XDPG_STAGE_GUARD, program.as_fd())
             } else {
                 filter.stages.clear(XDPG_STAGE_GUARD).map(drop)
             };
@@ -158,6 +165,55 @@ impl Guard {
             }
             Ok(r)
         })
+    }
+
+    /// Replaces the guard program pinned under the filter's pin directory
+    /// `dir` (if any) by this build's, over the same maps (the filter's
+    /// shared ones from `filter`, already this build's), and puts it in the
+    /// filter's stage slot where the old one was: `Filter::upgrade_pinned`
+    /// does this after the filter's own swap, so an upgrade reaches the
+    /// rules' and the SYN guard's code too. Its layout must be this build's
+    /// or one it migrates ([`Guard::check_upgradable`], called first).
+    ///
+    /// # Errors
+    ///
+    /// As [`Pinned::upgrade`]; [`LoadError::Bpf`] when the stage slot
+    /// cannot be read or written.
+    pub(crate) fn upgrade(dir: &Path, filter: &FilterMaps) -> Result<Option<UpgradeReport>, Error> {
+        let sub = dir.join(PIN_SUBDIR);
+        if !sub.exists() {
+            return Ok(None);
+        }
+        let shared = Guard::shared_maps(filter);
+        let install = |old: u32, new: BorrowedFd<'_>| -> Result<(), Error> {
+            let bpf =
+                |source| LoadError::Bpf { op: "installing the upgraded guard stage in the filter".into(), source };
+            // Only where the old one runs: a guard with no work is out of
+            // the slot, and its next edit installs the pinned program.
+            match filter.stages.get(XDPG_STAGE_GUARD).map_err(bpf)? {
+                Some(id) if id == old => filter.stages.set(XDPG_STAGE_GUARD, new).map_err(|e| bpf(e).into()),
+                _ => Ok(()),
+            }
+        };
+        let takeover = Takeover { shared: &shared, install: Some(&install) };
+        let (_, report) = Pinned::<GuardKind>::upgrade_with(&sub, GuardSkelBuilder::default(), &takeover)?;
+        Ok(Some(report))
+    }
+
+    /// Whether [`upgrade`](Self::upgrade) can take over the guard pinned
+    /// under `dir`: checked before the filter's own upgrade changes
+    /// anything.
+    ///
+    /// # Errors
+    ///
+    /// [`PinError::NoMigration`](crate::PinError::NoMigration) and the
+    /// errors of reading its pins.
+    pub(crate) fn check_upgradable(dir: &Path) -> Result<(), Error> {
+        let sub = dir.join(PIN_SUBDIR);
+        if !sub.exists() {
+            return Ok(());
+        }
+        Pinned::<GuardKind>::check_upgradable(&sub)
     }
 
     pub(crate) fn unpin(self) -> Result<(), Error> {

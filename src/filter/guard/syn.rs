@@ -11,6 +11,8 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::mem::{offset_of, size_of};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::path::Path;
 use std::str::FromStr;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -101,9 +103,11 @@ pub struct SynPolicy {
     /// (the usual host), wrong where the filter's interface forwards to
     /// servers in other namespaces (their connections are not in this
     /// one's conntrack, and would be dropped). Needs Linux's conntrack
-    /// kfuncs (5.18; `nf_conntrack` loaded before the filter when it is a
-    /// module): [`SynGuard::protect`] refuses it where the kernel has none;
-    /// a guard loaded before the module passes the ACKs as with it off.
+    /// kfuncs (5.18, in `nf_conntrack`): [`SynGuard::protect`] refuses it
+    /// where the kernel has none, and where the guard's program was loaded
+    /// before the module (it would pass the ACKs as with it off; upgrading
+    /// the pinned filter to the same build reloads it in place:
+    /// [`Filter::upgrade_pinned`]).
     pub drop_untracked_acks: bool,
 }
 
@@ -296,13 +300,22 @@ pub fn host_wscale() -> u8 {
 /// Whether the running kernel has the conntrack kfuncs the guard's
 /// [`SynPolicy::drop_untracked_acks`] needs (`bpf_xdp_ct_lookup` in
 /// `/proc/kallsyms`; true when that cannot be read: nothing is refused on
-/// a guess). A module loaded after the filter is not in the guard's
-/// program, which resolved its kfuncs at load: the docs say to attach again.
+/// a guess). A module loaded after the guard is not in the guard's
+/// program, which resolved its kfuncs at load: [`program_has_conntrack`].
 fn conntrack_kfuncs() -> bool {
     match std::fs::read_to_string("/proc/kallsyms") {
         Ok(syms) => syms.lines().any(|l| l.split_whitespace().nth(2) == Some("bpf_xdp_ct_lookup")),
         Err(_) => true,
     }
+}
+
+/// Whether the guard program that runs now calls conntrack (its only
+/// kfuncs): loaded while `nf_conntrack` was not, it does not (its weak
+/// kfuncs resolved to nothing, and the verifier removed their calls). True
+/// when its instructions cannot be read (kernel.kptr_restrict): nothing is
+/// refused on a guess.
+fn program_has_conntrack(program: BorrowedFd<'_>) -> bool {
+    crate::core::sys::prog_kfunc_calls(program).map_or(true, |calls| calls > 0)
 }
 
 /// Linux's window scale for a receive space of `space` bytes.
@@ -442,7 +455,8 @@ impl<'f> SynGuard<'f> {
     /// 536..=9000, a window scale over 14, a cookie option (an MSS, a window
     /// scale, dropping untracked ACKs) in drop mode,
     /// [`SynPolicy::drop_untracked_acks`] on a kernel without conntrack's
-    /// XDP lookup); [`RuleError::Full`] when [`MAX_SYN_PORTS`] ports are
+    /// XDP lookup, or with a guard program loaded before `nf_conntrack`:
+    /// the reason says how to reload it); [`RuleError::Full`] when [`MAX_SYN_PORTS`] ports are
     /// protected already; [`RuleError::NoGuard`]; [`RuleError::Bpf`],
     /// [`RuleError::Pin`]. Nothing changes on error.
     pub fn protect(&self, port: u16, policy: SynPolicy) -> Result<(), RuleError> {
@@ -457,7 +471,30 @@ impl<'f> SynGuard<'f> {
                         .to_owned(),
             });
         }
-        self.guard()?.edit(&self.filter.core.maps, |st, maps| {
+        let guard = self.guard()?;
+        if policy.drop_untracked_acks {
+            let program = guard.core.program.current().map_err(|e| RuleError::Bpf {
+                op: "opening the guard stage's program".into(),
+                source: std::io::Error::other(e),
+            })?;
+            if !program_has_conntrack(program.as_fd()) {
+                let fix = match guard.core.program.pin_path().and_then(Path::parent) {
+                    Some(dir) => format!(
+                        "`xdpguard upgrade --pin {}` (Filter::upgrade_pinned) reloads it in place, nothing detached",
+                        dir.display()
+                    ),
+                    None => "attach the filter again".to_owned(),
+                };
+                return Err(RuleError::InvalidSynPolicy {
+                    port,
+                    reason: format!(
+                        "the guard stage was loaded before nf_conntrack, so its program has no conntrack lookup \
+                         and untracked ACKs would pass: {fix}, then protect the port again"
+                    ),
+                });
+            }
+        }
+        guard.edit(&self.filter.core.maps, |st, maps| {
             if let Some(&(slot, old)) = st.syn.ports.get(&port) {
                 if old != policy {
                     // Keep the rate: only the policy's fields change.
