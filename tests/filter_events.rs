@@ -221,6 +221,38 @@ fn events_flow_only_while_a_reader_holds_a_fresh_lease() {
 }
 
 #[test]
+fn one_reader_at_a_time_and_each_gives_back_only_its_own_lease() {
+    let (f, _) = setup();
+    let blocked = udp("203.0.113.9", 53, PAYLOAD);
+    let rate = f.event_rate();
+    let mut first = f.events(EventOptions::default().lease(Duration::from_millis(200))).unwrap();
+    let err = f.events(EventOptions::default().rate(EventRate { per_second: 7, burst: 7 })).unwrap_err();
+    match err {
+        EventError::Busy { remaining } => assert!(
+            remaining > Duration::ZERO && remaining <= Duration::from_millis(210),
+            "the first reader's lease runs {remaining:?} more"
+        ),
+        ref e => panic!("{e:?}"),
+    }
+    assert!(err.to_string().contains("one reader at a time"), "{err}");
+    assert_eq!(f.event_rate(), rate, "a refused reader changes nothing");
+    run(&f, &blocked);
+    assert_eq!(first.poll(Duration::from_secs(2)).unwrap().len(), 1, "the first reader reads on");
+
+    // The first stops polling; once its lease has run out a second takes it.
+    std::thread::sleep(Duration::from_millis(250));
+    let mut second = f.events(EventOptions::default()).unwrap();
+    let err = first.poll(Duration::ZERO).unwrap_err();
+    assert!(matches!(err, EventError::Busy { .. }), "the first has lost it: {err:?}");
+    drop(first);
+    assert!(f.events_lease_held(), "the first reader's drop leaves the second's lease");
+    run(&f, &blocked);
+    assert_eq!(second.poll(Duration::from_secs(2)).unwrap().len(), 1, "the second reads the drop");
+    drop(second);
+    assert!(!f.events_lease_held(), "the second gives its lease back");
+}
+
+#[test]
 fn the_per_cpu_rate_limit_caps_events_over_a_repeated_run() {
     let (f, rule) = setup();
     let burst = 5;

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use common::cli::XDPGUARD;
 use common::scratch::ScratchDir;
 use xdpguard::testing::netns::*;
-use xdpguard::Filter;
+use xdpguard::{EventError, EventOptions, Filter};
 
 const BLOCKED: &str = "192.0.2.4";
 const RULED: &str = "192.0.2.3";
@@ -164,6 +164,23 @@ fn capture_writes_a_pcap_tcpdump_reads_and_events_print_json() {
     let text = finish(child);
     assert_eq!(text.lines().count(), 1, "{text}");
     assert!(text.contains(" blocked-v4 entry 192.0.2.4/32 192.0.2.4:40007 -> 192.0.2.2:7100 udp len 62"), "{text}");
+
+    // A reader killed by a signal cannot give its lease back: another is
+    // refused while it runs (one reader at a time), and the CLI waits the
+    // stale lease out (2 s) and reads.
+    let mut child = spawn(&["events", "--pin", p, "--count", "1", "--timeout", "30"]);
+    wait_for_lease(&filter, &mut child);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(filter.events_lease_held(), "the killed reader's lease");
+    let err = filter.events(EventOptions::default()).unwrap_err();
+    assert!(matches!(err, EventError::Busy { .. }), "{err:?}");
+    let mut child = spawn(&["events", "--pin", p, "--count", "1", "--timeout", "30"]);
+    std::thread::sleep(Duration::from_millis(2500));
+    assert!(child.try_wait().unwrap().is_none(), "the CLI waited for the lease, and reads");
+    send(&pair.client, BLOCKED, 40008, 7100, 20);
+    let text = finish(child);
+    assert!(text.contains("192.0.2.4:40008 -> 192.0.2.2:7100"), "{text}");
 
     // top: one report; the rule's exact delta, the sampled source and entry.
     let mut child = spawn(&["top", "--pin", p, "--interval", "3", "--iterations", "1", "--json"]);

@@ -18,7 +18,7 @@ use clap::Args;
 use etherparse::{LaxNetSlice, LaxSlicedPacket, TransportSlice};
 use pcap_file::pcap::{PcapPacket, PcapWriter};
 use serde_json::json;
-use xdpguard::{DropEvent, EventOptions, EventRate, Filter, RuleId, Verdict};
+use xdpguard::{DropEvent, EventError, EventOptions, EventRate, EventReader, Filter, RuleId, Verdict};
 
 use crate::common::Result;
 use crate::Pin;
@@ -204,6 +204,21 @@ fn json_line(filter: &Filter, e: &DropEvent) -> serde_json::Value {
     })
 }
 
+/// Starts reading. One reader at a time: a lease another reader holds is
+/// waited out once when it is short, as a reader killed a moment ago (by
+/// Ctrl-C: no time to give it back) leaves it; a reader that renews it
+/// is alive, and the error says so.
+fn start_reading(filter: &Filter, options: EventOptions) -> Result<EventReader<'_>> {
+    match filter.events(options) {
+        Err(EventError::Busy { remaining }) if remaining <= options.lease.max(Duration::from_secs(5)) => {
+            eprintln!("waiting {remaining:.1?} for the lease of a previous events reader to run out");
+            std::thread::sleep(remaining + Duration::from_millis(20));
+            Ok(filter.events(options)?)
+        }
+        r => Ok(r?),
+    }
+}
+
 /// Reads events until `count` or `timeout`, handing each to `each`.
 fn read_events(
     filter: &Filter,
@@ -216,7 +231,7 @@ fn read_events(
     if let Some(rate) = rate {
         options = options.rate(rate);
     }
-    let mut reader = filter.events(options)?;
+    let mut reader = start_reading(filter, options)?;
     let start = Instant::now();
     let mut seen = 0u64;
     loop {
@@ -273,7 +288,7 @@ pub fn capture(args: CaptureArgs) -> Result<()> {
 pub fn top(args: TopArgs) -> Result<()> {
     let filter = Filter::open_pinned(&args.pin.pin)?;
     let interval = seconds(args.interval, "--interval")?;
-    let mut reader = filter.events(EventOptions::default())?;
+    let mut reader = start_reading(&filter, EventOptions::default())?;
     let rules_now = |f: &Filter| -> Result<HashMap<RuleId, (String, u64, u64)>> {
         Ok(f.rules().list()?.into_iter().map(|r| (r.id, (r.rule.to_string(), r.hits.packets, r.hits.bytes))).collect())
     };

@@ -21,9 +21,11 @@
 //!   [`SNAP_LEN`] bytes (every header the filter decides on; see
 //!   `filter_events_consts.h` for why 128).
 //!
-//! One reader at a time: the ring has one consumer position, so two readers
-//! share (split) the events, and either dropping clears the lease until the
-//! other's next poll.
+//! One reader at a time: the ring has one consumer position (two readers
+//! would split the events between them), so a reader takes the lease only
+//! when no other holds a fresh one: a second is refused with
+//! [`EventError::Busy`], which says for how long the first holds it. A
+//! reader gives back, and renews, only its own lease.
 
 mod layout;
 
@@ -65,6 +67,17 @@ pub enum EventError {
         lease: Duration,
         /// What is wrong.
         reason: &'static str,
+    },
+    /// Another reader holds a fresh lease on the events (one reader at a
+    /// time), or took it over after this reader's ran out.
+    #[error(
+        "another reader holds the drop events for {remaining:?} more (one reader at a time: the ring has one \
+         consumer position); stop it (xdpguard events, top, capture, or an EventReader), or try again when its \
+         lease has run out"
+    )]
+    Busy {
+        /// How long the other reader's lease runs, unless it renews it.
+        remaining: Duration,
     },
     /// The kernel refused an operation on the event maps.
     #[error("{op} failed: {source}")]
@@ -285,12 +298,25 @@ fn lease_word(lease: Duration) -> u32 {
     ((deadline >> XDPG_EVENT_LEASE_SHIFT) as u32).max(1)
 }
 
+/// How long the lease word `word` runs from now (zero: none, or run out),
+/// compared with wrap-around as the data plane compares it.
+fn lease_left(word: u32) -> Duration {
+    let now = (monotonic_ns() >> XDPG_EVENT_LEASE_SHIFT) as u32;
+    let left = word.wrapping_sub(now) as i32;
+    if word == 0 || left <= 0 {
+        return Duration::ZERO;
+    }
+    Duration::from_nanos((left as u64) << XDPG_EVENT_LEASE_SHIFT)
+}
+
 /// Reads drop events while holding the lease: see [`Filter::events`].
 pub struct EventReader<'f> {
     filter: &'f Filter,
     ring: RingBuffer<'static>,
     queue: Arc<Mutex<VecDeque<xdpg_drop_event>>>,
     lease: Duration,
+    /// The lease word this reader wrote last (0: none yet).
+    held: std::sync::atomic::AtomicU32,
 }
 
 impl std::fmt::Debug for EventReader<'_> {
@@ -301,8 +327,29 @@ impl std::fmt::Debug for EventReader<'_> {
 
 impl EventReader<'_> {
     /// Refreshes the lease: the data plane sends for another lease from now.
-    pub fn refresh(&self) {
-        self.filter.core.maps.events_lease().store(lease_word(self.lease), Ordering::Release);
+    /// Takes it again after it ran out (the data plane cleared it), unless
+    /// another reader took it meanwhile.
+    ///
+    /// # Errors
+    ///
+    /// [`EventError::Busy`] when another reader holds a fresh lease.
+    pub fn refresh(&self) -> Result<(), EventError> {
+        let word = self.filter.core.maps.events_lease();
+        let (mine, new) = (self.held.load(Ordering::Relaxed), lease_word(self.lease));
+        let mut cur = word.load(Ordering::Acquire);
+        loop {
+            let remaining = lease_left(cur);
+            if cur != mine && !remaining.is_zero() {
+                return Err(EventError::Busy { remaining });
+            }
+            match word.compare_exchange(cur, new, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => {
+                    self.held.store(new, Ordering::Relaxed);
+                    return Ok(());
+                }
+                Err(now) => cur = now,
+            }
+        }
     }
 
     /// Waits up to `timeout` for events and returns those that arrived
@@ -312,11 +359,12 @@ impl EventReader<'_> {
     /// # Errors
     ///
     /// [`EventError::Bpf`] when reading the ring fails (not for a signal:
-    /// an interrupted wait returns what arrived).
+    /// an interrupted wait returns what arrived); [`EventError::Busy`] when
+    /// another reader took the lease after this one's ran out.
     pub fn poll(&mut self, timeout: Duration) -> Result<Vec<DropEvent>, EventError> {
         let start = std::time::Instant::now();
         loop {
-            self.refresh();
+            self.refresh()?;
             self.ring
                 .consume()
                 .map_err(|e| EventError::Bpf { op: "reading the event ring", source: io_from_libbpf(e) })?;
@@ -334,7 +382,7 @@ impl EventReader<'_> {
                 Err(e) => return Err(EventError::Bpf { op: "waiting for events", source: io_from_libbpf(e) }),
             }
         }
-        self.refresh();
+        self.refresh()?;
         let raw: Vec<xdpg_drop_event> =
             self.queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner).drain(..).collect();
         // The kernel's clock to wall-clock time, at this instant.
@@ -360,9 +408,13 @@ impl EventReader<'_> {
 }
 
 impl Drop for EventReader<'_> {
-    /// Gives the lease back: production stops at the next drop.
+    /// Gives the lease back, if it is still this reader's: production
+    /// stops at the next drop.
     fn drop(&mut self) {
-        self.filter.core.maps.events_lease().store(0, Ordering::Release);
+        let held = self.held.load(Ordering::Relaxed);
+        if held != 0 {
+            let _ = self.filter.core.maps.events_lease().compare_exchange(held, 0, Ordering::AcqRel, Ordering::Relaxed);
+        }
     }
 }
 
@@ -391,13 +443,14 @@ impl Filter {
     ///
     /// [`EventError::Lease`] for a lease out of range, [`EventError::Rate`]
     /// for a bad `options.rate`, [`EventError::Bpf`] when the ring cannot be
-    /// opened or mapped.
+    /// opened or mapped, [`EventError::Busy`] while another reader holds a
+    /// fresh lease. Nothing changes on error.
     pub fn events(&self, options: EventOptions) -> Result<EventReader<'_>, EventError> {
         if options.lease < Duration::from_millis(10) || options.lease > Duration::from_secs(3600) {
             return Err(EventError::Lease { lease: options.lease, reason: "choose between 10 ms and 1 hour" });
         }
         if let Some(rate) = options.rate {
-            self.set_event_rate(rate)?;
+            rate.check()?;
         }
         // Borrowed from the filter, which outlives the reader: the ring
         // polls its fd.
@@ -416,8 +469,12 @@ impl Filter {
             .map_err(|e| EventError::Bpf { op: "mapping the event ring", source: io_from_libbpf(e) })?;
         let ring =
             builder.build().map_err(|e| EventError::Bpf { op: "mapping the event ring", source: io_from_libbpf(e) })?;
-        let reader = EventReader { filter: self, ring, queue, lease: options.lease };
-        reader.refresh();
+        let reader = EventReader { filter: self, ring, queue, lease: options.lease, held: 0.into() };
+        // The lease first: a reader refused leaves the rate in force as it is.
+        reader.refresh()?;
+        if let Some(rate) = options.rate {
+            self.set_event_rate(rate)?;
+        }
         Ok(reader)
     }
 
