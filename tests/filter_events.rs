@@ -225,11 +225,11 @@ fn one_reader_at_a_time_and_each_gives_back_only_its_own_lease() {
     let (f, _) = setup();
     let blocked = udp("203.0.113.9", 53, PAYLOAD);
     let rate = f.event_rate();
-    let mut first = f.events(EventOptions::default().lease(Duration::from_millis(200))).unwrap();
+    let mut first = f.events(EventOptions::default().lease(Duration::from_secs(1))).unwrap();
     let err = f.events(EventOptions::default().rate(EventRate { per_second: 7, burst: 7 })).unwrap_err();
     match err {
         EventError::Busy { remaining } => assert!(
-            remaining > Duration::ZERO && remaining <= Duration::from_millis(210),
+            remaining > Duration::ZERO && remaining <= Duration::from_millis(1035),
             "the first reader's lease runs {remaining:?} more"
         ),
         ref e => panic!("{e:?}"),
@@ -240,7 +240,7 @@ fn one_reader_at_a_time_and_each_gives_back_only_its_own_lease() {
     assert_eq!(first.poll(Duration::from_secs(2)).unwrap().len(), 1, "the first reader reads on");
 
     // The first stops polling; once its lease has run out a second takes it.
-    std::thread::sleep(Duration::from_millis(250));
+    std::thread::sleep(Duration::from_millis(1100));
     let mut second = f.events(EventOptions::default()).unwrap();
     let err = first.poll(Duration::ZERO).unwrap_err();
     assert!(matches!(err, EventError::Busy { .. }), "the first has lost it: {err:?}");
@@ -248,8 +248,14 @@ fn one_reader_at_a_time_and_each_gives_back_only_its_own_lease() {
     assert!(f.events_lease_held(), "the first reader's drop leaves the second's lease");
     run(&f, &blocked);
     assert_eq!(second.poll(Duration::from_secs(2)).unwrap().len(), 1, "the second reads the drop");
+    // A third takes it over from the second, which holds a fresh lease.
+    let third = f.events(EventOptions::default().take_over(true)).unwrap();
+    let err = second.poll(Duration::ZERO).unwrap_err();
+    assert!(matches!(err, EventError::Busy { .. }), "the second has lost it: {err:?}");
     drop(second);
-    assert!(!f.events_lease_held(), "the second gives its lease back");
+    assert!(f.events_lease_held(), "the second reader's drop leaves the third's lease");
+    drop(third);
+    assert!(!f.events_lease_held(), "the third gives its lease back");
 }
 
 #[test]

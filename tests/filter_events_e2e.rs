@@ -176,9 +176,16 @@ fn capture_writes_a_pcap_tcpdump_reads_and_events_print_json() {
     let err = filter.events(EventOptions::default()).unwrap_err();
     assert!(matches!(err, EventError::Busy { .. }), "{err:?}");
     let mut child = spawn(&["events", "--pin", p, "--count", "1", "--timeout", "30"]);
-    std::thread::sleep(Duration::from_millis(2500));
-    assert!(child.try_wait().unwrap().is_none(), "the CLI waited for the lease, and reads");
-    send(&pair.client, BLOCKED, 40008, 7100, 20);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(child.try_wait().unwrap().is_none(), "the CLI waits for the lease, it does not give up");
+    // A datagram every 200 ms until it has read one (the stale lease runs
+    // about 2 s from the kill, and it takes it then).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the CLI never read an event after the stale lease");
+        send(&pair.client, BLOCKED, 40008, 7100, 20);
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let text = finish(child);
     assert!(text.contains("192.0.2.4:40008 -> 192.0.2.2:7100"), "{text}");
 

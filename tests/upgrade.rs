@@ -387,6 +387,9 @@ fn a_layout_6_filter_is_migrated_with_the_gate_created() {
 fn the_guard_stage_is_upgraded_with_the_filter() {
     use xdpguard::testing::upgrade::{guard_stage_program_id, kfunc_calls, GUARD_LAYOUT};
     ensure_bpffs();
+    // Whether the kernel has conntrack's kfuncs, before the guard loads.
+    let kallsyms = std::fs::read_to_string("/proc/kallsyms").unwrap();
+    let conntrack = kallsyms.lines().any(|l| l.split_whitespace().nth(2) == Some("bpf_xdp_ct_lookup"));
     let pair = Pair::new("upg");
     let pin = ScratchDir::bpffs("upg");
     let dir = pin.path().to_owned();
@@ -405,8 +408,6 @@ fn the_guard_stage_is_upgraded_with_the_filter() {
     // The filter's own program calls no kfunc; the guard calls conntrack's
     // when the kernel had them at its load (bpf_xdp_ct_lookup, release).
     assert_eq!(kfunc_calls(link_program_ids(&dir)[0]), 0);
-    let kallsyms = std::fs::read_to_string("/proc/kallsyms").unwrap();
-    let conntrack = kallsyms.lines().any(|l| l.split_whitespace().nth(2) == Some("bpf_xdp_ct_lookup"));
     assert_eq!(kfunc_calls(old_guard) > 0, conntrack, "conntrack kfuncs in the kernel: {conntrack}");
     let stale = filter; // a handle opened before the upgrade
 
@@ -416,7 +417,7 @@ fn the_guard_stage_is_upgraded_with_the_filter() {
     assert_ne!(new_guard, old_guard);
     assert!(
         text.contains(&format!(
-            "upgraded its guard stage: program {new_guard} replaced program {old_guard} in the filter's stage slot \
+            "upgraded its guard stage: program {new_guard} replaced program {old_guard} \
              (layout {GUARD_LAYOUT} -> {GUARD_LAYOUT}, every map reused)"
         )),
         "{text}"

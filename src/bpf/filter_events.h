@@ -101,9 +101,11 @@ static __noinline int xdpg_event_send(struct xdp_md *ctx, struct xdpg_filter_con
 	if ((__s32)((__u32)(now >> XDPG_EVENT_LEASE_SHIFT) - lease) > 0) {
 		/* The reader stopped refreshing: no more helper calls until it
 		 * comes back. A plain store, not a compare-and-swap (which needs
-		 * clang -mcpu=v3 for every program): a reader refreshing at this
-		 * very instant had let its lease run out first, and its next
-		 * refresh (every poll) restores it. */
+		 * clang -mcpu=v3 for every program): a lease written between the
+		 * load above and this store (the reader refreshing, or a new
+		 * reader taking the word over) is lost until that reader's next
+		 * refresh, at most half a lease later, which writes it again
+		 * (src/filter/events/mod.rs: a cleared word is anyone's). */
 		*(volatile __u32 *)&cfg->events_lease = 0;
 		return 0;
 	}

@@ -103,8 +103,11 @@ impl XdpProgram {
     }
 
     /// Attaches [the program that runs now](Self::current) to one more
-    /// interface, pinning the link if pinned.
+    /// interface, pinning the link if pinned: under the pin directory's
+    /// lock, so an upgrade (which swaps the pinned links under it) sees the
+    /// new link, or this attach sees its program.
     pub(crate) fn attach(&self, iface: &Interface, mode: AttachMode) -> Result<Attachment, Error> {
+        let _lock = self.lock()?;
         let link = attach::attach(self.current()?.as_fd(), iface, mode)?;
         let attachment = link.attachment.clone();
         if let Some(dir) = &self.pin {

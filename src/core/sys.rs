@@ -272,6 +272,10 @@ pub(crate) fn prog_kfunc_calls(prog: BorrowedFd<'_>) -> io::Result<usize> {
     // SAFETY: info and len describe a writable buffer of the right size.
     check(unsafe { libbpf_sys::bpf_prog_get_info_by_fd(prog.as_raw_fd(), &mut info, &mut len) })?;
     let count = info.xlated_prog_len as usize / size_of::<libbpf_sys::bpf_insn>();
+    if count == 0 {
+        // The kernel tells its instructions' length only to CAP_BPF.
+        return Err(io::Error::new(io::ErrorKind::PermissionDenied, "the kernel withholds the program's instructions"));
+    }
     // SAFETY: bpf_insn is plain data; zero is a valid value.
     let mut insns: Vec<libbpf_sys::bpf_insn> = vec![unsafe { zeroed() }; count];
     // SAFETY: as above; the kernel writes at most xlated_prog_len bytes
@@ -284,7 +288,8 @@ pub(crate) fn prog_kfunc_calls(prog: BorrowedFd<'_>) -> io::Result<usize> {
     // info.xlated_prog_insns points at `insns`, as long as it says.
     check(unsafe { libbpf_sys::bpf_prog_get_info_by_fd(prog.as_raw_fd(), &mut info, &mut len) })?;
     if info.xlated_prog_insns == 0 {
-        // The kernel withholds the instructions (kernel.kptr_restrict).
+        // The kernel withholds them (a blinded program: bpf_jit_harden,
+        // with kernel.kptr_restrict).
         return Err(io::Error::new(io::ErrorKind::PermissionDenied, "the kernel withholds the program's instructions"));
     }
     Ok(insns.iter().filter(|i| i.code == CALL && i.src_reg() == PSEUDO_KFUNC_CALL).count())

@@ -125,6 +125,31 @@ impl<P: ProgramKind> Pinned<P> {
     where
         B: for<'obj> SkelBuilder<'obj>,
     {
+        Self::prepare(path, builder, takeover)?.commit(path, takeover)
+    }
+
+    /// Steps 1 and 2 of an upgrade, and nothing else: the new program
+    /// loaded over the pinned maps (every check and the verifier passed),
+    /// neither swapped in nor pinned; dropped, it changes nothing. An
+    /// upgrade that must not fail half-way (a filter's, then its guard
+    /// stage's) rehearses the second part with this before the first.
+    ///
+    /// # Errors
+    ///
+    /// As [`upgrade`](Self::upgrade), before anything is touched.
+    pub(crate) fn rehearse_upgrade<B>(path: &Path, builder: B, takeover: &Takeover<'_>) -> Result<(), Error>
+    where
+        B: for<'obj> SkelBuilder<'obj>,
+    {
+        Self::prepare(path, builder, takeover).map(drop)
+    }
+
+    /// Steps 1 and 2: under the lock, the new program loaded over the
+    /// pinned maps.
+    fn prepare<B>(path: &Path, builder: B, takeover: &Takeover<'_>) -> Result<Prepared<P>, Error>
+    where
+        B: for<'obj> SkelBuilder<'obj>,
+    {
         let kind = P::KIND;
         let dir = PinDir::open(path, kind)?;
         if let Some(missing) = missing_privileges() {
@@ -218,7 +243,32 @@ impl<P: ProgramKind> Pinned<P> {
         let new_id = sys::prog_info(new_prog.as_fd())
             .map_err(|source| LoadError::Bpf { op: "reading the new program's id".into(), source })?
             .id;
+        Ok(Prepared { dir, lock, layout: found.layout, migration, old_prog, old_id, maps, new_prog, new_id })
+    }
+}
 
+/// An upgrade loaded and checked, not yet swapped in (see
+/// [`Pinned::rehearse_upgrade`]): the pin directory's lock held.
+struct Prepared<P: ProgramKind> {
+    dir: PinDir,
+    lock: nix::fcntl::Flock<fs::File>,
+    /// The layout version of the pins taken over.
+    layout: u32,
+    migration: Option<Migration<P::Maps>>,
+    old_prog: OwnedFd,
+    old_id: u32,
+    maps: P::Maps,
+    new_prog: OwnedFd,
+    new_id: u32,
+}
+
+impl<P: ProgramKind> Prepared<P> {
+    /// Steps 3 to 5: the copies, the swap, the pins.
+    fn commit(self, path: &Path, takeover: &Takeover<'_>) -> Result<(Pinned<P>, UpgradeReport), Error> {
+        let kind = P::KIND;
+        let Prepared { dir, lock, layout, migration, old_prog, old_id, maps, new_prog, new_id } = self;
+        let changed: &[&'static str] = migration.as_ref().map_or(&[], |m| m.changed);
+        let added: &[&'static str] = migration.as_ref().map_or(&[], |m| m.added);
         if let Some(m) = &migration {
             (m.copy)(&dir, &maps, CopyPass::BeforeSwap)?;
         }
@@ -268,9 +318,9 @@ impl<P: ProgramKind> Pinned<P> {
         replace_pin(&dir, kind.program, new_prog.as_fd())?;
         drop(lock);
 
-        let core = Self::open_pinned(path)?;
+        let core = Pinned::open_pinned(path)?;
         let report = UpgradeReport {
-            from_layout: found.layout,
+            from_layout: layout,
             to_layout: kind.layout_version,
             old_program_id: old_id,
             new_program_id: new_id,
@@ -284,18 +334,6 @@ impl<P: ProgramKind> Pinned<P> {
 }
 
 impl<P: ProgramKind> Pinned<P> {
-    /// Whether [`upgrade`](Self::upgrade) can take over the program pinned
-    /// under `path` (its layout is this build's, or one it migrates),
-    /// without changing anything.
-    ///
-    /// # Errors
-    ///
-    /// [`PinError::NoMigration`] and the [`PinError`]s of reading its pins.
-    pub(crate) fn check_upgradable(path: &Path) -> Result<(), Error> {
-        let dir = PinDir::open(path, P::KIND)?;
-        Self::migration_from(path, read_header(&dir)?.layout).map(drop).map_err(Into::into)
-    }
-
     /// How this build takes over pins of `layout`: `None` for its own.
     fn migration_from(path: &Path, layout: u32) -> Result<Option<Migration<P::Maps>>, PinError> {
         let kind = P::KIND;

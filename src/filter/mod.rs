@@ -282,7 +282,9 @@ impl Filter {
     /// Its guard stage (rules, SYN guard) is upgraded after it, the same
     /// way: the guard program replaced by this build's in the filter's stage
     /// slot, over its maps ([`UpgradeReport::guard`](crate::UpgradeReport::guard));
-    /// its layout is checked with the filter's, before anything changes. A
+    /// it is rehearsed first (loaded and verified over its pinned maps, then
+    /// dropped), so what would refuse it refuses the upgrade before anything
+    /// changes. A
     /// handle opened before installs the new guard program at its next
     /// edit, never the old one. Upgrading to the same build reloads both
     /// programs: a guard loaded before `nf_conntrack` then finds its
@@ -312,12 +314,13 @@ impl Filter {
     /// the [`LoadError`]s of loading the new program: all before anything is
     /// changed (the guard stage's too). [`AttachError::Bpf`](crate::AttachError::Bpf)
     /// when an interface refuses the new program (the others are switched
-    /// back). An error of the guard stage's upgrade after the filter's
-    /// leaves the new filter program running with the old guard program
-    /// (as before the guard was upgraded too): run the upgrade again.
+    /// back). An error of the guard stage's own swap after the filter's (a
+    /// pin that cannot be replaced, the stage slot unwritable: what its
+    /// rehearsal cannot foresee) leaves the new filter program running with
+    /// the old guard program: run the upgrade again.
     pub fn upgrade_pinned(dir: impl AsRef<Path>) -> Result<(Filter, crate::UpgradeReport), Error> {
         let dir = dir.as_ref();
-        Guard::check_upgradable(dir)?;
+        Guard::rehearse_upgrade(dir)?;
         let (core, mut report) = Pinned::upgrade(dir, layout::filter_skel::FilterSkelBuilder::default())?;
         report.guard = Guard::upgrade(dir, &core.maps)?.map(Box::new);
         Ok((Filter::with_pinned_guard(core, dir)?, report))

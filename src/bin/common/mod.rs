@@ -133,7 +133,7 @@ pub fn print_upgraded(what: &str, report: &xdpguard::UpgradeReport, pin: &Path) 
     );
     if let Some(guard) = &report.guard {
         println!(
-            "upgraded its guard stage: program {} replaced program {} in the filter's stage slot ({})",
+            "upgraded its guard stage: program {} replaced program {} ({})",
             guard.new_program_id,
             guard.old_program_id,
             upgrade_text(guard)

@@ -23,11 +23,22 @@ use xdpguard::{DropEvent, EventError, EventOptions, EventRate, EventReader, Filt
 use crate::common::Result;
 use crate::Pin;
 
+/// How the commands that read events take the events' lease.
+#[derive(Args)]
+pub struct LeaseArgs {
+    /// Take the events from another reader that holds them (one reader at
+    /// a time), e.g. one that died with a long lease.
+    #[arg(long)]
+    take_over: bool,
+}
+
 /// `xdpguard events`.
 #[derive(Args)]
 pub struct EventsArgs {
     #[command(flatten)]
     pin: Pin,
+    #[command(flatten)]
+    lease: LeaseArgs,
     /// One JSON object per line.
     #[arg(long)]
     json: bool,
@@ -48,6 +59,8 @@ pub struct EventsArgs {
 pub struct CaptureArgs {
     #[command(flatten)]
     pin: Pin,
+    #[command(flatten)]
+    lease: LeaseArgs,
     /// The pcap file to write (tcpdump and Wireshark read it).
     #[arg(short = 'w', long = "write", value_name = "FILE")]
     file: PathBuf,
@@ -67,6 +80,8 @@ pub struct CaptureArgs {
 pub struct TopArgs {
     #[command(flatten)]
     pin: Pin,
+    #[command(flatten)]
+    lease: LeaseArgs,
     /// Seconds per report.
     #[arg(long, value_name = "S", default_value_t = 5.0)]
     interval: f64,
@@ -209,28 +224,39 @@ fn json_line(filter: &Filter, e: &DropEvent) -> serde_json::Value {
 /// Ctrl-C: no time to give it back) leaves it; a reader that renews it
 /// is alive, and the error says so.
 fn start_reading(filter: &Filter, options: EventOptions) -> Result<EventReader<'_>> {
+    let busy = |e: EventError| -> Box<dyn std::error::Error> {
+        match e {
+            EventError::Busy { .. } => format!("{e}; or take them over: --take-over").into(),
+            e => e.into(),
+        }
+    };
     match filter.events(options) {
         Err(EventError::Busy { remaining }) if remaining <= options.lease.max(Duration::from_secs(5)) => {
             eprintln!("waiting {remaining:.1?} for the lease of a previous events reader to run out");
             std::thread::sleep(remaining + Duration::from_millis(20));
-            Ok(filter.events(options)?)
+            filter.events(options).map_err(busy)
         }
-        r => Ok(r?),
+        r => r.map_err(busy),
+    }
+}
+
+/// The options of `rate` and `--take-over`.
+fn options(rate: Option<EventRate>, lease: &LeaseArgs) -> EventOptions {
+    let options = EventOptions::default().take_over(lease.take_over);
+    match rate {
+        Some(rate) => options.rate(rate),
+        None => options,
     }
 }
 
 /// Reads events until `count` or `timeout`, handing each to `each`.
 fn read_events(
     filter: &Filter,
-    rate: Option<EventRate>,
+    options: EventOptions,
     count: Option<u64>,
     timeout: Option<Duration>,
     mut each: impl FnMut(&DropEvent) -> Result<()>,
 ) -> Result<u64> {
-    let mut options = EventOptions::default();
-    if let Some(rate) = rate {
-        options = options.rate(rate);
-    }
     let mut reader = start_reading(filter, options)?;
     let start = Instant::now();
     let mut seen = 0u64;
@@ -254,7 +280,7 @@ pub fn events(args: EventsArgs) -> Result<()> {
     let filter = Filter::open_pinned(&args.pin.pin)?;
     let timeout = args.timeout.map(|s| seconds(s, "--timeout")).transpose()?;
     let mut out = std::io::stdout().lock();
-    read_events(&filter, args.rate, args.count, timeout, |e| {
+    read_events(&filter, options(args.rate, &args.lease), args.count, timeout, |e| {
         let line = if args.json { json_line(&filter, e).to_string() } else { text_line(&filter, e) };
         writeln!(out, "{line}")?;
         out.flush()?;
@@ -271,7 +297,7 @@ pub fn capture(args: CaptureArgs) -> Result<()> {
     // Ethernet frames, microsecond timestamps, snap length 65535 (each
     // packet's own caplen says how much of it an event carried).
     let mut pcap = PcapWriter::new(file)?;
-    let n = read_events(&filter, args.rate, Some(args.count), timeout, |e| {
+    let n = read_events(&filter, options(args.rate, &args.lease), Some(args.count), timeout, |e| {
         let ts = e.time.duration_since(UNIX_EPOCH).unwrap_or_default();
         pcap.write_packet(&PcapPacket::new(ts, e.len, &e.bytes))?;
         Ok(())
@@ -288,7 +314,7 @@ pub fn capture(args: CaptureArgs) -> Result<()> {
 pub fn top(args: TopArgs) -> Result<()> {
     let filter = Filter::open_pinned(&args.pin.pin)?;
     let interval = seconds(args.interval, "--interval")?;
-    let mut reader = start_reading(&filter, EventOptions::default())?;
+    let mut reader = start_reading(&filter, options(None, &args.lease))?;
     let rules_now = |f: &Filter| -> Result<HashMap<RuleId, (String, u64, u64)>> {
         Ok(f.rules().list()?.into_iter().map(|r| (r.id, (r.rule.to_string(), r.hits.packets, r.hits.bytes))).collect())
     };

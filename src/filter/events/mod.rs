@@ -256,11 +256,15 @@ pub struct EventOptions {
     /// A rate to set first ([`Filter::set_event_rate`]); `None` keeps the
     /// one in force.
     pub rate: Option<EventRate>,
+    /// Take the lease even from another reader that holds a fresh one (it
+    /// gets [`EventError::Busy`] at its next poll): for a reader that died
+    /// with a long lease. Off by default.
+    pub take_over: bool,
 }
 
 impl Default for EventOptions {
     fn default() -> Self {
-        EventOptions { lease: Duration::from_secs(2), rate: None }
+        EventOptions { lease: Duration::from_secs(2), rate: None, take_over: false }
     }
 }
 
@@ -274,6 +278,12 @@ impl EventOptions {
     /// Sets the rate first.
     pub fn rate(mut self, rate: EventRate) -> Self {
         self.rate = Some(rate);
+        self
+    }
+
+    /// Takes the lease even from another reader ([`EventOptions::take_over`]).
+    pub fn take_over(mut self, take_over: bool) -> Self {
+        self.take_over = take_over;
         self
     }
 }
@@ -292,22 +302,50 @@ fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-/// The lease word for a deadline `lease` from now (never 0, "no reader").
-fn lease_word(lease: Duration) -> u32 {
+/// The low bits of a lease word: its reader's tag (1 to 15), so two
+/// readers never write the same word (a reader renews only the word it
+/// wrote). The deadline is rounded up past them: at most 32 ms longer.
+const LEASE_TAG: u32 = 0xF;
+
+/// The lease word for a deadline `lease` from now, tagged `tag` (never 0,
+/// "no reader").
+fn lease_word(lease: Duration, tag: u32) -> u32 {
     let deadline = monotonic_ns() + lease.as_nanos() as u64;
-    ((deadline >> XDPG_EVENT_LEASE_SHIFT) as u32).max(1)
+    ((deadline >> XDPG_EVENT_LEASE_SHIFT) as u32).wrapping_add(LEASE_TAG) & !LEASE_TAG | tag
+}
+
+/// A tag for a reader about to take the lease word `cur`: not the tag of
+/// the reader that wrote it.
+fn lease_tag(cur: u32) -> u32 {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let seed = std::process::id().wrapping_add(NEXT.fetch_add(1, Ordering::Relaxed));
+    let tag = seed % LEASE_TAG + 1;
+    if tag == cur & LEASE_TAG {
+        tag % LEASE_TAG + 1
+    } else {
+        tag
+    }
 }
 
 /// How long the lease word `word` runs from now (zero: none, or run out),
-/// compared with wrap-around as the data plane compares it.
+/// compared with wrap-around as the data plane compares it. A deadline
+/// further away than the longest lease is one that ran out so long ago
+/// (about 26 days without a drop to clear it) that it wrapped around: run
+/// out too.
 fn lease_left(word: u32) -> Duration {
     let now = (monotonic_ns() >> XDPG_EVENT_LEASE_SHIFT) as u32;
     let left = word.wrapping_sub(now) as i32;
-    if word == 0 || left <= 0 {
+    let left = Duration::from_nanos((left.max(0) as u64) << XDPG_EVENT_LEASE_SHIFT);
+    // The longest lease, rounded up and tagged (lease_word), and a unit.
+    let longest = MAX_LEASE + Duration::from_nanos((2 * u64::from(LEASE_TAG) + 1) << XDPG_EVENT_LEASE_SHIFT);
+    if word == 0 || left > longest {
         return Duration::ZERO;
     }
-    Duration::from_nanos((left as u64) << XDPG_EVENT_LEASE_SHIFT)
+    left
 }
+
+/// The longest lease a reader may ask for.
+const MAX_LEASE: Duration = Duration::from_secs(3600);
 
 /// Reads drop events while holding the lease: see [`Filter::events`].
 pub struct EventReader<'f> {
@@ -317,6 +355,8 @@ pub struct EventReader<'f> {
     lease: Duration,
     /// The lease word this reader wrote last (0: none yet).
     held: std::sync::atomic::AtomicU32,
+    /// This reader's tag in its lease words ([`LEASE_TAG`]).
+    tag: u32,
 }
 
 impl std::fmt::Debug for EventReader<'_> {
@@ -334,12 +374,18 @@ impl EventReader<'_> {
     ///
     /// [`EventError::Busy`] when another reader holds a fresh lease.
     pub fn refresh(&self) -> Result<(), EventError> {
+        self.claim(false)
+    }
+
+    /// Writes a lease from now over this reader's own, none, one run out,
+    /// or (`take_over`) any.
+    fn claim(&self, take_over: bool) -> Result<(), EventError> {
         let word = self.filter.core.maps.events_lease();
-        let (mine, new) = (self.held.load(Ordering::Relaxed), lease_word(self.lease));
+        let (mine, new) = (self.held.load(Ordering::Relaxed), lease_word(self.lease, self.tag));
         let mut cur = word.load(Ordering::Acquire);
         loop {
             let remaining = lease_left(cur);
-            if cur != mine && !remaining.is_zero() {
+            if cur != mine && !remaining.is_zero() && !take_over {
                 return Err(EventError::Busy { remaining });
             }
             match word.compare_exchange(cur, new, Ordering::AcqRel, Ordering::Acquire) {
@@ -446,7 +492,7 @@ impl Filter {
     /// opened or mapped, [`EventError::Busy`] while another reader holds a
     /// fresh lease. Nothing changes on error.
     pub fn events(&self, options: EventOptions) -> Result<EventReader<'_>, EventError> {
-        if options.lease < Duration::from_millis(10) || options.lease > Duration::from_secs(3600) {
+        if options.lease < Duration::from_millis(10) || options.lease > MAX_LEASE {
             return Err(EventError::Lease { lease: options.lease, reason: "choose between 10 ms and 1 hour" });
         }
         if let Some(rate) = options.rate {
@@ -469,9 +515,10 @@ impl Filter {
             .map_err(|e| EventError::Bpf { op: "mapping the event ring", source: io_from_libbpf(e) })?;
         let ring =
             builder.build().map_err(|e| EventError::Bpf { op: "mapping the event ring", source: io_from_libbpf(e) })?;
-        let reader = EventReader { filter: self, ring, queue, lease: options.lease, held: 0.into() };
+        let tag = lease_tag(self.core.maps.events_lease().load(Ordering::Acquire));
+        let reader = EventReader { filter: self, ring, queue, lease: options.lease, held: 0.into(), tag };
         // The lease first: a reader refused leaves the rate in force as it is.
-        reader.refresh()?;
+        reader.claim(options.take_over)?;
         if let Some(rate) = options.rate {
             self.set_event_rate(rate)?;
         }
@@ -548,5 +595,23 @@ mod tests {
         for (per_second, burst) in [(0, 1), (1, 0), (XDPG_EVENT_MAX_RATE + 1, 1), (1, XDPG_EVENT_MAX_RATE + 1)] {
             assert!(matches!(EventRate { per_second, burst }.check(), Err(EventError::Rate { .. })));
         }
+    }
+
+    #[test]
+    fn lease_words_carry_their_readers_tag_and_run_out_with_wrap_around() {
+        for tag in 1..=LEASE_TAG {
+            let w = lease_word(Duration::from_secs(1), tag);
+            assert_eq!(w & LEASE_TAG, tag);
+            let left = lease_left(w);
+            assert!(left >= Duration::from_millis(990) && left <= Duration::from_millis(1035), "{left:?}");
+            // A reader taking this word over gets another tag.
+            assert!((1..=LEASE_TAG).contains(&lease_tag(w)) && lease_tag(w) != tag);
+        }
+        let now = (monotonic_ns() >> XDPG_EVENT_LEASE_SHIFT) as u32;
+        assert_eq!(lease_left(0), Duration::ZERO, "no reader");
+        assert_eq!(lease_left(now.wrapping_sub(1)), Duration::ZERO, "run out");
+        // A deadline that ran out ~26 days ago looks a whole half-range ahead.
+        assert_eq!(lease_left(now.wrapping_add(i32::MAX as u32)), Duration::ZERO, "wrapped around");
+        assert!(lease_left(lease_word(MAX_LEASE, 1)) > MAX_LEASE - Duration::from_secs(1), "the longest lease");
     }
 }

@@ -41,14 +41,16 @@ pub(crate) mod state;
 pub(crate) mod syn;
 
 use std::os::fd::{AsFd, BorrowedFd};
+
+use libbpf_rs::MapHandle;
 use std::path::Path;
 
 use crate::core::layout::consts::*;
 use crate::core::layout::names;
-use crate::core::maps::ProgramMaps;
+use crate::core::maps::{io_from_libbpf, ProgramMaps};
 use crate::core::pinned::{facade, Kind, LoadPlan, Pinned, Placement, ProgramKind};
 use crate::core::upgrade::{Takeover, UpgradeReport};
-use crate::error::{Error, LoadError, RuleError};
+use crate::error::{Error, LoadError, PinError, RuleError};
 use crate::filter::maps::FilterMaps;
 use layout::guard_skel::GuardSkelBuilder;
 use maps::{GuardCapacity, GuardMaps};
@@ -173,7 +175,7 @@ impl Guard {
     /// filter's stage slot where the old one was: `Filter::upgrade_pinned`
     /// does this after the filter's own swap, so an upgrade reaches the
     /// rules' and the SYN guard's code too. Its layout must be this build's
-    /// or one it migrates ([`Guard::check_upgradable`], called first).
+    /// or one it migrates (rehearsed first: [`Guard::rehearse_upgrade`]).
     ///
     /// # Errors
     ///
@@ -200,20 +202,35 @@ impl Guard {
         Ok(Some(report))
     }
 
-    /// Whether [`upgrade`](Self::upgrade) can take over the guard pinned
-    /// under `dir`: checked before the filter's own upgrade changes
-    /// anything.
+    /// Rehearses [`upgrade`](Self::upgrade) of the guard pinned under the
+    /// filter's pin directory `dir` (if any) against the maps pinned now:
+    /// its layout taken over, its maps matched, this build's guard program
+    /// loaded over them and verified, then dropped. `Filter::upgrade_pinned`
+    /// runs it before the filter's own swap, so what would refuse the
+    /// guard refuses the upgrade before anything changes.
     ///
     /// # Errors
     ///
-    /// [`PinError::NoMigration`](crate::PinError::NoMigration) and the
-    /// errors of reading its pins.
-    pub(crate) fn check_upgradable(dir: &Path) -> Result<(), Error> {
+    /// As [`Pinned::upgrade`] before its swap; [`PinError::Io`] when a
+    /// shared map is not pinned.
+    pub(crate) fn rehearse_upgrade(dir: &Path) -> Result<(), Error> {
         let sub = dir.join(PIN_SUBDIR);
         if !sub.exists() {
             return Ok(());
         }
-        Pinned::<GuardKind>::check_upgradable(&sub)
+        let mut pinned = Vec::new();
+        for name in SHARED {
+            let path = dir.join(name);
+            let map = MapHandle::from_pinned_path(&path).map_err(|e| PinError::Io {
+                op: "opening pinned map",
+                path,
+                source: io_from_libbpf(e),
+            })?;
+            pinned.push((name, map));
+        }
+        let shared: Vec<_> = pinned.iter().map(|(n, m)| (*n, m.as_fd())).collect();
+        let takeover = Takeover { shared: &shared, install: None };
+        Pinned::<GuardKind>::rehearse_upgrade(&sub, GuardSkelBuilder::default(), &takeover)
     }
 
     pub(crate) fn unpin(self) -> Result<(), Error> {
@@ -224,17 +241,20 @@ impl Guard {
         self.core.maps.memlock_by_map()
     }
 
-    /// The shared maps' fds, from the filter's maps, by name.
-    pub(crate) fn shared_maps(maps: &crate::filter::maps::FilterMaps) -> [(&'static str, BorrowedFd<'_>); 6] {
-        use crate::core::maps::TypedMap;
-        [
-            (names::XDPG_FILTER_CFG, maps.cfg.handle().as_fd()),
-            (names::XDPG_FILTER_CNT, maps.counters.handle().as_fd()),
-            (names::XDPG_NEXT, maps.next.handle().as_fd()),
-            // The drop events: one ring, one rate limit for both programs.
-            (names::XDPG_EVENTS, maps.events.handle().as_fd()),
-            (names::XDPG_EV_CFG, maps.events_cfg.handle().as_fd()),
-            (names::XDPG_EV_CPU, maps.events_cpu.handle().as_fd()),
-        ]
+    /// The shared maps' fds, from the filter's maps, by name ([`SHARED`]).
+    pub(crate) fn shared_maps(maps: &FilterMaps) -> Vec<(&'static str, BorrowedFd<'_>)> {
+        maps.handles().into_iter().filter(|(n, _)| SHARED.contains(n)).map(|(n, h)| (n, h.as_fd())).collect()
     }
 }
+
+/// The filter's maps the guard uses as its own (their fds reused): its
+/// config, counters and next-program slot, and the drop events (one ring,
+/// one rate limit for both programs).
+const SHARED: [&str; 6] = [
+    names::XDPG_FILTER_CFG,
+    names::XDPG_FILTER_CNT,
+    names::XDPG_NEXT,
+    names::XDPG_EVENTS,
+    names::XDPG_EV_CFG,
+    names::XDPG_EV_CPU,
+];
