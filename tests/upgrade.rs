@@ -342,6 +342,21 @@ fn a_layout_7_filter_is_migrated_with_its_ipv6_chains_rehashed() {
 /// other map reused, the rules deciding throughout (the new gate is created
 /// closed: every packet goes to the guard, as layout 6's filter sent it),
 /// and the gate opened by the reopen that ends the upgrade.
+/// The rule the guard's upgrade tests add.
+const RULE: &str = "drop udp dport 9 from 198.51.100.0/24";
+
+/// A UDP datagram from inside [`RULE`]'s prefix to `dport`.
+fn rule_frame(dport: u16) -> Vec<u8> {
+    let (src, dst): (IpAddr, IpAddr) = ("198.51.100.7".parse().unwrap(), "203.0.113.1".parse().unwrap());
+    Frame::builder().ip(src, dst).udp(40000, dport).payload(b"x").build().to_vec()
+}
+
+/// [`RULE`] decides through `f`'s guard stage: its port dropped, another passed.
+fn check_rule(f: &Filter) {
+    assert_eq!(f.test_run(&rule_frame(9)).unwrap().action, XdpAction::Drop, "the rule");
+    assert_eq!(f.test_run(&rule_frame(10)).unwrap().action, XdpAction::Pass, "no rule");
+}
+
 #[test]
 fn a_layout_6_filter_is_migrated_with_the_gate_created() {
     use xdpguard::testing::gate::{is_open, skips};
@@ -350,16 +365,8 @@ fn a_layout_6_filter_is_migrated_with_the_gate_created() {
     let pin = ScratchDir::bpffs("up6");
     let dir = pin.path().to_owned();
     let filter = pinned_filter(&pair, &dir, 1024);
-    filter.rules().add("drop udp dport 9 from 198.51.100.0/24".parse().unwrap()).unwrap();
-    let frame = |dport: u16| {
-        let (src, dst): (IpAddr, IpAddr) = ("198.51.100.7".parse().unwrap(), "203.0.113.1".parse().unwrap());
-        Frame::builder().ip(src, dst).udp(40000, dport).payload(b"x").build().to_vec()
-    };
-    let check = |f: &Filter| {
-        assert_eq!(f.test_run(&frame(9)).unwrap().action, XdpAction::Drop, "the rule");
-        assert_eq!(f.test_run(&frame(10)).unwrap().action, XdpAction::Pass, "no rule");
-    };
-    check(&filter);
+    filter.rules().add(RULE.parse().unwrap()).unwrap();
+    check_rule(&filter);
     assert!(is_open(&filter));
     drop(filter);
 
@@ -372,7 +379,7 @@ fn a_layout_6_filter_is_migrated_with_the_gate_created() {
     );
     assert!(dir.join("xdpg_gate").exists(), "the gate is pinned");
     let filter = Filter::open_pinned(&dir).expect("reopens as this layout");
-    check(&filter);
+    check_rule(&filter);
     assert!(is_open(&filter), "opened with the rules' bits");
     assert!(skips(&filter, 17, 10) && !skips(&filter, 17, 9));
     filter.unpin().unwrap();
@@ -394,16 +401,8 @@ fn the_guard_stage_is_upgraded_with_the_filter() {
     let pin = ScratchDir::bpffs("upg");
     let dir = pin.path().to_owned();
     let filter = pinned_filter(&pair, &dir, 1024);
-    filter.rules().add("drop udp dport 9 from 198.51.100.0/24".parse().unwrap()).unwrap();
-    let frame = |dport: u16| {
-        let (src, dst): (IpAddr, IpAddr) = ("198.51.100.7".parse().unwrap(), "203.0.113.1".parse().unwrap());
-        Frame::builder().ip(src, dst).udp(40000, dport).payload(b"x").build().to_vec()
-    };
-    let check = |f: &Filter| {
-        assert_eq!(f.test_run(&frame(9)).unwrap().action, XdpAction::Drop, "the rule");
-        assert_eq!(f.test_run(&frame(10)).unwrap().action, XdpAction::Pass, "no rule");
-    };
-    check(&filter);
+    filter.rules().add(RULE.parse().unwrap()).unwrap();
+    check_rule(&filter);
     let old_guard = guard_stage_program_id(&filter).expect("a rule puts the guard in the stage slot");
     // The filter's own program calls no kfunc; the guard calls conntrack's
     // when the kernel had them at its load (bpf_xdp_ct_lookup, release).
@@ -422,12 +421,12 @@ fn the_guard_stage_is_upgraded_with_the_filter() {
         )),
         "{text}"
     );
-    check(&filter);
+    check_rule(&filter);
 
     // The old handle's next edit installs the pinned (new) program.
     stale.rules().add("drop udp dport 11 from 198.51.100.0/24".parse().unwrap()).unwrap();
     assert_eq!(guard_stage_program_id(&filter), Some(new_guard), "not the old program back");
-    assert_eq!(filter.test_run(&frame(11)).unwrap().action, XdpAction::Drop, "the stale handle's rule");
+    assert_eq!(filter.test_run(&rule_frame(11)).unwrap().action, XdpAction::Drop, "the stale handle's rule");
     drop(stale);
     assert!(libbpf_rs::query::ProgInfoIter::default().all(|p| p.id != old_guard), "the old guard program is freed");
 
@@ -444,7 +443,7 @@ fn the_guard_stage_is_upgraded_with_the_filter() {
     let guard = report.guard.expect("the guard's report");
     assert_eq!((guard.old_program_id, guard.interfaces.len()), (new_guard, 0));
     assert_eq!(guard_stage_program_id(&filter), Some(guard.new_program_id));
-    check(&filter);
+    check_rule(&filter);
     filter.unpin().unwrap();
 }
 
