@@ -71,7 +71,7 @@ pub enum EventError {
     /// Another reader holds a fresh lease on the events (one reader at a
     /// time), or took it over after this reader's ran out.
     #[error(
-        "another reader holds the drop events for {remaining:?} more (one reader at a time: the ring has one \
+        "another reader holds the drop events for {remaining:.1?} more (one reader at a time: the ring has one \
          consumer position); stop it (xdpguard events, top, capture, or an EventReader), or try again when its \
          lease has run out"
     )]
