@@ -447,6 +447,41 @@ fn the_guard_stage_is_upgraded_with_the_filter() {
     filter.unpin().unwrap();
 }
 
+/// A guard stage loaded before `nf_conntrack` (its program without
+/// conntrack's calls, stood in for by the test kit) is reloaded in place by
+/// `protect` with untracked ACKs dropped: the pinned program then calls
+/// conntrack, runs in the stage slot, and drops a forged ACK.
+#[test]
+fn protect_reloads_a_guard_loaded_before_conntrack() {
+    use xdpguard::testing::upgrade::{
+        guard_stage_program_id, kfunc_calls, pin_guard_without_kfuncs, pinned_guard_program_id,
+    };
+    use xdpguard::SynPolicy;
+    let kallsyms = std::fs::read_to_string("/proc/kallsyms").unwrap();
+    if !kallsyms.lines().any(|l| l.split_whitespace().nth(2) == Some("bpf_xdp_ct_lookup")) {
+        panic!("this kernel has no conntrack kfuncs (nf_conntrack): load it (modprobe nf_conntrack)");
+    }
+    ensure_bpffs();
+    let pair = Pair::new("upc");
+    let pin = ScratchDir::bpffs("upc");
+    let dir = pin.path().to_owned();
+    let filter = pinned_filter(&pair, &dir, 1024);
+    filter.rules().add(RULE.parse().unwrap()).unwrap();
+    let stand_in = pin_guard_without_kfuncs(&dir);
+    assert_eq!(kfunc_calls(stand_in), 0);
+
+    filter.syn_guard().protect(8443, SynPolicy::cookies().with_drop_untracked_acks(true)).expect("protect");
+    let reloaded = pinned_guard_program_id(&dir);
+    assert_ne!(reloaded, stand_in, "the guard program was reloaded");
+    assert!(kfunc_calls(reloaded) > 0, "it calls conntrack");
+    assert_eq!(guard_stage_program_id(&filter), Some(reloaded), "and runs in the filter's stage slot");
+    check_rule(&filter);
+    let (src, dst): (IpAddr, IpAddr) = ("198.51.100.40".parse().unwrap(), "203.0.113.1".parse().unwrap());
+    let forged = Frame::builder().ip(src, dst).tcp(42000, 8443).ack(7).seq(1).build().to_vec();
+    assert_eq!(filter.test_run(&forged).unwrap().action, XdpAction::Drop, "a forged, untracked ACK");
+    filter.unpin().unwrap();
+}
+
 /// A pinned LB in `mode`, three backends (with decapsulators for IPIP), and
 /// a keep-alive TCP connection asking "who" every millisecond through a
 /// same-layout upgrade and a migration of the connection tables. Its

@@ -286,9 +286,7 @@ impl Filter {
     /// dropped), so what would refuse it refuses the upgrade before anything
     /// changes. A
     /// handle opened before installs the new guard program at its next
-    /// edit, never the old one. Upgrading to the same build reloads both
-    /// programs: a guard loaded before `nf_conntrack` then finds its
-    /// conntrack lookup ([`SynPolicy::drop_untracked_acks`]).
+    /// edit, never the old one.
     /// Pins of layout 7 (before the multiply hash of the IPv6 /48s' chains)
     /// are migrated: every map reused, the IPv6 tables rebuilt once the new
     /// program (which reads both hashes) runs. Pins of layouts 6 (before

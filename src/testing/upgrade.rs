@@ -92,6 +92,33 @@ pub fn kfunc_calls(id: u32) -> usize {
     sys::prog_kfunc_calls(std::os::fd::AsFd::as_fd(&fd)).expect("read the program's instructions")
 }
 
+/// Stands in for a guard stage loaded before `nf_conntrack`, whose program
+/// has no conntrack calls: replaces the guard's program pin in the filter
+/// pinned at `dir` by the filter's own program (which calls no kfunc), as
+/// `SynGuard::protect` reads the pinned program's calls; the filter's stage
+/// slot keeps the real guard. Returns the pinned program's id.
+///
+/// # Panics
+/// When the pins cannot be read or replaced.
+pub fn pin_guard_without_kfuncs(dir: impl AsRef<Path>) -> u32 {
+    let dir = dir.as_ref();
+    let filter = sys::obj_get(&dir.join(names::XDPG_FILTER)).expect("open the pinned filter program");
+    let pin = dir.join(crate::filter::guard::PIN_SUBDIR).join(names::XDPG_GUARD);
+    std::fs::remove_file(&pin).expect("remove the guard's program pin");
+    sys::obj_pin(std::os::fd::AsFd::as_fd(&filter), &pin).expect("pin the stand-in");
+    sys::prog_id(std::os::fd::AsFd::as_fd(&filter)).expect("read its id")
+}
+
+/// The id of the guard program pinned in the filter pinned at `dir`.
+///
+/// # Panics
+/// When the pin cannot be read.
+pub fn pinned_guard_program_id(dir: impl AsRef<Path>) -> u32 {
+    let pin = dir.as_ref().join(crate::filter::guard::PIN_SUBDIR).join(names::XDPG_GUARD);
+    let fd = sys::obj_get(&pin).expect("open the guard's program pin");
+    sys::prog_id(std::os::fd::AsFd::as_fd(&fd)).expect("read its id")
+}
+
 /// Rewrites both IPv6 tables of `filter` the way layouts 5–7 wrote them:
 /// the /48s' chains under the murmur hash (`xdpg_v6_anchor_hash`), the
 /// views' `anchor_hash` 0. With [`stamp_layout`]`(dir, 7)` it rehearses a

@@ -104,10 +104,10 @@ pub struct SynPolicy {
     /// servers in other namespaces (their connections are not in this
     /// one's conntrack, and would be dropped). Needs Linux's conntrack
     /// kfuncs (5.18, in `nf_conntrack`): [`SynGuard::protect`] refuses it
-    /// where the kernel has none, and where the guard's program was loaded
-    /// before the module (it would pass the ACKs as with it off; upgrading
-    /// the pinned filter to the same build reloads it in place:
-    /// [`Filter::upgrade_pinned`]).
+    /// where the kernel has none. A guard program loaded before the module
+    /// has no conntrack lookup (it would pass the ACKs as with this off):
+    /// `protect` reloads a pinned one in place first (as
+    /// [`Filter::upgrade_pinned`] does), and refuses for an unpinned one.
     pub drop_untracked_acks: bool,
 }
 
@@ -318,6 +318,16 @@ fn program_has_conntrack(program: BorrowedFd<'_>) -> bool {
     crate::core::sys::prog_kfunc_calls(program).map_or(true, |calls| calls > 0)
 }
 
+/// [`program_has_conntrack`] of the guard program that runs now (the
+/// pinned one, when pinned).
+fn guard_has_conntrack(guard: &Guard) -> Result<bool, RuleError> {
+    let program = guard.core.program.current().map_err(|e| RuleError::Bpf {
+        op: "opening the guard stage's program".into(),
+        source: std::io::Error::other(e),
+    })?;
+    Ok(program_has_conntrack(program.as_fd()))
+}
+
 /// Linux's window scale for a receive space of `space` bytes.
 fn wscale_for(space: u64) -> u8 {
     let space = space.min(u64::from(u32::MAX));
@@ -455,8 +465,9 @@ impl<'f> SynGuard<'f> {
     /// 536..=9000, a window scale over 14, a cookie option (an MSS, a window
     /// scale, dropping untracked ACKs) in drop mode,
     /// [`SynPolicy::drop_untracked_acks`] on a kernel without conntrack's
-    /// XDP lookup, or with a guard program loaded before `nf_conntrack`:
-    /// the reason says how to reload it); [`RuleError::Full`] when [`MAX_SYN_PORTS`] ports are
+    /// XDP lookup, or with an unpinned guard program loaded before
+    /// `nf_conntrack`: a pinned one is reloaded in place first);
+    /// [`RuleError::Full`] when [`MAX_SYN_PORTS`] ports are
     /// protected already; [`RuleError::NoGuard`]; [`RuleError::Bpf`],
     /// [`RuleError::Pin`]. Nothing changes on error.
     pub fn protect(&self, port: u16, policy: SynPolicy) -> Result<(), RuleError> {
@@ -472,25 +483,28 @@ impl<'f> SynGuard<'f> {
             });
         }
         let guard = self.guard()?;
-        if policy.drop_untracked_acks {
-            let program = guard.core.program.current().map_err(|e| RuleError::Bpf {
-                op: "opening the guard stage's program".into(),
-                source: std::io::Error::other(e),
-            })?;
-            if !program_has_conntrack(program.as_fd()) {
-                let fix = match guard.core.program.pin_path().and_then(Path::parent) {
-                    Some(dir) => format!(
-                        "`xdpguard upgrade --pin {}` (Filter::upgrade_pinned) reloads it in place, nothing detached",
-                        dir.display()
-                    ),
-                    None => "attach the filter again".to_owned(),
-                };
+        if policy.drop_untracked_acks && !guard_has_conntrack(guard)? {
+            // Loaded before nf_conntrack: a pinned guard is reloaded in
+            // place (this build's program over its maps, swapped in the
+            // filter's stage slot, as an upgrade does), then finds it.
+            let Some(dir) = guard.core.program.pin_path().and_then(Path::parent) else {
                 return Err(RuleError::InvalidSynPolicy {
                     port,
-                    reason: format!(
-                        "the guard stage was loaded before nf_conntrack, so its program has no conntrack lookup \
-                         and untracked ACKs would pass: {fix}, then protect the port again"
-                    ),
+                    reason: "the guard stage was loaded before nf_conntrack, so its program has no conntrack \
+                             lookup and untracked ACKs would pass: attach the filter again, then protect the port"
+                        .to_owned(),
+                });
+            };
+            Guard::upgrade(dir, &self.filter.core.maps).map_err(|e| RuleError::Bpf {
+                op: "reloading the guard stage, loaded before nf_conntrack".into(),
+                source: std::io::Error::other(e),
+            })?;
+            if !guard_has_conntrack(guard)? {
+                return Err(RuleError::InvalidSynPolicy {
+                    port,
+                    reason: "the guard stage, reloaded, still has no conntrack lookup (bpf_xdp_ct_lookup): \
+                             untracked ACKs would pass; protect the port without dropping them"
+                        .to_owned(),
                 });
             }
         }
