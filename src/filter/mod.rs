@@ -284,9 +284,8 @@ impl Filter {
     /// slot, over its maps ([`UpgradeReport::guard`](crate::UpgradeReport::guard));
     /// it is rehearsed first (loaded and verified over its pinned maps, then
     /// dropped), so what would refuse it refuses the upgrade before anything
-    /// changes. A
-    /// handle opened before installs the new guard program at its next
-    /// edit, never the old one.
+    /// changes. A handle opened before installs the new guard program at
+    /// its next edit, never the old one.
     /// Pins of layout 7 (before the multiply hash of the IPv6 /48s' chains)
     /// are migrated: every map reused, the IPv6 tables rebuilt once the new
     /// program (which reads both hashes) runs. Pins of layouts 6 (before
