@@ -337,11 +337,6 @@ fn a_layout_7_filter_is_migrated_with_its_ipv6_chains_rehashed() {
     filter.unpin().unwrap();
 }
 
-/// A filter pinned by layout 6 (stamped, its gate's pin removed: layout 6
-/// had none) is migrated by the tool: the gate created and pinned, every
-/// other map reused, the rules deciding throughout (the new gate is created
-/// closed: every packet goes to the guard, as layout 6's filter sent it),
-/// and the gate opened by the reopen that ends the upgrade.
 /// The rule the guard's upgrade tests add.
 const RULE: &str = "drop udp dport 9 from 198.51.100.0/24";
 
@@ -357,6 +352,11 @@ fn check_rule(f: &Filter) {
     assert_eq!(f.test_run(&rule_frame(10)).unwrap().action, XdpAction::Pass, "no rule");
 }
 
+/// A filter pinned by layout 6 (stamped, its gate's pin removed: layout 6
+/// had none) is migrated by the tool: the gate created and pinned, every
+/// other map reused, the rules deciding throughout (the new gate is created
+/// closed: every packet goes to the guard, as layout 6's filter sent it),
+/// and the gate opened by the reopen that ends the upgrade.
 #[test]
 fn a_layout_6_filter_is_migrated_with_the_gate_created() {
     use xdpguard::testing::gate::{is_open, skips};
@@ -465,11 +465,25 @@ fn protect_reloads_a_guard_loaded_before_conntrack() {
     let pair = Pair::new("upc");
     let pin = ScratchDir::bpffs("upc");
     let dir = pin.path().to_owned();
-    let filter = pinned_filter(&pair, &dir, 1024);
-    filter.rules().add(RULE.parse().unwrap()).unwrap();
+    let stale = pinned_filter(&pair, &dir, 1024);
+    stale.rules().add(RULE.parse().unwrap()).unwrap();
+    XDPGUARD.ok(&["upgrade", "--pin", pin.arg()]);
+    // The stand-in is only pinned: the stage slot keeps the real guard, so
+    // the reload's own slot swap (which replaces only the old program) does
+    // not act here; the guard's next edit installs the pinned program
+    // (the swap itself: the_guard_stage_is_upgraded_with_the_filter).
     let stand_in = pin_guard_without_kfuncs(&dir);
     assert_eq!(kfunc_calls(stand_in), 0);
 
+    // A handle opened before the upgrade does not put its build's guard in
+    // place of the one the upgrade installed.
+    let policy = SynPolicy::cookies().with_drop_untracked_acks(true);
+    let err = stale.syn_guard().protect(8443, policy).unwrap_err();
+    assert!(err.to_string().contains("upgraded since this handle opened it"), "{err}");
+    assert_eq!(pinned_guard_program_id(&dir), stand_in, "nothing reloaded");
+    drop(stale);
+
+    let filter = Filter::open_pinned(&dir).unwrap();
     filter.syn_guard().protect(8443, SynPolicy::cookies().with_drop_untracked_acks(true)).expect("protect");
     let reloaded = pinned_guard_program_id(&dir);
     assert_ne!(reloaded, stand_in, "the guard program was reloaded");

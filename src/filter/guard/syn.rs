@@ -20,7 +20,7 @@ use std::time::Duration;
 use crate::core::layout::consts::*;
 use crate::core::layout::pod;
 use crate::core::maps::summable;
-use crate::error::RuleError;
+use crate::error::{Error, LoadError, RuleError};
 use crate::filter::guard::layout::guard_skel::types::{
     xdpg_syn_config, xdpg_syn_counters, xdpg_syn_key, xdpg_syn_port,
 };
@@ -321,11 +321,18 @@ fn program_has_conntrack(program: BorrowedFd<'_>) -> bool {
 /// [`program_has_conntrack`] of the guard program that runs now (the
 /// pinned one, when pinned).
 fn guard_has_conntrack(guard: &Guard) -> Result<bool, RuleError> {
-    let program = guard.core.program.current().map_err(|e| RuleError::Bpf {
-        op: "opening the guard stage's program".into(),
-        source: std::io::Error::other(e),
-    })?;
+    let program = guard.core.program.current().map_err(|e| rule_error("opening the guard stage's program", e))?;
     Ok(program_has_conntrack(program.as_fd()))
+}
+
+/// A core error as the guard's: pin errors as they are, the rest as a
+/// failed `op`.
+fn rule_error(op: &str, e: Error) -> RuleError {
+    match e {
+        Error::Pin(p) => RuleError::Pin(p),
+        Error::Rule(r) => r,
+        e => RuleError::Bpf { op: op.to_owned(), source: std::io::Error::other(e) },
+    }
 }
 
 /// Linux's window scale for a receive space of `space` bytes.
@@ -466,10 +473,12 @@ impl<'f> SynGuard<'f> {
     /// scale, dropping untracked ACKs) in drop mode,
     /// [`SynPolicy::drop_untracked_acks`] on a kernel without conntrack's
     /// XDP lookup, or with an unpinned guard program loaded before
-    /// `nf_conntrack`: a pinned one is reloaded in place first);
+    /// `nf_conntrack`, or with a handle opened before the filter was
+    /// upgraded: a pinned one is reloaded in place first);
     /// [`RuleError::Full`] when [`MAX_SYN_PORTS`] ports are
     /// protected already; [`RuleError::NoGuard`]; [`RuleError::Bpf`],
-    /// [`RuleError::Pin`]. Nothing changes on error.
+    /// [`RuleError::Pin`]. Nothing changes on error, but for that reload,
+    /// which stays when a later step fails.
     pub fn protect(&self, port: u16, policy: SynPolicy) -> Result<(), RuleError> {
         policy.check(port)?;
         if policy.drop_untracked_acks && !conntrack_kfuncs() {
@@ -477,8 +486,9 @@ impl<'f> SynGuard<'f> {
                 port,
                 reason:
                     "this kernel has no conntrack lookup for XDP (bpf_xdp_ct_lookup, Linux 5.18, in nf_conntrack): \
-                         untracked ACKs would pass; load nf_conntrack (modprobe nf_conntrack) and attach the filter \
-                         again, or protect the port without dropping untracked ACKs"
+                         untracked ACKs would pass; load nf_conntrack (modprobe nf_conntrack) and protect the port \
+                         again (a pinned filter's guard is then reloaded in place), or protect it without dropping \
+                         untracked ACKs"
                         .to_owned(),
             });
         }
@@ -487,18 +497,34 @@ impl<'f> SynGuard<'f> {
             // Loaded before nf_conntrack: a pinned guard is reloaded in
             // place (this build's program over its maps, swapped in the
             // filter's stage slot, as an upgrade does), then finds it.
-            let Some(dir) = guard.core.program.pin_path().and_then(Path::parent) else {
-                return Err(RuleError::InvalidSynPolicy {
-                    port,
-                    reason: "the guard stage was loaded before nf_conntrack, so its program has no conntrack \
-                             lookup and untracked ACKs would pass: attach the filter again, then protect the port"
-                        .to_owned(),
-                });
+            let refuse = |fix: &str| RuleError::InvalidSynPolicy {
+                port,
+                reason: format!(
+                    "the guard stage was loaded before nf_conntrack, so its program has no conntrack lookup and \
+                     untracked ACKs would pass: {fix}"
+                ),
             };
-            Guard::upgrade(dir, &self.filter.core.maps).map_err(|e| RuleError::Bpf {
-                op: "reloading the guard stage, loaded before nf_conntrack".into(),
-                source: std::io::Error::other(e),
-            })?;
+            let Some(dir) = guard.core.program.pin_path().and_then(Path::parent) else {
+                return Err(refuse("attach the filter again (it is not pinned), then protect the port"));
+            };
+            // Only this handle's own build, over the filter it opened: a
+            // handle opened before an upgrade (perhaps of an older build)
+            // must not put its guard in place of the newer one's.
+            let filter = &self.filter.core.program;
+            let opened = filter.id().map_err(|e| rule_error("reading the filter program's id", e))?;
+            let running = filter.current().and_then(|fd| {
+                crate::core::sys::prog_id(fd.as_fd())
+                    .map_err(|source| LoadError::Bpf { op: "reading the filter program's id".into(), source }.into())
+            });
+            if running.map_err(|e| rule_error("opening the filter's program", e))? != opened {
+                return Err(refuse(&format!(
+                    "the filter was upgraded since this handle opened it; reopen it (or run `xdpguard upgrade --pin \
+                     {}`), then protect the port",
+                    dir.display()
+                )));
+            }
+            Guard::upgrade(dir, &self.filter.core.maps)
+                .map_err(|e| rule_error("reloading the guard stage, loaded before nf_conntrack", e))?;
             if !guard_has_conntrack(guard)? {
                 return Err(RuleError::InvalidSynPolicy {
                     port,
