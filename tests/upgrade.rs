@@ -25,6 +25,7 @@ mod common {
 }
 
 use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -71,17 +72,27 @@ fn send_until(ns: &NetNs, stop: Arc<AtomicBool>, sent: Arc<AtomicU64>) -> std::t
 }
 
 /// A filter pinned in `dir`, attached to the server's eth0 of `pair`.
-fn pinned_filter(pair: &Pair, dir: &std::path::Path, v4_capacity: usize) -> Filter {
-    let dir = dir.to_owned();
-    pair.server.run(move || {
-        Filter::builder()
-            .interface("eth0")
-            .v4_capacity(v4_capacity)
-            .v6_capacity(1024)
-            .pin(dir)
-            .attach()
-            .expect("attach")
-    })
+/// A filter pinned in a new bpffs directory, attached to `eth0` of a new
+/// pair of namespaces, both named after `tag`: the pair, the directory
+/// (removed on drop), its path, the filter.
+fn pinned_bed(tag: &str, v4_capacity: usize) -> (Pair, ScratchDir, PathBuf, Filter) {
+    ensure_bpffs();
+    let pair = Pair::new(tag);
+    let pin = ScratchDir::bpffs(tag);
+    let dir = pin.path().to_owned();
+    let filter = {
+        let dir = dir.clone();
+        pair.server.run(move || {
+            Filter::builder()
+                .interface("eth0")
+                .v4_capacity(v4_capacity)
+                .v6_capacity(1024)
+                .pin(dir)
+                .attach()
+                .expect("attach")
+        })
+    };
+    (pair, pin, dir, filter)
 }
 
 fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
@@ -94,12 +105,8 @@ fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
 
 #[test]
 fn filter_upgrades_under_live_traffic_without_losing_or_leaking_a_packet() {
-    ensure_bpffs();
-    let pair = Pair::new("upf");
+    let (pair, _pin, dir, filter) = pinned_bed("upf", 4096);
     pair.client.addr("eth0", &format!("{BLOCKED}/24"));
-    let pin = ScratchDir::bpffs("upf");
-    let dir = pin.path().to_owned();
-    let filter = pinned_filter(&pair, &dir, 4096);
     filter.blocklist().insert(net("192.0.2.64/26")).unwrap();
     filter.blocklist().insert(net("198.51.100.0/24")).unwrap();
     filter.blocklist().insert(net("2001:db8:bad::/48")).unwrap();
@@ -176,11 +183,7 @@ fn filter_upgrades_under_live_traffic_without_losing_or_leaking_a_packet() {
 
 #[test]
 fn an_unknown_layout_is_refused_before_anything_changes_and_the_tool_upgrades() {
-    ensure_bpffs();
-    let pair = Pair::new("upr");
-    let pin = ScratchDir::bpffs("upr");
-    let dir = pin.path().to_owned();
-    let filter = pinned_filter(&pair, &dir, 1024);
+    let (_pair, pin, dir, filter) = pinned_bed("upr", 1024);
     filter.blocklist().insert(net("198.51.100.0/24")).unwrap();
     drop(filter);
     let before = link_program_ids(&dir);
@@ -259,16 +262,21 @@ fn tables_word(dir: &std::path::Path) -> u32 {
     u32::from_ne_bytes(v[24..28].try_into().unwrap())
 }
 
+/// The filter pinned in `dir`, whose `tables` word was `before`: its IPv4
+/// tables the same, its IPv6 tables rebuilt and switched in (the live v6
+/// view moved on).
+fn assert_v6_rebuilt(dir: &std::path::Path, before: u32) {
+    let after = tables_word(dir);
+    assert_eq!(before & 0xFF, after & 0xFF, "the IPv4 tables stay");
+    assert_ne!(before >> 8, after >> 8, "the IPv6 tables are rebuilt and switched in");
+}
+
 /// A filter pinned by layout 5 (stamped) is migrated: every map reused,
 /// the IPv6 tables rebuilt (the live view moves on) once the new program
 /// runs, and every verdict the same ([`check_v6_lists`]).
 #[test]
 fn a_layout_5_filter_is_migrated_with_its_ipv6_tables_rebuilt() {
-    ensure_bpffs();
-    let pair = Pair::new("up5");
-    let pin = ScratchDir::bpffs("up5");
-    let dir = pin.path().to_owned();
-    let filter = pinned_filter(&pair, &dir, 1024);
+    let (_pair, _pin, dir, filter) = pinned_bed("up5", 1024);
     v6_lists(&filter);
     check_v6_lists(&filter);
     let before = tables_word(&dir);
@@ -282,9 +290,7 @@ fn a_layout_5_filter_is_migrated_with_its_ipv6_tables_rebuilt() {
     assert!(report.migrated_maps.is_empty(), "{report:?}");
     assert_eq!(report.created_maps, ["xdpg_gate"], "{report:?}");
     assert_eq!(report.interfaces.len(), 1, "{report:?}");
-    let after = tables_word(&dir);
-    assert_eq!(before & 0xFF, after & 0xFF, "the IPv4 tables stay");
-    assert_ne!(before >> 8, after >> 8, "the IPv6 tables are rebuilt and switched in");
+    assert_v6_rebuilt(&dir, before);
     check_v6_lists(&filter);
     drop(filter);
     let filter = Filter::open_pinned(&dir).expect("reopens as this layout");
@@ -303,11 +309,7 @@ fn a_layout_5_filter_is_migrated_with_its_ipv6_tables_rebuilt() {
 #[test]
 fn a_layout_7_filter_is_migrated_with_its_ipv6_chains_rehashed() {
     use xdpguard::testing::upgrade::{rebuild_v6_as_layout_7, v6_anchor_hash};
-    ensure_bpffs();
-    let pair = Pair::new("up7");
-    let pin = ScratchDir::bpffs("up7");
-    let dir = pin.path().to_owned();
-    let filter = pinned_filter(&pair, &dir, 1024);
+    let (_pair, pin, dir, filter) = pinned_bed("up7", 1024);
     v6_lists(&filter);
     assert_eq!(v6_anchor_hash(&filter), 1, "this build writes the multiply hash");
     check_v6_lists(&filter);
@@ -320,9 +322,7 @@ fn a_layout_7_filter_is_migrated_with_its_ipv6_chains_rehashed() {
     stamp_layout(&dir, 7);
     let text = XDPGUARD.ok(&["upgrade", "--pin", pin.arg()]);
     assert!(text.contains(&format!("layout 7 -> {FILTER_LAYOUT}, every map reused")), "{text}");
-    let after = tables_word(&dir);
-    assert_eq!(before & 0xFF, after & 0xFF, "the IPv4 tables stay");
-    assert_ne!(before >> 8, after >> 8, "the IPv6 tables are rebuilt and switched in");
+    assert_v6_rebuilt(&dir, before);
     let filter = Filter::open_pinned(&dir).expect("reopens as this layout");
     assert_eq!(v6_anchor_hash(&filter), 1, "rebuilt in the multiply hash");
     check_v6_lists(&filter);
@@ -360,11 +360,7 @@ fn check_rule(f: &Filter) {
 #[test]
 fn a_layout_6_filter_is_migrated_with_the_gate_created() {
     use xdpguard::testing::gate::{is_open, skips};
-    ensure_bpffs();
-    let pair = Pair::new("up6");
-    let pin = ScratchDir::bpffs("up6");
-    let dir = pin.path().to_owned();
-    let filter = pinned_filter(&pair, &dir, 1024);
+    let (_pair, pin, dir, filter) = pinned_bed("up6", 1024);
     filter.rules().add(RULE.parse().unwrap()).unwrap();
     check_rule(&filter);
     assert!(is_open(&filter));
@@ -385,6 +381,13 @@ fn a_layout_6_filter_is_migrated_with_the_gate_created() {
     filter.unpin().unwrap();
 }
 
+/// Whether the running kernel has conntrack's XDP kfuncs (`bpf_xdp_ct_lookup`
+/// in /proc/kallsyms).
+fn kernel_has_conntrack() -> bool {
+    let kallsyms = std::fs::read_to_string("/proc/kallsyms").unwrap();
+    kallsyms.lines().any(|l| l.split_whitespace().nth(2) == Some("bpf_xdp_ct_lookup"))
+}
+
 /// The guard stage is upgraded with the filter: its program replaced in the
 /// filter's stage slot, the rules kept; a handle opened before installs the
 /// new program at its next edit, never the old one; a guard of a layout
@@ -393,14 +396,9 @@ fn a_layout_6_filter_is_migrated_with_the_gate_created() {
 #[test]
 fn the_guard_stage_is_upgraded_with_the_filter() {
     use xdpguard::testing::upgrade::{guard_stage_program_id, kfunc_calls, GUARD_LAYOUT};
-    ensure_bpffs();
-    // Whether the kernel has conntrack's kfuncs, before the guard loads.
-    let kallsyms = std::fs::read_to_string("/proc/kallsyms").unwrap();
-    let conntrack = kallsyms.lines().any(|l| l.split_whitespace().nth(2) == Some("bpf_xdp_ct_lookup"));
-    let pair = Pair::new("upg");
-    let pin = ScratchDir::bpffs("upg");
-    let dir = pin.path().to_owned();
-    let filter = pinned_filter(&pair, &dir, 1024);
+    // Read before the guard loads.
+    let conntrack = kernel_has_conntrack();
+    let (_pair, pin, dir, filter) = pinned_bed("upg", 1024);
     filter.rules().add(RULE.parse().unwrap()).unwrap();
     check_rule(&filter);
     let old_guard = guard_stage_program_id(&filter).expect("a rule puts the guard in the stage slot");
@@ -457,15 +455,11 @@ fn protect_reloads_a_guard_loaded_before_conntrack() {
         guard_stage_program_id, kfunc_calls, pin_guard_without_kfuncs, pinned_guard_program_id,
     };
     use xdpguard::SynPolicy;
-    let kallsyms = std::fs::read_to_string("/proc/kallsyms").unwrap();
-    if !kallsyms.lines().any(|l| l.split_whitespace().nth(2) == Some("bpf_xdp_ct_lookup")) {
-        panic!("this kernel has no conntrack kfuncs (nf_conntrack): load it (modprobe nf_conntrack)");
-    }
-    ensure_bpffs();
-    let pair = Pair::new("upc");
-    let pin = ScratchDir::bpffs("upc");
-    let dir = pin.path().to_owned();
-    let stale = pinned_filter(&pair, &dir, 1024);
+    assert!(
+        kernel_has_conntrack(),
+        "this kernel has no conntrack kfuncs (nf_conntrack): load it (modprobe nf_conntrack)"
+    );
+    let (_pair, pin, dir, stale) = pinned_bed("upc", 1024);
     stale.rules().add(RULE.parse().unwrap()).unwrap();
     XDPGUARD.ok(&["upgrade", "--pin", pin.arg()]);
     // The stand-in is only pinned: the stage slot keeps the real guard, so

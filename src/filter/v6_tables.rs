@@ -342,7 +342,7 @@ mod tests {
         probes: Vec<(u128, u8, u8)>,
         /// The view's lengths while the table is edited.
         lens: Vec<u8>,
-        seed: V6Hashes,
+        hashes: V6Hashes,
         bloom: &'a Bloom,
         stores: usize,
     }
@@ -352,7 +352,7 @@ mod tests {
             self.stores += 1;
             let bloom = |h| self.bloom.borrow().contains(&h);
             for &(a, before, after) in &self.probes {
-                let got = lookup(&self.buckets, &self.lens, self.seed, a, &bloom);
+                let got = lookup(&self.buckets, &self.lens, self.hashes, a, &bloom);
                 assert!(got == before || got == after, "{a:#x}: read {got}, expected {before} or {after}");
             }
         }
@@ -401,11 +401,11 @@ mod tests {
     fn placements_move_with_readers_safe_after_every_store() {
         let mut rng = StdRng::seed_from_u64(48);
         let anchors = [ip("2001:db8:1::"), ip("2001:db8:2::"), ip("2001:db8:1:8000::"), ip("2001:db9::")];
-        let seed = V6Hashes::new(0x5EED);
+        let hashes = V6Hashes::new(0x5EED);
         let bloom = Bloom::default();
         let mut rules = V6Rules::default();
         let buckets = vec![xdpg_v6_bucket::default(); 256];
-        let mut t = Watch { buckets, probes: vec![], lens: vec![], seed, bloom: &bloom, stores: 0 };
+        let mut t = Watch { buckets, probes: vec![], lens: vec![], hashes, bloom: &bloom, stores: 0 };
         let (mut flips, mut rebuilds, mut present) = (FxHashMap::default(), 0, Vec::<(u128, u8, u8)>::new());
         for _ in 0..1500 {
             let states_before: Vec<Anchor> = anchors.iter().map(|&a| rules.anchor_state(anchor_of(a))).collect();
@@ -439,14 +439,14 @@ mod tests {
             if bit == LIST_ALLOW {
                 keys.extend(rules.inside(net, len));
             }
-            let synced = sync(&mut t, &rules, seed, &keys, &mut |h| {
+            let synced = sync(&mut t, &rules, hashes, &keys, &mut |h| {
                 bloom.borrow_mut().insert(h);
             });
             if synced == Err(TableError::Full) {
                 // Tombstones filled a chain: the editor rebuilds the table.
                 rebuilds += 1;
                 let mut bits = bloom.borrow_mut();
-                t.buckets = build(&rules, seed, t.buckets.len(), &mut |h| {
+                t.buckets = build(&rules, hashes, t.buckets.len(), &mut |h| {
                     bits.insert(h);
                 })
                 .expect("room once packed");
@@ -474,7 +474,7 @@ mod tests {
         // which the data plane still reads).
         let all_bits = |_| true;
         for anchor in [AnchorHash::MulShift, AnchorHash::Murmur] {
-            let hashes = V6Hashes { anchor, ..seed };
+            let hashes = V6Hashes { anchor, ..hashes };
             let built = build(&rules, hashes, 256, &mut |_| {}).expect("room");
             for a in probes(&rules, &mut rng) {
                 assert_eq!(lookup(&built, &rules.lens_desc(), hashes, a, &all_bits), rules.verdict(a), "{a:#x}");
@@ -526,16 +526,16 @@ mod tests {
     fn single_entries_sit_in_their_home_slots() {
         use crate::core::table::Layout;
         let mut rng = StdRng::seed_from_u64(6);
-        let seed = V6Hashes::new(0xC0FFEE);
+        let hashes = V6Hashes::new(0xC0FFEE);
         let buckets = 1 << 13;
         let mut rules = V6Rules::default();
         while rules.iter().count() < 2 * buckets {
             let len = [128u8, 128, 64, 56, 48][rng.random_range(0..5)];
             rules.insert(rng.random::<u128>() & mask(len), len, LIST_BLOCK);
         }
-        let t = build(&rules, seed, buckets, &mut |_| {}).expect("room");
+        let t = build(&rules, hashes, buckets, &mut |_| {}).expect("room");
         let at_home = |t: &Vec<xdpg_v6_bucket>, net: u128, len: u8| {
-            let (hash, key) = placed(net, len, Anchor::Single, seed);
+            let (hash, key) = placed(net, len, Anchor::Single, hashes);
             let s = xdpg_v6_bucket::home_slot(hash).unwrap();
             t[table::home(t, hash) as usize].key(s) == Some(key)
         };
