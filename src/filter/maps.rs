@@ -63,6 +63,11 @@ impl Capacity {
         // v6 buckets hold three entries: a load factor of at most 0.75, with
         // a dense /48's mark per ANCHORED_MAX + 1 entries (the most there can
         // be; the default and 1M capacities take no more buckets for them).
+        // Rejected: a count that is not a power of two (homes scaled to it),
+        // to shrink the 1M capacity's 32 MiB: with 1.1M keys, linear
+        // probing's longest chain passes the walk's 64 buckets above a load
+        // of about 0.72 (65 at 0.75), and the power of two gives 0.70
+        // (BENCHMARKS.md, "Issue 13, fourteenth session").
         let v6_slots = v6_rules + v6_rules / (crate::filter::v6_tables::ANCHORED_MAX + 1);
         let v6_buckets = (v6_slots * 4 / 3 + 64).div_ceil(XDPG_V6_BUCKET_SLOTS as usize);
         Self {
