@@ -474,6 +474,20 @@ pub enum RuleError {
         /// no option changes.
         setter: &'static str,
     },
+    /// A timed block of a whole address family, not permitted
+    /// ([`TimedBlocks::permit_whole_family`](crate::TimedBlocks::permit_whole_family)).
+    /// Nothing of the edit was applied.
+    #[error(
+        "a timed block of {entry} would drop every IPv{} packet from any source that is not allowlisted, \
+         including the session this host is managed over (SSH, say) and the replies to connections it \
+         opens; nothing was applied. Allowlist what must stay reachable first; then, if that is what you \
+         want, block it through `TimedBlocks::permit_whole_family()` (CLI: `--force`)",
+        if .entry.is_ipv4() { 4 } else { 6 }
+    )]
+    WholeFamily {
+        /// The entry, as it would be stored.
+        entry: IpNetwork,
+    },
     /// A timed block's time to live is out of range.
     #[error("a timed block of {ttl:?}: {reason}")]
     BadTtl {

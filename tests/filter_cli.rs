@@ -136,6 +136,11 @@ fn the_cli_manages_a_pinned_filter_that_outlives_every_command() {
     let full = cli.run(&["block", "--pin", p, "--ttl", "10m", "203.0.113.3"]);
     refused(&full, &["the timed-block table is full (2)", "xdpguard attach --max-timed-blocks"]);
     cli.ok(&["unblock", "--pin", p, "203.0.113.1", "203.0.113.2"]);
+    // Three timed blocks for two places: none of them is applied.
+    let full = cli.run(&["block", "--pin", p, "--ttl", "10m", "203.0.113.1", "203.0.113.2", "203.0.113.3"]);
+    refused(&full, &["the timed-block table is full (2)", "nothing of this edit was applied"]);
+    let timed = cli.json(&["list", "--pin", p, "--json"]);
+    assert_eq!(timed["timed"].as_array().map(Vec::len), Some(0), "{timed}");
 
     // block: v4 and v6, one with host bits set.
     let out = cli.ok(&["block", "--pin", p, "192.0.2.1", "2001:db8::1/128", "198.51.100.7/24"]);
@@ -396,6 +401,11 @@ fn blocking_a_whole_family_needs_force() {
     // names its line.
     let out = cli.run(&["block", "--pin", p, "::ffff:0:0/96"]);
     refused(&out, &["refusing to block 0.0.0.0/0 (given as ::ffff:0:0/96)", "every IPv4 packet"]);
+    // A timed block of a whole family is refused the same way.
+    let out = cli.run(&["block", "--pin", p, "--ttl", "10m", "192.0.2.1", "0.0.0.0/0"]);
+    refused(&out, &["refusing to block 0.0.0.0/0", "every IPv4 packet", "--force", "Nothing was changed"]);
+    let out = cli.run(&["block", "--pin", p, "--ttl", "10m", "::/0"]);
+    refused(&out, &["refusing to block ::/0", "every IPv6 packet", "--force"]);
     let file = bed.file("all.txt", b"198.51.100.0/24\n0.0.0.0/0 ; copied from a route table\n");
     let out = cli.run(&["block", "--pin", p, "--replace", "--file", &file]);
     refused(&out, &["refusing to block 0.0.0.0/0 (line 2 of", "every IPv4 packet", "--force"]);
@@ -418,6 +428,41 @@ fn blocking_a_whole_family_needs_force() {
     assert_eq!((v["action"].as_str(), v["reason"].as_str()), (Some("drop"), Some("blocklisted by 0.0.0.0/0")));
     cli.ok(&["unblock", "--pin", p, "0.0.0.0/0"]);
     assert_reaches(client, "192.0.2.1", "unblocked");
+
+    // The same for a while: --force lets it in, and it expires.
+    cli.ok(&["block", "--pin", p, "--ttl", "2s", "--force", "0.0.0.0/0"]);
+    assert_blocked(client, "192.0.2.1", "every IPv4 source blocked for 2 s");
+    assert_reaches(client, "192.0.2.3", "allowlisted before the timed block");
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_reaches(client, "192.0.2.1", "the timed block expired");
+    cli.ok(&["detach", "--pin", p]);
+}
+
+/// A re-attach refused (no such interface) leaves the filter's settings as
+/// they were; a reader that closes the tool's output early ends it quietly,
+/// as it ends any Unix filter (SIGPIPE), rather than in a panic.
+#[test]
+fn a_refused_reattach_changes_nothing_and_a_closed_pipe_ends_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let cli = XDPGUARD;
+    let bed = CliBed::new(&cli, "clirea");
+    let p = bed.pin.arg();
+    let server = bed.pair.server.name.clone();
+    let out = cli.run(&["attach", "--iface", "nosuch0", "--pin", p, "--netns", &server, "--drop-malformed"]);
+    assert!(!out.status.success());
+    assert_eq!(cli.json(&["status", "--pin", p, "--json"])["malformed_policy"], "pass", "the refused attach");
+
+    // The pipe's read end closed before the tool writes a byte.
+    let (read, write) = nix::unistd::pipe().unwrap();
+    drop(read);
+    let out = std::process::Command::new(cli.path())
+        .args(["status", "--pin", p])
+        .stdout(std::process::Stdio::from(write))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.signal(), Some(nix::sys::signal::Signal::SIGPIPE as i32), "{:?}: {stderr}", out.status);
+    assert!(!stderr.contains("panicked"), "{stderr}");
     cli.ok(&["detach", "--pin", p]);
 }
 

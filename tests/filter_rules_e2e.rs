@@ -20,7 +20,7 @@ mod common {
 use std::net::{IpAddr, SocketAddr, TcpListener, UdpSocket};
 use std::time::{Duration, Instant};
 
-use common::cli::XDPGUARD;
+use common::cli::{refused, XDPGUARD};
 use common::scratch::ScratchDir;
 use common::udp_echo::UdpEcho;
 use xdpguard::testing::lb_topology::connect_from;
@@ -140,6 +140,10 @@ fn the_cli_runs_the_amplification_recipe_on_real_traffic() {
     let id = out.split_whitespace().nth(2).unwrap().trim_end_matches(':').to_owned();
     assert!(out.contains("pass udp from 192.0.2.4/32"), "{out}");
     reaches(&pair.client, "192.0.2.4", 53, "passed by the inserted rule");
+    // Several ids, one unknown: nothing removed.
+    let out = cli.run(&["rule", "del", "--pin", p, &id, "999"]);
+    refused(&out, &["no rule with id 999", "nothing was removed"]);
+    reaches(&pair.client, "192.0.2.4", 53, "the pass rule stays");
     cli.ok(&["rule", "del", "--pin", p, &id]);
     dropped(&pair.client, "192.0.2.4", 53, "the pass rule is gone");
 

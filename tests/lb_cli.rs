@@ -152,6 +152,12 @@ fn the_cli_manages_a_pinned_lb() {
     let out = cli.run(&["vip", "add", "203.0.113.11:80", "--mode", "dsr", "--table-size", "65536", p[0], p[1]]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("65537"));
+    // Port 0 is no port a packet is sent to: refused, nothing added.
+    let out = cli.run(&["vip", "add", "203.0.113.20:0", "--mode", "dsr", p[0], p[1]]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("port 0 in VIP") && err.contains("ADDR:*"), "{err}");
+    assert_eq!(lb.vips().unwrap().len(), 1, "nothing added");
 
     cli.ok(&["backend", "del", vip, &backend_v4(1).to_string(), p[0], p[1]]);
     assert_eq!(lb.backends(&v).unwrap().len(), 2, "the library sees the CLI's edit");

@@ -408,6 +408,7 @@ enum BackendCommand {
 }
 
 fn main() -> ExitCode {
+    common::default_sigpipe();
     let matches = Cli::command().get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     // The `attach` options given on the command line (not defaulted): on a
@@ -774,6 +775,8 @@ fn reattach(args: &AttachArgs, given: &dyn Fn(&str) -> bool) -> Result<()> {
         }
     }
     common::refuse_attached(dir, "load balancer", &lb.attachments(), &args.target.ifaces)?;
+    // The settings after the attach: a refused attach changes nothing.
+    let now = common::attach_all(&args.target.ifaces, |i| lb.attach(i, args.target.mode), |i| drop(lb.detach(i)))?;
     if given("echo") {
         lb.set_echo_policy(args.echo);
     }
@@ -792,7 +795,6 @@ fn reattach(args: &AttachArgs, given: &dyn Fn(&str) -> bool) -> Result<()> {
     for iface in &args.redirect {
         lb.add_redirect_interface(iface.as_str())?;
     }
-    let now = common::attach_all(&args.target.ifaces, |i| lb.attach(i, args.target.mode), |i| drop(lb.detach(i)))?;
     common::print_attached(&now, dir);
     println!(
         "reopened the load balancer pinned there: VIPs, backends and connections kept ({} VIPs, {} connections \

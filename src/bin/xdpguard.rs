@@ -364,6 +364,7 @@ enum SetCommand {
 }
 
 fn main() -> ExitCode {
+    common::default_sigpipe();
     common::exit_code(run(Cli::parse().command))
 }
 
@@ -475,9 +476,15 @@ fn run(command: Command) -> Result<()> {
             common::print_upgraded("filter", &report, &pin.pin);
         }
         Command::Block(b) if b.ttl.is_some() => {
-            let nets: Vec<IpNetwork> = gather(&b.add.edit)?.into_iter().map(|g| g.net).collect();
+            let given = gather(&b.add.edit)?;
             let filter = Filter::open_pinned(&b.add.edit.pin.pin)?;
-            timed::block(&filter, &nets, b.ttl.unwrap_or_default())?;
+            let nets: Vec<IpNetwork> = given.iter().map(|g| g.net).collect();
+            match timed::block(&filter, &nets, b.ttl.unwrap_or_default(), b.force) {
+                Err(xdpguard::RuleError::WholeFamily { entry }) => {
+                    return Err(whole_family_refused(&filter, entry, &given).into())
+                }
+                other => other?,
+            }
         }
         Command::Block(b) => add_entries(ListKind::Block, b.add, b.force)?,
         Command::Allow(add) => add_entries(ListKind::Allow, add, false)?,
@@ -713,10 +720,11 @@ fn reattach(
         .into());
     }
     common::refuse_attached(dir, "filter", &filter.attachments(), &target.ifaces)?;
+    // The policy after the attach: a refused attach changes nothing.
+    let now = common::attach_all(&target.ifaces, |i| filter.attach(i, target.mode), |i| drop(filter.detach(i)))?;
     if drop_malformed {
         filter.set_malformed_policy(MalformedPolicy::Drop);
     }
-    let now = common::attach_all(&target.ifaces, |i| filter.attach(i, target.mode), |i| drop(filter.detach(i)))?;
     common::print_attached(&now, dir);
     println!(
         "reopened the filter pinned there: lists kept ({} blocklist, {} allowlist entries)",
@@ -903,8 +911,15 @@ fn rule_command(cmd: RuleCommand) -> Result<()> {
             }
         }
         RuleCommand::Del { pin, ids } => {
-            let ids: Vec<RuleId> = ids.iter().map(|s| s.parse()).collect::<std::result::Result<_, _>>()?;
+            let mut ids: Vec<RuleId> = ids.iter().map(|s| s.parse()).collect::<std::result::Result<_, _>>()?;
+            let mut seen = std::collections::BTreeSet::new();
+            ids.retain(|id| seen.insert(*id));
             let filter = Filter::open_pinned(&pin.pin)?;
+            // Every id checked first: one unknown id, nothing removed.
+            let known: Vec<RuleId> = filter.rules().list()?.iter().map(|r| r.id).collect();
+            if let Some(id) = ids.iter().find(|id| !known.contains(id)) {
+                return Err(format!("no rule with id {id} (see `xdpguard rule list`); nothing was removed").into());
+            }
             for id in ids {
                 let gone = filter.rules().remove(id)?;
                 println!("removed rule {id}: {gone}");

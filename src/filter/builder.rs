@@ -86,8 +86,9 @@ impl FilterBuilder {
 
     /// Whether to load the guard stage, which runs the rules
     /// ([`Filter::rules`]) and named sets ([`Filter::sets`]). It needs
-    /// `bpf_loop` (Linux 5.17 or later). By default it is loaded when the
-    /// kernel has `bpf_loop` and the filter is not offloaded; without it the
+    /// `bpf_loop` and the SYN cookie helpers (Linux 6.0 or later). By
+    /// default it is loaded when the kernel has them and the filter is not
+    /// offloaded; without it the
     /// filter runs from 5.15 on and holds lists only (the rule API then
     /// returns [`RuleError::NoGuard`](crate::RuleError::NoGuard)).
     /// An offloaded filter has none. `guard(true)` makes a kernel without
@@ -260,8 +261,8 @@ impl FilterBuilder {
             Some(true) => {
                 if !guard_supported() {
                     return Err(LoadError::KernelFeature {
-                        feature: "bpf_loop, which the guard stage (rules) needs",
-                        hint: "use Linux 5.17 or later, or load the filter without rules (FilterBuilder::guard(false))"
+                        feature: "bpf_loop and the SYN cookie helpers, which the guard stage (rules) needs",
+                        hint: "use Linux 6.0 or later, or load the filter without rules (FilterBuilder::guard(false))"
                             .into(),
                     }
                     .into());
@@ -309,7 +310,11 @@ impl FilterBuilder {
 }
 
 /// Whether this kernel can run the guard stage: XDP programs may call
-/// `bpf_loop` (Linux 5.17). A failed probe counts as no.
+/// `bpf_loop` (Linux 5.17) and the SYN cookie helpers (Linux 6.0; the
+/// guard calls them whatever its rules, so a kernel between the two
+/// refuses the whole program). A failed probe counts as no.
 fn guard_supported() -> bool {
-    libbpf_rs::ProgramType::Xdp.is_helper_supported(libbpf_sys::BPF_FUNC_loop).unwrap_or(false)
+    [libbpf_sys::BPF_FUNC_loop, libbpf_sys::BPF_FUNC_tcp_raw_gen_syncookie_ipv4]
+        .into_iter()
+        .all(|helper| libbpf_rs::ProgramType::Xdp.is_helper_supported(helper).unwrap_or(false))
 }

@@ -448,14 +448,21 @@ impl Filter {
     /// Detaches from every interface and removes every pin, so nothing of
     /// the filter is left in bpffs or on any interface.
     ///
+    /// The filter's own pins go first, its guard stage's (rules, sets) after:
+    /// when the first part fails, the filter keeps running with its rules
+    /// and a reopen still manages both.
+    ///
     /// # Errors
     ///
     /// As [`detach`](Self::detach), for the first interface that fails.
     pub fn unpin(self) -> Result<(), Error> {
+        self.core.program.unpin()?;
         if let Some(guard) = self.guard {
             guard.unpin()?;
+            // Again: the filter's directory, empty now that the guard's is gone.
+            self.core.program.unpin()?;
         }
-        self.core.program.unpin()
+        Ok(())
     }
 
     /// Sends whatever the filter passes on to `program` (an XDP program fd,
@@ -774,7 +781,7 @@ impl Filter {
     pub(crate) fn guard_stage(&self) -> Result<&Guard, RuleError> {
         self.guard.as_ref().ok_or(RuleError::NoGuard {
             reason: "it was loaded with FilterBuilder::guard(false), or for offload; load it again with the \
-                     guard stage (Linux 5.17 or later)",
+                     guard stage (Linux 6.0 or later)",
         })
     }
 }

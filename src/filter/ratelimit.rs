@@ -326,7 +326,12 @@ impl fmt::Display for RateLimit {
             words.push(format!("{p}/s"));
         }
         if let Some(b) = self.bytes_per_sec {
-            words.push(format!("{}/s", fmt_scaled(b * 8, "bit")));
+            // In bytes when the bits would not fit in 64 (an absurd rate a
+            // refusal still names).
+            words.push(match b.checked_mul(8) {
+                Some(bits) => format!("{}/s", fmt_scaled(bits, "bit")),
+                None => format!("{b}B/s"),
+            });
         }
         if self.per != LimitKey::default() {
             words.push(format!("per src/{}/{}", self.per.v4_len, self.per.v6_len));
@@ -384,6 +389,8 @@ mod tests {
             assert_eq!(l.to_string(), shown, "{text}");
             assert_eq!(parse(shown).unwrap(), l, "{shown} round-trips");
         }
+        // A rate whose bits overflow 64 is shown in bytes (a refusal names it).
+        assert_eq!(RateLimit::bytes(1 << 62).to_string(), format!("{}B/s", 1u64 << 62));
         let l = parse("1mbit/s").unwrap();
         assert_eq!(l.bytes_per_sec, Some(125_000));
         assert_eq!(l.effective_burst_bytes(), Some(125_000));

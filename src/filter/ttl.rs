@@ -65,14 +65,15 @@ pub struct LimiterStats {
 #[derive(Debug, Clone, Copy)]
 pub struct TimedBlocks<'f> {
     filter: &'f Filter,
+    whole_family: bool,
 }
 
 impl Filter {
     /// The blocks that expire (`xdpguard block --ttl 10m ADDR`), checked by
     /// the guard stage after the lists and before the rules. Needs the
-    /// guard stage (Linux 5.17).
+    /// guard stage (Linux 6.0).
     pub fn timed_blocks(&self) -> TimedBlocks<'_> {
-        TimedBlocks { filter: self }
+        TimedBlocks { filter: self, whole_family: false }
     }
 
     /// Sets how many exact buckets one CPU may make per sketch window
@@ -133,21 +134,63 @@ impl TimedBlocks<'_> {
         })
     }
 
+    /// This handle, letting its edits block a whole address family
+    /// (`0.0.0.0/0`, `::/0`) for a while: every packet of that family whose
+    /// source is not allowlisted is dropped, the session the host is
+    /// managed over included. Without it, such entries are refused
+    /// ([`RuleError::WholeFamily`]), as the blocklist refuses them.
+    pub fn permit_whole_family(self) -> Self {
+        Self { whole_family: true, ..self }
+    }
+
     /// Blocks `prefix` (an address or a prefix, IPv4 or IPv6) for `ttl`,
     /// or renews its block. Host bits are cleared.
     ///
     /// # Errors
     ///
-    /// [`RuleError::BadTtl`] for a TTL under a second or over 365 days;
-    /// [`RuleError::Full`] when the table is full (its capacity:
-    /// [`FilterBuilder::max_timed_blocks`](crate::FilterBuilder::max_timed_blocks),
-    /// 65,536 by default);
-    /// [`RuleError::NoGuard`], [`RuleError::Bpf`], [`RuleError::Pin`].
-    /// Nothing is changed then.
+    /// As [`extend`](TimedBlocks::extend).
     pub fn insert(&self, prefix: IpNetwork, ttl: Duration) -> Result<(), RuleError> {
+        self.extend([prefix], ttl).map(drop)
+    }
+
+    /// Blocks every prefix of `prefixes` for `ttl` (or renews its block),
+    /// as one edit: all of them, or none when one is refused. Host bits are
+    /// cleared. Returns how many of them are new blocks.
+    ///
+    /// # Errors
+    ///
+    /// [`RuleError::BadTtl`] for a TTL under a second or over 365 days;
+    /// [`RuleError::WholeFamily`] for `0.0.0.0/0` or `::/0` (or the
+    /// IPv4-mapped whole range) unless [`permit_whole_family`](TimedBlocks::permit_whole_family);
+    /// [`RuleError::Full`] when the new ones do not fit in the table (its
+    /// capacity: [`FilterBuilder::max_timed_blocks`](crate::FilterBuilder::max_timed_blocks),
+    /// 65,536 by default); [`RuleError::NoGuard`], [`RuleError::Pin`].
+    /// Nothing is changed then. [`RuleError::Bpf`] when the kernel refuses
+    /// a map update half-way (the blocks before it stay).
+    pub fn extend(&self, prefixes: impl IntoIterator<Item = IpNetwork>, ttl: Duration) -> Result<usize, RuleError> {
         crate::filter::ratelimit::check_ttl(ttl).map_err(|reason| RuleError::BadTtl { ttl, reason })?;
-        let net = normalize(prefix).network;
-        self.edit(|maps| limits::insert(maps, net, ttl))
+        let mut nets: Vec<IpNetwork> = prefixes.into_iter().map(|p| normalize(p).network).collect();
+        nets.sort_unstable();
+        nets.dedup();
+        if let Some(entry) = nets.iter().find(|n| n.prefix() == 0).filter(|_| !self.whole_family) {
+            return Err(RuleError::WholeFamily { entry: *entry });
+        }
+        self.edit(|maps| {
+            let live = limits::reclaim(maps)?;
+            let mut new = 0;
+            for net in &nets {
+                let known = maps.tblk.get(&limits::tblock_key(*net));
+                new += usize::from(known.map_err(limits::bpf("reading the timed blocks"))?.is_none());
+            }
+            let capacity = maps.tblk.capacity() as usize;
+            if live + new > capacity {
+                return Err(RuleError::Full { what: "the timed-block table", capacity, setter: "max_timed_blocks" });
+            }
+            for net in &nets {
+                limits::insert(maps, *net, ttl)?;
+            }
+            Ok(new)
+        })
     }
 
     /// Removes the timed block of `prefix`; returns whether there was one.

@@ -16,11 +16,18 @@ impl LoadBalancer {
     /// # Errors
     ///
     /// [`LbError::TableSizeOutOfRange`], [`LbError::TableSizeNotPrime`],
-    /// [`LbError::Unsupported`] (NAT without connection tracking),
+    /// [`LbError::Unsupported`] (NAT without connection tracking; port 0,
+    /// which no packet is sent to: every port is `port: None`),
     /// [`LbError::ConflictingVip`], [`LbError::VipTableFull`];
     /// [`LbError::Map`] when a map update fails.
     pub fn add_vip(&self, vip: Vip, config: VipConfig) -> Result<(), LbError> {
         maglev::check_size(config.table_size)?;
+        if vip.port == Some(0) {
+            return Err(LbError::Unsupported {
+                what: format!("port 0 in VIP {vip}"),
+                fix: "give the port the VIP serves, or every port (`ADDR:*`, `Vip::all_ports`)",
+            });
+        }
         if config.mode == ForwardingMode::Nat && !config.conntrack {
             return Err(LbError::Unsupported {
                 what: format!("NAT without connection tracking for {vip}"),

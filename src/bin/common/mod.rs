@@ -19,6 +19,18 @@ use xdpguard::{AttachMode, Attachment, Counter};
 /// A command's result: any error is printed for the user.
 pub type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
+/// Restores SIGPIPE's default action, which the Rust runtime sets to
+/// ignore: a reader that closes the pipe early (`xdpguard list | head`)
+/// then ends the tool quietly, as it ends any Unix filter, instead of a
+/// panic in `println!`. Called first in `main`.
+pub fn default_sigpipe() {
+    use nix::sys::signal::{signal, SigHandler, Signal};
+    // SAFETY: called first thing in `main`, before any other thread
+    // exists; SIG_DFL installs no handler, so no Rust code runs on the
+    // signal.
+    let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
+}
+
 /// The exit status for a command's result; an error goes to stderr as
 /// `error: ...`.
 pub fn exit_code(result: Result<()>) -> ExitCode {

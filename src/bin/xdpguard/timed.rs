@@ -4,16 +4,21 @@
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use xdpguard::{Filter, IpNetwork, TimedBlock};
+use xdpguard::{Filter, IpNetwork, RuleError, TimedBlock};
 
 use crate::common::Result;
 
-/// Blocks `nets` for `ttl` (all checked first: one bad entry, nothing applied).
-pub(crate) fn block(filter: &Filter, nets: &[IpNetwork], ttl: Duration) -> Result<()> {
+/// Blocks `nets` for `ttl`, a whole family only with `force` (one edit:
+/// one bad entry, nothing applied).
+pub(crate) fn block(
+    filter: &Filter,
+    nets: &[IpNetwork],
+    ttl: Duration,
+    force: bool,
+) -> std::result::Result<(), RuleError> {
     let timed = filter.timed_blocks();
-    for net in nets {
-        timed.insert(*net, ttl)?;
-    }
+    let timed = if force { timed.permit_whole_family() } else { timed };
+    timed.extend(nets.iter().copied(), ttl)?;
     println!(
         "timed blocks: {} entr{} for {}",
         nets.len(),

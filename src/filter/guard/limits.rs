@@ -67,7 +67,7 @@ const _: () = {
     assert!(XDPG_RL_BLOCKS * XDPG_RL_BLOCK_SLOTS == XDPG_RL_WIDTH * XDPG_RL_ROWS);
 };
 
-fn bpf(op: impl Into<String>) -> impl FnOnce(std::io::Error) -> RuleError {
+pub(crate) fn bpf(op: impl Into<String>) -> impl FnOnce(std::io::Error) -> RuleError {
     let op = op.into();
     move |source| RuleError::Bpf { op, source }
 }
