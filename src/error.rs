@@ -161,8 +161,11 @@ pub enum AttachError {
 pub enum PinError {
     /// The pin directory is not on a bpffs mount.
     #[error(
-        "{} is not on a bpffs mount; mount one with `mount -t bpf bpf /sys/fs/bpf` (or wherever the pins \
-         belong). A bpffs unmounted under running programs took their pins with it: each program stays \
+        "{} is not on a bpffs mount. Under `ip netns exec`, which mounts a fresh /sys for the command, the \
+         host's bpffs and its pins are hidden, not lost: run the tool outside it (the CLIs' `attach` takes \
+         `--netns NAME`), and do not mount a bpffs there (it vanishes with the command, and so does what is \
+         pinned in it). Otherwise mount one with `mount -t bpf bpf /sys/fs/bpf` (or wherever the pins \
+         belong); a bpffs unmounted under running programs took their pins with it: each program stays \
          attached only while a process holds it, so attach them again and restore their lists and VIPs",
         path.display()
     )]

@@ -430,11 +430,27 @@ fn blocking_a_whole_family_needs_force() {
     assert_reaches(client, "192.0.2.1", "unblocked");
 
     // The same for a while: --force lets it in, and it expires.
-    cli.ok(&["block", "--pin", p, "--ttl", "2s", "--force", "0.0.0.0/0"]);
-    assert_blocked(client, "192.0.2.1", "every IPv4 source blocked for 2 s");
+    cli.ok(&["block", "--pin", p, "--ttl", "4s", "--force", "0.0.0.0/0"]);
+    let v = cli.json(&["check", "--pin", p, "192.0.2.1", "--json"]);
+    assert_eq!(v["action"], "drop", "{v}");
+    assert!(v["reason"].as_str().unwrap().starts_with("timed block 0.0.0.0/0, expires in"), "{v}");
+    cli.ok(&["monitor", "--pin", p, "on"]);
+    let v = cli.json(&["check", "--pin", p, "192.0.2.1", "--json"]);
+    assert_eq!(v["action"], "pass", "{v}");
+    assert!(v["reason"].as_str().unwrap().contains("monitor mode"), "{v}");
+    cli.ok(&["monitor", "--pin", p, "off"]);
+    assert_blocked(client, "192.0.2.1", "every IPv4 source blocked for 4 s");
     assert_reaches(client, "192.0.2.3", "allowlisted before the timed block");
-    std::thread::sleep(Duration::from_millis(2500));
+    std::thread::sleep(Duration::from_millis(4500));
     assert_reaches(client, "192.0.2.1", "the timed block expired");
+
+    // A feed that became empty empties the list it replaces (and adds nothing).
+    let empty = bed.file("empty.txt", b"# nothing listed today\n");
+    refused(&cli.run(&["block", "--pin", p, "--file", &empty]), &["holds no entries", "--replace"]);
+    assert_eq!(entries(&cli.json(&["list", "--pin", p, "--json"])), set(&["203.0.113.0/24"]));
+    let out = cli.ok(&["block", "--pin", p, "--replace", "--file", &empty]);
+    assert!(out.contains("0 entries now"), "{out}");
+    assert_eq!(entries(&cli.json(&["list", "--pin", p, "--json"])), set(&[]));
     cli.ok(&["detach", "--pin", p]);
 }
 

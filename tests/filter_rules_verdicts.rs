@@ -532,6 +532,9 @@ fn the_gate_follows_every_edit() {
     assert_eq!(action(udp(from, 40000, 10)), XdpAction::Drop, "the new rule, at once");
     f.rules().remove(port_rule).expect("remove");
     assert!(skips(&f, UDP, 10), "its key skipped again");
+    // A refused edit changes nothing, the gate included.
+    assert!(f.rules().remove(port_rule).is_err(), "removed already");
+    assert!(is_open(&f) && skips(&f, UDP, 10), "open after a refused edit");
 
     // A protocol-wide rule puts all of its protocol's keys in the guard.
     let wide = add(&f, &["drop tcp flags syn,fin"])[0];

@@ -538,15 +538,33 @@ fn run(command: Command) -> Result<()> {
                 }
                 _ => addr,
             };
-            let (action, reason) = match filter.verdict(addr)? {
+            // The lists, then the timed blocks (the guard checks them next,
+            // by source alone); the rules also look at ports and protocols,
+            // which an address does not have: only named.
+            let (mut action, mut reason) = match filter.verdict(addr)? {
                 Verdict::Pass => ("pass", "in neither list".to_string()),
                 Verdict::Allow(n) => ("pass", format!("allowlisted by {n}")),
                 Verdict::Block(n) => ("drop", format!("blocklisted by {n}")),
             };
+            if action == "pass" && !reason.starts_with("allowlisted") {
+                if let Some(b) = timed::list(&filter)?.into_iter().find(|b| b.prefix.contains(addr)) {
+                    (action, reason) = ("drop", format!("timed block {}, expires in {}", b.prefix, timed::left(&b)));
+                }
+            }
+            if action == "drop" && filter.monitor() {
+                (action, reason) = ("pass", format!("{reason}; monitor mode: counted as would-drop, passed"));
+            }
+            let rules = filter.rules().list().map(|l| l.len()).unwrap_or(0);
             if json {
-                println!("{}", json!({ "address": addr.to_string(), "action": action, "reason": reason }));
+                println!(
+                    "{}",
+                    json!({ "address": addr.to_string(), "action": action, "reason": reason, "rules": rules })
+                );
             } else {
                 println!("{addr}: {action} ({reason})");
+                if rules > 0 && action == "pass" {
+                    println!("  {rules} rule(s) may still decide by protocol and port: `xdpguard rule list`");
+                }
             }
         }
         Command::Rule(cmd) => rule_command(cmd)?,
@@ -742,8 +760,10 @@ struct Given {
 }
 
 /// Entries from the command line and/or a file, parsed before anything is
-/// applied: one bad entry means nothing is applied.
-fn gather(edit: &Edit) -> Result<Vec<Given>> {
+/// applied: one bad entry means nothing is applied. None is an error, but
+/// for a whole-list replace from a file (`replace`): a feed that became
+/// empty empties the list.
+fn gather_for(edit: &Edit, replace: bool) -> Result<Vec<Given>> {
     let mut given = Vec::new();
     for c in &edit.cidrs {
         let net = xdpguard::parse_prefix(c)?;
@@ -754,10 +774,21 @@ fn gather(edit: &Edit) -> Result<Vec<Given>> {
     if let Some(path) = &edit.file {
         given.extend(read_file(path)?);
     }
-    if given.is_empty() {
-        return Err("no entries given: pass CIDRs or --file FILE".into());
+    match &edit.file {
+        _ if !given.is_empty() => Ok(given),
+        Some(_) if replace => Ok(given),
+        Some(path) => Err(format!(
+            "{} holds no entries: nothing to do (with --replace, an empty file empties the list)",
+            path.display()
+        )
+        .into()),
+        None => Err("no entries given: pass CIDRs or --file FILE".into()),
     }
-    Ok(given)
+}
+
+/// [`gather_for`] an edit that adds or removes entries.
+fn gather(edit: &Edit) -> Result<Vec<Given>> {
+    gather_for(edit, false)
 }
 
 /// A list file's entries. Read as bytes: a line that is not UTF-8 text is
@@ -814,7 +845,7 @@ fn list_of(filter: &Filter, kind: ListKind) -> PrefixList<'_> {
 }
 
 fn add_entries(kind: ListKind, add: Add, force: bool) -> Result<()> {
-    let given = gather(&add.edit)?;
+    let given = gather_for(&add.edit, add.replace)?;
     let filter = Filter::open_pinned(&add.edit.pin.pin)?;
     let list = list_of(&filter, kind);
     let list = if force { list.permit_whole_family() } else { list };
@@ -994,7 +1025,7 @@ fn set_command(cmd: SetCommand) -> Result<()> {
             println!("deleted set {name} ({n} entries)");
         }
         SetCommand::Add { edit, set, replace } => {
-            let given = gather(&edit)?;
+            let given = gather_for(&edit, replace)?;
             let filter = Filter::open_pinned(&edit.pin.pin)?;
             let s = filter.sets().get(&set);
             let nets = given.iter().map(|g| g.net);

@@ -509,12 +509,14 @@ impl Planner {
         };
         let running = match running {
             Some(lb) => {
-                let (vips, backends, connections) = lb.capacity();
+                let cap = lb.maps().capacity();
                 let mut changes = Vec::new();
                 for (what, have, want) in [
-                    ("max_vips", vips, l.max_vips),
-                    ("max_backends", backends, l.max_backends),
-                    ("connections", connections, l.connections),
+                    ("max_vips", cap.max_vips, l.max_vips),
+                    ("max_backends", cap.max_backends, l.max_backends),
+                    ("connections", cap.connections, l.connections),
+                    ("nat_connections", cap.nat_connections, l.nat_connections),
+                    ("max_interfaces", cap.devices, l.max_interfaces),
                     ("hash_seed", lb.hash_seed(), l.hash_seed),
                 ] {
                     if have != want {

@@ -353,7 +353,7 @@ impl LoadBalancer {
         Ok((lb, report))
     }
 
-    fn maps(&self) -> &LbMaps {
+    pub(crate) fn maps(&self) -> &LbMaps {
         &self.core.maps
     }
 

@@ -137,9 +137,10 @@ impl Guard {
     /// filter's stage slot (`filter`'s) or takes it out, as its new state
     /// needs, and opens the gate (`gate.rs`) with the new state's bits.
     /// Every edit of the guard goes through here: the gate is closed first,
-    /// so no packet skips the guard on bits of another state. After a
-    /// failed edit it stays closed (every packet goes to the guard) until
-    /// the next one.
+    /// so no packet skips the guard on bits of another state. A refused
+    /// edit changed nothing: the gate opens again as it was. After a failed
+    /// map update it stays closed (every packet goes to the guard) until the
+    /// next edit: the repair that follows may change the state.
     pub(crate) fn edit<R>(
         &self,
         filter: &FilterMaps,
@@ -147,7 +148,15 @@ impl Guard {
     ) -> Result<R, RuleError> {
         self.core.edit(|st, maps| {
             gate::close(filter);
-            let r = f(st, maps)?;
+            let r = match f(st, maps) {
+                Ok(r) => r,
+                Err(e) => {
+                    if !GuardKind::repair_after(&e) && Guard::active(st) {
+                        gate::open(filter, maps, st);
+                    }
+                    return Err(e);
+                }
+            };
             let active = Guard::active(st);
             let installed = if active {
                 // The pinned program: an upgrade since this handle opened
