@@ -878,6 +878,16 @@ pub enum LbError {
         /// The capacity.
         capacity: usize,
     },
+    /// A decapsulator holds as many local addresses as it can; nothing was
+    /// added.
+    #[error(
+        "the decapsulator's address table is full ({capacity} addresses, fixed); remove one first \
+         (`Decap::remove_local`), or attach a second decapsulator for the others"
+    )]
+    DecapFull {
+        /// The capacity.
+        capacity: usize,
+    },
     /// The load balancer's network namespace cannot be reached from this
     /// thread, so its backends' next hops cannot be managed or read.
     #[error(

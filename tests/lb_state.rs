@@ -98,6 +98,18 @@ fn a_pinned_decap_keeps_running_without_its_process() {
         assert_eq!(again.stats().unwrap().decapsulated.packets, 1, "counters survive");
         again.add_local(IpAddr::V4(backend_v4(2))).unwrap();
         assert_eq!(Decap::open_pinned(&d).unwrap().locals().len(), 2, "edits are shared");
+        // Full at 64: a typed error that names the limit; one it holds is no change.
+        for i in 0..62u16 {
+            again.add_local(IpAddr::V6(std::net::Ipv6Addr::new(0x2001, 0xdb8, 0xdec, 0, 0, 0, 0, i + 1))).unwrap();
+        }
+        let more = IpAddr::V6("2001:db8:dec::ffff".parse().unwrap());
+        let err = again.add_local(more).unwrap_err();
+        assert!(matches!(err, xdpguard::LbError::DecapFull { capacity: 64 }), "{err:?}");
+        assert!(err.to_string().contains("full (64 addresses"), "{err}");
+        again.add_local(IpAddr::V4(backend_v4(2))).unwrap();
+        for i in 0..62u16 {
+            again.remove_local(IpAddr::V6(std::net::Ipv6Addr::new(0x2001, 0xdb8, 0xdec, 0, 0, 0, 0, i + 1))).unwrap();
+        }
         let out = again.test_run(&enc).unwrap();
         assert_eq!((out.action, &out.frame[12..]), (XdpAction::Pass, &input[12..]));
 
@@ -215,6 +227,24 @@ fn configuration_errors_are_typed_with_a_fix() {
         let e = lb.add_backend(&vip, sa(backend_v4(1), 8080), 1).unwrap_err();
         assert!(matches!(e, LbError::Unsupported { .. }), "DSR cannot change ports: {e}");
         assert!(matches!(lb.add_backend(&vip, IpAddr::V4(backend_v4(1)), 70000), Err(LbError::InvalidWeight { .. })));
+        // Addresses no packet reaches, or the VIP's own: refused, and named.
+        for (bad, why) in [
+            ("0.0.0.0", "the unspecified address"),
+            ("127.0.0.1", "a loopback address"),
+            ("224.0.0.1", "a multicast address"),
+            ("255.255.255.255", "the broadcast address"),
+            ("203.0.113.10", "the VIP's own address"),
+        ] {
+            let e = lb.add_backend(&vip, bad.parse::<IpAddr>().unwrap(), 1).unwrap_err();
+            assert!(matches!(e, LbError::Unsupported { .. }) && e.to_string().contains(why), "{bad}: {e}");
+        }
+        for (bad, why) in [("[::]:80", "the unspecified address"), ("[::ffff:203.0.113.43]:80", "IPv4-mapped")] {
+            let e = lb.add_vip(Vip::tcp(bad.parse().unwrap()), VipConfig::new(ForwardingMode::L2Dsr)).unwrap_err();
+            assert!(matches!(e, LbError::Unsupported { .. }) && e.to_string().contains(why), "{bad}: {e}");
+        }
+        let e = lb.add_vip(Vip::tcp(sa(VIP_V4, 0)), VipConfig::new(ForwardingMode::L2Dsr)).unwrap_err();
+        assert!(e.to_string().contains("port 0"), "{e}");
+        assert_eq!(lb.vips().unwrap().len(), 1, "nothing added");
         lb.add_backend(&vip, IpAddr::V4(backend_v4(1)), 1).unwrap();
         assert!(matches!(
             lb.add_backend(&vip, IpAddr::V4(backend_v4(1)), 2),

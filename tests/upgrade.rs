@@ -436,6 +436,11 @@ fn the_guard_stage_is_upgraded_with_the_filter() {
     assert!(err.to_string().contains("guard stage"), "{err}");
     assert_eq!(link_program_ids(&dir), links, "the filter's program was not replaced");
     assert_eq!(guard_stage_program_id(&filter), Some(new_guard));
+    // Reopened, the error names the directory the upgrade takes.
+    match Filter::open_pinned(&dir).map(drop).unwrap_err() {
+        Error::Pin(PinError::Incompatible { path, found: 77, .. }) => assert_eq!(path, dir),
+        e => panic!("{e:?}"),
+    }
     stamp_layout(dir.join("guard"), GUARD_LAYOUT);
     let (filter, report) = Filter::upgrade_pinned(&dir).unwrap();
     let guard = report.guard.expect("the guard's report");

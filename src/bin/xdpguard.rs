@@ -522,7 +522,9 @@ fn run(command: Command) -> Result<()> {
                     filter.reset_stats()?;
                 }
                 let Some(secs) = watch else { break };
-                previous = Some((now, taken));
+                // Reset, the counters start again from zero: the next rates
+                // are over what they count then.
+                previous = Some((if reset { FilterStats::default() } else { now }, taken));
                 std::thread::sleep(Duration::from_secs(secs.max(1)));
             }
         }

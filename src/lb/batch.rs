@@ -265,6 +265,18 @@ pub(crate) fn check_backend(
     ipip_source: impl Fn(bool) -> bool,
 ) -> Result<(), LbError> {
     let what = |s: &str| format!("{s} (VIP {vip}, backend {b})");
+    if let Some(why) = super::types::unusable(b.ip) {
+        return Err(LbError::Unsupported {
+            what: what(&format!("a backend at {why}")),
+            fix: "give the address the backend host is reached at",
+        });
+    }
+    if b.ip == vip.addr {
+        return Err(LbError::Unsupported {
+            what: what("a backend at the VIP's own address"),
+            fix: "give the backend host's own address (in DSR and IPIP modes it holds the VIP on a loopback too)",
+        });
+    }
     match mode {
         ForwardingMode::L2Dsr | ForwardingMode::Nat if vip.addr.is_ipv4() != b.ip.is_ipv4() => {
             Err(LbError::Unsupported {

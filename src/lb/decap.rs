@@ -211,14 +211,16 @@ impl Decap {
     ///
     /// # Errors
     ///
-    /// [`LbError::Map`] when the address map is full (64 addresses) or
+    /// [`LbError::DecapFull`] when it holds 64 addresses already (adding
+    /// one it holds changes nothing); [`LbError::Map`] when the address map
     /// cannot be written.
     pub fn add_local(&self, addr: IpAddr) -> Result<(), LbError> {
-        self.core
-            .maps
-            .locals
-            .insert(&key(addr), &1, libbpf_rs::MapFlags::ANY)
-            .map_err(map_err(format!("adding decap address {addr}")))
+        let locals = &self.core.maps.locals;
+        let capacity = locals.capacity() as usize;
+        if !self.locals().contains(&addr) && locals.keys().count() >= capacity {
+            return Err(LbError::DecapFull { capacity });
+        }
+        locals.insert(&key(addr), &1, libbpf_rs::MapFlags::ANY).map_err(map_err(format!("adding decap address {addr}")))
     }
 
     /// Stops decapsulating for `addr`.

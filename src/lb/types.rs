@@ -160,6 +160,26 @@ impl FromStr for Vip {
 /// Parses `203.0.113.10:80`, `[2001:db8::1]:80`, `203.0.113.10:*` (port
 /// `None`) or a bare address (port `None`); an error names `what` and
 /// gives `example`.
+/// Why no packet from another host reaches `addr` as a VIP or a backend
+/// (unspecified, loopback, multicast or broadcast), or why its packets are
+/// not what it says (an IPv4-mapped IPv6 address: IPv4 packets); `None`
+/// when it can be one.
+pub(crate) fn unusable(addr: IpAddr) -> Option<&'static str> {
+    match addr {
+        IpAddr::V4(a) if a.is_unspecified() => Some("the unspecified address"),
+        IpAddr::V4(a) if a.is_loopback() => Some("a loopback address"),
+        IpAddr::V4(a) if a.is_multicast() => Some("a multicast address"),
+        IpAddr::V4(a) if a.is_broadcast() => Some("the broadcast address"),
+        IpAddr::V6(a) if a.is_unspecified() => Some("the unspecified address"),
+        IpAddr::V6(a) if a.is_loopback() => Some("the loopback address"),
+        IpAddr::V6(a) if a.is_multicast() => Some("a multicast address"),
+        IpAddr::V6(a) if a.to_ipv4_mapped().is_some() => {
+            Some("an IPv4-mapped IPv6 address, whose packets are IPv4 packets: give it as IPv4")
+        }
+        _ => None,
+    }
+}
+
 fn parse_addr_port(s: &str, what: &'static str, example: &'static str) -> Result<(IpAddr, Option<u16>), ParseError> {
     let t = s.trim();
     if let Ok(ip) = t.parse::<IpAddr>() {

@@ -17,11 +17,19 @@ impl LoadBalancer {
     ///
     /// [`LbError::TableSizeOutOfRange`], [`LbError::TableSizeNotPrime`],
     /// [`LbError::Unsupported`] (NAT without connection tracking; port 0,
-    /// which no packet is sent to: every port is `port: None`),
+    /// which no packet is sent to: every port is `port: None`; an address
+    /// no client's packet reaches: unspecified, loopback, multicast,
+    /// broadcast, or IPv4-mapped IPv6),
     /// [`LbError::ConflictingVip`], [`LbError::VipTableFull`];
     /// [`LbError::Map`] when a map update fails.
     pub fn add_vip(&self, vip: Vip, config: VipConfig) -> Result<(), LbError> {
         maglev::check_size(config.table_size)?;
+        if let Some(why) = super::types::unusable(vip.addr) {
+            return Err(LbError::Unsupported {
+                what: format!("VIP {vip} at {why}"),
+                fix: "give the address clients send the service's packets to",
+            });
+        }
         if vip.port == Some(0) {
             return Err(LbError::Unsupported {
                 what: format!("port 0 in VIP {vip}"),

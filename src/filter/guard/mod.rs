@@ -124,7 +124,14 @@ impl Guard {
         if !sub.exists() {
             return Ok(None);
         }
-        Ok(Some(Guard { core: Pinned::open_pinned(&sub)? }))
+        match Pinned::open_pinned(&sub) {
+            Ok(core) => Ok(Some(Guard { core })),
+            // Upgraded with the filter: the command names the filter's directory.
+            Err(Error::Pin(PinError::Incompatible { found, expected, .. })) => {
+                Err(PinError::Incompatible { path: dir.to_path_buf(), found, expected }.into())
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Whether the guard has work: the filter should tail-call it (a rule
