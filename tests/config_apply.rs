@@ -183,6 +183,16 @@ fn apply_converges_changes_only_what_differs_and_down_removes_it() {
     assert!(!xdp_on(server) && !xdp_on(client));
     assert!(reaches(client, "192.0.2.1", 5), "nothing filters yet");
 
+    // An interface another XDP program holds is found by the host check:
+    // refused before anything is created (not at its attach, after the rest).
+    let other = ScratchDir::bpffs("cfgao");
+    XDPGUARD.ok(&["attach", "--iface", "eth0", "--pin", other.arg(), "--netns", &client.name]);
+    let out = XDPGUARD.run(&["apply", "--config", &cfg]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("already has an XDP program attached"), "{err}");
+    assert_eq!(bed.pins_exist(), [false; 3], "refused whole");
+    XDPGUARD.ok(&["detach", "--pin", other.arg()]);
+
     // Apply: everything is created, filled, chained and attached.
     let out = XDPGUARD.ok(&["apply", "--config", &cfg]);
     let done = changes(&out);

@@ -157,6 +157,13 @@ fn the_cli_manages_a_pinned_lb() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("port 0 in VIP") && err.contains("ADDR:*"), "{err}");
+    // No port at all (or an IPv6 port without brackets): refused, not every port.
+    for bare in ["203.0.113.15", "2001:db8:10::2:80"] {
+        let out = cli.run(&["vip", "add", bare, "--mode", "dsr", p[0], p[1]]);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("has no port") && err.contains("brackets"), "{err}");
+    }
     assert_eq!(lb.vips().unwrap().len(), 1, "nothing added");
 
     cli.ok(&["backend", "del", vip, &backend_v4(1).to_string(), p[0], p[1]]);

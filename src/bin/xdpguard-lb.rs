@@ -76,7 +76,18 @@ struct VipArg {
 }
 
 impl VipArg {
+    /// The VIP, its port given: a bare address would take every port of
+    /// it (SSH's too), and an IPv6 address with a port but no brackets
+    /// (`2001:db8::2:80`) is another address, on every port.
     fn vip(&self) -> Result<Vip> {
+        if self.vip.trim().parse::<std::net::IpAddr>().is_ok() {
+            return Err(format!(
+                "VIP `{}` has no port: give ADDR:PORT or [V6-ADDR]:PORT (an IPv6 address with a port goes in \
+                 brackets), or ADDR:* / [V6-ADDR]:* for every port of the address",
+                self.vip.trim()
+            )
+            .into());
+        }
         Ok(Vip::parse_with(&self.vip, self.proto)?)
     }
 }

@@ -378,6 +378,17 @@ impl Planner {
         Some(entered)
     }
 
+    /// Interfaces of `ifaces` that another XDP program holds (not `ours`,
+    /// the program running from `pin`): the attach would refuse them after
+    /// every earlier change was made, so the host check refuses them first.
+    fn occupied(&mut self, program: Program, pin: &Path, ifaces: &[String], ours: Option<u32>) {
+        for i in ifaces {
+            if let Some(e) = crate::core::attach::occupied_by_another(i, ours) {
+                self.host.push(format!("{program} {}: {e}", pin.display()));
+            }
+        }
+    }
+
     /// The fixed settings that differ: an error, or a removal first.
     fn fixed(&mut self, program: Program, pin: &Path, changes: Vec<String>, steps: &mut Vec<Step>) -> bool {
         if changes.is_empty() {
@@ -406,6 +417,8 @@ impl Planner {
                 return Ok(steps);
             }
         };
+        let ours = running.as_ref().and_then(|r| r.program_id().ok());
+        self.occupied(Program::Filter, &f.pin, &f.interfaces, ours);
         let running = match running {
             Some(filter) => {
                 let (v4, v6) = filter.capacity();
@@ -507,6 +520,8 @@ impl Planner {
                 return Ok(steps);
             }
         };
+        let ours = running.as_ref().and_then(|r| r.program_id().ok());
+        self.occupied(Program::Lb, &l.pin, &l.interfaces, ours);
         let running = match running {
             Some(lb) => {
                 let cap = lb.maps().capacity();
@@ -635,7 +650,10 @@ impl Planner {
             return Ok(Vec::new());
         };
         let mut steps = Vec::new();
-        let decap = match opened(Decap::open_pinned(&d.pin)) {
+        let opened = opened(Decap::open_pinned(&d.pin));
+        let ours = opened.as_ref().ok().and_then(|r| r.as_ref()).and_then(|r| r.program_id().ok());
+        self.occupied(Program::Decap, &d.pin, &d.interfaces, ours);
+        let decap = match opened {
             Ok(Some(decap)) => decap,
             Ok(None) => {
                 steps.push(Step::Create);
