@@ -471,7 +471,7 @@ fn a_refused_reattach_changes_nothing_and_a_closed_pipe_ends_quietly() {
     // The pipe's read end closed before the tool writes a byte.
     let (read, write) = nix::unistd::pipe().unwrap();
     drop(read);
-    let out = std::process::Command::new(cli.path())
+    let out = std::process::Command::new(cli.path()) // check-deps: built-here
         .args(["status", "--pin", p])
         .stdout(std::process::Stdio::from(write))
         .output()
