@@ -187,36 +187,36 @@ __noinline int v6_probe(__u64 where, __u32 k0, __u32 k1, __u32 k2, __u32 k3)
 	return 0;
 }
 
-/* A word of an address (network byte order) with all but its first `bits`
- * bits cleared, for any `bits`; branch-free, unlike mask_word (prefix.h),
- * because the anchored walk masks by every entry's own length and those
- * lengths are random from one packet to the next. */
-static __always_inline __u32 v6_word_masked(__u32 word, int bits)
-{
-	__s64 c = bits;
-	__s64 neg = c >> 63; /* all ones when bits < 0 */
-	/* Hidden from clang: it turned the max and min into jumps (BPF has
-	 * no conditional move), six per judged entry on lengths random per
-	 * packet (Intel Xeon, three A/B pairs in turn: a cold IPv6 attack
-	 * packet 3 ns cheaper at the median; BENCHMARKS.md, "Issue 13,
-	 * twelfth session"). */
-	barrier_var(neg);
-	c &= ~neg; /* max(bits, 0) */
-	__s64 over = c - 32;
-	__s64 under = over >> 63; /* all ones when c < 32 */
-	barrier_var(under);
-	c -= over & ~under; /* min(c, 32) */
-	return word & bpf_htonl((__u32)(0xFFFFFFFF00000000ULL >> c));
-}
+/* The first `bits` bits of a word set (network byte order), for any
+ * `bits`: a constant expression, for v6_masks. */
+#define V6_MASK(bits) \
+	__builtin_bswap32((bits) <= 0 ? 0u : (bits) >= 32 ? 0xFFFFFFFFu : (__u32)(0xFFFFFFFFu << (32 - (bits))))
+#define V6_MASK_ROW(c)                                                            \
+	{                                                                         \
+		V6_MASK((c)-1), V6_MASK((c)-33), V6_MASK((c)-65), V6_MASK((c)-97) \
+	}
+#define V6_MASK_ROWS4(c) V6_MASK_ROW(c), V6_MASK_ROW((c) + 1), V6_MASK_ROW((c) + 2), V6_MASK_ROW((c) + 3)
+#define V6_MASK_ROWS16(c) V6_MASK_ROWS4(c), V6_MASK_ROWS4((c) + 4), V6_MASK_ROWS4((c) + 8), V6_MASK_ROWS4((c) + 12)
+#define V6_MASK_ROWS64(c) \
+	V6_MASK_ROWS16(c), V6_MASK_ROWS16((c) + 16), V6_MASK_ROWS16((c) + 32), V6_MASK_ROWS16((c) + 48)
+
+/* The masks of an entry's four address words, by its len_code's low byte
+ * (length + 1; rows past 129 are never read): one read of a 4 KiB
+ * read-only table, whose lines for the lengths in use stay cached, in
+ * place of the masks computed per entry (branch-free, kept from clang's
+ * jumps by barrier_var). Intel Xeon, six A/B pairs in turn: a cold IPv6
+ * attack packet 3-21 ns cheaper in five (median 6.5), warm within the
+ * noise (BENCHMARKS.md, "Issue 13, fourteenth session"). */
+static const __u32 v6_masks[256][4] = { V6_MASK_ROWS64(0), V6_MASK_ROWS64(64), V6_MASK_ROWS64(128),
+					V6_MASK_ROWS64(192) };
 
 /* Entry `e` (live, its code word `len_code`, of the packet's /48) judged
  * against address words a1-a3: (length + 1) << 8 | code when it covers
  * them, else 0. */
 static __always_inline __u32 v6_judged(const struct xdpg_v6_entry *e, __u32 len_code, __u32 a1, __u32 a2, __u32 a3)
 {
-	int len = (int)(len_code & 0xFF) - 1;
-	__u32 diff = (e->addr[1] ^ v6_word_masked(a1, len - 32)) | (e->addr[2] ^ v6_word_masked(a2, len - 64)) |
-		     (e->addr[3] ^ v6_word_masked(a3, len - 96));
+	const __u32 *m = v6_masks[len_code & 0xFF];
+	__u32 diff = (e->addr[1] ^ (a1 & m[1])) | (e->addr[2] ^ (a2 & m[2])) | (e->addr[3] ^ (a3 & m[3]));
 	return diff ? 0 : (len_code & 0xFF) << 8 | ((len_code >> 8) & 0xFF);
 }
 
@@ -318,8 +318,8 @@ static __always_inline __u32 v6_verdict(struct xdpg_filter_config *cfg, __u32 ta
 		 * bucket, where the murmur hash put three dependent xdpg_mix32:
 		 * Intel Xeon, seven A/B pairs in turn, a cold IPv6 attack packet
 		 * 188-194 -> 172-179 ns, warm 45-55 -> 34-45 (with the
-		 * branch-free masks of v6_word_masked; BENCHMARKS.md, "Issue 13,
-		 * twelfth session"). */
+		 * branch-free masks v6_masks has since replaced; BENCHMARKS.md,
+		 * "Issue 13, twelfth session"). */
 		__u32 mixed, hash;
 		if (view->anchor_hash == XDPG_V6_ANCHOR_MULSHIFT) {
 			mixed = xdpg_v6_anchor_mixed(addr[0], w1, xdpg_v6_anchor_mult(seed));

@@ -40,8 +40,8 @@ pub use guard::maps::{
     MAX_RULES,
 };
 pub use guard::syn::{
-    host_wscale, nft_rules, SynGuard, SynMode, SynPolicy, SynPortStats, SynPortStatus, DEFAULT_SYN_THRESHOLD,
-    MAX_SYN_PORTS,
+    host_wscale, nft_rules, nft_rules_with_wscale, SynGuard, SynMode, SynPolicy, SynPortStats, SynPortStatus,
+    DEFAULT_SYN_THRESHOLD, MAX_SYN_PORTS,
 };
 pub use lists::{BulkChange, EntryChange, ListKind, PrefixList};
 pub use prefix::{normalize, parse_list, parse_prefix, ListLine, Normalized};

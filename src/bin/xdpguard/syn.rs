@@ -86,6 +86,10 @@ pub enum SynCommand {
         /// The MSS synproxy advertises for SYNs it answers itself.
         #[arg(long, default_value_t = 1460)]
         mss: u16,
+        /// The server's window scale, as given to `syn protect --wscale`
+        /// (default: this host's).
+        #[arg(long, value_parser = clap::value_parser!(u8).range(0..=14))]
+        wscale: Option<u8>,
         /// Apply them in this network namespace (needs nft and root).
         #[arg(long)]
         apply: bool,
@@ -184,8 +188,8 @@ pub fn run(cmd: SynCommand) -> Result<()> {
                 writeln!(out, "{} port(s) protected, {known} known source(s)", ports.len())?;
             }
         }
-        SynCommand::NftRules { ports, mss, apply } => {
-            let rules = xdpguard::nft_rules(&ports, mss);
+        SynCommand::NftRules { ports, mss, wscale, apply } => {
+            let rules = xdpguard::nft_rules_with_wscale(&ports, mss, wscale.unwrap_or_else(xdpguard::host_wscale));
             if !apply {
                 print!("{rules}");
                 return Ok(());

@@ -691,7 +691,15 @@ fn estimate(s: &xdpg_syn_port, now: u64) -> u64 {
 /// what the guard's own SYN-ACKs offer ([`SynPolicy::wscale`]): synproxy
 /// decodes the client's options from the timestamp its ACK echoes.
 pub fn nft_rules(ports: &[u16], mss: u16) -> String {
-    let wscale = host_wscale();
+    nft_rules_with_wscale(ports, mss, host_wscale())
+}
+
+/// [`nft_rules`] for a server whose window scale is `wscale` (0 to 14;
+/// larger is taken as 14), not this host's: the value given to
+/// [`SynPolicy::wscale`], which the guard's SYN-ACKs offer and synproxy
+/// must offer too.
+pub fn nft_rules_with_wscale(ports: &[u16], mss: u16, wscale: u8) -> String {
+    let wscale = wscale.min(XDPG_SYN_MAX_WSCALE as u8);
     let list = ports.iter().map(u16::to_string).collect::<Vec<_>>().join(", ");
     let set = if ports.len() == 1 { list } else { format!("{{ {list} }}") };
     let mss = if mss == 0 { XDPG_SYN_DEFAULT_MSS4 as u16 } else { mss };
@@ -809,5 +817,10 @@ mod tests {
         assert!(text.contains("tcp dport 443 tcp flags syn notrack"), "{text}");
         assert!(text.contains("synproxy mss 1460 "), "the default MSS: {text}");
         assert!(text.contains("delete table inet xdpguard_syn"), "idempotent: {text}");
+        assert!(text.contains(&format!("wscale {} timestamp", host_wscale())), "this host's: {text}");
+        // A server's own window scale, as `SynPolicy::wscale` gives the guard.
+        let text = nft_rules_with_wscale(&[443, 8443], 1400, 7);
+        assert!(text.contains("synproxy mss 1400 wscale 7 timestamp sack-perm"), "{text}");
+        assert!(nft_rules_with_wscale(&[443], 1400, 99).contains("wscale 14 "), "at most 14");
     }
 }
