@@ -786,8 +786,24 @@ fn reattach(args: &AttachArgs, given: &dyn Fn(&str) -> bool) -> Result<()> {
         }
     }
     common::refuse_attached(dir, "load balancer", &lb.attachments(), &args.target.ifaces)?;
-    // The settings after the attach: a refused attach changes nothing.
+    // A refused attach changes nothing: the interfaces first, then what can
+    // still fail (undone by detaching again), then what cannot.
     let now = common::attach_all(&args.target.ifaces, |i| lb.attach(i, args.target.mode), |i| drop(lb.detach(i)))?;
+    let fallible = || -> Result<()> {
+        for prefix in &args.ipip_sources {
+            lb.set_ipip_source(*prefix)?;
+        }
+        for iface in &args.redirect {
+            lb.add_redirect_interface(iface.as_str())?;
+        }
+        Ok(())
+    };
+    if let Err(e) = fallible() {
+        for a in &now {
+            drop(lb.detach(a.interface.as_str()));
+        }
+        return Err(e);
+    }
     if given("echo") {
         lb.set_echo_policy(args.echo);
     }
@@ -799,12 +815,6 @@ fn reattach(args: &AttachArgs, given: &dyn Fn(&str) -> bool) -> Result<()> {
     }
     if given("udp_timeout") {
         lb.set_udp_timeout(Duration::from_secs(args.udp_timeout));
-    }
-    for prefix in &args.ipip_sources {
-        lb.set_ipip_source(*prefix)?;
-    }
-    for iface in &args.redirect {
-        lb.add_redirect_interface(iface.as_str())?;
     }
     common::print_attached(&now, dir);
     println!(

@@ -763,9 +763,10 @@ struct Given {
 
 /// Entries from the command line and/or a file, parsed before anything is
 /// applied: one bad entry means nothing is applied. None is an error, but
-/// for a whole-list replace from a file (`replace`): a feed that became
-/// empty empties the list.
-fn gather_for(edit: &Edit, replace: bool) -> Result<Vec<Given>> {
+/// for a whole-list replace from a file (`replace`: `Some(true)`; `None`
+/// for a command without `--replace`): a feed that became empty empties
+/// the list.
+fn gather_for(edit: &Edit, replace: Option<bool>) -> Result<Vec<Given>> {
     let mut given = Vec::new();
     for c in &edit.cidrs {
         let net = xdpguard::parse_prefix(c)?;
@@ -778,19 +779,20 @@ fn gather_for(edit: &Edit, replace: bool) -> Result<Vec<Given>> {
     }
     match &edit.file {
         _ if !given.is_empty() => Ok(given),
-        Some(_) if replace => Ok(given),
+        Some(_) if replace == Some(true) => Ok(given),
         Some(path) => Err(format!(
-            "{} holds no entries: nothing to do (with --replace, an empty file empties the list)",
-            path.display()
+            "{} holds no entries: nothing to do{}",
+            path.display(),
+            if replace.is_some() { " (with --replace, an empty file empties the list)" } else { "" }
         )
         .into()),
         None => Err("no entries given: pass CIDRs or --file FILE".into()),
     }
 }
 
-/// [`gather_for`] an edit that adds or removes entries.
+/// [`gather_for`] a command without `--replace`.
 fn gather(edit: &Edit) -> Result<Vec<Given>> {
-    gather_for(edit, false)
+    gather_for(edit, None)
 }
 
 /// A list file's entries. Read as bytes: a line that is not UTF-8 text is
@@ -847,7 +849,7 @@ fn list_of(filter: &Filter, kind: ListKind) -> PrefixList<'_> {
 }
 
 fn add_entries(kind: ListKind, add: Add, force: bool) -> Result<()> {
-    let given = gather_for(&add.edit, add.replace)?;
+    let given = gather_for(&add.edit, Some(add.replace))?;
     let filter = Filter::open_pinned(&add.edit.pin.pin)?;
     let list = list_of(&filter, kind);
     let list = if force { list.permit_whole_family() } else { list };
@@ -1027,7 +1029,7 @@ fn set_command(cmd: SetCommand) -> Result<()> {
             println!("deleted set {name} ({n} entries)");
         }
         SetCommand::Add { edit, set, replace } => {
-            let given = gather_for(&edit, replace)?;
+            let given = gather_for(&edit, Some(replace))?;
             let filter = Filter::open_pinned(&edit.pin.pin)?;
             let s = filter.sets().get(&set);
             let nets = given.iter().map(|g| g.net);

@@ -190,7 +190,7 @@ __noinline int v6_probe(__u64 where, __u32 k0, __u32 k1, __u32 k2, __u32 k3)
 /* The first `bits` bits of a word set (network byte order), for any
  * `bits`: a constant expression, for v6_masks. */
 #define V6_MASK(bits) \
-	__builtin_bswap32((bits) <= 0 ? 0u : (bits) >= 32 ? 0xFFFFFFFFu : (__u32)(0xFFFFFFFFu << (32 - (bits))))
+	__bpf_constant_htonl((bits) <= 0 ? 0u : (bits) >= 32 ? 0xFFFFFFFFu : (__u32)(0xFFFFFFFFu << (32 - (bits))))
 #define V6_MASK_ROW(c)                                                            \
 	{                                                                         \
 		V6_MASK((c)-1), V6_MASK((c)-33), V6_MASK((c)-65), V6_MASK((c)-97) \
@@ -205,7 +205,7 @@ __noinline int v6_probe(__u64 where, __u32 k0, __u32 k1, __u32 k2, __u32 k3)
  * read-only table, whose lines for the lengths in use stay cached, in
  * place of the masks computed per entry (branch-free, kept from clang's
  * jumps by barrier_var). Intel Xeon, six A/B pairs in turn: a cold IPv6
- * attack packet 3-21 ns cheaper in five (median 6.5), warm within the
+ * attack packet 3-21 ns cheaper in five (median 6.7), warm within the
  * noise (BENCHMARKS.md, "Issue 13, fourteenth session"). */
 static const __u32 v6_masks[256][4] = { V6_MASK_ROWS64(0), V6_MASK_ROWS64(64), V6_MASK_ROWS64(128),
 					V6_MASK_ROWS64(192) };

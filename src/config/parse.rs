@@ -551,7 +551,13 @@ struct VipRead {
 fn vip(r: &mut Reader<'_>, t: &DeTable<'_>, span: &Range<usize>) -> Option<VipRead> {
     r.unknown_keys(t, "[[lb.vip]]", VIP_KEYS);
     let vip = match get(t, "vip") {
-        Some(v) => r.parsed::<Vip>(v),
+        Some(v) => r.parsed::<Vip>(v).and_then(|vip| match crate::lb::check_vip(&vip) {
+            Ok(()) => Some(vip),
+            Err(e) => {
+                r.problem(v.span(), e.to_string());
+                None
+            }
+        }),
         None => {
             r.problem(span.clone(), "a [[lb.vip]] needs `vip`, e.g. vip = \"tcp 203.0.113.10:80\"");
             None
@@ -1010,6 +1016,15 @@ backends = ["198.51.100.11", "198.51.100.11", "198.51.100.12:8080", { addr = "19
         assert!(err.to_string().contains("x.toml:3:32: cannot read list file"), "{err}");
         assert!(err.to_string().contains("drop.txt:3: "), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// VIPs the load balancer refuses (port 0, an address no packet
+    /// reaches) are problems of the file, placed, before anything runs.
+    #[test]
+    fn vips_the_lb_refuses_are_placed() {
+        let bad = "[[lb]]\ninterfaces = [\"eth0\"]\n[[lb.vip]]\nvip = \"tcp 203.0.113.10:0\"\nmode = \"dsr\"\n\n\
+                   [[lb.vip]]\nvip = \"udp 127.0.0.1:53\"\nmode = \"dsr\"\n";
+        expect(bad, &[(4, 7, "port 0 in VIP"), (8, 7, "a loopback address")]);
     }
 
     #[test]

@@ -10,11 +10,13 @@ use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 
 use super::model::{Config, DecapConfig, FilterConfig, LbConfig};
 use super::netns::Entered;
+use crate::core::layout::names;
 use crate::error::{ConfigError, Error, PinError};
 use crate::{
     AttachMode, Attachment, Backend, BackendAddr, Decap, Filter, ListKind, LoadBalancer, MalformedPolicy, Rule,
     RuleError, SynPolicy, Vip, VipConfig,
 };
+use std::os::fd::AsFd;
 
 /// Which program a section describes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -353,6 +355,15 @@ struct Planner {
     fixed: Option<ConfigError>,
     /// The program id of each LB that exists and stays, by pin.
     lb_ids: BTreeMap<PathBuf, u32>,
+    /// The programs pinned in the file's pin directories: an interface one
+    /// of them holds is this plan's to move, not another program's.
+    own: Vec<u32>,
+}
+
+/// The id of the program pinned as `name` under `pin`, if any.
+fn pinned_program_id(pin: &Path, name: &str) -> Option<u32> {
+    let fd = crate::core::sys::obj_get(&pin.join(name)).ok()?;
+    crate::core::sys::prog_id(fd.as_fd()).ok()
 }
 
 fn read_err(program: Program, pin: &Path) -> impl Fn(Error) -> ConfigError + '_ {
@@ -378,12 +389,12 @@ impl Planner {
         Some(entered)
     }
 
-    /// Interfaces of `ifaces` that another XDP program holds (not `ours`,
-    /// the program running from `pin`): the attach would refuse them after
+    /// Interfaces of `ifaces` that an XDP program holds which is none of the
+    /// file's own (those the plan moves): the attach would refuse them after
     /// every earlier change was made, so the host check refuses them first.
-    fn occupied(&mut self, program: Program, pin: &Path, ifaces: &[String], ours: Option<u32>) {
+    fn occupied(&mut self, program: Program, pin: &Path, ifaces: &[String]) {
         for i in ifaces {
-            if let Some(e) = crate::core::attach::occupied_by_another(i, ours) {
+            if let Some(e) = crate::core::attach::occupied_by_another(i, &self.own) {
                 self.host.push(format!("{program} {}: {e}", pin.display()));
             }
         }
@@ -417,8 +428,7 @@ impl Planner {
                 return Ok(steps);
             }
         };
-        let ours = running.as_ref().and_then(|r| r.program_id().ok());
-        self.occupied(Program::Filter, &f.pin, &f.interfaces, ours);
+        self.occupied(Program::Filter, &f.pin, &f.interfaces);
         let running = match running {
             Some(filter) => {
                 let (v4, v6) = filter.capacity();
@@ -476,7 +486,7 @@ impl Planner {
             Ok(None) if f.rules.is_empty() && f.sets.is_empty() && f.syn.is_empty() => {}
             Ok(None) => self.host.push(format!(
                 "filter {}: it runs without the guard stage (loaded with FilterBuilder::guard(false), or on a \
-                 kernel without bpf_loop), so it cannot take rules, sets or SYN-guarded ports: take it down and apply again",
+                 kernel older than Linux 6.0), so it cannot take rules, sets or SYN-guarded ports: take it down and apply again",
                 f.pin.display()
             )),
             Err(e) => return Err(err(e.into())),
@@ -520,8 +530,7 @@ impl Planner {
                 return Ok(steps);
             }
         };
-        let ours = running.as_ref().and_then(|r| r.program_id().ok());
-        self.occupied(Program::Lb, &l.pin, &l.interfaces, ours);
+        self.occupied(Program::Lb, &l.pin, &l.interfaces);
         let running = match running {
             Some(lb) => {
                 let cap = lb.maps().capacity();
@@ -650,10 +659,8 @@ impl Planner {
             return Ok(Vec::new());
         };
         let mut steps = Vec::new();
-        let opened = opened(Decap::open_pinned(&d.pin));
-        let ours = opened.as_ref().ok().and_then(|r| r.as_ref()).and_then(|r| r.program_id().ok());
-        self.occupied(Program::Decap, &d.pin, &d.interfaces, ours);
-        let decap = match opened {
+        self.occupied(Program::Decap, &d.pin, &d.interfaces);
+        let decap = match opened(Decap::open_pinned(&d.pin)) {
             Ok(Some(decap)) => decap,
             Ok(None) => {
                 steps.push(Step::Create);
@@ -811,7 +818,11 @@ impl Config {
     ///
     /// As [`Config::plan`].
     pub fn plan_with(&self, options: PlanOptions) -> Result<Plan, ConfigError> {
-        let mut p = Planner { options, host: Vec::new(), fixed: None, lb_ids: BTreeMap::new() };
+        let pins = self.filters.iter().map(|f| (&f.pin, names::XDPG_FILTER));
+        let pins = pins.chain(self.lbs.iter().map(|l| (&l.pin, names::XDPG_LB)));
+        let pins = pins.chain(self.decaps.iter().map(|d| (&d.pin, names::XDPG_DECAP)));
+        let own = pins.filter_map(|(pin, name)| pinned_program_id(pin, name)).collect();
+        let mut p = Planner { options, host: Vec::new(), fixed: None, lb_ids: BTreeMap::new(), own };
         let mut sections = Vec::new();
         let section = |program, pin: &Path, netns: &Option<String>, steps| SectionPlan {
             program,

@@ -175,6 +175,18 @@ fn classify(source: io::Error, interface: &str, ifindex: u32, mode: AttachMode) 
     err.into()
 }
 
+/// The program an attach to `interface` (of the calling thread's network
+/// namespace) would meet there, as the error that attach would return,
+/// unless it is one of `ours`; `None` for a free interface, or one that
+/// does not exist.
+pub(crate) fn occupied_by_another(interface: &str, ours: &[u32]) -> Option<AttachError> {
+    let ifindex = nix::net::if_::if_nametoindex(interface).ok()?;
+    match occupant(interface, ifindex)? {
+        AttachError::AlreadyAttached { program_id: Some(id), .. } if ours.contains(&id) => None,
+        e => Some(e),
+    }
+}
+
 /// The program already on an interface, named, as the error attaching
 /// there gives: `None` when the interface is free.
 ///
@@ -190,18 +202,6 @@ fn classify(source: io::Error, interface: &str, ifindex: u32, mode: AttachMode) 
 /// EXT program type, and on Linux 6.13 and later (and stable kernels with
 /// the backport) an extension that tail-calls or moves packet data (every
 /// xdpguard program does) cannot replace libxdp 1.3's dispatcher slots.
-/// The program an attach to `interface` (of the calling thread's network
-/// namespace) would meet there, as the error that attach would return,
-/// unless it is program `ours`; `None` for a free interface, or one that
-/// does not exist.
-pub(crate) fn occupied_by_another(interface: &str, ours: Option<u32>) -> Option<AttachError> {
-    let ifindex = nix::net::if_::if_nametoindex(interface).ok()?;
-    match occupant(interface, ifindex)? {
-        AttachError::AlreadyAttached { program_id, .. } if program_id.is_some() && program_id == ours => None,
-        e => Some(e),
-    }
-}
-
 fn occupant(interface: &str, ifindex: u32) -> Option<AttachError> {
     let id = sys::xdp_query(ifindex).ok().map(|q| q.prog_id).filter(|&id| id != 0)?;
     let info = sys::prog_by_id(id).and_then(|fd| sys::prog_info(fd.as_fd())).ok();

@@ -166,7 +166,9 @@ impl TimedBlocks<'_> {
     /// capacity: [`FilterBuilder::max_timed_blocks`](crate::FilterBuilder::max_timed_blocks),
     /// 65,536 by default); [`RuleError::NoGuard`], [`RuleError::Pin`].
     /// Nothing is changed then. [`RuleError::Bpf`] when the kernel refuses
-    /// a map update half-way (the blocks before it stay).
+    /// a map update half-way, and `Full` when rate-limit rules' own blocks
+    /// filled the table between the check and the inserts (the blocks
+    /// before it stay, in both).
     pub fn extend(&self, prefixes: impl IntoIterator<Item = IpNetwork>, ttl: Duration) -> Result<usize, RuleError> {
         crate::filter::ratelimit::check_ttl(ttl).map_err(|reason| RuleError::BadTtl { ttl, reason })?;
         let mut nets: Vec<IpNetwork> = prefixes.into_iter().map(|p| normalize(p).network).collect();

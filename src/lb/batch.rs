@@ -87,7 +87,9 @@ impl LoadBalancer {
     /// As [`BackendBatch::apply`]: [`LbError::BackendExists`],
     /// [`LbError::InvalidWeight`], [`LbError::Unsupported`] and
     /// [`LbError::IpipSourceUnset`] for a backend the VIP's mode cannot
-    /// reach, [`LbError::TableTooSmall`], [`LbError::BackendTableFull`]; for
+    /// reach (`Unsupported` also for an address no packet reaches:
+    /// unspecified, loopback, multicast, broadcast, IPv4-mapped IPv6, or the
+    /// VIP's own), [`LbError::TableTooSmall`], [`LbError::BackendTableFull`]; for
     /// NAT, [`LbError::NatPortOnAllPortsVip`] (a port on an all-ports VIP's
     /// backend) and [`LbError::NatBackendConflict`] (a backend address and
     /// port another NAT VIP already reaches; see [`ForwardingMode::Nat`]).

@@ -65,6 +65,7 @@ pub use types::{
     Backend, BackendAddr, BackendState, Flow, ForwardingMode, HashInput, NeighbourState, NextHop, Protocol, Vip,
     VipConfig, DEFAULT_TABLE_SIZE, MAX_TABLE_SIZE, MAX_WEIGHT, MIN_TABLE_SIZE,
 };
+pub(crate) use vips::check_vip;
 
 use maps::{map_err, LbMaps};
 use state::LbState;

@@ -157,9 +157,6 @@ impl FromStr for Vip {
     }
 }
 
-/// Parses `203.0.113.10:80`, `[2001:db8::1]:80`, `203.0.113.10:*` (port
-/// `None`) or a bare address (port `None`); an error names `what` and
-/// gives `example`.
 /// Why no packet from another host reaches `addr` as a VIP or a backend
 /// (unspecified, loopback, multicast or broadcast), or why its packets are
 /// not what it says (an IPv4-mapped IPv6 address: IPv4 packets); `None`
@@ -180,6 +177,9 @@ pub(crate) fn unusable(addr: IpAddr) -> Option<&'static str> {
     }
 }
 
+/// Parses `203.0.113.10:80`, `[2001:db8::1]:80`, `203.0.113.10:*` (port
+/// `None`) or a bare address (port `None`); an error names `what` and
+/// gives `example`.
 fn parse_addr_port(s: &str, what: &'static str, example: &'static str) -> Result<(IpAddr, Option<u16>), ParseError> {
     let t = s.trim();
     if let Ok(ip) = t.parse::<IpAddr>() {

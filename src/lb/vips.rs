@@ -24,18 +24,7 @@ impl LoadBalancer {
     /// [`LbError::Map`] when a map update fails.
     pub fn add_vip(&self, vip: Vip, config: VipConfig) -> Result<(), LbError> {
         maglev::check_size(config.table_size)?;
-        if let Some(why) = super::types::unusable(vip.addr) {
-            return Err(LbError::Unsupported {
-                what: format!("VIP {vip} at {why}"),
-                fix: "give the address clients send the service's packets to",
-            });
-        }
-        if vip.port == Some(0) {
-            return Err(LbError::Unsupported {
-                what: format!("port 0 in VIP {vip}"),
-                fix: "give the port the VIP serves, or every port (`ADDR:*`, `Vip::all_ports`)",
-            });
-        }
+        check_vip(&vip)?;
         if config.mode == ForwardingMode::Nat && !config.conntrack {
             return Err(LbError::Unsupported {
                 what: format!("NAT without connection tracking for {vip}"),
@@ -118,4 +107,23 @@ impl LoadBalancer {
     pub fn vip_config(&self, vip: &Vip) -> Result<VipConfig, LbError> {
         self.read(|st| st.vip(vip).map(|s| s.config))?
     }
+}
+
+/// Refuses a VIP no client's packet reaches: at an unusable address
+/// (`types::unusable`) or on port 0 (every port is `port: None`). Also what
+/// a configuration file is checked with.
+pub(crate) fn check_vip(vip: &Vip) -> Result<(), LbError> {
+    if let Some(why) = super::types::unusable(vip.addr) {
+        return Err(LbError::Unsupported {
+            what: format!("VIP {vip} at {why}"),
+            fix: "give the address clients send the service's packets to",
+        });
+    }
+    if vip.port == Some(0) {
+        return Err(LbError::Unsupported {
+            what: format!("port 0 in VIP {vip}"),
+            fix: "give the port the VIP serves, or every port (`ADDR:*`, `Vip::all_ports`)",
+        });
+    }
+    Ok(())
 }
