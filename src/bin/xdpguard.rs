@@ -543,16 +543,19 @@ fn run(command: Command) -> Result<()> {
             // The lists, then the timed blocks (the guard checks them next,
             // by source alone); the rules also look at ports and protocols,
             // which an address does not have: only named.
-            let (mut action, mut reason) = match filter.verdict(addr)? {
-                Verdict::Pass => ("pass", "in neither list".to_string()),
-                Verdict::Allow(n) => ("pass", format!("allowlisted by {n}")),
-                Verdict::Block(n) => ("drop", format!("blocklisted by {n}")),
+            let verdict = filter.verdict(addr)?;
+            let timed = match verdict {
+                Verdict::Pass => timed::list(&filter)?.into_iter().find(|b| b.prefix.contains(addr)),
+                _ => None,
             };
-            if action == "pass" && !reason.starts_with("allowlisted") {
-                if let Some(b) = timed::list(&filter)?.into_iter().find(|b| b.prefix.contains(addr)) {
-                    (action, reason) = ("drop", format!("timed block {}, expires in {}", b.prefix, timed::left(&b)));
+            let (mut action, mut reason) = match (verdict, timed) {
+                (Verdict::Pass, Some(b)) => {
+                    ("drop", format!("timed block {}, expires in {}", b.prefix, timed::left(&b)))
                 }
-            }
+                (Verdict::Pass, None) => ("pass", "in neither list".to_string()),
+                (Verdict::Allow(n), _) => ("pass", format!("allowlisted by {n}")),
+                (Verdict::Block(n), _) => ("drop", format!("blocklisted by {n}")),
+            };
             if action == "drop" && filter.monitor() {
                 (action, reason) = ("pass", format!("{reason}; monitor mode: counted as would-drop, passed"));
             }

@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::IpAddr;
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
 use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
@@ -16,7 +17,6 @@ use crate::{
     AttachMode, Attachment, Backend, BackendAddr, Decap, Filter, ListKind, LoadBalancer, MalformedPolicy, Rule,
     RuleError, SynPolicy, Vip, VipConfig,
 };
-use std::os::fd::AsFd;
 
 /// Which program a section describes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -179,6 +179,7 @@ fn classify(source: io::Error, interface: &str, ifindex: u32, mode: AttachMode) 
 /// namespace) would meet there, as the error that attach would return,
 /// unless it is one of `ours`; `None` for a free interface, or one that
 /// does not exist.
+#[cfg_attr(not(feature = "config"), allow(dead_code))]
 pub(crate) fn occupied_by_another(interface: &str, ours: &[u32]) -> Option<AttachError> {
     let ifindex = nix::net::if_::if_nametoindex(interface).ok()?;
     match occupant(interface, ifindex)? {

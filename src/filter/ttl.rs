@@ -177,22 +177,7 @@ impl TimedBlocks<'_> {
         if let Some(entry) = nets.iter().find(|n| n.prefix() == 0).filter(|_| !self.whole_family) {
             return Err(RuleError::WholeFamily { entry: *entry });
         }
-        self.edit(|maps| {
-            let live = limits::reclaim(maps)?;
-            let mut new = 0;
-            for net in &nets {
-                let known = maps.tblk.get(&limits::tblock_key(*net));
-                new += usize::from(known.map_err(limits::bpf("reading the timed blocks"))?.is_none());
-            }
-            let capacity = maps.tblk.capacity() as usize;
-            if live + new > capacity {
-                return Err(RuleError::Full { what: "the timed-block table", capacity, setter: "max_timed_blocks" });
-            }
-            for net in &nets {
-                limits::insert(maps, *net, ttl)?;
-            }
-            Ok(new)
-        })
+        self.edit(|maps| limits::insert_all(maps, &nets, ttl))
     }
 
     /// Removes the timed block of `prefix`; returns whether there was one.

@@ -217,7 +217,8 @@ impl Decap {
     pub fn add_local(&self, addr: IpAddr) -> Result<(), LbError> {
         let locals = &self.core.maps.locals;
         let capacity = locals.capacity() as usize;
-        if !self.locals().contains(&addr) && locals.keys().count() >= capacity {
+        let held = self.locals();
+        if !held.contains(&addr) && held.len() >= capacity {
             return Err(LbError::DecapFull { capacity });
         }
         locals.insert(&key(addr), &1, libbpf_rs::MapFlags::ANY).map_err(map_err(format!("adding decap address {addr}")))

@@ -65,6 +65,7 @@ pub use types::{
     Backend, BackendAddr, BackendState, Flow, ForwardingMode, HashInput, NeighbourState, NextHop, Protocol, Vip,
     VipConfig, DEFAULT_TABLE_SIZE, MAX_TABLE_SIZE, MAX_WEIGHT, MIN_TABLE_SIZE,
 };
+#[cfg_attr(not(feature = "config"), allow(unused_imports))]
 pub(crate) use vips::check_vip;
 
 use maps::{map_err, LbMaps};

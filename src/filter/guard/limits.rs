@@ -67,7 +67,7 @@ const _: () = {
     assert!(XDPG_RL_BLOCKS * XDPG_RL_BLOCK_SLOTS == XDPG_RL_WIDTH * XDPG_RL_ROWS);
 };
 
-pub(crate) fn bpf(op: impl Into<String>) -> impl FnOnce(std::io::Error) -> RuleError {
+fn bpf(op: impl Into<String>) -> impl FnOnce(std::io::Error) -> RuleError {
     let op = op.into();
     move |source| RuleError::Bpf { op, source }
 }
@@ -188,34 +188,38 @@ pub(crate) fn reclaim(maps: &GuardMaps) -> Result<usize, RuleError> {
     Ok(live)
 }
 
-/// Adds or renews a timed block of `net` for `ttl`.
-pub(crate) fn insert(maps: &GuardMaps, net: IpNetwork, ttl: Duration) -> Result<(), RuleError> {
+/// Adds or renews a timed block of every prefix of `nets` (normalised,
+/// without repeats) for `ttl`, as one edit: the table's room for the new
+/// ones is checked once, before any is written (nothing changed when they
+/// do not fit). Returns how many are new.
+pub(crate) fn insert_all(maps: &GuardMaps, nets: &[IpNetwork], ttl: Duration) -> Result<usize, RuleError> {
+    let capacity = maps.tblk.capacity() as usize;
+    let full = || RuleError::Full { what: "the timed-block table", capacity, setter: "max_timed_blocks" };
     let live = reclaim(maps)?;
-    let key = tblock_key(net);
-    let exists = maps.tblk.get(&key).map_err(bpf("reading the timed blocks"))?.is_some();
-    if !exists && live >= maps.tblk.capacity() as usize {
-        return Err(RuleError::Full { what: "the timed-block table", capacity: live, setter: "max_timed_blocks" });
+    let mut new = 0;
+    for net in nets {
+        new += usize::from(maps.tblk.get(&tblock_key(*net)).map_err(bpf("reading the timed blocks"))?.is_none());
     }
-    let tb = xdpg_tblock {
-        expires_ns: maps.now_ns() + ttl.as_nanos() as u64,
-        rule: XDPG_TB_BY_USER,
-        len: u32::from(net.prefix()),
-    };
-    // The switch first: a packet that finds the entry must look it up.
+    if live + new > capacity {
+        return Err(full());
+    }
+    let expires_ns = maps.now_ns() + ttl.as_nanos() as u64;
+    // The switch first: a packet that finds an entry must look it up.
     set_timed_active(maps, true);
-    maps.tblk.insert(&key, &tb, MapFlags::ANY).map_err(|source| {
-        if [nix::errno::Errno::E2BIG as i32, nix::errno::Errno::ENOSPC as i32]
-            .contains(&source.raw_os_error().unwrap_or(0))
-        {
-            RuleError::Full {
-                what: "the timed-block table",
-                capacity: maps.tblk.capacity() as usize,
-                setter: "max_timed_blocks",
+    for net in nets {
+        let tb = xdpg_tblock { expires_ns, rule: XDPG_TB_BY_USER, len: u32::from(net.prefix()) };
+        maps.tblk.insert(&tblock_key(*net), &tb, MapFlags::ANY).map_err(|source| {
+            // A rate-limit rule's own blocks took the room meanwhile.
+            if [nix::errno::Errno::E2BIG as i32, nix::errno::Errno::ENOSPC as i32]
+                .contains(&source.raw_os_error().unwrap_or(0))
+            {
+                full()
+            } else {
+                RuleError::Bpf { op: format!("adding the timed block {net}"), source }
             }
-        } else {
-            RuleError::Bpf { op: format!("adding the timed block {net}"), source }
-        }
-    })
+        })?;
+    }
+    Ok(new)
 }
 
 #[cfg(test)]
