@@ -702,7 +702,7 @@ pub enum ConfigError {
 #[non_exhaustive]
 pub enum LbError {
     /// No such VIP.
-    #[error("no VIP {vip}; add it first (`add_vip`), or list them with `vips()`")]
+    #[error("no VIP {vip}; add it first (`add_vip`; CLI: `xdpguard-lb vip add`), or list them (`vips()`; CLI: `xdpguard-lb vip list`)")]
     VipNotFound {
         /// The VIP asked for.
         vip: crate::Vip,
@@ -710,7 +710,7 @@ pub enum LbError {
     /// The VIP exists with another configuration.
     #[error(
         "VIP {vip} already exists with a different configuration ({existing}); remove it first \
-         (`remove_vip`) to change its mode, table size or hashing"
+         (`remove_vip`; CLI: `xdpguard-lb vip del`) to change its mode, table size or hashing"
     )]
     ConflictingVip {
         /// The VIP.
@@ -719,7 +719,7 @@ pub enum LbError {
         existing: String,
     },
     /// No such backend on this VIP.
-    #[error("VIP {vip} has no backend {backend}; list them with `backends(vip)`")]
+    #[error("VIP {vip} has no backend {backend}; list them (`backends(vip)`; CLI: `xdpguard-lb backend list`)")]
     BackendNotFound {
         /// The VIP.
         vip: crate::Vip,
@@ -727,7 +727,10 @@ pub enum LbError {
         backend: crate::BackendAddr,
     },
     /// The backend is already on this VIP.
-    #[error("VIP {vip} already has backend {backend} (weight {weight}); change its weight with `set_weight`")]
+    #[error(
+        "VIP {vip} already has backend {backend} (weight {weight}); change its weight instead (`set_weight`; CLI: \
+         `xdpguard-lb backend weight`)"
+    )]
     BackendExists {
         /// The VIP.
         vip: crate::Vip,

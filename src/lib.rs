@@ -126,7 +126,7 @@ pub use filter::{
     DEFAULT_V6_CAPACITY, MAX_CAPACITY,
 };
 pub use filter::{DropEvent, DropReason, EventError, EventOptions, EventRate, EventReader, EventStats, SNAP_LEN};
-pub use filter::{LimitKey, LimiterStats, RateLimit, TimedBlock, TimedBlocks, MAX_BLOCK, MAX_RATE};
+pub use filter::{LimitKey, LimiterStats, RateLimit, TimedBlock, TimedBlocks, TimedChange, MAX_BLOCK, MAX_RATE};
 pub use ipnetwork::IpNetwork;
 /// Backend health checks for the load balancer (feature `health`).
 #[cfg(feature = "health")]

@@ -74,8 +74,11 @@ fn the_cli_manages_a_pinned_filter_that_outlives_every_command() {
     assert!(!pin.path().exists(), "a refused attach pins nothing");
 
     // attach: the process exits, the filter stays.
+    // (An interface given twice is attached once.)
     let out = cli.ok(&[
         "attach",
+        "--iface",
+        "eth0",
         "--iface",
         "eth0",
         "--mode",
@@ -92,6 +95,7 @@ fn the_cli_manages_a_pinned_filter_that_outlives_every_command() {
         "2",
     ]);
     assert!(out.contains("attached to eth0") && out.contains("native"), "{out}");
+    assert_eq!(out.matches("attached to").count(), 1, "{out}");
     assert!(xdp_attached(&pair.server), "attached after the CLI exited");
     assert!(pin.path().join("xdpg_filter").exists());
 
@@ -133,6 +137,13 @@ fn the_cli_manages_a_pinned_filter_that_outlives_every_command() {
 
     // The timed-block table holds what attach gave it; full, the error names the option.
     cli.ok(&["block", "--pin", p, "--ttl", "10m", "203.0.113.1", "203.0.113.2"]);
+    // Blocking again for less keeps the longer block, and says how to shorten it.
+    let again = cli.ok(&["block", "--pin", p, "--ttl", "1m", "203.0.113.1"]);
+    assert!(again.contains("timed blocks: 0 entries for 1m (0 new, 0 renewed)"), "{again}");
+    assert!(
+        again.contains("203.0.113.1/32 stays blocked for 9m") && again.contains("xdpguard unblock 203.0.113.1/32"),
+        "{again}"
+    );
     let full = cli.run(&["block", "--pin", p, "--ttl", "10m", "203.0.113.3"]);
     refused(&full, &["the timed-block table is full (2)", "xdpguard attach --max-timed-blocks"]);
     cli.ok(&["unblock", "--pin", p, "203.0.113.1", "203.0.113.2"]);
@@ -426,6 +437,14 @@ fn blocking_a_whole_family_needs_force() {
     assert_reaches(client, "2001:db8::1", "IPv6 untouched by 0.0.0.0/0");
     let v = cli.json(&["check", "--pin", p, "198.51.100.9", "--json"]);
     assert_eq!((v["action"].as_str(), v["reason"].as_str()), (Some("drop"), Some("blocklisted by 0.0.0.0/0")));
+    // Unblocking one address inside it says what still blocks it.
+    let out = cli.ok(&["unblock", "--pin", p, "192.0.2.1"]);
+    assert!(out.contains("removed 0 of 1"), "{out}");
+    assert!(
+        out.contains("note: 192.0.2.1/32 is still blocked by the blocklist's 0.0.0.0/0")
+            && out.contains("xdpguard allow 192.0.2.1/32"),
+        "{out}"
+    );
     cli.ok(&["unblock", "--pin", p, "0.0.0.0/0"]);
     assert_reaches(client, "192.0.2.1", "unblocked");
 
@@ -434,6 +453,8 @@ fn blocking_a_whole_family_needs_force() {
     let v = cli.json(&["check", "--pin", p, "192.0.2.1", "--json"]);
     assert_eq!(v["action"], "drop", "{v}");
     assert!(v["reason"].as_str().unwrap().starts_with("timed block 0.0.0.0/0, expires in"), "{v}");
+    let out = cli.ok(&["unblock", "--pin", p, "192.0.2.1"]);
+    assert!(out.contains("note: 192.0.2.1/32 is still blocked by the timed block 0.0.0.0/0 (expires in"), "{out}");
     cli.ok(&["monitor", "--pin", p, "on"]);
     let v = cli.json(&["check", "--pin", p, "192.0.2.1", "--json"]);
     assert_eq!(v["action"], "pass", "{v}");

@@ -60,7 +60,7 @@ fn a_real_client_keeps_its_answers_through_a_spoofed_flood_and_timed_blocks_expi
     // process running; list shows the time left.
     let started = Instant::now();
     let out = cli.ok(&["block", "--pin", p, "--ttl", "2s", "192.0.2.1"]);
-    assert!(out.contains("timed blocks: 1 entry for 2s"), "{out}");
+    assert!(out.contains("timed blocks: 1 entry for 2s (1 new, 0 renewed)"), "{out}");
     let listed = cli.ok(&["list", "--pin", p]);
     assert!(listed.contains("192.0.2.1/32 (expires in"), "{listed}");
     assert!(!reaches(&pair.client, "192.0.2.1", 1), "blocked for 2 s");

@@ -237,10 +237,24 @@ fn timed_blocks_expire_and_are_reclaimed() {
     tb.insert(net("198.51.100.9/32"), Duration::from_secs(30)).unwrap();
     f.allowlist().insert(net("198.51.100.77/32")).unwrap();
     let list = tb.list().unwrap();
-    assert_eq!(list.len(), 4);
+    assert_eq!(list.len(), 4, "{list:?}");
     assert_eq!(list[0].prefix, net("198.51.100.9/32"), "soonest first");
     assert!(list[0].remaining <= Duration::from_secs(30) && list[0].remaining > Duration::from_secs(29), "{list:?}");
     assert!(list.iter().all(|b| b.rule.is_none()));
+    // Blocking again never shortens a block: the /48's and the /24's 600 s
+    // stay (the /32 under the /24 is its own entry), the address's 60 s
+    // start again, and a new one is added, in one edit.
+    let again = ["2001:db8:7::/48", "192.0.2.7", "203.0.113.5", "198.51.100.0/24"].map(net);
+    let change = tb.extend(again, Duration::from_secs(60)).unwrap();
+    assert_eq!((change.added, change.renewed), (1, 1), "{change:?}");
+    let kept: Vec<IpNetwork> = change.kept_longer.iter().map(|b| b.prefix).collect();
+    assert_eq!(kept, [net("198.51.100.0/24"), net("2001:db8:7::/48")], "{change:?}");
+    assert!(change.kept_longer.iter().all(|b| b.remaining > Duration::from_secs(590)), "{change:?}");
+    let left = |p: &str| tb.list().unwrap().into_iter().find(|b| b.prefix == net(p)).unwrap().remaining;
+    assert!(left("2001:db8:7::/48") > Duration::from_secs(590));
+    assert!((Duration::from_secs(59)..=Duration::from_secs(60)).contains(&left("192.0.2.7")));
+    assert!(left("198.51.100.9/32") <= Duration::from_secs(30), "a /32 under the /24 kept its own time");
+    assert!(tb.remove(net("203.0.113.5")).unwrap());
 
     // Nested under the live /24, both expiring with the /32 above: a
     // source under them finds two expired entries before the live one.

@@ -175,7 +175,8 @@ fn the_cli_runs_the_amplification_recipe_on_real_traffic() {
     assert_eq!((v["rules"].as_u64(), v["sets"].as_array().map(Vec::len)), (Some(0), Some(0)), "{v}");
 
     // A rule added alone is live at once; detach removes everything.
-    cli.ok(&["rule", "add", "--pin", p, "drop", "udp", "sport", "53"]);
+    // (Options may follow the rule's words: `--pin` is not read as one.)
+    cli.ok(&["rule", "add", "drop", "udp", "sport", "53", "--pin", p]);
     dropped(&pair.client, "192.0.2.3", 53, "every port-53 source now");
     cli.ok(&["detach", "--pin", p]);
     assert!(!pin.path().exists(), "detach removed the pin directory, the guard's included");

@@ -278,6 +278,23 @@ fn the_cli_runs_pinned_decapsulators_on_ipip_backends() {
     let human = cli.ok(&["decap", "stats", "--pin", decap_pins[0].arg()]);
     assert!(human.contains("decapsulated") && human.contains(&backend_v4(1).to_string()), "{human}");
 
+    // `set` changes the running LB's IPIP sources and policies, live;
+    // `status` shows them. A family's source an IPIP backend needs cannot
+    // be cleared; nothing given is refused.
+    let status = cli.json(&["status", "--json", p[0], p[1]]);
+    assert_eq!(status["ipip_sources"], serde_json::json!([IPIP_SRC_V4]), "{status}");
+    refused(&cli.run(&["set", "--clear-ipip-source", "ipv4", p[0], p[1]]), &["IPv4"]);
+    refused(&cli.run(&["set", p[0], p[1]]), &["nothing to set", "--ipip-source"]);
+    let moved = "203.0.113.128/26";
+    let out = cli.ok(&["set", "--ipip-source", moved, "--echo", "drop", "--udp-timeout", "90", p[0], p[1]]);
+    assert!(out.contains(&format!("IPIP source {moved}")) && out.contains("echo drop"), "{out}");
+    let status = cli.json(&["status", "--json", p[0], p[1]]);
+    assert_eq!(status["ipip_sources"], serde_json::json!([moved]), "{status}");
+    assert_eq!((status["echo_policy"].as_str(), status["udp_timeout_secs"].as_f64()), (Some("drop"), Some(90.0)));
+    let text = cli.ok(&["status", p[0], p[1]]);
+    assert!(text.contains(&format!("IPIP source: {moved}")), "{text}");
+    assert_eq!(spread(&net, 30).len(), 3, "all three backends answer from the new outer sources");
+
     // The first backend's decapsulator loses its link; `decap attach` on its
     // pin directory attaches it again, its endpoint kept and one more added;
     // where it already runs, it is refused.

@@ -279,6 +279,10 @@ enum Command {
         #[arg(long, value_name = "HEX")]
         expect_digest: Option<Digest>,
     },
+    /// Change a running load balancer's settings, live (VIPs, backends and
+    /// connections kept): IPIP outer sources and policies. What is not
+    /// given stays as it is; `status` shows them all.
+    Set(SetArgs),
     /// Show the state digests: per VIP (its settings, the hash seed, its
     /// backends and weights, its Maglev table) and overall. LB nodes with
     /// equal digests send every new flow to the same backend.
@@ -293,6 +297,77 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Args)]
+struct SetArgs {
+    #[command(flatten)]
+    pin: Pin,
+    /// Prefix for IPIP outer sources of its family (repeatable: one per
+    /// family); replaces that family's prefix.
+    #[arg(long = "ipip-source", value_name = "PREFIX")]
+    ipip_sources: Vec<IpNetwork>,
+    /// Forget the IPIP outer source prefix of a family (ipv4 or ipv6);
+    /// refused while an IPIP VIP has a backend of that family.
+    #[arg(long = "clear-ipip-source", value_name = "FAMILY", value_parser = ["ipv4", "ipv6"])]
+    clear_ipip_sources: Vec<String>,
+    /// ICMP echo to a VIP: answer, pass or drop.
+    #[arg(long)]
+    echo: Option<EchoPolicy>,
+    /// Fragments to a VIP: forward (to all-ports DSR/IPIP VIPs) or drop.
+    #[arg(long)]
+    fragments: Option<FragmentPolicy>,
+    /// IPv4 options to a VIP: forward or drop.
+    #[arg(long)]
+    options: Option<OptionsPolicy>,
+    /// UDP idle timeout, seconds.
+    #[arg(long, value_name = "SECS")]
+    udp_timeout: Option<u64>,
+}
+
+/// The settings `set` changes (and `attach` on a running LB): the IPIP
+/// sources first (they can be refused: then nothing else is changed),
+/// then the policies.
+#[derive(Default)]
+struct Settings {
+    ipip_sources: Vec<IpNetwork>,
+    clear_ipip_sources: Vec<bool>,
+    echo: Option<EchoPolicy>,
+    fragments: Option<FragmentPolicy>,
+    options: Option<OptionsPolicy>,
+    udp_timeout: Option<u64>,
+}
+
+impl Settings {
+    /// Applies them to `lb`; returns what changed, as `status` words it.
+    fn apply(&self, lb: &LoadBalancer) -> Result<Vec<String>> {
+        let mut done = Vec::new();
+        for &ipv6 in &self.clear_ipip_sources {
+            lb.clear_ipip_source(ipv6)?;
+            done.push(format!("IPIP source (IPv{}) cleared", if ipv6 { 6 } else { 4 }));
+        }
+        for prefix in &self.ipip_sources {
+            lb.set_ipip_source(*prefix)?;
+            done.push(format!("IPIP source {prefix}"));
+        }
+        if let Some(p) = self.echo {
+            lb.set_echo_policy(p);
+            done.push(format!("echo {p}"));
+        }
+        if let Some(p) = self.fragments {
+            lb.set_fragment_policy(p);
+            done.push(format!("fragments {p}"));
+        }
+        if let Some(p) = self.options {
+            lb.set_options_policy(p);
+            done.push(format!("options {p}"));
+        }
+        if let Some(secs) = self.udp_timeout {
+            lb.set_udp_timeout(Duration::from_secs(secs));
+            done.push(format!("UDP timeout {:?}", lb.udp_timeout()));
+        }
+        Ok(done)
+    }
 }
 
 #[derive(Args)]
@@ -748,6 +823,24 @@ fn run(command: Command, given: &dyn Fn(&str) -> bool) -> Result<()> {
             }
         }
         Command::Health(args) => health_agent(args)?,
+        Command::Set(args) => {
+            let settings = Settings {
+                ipip_sources: args.ipip_sources,
+                clear_ipip_sources: args.clear_ipip_sources.iter().map(|f| f == "ipv6").collect(),
+                echo: args.echo,
+                fragments: args.fragments,
+                options: args.options,
+                udp_timeout: args.udp_timeout,
+            };
+            let lb = LoadBalancer::open_pinned(&args.pin.pin)?;
+            let done = settings.apply(&lb)?;
+            if done.is_empty() {
+                return Err("nothing to set: give --ipip-source, --clear-ipip-source, --echo, --fragments, --options \
+                            or --udp-timeout (`xdpguard-lb status` shows what is in force)"
+                    .into());
+            }
+            println!("set: {}", done.join(", "));
+        }
         Command::Status { pin, json, exit_code: _, config, expect_digest } => {
             let expect = expected(&pin, config.as_deref(), expect_digest)?;
             status(&pin, json, expect)?;
@@ -789,32 +882,25 @@ fn reattach(args: &AttachArgs, given: &dyn Fn(&str) -> bool) -> Result<()> {
     // A refused attach changes nothing: the interfaces first, then what can
     // still fail (undone by detaching again), then what cannot.
     let now = common::attach_all(&args.target.ifaces, |i| lb.attach(i, args.target.mode), |i| drop(lb.detach(i)))?;
+    let settings = Settings {
+        ipip_sources: args.ipip_sources.clone(),
+        echo: given("echo").then_some(args.echo),
+        fragments: given("fragments").then_some(args.fragments),
+        options: given("options").then_some(args.options),
+        udp_timeout: given("udp_timeout").then_some(args.udp_timeout),
+        ..Settings::default()
+    };
     let fallible = || -> Result<()> {
-        for prefix in &args.ipip_sources {
-            lb.set_ipip_source(*prefix)?;
-        }
         for iface in &args.redirect {
             lb.add_redirect_interface(iface.as_str())?;
         }
-        Ok(())
+        settings.apply(&lb).map(drop)
     };
     if let Err(e) = fallible() {
         for a in &now {
             drop(lb.detach(a.interface.as_str()));
         }
         return Err(e);
-    }
-    if given("echo") {
-        lb.set_echo_policy(args.echo);
-    }
-    if given("fragments") {
-        lb.set_fragment_policy(args.fragments);
-    }
-    if given("options") {
-        lb.set_options_policy(args.options);
-    }
-    if given("udp_timeout") {
-        lb.set_udp_timeout(Duration::from_secs(args.udp_timeout));
     }
     common::print_attached(&now, dir);
     println!(
@@ -850,6 +936,7 @@ fn status(pin: &Pin, json: bool, expect: Option<Digest>) -> Result<xdpguard::Hea
                 "fragment_policy": lb.fragment_policy().to_string(),
                 "options_policy": lb.options_policy().to_string(),
                 "udp_timeout_secs": lb.udp_timeout().as_secs_f64(),
+                "ipip_sources": lb.ipip_sources().iter().map(|p| p.to_string()).collect::<Vec<_>>(),
                 "hash_seed": lb.hash_seed(),
                 "serving": health.is_serving(),
                 "digest_matches": health.digest_matches,
@@ -878,6 +965,11 @@ fn status(pin: &Pin, json: bool, expect: Option<Digest>) -> Result<xdpguard::Hea
             lb.fragment_policy(),
             lb.options_policy(),
             lb.udp_timeout()
+        );
+        let ipip: Vec<String> = lb.ipip_sources().iter().map(|p| p.to_string()).collect();
+        println!(
+            "IPIP source: {}",
+            if ipip.is_empty() { "none (`xdpguard-lb set --ipip-source PREFIX`)".into() } else { ipip.join(", ") }
         );
         println!("health:      {health}");
     }

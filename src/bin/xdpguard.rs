@@ -272,8 +272,8 @@ enum RuleCommand {
         /// Read rules from a file (one per line, `#` comments); all or nothing.
         #[arg(long, conflicts_with = "rule")]
         file: Option<PathBuf>,
-        /// The rule, as words (`drop udp dport 1900,11211`).
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        /// The rule, as words (`drop udp dport 1900,11211`); options may
+        /// come before or after them.
         rule: Vec<String>,
     },
     /// Remove rules by id (the ids `rule list` shows).
@@ -899,10 +899,35 @@ fn remove_entries(kind: ListKind, edit: Edit) -> Result<()> {
     let nets: Vec<IpNetwork> = given.into_iter().map(|g| g.net).collect();
     let change = list.remove_all(nets.iter().copied())?;
     println!("{kind}: removed {} of {count} entries ({} were not present)", change.changed, count - change.changed);
-    if kind == ListKind::Block && filter.rules().len().is_ok() {
-        let timed = timed::unblock(&filter, &nets)?;
-        if timed > 0 {
-            println!("timed blocks: removed {timed}");
+    if kind != ListKind::Block {
+        return Ok(());
+    }
+    let timed = if filter.rules().len().is_ok() {
+        let removed = timed::unblock(&filter, &nets)?;
+        if removed > 0 {
+            println!("timed blocks: removed {removed}");
+        }
+        timed::list(&filter)?
+    } else {
+        Vec::new()
+    };
+    // An entry removed is not a source unblocked when a broader entry (or
+    // a timed block) still covers it: say which, and the ways out.
+    for net in nets.iter().map(|n| xdpguard::normalize(*n).network) {
+        let addr = net.network();
+        let still = match filter.verdict(addr)? {
+            Verdict::Block(by) => Some(format!("the blocklist's {by}")),
+            Verdict::Allow(_) => None,
+            Verdict::Pass => timed
+                .iter()
+                .find(|b| b.prefix.contains(addr))
+                .map(|b| format!("the timed block {} (expires in {})", b.prefix, timed::left(b))),
+        };
+        if let Some(by) = still {
+            println!(
+                "note: {net} is still blocked by {by}; to let it in, allow it (`xdpguard allow {net}`: the \
+                 allowlist wins) or unblock that entry"
+            );
         }
     }
     Ok(())

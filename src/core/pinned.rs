@@ -196,10 +196,13 @@ impl Placement {
 macro_rules! placement_methods {
     ($program:literal, $reopen:literal $(, $note:literal)?) => {
         /// Adds an interface to attach to, by name (`"eth0"`) or index
-        /// (`3u32`).
+        /// (`3u32`); one given twice is attached once.
         $(#[doc = $note])?
         pub fn interface(mut self, iface: impl Into<$crate::Interface>) -> Self {
-            self.place.interfaces.push(iface.into());
+            let iface = iface.into();
+            if !self.place.interfaces.contains(&iface) {
+                self.place.interfaces.push(iface);
+            }
             self
         }
 

@@ -51,7 +51,7 @@ pub use rules::{
     RuleLine, RuleProtocol, Rules, Sets, Source, SourceMatch, TcpFlags,
 };
 pub use stats::FilterStats;
-pub use ttl::{LimiterStats, TimedBlock, TimedBlocks};
+pub use ttl::{LimiterStats, TimedBlock, TimedBlocks, TimedChange};
 
 use std::net::IpAddr;
 use std::os::fd::BorrowedFd;

@@ -103,8 +103,9 @@ pub struct ListLine {
 
 /// Parses a list file: one CIDR or address per line; `#` and `;` start
 /// comments (whole-line or trailing); blank lines are skipped; a second
-/// column after the entry (Spamhaus's `; SBL123`, say) is ignored. Entries
-/// are normalised ([`normalize`]).
+/// column after the entry (ipsum's hit count, say) is ignored, unless it is
+/// an address or prefix too: two entries on one line are a bad line, not
+/// one entry and one lost. Entries are normalised ([`normalize`]).
 ///
 /// Takes the file's bytes (a `&str` works too): an entry that is not valid
 /// UTF-8 is a bad line like any other, reported with its number, while
@@ -149,7 +150,17 @@ pub fn parse_list(text: impl AsRef<[u8]>, source_name: &str) -> Result<Vec<ListL
         let Some(start) = content.iter().position(|b| !b.is_ascii_whitespace()) else { continue };
         let len = content[start..].iter().position(|b| b.is_ascii_whitespace()).unwrap_or(content.len() - start);
         let token = &content[start..start + len];
+        // A second column is a note (ipsum's hit count, say), ignored; a
+        // second address is an entry that would be lost silently.
+        let second = content[start + len..].split(|b| b.is_ascii_whitespace()).find(|t| !t.is_empty());
         let result = match std::str::from_utf8(token) {
+            Ok(t) if second.and_then(|n| std::str::from_utf8(n).ok()).is_some_and(|n| parse_prefix(n).is_ok()) => {
+                Err(format!(
+                    "`{t}` and `{}` are two entries on one line; put one entry per line (a second column may \
+                     only be a note, or a comment after `#` or `;`)",
+                    String::from_utf8_lossy(second.unwrap_or_default())
+                ))
+            }
             Ok(t) if t.contains('\0') => Err(format!(
                 "`{}` holds NUL bytes: is the file UTF-16 or binary? Save it as UTF-8 or ASCII",
                 t.escape_debug()
@@ -252,6 +263,14 @@ mod tests {
         let err = parse_list(b"bogus\n\xc3\x28/24\n192.0.2.0/33\n", "t").unwrap_err();
         let ListError::BadLines { errors, .. } = &err else { panic!("{err}") };
         assert_eq!(errors.iter().map(|e| e.line).collect::<Vec<_>>(), [1, 2, 3], "{err}");
+
+        // A second column is ignored, unless it is a second entry.
+        let ok = parse_list(b"192.0.2.1\t7\n198.51.100.0/24 SBL123\n", "t").unwrap();
+        assert_eq!(ok.len(), 2);
+        let err = parse_list(b"192.0.2.1 192.0.2.2\n2001:db8::1\t2001:db8::/64 # two\n", "t").unwrap_err();
+        let ListError::BadLines { errors, .. } = &err else { panic!("{err}") };
+        assert_eq!(errors.iter().map(|e| e.line).collect::<Vec<_>>(), [1, 2], "{err}");
+        assert!(errors[0].message.contains("`192.0.2.1` and `192.0.2.2` are two entries on one line"), "{err}");
 
         // Bytes elsewhere than in the entry are fine.
         let ok = parse_list(b"# \xa9 2024 Exampl\xe9\n192.0.2.0/24 ; \xff\xfe\r\n", "t").unwrap();

@@ -13,7 +13,6 @@ use std::time::Duration;
 
 use ipnetwork::IpNetwork;
 
-use crate::core::layout::consts::*;
 use crate::error::RuleError;
 use crate::filter::guard::limits;
 use crate::filter::guard::Guard;
@@ -30,6 +29,21 @@ pub struct TimedBlock {
     pub remaining: Duration,
     /// The rate-limit rule that blocked it (`None`: added by hand).
     pub rule: Option<RuleId>,
+}
+
+/// What one [`TimedBlocks::extend`] did.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct TimedChange {
+    /// Prefixes that were not blocked before.
+    pub added: usize,
+    /// Prefixes already blocked, now until the new TTL runs out (their
+    /// block was shorter).
+    pub renewed: usize,
+    /// Prefixes already blocked for longer than the new TTL: left as they
+    /// were (a block is never shortened by blocking again; remove it first
+    /// to shorten it), each with the time it has left and its maker.
+    pub kept_longer: Vec<TimedBlock>,
 }
 
 /// The rate limiter's own counters, summed over CPUs.
@@ -144,7 +158,8 @@ impl TimedBlocks<'_> {
     }
 
     /// Blocks `prefix` (an address or a prefix, IPv4 or IPv6) for `ttl`,
-    /// or renews its block. Host bits are cleared.
+    /// or renews its block; a block that has longer left is kept as it is
+    /// (see [`extend`](TimedBlocks::extend)). Host bits are cleared.
     ///
     /// # Errors
     ///
@@ -155,7 +170,11 @@ impl TimedBlocks<'_> {
 
     /// Blocks every prefix of `prefixes` for `ttl` (or renews its block),
     /// as one edit: all of them, or none when one is refused. Host bits are
-    /// cleared. Returns how many of them are new blocks.
+    /// cleared. A prefix already blocked for longer than `ttl` keeps its
+    /// block: blocking again never shortens one (a feed re-blocking for
+    /// minutes what an operator blocked for a day would otherwise cut it
+    /// short); [`remove`](TimedBlocks::remove) it first to shorten it.
+    /// Returns what was added, renewed and kept.
     ///
     /// # Errors
     ///
@@ -169,7 +188,11 @@ impl TimedBlocks<'_> {
     /// a map update half-way, and `Full` when rate-limit rules' own blocks
     /// filled the table between the check and the inserts (the blocks
     /// before it stay, in both).
-    pub fn extend(&self, prefixes: impl IntoIterator<Item = IpNetwork>, ttl: Duration) -> Result<usize, RuleError> {
+    pub fn extend(
+        &self,
+        prefixes: impl IntoIterator<Item = IpNetwork>,
+        ttl: Duration,
+    ) -> Result<TimedChange, RuleError> {
         crate::filter::ratelimit::check_ttl(ttl).map_err(|reason| RuleError::BadTtl { ttl, reason })?;
         let mut nets: Vec<IpNetwork> = prefixes.into_iter().map(|p| normalize(p).network).collect();
         nets.sort_unstable();
@@ -206,11 +229,7 @@ impl TimedBlocks<'_> {
             let mut out: Vec<TimedBlock> = limits::entries(maps)
                 .into_iter()
                 .filter(|(_, tb)| tb.expires_ns > now)
-                .map(|(prefix, tb)| TimedBlock {
-                    prefix,
-                    remaining: Duration::from_nanos(tb.expires_ns - now),
-                    rule: (tb.rule != XDPG_TB_BY_USER).then_some(RuleId(tb.rule)),
-                })
+                .map(|(prefix, tb)| limits::timed_block(prefix, &tb, now))
                 .collect();
             out.sort_by_key(|b| (b.remaining, b.prefix));
             Ok(out)

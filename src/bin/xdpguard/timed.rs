@@ -9,7 +9,8 @@ use xdpguard::{Filter, IpNetwork, RuleError, TimedBlock};
 use crate::common::Result;
 
 /// Blocks `nets` for `ttl`, a whole family only with `force` (one edit:
-/// one bad entry, nothing applied).
+/// one bad entry, nothing applied). A block with longer left is kept, and
+/// said so.
 pub(crate) fn block(
     filter: &Filter,
     nets: &[IpNetwork],
@@ -18,13 +19,24 @@ pub(crate) fn block(
 ) -> std::result::Result<(), RuleError> {
     let timed = filter.timed_blocks();
     let timed = if force { timed.permit_whole_family() } else { timed };
-    timed.extend(nets.iter().copied(), ttl)?;
+    let change = timed.extend(nets.iter().copied(), ttl)?;
+    let ttl = humantime::format_duration(ttl);
+    let n = change.added + change.renewed;
     println!(
-        "timed blocks: {} entr{} for {}",
-        nets.len(),
-        if nets.len() == 1 { "y" } else { "ies" },
-        humantime::format_duration(ttl)
+        "timed blocks: {n} entr{} for {ttl} ({} new, {} renewed)",
+        if n == 1 { "y" } else { "ies" },
+        change.added,
+        change.renewed
     );
+    for b in &change.kept_longer {
+        println!(
+            "{} stays blocked for {}, longer than --ttl {ttl}: a block is never shortened by blocking again \
+             (to shorten it: `xdpguard unblock {}`, then block it again)",
+            b.prefix,
+            left(b),
+            b.prefix
+        );
+    }
     Ok(())
 }
 

@@ -19,7 +19,8 @@ use crate::filter::guard::maps::GuardMaps;
 use crate::filter::guard::state::StoredRule;
 use crate::filter::ratelimit::RateLimit;
 use crate::filter::rules::compile::addr_words;
-use crate::filter::rules::RuleAction;
+use crate::filter::rules::{RuleAction, RuleId};
+use crate::filter::ttl::{TimedBlock, TimedChange};
 
 pub(crate) use crate::filter::guard::layout::guard_skel::types::{
     xdpg_limit_bucket, xdpg_limit_config, xdpg_limit_counter, xdpg_limit_key, xdpg_limit_spec, xdpg_limit_stats,
@@ -174,6 +175,15 @@ pub(crate) fn entries(maps: &GuardMaps) -> Vec<(IpNetwork, xdpg_tblock)> {
     maps.tblk.keys().filter_map(|k| Some((tblock_net(&k)?, maps.tblk.get(&k).ok()??))).collect()
 }
 
+/// A live timed block as the API shows it, at guard-clock time `now_ns`.
+pub(crate) fn timed_block(prefix: IpNetwork, tb: &xdpg_tblock, now_ns: u64) -> TimedBlock {
+    TimedBlock {
+        prefix,
+        remaining: Duration::from_nanos(tb.expires_ns.saturating_sub(now_ns)),
+        rule: (tb.rule != XDPG_TB_BY_USER).then_some(RuleId(tb.rule)),
+    }
+}
+
 /// Removes expired timed blocks; returns how many live ones are left.
 pub(crate) fn reclaim(maps: &GuardMaps) -> Result<usize, RuleError> {
     let now = maps.now_ns();
@@ -191,24 +201,37 @@ pub(crate) fn reclaim(maps: &GuardMaps) -> Result<usize, RuleError> {
 /// Adds or renews a timed block of every prefix of `nets` (normalised,
 /// without repeats) for `ttl`, as one edit: the table's room for the new
 /// ones is checked once, before any is written (nothing changed when they
-/// do not fit). Returns how many are new.
-pub(crate) fn insert_all(maps: &GuardMaps, nets: &[IpNetwork], ttl: Duration) -> Result<usize, RuleError> {
+/// do not fit). A block with more time left than `ttl` is kept as it is.
+pub(crate) fn insert_all(maps: &GuardMaps, nets: &[IpNetwork], ttl: Duration) -> Result<TimedChange, RuleError> {
     let capacity = maps.tblk.capacity() as usize;
     let full = || RuleError::Full { what: "the timed-block table", capacity, setter: "max_timed_blocks" };
     let live = reclaim(maps)?;
-    let mut new = 0;
+    let now = maps.now_ns();
+    let expires_ns = now + ttl.as_nanos() as u64;
+    let mut change = TimedChange::default();
+    let mut write = Vec::with_capacity(nets.len());
     for net in nets {
-        new += usize::from(maps.tblk.get(&tblock_key(*net)).map_err(bpf("reading the timed blocks"))?.is_none());
+        // An LPM trie's lookup finds the longest covering entry: this
+        // prefix's own only when its length is the prefix's.
+        let own = maps.tblk.get(&tblock_key(*net)).map_err(bpf("reading the timed blocks"))?;
+        match own.filter(|tb| tb.len == u32::from(net.prefix())) {
+            None => change.added += 1,
+            Some(tb) if tb.expires_ns > expires_ns => {
+                change.kept_longer.push(timed_block(*net, &tb, now));
+                continue;
+            }
+            Some(_) => change.renewed += 1,
+        }
+        write.push(*net);
     }
-    if live + new > capacity {
+    if live + change.added > capacity {
         return Err(full());
     }
-    let expires_ns = maps.now_ns() + ttl.as_nanos() as u64;
     // The switch first: a packet that finds an entry must look it up.
     set_timed_active(maps, true);
-    for net in nets {
+    for net in write {
         let tb = xdpg_tblock { expires_ns, rule: XDPG_TB_BY_USER, len: u32::from(net.prefix()) };
-        maps.tblk.insert(&tblock_key(*net), &tb, MapFlags::ANY).map_err(|source| {
+        maps.tblk.insert(&tblock_key(net), &tb, MapFlags::ANY).map_err(|source| {
             // A rate-limit rule's own blocks took the room meanwhile.
             if [nix::errno::Errno::E2BIG as i32, nix::errno::Errno::ENOSPC as i32]
                 .contains(&source.raw_os_error().unwrap_or(0))
@@ -219,7 +242,7 @@ pub(crate) fn insert_all(maps: &GuardMaps, nets: &[IpNetwork], ttl: Duration) ->
             }
         })?;
     }
-    Ok(new)
+    Ok(change)
 }
 
 #[cfg(test)]
