@@ -100,25 +100,17 @@ pub enum LoadError {
 #[non_exhaustive]
 pub enum AttachError {
     /// No such interface in this network namespace.
-    #[error("interface `{interface}` not found in this network namespace; check `ip link show`")]
+    #[error(
+        "interface `{interface}` not found in this network namespace; check `ip link show` (an interface in a \
+         named network namespace: give the CLIs `--netns NAME`, or enter it before attaching)"
+    )]
     InterfaceNotFound {
         /// The name or index that was given.
         interface: String,
     },
     /// Another XDP program already runs on the interface (found before
     /// attaching: nothing was attached or changed).
-    #[error(
-        "interface `{interface}` already has an XDP program attached{}{}; detach it first \
-         (`ip link set dev {interface} xdp off`; if it is an xdpguard program, `xdpguard detach`, \
-         `xdpguard-lb detach` or `xdpguard-lb decap detach`), or run it behind the filter with \
-         `Filter::set_next`",
-        match (.program.as_deref(), .program_id) {
-            (Some(name), Some(id)) => format!(" ({name}, program id {id})"),
-            (None, Some(id)) => format!(" (program id {id})"),
-            _ => String::new(),
-        },
-        .libxdp.as_deref().map(|note| format!(": {note}")).unwrap_or_default()
-    )]
+    #[error("{}", already_attached(interface, *program_id, program.as_deref(), owner.as_deref(), libxdp.as_deref()))]
     AlreadyAttached {
         /// The interface.
         interface: String,
@@ -126,6 +118,9 @@ pub enum AttachError {
         program_id: Option<u32>,
         /// Its name, when the kernel says.
         program: Option<String>,
+        /// When it is an xdpguard program pinned under `/sys/fs/bpf`: its
+        /// pin directory (the one to detach, or to chain behind).
+        owner: Option<std::path::PathBuf>,
         /// When it was loaded through libxdp (xdp-tools' `xdp-filter`,
         /// `xdp-loader`, or a libxdp dispatcher): what that means here and
         /// why the two cannot share the interface.
@@ -694,6 +689,52 @@ pub enum ConfigError {
         /// What differs.
         what: String,
     },
+}
+
+/// [`AttachError::AlreadyAttached`]'s message: what holds the interface
+/// and the way out that fits it.
+fn already_attached(
+    interface: &str,
+    program_id: Option<u32>,
+    program: Option<&str>,
+    owner: Option<&std::path::Path>,
+    libxdp: Option<&str>,
+) -> String {
+    let which = match (program, program_id) {
+        (Some(name), Some(id)) => format!(" ({name}, program id {id})"),
+        (None, Some(id)) => format!(" (program id {id})"),
+        _ => String::new(),
+    };
+    let head = format!("interface `{interface}` already has an XDP program attached{which}");
+    if let Some(note) = libxdp {
+        return format!("{head}: {note}");
+    }
+    let tool = match program {
+        Some(crate::core::layout::names::XDPG_FILTER) => Some(("filter", "xdpguard detach")),
+        Some(crate::core::layout::names::XDPG_LB) => Some(("load balancer", "xdpguard-lb detach")),
+        Some(crate::core::layout::names::XDPG_DECAP) => Some(("decapsulator", "xdpguard-lb decap detach")),
+        _ => None,
+    };
+    match (tool, owner) {
+        (Some((kind, detach)), Some(dir)) => {
+            let dir = dir.display();
+            let chain = if kind == "filter" {
+                format!(", or run a load balancer behind it there (`xdpguard next LB_PIN --pin {dir}`)")
+            } else {
+                String::new()
+            };
+            format!("{head}: the xdpguard {kind} pinned at {dir}; detach it first (`{detach} --pin {dir}`){chain}")
+        }
+        (Some((kind, detach)), None) => format!(
+            "{head}: an xdpguard {kind} not pinned under /sys/fs/bpf (its process holds it); stop that process, or \
+             detach it with `{detach} --pin DIR` where it is pinned"
+        ),
+        (None, _) => format!(
+            "{head}; detach it first: `ip link set dev {interface} xdp off` removes one attached without a BPF \
+             link (one attached by a link stays while its owner holds it: `bpftool link` names that), or run it \
+             behind the filter (`Filter::set_next`)"
+        ),
+    }
 }
 
 /// Load-balancer configuration and operation. Every message names the

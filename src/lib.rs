@@ -131,7 +131,6 @@ pub use ipnetwork::IpNetwork;
 /// Backend health checks for the load balancer (feature `health`).
 #[cfg(feature = "health")]
 pub use lb::health_check;
-pub use lb::Health;
 pub use lb::{
     Backend, BackendAddr, BackendBatch, BackendState, BackendStats, Decap, DecapBuilder, DecapStats, Digest,
     EchoPolicy, Flow, ForwardingMode, FragmentPolicy, HashInput, LbDigest, LbDrops, LbStats, LoadBalancer,
@@ -139,3 +138,4 @@ pub use lb::{
     DEFAULT_CONNECTIONS, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_VIPS, DEFAULT_NEXT_HOP_CACHE, DEFAULT_TABLE_SIZE,
     DEFAULT_UDP_TIMEOUT, MAX_TABLE_SIZE, MAX_WEIGHT, MIN_TABLE_SIZE, NEIGH_PROTOCOL,
 };
+pub use lb::{ChainedFrom, Health};

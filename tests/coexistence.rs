@@ -80,7 +80,7 @@ fn xdp_filter_first_gives_a_typed_error_naming_it_and_keeps_running() {
     for mode in [AttachMode::Auto, AttachMode::Generic] {
         let p = p.clone();
         let err = pair.server.run(move || Filter::builder().interface("eth0").mode(mode).pin(p).attach()).unwrap_err();
-        let Error::Attach(AttachError::AlreadyAttached { interface, program_id, program, libxdp }) = &err else {
+        let Error::Attach(AttachError::AlreadyAttached { interface, program_id, program, libxdp, .. }) = &err else {
             panic!("{mode}: {err:?}")
         };
         assert_eq!(interface, "eth0");

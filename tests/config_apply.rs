@@ -190,6 +190,13 @@ fn apply_converges_changes_only_what_differs_and_down_removes_it() {
     let out = XDPGUARD.run(&["apply", "--config", &cfg]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("already has an XDP program attached"), "{err}");
+    // It names the filter holding it, and the commands that free it.
+    let held = format!(
+        "the xdpguard filter pinned at {}; detach it first (`xdpguard detach --pin {}`)",
+        other.arg(),
+        other.arg()
+    );
+    assert!(err.contains(&held) && err.contains("xdpguard next LB_PIN --pin"), "{err}");
     assert_eq!(bed.pins_exist(), [false; 3], "refused whole");
     XDPGUARD.ok(&["detach", "--pin", other.arg()]);
 
@@ -414,7 +421,20 @@ fn apply_converges_changes_only_what_differs_and_down_removes_it() {
     assert!(XDPGUARD.ok(&["apply", "--config", &cfg]).ends_with("no changes\n"));
     drop((filter, lb, lb2, decap));
 
-    // down: everything detached and unpinned; a second down has nothing to do.
+    // down: everything detached and unpinned; a second down has nothing to
+    // do. It reads only the pins and namespaces: a file that no longer
+    // checks (a key this build does not know) and whose namespaces are gone
+    // (their names changed here: the programs are reached from this one)
+    // still takes everything down.
+    let text = std::fs::read_to_string(bed.file()).unwrap();
+    let ns_lines: Vec<String> = text.lines().filter(|l| l.starts_with("netns = ")).map(str::to_owned).collect();
+    assert!(!ns_lines.is_empty());
+    let mut broken = format!("{text}\nnot_a_key = 1\n");
+    for l in &ns_lines {
+        broken = broken.replace(l.as_str(), "netns = \"xgcfg-gone\"");
+    }
+    std::fs::write(bed.file(), broken).unwrap();
+    refused(&XDPGUARD.run(&["apply", "--config", &cfg]), &["not_a_key"]);
     let out = XDPGUARD.ok(&["down", "--config", &cfg]);
     assert_eq!(changes(&out).len(), 3, "{out}");
     assert_eq!(bed.pins_exist(), [false; 3]);
@@ -546,4 +566,69 @@ fn an_apply_killed_at_any_point_is_finished_by_the_next() {
     eprintln!("{landed} of {steps} kills while changing landed mid-way");
     assert!(landed * 2 >= steps, "only {landed} of {steps} kills while changing landed mid-way");
     XDPGUARD.ok(&["down", "--config", &cfg]);
+}
+
+/// A load balancer chained behind a filter (the file's `next`) serves
+/// through it: its health says so (a BGP agent announces it), `detach` and
+/// a `down` that would leave the filter running refuse to orphan it, an
+/// upgrade passes the filter on to the new program, and `xdpguard next`
+/// unchains and chains it again.
+#[test]
+fn a_chained_lb_serves_behind_its_filter_and_is_never_left_out_of_reach() {
+    let bed = Bed::new("cfgc");
+    let cfg = bed.arg();
+    let lb_cli = common::cli::XDPGUARD_LB;
+    let (fp, lp) = (bed.filter_pin.arg(), bed.lb_pin.arg());
+    bed.drop_list("");
+    bed.write("", "", VIPS, "\"198.51.100.11\"");
+    XDPGUARD.ok(&["apply", "--config", &cfg]);
+    let filter = Filter::open_pinned(bed.filter_pin.path()).unwrap();
+    let lb = LoadBalancer::open_pinned(bed.lb_pin.path()).unwrap();
+    assert!(lb.attachments().is_empty(), "the LB itself is attached nowhere");
+    let chains = lb.chained_from();
+    assert_eq!(chains.len(), 1, "{chains:?}");
+    assert_eq!(chains[0].program_id, filter.program_id().unwrap());
+    assert_eq!(chains[0].pin.as_deref(), Some(bed.filter_pin.path()));
+    assert_eq!(chains[0].ifindexes.len(), 1, "the filter runs on the server's eth0: {chains:?}");
+
+    // Serving, behind the filter: exit code 0, and status says where.
+    let out = lb_cli.run(&["status", "--pin", lp, "--exit-code"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains(&format!("behind:      the filter pinned at {fp}")) && !text.contains("nowhere"), "{text}");
+    assert!(text.contains("serving: attached to 0 interface(s), behind a filter on 1"), "{text}");
+    let status = XDPGUARD.json(&["status", "--pin", fp, "--json"]);
+    assert_eq!(status["next_program"], lb.program_id().unwrap(), "{status}");
+
+    // Not orphaned: detach, and a file taking down the LB alone, refused.
+    refused(
+        &lb_cli.run(&["detach", "--pin", lp]),
+        &[fp, &format!("xdpguard next none --pin {fp}"), "nothing was changed"],
+    );
+    let text = std::fs::read_to_string(bed.file()).unwrap();
+    let lb_only = bed.dir.path().join("lb-only.toml");
+    let lb_section = &text[text.find("[[lb]]").unwrap()..text.find("[[decap]]").unwrap()];
+    std::fs::write(&lb_only, lb_section).unwrap();
+    let lb_only = lb_only.display().to_string();
+    refused(&XDPGUARD.run(&["down", "--config", &lb_only]), &["is not taken down by this file", "xdpguard next none"]);
+    assert_eq!(bed.pins_exist(), [true; 3]);
+
+    // An upgrade hands the filter the new program.
+    let out = lb_cli.ok(&["upgrade", "--pin", lp]);
+    let lb = LoadBalancer::open_pinned(bed.lb_pin.path()).unwrap();
+    let new_id = lb.program_id().unwrap();
+    assert_eq!(filter.next_program().unwrap(), Some(new_id), "{out}");
+    assert!(out.contains(&format!("now pass their packets on to program {new_id}")), "{out}");
+
+    // Unchained: not serving (3), and detach would be allowed; chained again.
+    XDPGUARD.ok(&["next", "none", "--pin", fp]);
+    assert_eq!(filter.next_program().unwrap(), None);
+    assert_eq!(lb_cli.run(&["status", "--pin", lp, "--exit-code"]).status.code(), Some(3));
+    let out = XDPGUARD.ok(&["next", lp, "--pin", fp]);
+    assert!(out.contains(&format!("program {new_id}")), "{out}");
+    assert_eq!(filter.next_program().unwrap(), Some(new_id));
+    assert!(XDPGUARD.ok(&["apply", "--config", &cfg]).ends_with("no changes\n"));
+    drop((filter, lb));
+    XDPGUARD.ok(&["down", "--config", &cfg]);
+    assert_eq!(bed.pins_exist(), [false; 3]);
 }

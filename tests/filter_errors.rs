@@ -293,7 +293,11 @@ fn attaching_twice_is_typed_and_the_first_filter_keeps_working() {
         };
         assert_eq!(interface, "eth0");
         assert_eq!(*program_id, Some(first_id as u32), "{mode}: names the program already there");
-        assert_mentions(&err.to_string(), &["eth0", "already has an XDP program", "detach it first", "set_next"]);
+        // Held by this process, pinned nowhere: the process is the way out.
+        assert_mentions(
+            &err.to_string(),
+            &["eth0", "already has an XDP program", "an xdpguard filter not pinned", "its process holds it"],
+        );
         assert!(!pin.path().exists(), "{mode}: the failed attach left no pins");
     }
     // The same filter onto the same interface again.

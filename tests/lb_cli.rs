@@ -136,6 +136,26 @@ fn the_cli_manages_a_pinned_lb() {
     let gone = String::from_utf8_lossy(&net.lb.ip(&["neigh", "show", "198.51.100.99"]).stdout).into_owned();
     assert!(gone.trim().is_empty(), "removing the backend removes its managed entry: {gone}");
 
+    // A second LB in the same namespace with one of the same backends
+    // shares its managed entry: letting go of it (a backend removed, the
+    // LB gone) leaves the entry to the first LB, which still needs it.
+    let shared = backend_v4(1);
+    let managed = || {
+        let out = net.lb.ip(&["neigh", "show", &shared.to_string(), "proto", "88"]).stdout;
+        !String::from_utf8_lossy(&out).trim().is_empty()
+    };
+    assert!(managed(), "the first LB's backend has its managed entry");
+    net.lb.run(move || {
+        let second = LoadBalancer::builder().load().unwrap();
+        let v = Vip::tcp("203.0.113.30:80".parse().unwrap());
+        second.add_vip(v, xdpguard::VipConfig::new(xdpguard::ForwardingMode::L2Dsr)).unwrap();
+        second.add_backend(&v, IpAddr::V4(shared), 1).unwrap();
+        second.remove_backend(&v, IpAddr::V4(shared)).unwrap();
+        second.add_backend(&v, IpAddr::V4(shared), 1).unwrap();
+        // Dropped here: an LB not pinned releases its entries.
+    });
+    assert!(managed(), "still there for the first LB, whose backend it is");
+
     let status = cli.json(&["status", "--json", p[0], p[1]]);
     assert_eq!(status["attachments"].as_array().unwrap().len(), 2);
     assert_eq!(status["vips"], 1);

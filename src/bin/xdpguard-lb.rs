@@ -651,6 +651,7 @@ fn run(command: Command, given: &dyn Fn(&str) -> bool) -> Result<()> {
         }
         Command::Detach { pin } => {
             let lb = LoadBalancer::open_pinned(&pin.pin)?;
+            refuse_chained(&lb, &pin.pin)?;
             let attachments = lb.attachments();
             lb.unpin()?;
             common::print_detached(&attachments, &pin.pin);
@@ -912,6 +913,28 @@ fn reattach(args: &AttachArgs, given: &dyn Fn(&str) -> bool) -> Result<()> {
     Ok(())
 }
 
+/// Refuses to detach an LB a filter still passes its packets on to: it
+/// would go on balancing them, unpinned and out of every tool's reach.
+fn refuse_chained(lb: &LoadBalancer, dir: &Path) -> Result<()> {
+    let chains = lb.chained_from();
+    let Some(c) = chains.first() else { return Ok(()) };
+    let fix = match &c.pin {
+        Some(p) => format!(
+            "`xdpguard next none --pin {}` (or take the filter down first: `xdpguard detach --pin {}`)",
+            p.display(),
+            p.display()
+        ),
+        None => format!("`Filter::clear_next` on filter program {}, or detach that filter", c.program_id),
+    };
+    Err(format!(
+        "{} passes its packets on to the load balancer pinned at {}: detached, the LB would go on balancing \
+         them, unpinned and out of reach of every tool. Stop the chaining first: {fix}; nothing was changed",
+        common::chained_text(c),
+        dir.display()
+    )
+    .into())
+}
+
 /// `status`: interfaces, policies, capacities, memory and health.
 fn status(pin: &Pin, json: bool, expect: Option<Digest>) -> Result<xdpguard::Health> {
     let lb = LoadBalancer::open_pinned(&pin.pin)?;
@@ -921,12 +944,18 @@ fn status(pin: &Pin, json: bool, expect: Option<Digest>) -> Result<xdpguard::Hea
     };
     let (vips, backends, connections) = lb.capacity();
     let attachments = lb.attachments();
+    let chains = lb.chained_from();
     if json {
         println!(
             "{}",
             json!({
                 "pin": pin.pin.display().to_string(),
                 "attachments": attachments.iter().map(common::attachment_json).collect::<Vec<_>>(),
+                "chained_from": chains.iter().map(|c| json!({
+                    "program_id": c.program_id,
+                    "pin": c.pin.as_ref().map(|p| p.display().to_string()),
+                    "ifindexes": c.ifindexes,
+                })).collect::<Vec<_>>(),
                 "redirect_ifindexes": lb.redirect_interfaces(),
                 "vips": lb.vips()?.len(),
                 "capacity": { "vips": vips, "backends": backends, "connections": connections },
@@ -947,14 +976,22 @@ fn status(pin: &Pin, json: bool, expect: Option<Digest>) -> Result<xdpguard::Hea
         for a in &attachments {
             println!("attached:    {}", common::attachment_text(a));
         }
-        if attachments.is_empty() {
+        for c in &chains {
+            println!("behind:      {}", common::chained_text(c));
+        }
+        if attachments.is_empty() && chains.iter().all(|c| c.ifindexes.is_empty()) {
             println!(
                 "attached:    nowhere (its interfaces are gone?); attach it again, VIPs, backends and connections \
-                 kept: `xdpguard-lb attach --iface IF --pin {}`",
+                 kept: `xdpguard-lb attach --iface IF --pin {}` (with `--netns NAME` for an interface in a named \
+                 network namespace), or chain it behind a filter (`xdpguard next`)",
                 pin.pin.display()
             );
         }
-        println!("redirect:    ifindexes {:?}", lb.redirect_interfaces());
+        let redirect = lb.redirect_interfaces();
+        println!(
+            "redirect:    {}",
+            if redirect.is_empty() { "none".into() } else { common::ifindexes_text(&redirect) }
+        );
         println!("VIPs:        {} of {vips}", lb.vips()?.len());
         println!("backends:    up to {backends}");
         println!("connections: {} tracked, table of {connections}", lb.connection_count());

@@ -203,6 +203,16 @@ enum Command {
     /// SYN rate threshold), its counters, the nftables rules it needs.
     #[command(subcommand)]
     Syn(syn::SynCommand),
+    /// Pass what the filter passes on to a pinned load balancer (its pin
+    /// directory), or stop (`none`): the LB then serves behind the filter,
+    /// on the filter's interfaces. Live, for the next packet.
+    Next {
+        #[command(flatten)]
+        pin: Pin,
+        /// The load balancer's pin directory (`/sys/fs/bpf/xdpguard-lb`), or `none`.
+        #[arg(value_name = "LB_PIN|none")]
+        to: String,
+    },
     /// Monitor (dry-run) mode for the whole filter: what the blocklist and
     /// drop rules match is counted as "would drop" and passed.
     Monitor {
@@ -575,6 +585,26 @@ fn run(command: Command) -> Result<()> {
         Command::Rule(cmd) => rule_command(cmd)?,
         Command::Set(cmd) => set_command(cmd)?,
         Command::Syn(cmd) => syn::run(cmd)?,
+        Command::Next { pin, to } => {
+            let filter = Filter::open_pinned(&pin.pin)?;
+            if to == "none" {
+                let had = filter.next_program()?;
+                filter.clear_next()?;
+                match had {
+                    Some(id) => println!("the filter passes nothing on now (it passed packets to program {id})"),
+                    None => println!("the filter passed nothing on; nothing changed"),
+                }
+            } else {
+                let lb = xdpguard::LoadBalancer::open_pinned(&to)?;
+                filter.set_next(lb.program_fd())?;
+                println!(
+                    "the filter passes what it passes on to the load balancer pinned at {to} (program {}); \
+                     `xdpguard next none --pin {}` stops it",
+                    lb.program_id()?,
+                    pin.pin.display()
+                );
+            }
+        }
         Command::Monitor { pin, state } => {
             let filter = Filter::open_pinned(&pin.pin)?;
             filter.set_monitor(state == "on");
@@ -598,6 +628,7 @@ fn run(command: Command) -> Result<()> {
             let memory = filter.map_memory_bytes();
             let attachments = filter.attachments();
             let rule_caps = filter.rule_capacities();
+            let next = filter.next_program()?;
             if json {
                 let rule_caps_json = rule_caps.map(|c| {
                     c.named()
@@ -621,6 +652,7 @@ fn run(command: Command) -> Result<()> {
                         "rules": rules,
                         "sets": sets,
                         "monitor": monitor,
+                        "next_program": next,
                     })
                 );
             } else {
@@ -631,7 +663,8 @@ fn run(command: Command) -> Result<()> {
                 if attachments.is_empty() {
                     println!(
                         "attached:   nowhere (its interfaces are gone?); attach it again, lists kept: \
-                         `xdpguard attach --iface IF --pin {}`",
+                         `xdpguard attach --iface IF --pin {}` (with `--netns NAME` for an interface in a named \
+                         network namespace)",
                         pin.pin.display()
                     );
                 }
@@ -657,6 +690,12 @@ fn run(command: Command) -> Result<()> {
                     _ => println!("rules:      none (loaded without the guard stage)"),
                 }
                 println!("monitor:    {}", if monitor { "on (nothing is dropped)" } else { "off" });
+                match next {
+                    Some(id) => println!(
+                        "next:       program {id} (gets what the filter passes; `xdpguard next none` stops it)"
+                    ),
+                    None => println!("next:       none (what the filter passes goes to the kernel)"),
+                }
             }
         }
         Command::Metrics(args) => metrics::serve(args)?,
@@ -669,8 +708,9 @@ fn run(command: Command) -> Result<()> {
             run_plan(&plan, dry_run)?;
         }
         Command::Down { config, dry_run } => {
-            let config = Config::from_file(&config)?;
-            run_plan(&config.plan_down()?, dry_run)?;
+            // Only each section's pin and namespace are read: a file that no
+            // longer checks otherwise still takes its programs down.
+            run_plan(&Config::plan_down_file(&config)?, dry_run)?;
         }
     }
     Ok(())

@@ -23,6 +23,7 @@ use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
 use super::model::{Config, DecapConfig, FilterConfig, LbConfig, VipSpec};
+use super::plan::Program;
 use super::{DEFAULT_DECAP_PIN, DEFAULT_FILTER_PIN, DEFAULT_LB_PIN};
 use crate::core::layout::consts::XDPG_SYN_MAX_WSCALE;
 use crate::error::{ConfigError, ListError, Problem};
@@ -261,8 +262,10 @@ struct Placement {
     netns: Option<String>,
 }
 
-fn placement(r: &mut Reader<'_>, t: &DeTable<'_>, span: &Range<usize>, default_pin: &str) -> Placement {
-    let pin = match get(t, "pin") {
+/// A section's pin directory (`pin`, else its kind's default) and where
+/// the file gives it.
+fn pin_of(r: &mut Reader<'_>, t: &DeTable<'_>, span: &Range<usize>, default_pin: &str) -> (PathBuf, Range<usize>) {
+    match get(t, "pin") {
         Some(v) => match r.string(v) {
             Some(p) if Path::new(p).is_absolute() => (PathBuf::from(p), v.span()),
             Some(p) => {
@@ -272,7 +275,23 @@ fn placement(r: &mut Reader<'_>, t: &DeTable<'_>, span: &Range<usize>, default_p
             None => (PathBuf::from(default_pin), v.span()),
         },
         None => (PathBuf::from(default_pin), span.clone()),
-    };
+    }
+}
+
+/// A section's network namespace (`netns`), when it names one.
+fn netns_of(r: &mut Reader<'_>, t: &DeTable<'_>) -> Option<String> {
+    get(t, "netns").and_then(|v| {
+        let name = r.string(v)?;
+        if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+            r.problem(v.span(), format!("`{name}` is not a network namespace name (as under /run/netns)"));
+            return None;
+        }
+        Some(name.to_owned())
+    })
+}
+
+fn placement(r: &mut Reader<'_>, t: &DeTable<'_>, span: &Range<usize>, default_pin: &str) -> Placement {
+    let pin = pin_of(r, t, span, default_pin);
     let mut interfaces = Vec::new();
     if let Some(v) = get(t, "interfaces") {
         for (name, s) in r.each(v, |r, item| r.string(item).map(str::to_owned)) {
@@ -289,14 +308,7 @@ fn placement(r: &mut Reader<'_>, t: &DeTable<'_>, span: &Range<usize>, default_p
         }
     }
     let mode = get(t, "mode").and_then(|v| r.parsed(v)).unwrap_or_default();
-    let netns = get(t, "netns").and_then(|v| {
-        let name = r.string(v)?;
-        if name.is_empty() || name.contains('/') || name == "." || name == ".." {
-            r.problem(v.span(), format!("`{name}` is not a network namespace name (as under /run/netns)"));
-            return None;
-        }
-        Some(name.to_owned())
-    });
+    let netns = netns_of(r, t);
     Placement { pin, interfaces, mode, netns }
 }
 
@@ -795,18 +807,56 @@ fn decap(r: &mut Reader<'_>, t: &DeTable<'_>, span: &Range<usize>) -> (DecapConf
 }
 
 /// Reads and checks a whole file: the configuration, or every problem.
+/// The document's tree, or its syntax errors alone (whatever follows one
+/// is guesswork).
+fn document<'i>(r: &mut Reader<'i>) -> Result<DeTable<'i>, ConfigError> {
+    let (doc, syntax) = DeTable::parse_recoverable(r.text);
+    if syntax.is_empty() {
+        return Ok(doc.into_inner());
+    }
+    for e in syntax {
+        let span = e.span().unwrap_or(0..0);
+        r.problem(span, format!("TOML syntax: {}", e.message().trim_end()));
+    }
+    Err(invalid(r.file, std::mem::take(&mut r.problems)))
+}
+
+/// Each section's program, pin directory and network namespace, read
+/// from `text` and nothing else: what taking its programs down needs
+/// ([`Config::plan_down_file`](crate::config::Config::plan_down_file)), so
+/// that a file whose other settings no longer check (a list file gone, a
+/// typo, a newer build's key) still takes them down.
+///
+/// # Errors
+///
+/// [`ConfigError::Invalid`] for TOML syntax, sections that are not tables,
+/// pins that are not absolute paths and malformed namespace names.
+pub(crate) fn places(text: &str, path: &Path) -> Result<Vec<(Program, PathBuf, Option<String>)>, ConfigError> {
+    let mut r = Reader { file: path, text, problems: Vec::new() };
+    let doc = document(&mut r)?;
+    let mut out = Vec::new();
+    for (key, program, default_pin) in [
+        ("filter", Program::Filter, DEFAULT_FILTER_PIN),
+        ("lb", Program::Lb, DEFAULT_LB_PIN),
+        ("decap", Program::Decap, DEFAULT_DECAP_PIN),
+    ] {
+        let Some(v) = get(&doc, key) else { continue };
+        for (t, span) in r.sections(v, key) {
+            let (pin, _) = pin_of(&mut r, t, &span, default_pin);
+            let netns = netns_of(&mut r, t);
+            out.push((program, pin, netns));
+        }
+    }
+    if r.problems.is_empty() {
+        Ok(out)
+    } else {
+        Err(invalid(path, r.problems))
+    }
+}
+
 pub(crate) fn read(text: &str, path: &Path) -> Result<Config, ConfigError> {
     let mut r = Reader { file: path, text, problems: Vec::new() };
-    let (doc, syntax) = DeTable::parse_recoverable(text);
-    if !syntax.is_empty() {
-        // Whatever follows a syntax error is guesswork: report those alone.
-        for e in syntax {
-            let span = e.span().unwrap_or(0..0);
-            r.problem(span, format!("TOML syntax: {}", e.message().trim_end()));
-        }
-        return Err(invalid(path, r.problems));
-    }
-    let doc = doc.into_inner();
+    let doc = document(&mut r)?;
     r.unknown_keys(&doc, "the file (sections are [[filter]], [[lb]] and [[decap]])", TOP_KEYS);
     let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
     let mut placements: Vec<(&'static str, Placement)> = Vec::new();

@@ -854,52 +854,97 @@ impl Config {
     /// What takes this file's programs down: each one pinned is detached
     /// from every interface and its pins removed (filters first, so none
     /// passes packets to an LB on its way out). Programs not pinned are
-    /// left out; what the file does not describe is left alone.
+    /// left out; what the file does not describe is left alone. A section
+    /// whose network namespace is gone (its interfaces, and so its
+    /// attachments, went with it) has its pins removed from the caller's.
     ///
     /// # Errors
     ///
     /// [`ConfigError::Host`] when a pin directory holds something that is
-    /// not the section's program, or a network namespace is missing.
+    /// not the section's program.
     pub fn plan_down(&self) -> Result<Plan, ConfigError> {
-        let mut host = Vec::new();
-        let mut sections = Vec::new();
-        let all = self
-            .filters
-            .iter()
-            .map(|f| (Program::Filter, &f.pin, &f.netns))
-            .chain(self.lbs.iter().map(|l| (Program::Lb, &l.pin, &l.netns)))
-            .chain(self.decaps.iter().map(|d| (Program::Decap, &d.pin, &d.netns)));
-        for (program, pin, netns) in all {
-            let _ns = match Entered::enter(netns.as_deref()) {
-                Ok(e) => e,
-                Err(e) => {
-                    host.push(format!("{program} {}: {e}", pin.display()));
-                    continue;
-                }
-            };
-            let present = match program {
-                Program::Filter => super::apply::present(Filter::open_pinned(pin)),
-                Program::Lb => super::apply::present(LoadBalancer::open_pinned(pin)),
-                Program::Decap => super::apply::present(Decap::open_pinned(pin)),
-            };
-            match present {
-                Ok(false) => continue,
-                Ok(true) => {}
-                Err(e) => {
-                    host.push(format!("{program} {}: {e}", pin.display()));
-                    continue;
-                }
-            }
-            sections.push(SectionPlan {
-                program,
-                pin: pin.clone(),
-                netns: netns.clone(),
-                steps: vec![Step::Remove { changes: Vec::new() }],
-            });
-        }
-        if !host.is_empty() {
-            return Err(ConfigError::Host { problems: host });
-        }
-        Ok(Plan { config: self.clone(), direction: Direction::Down, sections })
+        let places = (self.filters.iter().map(|f| (Program::Filter, f.pin.clone(), f.netns.clone())))
+            .chain(self.lbs.iter().map(|l| (Program::Lb, l.pin.clone(), l.netns.clone())))
+            .chain(self.decaps.iter().map(|d| (Program::Decap, d.pin.clone(), d.netns.clone())))
+            .collect();
+        plan_down_of(self.clone(), places)
     }
+
+    /// [`plan_down`](Config::plan_down) of the file at `path`, reading
+    /// only each section's `pin` and `netns`: a file whose other settings
+    /// no longer check (a list file deleted, a typo, a key of a newer
+    /// build) still takes its programs down, as `xdpguard down` and a
+    /// service's stop must. The plan's [`Config`] has no sections.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Read`]; [`ConfigError::Invalid`] for TOML syntax, a
+    /// pin that is not an absolute path or a malformed namespace name;
+    /// [`ConfigError::Host`] as [`plan_down`](Config::plan_down).
+    pub fn plan_down_file(path: impl AsRef<Path>) -> Result<Plan, ConfigError> {
+        let path = path.as_ref();
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let places = super::parse::places(&text, path)?;
+        let config = Config { path: path.to_owned(), filters: Vec::new(), lbs: Vec::new(), decaps: Vec::new() };
+        plan_down_of(config, places)
+    }
+}
+
+/// The plan removing the programs pinned at `places` (program, pin
+/// directory, namespace). A namespace that is gone took its interfaces,
+/// and with them the attachments: what is pinned (on the host's bpffs)
+/// is removed from the caller's namespace.
+fn plan_down_of(config: Config, places: Vec<(Program, PathBuf, Option<String>)>) -> Result<Plan, ConfigError> {
+    let mut host = Vec::new();
+    let mut sections = Vec::new();
+    let filters: Vec<PathBuf> = places.iter().filter(|p| p.0 == Program::Filter).map(|p| p.1.clone()).collect();
+    for (program, pin, netns) in places {
+        let netns = netns.filter(|n| Path::new("/run/netns").join(n).exists());
+        let _ns = match Entered::enter(netns.as_deref()) {
+            Ok(e) => e,
+            Err(e) => {
+                host.push(format!("{program} {}: {e}", pin.display()));
+                continue;
+            }
+        };
+        let present = match program {
+            Program::Filter => super::apply::present(Filter::open_pinned(&pin)),
+            Program::Lb => super::apply::present(LoadBalancer::open_pinned(&pin)),
+            Program::Decap => super::apply::present(Decap::open_pinned(&pin)),
+        };
+        match present {
+            Ok(false) => continue,
+            Ok(true) => {}
+            Err(e) => {
+                host.push(format!("{program} {}: {e}", pin.display()));
+                continue;
+            }
+        }
+        // An LB a filter this file leaves running still passes packets to
+        // would go on balancing them, unpinned and out of every tool's reach.
+        if program == Program::Lb {
+            let chains = LoadBalancer::open_pinned(&pin).map(|lb| lb.chained_from()).unwrap_or_default();
+            for c in chains.iter().filter(|c| !c.pin.as_ref().is_some_and(|p| filters.contains(p))) {
+                let (filter, fix) = match &c.pin {
+                    Some(p) => (
+                        format!("the filter pinned at {}", p.display()),
+                        format!("`xdpguard next none --pin {}`", p.display()),
+                    ),
+                    None => (format!("filter program {}", c.program_id), "`Filter::clear_next`".to_owned()),
+                };
+                host.push(format!(
+                    "lb {}: {filter} passes its packets on to it and is not taken down by this file: unpinned, the LB \
+                     would go on balancing them out of every tool's reach. Stop the chaining first ({fix}), or take \
+                     that filter down too",
+                    pin.display()
+                ));
+            }
+        }
+        sections.push(SectionPlan { program, pin, netns, steps: vec![Step::Remove { changes: Vec::new() }] });
+    }
+    if !host.is_empty() {
+        return Err(ConfigError::Host { problems: host });
+    }
+    Ok(Plan { config, direction: Direction::Down, sections })
 }

@@ -4,6 +4,7 @@ use std::fmt;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
+use crate::core::layout::names;
 use crate::core::sys;
 use crate::error::{missing_privileges, AttachError, Error, LoadError};
 
@@ -153,8 +154,15 @@ fn classify(source: io::Error, interface: &str, ifindex: u32, mode: AttachMode) 
         return LoadError::MissingPrivileges { missing }.into();
     }
     let err = match source.raw_os_error() {
-        Some(nix::libc::EBUSY) | Some(nix::libc::EEXIST) => occupant(&interface, ifindex)
-            .unwrap_or(AttachError::AlreadyAttached { interface, program_id: None, program: None, libxdp: None }),
+        Some(nix::libc::EBUSY) | Some(nix::libc::EEXIST) => {
+            occupant(&interface, ifindex).unwrap_or(AttachError::AlreadyAttached {
+                interface,
+                program_id: None,
+                program: None,
+                owner: None,
+                libxdp: None,
+            })
+        }
         Some(nix::libc::ENODEV) => AttachError::InterfaceNotFound { interface },
         Some(nix::libc::EOPNOTSUPP) | Some(nix::libc::EINVAL) if mode != AttachMode::Auto => {
             AttachError::ModeUnsupported {
@@ -231,7 +239,17 @@ fn occupant(interface: &str, ifindex: u32) -> Option<AttachError> {
             None
         }
     });
-    Some(AttachError::AlreadyAttached { interface: interface.to_owned(), program_id: Some(id), program: name, libxdp })
+    let owner = match name.as_deref() {
+        Some(file @ (names::XDPG_FILTER | names::XDPG_LB | names::XDPG_DECAP)) => crate::core::chain::pin_of(file, id),
+        _ => None,
+    };
+    Some(AttachError::AlreadyAttached {
+        interface: interface.to_owned(),
+        program_id: Some(id),
+        program: name,
+        owner,
+        libxdp,
+    })
 }
 
 /// Link info for a pinned link: which interface it holds, if still attached.

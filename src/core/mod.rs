@@ -19,6 +19,7 @@
 //!   modes, states) from one table of names each.
 
 pub(crate) mod attach;
+pub(crate) mod chain;
 pub(crate) mod counter;
 pub(crate) mod hash;
 pub(crate) mod layout;

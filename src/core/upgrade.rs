@@ -72,6 +72,10 @@ pub struct UpgradeReport {
     /// own maps (`interfaces` is empty: it runs where the filter calls it).
     /// `None` for a filter loaded without one, and for other programs.
     pub guard: Option<Box<UpgradeReport>>,
+    /// A load balancer's: the filter programs (kernel ids) that passed
+    /// their packets on to the old program, now passing them to the new
+    /// one (each filter's next-program slot written once, atomically).
+    pub rechained: Vec<u32>,
 }
 
 /// What an upgrade of a program that is not attached by links of its own
@@ -328,6 +332,7 @@ impl<P: ProgramKind> Prepared<P> {
             migrated_maps: changed.to_vec(),
             created_maps: added.to_vec(),
             guard: None,
+            rechained: Vec::new(),
         };
         Ok((core, report))
     }

@@ -3,7 +3,9 @@
 //! node's VIPs by BGP while it serves and withdraw them when it does not
 //! (dist/bird/, docs/deployment.md).
 //!
-//! Serving means: attached to at least one interface, and at least one VIP
+//! Serving means: attached to at least one interface, or chained behind a
+//! filter that runs on one (`Filter::set_next`, a configuration's `next`:
+//! what the filter passes reaches the LB), and at least one VIP
 //! with an active backend (weight above 0), so a new flow to it gets a
 //! backend rather than a drop. Deliberately not part of it:
 //!
@@ -25,10 +27,12 @@
 //! or hand-edited node) would send flows that move to it to other backends
 //! than the other nodes do, so it is not serving either (exit code 5).
 //!
-//! Cost: one read of the model the handle already keeps, and the pinned
-//! links' info (what [`LoadBalancer::open_pinned`] reads anyway): the whole
-//! `status --exit-code` process takes a few milliseconds, cheap enough to
-//! poll ten times a second. The digest check adds one SHA-256 pass over the
+//! Cost: one read of the model the handle already keeps, the pinned
+//! links' info (what [`LoadBalancer::open_pinned`] reads anyway) and one
+//! pass over the kernel's programs and links for the filters chaining it
+//! ([`LoadBalancer::chained_from`]): the whole `status --exit-code`
+//! process takes a few milliseconds, cheap enough to poll ten times a
+//! second. The digest check adds one SHA-256 pass over the
 //! Maglev tables (about 0.3 ms per 65537-slot table).
 
 use std::fmt;
@@ -42,6 +46,9 @@ use crate::error::LbError;
 pub struct Health {
     /// Interfaces the LB is attached to.
     pub attachments: usize,
+    /// Interfaces running a filter that passes its packets on to the LB
+    /// ([`LoadBalancer::chained_from`]).
+    pub chained: usize,
     /// Its VIPs.
     pub vips: usize,
     /// VIPs with at least one active backend (weight above 0).
@@ -52,20 +59,21 @@ pub struct Health {
 }
 
 impl Health {
-    /// Serving: attached somewhere, at least one VIP has an active
+    /// Serving: attached somewhere (or chained behind a filter that is), at least one VIP has an active
     /// backend, and, when a digest was expected, the state matches it.
     pub fn is_serving(&self) -> bool {
         self.exit_code() == 0
     }
 
     /// The exit code of `xdpguard-lb status --exit-code`, the first thing
-    /// missing: 0 serving, 3 not attached to any interface, 4 attached but
+    /// missing: 0 serving, 3 not attached to any interface (nor chained
+    /// behind a filter attached to one), 4 attached but
     /// no VIP has an active backend, 5 serving but its state digest differs
     /// from the expected one (only with an expected digest). (1 is any
     /// error, e.g. nothing pinned: the LB was detached or never attached; 2
     /// a usage error.)
     pub fn exit_code(&self) -> u8 {
-        if self.attachments == 0 {
+        if self.attachments + self.chained == 0 {
             3
         } else if self.serving_vips == 0 {
             4
@@ -80,11 +88,11 @@ impl Health {
 impl fmt::Display for Health {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let verdict = if self.is_serving() { "serving" } else { "not serving" };
-        write!(
-            f,
-            "{verdict}: attached to {} interface(s), {} of {} VIP(s) with an active backend",
-            self.attachments, self.serving_vips, self.vips
-        )?;
+        write!(f, "{verdict}: attached to {} interface(s)", self.attachments)?;
+        if self.chained > 0 {
+            write!(f, ", behind a filter on {}", self.chained)?;
+        }
+        write!(f, ", {} of {} VIP(s) with an active backend", self.serving_vips, self.vips)?;
         match self.digest_matches {
             None => Ok(()),
             Some(true) => write!(f, ", state digest as expected"),
@@ -104,6 +112,7 @@ impl LoadBalancer {
     /// [`LbError::Map`] when another process's edit cannot be read back.
     pub fn health(&self) -> Result<Health, LbError> {
         let attachments = self.attachments().len();
+        let chained = self.chained_from().iter().map(|c| c.ifindexes.len()).sum();
         let (vips, serving_vips) = self.read(|st| {
             let serving = st
                 .vips
@@ -113,7 +122,7 @@ impl LoadBalancer {
                 .count();
             (st.vips.len(), serving)
         })?;
-        Ok(Health { attachments, vips, serving_vips, digest_matches: None })
+        Ok(Health { attachments, chained, vips, serving_vips, digest_matches: None })
     }
 
     /// As [`LoadBalancer::health`], and whether the LB's overall state
@@ -140,7 +149,13 @@ mod tests {
 
     #[test]
     fn exit_codes_name_the_first_thing_missing() {
-        let h = |attachments, vips, serving_vips| Health { attachments, vips, serving_vips, digest_matches: None };
+        let h = |attachments, vips, serving_vips| Health {
+            attachments,
+            chained: 0,
+            vips,
+            serving_vips,
+            digest_matches: None,
+        };
         assert_eq!(h(1, 2, 1).exit_code(), 0);
         assert!(h(1, 2, 1).is_serving());
         assert_eq!(h(0, 2, 2).exit_code(), 3);
@@ -149,6 +164,13 @@ mod tests {
         assert_eq!(h(2, 0, 0).exit_code(), 4);
         assert!(!h(2, 0, 0).is_serving());
         assert_eq!(h(1, 3, 2).to_string(), "serving: attached to 1 interface(s), 2 of 3 VIP(s) with an active backend");
+        // Chained behind a filter that runs somewhere, not attached itself.
+        let behind = Health { chained: 2, ..h(0, 2, 1) };
+        assert_eq!(behind.exit_code(), 0);
+        assert_eq!(
+            behind.to_string(),
+            "serving: attached to 0 interface(s), behind a filter on 2, 1 of 2 VIP(s) with an active backend"
+        );
         // The digest counts only once everything else is there.
         let d = |matches, serving_vips| Health { digest_matches: Some(matches), ..h(1, 2, serving_vips) };
         assert_eq!(d(true, 1).exit_code(), 0);

@@ -45,7 +45,7 @@ impl LoadBalancer {
             return Ok(());
         }
         let mut rtnl = self.rtnl()?;
-        neigh::reconcile(&mut rtnl, &BTreeSet::new(), &recorded, |_| Ok(()), |h| self.maps().forget_hop(h))
+        neigh::reconcile(&mut rtnl, &BTreeSet::new(), &recorded, self.maps())
             .map(drop)
             .map_err(neigh_err("removing the backends' managed neighbour entries"))
     }
@@ -59,8 +59,20 @@ pub(super) fn sync_hops(st: &LbState, maps: &LbMaps, rtnl: &mut neigh::Rtnl) -> 
     if backends.is_empty() && recorded.is_empty() {
         return Ok(neigh::Synced::default());
     }
-    neigh::reconcile(rtnl, &backends, &recorded, |h| maps.record_hop(h), |h| maps.forget_hop(h))
+    neigh::reconcile(rtnl, &backends, &recorded, maps)
         .map_err(neigh_err("keeping the backends' next hops resolved (managed neighbour entries)"))
+}
+
+impl neigh::HopRecord for LbMaps {
+    fn record(&self, hop: neigh::HopKey) -> std::io::Result<()> {
+        self.record_hop(hop)
+    }
+    fn forget(&self, hop: neigh::HopKey) -> std::io::Result<()> {
+        self.forget_hop(hop)
+    }
+    fn shared(&self, hop: neigh::HopKey) -> bool {
+        self.hop_recorded_elsewhere(hop)
+    }
 }
 
 pub(super) fn neigh_err(op: &str) -> impl FnOnce(std::io::Error) -> LbError + '_ {

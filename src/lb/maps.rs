@@ -16,7 +16,7 @@ use super::layout::{
 use super::neigh::{HopKey, NsId};
 use crate::core::layout::consts::*;
 use crate::core::layout::names;
-use crate::core::maps::{program_maps, ArrayOfMaps, DevMap, Hash, Mmapped, Opaque, PerCpu};
+use crate::core::maps::{program_maps, ArrayOfMaps, DevMap, Hash, Mmapped, Opaque, PerCpu, TypedMap};
 use crate::core::mmap::cfg_fields;
 use crate::error::LbError;
 use crate::Counter;
@@ -146,6 +146,26 @@ impl LbMaps {
     /// Records a managed neighbour entry this LB created.
     pub(crate) fn record_hop(&self, hop: HopKey) -> std::io::Result<()> {
         self.neighbours.insert(&Self::hop_key(hop), &0, libbpf_rs::MapFlags::ANY)
+    }
+
+    /// Whether another load balancer's record (another `xdpg_lb_nbrs` map
+    /// than this one's, found in the kernel's list of maps) holds `hop`:
+    /// then that LB still needs the managed entry, and it stays. (The
+    /// record is keyed by interface index, so an LB in another namespace
+    /// with the same index and next hop keeps an entry too: a managed
+    /// entry left, never one missing.)
+    pub(crate) fn hop_recorded_elsewhere(&self, hop: HopKey) -> bool {
+        use libbpf_rs::MapCore;
+        let own = self.neighbours.handle().info().map(|i| i.info.id).ok();
+        let key = Self::hop_key(hop);
+        libbpf_rs::query::MapInfoIter::default().filter(|m| m.name == names::XDPG_LB_NBRS && Some(m.id) != own).any(
+            |m| {
+                libbpf_rs::MapHandle::from_map_id(m.id)
+                    .ok()
+                    .and_then(|h| h.lookup(bytemuck::bytes_of(&key), libbpf_rs::MapFlags::ANY).ok().flatten())
+                    .is_some()
+            },
+        )
     }
 
     /// Forgets one (it was removed, or is no longer ours).

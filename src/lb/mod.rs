@@ -41,6 +41,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::core::attach::{Attachment, Interface};
+use crate::core::chain;
 use crate::core::layout::consts::*;
 use crate::core::layout::names;
 use crate::core::maps::ProgramMaps;
@@ -49,6 +50,7 @@ use crate::core::testrun::TestRun;
 use crate::error::{Error, LbError};
 use crate::AttachMode;
 
+pub use crate::core::chain::ChainedFrom;
 pub use batch::BackendBatch;
 #[cfg_attr(not(feature = "config"), allow(unused_imports))]
 pub(crate) use batch::{check_backend, check_nat_backend};
@@ -332,8 +334,9 @@ impl LoadBalancer {
     /// connection keeps its backend. Pins of the same layout are reused as
     /// they are; an older layout is migrated when this build knows how,
     /// else refused before anything changes. A filter that chains into it
-    /// (`Filter::set_next`) still holds the old program: chain the new one
-    /// (`filter.set_next(lb.program_fd())`).
+    /// (`Filter::set_next`, found by [`chained_from`](Self::chained_from))
+    /// is given the new program too, in its next-program slot
+    /// ([`UpgradeReport::rechained`](crate::UpgradeReport::rechained)).
     ///
     /// Requires Linux 5.9 or later (the LB itself needs 5.15).
     ///
@@ -352,6 +355,16 @@ impl LoadBalancer {
         let netns = neigh::find(core.maps.netns());
         let lb = LoadBalancer { core, netns };
         let _ = lb.refresh_neighbours();
+        let mut report = report;
+        let chains = chain::chained_into(report.old_program_id);
+        chain::rechain(&chains, lb.program_fd()).map_err(|source| crate::LoadError::Bpf {
+            op: format!(
+                "passing the filters that chained the old program ({}) on to the new one",
+                chains.iter().map(|c| c.program_id.to_string()).collect::<Vec<_>>().join(", ")
+            ),
+            source,
+        })?;
+        report.rechained = chains.iter().map(|c| c.program_id).collect();
         Ok((lb, report))
     }
 
@@ -398,6 +411,17 @@ impl LoadBalancer {
     /// The interfaces the LB is attached to.
     pub fn attachments(&self) -> Vec<Attachment> {
         self.core.program.attachments()
+    }
+
+    /// The filters that pass their packets on to this LB
+    /// ([`Filter::set_next`](crate::Filter::set_next), a configuration's
+    /// `next`), found in the kernel's own lists whoever chained them: each
+    /// filter program's id and the interfaces it runs on. A chained LB
+    /// serves through them without being attached itself, and would keep
+    /// serving, unpinned and out of reach, if it were unpinned while one
+    /// still chains it.
+    pub fn chained_from(&self) -> Vec<ChainedFrom> {
+        self.core.program.id().map(chain::chained_into).unwrap_or_default()
     }
 
     /// Lets the LB send packets out of `iface` (`XDP_REDIRECT` through its

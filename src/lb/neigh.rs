@@ -320,16 +320,28 @@ pub(crate) struct Synced {
     pub removed: usize,
 }
 
+/// The LB's side of a reconciliation: its record of the entries it
+/// relies on, and whether another LB's record holds an entry.
+pub(crate) trait HopRecord {
+    /// Records that the LB relies on `hop`'s managed entry.
+    fn record(&self, hop: HopKey) -> io::Result<()>;
+    /// Forgets it.
+    fn forget(&self, hop: HopKey) -> io::Result<()>;
+    /// Whether another load balancer relies on it too (then it stays when
+    /// this one no longer needs it).
+    fn shared(&self, hop: HopKey) -> bool;
+}
+
 /// Makes the managed entries the LB recorded (`recorded`) match the next
 /// hops of `backends`: creates (and records) the missing ones, removes
-/// (and forgets) those no backend needs any more. `record`/`forget` keep
-/// the LB's record in step.
+/// (and forgets) those no backend needs any more, unless another LB's
+/// record holds them (the entries are tagged as xdpguard's, not as one
+/// LB's: two LBs in a namespace share them).
 pub(crate) fn reconcile(
     rtnl: &mut Rtnl,
     backends: &BTreeSet<IpAddr>,
     recorded: &BTreeSet<HopKey>,
-    mut record: impl FnMut(HopKey) -> io::Result<()>,
-    mut forget: impl FnMut(HopKey) -> io::Result<()>,
+    lb: &impl HopRecord,
 ) -> io::Result<Synced> {
     let mut wanted = BTreeSet::new();
     for ip in backends {
@@ -355,15 +367,15 @@ pub(crate) fn reconcile(
             Some(_) => continue, // an operator's entry: left alone, not ours to remove
         }
         if !recorded.contains(hop) {
-            record(*hop)?;
+            lb.record(*hop)?;
         }
     }
     for hop in recorded.difference(&wanted) {
-        if table.get(hop).is_some_and(|e| e.ours) {
+        if table.get(hop).is_some_and(|e| e.ours) && !lb.shared(*hop) {
             rtnl.delete(*hop)?;
             done.removed += 1;
         }
-        forget(*hop)?;
+        lb.forget(*hop)?;
     }
     Ok(done)
 }

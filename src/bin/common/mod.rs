@@ -76,7 +76,13 @@ impl Target {
 /// /run/netns/NAME, keeping the mount namespace so bpffs stays visible.
 pub fn enter_netns(name: &str) -> Result<()> {
     let path = Path::new("/run/netns").join(name);
-    let file = std::fs::File::open(&path).map_err(|e| format!("network namespace {name}: {e}"))?;
+    let file = std::fs::File::open(&path).map_err(|e| {
+        format!(
+            "network namespace `{name}`: cannot open {}: {e} (`ip netns list` names the ones there are; \
+             `ip netns add {name}` makes one)",
+            path.display()
+        )
+    })?;
     nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET)
         .map_err(|e| format!("entering network namespace {name}: {e}"))?;
     Ok(())
@@ -143,6 +149,14 @@ pub fn print_upgraded(what: &str, report: &xdpguard::UpgradeReport, pin: &Path) 
         report.old_program_id,
         upgrade_text(report)
     );
+    if !report.rechained.is_empty() {
+        let ids: Vec<String> = report.rechained.iter().map(u32::to_string).collect();
+        println!(
+            "the filter program(s) {} chaining it now pass their packets on to program {}",
+            ids.join(", "),
+            report.new_program_id
+        );
+    }
     if let Some(guard) = &report.guard {
         println!(
             "upgraded its guard stage: program {} replaced program {} ({})",
@@ -168,12 +182,39 @@ fn upgrade_text(report: &xdpguard::UpgradeReport) -> String {
 /// After `detach`: the interfaces it left and the pin directory removed.
 pub fn print_detached(attachments: &[Attachment], pin: &Path) {
     let names: Vec<&str> = attachments.iter().map(|a| a.interface.as_str()).collect();
-    println!("detached from [{}] and removed {}", names.join(", "), pin.display());
+    if names.is_empty() {
+        println!("removed {} (it was attached to no interface)", pin.display());
+    } else {
+        println!("detached from {} and removed {}", names.join(", "), pin.display());
+    }
 }
 
 /// One attachment in text: `eth0 (ifindex 3, native mode)`.
 pub fn attachment_text(a: &Attachment) -> String {
     format!("{} (ifindex {}, {} mode)", a.interface, a.ifindex, a.mode)
+}
+
+/// Interfaces by index, named where this namespace knows them:
+/// `eth0 (ifindex 3)`, else `ifindex 3`.
+pub fn ifindexes_text(ifindexes: &[u32]) -> String {
+    let one = |i: u32| match nix::net::if_::if_indextoname(i) {
+        Ok(name) => format!("{} (ifindex {i})", name.to_string_lossy()),
+        Err(_) => format!("ifindex {i}"),
+    };
+    ifindexes.iter().map(|&i| one(i)).collect::<Vec<_>>().join(", ")
+}
+
+/// A filter chaining an LB, as `xdpguard-lb status` and errors name it.
+pub fn chained_text(c: &xdpguard::ChainedFrom) -> String {
+    let filter = match &c.pin {
+        Some(p) => format!("the filter pinned at {} (program {})", p.display(), c.program_id),
+        None => format!("filter program {}", c.program_id),
+    };
+    if c.ifindexes.is_empty() {
+        format!("{filter}, attached nowhere")
+    } else {
+        format!("{filter}, on {}", ifindexes_text(&c.ifindexes))
+    }
 }
 
 /// One attachment in `--json` output.
