@@ -184,7 +184,7 @@ pub enum PinError {
         cli: &'static str,
     },
     /// The directory holds something that is not ours.
-    #[error("{} holds pins that are not an xdpguard {kind} ({found}); choose another directory", path.display())]
+    #[error("{} holds pins that are not an xdpguard {kind} ({found}); {hint}", path.display())]
     NotOurs {
         /// The directory.
         path: PathBuf,
@@ -192,6 +192,9 @@ pub enum PinError {
         kind: &'static str,
         /// The first unexpected entry.
         found: String,
+        /// The way out: the command of the xdpguard program of another
+        /// kind pinned there, else another directory.
+        hint: String,
     },
     /// Nothing is pinned there.
     #[error(
@@ -709,25 +712,19 @@ fn already_attached(
     if let Some(note) = libxdp {
         return format!("{head}: {note}");
     }
-    let tool = match program {
-        Some(crate::core::layout::names::XDPG_FILTER) => Some(("filter", "xdpguard detach")),
-        Some(crate::core::layout::names::XDPG_LB) => Some(("load balancer", "xdpguard-lb detach")),
-        Some(crate::core::layout::names::XDPG_DECAP) => Some(("decapsulator", "xdpguard-lb decap detach")),
-        _ => None,
-    };
-    match (tool, owner) {
-        (Some((kind, detach)), Some(dir)) => {
+    match (program.and_then(crate::core::pin::program_named), owner) {
+        (Some((kind, cli)), Some(dir)) => {
             let dir = dir.display();
             let chain = if kind == "filter" {
                 format!(", or run a load balancer behind it there (`xdpguard next LB_PIN --pin {dir}`)")
             } else {
                 String::new()
             };
-            format!("{head}: the xdpguard {kind} pinned at {dir}; detach it first (`{detach} --pin {dir}`){chain}")
+            format!("{head}: the xdpguard {kind} pinned at {dir}; detach it first (`{cli} detach --pin {dir}`){chain}")
         }
-        (Some((kind, detach)), None) => format!(
+        (Some((kind, cli)), None) => format!(
             "{head}: an xdpguard {kind} not pinned under /sys/fs/bpf (its process holds it); stop that process, or \
-             detach it with `{detach} --pin DIR` where it is pinned"
+             detach it with `{cli} detach --pin DIR` where it is pinned"
         ),
         (None, _) => format!(
             "{head}; detach it first: `ip link set dev {interface} xdp off` removes one attached without a BPF \

@@ -581,7 +581,18 @@ fn a_chained_lb_serves_behind_its_filter_and_is_never_left_out_of_reach() {
     let (fp, lp) = (bed.filter_pin.arg(), bed.lb_pin.arg());
     bed.drop_list("");
     bed.write("", "", VIPS, "\"198.51.100.11\"");
-    XDPGUARD.ok(&["apply", "--config", &cfg]);
+    // Two applies at once (a reload during a manual run) take turns: both
+    // succeed, and the second finds nothing left to do.
+    let runs: Vec<_> = (0..2)
+        .map(|_| {
+            let cfg = cfg.clone();
+            std::thread::spawn(move || XDPGUARD.run(&["apply", "--config", &cfg]))
+        })
+        .collect();
+    let outs: Vec<_> = runs.into_iter().map(|r| r.join().unwrap()).collect();
+    let texts: Vec<String> = outs.iter().map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).collect();
+    assert!(outs.iter().all(|o| o.status.success()), "{outs:?}");
+    assert_eq!(texts.iter().filter(|t| t.ends_with("no changes\n")).count(), 1, "{texts:?}");
     let filter = Filter::open_pinned(bed.filter_pin.path()).unwrap();
     let lb = LoadBalancer::open_pinned(bed.lb_pin.path()).unwrap();
     assert!(lb.attachments().is_empty(), "the LB itself is attached nowhere");
@@ -599,6 +610,13 @@ fn a_chained_lb_serves_behind_its_filter_and_is_never_left_out_of_reach() {
     assert!(text.contains("serving: attached to 0 interface(s), behind a filter on 1"), "{text}");
     let status = XDPGUARD.json(&["status", "--pin", fp, "--json"]);
     assert_eq!(status["next_program"], lb.program_id().unwrap(), "{status}");
+    // With the fleet's file and no --pin: the file's only [[lb]]; a file
+    // that cannot be read is a usage error (2), not "no LB" (1).
+    assert_eq!(lb_cli.run(&["status", "--exit-code", "--config", &cfg]).status.code(), Some(0));
+    let digest = lb_cli.json(&["digest", "--config", &cfg, "--json"]);
+    assert_eq!(digest["digest"], lb.digest().unwrap().overall.to_string(), "{digest}");
+    let gone = format!("{cfg}.missing");
+    assert_eq!(lb_cli.run(&["status", "--exit-code", "--config", &gone, "--pin", lp]).status.code(), Some(2));
 
     // Not orphaned: detach, and a file taking down the LB alone, refused.
     refused(

@@ -300,7 +300,7 @@ fn timed_blocks_expire_and_are_reclaimed() {
 #[test]
 fn auto_block_by_a_rate_limit() {
     let f = load();
-    let id = f.rules().add(rule("rate-limit 1/s burst 2 per src/24 block 10m udp dport 53")).unwrap();
+    let id = f.rules().add(rule("rate-limit 1/s burst 2 per src/24/128 block 10m udp dport 53")).unwrap();
     let mut t = Table::new(&f, "auto-block");
     t.pass("1", &udp("203.0.113.1", 53), id);
     t.pass("2", &udp("203.0.113.2", 53), id);

@@ -175,6 +175,17 @@ fn the_cli_runs_the_amplification_recipe_on_real_traffic() {
     assert_eq!((v["rules"].as_u64(), v["sets"].as_array().map(Vec::len)), (Some(0), Some(0)), "{v}");
 
     // A rule added alone is live at once; detach removes everything.
+    // A drop rule for every TCP packet from anywhere (SSH included) needs
+    // --force, as `block 0.0.0.0/0` does; nothing is added without it.
+    for all in [&["drop"][..], &["drop", "ipv4", "tcp"]] {
+        let mut args = vec!["rule", "add", "--pin", p];
+        args.extend_from_slice(all);
+        let out = cli.run(&args);
+        assert!(!out.status.success(), "{out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("refusing rule") && err.contains("SSH") && err.contains("--force"), "{err}");
+    }
+    assert_eq!(cli.json(&["status", "--pin", p, "--json"])["rules"], 0);
     // (Options may follow the rule's words: `--pin` is not read as one.)
     cli.ok(&["rule", "add", "drop", "udp", "sport", "53", "--pin", p]);
     dropped(&pair.client, "192.0.2.3", 53, "every port-53 source now");

@@ -74,6 +74,9 @@ fn the_cli_manages_a_pinned_lb() {
     for i in 1..=3 {
         cli.ok(&["backend", "add", vip, &backend_v4(i).to_string(), p[0], p[1]]);
     }
+    // Added again as it is: said so, nothing changed.
+    let again = cli.ok(&["vip", "add", vip, "--mode", "dsr", "--table-size", "16381", p[0], p[1]]);
+    assert!(again.contains("already exists with this configuration (3 backends); nothing changed"), "{again}");
     let list = cli.json(&["vip", "list", "--json", p[0], p[1]]);
     assert_eq!(list[0]["vip"], "tcp 203.0.113.10:80");
     assert_eq!(list[0]["mode"], "dsr");

@@ -115,7 +115,10 @@ fn a_pinned_decap_keeps_running_without_its_process() {
 
         // Not a decap directory, or none: typed errors.
         let _pinned_lb = LoadBalancer::builder().pin(&lb_d).load().unwrap();
-        assert!(matches!(Decap::open_pinned(&lb_d), Err(xdpguard::Error::Pin(xdpguard::PinError::NotOurs { .. }))));
+        let err = Decap::open_pinned(&lb_d).unwrap_err();
+        assert!(matches!(err, xdpguard::Error::Pin(xdpguard::PinError::NotOurs { .. })), "{err:?}");
+        // It names what is there, and the command for it.
+        assert!(err.to_string().contains("it holds an xdpguard load balancer: use `xdpguard-lb`"), "{err}");
         again.unpin().unwrap();
         assert!(!d.exists(), "unpin removes the directory");
         assert!(matches!(Decap::open_pinned(&d), Err(xdpguard::Error::Pin(xdpguard::PinError::NotFound { .. }))));

@@ -501,7 +501,22 @@ fn main() -> ExitCode {
     // pin directory that already holds an LB, only those are applied.
     let attach = matches.subcommand_matches("attach");
     let given = |id: &str| attach.is_some_and(|m| m.value_source(id) == Some(ValueSource::CommandLine));
-    match cli.command {
+    // `status` and `digest` with --config and no --pin: the file's only [[lb]].
+    let pin_given = matches.subcommand().is_some_and(|(name, m)| {
+        matches!(name, "status" | "digest") && m.value_source("pin") == Some(ValueSource::CommandLine)
+    });
+    let command = match cli.command {
+        Command::Status { pin, json, exit_code, config, expect_digest } => {
+            let pin = config_pin(pin, config.as_deref(), pin_given);
+            Command::Status { pin, json, exit_code, config, expect_digest }
+        }
+        Command::Digest { pin, config, json } => {
+            let pin = config_pin(pin, config.as_deref(), pin_given);
+            Command::Digest { pin, config, json }
+        }
+        other => other,
+    };
+    match command {
         Command::Status { pin, json, exit_code: true, config, expect_digest } => {
             health(&pin, json, config.as_deref(), expect_digest)
         }
@@ -509,10 +524,29 @@ fn main() -> ExitCode {
     }
 }
 
+/// The pin directory a `--config` command is about: `--pin` when given,
+/// else the file's `[[lb]]` when it has only one (a file it cannot read
+/// is reported by the command itself).
+fn config_pin(pin: Pin, config: Option<&Path>, pin_given: bool) -> Pin {
+    let Some(file) = config.filter(|_| !pin_given) else { return pin };
+    match xdpguard::config::Config::from_file(file) {
+        Ok(c) if c.lbs.len() == 1 => Pin { pin: c.lbs[0].pin.clone() },
+        _ => pin,
+    }
+}
+
 /// `status --exit-code`: the status, and the health verdict as the exit
-/// code `Health::exit_code` documents (1 on any error).
+/// code `Health::exit_code` documents (2 when the expected digest cannot
+/// be had: a usage error; 1 on any other error).
 fn health(pin: &Pin, json: bool, config: Option<&Path>, expect: Option<Digest>) -> ExitCode {
-    match expected(pin, config, expect).and_then(|expect| status(pin, json, expect)) {
+    let expect = match expected(pin, config, expect) {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match status(pin, json, expect) {
         Ok(h) => ExitCode::from(h.exit_code()),
         Err(e) => common::exit_code(Err(e)),
     }
@@ -531,7 +565,13 @@ fn expected(pin: &Pin, config: Option<&Path>, expect: Option<Digest>) -> Result<
 fn config_digest(file: &Path, pin: &Path) -> Result<LbDigest> {
     let config = xdpguard::config::Config::from_file(file)?;
     let lb = config.lbs.iter().find(|l| l.pin == pin).ok_or_else(|| {
-        format!("{} has no [[lb]] pinned at {} (give its `pin` with --pin)", file.display(), pin.display())
+        let pins: Vec<String> = config.lbs.iter().map(|l| l.pin.display().to_string()).collect();
+        format!(
+            "{} has no [[lb]] pinned at {} (its [[lb]] sections are pinned at: {}; give the one meant with --pin)",
+            file.display(),
+            pin.display(),
+            if pins.is_empty() { "none".to_owned() } else { pins.join(", ") }
+        )
     })?;
     Ok(lb.expected_digest())
 }
@@ -660,8 +700,14 @@ fn run(command: Command, given: &dyn Fn(&str) -> bool) -> Result<()> {
             let lb = LoadBalancer::open_pinned(&pin.pin)?;
             let vip = vip.vip()?;
             let config = VipConfig::new(mode).table_size(table_size).hash(hash).conntrack(!no_conntrack);
+            let existed = lb.vips()?.iter().any(|(v, _)| *v == vip);
             lb.add_vip(vip, config)?;
-            println!("added VIP {vip} ({config}); it drops until it has a backend");
+            if existed {
+                let backends = lb.backends(&vip)?.len();
+                println!("VIP {vip} already exists with this configuration ({backends} backends); nothing changed");
+            } else {
+                println!("added VIP {vip} ({config}); it drops until it has a backend");
+            }
         }
         Command::Vip(VipCommand::Del { pin, vip }) => {
             let lb = LoadBalancer::open_pinned(&pin.pin)?;

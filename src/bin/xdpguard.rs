@@ -285,6 +285,10 @@ enum RuleCommand {
         /// The rule, as words (`drop udp dport 1900,11211`); options may
         /// come before or after them.
         rule: Vec<String>,
+        /// Allow a drop rule that matches every TCP packet (of a version, or
+        /// of both) from any source: your own SSH session included.
+        #[arg(long)]
+        force: bool,
     },
     /// Remove rules by id (the ids `rule list` shows).
     Del {
@@ -310,6 +314,9 @@ enum RuleCommand {
         /// The rule file (`-`: standard input).
         #[arg(long)]
         file: PathBuf,
+        /// Allow a drop rule that matches every TCP packet from any source.
+        #[arg(long)]
+        force: bool,
     },
     /// Put a rule in monitor mode (it counts and decides nothing), or out.
     Monitor {
@@ -703,17 +710,37 @@ fn run(command: Command) -> Result<()> {
         Command::Capture(args) => events::capture(args)?,
         Command::Top(args) => events::top(args)?,
         Command::Apply { config, dry_run, recreate } => {
+            let _turn = config_turn(&config)?;
             let config = Config::from_file(&config)?;
             let plan = config.plan_with(PlanOptions::default().recreate(recreate))?;
             run_plan(&plan, dry_run)?;
         }
         Command::Down { config, dry_run } => {
+            let _turn = config_turn(&config)?;
             // Only each section's pin and namespace are read: a file that no
             // longer checks otherwise still takes its programs down.
             run_plan(&Config::plan_down_file(&config)?, dry_run)?;
         }
     }
     Ok(())
+}
+
+/// The configuration file, locked (`flock`) until dropped: two `apply` or
+/// `down` runs of one file at once (a `systemctl reload` during a manual
+/// apply) take turns, the second planning from what the first made,
+/// instead of both creating the same programs.
+fn config_turn(path: &Path) -> Result<nix::fcntl::Flock<std::fs::File>> {
+    use nix::fcntl::{Flock, FlockArg};
+    let file = std::fs::File::open(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => Ok(lock),
+        Err((file, nix::errno::Errno::EWOULDBLOCK)) => {
+            eprintln!("waiting for another apply or down of {} to finish...", path.display());
+            Flock::lock(file, FlockArg::LockExclusive)
+                .map_err(|(_, e)| format!("locking {}: {e}", path.display()).into())
+        }
+        Err((_, e)) => Err(format!("locking {}: {e}", path.display()).into()),
+    }
 }
 
 /// Prints a plan (`--dry-run`), or applies it printing each change as it
@@ -973,6 +1000,33 @@ fn remove_entries(kind: ListKind, edit: Edit) -> Result<()> {
     Ok(())
 }
 
+/// Refuses (without `force`) a drop rule that matches every TCP packet
+/// of an IP version from any source: the session the host is managed over
+/// with it, as `block 0.0.0.0/0` would.
+fn refuse_drop_all(rules: &[Rule], force: bool) -> Result<()> {
+    let all = rules.iter().find(|r| {
+        r.action == xdpguard::RuleAction::Drop
+            && !r.monitor
+            && r.source.is_none()
+            && r.destination.is_none()
+            && r.source_ports.is_none()
+            && r.destination_ports.is_none()
+            && r.tcp_flags.is_none()
+            && matches!(r.protocol, None | Some(xdpguard::RuleProtocol::Tcp))
+    });
+    match all {
+        Some(r) if !force => Err(format!(
+            "refusing rule `{r}`: it drops every {}packet from any source that the lists do not allow, including \
+             your own SSH session. Nothing was changed. To let only some sources in, allowlist them first \
+             (`xdpguard allow ADDR`: the allowlist is checked before the rules) or put a `pass ... from ADDR` rule \
+             before it, then add it with --force; to drop them anyway, add --force",
+            if r.protocol.is_some() { "TCP " } else { "" }
+        )
+        .into()),
+        _ => Ok(()),
+    }
+}
+
 /// A rule file's rules (`-`: standard input), every bad line reported.
 fn read_rules(path: &Path) -> Result<Vec<Rule>> {
     let (bytes, name) = if path == Path::new("-") {
@@ -987,7 +1041,7 @@ fn read_rules(path: &Path) -> Result<Vec<Rule>> {
 
 fn rule_command(cmd: RuleCommand) -> Result<()> {
     match cmd {
-        RuleCommand::Add { pin, at, file, rule } => {
+        RuleCommand::Add { pin, at, file, rule, force } => {
             let rules = match file {
                 Some(path) => read_rules(&path)?,
                 None if rule.is_empty() => {
@@ -995,6 +1049,7 @@ fn rule_command(cmd: RuleCommand) -> Result<()> {
                 }
                 None => vec![rule.join(" ").parse::<Rule>()?],
             };
+            refuse_drop_all(&rules, force)?;
             let filter = Filter::open_pinned(&pin.pin)?;
             let set = filter.rules();
             if rules.len() == 1 {
@@ -1060,8 +1115,9 @@ fn rule_command(cmd: RuleCommand) -> Result<()> {
                 eprintln!("{} rules, checked in this order after the allowlist and blocklist", list.len());
             }
         }
-        RuleCommand::Replace { pin, file } => {
+        RuleCommand::Replace { pin, file, force } => {
             let rules = read_rules(&file)?;
+            refuse_drop_all(&rules, force)?;
             let filter = Filter::open_pinned(&pin.pin)?;
             let change = filter.rules().replace(rules)?;
             println!(

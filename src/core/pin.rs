@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use nix::fcntl::{Flock, FlockArg};
 
 use crate::core::attach::Attachment;
+use crate::core::layout::names;
 use crate::core::pinned::Kind;
 use crate::core::sys;
 use crate::error::PinError;
@@ -25,6 +26,34 @@ const LINK_PREFIX: &str = "link_";
 /// half-way (bpffs holds only pins and directories, so the mark is one;
 /// and it refuses names with a dot).
 const CREATING: &str = "xdpg_creating";
+
+/// The xdpguard program pinned as `file` (`xdpg_filter`, `xdpg_lb`,
+/// `xdpg_decap`): its kind's name and the command that manages it.
+pub(crate) fn program_named(file: &str) -> Option<(&'static str, &'static str)> {
+    match file {
+        names::XDPG_FILTER => Some(("filter", "xdpguard")),
+        names::XDPG_LB => Some(("load balancer", "xdpguard-lb")),
+        names::XDPG_DECAP => Some(("decapsulator", "xdpguard-lb decap")),
+        _ => None,
+    }
+}
+
+/// `NotOurs` for a directory holding `entries` (not a `kind`): names the
+/// xdpguard program of another kind it holds, and its command.
+fn not_ours(path: &Path, kind: &'static Kind, entries: &[String]) -> PinError {
+    let other = entries.iter().find_map(|e| program_named(e));
+    PinError::NotOurs {
+        path: path.to_owned(),
+        kind: kind.name,
+        found: entries.first().cloned().unwrap_or_default(),
+        hint: match other {
+            Some((name, cli)) => {
+                format!("it holds an xdpguard {name}: use `{cli}` (`{cli} status --pin {}`)", path.display())
+            }
+            None => "choose another directory".to_owned(),
+        },
+    }
+}
 
 #[derive(Debug, Clone)]
 pub(crate) struct PinDir {
@@ -60,8 +89,8 @@ impl PinDir {
         if entries.iter().any(|e| e == kind.marker()) {
             return Err(PinError::InUse { path: path.to_owned(), kind: kind.name, cli: kind.cli });
         }
-        if let Some(found) = entries.into_iter().next() {
-            return Err(PinError::NotOurs { path: path.to_owned(), kind: kind.name, found });
+        if !entries.is_empty() {
+            return Err(not_ours(path, kind, &entries));
         }
         let mark = dir.join(CREATING);
         fs::create_dir(&mark).map_err(io_err("creating", &mark))?;
@@ -100,9 +129,10 @@ impl PinDir {
             if entries.iter().any(|e| e == kind.program) {
                 return Err(PinError::Incompatible { path: path.to_owned(), found: 0, expected: kind.layout_version });
             }
-            return Err(match entries.into_iter().next() {
-                Some(found) => PinError::NotOurs { path: path.to_owned(), kind: kind.name, found },
-                None => PinError::NotFound { path: path.to_owned(), kind: kind.name, cli: kind.cli },
+            return Err(if entries.is_empty() {
+                PinError::NotFound { path: path.to_owned(), kind: kind.name, cli: kind.cli }
+            } else {
+                not_ours(path, kind, &entries)
             });
         }
         Ok(Self { path: path.to_owned(), kind })

@@ -535,7 +535,12 @@ fn check_header(dir: &PinDir) -> Result<(), PinError> {
     let value = map.lookup(&0u32.to_ne_bytes(), MapFlags::ANY).map_err(|e| io(io_from_libbpf(e)))?;
     let word = |i: usize| value.as_deref().and_then(|v| v.get(i..i + 4)).map(bytemuck::pod_read_unaligned::<u32>);
     if word(0) != Some(kind.magic) {
-        return Err(PinError::NotOurs { path: dir.path().to_owned(), kind: kind.name, found: kind.marker().into() });
+        return Err(PinError::NotOurs {
+            path: dir.path().to_owned(),
+            kind: kind.name,
+            found: kind.marker().into(),
+            hint: "choose another directory".into(),
+        });
     }
     match word(4) {
         Some(v) if v == kind.layout_version => Ok(()),

@@ -372,7 +372,12 @@ fn read_header(dir: &PinDir) -> Result<Found, PinError> {
     let value = map.lookup(&0u32.to_ne_bytes(), MapFlags::ANY).map_err(|e| io(io_from_libbpf(e)))?;
     let word = |i: usize| value.as_deref().and_then(|v| v.get(i..i + 4)).map(bytemuck::pod_read_unaligned::<u32>);
     if word(header::MAGIC) != Some(kind.magic) {
-        return Err(PinError::NotOurs { path: dir.path().to_owned(), kind: kind.name, found: kind.marker().into() });
+        return Err(PinError::NotOurs {
+            path: dir.path().to_owned(),
+            kind: kind.name,
+            found: kind.marker().into(),
+            hint: "choose another directory".into(),
+        });
     }
     Ok(Found { layout: word(header::LAYOUT_VERSION).unwrap_or(0), dirty: word(header::DIRTY).is_some_and(|d| d != 0) })
 }

@@ -456,14 +456,16 @@ pub(crate) mod tests {
     fn random_rule(g: &mut Lcg) -> Rule {
         let action = [RuleAction::Drop, RuleAction::Pass, RuleAction::Count][g.below(3) as usize];
         let mut r = Rule::new(action).monitored(g.below(8) == 0);
-        r.protocol = match g.below(7) {
+        let protocol = g.below(7);
+        let v6 = g.below(3) == 0;
+        r.protocol = match protocol {
             0 => None,
             1 | 2 => Some(RuleProtocol::Udp),
             3 | 4 => Some(RuleProtocol::Tcp),
+            5 if v6 => Some(RuleProtocol::Icmpv6),
             5 => Some(RuleProtocol::Icmp),
             _ => Some(RuleProtocol::Other(47)),
         };
-        let v6 = g.below(3) == 0;
         let prefix = |g: &mut Lcg| -> IpNetwork {
             if v6 {
                 format!("2001:db8:{:x}::/{}", g.below(2), 32 + g.below(3) * 16).parse().unwrap()
@@ -491,7 +493,7 @@ pub(crate) mod tests {
         if r.protocol == Some(RuleProtocol::Tcp) && g.below(3) == 0 {
             r.tcp_flags = Some(TcpFlags { value: TcpFlags::SYN, mask: TcpFlags::SYN | (g.below(2) as u8) << 4 });
         }
-        if r.protocol == Some(RuleProtocol::Icmp) && g.below(2) == 0 {
+        if matches!(r.protocol, Some(RuleProtocol::Icmp | RuleProtocol::Icmpv6)) && g.below(2) == 0 {
             r.icmp_types = Some(RangeSet::new([0..=0, 8..=8]));
         }
         r.normalized().unwrap()

@@ -161,7 +161,13 @@ impl FromStr for Rule {
         let mut limit_seen: Vec<&'static str> = Vec::new();
         let mut seen: Vec<&'static str> = Vec::new();
         let mut once = |what: &'static str| once(&mut seen, what);
+        // `per src/LEN` with one length, as written (checked against the
+        // rule's IP versions once they are all known).
+        let mut single_per: Option<String> = None;
         while let Some(word) = words.next() {
+            if limit.is_some() && word.eq_ignore_ascii_case("per") {
+                single_per = words.peek().filter(|v| v.matches('/').count() == 1).map(|v| (*v).to_owned());
+            }
             if let Some(l) = &mut limit {
                 if l.parse_word(word, || words.next().map(str::to_owned), &mut limit_seen).map_err(&bad)? {
                     continue;
@@ -247,6 +253,12 @@ impl FromStr for Rule {
                         other => other,
                     })?);
                 }
+                _ if limit.is_some() && word.starts_with(|c: char| c.is_ascii_digit()) => {
+                    return Err(bad(format!(
+                        "`{word}` is not a rate: give it a unit, `100/s` (packets a second), `1mbit/s` or `64kB/s` \
+                         (bytes)"
+                    )))
+                }
                 _ => {
                     return Err(bad(format!(
                         "unknown word `{word}` (expected ipv4, ipv6, tcp, udp, icmp, icmpv6, proto N, \
@@ -254,6 +266,20 @@ impl FromStr for Rule {
                     )))
                 }
             }
+        }
+        // One length for a rule of both IP versions: which one it is (the
+        // IPv4 one up to 32, else IPv6's) would be a guess, and the other
+        // version keyed per address without a word said.
+        let prefix_family = match (&rule.source, &rule.destination) {
+            (Some(SourceMatch { source: Source::Prefix(p), .. }), _) => Some(IpFamily::of(p.ip())),
+            (_, Some(d)) => Some(IpFamily::of(d.prefix.ip())),
+            _ => None,
+        };
+        if let (Some(v), None) = (&single_per, rule.family.or(prefix_family)) {
+            return Err(bad(format!(
+                "`per {v}` gives one prefix length, and the rule matches both IPv4 and IPv6: give both \
+                 (`per src/24/64`: IPv4's, then IPv6's), or put `ipv4` or `ipv6` in the rule"
+            )));
         }
         rule.limit = limit;
         rule.normalized().map_err(|e| match e {
@@ -324,6 +350,11 @@ mod tests {
             ("drop udp dport 53 sometimes", "unknown word"),
             ("drop from set", "needs a value"),
             ("drop ipv6 from 192.0.2.0/24", "IPv4 prefix"),
+            // Rules no packet can match.
+            ("drop ipv4 icmpv6", "write `icmp` for IPv4"),
+            ("drop ipv6 icmp", "write `icmpv6` for IPv6"),
+            ("drop icmp to 2001:db8::/32", "write `icmpv6` for IPv6"),
+            ("drop icmpv6 from 192.0.2.0/24", "write `icmp` for IPv4"),
         ] {
             let err = text.parse::<Rule>().expect_err(text).to_string();
             assert!(err.contains(why), "{text}: {err}");
@@ -333,6 +364,10 @@ mod tests {
             ("rate-limit 10/s 20/s", "given twice"),
             ("drop 10/s udp", "unknown word"),
             ("rate-limit 10/s block 1y", "duration"),
+            ("rate-limit 100 udp", "`100` is not a rate: give it a unit"),
+            ("rate-limit 100/x udp", "`100/x` is not a rate"),
+            ("rate-limit 10/s per src/33 udp", "`per src/33` gives one prefix length"),
+            ("rate-limit 10/s per src/24 udp", "give both"),
         ] {
             let err = text.parse::<Rule>().expect_err(text).to_string();
             assert!(err.contains(why), "{text}: {err}");

@@ -470,7 +470,8 @@ impl Rule {
     /// ports without TCP or UDP, flags without TCP, types without ICMP or
     /// ICMPv6 (or above 255), an empty port or type set, flags set in
     /// `value` but not in `mask`, prefixes of two IP versions (or not of
-    /// the version given), an invalid set name.
+    /// the version given), ICMP of the other IP version (`ipv6 icmp`), an
+    /// invalid set name.
     pub fn normalized(mut self) -> Result<Rule, RuleError> {
         let invalid = |rule: &Rule, reason: String| RuleError::Invalid { rule: rule.to_string(), reason };
         if let Some(p) = self.protocol {
@@ -538,6 +539,22 @@ impl Rule {
             if s != d {
                 return Err(invalid(&self, "the source and destination prefixes are of two IP versions".into()));
             }
+        }
+        match (self.protocol, self.family.or(src_family).or(dst_family)) {
+            (Some(RuleProtocol::Icmp), Some(IpFamily::V6)) => {
+                return Err(invalid(
+                    &self,
+                    "`icmp` is IPv4's ICMP (protocol 1), which IPv6 packets do not carry: write `icmpv6` for IPv6"
+                        .into(),
+                ))
+            }
+            (Some(RuleProtocol::Icmpv6), Some(IpFamily::V4)) => {
+                return Err(invalid(
+                    &self,
+                    "`icmpv6` is IPv6's ICMP (58), which IPv4 packets do not carry: write `icmp` for IPv4".into(),
+                ))
+            }
+            _ => {}
         }
         if let (Some(given), Some(implied)) = (self.family, src_family.or(dst_family)) {
             if given != implied {
