@@ -198,7 +198,8 @@ pub enum PinError {
     },
     /// Nothing is pinned there.
     #[error(
-        "no pinned xdpguard {kind} at {}; attach one with a pin directory first (`{cli} attach --pin {}`)",
+        "no pinned xdpguard {kind} at {} (pinned elsewhere? `ls /sys/fs/bpf` shows the pin directories; \
+         give the one meant with --pin); to make one there: `{cli} attach --iface IF --pin {}`",
         path.display(), path.display()
     )]
     NotFound {
@@ -923,7 +924,8 @@ pub enum LbError {
     /// added.
     #[error(
         "the decapsulator's address table is full ({capacity} addresses, fixed); remove one first \
-         (`Decap::remove_local`), or attach a second decapsulator for the others"
+         (`Decap::remove_local`; CLI: `xdpguard-lb decap local --del ADDR`), or run a second decapsulator \
+         for the others on another interface"
     )]
     DecapFull {
         /// The capacity.

@@ -602,6 +602,18 @@ fn a_chained_lb_serves_behind_its_filter_and_is_never_left_out_of_reach() {
     assert_eq!(chains[0].pin.as_deref(), Some(bed.filter_pin.path()));
     assert_eq!(chains[0].ifindexes.len(), 1, "the filter runs on the server's eth0: {chains:?}");
 
+    // A mode the interface refuses: the run stops there, and the filter is
+    // attached again as it was, not left off the interface.
+    let text = std::fs::read_to_string(bed.file()).unwrap();
+    std::fs::write(bed.file(), text.replace("mode = \"generic\"", "mode = \"offload\"")).unwrap();
+    let out = XDPGUARD.run(&["apply", "--config", &cfg]);
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{printed}");
+    assert!(printed.contains("attached to eth0 again, in generic mode as before"), "{printed}");
+    assert_eq!(Filter::open_pinned(bed.filter_pin.path()).unwrap().attachments().len(), 1, "still on eth0");
+    std::fs::write(bed.file(), text).unwrap();
+    assert!(XDPGUARD.ok(&["apply", "--config", &cfg]).ends_with("no changes\n"));
+
     // Serving, behind the filter: exit code 0, and status says where.
     let out = lb_cli.run(&["status", "--pin", lp, "--exit-code"]);
     let text = String::from_utf8_lossy(&out.stdout);

@@ -330,6 +330,11 @@ fn the_cli_runs_pinned_decapsulators_on_ipip_backends() {
     assert!(out.contains("attached to eth0") && out.contains("local endpoints"), "{out}");
     let s = cli.json(&["decap", "stats", "--json", "--pin", dp.arg()]);
     assert_eq!(s["locals"], serde_json::json!([backend_v4(1).to_string(), extra]), "{s}");
+    // Endpoints removed and added on the running decapsulator.
+    let out = cli.ok(&["decap", "local", "--del", extra, "--pin", dp.arg()]);
+    assert!(out.contains(&format!("removed 1; local endpoints now: {}", backend_v4(1))), "{out}");
+    let out = cli.ok(&["decap", "local", extra, "--pin", dp.arg()]);
+    assert!(out.contains("added 1;"), "{out}");
     refused(&cli.run(&again), &["eth0", "already"]);
     assert_eq!(spread(&net, 30).len(), 3, "all three backends answer again");
 

@@ -321,6 +321,15 @@ fn the_exporter_serves_pinned_programs_and_its_counters_move_with_traffic() {
     assert!(grew("xdpguard_filter_limiter_total", &[("pin", fp), ("counted", "buckets_made")]) >= 1.0);
     assert!(value(&guarded2, "xdpguard_filter_limiter_buckets", &[("pin", fp)]) >= 1.0);
     assert!(grew("xdpguard_filter_packets_total", &[("pin", fp), ("reason", "rate_limited")]) >= 100.0);
+    // And per rule: what it limited, and the blocks it made (none: no `block`).
+    let limit_rule = XDPGUARD.json(&["rule", "list", "--pin", fp, "--json"]);
+    let rules = limit_rule["rules"].as_array().unwrap();
+    let limit_rule = rules.iter().find(|r| r["rule"].as_str().unwrap().starts_with("rate-limit")).unwrap();
+    let limit_rule = limit_rule["id"].to_string();
+    let rule_labels = [("pin", fp), ("rule", limit_rule.as_str())];
+    assert!(value(&guarded2, "xdpguard_filter_rule_limited_packets_total", &rule_labels) >= 100.0);
+    assert!(value(&guarded2, "xdpguard_filter_rule_limited_bytes_total", &rule_labels) >= 100.0 * 100.0);
+    assert_eq!(value(&guarded2, "xdpguard_filter_rule_auto_blocks_total", &rule_labels), 0.0);
     assert_eq!(value(&guarded2, "xdpguard_filter_timed_blocks", &[("pin", fp)]), 1.0);
     assert_eq!(value(&guarded2, "xdpguard_filter_timed_blocks_capacity", &[("pin", fp)]), 5000.0, "--max-timed-blocks");
     let buckets_capacity = value(&guarded2, "xdpguard_filter_limiter_buckets_capacity", &[("pin", fp)]);

@@ -1,4 +1,4 @@
-//! The shipped systemd unit (dist/systemd/) checked by systemd itself
+//! The shipped systemd units (dist/systemd/) checked by systemd itself
 //! (`systemd-analyze verify`, with the binary path pointed at the one cargo
 //! built), its start/reload/stop commands, and the shipped example
 //! configuration (dist/xdpguard.toml) read by the library.
@@ -40,6 +40,41 @@ fn systemd_accepts_the_unit() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("Unknown key"), "{out:?}");
 }
 
+/// The exporter's and the BIRD health agent's units: accepted by systemd
+/// (their programs pointed at the ones here), restarted when they die, and
+/// their commands' flags are the tools' own.
+#[test]
+fn systemd_accepts_the_exporter_and_health_agent_units() {
+    let agent = Path::new(env!("CARGO_MANIFEST_DIR")).join("dist/bird/xdpguard-bird-health.sh");
+    let dir = ScratchDir::new("/tmp", "units");
+    std::fs::create_dir_all(dir.path()).unwrap();
+    for (name, text, installed, here) in [
+        (
+            "xdpguard-metrics.service",
+            include_str!("../dist/systemd/xdpguard-metrics.service"),
+            INSTALLED_BINARY,
+            XDPGUARD.path().to_str().unwrap(),
+        ),
+        (
+            "xdpguard-bird-health.service",
+            include_str!("../dist/systemd/xdpguard-bird-health.service"),
+            "/usr/local/bin/xdpguard-bird-health",
+            agent.to_str().unwrap(),
+        ),
+    ] {
+        let unit = dir.path().join(name);
+        std::fs::write(&unit, text.replace(installed, here)).unwrap();
+        let out = Command::new("systemd-analyze").arg("verify").arg(&unit).output().expect("run systemd-analyze");
+        let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success() && said.trim().is_empty(), "{name}: systemd-analyze verify:\n{said}");
+        assert!(text.contains("\nRestart=on-failure\n") && text.contains("\nAfter=xdpguard.service"), "{name}");
+    }
+    let help = XDPGUARD.ok(&["metrics", "--help"]);
+    assert!(help.contains("--filter <PIN>") && help.contains("--lb <PIN>") && help.contains("--listen"), "{help}");
+    let script = std::fs::read_to_string(&agent).unwrap();
+    assert!(script.contains("Usage: xdpguard-bird-health.sh [-s BIRD_SOCKET] [-p PIN] [-c CONFIG"), "the agent takes -c");
+}
+
 #[test]
 fn the_unit_applies_at_boot_after_the_network_re_applies_on_reload_and_takes_down_on_stop() {
     assert_eq!(values("Type"), ["oneshot"]);
@@ -67,4 +102,14 @@ fn the_example_configuration_is_valid() {
     assert_eq!(config.filters[0].next.as_deref(), Some(config.lbs[0].pin.as_path()));
     assert_eq!(config.filters[0].rules.len(), 3);
     assert_eq!(config.filters[0].sets["resolvers"].len(), 2);
+    // And from the CLI, checking the file alone (no host needed).
+    let out = XDPGUARD.ok(&["apply", "--config", path.to_str().unwrap(), "--validate"]);
+    assert!(out.contains("valid (1 filter(s), 1 load balancer(s) with 2 VIP(s), 0 decapsulator(s))"), "{out}");
+    let dir = ScratchDir::new("/tmp", "badcfg");
+    std::fs::create_dir_all(dir.path()).unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[[filter]]\ninterfaces = [\"eth0\"]\nmonitr = true\n").unwrap();
+    let out = XDPGUARD.run(&["apply", "--config", bad.to_str().unwrap(), "--validate"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("unknown key `monitr`"), "{err}");
 }

@@ -124,6 +124,17 @@ enum DecapCommand {
         #[command(flatten)]
         pin: DecapPin,
     },
+    /// Add local endpoints to a running decapsulator, or remove them (`--del`).
+    Local {
+        #[command(flatten)]
+        pin: DecapPin,
+        /// The addresses.
+        #[arg(required = true)]
+        addrs: Vec<std::net::IpAddr>,
+        /// Remove them instead.
+        #[arg(long)]
+        del: bool,
+    },
     /// Take over a decapsulator pinned by another (older) xdpguard, swapping its program in place.
     Upgrade {
         #[command(flatten)]
@@ -143,7 +154,7 @@ struct AttachArgs {
     #[command(flatten)]
     pin: Pin,
     /// Prefix for IPIP outer sources (one per family; repeatable).
-    #[arg(long = "ipip-source")]
+    #[arg(long = "ipip-source", value_name = "PREFIX", value_parser = prefix)]
     ipip_sources: Vec<IpNetwork>,
     /// Connection-table entries.
     #[arg(long, default_value_t = xdpguard::DEFAULT_CONNECTIONS)]
@@ -305,7 +316,7 @@ struct SetArgs {
     pin: Pin,
     /// Prefix for IPIP outer sources of its family (repeatable: one per
     /// family); replaces that family's prefix.
-    #[arg(long = "ipip-source", value_name = "PREFIX")]
+    #[arg(long = "ipip-source", value_name = "PREFIX", value_parser = prefix)]
     ipip_sources: Vec<IpNetwork>,
     /// Forget the IPIP outer source prefix of a family (ipv4 or ipv6);
     /// refused while an IPIP VIP has a backend of that family.
@@ -323,6 +334,17 @@ struct SetArgs {
     /// UDP idle timeout, seconds.
     #[arg(long, value_name = "SECS")]
     udp_timeout: Option<u64>,
+}
+
+/// A VIP as `--vip ADDR:PORT` gives it (TCP unless its protocol is
+/// written, `ADDR:PORT/udp`).
+fn tcp_vip(text: &str) -> std::result::Result<Vip, String> {
+    text.parse::<Vip>().or_else(|e| Vip::parse_with(text, Protocol::Tcp).map_err(|_| e.to_string()))
+}
+
+/// A prefix as the filter's tools parse it (the error says what is wrong).
+fn prefix(text: &str) -> std::result::Result<IpNetwork, String> {
+    xdpguard::parse_prefix(text).map_err(|e| e.to_string())
 }
 
 /// The settings `set` changes (and `attach` on a running LB): the IPIP
@@ -399,8 +421,9 @@ struct HealthArgs {
     /// The port to check on every backend (default: the backend's, else the VIP's).
     #[arg(long)]
     port: Option<u16>,
-    /// Check only this VIP's backends (repeatable), e.g. 203.0.113.10:80/tcp.
-    #[arg(long = "vip")]
+    /// Check only this VIP's backends (repeatable): ADDR:PORT (TCP, as
+    /// the other commands take it), or with its protocol, 203.0.113.10:80/tcp.
+    #[arg(long = "vip", value_parser = tcp_vip)]
     vips: Vec<Vip>,
     /// A JSON file the state is written to at every change (the weights of
     /// the backends it drained among it), and read back at start, so a
@@ -646,6 +669,26 @@ fn run(command: Command, given: &dyn Fn(&str) -> bool) -> Result<()> {
             }
             let decap = b.attach()?;
             common::print_attached(&decap.attachments(), &pin.pin);
+        }
+        Command::Decap(DecapCommand::Local { pin, addrs, del }) => {
+            let decap = Decap::open_pinned(&pin.pin)?;
+            let mut changed = 0;
+            for a in addrs {
+                let have = decap.locals().contains(&a);
+                if del && have {
+                    decap.remove_local(a)?;
+                    changed += 1;
+                } else if !del && !have {
+                    decap.add_local(a)?;
+                    changed += 1;
+                }
+            }
+            let now: Vec<String> = decap.locals().iter().map(ToString::to_string).collect();
+            println!(
+                "{} {changed}; local endpoints now: {}",
+                if del { "removed" } else { "added" },
+                if now.is_empty() { "none".into() } else { now.join(", ") }
+            );
         }
         Command::Decap(DecapCommand::Stats { pin, json }) => {
             let decap = Decap::open_pinned(&pin.pin)?;

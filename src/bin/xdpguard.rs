@@ -253,6 +253,11 @@ enum Command {
         /// differ from the file's (drops its connections and counters).
         #[arg(long)]
         recreate: bool,
+        /// Check the file alone (syntax, values, list files), not the host:
+        /// no root, no namespaces or interfaces needed (a configuration
+        /// repository's CI). Changes nothing.
+        #[arg(long, conflicts_with_all = ["dry_run", "recreate"])]
+        validate: bool,
     },
     /// Detach every program a configuration file describes and remove its pins.
     Down {
@@ -709,7 +714,19 @@ fn run(command: Command) -> Result<()> {
         Command::Events(args) => events::events(args)?,
         Command::Capture(args) => events::capture(args)?,
         Command::Top(args) => events::top(args)?,
-        Command::Apply { config, dry_run, recreate } => {
+        Command::Apply { config, validate: true, .. } => {
+            let c = Config::from_file(&config)?;
+            let vips: usize = c.lbs.iter().map(|l| l.vips.len()).sum();
+            println!(
+                "{}: valid ({} filter(s), {} load balancer(s) with {vips} VIP(s), {} decapsulator(s)); the host is \
+                 checked by `apply --dry-run`",
+                config.display(),
+                c.filters.len(),
+                c.lbs.len(),
+                c.decaps.len()
+            );
+        }
+        Command::Apply { config, dry_run, recreate, validate: false } => {
             let _turn = config_turn(&config)?;
             let config = Config::from_file(&config)?;
             let plan = config.plan_with(PlanOptions::default().recreate(recreate))?;
@@ -1209,15 +1226,17 @@ fn print_stats(s: &FilterStats, rates: Option<(FilterStats, Duration)>, json: bo
         println!("{}", serde_json::Value::Object(obj));
         return;
     }
-    println!("{:<12} {:>14} {:>16} {:>12}", "reason", "packets", "bytes", "pps");
+    // The reason column as wide as its longest name (`would_drop_blocked`).
+    let w = s.rows().iter().map(|(name, _)| name.len()).max().unwrap_or(0).max("reason".len());
+    println!("{:<w$} {:>14} {:>16} {:>12}", "reason", "packets", "bytes", "pps");
     let rate_rows = rates.map(|(d, dt)| (d.rows(), dt.as_secs_f64().max(1e-9)));
     for (i, (name, c)) in s.rows().into_iter().enumerate() {
         let pps = rate_rows
             .as_ref()
             .map(|(rows, secs)| format!("{:.0}", rows[i].1.packets as f64 / secs))
             .unwrap_or_else(|| "-".into());
-        println!("{name:<12} {:>14} {:>16} {:>12}", c.packets, c.bytes, pps);
+        println!("{name:<w$} {:>14} {:>16} {:>12}", c.packets, c.bytes, pps);
     }
     let t = s.total();
-    println!("{:<12} {:>14} {:>16}", "total", t.packets, t.bytes);
+    println!("{:<w$} {:>14} {:>16}", "total", t.packets, t.bytes);
 }

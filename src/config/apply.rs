@@ -10,7 +10,7 @@ use crate::core::pinned::Pinned;
 use crate::error::{ConfigError, Error, PinError};
 use crate::filter::FilterKind;
 use crate::lb::{DecapKind, LbKind};
-use crate::{Decap, Filter, LbDigest, ListKind, LoadBalancer};
+use crate::{AttachMode, Decap, Filter, LbDigest, ListKind, LoadBalancer};
 
 /// What [`Plan::apply`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,6 +46,12 @@ struct Run<'a> {
     config: &'a Config,
     section: &'a SectionPlan,
     handle: Handle,
+    /// Interfaces this run detached (with their mode): a refused attach
+    /// to one of them (a mode its driver does not have) attaches it again
+    /// as it was, so the interface is not left without its program.
+    detached: Vec<(String, AttachMode)>,
+    /// What that undo did, for the report.
+    undone: Option<String>,
 }
 
 impl Run<'_> {
@@ -152,25 +158,37 @@ impl Run<'_> {
         }
     }
 
+    fn attach(&mut self, interface: &str, mode: AttachMode) -> Result<(), Error> {
+        match self.section.program {
+            Program::Filter => drop(self.filter()?.attach(interface, mode)?),
+            Program::Lb => drop(self.lb()?.attach(interface, mode)?),
+            Program::Decap => drop(self.decap()?.attach(interface, mode)?),
+        }
+        Ok(())
+    }
+
     fn step(&mut self, step: &Step, lbs: &[(PathBuf, Box<LoadBalancer>)]) -> Result<(), Error> {
         match step {
             Step::Create => self.create()?,
             Step::Remove { .. } => self.remove()?,
             Step::Attach { interface, mode } => {
-                let i = interface.as_str();
-                match self.section.program {
-                    Program::Filter => drop(self.filter()?.attach(i, *mode)?),
-                    Program::Lb => drop(self.lb()?.attach(i, *mode)?),
-                    Program::Decap => drop(self.decap()?.attach(i, *mode)?),
+                if let Err(e) = self.attach(interface, *mode) {
+                    if let Some(&(_, was)) = self.detached.iter().find(|(i, _)| i == interface) {
+                        if self.attach(interface, was).is_ok() {
+                            self.undone = Some(format!("attached to {interface} again, in {was} mode as before"));
+                        }
+                    }
+                    return Err(e);
                 }
             }
-            Step::Detach { interface, .. } => {
+            Step::Detach { interface, mode } => {
                 let i = interface.as_str();
                 match self.section.program {
                     Program::Filter => self.filter()?.detach(i)?,
                     Program::Lb => self.lb()?.detach(i)?,
                     Program::Decap => self.decap()?.detach(i)?,
                 }
+                self.detached.push((interface.clone(), *mode));
             }
             Step::ReplaceList { list, entries, .. } => {
                 let whole = self.filter_config().block_whole_family;
@@ -276,10 +294,16 @@ impl Plan {
         for section in &self.sections {
             let _ns = Entered::enter(section.netns.as_deref())
                 .map_err(|problem| ConfigError::Host { problems: vec![problem] })?;
-            let mut run = Run { config: &self.config, section, handle: Handle::None };
+            let mut run =
+                Run { config: &self.config, section, handle: Handle::None, detached: Vec::new(), undone: None };
             for step in &section.steps {
                 let text = line(section, step);
-                run.step(step, &lbs).map_err(|e| ConfigError::Step { step: text.clone(), source: Box::new(e) })?;
+                if let Err(e) = run.step(step, &lbs) {
+                    if let Some(undo) = run.undone.take() {
+                        report(&format!("{} {}: {undo}", section.program, section.pin.display()));
+                    }
+                    return Err(ConfigError::Step { step: text, source: Box::new(e) });
+                }
                 report(&text);
                 changes.push(text);
             }

@@ -924,6 +924,9 @@ pub(crate) fn read(text: &str, path: &Path) -> Result<Config, ConfigError> {
     let mut chained: BTreeSet<PathBuf> = BTreeSet::new();
     for (f, span) in filters.iter().zip(&next_spans) {
         let (Some(next), Some(span)) = (&f.next, span) else { continue };
+        // Named as a next, even a wrong one: "no packet" would be a second
+        // problem for the same mistake.
+        chained.insert(next.clone());
         match lbs.iter().find(|l| &l.pin == next) {
             None => r.problem(
                 span.clone(),
@@ -931,11 +934,14 @@ pub(crate) fn read(text: &str, path: &Path) -> Result<Config, ConfigError> {
             ),
             Some(l) if l.netns != f.netns => r.problem(
                 span.clone(),
-                "the filter and the LB it passes packets to must be in the same network namespace".to_string(),
+                format!(
+                    "the filter and the LB it passes packets to must be in the same network namespace (the filter's \
+                     is {}, the LB's {}: give both the same `netns`)",
+                    f.netns.as_deref().unwrap_or("the caller's"),
+                    l.netns.as_deref().unwrap_or("the caller's")
+                ),
             ),
-            Some(_) => {
-                chained.insert(next.clone());
-            }
+            Some(_) => {}
         }
     }
     for (l, (_, place)) in lbs.iter().zip(placements.iter().filter(|(k, _)| *k == "lb")) {
@@ -1035,6 +1041,13 @@ backends = ["198.51.100.11", "198.51.100.11", "198.51.100.12:8080", { addr = "19
                 (22, 95, "unknown key `wieght` in a backend (did you mean `weight`?)"),
             ],
         );
+    }
+
+    #[test]
+    fn a_next_in_another_namespace_is_one_problem_naming_both() {
+        let text = "[[filter]]\ninterfaces = [\"eth0\"]\nnetns = \"edge\"\nnext = \"/sys/fs/bpf/lb\"\n\n\
+                    [[lb]]\npin = \"/sys/fs/bpf/lb\"\n";
+        expect(text, &[(4, 8, "the filter's is edge, the LB's the caller's: give both the same `netns`")]);
     }
 
     #[test]

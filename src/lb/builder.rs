@@ -195,21 +195,20 @@ impl LoadBalancerBuilder {
 
     fn build(self, attach: bool) -> Result<LoadBalancer, Error> {
         let targets = self.place.targets(attach)?;
-        for (what, value, max) in [
-            ("max_vips", self.max_vips, 1 << 16),
-            ("max_backends", self.max_backends, 1 << 20),
-            ("connections", self.connections, 1 << 26),
-            ("nat_connections", self.nat_connections.unwrap_or(self.connections), 1 << 26),
-            ("max_interfaces", self.max_interfaces, 1 << 12),
+        for (what, value, max, hint) in [
+            ("max_vips", self.max_vips, 1 << 16, "give 1 to 65,536"),
+            ("max_backends", self.max_backends, 1 << 20, "give 1 to 1,048,576"),
+            ("connections", self.connections, 1 << 26, "give 1 to 67,108,864 connection-table entries"),
+            (
+                "nat_connections",
+                self.nat_connections.unwrap_or(self.connections),
+                1 << 26,
+                "give 1 to 67,108,864 NAT entries",
+            ),
+            ("max_interfaces", self.max_interfaces, 1 << 12, "give 1 to 4,096"),
         ] {
             if value == 0 || value > max {
-                return Err(LoadError::InvalidCapacity {
-                    what,
-                    value: value as usize,
-                    hint: "between 1 and max_vips 65,536 / max_backends 1,048,576 / (nat_)connections \
-                           67,108,864 / max_interfaces 4,096",
-                }
-                .into());
+                return Err(LoadError::InvalidCapacity { what, value: value as usize, hint }.into());
             }
         }
         if attach && self.place.mode == AttachMode::Offload {

@@ -43,6 +43,10 @@ pub(crate) fn read(f: &Filter, pin: Label, s: &mut Samples) -> Result<(), Error>
         let id: Label = e.id.to_string().into();
         let labels = [pin.clone(), id.clone(), rule.action.to_string().into(), rule.to_string().into()];
         s.push_counter(Id::RULE_PACKETS, Id::RULE_BYTES, labels, e.hits);
+        if rule.action == crate::RuleAction::RateLimit {
+            s.push_counter(Id::RULE_LIMITED_PACKETS, Id::RULE_LIMITED_BYTES, [pin.clone(), id.clone()], e.limited);
+            s.push(Id::RULE_AUTO_BLOCKS, [pin.clone(), id.clone()], e.auto_blocks);
+        }
         s.push(Id::RULE_MONITOR, [pin.clone(), id], u64::from(monitor));
     }
     Ok(())

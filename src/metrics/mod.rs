@@ -42,7 +42,9 @@
 //! | `xdpguard_filter_bytes_total` | counter | `pin`, `reason` | bytes, the same way |
 //! | `xdpguard_filter_list_entries` | gauge | `pin`, `list` | entries in the `block` and `allow` lists |
 //! | `xdpguard_filter_monitor` | gauge | `pin` | 1 while the filter is in monitor (dry-run) mode ([`Filter::set_monitor`]) |
-//! | `xdpguard_filter_rule_packets_total` | counter | `pin`, `rule`, `action`, `text` | packets each rule matched (a monitored drop rule: would have dropped; a count rule: counted): `rule` its id, `action` `drop`, `pass` or `count`, `text` its rule text without `monitor` (stable for the id) |
+//! | `xdpguard_filter_rule_packets_total` | counter | `pin`, `rule`, `action`, `text` | packets each rule matched (a monitored drop rule: would have dropped; a count rule: counted): `rule` its id, `action` `drop`, `pass`, `count` or `rate-limit`, `text` its rule text without `monitor` (stable for the id) |
+//! | `xdpguard_filter_rule_limited_packets_total`, `xdpguard_filter_rule_limited_bytes_total` | counter | `pin`, `rule` | what each rate-limit rule found over its limit (dropped, or in monitor mode counted and passed) |
+//! | `xdpguard_filter_rule_auto_blocks_total` | counter | `pin`, `rule` | timed blocks each rate-limit rule with `block` made |
 //! | `xdpguard_filter_rule_bytes_total` | counter | `pin`, `rule`, `action`, `text` | bytes, the same way |
 //! | `xdpguard_filter_rule_monitor` | gauge | `pin`, `rule` | 1 for a rule in monitor mode, 0 for the others |
 //! | `xdpguard_filter_syn_packets_total` | counter | `pin`, `port`, `counted` | per SYN-guarded port ([`Filter::syn_guard`], [`SynPortStats`](crate::SynPortStats)): `syns`, `dropped`, `would_drop`, `cookies_sent`, `cookies_ok`, `acks_other`, `known_passed`, `unanswerable`; the port's series go when it is unprotected |

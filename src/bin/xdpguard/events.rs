@@ -304,8 +304,9 @@ pub fn capture(args: CaptureArgs) -> Result<()> {
     })?;
     pcap.into_writer().sync_all()?;
     eprintln!("{n} packet(s) written to {} (the first {} bytes of each)", args.file.display(), xdpguard::SNAP_LEN);
+    // As `events`, and as --timeout says: a stop, not a failure.
     if n < args.count {
-        return Err(format!("only {n} of {} packets before the timeout", args.count).into());
+        eprintln!("only {n} of {} packets came before the timeout", args.count);
     }
     Ok(())
 }

@@ -99,6 +99,15 @@ pub fn serve(args: MetricsArgs) -> crate::common::Result<()> {
         .map_err(|e| ExporterError::Http { addr, message: e.to_string() })?;
     for (program, pin) in metrics.sources() {
         eprintln!("exporting the {program} pinned at {}", pin.display());
+        // Served all the same (it may be attached later), but a typo
+        // would otherwise only show as metrics that never appear.
+        if !pin.exists() {
+            eprintln!(
+                "warning: nothing is pinned at {} yet: its metrics are left out until a {program} is (a mistyped \
+                 pin directory? `ls /sys/fs/bpf` shows them)",
+                pin.display()
+            );
+        }
     }
     println!("serving metrics on http://{addr}/metrics");
     for request in server.incoming_requests() {
