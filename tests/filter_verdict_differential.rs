@@ -155,7 +155,7 @@ fn random_rule(rng: &mut StdRng, pool: &Pool) -> String {
         w.push(if v6 { "ipv6" } else { "ipv4" }.into());
     }
     let icmp = if v6 { "icmpv6" } else { "icmp" };
-    let other = format!("proto {}", [47u8, 0, 43, 44, 60, 132, 6, 1][rng.random_range(0..8)]);
+    let other = format!("proto {}", [47u8, 0, 43, 44, 60, 132, 6, if v6 { 58 } else { 1 }][rng.random_range(0..8)]);
     let proto = ["", "tcp", "tcp", "udp", "udp", icmp, icmp, other.as_str()][rng.random_range(0..8)].to_string();
     if !proto.is_empty() {
         w.push(proto.clone());

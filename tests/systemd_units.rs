@@ -72,7 +72,10 @@ fn systemd_accepts_the_exporter_and_health_agent_units() {
     let help = XDPGUARD.ok(&["metrics", "--help"]);
     assert!(help.contains("--filter <PIN>") && help.contains("--lb <PIN>") && help.contains("--listen"), "{help}");
     let script = std::fs::read_to_string(&agent).unwrap();
-    assert!(script.contains("Usage: xdpguard-bird-health.sh [-s BIRD_SOCKET] [-p PIN] [-c CONFIG"), "the agent takes -c");
+    assert!(
+        script.contains("Usage: xdpguard-bird-health.sh [-s BIRD_SOCKET] [-p PIN] [-c CONFIG"),
+        "the agent takes -c"
+    );
 }
 
 #[test]
