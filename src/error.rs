@@ -983,7 +983,7 @@ mod tests {
             let in_use = PinError::InUse { path: path.clone(), kind, cli }.to_string();
             assert!(in_use.contains(&format!("`{cli} detach --pin /sys/fs/bpf/x`")), "{in_use}");
             let not_found = PinError::NotFound { path, kind, cli }.to_string();
-            assert!(not_found.contains(&format!("`{cli} attach --pin /sys/fs/bpf/x`")), "{not_found}");
+            assert!(not_found.contains(&format!("`{cli} attach --iface IF --pin /sys/fs/bpf/x`")), "{not_found}");
         }
     }
 
