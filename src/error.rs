@@ -214,7 +214,7 @@ pub enum PinError {
     /// there before it died: not a usable program.
     #[error(
         "{} holds the leftovers of an xdpguard {kind} whose creation was interrupted (its process died before \
-         it finished); create it again (`{cli} attach --pin {}`, or `xdpguard apply`), which removes them first",
+         it finished); create it again (`{cli} attach --iface IF --pin {}`, or `xdpguard apply`), which removes them first",
         path.display(), path.display()
     )]
     Interrupted {
@@ -277,7 +277,7 @@ pub enum PinError {
     #[error(
         "the pin directory {} is incomplete: `{missing}` is missing (removed by hand?), so the xdpguard {kind} \
          pinned there cannot be reopened. Remove the rest (`rm -r {}`, which detaches it unless a process still \
-         holds it) and attach again (`{cli} attach --pin {}`)",
+         holds it) and attach again (`{cli} attach --iface IF --pin {}`)",
         path.display(), path.display(), path.display()
     )]
     Incomplete {
@@ -296,7 +296,7 @@ pub enum PinError {
     #[error(
         "the pin directory {} of this xdpguard {kind} was removed (by hand, or its bpffs was unmounted): \
          no other process can reach it, and it detaches when this process lets go of it. Attach a new one \
-         (`{cli} attach --pin {}`) and restore its configuration",
+         (`{cli} attach --iface IF --pin {}`) and restore its configuration",
         path.display(), path.display()
     )]
     Removed {

@@ -542,7 +542,7 @@ fn bpffs_unmounted_says_to_mount_it_and_attach_again() {
     assert_mentions(&text, &["not on a bpffs mount", "mount -t bpf bpf", "attach"]);
     let err = held.blocklist().insert(net("198.51.100.0/24")).unwrap_err();
     assert!(matches!(err, ListError::Pin(PinError::Removed { .. })), "{err:?}");
-    assert_mentions(&err.to_string(), &["removed", "bpffs", "xdpguard attach --pin"]);
+    assert_mentions(&err.to_string(), &["removed", "bpffs", "xdpguard attach --iface IF --pin"]);
     // Once the last holder goes, the program goes with it.
     drop(held);
     assert!(detached(&ns, "xg0"), "the unmount took the last reference");
@@ -585,7 +585,7 @@ fn pin_directory_removed_by_hand_gives_typed_errors_naming_the_fix() {
     let err = Filter::open_pinned(&pin.path).unwrap_err();
     assert!(matches!(err, Error::Pin(PinError::NotFound { .. })), "{err:?}");
     let text = fails(&["list", "--pin", pin.s()]);
-    assert_mentions(&text, &["no pinned xdpguard filter", "xdpguard attach --pin"]);
+    assert_mentions(&text, &["no pinned xdpguard filter", "xdpguard attach --iface IF --pin"]);
 
     // A process holding it open while the directory goes: a typed error, and
     // the program stays until it lets go.

@@ -395,7 +395,10 @@ fn reopening_a_missing_pin_directory_is_not_found() {
     let err = Filter::open_pinned(pin.path()).unwrap_err();
     let Error::Pin(PinError::NotFound { path, kind, .. }) = &err else { panic!("{err:?}") };
     assert_eq!((path.as_path(), *kind), (pin.path(), "filter"));
-    assert_mentions(&err.to_string(), &[&pin.path().display().to_string(), "no pinned xdpguard filter", "attach one"]);
+    assert_mentions(
+        &err.to_string(),
+        &[&pin.path().display().to_string(), "no pinned xdpguard filter", "to make one there", "--pin"],
+    );
     assert!(!pin.path().exists(), "reopening creates nothing");
 
     std::fs::create_dir_all(pin.path()).unwrap();

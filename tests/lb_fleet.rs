@@ -902,13 +902,13 @@ fn status_exit_code_names_what_is_missing() {
     XDPGUARD_LB.ok(&["backend", "weight", "203.0.113.10:80", "198.51.100.11", "3", "--pin", pin.arg()]);
     assert_eq!(against(&["--config", &file_arg]).status.code(), Some(0), "caught up with the file");
     assert_eq!(against(&["--expect-digest", &promised]).status.code(), Some(5), "not the old digest any more");
-    // Usage errors (2): not a digest; both ways at once. A file without
-    // this pin's [[lb]] is an error (1), as anything that cannot be read.
+    // Usage errors (2): not a digest; both ways at once; a file without
+    // this pin's [[lb]] (the digest to expect cannot be had).
     assert_eq!(against(&["--expect-digest", "12ab"]).status.code(), Some(2));
     assert_eq!(against(&["--config", &file_arg, "--expect-digest", &promised]).status.code(), Some(2));
     let out =
         XDPGUARD_LB.run(&["status", "--exit-code", "--config", &file_arg, "--pin", "/sys/fs/bpf/xdpguard-lb-none"]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("has no [[lb]] pinned at"), "{out:?}");
 
     XDPGUARD_LB.ok(&["detach", "--pin", pin.arg()]);

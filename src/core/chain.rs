@@ -50,7 +50,11 @@ pub(crate) fn chained_into(program_id: u32) -> Vec<ChainedFrom> {
         return found;
     }
     for link in LinkInfoIter::default() {
+        // A link detached (ifindex 0) lingers until the kernel frees it.
         if let LinkTypeInfo::Xdp(xdp) = &link.info {
+            if xdp.ifindex == 0 {
+                continue;
+            }
             if let Some(c) = found.iter_mut().find(|c| c.program_id == link.prog_id) {
                 c.ifindexes.push(xdp.ifindex);
             }
