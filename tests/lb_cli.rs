@@ -229,14 +229,17 @@ fn attach_on_a_pinned_lb_attaches_it_again_with_its_state() {
     assert_eq!(status["attachments"], serde_json::json!([]), "{status}");
     let text = cli.ok(&["status", p[0], p[1]]);
     assert!(text.contains("attached:    nowhere") && text.contains("xdpguard-lb attach --iface IF --pin"), "{text}");
+    assert!(text.contains(&format!("netns:       {}", net.lb.name)), "{text}");
+    assert_eq!(status["netns"], net.lb.name.as_str(), "{status}");
 
     // Load-time settings that differ are refused before anything changes.
     refused(&cli.run(&[&attach[..], &["--connections", "1024"], &p].concat()), &["--connections 4096", "detach"]);
     assert_eq!(cli.json(&["status", "--json", p[0], p[1]])["attachments"], serde_json::json!([]));
 
     // `attach` on the pin directory attaches the same LB: VIPs, backends and
-    // connections kept, the options given applied, the others left as they were.
-    let out = cli.ok(&[&attach[..], &["--echo", "drop"], &p].concat());
+    // connections kept, the options given applied, the others left as they
+    // were; in the namespace it was loaded in, --netns or not.
+    let out = cli.ok(&["attach", "--iface", "eth0", "--iface", "eth1", "--echo", "drop", p[0], p[1]]);
     assert!(out.contains("attached to eth0") && out.contains("attached to eth1"), "{out}");
     assert!(out.contains("VIPs, backends and connections kept"), "{out}");
     let status = cli.json(&["status", "--json", p[0], p[1]]);

@@ -950,6 +950,13 @@ fn run(command: Command, given: &dyn Fn(&str) -> bool) -> Result<()> {
 fn reattach(args: &AttachArgs, given: &dyn Fn(&str) -> bool) -> Result<()> {
     let dir = &args.pin.pin;
     let lb = LoadBalancer::open_pinned(dir)?;
+    // Its interfaces are where it was loaded: without --netns, there.
+    if args.target.netns.is_none() {
+        if let Some(name) = lb.netns_name() {
+            common::enter_netns(&name)?;
+            eprintln!("note: attaching in network namespace {name}, where the load balancer was loaded");
+        }
+    }
     let (vips, backends, connections) = lb.capacity();
     for (id, flag, have, want) in [
         ("connections", "--connections", connections, args.connections),
@@ -1046,6 +1053,7 @@ fn status(pin: &Pin, json: bool, expect: Option<Digest>) -> Result<xdpguard::Hea
                     "ifindexes": c.ifindexes,
                 })).collect::<Vec<_>>(),
                 "redirect_ifindexes": lb.redirect_interfaces(),
+                "netns": lb.netns_name(),
                 "vips": lb.vips()?.len(),
                 "capacity": { "vips": vips, "backends": backends, "connections": connections },
                 "connections": lb.connection_count(),
@@ -1062,6 +1070,10 @@ fn status(pin: &Pin, json: bool, expect: Option<Digest>) -> Result<xdpguard::Hea
         );
     } else {
         println!("pinned at:   {}", pin.pin.display());
+        let netns = lb.netns_name();
+        if let Some(n) = &netns {
+            println!("netns:       {n}");
+        }
         for a in &attachments {
             println!("attached:    {}", common::attachment_text(a));
         }
@@ -1071,9 +1083,10 @@ fn status(pin: &Pin, json: bool, expect: Option<Digest>) -> Result<xdpguard::Hea
         if attachments.is_empty() && chains.iter().all(|c| c.ifindexes.is_empty()) {
             println!(
                 "attached:    nowhere (its interfaces are gone?); attach it again, VIPs, backends and connections \
-                 kept: `xdpguard-lb attach --iface IF --pin {}` (with `--netns NAME` for an interface in a named \
-                 network namespace), or chain it behind a filter (`xdpguard next`)",
-                pin.pin.display()
+                 kept: `xdpguard-lb attach --iface IF --pin {}` (in its namespace{}), or chain it behind a filter \
+                 (`xdpguard next`)",
+                pin.pin.display(),
+                netns.as_deref().map(|n| format!(", {n}, which attach enters")).unwrap_or_default()
             );
         }
         let redirect = lb.redirect_interfaces();

@@ -48,7 +48,7 @@ fn not_ours(path: &Path, kind: &'static Kind, entries: &[String]) -> PinError {
         found: entries.first().cloned().unwrap_or_default(),
         hint: match other {
             Some((name, cli)) => {
-                format!("it holds an xdpguard {name}: use `{cli}` (`{cli} status --pin {}`)", path.display())
+                format!("it holds an xdpguard {name}: use `{cli}` (with `--pin {}`)", path.display())
             }
             None => "choose another directory".to_owned(),
         },

@@ -413,6 +413,14 @@ impl LoadBalancer {
         self.core.program.attachments()
     }
 
+    /// The named network namespace (under `/run/netns`) the LB was loaded
+    /// in, when it is not the caller's: where its interfaces are (`status`
+    /// shows it; `xdpguard-lb attach` on its pin directory enters it).
+    /// `None` in the caller's namespace, or one without a name.
+    pub fn netns_name(&self) -> Option<String> {
+        neigh::name_of(self.core.maps.netns())
+    }
+
     /// The filters that pass their packets on to this LB
     /// ([`Filter::set_next`](crate::Filter::set_next), a configuration's
     /// `next`), found in the kernel's own lists whoever chained them: each

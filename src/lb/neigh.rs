@@ -82,6 +82,19 @@ pub(crate) fn find(id: NsId) -> Option<OwnedFd> {
     })
 }
 
+/// The name under `/run/netns` of namespace `id`, when it is not the
+/// calling thread's and has one.
+pub(crate) fn name_of(id: NsId) -> Option<String> {
+    if current().is_ok_and(|(_, here)| here == id) {
+        return None;
+    }
+    let dir = std::fs::read_dir(Path::new("/run/netns")).ok()?;
+    dir.flatten().find_map(|e| {
+        let f = File::open(e.path()).ok()?;
+        (ns_id(f.as_fd()).ok()? == id).then(|| e.file_name().to_string_lossy().into_owned())
+    })
+}
+
 /// A next hop as the neighbour table keys it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub(crate) struct HopKey {
