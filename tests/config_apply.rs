@@ -620,6 +620,8 @@ fn a_chained_lb_serves_behind_its_filter_and_is_never_left_out_of_reach() {
     assert_eq!(out.status.code(), Some(0), "{text}");
     assert!(text.contains(&format!("behind:      the filter pinned at {fp}")) && !text.contains("nowhere"), "{text}");
     assert!(text.contains("serving: attached to 0 interface(s), behind a filter on 1"), "{text}");
+    // Interfaces named as the LB's namespace names them (not this one's).
+    assert!(text.contains("on eth0 (ifindex ") && text.contains("redirect:    eth0 (ifindex "), "{text}");
     let status = XDPGUARD.json(&["status", "--pin", fp, "--json"]);
     assert_eq!(status["next_program"], lb.program_id().unwrap(), "{status}");
     // With the fleet's file and no --pin: the file's only [[lb]]; a file

@@ -1025,7 +1025,7 @@ fn refuse_chained(lb: &LoadBalancer, dir: &Path) -> Result<()> {
     Err(format!(
         "{} passes its packets on to the load balancer pinned at {}: detached, the LB would go on balancing \
          them, unpinned and out of reach of every tool. Stop the chaining first: {fix}; nothing was changed",
-        common::chained_text(c),
+        common::chained_text(c, lb.netns_name().as_deref()),
         dir.display()
     )
     .into())
@@ -1078,7 +1078,7 @@ fn status(pin: &Pin, json: bool, expect: Option<Digest>) -> Result<xdpguard::Hea
             println!("attached:    {}", common::attachment_text(a));
         }
         for c in &chains {
-            println!("behind:      {}", common::chained_text(c));
+            println!("behind:      {}", common::chained_text(c, netns.as_deref()));
         }
         if attachments.is_empty() && chains.iter().all(|c| c.ifindexes.is_empty()) {
             println!(
@@ -1092,7 +1092,7 @@ fn status(pin: &Pin, json: bool, expect: Option<Digest>) -> Result<xdpguard::Hea
         let redirect = lb.redirect_interfaces();
         println!(
             "redirect:    {}",
-            if redirect.is_empty() { "none".into() } else { common::ifindexes_text(&redirect) }
+            if redirect.is_empty() { "none".into() } else { common::ifindexes_text(&redirect, netns.as_deref()) }
         );
         println!("VIPs:        {} of {vips}", lb.vips()?.len());
         println!("backends:    up to {backends}");

@@ -194,18 +194,34 @@ pub fn attachment_text(a: &Attachment) -> String {
     format!("{} (ifindex {}, {} mode)", a.interface, a.ifindex, a.mode)
 }
 
-/// Interfaces by index, named where this namespace knows them:
-/// `eth0 (ifindex 3)`, else `ifindex 3`.
-pub fn ifindexes_text(ifindexes: &[u32]) -> String {
-    let one = |i: u32| match nix::net::if_::if_indextoname(i) {
-        Ok(name) => format!("{} (ifindex {i})", name.to_string_lossy()),
-        Err(_) => format!("ifindex {i}"),
+/// Interfaces by index, named as the namespace they are in knows them
+/// (`netns`, a name under /run/netns; `None`: this process's): `eth0
+/// (ifindex 3)`, else `ifindex 3` (never a name another namespace gives
+/// the same index).
+pub fn ifindexes_text(ifindexes: &[u32], netns: Option<&str>) -> String {
+    use nix::sched::{setns, CloneFlags};
+    let home = std::fs::File::open("/proc/thread-self/ns/net").ok();
+    let resolvable = match netns {
+        None => true,
+        Some(name) => std::fs::File::open(Path::new("/run/netns").join(name))
+            .is_ok_and(|ns| home.is_some() && setns(ns, CloneFlags::CLONE_NEWNET).is_ok()),
     };
-    ifindexes.iter().map(|&i| one(i)).collect::<Vec<_>>().join(", ")
+    let one = |i: u32| match nix::net::if_::if_indextoname(i).ok().filter(|_| resolvable) {
+        Some(name) => format!("{} (ifindex {i})", name.to_string_lossy()),
+        None => format!("ifindex {i}"),
+    };
+    let text = ifindexes.iter().map(|&i| one(i)).collect::<Vec<_>>().join(", ");
+    if let (Some(_), Some(home)) = (netns, home) {
+        // Back where this process was (a namespace it was in takes it back).
+        let _ = setns(home, CloneFlags::CLONE_NEWNET);
+    }
+    text
 }
 
-/// A filter chaining an LB, as `xdpguard-lb status` and errors name it.
-pub fn chained_text(c: &xdpguard::ChainedFrom) -> String {
+/// A filter chaining an LB, as `xdpguard-lb status` and errors name it
+/// (its interfaces named in `netns`, the LB's: a filter passes packets to
+/// an LB of its own namespace).
+pub fn chained_text(c: &xdpguard::ChainedFrom, netns: Option<&str>) -> String {
     let filter = match &c.pin {
         Some(p) => format!("the filter pinned at {} (program {})", p.display(), c.program_id),
         None => format!("filter program {}", c.program_id),
@@ -213,7 +229,7 @@ pub fn chained_text(c: &xdpguard::ChainedFrom) -> String {
     if c.ifindexes.is_empty() {
         format!("{filter}, attached nowhere")
     } else {
-        format!("{filter}, on {}", ifindexes_text(&c.ifindexes))
+        format!("{filter}, on {}", ifindexes_text(&c.ifindexes, netns))
     }
 }
 
