@@ -199,8 +199,8 @@ pub enum PinError {
     /// Nothing is pinned there.
     #[error(
         "no pinned xdpguard {kind} at {} (pinned elsewhere? `ls /sys/fs/bpf` shows the pin directories; \
-         give the one meant with --pin); to make one there: `{cli} attach --iface IF --pin {}`",
-        path.display(), path.display()
+         give the one meant with --pin); to make one there: `{cli} attach {args} --pin {}`",
+        path.display(), path.display(), args = attach_args(cli)
     )]
     NotFound {
         /// The directory.
@@ -214,8 +214,8 @@ pub enum PinError {
     /// there before it died: not a usable program.
     #[error(
         "{} holds the leftovers of an xdpguard {kind} whose creation was interrupted (its process died before \
-         it finished); create it again (`{cli} attach --iface IF --pin {}`, or `xdpguard apply`), which removes them first",
-        path.display(), path.display()
+         it finished); create it again (`{cli} attach {args} --pin {}`, or `xdpguard apply`), which removes them first",
+        path.display(), path.display(), args = attach_args(cli)
     )]
     Interrupted {
         /// The directory.
@@ -277,8 +277,8 @@ pub enum PinError {
     #[error(
         "the pin directory {} is incomplete: `{missing}` is missing (removed by hand?), so the xdpguard {kind} \
          pinned there cannot be reopened. Remove the rest (`rm -r {}`, which detaches it unless a process still \
-         holds it) and attach again (`{cli} attach --iface IF --pin {}`)",
-        path.display(), path.display(), path.display()
+         holds it) and attach again (`{cli} attach {args} --pin {}`)",
+        path.display(), path.display(), path.display(), args = attach_args(cli)
     )]
     Incomplete {
         /// The directory.
@@ -296,8 +296,8 @@ pub enum PinError {
     #[error(
         "the pin directory {} of this xdpguard {kind} was removed (by hand, or its bpffs was unmounted): \
          no other process can reach it, and it detaches when this process lets go of it. Attach a new one \
-         (`{cli} attach --iface IF --pin {}`) and restore its configuration",
-        path.display(), path.display()
+         (`{cli} attach {args} --pin {}`) and restore its configuration",
+        path.display(), path.display(), args = attach_args(cli)
     )]
     Removed {
         /// The directory.
@@ -695,6 +695,16 @@ pub enum ConfigError {
     },
 }
 
+/// What `attach` needs besides `--pin` for the program `cli` manages (a
+/// decapsulator needs its endpoints).
+fn attach_args(cli: &str) -> &'static str {
+    if cli.ends_with("decap") {
+        "--iface IF --local ADDR"
+    } else {
+        "--iface IF"
+    }
+}
+
 /// [`AttachError::AlreadyAttached`]'s message: what holds the interface
 /// and the way out that fits it.
 fn already_attached(
@@ -724,8 +734,9 @@ fn already_attached(
             format!("{head}: the xdpguard {kind} pinned at {dir}; detach it first (`{cli} detach --pin {dir}`){chain}")
         }
         (Some((kind, cli)), None) => format!(
-            "{head}: an xdpguard {kind} not pinned under /sys/fs/bpf (its process holds it); stop that process, or \
-             detach it with `{cli} detach --pin DIR` where it is pinned"
+            "{head}: an xdpguard {kind} whose pins were not found (searched /sys/fs/bpf, four levels deep: a process \
+             may hold it unpinned); detach it with `{cli} detach --pin DIR` where it is pinned, or stop the process \
+             holding it"
         ),
         (None, _) => format!(
             "{head}; detach it first: `ip link set dev {interface} xdp off` removes one attached without a BPF \
@@ -983,7 +994,8 @@ mod tests {
             let in_use = PinError::InUse { path: path.clone(), kind, cli }.to_string();
             assert!(in_use.contains(&format!("`{cli} detach --pin /sys/fs/bpf/x`")), "{in_use}");
             let not_found = PinError::NotFound { path, kind, cli }.to_string();
-            assert!(not_found.contains(&format!("`{cli} attach --iface IF --pin /sys/fs/bpf/x`")), "{not_found}");
+            let args = if kind == "decapsulator" { "--iface IF --local ADDR" } else { "--iface IF" };
+            assert!(not_found.contains(&format!("`{cli} attach {args} --pin /sys/fs/bpf/x`")), "{not_found}");
         }
     }
 

@@ -447,6 +447,11 @@ fn blocking_a_whole_family_needs_force() {
     );
     cli.ok(&["unblock", "--pin", p, "0.0.0.0/0"]);
     assert_reaches(client, "192.0.2.1", "unblocked");
+    // A narrower entry left blocks only part of what was unblocked: no note.
+    cli.ok(&["block", "--pin", p, "198.51.100.0/32"]);
+    let out = cli.ok(&["unblock", "--pin", p, "198.51.100.0/24"]);
+    assert!(!out.contains("note:"), "{out}");
+    cli.ok(&["unblock", "--pin", p, "198.51.100.0/32"]);
 
     // The same for a while: --force lets it in, and it expires.
     cli.ok(&["block", "--pin", p, "--ttl", "4s", "--force", "0.0.0.0/0"]);

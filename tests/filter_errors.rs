@@ -296,7 +296,7 @@ fn attaching_twice_is_typed_and_the_first_filter_keeps_working() {
         // Held by this process, pinned nowhere: the process is the way out.
         assert_mentions(
             &err.to_string(),
-            &["eth0", "already has an XDP program", "an xdpguard filter not pinned", "its process holds it"],
+            &["eth0", "already has an XDP program", "an xdpguard filter whose pins were not found", "a process"],
         );
         assert!(!pin.path().exists(), "{mode}: the failed attach left no pins");
     }

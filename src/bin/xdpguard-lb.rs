@@ -347,9 +347,10 @@ fn prefix(text: &str) -> std::result::Result<IpNetwork, String> {
     xdpguard::parse_prefix(text).map_err(|e| e.to_string())
 }
 
-/// The settings `set` changes (and `attach` on a running LB): the IPIP
-/// sources first (they can be refused: then nothing else is changed),
-/// then the policies.
+/// The settings `set` changes (and `attach` on a running LB), in turn:
+/// the IPIP sources first (clearing one can be refused: then nothing after
+/// it is changed, and a clear of the other family given before it stays),
+/// then the policies, which cannot be refused.
 #[derive(Default)]
 struct Settings {
     ipip_sources: Vec<IpNetwork>,

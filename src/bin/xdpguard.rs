@@ -742,21 +742,35 @@ fn run(command: Command) -> Result<()> {
     Ok(())
 }
 
-/// The configuration file, locked (`flock`) until dropped: two `apply` or
-/// `down` runs of one file at once (a `systemctl reload` during a manual
-/// apply) take turns, the second planning from what the first made,
-/// instead of both creating the same programs.
+/// The host's apply lock (`flock` on `/run/lock/xdpguard-apply.lock`),
+/// held until dropped: `apply` and `down` runs on one host take turns (a
+/// `systemctl reload` during a manual apply; a file renamed over the one
+/// being applied; two files naming the same pins), the second planning from
+/// what the first made instead of both creating the same programs. A lock
+/// on the file itself would not hold across a rename. `path` is named in
+/// the messages.
 fn config_turn(path: &Path) -> Result<nix::fcntl::Flock<std::fs::File>> {
     use nix::fcntl::{Flock, FlockArg};
-    let file = std::fs::File::open(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+    let dir =
+        ["/run/lock", "/run", "/tmp"].into_iter().map(Path::new).find(|d| d.is_dir()).unwrap_or(Path::new("/tmp"));
+    let lock_path = dir.join("xdpguard-apply.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| format!("opening the apply lock {}: {e}", lock_path.display()))?;
     match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
         Ok(lock) => Ok(lock),
         Err((file, nix::errno::Errno::EWOULDBLOCK)) => {
-            eprintln!("waiting for another apply or down of {} to finish...", path.display());
+            eprintln!(
+                "waiting for another apply or down on this host to finish (before applying {})...",
+                path.display()
+            );
             Flock::lock(file, FlockArg::LockExclusive)
-                .map_err(|(_, e)| format!("locking {}: {e}", path.display()).into())
+                .map_err(|(_, e)| format!("locking {}: {e}", lock_path.display()).into())
         }
-        Err((_, e)) => Err(format!("locking {}: {e}", path.display()).into()),
+        Err((_, e)) => Err(format!("locking {}: {e}", lock_path.display()).into()),
     }
 }
 
@@ -999,12 +1013,13 @@ fn remove_entries(kind: ListKind, edit: Edit) -> Result<()> {
     // a timed block) still covers it: say which, and the ways out.
     for net in nets.iter().map(|n| xdpguard::normalize(*n).network) {
         let addr = net.network();
+        // Only an entry covering all of it (a narrower one blocks a part).
         let still = match filter.verdict(addr)? {
-            Verdict::Block(by) => Some(format!("the blocklist's {by}")),
-            Verdict::Allow(_) => None,
+            Verdict::Block(by) if by.prefix() <= net.prefix() => Some(format!("the blocklist's {by}")),
+            Verdict::Block(_) | Verdict::Allow(_) => None,
             Verdict::Pass => timed
                 .iter()
-                .find(|b| b.prefix.contains(addr))
+                .find(|b| b.prefix.contains(addr) && b.prefix.prefix() <= net.prefix())
                 .map(|b| format!("the timed block {} (expires in {})", b.prefix, timed::left(b))),
         };
         if let Some(by) = still {

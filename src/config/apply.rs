@@ -46,12 +46,13 @@ struct Run<'a> {
     config: &'a Config,
     section: &'a SectionPlan,
     handle: Handle,
-    /// Interfaces this run detached (with their mode): a refused attach
-    /// to one of them (a mode its driver does not have) attaches it again
-    /// as it was, so the interface is not left without its program.
+    /// Interfaces this run detached (with their mode): when an attach is
+    /// refused (a mode a driver does not have), each of them that runs
+    /// nothing now is attached again as it was, so no interface is left
+    /// without its program.
     detached: Vec<(String, AttachMode)>,
     /// What that undo did, for the report.
-    undone: Option<String>,
+    undone: Vec<String>,
 }
 
 impl Run<'_> {
@@ -173,9 +174,11 @@ impl Run<'_> {
             Step::Remove { .. } => self.remove()?,
             Step::Attach { interface, mode } => {
                 if let Err(e) = self.attach(interface, *mode) {
-                    if let Some(&(_, was)) = self.detached.iter().find(|(i, _)| i == interface) {
-                        if self.attach(interface, was).is_ok() {
-                            self.undone = Some(format!("attached to {interface} again, in {was} mode as before"));
+                    // Those attached since in their new mode refuse a second
+                    // attach: only the bare ones take their program back.
+                    for (i, was) in self.detached.clone() {
+                        if self.attach(&i, was).is_ok() {
+                            self.undone.push(format!("attached to {i} again, in {was} mode as before"));
                         }
                     }
                     return Err(e);
@@ -295,11 +298,11 @@ impl Plan {
             let _ns = Entered::enter(section.netns.as_deref())
                 .map_err(|problem| ConfigError::Host { problems: vec![problem] })?;
             let mut run =
-                Run { config: &self.config, section, handle: Handle::None, detached: Vec::new(), undone: None };
+                Run { config: &self.config, section, handle: Handle::None, detached: Vec::new(), undone: Vec::new() };
             for step in &section.steps {
                 let text = line(section, step);
                 if let Err(e) = run.step(step, &lbs) {
-                    if let Some(undo) = run.undone.take() {
+                    for undo in &run.undone {
                         report(&format!("{} {}: {undo}", section.program, section.pin.display()));
                     }
                     return Err(ConfigError::Step { step: text, source: Box::new(e) });

@@ -358,6 +358,9 @@ struct Planner {
     /// The programs pinned in the file's pin directories: an interface one
     /// of them holds is this plan's to move, not another program's.
     own: Vec<u32>,
+    /// The file's filters' pin directories (a filter chaining an LB the
+    /// plan re-creates is chained again only when it is one of them).
+    filters: Vec<PathBuf>,
 }
 
 /// The id of the program pinned as `name` under `pin`, if any.
@@ -406,6 +409,22 @@ impl Planner {
             return false;
         }
         if self.options.recreate {
+            // A filter this file does not describe would go on passing
+            // packets to the removed LB, unpinned and out of reach.
+            if program == Program::Lb {
+                let chains = LoadBalancer::open_pinned(pin).map(|lb| lb.chained_from()).unwrap_or_default();
+                for c in chains.iter().filter(|c| !c.pin.as_ref().is_some_and(|p| self.filters.contains(p))) {
+                    let filter = c.pin.as_ref().map_or(format!("filter program {}", c.program_id), |p| {
+                        format!("the filter pinned at {}", p.display())
+                    });
+                    self.host.push(format!(
+                        "lb {}: {filter} passes its packets on to it and is not in this file, so it would not be \
+                         chained to the re-created LB: describe that filter in the file, or stop its chaining first \
+                         (`xdpguard next none --pin ...`)",
+                        pin.display()
+                    ));
+                }
+            }
             steps.push(Step::Remove { changes });
             return true;
         }
@@ -822,7 +841,8 @@ impl Config {
         let pins = pins.chain(self.lbs.iter().map(|l| (&l.pin, names::XDPG_LB)));
         let pins = pins.chain(self.decaps.iter().map(|d| (&d.pin, names::XDPG_DECAP)));
         let own = pins.filter_map(|(pin, name)| pinned_program_id(pin, name)).collect();
-        let mut p = Planner { options, host: Vec::new(), fixed: None, lb_ids: BTreeMap::new(), own };
+        let filters = self.filters.iter().map(|f| f.pin.clone()).collect();
+        let mut p = Planner { options, host: Vec::new(), fixed: None, lb_ids: BTreeMap::new(), own, filters };
         let mut sections = Vec::new();
         let section = |program, pin: &Path, netns: &Option<String>, steps| SectionPlan {
             program,
@@ -861,7 +881,9 @@ impl Config {
     /// # Errors
     ///
     /// [`ConfigError::Host`] when a pin directory holds something that is
-    /// not the section's program.
+    /// not the section's program, or a load balancer it would remove is
+    /// still chained behind a filter it leaves running
+    /// ([`LoadBalancer::chained_from`]).
     pub fn plan_down(&self) -> Result<Plan, ConfigError> {
         let places = (self.filters.iter().map(|f| (Program::Filter, f.pin.clone(), f.netns.clone())))
             .chain(self.lbs.iter().map(|l| (Program::Lb, l.pin.clone(), l.netns.clone())))

@@ -38,33 +38,46 @@ pub struct ChainedFrom {
     pub(crate) next_map_id: u32,
 }
 
-/// Every filter program whose `xdpg_next` slot holds program `program_id`.
+/// Every filter whose `xdpg_next` slot holds program `program_id`, one
+/// entry per `xdpg_next` map: a filter's older program that a process
+/// still holds open after an upgrade shares its map, and is the same
+/// filter (its interfaces and pin merged in).
 pub(crate) fn chained_into(program_id: u32) -> Vec<ChainedFrom> {
     let filter_name = std::ffi::OsStr::new(names::XDPG_FILTER);
-    let mut found: Vec<ChainedFrom> =
+    // (program, its xdpg_next map) for each filter program chaining it.
+    let programs: Vec<(u32, u32)> =
         ProgInfoIter::with_query_opts(ProgInfoQueryOptions::default().include_map_ids(true))
             .filter(|p| p.name == filter_name)
-            .filter_map(|p| {
-                let next_map_id = p.map_ids.iter().copied().find(|&id| next_of(id) == Some(program_id))?;
-                Some(ChainedFrom { program_id: p.id, ifindexes: Vec::new(), pin: None, next_map_id })
-            })
+            .filter_map(|p| Some((p.id, p.map_ids.iter().copied().find(|&id| next_of(id) == Some(program_id))?)))
             .collect();
-    if found.is_empty() {
-        return found;
+    if programs.is_empty() {
+        return Vec::new();
     }
+    let mut links: Vec<(u32, u32)> = Vec::new();
     for link in LinkInfoIter::default() {
         // A link detached (ifindex 0) lingers until the kernel frees it.
         if let LinkTypeInfo::Xdp(xdp) = &link.info {
-            if xdp.ifindex == 0 {
-                continue;
-            }
-            if let Some(c) = found.iter_mut().find(|c| c.program_id == link.prog_id) {
-                c.ifindexes.push(xdp.ifindex);
+            if xdp.ifindex != 0 && programs.iter().any(|&(p, _)| p == link.prog_id) {
+                links.push((link.prog_id, xdp.ifindex));
             }
         }
     }
-    for c in &mut found {
-        c.pin = pin_of(names::XDPG_FILTER, c.program_id);
+    let mut found: Vec<ChainedFrom> = Vec::new();
+    for &(program, map) in &programs {
+        let ifindexes = links.iter().filter(|&&(p, _)| p == program).map(|&(_, i)| i);
+        let pin = pin_of(names::XDPG_FILTER, program);
+        match found.iter_mut().find(|c| c.next_map_id == map) {
+            Some(c) => {
+                c.ifindexes.extend(ifindexes);
+                // The pinned (current) program names the filter.
+                if c.pin.is_none() && pin.is_some() {
+                    (c.pin, c.program_id) = (pin, program);
+                }
+            }
+            None => {
+                found.push(ChainedFrom { program_id: program, ifindexes: ifindexes.collect(), pin, next_map_id: map })
+            }
+        }
     }
     found
 }
@@ -100,11 +113,12 @@ fn next_of(map_id: u32) -> Option<u32> {
 }
 
 /// Puts `program` in the `xdpg_next` slot of each filter of `chains`, in
-/// place of what it held (one atomic slot write each).
-pub(crate) fn rechain(chains: &[ChainedFrom], program: BorrowedFd<'_>) -> std::io::Result<()> {
-    for c in chains {
+/// place of what it held (one atomic slot write each); returns the
+/// filters whose slot refused it (they keep the program they had).
+pub(crate) fn rechain(chains: &[ChainedFrom], program: BorrowedFd<'_>) -> Vec<(u32, std::io::Error)> {
+    let one = |c: &ChainedFrom| -> std::io::Result<()> {
         let handle = MapHandle::from_map_id(c.next_map_id).map_err(crate::core::maps::io_from_libbpf)?;
-        ProgArray::new(names::XDPG_NEXT, handle)?.set(0, program)?;
-    }
-    Ok(())
+        ProgArray::new(names::XDPG_NEXT, handle)?.set(0, program)
+    };
+    chains.iter().filter_map(|c| one(c).err().map(|e| (c.program_id, e))).collect()
 }

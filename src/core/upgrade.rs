@@ -76,6 +76,12 @@ pub struct UpgradeReport {
     /// their packets on to the old program, now passing them to the new
     /// one (each filter's next-program slot written once, atomically).
     pub rechained: Vec<u32>,
+    /// A load balancer's: the filter programs whose next-program slot
+    /// refused the new program, each with the kernel's reason; they still
+    /// pass packets to the old one (`xdpguard next LB_PIN --pin FILTER`
+    /// chains the new one once the cause is fixed). The upgrade itself is
+    /// done.
+    pub not_rechained: Vec<(u32, String)>,
 }
 
 /// What an upgrade of a program that is not attached by links of its own
@@ -333,6 +339,7 @@ impl<P: ProgramKind> Prepared<P> {
             created_maps: added.to_vec(),
             guard: None,
             rechained: Vec::new(),
+            not_rechained: Vec::new(),
         };
         Ok((core, report))
     }

@@ -336,7 +336,10 @@ impl LoadBalancer {
     /// else refused before anything changes. A filter that chains into it
     /// (`Filter::set_next`, found by [`chained_from`](Self::chained_from))
     /// is given the new program too, in its next-program slot
-    /// ([`UpgradeReport::rechained`](crate::UpgradeReport::rechained)).
+    /// ([`UpgradeReport::rechained`](crate::UpgradeReport::rechained); one
+    /// whose slot refuses it is in
+    /// [`UpgradeReport::not_rechained`](crate::UpgradeReport::not_rechained),
+    /// not an error: the upgrade is done by then).
     ///
     /// Requires Linux 5.9 or later (the LB itself needs 5.15).
     ///
@@ -355,16 +358,14 @@ impl LoadBalancer {
         let netns = neigh::find(core.maps.netns());
         let lb = LoadBalancer { core, netns };
         let _ = lb.refresh_neighbours();
+        // The upgrade is done: a filter whose slot refuses the new program
+        // is reported, not an error that would lose the handle.
         let mut report = report;
         let chains = chain::chained_into(report.old_program_id);
-        chain::rechain(&chains, lb.program_fd()).map_err(|source| crate::LoadError::Bpf {
-            op: format!(
-                "passing the filters that chained the old program ({}) on to the new one",
-                chains.iter().map(|c| c.program_id.to_string()).collect::<Vec<_>>().join(", ")
-            ),
-            source,
-        })?;
-        report.rechained = chains.iter().map(|c| c.program_id).collect();
+        let failed = chain::rechain(&chains, lb.program_fd());
+        report.rechained =
+            chains.iter().map(|c| c.program_id).filter(|id| !failed.iter().any(|(f, _)| f == id)).collect();
+        report.not_rechained = failed.into_iter().map(|(id, e)| (id, e.to_string())).collect();
         Ok((lb, report))
     }
 

@@ -75,11 +75,7 @@ pub(crate) fn find(id: NsId) -> Option<OwnedFd> {
             return Some(fd);
         }
     }
-    let dir = std::fs::read_dir(Path::new("/run/netns")).ok()?;
-    dir.flatten().find_map(|e| {
-        let f = File::open(e.path()).ok()?;
-        (ns_id(f.as_fd()).ok()? == id).then(|| f.into())
-    })
+    named(id).map(|(_, f)| f.into())
 }
 
 /// The name under `/run/netns` of namespace `id`, when it is not the
@@ -88,10 +84,15 @@ pub(crate) fn name_of(id: NsId) -> Option<String> {
     if current().is_ok_and(|(_, here)| here == id) {
         return None;
     }
+    named(id).map(|(name, _)| name)
+}
+
+/// Namespace `id` among those named under `/run/netns`: its name, opened.
+fn named(id: NsId) -> Option<(String, File)> {
     let dir = std::fs::read_dir(Path::new("/run/netns")).ok()?;
     dir.flatten().find_map(|e| {
         let f = File::open(e.path()).ok()?;
-        (ns_id(f.as_fd()).ok()? == id).then(|| e.file_name().to_string_lossy().into_owned())
+        (ns_id(f.as_fd()).ok()? == id).then(|| (e.file_name().to_string_lossy().into_owned(), f))
     })
 }
 

@@ -149,6 +149,13 @@ pub fn print_upgraded(what: &str, report: &xdpguard::UpgradeReport, pin: &Path) 
         report.old_program_id,
         upgrade_text(report)
     );
+    for (id, why) in &report.not_rechained {
+        eprintln!(
+            "warning: filter program {id} still passes its packets to the old program ({why}): chain the new one \
+             with `xdpguard next {} --pin FILTER_PIN` once that is fixed",
+            pin.display()
+        );
+    }
     if !report.rechained.is_empty() {
         let ids: Vec<String> = report.rechained.iter().map(u32::to_string).collect();
         println!(
