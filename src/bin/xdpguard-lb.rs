@@ -673,15 +673,22 @@ fn run(command: Command, given: &dyn Fn(&str) -> bool) -> Result<()> {
         }
         Command::Decap(DecapCommand::Local { pin, addrs, del }) => {
             let decap = Decap::open_pinned(&pin.pin)?;
+            // Read once, kept in step: an address given twice changes once.
+            let mut have = decap.locals();
             let mut changed = 0;
             for a in addrs {
-                let have = decap.locals().contains(&a);
-                if del && have {
-                    decap.remove_local(a)?;
-                    changed += 1;
-                } else if !del && !have {
-                    decap.add_local(a)?;
-                    changed += 1;
+                match have.iter().position(|h| *h == a) {
+                    Some(at) if del => {
+                        decap.remove_local(a)?;
+                        have.remove(at);
+                        changed += 1;
+                    }
+                    None if !del => {
+                        decap.add_local(a)?;
+                        have.push(a);
+                        changed += 1;
+                    }
+                    _ => {}
                 }
             }
             let now: Vec<String> = decap.locals().iter().map(ToString::to_string).collect();
@@ -1016,12 +1023,10 @@ fn refuse_chained(lb: &LoadBalancer, dir: &Path) -> Result<()> {
     let chains = lb.chained_from();
     let Some(c) = chains.first() else { return Ok(()) };
     let fix = match &c.pin {
-        Some(p) => format!(
-            "`xdpguard next none --pin {}` (or take the filter down first: `xdpguard detach --pin {}`)",
-            p.display(),
-            p.display()
-        ),
-        None => format!("`Filter::clear_next` on filter program {}, or detach that filter", c.program_id),
+        Some(p) => {
+            format!("{} (or take the filter down first: `xdpguard detach --pin {}`)", c.unchain_hint(), p.display())
+        }
+        None => format!("{}, or detach that filter", c.unchain_hint()),
     };
     Err(format!(
         "{} passes its packets on to the load balancer pinned at {}: detached, the LB would go on balancing \

@@ -14,8 +14,8 @@ use super::netns::Entered;
 use crate::core::layout::names;
 use crate::error::{ConfigError, Error, PinError};
 use crate::{
-    AttachMode, Attachment, Backend, BackendAddr, Decap, Filter, ListKind, LoadBalancer, MalformedPolicy, Rule,
-    RuleError, SynPolicy, Vip, VipConfig,
+    AttachMode, Attachment, Backend, BackendAddr, ChainedFrom, Decap, Filter, ListKind, LoadBalancer, MalformedPolicy,
+    Rule, RuleError, SynPolicy, Vip, VipConfig,
 };
 
 /// Which program a section describes.
@@ -412,18 +412,10 @@ impl Planner {
             // A filter this file does not describe would go on passing
             // packets to the removed LB, unpinned and out of reach.
             if program == Program::Lb {
+                let why = "is not in this file, so it would not be chained to the re-created LB: describe that \
+                           filter in the file, or";
                 let chains = LoadBalancer::open_pinned(pin).map(|lb| lb.chained_from()).unwrap_or_default();
-                for c in chains.iter().filter(|c| !c.pin.as_ref().is_some_and(|p| self.filters.contains(p))) {
-                    let filter = c.pin.as_ref().map_or(format!("filter program {}", c.program_id), |p| {
-                        format!("the filter pinned at {}", p.display())
-                    });
-                    self.host.push(format!(
-                        "lb {}: {filter} passes its packets on to it and is not in this file, so it would not be \
-                         chained to the re-created LB: describe that filter in the file, or stop its chaining first \
-                         (`xdpguard next none --pin ...`)",
-                        pin.display()
-                    ));
-                }
+                self.host.extend(chained_outside(&chains, pin, &self.filters, why));
             }
             steps.push(Step::Remove { changes });
             return true;
@@ -913,6 +905,25 @@ impl Config {
     }
 }
 
+/// The problems of removing the LB pinned at `lb_pin` while filters of
+/// `chains` (its [`LoadBalancer::chained_from`]) other than the file's
+/// (`filters`, their pin directories) pass packets on to it: one per such
+/// filter, saying `why` it matters and, after it, how to stop the chaining.
+fn chained_outside(chains: &[ChainedFrom], lb_pin: &Path, filters: &[PathBuf], why: &str) -> Vec<String> {
+    chains
+        .iter()
+        .filter(|c| !c.pin.as_ref().is_some_and(|p| filters.contains(p)))
+        .map(|c| {
+            format!(
+                "lb {}: {} passes its packets on to it and {why} stop its chaining first ({})",
+                lb_pin.display(),
+                c.filter_name(),
+                c.unchain_hint()
+            )
+        })
+        .collect()
+}
+
 /// The plan removing the programs pinned at `places` (program, pin
 /// directory, namespace). A namespace that is gone took its interfaces,
 /// and with them the attachments: what is pinned (on the host's bpffs)
@@ -930,9 +941,15 @@ fn plan_down_of(config: Config, places: Vec<(Program, PathBuf, Option<String>)>)
                 continue;
             }
         };
+        // An LB's filters chaining it, from the handle that shows it is there.
+        let mut chains = Vec::new();
         let present = match program {
             Program::Filter => super::apply::present(Filter::open_pinned(&pin)),
-            Program::Lb => super::apply::present(LoadBalancer::open_pinned(&pin)),
+            Program::Lb => {
+                let opened = LoadBalancer::open_pinned(&pin);
+                chains = opened.as_ref().map(|lb| lb.chained_from()).unwrap_or_default();
+                super::apply::present(opened)
+            }
             Program::Decap => super::apply::present(Decap::open_pinned(&pin)),
         };
         match present {
@@ -945,24 +962,9 @@ fn plan_down_of(config: Config, places: Vec<(Program, PathBuf, Option<String>)>)
         }
         // An LB a filter this file leaves running still passes packets to
         // would go on balancing them, unpinned and out of every tool's reach.
-        if program == Program::Lb {
-            let chains = LoadBalancer::open_pinned(&pin).map(|lb| lb.chained_from()).unwrap_or_default();
-            for c in chains.iter().filter(|c| !c.pin.as_ref().is_some_and(|p| filters.contains(p))) {
-                let (filter, fix) = match &c.pin {
-                    Some(p) => (
-                        format!("the filter pinned at {}", p.display()),
-                        format!("`xdpguard next none --pin {}`", p.display()),
-                    ),
-                    None => (format!("filter program {}", c.program_id), "`Filter::clear_next`".to_owned()),
-                };
-                host.push(format!(
-                    "lb {}: {filter} passes its packets on to it and is not taken down by this file: unpinned, the LB \
-                     would go on balancing them out of every tool's reach. Stop the chaining first ({fix}), or take \
-                     that filter down too",
-                    pin.display()
-                ));
-            }
-        }
+        let why = "is not taken down by this file: unpinned, the LB would go on balancing them out of every \
+                   tool's reach. Take that filter down too, or";
+        host.extend(chained_outside(&chains, &pin, &filters, why));
         sections.push(SectionPlan { program, pin, netns, steps: vec![Step::Remove { changes: Vec::new() }] });
     }
     if !host.is_empty() {

@@ -38,6 +38,26 @@ pub struct ChainedFrom {
     pub(crate) next_map_id: u32,
 }
 
+impl ChainedFrom {
+    /// The filter as messages name it: `the filter pinned at DIR`, else
+    /// `filter program N`.
+    pub fn filter_name(&self) -> String {
+        match &self.pin {
+            Some(p) => format!("the filter pinned at {}", p.display()),
+            None => format!("filter program {}", self.program_id),
+        }
+    }
+
+    /// What stops its chaining: `xdpguard next none --pin DIR`, else the
+    /// API call (a filter not pinned is reached only by its process).
+    pub fn unchain_hint(&self) -> String {
+        match &self.pin {
+            Some(p) => format!("`xdpguard next none --pin {}`", p.display()),
+            None => format!("`Filter::clear_next` on filter program {}", self.program_id),
+        }
+    }
+}
+
 /// Every filter whose `xdpg_next` slot holds program `program_id`, one
 /// entry per `xdpg_next` map: a filter's older program that a process
 /// still holds open after an upgrade shares its map, and is the same

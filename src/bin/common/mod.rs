@@ -230,8 +230,8 @@ pub fn ifindexes_text(ifindexes: &[u32], netns: Option<&str>) -> String {
 /// an LB of its own namespace).
 pub fn chained_text(c: &xdpguard::ChainedFrom, netns: Option<&str>) -> String {
     let filter = match &c.pin {
-        Some(p) => format!("the filter pinned at {} (program {})", p.display(), c.program_id),
-        None => format!("filter program {}", c.program_id),
+        Some(_) => format!("{} (program {})", c.filter_name(), c.program_id),
+        None => c.filter_name(),
     };
     if c.ifindexes.is_empty() {
         format!("{filter}, attached nowhere")
