@@ -108,6 +108,18 @@ pub enum AttachError {
         /// The name or index that was given.
         interface: String,
     },
+    /// Detaching from an interface the program is not attached to (nor
+    /// lost on: `lost_attachments`).
+    #[error(
+        "the program is not attached to `{interface}` (attached to: {}); nothing changed",
+        if attached.is_empty() { "none" } else { attached }
+    )]
+    NotAttached {
+        /// The name or index that was given.
+        interface: String,
+        /// Where it is attached, comma-separated (empty: nowhere).
+        attached: String,
+    },
     /// Another XDP program already runs on the interface (found before
     /// attaching: nothing was attached or changed).
     #[error("{}", already_attached(interface, *program_id, program.as_deref(), owner.as_deref(), libxdp.as_deref()))]

@@ -31,7 +31,7 @@ use common::cli::XDPGUARD;
 use common::flood::Flood;
 use xdpguard::testing::frame::Frame;
 use xdpguard::testing::netns::{ensure_bpffs, run, NetNs, Pair};
-use xdpguard::{AttachMode, Error, Filter, IpNetwork, ListError, PinError, XdpAction};
+use xdpguard::{AttachError, AttachMode, Error, Filter, IpNetwork, ListError, PinError, XdpAction};
 
 static PINS: AtomicU32 = AtomicU32::new(0);
 
@@ -502,26 +502,97 @@ fn interface_deleted_and_recreated_keeps_the_lists_and_reattach_restores_it() {
     }
     assert!(detached(&ns, "xg0"), "a new interface carries no program");
 
-    // The pinned filter and its lists are still there; status says it is
-    // attached nowhere, and how to attach it again.
-    let status = XDPGUARD.json(&["status", "--pin", pin.s(), "--json"]);
-    assert_eq!(status["attachments"], serde_json::json!([]), "{status}");
-    assert_eq!(status["blocklist_entries"], 2, "{status}");
+    // The pinned filter and its lists are still there; status says where it
+    // ran and no longer does, and how to attach it there again (read twice:
+    // reading keeps the record).
+    for _ in 0..2 {
+        let status = XDPGUARD.json(&["status", "--pin", pin.s(), "--json"]);
+        assert_eq!(status["attachments"], serde_json::json!([]), "{status}");
+        assert_eq!(status["lost_attachments"][0]["interface"], "xg0", "{status}");
+        assert_eq!(status["lost_attachments"][0]["mode"], "native", "{status}");
+        assert_eq!(status["blocklist_entries"], 2, "{status}");
+    }
     let text = XDPGUARD.ok(&["status", "--pin", pin.s()]);
-    assert_mentions(&text, &["attached:   nowhere", "xdpguard attach --iface IF --pin"]);
+    assert_mentions(&text, &["lost:       xg0 (native mode", "is gone", "xdpguard attach --iface xg0 --pin"]);
+    // A handle opened now says the same.
+    let held = Filter::open_pinned(&pin.path).unwrap();
+    assert!(held.attachments().is_empty());
+    assert_eq!(held.lost_attachments().iter().map(|a| a.interface.as_str()).collect::<Vec<_>>(), ["xg0"]);
 
     // `attach` on the existing pin directory attaches the same filter again,
-    // lists kept.
+    // lists kept, and the record of the lost attachment goes.
     let out = XDPGUARD.ok(&["attach", "--iface", "xg0", "--mode", "native", "--pin", pin.s(), "--netns", &ns.name]);
     assert_mentions(&out, &["attached to xg0", "lists kept"]);
     assert!(xdp_on(&ns, "xg0"));
     assert_eq!(listed(&["list", "--pin", pin.s(), "--json"]), [net("203.0.113.0/24"), net("2001:db8:1::/48")].into());
-    // Attaching again where it already runs is refused, naming the interface.
-    let text = fails(&["attach", "--iface", "xg0", "--mode", "native", "--pin", pin.s(), "--netns", &ns.name]);
-    assert_mentions(&text, &["xg0", "already"]);
+    let status = XDPGUARD.json(&["status", "--pin", pin.s(), "--json"]);
+    assert_eq!(status["lost_attachments"], serde_json::json!([]), "{status}");
+    // The handle opened before sees the attachment another process made.
+    assert_eq!(held.attachments().iter().map(|a| a.interface.as_str()).collect::<Vec<_>>(), ["xg0"]);
+    assert!(held.lost_attachments().is_empty());
+    // Attaching again where it already runs changes nothing and succeeds
+    // (a unit's start, run again); in another mode it is refused, naming
+    // the way to change the mode.
+    let out = XDPGUARD.ok(&["attach", "--iface", "xg0", "--mode", "native", "--pin", pin.s(), "--netns", &ns.name]);
+    assert_mentions(&out, &["already attached to xg0", "kept as it is"]);
+    assert_eq!(out.matches("attached to").count(), 1, "nothing attached anew: {out}");
+    let text = fails(&["attach", "--iface", "xg0", "--mode", "generic", "--pin", pin.s(), "--netns", &ns.name]);
+    assert_mentions(&text, &["xg0", "not in generic mode", "nothing changed", "xdpguard detach --iface xg0 --pin"]);
+    assert!(xdp_on(&ns, "xg0"));
+
+    // Detaching from one interface by name, through the handle opened before
+    // the re-attach (another process's link): the program leaves xg0 and
+    // stays pinned, lists kept.
+    held.detach("xg0").unwrap();
+    assert!(detached(&ns, "xg0"), "detached from the interface another process attached to");
+    let err = held.detach("xg0").unwrap_err();
+    assert!(matches!(err, Error::Attach(AttachError::NotAttached { .. })), "{err:?}");
+    assert_mentions(&err.to_string(), &["not attached to `xg0`", "attached to: none"]);
+    drop(held);
+    XDPGUARD.ok(&["attach", "--iface", "xg0", "--mode", "native", "--pin", pin.s(), "--netns", &ns.name]);
+    let out = XDPGUARD.ok(&["detach", "--iface", "xg0", "--pin", pin.s()]);
+    assert_mentions(&out, &["detached from xg0", "stays pinned"]);
+    assert!(detached(&ns, "xg0"));
+    assert_eq!(XDPGUARD.json(&["status", "--pin", pin.s(), "--json"])["blocklist_entries"], 2);
+    // A lost attachment is forgotten by name.
+    XDPGUARD.ok(&["attach", "--iface", "xg0", "--mode", "native", "--pin", pin.s(), "--netns", &ns.name]);
+    ns.ip(&["link", "del", "xg0"]);
+    XDPGUARD.ok(&["detach", "--iface", "xg0", "--pin", pin.s()]);
+    let status = XDPGUARD.json(&["status", "--pin", pin.s(), "--json"]);
+    assert_eq!(status["lost_attachments"], serde_json::json!([]), "{status}");
+    ns.ip(&["link", "add", "xg0", "type", "veth", "peer", "name", "xg1"]);
+    for dev in ["xg0", "xg1"] {
+        ns.ip(&["link", "set", dev, "up"]);
+        ns.finished_frames(dev);
+    }
+    XDPGUARD.ok(&["attach", "--iface", "xg0", "--mode", "native", "--pin", pin.s(), "--netns", &ns.name]);
     // Capacities cannot change on a running filter: said, not ignored.
     let text = fails(&["attach", "--iface", "xg1", "--pin", pin.s(), "--netns", &ns.name, "--v4-capacity", "100"]);
     assert_mentions(&text, &["capacity", "detach"]);
+}
+
+/// What a creation killed half-way leaves (its mark; a real one may also
+/// have pinned maps, a program and links): `attach` there replaces it with
+/// a new filter, and `detach` removes it; both said.
+#[test]
+fn an_interrupted_creation_is_replaced_by_attach_and_removed_by_detach() {
+    let ns = lone_ns("fc");
+    let pin = PinDir::new("creating");
+    let leave_leftovers = || std::fs::create_dir_all(pin.path.join("xdpg_creating")).unwrap();
+    leave_leftovers();
+    let text = fails(&["status", "--pin", pin.s()]);
+    assert_mentions(&text, &["interrupted", "which removes them first"]);
+
+    let out = XDPGUARD.run(&["attach", "--iface", "xg0", "--mode", "native", "--pin", pin.s(), "--netns", &ns.name]);
+    assert!(out.status.success(), "attach over leftovers");
+    assert_mentions(&String::from_utf8_lossy(&out.stderr), &["leftovers of an interrupted creation", "removed"]);
+    assert!(xdp_on(&ns, "xg0"));
+    XDPGUARD.ok(&["detach", "--pin", pin.s()]);
+    assert!(detached(&ns, "xg0"));
+
+    leave_leftovers();
+    XDPGUARD.ok(&["detach", "--pin", pin.s()]);
+    assert!(!pin.path.exists(), "the leftovers and their directory are gone");
 }
 
 #[test]

@@ -646,3 +646,30 @@ fn decap_upgrades_in_place() {
     assert_eq!(decap.locals(), ["192.0.2.2".parse::<IpAddr>().unwrap()], "the migrated address map");
     decap.unpin().unwrap();
 }
+
+/// A handle opened before an upgrade (by any process; here through another
+/// handle) hands out the program that runs now: its fd chains the new LB
+/// behind a filter (the old program would be put back, running where no
+/// status or health check sees it), and its id names the new one.
+#[test]
+fn a_handle_opened_before_an_upgrade_hands_out_the_program_that_runs() {
+    ensure_bpffs();
+    let pair = Pair::new("uph");
+    let (fpin, lpin) = (ScratchDir::bpffs("uphf"), ScratchDir::bpffs("uphl"));
+    let (fdir, ldir) = (fpin.path().to_owned(), lpin.path().to_owned());
+    let filter = pair.server.run(move || Filter::builder().interface("eth0").pin(fdir).attach().expect("filter"));
+    let lb = pair.client.run({
+        let ldir = ldir.clone();
+        move || LoadBalancer::builder().interface("eth0").pin(ldir).attach().expect("lb")
+    });
+    let old = lb.program_id().unwrap();
+    let (_, report) = LoadBalancer::upgrade_pinned(&ldir).expect("same-layout upgrade");
+    assert_eq!(report.old_program_id, old);
+    assert_eq!(lb.program_id().unwrap(), report.new_program_id, "the held handle names the running program");
+    filter.set_next(lb.program_fd()).unwrap();
+    assert_eq!(filter.next_program().unwrap(), Some(report.new_program_id), "chained to the running LB, not the old");
+    assert_eq!(lb.chained_from().len(), 1, "the chain is seen from the running LB");
+    filter.clear_next().unwrap();
+    lb.unpin().unwrap();
+    filter.unpin().unwrap();
+}

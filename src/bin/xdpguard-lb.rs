@@ -123,6 +123,11 @@ enum DecapCommand {
     Detach {
         #[command(flatten)]
         pin: DecapPin,
+        /// Detach from this interface only (repeatable; by the name it was
+        /// attached with): the program stays pinned, its state kept.
+        /// Without it: from every interface, and the pins removed.
+        #[arg(long = "iface")]
+        ifaces: Vec<String>,
     },
     /// Add local endpoints to a running decapsulator, or remove them (`--del`).
     Local {
@@ -177,8 +182,8 @@ struct AttachArgs {
     /// IPv4 options to a VIP: forward or drop.
     #[arg(long, default_value_t = OptionsPolicy::Forward)]
     options: OptionsPolicy,
-    /// UDP idle timeout, seconds.
-    #[arg(long, default_value_t = 30)]
+    /// UDP idle timeout, seconds (1 to 2592000, 30 days).
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=MAX_UDP_TIMEOUT_SECS))]
     udp_timeout: u64,
 }
 
@@ -192,6 +197,11 @@ enum Command {
     Detach {
         #[command(flatten)]
         pin: Pin,
+        /// Detach from this interface only (repeatable; by the name it was
+        /// attached with): the program stays pinned, its state kept.
+        /// Without it: from every interface, and the pins removed.
+        #[arg(long = "iface")]
+        ifaces: Vec<String>,
     },
     /// Take over a load balancer pinned by another (older) xdpguard: VIPs,
     /// backends and connections stay, its program is swapped for this
@@ -291,8 +301,9 @@ enum Command {
         expect_digest: Option<Digest>,
     },
     /// Change a running load balancer's settings, live (VIPs, backends and
-    /// connections kept): IPIP outer sources and policies. What is not
-    /// given stays as it is; `status` shows them all.
+    /// connections kept): redirect interfaces, IPIP outer sources, policies
+    /// and the UDP timeout. What is not given stays as it is; `status` shows
+    /// them all.
     Set(SetArgs),
     /// Show the state digests: per VIP (its settings, the hash seed, its
     /// backends and weights, its Maglev table) and overall. LB nodes with
@@ -331,9 +342,18 @@ struct SetArgs {
     /// IPv4 options to a VIP: forward or drop.
     #[arg(long)]
     options: Option<OptionsPolicy>,
-    /// UDP idle timeout, seconds.
-    #[arg(long, value_name = "SECS")]
+    /// UDP idle timeout, seconds (1 to 2592000, 30 days).
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=MAX_UDP_TIMEOUT_SECS))]
     udp_timeout: Option<u64>,
+    /// Let the LB send out of this interface too (repeatable; by name, in
+    /// the LB's network namespace), without attaching to it: an egress
+    /// toward backends that was deleted and made again must be given again.
+    #[arg(long = "redirect", value_name = "IF")]
+    redirect: Vec<String>,
+    /// Stop sending out of this interface (repeatable): the packets the FIB
+    /// sends there go to the kernel's stack.
+    #[arg(long = "no-redirect", value_name = "IF")]
+    no_redirect: Vec<String>,
 }
 
 /// A VIP as `--vip ADDR:PORT` gives it (TCP unless its protocol is
@@ -351,8 +371,14 @@ fn prefix(text: &str) -> std::result::Result<IpNetwork, String> {
 /// the IPIP sources first (clearing one can be refused: then nothing after
 /// it is changed, and a clear of the other family given before it stays),
 /// then the policies, which cannot be refused.
+/// The longest UDP idle timeout the tools take (the library clamps what
+/// the kernel's 32-bit tick difference can count, about 49 days at 1000 Hz).
+const MAX_UDP_TIMEOUT_SECS: u64 = 30 * 86_400;
+
 #[derive(Default)]
 struct Settings {
+    redirect: Vec<String>,
+    no_redirect: Vec<String>,
     ipip_sources: Vec<IpNetwork>,
     clear_ipip_sources: Vec<bool>,
     echo: Option<EchoPolicy>,
@@ -365,6 +391,14 @@ impl Settings {
     /// Applies them to `lb`; returns what changed, as `status` words it.
     fn apply(&self, lb: &LoadBalancer) -> Result<Vec<String>> {
         let mut done = Vec::new();
+        for iface in &self.redirect {
+            let ifindex = lb.add_redirect_interface(iface.as_str())?;
+            done.push(format!("redirect out of {iface} (ifindex {ifindex})"));
+        }
+        for iface in &self.no_redirect {
+            lb.remove_redirect_interface(iface.as_str())?;
+            done.push(format!("no redirect out of {iface}"));
+        }
         for &ipv6 in &self.clear_ipip_sources {
             lb.clear_ipip_source(ipv6)?;
             done.push(format!("IPIP source (IPv{}) cleared", if ipv6 { 6 } else { 4 }));
@@ -605,7 +639,9 @@ fn run(command: Command, given: &dyn Fn(&str) -> bool) -> Result<()> {
         Command::Attach(args) => {
             args.target.enter_netns()?;
             if common::holds_pins(&args.pin.pin) {
-                return reattach(&args, given);
+                if let Some(lb) = common::reopen(&args.pin.pin, LoadBalancer::open_pinned(&args.pin.pin))? {
+                    return reattach(lb, &args, given);
+                }
             }
             let AttachArgs {
                 target,
@@ -646,16 +682,25 @@ fn run(command: Command, given: &dyn Fn(&str) -> bool) -> Result<()> {
         }
         Command::Decap(DecapCommand::Attach { target, locals, pin }) => {
             target.enter_netns()?;
-            if common::holds_pins(&pin.pin) {
+            if let Some(decap) = common::holds_pins(&pin.pin)
+                .then(|| common::reopen(&pin.pin, Decap::open_pinned(&pin.pin)))
+                .transpose()?
+                .flatten()
+            {
                 // A decapsulator pinned there: attached again, its local
                 // endpoints kept and the ones given added.
-                let decap = Decap::open_pinned(&pin.pin)?;
-                common::refuse_attached(&pin.pin, "decapsulator", &decap.attachments(), &target.ifaces)?;
+                let todo = common::still_to_attach(
+                    &pin.pin,
+                    "decapsulator",
+                    "xdpguard-lb decap",
+                    &decap.attachments(),
+                    &target.ifaces,
+                    target.mode,
+                )?;
                 for a in locals.into_iter().filter(|a| !decap.locals().contains(a)) {
                     decap.add_local(a)?;
                 }
-                let now =
-                    common::attach_all(&target.ifaces, |i| decap.attach(i, target.mode), |i| drop(decap.detach(i)))?;
+                let now = common::attach_all(&todo, |i| decap.attach(i, target.mode), |i| drop(decap.detach(i)))?;
                 common::print_attached(&now, &pin.pin);
                 let kept: Vec<String> = decap.locals().iter().map(ToString::to_string).collect();
                 println!("reopened the decapsulator pinned there: local endpoints {}", kept.join(", "));
@@ -704,11 +749,13 @@ fn run(command: Command, given: &dyn Fn(&str) -> bool) -> Result<()> {
             let locals = decap.locals();
             if json {
                 let attachments: Vec<Value> = decap.attachments().iter().map(common::attachment_json).collect();
+                let lost: Vec<Value> = decap.lost_attachments().iter().map(common::attachment_json).collect();
                 let locals: Vec<String> = locals.iter().map(|a| a.to_string()).collect();
                 println!(
                     "{}",
                     json!({
                         "attachments": attachments,
+                        "lost_attachments": lost,
                         "locals": locals,
                         "decapsulated": common::counter_json(s.decapsulated),
                         "passed": common::counter_json(s.passed),
@@ -718,6 +765,7 @@ fn run(command: Command, given: &dyn Fn(&str) -> bool) -> Result<()> {
                 for a in decap.attachments() {
                     println!("attached to {}", common::attachment_text(&a));
                 }
+                common::print_lost(&decap.lost_attachments(), 6, "xdpguard-lb decap", &pin.pin);
                 for a in &locals {
                     println!("local endpoint {a}");
                 }
@@ -726,8 +774,14 @@ fn run(command: Command, given: &dyn Fn(&str) -> bool) -> Result<()> {
                 println!("{:<22} {:>14} {:>16}", "passed", s.passed.packets, s.passed.bytes);
             }
         }
-        Command::Decap(DecapCommand::Detach { pin }) => {
+        Command::Decap(DecapCommand::Detach { pin, ifaces }) if !ifaces.is_empty() => {
             let decap = Decap::open_pinned(&pin.pin)?;
+            common::detach_some(&ifaces, |i| decap.detach(i), &pin.pin)?;
+        }
+        Command::Decap(DecapCommand::Detach { pin, ifaces: _ }) => {
+            let Some(decap) = common::reopen(&pin.pin, Decap::open_pinned(&pin.pin))? else {
+                return Ok(Decap::remove_interrupted(&pin.pin)?);
+            };
             let attachments = decap.attachments();
             decap.unpin()?;
             common::print_detached(&attachments, &pin.pin);
@@ -740,8 +794,14 @@ fn run(command: Command, given: &dyn Fn(&str) -> bool) -> Result<()> {
             let (_, report) = LoadBalancer::upgrade_pinned(&pin.pin)?;
             common::print_upgraded("load balancer", &report, &pin.pin);
         }
-        Command::Detach { pin } => {
+        Command::Detach { pin, ifaces } if !ifaces.is_empty() => {
             let lb = LoadBalancer::open_pinned(&pin.pin)?;
+            common::detach_some(&ifaces, |i| lb.detach(i), &pin.pin)?;
+        }
+        Command::Detach { pin, ifaces: _ } => {
+            let Some(lb) = common::reopen(&pin.pin, LoadBalancer::open_pinned(&pin.pin))? else {
+                return Ok(LoadBalancer::remove_interrupted(&pin.pin)?);
+            };
             refuse_chained(&lb, &pin.pin)?;
             let attachments = lb.attachments();
             lb.unpin()?;
@@ -923,6 +983,8 @@ fn run(command: Command, given: &dyn Fn(&str) -> bool) -> Result<()> {
         Command::Health(args) => health_agent(args)?,
         Command::Set(args) => {
             let settings = Settings {
+                redirect: args.redirect,
+                no_redirect: args.no_redirect,
                 ipip_sources: args.ipip_sources,
                 clear_ipip_sources: args.clear_ipip_sources.iter().map(|f| f == "ipv6").collect(),
                 echo: args.echo,
@@ -931,10 +993,17 @@ fn run(command: Command, given: &dyn Fn(&str) -> bool) -> Result<()> {
                 udp_timeout: args.udp_timeout,
             };
             let lb = LoadBalancer::open_pinned(&args.pin.pin)?;
+            if !(settings.redirect.is_empty() && settings.no_redirect.is_empty()) {
+                // Interface names are the LB's namespace's.
+                if let Some(name) = lb.netns_name() {
+                    common::enter_netns(&name)?;
+                }
+            }
             let done = settings.apply(&lb)?;
             if done.is_empty() {
-                return Err("nothing to set: give --ipip-source, --clear-ipip-source, --echo, --fragments, --options \
-                            or --udp-timeout (`xdpguard-lb status` shows what is in force)"
+                return Err("nothing to set: give --redirect, --no-redirect, --ipip-source, --clear-ipip-source, \
+                            --echo, --fragments, --options or --udp-timeout (`xdpguard-lb status` shows what is in \
+                            force)"
                     .into());
             }
             println!("set: {}", done.join(", "));
@@ -955,9 +1024,8 @@ fn run(command: Command, given: &dyn Fn(&str) -> bool) -> Result<()> {
 /// on the running LB; capacities and the hash seed, fixed at load time,
 /// are refused when they differ, not ignored. If an interface cannot be
 /// attached, those attached by this command are detached again.
-fn reattach(args: &AttachArgs, given: &dyn Fn(&str) -> bool) -> Result<()> {
+fn reattach(lb: LoadBalancer, args: &AttachArgs, given: &dyn Fn(&str) -> bool) -> Result<()> {
     let dir = &args.pin.pin;
-    let lb = LoadBalancer::open_pinned(dir)?;
     // Its interfaces are where it was loaded: without --netns, there.
     if args.target.netns.is_none() {
         if let Some(name) = lb.netns_name() {
@@ -983,10 +1051,12 @@ fn reattach(args: &AttachArgs, given: &dyn Fn(&str) -> bool) -> Result<()> {
             .into());
         }
     }
-    common::refuse_attached(dir, "load balancer", &lb.attachments(), &args.target.ifaces)?;
+    let attached = lb.attachments();
+    let todo =
+        common::still_to_attach(dir, "load balancer", "xdpguard-lb", &attached, &args.target.ifaces, args.target.mode)?;
     // A refused attach changes nothing: the interfaces first, then what can
     // still fail (undone by detaching again), then what cannot.
-    let now = common::attach_all(&args.target.ifaces, |i| lb.attach(i, args.target.mode), |i| drop(lb.detach(i)))?;
+    let now = common::attach_all(&todo, |i| lb.attach(i, args.target.mode), |i| drop(lb.detach(i)))?;
     let settings = Settings {
         ipip_sources: args.ipip_sources.clone(),
         echo: given("echo").then_some(args.echo),
@@ -1046,6 +1116,7 @@ fn status(pin: &Pin, json: bool, expect: Option<Digest>) -> Result<xdpguard::Hea
     };
     let (vips, backends, connections) = lb.capacity();
     let attachments = lb.attachments();
+    let lost = lb.lost_attachments();
     let chains = lb.chained_from();
     if json {
         println!(
@@ -1053,6 +1124,7 @@ fn status(pin: &Pin, json: bool, expect: Option<Digest>) -> Result<xdpguard::Hea
             json!({
                 "pin": pin.pin.display().to_string(),
                 "attachments": attachments.iter().map(common::attachment_json).collect::<Vec<_>>(),
+                "lost_attachments": lost.iter().map(common::attachment_json).collect::<Vec<_>>(),
                 "chained_from": chains.iter().map(|c| json!({
                     "program_id": c.program_id,
                     "pin": c.pin.as_ref().map(|p| p.display().to_string()),
@@ -1083,10 +1155,11 @@ fn status(pin: &Pin, json: bool, expect: Option<Digest>) -> Result<xdpguard::Hea
         for a in &attachments {
             println!("attached:    {}", common::attachment_text(a));
         }
+        common::print_lost(&lost, 13, "xdpguard-lb", &pin.pin);
         for c in &chains {
             println!("behind:      {}", common::chained_text(c, netns.as_deref()));
         }
-        if attachments.is_empty() && chains.iter().all(|c| c.ifindexes.is_empty()) {
+        if attachments.is_empty() && lost.is_empty() && chains.iter().all(|c| c.ifindexes.is_empty()) {
             println!(
                 "attached:    nowhere (its interfaces are gone?); attach it again, VIPs, backends and connections \
                  kept: `xdpguard-lb attach --iface IF --pin {}` (in its namespace{}), or chain it behind a filter \

@@ -141,6 +141,11 @@ enum Command {
     Detach {
         #[command(flatten)]
         pin: Pin,
+        /// Detach from this interface only (repeatable; by the name it was
+        /// attached with): the program stays pinned, its state kept.
+        /// Without it: from every interface, and the pins removed.
+        #[arg(long = "iface")]
+        ifaces: Vec<String>,
     },
     /// Take over a filter pinned by another (older) xdpguard: its lists and
     /// counters stay, its program is swapped for this build's on every
@@ -472,7 +477,9 @@ fn run(command: Command) -> Result<()> {
         Command::Attach { target, pin, v4_capacity, v6_capacity, drop_malformed, guard } => {
             target.enter_netns()?;
             if common::holds_pins(&pin.pin) {
-                return reattach(&target, &pin.pin, v4_capacity, v6_capacity, drop_malformed, &guard);
+                if let Some(filter) = common::reopen(&pin.pin, Filter::open_pinned(&pin.pin))? {
+                    return reattach(filter, &target, &pin.pin, v4_capacity, v6_capacity, drop_malformed, &guard);
+                }
             }
             let b = Filter::builder()
                 .mode(target.mode)
@@ -487,8 +494,14 @@ fn run(command: Command) -> Result<()> {
             let filter = b.attach()?;
             common::print_attached(&filter.attachments(), &pin.pin);
         }
-        Command::Detach { pin } => {
+        Command::Detach { pin, ifaces } if !ifaces.is_empty() => {
             let filter = Filter::open_pinned(&pin.pin)?;
+            common::detach_some(&ifaces, |i| filter.detach(i), &pin.pin)?;
+        }
+        Command::Detach { pin, ifaces: _ } => {
+            let Some(filter) = common::reopen(&pin.pin, Filter::open_pinned(&pin.pin))? else {
+                return Ok(Filter::remove_interrupted(&pin.pin)?);
+            };
             let attachments = filter.attachments();
             filter.unpin()?;
             common::print_detached(&attachments, &pin.pin);
@@ -639,6 +652,7 @@ fn run(command: Command) -> Result<()> {
             let monitor = filter.monitor();
             let memory = filter.map_memory_bytes();
             let attachments = filter.attachments();
+            let lost = filter.lost_attachments();
             let rule_caps = filter.rule_capacities();
             let next = filter.next_program()?;
             if json {
@@ -654,6 +668,7 @@ fn run(command: Command) -> Result<()> {
                     json!({
                         "pin": pin.pin.display().to_string(),
                         "attachments": ifs,
+                        "lost_attachments": lost.iter().map(common::attachment_json).collect::<Vec<_>>(),
                         "blocklist_entries": blocked,
                         "allowlist_entries": allowed,
                         "v4_capacity": v4_cap,
@@ -672,7 +687,8 @@ fn run(command: Command) -> Result<()> {
                 for a in &attachments {
                     println!("attached:   {}", common::attachment_text(a));
                 }
-                if attachments.is_empty() {
+                common::print_lost(&lost, 12, "xdpguard", &pin.pin);
+                if attachments.is_empty() && lost.is_empty() {
                     println!(
                         "attached:   nowhere (its interfaces are gone?); attach it again, lists kept: \
                          `xdpguard attach --iface IF --pin {}` (with `--netns NAME` for an interface in a named \
@@ -809,6 +825,7 @@ fn run_plan(plan: &Plan, dry_run: bool) -> Result<()> {
 /// interface was deleted and made again, its link died with it). Settings
 /// fixed at load time that differ are refused, not ignored.
 fn reattach(
+    filter: Filter,
     target: &common::Target,
     dir: &Path,
     v4_capacity: Option<usize>,
@@ -816,7 +833,6 @@ fn reattach(
     drop_malformed: bool,
     guard: &GuardCapacities,
 ) -> Result<()> {
-    let filter = Filter::open_pinned(dir)?;
     let differing = guard.differing(&filter);
     if !differing.is_empty() {
         return Err(format!(
@@ -840,9 +856,9 @@ fn reattach(
         )
         .into());
     }
-    common::refuse_attached(dir, "filter", &filter.attachments(), &target.ifaces)?;
+    let todo = common::still_to_attach(dir, "filter", "xdpguard", &filter.attachments(), &target.ifaces, target.mode)?;
     // The policy after the attach: a refused attach changes nothing.
-    let now = common::attach_all(&target.ifaces, |i| filter.attach(i, target.mode), |i| drop(filter.detach(i)))?;
+    let now = common::attach_all(&todo, |i| filter.attach(i, target.mode), |i| drop(filter.detach(i)))?;
     if drop_malformed {
         filter.set_malformed_policy(MalformedPolicy::Drop);
     }

@@ -662,7 +662,7 @@ fn lb(r: &mut Reader<'_>, t: &DeTable<'_>, span: &Range<usize>) -> (LbConfig, Pl
     let max_interfaces = num(r, "max_interfaces", 64, 1 << 12);
     let hash_seed = get(t, "hash_seed").and_then(|v| r.int(v, 0, u64::from(u32::MAX))).map_or(0, |n| n as u32);
     let udp_timeout = get(t, "udp_timeout_secs")
-        .and_then(|v| r.int(v, 1, 86_400 * 365))
+        .and_then(|v| r.int(v, 1, 86_400 * 30))
         .map_or(DEFAULT_UDP_TIMEOUT, Duration::from_secs);
     let next_hop_cache = get(t, "next_hop_cache_ms")
         .and_then(|v| r.int(v, 0, 3_600_000))

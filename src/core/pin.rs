@@ -16,7 +16,6 @@ use crate::core::layout::names;
 use crate::core::pinned::Kind;
 use crate::core::sys;
 use crate::error::PinError;
-use crate::AttachMode;
 
 const LINK_PREFIX: &str = "link_";
 
@@ -162,11 +161,12 @@ impl PinDir {
         format!("{LINK_PREFIX}{}_{}_{}", attachment.ifindex, attachment.mode, attachment.interface)
     }
 
-    /// The (mode, interface name) recorded in a link pin's name.
-    pub(crate) fn link_recorded(pin_name: &str) -> Option<(AttachMode, &str)> {
-        let rest = pin_name.strip_prefix(LINK_PREFIX)?.split_once('_')?.1;
+    /// The attachment recorded in a link pin's name: the interface's index,
+    /// the mode and the interface's name when it was attached.
+    pub(crate) fn link_recorded(pin_name: &str) -> Option<Attachment> {
+        let (ifindex, rest) = pin_name.strip_prefix(LINK_PREFIX)?.split_once('_')?;
         let (mode, name) = rest.split_once('_')?;
-        Some((mode.parse().ok()?, name))
+        Some(Attachment { ifindex: ifindex.parse().ok()?, interface: name.to_owned(), mode: mode.parse().ok()? })
     }
 
     /// The pinned links, as (file name, path).
@@ -259,6 +259,7 @@ fn list(path: &Path) -> Result<Vec<String>, PinError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::AttachMode;
 
     #[test]
     fn link_pins_record_mode_and_name() {
@@ -268,7 +269,7 @@ mod tests {
             let a = Attachment { ifindex: 42, interface: name.into(), mode };
             let pin = PinDir::link_name(&a);
             assert!(pin.starts_with("link_42_"), "{pin}");
-            assert_eq!(PinDir::link_recorded(&pin), Some((mode, name)));
+            assert_eq!(PinDir::link_recorded(&pin), Some(a));
         }
         assert_eq!(PinDir::link_recorded("link_3"), None);
         assert_eq!(PinDir::link_recorded(crate::core::layout::names::XDPG_FILTER_CFG), None);

@@ -33,7 +33,7 @@ use std::fs::File;
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
@@ -249,6 +249,31 @@ macro_rules! facade {
             }
         }
     };
+    // A public type (not the filter's guard stage): also what it offers on
+    // its pin directory alone.
+    ($ty:ident, $kind:ty, public) => {
+        $crate::core::pinned::facade!($ty, $kind);
+
+        impl $ty {
+            /// Removes what a creation that died half-way left under `dir`
+            /// (its process killed before every pin was in place, where
+            /// `open_pinned` answers
+            /// [`PinError::Interrupted`](crate::PinError::Interrupted)), and the
+            /// directory when that empties it: nothing it pinned stays
+            /// attached. A creation still running is waited for.
+            ///
+            /// # Errors
+            ///
+            /// [`PinError::InUse`](crate::PinError::InUse) when a whole program
+            /// is pinned there (`open_pinned(dir)?.unpin()` removes it);
+            /// [`PinError::NotOurs`](crate::PinError::NotOurs),
+            /// [`PinError::BpffsNotMounted`](crate::PinError::BpffsNotMounted),
+            /// [`PinError::Io`](crate::PinError::Io).
+            pub fn remove_interrupted(dir: impl AsRef<std::path::Path>) -> Result<(), $crate::Error> {
+                $crate::core::pinned::Pinned::<$kind>::clear_interrupted(dir.as_ref())
+            }
+        }
+    };
 }
 pub(crate) use facade;
 
@@ -272,6 +297,9 @@ pub(crate) struct Pinned<P: ProgramKind> {
     pub(crate) maps: P::Maps,
     pub(crate) program: XdpProgram,
     state: Mutex<Synced<P::Model>>,
+    /// The header's generation + 1 when [`running`](Self::running) last
+    /// looked at the pinned program (0: never).
+    followed: AtomicU64,
 }
 
 impl<P: ProgramKind> Pinned<P> {
@@ -344,11 +372,12 @@ impl<P: ProgramKind> Pinned<P> {
         header.layout_version.store(kind.layout_version, Ordering::Release);
         let generation = header.generation.load(Ordering::Acquire);
         let model = P::load_model(&maps).map_err(Into::into)?;
-        Ok(Pinned {
-            maps,
-            program: XdpProgram::new(fd, kind.program),
-            state: Mutex::new(Synced { generation: Some(generation), model }),
-        })
+        Ok(Pinned::new(maps, XdpProgram::new(fd, kind.program), generation, model))
+    }
+
+    fn new(maps: P::Maps, program: XdpProgram, generation: u64, model: P::Model) -> Self {
+        let state = Mutex::new(Synced { generation: Some(generation), model });
+        Pinned { maps, program, state, followed: AtomicU64::new(generation + 1) }
     }
 
     /// Builds a program with `make` (which loads it and sets it up),
@@ -428,7 +457,7 @@ impl<P: ProgramKind> Pinned<P> {
             generation = header.generation.fetch_add(1, Ordering::AcqRel) + 1;
             header.dirty.store(0, Ordering::Release);
         }
-        Ok(Pinned { maps, program, state: Mutex::new(Synced { generation: Some(generation), model }) })
+        Ok(Pinned::new(maps, program, generation, model))
     }
 
     /// Removes what a creation that died left in `path` (a pin directory
@@ -439,7 +468,6 @@ impl<P: ProgramKind> Pinned<P> {
     ///
     /// The [`PinError`]s of creating: the directory holds a whole program
     /// (`InUse`) or something else (`NotOurs`); bpffs refuses.
-    #[cfg_attr(not(feature = "config"), allow(dead_code))]
     pub(crate) fn clear_interrupted(path: &Path) -> Result<(), Error> {
         let (dir, lock) = PinDir::create(path, P::KIND)?;
         dir.remove_all()?;
@@ -513,6 +541,20 @@ impl<P: ProgramKind> Pinned<P> {
     /// The header's generation: advanced by every edit.
     pub(crate) fn generation(&self) -> u64 {
         self.maps.header().generation.load(Ordering::Acquire)
+    }
+
+    /// The program, following an upgrade by any process to the program it
+    /// pinned ([`XdpProgram::follow_pin`]): what `program_fd`, `program_id`
+    /// and the test runs use, so a handle opened before an upgrade neither
+    /// chains nor names nor runs the old program. An upgrade advances the
+    /// header's generation after pinning its program, so the pin is read
+    /// again only when the generation moved: one atomic load otherwise.
+    pub(crate) fn running(&self) -> &XdpProgram {
+        let seen = self.generation() + 1;
+        if self.followed.swap(seen, Ordering::AcqRel) != seen {
+            self.program.follow_pin();
+        }
+        &self.program
     }
 
     /// `Debug` for a facade over the core.

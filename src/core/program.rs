@@ -3,7 +3,7 @@
 //! [`Pinned`](crate::core::pinned::Pinned) program holds one.
 
 use std::fs::File;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -18,45 +18,79 @@ use crate::error::{AttachError, Error, LoadError, PinError};
 use crate::AttachMode;
 
 pub(crate) struct XdpProgram {
-    fd: OwnedFd,
+    fds: Mutex<ProgramFds>,
     /// The program's pin name, e.g. `xdpg_filter`.
     name: &'static str,
     links: Mutex<Vec<Link>>,
+    /// Attachments whose interface is gone (deleted, or moved to another
+    /// network namespace): their link pins are kept, as the record of where
+    /// the program ran, until it is attached there again, detached from
+    /// there, or unpinned.
+    lost: Mutex<Vec<Attachment>>,
     pin: Option<PinDir>,
+}
+
+/// The handle's program fd, and those it held before it followed an
+/// upgrade to a newer program ([`XdpProgram::follow_pin`]): kept open until
+/// the handle drops, so a [`BorrowedFd`] handed out earlier never names a
+/// closed (or reused) descriptor.
+struct ProgramFds {
+    now: OwnedFd,
+    #[allow(dead_code)] // Held, never read: it keeps the fds open.
+    before: Vec<OwnedFd>,
 }
 
 impl XdpProgram {
     pub(crate) fn new(fd: OwnedFd, name: &'static str) -> Self {
-        Self { fd, name, links: Mutex::new(Vec::new()), pin: None }
+        Self {
+            fds: Mutex::new(ProgramFds { now: fd, before: Vec::new() }),
+            name,
+            links: Mutex::new(Vec::new()),
+            lost: Mutex::new(Vec::new()),
+            pin: None,
+        }
     }
 
     /// Reopens a pinned program and its links. Links whose interface is gone
-    /// are dead: their pins are removed.
+    /// are lost ([`XdpProgram::lost`]); their pins stay.
     pub(crate) fn open_pinned(dir: PinDir, name: &'static str) -> Result<Self, Error> {
         let fd =
             sys::obj_get(&dir.join(name)).map_err(|source| dir.open_error("opening pinned program", name, source))?;
-        let mut links = Vec::new();
-        for (pin_name, path) in dir.links()? {
-            let link =
-                sys::obj_get(&path).map_err(|source| PinError::Io { op: "opening pinned link", path, source })?;
-            match attach::link_attachment(&link) {
-                Ok(Some(mut attachment)) => {
-                    // This process may be in another network namespace than
-                    // the one that attached: what the pin recorded counts.
-                    if let Some((mode, name)) = PinDir::link_recorded(&pin_name) {
-                        attachment.mode = mode;
-                        attachment.interface = name.to_owned();
-                    }
-                    links.push(Link { fd: link, attachment });
-                }
-                _ => dir.unpin(&pin_name)?,
-            }
-        }
-        Ok(Self { fd, name, links: Mutex::new(links), pin: Some(dir) })
+        let (links, lost) = scan_links(&dir)?;
+        let mut program = Self::new(fd, name);
+        program.links = Mutex::new(links);
+        program.lost = Mutex::new(lost);
+        program.pin = Some(dir);
+        Ok(program)
     }
 
     pub(crate) fn fd(&self) -> BorrowedFd<'_> {
-        self.fd.as_fd()
+        let raw = self.fds().now.as_raw_fd();
+        // SAFETY: `raw` belongs to an OwnedFd in `self.fds`, which never
+        // closes one before `self` drops (a replaced fd moves to `before`),
+        // so it stays open for the borrow of `self`.
+        unsafe { BorrowedFd::borrow_raw(raw) }
+    }
+
+    fn fds(&self) -> std::sync::MutexGuard<'_, ProgramFds> {
+        self.fds.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes the pinned program when it is not this handle's: an upgrade
+    /// (by any process) pinned a newer one, and the handle must not hand out
+    /// the old one ([`fd`](Self::fd) for `set_next`, [`id`](Self::id),
+    /// test runs). Unpinned, or the pin unreadable: the handle's own stays.
+    pub(crate) fn follow_pin(&self) {
+        let Some(dir) = &self.pin else { return };
+        let Ok(pinned) = sys::obj_get(&dir.join(self.name)) else { return };
+        let mut fds = self.fds();
+        let ids = (sys::prog_id(pinned.as_fd()), sys::prog_id(fds.now.as_fd()));
+        if let (Ok(pinned_id), Ok(own_id)) = ids {
+            if pinned_id != own_id {
+                let old = std::mem::replace(&mut fds.now, pinned);
+                fds.before.push(old);
+            }
+        }
     }
 
     /// The program that runs now: when pinned, the pinned one (an upgrade,
@@ -67,7 +101,7 @@ impl XdpProgram {
         match &self.pin {
             Some(dir) => sys::obj_get(&dir.join(self.name))
                 .map_err(|source| dir.open_error("opening pinned program", self.name, source).into()),
-            None => self.fd.try_clone().map_err(|source| {
+            None => self.fds().now.try_clone().map_err(|source| {
                 LoadError::Bpf { op: format!("duplicating program {}'s fd", self.name), source }.into()
             }),
         }
@@ -75,7 +109,7 @@ impl XdpProgram {
 
     /// The program's kernel id.
     pub(crate) fn id(&self) -> Result<u32, Error> {
-        sys::prog_id(self.fd.as_fd())
+        sys::prog_id(self.fd())
             .map_err(|source| LoadError::Bpf { op: format!("reading program {}'s id", self.name), source }.into())
     }
 
@@ -85,7 +119,7 @@ impl XdpProgram {
 
     /// Pins the program and its links in `dir`, and pins later links there too.
     pub(crate) fn pin_to(&mut self, dir: PinDir) -> Result<(), PinError> {
-        dir.pin(self.name, self.fd.as_fd())?;
+        dir.pin(self.name, self.fd())?;
         for link in self.links().iter() {
             dir.pin(&PinDir::link_name(&link.attachment), link.fd.as_fd())?;
         }
@@ -114,25 +148,38 @@ impl XdpProgram {
             dir.pin(&PinDir::link_name(&attachment), link.fd.as_fd())?;
         }
         self.links().push(link);
+        // Attached there again: the record of the attachment it lost there
+        // has served its purpose.
+        self.forget_lost(|l| l.interface == attachment.interface)?;
         Ok(attachment)
     }
 
-    /// Detaches from one interface, by the name or index it was attached with.
+    /// Detaches from one interface, by the name or index it was attached
+    /// with; an attachment [lost](Self::lost) there is forgotten (its pin
+    /// removed), so detaching by name after an interface was deleted, or
+    /// deleted and made again, leaves nothing of the program there.
     pub(crate) fn detach(&self, iface: &Interface) -> Result<(), Error> {
+        let matches = |a: &Attachment| match iface {
+            Interface::Name(n) => &a.interface == n,
+            Interface::Index(i) => a.ifindex == *i,
+        };
+        // Under the directory's lock, as attach: the links read are those
+        // pinned now.
+        let _lock = self.lock()?;
+        self.sync_links();
         let link = {
             let mut links = self.links();
-            let pos = links.iter().position(|l| match iface {
-                Interface::Name(n) => &l.attachment.interface == n,
-                Interface::Index(i) => l.attachment.ifindex == *i,
-            });
-            let Some(pos) = pos else {
-                return Err(
-                    AttachError::InterfaceNotFound { interface: format!("{iface} (not attached to it)") }.into()
-                );
-            };
-            links.remove(pos)
+            links.iter().position(|l| matches(&l.attachment)).map(|pos| links.remove(pos))
         };
-        self.drop_link(link)
+        let forgotten = self.forget_lost(matches)?;
+        match link {
+            Some(link) => self.drop_link(link),
+            None if forgotten > 0 => Ok(()),
+            None => {
+                let attached: Vec<String> = self.links().iter().map(|l| l.attachment.interface.clone()).collect();
+                Err(AttachError::NotAttached { interface: iface.to_string(), attached: attached.join(", ") }.into())
+            }
+        }
     }
 
     fn drop_link(&self, link: Link) -> Result<(), Error> {
@@ -144,8 +191,66 @@ impl XdpProgram {
         Ok(())
     }
 
+    /// Brings the links and the lost attachments up to date: for a pinned
+    /// program, from its pin directory (where every process pins the links
+    /// it makes and removes those it detaches, so one process sees
+    /// another's); else by asking the kernel which of its links' interfaces
+    /// are gone. One `BPF_OBJ_GET_INFO_BY_FD` per link. When the directory
+    /// cannot be read, what the handle knew stays.
+    fn sync_links(&self) {
+        if let Some(dir) = &self.pin {
+            if let Ok((links, lost)) = scan_links(dir) {
+                *self.links() = links;
+                *self.lost_records() = lost;
+            }
+            return;
+        }
+        let mut links = self.links();
+        let mut lost = self.lost_records();
+        links.retain(|l| {
+            // An error reading the info is not proof of death: kept.
+            let dead = matches!(attach::link_attachment(&l.fd), Ok(None));
+            if dead {
+                lost.push(l.attachment.clone());
+            }
+            !dead
+        });
+    }
+
+    /// Forgets the lost attachments `which` selects, removing their pins;
+    /// returns how many.
+    fn forget_lost(&self, which: impl Fn(&Attachment) -> bool) -> Result<usize, PinError> {
+        let mut lost = self.lost_records();
+        let before = lost.len();
+        let mut kept = Vec::new();
+        for a in lost.drain(..) {
+            if !which(&a) {
+                kept.push(a);
+            } else if let Some(dir) = &self.pin {
+                dir.unpin(&PinDir::link_name(&a))?;
+            }
+        }
+        *lost = kept;
+        Ok(before - lost.len())
+    }
+
+    fn lost_records(&self) -> std::sync::MutexGuard<'_, Vec<Attachment>> {
+        self.lost.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The interfaces the program runs on now.
     pub(crate) fn attachments(&self) -> Vec<Attachment> {
+        self.sync_links();
         self.links().iter().map(|l| l.attachment.clone()).collect()
+    }
+
+    /// The attachments whose interface has gone (deleted, or taken from
+    /// under the program by the kernel) since the program was attached
+    /// there, as they were recorded: kept until the program is attached to
+    /// an interface of that name again, detached from it, or unpinned.
+    pub(crate) fn lost(&self) -> Vec<Attachment> {
+        self.sync_links();
+        self.lost_records().clone()
     }
 
     /// Detaches everywhere and removes every pin of the object.
@@ -154,6 +259,7 @@ impl XdpProgram {
         for link in links {
             self.drop_link(link)?;
         }
+        self.lost_records().clear();
         if let Some(dir) = &self.pin {
             dir.remove_all()?;
         }
@@ -165,13 +271,13 @@ impl XdpProgram {
     /// namespace) when given.
     pub(crate) fn test_run(&self, frame: &[u8], ingress: Option<u32>) -> Result<TestRun, Error> {
         let out = match ingress {
-            None => sys::prog_test_run(self.fd.as_fd(), frame, None, 1, 0),
+            None => sys::prog_test_run(self.fd(), frame, None, 1, 0),
             Some(ifindex) => {
                 // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex.
                 let mut ctx = [0u32; 6];
                 ctx[1] = frame.len() as u32;
                 ctx[3] = ifindex;
-                sys::prog_test_run(self.fd.as_fd(), frame, Some(bytemuck::cast_slice_mut(&mut ctx)), 1, 0)
+                sys::prog_test_run(self.fd(), frame, Some(bytemuck::cast_slice_mut(&mut ctx)), 1, 0)
             }
         }
         .map_err(|source| LoadError::Bpf { op: "BPF_PROG_TEST_RUN".into(), source })?;
@@ -181,4 +287,41 @@ impl XdpProgram {
             duration: Duration::from_nanos(u64::from(out.duration_ns)),
         })
     }
+}
+
+/// The links pinned in `dir`: those attached to a live interface, with the
+/// interface's name and mode as the pin recorded them (this process may be
+/// in another network namespace than the one that attached), and the
+/// attachments whose interface is gone, as recorded. An error reading a
+/// link is an error, never a dead link: its pin may be the last reference,
+/// and removing it would detach a live program.
+fn scan_links(dir: &PinDir) -> Result<(Vec<Link>, Vec<Attachment>), Error> {
+    let mut links = Vec::new();
+    let mut lost = Vec::new();
+    for (pin_name, path) in dir.links()? {
+        let link = sys::obj_get(&path).map_err(|source| PinError::Io {
+            op: "opening pinned link",
+            path: path.clone(),
+            source,
+        })?;
+        let recorded = PinDir::link_recorded(&pin_name);
+        let live = attach::link_attachment(&link).map_err(|source| PinError::Io {
+            op: "reading pinned link's info",
+            path,
+            source,
+        })?;
+        match (live, recorded) {
+            (Some(mut attachment), recorded) => {
+                if let Some(r) = recorded {
+                    attachment.mode = r.mode;
+                    attachment.interface = r.interface;
+                }
+                links.push(Link { fd: link, attachment });
+            }
+            (None, Some(r)) => lost.push(r),
+            // Dead, under a name this crate does not give: nothing to report.
+            (None, None) => {}
+        }
+    }
+    Ok((links, lost))
 }

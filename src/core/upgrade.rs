@@ -294,7 +294,7 @@ impl<P: ProgramKind> Prepared<P> {
             let Ok(Some(_)) = attach::link_attachment(&link) else {
                 continue; // Its interface is gone: the reopen removes the pin.
             };
-            let interface = PinDir::link_recorded(&pin_name).map_or(pin_name.clone(), |(_, n)| n.to_owned());
+            let interface = PinDir::link_recorded(&pin_name).map_or(pin_name.clone(), |a| a.interface);
             if let Err(source) = sys::link_update(link.as_fd(), new_prog.as_fd()) {
                 for (done, _) in &swapped {
                     let _ = sys::link_update(done.as_fd(), old_prog.as_fd());
@@ -318,14 +318,15 @@ impl<P: ProgramKind> Prepared<P> {
         let hdr = maps.header();
         hdr.magic.store(kind.magic, Ordering::Release);
         hdr.layout_version.store(kind.layout_version, Ordering::Release);
-        // Handles open elsewhere reload their model.
-        hdr.generation.fetch_add(1, Ordering::AcqRel);
         for (name, handle) in maps.handles() {
             if changed.contains(&name) || added.contains(&name) {
                 replace_pin(&dir, name, handle.as_fd())?;
             }
         }
         replace_pin(&dir, kind.program, new_prog.as_fd())?;
+        // Handles open elsewhere reload their model and, the program pinned
+        // first, take the new program (`Pinned::running`).
+        hdr.generation.fetch_add(1, Ordering::AcqRel);
         drop(lock);
 
         let core = Pinned::open_pinned(path)?;

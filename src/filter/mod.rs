@@ -223,7 +223,7 @@ pub struct Filter {
     guard: Option<Guard>,
 }
 
-facade!(Filter, FilterKind);
+facade!(Filter, FilterKind, public);
 
 impl Filter {
     /// Starts building a filter.
@@ -425,10 +425,13 @@ impl Filter {
     }
 
     /// Detaches from one interface (by the name or index it was attached with).
+    /// An attachment [lost](Self::lost_attachments) on an interface of
+    /// that name (or index) is forgotten too: detaching by name after the
+    /// interface was deleted leaves nothing of the program there.
     ///
     /// # Errors
     ///
-    /// [`AttachError::InterfaceNotFound`](crate::AttachError::InterfaceNotFound)
+    /// [`AttachError::NotAttached`](crate::AttachError::NotAttached)
     /// when not attached there; [`AttachError::Bpf`](crate::AttachError::Bpf),
     /// [`PinError`](crate::PinError) when the kernel or bpffs refuse.
     pub fn detach(&self, iface: impl Into<Interface>) -> Result<(), Error> {
@@ -438,6 +441,17 @@ impl Filter {
     /// The interfaces the filter is attached to.
     pub fn attachments(&self) -> Vec<Attachment> {
         self.core.program.attachments()
+    }
+
+    /// The attachments lost since the filter was attached: their interface
+    /// was deleted (or the kernel otherwise took the program off it), as
+    /// the pins recorded them (name, mode, the old index). Kept, so an
+    /// agent or `status` can say where the filter no longer runs, until it
+    /// is attached to an interface of that name again (the usual repair
+    /// after an interface is made again), detached from that name, or
+    /// unpinned. Reading them costs one `bpf()` call per attachment.
+    pub fn lost_attachments(&self) -> Vec<Attachment> {
+        self.core.program.lost()
     }
 
     /// The pin directory, if pinned.
@@ -516,7 +530,7 @@ impl Filter {
     ///
     /// [`LoadError::Bpf`] when the kernel does not answer about the program.
     pub fn program_id(&self) -> Result<u32, Error> {
-        self.core.program.id()
+        self.core.running().id()
     }
 
     /// The lists' generation: every edit of either list, by any process,
@@ -528,8 +542,13 @@ impl Filter {
     }
 
     /// The filter program's fd (to attach it elsewhere, or chain it).
+    ///
+    /// The program that runs now: after an upgrade (`upgrade_pinned`, by
+    /// this or any process) of a pinned one, the new program, also through
+    /// a handle opened before it. An fd handed out earlier stays open (and
+    /// names the old program) while the handle lives.
     pub fn program_fd(&self) -> BorrowedFd<'_> {
-        self.core.program.fd()
+        self.core.running().fd()
     }
 
     /// Runs the real filter program, with its live maps, on one Ethernet
@@ -540,7 +559,7 @@ impl Filter {
     /// [`LoadError::Bpf`] when the kernel refuses the run (a frame shorter
     /// than an Ethernet header, say).
     pub fn test_run(&self, frame: &[u8]) -> Result<TestRun, Error> {
-        self.core.program.test_run(frame, None)
+        self.core.running().test_run(frame, None)
     }
 
     /// The capacities the filter was loaded with: (IPv4 entries, IPv6 entries).

@@ -8,7 +8,7 @@ use ipnetwork::IpNetwork;
 use super::conntrack;
 use super::layout::lb_skel::LbSkelBuilder;
 use super::layout::xdpg_lb_config;
-use super::maps::{ns_per_jiffy, to_jiffies, Capacity, LbMaps};
+use super::maps::{ns_per_jiffy, to_jiffies, udp_timeout_jiffies, Capacity, LbMaps};
 use super::{
     neigh, LoadBalancer, DEFAULT_CONNECTIONS, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_VIPS, DEFAULT_NEXT_HOP_CACHE,
     DEFAULT_UDP_TIMEOUT,
@@ -116,7 +116,9 @@ impl LoadBalancerBuilder {
         self
     }
 
-    /// How long a UDP flow may be idle before it chooses afresh (default 30 s).
+    /// How long a UDP flow may be idle before it chooses afresh (default 30
+    /// s; at most about 49 days, as
+    /// [`set_udp_timeout`](LoadBalancer::set_udp_timeout)).
     pub fn udp_timeout(mut self, timeout: Duration) -> Self {
         self.udp_timeout = timeout;
         self
@@ -232,7 +234,7 @@ impl LoadBalancerBuilder {
                 echo_policy: self.echo.code(),
                 frag_policy: self.fragments.code(),
                 options_policy: self.options.code(),
-                udp_timeout: to_jiffies(self.udp_timeout, tick),
+                udp_timeout: udp_timeout_jiffies(self.udp_timeout, tick),
                 new_flow_interval: interval,
                 new_flow_burst: burst,
                 nexthop_ttl: to_jiffies(self.next_hop_cache, tick),

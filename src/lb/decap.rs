@@ -83,7 +83,7 @@ pub struct Decap {
     core: Pinned<DecapKind>,
 }
 
-facade!(Decap, DecapKind);
+facade!(Decap, DecapKind, public);
 
 /// Builds a [`Decap`].
 #[derive(Debug, Clone, Default)]
@@ -248,6 +248,17 @@ impl Decap {
         self.core.program.attachments()
     }
 
+    /// The attachments lost since the decapsulator was attached: their interface
+    /// was deleted (or the kernel otherwise took the program off it), as
+    /// the pins recorded them (name, mode, the old index). Kept, so an
+    /// agent or `status` can say where the decapsulator no longer runs, until it
+    /// is attached to an interface of that name again (the usual repair
+    /// after an interface is made again), detached from that name, or
+    /// unpinned. Reading them costs one `bpf()` call per attachment.
+    pub fn lost_attachments(&self) -> Vec<Attachment> {
+        self.core.program.lost()
+    }
+
     /// Attaches to one more interface (pinning the link if pinned).
     ///
     /// # Errors
@@ -260,10 +271,13 @@ impl Decap {
     }
 
     /// Detaches from one interface.
+    /// An attachment [lost](Self::lost_attachments) on an interface of
+    /// that name (or index) is forgotten too: detaching by name after the
+    /// interface was deleted leaves nothing of the program there.
     ///
     /// # Errors
     ///
-    /// [`AttachError::InterfaceNotFound`](crate::AttachError::InterfaceNotFound)
+    /// [`AttachError::NotAttached`](crate::AttachError::NotAttached)
     /// when not attached there; [`AttachError::Bpf`](crate::AttachError::Bpf),
     /// [`PinError`](crate::PinError) when the kernel or bpffs refuse.
     pub fn detach(&self, iface: impl Into<Interface>) -> Result<(), Error> {
@@ -271,8 +285,13 @@ impl Decap {
     }
 
     /// The program's fd.
+    ///
+    /// The program that runs now: after an upgrade (`upgrade_pinned`, by
+    /// this or any process) of a pinned one, the new program, also through
+    /// a handle opened before it. An fd handed out earlier stays open (and
+    /// names the old program) while the handle lives.
     pub fn program_fd(&self) -> BorrowedFd<'_> {
-        self.core.program.fd()
+        self.core.running().fd()
     }
 
     /// The program's kernel id (as `bpftool prog` shows it).
@@ -282,7 +301,7 @@ impl Decap {
     /// [`LoadError::Bpf`](crate::LoadError::Bpf) when the kernel does not
     /// answer about the program.
     pub fn program_id(&self) -> Result<u32, Error> {
-        self.core.program.id()
+        self.core.running().id()
     }
 
     /// Runs the program on one frame through `BPF_PROG_TEST_RUN`.
@@ -292,6 +311,6 @@ impl Decap {
     /// [`LoadError::Bpf`](crate::LoadError::Bpf) when the kernel refuses
     /// the run.
     pub fn test_run(&self, frame: &[u8]) -> Result<TestRun, Error> {
-        self.core.program.test_run(frame, None)
+        self.core.running().test_run(frame, None)
     }
 }

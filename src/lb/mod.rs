@@ -292,7 +292,7 @@ impl ProgramKind for LbKind {
     }
 }
 
-facade!(LoadBalancer, LbKind);
+facade!(LoadBalancer, LbKind, public);
 
 impl LoadBalancer {
     /// Starts building a load balancer.
@@ -399,10 +399,13 @@ impl LoadBalancer {
     }
 
     /// Detaches from one interface (it stays a redirect target).
+    /// An attachment [lost](Self::lost_attachments) on an interface of
+    /// that name (or index) is forgotten too: detaching by name after the
+    /// interface was deleted leaves nothing of the program there.
     ///
     /// # Errors
     ///
-    /// [`AttachError::InterfaceNotFound`](crate::AttachError::InterfaceNotFound)
+    /// [`AttachError::NotAttached`](crate::AttachError::NotAttached)
     /// when not attached there; [`AttachError::Bpf`](crate::AttachError::Bpf),
     /// [`PinError`](crate::PinError) when the kernel or bpffs refuse.
     pub fn detach(&self, iface: impl Into<Interface>) -> Result<(), Error> {
@@ -412,6 +415,17 @@ impl LoadBalancer {
     /// The interfaces the LB is attached to.
     pub fn attachments(&self) -> Vec<Attachment> {
         self.core.program.attachments()
+    }
+
+    /// The attachments lost since the load balancer was attached: their interface
+    /// was deleted (or the kernel otherwise took the program off it), as
+    /// the pins recorded them (name, mode, the old index). Kept, so an
+    /// agent or `status` can say where the load balancer no longer runs, until it
+    /// is attached to an interface of that name again (the usual repair
+    /// after an interface is made again), detached from that name, or
+    /// unpinned. Reading them costs one `bpf()` call per attachment.
+    pub fn lost_attachments(&self) -> Vec<Attachment> {
+        self.core.program.lost()
     }
 
     /// The named network namespace (under `/run/netns`) the LB was loaded
@@ -430,7 +444,7 @@ impl LoadBalancer {
     /// serving, unpinned and out of reach, if it were unpinned while one
     /// still chains it.
     pub fn chained_from(&self) -> Vec<ChainedFrom> {
-        self.core.program.id().map(chain::chained_into).unwrap_or_default()
+        self.core.running().id().map(chain::chained_into).unwrap_or_default()
     }
 
     /// Lets the LB send packets out of `iface` (`XDP_REDIRECT` through its
@@ -491,8 +505,13 @@ impl LoadBalancer {
 
     /// The LB program's fd: attach it elsewhere, or chain it behind a
     /// filter with [`Filter::set_next`](crate::Filter::set_next).
+    ///
+    /// The program that runs now: after an upgrade (`upgrade_pinned`, by
+    /// this or any process) of a pinned one, the new program, also through
+    /// a handle opened before it. An fd handed out earlier stays open (and
+    /// names the old program) while the handle lives.
     pub fn program_fd(&self) -> BorrowedFd<'_> {
-        self.core.program.fd()
+        self.core.running().fd()
     }
 
     /// The LB program's kernel id (as `bpftool prog` shows it, and as
@@ -504,7 +523,7 @@ impl LoadBalancer {
     /// [`LoadError::Bpf`](crate::LoadError::Bpf) when the kernel does not
     /// answer about the program.
     pub fn program_id(&self) -> Result<u32, Error> {
-        self.core.program.id()
+        self.core.running().id()
     }
 
     /// The configuration's generation: every edit of VIPs and backends, by
@@ -559,7 +578,7 @@ impl LoadBalancer {
     }
 
     fn run(&self, frame: &[u8], ingress: Option<u32>) -> Result<TestRun, Error> {
-        self.core.program.test_run(frame, ingress)
+        self.core.running().test_run(frame, ingress)
     }
 }
 

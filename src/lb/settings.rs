@@ -175,9 +175,12 @@ impl LoadBalancer {
         self.maps().duration(self.maps().udp_timeout())
     }
 
-    /// Changes the UDP idle timeout.
+    /// Changes the UDP idle timeout. Zero: a UDP flow chooses its backend
+    /// afresh at every kernel tick; at most about 49 days (`u32::MAX` ticks,
+    /// what the program's tick arithmetic counts), longer is clamped.
     pub fn set_udp_timeout(&self, timeout: Duration) {
-        self.maps().set_duration(self.maps().udp_timeout(), timeout);
+        let tick = self.maps().ns_per_jiffy().load(Ordering::Acquire);
+        self.maps().udp_timeout().store(super::maps::udp_timeout_jiffies(timeout, tick), Ordering::Release);
     }
 
     /// How long each CPU reuses a backend's next hop from the FIB.

@@ -95,17 +95,55 @@ pub fn holds_pins(dir: &Path) -> bool {
     std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some())
 }
 
-/// `attach` on a pin directory whose program was reopened: refuses, before
-/// anything changes, an interface in `ifaces` the program already runs on
-/// (naming the attachment).
-pub fn refuse_attached(dir: &Path, kind: &str, have: &[Attachment], ifaces: &[String]) -> Result<()> {
-    match have.iter().find(|a| ifaces.contains(&a.interface)) {
-        Some(a) => {
-            Err(format!("{} already holds a {kind} attached to {}; nothing changed", dir.display(), attachment_text(a))
-                .into())
+/// `attach` and `detach` on a pin directory `dir`: the program pinned
+/// there, as `opened` (its `open_pinned`); `None` when the directory holds only the leftovers
+/// of a creation that was interrupted (its process killed half-way), which
+/// `attach` replaces by a new program (creating one removes them) and
+/// `detach` removes.
+pub fn reopen<T>(dir: &Path, opened: std::result::Result<T, xdpguard::Error>) -> Result<Option<T>> {
+    match opened {
+        Err(xdpguard::Error::Pin(xdpguard::PinError::Interrupted { .. })) => {
+            eprintln!("note: {} holds the leftovers of an interrupted creation; they are removed", dir.display());
+            Ok(None)
         }
-        None => Ok(()),
+        opened => Ok(Some(opened?)),
     }
+}
+
+/// `attach` on a pin directory whose program was reopened: the interfaces
+/// of `ifaces` still to attach. One it already runs on in the mode asked
+/// for (any, for `auto`) is kept as it is, and said: `attach` run again (by
+/// a unit on every start, by a script) succeeds and changes nothing there.
+/// One it runs on in another mode is refused before anything changes
+/// (naming the attachment, and how to change its mode).
+pub fn still_to_attach(
+    dir: &Path,
+    kind: &str,
+    cli: &str,
+    have: &[Attachment],
+    ifaces: &[String],
+    mode: AttachMode,
+) -> Result<Vec<String>> {
+    let mut todo = Vec::new();
+    for iface in ifaces {
+        match have.iter().find(|a| &a.interface == iface) {
+            None => todo.push(iface.clone()),
+            Some(a) if mode == AttachMode::Auto || a.mode == mode => {
+                println!("already attached to {} (kept as it is)", attachment_text(a));
+            }
+            Some(a) => {
+                return Err(format!(
+                    "{} holds a {kind} attached to {}, not in {mode} mode; nothing changed (to change its mode: \
+                     `{cli} detach --iface {iface} --pin {}`, then attach again)",
+                    dir.display(),
+                    attachment_text(a),
+                    dir.display()
+                )
+                .into())
+            }
+        }
+    }
+    Ok(todo)
 }
 
 /// Attaches a reopened program to each of `ifaces` with `attach`; when one
@@ -196,6 +234,30 @@ pub fn print_detached(attachments: &[Attachment], pin: &Path) {
     }
 }
 
+/// `detach --iface IF...`: detaches a program from those interfaces only
+/// (by the names it was attached with; an attachment lost there is
+/// forgotten), leaving it pinned with its state. Stops at the first that
+/// fails, saying which were detached before it.
+pub fn detach_some(
+    ifaces: &[String],
+    detach: impl Fn(&str) -> std::result::Result<(), xdpguard::Error>,
+    pin: &Path,
+) -> Result<()> {
+    for (n, iface) in ifaces.iter().enumerate() {
+        if let Err(e) = detach(iface) {
+            let done = &ifaces[..n];
+            return Err(if done.is_empty() {
+                e.into()
+            } else {
+                format!("{e} (detached from {} before it)", done.join(", ")).into()
+            });
+        }
+        println!("detached from {iface}");
+    }
+    println!("{} stays pinned (`detach` without `--iface` removes it)", pin.display());
+    Ok(())
+}
+
 /// One attachment in text: `eth0 (ifindex 3, native mode)`.
 pub fn attachment_text(a: &Attachment) -> String {
     format!("{} (ifindex {}, {} mode)", a.interface, a.ifindex, a.mode)
@@ -237,6 +299,20 @@ pub fn chained_text(c: &xdpguard::ChainedFrom, netns: Option<&str>) -> String {
         format!("{filter}, attached nowhere")
     } else {
         format!("{filter}, on {}", ifindexes_text(&c.ifindexes, netns))
+    }
+}
+
+/// `status`'s lines for the attachments a program lost (their interface
+/// was deleted): where it no longer runs, and the commands (of `cli`,
+/// e.g. `xdpguard-lb decap`) that attach it there again or forget it.
+pub fn print_lost(lost: &[Attachment], label_width: usize, cli: &str, pin: &Path) {
+    for a in lost {
+        let (name, pin) = (&a.interface, pin.display());
+        println!(
+            "{:<label_width$}{name} ({} mode; its interface, #{}, is gone): `{cli} attach --iface {name} --pin {pin}` \
+             attaches it again when the interface is back, `{cli} detach --iface {name} --pin {pin}` forgets it",
+            "lost:", a.mode, a.ifindex
+        );
     }
 }
 
