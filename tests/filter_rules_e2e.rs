@@ -177,7 +177,14 @@ fn the_cli_runs_the_amplification_recipe_on_real_traffic() {
     // A rule added alone is live at once; detach removes everything.
     // A drop rule for every TCP packet from anywhere (SSH included) needs
     // --force, as `block 0.0.0.0/0` does; nothing is added without it.
-    for all in [&["drop"][..], &["drop", "ipv4", "tcp"]] {
+    // However it is written.
+    for all in [
+        &["drop"][..],
+        &["drop", "ipv4", "tcp"],
+        &["drop", "tcp", "dport", "0-65535"],
+        &["drop", "tcp", "sport", "0-65535", "from", "0.0.0.0/0"],
+        &["drop", "tcp", "to", "::/0"],
+    ] {
         let mut args = vec!["rule", "add", "--pin", p];
         args.extend_from_slice(all);
         let out = cli.run(&args);
@@ -185,6 +192,15 @@ fn the_cli_runs_the_amplification_recipe_on_real_traffic() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains("refusing rule") && err.contains("SSH") && err.contains("--force"), "{err}");
     }
+    // Dropping IPv6 neighbour discovery from anywhere would stop IPv6.
+    let out = cli.run(&["rule", "add", "--pin", p, "drop", "icmpv6"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("neighbour discovery") && err.contains("--force"), "{err}");
+    // `flags none` is a NULL scan's packets, not every TCP packet.
+    let _listener = pair.server.run(|| TcpListener::bind(("::", 9009)).expect("listen"));
+    cli.ok(&["rule", "add", "--pin", p, "drop", "tcp", "flags", "none"]);
+    assert!(tcp_connects(&pair.client, "192.0.2.4", 9009), "TCP with flags gets through `flags none`");
+    cli.ok(&["rule", "clear", "--pin", p]);
     assert_eq!(cli.json(&["status", "--pin", p, "--json"])["rules"], 0);
     // (Options may follow the rule's words: `--pin` is not read as one.)
     cli.ok(&["rule", "add", "drop", "udp", "sport", "53", "--pin", p]);

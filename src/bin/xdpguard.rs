@@ -1048,30 +1048,54 @@ fn remove_entries(kind: ListKind, edit: Edit) -> Result<()> {
     Ok(())
 }
 
-/// Refuses (without `force`) a drop rule that matches every TCP packet
-/// of an IP version from any source: the session the host is managed over
-/// with it, as `block 0.0.0.0/0` would.
+/// Refuses (without `force`) a drop rule that cuts the host off: one that
+/// matches every TCP packet of an IP version from any source (the session
+/// the host is managed over with it, as `block 0.0.0.0/0` would), however
+/// it is written (`from 0.0.0.0/0`, `dport 0-65535`), or every ICMPv6
+/// neighbour solicitation or advertisement from any source (without which
+/// IPv6 stops on the link).
 fn refuse_drop_all(rules: &[Rule], force: bool) -> Result<()> {
-    let all = rules.iter().find(|r| {
+    use xdpguard::{RuleProtocol, Source};
+    let whole = |p: &IpNetwork| p.prefix() == 0;
+    let every_port = |set: &Option<xdpguard::RangeSet>| set.as_ref().is_none_or(|s| s.ranges().eq([0..=65535]));
+    let from_anywhere = |r: &Rule| match &r.source {
+        None => true,
+        Some(m) => !m.negated && matches!(&m.source, Source::Prefix(p) if whole(p)),
+    };
+    let cutting = |r: &&Rule| {
         r.action == xdpguard::RuleAction::Drop
             && !r.monitor
-            && r.source.is_none()
-            && r.destination.is_none()
-            && r.source_ports.is_none()
-            && r.destination_ports.is_none()
-            && r.tcp_flags.is_none()
-            && matches!(r.protocol, None | Some(xdpguard::RuleProtocol::Tcp))
+            && from_anywhere(r)
+            && r.destination.is_none_or(|d| !d.negated && whole(&d.prefix))
+    };
+    let all_tcp = rules.iter().filter(cutting).find(|r| {
+        every_port(&r.source_ports)
+            && every_port(&r.destination_ports)
+            && r.tcp_flags.is_none_or(|f| f.mask == 0)
+            && matches!(r.protocol, None | Some(RuleProtocol::Tcp))
     });
-    match all {
-        Some(r) if !force => Err(format!(
+    // Neighbour solicitation and advertisement (ICMPv6 types 135, 136).
+    let nd = rules.iter().filter(cutting).find(|r| {
+        r.protocol == Some(RuleProtocol::Icmpv6)
+            && r.icmp_types.as_ref().is_none_or(|t| t.contains(135) || t.contains(136))
+    });
+    let allow_first = "To let only some sources in, allowlist them first (`xdpguard allow ADDR`: the allowlist is \
+                       checked before the rules) or put a `pass ... from ADDR` rule before it, then add it with --force";
+    match (all_tcp, nd) {
+        _ if force => Ok(()),
+        (Some(r), _) => Err(format!(
             "refusing rule `{r}`: it drops every {}packet from any source that the lists do not allow, including \
-             your own SSH session. Nothing was changed. To let only some sources in, allowlist them first \
-             (`xdpguard allow ADDR`: the allowlist is checked before the rules) or put a `pass ... from ADDR` rule \
-             before it, then add it with --force; to drop them anyway, add --force",
+             your own SSH session. Nothing was changed. {allow_first}; to drop them anyway, add --force",
             if r.protocol.is_some() { "TCP " } else { "" }
         )
         .into()),
-        _ => Ok(()),
+        (None, Some(r)) => Err(format!(
+            "refusing rule `{r}`: it drops IPv6 neighbour discovery (ICMPv6 types 135 and 136) from any source, \
+             and IPv6 on this host's links stops with it. Nothing was changed. Leave those types out (`type \
+             0-132,138-255`), or add --force"
+        )
+        .into()),
+        (None, None) => Ok(()),
     }
 }
 

@@ -121,12 +121,15 @@ impl FromStr for TcpFlags {
     type Err = RuleError;
 
     /// `syn,fin` (both set), `syn/syn,ack` (SYN set, ACK clear),
-    /// `none/syn,ack` (both clear). Flags: fin, syn, rst, psh, ack, urg,
-    /// ece, cwr.
+    /// `none/syn,ack` (both clear), `none` (no flag set: a NULL scan's
+    /// packets). Flags: fin, syn, rst, psh, ack, urg, ece, cwr.
     fn from_str(s: &str) -> Result<TcpFlags, RuleError> {
         let bad = |reason| RuleError::Invalid { rule: s.to_owned(), reason };
         let (value, mask) = match s.split_once('/') {
             Some((v, m)) => (flag_bits(v).map_err(bad)?, flag_bits(m).map_err(bad)?),
+            // Every flag looked at: read as "these set", `none` with no mask
+            // would look at nothing and match every packet.
+            None if s.trim().eq_ignore_ascii_case("none") => (0, TcpFlags::ALL),
             None => {
                 let v = flag_bits(s).map_err(bad)?;
                 (v, v)

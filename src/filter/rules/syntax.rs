@@ -248,6 +248,9 @@ impl TcpFlags {
     /// CWR.
     pub const CWR: u8 = 0x80;
 
+    /// Every flag.
+    pub const ALL: u8 = 0xFF;
+
     /// The flag names, lowest bit first, as rule text writes them.
     pub(crate) const NAMES: [&'static str; 8] = ["fin", "syn", "rst", "psh", "ack", "urg", "ece", "cwr"];
 
@@ -274,6 +277,8 @@ impl fmt::Display for TcpFlags {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.value == self.mask {
             f.write_str(&TcpFlags::names(self.value))
+        } else if self.value == 0 && self.mask == TcpFlags::ALL {
+            f.write_str("none")
         } else {
             write!(f, "{}/{}", TcpFlags::names(self.value), TcpFlags::names(self.mask))
         }
@@ -509,6 +514,14 @@ impl Rule {
             if proto != Some(RuleProtocol::Tcp) {
                 return Err(invalid(&self, "`flags` needs `tcp` before it".into()));
             }
+            if flags.mask == 0 {
+                return Err(invalid(
+                    &self,
+                    "`flags` that look at no flag (`/none`) match every TCP packet: leave `flags` out, or name \
+                     the flags to look at after `/` (`none` alone: no flag set)"
+                        .into(),
+                ));
+            }
             if flags.value & !flags.mask != 0 {
                 return Err(invalid(
                     &self,
@@ -653,6 +666,16 @@ mod tests {
         assert_eq!(TcpFlags::set(TcpFlags::SYN | TcpFlags::FIN).to_string(), "fin,syn");
         assert_eq!(TcpFlags { value: TcpFlags::SYN, mask: TcpFlags::SYN | TcpFlags::ACK }.to_string(), "syn/syn,ack");
         assert_eq!(TcpFlags { value: 0, mask: TcpFlags::ACK }.to_string(), "none/ack");
+        // `none` alone: no flag set, every flag looked at (a NULL scan).
+        let null: TcpFlags = "none".parse().unwrap();
+        assert_eq!(null, TcpFlags { value: 0, mask: TcpFlags::ALL });
+        assert_eq!(null.to_string(), "none");
+        assert!(null.matches(0) && !null.matches(TcpFlags::SYN) && !null.matches(TcpFlags::ECE));
+        let rule: Rule = "drop tcp flags none".parse().unwrap();
+        assert_eq!(rule.normalized().unwrap().to_string(), "drop tcp flags none");
+        // Looking at no flag would match every TCP packet: refused.
+        let err = "drop tcp flags none/none".parse::<Rule>().unwrap_err();
+        assert!(err.to_string().contains("match every TCP packet"), "{err}");
     }
 
     #[test]
