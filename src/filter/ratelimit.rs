@@ -170,8 +170,9 @@ impl RateLimit {
                 self.per = match lens[..] {
                     [] => LimitKey::default(),
                     [a] => {
-                        // One length: the IPv4 one when it fits, else IPv6;
-                        // normalized() checks it against the rule's family.
+                        // One length: the IPv4 one when it fits, else IPv6's,
+                        // until the rule's IP version is known (its parse
+                        // gives the length to that version).
                         let n = num(a, 128)?;
                         if n <= 32 {
                             LimitKey { v4_len: n, v6_len: 128 }

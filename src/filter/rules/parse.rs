@@ -6,7 +6,7 @@ use std::str::FromStr;
 
 use crate::error::{LineError, RuleError};
 use crate::filter::prefix::parse_prefix;
-use crate::filter::ratelimit::RateLimit;
+use crate::filter::ratelimit::{LimitKey, RateLimit};
 use crate::filter::rules::syntax::{
     DestinationMatch, IpFamily, RangeSet, Rule, RuleAction, RuleProtocol, Source, SourceMatch, TcpFlags,
 };
@@ -278,11 +278,26 @@ impl FromStr for Rule {
             (_, Some(d)) => Some(IpFamily::of(d.prefix.ip())),
             _ => None,
         };
-        if let (Some(v), None) = (&single_per, rule.family.or(prefix_family)) {
-            return Err(bad(format!(
-                "`per {v}` gives one prefix length, and the rule matches both IPv4 and IPv6: give both \
-                 (`per src/24/64`: IPv4's, then IPv6's), or put `ipv4` or `ipv6` in the rule"
-            )));
+        match (&single_per, rule.family.or(prefix_family), &mut limit) {
+            (Some(v), None, _) => {
+                return Err(bad(format!(
+                    "`per {v}` gives one prefix length, and the rule matches both IPv4 and IPv6: give both \
+                     (`per src/24/64`: IPv4's, then IPv6's), or put `ipv4` or `ipv6` in the rule"
+                )))
+            }
+            // The one length is the rule's IP version's, whatever its size
+            // (`per src/32 ipv6` keys IPv6 sources by /32).
+            (Some(v), Some(family), Some(l)) => {
+                let n = v.rsplit('/').next().and_then(|n| n.parse::<u8>().ok()).unwrap_or(l.per.v4_len);
+                l.per = match family {
+                    IpFamily::V4 if n > 32 => {
+                        return Err(bad(format!("`per {v}`: an IPv4 prefix length is 0 to 32")));
+                    }
+                    IpFamily::V4 => LimitKey { v4_len: n, v6_len: 128 },
+                    IpFamily::V6 => LimitKey { v4_len: 32, v6_len: n },
+                };
+            }
+            _ => {}
         }
         rule.limit = limit;
         rule.normalized().map_err(|e| match e {
@@ -371,9 +386,28 @@ mod tests {
             ("rate-limit 100/x udp", "`100/x` is not a rate"),
             ("rate-limit 10/s per src/33 udp", "`per src/33` gives one prefix length"),
             ("rate-limit 10/s per src/24 udp", "give both"),
+            ("rate-limit 10/s per src/48 ipv4 udp", "an IPv4 prefix length is 0 to 32"),
         ] {
             let err = text.parse::<Rule>().expect_err(text).to_string();
             assert!(err.contains(why), "{text}: {err}");
+        }
+    }
+
+    /// One `per src/LEN` length is the rule's IP version's, whatever its
+    /// size.
+    #[test]
+    fn one_per_length_keys_the_rules_ip_version() {
+        for (text, v4_len, v6_len) in [
+            ("rate-limit 100/s per src/32 ipv6 udp dport 9", 32, 32),
+            ("rate-limit 100/s per src/16 udp from 2001:db8::/32", 32, 16),
+            ("rate-limit 100/s per src/48 ipv6 udp", 32, 48),
+            ("rate-limit 100/s per src/24 ipv4 udp", 24, 128),
+            ("rate-limit 100/s per src/24 udp to 192.0.2.0/24", 24, 128),
+        ] {
+            let rule: Rule = text.parse().unwrap_or_else(|e| panic!("{text}: {e}"));
+            let per = rule.limit.expect("a limit").per;
+            assert_eq!((per.v4_len, per.v6_len), (v4_len, v6_len), "{text}");
+            assert_eq!(rule.to_string().parse::<Rule>().unwrap(), rule, "{text} round-trips");
         }
     }
 
