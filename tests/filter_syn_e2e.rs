@@ -295,6 +295,17 @@ fn clients_connect_through_a_spoofed_syn_flood() {
         let stderr = String::from_utf8_lossy(&bad.stderr);
         assert!(!bad.status.success() && stderr.contains(reason), "{args:?}: {stderr}");
     }
+    // The synproxy rules cover every cookie-mode port of the filter, and
+    // those given: applying them for one more port keeps the others.
+    XDPGUARD.ok(&["syn", "protect", "--pin", pin.arg(), "9443", "--mode", "cookie"]);
+    XDPGUARD.ok(&["syn", "protect", "--pin", pin.arg(), "9022", "--mode", "drop"]);
+    let rules = XDPGUARD.ok(&["syn", "nft-rules", "--pin", pin.arg(), "--port", "9001"]);
+    assert!(rules.contains(&format!("tcp dport {{ {PORT}, 9001, 9443 }} tcp flags syn notrack")), "{rules}");
+    assert!(!rules.contains("9022"), "a drop-mode port needs no synproxy: {rules}");
+    XDPGUARD.ok(&["syn", "unprotect", "--pin", pin.arg(), "9443"]);
+    XDPGUARD.ok(&["syn", "unprotect", "--pin", pin.arg(), "9022"]);
+    let bad = XDPGUARD.run(&["syn", "nft-rules", "--pin", pin.arg(), "--mss", "100"]);
+    assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("536"), "MSS checked");
     let out = XDPGUARD.run(&["syn", "unprotect", "--pin", pin.arg(), &PORT.to_string()]);
     assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("unprotected"));
     let out = XDPGUARD.run(&["syn", "status", "--pin", pin.arg()]);

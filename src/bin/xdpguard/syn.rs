@@ -2,6 +2,7 @@
 //! (`Filter::syn_guard`): protect and unprotect ports, show their
 //! counters, print (and apply) the nftables rules cookie mode needs.
 
+use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -78,13 +79,19 @@ pub enum SynCommand {
         json: bool,
     },
     /// Print the nftables rules (and the sysctl) cookie mode needs on the
-    /// host; with --apply, load them with `nft -f -` and set the sysctl.
+    /// host, for every port the filter protects in cookie mode and those
+    /// given; with --apply, load them with `nft -f -` (replacing the table
+    /// it loaded before) and set the sysctl.
     NftRules {
-        /// A protected port (repeatable).
-        #[arg(long = "port", required = true)]
+        #[command(flatten)]
+        pin: SynPin,
+        /// A port to cover besides the filter's cookie-mode ones
+        /// (repeatable; without a pinned filter, the ports to cover).
+        #[arg(long = "port", value_parser = clap::value_parser!(u16).range(1..))]
         ports: Vec<u16>,
-        /// The MSS synproxy advertises for SYNs it answers itself.
-        #[arg(long, default_value_t = 1460)]
+        /// The MSS synproxy advertises for SYNs it answers itself (536 to
+        /// 9000).
+        #[arg(long, default_value_t = 1460, value_parser = clap::value_parser!(u16).range(536..=9000))]
         mss: u16,
         /// The server's window scale, as given to `syn protect --wscale`
         /// (default: this host's).
@@ -188,7 +195,34 @@ pub fn run(cmd: SynCommand) -> Result<()> {
                 writeln!(out, "{} port(s) protected, {known} known source(s)", ports.len())?;
             }
         }
-        SynCommand::NftRules { ports, mss, wscale, apply } => {
+        SynCommand::NftRules { pin, ports, mss, wscale, apply } => {
+            // One table holds every port's rules, and --apply replaces it:
+            // every cookie-mode port of the filter is in it, or applying
+            // for one port would take synproxy from the others.
+            let mut all: BTreeSet<u16> = ports.iter().copied().collect();
+            match Filter::open_pinned(&pin.pin) {
+                Ok(filter) => {
+                    let cookie = filter.syn_guard().status()?.into_iter().filter(|p| p.policy.mode == SynMode::Cookie);
+                    all.extend(cookie.map(|p| p.port));
+                }
+                Err(e) if ports.is_empty() => {
+                    return Err(format!(
+                        "{e}; give the ports to cover with --port (the rules cover every port the filter protects \
+                         in cookie mode, read from its pin directory)"
+                    )
+                    .into())
+                }
+                Err(e) => eprintln!("note: {e}; the rules cover only the ports given"),
+            }
+            if all.is_empty() {
+                return Err(format!(
+                    "the filter at {} protects no port in cookie mode: protect one first (`xdpguard syn protect \
+                     PORT`), or give --port",
+                    pin.pin.display()
+                )
+                .into());
+            }
+            let ports: Vec<u16> = all.into_iter().collect();
             let rules = xdpguard::nft_rules_with_wscale(&ports, mss, wscale.unwrap_or_else(xdpguard::host_wscale));
             if !apply {
                 print!("{rules}");
