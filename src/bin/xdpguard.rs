@@ -594,7 +594,9 @@ fn run(command: Command) -> Result<()> {
             if action == "drop" && filter.monitor() {
                 (action, reason) = ("pass", format!("{reason}; monitor mode: counted as would-drop, passed"));
             }
-            let rules = filter.rules().list().map(|l| l.len()).unwrap_or(0);
+            // An allowlisted source skips the rules (and the SYN guard).
+            let allowed = matches!(verdict, Verdict::Allow(_));
+            let rules = if allowed { 0 } else { filter.rules().list().map(|l| l.len()).unwrap_or(0) };
             if json {
                 println!(
                     "{}",
@@ -604,6 +606,9 @@ fn run(command: Command) -> Result<()> {
                 println!("{addr}: {action} ({reason})");
                 if rules > 0 && action == "pass" {
                     println!("  {rules} rule(s) may still decide by protocol and port: `xdpguard rule list`");
+                }
+                if allowed {
+                    println!("  allowlisted: no rule, rate limit or SYN guard sees its packets");
                 }
             }
         }

@@ -553,7 +553,7 @@ impl<'f> SynGuard<'f> {
             let slot = (0..MAX_SYN_PORTS).find(|s| !used.contains(s)).ok_or(RuleError::Full {
                 what: "the SYN guard's protected ports",
                 capacity: MAX_SYN_PORTS,
-                setter: "(fixed: unprotect a port first)",
+                setter: "(fixed)",
             })?;
             maps.syn_counters
                 .zero(slot as u32)
