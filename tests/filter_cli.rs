@@ -146,6 +146,8 @@ fn the_cli_manages_a_pinned_filter_that_outlives_every_command() {
     );
     let full = cli.run(&["block", "--pin", p, "--ttl", "10m", "203.0.113.3"]);
     refused(&full, &["the timed-block table is full (2)", "xdpguard attach --max-timed-blocks"]);
+    // `M` is humantime's months: refused, naming minutes.
+    refused(&cli.run(&["block", "--pin", p, "--ttl", "10M", "203.0.113.3"]), &["`10M`", "months", "minutes"]);
     cli.ok(&["unblock", "--pin", p, "203.0.113.1", "203.0.113.2"]);
     // Three timed blocks for two places: none of them is applied.
     let full = cli.run(&["block", "--pin", p, "--ttl", "10m", "203.0.113.1", "203.0.113.2", "203.0.113.3"]);

@@ -111,7 +111,7 @@ struct BlockArgs {
     /// Block for this long only (`30s`, `10m`, `2h`; 1 s to 365 days): a
     /// timed block, checked by the guard stage after the lists; it stops
     /// matching when it expires, with no daemon running.
-    #[arg(long, value_parser = humantime::parse_duration, conflicts_with = "replace")]
+    #[arg(long, value_parser = timed::ttl_value, conflicts_with = "replace")]
     ttl: Option<Duration>,
 }
 

@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::Write;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -18,7 +18,7 @@ use clap::Args;
 use etherparse::{LaxNetSlice, LaxSlicedPacket, TransportSlice};
 use pcap_file::pcap::{PcapPacket, PcapWriter};
 use serde_json::json;
-use xdpguard::{DropEvent, EventError, EventOptions, EventRate, EventReader, Filter, RuleId, Verdict};
+use xdpguard::{DropEvent, DropReason, EventError, EventOptions, EventRate, EventReader, Filter, RuleId, Verdict};
 
 use crate::common::Result;
 use crate::Pin;
@@ -104,7 +104,10 @@ fn parse_rate(s: &str) -> std::result::Result<EventRate, String> {
 }
 
 fn seconds(s: f64, what: &str) -> Result<Duration> {
-    Duration::try_from_secs_f64(s).map_err(|_| format!("{what} must be a number of seconds, not {s}").into())
+    Duration::try_from_secs_f64(s)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| format!("{what} must be a number of seconds above 0, not {s}").into())
 }
 
 /// The addresses, protocol and ports of an event's packet, as far as its
@@ -168,29 +171,43 @@ fn entry(filter: &Filter, e: &DropEvent, src: Option<IpAddr>) -> Option<String> 
     }
 }
 
+/// The timed block that drops `src` now (a rate-limit rule's auto-block,
+/// or `block --ttl`), for a timed-block drop.
+fn timed_block(filter: &Filter, e: &DropEvent, src: Option<IpAddr>) -> Option<String> {
+    if !matches!(e.reason, DropReason::TimedBlocked | DropReason::WouldDropTimed) {
+        return None;
+    }
+    let src = src?;
+    let blocks = filter.timed_blocks().list().ok()?;
+    blocks.into_iter().find(|b| b.prefix.contains(src)).map(|b| b.prefix.to_string())
+}
+
 fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_micros(t).to_string()
 }
 
 fn text_line(filter: &Filter, e: &DropEvent) -> String {
     let s = summarize(&e.bytes);
-    let who = match (e.rule, entry(filter, e, s.src)) {
-        (Some(id), _) => format!("rule {id}"),
-        (None, Some(net)) => format!("entry {net}"),
-        (None, None) => "-".into(),
+    let who = match (e.rule, entry(filter, e, s.src), timed_block(filter, e, s.src)) {
+        (Some(id), _, _) => format!("rule {id}"),
+        (None, Some(net), _) => format!("entry {net}"),
+        (None, None, Some(net)) => format!("timed {net}"),
+        (None, None, None) => "-".into(),
     };
-    let port = |p: Option<u16>| p.map_or(String::new(), |p| format!(":{p}"));
-    let addr = |a: Option<IpAddr>| a.map_or("?".into(), |a| a.to_string());
+    // `[2001:db8::1]:53` for IPv6 with a port, as a socket address is written.
+    let end = |a: Option<IpAddr>, p: Option<u16>| match (a, p) {
+        (Some(a), Some(p)) => SocketAddr::new(a, p).to_string(),
+        (Some(a), None) => a.to_string(),
+        (None, _) => "?".into(),
+    };
     format!(
-        "{} {} {} {} {}{} -> {}{} {} len {}",
+        "{} {} {} {} {} -> {} {} len {}",
         rfc3339(e.time),
         iface(filter, e.ifindex),
         e.reason,
         who,
-        addr(s.src),
-        port(s.sport),
-        addr(s.dst),
-        port(s.dport),
+        end(s.src, s.sport),
+        end(s.dst, s.dport),
         s.proto.as_deref().unwrap_or("-"),
         e.len
     )
@@ -208,6 +225,7 @@ fn json_line(filter: &Filter, e: &DropEvent) -> serde_json::Value {
         "reason": e.reason.to_string(),
         "rule": e.rule.map(RuleId::get),
         "entry": entry(filter, e, s.src),
+        "timed_block": timed_block(filter, e, s.src),
         "len": e.len,
         "caplen": e.bytes.len(),
         "src": s.src.map(|a| a.to_string()),
@@ -325,6 +343,7 @@ pub fn top(args: TopArgs) -> Result<()> {
         let start = Instant::now();
         let mut sources: HashMap<IpAddr, u64> = HashMap::new();
         let mut entries: HashMap<String, u64> = HashMap::new();
+        let mut timed_sources: Vec<IpAddr> = Vec::new();
         let mut sampled = 0u64;
         while start.elapsed() < interval {
             for e in reader.poll(interval.saturating_sub(start.elapsed()))? {
@@ -335,6 +354,18 @@ pub fn top(args: TopArgs) -> Result<()> {
                 }
                 if let Some(net) = entry(&filter, &e, s.src) {
                     *entries.entry(net).or_default() += 1;
+                }
+                if let (DropReason::TimedBlocked | DropReason::WouldDropTimed, Some(src)) = (e.reason, s.src) {
+                    timed_sources.push(src);
+                }
+            }
+        }
+        // The timed blocks that dropped them, read once per interval.
+        if !timed_sources.is_empty() {
+            let blocks = filter.timed_blocks().list()?;
+            for src in timed_sources.drain(..) {
+                if let Some(b) = blocks.iter().find(|b| b.prefix.contains(src)) {
+                    *entries.entry(format!("timed {}", b.prefix)).or_default() += 1;
                 }
             }
         }
@@ -377,7 +408,7 @@ pub fn top(args: TopArgs) -> Result<()> {
             for (a, n) in &sources {
                 println!("  {n:>8}  {a}");
             }
-            println!("busiest blocklist entries (sampled):");
+            println!("busiest blocklist entries and timed blocks (sampled):");
             for (e, n) in &entries {
                 println!("  {n:>8}  {e}");
             }

@@ -20,7 +20,7 @@ pub(crate) fn block(
     let timed = filter.timed_blocks();
     let timed = if force { timed.permit_whole_family() } else { timed };
     let change = timed.extend(nets.iter().copied(), ttl)?;
-    let ttl = humantime::format_duration(ttl);
+    let ttl = days_hours(ttl);
     let n = change.added + change.renewed;
     println!(
         "timed blocks: {n} entr{} for {ttl} ({} new, {} renewed)",
@@ -61,7 +61,35 @@ pub(crate) fn list(filter: &Filter) -> Result<Vec<TimedBlock>> {
 
 /// Time left, rounded to whole seconds (`9m 59s`).
 pub(crate) fn left(b: &TimedBlock) -> String {
-    humantime::format_duration(Duration::from_secs(b.remaining.as_secs().max(1))).to_string()
+    days_hours(Duration::from_secs(b.remaining.as_secs().max(1)))
+}
+
+/// A duration in days, hours, minutes and seconds (`365d`, `1d 2h`,
+/// `10m 5s`): never humantime's months and years, whose lengths are
+/// averages (365 days would read "11months 30days 3h 50m 24s").
+pub(crate) fn days_hours(d: Duration) -> String {
+    let mut left = d.as_secs();
+    let mut parts = Vec::new();
+    for (unit, secs) in [("d", 86_400), ("h", 3600), ("m", 60), ("s", 1)] {
+        if left >= secs {
+            parts.push(format!("{}{unit}", left / secs));
+            left %= secs;
+        }
+    }
+    if parts.is_empty() {
+        return format!("{}ms", d.as_millis());
+    }
+    parts.join(" ")
+}
+
+/// `--ttl`: a duration as humantime reads it (`90s`, `10m`, `2h 30m`,
+/// `7d`), but never `M`, which humantime reads as months: `10M` was meant
+/// as minutes more often than not.
+pub(crate) fn ttl_value(text: &str) -> std::result::Result<Duration, String> {
+    if text.contains('M') {
+        return Err(format!("`{text}`: `M` would mean months; write `m` for minutes, or `months` if meant"));
+    }
+    humantime::parse_duration(text).map_err(|e| format!("`{text}`: {e} (write 30s, 10m, 2h, 7d)"))
 }
 
 /// A timed block as `list --json` shows it.
