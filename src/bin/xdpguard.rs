@@ -1105,7 +1105,7 @@ fn refuse_drop_all(rules: &[Rule], force: bool) -> Result<()> {
 }
 
 /// A rule file's rules (`-`: standard input), every bad line reported.
-fn read_rules(path: &Path) -> Result<Vec<Rule>> {
+fn read_rules(path: &Path) -> Result<RuleFile> {
     let (bytes, name) = if path == Path::new("-") {
         let mut b = Vec::new();
         std::io::Read::read_to_end(&mut std::io::stdin(), &mut b)?;
@@ -1113,21 +1113,63 @@ fn read_rules(path: &Path) -> Result<Vec<Rule>> {
     } else {
         (std::fs::read(path).map_err(|e| format!("reading {}: {e}", path.display()))?, path.display().to_string())
     };
-    Ok(xdpguard::parse_rules(&bytes, &name)?.into_iter().map(|l| l.rule).collect())
+    Ok(RuleFile { lines: xdpguard::parse_rules(&bytes, &name)?, name })
+}
+
+/// A rule file's rules, with their lines, and the file's name.
+struct RuleFile {
+    lines: Vec<xdpguard::RuleLine>,
+    name: String,
+}
+
+impl RuleFile {
+    /// Refuses, before anything changes, rules naming sets the filter does
+    /// not have: every such line, by number.
+    fn check_sets(&self, filter: &Filter) -> Result<()> {
+        let have = filter.sets().names()?;
+        let missing: Vec<String> = self
+            .lines
+            .iter()
+            .filter_map(|l| match &l.rule.source {
+                Some(xdpguard::SourceMatch { source: xdpguard::Source::Set(name), .. }) if !have.contains(name) => {
+                    Some(format!(
+                        "  line {}: no set named `{name}`: create it first (`xdpguard set create {name}`)",
+                        l.line
+                    ))
+                }
+                _ => None,
+            })
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        Err(format!("{}: rules name sets that do not exist; nothing was changed:\n{}", self.name, missing.join("\n"))
+            .into())
+    }
+
+    fn rules(self) -> Vec<Rule> {
+        self.lines.into_iter().map(|l| l.rule).collect()
+    }
 }
 
 fn rule_command(cmd: RuleCommand) -> Result<()> {
     match cmd {
         RuleCommand::Add { pin, at, file, rule, force } => {
-            let rules = match file {
-                Some(path) => read_rules(&path)?,
+            let (rules, file) = match file {
+                Some(path) => {
+                    let file = read_rules(&path)?;
+                    (file.lines.iter().map(|l| l.rule.clone()).collect(), Some(file))
+                }
                 None if rule.is_empty() => {
                     return Err("no rule given: write one (`drop udp dport 1900`) or --file F".into())
                 }
-                None => vec![rule.join(" ").parse::<Rule>()?],
+                None => (vec![rule.join(" ").parse::<Rule>()?], None),
             };
             refuse_drop_all(&rules, force)?;
             let filter = Filter::open_pinned(&pin.pin)?;
+            if let Some(file) = &file {
+                file.check_sets(&filter)?;
+            }
             let set = filter.rules();
             if rules.len() == 1 {
                 let id = match at {
@@ -1193,9 +1235,11 @@ fn rule_command(cmd: RuleCommand) -> Result<()> {
             }
         }
         RuleCommand::Replace { pin, file, force } => {
-            let rules = read_rules(&file)?;
-            refuse_drop_all(&rules, force)?;
+            let file = read_rules(&file)?;
             let filter = Filter::open_pinned(&pin.pin)?;
+            file.check_sets(&filter)?;
+            let rules = file.rules();
+            refuse_drop_all(&rules, force)?;
             let change = filter.rules().replace(rules)?;
             println!(
                 "replaced the rules: {} now ({} added, {} removed, {} kept with their counters)",
