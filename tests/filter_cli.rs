@@ -99,18 +99,23 @@ fn the_cli_manages_a_pinned_filter_that_outlives_every_command() {
     assert!(xdp_attached(&pair.server), "attached after the CLI exited");
     assert!(pin.path().join("xdpg_filter").exists());
 
-    // attach again to the same pin directory: refused, nothing changed.
+    // attach again to the same pin directory, where it runs: nothing
+    // changes, and it succeeds (a unit's start run again).
     let reattach = |extra: &[&str]| {
         let mut args = vec!["attach", "--iface", "eth0", "--pin", p, "--netns", &pair.server.name];
         args.extend_from_slice(extra);
         cli.run(&args)
     };
-    refused(&reattach(&[]), &["already holds"]);
+    let kept = |out: std::process::Output| {
+        assert!(out.status.success(), "{out:?}");
+        assert!(String::from_utf8_lossy(&out.stdout).contains("already attached to eth0"), "{out:?}");
+    };
+    kept(reattach(&[]));
     // The rule stage's capacities are the load's: given again with its own
-    // values, they pass (and the attach is refused for eth0 as above); with
-    // others, refused by name beside the pinned value, nothing changed.
+    // values, they pass; with others, refused by name beside the pinned
+    // value, nothing changed.
     let own_rules = xdpguard::DEFAULT_MAX_RULES.to_string();
-    refused(&reattach(&["--max-timed-blocks", "2", "--max-rules", &own_rules]), &["already holds"]);
+    kept(reattach(&["--max-timed-blocks", "2", "--max-rules", &own_rules]));
     let again = reattach(&["--max-rules", "8", "--max-timed-blocks", "2", "--max-set-entries", "9"]);
     refused(
         &again,
@@ -146,6 +151,8 @@ fn the_cli_manages_a_pinned_filter_that_outlives_every_command() {
     );
     let full = cli.run(&["block", "--pin", p, "--ttl", "10m", "203.0.113.3"]);
     refused(&full, &["the timed-block table is full (2)", "xdpguard attach --max-timed-blocks"]);
+    assert_eq!(cli.json(&["status", "--pin", p, "--json"])["timed_blocks"], 2);
+    assert!(cli.ok(&["status", "--pin", p]).contains("timed:      2 of 2 timed blocks"));
     // `M` is humantime's months: refused, naming minutes.
     refused(&cli.run(&["block", "--pin", p, "--ttl", "10M", "203.0.113.3"]), &["`10M`", "months", "minutes"]);
     cli.ok(&["unblock", "--pin", p, "203.0.113.1", "203.0.113.2"]);

@@ -251,8 +251,24 @@ fn attach_on_a_pinned_lb_attaches_it_again_with_its_state() {
     assert_eq!(status["udp_timeout_secs"], before["udp_timeout_secs"]);
     assert_eq!(spread(&net, 20).len(), 2, "it balances again");
 
-    // Attaching where it already runs is refused, naming the interface.
-    refused(&cli.run(&["attach", "--iface", "eth1", "--netns", &net.lb.name, p[0], p[1]]), &["eth1", "already"]);
+    // Attaching where it already runs changes nothing and succeeds; in
+    // another mode it is refused, naming the interface.
+    let out = cli.ok(&["attach", "--iface", "eth1", "--netns", &net.lb.name, p[0], p[1]]);
+    assert!(out.contains("already attached to eth1"), "{out}");
+    refused(
+        &cli.run(&["attach", "--iface", "eth1", "--mode", "generic", "--netns", &net.lb.name, p[0], p[1]]),
+        &["eth1", "not in generic mode", "xdpguard-lb detach --iface eth1"],
+    );
+    // Redirect interfaces change live, by name in the LB's namespace.
+    let redirects = || cli.json(&["status", "--json", p[0], p[1]])["redirect_ifindexes"].as_array().unwrap().len();
+    assert_eq!(redirects(), 2);
+    let out = cli.ok(&["set", "--no-redirect", "eth1", p[0], p[1]]);
+    assert!(out.contains("no redirect out of eth1"), "{out}");
+    assert_eq!(redirects(), 1);
+    let out = cli.ok(&["set", "--redirect", "eth1", p[0], p[1]]);
+    assert!(out.contains("redirect out of eth1 (ifindex"), "{out}");
+    assert_eq!(redirects(), 2);
+    assert_eq!(spread(&net, 20).len(), 2, "it balances with the interface given back");
     cli.ok(&["detach", p[0], p[1]]);
     assert!(!pin.path().exists());
 }
@@ -338,7 +354,8 @@ fn the_cli_runs_pinned_decapsulators_on_ipip_backends() {
     assert!(out.contains(&format!("removed 1; local endpoints now: {}", backend_v4(1))), "{out}");
     let out = cli.ok(&["decap", "local", extra, "--pin", dp.arg()]);
     assert!(out.contains("added 1;"), "{out}");
-    refused(&cli.run(&again), &["eth0", "already"]);
+    let out = cli.ok(&again);
+    assert!(out.contains("already attached to eth0"), "{out}");
     assert_eq!(spread(&net, 30).len(), 3, "all three backends answer again");
 
     // A missing pin directory is a typed error with a failing status.

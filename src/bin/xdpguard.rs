@@ -679,6 +679,11 @@ fn run(command: Command) -> Result<()> {
                         "v4_capacity": v4_cap,
                         "v6_capacity": v6_cap,
                         "rule_capacities": rule_caps_json,
+                        "timed_blocks": filter.timed_blocks().list().ok().map(|t| t.len()),
+                        "limiter": filter.limiter_stats().ok().map(|l| json!({
+                            "buckets": l.buckets, "buckets_made": l.buckets_made, "blocks_failed": l.blocks_failed,
+                            "promote_capped": l.promote_capped, "sketch_over": l.sketch_over, "expired": l.expired,
+                        })),
                         "map_memory_bytes": memory,
                         "malformed_policy": filter.malformed_policy().to_string(),
                         "rules": rules,
@@ -721,6 +726,29 @@ fn run(command: Command) -> Result<()> {
                 match (rules, sets) {
                     (Some(r), Some(s)) => println!("rules:      {r} rules, {} named sets", s.len()),
                     _ => println!("rules:      none (loaded without the guard stage)"),
+                }
+                if let (Some(c), Ok(timed), Ok(l)) = (rule_caps, filter.timed_blocks().list(), filter.limiter_stats()) {
+                    println!(
+                        "timed:      {} of {} timed blocks; {} limiter buckets of {}",
+                        timed.len(),
+                        c.max_timed_blocks,
+                        l.buckets,
+                        c.max_limit_buckets
+                    );
+                    if l.blocks_failed > 0 {
+                        println!(
+                            "warning:    {} auto-blocks were refused, the timed-block table being full: attach with \
+                             a larger --max-timed-blocks (or lengthen the rules' `block` less)",
+                            l.blocks_failed
+                        );
+                    }
+                    if l.promote_capped > 0 {
+                        println!(
+                            "note:       {} heavy keys got no exact bucket (the per-window cap was reached; {} of \
+                             them judged over the limit by the sketch): --max-limit-buckets",
+                            l.promote_capped, l.sketch_over
+                        );
+                    }
                 }
                 println!("monitor:    {}", if monitor { "on (nothing is dropped)" } else { "off" });
                 match next {
