@@ -316,17 +316,25 @@ fn failing_backends_are_drained_and_restored_under_traffic() {
     weight_becomes(&lb, &vip, b(3), 1, restore_bound + SLACK + Duration::from_secs(2));
     agent.wait_for(&["backend 198.51.100.13: up after 2 passed checks", "restored (weight 0 -> 1)"], SLACK);
 
-    // An operator's weight is never overwritten: b1 dies and is drained; the
-    // operator sets weight 3 while it is down; it comes back at 3.
+    // An operator's weight is never overwritten, and a down backend takes no
+    // new flow whatever its weight: b1 dies and is drained; the operator
+    // sets weight 3 while it is down: held at 0 again; it comes back at 3.
+    // The same for b1 removed and added again while down (weight 4).
     servers[0].take().unwrap().kill();
     weight_becomes(&lb, &vip, b(1), 0, drain_bound + SLACK + Duration::from_secs(2));
     cli.ok(&["backend", "weight", &vip_arg, &b(1).to_string(), "3", p[0], p[1]]);
-    agent.wait_for(&["backend 198.51.100.11: an operator set weight 3"], INTERVAL * 2 + SLACK);
-    thread::sleep(INTERVAL * 2);
-    assert_eq!(lb.backends(&vip).unwrap()[0].weight, 3, "the checker leaves the operator's weight on a down backend");
+    agent.wait_for(&["backend 198.51.100.11: an operator set weight 3", "held at 0"], INTERVAL * 2 + SLACK);
+    weight_becomes(&lb, &vip, b(1), 0, INTERVAL * 2 + SLACK);
+    cli.ok(&["backend", "del", &vip_arg, &b(1).to_string(), p[0], p[1]]);
+    cli.ok(&["backend", "add", &vip_arg, &b(1).to_string(), "--weight", "4", p[0], p[1]]);
+    weight_becomes(&lb, &vip, b(1), 0, INTERVAL * 2 + SLACK);
     servers[0] = Some(HttpServer::start(&net.backends[0], &dirs[0]));
-    agent.wait_for(&["backend 198.51.100.11: up after 2 passed checks", "left alone"], restore_bound + SLACK * 2);
-    assert_eq!(lb.backends(&vip).unwrap().iter().map(|b| b.weight).collect::<Vec<_>>(), [3, 2, 1]);
+    agent.wait_for(
+        &["backend 198.51.100.11: up after 2 passed checks", "restored (weight 0 -> 4)"],
+        restore_bound + SLACK * 2,
+    );
+    let weight_of = |a| lb.backends(&vip).unwrap().iter().find(|x| x.addr.ip == b(a)).map(|x| x.weight);
+    assert_eq!([weight_of(1), weight_of(2), weight_of(3)], [Some(4), Some(2), Some(1)]);
     drop(agent);
     drop(lb);
     cli.ok(&["detach", p[0], p[1]]);

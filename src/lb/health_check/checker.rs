@@ -84,8 +84,9 @@ pub enum HealthEventKind {
         /// operator's weight, or an operator's 0).
         restored: Option<u32>,
     },
-    /// An operator gave a backend the checker had drained this weight; the
-    /// checker leaves it and will not restore over it.
+    /// An operator gave a backend that is down this weight (or removed it
+    /// and added it again): it is held at 0 again while it fails its
+    /// checks, and given this weight when it passes them.
     Overridden {
         /// The operator's weight.
         weight: u32,
@@ -123,7 +124,11 @@ impl fmt::Display for HealthEvent {
                 write!(f, "up after {checks} passed checks; weight not the checker's to restore, left alone")
             }
             HealthEventKind::Overridden { weight } => {
-                write!(f, "an operator set weight {weight} while it is down; the checker leaves it")
+                write!(
+                    f,
+                    "an operator set weight {weight} while it is down; held at 0 until it passes its checks, then \
+                     given {weight}"
+                )
             }
             HealthEventKind::Unchecked { reason } => write!(f, "not checked: {reason}"),
             HealthEventKind::EditFailed { to, error } => {
@@ -158,6 +163,9 @@ struct Change {
     to: HealthState,
     remembered: Option<u32>,
     error: Option<String>,
+    /// A down backend given a weight by an operator, held at 0 again (its
+    /// `Overridden` event says so; no state changes).
+    redrain: bool,
 }
 
 /// Checks a load balancer's backends and drains and restores them (see the
@@ -329,9 +337,10 @@ impl HealthChecker {
         for ((key, _), result) in targets.iter().zip(results) {
             let Some(t) = inner.tracked.get_mut(key) else { continue };
             let weight = current[key].0;
-            if let Some(w) = machine::overridden(weight, t.health.drained_from) {
+            // A weight on a backend the checker drained is an operator's:
+            // not restored over (held at 0 again below while it is down).
+            if machine::overridden(weight, t.health.drained_from).is_some() {
                 t.health.drained_from = None;
-                events.push(event(key, HealthEventKind::Overridden { weight: w }));
             }
             t.health.checks += 1;
             let error = match result {
@@ -347,21 +356,41 @@ impl HealthChecker {
                 }
             };
             let before = t.machine;
-            if let Some(to) = t.machine.record(error.is_none(), rise, fall) {
-                let (action, remembered) = machine::on_change(to, weight, t.health.drained_from);
-                match action {
-                    WeightAction::Keep => {
-                        events.push(changed(key, &mut t.health, to, remembered, None, error, rise, fall));
+            match t.machine.record(error.is_none(), rise, fall) {
+                Some(to) => {
+                    let (action, remembered) = machine::on_change(to, weight, t.health.drained_from);
+                    match action {
+                        WeightAction::Keep => {
+                            events.push(changed(key, &mut t.health, to, remembered, None, error, rise, fall));
+                        }
+                        WeightAction::Set(w) => changes.entry(key.0).or_default().push(Change {
+                            backend: key.1,
+                            weight: w,
+                            before,
+                            to,
+                            remembered,
+                            error,
+                            redrain: false,
+                        }),
                     }
-                    WeightAction::Set(w) => changes.entry(key.0).or_default().push(Change {
-                        backend: key.1,
-                        weight: w,
-                        before,
-                        to,
-                        remembered,
-                        error,
-                    }),
                 }
+                // Still down, with a weight: an operator's (a reweighting,
+                // or the backend removed and added again). A down backend
+                // gets no new flow: held at 0 again, the operator's weight
+                // the one it gets back when it passes its checks.
+                None if t.machine.state() == HealthState::Down && weight > 0 => {
+                    events.push(event(key, HealthEventKind::Overridden { weight }));
+                    changes.entry(key.0).or_default().push(Change {
+                        backend: key.1,
+                        weight: 0,
+                        before,
+                        to: HealthState::Down,
+                        remembered: Some(weight),
+                        error: None,
+                        redrain: true,
+                    });
+                }
+                None => {}
             }
             t.health.pending = t.machine.pending();
         }
@@ -409,6 +438,7 @@ impl HealthChecker {
                 let key = (vip, c.backend);
                 let Some(t) = inner.tracked.get_mut(&key) else { continue };
                 match &applied {
+                    Ok(()) if c.redrain => t.health.drained_from = c.remembered,
                     Ok(()) => {
                         let set = Some(c.weight);
                         events.push(changed(&key, &mut t.health, c.to, c.remembered, set, c.error, rise, fall));

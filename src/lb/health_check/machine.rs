@@ -39,7 +39,6 @@ impl Machine {
         Machine { state, pending: 0 }
     }
 
-    #[cfg(test)]
     pub(crate) fn state(&self) -> HealthState {
         self.state
     }

@@ -15,16 +15,22 @@
 //!
 //! # The weight rule
 //!
-//! The checker changes a weight only in two cases, and never fights an
-//! operator:
+//! Health decides whether a backend gets new flows, the weight how many
+//! (as a weight and a health state are separate in HAProxy): the checker
+//! changes a weight only in these cases, and never overwrites an
+//! operator's weight with its own:
 //! - a backend going **down** with weight `w > 0` is set to 0, and the
 //!   checker remembers `w`, its *configured weight* (the weight it had at
 //!   that moment, so an operator's earlier reweighting counts). One already
 //!   at 0 (drained by an operator) is left alone and never restored.
+//! - a backend that is down and is given a weight by an operator (a
+//!   reweighting during an outage, or the backend removed and added again)
+//!   is held at 0 again, and that weight becomes the one it gets back (a
+//!   [`HealthEventKind::Overridden`] event): a backend failing its checks
+//!   never takes new flows.
 //! - a backend coming **up** that the checker drained is set back to the
 //!   remembered weight, only if its weight is still 0. If an operator gave
-//!   it a weight meanwhile, that weight stays, and the checker forgets the
-//!   remembered one at once (a [`HealthEventKind::Overridden`] event).
+//!   it a weight as it came up, that weight stays.
 //!
 //! Weight changes of one round to one VIP are one [`BackendBatch`](crate::BackendBatch)
 //! (one Maglev table swap). A backend removed from the LB is forgotten; one
