@@ -306,9 +306,9 @@ pub enum PinError {
     /// bpffs was unmounted): other processes can no longer reach the
     /// program, and edits through this handle are refused.
     #[error(
-        "the pin directory {} of this xdpguard {kind} was removed (by hand, or its bpffs was unmounted): \
-         no other process can reach it, and it detaches when this process lets go of it. Attach a new one \
-         (`{cli} attach {args} --pin {}`) and restore its configuration",
+        "the pin directory {} of this xdpguard {kind} was removed (by `{cli} detach`, by hand, or its bpffs \
+         was unmounted): no other process can reach it, and what it still runs stops when this process lets go \
+         of it. To go on, attach a new one (`{cli} attach {args} --pin {}`) and restore its configuration",
         path.display(), path.display(), args = attach_args(cli)
     )]
     Removed {

@@ -861,6 +861,17 @@ fn run(command: Command, given: &dyn Fn(&str) -> bool) -> Result<()> {
             let vip = vip.vip()?;
             lb.add_backend(&vip, backend, weight)?;
             println!("added backend {backend} (weight {weight}) to {vip}");
+            // A backend the LB has no route to gets its share of new flows
+            // all the same (they go to the kernel's stack): said now.
+            let hop = lb.backend_stats(&vip).ok().and_then(|s| s.into_iter().find(|b| b.backend.addr == backend));
+            if hop.is_some_and(|b| b.next_hop.state == xdpguard::NeighbourState::NoRoute) {
+                eprintln!(
+                    "warning: the load balancer's namespace has no route to {}: its share of new flows goes to the \
+                     kernel's stack (`passed_no_route` in `xdpguard-lb stats`) until one exists; add a route, or \
+                     `xdpguard-lb backend del`",
+                    backend.ip
+                );
+            }
         }
         Command::Backend(BackendCommand::Del { pin, vip, backend }) => {
             let lb = LoadBalancer::open_pinned(&pin.pin)?;

@@ -33,7 +33,9 @@ impl LoadBalancer {
     /// be read back.
     pub fn vip_for(&self, flow: &Flow) -> Result<Option<Vip>, LbError> {
         if flow.src.is_ipv4() != flow.dst.is_ipv4() {
-            let vip = Vip { addr: flow.dst.ip(), port: None, protocol: flow.protocol };
+            // The VIP the destination names (its port, unless a fragment's).
+            let port = (!flow.fragment).then(|| flow.dst.port());
+            let vip = Vip { addr: flow.dst.ip(), port, protocol: flow.protocol };
             return Err(LbError::FlowMismatch {
                 flow: flow.to_string(),
                 vip,
