@@ -151,7 +151,8 @@ impl PrefixList<'_> {
     /// [`ListError::WholeFamily`] for `0.0.0.0/0` or `::/0` on the blocklist
     /// (see [`permit_whole_family`](Self::permit_whole_family)),
     /// [`ListError::Full`] when the table has no room; the list is then as
-    /// it was.
+    /// it was. [`ListError::Pin`] when the pin directory cannot be locked,
+    /// or was removed ([`PinError::Removed`](crate::PinError::Removed)).
     pub fn insert(&self, net: IpNetwork) -> Result<EntryChange, ListError> {
         let entry = normalize(net);
         self.guard(&entry.network)?;
@@ -167,7 +168,8 @@ impl PrefixList<'_> {
     ///
     /// [`ListError::Full`] when removing it means rebuilding a table that
     /// no longer fits (a removal can split a /24 into more hosts); the list
-    /// is then as it was.
+    /// is then as it was. [`ListError::Pin`] as for
+    /// [`insert`](Self::insert).
     pub fn remove(&self, net: IpNetwork) -> Result<EntryChange, ListError> {
         let entry = normalize(net);
         let op = Op { net: entry.network, bit: self.list.bit(), insert: false };

@@ -236,8 +236,15 @@ impl Filter {
     ///
     /// If the last process editing it died mid-edit, the tables are rebuilt
     /// here from the stored entries, so the kernel's verdicts match
-    /// [`verdict`](Filter::verdict) again. Entries stored before that edit
-    /// are kept; a bulk edit cut short may be partly applied.
+    /// [`verdict`](Filter::verdict) again: entries stored before that edit
+    /// are kept, and of the edit itself, what reached the stored entries
+    /// (a single insert or removal is one store; a bulk edit's entries are
+    /// stored after its new tables are switched in, so one killed before
+    /// that leaves nothing of it, and one killed in the short window while
+    /// they are stored leaves those stored so far). The guard stage's slot
+    /// is checked too: a
+    /// check that fails is left to the next rule edit, not refused here (so
+    /// `detach` still opens it).
     ///
     /// ```no_run
     /// let filter = xdpguard::Filter::open_pinned("/sys/fs/bpf/xdpguard")?;
@@ -264,8 +271,10 @@ impl Filter {
             // A process that died between an edit and the stage switch left
             // the filter calling the guard for nothing, or not calling it,
             // and maybe the gate closed; pins upgraded from a layout
-            // without the gate have it closed.
-            g.edit(&core.maps, |_, _| Ok(()))?;
+            // without the gate have it closed. Every guard edit does this
+            // again, so one that fails here is not fatal: the handle must
+            // open, to edit, list or detach.
+            let _ = g.edit(&core.maps, |_, _| Ok(()));
         }
         Ok(Filter { core, guard })
     }
