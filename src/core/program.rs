@@ -22,10 +22,10 @@ pub(crate) struct XdpProgram {
     /// The program's pin name, e.g. `xdpg_filter`.
     name: &'static str,
     links: Mutex<Vec<Link>>,
-    /// Attachments whose interface is gone (deleted, or moved to another
-    /// network namespace): their link pins are kept, as the record of where
-    /// the program ran, until it is attached there again, detached from
-    /// there, or unpinned.
+    /// Attachments whose interface is gone (deleted, or otherwise taken
+    /// from under the link by the kernel): their link pins are kept, as the
+    /// record of where the program ran, until it is attached there again,
+    /// detached from there, or unpinned.
     lost: Mutex<Vec<Attachment>>,
     pin: Option<PinDir>,
 }
