@@ -652,11 +652,14 @@ fn a_chained_lb_serves_behind_its_filter_and_is_never_left_out_of_reach() {
     assert_eq!(filter.next_program().unwrap(), Some(new_id), "{out}");
     assert!(out.contains(&format!("now pass their packets on to program {new_id}")), "{out}");
     // The filter upgraded while this process holds its old program (which
-    // shares its next slot): still one filter, its pinned program named.
+    // shares its next slot): still one filter, its pinned program named,
+    // which the handle opened before now names too.
+    let old_filter = filter.program_id().unwrap();
     XDPGUARD.ok(&["upgrade", "--pin", fp]);
     let chains = lb.chained_from();
     assert_eq!(chains.len(), 1, "{chains:?}");
-    assert_ne!(chains[0].program_id, filter.program_id().unwrap(), "the new program: {chains:?}");
+    assert_ne!(chains[0].program_id, old_filter, "the new program: {chains:?}");
+    assert_eq!(chains[0].program_id, filter.program_id().unwrap(), "the held handle follows: {chains:?}");
     assert_eq!(chains[0].pin.as_deref(), Some(bed.filter_pin.path()));
 
     // Unchained: not serving (3), and detach would be allowed; chained again.

@@ -593,6 +593,17 @@ fn an_interrupted_creation_is_replaced_by_attach_and_removed_by_detach() {
     leave_leftovers();
     XDPGUARD.ok(&["detach", "--pin", pin.s()]);
     assert!(!pin.path.exists(), "the leftovers and their directory are gone");
+
+    // Cut short while pinning the guard stage (pinned last, in a directory
+    // of its own): the filter's creation did not finish, and it goes whole.
+    let path = pin.path.clone();
+    drop(ns.run(move || Filter::builder().interface("xg0").guard(false).pin(path).attach().expect("attach")));
+    std::fs::create_dir_all(pin.path.join("guard").join("xdpg_creating")).unwrap();
+    let text = fails(&["status", "--pin", pin.s()]);
+    assert_mentions(&text, &[&format!("{} holds the leftovers", pin.s()), "xdpguard attach"]);
+    XDPGUARD.ok(&["detach", "--pin", pin.s()]);
+    assert!(detached(&ns, "xg0"), "the half-made filter is gone from its interface");
+    assert!(!pin.path.exists());
 }
 
 #[test]

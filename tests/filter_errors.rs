@@ -75,7 +75,8 @@ fn missing_interface_is_typed_and_leaves_nothing_behind() {
         assert_eq!(filter.attachments().len(), 1, "still attached to eth0");
         e
     });
-    assert!(matches!(err, Error::Attach(AttachError::InterfaceNotFound { .. })), "{err:?}");
+    assert!(matches!(err, Error::Attach(AttachError::NotAttached { .. })), "{err:?}");
+    assert_mentions(&err.to_string(), &["not attached to `nope0`", "attached to: eth0"]);
 }
 
 #[test]

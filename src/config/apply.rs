@@ -6,10 +6,7 @@ use std::path::{Path, PathBuf};
 use super::model::{Config, DecapConfig, FilterConfig, LbConfig};
 use super::netns::Entered;
 use super::plan::{line, opened, Direction, Plan, Program, SectionPlan, Step};
-use crate::core::pinned::Pinned;
 use crate::error::{ConfigError, Error, PinError};
-use crate::filter::FilterKind;
-use crate::lb::{DecapKind, LbKind};
 use crate::{AttachMode, Decap, Filter, LbDigest, ListKind, LoadBalancer};
 
 /// What [`Plan::apply`] did.
@@ -146,15 +143,15 @@ impl Run<'_> {
         match self.section.program {
             Program::Filter => match opened(Filter::open_pinned(&pin))? {
                 Some(f) => f.unpin(),
-                None => Pinned::<FilterKind>::clear_interrupted(&pin),
+                None => Filter::remove_interrupted(&pin),
             },
             Program::Lb => match opened(LoadBalancer::open_pinned(&pin))? {
                 Some(l) => l.unpin(),
-                None => Pinned::<LbKind>::clear_interrupted(&pin),
+                None => LoadBalancer::remove_interrupted(&pin),
             },
             Program::Decap => match opened(Decap::open_pinned(&pin))? {
                 Some(d) => d.unpin(),
-                None => Pinned::<DecapKind>::clear_interrupted(&pin),
+                None => Decap::remove_interrupted(&pin),
             },
         }
     }

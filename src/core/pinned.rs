@@ -44,6 +44,7 @@ use crate::core::attach::Interface;
 use crate::core::maps::{io_from_libbpf, Loaded, ProgramMaps};
 use crate::core::pin::PinDir;
 use crate::core::program::XdpProgram;
+use crate::core::sys;
 use crate::error::{missing_privileges, AttachError, Error, LoadError, PinError};
 use crate::AttachMode;
 
@@ -544,23 +545,41 @@ impl<P: ProgramKind> Pinned<P> {
     }
 
     /// The program, following an upgrade by any process to the program it
-    /// pinned ([`XdpProgram::follow_pin`]): what `program_fd`, `program_id`
-    /// and the test runs use, so a handle opened before an upgrade neither
-    /// chains nor names nor runs the old program. An upgrade advances the
+    /// pinned ([`XdpProgram::follow_pin`]): what the facades' attachments,
+    /// `program_fd`, `program_id` and test runs use, so a handle opened
+    /// before an upgrade neither chains nor names nor runs the old program,
+    /// and sees the links the upgrade moved to the new one. Followed only
+    /// over the same maps: the header's layout this build's (a migrating
+    /// upgrade by a newer build recreates maps this handle does not have),
+    /// and the directory's config map this handle's (a directory emptied
+    /// and made again holds another program). An upgrade advances the
     /// header's generation after pinning its program, so the pin is read
     /// again only when the generation moved: one atomic load otherwise.
     pub(crate) fn running(&self) -> &XdpProgram {
-        let seen = self.generation() + 1;
-        if self.followed.swap(seen, Ordering::AcqRel) != seen {
+        let header = self.maps.header();
+        let seen = header.generation.load(Ordering::Acquire) + 1;
+        if self.followed.swap(seen, Ordering::AcqRel) != seen
+            && header.layout_version.load(Ordering::Acquire) == P::KIND.layout_version
+            && self.holds_our_maps()
+        {
             self.program.follow_pin();
         }
         &self.program
     }
 
+    /// Whether the pin directory's config map is this handle's (by kernel id).
+    fn holds_our_maps(&self) -> bool {
+        let (Some(dir), marker) = (self.program.pin_path(), P::KIND.marker()) else { return false };
+        let handles = self.maps.handles();
+        let Some((_, ours)) = handles.iter().find(|(n, _)| *n == marker) else { return false };
+        let Ok(pinned) = sys::obj_get(&dir.join(marker)) else { return false };
+        matches!((sys::map_id(pinned.as_fd()), sys::map_id(ours.as_fd())), (Ok(a), Ok(b)) if a == b)
+    }
+
     /// `Debug` for a facade over the core.
     pub(crate) fn debug(&self, name: &str, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct(name)
-            .field("attachments", &self.program.attachments())
+            .field("attachments", &self.running().attachments())
             .field("pin", &self.program.pin_path())
             .finish_non_exhaustive()
     }

@@ -38,12 +38,16 @@ struct ProgramFds {
     now: OwnedFd,
     #[allow(dead_code)] // Held, never read: it keeps the fds open.
     before: Vec<OwnedFd>,
+    /// The kernel ids of `now` and `before` (0 for one the kernel did not
+    /// answer about): the programs whose links are this handle's.
+    ids: Vec<u32>,
 }
 
 impl XdpProgram {
     pub(crate) fn new(fd: OwnedFd, name: &'static str) -> Self {
+        let ids = vec![sys::prog_id(fd.as_fd()).unwrap_or(0)];
         Self {
-            fds: Mutex::new(ProgramFds { now: fd, before: Vec::new() }),
+            fds: Mutex::new(ProgramFds { now: fd, before: Vec::new(), ids }),
             name,
             links: Mutex::new(Vec::new()),
             lost: Mutex::new(Vec::new()),
@@ -56,8 +60,8 @@ impl XdpProgram {
     pub(crate) fn open_pinned(dir: PinDir, name: &'static str) -> Result<Self, Error> {
         let fd =
             sys::obj_get(&dir.join(name)).map_err(|source| dir.open_error("opening pinned program", name, source))?;
-        let (links, lost) = scan_links(&dir)?;
         let mut program = Self::new(fd, name);
+        let (links, lost) = scan_links(&dir, &program.fds().ids)?;
         program.links = Mutex::new(links);
         program.lost = Mutex::new(lost);
         program.pin = Some(dir);
@@ -77,19 +81,22 @@ impl XdpProgram {
     }
 
     /// Takes the pinned program when it is not this handle's: an upgrade
-    /// (by any process) pinned a newer one, and the handle must not hand out
-    /// the old one ([`fd`](Self::fd) for `set_next`, [`id`](Self::id),
-    /// test runs). Unpinned, or the pin unreadable: the handle's own stays.
+    /// (by any process) pinned a newer one over the same maps, and the
+    /// handle must not hand out the old one ([`fd`](Self::fd) for
+    /// `set_next`, [`id`](Self::id), test runs). The caller checks that the
+    /// directory still holds this handle's maps ([`Pinned::running`]).
+    /// Unpinned, or the pin unreadable: the handle's own stays.
+    ///
+    /// [`Pinned::running`]: crate::core::pinned::Pinned::running
     pub(crate) fn follow_pin(&self) {
         let Some(dir) = &self.pin else { return };
         let Ok(pinned) = sys::obj_get(&dir.join(self.name)) else { return };
+        let Ok(pinned_id) = sys::prog_id(pinned.as_fd()) else { return };
         let mut fds = self.fds();
-        let ids = (sys::prog_id(pinned.as_fd()), sys::prog_id(fds.now.as_fd()));
-        if let (Ok(pinned_id), Ok(own_id)) = ids {
-            if pinned_id != own_id {
-                let old = std::mem::replace(&mut fds.now, pinned);
-                fds.before.push(old);
-            }
+        if !fds.ids.contains(&pinned_id) {
+            let old = std::mem::replace(&mut fds.now, pinned);
+            fds.before.push(old);
+            fds.ids.push(pinned_id);
         }
     }
 
@@ -144,13 +151,16 @@ impl XdpProgram {
         let _lock = self.lock()?;
         let link = attach::attach(self.current()?.as_fd(), iface, mode)?;
         let attachment = link.attachment.clone();
+        // Attached there again: the record of the attachment it lost there
+        // has served its purpose, and goes first (its pin may have the new
+        // link's name: an interface made again with the same index, in a
+        // namespace made again).
+        self.sync_links();
+        self.forget_lost(|l| l.interface == attachment.interface)?;
         if let Some(dir) = &self.pin {
             dir.pin(&PinDir::link_name(&attachment), link.fd.as_fd())?;
         }
         self.links().push(link);
-        // Attached there again: the record of the attachment it lost there
-        // has served its purpose.
-        self.forget_lost(|l| l.interface == attachment.interface)?;
         Ok(attachment)
     }
 
@@ -164,8 +174,12 @@ impl XdpProgram {
             Interface::Index(i) => a.ifindex == *i,
         };
         // Under the directory's lock, as attach: the links read are those
-        // pinned now.
-        let _lock = self.lock()?;
+        // pinned now (a directory removed under the handle: the links it
+        // knows).
+        let _lock = match self.lock() {
+            Err(PinError::Removed { .. }) => None,
+            lock => lock?,
+        };
         self.sync_links();
         let link = {
             let mut links = self.links();
@@ -199,7 +213,8 @@ impl XdpProgram {
     /// cannot be read, what the handle knew stays.
     fn sync_links(&self) {
         if let Some(dir) = &self.pin {
-            if let Ok((links, lost)) = scan_links(dir) {
+            let ids = self.fds().ids.clone();
+            if let Ok((links, lost)) = scan_links(dir, &ids) {
                 *self.links() = links;
                 *self.lost_records() = lost;
             }
@@ -255,6 +270,9 @@ impl XdpProgram {
 
     /// Detaches everywhere and removes every pin of the object.
     pub(crate) fn unpin(&self) -> Result<(), Error> {
+        // The links pinned now, another process's too: each detached, not
+        // only unpinned (a handle holding one would keep it attached).
+        self.sync_links();
         let links = std::mem::take(&mut *self.links());
         for link in links {
             self.drop_link(link)?;
@@ -289,13 +307,16 @@ impl XdpProgram {
     }
 }
 
-/// The links pinned in `dir`: those attached to a live interface, with the
-/// interface's name and mode as the pin recorded them (this process may be
-/// in another network namespace than the one that attached), and the
-/// attachments whose interface is gone, as recorded. An error reading a
-/// link is an error, never a dead link: its pin may be the last reference,
-/// and removing it would detach a live program.
-fn scan_links(dir: &PinDir) -> Result<(Vec<Link>, Vec<Attachment>), Error> {
+/// The links pinned in `dir` that run one of the programs `ours`: those
+/// attached to a live interface, with the interface's name and mode as the
+/// pin recorded them (this process may be in another network namespace
+/// than the one that attached), and the attachments whose interface is
+/// gone, as recorded. Links of another program (the directory emptied and
+/// a new program created there since the handle was opened) are not this
+/// handle's. An error reading a link is an error, never a dead link: its
+/// pin may be the last reference, and removing it would detach a live
+/// program.
+fn scan_links(dir: &PinDir, ours: &[u32]) -> Result<(Vec<Link>, Vec<Attachment>), Error> {
     let mut links = Vec::new();
     let mut lost = Vec::new();
     for (pin_name, path) in dir.links()? {
@@ -304,6 +325,9 @@ fn scan_links(dir: &PinDir) -> Result<(Vec<Link>, Vec<Attachment>), Error> {
             path: path.clone(),
             source,
         })?;
+        if sys::link_prog_id(link.as_fd()).is_ok_and(|id| !ours.contains(&id)) {
+            continue;
+        }
         let recorded = PinDir::link_recorded(&pin_name);
         let live = attach::link_attachment(&link).map_err(|source| PinError::Io {
             op: "reading pinned link's info",

@@ -115,6 +115,16 @@ pub(crate) fn obj_get(path: &Path) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// A map's kernel id.
+pub(crate) fn map_id(map: BorrowedFd<'_>) -> io::Result<u32> {
+    // SAFETY: bpf_map_info is plain data; zero is a valid value.
+    let mut info: libbpf_sys::bpf_map_info = unsafe { zeroed() };
+    let mut len = size_of::<libbpf_sys::bpf_map_info>() as u32;
+    // SAFETY: info and len describe a writable buffer of the right size.
+    check(unsafe { libbpf_sys::bpf_map_get_info_by_fd(map.as_raw_fd(), &mut info, &mut len) })?;
+    Ok(info.id)
+}
+
 /// Kernel memory charged to a map, from `/proc/self/fdinfo` (`memlock:`).
 pub(crate) fn map_memlock(map: BorrowedFd<'_>) -> io::Result<u64> {
     let text = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", map.as_raw_fd()))?;
@@ -230,7 +240,6 @@ pub(crate) fn link_update(link: BorrowedFd<'_>, prog: BorrowedFd<'_>) -> io::Res
 }
 
 /// The id of the program a link runs.
-#[cfg_attr(not(feature = "testing"), allow(dead_code))]
 pub(crate) fn link_prog_id(link: BorrowedFd<'_>) -> io::Result<u32> {
     // SAFETY: bpf_link_info is plain data; zero is a valid value.
     let mut info: libbpf_sys::bpf_link_info = unsafe { zeroed() };

@@ -292,7 +292,7 @@ impl<P: ProgramKind> Prepared<P> {
                 source,
             })?;
             let Ok(Some(_)) = attach::link_attachment(&link) else {
-                continue; // Its interface is gone: the reopen removes the pin.
+                continue; // Its interface is gone: kept as a lost attachment.
             };
             let interface = PinDir::link_recorded(&pin_name).map_or(pin_name.clone(), |a| a.interface);
             if let Err(source) = sys::link_update(link.as_fd(), new_prog.as_fd()) {
@@ -318,14 +318,17 @@ impl<P: ProgramKind> Prepared<P> {
         let hdr = maps.header();
         hdr.magic.store(kind.magic, Ordering::Release);
         hdr.layout_version.store(kind.layout_version, Ordering::Release);
+        // Handles open elsewhere reload their model (also if a pin below
+        // cannot be replaced: the links run the new program already), and,
+        // at the second step, once its program is pinned, take the new
+        // program (`Pinned::running` reads the pin when the generation moved).
+        hdr.generation.fetch_add(1, Ordering::AcqRel);
         for (name, handle) in maps.handles() {
             if changed.contains(&name) || added.contains(&name) {
                 replace_pin(&dir, name, handle.as_fd())?;
             }
         }
         replace_pin(&dir, kind.program, new_prog.as_fd())?;
-        // Handles open elsewhere reload their model and, the program pinned
-        // first, take the new program (`Pinned::running`).
         hdr.generation.fetch_add(1, Ordering::AcqRel);
         drop(lock);
 

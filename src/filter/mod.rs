@@ -223,7 +223,7 @@ pub struct Filter {
     guard: Option<Guard>,
 }
 
-facade!(Filter, FilterKind, public);
+facade!(Filter, FilterKind);
 
 impl Filter {
     /// Starts building a filter.
@@ -261,6 +261,30 @@ impl Filter {
     pub fn open_pinned(dir: impl AsRef<Path>) -> Result<Filter, Error> {
         let core: Pinned<FilterKind> = Pinned::open_pinned(dir.as_ref())?;
         Filter::with_pinned_guard(core, dir.as_ref())
+    }
+
+    /// Removes what a creation that died half-way left under `dir` (its
+    /// process killed before every pin was in place, where
+    /// [`open_pinned`](Self::open_pinned) answers
+    /// [`PinError::Interrupted`](crate::PinError::Interrupted)), and the
+    /// directory when that empties it: nothing it pinned stays attached. A
+    /// creation still running is waited for. The filter's guard stage is
+    /// pinned last: a filter whose guard's creation died is removed whole.
+    ///
+    /// # Errors
+    ///
+    /// [`PinError::InUse`](crate::PinError::InUse) when a whole filter is
+    /// pinned there (`open_pinned(dir)?.unpin()` removes it);
+    /// [`PinError::NotOurs`](crate::PinError::NotOurs),
+    /// [`PinError::BpffsNotMounted`](crate::PinError::BpffsNotMounted),
+    /// [`PinError::Io`](crate::PinError::Io).
+    pub fn remove_interrupted(dir: impl AsRef<Path>) -> Result<(), Error> {
+        let dir = dir.as_ref();
+        if Guard::clear_interrupted(dir)? {
+            let core: Pinned<FilterKind> = Pinned::open_pinned(dir)?;
+            return core.program.unpin();
+        }
+        Pinned::<FilterKind>::clear_interrupted(dir)
     }
 
     /// The filter `core` with the guard stage pinned beside it, if any,
@@ -430,7 +454,7 @@ impl Filter {
     /// XDP program there, a mode the driver cannot do);
     /// [`PinError`](crate::PinError) when the link cannot be pinned.
     pub fn attach(&self, iface: impl Into<Interface>, mode: AttachMode) -> Result<Attachment, Error> {
-        self.core.program.attach(&iface.into(), mode)
+        self.core.running().attach(&iface.into(), mode)
     }
 
     /// Detaches from one interface (by the name or index it was attached with).
@@ -444,12 +468,12 @@ impl Filter {
     /// when not attached there; [`AttachError::Bpf`](crate::AttachError::Bpf),
     /// [`PinError`](crate::PinError) when the kernel or bpffs refuse.
     pub fn detach(&self, iface: impl Into<Interface>) -> Result<(), Error> {
-        self.core.program.detach(&iface.into())
+        self.core.running().detach(&iface.into())
     }
 
     /// The interfaces the filter is attached to.
     pub fn attachments(&self) -> Vec<Attachment> {
-        self.core.program.attachments()
+        self.core.running().attachments()
     }
 
     /// The attachments lost since the filter was attached: their interface
@@ -460,7 +484,7 @@ impl Filter {
     /// after an interface is made again), detached from that name, or
     /// unpinned. Reading them costs one `bpf()` call per attachment.
     pub fn lost_attachments(&self) -> Vec<Attachment> {
-        self.core.program.lost()
+        self.core.running().lost()
     }
 
     /// The pin directory, if pinned.
@@ -479,11 +503,11 @@ impl Filter {
     ///
     /// As [`detach`](Self::detach), for the first interface that fails.
     pub fn unpin(self) -> Result<(), Error> {
-        self.core.program.unpin()?;
+        self.core.running().unpin()?;
         if let Some(guard) = self.guard {
             guard.unpin()?;
             // Again: the filter's directory, empty now that the guard's is gone.
-            self.core.program.unpin()?;
+            self.core.running().unpin()?;
         }
         Ok(())
     }

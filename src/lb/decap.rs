@@ -196,7 +196,7 @@ impl Decap {
     /// [`PinError`](crate::PinError) when the kernel or bpffs refuse, for
     /// the first interface that fails.
     pub fn unpin(self) -> Result<(), Error> {
-        self.core.program.unpin()
+        self.core.running().unpin()
     }
 
     /// The local tunnel endpoints it decapsulates for.
@@ -245,7 +245,7 @@ impl Decap {
 
     /// The interfaces it is attached to.
     pub fn attachments(&self) -> Vec<Attachment> {
-        self.core.program.attachments()
+        self.core.running().attachments()
     }
 
     /// The attachments lost since the decapsulator was attached: their interface
@@ -256,7 +256,7 @@ impl Decap {
     /// after an interface is made again), detached from that name, or
     /// unpinned. Reading them costs one `bpf()` call per attachment.
     pub fn lost_attachments(&self) -> Vec<Attachment> {
-        self.core.program.lost()
+        self.core.running().lost()
     }
 
     /// Attaches to one more interface (pinning the link if pinned).
@@ -267,7 +267,7 @@ impl Decap {
     /// another XDP program there, a mode the driver cannot do;
     /// [`PinError`](crate::PinError) when the link cannot be pinned.
     pub fn attach(&self, iface: impl Into<Interface>, mode: AttachMode) -> Result<Attachment, Error> {
-        self.core.program.attach(&iface.into(), mode)
+        self.core.running().attach(&iface.into(), mode)
     }
 
     /// Detaches from one interface.
@@ -281,7 +281,7 @@ impl Decap {
     /// when not attached there; [`AttachError::Bpf`](crate::AttachError::Bpf),
     /// [`PinError`](crate::PinError) when the kernel or bpffs refuse.
     pub fn detach(&self, iface: impl Into<Interface>) -> Result<(), Error> {
-        self.core.program.detach(&iface.into())
+        self.core.running().detach(&iface.into())
     }
 
     /// The program's fd.

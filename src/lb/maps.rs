@@ -306,11 +306,12 @@ pub(crate) fn ns_per_jiffy() -> u64 {
     }
 }
 
-/// A UDP idle timeout in jiffies: at most `u32::MAX`, since the program
-/// compares it with a 32-bit difference of ticks (`lb.bpf.c`): a longer one
-/// would never expire (about 49 days at 1000 Hz).
+/// A UDP idle timeout in jiffies: below `u32::MAX`, since the program
+/// compares it with a 32-bit difference of ticks (`lb.bpf.c`), which never
+/// exceeds `u32::MAX`: a timeout of that or more would never expire (about
+/// 49 days at 1000 Hz).
 pub(crate) fn udp_timeout_jiffies(d: Duration, ns_per_jiffy: u64) -> u64 {
-    to_jiffies(d, ns_per_jiffy).min(u64::from(u32::MAX))
+    to_jiffies(d, ns_per_jiffy).min(u64::from(u32::MAX) - 1)
 }
 
 /// A duration in ticks, rounded up (so a timeout is never shorter than asked).

@@ -56,7 +56,6 @@ pub use batch::BackendBatch;
 pub(crate) use batch::{check_backend, check_nat_backend};
 pub use builder::LoadBalancerBuilder;
 #[cfg_attr(not(feature = "config"), allow(unused_imports))]
-pub(crate) use decap::DecapKind;
 pub use decap::{Decap, DecapBuilder, DecapStats};
 pub use digest::{Digest, LbDigest};
 pub use health::Health;
@@ -395,7 +394,7 @@ impl LoadBalancer {
     pub fn attach(&self, iface: impl Into<Interface>, mode: AttachMode) -> Result<Attachment, Error> {
         let iface = iface.into();
         self.add_redirect_interface(iface.clone())?;
-        self.core.program.attach(&iface, mode)
+        self.core.running().attach(&iface, mode)
     }
 
     /// Detaches from one interface (it stays a redirect target).
@@ -409,12 +408,12 @@ impl LoadBalancer {
     /// when not attached there; [`AttachError::Bpf`](crate::AttachError::Bpf),
     /// [`PinError`](crate::PinError) when the kernel or bpffs refuse.
     pub fn detach(&self, iface: impl Into<Interface>) -> Result<(), Error> {
-        self.core.program.detach(&iface.into())
+        self.core.running().detach(&iface.into())
     }
 
     /// The interfaces the LB is attached to.
     pub fn attachments(&self) -> Vec<Attachment> {
-        self.core.program.attachments()
+        self.core.running().attachments()
     }
 
     /// The attachments lost since the load balancer was attached: their interface
@@ -425,7 +424,7 @@ impl LoadBalancer {
     /// after an interface is made again), detached from that name, or
     /// unpinned. Reading them costs one `bpf()` call per attachment.
     pub fn lost_attachments(&self) -> Vec<Attachment> {
-        self.core.program.lost()
+        self.core.running().lost()
     }
 
     /// The named network namespace (under `/run/netns`) the LB was loaded
@@ -499,7 +498,7 @@ impl LoadBalancer {
     /// neighbour entries cannot be removed (the pins are gone all the same).
     pub fn unpin(self) -> Result<(), Error> {
         let released = self.release_neighbours();
-        self.core.program.unpin()?;
+        self.core.running().unpin()?;
         released.map_err(Error::from)
     }
 

@@ -102,7 +102,7 @@ pub fn holds_pins(dir: &Path) -> bool {
 /// `detach` removes.
 pub fn reopen<T>(dir: &Path, opened: std::result::Result<T, xdpguard::Error>) -> Result<Option<T>> {
     match opened {
-        Err(xdpguard::Error::Pin(xdpguard::PinError::Interrupted { .. })) => {
+        Err(xdpguard::Error::Pin(xdpguard::PinError::Interrupted { path, .. })) if path == dir => {
             eprintln!("note: {} holds the leftovers of an interrupted creation; they are removed", dir.display());
             Ok(None)
         }
@@ -310,7 +310,8 @@ pub fn print_lost(lost: &[Attachment], label_width: usize, cli: &str, pin: &Path
         let (name, pin) = (&a.interface, pin.display());
         println!(
             "{:<label_width$}{name} ({} mode; its interface, #{}, is gone): `{cli} attach --iface {name} --pin {pin}` \
-             attaches it again when the interface is back, `{cli} detach --iface {name} --pin {pin}` forgets it",
+             attaches it again when the interface is back (with `--netns NAME` for one in a named network \
+             namespace), `{cli} detach --iface {name} --pin {pin}` forgets it",
             "lost:", a.mode, a.ifindex
         );
     }

@@ -18,7 +18,10 @@ use clap::Args;
 use etherparse::{LaxNetSlice, LaxSlicedPacket, TransportSlice};
 use pcap_file::pcap::{PcapPacket, PcapWriter};
 use serde_json::json;
-use xdpguard::{DropEvent, DropReason, EventError, EventOptions, EventRate, EventReader, Filter, RuleId, Verdict};
+use xdpguard::{
+    Attachment, DropEvent, DropReason, EventError, EventOptions, EventRate, EventReader, Filter, RuleId, TimedBlock,
+    Verdict,
+};
 
 use crate::common::Result;
 use crate::Pin;
@@ -148,15 +151,48 @@ fn summarize(bytes: &[u8]) -> Summary {
     s
 }
 
-/// The interface's name as the filter's attachments record it (the filter
-/// may be attached in another network namespace, where the same index
-/// names another interface than here); `ifN` otherwise.
-fn iface(filter: &Filter, ifindex: u32) -> String {
-    filter
-        .attachments()
-        .into_iter()
-        .find(|a| a.ifindex == ifindex)
-        .map_or_else(|| format!("if{ifindex}"), |a| a.interface)
+/// What event lines are read against, each read at most once a second
+/// (an event stream can carry hundreds a second): the filter's attachments,
+/// for interface names, and its timed blocks, read only when an event was
+/// a timed block's drop.
+struct Lookups<'f> {
+    filter: &'f Filter,
+    attachments: Option<(Instant, Vec<Attachment>)>,
+    timed: Option<(Instant, Vec<TimedBlock>)>,
+}
+
+impl<'f> Lookups<'f> {
+    fn new(filter: &'f Filter) -> Self {
+        Lookups { filter, attachments: None, timed: None }
+    }
+
+    /// The interface's name as the filter's attachments record it (the
+    /// filter may be attached in another network namespace, where the same
+    /// index names another interface than here); `ifN` otherwise.
+    fn iface(&mut self, ifindex: u32) -> String {
+        let filter = self.filter;
+        let list = fresh(&mut self.attachments, || filter.attachments());
+        list.iter().find(|a| a.ifindex == ifindex).map_or_else(|| format!("if{ifindex}"), |a| a.interface.clone())
+    }
+
+    /// The timed block that drops `src` now (a rate-limit rule's
+    /// auto-block, or `block --ttl`), for a timed-block drop.
+    fn timed_block(&mut self, e: &DropEvent, src: Option<IpAddr>) -> Option<String> {
+        if !matches!(e.reason, DropReason::TimedBlocked | DropReason::WouldDropTimed) {
+            return None;
+        }
+        let (filter, src) = (self.filter, src?);
+        let blocks = fresh(&mut self.timed, || filter.timed_blocks().list().unwrap_or_default());
+        blocks.iter().find(|b| b.prefix.contains(src)).map(|b| b.prefix.to_string())
+    }
+}
+
+/// `cache`'s value, read again by `read` when older than a second.
+fn fresh<T>(cache: &mut Option<(Instant, T)>, read: impl FnOnce() -> T) -> &T {
+    if cache.as_ref().is_none_or(|(at, _)| at.elapsed() > Duration::from_secs(1)) {
+        *cache = Some((Instant::now(), read()));
+    }
+    &cache.as_ref().expect("just filled").1
 }
 
 /// The blocklist entry that decides `src` now (sampled events are matched
@@ -171,28 +207,16 @@ fn entry(filter: &Filter, e: &DropEvent, src: Option<IpAddr>) -> Option<String> 
     }
 }
 
-/// The timed block that drops `src` now (a rate-limit rule's auto-block,
-/// or `block --ttl`), for a timed-block drop.
-fn timed_block(filter: &Filter, e: &DropEvent, src: Option<IpAddr>) -> Option<String> {
-    if !matches!(e.reason, DropReason::TimedBlocked | DropReason::WouldDropTimed) {
-        return None;
-    }
-    let src = src?;
-    let blocks = filter.timed_blocks().list().ok()?;
-    blocks.into_iter().find(|b| b.prefix.contains(src)).map(|b| b.prefix.to_string())
-}
-
 fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_micros(t).to_string()
 }
 
-fn text_line(filter: &Filter, e: &DropEvent) -> String {
+fn text_line(look: &mut Lookups<'_>, e: &DropEvent) -> String {
     let s = summarize(&e.bytes);
-    let who = match (e.rule, entry(filter, e, s.src), timed_block(filter, e, s.src)) {
-        (Some(id), _, _) => format!("rule {id}"),
-        (None, Some(net), _) => format!("entry {net}"),
-        (None, None, Some(net)) => format!("timed {net}"),
-        (None, None, None) => "-".into(),
+    let who = match (e.rule, entry(look.filter, e, s.src)) {
+        (Some(id), _) => format!("rule {id}"),
+        (None, Some(net)) => format!("entry {net}"),
+        (None, None) => look.timed_block(e, s.src).map_or_else(|| "-".into(), |net| format!("timed {net}")),
     };
     // `[2001:db8::1]:53` for IPv6 with a port, as a socket address is written.
     let end = |a: Option<IpAddr>, p: Option<u16>| match (a, p) {
@@ -203,7 +227,7 @@ fn text_line(filter: &Filter, e: &DropEvent) -> String {
     format!(
         "{} {} {} {} {} -> {} {} len {}",
         rfc3339(e.time),
-        iface(filter, e.ifindex),
+        look.iface(e.ifindex),
         e.reason,
         who,
         end(s.src, s.sport),
@@ -213,19 +237,19 @@ fn text_line(filter: &Filter, e: &DropEvent) -> String {
     )
 }
 
-fn json_line(filter: &Filter, e: &DropEvent) -> serde_json::Value {
+fn json_line(look: &mut Lookups<'_>, e: &DropEvent) -> serde_json::Value {
     let s = summarize(&e.bytes);
     let hex: String = e.bytes.iter().map(|b| format!("{b:02x}")).collect();
     json!({
         "time": rfc3339(e.time),
         "time_ns": e.time.duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos() as u64,
         "ifindex": e.ifindex,
-        "iface": iface(filter, e.ifindex),
+        "iface": look.iface(e.ifindex),
         "queue": e.queue,
         "reason": e.reason.to_string(),
         "rule": e.rule.map(RuleId::get),
-        "entry": entry(filter, e, s.src),
-        "timed_block": timed_block(filter, e, s.src),
+        "entry": entry(look.filter, e, s.src),
+        "timed_block": look.timed_block(e, s.src),
         "len": e.len,
         "caplen": e.bytes.len(),
         "src": s.src.map(|a| a.to_string()),
@@ -298,8 +322,9 @@ pub fn events(args: EventsArgs) -> Result<()> {
     let filter = Filter::open_pinned(&args.pin.pin)?;
     let timeout = args.timeout.map(|s| seconds(s, "--timeout")).transpose()?;
     let mut out = std::io::stdout().lock();
+    let mut look = Lookups::new(&filter);
     read_events(&filter, options(args.rate, &args.lease), args.count, timeout, |e| {
-        let line = if args.json { json_line(&filter, e).to_string() } else { text_line(&filter, e) };
+        let line = if args.json { json_line(&mut look, e).to_string() } else { text_line(&mut look, e) };
         writeln!(out, "{line}")?;
         out.flush()?;
         Ok(())

@@ -200,9 +200,13 @@ pub fn run(cmd: SynCommand) -> Result<()> {
             // every cookie-mode port of the filter is in it, or applying
             // for one port would take synproxy from the others.
             let mut all: BTreeSet<u16> = ports.iter().copied().collect();
-            match Filter::open_pinned(&pin.pin) {
-                Ok(filter) => {
-                    let cookie = filter.syn_guard().status()?.into_iter().filter(|p| p.policy.mode == SynMode::Cookie);
+            let protected = Filter::open_pinned(&pin.pin).map_err(|e| e.to_string()).and_then(|filter| {
+                // A filter without the guard stage protects no port.
+                filter.syn_guard().status().map_err(|e| e.to_string())
+            });
+            match protected {
+                Ok(status) => {
+                    let cookie = status.into_iter().filter(|p| p.policy.mode == SynMode::Cookie);
                     all.extend(cookie.map(|p| p.port));
                 }
                 Err(e) if ports.is_empty() => {

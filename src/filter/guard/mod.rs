@@ -117,6 +117,21 @@ impl Guard {
         Pinned::create(&place, &[], || Ok(self))
     }
 
+    /// Removes what a creation of the guard that died left under the
+    /// filter's pin directory `dir`; whether there was any.
+    pub(crate) fn clear_interrupted(dir: &Path) -> Result<bool, Error> {
+        let sub = dir.join(PIN_SUBDIR);
+        if !sub.exists() {
+            return Ok(false);
+        }
+        match Pinned::<GuardKind>::open_pinned(&sub) {
+            Err(Error::Pin(PinError::Interrupted { .. })) => {
+                Pinned::<GuardKind>::clear_interrupted(&sub).map(|()| true)
+            }
+            _ => Ok(false),
+        }
+    }
+
     /// Reopens the guard pinned under the filter's pin directory `dir`, if
     /// there is one.
     pub(crate) fn open_pinned(dir: &Path) -> Result<Option<Guard>, Error> {
@@ -129,6 +144,11 @@ impl Guard {
             // Upgraded with the filter: the command names the filter's directory.
             Err(Error::Pin(PinError::Incompatible { found, expected, .. })) => {
                 Err(PinError::Incompatible { path: dir.to_path_buf(), found, expected }.into())
+            }
+            // Pinned last in the filter's creation: that creation was cut
+            // short (`Filter::remove_interrupted` clears both).
+            Err(Error::Pin(PinError::Interrupted { .. })) => {
+                Err(PinError::Interrupted { path: dir.to_path_buf(), kind: "filter", cli: "xdpguard" }.into())
             }
             Err(e) => Err(e),
         }

@@ -152,7 +152,14 @@ struct Inner {
     unchecked: BTreeSet<Key>,
     /// Backends an earlier checker drained, with their configured weights.
     adopted: BTreeMap<Key, u32>,
+    /// Backends removed from the LB while down, kept a while with when they
+    /// went: one added again (`backend del` and `add`, a VIP made again)
+    /// is still down, not a new backend assumed up.
+    removed_down: BTreeMap<Key, (Tracked, Instant)>,
 }
+
+/// How long a backend removed while down is remembered as down.
+const REMOVED_DOWN_KEPT: Duration = Duration::from_secs(300);
 
 /// A change decided in a round, applied with its VIP's batch.
 #[derive(Debug)]
@@ -307,8 +314,13 @@ impl HealthChecker {
 
         let targets: Vec<(Key, SocketAddr)> = {
             let mut inner = self.inner();
-            let Inner { tracked, unchecked, adopted } = &mut *inner;
-            tracked.retain(|k, _| current.contains_key(k));
+            let Inner { tracked, unchecked, adopted, removed_down } = &mut *inner;
+            removed_down.retain(|_, (_, at)| at.elapsed() < REMOVED_DOWN_KEPT);
+            for key in tracked.keys().filter(|k| !current.contains_key(k)).copied().collect::<Vec<_>>() {
+                if let Some(t) = tracked.remove(&key).filter(|t| t.machine.state() == HealthState::Down) {
+                    removed_down.insert(key, (t, Instant::now()));
+                }
+            }
             unchecked.retain(|k| current.contains_key(k));
             for (key, (_, target)) in &current {
                 match target {
@@ -319,6 +331,9 @@ impl HealthChecker {
                     }
                     Ok(target) => {
                         tracked.entry(*key).or_insert_with(|| {
+                            if let Some((t, _)) = removed_down.remove(key) {
+                                return t;
+                            }
                             let drained_from = adopted.remove(key);
                             let state = if drained_from.is_some() { HealthState::Down } else { HealthState::Up };
                             Tracked { machine: Machine::new(state), health: fresh(key, *target, state, drained_from) }
@@ -378,7 +393,10 @@ impl HealthChecker {
                 // or the backend removed and added again). A down backend
                 // gets no new flow: held at 0 again, the operator's weight
                 // the one it gets back when it passes its checks.
-                None if t.machine.state() == HealthState::Down && weight > 0 => {
+                // (Only while failing: a backend adopted as down whose
+                // weight an operator restored, passing now, is left to
+                // come up.)
+                None if t.machine.state() == HealthState::Down && weight > 0 && error.is_some() => {
                     events.push(event(key, HealthEventKind::Overridden { weight }));
                     changes.entry(key.0).or_default().push(Change {
                         backend: key.1,

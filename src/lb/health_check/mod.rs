@@ -33,8 +33,10 @@
 //!   it a weight as it came up, that weight stays.
 //!
 //! Weight changes of one round to one VIP are one [`BackendBatch`](crate::BackendBatch)
-//! (one Maglev table swap). A backend removed from the LB is forgotten; one
-//! added is checked from the next round, starting up.
+//! (one Maglev table swap). A backend removed from the LB is forgotten (one
+//! that was down, after five minutes: added again before, it is still
+//! down, and held at 0 while it fails); one added is checked from the next
+//! round, starting up.
 //!
 //! What the checker drained is its own memory: a restarted checker learns
 //! it again through [`HealthChecker::adopt`], from a journal the old one
