@@ -6,7 +6,7 @@
 
 use std::fs::{self, File};
 use std::io;
-use std::os::fd::BorrowedFd;
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::{Flock, FlockArg};
@@ -176,6 +176,17 @@ impl PinDir {
             .filter(|n| n.starts_with(LINK_PREFIX))
             .map(|n| (n.clone(), self.join(&n)))
             .collect())
+    }
+
+    /// The pinned links, opened: (file name, path, fd).
+    pub(crate) fn open_links(&self) -> Result<Vec<(String, PathBuf, OwnedFd)>, PinError> {
+        self.links()?
+            .into_iter()
+            .map(|(name, path)| {
+                let fd = sys::obj_get(&path).map_err(io_err("opening pinned link", &path))?;
+                Ok((name, path, fd))
+            })
+            .collect()
     }
 
     pub(crate) fn unpin(&self, name: &str) -> Result<(), PinError> {

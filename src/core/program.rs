@@ -319,12 +319,7 @@ impl XdpProgram {
 fn scan_links(dir: &PinDir, ours: &[u32]) -> Result<(Vec<Link>, Vec<Attachment>), Error> {
     let mut links = Vec::new();
     let mut lost = Vec::new();
-    for (pin_name, path) in dir.links()? {
-        let link = sys::obj_get(&path).map_err(|source| PinError::Io {
-            op: "opening pinned link",
-            path: path.clone(),
-            source,
-        })?;
+    for (pin_name, path, link) in dir.open_links()? {
         if sys::link_prog_id(link.as_fd()).is_ok_and(|id| !ours.contains(&id)) {
             continue;
         }

@@ -285,12 +285,7 @@ impl<P: ProgramKind> Prepared<P> {
 
         // The swap, link by link.
         let mut swapped: Vec<(OwnedFd, String)> = Vec::new();
-        for (pin_name, link_path) in dir.links()? {
-            let link = sys::obj_get(&link_path).map_err(|source| PinError::Io {
-                op: "opening pinned link",
-                path: link_path.clone(),
-                source,
-            })?;
+        for (pin_name, _, link) in dir.open_links()? {
             let Ok(Some(_)) = attach::link_attachment(&link) else {
                 continue; // Its interface is gone: kept as a lost attachment.
             };
