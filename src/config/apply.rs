@@ -156,6 +156,14 @@ impl Run<'_> {
         }
     }
 
+    fn detach(&mut self, interface: &str) -> Result<(), Error> {
+        match self.section.program {
+            Program::Filter => self.filter()?.detach(interface),
+            Program::Lb => self.lb()?.detach(interface),
+            Program::Decap => self.decap()?.detach(interface),
+        }
+    }
+
     fn attach(&mut self, interface: &str, mode: AttachMode) -> Result<(), Error> {
         match self.section.program {
             Program::Filter => drop(self.filter()?.attach(interface, mode)?),
@@ -181,13 +189,10 @@ impl Run<'_> {
                     return Err(e);
                 }
             }
+            // Detaching by name also forgets a lost attachment there.
+            Step::ForgetLost { interface } => self.detach(interface)?,
             Step::Detach { interface, mode } => {
-                let i = interface.as_str();
-                match self.section.program {
-                    Program::Filter => self.filter()?.detach(i)?,
-                    Program::Lb => self.lb()?.detach(i)?,
-                    Program::Decap => self.decap()?.detach(i)?,
-                }
+                self.detach(interface)?;
                 self.detached.push((interface.clone(), *mode));
             }
             Step::ReplaceList { list, entries, .. } => {

@@ -86,6 +86,12 @@ pub enum Step {
         /// The mode it is attached in.
         mode: AttachMode,
     },
+    /// Forget an attachment lost with its interface (deleted since), on an
+    /// interface the file does not name: its record and pin go.
+    ForgetLost {
+        /// The interface, as recorded.
+        interface: String,
+    },
     /// Replace a filter list with the file's entries, atomically.
     ReplaceList {
         /// Which list.
@@ -211,6 +217,9 @@ impl fmt::Display for Step {
             Step::Remove { changes } => write!(f, "remove, to create again ({})", changes.join(", ")),
             Step::Attach { interface, mode } => write!(f, "attach to {interface} ({mode} mode)"),
             Step::Detach { interface, mode } => write!(f, "detach from {interface} ({mode} mode)"),
+            Step::ForgetLost { interface } => {
+                write!(f, "forget the attachment to {interface} (its interface is gone)")
+            }
             Step::ReplaceList { list, entries, added, removed } => {
                 write!(f, "{list}: replace with {} entries (+{added} -{removed})", entries.len())
             }
@@ -523,7 +532,7 @@ impl Planner {
         if !f.monitor && monitor {
             steps.push(Step::SetMonitor(false));
         }
-        attachments(&filter.attachments(), &f.interfaces, f.mode, &mut steps);
+        attachments(&filter.attachments(), &filter.lost_attachments(), &f.interfaces, f.mode, &mut steps);
         Ok(steps)
     }
 
@@ -661,7 +670,7 @@ impl Planner {
             let interface = sys_ifname(ifindex);
             steps.push(Step::RemoveRedirect { ifindex, interface });
         }
-        attachments(&lb.attachments(), &l.interfaces, l.mode, &mut steps);
+        attachments(&lb.attachments(), &lb.lost_attachments(), &l.interfaces, l.mode, &mut steps);
         Ok(steps)
     }
 
@@ -687,7 +696,7 @@ impl Planner {
         let want: BTreeSet<IpAddr> = d.locals.iter().copied().collect();
         steps.extend(want.difference(&have).map(|a| Step::AddLocal(*a)));
         steps.extend(have.difference(&want).map(|a| Step::RemoveLocal(*a)));
-        attachments(&decap.attachments(), &d.interfaces, d.mode, &mut steps);
+        attachments(&decap.attachments(), &decap.lost_attachments(), &d.interfaces, d.mode, &mut steps);
         Ok(steps)
     }
 }
@@ -795,7 +804,11 @@ fn limit_text(l: crate::NewFlowLimit) -> String {
 
 /// Detaches what is attached but not wanted (or in another mode than the
 /// one asked for), then attaches what is missing.
-fn attachments(have: &[Attachment], want: &[String], mode: AttachMode, steps: &mut Vec<Step>) {
+fn attachments(have: &[Attachment], lost: &[Attachment], want: &[String], mode: AttachMode, steps: &mut Vec<Step>) {
+    // A lost one the file names goes with its attach.
+    for a in lost.iter().filter(|a| !want.contains(&a.interface)) {
+        steps.push(Step::ForgetLost { interface: a.interface.clone() });
+    }
     let mut kept = BTreeSet::new();
     for a in have {
         if want.contains(&a.interface) && (mode == AttachMode::Auto || a.mode == mode) {
@@ -971,4 +984,32 @@ fn plan_down_of(config: Config, places: Vec<(Program, PathBuf, Option<String>)>)
         return Err(ConfigError::Host { problems: host });
     }
     Ok(Plan { config, direction: Direction::Down, sections })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(interface: &str, ifindex: u32, mode: AttachMode) -> Attachment {
+        Attachment { ifindex, interface: interface.into(), mode }
+    }
+
+    /// An attachment lost on an interface the file no longer names is
+    /// forgotten; one on an interface it names goes with the attach there.
+    #[test]
+    fn lost_attachments_the_file_does_not_name_are_forgotten() {
+        let mut steps = Vec::new();
+        let have = [at("eth0", 2, AttachMode::Native)];
+        let lost = [at("eth1", 3, AttachMode::Native), at("eth2", 4, AttachMode::Generic)];
+        let want = ["eth0".to_owned(), "eth2".to_owned()];
+        attachments(&have, &lost, &want, AttachMode::Auto, &mut steps);
+        assert_eq!(
+            steps,
+            [
+                Step::ForgetLost { interface: "eth1".into() },
+                Step::Attach { interface: "eth2".into(), mode: AttachMode::Auto },
+            ]
+        );
+        assert_eq!(steps[0].to_string(), "forget the attachment to eth1 (its interface is gone)");
+    }
 }
