@@ -566,6 +566,15 @@ fn interface_deleted_and_recreated_keeps_the_lists_and_reattach_restores_it() {
         ns.finished_frames(dev);
     }
     XDPGUARD.ok(&["attach", "--iface", "xg0", "--mode", "native", "--pin", pin.s(), "--netns", &ns.name]);
+    // A handle whose directory was emptied and made again (detach, then
+    // attach) does not take the new filter's links for its own.
+    let stale = Filter::open_pinned(&pin.path).unwrap();
+    XDPGUARD.ok(&["detach", "--pin", pin.s()]);
+    XDPGUARD.ok(&["attach", "--iface", "xg0", "--mode", "native", "--pin", pin.s(), "--netns", &ns.name]);
+    assert!(stale.attachments().is_empty() && stale.lost_attachments().is_empty());
+    assert!(matches!(stale.detach("xg0"), Err(Error::Attach(AttachError::NotAttached { .. }))));
+    assert!(xdp_on(&ns, "xg0"), "the new filter stays on xg0");
+    drop(stale);
     // Capacities cannot change on a running filter: said, not ignored.
     let text = fails(&["attach", "--iface", "xg1", "--pin", pin.s(), "--netns", &ns.name, "--v4-capacity", "100"]);
     assert_mentions(&text, &["capacity", "detach"]);

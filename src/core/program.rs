@@ -28,6 +28,12 @@ pub(crate) struct XdpProgram {
     /// detached from there, or unpinned.
     lost: Mutex<Vec<Attachment>>,
     pin: Option<PinDir>,
+    /// The kernel ids of the maps its pin directory held when the handle
+    /// opened (or pinned) it: links whose program uses one of them are this
+    /// handle's program's, whatever upgrade replaced it since (an upgrade
+    /// keeps at least the config map); a directory emptied and made again
+    /// holds another program's, over maps of its own.
+    owner: Vec<u32>,
 }
 
 /// The handle's program fd, and those it held before it followed an
@@ -52,6 +58,7 @@ impl XdpProgram {
             links: Mutex::new(Vec::new()),
             lost: Mutex::new(Vec::new()),
             pin: None,
+            owner: Vec::new(),
         }
     }
 
@@ -61,7 +68,8 @@ impl XdpProgram {
         let fd =
             sys::obj_get(&dir.join(name)).map_err(|source| dir.open_error("opening pinned program", name, source))?;
         let mut program = Self::new(fd, name);
-        let (links, lost) = scan_links(&dir, &program.fds().ids)?;
+        program.owner = owner_of(&dir);
+        let (links, lost) = scan_links(&dir, &program.owner)?;
         program.links = Mutex::new(links);
         program.lost = Mutex::new(lost);
         program.pin = Some(dir);
@@ -130,6 +138,7 @@ impl XdpProgram {
         for link in self.links().iter() {
             dir.pin(&PinDir::link_name(&link.attachment), link.fd.as_fd())?;
         }
+        self.owner = owner_of(&dir);
         self.pin = Some(dir);
         Ok(())
     }
@@ -213,8 +222,7 @@ impl XdpProgram {
     /// cannot be read, what the handle knew stays.
     fn sync_links(&self) {
         if let Some(dir) = &self.pin {
-            let ids = self.fds().ids.clone();
-            if let Ok((links, lost)) = scan_links(dir, &ids) {
+            if let Ok((links, lost)) = scan_links(dir, &self.owner) {
                 *self.links() = links;
                 *self.lost_records() = lost;
             }
@@ -307,21 +315,41 @@ impl XdpProgram {
     }
 }
 
-/// The links pinned in `dir` that run one of the programs `ours`: those
-/// attached to a live interface, with the interface's name and mode as the
-/// pin recorded them (this process may be in another network namespace
-/// than the one that attached), and the attachments whose interface is
-/// gone, as recorded. Links of another program (the directory emptied and
-/// a new program created there since the handle was opened) are not this
-/// handle's. An error reading a link is an error, never a dead link: its
-/// pin may be the last reference, and removing it would detach a live
-/// program.
-fn scan_links(dir: &PinDir, ours: &[u32]) -> Result<(Vec<Link>, Vec<Attachment>), Error> {
+/// The kernel ids of the maps pinned in `dir` (see `XdpProgram::owner`).
+fn owner_of(dir: &PinDir) -> Vec<u32> {
+    let pinned = dir.kind().maps.iter().filter_map(|name| sys::obj_get(&dir.join(name)).ok());
+    pinned.filter_map(|map| sys::map_id(map.as_fd()).ok()).collect()
+}
+
+/// The links pinned in `dir` whose program uses one of the maps `owner`
+/// (all of them when it is empty): those attached to a live interface,
+/// with the interface's name and mode as the pin recorded them (this
+/// process may be in another network namespace than the one that
+/// attached), and the attachments whose interface is gone, as recorded.
+/// Links of another program (the directory emptied and a new program
+/// created there since the handle was opened) are not this handle's; an
+/// upgrade's program, over the same maps, is. An error reading a link is an
+/// error, never a dead link: its pin may be the last reference, and
+/// removing it would detach a live program.
+fn scan_links(dir: &PinDir, owner: &[u32]) -> Result<(Vec<Link>, Vec<Attachment>), Error> {
     let mut links = Vec::new();
     let mut lost = Vec::new();
+    // Whether each program seen uses one of `owner` (unknown: counted as ours).
+    let mut ours: Vec<(u32, bool)> = Vec::new();
     for (pin_name, path, link) in dir.open_links()? {
-        if sys::link_prog_id(link.as_fd()).is_ok_and(|id| !ours.contains(&id)) {
-            continue;
+        if let (false, Ok(prog)) = (owner.is_empty(), sys::link_prog_id(link.as_fd())) {
+            let mine = match ours.iter().find(|(id, _)| *id == prog) {
+                Some(&(_, mine)) => mine,
+                None => {
+                    let maps = sys::prog_by_id(prog).and_then(|fd| sys::prog_map_ids(fd.as_fd()));
+                    let mine = maps.map_or(true, |ids| ids.iter().any(|id| owner.contains(id)));
+                    ours.push((prog, mine));
+                    mine
+                }
+            };
+            if !mine {
+                continue;
+            }
         }
         let recorded = PinDir::link_recorded(&pin_name);
         let live = attach::link_attachment(&link).map_err(|source| PinError::Io {

@@ -115,6 +115,26 @@ pub(crate) fn obj_get(path: &Path) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// The kernel ids of the maps a program uses.
+pub(crate) fn prog_map_ids(prog: BorrowedFd<'_>) -> io::Result<Vec<u32>> {
+    // SAFETY: bpf_prog_info is plain data; zero is a valid value.
+    let mut info: libbpf_sys::bpf_prog_info = unsafe { zeroed() };
+    let mut len = size_of::<libbpf_sys::bpf_prog_info>() as u32;
+    // SAFETY: info and len describe a writable buffer of the right size.
+    check(unsafe { libbpf_sys::bpf_prog_get_info_by_fd(prog.as_raw_fd(), &mut info, &mut len) })?;
+    let mut ids = vec![0u32; info.nr_map_ids as usize];
+    // SAFETY: bpf_prog_info is plain data; zero is a valid value.
+    let mut again: libbpf_sys::bpf_prog_info = unsafe { zeroed() };
+    again.nr_map_ids = ids.len() as u32;
+    again.map_ids = ids.as_mut_ptr() as u64;
+    let mut len = size_of::<libbpf_sys::bpf_prog_info>() as u32;
+    // SAFETY: info and len describe a writable buffer of the right size,
+    // and map_ids points at nr_map_ids writable u32s that outlive the call.
+    check(unsafe { libbpf_sys::bpf_prog_get_info_by_fd(prog.as_raw_fd(), &mut again, &mut len) })?;
+    ids.truncate(again.nr_map_ids.min(ids.len() as u32) as usize);
+    Ok(ids)
+}
+
 /// A map's kernel id.
 pub(crate) fn map_id(map: BorrowedFd<'_>) -> io::Result<u32> {
     // SAFETY: bpf_map_info is plain data; zero is a valid value.
