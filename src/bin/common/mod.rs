@@ -96,10 +96,10 @@ pub fn holds_pins(dir: &Path) -> bool {
 }
 
 /// `attach` and `detach` on a pin directory `dir`: the program pinned
-/// there, as `opened` (its `open_pinned`); `None` when the directory holds only the leftovers
-/// of a creation that was interrupted (its process killed half-way), which
-/// `attach` replaces by a new program (creating one removes them) and
-/// `detach` removes.
+/// there, as `opened` (its `open_pinned`); `None` when the directory holds
+/// only the leftovers of a creation that was interrupted (its process
+/// killed half-way), which `attach` replaces by a new program (creating one
+/// removes them) and `detach` removes.
 pub fn reopen<T>(dir: &Path, opened: std::result::Result<T, xdpguard::Error>) -> Result<Option<T>> {
     match opened {
         Err(xdpguard::Error::Pin(xdpguard::PinError::Interrupted { path, .. })) if path == dir => {
