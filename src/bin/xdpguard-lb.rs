@@ -367,14 +367,14 @@ fn prefix(text: &str) -> std::result::Result<IpNetwork, String> {
     xdpguard::parse_prefix(text).map_err(|e| e.to_string())
 }
 
-/// The settings `set` changes (and `attach` on a running LB), in turn:
-/// the IPIP sources first (clearing one can be refused: then nothing after
-/// it is changed, and a clear of the other family given before it stays),
-/// then the policies, which cannot be refused.
 /// The longest UDP idle timeout the tools take (the library clamps what
 /// the kernel's 32-bit tick difference can count, about 49 days at 1000 Hz).
 const MAX_UDP_TIMEOUT_SECS: u64 = 30 * 86_400;
 
+/// The settings `set` changes (and `attach` on a running LB), in turn: the
+/// redirect interfaces, the IPIP sources (clearing one can be refused:
+/// then nothing after it is changed, and what was given before it stays),
+/// then the policies, which cannot be refused.
 #[derive(Default)]
 struct Settings {
     redirect: Vec<String>,
@@ -638,10 +638,8 @@ fn run(command: Command, given: &dyn Fn(&str) -> bool) -> Result<()> {
     match command {
         Command::Attach(args) => {
             args.target.enter_netns()?;
-            if common::holds_pins(&args.pin.pin) {
-                if let Some(lb) = common::reopen(&args.pin.pin, LoadBalancer::open_pinned(&args.pin.pin))? {
-                    return reattach(lb, &args, given);
-                }
+            if let Some(lb) = common::pinned_there(&args.pin.pin, || LoadBalancer::open_pinned(&args.pin.pin))? {
+                return reattach(lb, &args, given);
             }
             let AttachArgs {
                 target,
@@ -682,11 +680,7 @@ fn run(command: Command, given: &dyn Fn(&str) -> bool) -> Result<()> {
         }
         Command::Decap(DecapCommand::Attach { target, locals, pin }) => {
             target.enter_netns()?;
-            if let Some(decap) = common::holds_pins(&pin.pin)
-                .then(|| common::reopen(&pin.pin, Decap::open_pinned(&pin.pin)))
-                .transpose()?
-                .flatten()
-            {
+            if let Some(decap) = common::pinned_there(&pin.pin, || Decap::open_pinned(&pin.pin))? {
                 // A decapsulator pinned there: attached again, its local
                 // endpoints kept and the ones given added.
                 let todo = common::still_to_attach(

@@ -476,10 +476,8 @@ fn run(command: Command) -> Result<()> {
     match command {
         Command::Attach { target, pin, v4_capacity, v6_capacity, drop_malformed, guard } => {
             target.enter_netns()?;
-            if common::holds_pins(&pin.pin) {
-                if let Some(filter) = common::reopen(&pin.pin, Filter::open_pinned(&pin.pin))? {
-                    return reattach(filter, &target, &pin.pin, v4_capacity, v6_capacity, drop_malformed, &guard);
-                }
+            if let Some(filter) = common::pinned_there(&pin.pin, || Filter::open_pinned(&pin.pin))? {
+                return reattach(filter, &target, &pin.pin, v4_capacity, v6_capacity, drop_malformed, &guard);
             }
             let b = Filter::builder()
                 .mode(target.mode)
@@ -1175,23 +1173,21 @@ impl RuleFile {
             .into())
     }
 
-    fn rules(self) -> Vec<Rule> {
-        self.lines.into_iter().map(|l| l.rule).collect()
+    fn rules(&self) -> Vec<Rule> {
+        self.lines.iter().map(|l| l.rule.clone()).collect()
     }
 }
 
 fn rule_command(cmd: RuleCommand) -> Result<()> {
     match cmd {
         RuleCommand::Add { pin, at, file, rule, force } => {
-            let (rules, file) = match file {
-                Some(path) => {
-                    let file = read_rules(&path)?;
-                    (file.lines.iter().map(|l| l.rule.clone()).collect(), Some(file))
-                }
+            let file = file.as_deref().map(read_rules).transpose()?;
+            let rules = match &file {
+                Some(file) => file.rules(),
                 None if rule.is_empty() => {
                     return Err("no rule given: write one (`drop udp dport 1900`) or --file F".into())
                 }
-                None => (vec![rule.join(" ").parse::<Rule>()?], None),
+                None => vec![rule.join(" ").parse::<Rule>()?],
             };
             refuse_drop_all(&rules, force)?;
             let filter = Filter::open_pinned(&pin.pin)?;

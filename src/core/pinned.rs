@@ -44,7 +44,6 @@ use crate::core::attach::Interface;
 use crate::core::maps::{io_from_libbpf, Loaded, ProgramMaps};
 use crate::core::pin::PinDir;
 use crate::core::program::XdpProgram;
-use crate::core::sys;
 use crate::error::{missing_privileges, AttachError, Error, LoadError, PinError};
 use crate::AttachMode;
 
@@ -560,20 +559,11 @@ impl<P: ProgramKind> Pinned<P> {
         let seen = header.generation.load(Ordering::Acquire) + 1;
         if self.followed.swap(seen, Ordering::AcqRel) != seen
             && header.layout_version.load(Ordering::Acquire) == P::KIND.layout_version
-            && self.holds_our_maps()
+            && self.program.holds_own_maps()
         {
             self.program.follow_pin();
         }
         &self.program
-    }
-
-    /// Whether the pin directory's config map is this handle's (by kernel id).
-    fn holds_our_maps(&self) -> bool {
-        let (Some(dir), marker) = (self.program.pin_path(), P::KIND.marker()) else { return false };
-        let handles = self.maps.handles();
-        let Some((_, ours)) = handles.iter().find(|(n, _)| *n == marker) else { return false };
-        let Ok(pinned) = sys::obj_get(&dir.join(marker)) else { return false };
-        matches!((sys::map_id(pinned.as_fd()), sys::map_id(ours.as_fd())), (Ok(a), Ok(b)) if a == b)
     }
 
     /// `Debug` for a facade over the core.

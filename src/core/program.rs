@@ -44,16 +44,12 @@ struct ProgramFds {
     now: OwnedFd,
     #[allow(dead_code)] // Held, never read: it keeps the fds open.
     before: Vec<OwnedFd>,
-    /// The kernel ids of `now` and `before` (0 for one the kernel did not
-    /// answer about): the programs whose links are this handle's.
-    ids: Vec<u32>,
 }
 
 impl XdpProgram {
     pub(crate) fn new(fd: OwnedFd, name: &'static str) -> Self {
-        let ids = vec![sys::prog_id(fd.as_fd()).unwrap_or(0)];
         Self {
-            fds: Mutex::new(ProgramFds { now: fd, before: Vec::new(), ids }),
+            fds: Mutex::new(ProgramFds { now: fd, before: Vec::new() }),
             name,
             links: Mutex::new(Vec::new()),
             lost: Mutex::new(Vec::new()),
@@ -92,20 +88,28 @@ impl XdpProgram {
     /// (by any process) pinned a newer one over the same maps, and the
     /// handle must not hand out the old one ([`fd`](Self::fd) for
     /// `set_next`, [`id`](Self::id), test runs). The caller checks that the
-    /// directory still holds this handle's maps ([`Pinned::running`]).
-    /// Unpinned, or the pin unreadable: the handle's own stays.
-    ///
-    /// [`Pinned::running`]: crate::core::pinned::Pinned::running
+    /// directory still holds this handle's maps
+    /// ([`holds_own_maps`](Self::holds_own_maps)). Unpinned, or the pin
+    /// unreadable: the handle's own stays.
     pub(crate) fn follow_pin(&self) {
         let Some(dir) = &self.pin else { return };
         let Ok(pinned) = sys::obj_get(&dir.join(self.name)) else { return };
-        let Ok(pinned_id) = sys::prog_id(pinned.as_fd()) else { return };
         let mut fds = self.fds();
-        if !fds.ids.contains(&pinned_id) {
-            let old = std::mem::replace(&mut fds.now, pinned);
-            fds.before.push(old);
-            fds.ids.push(pinned_id);
+        if let (Ok(pinned_id), Ok(own_id)) = (sys::prog_id(pinned.as_fd()), sys::prog_id(fds.now.as_fd())) {
+            if pinned_id != own_id {
+                let old = std::mem::replace(&mut fds.now, pinned);
+                fds.before.push(old);
+            }
         }
+    }
+
+    /// Whether the pin directory's config map is still the one it held when
+    /// the handle opened (or pinned) it: emptied and made again, it holds
+    /// another program's.
+    pub(crate) fn holds_own_maps(&self) -> bool {
+        let Some(dir) = &self.pin else { return false };
+        let Ok(map) = sys::obj_get(&dir.join(dir.kind().marker())) else { return false };
+        sys::map_id(map.as_fd()).is_ok_and(|id| self.owner.contains(&id))
     }
 
     /// The program that runs now: when pinned, the pinned one (an upgrade,

@@ -242,9 +242,8 @@ impl Filter {
     /// stored after its new tables are switched in, so one killed before
     /// that leaves nothing of it, and one killed in the short window while
     /// they are stored leaves those stored so far). The guard stage's slot
-    /// is checked too: a
-    /// check that fails is left to the next rule edit, not refused here (so
-    /// `detach` still opens it).
+    /// is checked too: a check that fails is left to the next rule edit, not
+    /// refused here (so `detach` still opens it).
     ///
     /// ```no_run
     /// let filter = xdpguard::Filter::open_pinned("/sys/fs/bpf/xdpguard")?;

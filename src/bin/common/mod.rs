@@ -88,11 +88,19 @@ pub fn enter_netns(name: &str) -> Result<()> {
     Ok(())
 }
 
-/// Whether `dir` exists and holds anything (a pinned program, or pins
-/// that are not one: reopening it says which): `attach` there reopens what
-/// is pinned instead of loading a new one.
-pub fn holds_pins(dir: &Path) -> bool {
-    std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some())
+/// `attach` on a pin directory `dir`: the program pinned there, opened with
+/// `open`, which `attach` attaches again instead of loading a new one;
+/// `None` when `dir` is missing or empty, or holds only the leftovers of an
+/// interrupted creation ([`reopen`]). A directory holding pins that are
+/// not a program of this kind is `open`'s error, which says what it holds.
+pub fn pinned_there<T>(
+    dir: &Path,
+    open: impl FnOnce() -> std::result::Result<T, xdpguard::Error>,
+) -> Result<Option<T>> {
+    if !std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some()) {
+        return Ok(None);
+    }
+    reopen(dir, open())
 }
 
 /// `attach` and `detach` on a pin directory `dir`: the program pinned
