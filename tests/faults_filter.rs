@@ -615,6 +615,30 @@ fn an_interrupted_creation_is_replaced_by_attach_and_removed_by_detach() {
     assert!(!pin.path.exists());
 }
 
+/// A failed attach leaves the pin directory as it found it: one it made
+/// goes, an empty one that was there before (another tool's, such as
+/// libxdp's /sys/fs/bpf/xdp) stays.
+#[test]
+fn a_failed_attach_removes_only_the_directory_it_made() {
+    let ns = lone_ns("fm");
+    let pin = PinDir::new("held");
+    attach_cli(&ns, pin.s());
+    let before = PinDir::new("before");
+    std::fs::create_dir(&before.path).unwrap();
+    let fresh = PinDir::new("fresh");
+    for (dir, existed) in [(&before, true), (&fresh, false)] {
+        // xg0 holds the first filter: the attach fails after its directory
+        // was prepared.
+        let text = fails(&["attach", "--iface", "xg0", "--pin", dir.s(), "--netns", &ns.name]);
+        assert_mentions(&text, &["xg0"]);
+        assert_eq!(dir.path.exists(), existed, "{}: {text}", dir.s());
+        if existed {
+            assert_eq!(std::fs::read_dir(&dir.path).unwrap().count(), 0, "nothing of ours left in {}", dir.s());
+        }
+    }
+    assert!(xdp_on(&ns, "xg0"), "the filter attached first stays");
+}
+
 #[test]
 fn bpffs_unmounted_says_to_mount_it_and_attach_again() {
     let ns = lone_ns("fb");

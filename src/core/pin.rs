@@ -58,6 +58,10 @@ fn not_ours(path: &Path, kind: &'static Kind, entries: &[String]) -> PinError {
 pub(crate) struct PinDir {
     path: PathBuf,
     kind: &'static Kind,
+    /// Made by [`PinDir::create`] in this process: a creation that fails
+    /// removes the directory only then (an empty directory that was there
+    /// before may be another tool's, such as libxdp's `/sys/fs/bpf/xdp`).
+    made: bool,
 }
 
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> PinError + 'a {
@@ -74,10 +78,11 @@ impl PinDir {
         if !sys::is_on_bpffs(path) {
             return Err(PinError::BpffsNotMounted { path: path.to_owned() });
         }
-        if !path.exists() {
+        let made = !path.exists();
+        if made {
             fs::create_dir_all(path).map_err(io_err("creating", path))?;
         }
-        let dir = Self { path: path.to_owned(), kind };
+        let dir = Self { path: path.to_owned(), kind, made };
         let lock = dir.lock()?;
         let mut entries = list(path)?;
         if entries.iter().any(|e| e == CREATING) {
@@ -118,7 +123,7 @@ impl PinDir {
         let mut entries = list(path)?;
         if entries.iter().any(|e| e == CREATING) {
             // Being created (wait for it), or its creator died.
-            let _lock = Self { path: path.to_owned(), kind }.lock()?;
+            let _lock = Self { path: path.to_owned(), kind, made: false }.lock()?;
             entries = list(path)?;
             if entries.iter().any(|e| e == CREATING) {
                 return Err(PinError::Interrupted { path: path.to_owned(), kind: kind.name, cli: kind.cli });
@@ -134,7 +139,7 @@ impl PinDir {
                 not_ours(path, kind, &entries)
             });
         }
-        Ok(Self { path: path.to_owned(), kind })
+        Ok(Self { path: path.to_owned(), kind, made: false })
     }
 
     pub(crate) fn path(&self) -> &Path {
@@ -236,6 +241,18 @@ impl PinDir {
             fs::remove_dir(&self.path).map_err(io_err("removing", &self.path))?;
         }
         Ok(())
+    }
+
+    /// Undoes a creation begun by [`PinDir::create`] that failed: every pin
+    /// of ours and the creation mark, then the directory if this creation
+    /// made it. A directory that was there before, empty, is left as it
+    /// was.
+    pub(crate) fn undo_create(&self) -> Result<(), PinError> {
+        if self.made {
+            self.remove_all()
+        } else {
+            self.remove_ours()
+        }
     }
 }
 

@@ -420,7 +420,7 @@ impl<P: ProgramKind> Pinned<P> {
         });
         if pinned.is_err() {
             if let Some(dir) = dir {
-                let _ = dir.remove_all();
+                let _ = dir.undo_create();
             }
         }
         drop(creation);

@@ -280,8 +280,20 @@ impl XdpProgram {
         self.lost_records().clone()
     }
 
-    /// Detaches everywhere and removes every pin of the object.
+    /// Detaches everywhere and removes every pin of the object, and its
+    /// directory when that empties it.
     pub(crate) fn unpin(&self) -> Result<(), Error> {
+        self.unpin_then(PinDir::remove_all)
+    }
+
+    /// [`XdpProgram::unpin`] for a creation that failed after pinning: the
+    /// directory is removed only if the creation made it
+    /// ([`PinDir::undo_create`]).
+    pub(crate) fn undo_pin(&self) -> Result<(), Error> {
+        self.unpin_then(PinDir::undo_create)
+    }
+
+    fn unpin_then(&self, remove: fn(&PinDir) -> Result<(), PinError>) -> Result<(), Error> {
         // The links pinned now, another process's too: each detached, not
         // only unpinned (a handle holding one would keep it attached).
         self.sync_links();
@@ -291,7 +303,7 @@ impl XdpProgram {
         }
         self.lost_records().clear();
         if let Some(dir) = &self.pin {
-            dir.remove_all()?;
+            remove(dir)?;
         }
         Ok(())
     }

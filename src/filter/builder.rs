@@ -300,7 +300,7 @@ impl FilterBuilder {
             (Some(dir), Filter { core, guard: Some(guard) }) => match guard.pin(dir) {
                 Ok(guard) => Ok(Filter { core, guard: Some(guard) }),
                 Err(e) => {
-                    let _ = core.program.unpin();
+                    let _ = core.program.undo_pin();
                     Err(e)
                 }
             },
