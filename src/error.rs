@@ -586,6 +586,18 @@ pub enum ParseError {
         /// Examples of the accepted forms.
         example: &'static str,
     },
+    /// A VIP given as a bare address: it would take every port of the
+    /// address (SSH's too), so every port must be asked for (`ADDR:*`).
+    /// An IPv6 address with a port but no brackets (`2001:db8::2:80`) is
+    /// read as another address, so it lands here too.
+    #[error(
+        "VIP `{input}` has no port: give ADDR:PORT or [V6-ADDR]:PORT (an IPv6 address with a port goes in \
+         brackets), or ADDR:* / [V6-ADDR]:* for every port of the address"
+    )]
+    VipWithoutPort {
+        /// The text given.
+        input: String,
+    },
 }
 
 /// `a`, `a or b`, `a, b or c`.

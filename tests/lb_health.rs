@@ -484,3 +484,64 @@ fn probes_say_why_a_check_fails() {
     assert_eq!(e.to_string(), "GET http://192.0.2.2:80/missing answered 404");
     assert!(matches!(not_http, Err(ProbeError::Http { .. })), "{not_http:?}");
 }
+
+/// A checker outside the LB's network namespace checks from the LB's: a
+/// backend it reaches only from there stays up (checked from the caller's
+/// namespace, every backend failed and was drained). The checker runs in a
+/// namespace of its own, with no route anywhere, so a check made from
+/// there fails at once.
+#[test]
+fn checks_start_in_the_lbs_network_namespace() {
+    use xdpguard::{BackendAddr, ForwardingMode, VipConfig};
+
+    let ns = NetNs::new("hns");
+    let away = NetNs::new("hna");
+    ns.ip(&["addr", "add", "198.51.100.11/32", "dev", "lo"]);
+    let dir = ScratchDir::bpffs("hns");
+    let vip = Vip::tcp(SocketAddr::new(IpAddr::V4(VIP_V4), 80));
+    let backend: IpAddr = "198.51.100.11".parse().unwrap();
+    let d = dir.path().to_owned();
+    ns.run(move || {
+        let lb = LoadBalancer::builder().connections(1024).pin(&d).load().expect("load the LB");
+        lb.add_vip(vip, VipConfig::new(ForwardingMode::L2Dsr)).unwrap();
+        lb.batch(&vip).add(BackendAddr::new(backend), 5).apply().unwrap();
+    });
+    // Listening in the LB's namespace only.
+    let listening = Arc::new(AtomicBool::new(true));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let keep = listening.clone();
+    let server = ns.spawn(move || {
+        let l = TcpListener::bind("198.51.100.11:80").unwrap();
+        l.set_nonblocking(true).unwrap();
+        tx.send(()).unwrap();
+        while keep.load(Ordering::Relaxed) {
+            let _ = l.accept();
+            thread::sleep(Duration::from_millis(5));
+        }
+    });
+    rx.recv().unwrap();
+
+    let (d, name) = (dir.path().to_owned(), ns.name.clone());
+    let stop = listening.clone();
+    let (weights, last) = away.run(move || {
+        // The LB is found by its namespace's name.
+        let lb = LoadBalancer::open_pinned(&d).expect("open the LB from another namespace");
+        assert_eq!(lb.netns_name(), Some(name));
+        let checker = HealthChecker::new(HealthConfig::new(Check::Tcp).timeout(TIMEOUT).rise(1).fall(1)).unwrap();
+        let mut weights = Vec::new();
+        for _ in 0..3 {
+            let events = checker.round(&lb).expect("a round");
+            weights.push((lb.backends(&vip).unwrap()[0].weight, format!("{events:?}")));
+        }
+        stop.store(false, Ordering::Relaxed);
+        thread::sleep(Duration::from_millis(50));
+        let events = checker.round(&lb).expect("a round");
+        (weights, (lb.backends(&vip).unwrap()[0].weight, format!("{events:?}")))
+    });
+    server.join().unwrap();
+    for (round, (w, events)) in weights.iter().enumerate() {
+        assert_eq!(*w, 5, "round {round}: the backend answers in the LB's namespace: {events}");
+    }
+    assert_eq!(last.0, 0, "its server gone, it is drained: {}", last.1);
+    drop(dir);
+}

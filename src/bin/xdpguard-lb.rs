@@ -76,18 +76,9 @@ struct VipArg {
 }
 
 impl VipArg {
-    /// The VIP, its port given: a bare address would take every port of
-    /// it (SSH's too), and an IPv6 address with a port but no brackets
-    /// (`2001:db8::2:80`) is another address, on every port.
+    /// The VIP ([`Vip::parse_with`]: a bare address, which would take
+    /// every port of it, is refused).
     fn vip(&self) -> Result<Vip> {
-        if self.vip.trim().parse::<std::net::IpAddr>().is_ok() {
-            return Err(format!(
-                "VIP `{}` has no port: give ADDR:PORT or [V6-ADDR]:PORT (an IPv6 address with a port goes in \
-                 brackets), or ADDR:* / [V6-ADDR]:* for every port of the address",
-                self.vip.trim()
-            )
-            .into());
-        }
         Ok(Vip::parse_with(&self.vip, self.proto)?)
     }
 }
@@ -359,7 +350,12 @@ struct SetArgs {
 /// A VIP as `--vip ADDR:PORT` gives it (TCP unless its protocol is
 /// written, `ADDR:PORT/udp`).
 fn tcp_vip(text: &str) -> std::result::Result<Vip, String> {
-    text.parse::<Vip>().or_else(|e| Vip::parse_with(text, Protocol::Tcp).map_err(|_| e.to_string()))
+    text.parse::<Vip>().or_else(|e| {
+        Vip::parse_with(text, Protocol::Tcp).map_err(|bare| match bare {
+            xdpguard::ParseError::VipWithoutPort { .. } => bare.to_string(),
+            _ => e.to_string(),
+        })
+    })
 }
 
 /// A prefix as the filter's tools parse it (the error says what is wrong).
@@ -431,8 +427,9 @@ impl Settings {
 struct HealthArgs {
     #[command(flatten)]
     pin: Pin,
-    /// Check from this named network namespace (/run/netns/NAME): the LB's.
-    /// Use this rather than `ip netns exec`, which hides /sys/fs/bpf.
+    /// Run in this named network namespace (/run/netns/NAME). The checks
+    /// start in the LB's namespace wherever the agent runs. Use this
+    /// rather than `ip netns exec`, which hides /sys/fs/bpf.
     #[arg(long)]
     netns: Option<String>,
     /// Time between rounds of checks, e.g. 1s, 500ms.
@@ -906,7 +903,12 @@ fn run(command: Command, given: &dyn Fn(&str) -> bool) -> Result<()> {
         }
         Command::Which { pin, dest, proto, from, to_port, json } => {
             let lb = LoadBalancer::open_pinned(&pin.pin)?;
-            let target = Vip::parse_with(&dest, proto)?;
+            // A bare address is a destination here, not a VIP to make:
+            // its port comes from --to-port.
+            let target = match dest.trim().parse::<std::net::IpAddr>() {
+                Ok(addr) => Vip { addr, port: None, protocol: proto },
+                Err(_) => Vip::parse_with(&dest, proto)?,
+            };
             // The kernel hashes the port each packet carries, also for an
             // all-ports VIP: there is no answer without it.
             let port = match (target.port, to_port) {

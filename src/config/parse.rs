@@ -1086,8 +1086,18 @@ backends = ["198.51.100.11", "198.51.100.11", "198.51.100.12:8080", { addr = "19
     #[test]
     fn vips_the_lb_refuses_are_placed() {
         let bad = "[[lb]]\ninterfaces = [\"eth0\"]\n[[lb.vip]]\nvip = \"tcp 203.0.113.10:0\"\nmode = \"dsr\"\n\n\
-                   [[lb.vip]]\nvip = \"udp 127.0.0.1:53\"\nmode = \"dsr\"\n";
-        expect(bad, &[(4, 7, "port 0 in VIP"), (8, 7, "a loopback address")]);
+                   [[lb.vip]]\nvip = \"udp 127.0.0.1:53\"\nmode = \"dsr\"\n\n\
+                   [[lb.vip]]\nvip = \"tcp 203.0.113.20\"\nmode = \"nat\"\n\n\
+                   [[lb.vip]]\nvip = \"udp 2001:db8:10::10:53\"\nmode = \"nat\"\n";
+        expect(
+            bad,
+            &[
+                (4, 7, "port 0 in VIP"),
+                (8, 7, "a loopback address"),
+                (12, 7, "VIP `203.0.113.20` has no port"),
+                (16, 7, "VIP `2001:db8:10::10:53` has no port"),
+            ],
+        );
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 
 use super::maps::LbMaps;
 use super::neigh;
@@ -12,6 +12,17 @@ use super::LoadBalancer;
 use crate::error::LbError;
 
 impl LoadBalancer {
+    /// The LB's network namespace when it is not the calling thread's:
+    /// where connections to its backends must start (the health checks').
+    /// `None` in the caller's own.
+    pub(crate) fn foreign_netns(&self) -> Result<Option<BorrowedFd<'_>>, LbError> {
+        let id = self.maps().netns();
+        if neigh::current().is_ok_and(|(_, here)| here == id) {
+            return Ok(None);
+        }
+        self.netns.as_ref().map(|f| Some(f.as_fd())).ok_or(LbError::ForeignNamespace { ino: id.ino })
+    }
+
     /// An rtnetlink socket in the LB's network namespace.
     pub(super) fn rtnl(&self) -> Result<neigh::Rtnl, LbError> {
         let ns = self.netns.as_ref().ok_or(LbError::ForeignNamespace { ino: self.maps().netns().ino })?;

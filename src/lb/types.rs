@@ -106,8 +106,13 @@ impl Vip {
     ///
     /// # Errors
     ///
-    /// [`ParseError::Invalid`] naming the accepted forms.
+    /// [`ParseError::Invalid`] naming the accepted forms;
+    /// [`ParseError::VipWithoutPort`] for a bare address (every port is
+    /// `ADDR:*`).
     pub fn parse_with(s: &str, protocol: Protocol) -> Result<Vip, ParseError> {
+        if s.trim().parse::<IpAddr>().is_ok() {
+            return Err(ParseError::VipWithoutPort { input: s.trim().to_owned() });
+        }
         let (addr, port) = parse_addr_port(s, "VIP address", "203.0.113.10:80, [2001:db8::1]:80 or 203.0.113.10:*")?;
         Ok(Vip { addr, port, protocol })
     }
@@ -602,7 +607,14 @@ mod tests {
             let v: Vip = s.parse().unwrap();
             assert_eq!(v.to_string(), s);
         }
-        assert_eq!("tcp/203.0.113.10".parse::<Vip>().unwrap().port, None);
+        // A bare address would take every port (SSH's too): refused, as is
+        // an IPv6 address with a port but no brackets (another address).
+        for bare in ["tcp/203.0.113.10", "tcp 203.0.113.20", "udp 2001:db8:10::10:53", "203.0.113.10 tcp"] {
+            let e = bare.parse::<Vip>().unwrap_err();
+            assert!(matches!(e, ParseError::VipWithoutPort { .. }), "{bare}: {e:?}");
+            assert!(e.to_string().contains("has no port") && e.to_string().contains("ADDR:*"), "{e}");
+        }
+        assert_eq!("tcp/203.0.113.10:*".parse::<Vip>().unwrap().port, None);
         assert_eq!("203.0.113.10:80/tcp".parse::<Vip>(), Ok(Vip::tcp("203.0.113.10:80".parse().unwrap())));
         assert_eq!("[2001:db8::53]:53 UDP".parse::<Vip>(), Ok(Vip::udp("[2001:db8::53]:53".parse().unwrap())));
         for bad in ["sctp 203.0.113.10:80", "203.0.113.10:80/sctp", "sctp/[2001:db8::1]:*"] {
@@ -617,7 +629,6 @@ mod tests {
         for (s, port) in [
             ("203.0.113.10:80", Some(80)),
             ("[2001:db8::1]:*", None),
-            ("2001:db8::1", None),
             (" 203.0.113.10:* ", None),
         ] {
             let v = Vip::parse_with(s, Protocol::Udp).unwrap();

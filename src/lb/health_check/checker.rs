@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::SocketAddr;
+use std::os::fd::BorrowedFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::thread;
@@ -344,7 +345,14 @@ impl HealthChecker {
             tracked.iter().map(|(k, t)| (*k, t.health.target)).collect()
         };
 
-        let results = self.check_all(&targets);
+        // From the LB's network namespace: its backends are reached from
+        // there (checked from elsewhere, each would fail and be drained).
+        let netns = lb.foreign_netns()?;
+        if let Some(ns) = netns {
+            thread::scope(|s| s.spawn(|| enter(ns)).join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                .map_err(|source| HealthError::Namespace { source })?;
+        }
+        let results = self.check_all(&targets, netns);
 
         let mut inner = self.inner();
         let (rise, fall) = (self.config.rise, self.config.fall);
@@ -476,8 +484,19 @@ impl HealthChecker {
     /// Checks every target in parallel: a thread each (scoped, so joined
     /// before this returns), so a round lasts one timeout, not one per
     /// backend. A thread costs ~15 µs to start; a round of 1,000 backends
-    /// ~15 ms of CPU. Threads inherit the caller's network namespace.
-    fn check_all(&self, targets: &[(Key, SocketAddr)]) -> Vec<Result<Duration, ProbeError>> {
+    /// ~15 ms of CPU. Each thread first enters `netns` (the LB's, when it
+    /// is not the caller's; checked by the caller to be enterable).
+    fn check_all(
+        &self,
+        targets: &[(Key, SocketAddr)],
+        netns: Option<BorrowedFd<'_>>,
+    ) -> Vec<Result<Duration, ProbeError>> {
+        let check = move |t: SocketAddr| {
+            if let Some(ns) = netns {
+                enter(ns).map_err(|source| ProbeError::Namespace { source })?;
+            }
+            self.probe(t)
+        };
         thread::scope(|s| {
             let handles: Vec<_> = targets
                 .iter()
@@ -486,7 +505,7 @@ impl HealthChecker {
                     // Out of threads: this one checks it, in turn.
                     thread::Builder::new()
                         .name("xdpguard-health".into())
-                        .spawn_scoped(s, move || self.probe(t))
+                        .spawn_scoped(s, move || check(t))
                         .map_err(|_| t)
                 })
                 .collect();
@@ -494,7 +513,10 @@ impl HealthChecker {
                 .into_iter()
                 .map(|h| match h {
                     Ok(h) => h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
-                    Err(t) => self.probe(t),
+                    Err(t) => match netns {
+                        None => self.probe(t),
+                        Some(ns) => in_netns(ns, || self.probe(t)),
+                    },
                 })
                 .collect()
         })
@@ -603,6 +625,28 @@ fn changed(
         }
     };
     event(key, kind)
+}
+
+/// Moves the calling thread into network namespace `ns`.
+fn enter(ns: BorrowedFd<'_>) -> Result<(), std::io::Error> {
+    nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)
+}
+
+/// Runs `f` on the calling thread inside `ns`, then moves the thread back
+/// (for a check made when no thread could be started).
+fn in_netns<T>(ns: BorrowedFd<'_>, f: impl FnOnce() -> Result<T, ProbeError>) -> Result<T, ProbeError> {
+    use std::os::fd::AsFd;
+    let home = std::fs::File::open("/proc/thread-self/ns/net");
+    let here = match home {
+        Ok(h) => h,
+        Err(source) => return Err(ProbeError::Namespace { source }),
+    };
+    enter(ns).map_err(|source| ProbeError::Namespace { source })?;
+    let out = f();
+    // Left in the LB's namespace, this thread (the caller's) would do
+    // everything after in the wrong one.
+    enter(here.as_fd()).expect("moving the health checker's thread back to its network namespace");
+    out
 }
 
 #[cfg(test)]

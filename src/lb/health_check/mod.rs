@@ -46,9 +46,13 @@
 //!
 //! # Where checks come from
 //!
-//! Checks run from the calling thread's network namespace: the LB's, so
-//! the backends are reached as the LB reaches them (`xdpguard-lb health
-//! --netns NAME`). They go to the backend's own address (for L2 DSR and
+//! Checks start in the LB's network namespace, so the backends are reached
+//! as the LB reaches them, whichever namespace the calling thread is in:
+//! when it is another, each check's thread enters the LB's (which needs
+//! CAP_SYS_ADMIN; [`HealthError::Namespace`] otherwise, and an LB whose
+//! namespace cannot be reached, not the caller's and not named under
+//! `/run/netns`, is [`LbError::ForeignNamespace`](crate::LbError::ForeignNamespace):
+//! either way nothing is checked or changed). They go to the backend's own address (for L2 DSR and
 //! IPIP the VIP is on the backend too, but the backend's address is the one
 //! that tells this backend from the others) and port: the configured
 //! [`HealthConfig::port`], else the backend's port (NAT), else the VIP's.
@@ -249,6 +253,18 @@ pub enum HealthError {
         what: String,
         /// How to fix it.
         fix: &'static str,
+    },
+    /// The checks could not be made from the load balancer's network
+    /// namespace (not the caller's): entering it failed, so no backend was
+    /// checked or changed.
+    #[error(
+        "entering the load balancer's network namespace failed: {source}; the checks start their connections \
+         there (it needs CAP_SYS_ADMIN): run the checker as root, or inside that namespace"
+    )]
+    Namespace {
+        /// The kernel's error.
+        #[source]
+        source: std::io::Error,
     },
     /// Reading the load balancer's VIPs and backends failed.
     #[error("reading the load balancer's backends: {0}")]

@@ -21,6 +21,14 @@ pub enum ProbeError {
         #[source]
         source: io::Error,
     },
+    /// The check could not be made from the load balancer's network
+    /// namespace (entering it failed).
+    #[error("entering the load balancer's network namespace failed: {source}")]
+    Namespace {
+        /// The kernel's error.
+        #[source]
+        source: io::Error,
+    },
     /// No answer within the timeout.
     #[error("no answer from {target} within {timeout:?}")]
     Timeout {
