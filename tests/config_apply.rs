@@ -670,6 +670,35 @@ fn a_chained_lb_serves_behind_its_filter_and_is_never_left_out_of_reach() {
     assert!(out.contains(&format!("program {new_id}")), "{out}");
     assert_eq!(filter.next_program().unwrap(), Some(new_id));
     assert!(XDPGUARD.ok(&["apply", "--config", &cfg]).ends_with("no changes\n"));
+
+    // The server's eth0 moved from the filter (now on another interface,
+    // chaining nothing) to the LB in one file: the filter leaves eth0
+    // right before the LB takes it (sections run decapsulators, LBs, then
+    // filters, so the LB's attach came first and was refused, every time).
+    bed.pair.server.ip(&["link", "add", "xgd0", "type", "veth", "peer", "name", "xgd1"]);
+    let chained = std::fs::read_to_string(bed.file()).unwrap();
+    let next_line = format!("next = \"{lp}\"\n");
+    let moved = chained
+        .replacen("interfaces = [\"eth0\"]\nmode = \"generic\"", "interfaces = [\"xgd0\"]\nmode = \"generic\"", 1)
+        .replace(&next_line, "\n")
+        .replace("redirect = [\"eth0\"]", "redirect = [\"eth0\"]\ninterfaces = [\"eth0\"]");
+    assert_ne!(moved, chained);
+    std::fs::write(bed.file(), &moved).unwrap();
+    let dry = XDPGUARD.ok(&["apply", "--dry-run", "--config", &cfg]);
+    let at = |what: &str| dry.find(what).unwrap_or_else(|| panic!("{what}: {dry}"));
+    assert!(at(&format!("filter {fp}: detach from eth0")) < at(&format!("lb {lp}: attach to eth0")), "{dry}");
+    let out = XDPGUARD.ok(&["apply", "--config", &cfg]);
+    assert!(out.contains(&format!("lb {lp}: attach to eth0")), "{out}");
+    assert!(XDPGUARD.ok(&["apply", "--config", &cfg]).ends_with("no changes\n"));
+    let names = |a: Vec<xdpguard::Attachment>| a.into_iter().map(|a| a.interface).collect::<Vec<_>>();
+    assert_eq!(names(lb.attachments()), ["eth0"]);
+    assert_eq!(names(filter.attachments()), ["xgd0"]);
+    // And back (the filter's attach comes after the LB's detach already).
+    std::fs::write(bed.file(), &chained).unwrap();
+    XDPGUARD.ok(&["apply", "--config", &cfg]);
+    assert!(XDPGUARD.ok(&["apply", "--config", &cfg]).ends_with("no changes\n"));
+    assert!(lb.attachments().is_empty());
+    assert_eq!(names(filter.attachments()), ["eth0"]);
     drop((filter, lb));
     XDPGUARD.ok(&["down", "--config", &cfg]);
     assert_eq!(bed.pins_exist(), [false; 3]);

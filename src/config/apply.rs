@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use super::model::{Config, DecapConfig, FilterConfig, LbConfig};
 use super::netns::Entered;
-use super::plan::{line, opened, Direction, Plan, Program, SectionPlan, Step};
+use super::plan::{is_hand_over, line, opened, Direction, Plan, Program, SectionPlan, Step};
 use crate::error::{ConfigError, Error, PinError};
 use crate::{AttachMode, Decap, Filter, LbDigest, ListKind, LoadBalancer};
 
@@ -296,8 +296,11 @@ impl Plan {
         let mut changes = Vec::new();
         // LBs handled so far, for the filters that pass packets to them.
         let mut lbs: Vec<(PathBuf, Box<LoadBalancer>)> = Vec::new();
-        for section in &self.sections {
-            let _ns = Entered::enter(section.netns.as_deref())
+        // Interfaces handed over from one program to another so far: a
+        // refused attach gives them back.
+        let mut handed: Vec<&SectionPlan> = Vec::new();
+        for (i, section) in self.sections.iter().enumerate() {
+            let ns = Entered::enter(section.netns.as_deref())
                 .map_err(|problem| ConfigError::Host { problems: vec![problem] })?;
             let mut run =
                 Run { config: &self.config, section, handle: Handle::None, detached: Vec::new(), undone: Vec::new() };
@@ -307,6 +310,13 @@ impl Plan {
                     for undo in &run.undone {
                         report(&format!("{} {}: {undo}", section.program, section.pin.display()));
                     }
+                    if matches!(step, Step::Attach { .. }) {
+                        drop(run);
+                        drop(ns);
+                        for back in handed.iter().filter_map(|h| give_back(&self.config, h)) {
+                            report(&back);
+                        }
+                    }
                     return Err(ConfigError::Step { step: text, source: Box::new(e) });
                 }
                 report(&text);
@@ -314,6 +324,9 @@ impl Plan {
             }
             if let Handle::Lb(lb) = run.handle {
                 lbs.push((section.pin.clone(), lb));
+            }
+            if is_hand_over(&self.sections, i) {
+                handed.push(section);
             }
         }
         drop(lbs);
@@ -366,6 +379,21 @@ impl Plan {
         }
         Ok(Applied { changes, digests: Vec::new() })
     }
+}
+
+/// Attaches the program a hand-over detached back to its interface, if
+/// nothing runs there now (the attach that needed it was refused); the
+/// report's line when it did.
+fn give_back(config: &Config, section: &SectionPlan) -> Option<String> {
+    let [Step::Detach { interface, mode }] = section.steps.as_slice() else { return None };
+    let _ns = Entered::enter(section.netns.as_deref()).ok()?;
+    let mut run = Run { config, section, handle: Handle::None, detached: Vec::new(), undone: Vec::new() };
+    run.attach(interface, *mode).ok()?;
+    Some(format!(
+        "{} {}: attached to {interface} again, in {mode} mode as before",
+        section.program,
+        section.pin.display()
+    ))
 }
 
 fn present_at(program: Program, pin: &Path) -> Result<bool, Error> {

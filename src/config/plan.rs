@@ -305,7 +305,9 @@ pub struct Plan {
 
 impl Plan {
     /// Each section's steps, in the order they run (decapsulators, load
-    /// balancers, filters; the reverse for `down`).
+    /// balancers, filters; the reverse for `down`). An interface the file
+    /// moves from one program to another is a hand-over: the old program's
+    /// detach, a section of its own, right before the new one's attach.
     pub fn sections(&self) -> &[SectionPlan] {
         &self.sections
     }
@@ -820,6 +822,52 @@ fn attachments(have: &[Attachment], lost: &[Attachment], want: &[String], mode: 
     steps.extend(want.iter().filter(|i| !kept.contains(*i)).map(|i| Step::Attach { interface: i.clone(), mode }));
 }
 
+/// Sections run in a fixed order (decapsulators, load balancers, filters),
+/// so an interface the file moves from one program to another would be
+/// attached to the new one before the old one leaves it, and the attach
+/// refused, every time. Each such detach is taken out of its section and
+/// run, as a section of its own (a hand-over: [`is_hand_over`]), right
+/// before the attach that needs the interface: the interface runs neither
+/// program only between the two.
+fn hand_over(mut sections: Vec<SectionPlan>) -> Vec<SectionPlan> {
+    let mut i = 0;
+    while i < sections.len() {
+        let found = sections[i].steps.iter().enumerate().find_map(|(k, step)| {
+            let Step::Attach { interface, .. } = step else { return None };
+            (i + 1..sections.len()).find_map(|j| {
+                let later = &sections[j];
+                let d = later.steps.iter().position(|st| {
+                    matches!(st, Step::Detach { interface: x, .. } if x == interface)
+                        && later.netns == sections[i].netns
+                })?;
+                Some((k, j, d))
+            })
+        });
+        let Some((k, j, d)) = found else {
+            i += 1;
+            continue;
+        };
+        let detach = sections[j].steps.remove(d);
+        let rest = sections[i].steps.split_off(k);
+        let (head, after) = (sections[i].clone(), SectionPlan { steps: rest, ..sections[i].clone() });
+        let moved = SectionPlan { steps: vec![detach], ..sections[j].clone() };
+        sections.splice(i..=i, [head, moved, after]);
+        // The hand-over and the attach after it are settled: look on from
+        // the attach's section.
+        i += 2;
+    }
+    sections.retain(|s| !s.steps.is_empty());
+    sections
+}
+
+/// Whether `sections[i]` is a hand-over ([`hand_over`]): one detach whose
+/// program has another section in the plan.
+pub(crate) fn is_hand_over(sections: &[SectionPlan], i: usize) -> bool {
+    let s = &sections[i];
+    matches!(s.steps.as_slice(), [Step::Detach { .. }])
+        && sections.iter().enumerate().any(|(j, o)| j != i && o.pin == s.pin && o.program == s.program)
+}
+
 impl Config {
     /// What makes the running state match this file: reads every program
     /// it describes through the library (reopening its pin directory) and
@@ -873,7 +921,7 @@ impl Config {
         if let Some(e) = p.fixed {
             return Err(e);
         }
-        Ok(Plan { config: self.clone(), direction: Direction::Up, sections })
+        Ok(Plan { config: self.clone(), direction: Direction::Up, sections: hand_over(sections) })
     }
 
     /// What takes this file's programs down: each one pinned is detached

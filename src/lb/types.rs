@@ -626,11 +626,7 @@ mod tests {
         assert!(matches!(&e, ParseError::Invalid { what: "VIP address", input, .. } if input == "nowhere:80"), "{e:?}");
         let e = "203.0.113.10:80".parse::<Vip>().unwrap_err();
         assert!(e.to_string().starts_with("invalid VIP `203.0.113.10:80`: expected e.g. `tcp 203.0.113.10:80`"), "{e}");
-        for (s, port) in [
-            ("203.0.113.10:80", Some(80)),
-            ("[2001:db8::1]:*", None),
-            (" 203.0.113.10:* ", None),
-        ] {
+        for (s, port) in [("203.0.113.10:80", Some(80)), ("[2001:db8::1]:*", None), (" 203.0.113.10:* ", None)] {
             let v = Vip::parse_with(s, Protocol::Udp).unwrap();
             assert_eq!((v.port, v.protocol), (port, Protocol::Udp), "{s}");
             assert_eq!(v.to_string().parse::<Vip>(), Ok(v), "{s}");
