@@ -412,10 +412,22 @@ fn apply_converges_changes_only_what_differs_and_down_removes_it() {
     refused(&XDPGUARD.run(&["apply", "--config", &cfg]), &["max_timed_blocks 65536 -> 1000", "--recreate"]);
     // And the LB's NAT table and interface map (not read back before).
     let more = text.replace("connections = 4096", "connections = 4096\nnat_connections = 8192\nmax_interfaces = 32");
-    std::fs::write(bed.file(), more).unwrap();
+    std::fs::write(bed.file(), &more).unwrap();
     refused(
         &XDPGUARD.run(&["apply", "--config", &cfg]),
         &["nat_connections 4096 -> 8192", "max_interfaces", "-> 32", "--recreate"],
+    );
+    // Both sections' at once, each named.
+    let (fp, lp) = (bed.filter_pin.arg(), bed.lb_pin.arg());
+    let both = more.replace("v4_capacity = 200000", "v4_capacity = 300000");
+    std::fs::write(bed.file(), both).unwrap();
+    refused(
+        &XDPGUARD.run(&["apply", "--config", &cfg]),
+        &[
+            &format!("lb {lp}: nat_connections 4096 -> 8192"),
+            &format!("filter {fp}: v4_capacity 200000 -> 300000"),
+            "--recreate",
+        ],
     );
     std::fs::write(bed.file(), text).unwrap();
     assert!(XDPGUARD.ok(&["apply", "--config", &cfg]).ends_with("no changes\n"));

@@ -363,7 +363,8 @@ fn as_shown(n: IpNetwork) -> IpNetwork {
 struct Planner {
     options: PlanOptions,
     host: Vec<String>,
-    fixed: Option<ConfigError>,
+    /// Each section whose fixed settings differ, with the differences.
+    fixed: Vec<(String, Vec<String>)>,
     /// The program id of each LB that exists and stays, by pin.
     lb_ids: BTreeMap<PathBuf, u32>,
     /// The programs pinned in the file's pin directories: an interface one
@@ -431,9 +432,7 @@ impl Planner {
             steps.push(Step::Remove { changes });
             return true;
         }
-        if self.fixed.is_none() {
-            self.fixed = Some(ConfigError::Fixed { section: format!("{program} {}", pin.display()), changes });
-        }
+        self.fixed.push((format!("{program} {}", pin.display()), changes));
         false
     }
 
@@ -811,15 +810,23 @@ fn attachments(have: &[Attachment], lost: &[Attachment], want: &[String], mode: 
     for a in lost.iter().filter(|a| !want.contains(&a.interface)) {
         steps.push(Step::ForgetLost { interface: a.interface.clone() });
     }
-    let mut kept = BTreeSet::new();
-    for a in have {
-        if want.contains(&a.interface) && (mode == AttachMode::Auto || a.mode == mode) {
-            kept.insert(a.interface.clone());
-        } else {
-            steps.push(Step::Detach { interface: a.interface.clone(), mode: a.mode });
+    // Interfaces the file drops first; then, interface by interface, a
+    // mode change (its detach right before its attach, so one interface at
+    // a time runs nothing, not all of them while the first attach is
+    // tried) or a new attachment.
+    for a in have.iter().filter(|a| !want.contains(&a.interface)) {
+        steps.push(Step::Detach { interface: a.interface.clone(), mode: a.mode });
+    }
+    for i in want {
+        match have.iter().find(|a| a.interface == *i) {
+            Some(a) if mode == AttachMode::Auto || a.mode == mode => {}
+            Some(a) => {
+                steps.push(Step::Detach { interface: i.clone(), mode: a.mode });
+                steps.push(Step::Attach { interface: i.clone(), mode });
+            }
+            None => steps.push(Step::Attach { interface: i.clone(), mode }),
         }
     }
-    steps.extend(want.iter().filter(|i| !kept.contains(*i)).map(|i| Step::Attach { interface: i.clone(), mode }));
 }
 
 /// Sections run in a fixed order (decapsulators, load balancers, filters),
@@ -895,7 +902,7 @@ impl Config {
         let pins = pins.chain(self.decaps.iter().map(|d| (&d.pin, names::XDPG_DECAP)));
         let own = pins.filter_map(|(pin, name)| pinned_program_id(pin, name)).collect();
         let filters = self.filters.iter().map(|f| f.pin.clone()).collect();
-        let mut p = Planner { options, host: Vec::new(), fixed: None, lb_ids: BTreeMap::new(), own, filters };
+        let mut p = Planner { options, host: Vec::new(), fixed: Vec::new(), lb_ids: BTreeMap::new(), own, filters };
         let mut sections = Vec::new();
         let section = |program, pin: &Path, netns: &Option<String>, steps| SectionPlan {
             program,
@@ -918,8 +925,18 @@ impl Config {
         if !p.host.is_empty() {
             return Err(ConfigError::Host { problems: p.host });
         }
-        if let Some(e) = p.fixed {
-            return Err(e);
+        match p.fixed.len() {
+            0 => {}
+            1 => {
+                let (section, changes) = p.fixed.remove(0);
+                return Err(ConfigError::Fixed { section, changes });
+            }
+            // Every one at once: each difference named with its section.
+            _ => {
+                let section = p.fixed.iter().map(|(s, _)| s.as_str()).collect::<Vec<_>>().join(" and ");
+                let changes = p.fixed.iter().flat_map(|(s, c)| c.iter().map(move |c| format!("{s}: {c}"))).collect();
+                return Err(ConfigError::Fixed { section, changes });
+            }
         }
         Ok(Plan { config: self.clone(), direction: Direction::Up, sections: hand_over(sections) })
     }
