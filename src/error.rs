@@ -793,12 +793,18 @@ pub enum LbError {
         existing: String,
     },
     /// No such backend on this VIP.
-    #[error("VIP {vip} has no backend {backend}; list them (`backends(vip)`; CLI: `xdpguard-lb backend list`)")]
+    #[error(
+        "VIP {vip} has no backend {backend}{}; list them (`backends(vip)`; CLI: `xdpguard-lb backend list`)",
+        near.map(|n| format!(" (it has {n}: name a backend with its port, as it was added)")).unwrap_or_default()
+    )]
     BackendNotFound {
         /// The VIP.
         vip: crate::Vip,
         /// The backend asked for.
         backend: crate::BackendAddr,
+        /// A backend of the VIP at the same address with another port
+        /// (or none), the one probably meant.
+        near: Option<crate::BackendAddr>,
     },
     /// The backend is already on this VIP.
     #[error(
@@ -919,9 +925,10 @@ pub enum LbError {
     },
     /// IPIP needs an outer source prefix of the backend's family.
     #[error(
-        "IPIP to IPv{family} backends needs an outer source prefix: set one with \
-         `LoadBalancer::set_ipip_source` (or LoadBalancerBuilder::ipip_source), e.g. a /24 (IPv4) \
-         or /64 (IPv6) the backends route back to the LB"
+        "IPIP to IPv{family} backends needs an outer source prefix, e.g. a /24 (IPv4) or /64 (IPv6) the \
+         backends route back to the LB: set one with `xdpguard-lb set --ipip-source PREFIX`, in a \
+         configuration's [[lb]] with `ipip_sources = [\"PREFIX\"]`, or in the API with \
+         `LoadBalancer::set_ipip_source` (or LoadBalancerBuilder::ipip_source)"
     )]
     IpipSourceUnset {
         /// 4 or 6.

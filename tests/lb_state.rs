@@ -255,6 +255,16 @@ fn configuration_errors_are_typed_with_a_fix() {
         ));
         assert!(matches!(lb.set_weight(&vip, IpAddr::V4(backend_v4(2)), 2), Err(LbError::BackendNotFound { .. })));
         assert!(matches!(lb.remove_backend(&vip, IpAddr::V4(backend_v4(2))), Err(LbError::BackendNotFound { .. })));
+        // A NAT backend named without the port it was added with: the one
+        // meant is named.
+        let nat = Vip::tcp(sa(VIP_V4, 8443));
+        lb.add_vip(nat, VipConfig::new(ForwardingMode::Nat)).unwrap();
+        let with_port = std::net::SocketAddr::new(IpAddr::V4(backend_v4(3)), 8080);
+        lb.add_backend(&nat, with_port, 1).unwrap();
+        let e = lb.set_weight(&nat, IpAddr::V4(backend_v4(3)), 0).unwrap_err();
+        assert!(matches!(e, LbError::BackendNotFound { near: Some(n), .. } if n == with_port.into()), "{e:?}");
+        assert!(e.to_string().contains(&format!("it has {with_port}")), "{e}");
+        lb.remove_vip(&nat).unwrap();
         // A failed batch changes nothing.
         let e = lb.batch(&vip).add(IpAddr::V4(backend_v4(2)), 1).remove(IpAddr::V4(backend_v4(9))).apply().unwrap_err();
         assert!(matches!(e, LbError::BackendNotFound { .. }));

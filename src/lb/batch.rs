@@ -180,11 +180,11 @@ impl LoadBalancer {
                     }
                     BatchOp::SetWeight(b, w) => match desired.get_mut(&b) {
                         Some(entry) => entry.1 = w,
-                        None => return Err(LbError::BackendNotFound { vip: *vip, backend: b }),
+                        None => return Err(not_found(vip, b, desired.keys())),
                     },
                     BatchOp::Remove(b) => {
                         if desired.remove(&b).is_none() {
-                            return Err(LbError::BackendNotFound { vip: *vip, backend: b });
+                            return Err(not_found(vip, b, desired.keys()));
                         }
                     }
                 }
@@ -347,4 +347,11 @@ pub(crate) fn check_nat_backend<'a>(
         }
     }
     Ok(())
+}
+
+/// [`LbError::BackendNotFound`] for `backend`, naming the VIP's backend at
+/// the same address with another port, if it has one.
+fn not_found<'a>(vip: &Vip, backend: BackendAddr, have: impl Iterator<Item = &'a BackendAddr>) -> LbError {
+    let near = have.into_iter().copied().find(|b| b.ip == backend.ip);
+    LbError::BackendNotFound { vip: *vip, backend, near }
 }
