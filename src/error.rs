@@ -239,14 +239,18 @@ pub enum PinError {
     },
     /// Pinned by an xdpguard with a different map layout.
     #[error(
-        "{} was pinned by an incompatible xdpguard (layout {found}, this build uses {expected}); \
-         if this build is the newer one, take it over with `upgrade` (e.g. `xdpguard upgrade --pin {}`), \
-         else detach it with the version that created it",
+        "{} was pinned by an incompatible xdpguard {kind} (layout {found}, this build uses {expected}); \
+         if this build is the newer one, take it over with `{cli} upgrade --pin {}`, else detach it (or take \
+         its configuration down) with the version that created it",
         path.display(), path.display()
     )]
     Incompatible {
         /// The directory.
         path: PathBuf,
+        /// What is pinned there (`filter`, `load balancer`, `decapsulator`).
+        kind: &'static str,
+        /// The command that manages it.
+        cli: &'static str,
         /// The layout version found.
         found: u32,
         /// The layout version of this build.

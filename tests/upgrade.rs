@@ -438,7 +438,10 @@ fn the_guard_stage_is_upgraded_with_the_filter() {
     assert_eq!(guard_stage_program_id(&filter), Some(new_guard));
     // Reopened, the error names the directory the upgrade takes.
     match Filter::open_pinned(&dir).map(drop).unwrap_err() {
-        Error::Pin(PinError::Incompatible { path, found: 77, .. }) => assert_eq!(path, dir),
+        Error::Pin(e @ PinError::Incompatible { found: 77, .. }) => {
+            assert!(matches!(&e, PinError::Incompatible { path, kind: "filter", .. } if *path == dir), "{e:?}");
+            assert!(e.to_string().contains(&format!("`xdpguard upgrade --pin {}`", dir.display())), "{e}");
+        }
         e => panic!("{e:?}"),
     }
     stamp_layout(dir.join("guard"), GUARD_LAYOUT);
@@ -581,6 +584,10 @@ fn lb_upgrade_scenario(tag: &str, mode: ForwardingMode) {
     let mid = asked.load(Ordering::Relaxed);
     wait_for("answers after the first upgrade", || asked.load(Ordering::Relaxed) >= mid + 100);
     stamp_layout(&dir, REHEARSAL_LAYOUT);
+    // Reopened meanwhile: the fix named is the LB's own command.
+    let err = LoadBalancer::open_pinned(&dir).map(drop).unwrap_err();
+    let fix = format!("`xdpguard-lb upgrade --pin {}`", dir.display());
+    assert!(err.to_string().contains("incompatible xdpguard load balancer") && err.to_string().contains(&fix), "{err}");
     // The tool, this time, from the LB's namespace.
     let text = net_.lb.run({
         let arg = pin.arg().to_owned();

@@ -1168,9 +1168,9 @@ fn status(pin: &Pin, json: bool, expect: Option<Digest>) -> Result<xdpguard::Hea
         }
         if attachments.is_empty() && lost.is_empty() && chains.iter().all(|c| c.ifindexes.is_empty()) {
             println!(
-                "attached:    nowhere (its interfaces are gone?); attach it again, VIPs, backends and connections \
-                 kept: `xdpguard-lb attach --iface IF --pin {}` (in its namespace{}), or chain it behind a filter \
-                 (`xdpguard next`)",
+                "attached:    nowhere (detached, or its interfaces are gone); attach it again, VIPs, backends and \
+                 connections kept: `xdpguard-lb attach --iface IF --pin {}` (in its namespace{}), or chain it \
+                 behind a filter (`xdpguard next`)",
                 pin.pin.display(),
                 netns.as_deref().map(|n| format!(", {n}, which attach enters")).unwrap_or_default()
             );

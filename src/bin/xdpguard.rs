@@ -698,7 +698,7 @@ fn run(command: Command) -> Result<()> {
                 common::print_lost(&lost, 12, "xdpguard", &pin.pin);
                 if attachments.is_empty() && lost.is_empty() {
                     println!(
-                        "attached:   nowhere (its interfaces are gone?); attach it again, lists kept: \
+                        "attached:   nowhere (detached, or its interfaces are gone); attach it again, lists kept: \
                          `xdpguard attach --iface IF --pin {}` (with `--netns NAME` for an interface in a named \
                          network namespace)",
                         pin.pin.display()

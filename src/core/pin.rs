@@ -131,7 +131,13 @@ impl PinDir {
         }
         if !entries.iter().any(|e| e == kind.marker()) {
             if entries.iter().any(|e| e == kind.program) {
-                return Err(PinError::Incompatible { path: path.to_owned(), found: 0, expected: kind.layout_version });
+                return Err(PinError::Incompatible {
+                    path: path.to_owned(),
+                    kind: kind.name,
+                    cli: kind.cli,
+                    found: 0,
+                    expected: kind.layout_version,
+                });
             }
             return Err(if entries.is_empty() {
                 PinError::NotFound { path: path.to_owned(), kind: kind.name, cli: kind.cli }

@@ -597,6 +597,8 @@ fn check_header(dir: &PinDir) -> Result<(), PinError> {
         Some(v) if v == kind.layout_version => Ok(()),
         found => Err(PinError::Incompatible {
             path: dir.path().to_owned(),
+            kind: kind.name,
+            cli: kind.cli,
             found: found.unwrap_or(0),
             expected: kind.layout_version,
         }),

@@ -143,7 +143,10 @@ impl Guard {
             Ok(core) => Ok(Some(Guard { core })),
             // Upgraded with the filter: the command names the filter's directory.
             Err(Error::Pin(PinError::Incompatible { found, expected, .. })) => {
-                Err(PinError::Incompatible { path: dir.to_path_buf(), found, expected }.into())
+                use crate::core::pinned::ProgramKind;
+                let filter = crate::filter::FilterKind::KIND;
+                let (kind, cli) = (filter.name, filter.cli);
+                Err(PinError::Incompatible { path: dir.to_path_buf(), kind, cli, found, expected }.into())
             }
             // Pinned last in the filter's creation: that creation was cut
             // short (`Filter::remove_interrupted` clears both).
