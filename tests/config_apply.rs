@@ -683,6 +683,32 @@ fn a_chained_lb_serves_behind_its_filter_and_is_never_left_out_of_reach() {
     assert_eq!(filter.next_program().unwrap(), Some(new_id));
     assert!(XDPGUARD.ok(&["apply", "--config", &cfg]).ends_with("no changes\n"));
 
+    // A backend drained on this node (a health checker's drain): applying
+    // the file restores the file's weight, unless the [[lb]] says
+    // keep_drained; then it stays drained, said, and the file's weight
+    // lands once it is back.
+    let vip80 = "tcp 203.0.113.10:80";
+    let weight_of = |ip: &str| {
+        let b = lb.backends(&vip(vip80)).unwrap();
+        b.iter().find(|b| b.addr.ip.to_string() == ip).map(|b| b.weight).unwrap()
+    };
+    lb_cli.ok(&["backend", "weight", "203.0.113.10:80", "198.51.100.12", "0", "--pin", lp]);
+    let plain = std::fs::read_to_string(bed.file()).unwrap();
+    let keep = plain.replace("hash_seed = 7", "hash_seed = 7\nkeep_drained = true");
+    std::fs::write(bed.file(), &keep).unwrap();
+    let out = XDPGUARD.ok(&["apply", "--config", &cfg]);
+    assert!(out.contains(&format!("note: lb {lp}: VIP {vip80} backend 198.51.100.12 kept drained")), "{out}");
+    assert!(out.ends_with("no changes\n"), "{out}");
+    assert_eq!(weight_of("198.51.100.12"), 0);
+    lb_cli.ok(&["backend", "weight", "203.0.113.10:80", "198.51.100.12", "2", "--pin", lp]);
+    let out = XDPGUARD.ok(&["apply", "--config", &cfg]);
+    assert!(out.ends_with("no changes\n") && !out.contains("note:"), "{out}");
+    lb_cli.ok(&["backend", "weight", "203.0.113.10:80", "198.51.100.12", "0", "--pin", lp]);
+    std::fs::write(bed.file(), &plain).unwrap();
+    let out = XDPGUARD.ok(&["apply", "--config", &cfg]);
+    assert!(out.contains("198.51.100.12 0 -> 2"), "{out}");
+    assert_eq!(weight_of("198.51.100.12"), 2);
+
     // The server's eth0 moved from the filter (now on another interface,
     // chaining nothing) to the LB in one file: the filter leaves eth0
     // right before the LB takes it (sections run decapsulators, LBs, then

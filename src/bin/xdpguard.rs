@@ -825,6 +825,9 @@ fn config_turn(path: &Path) -> Result<nix::fcntl::Flock<std::fs::File>> {
 /// is done (so a run that is stopped shows how far it got), then each
 /// LB's digest and a summary.
 fn run_plan(plan: &Plan, dry_run: bool) -> Result<()> {
+    for held in plan.held() {
+        println!("note: {held}");
+    }
     if dry_run {
         if plan.is_empty() {
             println!("no changes");

@@ -355,7 +355,7 @@ impl Plan {
                 step: format!("reading lb {}'s digest", l.pin.display()),
                 source: Box::new(e.into()),
             })?;
-            let expected = l.expected_digest();
+            let expected = if l.keep_drained { kept_drained(l, &lb)?.expected_digest() } else { l.expected_digest() };
             if digest != expected {
                 return Err(ConfigError::Mismatch {
                     section: format!("lb {}", l.pin.display()),
@@ -394,6 +394,24 @@ fn give_back(config: &Config, section: &SectionPlan) -> Option<String> {
         section.program,
         section.pin.display()
     ))
+}
+
+/// `l` with the weights its LB runs at 0 where the file's are not
+/// (`keep_drained`): what its digest must then be.
+fn kept_drained(l: &LbConfig, lb: &LoadBalancer) -> Result<LbConfig, ConfigError> {
+    let mut kept = l.clone();
+    for v in &mut kept.vips {
+        let running = lb.backends(&v.vip).map_err(|e| ConfigError::Step {
+            step: format!("reading lb {}'s backends of VIP {}", l.pin.display(), v.vip),
+            source: Box::new(e.into()),
+        })?;
+        for b in &mut v.backends {
+            if running.iter().any(|r| r.addr == b.addr && r.weight == 0) {
+                b.weight = 0;
+            }
+        }
+    }
+    Ok(kept)
 }
 
 fn present_at(program: Program, pin: &Path) -> Result<bool, Error> {

@@ -87,6 +87,7 @@ const LB_KEYS: &[&str] = &[
     "echo",
     "fragments",
     "options",
+    "keep_drained",
     "vip",
 ];
 const VIP_KEYS: &[&str] = &["vip", "mode", "table_size", "hash", "conntrack", "backends"];
@@ -756,6 +757,7 @@ fn lb(r: &mut Reader<'_>, t: &DeTable<'_>, span: &Range<usize>) -> (LbConfig, Pl
         echo,
         fragments,
         options,
+        keep_drained: get(t, "keep_drained").and_then(|v| r.boolean(v)).unwrap_or(false),
         vips: vips.into_iter().map(|v| v.spec).collect(),
     };
     let egress = cfg.egress().len();

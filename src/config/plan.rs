@@ -301,6 +301,7 @@ pub struct Plan {
     pub(crate) config: Config,
     pub(crate) direction: Direction,
     pub(crate) sections: Vec<SectionPlan>,
+    pub(crate) held: Vec<String>,
 }
 
 impl Plan {
@@ -320,6 +321,13 @@ impl Plan {
     /// Whether nothing changes.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// The backends left drained although the file gives them a weight
+    /// (an `[[lb]]` with `keep_drained`), a line each: no step changes
+    /// them.
+    pub fn held(&self) -> &[String] {
+        &self.held
     }
 
     /// Each step as a line: `lb /sys/fs/bpf/xdpguard-lb: add VIP ...`.
@@ -373,6 +381,8 @@ struct Planner {
     /// The file's filters' pin directories (a filter chaining an LB the
     /// plan re-creates is chained again only when it is one of them).
     filters: Vec<PathBuf>,
+    /// Backends kept drained (`keep_drained`), as lines.
+    held: Vec<String>,
 }
 
 /// The id of the program pinned as `name` under `pin`, if any.
@@ -646,8 +656,18 @@ impl Planner {
             let have: BTreeMap<BackendAddr, u32> = have_backends.iter().map(|b| (b.addr, b.weight)).collect();
             let want: BTreeMap<BackendAddr, u32> = spec.backends.iter().map(|b| (b.addr, b.weight)).collect();
             let added: Vec<Backend> = spec.backends.iter().filter(|b| !have.contains_key(&b.addr)).copied().collect();
-            let reweighted: Vec<(BackendAddr, u32, u32)> =
-                want.iter().filter_map(|(a, w)| have.get(a).filter(|h| *h != w).map(|h| (*a, *h, *w))).collect();
+            let drained = |a: &BackendAddr, w: u32| l.keep_drained && have.get(a) == Some(&0) && w > 0;
+            for (a, w) in want.iter().filter(|(a, w)| drained(a, **w)) {
+                self.held.push(format!(
+                    "lb {}: VIP {vip} backend {a} kept drained at weight 0 (the file's {w}; keep_drained)",
+                    l.pin.display()
+                ));
+            }
+            let reweighted: Vec<(BackendAddr, u32, u32)> = want
+                .iter()
+                .filter(|(a, w)| !drained(a, **w))
+                .filter_map(|(a, w)| have.get(a).filter(|h| *h != w).map(|h| (*a, *h, *w)))
+                .collect();
             let removed: Vec<BackendAddr> = have.keys().filter(|a| !want.contains_key(a)).copied().collect();
             if !(added.is_empty() && reweighted.is_empty() && removed.is_empty()) {
                 steps.push(Step::Backends { vip: *vip, added, reweighted, removed });
@@ -902,7 +922,15 @@ impl Config {
         let pins = pins.chain(self.decaps.iter().map(|d| (&d.pin, names::XDPG_DECAP)));
         let own = pins.filter_map(|(pin, name)| pinned_program_id(pin, name)).collect();
         let filters = self.filters.iter().map(|f| f.pin.clone()).collect();
-        let mut p = Planner { options, host: Vec::new(), fixed: Vec::new(), lb_ids: BTreeMap::new(), own, filters };
+        let mut p = Planner {
+            options,
+            host: Vec::new(),
+            fixed: Vec::new(),
+            lb_ids: BTreeMap::new(),
+            own,
+            filters,
+            held: Vec::new(),
+        };
         let mut sections = Vec::new();
         let section = |program, pin: &Path, netns: &Option<String>, steps| SectionPlan {
             program,
@@ -938,7 +966,7 @@ impl Config {
                 return Err(ConfigError::Fixed { section, changes });
             }
         }
-        Ok(Plan { config: self.clone(), direction: Direction::Up, sections: hand_over(sections) })
+        Ok(Plan { config: self.clone(), direction: Direction::Up, sections: hand_over(sections), held: p.held })
     }
 
     /// What takes this file's programs down: each one pinned is detached
@@ -1048,7 +1076,7 @@ fn plan_down_of(config: Config, places: Vec<(Program, PathBuf, Option<String>)>)
     if !host.is_empty() {
         return Err(ConfigError::Host { problems: host });
     }
-    Ok(Plan { config, direction: Direction::Down, sections })
+    Ok(Plan { config, direction: Direction::Down, sections, held: Vec::new() })
 }
 
 #[cfg(test)]
