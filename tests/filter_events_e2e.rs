@@ -139,7 +139,7 @@ fn capture_writes_a_pcap_tcpdump_reads_and_events_print_json() {
     assert_eq!(events.len(), 2, "{text}");
     let server_ifindex = pair.server.ifindex("eth0");
     for (e, (reason, src, sport, dport)) in
-        events.iter().zip([("blocked-v4", BLOCKED, 40005, 7100), ("rule", RULED, 40006, 1900)])
+        events.iter().zip([("blocked_v4", BLOCKED, 40005, 7100), ("rule_dropped", RULED, 40006, 1900)])
     {
         assert_eq!(e["reason"], reason, "{e}");
         assert_eq!(e["src"], src, "{e}");
@@ -163,7 +163,7 @@ fn capture_writes_a_pcap_tcpdump_reads_and_events_print_json() {
     send(&pair.client, BLOCKED, 40007, 7100, 20);
     let text = finish(child);
     assert_eq!(text.lines().count(), 1, "{text}");
-    assert!(text.contains(" blocked-v4 entry 192.0.2.4/32 192.0.2.4:40007 -> 192.0.2.2:7100 udp len 62"), "{text}");
+    assert!(text.contains(" blocked_v4 entry 192.0.2.4/32 192.0.2.4:40007 -> 192.0.2.2:7100 udp len 62"), "{text}");
 
     // A reader killed by a signal cannot give its lease back: another is
     // refused while it runs (one reader at a time), and the CLI waits the

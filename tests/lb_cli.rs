@@ -273,6 +273,49 @@ fn attach_on_a_pinned_lb_attaches_it_again_with_its_state() {
     assert!(!pin.path().exists());
 }
 
+/// `attach --behind-filter`: an LB pinned and attached nowhere, which a
+/// filter then passes its packets on to (`xdpguard next`): it balances
+/// real connections on the filter's interface.
+#[test]
+fn an_lb_attached_nowhere_serves_behind_a_filter() {
+    let pin = ScratchDir::bpffs("lbbeh");
+    let fpin = ScratchDir::bpffs("lbbehf");
+    let net = LbNet::new("lbeh", 2, BackendKind::VipOnLoopback);
+    let _servers = web_servers(&net);
+    let (cli, filter) = (XDPGUARD_LB, common::cli::XDPGUARD);
+    let p = ["--pin", pin.arg()];
+    refused(&cli.run(&["attach", "--netns", &net.lb.name, p[0], p[1]]), &["--iface"]);
+    refused(&cli.run(&["attach", "--behind-filter", "--iface", "eth0", p[0], p[1]]), &["--iface", "--behind-filter"]);
+    assert!(!pin.path().exists(), "nothing pinned");
+    let out = cli.ok(&[
+        "attach",
+        "--behind-filter",
+        "--redirect",
+        "eth0",
+        "--redirect",
+        "eth1",
+        "--netns",
+        &net.lb.name,
+        p[0],
+        p[1],
+    ]);
+    assert!(out.contains("attached nowhere") && out.contains("xdpguard next"), "{out}");
+    let vip = "203.0.113.10:80";
+    cli.ok(&["vip", "add", vip, "--mode", "dsr", p[0], p[1]]);
+    for i in 1..=2 {
+        cli.ok(&["backend", "add", vip, &backend_v4(i).to_string(), p[0], p[1]]);
+    }
+    assert_eq!(cli.run(&["status", "--exit-code", p[0], p[1]]).status.code(), Some(3), "not serving yet");
+
+    filter.ok(&["attach", "--iface", "eth0", "--netns", &net.lb.name, "--pin", fpin.arg()]);
+    filter.ok(&["next", pin.arg(), "--pin", fpin.arg()]);
+    assert_eq!(cli.run(&["status", "--exit-code", p[0], p[1]]).status.code(), Some(0), "serving behind the filter");
+    assert_eq!(spread(&net, 20).len(), 2, "both backends answer through the filter");
+    filter.ok(&["detach", "--pin", fpin.arg()]);
+    cli.ok(&["detach", p[0], p[1]]);
+    assert!(!pin.path().exists());
+}
+
 #[test]
 fn the_cli_runs_pinned_decapsulators_on_ipip_backends() {
     let pin = ScratchDir::bpffs("lbclid");

@@ -10,6 +10,7 @@
 //! ```text
 //! xdpguard-lb attach --iface eth0 [--iface eth1] [--redirect IF] [--ipip-source CIDR] [--netns NAME] [--pin DIR]
 //!                                                       (on a pin dir holding an LB: attaches that one, state kept)
+//! xdpguard-lb attach --behind-filter [...]              (pinned, attached nowhere: for `xdpguard next`)
 //! xdpguard-lb vip add 203.0.113.10:80 [--proto tcp|udp] --mode dsr|ipip|nat [--table-size P] [--hash source]
 //! xdpguard-lb vip del 203.0.113.10:80 [--proto udp]      xdpguard-lb vip list [--json]
 //! xdpguard-lb backend add 203.0.113.10:80 198.51.100.11 [--weight 2]   (NAT: 198.51.100.11:8080)
@@ -138,11 +139,40 @@ enum DecapCommand {
     },
 }
 
+/// Where `attach` puts the load balancer: as every tool's attach
+/// (`common::Target`), or nowhere (`--behind-filter`).
+#[derive(Args)]
+struct LbTarget {
+    /// Interface to attach to (repeatable).
+    #[arg(long = "iface", required_unless_present = "behind_filter")]
+    ifaces: Vec<String>,
+    /// Load and pin it without attaching it anywhere: it serves behind a
+    /// filter once that filter passes its packets on to it (`xdpguard
+    /// next PIN`).
+    #[arg(long, conflicts_with = "ifaces")]
+    behind_filter: bool,
+    /// XDP mode: native, generic, offload or auto (native where the driver
+    /// has it, else generic).
+    #[arg(long, default_value_t = xdpguard::AttachMode::Auto)]
+    mode: xdpguard::AttachMode,
+    /// Attach inside this named network namespace (/run/netns/NAME).
+    /// Use this rather than `ip netns exec`, which hides /sys/fs/bpf.
+    #[arg(long)]
+    netns: Option<String>,
+}
+
+impl LbTarget {
+    /// As `common::Target::enter_netns`.
+    fn enter_netns(&self) -> Result<()> {
+        self.netns.as_deref().map_or(Ok(()), common::enter_netns)
+    }
+}
+
 /// `attach`'s arguments.
 #[derive(Args)]
 struct AttachArgs {
     #[command(flatten)]
-    target: common::Target,
+    target: LbTarget,
     /// Interface to send out of without attaching (repeatable); the
     /// --iface interfaces are sent out of too.
     #[arg(long = "redirect")]
@@ -671,6 +701,17 @@ fn run(command: Command, given: &dyn Fn(&str) -> bool) -> Result<()> {
             }
             for p in ipip_sources {
                 b = b.ipip_source(p);
+            }
+            if target.behind_filter {
+                // Its namespace is recorded: `xdpguard next` and the tools find it.
+                drop(b.load()?);
+                println!(
+                    "pinned at {}, attached nowhere: it serves behind a filter once the filter passes its packets \
+                     on to it (`xdpguard next {} --pin FILTER_PIN`)",
+                    pin.pin.display(),
+                    pin.pin.display()
+                );
+                return Ok(());
             }
             let lb = b.attach()?;
             common::print_attached(&lb.attachments(), &pin.pin);

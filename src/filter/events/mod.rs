@@ -121,19 +121,22 @@ pub enum DropReason {
     WouldDropSyn,
 }
 
+// The names of the counters the same drops add to (`Stats::rows`, the
+// metrics' `reason` label), so an event and a counter say the same; the
+// names shown before are still read.
 crate::core::names::named_values! { DropReason, "drop reason", {
-    BlockedV4 => "blocked-v4",
-    BlockedV6 => "blocked-v6",
+    BlockedV4 => "blocked_v4" | "blocked-v4",
+    BlockedV6 => "blocked_v6" | "blocked-v6",
     Malformed => "malformed",
-    RuleDropped => "rule",
-    WouldDropBlocked => "would-drop-blocked",
-    WouldDropRule => "would-drop-rule",
-    RateLimited => "rate-limit",
-    WouldDropLimit => "would-drop-limit",
-    TimedBlocked => "timed-block",
-    WouldDropTimed => "would-drop-timed",
-    SynDropped => "syn",
-    WouldDropSyn => "would-drop-syn",
+    RuleDropped => "rule_dropped" | "rule",
+    WouldDropBlocked => "would_drop_blocked" | "would-drop-blocked",
+    WouldDropRule => "would_drop_rule" | "would-drop-rule",
+    RateLimited => "rate_limited" | "rate-limit",
+    WouldDropLimit => "would_drop_limit" | "would-drop-limit",
+    TimedBlocked => "timed_blocked" | "timed-block",
+    WouldDropTimed => "would_drop_timed" | "would-drop-timed",
+    SynDropped => "syn_dropped" | "syn",
+    WouldDropSyn => "would_drop_syn" | "would-drop-syn",
 } }
 
 impl DropReason {
