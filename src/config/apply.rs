@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use super::model::{Config, DecapConfig, FilterConfig, LbConfig};
 use super::netns::Entered;
-use super::plan::{is_hand_over, line, opened, Direction, Plan, Program, SectionPlan, Step};
+use super::plan::{line, opened, Direction, Plan, Program, SectionPlan, Step};
 use crate::error::{ConfigError, Error, PinError};
 use crate::{AttachMode, Decap, Filter, LbDigest, ListKind, LoadBalancer};
 
@@ -299,7 +299,7 @@ impl Plan {
         // Interfaces handed over from one program to another so far: a
         // refused attach gives them back.
         let mut handed: Vec<&SectionPlan> = Vec::new();
-        for (i, section) in self.sections.iter().enumerate() {
+        for section in &self.sections {
             let ns = Entered::enter(section.netns.as_deref())
                 .map_err(|problem| ConfigError::Host { problems: vec![problem] })?;
             let mut run =
@@ -325,7 +325,7 @@ impl Plan {
             if let Handle::Lb(lb) = run.handle {
                 lbs.push((section.pin.clone(), lb));
             }
-            if is_hand_over(&self.sections, i) {
+            if section.hand_over {
                 handed.push(section);
             }
         }

@@ -284,6 +284,9 @@ pub struct SectionPlan {
     pub netns: Option<String>,
     /// What changes, in order.
     pub steps: Vec<Step>,
+    /// A hand-over ([`hand_over`]): its one detach frees an interface for
+    /// the next section's attach.
+    pub(crate) hand_over: bool,
 }
 
 /// Whether a plan brings programs up or takes them down.
@@ -853,9 +856,9 @@ fn attachments(have: &[Attachment], lost: &[Attachment], want: &[String], mode: 
 /// so an interface the file moves from one program to another would be
 /// attached to the new one before the old one leaves it, and the attach
 /// refused, every time. Each such detach is taken out of its section and
-/// run, as a section of its own (a hand-over: [`is_hand_over`]), right
-/// before the attach that needs the interface: the interface runs neither
-/// program only between the two.
+/// run, as a section of its own (a hand-over: [`SectionPlan`]'s
+/// `hand_over`), right before the attach that needs the interface: the
+/// interface runs neither program only between the two.
 fn hand_over(mut sections: Vec<SectionPlan>) -> Vec<SectionPlan> {
     let mut i = 0;
     while i < sections.len() {
@@ -877,7 +880,7 @@ fn hand_over(mut sections: Vec<SectionPlan>) -> Vec<SectionPlan> {
         let detach = sections[j].steps.remove(d);
         let rest = sections[i].steps.split_off(k);
         let (head, after) = (sections[i].clone(), SectionPlan { steps: rest, ..sections[i].clone() });
-        let moved = SectionPlan { steps: vec![detach], ..sections[j].clone() };
+        let moved = SectionPlan { steps: vec![detach], hand_over: true, ..sections[j].clone() };
         sections.splice(i..=i, [head, moved, after]);
         // The hand-over and the attach after it are settled: look on from
         // the attach's section.
@@ -885,14 +888,6 @@ fn hand_over(mut sections: Vec<SectionPlan>) -> Vec<SectionPlan> {
     }
     sections.retain(|s| !s.steps.is_empty());
     sections
-}
-
-/// Whether `sections[i]` is a hand-over ([`hand_over`]): one detach whose
-/// program has another section in the plan.
-pub(crate) fn is_hand_over(sections: &[SectionPlan], i: usize) -> bool {
-    let s = &sections[i];
-    matches!(s.steps.as_slice(), [Step::Detach { .. }])
-        && sections.iter().enumerate().any(|(j, o)| j != i && o.pin == s.pin && o.program == s.program)
 }
 
 impl Config {
@@ -937,6 +932,7 @@ impl Config {
             pin: pin.to_owned(),
             netns: netns.clone(),
             steps,
+            hand_over: false,
         };
         for d in &self.decaps {
             let steps = p.decap(d)?;
@@ -1071,7 +1067,8 @@ fn plan_down_of(config: Config, places: Vec<(Program, PathBuf, Option<String>)>)
         let why = "is not taken down by this file: unpinned, the LB would go on balancing them out of every \
                    tool's reach. Take that filter down too, or";
         host.extend(chained_outside(&chains, &pin, &filters, why));
-        sections.push(SectionPlan { program, pin, netns, steps: vec![Step::Remove { changes: Vec::new() }] });
+        let steps = vec![Step::Remove { changes: Vec::new() }];
+        sections.push(SectionPlan { program, pin, netns, steps, hand_over: false });
     }
     if !host.is_empty() {
         return Err(ConfigError::Host { problems: host });
