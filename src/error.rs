@@ -688,13 +688,14 @@ pub enum ConfigError {
     /// program can only get them by being created again (its connections
     /// and counters lost). Nothing was applied.
     #[error(
-        "{section} was loaded with other fixed settings ({}); they cannot change while it runs: \
+        "{section}: loaded with other fixed settings ({}), which cannot change while it runs: \
          re-create it (`xdpguard apply --recreate`, which drops its connection table and counters), or \
          keep the running values in the file. Nothing was applied",
         changes.join(", ")
     )]
     Fixed {
-        /// The section, e.g. `lb /sys/fs/bpf/xdpguard-lb`.
+        /// The section, e.g. `lb /sys/fs/bpf/xdpguard-lb`; several joined
+        /// by "and" (each change then starts with its section).
         section: String,
         /// Each difference: `connections 131072 -> 262144`.
         changes: Vec<String>,

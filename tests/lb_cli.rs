@@ -311,6 +311,11 @@ fn an_lb_attached_nowhere_serves_behind_a_filter() {
     filter.ok(&["next", pin.arg(), "--pin", fpin.arg()]);
     assert_eq!(cli.run(&["status", "--exit-code", p[0], p[1]]).status.code(), Some(0), "serving behind the filter");
     assert_eq!(spread(&net, 20).len(), 2, "both backends answer through the filter");
+    // On a directory whose LB is attached somewhere: refused, naming it.
+    cli.ok(&["attach", "--iface", "eth1", "--netns", &net.lb.name, p[0], p[1]]);
+    refused(&cli.run(&["attach", "--behind-filter", p[0], p[1]]), &["attached to eth1", "detach --iface IF"]);
+    cli.ok(&["detach", "--iface", "eth1", p[0], p[1]]);
+    cli.ok(&["attach", "--behind-filter", p[0], p[1]]);
     filter.ok(&["detach", "--pin", fpin.arg()]);
     cli.ok(&["detach", p[0], p[1]]);
     assert!(!pin.path().exists());

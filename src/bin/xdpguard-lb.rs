@@ -1081,6 +1081,18 @@ fn reattach(lb: LoadBalancer, args: &AttachArgs, given: &dyn Fn(&str) -> bool) -
             eprintln!("note: attaching in network namespace {name}, where the load balancer was loaded");
         }
     }
+    let attached = lb.attachments();
+    if args.target.behind_filter && !attached.is_empty() {
+        let names: Vec<&str> = attached.iter().map(|a| a.interface.as_str()).collect();
+        return Err(format!(
+            "the load balancer pinned at {} is attached to {}: --behind-filter keeps it attached nowhere; detach it \
+             from them first (`xdpguard-lb detach --iface IF --pin {}`), nothing changed",
+            dir.display(),
+            names.join(", "),
+            dir.display()
+        )
+        .into());
+    }
     let (vips, backends, connections) = lb.capacity();
     for (id, flag, have, want) in [
         ("connections", "--connections", connections, args.connections),
@@ -1099,7 +1111,6 @@ fn reattach(lb: LoadBalancer, args: &AttachArgs, given: &dyn Fn(&str) -> bool) -
             .into());
         }
     }
-    let attached = lb.attachments();
     let todo =
         common::still_to_attach(dir, "load balancer", "xdpguard-lb", &attached, &args.target.ifaces, args.target.mode)?;
     // A refused attach changes nothing: the interfaces first, then what can

@@ -17,7 +17,8 @@ pub struct Applied {
     pub changes: Vec<String>,
     /// Each load balancer's digests after applying, by pin directory
     /// (checked equal to what the file promises,
-    /// [`LbConfig::expected_digest`]). Empty for `down`.
+    /// [`LbConfig::expected_digest`], with the backends `keep_drained`
+    /// left at weight 0 counted at 0). Empty for `down`.
     pub digests: Vec<(PathBuf, LbDigest)>,
 }
 

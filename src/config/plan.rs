@@ -284,9 +284,12 @@ pub struct SectionPlan {
     pub netns: Option<String>,
     /// What changes, in order.
     pub steps: Vec<Step>,
-    /// A hand-over ([`hand_over`]): its one detach frees an interface for
-    /// the next section's attach.
+    /// A hand-over ([`hand_over`]): its one detach (or removal) frees an
+    /// interface for the next section's attach.
     pub(crate) hand_over: bool,
+    /// With a [`Step::Remove`]: the interfaces its program runs on until
+    /// then.
+    pub(crate) holds: Vec<String>,
 }
 
 /// Whether a plan brings programs up or takes them down.
@@ -386,6 +389,8 @@ struct Planner {
     filters: Vec<PathBuf>,
     /// Backends kept drained (`keep_drained`), as lines.
     held: Vec<String>,
+    /// The interfaces of each program the plan removes to re-create, by pin.
+    removing: BTreeMap<PathBuf, Vec<String>>,
 }
 
 /// The id of the program pinned as `name` under `pin`, if any.
@@ -428,8 +433,16 @@ impl Planner {
         }
     }
 
-    /// The fixed settings that differ: an error, or a removal first.
-    fn fixed(&mut self, program: Program, pin: &Path, changes: Vec<String>, steps: &mut Vec<Step>) -> bool {
+    /// The fixed settings that differ: an error, or a removal first (of a
+    /// program running on `holds`).
+    fn fixed(
+        &mut self,
+        program: Program,
+        pin: &Path,
+        changes: Vec<String>,
+        holds: &[Attachment],
+        steps: &mut Vec<Step>,
+    ) -> bool {
         if changes.is_empty() {
             return false;
         }
@@ -443,6 +456,7 @@ impl Planner {
                 self.host.extend(chained_outside(&chains, pin, &self.filters, why));
             }
             steps.push(Step::Remove { changes });
+            self.removing.insert(pin.to_owned(), holds.iter().map(|a| a.interface.clone()).collect());
             return true;
         }
         self.fixed.push((format!("{program} {}", pin.display()), changes));
@@ -483,7 +497,7 @@ impl Planner {
                         }
                     }
                 }
-                if self.fixed(Program::Filter, &f.pin, changes, &mut steps) {
+                if self.fixed(Program::Filter, &f.pin, changes, &filter.attachments(), &mut steps) {
                     None
                 } else {
                     Some(filter)
@@ -581,7 +595,7 @@ impl Planner {
                         changes.push(format!("{what} {have} -> {want}"));
                     }
                 }
-                if self.fixed(Program::Lb, &l.pin, changes, &mut steps) {
+                if self.fixed(Program::Lb, &l.pin, changes, &lb.attachments(), &mut steps) {
                     None
                 } else {
                     Some(lb)
@@ -645,6 +659,8 @@ impl Planner {
             steps.push(Step::RemoveVip(*vip));
         }
         for (vip, spec) in &wanted {
+            // Re-added with its backends: those drained here stay so.
+            let mut drained_here = BTreeSet::new();
             let have_backends = match running.get(vip) {
                 None => {
                     steps.push(Step::AddVip { vip: *vip, config: spec.config });
@@ -652,14 +668,25 @@ impl Planner {
                 }
                 Some(cfg) if *cfg != spec.config => {
                     steps.push(Step::ReconfigureVip { vip: *vip, from: *cfg, to: spec.config });
+                    if l.keep_drained {
+                        let running = lb.backends(vip).map_err(|e| err(e.into()))?;
+                        drained_here.extend(running.iter().filter(|b| b.weight == 0).map(|b| b.addr));
+                    }
                     Vec::new()
                 }
                 Some(_) => lb.backends(vip).map_err(|e| err(e.into()))?,
             };
             let have: BTreeMap<BackendAddr, u32> = have_backends.iter().map(|b| (b.addr, b.weight)).collect();
             let want: BTreeMap<BackendAddr, u32> = spec.backends.iter().map(|b| (b.addr, b.weight)).collect();
-            let added: Vec<Backend> = spec.backends.iter().filter(|b| !have.contains_key(&b.addr)).copied().collect();
-            let drained = |a: &BackendAddr, w: u32| l.keep_drained && have.get(a) == Some(&0) && w > 0;
+            let drained = |a: &BackendAddr, w: u32| {
+                l.keep_drained && w > 0 && (have.get(a) == Some(&0) || drained_here.contains(a))
+            };
+            let added: Vec<Backend> = spec
+                .backends
+                .iter()
+                .filter(|b| !have.contains_key(&b.addr))
+                .map(|b| if drained(&b.addr, b.weight) { Backend { weight: 0, ..*b } } else { *b })
+                .collect();
             for (a, w) in want.iter().filter(|(a, w)| drained(a, **w)) {
                 self.held.push(format!(
                     "lb {}: VIP {vip} backend {a} kept drained at weight 0 (the file's {w}; keep_drained)",
@@ -866,11 +893,12 @@ fn hand_over(mut sections: Vec<SectionPlan>) -> Vec<SectionPlan> {
             let Step::Attach { interface, .. } = step else { return None };
             (i + 1..sections.len()).find_map(|j| {
                 let later = &sections[j];
-                let d = later.steps.iter().position(|st| {
-                    matches!(st, Step::Detach { interface: x, .. } if x == interface)
-                        && later.netns == sections[i].netns
+                let d = later.steps.iter().position(|st| match st {
+                    Step::Detach { interface: x, .. } => x == interface,
+                    Step::Remove { .. } => later.holds.contains(interface),
+                    _ => false,
                 })?;
-                Some((k, j, d))
+                (later.netns == sections[i].netns).then_some((k, j, d))
             })
         });
         let Some((k, j, d)) = found else {
@@ -881,6 +909,7 @@ fn hand_over(mut sections: Vec<SectionPlan>) -> Vec<SectionPlan> {
         let rest = sections[i].steps.split_off(k);
         let (head, after) = (sections[i].clone(), SectionPlan { steps: rest, ..sections[i].clone() });
         let moved = SectionPlan { steps: vec![detach], hand_over: true, ..sections[j].clone() };
+        sections[j].holds.clear();
         sections.splice(i..=i, [head, moved, after]);
         // The hand-over and the attach after it are settled: look on from
         // the attach's section.
@@ -925,26 +954,28 @@ impl Config {
             own,
             filters,
             held: Vec::new(),
+            removing: BTreeMap::new(),
         };
         let mut sections = Vec::new();
-        let section = |program, pin: &Path, netns: &Option<String>, steps| SectionPlan {
+        let section = |program, pin: &Path, netns: &Option<String>, steps, p: &mut Planner| SectionPlan {
             program,
             pin: pin.to_owned(),
             netns: netns.clone(),
             steps,
             hand_over: false,
+            holds: p.removing.remove(pin).unwrap_or_default(),
         };
         for d in &self.decaps {
             let steps = p.decap(d)?;
-            sections.push(section(Program::Decap, &d.pin, &d.netns, steps));
+            sections.push(section(Program::Decap, &d.pin, &d.netns, steps, &mut p));
         }
         for l in &self.lbs {
             let steps = p.lb(l)?;
-            sections.push(section(Program::Lb, &l.pin, &l.netns, steps));
+            sections.push(section(Program::Lb, &l.pin, &l.netns, steps, &mut p));
         }
         for f in &self.filters {
             let steps = p.filter(f)?;
-            sections.push(section(Program::Filter, &f.pin, &f.netns, steps));
+            sections.push(section(Program::Filter, &f.pin, &f.netns, steps, &mut p));
         }
         if !p.host.is_empty() {
             return Err(ConfigError::Host { problems: p.host });
@@ -1068,7 +1099,7 @@ fn plan_down_of(config: Config, places: Vec<(Program, PathBuf, Option<String>)>)
                    tool's reach. Take that filter down too, or";
         host.extend(chained_outside(&chains, &pin, &filters, why));
         let steps = vec![Step::Remove { changes: Vec::new() }];
-        sections.push(SectionPlan { program, pin, netns, steps, hand_over: false });
+        sections.push(SectionPlan { program, pin, netns, steps, hand_over: false, holds: Vec::new() });
     }
     if !host.is_empty() {
         return Err(ConfigError::Host { problems: host });
@@ -1101,5 +1132,82 @@ mod tests {
             ]
         );
         assert_eq!(steps[0].to_string(), "forget the attachment to eth1 (its interface is gone)");
+    }
+
+    /// Interfaces dropped first; a mode change detaches and attaches one
+    /// interface at a time.
+    #[test]
+    fn a_mode_change_goes_one_interface_at_a_time() {
+        let mut steps = Vec::new();
+        let have =
+            [at("eth0", 2, AttachMode::Native), at("eth1", 3, AttachMode::Native), at("eth3", 5, AttachMode::Native)];
+        let want = ["eth0".to_owned(), "eth1".to_owned(), "eth2".to_owned()];
+        attachments(&have, &[], &want, AttachMode::Generic, &mut steps);
+        let det = |i: &str| Step::Detach { interface: i.into(), mode: AttachMode::Native };
+        let att = |i: &str| Step::Attach { interface: i.into(), mode: AttachMode::Generic };
+        assert_eq!(steps, [det("eth3"), det("eth0"), att("eth0"), det("eth1"), att("eth1"), att("eth2")]);
+    }
+
+    fn section(program: Program, pin: &str, netns: Option<&str>, steps: Vec<Step>) -> SectionPlan {
+        let (pin, netns) = (PathBuf::from(pin), netns.map(str::to_owned));
+        SectionPlan { program, pin, netns, steps, hand_over: false, holds: Vec::new() }
+    }
+
+    fn lines(sections: &[SectionPlan]) -> Vec<String> {
+        sections
+            .iter()
+            .flat_map(|s| {
+                s.steps.iter().map(move |st| format!("{}{}", if s.hand_over { "*" } else { "" }, line(s, st)))
+            })
+            .collect()
+    }
+
+    /// Each detach an attach of an earlier section needs runs, as a
+    /// hand-over, right before it; in another namespace, it does not.
+    #[test]
+    fn hand_overs_run_right_before_the_attach_that_needs_the_interface() {
+        let det = |i: &str| Step::Detach { interface: i.into(), mode: AttachMode::Native };
+        let att = |i: &str| Step::Attach { interface: i.into(), mode: AttachMode::Auto };
+        let lb = section(
+            Program::Lb,
+            "/l",
+            None,
+            vec![Step::AddLocal("192.0.2.1".parse().unwrap()), att("eth0"), att("eth1")],
+        );
+        let filter = section(Program::Filter, "/f", None, vec![Step::ClearNext, det("eth0"), det("eth1")]);
+        let out = hand_over(vec![lb.clone(), filter.clone()]);
+        assert_eq!(
+            lines(&out),
+            [
+                "lb /l: decapsulate for 192.0.2.1",
+                "*filter /f: detach from eth0 (native mode)",
+                "lb /l: attach to eth0 (auto mode)",
+                "*filter /f: detach from eth1 (native mode)",
+                "lb /l: attach to eth1 (auto mode)",
+                "filter /f: stop passing packets on to an lb",
+            ]
+        );
+        // A section left empty goes; the same interface name in another
+        // namespace is another interface.
+        let elsewhere = SectionPlan { netns: Some("other".into()), ..filter.clone() };
+        assert_eq!(hand_over(vec![lb.clone(), elsewhere.clone()]), [lb.clone(), elsewhere]);
+        let only = section(Program::Filter, "/f", None, vec![det("eth0")]);
+        let out = hand_over(vec![section(Program::Lb, "/l", None, vec![att("eth0")]), only]);
+        assert_eq!(lines(&out), ["*filter /f: detach from eth0 (native mode)", "lb /l: attach to eth0 (auto mode)"]);
+
+        // A program re-created (--recreate) leaves its interfaces with its removal.
+        let remove = Step::Remove { changes: vec!["v4_capacity 1 -> 2".into()] };
+        let mut recreated = section(Program::Filter, "/f", None, vec![remove, Step::Create, att("eth2")]);
+        recreated.holds = vec!["eth0".into()];
+        let out = hand_over(vec![section(Program::Lb, "/l", None, vec![att("eth0")]), recreated]);
+        assert_eq!(
+            lines(&out),
+            [
+                "*filter /f: remove, to create again (v4_capacity 1 -> 2)",
+                "lb /l: attach to eth0 (auto mode)",
+                "filter /f: create and pin",
+                "filter /f: attach to eth2 (auto mode)",
+            ]
+        );
     }
 }

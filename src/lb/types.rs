@@ -93,8 +93,8 @@ impl Vip {
 
     /// Parses a VIP's address and port, the protocol given apart (as the
     /// CLI's `--proto` gives it): `203.0.113.10:80`, `[2001:db8::1]:80`,
-    /// or every port with `203.0.113.10:*`, `[2001:db8::1]:*` or a bare
-    /// address.
+    /// or every port with `203.0.113.10:*` or `[2001:db8::1]:*` (a bare
+    /// address is refused: it would take every port unasked).
     ///
     /// ```
     /// use xdpguard::{Protocol, Vip};

@@ -347,12 +347,22 @@ impl HealthChecker {
 
         // From the LB's network namespace: its backends are reached from
         // there (checked from elsewhere, each would fail and be drained).
+        // A check that could not enter it says nothing of its backend: the
+        // round stops there, nothing recorded or changed.
         let netns = lb.foreign_netns()?;
         if let Some(ns) = netns {
-            thread::scope(|s| s.spawn(|| enter(ns)).join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-                .map_err(|source| HealthError::Namespace { source })?;
+            thread::scope(|s| {
+                let t = thread::Builder::new().name("xdpguard-health".into()).spawn_scoped(s, move || enter(ns))?;
+                t.join().unwrap_or_else(|p| std::panic::resume_unwind(p))
+            })
+            .map_err(|source| HealthError::Namespace { source })?;
         }
-        let results = self.check_all(&targets, netns);
+        let mut results = self.check_all(&targets, netns);
+        if let Some(i) = results.iter().position(|r| matches!(r, Err(ProbeError::Namespace { .. }))) {
+            if let Err(ProbeError::Namespace { source }) = results.swap_remove(i) {
+                return Err(HealthError::Namespace { source });
+            }
+        }
 
         let mut inner = self.inner();
         let (rise, fall) = (self.config.rise, self.config.fall);
@@ -632,20 +642,30 @@ fn enter(ns: BorrowedFd<'_>) -> Result<(), std::io::Error> {
     nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)
 }
 
-/// Runs `f` on the calling thread inside `ns`, then moves the thread back
-/// (for a check made when no thread could be started).
+/// Runs `f` on the calling thread inside `ns`, then moves the thread back,
+/// also when `f` panics (for a check made when no thread could be
+/// started).
 fn in_netns<T>(ns: BorrowedFd<'_>, f: impl FnOnce() -> Result<T, ProbeError>) -> Result<T, ProbeError> {
-    use std::os::fd::AsFd;
-    let home = std::fs::File::open("/proc/thread-self/ns/net");
-    let here = match home {
-        Ok(h) => h,
-        Err(source) => return Err(ProbeError::Namespace { source }),
-    };
+    /// The thread's own namespace, entered again on drop.
+    struct Home(std::fs::File);
+    impl Drop for Home {
+        fn drop(&mut self) {
+            use std::os::fd::AsFd;
+            // Left in the LB's namespace, the caller's thread would do
+            // everything after in the wrong one: better stopped.
+            if enter(self.0.as_fd()).is_err() {
+                if thread::panicking() {
+                    std::process::abort();
+                }
+                panic!("moving the health checker's thread back to its network namespace failed");
+            }
+        }
+    }
+    let home =
+        Home(std::fs::File::open("/proc/thread-self/ns/net").map_err(|source| ProbeError::Namespace { source })?);
     enter(ns).map_err(|source| ProbeError::Namespace { source })?;
     let out = f();
-    // Left in the LB's namespace, this thread (the caller's) would do
-    // everything after in the wrong one.
-    enter(here.as_fd()).expect("moving the health checker's thread back to its network namespace");
+    drop(home);
     out
 }
 
