@@ -353,6 +353,24 @@ fn unreadable_transport_headers() {
     t.drop("sport 1-65535 matches a whole header", &udp("198.51.100.1", 7, 1), &[sport]);
     t.drop("any SYN", &tcp("198.51.100.1", 1, SYN), &[syn]);
     t.drop("any ICMP type", &echo("198.51.100.1"), &[icmp]);
+    // Behind more IPv6 extension headers than the parse walks (8), the
+    // transport header is out of the rules' sight but not the stack's: no
+    // rule can say it does not match, so it is dropped as malformed (it
+    // passed every rule). Within the walk, the rules see it.
+    let chain = |n: usize| {
+        Frame::builder()
+            .ip(ip("2001:db8:abcd::1"), IpAddr::V6(DST_V6))
+            .exts(&vec![Ext::DestOpts; n])
+            .udp(1, 9999)
+            .payload(PAYLOAD)
+            .build()
+    };
+    t.drop("v6 UDP behind 8 extension headers", &chain(8), &[dport]);
+    t.expect("v6 UDP behind 9 extension headers", &chain(9), XdpAction::Drop, "malformed", &[]);
+    t.expect("v6 UDP behind 16 extension headers", &chain(16), XdpAction::Drop, "malformed", &[]);
+    f.set_monitor(true);
+    t.expect("the same in monitor mode: counted, passed", &chain(9), XdpAction::Pass, "malformed", &[]);
+    f.set_monitor(false);
     t.finish();
 }
 

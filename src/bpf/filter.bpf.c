@@ -415,7 +415,10 @@ int xdpg_filter(struct xdp_md *ctx)
 
 	/* One read: the tables of one edit generation decide this packet. */
 	__u32 tables = *(volatile __u32 *)&cfg->tables;
-	__u64 skip_guard = (tables & XDPG_TABLES_GATE_OPEN) ? gate_skips(data, data_end, &pkt) : 0;
+	/* A chain cut short (parsing.h) has no key the gate knows: the guard
+	 * stage judges it. */
+	__u64 skip_guard =
+		(tables & XDPG_TABLES_GATE_OPEN) && !pkt.ext_chain_cut ? gate_skips(data, data_end, &pkt) : 0;
 	__u32 verdict;
 	__u32 blocked_reason;
 	if (pkt.l3_proto == ETH_P_IP) {

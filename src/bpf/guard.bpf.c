@@ -278,6 +278,21 @@ int xdpg_guard(struct xdp_md *ctx)
 		return drop_or_monitor(ctx, fcfg, XDPG_REASON_TIMED_BLOCKED, XDPG_REASON_WOULD_DROP_TIMED,
 				       XDPG_TB_BY_USER, w.bytes);
 
+	/* An IPv6 extension-header chain longer than the parse walks
+	 * (XDPG_MAX_IPV6_EXT_HDRS): the stack still reaches its transport
+	 * header, the rules cannot (a rule naming ports, flags or types would
+	 * be passed by, and a protocol looked for behind the chain), so no rule
+	 * can say it does not match. Dropped as malformed while the guard runs;
+	 * counted and passed in monitor mode, as the filter treats malformed
+	 * packets. */
+	if (pkt.ext_chain_cut) {
+		count(XDPG_REASON_MALFORMED, w.bytes);
+		if (fcfg->monitor & XDPG_MONITOR_ON)
+			return pass_on(ctx);
+		decided(ctx, XDPG_REASON_MALFORMED, 0);
+		return XDP_DROP;
+	}
+
 	/* One read: one rule set (one half) decides this packet. */
 	__u32 half = *(volatile __u32 *)&gcfg->rules & XDPG_RULES_HALF;
 	key = xdpg_guard_key(data, data_end, &pkt, xdpg_ip_end(data, data_end, &pkt), &w.sport, &w.flags);

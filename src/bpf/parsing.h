@@ -199,8 +199,23 @@ static __always_inline int xdpg_parse_ipv6(void *data, void *data_end, struct xd
 			return XDPG_PARSE_OK;
 		}
 	}
-	/* Still inside the extension chain after XDPG_MAX_IPV6_EXT_HDRS headers:
-	 * the source address is known, the L4 header is not. */
+	/* XDPG_MAX_IPV6_EXT_HDRS headers walked. Their last one may lead to the
+	 * transport header (read as such); still inside the chain, the source
+	 * address is known, the transport header is not (ext_chain_cut: the
+	 * guard stage drops it, parsing it no rule could). */
+	switch (next) {
+	case IPPROTO_HOPOPTS:
+	case IPPROTO_ROUTING:
+	case IPPROTO_DSTOPTS:
+	case IPPROTO_FRAGMENT:
+		break;
+	default:
+		if (off <= XDPG_MAX_L3_OFFSET) {
+			pkt->l4_proto = next;
+			pkt->l4_off = pkt->later_fragment ? 0 : off;
+			return XDPG_PARSE_OK;
+		}
+	}
 	pkt->ext_chain_cut = 1;
 	pkt->l4_proto = next;
 	pkt->l4_off = 0;

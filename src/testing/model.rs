@@ -21,11 +21,14 @@
 //! 3. a source in a timed block that has not expired on the guard clock
 //!    ([`FilterModel::now`] before its expiry): `timed_blocked`, dropped
 //!    (monitor mode: `would_drop_timed`, passed);
-//! 4. the rules in order: each that matches counts the packet; a count, a
+//! 4. an IPv6 packet whose extension-header chain is longer than the eight
+//!    headers the parse walks, while the guard stage runs (any rule or
+//!    timed block): `malformed`, dropped (monitor mode: passed);
+//! 5. the rules in order: each that matches counts the packet; a count, a
 //!    rate-limit or a monitored rule goes on; the first drop rule drops
 //!    (`rule_dropped`; monitor mode: `would_drop_rule`, passed), the first
 //!    pass rule passes (`rule_passed`);
-//! 5. the rest: `passed`.
+//! 6. the rest: `passed`.
 //!
 //! A rate-limit rule is modelled as never over its limit: it counts the
 //! packet and the walk goes on, like `count` (its `limited` counter never
@@ -143,6 +146,9 @@ pub struct IpPacket {
     pub protocol: u8,
     /// The transport fields, when readable (TCP, UDP, ICMP, ICMPv6 only).
     pub transport: Option<Transport>,
+    /// IPv6: still inside the extension-header chain after the eight
+    /// headers the walk takes (the guard stage drops it as malformed).
+    pub chain_cut: bool,
 }
 
 /// How the filter reads a frame.
@@ -213,7 +219,7 @@ fn ipv4(frame: &[u8], l3: usize) -> Parsed {
     let dst = IpAddr::V4(Ipv4Addr::new(h[16], h[17], h[18], h[19]));
     let protocol = h[9];
     let l4 = (!later_fragment).then_some(l3 + hdr_len);
-    Parsed::Ip(IpPacket { src, dst, protocol, transport: transport(frame, protocol, l4, l3 + total) })
+    Parsed::Ip(IpPacket { src, dst, protocol, transport: transport(frame, protocol, l4, l3 + total), chain_cut: false })
 }
 
 fn ipv6(frame: &[u8], l3: usize) -> Parsed {
@@ -263,12 +269,19 @@ fn ipv6(frame: &[u8], l3: usize) -> Parsed {
             }
             protocol => {
                 let l4 = (!later_fragment).then_some(off);
-                return Parsed::Ip(IpPacket { src, dst, protocol, transport: transport(frame, protocol, l4, end) });
+                let transport = transport(frame, protocol, l4, end);
+                return Parsed::Ip(IpPacket { src, dst, protocol, transport, chain_cut: false });
             }
         }
     }
-    // More extension headers than the walk takes: no transport header.
-    Parsed::Ip(IpPacket { src, dst, protocol: next, transport: None })
+    // The walk's last header may lead to the transport header; still in
+    // the chain, there is none the filter reads.
+    if !matches!(next, 0 | 43 | 60 | 44) && off <= MAX_L3_OFFSET {
+        let l4 = (!later_fragment).then_some(off);
+        let transport = transport(frame, next, l4, end);
+        return Parsed::Ip(IpPacket { src, dst, protocol: next, transport, chain_cut: false });
+    }
+    Parsed::Ip(IpPacket { src, dst, protocol: next, transport: None, chain_cut: true })
 }
 
 /// The transport fields of a header at `l4` in an IP packet ending at `end`.
@@ -362,6 +375,11 @@ impl FilterModel {
             } else {
                 done(XdpAction::Drop, "timed_blocked")
             };
+        }
+        // No rule can read the transport header behind the chain: while the
+        // guard stage runs (rules, or timed blocks), malformed.
+        if p.chain_cut && (!self.rules.is_empty() || !self.timed_blocks.is_empty()) {
+            return done(if self.monitor { XdpAction::Pass } else { XdpAction::Drop }, "malformed");
         }
         let mut rules = Vec::new();
         for (i, rule) in self.rules.iter().enumerate() {
