@@ -161,6 +161,14 @@ fn the_cli_manages_a_pinned_filter_that_outlives_every_command() {
     refused(&full, &["the timed-block table is full (2)", "nothing of this edit was applied"]);
     let timed = cli.json(&["list", "--pin", p, "--json"]);
     assert_eq!(timed["timed"].as_array().map(Vec::len), Some(0), "{timed}");
+    // A prefix stored in another form than given is said, as for the lists.
+    let out = cli.run(&["block", "--pin", p, "--ttl", "10m", "2001:db8:aa00::/24"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && err.contains("note: 2001:db8:aa00::/24 has host bits set; stored as 2001:d00::/24"),
+        "{err}"
+    );
+    cli.ok(&["unblock", "--pin", p, "2001:d00::/24"]);
 
     // block: v4 and v6, one with host bits set.
     let out = cli.ok(&["block", "--pin", p, "192.0.2.1", "2001:db8::1/128", "198.51.100.7/24"]);

@@ -201,9 +201,22 @@ fn the_cli_runs_the_amplification_recipe_on_real_traffic() {
         assert!(err.contains("refusing rule") && err.contains("SSH") && err.contains("--force"), "{err}");
     }
     // Dropping IPv6 neighbour discovery from anywhere would stop IPv6.
-    let out = cli.run(&["rule", "add", "--pin", p, "drop", "icmpv6"]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("neighbour discovery") && err.contains("--force"), "{err}");
+    // Also to destinations that take it (link-local multicast, or all but
+    // a unicast range); a destination clear of ff02::/16 is accepted.
+    for words in [
+        &["drop", "icmpv6"][..],
+        &["drop", "icmpv6", "to", "ff02::/16"],
+        &["drop", "icmpv6", "not", "to", "2001:db8::/32"],
+    ] {
+        let out = cli.run(&[&["rule", "add", "--pin", p][..], words].concat());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains("neighbour discovery") && err.contains("--force"),
+            "{words:?}: {err}"
+        );
+    }
+    cli.ok(&["rule", "add", "--pin", p, "drop", "icmpv6", "to", "2001:db8:dead::/48"]);
+    cli.ok(&["rule", "clear", "--pin", p]);
     // `flags none` is a NULL scan's packets, not every TCP packet.
     let _listener = pair.server.run(|| TcpListener::bind(("::", 9009)).expect("listen"));
     cli.ok(&["rule", "add", "--pin", p, "drop", "tcp", "flags", "none"]);

@@ -512,6 +512,9 @@ fn run(command: Command) -> Result<()> {
             let given = gather(&b.add.edit)?;
             let filter = Filter::open_pinned(&b.add.edit.pin.pin)?;
             let nets: Vec<IpNetwork> = given.iter().map(|g| g.net).collect();
+            let stored: Vec<(IpNetwork, IpNetwork)> =
+                nets.iter().map(|n| (*n, xdpguard::normalize(*n).network)).filter(|(g, s)| g != s).collect();
+            note_normalized(&stored);
             match timed::block(&filter, &nets, b.ttl.unwrap_or_default(), b.force) {
                 Err(xdpguard::RuleError::WholeFamily { entry }) => {
                     return Err(whole_family_refused(&filter, entry, &given).into())
@@ -1017,10 +1020,7 @@ fn add_entries(kind: ListKind, add: Add, force: bool) -> Result<()> {
         Err(ListError::WholeFamily { entry, .. }) => return Err(whole_family_refused(&filter, entry, &given).into()),
         other => other?,
     };
-    for (given, stored) in change.normalized.iter().take(5) {
-        let why = if given.is_ipv6() && stored.is_ipv4() { "is IPv4-mapped" } else { "has host bits set" };
-        eprintln!("note: {given} {why}; stored as {stored}");
-    }
+    note_normalized(&change.normalized);
     if add.replace {
         println!(
             "replaced the {kind}: {} entries now ({} changes) in {:.2?}",
@@ -1108,8 +1108,19 @@ fn refuse_drop_all(rules: &[Rule], force: bool) -> Result<()> {
             && r.tcp_flags.is_none_or(|f| f.mask == 0)
             && matches!(r.protocol, None | Some(RuleProtocol::Tcp))
     });
-    // Neighbour solicitation and advertisement (ICMPv6 types 135, 136).
-    let nd = rules.iter().filter(cutting).find(|r| {
+    // Neighbour solicitation and advertisement (ICMPv6 types 135, 136):
+    // sent to link-local multicast (ff02::/16, solicited-node and all-nodes)
+    // and to the host's own addresses, so any destination that is not
+    // clear of ff02::/16 cuts them.
+    let ll_multicast: IpNetwork = "ff02::/16".parse().expect("a prefix");
+    let overlaps = |a: &IpNetwork, b: &IpNetwork| a.contains(b.network()) || b.contains(a.network());
+    let to_nd = |r: &Rule| match &r.destination {
+        None => true,
+        Some(d) if d.negated => !d.prefix.contains(ll_multicast.network()) || d.prefix.prefix() > 16,
+        Some(d) => overlaps(&d.prefix, &ll_multicast),
+    };
+    let cuts_nd = |r: &&Rule| r.action == xdpguard::RuleAction::Drop && !r.monitor && from_anywhere(r) && to_nd(r);
+    let nd = rules.iter().filter(cuts_nd).find(|r| {
         r.protocol == Some(RuleProtocol::Icmpv6)
             && r.icmp_types.as_ref().is_none_or(|t| t.contains(135) || t.contains(136))
     });
@@ -1306,6 +1317,7 @@ fn set_command(cmd: SetCommand) -> Result<()> {
             let s = filter.sets().get(&set);
             let nets = given.iter().map(|g| g.net);
             let change = if replace { s.replace(nets)? } else { s.extend(nets)? };
+            note_normalized(&change.normalized);
             println!("set {set}: {} entries now ({} changes)", s.len()?, change.changed);
         }
         SetCommand::Del { edit, set } => {
@@ -1370,4 +1382,13 @@ fn print_stats(s: &FilterStats, rates: Option<(FilterStats, Duration)>, json: bo
     }
     let t = s.total();
     println!("{:<w$} {:>14} {:>16}", "total", t.packets, t.bytes);
+}
+
+/// Says, for the first five, which prefixes given were stored in another
+/// form (host bits cleared, or IPv4-mapped), as given → as stored.
+fn note_normalized(normalized: &[(IpNetwork, IpNetwork)]) {
+    for (given, stored) in normalized.iter().take(5) {
+        let why = if given.is_ipv6() && stored.is_ipv4() { "is IPv4-mapped" } else { "has host bits set" };
+        eprintln!("note: {given} {why}; stored as {stored}");
+    }
 }
