@@ -361,6 +361,10 @@ fn parse_v6(f: &[u8], off: usize) -> Parsed {
             }
         }
     }
+    // The walk's last header may lead to the transport header (read as such).
+    if l4.is_none() && !matches!(next, 0 | 43 | 60 | 44) && at <= 4096 {
+        l4 = Some(at);
+    }
     let mut a = [0u8; 16];
     a.copy_from_slice(&f[off + 8..off + 24]);
     let src = IpAddr::V6(Ipv6Addr::from(a));
