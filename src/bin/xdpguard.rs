@@ -1112,12 +1112,15 @@ fn refuse_drop_all(rules: &[Rule], force: bool) -> Result<()> {
     // sent to link-local multicast (ff02::/16, solicited-node and all-nodes)
     // and to the host's own addresses, so any destination that is not
     // clear of ff02::/16 cuts them.
-    let ll_multicast: IpNetwork = "ff02::/16".parse().expect("a prefix");
-    let overlaps = |a: &IpNetwork, b: &IpNetwork| a.contains(b.network()) || b.contains(a.network());
+    let ll_multicast: ipnetwork::Ipv6Network = "ff02::/16".parse().expect("a prefix");
     let to_nd = |r: &Rule| match &r.destination {
         None => true,
-        Some(d) if d.negated => !d.prefix.contains(ll_multicast.network()) || d.prefix.prefix() > 16,
-        Some(d) => overlaps(&d.prefix, &ll_multicast),
+        Some(d) => match d.prefix {
+            IpNetwork::V6(p) if d.negated => !ll_multicast.is_subnet_of(p),
+            IpNetwork::V6(p) => p.overlaps(ll_multicast),
+            // An IPv4 destination makes the rule IPv4's.
+            IpNetwork::V4(_) => false,
+        },
     };
     let cuts_nd = |r: &&Rule| r.action == xdpguard::RuleAction::Drop && !r.monitor && from_anywhere(r) && to_nd(r);
     let nd = rules.iter().filter(cuts_nd).find(|r| {

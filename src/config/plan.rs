@@ -434,13 +434,13 @@ impl Planner {
     }
 
     /// The fixed settings that differ: an error, or a removal first (of a
-    /// program running on `holds`).
+    /// program running on the attachments `holds` reads, read only then).
     fn fixed(
         &mut self,
         program: Program,
         pin: &Path,
         changes: Vec<String>,
-        holds: &[Attachment],
+        holds: impl FnOnce() -> Vec<Attachment>,
         steps: &mut Vec<Step>,
     ) -> bool {
         if changes.is_empty() {
@@ -456,7 +456,7 @@ impl Planner {
                 self.host.extend(chained_outside(&chains, pin, &self.filters, why));
             }
             steps.push(Step::Remove { changes });
-            self.removing.insert(pin.to_owned(), holds.iter().map(|a| a.interface.clone()).collect());
+            self.removing.insert(pin.to_owned(), holds().into_iter().map(|a| a.interface).collect());
             return true;
         }
         self.fixed.push((format!("{program} {}", pin.display()), changes));
@@ -497,7 +497,7 @@ impl Planner {
                         }
                     }
                 }
-                if self.fixed(Program::Filter, &f.pin, changes, &filter.attachments(), &mut steps) {
+                if self.fixed(Program::Filter, &f.pin, changes, || filter.attachments(), &mut steps) {
                     None
                 } else {
                     Some(filter)
@@ -595,7 +595,7 @@ impl Planner {
                         changes.push(format!("{what} {have} -> {want}"));
                     }
                 }
-                if self.fixed(Program::Lb, &l.pin, changes, &lb.attachments(), &mut steps) {
+                if self.fixed(Program::Lb, &l.pin, changes, || lb.attachments(), &mut steps) {
                     None
                 } else {
                     Some(lb)

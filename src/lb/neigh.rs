@@ -67,6 +67,11 @@ pub(crate) fn current() -> io::Result<(OwnedFd, NsId)> {
     Ok((f.into(), id))
 }
 
+/// Moves the calling thread into network namespace `ns`.
+pub(crate) fn enter(ns: BorrowedFd<'_>) -> io::Result<()> {
+    nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).map_err(io::Error::from)
+}
+
 /// Opens the namespace `id`: the calling thread's, or one named under
 /// `/run/netns` (where `ip netns add` puts them). None if neither.
 pub(crate) fn find(id: NsId) -> Option<OwnedFd> {
@@ -147,7 +152,7 @@ impl Rtnl {
         } else {
             std::thread::scope(|s| {
                 s.spawn(|| {
-                    nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
+                    enter(ns)?;
                     Socket::new(NETLINK_ROUTE)
                 })
                 .join()

@@ -10,6 +10,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
+use super::super::neigh::{self, enter};
 use super::machine::{self, HealthState, Machine, WeightAction};
 use super::probe::{ProbeError, Prober};
 use super::{HealthConfig, HealthError};
@@ -349,15 +350,7 @@ impl HealthChecker {
         // there (checked from elsewhere, each would fail and be drained).
         // A check that could not enter it says nothing of its backend: the
         // round stops there, nothing recorded or changed.
-        let netns = lb.foreign_netns()?;
-        if let Some(ns) = netns {
-            thread::scope(|s| {
-                let t = thread::Builder::new().name("xdpguard-health".into()).spawn_scoped(s, move || enter(ns))?;
-                t.join().unwrap_or_else(|p| std::panic::resume_unwind(p))
-            })
-            .map_err(|source| HealthError::Namespace { source })?;
-        }
-        let mut results = self.check_all(&targets, netns);
+        let mut results = self.check_all(&targets, lb.foreign_netns()?);
         if let Some(i) = results.iter().position(|r| matches!(r, Err(ProbeError::Namespace { .. }))) {
             if let Err(ProbeError::Namespace { source }) = results.swap_remove(i) {
                 return Err(HealthError::Namespace { source });
@@ -495,7 +488,8 @@ impl HealthChecker {
     /// before this returns), so a round lasts one timeout, not one per
     /// backend. A thread costs ~15 µs to start; a round of 1,000 backends
     /// ~15 ms of CPU. Each thread first enters `netns` (the LB's, when it
-    /// is not the caller's; checked by the caller to be enterable).
+    /// is not the caller's); one that cannot says so
+    /// ([`ProbeError::Namespace`]) and checks nothing.
     fn check_all(
         &self,
         targets: &[(Key, SocketAddr)],
@@ -637,17 +631,12 @@ fn changed(
     event(key, kind)
 }
 
-/// Moves the calling thread into network namespace `ns`.
-fn enter(ns: BorrowedFd<'_>) -> Result<(), std::io::Error> {
-    nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)
-}
-
 /// Runs `f` on the calling thread inside `ns`, then moves the thread back,
 /// also when `f` panics (for a check made when no thread could be
 /// started).
 fn in_netns<T>(ns: BorrowedFd<'_>, f: impl FnOnce() -> Result<T, ProbeError>) -> Result<T, ProbeError> {
     /// The thread's own namespace, entered again on drop.
-    struct Home(std::fs::File);
+    struct Home(std::os::fd::OwnedFd);
     impl Drop for Home {
         fn drop(&mut self) {
             use std::os::fd::AsFd;
@@ -661,8 +650,7 @@ fn in_netns<T>(ns: BorrowedFd<'_>, f: impl FnOnce() -> Result<T, ProbeError>) ->
             }
         }
     }
-    let home =
-        Home(std::fs::File::open("/proc/thread-self/ns/net").map_err(|source| ProbeError::Namespace { source })?);
+    let home = Home(neigh::current().map_err(|source| ProbeError::Namespace { source })?.0);
     enter(ns).map_err(|source| ProbeError::Namespace { source })?;
     let out = f();
     drop(home);
