@@ -350,7 +350,8 @@ fn parse_v6(f: &[u8], off: usize) -> Parsed {
                 if at + 8 > end {
                     return Parsed::Malformed;
                 }
-                fragment = true;
+                // Offset 0 without more fragments: an atomic fragment, whole.
+                fragment |= be16(f, at + 2) & 0xFFF9 != 0;
                 later |= be16(f, at + 2) & 0xFFF8 != 0;
                 next = f[at];
                 at += 8;

@@ -91,6 +91,27 @@ fn fragments_follow_the_fragment_policy() {
                 .action(XdpAction::Redirect)
                 .output(f6.with_macs(n.eth1_mac, backend_mac(backend_index(chosen)))),
         );
+        // An atomic fragment (offset 0, no more: RFC 6946) is a whole
+        // datagram with a fragment header: balanced by its ports like any
+        // other, here to a single-port VIP no fragment could reach.
+        let one6 = Vip::udp(sa(VIP_V6, 53));
+        vip_with(&lb, one6, VipConfig::new(ForwardingMode::L2Dsr), &backends_v6(3));
+        let atomic = Frame::builder()
+            .macs(CLIENT_MAC, n.eth0_mac)
+            .ipv6(src6, VIP_V6)
+            .ext(Ext::Fragment { offset: 0, more: false, id: 10 })
+            .udp(40000, 53)
+            .payload(&[0x33; 16])
+            .build();
+        let chosen =
+            lb.backend_for(&one6, &Flow::new(sa(src6, 40000), sa(VIP_V6, 53), Protocol::Udp)).unwrap().unwrap();
+        t.run(
+            Fixture::new("an IPv6 atomic fragment to a single-port VIP", &atomic)
+                .on(n.eth0)
+                .action(XdpAction::Redirect)
+                .output(atomic.with_macs(n.eth1_mac, backend_mac(backend_index(chosen))))
+                .counts_packets(&["redirected"]),
+        );
         // Policy Drop: every fragment to a VIP address goes.
         lb.set_fragment_policy(FragmentPolicy::Drop);
         assert_eq!(lb.fragment_policy(), FragmentPolicy::Drop);

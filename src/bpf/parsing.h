@@ -65,7 +65,8 @@ struct xdpg_pkt {
 	__u16 l3_proto; /* ETH_P_IP or ETH_P_IPV6, host byte order */
 	__u8 l4_proto;	/* IPPROTO_*, after IPv6 extension headers */
 	__u8 vlan_tags;
-	__u8 fragment;	     /* any fragment (first or later) */
+	__u8 fragment;	     /* a fragment, first or later (an IPv6 atomic
+			      * fragment, offset 0 and no more, is whole) */
 	__u8 later_fragment; /* fragment offset != 0: no L4 header */
 	__u8 ip_options;     /* IPv4 header longer than 20 bytes */
 	__u8 ext_chain_cut;  /* IPv6: more extension headers than we walk */
@@ -185,8 +186,11 @@ static __always_inline int xdpg_parse_ipv6(void *data, void *data_end, struct xd
 			if ((void *)(fh + 1) > data_end || off + sizeof(*fh) > end)
 				return XDPG_PARSE_MALFORMED;
 			__u16 frag = bpf_ntohs(fh->frag_off);
-			pkt->fragment = 1;
-			/* Offset in the top 13 bits; bit 0 is "more fragments". */
+			/* Offset in the top 13 bits; bit 0 is "more fragments".
+			 * Neither set: an atomic fragment, a whole packet with a
+			 * fragment header, processed as one (RFC 6946 s. 4). */
+			if (frag & 0xFFF9)
+				pkt->fragment = 1;
 			if (frag & 0xFFF8)
 				pkt->later_fragment = 1;
 			next = fh->nexthdr;

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::AsFd;
 
 use super::maps::LbMaps;
 use super::neigh;
@@ -15,7 +15,8 @@ impl LoadBalancer {
     /// The LB's network namespace when it is not the calling thread's:
     /// where connections to its backends must start (the health checks').
     /// `None` in the caller's own.
-    pub(crate) fn foreign_netns(&self) -> Result<Option<BorrowedFd<'_>>, LbError> {
+    #[cfg(feature = "health")]
+    pub(crate) fn foreign_netns(&self) -> Result<Option<std::os::fd::BorrowedFd<'_>>, LbError> {
         let id = self.maps().netns();
         if neigh::current().is_ok_and(|(_, here)| here == id) {
             return Ok(None);
