@@ -180,6 +180,11 @@ fn apply_converges_changes_only_what_differs_and_down_removes_it() {
     assert!(out.contains("would filter ") && out.contains(": create and pin"), "{out}");
     assert!(out.lines().any(|l| l.contains("VIP tcp 203.0.113.10:80 backends: add")), "{out}");
     assert_eq!(bed.pins_exist(), [false; 3], "a dry run creates nothing");
+    // --exit-code: 2 while the host differs from the file (1 is an error).
+    let drift = XDPGUARD.run(&["apply", "--config", &cfg, "--dry-run", "--exit-code"]);
+    assert_eq!(drift.status.code(), Some(2), "{}", String::from_utf8_lossy(&drift.stderr));
+    assert_eq!(String::from_utf8_lossy(&drift.stdout), out, "the same plan printed");
+    assert_eq!(bed.pins_exist(), [false; 3]);
     assert!(!xdp_on(server) && !xdp_on(client));
     assert!(reaches(client, "192.0.2.1", 5), "nothing filters yet");
 
@@ -235,6 +240,7 @@ fn apply_converges_changes_only_what_differs_and_down_removes_it() {
     assert_eq!((filter.program_id().unwrap(), lb.program_id().unwrap()), ids);
     assert!(config.plan().unwrap().is_empty());
     assert_eq!(XDPGUARD.ok(&["apply", "--config", &cfg, "--dry-run"]), "no changes\n");
+    assert_eq!(XDPGUARD.ok(&["apply", "--config", &cfg, "--dry-run", "--exit-code"]), "no changes\n");
 
     // An edited file: the client unblocked (list file), one weight changed,
     // a backend added, another removed, a policy, a decap address. One list
@@ -447,12 +453,18 @@ fn apply_converges_changes_only_what_differs_and_down_removes_it() {
     }
     std::fs::write(bed.file(), broken).unwrap();
     refused(&XDPGUARD.run(&["apply", "--config", &cfg]), &["not_a_key"]);
+    let pending = XDPGUARD.run(&["down", "--config", &cfg, "--dry-run", "--exit-code"]);
+    assert_eq!(pending.status.code(), Some(2), "{}", String::from_utf8_lossy(&pending.stderr));
     let out = XDPGUARD.ok(&["down", "--config", &cfg]);
     assert_eq!(changes(&out).len(), 3, "{out}");
     assert_eq!(bed.pins_exist(), [false; 3]);
     assert!(!xdp_on(server) && !xdp_on(client));
     assert!(reaches(client, "192.0.2.1", 5));
     assert_eq!(XDPGUARD.ok(&["down", "--config", &cfg]), "no changes\n");
+    assert_eq!(XDPGUARD.ok(&["down", "--config", &cfg, "--dry-run", "--exit-code"]), "no changes\n");
+    // An error is 1, not "differs": a file that is not there.
+    let missing = XDPGUARD.run(&["apply", "--config", "/nonexistent/xg.toml", "--dry-run", "--exit-code"]);
+    assert_eq!(missing.status.code(), Some(1));
 }
 
 /// Starts `apply`, kills it with SIGKILL once it has printed `after`

@@ -28,8 +28,8 @@
 //! xdpguard capture -w drops.pcap --count N [--timeout S]   xdpguard top [--interval S]
 //! xdpguard detach                               xdpguard upgrade   (a newer build takes over)
 //! xdpguard metrics [--listen 127.0.0.1:9435] --filter PIN --lb PIN --decap PIN   (repeatable; a Prometheus exporter)
-//! xdpguard apply --config /etc/xdpguard/xdpguard.toml [--dry-run] [--recreate]
-//! xdpguard down --config /etc/xdpguard/xdpguard.toml [--dry-run]
+//! xdpguard apply --config /etc/xdpguard/xdpguard.toml [--dry-run [--exit-code]] [--recreate]
+//! xdpguard down --config /etc/xdpguard/xdpguard.toml [--dry-run [--exit-code]]
 //! ```
 //!
 //! `apply` and `down` manage every program a configuration file describes
@@ -254,6 +254,10 @@ enum Command {
         /// Print the plan; change nothing.
         #[arg(long)]
         dry_run: bool,
+        /// With --dry-run: exit status 2 when the plan has changes (the
+        /// host differs from the file), 0 when it has none, 1 on an error.
+        #[arg(long, requires = "dry_run")]
+        exit_code: bool,
         /// Re-create a program whose fixed settings (capacities, hash seed)
         /// differ from the file's (drops its connections and counters).
         #[arg(long)]
@@ -272,6 +276,10 @@ enum Command {
         /// Print what would be removed; change nothing.
         #[arg(long)]
         dry_run: bool,
+        /// With --dry-run: exit status 2 when something would be removed,
+        /// 0 when nothing would, 1 on an error.
+        #[arg(long, requires = "dry_run")]
+        exit_code: bool,
     },
 }
 
@@ -392,7 +400,22 @@ enum SetCommand {
 
 fn main() -> ExitCode {
     common::default_sigpipe();
-    common::exit_code(run(Cli::parse().command))
+    match Cli::parse().command {
+        Command::Apply { config, recreate, exit_code: true, .. } => drift(config_plan(&config, false, recreate)),
+        Command::Down { config, exit_code: true, .. } => drift(config_plan(&config, true, false)),
+        command => common::exit_code(run(command)),
+    }
+}
+
+/// `apply` / `down --dry-run --exit-code`: the plan printed, and the exit
+/// status 2 when it has changes (0 when none, 1 on an error), so a fleet's
+/// drift check can tell "differs" from "failed".
+fn drift(plan: Result<(Plan, nix::fcntl::Flock<std::fs::File>)>) -> ExitCode {
+    match plan.and_then(|(plan, _turn)| run_plan(&plan, true).map(|()| plan.is_empty())) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(2),
+        Err(e) => common::exit_code(Err(e)),
+    }
 }
 
 /// A `FilterBuilder` method that sets one capacity.
@@ -776,20 +799,30 @@ fn run(command: Command) -> Result<()> {
                 c.decaps.len()
             );
         }
-        Command::Apply { config, dry_run, recreate, validate: false } => {
-            let _turn = config_turn(&config)?;
-            let config = Config::from_file(&config)?;
-            let plan = config.plan_with(PlanOptions::default().recreate(recreate))?;
+        Command::Apply { config, dry_run, recreate, .. } => {
+            let (plan, _turn) = config_plan(&config, false, recreate)?;
             run_plan(&plan, dry_run)?;
         }
-        Command::Down { config, dry_run } => {
-            let _turn = config_turn(&config)?;
-            // Only each section's pin and namespace are read: a file that no
-            // longer checks otherwise still takes its programs down.
-            run_plan(&Config::plan_down_file(&config)?, dry_run)?;
+        Command::Down { config, dry_run, .. } => {
+            let (plan, _turn) = config_plan(&config, true, false)?;
+            run_plan(&plan, dry_run)?;
         }
     }
     Ok(())
+}
+
+/// The plan of `apply` (or of `down`) for a configuration file, made under
+/// the host's apply lock, returned held.
+fn config_plan(path: &Path, down: bool, recreate: bool) -> Result<(Plan, nix::fcntl::Flock<std::fs::File>)> {
+    let turn = config_turn(path)?;
+    let plan = if down {
+        // Only each section's pin and namespace are read: a file that no
+        // longer checks otherwise still takes its programs down.
+        Config::plan_down_file(path)?
+    } else {
+        Config::from_file(path)?.plan_with(PlanOptions::default().recreate(recreate))?
+    };
+    Ok((plan, turn))
 }
 
 /// The host's apply lock (`flock` on `/run/lock/xdpguard-apply.lock`),
