@@ -318,15 +318,21 @@ fn auto_block_by_a_rate_limit() {
     t.run("10 min later: unblocked", &udp("203.0.113.99", 80), XdpAction::Pass, "passed", None);
     t.pass("and limited afresh", &udp("203.0.113.4", 53), id);
 
-    // `after N`: blocked only once N packets were over.
-    let patient = f.rules().add(rule("rate-limit 1/s burst 1 block 1m after 2 udp dport 55")).unwrap();
-    t.pass("after 2: first packet", &udp("192.0.2.50", 55), patient);
+    // `after N`: blocked by the Nth packet over the limit.
+    let patient = f.rules().add(rule("rate-limit 1/s burst 1 block 1m after 3 udp dport 55")).unwrap();
+    t.pass("after 3: first packet", &udp("192.0.2.50", 55), patient);
     t.limited("over once: not blocked yet", &udp("192.0.2.50", 55), patient);
     t.limited("over twice: not yet", &udp("192.0.2.50", 55), patient);
     t.run("still reaches other ports", &udp("192.0.2.50", 80), XdpAction::Pass, "passed", None);
     t.limited("over a third time: blocked", &udp("192.0.2.50", 55), patient);
     t.run("now blocked everywhere", &udp("192.0.2.50", 80), XdpAction::Drop, "timed_blocked", None);
     f.timed_blocks().remove(net("192.0.2.50/32")).unwrap();
+    // `after 1` is the default: the first packet over blocks.
+    let eager = f.rules().add(rule("rate-limit 1/s burst 1 block 1m after 1 udp dport 56")).unwrap();
+    t.pass("after 1: first packet", &udp("192.0.2.51", 56), eager);
+    t.limited("over once: blocked", &udp("192.0.2.51", 56), eager);
+    t.run("blocked everywhere", &udp("192.0.2.51", 80), XdpAction::Drop, "timed_blocked", None);
+    f.timed_blocks().remove(net("192.0.2.51/32")).unwrap();
 
     // IPv6: keyed and blocked by /64.
     let v6 = f.rules().add(rule("rate-limit 1/s burst 1 per src/32/64 block 30s ipv6 udp dport 54")).unwrap();
@@ -339,6 +345,29 @@ fn auto_block_by_a_rate_limit() {
     f.advance_clock(Duration::from_secs(31)).unwrap();
     t.run("30 s later: unblocked", &udp("2001:db8:1:2:abcd::1", 80), XdpAction::Pass, "passed", None);
     t.finish();
+}
+
+/// Rule ids are reused; a bucket (and its over-limit count) is its rule's.
+#[test]
+fn a_new_rule_on_a_reused_id_starts_with_no_buckets() {
+    let f = load();
+    let old = f.rules().add(rule("rate-limit 1/s burst 2 udp dport 53")).unwrap();
+    let mut t = Table::new(&f, "a reused rule id");
+    t.pass("old rule: 1", &udp("203.0.113.7", 53), old);
+    t.pass("old rule: 2", &udp("203.0.113.7", 53), old);
+    for i in 1..=3 {
+        t.limited(&format!("old rule: over {i}"), &udp("203.0.113.7", 53), old);
+    }
+    assert_eq!(f.limiter_stats().unwrap().buckets, 1, "the source has a bucket");
+    f.rules().remove(old).unwrap();
+    assert_eq!(f.limiter_stats().unwrap().buckets, 0, "a removed rule's buckets go with it");
+    let new = f.rules().add(rule("rate-limit 1000/s burst 1000 block 1m after 2 udp dport 53")).unwrap();
+    assert_eq!(new, old, "the id is reused (what this test is about)");
+    for i in 1..=5 {
+        t.pass(&format!("new rule, far within its limit: {i}"), &udp("203.0.113.7", 53), new);
+    }
+    t.finish();
+    assert!(f.timed_blocks().list().unwrap().is_empty(), "no auto-block");
 }
 
 #[test]

@@ -279,6 +279,64 @@ fn drop_mode_threshold_known_sources_and_monitor() {
     assert!(f.syn_guard().status().unwrap().is_empty());
 }
 
+/// A TCP SYN header (20 bytes, no options) from `sport` to `dport`.
+fn syn_header(sport: u16, dport: u16) -> [u8; 20] {
+    let mut h = [0u8; 20];
+    h[0..2].copy_from_slice(&sport.to_be_bytes());
+    h[2..4].copy_from_slice(&dport.to_be_bytes());
+    h[4..8].copy_from_slice(&CLIENT_SEQ.to_be_bytes());
+    h[12] = 5 << 4;
+    h[13] = 0x02; // SYN
+    h[14..16].copy_from_slice(&64240u16.to_be_bytes());
+    h
+}
+
+/// RFC 1858's tiny fragment (hping3 -f): a SYN whose TCP header is split
+/// over fragments reaches the stack whole once reassembled, past the SYN
+/// guard and every flags rule, which read the first fragment. While the
+/// guard runs, a TCP first fragment cutting its header short is dropped
+/// as malformed (monitor mode: counted and passed); a later fragment, and
+/// a first fragment holding the whole header, are not.
+#[test]
+fn tiny_tcp_first_fragments_are_dropped() {
+    let f = load();
+    f.syn_guard().protect(8080, SynPolicy::drop_above(1)).expect("protect 8080");
+    align(&f);
+    let v4 = |offset: u16, more: bool, body: &[u8]| {
+        Frame::builder()
+            .ipv4("198.51.100.3".parse().unwrap(), DST_V4)
+            .fragment(offset, more)
+            .protocol(6)
+            .payload(body)
+            .build()
+    };
+    let v6 = |offset: u16, more: bool, body: &[u8]| {
+        Frame::builder()
+            .ipv6("2001:db8::3".parse().unwrap(), DST_V6)
+            .ext(Ext::Fragment { offset, more, id: 7 })
+            .protocol(6)
+            .payload(body)
+            .build()
+    };
+    let h = syn_header(40000, 8080);
+    let mut t = FixtureTable::new(&f, "tiny TCP first fragments");
+    t.run(drop("IPv4, 16 bytes of the SYN's header", &v4(0, true, &h[..16]), "malformed"));
+    t.run(drop("IPv4, 8 bytes", &v4(0, true, &h[..8]), "malformed"));
+    t.run(pass("IPv4, the later fragment", &v4(2, false, &h[16..]), "passed"));
+    t.run(drop("IPv6, 16 bytes", &v6(0, true, &h[..16]), "malformed"));
+    t.run(pass("IPv6, the later fragment", &v6(2, false, &h[16..]), "passed"));
+    let mut whole = h.to_vec();
+    whole.extend_from_slice(&[0; 8]);
+    t.run(pass("a SYN, the threshold's one a second", &syn("198.51.100.4", 1000, 8080), "passed"));
+    t.run(drop("IPv4, a first fragment with the whole header: judged", &v4(0, true, &whole), "syn_dropped"));
+    f.set_monitor(true);
+    t.run(pass("filter monitor mode: counted, passed", &v4(0, true, &h[..16]), "malformed"));
+    f.set_monitor(false);
+    assert!(f.syn_guard().unprotect(8080).unwrap());
+    t.run(pass("no guard stage running: passed", &v4(0, true, &h[..16]), "passed"));
+    t.finish();
+}
+
 #[test]
 fn bad_policies_are_refused() {
     let f = load();

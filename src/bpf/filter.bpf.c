@@ -415,10 +415,9 @@ int xdpg_filter(struct xdp_md *ctx)
 
 	/* One read: the tables of one edit generation decide this packet. */
 	__u32 tables = *(volatile __u32 *)&cfg->tables;
-	/* A chain cut short (parsing.h) has no key the gate knows: the guard
-	 * stage judges it. */
-	__u64 skip_guard =
-		(tables & XDPG_TABLES_GATE_OPEN) && !pkt.ext_chain_cut ? gate_skips(data, data_end, &pkt) : 0;
+	/* A transport header the parse cannot read (parsing.h, l4_hidden) has
+	 * no key the gate knows: the guard stage judges it. */
+	__u64 skip_guard = (tables & XDPG_TABLES_GATE_OPEN) && !pkt.l4_hidden ? gate_skips(data, data_end, &pkt) : 0;
 	__u32 verdict;
 	__u32 blocked_reason;
 	if (pkt.l3_proto == ETH_P_IP) {

@@ -279,13 +279,14 @@ int xdpg_guard(struct xdp_md *ctx)
 				       XDPG_TB_BY_USER, w.bytes);
 
 	/* An IPv6 extension-header chain longer than the parse walks
-	 * (XDPG_MAX_IPV6_EXT_HDRS): the stack still reaches its transport
-	 * header, the rules cannot (a rule naming ports, flags or types would
-	 * be passed by, and a protocol looked for behind the chain), so no rule
-	 * can say it does not match. Dropped as malformed while the guard runs;
-	 * counted and passed in monitor mode, as the filter treats malformed
-	 * packets. */
-	if (pkt.ext_chain_cut) {
+	 * (XDPG_MAX_IPV6_EXT_HDRS), or a TCP first fragment cutting its header
+	 * short (parsing.h, xdpg_tiny_fragment): the stack still reaches the
+	 * transport header, the rules and the SYN guard cannot (a rule naming
+	 * ports, flags or types would be passed by, and a protocol looked for
+	 * behind the chain), so nothing can say it does not match. Dropped as
+	 * malformed while the guard runs; counted and passed in monitor mode,
+	 * as the filter treats malformed packets. */
+	if (pkt.l4_hidden) {
 		count(XDPG_REASON_MALFORMED, w.bytes);
 		if (fcfg->monitor & XDPG_MONITOR_ON)
 			return pass_on(ctx);

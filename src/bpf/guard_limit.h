@@ -207,7 +207,9 @@ decided:
 		c->packets++;
 		c->bytes += bytes;
 	}
-	if (s->block_ns && !monitor && over_count > s->block_after)
+	/* `block ... after N`: blocked by the Nth over-limit packet (the
+	 * first, for N of 0 or 1). */
+	if (s->block_ns && !monitor && over_count >= s->block_after)
 		auto_block(lcfg, st, &k, s, now_ns);
 	return 1;
 }

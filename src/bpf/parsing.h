@@ -69,8 +69,24 @@ struct xdpg_pkt {
 			      * fragment, offset 0 and no more, is whole) */
 	__u8 later_fragment; /* fragment offset != 0: no L4 header */
 	__u8 ip_options;     /* IPv4 header longer than 20 bytes */
-	__u8 ext_chain_cut;  /* IPv6: more extension headers than we walk */
+	__u8 l4_hidden;	     /* a transport header the stack reaches and the
+			      * parse cannot: xdpg_l4_hidden */
 };
+
+/* What the stack reaches and the parse cannot: an IPv6 chain longer than
+ * the walk (its caller's case), or RFC 1858's tiny fragment, a first
+ * fragment whose TCP header the IP packet cuts short. The stack rebuilds
+ * that header from the later fragments, where no rule reads it: a SYN so
+ * split, its flags in the second fragment, passed the SYN guard and every
+ * flags rule (hping3 -f). No stack sends one (a first fragment carries at
+ * least the 8 bytes a fragment's data comes in, and real MTUs far more). */
+#define XDPG_TCP_HDR_LEN 20
+static __always_inline void xdpg_tiny_fragment(struct xdpg_pkt *pkt, __u32 end)
+{
+	if (pkt->fragment && !pkt->later_fragment && pkt->l4_proto == IPPROTO_TCP &&
+	    pkt->l4_off + XDPG_TCP_HDR_LEN > end)
+		pkt->l4_hidden = 1;
+}
 
 static __always_inline int xdpg_parse_eth(void *data, void *data_end, struct xdpg_pkt *pkt)
 {
@@ -127,6 +143,7 @@ static __always_inline int xdpg_parse_ipv4(void *data, void *data_end, struct xd
 	pkt->ip_options = hdr_len > sizeof(*iph);
 	pkt->l4_proto = iph->protocol;
 	pkt->l4_off = pkt->later_fragment ? 0 : off + hdr_len;
+	xdpg_tiny_fragment(pkt, off + tot_len);
 	return XDPG_PARSE_OK;
 }
 
@@ -200,12 +217,13 @@ static __always_inline int xdpg_parse_ipv6(void *data, void *data_end, struct xd
 		default:
 			pkt->l4_proto = next;
 			pkt->l4_off = pkt->later_fragment ? 0 : off;
+			xdpg_tiny_fragment(pkt, end);
 			return XDPG_PARSE_OK;
 		}
 	}
 	/* XDPG_MAX_IPV6_EXT_HDRS headers walked. Their last one may lead to the
 	 * transport header (read as such); still inside the chain, the source
-	 * address is known, the transport header is not (ext_chain_cut: the
+	 * address is known, the transport header is not (l4_hidden: the
 	 * guard stage drops it, parsing it no rule could). */
 	switch (next) {
 	case IPPROTO_HOPOPTS:
@@ -217,10 +235,11 @@ static __always_inline int xdpg_parse_ipv6(void *data, void *data_end, struct xd
 		if (off <= XDPG_MAX_L3_OFFSET) {
 			pkt->l4_proto = next;
 			pkt->l4_off = pkt->later_fragment ? 0 : off;
+			xdpg_tiny_fragment(pkt, end);
 			return XDPG_PARSE_OK;
 		}
 	}
-	pkt->ext_chain_cut = 1;
+	pkt->l4_hidden = 1;
 	pkt->l4_proto = next;
 	pkt->l4_off = 0;
 	return XDPG_PARSE_OK;

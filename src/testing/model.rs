@@ -146,9 +146,12 @@ pub struct IpPacket {
     pub protocol: u8,
     /// The transport fields, when readable (TCP, UDP, ICMP, ICMPv6 only).
     pub transport: Option<Transport>,
-    /// IPv6: still inside the extension-header chain after the eight
-    /// headers the walk takes (the guard stage drops it as malformed).
-    pub chain_cut: bool,
+    /// A transport header the stack reaches and the filter cannot read
+    /// (the guard stage drops it as malformed): IPv6 still inside the
+    /// extension-header chain after the eight headers the walk takes, or a
+    /// TCP first fragment whose header the IP packet cuts short (RFC 1858's
+    /// tiny fragment).
+    pub l4_hidden: bool,
 }
 
 /// How the filter reads a frame.
@@ -215,11 +218,20 @@ fn ipv4(frame: &[u8], l3: usize) -> Parsed {
         return Parsed::Malformed;
     }
     let later_fragment = be16(h, 6) & 0x1FFF != 0;
+    let first_fragment = !later_fragment && be16(h, 6) & 0x2000 != 0;
     let src = IpAddr::V4(Ipv4Addr::new(h[12], h[13], h[14], h[15]));
     let dst = IpAddr::V4(Ipv4Addr::new(h[16], h[17], h[18], h[19]));
     let protocol = h[9];
     let l4 = (!later_fragment).then_some(l3 + hdr_len);
-    Parsed::Ip(IpPacket { src, dst, protocol, transport: transport(frame, protocol, l4, l3 + total), chain_cut: false })
+    let transport = transport(frame, protocol, l4, l3 + total);
+    let l4_hidden = tiny_fragment(first_fragment, protocol, l3 + hdr_len, l3 + total);
+    Parsed::Ip(IpPacket { src, dst, protocol, transport, l4_hidden })
+}
+
+/// RFC 1858's tiny fragment: a first fragment whose TCP header (20 bytes)
+/// the IP packet, ending at `end`, cuts short.
+fn tiny_fragment(first_fragment: bool, protocol: u8, l4: usize, end: usize) -> bool {
+    first_fragment && protocol == 6 && l4 + 20 > end
 }
 
 fn ipv6(frame: &[u8], l3: usize) -> Parsed {
@@ -242,7 +254,7 @@ fn ipv6(frame: &[u8], l3: usize) -> Parsed {
     let src = IpAddr::V6(Ipv6Addr::from(octets(8)));
     let dst = IpAddr::V6(Ipv6Addr::from(octets(24)));
     let mut off = l3 + 40;
-    let mut later_fragment = false;
+    let (mut fragment, mut later_fragment) = (false, false);
     for _ in 0..MAX_EXT_HEADERS {
         if off > MAX_L3_OFFSET {
             return Parsed::Malformed;
@@ -263,6 +275,8 @@ fn ipv6(frame: &[u8], l3: usize) -> Parsed {
                 if off + 8 > end {
                     return Parsed::Malformed;
                 }
+                // Offset 0 without more fragments: an atomic fragment, whole.
+                fragment |= be16(frame, off + 2) & 0xFFF9 != 0;
                 later_fragment |= be16(frame, off + 2) & 0xFFF8 != 0;
                 next = frame[off];
                 off += 8;
@@ -270,7 +284,8 @@ fn ipv6(frame: &[u8], l3: usize) -> Parsed {
             protocol => {
                 let l4 = (!later_fragment).then_some(off);
                 let transport = transport(frame, protocol, l4, end);
-                return Parsed::Ip(IpPacket { src, dst, protocol, transport, chain_cut: false });
+                let l4_hidden = tiny_fragment(fragment && !later_fragment, protocol, off, end);
+                return Parsed::Ip(IpPacket { src, dst, protocol, transport, l4_hidden });
             }
         }
     }
@@ -279,9 +294,10 @@ fn ipv6(frame: &[u8], l3: usize) -> Parsed {
     if !matches!(next, 0 | 43 | 60 | 44) && off <= MAX_L3_OFFSET {
         let l4 = (!later_fragment).then_some(off);
         let transport = transport(frame, next, l4, end);
-        return Parsed::Ip(IpPacket { src, dst, protocol: next, transport, chain_cut: false });
+        let l4_hidden = tiny_fragment(fragment && !later_fragment, next, off, end);
+        return Parsed::Ip(IpPacket { src, dst, protocol: next, transport, l4_hidden });
     }
-    Parsed::Ip(IpPacket { src, dst, protocol: next, transport: None, chain_cut: true })
+    Parsed::Ip(IpPacket { src, dst, protocol: next, transport: None, l4_hidden: true })
 }
 
 /// The transport fields of a header at `l4` in an IP packet ending at `end`.
@@ -376,9 +392,10 @@ impl FilterModel {
                 done(XdpAction::Drop, "timed_blocked")
             };
         }
-        // No rule can read the transport header behind the chain: while the
-        // guard stage runs (rules, or timed blocks), malformed.
-        if p.chain_cut && (!self.rules.is_empty() || !self.timed_blocks.is_empty()) {
+        // No rule can read the transport header behind the chain or the
+        // tiny fragment: while the guard stage runs (rules, or timed
+        // blocks), malformed.
+        if p.l4_hidden && (!self.rules.is_empty() || !self.timed_blocks.is_empty()) {
             return done(if self.monitor { XdpAction::Pass } else { XdpAction::Drop }, "malformed");
         }
         let mut rules = Vec::new();

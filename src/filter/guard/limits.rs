@@ -3,6 +3,7 @@
 //! limit of each rate-limit rule (written by rule id before the rule set
 //! naming it goes live), and the timed-block table's edits.
 
+use std::collections::BTreeSet;
 use std::mem::{offset_of, size_of};
 use std::net::IpAddr;
 use std::sync::atomic::Ordering;
@@ -129,7 +130,35 @@ pub(crate) fn prepare(maps: &GuardMaps, rules: &[StoredRule], old: &[StoredRule]
             maps.lcnt.zero(r.id).map_err(bpf(format!("zeroing the limit counter of rule {}", r.id)))?;
         }
     }
+    purge_buckets(maps, rules, old)?;
     settle(maps, rules)
+}
+
+/// Removes the limiter's exact buckets of every rate-limit rule but those
+/// staying (in `old` and `rules` alike: one id is one rule across an edit,
+/// `GuardState::fresh_ids`). A bucket, and the over-limit count `block ...
+/// after N` reads in it, belongs to the rule that made it: a new rule given
+/// an id an earlier one had (ids are reused) found that rule's buckets and
+/// limited, even auto-blocked, sources within its own limit; a removed
+/// rule's stayed in `status`'s count until evicted. What the per-CPU sketch
+/// counted for the old rule lasts to the end of its window and can charge
+/// a key's new bucket at most `admit` (half its burst). Only when a
+/// rate-limit rule comes or goes: one walk of the LRU (its capacity in
+/// keys, default 65,536).
+fn purge_buckets(maps: &GuardMaps, rules: &[StoredRule], old: &[StoredRule]) -> Result<(), RuleError> {
+    let limiting = |set: &[StoredRule]| -> BTreeSet<u32> {
+        set.iter().filter(|r| r.rule.action == RuleAction::RateLimit).map(|r| r.id).collect()
+    };
+    let (now, before) = (limiting(rules), limiting(old));
+    if now == before {
+        return Ok(());
+    }
+    let staying: BTreeSet<u32> = now.intersection(&before).copied().collect();
+    let stale: Vec<xdpg_limit_key> = maps.llru.keys().filter(|k| !staying.contains(&k.rule)).collect();
+    for k in &stale {
+        maps.llru.remove(k).map_err(bpf(format!("removing a limiter bucket of rule {}", k.rule)))?;
+    }
+    Ok(())
 }
 
 /// Removes expired timed blocks and sets the data plane's timed-block
