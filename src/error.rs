@@ -84,6 +84,19 @@ pub enum LoadError {
         /// The accepted range.
         hint: &'static str,
     },
+    /// The program given to [`Filter::set_next`](crate::Filter::set_next)
+    /// is the filter's own (or its guard stage's): each packet would loop
+    /// through the filter until the kernel's tail-call limit, counted and
+    /// judged every time.
+    #[error(
+        "program {id} is this filter's own {stage}: passing packets on to it would run each one through the          filter again, up to the kernel's 33 tail calls, counting it each time; give the next program (e.g. a          load balancer's `program_fd()`), or `clear_next` to pass packets to the stack"
+    )]
+    NextIsSelf {
+        /// The program's kernel id.
+        id: u32,
+        /// Which of the filter's programs: `program` or `guard stage`.
+        stage: &'static str,
+    },
     /// A BPF system call failed for a reason not covered above.
     #[error("{op} failed: {source}")]
     Bpf {

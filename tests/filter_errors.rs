@@ -179,6 +179,21 @@ fn blocking_a_whole_family_is_refused_unless_asked_for() {
 }
 
 #[test]
+fn a_filter_chained_to_itself_is_refused() {
+    let f = Filter::builder().load().unwrap();
+    let err = f.set_next(f.program_fd()).unwrap_err();
+    let Error::Load(LoadError::NextIsSelf { id, stage: "program" }) = &err else { panic!("{err:?}") };
+    assert_eq!(*id, f.program_id().unwrap());
+    assert_mentions(&err.to_string(), &["this filter's own program", "clear_next"]);
+    assert_eq!(f.next_program().unwrap(), None, "nothing installed");
+    f.blocklist().insert(net("203.0.113.0/24")).unwrap();
+    assert_eq!(action(&f, "203.0.113.1"), XdpAction::Drop);
+    assert_eq!(action(&f, "198.51.100.1"), XdpAction::Pass);
+    let s = f.stats().unwrap();
+    assert_eq!(s.passed.packets, 1, "counted once: {s:?}");
+}
+
+#[test]
 fn invalid_capacity_is_typed() {
     for (b, what) in [
         (Filter::builder().v4_capacity(0), "v4_capacity"),

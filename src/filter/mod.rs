@@ -517,9 +517,20 @@ impl Filter {
     ///
     /// # Errors
     ///
-    /// [`LoadError::Bpf`] when the kernel refuses the program (not an XDP
-    /// program, or one that cannot be tail-called from here).
+    /// [`LoadError::NextIsSelf`] for the filter's own program or its guard
+    /// stage's (a loop); [`LoadError::Bpf`] when the kernel refuses the
+    /// program (not an XDP program, or one that cannot be tail-called from
+    /// here).
     pub fn set_next(&self, program: BorrowedFd<'_>) -> Result<(), Error> {
+        if let Ok(id) = crate::core::sys::prog_id(program) {
+            let own = [
+                (Some(self.core.running().id()?), "program"),
+                (self.guard.as_ref().map(|g| g.core.running().id()).transpose()?, "guard stage"),
+            ];
+            if let Some((_, stage)) = own.into_iter().find(|(own, _)| *own == Some(id)) {
+                return Err(LoadError::NextIsSelf { id, stage }.into());
+            }
+        }
         self.core
             .maps
             .next
