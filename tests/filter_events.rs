@@ -183,8 +183,47 @@ fn each_drop_sends_one_event_with_its_fields_and_passed_packets_none() {
         },
     ];
     run_table(&f, "monitor", &rows);
+    f.set_monitor(false);
+
+    // One rule in monitor mode (its dry run): the packet goes on through
+    // the walk and is counted where it ends, and the rule's would-drop is
+    // an event with its id.
+    let dry = f.rules().add("monitor drop udp dport 1901".parse().unwrap()).unwrap();
+    let dry_limit = f.rules().add("monitor rate-limit 1/s burst 1 udp dport 1902".parse().unwrap()).unwrap();
+    let after = f.rules().add("drop udp dport 1901 from 192.0.2.0/24".parse().unwrap()).unwrap();
+    let rows = vec![
+        Row {
+            what: "a monitored drop rule: passed, a would-drop event",
+            frame: udp("198.51.100.9", 1901, PAYLOAD),
+            action: XdpAction::Pass,
+            event: Some((DropReason::WouldDropRule, Some(dry))),
+        },
+        Row {
+            what: "a monitored rate limit, within it: no event",
+            frame: udp("198.51.100.9", 1902, PAYLOAD),
+            action: XdpAction::Pass,
+            event: None,
+        },
+        Row {
+            what: "a monitored rate limit, over it: a would-drop event",
+            frame: udp("198.51.100.9", 1902, PAYLOAD),
+            action: XdpAction::Pass,
+            event: Some((DropReason::WouldDropLimit, Some(dry_limit))),
+        },
+    ];
+    run_table(&f, "monitored rules", &rows);
+    // A later rule that drops: its drop is an event too (the would-drop first).
+    let mut reader = f.events(EventOptions::default().rate(EventRate::per_second(1000))).unwrap();
+    assert_eq!(run(&f, &udp("192.0.2.9", 1901, PAYLOAD)), XdpAction::Drop);
+    let got: Vec<(String, Option<RuleId>)> =
+        reader.poll(Duration::from_secs(2)).unwrap().iter().map(|e| (e.reason.to_string(), e.rule)).collect();
+    let want = [(DropReason::WouldDropRule.to_string(), Some(dry)), (DropReason::RuleDropped.to_string(), Some(after))];
+    assert_eq!(got, want);
+    drop(reader);
+    let s = f.stats().unwrap();
+    assert_eq!((s.would_drop_rule.packets, s.would_drop_limit.packets), (1, 0), "one reason a packet: {s:?}");
     let stats = f.event_stats().unwrap();
-    assert_eq!((stats.sent, stats.limited, stats.lost), (8, 0, 0), "{stats:?}");
+    assert_eq!((stats.sent, stats.limited, stats.lost), (12, 0, 0), "{stats:?}");
 }
 
 #[test]

@@ -56,7 +56,22 @@ struct walk {
 	__u8 family; /* 4 or 6 */
 	__u8 flags;  /* TCP flags (0 for other packets) */
 	__u8 action; /* XDPG_RULE_DROP or _PASS once decided, else 0 */
+	__u8 would;  /* a monitored rule's would-drop reason (its first), or 0 */
+	__u32 would_rule;
 };
+
+/* A monitored rule would have dropped the packet (a drop rule, or a rate
+ * limit it is over): the walk goes on, and the packet is counted under the
+ * reason the walk ends with (one reason a packet), but the rule's dry run
+ * sends its would-drop event (xdpg_guard, after the walk), so events,
+ * capture and top show what the rule would drop. */
+static __always_inline void would_drop(struct walk *w, __u32 reason, __u32 rule)
+{
+	if (!w->would) {
+		w->would = reason;
+		w->would_rule = rule;
+	}
+}
 
 /* Every drop and would-drop decision of the guard, with its reason and
  * rule: a sampled drop event while a reader holds a lease
@@ -200,14 +215,23 @@ static __always_inline long check_record(__u32 i, struct walk *w)
 		/* Within the limit the walk goes on; over it, the rule decides
 		 * (a monitored rule only counts it). */
 		__u32 monitored = r->mode & XDPG_RULE_MONITOR;
-		if (!limit_over(w, r->rule, monitored) || monitored)
+		if (!limit_over(w, r->rule, monitored))
 			return 0;
+		if (monitored) {
+			would_drop(w, XDPG_REASON_WOULD_DROP_LIMIT, r->rule);
+			return 0;
+		}
 		w->action = XDPG_RULE_RATE_LIMIT;
 		w->rule = r->rule;
 		return 1;
 	}
-	if (r->action == XDPG_RULE_COUNT || (r->mode & XDPG_RULE_MONITOR))
+	if (r->action == XDPG_RULE_COUNT)
 		return 0;
+	if (r->mode & XDPG_RULE_MONITOR) {
+		if (r->action == XDPG_RULE_DROP)
+			would_drop(w, XDPG_REASON_WOULD_DROP_RULE, r->rule);
+		return 0;
+	}
 	w->action = r->action;
 	w->rule = r->rule;
 	return 1;
@@ -310,6 +334,8 @@ int xdpg_guard(struct xdp_md *ctx)
 		goto passed;
 	w.first = g->first;
 	walk_group(&w, g->count);
+	if (w.would)
+		decided(ctx, w.would, w.would_rule);
 
 	if (w.action == XDPG_RULE_DROP)
 		return drop_or_monitor(ctx, fcfg, XDPG_REASON_RULE_DROPPED, XDPG_REASON_WOULD_DROP_RULE, w.rule,
