@@ -117,9 +117,9 @@ pub use filter::{
 };
 pub use filter::{normalize, parse_list, parse_prefix, FilterStats, ListKind, ListLine, Normalized};
 pub use filter::{
-    parse_rules, DestinationMatch, IpFamily, NamedSet, RangeSet, Rule, RuleAction, RuleCapacities, RuleChange,
-    RuleEntry, RuleId, RuleLine, RuleProtocol, Rules, Sets, Source, SourceMatch, TcpFlags, DEFAULT_MAX_LIMIT_BUCKETS,
-    DEFAULT_MAX_RULES, DEFAULT_MAX_SET_ENTRIES, DEFAULT_MAX_TIMED_BLOCKS, MAX_RULES,
+    parse_rule_lines, parse_rules, DestinationMatch, IpFamily, NamedSet, RangeSet, Rule, RuleAction, RuleCapacities,
+    RuleChange, RuleEntry, RuleId, RuleLine, RuleProtocol, Rules, Sets, Source, SourceMatch, TcpFlags,
+    DEFAULT_MAX_LIMIT_BUCKETS, DEFAULT_MAX_RULES, DEFAULT_MAX_SET_ENTRIES, DEFAULT_MAX_TIMED_BLOCKS, MAX_RULES,
 };
 pub use filter::{
     BulkChange, EntryChange, Filter, FilterBuilder, MalformedPolicy, PrefixList, Verdict, DEFAULT_V4_CAPACITY,

@@ -119,13 +119,17 @@ fn the_cli_runs_the_amplification_recipe_on_real_traffic() {
     assert_eq!(v["rules"].as_array().map(Vec::len), Some(0), "{v}");
     reaches(&pair.client, "192.0.2.4", 53, "the bad file applied nothing");
 
-    // A set no one created: named by line, nothing applied.
+    // A set no one created: named by line with the bad lines, in one
+    // report, nothing applied.
     let unknown = files.path().join("unknown.rules");
-    std::fs::write(&unknown, "drop udp dport 1900\ndrop tcp from set nosuch\n").unwrap();
+    std::fs::write(&unknown, "drop udp dport 1900\ndrop tcp from set nosuch\ndrop tcp flags syn,fni\n").unwrap();
     let out = cli.run(&["rule", "replace", "--pin", p, "--file", unknown.to_str().unwrap()]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("line 2: no set named `nosuch`"), "{err}");
-    assert!(err.contains("xdpguard set create nosuch") && err.contains("nothing was changed"), "{err}");
+    assert!(err.contains("xdpguard set create nosuch") && err.contains("line 3:"), "{err}");
+    assert!(err.contains("2 bad line(s)") && err.contains("nothing applied"), "{err}");
+    let out = cli.run(&["rule", "add", "--pin", p, "--file", unknown.to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("2 bad line(s)"), "{out:?}");
 
     let good = files.path().join("good.rules");
     std::fs::write(&good, "drop udp sport 53 not from set resolvers  # amplification\ndrop udp dport 1900,11211\n")

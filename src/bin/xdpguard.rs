@@ -1180,8 +1180,10 @@ fn refuse_drop_all(rules: &[Rule], force: bool) -> Result<()> {
     }
 }
 
-/// A rule file's rules (`-`: standard input), every bad line reported.
-fn read_rules(path: &Path) -> Result<RuleFile> {
+/// A rule file's rules (`-`: standard input), read for `filter`: every
+/// bad line, and every rule naming a set the filter does not have, in one
+/// report by line number, before anything changes.
+fn read_rules(path: &Path, filter: &Filter) -> Result<RuleFile> {
     let (bytes, name) = if path == Path::new("-") {
         let mut b = Vec::new();
         std::io::Read::read_to_end(&mut std::io::stdin(), &mut b)?;
@@ -1189,40 +1191,35 @@ fn read_rules(path: &Path) -> Result<RuleFile> {
     } else {
         (std::fs::read(path).map_err(|e| format!("reading {}: {e}", path.display()))?, path.display().to_string())
     };
-    Ok(RuleFile { lines: xdpguard::parse_rules(&bytes, &name)?, name })
+    let (lines, mut errors) = xdpguard::parse_rule_lines(&bytes);
+    let set_of = |l: &xdpguard::RuleLine| match &l.rule.source {
+        Some(xdpguard::SourceMatch { source: xdpguard::Source::Set(set), .. }) => Some(set.clone()),
+        _ => None,
+    };
+    if lines.iter().any(|l| set_of(l).is_some()) {
+        let have = filter.sets().names()?;
+        for l in &lines {
+            if let Some(set) = set_of(l).filter(|s| !have.contains(s)) {
+                errors.push(xdpguard::LineError {
+                    line: l.line,
+                    message: format!("no set named `{set}`: create it first (`xdpguard set create {set}`)"),
+                });
+            }
+        }
+    }
+    if !errors.is_empty() {
+        errors.sort_by_key(|e| e.line);
+        return Err(xdpguard::RuleError::BadLines { source_name: name, errors }.into());
+    }
+    Ok(RuleFile { lines })
 }
 
-/// A rule file's rules, with their lines, and the file's name.
+/// A rule file's rules, with their lines.
 struct RuleFile {
     lines: Vec<xdpguard::RuleLine>,
-    name: String,
 }
 
 impl RuleFile {
-    /// Refuses, before anything changes, rules naming sets the filter does
-    /// not have: every such line, by number.
-    fn check_sets(&self, filter: &Filter) -> Result<()> {
-        let have = filter.sets().names()?;
-        let missing: Vec<String> = self
-            .lines
-            .iter()
-            .filter_map(|l| match &l.rule.source {
-                Some(xdpguard::SourceMatch { source: xdpguard::Source::Set(name), .. }) if !have.contains(name) => {
-                    Some(format!(
-                        "  line {}: no set named `{name}`: create it first (`xdpguard set create {name}`)",
-                        l.line
-                    ))
-                }
-                _ => None,
-            })
-            .collect();
-        if missing.is_empty() {
-            return Ok(());
-        }
-        Err(format!("{}: rules name sets that do not exist; nothing was changed:\n{}", self.name, missing.join("\n"))
-            .into())
-    }
-
     fn rules(&self) -> Vec<Rule> {
         self.lines.iter().map(|l| l.rule.clone()).collect()
     }
@@ -1231,7 +1228,8 @@ impl RuleFile {
 fn rule_command(cmd: RuleCommand) -> Result<()> {
     match cmd {
         RuleCommand::Add { pin, at, file, rule, force } => {
-            let file = file.as_deref().map(read_rules).transpose()?;
+            let filter = Filter::open_pinned(&pin.pin)?;
+            let file = file.as_deref().map(|f| read_rules(f, &filter)).transpose()?;
             let rules = match &file {
                 Some(file) => file.rules(),
                 None if rule.is_empty() => {
@@ -1240,10 +1238,6 @@ fn rule_command(cmd: RuleCommand) -> Result<()> {
                 None => vec![rule.join(" ").parse::<Rule>()?],
             };
             refuse_drop_all(&rules, force)?;
-            let filter = Filter::open_pinned(&pin.pin)?;
-            if let Some(file) = &file {
-                file.check_sets(&filter)?;
-            }
             let set = filter.rules();
             if rules.len() == 1 {
                 let id = match at {
@@ -1309,9 +1303,8 @@ fn rule_command(cmd: RuleCommand) -> Result<()> {
             }
         }
         RuleCommand::Replace { pin, file, force } => {
-            let file = read_rules(&file)?;
             let filter = Filter::open_pinned(&pin.pin)?;
-            file.check_sets(&filter)?;
+            let file = read_rules(&file, &filter)?;
             let rules = file.rules();
             refuse_drop_all(&rules, force)?;
             let change = filter.rules().replace(rules)?;

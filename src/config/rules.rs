@@ -29,9 +29,8 @@ use toml::de::{DeTable, DeValue};
 
 use super::parse::{get, Loc, Reader, Val};
 use crate::core::layout::consts::XDPG_MAX_SETS;
-use crate::error::RuleError;
 use crate::filter::rules::syntax::check_set_name;
-use crate::{normalize, parse_prefix, parse_rules, Rule, DEFAULT_MAX_RULES};
+use crate::{normalize, parse_prefix, parse_rule_lines, Rule, DEFAULT_MAX_RULES};
 
 /// The `[filter.sets]` table: set name -> prefixes (normalised, sorted,
 /// without duplicates).
@@ -127,7 +126,7 @@ pub(super) fn rules(
         r.problem(f.span(), "give the rules either inline (`rules`) or in a file (`rules_file`), not both");
         return Vec::new();
     }
-    let (lines, locate): (Vec<crate::RuleLine>, Locate) = match (inline, file) {
+    let (lines, locate, parsed): (Vec<crate::RuleLine>, Locate, bool) = match (inline, file) {
         (Some(v), None) => {
             let Some(text) = string(r, v) else { return Vec::new() };
             let span = v.span();
@@ -135,23 +134,16 @@ pub(super) fn rules(
                 let at = inline_line_offset(r, &span, line);
                 Loc::Span(at..at)
             });
-            let name = r.file.display().to_string();
-            match parse_rules(text.as_bytes(), &name) {
-                Ok(lines) => (lines, locate),
-                Err(RuleError::BadLines { errors, .. }) => {
-                    let rule_lines: Vec<&str> = text.split('\n').collect();
-                    for e in errors {
-                        let loc = locate(r, e.line);
-                        let rule = rule_lines.get(e.line - 1).map_or("", |l| l.trim());
-                        r.at(&loc, format!("rule `{rule}`: {}", e.message));
-                    }
-                    return Vec::new();
-                }
-                Err(e) => {
-                    r.problem(v.span(), e.to_string());
-                    return Vec::new();
-                }
+            // Every bad line, and (below) every rule of the good ones that
+            // names a set the filter lacks: one report.
+            let (lines, errors) = parse_rule_lines(text.as_bytes());
+            let rule_lines: Vec<&str> = text.split('\n').collect();
+            for e in &errors {
+                let loc = locate(r, e.line);
+                let rule = rule_lines.get(e.line - 1).map_or("", |l| l.trim());
+                r.at(&loc, format!("rule `{rule}`: {}", e.message));
             }
+            (lines, locate, errors.is_empty())
         }
         (None, Some(v)) => {
             let Some(name) = string(r, v) else { return Vec::new() };
@@ -167,19 +159,11 @@ pub(super) fn rules(
                 let path = path.clone();
                 Box::new(move |_: &Reader<'_>, line: usize| Loc::Line(path.clone(), line))
             };
-            match parse_rules(&bytes, &path.display().to_string()) {
-                Ok(lines) => (lines, locate),
-                Err(RuleError::BadLines { errors, .. }) => {
-                    for e in errors {
-                        r.at(&Loc::Line(path.clone(), e.line), e.message);
-                    }
-                    return Vec::new();
-                }
-                Err(e) => {
-                    r.problem(v.span(), format!("rule file {}: {e}", path.display()));
-                    return Vec::new();
-                }
+            let (lines, errors) = parse_rule_lines(&bytes);
+            for e in &errors {
+                r.at(&Loc::Line(path.clone(), e.line), e.message.clone());
             }
+            (lines, locate, errors.is_empty())
         }
         _ => return Vec::new(),
     };
@@ -197,6 +181,9 @@ pub(super) fn rules(
                 );
             }
         }
+    }
+    if !parsed {
+        return Vec::new();
     }
     if lines.len() > DEFAULT_MAX_RULES {
         let at = inline.or(file).map_or(0..0, Val::span);
@@ -259,6 +246,14 @@ mod tests {
         let p = read(&format!("{HEAD}rules = \"\"\"\ndrop udp\ndrop udp not from set nowhere\n\"\"\"\n")).unwrap_err();
         assert_eq!((p[0].0, p[0].1), (5, Some(1)));
         assert!(p[0].2.contains("`nowhere`") && p[0].2.contains("[filter.sets]"), "{p:?}");
+        // A bad line and a missing set: both in one report.
+        let p = read(&format!(
+            "{HEAD}rules = \"\"\"\ndrop udp sport 53 not from set resolverz\ndrop tcp flags syn,fni\n\"\"\"\n"
+        ))
+        .unwrap_err();
+        assert_eq!(p.len(), 2, "{p:?}");
+        assert!(p.iter().any(|p| p.0 == 4 && p.2.contains("`resolverz`")), "{p:?}");
+        assert!(p.iter().any(|p| p.0 == 5 && p.2.contains("fni")), "{p:?}");
         let p = read(&format!("{HEAD}[filter.sets]\n9lives = [\"192.0.2.1\"]\nok = [\"192.0.2.300\"]\n")).unwrap_err();
         assert_eq!(p.len(), 2, "{p:?}");
         let p = read(&format!("{HEAD}rules = \"drop udp\"\nrules_file = \"r.txt\"\n")).unwrap_err();

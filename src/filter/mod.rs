@@ -47,8 +47,8 @@ pub use lists::{BulkChange, EntryChange, ListKind, PrefixList};
 pub use prefix::{normalize, parse_list, parse_prefix, ListLine, Normalized};
 pub use ratelimit::{LimitKey, RateLimit, MAX_BLOCK, MAX_RATE};
 pub use rules::{
-    parse_rules, DestinationMatch, IpFamily, NamedSet, RangeSet, Rule, RuleAction, RuleChange, RuleEntry, RuleId,
-    RuleLine, RuleProtocol, Rules, Sets, Source, SourceMatch, TcpFlags,
+    parse_rule_lines, parse_rules, DestinationMatch, IpFamily, NamedSet, RangeSet, Rule, RuleAction, RuleChange,
+    RuleEntry, RuleId, RuleLine, RuleProtocol, Rules, Sets, Source, SourceMatch, TcpFlags,
 };
 pub use stats::FilterStats;
 pub use ttl::{LimiterStats, TimedBlock, TimedBlocks, TimedChange};

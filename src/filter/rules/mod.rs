@@ -14,7 +14,7 @@ pub(crate) mod parse;
 mod sets;
 pub(crate) mod syntax;
 
-pub use parse::{parse_rules, RuleLine};
+pub use parse::{parse_rule_lines, parse_rules, RuleLine};
 pub use sets::{NamedSet, Sets};
 pub use syntax::{DestinationMatch, IpFamily, RangeSet, Rule, RuleAction, RuleProtocol, Source, SourceMatch, TcpFlags};
 

@@ -37,6 +37,25 @@ pub struct RuleLine {
 ///
 /// [`RuleError::BadLines`] listing every line that is not a valid rule.
 pub fn parse_rules(text: &[u8], source_name: &str) -> Result<Vec<RuleLine>, RuleError> {
+    let (rules, errors) = parse_rule_lines(text);
+    if errors.is_empty() {
+        Ok(rules)
+    } else {
+        Err(RuleError::BadLines { source_name: source_name.to_owned(), errors })
+    }
+}
+
+/// Parses a rule file as [`parse_rules`] does, keeping both halves: the
+/// rules of the lines that parse, and every line that does not. For a
+/// check that reports more than syntax in one pass (rules naming sets that
+/// do not exist, say, found among the lines that parsed).
+///
+/// ```
+/// let (rules, bad) = xdpguard::parse_rule_lines(b"drop udp from set nosuch\ndrop tcp flags fni\n");
+/// assert_eq!((rules.len(), rules[0].line), (1, 1));
+/// assert_eq!((bad.len(), bad[0].line), (1, 2));
+/// ```
+pub fn parse_rule_lines(text: &[u8]) -> (Vec<RuleLine>, Vec<LineError>) {
     let mut rules = Vec::new();
     let mut errors = Vec::new();
     for (i, raw) in text.split(|&b| b == b'\n').enumerate() {
@@ -54,11 +73,7 @@ pub fn parse_rules(text: &[u8], source_name: &str) -> Result<Vec<RuleLine>, Rule
             Err(e) => errors.push(LineError { line, message: line_message(&e) }),
         }
     }
-    if errors.is_empty() {
-        Ok(rules)
-    } else {
-        Err(RuleError::BadLines { source_name: source_name.to_owned(), errors })
-    }
+    (rules, errors)
 }
 
 fn strip_comment(s: &str) -> &str {
