@@ -150,7 +150,11 @@ fn reaches(client: &NetNs, src: &str, tries: u32) -> bool {
 
 /// Lines of stdout that are changes (not the digest and summary lines).
 fn changes(out: &str) -> Vec<&str> {
-    out.lines().filter(|l| !l.contains(": digest ") && !l.starts_with("applied ") && *l != "no changes").collect()
+    out.lines()
+        .filter(|l| {
+            !l.contains(": digest ") && !l.starts_with("applied ") && !l.starts_with("note: ") && *l != "no changes"
+        })
+        .collect()
 }
 
 #[test]
@@ -296,6 +300,11 @@ fn apply_converges_changes_only_what_differs_and_down_removes_it() {
     let done = changes(&out);
     let planned: Vec<&str> = plan.lines().filter_map(|l| l.strip_prefix("would ")).collect();
     assert_eq!(planned, done, "the dry run showed what was done");
+    // Cookie mode needs nftables synproxy: said by the plan and the apply.
+    for text in [&plan, &out] {
+        assert!(text.contains("note: port 8080 in cookie mode needs nftables synproxy"), "{text}");
+        assert!(text.contains("xdpguard syn nft-rules --port 8080 --apply"), "{text}");
+    }
     // The SYN-ACK's window scale: this host's, read by `apply` as by the test.
     let syn = format!(": SYN guard: protect port 8080 (cookie mss 1460 wscale {})", xdpguard::host_wscale());
     let want = [

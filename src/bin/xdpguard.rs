@@ -814,7 +814,7 @@ fn run(command: Command) -> Result<()> {
 /// The plan of `apply` (or of `down`) for a configuration file, made under
 /// the host's apply lock, returned held.
 fn config_plan(path: &Path, down: bool, recreate: bool) -> Result<(Plan, nix::fcntl::Flock<std::fs::File>)> {
-    let turn = config_turn(path)?;
+    let turn = config_turn(path, if down { "taking down" } else { "applying" })?;
     let plan = if down {
         // Only each section's pin and namespace are read: a file that no
         // longer checks otherwise still takes its programs down.
@@ -832,22 +832,28 @@ fn config_plan(path: &Path, down: bool, recreate: bool) -> Result<(Plan, nix::fc
 /// what the first made instead of both creating the same programs. A lock
 /// on the file itself would not hold across a rename. `path` is named in
 /// the messages.
-fn config_turn(path: &Path) -> Result<nix::fcntl::Flock<std::fs::File>> {
+fn config_turn(path: &Path, doing: &str) -> Result<nix::fcntl::Flock<std::fs::File>> {
     use nix::fcntl::{Flock, FlockArg};
     let dir =
         ["/run/lock", "/run", "/tmp"].into_iter().map(Path::new).find(|d| d.is_dir()).unwrap_or(Path::new("/tmp"));
     let lock_path = dir.join("xdpguard-apply.lock");
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .map_err(|e| format!("opening the apply lock {}: {e}", lock_path.display()))?;
+    let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).map_err(|e| {
+        match e.kind() {
+            std::io::ErrorKind::PermissionDenied => format!(
+                "opening the apply lock {}: {e}: {doing} a configuration needs root (CAP_BPF and CAP_NET_ADMIN \
+                 for the programs, and this lock); run it as root, or check the file alone, unprivileged, with \
+                 `xdpguard apply --validate --config {}`",
+                lock_path.display(),
+                path.display()
+            ),
+            _ => format!("opening the apply lock {}: {e}", lock_path.display()),
+        }
+    })?;
     match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
         Ok(lock) => Ok(lock),
         Err((file, nix::errno::Errno::EWOULDBLOCK)) => {
             eprintln!(
-                "waiting for another apply or down on this host to finish (before applying {})...",
+                "waiting for another apply or down on this host to finish (before {doing} {})...",
                 path.display()
             );
             Flock::lock(file, FlockArg::LockExclusive)
@@ -863,6 +869,20 @@ fn config_turn(path: &Path) -> Result<nix::fcntl::Flock<std::fs::File>> {
 fn run_plan(plan: &Plan, dry_run: bool) -> Result<()> {
     for held in plan.held() {
         println!("note: {held}");
+    }
+    // Cookie mode answers SYNs itself and leaves the handshake's ACK to
+    // nftables synproxy: a port protected so without those rules resets
+    // every new connection (the `syn protect` command says so too).
+    for step in plan.sections().iter().flat_map(|s| &s.steps) {
+        if let xdpguard::config::Step::Protect { port, policy, .. } = step {
+            if policy.mode == xdpguard::SynMode::Cookie {
+                println!(
+                    "note: port {port} in cookie mode needs nftables synproxy on the host, or its new connections \
+                     are reset: `xdpguard syn nft-rules --port {port} --apply` (and load those rules at boot: \
+                     README, \"systemd and the boot story\")"
+                );
+            }
+        }
     }
     if dry_run {
         if plan.is_empty() {

@@ -311,15 +311,16 @@ pub fn chained_text(c: &xdpguard::ChainedFrom, netns: Option<&str>) -> String {
 }
 
 /// `status`'s lines for the attachments a program lost (their interface
-/// was deleted): where it no longer runs, and the commands (of `cli`,
+/// was deleted, or their link detached by another tool): where it no longer runs, and the commands (of `cli`,
 /// e.g. `xdpguard-lb decap`) that attach it there again or forget it.
 pub fn print_lost(lost: &[Attachment], label_width: usize, cli: &str, pin: &Path) {
     for a in lost {
         let (name, pin) = (&a.interface, pin.display());
         println!(
-            "{:<label_width$}{name} ({} mode; its interface, #{}, is gone): `{cli} attach --iface {name} --pin {pin}` \
-             attaches it again when the interface is back (with `--netns NAME` for one in a named network \
-             namespace), `{cli} detach --iface {name} --pin {pin}` forgets it",
+            "{:<label_width$}{name} ({} mode; its link is gone: interface #{} was deleted, or another tool detached \
+             the link, e.g. `bpftool link detach`): `{cli} attach --iface {name} --pin {pin}` attaches it again \
+             once the interface is there (with `--netns NAME` for one in a named network namespace), `{cli} detach \
+             --iface {name} --pin {pin}` forgets it",
             "lost:", a.mode, a.ifindex
         );
     }
