@@ -784,9 +784,11 @@ impl Filter {
     ///   Cookies are sent for every SYN, not only above a threshold: the
     ///   host needs synproxy anyway, which answers every SYN with a cookie
     ///   too, so passing some SYNs would only answer them the slow way. The
-    ///   SYN-ACK carries only an MSS option: connections it opens have no
-    ///   window scaling, SACK or timestamps. SYNs with IPv4 options or IPv6
-    ///   extension headers are not answered (dropped, counted).
+    ///   SYN-ACK carries the options the SYN offered and the policy allows:
+    ///   MSS, SACK permitted, timestamps and window scaling
+    ///   ([`SynPolicy::with_mss`], [`SynPolicy::with_wscale`]). SYNs with
+    ///   IPv4 options or IPv6 extension headers, and TCP first fragments
+    ///   cutting the header short, are not answered (dropped, counted).
     ///
     /// In monitor mode (the filter's, [`Filter::set_monitor`], or the
     /// port's, [`SynPolicy::with_monitor`]) what would be dropped or

@@ -174,19 +174,20 @@ pub fn run(cmd: SynCommand) -> Result<()> {
                 let mut out = std::io::stdout().lock();
                 writeln!(
                     out,
-                    "{:>5}  {:<36} {:>8} {:>10} {:>10} {:>10} {:>10} {:>10}",
-                    "port", "policy", "SYN/s", "SYNs", "dropped", "cookies", "valid ACK", "would drop"
+                    "{:>5}  {:<36} {:>8} {:>10} {:>10} {:>12} {:>10} {:>10} {:>10}",
+                    "port", "policy", "SYN/s", "SYNs", "dropped", "unanswerable", "cookies", "valid ACK", "would drop"
                 )?;
                 for p in &ports {
                     let s = p.stats;
                     writeln!(
                         out,
-                        "{:>5}  {:<36} {:>8} {:>10} {:>10} {:>10} {:>10} {:>10}",
+                        "{:>5}  {:<36} {:>8} {:>10} {:>10} {:>12} {:>10} {:>10} {:>10}",
                         p.port,
                         p.policy.to_string(),
                         p.rate,
                         s.syns,
-                        s.dropped + s.unanswerable,
+                        s.dropped,
+                        s.unanswerable,
                         s.cookies_sent,
                         s.cookies_ok,
                         s.would_drop
