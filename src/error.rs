@@ -899,6 +899,33 @@ pub enum LbError {
         /// The largest accepted weight.
         max: u32,
     },
+    /// A backend at the broadcast address of a subnet of an interface in
+    /// the LB's network namespace: the kernel forwards nothing to it as to
+    /// a host, so its share of new flows would go to the stack
+    /// (`passed_no_route`). Nothing was changed.
+    #[error(
+        "backend {backend} of VIP {vip} is the broadcast address of {interface}'s subnet {subnet}, which no packet \
+         is forwarded to; give the backend host's own address"
+    )]
+    BackendAtBroadcast {
+        /// The VIP.
+        vip: crate::Vip,
+        /// The backend.
+        backend: crate::BackendAddr,
+        /// The interface (its address label: the name).
+        interface: String,
+        /// The subnet.
+        subnet: ipnetwork::Ipv4Network,
+    },
+    /// A VIP or backend at an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`):
+    /// its packets are IPv4 packets, handled as the IPv4 address's.
+    #[error("{what} is at an IPv4-mapped IPv6 address, whose packets are IPv4 packets: give it as IPv4 ({as_ipv4})")]
+    Ipv4Mapped {
+        /// The VIP or backend, as given.
+        what: String,
+        /// The same, as IPv4: what to give instead.
+        as_ipv4: String,
+    },
     /// The mode cannot forward this way.
     #[error("{what} is not supported: {fix}")]
     Unsupported {
@@ -991,6 +1018,19 @@ pub enum LbError {
         /// The capacity.
         capacity: usize,
     },
+    /// The decapsulator does not decapsulate for this address (a typo, or
+    /// removed already); nothing was changed.
+    #[error(
+        "the decapsulator has no local endpoint {addr} (it has {}); nothing was changed: give one of those \
+         (`Decap::locals`; CLI: `xdpguard-lb decap stats` lists them)",
+        crate::error::list_or_none(locals)
+    )]
+    DecapLocalNotFound {
+        /// The address asked for.
+        addr: std::net::IpAddr,
+        /// Its local endpoints.
+        locals: Vec<std::net::IpAddr>,
+    },
     /// The load balancer's network namespace cannot be reached from this
     /// thread, so its backends' next hops cannot be managed or read.
     #[error(
@@ -1028,6 +1068,15 @@ pub enum LbError {
     /// The pin directory could not be locked for the change (or read).
     #[error(transparent)]
     Pin(#[from] PinError),
+}
+
+/// `a, b, c`, or `none`.
+fn list_or_none<T: std::fmt::Display>(items: &[T]) -> String {
+    if items.is_empty() {
+        "none".into()
+    } else {
+        items.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+    }
 }
 
 #[cfg(test)]

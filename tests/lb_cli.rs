@@ -402,6 +402,21 @@ fn the_cli_runs_pinned_decapsulators_on_ipip_backends() {
     assert!(out.contains(&format!("removed 1; local endpoints now: {}", backend_v4(1))), "{out}");
     let out = cli.ok(&["decap", "local", extra, "--pin", dp.arg()]);
     assert!(out.contains("added 1;"), "{out}");
+    // An address it does not have is refused, naming it and the list, as
+    // `vip del` and `backend del` refuse unknown ones: nothing is removed,
+    // not even a known address given with it.
+    let stranger = "198.51.100.222";
+    refused(
+        &cli.run(&["decap", "local", "--del", extra, stranger, "--pin", dp.arg()]),
+        &[
+            &format!("no local endpoint {stranger}"),
+            &format!("it has {}, {extra}", backend_v4(1)),
+            "nothing was changed",
+            "xdpguard-lb decap stats",
+        ],
+    );
+    let s = cli.json(&["decap", "stats", "--json", "--pin", dp.arg()]);
+    assert_eq!(s["locals"], serde_json::json!([backend_v4(1).to_string(), extra]), "{s}");
     let out = cli.ok(&again);
     assert!(out.contains("already attached to eth0"), "{out}");
     assert_eq!(spread(&net, 30).len(), 3, "all three backends answer again");
@@ -554,4 +569,85 @@ fn which_agrees_with_the_kernel_for_all_ports_vips() {
     let human = cli.ok(&with(pa, &["which", "203.0.113.20:8080", "--from", "192.0.2.77:40001"]));
     assert!(human.contains("VIP tcp 203.0.113.20:*") && human.contains("new flows go to 198.51.100."), "{human}");
     cli.ok(&with(pa, &["detach"]));
+}
+
+/// `status --exit-code` exits 6 while an interface the LB was attached to
+/// is lost (deleted), though it still serves on another; a deliberate
+/// `detach --iface` of one of two is no loss (0), and neither is a lost one
+/// forgotten with `detach --iface`. Attached nowhere stays 3.
+#[test]
+fn status_exit_code_says_an_interface_was_lost() {
+    let pin = ScratchDir::bpffs("lblost");
+    let vn = VerdictNet::new("llost", 1);
+    let cli = XDPGUARD_LB;
+    let p = ["--pin", pin.arg()];
+    let code = || cli.run(&["status", "--exit-code", p[0], p[1]]).status.code();
+    cli.ok(&["attach", "--iface", "eth0", "--iface", "eth1", "--netns", &vn.lb.name, p[0], p[1]]);
+    cli.ok(&["vip", "add", "203.0.113.10:80", "--mode", "dsr", p[0], p[1]]);
+    cli.ok(&["backend", "add", "203.0.113.10:80", &backend_v4(1).to_string(), p[0], p[1]]);
+    assert_eq!(code(), Some(0), "serving");
+    cli.ok(&["detach", "--iface", "eth1", p[0], p[1]]);
+    assert_eq!(code(), Some(0), "detached from eth1 on purpose: no loss");
+    cli.ok(&["attach", "--iface", "eth1", p[0], p[1]]);
+
+    vn.lb.ip(&["link", "del", "eth1"]);
+    let out = cli.run(&["status", "--exit-code", p[0], p[1]]);
+    assert_eq!(out.status.code(), Some(6), "eth1 is gone");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("lost:") && text.contains("eth1"), "{text}");
+    assert!(
+        text.contains(
+            "health:      not serving: attached to 1 interface(s), lost 1, 1 of 1 VIP(s) with an active backend"
+        ),
+        "{text}"
+    );
+    let json = cli.json(&["status", "--json", p[0], p[1]]);
+    assert_eq!((json["serving"].as_bool(), json["lost_attachments"].as_array().map(Vec::len)), (Some(false), Some(1)));
+
+    // Forgotten on purpose: serving again on what is left.
+    cli.ok(&["detach", "--iface", "eth1", p[0], p[1]]);
+    assert_eq!(code(), Some(0), "the loss forgotten with detach --iface");
+    // Every interface lost: attached nowhere.
+    vn.lb.ip(&["link", "del", "eth0"]);
+    assert_eq!(code(), Some(3), "attached nowhere");
+    cli.ok(&["detach", p[0], p[1]]);
+}
+
+/// `health --vip` with a VIP the LB does not have is refused at the start
+/// (it used to check nothing, forever), naming the VIP, the one at that
+/// address and port with another protocol (`--vip` alone is TCP) with its
+/// `/udp` form, and the command that lists the VIPs.
+#[test]
+fn health_refuses_a_vip_the_lb_does_not_have() {
+    let pin = ScratchDir::bpffs("lbhvip");
+    let ns = xdpguard::testing::netns::NetNs::new("lhvip");
+    let cli = XDPGUARD_LB;
+    let p = ["--pin", pin.arg()];
+    cli.ok(&["attach", "--behind-filter", "--netns", &ns.name, p[0], p[1]]);
+    cli.ok(&["vip", "add", "203.0.113.10:53", "--proto", "udp", "--mode", "dsr", p[0], p[1]]);
+    for (vip, words) in [
+        ("203.0.113.10:53", vec!["no VIP tcp 203.0.113.10:53", "has udp 203.0.113.10:53", "--vip 203.0.113.10:53/udp"]),
+        ("203.0.113.99:80", vec!["no VIP tcp 203.0.113.99:80"]),
+    ] {
+        // check-deps: built-here (CARGO_BIN_EXE_xdpguard-lb)
+        let mut child = std::process::Command::new(cli.path())
+            .args(["health", "--vip", vip, p[0], p[1]])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start xdpguard-lb health");
+        let started = std::time::Instant::now();
+        while child.try_wait().unwrap().is_none() {
+            if started.elapsed() > Duration::from_secs(10) {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("health --vip {vip} still runs after 10 s: it checks nothing instead of refusing");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let out = child.wait_with_output().unwrap();
+        let list = format!("xdpguard-lb vip list --pin {}", pin.arg());
+        refused(&out, &[&words[..], &[list.as_str(), "nothing was checked"]].concat());
+    }
+    cli.ok(&["detach", p[0], p[1]]);
 }

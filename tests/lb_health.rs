@@ -545,3 +545,69 @@ fn checks_start_in_the_lbs_network_namespace() {
     assert_eq!(last.0, 0, "its server gone, it is drained: {}", last.1);
     drop(dir);
 }
+
+/// A checker given VIPs the LB does not have refuses to run (it would
+/// check nothing, forever), naming them and a VIP at that address and port
+/// with another protocol; a VIP removed while it runs is said once per
+/// backend, not an error, and its backends are checked again when it is
+/// added back.
+#[test]
+fn vips_not_there_are_refused_and_removed_ones_said() {
+    use xdpguard::health_check::{HealthError, HealthEventKind};
+    use xdpguard::{BackendAddr, ForwardingMode, Protocol, VipConfig};
+
+    let ns = NetNs::new("hvip");
+    ns.run(move || {
+        let lb = LoadBalancer::builder().connections(1024).load().expect("load the LB");
+        let tcp = Vip::tcp(SocketAddr::new(IpAddr::V4(VIP_V4), 80));
+        let udp = Vip::new(SocketAddr::new(IpAddr::V4(VIP_V4), 53), Protocol::Udp);
+        for vip in [tcp, udp] {
+            lb.add_vip(vip, VipConfig::new(ForwardingMode::L2Dsr)).unwrap();
+            lb.batch(&vip).add(BackendAddr::new("198.51.100.11".parse().unwrap()), 5).apply().unwrap();
+        }
+        let config = || HealthConfig::new(Check::Tcp).interval(INTERVAL).timeout(TIMEOUT);
+        let run = |config: HealthConfig| {
+            let checker = HealthChecker::new(config).unwrap();
+            let stop = AtomicBool::new(false);
+            // Without the check at its start, it would run (checking nothing) until stopped.
+            thread::scope(|s| {
+                s.spawn(|| {
+                    thread::sleep(Duration::from_secs(2));
+                    stop.store(true, Ordering::Relaxed);
+                });
+                checker.run(&lb, &stop, |_| {})
+            })
+        };
+        // `--vip 203.0.113.10:53`: TCP, and the LB has it as UDP only.
+        let tcp53 = Vip::tcp(SocketAddr::new(IpAddr::V4(VIP_V4), 53));
+        let other = Vip::tcp(SocketAddr::new(IpAddr::V4(VIP_V4), 8080));
+        match run(config().vip(tcp).vip(tcp53).vip(other)) {
+            Err(e @ HealthError::VipsNotFound { .. }) => {
+                let HealthError::VipsNotFound { missing, other_protocol, .. } = &e else { unreachable!() };
+                assert_eq!((missing.as_slice(), other_protocol.as_slice()), (&[tcp53, other][..], &[udp][..]));
+                let text = e.to_string();
+                assert!(text.contains("no VIP tcp 203.0.113.10:53, no VIP tcp 203.0.113.10:8080"), "{text}");
+                assert!(text.contains("--vip 203.0.113.10:53/udp") && text.contains("xdpguard-lb vip list"), "{text}");
+            }
+            other => panic!("must be refused at the start: {other:?}"),
+        }
+
+        // Removed while it runs: said once, for each backend.
+        let checker = HealthChecker::new(config().vip(tcp)).unwrap();
+        checker.check_vips(&lb).unwrap();
+        let first = checker.round(&lb).unwrap();
+        assert_eq!(checker.status().len(), 1, "{first:?}");
+        lb.remove_vip(&tcp).unwrap();
+        let gone = checker.round(&lb).expect("a removed VIP is no error");
+        assert_eq!(gone.len(), 1, "{gone:?}");
+        assert!(matches!(gone[0].kind, HealthEventKind::Unchecked { reason } if reason.contains("its VIP was removed")));
+        assert_eq!(gone[0].to_string(), "tcp 203.0.113.10:80 backend 198.51.100.11: not checked: its VIP was removed from the load balancer; checked again if it is added back");
+        assert!(checker.round(&lb).unwrap().is_empty(), "said once");
+        assert!(checker.status().is_empty());
+        // Added back: checked again.
+        lb.add_vip(tcp, VipConfig::new(ForwardingMode::L2Dsr)).unwrap();
+        lb.batch(&tcp).add(BackendAddr::new("198.51.100.11".parse().unwrap()), 5).apply().unwrap();
+        checker.round(&lb).unwrap();
+        assert_eq!(checker.status().len(), 1);
+    });
+}

@@ -209,6 +209,10 @@ fn reopening_repairs_an_lb_whose_editor_died() {
 fn configuration_errors_are_typed_with_a_fix() {
     ensure_bpffs();
     let ns = NetNs::new("verr");
+    // A subnet, for its broadcast address (on a veth: the dummy module may be missing).
+    ns.ip(&["link", "add", "sub0", "type", "veth", "peer", "name", "sub1"]);
+    ns.ip(&["addr", "add", "198.51.100.254/24", "dev", "sub0"]);
+    ns.ip(&["link", "set", "sub0", "up"]);
     ns.run(|| {
         let lb = LoadBalancer::builder().max_vips(2).max_backends(4).connections(64).load().unwrap();
         let vip = Vip::tcp(sa(VIP_V4, 80));
@@ -241,10 +245,37 @@ fn configuration_errors_are_typed_with_a_fix() {
             let e = lb.add_backend(&vip, bad.parse::<IpAddr>().unwrap(), 1).unwrap_err();
             assert!(matches!(e, LbError::Unsupported { .. }) && e.to_string().contains(why), "{bad}: {e}");
         }
-        for (bad, why) in [("[::]:80", "the unspecified address"), ("[::ffff:203.0.113.43]:80", "IPv4-mapped")] {
+        // The broadcast address of a subnet the LB is on: named, with the interface.
+        let e = lb.add_backend(&vip, "198.51.100.255".parse::<IpAddr>().unwrap(), 1).unwrap_err();
+        assert!(matches!(&e, LbError::BackendAtBroadcast { interface, .. } if interface == "sub0"), "{e:?}");
+        assert_eq!(
+            e.to_string(),
+            "backend 198.51.100.255 of VIP tcp 203.0.113.10:80 is the broadcast address of sub0's subnet \
+             198.51.100.0/24, which no packet is forwarded to; give the backend host's own address"
+        );
+        for (bad, why) in [
+            ("[::]:80", "the unspecified address"),
+            ("[fe80::10]:80", "a link-local address (reached only on its own link, not through a router)"),
+            ("169.254.10.10:80", "a link-local address"),
+        ] {
             let e = lb.add_vip(Vip::tcp(bad.parse().unwrap()), VipConfig::new(ForwardingMode::L2Dsr)).unwrap_err();
             assert!(matches!(e, LbError::Unsupported { .. }) && e.to_string().contains(why), "{bad}: {e}");
         }
+        // IPv4-mapped: one sentence, naming the IPv4 form to give instead.
+        let mapped = Vip::tcp("[::ffff:203.0.113.43]:80".parse().unwrap());
+        let e = lb.add_vip(mapped, VipConfig::new(ForwardingMode::L2Dsr)).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "VIP tcp [::ffff:203.0.113.43]:80 is at an IPv4-mapped IPv6 address, whose packets are IPv4 packets: \
+             give it as IPv4 (203.0.113.43:80)"
+        );
+        let e = lb.add_backend(&vip, "::ffff:198.51.100.11".parse::<IpAddr>().unwrap(), 1).unwrap_err();
+        assert!(matches!(e, LbError::Ipv4Mapped { .. }), "{e:?}");
+        assert_eq!(
+            e.to_string(),
+            "backend ::ffff:198.51.100.11 of VIP tcp 203.0.113.10:80 is at an IPv4-mapped IPv6 address, whose packets \
+             are IPv4 packets: give it as IPv4 (198.51.100.11)"
+        );
         let e = lb.add_vip(Vip::tcp(sa(VIP_V4, 0)), VipConfig::new(ForwardingMode::L2Dsr)).unwrap_err();
         assert!(e.to_string().contains("port 0"), "{e}");
         assert_eq!(lb.vips().unwrap().len(), 1, "nothing added");

@@ -265,6 +265,13 @@ fn decap_strips_what_the_lb_adds() {
         }
         // Not for a local endpoint, or not a tunnel: untouched.
         decap.remove_local(IpAddr::V4(backend_v4(1))).unwrap();
+        // Removed already: refused, naming what it has.
+        let again = decap.remove_local(IpAddr::V4(backend_v4(1))).unwrap_err();
+        assert!(
+            matches!(&again, xdpguard::LbError::DecapLocalNotFound { addr, locals }
+                if *addr == IpAddr::V4(backend_v4(1)) && *locals == decap.locals()),
+            "{again:?}"
+        );
         let vip = Vip::tcp(sa(VIP_V4, 80));
         let src = (0..100).map(client).find(|c| {
             lb.backend_for(&vip, &Flow::new(*c, addr_port(&vip), Protocol::Tcp)).unwrap().unwrap().ip

@@ -89,6 +89,83 @@ fn unresolved_next_hops_go_to_the_stack_rewritten_or_as_a_probe() {
     });
 }
 
+/// A backend's egress not in the devmap (`set --no-redirect`, or an
+/// interface deleted and made again): XDP may not send the frame there, so
+/// the stack gets the packet as the no-neighbour case gives it, rewritten
+/// but still addressed to the LB's own MAC (the next hop's MAC made the
+/// stack drop it as another host's): IPIP encapsulated (4in4, 6in6, 4in6),
+/// NAT translated with the TTL left for the stack, L2 DSR untouched (only
+/// XDP can deliver it). A NAT reply towards a client behind an interface
+/// outside the devmap likewise. Counted as passed_no_devmap, and for no
+/// backend as unresolved.
+#[test]
+fn an_egress_outside_the_devmap_goes_to_the_stack_addressed_to_the_lb() {
+    in_lb_ns("vnodev", 2, |n| {
+        let lb = lb();
+        lb.remove_redirect_interface("eth1").unwrap();
+        let mut t = FixtureTable::new(&lb, "egress not in the devmap");
+        let (b4, b6) = (IpAddr::V4(backend_v4(1)), IpAddr::V6(backend_v6(1)));
+        for (what, mode, vip_addr, port, backend, src) in [
+            ("DSR v4", ForwardingMode::L2Dsr, IpAddr::V4(VIP_V4), 80, b4, client(1)),
+            ("DSR v6", ForwardingMode::L2Dsr, IpAddr::V6(VIP_V6), 81, b6, client6(1)),
+            ("IPIP 4in4", ForwardingMode::Ipip, IpAddr::V4(VIP_V4), 82, b4, client(1)),
+            ("IPIP 6in6", ForwardingMode::Ipip, IpAddr::V6(VIP_V6), 83, b6, client6(1)),
+            ("IPIP 4in6", ForwardingMode::Ipip, IpAddr::V4(VIP2_V4), 84, b6, client(1)),
+            ("NAT v4", ForwardingMode::Nat, IpAddr::V4(VIP_V4), 85, b4, client(1)),
+            ("NAT v6", ForwardingMode::Nat, IpAddr::V6(VIP_V6), 86, b6, client6(1)),
+        ] {
+            let vip = Vip::tcp(sa(vip_addr, port));
+            lb.add_vip(vip, VipConfig::new(mode)).unwrap();
+            let be: BackendAddr = if mode == ForwardingMode::Nat { sa(backend, 8080).into() } else { backend.into() };
+            lb.add_backend(&vip, be, 1).unwrap();
+            let sent = Pkt::new(src, addr_port(&vip), Protocol::Tcp, true);
+            let input = sent.frame(CLIENT_MAC, n.eth0_mac);
+            let want = match mode {
+                ForwardingMode::L2Dsr => input.to_vec(),
+                ForwardingMode::Ipip => {
+                    let flow = Flow::new(src, addr_port(&vip), Protocol::Tcp);
+                    let osrc = lb.ipip_source_for(&vip, &flow, backend).unwrap().unwrap();
+                    ipip(&input, osrc, backend, CLIENT_MAC, n.eth0_mac).to_vec()
+                }
+                _ => {
+                    let mut out = sent.to(sa(backend, 8080));
+                    out.ttl = 64;
+                    out.frame(CLIENT_MAC, n.eth0_mac).to_vec()
+                }
+            };
+            assert_eq!(dst_mac(&want), n.eth0_mac, "{what}: the fixture wants the LB's own MAC");
+            t.run(
+                Fixture::new(format!("{what} {vip}: to the stack"), &input)
+                    .on(n.eth0)
+                    .action(XdpAction::Pass)
+                    .output(want)
+                    .counts(&["passed_no_devmap"]),
+            );
+            let bs = lb.backend_stats(&vip).unwrap();
+            assert_eq!(bs[0].no_neighbour.packets, 0, "{what}: its neighbour is resolved");
+            assert_eq!(bs[0].traffic.packets, 1, "{what}");
+        }
+        // A NAT reply to a client behind an egress outside the devmap:
+        // translated, the TTL left for the stack, the MACs it came with.
+        lb.remove_redirect_interface("eth0").unwrap();
+        let vip = Vip::tcp(sa(VIP_V4, 85));
+        let at_backend = sa(b4, 8080);
+        let reply = Pkt::new(at_backend, client(1), Protocol::Tcp, false);
+        let mut back = reply.from(addr_port(&vip));
+        back.ttl = 64;
+        t.run(
+            Fixture::new("a NAT reply: to the stack", reply.frame(backend_mac(1), n.eth1_mac))
+                .on(n.eth1)
+                .action(XdpAction::Pass)
+                .output(back.frame(backend_mac(1), n.eth1_mac))
+                .counts(&["nat_replies", "passed_no_devmap"]),
+        );
+        t.finish();
+        let s = lb.stats().unwrap();
+        assert_eq!((s.passed_no_devmap.packets, s.redirected.packets, s.passed_no_neighbour.packets), (8, 0, 0));
+    });
+}
+
 /// An L2 DSR packet whose backend's next hop is unresolved becomes a probe
 /// the stack can route (above), also from a frame shorter than the probe:
 /// an empty IPv4 fragment (34 bytes, on a link that does not pad) is grown

@@ -47,7 +47,7 @@ use common::Result;
 use serde_json::{json, Value};
 use xdpguard::{
     BackendAddr, BackendStats, Decap, Digest, EchoPolicy, Flow, ForwardingMode, FragmentPolicy, HashInput, IpNetwork,
-    LbDigest, LbStats, LoadBalancer, OptionsPolicy, Protocol, Vip, VipConfig, VipStats,
+    LbDigest, LbError, LbStats, LoadBalancer, OptionsPolicy, Protocol, Vip, VipConfig, VipStats,
 };
 
 const DEFAULT_PIN: &str = "/sys/fs/bpf/xdpguard-lb";
@@ -298,7 +298,9 @@ enum Command {
     ///
     /// With --exit-code, a health check (the hook a BGP speaker's agent
     /// polls, dist/bird/): exits 0 when attached and at least one VIP has
-    /// an active backend, 3 when attached to no interface, 4 when no VIP has
+    /// an active backend, 3 when attached to no interface, 6 when an
+    /// interface it was attached to is lost (deleted; `detach --iface` is
+    /// not a loss), 4 when no VIP has
     /// an active backend, 5 when serving but its state digest differs from
     /// the one --config or --expect-digest expects (the node does not hold
     /// the fleet's configuration), 1 when no LB is pinned (detached) or it
@@ -752,6 +754,11 @@ fn run(command: Command, given: &dyn Fn(&str) -> bool) -> Result<()> {
             let decap = Decap::open_pinned(&pin.pin)?;
             // Read once, kept in step: an address given twice changes once.
             let mut have = decap.locals();
+            // An address it does not have is refused before anything is
+            // removed, as `vip del` and `backend del` refuse unknown ones.
+            if let Some(&addr) = addrs.iter().find(|a| del && !have.contains(a)) {
+                return Err(LbError::DecapLocalNotFound { addr, locals: have }.into());
+            }
             let mut changed = 0;
             for a in addrs {
                 match have.iter().position(|h| *h == a) {
@@ -1358,6 +1365,9 @@ fn health_agent(args: HealthArgs) -> Result<()> {
     config.port = args.port;
     config.vips = args.vips;
     let checker = HealthChecker::new(config)?;
+    // A --vip the LB does not have is refused before anything starts (run
+    // asks too): it would be checked never.
+    checker.check_vips(&lb)?;
     if let Some(path) = &args.state {
         for (vip, backend, weight) in read_health_state(path)? {
             checker.adopt(vip, backend, weight);

@@ -29,7 +29,9 @@
  *    emits the frame: XDP_TX, or XDP_REDIRECT through the devmap. A packet
  *    too big for the route is answered by send_too_big (lb_icmp.h); one
  *    whose next hop has no resolved neighbour goes to the stack, which
- *    resolves it (no_neigh_pass, dsr_probe in lb_nexthop.h).
+ *    resolves it (stack_pass, dsr_probe in lb_nexthop.h), and so does one
+ *    whose egress is not in the devmap (stack_pass), with the MACs it
+ *    came with.
  *
  * The other files: lb_consts.h (modes, policies, counters), lb_structs.h
  * (what user space shares), lb_maps.h (every map, with why it is the type

@@ -54,7 +54,7 @@ static __always_inline int encap_v4(struct xdp_md *ctx, struct xdpg_lb_config *c
 	__u32 outer_len = l3_len + sizeof(struct iphdr);
 	struct xdpg_lb_nexthop *nh =
 		backend_hop(ctx, be_id, be, src, IPPROTO_IPIP, outer_len, bytes, &verdict, may_reply);
-	if (!nh && verdict != XDPG_NEED_NEIGH)
+	if (!nh && verdict < XDPG_NEED_NEIGH)
 		return verdict;
 	if (bpf_xdp_adjust_head(ctx, -(int)sizeof(struct iphdr)))
 		return drop_counted(XDPG_LB_DROP_HEADROOM, bytes);
@@ -83,9 +83,10 @@ static __always_inline int encap_v4(struct xdp_md *ctx, struct xdpg_lb_config *c
 	o[3] = saddr;
 	o[4] = daddr;
 	eth->h_proto = bpf_htons(ETH_P_IP);
-	/* No neighbour: the stack routes the tunnel packet and resolves it. */
+	/* No neighbour, or an egress outside the devmap: the stack routes the
+	 * tunnel packet (and resolves the neighbour). */
 	if (!nh)
-		return no_neigh_pass(be_id, bytes);
+		return stack_pass(be_id, bytes, verdict);
 	return emit(ctx, nh, bytes + sizeof(struct iphdr));
 }
 
@@ -103,7 +104,7 @@ static __always_inline int encap_v6(struct xdp_md *ctx, struct xdpg_lb_config *c
 	__u8 next = flow->family == XDPG_LB_FAMILY_V4 ? IPPROTO_IPIP : IPPROTO_IPV6;
 	struct xdpg_lb_nexthop *nh =
 		backend_hop(ctx, be_id, be, src, next, l3_len + sizeof(struct ipv6hdr), bytes, &verdict, may_reply);
-	if (!nh && verdict != XDPG_NEED_NEIGH)
+	if (!nh && verdict < XDPG_NEED_NEIGH)
 		return verdict;
 	if (bpf_xdp_adjust_head(ctx, -(int)sizeof(struct ipv6hdr)))
 		return drop_counted(XDPG_LB_DROP_HEADROOM, bytes);
@@ -125,7 +126,7 @@ static __always_inline int encap_v6(struct xdp_md *ctx, struct xdpg_lb_config *c
 	__builtin_memcpy(&outer->saddr, src, 16);
 	__builtin_memcpy(&outer->daddr, be->addr, 16);
 	if (!nh)
-		return no_neigh_pass(be_id, bytes);
+		return stack_pass(be_id, bytes, verdict);
 	return emit(ctx, nh, bytes + sizeof(struct ipv6hdr));
 }
 

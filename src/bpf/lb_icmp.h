@@ -326,13 +326,13 @@ static __always_inline int lb_icmp_error(struct xdp_md *ctx, struct xdpg_lb_conf
 		bs->bytes += bytes;
 	}
 	struct xdpg_lb_nexthop *nh = backend_hop(ctx, be_id, be, outer->src, outer->proto, l3_len, bytes, &verdict, 0);
-	if (!nh && verdict != XDPG_NEED_NEIGH)
+	if (!nh && verdict < XDPG_NEED_NEIGH)
 		return verdict;
 	if (nat_icmp_rewrite(ctx, q, icmp_off, ICMP_TO_BACKEND, 1, be->addr, port) < 0)
 		return pass_counted(XDPG_LB_PASS_MALFORMED, bytes);
 	if (!nh) {
 		undo_ttl(ctx, outer->family);
-		return no_neigh_pass(be_id, bytes);
+		return stack_pass(be_id, bytes, verdict);
 	}
 	return emit(ctx, nh, bytes);
 }

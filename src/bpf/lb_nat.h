@@ -156,14 +156,14 @@ static __always_inline int fwd_nat(struct xdp_md *ctx, struct xdpg_lb_config *cf
 	__u16 port = be->port;
 	struct xdpg_lb_nexthop *nh =
 		backend_hop(ctx, be_id, be, flow->src, flow->proto, l3_len, bytes, &verdict, may_reply);
-	if (!nh && verdict != XDPG_NEED_NEIGH)
+	if (!nh && verdict < XDPG_NEED_NEIGH)
 		return verdict;
 	if (nat_rewrite(ctx, flow->family, flow->proto, l4_off, NAT_DST, be->addr, port) < 0)
 		return pass_counted(XDPG_LB_PASS_MALFORMED, bytes);
 	if (!nh) {
-		/* The stack forwards it to the backend, resolving the neighbour. */
+		/* The stack forwards it to the backend (resolving the neighbour). */
 		undo_ttl(ctx, flow->family);
-		return no_neigh_pass(be_id, bytes);
+		return stack_pass(be_id, bytes, verdict);
 	}
 	return emit(ctx, nh, bytes);
 }
@@ -378,9 +378,11 @@ static __always_inline int nat_to_client(struct xdp_md *ctx, struct xdpg_lb_flow
 	if (rc < 0)
 		return pass_counted(XDPG_LB_PASS_MALFORMED, bytes);
 	count(XDPG_LB_EV_NAT_REPLY, bytes);
-	if (!fib->ifindex) {
+	/* Unresolved, or an egress outside the devmap: the stack forwards it,
+	 * with the MACs it came with. */
+	if (!fib->ifindex || devmap_miss(ctx, fib->ifindex)) {
 		undo_ttl(ctx, flow->family);
-		return pass_counted(XDPG_LB_PASS_NO_NEIGH, bytes);
+		return pass_counted(fib->ifindex ? XDPG_LB_PASS_NO_DEVMAP : XDPG_LB_PASS_NO_NEIGH, bytes);
 	}
 	return emit_to(ctx, fib->dmac, fib->smac, fib->ifindex, bytes);
 }

@@ -2,8 +2,9 @@
 /* The next hop towards a backend, and out of the program: the FIB's
  * answer (bpf_fib_lookup), cached per CPU; the route MTU (too big: an ICMP
  * message back, send_too_big in lb_icmp.h); what happens without a
- * resolved neighbour (the stack resolves it: no_neigh_pass, dsr_probe);
- * the MACs written and XDP_TX or XDP_REDIRECT. L2 DSR needs nothing else,
+ * resolved neighbour (the stack resolves it: stack_pass, dsr_probe); the
+ * egress chosen in the devmap, or the stack when it is not there; the MACs
+ * written and XDP_TX or XDP_REDIRECT. L2 DSR needs nothing else,
  * so its delivery (fwd_dsr) ends this file.
  *
  * Each CPU reuses a backend's FIB answer (egress, MACs, route MTU) for
@@ -31,6 +32,15 @@
  * neighbour is not resolved: above every XDP verdict, so `rc >= 0` still
  * means "stop here" to callers that do not handle it themselves. */
 #define XDPG_NEED_NEIGH 0x100
+
+/* backend_hop's answer when the next hop's egress is not in the devmap (an
+ * interface never added, removed with set --no-redirect, or deleted and
+ * made again): XDP may not send the frame there, so the caller passes the
+ * packet to the stack as for XDPG_NEED_NEIGH, rewritten but with the MACs
+ * it was received with, and the stack forwards it (counted as
+ * passed_no_devmap by stack_pass). Writing the next hop's MACs first made
+ * the stack drop every such frame as another host's (PACKET_OTHERHOST). */
+#define XDPG_NO_DEVMAP 0x101
 
 /* Answers a packet too big for its next hop with an ICMP message
  * (lb_icmp.h, with the other messages the LB sends). */
@@ -83,13 +93,30 @@ static __always_inline void count_no_neigh(__u32 be_id, __u64 bytes)
 	}
 }
 
-/* Counts a packet rewritten for a backend whose next hop is unresolved and
- * passes it to the stack. A subprogram, so its map lookups cost the
- * callers' frames nothing (lb_icmp's is near the shared limit). */
-XDPG_COLD int no_neigh_pass(__u32 be_id, __u64 bytes)
+/* Counts a packet rewritten for backend be_id that the stack forwards
+ * (why: XDPG_NEED_NEIGH, its next hop is unresolved; XDPG_NO_DEVMAP, its
+ * egress is not in the devmap) and passes it. A subprogram, so its map
+ * lookups cost the callers' frames nothing (lb_icmp's is near the shared
+ * limit). */
+XDPG_COLD int stack_pass(__u32 be_id, __u64 bytes, int why)
 {
+	if (why == XDPG_NO_DEVMAP)
+		return pass_counted(XDPG_LB_PASS_NO_DEVMAP, bytes);
 	count_no_neigh(be_id, bytes);
 	return XDP_PASS;
+}
+
+/* Chooses the egress ifindex for XDP_REDIRECT, before the frame is
+ * rewritten. Returns nonzero when the devmap does not hold it: the frame
+ * must then keep its MACs for the stack. bpf_redirect_map only records the
+ * target for the XDP_REDIRECT the program returns later; a packet that
+ * gets another verdict after all leaves it unused, and the next packet's
+ * call replaces it. Out of the ingress (XDP_TX) needs no devmap. The hot
+ * path's cost is unchanged by reasoning, not measured: the same one helper
+ * call per packet that emit_to made before, only earlier. */
+static __always_inline int devmap_miss(struct xdp_md *ctx, __u32 ifindex)
+{
+	return ifindex != ctx->ingress_ifindex && bpf_redirect_map(&xdpg_lb_devmap, ifindex, XDP_PASS) != XDP_REDIRECT;
 }
 
 /* Asks the FIB for the next hop towards backend be_id and writes the answer
@@ -98,7 +125,7 @@ XDPG_COLD int no_neigh_pass(__u32 be_id, __u64 bytes)
  * length and L4 protocol come packed as tot_len | l4_proto << 16 (a
  * subprogram takes five arguments). Returns -1 to go on, TOO_BIG(mtu),
  * XDPG_NEED_NEIGH (not counted: the caller counts what it makes of the
- * packet, with no_neigh_pass or dsr_probe), or the verdict. Only a
+ * packet, with stack_pass or dsr_probe), or the verdict. Only a
  * successful lookup is cached: any other answer leaves the entry as it was
  * (a "fragmentation needed" answer fills neither the MACs nor the egress,
  * and caching it sent every packet to that backend out of the ingress with
@@ -232,10 +259,12 @@ XDPG_COLD int dsr_probe(struct xdp_md *ctx, __u32 be_id, struct xdpg_lb_backend 
 
 /* The next hop towards a backend: this CPU's cached FIB answer while it is
  * fresh (and for the same backend slot generation and ingress), else a
- * FIB lookup. Returns the cache entry holding the hop, or NULL with *verdict
- * set for the untouched packet, or to XDPG_NEED_NEIGH: the caller then
- * hands the stack a packet that makes it resolve the neighbour, and counts
- * it (no_neigh_pass, dsr_probe). */
+ * FIB lookup; its egress chosen for XDP_REDIRECT (devmap_miss). Returns the
+ * cache entry holding the hop, or NULL with *verdict set for the untouched
+ * packet, or to XDPG_NEED_NEIGH or XDPG_NO_DEVMAP (both >= XDPG_NEED_NEIGH):
+ * the caller then hands the stack the packet rewritten but with the MACs it
+ * came with (for XDPG_NEED_NEIGH one that makes the stack resolve the
+ * neighbour: dsr_probe for L2 DSR), and counts it (stack_pass, dsr_probe). */
 static __always_inline struct xdpg_lb_nexthop *backend_hop(struct xdp_md *ctx, __u32 be_id, struct xdpg_lb_backend *be,
 							   const __u32 *src, __u8 l4_proto, __u32 tot_len, __u64 bytes,
 							   int *verdict, const int may_reply)
@@ -261,10 +290,15 @@ static __always_inline struct xdpg_lb_nexthop *backend_hop(struct xdp_md *ctx, _
 		*verdict = may_reply ? send_too_big(ctx, nh->mtu, tot_len) : drop_counted(XDPG_LB_DROP_MTU, bytes);
 		return NULL;
 	}
+	if (devmap_miss(ctx, nh->ifindex)) {
+		*verdict = XDPG_NO_DEVMAP;
+		return NULL;
+	}
 	return nh;
 }
 
-/* Writes the next hop's MACs and sends the frame on its way. */
+/* Writes the next hop's MACs and sends the frame on its way: out of the
+ * ingress, or to the egress devmap_miss chose (the caller asked it). */
 static __always_inline int emit_to(struct xdp_md *ctx, const __u8 *dmac, const __u8 *smac, __u32 ifindex, __u64 bytes)
 {
 	void *data = (void *)(long)ctx->data;
@@ -278,13 +312,8 @@ static __always_inline int emit_to(struct xdp_md *ctx, const __u8 *dmac, const _
 		count(XDPG_LB_EV_TX, bytes);
 		return XDP_TX;
 	}
-	long rc = bpf_redirect_map(&xdpg_lb_devmap, ifindex, XDP_PASS);
-	if (rc == XDP_REDIRECT) {
-		count(XDPG_LB_EV_REDIRECT, bytes);
-		return XDP_REDIRECT;
-	}
-	/* Not a devmap interface: the stack forwards the rewritten packet. */
-	return pass_counted(XDPG_LB_PASS_NO_DEVMAP, bytes);
+	count(XDPG_LB_EV_REDIRECT, bytes);
+	return XDP_REDIRECT;
 }
 
 static __always_inline int emit(struct xdp_md *ctx, struct xdpg_lb_nexthop *nh, __u64 bytes)
@@ -296,7 +325,10 @@ static __always_inline int emit(struct xdp_md *ctx, struct xdpg_lb_nexthop *nh, 
 
 /* L2 DSR: the packet goes to the backend as it is, only the Ethernet
  * header changes (to the next hop's MACs); the backend answers the client
- * from the VIP, which it holds on a loopback. */
+ * from the VIP, which it holds on a loopback. Only XDP can do that: with
+ * the egress not in the devmap the packet goes to the stack untouched,
+ * which routes it by its destination, the VIP (a node's blackhole route
+ * for it drops it, docs/deployment.md). */
 static __always_inline int fwd_dsr(struct xdp_md *ctx, struct xdpg_lb_config *cfg, __u32 be_id,
 				   struct xdpg_lb_backend *be, struct xdpg_lb_flow *flow, __u32 l3_len, __u64 bytes,
 				   const int may_reply)
@@ -306,8 +338,11 @@ static __always_inline int fwd_dsr(struct xdp_md *ctx, struct xdpg_lb_config *cf
 		return drop_counted(XDPG_LB_DROP_UNSUPPORTED, bytes);
 	struct xdpg_lb_nexthop *nh =
 		backend_hop(ctx, be_id, be, flow->src, flow->proto, l3_len, bytes, &verdict, may_reply);
-	if (!nh)
-		return verdict == XDPG_NEED_NEIGH ? dsr_probe(ctx, be_id, be) : verdict;
+	if (!nh) {
+		if (verdict == XDPG_NEED_NEIGH)
+			return dsr_probe(ctx, be_id, be);
+		return verdict == XDPG_NO_DEVMAP ? stack_pass(be_id, bytes, verdict) : verdict;
+	}
 	return emit(ctx, nh, bytes);
 }
 

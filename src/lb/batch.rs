@@ -3,6 +3,7 @@
 //! live first, then the table, then the removed slots freed).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 
 use super::hops::sync_hops;
@@ -88,8 +89,10 @@ impl LoadBalancer {
     /// [`LbError::InvalidWeight`], [`LbError::Unsupported`] and
     /// [`LbError::IpipSourceUnset`] for a backend the VIP's mode cannot
     /// reach (`Unsupported` also for an address no packet reaches:
-    /// unspecified, loopback, multicast, broadcast, IPv4-mapped IPv6, or the
-    /// VIP's own), [`LbError::TableTooSmall`], [`LbError::BackendTableFull`]; for
+    /// unspecified, loopback, multicast, broadcast, or the VIP's own),
+    /// [`LbError::Ipv4Mapped`] (an IPv4-mapped IPv6 address: give the IPv4
+    /// one), [`LbError::BackendAtBroadcast`] (the broadcast address of a
+    /// subnet the LB's namespace is on), [`LbError::TableTooSmall`], [`LbError::BackendTableFull`]; for
     /// NAT, [`LbError::NatPortOnAllPortsVip`] (a port on an all-ports VIP's
     /// backend) and [`LbError::NatBackendConflict`] (a backend address and
     /// port another NAT VIP already reaches; see [`ForwardingMode::Nat`]).
@@ -170,6 +173,15 @@ impl LoadBalancer {
                     }
                     BatchOp::Add(b, w) => {
                         self.check_backend(vip, mode, &b)?;
+                        if let IpAddr::V4(ip) = b.ip {
+                            // Its route is a broadcast one: no packet is
+                            // forwarded to it (passed_no_route forever).
+                            // Addresses that cannot be read skip the check:
+                            // it only names a mistake sooner.
+                            if let Ok(Some((interface, subnet))) = rtnl.broadcast_of(ip) {
+                                return Err(LbError::BackendAtBroadcast { vip: *vip, backend: b, interface, subnet });
+                            }
+                        }
                         if mode == ForwardingMode::Nat {
                             Self::check_nat_backend(st, vip, &b)?;
                         }
@@ -272,6 +284,10 @@ pub(crate) fn check_backend(
             what: what(&format!("a backend at {why}")),
             fix: "give the address the backend host is reached at",
         });
+    }
+    if let Some(v4) = super::types::ipv4_mapped(b.ip) {
+        let as_ipv4 = BackendAddr { ip: v4.into(), port: b.port };
+        return Err(LbError::Ipv4Mapped { what: format!("backend {b} of VIP {vip}"), as_ipv4: as_ipv4.to_string() });
     }
     if b.ip == vip.addr {
         return Err(LbError::Unsupported {

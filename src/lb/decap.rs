@@ -228,9 +228,14 @@ impl Decap {
     ///
     /// # Errors
     ///
-    /// [`LbError::Map`] when the address map cannot be written.
+    /// [`LbError::DecapLocalNotFound`] when it does not decapsulate for
+    /// `addr` (nothing changed), as removing an unknown VIP or backend is
+    /// refused; [`LbError::Map`] when the address map cannot be written.
     pub fn remove_local(&self, addr: IpAddr) -> Result<(), LbError> {
-        self.core.maps.locals.remove(&key(addr)).map(drop).map_err(map_err("removing a decap address"))
+        match self.core.maps.locals.remove(&key(addr)).map_err(map_err("removing a decap address"))? {
+            true => Ok(()),
+            false => Err(LbError::DecapLocalNotFound { addr, locals: self.locals() }),
+        }
     }
 
     /// Counters, summed over CPUs.

@@ -5,9 +5,12 @@
 //!
 //! Serving means: attached to at least one interface, or chained behind a
 //! filter that runs on one (`Filter::set_next`, a configuration's `next`:
-//! what the filter passes reaches the LB), and at least one VIP
+//! what the filter passes reaches the LB), no attachment lost (an
+//! interface it was attached to was deleted: the traffic that interface
+//! received is no longer balanced, exit code 6), and at least one VIP
 //! with an active backend (weight above 0), so a new flow to it gets a
-//! backend rather than a drop. Deliberately not part of it:
+//! backend rather than a drop. A deliberate `detach --iface IF` of one of
+//! several interfaces is not a loss. Deliberately not part of it:
 //!
 //! - the backends' neighbour states. A node that is not announced gets no
 //!   traffic, and the kernel keeps managed entries resolved by itself, but
@@ -28,7 +31,8 @@
 //! than the other nodes do, so it is not serving either (exit code 5).
 //!
 //! Cost: one read of the model the handle already keeps, the pinned
-//! links' info (what [`LoadBalancer::open_pinned`] reads anyway) and one
+//! links' info (what [`LoadBalancer::open_pinned`] reads anyway; one
+//! `bpf()` call per lost attachment) and one
 //! pass over the kernel's programs and links for the filters chaining it
 //! ([`LoadBalancer::chained_from`]): the whole `status --exit-code`
 //! process takes a few milliseconds, cheap enough to poll ten times a
@@ -46,6 +50,10 @@ use crate::error::LbError;
 pub struct Health {
     /// Interfaces the LB is attached to.
     pub attachments: usize,
+    /// Attachments lost: interfaces it was attached to that were deleted
+    /// (or the kernel otherwise took the program off), not detached
+    /// ([`LoadBalancer::lost_attachments`]).
+    pub lost: usize,
     /// Interfaces running a filter that passes its packets on to the LB
     /// ([`LoadBalancer::chained_from`]).
     pub chained: usize,
@@ -59,22 +67,27 @@ pub struct Health {
 }
 
 impl Health {
-    /// Serving: attached somewhere (or chained behind a filter that is), at least one VIP has an active
-    /// backend, and, when a digest was expected, the state matches it.
+    /// Serving: attached somewhere (or chained behind a filter that is), no attachment lost, at least one
+    /// VIP has an active backend, and, when a digest was expected, the state matches it.
     pub fn is_serving(&self) -> bool {
         self.exit_code() == 0
     }
 
     /// The exit code of `xdpguard-lb status --exit-code`, the first thing
     /// missing: 0 serving, 3 not attached to any interface (nor chained
-    /// behind a filter attached to one), 4 attached but
+    /// behind a filter attached to one), 6 attached (or chained) but an
+    /// interface it was attached to is lost (deleted, not detached:
+    /// [`LoadBalancer::lost_attachments`]), 4 attached but
     /// no VIP has an active backend, 5 serving but its state digest differs
     /// from the expected one (only with an expected digest). (1 is any
     /// error, e.g. nothing pinned: the LB was detached or never attached; 2
-    /// a usage error.)
+    /// a usage error.) An LB attached nowhere is 3, lost attachments or
+    /// not.
     pub fn exit_code(&self) -> u8 {
         if self.attachments + self.chained == 0 {
             3
+        } else if self.lost > 0 {
+            6
         } else if self.serving_vips == 0 {
             4
         } else if self.digest_matches == Some(false) {
@@ -89,6 +102,9 @@ impl fmt::Display for Health {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let verdict = if self.is_serving() { "serving" } else { "not serving" };
         write!(f, "{verdict}: attached to {} interface(s)", self.attachments)?;
+        if self.lost > 0 {
+            write!(f, ", lost {}", self.lost)?;
+        }
         if self.chained > 0 {
             write!(f, ", behind a filter on {}", self.chained)?;
         }
@@ -112,6 +128,7 @@ impl LoadBalancer {
     /// [`LbError::Map`] when another process's edit cannot be read back.
     pub fn health(&self) -> Result<Health, LbError> {
         let attachments = self.attachments().len();
+        let lost = self.lost_attachments().len();
         let chained = self.chained_from().iter().map(|c| c.ifindexes.len()).sum();
         let (vips, serving_vips) = self.read(|st| {
             let serving = st
@@ -122,7 +139,7 @@ impl LoadBalancer {
                 .count();
             (st.vips.len(), serving)
         })?;
-        Ok(Health { attachments, chained, vips, serving_vips, digest_matches: None })
+        Ok(Health { attachments, lost, chained, vips, serving_vips, digest_matches: None })
     }
 
     /// As [`LoadBalancer::health`], and whether the LB's overall state
@@ -151,6 +168,7 @@ mod tests {
     fn exit_codes_name_the_first_thing_missing() {
         let h = |attachments, vips, serving_vips| Health {
             attachments,
+            lost: 0,
             chained: 0,
             vips,
             serving_vips,
@@ -178,6 +196,19 @@ mod tests {
         assert!(!d(false, 1).is_serving());
         assert_eq!(d(false, 0).exit_code(), 4);
         assert_eq!(Health { digest_matches: Some(false), ..h(0, 2, 2) }.exit_code(), 3);
+        // An interface lost (deleted, not detached) while another serves:
+        // 6, before the VIPs and the digest; attached nowhere stays 3.
+        let lost = Health { lost: 1, ..h(1, 2, 1) };
+        assert_eq!(lost.exit_code(), 6);
+        assert!(!lost.is_serving());
+        assert_eq!(Health { lost: 1, ..h(1, 2, 0) }.exit_code(), 6);
+        assert_eq!(Health { lost: 1, digest_matches: Some(false), ..h(1, 2, 1) }.exit_code(), 6);
+        assert_eq!(Health { lost: 2, ..h(0, 2, 1) }.exit_code(), 3);
+        assert_eq!(Health { lost: 1, chained: 1, ..h(0, 2, 1) }.exit_code(), 6);
+        assert_eq!(
+            lost.to_string(),
+            "not serving: attached to 1 interface(s), lost 1, 1 of 2 VIP(s) with an active backend"
+        );
         assert_eq!(
             d(false, 1).to_string(),
             "not serving: attached to 1 interface(s), 1 of 2 VIP(s) with an active backend, \

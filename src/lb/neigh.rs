@@ -35,6 +35,7 @@ use netlink_packet_core::{
     NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE,
     NLM_F_REQUEST,
 };
+use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourExtFlags, NeighbourFlags, NeighbourMessage, NeighbourState as Nud,
 };
@@ -250,6 +251,39 @@ impl Rtnl {
                 }
             }
             return Ok(oif.map(|ifindex| HopKey { ifindex, addr: via.unwrap_or(dst) }));
+        }
+        Ok(None)
+    }
+
+    /// The interface (its label: the name, or `name:alias`) and subnet
+    /// whose IPv4 broadcast address `ip` is, if any: the kernel routes no
+    /// packet to it as to a host (its route is a broadcast one), so a
+    /// backend there is never reached.
+    pub(crate) fn broadcast_of(
+        &mut self,
+        ip: std::net::Ipv4Addr,
+    ) -> io::Result<Option<(String, ipnetwork::Ipv4Network)>> {
+        let mut m = AddressMessage::default();
+        m.header.family = AddressFamily::Inet;
+        for msg in self.request(RouteNetlinkMessage::GetAddress(m), NLM_F_DUMP)? {
+            let RouteNetlinkMessage::NewAddress(a) = msg else { continue };
+            let (mut local, mut broadcast, mut label) = (None, None, None);
+            for attr in &a.attributes {
+                match attr {
+                    AddressAttribute::Local(IpAddr::V4(l)) => local = Some(*l),
+                    AddressAttribute::Broadcast(b) => broadcast = Some(*b),
+                    AddressAttribute::Label(l) => label = Some(l.clone()),
+                    _ => {}
+                }
+            }
+            let (Some(local), Some(label)) = (local, label) else { continue };
+            let Ok(net) = ipnetwork::Ipv4Network::new(local, a.header.prefix_len) else { continue };
+            // /31 and /32 have no broadcast address (RFC 3021).
+            let computed = (a.header.prefix_len < 31).then(|| net.broadcast());
+            if broadcast == Some(ip) || computed == Some(ip) {
+                let subnet = ipnetwork::Ipv4Network::new(net.network(), a.header.prefix_len).unwrap_or(net);
+                return Ok(Some((label, subnet)));
+            }
         }
         Ok(None)
     }

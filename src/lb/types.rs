@@ -163,9 +163,8 @@ impl FromStr for Vip {
 }
 
 /// Why no packet from another host reaches `addr` as a VIP or a backend
-/// (unspecified, loopback, multicast or broadcast), or why its packets are
-/// not what it says (an IPv4-mapped IPv6 address: IPv4 packets); `None`
-/// when it can be one.
+/// (unspecified, loopback, multicast or broadcast); `None` when it can be
+/// one. (An IPv4-mapped IPv6 address is [`ipv4_mapped`]'s.)
 pub(crate) fn unusable(addr: IpAddr) -> Option<&'static str> {
     match addr {
         IpAddr::V4(a) if a.is_unspecified() => Some("the unspecified address"),
@@ -175,10 +174,27 @@ pub(crate) fn unusable(addr: IpAddr) -> Option<&'static str> {
         IpAddr::V6(a) if a.is_unspecified() => Some("the unspecified address"),
         IpAddr::V6(a) if a.is_loopback() => Some("the loopback address"),
         IpAddr::V6(a) if a.is_multicast() => Some("a multicast address"),
-        IpAddr::V6(a) if a.to_ipv4_mapped().is_some() => {
-            Some("an IPv4-mapped IPv6 address, whose packets are IPv4 packets: give it as IPv4")
-        }
         _ => None,
+    }
+}
+
+/// The IPv4 address an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`) stands
+/// for: its packets are IPv4 packets, so as a VIP or backend it is refused
+/// with this address as the fix ([`LbError::Ipv4Mapped`](crate::LbError::Ipv4Mapped)).
+pub(crate) fn ipv4_mapped(addr: IpAddr) -> Option<std::net::Ipv4Addr> {
+    match addr {
+        IpAddr::V6(a) => a.to_ipv4_mapped(),
+        IpAddr::V4(_) => None,
+    }
+}
+
+/// A link-local address (169.254.0.0/16, fe80::/10): reached only on its
+/// own link, never through a router, so no client off that link reaches a
+/// VIP there.
+pub(crate) fn link_local(addr: IpAddr) -> bool {
+    match addr {
+        IpAddr::V4(a) => a.is_link_local(),
+        IpAddr::V6(a) => a.segments()[0] & 0xFFC0 == 0xFE80,
     }
 }
 

@@ -19,7 +19,8 @@ impl LoadBalancer {
     /// [`LbError::Unsupported`] (NAT without connection tracking; port 0,
     /// which no packet is sent to: every port is `port: None`; an address
     /// no client's packet reaches: unspecified, loopback, multicast,
-    /// broadcast, or IPv4-mapped IPv6),
+    /// broadcast, link-local), [`LbError::Ipv4Mapped`] (an IPv4-mapped
+    /// IPv6 address: give the IPv4 one),
     /// [`LbError::ConflictingVip`], [`LbError::VipTableFull`];
     /// [`LbError::Map`] when a map update fails.
     pub fn add_vip(&self, vip: Vip, config: VipConfig) -> Result<(), LbError> {
@@ -116,6 +117,16 @@ pub(crate) fn check_vip(vip: &Vip) -> Result<(), LbError> {
     if let Some(why) = super::types::unusable(vip.addr) {
         return Err(LbError::Unsupported {
             what: format!("VIP {vip} at {why}"),
+            fix: "give the address clients send the service's packets to",
+        });
+    }
+    if let Some(v4) = super::types::ipv4_mapped(vip.addr) {
+        let port = vip.port.map(|p| p.to_string()).unwrap_or_else(|| "*".into());
+        return Err(LbError::Ipv4Mapped { what: format!("VIP {vip}"), as_ipv4: format!("{v4}:{port}") });
+    }
+    if super::types::link_local(vip.addr) {
+        return Err(LbError::Unsupported {
+            what: format!("VIP {vip} at a link-local address (reached only on its own link, not through a router)"),
             fix: "give the address clients send the service's packets to",
         });
     }

@@ -160,6 +160,9 @@ struct Inner {
     removed_down: BTreeMap<Key, (Tracked, Instant)>,
 }
 
+/// Why a backend is no longer checked when its VIP is removed.
+const VIP_GONE: &str = "its VIP was removed from the load balancer; checked again if it is added back";
+
 /// How long a backend removed while down is remembered as down.
 const REMOVED_DOWN_KEPT: Duration = Duration::from_secs(300);
 
@@ -299,7 +302,9 @@ impl HealthChecker {
         let mut events = Vec::new();
         // The backends now, with their weights.
         let mut current: BTreeMap<Key, (u32, Result<SocketAddr, &'static str>)> = BTreeMap::new();
-        for (vip, _) in lb.vips()? {
+        let vips = lb.vips()?;
+        for (vip, _) in &vips {
+            let vip = *vip;
             if !self.config.vips.is_empty() && !self.config.vips.contains(&vip) {
                 continue;
             }
@@ -319,6 +324,12 @@ impl HealthChecker {
             let Inner { tracked, unchecked, adopted, removed_down } = &mut *inner;
             removed_down.retain(|_, (_, at)| at.elapsed() < REMOVED_DOWN_KEPT);
             for key in tracked.keys().filter(|k| !current.contains_key(k)).copied().collect::<Vec<_>>() {
+                // A whole VIP gone (`vip del`; a backend removed is what
+                // an operator asked for, and says nothing): said once per
+                // backend, so an agent left checking nothing says so.
+                if !vips.iter().any(|(v, _)| *v == key.0) {
+                    events.push(event(&key, HealthEventKind::Unchecked { reason: VIP_GONE }));
+                }
                 if let Some(t) = tracked.remove(&key).filter(|t| t.machine.state() == HealthState::Down) {
                     removed_down.insert(key, (t, Instant::now()));
                 }
@@ -526,14 +537,47 @@ impl HealthChecker {
         })
     }
 
+    /// Whether the LB has every VIP of [`HealthConfig::vips`]: a VIP it
+    /// does not have (a typo, or a UDP VIP given without its protocol)
+    /// would silently be checked never. [`run`](Self::run) asks at its
+    /// start.
+    ///
+    /// # Errors
+    ///
+    /// [`HealthError::VipsNotFound`] naming them (and a VIP at the same
+    /// address and port with another protocol, probably the one meant);
+    /// [`HealthError::Lb`] when the LB's VIPs cannot be read.
+    pub fn check_vips(&self, lb: &LoadBalancer) -> Result<(), HealthError> {
+        if self.config.vips.is_empty() {
+            return Ok(());
+        }
+        let have: BTreeSet<Vip> = lb.vips()?.into_iter().map(|(v, _)| v).collect();
+        let missing: Vec<Vip> = self.config.vips.iter().filter(|v| !have.contains(v)).copied().collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let other_protocol = have
+            .iter()
+            .filter(|h| missing.iter().any(|m| m.addr == h.addr && m.port == h.port))
+            .filter(|h| !self.config.vips.contains(h))
+            .copied()
+            .collect();
+        Err(HealthError::VipsNotFound { missing, other_protocol, pin: lb.pin_path().map(Into::into) })
+    }
+
     /// Runs rounds every `interval` until `stop` is set (checked at least
     /// every 50 ms), calling `on_event` for each event. A round that
     /// overruns its interval delays the next one; none are run twice.
     ///
     /// # Errors
     ///
+    /// [`HealthError::VipsNotFound`] at the start when [`HealthConfig::vips`]
+    /// names a VIP the LB does not have (see [`check_vips`](Self::check_vips)).
     /// [`HealthError::Lb`] when the LB cannot be read any more (e.g. it
-    /// was detached): an agent should exit and be restarted.
+    /// was detached): an agent should exit and be restarted. A VIP removed
+    /// later is not an error: its backends are reported once as
+    /// [`HealthEventKind::Unchecked`], and checked again if it is added
+    /// back.
     pub fn run(
         &self,
         lb: &LoadBalancer,
@@ -556,6 +600,7 @@ impl HealthChecker {
         mut journal: impl FnMut(&[BackendHealth]) -> Result<(), String>,
         mut on_event: impl FnMut(&HealthEvent),
     ) -> Result<(), HealthError> {
+        self.check_vips(lb)?;
         let mut next = Instant::now();
         while !stop.load(Ordering::Relaxed) {
             for e in self.round_journaled(lb, &mut journal)? {

@@ -269,6 +269,46 @@ pub enum HealthError {
     /// Reading the load balancer's VIPs and backends failed.
     #[error("reading the load balancer's backends: {0}")]
     Lb(#[from] LbError),
+    /// [`HealthConfig::vips`] names VIPs the load balancer does not have
+    /// (checked when [`HealthChecker::run`] starts): their backends would
+    /// never be checked. Nothing was checked or changed.
+    #[error("{}", vips_not_found(missing, other_protocol, pin.as_deref()))]
+    VipsNotFound {
+        /// The VIPs asked for that the LB does not have.
+        missing: Vec<Vip>,
+        /// VIPs the LB has at the address and port of one missing, with
+        /// another protocol: probably the ones meant.
+        other_protocol: Vec<Vip>,
+        /// The LB's pin directory, for the command that lists its VIPs.
+        pin: Option<std::path::PathBuf>,
+    },
+}
+
+/// A VIP as `--vip` takes it with its protocol: `203.0.113.10:80/udp`.
+fn vip_arg(v: &Vip) -> String {
+    let port = v.port.map(|p| p.to_string()).unwrap_or_else(|| "*".into());
+    match v.addr {
+        std::net::IpAddr::V4(a) => format!("{a}:{port}/{}", v.protocol),
+        std::net::IpAddr::V6(a) => format!("[{a}]:{port}/{}", v.protocol),
+    }
+}
+
+fn vips_not_found(missing: &[Vip], other: &[Vip], pin: Option<&std::path::Path>) -> String {
+    let names: Vec<String> = missing.iter().map(Vip::to_string).collect();
+    let mut text = format!(
+        "the load balancer has no VIP {}: its backends would never be checked; nothing was checked",
+        names.join(", no VIP ")
+    );
+    if !other.is_empty() {
+        let args: Vec<String> = other.iter().map(|v| format!("--vip {}", vip_arg(v))).collect();
+        text += &format!(
+            ". At that address and port it has {} (`--vip` without a protocol is TCP): give it with its protocol, {}",
+            other.iter().map(Vip::to_string).collect::<Vec<_>>().join(", "),
+            args.join(" ")
+        );
+    }
+    let pin = pin.map(|p| format!(" --pin {}", p.display())).unwrap_or_default();
+    text + &format!(". List its VIPs with `xdpguard-lb vip list{pin}` (API: `LoadBalancer::vips`)")
 }
 
 #[cfg(test)]
@@ -291,6 +331,32 @@ mod tests {
             assert!(err.contains(says), "{config:?}: {err}");
         }
         assert!(http("/healthz?full=1").validate().is_ok());
+    }
+
+    #[test]
+    fn unknown_vips_are_named_with_the_way_to_list_them() {
+        let tcp: Vip = "tcp 203.0.113.10:80".parse().unwrap();
+        let udp: Vip = "udp 203.0.113.10:80".parse().unwrap();
+        let other: Vip = "tcp [2001:db8::1]:443".parse().unwrap();
+        let e = HealthError::VipsNotFound {
+            missing: vec![tcp, other],
+            other_protocol: vec![udp],
+            pin: Some("/sys/fs/bpf/xdpguard-lb".into()),
+        };
+        assert_eq!(
+            e.to_string(),
+            "the load balancer has no VIP tcp 203.0.113.10:80, no VIP tcp [2001:db8::1]:443: its backends would never \
+             be checked; nothing was checked. At that address and port it has udp 203.0.113.10:80 (`--vip` without a \
+             protocol is TCP): give it with its protocol, --vip 203.0.113.10:80/udp. List its VIPs with \
+             `xdpguard-lb vip list --pin /sys/fs/bpf/xdpguard-lb` (API: `LoadBalancer::vips`)"
+        );
+        // The suffix given back parses as the VIP meant.
+        assert_eq!(vip_arg(&udp).parse::<Vip>().unwrap(), udp);
+        assert_eq!(vip_arg(&other).parse::<Vip>().unwrap(), other);
+        let e = HealthError::VipsNotFound { missing: vec![tcp], other_protocol: vec![], pin: None };
+        assert!(e
+            .to_string()
+            .ends_with("nothing was checked. List its VIPs with `xdpguard-lb vip list` (API: `LoadBalancer::vips`)"));
     }
 
     #[test]
