@@ -47,6 +47,7 @@ use crate::error::LbError;
 
 /// A load balancer's health ([`LoadBalancer::health`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Health {
     /// Interfaces the LB is attached to.
     pub attachments: usize,
