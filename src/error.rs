@@ -133,6 +133,21 @@ pub enum AttachError {
         /// Where it is attached, comma-separated (empty: nowhere).
         attached: String,
     },
+    /// The program is attached to the interface already, in another mode
+    /// than the one asked for (in the same mode, or in auto mode, attaching
+    /// again does nothing and succeeds).
+    #[error(
+        "the program is already attached to `{interface}` in {mode} mode; to run it there in {asked} mode, \
+         detach it from `{interface}` and attach it again (nothing changed)"
+    )]
+    AttachedInAnotherMode {
+        /// The interface.
+        interface: String,
+        /// The mode it runs in there.
+        mode: AttachMode,
+        /// The mode asked for.
+        asked: AttachMode,
+    },
     /// Another XDP program already runs on the interface (found before
     /// attaching: nothing was attached or changed).
     #[error("{}", already_attached(interface, *program_id, program.as_deref(), owner.as_deref(), libxdp.as_deref()))]

@@ -316,16 +316,31 @@ fn attaching_twice_is_typed_and_the_first_filter_keeps_working() {
         );
         assert!(!pin.path().exists(), "{mode}: the failed attach left no pins");
     }
-    // The same filter onto the same interface again.
-    let err = {
+    // The same filter onto the same interface again: in its mode (or
+    // auto), nothing to do; in another, a clear error, not "detach the
+    // program there" (which is this one).
+    let first = {
         let f = std::sync::Arc::new(first);
+        let before = f.attachments();
+        for mode in [AttachMode::Native, AttachMode::Auto] {
+            let g = f.clone();
+            let got = pair.server.run(move || g.attach("eth0", mode)).unwrap();
+            assert_eq!((vec![got], f.attachments()), (before.clone(), before.clone()), "{mode}: attached once");
+        }
         let g = f.clone();
-        let e = pair.server.run(move || g.attach("eth0", AttachMode::Native)).unwrap_err();
-        assert_eq!(f.attachments().len(), 1);
-        (std::sync::Arc::try_unwrap(f).expect("one handle"), e)
+        let err = pair.server.run(move || g.attach("eth0", AttachMode::Generic)).unwrap_err();
+        let Error::Attach(AttachError::AttachedInAnotherMode {
+            mode: AttachMode::Native,
+            asked: AttachMode::Generic,
+            ..
+        }) = &err
+        else {
+            panic!("{err:?}")
+        };
+        assert_mentions(&err.to_string(), &["already attached to `eth0` in native mode", "detach it"]);
+        assert_eq!(f.attachments(), before);
+        std::sync::Arc::try_unwrap(f).expect("one handle")
     };
-    let (first, err) = err;
-    assert!(matches!(err, Error::Attach(AttachError::AlreadyAttached { .. })), "{err:?}");
 
     // The first filter still runs the interface: traffic flows through it,
     // and a block still works.

@@ -211,6 +211,12 @@ pub(crate) fn occupied_by_another(interface: &str, ours: &[u32]) -> Option<Attac
 /// EXT program type, and on Linux 6.13 and later (and stable kernels with
 /// the backport) an extension that tail-calls or moves packet data (every
 /// xdpguard program does) cannot replace libxdp 1.3's dispatcher slots.
+/// Whether program `prog_id` is what runs on `ifindex` (of the calling
+/// thread's network namespace).
+pub(crate) fn runs_on(prog_id: u32, interface: &str, ifindex: u32) -> bool {
+    matches!(occupant(interface, ifindex), Some(AttachError::AlreadyAttached { program_id: Some(id), .. }) if id == prog_id)
+}
+
 fn occupant(interface: &str, ifindex: u32) -> Option<AttachError> {
     let id = sys::xdp_query(ifindex).ok().map(|q| q.prog_id).filter(|&id| id != 0)?;
     let info = sys::prog_by_id(id).and_then(|fd| sys::prog_info(fd.as_fd())).ok();

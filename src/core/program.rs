@@ -162,6 +162,20 @@ impl XdpProgram {
     /// new link, or this attach sees its program.
     pub(crate) fn attach(&self, iface: &Interface, mode: AttachMode) -> Result<Attachment, Error> {
         let _lock = self.lock()?;
+        // Attached there already (by this handle or another of the same
+        // pins): nothing to do in that mode; another is a clear error, not
+        // "detach the program there first", which names this one.
+        self.sync_links();
+        let (ifindex, name) = iface.resolve()?;
+        let here = self.links().iter().find(|l| l.attachment.ifindex == ifindex).map(|l| l.attachment.clone());
+        if let Some(here) = here {
+            if attach::runs_on(sys::prog_id(self.current()?.as_fd()).unwrap_or(0), &name, ifindex) {
+                if mode == AttachMode::Auto || mode == here.mode {
+                    return Ok(here);
+                }
+                return Err(AttachError::AttachedInAnotherMode { interface: name, mode: here.mode, asked: mode }.into());
+            }
+        }
         let link = attach::attach(self.current()?.as_fd(), iface, mode)?;
         let attachment = link.attachment.clone();
         // Attached there again: the record of the attachment it lost there

@@ -445,12 +445,15 @@ impl Filter {
         self.core.maps.malformed_policy().store(policy.code(), Ordering::Release);
     }
 
-    /// Attaches to one more interface (pinning the link if the filter is pinned).
+    /// Attaches to one more interface (pinning the link if the filter is
+    /// pinned). Already attached there in `mode` (or asked for auto): does
+    /// nothing, and returns that attachment.
     ///
     /// # Errors
     ///
     /// [`AttachError`](crate::AttachError)s (interface not found, another
-    /// XDP program there, a mode the driver cannot do);
+    /// XDP program there, this one there in another mode, a mode the
+    /// driver cannot do);
     /// [`PinError`](crate::PinError) when the link cannot be pinned.
     pub fn attach(&self, iface: impl Into<Interface>, mode: AttachMode) -> Result<Attachment, Error> {
         self.core.running().attach(&iface.into(), mode)

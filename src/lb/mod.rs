@@ -383,13 +383,15 @@ impl LoadBalancer {
     }
 
     /// Attaches to one more interface (pinning the link if the LB is
-    /// pinned); it also becomes a redirect target.
+    /// pinned); it also becomes a redirect target. Already attached there
+    /// in `mode` (or asked for auto): does nothing, and returns that
+    /// attachment.
     ///
     /// # Errors
     ///
     /// As [`add_redirect_interface`](Self::add_redirect_interface), and
-    /// [`AttachError`](crate::AttachError)s (another XDP program there, a
-    /// mode the driver cannot do); [`PinError`](crate::PinError) when the
+    /// [`AttachError`](crate::AttachError)s (another XDP program there,
+    /// this one there in another mode, a mode the driver cannot do); [`PinError`](crate::PinError) when the
     /// link cannot be pinned.
     pub fn attach(&self, iface: impl Into<Interface>, mode: AttachMode) -> Result<Attachment, Error> {
         let iface = iface.into();
