@@ -717,4 +717,19 @@ fn pin_directory_removed_by_hand_gives_typed_errors_naming_the_fix() {
     attach_cli(&ns, pin.s());
     XDPGUARD.ok(&["block", "--pin", pin.s(), "203.0.113.0/24"]);
     assert!(xdp_on(&ns, "xg0"));
+
+    // Unpinned through another handle: this one says it runs nowhere, its
+    // own unpin has nothing left to do, and an edit names the filter's
+    // directory (not its guard stage's) in the fix.
+    let (h1, h2) = (Filter::open_pinned(&pin.path).unwrap(), Filter::open_pinned(&pin.path).unwrap());
+    assert_eq!(h2.attachments().len(), 1);
+    h1.unpin().unwrap();
+    assert!(detached(&ns, "xg0"));
+    assert_eq!((h2.attachments(), h2.lost_attachments()), (vec![], vec![]), "nothing runs, nothing was lost");
+    let err = h2.rules().add("drop udp dport 1900".parse().unwrap()).unwrap_err();
+    let text = err.to_string();
+    assert_mentions(&text, &["filter", &format!("--pin {}`", pin.s())]);
+    assert!(!text.contains("/guard"), "{text}");
+    h2.unpin().expect("unpinned already: nothing to do");
+    assert!(!pin.path.exists());
 }

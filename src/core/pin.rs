@@ -230,9 +230,12 @@ impl PinDir {
     /// program alive, but no other process can reach it any more.
     pub(crate) fn lock(&self) -> Result<Flock<File>, PinError> {
         let dir = File::open(&self.path).map_err(|source| match source.kind() {
-            io::ErrorKind::NotFound => {
-                PinError::Removed { path: self.path.clone(), kind: self.kind.name, cli: self.kind.cli }
-            }
+            io::ErrorKind::NotFound => match (self.kind.within, self.path.parent()) {
+                (Some(outer), Some(parent)) => {
+                    PinError::Removed { path: parent.to_owned(), kind: outer.name, cli: outer.cli }
+                }
+                _ => PinError::Removed { path: self.path.clone(), kind: self.kind.name, cli: self.kind.cli },
+            },
             _ => io_err("opening", &self.path)(source),
         })?;
         Flock::lock(dir, FlockArg::LockExclusive)

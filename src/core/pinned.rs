@@ -67,6 +67,10 @@ pub(crate) struct Kind {
     pub needs: &'static str,
     /// The oldest kernel it runs on, e.g. `"5.15 or later with BTF"`.
     pub min_kernel: &'static str,
+    /// The kind whose pin directory holds this one's, as a subdirectory
+    /// (the guard stage's, in its filter's): a removed directory is
+    /// reported as that one's, which is what a user re-creates.
+    pub within: Option<&'static Kind>,
 }
 
 impl Kind {

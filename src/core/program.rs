@@ -240,9 +240,20 @@ impl XdpProgram {
     /// cannot be read, what the handle knew stays.
     fn sync_links(&self) {
         if let Some(dir) = &self.pin {
-            if let Ok((links, lost)) = scan_links(dir, &self.owner) {
-                *self.links() = links;
-                *self.lost_records() = lost;
+            match scan_links(dir, &self.owner) {
+                Ok((links, lost)) => {
+                    *self.links() = links;
+                    *self.lost_records() = lost;
+                }
+                // The directory removed under this handle (another handle's
+                // unpin detached its links): what this one holds that still
+                // runs stays, the rest goes, and nothing is "lost" that the
+                // removal took on purpose.
+                Err(_) if !dir.path().exists() => {
+                    self.links().retain(|l| !matches!(attach::link_attachment(&l.fd), Ok(None)));
+                    self.lost_records().clear();
+                }
+                Err(_) => {}
             }
             return;
         }
@@ -316,7 +327,9 @@ impl XdpProgram {
             self.drop_link(link)?;
         }
         self.lost_records().clear();
-        if let Some(dir) = &self.pin {
+        // A directory already removed (another handle's unpin, or `detach`
+        // from another process) has nothing left to remove: done.
+        if let Some(dir) = self.pin.as_ref().filter(|d| d.path().exists()) {
             remove(dir)?;
         }
         Ok(())

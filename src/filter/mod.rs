@@ -140,6 +140,7 @@ impl ProgramKind for FilterKind {
         cli: "xdpguard",
         needs: "a BPF feature the filter needs (memory-mapped arrays, BPF links for XDP)",
         min_kernel: "5.15 or later with BTF",
+        within: None,
     };
     type Maps = FilterMaps;
     type Model = ListState;

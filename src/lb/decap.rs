@@ -41,6 +41,7 @@ impl ProgramKind for DecapKind {
         cli: "xdpguard-lb decap",
         needs: "a BPF feature the decapsulator needs (BPF links for XDP)",
         min_kernel: "5.9 or later",
+        within: None,
     };
     type Maps = DecapMaps;
     type Model = ();

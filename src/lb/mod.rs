@@ -239,6 +239,7 @@ impl ProgramKind for LbKind {
         cli: "xdpguard-lb",
         needs: "a BPF feature the load balancer needs (map-in-map with BPF_F_INNER_MAP, DEVMAP_HASH)",
         min_kernel: "5.15 or later with BTF",
+        within: None,
     };
     type Maps = LbMaps;
     type Model = LbState;

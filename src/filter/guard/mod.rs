@@ -72,6 +72,7 @@ impl ProgramKind for GuardKind {
         cli: "xdpguard",
         needs: "bpf_loop and the SYN cookie helpers, which the guard stage (rules, SYN guard) needs",
         min_kernel: "6.0 or later with BTF (or load the filter without rules: FilterBuilder::guard(false))",
+        within: Some(<crate::filter::FilterKind as ProgramKind>::KIND),
     };
     type Maps = GuardMaps;
     type Model = GuardState;
