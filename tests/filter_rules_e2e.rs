@@ -196,6 +196,10 @@ fn the_cli_runs_the_amplification_recipe_on_real_traffic() {
         &["drop", "tcp", "dport", "0-65535"],
         &["drop", "tcp", "sport", "0-65535", "from", "0.0.0.0/0"],
         &["drop", "tcp", "to", "::/0"],
+        &["drop", "tcp", "dport", "1-65535"],
+        &["drop", "tcp", "dport", "1-1000,1001-65535"],
+        &["drop", "tcp", "not", "from", "192.0.2.1"],
+        &["drop", "tcp", "not", "to", "192.0.2.99"],
     ] {
         let mut args = vec!["rule", "add", "--pin", p];
         args.extend_from_slice(all);
@@ -220,6 +224,9 @@ fn the_cli_runs_the_amplification_recipe_on_real_traffic() {
         );
     }
     cli.ok(&["rule", "add", "--pin", p, "drop", "icmpv6", "to", "2001:db8:dead::/48"]);
+    // Some ports, or one port from all but one source: accepted.
+    cli.ok(&["rule", "add", "--pin", p, "drop", "tcp", "dport", "8000-9000"]);
+    cli.ok(&["rule", "add", "--pin", p, "drop", "tcp", "dport", "23", "not", "from", "192.0.2.1"]);
     cli.ok(&["rule", "clear", "--pin", p]);
     // `flags none` is a NULL scan's packets, not every TCP packet.
     let _listener = pair.server.run(|| TcpListener::bind(("::", 9009)).expect("listen"));

@@ -1138,22 +1138,38 @@ fn remove_entries(kind: ListKind, edit: Edit) -> Result<()> {
 /// Refuses (without `force`) a drop rule that cuts the host off: one that
 /// matches every TCP packet of an IP version from any source (the session
 /// the host is managed over with it, as `block 0.0.0.0/0` would), however
-/// it is written (`from 0.0.0.0/0`, `dport 0-65535`), or every ICMPv6
+/// it is written (`from 0.0.0.0/0`, `dport 1-65535`, `not from 192.0.2.1`:
+/// all but one source), or every ICMPv6
 /// neighbour solicitation or advertisement from any source (without which
 /// IPv6 stops on the link).
 fn refuse_drop_all(rules: &[Rule], force: bool) -> Result<()> {
     use xdpguard::{RuleProtocol, Source};
     let whole = |p: &IpNetwork| p.prefix() == 0;
-    let every_port = |set: &Option<xdpguard::RangeSet>| set.as_ref().is_none_or(|s| s.ranges().eq([0..=65535]));
+    // Port 0 carries no real traffic: 1-65535 is every port (however the
+    // ranges are split).
+    let every_port = |set: &Option<xdpguard::RangeSet>| {
+        set.as_ref().is_none_or(|s| {
+            let mut next = 1u32;
+            for r in s.ranges() {
+                if u32::from(*r.start()) > next {
+                    return false;
+                }
+                next = next.max(u32::from(*r.end()) + 1);
+            }
+            next > 65535
+        })
+    };
+    // "Not from X" is from anywhere but X: the same lockout unless X is
+    // where the session comes from, which only the user can say (--force).
     let from_anywhere = |r: &Rule| match &r.source {
         None => true,
-        Some(m) => !m.negated && matches!(&m.source, Source::Prefix(p) if whole(p)),
+        Some(m) => m.negated || matches!(&m.source, Source::Prefix(p) if whole(p)),
     };
     let cutting = |r: &&Rule| {
         r.action == xdpguard::RuleAction::Drop
             && !r.monitor
             && from_anywhere(r)
-            && r.destination.is_none_or(|d| !d.negated && whole(&d.prefix))
+            && r.destination.is_none_or(|d| d.negated || whole(&d.prefix))
     };
     let all_tcp = rules.iter().filter(cutting).find(|r| {
         every_port(&r.source_ports)
@@ -1185,9 +1201,11 @@ fn refuse_drop_all(rules: &[Rule], force: bool) -> Result<()> {
     match (all_tcp, nd) {
         _ if force => Ok(()),
         (Some(r), _) => Err(format!(
-            "refusing rule `{r}`: it drops every {}packet from any source that the lists do not allow, including \
-             your own SSH session. Nothing was changed. {allow_first}; to drop them anyway, add --force",
-            if r.protocol.is_some() { "TCP " } else { "" }
+            "refusing rule `{r}`: it drops every {}packet from {} that the lists do not allow, including \
+             your own SSH session{}. Nothing was changed. {allow_first}; to drop them anyway, add --force",
+            if r.protocol.is_some() { "TCP " } else { "" },
+            if r.source.as_ref().is_some_and(|m| m.negated) { "all but the sources it names" } else { "any source" },
+            if r.source.as_ref().is_some_and(|m| m.negated) { " unless it comes from one of those" } else { "" }
         )
         .into()),
         (None, Some(r)) => Err(format!(
