@@ -318,10 +318,21 @@ fn fmt_scaled(n: u64, unit: &str) -> String {
     format!("{n}{unit}")
 }
 
-impl fmt::Display for RateLimit {
-    /// `RATE [RATE] [per src/..] [burst N] [burst SIZE] [block DURATION]`
-    /// (what follows `rate-limit` in a rule).
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl RateLimit {
+    /// The limit as a rule of one IP version writes it: that version's
+    /// prefix length alone (`per src/24` in an IPv4 rule, not
+    /// `per src/24/128`), which is what such a rule's parse reads.
+    pub(crate) fn for_family(&self, family: Option<crate::IpFamily>) -> impl fmt::Display + '_ {
+        struct One<'a>(&'a RateLimit, Option<crate::IpFamily>);
+        impl fmt::Display for One<'_> {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                self.0.write(f, self.1)
+            }
+        }
+        One(self, family)
+    }
+
+    fn write(&self, f: &mut fmt::Formatter<'_>, family: Option<crate::IpFamily>) -> fmt::Result {
         let mut words = Vec::new();
         if let Some(p) = self.packets_per_sec {
             words.push(format!("{p}/s"));
@@ -335,7 +346,11 @@ impl fmt::Display for RateLimit {
             });
         }
         if self.per != LimitKey::default() {
-            words.push(format!("per src/{}/{}", self.per.v4_len, self.per.v6_len));
+            words.push(match family {
+                Some(crate::IpFamily::V4) => format!("per src/{}", self.per.v4_len),
+                Some(crate::IpFamily::V6) => format!("per src/{}", self.per.v6_len),
+                None => format!("per src/{}/{}", self.per.v4_len, self.per.v6_len),
+            });
         }
         if let Some(n) = self.burst_packets {
             words.push(format!("burst {n}"));
@@ -351,6 +366,14 @@ impl fmt::Display for RateLimit {
             words.push(format!("after {n}"));
         }
         f.write_str(&words.join(" "))
+    }
+}
+
+impl fmt::Display for RateLimit {
+    /// `RATE [RATE] [per src/..] [burst N] [burst SIZE] [block DURATION]`
+    /// (what follows `rate-limit` in a rule of either IP version).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.write(f, None)
     }
 }
 

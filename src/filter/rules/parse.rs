@@ -423,6 +423,9 @@ mod tests {
             let per = rule.limit.expect("a limit").per;
             assert_eq!((per.v4_len, per.v6_len), (v4_len, v6_len), "{text}");
             assert_eq!(rule.to_string().parse::<Rule>().unwrap(), rule, "{text} round-trips");
+            // Written back as given: the rule's one length, not two.
+            let shown = rule.to_string();
+            assert!(!shown.contains(&format!("per src/{v4_len}/{v6_len}")), "{text} shown as {shown}");
         }
     }
 

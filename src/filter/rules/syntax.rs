@@ -613,7 +613,7 @@ impl fmt::Display for Rule {
         }
         write!(f, "{}", self.action)?;
         if let Some(limit) = &self.limit {
-            write!(f, " {limit}")?;
+            write!(f, " {}", limit.for_family(self.effective_family()))?;
         }
         if let Some(family) = self.family {
             write!(f, " {family}")?;
