@@ -90,6 +90,14 @@
 //! println!("{:?}", lb.vip_stats(&vip)?);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
+//!
+//! The crate prints nothing itself: errors are returned. libbpf, underneath,
+//! writes its own warnings through libbpf-rs's print callback, to stderr by
+//! default (a failed load, say: `libbpf: map 'xdpg_filter_cfg': failed to
+//! create`, beside the typed error returned). An agent that keeps stderr
+//! clean routes or silences them, once, with
+//! [`libbpf_rs::set_print`](https://docs.rs/libbpf-rs/latest/libbpf_rs/fn.set_print.html)
+//! (`set_print(None)`).
 // Beyond the crate-wide [lints] of Cargo.toml, for the library only: it never
 // prints (errors are returned, not reported), and every `pub` item is
 // reachable from the crate root (the rest is `pub(crate)`).
