@@ -327,8 +327,8 @@ fn generate(
         let options = RunOptions::default().repeat(repeat).ingress(ifindex).live_frames();
         let out = match test_run(prog.as_fd(), &frame, options) {
             // A signal cut the run short; the receiver counts what arrived, so just go on.
-            Err(xdpguard::testing::live::LiveError::Kernel { source, .. })
-                if source.raw_os_error() == Some(nix::libc::EINTR) =>
+            Err(xdpguard::testing::live::LiveError::Kernel { error, .. })
+                if error.raw_os_error() == Some(nix::libc::EINTR) =>
             {
                 continue
             }

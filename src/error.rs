@@ -89,7 +89,9 @@ pub enum LoadError {
     /// through the filter until the kernel's tail-call limit, counted and
     /// judged every time.
     #[error(
-        "program {id} is this filter's own {stage}: passing packets on to it would run each one through the          filter again, up to the kernel's 33 tail calls, counting it each time; give the next program (e.g. a          load balancer's `program_fd()`), or `clear_next` to pass packets to the stack"
+        "program {id} is this filter's own {stage}: passing packets on to it would run each one through the \
+         filter again, up to the kernel's 33 tail calls, counting it each time; give the next program (e.g. a \
+         load balancer's `program_fd()`), or `clear_next` to pass packets to the stack"
     )]
     NextIsSelf {
         /// The program's kernel id.
@@ -98,13 +100,12 @@ pub enum LoadError {
         stage: &'static str,
     },
     /// A BPF system call failed for a reason not covered above.
-    #[error("{op} failed: {source}")]
+    #[error("{op} failed: {error}")]
     Bpf {
         /// What was being done.
         op: String,
         /// The kernel's error.
-        #[source]
-        source: io::Error,
+        error: io::Error,
     },
 }
 
@@ -180,13 +181,12 @@ pub enum AttachError {
     #[error("no interface given: call `.interface(\"eth0\")` (or `.load()` to load without attaching)")]
     NoInterface,
     /// Any other attach failure.
-    #[error("attaching to `{interface}` failed: {source}")]
+    #[error("attaching to `{interface}` failed: {error}")]
     Bpf {
         /// The interface.
         interface: String,
         /// The kernel's error.
-        #[source]
-        source: io::Error,
+        error: io::Error,
     },
 }
 
@@ -352,15 +352,14 @@ pub enum PinError {
         cli: &'static str,
     },
     /// A file-system or BPF operation on the pin directory failed.
-    #[error("{op} {} failed: {source}", path.display())]
+    #[error("{op} {} failed: {error}", path.display())]
     Io {
         /// What was being done.
         op: &'static str,
         /// The path involved.
         path: PathBuf,
         /// The error.
-        #[source]
-        source: io::Error,
+        error: io::Error,
     },
 }
 
@@ -415,13 +414,12 @@ pub enum ListError {
         setter: &'static str,
     },
     /// A map operation failed.
-    #[error("{op} failed: {source}")]
+    #[error("{op} failed: {error}")]
     Bpf {
         /// What was being done.
         op: String,
         /// The kernel's error.
-        #[source]
-        source: io::Error,
+        error: io::Error,
     },
     /// The pin directory could not be locked for the edit (or read).
     #[error(transparent)]
@@ -555,13 +553,12 @@ pub enum RuleError {
         what: String,
     },
     /// A map operation failed.
-    #[error("{op} failed: {source}")]
+    #[error("{op} failed: {error}")]
     Bpf {
         /// What was being done.
         op: String,
         /// The kernel's error.
-        #[source]
-        source: io::Error,
+        error: io::Error,
     },
     /// The pin directory could not be locked for the edit (or read).
     #[error(transparent)]
@@ -680,13 +677,12 @@ impl std::fmt::Display for Problem {
 #[non_exhaustive]
 pub enum ConfigError {
     /// The file cannot be read.
-    #[error("cannot read configuration file {}: {source}", path.display())]
+    #[error("cannot read configuration file {}: {error}", path.display())]
     Read {
         /// The file.
         path: PathBuf,
         /// Why.
-        #[source]
-        source: io::Error,
+        error: io::Error,
     },
     /// The file is rejected as a whole: every problem found, with where it
     /// is. Nothing was applied.
@@ -730,13 +726,12 @@ pub enum ConfigError {
     },
     /// A step failed. The steps before it stay applied; applying again
     /// goes on from there.
-    #[error("{step}: {source}")]
+    #[error("{step}: {error}")]
     Step {
         /// The step, described.
         step: String,
         /// The library's error.
-        #[source]
-        source: Box<Error>,
+        error: Box<Error>,
     },
     /// After applying, the running state read back differs from the file:
     /// another process changed it meanwhile.
@@ -1059,24 +1054,22 @@ pub enum LbError {
     },
     /// A netlink request about backends' next hops (routes, neighbour
     /// entries) failed. Backend changes made before it stay applied.
-    #[error("{op} failed: {source}; {hint}")]
+    #[error("{op} failed: {error}; {hint}")]
     Neighbour {
         /// What was being done.
         op: String,
         /// The kernel's error.
-        #[source]
-        source: io::Error,
+        error: io::Error,
         /// What to check.
         hint: &'static str,
     },
     /// A BPF map operation failed.
-    #[error("{op} failed: {source}; {hint}")]
+    #[error("{op} failed: {error}; {hint}")]
     Map {
         /// What was being done.
         op: String,
         /// The kernel's error.
-        #[source]
-        source: io::Error,
+        error: io::Error,
         /// What to check.
         hint: &'static str,
     },
@@ -1129,5 +1122,34 @@ mod tests {
         let vip = crate::Vip::tcp("203.0.113.10:80".parse().unwrap());
         let text = LbError::TableTooSmall { vip, backends: 2, size: 7 }.to_string();
         assert!(text.contains("at least 10 times the number of backends"), "{text}");
+    }
+
+    /// An error-chain printer (anyhow's `{:#}`, say) shows every cause
+    /// once: an error that puts a cause in its message does not return it
+    /// as its `source()` too.
+    #[test]
+    fn causes_are_shown_once_in_a_chain() {
+        let io = || io::Error::from_raw_os_error(22);
+        let chain = |e: &dyn std::error::Error| {
+            let mut text = e.to_string();
+            let mut at = e.source();
+            while let Some(s) = at {
+                text += &format!(": {s}");
+                at = s.source();
+            }
+            text
+        };
+        let errors: Vec<Error> = vec![
+            LoadError::Bpf { op: "installing the next program".into(), error: io() }.into(),
+            AttachError::Bpf { interface: "eth0".into(), error: io() }.into(),
+            PinError::Io { op: "reading", path: "/sys/fs/bpf/x".into(), error: io() }.into(),
+            ListError::Bpf { op: "inserting".into(), error: io() }.into(),
+            RuleError::Bpf { op: "zeroing".into(), error: io() }.into(),
+            LbError::Map { op: "writing".into(), error: io(), hint: "check the pins" }.into(),
+        ];
+        for e in &errors {
+            let text = chain(e);
+            assert_eq!(text.matches("Invalid argument").count(), 1, "{text}");
+        }
     }
 }

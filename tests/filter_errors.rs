@@ -185,6 +185,7 @@ fn a_filter_chained_to_itself_is_refused() {
     let Error::Load(LoadError::NextIsSelf { id, stage: "program" }) = &err else { panic!("{err:?}") };
     assert_eq!(*id, f.program_id().unwrap());
     assert_mentions(&err.to_string(), &["this filter's own program", "clear_next"]);
+    assert!(!err.to_string().contains("  "), "one line, single spaces: {err}");
     assert_eq!(f.next_program().unwrap(), None, "nothing installed");
     f.blocklist().insert(net("203.0.113.0/24")).unwrap();
     assert_eq!(action(&f, "203.0.113.1"), XdpAction::Drop);

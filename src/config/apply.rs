@@ -318,7 +318,7 @@ impl Plan {
                             report(&back);
                         }
                     }
-                    return Err(ConfigError::Step { step: text, source: Box::new(e) });
+                    return Err(ConfigError::Step { step: text, error: Box::new(e) });
                 }
                 report(&text);
                 changes.push(text);
@@ -350,11 +350,11 @@ impl Plan {
         for l in &self.config.lbs {
             let lb = LoadBalancer::open_pinned(&l.pin).map_err(|e| ConfigError::Step {
                 step: format!("reading lb {}", l.pin.display()),
-                source: Box::new(e),
+                error: Box::new(e),
             })?;
             let digest = lb.digest().map_err(|e| ConfigError::Step {
                 step: format!("reading lb {}'s digest", l.pin.display()),
-                source: Box::new(e.into()),
+                error: Box::new(e.into()),
             })?;
             let expected = if l.keep_drained { kept_drained(l, &lb)?.expected_digest() } else { l.expected_digest() };
             if digest != expected {
@@ -404,7 +404,7 @@ fn kept_drained(l: &LbConfig, lb: &LoadBalancer) -> Result<LbConfig, ConfigError
     for v in &mut kept.vips {
         let running = lb.backends(&v.vip).map_err(|e| ConfigError::Step {
             step: format!("reading lb {}'s backends of VIP {}", l.pin.display(), v.vip),
-            source: Box::new(e.into()),
+            error: Box::new(e.into()),
         })?;
         for b in &mut v.backends {
             if running.iter().any(|r| r.addr == b.addr && r.weight == 0) {

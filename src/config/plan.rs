@@ -400,7 +400,7 @@ fn pinned_program_id(pin: &Path, name: &str) -> Option<u32> {
 }
 
 fn read_err(program: Program, pin: &Path) -> impl Fn(Error) -> ConfigError + '_ {
-    move |e| ConfigError::Step { step: format!("reading {program} {}", pin.display()), source: Box::new(e) }
+    move |e| ConfigError::Step { step: format!("reading {program} {}", pin.display()), error: Box::new(e) }
 }
 
 impl Planner {
@@ -1030,8 +1030,8 @@ impl Config {
     /// [`ConfigError::Host`] as [`plan_down`](Config::plan_down).
     pub fn plan_down_file(path: impl AsRef<Path>) -> Result<Plan, ConfigError> {
         let path = path.as_ref();
-        let text =
-            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_owned(), error: source })?;
         let places = super::parse::places(&text, path)?;
         let config = Config { path: path.to_owned(), filters: Vec::new(), lbs: Vec::new(), decaps: Vec::new() };
         plan_down_of(config, places)

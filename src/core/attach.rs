@@ -178,7 +178,7 @@ fn classify(source: io::Error, interface: &str, ifindex: u32, mode: AttachMode) 
                 },
             }
         }
-        _ => AttachError::Bpf { interface, source },
+        _ => AttachError::Bpf { interface, error: source },
     };
     err.into()
 }

@@ -65,7 +65,7 @@ pub(crate) struct PinDir {
 }
 
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> PinError + 'a {
-    move |source| PinError::Io { op, path: path.to_owned(), source }
+    move |source| PinError::Io { op, path: path.to_owned(), error: source }
 }
 
 impl PinDir {
@@ -220,7 +220,7 @@ impl PinDir {
                 cli: kind.cli,
             };
         }
-        PinError::Io { op, path: self.join(name), source }
+        PinError::Io { op, path: self.join(name), error: source }
     }
 
     /// Takes the directory's edit lock until the returned guard drops.

@@ -346,13 +346,13 @@ impl<P: ProgramKind> Pinned<P> {
         let mut storage = MaybeUninit::uninit();
         let mut open = builder.open(&mut storage).map_err(|e| LoadError::Bpf {
             op: format!("opening the {} object", kind.name),
-            source: io_from_libbpf(e),
+            error: io_from_libbpf(e),
         })?;
         let object = open.open_object_mut();
         for mut map in object.maps_mut() {
             if let Some(&(_, entries)) = plan.sizes.iter().find(|(name, _)| map.name() == *name) {
                 map.set_max_entries(entries)
-                    .map_err(|e| LoadError::Bpf { op: "sizing maps".into(), source: io_from_libbpf(e) })?;
+                    .map_err(|e| LoadError::Bpf { op: "sizing maps".into(), error: io_from_libbpf(e) })?;
             }
             if let Some(ifindex) = plan.offload_ifindex {
                 map.set_map_ifindex(ifindex);
@@ -360,7 +360,7 @@ impl<P: ProgramKind> Pinned<P> {
             if let Some(&(name, fd)) = shared.iter().find(|(name, _)| map.name() == *name) {
                 map.reuse_fd(fd).map_err(|e| LoadError::Bpf {
                     op: format!("sharing map {name} with the {}", kind.name),
-                    source: io_from_libbpf(e),
+                    error: io_from_libbpf(e),
                 })?;
             }
         }
@@ -585,7 +585,7 @@ impl<P: ProgramKind> Pinned<P> {
 fn check_header(dir: &PinDir) -> Result<(), PinError> {
     let kind = dir.kind();
     let path = dir.join(kind.marker());
-    let io = |source| PinError::Io { op: "reading the pinned config", path: path.clone(), source };
+    let io = |source| PinError::Io { op: "reading the pinned config", path: path.clone(), error: source };
     let map = MapHandle::from_pinned_path(&path).map_err(|e| io(io_from_libbpf(e)))?;
     let value = map.lookup(&0u32.to_ne_bytes(), MapFlags::ANY).map_err(|e| io(io_from_libbpf(e)))?;
     let word = |i: usize| value.as_deref().and_then(|v| v.get(i..i + 4)).map(bytemuck::pod_read_unaligned::<u32>);
@@ -621,7 +621,7 @@ pub(crate) fn load_opened<'obj, P: ProgramKind, O: OpenSkel<'obj>>(
     let skel = open.load().map_err(|e| load_error(kind, e, offload))?;
     let object = skel.object();
     let maps = P::Maps::open(&Loaded(object))
-        .map_err(|e| LoadError::Bpf { op: format!("opening map {}", e.name), source: e.source })?;
+        .map_err(|e| LoadError::Bpf { op: format!("opening map {}", e.name), error: e.source })?;
     let prog = object.progs().find(|p| p.name() == kind.program).ok_or_else(|| LoadError::Rejected {
         program: kind.program,
         message: "the object has no such program (a build error)".into(),
@@ -629,7 +629,7 @@ pub(crate) fn load_opened<'obj, P: ProgramKind, O: OpenSkel<'obj>>(
     let fd = prog
         .as_fd()
         .try_clone_to_owned()
-        .map_err(|source| LoadError::Bpf { op: "duplicating the program fd".into(), source })?;
+        .map_err(|source| LoadError::Bpf { op: "duplicating the program fd".into(), error: source })?;
     Ok((maps, fd))
 }
 

@@ -121,15 +121,16 @@ impl XdpProgram {
             Some(dir) => sys::obj_get(&dir.join(self.name))
                 .map_err(|source| dir.open_error("opening pinned program", self.name, source).into()),
             None => self.fds().now.try_clone().map_err(|source| {
-                LoadError::Bpf { op: format!("duplicating program {}'s fd", self.name), source }.into()
+                LoadError::Bpf { op: format!("duplicating program {}'s fd", self.name), error: source }.into()
             }),
         }
     }
 
     /// The program's kernel id.
     pub(crate) fn id(&self) -> Result<u32, Error> {
-        sys::prog_id(self.fd())
-            .map_err(|source| LoadError::Bpf { op: format!("reading program {}'s id", self.name), source }.into())
+        sys::prog_id(self.fd()).map_err(|source| {
+            LoadError::Bpf { op: format!("reading program {}'s id", self.name), error: source }.into()
+        })
     }
 
     fn links(&self) -> std::sync::MutexGuard<'_, Vec<Link>> {
@@ -225,7 +226,7 @@ impl XdpProgram {
 
     fn drop_link(&self, link: Link) -> Result<(), Error> {
         sys::link_detach(link.fd.as_fd())
-            .map_err(|source| AttachError::Bpf { interface: link.attachment.interface.clone(), source })?;
+            .map_err(|source| AttachError::Bpf { interface: link.attachment.interface.clone(), error: source })?;
         if let Some(dir) = &self.pin {
             dir.unpin(&PinDir::link_name(&link.attachment))?;
         }
@@ -349,7 +350,7 @@ impl XdpProgram {
                 sys::prog_test_run(self.fd(), frame, Some(bytemuck::cast_slice_mut(&mut ctx)), 1, 0)
             }
         }
-        .map_err(|source| LoadError::Bpf { op: "BPF_PROG_TEST_RUN".into(), source })?;
+        .map_err(|source| LoadError::Bpf { op: "BPF_PROG_TEST_RUN".into(), error: source })?;
         Ok(TestRun {
             action: XdpAction::from(out.retval),
             frame: out.data_out,
@@ -398,7 +399,7 @@ fn scan_links(dir: &PinDir, owner: &[u32]) -> Result<(Vec<Link>, Vec<Attachment>
         let live = attach::link_attachment(&link).map_err(|source| PinError::Io {
             op: "reading pinned link's info",
             path,
-            source,
+            error: source,
         })?;
         match (live, recorded) {
             (Some(mut attachment), recorded) => {

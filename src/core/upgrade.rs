@@ -183,17 +183,17 @@ impl<P: ProgramKind> Pinned<P> {
         let old_prog = sys::obj_get(&prog_path).map_err(|source| PinError::Io {
             op: "opening pinned program",
             path: prog_path.clone(),
-            source,
+            error: source,
         })?;
         let old_id = sys::prog_info(old_prog.as_fd())
-            .map_err(|source| LoadError::Bpf { op: "reading the pinned program's id".into(), source })?
+            .map_err(|source| LoadError::Bpf { op: "reading the pinned program's id".into(), error: source })?
             .id;
 
         // The new object, over the pinned maps.
         let mut storage = MaybeUninit::uninit();
         let mut open = builder.open(&mut storage).map_err(|e| LoadError::Bpf {
             op: format!("opening the {} object", kind.name),
-            source: io_from_libbpf(e),
+            error: io_from_libbpf(e),
         })?;
         let mut seen = Vec::new();
         for mut map in open.open_object_mut().maps_mut() {
@@ -201,7 +201,7 @@ impl<P: ProgramKind> Pinned<P> {
             if let Some(&(shared, fd)) = takeover.shared.iter().find(|(n, _)| **n == name) {
                 map.reuse_fd(fd).map_err(|e| LoadError::Bpf {
                     op: format!("sharing map {shared} with the {}", kind.name),
-                    source: io_from_libbpf(e),
+                    error: io_from_libbpf(e),
                 })?;
                 continue;
             }
@@ -215,18 +215,18 @@ impl<P: ProgramKind> Pinned<P> {
             let pin = dir.join(name);
             let old = MapHandle::from_pinned_path(&pin).map_err(|e| match e.kind() {
                 libbpf_rs::ErrorKind::NotFound => refused(format!("its map {name} is not pinned")),
-                _ => PinError::Io { op: "opening pinned map", path: pin.clone(), source: io_from_libbpf(e) },
+                _ => PinError::Io { op: "opening pinned map", path: pin.clone(), error: io_from_libbpf(e) },
             })?;
             if changed.contains(&name) {
                 // Recreated with the capacity it had (in the new map's terms).
                 let pinned = old.max_entries();
                 map.set_max_entries(migration.as_ref().map_or(pinned, |m| (m.size)(name, pinned)))
-                    .map_err(|e| LoadError::Bpf { op: format!("sizing map {name}"), source: io_from_libbpf(e) })?;
+                    .map_err(|e| LoadError::Bpf { op: format!("sizing map {name}"), error: io_from_libbpf(e) })?;
                 continue;
             }
             let flags = old
                 .info()
-                .map_err(|e| PinError::Io { op: "reading pinned map", path: pin.clone(), source: io_from_libbpf(e) })?
+                .map_err(|e| PinError::Io { op: "reading pinned map", path: pin.clone(), error: io_from_libbpf(e) })?
                 .info
                 .map_flags;
             // libbpf adds BPF_F_RDONLY_PROG to devmaps when it creates them.
@@ -244,14 +244,14 @@ impl<P: ProgramKind> Pinned<P> {
                 .into());
             }
             map.reuse_fd(old.as_fd())
-                .map_err(|e| LoadError::Bpf { op: format!("reusing pinned map {name}"), source: io_from_libbpf(e) })?;
+                .map_err(|e| LoadError::Bpf { op: format!("reusing pinned map {name}"), error: io_from_libbpf(e) })?;
         }
         if let Some(missing) = kind.maps.iter().find(|n| !seen.contains(n)) {
             return Err(refused(format!("this build's object has no map {missing} (a build error)")).into());
         }
         let (maps, new_prog) = load_opened::<P, _>(kind, open, false)?;
         let new_id = sys::prog_info(new_prog.as_fd())
-            .map_err(|source| LoadError::Bpf { op: "reading the new program's id".into(), source })?
+            .map_err(|source| LoadError::Bpf { op: "reading the new program's id".into(), error: source })?
             .id;
         Ok(Prepared { dir, lock, layout: found.layout, migration, old_prog, old_id, maps, new_prog, new_id })
     }
@@ -294,7 +294,7 @@ impl<P: ProgramKind> Prepared<P> {
                 for (done, _) in &swapped {
                     let _ = sys::link_update(done.as_fd(), old_prog.as_fd());
                 }
-                return Err(AttachError::Bpf { interface, source }.into());
+                return Err(AttachError::Bpf { interface, error: source }.into());
             }
             swapped.push((link, interface));
         }
@@ -373,7 +373,7 @@ struct Found {
 fn read_header(dir: &PinDir) -> Result<Found, PinError> {
     let kind = dir.kind();
     let path = dir.join(kind.marker());
-    let io = |source| PinError::Io { op: "reading the pinned config", path: path.clone(), source };
+    let io = |source| PinError::Io { op: "reading the pinned config", path: path.clone(), error: source };
     let map = MapHandle::from_pinned_path(&path).map_err(|e| io(io_from_libbpf(e)))?;
     let value = map.lookup(&0u32.to_ne_bytes(), MapFlags::ANY).map_err(|e| io(io_from_libbpf(e)))?;
     let word = |i: usize| value.as_deref().and_then(|v| v.get(i..i + 4)).map(bytemuck::pod_read_unaligned::<u32>);
@@ -398,7 +398,7 @@ fn replace_pin(dir: &PinDir, name: &str, fd: std::os::fd::BorrowedFd<'_>) -> Res
     dir.unpin(REPLACING)?;
     dir.pin(REPLACING, fd)?;
     let (from, to) = (dir.join(REPLACING), dir.join(name));
-    fs::rename(&from, &to).map_err(|source| PinError::Io { op: "replacing pin", path: to, source })
+    fs::rename(&from, &to).map_err(|source| PinError::Io { op: "replacing pin", path: to, error: source })
 }
 
 /// The rehearsal migration: the kind's [`ProgramKind::REHEARSAL`] maps
@@ -428,7 +428,7 @@ pub(crate) fn copy_map(old: &PinDir, name: &'static str, new: &MapHandle, pass: 
     let path = old.join(name);
     let io = |op: &'static str| {
         let path = path.clone();
-        move |e: libbpf_rs::Error| PinError::Io { op, path, source: io_from_libbpf(e) }
+        move |e: libbpf_rs::Error| PinError::Io { op, path, error: io_from_libbpf(e) }
     };
     let src = MapHandle::from_pinned_path(&path).map_err(io("opening pinned map"))?;
     match (src.map_type(), pass) {

@@ -397,7 +397,11 @@ impl Filter {
     ///
     /// [`LoadError::Bpf`] when the counter map cannot be read.
     pub fn stats(&self) -> Result<FilterStats, Error> {
-        let c = self.core.maps.reasons().map_err(|source| LoadError::Bpf { op: "reading counters".into(), source })?;
+        let c = self
+            .core
+            .maps
+            .reasons()
+            .map_err(|source| LoadError::Bpf { op: "reading counters".into(), error: source })?;
         let get = |r: u32| c[r as usize];
         Ok(FilterStats {
             passed: get(XDPG_REASON_PASSED),
@@ -430,7 +434,7 @@ impl Filter {
         self.core
             .maps
             .reset_reasons()
-            .map_err(|source| LoadError::Bpf { op: "resetting counters".into(), source }.into())
+            .map_err(|source| LoadError::Bpf { op: "resetting counters".into(), error: source }.into())
     }
 
     /// The malformed-packet policy in force.
@@ -539,7 +543,7 @@ impl Filter {
             .maps
             .next
             .set(0, program)
-            .map_err(|source| LoadError::Bpf { op: "installing the next program".into(), source }.into())
+            .map_err(|source| LoadError::Bpf { op: "installing the next program".into(), error: source }.into())
     }
 
     /// Stops passing packets on to a next program.
@@ -553,7 +557,7 @@ impl Filter {
             .next
             .clear(0)
             .map(drop)
-            .map_err(|source| LoadError::Bpf { op: "removing the next program".into(), source }.into())
+            .map_err(|source| LoadError::Bpf { op: "removing the next program".into(), error: source }.into())
     }
 
     /// The kernel id of the program the filter passes packets on to
@@ -568,7 +572,7 @@ impl Filter {
             .maps
             .next
             .get(0)
-            .map_err(|source| LoadError::Bpf { op: "reading the next program".into(), source }.into())
+            .map_err(|source| LoadError::Bpf { op: "reading the next program".into(), error: source }.into())
     }
 
     /// The filter program's kernel id (as `bpftool prog` shows it).

@@ -116,7 +116,7 @@ impl Filter {
         let s = maps
             .lstats
             .sum(0)
-            .map_err(|source| RuleError::Bpf { op: "reading the rate limiter's counters".into(), source })?;
+            .map_err(|source| RuleError::Bpf { op: "reading the rate limiter's counters".into(), error: source })?;
         Ok(LimiterStats {
             buckets_made: s.buckets_made,
             promote_capped: s.promote_capped,
@@ -213,7 +213,7 @@ impl TimedBlocks<'_> {
         self.edit(|maps| {
             maps.tblk
                 .remove(&limits::tblock_key(net))
-                .map_err(|source| RuleError::Bpf { op: format!("removing the timed block {net}"), source })
+                .map_err(|source| RuleError::Bpf { op: format!("removing the timed block {net}"), error: source })
         })
     }
 

@@ -227,7 +227,7 @@ impl LoadBalancerBuilder {
             let tick = ns_per_jiffy();
             let (netns, ns) = neigh::current().map_err(|source| LoadError::Bpf {
                 op: "opening this thread's network namespace (/proc/thread-self/ns/net)".into(),
-                source,
+                error: source,
             })?;
             let cfg = xdpg_lb_config {
                 hash_seed: self.hash_seed,

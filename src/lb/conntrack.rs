@@ -203,7 +203,7 @@ pub(crate) fn adopt_lru(old: &PinDir, maps: &LbMaps) -> Result<(), Error> {
     let path = old.join(names::XDPG_LB_CONNS4);
     let io = |op: &'static str| {
         let path = path.clone();
-        move |e: libbpf_rs::Error| PinError::Io { op, path, source: io_from_libbpf(e) }
+        move |e: libbpf_rs::Error| PinError::Io { op, path, error: io_from_libbpf(e) }
     };
     maps.ct4_mask().store(maps.conns4.len() as u32 - 1, Ordering::Release);
     let src = MapHandle::from_pinned_path(&path).map_err(io("opening pinned map"))?;

@@ -193,7 +193,7 @@ impl LoadBalancer {
             .map(|id| {
                 by_id.get(&id).copied().ok_or_else(|| LbError::Map {
                     op: format!("reading the table of {vip}"),
-                    source: std::io::Error::other(format!("slot refers to unknown backend slot {id}")),
+                    error: std::io::Error::other(format!("slot refers to unknown backend slot {id}")),
                     hint: "another process is editing this VIP; try again",
                 })
             })

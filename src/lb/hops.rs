@@ -90,7 +90,7 @@ impl neigh::HopRecord for LbMaps {
 pub(super) fn neigh_err(op: &str) -> impl FnOnce(std::io::Error) -> LbError + '_ {
     move |source| LbError::Neighbour {
         op: op.to_owned(),
-        source,
+        error: source,
         hint: "check that the process has CAP_NET_ADMIN in the LB's network namespace; meanwhile the data path \
                resolves next hops from traffic",
     }

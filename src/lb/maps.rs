@@ -85,7 +85,7 @@ pub(crate) const MAP_HINT: &str = "check that the process still has CAP_BPF and 
 /// being done.
 pub(crate) fn map_err(op: impl Into<String>) -> impl FnOnce(std::io::Error) -> LbError {
     let op = op.into();
-    move |source| LbError::Map { op, source, hint: MAP_HINT }
+    move |source| LbError::Map { op, error: source, hint: MAP_HINT }
 }
 
 impl LbMaps {

@@ -149,15 +149,14 @@ pub enum MetricsError {
     /// (any more), another kind of program, missing privileges, a map read
     /// refused. Its metrics are absent and its `xdpguard_up` is 0 until it
     /// can be read again.
-    #[error("metrics of the {program} pinned at {}: {source}", pin.display())]
+    #[error("metrics of the {program} pinned at {}: {error}", pin.display())]
     Read {
         /// The kind of program.
         program: Program,
         /// Its pin directory.
         pin: PathBuf,
         /// What failed.
-        #[source]
-        source: Box<Error>,
+        error: Box<Error>,
     },
 }
 

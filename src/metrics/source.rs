@@ -93,7 +93,7 @@ impl Source {
             }
             Err(source) => {
                 s.push(Id::UP, up, 0);
-                Err(MetricsError::Read { program: self.program, pin: self.pin.clone(), source: Box::new(source) })
+                Err(MetricsError::Read { program: self.program, pin: self.pin.clone(), error: Box::new(source) })
             }
         }
     }

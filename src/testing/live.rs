@@ -37,24 +37,22 @@ const XDP_FLAGS_DRV_MODE: u32 = 1 << 2;
 #[non_exhaustive]
 pub enum LiveError {
     /// A BPF system call failed.
-    #[error("{op} failed: {source}{hint}")]
+    #[error("{op} failed: {error}{hint}")]
     Kernel {
         /// What was being done.
         op: &'static str,
         /// The kernel's error.
-        #[source]
-        source: io::Error,
+        error: io::Error,
         /// How to fix it, when known (starts with "; ").
         hint: &'static str,
     },
     /// A map could not be read.
-    #[error("{op} failed: {source}")]
+    #[error("{op} failed: {error}")]
     Map {
         /// What was being done.
         op: &'static str,
         /// libbpf's error.
-        #[source]
-        source: libbpf_rs::Error,
+        error: libbpf_rs::Error,
     },
 }
 
@@ -68,7 +66,7 @@ fn kernel(op: &'static str) -> impl FnOnce(io::Error) -> LiveError {
             }
             _ => "",
         };
-        LiveError::Kernel { op, source, hint }
+        LiveError::Kernel { op, error: source, hint }
     }
 }
 
@@ -168,7 +166,7 @@ pub fn attach_native(prog: BorrowedFd<'_>, ifindex: u32) -> Result<OwnedFd, Live
 pub fn percpu_u64(map: &MapHandle, key: u32) -> Result<u64, LiveError> {
     let per_cpu = map
         .lookup_percpu(&key.to_ne_bytes(), MapFlags::ANY)
-        .map_err(|source| LiveError::Map { op: "reading a per-CPU counter", source })?
+        .map_err(|source| LiveError::Map { op: "reading a per-CPU counter", error: source })?
         .unwrap_or_default();
     Ok(per_cpu.iter().map(|b| b.first_chunk::<8>().map_or(0, |v| u64::from_ne_bytes(*v))).sum())
 }
@@ -180,7 +178,7 @@ pub fn percpu_u64(map: &MapHandle, key: u32) -> Result<u64, LiveError> {
 pub fn map_memlock(map: BorrowedFd<'_>) -> Result<u64, LiveError> {
     crate::core::sys::map_memlock(map).map_err(|source| LiveError::Kernel {
         op: "reading a map's memlock",
-        source,
+        error: source,
         hint: "",
     })
 }

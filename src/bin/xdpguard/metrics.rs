@@ -54,13 +54,12 @@ pub enum ExporterError {
     },
     /// Binding failed otherwise (an address this host does not have, a
     /// privileged port without the capability).
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}: {error}")]
     Listen {
         /// The address asked for.
         addr: SocketAddr,
         /// The kernel's refusal.
-        #[source]
-        source: io::Error,
+        error: io::Error,
     },
     /// The HTTP server could not start on the bound socket.
     #[error("starting the HTTP server on {addr}: {message}")]
@@ -93,7 +92,7 @@ pub fn serve(args: MetricsArgs) -> crate::common::Result<()> {
     let addr = args.listen;
     let listener = TcpListener::bind(addr).map_err(|source| match source.kind() {
         io::ErrorKind::AddrInUse => ExporterError::AddressInUse { addr, source },
-        _ => ExporterError::Listen { addr, source },
+        _ => ExporterError::Listen { addr, error: source },
     })?;
     let server = tiny_http::Server::from_listener(listener, None)
         .map_err(|e| ExporterError::Http { addr, message: e.to_string() })?;

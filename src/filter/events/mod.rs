@@ -80,13 +80,12 @@ pub enum EventError {
         remaining: Duration,
     },
     /// The kernel refused an operation on the event maps.
-    #[error("{op} failed: {source}")]
+    #[error("{op} failed: {error}")]
     Bpf {
         /// What was being done.
         op: &'static str,
         /// The kernel's error.
-        #[source]
-        source: io::Error,
+        error: io::Error,
     },
 }
 
@@ -416,7 +415,7 @@ impl EventReader<'_> {
             self.refresh()?;
             self.ring
                 .consume()
-                .map_err(|e| EventError::Bpf { op: "reading the event ring", source: io_from_libbpf(e) })?;
+                .map_err(|e| EventError::Bpf { op: "reading the event ring", error: io_from_libbpf(e) })?;
             if !self.queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner).is_empty() {
                 break;
             }
@@ -428,7 +427,7 @@ impl EventReader<'_> {
             match self.ring.poll(wait) {
                 Ok(()) => {}
                 Err(e) if e.kind() == libbpf_rs::ErrorKind::Interrupted => break,
-                Err(e) => return Err(EventError::Bpf { op: "waiting for events", source: io_from_libbpf(e) }),
+                Err(e) => return Err(EventError::Bpf { op: "waiting for events", error: io_from_libbpf(e) }),
             }
         }
         self.refresh()?;
@@ -515,9 +514,9 @@ impl Filter {
                 }
                 0
             })
-            .map_err(|e| EventError::Bpf { op: "mapping the event ring", source: io_from_libbpf(e) })?;
+            .map_err(|e| EventError::Bpf { op: "mapping the event ring", error: io_from_libbpf(e) })?;
         let ring =
-            builder.build().map_err(|e| EventError::Bpf { op: "mapping the event ring", source: io_from_libbpf(e) })?;
+            builder.build().map_err(|e| EventError::Bpf { op: "mapping the event ring", error: io_from_libbpf(e) })?;
         let tag = lease_tag(self.core.maps.events_lease().load(Ordering::Acquire));
         let reader = EventReader { filter: self, ring, queue, lease: options.lease, held: 0.into(), tag };
         // The lease first: a reader refused leaves the rate in force as it is.
@@ -557,7 +556,7 @@ impl Filter {
             .maps
             .events_cpu
             .sum(0)
-            .map_err(|source| EventError::Bpf { op: "reading the event counts", source })?;
+            .map_err(|source| EventError::Bpf { op: "reading the event counts", error: source })?;
         Ok(EventStats { sent: c.sent, limited: c.limited, lost: c.lost })
     }
 

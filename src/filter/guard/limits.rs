@@ -71,7 +71,7 @@ const _: () = {
 
 fn bpf(op: impl Into<String>) -> impl FnOnce(std::io::Error) -> RuleError {
     let op = op.into();
-    move |source| RuleError::Bpf { op, source }
+    move |source| RuleError::Bpf { op, error: source }
 }
 
 /// One second in the buckets' time unit (1/16 ns).
@@ -267,7 +267,7 @@ pub(crate) fn insert_all(maps: &GuardMaps, nets: &[IpNetwork], ttl: Duration) ->
             {
                 full()
             } else {
-                RuleError::Bpf { op: format!("adding the timed block {net}"), source }
+                RuleError::Bpf { op: format!("adding the timed block {net}"), error: source }
             }
         })?;
     }

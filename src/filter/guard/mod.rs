@@ -194,14 +194,16 @@ impl Guard {
                 // replaced it (`upgrade`).
                 let program = self.core.program.current().map_err(|e| RuleError::Bpf {
                     op: "opening the guard stage's program".into(),
-                    source: std::io::Error::other(e),
+                    error: std::io::Error::other(e),
                 })?;
                 filter.stages.set(XDPG_STAGE_GUARD, program.as_fd())
             } else {
                 filter.stages.clear(XDPG_STAGE_GUARD).map(drop)
             };
-            installed
-                .map_err(|source| RuleError::Bpf { op: "installing the guard stage in the filter".into(), source })?;
+            installed.map_err(|source| RuleError::Bpf {
+                op: "installing the guard stage in the filter".into(),
+                error: source,
+            })?;
             if active {
                 gate::open(filter, maps, st);
             }
@@ -228,8 +230,10 @@ impl Guard {
         }
         let shared = Guard::shared_maps(filter);
         let install = |old: u32, new: BorrowedFd<'_>| -> Result<(), Error> {
-            let bpf =
-                |source| LoadError::Bpf { op: "installing the upgraded guard stage in the filter".into(), source };
+            let bpf = |source| LoadError::Bpf {
+                op: "installing the upgraded guard stage in the filter".into(),
+                error: source,
+            };
             // Only where the old one runs: a guard with no work is out of
             // the slot, and its next edit installs the pinned program.
             match filter.stages.get(XDPG_STAGE_GUARD).map_err(bpf)? {
@@ -264,7 +268,7 @@ impl Guard {
             let map = MapHandle::from_pinned_path(&path).map_err(|e| PinError::Io {
                 op: "opening pinned map",
                 path,
-                source: io_from_libbpf(e),
+                error: io_from_libbpf(e),
             })?;
             pinned.push((name, map));
         }

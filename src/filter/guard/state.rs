@@ -50,7 +50,7 @@ pub(crate) struct GuardState {
 
 fn bpf(op: impl Into<String>) -> impl FnOnce(std::io::Error) -> RuleError {
     let op = op.into();
-    move |source| RuleError::Bpf { op, source }
+    move |source| RuleError::Bpf { op, error: source }
 }
 
 /// The trie key of `net` in physical set `phys`.

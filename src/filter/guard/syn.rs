@@ -331,7 +331,7 @@ fn rule_error(op: &str, e: Error) -> RuleError {
     match e {
         Error::Pin(p) => RuleError::Pin(p),
         Error::Rule(r) => r,
-        e => RuleError::Bpf { op: op.to_owned(), source: std::io::Error::other(e) },
+        e => RuleError::Bpf { op: op.to_owned(), error: std::io::Error::other(e) },
     }
 }
 
@@ -513,8 +513,9 @@ impl<'f> SynGuard<'f> {
             let filter = &self.filter.core.program;
             let opened = filter.id().map_err(|e| rule_error("reading the filter program's id", e))?;
             let running = filter.current().and_then(|fd| {
-                crate::core::sys::prog_id(fd.as_fd())
-                    .map_err(|source| LoadError::Bpf { op: "reading the filter program's id".into(), source }.into())
+                crate::core::sys::prog_id(fd.as_fd()).map_err(|source| {
+                    LoadError::Bpf { op: "reading the filter program's id".into(), error: source }.into()
+                })
             });
             if running.map_err(|e| rule_error("opening the filter's program", e))? != opened {
                 return Err(refuse(&format!(
@@ -555,9 +556,10 @@ impl<'f> SynGuard<'f> {
                 capacity: MAX_SYN_PORTS,
                 setter: "(fixed)",
             })?;
-            maps.syn_counters
-                .zero(slot as u32)
-                .map_err(|source| RuleError::Bpf { op: format!("zeroing the SYN counters of port {port}"), source })?;
+            maps.syn_counters.zero(slot as u32).map_err(|source| RuleError::Bpf {
+                op: format!("zeroing the SYN counters of port {port}"),
+                error: source,
+            })?;
             // The slot first, then the index names it: a packet sees the
             // port unprotected or protected with its whole policy.
             maps.syn_slots.set(slot, policy.to_slot(port));
@@ -610,7 +612,7 @@ impl<'f> SynGuard<'f> {
             .map(|(port, (slot, policy))| {
                 let c = maps.syn_counters.sum(slot as u32).map_err(|source| RuleError::Bpf {
                     op: format!("reading the SYN counters of port {port}"),
-                    source,
+                    error: source,
                 })?;
                 let s = maps.syn_slots.get(slot);
                 Ok(SynPortStatus { port, policy, rate: estimate(&s, now), stats: c.into() })

@@ -143,14 +143,14 @@ impl<'f> Rules<'f> {
             .into_iter()
             .enumerate()
             .map(|(position, r)| {
-                let hits = maps
-                    .counters
-                    .sum(r.id)
-                    .map_err(|source| RuleError::Bpf { op: format!("reading the counter of rule {}", r.id), source })?;
+                let hits = maps.counters.sum(r.id).map_err(|source| RuleError::Bpf {
+                    op: format!("reading the counter of rule {}", r.id),
+                    error: source,
+                })?;
                 let (limited, auto_blocks) = if r.rule.action == RuleAction::RateLimit {
                     let l = maps.lcnt.sum(r.id).map_err(|source| RuleError::Bpf {
                         op: format!("reading the limit counter of rule {}", r.id),
-                        source,
+                        error: source,
                     })?;
                     (Counter { packets: l.packets, bytes: l.bytes }, l.blocks)
                 } else {
@@ -321,7 +321,7 @@ impl<'f> Rules<'f> {
         ids.into_iter().try_for_each(|id| {
             maps.counters
                 .zero(id)
-                .map_err(|source| RuleError::Bpf { op: format!("resetting the counter of rule {id}"), source })
+                .map_err(|source| RuleError::Bpf { op: format!("resetting the counter of rule {id}"), error: source })
         })
     }
 }

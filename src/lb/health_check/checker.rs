@@ -363,8 +363,8 @@ impl HealthChecker {
         // round stops there, nothing recorded or changed.
         let mut results = self.check_all(&targets, lb.foreign_netns()?);
         if let Some(i) = results.iter().position(|r| matches!(r, Err(ProbeError::Namespace { .. }))) {
-            if let Err(ProbeError::Namespace { source }) = results.swap_remove(i) {
-                return Err(HealthError::Namespace { source });
+            if let Err(ProbeError::Namespace { error }) = results.swap_remove(i) {
+                return Err(HealthError::Namespace { error });
             }
         }
 
@@ -508,7 +508,7 @@ impl HealthChecker {
     ) -> Vec<Result<Duration, ProbeError>> {
         let check = move |t: SocketAddr| {
             if let Some(ns) = netns {
-                enter(ns).map_err(|source| ProbeError::Namespace { source })?;
+                enter(ns).map_err(|source| ProbeError::Namespace { error: source })?;
             }
             self.probe(t)
         };
@@ -695,8 +695,8 @@ fn in_netns<T>(ns: BorrowedFd<'_>, f: impl FnOnce() -> Result<T, ProbeError>) ->
             }
         }
     }
-    let home = Home(neigh::current().map_err(|source| ProbeError::Namespace { source })?.0);
-    enter(ns).map_err(|source| ProbeError::Namespace { source })?;
+    let home = Home(neigh::current().map_err(|source| ProbeError::Namespace { error: source })?.0);
+    enter(ns).map_err(|source| ProbeError::Namespace { error: source })?;
     let out = f();
     drop(home);
     out

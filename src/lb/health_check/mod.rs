@@ -258,17 +258,16 @@ pub enum HealthError {
     /// namespace (not the caller's): entering it failed, so no backend was
     /// checked or changed.
     #[error(
-        "entering the load balancer's network namespace failed: {source}; the checks start their connections \
+        "entering the load balancer's network namespace failed: {error}; the checks start their connections \
          there (it needs CAP_SYS_ADMIN): run the checker as root, or inside that namespace"
     )]
     Namespace {
         /// The kernel's error.
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// Reading the load balancer's VIPs and backends failed.
     #[error("reading the load balancer's backends: {0}")]
-    Lb(#[from] LbError),
+    Lb(LbError),
     /// [`HealthConfig::vips`] names VIPs the load balancer does not have
     /// (checked when [`HealthChecker::run`] starts): their backends would
     /// never be checked. Nothing was checked or changed.
@@ -282,6 +281,15 @@ pub enum HealthError {
         /// The LB's pin directory, for the command that lists its VIPs.
         pin: Option<std::path::PathBuf>,
     },
+}
+
+// By hand, not `#[from]`: that would also make the LB's error this one's
+// `source()`, which the message already shows (an error-chain printer
+// would show it twice).
+impl From<LbError> for HealthError {
+    fn from(e: LbError) -> Self {
+        HealthError::Lb(e)
+    }
 }
 
 /// A VIP as `--vip` takes it with its protocol: `203.0.113.10:80/udp`.

@@ -13,21 +13,19 @@ use super::Check;
 #[non_exhaustive]
 pub enum ProbeError {
     /// The connection was refused, reset or unreachable.
-    #[error("connecting to {target}: {source}")]
+    #[error("connecting to {target}: {error}")]
     Connect {
         /// The address checked.
         target: SocketAddr,
         /// The socket error.
-        #[source]
-        source: io::Error,
+        error: io::Error,
     },
     /// The check could not be made from the load balancer's network
     /// namespace (entering it failed).
-    #[error("entering the load balancer's network namespace failed: {source}")]
+    #[error("entering the load balancer's network namespace failed: {error}")]
     Namespace {
         /// The kernel's error.
-        #[source]
-        source: io::Error,
+        error: io::Error,
     },
     /// No answer within the timeout.
     #[error("no answer from {target} within {timeout:?}")]
@@ -46,13 +44,12 @@ pub enum ProbeError {
         status: u16,
     },
     /// The HTTP exchange failed (connection, or not an HTTP answer).
-    #[error("GET {url}: {source}")]
+    #[error("GET {url}: {error}")]
     Http {
         /// The URL asked.
         url: String,
         /// ureq's error.
-        #[source]
-        source: ureq::Error,
+        error: ureq::Error,
     },
 }
 
@@ -94,7 +91,7 @@ impl Prober {
                 Err(e) if matches!(e.kind(), io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock) => {
                     Err(ProbeError::Timeout { target, timeout: self.timeout })
                 }
-                Err(source) => Err(ProbeError::Connect { target, source }),
+                Err(source) => Err(ProbeError::Connect { target, error: source }),
             },
             Check::Http { path } => {
                 let url = format!("http://{target}{path}");
@@ -109,10 +106,10 @@ impl Prober {
                     }
                     Err(ureq::Error::Timeout(_)) => Err(ProbeError::Timeout { target, timeout: self.timeout }),
                     Err(ureq::Error::Io(source)) if source.kind() != io::ErrorKind::TimedOut => {
-                        Err(ProbeError::Connect { target, source })
+                        Err(ProbeError::Connect { target, error: source })
                     }
                     Err(ureq::Error::Io(_)) => Err(ProbeError::Timeout { target, timeout: self.timeout }),
-                    Err(source) => Err(ProbeError::Http { url, source }),
+                    Err(source) => Err(ProbeError::Http { url, error: source }),
                 }
             }
         }
