@@ -406,7 +406,12 @@ int xdpg_filter(struct xdp_md *ctx)
 	}
 	if (parsed != XDPG_PARSE_OK) {
 		count(XDPG_REASON_MALFORMED, bytes);
-		if (cfg->malformed_policy == XDPG_MALFORMED_DROP && !(cfg->monitor & XDPG_MONITOR_ON)) {
+		/* Malformed: the policy's (the stack drops such packets too). A
+		 * packet hidden behind more VLAN tags than the parse walks, which
+		 * the stack may deliver (parsing.h): dropped unless in monitor
+		 * mode. */
+		if ((cfg->malformed_policy == XDPG_MALFORMED_DROP || parsed == XDPG_PARSE_HIDDEN) &&
+		    !(cfg->monitor & XDPG_MONITOR_ON)) {
 			xdpg_event(ctx, cfg, XDPG_REASON_MALFORMED, 0);
 			return XDP_DROP;
 		}

@@ -39,6 +39,10 @@ enum xdpg_parse_result {
 	XDPG_PARSE_OK = 0,
 	XDPG_PARSE_NON_IP,
 	XDPG_PARSE_MALFORMED,
+	/* More VLAN tags than the walk takes (xdpg_parse_eth): not judged,
+	 * and not harmless like a malformed packet, as the stack may deliver
+	 * it. */
+	XDPG_PARSE_HIDDEN,
 };
 
 struct xdpg_vlan_hdr {
@@ -108,10 +112,14 @@ static __always_inline int xdpg_parse_eth(void *data, void *data_end, struct xdp
 		pkt->vlan_tags++;
 	}
 	/* A tag beyond the ones we walk hides the packet from us: it cannot be
-	 * judged, so it is malformed and the policy decides, rather than
-	 * "non-IP", which would always pass whatever its source. */
+	 * judged. Not "non-IP", which would always pass whatever its source,
+	 * and not merely malformed, which the policy may pass as harmless:
+	 * Linux strips priority tags (VLAN id 0) at any depth and delivers
+	 * the packet behind them on the base device, so three of them carried
+	 * a blocklisted source past every list and rule. The filter drops it
+	 * whatever the malformed policy (filter.bpf.c). */
 	if (proto == ETH_P_8021Q || proto == ETH_P_8021AD)
-		return XDPG_PARSE_MALFORMED;
+		return XDPG_PARSE_HIDDEN;
 	pkt->l3_off = off;
 	pkt->l3_proto = proto;
 	if (proto == ETH_P_IP || proto == ETH_P_IPV6)

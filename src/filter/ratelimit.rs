@@ -321,7 +321,8 @@ fn fmt_scaled(n: u64, unit: &str) -> String {
 impl RateLimit {
     /// The limit as a rule of one IP version writes it: that version's
     /// prefix length alone (`per src/24` in an IPv4 rule, not
-    /// `per src/24/128`), which is what such a rule's parse reads.
+    /// `per src/24/128`) when the other length is its default, which is
+    /// what such a rule's parse reads back.
     pub(crate) fn for_family(&self, family: Option<crate::IpFamily>) -> impl fmt::Display + '_ {
         struct One<'a>(&'a RateLimit, Option<crate::IpFamily>);
         impl fmt::Display for One<'_> {
@@ -346,10 +347,14 @@ impl RateLimit {
             });
         }
         if self.per != LimitKey::default() {
+            // One length where the other is its default (which is what a
+            // one-length `per` in such a rule reads back as), both else:
+            // the text parses back to the same limit.
+            let d = LimitKey::default();
             words.push(match family {
-                Some(crate::IpFamily::V4) => format!("per src/{}", self.per.v4_len),
-                Some(crate::IpFamily::V6) => format!("per src/{}", self.per.v6_len),
-                None => format!("per src/{}/{}", self.per.v4_len, self.per.v6_len),
+                Some(crate::IpFamily::V4) if self.per.v6_len == d.v6_len => format!("per src/{}", self.per.v4_len),
+                Some(crate::IpFamily::V6) if self.per.v4_len == d.v4_len => format!("per src/{}", self.per.v6_len),
+                _ => format!("per src/{}/{}", self.per.v4_len, self.per.v6_len),
             });
         }
         if let Some(n) = self.burst_packets {

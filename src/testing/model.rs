@@ -14,7 +14,8 @@
 //! kernel says. The order of evaluation is [`Filter::rules`]':
 //!
 //! 1. not IP: `non_ip`, passed; malformed: `malformed`, dropped under
-//!    [`MalformedPolicy::Drop`] unless in monitor mode, else passed;
+//!    [`MalformedPolicy::Drop`] unless in monitor mode, else passed; more
+//!    VLAN tags than walked: `malformed`, dropped unless in monitor mode;
 //! 2. an allowlisted source: `allowlisted`, passed;
 //! 3. a blocklisted source: `blocked_v4`/`blocked_v6`, dropped (monitor
 //!    mode: `would_drop_blocked`, passed);
@@ -159,8 +160,12 @@ pub struct IpPacket {
 pub enum Parsed {
     /// Not IPv4 or IPv6 (after up to two VLAN tags).
     NonIp,
-    /// Cut short, inconsistent lengths, a bad version, too many VLAN tags.
+    /// Cut short, inconsistent lengths, a bad version.
     Malformed,
+    /// More VLAN tags than the filter walks: not judged, and dropped
+    /// whatever the malformed policy (unless in monitor mode), as the stack
+    /// strips priority tags at any depth and may deliver it.
+    Hidden,
     /// An IP packet.
     Ip(IpPacket),
 }
@@ -196,7 +201,7 @@ pub fn parse(frame: &[u8]) -> Parsed {
         off += 4;
     }
     match proto {
-        ETH_P_8021Q | ETH_P_8021AD => Parsed::Malformed,
+        ETH_P_8021Q | ETH_P_8021AD => Parsed::Hidden,
         ETH_P_IP => ipv4(frame, off),
         ETH_P_IPV6 => ipv6(frame, off),
         _ => Parsed::NonIp,
@@ -373,6 +378,8 @@ impl FilterModel {
                 return done(XdpAction::Drop, "malformed")
             }
             Parsed::Malformed => return done(XdpAction::Pass, "malformed"),
+            Parsed::Hidden if !self.monitor => return done(XdpAction::Drop, "malformed"),
+            Parsed::Hidden => return done(XdpAction::Pass, "malformed"),
             Parsed::Ip(p) => p,
         };
         if self.allowlist.iter().any(|n| covers(n, p.src)) {

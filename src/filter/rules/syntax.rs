@@ -250,6 +250,11 @@ impl TcpFlags {
 
     /// Every flag.
     pub const ALL: u8 = 0xFF;
+    /// RFC 793's six flags (FIN to URG), without ECN's ECE and CWR: what
+    /// `none` alone looks at. A NULL scan with an ECN bit set is still one
+    /// (the stack answers it as it answers one without), and no TCP segment
+    /// a connection sends has none of these six.
+    pub const CLASSIC: u8 = 0x3F;
 
     /// The flag names, lowest bit first, as rule text writes them.
     pub(crate) const NAMES: [&'static str; 8] = ["fin", "syn", "rst", "psh", "ack", "urg", "ece", "cwr"];
@@ -277,7 +282,7 @@ impl fmt::Display for TcpFlags {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.value == self.mask {
             f.write_str(&TcpFlags::names(self.value))
-        } else if self.value == 0 && self.mask == TcpFlags::ALL {
+        } else if self.value == 0 && self.mask == TcpFlags::CLASSIC {
             f.write_str("none")
         } else {
             write!(f, "{}/{}", TcpFlags::names(self.value), TcpFlags::names(self.mask))
@@ -666,11 +671,15 @@ mod tests {
         assert_eq!(TcpFlags::set(TcpFlags::SYN | TcpFlags::FIN).to_string(), "fin,syn");
         assert_eq!(TcpFlags { value: TcpFlags::SYN, mask: TcpFlags::SYN | TcpFlags::ACK }.to_string(), "syn/syn,ack");
         assert_eq!(TcpFlags { value: 0, mask: TcpFlags::ACK }.to_string(), "none/ack");
-        // `none` alone: no flag set, every flag looked at (a NULL scan).
+        // `none` alone: none of FIN..URG set, ECN's bits not looked at (a
+        // NULL scan, with or without them).
         let null: TcpFlags = "none".parse().unwrap();
-        assert_eq!(null, TcpFlags { value: 0, mask: TcpFlags::ALL });
+        assert_eq!(null, TcpFlags { value: 0, mask: TcpFlags::CLASSIC });
         assert_eq!(null.to_string(), "none");
-        assert!(null.matches(0) && !null.matches(TcpFlags::SYN) && !null.matches(TcpFlags::ECE));
+        assert!(null.matches(0) && null.matches(TcpFlags::ECE) && null.matches(TcpFlags::CWR));
+        assert!(!null.matches(TcpFlags::SYN) && !null.matches(TcpFlags::ACK | TcpFlags::ECE));
+        let all = TcpFlags { value: 0, mask: TcpFlags::ALL };
+        assert_eq!(all.to_string().parse::<TcpFlags>().unwrap(), all, "every flag clear, ECN's too: written out");
         let rule: Rule = "drop tcp flags none".parse().unwrap();
         assert_eq!(rule.normalized().unwrap().to_string(), "drop tcp flags none");
         // Looking at no flag would match every TCP packet: refused.
