@@ -139,7 +139,7 @@ pub enum AttachError {
     /// again does nothing and succeeds).
     #[error(
         "the program is already attached to `{interface}` in {mode} mode; to run it there in {asked} mode, \
-         detach it from `{interface}` and attach it again (nothing changed)"
+         detach it from `{interface}` and attach it again"
     )]
     AttachedInAnotherMode {
         /// The interface.

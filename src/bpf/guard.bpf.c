@@ -63,7 +63,8 @@ struct walk {
 /* A monitored rule would have dropped the packet (a drop rule, or a rate
  * limit it is over): the walk goes on, and the packet is counted under the
  * reason the walk ends with (one reason a packet), but the rule's dry run
- * sends its would-drop event (xdpg_guard, after the walk), so events,
+ * sends its would-drop event (xdpg_guard, after the walk, unless a later
+ * rule drops the packet and sends its own: one event a packet), so events,
  * capture and top show what the rule would drop. */
 static __always_inline void would_drop(struct walk *w, __u32 reason, __u32 rule)
 {
@@ -334,7 +335,8 @@ int xdpg_guard(struct xdp_md *ctx)
 		goto passed;
 	w.first = g->first;
 	walk_group(&w, g->count);
-	if (w.would)
+	/* One event a packet: a later rule's drop (or would-drop) is its own. */
+	if (w.would && w.action != XDPG_RULE_DROP && w.action != XDPG_RULE_RATE_LIMIT)
 		decided(ctx, w.would, w.would_rule);
 
 	if (w.action == XDPG_RULE_DROP)

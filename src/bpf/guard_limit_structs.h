@@ -34,7 +34,8 @@ struct xdpg_limit_spec {
 	__u8 v4_len;	  /* key: the source's prefix (32 / 128: the address) */
 	__u8 v6_len;
 	__u8 pad[6];
-	__u32 block_after; /* over-limit packets of a key before it is blocked */
+	__u32 block_after; /* the over-limit packet of a key that blocks it
+			    * (the Nth; 0 and 1: the first) */
 	__u32 reserved;
 };
 

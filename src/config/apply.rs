@@ -180,8 +180,9 @@ impl Run<'_> {
             Step::Remove { .. } => self.remove()?,
             Step::Attach { interface, mode } => {
                 if let Err(e) = self.attach(interface, *mode) {
-                    // Those attached since in their new mode refuse a second
-                    // attach: only the bare ones take their program back.
+                    // Those attached since in their new mode refuse an
+                    // attach in their old one (AttachedInAnotherMode): only
+                    // the bare ones take their program back.
                     for (i, was) in self.detached.clone() {
                         if self.attach(&i, was).is_ok() {
                             self.undone.push(format!("attached to {i} again, in {was} mode as before"));

@@ -230,8 +230,10 @@ impl PinDir {
     /// program alive, but no other process can reach it any more.
     pub(crate) fn lock(&self) -> Result<Flock<File>, PinError> {
         let dir = File::open(&self.path).map_err(|source| match source.kind() {
+            // The guard stage's directory gone with its filter's: the
+            // filter's is the one to attach again.
             io::ErrorKind::NotFound => match (self.kind.within, self.path.parent()) {
-                (Some(outer), Some(parent)) => {
+                (Some(outer), Some(parent)) if !parent.exists() => {
                     PinError::Removed { path: parent.to_owned(), kind: outer.name, cli: outer.cli }
                 }
                 _ => PinError::Removed { path: self.path.clone(), kind: self.kind.name, cli: self.kind.cli },

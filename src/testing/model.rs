@@ -401,7 +401,9 @@ impl FilterModel {
         }
         // No rule can read the transport header behind the chain or the
         // tiny fragment: while the guard stage runs (rules, or timed
-        // blocks), malformed.
+        // blocks), malformed. (The model has no SYN guard: with SYN ports
+        // alone protected the guard runs and drops it too, which
+        // tests/filter_syn_verdicts.rs covers.)
         if p.l4_hidden && (!self.rules.is_empty() || !self.timed_blocks.is_empty()) {
             return done(if self.monitor { XdpAction::Pass } else { XdpAction::Drop }, "malformed");
         }

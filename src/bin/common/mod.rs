@@ -162,8 +162,13 @@ pub fn attach_all<E: Into<Box<dyn std::error::Error>>>(
     attach: impl Fn(&str) -> std::result::Result<Attachment, E>,
     detach: impl Fn(&str),
 ) -> Result<Vec<Attachment>> {
-    let mut now = Vec::new();
+    let mut now: Vec<Attachment> = Vec::new();
     for iface in ifaces {
+        // Given twice: attached once (a second attach is a no-op that a
+        // rollback must not count as this command's twice).
+        if now.iter().any(|a| &a.interface == iface) {
+            continue;
+        }
         match attach(iface) {
             Ok(a) => now.push(a),
             Err(e) => {

@@ -134,27 +134,30 @@ pub(crate) fn prepare(maps: &GuardMaps, rules: &[StoredRule], old: &[StoredRule]
     settle(maps, rules)
 }
 
-/// Removes the limiter's exact buckets of every rate-limit rule but those
-/// staying (in `old` and `rules` alike: one id is one rule across an edit,
-/// `GuardState::fresh_ids`). A bucket, and the over-limit count `block ...
-/// after N` reads in it, belongs to the rule that made it: a new rule given
-/// an id an earlier one had (ids are reused) found that rule's buckets and
-/// limited, even auto-blocked, sources within its own limit; a removed
-/// rule's stayed in `status`'s count until evicted. What the per-CPU sketch
-/// counted for the old rule lasts to the end of its window and can charge
-/// a key's new bucket at most `admit` (half its burst). Only when a
-/// rate-limit rule comes or goes: one walk of the LRU (its capacity in
-/// keys, default 65,536).
+/// Before a rate-limit rule goes live under an id no live rate-limit rule
+/// has: removes the limiter's exact buckets of every rule not live now
+/// (not in `old`). A bucket, and the over-limit count `block ... after N`
+/// reads in it, belongs to the rule that made it: a new rule given an id
+/// an earlier one had (ids are reused) found that rule's buckets and
+/// limited, even auto-blocked, sources within its own limit. Race-free: no
+/// live rule can make a bucket for an id that is not live. The buckets of
+/// a rule removed by this edit stay until evicted or the next such edit
+/// (its packets in flight could make them again anyway). What the per-CPU
+/// sketch counted for the old rule lasts to the end of its window and can
+/// charge a key's new bucket at most `admit` (half its burst). One walk of
+/// the LRU, bounded: under a flood a walk whose cursor is evicted starts
+/// over, and the buckets of dead rules, the least recently used, are the
+/// first a flood evicts anyway.
 fn purge_buckets(maps: &GuardMaps, rules: &[StoredRule], old: &[StoredRule]) -> Result<(), RuleError> {
     let limiting = |set: &[StoredRule]| -> BTreeSet<u32> {
         set.iter().filter(|r| r.rule.action == RuleAction::RateLimit).map(|r| r.id).collect()
     };
-    let (now, before) = (limiting(rules), limiting(old));
-    if now == before {
+    let live = limiting(old);
+    if limiting(rules).is_subset(&live) {
         return Ok(());
     }
-    let staying: BTreeSet<u32> = now.intersection(&before).copied().collect();
-    let stale: Vec<xdpg_limit_key> = maps.llru.keys().filter(|k| !staying.contains(&k.rule)).collect();
+    let bound = 2 * maps.llru.capacity() as usize;
+    let stale: Vec<xdpg_limit_key> = maps.llru.keys().take(bound).filter(|k| !live.contains(&k.rule)).collect();
     for k in &stale {
         maps.llru.remove(k).map_err(bpf(format!("removing a limiter bucket of rule {}", k.rule)))?;
     }

@@ -572,7 +572,10 @@ impl HealthChecker {
     /// # Errors
     ///
     /// [`HealthError::VipsNotFound`] at the start when [`HealthConfig::vips`]
-    /// names a VIP the LB does not have (see [`check_vips`](Self::check_vips)).
+    /// names a VIP the LB does not have (see [`check_vips`](Self::check_vips)):
+    /// also an agent started before its VIPs were made (before `xdpguard
+    /// apply`), which its supervisor restarts, or which is ordered after
+    /// the configuration's unit.
     /// [`HealthError::Lb`] when the LB cannot be read any more (e.g. it
     /// was detached): an agent should exit and be restarted. A VIP removed
     /// later is not an error: its backends are reported once as
