@@ -24,6 +24,29 @@ use xdpguard::{
 /// way: IPIP and NAT packets fully rewritten (NAT with the TTL left for the
 /// stack to take), an L2 DSR packet as an ICMP echo reply probe from the
 /// client to the backend. Counted globally and for the backend.
+/// An IPIP or NAT packet the LB hands to the stack (its next hop not
+/// usable from XDP): the client's packet inside, unchanged, or translated
+/// with the TTL left for the stack to decrement; the MACs as received, so
+/// the stack takes it as its own and routes it.
+fn rewritten_for_the_stack(
+    lb: &LoadBalancer,
+    vip: &Vip,
+    mode: ForwardingMode,
+    sent: &Pkt,
+    input: &[u8],
+    backend: IpAddr,
+    lb_mac: [u8; 6],
+) -> Vec<u8> {
+    if mode == ForwardingMode::Ipip {
+        let flow = Flow::new(sent.src, addr_port(vip), Protocol::Tcp);
+        let osrc = lb.ipip_source_for(vip, &flow, backend).unwrap().unwrap();
+        return ipip(input, osrc, backend, CLIENT_MAC, lb_mac).to_vec();
+    }
+    let mut out = sent.to(sa(backend, 8080));
+    out.ttl = 64;
+    out.frame(CLIENT_MAC, lb_mac).to_vec()
+}
+
 #[test]
 fn unresolved_next_hops_go_to_the_stack_rewritten_or_as_a_probe() {
     in_lb_ns("vneigh", 2, |n| {
@@ -57,18 +80,7 @@ fn unresolved_next_hops_go_to_the_stack_rewritten_or_as_a_probe() {
                     let b = if backend.is_ipv4() { b.id(0).df(false) } else { b };
                     b.icmp(Icmp::EchoReply { id: 0, seq: 0 }).build().to_vec()
                 }
-                // The client's packet inside, unchanged.
-                ForwardingMode::Ipip => {
-                    let flow = Flow::new(src, addr_port(&vip), Protocol::Tcp);
-                    let osrc = lb.ipip_source_for(&vip, &flow, backend).unwrap().unwrap();
-                    ipip(&input, osrc, backend, CLIENT_MAC, n.eth0_mac).to_vec()
-                }
-                // Translated, the TTL left for the stack to decrement.
-                _ => {
-                    let mut out = sent.to(sa(backend, 8080));
-                    out.ttl = 64;
-                    out.frame(CLIENT_MAC, n.eth0_mac).to_vec()
-                }
+                _ => rewritten_for_the_stack(&lb, &vip, mode, &sent, &input, backend, n.eth0_mac),
             };
             t.run(
                 Fixture::new(format!("{what}: to the stack"), &input)
@@ -122,16 +134,7 @@ fn an_egress_outside_the_devmap_goes_to_the_stack_addressed_to_the_lb() {
             let input = sent.frame(CLIENT_MAC, n.eth0_mac);
             let want = match mode {
                 ForwardingMode::L2Dsr => input.to_vec(),
-                ForwardingMode::Ipip => {
-                    let flow = Flow::new(src, addr_port(&vip), Protocol::Tcp);
-                    let osrc = lb.ipip_source_for(&vip, &flow, backend).unwrap().unwrap();
-                    ipip(&input, osrc, backend, CLIENT_MAC, n.eth0_mac).to_vec()
-                }
-                _ => {
-                    let mut out = sent.to(sa(backend, 8080));
-                    out.ttl = 64;
-                    out.frame(CLIENT_MAC, n.eth0_mac).to_vec()
-                }
+                _ => rewritten_for_the_stack(&lb, &vip, mode, &sent, &input, backend, n.eth0_mac),
             };
             assert_eq!(dst_mac(&want), n.eth0_mac, "{what}: the fixture wants the LB's own MAC");
             t.run(
