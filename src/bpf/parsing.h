@@ -74,7 +74,7 @@ struct xdpg_pkt {
 	__u8 later_fragment; /* fragment offset != 0: no L4 header */
 	__u8 ip_options;     /* IPv4 header longer than 20 bytes */
 	__u8 l4_hidden;	     /* a transport header the stack reaches and the
-			      * parse cannot: xdpg_l4_hidden */
+			      * parse cannot: xdpg_tiny_fragment */
 };
 
 /* What the stack reaches and the parse cannot: an IPv6 chain longer than
