@@ -183,7 +183,8 @@ enum Command {
         /// Repeat every SECS seconds, showing rates.
         #[arg(long, value_name = "SECS")]
         watch: Option<u64>,
-        /// Reset the counters after reading them.
+        /// Reset the reason counters after reading them (the rules' and
+        /// the SYN guard's per-port counters are kept).
         #[arg(long)]
         reset: bool,
     },

@@ -425,7 +425,11 @@ impl Filter {
         })
     }
 
-    /// Sets every counter to zero.
+    /// Sets the reason counters ([`stats`](Self::stats)) to zero. The
+    /// rules' counters, the SYN guard's per-port ones and the limiter's are
+    /// kept: they go with their rule or port (a rule replaced by an equal
+    /// one keeps its counters; [`FilterStats::since`] gives a window of
+    /// the reasons without resetting anything).
     ///
     /// # Errors
     ///
