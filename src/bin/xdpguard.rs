@@ -1201,14 +1201,18 @@ fn refuse_drop_all(rules: &[Rule], force: bool) -> Result<()> {
                        checked before the rules) or put a `pass ... from ADDR` rule before it, then add it with --force";
     match (all_tcp, nd) {
         _ if force => Ok(()),
-        (Some(r), _) => Err(format!(
-            "refusing rule `{r}`: it drops every {}packet from {} that the lists do not allow, including \
-             your own SSH session{}. Nothing was changed. {allow_first}; to drop them anyway, add --force",
-            if r.protocol.is_some() { "TCP " } else { "" },
-            if r.source.as_ref().is_some_and(|m| m.negated) { "all but the sources it names" } else { "any source" },
-            if r.source.as_ref().is_some_and(|m| m.negated) { " unless it comes from one of those" } else { "" }
-        )
-        .into()),
+        (Some(r), _) => {
+            let (from, unless) = match r.source.as_ref().is_some_and(|m| m.negated) {
+                true => ("all but the sources it names", " unless it comes from one of those"),
+                false => ("any source", ""),
+            };
+            Err(format!(
+                "refusing rule `{r}`: it drops every {}packet from {from} that the lists do not allow, including \
+                 your own SSH session{unless}. Nothing was changed. {allow_first}; to drop them anyway, add --force",
+                if r.protocol.is_some() { "TCP " } else { "" },
+            )
+            .into())
+        }
         (None, Some(r)) => Err(format!(
             "refusing rule `{r}`: it drops IPv6 neighbour discovery (ICMPv6 types 135 and 136) from any source, \
              and IPv6 on this host's links stops with it. Nothing was changed. Leave those types out (`type \
@@ -1231,14 +1235,10 @@ fn read_rules(path: &Path, filter: &Filter) -> Result<RuleFile> {
         (std::fs::read(path).map_err(|e| format!("reading {}: {e}", path.display()))?, path.display().to_string())
     };
     let (lines, mut errors) = xdpguard::parse_rule_lines(&bytes);
-    let set_of = |l: &xdpguard::RuleLine| match &l.rule.source {
-        Some(xdpguard::SourceMatch { source: xdpguard::Source::Set(set), .. }) => Some(set.clone()),
-        _ => None,
-    };
-    if lines.iter().any(|l| set_of(l).is_some()) {
+    if lines.iter().any(|l| l.rule.set_name().is_some()) {
         let have = filter.sets().names()?;
         for l in &lines {
-            if let Some(set) = set_of(l).filter(|s| !have.contains(s)) {
+            if let Some(set) = l.rule.set_name().filter(|s| !have.iter().any(|h| h == s)) {
                 errors.push(xdpguard::LineError {
                     line: l.line,
                     message: format!("no set named `{set}`: create it first (`xdpguard set create {set}`)"),

@@ -166,24 +166,26 @@ impl XdpProgram {
         // Attached there already (by this handle or another of the same
         // pins): nothing to do in that mode; another is a clear error, not
         // "detach the program there first", which names this one.
+        // The links and lost records read once, under the lock: the attach
+        // below changes neither.
         self.sync_links();
+        let prog = self.current()?;
         let (ifindex, name) = iface.resolve()?;
         let here = self.links().iter().find(|l| l.attachment.ifindex == ifindex).map(|l| l.attachment.clone());
         if let Some(here) = here {
-            if attach::runs_on(sys::prog_id(self.current()?.as_fd()).unwrap_or(0), &name, ifindex) {
+            if attach::runs_on(sys::prog_id(prog.as_fd()).unwrap_or(0), &name, ifindex) {
                 if mode == AttachMode::Auto || mode == here.mode {
                     return Ok(here);
                 }
                 return Err(AttachError::AttachedInAnotherMode { interface: name, mode: here.mode, asked: mode }.into());
             }
         }
-        let link = attach::attach(self.current()?.as_fd(), iface, mode)?;
+        let link = attach::attach(prog.as_fd(), iface, mode)?;
         let attachment = link.attachment.clone();
         // Attached there again: the record of the attachment it lost there
         // has served its purpose, and goes first (its pin may have the new
         // link's name: an interface made again with the same index, in a
         // namespace made again).
-        self.sync_links();
         self.forget_lost(|l| l.interface == attachment.interface)?;
         if let Some(dir) = &self.pin {
             dir.pin(&PinDir::link_name(&attachment), link.fd.as_fd())?;

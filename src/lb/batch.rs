@@ -92,8 +92,8 @@ impl LoadBalancer {
     /// unspecified, loopback, multicast, broadcast, or the VIP's own),
     /// [`LbError::Ipv4Mapped`] (an IPv4-mapped IPv6 address: give the IPv4
     /// one), [`LbError::BackendAtBroadcast`] (the broadcast address of a
-    /// subnet the LB's namespace is on), [`LbError::TableTooSmall`], [`LbError::BackendTableFull`]; for
-    /// NAT, [`LbError::NatPortOnAllPortsVip`] (a port on an all-ports VIP's
+    /// subnet the LB's namespace is on), [`LbError::TableTooSmall`],
+    /// [`LbError::BackendTableFull`]; for NAT, [`LbError::NatPortOnAllPortsVip`] (a port on an all-ports VIP's
     /// backend) and [`LbError::NatBackendConflict`] (a backend address and
     /// port another NAT VIP already reaches; see [`ForwardingMode::Nat`]).
     pub fn add_backend(&self, vip: &Vip, backend: impl Into<BackendAddr>, weight: u32) -> Result<(), LbError> {

@@ -392,8 +392,8 @@ impl LoadBalancer {
     ///
     /// As [`add_redirect_interface`](Self::add_redirect_interface), and
     /// [`AttachError`](crate::AttachError)s (another XDP program there,
-    /// this one there in another mode, a mode the driver cannot do); [`PinError`](crate::PinError) when the
-    /// link cannot be pinned.
+    /// this one there in another mode, a mode the driver cannot do);
+    /// [`PinError`](crate::PinError) when the link cannot be pinned.
     pub fn attach(&self, iface: impl Into<Interface>, mode: AttachMode) -> Result<Attachment, Error> {
         let iface = iface.into();
         self.add_redirect_interface(iface.clone())?;

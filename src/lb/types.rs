@@ -118,13 +118,21 @@ impl Vip {
     }
 }
 
-impl fmt::Display for Vip {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl Vip {
+    /// Its address and port as `Display` writes them: `203.0.113.10:80`,
+    /// `[2001:db8::1]:53`, `203.0.113.10:*` for every port.
+    pub(crate) fn endpoint(&self) -> String {
         let port = self.port.map(|p| p.to_string()).unwrap_or_else(|| "*".into());
         match self.addr {
-            IpAddr::V4(a) => write!(f, "{} {a}:{port}", self.protocol),
-            IpAddr::V6(a) => write!(f, "{} [{a}]:{port}", self.protocol),
+            IpAddr::V4(a) => format!("{a}:{port}"),
+            IpAddr::V6(a) => format!("[{a}]:{port}"),
         }
+    }
+}
+
+impl fmt::Display for Vip {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.protocol, self.endpoint())
     }
 }
 

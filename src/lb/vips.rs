@@ -121,8 +121,8 @@ pub(crate) fn check_vip(vip: &Vip) -> Result<(), LbError> {
         });
     }
     if let Some(v4) = super::types::ipv4_mapped(vip.addr) {
-        let port = vip.port.map(|p| p.to_string()).unwrap_or_else(|| "*".into());
-        return Err(LbError::Ipv4Mapped { what: format!("VIP {vip}"), as_ipv4: format!("{v4}:{port}") });
+        let as_ipv4 = Vip { addr: v4.into(), ..*vip }.endpoint();
+        return Err(LbError::Ipv4Mapped { what: format!("VIP {vip}"), as_ipv4 });
     }
     if super::types::link_local(vip.addr) {
         return Err(LbError::Unsupported {

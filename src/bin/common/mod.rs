@@ -316,8 +316,9 @@ pub fn chained_text(c: &xdpguard::ChainedFrom, netns: Option<&str>) -> String {
 }
 
 /// `status`'s lines for the attachments a program lost (their interface
-/// was deleted, or their link detached by another tool): where it no longer runs, and the commands (of `cli`,
-/// e.g. `xdpguard-lb decap`) that attach it there again or forget it.
+/// was deleted, or their link detached by another tool): where it no
+/// longer runs, and the commands (of `cli`, e.g. `xdpguard-lb decap`) that
+/// attach it there again or forget it.
 pub fn print_lost(lost: &[Attachment], label_width: usize, cli: &str, pin: &Path) {
     for a in lost {
         let (name, pin) = (&a.interface, pin.display());

@@ -294,11 +294,7 @@ impl From<LbError> for HealthError {
 
 /// A VIP as `--vip` takes it with its protocol: `203.0.113.10:80/udp`.
 fn vip_arg(v: &Vip) -> String {
-    let port = v.port.map(|p| p.to_string()).unwrap_or_else(|| "*".into());
-    match v.addr {
-        std::net::IpAddr::V4(a) => format!("{a}:{port}/{}", v.protocol),
-        std::net::IpAddr::V6(a) => format!("[{a}]:{port}/{}", v.protocol),
-    }
+    format!("{}/{}", v.endpoint(), v.protocol)
 }
 
 fn vips_not_found(missing: &[Vip], other: &[Vip], pin: Option<&std::path::Path>) -> String {
