@@ -130,11 +130,13 @@ pub use filter::{
     DEFAULT_MAX_LIMIT_BUCKETS, DEFAULT_MAX_RULES, DEFAULT_MAX_SET_ENTRIES, DEFAULT_MAX_TIMED_BLOCKS, MAX_RULES,
 };
 pub use filter::{
+    BlockedBy, LimitKey, LimiterStats, RateLimit, TimedBlock, TimedBlocks, TimedChange, MAX_BLOCK, MAX_RATE,
+};
+pub use filter::{
     BulkChange, EntryChange, Filter, FilterBuilder, MalformedPolicy, PrefixList, Verdict, DEFAULT_V4_CAPACITY,
     DEFAULT_V6_CAPACITY, MAX_CAPACITY,
 };
 pub use filter::{DropEvent, DropReason, EventError, EventOptions, EventRate, EventReader, EventStats, SNAP_LEN};
-pub use filter::{LimitKey, LimiterStats, RateLimit, TimedBlock, TimedBlocks, TimedChange, MAX_BLOCK, MAX_RATE};
 pub use ipnetwork::IpNetwork;
 /// Backend health checks for the load balancer (feature `health`).
 #[cfg(feature = "health")]

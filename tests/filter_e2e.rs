@@ -3,6 +3,7 @@
 //! source addresses per family. Needs root; fails (never skips) without it.
 
 mod common {
+    pub mod flood;
     pub mod scratch;
     pub mod udp_echo;
 }
@@ -16,6 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use common::flood::PacketSocket;
 use common::scratch::ScratchDir;
 use common::udp_echo::{udp_echo_reaches, UdpEcho};
 use libbpf_rs::query::{LinkInfoIter, LinkTypeInfo, ProgInfoIter, ProgInfoQueryOptions, ProgramInfo};
@@ -543,4 +545,100 @@ fn one_filter_on_two_interfaces() {
     assert_eq!(bed.xdp_on(&bed.pair.server, "eth1").map(|x| x.0).as_deref(), Some("xdpgeneric"));
     bed.assert_blocked("198.51.100.1", "eth1 re-attached");
     assert_eq!(filter.attachments().len(), 2);
+}
+
+/// An IPv6 UDP frame from `src` to the server whose extension headers
+/// (two 2,048-byte routing headers, type 253 with no segments left, which
+/// the stack steps over) take the UDP header past the parse's 4,096 bytes:
+/// a jumbo frame's chain, which Linux delivers.
+fn long_chain_udp6(src: IpAddr, src_mac: [u8; 6], dst_mac: [u8; 6]) -> Vec<u8> {
+    let (IpAddr::V6(s), IpAddr::V6(d)) = (src, ip(SERVER6)) else { unreachable!("IPv6") };
+    let payload = b"long-chain";
+    let mut udp = Vec::new();
+    udp.extend_from_slice(&40000u16.to_be_bytes());
+    udp.extend_from_slice(&UDP_PORT.to_be_bytes());
+    udp.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    udp.extend_from_slice(&[0, 0]);
+    udp.extend_from_slice(payload);
+    // The checksum over the pseudo-header (RFC 8200 s. 8.1) and the datagram.
+    let mut sum: u32 = 0;
+    let mut add = |bytes: &[u8]| {
+        for c in bytes.chunks(2) {
+            sum += u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
+        }
+    };
+    add(&s.octets());
+    add(&d.octets());
+    add(&(udp.len() as u32).to_be_bytes());
+    add(&[0, 0, 0, 17]);
+    add(&udp);
+    while sum > 0xFFFF {
+        sum = (sum & 0xFFFF) + (sum >> 16);
+    }
+    let csum = match !(sum as u16) {
+        0 => 0xFFFF,
+        c => c,
+    };
+    udp[6..8].copy_from_slice(&csum.to_be_bytes());
+    let routing = |next: u8| {
+        let mut h = vec![0u8; 2048];
+        (h[0], h[1], h[2], h[3]) = (next, 255, 253, 0);
+        h
+    };
+    let mut ip6 = Vec::new();
+    let body = [routing(43), routing(17), udp].concat();
+    ip6.extend_from_slice(&[0x60, 0, 0, 0]);
+    ip6.extend_from_slice(&(body.len() as u16).to_be_bytes());
+    ip6.extend_from_slice(&[43, 64]);
+    ip6.extend_from_slice(&s.octets());
+    ip6.extend_from_slice(&d.octets());
+    [&dst_mac[..], &src_mac[..], &[0x86, 0xdd], &ip6, &body].concat()
+}
+
+/// A chain of IPv6 extension headers longer than the parse reads (in a
+/// jumbo frame, generic mode) is judged by its source like any packet: it
+/// passed the blocklist as malformed under the default malformed policy.
+#[test]
+fn a_jumbo_frames_long_ipv6_chain_is_judged_by_its_source() {
+    let bed = Bed::new("e2ej");
+    for ns in [&bed.pair.client, &bed.pair.server] {
+        ns.ip(&["link", "set", "eth0", "mtu", "9000"]);
+    }
+    let filter = attach_on(&bed.pair.server, &["eth0"], AttachMode::Generic, None);
+    let frame = |src: &str| long_chain_udp6(ip(src), bed.pair.client.mac("eth0"), bed.pair.server.mac("eth0"));
+    let send = |frame: Vec<u8>| {
+        bed.pair.client.run(move || {
+            let sock = PacketSocket::bind("eth0");
+            for _ in 0..3 {
+                sock.send(&frame).expect("send the frame");
+            }
+        })
+    };
+
+    // Not listed: the stack delivers it (the frame is a real packet).
+    let s0 = stats(&filter);
+    send(frame(CLIENT_B6));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while bed.listeners.seen(ip(CLIENT_B6)).udp == 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        bed.listeners.seen(ip(CLIENT_B6)).udp > 0,
+        "the long chain reaches the listener: {:?}",
+        stats(&filter).since(&s0)
+    );
+
+    // Listed: dropped by the blocklist, not passed as malformed.
+    filter.blocklist().insert(net("2001:db8::1/128")).unwrap();
+    let s0 = stats(&filter);
+    send(frame(CLIENT_A6));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while stats(&filter).since(&s0).blocked_v6.packets < 3 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let s = stats(&filter).since(&s0);
+    assert!(s.blocked_v6.packets >= 3 && s.blocked_v6.bytes >= 3 * 4096, "the three long frames blocked: {s:?}");
+    assert_eq!(s.malformed.packets, 0, "{s:?}");
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(bed.listeners.seen(ip(CLIENT_A6)).udp, 0, "the listener never sees the blocked source");
 }

@@ -18,7 +18,7 @@ use std::time::Duration;
 use common::verdict::{ip, net, rule};
 use xdpguard::testing::fixture::{Fixture, FixtureTable};
 use xdpguard::testing::frame::*;
-use xdpguard::{Counter, Filter, IpNetwork, RuleError, RuleId, XdpAction};
+use xdpguard::{BlockedBy, Counter, Filter, IpNetwork, RuleError, RuleId, XdpAction};
 
 /// Pins the calling thread to CPU 0 (the sketch is per CPU).
 fn pin_to_cpu0() {
@@ -223,7 +223,39 @@ fn monitor_modes_count_and_pass() {
     t.limited("over, for real", &udp("203.0.113.1", 53), id);
     let blocks = f.timed_blocks().list().unwrap();
     assert_eq!(blocks.len(), 1, "{blocks:?}");
-    assert_eq!((blocks[0].prefix, blocks[0].rule), (net("203.0.113.1/32"), Some(id)));
+    assert_eq!((blocks[0].prefix, blocks[0].by), (net("203.0.113.1/32"), BlockedBy::Rule(id)));
+    t.finish();
+}
+
+/// `block ... after N` counts the over-limit packets of one episode: a
+/// bucket refilled whole starts the count again, and a dry run counts none.
+#[test]
+fn block_after_n_counts_one_episode() {
+    let f = load();
+    let id = f.rules().add(rule("rate-limit 1/s burst 2 block 1m after 3 udp dport 57")).unwrap();
+    let mut t = Table::new(&f, "after N, one episode");
+    let src = "192.0.2.60";
+    for round in 1..=3 {
+        t.pass(&format!("round {round}: 1"), &udp(src, 57), id);
+        t.pass(&format!("round {round}: 2"), &udp(src, 57), id);
+        t.limited(&format!("round {round}: one packet over"), &udp(src, 57), id);
+        f.advance_clock(Duration::from_secs(3)).unwrap();
+    }
+    t.run("three slips, each in an episode of its own: not blocked", &udp(src, 80), XdpAction::Pass, "passed", None);
+    // The whole filter in monitor mode: what would be over counts toward
+    // no block once the dry run ends.
+    f.set_monitor(true);
+    t.pass("monitor: 1", &udp(src, 57), id);
+    t.pass("monitor: 2", &udp(src, 57), id);
+    for i in 1..=4 {
+        t.run(&format!("monitor: over {i}"), &udp(src, 57), XdpAction::Pass, "would_drop_limit", Some((id, true)));
+    }
+    f.set_monitor(false);
+    t.limited("for real: over once", &udp(src, 57), id);
+    t.run("not blocked: the dry run's four are not counted", &udp(src, 80), XdpAction::Pass, "passed", None);
+    t.limited("over twice", &udp(src, 57), id);
+    t.limited("over a third time: blocked", &udp(src, 57), id);
+    t.run("blocked everywhere", &udp(src, 80), XdpAction::Drop, "timed_blocked", None);
     t.finish();
 }
 
@@ -240,7 +272,7 @@ fn timed_blocks_expire_and_are_reclaimed() {
     assert_eq!(list.len(), 4, "{list:?}");
     assert_eq!(list[0].prefix, net("198.51.100.9/32"), "soonest first");
     assert!(list[0].remaining <= Duration::from_secs(30) && list[0].remaining > Duration::from_secs(29), "{list:?}");
-    assert!(list.iter().all(|b| b.rule.is_none()));
+    assert!(list.iter().all(|b| b.by == BlockedBy::Hand));
     // Blocking again never shortens a block: the /48's and the /24's 600 s
     // stay (the /32 under the /24 is its own entry), the address's 60 s
     // start again, and a new one is added, in one edit.
@@ -312,7 +344,7 @@ fn auto_block_by_a_rate_limit() {
     assert_eq!(e.auto_blocks, 1);
     let blocks = f.timed_blocks().list().unwrap();
     assert_eq!(blocks.len(), 1);
-    assert_eq!((blocks[0].prefix, blocks[0].rule), (net("203.0.113.0/24"), Some(id)));
+    assert_eq!((blocks[0].prefix, blocks[0].by), (net("203.0.113.0/24"), BlockedBy::Rule(id)));
     assert!(blocks[0].remaining > Duration::from_secs(590), "{blocks:?}");
     f.advance_clock(Duration::from_secs(601)).unwrap();
     t.run("10 min later: unblocked", &udp("203.0.113.99", 80), XdpAction::Pass, "passed", None);
@@ -341,7 +373,10 @@ fn auto_block_by_a_rate_limit() {
     t.run("the /64 is blocked", &udp("2001:db8:1:2:abcd::1", 80), XdpAction::Drop, "timed_blocked", None);
     t.run("the next /64 is not", &udp("2001:db8:1:3::1", 80), XdpAction::Pass, "passed", None);
     let blocks = f.timed_blocks().list().unwrap();
-    assert_eq!(blocks.iter().map(|b| (b.prefix, b.rule)).collect::<Vec<_>>(), [(net("2001:db8:1:2::/64"), Some(v6))]);
+    assert_eq!(
+        blocks.iter().map(|b| (b.prefix, b.by)).collect::<Vec<_>>(),
+        [(net("2001:db8:1:2::/64"), BlockedBy::Rule(v6))]
+    );
     f.advance_clock(Duration::from_secs(31)).unwrap();
     t.run("30 s later: unblocked", &udp("2001:db8:1:2:abcd::1", 80), XdpAction::Pass, "passed", None);
     t.finish();
@@ -368,6 +403,37 @@ fn a_new_rule_on_a_reused_id_starts_with_no_buckets() {
     }
     t.finish();
     assert!(f.timed_blocks().list().unwrap().is_empty(), "no auto-block");
+}
+
+/// A timed block names the rule that made it, and never another rule that
+/// got its id later: a removed rule's blocks keep blocking until they
+/// expire, listed as a removed rule's.
+#[test]
+fn a_removed_rules_timed_blocks_are_not_listed_as_a_new_rules() {
+    let f = load();
+    let old = f.rules().add(rule("rate-limit 1/s burst 1 block 10m udp dport 53")).unwrap();
+    let mut t = Table::new(&f, "a removed rule's timed blocks");
+    t.pass("old rule: 1", &udp("203.0.113.8", 53), old);
+    t.limited("old rule: over, blocked", &udp("203.0.113.8", 53), old);
+    t.finish();
+    let by = |f: &Filter| f.timed_blocks().list().unwrap().into_iter().map(|b| (b.prefix, b.by)).collect::<Vec<_>>();
+    assert_eq!(by(&f), [(net("203.0.113.8/32"), BlockedBy::Rule(old))]);
+    f.rules().remove(old).unwrap();
+    assert_eq!(by(&f), [(net("203.0.113.8/32"), BlockedBy::RemovedRule)], "removed, its id free");
+    let new = f.rules().add(rule("rate-limit 1/s burst 1 block 10m udp dport 54")).unwrap();
+    assert_eq!(new, old, "the id is reused (what this test is about)");
+    assert_eq!(by(&f), [(net("203.0.113.8/32"), BlockedBy::RemovedRule)], "not the new rule's");
+    let mut t = Table::new(&f, "the new rule's own block");
+    t.run("the old block still drops", &udp("203.0.113.8", 80), XdpAction::Drop, "timed_blocked", None);
+    t.pass("new rule: 1", &udp("203.0.113.9", 54), new);
+    t.limited("new rule: over, blocked", &udp("203.0.113.9", 54), new);
+    t.finish();
+    let mut listed = by(&f);
+    listed.sort_by_key(|(net, _)| *net);
+    assert_eq!(
+        listed,
+        [(net("203.0.113.8/32"), BlockedBy::RemovedRule), (net("203.0.113.9/32"), BlockedBy::Rule(new))]
+    );
 }
 
 #[test]

@@ -241,6 +241,8 @@ fn configuration_errors_are_typed_with_a_fix() {
             ("224.0.0.1", "a multicast address"),
             ("255.255.255.255", "the broadcast address"),
             ("203.0.113.10", "the VIP's own address"),
+            ("169.254.7.7", "a link-local address"),
+            ("fe80::f027:f7ff:fedc:2d2", "a link-local address"),
         ] {
             let e = lb.add_backend(&vip, bad.parse::<IpAddr>().unwrap(), 1).unwrap_err();
             assert!(matches!(e, LbError::Unsupported { .. }) && e.to_string().contains(why), "{bad}: {e}");
@@ -261,6 +263,14 @@ fn configuration_errors_are_typed_with_a_fix() {
             let e = lb.add_vip(Vip::tcp(bad.parse().unwrap()), VipConfig::new(ForwardingMode::L2Dsr)).unwrap_err();
             assert!(matches!(e, LbError::Unsupported { .. }) && e.to_string().contains(why), "{bad}: {e}");
         }
+        // Across families: the fix named is one that exists for the VIP's.
+        let e = lb.add_backend(&vip, IpAddr::V6(backend_v6(1)), 1).unwrap_err();
+        assert!(e.to_string().contains("use an IPv4 backend, or IPIP mode"), "{e}");
+        let v6 = Vip::tcp(sa(VIP_V6, 80));
+        lb.add_vip(v6, VipConfig::new(ForwardingMode::Nat)).unwrap();
+        let e = lb.add_backend(&v6, IpAddr::V4(backend_v4(1)), 1).unwrap_err();
+        assert!(e.to_string().contains("use an IPv6 backend (no mode carries IPv6 in IPv4)"), "{e}");
+        lb.remove_vip(&v6).unwrap();
         // IPv4-mapped: one sentence, naming the IPv4 form to give instead.
         let mapped = Vip::tcp("[::ffff:203.0.113.43]:80".parse().unwrap());
         let e = lb.add_vip(mapped, VipConfig::new(ForwardingMode::L2Dsr)).unwrap_err();

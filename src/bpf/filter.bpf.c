@@ -22,6 +22,8 @@
 #include "filter_consts.h"
 #include "filter_structs.h"
 #include "filter_maps.h"
+/* A chain past XDPG_MAX_L3_OFFSET: hidden, its source judged (parsing.h). */
+#define XDPG_PARSE_LONG_CHAIN_HIDDEN
 #include "parsing.h"
 #include "hash.h"
 #include "prefix.h"

@@ -30,6 +30,8 @@
 #include <bpf/bpf_endian.h>
 #include "filter_consts.h"
 #include "filter_structs.h"
+/* A chain past XDPG_MAX_L3_OFFSET: hidden, its source judged (parsing.h). */
+#define XDPG_PARSE_LONG_CHAIN_HIDDEN
 #include "parsing.h"
 #include "prefix.h"
 #include "filter_shared_maps.h"

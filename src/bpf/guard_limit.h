@@ -156,8 +156,18 @@ __noinline int limit_over(struct walk *w, __u32 rule, __u32 monitor)
 	__u64 over_count = 1; /* the key's over-limit packets, this one included */
 	struct xdpg_limit_bucket *b = bpf_map_lookup_elem(&xdpg_l_lru, &k);
 	if (b) {
+		/* `after N` counts the over-limit packets of one episode: a
+		 * bucket back to its whole burst (the key within its limit long
+		 * enough to refill it) starts a new one, as does a block (below).
+		 * Counted for life, one slip every few seconds added up to a
+		 * block, and a block's first over-limit packet after it expired
+		 * blocked again at once. */
+		if ((!s->pkt_cost || b->tat_pkts <= now) && (!s->byte_cost || b->tat_bytes <= now))
+			b->over = 0;
 		over = bucket_over(b, s, now, bytes);
-		if (over)
+		/* A dry run counts nothing toward the block it would not make,
+		 * or ending it would leave the key one packet from a block. */
+		if (over && !monitor)
 			over_count = ++b->over;
 		goto decided;
 	}
@@ -194,7 +204,7 @@ __noinline int limit_over(struct walk *w, __u32 rule, __u32 monitor)
 	__u64 seen_bytes = seen * bytes * s->byte_cost;
 	nb.tat_bytes = now + (seen_bytes < s->byte_burst ? seen_bytes : s->byte_burst);
 	over = bucket_over(&nb, s, now, bytes);
-	nb.over = over;
+	nb.over = over && !monitor;
 	bpf_map_update_elem(&xdpg_l_lru, &k, &nb, BPF_ANY);
 	st->window_made++;
 	st->buckets_made++;
@@ -209,8 +219,11 @@ decided:
 	}
 	/* `block ... after N`: blocked by the Nth over-limit packet (the
 	 * first, for N of 0 or 1). */
-	if (s->block_ns && !monitor && over_count >= s->block_after)
+	if (s->block_ns && !monitor && over_count >= s->block_after) {
 		auto_block(lcfg, st, &k, s, now_ns);
+		if (b)
+			b->over = 0;
+	}
 	return 1;
 }
 

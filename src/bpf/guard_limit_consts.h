@@ -43,5 +43,8 @@
 #define XDPG_TB_TAG_BITS 32
 /* xdpg_tblock.rule for an entry user space added. */
 #define XDPG_TB_BY_USER 0xFFFFFFFF
+/* xdpg_tblock.rule for an entry a rule since removed made (user space
+ * relabels them before the rule's id is given to a new rule). */
+#define XDPG_TB_BY_REMOVED 0xFFFFFFFE
 
 #endif

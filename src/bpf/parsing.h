@@ -188,8 +188,19 @@ static __always_inline int xdpg_parse_ipv6(void *data, void *data_end, struct xd
 	off += sizeof(*ip6h);
 #pragma unroll
 	for (int i = 0; i < XDPG_MAX_IPV6_EXT_HDRS; i++) {
-		if (off > XDPG_MAX_L3_OFFSET)
+		/* A chain past the offsets the parse reads (a jumbo frame's,
+		 * which Linux delivers). The filter judges its source, as an
+		 * over-long chain's (taken as malformed, it passed the lists
+		 * under the default malformed policy); the LB, which passes
+		 * what it cannot balance, keeps it malformed (judged hidden,
+		 * its combined stack went past the verifier's 512 bytes). */
+		if (off > XDPG_MAX_L3_OFFSET) {
+#ifdef XDPG_PARSE_LONG_CHAIN_HIDDEN
+			break;
+#else
 			return XDPG_PARSE_MALFORMED;
+#endif
+		}
 		switch (next) {
 		case IPPROTO_HOPOPTS:
 		case IPPROTO_ROUTING:
@@ -230,9 +241,10 @@ static __always_inline int xdpg_parse_ipv6(void *data, void *data_end, struct xd
 		}
 	}
 	/* XDPG_MAX_IPV6_EXT_HDRS headers walked. Their last one may lead to the
-	 * transport header (read as such); still inside the chain, the source
-	 * address is known, the transport header is not (l4_hidden: the
-	 * guard stage drops it, parsing it no rule could). */
+	 * transport header (read as such); still inside the chain (or past
+	 * XDPG_MAX_L3_OFFSET, above), the source address is known, the
+	 * transport header is not (l4_hidden: the guard stage drops it,
+	 * parsing it no rule could). */
 	switch (next) {
 	case IPPROTO_HOPOPTS:
 	case IPPROTO_ROUTING:

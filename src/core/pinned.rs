@@ -640,9 +640,18 @@ pub(crate) fn load_error(kind: &Kind, err: libbpf_rs::Error, offload: bool) -> L
         return LoadError::MissingPrivileges { missing };
     }
     match source.kind() {
-        std::io::ErrorKind::PermissionDenied => {
-            LoadError::MissingPrivileges { missing: "CAP_BPF (or the kernel's BPF LSM policy refused it)".into() }
-        }
+        // The capabilities are held (above): EACCES is the verifier's
+        // refusal (a program past its limits, such as the 512-byte stack
+        // of a call chain, is refused so), or a BPF LSM policy's. Named
+        // as missing privileges, it sent a user who built with another
+        // clang after capabilities they had.
+        std::io::ErrorKind::PermissionDenied => LoadError::Rejected {
+            program: kind.program,
+            message: format!(
+                "{message} (with CAP_BPF held: the verifier refused it, its log printed above by libbpf names why, \
+                 or a BPF LSM policy did)"
+            ),
+        },
         _ if offload => LoadError::KernelFeature {
             feature: "BPF offload for this device",
             hint: format!("the driver cannot offload this program and its maps ({message}); use native or auto mode"),

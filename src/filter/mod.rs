@@ -51,7 +51,7 @@ pub use rules::{
     RuleEntry, RuleId, RuleLine, RuleProtocol, Rules, Sets, Source, SourceMatch, TcpFlags,
 };
 pub use stats::FilterStats;
-pub use ttl::{LimiterStats, TimedBlock, TimedBlocks, TimedChange};
+pub use ttl::{BlockedBy, LimiterStats, TimedBlock, TimedBlocks, TimedChange};
 
 use std::net::IpAddr;
 use std::os::fd::BorrowedFd;

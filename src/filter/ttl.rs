@@ -15,6 +15,7 @@ use ipnetwork::IpNetwork;
 
 use crate::error::RuleError;
 use crate::filter::guard::limits;
+use crate::filter::guard::state::StoredRule;
 use crate::filter::guard::Guard;
 use crate::filter::prefix::normalize;
 use crate::filter::rules::RuleId;
@@ -22,13 +23,48 @@ use crate::filter::Filter;
 
 /// A timed block: its prefix, the time left, and who made it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct TimedBlock {
     /// The blocked prefix.
     pub prefix: IpNetwork,
     /// Time left until it expires.
     pub remaining: Duration,
-    /// The rate-limit rule that blocked it (`None`: added by hand).
-    pub rule: Option<RuleId>,
+    /// Who made it.
+    pub by: BlockedBy,
+}
+
+/// Who made a [`TimedBlock`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BlockedBy {
+    /// Added by hand: [`TimedBlocks::extend`], `xdpguard block --ttl`.
+    Hand,
+    /// The live rate-limit rule with this id (`block DURATION`).
+    Rule(RuleId),
+    /// A rate-limit rule since removed. Its id may be another rule's now:
+    /// rule ids are reused, and a block is never shown as the work of a
+    /// rule that did not make it.
+    RemovedRule,
+}
+
+impl BlockedBy {
+    /// The rule, when a live one made the block.
+    pub fn rule(self) -> Option<RuleId> {
+        match self {
+            BlockedBy::Rule(id) => Some(id),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for BlockedBy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BlockedBy::Hand => f.write_str("hand"),
+            BlockedBy::Rule(id) => write!(f, "rule {id}"),
+            BlockedBy::RemovedRule => f.write_str("a removed rule"),
+        }
+    }
 }
 
 /// What one [`TimedBlocks::extend`] did.
@@ -139,10 +175,10 @@ impl TimedBlocks<'_> {
     /// stage slot or takes it out.
     fn edit<R>(
         &self,
-        f: impl FnOnce(&crate::filter::guard::maps::GuardMaps) -> Result<R, RuleError>,
+        f: impl FnOnce(&crate::filter::guard::maps::GuardMaps, &[StoredRule]) -> Result<R, RuleError>,
     ) -> Result<R, RuleError> {
         self.guard()?.edit(&self.filter.core.maps, |st, maps| {
-            let r = f(maps)?;
+            let r = f(maps, &st.rules)?;
             st.timed_blocks = limits::settle(maps, &st.rules)?;
             Ok(r)
         })
@@ -200,7 +236,7 @@ impl TimedBlocks<'_> {
         if let Some(entry) = nets.iter().find(|n| n.prefix() == 0).filter(|_| !self.whole_family) {
             return Err(RuleError::WholeFamily { entry: *entry });
         }
-        self.edit(|maps| limits::insert_all(maps, &nets, ttl))
+        self.edit(|maps, rules| limits::insert_all(maps, rules, &nets, ttl))
     }
 
     /// Removes the timed block of `prefix`; returns whether there was one.
@@ -210,7 +246,7 @@ impl TimedBlocks<'_> {
     /// [`RuleError::NoGuard`], [`RuleError::Bpf`], [`RuleError::Pin`].
     pub fn remove(&self, prefix: IpNetwork) -> Result<bool, RuleError> {
         let net = normalize(prefix).network;
-        self.edit(|maps| {
+        self.edit(|maps, _| {
             maps.tblk
                 .remove(&limits::tblock_key(net))
                 .map_err(|source| RuleError::Bpf { op: format!("removing the timed block {net}"), error: source })
@@ -224,12 +260,12 @@ impl TimedBlocks<'_> {
     ///
     /// [`RuleError::NoGuard`], [`RuleError::Bpf`], [`RuleError::Pin`].
     pub fn list(&self) -> Result<Vec<TimedBlock>, RuleError> {
-        self.edit(|maps| {
+        self.edit(|maps, rules| {
             let now = maps.now_ns();
             let mut out: Vec<TimedBlock> = limits::entries(maps)
                 .into_iter()
                 .filter(|(_, tb)| tb.expires_ns > now)
-                .map(|(prefix, tb)| limits::timed_block(prefix, &tb, now))
+                .map(|(prefix, tb)| limits::timed_block(prefix, &tb, now, rules))
                 .collect();
             out.sort_by_key(|b| (b.remaining, b.prefix));
             Ok(out)

@@ -289,6 +289,12 @@ pub(crate) fn check_backend(
         let as_ipv4 = BackendAddr { ip: v4.into(), port: b.port };
         return Err(LbError::Ipv4Mapped { what: format!("backend {b} of VIP {vip}"), as_ipv4: as_ipv4.to_string() });
     }
+    if super::types::link_local(b.ip) {
+        return Err(LbError::Unsupported {
+            what: what("a backend at a link-local address (an address of no link in particular: its next hop would be looked up on whichever interface the routes name)"),
+            fix: "give the backend host's global or unique-local address",
+        });
+    }
     if b.ip == vip.addr {
         return Err(LbError::Unsupported {
             what: what("a backend at the VIP's own address"),
@@ -299,7 +305,11 @@ pub(crate) fn check_backend(
         ForwardingMode::L2Dsr | ForwardingMode::Nat if vip.addr.is_ipv4() != b.ip.is_ipv4() => {
             Err(LbError::Unsupported {
                 what: what(&format!("{mode} between address families")),
-                fix: "use a backend of the VIP's family, or IPIP mode (which carries IPv4 in IPv6)",
+                fix: if vip.addr.is_ipv4() {
+                    "use an IPv4 backend, or IPIP mode (which carries IPv4 in IPv6)"
+                } else {
+                    "use an IPv6 backend (no mode carries IPv6 in IPv4)"
+                },
             })
         }
         ForwardingMode::L2Dsr | ForwardingMode::Ipip if b.port.is_some() => Err(LbError::Unsupported {

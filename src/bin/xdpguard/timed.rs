@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use xdpguard::{Filter, IpNetwork, RuleError, TimedBlock};
+use xdpguard::{BlockedBy, Filter, IpNetwork, RuleError, TimedBlock};
 
 use crate::common::Result;
 
@@ -97,14 +97,19 @@ pub(crate) fn to_json(b: &TimedBlock) -> Value {
     json!({
         "entry": b.prefix.to_string(),
         "expires_in_secs": b.remaining.as_secs_f64(),
-        "rule": b.rule.map(|r| r.get()),
+        "rule": b.by.rule().map(|r| r.get()),
+        "by": match b.by {
+            BlockedBy::Hand => "hand",
+            BlockedBy::Rule(_) => "rule",
+            _ => "removed rule",
+        },
     })
 }
 
 /// A timed block as `list` shows it.
 pub(crate) fn to_line(b: &TimedBlock) -> String {
-    match b.rule {
-        Some(r) => format!("{} (expires in {}, blocked by rule {r})", b.prefix, left(b)),
-        None => format!("{} (expires in {})", b.prefix, left(b)),
+    match b.by {
+        BlockedBy::Hand => format!("{} (expires in {})", b.prefix, left(b)),
+        by => format!("{} (expires in {}, blocked by {by})", b.prefix, left(b)),
     }
 }

@@ -21,7 +21,7 @@ use crate::filter::guard::state::StoredRule;
 use crate::filter::ratelimit::RateLimit;
 use crate::filter::rules::compile::addr_words;
 use crate::filter::rules::{RuleAction, RuleId};
-use crate::filter::ttl::{TimedBlock, TimedChange};
+use crate::filter::ttl::{BlockedBy, TimedBlock, TimedChange};
 
 pub(crate) use crate::filter::guard::layout::guard_skel::types::{
     xdpg_limit_bucket, xdpg_limit_config, xdpg_limit_counter, xdpg_limit_key, xdpg_limit_spec, xdpg_limit_stats,
@@ -130,25 +130,33 @@ pub(crate) fn prepare(maps: &GuardMaps, rules: &[StoredRule], old: &[StoredRule]
             maps.lcnt.zero(r.id).map_err(bpf(format!("zeroing the limit counter of rule {}", r.id)))?;
         }
     }
-    purge_buckets(maps, rules, old)?;
+    retire_dead_ids(maps, rules, old)?;
     settle(maps, rules)
 }
 
 /// Before a rate-limit rule goes live under an id no live rate-limit rule
-/// has: removes the limiter's exact buckets of every rule not live now
-/// (not in `old`). A bucket, and the over-limit count `block ... after N`
-/// reads in it, belongs to the rule that made it: a new rule given an id
-/// an earlier one had (ids are reused) found that rule's buckets and
-/// limited, even auto-blocked, sources within its own limit. Race-free: no
-/// live rule can make a bucket for an id that is not live. The buckets of
-/// a rule removed by this edit stay until evicted or the next such edit
-/// (its packets in flight could make them again anyway). What the per-CPU
-/// sketch counted for the old rule lasts to the end of its window and can
-/// charge a key's new bucket at most `admit` (half its burst). One walk of
-/// the LRU, bounded: under a flood a walk whose cursor is evicted starts
-/// over, and the buckets of dead rules, the least recently used, are the
-/// first a flood evicts anyway.
-fn purge_buckets(maps: &GuardMaps, rules: &[StoredRule], old: &[StoredRule]) -> Result<(), RuleError> {
+/// has: forgets what dead rules (not in `old`) left under their ids.
+///
+/// The limiter's exact buckets of every dead rule are removed. A bucket,
+/// and the over-limit count `block ... after N` reads in it, belongs to
+/// the rule that made it: a new rule given an id an earlier one had (ids
+/// are reused) found that rule's buckets and limited, even auto-blocked,
+/// sources within its own limit. The buckets of a rule removed by this
+/// edit stay until evicted or the next such edit (its packets in flight
+/// could make them again anyway). What the per-CPU sketch counted for the
+/// old rule lasts to the end of its window and can charge a key's new
+/// bucket at most `admit` (half its burst). One walk of the LRU, bounded:
+/// under a flood a walk whose cursor is evicted starts over, and the
+/// buckets of dead rules, the least recently used, are the first a flood
+/// evicts anyway.
+///
+/// The timed blocks dead rules made keep blocking until they expire, but
+/// are relabelled as a removed rule's (`XDPG_TB_BY_REMOVED`): listed under
+/// their old id, they would read as the new rule's work.
+///
+/// Race-free: no live rule can make a bucket or a block under an id that
+/// is not live.
+fn retire_dead_ids(maps: &GuardMaps, rules: &[StoredRule], old: &[StoredRule]) -> Result<(), RuleError> {
     let limiting = |set: &[StoredRule]| -> BTreeSet<u32> {
         set.iter().filter(|r| r.rule.action == RuleAction::RateLimit).map(|r| r.id).collect()
     };
@@ -160,6 +168,17 @@ fn purge_buckets(maps: &GuardMaps, rules: &[StoredRule], old: &[StoredRule]) -> 
     let stale: Vec<xdpg_limit_key> = maps.llru.keys().take(bound).filter(|k| !live.contains(&k.rule)).collect();
     for k in &stale {
         maps.llru.remove(k).map_err(bpf(format!("removing a limiter bucket of rule {}", k.rule)))?;
+    }
+    for (net, mut tb) in entries(maps) {
+        if matches!(tb.rule, XDPG_TB_BY_USER | XDPG_TB_BY_REMOVED) || live.contains(&tb.rule) {
+            continue;
+        }
+        tb.rule = XDPG_TB_BY_REMOVED;
+        match maps.tblk.insert(&tblock_key(net), &tb, MapFlags::EXIST) {
+            // Expired, and deleted by a packet meanwhile.
+            Err(e) if e.raw_os_error() == Some(nix::errno::Errno::ENOENT as i32) => {}
+            r => r.map_err(bpf(format!("relabelling the timed block {net}")))?,
+        }
     }
     Ok(())
 }
@@ -207,13 +226,16 @@ pub(crate) fn entries(maps: &GuardMaps) -> Vec<(IpNetwork, xdpg_tblock)> {
     maps.tblk.keys().filter_map(|k| Some((tblock_net(&k)?, maps.tblk.get(&k).ok()??))).collect()
 }
 
-/// A live timed block as the API shows it, at guard-clock time `now_ns`.
-pub(crate) fn timed_block(prefix: IpNetwork, tb: &xdpg_tblock, now_ns: u64) -> TimedBlock {
-    TimedBlock {
-        prefix,
-        remaining: Duration::from_nanos(tb.expires_ns.saturating_sub(now_ns)),
-        rule: (tb.rule != XDPG_TB_BY_USER).then_some(RuleId(tb.rule)),
-    }
+/// A live timed block as the API shows it, at guard-clock time `now_ns`,
+/// with `rules` live: a block whose rule is not among them (removed by an
+/// edit since, its id not yet relabelled) is a removed rule's.
+pub(crate) fn timed_block(prefix: IpNetwork, tb: &xdpg_tblock, now_ns: u64, rules: &[StoredRule]) -> TimedBlock {
+    let by = match tb.rule {
+        XDPG_TB_BY_USER => BlockedBy::Hand,
+        id if rules.iter().any(|r| r.id == id && r.rule.action == RuleAction::RateLimit) => BlockedBy::Rule(RuleId(id)),
+        _ => BlockedBy::RemovedRule,
+    };
+    TimedBlock { prefix, remaining: Duration::from_nanos(tb.expires_ns.saturating_sub(now_ns)), by }
 }
 
 /// Removes expired timed blocks; returns how many live ones are left.
@@ -234,7 +256,12 @@ pub(crate) fn reclaim(maps: &GuardMaps) -> Result<usize, RuleError> {
 /// without repeats) for `ttl`, as one edit: the table's room for the new
 /// ones is checked once, before any is written (nothing changed when they
 /// do not fit). A block with more time left than `ttl` is kept as it is.
-pub(crate) fn insert_all(maps: &GuardMaps, nets: &[IpNetwork], ttl: Duration) -> Result<TimedChange, RuleError> {
+pub(crate) fn insert_all(
+    maps: &GuardMaps,
+    rules: &[StoredRule],
+    nets: &[IpNetwork],
+    ttl: Duration,
+) -> Result<TimedChange, RuleError> {
     let capacity = maps.tblk.capacity() as usize;
     let full = || RuleError::Full { what: "the timed-block table", capacity, setter: "max_timed_blocks" };
     let live = reclaim(maps)?;
@@ -249,7 +276,7 @@ pub(crate) fn insert_all(maps: &GuardMaps, nets: &[IpNetwork], ttl: Duration) ->
         match own.filter(|tb| tb.len == u32::from(net.prefix())) {
             None => change.added += 1,
             Some(tb) if tb.expires_ns > expires_ns => {
-                change.kept_longer.push(timed_block(*net, &tb, now));
+                change.kept_longer.push(timed_block(*net, &tb, now, rules));
                 continue;
             }
             Some(_) => change.renewed += 1,
