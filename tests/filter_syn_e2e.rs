@@ -112,6 +112,7 @@ impl Bed {
     /// synproxy + the sysctl.
     fn synproxy(&self, port: u16) {
         let nft = Command::new("ip")
+            // check-deps: built-here (CARGO_BIN_EXE_xdpguard)
             .args(["netns", "exec", &self.server.name, XDPGUARD.path().to_str().unwrap()])
             .args(["syn", "nft-rules", "--port", &port.to_string(), "--mss", "1460", "--apply"])
             .output()
