@@ -147,7 +147,8 @@ impl Drop for Http {
 /// `curl http://VIP/` from the client: (backend name, client address:port).
 fn curl(client: &netns::NetNs, vip: SocketAddr) -> Result<(String, SocketAddr)> {
     let url = format!("http://{vip}/");
-    let out = client.try_exec(&["curl", "-s", "--max-time", "3", "-w", "\n%{local_ip} %{local_port}", &url]);
+    let write_out = "\n%{local_ip} %{local_port}";
+    let out = client.try_exec(&["curl", "-s", "--noproxy", "*", "--max-time", "3", "-w", write_out, &url]);
     if !out.status.success() {
         return Err(format!("curl {url} failed: {}", String::from_utf8_lossy(&out.stderr)).into());
     }

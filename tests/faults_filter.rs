@@ -31,7 +31,7 @@ use common::cli::XDPGUARD;
 use common::flood::Flood;
 use xdpguard::testing::frame::Frame;
 use xdpguard::testing::netns::{ensure_bpffs, run, NetNs, Pair};
-use xdpguard::{AttachError, AttachMode, Error, Filter, IpNetwork, ListError, PinError, XdpAction};
+use xdpguard::{AttachError, AttachMode, Error, Filter, FilterStats, IpNetwork, ListError, PinError, XdpAction};
 
 static PINS: AtomicU32 = AtomicU32::new(0);
 
@@ -156,6 +156,21 @@ fn detached(ns: &NetNs, dev: &str) -> bool {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     true
+}
+
+/// The filter's counters since `earlier` once `done` holds for them: a
+/// sender's last frames may still wait in the veth's queue for the peer's
+/// NAPI (and its XDP) when the sender returns. Polled for up to 5 s; the
+/// last reading comes back either way, for the caller's asserts to judge.
+fn settled_stats(filter: &Filter, earlier: &FilterStats, done: impl Fn(&FilterStats) -> bool) -> FilterStats {
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let stats = filter.stats().unwrap().since(earlier);
+        if done(&stats) || std::time::Instant::now() > until {
+            return stats;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }
 
 /// A UDP frame from `src` to the server of a [`Pair`].
@@ -324,8 +339,12 @@ fn concurrent_cli_edits_under_a_flood_all_land() {
         .collect();
     let results: Vec<_> = workers.into_iter().map(|w| w.join().expect("a CLI worker failed")).collect();
     let per_frame = flood.finish(true);
-    let stats = filter.stats().unwrap().since(&stats0);
     let sent: u64 = per_frame.iter().sum();
+    let blocked_always: u64 = per_frame[never.len()..never.len() + always_blocked.len()].iter().sum();
+    let never_sent: u64 = per_frame[..never.len()].iter().sum();
+    let stats = settled_stats(&filter, &stats0, |s| {
+        s.total().packets >= sent && s.blocked().packets >= blocked_always && s.passed.packets >= never_sent
+    });
     let commands: usize = results.iter().map(|r| r.2).sum();
     eprintln!("{commands} CLI edits in 3 processes at a time under {sent} frames; {stats:?}");
     assert!(commands > 80 && sent > 10_000, "too little happened: {commands} edits, {sent} frames");
@@ -334,9 +353,7 @@ fn concurrent_cli_edits_under_a_flood_all_land() {
     // touched kept their verdict throughout.
     let counted = stats.total().packets;
     assert!(counted >= sent, "{counted} counted of {sent} sent: {stats:?}");
-    let blocked_always: u64 = per_frame[never.len()..never.len() + always_blocked.len()].iter().sum();
     assert!(stats.blocked().packets >= blocked_always, "{stats:?}");
-    let never_sent: u64 = per_frame[..never.len()].iter().sum();
     assert!(stats.passed.packets >= never_sent, "{stats:?}");
 
     // The final lists are the union of what each worker did.
@@ -422,7 +439,15 @@ fn full_list_tables_under_a_flood_give_typed_errors_and_count_every_packet() {
         );
     };
     let mut refused = 0;
-    while flood.sent() < 150_000 {
+    // Until half the flood is sent, or the sender ended early (its finish
+    // below then says why): bounded in time either way.
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while flood.sent() < 150_000 && !flood.is_finished() {
+        assert!(
+            std::time::Instant::now() < until,
+            "the flood sent {} of 150000 frames in 60 s: stuck or far too slow",
+            flood.sent()
+        );
         check_full(filter.blocklist().insert(net("203.0.113.50/32")).unwrap_err(), 4, "v4_capacity", "--v4-capacity");
         check_full(filter.allowlist().insert(net("203.0.113.60/32")).unwrap_err(), 4, "v4_capacity", "--v4-capacity");
         check_full(filter.blocklist().insert(net("2001:db8:3::/48")).unwrap_err(), 2, "v6_capacity", "--v6-capacity");
@@ -439,20 +464,19 @@ fn full_list_tables_under_a_flood_give_typed_errors_and_count_every_packet() {
     let text = fails(&["allow", "--pin", pin.s(), "2001:db8:9::/48"]);
     assert_mentions(&text, &["IPv6 entry table is full (2 entries)", "--v6-capacity"]);
     let per_frame = flood.finish(false);
-    let stats = filter.stats().unwrap().since(&stats0);
+    let from_listed: u64 = per_frame[..listed_src.len()].iter().sum();
+    let from_listed_v4: u64 = per_frame[..3].iter().sum();
+    let from_clean: u64 = per_frame[listed_src.len()..].iter().sum();
+    let stats = settled_stats(&filter, &stats0, |s| {
+        s.blocked().packets >= from_listed && s.blocked_v4.packets >= from_listed_v4 && s.passed.packets >= from_clean
+    });
     eprintln!("{refused} edits refused under {} frames; {stats:?}", per_frame.iter().sum::<u64>());
 
     // Nothing corrupted: the lists are as they were, the kernel agrees, and
     // every frame was counted under the reason the lists give it.
     assert_eq!(entries(&filter), before);
-    let from_listed: u64 = per_frame[..listed_src.len()].iter().sum();
-    let from_clean: u64 = per_frame[listed_src.len()..].iter().sum();
     assert_eq!(stats.blocked().packets, from_listed, "blocked_v4 + blocked_v6 count the listed sources: {stats:?}");
-    assert_eq!(
-        stats.blocked_v4.packets,
-        per_frame[..3].iter().sum::<u64>(),
-        "IPv4 sources counted as blocked_v4: {stats:?}"
-    );
+    assert_eq!(stats.blocked_v4.packets, from_listed_v4, "IPv4 sources counted as blocked_v4: {stats:?}");
     assert!(stats.passed.packets >= from_clean, "passed counts the clean sources: {stats:?}");
     for (i, &s) in listed_src.iter().chain(&clean_src).enumerate() {
         let want = if i < listed_src.len() { XdpAction::Drop } else { XdpAction::Pass };

@@ -194,12 +194,27 @@ fn build_frame(src_mac: [u8; 6], dst_mac: [u8; 6], src: IpAddr, sport: u16, seq:
     Frame::builder().macs(src_mac, dst_mac).ip(src, dst).udp(sport, PORT).payload(&payload).build()
 }
 
+/// How far the sender may fall behind its pace before it stops catching up
+/// (a sender descheduled for a second would otherwise send the 12,000
+/// frames it missed back to back, far more than the veth's queue of 256
+/// holds): at most ~120 frames at once.
+const MAX_BEHIND: Duration = Duration::from_millis(10);
+/// Bounds on a sender that is never stopped (a test stuck, say): it ends by
+/// itself after this long or this many frames, and its finish fails.
+const SEND_TIME_CAP: Duration = Duration::from_secs(60);
+const SEND_FRAME_CAP: u64 = 1_000_000;
+
+/// What a sender sent, as (sequence number, source index), and whether it
+/// stopped at a cap.
+type Sent = (Vec<(u64, usize)>, bool);
+
 /// Sends one frame per source, round robin, paced at `RATE_PPS`, until
-/// stopped. Every frame gets the next sequence number from `seq`.
+/// stopped (or a cap is reached). Every frame gets the next sequence number
+/// from `seq`. Stopped and joined on drop, also on panic.
 struct Sender {
     seq: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
-    thread: JoinHandle<Vec<(u64, usize)>>,
+    thread: Option<JoinHandle<Sent>>,
 }
 
 impl Sender {
@@ -213,31 +228,41 @@ impl Sender {
                 let sock = PacketSocket::bind("eth0");
                 let mut sent = Vec::with_capacity(1 << 17);
                 let start = Instant::now();
-                let mut n = 0u64;
+                let period = Duration::from_secs_f64(1.0 / RATE_PPS);
+                let mut due = start;
+                let mut capped = false;
                 'outer: loop {
                     for (i, &src) in sources.iter().enumerate() {
                         if stop.load(Ordering::Relaxed) {
                             break 'outer;
                         }
-                        // Pace: never run ahead of RATE_PPS.
-                        let due = start + Duration::from_secs_f64(n as f64 / RATE_PPS);
+                        if start.elapsed() > SEND_TIME_CAP || sent.len() as u64 >= SEND_FRAME_CAP {
+                            capped = true;
+                            break 'outer;
+                        }
+                        // Pace: never run ahead of RATE_PPS, and catch up
+                        // on at most MAX_BEHIND of lost time.
                         let now = Instant::now();
                         if due > now + Duration::from_micros(500) {
                             std::thread::sleep(due - now);
+                        } else if now > due + MAX_BEHIND {
+                            due = now - MAX_BEHIND;
                         }
+                        due += period;
                         let s = seq.fetch_add(1, Ordering::SeqCst) + 1;
                         let frame = build_frame(src_mac, dst_mac, src, 20000 + i as u16, s);
-                        match sock.send(&frame) {
-                            Ok(()) => sent.push((s, i)),
-                            Err(e) => panic!("send from {src}: {e}"),
+                        // ENOBUFS (the queue full: not sent) is retried,
+                        // with the same sequence number, so order is kept.
+                        if !sock.send_retrying(&frame, &stop) {
+                            break 'outer;
                         }
-                        n += 1;
+                        sent.push((s, i));
                     }
                 }
-                sent
+                (sent, capped)
             })
         };
-        Sender { seq, stop, thread }
+        Sender { seq, stop, thread: Some(thread) }
     }
 
     /// The last sequence number handed out so far.
@@ -245,9 +270,26 @@ impl Sender {
         self.seq.load(Ordering::SeqCst)
     }
 
-    fn finish(self) -> Vec<(u64, usize)> {
+    /// Stops it; every frame sent, as (sequence number, source index).
+    fn finish(mut self) -> Vec<(u64, usize)> {
         self.stop.store(true, Ordering::Relaxed);
-        self.thread.join().expect("sender")
+        let (sent, capped) = self.thread.take().unwrap().join().expect("sender");
+        assert!(
+            !capped,
+            "the sender stopped by itself after {} frames (caps: {SEND_FRAME_CAP} frames, {SEND_TIME_CAP:?}): \
+             the test ran far longer than it should",
+            sent.len()
+        );
+        sent
+    }
+}
+
+impl Drop for Sender {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
 

@@ -104,7 +104,9 @@ fn udp_flows_expire_after_the_idle_timeout() {
         let vip = Vip::udp(sa(VIP_V6, 53));
         let all = backends_v6(4);
         vip_with(&lb, vip, VipConfig::new(ForwardingMode::L2Dsr).table_size(16381), &all[..2]);
-        lb.set_udp_timeout(std::time::Duration::from_millis(300));
+        // Within the timeout: 30 s, far longer than the 40 flows' two rounds
+        // take on a loaded machine (the first flow waits for all the others).
+        lb.set_udp_timeout(std::time::Duration::from_secs(30));
         let flows: Vec<SocketAddr> = (0..40).map(client6).collect();
         let dgram = |src: SocketAddr| frame(n.eth0_mac, src, addr_port(&vip), Protocol::Udp, false, PAYLOAD);
         let first: Vec<usize> = flows.iter().map(|&s| backend_of(&mut t, &n, format!("from {s}"), &dgram(s))).collect();
@@ -112,6 +114,9 @@ fn udp_flows_expire_after_the_idle_timeout() {
         for (&s, &b) in flows.iter().zip(&first) {
             t.run(to_backend(&n, format!("within the timeout the flow from {s} sticks"), &dgram(s), b));
         }
+        // Past it: the timeout is read at each packet, so a shorter one
+        // applies to the flows already tracked.
+        lb.set_udp_timeout(std::time::Duration::from_millis(300));
         std::thread::sleep(std::time::Duration::from_millis(600));
         let mut moved = 0;
         for (&s, &b) in flows.iter().zip(&first) {

@@ -268,6 +268,9 @@ fn non_vip_traffic_and_unroutable_backends_pass_untouched() {
 
 #[test]
 fn next_hops_are_cached_briefly_and_refreshed() {
+    // Long enough that the packet after the first, with an `ip neigh`
+    // between them, is within it on a loaded machine.
+    const CACHE: std::time::Duration = std::time::Duration::from_secs(3);
     ensure_bpffs();
     let vn = VerdictNet::new("vnh", 1);
     let (eth0, eth1_mac, mac) = (vn.eth0, vn.eth1_mac, vn.eth0_mac);
@@ -277,10 +280,10 @@ fn next_hops_are_cached_briefly_and_refreshed() {
             .redirect_interface("eth0")
             .redirect_interface("eth1")
             .connections(1024)
-            .next_hop_cache(std::time::Duration::from_millis(200))
+            .next_hop_cache(CACHE)
             .load()
             .unwrap();
-        assert_eq!(lb.next_hop_cache(), std::time::Duration::from_millis(200));
+        assert_eq!(lb.next_hop_cache(), CACHE);
         let mut t = FixtureTable::new(&lb, "next-hop cache");
         let vip = Vip::udp(sa(VIP_V4, 53));
         vip_with(&lb, vip, VipConfig::new(ForwardingMode::L2Dsr), &backends_v4(1));
@@ -310,10 +313,15 @@ fn next_hops_are_cached_briefly_and_refreshed() {
         };
         // Pin to one CPU: the cache is per CPU.
         pin_to_cpu0();
+        let first = std::time::Instant::now();
         to("the first packet", backend_mac(1));
         set_neigh("02:00:00:00:0b:aa");
         to("within the cache time the old next hop is used", backend_mac(1));
-        std::thread::sleep(std::time::Duration::from_millis(400));
+        // Once the first packet's entry has lived out its CACHE (entries keep
+        // the time they were made with: the hop cached next lives 200 ms).
+        lb.set_next_hop_cache(std::time::Duration::from_millis(200));
+        let expired = first + CACHE + std::time::Duration::from_millis(400);
+        std::thread::sleep(expired.saturating_duration_since(std::time::Instant::now()));
         to("then the FIB is asked again", [2, 0, 0, 0, 0x0b, 0xaa]);
         // Without a cache (once the entry made before has lived out its time).
         lb.set_next_hop_cache(std::time::Duration::ZERO);

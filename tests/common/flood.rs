@@ -11,8 +11,15 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use xdpguard::testing::netns::NetNs;
+
+/// How long a frame may be refused with ENOBUFS (the interface's queue
+/// full) before a sender gives up: the peer's NAPI drains a veth's queue in
+/// well under a millisecond even on a loaded machine, so this only ends a
+/// send that can never succeed.
+pub const ENOBUFS_LIMIT: Duration = Duration::from_secs(10);
 
 /// A raw AF_PACKET socket bound to one interface (send only: protocol 0
 /// receives nothing).
@@ -54,6 +61,31 @@ impl PacketSocket {
             Err(std::io::Error::last_os_error())
         }
     }
+
+    /// Sends one whole frame; on ENOBUFS (the interface's queue was full and
+    /// the frame not sent: a busy CI machine, the peer's NAPI not yet run)
+    /// lets the queue drain and sends it again. False if `stop` was set
+    /// meanwhile (the frame not sent). Panics on any other error, or when the
+    /// queue stays full for [`ENOBUFS_LIMIT`].
+    pub fn send_retrying(&self, frame: &[u8], stop: &AtomicBool) -> bool {
+        let mut refused_since = None;
+        loop {
+            let e = match self.send(frame) {
+                Ok(()) => return true,
+                Err(e) => e,
+            };
+            assert_eq!(e.raw_os_error(), Some(nix::libc::ENOBUFS), "send: {e}");
+            if stop.load(Ordering::Relaxed) {
+                return false;
+            }
+            let since = *refused_since.get_or_insert_with(Instant::now);
+            assert!(
+                since.elapsed() < ENOBUFS_LIMIT,
+                "send: ENOBUFS for {ENOBUFS_LIMIT:?}: the interface's queue never drained"
+            );
+            std::thread::sleep(Duration::from_micros(100));
+        }
+    }
 }
 
 /// A running flood.
@@ -83,17 +115,8 @@ impl Flood {
                         if n >= budget || stop.load(Ordering::Relaxed) {
                             break 'outer;
                         }
-                        // ENOBUFS: the interface's queue was full and the
-                        // frame not sent (a busy CI machine, the peer's NAPI
-                        // not yet run): let it drain, send the frame again.
-                        while let Err(e) = sock.send(f) {
-                            if e.raw_os_error() != Some(nix::libc::ENOBUFS) {
-                                panic!("flood send: {e}");
-                            }
-                            if stop.load(Ordering::Relaxed) {
-                                break 'outer;
-                            }
-                            std::thread::sleep(std::time::Duration::from_micros(100));
+                        if !sock.send_retrying(f, &stop) {
+                            break 'outer;
                         }
                         per_frame[i] += 1;
                         n += 1;
@@ -112,6 +135,12 @@ impl Flood {
     /// Frames sent so far.
     pub fn sent(&self) -> u64 {
         self.sent.load(Ordering::Relaxed)
+    }
+
+    /// Whether the sender has ended: its budget spent, stopped, or panicked
+    /// (`finish` then says why).
+    pub fn is_finished(&self) -> bool {
+        self.thread.is_finished()
     }
 
     /// Stops (or waits for the budget to be spent, if `stop` is false) and
