@@ -251,9 +251,8 @@ fn the_cli_manages_a_pinned_filter_that_outlives_every_command() {
 /// reopen must repair it: entries loaded before the edit are all still
 /// there, and the kernel's verdict for every probed source (entries of the
 /// list and random sources, through BPF_PROG_TEST_RUN) agrees with the
-/// entries the reopened handle reports. A bulk edit cut short may be
-/// partly applied (the entries are written after the tables switch), never
-/// inconsistent.
+/// entries the reopened handle reports. A bulk edit cut short while its
+/// entry store is written may be partly applied, never inconsistent.
 #[test]
 fn a_cli_killed_mid_edit_leaves_a_filter_that_reopens_consistent() {
     use libbpf_rs::MapCore;
@@ -357,6 +356,67 @@ fn a_cli_killed_mid_edit_leaves_a_filter_that_reopens_consistent() {
     }
     eprintln!("{cut_short} of {trials} kills landed while the edit ran; {left_dirty} left it half done");
     assert!(left_dirty >= 1, "no kill left an edit half done, so the repair never ran");
+    cli.ok(&["detach", "--pin", p]);
+}
+
+/// A whole-list replace killed after its entry store was written (its
+/// tables staged, or switched in) is completed by the next open: the list
+/// is the new one, as the traffic already saw it once switched. The store
+/// was written after the switch: such a kill left the old store, and the
+/// repair rolled back a list already live (or, killed while the store was
+/// written, made a mix of the two the live list).
+#[test]
+fn a_replace_killed_after_its_store_was_written_completes_on_reopen() {
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::Command;
+    use xdpguard::testing::crash::CRASH_AT;
+    use xdpguard::testing::frame::udp_from;
+
+    let pair = Pair::new("clicrash");
+    let cli = XDPGUARD;
+    let pin = ScratchDir::bpffs("clicrash");
+    let p = pin.arg();
+    cli.ok(&["attach", "--iface", "eth0", "--pin", p, "--netns", &pair.server.name]);
+    let files = ScratchDir::new("/tmp", "clicrash");
+    std::fs::create_dir_all(files.path()).unwrap();
+    for (i, point) in ["lists.staged", "lists.switched"].into_iter().enumerate() {
+        let old: Vec<String> = (0..200u32)
+            .map(|k| format!("198.51.100.{}/32", k))
+            .chain((0..100u32).map(|k| format!("2001:db8:{i}:{k:x}::/64")))
+            .collect();
+        let new: Vec<String> = (0..200u32)
+            .map(|k| format!("203.0.113.{}/32", k))
+            .chain((0..100u32).map(|k| format!("2001:db8:1{i}:{k:x}::/64")))
+            .collect();
+        let write = |name: &str, list: &[String]| {
+            let path = files.path().join(name);
+            std::fs::write(&path, list.join("\n")).unwrap();
+            path
+        };
+        let (old_file, new_file) = (write("old.txt", &old), write("new.txt", &new));
+        cli.ok(&["block", "--replace", "--file", old_file.to_str().unwrap(), "--pin", p]);
+        // check-deps: built-here (a binary of this crate: CARGO_BIN_EXE_xdpguard)
+        let out = Command::new(cli.path())
+            .args(["block", "--replace", "--file", new_file.to_str().unwrap(), "--pin", p])
+            .env(CRASH_AT, point)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.signal(), Some(nix::libc::SIGABRT), "{point}: the CLI died there: {out:?}");
+
+        let f = Filter::open_pinned(pin.path()).expect("reopen repairs");
+        let listed: BTreeSet<String> = f.blocklist().iter().unwrap().map(|n| n.to_string()).collect();
+        let want: BTreeSet<String> = new.iter().map(|e| e.parse::<IpNetwork>().unwrap().to_string()).collect();
+        assert_eq!(listed, want, "{point}: the new list, whole");
+        for (entry, action) in [
+            (&new[7], XdpAction::Drop),
+            (&new[250], XdpAction::Drop),
+            (&old[7], XdpAction::Pass),
+            (&old[250], XdpAction::Pass),
+        ] {
+            let addr = entry.parse::<IpNetwork>().unwrap().ip();
+            assert_eq!(f.test_run(&udp_from(addr)).unwrap().action, action, "{point}: {entry}");
+        }
+    }
     cli.ok(&["detach", "--pin", p]);
 }
 

@@ -183,14 +183,19 @@ fn reopening_repairs_an_lb_whose_editor_died() {
         for k in 0..1021u32 {
             stale.update(&k.to_ne_bytes(), &one_backend, MapFlags::ANY).unwrap();
         }
-        outer.update(&slot, &(stale.as_fd().as_raw_fd() as u32).to_ne_bytes(), MapFlags::ANY).unwrap();
+        let make_stale =
+            || outer.update(&slot, &(stale.as_fd().as_raw_fd() as u32).to_ne_bytes(), MapFlags::ANY).unwrap();
+        make_stale();
         let unmarked = LoadBalancer::open_pinned(&d).unwrap();
         assert!(!agree(&unmarked), "the stale table is live (and nothing repairs it without the mark)");
         drop(unmarked);
         let cfg = MapHandle::from_pinned_path(d.join("xdpg_lb_cfg")).unwrap();
-        let mut value = cfg.lookup(&0u32.to_ne_bytes(), MapFlags::ANY).unwrap().unwrap();
-        value[DIRTY_OFFSET..DIRTY_OFFSET + 4].copy_from_slice(&1u32.to_ne_bytes());
-        cfg.update(&0u32.to_ne_bytes(), &value, MapFlags::ANY).unwrap();
+        let mark = || {
+            let mut value = cfg.lookup(&0u32.to_ne_bytes(), MapFlags::ANY).unwrap().unwrap();
+            value[DIRTY_OFFSET..DIRTY_OFFSET + 4].copy_from_slice(&1u32.to_ne_bytes());
+            cfg.update(&0u32.to_ne_bytes(), &value, MapFlags::ANY).unwrap();
+        };
+        mark();
 
         let input = frame(mac, client(7), addr_port(&vip), Protocol::Tcp, true, PAYLOAD);
         let repaired = LoadBalancer::open_pinned(&d).expect("reopen repairs");
@@ -199,6 +204,19 @@ fn reopening_repairs_an_lb_whose_editor_died() {
         assert_eq!(repaired.backends(&vip).unwrap().len(), 3);
         assert!(agree(&repaired), "tables republished from the backends");
         assert_eq!(repaired.test_run_on(&input, eth0).unwrap().action, XdpAction::Redirect);
+
+        // The same crash under a handle open all along (the health agent):
+        // its next read repairs it, where its next edit used to clear the
+        // mark and leave the stale table live.
+        make_stale();
+        mark();
+        let live_table = || outer.lookup(&slot, MapFlags::ANY).unwrap().unwrap();
+        let stale_id = live_table();
+        assert_eq!(repaired.backends(&vip).unwrap().len(), 3);
+        assert_ne!(live_table(), stale_id, "the read republished the VIP's table");
+        let value = cfg.lookup(&0u32.to_ne_bytes(), MapFlags::ANY).unwrap().unwrap();
+        assert_eq!(value[DIRTY_OFFSET..DIRTY_OFFSET + 4], [0; 4], "the mark is cleared by the read");
+        assert!(agree(&repaired), "the long-lived handle republished the tables");
         repaired.unpin().unwrap();
     });
 }

@@ -487,9 +487,25 @@ impl<P: ProgramKind> Pinned<P> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Reloads the model if another handle or process has edited.
-    fn sync(&self, st: &mut Synced<P::Model>) -> Result<(), P::Error> {
-        let generation = self.maps.header().generation.load(Ordering::Acquire);
+    /// Reloads the model if another handle or process has edited; with the
+    /// pin directory's lock held (`locked`), first repairs an edit that died.
+    fn sync(&self, st: &mut Synced<P::Model>, locked: bool) -> Result<(), P::Error> {
+        let header = self.maps.header();
+        if locked && header.dirty.load(Ordering::Acquire) != 0 {
+            // Under the lock no edit runs, so the mark is one that died (or
+            // whose repair failed): repaired here, as a reopen does. Else a
+            // long-lived handle (the health agent, the exporter) cleared it
+            // at its own next edit with the dead one's half still in the
+            // maps: a VIP's table half-published, black-holing it for good.
+            let mut model = P::load_model(&self.maps)?;
+            P::repair(&self.maps, &mut model)?;
+            let generation = header.generation.fetch_add(1, Ordering::AcqRel) + 1;
+            header.dirty.store(0, Ordering::Release);
+            st.model = model;
+            st.generation = Some(generation);
+            return Ok(());
+        }
+        let generation = header.generation.load(Ordering::Acquire);
         if st.generation != Some(generation) {
             st.model = P::load_model(&self.maps)?;
             st.generation = Some(generation);
@@ -500,9 +516,9 @@ impl<P: ProgramKind> Pinned<P> {
     /// Runs `f` on the model, up to date, under the pin directory's lock.
     /// `f` may refresh caches in the model, but changes no configuration.
     pub(crate) fn read<R>(&self, f: impl FnOnce(&mut P::Model, &P::Maps) -> R) -> Result<R, P::Error> {
-        let _flock = self.lock()?;
+        let flock = self.lock()?;
         let mut st = self.state();
-        self.sync(&mut st)?;
+        self.sync(&mut st, flock.is_some())?;
         Ok(f(&mut st.model, &self.maps))
     }
 
@@ -512,9 +528,9 @@ impl<P: ProgramKind> Pinned<P> {
         &self,
         f: impl FnOnce(&mut P::Model, &P::Maps) -> Result<R, P::Error>,
     ) -> Result<R, P::Error> {
-        let _flock = self.lock()?;
+        let flock = self.lock()?;
         let mut st = self.state();
-        self.sync(&mut st)?;
+        self.sync(&mut st, flock.is_some())?;
         let header = self.maps.header();
         header.dirty.store(1, Ordering::Release);
         let result = f(&mut st.model, &self.maps);

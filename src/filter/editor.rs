@@ -278,12 +278,36 @@ impl<'a> Editor<'a> {
     /// Applies many changes as one atomic step: the new tables of both
     /// families are staged beside the live ones and switched in with one
     /// store. All of it or, on error, none of it.
+    ///
+    /// The entry store (what a reopen rebuilds the tables from after an
+    /// edit died) is written first, before the tables are staged: a
+    /// process killed while the tables are built or switched (seconds, for
+    /// a million entries) leaves a complete new store, and the repair
+    /// rolls the edit forward. Written after the switch, a kill in those
+    /// seconds left a store half old and half new, and the repair made
+    /// that mix the live list, or rolled back a list already live. The
+    /// store's own writes (memory writes into a mapped array, about 150 ms
+    /// for a million) are the one window left where a kill leaves a mix.
     pub(crate) fn apply_atomic(&mut self, ops: &[Op]) -> Result<usize, ListError> {
         let mut done: Vec<Op> = Vec::new();
         for &op in ops {
             if self.apply_to_model(op) {
                 done.push(op);
             }
+        }
+        let cap = self.maps.capacity();
+        let full = if self.st.v4.len() > cap.v4_rules {
+            Some(self.v4_full())
+        } else if self.st.v6.len() > cap.v6_rules {
+            Some(self.v6_full())
+        } else {
+            None
+        };
+        if let Some(e) = full {
+            for op in done.iter().rev() {
+                self.undo(*op);
+            }
+            return Err(e);
         }
         let v4_changed = done.iter().any(|o| o.net.is_ipv4());
         let mut v6_keys = Vec::new();
@@ -295,35 +319,35 @@ impl<'a> Editor<'a> {
         v6_keys.sort_unstable();
         v6_keys.dedup();
         let live_v6 = self.maps.current_v6_view().table;
-        let cap = self.maps.capacity();
-        let staged = if self.st.v4.len() > cap.v4_rules {
-            Err(self.v4_full())
-        } else if self.st.v6.len() > cap.v6_rules {
-            Err(self.v6_full())
-        } else {
-            (|| {
-                let v4_pair = if v4_changed { Some(self.stage_v4().map_err(|_| self.v4_hosts_full())?) } else { None };
-                let v6_view = if v6_keys.is_empty() {
-                    None
-                } else {
-                    self.v6_level(1 - live_v6, &v6_keys)?;
-                    Some(self.maps.stage_v6_view(self.v6_view(1 - live_v6)))
-                };
-                Ok((v4_pair, v6_view))
-            })()
-        };
+        self.store_all(&done);
+        let staged = (|| {
+            let v4_pair = if v4_changed { Some(self.stage_v4().map_err(|_| self.v4_hosts_full())?) } else { None };
+            let v6_view = if v6_keys.is_empty() {
+                None
+            } else {
+                self.v6_level(1 - live_v6, &v6_keys)?;
+                Some(self.maps.stage_v6_view(self.v6_view(1 - live_v6)))
+            };
+            Ok((v4_pair, v6_view))
+        })();
         let (v4_pair, v6_view) = match staged {
             Ok(s) => s,
             Err(e) => {
-                // Nothing was switched: put the model and the idle v6 table back.
+                // Nothing was switched: put the model, the store and the
+                // idle v6 table back.
                 for op in done.iter().rev() {
                     self.undo(*op);
                 }
+                self.store_all(&done);
                 let _ = self.v6_level(1 - live_v6, &v6_keys);
                 return Err(e);
             }
         };
+        #[cfg(feature = "testing")]
+        crate::testing::crash::point("lists.staged");
         self.maps.switch_tables(v4_pair, v6_view);
+        #[cfg(feature = "testing")]
+        crate::testing::crash::point("lists.switched");
         // The old live v6 table is now the spare: bring it level.
         if v6_view.is_some() {
             let _ = self.v6_level(live_v6, &v6_keys);
@@ -331,13 +355,17 @@ impl<'a> Editor<'a> {
                 self.bloom_refresh();
             }
         }
-        for op in &done {
+        Ok(done.len())
+    }
+
+    /// Writes the model's lists of every entry `ops` touch to the store.
+    fn store_all(&mut self, ops: &[Op]) {
+        for op in ops {
             match op.net {
                 IpNetwork::V4(n) => self.store_v4(u32::from(n.network()), n.prefix()),
                 IpNetwork::V6(n) => self.store_v6(u128::from(n.network()), n.prefix()),
             }
         }
-        Ok(done.len())
     }
 
     fn apply_to_model(&mut self, op: Op) -> bool {

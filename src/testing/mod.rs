@@ -17,6 +17,7 @@
 //!   (lists, named sets, rules, monitor mode), for differential tests.
 //! - [`gate`]: whether the filter skips its guard stage for a key.
 //! - [`upgrade`]: rehearsing upgrades (layout stamps, the programs links run).
+//! - [`crash`]: points where a process aborts on request, for repair tests.
 //! - [`live`]: `BPF_PROG_TEST_RUN` on any XDP program (repetitions, live
 //!   frames) and native attach by fd, for benchmarks and generators.
 //!
@@ -50,6 +51,7 @@
 //! ```
 
 mod builder;
+pub mod crash;
 pub mod diff;
 pub mod fixture;
 pub mod frame;
