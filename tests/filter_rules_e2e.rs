@@ -211,10 +211,14 @@ fn the_cli_runs_the_amplification_recipe_on_real_traffic() {
     // Dropping IPv6 neighbour discovery from anywhere would stop IPv6.
     // Also to destinations that take it (link-local multicast, or all but
     // a unicast range); a destination clear of ff02::/16 is accepted.
+    // So is Packet Too Big (path-MTU discovery), and router discovery.
     for words in [
         &["drop", "icmpv6"][..],
         &["drop", "icmpv6", "to", "ff02::/16"],
         &["drop", "icmpv6", "not", "to", "2001:db8::/32"],
+        &["drop", "icmpv6", "type", "2"],
+        &["drop", "icmpv6", "type", "0-132,138-255"],
+        &["drop", "icmpv6", "type", "134"],
     ] {
         let out = cli.run(&[&["rule", "add", "--pin", p][..], words].concat());
         let err = String::from_utf8_lossy(&out.stderr);
@@ -224,6 +228,8 @@ fn the_cli_runs_the_amplification_recipe_on_real_traffic() {
         );
     }
     cli.ok(&["rule", "add", "--pin", p, "drop", "icmpv6", "to", "2001:db8:dead::/48"]);
+    // What the refusal suggests is accepted.
+    cli.ok(&["rule", "add", "--pin", p, "drop", "icmpv6", "type", "128"]);
     // Some ports, or one port from all but one source: accepted.
     cli.ok(&["rule", "add", "--pin", p, "drop", "tcp", "dport", "8000-9000"]);
     cli.ok(&["rule", "add", "--pin", p, "drop", "tcp", "dport", "23", "not", "from", "192.0.2.1"]);

@@ -993,3 +993,65 @@ fn counters_reset() {
     assert_eq!(f.stats().unwrap(), FilterStats::default());
     m.expect(&udp_from(v4("198.51.100.1")), Reason::BlockedV4, "blocked after reset");
 }
+
+/// Neighbour discovery on this link (ICMPv6 133-137, hop limit 255) is not
+/// judged by the lists: a default-deny IPv6 filter (`::/0` blocked, a hole
+/// allowlisted) keeps resolving its router and neighbours. Other ICMPv6,
+/// and ND that came through a router (hop limit below 255), is judged.
+#[test]
+fn neighbour_discovery_passes_a_blocked_whole_family() {
+    use xdpguard::testing::etherparse::Icmpv6Type;
+    let f = load();
+    f.blocklist().permit_whole_family().insert(net("::/0")).unwrap();
+    allow(&f, "2001:db8:1::/64");
+    let icmp6 = |src: &str, kind: u8, hop_limit: u8| {
+        Frame::builder()
+            .ipv6(src.parse().unwrap(), "ff02::1:ff00:2".parse().unwrap())
+            .hop_limit(hop_limit)
+            .icmpv6(Icmpv6Type::Unknown { type_u8: kind, code_u8: 0, bytes5to8: [0; 4] })
+            .payload(&[0; 20])
+            .build()
+    };
+    let mut t = FixtureTable::new(&f, "neighbour discovery under a blocked ::/0");
+    for (what, kind) in [
+        ("router solicitation", 133),
+        ("router advertisement", 134),
+        ("neighbour solicitation", 135),
+        ("neighbour advertisement", 136),
+        ("redirect", 137),
+    ] {
+        t.run(Fixture::new(what, icmp6("fe80::1", kind, 255)).action(XdpAction::Pass).unchanged().counts(&["passed"]));
+    }
+    t.run(Fixture::new("DAD from ::", icmp6("::", 135, 255)).action(XdpAction::Pass).unchanged().counts(&["passed"]));
+    t.run(
+        Fixture::new("ND through a router: hop limit 254", icmp6("fe80::1", 135, 254))
+            .action(XdpAction::Drop)
+            .unchanged()
+            .counts(&["blocked_v6"]),
+    );
+    t.run(
+        Fixture::new("echo request, hop limit 255", icmp6("fe80::1", 128, 255))
+            .action(XdpAction::Drop)
+            .unchanged()
+            .counts(&["blocked_v6"]),
+    );
+    t.run(
+        Fixture::new("type 138, hop limit 255", icmp6("fe80::1", 138, 255))
+            .action(XdpAction::Drop)
+            .unchanged()
+            .counts(&["blocked_v6"]),
+    );
+    t.run(
+        Fixture::new("UDP from the hole", v6b("2001:db8:1::5").build())
+            .action(XdpAction::Pass)
+            .unchanged()
+            .counts(&["allowlisted"]),
+    );
+    t.run(
+        Fixture::new("UDP from elsewhere", v6b("2001:db8:2::5").build())
+            .action(XdpAction::Drop)
+            .unchanged()
+            .counts(&["blocked_v6"]),
+    );
+    t.finish();
+}

@@ -1193,9 +1193,13 @@ fn refuse_drop_all(rules: &[Rule], force: bool) -> Result<()> {
         },
     };
     let cuts_nd = |r: &&Rule| r.action == xdpguard::RuleAction::Drop && !r.monitor && from_anywhere(r) && to_nd(r);
+    // Neighbour and router discovery (133-137) and Packet Too Big (2: IPv6
+    // routers never fragment, so path-MTU discovery is the only way a
+    // large transfer gets through).
+    let needed = [2u16, 133, 134, 135, 136, 137];
     let nd = rules.iter().filter(cuts_nd).find(|r| {
         r.protocol == Some(RuleProtocol::Icmpv6)
-            && r.icmp_types.as_ref().is_none_or(|t| t.contains(135) || t.contains(136))
+            && r.icmp_types.as_ref().is_none_or(|t| needed.iter().any(|&n| t.contains(n)))
     });
     let allow_first = "To let only some sources in, allowlist them first (`xdpguard allow ADDR`: the allowlist is \
                        checked before the rules) or put a `pass ... from ADDR` rule before it, then add it with --force";
@@ -1214,9 +1218,10 @@ fn refuse_drop_all(rules: &[Rule], force: bool) -> Result<()> {
             .into())
         }
         (None, Some(r)) => Err(format!(
-            "refusing rule `{r}`: it drops IPv6 neighbour discovery (ICMPv6 types 135 and 136) from any source, \
-             and IPv6 on this host's links stops with it. Nothing was changed. Leave those types out (`type \
-             0-132,138-255`), or add --force"
+            "refusing rule `{r}`: it drops IPv6 neighbour discovery or Packet Too Big (ICMPv6 types 133-137 and \
+             2) from any source: IPv6 on this host's links stops, or large transfers stall (routers never \
+             fragment IPv6). Nothing was changed. Drop what floods, such as echo requests (`drop icmpv6 type \
+             128`), or add --force"
         )
         .into()),
         (None, None) => Ok(()),

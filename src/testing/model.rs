@@ -153,6 +153,9 @@ pub struct IpPacket {
     /// TCP first fragment whose header the IP packet cuts short (RFC 1858's
     /// tiny fragment).
     pub l4_hidden: bool,
+    /// Neighbour discovery on this link (ICMPv6 133-137, hop limit 255):
+    /// not judged by the lists.
+    pub on_link_nd: bool,
 }
 
 /// How the filter reads a frame.
@@ -230,7 +233,7 @@ fn ipv4(frame: &[u8], l3: usize) -> Parsed {
     let l4 = (!later_fragment).then_some(l3 + hdr_len);
     let transport = transport(frame, protocol, l4, l3 + total);
     let l4_hidden = tiny_fragment(first_fragment, protocol, l3 + hdr_len, l3 + total);
-    Parsed::Ip(IpPacket { src, dst, protocol, transport, l4_hidden })
+    Parsed::Ip(IpPacket { src, dst, protocol, transport, l4_hidden, on_link_nd: false })
 }
 
 /// RFC 1858's tiny fragment: a first fragment whose TCP header (20 bytes)
@@ -258,6 +261,7 @@ fn ipv6(frame: &[u8], l3: usize) -> Parsed {
     let octets = |at: usize| -> [u8; 16] { h[at..at + 16].try_into().expect("16 bytes") };
     let src = IpAddr::V6(Ipv6Addr::from(octets(8)));
     let dst = IpAddr::V6(Ipv6Addr::from(octets(24)));
+    let hop_limit = h[7];
     let mut off = l3 + 40;
     let (mut fragment, mut later_fragment) = (false, false);
     for _ in 0..MAX_EXT_HEADERS {
@@ -291,7 +295,8 @@ fn ipv6(frame: &[u8], l3: usize) -> Parsed {
                 let l4 = (!later_fragment).then_some(off);
                 let transport = transport(frame, protocol, l4, end);
                 let l4_hidden = tiny_fragment(fragment && !later_fragment, protocol, off, end);
-                return Parsed::Ip(IpPacket { src, dst, protocol, transport, l4_hidden });
+                let on_link_nd = on_link_nd(protocol, transport, hop_limit);
+                return Parsed::Ip(IpPacket { src, dst, protocol, transport, l4_hidden, on_link_nd });
             }
         }
     }
@@ -301,9 +306,15 @@ fn ipv6(frame: &[u8], l3: usize) -> Parsed {
         let l4 = (!later_fragment).then_some(off);
         let transport = transport(frame, next, l4, end);
         let l4_hidden = tiny_fragment(fragment && !later_fragment, next, off, end);
-        return Parsed::Ip(IpPacket { src, dst, protocol: next, transport, l4_hidden });
+        let on_link_nd = on_link_nd(next, transport, hop_limit);
+        return Parsed::Ip(IpPacket { src, dst, protocol: next, transport, l4_hidden, on_link_nd });
     }
-    Parsed::Ip(IpPacket { src, dst, protocol: next, transport: None, l4_hidden: true })
+    Parsed::Ip(IpPacket { src, dst, protocol: next, transport: None, l4_hidden: true, on_link_nd: false })
+}
+
+/// Neighbour discovery on this link: ICMPv6 133-137 with hop limit 255.
+fn on_link_nd(protocol: u8, transport: Option<Transport>, hop_limit: u8) -> bool {
+    protocol == 58 && hop_limit == 255 && transport.is_some_and(|t| (133..=137).contains(&t.icmp_type))
 }
 
 /// The transport fields of a header at `l4` in an IP packet ending at `end`.
@@ -383,10 +394,10 @@ impl FilterModel {
             Parsed::Hidden => return done(XdpAction::Pass, "malformed"),
             Parsed::Ip(p) => p,
         };
-        if self.allowlist.iter().any(|n| covers(n, p.src)) {
+        if !p.on_link_nd && self.allowlist.iter().any(|n| covers(n, p.src)) {
             return done(XdpAction::Pass, "allowlisted");
         }
-        if self.blocklist.iter().any(|n| covers(n, p.src)) {
+        if !p.on_link_nd && self.blocklist.iter().any(|n| covers(n, p.src)) {
             return match (self.monitor, p.src.is_ipv4()) {
                 (true, _) => done(XdpAction::Pass, "would_drop_blocked"),
                 (false, true) => done(XdpAction::Drop, "blocked_v4"),
