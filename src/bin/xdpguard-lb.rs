@@ -1195,6 +1195,7 @@ fn status(pin: &Pin, json: bool, expect: Option<Digest>) -> Result<xdpguard::Hea
                     "program_id": c.program_id,
                     "pin": c.pin.as_ref().map(|p| p.display().to_string()),
                     "ifindexes": c.ifindexes,
+                    "lost_attachments": c.lost.iter().map(common::attachment_json).collect::<Vec<_>>(),
                 })).collect::<Vec<_>>(),
                 "redirect_ifindexes": lb.redirect_interfaces(),
                 "netns": lb.netns_name(),
@@ -1224,6 +1225,7 @@ fn status(pin: &Pin, json: bool, expect: Option<Digest>) -> Result<xdpguard::Hea
         common::print_lost(&lost, 13, "xdpguard-lb", &pin.pin);
         for c in &chains {
             println!("behind:      {}", common::chained_text(c, netns.as_deref()));
+            common::print_chained_lost(c, 13);
         }
         if attachments.is_empty() && lost.is_empty() && chains.iter().all(|c| c.ifindexes.is_empty()) {
             println!(

@@ -776,10 +776,23 @@ fn run(command: Command) -> Result<()> {
                     }
                 }
                 println!("monitor:    {}", if monitor { "on (nothing is dropped)" } else { "off" });
+                // The LB's pin directory: under /sys/fs/bpf, or beside the
+                // filter's (a bpffs mounted elsewhere).
+                let near: Vec<&Path> = pin.pin.parent().into_iter().collect();
                 match next {
-                    Some(id) => println!(
-                        "next:       program {id} (gets what the filter passes; `xdpguard next none` stops it)"
-                    ),
+                    Some(id) => match xdpguard::LoadBalancer::pin_of_program(id, &near) {
+                        Some(lb) => println!(
+                            "next:       the load balancer pinned at {} (program {id}; gets what the filter passes; \
+                             `xdpguard next none --pin {}` stops it)",
+                            lb.display(),
+                            pin.pin.display()
+                        ),
+                        None => println!(
+                            "next:       program {id} (gets what the filter passes; `xdpguard next none --pin {}` \
+                             stops it)",
+                            pin.pin.display()
+                        ),
+                    },
                     None => println!("next:       none (what the filter passes goes to the kernel)"),
                 }
             }
