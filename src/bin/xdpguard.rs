@@ -513,7 +513,15 @@ fn run(command: Command) -> Result<()> {
             for i in &target.ifaces {
                 b = b.interface(i.as_str());
             }
-            let filter = b.attach()?;
+            let filter = match b.attach() {
+                // Another `attach` pinned a filter there since the look
+                // above (two started at once): that one is attached here.
+                Err(xdpguard::Error::Pin(xdpguard::PinError::InUse { .. })) => {
+                    let filter = Filter::open_pinned(&pin.pin)?;
+                    return reattach(filter, &target, &pin.pin, v4_capacity, v6_capacity, drop_malformed, &guard);
+                }
+                attached => attached?,
+            };
             common::print_attached(&filter.attachments(), &pin.pin);
         }
         Command::Detach { pin, ifaces } if !ifaces.is_empty() => {
