@@ -770,3 +770,116 @@ fn a_chained_lb_serves_behind_its_filter_and_is_never_left_out_of_reach() {
     XDPGUARD.ok(&["down", "--config", &cfg]);
     assert_eq!(bed.pins_exist(), [false; 3]);
 }
+
+/// A bpffs of the test's own, mounted on a temporary directory (named as
+/// `.ci/run` cleans up after a killed run): pins outside /sys/fs/bpf.
+/// Unmounted and removed on drop.
+struct PrivateBpffs(PathBuf);
+
+impl PrivateBpffs {
+    fn new(tag: &str) -> PrivateBpffs {
+        let mount = std::env::temp_dir().join(format!("xg-faults-bpffs-{}-{tag}", std::process::id()));
+        std::fs::create_dir_all(&mount).unwrap();
+        let ok = Command::new("mount").args(["-t", "bpf", "bpf"]).arg(&mount).status().unwrap();
+        assert!(ok.success(), "mount -t bpf bpf {}", mount.display());
+        PrivateBpffs(mount)
+    }
+}
+
+impl Drop for PrivateBpffs {
+    fn drop(&mut self) {
+        for _ in 0..100 {
+            if Command::new("umount").arg(&self.0).status().is_ok_and(|s| s.success()) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+/// A filter and the LB behind it (the file's `next`), pinned on a bpffs
+/// mounted elsewhere than /sys/fs/bpf: `status` names each by its pin
+/// directory; when the FILTER loses an interface (deleted), the LB is not
+/// serving (`xdpguard-lb status --exit-code` exits 6, also with --config)
+/// and status names the interface and the command attaching the filter
+/// there again; and `down` takes the pair down (it took its own filter for
+/// another one, "not taken down by this file", and refused).
+#[test]
+fn a_chained_lb_outside_sys_fs_bpf_loses_its_filters_interface_and_goes_down() {
+    let mnt = PrivateBpffs::new("cfgo");
+    let pair = Pair::new("cfgo");
+    let (s, server) = (&pair.server.name, &pair.server);
+    server.ip(&["link", "add", "xgo0", "type", "veth", "peer", "name", "xgo1"]);
+    server.ip(&["link", "set", "xgo0", "up"]);
+    server.ip(&["link", "set", "xgo1", "up"]);
+    let (fpath, lpath) = (mnt.0.join("filter"), mnt.0.join("lb"));
+    let (fp, lp) = (fpath.to_str().unwrap(), lpath.to_str().unwrap());
+    let dir = ScratchDir::new("/tmp", "cfgo");
+    std::fs::create_dir_all(dir.path()).unwrap();
+    let file = dir.path().join("xdpguard.toml");
+    std::fs::write(
+        &file,
+        format!(
+            r#"[[filter]]
+pin = "{fp}"
+netns = "{s}"
+interfaces = ["eth0", "xgo0"]
+mode = "generic"
+next = "{lp}"
+
+[[lb]]
+pin = "{lp}"
+netns = "{s}"
+redirect = ["eth0"]
+
+[[lb.vip]]
+vip = "udp 203.0.113.10:53"
+mode = "dsr"
+backends = ["198.51.100.11"]
+"#
+        ),
+    )
+    .unwrap();
+    let cfg = file.display().to_string();
+    let lb_cli = common::cli::XDPGUARD_LB;
+    XDPGUARD.ok(&["apply", "--config", &cfg]);
+    let lb_id = LoadBalancer::open_pinned(&lpath).unwrap().program_id().unwrap();
+    // Its own file would take both down (its filter is no other's).
+    let dry = XDPGUARD.ok(&["down", "--config", &cfg, "--dry-run"]);
+    assert!(dry.contains(&format!("filter {fp}")) && dry.contains(&format!("lb {lp}")), "{dry}");
+
+    // Each named by its pin directory, though not under /sys/fs/bpf.
+    let text = XDPGUARD.ok(&["status", "--pin", fp]);
+    assert!(text.contains(&format!("next:       the load balancer pinned at {lp} (program {lb_id};")), "{text}");
+    let out = lb_cli.run(&["status", "--pin", lp, "--exit-code"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains(&format!("behind:      the filter pinned at {fp} (program ")), "{text}");
+    assert_eq!(lb_cli.run(&["status", "--exit-code", "--config", &cfg]).status.code(), Some(0));
+
+    // The filter's second interface deleted: what it received no longer
+    // reaches the LB, which is not serving.
+    server.ip(&["link", "del", "xgo0"]);
+    let out = lb_cli.run(&["status", "--pin", lp, "--exit-code"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(6), "the filter lost xgo0: {text}");
+    assert!(text.contains("lost:        xgo0, by the filter in front of it"), "{text}");
+    assert!(text.contains(&format!("`xdpguard attach --iface xgo0 --pin {fp}`")), "{text}");
+    assert!(
+        text.contains("health:      not serving: attached to 0 interface(s), lost 1, behind a filter on 1"),
+        "{text}"
+    );
+    assert_eq!(lb_cli.run(&["status", "--exit-code", "--config", &cfg]).status.code(), Some(6));
+    let json = lb_cli.json(&["status", "--json", "--pin", lp]);
+    let lost = &json["chained_from"][0]["lost_attachments"];
+    assert_eq!((json["serving"].as_bool(), lost[0]["interface"].as_str()), (Some(false), Some("xgo0")), "{json}");
+    // The interface made again and the filter attached there: serving.
+    server.ip(&["link", "add", "xgo0", "type", "veth", "peer", "name", "xgo1"]);
+    XDPGUARD.ok(&["attach", "--iface", "xgo0", "--mode", "generic", "--pin", fp, "--netns", s]);
+    assert_eq!(lb_cli.run(&["status", "--exit-code", "--config", &cfg]).status.code(), Some(0));
+
+    // Its own file takes both down.
+    let out = XDPGUARD.ok(&["down", "--config", &cfg]);
+    assert!(!fpath.exists() && !lpath.exists(), "{out}");
+}

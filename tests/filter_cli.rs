@@ -633,3 +633,48 @@ fn mapped_addresses_block_ipv4_and_non_utf8_files_name_their_lines() {
     assert_reaches(client, "192.0.2.3", "the bad file applied nothing");
     cli.ok(&["detach", "--pin", p]);
 }
+
+/// `attach` started several times at once on a new pin directory (units
+/// starting together, a script's parallel loop), each naming its own
+/// interface: every one succeeds, one creating the filter and the others
+/// attaching that same filter (they failed with "already holds a pinned
+/// xdpguard filter ... remove it first", though running them again worked),
+/// and the filter ends attached to every interface named.
+#[test]
+fn concurrent_attaches_on_a_new_pin_directory_all_attach_one_filter() {
+    const N: usize = 6;
+    let ns = NetNs::new("cattach");
+    let ifaces: Vec<String> = (0..N).map(|i| format!("xgc{i}")).collect();
+    for (i, name) in ifaces.iter().enumerate() {
+        ns.ip(&["link", "add", name, "type", "veth", "peer", "name", &format!("xgp{i}")]);
+        ns.ip(&["link", "set", name, "up"]);
+    }
+    for round in 0..3 {
+        let pin = ScratchDir::bpffs("cattach");
+        let children: Vec<_> = ifaces
+            .iter()
+            .map(|iface| {
+                let args = ["attach", "--iface", iface, "--netns", &ns.name, "--mode", "generic", "--pin", pin.arg()];
+                // check-deps: built-here (a binary of this crate: CARGO_BIN_EXE_xdpguard)
+                std::process::Command::new(XDPGUARD.path())
+                    .args(args)
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .expect("start xdpguard attach")
+            })
+            .collect();
+        for (iface, child) in ifaces.iter().zip(children) {
+            let out = child.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "round {round}: attach --iface {iface} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let filter = Filter::open_pinned(pin.path()).unwrap();
+        let on: BTreeSet<String> = filter.attachments().into_iter().map(|a| a.interface).collect();
+        assert_eq!(on, ifaces.iter().cloned().collect::<BTreeSet<_>>(), "round {round}");
+        filter.unpin().unwrap();
+    }
+}

@@ -651,3 +651,41 @@ fn health_refuses_a_vip_the_lb_does_not_have() {
     }
     cli.ok(&["detach", p[0], p[1]]);
 }
+
+/// `xdpguard-lb attach` started several times at once on a new pin
+/// directory, each naming its own interface: every one succeeds (all but
+/// one failed with "already holds a pinned xdpguard load balancer ...
+/// remove it first"), and the one LB pinned there runs on every interface.
+#[test]
+fn concurrent_attaches_on_a_new_pin_directory_all_attach_one_lb() {
+    const N: usize = 4;
+    let ns = xdpguard::testing::netns::NetNs::new("lcatt");
+    let ifaces: Vec<String> = (0..N).map(|i| format!("xgc{i}")).collect();
+    for (i, name) in ifaces.iter().enumerate() {
+        ns.ip(&["link", "add", name, "type", "veth", "peer", "name", &format!("xgp{i}")]);
+        ns.ip(&["link", "set", name, "up"]);
+    }
+    let pin = ScratchDir::bpffs("lcatt");
+    let children: Vec<_> = ifaces
+        .iter()
+        .map(|iface| {
+            let args = ["attach", "--iface", iface, "--netns", &ns.name, "--mode", "generic", "--pin", pin.arg()];
+            // check-deps: built-here (CARGO_BIN_EXE_xdpguard-lb)
+            std::process::Command::new(XDPGUARD_LB.path())
+                .args(args)
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("start xdpguard-lb attach")
+        })
+        .collect();
+    for (iface, child) in ifaces.iter().zip(children) {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "attach --iface {iface} failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let lb = LoadBalancer::open_pinned(pin.path()).unwrap();
+    let on: std::collections::BTreeSet<String> = lb.attachments().into_iter().map(|a| a.interface).collect();
+    assert_eq!(on, ifaces.iter().cloned().collect(), "attached to every interface named");
+    drop(lb);
+    XDPGUARD_LB.ok(&["detach", "--pin", pin.arg()]);
+}

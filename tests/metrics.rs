@@ -401,3 +401,31 @@ fn the_exporter_needs_a_program() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no program given: name at least one pin directory"));
 }
+
+/// The pins of a filter the exporter reads removed by hand (`rm -r`): the
+/// exporter's handle holds the program's links, and keeps them while the
+/// pins cannot be reopened (`xdpguard_up` 0), so the program keeps running
+/// on its interface (it dropped the handle at the next scrape, which
+/// detached the program).
+#[test]
+fn the_exporter_keeps_a_program_running_whose_pins_were_removed() {
+    let pair = Pair::new("mrm");
+    let pin = ScratchDir::bpffs("mrm");
+    let fp = pin.arg();
+    XDPGUARD.ok(&["attach", "--iface", "eth0", "--netns", &pair.server.name, "--mode", "generic", "--pin", fp]);
+    let metrics = xdpguard::metrics::Metrics::new().filter(pin.path());
+    let up = |body: &str| value(&samples(body), "xdpguard_up", &[("program", "filter"), ("pin", fp)]);
+    assert_eq!(up(&metrics.render(xdpguard::metrics::Format::Prometheus)), 1.0);
+    let xdp_on_eth0 =
+        || String::from_utf8_lossy(&pair.server.ip(&["link", "show", "dev", "eth0"]).stdout).contains("xdp");
+    assert!(xdp_on_eth0());
+
+    std::fs::remove_dir_all(pin.path()).unwrap();
+    for scrape in 0..3 {
+        assert_eq!(up(&metrics.render(xdpguard::metrics::Format::Prometheus)), 0.0, "scrape {scrape}");
+        assert!(xdp_on_eth0(), "the program detached at scrape {scrape} after its pins were removed");
+    }
+    // The last handle gone, so is the program.
+    drop(metrics);
+    assert!(!xdp_on_eth0(), "the exporter's handle was the program's last reference");
+}

@@ -670,43 +670,36 @@ fn run(command: Command, given: &dyn Fn(&str) -> bool) -> Result<()> {
             if let Some(lb) = common::pinned_there(&args.pin.pin, || LoadBalancer::open_pinned(&args.pin.pin))? {
                 return reattach(lb, &args, given);
             }
-            let AttachArgs {
-                target,
-                redirect,
-                pin,
-                ipip_sources,
-                connections,
-                max_vips,
-                max_backends,
-                hash_seed,
-                echo,
-                fragments,
-                options,
-                udp_timeout,
-            } = args;
+            let (target, pin) = (&args.target, &args.pin);
             let mut b = LoadBalancer::builder()
                 .mode(target.mode)
                 .pin(&pin.pin)
-                .connections(connections)
-                .max_vips(max_vips)
-                .max_backends(max_backends)
-                .hash_seed(hash_seed)
-                .echo_policy(echo)
-                .fragment_policy(fragments)
-                .options_policy(options)
-                .udp_timeout(Duration::from_secs(udp_timeout));
+                .connections(args.connections)
+                .max_vips(args.max_vips)
+                .max_backends(args.max_backends)
+                .hash_seed(args.hash_seed)
+                .echo_policy(args.echo)
+                .fragment_policy(args.fragments)
+                .options_policy(args.options)
+                .udp_timeout(Duration::from_secs(args.udp_timeout));
             for i in &target.ifaces {
                 b = b.interface(i.as_str());
             }
-            for i in &redirect {
+            for i in &args.redirect {
                 b = b.redirect_interface(i.as_str());
             }
-            for p in ipip_sources {
-                b = b.ipip_source(p);
+            for p in &args.ipip_sources {
+                b = b.ipip_source(*p);
             }
             if target.behind_filter {
                 // Its namespace is recorded: `xdpguard next` and the tools find it.
-                drop(b.load()?);
+                match b.load() {
+                    // Another `attach` pinned one there meanwhile: kept.
+                    Err(xdpguard::Error::Pin(xdpguard::PinError::InUse { .. })) => {
+                        return reattach(LoadBalancer::open_pinned(&pin.pin)?, &args, given);
+                    }
+                    loaded => drop(loaded?),
+                }
                 println!(
                     "pinned at {}, attached nowhere: it serves behind a filter once the filter passes its packets \
                      on to it (`xdpguard next {} --pin FILTER_PIN`)",
@@ -715,14 +708,21 @@ fn run(command: Command, given: &dyn Fn(&str) -> bool) -> Result<()> {
                 );
                 return Ok(());
             }
-            let lb = b.attach()?;
+            let lb = match b.attach() {
+                // Another `attach` pinned a load balancer there since the
+                // look above (two started at once): that one is attached here.
+                Err(xdpguard::Error::Pin(xdpguard::PinError::InUse { .. })) => {
+                    return reattach(LoadBalancer::open_pinned(&pin.pin)?, &args, given);
+                }
+                attached => attached?,
+            };
             common::print_attached(&lb.attachments(), &pin.pin);
         }
         Command::Decap(DecapCommand::Attach { target, locals, pin }) => {
             target.enter_netns()?;
-            if let Some(decap) = common::pinned_there(&pin.pin, || Decap::open_pinned(&pin.pin))? {
-                // A decapsulator pinned there: attached again, its local
-                // endpoints kept and the ones given added.
+            // A decapsulator pinned there: attached again, its local
+            // endpoints kept and the ones given added.
+            let reattach = |decap: Decap| -> Result<()> {
                 let todo = common::still_to_attach(
                     &pin.pin,
                     "decapsulator",
@@ -731,23 +731,33 @@ fn run(command: Command, given: &dyn Fn(&str) -> bool) -> Result<()> {
                     &target.ifaces,
                     target.mode,
                 )?;
-                for a in locals.into_iter().filter(|a| !decap.locals().contains(a)) {
-                    decap.add_local(a)?;
+                for a in locals.iter().filter(|a| !decap.locals().contains(a)) {
+                    decap.add_local(*a)?;
                 }
                 let now = common::attach_all(&todo, |i| decap.attach(i, target.mode), |i| drop(decap.detach(i)))?;
                 common::print_attached(&now, &pin.pin);
                 let kept: Vec<String> = decap.locals().iter().map(ToString::to_string).collect();
                 println!("reopened the decapsulator pinned there: local endpoints {}", kept.join(", "));
-                return Ok(());
+                Ok(())
+            };
+            if let Some(decap) = common::pinned_there(&pin.pin, || Decap::open_pinned(&pin.pin))? {
+                return reattach(decap);
             }
             let mut b = Decap::builder().mode(target.mode).pin(&pin.pin);
             for i in &target.ifaces {
                 b = b.interface(i.as_str());
             }
-            for a in locals {
-                b = b.local(a);
+            for a in &locals {
+                b = b.local(*a);
             }
-            let decap = b.attach()?;
+            let decap = match b.attach() {
+                // Another `attach` pinned one there since the look above
+                // (two started at once): that one is attached here.
+                Err(xdpguard::Error::Pin(xdpguard::PinError::InUse { .. })) => {
+                    return reattach(Decap::open_pinned(&pin.pin)?);
+                }
+                attached => attached?,
+            };
             common::print_attached(&decap.attachments(), &pin.pin);
         }
         Command::Decap(DecapCommand::Local { pin, addrs, del }) => {
@@ -1195,6 +1205,7 @@ fn status(pin: &Pin, json: bool, expect: Option<Digest>) -> Result<xdpguard::Hea
                     "program_id": c.program_id,
                     "pin": c.pin.as_ref().map(|p| p.display().to_string()),
                     "ifindexes": c.ifindexes,
+                    "lost_attachments": c.lost.iter().map(common::attachment_json).collect::<Vec<_>>(),
                 })).collect::<Vec<_>>(),
                 "redirect_ifindexes": lb.redirect_interfaces(),
                 "netns": lb.netns_name(),
@@ -1224,6 +1235,7 @@ fn status(pin: &Pin, json: bool, expect: Option<Digest>) -> Result<xdpguard::Hea
         common::print_lost(&lost, 13, "xdpguard-lb", &pin.pin);
         for c in &chains {
             println!("behind:      {}", common::chained_text(c, netns.as_deref()));
+            common::print_chained_lost(c, 13);
         }
         if attachments.is_empty() && lost.is_empty() && chains.iter().all(|c| c.ifindexes.is_empty()) {
             println!(

@@ -513,7 +513,15 @@ fn run(command: Command) -> Result<()> {
             for i in &target.ifaces {
                 b = b.interface(i.as_str());
             }
-            let filter = b.attach()?;
+            let filter = match b.attach() {
+                // Another `attach` pinned a filter there since the look
+                // above (two started at once): that one is attached here.
+                Err(xdpguard::Error::Pin(xdpguard::PinError::InUse { .. })) => {
+                    let filter = Filter::open_pinned(&pin.pin)?;
+                    return reattach(filter, &target, &pin.pin, v4_capacity, v6_capacity, drop_malformed, &guard);
+                }
+                attached => attached?,
+            };
             common::print_attached(&filter.attachments(), &pin.pin);
         }
         Command::Detach { pin, ifaces } if !ifaces.is_empty() => {
@@ -776,10 +784,23 @@ fn run(command: Command) -> Result<()> {
                     }
                 }
                 println!("monitor:    {}", if monitor { "on (nothing is dropped)" } else { "off" });
+                // The LB's pin directory: under /sys/fs/bpf, or beside the
+                // filter's (a bpffs mounted elsewhere).
+                let near: Vec<&Path> = pin.pin.parent().into_iter().collect();
                 match next {
-                    Some(id) => println!(
-                        "next:       program {id} (gets what the filter passes; `xdpguard next none` stops it)"
-                    ),
+                    Some(id) => match xdpguard::LoadBalancer::pin_of_program(id, &near) {
+                        Some(lb) => println!(
+                            "next:       the load balancer pinned at {} (program {id}; gets what the filter passes; \
+                             `xdpguard next none --pin {}` stops it)",
+                            lb.display(),
+                            pin.pin.display()
+                        ),
+                        None => println!(
+                            "next:       program {id} (gets what the filter passes; `xdpguard next none --pin {}` \
+                             stops it)",
+                            pin.pin.display()
+                        ),
+                    },
                     None => println!("next:       none (what the filter passes goes to the kernel)"),
                 }
             }

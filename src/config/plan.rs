@@ -452,7 +452,8 @@ impl Planner {
             if program == Program::Lb {
                 let why = "is not in this file, so it would not be chained to the re-created LB: describe that \
                            filter in the file, or";
-                let chains = LoadBalancer::open_pinned(pin).map(|lb| lb.chained_from()).unwrap_or_default();
+                let near: Vec<&Path> = self.filters.iter().map(PathBuf::as_path).collect();
+                let chains = LoadBalancer::open_pinned(pin).map(|lb| lb.chained_from_near(&near)).unwrap_or_default();
                 self.host.extend(chained_outside(&chains, pin, &self.filters, why));
             }
             steps.push(Step::Remove { changes });
@@ -1080,7 +1081,9 @@ fn plan_down_of(config: Config, places: Vec<(Program, PathBuf, Option<String>)>)
             Program::Filter => super::apply::present(Filter::open_pinned(&pin)),
             Program::Lb => {
                 let opened = LoadBalancer::open_pinned(&pin);
-                chains = opened.as_ref().map(|lb| lb.chained_from()).unwrap_or_default();
+                // The file's filters are found wherever they are pinned.
+                let near: Vec<&Path> = filters.iter().map(PathBuf::as_path).collect();
+                chains = opened.as_ref().map(|lb| lb.chained_from_near(&near)).unwrap_or_default();
                 super::apply::present(opened)
             }
             Program::Decap => super::apply::present(Decap::open_pinned(&pin)),

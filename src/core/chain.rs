@@ -6,8 +6,10 @@
 //! it, and its health, `detach` and `upgrade` can take that into account.
 //!
 //! Cost: one pass over the kernel's programs (with their map ids) and,
-//! when a filter chains the program, one over its links and a search of
-//! `/sys/fs/bpf` for the filter's pins; on demand (`health`, `status`,
+//! when a filter chains the program, one over its links, a look in the
+//! pin directories the caller knows (a bpffs mounted elsewhere) and a
+//! search of `/sys/fs/bpf` for the filter's pins, and a read of the
+//! filter's link pins (its lost attachments); on demand (`health`, `status`,
 //! `detach`, `upgrade`), never per packet. The whole `xdpguard-lb status
 //! --exit-code` process took 3.9-4.0 ms unchained and 4.0-4.2 ms chained
 //! (Intel Xeon, 50 runs each, a handful of programs loaded): within the
@@ -19,8 +21,10 @@ use std::path::{Path, PathBuf};
 use libbpf_rs::query::{LinkInfoIter, LinkTypeInfo, ProgInfoIter, ProgInfoQueryOptions};
 use libbpf_rs::{MapCore, MapHandle};
 
+use crate::core::attach::{self, Attachment};
 use crate::core::layout::names;
 use crate::core::maps::{ProgArray, TypedMap};
+use crate::core::pin::PinDir;
 use crate::core::sys;
 
 /// A filter program whose next program is the one asked about.
@@ -32,8 +36,16 @@ pub struct ChainedFrom {
     /// whose XDP link runs that filter: empty when it is attached nowhere.
     pub ifindexes: Vec<u32>,
     /// The filter's pin directory, when it is pinned under
-    /// `/sys/fs/bpf` (searched four levels deep).
+    /// `/sys/fs/bpf` (searched four levels deep) or in a directory the
+    /// caller named ([`LoadBalancer::chained_from_near`](crate::LoadBalancer::chained_from_near)).
     pub pin: Option<PathBuf>,
+    /// The filter's lost attachments: interfaces it was attached to that
+    /// were deleted (or the kernel otherwise took it off), as its pin
+    /// directory records them (empty when its pin directory was not
+    /// found). What those interfaces receive no longer reaches the
+    /// program chained behind it: a load balancer's NAT replies there go
+    /// untranslated.
+    pub lost: Vec<Attachment>,
     /// The filter's `xdpg_next` program array's kernel id.
     pub(crate) next_map_id: u32,
 }
@@ -49,11 +61,16 @@ impl ChainedFrom {
     }
 
     /// What stops its chaining: `xdpguard next none --pin DIR`, else the
-    /// API call (a filter not pinned is reached only by its process).
+    /// API call or, for a filter pinned where it was not found, the
+    /// command on its pin directory.
     pub fn unchain_hint(&self) -> String {
         match &self.pin {
             Some(p) => format!("`xdpguard next none --pin {}`", p.display()),
-            None => format!("`Filter::clear_next` on filter program {}", self.program_id),
+            None => format!(
+                "`xdpguard next none --pin DIR` on its pin directory, or `Filter::clear_next` on filter program {} \
+                 in the process that holds it",
+                self.program_id
+            ),
         }
     }
 }
@@ -63,6 +80,13 @@ impl ChainedFrom {
 /// still holds open after an upgrade shares its map, and is the same
 /// filter (its interfaces and pin merged in).
 pub(crate) fn chained_into(program_id: u32) -> Vec<ChainedFrom> {
+    chained_into_near(program_id, &[])
+}
+
+/// As [`chained_into`], looking for the filters' pins in `near` (pin
+/// directories, or directories holding them one level down) before
+/// `/sys/fs/bpf`.
+pub(crate) fn chained_into_near(program_id: u32, near: &[&Path]) -> Vec<ChainedFrom> {
     let filter_name = std::ffi::OsStr::new(names::XDPG_FILTER);
     // (program, its xdpg_next map) for each filter program chaining it.
     let programs: Vec<(u32, u32)> =
@@ -85,7 +109,7 @@ pub(crate) fn chained_into(program_id: u32) -> Vec<ChainedFrom> {
     let mut found: Vec<ChainedFrom> = Vec::new();
     for &(program, map) in &programs {
         let ifindexes = links.iter().filter(|&&(p, _)| p == program).map(|&(_, i)| i);
-        let pin = pin_of(names::XDPG_FILTER, program);
+        let pin = pin_near(names::XDPG_FILTER, program, near);
         match found.iter_mut().find(|c| c.next_map_id == map) {
             Some(c) => {
                 c.ifindexes.extend(ifindexes);
@@ -94,18 +118,50 @@ pub(crate) fn chained_into(program_id: u32) -> Vec<ChainedFrom> {
                     (c.pin, c.program_id) = (pin, program);
                 }
             }
-            None => {
-                found.push(ChainedFrom { program_id: program, ifindexes: ifindexes.collect(), pin, next_map_id: map })
-            }
+            None => found.push(ChainedFrom {
+                program_id: program,
+                ifindexes: ifindexes.collect(),
+                pin,
+                lost: Vec::new(),
+                next_map_id: map,
+            }),
         }
     }
+    for c in &mut found {
+        c.lost = c.pin.as_deref().map(lost_links).unwrap_or_default();
+    }
     found
+}
+
+/// The attachments recorded by the link pins of the pin directory `dir`
+/// whose link no longer holds an interface (as a pinned program's own
+/// `lost_attachments` reads them). One `bpf()` call per link pin.
+fn lost_links(dir: &Path) -> Vec<Attachment> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    let mut lost: Vec<Attachment> = entries
+        .flatten()
+        .filter_map(|e| {
+            let recorded = PinDir::link_recorded(&e.file_name().to_string_lossy())?;
+            let link = sys::obj_get(&e.path()).ok()?;
+            // An error reading the info is not proof of death: not lost.
+            matches!(attach::link_attachment(&link), Ok(None)).then_some(recorded)
+        })
+        .collect();
+    lost.sort_by(|a, b| a.interface.cmp(&b.interface));
+    lost
 }
 
 /// The pin directory under `/sys/fs/bpf` (searched four levels deep) of
 /// the xdpguard program `program_id`, whose program is pinned as `file`
 /// (`xdpg_filter`, `xdpg_lb`, `xdpg_decap`).
 pub(crate) fn pin_of(file: &str, program_id: u32) -> Option<PathBuf> {
+    pin_near(file, program_id, &[])
+}
+
+/// As [`pin_of`], looking in `near` first: each a pin directory, or a
+/// directory holding pin directories one level down (the pins of a bpffs
+/// mounted elsewhere than `/sys/fs/bpf`, which the search does not reach).
+pub(crate) fn pin_near(file: &str, program_id: u32, near: &[&Path]) -> Option<PathBuf> {
     fn search(dir: &Path, file: &str, program_id: u32, depth: u32) -> Option<PathBuf> {
         let id = sys::obj_get(&dir.join(file)).ok().and_then(|fd| sys::prog_id(fd.as_fd()).ok());
         if id == Some(program_id) {
@@ -120,7 +176,9 @@ pub(crate) fn pin_of(file: &str, program_id: u32) -> Option<PathBuf> {
             .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
             .find_map(|e| search(&e.path(), file, program_id, depth - 1))
     }
-    search(Path::new("/sys/fs/bpf"), file, program_id, 4)
+    near.iter()
+        .find_map(|dir| search(dir, file, program_id, 1))
+        .or_else(|| search(Path::new("/sys/fs/bpf"), file, program_id, 4))
 }
 
 /// The program in slot 0 of map `map_id` when it is a filter's `xdpg_next`.

@@ -7,7 +7,8 @@
 //! filter that runs on one (`Filter::set_next`, a configuration's `next`:
 //! what the filter passes reaches the LB), no attachment lost (an
 //! interface it was attached to was deleted: the traffic that interface
-//! received is no longer balanced, exit code 6), and at least one VIP
+//! received is no longer balanced, exit code 6; as for an interface a
+//! filter chaining it lost, whose NAT replies go untranslated), and at least one VIP
 //! with an active backend (weight above 0), so a new flow to it gets a
 //! backend rather than a drop. A deliberate `detach --iface IF` of one of
 //! several interfaces is not a loss. Deliberately not part of it:
@@ -53,7 +54,8 @@ pub struct Health {
     pub attachments: usize,
     /// Attachments lost: interfaces it was attached to that were deleted
     /// (or the kernel otherwise took the program off), not detached
-    /// ([`LoadBalancer::lost_attachments`]).
+    /// ([`LoadBalancer::lost_attachments`]), and those of the filters
+    /// that pass their packets on to it ([`ChainedFrom::lost`](crate::ChainedFrom::lost)).
     pub lost: usize,
     /// Interfaces running a filter that passes its packets on to the LB
     /// ([`LoadBalancer::chained_from`]).
@@ -129,8 +131,11 @@ impl LoadBalancer {
     /// [`LbError::Map`] when another process's edit cannot be read back.
     pub fn health(&self) -> Result<Health, LbError> {
         let attachments = self.attachments().len();
-        let lost = self.lost_attachments().len();
-        let chained = self.chained_from().iter().map(|c| c.ifindexes.len()).sum();
+        let chains = self.chained_from();
+        // A filter's lost interface is as much a loss: what it received no
+        // longer reaches the LB (NAT replies there go untranslated).
+        let lost = self.lost_attachments().len() + chains.iter().map(|c| c.lost.len()).sum::<usize>();
+        let chained = chains.iter().map(|c| c.ifindexes.len()).sum();
         let (vips, serving_vips) = self.read(|st| {
             let serving = st
                 .vips

@@ -37,7 +37,7 @@ mod types;
 mod vips;
 
 use std::os::fd::{BorrowedFd, OwnedFd};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::core::attach::{Attachment, Interface};
@@ -445,8 +445,33 @@ impl LoadBalancer {
     /// serves through them without being attached itself, and would keep
     /// serving, unpinned and out of reach, if it were unpinned while one
     /// still chains it.
+    ///
+    /// A filter's pin directory ([`ChainedFrom::pin`]) is looked for under
+    /// `/sys/fs/bpf` and next to the LB's own (the directories beside it:
+    /// a bpffs mounted elsewhere); [`chained_from_near`](Self::chained_from_near)
+    /// looks in more places.
     pub fn chained_from(&self) -> Vec<ChainedFrom> {
-        self.core.running().id().map(chain::chained_into).unwrap_or_default()
+        self.chained_from_near(&[])
+    }
+
+    /// As [`chained_from`](Self::chained_from), also looking for the
+    /// filters' pin directories in `near`: each a pin directory (a
+    /// configuration's filter `pin`) or a directory holding pin
+    /// directories, for filters pinned on a bpffs mounted elsewhere than
+    /// `/sys/fs/bpf`, which the search does not reach.
+    pub fn chained_from_near(&self, near: &[&Path]) -> Vec<ChainedFrom> {
+        let beside = self.pin_path().and_then(Path::parent);
+        let near: Vec<&Path> = near.iter().copied().chain(beside).collect();
+        self.core.running().id().map(|id| chain::chained_into_near(id, &near)).unwrap_or_default()
+    }
+
+    /// The pin directory of the load balancer whose program is
+    /// `program_id` (as [`Filter::next_program`](crate::Filter::next_program)
+    /// names it): looked for in `near` (pin directories, or directories
+    /// holding them) and then under `/sys/fs/bpf` (four levels deep);
+    /// `None` when it is not found there, or the program is not an LB.
+    pub fn pin_of_program(program_id: u32, near: &[&Path]) -> Option<PathBuf> {
+        chain::pin_near(names::XDPG_LB, program_id, near)
     }
 
     /// Lets the LB send packets out of `iface` (`XDP_REDIRECT` through its

@@ -72,7 +72,9 @@ pub(crate) struct Source {
     pub(crate) program: Program,
     pub(crate) pin: PathBuf,
     label: Label,
-    open: Mutex<Option<(Identity, Handle)>>,
+    /// The handle, and the pin directory's entries when it was opened
+    /// (`None`: to be reopened at the next scrape).
+    open: Mutex<Option<(Option<Identity>, Handle)>>,
 }
 
 impl Source {
@@ -102,12 +104,20 @@ impl Source {
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         let now = identity(&self.pin);
         let (known, handle) = match open.take() {
-            Some((known, handle)) if now.as_ref() == Some(&known) => (known, handle),
-            _ => {
-                let handle = Handle::open(self.program, &self.pin)?;
+            Some((Some(known), handle)) if now.as_ref() == Some(&known) => (Some(known), handle),
+            held => match Handle::open(self.program, &self.pin) {
                 // Listed after opening, so a change in between reopens next time.
-                (identity(&self.pin).unwrap_or_default(), handle)
-            }
+                Ok(handle) => (identity(&self.pin), handle),
+                // The handle held so far stays while it keeps the program
+                // on an interface: its pins unmounted or removed (`rm -r`)
+                // under it, the program's links are held by this process
+                // alone, and dropping them would detach it. Reported down,
+                // and reopened at the next scrape.
+                Err(e) => {
+                    *open = held.filter(|(_, h)| !h.attachments().is_empty()).map(|(_, h)| (None, h));
+                    return Err(e);
+                }
+            },
         };
         let mut mine = Samples::default();
         for a in handle.attachments() {
@@ -115,8 +125,12 @@ impl Source {
                 [self.program.label().into(), self.label.clone(), a.interface.into(), a.mode.to_string().into()];
             mine.push(Id::ATTACHED, labels, 1);
         }
-        // Whatever went wrong, the next scrape starts from a fresh open.
-        handle.read(self.label.clone(), &mut mine)?;
+        // Whatever went wrong, the next scrape reopens (the handle kept
+        // until then, for the program's links it may hold).
+        if let Err(e) = handle.read(self.label.clone(), &mut mine) {
+            *open = Some((None, handle));
+            return Err(e);
+        }
         *open = Some((known, handle));
         Ok(mine)
     }

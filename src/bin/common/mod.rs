@@ -332,6 +332,26 @@ pub fn print_lost(lost: &[Attachment], label_width: usize, cli: &str, pin: &Path
     }
 }
 
+/// `xdpguard-lb status`'s lines for the interfaces a filter that passes
+/// its packets on to the LB lost (deleted, or its link detached by
+/// another tool): what they receive no longer reaches the LB (its NAT
+/// replies there go untranslated), and the commands that attach the
+/// filter there again or forget it.
+pub fn print_chained_lost(c: &xdpguard::ChainedFrom, label_width: usize) {
+    let Some(dir) = &c.pin else { return };
+    for a in &c.lost {
+        let (name, pin) = (&a.interface, dir.display());
+        println!(
+            "{:<label_width$}{name}, by the filter in front of it ({} mode; its link is gone: interface #{} was \
+             deleted, or another tool detached the link): what {name} receives no longer reaches the load balancer \
+             (NAT replies there go untranslated). `xdpguard attach --iface {name} --pin {pin}` attaches the filter \
+             again once the interface is there (with `--netns NAME` for one in a named network namespace), \
+             `xdpguard detach --iface {name} --pin {pin}` forgets it",
+            "lost:", a.mode, a.ifindex
+        );
+    }
+}
+
 /// One attachment in `--json` output.
 pub fn attachment_json(a: &Attachment) -> Value {
     json!({ "interface": a.interface, "ifindex": a.ifindex, "mode": a.mode.to_string() })

@@ -103,6 +103,13 @@ pub enum SynCommand {
     },
 }
 
+/// What `nft-rules` says when its rules cover IPv6 (README, *SYN-flood
+/// guard*).
+const IPV6_NOTE: &str = "note: these rules cover IPv6 too; in generic XDP mode an IPv6 client's cookie ACK fails \
+                         synproxy's checksum check unless the NIC validated the checksum (the kernel's nft synproxy \
+                         checks both families with its IPv4 helper): use native mode, a NIC that validates receive \
+                         checksums, or ip6tables' SYNPROXY target for IPv6 (README, SYN-flood guard)";
+
 /// Runs an `xdpguard syn` subcommand.
 pub fn run(cmd: SynCommand) -> Result<()> {
     match cmd {
@@ -229,6 +236,10 @@ pub fn run(cmd: SynCommand) -> Result<()> {
             }
             let ports: Vec<u16> = all.into_iter().collect();
             let rules = xdpguard::nft_rules_with_wscale(&ports, mss, wscale.unwrap_or_else(xdpguard::host_wscale));
+            // On stderr: the rules alone go to `nft -f -` or a file.
+            if rules.contains("table inet") {
+                eprintln!("{IPV6_NOTE}");
+            }
             if !apply {
                 print!("{rules}");
                 return Ok(());
