@@ -91,7 +91,7 @@ impl GuardState {
             let (id, rule) = s.split_once(' ').ok_or_else(corrupt)?;
             rules.push(StoredRule {
                 id: id.parse().map_err(|_| corrupt())?,
-                rule: rule.parse().map_err(|_| corrupt())?,
+                rule: crate::filter::rules::parse::parse_stored(rule).map_err(|_| corrupt())?,
             });
         }
         let mut sets: Vec<Option<NamedSetState>> = (0..XDPG_MAX_SETS as usize)

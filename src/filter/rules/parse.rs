@@ -161,167 +161,179 @@ impl FromStr for Rule {
     /// Parses and normalizes one rule (see [`Filter::rules`](crate::Filter::rules)
     /// for the syntax). A `#` starts a comment.
     fn from_str(text: &str) -> Result<Rule, RuleError> {
-        let text = strip_comment(text);
-        let bad = |reason: String| RuleError::Invalid { rule: text.to_owned(), reason };
-        let mut words = text.split_whitespace().peekable();
-        let mut monitor = false;
-        if words.peek().is_some_and(|w| w.eq_ignore_ascii_case("monitor")) {
-            monitor = true;
-            words.next();
+        parse_rule(text, true)
+    }
+}
+
+/// A rule as the guard stored it (its text store): parsed as `FromStr`
+/// does, but without the checks only new rules get
+/// ([`Rule::normalize`]), so a rule an older build took is read back, not
+/// lost.
+pub(crate) fn parse_stored(text: &str) -> Result<Rule, RuleError> {
+    parse_rule(text, false)
+}
+
+fn parse_rule(text: &str, strict: bool) -> Result<Rule, RuleError> {
+    let text = strip_comment(text);
+    let bad = |reason: String| RuleError::Invalid { rule: text.to_owned(), reason };
+    let mut words = text.split_whitespace().peekable();
+    let mut monitor = false;
+    if words.peek().is_some_and(|w| w.eq_ignore_ascii_case("monitor")) {
+        monitor = true;
+        words.next();
+    }
+    let action = match words.next() {
+        None => return Err(bad("empty rule: expected an action (drop, pass or count)".into())),
+        Some(w) => w.parse::<RuleAction>().map_err(|_| {
+            bad(format!("`{w}` is not an action: a rule starts with drop, pass, count or rate-limit (or monitor)"))
+        })?,
+    };
+    let mut rule = Rule::new(action).monitored(monitor);
+    let mut limit = (action == RuleAction::RateLimit).then(RateLimit::default);
+    let mut limit_seen: Vec<&'static str> = Vec::new();
+    let mut seen: Vec<&'static str> = Vec::new();
+    let mut once = |what: &'static str| once(&mut seen, what);
+    // `per src/LEN` with one length, as written (checked against the
+    // rule's IP versions once they are all known).
+    let mut single_per: Option<String> = None;
+    while let Some(word) = words.next() {
+        if limit.is_some() && word.eq_ignore_ascii_case("per") {
+            single_per = words.peek().filter(|v| v.matches('/').count() == 1).map(|v| (*v).to_owned());
         }
-        let action = match words.next() {
-            None => return Err(bad("empty rule: expected an action (drop, pass or count)".into())),
-            Some(w) => w.parse::<RuleAction>().map_err(|_| {
-                bad(format!("`{w}` is not an action: a rule starts with drop, pass, count or rate-limit (or monitor)"))
-            })?,
-        };
-        let mut rule = Rule::new(action).monitored(monitor);
-        let mut limit = (action == RuleAction::RateLimit).then(RateLimit::default);
-        let mut limit_seen: Vec<&'static str> = Vec::new();
-        let mut seen: Vec<&'static str> = Vec::new();
-        let mut once = |what: &'static str| once(&mut seen, what);
-        // `per src/LEN` with one length, as written (checked against the
-        // rule's IP versions once they are all known).
-        let mut single_per: Option<String> = None;
-        while let Some(word) = words.next() {
-            if limit.is_some() && word.eq_ignore_ascii_case("per") {
-                single_per = words.peek().filter(|v| v.matches('/').count() == 1).map(|v| (*v).to_owned());
-            }
-            if let Some(l) = &mut limit {
-                if l.parse_word(word, || words.next().map(str::to_owned), &mut limit_seen).map_err(&bad)? {
-                    continue;
-                }
-            }
-            let lower = word.to_ascii_lowercase();
-            let mut value =
-                |what: &str| words.next().ok_or_else(|| format!("`{what}` needs a value after it")).map(str::to_owned);
-            match lower.as_str() {
-                "ipv4" | "ip4" | "ipv6" | "ip6" => {
-                    once("ipv4/ipv6").map_err(&bad)?;
-                    rule.family = Some(lower.parse::<IpFamily>().map_err(|e| bad(e.to_string()))?);
-                }
-                "tcp" | "udp" | "icmp" | "icmpv6" | "proto" => {
-                    once("protocol").map_err(&bad)?;
-                    rule.protocol = Some(match lower.as_str() {
-                        "tcp" => RuleProtocol::Tcp,
-                        "udp" => RuleProtocol::Udp,
-                        "icmp" => RuleProtocol::Icmp,
-                        "icmpv6" => RuleProtocol::Icmpv6,
-                        _ => {
-                            let v = value("proto").map_err(&bad)?;
-                            let n = v
-                                .parse::<u8>()
-                                .map_err(|_| bad(format!("`proto {v}`: give the protocol number, 0 to 255")))?;
-                            RuleProtocol::from_number(n)
-                        }
-                    });
-                }
-                "not" | "from" | "to" => {
-                    let negated = lower == "not";
-                    let dir = if negated {
-                        let w = words.next().map(str::to_ascii_lowercase);
-                        match w.as_deref() {
-                            Some(d @ ("from" | "to")) => d.to_owned(),
-                            _ => return Err(bad("`not` goes before `from` or `to`".into())),
-                        }
-                    } else {
-                        lower.clone()
-                    };
-                    let mut value = |what: &str| {
-                        words.next().ok_or_else(|| format!("`{what}` needs a value after it")).map(str::to_owned)
-                    };
-                    if dir == "from" {
-                        once("from").map_err(&bad)?;
-                        let v = value("from").map_err(&bad)?;
-                        let source = if v.eq_ignore_ascii_case("set") {
-                            Source::Set(value("from set").map_err(&bad)?)
-                        } else {
-                            Source::Prefix(parse_prefix(&v).map_err(|e| bad(e.to_string()))?)
-                        };
-                        rule.source = Some(SourceMatch { negated, source });
-                    } else {
-                        once("to").map_err(&bad)?;
-                        let v = value("to").map_err(&bad)?;
-                        let prefix = parse_prefix(&v).map_err(|e| bad(e.to_string()))?;
-                        rule.destination = Some(DestinationMatch { negated, prefix });
-                    }
-                }
-                "sport" | "dport" | "type" => {
-                    once(match lower.as_str() {
-                        "sport" => "sport",
-                        "dport" => "dport",
-                        _ => "type",
-                    })
-                    .map_err(&bad)?;
-                    let v = value(&lower).map_err(&bad)?;
-                    let set = v.parse::<RangeSet>().map_err(|e| match e {
-                        RuleError::Invalid { reason, .. } => bad(format!("`{lower} {v}`: {reason}")),
-                        other => other,
-                    })?;
-                    match lower.as_str() {
-                        "sport" => rule.source_ports = Some(set),
-                        "dport" => rule.destination_ports = Some(set),
-                        _ => rule.icmp_types = Some(set),
-                    }
-                }
-                "flags" => {
-                    once("flags").map_err(&bad)?;
-                    let v = value("flags").map_err(&bad)?;
-                    rule.tcp_flags = Some(v.parse::<TcpFlags>().map_err(|e| match e {
-                        RuleError::Invalid { reason, .. } => bad(format!("`flags {v}`: {reason}")),
-                        other => other,
-                    })?);
-                }
-                _ if limit.is_some() && word.starts_with(|c: char| c.is_ascii_digit()) => {
-                    return Err(bad(format!(
-                        "`{word}` is not a rate: give it a unit, `100/s` (packets a second), `1mbit/s` or `64kB/s` \
-                         (bytes)"
-                    )))
-                }
-                _ => {
-                    return Err(bad(format!(
-                        "unknown word `{word}` (expected ipv4, ipv6, tcp, udp, icmp, icmpv6, proto N, \
-                         [not] from PREFIX|set NAME, [not] to PREFIX, sport, dport, flags or type)"
-                    )))
-                }
+        if let Some(l) = &mut limit {
+            if l.parse_word(word, || words.next().map(str::to_owned), &mut limit_seen).map_err(&bad)? {
+                continue;
             }
         }
-        // One length for a rule of both IP versions: which one it is (the
-        // IPv4 one up to 32, else IPv6's) would be a guess, and the other
-        // version keyed per address without a word said.
-        let prefix_family = match (&rule.source, &rule.destination) {
-            (Some(SourceMatch { source: Source::Prefix(p), .. }), _) => Some(IpFamily::of(p.ip())),
-            (_, Some(d)) => Some(IpFamily::of(d.prefix.ip())),
-            _ => None,
-        };
-        match (&single_per, rule.family.or(prefix_family), &mut limit) {
-            (Some(v), None, _) => {
+        let lower = word.to_ascii_lowercase();
+        let mut value =
+            |what: &str| words.next().ok_or_else(|| format!("`{what}` needs a value after it")).map(str::to_owned);
+        match lower.as_str() {
+            "ipv4" | "ip4" | "ipv6" | "ip6" => {
+                once("ipv4/ipv6").map_err(&bad)?;
+                rule.family = Some(lower.parse::<IpFamily>().map_err(|e| bad(e.to_string()))?);
+            }
+            "tcp" | "udp" | "icmp" | "icmpv6" | "proto" => {
+                once("protocol").map_err(&bad)?;
+                rule.protocol = Some(match lower.as_str() {
+                    "tcp" => RuleProtocol::Tcp,
+                    "udp" => RuleProtocol::Udp,
+                    "icmp" => RuleProtocol::Icmp,
+                    "icmpv6" => RuleProtocol::Icmpv6,
+                    _ => {
+                        let v = value("proto").map_err(&bad)?;
+                        let n = v
+                            .parse::<u8>()
+                            .map_err(|_| bad(format!("`proto {v}`: give the protocol number, 0 to 255")))?;
+                        RuleProtocol::from_number(n)
+                    }
+                });
+            }
+            "not" | "from" | "to" => {
+                let negated = lower == "not";
+                let dir = if negated {
+                    let w = words.next().map(str::to_ascii_lowercase);
+                    match w.as_deref() {
+                        Some(d @ ("from" | "to")) => d.to_owned(),
+                        _ => return Err(bad("`not` goes before `from` or `to`".into())),
+                    }
+                } else {
+                    lower.clone()
+                };
+                let mut value = |what: &str| {
+                    words.next().ok_or_else(|| format!("`{what}` needs a value after it")).map(str::to_owned)
+                };
+                if dir == "from" {
+                    once("from").map_err(&bad)?;
+                    let v = value("from").map_err(&bad)?;
+                    let source = if v.eq_ignore_ascii_case("set") {
+                        Source::Set(value("from set").map_err(&bad)?)
+                    } else {
+                        Source::Prefix(parse_prefix(&v).map_err(|e| bad(e.to_string()))?)
+                    };
+                    rule.source = Some(SourceMatch { negated, source });
+                } else {
+                    once("to").map_err(&bad)?;
+                    let v = value("to").map_err(&bad)?;
+                    let prefix = parse_prefix(&v).map_err(|e| bad(e.to_string()))?;
+                    rule.destination = Some(DestinationMatch { negated, prefix });
+                }
+            }
+            "sport" | "dport" | "type" => {
+                once(match lower.as_str() {
+                    "sport" => "sport",
+                    "dport" => "dport",
+                    _ => "type",
+                })
+                .map_err(&bad)?;
+                let v = value(&lower).map_err(&bad)?;
+                let set = v.parse::<RangeSet>().map_err(|e| match e {
+                    RuleError::Invalid { reason, .. } => bad(format!("`{lower} {v}`: {reason}")),
+                    other => other,
+                })?;
+                match lower.as_str() {
+                    "sport" => rule.source_ports = Some(set),
+                    "dport" => rule.destination_ports = Some(set),
+                    _ => rule.icmp_types = Some(set),
+                }
+            }
+            "flags" => {
+                once("flags").map_err(&bad)?;
+                let v = value("flags").map_err(&bad)?;
+                rule.tcp_flags = Some(v.parse::<TcpFlags>().map_err(|e| match e {
+                    RuleError::Invalid { reason, .. } => bad(format!("`flags {v}`: {reason}")),
+                    other => other,
+                })?);
+            }
+            _ if limit.is_some() && word.starts_with(|c: char| c.is_ascii_digit()) => {
                 return Err(bad(format!(
-                    "`per {v}` gives one prefix length, and the rule matches both IPv4 and IPv6: give both \
-                     (`per src/24/64`: IPv4's, then IPv6's), or put `ipv4` or `ipv6` in the rule"
+                    "`{word}` is not a rate: give it a unit, `100/s` (packets a second), `1mbit/s` or `64kB/s` \
+                     (bytes)"
                 )))
             }
-            // The one length is the rule's IP version's, whatever its size
-            // (`per src/32 ipv6` keys IPv6 sources by /32).
-            (Some(v), Some(family), Some(l)) => {
-                let n = v.rsplit('/').next().and_then(|n| n.parse::<u8>().ok()).unwrap_or(l.per.v4_len);
-                l.per = match family {
-                    IpFamily::V4 if n > 32 => {
-                        return Err(bad(format!("`per {v}`: an IPv4 prefix length is 0 to 32")));
-                    }
-                    IpFamily::V4 => LimitKey { v4_len: n, v6_len: 128 },
-                    IpFamily::V6 => LimitKey { v4_len: 32, v6_len: n },
-                };
+            _ => {
+                return Err(bad(format!(
+                    "unknown word `{word}` (expected ipv4, ipv6, tcp, udp, icmp, icmpv6, proto N, \
+                     [not] from PREFIX|set NAME, [not] to PREFIX, sport, dport, flags or type)"
+                )))
             }
-            _ => {}
         }
-        rule.limit = limit;
-        rule.normalized().map_err(|e| match e {
-            // Name the rule as written, not as normalized.
-            RuleError::Invalid { reason, .. } => bad(reason),
-            other => other,
-        })
     }
+    // One length for a rule of both IP versions: which one it is (the
+    // IPv4 one up to 32, else IPv6's) would be a guess, and the other
+    // version keyed per address without a word said.
+    let prefix_family = match (&rule.source, &rule.destination) {
+        (Some(SourceMatch { source: Source::Prefix(p), .. }), _) => Some(IpFamily::of(p.ip())),
+        (_, Some(d)) => Some(IpFamily::of(d.prefix.ip())),
+        _ => None,
+    };
+    match (&single_per, rule.family.or(prefix_family), &mut limit) {
+        (Some(v), None, _) => {
+            return Err(bad(format!(
+                "`per {v}` gives one prefix length, and the rule matches both IPv4 and IPv6: give both \
+                 (`per src/24/64`: IPv4's, then IPv6's), or put `ipv4` or `ipv6` in the rule"
+            )))
+        }
+        // The one length is the rule's IP version's, whatever its size
+        // (`per src/32 ipv6` keys IPv6 sources by /32).
+        (Some(v), Some(family), Some(l)) => {
+            let n = v.rsplit('/').next().and_then(|n| n.parse::<u8>().ok()).unwrap_or(l.per.v4_len);
+            l.per = match family {
+                IpFamily::V4 if n > 32 => {
+                    return Err(bad(format!("`per {v}`: an IPv4 prefix length is 0 to 32")));
+                }
+                IpFamily::V4 => LimitKey { v4_len: n, v6_len: 128 },
+                IpFamily::V6 => LimitKey { v4_len: 32, v6_len: n },
+            };
+        }
+        _ => {}
+    }
+    rule.limit = limit;
+    rule.normalize(strict).map_err(|e| match e {
+        // Name the rule as written, not as normalized.
+        RuleError::Invalid { reason, .. } => bad(reason),
+        other => other,
+    })
 }
 
 /// Records that word `what` of a rule was given: an error the second time.
@@ -363,6 +375,19 @@ mod tests {
             assert_eq!(rule.to_string(), shown, "{text}");
             assert_eq!(shown.parse::<Rule>().unwrap(), rule, "{shown} round-trips");
         }
+    }
+
+    /// A rule an older build stored with a byte burst under one frame is
+    /// read back from the guard's text (not lost), though refused as new.
+    #[test]
+    fn stored_rules_read_back_what_new_ones_refuse() {
+        let text = "rate-limit 1mbit/s burst 100B udp dport 9999";
+        let err = text.parse::<Rule>().unwrap_err().to_string();
+        assert!(err.contains("at least 9018 bytes"), "{err}");
+        let stored = parse_stored(text).unwrap();
+        assert_eq!(stored.limit.and_then(|l| l.burst_bytes), Some(100));
+        assert_eq!(stored.to_string(), text);
+        assert!(parse_stored("rate-limit 0/s udp").is_err(), "what no build took is still refused");
     }
 
     #[test]
