@@ -432,6 +432,23 @@ fn sets_and_atomic_replaces() {
     t.finish();
 }
 
+/// ICMP types by name, numbered by the rule's protocol (echo-request is 8
+/// in ICMP, 128 in ICMPv6); a type out of 0-255 is refused as such.
+#[test]
+fn icmp_types_by_name() {
+    let f = load();
+    let ids = add(&f, &["drop icmp type echo-request", "drop icmpv6 type echo-reply"]);
+    assert_eq!(f.rules().get(ids[1]).unwrap().to_string(), "drop icmpv6 type 129");
+    let mut t = Table::new(&f, "ICMP types by name");
+    t.drop("ICMP echo request", &echo("203.0.113.5"), &[ids[0]]);
+    t.pass("ICMP echo reply", &echo_reply("203.0.113.5"), &[]);
+    t.pass("ICMPv6 echo request", &echo("2001:db8:9::5"), &[]);
+    t.drop("ICMPv6 echo reply", &echo_reply("2001:db8:9::5"), &[ids[1]]);
+    t.finish();
+    let err = "drop icmp type echo".parse::<xdpguard::Rule>().unwrap_err().to_string();
+    assert!(err.contains("not an ICMP type: give a number from 0 to 255 or a name (echo-reply"), "{err}");
+}
+
 #[test]
 fn full_tables_refuse_and_keep_the_set() {
     let f = Filter::builder().max_rules(4).max_rule_records(6).load().expect("load");
@@ -457,6 +474,15 @@ fn full_tables_refuse_and_keep_the_set() {
     t.drop("port 2 still dropped", &tcp("203.0.113.5", 2, SYN), &[ids[1]]);
     t.pass("SYN+FIN was never added", &tcp("203.0.113.5", 3, SYN | FIN), &[]);
     t.finish();
+
+    // The 65th set: the table of sets is full, said in words that parse.
+    for i in 0..64 {
+        g.sets().create(&format!("s{i}")).unwrap();
+    }
+    let err = g.sets().create("s64").unwrap_err();
+    assert!(matches!(err, RuleError::Full { capacity: 64, .. }), "{err}");
+    assert!(err.to_string().starts_with("the named-set table is full (64)"), "{err}");
+    assert_eq!(g.sets().names().unwrap().len(), 64, "nothing applied");
 }
 
 #[test]

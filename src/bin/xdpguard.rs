@@ -762,8 +762,9 @@ fn run(command: Command) -> Result<()> {
                     );
                     if l.blocks_failed > 0 {
                         println!(
-                            "warning:    {} auto-blocks were refused, the timed-block table being full: attach with \
-                             a larger --max-timed-blocks (or lengthen the rules' `block` less)",
+                            "warning:    {} auto-block attempts failed (packets over a blocking rule's limit found \
+                             the timed-block table full; they were still limited): attach with a larger \
+                             --max-timed-blocks (or shorten the rules' `block`)",
                             l.blocks_failed
                         );
                     }

@@ -211,7 +211,7 @@ impl GuardState {
             return Err(RuleError::SetExists { name: name.to_owned() });
         }
         let slot = self.sets.iter().position(Option::is_none).ok_or(RuleError::Full {
-            what: "the named sets",
+            what: "the named-set table",
             capacity: XDPG_MAX_SETS as usize,
             setter: "(fixed)",
         })?;

@@ -116,6 +116,54 @@ impl FromStr for RangeSet {
     }
 }
 
+/// ICMP types by name: (name, ICMP's type, ICMPv6's type).
+const ICMP_TYPE_NAMES: [(&str, Option<u8>, Option<u8>); 6] = [
+    ("echo-reply", Some(0), Some(129)),
+    ("destination-unreachable", Some(3), Some(1)),
+    ("packet-too-big", None, Some(2)),
+    ("echo-request", Some(8), Some(128)),
+    ("time-exceeded", Some(11), Some(3)),
+    ("parameter-problem", Some(12), Some(4)),
+];
+
+/// `type` TYPES: numbers 0 to 255 and ranges as [`RangeSet`] reads them,
+/// or names of the protocol given before (`echo-request`).
+fn icmp_types(s: &str, protocol: Option<RuleProtocol>) -> Result<RangeSet, String> {
+    let names = || ICMP_TYPE_NAMES.iter().map(|(n, ..)| *n).collect::<Vec<_>>().join(", ");
+    let one = |t: &str| -> Result<u16, String> {
+        let t = t.trim();
+        if let Ok(n) = t.parse::<u8>() {
+            return Ok(u16::from(n));
+        }
+        let Some((_, v4, v6)) = ICMP_TYPE_NAMES.iter().find(|(n, ..)| n.eq_ignore_ascii_case(t)) else {
+            return Err(format!("`{t}` is not an ICMP type: give a number from 0 to 255 or a name ({})", names()));
+        };
+        let n = match protocol {
+            Some(RuleProtocol::Icmp) => v4.ok_or_else(|| format!("`{t}` is an ICMPv6 type only (`icmpv6`)"))?,
+            Some(RuleProtocol::Icmpv6) => *v6.as_ref().expect("every name is ICMPv6's"),
+            _ => return Err(format!("a type name (`{t}`) goes after `icmp` or `icmpv6`, which number it")),
+        };
+        Ok(u16::from(n))
+    };
+    let mut ranges = Vec::new();
+    for part in s.split(',') {
+        // Names have dashes: a range is the first split whose two sides
+        // are types (`3-time-exceeded`).
+        let (lo, hi) = match one(part) {
+            Ok(n) => (n, n),
+            Err(e) => part
+                .match_indices('-')
+                .find_map(|(i, _)| Some((one(&part[..i]).ok()?, one(&part[i + 1..]).ok()?)))
+                .ok_or(e)?,
+        };
+        if lo > hi {
+            return Err(format!("range {lo}-{hi} is backwards (write {hi}-{lo})"));
+        }
+        ranges.push(lo..=hi);
+    }
+    Ok(RangeSet::new(ranges))
+}
+
 fn flag_bits(s: &str) -> Result<u8, String> {
     if s.eq_ignore_ascii_case("none") {
         return Ok(0);
@@ -267,10 +315,14 @@ fn parse_rule(text: &str, strict: bool) -> Result<Rule, RuleError> {
                 })
                 .map_err(&bad)?;
                 let v = value(&lower).map_err(&bad)?;
-                let set = v.parse::<RangeSet>().map_err(|e| match e {
-                    RuleError::Invalid { reason, .. } => bad(format!("`{lower} {v}`: {reason}")),
-                    other => other,
-                })?;
+                let set = if lower == "type" {
+                    icmp_types(&v, rule.protocol).map_err(|reason| bad(format!("`type {v}`: {reason}")))?
+                } else {
+                    v.parse::<RangeSet>().map_err(|e| match e {
+                        RuleError::Invalid { reason, .. } => bad(format!("`{lower} {v}`: {reason}")),
+                        other => other,
+                    })?
+                };
                 match lower.as_str() {
                     "sport" => rule.source_ports = Some(set),
                     "dport" => rule.destination_ports = Some(set),
@@ -358,6 +410,9 @@ mod tests {
             ("drop tcp dport 22", "drop tcp dport 22"),
             ("drop tcp flags syn,fin", "drop tcp flags fin,syn"),
             ("monitor drop icmp type 8", "monitor drop icmp type 8"),
+            ("drop icmp type echo-request,echo-reply", "drop icmp type 0,8"),
+            ("drop icmpv6 type Echo-Request-129", "drop icmpv6 type 128-129"),
+            ("drop icmp type 3-time-exceeded", "drop icmp type 3-11"),
             ("count ipv6 icmpv6 type 128-129", "count ipv6 icmpv6 type 128-129"),
             ("DROP Proto 47 to 203.0.113.0/24  # GRE", "drop proto 47 to 203.0.113.0/24"),
             ("drop proto 6 flags syn/syn,ack", "drop tcp flags syn/syn,ack"),
@@ -402,7 +457,10 @@ mod tests {
             ("drop udp flags syn", "needs `tcp`"),
             ("drop tcp flags syn,bogus", "unknown TCP flag"),
             ("drop tcp type 3", "needs `icmp`"),
-            ("drop icmp type 300", "0 to 255"),
+            ("drop icmp type 300", "`300` is not an ICMP type: give a number from 0 to 255"),
+            ("drop icmp type echo", "`echo` is not an ICMP type: give a number from 0 to 255 or a name (echo-reply"),
+            ("drop icmp type packet-too-big", "ICMPv6 type only"),
+            ("drop icmp type 11-3", "backwards"),
             ("drop udp udp", "given twice"),
             ("drop from 192.0.2.0/33", "invalid prefix"),
             ("drop not udp", "`not` goes before"),
