@@ -432,6 +432,23 @@ fn sets_and_atomic_replaces() {
     t.finish();
 }
 
+/// A freed rule id is not handed out again at once: a `rule del N` from a
+/// listing taken before someone else's edit finds no rule, rather than
+/// deleting the rule that got N since.
+#[test]
+fn a_freed_rule_id_is_not_reused_at_once() {
+    let f = load();
+    let ids = add(&f, &["drop udp dport 1", "drop udp dport 2", "drop udp dport 3"]);
+    f.rules().remove(ids[1]).unwrap();
+    let new = f.rules().add(rule("drop udp dport 4")).unwrap();
+    assert!(!ids.contains(&new), "{new} is a fresh id, not one of {ids:?}");
+    assert!(matches!(f.rules().remove(ids[1]), Err(RuleError::NotFound { .. })), "the stale id removes nothing");
+    let mut t = Table::new(&f, "after a stale delete");
+    t.drop("the new rule is there", &udp("203.0.113.5", 9, 4), &[new]);
+    t.pass("the removed rule is gone", &udp("203.0.113.5", 9, 2), &[]);
+    t.finish();
+}
+
 /// ICMP types by name, numbered by the rule's protocol (echo-request is 8
 /// in ICMP, 128 in ICMPv6); a type out of 0-255 is refused as such.
 #[test]

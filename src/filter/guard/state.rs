@@ -127,14 +127,19 @@ impl GuardState {
         self.rules.iter().filter(|r| r.rule.set_name() == Some(name)).map(|r| r.rule.to_string()).collect()
     }
 
-    /// Ids for `n` new rules: the lowest ones neither the live set nor
-    /// `kept` uses (so an id freed by this edit, which packets of the old
-    /// set may still count in, is not reused before a later edit). Ids run
-    /// to twice the rule capacity, so a set can always be replaced by as
-    /// many new rules.
+    /// Ids for `n` new rules: the first ones after the highest id the live
+    /// set or `kept` uses, wrapping around the id window, that neither
+    /// uses. An id freed is so not handed out again until the window wraps
+    /// (a stale `rule del N` from an earlier listing finds no rule rather
+    /// than another's), unless it was the highest one; and an id freed by
+    /// this edit, which packets of the old set may still count in, is not
+    /// reused before a later edit. Ids run to twice the rule capacity, so a
+    /// set can always be replaced by as many new rules.
     pub(crate) fn fresh_ids(&self, kept: &[u32], n: usize, capacity: usize) -> Result<Vec<u32>, RuleError> {
         let used: BTreeSet<u32> = self.rules.iter().map(|r| r.id).chain(kept.iter().copied()).collect();
-        let ids: Vec<u32> = (0..2 * capacity as u32).filter(|i| !used.contains(i)).take(n).collect();
+        let window = 2 * capacity as u32;
+        let start = used.last().map_or(0, |&high| high.saturating_add(1)).min(window);
+        let ids: Vec<u32> = (start..window).chain(0..start).filter(|i| !used.contains(i)).take(n).collect();
         if ids.len() < n {
             return Err(RuleError::Full { what: "the rule table", capacity, setter: "max_rules" });
         }
@@ -331,6 +336,30 @@ impl GuardState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn with_ids(ids: &[u32]) -> GuardState {
+        let rule: Rule = "drop udp".parse().unwrap();
+        GuardState {
+            rules: ids.iter().map(|&id| StoredRule { id, rule: rule.clone() }).collect(),
+            ..Default::default()
+        }
+    }
+
+    /// New ids come after the highest live one, so an id freed is not
+    /// handed out at once (a stale `rule del` would remove another rule).
+    #[test]
+    fn fresh_ids_follow_the_highest_and_wrap() {
+        assert_eq!(with_ids(&[]).fresh_ids(&[], 2, 4).unwrap(), [0, 1]);
+        assert_eq!(with_ids(&[0, 2]).fresh_ids(&[], 1, 4).unwrap(), [3], "1 was freed: not reused yet");
+        assert_eq!(with_ids(&[0, 6]).fresh_ids(&[], 3, 4).unwrap(), [7, 1, 2], "wraps within 2x capacity");
+        assert_eq!(with_ids(&[7]).fresh_ids(&[], 2, 4).unwrap(), [0, 1]);
+        assert_eq!(with_ids(&[1]).fresh_ids(&[5], 1, 4).unwrap(), [6], "kept ids count as used");
+        // An id of the live set (freed by this edit) is not given again.
+        assert_eq!(with_ids(&[0, 1, 2, 3, 4, 5, 6]).fresh_ids(&[], 1, 4).unwrap(), [7]);
+        assert!(matches!(with_ids(&[0, 1, 2, 3, 4, 5, 6, 7]).fresh_ids(&[], 1, 4), Err(RuleError::Full { .. })));
+        // A smaller capacity than an id (not made by this build): still in range.
+        assert_eq!(with_ids(&[20]).fresh_ids(&[], 1, 4).unwrap(), [0]);
+    }
 
     #[test]
     fn set_keys_round_trip() {
