@@ -242,15 +242,15 @@ impl GuardState {
         Ok(set.entries.len())
     }
 
-    fn trie_room(&self, maps: &GuardMaps, more: usize) -> Result<(), RuleError> {
+    /// Whether the prefix table has room for `more` entries.
+    pub(crate) fn trie_has_room(&self, maps: &GuardMaps, more: usize) -> bool {
         let used: usize = self.sets.iter().flatten().map(|s| s.entries.len()).sum();
-        let cap = maps.capacity().set_entries;
-        if used + more > cap {
-            return Err(RuleError::Full {
-                what: "the named sets' prefix table (a whole-set edit needs room for the old and the new set)",
-                capacity: cap,
-                setter: "max_set_entries",
-            });
+        used + more <= maps.capacity().set_entries
+    }
+
+    fn trie_room(&self, maps: &GuardMaps, more: usize, what: &'static str) -> Result<(), RuleError> {
+        if !self.trie_has_room(maps, more) {
+            return Err(RuleError::Full { what, capacity: maps.capacity().set_entries, setter: "max_set_entries" });
         }
         Ok(())
     }
@@ -270,7 +270,7 @@ impl GuardState {
             return Ok(false);
         }
         if insert {
-            self.trie_room(maps, 1)?;
+            self.trie_room(maps, 1, "the named sets' prefix table")?;
         }
         let set = self.sets[slot].as_mut().expect("slot found above");
         let key = set_key(set.phys, net);
@@ -282,6 +282,55 @@ impl GuardState {
             set.entries.remove(&net);
         }
         Ok(true)
+    }
+
+    /// Adds `added` (not in the set) or removes `removed` (in it) in place,
+    /// in the set's live physical set, all or nothing: a failed update
+    /// undoes the ones before it. Only the additions need room; removing
+    /// never does. Each update is atomic for the addresses it covers, not
+    /// the edit as a whole: a packet may see part of it (never a prefix
+    /// not given).
+    pub(crate) fn edit_set_in_place(
+        &mut self,
+        maps: &GuardMaps,
+        name: &str,
+        added: &[IpNetwork],
+        removed: &[IpNetwork],
+    ) -> Result<(), RuleError> {
+        let slot = self.set_slot(name).ok_or_else(|| RuleError::UnknownSet { name: name.to_owned() })?;
+        self.trie_room(maps, added.len(), "the named sets' prefix table")?;
+        let phys = self.sets[slot].as_ref().expect("slot found above").phys;
+        let mut done: Vec<(IpNetwork, bool)> = Vec::new();
+        let undo = |done: &[(IpNetwork, bool)]| {
+            for (net, inserted) in done.iter().rev() {
+                let key = set_key(phys, *net);
+                let _ = if *inserted {
+                    maps.sets.remove(&key).map(drop)
+                } else {
+                    maps.sets.insert(&key, &1, MapFlags::ANY)
+                };
+            }
+        };
+        let steps = added.iter().map(|n| (*n, true)).chain(removed.iter().map(|n| (*n, false)));
+        for (net, insert) in steps {
+            let key = set_key(phys, net);
+            let r = if insert {
+                maps.sets.insert(&key, &1, MapFlags::ANY).map_err(bpf(format!("adding {net} to set {name}")))
+            } else {
+                maps.sets.remove(&key).map(drop).map_err(bpf(format!("removing {net} from set {name}")))
+            };
+            if let Err(e) = r {
+                undo(&done);
+                return Err(e);
+            }
+            done.push((net, insert));
+        }
+        let set = self.sets[slot].as_mut().expect("slot found above");
+        set.entries.extend(added.iter().copied());
+        for net in removed {
+            set.entries.remove(net);
+        }
+        Ok(())
     }
 
     /// Replaces a whole set atomically: the new prefixes go into the slot's
@@ -298,7 +347,13 @@ impl GuardState {
         if old.entries == entries {
             return Ok(());
         }
-        self.trie_room(maps, entries.len())?;
+        self.trie_room(
+            maps,
+            entries.len(),
+            "the named sets' prefix table (a whole-set replace builds the new set beside the live one, so it \
+             needs room for both; to change a large set, add and remove its differences instead: \
+             `NamedSet::extend` and `remove_all`, CLI `xdpguard set add` and `set del` without --replace)",
+        )?;
         let idle = old.phys ^ 1;
         let fill = || -> Result<(), RuleError> {
             for net in &entries {
