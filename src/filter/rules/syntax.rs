@@ -460,6 +460,19 @@ impl Rule {
             .or_else(|| self.destination.map(|d| IpFamily::of(d.prefix.ip())))
     }
 
+    /// Whether the rule's only conditions are on the source: its prefix or
+    /// named set (with `not`) and IP version. Such a rule matches every
+    /// packet of a source it admits; one with a protocol, ports, flags,
+    /// types or a destination only some.
+    pub fn only_on_source(&self) -> bool {
+        self.protocol.is_none()
+            && self.destination.is_none()
+            && self.source_ports.is_none()
+            && self.destination_ports.is_none()
+            && self.tcp_flags.is_none()
+            && self.icmp_types.is_none()
+    }
+
     /// The named set the rule refers to, if any.
     pub fn set_name(&self) -> Option<&str> {
         match &self.source {
