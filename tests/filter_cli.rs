@@ -678,3 +678,56 @@ fn concurrent_attaches_on_a_new_pin_directory_all_attach_one_filter() {
         filter.unpin().unwrap();
     }
 }
+
+/// `check` walks the rules for a source neither list nor a timed block
+/// decided: a rule on the source alone decides (`drop by rule N`, `pass by
+/// rule N`, a rate limit), and the rules that also look at protocols or
+/// ports before it are named as deciding first for some packets. With no
+/// rule for it: `in neither list`, as before.
+#[test]
+fn check_names_the_rule_that_decides_by_source() {
+    let cli = XDPGUARD;
+    let bed = CliBed::new(&cli, "clichk");
+    let (client, p) = (&bed.pair.client, bed.pin.arg());
+    cli.ok(&["set", "create", "--pin", p, "friends"]);
+    cli.ok(&["set", "add", "--pin", p, "friends", "203.0.113.0/24"]);
+    let id = |words: &[&str]| -> u64 {
+        let mut args = vec!["rule", "add", "--pin", p];
+        args.extend_from_slice(words);
+        cli.ok(&args);
+        let v = cli.json(&["rule", "list", "--pin", p, "--json"]);
+        v["rules"].as_array().unwrap().last().unwrap()["id"].as_u64().unwrap()
+    };
+    let udp9 = id(&["drop", "udp", "dport", "9"]);
+    let not_friends = id(&["drop", "udp", "not", "from", "set", "friends", "dport", "7100"]);
+    let office = id(&["drop", "from", "198.51.100.0/24"]);
+    let limited = id(&["rate-limit", "10/s", "from", "set", "friends"]);
+    let friends = id(&["pass", "from", "set", "friends"]);
+    id(&["count", "from", "192.0.2.0/24"]);
+
+    let v = cli.json(&["check", "--pin", p, "198.51.100.9", "--json"]);
+    assert_eq!(v["action"], "drop", "{v}");
+    assert_eq!(v["reason"], format!("drop by rule {office}: drop from 198.51.100.0/24"), "{v}");
+    assert_eq!(v["rule"], office, "{v}");
+    assert_eq!(v["may_decide"], serde_json::json!([udp9, not_friends]), "{v}");
+    let out = cli.ok(&["check", "--pin", p, "198.51.100.9"]);
+    assert!(
+        out.starts_with(&format!("198.51.100.9: drop (drop by rule {office}: drop from 198.51.100.0/24)")),
+        "{out}"
+    );
+    assert!(out.contains(&format!("rule {not_friends} may decide first for some of its packets")), "{out}");
+
+    let v = cli.json(&["check", "--pin", p, "203.0.113.7", "--json"]);
+    assert_eq!(v["action"], "rate-limit", "{v}");
+    assert_eq!((v["rule"].as_u64(), v["rate_limited_by"].clone()), (Some(friends), serde_json::json!([limited])));
+    assert!(v["reason"].as_str().unwrap().contains("within the limit: pass, pass by rule"), "{v}");
+    assert_eq!(v["may_decide"], serde_json::json!([udp9]), "not the rule for sources outside the set: {v}");
+
+    // 192.0.2.1: only rules that look at ports (and a count) see it.
+    let v = cli.json(&["check", "--pin", p, "192.0.2.1", "--json"]);
+    assert_eq!((v["action"].as_str(), v["reason"].as_str()), (Some("pass"), Some("in neither list")), "{v}");
+    assert_eq!(v["may_decide"], serde_json::json!([udp9, not_friends]), "{v}");
+    // And it does: its UDP to port 7100 is dropped as not a friend.
+    assert_blocked(client, "192.0.2.1", "drop udp not from set friends dport 7100");
+    cli.ok(&["detach", "--pin", p]);
+}

@@ -117,21 +117,51 @@ fn packet_buckets_burst_and_refill() {
 #[test]
 fn byte_buckets() {
     let f = load();
-    // 800 bit/s = 100 bytes/s, 3000 bytes deep (real time between rows
+    // 800 bit/s = 100 bytes/s, 10,000 bytes deep (real time between rows
     // refills a byte per 10 ms: far from the rows' margins).
-    let id = f.rules().add(rule("rate-limit 800bit/s burst 3kB udp dport 53")).unwrap();
+    let id = f.rules().add(rule("rate-limit 800bit/s burst 10kB udp dport 53")).unwrap();
     let frame = udp_sized("203.0.113.1", 53, 1000);
-    assert!(frame.len() > 1000 && frame.len() * 2 <= 3000 && frame.len() * 3 > 3000, "{}", frame.len());
+    assert!(frame.len() * 9 <= 10_000 && frame.len() * 10 > 10_000 + 400, "{}", frame.len());
     let small = udp_sized("203.0.113.1", 53, 10);
     let mut t = Table::new(&f, "bytes per second");
-    t.pass("1st big frame", &frame, id);
-    t.pass("2nd big frame", &frame, id);
-    t.limited("3rd big frame: over 3 kB", &frame, id);
+    for i in 1..=9 {
+        t.pass(&format!("big frame {i}"), &frame, id);
+    }
+    t.limited("10th big frame: over 10 kB", &frame, id);
     t.pass("a small frame still fits", &small, id);
-    f.advance_clock(Duration::from_secs(20)).unwrap();
-    t.pass("20 s later: 2000 bytes more", &frame, id);
+    f.advance_clock(Duration::from_secs(25)).unwrap();
+    t.pass("25 s later: 2500 bytes more", &frame, id);
     t.pass("and another", &frame, id);
     t.limited("not a third", &frame, id);
+    t.finish();
+}
+
+/// A byte burst smaller than a frame is refused, naming the least (it
+/// would drop every larger frame for good), and nothing changes; a small
+/// byte rate's default burst still holds a jumbo frame, so its frames pass.
+#[test]
+fn a_byte_burst_holds_at_least_one_frame() {
+    let f = load();
+    let before = f.rules().add(rule("drop udp dport 9")).unwrap();
+    let mut small = xdpguard::RateLimit::bytes(125_000);
+    small.burst_bytes = Some(100);
+    let tiny = xdpguard::Rule::rate_limit(small).udp().destination_ports("9999".parse().unwrap());
+    let err = f.rules().add(tiny).unwrap_err();
+    assert!(matches!(&err, RuleError::Invalid { reason, .. } if reason.contains("at least 9018 bytes")), "{err}");
+    assert_eq!(f.rules().list().unwrap().iter().map(|e| e.id).collect::<Vec<_>>(), [before], "nothing applied");
+    let err = "rate-limit 1mbit/s burst 100B udp dport 9999".parse::<xdpguard::Rule>().unwrap_err();
+    assert!(err.to_string().contains("smaller than one frame"), "{err}");
+
+    // 800 bit/s is 100 bytes a second: its default burst is one jumbo
+    // frame, not one second (real time between rows refills a byte per
+    // 10 ms: far from the rows' margin of over 1,000 bytes).
+    let id = f.rules().add(rule("rate-limit 800bit/s udp dport 9999")).unwrap();
+    let big = udp_sized("203.0.113.1", 9999, 3358);
+    assert!(big.len() * 2 <= 9018 && big.len() * 3 > 9018 + 1000, "{}", big.len());
+    let mut t = Table::new(&f, "a small byte rate's default burst");
+    t.pass("a frame larger than a second of the rate passes", &big, id);
+    t.pass("a second", &big, id);
+    t.limited("not a third: the burst is 9018 bytes", &big, id);
     t.finish();
 }
 

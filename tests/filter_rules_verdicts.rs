@@ -432,6 +432,75 @@ fn sets_and_atomic_replaces() {
     t.finish();
 }
 
+/// A freed rule id is not handed out again at once: a `rule del N` from a
+/// listing taken before someone else's edit finds no rule, rather than
+/// deleting the rule that got N since.
+#[test]
+fn a_freed_rule_id_is_not_reused_at_once() {
+    let f = load();
+    let ids = add(&f, &["drop udp dport 1", "drop udp dport 2", "drop udp dport 3"]);
+    f.rules().remove(ids[1]).unwrap();
+    let new = f.rules().add(rule("drop udp dport 4")).unwrap();
+    assert!(!ids.contains(&new), "{new} is a fresh id, not one of {ids:?}");
+    assert!(matches!(f.rules().remove(ids[1]), Err(RuleError::NotFound { .. })), "the stale id removes nothing");
+    let mut t = Table::new(&f, "after a stale delete");
+    t.drop("the new rule is there", &udp("203.0.113.5", 9, 4), &[new]);
+    t.pass("the removed rule is gone", &udp("203.0.113.5", 9, 2), &[]);
+    t.finish();
+}
+
+/// A set over half the prefix table (no room for a second copy) still
+/// gains and loses prefixes: one, or many that fit, in place, all or
+/// nothing; removing is never refused for room; a whole-set replace that
+/// needs two copies says so and how to avoid it.
+#[test]
+fn a_set_over_half_the_table_is_edited_in_place() {
+    let f = Filter::builder().max_rules(8).max_set_entries(8).load().expect("load");
+    let s = f.sets().create("big").unwrap();
+    s.extend((1..=5).map(|i| net(&format!("203.0.113.{i}/32")))).unwrap();
+    let id = add(&f, &["drop udp from set big"])[0];
+    let mut t = Table::new(&f, "a set over half the table");
+    t.drop("in the set", &udp("203.0.113.5", 1, 9), &[id]);
+    t.pass("not yet in the set", &udp("203.0.113.6", 1, 9), &[]);
+    // 5 + 6 > 8: no room for a copy; in place, one prefix and then two.
+    assert_eq!(s.extend([net("203.0.113.6/32")]).unwrap().changed, 1);
+    t.drop("added in place", &udp("203.0.113.6", 1, 9), &[id]);
+    assert_eq!(s.extend([net("203.0.113.7/32"), net("203.0.113.8/32")]).unwrap().changed, 2);
+    t.drop("added in place (two)", &udp("203.0.113.8", 1, 9), &[id]);
+    // Full: two more do not fit, and neither is added.
+    let err = s.extend([net("203.0.113.9/32"), net("203.0.113.10/32")]).unwrap_err();
+    assert!(matches!(err, RuleError::Full { setter: "max_set_entries", .. }), "{err}");
+    assert_eq!(s.len().unwrap(), 8, "nothing applied");
+    t.pass("refused: not added", &udp("203.0.113.9", 1, 9), &[]);
+    // Removing from a full table: never refused for room.
+    assert_eq!(s.remove_all([net("203.0.113.1/32"), net("203.0.113.2/32")]).unwrap().changed, 2);
+    t.pass("removed in place", &udp("203.0.113.1", 1, 9), &[]);
+    t.drop("the rest stays", &udp("203.0.113.3", 1, 9), &[id]);
+    // A replace that adds and removes needs both copies: it says so.
+    let err = s.replace(["198.51.100.0/24", "198.51.100.1/32", "203.0.113.3/32"].map(net)).unwrap_err().to_string();
+    assert!(err.contains("needs room for both") && err.contains("set add") && err.contains("set del"), "{err}");
+    assert_eq!(s.len().unwrap(), 6, "nothing applied");
+    t.drop("after the refused replace", &udp("203.0.113.3", 1, 9), &[id]);
+    t.finish();
+}
+
+/// ICMP types by name, numbered by the rule's protocol (echo-request is 8
+/// in ICMP, 128 in ICMPv6); a type out of 0-255 is refused as such.
+#[test]
+fn icmp_types_by_name() {
+    let f = load();
+    let ids = add(&f, &["drop icmp type echo-request", "drop icmpv6 type echo-reply"]);
+    assert_eq!(f.rules().get(ids[1]).unwrap().to_string(), "drop icmpv6 type 129");
+    let mut t = Table::new(&f, "ICMP types by name");
+    t.drop("ICMP echo request", &echo("203.0.113.5"), &[ids[0]]);
+    t.pass("ICMP echo reply", &echo_reply("203.0.113.5"), &[]);
+    t.pass("ICMPv6 echo request", &echo("2001:db8:9::5"), &[]);
+    t.drop("ICMPv6 echo reply", &echo_reply("2001:db8:9::5"), &[ids[1]]);
+    t.finish();
+    let err = "drop icmp type echo".parse::<xdpguard::Rule>().unwrap_err().to_string();
+    assert!(err.contains("not an ICMP type: give a number from 0 to 255 or a name (echo-reply"), "{err}");
+}
+
 #[test]
 fn full_tables_refuse_and_keep_the_set() {
     let f = Filter::builder().max_rules(4).max_rule_records(6).load().expect("load");
@@ -457,6 +526,15 @@ fn full_tables_refuse_and_keep_the_set() {
     t.drop("port 2 still dropped", &tcp("203.0.113.5", 2, SYN), &[ids[1]]);
     t.pass("SYN+FIN was never added", &tcp("203.0.113.5", 3, SYN | FIN), &[]);
     t.finish();
+
+    // The 65th set: the table of sets is full, said in words that parse.
+    for i in 0..64 {
+        g.sets().create(&format!("s{i}")).unwrap();
+    }
+    let err = g.sets().create("s64").unwrap_err();
+    assert!(matches!(err, RuleError::Full { capacity: 64, .. }), "{err}");
+    assert!(err.to_string().starts_with("the named-set table is full (64)"), "{err}");
+    assert_eq!(g.sets().names().unwrap().len(), 64, "nothing applied");
 }
 
 #[test]

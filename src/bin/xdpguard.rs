@@ -609,36 +609,51 @@ fn run(command: Command) -> Result<()> {
                 _ => addr,
             };
             // The lists, then the timed blocks (the guard checks them next,
-            // by source alone); the rules also look at ports and protocols,
-            // which an address does not have: only named.
+            // by source alone), then the rules: one whose conditions are all
+            // on the source decides; one that also looks at protocols or
+            // ports (which an address does not have) may decide first for
+            // some packets, and is named.
             let verdict = filter.verdict(addr)?;
             let timed = match verdict {
                 Verdict::Pass => timed::list(&filter)?.into_iter().find(|b| b.prefix.contains(addr)),
                 _ => None,
             };
+            // An allowlisted source skips the rules (and the SYN guard).
+            let allowed = matches!(verdict, Verdict::Allow(_));
+            let walk = match (verdict, &timed) {
+                (Verdict::Pass, None) => match filter.rules().matching_source(addr) {
+                    Ok(entries) => SourceRules::walk(entries),
+                    Err(xdpguard::RuleError::NoGuard { .. }) => SourceRules::default(),
+                    Err(e) => return Err(e.into()),
+                },
+                _ => SourceRules::default(),
+            };
             let (mut action, mut reason) = match (verdict, timed) {
                 (Verdict::Pass, Some(b)) => {
                     ("drop", format!("timed block {}, expires in {}", b.prefix, timed::left(&b)))
                 }
-                (Verdict::Pass, None) => ("pass", "in neither list".to_string()),
+                (Verdict::Pass, None) => walk.verdict(),
                 (Verdict::Allow(n), _) => ("pass", format!("allowlisted by {n}")),
                 (Verdict::Block(n), _) => ("drop", format!("blocklisted by {n}")),
             };
             if action == "drop" && filter.monitor() {
                 (action, reason) = ("pass", format!("{reason}; monitor mode: counted as would-drop, passed"));
             }
-            // An allowlisted source skips the rules (and the SYN guard).
-            let allowed = matches!(verdict, Verdict::Allow(_));
             let rules = if allowed { 0 } else { filter.rules().list().map(|l| l.len()).unwrap_or(0) };
             if json {
+                let ids = |v: &[xdpguard::RuleEntry]| v.iter().map(|e| e.id.get()).collect::<Vec<_>>();
                 println!(
                     "{}",
-                    json!({ "address": addr.to_string(), "action": action, "reason": reason, "rules": rules })
+                    json!({
+                        "address": addr.to_string(), "action": action, "reason": reason, "rules": rules,
+                        "rule": walk.decided.as_ref().map(|e| e.id.get()),
+                        "rate_limited_by": ids(&walk.limited), "may_decide": ids(&walk.may_decide),
+                    })
                 );
             } else {
                 println!("{addr}: {action} ({reason})");
-                if rules > 0 && action == "pass" {
-                    println!("  {rules} rule(s) may still decide by protocol and port: `xdpguard rule list`");
+                for e in &walk.may_decide {
+                    println!("  rule {} may decide first for some of its packets: {}", e.id, e.rule);
                 }
                 if allowed {
                     println!("  allowlisted: no rule, rate limit or SYN guard sees its packets");
@@ -770,8 +785,9 @@ fn run(command: Command) -> Result<()> {
                     );
                     if l.blocks_failed > 0 {
                         println!(
-                            "warning:    {} auto-blocks were refused, the timed-block table being full: attach with \
-                             a larger --max-timed-blocks (or lengthen the rules' `block` less)",
+                            "warning:    {} auto-block attempts failed (packets over a blocking rule's limit found \
+                             the timed-block table full; they were still limited): attach with a larger \
+                             --max-timed-blocks (or shorten the rules' `block`)",
                             l.blocks_failed
                         );
                     }
@@ -1444,6 +1460,58 @@ fn set_command(cmd: SetCommand) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The rules that admit a source (`Rules::matching_source`), walked as the
+/// guard walks them for its packets.
+#[derive(Default)]
+struct SourceRules {
+    /// Rules that also look at protocols, ports, flags, types or the
+    /// destination, before the deciding one: they may decide first.
+    may_decide: Vec<xdpguard::RuleEntry>,
+    /// Rate limits on the source alone, before the deciding one.
+    limited: Vec<xdpguard::RuleEntry>,
+    /// The first drop or pass on the source alone.
+    decided: Option<xdpguard::RuleEntry>,
+}
+
+impl SourceRules {
+    fn walk(entries: Vec<xdpguard::RuleEntry>) -> SourceRules {
+        use xdpguard::RuleAction;
+        let mut w = SourceRules::default();
+        for e in entries {
+            // A count or monitored rule decides nothing.
+            if e.rule.monitor || e.rule.action == RuleAction::Count {
+                continue;
+            }
+            if !e.rule.only_on_source() {
+                w.may_decide.push(e);
+            } else if e.rule.action == RuleAction::RateLimit {
+                w.limited.push(e);
+            } else {
+                w.decided = Some(e);
+                break;
+            }
+        }
+        w
+    }
+
+    /// The action and reason `check` reports (no list or timed block
+    /// having decided).
+    fn verdict(&self) -> (&'static str, String) {
+        let (action, mut reason) = match &self.decided {
+            Some(e) if e.rule.action == xdpguard::RuleAction::Drop => {
+                ("drop", format!("drop by rule {}: {}", e.id, e.rule))
+            }
+            Some(e) => ("pass", format!("pass by rule {}: {}", e.id, e.rule)),
+            None => ("pass", "in neither list".to_string()),
+        };
+        if let Some(first) = self.limited.first() {
+            reason = format!("rate-limited by rule {}: {}; within the limit: {action}, {reason}", first.id, first.rule);
+            return ("rate-limit", reason);
+        }
+        (action, reason)
+    }
 }
 
 fn print_stats(s: &FilterStats, rates: Option<(FilterStats, Duration)>, json: bool) {

@@ -8,12 +8,16 @@
 //! ```
 //!
 //! - RATE: packets (`100/s`, `100pps`) or bits (`1mbit/s`, `800kbit/s`,
-//!   `10gbit/s`) or bytes (`125kB/s`) per second; one of each kind at most.
+//!   `10gbit/s`, `1mbps`) or bytes (`125kB/s`, `125kBps`: a capital `B` is
+//!   a byte) per second; one of each kind at most. A bit rate is whole
+//!   bytes a second (a multiple of 8 bits).
 //! - `per src` (the default): one bucket per source address; `per src/24/64`:
 //!   per IPv4 /24 and IPv6 /64; a rule for one IP version gives one length
 //!   (`rate-limit 10/s per src/24 ipv4 udp`).
 //! - `burst N`: packets the bucket holds (default: one second of the rate);
-//!   `burst 64kB`: the same in bytes.
+//!   `burst 64kB`: the same in bytes, at least one jumbo frame (9,018
+//!   bytes, also the least the default gives): a bucket smaller than a
+//!   frame would never pass that frame.
 //! - `block 10m`: a source over the limit is blocked for that long (a timed
 //!   block, [`Filter::timed_blocks`](crate::Filter::timed_blocks)), by the
 //!   data plane itself. Units: `s`, `m`, `h`, `d`. `block 10m after 20`:
@@ -65,8 +69,10 @@ pub struct RateLimit {
 pub const MAX_BLOCK: Duration = Duration::from_secs(365 * 86_400);
 /// The highest rate accepted (packets or bytes per second).
 pub const MAX_RATE: u64 = 1 << 40;
-/// The smallest default byte burst: one jumbo frame.
-const MIN_BYTE_BURST: u64 = 9018;
+/// The smallest byte burst, given or default: one jumbo frame, the largest
+/// frame the limiter assumes (a frame costing more than the whole bucket
+/// would never pass).
+pub(crate) const MIN_BYTE_BURST: u64 = 9018;
 
 impl RateLimit {
     /// A limit of `pps` packets per second per source.
@@ -140,6 +146,22 @@ impl RateLimit {
             return Err("`after N` goes with `block DURATION`".into());
         }
         Ok(())
+    }
+
+    /// Refuses a byte burst smaller than one jumbo frame ([`MIN_BYTE_BURST`]):
+    /// the bucket refuses a packet that costs more than it holds, so every
+    /// larger frame would be dropped for good. (Rules stored by a build
+    /// that took one are read back without this check: see
+    /// `parse::parse_stored`.)
+    pub(crate) fn check_byte_burst(&self) -> Result<(), String> {
+        match self.burst_bytes {
+            Some(b) if b < MIN_BYTE_BURST => Err(format!(
+                "`burst {b}B` is smaller than one frame: a byte burst must be at least {MIN_BYTE_BURST} bytes (one \
+                 jumbo frame, `burst {MIN_BYTE_BURST}B` or `burst 10kB`), or every larger packet is dropped for \
+                 good; or leave it out (one second of the rate, at least {MIN_BYTE_BURST} bytes)"
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// Reads one word of a limit (`100/s`, `1mbit/s`, `per`, `burst`,
@@ -224,9 +246,17 @@ impl RateLimit {
                     self.bytes_per_sec = Some(n);
                     Ok(true)
                 }
+                Some(Rate::Bits(n)) => {
+                    let (down, up) = (n / 8 * 8, n / 8 * 8 + 8);
+                    Err(format!(
+                        "`{word}` is {n} bits a second: a bit rate must be whole bytes a second (a multiple of 8 \
+                         bits): write {}{up}bit/s",
+                        if down > 0 { format!("{down}bit/s or ") } else { String::new() }
+                    ))
+                }
                 None if lower.ends_with("/s") || lower.ends_with("pps") || lower.ends_with("bps") => Err(format!(
-                    "`{word}` is not a rate: write packets (`100/s`) or bits (`1mbit/s`) or bytes (`125kB/s`) per \
-                     second, whole bytes"
+                    "`{word}` is not a rate: write packets (`100/s`, `100pps`) or bits (`1mbit/s`, `1mbps`) or \
+                     bytes (`125kB/s`, `125kBps`) per second"
                 )),
                 None => Ok(false),
             },
@@ -245,6 +275,8 @@ pub(crate) fn check_ttl(d: Duration) -> Result<(), &'static str> {
 enum Rate {
     Packets(u64),
     Bytes(u64),
+    /// A bit rate that is not whole bytes (refused, by name).
+    Bits(u64),
 }
 
 fn split_number(s: &str) -> Option<(u64, &str)> {
@@ -262,20 +294,21 @@ fn scale(unit: &str) -> Option<(u64, &str)> {
     Some((k, rest))
 }
 
-/// `100/s`, `100pps` (packets); `1mbit/s`, `1mbps` (bits); `125kB/s` (bytes).
+/// `100/s`, `100pps` (packets); `1mbit/s`, `1mbps` (bits); `125kB/s`,
+/// `125kBps` (bytes). A capital `B` is a byte, as in `1MB/s`: `1MBps` is
+/// a megabyte a second, `1Mbps` a megabit.
 fn parse_rate(s: &str) -> Option<Rate> {
     let (n, unit) = split_number(s)?;
     if unit == "/s" || unit.eq_ignore_ascii_case("pps") {
         return Some(Rate::Packets(n));
     }
     let (k, rest) = scale(unit)?;
-    let rest_lower = rest.to_ascii_lowercase();
     let total = n.checked_mul(k)?;
-    match rest_lower.as_str() {
-        "bit/s" | "bps" => (total % 8 == 0).then_some(Rate::Bytes(total / 8)),
-        _ if rest == "B/s" => Some(Rate::Bytes(total)),
-        _ => None,
+    let per_second = |tail: &str| tail == "/s" || tail.eq_ignore_ascii_case("ps");
+    if rest.eq_ignore_ascii_case("bit/s") || rest.strip_prefix('b').is_some_and(|t| t.eq_ignore_ascii_case("ps")) {
+        return Some(if total % 8 == 0 { Rate::Bytes(total / 8) } else { Rate::Bits(total) });
     }
+    rest.strip_prefix('B').is_some_and(per_second).then_some(Rate::Bytes(total))
 }
 
 /// `1500B`, `64kB`, `1MB` (bytes, powers of 1000).
@@ -396,6 +429,7 @@ mod tests {
             }
         }
         l.check()?;
+        l.check_byte_burst()?;
         Ok(l)
     }
 
@@ -426,13 +460,48 @@ mod tests {
         assert_eq!(parse("100/s").unwrap().effective_burst_packets(), Some(100));
     }
 
+    /// A capital `B` is a byte whatever follows it (`MBps` as `MB/s`); a
+    /// small `b` or `bit` a bit.
+    #[test]
+    fn bytes_and_bits_by_their_letter() {
+        for (text, bytes) in [
+            ("1MBps", 1_000_000),
+            ("1MB/s", 1_000_000),
+            ("125kBps", 125_000),
+            ("64kBPS", 64_000),
+            ("1500Bps", 1500),
+            ("1mbps", 125_000),
+            ("1Mbps", 125_000),
+            ("8kbit/s", 1000),
+            ("8KBit/s", 1000),
+        ] {
+            assert_eq!(parse(text).unwrap_or_else(|e| panic!("{text}: {e}")).bytes_per_sec, Some(bytes), "{text}");
+        }
+    }
+
+    /// A byte burst under one jumbo frame would drop every larger frame for
+    /// good: refused, naming the least. The default is at least that.
+    #[test]
+    fn byte_bursts_hold_a_frame() {
+        for text in ["1mbit/s burst 100B", "1mbit/s burst 9017B", "1mbit/s burst 9kB"] {
+            let err = parse(text).expect_err(text);
+            assert!(err.contains("at least 9018 bytes") && err.contains("smaller than one frame"), "{text}: {err}");
+        }
+        assert_eq!(parse("1mbit/s burst 9018B").unwrap().effective_burst_bytes(), Some(9018));
+        assert_eq!(parse("8kbit/s").unwrap().effective_burst_bytes(), Some(9018), "1 kB/s: a frame, not a second");
+        assert_eq!(parse("100kbit/s").unwrap().effective_burst_bytes(), Some(12_500), "one second");
+    }
+
     #[test]
     fn bad_limits_say_why() {
         for (text, why) in [
             ("per src", "needs a rate"),
             ("0/s", "1 to"),
             ("100/s 200/s", "given twice"),
-            ("12bit/s", "not a rate"),
+            ("12bit/s", "`12bit/s` is 12 bits a second: a bit rate must be whole bytes a second (a multiple of 8 bits): write 8bit/s or 16bit/s"),
+            ("7bit/s", "write 8bit/s"),
+            ("1MBit", "not a limit word"),
+            ("1Mb/s", "not a rate"),
             ("10/s burst 64kB", "needs a byte"),
             ("1mbit/s burst 5", "needs a packet rate"),
             ("10/s per src/33/64", "0 to 32"),

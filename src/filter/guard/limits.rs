@@ -18,7 +18,7 @@ use crate::core::maps::summable;
 use crate::error::RuleError;
 use crate::filter::guard::maps::GuardMaps;
 use crate::filter::guard::state::StoredRule;
-use crate::filter::ratelimit::RateLimit;
+use crate::filter::ratelimit::{RateLimit, MIN_BYTE_BURST};
 use crate::filter::rules::compile::addr_words;
 use crate::filter::rules::{RuleAction, RuleId};
 use crate::filter::ttl::{BlockedBy, TimedBlock, TimedChange};
@@ -104,7 +104,7 @@ pub(crate) fn compile_spec(l: &RateLimit, window_ns: u64) -> xdpg_limit_spec {
         s.byte_cost = (SECOND / bps).max(1);
         s.byte_burst = burst.saturating_mul(s.byte_cost);
         // The sketch counts packets: at most one jumbo frame each.
-        admit = admit.min(burst.min(in_window(bps)) / 2 / 9018);
+        admit = admit.min(burst.min(in_window(bps)) / 2 / MIN_BYTE_BURST);
         sketch_max = sketch_max.min(in_window(bps).saturating_add(burst) / 64);
     }
     s.admit = admit.min(u64::from(XDPG_RL_COUNT_MASK)) as u32;

@@ -91,7 +91,7 @@ impl GuardState {
             let (id, rule) = s.split_once(' ').ok_or_else(corrupt)?;
             rules.push(StoredRule {
                 id: id.parse().map_err(|_| corrupt())?,
-                rule: rule.parse().map_err(|_| corrupt())?,
+                rule: crate::filter::rules::parse::parse_stored(rule).map_err(|_| corrupt())?,
             });
         }
         let mut sets: Vec<Option<NamedSetState>> = (0..XDPG_MAX_SETS as usize)
@@ -127,14 +127,19 @@ impl GuardState {
         self.rules.iter().filter(|r| r.rule.set_name() == Some(name)).map(|r| r.rule.to_string()).collect()
     }
 
-    /// Ids for `n` new rules: the lowest ones neither the live set nor
-    /// `kept` uses (so an id freed by this edit, which packets of the old
-    /// set may still count in, is not reused before a later edit). Ids run
-    /// to twice the rule capacity, so a set can always be replaced by as
-    /// many new rules.
+    /// Ids for `n` new rules: the first ones after the highest id the live
+    /// set or `kept` uses, wrapping around the id window, that neither
+    /// uses. An id freed is so not handed out again until the window wraps
+    /// (a stale `rule del N` from an earlier listing finds no rule rather
+    /// than another's), unless it was the highest one; and an id freed by
+    /// this edit, which packets of the old set may still count in, is not
+    /// reused before a later edit. Ids run to twice the rule capacity, so a
+    /// set can always be replaced by as many new rules.
     pub(crate) fn fresh_ids(&self, kept: &[u32], n: usize, capacity: usize) -> Result<Vec<u32>, RuleError> {
         let used: BTreeSet<u32> = self.rules.iter().map(|r| r.id).chain(kept.iter().copied()).collect();
-        let ids: Vec<u32> = (0..2 * capacity as u32).filter(|i| !used.contains(i)).take(n).collect();
+        let window = 2 * capacity as u32;
+        let start = used.last().map_or(0, |&high| high.saturating_add(1)).min(window);
+        let ids: Vec<u32> = (start..window).chain(0..start).filter(|i| !used.contains(i)).take(n).collect();
         if ids.len() < n {
             return Err(RuleError::Full { what: "the rule table", capacity, setter: "max_rules" });
         }
@@ -211,7 +216,7 @@ impl GuardState {
             return Err(RuleError::SetExists { name: name.to_owned() });
         }
         let slot = self.sets.iter().position(Option::is_none).ok_or(RuleError::Full {
-            what: "the named sets",
+            what: "the named-set table",
             capacity: XDPG_MAX_SETS as usize,
             setter: "(fixed)",
         })?;
@@ -237,15 +242,15 @@ impl GuardState {
         Ok(set.entries.len())
     }
 
-    fn trie_room(&self, maps: &GuardMaps, more: usize) -> Result<(), RuleError> {
+    /// Whether the prefix table has room for `more` entries.
+    pub(crate) fn trie_has_room(&self, maps: &GuardMaps, more: usize) -> bool {
         let used: usize = self.sets.iter().flatten().map(|s| s.entries.len()).sum();
-        let cap = maps.capacity().set_entries;
-        if used + more > cap {
-            return Err(RuleError::Full {
-                what: "the named sets' prefix table (a whole-set edit needs room for the old and the new set)",
-                capacity: cap,
-                setter: "max_set_entries",
-            });
+        used + more <= maps.capacity().set_entries
+    }
+
+    fn trie_room(&self, maps: &GuardMaps, more: usize, what: &'static str) -> Result<(), RuleError> {
+        if !self.trie_has_room(maps, more) {
+            return Err(RuleError::Full { what, capacity: maps.capacity().set_entries, setter: "max_set_entries" });
         }
         Ok(())
     }
@@ -265,7 +270,7 @@ impl GuardState {
             return Ok(false);
         }
         if insert {
-            self.trie_room(maps, 1)?;
+            self.trie_room(maps, 1, "the named sets' prefix table")?;
         }
         let set = self.sets[slot].as_mut().expect("slot found above");
         let key = set_key(set.phys, net);
@@ -277,6 +282,55 @@ impl GuardState {
             set.entries.remove(&net);
         }
         Ok(true)
+    }
+
+    /// Adds `added` (not in the set) or removes `removed` (in it) in place,
+    /// in the set's live physical set, all or nothing: a failed update
+    /// undoes the ones before it. Only the additions need room; removing
+    /// never does. Each update is atomic for the addresses it covers, not
+    /// the edit as a whole: a packet may see part of it (never a prefix
+    /// not given).
+    pub(crate) fn edit_set_in_place(
+        &mut self,
+        maps: &GuardMaps,
+        name: &str,
+        added: &[IpNetwork],
+        removed: &[IpNetwork],
+    ) -> Result<(), RuleError> {
+        let slot = self.set_slot(name).ok_or_else(|| RuleError::UnknownSet { name: name.to_owned() })?;
+        self.trie_room(maps, added.len(), "the named sets' prefix table")?;
+        let phys = self.sets[slot].as_ref().expect("slot found above").phys;
+        let mut done: Vec<(IpNetwork, bool)> = Vec::new();
+        let undo = |done: &[(IpNetwork, bool)]| {
+            for (net, inserted) in done.iter().rev() {
+                let key = set_key(phys, *net);
+                let _ = if *inserted {
+                    maps.sets.remove(&key).map(drop)
+                } else {
+                    maps.sets.insert(&key, &1, MapFlags::ANY)
+                };
+            }
+        };
+        let steps = added.iter().map(|n| (*n, true)).chain(removed.iter().map(|n| (*n, false)));
+        for (net, insert) in steps {
+            let key = set_key(phys, net);
+            let r = if insert {
+                maps.sets.insert(&key, &1, MapFlags::ANY).map_err(bpf(format!("adding {net} to set {name}")))
+            } else {
+                maps.sets.remove(&key).map(drop).map_err(bpf(format!("removing {net} from set {name}")))
+            };
+            if let Err(e) = r {
+                undo(&done);
+                return Err(e);
+            }
+            done.push((net, insert));
+        }
+        let set = self.sets[slot].as_mut().expect("slot found above");
+        set.entries.extend(added.iter().copied());
+        for net in removed {
+            set.entries.remove(net);
+        }
+        Ok(())
     }
 
     /// Replaces a whole set atomically: the new prefixes go into the slot's
@@ -293,7 +347,13 @@ impl GuardState {
         if old.entries == entries {
             return Ok(());
         }
-        self.trie_room(maps, entries.len())?;
+        self.trie_room(
+            maps,
+            entries.len(),
+            "the named sets' prefix table (a whole-set replace builds the new set beside the live one, so it \
+             needs room for both; to change a large set, add and remove its differences instead: \
+             `NamedSet::extend` and `remove_all`, CLI `xdpguard set add` and `set del` without --replace)",
+        )?;
         let idle = old.phys ^ 1;
         let fill = || -> Result<(), RuleError> {
             for net in &entries {
@@ -331,6 +391,30 @@ impl GuardState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn with_ids(ids: &[u32]) -> GuardState {
+        let rule: Rule = "drop udp".parse().unwrap();
+        GuardState {
+            rules: ids.iter().map(|&id| StoredRule { id, rule: rule.clone() }).collect(),
+            ..Default::default()
+        }
+    }
+
+    /// New ids come after the highest live one, so an id freed is not
+    /// handed out at once (a stale `rule del` would remove another rule).
+    #[test]
+    fn fresh_ids_follow_the_highest_and_wrap() {
+        assert_eq!(with_ids(&[]).fresh_ids(&[], 2, 4).unwrap(), [0, 1]);
+        assert_eq!(with_ids(&[0, 2]).fresh_ids(&[], 1, 4).unwrap(), [3], "1 was freed: not reused yet");
+        assert_eq!(with_ids(&[0, 6]).fresh_ids(&[], 3, 4).unwrap(), [7, 1, 2], "wraps within 2x capacity");
+        assert_eq!(with_ids(&[7]).fresh_ids(&[], 2, 4).unwrap(), [0, 1]);
+        assert_eq!(with_ids(&[1]).fresh_ids(&[5], 1, 4).unwrap(), [6], "kept ids count as used");
+        // An id of the live set (freed by this edit) is not given again.
+        assert_eq!(with_ids(&[0, 1, 2, 3, 4, 5, 6]).fresh_ids(&[], 1, 4).unwrap(), [7]);
+        assert!(matches!(with_ids(&[0, 1, 2, 3, 4, 5, 6, 7]).fresh_ids(&[], 1, 4), Err(RuleError::Full { .. })));
+        // A smaller capacity than an id (not made by this build): still in range.
+        assert_eq!(with_ids(&[20]).fresh_ids(&[], 1, 4).unwrap(), [0]);
+    }
 
     #[test]
     fn set_keys_round_trip() {

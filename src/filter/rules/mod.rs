@@ -18,8 +18,9 @@ pub use parse::{parse_rule_lines, parse_rules, RuleLine};
 pub use sets::{NamedSet, Sets};
 pub use syntax::{DestinationMatch, IpFamily, RangeSet, Rule, RuleAction, RuleProtocol, Source, SourceMatch, TcpFlags};
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::fmt;
+use std::net::IpAddr;
 use std::str::FromStr;
 
 use crate::error::RuleError;
@@ -28,6 +29,25 @@ use crate::filter::guard::state::{GuardState, StoredRule};
 use crate::filter::guard::Guard;
 use crate::filter::Filter;
 use crate::Counter;
+
+/// Whether `rule`'s source conditions admit packets from `addr`.
+fn admits_source(st: &GuardState, rule: &Rule, addr: IpAddr) -> bool {
+    let covers = |n: &ipnetwork::IpNetwork| n.is_ipv4() == addr.is_ipv4() && n.contains(addr);
+    let family = rule.effective_family().or(match rule.protocol {
+        Some(RuleProtocol::Icmp) => Some(IpFamily::V4),
+        Some(RuleProtocol::Icmpv6) => Some(IpFamily::V6),
+        _ => None,
+    });
+    if family.is_some_and(|f| (f == IpFamily::V4) != addr.is_ipv4()) {
+        return false;
+    }
+    let Some(s) = &rule.source else { return true };
+    let hit = match &s.source {
+        Source::Prefix(n) => covers(n),
+        Source::Set(name) => st.set(name).is_ok_and(|set| set.entries.iter().any(covers)),
+    };
+    hit != s.negated
+}
 
 /// A rule's id: stable while the rule is in the set (moves and other
 /// rules' edits keep it), and the slot of its counter.
@@ -159,6 +179,37 @@ impl<'f> Rules<'f> {
                 Ok(RuleEntry { id: RuleId(r.id), position, rule: r.rule, hits: hits.into(), limited, auto_blocks })
             })
             .collect()
+    }
+
+    /// The rules that may see packets from `addr`, in priority order, with
+    /// their counters: those whose source conditions (prefix or named set,
+    /// `not`, IP version, and the IP version `icmp` or `icmpv6` implies)
+    /// admit it. Of these, one whose only conditions are on the source
+    /// ([`Rule::only_on_source`]) matches every packet from `addr`: the
+    /// first such `drop` or `pass` (not monitored) decides for all of them
+    /// that earlier rules left; the others match some of its packets.
+    /// (What the lists and timed blocks decide first is
+    /// [`Filter::verdict`](crate::Filter::verdict)'s and
+    /// [`Filter::timed_blocks`](crate::Filter::timed_blocks)'.)
+    ///
+    /// ```no_run
+    /// # let filter = xdpguard::Filter::open_pinned("/sys/fs/bpf/xdpguard")?;
+    /// let addr = "198.51.100.7".parse()?;
+    /// let decides = filter.rules().matching_source(addr)?.into_iter().find(|e| {
+    ///     e.rule.only_on_source()
+    ///         && !e.rule.monitor
+    ///         && matches!(e.rule.action, xdpguard::RuleAction::Drop | xdpguard::RuleAction::Pass)
+    /// });
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`list`](Self::list).
+    pub fn matching_source(&self, addr: IpAddr) -> Result<Vec<RuleEntry>, RuleError> {
+        let admitted: BTreeSet<u32> =
+            self.read(|st, _| st.rules.iter().filter(|r| admits_source(st, &r.rule, addr)).map(|r| r.id).collect())?;
+        Ok(self.list()?.into_iter().filter(|e| admitted.contains(&e.id.0)).collect())
     }
 
     /// Number of rules.

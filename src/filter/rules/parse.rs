@@ -116,6 +116,54 @@ impl FromStr for RangeSet {
     }
 }
 
+/// ICMP types by name: (name, ICMP's type, ICMPv6's type).
+const ICMP_TYPE_NAMES: [(&str, Option<u8>, Option<u8>); 6] = [
+    ("echo-reply", Some(0), Some(129)),
+    ("destination-unreachable", Some(3), Some(1)),
+    ("packet-too-big", None, Some(2)),
+    ("echo-request", Some(8), Some(128)),
+    ("time-exceeded", Some(11), Some(3)),
+    ("parameter-problem", Some(12), Some(4)),
+];
+
+/// `type` TYPES: numbers 0 to 255 and ranges as [`RangeSet`] reads them,
+/// or names of the protocol given before (`echo-request`).
+fn icmp_types(s: &str, protocol: Option<RuleProtocol>) -> Result<RangeSet, String> {
+    let names = || ICMP_TYPE_NAMES.iter().map(|(n, ..)| *n).collect::<Vec<_>>().join(", ");
+    let one = |t: &str| -> Result<u16, String> {
+        let t = t.trim();
+        if let Ok(n) = t.parse::<u8>() {
+            return Ok(u16::from(n));
+        }
+        let Some((_, v4, v6)) = ICMP_TYPE_NAMES.iter().find(|(n, ..)| n.eq_ignore_ascii_case(t)) else {
+            return Err(format!("`{t}` is not an ICMP type: give a number from 0 to 255 or a name ({})", names()));
+        };
+        let n = match protocol {
+            Some(RuleProtocol::Icmp) => v4.ok_or_else(|| format!("`{t}` is an ICMPv6 type only (`icmpv6`)"))?,
+            Some(RuleProtocol::Icmpv6) => *v6.as_ref().expect("every name is ICMPv6's"),
+            _ => return Err(format!("a type name (`{t}`) goes after `icmp` or `icmpv6`, which number it")),
+        };
+        Ok(u16::from(n))
+    };
+    let mut ranges = Vec::new();
+    for part in s.split(',') {
+        // Names have dashes: a range is the first split whose two sides
+        // are types (`3-time-exceeded`).
+        let (lo, hi) = match one(part) {
+            Ok(n) => (n, n),
+            Err(e) => part
+                .match_indices('-')
+                .find_map(|(i, _)| Some((one(&part[..i]).ok()?, one(&part[i + 1..]).ok()?)))
+                .ok_or(e)?,
+        };
+        if lo > hi {
+            return Err(format!("range {lo}-{hi} is backwards (write {hi}-{lo})"));
+        }
+        ranges.push(lo..=hi);
+    }
+    Ok(RangeSet::new(ranges))
+}
+
 fn flag_bits(s: &str) -> Result<u8, String> {
     if s.eq_ignore_ascii_case("none") {
         return Ok(0);
@@ -161,167 +209,183 @@ impl FromStr for Rule {
     /// Parses and normalizes one rule (see [`Filter::rules`](crate::Filter::rules)
     /// for the syntax). A `#` starts a comment.
     fn from_str(text: &str) -> Result<Rule, RuleError> {
-        let text = strip_comment(text);
-        let bad = |reason: String| RuleError::Invalid { rule: text.to_owned(), reason };
-        let mut words = text.split_whitespace().peekable();
-        let mut monitor = false;
-        if words.peek().is_some_and(|w| w.eq_ignore_ascii_case("monitor")) {
-            monitor = true;
-            words.next();
+        parse_rule(text, true)
+    }
+}
+
+/// A rule as the guard stored it (its text store): parsed as `FromStr`
+/// does, but without the checks only new rules get
+/// ([`Rule::normalize`]), so a rule an older build took is read back, not
+/// lost.
+pub(crate) fn parse_stored(text: &str) -> Result<Rule, RuleError> {
+    parse_rule(text, false)
+}
+
+fn parse_rule(text: &str, strict: bool) -> Result<Rule, RuleError> {
+    let text = strip_comment(text);
+    let bad = |reason: String| RuleError::Invalid { rule: text.to_owned(), reason };
+    let mut words = text.split_whitespace().peekable();
+    let mut monitor = false;
+    if words.peek().is_some_and(|w| w.eq_ignore_ascii_case("monitor")) {
+        monitor = true;
+        words.next();
+    }
+    let action = match words.next() {
+        None => return Err(bad("empty rule: expected an action (drop, pass or count)".into())),
+        Some(w) => w.parse::<RuleAction>().map_err(|_| {
+            bad(format!("`{w}` is not an action: a rule starts with drop, pass, count or rate-limit (or monitor)"))
+        })?,
+    };
+    let mut rule = Rule::new(action).monitored(monitor);
+    let mut limit = (action == RuleAction::RateLimit).then(RateLimit::default);
+    let mut limit_seen: Vec<&'static str> = Vec::new();
+    let mut seen: Vec<&'static str> = Vec::new();
+    let mut once = |what: &'static str| once(&mut seen, what);
+    // `per src/LEN` with one length, as written (checked against the
+    // rule's IP versions once they are all known).
+    let mut single_per: Option<String> = None;
+    while let Some(word) = words.next() {
+        if limit.is_some() && word.eq_ignore_ascii_case("per") {
+            single_per = words.peek().filter(|v| v.matches('/').count() == 1).map(|v| (*v).to_owned());
         }
-        let action = match words.next() {
-            None => return Err(bad("empty rule: expected an action (drop, pass or count)".into())),
-            Some(w) => w.parse::<RuleAction>().map_err(|_| {
-                bad(format!("`{w}` is not an action: a rule starts with drop, pass, count or rate-limit (or monitor)"))
-            })?,
-        };
-        let mut rule = Rule::new(action).monitored(monitor);
-        let mut limit = (action == RuleAction::RateLimit).then(RateLimit::default);
-        let mut limit_seen: Vec<&'static str> = Vec::new();
-        let mut seen: Vec<&'static str> = Vec::new();
-        let mut once = |what: &'static str| once(&mut seen, what);
-        // `per src/LEN` with one length, as written (checked against the
-        // rule's IP versions once they are all known).
-        let mut single_per: Option<String> = None;
-        while let Some(word) = words.next() {
-            if limit.is_some() && word.eq_ignore_ascii_case("per") {
-                single_per = words.peek().filter(|v| v.matches('/').count() == 1).map(|v| (*v).to_owned());
+        if let Some(l) = &mut limit {
+            if l.parse_word(word, || words.next().map(str::to_owned), &mut limit_seen).map_err(&bad)? {
+                continue;
             }
-            if let Some(l) = &mut limit {
-                if l.parse_word(word, || words.next().map(str::to_owned), &mut limit_seen).map_err(&bad)? {
-                    continue;
-                }
+        }
+        let lower = word.to_ascii_lowercase();
+        let mut value =
+            |what: &str| words.next().ok_or_else(|| format!("`{what}` needs a value after it")).map(str::to_owned);
+        match lower.as_str() {
+            "ipv4" | "ip4" | "ipv6" | "ip6" => {
+                once("ipv4/ipv6").map_err(&bad)?;
+                rule.family = Some(lower.parse::<IpFamily>().map_err(|e| bad(e.to_string()))?);
             }
-            let lower = word.to_ascii_lowercase();
-            let mut value =
-                |what: &str| words.next().ok_or_else(|| format!("`{what}` needs a value after it")).map(str::to_owned);
-            match lower.as_str() {
-                "ipv4" | "ip4" | "ipv6" | "ip6" => {
-                    once("ipv4/ipv6").map_err(&bad)?;
-                    rule.family = Some(lower.parse::<IpFamily>().map_err(|e| bad(e.to_string()))?);
-                }
-                "tcp" | "udp" | "icmp" | "icmpv6" | "proto" => {
-                    once("protocol").map_err(&bad)?;
-                    rule.protocol = Some(match lower.as_str() {
-                        "tcp" => RuleProtocol::Tcp,
-                        "udp" => RuleProtocol::Udp,
-                        "icmp" => RuleProtocol::Icmp,
-                        "icmpv6" => RuleProtocol::Icmpv6,
-                        _ => {
-                            let v = value("proto").map_err(&bad)?;
-                            let n = v
-                                .parse::<u8>()
-                                .map_err(|_| bad(format!("`proto {v}`: give the protocol number, 0 to 255")))?;
-                            RuleProtocol::from_number(n)
-                        }
-                    });
-                }
-                "not" | "from" | "to" => {
-                    let negated = lower == "not";
-                    let dir = if negated {
-                        let w = words.next().map(str::to_ascii_lowercase);
-                        match w.as_deref() {
-                            Some(d @ ("from" | "to")) => d.to_owned(),
-                            _ => return Err(bad("`not` goes before `from` or `to`".into())),
-                        }
-                    } else {
-                        lower.clone()
-                    };
-                    let mut value = |what: &str| {
-                        words.next().ok_or_else(|| format!("`{what}` needs a value after it")).map(str::to_owned)
-                    };
-                    if dir == "from" {
-                        once("from").map_err(&bad)?;
-                        let v = value("from").map_err(&bad)?;
-                        let source = if v.eq_ignore_ascii_case("set") {
-                            Source::Set(value("from set").map_err(&bad)?)
-                        } else {
-                            Source::Prefix(parse_prefix(&v).map_err(|e| bad(e.to_string()))?)
-                        };
-                        rule.source = Some(SourceMatch { negated, source });
-                    } else {
-                        once("to").map_err(&bad)?;
-                        let v = value("to").map_err(&bad)?;
-                        let prefix = parse_prefix(&v).map_err(|e| bad(e.to_string()))?;
-                        rule.destination = Some(DestinationMatch { negated, prefix });
+            "tcp" | "udp" | "icmp" | "icmpv6" | "proto" => {
+                once("protocol").map_err(&bad)?;
+                rule.protocol = Some(match lower.as_str() {
+                    "tcp" => RuleProtocol::Tcp,
+                    "udp" => RuleProtocol::Udp,
+                    "icmp" => RuleProtocol::Icmp,
+                    "icmpv6" => RuleProtocol::Icmpv6,
+                    _ => {
+                        let v = value("proto").map_err(&bad)?;
+                        let n = v
+                            .parse::<u8>()
+                            .map_err(|_| bad(format!("`proto {v}`: give the protocol number, 0 to 255")))?;
+                        RuleProtocol::from_number(n)
                     }
+                });
+            }
+            "not" | "from" | "to" => {
+                let negated = lower == "not";
+                let dir = if negated {
+                    let w = words.next().map(str::to_ascii_lowercase);
+                    match w.as_deref() {
+                        Some(d @ ("from" | "to")) => d.to_owned(),
+                        _ => return Err(bad("`not` goes before `from` or `to`".into())),
+                    }
+                } else {
+                    lower.clone()
+                };
+                let mut value = |what: &str| {
+                    words.next().ok_or_else(|| format!("`{what}` needs a value after it")).map(str::to_owned)
+                };
+                if dir == "from" {
+                    once("from").map_err(&bad)?;
+                    let v = value("from").map_err(&bad)?;
+                    let source = if v.eq_ignore_ascii_case("set") {
+                        Source::Set(value("from set").map_err(&bad)?)
+                    } else {
+                        Source::Prefix(parse_prefix(&v).map_err(|e| bad(e.to_string()))?)
+                    };
+                    rule.source = Some(SourceMatch { negated, source });
+                } else {
+                    once("to").map_err(&bad)?;
+                    let v = value("to").map_err(&bad)?;
+                    let prefix = parse_prefix(&v).map_err(|e| bad(e.to_string()))?;
+                    rule.destination = Some(DestinationMatch { negated, prefix });
                 }
-                "sport" | "dport" | "type" => {
-                    once(match lower.as_str() {
-                        "sport" => "sport",
-                        "dport" => "dport",
-                        _ => "type",
-                    })
-                    .map_err(&bad)?;
-                    let v = value(&lower).map_err(&bad)?;
-                    let set = v.parse::<RangeSet>().map_err(|e| match e {
+            }
+            "sport" | "dport" | "type" => {
+                once(match lower.as_str() {
+                    "sport" => "sport",
+                    "dport" => "dport",
+                    _ => "type",
+                })
+                .map_err(&bad)?;
+                let v = value(&lower).map_err(&bad)?;
+                let set = if lower == "type" {
+                    icmp_types(&v, rule.protocol).map_err(|reason| bad(format!("`type {v}`: {reason}")))?
+                } else {
+                    v.parse::<RangeSet>().map_err(|e| match e {
                         RuleError::Invalid { reason, .. } => bad(format!("`{lower} {v}`: {reason}")),
                         other => other,
-                    })?;
-                    match lower.as_str() {
-                        "sport" => rule.source_ports = Some(set),
-                        "dport" => rule.destination_ports = Some(set),
-                        _ => rule.icmp_types = Some(set),
-                    }
-                }
-                "flags" => {
-                    once("flags").map_err(&bad)?;
-                    let v = value("flags").map_err(&bad)?;
-                    rule.tcp_flags = Some(v.parse::<TcpFlags>().map_err(|e| match e {
-                        RuleError::Invalid { reason, .. } => bad(format!("`flags {v}`: {reason}")),
-                        other => other,
-                    })?);
-                }
-                _ if limit.is_some() && word.starts_with(|c: char| c.is_ascii_digit()) => {
-                    return Err(bad(format!(
-                        "`{word}` is not a rate: give it a unit, `100/s` (packets a second), `1mbit/s` or `64kB/s` \
-                         (bytes)"
-                    )))
-                }
-                _ => {
-                    return Err(bad(format!(
-                        "unknown word `{word}` (expected ipv4, ipv6, tcp, udp, icmp, icmpv6, proto N, \
-                         [not] from PREFIX|set NAME, [not] to PREFIX, sport, dport, flags or type)"
-                    )))
+                    })?
+                };
+                match lower.as_str() {
+                    "sport" => rule.source_ports = Some(set),
+                    "dport" => rule.destination_ports = Some(set),
+                    _ => rule.icmp_types = Some(set),
                 }
             }
-        }
-        // One length for a rule of both IP versions: which one it is (the
-        // IPv4 one up to 32, else IPv6's) would be a guess, and the other
-        // version keyed per address without a word said.
-        let prefix_family = match (&rule.source, &rule.destination) {
-            (Some(SourceMatch { source: Source::Prefix(p), .. }), _) => Some(IpFamily::of(p.ip())),
-            (_, Some(d)) => Some(IpFamily::of(d.prefix.ip())),
-            _ => None,
-        };
-        match (&single_per, rule.family.or(prefix_family), &mut limit) {
-            (Some(v), None, _) => {
+            "flags" => {
+                once("flags").map_err(&bad)?;
+                let v = value("flags").map_err(&bad)?;
+                rule.tcp_flags = Some(v.parse::<TcpFlags>().map_err(|e| match e {
+                    RuleError::Invalid { reason, .. } => bad(format!("`flags {v}`: {reason}")),
+                    other => other,
+                })?);
+            }
+            _ if limit.is_some() && word.starts_with(|c: char| c.is_ascii_digit()) => {
                 return Err(bad(format!(
-                    "`per {v}` gives one prefix length, and the rule matches both IPv4 and IPv6: give both \
-                     (`per src/24/64`: IPv4's, then IPv6's), or put `ipv4` or `ipv6` in the rule"
+                    "`{word}` is not a rate: give it a unit, `100/s` (packets a second), `1mbit/s` or `64kB/s` \
+                     (bytes)"
                 )))
             }
-            // The one length is the rule's IP version's, whatever its size
-            // (`per src/32 ipv6` keys IPv6 sources by /32).
-            (Some(v), Some(family), Some(l)) => {
-                let n = v.rsplit('/').next().and_then(|n| n.parse::<u8>().ok()).unwrap_or(l.per.v4_len);
-                l.per = match family {
-                    IpFamily::V4 if n > 32 => {
-                        return Err(bad(format!("`per {v}`: an IPv4 prefix length is 0 to 32")));
-                    }
-                    IpFamily::V4 => LimitKey { v4_len: n, v6_len: 128 },
-                    IpFamily::V6 => LimitKey { v4_len: 32, v6_len: n },
-                };
+            _ => {
+                return Err(bad(format!(
+                    "unknown word `{word}` (expected ipv4, ipv6, tcp, udp, icmp, icmpv6, proto N, \
+                     [not] from PREFIX|set NAME, [not] to PREFIX, sport, dport, flags or type)"
+                )))
             }
-            _ => {}
         }
-        rule.limit = limit;
-        rule.normalized().map_err(|e| match e {
-            // Name the rule as written, not as normalized.
-            RuleError::Invalid { reason, .. } => bad(reason),
-            other => other,
-        })
     }
+    // One length for a rule of both IP versions: which one it is (the
+    // IPv4 one up to 32, else IPv6's) would be a guess, and the other
+    // version keyed per address without a word said.
+    let prefix_family = match (&rule.source, &rule.destination) {
+        (Some(SourceMatch { source: Source::Prefix(p), .. }), _) => Some(IpFamily::of(p.ip())),
+        (_, Some(d)) => Some(IpFamily::of(d.prefix.ip())),
+        _ => None,
+    };
+    match (&single_per, rule.family.or(prefix_family), &mut limit) {
+        (Some(v), None, _) => {
+            return Err(bad(format!(
+                "`per {v}` gives one prefix length, and the rule matches both IPv4 and IPv6: give both \
+                 (`per src/24/64`: IPv4's, then IPv6's), or put `ipv4` or `ipv6` in the rule"
+            )))
+        }
+        // The one length is the rule's IP version's, whatever its size
+        // (`per src/32 ipv6` keys IPv6 sources by /32).
+        (Some(v), Some(family), Some(l)) => {
+            let n = v.rsplit('/').next().and_then(|n| n.parse::<u8>().ok()).unwrap_or(l.per.v4_len);
+            l.per = match family {
+                IpFamily::V4 if n > 32 => {
+                    return Err(bad(format!("`per {v}`: an IPv4 prefix length is 0 to 32")));
+                }
+                IpFamily::V4 => LimitKey { v4_len: n, v6_len: 128 },
+                IpFamily::V6 => LimitKey { v4_len: 32, v6_len: n },
+            };
+        }
+        _ => {}
+    }
+    rule.limit = limit;
+    rule.normalize(strict).map_err(|e| match e {
+        // Name the rule as written, not as normalized.
+        RuleError::Invalid { reason, .. } => bad(reason),
+        other => other,
+    })
 }
 
 /// Records that word `what` of a rule was given: an error the second time.
@@ -346,6 +410,9 @@ mod tests {
             ("drop tcp dport 22", "drop tcp dport 22"),
             ("drop tcp flags syn,fin", "drop tcp flags fin,syn"),
             ("monitor drop icmp type 8", "monitor drop icmp type 8"),
+            ("drop icmp type echo-request,echo-reply", "drop icmp type 0,8"),
+            ("drop icmpv6 type Echo-Request-129", "drop icmpv6 type 128-129"),
+            ("drop icmp type 3-time-exceeded", "drop icmp type 3-11"),
             ("count ipv6 icmpv6 type 128-129", "count ipv6 icmpv6 type 128-129"),
             ("DROP Proto 47 to 203.0.113.0/24  # GRE", "drop proto 47 to 203.0.113.0/24"),
             ("drop proto 6 flags syn/syn,ack", "drop tcp flags syn/syn,ack"),
@@ -365,6 +432,19 @@ mod tests {
         }
     }
 
+    /// A rule an older build stored with a byte burst under one frame is
+    /// read back from the guard's text (not lost), though refused as new.
+    #[test]
+    fn stored_rules_read_back_what_new_ones_refuse() {
+        let text = "rate-limit 1mbit/s burst 100B udp dport 9999";
+        let err = text.parse::<Rule>().unwrap_err().to_string();
+        assert!(err.contains("at least 9018 bytes"), "{err}");
+        let stored = parse_stored(text).unwrap();
+        assert_eq!(stored.limit.and_then(|l| l.burst_bytes), Some(100));
+        assert_eq!(stored.to_string(), text);
+        assert!(parse_stored("rate-limit 0/s udp").is_err(), "what no build took is still refused");
+    }
+
     #[test]
     fn bad_rules_say_why() {
         for (text, why) in [
@@ -377,7 +457,10 @@ mod tests {
             ("drop udp flags syn", "needs `tcp`"),
             ("drop tcp flags syn,bogus", "unknown TCP flag"),
             ("drop tcp type 3", "needs `icmp`"),
-            ("drop icmp type 300", "0 to 255"),
+            ("drop icmp type 300", "`300` is not an ICMP type: give a number from 0 to 255"),
+            ("drop icmp type echo", "`echo` is not an ICMP type: give a number from 0 to 255 or a name (echo-reply"),
+            ("drop icmp type packet-too-big", "ICMPv6 type only"),
+            ("drop icmp type 11-3", "backwards"),
             ("drop udp udp", "given twice"),
             ("drop from 192.0.2.0/33", "invalid prefix"),
             ("drop not udp", "`not` goes before"),

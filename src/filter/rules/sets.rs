@@ -138,31 +138,43 @@ impl NamedSet<'_> {
         edit(self.filter, |st, maps| st.edit_set_entry(maps, &self.name, net, false))
     }
 
-    /// Adds many prefixes as one atomic step (the set is rebuilt beside the
-    /// live one and switched in).
+    /// Adds many prefixes, all or nothing. While the prefix table has room
+    /// for a second copy of the set, as one atomic step: the set is rebuilt
+    /// beside the live one and switched in. Without that room (a set over
+    /// half the table), or for one prefix, they are added in place: only
+    /// they need room, and a packet may see some added before the rest.
     ///
     /// # Errors
     ///
-    /// As [`insert`](Self::insert); nothing is applied.
+    /// As [`insert`](Self::insert) ([`RuleError::Full`]: no room for the
+    /// new prefixes themselves); nothing is applied.
     pub fn extend(&self, nets: impl IntoIterator<Item = IpNetwork>) -> Result<BulkChange, RuleError> {
         self.bulk(nets, |cur, new| cur.extend(new))
     }
 
-    /// Removes many prefixes as one atomic step.
+    /// Removes many prefixes, all or nothing; never refused for want of
+    /// room. While the prefix table has room for a second copy of what is
+    /// left, as one atomic step (as [`extend`](Self::extend)); else, or for
+    /// one prefix, in place.
     ///
     /// # Errors
     ///
-    /// As [`insert`](Self::insert); nothing is applied.
+    /// As [`insert`](Self::insert), [`RuleError::Full`] aside; nothing is
+    /// applied.
     pub fn remove_all(&self, nets: impl IntoIterator<Item = IpNetwork>) -> Result<BulkChange, RuleError> {
         self.bulk(nets, |cur, gone| cur.retain(|n| !gone.contains(n)))
     }
 
     /// Replaces the whole set atomically: rules naming it see the old set
-    /// or the new one, never a mix.
+    /// or the new one, never a mix. The new set is built beside the live
+    /// one (a replace that only adds, or only removes, goes as
+    /// [`extend`](Self::extend) or [`remove_all`](Self::remove_all) when
+    /// the table has no room for both).
     ///
     /// # Errors
     ///
-    /// As [`insert`](Self::insert); nothing is applied.
+    /// As [`insert`](Self::insert) ([`RuleError::Full`] names the room for
+    /// both copies); nothing is applied.
     pub fn replace(&self, nets: impl IntoIterator<Item = IpNetwork>) -> Result<BulkChange, RuleError> {
         self.bulk(nets, |cur, new| *cur = new.clone())
     }
@@ -187,7 +199,16 @@ impl NamedSet<'_> {
             apply(&mut next, &given);
             let changed = next.symmetric_difference(&current).count();
             let unchanged = given.iter().filter(|n| current.contains(n) == next.contains(n)).count();
-            st.replace_set(maps, &self.name, next)?;
+            let added: Vec<IpNetwork> = next.difference(&current).copied().collect();
+            let removed: Vec<IpNetwork> = current.difference(&next).copied().collect();
+            // One way only, and one prefix or no room for a second copy:
+            // in place (all or nothing, atomic per prefix).
+            let one_way = added.is_empty() || removed.is_empty();
+            if one_way && (changed == 1 || !st.trie_has_room(maps, next.len())) {
+                st.edit_set_in_place(maps, &self.name, &added, &removed)?;
+            } else {
+                st.replace_set(maps, &self.name, next)?;
+            }
             Ok(BulkChange { changed, unchanged, normalized })
         })
     }

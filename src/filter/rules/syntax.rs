@@ -460,6 +460,19 @@ impl Rule {
             .or_else(|| self.destination.map(|d| IpFamily::of(d.prefix.ip())))
     }
 
+    /// Whether the rule's only conditions are on the source: its prefix or
+    /// named set (with `not`) and IP version. Such a rule matches every
+    /// packet of a source it admits; one with a protocol, ports, flags,
+    /// types or a destination only some.
+    pub fn only_on_source(&self) -> bool {
+        self.protocol.is_none()
+            && self.destination.is_none()
+            && self.source_ports.is_none()
+            && self.destination_ports.is_none()
+            && self.tcp_flags.is_none()
+            && self.icmp_types.is_none()
+    }
+
     /// The named set the rule refers to, if any.
     pub fn set_name(&self) -> Option<&str> {
         match &self.source {
@@ -482,7 +495,14 @@ impl Rule {
     /// `value` but not in `mask`, prefixes of two IP versions (or not of
     /// the version given), ICMP of the other IP version (`ipv6 icmp`), an
     /// invalid set name.
-    pub fn normalized(mut self) -> Result<Rule, RuleError> {
+    pub fn normalized(self) -> Result<Rule, RuleError> {
+        self.normalize(true)
+    }
+
+    /// [`normalized`](Self::normalized); `strict` false: a rule stored by a
+    /// build that took what this one refuses of new rules (a byte burst
+    /// under one frame), read back as it was rather than lost.
+    pub(crate) fn normalize(mut self, strict: bool) -> Result<Rule, RuleError> {
         let invalid = |rule: &Rule, reason: String| RuleError::Invalid { rule: rule.to_string(), reason };
         if let Some(p) = self.protocol {
             self.protocol = Some(RuleProtocol::from_number(p.number()));
@@ -497,7 +517,12 @@ impl Rule {
             check_set_name(name)?;
         }
         match (self.action, &self.limit) {
-            (RuleAction::RateLimit, Some(l)) => l.check().map_err(|reason| invalid(&self, reason))?,
+            (RuleAction::RateLimit, Some(l)) => {
+                l.check().map_err(|reason| invalid(&self, reason))?;
+                if strict {
+                    l.check_byte_burst().map_err(|reason| invalid(&self, reason))?;
+                }
+            }
             (RuleAction::RateLimit, None) => {
                 return Err(invalid(&self, "`rate-limit` needs a rate after it (`rate-limit 100/s ...`)".into()))
             }
