@@ -514,7 +514,8 @@ impl<P: ProgramKind> Pinned<P> {
     }
 
     /// Runs `f` on the model, up to date, under the pin directory's lock.
-    /// `f` may refresh caches in the model, but changes no configuration.
+    /// `f` may refresh caches in the model, but changes no configuration
+    /// (bringing it up to date may repair an edit that died: `sync`).
     pub(crate) fn read<R>(&self, f: impl FnOnce(&mut P::Model, &P::Maps) -> R) -> Result<R, P::Error> {
         let flock = self.lock()?;
         let mut st = self.state();
