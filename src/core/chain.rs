@@ -21,10 +21,12 @@ use std::path::{Path, PathBuf};
 use libbpf_rs::query::{LinkInfoIter, LinkTypeInfo, ProgInfoIter, ProgInfoQueryOptions};
 use libbpf_rs::{MapCore, MapHandle};
 
-use crate::core::attach::{self, Attachment};
+use crate::core::attach::Attachment;
 use crate::core::layout::names;
 use crate::core::maps::{ProgArray, TypedMap};
 use crate::core::pin::PinDir;
+use crate::core::pinned::ProgramKind;
+use crate::core::program;
 use crate::core::sys;
 
 /// A filter program whose next program is the one asked about.
@@ -133,20 +135,12 @@ pub(crate) fn chained_into_near(program_id: u32, near: &[&Path]) -> Vec<ChainedF
     found
 }
 
-/// The attachments recorded by the link pins of the pin directory `dir`
-/// whose link no longer holds an interface (as a pinned program's own
-/// `lost_attachments` reads them). One `bpf()` call per link pin.
+/// The lost attachments of the filter pinned in `dir`, read as the
+/// filter's own handle reads them ([`program::scan_links`]): none when the
+/// directory or a link's info cannot be read (not proof of death).
 fn lost_links(dir: &Path) -> Vec<Attachment> {
-    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
-    let mut lost: Vec<Attachment> = entries
-        .flatten()
-        .filter_map(|e| {
-            let recorded = PinDir::link_recorded(&e.file_name().to_string_lossy())?;
-            let link = sys::obj_get(&e.path()).ok()?;
-            // An error reading the info is not proof of death: not lost.
-            matches!(attach::link_attachment(&link), Ok(None)).then_some(recorded)
-        })
-        .collect();
+    let Ok(pins) = PinDir::open(dir, <crate::filter::FilterKind as ProgramKind>::KIND) else { return Vec::new() };
+    let mut lost = program::scan_links(&pins, &[]).map(|(_, lost)| lost).unwrap_or_default();
     lost.sort_by(|a, b| a.interface.cmp(&b.interface));
     lost
 }

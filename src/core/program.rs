@@ -377,7 +377,7 @@ fn owner_of(dir: &PinDir) -> Vec<u32> {
 /// upgrade's program, over the same maps, is. An error reading a link is an
 /// error, never a dead link: its pin may be the last reference, and
 /// removing it would detach a live program.
-fn scan_links(dir: &PinDir, owner: &[u32]) -> Result<(Vec<Link>, Vec<Attachment>), Error> {
+pub(crate) fn scan_links(dir: &PinDir, owner: &[u32]) -> Result<(Vec<Link>, Vec<Attachment>), Error> {
     let mut links = Vec::new();
     let mut lost = Vec::new();
     // Whether each program seen uses one of `owner` (unknown: counted as ours).
