@@ -52,7 +52,8 @@ pub enum LoadError {
     #[error(
         "missing privileges: this process lacks {missing}; xdpguard needs CAP_BPF and \
          CAP_NET_ADMIN to load, attach or reopen XDP programs and maps: run as root, or grant \
-         them: `setcap cap_bpf,cap_net_admin,cap_perfmon+ep <binary>`"
+         them: `setcap cap_bpf,cap_net_admin,cap_perfmon+ep <binary>` (a user other than the pins' owner also \
+         needs access to the pins themselves: see `PinError::AccessDenied`)"
     )]
     MissingPrivileges {
         /// The capabilities that are missing, e.g. `"CAP_BPF, CAP_NET_ADMIN"`.
@@ -134,6 +135,23 @@ pub enum AttachError {
         /// Where it is attached, comma-separated (empty: nowhere).
         attached: String,
     },
+    /// The program is attached to an interface of the same name and index
+    /// in another network namespace: its pin directory records each
+    /// attachment by index, mode and name, so it cannot record both.
+    #[error(
+        "the program pinned at {} is attached to an interface `{interface}` with index {ifindex} in another \
+         network namespace, and a pin directory records an attachment by index and name only; nothing was \
+         changed. Attach this namespace's `{interface}` from a pin directory of its own (`--pin DIR`)",
+        pin.display()
+    )]
+    SameInterfaceElsewhere {
+        /// The interface's name.
+        interface: String,
+        /// Its index (the same in both namespaces).
+        ifindex: u32,
+        /// The pin directory.
+        pin: std::path::PathBuf,
+    },
     /// The program is attached to the interface already, in another mode
     /// than the one asked for (in the same mode, or in auto mode, attaching
     /// again does nothing and succeeds).
@@ -207,6 +225,27 @@ pub enum PinError {
     BpffsNotMounted {
         /// The directory.
         path: PathBuf,
+    },
+    /// A pin this process may not open: bpffs checks a pin's owner and mode
+    /// as for any file, whatever capabilities the process holds.
+    #[error(
+        "{} cannot be opened by this process (uid {uid}): it belongs to uid {owner} with mode {mode:04o}, and \
+         bpffs checks a pin's owner and mode as for any file, whatever capabilities the process holds. Run as \
+         uid {owner} (or root), or give this user the pins (`chown -R {uid} {}`, or a group and \
+         `chmod -R g+rw`)",
+        path.display(), dir.display()
+    )]
+    AccessDenied {
+        /// The pin refused.
+        path: PathBuf,
+        /// Its pin directory.
+        dir: PathBuf,
+        /// This process's effective uid.
+        uid: u32,
+        /// The pin's owner.
+        owner: u32,
+        /// The pin's permission bits.
+        mode: u32,
     },
     /// The directory already holds a pinned xdpguard program.
     #[error(

@@ -585,6 +585,71 @@ fn a_refused_reattach_changes_nothing_and_a_closed_pipe_ends_quietly() {
     cli.ok(&["detach", "--pin", p]);
 }
 
+/// Attaching a pinned filter again "to eth0" in another namespace attaches
+/// it there: the filter's attachment to an `eth0` elsewhere is not this
+/// one (names and indexes are per namespace), so it is neither "already
+/// attached" nor left unprotected. An `eth0` with the same index there
+/// too (two containers' `eth0`) is refused by name: one pin directory
+/// records an attachment by index and name, so it cannot hold both.
+#[test]
+fn attach_in_another_namespace_attaches_an_interface_of_the_same_name_there() {
+    let cli = XDPGUARD;
+    let bed = CliBed::new(&cli, "clins");
+    let p = bed.pin.arg();
+    let other = NetNs::new("clins3");
+    // eth0 with another index than the first namespace's (2).
+    other.ip(&["link", "add", "pad0", "type", "veth", "peer", "name", "pad1"]);
+    other.ip(&["link", "add", "eth0", "type", "veth", "peer", "name", "eth0p"]);
+    for dev in ["eth0", "eth0p"] {
+        other.ip(&["link", "set", dev, "up"]);
+    }
+    assert_eq!(bed.pair.server.ifindex("eth0"), 2);
+    assert_ne!(other.ifindex("eth0"), 2);
+    assert!(!xdp_attached(&other));
+
+    let out = cli.ok(&["attach", "--iface", "eth0", "--pin", p, "--netns", &other.name]);
+    assert!(out.contains("attached to eth0") && !out.contains("already attached"), "{out}");
+    assert!(xdp_attached(&other), "the other namespace's eth0 runs the filter");
+    assert!(xdp_attached(&bed.pair.server), "and the first one still does");
+    // Run again there: now it is kept as it is.
+    let out = cli.ok(&["attach", "--iface", "eth0", "--pin", p, "--netns", &other.name]);
+    assert!(out.contains("already attached to eth0"), "{out}");
+
+    // The same index and name: refused, naming the fix; nothing attached.
+    let same = Pair::new("clins2");
+    let out = cli.run(&["attach", "--iface", "eth0", "--pin", p, "--netns", &same.server.name]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("in another network namespace") && err.contains("--pin"), "{err}");
+    assert!(!xdp_attached(&same.server));
+
+    cli.ok(&["detach", "--pin", p]);
+    assert!(!xdp_attached(&other) && !xdp_attached(&bed.pair.server), "detached from both");
+}
+
+/// A user other than the pins' owner, holding the capabilities the
+/// privilege error names, is told the pins refuse it (owner, mode, the
+/// chown), not a bare "Operation not permitted".
+#[test]
+fn another_users_process_with_the_capabilities_is_told_whose_pins_refuse_it() {
+    let cli = XDPGUARD;
+    let bed = CliBed::new(&cli, "cliuid");
+    let caps = "+bpf,+net_admin,+perfmon";
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid", "65534", "--regid", "65534", "--clear-groups", "--inh-caps", caps, "--ambient-caps", caps])
+        .arg(cli.path()) // check-deps: built-here
+        .args(["status", "--pin", bed.pin.arg()])
+        .output()
+        .expect("run setpriv (util-linux)");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{out:?}");
+    assert!(
+        err.contains("cannot be opened by this process (uid 65534)")
+            && err.contains("belongs to uid 0")
+            && err.contains("chown -R 65534"),
+        "{err}"
+    );
+}
+
 /// An IPv4-mapped entry blocks the IPv4 source it names; a list file that
 /// is not UTF-8 is refused by line number like any bad file.
 #[test]

@@ -208,6 +208,13 @@ fn the_cli_runs_the_amplification_recipe_on_real_traffic() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains("refusing rule") && err.contains("SSH") && err.contains("--force"), "{err}");
     }
+    // From a file, the refusal names the rule's line.
+    let file = std::env::temp_dir().join(format!("xdpg-refused-{}.rules", std::process::id()));
+    std::fs::write(&file, "pass udp dport 53\n# every TCP packet:\ndrop tcp\n").unwrap();
+    let out = cli.run(&["rule", "replace", "--pin", p, "--file", file.to_str().unwrap()]);
+    std::fs::remove_file(&file).unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("`drop tcp` (line 3)") && err.contains("--force"), "{err}");
     // Dropping IPv6 neighbour discovery from anywhere would stop IPv6.
     // Also to destinations that take it (link-local multicast, or all but
     // a unicast range); a destination clear of ff02::/16 is accepted.

@@ -281,8 +281,9 @@ enum Command {
         /// Repeat every --interval seconds, showing packet rates, until interrupted.
         #[arg(long)]
         watch: bool,
-        /// Seconds between two rounds of --watch.
-        #[arg(long, value_name = "SECS", default_value_t = 1, requires = "watch")]
+        /// Seconds between two rounds of --watch (1 or more).
+        #[arg(long, value_name = "SECS", default_value_t = 1, requires = "watch",
+              value_parser = clap::value_parser!(u64).range(1..))]
         interval: u64,
     },
     /// Check the backends and drain the failing ones; runs in the foreground (an agent).
@@ -727,7 +728,7 @@ fn run(command: Command, given: &dyn Fn(&str) -> bool) -> Result<()> {
                     &pin.pin,
                     "decapsulator",
                     "xdpguard-lb decap",
-                    &decap.attachments(),
+                    (&decap.attachments(), decap.program_id()?),
                     &target.ifaces,
                     target.mode,
                 )?;
@@ -1128,8 +1129,14 @@ fn reattach(lb: LoadBalancer, args: &AttachArgs, given: &dyn Fn(&str) -> bool) -
             .into());
         }
     }
-    let todo =
-        common::still_to_attach(dir, "load balancer", "xdpguard-lb", &attached, &args.target.ifaces, args.target.mode)?;
+    let todo = common::still_to_attach(
+        dir,
+        "load balancer",
+        "xdpguard-lb",
+        (&attached, lb.program_id()?),
+        &args.target.ifaces,
+        args.target.mode,
+    )?;
     // A refused attach changes nothing: the interfaces first, then what can
     // still fail (undone by detaching again), then what cannot.
     let now = common::attach_all(&todo, |i| lb.attach(i, args.target.mode), |i| drop(lb.detach(i)))?;

@@ -180,8 +180,8 @@ enum Command {
         /// JSON output.
         #[arg(long)]
         json: bool,
-        /// Repeat every SECS seconds, showing rates.
-        #[arg(long, value_name = "SECS")]
+        /// Repeat every SECS seconds (1 or more), showing rates.
+        #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
         watch: Option<u64>,
         /// Reset the reason counters after reading them (the rules' and
         /// the SYN guard's per-port counters are kept).
@@ -984,7 +984,14 @@ fn reattach(
         )
         .into());
     }
-    let todo = common::still_to_attach(dir, "filter", "xdpguard", &filter.attachments(), &target.ifaces, target.mode)?;
+    let todo = common::still_to_attach(
+        dir,
+        "filter",
+        "xdpguard",
+        (&filter.attachments(), filter.program_id()?),
+        &target.ifaces,
+        target.mode,
+    )?;
     // The policy after the attach: a refused attach changes nothing.
     let now = common::attach_all(&todo, |i| filter.attach(i, target.mode), |i| drop(filter.detach(i)))?;
     if drop_malformed {
@@ -1179,9 +1186,14 @@ fn remove_entries(kind: ListKind, edit: Edit) -> Result<()> {
 /// it is written (`from 0.0.0.0/0`, `dport 1-65535`, `not from 192.0.2.1`:
 /// all but one source), or every ICMPv6
 /// neighbour solicitation or advertisement from any source (without which
-/// IPv6 stops on the link).
-fn refuse_drop_all(rules: &[Rule], force: bool) -> Result<()> {
+/// IPv6 stops on the link). `lines`: each rule's line in its file (empty
+/// for rules given on the command line), named in the refusal.
+fn refuse_drop_all(rules: &[Rule], lines: &[usize], force: bool) -> Result<()> {
     use xdpguard::{RuleProtocol, Source};
+    let line_of = |r: &Rule| {
+        let at = rules.iter().position(|x| std::ptr::eq(x, r));
+        at.and_then(|i| lines.get(i)).map(|n| format!(" (line {n})")).unwrap_or_default()
+    };
     let whole = |p: &IpNetwork| p.prefix() == 0;
     // Port 0 carries no real traffic: 1-65535 is every port (however the
     // ranges are split).
@@ -1248,17 +1260,19 @@ fn refuse_drop_all(rules: &[Rule], force: bool) -> Result<()> {
                 false => ("any source", ""),
             };
             Err(format!(
-                "refusing rule `{r}`: it drops every {}packet from {from} that the lists do not allow, including \
+                "refusing rule `{r}`{}: it drops every {}packet from {from} that the lists do not allow, including \
                  your own SSH session{unless}. Nothing was changed. {allow_first}; to drop them anyway, add --force",
+                line_of(r),
                 if r.protocol.is_some() { "TCP " } else { "" },
             )
             .into())
         }
         (None, Some(r)) => Err(format!(
-            "refusing rule `{r}`: it drops IPv6 neighbour discovery or Packet Too Big (ICMPv6 types 133-137 and \
+            "refusing rule `{r}`{}: it drops IPv6 neighbour discovery or Packet Too Big (ICMPv6 types 133-137 and \
              2) from any source: IPv6 on this host's links stops, or large transfers stall (routers never \
              fragment IPv6). Nothing was changed. Drop what floods, such as echo requests (`drop icmpv6 type \
-             128`), or add --force"
+             128`), or add --force",
+            line_of(r)
         )
         .into()),
         (None, None) => Ok(()),
@@ -1304,6 +1318,11 @@ impl RuleFile {
     fn rules(&self) -> Vec<Rule> {
         self.lines.iter().map(|l| l.rule.clone()).collect()
     }
+
+    /// Each rule's line, in the order of [`Self::rules`].
+    fn line_numbers(&self) -> Vec<usize> {
+        self.lines.iter().map(|l| l.line).collect()
+    }
 }
 
 fn rule_command(cmd: RuleCommand) -> Result<()> {
@@ -1318,7 +1337,8 @@ fn rule_command(cmd: RuleCommand) -> Result<()> {
                 }
                 None => vec![rule.join(" ").parse::<Rule>()?],
             };
-            refuse_drop_all(&rules, force)?;
+            let lines = file.as_ref().map(RuleFile::line_numbers).unwrap_or_default();
+            refuse_drop_all(&rules, &lines, force)?;
             let set = filter.rules();
             if rules.len() == 1 {
                 let id = match at {
@@ -1387,7 +1407,7 @@ fn rule_command(cmd: RuleCommand) -> Result<()> {
             let filter = Filter::open_pinned(&pin.pin)?;
             let file = read_rules(&file, &filter)?;
             let rules = file.rules();
-            refuse_drop_all(&rules, force)?;
+            refuse_drop_all(&rules, &file.line_numbers(), force)?;
             let change = filter.rules().replace(rules)?;
             println!(
                 "replaced the rules: {} now ({} added, {} removed, {} kept with their counters)",

@@ -100,6 +100,18 @@ pub struct Attachment {
     pub mode: AttachMode,
 }
 
+impl Attachment {
+    /// Whether the program `program_id` (as `program_id()` of the handle
+    /// gives it) runs on this attachment's interface as the calling
+    /// thread's network namespace sees it: the name resolves there to this
+    /// index and the kernel reports that program on it. Names and indexes
+    /// are per namespace: a container's `eth0` attached to is not the
+    /// host's `eth0`, though both may even have index 2.
+    pub fn runs_here(&self, program_id: u32) -> bool {
+        sys::ifindex_of(&self.interface) == Some(self.ifindex) && runs_on(program_id, &self.interface, self.ifindex)
+    }
+}
+
 /// A live attachment: the link keeps the program on the interface.
 #[derive(Debug)]
 pub(crate) struct Link {

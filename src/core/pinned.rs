@@ -439,7 +439,7 @@ impl<P: ProgramKind> Pinned<P> {
     /// [`PinError::Incompatible`] (pinned by a build with another layout),
     /// [`PinError::Interrupted`] (its creator died before finishing),
     /// [`PinError::BpffsNotMounted`], [`PinError::Incomplete`] (pins removed
-    /// by hand), [`PinError::Io`];
+    /// by hand), [`PinError::AccessDenied`] (a pin of another user), [`PinError::Io`];
     /// [`LoadError::MissingPrivileges`]; the program's own errors when its
     /// model cannot be read back or repaired.
     pub(crate) fn open_pinned(path: &Path) -> Result<Self, Error> {
@@ -602,7 +602,20 @@ impl<P: ProgramKind> Pinned<P> {
 fn check_header(dir: &PinDir) -> Result<(), PinError> {
     let kind = dir.kind();
     let path = dir.join(kind.marker());
-    let io = |source| PinError::Io { op: "reading the pinned config", path: path.clone(), error: source };
+    let io = |source: std::io::Error| {
+        use std::os::unix::fs::MetadataExt;
+        let denied = matches!(source.raw_os_error(), Some(nix::libc::EPERM | nix::libc::EACCES));
+        match std::fs::metadata(&path) {
+            Ok(m) if denied && m.uid() != nix::unistd::geteuid().as_raw() => PinError::AccessDenied {
+                path: path.clone(),
+                dir: dir.path().to_owned(),
+                uid: nix::unistd::geteuid().as_raw(),
+                owner: m.uid(),
+                mode: m.mode() & 0o7777,
+            },
+            _ => PinError::Io { op: "reading the pinned config", path: path.clone(), error: source },
+        }
+    };
     let map = MapHandle::from_pinned_path(&path).map_err(|e| io(io_from_libbpf(e)))?;
     let value = map.lookup(&0u32.to_ne_bytes(), MapFlags::ANY).map_err(|e| io(io_from_libbpf(e)))?;
     let word = |i: usize| value.as_deref().and_then(|v| v.get(i..i + 4)).map(bytemuck::pod_read_unaligned::<u32>);

@@ -179,6 +179,17 @@ impl XdpProgram {
                 }
                 return Err(AttachError::AttachedInAnotherMode { interface: name, mode: here.mode, asked: mode }.into());
             }
+            // Not here: an interface of the same index in another namespace
+            // (a container's `eth0` and another's are both index 2 often).
+            // Of the same name too, its link pin's name would be this one's.
+            if let (Some(dir), true) = (&self.pin, here.interface == name) {
+                return Err(AttachError::SameInterfaceElsewhere {
+                    interface: name,
+                    ifindex,
+                    pin: dir.path().to_owned(),
+                }
+                .into());
+            }
         }
         let link = attach::attach(prog.as_fd(), iface, mode)?;
         let attachment = link.attachment.clone();

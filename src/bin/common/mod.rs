@@ -118,23 +118,26 @@ pub fn reopen<T>(dir: &Path, opened: std::result::Result<T, xdpguard::Error>) ->
     }
 }
 
-/// `attach` on a pin directory whose program was reopened: the interfaces
-/// of `ifaces` still to attach. One it already runs on in the mode asked
-/// for (any, for `auto`) is kept as it is, and said: `attach` run again (by
-/// a unit on every start, by a script) succeeds and changes nothing there.
-/// One it runs on in another mode is refused before anything changes
-/// (naming the attachment, and how to change its mode).
+/// `attach` on a pin directory whose program (kernel id `program_id`) was
+/// reopened: the interfaces of `ifaces` still to attach. One it already
+/// runs on in the mode asked for (any, for `auto`) is kept as it is, and
+/// said: `attach` run again (by a unit on every start, by a script)
+/// succeeds and changes nothing there. One it runs on in another mode is
+/// refused before anything changes (naming the attachment, and how to
+/// change its mode). "Runs on" is asked of the kernel in the namespace
+/// entered (`--netns`), not read from the attachments' names: an interface
+/// of the same name in another namespace is still to attach.
 pub fn still_to_attach(
     dir: &Path,
     kind: &str,
     cli: &str,
-    have: &[Attachment],
+    (have, program_id): (&[Attachment], u32),
     ifaces: &[String],
     mode: AttachMode,
 ) -> Result<Vec<String>> {
     let mut todo = Vec::new();
     for iface in ifaces {
-        match have.iter().find(|a| &a.interface == iface) {
+        match have.iter().find(|a| &a.interface == iface && a.runs_here(program_id)) {
             None => todo.push(iface.clone()),
             Some(a) if mode == AttachMode::Auto || a.mode == mode => {
                 println!("already attached to {} (kept as it is)", attachment_text(a));
