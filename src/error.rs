@@ -966,6 +966,37 @@ pub enum LbError {
         /// The subnet.
         subnet: ipnetwork::Ipv4Network,
     },
+    /// A VIP at an address of the LB host itself (configured on an
+    /// interface of the LB's network namespace): its packets would no
+    /// longer reach the host's own services there (an SSH session to that
+    /// address among them). Nothing was changed.
+    #[error(
+        "VIP {vip} is at an address of the load balancer host itself (on {interface}): its packets would go to \
+         backends (and be dropped until it has one) instead of the host's own services there, an SSH session to that \
+         address among them; give the service an address of its own, or, to take that address's traffic over on \
+         purpose, add it with --force (`LoadBalancer::add_vip_permit_local`)"
+    )]
+    VipAtLocalAddress {
+        /// The VIP.
+        vip: crate::Vip,
+        /// The interface holding the address (its name, or address label).
+        interface: String,
+    },
+    /// A backend at an address of the LB host itself: the LB forwards
+    /// nothing to its own host (the FIB's route to it is a local one), so
+    /// its share of new flows would go to the stack. Nothing was changed.
+    #[error(
+        "backend {backend} of VIP {vip} is an address of the load balancer host itself (on {interface}), which the \
+         LB does not forward to; give the backend host's own address"
+    )]
+    BackendAtLocalAddress {
+        /// The VIP.
+        vip: crate::Vip,
+        /// The backend.
+        backend: crate::BackendAddr,
+        /// The interface holding the address (its name, or address label).
+        interface: String,
+    },
     /// A VIP or backend at an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`):
     /// its packets are IPv4 packets, handled as the IPv4 address's.
     #[error("{what} is at an IPv4-mapped IPv6 address, whose packets are IPv4 packets: give it as IPv4 ({as_ipv4})")]

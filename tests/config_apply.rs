@@ -516,7 +516,8 @@ fn kill_state(bed: &Bed, a: bool) {
         }
         vips.push_str("]\n\n");
     }
-    let (echo, locals) = if a { ("", "\"198.51.100.11\"") } else { ("echo = \"drop\"", "\"198.51.100.11\", \"::1\"") };
+    let (echo, locals) =
+        if a { ("", "\"198.51.100.11\"") } else { ("echo = \"drop\"", "\"198.51.100.11\", \"2001:db8:b::11\"") };
     // Rules and sets that differ both ways: a -> b turns monitor mode on,
     // creates and fills a set, replaces another and the rules; b -> a
     // replaces a set and the rules, deletes the set, turns monitor mode off.

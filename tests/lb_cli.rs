@@ -460,9 +460,21 @@ fn which_agrees_with_the_kernel_for_all_ports_vips() {
     ));
     let any4 = "203.0.113.20:*";
     let any6 = "[2001:db8:f::20]:*";
-    cli.ok(&with(pa, &["vip", "add", any4, "--mode", "ipip", "--table-size", "1021"]));
+    // A five-tuple hash, so the port counts (all-ports VIPs hash the source
+    // address by default); `vip add` warns about its fragments.
+    let out =
+        cli.run(&with(pa, &["vip", "add", any4, "--mode", "ipip", "--table-size", "1021", "--hash", "five-tuple"]));
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("warning: all-ports VIP tcp 203.0.113.20:* hashes the five-tuple") && err.contains("fragments"),
+        "{err}"
+    );
     cli.ok(&with(pa, &["vip", "add", "203.0.113.20:443", "--mode", "dsr", "--table-size", "1021"]));
-    cli.ok(&with(pa, &["vip", "add", any6, "--proto", "udp", "--mode", "dsr", "--table-size", "1021"]));
+    cli.ok(&with(
+        pa,
+        &["vip", "add", any6, "--proto", "udp", "--mode", "dsr", "--table-size", "1021", "--hash", "5-tuple"],
+    ));
     for i in 1..=3 {
         cli.ok(&with(pa, &["backend", "add", any4, &backend_v4(i).to_string()]));
         cli.ok(&with(pa, &["backend", "add", "203.0.113.20:443", &backend_v4(i).to_string()]));
@@ -568,6 +580,112 @@ fn which_agrees_with_the_kernel_for_all_ports_vips() {
     assert!(backends.len() >= 4, "random ports reach several backends of both VIPs: {backends:?}");
     let human = cli.ok(&with(pa, &["which", "203.0.113.20:8080", "--from", "192.0.2.77:40001"]));
     assert!(human.contains("VIP tcp 203.0.113.20:*") && human.contains("new flows go to 198.51.100."), "{human}");
+    cli.ok(&with(pa, &["detach"]));
+}
+
+/// Review findings 1-4: addresses of the LB host itself are refused as a
+/// VIP (naming the interface; `--force` takes one over on purpose) and as a
+/// backend; IPIP source prefixes and decap endpoints no packet comes back
+/// from or is sent to are refused, and nothing changes.
+#[test]
+fn host_addresses_and_unusable_sources_and_endpoints_are_refused() {
+    fn with<'a>(pin: &'a str, args: &[&'a str]) -> Vec<&'a str> {
+        let mut v = args.to_vec();
+        v.extend(["--pin", pin]);
+        v
+    }
+    let pin = ScratchDir::bpffs("lbclil");
+    let decap_pin = ScratchDir::bpffs("lbclildecap");
+    let vn = VerdictNet::new("lclil", 1);
+    let cli = XDPGUARD_LB;
+    let pa = pin.arg();
+    cli.ok(&with(
+        pa,
+        &["attach", "--iface", "eth0", "--iface", "eth1", "--netns", &vn.lb.name, "--ipip-source", IPIP_SRC_V4],
+    ));
+
+    // 1. The LB's own addresses, on eth0 (IPv4, labelled) and eth1 (IPv6,
+    // named by its link): refused, naming the interface and the way out.
+    let own4 = format!("{LB_FRONT_V4}:22");
+    refused(
+        &cli.run(&with(pa, &["vip", "add", &own4, "--mode", "nat"])),
+        &["VIP tcp 192.0.2.254:22", "the load balancer host itself (on eth0)", "SSH", "--force"],
+    );
+    let own6 = format!("[{LB_BACK_V6}]:22");
+    refused(&cli.run(&with(pa, &["vip", "add", &own6, "--mode", "dsr"])), &["(on eth1)", "--force"]);
+    assert_eq!(cli.json(&with(pa, &["vip", "list", "--json"])), serde_json::json!([]), "nothing added");
+    // With --force it is taken over, as asked.
+    let out = cli.ok(&with(pa, &["vip", "add", &own4, "--mode", "nat", "--force"]));
+    assert!(out.contains("added VIP tcp 192.0.2.254:22"), "{out}");
+    assert_eq!(cli.json(&with(pa, &["vip", "list", "--json"]))[0]["vip"], "tcp 192.0.2.254:22");
+    cli.ok(&with(pa, &["vip", "del", &own4]));
+
+    // 2. A backend at the LB's own address: refused, naming the interface.
+    let vip = "203.0.113.10:80";
+    cli.ok(&with(pa, &["vip", "add", vip, "--mode", "dsr"]));
+    refused(
+        &cli.run(&with(pa, &["backend", "add", vip, &LB_BACK_V4.to_string()])),
+        &["backend 198.51.100.254", "the load balancer host itself (on eth1)", "backend host's own address"],
+    );
+    let vip6 = format!("[{VIP_V6}]:80");
+    cli.ok(&with(pa, &["vip", "add", &vip6, "--mode", "dsr"]));
+    refused(&cli.run(&with(pa, &["backend", "add", &vip6, &LB_FRONT_V6.to_string()])), &["itself (on eth0)"]);
+    let list = cli.json(&with(pa, &["vip", "list", "--json"]));
+    assert!(list.as_array().unwrap().iter().all(|v| v["backends"] == serde_json::json!([])), "{list}");
+    cli.ok(&with(pa, &["backend", "add", vip, &backend_v4(1).to_string()]));
+
+    // 5. An all-ports VIP hashes the source address unless told otherwise
+    // (its fragments then reach its flows' backend): no warning.
+    let out = cli.run(&with(pa, &["vip", "add", "203.0.113.30:*", "--proto", "udp", "--mode", "dsr"]));
+    assert!(out.status.success() && !String::from_utf8_lossy(&out.stderr).contains("warning"), "{out:?}");
+    let list = cli.json(&with(pa, &["vip", "list", "--json"]));
+    let hashes: Vec<(&str, &str)> =
+        list.as_array().unwrap().iter().map(|v| (v["vip"].as_str().unwrap(), v["hash"].as_str().unwrap())).collect();
+    assert!(hashes.contains(&("udp 203.0.113.30:*", "source")), "{hashes:?}");
+    assert!(hashes.contains(&("tcp 203.0.113.10:80", "five-tuple")), "{hashes:?}");
+
+    // 3. IPIP sources no reply comes back to: refused, status unchanged
+    // (0.0.0.0/32 used to be "set" and then vanish from status).
+    for bad in ["0.0.0.0/0", "224.0.0.0/24", "127.0.0.1/32", "ff02::/64", "0.0.0.0/32", "::/0"] {
+        refused(&cli.run(&with(pa, &["set", "--ipip-source", bad])), &[&format!("IPIP source prefix {bad}"), "/24"]);
+        let status = cli.json(&with(pa, &["status", "--json"]));
+        assert_eq!(status["ipip_sources"], serde_json::json!([IPIP_SRC_V4]), "after {bad}: {status}");
+    }
+    // ... also at attach time: nothing is pinned.
+    let other = ScratchDir::bpffs("lbclil2");
+    refused(
+        &cli.run(&[
+            "attach",
+            "--iface",
+            "c0",
+            "--netns",
+            &vn.peer.name,
+            "--ipip-source",
+            "0.0.0.0/0",
+            "--pin",
+            other.arg(),
+        ]),
+        &["IPIP source prefix 0.0.0.0/0"],
+    );
+    assert!(std::fs::read_dir(other.path()).map_or(true, |mut d| d.next().is_none()), "nothing pinned");
+
+    // 4. Decap endpoints no tunnel packet is sent to: refused, at attach
+    // and on a running decapsulator, which keeps its endpoints.
+    let dp = decap_pin.arg();
+    let attach = |local: &str| {
+        cli.run(&["decap", "attach", "--iface", "b0", "--netns", &vn.peer.name, "--local", local, "--pin", dp])
+    };
+    refused(&attach("::ffff:198.51.100.99"), &["IPv4-mapped", "give it as IPv4 (198.51.100.99)"]);
+    assert!(std::fs::read_dir(decap_pin.path()).map_or(true, |mut d| d.next().is_none()), "nothing pinned");
+    assert!(attach("198.51.100.11").status.success());
+    for (bad, why) in
+        [("::ffff:198.51.100.99", "198.51.100.99"), ("0.0.0.0", "unspecified"), ("224.0.0.5", "multicast")]
+    {
+        refused(&cli.run(&["decap", "local", bad, "--pin", dp]), &[&format!("local endpoint {bad}"), why]);
+    }
+    let s = cli.json(&["decap", "stats", "--json", "--pin", dp]);
+    assert_eq!(s["locals"], serde_json::json!(["198.51.100.11"]), "{s}");
+    cli.ok(&["decap", "detach", "--pin", dp]);
     cli.ok(&with(pa, &["detach"]));
 }
 

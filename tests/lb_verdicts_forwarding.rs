@@ -19,7 +19,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use common::lb::*;
 use xdpguard::testing::fixture::{Fixture, FixtureTable};
-use xdpguard::testing::frame::{Frame, Icmp};
+use xdpguard::testing::frame::{Ext, Frame, Icmp};
 use xdpguard::testing::lb_topology::*;
 use xdpguard::{Decap, Flow, ForwardingMode, HashInput, Protocol, Vip, VipConfig, XdpAction};
 
@@ -217,6 +217,83 @@ fn backend_for_agrees_with_the_kernel() {
         }
         assert_eq!(t.report().rows, 900);
         t.finish();
+    });
+}
+
+/// Review finding 5: fragments carry no ports and are hashed without them,
+/// so under an all-ports VIP's default hash (the source address:
+/// `VipConfig::for_vip`) a flow's fragment reaches the backend its whole
+/// packets reach, IPv4 and IPv6; under a five-tuple hash it would not (the
+/// control below shows the test can tell).
+#[test]
+fn all_ports_vip_fragments_follow_their_flows_whole_packets() {
+    in_lb_ns("vfragw", 3, |n| {
+        let lb = lb();
+        let mut t = FixtureTable::new(&lb, "all-ports fragments and whole packets");
+        let any4 = Vip::all_ports(IpAddr::V4(VIP2_V4), Protocol::Udp);
+        let any6 = Vip::all_ports(IpAddr::V6(VIP2_V6), Protocol::Udp);
+        for (vip, backends) in [(any4, backends_v4(3)), (any6, backends_v6(3))] {
+            let config = VipConfig::for_vip(&vip, ForwardingMode::L2Dsr);
+            assert_eq!(config.hash, HashInput::SourceAddress, "the all-ports default");
+            vip_with(&lb, vip, config, &backends);
+        }
+        assert_eq!(VipConfig::for_vip(&Vip::udp(sa(VIP_V4, 53)), ForwardingMode::L2Dsr).hash, HashInput::FiveTuple);
+        let mut reached = std::collections::BTreeSet::new();
+        for i in 1..=24u16 {
+            let v6 = i % 2 == 0;
+            let (vip, src) = if v6 {
+                (any6, sa(Ipv6Addr::new(0x2001, 0xdb8, 0xc, 0, 0, 0, 0, 0x100 + i), 40000 + i))
+            } else {
+                (any4, sa(Ipv4Addr::new(192, 0, 2, 100 + i as u8), 40000 + i))
+            };
+            let dst = sa(vip.addr, 1000 + i * 37);
+            let flow = Flow::new(src, dst, Protocol::Udp);
+            let chosen = lb.backend_for(&vip, &flow).unwrap().unwrap();
+            assert_eq!(lb.backend_for(&vip, &flow.fragment()).unwrap(), Some(chosen), "{flow}");
+            reached.insert(chosen);
+            let mac = backend_mac(backend_index(chosen));
+            let whole = frame(n.eth0_mac, src, dst, Protocol::Udp, false, PAYLOAD);
+            let b = Frame::builder().macs(CLIENT_MAC, n.eth0_mac);
+            // A later fragment of a datagram of the same flow (no UDP header).
+            let fragment = match (src.ip(), dst.ip()) {
+                (IpAddr::V4(s), IpAddr::V4(d)) => {
+                    b.ipv4(s, d).id(0x77).fragment(185, false).protocol(17).payload(&[0x33; 40]).build()
+                }
+                (IpAddr::V6(s), IpAddr::V6(d)) => b
+                    .ipv6(s, d)
+                    .ext(Ext::Fragment { offset: 185, more: false, id: 0x77 })
+                    .protocol(17)
+                    .payload(&[0x33; 40])
+                    .build(),
+                _ => unreachable!(),
+            };
+            for (what, f) in [("whole datagram", &whole), ("its fragment", &fragment)] {
+                t.run(
+                    Fixture::new(format!("{flow}: {what}"), f)
+                        .on(n.eth0)
+                        .action(XdpAction::Redirect)
+                        .output(f.with_macs(n.eth1_mac, mac)),
+                );
+            }
+        }
+        t.finish();
+        assert!(reached.len() >= 4, "sources reach several backends of both VIPs: {reached:?}");
+        assert_eq!(lb.stats().unwrap().fragments_forwarded.packets, 24);
+
+        // Control: under a five-tuple hash the two disagree for most flows.
+        let five = Vip::all_ports(IpAddr::V4(VIP_V4), Protocol::Udp);
+        vip_with(&lb, five, VipConfig::new(ForwardingMode::L2Dsr), &backends_v4(3));
+        let split = (1..=24u16)
+            .filter(|i| {
+                let flow = Flow::new(
+                    sa(Ipv4Addr::new(192, 0, 2, 100 + *i as u8), 40000 + i),
+                    sa(VIP_V4, 1000 + i),
+                    Protocol::Udp,
+                );
+                lb.backend_for(&five, &flow).unwrap() != lb.backend_for(&five, &flow.fragment()).unwrap()
+            })
+            .count();
+        assert!(split >= 6, "a five-tuple hash splits flows from their fragments: {split} of 24");
     });
 }
 

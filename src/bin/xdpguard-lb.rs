@@ -11,7 +11,7 @@
 //! xdpguard-lb attach --iface eth0 [--iface eth1] [--redirect IF] [--ipip-source CIDR] [--netns NAME] [--pin DIR]
 //!                                                       (on a pin dir holding an LB: attaches that one, state kept)
 //! xdpguard-lb attach --behind-filter [...]              (pinned, attached nowhere: for `xdpguard next`)
-//! xdpguard-lb vip add 203.0.113.10:80 [--proto tcp|udp] --mode dsr|ipip|nat [--table-size P] [--hash source]
+//! xdpguard-lb vip add 203.0.113.10:80 [--proto tcp|udp] --mode dsr|ipip|nat [--table-size P] [--hash source] [--force]
 //! xdpguard-lb vip del 203.0.113.10:80 [--proto udp]      xdpguard-lb vip list [--json]
 //! xdpguard-lb backend add 203.0.113.10:80 198.51.100.11 [--weight 2]   (NAT: 198.51.100.11:8080)
 //! xdpguard-lb backend weight 203.0.113.10:80 198.51.100.11 0            (0 drains)
@@ -512,11 +512,19 @@ enum VipCommand {
         #[arg(long, default_value_t = xdpguard::DEFAULT_TABLE_SIZE)]
         table_size: u32,
         /// Hash input: five-tuple or source (the client's address only).
-        #[arg(long, default_value_t = HashInput::FiveTuple)]
-        hash: HashInput,
+        /// Default: source for an all-ports VIP (its fragments, hashed
+        /// without ports, then reach the backend the flow's whole packets
+        /// do), five-tuple otherwise.
+        #[arg(long)]
+        hash: Option<HashInput>,
         /// Do not track connections (not for NAT).
         #[arg(long)]
         no_conntrack: bool,
+        /// Add it also at an address of the LB host itself, taking that
+        /// address's packets (to the VIP's port, or every port) from the
+        /// host's own services.
+        #[arg(long)]
+        force: bool,
     },
     /// Remove a VIP and its backends.
     Del {
@@ -857,12 +865,30 @@ fn run(command: Command, given: &dyn Fn(&str) -> bool) -> Result<()> {
             lb.unpin()?;
             common::print_detached(&attachments, &pin.pin);
         }
-        Command::Vip(VipCommand::Add { pin, vip, mode, table_size, hash, no_conntrack }) => {
+        Command::Vip(VipCommand::Add { pin, vip, mode, table_size, hash, no_conntrack, force }) => {
             let lb = LoadBalancer::open_pinned(&pin.pin)?;
             let vip = vip.vip()?;
-            let config = VipConfig::new(mode).table_size(table_size).hash(hash).conntrack(!no_conntrack);
+            let mut config = VipConfig::for_vip(&vip, mode).table_size(table_size).conntrack(!no_conntrack);
+            if let Some(hash) = hash {
+                config = config.hash(hash);
+            }
             let existed = lb.vips()?.iter().any(|(v, _)| *v == vip);
-            lb.add_vip(vip, config)?;
+            if force {
+                lb.add_vip_permit_local(vip, config)?;
+            } else {
+                lb.add_vip(vip, config)?;
+            }
+            let forwards_fragments = vip.port.is_none()
+                && mode != ForwardingMode::Nat
+                && lb.fragment_policy() == FragmentPolicy::ForwardAllPorts;
+            if config.hash == HashInput::FiveTuple && forwards_fragments {
+                eprintln!(
+                    "warning: all-ports VIP {vip} hashes the five-tuple, but its fragments carry no ports and are \
+                     hashed without them: a flow's fragments reach another backend than its whole packets, as a \
+                     rule; leave out --hash (an all-ports VIP then hashes the source address), or drop fragments \
+                     (`xdpguard-lb set --fragments drop`)"
+                );
+            }
             if existed {
                 let backends = lb.backends(&vip)?.len();
                 println!("VIP {vip} already exists with this configuration ({backends} backends); nothing changed");

@@ -593,7 +593,9 @@ fn vip(r: &mut Reader<'_>, t: &DeTable<'_>, span: &Range<usize>) -> Option<VipRe
         }),
         None => Some(DEFAULT_TABLE_SIZE),
     };
-    let hash = get(t, "hash").map_or(Some(HashInput::default()), |v| r.parsed::<HashInput>(v));
+    // Without `hash`: the VIP's default (the source address for an
+    // all-ports VIP, so its fragments reach the backend its flows do).
+    let hash = get(t, "hash").map(|v| r.parsed::<HashInput>(v));
     let conntrack = get(t, "conntrack").map_or(Some(true), |v| r.boolean(v));
     let mut backends: Vec<(Backend, Range<usize>)> = Vec::new();
     if let Some(v) = get(t, "backends") {
@@ -609,7 +611,8 @@ fn vip(r: &mut Reader<'_>, t: &DeTable<'_>, span: &Range<usize>) -> Option<VipRe
             }
         }
     }
-    let (vip, mode, table_size, hash, conntrack) = (vip?, mode?, table_size?, hash?, conntrack?);
+    let (vip, mode, table_size, conntrack) = (vip?, mode?, table_size?, conntrack?);
+    let hash = hash.unwrap_or(Some(HashInput::default_for(&vip)))?;
     let config = VipConfig::new(mode).table_size(table_size).hash(hash).conntrack(conntrack);
     if mode == ForwardingMode::Nat && !conntrack {
         let s = get(t, "conntrack").map_or(span.clone(), |v| v.span());
@@ -640,7 +643,9 @@ fn lb(r: &mut Reader<'_>, t: &DeTable<'_>, span: &Range<usize>) -> (LbConfig, Pl
     let mut ipip_sources: Vec<IpNetwork> = Vec::new();
     if let Some(v) = get(t, "ipip_sources") {
         for (net, s) in r.each(v, |r, item| r.parsed::<IpNetwork>(item)) {
-            if ipip_sources.iter().any(|n| n.is_ipv4() == net.is_ipv4()) {
+            if let Err(e) = crate::lb::check_ipip_source(net) {
+                r.problem(s, e.to_string());
+            } else if ipip_sources.iter().any(|n| n.is_ipv4() == net.is_ipv4()) {
                 r.problem(
                     s,
                     format!(
@@ -782,7 +787,9 @@ fn decap(r: &mut Reader<'_>, t: &DeTable<'_>, span: &Range<usize>) -> (DecapConf
     match get(t, "locals") {
         Some(v) => {
             for (a, s) in r.each(v, |r, item| r.parsed::<IpAddr>(item)) {
-                if locals.contains(&a) {
+                if let Err(e) = crate::lb::check_decap_local(a) {
+                    r.problem(s, e.to_string());
+                } else if locals.contains(&a) {
                     r.problem(s, format!("local address {a} is listed twice"));
                 } else {
                     locals.push(a);
@@ -1186,6 +1193,62 @@ backends = [{ addr = "198.51.100.12", weight = 2 }, "198.51.100.11"]
         // The same file in another order promises the same digest.
         assert_eq!(lb.expected_digest().vips.len(), 1);
         assert!("".parse::<Config>().is_err(), "an empty file describes nothing");
+    }
+
+    /// Decap locals and IPIP sources no packet is addressed to or comes
+    /// back to are reported where they stand, with the library's message.
+    #[test]
+    fn unusable_decap_locals_and_ipip_sources_are_reported() {
+        let text = r#"
+[[lb]]
+ipip_sources = ["0.0.0.0/0", "ff02::/64"]
+interfaces = ["eth0"]
+
+[[decap]]
+interfaces = ["eth1"]
+locals = ["::ffff:198.51.100.99", "0.0.0.0", "224.0.0.5", "198.51.100.11"]
+"#;
+        expect(
+            text,
+            &[
+                (3, 17, "IPIP source prefix 0.0.0.0/0 (every address of the family)"),
+                (3, 30, "IPIP source prefix ff02::/64 at a multicast address"),
+                (8, 11, "give it as IPv4 (198.51.100.99)"),
+                (8, 35, "local endpoint 0.0.0.0, the unspecified address"),
+                (8, 46, "local endpoint 224.0.0.5, a multicast address"),
+            ],
+        );
+    }
+
+    /// Without `hash`, an all-ports VIP hashes the source address (its
+    /// fragments then reach its flows' backend), a single-port one the
+    /// five-tuple; a `hash` given wins.
+    #[test]
+    fn a_vip_without_hash_gets_its_default() {
+        let text = r#"
+[[lb]]
+interfaces = ["eth0"]
+[[lb.vip]]
+vip = "udp 203.0.113.10:*"
+mode = "dsr"
+[[lb.vip]]
+vip = "udp 203.0.113.10:53"
+mode = "dsr"
+[[lb.vip]]
+vip = "udp 203.0.113.11:*"
+mode = "dsr"
+hash = "five-tuple"
+"#;
+        let c = read(text, Path::new("x.toml")).unwrap();
+        let got: Vec<(String, HashInput)> = c.lbs[0].vips.iter().map(|v| (v.vip.to_string(), v.config.hash)).collect();
+        assert_eq!(
+            got,
+            [
+                ("udp 203.0.113.10:*".to_string(), HashInput::SourceAddress),
+                ("udp 203.0.113.10:53".to_string(), HashInput::FiveTuple),
+                ("udp 203.0.113.11:*".to_string(), HashInput::FiveTuple),
+            ]
+        );
     }
 
     /// The rule stage's capacities: read, bounded, and a rule set larger

@@ -92,7 +92,8 @@ impl LoadBalancer {
     /// unspecified, loopback, multicast, broadcast, or the VIP's own),
     /// [`LbError::Ipv4Mapped`] (an IPv4-mapped IPv6 address: give the IPv4
     /// one), [`LbError::BackendAtBroadcast`] (the broadcast address of a
-    /// subnet the LB's namespace is on), [`LbError::TableTooSmall`],
+    /// subnet the LB's namespace is on), [`LbError::BackendAtLocalAddress`]
+    /// (an address of the LB host itself), [`LbError::TableTooSmall`],
     /// [`LbError::BackendTableFull`]; for NAT, [`LbError::NatPortOnAllPortsVip`] (a port on an all-ports VIP's
     /// backend) and [`LbError::NatBackendConflict`] (a backend address and
     /// port another NAT VIP already reaches; see [`ForwardingMode::Nat`]).
@@ -173,6 +174,11 @@ impl LoadBalancer {
                     }
                     BatchOp::Add(b, w) => {
                         self.check_backend(vip, mode, &b)?;
+                        // The LB host's own address: its route is a local
+                        // one, so nothing is forwarded to it (passed_no_route).
+                        if let Ok(Some(interface)) = rtnl.local_of(b.ip) {
+                            return Err(LbError::BackendAtLocalAddress { vip: *vip, backend: b, interface });
+                        }
                         if let IpAddr::V4(ip) = b.ip {
                             // Its route is a broadcast one: no packet is
                             // forwarded to it (passed_no_route forever).

@@ -148,6 +148,23 @@ impl DecapBuilder {
     }
 }
 
+/// Refuses a local tunnel endpoint no outer packet is addressed to: an
+/// address `types::unusable` names, or an IPv4-mapped IPv6 one (the LB
+/// sends IPv4 outer headers to the IPv4 address, so the mapped key never
+/// matches). Also what a configuration file is checked with.
+pub(crate) fn check_local(addr: IpAddr) -> Result<(), LbError> {
+    if let Some(why) = super::types::unusable(addr) {
+        return Err(LbError::Unsupported {
+            what: format!("decapsulating for local endpoint {addr}, {why}"),
+            fix: "give the backend host's address the LB sends tunnel packets to",
+        });
+    }
+    if let Some(v4) = super::types::ipv4_mapped(addr) {
+        return Err(LbError::Ipv4Mapped { what: format!("local endpoint {addr}"), as_ipv4: v4.to_string() });
+    }
+    Ok(())
+}
+
 fn key(addr: IpAddr) -> xdpg_decap_key {
     xdpg_decap_key { addr: addr_words(addr), family: family_code(addr), pad: [0; 3] }
 }
@@ -212,10 +229,14 @@ impl Decap {
     ///
     /// # Errors
     ///
-    /// [`LbError::DecapFull`] when it holds 64 addresses already (adding
-    /// one it holds changes nothing); [`LbError::Map`] when the address map
-    /// cannot be written.
+    /// [`LbError::Unsupported`] for an address no tunnel packet is sent to
+    /// (unspecified, loopback, multicast, broadcast), [`LbError::Ipv4Mapped`]
+    /// for an IPv4-mapped IPv6 one (tunnels to it are IPv4 packets: give
+    /// the IPv4 address); [`LbError::DecapFull`] when it holds 64 addresses
+    /// already (adding one it holds changes nothing); [`LbError::Map`] when
+    /// the address map cannot be written.
     pub fn add_local(&self, addr: IpAddr) -> Result<(), LbError> {
+        check_local(addr)?;
         let locals = &self.core.maps.locals;
         let capacity = locals.capacity() as usize;
         let held = self.locals();

@@ -56,11 +56,15 @@ pub use batch::BackendBatch;
 pub(crate) use batch::{check_backend, check_nat_backend};
 pub use builder::LoadBalancerBuilder;
 #[cfg_attr(not(feature = "config"), allow(unused_imports))]
+pub(crate) use decap::check_local as check_decap_local;
+#[cfg_attr(not(feature = "config"), allow(unused_imports))]
 pub use decap::{Decap, DecapBuilder, DecapStats};
 pub use digest::{Digest, LbDigest};
 pub use health::Health;
 pub use neigh::NEIGH_PROTOCOL;
 pub use policies::{EchoPolicy, FragmentPolicy, NewFlowLimit, OptionsPolicy};
+#[cfg_attr(not(feature = "config"), allow(unused_imports))]
+pub(crate) use settings::check_ipip_source;
 pub use stats::{BackendStats, LbDrops, LbStats, VipStats};
 pub use types::{
     Backend, BackendAddr, BackendState, Flow, ForwardingMode, HashInput, NeighbourState, NextHop, Protocol, Vip,
@@ -128,8 +132,10 @@ pub const DEFAULT_NEXT_HOP_CACHE: Duration = Duration::from_millis(100);
 ///   when it is drained or others come and go); a TCP SYN (without ACK)
 ///   chooses afresh; a UDP flow idle for longer than the UDP timeout too.
 ///   New entries per CPU are bounded ([`NewFlowLimit`]); flows over the
-///   bound are forwarded by Maglev without an entry (for NAT VIPs their
-///   replies then reach the LB host untranslated: size the bound for NAT).
+///   bound are forwarded by Maglev without an entry, except a NAT VIP's:
+///   their replies could not be translated back without one, so their
+///   packets are dropped ([`LbDrops::nat_untracked`]) and the client
+///   retries; size the bound for NAT.
 /// - Fragments, IPv4 options and ICMP echo follow [`FragmentPolicy`],
 ///   [`OptionsPolicy`] and [`EchoPolicy`]; the echo policy covers every
 ///   VIP address, whatever its VIPs' ports and protocols.

@@ -36,6 +36,7 @@ use netlink_packet_core::{
     NLM_F_REQUEST,
 };
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+use netlink_packet_route::link::{LinkAttribute, LinkMessage};
 use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourExtFlags, NeighbourFlags, NeighbourMessage, NeighbourState as Nud,
 };
@@ -286,6 +287,57 @@ impl Rtnl {
             }
         }
         Ok(None)
+    }
+
+    /// The interface (its name; for IPv4 its address label, the name or
+    /// `name:alias`) holding `ip` as one of its own addresses, if any: the
+    /// kernel delivers packets to it locally, so the LB host's own services
+    /// answer there.
+    pub(crate) fn local_of(&mut self, ip: IpAddr) -> io::Result<Option<String>> {
+        let mut m = AddressMessage::default();
+        m.header.family = family(ip);
+        for msg in self.request(RouteNetlinkMessage::GetAddress(m), NLM_F_DUMP)? {
+            let RouteNetlinkMessage::NewAddress(a) = msg else { continue };
+            // IFA_LOCAL is the host's own address (IFA_ADDRESS is the peer's
+            // on a point-to-point IPv4 link); IPv6 gives only IFA_ADDRESS.
+            let (mut local, mut address, mut label) = (None, None, None);
+            for attr in &a.attributes {
+                match attr {
+                    AddressAttribute::Local(l) => local = Some(*l),
+                    AddressAttribute::Address(l) => address = Some(*l),
+                    AddressAttribute::Label(l) => label = Some(l.clone()),
+                    _ => {}
+                }
+            }
+            if local.or(address) == Some(ip) {
+                let name = match label {
+                    Some(l) => l,
+                    None => self.link_name(a.header.index)?,
+                };
+                return Ok(Some(name));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The name of interface `index` in the socket's namespace (`#N` if it
+    /// has none, or went away meanwhile).
+    fn link_name(&mut self, index: u32) -> io::Result<String> {
+        let mut m = LinkMessage::default();
+        m.header.index = index;
+        let answer = match self.request(RouteNetlinkMessage::GetLink(m), 0) {
+            Ok(a) => a,
+            Err(e) if e.raw_os_error() == Some(nix::libc::ENODEV) => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        let name = answer.iter().find_map(|msg| match msg {
+            RouteNetlinkMessage::NewLink(l) => l.attributes.iter().find_map(|a| match a {
+                LinkAttribute::IfName(n) => Some(n.clone()),
+                _ => None,
+            }),
+            _ => None,
+        });
+        Ok(name.unwrap_or_else(|| format!("#{index}")))
     }
 
     /// Every IPv4 and IPv6 neighbour entry.

@@ -51,7 +51,13 @@ pub enum FragmentPolicy {
     /// Fragments to an all-ports L2 DSR or IPIP VIP are forwarded, hashed
     /// on addresses and protocol only (so all fragments of a datagram reach
     /// the same backend) and not tracked; every other fragment to a VIP
-    /// address is dropped and counted.
+    /// address is dropped and counted. Under the VIP's default
+    /// source-address hash ([`HashInput::default_for`](crate::HashInput::default_for))
+    /// a fragment goes where its flow's whole packets go; under a
+    /// five-tuple hash it usually goes to another backend, which sees a
+    /// fragment of a flow it does not serve (a UDP datagram then reaches
+    /// the wrong backend; TCP segments, which PMTU discovery keeps
+    /// unfragmented, rarely are).
     #[default]
     ForwardAllPorts,
     /// Every fragment to a VIP address is dropped and counted.

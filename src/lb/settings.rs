@@ -19,8 +19,13 @@ impl LoadBalancer {
     ///
     /// # Errors
     ///
-    /// None today (the config is written in place); kept for checks to come.
+    /// [`LbError::Unsupported`] for a prefix whose sources no backend's
+    /// reply comes back to: a /0 (every address of the family), or one at
+    /// an unspecified, loopback, multicast or broadcast address;
+    /// [`LbError::Ipv4Mapped`] for an IPv4-mapped IPv6 prefix (give it as
+    /// IPv4). Nothing is changed then.
     pub fn set_ipip_source(&self, prefix: IpNetwork) -> Result<(), LbError> {
+        check_ipip_source(prefix)?;
         match prefix {
             IpNetwork::V4(p) => {
                 let mask = if p.prefix() == 0 { u32::MAX } else { (1u64 << (32 - u32::from(p.prefix()))) as u32 - 1 };
@@ -218,5 +223,54 @@ impl LoadBalancer {
     /// Number of entries in the connection table (walks it: diagnostics only).
     pub fn connection_count(&self) -> usize {
         self.maps().ct4().count() + self.maps().conns6.keys().count()
+    }
+}
+
+/// Refuses an IPIP outer source prefix no backend's packets come back from
+/// the LB's own: the whole family (/0), or a network at an address no
+/// packet is routed back to (`types::unusable`: unspecified, loopback,
+/// multicast, broadcast), or IPv4-mapped IPv6 (the data plane sends IPv6
+/// outer headers from it, which no IPv4 host answers). The unspecified
+/// one also reads back as "no prefix set" (`ipip_sources`), and so would
+/// let `clear_ipip_source`'s check be bypassed. Also what a configuration
+/// file is checked with.
+pub(crate) fn check_ipip_source(prefix: IpNetwork) -> Result<(), LbError> {
+    const FIX: &str = "give a prefix of addresses the backends route back to the LB, e.g. a /24 (IPv4) or /64 (IPv6)";
+    if prefix.prefix() == 0 {
+        return Err(LbError::Unsupported {
+            what: format!("IPIP source prefix {prefix} (every address of the family)"),
+            fix: FIX,
+        });
+    }
+    if let Some(why) = super::types::unusable(prefix.network()) {
+        return Err(LbError::Unsupported { what: format!("IPIP source prefix {prefix} at {why}"), fix: FIX });
+    }
+    if let Some(v4) = super::types::ipv4_mapped(prefix.network()) {
+        let bits = prefix.prefix().saturating_sub(96).max(1);
+        return Err(LbError::Ipv4Mapped {
+            what: format!("IPIP source prefix {prefix}"),
+            as_ipv4: format!("{v4}/{bits}"),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipip_sources_no_reply_comes_back_to_are_refused() {
+        for bad in ["0.0.0.0/0", "::/0", "0.0.0.0/32", "224.0.0.0/24", "127.0.0.1/32", "ff02::/64", "::/64", "::1/128"]
+        {
+            let err = check_ipip_source(bad.parse().unwrap()).expect_err(bad);
+            assert!(matches!(err, LbError::Unsupported { .. }), "{bad}: {err}");
+            assert!(err.to_string().contains(bad), "{bad}: {err}");
+        }
+        let err = check_ipip_source("::ffff:198.51.100.0/120".parse().unwrap()).unwrap_err();
+        assert!(matches!(&err, LbError::Ipv4Mapped { as_ipv4, .. } if as_ipv4 == "198.51.100.0/24"), "{err}");
+        for good in ["198.51.100.0/24", "203.0.113.7/32", "2001:db8:1::/64", "2001:db8::/48"] {
+            check_ipip_source(good.parse().unwrap()).expect(good);
+        }
     }
 }

@@ -303,15 +303,40 @@ named_values! { ForwardingMode, "forwarding mode", {
 } }
 
 /// What a VIP's flow hash covers.
+///
+/// Fragments carry no ports (after the first one), so the data plane hashes
+/// them without: under [`FiveTuple`](Self::FiveTuple), a datagram's
+/// fragments and the same flow's whole packets land on different backends
+/// (as a rule), while under [`SourceAddress`](Self::SourceAddress) they
+/// agree. Only all-ports VIPs take fragments
+/// ([`FragmentPolicy`](crate::FragmentPolicy)), so an all-ports VIP
+/// defaults to `SourceAddress` ([`VipConfig::for_vip`]; CLI: `vip add`
+/// without `--hash`; a configuration's `[[lb.vip]]` without `hash`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum HashInput {
     /// Source and destination address, ports and protocol (ports left out
-    /// for fragments).
+    /// for fragments: on an all-ports VIP a flow's fragments then go to
+    /// another backend than its whole packets, as a rule). The default for
+    /// a single-port VIP, which takes no fragments.
     #[default]
     FiveTuple,
     /// The source address only: a client sticks to one backend whatever
-    /// its source port.
+    /// its source port, and a flow's fragments go where its whole packets
+    /// go. The default for an all-ports VIP ([`VipConfig::for_vip`]).
     SourceAddress,
+}
+
+impl HashInput {
+    /// The hash a VIP gets unless told otherwise: the source address for an
+    /// all-ports VIP (which takes fragments: see [`HashInput`]), the five
+    /// tuple for a single-port one.
+    pub fn default_for(vip: &Vip) -> HashInput {
+        if vip.port.is_none() {
+            HashInput::SourceAddress
+        } else {
+            HashInput::FiveTuple
+        }
+    }
 }
 
 named_values! { HashInput, "hash input", {
@@ -354,9 +379,18 @@ impl Default for VipConfig {
 }
 
 impl VipConfig {
-    /// The defaults, with this mode.
+    /// The defaults, with this mode: a five-tuple hash, which suits a
+    /// single-port VIP; for an all-ports one, see [`VipConfig::for_vip`].
     pub fn new(mode: ForwardingMode) -> Self {
         VipConfig { mode, ..Default::default() }
+    }
+
+    /// The defaults for `vip`, with this mode: as [`VipConfig::new`], with
+    /// the hash [`HashInput::default_for`] gives (the source address for an
+    /// all-ports VIP, so a flow's fragments reach the backend its whole
+    /// packets do). What the CLI and configuration files use.
+    pub fn for_vip(vip: &Vip, mode: ForwardingMode) -> Self {
+        VipConfig::new(mode).hash(HashInput::default_for(vip))
     }
 
     /// Sets the Maglev table size: a prime, at least 10 and preferably 100
@@ -594,7 +628,9 @@ pub struct Flow {
     pub dst: SocketAddr,
     /// The protocol.
     pub protocol: Protocol,
-    /// An IP fragment: hashed without ports.
+    /// An IP fragment: hashed without ports (so under a five-tuple hash
+    /// it may go to another backend than the flow's whole packets: see
+    /// [`HashInput`]).
     pub fragment: bool,
 }
 
@@ -604,7 +640,10 @@ impl Flow {
         Flow { src, dst, protocol, fragment: false }
     }
 
-    /// The same flow's fragments (hashed without ports).
+    /// The same flow's fragments, hashed without ports: only an all-ports
+    /// VIP takes them, and they reach the backend the whole packets do
+    /// only under its default source-address hash ([`HashInput`]), not
+    /// under a five-tuple one.
     pub fn fragment(mut self) -> Self {
         self.fragment = true;
         self

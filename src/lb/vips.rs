@@ -21,9 +21,30 @@ impl LoadBalancer {
     /// no client's packet reaches: unspecified, loopback, multicast,
     /// broadcast, link-local), [`LbError::Ipv4Mapped`] (an IPv4-mapped
     /// IPv6 address: give the IPv4 one),
+    /// [`LbError::VipAtLocalAddress`] (an address of the LB host itself:
+    /// see [`add_vip_permit_local`](Self::add_vip_permit_local)),
     /// [`LbError::ConflictingVip`], [`LbError::VipTableFull`];
     /// [`LbError::Map`] when a map update fails.
     pub fn add_vip(&self, vip: Vip, config: VipConfig) -> Result<(), LbError> {
+        self.add_vip_checked(vip, config, false)
+    }
+
+    /// Adds a VIP as [`add_vip`](Self::add_vip) does, also at an address of
+    /// the LB host itself (configured on an interface of the LB's network
+    /// namespace), which `add_vip` refuses: the VIP's packets then go to
+    /// its backends (dropped until it has one) instead of the host's own
+    /// services at that address, an SSH session to it among them. For a
+    /// host that gives its only address to the service on purpose (CLI:
+    /// `vip add --force`).
+    ///
+    /// # Errors
+    ///
+    /// As [`add_vip`](Self::add_vip), without [`LbError::VipAtLocalAddress`].
+    pub fn add_vip_permit_local(&self, vip: Vip, config: VipConfig) -> Result<(), LbError> {
+        self.add_vip_checked(vip, config, true)
+    }
+
+    fn add_vip_checked(&self, vip: Vip, config: VipConfig, permit_local: bool) -> Result<(), LbError> {
         maglev::check_size(config.table_size)?;
         check_vip(&vip)?;
         if config.mode == ForwardingMode::Nat && !config.conntrack {
@@ -32,12 +53,20 @@ impl LoadBalancer {
                 fix: "NAT replies are translated from connection state: keep conntrack on",
             });
         }
+        // The host's own addresses are read in the LB's namespace. When they
+        // cannot be (the namespace is not reachable from this thread), the
+        // check is skipped: it only names a mistake, and adding a VIP needs
+        // no netlink otherwise.
+        let mut rtnl = if permit_local { None } else { self.rtnl().ok() };
         self.edit(|st, maps| {
             if let Some(existing) = st.vips.get(&vip) {
                 if existing.config == config {
                     return Ok(());
                 }
                 return Err(LbError::ConflictingVip { vip, existing: existing.config.to_string() });
+            }
+            if let Some(Ok(Some(interface))) = rtnl.as_mut().map(|r| r.local_of(vip.addr)) {
+                return Err(LbError::VipAtLocalAddress { vip, interface });
             }
             let cap = maps.capacity().max_vips;
             let index = st.free_vip_index(cap).ok_or(LbError::VipTableFull { capacity: cap as usize })?;
