@@ -593,8 +593,11 @@ fn vip(r: &mut Reader<'_>, t: &DeTable<'_>, span: &Range<usize>) -> Option<VipRe
         }),
         None => Some(DEFAULT_TABLE_SIZE),
     };
-    // Without `hash`: the VIP's default (the source address for an
-    // all-ports VIP, so its fragments reach the backend its flows do).
+    // Without `hash`: the five-tuple, for every VIP. The CLI's `vip add`
+    // gives an all-ports VIP the source hash (its fragments then reach its
+    // flows' backend), but a file keeps the default it was written under:
+    // a new default would re-create every such VIP of a running fleet at
+    // its next apply (its flows hashed again) and move its digest.
     let hash = get(t, "hash").map(|v| r.parsed::<HashInput>(v));
     let conntrack = get(t, "conntrack").map_or(Some(true), |v| r.boolean(v));
     let mut backends: Vec<(Backend, Range<usize>)> = Vec::new();
@@ -612,7 +615,7 @@ fn vip(r: &mut Reader<'_>, t: &DeTable<'_>, span: &Range<usize>) -> Option<VipRe
         }
     }
     let (vip, mode, table_size, conntrack) = (vip?, mode?, table_size?, conntrack?);
-    let hash = hash.unwrap_or(Some(HashInput::default_for(&vip)))?;
+    let hash = hash.unwrap_or(Some(HashInput::FiveTuple))?;
     let config = VipConfig::new(mode).table_size(table_size).hash(hash).conntrack(conntrack);
     if mode == ForwardingMode::Nat && !conntrack {
         let s = get(t, "conntrack").map_or(span.clone(), |v| v.span());
@@ -1220,9 +1223,8 @@ locals = ["::ffff:198.51.100.99", "0.0.0.0", "224.0.0.5", "198.51.100.11"]
         );
     }
 
-    /// Without `hash`, an all-ports VIP hashes the source address (its
-    /// fragments then reach its flows' backend), a single-port one the
-    /// five-tuple; a `hash` given wins.
+    /// Without `hash`, every VIP hashes the five-tuple (a file means what
+    /// it meant when written); a `hash` given wins.
     #[test]
     fn a_vip_without_hash_gets_its_default() {
         let text = r#"
@@ -1237,16 +1239,16 @@ mode = "dsr"
 [[lb.vip]]
 vip = "udp 203.0.113.11:*"
 mode = "dsr"
-hash = "five-tuple"
+hash = "source"
 "#;
         let c = read(text, Path::new("x.toml")).unwrap();
         let got: Vec<(String, HashInput)> = c.lbs[0].vips.iter().map(|v| (v.vip.to_string(), v.config.hash)).collect();
         assert_eq!(
             got,
             [
-                ("udp 203.0.113.10:*".to_string(), HashInput::SourceAddress),
+                ("udp 203.0.113.10:*".to_string(), HashInput::FiveTuple),
                 ("udp 203.0.113.10:53".to_string(), HashInput::FiveTuple),
-                ("udp 203.0.113.11:*".to_string(), HashInput::FiveTuple),
+                ("udp 203.0.113.11:*".to_string(), HashInput::SourceAddress),
             ]
         );
     }
