@@ -772,6 +772,28 @@ pub enum ConfigError {
         /// The library's error.
         error: Box<Error>,
     },
+    /// A step found a table of its program full: the file needs more room
+    /// than the program was loaded with (a capacity the file check cannot
+    /// count, or a program loaded before the file's capacity was raised).
+    /// Nothing of the step was applied; the steps before it stay applied.
+    #[error(
+        "{step}: {what} is full ({capacity}); nothing of this step was applied: raise `{key}` in the file and \
+         re-create the program with `xdpguard apply --recreate` (its tables and counters are lost), or make \
+         the file need less"
+    )]
+    Full {
+        /// The step, described.
+        step: String,
+        /// Which table.
+        what: String,
+        /// Its capacity.
+        capacity: usize,
+        /// The file's key that raises it.
+        key: &'static str,
+        /// The library's error.
+        #[source]
+        error: Box<Error>,
+    },
     /// After applying, the running state read back differs from the file:
     /// another process changed it meanwhile.
     #[error(

@@ -884,3 +884,146 @@ backends = ["198.51.100.11"]
     let out = XDPGUARD.ok(&["down", "--config", &cfg]);
     assert!(!fpath.exists() && !lpath.exists(), "{out}");
 }
+
+/// An interface moved from the LB to a filter (sections run decap, lb,
+/// filter: the LB's detach is in an earlier section) is handed over: the
+/// LB leaves it right before the filter's attach, not before the filter is
+/// created and filled; and a refused attach gives it back to the LB.
+#[test]
+fn an_interface_moved_from_the_lb_to_a_filter_is_handed_over() {
+    let bed = Bed::new("cfgh");
+    let cfg = bed.arg();
+    let lb_cli = common::cli::XDPGUARD_LB;
+    let (fp, lp, s) = (bed.filter_pin.arg(), bed.lb_pin.arg(), &bed.pair.server.name);
+    let lb = |interfaces: &str| {
+        format!(
+            "[[lb]]\npin = \"{lp}\"\nnetns = \"{s}\"\n{interfaces}redirect = [\"eth0\"]\nmax_vips = 8\n\
+             max_backends = 64\nconnections = 1024\n\n[[lb.vip]]\nvip = \"tcp 203.0.113.10:80\"\n\
+             mode = \"dsr\"\nbackends = [\"198.51.100.11\"]\n"
+        )
+    };
+    std::fs::write(bed.file(), lb("interfaces = [\"eth0\"]\nmode = \"generic\"\n")).unwrap();
+    XDPGUARD.ok(&["apply", "--config", &cfg]);
+    assert_eq!(LoadBalancer::open_pinned(bed.lb_pin.path()).unwrap().attachments().len(), 1);
+
+    let moved = |mode: &str| {
+        let filter = format!(
+            "[[filter]]\npin = \"{fp}\"\nnetns = \"{s}\"\ninterfaces = [\"eth0\"]\nmode = \"{mode}\"\n\
+             blocklist = [\"192.0.2.99\"]\nnext = \"{lp}\"\n\n"
+        );
+        std::fs::write(bed.file(), filter + &lb("")).unwrap();
+    };
+    // A mode it takes: the LB's detach comes right before the filter's
+    // attach, after the filter was created and filled.
+    moved("generic");
+    let out = XDPGUARD.ok(&["apply", "--config", &cfg]);
+    let lines = changes(&out);
+    let detach = lines.iter().position(|l| *l == format!("lb {lp}: detach from eth0 (generic mode)"));
+    let attach = lines.iter().position(|l| *l == format!("filter {fp}: attach to eth0 (generic mode)"));
+    let create = lines.iter().position(|l| *l == format!("filter {fp}: create and pin"));
+    assert!(create.is_some() && detach.is_some() && create < detach, "{out}");
+    assert_eq!(attach, detach.map(|d| d + 1), "{out}");
+    assert!(LoadBalancer::open_pinned(bed.lb_pin.path()).unwrap().attachments().is_empty());
+    assert_eq!(Filter::open_pinned(bed.filter_pin.path()).unwrap().attachments().len(), 1);
+    assert!(XDPGUARD.ok(&["apply", "--config", &cfg]).ends_with("no changes\n"));
+
+    // Back to the LB alone, then a mode the veth refuses: the run stops at
+    // the filter's attach, and the LB is attached to eth0 again, not left
+    // off it.
+    XDPGUARD.ok(&["down", "--config", &cfg]);
+    std::fs::write(bed.file(), lb("interfaces = [\"eth0\"]\nmode = \"generic\"\n")).unwrap();
+    XDPGUARD.ok(&["apply", "--config", &cfg]);
+    moved("offload");
+    let out = XDPGUARD.run(&["apply", "--config", &cfg]);
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{printed}");
+    assert!(printed.contains(&format!("lb {lp}: attached to eth0 again, in generic mode as before")), "{printed}");
+    assert_eq!(LoadBalancer::open_pinned(bed.lb_pin.path()).unwrap().attachments().len(), 1, "{printed}");
+    let status = lb_cli.ok(&["status", "--pin", lp]);
+    assert!(status.contains("attached:    eth0") && !status.contains("attached:    nowhere"), "{status}");
+    XDPGUARD.ok(&["down", "--config", &cfg]);
+}
+
+/// Backend batches whose removals another VIP's additions need run those
+/// removals first: two NAT VIPs swapping their backends (each clashes with
+/// the other's until it is removed), and a backend slot moved from a later
+/// VIP to an earlier one on a full backend table.
+#[test]
+fn removals_another_vips_backends_need_run_first() {
+    let bed = Bed::new("cfgr");
+    let cfg = bed.arg();
+    let (lp, s) = (bed.lb_pin.arg(), &bed.pair.server.name);
+    let write = |max_backends: u32, first: &str, second: &str| {
+        let text = format!(
+            "[[lb]]\npin = \"{lp}\"\nnetns = \"{s}\"\ninterfaces = [\"eth0\"]\nmode = \"generic\"\nmax_vips = 8\n\
+             max_backends = {max_backends}\nconnections = 1024\n\n\
+             [[lb.vip]]\nvip = \"tcp 203.0.113.20:80\"\nmode = \"nat\"\nbackends = [{first}]\n\n\
+             [[lb.vip]]\nvip = \"tcp 203.0.113.21:80\"\nmode = \"nat\"\nbackends = [{second}]\n"
+        );
+        std::fs::write(bed.file(), text).unwrap();
+    };
+    let (a, b, c) = ("\"198.51.100.50:8080\"", "\"198.51.100.51:8080\"", "\"198.51.100.52:8080\"");
+    let lb = || LoadBalancer::open_pinned(bed.lb_pin.path()).unwrap();
+    let addrs = |v: &str| {
+        let mut a: Vec<String> = lb().backends(&vip(v)).unwrap().iter().map(|b| b.addr.to_string()).collect();
+        a.sort();
+        a
+    };
+
+    // Swapped between two NAT VIPs.
+    write(64, a, b);
+    XDPGUARD.ok(&["apply", "--config", &cfg]);
+    write(64, b, a);
+    let out = XDPGUARD.ok(&["apply", "--config", &cfg]);
+    assert_eq!(addrs("tcp 203.0.113.20:80"), ["198.51.100.51:8080"], "{out}");
+    assert_eq!(addrs("tcp 203.0.113.21:80"), ["198.51.100.50:8080"], "{out}");
+    assert!(XDPGUARD.ok(&["apply", "--config", &cfg]).ends_with("no changes\n"));
+    XDPGUARD.ok(&["down", "--config", &cfg]);
+
+    // A slot moved from the second VIP to the first, the table full.
+    write(2, a, b);
+    XDPGUARD.ok(&["apply", "--config", &cfg]);
+    write(2, &format!("{a}, {c}"), "");
+    let out = XDPGUARD.ok(&["apply", "--config", &cfg]);
+    assert_eq!(addrs("tcp 203.0.113.20:80"), ["198.51.100.50:8080", "198.51.100.52:8080"], "{out}");
+    assert!(addrs("tcp 203.0.113.21:80").is_empty(), "{out}");
+    assert!(XDPGUARD.ok(&["apply", "--config", &cfg]).ends_with("no changes\n"));
+    XDPGUARD.ok(&["down", "--config", &cfg]);
+}
+
+/// A named set over half the prefix table changes by its differences (no
+/// room for a second copy beside it); a file whose sets need more than the
+/// table is refused when it is checked, before anything is created.
+#[test]
+fn a_set_over_half_the_prefix_table_changes_in_place() {
+    let bed = Bed::new("cfgs");
+    let cfg = bed.arg();
+    let (fp, s) = (bed.filter_pin.arg(), &bed.pair.server.name);
+    let write = |entries: &str| {
+        let text = format!(
+            "[[filter]]\npin = \"{fp}\"\nnetns = \"{s}\"\ninterfaces = [\"eth0\"]\nmode = \"generic\"\n\
+             max_set_entries = 5\nrules = \"drop udp dport 9 from set big\"\n\n[filter.sets]\nbig = [{entries}]\n"
+        );
+        std::fs::write(bed.file(), text).unwrap();
+    };
+    let set = || {
+        let f = Filter::open_pinned(bed.filter_pin.path()).unwrap();
+        let v: Vec<String> = f.sets().get("big").iter().unwrap().map(|n| n.to_string()).collect();
+        v
+    };
+    // Six prefixes in a table of five: refused at its key, nothing created.
+    write("\"192.0.2.1\", \"192.0.2.2\", \"192.0.2.3\", \"192.0.2.4\", \"192.0.2.5\", \"192.0.2.6\"");
+    let out = XDPGUARD.run(&["apply", "--config", &cfg]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains(":6:19: the named sets hold 6 prefixes"), "{err}");
+    assert!(!bed.filter_pin.path().exists(), "{err}");
+
+    write("\"192.0.2.1\", \"192.0.2.2\", \"192.0.2.3\"");
+    XDPGUARD.ok(&["apply", "--config", &cfg]);
+    write("\"192.0.2.1\", \"192.0.2.2\", \"192.0.2.4\"");
+    let out = XDPGUARD.ok(&["apply", "--config", &cfg]);
+    assert!(out.contains("set big: remove 1, then add 1 in place"), "{out}");
+    assert_eq!(set(), ["192.0.2.1/32", "192.0.2.2/32", "192.0.2.4/32"], "{out}");
+    assert!(XDPGUARD.ok(&["apply", "--config", &cfg]).ends_with("no changes\n"));
+    XDPGUARD.ok(&["down", "--config", &cfg]);
+}

@@ -796,3 +796,35 @@ fn check_names_the_rule_that_decides_by_source() {
     assert_blocked(client, "192.0.2.1", "drop udp not from set friends dport 7100");
     cli.ok(&["detach", "--pin", p]);
 }
+
+/// An interface whose name has a dot (a VLAN's, `eth0.100`): bpffs refuses
+/// dots in pin names, so its link pin writes the name another way; the
+/// filter attaches, and every later process reads the dotted name back.
+#[test]
+fn an_interface_named_with_a_dot_is_attached_and_read_back() {
+    let cli = XDPGUARD;
+    let ns = NetNs::new("clidot");
+    ns.ip(&["link", "add", "xgd.t0", "type", "veth", "peer", "name", "xgd.t1"]);
+    ns.ip(&["link", "set", "xgd.t0", "up"]);
+    ns.ip(&["link", "set", "xgd.t1", "up"]);
+    let pin = ScratchDir::bpffs("clidot");
+    let p = pin.arg();
+    cli.ok(&["attach", "--iface", "xgd.t0", "--mode", "generic", "--pin", p, "--netns", &ns.name]);
+    let text = cli.ok(&["status", "--pin", p]);
+    assert!(text.contains("attached:   xgd.t0 (ifindex ") && !text.contains("nowhere"), "{text}");
+    let links: Vec<String> = std::fs::read_dir(pin.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("link_"))
+        .collect();
+    assert_eq!(links.len(), 1, "{links:?}");
+    assert!(links[0].ends_with("_generic_xgd:t0"), "{links:?}");
+    // Attached again in the same mode: already there, nothing changed.
+    cli.ok(&["attach", "--iface", "xgd.t0", "--mode", "generic", "--pin", p, "--netns", &ns.name]);
+    let json = cli.json(&["status", "--pin", p, "--json"]);
+    assert_eq!(json.to_string().matches("\"xgd.t0\"").count(), 1, "{json}");
+    cli.ok(&["detach", "--iface", "xgd.t0", "--pin", p]);
+    let text = cli.ok(&["status", "--pin", p]);
+    assert!(!text.contains("xgd.t0"), "{text}");
+    cli.ok(&["detach", "--pin", p]);
+}

@@ -89,6 +89,9 @@ fn the_unit_applies_at_boot_after_the_network_re_applies_on_reload_and_takes_dow
     assert_eq!(values("ExecStart"), [format!("{INSTALLED_BINARY} apply {config}")]);
     assert_eq!(values("ExecReload"), [format!("{INSTALLED_BINARY} apply {config}")]);
     assert_eq!(values("ExecStop"), [format!("{INSTALLED_BINARY} down {config}")]);
+    // A boot whose interface or namespace comes late is tried again.
+    assert_eq!(values("Restart"), ["on-failure"]);
+    assert_eq!(values("RestartSec"), ["10s"]);
     // The commands exist in the tool with those flags.
     for cmd in ["apply", "down"] {
         let help = XDPGUARD.ok(&[cmd, "--help"]);
@@ -115,4 +118,34 @@ fn the_example_configuration_is_valid() {
     let out = XDPGUARD.run(&["apply", "--config", bad.to_str().unwrap(), "--validate"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("unknown key `monitr`"), "{err}");
+}
+
+/// The way to change the file that the BIRD health agent tolerates (apply a
+/// copy, then rename it over the file) is the one docs/deployment.md gives,
+/// written the same in the README's systemd section and the unit's
+/// comments; none of them says to edit the file in place and reload.
+#[test]
+fn the_docs_give_one_safe_procedure_to_change_the_file() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let deployment = std::fs::read_to_string(root.join("docs/deployment.md")).unwrap();
+    let start = readme.find("### systemd and the boot story").expect("the README's systemd section");
+    let section = &readme[start..];
+    let section = &section[..section[4..].find("\n##").map_or(section.len(), |e| e + 4)];
+    let copy = "cp /etc/xdpguard/xdpguard.toml /etc/xdpguard/xdpguard.toml.new   # edit the copy";
+    let apply = "xdpguard apply --config /etc/xdpguard/xdpguard.toml.new && mv /etc/xdpguard/xdpguard.toml.new \
+                 /etc/xdpguard/xdpguard.toml";
+    for (name, text) in
+        [("README.md's systemd section", section), ("docs/deployment.md", &deployment), ("the unit", UNIT)]
+    {
+        assert!(text.contains(copy) && text.contains(apply), "{name} gives the copy-apply-rename procedure");
+    }
+    assert!(deployment.contains("Apply a copy beside the file and rename it over the file once applied"));
+    assert!(section.contains("apply an edited copy beside it and rename it\nover the file once applied"));
+    for text in [section, UNIT] {
+        assert!(
+            !text.contains("after editing the file changes only what differs"),
+            "no edit-in-place-and-reload advice"
+        );
+    }
 }

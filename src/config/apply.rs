@@ -213,6 +213,11 @@ impl Run<'_> {
             Step::ReplaceSet { name, entries, .. } => {
                 drop(self.filter()?.sets().get(name).replace(entries.iter().copied())?)
             }
+            Step::EditSet { name, added, removed } => {
+                let set = self.filter()?.sets().get(name);
+                drop(set.remove_all(removed.iter().copied())?);
+                drop(set.extend(added.iter().copied())?);
+            }
             Step::ReplaceRules { rules, .. } => drop(self.filter()?.rules().replace(rules.iter().cloned())?),
             Step::DeleteSet(name) => drop(self.filter()?.sets().delete(name)?),
             Step::Protect { port, policy, .. } => self.filter()?.syn_guard().protect(*port, *policy)?,
@@ -319,7 +324,7 @@ impl Plan {
                             report(&back);
                         }
                     }
-                    return Err(ConfigError::Step { step: text, error: Box::new(e) });
+                    return Err(step_error(text, e));
                 }
                 report(&text);
                 changes.push(text);
@@ -380,6 +385,31 @@ impl Plan {
             }
         }
         Ok(Applied { changes, digests: Vec::new() })
+    }
+}
+
+/// A failed step's error: a full table named by the file's key that
+/// raises it (and `apply --recreate`, which loads the program with it),
+/// not the CLI option the library's error names.
+fn step_error(step: String, e: Error) -> ConfigError {
+    let full = match &e {
+        Error::Rule(crate::RuleError::Full { what, capacity, setter }) if *setter != "(fixed)" => {
+            Some(((*what).to_owned(), *capacity, *setter))
+        }
+        Error::List(crate::ListError::Full { what, capacity, setter }) => {
+            Some(((*what).to_owned(), *capacity, *setter))
+        }
+        Error::Lb(crate::LbError::BackendTableFull { capacity }) => {
+            Some(("the backend table (over all VIPs)".to_owned(), *capacity, "max_backends"))
+        }
+        Error::Lb(crate::LbError::VipTableFull { capacity }) => {
+            Some(("the VIP table".to_owned(), *capacity, "max_vips"))
+        }
+        _ => None,
+    };
+    match full {
+        Some((what, capacity, key)) => ConfigError::Full { step, what, capacity, key, error: Box::new(e) },
+        None => ConfigError::Step { step, error: Box::new(e) },
     }
 }
 

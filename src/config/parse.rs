@@ -351,6 +351,46 @@ fn entries(r: &mut Reader<'_>, t: &DeTable<'_>, key: &str, base: &Path) -> Vec<(
     out
 }
 
+/// The rule stage's tables the file fills, checked against the file's
+/// capacities: the named sets' prefixes in all (`max_set_entries`), and
+/// the rules as compiled (`max_rule_records`, `max_rule_refs`), each a
+/// problem at its key; else the filter would be created and pinned, then
+/// refused half-built.
+fn guard_room(
+    r: &mut Reader<'_>,
+    t: &DeTable<'_>,
+    span: &Range<usize>,
+    guard: &RuleCapacities,
+    sets: &BTreeMap<String, Vec<IpNetwork>>,
+    rules: &[crate::Rule],
+) {
+    let at = |key| get(t, key).map_or(span.clone(), |v| v.span());
+    let prefixes: usize = sets
+        .values()
+        .map(|v| v.iter().map(|n| crate::filter::normalize(*n).network).collect::<BTreeSet<_>>().len())
+        .sum();
+    if prefixes > guard.max_set_entries {
+        r.problem(
+            at("max_set_entries"),
+            format!(
+                "the named sets hold {prefixes} prefixes in all but max_set_entries is {}: raise max_set_entries",
+                guard.max_set_entries
+            ),
+        );
+    }
+    if rules.is_empty() || rules.len() > guard.max_rules {
+        return;
+    }
+    let cap = crate::filter::guard::maps::GuardCapacity::new(guard);
+    let limits = crate::filter::rules::compile::Limits { groups: cap.groups, refs: cap.refs, records: cap.records };
+    let listed: Vec<(u32, &crate::Rule)> = rules.iter().enumerate().map(|(i, r)| (i as u32, r)).collect();
+    if let Err(crate::RuleError::Full { what, capacity, setter }) =
+        crate::filter::rules::compile::compile(&listed, &|_| Some(0), limits)
+    {
+        r.problem(at(setter), format!("the rules need more than {setter} = {capacity} gives ({what}): raise {setter}"));
+    }
+}
+
 fn filter(r: &mut Reader<'_>, t: &DeTable<'_>, span: &Range<usize>, base: &Path) -> (FilterConfig, Placement) {
     r.unknown_keys(t, "[[filter]]", FILTER_KEYS);
     let place = placement(r, t, span, DEFAULT_FILTER_PIN);
@@ -380,6 +420,7 @@ fn filter(r: &mut Reader<'_>, t: &DeTable<'_>, span: &Range<usize>, base: &Path)
         let s = get(t, "max_rules").map_or(span.clone(), |v| v.span());
         r.problem(s, format!("{} rules are configured but max_rules is {max_rules}: raise max_rules", rules.len()));
     }
+    guard_room(r, t, span, &guard, &sets, &rules);
     let malformed = get(t, "malformed").and_then(|v| r.parsed::<MalformedPolicy>(v)).unwrap_or_default();
     let block_whole_family = get(t, "block_whole_family").and_then(|v| r.boolean(v)).unwrap_or(false);
     let allow = entries(r, t, "allowlist", base);
@@ -633,6 +674,15 @@ fn vip(r: &mut Reader<'_>, t: &DeTable<'_>, span: &Range<usize>) -> Option<VipRe
 fn lb(r: &mut Reader<'_>, t: &DeTable<'_>, span: &Range<usize>) -> (LbConfig, Placement) {
     r.unknown_keys(t, "[[lb]]", LB_KEYS);
     let place = placement(r, t, span, DEFAULT_LB_PIN);
+    if let (true, Some(v)) = (place.interfaces.is_empty(), get(t, "mode")) {
+        // Attached nowhere (behind a filter's `next`), it has no attach
+        // mode: the key would be ignored.
+        r.problem(
+            v.span(),
+            "`mode` is the attach mode of the LB's `interfaces`, and it has none (it runs behind a filter's \
+             `next`, which attaches in the filter's mode): remove `mode`, or give the LB `interfaces`",
+        );
+    }
     let mut redirect: Vec<String> = Vec::new();
     if let Some(v) = get(t, "redirect") {
         for (name, s) in r.each(v, |r, item| r.string(item).map(str::to_owned)) {
@@ -1282,5 +1332,70 @@ rules = "drop udp dport 53\ndrop udp dport 54"
 "#,
             &[(4, 13, "2 rules are configured but max_rules is 1: raise max_rules"), (5, 19, "out of range")],
         );
+    }
+
+    /// `mode` on an LB attached nowhere is a problem at the key, not
+    /// ignored.
+    #[test]
+    fn an_lb_mode_without_interfaces_is_a_problem() {
+        let text = "[[filter]]\ninterfaces = [\"eth0\"]\nnext = \"/sys/fs/bpf/xdpguard-lb\"\n\n\
+                    [[lb]]\nredirect = [\"eth0\"]\nmode = \"native\"\n";
+        expect(text, &[(7, 8, "`mode` is the attach mode")]);
+        read("[[lb]]\ninterfaces = [\"eth0\"]\nmode = \"native\"\n", Path::new("x.toml")).unwrap();
+    }
+
+    /// The shipped example shows every key the parser takes.
+    #[test]
+    fn the_example_file_shows_every_key() {
+        let example = include_str!("../../dist/xdpguard.toml");
+        let lists = [FILTER_KEYS, SYN_KEYS, LB_KEYS, VIP_KEYS, BACKEND_KEYS, LIMIT_KEYS, DECAP_KEYS];
+        for key in lists.iter().flat_map(|l| l.iter()).filter(|k| !["sets", "syn"].contains(k)) {
+            let shown = example.lines().any(|l| {
+                let l = l.trim_start_matches(['#', ' ']);
+                l.starts_with(&format!("{key} ="))
+                    || l.contains(&format!("{{ {key} ="))
+                    || l.contains(&format!(", {key} ="))
+            });
+            assert!(shown, "dist/xdpguard.toml does not show `{key}`");
+        }
+        assert!(example.contains("[filter.sets]") && example.contains("[[filter.syn]]"));
+    }
+
+    /// The named sets' prefixes in all, and the rules as compiled, are
+    /// checked against their capacities when the file is: a problem at the
+    /// key, not a filter created and then refused half-built.
+    #[test]
+    fn set_totals_and_compiled_rules_are_checked_against_their_capacities() {
+        expect(
+            r#"
+[[filter]]
+interfaces = ["eth0"]
+max_set_entries = 5
+max_rule_records = 1
+rules = "drop udp dport 53\ndrop udp dport 54\ndrop udp dport 55 from set a"
+
+[filter.sets]
+a = ["192.0.2.1", "192.0.2.2", "192.0.2.3", "192.0.2.3/32"]
+b = ["198.51.100.0/24", "2001:db8::/32", "203.0.113.7"]
+"#,
+            &[
+                (4, 19, "the named sets hold 6 prefixes in all but max_set_entries is 5: raise max_set_entries"),
+                (5, 20, "raise max_rule_records"),
+            ],
+        );
+        // At the capacities: accepted.
+        let text = r#"
+[[filter]]
+interfaces = ["eth0"]
+max_set_entries = 4
+max_rule_records = 3
+rules = "drop udp dport 53\ndrop udp dport 54\ndrop udp dport 55 from set a"
+
+[filter.sets]
+a = ["192.0.2.1", "192.0.2.2", "192.0.2.3"]
+b = ["198.51.100.0/24"]
+"#;
+        let c = read(text, Path::new("x.toml")).unwrap();
+        assert_eq!(c.filters[0].guard.max_set_entries, 4);
     }
 }

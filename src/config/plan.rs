@@ -124,6 +124,20 @@ pub enum Step {
         /// Prefixes removed.
         removed: usize,
     },
+    /// Change a named set by its differences, in place: the prefix table
+    /// has no room for a second copy of it beside the live one (what
+    /// [`Step::ReplaceSet`] builds). Removals first (they need no room),
+    /// then additions; each prefix's update is atomic, the change as a
+    /// whole is not: a packet may see the set without the removed prefixes
+    /// and before the added ones.
+    EditSet {
+        /// The set.
+        name: String,
+        /// Prefixes added.
+        added: Vec<IpNetwork>,
+        /// Prefixes removed.
+        removed: Vec<IpNetwork>,
+    },
     /// Replace the whole rule set, atomically (one switch of the guard's
     /// halves); rules in both keep their ids and counters.
     ReplaceRules {
@@ -230,6 +244,12 @@ impl fmt::Display for Step {
             Step::ReplaceSet { name, entries, added, removed } => {
                 write!(f, "set {name}: replace with {} entries (+{added} -{removed})", entries.len())
             }
+            Step::EditSet { name, added, removed } => write!(
+                f,
+                "set {name}: remove {}, then add {} in place (no room for a second copy: not one switch)",
+                removed.len(),
+                added.len()
+            ),
             Step::ReplaceRules { rules, added, removed, kept } => {
                 write!(f, "rules: replace with {} rules (+{added} -{removed}, {kept} kept; one switch)", rules.len())
             }
@@ -416,7 +436,11 @@ impl Planner {
         for i in ifaces {
             if nix::net::if_::if_nametoindex(i.as_str()).is_err() {
                 let place = netns.map_or("this network namespace".to_owned(), |n| format!("network namespace `{n}`"));
-                self.host.push(format!("{program} {}: no interface `{i}` in {place}", pin.display()));
+                self.host.push(format!(
+                    "{program} {}: no interface `{i}` in {place}: create it, or remove it from the file \
+                     (the systemd unit tries again every 10 s)",
+                    pin.display()
+                ));
             }
         }
         Some(entered)
@@ -659,24 +683,31 @@ impl Planner {
         for vip in running.keys().filter(|v| !wanted.contains_key(v)) {
             steps.push(Step::RemoveVip(*vip));
         }
+        // Each VIP in the file: its add or re-add, its backend batch, and
+        // the backend slots it holds before (`slots`) and what its re-add
+        // frees of them.
+        let mut per_vip: Vec<VipChange> = Vec::new();
         for (vip, spec) in &wanted {
             // Re-added with its backends: those drained here stay so.
             let mut drained_here = BTreeSet::new();
+            let mut change = VipChange { vip: *vip, spec: spec.config, first: None, batch: None, slots: 0 };
             let have_backends = match running.get(vip) {
                 None => {
-                    steps.push(Step::AddVip { vip: *vip, config: spec.config });
+                    change.first = Some(Step::AddVip { vip: *vip, config: spec.config });
                     Vec::new()
                 }
                 Some(cfg) if *cfg != spec.config => {
-                    steps.push(Step::ReconfigureVip { vip: *vip, from: *cfg, to: spec.config });
+                    change.first = Some(Step::ReconfigureVip { vip: *vip, from: *cfg, to: spec.config });
+                    let running = lb.backends(vip).map_err(|e| err(e.into()))?;
+                    change.slots = running.len();
                     if l.keep_drained {
-                        let running = lb.backends(vip).map_err(|e| err(e.into()))?;
                         drained_here.extend(running.iter().filter(|b| b.weight == 0).map(|b| b.addr));
                     }
                     Vec::new()
                 }
                 Some(_) => lb.backends(vip).map_err(|e| err(e.into()))?,
             };
+            change.slots = change.slots.max(have_backends.len());
             let have: BTreeMap<BackendAddr, u32> = have_backends.iter().map(|b| (b.addr, b.weight)).collect();
             let want: BTreeMap<BackendAddr, u32> = spec.backends.iter().map(|b| (b.addr, b.weight)).collect();
             let drained = |a: &BackendAddr, w: u32| {
@@ -701,9 +732,11 @@ impl Planner {
                 .collect();
             let removed: Vec<BackendAddr> = have.keys().filter(|a| !want.contains_key(a)).copied().collect();
             if !(added.is_empty() && reweighted.is_empty() && removed.is_empty()) {
-                steps.push(Step::Backends { vip: *vip, added, reweighted, removed });
+                change.batch = Some(Step::Backends { vip: *vip, added, reweighted, removed });
             }
+            per_vip.push(change);
         }
+        backend_steps(per_vip, l.max_backends, &mut steps);
         steps.extend(clears);
 
         // Interfaces: redirect targets, then attachments.
@@ -753,6 +786,89 @@ impl Planner {
     }
 }
 
+/// One VIP's changes, as [`Planner::lb`] finds them.
+struct VipChange {
+    vip: Vip,
+    /// The file's settings.
+    spec: VipConfig,
+    /// Its [`Step::AddVip`] or [`Step::ReconfigureVip`].
+    first: Option<Step>,
+    /// Its [`Step::Backends`].
+    batch: Option<Step>,
+    /// The backend slots it holds now (a re-add frees them all).
+    slots: usize,
+}
+
+/// Each VIP's steps, in VIP order, each backend batch one table swap; but
+/// a batch whose removals another VIP's additions need runs its removals
+/// first, in a pass of their own over every such VIP: the library checks
+/// each batch against the state before it, so a NAT backend moved from one
+/// VIP to another clashes with itself while the first still has it
+/// ([`LbError::NatBackendConflict`](crate::LbError)), and a batch adding
+/// backends finds the LB's backend table full when the slots it needs are
+/// freed only by a later VIP's batch (new slots are taken before the swap,
+/// old ones freed after it). Traded: such a VIP changes in two swaps, not
+/// one; between them it runs without the removed backends and before the
+/// added ones (without any, when all of them are replaced). A VIP no other
+/// needs the removals of still changes in one swap. Re-added VIPs
+/// ([`Step::ReconfigureVip`]) free their slots where they stand.
+fn backend_steps(mut per_vip: Vec<VipChange>, max_backends: u32, steps: &mut Vec<Step>) {
+    let parts = |c: &VipChange| match &c.batch {
+        Some(Step::Backends { added, removed, .. }) => (added.len(), removed.len()),
+        _ => (0, 0),
+    };
+    // Which VIPs' removals go first: those a NAT addition elsewhere clashes
+    // with (the library's own check, against just the removed backend).
+    let mut early = vec![false; per_vip.len()];
+    for (i, c) in per_vip.iter().enumerate() {
+        let Some(Step::Backends { removed, .. }) = &c.batch else { continue };
+        if c.spec.mode != crate::ForwardingMode::Nat || removed.is_empty() {
+            continue;
+        }
+        early[i] = per_vip.iter().any(|o| match &o.batch {
+            Some(Step::Backends { added, .. }) if o.vip != c.vip && o.spec.mode == crate::ForwardingMode::Nat => {
+                added.iter().any(|b| {
+                    let theirs = removed.iter().map(|r| (&c.vip, crate::ForwardingMode::Nat, r));
+                    crate::lb::check_nat_backend(&o.vip, &b.addr, theirs).is_err()
+                })
+            }
+            _ => false,
+        });
+    }
+    // The table's use, batch by batch in VIP order: when an addition would
+    // not fit, every VIP's removals go first.
+    let mut used: usize = per_vip.iter().map(|c| c.slots).sum();
+    let mut full = false;
+    for c in &per_vip {
+        if matches!(c.first, Some(Step::ReconfigureVip { .. })) {
+            used -= c.slots;
+        }
+        let (added, removed) = parts(c);
+        full |= used + added > max_backends as usize;
+        used = (used + added).saturating_sub(removed);
+    }
+    if full {
+        // Only removals: the whole batch moves, still one swap.
+        for (i, c) in per_vip.iter().enumerate() {
+            early[i] |= parts(c).1 > 0;
+        }
+    }
+    for (c, early) in per_vip.iter_mut().zip(early) {
+        let Some(Step::Backends { vip, removed, .. }) = c.batch.as_mut().filter(|_| early) else { continue };
+        let removed = std::mem::take(removed);
+        steps.push(Step::Backends { vip: *vip, added: Vec::new(), reweighted: Vec::new(), removed });
+        if let Some(Step::Backends { added, reweighted, .. }) = &c.batch {
+            if added.is_empty() && reweighted.is_empty() {
+                c.batch = None;
+            }
+        }
+    }
+    for c in per_vip {
+        steps.extend(c.first);
+        steps.extend(c.batch);
+    }
+}
+
 /// Named sets by name, as the file and the running filter have them.
 type NamedSets = BTreeMap<String, Vec<IpNetwork>>;
 
@@ -784,7 +900,13 @@ fn running_guard(filter: &Filter) -> Result<Option<(NamedSets, Vec<Rule>, SynPor
 /// more), then the SYN guard's ports: protected or changed, then
 /// unprotected.
 fn guard_steps(f: &FilterConfig, have_sets: &NamedSets, have: &[Rule], have_syn: &SynPorts, steps: &mut Vec<Step>) {
-    for (name, want) in &f.sets {
+    // The prefix table's use as the steps go (every set, both the live
+    // copies and, during a replace, the new one beside it); sets that
+    // shrink go first, so those that grow find the room they free.
+    let mut used: usize = have_sets.values().map(Vec::len).sum();
+    let mut order: Vec<(&String, &Vec<IpNetwork>)> = f.sets.iter().collect();
+    order.sort_by_key(|(name, want)| want.len() >= have_sets.get(*name).map_or(0, Vec::len));
+    for (name, want) in order {
         let current = match have_sets.get(name) {
             Some(c) => c.as_slice(),
             None => {
@@ -794,12 +916,17 @@ fn guard_steps(f: &FilterConfig, have_sets: &NamedSets, have: &[Rule], have_syn:
         };
         if current != want.as_slice() {
             let (c, w): (BTreeSet<_>, BTreeSet<_>) = (current.iter().collect(), want.iter().collect());
-            steps.push(Step::ReplaceSet {
-                name: name.clone(),
-                entries: want.clone(),
-                added: w.difference(&c).count(),
-                removed: c.difference(&w).count(),
-            });
+            let added: Vec<IpNetwork> = w.difference(&c).map(|n| **n).collect();
+            let removed: Vec<IpNetwork> = c.difference(&w).map(|n| **n).collect();
+            // A whole replace builds the new set beside the live one: with
+            // no room for both (a set over half the table), by differences.
+            if used + want.len() > f.guard.max_set_entries && !current.is_empty() {
+                steps.push(Step::EditSet { name: name.clone(), added, removed });
+            } else {
+                let (added, removed) = (added.len(), removed.len());
+                steps.push(Step::ReplaceSet { name: name.clone(), entries: want.clone(), added, removed });
+            }
+            used = used + want.len() - current.len();
         }
     }
     if have != f.rules.as_slice() {
@@ -883,23 +1010,36 @@ fn attachments(have: &[Attachment], lost: &[Attachment], want: &[String], mode: 
 /// Sections run in a fixed order (decapsulators, load balancers, filters),
 /// so an interface the file moves from one program to another would be
 /// attached to the new one before the old one leaves it, and the attach
-/// refused, every time. Each such detach is taken out of its section and
-/// run, as a section of its own (a hand-over: [`SectionPlan`]'s
-/// `hand_over`), right before the attach that needs the interface: the
-/// interface runs neither program only between the two.
+/// refused, every time; or, moving the other way (an LB's or a decap's
+/// interface to a filter), left running nothing while the filter is
+/// created and filled. Each such detach, in a later section or an earlier
+/// one, is taken out of its section and run, as a section of its own (a
+/// hand-over: [`SectionPlan`]'s `hand_over`), right before the attach that
+/// needs the interface: the interface runs neither program only between
+/// the two, and a refused attach gives it back ([`Plan::apply`]).
 fn hand_over(mut sections: Vec<SectionPlan>) -> Vec<SectionPlan> {
     let mut i = 0;
     while i < sections.len() {
         let found = sections[i].steps.iter().enumerate().find_map(|(k, step)| {
             let Step::Attach { interface, .. } = step else { return None };
-            (i + 1..sections.len()).find_map(|j| {
-                let later = &sections[j];
-                let d = later.steps.iter().position(|st| match st {
+            // Every other section, earlier ones too: sections run decap ->
+            // lb -> filter, so an interface moving from an LB or a decap to
+            // a filter has its detach in an earlier section, and left
+            // there it would run nothing while the filter is created and
+            // filled (3 s measured for a 200k-entry list). A hand-over
+            // already moved belongs to its own attach.
+            (0..sections.len()).filter(|&j| j != i && !sections[j].hand_over).find_map(|j| {
+                let other = &sections[j];
+                let d = other.steps.iter().position(|st| match st {
                     Step::Detach { interface: x, .. } => x == interface,
-                    Step::Remove { .. } => later.holds.contains(interface),
+                    // A removal in an earlier section cannot move: the
+                    // creation after it in its section needs it done (a
+                    // re-created program, --recreate, leaves its
+                    // interfaces before it is created again).
+                    Step::Remove { .. } => j > i && other.holds.contains(interface),
                     _ => false,
                 })?;
-                (later.netns == sections[i].netns).then_some((k, j, d))
+                (other.netns == sections[i].netns).then_some((k, j, d))
             })
         });
         let Some((k, j, d)) = found else {
@@ -910,7 +1050,9 @@ fn hand_over(mut sections: Vec<SectionPlan>) -> Vec<SectionPlan> {
         let rest = sections[i].steps.split_off(k);
         let (head, after) = (sections[i].clone(), SectionPlan { steps: rest, ..sections[i].clone() });
         let moved = SectionPlan { steps: vec![detach], hand_over: true, ..sections[j].clone() };
-        sections[j].holds.clear();
+        if j > i {
+            sections[j].holds.clear();
+        }
         sections.splice(i..=i, [head, moved, after]);
         // The hand-over and the attach after it are settled: look on from
         // the attach's section.
@@ -1151,6 +1293,67 @@ mod tests {
         assert_eq!(steps, [det("eth3"), det("eth0"), att("eth0"), det("eth1"), att("eth1"), att("eth2")]);
     }
 
+    /// Removals another VIP's additions need (a NAT backend moving, a full
+    /// table) run first, on their own; the rest stays one batch per VIP.
+    #[test]
+    fn removals_other_vips_need_run_first() {
+        let nat = VipConfig { mode: crate::ForwardingMode::Nat, ..VipConfig::default() };
+        let b = |s: &str| Backend { addr: s.parse().unwrap(), weight: 1 };
+        let change = |vip: &str, added: &[&str], removed: &[&str], slots| VipChange {
+            vip: vip.parse().unwrap(),
+            spec: nat,
+            first: None,
+            batch: Some(Step::Backends {
+                vip: vip.parse().unwrap(),
+                added: added.iter().map(|a| b(a)).collect(),
+                reweighted: Vec::new(),
+                removed: removed.iter().map(|a| a.parse().unwrap()).collect(),
+            }),
+            slots,
+        };
+        let swap = || {
+            vec![
+                change("tcp 203.0.113.20:80", &["198.51.100.51:8080"], &["198.51.100.50:8080"], 1),
+                change("tcp 203.0.113.21:80", &["198.51.100.50:8080"], &["198.51.100.51:8080"], 1),
+            ]
+        };
+        let mut steps = Vec::new();
+        backend_steps(swap(), 64, &mut steps);
+        let text: Vec<String> = steps.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            text,
+            [
+                "VIP tcp 203.0.113.20:80 backends: remove 198.51.100.50:8080 (one table swap)",
+                "VIP tcp 203.0.113.21:80 backends: remove 198.51.100.51:8080 (one table swap)",
+                "VIP tcp 203.0.113.20:80 backends: add 198.51.100.51:8080 weight 1 (one table swap)",
+                "VIP tcp 203.0.113.21:80 backends: add 198.51.100.50:8080 weight 1 (one table swap)",
+            ]
+        );
+        // Other ports, no clash, room enough: one batch each, as before.
+        let apart = vec![
+            change("tcp 203.0.113.20:80", &["198.51.100.51:9090"], &["198.51.100.50:8080"], 1),
+            change("tcp 203.0.113.21:80", &["198.51.100.52:8080"], &["198.51.100.51:8080"], 1),
+        ];
+        let mut steps = Vec::new();
+        backend_steps(apart, 64, &mut steps);
+        assert_eq!(steps.len(), 2, "{steps:?}");
+        // A slot moved from the later VIP to the earlier on a full table.
+        let moved = vec![
+            change("tcp 203.0.113.20:80", &["198.51.100.60:8080"], &[], 1),
+            change("tcp 203.0.113.21:80", &[], &["198.51.100.61:8080"], 1),
+        ];
+        let mut steps = Vec::new();
+        backend_steps(moved, 2, &mut steps);
+        let text: Vec<String> = steps.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            text,
+            [
+                "VIP tcp 203.0.113.21:80 backends: remove 198.51.100.61:8080 (one table swap)",
+                "VIP tcp 203.0.113.20:80 backends: add 198.51.100.60:8080 weight 1 (one table swap)",
+            ]
+        );
+    }
+
     fn section(program: Program, pin: &str, netns: Option<&str>, steps: Vec<Step>) -> SectionPlan {
         let (pin, netns) = (PathBuf::from(pin), netns.map(str::to_owned));
         SectionPlan { program, pin, netns, steps, hand_over: false, holds: Vec::new() }
@@ -1197,6 +1400,23 @@ mod tests {
         let only = section(Program::Filter, "/f", None, vec![det("eth0")]);
         let out = hand_over(vec![section(Program::Lb, "/l", None, vec![att("eth0")]), only]);
         assert_eq!(lines(&out), ["*filter /f: detach from eth0 (native mode)", "lb /l: attach to eth0 (auto mode)"]);
+
+        // From an earlier section (an LB's interface to a filter): its
+        // detach waits for the filter's attach, not the filter's creation.
+        let lb_gives =
+            section(Program::Lb, "/l", None, vec![Step::AddLocal("192.0.2.1".parse().unwrap()), det("eth0")]);
+        let filter_takes = section(Program::Filter, "/f", None, vec![Step::Create, Step::ClearNext, att("eth0")]);
+        let out = hand_over(vec![lb_gives, filter_takes]);
+        assert_eq!(
+            lines(&out),
+            [
+                "lb /l: decapsulate for 192.0.2.1",
+                "filter /f: create and pin",
+                "filter /f: stop passing packets on to an lb",
+                "*lb /l: detach from eth0 (native mode)",
+                "filter /f: attach to eth0 (auto mode)",
+            ]
+        );
 
         // A program re-created (--recreate) leaves its interfaces with its removal.
         let remove = Step::Remove { changes: vec!["v4_capacity 1 -> 2".into()] };

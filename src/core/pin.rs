@@ -19,6 +19,11 @@ use crate::error::PinError;
 
 const LINK_PREFIX: &str = "link_";
 
+/// A dot of an interface's name in its link pin's name
+/// ([`PinDir::link_name`]). Checked by experiment: bpffs refuses only `.`
+/// of `. : , % @ - + =`, and `ip link add a:b` is refused (EINVAL).
+const DOT_IN_PIN: &str = ":";
+
 /// A subdirectory that exists while a program is being created in the
 /// directory, whose creator holds the directory's lock meanwhile. Found
 /// with the lock free, it marks the leftovers of a creator that died
@@ -167,9 +172,14 @@ impl PinDir {
 
     /// `link_<ifindex>_<mode>_<ifname>`: the mode and name are recorded
     /// because another process may reopen the pins from another network
-    /// namespace, where the index means nothing.
+    /// namespace, where the index means nothing. bpffs refuses a name with
+    /// a dot (EPERM), which interface names allow (VLANs: `eth0.100`), so
+    /// each dot is written as [`DOT_IN_PIN`], which no interface name holds
+    /// (the kernel refuses `:` in one, EINVAL) and bpffs takes; a name
+    /// without dots is written as it is, as before.
     pub(crate) fn link_name(attachment: &Attachment) -> String {
-        format!("{LINK_PREFIX}{}_{}_{}", attachment.ifindex, attachment.mode, attachment.interface)
+        let name = attachment.interface.replace('.', DOT_IN_PIN);
+        format!("{LINK_PREFIX}{}_{}_{name}", attachment.ifindex, attachment.mode)
     }
 
     /// The attachment recorded in a link pin's name: the interface's index,
@@ -177,7 +187,8 @@ impl PinDir {
     pub(crate) fn link_recorded(pin_name: &str) -> Option<Attachment> {
         let (ifindex, rest) = pin_name.strip_prefix(LINK_PREFIX)?.split_once('_')?;
         let (mode, name) = rest.split_once('_')?;
-        Some(Attachment { ifindex: ifindex.parse().ok()?, interface: name.to_owned(), mode: mode.parse().ok()? })
+        let interface = name.replace(DOT_IN_PIN, ".");
+        Some(Attachment { ifindex: ifindex.parse().ok()?, interface, mode: mode.parse().ok()? })
     }
 
     /// The pinned links, as (file name, path).
@@ -310,6 +321,14 @@ mod tests {
             assert!(pin.starts_with("link_42_"), "{pin}");
             assert_eq!(PinDir::link_recorded(&pin), Some(a));
         }
+        // A dot (VLANs) is written so bpffs takes it, and read back.
+        let a = Attachment { ifindex: 7, interface: "eth0.100".into(), mode: AttachMode::Native };
+        let pin = PinDir::link_name(&a);
+        assert_eq!(pin, "link_7_native_eth0:100");
+        assert_eq!(PinDir::link_recorded(&pin), Some(a));
+        // Pins written before read the same.
+        let old = PinDir::link_recorded("link_5_generic_veth_lb_1").unwrap();
+        assert_eq!((old.ifindex, old.interface.as_str(), old.mode), (5, "veth_lb_1", AttachMode::Generic));
         assert_eq!(PinDir::link_recorded("link_3"), None);
         assert_eq!(PinDir::link_recorded(crate::core::layout::names::XDPG_FILTER_CFG), None);
     }
