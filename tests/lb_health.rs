@@ -390,7 +390,7 @@ fn a_down_backends_tracked_udp_flow_moves_to_a_live_one() {
     // One flow: a datagram every 50 ms from one port, each answer logged
     // with when it came (None: no answer within 150 ms).
     let stop = Arc::new(AtomicBool::new(false));
-    let log: Arc<Mutex<Vec<(Instant, Option<String>)>>> = Arc::new(Mutex::new(Vec::new()));
+    let log = Arc::new(Mutex::new(Vec::<Request>::new()));
     let (s, l) = (stop.clone(), log.clone());
     let sender = net.client.spawn(move || {
         let sock = std::net::UdpSocket::bind(SocketAddr::new(IpAddr::V4(CLIENT_V4), 40081)).unwrap();
@@ -403,18 +403,17 @@ fn a_down_backends_tracked_udp_flow_moves_to_a_live_one() {
                 Ok((n, from)) if from == to => Some(String::from_utf8_lossy(&buf[..n]).into_owned()),
                 _ => None,
             };
-            l.lock().unwrap().push((Instant::now(), answer));
+            l.lock().unwrap().push(Request { start: Instant::now(), answer });
             thread::sleep(Duration::from_millis(50));
         }
     });
-    let answers_since = |t: Instant| -> Vec<(Instant, Option<String>)> {
-        log.lock().unwrap().iter().filter(|(at, _)| *at >= t).cloned().collect()
-    };
+    let answers_since =
+        |t: Instant| -> Vec<Request> { log.lock().unwrap().iter().filter(|r| r.start >= t).cloned().collect() };
     thread::sleep(Duration::from_millis(700));
     let before = answers_since(Instant::now() - Duration::from_millis(500));
-    let first = before.iter().find_map(|(_, a)| a.clone()).expect("the flow is answered");
+    let first = before.iter().find_map(|r| r.answer.clone()).expect("the flow is answered");
     assert!(
-        before.iter().all(|(_, a)| a.as_deref() == Some(first.as_str())),
+        before.iter().all(|r| r.answer.as_deref() == Some(first.as_str())),
         "one backend answers the flow: {before:?}"
     );
     let (dead, live) = if first == "b1" { (0, "b2") } else { (1, "b1") };
@@ -430,15 +429,15 @@ fn a_down_backends_tracked_udp_flow_moves_to_a_live_one() {
     stop.store(true, Ordering::Relaxed);
     sender.join().unwrap();
     let after = answers_since(killed);
-    let moved = after.iter().find(|(_, a)| a.as_deref() == Some(live)).map(|(at, _)| *at - killed);
+    let moved = after.iter().find(|r| r.answer.as_deref() == Some(live)).map(|r| r.start - killed);
     let took = moved.unwrap_or_else(|| panic!("the flow never reached {live} after its backend died: {after:?}"));
     eprintln!("the flow reached {live} {took:?} after its backend died (bound {drain_bound:?})");
     assert!(took <= drain_bound + SLACK, "moved after {took:?}, over {drain_bound:?} (+{SLACK:?})");
     assert!(took >= INTERVAL * (FALL - 1), "moved after {took:?}: before {FALL} failed checks could run");
     // And stays there: every datagram after it is answered by the live one.
-    let settled: Vec<_> = after.iter().filter(|(at, _)| *at - killed > took).collect();
+    let settled: Vec<_> = after.iter().filter(|r| r.start - killed > took).collect();
     assert!(settled.len() >= 10, "the flow kept sending: {settled:?}");
-    assert!(settled.iter().all(|(_, a)| a.as_deref() == Some(live)), "{settled:?}");
+    assert!(settled.iter().all(|r| r.answer.as_deref() == Some(live)), "{settled:?}");
     drop(agent);
     drop(servers);
     cli.ok(&["detach", p[0], p[1]]);
