@@ -748,11 +748,16 @@ mod tests {
         let down = event(&k, HealthEventKind::Down { checks: 3, error: "refused".into(), drained_from: Some(2) });
         assert_eq!(
             down.to_string(),
-            "tcp 203.0.113.10:80 backend 198.51.100.11: down after 3 failed checks (refused); drained (weight 2 -> 0)"
+            "tcp 203.0.113.10:80 backend 198.51.100.11: down after 3 failed checks (refused); drained (weight 2 -> 0), \
+             its tracked flows moved to other backends"
         );
+        let down0 = event(&k, HealthEventKind::Down { checks: 3, error: "refused".into(), drained_from: None });
+        assert!(down0
+            .to_string()
+            .ends_with("already at weight 0, left there, its tracked flows moved to other backends"));
         let up = event(&k, HealthEventKind::Up { checks: 2, restored: Some(2) });
         assert!(up.to_string().ends_with("up after 2 passed checks; restored (weight 0 -> 2)"), "{up}");
-        for e in [down, up] {
+        for e in [down, down0, up] {
             assert!(!e.to_string().contains('\n'));
         }
     }
