@@ -1151,16 +1151,24 @@ fn too_big(f: &[u8], ip: &Ip, mtu: usize, tot_len: usize, may_reply: bool) -> Pr
     p
 }
 
-/// IPIP: an outer IPv4 (TOS copied from an IPv4 inner header, no DF, TTL
-/// 64) or IPv6 header (flow label from the flow hash, hop limit 64) in
-/// front of the whole received packet.
+/// IPIP: an outer IPv4 (TOS copied from the IPv4 inner header, no DF, TTL
+/// 64, identification from the inner packet: `ipip_outer_id`) or IPv6
+/// header (traffic class the inner's TOS or traffic class, flow label from
+/// the flow hash, hop limit 64) in front of the whole received packet.
 fn encapsulate(frame: &[u8], ip: &Ip, src: IpAddr, dst: IpAddr) -> Vec<u8> {
     // The IP packet, and what the frame carries after it (Ethernet padding).
     let (inner, trailer) = frame[14..].split_at(ip.l3_len.min(frame.len() - 14));
-    let b =
-        Frame::builder().macs(frame[6..12].try_into().unwrap(), frame[0..6].try_into().unwrap()).ip(src, dst).ttl(64);
+    let tos = match ip.fam {
+        Fam::V4 => frame[15],
+        Fam::V6 => (frame[14] << 4) | (frame[15] >> 4),
+    };
+    let b = Frame::builder()
+        .macs(frame[6..12].try_into().unwrap(), frame[0..6].try_into().unwrap())
+        .ip(src, dst)
+        .ttl(64)
+        .tos(tos);
     let b = match src {
-        IpAddr::V4(_) => b.tos(frame[15]).id(0).df(false),
+        IpAddr::V4(_) => b.id(ipip_outer_id(&frame[14..])).df(false),
         // With a /64 prefix the source's low 32 bits are the flow hash.
         IpAddr::V6(s) => b.flow_label(u32::from_be_bytes(s.octets()[12..16].try_into().unwrap()) & 0xFFFFF),
     };

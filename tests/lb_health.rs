@@ -342,6 +342,107 @@ fn failing_backends_are_drained_and_restored_under_traffic() {
     cli.ok(&["detach", p[0], p[1]]);
 }
 
+/// A backend that goes down takes its tracked flows with it: a UDP flow
+/// that keeps sending from one port (which never idles out of the
+/// connection table) reaches a live backend within the drain bound after
+/// its backend's server dies, not only new flows. (Weight 0 alone kept it
+/// on the dead backend for good.) A DSR UDP VIP on port 81, checked with a
+/// TCP connect on 81, where each backend serves both.
+#[test]
+fn a_down_backends_tracked_udp_flow_moves_to_a_live_one() {
+    let pin = ScratchDir::bpffs("lbhealthudp");
+    let net = LbNet::new("lhu", 2, BackendKind::VipOnLoopback);
+    let cli = XDPGUARD_LB;
+    let p = ["--pin", pin.arg()];
+    cli.ok(&["attach", "--iface", "eth0", "--iface", "eth1", "--netns", &net.lb.name, p[0], p[1]]);
+    let vip_arg = format!("{VIP_V4}:81");
+    cli.ok(&["vip", "add", &vip_arg, "--proto", "udp", "--mode", "dsr", p[0], p[1]]);
+    for i in 1..=2 {
+        cli.ok(&[
+            "backend",
+            "add",
+            &vip_arg,
+            &backend_v4(i).to_string(),
+            "--weight",
+            "1",
+            "--proto",
+            "udp",
+            p[0],
+            p[1],
+        ]);
+    }
+    let mut servers: Vec<Option<Servers>> = net
+        .backends
+        .iter()
+        .enumerate()
+        .map(|(i, ns)| Some(Servers::start(ns, &format!("b{}", i + 1), 81, vec![IpAddr::V4(VIP_V4)])))
+        .collect();
+    let interval = format!("{}ms", INTERVAL.as_millis());
+    let timeout = format!("{}ms", TIMEOUT.as_millis());
+    #[rustfmt::skip]
+    let agent = Agent::start(&[
+        "--pin", pin.arg(), "--netns", &net.lb.name, "--interval", &interval, "--timeout", &timeout,
+        "--rise", "2", "--fall", "3", "--tcp", "--port", "81", "--vip", &format!("{vip_arg}/udp"),
+    ]);
+    agent.wait_for(&["health: checking backends"], Duration::from_secs(5));
+    let drain_bound = HealthConfig::new(Check::Tcp).interval(INTERVAL).timeout(TIMEOUT).fall(FALL).drain_bound();
+
+    // One flow: a datagram every 50 ms from one port, each answer logged
+    // with when it came (None: no answer within 150 ms).
+    let stop = Arc::new(AtomicBool::new(false));
+    let log = Arc::new(Mutex::new(Vec::<Request>::new()));
+    let (s, l) = (stop.clone(), log.clone());
+    let sender = net.client.spawn(move || {
+        let sock = std::net::UdpSocket::bind(SocketAddr::new(IpAddr::V4(CLIENT_V4), 40081)).unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(150))).unwrap();
+        let to = SocketAddr::new(IpAddr::V4(VIP_V4), 81);
+        let mut buf = [0u8; 64];
+        while !s.load(Ordering::Relaxed) {
+            sock.send_to(b"who", to).unwrap();
+            let answer = match sock.recv_from(&mut buf) {
+                Ok((n, from)) if from == to => Some(String::from_utf8_lossy(&buf[..n]).into_owned()),
+                _ => None,
+            };
+            l.lock().unwrap().push(Request { start: Instant::now(), answer });
+            thread::sleep(Duration::from_millis(50));
+        }
+    });
+    let answers_since =
+        |t: Instant| -> Vec<Request> { log.lock().unwrap().iter().filter(|r| r.start >= t).cloned().collect() };
+    thread::sleep(Duration::from_millis(700));
+    let before = answers_since(Instant::now() - Duration::from_millis(500));
+    let first = before.iter().find_map(|r| r.answer.clone()).expect("the flow is answered");
+    assert!(
+        before.iter().all(|r| r.answer.as_deref() == Some(first.as_str())),
+        "one backend answers the flow: {before:?}"
+    );
+    let (dead, live) = if first == "b1" { (0, "b2") } else { (1, "b1") };
+
+    // Its backend's servers die (the check's TCP port and the UDP service).
+    servers[dead].take();
+    let killed = Instant::now();
+    agent.wait_for(
+        &[&format!("backend {}: down after 3 failed checks", backend_v4(dead + 1)), "tracked flows moved"],
+        drain_bound + SLACK + Duration::from_secs(2),
+    );
+    thread::sleep(Duration::from_secs(1));
+    stop.store(true, Ordering::Relaxed);
+    sender.join().unwrap();
+    let after = answers_since(killed);
+    let moved = after.iter().find(|r| r.answer.as_deref() == Some(live)).map(|r| r.start - killed);
+    let took = moved.unwrap_or_else(|| panic!("the flow never reached {live} after its backend died: {after:?}"));
+    eprintln!("the flow reached {live} {took:?} after its backend died (bound {drain_bound:?})");
+    assert!(took <= drain_bound + SLACK, "moved after {took:?}, over {drain_bound:?} (+{SLACK:?})");
+    assert!(took >= INTERVAL * (FALL - 1), "moved after {took:?}: before {FALL} failed checks could run");
+    // And stays there: every datagram after it is answered by the live one.
+    let settled: Vec<_> = after.iter().filter(|r| r.start - killed > took).collect();
+    assert!(settled.len() >= 10, "the flow kept sending: {settled:?}");
+    assert!(settled.iter().all(|r| r.answer.as_deref() == Some(live)), "{settled:?}");
+    drop(agent);
+    drop(servers);
+    cli.ok(&["detach", p[0], p[1]]);
+}
+
 /// The probes against real servers: what passes, and why a check fails.
 /// A drain is journaled before it is made (the window an agent killed
 /// between the weight change and its state file left): the journal sees

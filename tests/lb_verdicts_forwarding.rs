@@ -101,6 +101,122 @@ fn ipip_encapsulates_in_all_three_combinations() {
     });
 }
 
+/// The outer header's per-packet fields, with values written out rather
+/// than derived by the test kit: the outer IPv4 identification (RFC 6864:
+/// routers past a narrower link fragment the tunnel packets, DF being
+/// clear, and reassembly keys on it) is the inner ID, or for an inner ID of
+/// 0 the XOR of the transport header's bytes 4-5 and 6-7 (TCP: the
+/// sequence number); the outer DSCP and ECN are the inner ones in all
+/// three combinations (IPv4 TOS, IPv6 traffic class).
+#[test]
+fn ipip_outer_headers_take_the_inner_id_and_traffic_class() {
+    in_lb_ns("vipid", 3, |n| {
+        let lb = lb();
+        let mut t = FixtureTable::new(&lb, "IPIP outer ID and traffic class");
+        for (name, vip_addr, backends, tos, id, outer_id) in [
+            // DSCP EF (46) and ECT(0); the inner ID kept.
+            ("4in4", IpAddr::V4(VIP_V4), backends_v4(3), 0xBAu8, 0x1234u16, Some(0x1234u16)),
+            // Inner ID 0: sequence 1000 = 0x000003E8, halves XORed.
+            ("4in4", IpAddr::V4(VIP_V4), backends_v4(3), 0x01, 0, Some(0x03E8)),
+            // DSCP EF and ECT(1).
+            ("6in6", IpAddr::V6(VIP_V6), backends_v6(3), 0xB9, 0, None),
+            // DSCP AF11 (10) and ECT(0).
+            ("4in6", IpAddr::V4(VIP2_V4), backends_v6(3), 0x2A, 0x4321, None),
+        ] {
+            let vip = Vip::new(sa(vip_addr, 80), Protocol::Tcp);
+            vip_with(&lb, vip, VipConfig::new(ForwardingMode::Ipip), &backends);
+            let src = if vip_addr.is_ipv4() { client(1) } else { client6(1) };
+            let flow = Flow::new(src, addr_port(&vip), Protocol::Tcp);
+            let b = Pkt::new(src, addr_port(&vip), Protocol::Tcp, true).builder(CLIENT_MAC, n.eth0_mac).tos(tos);
+            let input = if vip_addr.is_ipv4() { b.id(id).build() } else { b.build() };
+            let chosen = lb.backend_for(&vip, &flow).unwrap().unwrap();
+            let osrc = lb.ipip_source_for(&vip, &flow, chosen.ip).unwrap().unwrap();
+            let b = Frame::builder()
+                .macs(n.eth1_mac, backend_mac(backend_index(chosen)))
+                .ip(osrc, chosen.ip)
+                .ttl(64)
+                .tos(tos);
+            let b = match (osrc, outer_id) {
+                (IpAddr::V4(_), Some(oid)) => b.id(oid).df(false),
+                (IpAddr::V6(s), _) => {
+                    b.flow_label(u32::from_be_bytes(s.octets()[12..16].try_into().unwrap()) & 0xF_FFFF)
+                }
+                _ => unreachable!("IPv4 outer rows give the ID"),
+            };
+            let want = b.ip_payload(&input[14..]).build();
+            t.run(
+                Fixture::new(format!("{name}: inner TOS/TC {tos:#04x}, ID {id:#06x}"), &input)
+                    .on(n.eth0)
+                    .action(XdpAction::Redirect)
+                    .output(want),
+            );
+            lb.remove_vip(&vip).unwrap();
+        }
+        t.finish();
+    });
+}
+
+/// RFC 6040 at the decapsulator: an outer CE mark (a congested router on
+/// the tunnel's path) is copied into an ECT(0) or ECT(1) inner packet, the
+/// inner IPv4 checksum updated (the expected frames are built with the
+/// checksum computed afresh, so an incremental update that is wrong
+/// fails); an inner Not-ECT packet under an outer CE is left untouched for
+/// the stack (whose tunnel driver drops it, as RFC 6040 says); other
+/// outer codepoints leave the inner packet as it is.
+#[test]
+fn decap_copies_an_outer_ce_mark_into_ect_inner_packets() {
+    let (local4, local6) = (backend_v4(1), backend_v6(1));
+    let decap = Decap::builder().local(IpAddr::V4(local4)).local(IpAddr::V6(local6)).load().unwrap();
+    let mut t = FixtureTable::new(&decap, "decap: ECN");
+    let macs = (CLIENT_MAC, backend_mac(1));
+    let src4 = IpAddr::V4(LB_BACK_V4);
+    let src6 = IpAddr::V6(LB_BACK_V6);
+    let (to4, to6) = (IpAddr::V4(local4), IpAddr::V6(local6));
+    let inner = |v6: bool, tos: u8| {
+        let (s, d) = if v6 { (client6(1), sa(VIP_V6, 80)) } else { (client(1), sa(VIP_V4, 80)) };
+        let b = Pkt::new(s, d, Protocol::Tcp, false).builder(macs.0, macs.1).tos(tos);
+        if v6 {
+            b.build()
+        } else {
+            b.id(0x5151).build()
+        }
+    };
+    let tunnel = |src: IpAddr, dst: IpAddr, tos: u8, ip_payload: &[u8]| {
+        Frame::builder().macs(macs.0, macs.1).ip(src, dst).ttl(64).tos(tos).ip_payload(ip_payload).build()
+    };
+    let (mut decapsulated, mut passed) = (0, 0);
+    for (name, src, dst, v6) in [("4in4", src4, to4, false), ("6in6", src6, to6, true), ("4in6", src6, to6, false)] {
+        // (outer TOS/TC, inner before, inner after); DSCP AF41 (34) on the inner.
+        for (outer, before, after) in [
+            (0x03u8, 0x88u8 | 2, Some(0x88u8 | 3)), // CE over ECT(0): CE
+            (0x03, 0x88 | 1, Some(0x88 | 3)),       // CE over ECT(1): CE
+            (0x03, 0x88 | 3, Some(0x88 | 3)),       // CE over CE: as it was
+            (0x02, 0x88 | 1, Some(0x88 | 1)),       // ECT(0) over ECT(1): as it was
+            (0x01, 0x88, Some(0x88)),               // ECT(1) over Not-ECT: as it was
+            (0xB8 | 3, 0x88, None),                 // CE over Not-ECT: left to the stack
+        ] {
+            let client = inner(v6, before);
+            let f = tunnel(src, dst, outer, client.ip_packet());
+            let what = format!("{name}: outer {outer:#04x} over inner {before:#04x}");
+            match after {
+                Some(after) => {
+                    let want = [&f[..12], &inner(v6, after)[12..]].concat();
+                    t.run(Fixture::new(what, &f).action(XdpAction::Pass).output(want).counts(&["decapsulated"]));
+                    decapsulated += 1;
+                }
+                None => {
+                    t.run(Fixture::new(what, &f).action(XdpAction::Pass).unchanged().counts(&["passed"]));
+                    passed += 1;
+                }
+            }
+        }
+    }
+    t.finish();
+    let s = decap.stats().unwrap();
+    assert_eq!((s.decapsulated.packets, s.passed.packets), (decapsulated, passed));
+    assert_eq!(passed, 3);
+}
+
 #[test]
 fn nat_rewrites_destination_and_translates_replies() {
     in_lb_ns("vnat", 3, |n| {

@@ -18,6 +18,7 @@
 #include "decap_consts.h"
 #include "decap_structs.h"
 #include "decap_maps.h"
+#include "csum.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
@@ -61,6 +62,57 @@ static __always_inline int inner_fits(void *data, void *data_end, __u32 l3_off, 
 	if (in6->version != 6)
 		return 0;
 	return sizeof(*in6) + bpf_ntohs(in6->payload_len) <= payload;
+}
+
+/* RFC 6040 (normal mode) at decapsulation: an outer CE mark, set by a
+ * congested router on the tunnel's path, reaches the transport only if it
+ * is copied into the inner header, so an ECT(0) or ECT(1) inner packet
+ * becomes CE (the inner IPv4 checksum updated incrementally; IPv6 has
+ * none). An inner Not-ECT packet under an outer CE cannot carry the mark:
+ * RFC 6040 says drop it, and the kernel's ipip and ip6_tunnel drivers do;
+ * here it is left untouched (returns -1, counted as passed), so the stack
+ * decides as for any tunnel packet: its tunnel driver drops it, and a host
+ * without one drops a protocol it does not handle. (A drop counter of our
+ * own would change the counters' layout for a packet the LB's own
+ * encapsulation never makes: the LB copies the inner ECN outwards, so an
+ * outer CE on a Not-ECT inner comes only from a router that marks
+ * Not-ECT packets, against RFC 3168.) Other outer codepoints change
+ * nothing: the inner one is as informative (RFC 6040 4.2). outer_ecn is
+ * the outer header's two ECN bits. */
+static __always_inline int ecn_decap(void *data, void *data_end, __u32 l3_off, __u16 inner_proto, __u32 outer_ecn)
+{
+	if (outer_ecn != 3)
+		return 0;
+	/* A bound for the verifier, as in inner_fits (which has passed). */
+	if (l3_off > 128)
+		return 0;
+	if (inner_proto == ETH_P_IP) {
+		struct iphdr *in = data + l3_off;
+		if ((void *)(in + 1) > data_end)
+			return 0;
+		__u32 ecn = in->tos & 3;
+		if (ecn == 0)
+			return -1;
+		if (ecn == 3)
+			return 0;
+		/* Version/IHL and TOS as one 16-bit word, as they sit. */
+		__u16 *w = (__u16 *)in;
+		__u16 from = *w;
+		__u16 to = from | bpf_htons(3);
+		*w = to;
+		in->check = xdpg_csum_finish(xdpg_csum_replace16(xdpg_csum_start(in->check), from, to));
+		return 0;
+	}
+	struct ipv6hdr *in6 = data + l3_off;
+	if ((void *)(in6 + 1) > data_end)
+		return 0;
+	/* The traffic class's ECN bits: bits 5 and 4 of byte 1. */
+	__u8 *b = (__u8 *)in6;
+	__u32 ecn = (b[1] >> 4) & 3;
+	if (ecn == 0)
+		return -1;
+	b[1] |= 0x30;
+	return 0;
 }
 
 /* Drops the outer_len bytes after the Ethernet header. */
@@ -115,6 +167,8 @@ int xdpg_decap(struct xdp_md *ctx)
 		key.family = XDPG_LB_FAMILY_V4;
 		if (!bpf_map_lookup_elem(&xdpg_decap_addr, &key))
 			return counted(XDPG_LB_DECAP_PASSED, bytes);
+		if (ecn_decap(data, data_end, sizeof(*eth) + hdr, ETH_P_IP, iph->tos & 3) < 0)
+			return counted(XDPG_LB_DECAP_PASSED, bytes);
 		return strip(ctx, hdr, ETH_P_IP, bytes);
 	}
 	if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
@@ -132,6 +186,9 @@ int xdpg_decap(struct xdp_md *ctx)
 		__builtin_memcpy(key.addr, &ip6h->daddr, 16);
 		key.family = XDPG_LB_FAMILY_V6;
 		if (!bpf_map_lookup_elem(&xdpg_decap_addr, &key))
+			return counted(XDPG_LB_DECAP_PASSED, bytes);
+		__u32 outer_ecn = (((__u8 *)ip6h)[1] >> 4) & 3;
+		if (ecn_decap(data, data_end, sizeof(*eth) + sizeof(*ip6h), inner_proto, outer_ecn) < 0)
 			return counted(XDPG_LB_DECAP_PASSED, bytes);
 		return strip(ctx, sizeof(*ip6h), inner_proto, bytes);
 	}

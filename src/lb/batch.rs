@@ -41,6 +41,9 @@ pub(super) enum BatchOp {
     Add(BackendAddr, u32),
     SetWeight(BackendAddr, u32),
     Remove(BackendAddr),
+    /// The backend's tracked flows choose again (its slot's gen renewed
+    /// after the table swap); its weight and slot stay.
+    Repick(BackendAddr),
 }
 
 impl BackendBatch<'_> {
@@ -59,6 +62,18 @@ impl BackendBatch<'_> {
     /// Removes a backend; its tracked flows choose afresh.
     pub fn remove(mut self, backend: impl Into<BackendAddr>) -> Self {
         self.ops.push(BatchOp::Remove(backend.into()));
+        self
+    }
+
+    /// Makes the backend's tracked flows choose again from their next
+    /// packet, as if it had been removed, while it keeps its weight, slot
+    /// and counters: what the health checker does to a backend that goes
+    /// down (with weight 0 in the same batch, they choose among the others),
+    /// not an operator's graceful drain. (Its slot's gen is renewed after
+    /// the table swap, so a flow that chooses again chooses from the new
+    /// table.)
+    pub(crate) fn repick(mut self, backend: impl Into<BackendAddr>) -> Self {
+        self.ops.push(BatchOp::Repick(backend.into()));
         self
     }
 
@@ -166,6 +181,7 @@ impl LoadBalancer {
             // The desired set: Some(slot) for existing, None for new.
             let mut desired: BTreeMap<BackendAddr, (Option<u32>, u32)> =
                 vs.backends.iter().map(|(a, s)| (*a, (Some(s.id), s.weight))).collect();
+            let mut repick = BTreeSet::new();
             for op in ops {
                 match *op {
                     BatchOp::Add(b, w) | BatchOp::SetWeight(b, w) if w > MAX_WEIGHT => {
@@ -204,6 +220,12 @@ impl LoadBalancer {
                         if desired.remove(&b).is_none() {
                             return Err(not_found(vip, b, desired.keys()));
                         }
+                    }
+                    BatchOp::Repick(b) => {
+                        if !desired.contains_key(&b) {
+                            return Err(not_found(vip, b, desired.keys()));
+                        }
+                        repick.insert(b);
                     }
                 }
             }
@@ -261,10 +283,19 @@ impl LoadBalancer {
             let table = maglev::build(size, &entries);
             maps.publish_table(index, table.as_deref())?;
             // Removed backends go after the swap: no new flow picks them.
+            // So do renewed gens: a flow that misses then chooses from the
+            // new table (for a backend drained in the batch, not it again).
             let vs = st.vip_mut(vip)?;
             for (addr, slot) in &vs.backends {
                 if !new_backends.contains_key(addr) {
                     maps.free_backend(slot.id);
+                }
+            }
+            for addr in &repick {
+                // A backend removed after its repick in the same batch was
+                // freed above, which did the same.
+                if let Some(slot) = new_backends.get(addr) {
+                    maps.renew_backend_gen(slot.id);
                 }
             }
             vs.backends = new_backends;

@@ -248,6 +248,14 @@ impl LbMaps {
         self.backends.atomic_u32(id as usize, offset_of!(xdpg_lb_backend, weight)).store(weight, Ordering::Release);
     }
 
+    /// Bumps a live slot's gen in place: its tracked flows miss and choose
+    /// afresh from their next packet, while the slot, its address and its
+    /// counters stay. One store: a reader sees the old gen (the flow still
+    /// goes there, as before) or the new one (it chooses again).
+    pub(crate) fn renew_backend_gen(&self, id: u32) {
+        self.backends.atomic_u32(id as usize, offset_of!(xdpg_lb_backend, gen)).fetch_add(1, Ordering::AcqRel);
+    }
+
     /// Frees a slot: tracked flows to it choose afresh from the next packet.
     pub(crate) fn free_backend(&self, id: u32) {
         self.backend_head(id).store(0, Ordering::Release);

@@ -616,3 +616,24 @@ pub fn connect_from(src: SocketAddr, to: SocketAddr, timeout: Duration) -> std::
     stream.set_write_timeout(None)?;
     Ok(stream)
 }
+
+/// The outer IPv4 identification IPIP gives a 4in4 packet (`outer_id` in
+/// src/bpf/lb_encap.h): `inner` is the received frame from the inner IPv4
+/// header to the frame's end (trailing bytes included: the program reads
+/// up to the frame's end). The inner ID; if 0, the 16-bit halves of the
+/// transport header's bytes 4-7 XORed; if the frame is shorter than that,
+/// the inner header checksum; never 0 (1 as the program stores it).
+pub fn ipip_outer_id(inner: &[u8]) -> u16 {
+    let id = [inner[4], inner[5]];
+    if id != [0, 0] {
+        return u16::from_be_bytes(id);
+    }
+    let l4 = usize::from(inner[0] & 0xF) * 4;
+    let id = match inner.get(l4 + 4..l4 + 8) {
+        Some(w) => [w[0] ^ w[2], w[1] ^ w[3]],
+        None => [inner[10], inner[11]],
+    };
+    // The program's 1 is a native 32-bit value stored into the packet.
+    let id = if id == [0, 0] { 1u16.to_ne_bytes() } else { id };
+    u16::from_be_bytes(id)
+}

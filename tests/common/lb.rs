@@ -83,16 +83,27 @@ pub fn frame(lb_mac: [u8; 6], src: SocketAddr, dst: SocketAddr, proto: Protocol,
     Pkt::new(src, dst, proto, syn).payload(payload).frame(CLIENT_MAC, lb_mac)
 }
 
+/// The inner packet's DSCP and ECN: an IPv4 header's TOS byte, an IPv6
+/// header's traffic class.
+pub fn inner_tos(inner: &[u8]) -> u8 {
+    if inner[0] >> 4 == 4 {
+        inner[1]
+    } else {
+        (inner[0] << 4) | (inner[1] >> 4)
+    }
+}
+
 /// What IPIP makes of `input` (an Ethernet frame of an IP packet): an
-/// outer IPv4 header (TOS copied from an inner IPv4 header, no DF, TTL 64,
-/// identification 0) or IPv6 header (hop limit 64, flow label from the flow
-/// hash, which a /64 source prefix carries in the source's low 32 bits) in
-/// front of the whole packet, from `egress_mac` to `next_hop_mac`.
+/// outer IPv4 header (TOS copied from the inner IPv4 header, no DF, TTL 64,
+/// identification `ipip_outer_id`'s) or IPv6 header (hop limit 64, traffic
+/// class the inner's, flow label from the flow hash, which a /64 source
+/// prefix carries in the source's low 32 bits) in front of the whole
+/// packet, from `egress_mac` to `next_hop_mac`.
 pub fn ipip(input: &[u8], src: IpAddr, dst: IpAddr, egress_mac: [u8; 6], next_hop_mac: [u8; 6]) -> Frame {
     let inner = &input[14..];
-    let b = Frame::builder().macs(egress_mac, next_hop_mac).ip(src, dst).ttl(64);
+    let b = Frame::builder().macs(egress_mac, next_hop_mac).ip(src, dst).ttl(64).tos(inner_tos(inner));
     let b = match src {
-        IpAddr::V4(_) => b.id(0).df(false).tos(if inner[0] >> 4 == 4 { inner[1] } else { 0 }),
+        IpAddr::V4(_) => b.id(ipip_outer_id(inner)).df(false),
         IpAddr::V6(s) => b.flow_label(u32::from_be_bytes(s.octets()[12..16].try_into().unwrap()) & 0xF_FFFF),
     };
     b.ip_payload(inner).build()

@@ -69,7 +69,10 @@ pub struct HealthEvent {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum HealthEventKind {
-    /// It failed `checks` checks in a row.
+    /// It failed `checks` checks in a row: drained if it had a weight, and
+    /// its tracked flows moved to other backends (they choose again from
+    /// their next packet: a dead backend's flows are dead anyway, and a UDP
+    /// flow that keeps sending would otherwise never leave it).
     Down {
         /// Failed checks in a row (`fall`).
         checks: u32,
@@ -88,7 +91,8 @@ pub enum HealthEventKind {
     },
     /// An operator gave a backend that is down this weight (or removed it
     /// and added it again): it is held at 0 again while it fails its
-    /// checks, and given this weight when it passes them.
+    /// checks (the flows it took meanwhile move to other backends), and
+    /// given this weight when it passes them.
     Overridden {
         /// The operator's weight.
         weight: u32,
@@ -114,10 +118,18 @@ impl fmt::Display for HealthEvent {
         write!(f, "{} backend {}: ", self.vip, self.backend)?;
         match &self.kind {
             HealthEventKind::Down { checks, error, drained_from: Some(w) } => {
-                write!(f, "down after {checks} failed checks ({error}); drained (weight {w} -> 0)")
+                write!(
+                    f,
+                    "down after {checks} failed checks ({error}); drained (weight {w} -> 0), its tracked flows \
+                     moved to other backends"
+                )
             }
             HealthEventKind::Down { checks, error, drained_from: None } => {
-                write!(f, "down after {checks} failed checks ({error}); already at weight 0, left alone")
+                write!(
+                    f,
+                    "down after {checks} failed checks ({error}); already at weight 0, left there, its tracked flows \
+                     moved to other backends"
+                )
             }
             HealthEventKind::Up { checks, restored: Some(w) } => {
                 write!(f, "up after {checks} passed checks; restored (weight 0 -> {w})")
@@ -171,6 +183,8 @@ const REMOVED_DOWN_KEPT: Duration = Duration::from_secs(300);
 struct Change {
     backend: BackendAddr,
     weight: u32,
+    /// Whether `weight` is the checker's (else the current one, kept).
+    set: bool,
     before: Machine,
     to: HealthState,
     remembered: Option<u32>,
@@ -178,6 +192,8 @@ struct Change {
     /// A down backend given a weight by an operator, held at 0 again (its
     /// `Overridden` event says so; no state changes).
     redrain: bool,
+    /// Its tracked flows choose again ([`machine::repicks`]).
+    repick: bool,
 }
 
 /// Checks a load balancer's backends and drains and restores them (see the
@@ -396,18 +412,24 @@ impl HealthChecker {
             match t.machine.record(error.is_none(), rise, fall) {
                 Some(to) => {
                     let (action, remembered) = machine::on_change(to, weight, t.health.drained_from);
+                    let repick = machine::repicks(to);
                     match action {
-                        WeightAction::Keep => {
+                        WeightAction::Keep if !repick => {
                             events.push(changed(key, &mut t.health, to, remembered, None, error, rise, fall));
                         }
-                        WeightAction::Set(w) => changes.entry(key.0).or_default().push(Change {
+                        action => changes.entry(key.0).or_default().push(Change {
                             backend: key.1,
-                            weight: w,
+                            weight: match action {
+                                WeightAction::Set(w) => w,
+                                WeightAction::Keep => weight,
+                            },
+                            set: matches!(action, WeightAction::Set(_)),
                             before,
                             to,
                             remembered,
                             error,
                             redrain: false,
+                            repick,
                         }),
                     }
                 }
@@ -420,14 +442,17 @@ impl HealthChecker {
                 // come up.)
                 None if t.machine.state() == HealthState::Down && weight > 0 && error.is_some() => {
                     events.push(event(key, HealthEventKind::Overridden { weight }));
+                    // The flows it took meanwhile choose again too.
                     changes.entry(key.0).or_default().push(Change {
                         backend: key.1,
                         weight: 0,
+                        set: true,
                         before,
                         to: HealthState::Down,
                         remembered: Some(weight),
                         error: None,
                         redrain: true,
+                        repick: true,
                     });
                 }
                 None => {}
@@ -465,6 +490,9 @@ impl HealthChecker {
                     let mut batch = lb.batch(&vip);
                     for c in &list {
                         batch = batch.set_weight(c.backend, c.weight);
+                        if c.repick {
+                            batch = batch.repick(c.backend);
+                        }
                     }
                     match batch.apply() {
                         // Weights changed; only the next hops' upkeep failed.
@@ -480,7 +508,7 @@ impl HealthChecker {
                 match &applied {
                     Ok(()) if c.redrain => t.health.drained_from = c.remembered,
                     Ok(()) => {
-                        let set = Some(c.weight);
+                        let set = c.set.then_some(c.weight);
                         events.push(changed(&key, &mut t.health, c.to, c.remembered, set, c.error, rise, fall));
                     }
                     Err(error) => {
@@ -720,11 +748,16 @@ mod tests {
         let down = event(&k, HealthEventKind::Down { checks: 3, error: "refused".into(), drained_from: Some(2) });
         assert_eq!(
             down.to_string(),
-            "tcp 203.0.113.10:80 backend 198.51.100.11: down after 3 failed checks (refused); drained (weight 2 -> 0)"
+            "tcp 203.0.113.10:80 backend 198.51.100.11: down after 3 failed checks (refused); drained (weight 2 -> 0), \
+             its tracked flows moved to other backends"
         );
+        let down0 = event(&k, HealthEventKind::Down { checks: 3, error: "refused".into(), drained_from: None });
+        assert!(down0
+            .to_string()
+            .ends_with("already at weight 0, left there, its tracked flows moved to other backends"));
         let up = event(&k, HealthEventKind::Up { checks: 2, restored: Some(2) });
         assert!(up.to_string().ends_with("up after 2 passed checks; restored (weight 0 -> 2)"), "{up}");
-        for e in [down, up] {
+        for e in [down, down0, up] {
             assert!(!e.to_string().contains('\n'));
         }
     }

@@ -99,6 +99,22 @@ pub(crate) fn on_change(to: HealthState, current: u32, remembered: Option<u32>) 
     }
 }
 
+/// Whether a change to `to` moves the backend's tracked flows to other
+/// backends (they choose again from their next packet, its slot's gen
+/// renewed in the same batch as the drain): going down, whatever the weight
+/// (an operator's drained backend that dies has only dead flows left).
+/// Weight 0 alone is a graceful drain, which keeps tracked flows: right for
+/// an operator's drain of a live backend, wrong for a dead one, where a UDP
+/// flow that keeps sending never idles out of the connection table and is
+/// lost for good. Renewing the gen rather than removing and adding the
+/// backend again keeps its slot and counters; a "down" flag read on the
+/// connection-table hit path would cost every packet a load for what the
+/// gen compare already decides. Coming up moves nothing: flows moved away
+/// stay where they went.
+pub(crate) fn repicks(to: HealthState) -> bool {
+    to == HealthState::Down
+}
+
 /// Between changes: a backend the checker drained whose weight is no longer
 /// 0 was given a weight by an operator, which the checker leaves alone and
 /// forgets its remembered weight for (it will not restore over it).
@@ -159,6 +175,12 @@ mod tests {
         assert_eq!(on_change(Down, 5, None), (WeightAction::Set(0), Some(5)));
         // An operator had drained it already: nothing to do, nothing to restore later.
         assert_eq!(on_change(Down, 0, None), (WeightAction::Keep, None));
+    }
+
+    #[test]
+    fn only_going_down_moves_tracked_flows() {
+        assert!(repicks(Down));
+        assert!(!repicks(Up));
     }
 
     #[test]

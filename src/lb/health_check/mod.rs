@@ -1,7 +1,8 @@
 //! Backend health checks (feature `health`): a [`HealthChecker`] probes
 //! every backend of a [`LoadBalancer`](crate::LoadBalancer) with a TCP
 //! connect or an HTTP GET, drains the ones that fail `fall` checks in a
-//! row (weight 0: no new flows, tracked flows continue) and restores the
+//! row (weight 0: no new flows, and their tracked flows move to other
+//! backends, unlike an operator's graceful drain) and restores the
 //! ones that pass `rise` checks in a row to the weight they had. The
 //! `xdpguard-lb health` command runs one as an agent. (Not
 //! [`LoadBalancer::health`](crate::LoadBalancer::health), which says whether
@@ -19,6 +20,10 @@
 //! (as a weight and a health state are separate in HAProxy): the checker
 //! changes a weight only in these cases, and never overwrites an
 //! operator's weight with its own:
+//! - a backend going **down** has its tracked flows moved: they choose
+//!   again from their next packet (its connection entries miss; see
+//!   `machine::repicks`), so a flow to a dead server moves within the
+//!   drain bound, a UDP flow that keeps sending too.
 //! - a backend going **down** with weight `w > 0` is set to 0, and the
 //!   checker remembers `w`, its *configured weight* (the weight it had at
 //!   that moment, so an operator's earlier reweighting counts). One already
