@@ -364,8 +364,13 @@ fn bad_policies_are_refused() {
 /// Cookie mode, one family: SYN-ACK, cookie accepted, wrong ACK, monitor.
 fn cookie_mode(client: &str, other: &str, mss: u16, default_mss: u16) {
     let f = load();
-    let policy = if mss == 0 { SynPolicy::cookies() } else { SynPolicy::cookies().with_mss(mss) };
+    let policy = SynPolicy::cookies().with_wscale(Some(xdpguard::host_wscale()));
+    let policy = if mss == 0 { policy } else { policy.with_mss(mss) };
     f.syn_guard().protect(443, policy).unwrap();
+    // The default policy: the MSS alone, whatever the SYN offers (window
+    // scaling and timestamps cost a server that speaks first a second
+    // through synproxy: SynPolicy::wscale).
+    f.syn_guard().protect(445, SynPolicy::cookies().with_mss(mss)).unwrap();
     let want_mss = if mss == 0 { default_mss } else { mss };
     let mut t = FixtureTable::new(&f, format!("SYN guard, cookie mode, {client}"));
     let mut cookies = Vec::new();
@@ -384,6 +389,7 @@ fn cookie_mode(client: &str, other: &str, mss: u16, default_mss: u16) {
             full_options(want_mss, xdpguard::host_wscale(), Some(7), true, 1),
         ),
         ("a bare SYN", bare_syn(other, 40001, 443), mss_only(want_mss)),
+        ("a SYN with Linux's options, the default policy", syn(client, 40005, 445), mss_only(want_mss)),
         ("a SYN under two VLAN tags (QinQ)", tagged, mss_only(want_mss)),
     ] {
         cookies.push(synack_row(&mut t, what, &frame, &want));
