@@ -540,7 +540,8 @@ fn cookie_synack_options_follow_the_syn() {
 fn untracked_acks(client: &str) {
     let f = load();
     let g = f.syn_guard();
-    g.protect(443, SynPolicy::cookies().with_drop_untracked_acks(true)).unwrap();
+    let options = SynPolicy::cookies().with_wscale(Some(xdpguard::host_wscale()));
+    g.protect(443, options.with_drop_untracked_acks(true)).unwrap();
     g.protect(444, SynPolicy::cookies()).unwrap();
     let policy = g.policy(443).unwrap().unwrap();
     assert!(policy.drop_untracked_acks && policy.to_string().ends_with(" drop-untracked-acks"), "{policy}");
@@ -576,7 +577,9 @@ fn untracked_acks_v6() {
 fn nft_rules_name_the_ports() {
     let text = xdpguard::nft_rules(&[443, 8443], 1400);
     assert!(text.contains("tcp dport { 443, 8443 } tcp flags syn notrack"), "{text}");
-    let ws = xdpguard::host_wscale();
-    assert!(text.contains(&format!("synproxy mss 1400 wscale {ws} timestamp sack-perm")), "{text}");
+    // The default policy's options: the MSS alone.
+    assert!(text.contains("tcp dport { 443, 8443 } ct state invalid,untracked synproxy mss 1400\n"), "{text}");
     assert!(text.contains("nf_conntrack_tcp_loose=0"), "{text}");
+    let text = xdpguard::nft_rules_with_wscale(&[443, 8443], 1400, 9);
+    assert!(text.contains("synproxy mss 1400 wscale 9 timestamp sack-perm\n"), "{text}");
 }
