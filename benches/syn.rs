@@ -156,7 +156,9 @@ fn main() {
     let off_h = hot(filter.program_fd(), &drop_flood[0], XDP_PASS, repeat);
 
     syn_guard.protect(DROP_PORT, SynPolicy::drop_above(1)).expect("protect the drop port");
-    syn_guard.protect(COOKIE_PORT, SynPolicy::cookies()).expect("protect the cookie port");
+    syn_guard
+        .protect(COOKIE_PORT, SynPolicy::cookies().with_wscale(Some(xdpguard::host_wscale())))
+        .expect("protect the cookie port");
     syn_guard.protect(MSS_ONLY_PORT, SynPolicy::cookies().with_wscale(None)).expect("protect the MSS-only port");
     let untracked = SynPolicy::cookies().with_drop_untracked_acks(true);
     syn_guard.protect(UNTRACKED_PORT, untracked).expect("protect the port dropping untracked ACKs");

@@ -120,8 +120,8 @@ pub use crate::core::testrun::{TestRun, XdpAction};
 pub use crate::core::upgrade::UpgradeReport;
 pub use error::{AttachError, Error, LbError, LineError, ListError, LoadError, ParseError, PinError, RuleError};
 pub use filter::{
-    host_wscale, nft_rules, nft_rules_with_wscale, SynGuard, SynMode, SynPolicy, SynPortStats, SynPortStatus,
-    DEFAULT_SYN_THRESHOLD, MAX_SYN_PORTS,
+    host_wscale, nft_rules, nft_rules_for, nft_rules_with_wscale, SynGuard, SynMode, SynPolicy, SynPortStats,
+    SynPortStatus, DEFAULT_SYN_THRESHOLD, MAX_SYN_PORTS,
 };
 pub use filter::{normalize, parse_list, parse_prefix, FilterStats, ListKind, ListLine, Normalized};
 pub use filter::{

@@ -113,12 +113,23 @@ impl Bed {
     }
 
     /// The host's side of cookie mode for `port`, through the CLI:
-    /// synproxy + the sysctl.
+    /// synproxy + the sysctl (with each protected port's own options, read
+    /// from the pin directory, and `port`'s the defaults' if unprotected).
     fn synproxy(&self, port: u16) {
         let nft = Command::new("ip")
             // check-deps: built-here (CARGO_BIN_EXE_xdpguard)
             .args(["netns", "exec", &self.server.name, XDPGUARD.path().to_str().unwrap()])
-            .args(["syn", "nft-rules", "--port", &port.to_string(), "--mss", "1460", "--apply"])
+            .args([
+                "syn",
+                "nft-rules",
+                "--pin",
+                self.pin.arg(),
+                "--port",
+                &port.to_string(),
+                "--mss",
+                "1460",
+                "--apply",
+            ])
             .output()
             .expect("run xdpguard syn nft-rules");
         assert!(nft.status.success(), "nft-rules --apply: {}", String::from_utf8_lossy(&nft.stderr));
@@ -427,8 +438,10 @@ fn tcp_info(s: &TcpStream) -> (u8, u8, bool, bool) {
 /// client's window scale reaching the server through the cookie's
 /// timestamp (synproxy decodes it from the ACK's echo), and a transfer of
 /// a few MiB each way through synproxy's sequence and timestamp rewriting
-/// arrives intact. IPv4 and IPv6 in turn. (Before, the SYN-ACK carried the
-/// MSS alone: no window scaling, at most 64 KiB in flight.)
+/// arrives intact. IPv4 and IPv6 in turn. Opted into with `--wscale` (the
+/// default is the MSS alone: see
+/// `a_server_that_speaks_first_waits_for_no_retransmit`); the client
+/// speaks first here, as the options need.
 #[test]
 fn cookie_connections_keep_window_scaling_sack_and_timestamps() {
     const OPT_PORT: u16 = 8082;
@@ -439,12 +452,12 @@ fn cookie_connections_keep_window_scaling_sack_and_timestamps() {
     let bed = Bed::new("syno");
     let Bed { client, server, filter, .. } = &bed;
     let _peer_xdp = client.run(|| xdpguard::Decap::builder().interface("eth0").attach().expect("pass-through XDP"));
-    bed.synproxy(OPT_PORT);
-    bed.protect(&[&OPT_PORT.to_string(), "--mode", "cookie"]);
-    let listener = server.run(|| TcpListener::bind(("::", OPT_PORT)).expect("bind the server"));
-    // The server namespace's own window scale, what the CLI's defaults
-    // (protect, nft-rules) offered for it.
+    // The server namespace's own window scale, offered by the guard and
+    // (nft-rules reads the port's policy) by synproxy.
     let wscale = server.run(xdpguard::host_wscale);
+    bed.protect(&[&OPT_PORT.to_string(), "--mode", "cookie", "--wscale", &wscale.to_string()]);
+    bed.synproxy(OPT_PORT);
+    let listener = server.run(|| TcpListener::bind(("::", OPT_PORT)).expect("bind the server"));
 
     for (i, addr) in [v4(OPT_PORT), v6(OPT_PORT)].into_iter().enumerate() {
         let ok_before = filter.syn_guard().status().unwrap().first().map_or(0, |p| p.stats.cookies_ok);
@@ -558,6 +571,105 @@ fn a_spoofed_ack_flood_is_dropped_in_xdp_and_tracked_connections_go_on() {
     let out = XDPGUARD.run(&["syn", "status", "--pin", pin.arg(), "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status --json");
     assert!(v["ports"][0]["policy"].as_str().unwrap().ends_with(" drop-untracked-acks"), "{v}");
+    let Bed { filter, .. } = bed;
+    filter.unpin().expect("unpin");
+}
+
+/// The default cookie policy costs a server that speaks first nothing: a
+/// connection through an XDP cookie and nftables synproxy, then the
+/// server's first byte, completes in well under the second a server's
+/// SYN-ACK retransmit takes, and the server never refuses synproxy's ACK
+/// for its timestamp echo (TcpExt.TSEcrRejected). Before, the default
+/// offered timestamps, and synproxy's ACK to the server echoed a shifted
+/// timestamp that Linux 6.18 refuses: every such connection took ~1.02 s.
+/// Then `syn nft-rules` writes each cookie port's own options: the
+/// window scale it was protected with, and the MSS alone for an MSS-only
+/// port.
+#[test]
+fn a_server_that_speaks_first_waits_for_no_retransmit() {
+    const FIRST_PORT: u16 = 8084;
+    const ROUNDS: usize = 6;
+    let _turn = serial();
+    let bed = Bed::new("synf");
+    let Bed { client, server, pin, .. } = &bed;
+    let _peer_xdp = client.run(|| xdpguard::Decap::builder().interface("eth0").attach().expect("pass-through XDP"));
+    // The documented recipe: protect (the default policy), then the rules
+    // the pin directory's policies call for.
+    bed.protect(&[&FIRST_PORT.to_string()]);
+    bed.synproxy(FIRST_PORT);
+    let listener = server.run(|| TcpListener::bind(("::", FIRST_PORT)).expect("bind the server"));
+    let serve = std::thread::spawn(move || {
+        for _ in 0..ROUNDS {
+            let (mut s, _) = listener.accept().expect("accept");
+            s.write_all(b"220 hello\r\n").expect("the server's greeting");
+        }
+    });
+    let before = tcp_counters(server);
+    let times: Vec<Duration> = client.run(|| {
+        (0..ROUNDS)
+            .map(|i| {
+                let addr = if i % 2 == 0 { v4(FIRST_PORT) } else { v6(FIRST_PORT) };
+                let start = std::time::Instant::now();
+                let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
+                s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                let mut first = [0u8; 1];
+                s.read_exact(&mut first).expect("the server's first byte");
+                assert_eq!(&first, b"2");
+                start.elapsed()
+            })
+            .collect()
+    });
+    serve.join().expect("the server");
+    let after = tcp_counters(server);
+    let delta = |k: &str| after.get(k).copied().unwrap_or(0) - before.get(k).copied().unwrap_or(0);
+    let port = bed.filter.syn_guard().status().unwrap()[0];
+    eprintln!("connect + first byte: {times:?}; port {FIRST_PORT}: {port:?}");
+    assert_eq!(port.stats.cookies_sent, ROUNDS as u64, "every SYN answered from XDP: {port:?}");
+    assert!(port.stats.cookies_ok >= ROUNDS as u64, "every cookie ACK passed: {port:?}");
+    // A SYN-ACK retransmit waits 1 s (TCP_TIMEOUT_INIT): 300 ms is far
+    // above a veth's round trips, even on a loaded 2-core machine.
+    for (i, t) in times.iter().enumerate() {
+        assert!(*t < Duration::from_millis(300), "connection {i}: connect + first byte took {t:?}: {times:?}");
+    }
+    assert_eq!(delta("TcpExt.TSEcrRejected"), 0, "the server refused synproxy's ACK for its timestamp echo");
+    assert_eq!(delta("TcpExt.TCPSynRetrans"), 0, "the server resent a SYN-ACK");
+
+    // nft-rules: each cookie port's own options, from the pin directory.
+    bed.protect(&["9443", "--wscale", "7"]);
+    bed.protect(&["9444", "--mss-only", "--mss", "1400"]);
+    bed.protect(&["9445", "--wscale", "7", "--monitor"]);
+    let rules = XDPGUARD.ok(&["syn", "nft-rules", "--pin", pin.arg()]);
+    let synproxy: Vec<&str> = rules.lines().filter(|l| l.contains("synproxy")).map(str::trim).collect();
+    assert_eq!(
+        synproxy,
+        [
+            "tcp dport 9444 ct state invalid,untracked synproxy mss 1400",
+            &format!("tcp dport {FIRST_PORT} ct state invalid,untracked synproxy mss 1460"),
+            "tcp dport { 9443, 9445 } ct state invalid,untracked synproxy mss 1460 wscale 7 timestamp sack-perm",
+        ],
+        "{rules}"
+    );
+    assert!(
+        rules.contains(&format!("tcp dport {{ {FIRST_PORT}, 9443, 9444, 9445 }} ct state invalid drop")),
+        "{rules}"
+    );
+    // The rules load as written.
+    let check = Command::new("ip")
+        .args(["netns", "exec", &server.name, "nft", "-c", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            c.stdin.take().unwrap().write_all(rules.as_bytes())?;
+            c.wait_with_output()
+        })
+        .expect("run nft -c");
+    assert!(check.status.success(), "nft -c: {}", String::from_utf8_lossy(&check.stderr));
+    // protect's note names the command that writes them.
+    let out = XDPGUARD.run(&["syn", "protect", "--pin", pin.arg(), "9446", "--wscale", "9"]);
+    let note = String::from_utf8_lossy(&out.stderr);
+    assert!(note.contains(&format!("`xdpguard syn nft-rules --pin {} --apply`", pin.arg())), "{note}");
     let Bed { filter, .. } = bed;
     filter.unpin().expect("unpin");
 }

@@ -364,8 +364,13 @@ fn bad_policies_are_refused() {
 /// Cookie mode, one family: SYN-ACK, cookie accepted, wrong ACK, monitor.
 fn cookie_mode(client: &str, other: &str, mss: u16, default_mss: u16) {
     let f = load();
-    let policy = if mss == 0 { SynPolicy::cookies() } else { SynPolicy::cookies().with_mss(mss) };
+    let policy = SynPolicy::cookies().with_wscale(Some(xdpguard::host_wscale()));
+    let policy = if mss == 0 { policy } else { policy.with_mss(mss) };
     f.syn_guard().protect(443, policy).unwrap();
+    // The default policy: the MSS alone, whatever the SYN offers (window
+    // scaling and timestamps cost a server that speaks first a second
+    // through synproxy: SynPolicy::wscale).
+    f.syn_guard().protect(445, SynPolicy::cookies().with_mss(mss)).unwrap();
     let want_mss = if mss == 0 { default_mss } else { mss };
     let mut t = FixtureTable::new(&f, format!("SYN guard, cookie mode, {client}"));
     let mut cookies = Vec::new();
@@ -384,6 +389,7 @@ fn cookie_mode(client: &str, other: &str, mss: u16, default_mss: u16) {
             full_options(want_mss, xdpguard::host_wscale(), Some(7), true, 1),
         ),
         ("a bare SYN", bare_syn(other, 40001, 443), mss_only(want_mss)),
+        ("a SYN with Linux's options, the default policy", syn(client, 40005, 445), mss_only(want_mss)),
         ("a SYN under two VLAN tags (QinQ)", tagged, mss_only(want_mss)),
     ] {
         cookies.push(synack_row(&mut t, what, &frame, &want));
@@ -534,7 +540,8 @@ fn cookie_synack_options_follow_the_syn() {
 fn untracked_acks(client: &str) {
     let f = load();
     let g = f.syn_guard();
-    g.protect(443, SynPolicy::cookies().with_drop_untracked_acks(true)).unwrap();
+    let options = SynPolicy::cookies().with_wscale(Some(xdpguard::host_wscale()));
+    g.protect(443, options.with_drop_untracked_acks(true)).unwrap();
     g.protect(444, SynPolicy::cookies()).unwrap();
     let policy = g.policy(443).unwrap().unwrap();
     assert!(policy.drop_untracked_acks && policy.to_string().ends_with(" drop-untracked-acks"), "{policy}");
@@ -570,7 +577,9 @@ fn untracked_acks_v6() {
 fn nft_rules_name_the_ports() {
     let text = xdpguard::nft_rules(&[443, 8443], 1400);
     assert!(text.contains("tcp dport { 443, 8443 } tcp flags syn notrack"), "{text}");
-    let ws = xdpguard::host_wscale();
-    assert!(text.contains(&format!("synproxy mss 1400 wscale {ws} timestamp sack-perm")), "{text}");
+    // The default policy's options: the MSS alone.
+    assert!(text.contains("tcp dport { 443, 8443 } ct state invalid,untracked synproxy mss 1400\n"), "{text}");
     assert!(text.contains("nf_conntrack_tcp_loose=0"), "{text}");
+    let text = xdpguard::nft_rules_with_wscale(&[443, 8443], 1400, 9);
+    assert!(text.contains("synproxy mss 1400 wscale 9 timestamp sack-perm\n"), "{text}");
 }

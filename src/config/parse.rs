@@ -493,9 +493,10 @@ fn filter(r: &mut Reader<'_>, t: &DeTable<'_>, span: &Range<usize>, base: &Path)
 
 /// A `[[filter.syn]]` table: `port`, `mode` (`cookie` or `drop`),
 /// `threshold` (drop mode, SYNs a second; default 1000), `mss` (cookie
-/// mode; 0 or 536 to 9000), `wscale` (cookie mode; 0 to 14, default the
-/// host's), `mss_only` (cookie mode: no window scaling, SACK or
-/// timestamps), `drop_untracked_acks` (cookie mode), `monitor`.
+/// mode; 0 or 536 to 9000), `wscale` (cookie mode; 0 to 14: window
+/// scaling, SACK and timestamps; default none, the MSS alone:
+/// `SynPolicy::wscale`), `mss_only` (cookie mode: no window scaling, SACK or
+/// timestamps, the default), `drop_untracked_acks` (cookie mode), `monitor`.
 fn syn_port(r: &mut Reader<'_>, t: &DeTable<'_>, span: &Range<usize>) -> Option<(u16, SynPolicy)> {
     r.unknown_keys(t, "[[filter.syn]]", SYN_KEYS);
     let port = match get(t, "port") {

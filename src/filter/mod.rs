@@ -40,8 +40,8 @@ pub use guard::maps::{
     MAX_RULES,
 };
 pub use guard::syn::{
-    host_wscale, nft_rules, nft_rules_with_wscale, SynGuard, SynMode, SynPolicy, SynPortStats, SynPortStatus,
-    DEFAULT_SYN_THRESHOLD, MAX_SYN_PORTS,
+    host_wscale, nft_rules, nft_rules_for, nft_rules_with_wscale, SynGuard, SynMode, SynPolicy, SynPortStats,
+    SynPortStatus, DEFAULT_SYN_THRESHOLD, MAX_SYN_PORTS,
 };
 pub use lists::{BulkChange, EntryChange, ListKind, PrefixList};
 pub use prefix::{normalize, parse_list, parse_prefix, ListLine, Normalized};
@@ -789,7 +789,7 @@ impl Filter {
     ///   no SYN reaches the stack. An ACK with a valid cookie
     ///   (`bpf_tcp_raw_check_syncookie_ipv4/6`) is passed, and nftables
     ///   `synproxy` (conntrack, the same kernel secret) opens the
-    ///   connection to the server; the host needs the rules [`nft_rules`]
+    ///   connection to the server; the host needs the rules [`nft_rules_for`]
     ///   prints (CLI: `xdpguard syn nft-rules --port P`). Other ACKs (of
     ///   established connections, or forged) go to conntrack, which drops
     ///   the forged: connections open before the port was protected go on.
@@ -797,8 +797,10 @@ impl Filter {
     ///   host needs synproxy anyway, which answers every SYN with a cookie
     ///   too, so passing some SYNs would only answer them the slow way. The
     ///   SYN-ACK carries the options the SYN offered and the policy allows:
-    ///   MSS, SACK permitted, timestamps and window scaling
-    ///   ([`SynPolicy::with_mss`], [`SynPolicy::with_wscale`]). SYNs with
+    ///   the MSS by default, and SACK permitted, timestamps and window
+    ///   scaling with [`SynPolicy::with_wscale`] (which cost a server that
+    ///   speaks first a second a connection through synproxy:
+    ///   [`SynPolicy::wscale`]). SYNs with
     ///   IPv4 options or IPv6 extension headers, and TCP first fragments
     ///   cutting the header short, are not answered (dropped, counted).
     ///
@@ -817,7 +819,7 @@ impl Filter {
     /// let syn = filter.syn_guard();
     /// syn.protect(443, SynPolicy::cookies())?;
     /// syn.protect(22, SynPolicy::drop_above(200))?;
-    /// print!("{}", xdpguard::nft_rules(&[443], 1460)); // for `nft -f -`
+    /// print!("{}", xdpguard::nft_rules_for(&[(443, SynPolicy::cookies())])); // for `nft -f -`
     /// for port in syn.status()? {
     ///     println!("{} {}: {} SYNs, {} cookies", port.port, port.policy, port.stats.syns, port.stats.cookies_sent);
     /// }

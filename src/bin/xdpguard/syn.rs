@@ -2,7 +2,7 @@
 //! (`Filter::syn_guard`): protect and unprotect ports, show their
 //! counters, print (and apply) the nftables rules cookie mode needs.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -43,14 +43,17 @@ pub enum SynCommand {
         /// Cookie mode: the MSS the SYN-ACK advertises (0: 1460 / 1440).
         #[arg(long, default_value_t = 0)]
         mss: u16,
-        /// Cookie mode: the window scale the SYN-ACK offers with SACK and
-        /// timestamps, the server's own (default: this host's, as
-        /// `syn nft-rules` gives synproxy).
+        /// Cookie mode: the SYN-ACK also offers window scaling by this
+        /// shift (the server's own), SACK and timestamps. Through nftables
+        /// synproxy each connection then waits about a second for a server
+        /// that speaks first (README, SYN-flood guard): for servers whose
+        /// clients speak first. Default: the MSS alone.
         #[arg(long, value_parser = clap::value_parser!(u8).range(0..=14), conflicts_with = "mss_only")]
         wscale: Option<u8>,
         /// Cookie mode: the SYN-ACK offers the MSS alone, not window
-        /// scaling, SACK and timestamps (for a synproxy rule without
-        /// `wscale N timestamp sack-perm`).
+        /// scaling, SACK and timestamps (the default; `syn nft-rules` then
+        /// gives the port a synproxy rule without `wscale N timestamp
+        /// sack-perm`).
         #[arg(long)]
         mss_only: bool,
         /// Cookie mode: drop ACKs that are neither valid cookies nor of
@@ -90,11 +93,13 @@ pub enum SynCommand {
         #[arg(long = "port", value_parser = clap::value_parser!(u16).range(1..))]
         ports: Vec<u16>,
         /// The MSS synproxy advertises for SYNs it answers itself (536 to
-        /// 9000).
+        /// 9000), on the --port ports and the protected ports whose policy
+        /// gives none (each other protected port: its own).
         #[arg(long, default_value_t = 1460, value_parser = clap::value_parser!(u16).range(536..=9000))]
         mss: u16,
-        /// The server's window scale, as given to `syn protect --wscale`
-        /// (default: this host's).
+        /// The --port ports' window scale, as given to `syn protect
+        /// --wscale` (with timestamps and SACK); default: the MSS alone.
+        /// Each protected port gets its own policy's.
         #[arg(long, value_parser = clap::value_parser!(u8).range(0..=14))]
         wscale: Option<u8>,
         /// Apply them in this network namespace (needs nft and root).
@@ -130,9 +135,9 @@ pub fn run(cmd: SynCommand) -> Result<()> {
                 ),
                 SynMode::Cookie => SynPolicy::cookies(),
             };
-            // cookies() offers this host's window scale (host_wscale);
-            // --wscale or --mss-only replace it, and protect() refuses a
-            // window scale in drop mode (which sends no SYN-ACK).
+            // cookies() offers the MSS alone; --wscale adds window scaling,
+            // SACK and timestamps, and protect() refuses a window scale in
+            // drop mode (which sends no SYN-ACK).
             let policy = match (wscale, mss_only) {
                 (Some(w), _) => policy.with_wscale(Some(w)),
                 (None, true) => policy.with_wscale(None),
@@ -144,8 +149,12 @@ pub fn run(cmd: SynCommand) -> Result<()> {
             filter.syn_guard().protect(port, policy)?;
             println!("protecting tcp port {port}: {policy}");
             if policy.mode == SynMode::Cookie {
+                // nft-rules reads every cookie port's policy (MSS, window
+                // scale) from the pin directory: the pin is all it needs.
                 eprintln!(
-                    "note: cookie mode needs nftables synproxy on the host: `xdpguard syn nft-rules --port {port}`"
+                    "note: cookie mode needs nftables synproxy on the host, with rules matching each port's \
+                     policy: `xdpguard syn nft-rules --pin {} --apply`",
+                    pin.pin.display()
                 );
             }
         }
@@ -207,7 +216,12 @@ pub fn run(cmd: SynCommand) -> Result<()> {
             // One table holds every port's rules, and --apply replaces it:
             // every cookie-mode port of the filter is in it, or applying
             // for one port would take synproxy from the others.
-            let mut all: BTreeSet<u16> = ports.iter().copied().collect();
+            // Each port's synproxy options are its policy's (MSS, window
+            // scale): one rule for all with the --wscale given (or this
+            // host's) offered options the guard's SYN-ACKs did not, or the
+            // reverse, and the client's options went wrong.
+            let given = SynPolicy::cookies().with_mss(mss).with_wscale(wscale);
+            let mut all: BTreeMap<u16, SynPolicy> = ports.iter().map(|&p| (p, given)).collect();
             let protected = Filter::open_pinned(&pin.pin).map_err(|e| e.to_string()).and_then(|filter| {
                 // A filter without the guard stage protects no port.
                 filter.syn_guard().status().map_err(|e| e.to_string())
@@ -215,7 +229,10 @@ pub fn run(cmd: SynCommand) -> Result<()> {
             match protected {
                 Ok(status) => {
                     let cookie = status.into_iter().filter(|p| p.policy.mode == SynMode::Cookie);
-                    all.extend(cookie.map(|p| p.port));
+                    all.extend(cookie.map(|p| {
+                        let mss = if p.policy.mss == 0 { mss } else { p.policy.mss };
+                        (p.port, p.policy.with_mss(mss))
+                    }));
                 }
                 Err(e) if ports.is_empty() => {
                     return Err(format!(
@@ -234,8 +251,9 @@ pub fn run(cmd: SynCommand) -> Result<()> {
                 )
                 .into());
             }
-            let ports: Vec<u16> = all.into_iter().collect();
-            let rules = xdpguard::nft_rules_with_wscale(&ports, mss, wscale.unwrap_or_else(xdpguard::host_wscale));
+            let policies: Vec<(u16, SynPolicy)> = all.into_iter().collect();
+            let ports: Vec<u16> = policies.iter().map(|&(p, _)| p).collect();
+            let rules = xdpguard::nft_rules_for(&policies);
             // On stderr: the rules alone go to `nft -f -` or a file.
             if rules.contains("table inet") {
                 eprintln!("{IPV6_NOTE}");

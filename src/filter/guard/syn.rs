@@ -88,10 +88,28 @@ pub struct SynPolicy {
     /// scale and SACK permission are kept until its ACK; a SYN without
     /// them gets the MSS alone). `shift` must be the server's own window
     /// scale, which synproxy's rule gives too (`wscale N timestamp
-    /// sack-perm`, as [`nft_rules`] writes it): [`host_wscale`] by
-    /// default. `None`: the MSS alone, and connections opened through a
-    /// cookie have no window scaling (at most 64 KiB in flight). A slot
-    /// written by a filter older than this field reads back as `None`.
+    /// sack-perm`, as [`nft_rules_for`] writes it): [`host_wscale`] for a
+    /// server with the default buffers. `None` (the default,
+    /// [`SynPolicy::cookies`]): the MSS alone, and connections opened
+    /// through a cookie have no window scaling (at most 64 KiB in flight),
+    /// SACK or timestamps. A slot written by a filter older than this
+    /// field reads back as `None`.
+    ///
+    /// Why the MSS alone is the default: with timestamps, the ACK nftables
+    /// synproxy sends the server to complete its handshake echoes the
+    /// server's timestamp shifted by the connection's timestamp offset
+    /// (synproxy's own `tsoff`, applied to the ACK it generated itself on
+    /// its way out), and Linux 6.18's server drops an ACK whose echo is
+    /// not a timestamp it sent (`TcpExtTSEcrRejected`). The server then
+    /// learns of the connection only from the client's first data segment
+    /// (echo rewritten correctly) or, when the server speaks first (SMTP,
+    /// SSH, FTP, databases), from its SYN-ACK retransmitted after 1 s:
+    /// about one second more per connection, measured on Linux 6.18 with
+    /// synproxy alone, without the guard. Without timestamps synproxy has
+    /// no offset to apply and the handshake completes at once. With
+    /// `Some`: only for servers whose clients speak first, or with the
+    /// server namespace's `net.ipv4.tcp_timestamps=0` (then the server
+    /// echoes nothing and keeps window scaling and SACK).
     pub wscale: Option<u8>,
     /// Cookie mode: drop an ACK that carries no valid cookie unless
     /// conntrack (of the network namespace the filter's interface is in)
@@ -123,16 +141,12 @@ impl SynPolicy {
         }
     }
 
-    /// Cookie mode, advertising the default MSS, with window scaling (this
-    /// host's, [`host_wscale`]), SACK and timestamps ([`SynPolicy::wscale`]).
+    /// Cookie mode, advertising the default MSS alone: no window scaling,
+    /// SACK or timestamps, which cost a server that speaks first about a
+    /// second a connection through nftables synproxy
+    /// ([`SynPolicy::wscale`]; [`SynPolicy::with_wscale`] offers them).
     pub fn cookies() -> SynPolicy {
-        SynPolicy {
-            mode: SynMode::Cookie,
-            mss: 0,
-            monitor: false,
-            wscale: Some(host_wscale()),
-            drop_untracked_acks: false,
-        }
+        SynPolicy { mode: SynMode::Cookie, mss: 0, monitor: false, wscale: None, drop_untracked_acks: false }
     }
 
     /// The same, advertising `mss` in cookie mode.
@@ -673,7 +687,25 @@ fn estimate(s: &xdpg_syn_port, now: u64) -> u64 {
 }
 
 /// The nftables ruleset (for `nft -f -`) and the sysctl the host needs for
-/// the SYN guard's cookie mode on `ports`: nftables' `synproxy` completes
+/// the SYN guard's cookie mode on `ports`, each with the default policy
+/// ([`SynPolicy::cookies`]: the MSS alone) advertising `mss`:
+/// [`nft_rules_for`] with those policies.
+pub fn nft_rules(ports: &[u16], mss: u16) -> String {
+    let policy = SynPolicy::cookies().with_mss(mss);
+    nft_rules_for(&ports.iter().map(|&p| (p, policy)).collect::<Vec<_>>())
+}
+
+/// [`nft_rules`] for ports whose SYN-ACKs offer window scaling by `wscale`
+/// (0 to 14; larger is taken as 14), SACK and timestamps
+/// ([`SynPolicy::wscale`]: the server's own, not necessarily this host's).
+pub fn nft_rules_with_wscale(ports: &[u16], mss: u16, wscale: u8) -> String {
+    let policy = SynPolicy::cookies().with_mss(mss).with_wscale(Some(wscale.min(XDPG_SYN_MAX_WSCALE as u8)));
+    nft_rules_for(&ports.iter().map(|&p| (p, policy)).collect::<Vec<_>>())
+}
+
+/// The nftables ruleset (for `nft -f -`) and the sysctl the host needs for
+/// the SYN guard's cookie mode on `ports`, each with its policy (as
+/// [`SynGuard::status`] reads them back): nftables' `synproxy` completes
 /// the connections whose ACK the guard passed (conntrack, the kernel's
 /// syncookie secret, the same the guard's cookies come from).
 ///
@@ -687,24 +719,41 @@ fn estimate(s: &xdpg_syn_port, now: u64) -> u64 {
 ///   which checks its cookie and opens the connection to the server, or
 ///   drops it.
 ///
-/// `mss` is what synproxy advertises for SYNs it answers itself (use the
-/// policy's). Its `wscale` ([`host_wscale`]: the server's own, what the
-/// guard's SYN-ACKs offer by default), `timestamp` and `sack-perm` are
-/// what the guard's own SYN-ACKs offer ([`SynPolicy::wscale`]): synproxy
-/// decodes the client's options from the timestamp its ACK echoes.
-pub fn nft_rules(ports: &[u16], mss: u16) -> String {
-    nft_rules_with_wscale(ports, mss, host_wscale())
-}
-
-/// [`nft_rules`] for a server whose window scale is `wscale` (0 to 14;
-/// larger is taken as 14), not this host's: the value given to
-/// [`SynPolicy::wscale`], which the guard's SYN-ACKs offer and synproxy
-/// must offer too.
-pub fn nft_rules_with_wscale(ports: &[u16], mss: u16, wscale: u8) -> String {
-    let wscale = wscale.min(XDPG_SYN_MAX_WSCALE as u8);
-    let list = ports.iter().map(u16::to_string).collect::<Vec<_>>().join(", ");
-    let set = if ports.len() == 1 { list } else { format!("{{ {list} }}") };
-    let mss = if mss == 0 { XDPG_SYN_DEFAULT_MSS4 as u16 } else { mss };
+/// One `synproxy` rule per set of ports with the same options, so
+/// synproxy's own SYN-ACKs offer what the guard's do: `mss` the policy's
+/// (0: 1460); with [`SynPolicy::wscale`] `Some(w)`, `wscale w timestamp
+/// sack-perm` (synproxy decodes the client's options from the timestamp
+/// its ACK echoes); with `None` the MSS alone. Ports in drop mode are
+/// taken as they are (they need no synproxy: leave them out).
+pub fn nft_rules_for(ports: &[(u16, SynPolicy)]) -> String {
+    let set = |ports: &[u16]| {
+        let list = ports.iter().map(u16::to_string).collect::<Vec<_>>().join(", ");
+        if ports.len() == 1 {
+            list
+        } else {
+            format!("{{ {list} }}")
+        }
+    };
+    let mut all: Vec<u16> = ports.iter().map(|&(p, _)| p).collect();
+    all.sort_unstable();
+    all.dedup();
+    // BTreeMap: the same text for the same ports, whatever their order.
+    let mut groups: BTreeMap<(u16, Option<u8>), Vec<u16>> = BTreeMap::new();
+    for &(port, policy) in ports {
+        let mss = if policy.mss == 0 { XDPG_SYN_DEFAULT_MSS4 as u16 } else { policy.mss };
+        let wscale = policy.wscale.map(|w| w.min(XDPG_SYN_MAX_WSCALE as u8));
+        let group = groups.entry((mss, wscale)).or_default();
+        if !group.contains(&port) {
+            group.push(port);
+        }
+    }
+    let mut synproxy = String::new();
+    for ((mss, wscale), mut group) in groups {
+        group.sort_unstable();
+        let options = wscale.map_or(String::new(), |w| format!(" wscale {w} timestamp sack-perm"));
+        synproxy += &format!("\t\ttcp dport {} ct state invalid,untracked synproxy mss {mss}{options}\n", set(&group));
+    }
+    let all = set(&all);
     format!(
         "# xdpguard SYN guard, cookie mode: what the host needs (apply with `nft -f -`).\n\
          # Also, in the server's network namespace: sysctl -w net.netfilter.nf_conntrack_tcp_loose=0\n\
@@ -713,12 +762,12 @@ pub fn nft_rules_with_wscale(ports: &[u16], mss: u16, wscale: u8) -> String {
          table inet xdpguard_syn {{\n\
          \tchain raw {{\n\
          \t\ttype filter hook prerouting priority raw; policy accept;\n\
-         \t\ttcp dport {set} tcp flags syn notrack\n\
+         \t\ttcp dport {all} tcp flags syn notrack\n\
          \t}}\n\
          \tchain input {{\n\
          \t\ttype filter hook input priority filter; policy accept;\n\
-         \t\ttcp dport {set} ct state invalid,untracked synproxy mss {mss} wscale {wscale} timestamp sack-perm\n\
-         \t\ttcp dport {set} ct state invalid drop\n\
+         {synproxy}\
+         \t\ttcp dport {all} ct state invalid drop\n\
          \t}}\n\
          }}\n"
     )
@@ -761,7 +810,7 @@ mod tests {
             p.with_wscale(Some(7)).with_drop_untracked_acks(true).to_string(),
             "cookie mss 1400 wscale 7 drop-untracked-acks monitor"
         );
-        assert_eq!(SynPolicy::cookies().to_string(), format!("cookie wscale {}", host_wscale()));
+        assert_eq!(SynPolicy::cookies().to_string(), "cookie mss-only", "the default: the MSS alone");
         assert_eq!("cookie".parse::<SynMode>().unwrap(), SynMode::Cookie);
         assert!("synproxy".parse::<SynMode>().is_err());
     }
@@ -817,12 +866,41 @@ mod tests {
     fn nft_rules_for_one_port() {
         let text = nft_rules(&[443], 0);
         assert!(text.contains("tcp dport 443 tcp flags syn notrack"), "{text}");
-        assert!(text.contains("synproxy mss 1460 "), "the default MSS: {text}");
+        assert!(text.contains("synproxy mss 1460\n"), "the default: the MSS alone: {text}");
+        assert!(!text.contains("timestamp"), "{text}");
         assert!(text.contains("delete table inet xdpguard_syn"), "idempotent: {text}");
-        assert!(text.contains(&format!("wscale {} timestamp", host_wscale())), "this host's: {text}");
         // A server's own window scale, as `SynPolicy::wscale` gives the guard.
         let text = nft_rules_with_wscale(&[443, 8443], 1400, 7);
-        assert!(text.contains("synproxy mss 1400 wscale 7 timestamp sack-perm"), "{text}");
+        assert!(
+            text.contains(
+                "tcp dport { 443, 8443 } ct state invalid,untracked synproxy mss 1400 wscale 7 timestamp sack-perm\n"
+            ),
+            "{text}"
+        );
         assert!(nft_rules_with_wscale(&[443], 1400, 99).contains("wscale 14 "), "at most 14");
+    }
+
+    /// Each port's own options, ports with the same ones in one rule.
+    #[test]
+    fn nft_rules_follow_each_ports_policy() {
+        let options = SynPolicy::cookies().with_wscale(Some(7));
+        let text = nft_rules_for(&[
+            (8443, SynPolicy::cookies()),
+            (443, options),
+            (9443, options.with_monitor(true)),
+            (7443, SynPolicy::cookies().with_mss(1400)),
+        ]);
+        let synproxy: Vec<&str> = text.lines().filter(|l| l.contains("synproxy")).map(str::trim).collect();
+        assert_eq!(
+            synproxy,
+            [
+                "tcp dport 7443 ct state invalid,untracked synproxy mss 1400",
+                "tcp dport 8443 ct state invalid,untracked synproxy mss 1460",
+                "tcp dport { 443, 9443 } ct state invalid,untracked synproxy mss 1460 wscale 7 timestamp sack-perm",
+            ],
+            "{text}"
+        );
+        assert!(text.contains("tcp dport { 443, 7443, 8443, 9443 } tcp flags syn notrack"), "{text}");
+        assert!(text.contains("tcp dport { 443, 7443, 8443, 9443 } ct state invalid drop"), "{text}");
     }
 }
