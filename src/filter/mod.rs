@@ -623,6 +623,22 @@ impl Filter {
         (c.v4_rules, c.v6_rules)
     }
 
+    /// The IPv4 host table's use: (host slots the lists take, slots it
+    /// has). A /24 holding more than one verdict takes one slot per
+    /// address differing from its most common verdict: a /32 one, a
+    /// /25-/31 one per address it covers; see
+    /// [`FilterBuilder::v4_capacity`] for sizing. (The table is hashed: an
+    /// edit can find it full a little before every slot is used.)
+    ///
+    /// # Errors
+    ///
+    /// [`ListError::Pin`] when the pin directory cannot be locked.
+    pub fn v4_host_slots(&self) -> Result<(usize, usize), ListError> {
+        let c = self.core.maps.capacity();
+        let used = self.core.read(|st, _| st.v4.host_slots())?;
+        Ok((used, c.v4_buckets * XDPG_V4_BUCKET_SLOTS as usize))
+    }
+
     /// The rule stage's capacities, as loaded (`None` for a filter loaded
     /// without one: [`FilterBuilder::guard`]`(false)`, an offloaded one).
     pub fn rule_capacities(&self) -> Option<RuleCapacities> {
