@@ -1131,13 +1131,23 @@ fn add_entries(kind: ListKind, add: Add, force: bool) -> Result<()> {
         );
     } else {
         println!(
-            "{kind}: added {} of {count} entries ({} already present) in {:.2?}",
+            "{kind}: added {} of {count} entries ({} already present{}) in {:.2?}",
             change.changed,
-            count - change.changed,
+            change.unchanged,
+            repeats(change.duplicates),
             started.elapsed()
         );
     }
     Ok(())
+}
+
+/// A bulk edit's repeats, for its summary: `, 2 given twice` style.
+fn repeats(duplicates: usize) -> String {
+    match duplicates {
+        0 => String::new(),
+        1 => ", 1 a repeat of an entry given before".into(),
+        n => format!(", {n} repeats of entries given before"),
+    }
 }
 
 fn remove_entries(kind: ListKind, edit: Edit) -> Result<()> {
@@ -1147,7 +1157,12 @@ fn remove_entries(kind: ListKind, edit: Edit) -> Result<()> {
     let count = given.len();
     let nets: Vec<IpNetwork> = given.into_iter().map(|g| g.net).collect();
     let change = list.remove_all(nets.iter().copied())?;
-    println!("{kind}: removed {} of {count} entries ({} were not present)", change.changed, count - change.changed);
+    println!(
+        "{kind}: removed {} of {count} entries ({} not present{})",
+        change.changed,
+        change.unchanged,
+        repeats(change.duplicates)
+    );
     if kind != ListKind::Block {
         return Ok(());
     }
