@@ -796,8 +796,10 @@ fn run(command: Command) -> Result<()> {
                     if l.blocks_failed > 0 {
                         println!(
                             "warning:    {} auto-block attempts failed (packets over a blocking rule's limit found \
-                             the timed-block table full; they were still limited): attach with a larger \
-                             --max-timed-blocks (or shorten the rules' `block`)",
+                             the timed-block table full; they were still limited). Expired blocks hold their \
+                             slots until listed or edited (this status reclaimed them): run `xdpguard list` or \
+                             scrape the metrics from a timer; attach with a larger --max-timed-blocks (or \
+                             shorten the rules' `block`)",
                             l.blocks_failed
                         );
                     }

@@ -155,7 +155,9 @@ impl FilterBuilder {
     /// LPM trie without preallocation), so a large capacity costs nothing
     /// until a flood fills it. When full, an auto-block fails (counted in
     /// [`LimiterStats::blocks_failed`](crate::LimiterStats::blocks_failed)) and an insert
-    /// returns [`RuleError::Full`](crate::RuleError::Full).
+    /// returns [`RuleError::Full`](crate::RuleError::Full). Expired blocks
+    /// count until user space reclaims them (a list, an edit, a metrics
+    /// scrape; see `blocks_failed`).
     pub fn max_timed_blocks(mut self, blocks: usize) -> Self {
         self.max_timed_blocks = blocks;
         self
