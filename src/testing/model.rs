@@ -55,7 +55,7 @@
 //! frames against a running filter's configuration in their own tests.
 //!
 //! Prefixes (lists, sets, timed blocks, rules) are taken as the filter
-//! stores them ([`normalize`](crate::normalize)): an IPv4-mapped one
+//! stores them ([`normalize`]): an IPv4-mapped one
 //! (`::ffff:192.0.2.5`, /96 or longer) is the IPv4 prefix, which covers
 //! IPv4 packets and no IPv6 packet (not one from `::ffff:192.0.2.5`).
 //!
