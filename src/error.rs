@@ -439,15 +439,11 @@ pub enum ListError {
         entry: IpNetwork,
     },
     /// A map is full; nothing of the failed edit was applied.
-    #[error(
-        "{what} is full ({capacity} entries); nothing of this edit was applied: remove entries, or load \
-         the filter with a larger capacity (FilterBuilder::{setter}; CLI: `xdpguard attach --{}`)",
-        setter.replace('_', "-")
-    )]
+    #[error("{}", list_full_text(what, *capacity, setter))]
     Full {
-        /// Which table.
+        /// Which table ([`V4_HOST_TABLE`] for the IPv4 host slots).
         what: &'static str,
-        /// Its capacity.
+        /// Its capacity (entries; for [`V4_HOST_TABLE`], host slots).
         capacity: usize,
         /// The builder method that raises it.
         setter: &'static str,
@@ -606,6 +602,32 @@ pub enum RuleError {
 
 /// How to get past a full rule-stage table: the option that raises its
 /// capacity, or, for a fixed limit, making room.
+/// [`ListError::Full`]'s `what` for the IPv4 host table: the host slots
+/// of /24s that hold more than one verdict (see
+/// [`FilterBuilder::v4_capacity`](crate::FilterBuilder::v4_capacity)).
+pub const V4_HOST_TABLE: &str = "the IPv4 host table";
+
+fn list_full_text(what: &str, capacity: usize, setter: &str) -> String {
+    let fix = format!(
+        "load the filter with a larger capacity (FilterBuilder::{setter}; CLI: `xdpguard attach --{}`)",
+        setter.replace('_', "-")
+    );
+    if what == V4_HOST_TABLE {
+        // The entries the user added are few here: what fills the table is
+        // the addresses /25-/31 prefixes cover (src/filter/v4.rs, cells).
+        format!(
+            "{what} is full ({capacity} host slots); nothing of this edit was applied. A /24 holding more than \
+             one verdict takes one host slot per address that differs from its most common one: a /32 takes \
+             one, a /25-/31 prefix one per address it covers (a /25 alone in its /24: 128, a /31: 2), so a \
+             few thousand /25s fill a table sized for a million entries. Remove entries, merge /25-/31s into \
+             whole /24s, or {fix}: the table holds about 1.25 slots per unit of capacity, so give at least \
+             0.8 x the host slots needed (about 103 per /25 alone in its /24)"
+        )
+    } else {
+        format!("{what} is full ({capacity} entries); nothing of this edit was applied: remove entries, or {fix}")
+    }
+}
+
 fn rule_full_fix(setter: &str) -> String {
     if setter == "(fixed)" {
         "the limit is fixed: remove one first".to_owned()

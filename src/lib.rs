@@ -118,7 +118,9 @@ pub use crate::core::attach::{AttachMode, Attachment, Interface};
 pub use crate::core::counter::Counter;
 pub use crate::core::testrun::{TestRun, XdpAction};
 pub use crate::core::upgrade::UpgradeReport;
-pub use error::{AttachError, Error, LbError, LineError, ListError, LoadError, ParseError, PinError, RuleError};
+pub use error::{
+    AttachError, Error, LbError, LineError, ListError, LoadError, ParseError, PinError, RuleError, V4_HOST_TABLE,
+};
 pub use filter::{
     host_wscale, nft_rules, nft_rules_for, nft_rules_with_wscale, SynGuard, SynMode, SynPolicy, SynPortStats,
     SynPortStatus, DEFAULT_SYN_THRESHOLD, MAX_SYN_PORTS,

@@ -672,7 +672,10 @@ fn mapped_addresses_block_ipv4_and_non_utf8_files_name_their_lines() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!((v["address"].as_str(), v["action"].as_str()), (Some("192.0.2.1"), Some("drop")), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("IPv4-mapped"), "{out:?}");
-    cli.ok(&["unblock", "--pin", p, "::ffff:192.0.2.1"]);
+    // Unblocked by its mapped form; its IPv4 form given too is a repeat,
+    // not an entry "not present" (the summary said "2 were not present").
+    let out = cli.ok(&["unblock", "--pin", p, "::ffff:192.0.2.1", "192.0.2.1", "192.0.2.9"]);
+    assert!(out.contains("removed 1 of 3 entries (1 not present, 1 a repeat of an entry given before)"), "{out}");
     assert_reaches(client, "192.0.2.1", "unblocked by its mapped form");
 
     // Mapped prefixes in a file: stored as IPv4, noted by line.

@@ -557,7 +557,9 @@ impl Run<'_> {
                             model_changed += usize::from(self.model.insert(Entry { net, list: kind }));
                         }
                         assert_eq!(change.changed, model_changed, "extend: changed");
-                        assert_eq!(change.unchanged, given.len() - model_changed, "extend: unchanged");
+                        let distinct = nets.iter().collect::<HashSet<_>>().len();
+                        assert_eq!(change.unchanged, distinct - model_changed, "extend: unchanged");
+                        assert_eq!(change.duplicates, given.len() - distinct, "extend: repeats");
                         let renamed = given.iter().zip(&nets).filter(|(g, n)| g != n).count();
                         assert_eq!(change.normalized.len(), renamed, "extend: normalisations reported");
                         self.tally.changed += model_changed;
@@ -579,6 +581,12 @@ impl Run<'_> {
                     }
                 }
                 assert_eq!(change.changed, model_changed, "remove_all: changed");
+                let distinct = nets.iter().collect::<HashSet<_>>().len();
+                assert_eq!(
+                    (change.unchanged, change.duplicates),
+                    (distinct - model_changed, nets.len() - distinct),
+                    "remove_all: not present, repeats"
+                );
                 self.tally.changed += model_changed;
             }
             _ => {

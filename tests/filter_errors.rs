@@ -579,3 +579,73 @@ fn missing_privileges_are_named_with_the_fix() {
     assert!(xdp_attached(&pair.server, "eth0"));
     assert_eq!(filter.blocklist().len().unwrap(), 1);
 }
+
+/// The IPv4 host table fills before the entry count: a /25-/31 takes one
+/// host slot per address it covers (a /25 alone in its /24: 128), so a
+/// filter for 1,024 entries holds about fifteen lone /25s. The error names
+/// the host table, the /25-/31 cost and the option, and nothing of the edit
+/// is applied (the earlier lists, their verdicts and the slot count
+/// intact). The /25s are in 198.18.0.0/15 (RFC 2544's benchmarking range:
+/// the documentation ranges hold three /24s, fewer than it takes); no
+/// packet leaves the host (BPF_PROG_TEST_RUN).
+#[test]
+fn lone_slash25s_fill_the_v4_host_table() {
+    let filter = Filter::builder().v4_capacity(1024).v6_capacity(64).load().expect("load");
+    filter.blocklist().extend([net("203.0.113.0/24"), net("192.0.2.7/32")]).unwrap();
+    filter.allowlist().insert(net("198.51.100.0/24")).unwrap();
+    let (used, slots) = filter.v4_host_slots().unwrap();
+    assert_eq!(used, 1, "the /32 takes one host slot, the /24s none");
+    assert!(slots >= 1024 + 256, "about 1.25 slots per entry: {slots}");
+    let snapshot = |f: &Filter| {
+        (f.blocklist().iter().unwrap().collect::<Vec<_>>(), f.allowlist().iter().unwrap().collect::<Vec<_>>())
+    };
+    let probes = ["203.0.113.9", "192.0.2.7", "192.0.2.8", "198.51.100.1", "198.18.0.5", "198.18.30.5"];
+    let plane = |f: &Filter| probes.iter().map(|p| action(f, p)).collect::<Vec<_>>();
+    let (before, plane_before) = (snapshot(&filter), plane(&filter));
+    let expect = [XdpAction::Drop, XdpAction::Drop, XdpAction::Pass, XdpAction::Pass, XdpAction::Pass, XdpAction::Pass];
+    assert_eq!(plane_before, expect);
+
+    let check_full = |err: ListError| {
+        let ListError::Full { what, setter, .. } = &err else { panic!("{err:?}") };
+        assert_eq!((*what, *setter), (xdpguard::V4_HOST_TABLE, "v4_capacity"));
+        assert_mentions(
+            &err.to_string(),
+            &[
+                "IPv4 host table is full",
+                "host slots",
+                "a /25-/31 prefix one per address it covers",
+                "--v4-capacity",
+                "nothing of this edit was applied",
+            ],
+        );
+    };
+    // Forty lone /25s at once: 5,120 slots, far past it; none applied.
+    let lone: Vec<IpNetwork> = (0..40).map(|i| net(&format!("198.18.{i}.0/25"))).collect();
+    check_full(filter.blocklist().extend(lone.iter().copied()).unwrap_err());
+    assert_eq!(snapshot(&filter), before, "lists unchanged");
+    assert_eq!(plane(&filter), plane_before, "data plane unchanged");
+    assert_eq!(filter.v4_host_slots().unwrap(), (1, slots));
+
+    // One at a time: each takes 128 slots, until one does not fit; that
+    // one is not applied, the earlier ones stay.
+    let mut added = 0;
+    let err = loop {
+        match filter.blocklist().insert(lone[added]) {
+            Ok(c) => {
+                assert!(c.changed);
+                added += 1;
+                assert_eq!(filter.v4_host_slots().unwrap(), (1 + 128 * added, slots));
+            }
+            Err(e) => break e,
+        }
+    };
+    check_full(err);
+    assert!((8..=slots / 128).contains(&added), "{added} lone /25s in {slots} slots");
+    assert_eq!(filter.blocklist().len().unwrap(), 2 + added, "far from the 1,024 entries");
+    assert_eq!(action(&filter, "198.18.0.5"), XdpAction::Drop);
+    assert_eq!(action(&filter, &format!("198.18.{added}.5")), XdpAction::Pass, "the refused /25 is not live");
+    assert_eq!(filter.v4_host_slots().unwrap().0, 1 + 128 * added);
+    // The /25's other half makes its /24 whole again: no slot for either.
+    filter.blocklist().insert(net("198.18.0.128/25")).unwrap();
+    assert_eq!(filter.v4_host_slots().unwrap().0, 1 + 128 * (added - 1));
+}

@@ -1,7 +1,9 @@
 //! The whole filter verdict in the kernel (filter program, guard stage,
 //! their live maps, through BPF_PROG_TEST_RUN) against the test kit's
 //! reference model (`xdpguard::testing::model::FilterModel`): random list
-//! contents, random timed blocks (live ones, and expired ones: inserted
+//! contents (IPv4-mapped prefixes among them, given in their IPv6 form:
+//! the model must store them as the filter does), random timed blocks
+//! (the same; live ones, and expired ones: inserted
 //! with a short TTL, then the guard clock moved past it), random named
 //! sets, random rule sets (as rule text: parser, compiler and data plane
 //! all take part; rate-limit rules among them, with limits no key reaches:
@@ -89,11 +91,19 @@ impl Pool {
     }
 
     /// A prefix around a pool address (never /0: the blocklist refuses it).
-    fn prefix(&self, rng: &mut StdRng, v6: bool) -> IpNetwork {
+    /// `mapped`: an IPv4-mapped address may give its prefix in the IPv6
+    /// form (`::ffff:192.0.2.0/120`), which the filter stores, and the
+    /// model takes, as the IPv4 one (/104 or longer: /96 is 0.0.0.0/0).
+    /// Rules get none: a rule's `ipv6` or `icmpv6` beside one is an error.
+    fn prefix(&self, rng: &mut StdRng, v6: bool, mapped: bool) -> IpNetwork {
         let mut addr = self.addr(rng, v6);
-        // Not an IPv4-mapped one (normalized to IPv4, /0 for short ones).
-        while matches!(addr, IpAddr::V6(a) if a.to_ipv4_mapped().is_some()) {
+        while !mapped && matches!(addr, IpAddr::V6(a) if a.to_ipv4_mapped().is_some()) {
             addr = self.addr(rng, v6);
+        }
+        if matches!(addr, IpAddr::V6(a) if a.to_ipv4_mapped().is_some()) {
+            let len = [104u8, 112, 120, 120, 127, 128, 128][rng.random_range(0..7)];
+            // Host bits cleared, the IPv6 form kept.
+            return IpNetwork::new(IpNetwork::new(addr, len).unwrap().network(), len).unwrap();
         }
         let len = if addr.is_ipv4() {
             [8u8, 16, 20, 24, 24, 25, 28, 30, 31, 32, 32][rng.random_range(0..11)]
@@ -162,14 +172,14 @@ fn random_rule(rng: &mut StdRng, pool: &Pool) -> String {
     }
     let (tcp, udp) = (proto == "tcp" || proto == "proto 6", proto == "udp");
     match rng.random_range(0..7) {
-        0 => w.push(format!("from {}", pool.prefix(rng, v6))),
-        1 => w.push(format!("not from {}", pool.prefix(rng, v6))),
+        0 => w.push(format!("from {}", pool.prefix(rng, v6, false))),
+        1 => w.push(format!("not from {}", pool.prefix(rng, v6, false))),
         2 | 3 => w.push(format!("from set {}", SETS[rng.random_range(0..2)])),
         4 => w.push(format!("not from set {}", SETS[rng.random_range(0..2)])),
         _ => {}
     }
     if rng.random_bool(0.2) {
-        w.push(format!("{}to {}", if rng.random_bool(0.4) { "not " } else { "" }, pool.prefix(rng, v6)));
+        w.push(format!("{}to {}", if rng.random_bool(0.4) { "not " } else { "" }, pool.prefix(rng, v6, false)));
     }
     if tcp || udp {
         if rng.random_bool(0.3) {
@@ -398,7 +408,7 @@ fn the_whole_verdict_agrees_with_the_model_on_a_million_random_and_mutated_frame
             let mut v: Vec<IpNetwork> = (0..n)
                 .map(|_| {
                     let v6 = rng.random_bool(0.45);
-                    pool.prefix(rng, v6)
+                    pool.prefix(rng, v6, true)
                 })
                 .collect();
             v.sort_by_key(|n| (n.is_ipv6(), n.ip(), n.prefix()));
@@ -432,10 +442,14 @@ fn the_whole_verdict_agrees_with_the_model_on_a_million_random_and_mutated_frame
         let live = nets(&mut rng, 6);
         let mut expired: Vec<IpNetwork> = Vec::new();
         for n in nets(&mut rng, 6) {
+            // Compared as stored (an IPv4-mapped prefix is the IPv4 one).
             let overlaps = |a: &IpNetwork, b: &IpNetwork| {
+                let (a, b) = (normalize(*a).network, normalize(*b).network);
                 a.is_ipv4() == b.is_ipv4() && (a.contains(b.network()) || b.contains(a.network()))
             };
-            if !live.contains(&n) && !expired.iter().any(|e| overlaps(e, &n)) {
+            if !live.iter().any(|l| normalize(*l).network == normalize(n).network)
+                && !expired.iter().any(|e| overlaps(e, &n))
+            {
                 expired.push(n);
             }
         }
@@ -455,15 +469,21 @@ fn the_whole_verdict_agrees_with_the_model_on_a_million_random_and_mutated_frame
         for v in [&mut back.allowlist, &mut back.blocklist].into_iter().chain(back.sets.values_mut()) {
             v.sort_by_key(|n| (n.is_ipv6(), n.ip(), n.prefix()));
         }
+        // The model as given, in the form the filter stores (IPv4-mapped
+        // prefixes as IPv4 ones, merged with their IPv4 twins).
         let mut given = model.clone();
-        for v in given.sets.values_mut() {
+        for v in [&mut given.allowlist, &mut given.blocklist].into_iter().chain(given.sets.values_mut()) {
+            v.iter_mut().for_each(|n| *n = normalize(*n).network);
             v.sort_by_key(|n| (n.is_ipv6(), n.ip(), n.prefix()));
             v.dedup();
         }
         // Timed blocks: the same prefixes, expiring when given (within the
-        // time the inserts and the reading took).
+        // time the inserts and the reading took; of twins, the later: a
+        // block is never shortened).
+        given.timed_blocks.iter_mut().for_each(|(n, _)| *n = normalize(*n).network);
         back.timed_blocks.sort_by_key(|(n, _)| (n.is_ipv6(), n.ip(), n.prefix()));
-        given.timed_blocks.sort_by_key(|(n, _)| (n.is_ipv6(), n.ip(), n.prefix()));
+        given.timed_blocks.sort_by_key(|(n, e)| (n.is_ipv6(), n.ip(), n.prefix(), std::cmp::Reverse(*e)));
+        given.timed_blocks.dedup_by_key(|(n, _)| *n);
         assert_eq!(
             back.timed_blocks.iter().map(|b| b.0).collect::<Vec<_>>(),
             given.timed_blocks.iter().map(|b| b.0).collect::<Vec<_>>(),

@@ -1055,3 +1055,70 @@ fn neighbour_discovery_passes_a_blocked_whole_family() {
     );
     t.finish();
 }
+
+/// Timed blocks exempt on-link neighbour discovery as the lists do: under
+/// a timed `::/0` (with an allowlisted hole, the default-deny the refusal
+/// of `::/0` advises), the router's advertisements from its link-local
+/// address still pass, so allowlisted sources beyond it stay reachable;
+/// other ICMPv6 from it, and ND that came through a router (hop limit
+/// below 255), are timed-blocked. (A `per src/64 block` rule auto-blocking
+/// fe80::/64 is the same lookup.)
+#[test]
+fn neighbour_discovery_passes_a_timed_whole_family() {
+    use std::time::Duration;
+    use xdpguard::testing::etherparse::Icmpv6Type;
+    let f = Filter::builder()
+        .v4_capacity(1024)
+        .v6_capacity(1024)
+        .guard(true)
+        .load()
+        .unwrap_or_else(|e| panic!("loading the filter failed; these tests need root and Linux 6.0+: {e}"));
+    allow(&f, "2001:db8:99::/64");
+    f.timed_blocks().permit_whole_family().insert(net("::/0"), Duration::from_secs(600)).unwrap();
+    let icmp6 = |src: &str, kind: u8, hop_limit: u8| {
+        Frame::builder()
+            .ipv6(src.parse().unwrap(), "ff02::1".parse().unwrap())
+            .hop_limit(hop_limit)
+            .icmpv6(Icmpv6Type::Unknown { type_u8: kind, code_u8: 0, bytes5to8: [0; 4] })
+            .payload(&[0; 20])
+            .build()
+    };
+    let mut t = FixtureTable::new(&f, "neighbour discovery under a timed ::/0");
+    for (what, kind) in [
+        ("router solicitation", 133),
+        ("router advertisement", 134),
+        ("neighbour solicitation", 135),
+        ("neighbour advertisement", 136),
+        ("redirect", 137),
+    ] {
+        t.run(Fixture::new(what, icmp6("fe80::1", kind, 255)).action(XdpAction::Pass).unchanged().counts(&["passed"]));
+    }
+    for (what, kind, hop_limit) in [
+        ("echo request, hop limit 255", 128, 255),
+        ("neighbour advertisement, hop limit 64", 136, 64),
+        ("neighbour solicitation through a router: hop limit 254", 135, 254),
+        ("type 138, hop limit 255", 138, 255),
+    ] {
+        t.run(
+            Fixture::new(what, icmp6("fe80::1", kind, hop_limit))
+                .action(XdpAction::Drop)
+                .unchanged()
+                .counts(&["timed_blocked"]),
+        );
+    }
+    t.run(
+        Fixture::new("UDP from the hole", v6b("2001:db8:99::5").build())
+            .action(XdpAction::Pass)
+            .unchanged()
+            .counts(&["allowlisted"]),
+    );
+    t.run(
+        Fixture::new("UDP from elsewhere", v6b("2001:db8:2::5").build())
+            .action(XdpAction::Drop)
+            .unchanged()
+            .counts(&["timed_blocked"]),
+    );
+    // IPv4 is not covered by ::/0 and not touched by the exemption.
+    t.run(Fixture::new("IPv4 UDP", v4b("192.0.2.9").build()).action(XdpAction::Pass).unchanged().counts(&["passed"]));
+    t.finish();
+}

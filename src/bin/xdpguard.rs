@@ -125,7 +125,11 @@ enum Command {
         target: common::Target,
         #[command(flatten)]
         pin: Pin,
-        /// Maximum IPv4 entries [default: 1048576].
+        /// Maximum IPv4 entries [default: 1048576]. Also sizes the host table
+        /// (about 1.25 slots per entry), where a /32 takes one slot and a
+        /// /25-/31 one per address it covers (a lone /25: 128): for many
+        /// /25-/31s give at least 0.8 x the slots they need (`status` shows
+        /// the use).
         #[arg(long)]
         v4_capacity: Option<usize>,
         /// Maximum IPv6 entries [default: 262144].
@@ -698,6 +702,7 @@ fn run(command: Command) -> Result<()> {
         Command::Status { pin, json } => {
             let filter = Filter::open_pinned(&pin.pin)?;
             let (v4_cap, v6_cap) = filter.capacity();
+            let (hosts_used, hosts_cap) = filter.v4_host_slots()?;
             let blocked = filter.blocklist().len()?;
             let allowed = filter.allowlist().len()?;
             let rules = filter.rules().len().ok();
@@ -726,6 +731,7 @@ fn run(command: Command) -> Result<()> {
                         "allowlist_entries": allowed,
                         "v4_capacity": v4_cap,
                         "v6_capacity": v6_cap,
+                        "v4_host_slots": { "used": hosts_used, "capacity": hosts_cap },
                         "rule_capacities": rule_caps_json,
                         "timed_blocks": filter.timed_blocks().list().ok().map(|t| t.len()),
                         "limiter": filter.limiter_stats().ok().map(|l| json!({
@@ -757,6 +763,10 @@ fn run(command: Command) -> Result<()> {
                 println!("blocklist:  {blocked} entries");
                 println!("allowlist:  {allowed} entries");
                 println!("capacity:   {v4_cap} IPv4, {v6_cap} IPv6 entries");
+                println!(
+                    "v4 hosts:   {hosts_used} of {hosts_cap} host slots (a /32 takes one, a /25-/31 one per address \
+                     it covers)"
+                );
                 if let Some(c) = rule_caps {
                     println!(
                         "rule stage: {} rules, {} records, {} index entries, {} set entries, {} timed blocks, {} limiter \
@@ -786,8 +796,10 @@ fn run(command: Command) -> Result<()> {
                     if l.blocks_failed > 0 {
                         println!(
                             "warning:    {} auto-block attempts failed (packets over a blocking rule's limit found \
-                             the timed-block table full; they were still limited): attach with a larger \
-                             --max-timed-blocks (or shorten the rules' `block`)",
+                             the timed-block table full; they were still limited). Expired blocks hold their \
+                             slots until listed or edited (this status reclaimed them): run `xdpguard list` or \
+                             scrape the metrics from a timer; attach with a larger --max-timed-blocks (or \
+                             shorten the rules' `block`)",
                             l.blocks_failed
                         );
                     }
@@ -1128,13 +1140,23 @@ fn add_entries(kind: ListKind, add: Add, force: bool) -> Result<()> {
         );
     } else {
         println!(
-            "{kind}: added {} of {count} entries ({} already present) in {:.2?}",
+            "{kind}: added {} of {count} entries ({} already present{}) in {:.2?}",
             change.changed,
-            count - change.changed,
+            change.unchanged,
+            repeats(change.duplicates),
             started.elapsed()
         );
     }
     Ok(())
+}
+
+/// A bulk edit's repeats, for its summary: `, 2 given twice` style.
+fn repeats(duplicates: usize) -> String {
+    match duplicates {
+        0 => String::new(),
+        1 => ", 1 a repeat of an entry given before".into(),
+        n => format!(", {n} repeats of entries given before"),
+    }
 }
 
 fn remove_entries(kind: ListKind, edit: Edit) -> Result<()> {
@@ -1144,7 +1166,12 @@ fn remove_entries(kind: ListKind, edit: Edit) -> Result<()> {
     let count = given.len();
     let nets: Vec<IpNetwork> = given.into_iter().map(|g| g.net).collect();
     let change = list.remove_all(nets.iter().copied())?;
-    println!("{kind}: removed {} of {count} entries ({} were not present)", change.changed, count - change.changed);
+    println!(
+        "{kind}: removed {} of {count} entries ({} not present{})",
+        change.changed,
+        change.unchanged,
+        repeats(change.duplicates)
+    );
     if kind != ListKind::Block {
         return Ok(());
     }

@@ -388,24 +388,6 @@ static __always_inline __u64 gate_skips(void *data, void *data_end, const struct
 	return (*bits >> (key % 64)) & 1;
 }
 
-/* Neighbour discovery on this link (ICMPv6 133-137 with hop limit 255,
- * which no router forwards: RFC 4861 s. 6.1, 7.1): not judged by the
- * lists. A blocked ::/0 (with allowlisted holes, as the refusal of it
- * advises) dropped the router's advertisements from its link-local
- * address and cut off every source, allowlisted ones too; a listed host on
- * the link still resolves its neighbours, and nothing else of it passes.
- * The rules still see it (a rule that drops it needs --force). */
-static __always_inline int nd_on_link(void *data, void *data_end, const struct xdpg_pkt *pkt,
-				      const struct ipv6hdr *ip6h)
-{
-	if (pkt->l4_proto != IPPROTO_ICMPV6 || ip6h->hop_limit != 255)
-		return 0;
-	__u16 sport;
-	__u8 flags;
-	__u32 key = xdpg_guard_key(data, data_end, pkt, xdpg_ip_end(data, data_end, pkt), &sport, &flags);
-	return key >= XDPG_GK_ICMP6 + 133 && key <= XDPG_GK_ICMP6 + 137;
-}
-
 SEC("xdp")
 int xdpg_filter(struct xdp_md *ctx)
 {

@@ -267,6 +267,17 @@ static __always_inline void walk_group(struct walk *w, __u32 count)
 	}
 }
 
+/* nd_on_link for an IPv6 packet the parse accepted: its header read again
+ * (rather than kept from the address copy above, where every packet would
+ * carry it), only on the timed-block drop path. */
+static __always_inline int nd_on_link_ipv6(void *data, void *data_end, const struct xdpg_pkt *pkt)
+{
+	struct ipv6hdr *ip6h = data + (pkt->l3_off & 0xFFF);
+	if ((void *)(ip6h + 1) > data_end)
+		return 0;
+	return nd_on_link(data, data_end, pkt, ip6h);
+}
+
 SEC("xdp")
 int xdpg_guard(struct xdp_md *ctx)
 {
@@ -300,8 +311,11 @@ int xdpg_guard(struct xdp_md *ctx)
 	}
 
 	/* Timed blocks (user space's and rate limits' auto-blocks), while
-	 * there are any: after the lists, before the rules. */
-	if (timed_blocked(&w, gcfg))
+	 * there are any: after the lists, before the rules. On-link neighbour
+	 * discovery is exempt, as from the lists (guard_key.h, nd_on_link):
+	 * tested only for IPv6 packets a timed block would drop, so IPv4 and
+	 * every packet no block covers pay nothing for it. */
+	if (timed_blocked(&w, gcfg) && (w.family != 6 || !nd_on_link_ipv6(data, data_end, &pkt)))
 		return drop_or_monitor(ctx, fcfg, XDPG_REASON_TIMED_BLOCKED, XDPG_REASON_WOULD_DROP_TIMED,
 				       XDPG_TB_BY_USER, w.bytes);
 

@@ -111,6 +111,15 @@ static __always_inline void auto_block(struct xdpg_limit_config *lcfg, struct xd
 	struct xdpg_tblock_key tk = {};
 	struct xdpg_tblock tb = {};
 	__u32 family = k->family_len >> 8;
+	/* A /0 key (`per src/0`) would block a whole address family: rule
+	 * normalisation refuses `block` with it, and a rule stored by an older
+	 * build that took one blocks nothing here (counted as a failed block).
+	 * Only on the auto-block path. */
+	if ((k->family_len & 0xFF) == 0) {
+		if (st)
+			st->blocks_failed++;
+		return;
+	}
 	tk.prefixlen = XDPG_TB_TAG_BITS + (k->family_len & 0xFF);
 	tk.tag = bpf_htonl(family == 6);
 	__builtin_memcpy(tk.addr, k->addr, sizeof(tk.addr));

@@ -67,6 +67,22 @@ impl FilterBuilder {
     placement_methods!("filter", "Filter::open_pinned");
 
     /// Maximum IPv4 entries, both lists together (default 1,048,576).
+    ///
+    /// It also sizes the IPv4 host table, which can fill first: a /24
+    /// holding more than one verdict keeps one host slot per address that
+    /// differs from its most common verdict, and the table has about 1.25
+    /// slots per entry of this capacity. A /32 takes one slot, a /25-/31
+    /// prefix one per address it covers (a /25 alone in its /24: 128, a
+    /// /31: 2); prefixes of /24 and shorter take none (nor two /25s that
+    /// make up a /24). So about 10,000 lone /25s fill the default capacity.
+    /// For many /25-/31s give at least 0.8 times the host slots they need
+    /// (about 103 per lone /25). Either table full: [`ListError::Full`]
+    /// (its `what` [`V4_HOST_TABLE`](crate::V4_HOST_TABLE) for the host
+    /// table), nothing of the edit applied; [`Filter::v4_host_slots`]
+    /// shows the use.
+    ///
+    /// [`ListError::Full`]: crate::ListError::Full
+    /// [`Filter::v4_host_slots`]: crate::Filter::v4_host_slots
     pub fn v4_capacity(mut self, entries: usize) -> Self {
         self.v4_capacity = entries;
         self
@@ -139,7 +155,9 @@ impl FilterBuilder {
     /// LPM trie without preallocation), so a large capacity costs nothing
     /// until a flood fills it. When full, an auto-block fails (counted in
     /// [`LimiterStats::blocks_failed`](crate::LimiterStats::blocks_failed)) and an insert
-    /// returns [`RuleError::Full`](crate::RuleError::Full).
+    /// returns [`RuleError::Full`](crate::RuleError::Full). Expired blocks
+    /// count until user space reclaims them (a list, an edit, a metrics
+    /// scrape; see `blocks_failed`).
     pub fn max_timed_blocks(mut self, blocks: usize) -> Self {
         self.max_timed_blocks = blocks;
         self

@@ -87,7 +87,7 @@ impl<'a> Editor<'a> {
 
     pub(crate) fn v4_hosts_full(&self) -> ListError {
         ListError::Full {
-            what: "the IPv4 host table (mixed /24s)",
+            what: crate::error::V4_HOST_TABLE,
             capacity: self.maps.capacity().v4_buckets * XDPG_V4_BUCKET_SLOTS as usize,
             setter: "v4_capacity",
         }

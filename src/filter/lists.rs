@@ -50,8 +50,15 @@ pub struct BulkChange {
     /// Entries added or removed (for a replace: both).
     pub changed: usize,
     /// Entries given that needed no change: already in the list (or, when
-    /// removing, not in it; for a replace, kept from the old list).
+    /// removing, not in it; for a replace, kept from the old list). Each
+    /// distinct entry once: repeats are in `duplicates`.
     pub unchanged: usize,
+    /// Entries given more than once (after normalising: `::ffff:192.0.2.5`
+    /// repeats `192.0.2.5`), beyond their first: counted once in `changed`
+    /// or `unchanged`, so `changed + unchanged + duplicates` is the number
+    /// given (for [`PrefixList::extend`], [`PrefixList::remove_all`] and a
+    /// set's bulk edits; a replace's `unchanged` counts kept entries).
+    pub duplicates: usize,
     /// Entries stored in another form than given (host bits cleared, or an
     /// IPv4-mapped IPv6 prefix stored as IPv4; see [`normalize`]), as given →
     /// as stored.
@@ -261,7 +268,9 @@ impl PrefixList<'_> {
             }
         }
         let changed = self.edit(|ed| ed.apply_atomic(&ops))?;
-        Ok(BulkChange { changed, unchanged: given - changed, normalized })
+        // `unblock A A B` with only A listed: one removed, one not present,
+        // one repeat (it said "2 were not present").
+        Ok(BulkChange { changed, unchanged: ops.len() - changed, duplicates: given - ops.len(), normalized })
     }
 
     /// Replaces the whole list, atomically: traffic sees the old list or the
@@ -274,13 +283,14 @@ impl PrefixList<'_> {
     pub fn replace(&self, nets: impl IntoIterator<Item = IpNetwork>) -> Result<BulkChange, ListError> {
         let mut normalized = Vec::new();
         let mut wanted = rustc_hash::FxHashSet::default();
+        let mut duplicates = 0;
         for net in nets {
             let n = normalize(net);
             self.guard(&n.network)?;
             if n.network != net {
                 normalized.push((net, n.network));
             }
-            wanted.insert(n.network);
+            duplicates += usize::from(!wanted.insert(n.network));
         }
         let bit = self.list.bit();
         let (changed, kept) = self.edit(|ed| {
@@ -295,7 +305,7 @@ impl PrefixList<'_> {
                 .collect();
             Ok((ed.apply_atomic(&ops)?, kept))
         })?;
-        Ok(BulkChange { changed, unchanged: kept, normalized })
+        Ok(BulkChange { changed, unchanged: kept, duplicates, normalized })
     }
 
     /// Empties the list, atomically. Returns how many entries it held.

@@ -116,10 +116,12 @@ crate::core::names::named_values! { MalformedPolicy, "malformed-packet policy", 
     Drop => "drop",
 } }
 
-/// What the filter does with packets from one source address.
+/// What the lists do with packets from one source address
+/// ([`Filter::verdict`]: the lists only, not the timed blocks or rules).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Verdict {
-    /// In neither list: passed.
+    /// In neither list: not decided by them (the timed blocks and the
+    /// rules, when the guard stage runs, judge it next; else passed).
     Pass,
     /// Allowlisted (by this, its most specific allowlist entry): passed.
     Allow(IpNetwork),
@@ -367,13 +369,28 @@ impl Filter {
         PrefixList::new(self, ListKind::Allow)
     }
 
-    /// What the filter does with packets from `addr`, and which entry decides.
+    /// What the lists (allowlist, then blocklist) do with packets from
+    /// `addr`, and which entry decides.
     ///
-    /// Exactly what the kernel program does: an IPv6 address is looked up in
-    /// the IPv6 entries, an IPv4-mapped one (`::ffff:192.0.2.5`) included,
-    /// as for an IPv6 packet with that source (not meant for the wire; see
-    /// [`normalize`]). Packets from the host 192.0.2.5 are IPv4 packets: ask
-    /// about `192.0.2.5` (`IpAddr::to_canonical` gives it).
+    /// The lists only: what the kernel program's list stage decides for
+    /// that source, the first step of the filter's path. A
+    /// [`Verdict::Pass`] means no list entry decides, not that the packet
+    /// passes: the guard stage then applies, in order, the timed blocks
+    /// ([`Filter::timed_blocks`]; `TimedBlocks::list` gives them, and the
+    /// CLI's `xdpguard check` looks the address up in them next), the rules
+    /// ([`Rules::matching_source`] gives those a source alone decides;
+    /// rules on protocols or ports depend on the packet) and the SYN guard.
+    /// The
+    /// lists and the timed blocks do not judge on-link neighbour discovery
+    /// (ICMPv6 133-137 with hop limit 255), which this, given an address
+    /// only, cannot see. For a whole frame's verdict: [`Filter::test_run`]
+    /// (the real program), or the test kit's `FilterModel`.
+    ///
+    /// An IPv6 address is looked up in the IPv6 entries, an IPv4-mapped one
+    /// (`::ffff:192.0.2.5`) included, as for an IPv6 packet with that
+    /// source (not meant for the wire; see [`normalize`]). Packets from the
+    /// host 192.0.2.5 are IPv4 packets: ask about `192.0.2.5`
+    /// (`IpAddr::to_canonical` gives it).
     ///
     /// # Errors
     ///
@@ -621,6 +638,22 @@ impl Filter {
     pub fn capacity(&self) -> (usize, usize) {
         let c = self.core.maps.capacity();
         (c.v4_rules, c.v6_rules)
+    }
+
+    /// The IPv4 host table's use: (host slots the lists take, slots it
+    /// has). A /24 holding more than one verdict takes one slot per
+    /// address differing from its most common verdict: a /32 one, a
+    /// /25-/31 one per address it covers; see
+    /// [`FilterBuilder::v4_capacity`] for sizing. (The table is hashed: an
+    /// edit can find it full a little before every slot is used.)
+    ///
+    /// # Errors
+    ///
+    /// [`ListError::Pin`] when the pin directory cannot be locked.
+    pub fn v4_host_slots(&self) -> Result<(usize, usize), ListError> {
+        let c = self.core.maps.capacity();
+        let used = self.core.read(|st, _| st.v4.host_slots())?;
+        Ok((used, c.v4_buckets * XDPG_V4_BUCKET_SLOTS as usize))
     }
 
     /// The rule stage's capacities, as loaded (`None` for a filter loaded

@@ -22,7 +22,9 @@
 //!   block, [`Filter::timed_blocks`](crate::Filter::timed_blocks)), by the
 //!   data plane itself. Units: `s`, `m`, `h`, `d`. `block 10m after 20`:
 //!   only once 20 of its packets were over the limit (counted in its exact
-//!   bucket; a source the sketch decides for: by its estimate).
+//!   bucket; a source the sketch decides for: by its estimate). Refused
+//!   with a /0 key (`per src/0`) for an IP version the rule matches: the
+//!   first source over the limit would block that whole family.
 
 use std::fmt;
 use std::time::Duration;

@@ -93,7 +93,15 @@ pub struct LimiterStats {
     pub promote_capped: u64,
     /// ... and of those, found over the limit.
     pub sketch_over: u64,
-    /// Auto-blocks the timed-block table refused (full).
+    /// Auto-blocks the timed-block table refused (full), and auto-blocks of
+    /// a /0 key refused by the data plane (rules stored by a build that
+    /// took `per src/0` with `block`). Expired blocks hold their slots until
+    /// user space reclaims them ([`TimedBlocks::list`], any timed-block
+    /// edit, `xdpguard list` or `status`, a metrics scrape): the data plane
+    /// frees only the expired entries its packets find, and cannot walk the
+    /// trie for the rest (no BPF iterator over an LPM trie). So this grows
+    /// once `max_timed_blocks` distinct sources were blocked since the last
+    /// reclaim, expired or not: list from a timer where rules block.
     pub blocks_failed: u64,
     /// Expired timed blocks the data plane deleted.
     pub expired: u64,

@@ -187,6 +187,18 @@ impl V4Rules {
         entries::verdict(|bit| self.covers24(idx24, bit))
     }
 
+    /// Host slots the lists take (the exceptions of every mixed /24): only
+    /// a /24 with longer prefixes in it can be mixed.
+    pub(crate) fn host_slots(&self) -> usize {
+        self.long
+            .keys()
+            .map(|&c| match self.cell(c) {
+                Cell::Mixed { exceptions, .. } => exceptions.len(),
+                Cell::Uniform(_) => 0,
+            })
+            .sum()
+    }
+
     /// The state of one /24.
     pub(crate) fn cell(&self, idx24: u32) -> Cell {
         let base = self.base24(idx24);

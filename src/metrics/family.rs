@@ -94,7 +94,7 @@ families! {
     SYN_RATE = ("xdpguard_filter_syn_rate", Gauge, false, ["pin", "port"],
         "A SYN-guarded port's SYNs a second, as the guard measured it last."),
     LIMITER = ("xdpguard_filter_limiter", Counter, false, ["pin", "counted"],
-        "The rate limiter's events: buckets_made, promote_capped, sketch_over, blocks_failed, expired."),
+        "The rate limiter's events: buckets_made, promote_capped, sketch_over, blocks_failed (auto-blocks the full timed-block table refused; expired blocks hold their slots until a list, an edit or a scrape reclaims them), expired."),
     LIMITER_BUCKETS = ("xdpguard_filter_limiter_buckets", Gauge, false, ["pin"],
         "Exact rate-limit buckets in use."),
     LIMITER_BUCKETS_CAPACITY = ("xdpguard_filter_limiter_buckets_capacity", Gauge, false, ["pin"],

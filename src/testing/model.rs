@@ -22,6 +22,10 @@
 //! 3. a source in a timed block that has not expired on the guard clock
 //!    ([`FilterModel::now`] before its expiry): `timed_blocked`, dropped
 //!    (monitor mode: `would_drop_timed`, passed);
+//!
+//!    (neither the lists nor the timed blocks judge on-link neighbour
+//!    discovery, ICMPv6 133-137 with hop limit 255: [`IpPacket::on_link_nd`];
+//!    the rules do)
 //! 4. an IPv6 packet whose extension-header chain is longer than the eight
 //!    headers the parse walks, while the guard stage runs (any rule or
 //!    timed block): `malformed`, dropped (monitor mode: passed);
@@ -49,6 +53,11 @@
 //! kernel is checked against an independent statement of the semantics.
 //! [`FilterModel::from_filter`] is there for users who want to check
 //! frames against a running filter's configuration in their own tests.
+//!
+//! Prefixes (lists, sets, timed blocks, rules) are taken as the filter
+//! stores them ([`normalize`]): an IPv4-mapped one
+//! (`::ffff:192.0.2.5`, /96 or longer) is the IPv4 prefix, which covers
+//! IPv4 packets and no IPv6 packet (not one from `::ffff:192.0.2.5`).
 //!
 //! Not modelled: rate limits that are reached (above), the SYN guard and
 //! anything else a later guard stage adds (a filter using them is outside
@@ -83,7 +92,9 @@ use std::time::Duration;
 
 use ipnetwork::IpNetwork;
 
-use crate::{Error, Filter, IpFamily, MalformedPolicy, Rule, RuleAction, RuleError, Source, XdpAction};
+use crate::{
+    normalize, Error, Filter, IpFamily, MalformedPolicy, Rule, RuleAction, RuleError, Source, SourceMatch, XdpAction,
+};
 
 /// What the filter is configured with, as plain data.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -154,7 +165,7 @@ pub struct IpPacket {
     /// tiny fragment).
     pub l4_hidden: bool,
     /// Neighbour discovery on this link (ICMPv6 133-137, hop limit 255):
-    /// not judged by the lists.
+    /// not judged by the lists nor by timed blocks.
     pub on_link_nd: bool,
 }
 
@@ -338,14 +349,30 @@ fn transport(frame: &[u8], protocol: u8, l4: Option<usize>, end: usize) -> Optio
 }
 
 /// Whether `net` covers `addr` (an address of the other family: never).
+/// `net` is taken as the filter stores it ([`normalize`]): an IPv4-mapped
+/// prefix (`::ffff:192.0.2.5`, /96 or longer) is the IPv4 one, which
+/// covers IPv4 packets' sources and no IPv6 packet's.
 fn covers(net: &IpNetwork, addr: IpAddr) -> bool {
+    let net = normalize(*net).network;
     net.is_ipv4() == addr.is_ipv4() && net.contains(addr)
+}
+
+/// [`Rule::effective_family`] of the rule as the filter takes it
+/// ([`Rule::normalized`]: an IPv4-mapped prefix implies IPv4).
+fn rule_family(rule: &Rule) -> Option<IpFamily> {
+    let of = |n: &IpNetwork| IpFamily::of(normalize(*n).network.ip());
+    rule.family
+        .or_else(|| match &rule.source {
+            Some(SourceMatch { source: Source::Prefix(p), .. }) => Some(of(p)),
+            _ => None,
+        })
+        .or_else(|| rule.destination.map(|d| of(&d.prefix)))
 }
 
 impl FilterModel {
     /// Whether `rule` matches the packet (whatever its action).
     pub fn matches(&self, rule: &Rule, p: &IpPacket) -> bool {
-        if let Some(f) = rule.effective_family() {
+        if let Some(f) = rule_family(rule) {
             if (f == IpFamily::V4) != p.src.is_ipv4() {
                 return false;
             }
@@ -404,7 +431,8 @@ impl FilterModel {
                 (false, false) => done(XdpAction::Drop, "blocked_v6"),
             };
         }
-        if self.timed_blocks.iter().any(|(n, expires)| covers(n, p.src) && self.now < *expires) {
+        // On-link neighbour discovery is exempt from timed blocks too.
+        if !p.on_link_nd && self.timed_blocks.iter().any(|(n, expires)| covers(n, p.src) && self.now < *expires) {
             return if self.monitor {
                 done(XdpAction::Pass, "would_drop_timed")
             } else {

@@ -492,6 +492,48 @@ mod tests {
         }
     }
 
+    /// `block` keyed by a /0 would block a whole address family (the
+    /// reviewed repro: `per src/0/0 block 2m` took 0.0.0.0/0 after three
+    /// packets): refused for every IP version the rule matches, with the
+    /// fix named; a /1, or a /0 of a version the rule does not match, or
+    /// no `block`, still parse; a stored rule is read back as it was.
+    #[test]
+    fn block_keyed_by_a_whole_family_is_refused() {
+        for (text, family) in [
+            ("rate-limit 2/s burst 2 per src/0/0 block 2m udp dport 9", "IPv4"),
+            ("rate-limit 2/s per src/0/64 block 2m udp dport 9", "IPv4"),
+            ("rate-limit 2/s per src/24/0 block 2m udp dport 9", "IPv6"),
+            ("rate-limit 2/s per src/0 ipv4 block 2m udp", "IPv4"),
+            ("rate-limit 2/s per src/0 block 2m udp from 192.0.2.0/24", "IPv4"),
+            ("rate-limit 2/s per src/0 ipv6 block 2m udp", "IPv6"),
+            ("rate-limit 2/s per src/0 block 2m icmpv6 from 2001:db8::/32", "IPv6"),
+            ("rate-limit 2/s per src/0/0 block 2m after 5 udp from set trusted", "IPv4"),
+        ] {
+            let err = text.parse::<Rule>().expect_err(text);
+            assert!(matches!(err, RuleError::Invalid { .. }), "{text}: {err:?}");
+            let err = err.to_string();
+            for want in [
+                format!("an {family} source prefix length of 0 (`per src/0`)"),
+                "key by a longer prefix".into(),
+                "or leave out `block`".into(),
+            ] {
+                assert!(err.contains(&want), "{text}: {err} lacks {want}");
+            }
+            assert!(parse_stored(text).is_ok(), "{text}: a stored rule is read back");
+        }
+        for text in [
+            "rate-limit 2/s per src/1/1 block 2m udp dport 9",
+            "rate-limit 2/s per src/1 ipv4 block 2m udp",
+            "rate-limit 2/s per src/1 ipv6 block 2m udp",
+            "rate-limit 2/s per src/0/64 ipv6 block 2m udp",
+            "rate-limit 2/s per src/24/0 ipv4 block 2m udp",
+            "rate-limit 2/s per src/0/0 udp dport 9",
+        ] {
+            let rule: Rule = text.parse().unwrap_or_else(|e| panic!("{text}: {e}"));
+            assert_eq!(rule.to_string().parse::<Rule>().unwrap(), rule, "{text} round-trips");
+        }
+    }
+
     /// One `per src/LEN` length is the rule's IP version's, whatever its
     /// size.
     #[test]

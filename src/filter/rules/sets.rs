@@ -186,12 +186,13 @@ impl NamedSet<'_> {
     ) -> Result<BulkChange, RuleError> {
         let mut normalized = Vec::new();
         let mut given = BTreeSet::new();
+        let mut duplicates = 0;
         for net in nets {
             let n = normalize(net).network;
             if n != net {
                 normalized.push((net, n));
             }
-            given.insert(n);
+            duplicates += usize::from(!given.insert(n));
         }
         edit(self.filter, |st, maps| {
             let current = st.set(&self.name)?.entries.clone();
@@ -209,7 +210,7 @@ impl NamedSet<'_> {
             } else {
                 st.replace_set(maps, &self.name, next)?;
             }
-            Ok(BulkChange { changed, unchanged, normalized })
+            Ok(BulkChange { changed, unchanged, duplicates, normalized })
         })
     }
 

@@ -494,9 +494,31 @@ impl Rule {
     /// ICMPv6 (or above 255), an empty port or type set, flags set in
     /// `value` but not in `mask`, prefixes of two IP versions (or not of
     /// the version given), ICMP of the other IP version (`ipv6 icmp`), an
-    /// invalid set name.
+    /// invalid set name, `block` keyed by a /0 (`per src/0`) for an IP
+    /// version the rule matches (it would block that whole family).
     pub fn normalized(self) -> Result<Rule, RuleError> {
         self.normalize(true)
+    }
+
+    /// Refuses `block` keyed by a /0 for an IP version the rule matches:
+    /// the first source over the limit would block that whole address
+    /// family, which the lists and [`TimedBlocks`](crate::TimedBlocks)
+    /// refuse without `--force` (`permit_whole_family`). Only new rules
+    /// (`strict`): a stored one is read back, and the data plane's
+    /// auto-block (`src/bpf/guard_limit.h`) refuses a /0 itself.
+    fn check_block_key(&self, l: &RateLimit, implied: Option<IpFamily>) -> Result<(), String> {
+        let family = self.family.or(implied);
+        for (f, len, name) in [(IpFamily::V4, l.per.v4_len, "IPv4"), (IpFamily::V6, l.per.v6_len, "IPv6")] {
+            if len == 0 && family.is_none_or(|given| given == f) {
+                return Err(format!(
+                    "`block` with an {name} source prefix length of 0 (`per src/0`) would block every {name} \
+                     address once one source is over the limit (a whole address family, which `block` and \
+                     the lists refuse without --force): key by a longer prefix (`per src/24/64`, or at least \
+                     `per src/1`), or leave out `block`"
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// [`normalized`](Self::normalized); `strict` false: a rule stored by a
@@ -613,6 +635,11 @@ impl Rule {
             }
             // Implied by the prefix: left implicit, so the text has one form.
             self.family = None;
+        }
+        if strict {
+            if let Some(l) = self.limit.filter(|l| l.block.is_some()) {
+                self.check_block_key(&l, src_family.or(dst_family)).map_err(|reason| invalid(&self, reason))?;
+            }
         }
         Ok(self)
     }
