@@ -994,32 +994,38 @@ fn counters_reset() {
     m.expect(&udp_from(v4("198.51.100.1")), Reason::BlockedV4, "blocked after reset");
 }
 
+/// Neighbour and router discovery's ICMPv6 types, named.
+const ND_TYPES: [(&str, u8); 5] = [
+    ("router solicitation", 133),
+    ("router advertisement", 134),
+    ("neighbour solicitation", 135),
+    ("neighbour advertisement", 136),
+    ("redirect", 137),
+];
+
+/// An ICMPv6 message of type `kind` from `src` to `dst`, with `hop_limit`.
+fn icmp6_frame(src: &str, dst: &str, kind: u8, hop_limit: u8) -> Frame {
+    use xdpguard::testing::etherparse::Icmpv6Type;
+    Frame::builder()
+        .ipv6(src.parse().unwrap(), dst.parse().unwrap())
+        .hop_limit(hop_limit)
+        .icmpv6(Icmpv6Type::Unknown { type_u8: kind, code_u8: 0, bytes5to8: [0; 4] })
+        .payload(&[0; 20])
+        .build()
+}
+
 /// Neighbour discovery on this link (ICMPv6 133-137, hop limit 255) is not
 /// judged by the lists: a default-deny IPv6 filter (`::/0` blocked, a hole
 /// allowlisted) keeps resolving its router and neighbours. Other ICMPv6,
 /// and ND that came through a router (hop limit below 255), is judged.
 #[test]
 fn neighbour_discovery_passes_a_blocked_whole_family() {
-    use xdpguard::testing::etherparse::Icmpv6Type;
     let f = load();
     f.blocklist().permit_whole_family().insert(net("::/0")).unwrap();
     allow(&f, "2001:db8:1::/64");
-    let icmp6 = |src: &str, kind: u8, hop_limit: u8| {
-        Frame::builder()
-            .ipv6(src.parse().unwrap(), "ff02::1:ff00:2".parse().unwrap())
-            .hop_limit(hop_limit)
-            .icmpv6(Icmpv6Type::Unknown { type_u8: kind, code_u8: 0, bytes5to8: [0; 4] })
-            .payload(&[0; 20])
-            .build()
-    };
+    let icmp6 = |src: &str, kind: u8, hop_limit: u8| icmp6_frame(src, "ff02::1:ff00:2", kind, hop_limit);
     let mut t = FixtureTable::new(&f, "neighbour discovery under a blocked ::/0");
-    for (what, kind) in [
-        ("router solicitation", 133),
-        ("router advertisement", 134),
-        ("neighbour solicitation", 135),
-        ("neighbour advertisement", 136),
-        ("redirect", 137),
-    ] {
+    for (what, kind) in ND_TYPES {
         t.run(Fixture::new(what, icmp6("fe80::1", kind, 255)).action(XdpAction::Pass).unchanged().counts(&["passed"]));
     }
     t.run(Fixture::new("DAD from ::", icmp6("::", 135, 255)).action(XdpAction::Pass).unchanged().counts(&["passed"]));
@@ -1066,7 +1072,6 @@ fn neighbour_discovery_passes_a_blocked_whole_family() {
 #[test]
 fn neighbour_discovery_passes_a_timed_whole_family() {
     use std::time::Duration;
-    use xdpguard::testing::etherparse::Icmpv6Type;
     let f = Filter::builder()
         .v4_capacity(1024)
         .v6_capacity(1024)
@@ -1075,22 +1080,9 @@ fn neighbour_discovery_passes_a_timed_whole_family() {
         .unwrap_or_else(|e| panic!("loading the filter failed; these tests need root and Linux 6.0+: {e}"));
     allow(&f, "2001:db8:99::/64");
     f.timed_blocks().permit_whole_family().insert(net("::/0"), Duration::from_secs(600)).unwrap();
-    let icmp6 = |src: &str, kind: u8, hop_limit: u8| {
-        Frame::builder()
-            .ipv6(src.parse().unwrap(), "ff02::1".parse().unwrap())
-            .hop_limit(hop_limit)
-            .icmpv6(Icmpv6Type::Unknown { type_u8: kind, code_u8: 0, bytes5to8: [0; 4] })
-            .payload(&[0; 20])
-            .build()
-    };
+    let icmp6 = |src: &str, kind: u8, hop_limit: u8| icmp6_frame(src, "ff02::1", kind, hop_limit);
     let mut t = FixtureTable::new(&f, "neighbour discovery under a timed ::/0");
-    for (what, kind) in [
-        ("router solicitation", 133),
-        ("router advertisement", 134),
-        ("neighbour solicitation", 135),
-        ("neighbour advertisement", 136),
-        ("redirect", 137),
-    ] {
+    for (what, kind) in ND_TYPES {
         t.run(Fixture::new(what, icmp6("fe80::1", kind, 255)).action(XdpAction::Pass).unchanged().counts(&["passed"]));
     }
     for (what, kind, hop_limit) in [
