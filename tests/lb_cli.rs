@@ -651,6 +651,28 @@ fn host_addresses_and_unusable_sources_and_endpoints_are_refused() {
         let status = cli.json(&with(pa, &["status", "--json"]));
         assert_eq!(status["ipip_sources"], serde_json::json!([IPIP_SRC_V4]), "after {bad}: {status}");
     }
+    // Two IPv4 sources at once (the last used to win silently), or one
+    // family set and cleared at once: refused, nothing changed.
+    let two = ["set", "--ipip-source", "203.0.113.0/24", "--ipip-source", "198.51.100.0/24"];
+    refused(&cli.run(&with(pa, &two)), &["given 2 times for IPv4", "Nothing changed"]);
+    let both = ["set", "--ipip-source", "203.0.113.0/24", "--clear-ipip-source", "ipv4"];
+    refused(&cli.run(&with(pa, &both)), &["not both", "Nothing changed"]);
+    // What the library refuses (clearing the source an IPIP backend needs)
+    // is tried before the redirects change: a refused `set` changed them.
+    cli.ok(&with(pa, &["vip", "add", "203.0.113.40:80", "--mode", "ipip"]));
+    cli.ok(&with(pa, &["backend", "add", "203.0.113.40:80", &backend_v4(1).to_string()]));
+    let before = cli.json(&with(pa, &["status", "--json"]));
+    let eth1 = vn.lb.ifindex("eth1");
+    let redirecting = before["redirect_ifindexes"].as_array().unwrap().iter().any(|i| i.as_u64() == Some(eth1.into()));
+    let flip = if redirecting { "--no-redirect" } else { "--redirect" };
+    refused(&cli.run(&with(pa, &["set", flip, "eth1", "--clear-ipip-source", "ipv4"])), &["IPIP"]);
+    let after = cli.json(&with(pa, &["status", "--json"]));
+    assert_eq!(
+        (&after["redirect_ifindexes"], &after["ipip_sources"]),
+        (&before["redirect_ifindexes"], &before["ipip_sources"]),
+        "a refused set changes nothing"
+    );
+    cli.ok(&with(pa, &["vip", "del", "203.0.113.40:80"]));
     // ... also at attach time: nothing is pinned.
     let other = ScratchDir::bpffs("lbclil2");
     refused(

@@ -418,23 +418,39 @@ struct Settings {
 
 impl Settings {
     /// Applies them to `lb`; returns what changed, as `status` words it.
+    /// What can be refused without changing anything is, first (two IPIP
+    /// sources of one family, of which the last would silently win; a
+    /// family both set and cleared; an interface to redirect out of that
+    /// the namespace lacks); the IPIP sources go before the redirects, as
+    /// the library may refuse them (a cleared family an IPIP backend
+    /// needs); a refusal after that names what was applied before it.
     fn apply(&self, lb: &LoadBalancer) -> Result<Vec<String>> {
+        self.check()?;
         let mut done = Vec::new();
-        for iface in &self.redirect {
-            let ifindex = lb.add_redirect_interface(iface.as_str())?;
-            done.push(format!("redirect out of {iface} (ifindex {ifindex})"));
-        }
-        for iface in &self.no_redirect {
-            lb.remove_redirect_interface(iface.as_str())?;
-            done.push(format!("no redirect out of {iface}"));
-        }
+        let mut step = |what: String, r: std::result::Result<(), xdpguard::Error>| -> Result<()> {
+            match r {
+                Ok(()) => {
+                    done.push(what);
+                    Ok(())
+                }
+                Err(e) if done.is_empty() => Err(e.into()),
+                Err(e) => Err(format!("{e}; applied before it: {} (nothing after it)", done.join(", ")).into()),
+            }
+        };
         for &ipv6 in &self.clear_ipip_sources {
-            lb.clear_ipip_source(ipv6)?;
-            done.push(format!("IPIP source (IPv{}) cleared", if ipv6 { 6 } else { 4 }));
+            let r = lb.clear_ipip_source(ipv6).map_err(Into::into);
+            step(format!("IPIP source (IPv{}) cleared", if ipv6 { 6 } else { 4 }), r)?;
         }
         for prefix in &self.ipip_sources {
-            lb.set_ipip_source(*prefix)?;
-            done.push(format!("IPIP source {prefix}"));
+            step(format!("IPIP source {prefix}"), lb.set_ipip_source(*prefix).map_err(Into::into))?;
+        }
+        for iface in &self.redirect {
+            let r = lb.add_redirect_interface(iface.as_str());
+            let what = format!("redirect out of {iface} (ifindex {})", r.as_ref().copied().unwrap_or(0));
+            step(what, r.map(drop))?;
+        }
+        for iface in &self.no_redirect {
+            step(format!("no redirect out of {iface}"), lb.remove_redirect_interface(iface.as_str()))?;
         }
         if let Some(p) = self.echo {
             lb.set_echo_policy(p);
@@ -453,6 +469,40 @@ impl Settings {
             done.push(format!("UDP timeout {:?}", lb.udp_timeout()));
         }
         Ok(done)
+    }
+
+    /// What [`Self::apply`] refuses before changing anything.
+    fn check(&self) -> Result<()> {
+        for (v6, family) in [(false, "IPv4"), (true, "IPv6")] {
+            let given: Vec<String> =
+                self.ipip_sources.iter().filter(|p| p.is_ipv6() == v6).map(ToString::to_string).collect();
+            if given.len() > 1 {
+                return Err(format!(
+                    "--ipip-source given {} times for {family} ({}): an LB has one outer source prefix per family; \
+                     give one. Nothing changed",
+                    given.len(),
+                    given.join(", ")
+                )
+                .into());
+            }
+            if !given.is_empty() && self.clear_ipip_sources.contains(&v6) {
+                return Err(format!(
+                    "--ipip-source {} and --clear-ipip-source {}: set the {family} source or clear it, not both. \
+                     Nothing changed",
+                    given[0],
+                    family.to_lowercase()
+                )
+                .into());
+            }
+        }
+        if let Some(iface) = self.redirect.iter().find(|i| nix::net::if_::if_nametoindex(i.as_str()).is_err()) {
+            return Err(format!(
+                "no interface `{iface}` to redirect out of in the LB's network namespace (`ip link show`). \
+                 Nothing changed"
+            )
+            .into());
+        }
+        Ok(())
     }
 }
 
