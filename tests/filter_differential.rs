@@ -927,11 +927,16 @@ fn full_host_table_leaves_lists_and_verdicts_as_they_were() {
     assert!(matches!(err, ListError::Full { .. }), "{err}");
     tried.extend(&bulk);
     check(&model, &tried, "after a failed extend");
-    // Removing frees room again, and the freed room is usable.
+    // Removing frees room again, and the freed room is usable: by the
+    // half of the removed /25 (its hosts' slots are the ones freed; a /26
+    // elsewhere fits only where its hosts' buckets have room, which the
+    // filter's random hash seed decides: it failed once in CI, 0 of 46
+    // runs here).
     let gone = model.list(ListKind::Block)[rng.random_range(0..model.entries.len())];
     filter.blocklist().remove(gone).unwrap();
     model.remove(Entry { net: gone, list: ListKind::Block });
-    let net = v4_net(0x0A00_6400, 26);
+    let IpNetwork::V4(half) = gone else { unreachable!() };
+    let net = v4_net(u32::from(half.network()), 26);
     filter.blocklist().insert(net).unwrap();
     model.insert(Entry { net, list: ListKind::Block });
     tried.push(net);
