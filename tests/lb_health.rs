@@ -458,12 +458,15 @@ fn a_drain_is_journaled_before_it_is_made() {
 
     let ns = NetNs::new("hjr");
     let backends: [IpAddr; 2] = ["198.51.100.11".parse().unwrap(), "198.51.100.12".parse().unwrap()];
-    ns.ip(&["addr", "add", "198.51.100.11/32", "dev", "lo"]);
     let outcome = ns.run(move || {
         let lb = LoadBalancer::builder().connections(1024).load().expect("load the LB");
         let vip = Vip::tcp(SocketAddr::new(IpAddr::V4(VIP_V4), 80));
         lb.add_vip(vip, VipConfig::new(ForwardingMode::L2Dsr)).unwrap();
         lb.batch(&vip).add(BackendAddr::new(backends[0]), 5).add(BackendAddr::new(backends[1]), 7).apply().unwrap();
+        // The first backend's address on the loopback, after it was added
+        // (`batch` refuses a backend at the LB host's own address).
+        let up = std::process::Command::new("ip").args(["addr", "add", "198.51.100.11/32", "dev", "lo"]).status();
+        assert!(up.is_ok_and(|s| s.success()), "ip addr add in the test's namespace");
         let weights = |lb: &LoadBalancer| -> Vec<u32> {
             backends
                 .iter()
@@ -599,7 +602,6 @@ fn checks_start_in_the_lbs_network_namespace() {
 
     let ns = NetNs::new("hns");
     let away = NetNs::new("hna");
-    ns.ip(&["addr", "add", "198.51.100.11/32", "dev", "lo"]);
     let dir = ScratchDir::bpffs("hns");
     let vip = Vip::tcp(SocketAddr::new(IpAddr::V4(VIP_V4), 80));
     let backend: IpAddr = "198.51.100.11".parse().unwrap();
@@ -609,6 +611,9 @@ fn checks_start_in_the_lbs_network_namespace() {
         lb.add_vip(vip, VipConfig::new(ForwardingMode::L2Dsr)).unwrap();
         lb.batch(&vip).add(BackendAddr::new(backend), 5).apply().unwrap();
     });
+    // The backend's address on the loopback, after it was added (`batch`
+    // refuses a backend at the LB host's own address).
+    ns.ip(&["addr", "add", "198.51.100.11/32", "dev", "lo"]);
     // Listening in the LB's namespace only.
     let listening = Arc::new(AtomicBool::new(true));
     let (tx, rx) = std::sync::mpsc::channel();
