@@ -477,16 +477,39 @@ fn a_full_lru_evicts_cold_buckets_not_an_active_client() {
 /// Admit 0 and no cap: every new source gets a bucket, so `sources`
 /// sources overfill a table of `capacity`; the client, over its limit and
 /// seen every `every` sources, keeps its bucket.
+///
+/// Real time runs between the steps (the clock can only be stepped
+/// forward), so the client's bucket must not refill while the loop runs,
+/// however slowly a loaded machine runs it. With `1/s burst 1` it did
+/// after one second: on 2 busy cores the loop takes longer than that, and
+/// the refilled client passed as if its bucket had been evicted. A byte
+/// rate of 1 B/s drained with small frames and probed with large ones
+/// refills a probe only after `PROBE - DRAIN` seconds (~17 minutes),
+/// while an evicted bucket is made fresh (its whole burst) and passes the
+/// probe at once: the verdict tells eviction apart from time. The thread
+/// stays on one CPU (the LRU hands out and evicts nodes per CPU).
 fn full_lru_keeps_the_active_client(f: Filter, sources: u32, every: u32, capacity: u64) {
-    f.rules().add(rule("rate-limit 1/s burst 1 udp dport 53")).unwrap();
+    pin_to_cpu0();
+    // 8 bit/s; the burst defaults to one jumbo frame (9,018 bytes).
+    f.rules().add(rule("rate-limit 8bit/s udp dport 53")).unwrap();
     f.set_limiter_promote_max(u32::MAX).unwrap();
-    let client = udp("192.0.2.10", 53);
-    assert_eq!(f.test_run(&client).unwrap().action, XdpAction::Pass, "the client's first packet");
+    let drain = udp_sized("192.0.2.10", 53, 0);
+    let probe = udp_sized("192.0.2.10", 53, 1000);
+    assert!(probe.len() - drain.len() >= 1000, "{} vs {} bytes", probe.len(), drain.len());
+    // Drain the bucket with small frames: it is left within one of them of
+    // empty, and a probe needs ~1,000 s of refill.
+    let mut drained = 0;
+    while f.test_run(&drain).unwrap().action == XdpAction::Pass {
+        drained += 1;
+        assert!(drained <= 9_018 / drain.len() + 1, "the client's bucket never emptied");
+    }
+    assert!(drained >= 9_018 / drain.len() - 1, "the client's first {drained} frames passed: its whole burst");
+    assert_eq!(f.test_run(&probe).unwrap().action, XdpAction::Drop, "the client is over its limit");
     let mut client_passed = 0;
     for i in 0..sources {
         let src = format!("2001:db8:{:x}:{:x}::1", i >> 16, i & 0xffff);
         assert_eq!(f.test_run(&udp(&src, 53)).unwrap().action, XdpAction::Pass, "{src}: a new bucket, full");
-        if i % every == 0 && f.test_run(&client).unwrap().action == XdpAction::Pass {
+        if i % every == 0 && f.test_run(&probe).unwrap().action == XdpAction::Pass {
             client_passed += 1;
         }
     }
@@ -496,6 +519,10 @@ fn full_lru_keeps_the_active_client(f: Filter, sources: u32, every: u32, capacit
     // The client, over its limit all along, kept its bucket: evicting it
     // would have given it a fresh burst.
     assert_eq!(client_passed, 0, "the active client's bucket was never evicted (table of {capacity})");
+    // And the probe was refused by the bucket's state, not for its size:
+    // once the bucket has refilled it passes.
+    f.advance_clock(Duration::from_secs(2_000)).unwrap();
+    assert_eq!(f.test_run(&probe).unwrap().action, XdpAction::Pass, "the client's bucket refilled");
 }
 
 /// A loaded filter reports the rule stage's capacities it was loaded with:
