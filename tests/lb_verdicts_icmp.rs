@@ -379,3 +379,106 @@ fn a_too_big_answer_is_never_cached_as_the_next_hop() {
         assert_eq!(s.tx.packets, 0, "nothing forwarded back out of the ingress");
     });
 }
+
+/// An ICMP error about a tracked flow whose backend's egress is not in the
+/// devmap (`set --no-redirect`, or an interface deleted and made again):
+/// the LB may not redirect it, so, like the flow's own packets (see
+/// `lb_verdicts_nexthop`), it goes to the stack as the LB would have sent
+/// it, but with the MACs it came with (the stack takes it as its own and
+/// routes it): L2 DSR untouched (only XDP delivers to a backend by MAC),
+/// IPIP encapsulated towards the tracked backend (4in4, 6in6, 4in6), NAT
+/// translated for the tracked backend (outer destination, quoted source
+/// and port, checksums) with the TTL left for the stack to take. Counted as
+/// forwarded ICMP and passed_no_devmap, for the backend too, never as an
+/// unresolved neighbour or a redirect. With the egress back in the
+/// devmap, the same error is redirected to the backend again.
+#[test]
+fn an_icmp_error_whose_egress_is_outside_the_devmap_goes_to_the_stack() {
+    in_lb_ns("vicmpdm", 3, |n| {
+        let lb = lb();
+        let rows = [
+            ("DSR v4", ForwardingMode::L2Dsr, IpAddr::V4(VIP_V4), 80, Protocol::Tcp, backends_v4(3)),
+            ("DSR v6", ForwardingMode::L2Dsr, IpAddr::V6(VIP_V6), 80, Protocol::Udp, backends_v6(3)),
+            ("IPIP 4in4", ForwardingMode::Ipip, IpAddr::V4(VIP_V4), 81, Protocol::Udp, backends_v4(3)),
+            ("IPIP 6in6", ForwardingMode::Ipip, IpAddr::V6(VIP_V6), 81, Protocol::Tcp, backends_v6(3)),
+            ("IPIP 4in6", ForwardingMode::Ipip, IpAddr::V4(VIP2_V4), 82, Protocol::Tcp, backends_v6(3)),
+            ("NAT v4", ForwardingMode::Nat, IpAddr::V4(VIP_V4), 83, Protocol::Udp, backends_v4(3)),
+            ("NAT v6", ForwardingMode::Nat, IpAddr::V6(VIP_V6), 83, Protocol::Tcp, backends_v6(3)),
+        ];
+        // The flows, tracked while every egress is in the devmap.
+        let mut t = FixtureTable::new(&lb, "ICMP errors, egress outside the devmap");
+        let mut flows = Vec::new();
+        for (what, mode, vip_addr, port, proto, backends) in &rows {
+            let vip = Vip::new(sa(*vip_addr, *port), *proto);
+            lb.add_vip(vip, VipConfig::new(*mode)).unwrap();
+            let mut batch = lb.batch(&vip);
+            for b in backends {
+                // NAT backends listen on 8080: the quote's port changes too.
+                batch = if *mode == ForwardingMode::Nat { batch.add(sa(*b, 8080), 1) } else { batch.add(*b, 1) };
+            }
+            batch.apply().unwrap();
+            let c = if vip_addr.is_ipv4() { client(7) } else { client6(7) };
+            let syn = frame(n.eth0_mac, c, addr_port(&vip), *proto, true, PAYLOAD);
+            t.run(Fixture::new(format!("{what}: the flow from {c}"), &syn).on(n.eth0).action(XdpAction::Redirect));
+            let tracked = lb.backend_for(&vip, &Flow::new(c, addr_port(&vip), *proto)).unwrap().unwrap();
+            flows.push((*what, *mode, vip, c, *proto, tracked));
+        }
+        lb.remove_redirect_interface("eth1").unwrap();
+        let before = lb.stats().unwrap();
+        for &(what, mode, vip, c, proto, tracked) in &flows {
+            let err = icmp_error(n.eth0_mac, addr_port(&vip), c, proto);
+            // The error's TTL as it arrived (the stack takes one when it forwards).
+            let ttl_in = if vip.addr.is_ipv4() { err[14 + 8] } else { err[14 + 7] };
+            let err_len = err.len();
+            let row = Fixture::new(format!("{what}: an ICMP error about {c}'s flow, to the stack"), &err)
+                .on(n.eth0)
+                .action(XdpAction::Pass)
+                .counts(&["icmp_forwarded", "passed_no_devmap"]);
+            let lb_mac = n.eth0_mac;
+            t.run(match mode {
+                ForwardingMode::L2Dsr => row.output(&err),
+                ForwardingMode::Ipip => {
+                    let osrc = lb.ipip_source_for(&vip, &Flow::new(c, addr_port(&vip), proto), tracked.ip);
+                    row.output(ipip(&err, osrc.unwrap().unwrap(), tracked.ip, CLIENT_MAC, lb_mac))
+                }
+                _ => row.check(move |out| {
+                    same(
+                        "MACs as received",
+                        (dst_mac(out), <[u8; 6]>::try_from(&out[6..12]).unwrap()),
+                        (lb_mac, CLIENT_MAC),
+                    )?;
+                    same("length", out.len(), err_len)?;
+                    let (osrc, odst, ttl, qsrc, qdst, _) = read_icmp_error(&out[14..], proto)?;
+                    let router: IpAddr = if vip.addr.is_ipv4() { ROUTER_V4.into() } else { ROUTER_V6.into() };
+                    same("outer source", osrc, router)?;
+                    same("outer destination (translated), TTL untouched", (odst, ttl), (tracked.ip, ttl_in))?;
+                    same("quoted source (translated)", qsrc, sa(tracked.ip, tracked.port.unwrap_or(80)))?;
+                    same("quoted destination", qdst, c)
+                }),
+            });
+            let bs = lb.backend_stats(&vip).unwrap();
+            let b = bs.iter().find(|b| b.addr() == tracked).expect("the tracked backend is listed");
+            assert_eq!((b.traffic.packets, b.no_neighbour.packets), (2, 0), "{what}: the flow's SYN and its error");
+        }
+        let s = lb.stats().unwrap();
+        let n_rows = flows.len() as u64;
+        assert_eq!(s.passed_no_devmap.packets - before.passed_no_devmap.packets, n_rows);
+        assert_eq!(s.icmp_forwarded.packets - before.icmp_forwarded.packets, n_rows);
+        assert_eq!(s.redirected.packets, before.redirected.packets, "nothing redirected");
+        assert_eq!(s.passed_no_neighbour.packets, 0);
+
+        // The egress back: the same errors are redirected to their backends.
+        lb.add_redirect_interface("eth1").unwrap();
+        for &(what, _, vip, c, proto, tracked) in &flows {
+            let err = icmp_error(n.eth0_mac, addr_port(&vip), c, proto);
+            let next_hop = backend_mac(backend_index(tracked));
+            t.run(
+                Fixture::new(format!("{what}: the same error, eth1 back in the devmap"), &err)
+                    .on(n.eth0)
+                    .action(XdpAction::Redirect)
+                    .check(move |out| same("to the tracked backend's MAC", dst_mac(out), next_hop)),
+            );
+        }
+        t.finish();
+    });
+}
