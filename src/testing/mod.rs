@@ -20,6 +20,7 @@
 //! - [`crash`]: points where a process aborts on request, for repair tests.
 //! - [`live`]: `BPF_PROG_TEST_RUN` on any XDP program (repetitions, live
 //!   frames) and native attach by fd, for benchmarks and generators.
+//! - [`kernel`]: what the running kernel supports (freplace programs).
 //!
 //! Enable it for tests only:
 //!
@@ -56,6 +57,7 @@ pub mod diff;
 pub mod fixture;
 pub mod frame;
 pub mod gate;
+pub mod kernel;
 pub mod lb_topology;
 pub mod live;
 pub mod model;
