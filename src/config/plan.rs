@@ -1124,7 +1124,12 @@ fn hand_over(mut sections: Vec<SectionPlan>) -> Vec<SectionPlan> {
                     // A removal in an earlier section cannot move: the
                     // creation after it in its section needs it done (a
                     // re-created program, --recreate, leaves its
-                    // interfaces before it is created again).
+                    // interfaces before it is created again). Not fixed:
+                    // the interface then runs nothing until this attach;
+                    // attaching here before that removal would need this
+                    // section split around the earlier one, and a filter
+                    // chained to the re-created LB finished before it
+                    // exists (README, "Moving an interface").
                     Step::Remove { .. } => j > i && other.holds.contains(interface),
                     _ => false,
                 })?;
@@ -1447,11 +1452,8 @@ mod tests {
         // earlier one takes: its re-add runs first, its batch in VIP order.
         let readd = |slots| {
             let mut later = change("tcp 203.0.113.21:80", &["198.51.100.50:8080"], &[], slots);
-            later.first = Some(Step::ReconfigureVip {
-                vip: later.vip,
-                from: nat,
-                to: VipConfig { table_size: 2053, ..nat },
-            });
+            later.first =
+                Some(Step::ReconfigureVip { vip: later.vip, from: nat, to: VipConfig { table_size: 2053, ..nat } });
             later.running = vec!["198.51.100.51:8080".parse().unwrap()];
             vec![change("tcp 203.0.113.20:80", &["198.51.100.51:8080"], &["198.51.100.50:8080"], 1), later]
         };
