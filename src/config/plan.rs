@@ -950,28 +950,19 @@ fn running_guard(filter: &Filter) -> Result<Option<(NamedSets, Vec<Rule>, SynPor
 /// more), then the SYN guard's ports: protected or changed, then
 /// unprotected.
 ///
-/// The prefix table's room is counted in the order the steps run: a
-/// dropped set no running rule names is deleted first (its room is free
-/// for the sets that grow, and no rule sees it go); a set whose change
-/// fits only once the dropped sets the running rules still name are
-/// deleted (the file's sets fit the table, checked when it is read, but
-/// not beside those) changes after the rule replace and those deletions,
-/// by its differences: the new rules meet its old prefixes until then (an
-/// empty set, when it is new). Refusing such a file instead would leave it
-/// applicable only in two edits.
+/// The prefix table's room is counted in the order the steps run: a set
+/// whose change fits only once the sets the file drops are deleted (the
+/// file's sets fit the table, checked when it is read, but not beside
+/// those, which the running rules may still name) changes after the rule
+/// replace and those deletions, by its differences: the new rules meet
+/// its old prefixes until then (an empty set, when it is new). Refusing
+/// such a file instead would leave it applicable only in two edits.
 fn guard_steps(f: &FilterConfig, have_sets: &NamedSets, have: &[Rule], have_syn: &SynPorts, steps: &mut Vec<Step>) {
     let max = f.guard.max_set_entries;
-    let named: BTreeSet<&str> = have.iter().filter_map(Rule::set_name).collect();
-    let dropped: Vec<&String> = have_sets.keys().filter(|n| !f.sets.contains_key(*n)).collect();
-    let (late, free): (Vec<&String>, Vec<&String>) = dropped.into_iter().partition(|n| named.contains(n.as_str()));
     // The prefix table's use as the steps go (every set, both the live
     // copies and, during a replace, the new one beside it); sets that
     // shrink go first, so those that grow find the room they free.
     let mut used: usize = have_sets.values().map(Vec::len).sum();
-    for name in free {
-        steps.push(Step::DeleteSet(name.clone()));
-        used -= have_sets[name].len();
-    }
     let mut order: Vec<(&String, &Vec<IpNetwork>)> = f.sets.iter().collect();
     order.sort_by_key(|(name, want)| want.len() >= have_sets.get(*name).map_or(0, Vec::len));
     // The set's change, the table's use after it, and whether it fits now.
@@ -1030,7 +1021,7 @@ fn guard_steps(f: &FilterConfig, have_sets: &NamedSets, have: &[Rule], have_syn:
             kept,
         });
     }
-    for name in late {
+    for name in have_sets.keys().filter(|n| !f.sets.contains_key(*n)) {
         steps.push(Step::DeleteSet(name.clone()));
         used -= have_sets[name].len();
     }
@@ -1488,10 +1479,9 @@ mod tests {
         assert_eq!(text[1], "VIP tcp 203.0.113.20:80 backends: add 198.51.100.61:8080 weight 1 (one table swap)");
     }
 
-    /// The prefix table's room counted in the order the steps run: a
-    /// dropped set no running rule names goes first; a set that fits only
-    /// once the dropped sets the running rules name are gone changes after
-    /// the rule replace and their deletion.
+    /// The prefix table's room counted in the order the steps run: a set
+    /// that fits only once the dropped sets are gone changes after the
+    /// rule replace and their deletion.
     #[test]
     fn sets_grow_into_the_room_dropped_sets_free() {
         let file = "[[filter]]\ninterfaces = [\"eth0\"]\nmax_set_entries = 5\n\
@@ -1514,14 +1504,14 @@ mod tests {
         assert_eq!(
             text,
             [
-                "set old: delete",
                 "rules: replace with 1 rules (+1 -2, 0 kept; one switch)",
                 "set a: delete",
+                "set old: delete",
                 "set b: remove 0, then add 3 in place (no room for a second copy: not one switch)",
             ]
         );
-        // With room beside the dropped sets: in file order, one replace,
-        // the named dropped set after the rules.
+        // With room beside the dropped sets: one replace before the rules,
+        // the dropped sets deleted after them, as before.
         let roomy = file.replace("max_set_entries = 5", "max_set_entries = 16");
         let config: Config = roomy.parse().unwrap();
         let mut steps = Vec::new();
@@ -1530,10 +1520,10 @@ mod tests {
         assert_eq!(
             text,
             [
-                "set old: delete",
                 "set b: replace with 5 entries (+3 -0)",
                 "rules: replace with 1 rules (+1 -2, 0 kept; one switch)",
                 "set a: delete",
+                "set old: delete",
             ]
         );
     }
