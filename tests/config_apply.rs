@@ -980,6 +980,31 @@ fn removals_another_vips_backends_need_run_first() {
     assert!(XDPGUARD.ok(&["apply", "--config", &cfg]).ends_with("no changes\n"));
     XDPGUARD.ok(&["down", "--config", &cfg]);
 
+    // The second VIP re-added (another table size) gives the first the NAT
+    // backend it runs: its re-add runs before the first VIP's additions.
+    let write_sized = |first: &str, second: &str, size: u32| {
+        write(64, first, second);
+        let text = std::fs::read_to_string(bed.file()).unwrap();
+        let sized = text.replace(
+            "vip = \"tcp 203.0.113.21:80\"\nmode = \"nat\"\n",
+            &format!("vip = \"tcp 203.0.113.21:80\"\nmode = \"nat\"\ntable_size = {size}\n"),
+        );
+        assert_ne!(sized, text);
+        std::fs::write(bed.file(), sized).unwrap();
+    };
+    write_sized(a, b, 1021);
+    XDPGUARD.ok(&["apply", "--config", &cfg]);
+    write_sized(b, a, 2053);
+    let out = XDPGUARD.ok(&["apply", "--config", &cfg]);
+    let readd = out.find("re-add VIP tcp 203.0.113.21:80").unwrap_or_else(|| panic!("{out}"));
+    let takes = out.find("VIP tcp 203.0.113.20:80 backends: add 198.51.100.51:8080").unwrap_or_else(|| panic!("{out}"));
+    assert!(readd < takes, "{out}");
+    assert_eq!(addrs("tcp 203.0.113.20:80"), ["198.51.100.51:8080"], "{out}");
+    assert_eq!(addrs("tcp 203.0.113.21:80"), ["198.51.100.50:8080"], "{out}");
+    assert_eq!(lb().vip_config(&vip("tcp 203.0.113.21:80")).unwrap().table_size, 2053);
+    assert!(XDPGUARD.ok(&["apply", "--config", &cfg]).ends_with("no changes\n"));
+    XDPGUARD.ok(&["down", "--config", &cfg]);
+
     // A slot moved from the second VIP to the first, the table full.
     write(2, a, b);
     XDPGUARD.ok(&["apply", "--config", &cfg]);
@@ -1025,5 +1050,74 @@ fn a_set_over_half_the_prefix_table_changes_in_place() {
     assert!(out.contains("set big: remove 1, then add 1 in place"), "{out}");
     assert_eq!(set(), ["192.0.2.1/32", "192.0.2.2/32", "192.0.2.4/32"], "{out}");
     assert!(XDPGUARD.ok(&["apply", "--config", &cfg]).ends_with("no changes\n"));
+
+    // A set the rules name dropped while another grows into its room: the
+    // file fits the table, but not beside the dropped set, so the growth
+    // waits for the rule replace and that set's deletion (it failed, full).
+    let two = |rules: &str, sets: &str| {
+        let text = format!(
+            "[[filter]]\npin = \"{fp}\"\nnetns = \"{s}\"\ninterfaces = [\"eth0\"]\nmode = \"generic\"\n\
+             max_set_entries = 5\nrules = \"\"\"\n{rules}\"\"\"\n\n[filter.sets]\n{sets}"
+        );
+        std::fs::write(bed.file(), text).unwrap();
+    };
+    two(
+        "drop udp dport 9 from set big\ndrop udp dport 10 from set gone\n",
+        "big = [\"192.0.2.1\", \"192.0.2.2\"]\ngone = [\"192.0.2.9\", \"192.0.2.10\"]\n",
+    );
+    XDPGUARD.ok(&["apply", "--config", &cfg]);
+    two(
+        "drop udp dport 9 from set big\n",
+        "big = [\"192.0.2.1\", \"192.0.2.2\", \"192.0.2.3\", \"192.0.2.4\", \"192.0.2.5\"]\n",
+    );
+    let out = XDPGUARD.ok(&["apply", "--config", &cfg]);
+    let at = |what: &str| out.find(what).unwrap_or_else(|| panic!("{what}: {out}"));
+    assert!(at("rules: replace") < at("set gone: delete") && at("set gone: delete") < at("set big: "), "{out}");
+    assert_eq!(set().len(), 5, "{out}");
+    let f = Filter::open_pinned(bed.filter_pin.path()).unwrap();
+    assert_eq!(f.sets().names().unwrap(), ["big"]);
+    assert!(XDPGUARD.ok(&["apply", "--config", &cfg]).ends_with("no changes\n"));
+    XDPGUARD.ok(&["down", "--config", &cfg]);
+}
+
+/// A VIP at an address of the LB host itself is refused before anything
+/// changes, naming the file's key that permits it (`permit_local`, the
+/// CLI's `vip add --force`); with the key it is added, and re-added.
+#[test]
+fn a_vip_at_a_host_address_needs_permit_local() {
+    let bed = Bed::new("cfgp");
+    let cfg = bed.arg();
+    let (lp, s) = (bed.lb_pin.arg(), &bed.pair.server.name);
+    let write = |extra: &str| {
+        let text = format!(
+            "[[lb]]\npin = \"{lp}\"\nnetns = \"{s}\"\ninterfaces = [\"eth0\"]\nmode = \"generic\"\nmax_vips = 8\n\
+             max_backends = 64\nconnections = 1024\n\n\
+             [[lb.vip]]\nvip = \"udp 198.51.100.80:53\"\nmode = \"dsr\"\n\n\
+             [[lb.vip]]\nvip = \"udp 192.0.2.2:53\"\nmode = \"dsr\"\n{extra}backends = [\"198.51.100.11\"]\n"
+        );
+        std::fs::write(bed.file(), text).unwrap();
+    };
+    write("");
+    refused(
+        &XDPGUARD.run(&["apply", "--config", &cfg]),
+        &["VIP udp 192.0.2.2:53 is at an address of this host (on eth0)", "permit_local = true", "nothing applied"],
+    );
+    assert!(!bed.lb_pin.path().exists(), "refused before the LB was created");
+
+    write("permit_local = true\n");
+    let out = XDPGUARD.ok(&["apply", "--config", &cfg]);
+    let lb = LoadBalancer::open_pinned(bed.lb_pin.path()).unwrap();
+    assert_eq!(lb.backends(&vip("udp 192.0.2.2:53")).unwrap().len(), 1, "{out}");
+    assert!(XDPGUARD.ok(&["apply", "--config", &cfg]).ends_with("no changes\n"));
+
+    // Re-added with other settings: refused without the key, done with it.
+    write("table_size = 1021\n");
+    refused(&XDPGUARD.run(&["apply", "--config", &cfg]), &["VIP udp 192.0.2.2:53", "permit_local = true"]);
+    assert_eq!(lb.vip_config(&vip("udp 192.0.2.2:53")).unwrap().table_size, xdpguard::DEFAULT_TABLE_SIZE);
+    write("table_size = 1021\npermit_local = true\n");
+    let out = XDPGUARD.ok(&["apply", "--config", &cfg]);
+    assert!(out.contains("re-add VIP udp 192.0.2.2:53"), "{out}");
+    assert_eq!(lb.vip_config(&vip("udp 192.0.2.2:53")).unwrap().table_size, 1021);
+    drop(lb);
     XDPGUARD.ok(&["down", "--config", &cfg]);
 }

@@ -157,6 +157,11 @@ impl Run<'_> {
         }
     }
 
+    /// Whether the file permits this VIP at an address of the host itself.
+    fn permit_local(&self, vip: &crate::Vip) -> bool {
+        self.lb_config().vips.iter().any(|v| v.vip == *vip && v.permit_local)
+    }
+
     fn detach(&mut self, interface: &str) -> Result<(), Error> {
         match self.section.program {
             Program::Filter => self.filter()?.detach(interface),
@@ -249,12 +254,16 @@ impl Run<'_> {
             }
             Step::AddRedirect(i) => drop(self.lb()?.add_redirect_interface(i.as_str())?),
             Step::RemoveRedirect { ifindex, .. } => self.lb()?.remove_redirect_interface(*ifindex)?,
-            Step::AddVip { vip, config } => self.lb()?.add_vip(*vip, *config)?,
+            Step::AddVip { vip, config } => {
+                let permit = self.permit_local(vip);
+                add_vip(self.lb()?, *vip, *config, permit)?
+            }
             Step::RemoveVip(vip) => self.lb()?.remove_vip(vip)?,
             Step::ReconfigureVip { vip, to, .. } => {
+                let permit = self.permit_local(vip);
                 let lb = self.lb()?;
                 lb.remove_vip(vip)?;
-                lb.add_vip(*vip, *to)?;
+                add_vip(lb, *vip, *to, permit)?;
             }
             Step::Backends { vip, added, reweighted, removed } => {
                 let mut batch = self.lb()?.batch(vip);
@@ -386,6 +395,12 @@ impl Plan {
         }
         Ok(Applied { changes, digests: Vec::new() })
     }
+}
+
+/// Adds a VIP, at an address of the host itself only when `permit_local`.
+fn add_vip(lb: &LoadBalancer, vip: crate::Vip, config: crate::VipConfig, permit_local: bool) -> Result<(), Error> {
+    let added = if permit_local { lb.add_vip_permit_local(vip, config) } else { lb.add_vip(vip, config) };
+    Ok(added?)
 }
 
 /// A failed step's error: a full table named by the file's key that

@@ -144,6 +144,12 @@ pub struct VipSpec {
     pub config: VipConfig,
     /// Its backends and weights (`backends`), in canonical order.
     pub backends: Vec<Backend>,
+    /// Whether it may be at an address of the LB host itself
+    /// (`permit_local`, default false; the CLI's `vip add --force`,
+    /// [`LoadBalancer::add_vip_permit_local`](crate::LoadBalancer::add_vip_permit_local)):
+    /// its packets then go to its backends, not to the host's own services
+    /// there. Without it, planning refuses such a VIP it would add.
+    pub permit_local: bool,
 }
 
 /// A decapsulator (`[[decap]]`).

@@ -90,7 +90,7 @@ const LB_KEYS: &[&str] = &[
     "keep_drained",
     "vip",
 ];
-const VIP_KEYS: &[&str] = &["vip", "mode", "table_size", "hash", "conntrack", "backends"];
+const VIP_KEYS: &[&str] = &["vip", "mode", "table_size", "hash", "conntrack", "permit_local", "backends"];
 const BACKEND_KEYS: &[&str] = &["addr", "weight"];
 const LIMIT_KEYS: &[&str] = &["per_second", "burst"];
 const DECAP_KEYS: &[&str] = &["pin", "interfaces", "mode", "netns", "locals"];
@@ -642,6 +642,7 @@ fn vip(r: &mut Reader<'_>, t: &DeTable<'_>, span: &Range<usize>) -> Option<VipRe
     // its next apply (its flows hashed again) and move its digest.
     let hash = get(t, "hash").map(|v| r.parsed::<HashInput>(v));
     let conntrack = get(t, "conntrack").map_or(Some(true), |v| r.boolean(v));
+    let permit_local = get(t, "permit_local").map_or(Some(false), |v| r.boolean(v));
     let mut backends: Vec<(Backend, Range<usize>)> = Vec::new();
     if let Some(v) = get(t, "backends") {
         for (b, s) in r.each(v, backend) {
@@ -656,7 +657,7 @@ fn vip(r: &mut Reader<'_>, t: &DeTable<'_>, span: &Range<usize>) -> Option<VipRe
             }
         }
     }
-    let (vip, mode, table_size, conntrack) = (vip?, mode?, table_size?, conntrack?);
+    let (vip, mode, table_size, conntrack, permit_local) = (vip?, mode?, table_size?, conntrack?, permit_local?);
     let hash = hash.unwrap_or(Some(HashInput::FiveTuple))?;
     let config = VipConfig::new(mode).table_size(table_size).hash(hash).conntrack(conntrack);
     if mode == ForwardingMode::Nat && !conntrack {
@@ -669,7 +670,7 @@ fn vip(r: &mut Reader<'_>, t: &DeTable<'_>, span: &Range<usize>) -> Option<VipRe
     }
     backends.sort_by_key(|(b, _)| b.addr);
     let (backends, backend_spans) = backends.into_iter().unzip();
-    Some(VipRead { spec: VipSpec { vip, config, backends }, span: span.clone(), backend_spans })
+    Some(VipRead { spec: VipSpec { vip, config, backends, permit_local }, span: span.clone(), backend_spans })
 }
 
 fn lb(r: &mut Reader<'_>, t: &DeTable<'_>, span: &Range<usize>) -> (LbConfig, Placement) {
@@ -1242,6 +1243,7 @@ backends = [{ addr = "198.51.100.12", weight = 2 }, "198.51.100.11"]
         assert_eq!((lb.pin.as_path(), lb.hash_seed, lb.interfaces.len()), (Path::new(DEFAULT_LB_PIN), 7, 0));
         let v = &lb.vips[0];
         assert_eq!(v.config.table_size, DEFAULT_TABLE_SIZE);
+        assert!(!v.permit_local, "a VIP at a host address is refused unless the file permits it");
         let b: Vec<(String, u32)> = v.backends.iter().map(|b| (b.addr.to_string(), b.weight)).collect();
         assert_eq!(b, [("198.51.100.11".to_string(), 1), ("198.51.100.12".to_string(), 2)]);
         // The same file in another order promises the same digest.
@@ -1360,6 +1362,17 @@ rules = "drop udp dport 53\ndrop udp dport 54"
             assert!(shown, "dist/xdpguard.toml does not show `{key}`");
         }
         assert!(example.contains("[filter.sets]") && example.contains("[[filter.syn]]"));
+    }
+
+    /// `permit_local` is a VIP's boolean, false when not given.
+    #[test]
+    fn permit_local_is_read_per_vip() {
+        let text = "[[lb]]\ninterfaces = [\"eth0\"]\n\n[[lb.vip]]\nvip = \"tcp 192.0.2.2:22\"\nmode = \"dsr\"\n\
+                    permit_local = true\n\n[[lb.vip]]\nvip = \"tcp 192.0.2.2:80\"\nmode = \"dsr\"\n";
+        let c = read(text, Path::new("x.toml")).unwrap();
+        let permits: Vec<bool> = c.lbs[0].vips.iter().map(|v| v.permit_local).collect();
+        assert_eq!(permits, [true, false]);
+        expect(&text.replace("permit_local = true", "permit_local = \"yes\""), &[(7, 16, "")]);
     }
 
     /// The named sets' prefixes in all, and the rules as compiled, are

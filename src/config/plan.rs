@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 
-use super::model::{Config, DecapConfig, FilterConfig, LbConfig};
+use super::model::{Config, DecapConfig, FilterConfig, LbConfig, VipSpec};
 use super::netns::Entered;
 use crate::core::layout::names;
 use crate::error::{ConfigError, Error, PinError};
@@ -488,6 +488,26 @@ impl Planner {
         false
     }
 
+    /// A VIP the plan adds (or re-adds) at an address of the host itself
+    /// (in the section's namespace, entered), which the file does not
+    /// permit: refused here, before any change, as `add_vip` would refuse
+    /// it half-way through the apply (naming the CLI's `--force`).
+    fn local_vip(&mut self, l: &LbConfig, v: &VipSpec) {
+        if v.permit_local {
+            return;
+        }
+        if let Some(interface) = crate::lb::local_address_holder(v.vip.addr) {
+            self.host.push(format!(
+                "lb {}: VIP {} is at an address of this host (on {interface}): its packets would go to its backends \
+                 (and be dropped until it has one) instead of the host's own services there, an SSH session to that \
+                 address among them; give the service an address of its own, or, to take that address's traffic \
+                 over on purpose, set `permit_local = true` in its [[lb.vip]]",
+                l.pin.display(),
+                v.vip
+            ));
+        }
+    }
+
     fn filter(&mut self, f: &FilterConfig) -> Result<Vec<Step>, ConfigError> {
         let Some(_ns) = self.enter(Program::Filter, &f.pin, f.netns.as_deref(), &f.interfaces) else {
             return Ok(Vec::new());
@@ -631,6 +651,7 @@ impl Planner {
         let Some(lb) = running else {
             steps.push(Step::Create);
             for v in &l.vips {
+                self.local_vip(l, v);
                 steps.push(Step::AddVip { vip: v.vip, config: v.config });
                 if !v.backends.is_empty() {
                     let added = v.backends.clone();
@@ -690,7 +711,11 @@ impl Planner {
         for (vip, spec) in &wanted {
             // Re-added with its backends: those drained here stay so.
             let mut drained_here = BTreeSet::new();
-            let mut change = VipChange { vip: *vip, spec: spec.config, first: None, batch: None, slots: 0 };
+            let mut change =
+                VipChange { vip: *vip, spec: spec.config, first: None, batch: None, slots: 0, running: Vec::new() };
+            if running.get(vip) != Some(&spec.config) {
+                self.local_vip(l, spec);
+            }
             let have_backends = match running.get(vip) {
                 None => {
                     change.first = Some(Step::AddVip { vip: *vip, config: spec.config });
@@ -700,6 +725,7 @@ impl Planner {
                     change.first = Some(Step::ReconfigureVip { vip: *vip, from: *cfg, to: spec.config });
                     let running = lb.backends(vip).map_err(|e| err(e.into()))?;
                     change.slots = running.len();
+                    change.running = running.iter().map(|b| b.addr).collect();
                     if l.keep_drained {
                         drained_here.extend(running.iter().filter(|b| b.weight == 0).map(|b| b.addr));
                     }
@@ -797,6 +823,9 @@ struct VipChange {
     batch: Option<Step>,
     /// The backend slots it holds now (a re-add frees them all).
     slots: usize,
+    /// With a [`Step::ReconfigureVip`]: the backends it runs now, which
+    /// its re-add removes.
+    running: Vec<BackendAddr>,
 }
 
 /// Each VIP's steps, in VIP order, each backend batch one table swap; but
@@ -810,33 +839,50 @@ struct VipChange {
 /// old ones freed after it). Traded: such a VIP changes in two swaps, not
 /// one; between them it runs without the removed backends and before the
 /// added ones (without any, when all of them are replaced). A VIP no other
-/// needs the removals of still changes in one swap. Re-added VIPs
-/// ([`Step::ReconfigureVip`]) free their slots where they stand.
+/// needs the removals of still changes in one swap. A re-added VIP
+/// ([`Step::ReconfigureVip`]) frees its backends (NAT ones, slots) at its
+/// re-add: when another VIP's additions need them, the re-add runs in that
+/// first pass too (else an earlier VIP's batch would meet them still held),
+/// and the VIP runs without backends until its batch in the second pass.
 fn backend_steps(mut per_vip: Vec<VipChange>, max_backends: u32, steps: &mut Vec<Step>) {
     let parts = |c: &VipChange| match &c.batch {
         Some(Step::Backends { added, removed, .. }) => (added.len(), removed.len()),
         _ => (0, 0),
     };
+    // Whether `gone` (backends of `c` in `mode`) clash with a NAT addition
+    // of another VIP: the library's own check, against just those backends.
+    let adds_clashing = |c: &VipChange, mode: crate::ForwardingMode, gone: &[BackendAddr]| {
+        mode == crate::ForwardingMode::Nat
+            && per_vip.iter().any(|o| match &o.batch {
+                Some(Step::Backends { added, .. }) if o.vip != c.vip && o.spec.mode == crate::ForwardingMode::Nat => {
+                    added.iter().any(|b| {
+                        let theirs = gone.iter().map(|r| (&c.vip, crate::ForwardingMode::Nat, r));
+                        crate::lb::check_nat_backend(&o.vip, &b.addr, theirs).is_err()
+                    })
+                }
+                _ => false,
+            })
+    };
     // Which VIPs' removals go first: those a NAT addition elsewhere clashes
-    // with (the library's own check, against just the removed backend).
-    let mut early = vec![false; per_vip.len()];
-    for (i, c) in per_vip.iter().enumerate() {
-        let Some(Step::Backends { removed, .. }) = &c.batch else { continue };
-        if c.spec.mode != crate::ForwardingMode::Nat || removed.is_empty() {
-            continue;
-        }
-        early[i] = per_vip.iter().any(|o| match &o.batch {
-            Some(Step::Backends { added, .. }) if o.vip != c.vip && o.spec.mode == crate::ForwardingMode::Nat => {
-                added.iter().any(|b| {
-                    let theirs = removed.iter().map(|r| (&c.vip, crate::ForwardingMode::Nat, r));
-                    crate::lb::check_nat_backend(&o.vip, &b.addr, theirs).is_err()
-                })
-            }
+    // with.
+    let mut early: Vec<bool> = per_vip
+        .iter()
+        .map(|c| match &c.batch {
+            Some(Step::Backends { removed, .. }) => adds_clashing(c, c.spec.mode, removed),
             _ => false,
-        });
-    }
+        })
+        .collect();
+    // Which re-adds go first: those whose running backends (in the running
+    // mode) a NAT addition elsewhere clashes with.
+    let mut readd_early: Vec<bool> = per_vip
+        .iter()
+        .map(|c| match &c.first {
+            Some(Step::ReconfigureVip { from, .. }) => adds_clashing(c, from.mode, &c.running),
+            _ => false,
+        })
+        .collect();
     // The table's use, batch by batch in VIP order: when an addition would
-    // not fit, every VIP's removals go first.
+    // not fit, every VIP's removals go first (re-adds holding slots too).
     let mut used: usize = per_vip.iter().map(|c| c.slots).sum();
     let mut full = false;
     for c in &per_vip {
@@ -851,9 +897,13 @@ fn backend_steps(mut per_vip: Vec<VipChange>, max_backends: u32, steps: &mut Vec
         // Only removals: the whole batch moves, still one swap.
         for (i, c) in per_vip.iter().enumerate() {
             early[i] |= parts(c).1 > 0;
+            readd_early[i] |= matches!(c.first, Some(Step::ReconfigureVip { .. })) && c.slots > 0;
         }
     }
-    for (c, early) in per_vip.iter_mut().zip(early) {
+    for ((c, early), readd) in per_vip.iter_mut().zip(early).zip(readd_early) {
+        if readd {
+            steps.extend(c.first.take());
+        }
         let Some(Step::Backends { vip, removed, .. }) = c.batch.as_mut().filter(|_| early) else { continue };
         let removed = std::mem::take(removed);
         steps.push(Step::Backends { vip: *vip, added: Vec::new(), reweighted: Vec::new(), removed });
@@ -899,13 +949,49 @@ fn running_guard(filter: &Filter) -> Result<Option<(NamedSets, Vec<Rule>, SynPor
 /// replace, then the sets the file dropped deleted (no rule names them any
 /// more), then the SYN guard's ports: protected or changed, then
 /// unprotected.
+///
+/// The prefix table's room is counted in the order the steps run: a
+/// dropped set no running rule names is deleted first (its room is free
+/// for the sets that grow, and no rule sees it go); a set whose change
+/// fits only once the dropped sets the running rules still name are
+/// deleted (the file's sets fit the table, checked when it is read, but
+/// not beside those) changes after the rule replace and those deletions,
+/// by its differences: the new rules meet its old prefixes until then (an
+/// empty set, when it is new). Refusing such a file instead would leave it
+/// applicable only in two edits.
 fn guard_steps(f: &FilterConfig, have_sets: &NamedSets, have: &[Rule], have_syn: &SynPorts, steps: &mut Vec<Step>) {
+    let max = f.guard.max_set_entries;
+    let named: BTreeSet<&str> = have.iter().filter_map(Rule::set_name).collect();
+    let dropped: Vec<&String> = have_sets.keys().filter(|n| !f.sets.contains_key(*n)).collect();
+    let (late, free): (Vec<&String>, Vec<&String>) = dropped.into_iter().partition(|n| named.contains(n.as_str()));
     // The prefix table's use as the steps go (every set, both the live
     // copies and, during a replace, the new one beside it); sets that
     // shrink go first, so those that grow find the room they free.
     let mut used: usize = have_sets.values().map(Vec::len).sum();
+    for name in free {
+        steps.push(Step::DeleteSet(name.clone()));
+        used -= have_sets[name].len();
+    }
     let mut order: Vec<(&String, &Vec<IpNetwork>)> = f.sets.iter().collect();
     order.sort_by_key(|(name, want)| want.len() >= have_sets.get(*name).map_or(0, Vec::len));
+    // The set's change, the table's use after it, and whether it fits now.
+    let change = |name: &String, current: &[IpNetwork], want: &Vec<IpNetwork>, used: usize| {
+        let (c, w): (BTreeSet<_>, BTreeSet<_>) = (current.iter().collect(), want.iter().collect());
+        let added: Vec<IpNetwork> = w.difference(&c).map(|n| **n).collect();
+        let removed: Vec<IpNetwork> = c.difference(&w).map(|n| **n).collect();
+        let after = used + want.len() - current.len();
+        // A whole replace builds the new set beside the live one (a new
+        // set has none): with no room for both (a set over half the
+        // table), by differences, removals first (the table's peak is then
+        // its use after).
+        if used + want.len() <= max || current.is_empty() {
+            let (added, removed) = (added.len(), removed.len());
+            (Step::ReplaceSet { name: name.clone(), entries: want.clone(), added, removed }, after, after <= max)
+        } else {
+            (Step::EditSet { name: name.clone(), added, removed }, after, after <= max)
+        }
+    };
+    let mut deferred = Vec::new();
     for (name, want) in order {
         let current = match have_sets.get(name) {
             Some(c) => c.as_slice(),
@@ -915,18 +1001,13 @@ fn guard_steps(f: &FilterConfig, have_sets: &NamedSets, have: &[Rule], have_syn:
             }
         };
         if current != want.as_slice() {
-            let (c, w): (BTreeSet<_>, BTreeSet<_>) = (current.iter().collect(), want.iter().collect());
-            let added: Vec<IpNetwork> = w.difference(&c).map(|n| **n).collect();
-            let removed: Vec<IpNetwork> = c.difference(&w).map(|n| **n).collect();
-            // A whole replace builds the new set beside the live one: with
-            // no room for both (a set over half the table), by differences.
-            if used + want.len() > f.guard.max_set_entries && !current.is_empty() {
-                steps.push(Step::EditSet { name: name.clone(), added, removed });
-            } else {
-                let (added, removed) = (added.len(), removed.len());
-                steps.push(Step::ReplaceSet { name: name.clone(), entries: want.clone(), added, removed });
+            match change(name, current, want, used) {
+                (step, after, true) => {
+                    steps.push(step);
+                    used = after;
+                }
+                _ => deferred.push((name, current, want)),
             }
-            used = used + want.len() - current.len();
         }
     }
     if have != f.rules.as_slice() {
@@ -949,8 +1030,16 @@ fn guard_steps(f: &FilterConfig, have_sets: &NamedSets, have: &[Rule], have_syn:
             kept,
         });
     }
-    for name in have_sets.keys().filter(|n| !f.sets.contains_key(*n)) {
+    for name in late {
         steps.push(Step::DeleteSet(name.clone()));
+        used -= have_sets[name].len();
+    }
+    // Shrinking ones first still, then growing ones up to the file's total,
+    // which fits (checked when the file is read).
+    for (name, current, want) in deferred {
+        let (step, after, _) = change(name, current, want, used);
+        steps.push(step);
+        used = after;
     }
     for (port, policy) in &f.syn {
         let from = have_syn.get(port).copied();
@@ -1035,7 +1124,12 @@ fn hand_over(mut sections: Vec<SectionPlan>) -> Vec<SectionPlan> {
                     // A removal in an earlier section cannot move: the
                     // creation after it in its section needs it done (a
                     // re-created program, --recreate, leaves its
-                    // interfaces before it is created again).
+                    // interfaces before it is created again). Not fixed:
+                    // the interface then runs nothing until this attach;
+                    // attaching here before that removal would need this
+                    // section split around the earlier one, and a filter
+                    // chained to the re-created LB finished before it
+                    // exists (README, "Moving an interface").
                     Step::Remove { .. } => j > i && other.holds.contains(interface),
                     _ => false,
                 })?;
@@ -1310,6 +1404,7 @@ mod tests {
                 removed: removed.iter().map(|a| a.parse().unwrap()).collect(),
             }),
             slots,
+            running: Vec::new(),
         };
         let swap = || {
             vec![
@@ -1350,6 +1445,95 @@ mod tests {
             [
                 "VIP tcp 203.0.113.21:80 backends: remove 198.51.100.61:8080 (one table swap)",
                 "VIP tcp 203.0.113.20:80 backends: add 198.51.100.60:8080 weight 1 (one table swap)",
+            ]
+        );
+
+        // A later VIP re-added (other settings) frees the NAT backend an
+        // earlier one takes: its re-add runs first, its batch in VIP order.
+        let readd = |slots| {
+            let mut later = change("tcp 203.0.113.21:80", &["198.51.100.50:8080"], &[], slots);
+            later.first =
+                Some(Step::ReconfigureVip { vip: later.vip, from: nat, to: VipConfig { table_size: 2053, ..nat } });
+            later.running = vec!["198.51.100.51:8080".parse().unwrap()];
+            vec![change("tcp 203.0.113.20:80", &["198.51.100.51:8080"], &["198.51.100.50:8080"], 1), later]
+        };
+        let mut steps = Vec::new();
+        backend_steps(readd(1), 64, &mut steps);
+        let text: Vec<String> = steps.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            text,
+            [
+                "VIP tcp 203.0.113.20:80 backends: remove 198.51.100.50:8080 (one table swap)",
+                "re-add VIP tcp 203.0.113.21:80: mode nat, table size 65537 -> mode nat, table size 2053",
+                "VIP tcp 203.0.113.20:80 backends: add 198.51.100.51:8080 weight 1 (one table swap)",
+                "VIP tcp 203.0.113.21:80 backends: add 198.51.100.50:8080 weight 1 (one table swap)",
+            ],
+            "{text:#?}"
+        );
+        // Likewise when only the slots it frees make room, on a full table.
+        let mut full = readd(1);
+        full[1].running = vec!["198.51.100.99:9999".parse().unwrap()];
+        full[1].batch = None;
+        full[0].batch = Some(Step::Backends {
+            vip: full[0].vip,
+            added: vec![b("198.51.100.61:8080")],
+            reweighted: Vec::new(),
+            removed: Vec::new(),
+        });
+        let mut steps = Vec::new();
+        backend_steps(full, 2, &mut steps);
+        let text: Vec<String> = steps.iter().map(ToString::to_string).collect();
+        assert_eq!(text.len(), 2, "{text:#?}");
+        assert!(text[0].starts_with("re-add VIP tcp 203.0.113.21:80: "), "{text:#?}");
+        assert_eq!(text[1], "VIP tcp 203.0.113.20:80 backends: add 198.51.100.61:8080 weight 1 (one table swap)");
+    }
+
+    /// The prefix table's room counted in the order the steps run: a
+    /// dropped set no running rule names goes first; a set that fits only
+    /// once the dropped sets the running rules name are gone changes after
+    /// the rule replace and their deletion.
+    #[test]
+    fn sets_grow_into_the_room_dropped_sets_free() {
+        let file = "[[filter]]\ninterfaces = [\"eth0\"]\nmax_set_entries = 5\n\
+                    rules = \"drop udp dport 9 from set b\"\n\n[filter.sets]\n\
+                    b = [\"192.0.2.3\", \"192.0.2.4\", \"192.0.2.6\", \"192.0.2.7\", \"192.0.2.8\"]\n";
+        let config: Config = file.parse().unwrap();
+        let f = &config.filters[0];
+        let nets = |l: &[&str]| l.iter().map(|n| n.parse::<IpNetwork>().unwrap()).collect::<Vec<_>>();
+        let have_sets: NamedSets = [
+            ("a".to_owned(), nets(&["192.0.2.1/32"])),
+            ("b".to_owned(), nets(&["192.0.2.3/32", "192.0.2.4/32"])),
+            ("old".to_owned(), nets(&["192.0.2.5/32"])),
+        ]
+        .into();
+        let rule = |r: &str| r.parse::<Rule>().unwrap().normalized().unwrap();
+        let have = [rule("drop udp dport 9 from set a"), rule("drop udp dport 10 from set b")];
+        let mut steps = Vec::new();
+        guard_steps(f, &have_sets, &have, &BTreeMap::new(), &mut steps);
+        let text: Vec<String> = steps.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            text,
+            [
+                "set old: delete",
+                "rules: replace with 1 rules (+1 -2, 0 kept; one switch)",
+                "set a: delete",
+                "set b: remove 0, then add 3 in place (no room for a second copy: not one switch)",
+            ]
+        );
+        // With room beside the dropped sets: in file order, one replace,
+        // the named dropped set after the rules.
+        let roomy = file.replace("max_set_entries = 5", "max_set_entries = 16");
+        let config: Config = roomy.parse().unwrap();
+        let mut steps = Vec::new();
+        guard_steps(&config.filters[0], &have_sets, &have, &BTreeMap::new(), &mut steps);
+        let text: Vec<String> = steps.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            text,
+            [
+                "set old: delete",
+                "set b: replace with 5 entries (+3 -0)",
+                "rules: replace with 1 rules (+1 -2, 0 kept; one switch)",
+                "set a: delete",
             ]
         );
     }

@@ -626,6 +626,18 @@ impl Drop for LoadBalancer {
     }
 }
 
+/// The interface (its name, or IPv4 address label) of the calling thread's
+/// network namespace holding `ip` as one of its own addresses: what
+/// [`LoadBalancer::add_vip`] refuses a VIP at, found without an LB (a
+/// configuration file's plan, before the LB exists). `None` also when the
+/// addresses cannot be read: `add_vip` then still checks.
+#[cfg_attr(not(feature = "config"), allow(dead_code))]
+pub(crate) fn local_address_holder(ip: std::net::IpAddr) -> Option<String> {
+    let (ns, _) = neigh::current().ok()?;
+    let mut rtnl = neigh::Rtnl::open_in(std::os::fd::AsFd::as_fd(&ns)).ok()?;
+    rtnl.local_of(ip).ok().flatten()
+}
+
 // Handles are shared between threads (and tests move them into closures).
 const _: () = {
     const fn is_send_sync<T: Send + Sync>() {}
