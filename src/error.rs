@@ -894,14 +894,31 @@ pub enum LbError {
     },
     /// The VIP exists with another configuration.
     #[error(
-        "VIP {vip} already exists with a different configuration ({existing}); remove it first \
-         (`remove_vip`; CLI: `xdpguard-lb vip del`) to change its mode, table size or hashing"
+        "VIP {vip} already exists with a different configuration ({existing}); change its table size, \
+         hashing or tracking in place (`reconfigure_vip`: its connections stay on their backends), or \
+         remove it first (`remove_vip`; CLI: `xdpguard-lb vip del`) to change its mode"
     )]
     ConflictingVip {
         /// The VIP.
         vip: crate::Vip,
         /// Its configuration now, described.
         existing: String,
+    },
+    /// A VIP reconfigured in place with another forwarding mode: its
+    /// backends' slots and tracked connections belong to the mode they
+    /// were made in.
+    #[error(
+        "VIP {vip} forwards by {from}, not {to}: a mode changes only by removing the VIP and adding it again \
+         (`remove_vip`, `add_vip`; CLI: `xdpguard-lb vip del`, `vip add`), and its tracked connections then \
+         choose their backends afresh"
+    )]
+    VipModeChange {
+        /// The VIP.
+        vip: crate::Vip,
+        /// Its mode now.
+        from: crate::ForwardingMode,
+        /// The mode asked for.
+        to: crate::ForwardingMode,
     },
     /// No such backend on this VIP.
     #[error(

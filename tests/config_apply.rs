@@ -722,10 +722,10 @@ fn a_chained_lb_serves_behind_its_filter_and_is_never_left_out_of_reach() {
     assert!(out.contains(&format!("note: lb {lp}: VIP {vip80} backend 198.51.100.12 kept drained")), "{out}");
     assert!(out.ends_with("no changes\n"), "{out}");
     assert_eq!(weight_of("198.51.100.12"), 0);
-    // Also through a VIP re-added with other settings (its backends with it).
+    // Also through a VIP reconfigured in place (its backends stay).
     std::fs::write(bed.file(), keep.replace("table_size = 1021", "table_size = 2053")).unwrap();
     let out = XDPGUARD.ok(&["apply", "--config", &cfg]);
-    assert!(out.contains(&format!("re-add VIP {vip80}")) && out.contains("kept drained"), "{out}");
+    assert!(out.contains(&format!("reconfigure VIP {vip80} in place")) && out.contains("kept drained"), "{out}");
     assert_eq!(weight_of("198.51.100.12"), 0);
     std::fs::write(bed.file(), &keep).unwrap();
     XDPGUARD.ok(&["apply", "--config", &cfg]);
@@ -980,8 +980,9 @@ fn removals_another_vips_backends_need_run_first() {
     assert!(XDPGUARD.ok(&["apply", "--config", &cfg]).ends_with("no changes\n"));
     XDPGUARD.ok(&["down", "--config", &cfg]);
 
-    // The second VIP re-added (another table size) gives the first the NAT
-    // backend it runs: its re-add runs before the first VIP's additions.
+    // The second VIP changed in place (another table size) gives the first
+    // the NAT backend it runs: its removal runs before the first VIP's
+    // additions, and its new table keeps its other backends' connections.
     let write_sized = |first: &str, second: &str, size: u32| {
         write(64, first, second);
         let text = std::fs::read_to_string(bed.file()).unwrap();
@@ -996,7 +997,9 @@ fn removals_another_vips_backends_need_run_first() {
     XDPGUARD.ok(&["apply", "--config", &cfg]);
     write_sized(b, a, 2053);
     let out = XDPGUARD.ok(&["apply", "--config", &cfg]);
-    let readd = out.find("re-add VIP tcp 203.0.113.21:80").unwrap_or_else(|| panic!("{out}"));
+    assert!(out.contains("reconfigure VIP tcp 203.0.113.21:80 in place"), "{out}");
+    let readd =
+        out.find("VIP tcp 203.0.113.21:80 backends: remove 198.51.100.51:8080").unwrap_or_else(|| panic!("{out}"));
     let takes = out.find("VIP tcp 203.0.113.20:80 backends: add 198.51.100.51:8080").unwrap_or_else(|| panic!("{out}"));
     assert!(readd < takes, "{out}");
     assert_eq!(addrs("tcp 203.0.113.20:80"), ["198.51.100.51:8080"], "{out}");
@@ -1082,7 +1085,8 @@ fn a_set_over_half_the_prefix_table_changes_in_place() {
 
 /// A VIP at an address of the LB host itself is refused before anything
 /// changes, naming the file's key that permits it (`permit_local`, the
-/// CLI's `vip add --force`); with the key it is added, and re-added.
+/// CLI's `vip add --force`); with the key it is added, and changed in place
+/// without it.
 #[test]
 fn a_vip_at_a_host_address_needs_permit_local() {
     let bed = Bed::new("cfgp");
@@ -1110,13 +1114,11 @@ fn a_vip_at_a_host_address_needs_permit_local() {
     assert_eq!(lb.backends(&vip("udp 192.0.2.2:53")).unwrap().len(), 1, "{out}");
     assert!(XDPGUARD.ok(&["apply", "--config", &cfg]).ends_with("no changes\n"));
 
-    // Re-added with other settings: refused without the key, done with it.
+    // Changed in place (another table size): the VIP stays where it is, so
+    // nothing is asked of the key.
     write("table_size = 1021\n");
-    refused(&XDPGUARD.run(&["apply", "--config", &cfg]), &["VIP udp 192.0.2.2:53", "permit_local = true"]);
-    assert_eq!(lb.vip_config(&vip("udp 192.0.2.2:53")).unwrap().table_size, xdpguard::DEFAULT_TABLE_SIZE);
-    write("table_size = 1021\npermit_local = true\n");
     let out = XDPGUARD.ok(&["apply", "--config", &cfg]);
-    assert!(out.contains("re-add VIP udp 192.0.2.2:53"), "{out}");
+    assert!(out.contains("reconfigure VIP udp 192.0.2.2:53 in place"), "{out}");
     assert_eq!(lb.vip_config(&vip("udp 192.0.2.2:53")).unwrap().table_size, 1021);
     drop(lb);
     XDPGUARD.ok(&["down", "--config", &cfg]);

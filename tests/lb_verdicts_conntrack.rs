@@ -19,7 +19,9 @@ use xdpguard::testing::fixture::{Fixture, FixtureTable};
 use xdpguard::testing::lb_topology::*;
 use xdpguard::testing::netns::ensure_bpffs;
 use xdpguard::testing::upgrade::stamp_layout;
-use xdpguard::{Flow, ForwardingMode, LoadBalancer, NewFlowLimit, Protocol, Vip, VipConfig, XdpAction};
+use xdpguard::{
+    Flow, ForwardingMode, HashInput, LbError, LoadBalancer, NewFlowLimit, Protocol, Vip, VipConfig, XdpAction,
+};
 
 /// A DSR row: out of eth1 to backend `b`'s MAC, the packet untouched.
 fn to_backend(n: &VerdictInfo, what: String, input: &[u8], b: usize) -> Fixture<'static> {
@@ -92,6 +94,65 @@ fn tracked_flows_keep_their_backend_and_syn_chooses_afresh() {
         // re-adding the victim gives it a new slot generation.
         lb.add_backend(&vip, victim, 1).unwrap();
         t.run(to_backend(&n, "the re-tracked flow stays put".into(), &ack(victim_src), backend_index(now)));
+        t.finish();
+    });
+}
+
+/// A VIP's table size, hash and tracking change in place
+/// (`reconfigure_vip`): its tracked flows stay on their backends though
+/// Maglev's answer for many of them changed, new flows follow the new
+/// table, and a mode change or a table too small for its backends is
+/// refused with nothing changed.
+#[test]
+fn a_vip_reconfigured_in_place_keeps_its_tracked_flows() {
+    in_lb_ns("vrc", 3, |n| {
+        let lb = lb();
+        let mut t = FixtureTable::new(&lb, "a VIP reconfigured in place");
+        let vip = Vip::tcp(sa(VIP_V4, 80));
+        let small = VipConfig::new(ForwardingMode::L2Dsr).table_size(1021);
+        vip_with(&lb, vip, small, &backends_v4(3));
+        let flows: Vec<SocketAddr> = (0..60).map(client).collect();
+        let syn = |src: SocketAddr| frame(n.eth0_mac, src, addr_port(&vip), Protocol::Tcp, true, PAYLOAD);
+        let ack = |src: SocketAddr| frame(n.eth0_mac, src, addr_port(&vip), Protocol::Tcp, false, PAYLOAD);
+        let predicted = |src: SocketAddr| {
+            backend_index(lb.backend_for(&vip, &Flow::new(src, addr_port(&vip), Protocol::Tcp)).unwrap().unwrap())
+        };
+        let first: Vec<usize> =
+            flows.iter().map(|&src| backend_of(&mut t, &n, format!("SYN from {src}"), &syn(src))).collect();
+        for (bigger, hash) in
+            [(16381, HashInput::FiveTuple), (16381, HashInput::SourceAddress), (1021, HashInput::FiveTuple)]
+        {
+            let config = small.table_size(bigger).hash(hash);
+            lb.reconfigure_vip(&vip, config).unwrap();
+            assert_eq!(lb.vip_config(&vip).unwrap(), config);
+            let moved = flows.iter().zip(&first).filter(|(src, b)| predicted(**src) != **b).count();
+            if config != small {
+                assert!(moved > 10, "{config}: only {moved} of 60 flows would move");
+            }
+            for (&src, &b) in flows.iter().zip(&first) {
+                t.run(to_backend(&n, format!("{config}: ACK from {src} keeps backend {b}"), &ack(src), b));
+            }
+        }
+        // New flows follow the table as it is now.
+        lb.reconfigure_vip(&vip, small.table_size(16381)).unwrap();
+        for i in 100..130 {
+            let src = client(i);
+            t.run(to_backend(&n, format!("a new flow from {src} on the new table"), &syn(src), predicted(src)));
+        }
+        let now = lb.vip_config(&vip).unwrap();
+        let e = lb.reconfigure_vip(&vip, VipConfig::new(ForwardingMode::Nat)).unwrap_err();
+        assert!(matches!(e, LbError::VipModeChange { .. }), "{e}");
+        assert!(e.to_string().contains("remove_vip"), "{e}");
+        let e = lb.reconfigure_vip(&vip, now.table_size(13)).unwrap_err();
+        assert!(matches!(e, LbError::TableTooSmall { backends: 3, size: 13, .. }), "{e}");
+        let e = lb.reconfigure_vip(&Vip::tcp(sa(VIP_V4, 81)), now).unwrap_err();
+        assert!(matches!(e, LbError::VipNotFound { .. }), "{e}");
+        assert_eq!(lb.vip_config(&vip).unwrap(), now, "a refused change changes nothing");
+        for (&src, &b) in flows.iter().zip(&first) {
+            t.run(to_backend(&n, format!("after the refusals: ACK from {src} keeps backend {b}"), &ack(src), b));
+        }
+        let s = lb.vip_stats(&vip).unwrap();
+        assert_eq!(s.new_flows, 90, "only the SYNs made connection entries");
         t.finish();
     });
 }

@@ -259,6 +259,7 @@ impl Run<'_> {
                 add_vip(self.lb()?, *vip, *config, permit)?
             }
             Step::RemoveVip(vip) => self.lb()?.remove_vip(vip)?,
+            Step::UpdateVip { vip, to, .. } => self.lb()?.reconfigure_vip(vip, *to)?,
             Step::ReconfigureVip { vip, to, .. } => {
                 let permit = self.permit_local(vip);
                 let lb = self.lb()?;

@@ -196,8 +196,21 @@ pub enum Step {
     },
     /// Remove a VIP and its backends.
     RemoveVip(Vip),
-    /// Remove a VIP whose settings differ and add it again with the file's
-    /// (its backends follow): its tracked connections choose afresh.
+    /// Change a VIP's table size, hash or connection tracking in place
+    /// ([`LoadBalancer::reconfigure_vip`](crate::LoadBalancer::reconfigure_vip)):
+    /// its backends keep their slots and its tracked connections their
+    /// backends.
+    UpdateVip {
+        /// The VIP.
+        vip: Vip,
+        /// Its running settings.
+        from: VipConfig,
+        /// The file's.
+        to: VipConfig,
+    },
+    /// Remove a VIP whose forwarding mode differs and add it again with the
+    /// file's settings (its backends follow): its tracked connections
+    /// choose afresh.
     ReconfigureVip {
         /// The VIP.
         vip: Vip,
@@ -269,7 +282,12 @@ impl fmt::Display for Step {
             Step::RemoveRedirect { ifindex, interface: None } => write!(f, "no redirect out of #{ifindex}"),
             Step::AddVip { vip, config } => write!(f, "add VIP {vip} ({config})"),
             Step::RemoveVip(vip) => write!(f, "remove VIP {vip}"),
-            Step::ReconfigureVip { vip, from, to } => write!(f, "re-add VIP {vip}: {from} -> {to}"),
+            Step::UpdateVip { vip, from, to } => {
+                write!(f, "reconfigure VIP {vip} in place: {from} -> {to} (connections kept)")
+            }
+            Step::ReconfigureVip { vip, from, to } => {
+                write!(f, "re-add VIP {vip} (a new forwarding mode): {from} -> {to} (its connections choose afresh)")
+            }
             Step::Backends { vip, added, reweighted, removed } => {
                 let mut parts = Vec::new();
                 if !added.is_empty() {
@@ -713,13 +731,19 @@ impl Planner {
             let mut drained_here = BTreeSet::new();
             let mut change =
                 VipChange { vip: *vip, spec: spec.config, first: None, batch: None, slots: 0, running: Vec::new() };
-            if running.get(vip) != Some(&spec.config) {
+            // A VIP changed in place stays where it is: only an add or a
+            // re-add is checked for the host's own addresses.
+            if running.get(vip).is_none_or(|cfg| cfg.mode != spec.config.mode) {
                 self.local_vip(l, spec);
             }
             let have_backends = match running.get(vip) {
                 None => {
                     change.first = Some(Step::AddVip { vip: *vip, config: spec.config });
                     Vec::new()
+                }
+                Some(cfg) if *cfg != spec.config && cfg.mode == spec.config.mode => {
+                    change.first = Some(Step::UpdateVip { vip: *vip, from: *cfg, to: spec.config });
+                    lb.backends(vip).map_err(|e| err(e.into()))?
                 }
                 Some(cfg) if *cfg != spec.config => {
                     change.first = Some(Step::ReconfigureVip { vip: *vip, from: *cfg, to: spec.config });
@@ -817,7 +841,7 @@ struct VipChange {
     vip: Vip,
     /// The file's settings.
     spec: VipConfig,
-    /// Its [`Step::AddVip`] or [`Step::ReconfigureVip`].
+    /// Its [`Step::AddVip`], [`Step::UpdateVip`] or [`Step::ReconfigureVip`].
     first: Option<Step>,
     /// Its [`Step::Backends`].
     batch: Option<Step>,
@@ -914,8 +938,17 @@ fn backend_steps(mut per_vip: Vec<VipChange>, max_backends: u32, steps: &mut Vec
         }
     }
     for c in per_vip {
-        steps.extend(c.first);
-        steps.extend(c.batch);
+        // A table changed in place that shrinks goes after the batch, which
+        // may remove the backends it has no room for; one that grows goes
+        // before, giving the batch's additions their room.
+        let shrinks = matches!(c.first, Some(Step::UpdateVip { from, to, .. }) if to.table_size < from.table_size);
+        if shrinks {
+            steps.extend(c.batch);
+            steps.extend(c.first);
+        } else {
+            steps.extend(c.first);
+            steps.extend(c.batch);
+        }
     }
 }
 
@@ -1455,7 +1488,7 @@ mod tests {
             text,
             [
                 "VIP tcp 203.0.113.20:80 backends: remove 198.51.100.50:8080 (one table swap)",
-                "re-add VIP tcp 203.0.113.21:80: mode nat, table size 65537 -> mode nat, table size 2053",
+                "re-add VIP tcp 203.0.113.21:80 (a new forwarding mode): mode nat, table size 65537 -> mode nat, table size 2053 (its connections choose afresh)",
                 "VIP tcp 203.0.113.20:80 backends: add 198.51.100.51:8080 weight 1 (one table swap)",
                 "VIP tcp 203.0.113.21:80 backends: add 198.51.100.50:8080 weight 1 (one table swap)",
             ],
@@ -1475,7 +1508,7 @@ mod tests {
         backend_steps(full, 2, &mut steps);
         let text: Vec<String> = steps.iter().map(ToString::to_string).collect();
         assert_eq!(text.len(), 2, "{text:#?}");
-        assert!(text[0].starts_with("re-add VIP tcp 203.0.113.21:80: "), "{text:#?}");
+        assert!(text[0].starts_with("re-add VIP tcp 203.0.113.21:80 (a new forwarding mode): "), "{text:#?}");
         assert_eq!(text[1], "VIP tcp 203.0.113.20:80 backends: add 198.51.100.61:8080 weight 1 (one table swap)");
     }
 

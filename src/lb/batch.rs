@@ -13,7 +13,7 @@ use super::{maglev, Backend, BackendAddr, ForwardingMode, LoadBalancer, Vip, MAX
 use crate::error::LbError;
 
 /// The fewest Maglev table slots a VIP's backend may have on average.
-const MIN_SLOTS_PER_BACKEND: u64 = 10;
+pub(super) const MIN_SLOTS_PER_BACKEND: u64 = 10;
 
 /// A batch of backend changes to one VIP, applied as one Maglev table swap:
 /// a packet sees the backend set before the batch or after it, never a mix.

@@ -124,6 +124,16 @@ impl LbMaps {
         }
     }
 
+    /// Replaces the value of a VIP's key (it must be there): one update,
+    /// so a reader sees the old value or the new one.
+    pub(crate) fn update_vip(&self, key: &VipKey, value: &xdpg_lb_vip) -> std::io::Result<()> {
+        let flags = libbpf_rs::MapFlags::EXIST;
+        match key {
+            VipKey::V4(k) => self.vips4.insert(k, value, flags),
+            VipKey::V6(k) => self.vips6.insert(k, value, flags),
+        }
+    }
+
     /// Removes a VIP's key; returns whether it was there.
     pub(crate) fn remove_vip(&self, key: &VipKey) -> std::io::Result<bool> {
         match key {

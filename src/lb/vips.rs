@@ -114,6 +114,67 @@ impl LoadBalancer {
         })
     }
 
+    /// Changes a VIP's table size, flow hash or connection tracking in
+    /// place. Its backends keep their slots, so every connection it tracks
+    /// stays on its backend, and no packet of it passes or is dropped on
+    /// the way: the new Maglev table and the VIP's new settings go live one
+    /// map update each, ordered so that the data plane never reads a slot
+    /// past the table it has (a larger table is published before the VIP
+    /// names its size, a smaller one after). Removing the VIP and adding it
+    /// again frees its backends' slots instead, and every tracked
+    /// connection then chooses a backend afresh. The settings it has
+    /// change nothing.
+    ///
+    /// Only new flows (and, with tracking turned off, every flow) are
+    /// hashed on the new table: with the same backends, a new table size
+    /// moves about as many untracked flows as a new backend would.
+    ///
+    /// # Errors
+    ///
+    /// [`LbError::VipNotFound`]; [`LbError::VipModeChange`] (another
+    /// forwarding mode: remove the VIP and add it again);
+    /// [`LbError::TableSizeOutOfRange`], [`LbError::TableSizeNotPrime`],
+    /// [`LbError::TableTooSmall`] (fewer than 10 slots per backend it
+    /// has); [`LbError::Unsupported`] (NAT without connection tracking);
+    /// [`LbError::Map`] when a map update fails.
+    pub fn reconfigure_vip(&self, vip: &Vip, config: VipConfig) -> Result<(), LbError> {
+        maglev::check_size(config.table_size)?;
+        if config.mode == ForwardingMode::Nat && !config.conntrack {
+            return Err(LbError::Unsupported {
+                what: format!("NAT without connection tracking for {vip}"),
+                fix: "NAT replies are translated from connection state: keep conntrack on",
+            });
+        }
+        self.edit(|st, maps| {
+            let vs = st.vip_mut(vip)?;
+            let from = vs.config;
+            if from == config {
+                return Ok(());
+            }
+            if from.mode != config.mode {
+                return Err(LbError::VipModeChange { vip: *vip, from: from.mode, to: config.mode });
+            }
+            let backends = vs.backends.len();
+            if backends as u64 * super::batch::MIN_SLOTS_PER_BACKEND > u64::from(config.table_size) {
+                return Err(LbError::TableTooSmall { vip: *vip, backends, size: config.table_size });
+            }
+            let table = maglev::build(config.table_size, &vs.entries());
+            let key = state::vip_key(vip);
+            let value = state::vip_value(vs.index, &config);
+            let update = || maps.update_vip(&key, &value).map_err(map_err(format!("reconfiguring VIP {vip}")));
+            if config.table_size >= from.table_size {
+                maps.publish_table(vs.index, table.as_deref())?;
+                update()?;
+            } else {
+                update()?;
+                maps.publish_table(vs.index, table.as_deref())?;
+            }
+            vs.config = config;
+            vs.set_table(table);
+            Ok(())
+        })
+    }
+
     fn recount(st: &LbState, maps: &LbMaps) {
         maps.nat_vips().store(st.count_where(|_, s| s.config.mode == ForwardingMode::Nat), Ordering::Release);
         maps.allport_vips().store(st.count_where(|v, _| v.port.is_none()), Ordering::Release);
