@@ -1391,7 +1391,7 @@ impl Snapshot {
                     .iter()
                     .map(|b| BackendStats { traffic: Counter::default(), no_neighbour: Counter::default(), ..*b })
                     .collect();
-                (*vip, config.clone(), VipStats::default(), backends)
+                (*vip, *config, VipStats::default(), backends)
             })
             .collect();
         Snapshot { taken: self.taken, global: LbStats::default(), vips }
