@@ -568,7 +568,8 @@ fn a_refused_reattach_changes_nothing_and_a_closed_pipe_ends_quietly() {
     let p = bed.pin.arg();
     let server = bed.pair.server.name.clone();
     let out = cli.run(&["attach", "--iface", "nosuch0", "--pin", p, "--netns", &server, "--drop-malformed"]);
-    assert!(!out.status.success());
+    // Named with the namespace it was looked up in, and how to list that one.
+    refused(&out, &[&format!("`nosuch0` not found in network namespace `{server}`"), &format!("ip -n {server} link")]);
     assert_eq!(cli.json(&["status", "--pin", p, "--json"])["malformed_policy"], "pass", "the refused attach");
 
     // The pipe's read end closed before the tool writes a byte.
@@ -830,4 +831,74 @@ fn an_interface_named_with_a_dot_is_attached_and_read_back() {
     let text = cli.ok(&["status", "--pin", p]);
     assert!(!text.contains("xgd.t0"), "{text}");
     cli.ok(&["detach", "--pin", p]);
+}
+
+/// A set or rule the filter does not have is refused naming the filter
+/// and the commands that list its sets or rules (and make the set), with
+/// this filter's `--pin`; nothing changes. The exporter given the
+/// filter's pins as another kind of program's refuses to start, naming
+/// the flag to give them with.
+#[test]
+fn unknown_sets_and_rules_and_misdirected_pins_name_the_way_out() {
+    let cli = XDPGUARD;
+    let bed = CliBed::new(&cli, "cliset");
+    let p = bed.pin.arg();
+    cli.ok(&["set", "create", "--pin", p, "known"]);
+    let no_set = [
+        &format!("the filter pinned at {p} has no set named `nosuch`")[..],
+        &format!("`xdpguard set list --pin {p}`"),
+        &format!("`xdpguard set create nosuch --pin {p}`"),
+    ];
+    for args in [
+        &["set", "delete", "nosuch"][..],
+        &["set", "add", "nosuch", "192.0.2.0/24"],
+        &["set", "del", "nosuch", "192.0.2.0/24"],
+        &["set", "list", "nosuch"],
+        &["rule", "add", "drop", "from", "set", "nosuch"],
+    ] {
+        let mut args = args.to_vec();
+        args.extend(["--pin", p]);
+        refused(&cli.run(&args), &no_set);
+    }
+    let sets = cli.json(&["set", "list", "--json", "--pin", p]);
+    assert_eq!(sets, serde_json::json!({ "sets": { "known": [] } }), "nothing changed");
+    assert_eq!(cli.json(&["rule", "list", "--json", "--pin", p])["rules"], serde_json::json!([]), "no rule added");
+    for args in [["rule", "del", "99"], ["rule", "monitor", "99"]] {
+        let mut args = args.to_vec();
+        args.extend(["--pin", p]);
+        refused(&cli.run(&args), &["has no rule with id 99", &format!("`xdpguard rule list --pin {p}`")]);
+    }
+    for (flag, what) in [("--lb", "not a load balancer"), ("--decap", "not a decapsulator")] {
+        refused(
+            &cli.run(&["metrics", flag, p, "--listen", "127.0.0.1:0"]),
+            &[&format!("holds an xdpguard filter, {what}"), &format!("--filter {p}")],
+        );
+    }
+    cli.ok(&["detach", "--pin", p]);
+}
+
+/// `stats --reset` takes off what it read, not what is there when it
+/// resets: packets counted between the read and the reset (here run
+/// through `BPF_PROG_TEST_RUN` in between) are kept, for the next read.
+#[test]
+fn a_reset_keeps_what_was_counted_after_the_read() {
+    use xdpguard::testing::frame::{Frame, DST_V4, PAYLOAD};
+    let filter = Filter::builder().v4_capacity(64).v6_capacity(64).load().expect("load the filter (root)");
+    let frame = Frame::builder().ipv4("192.0.2.1".parse().unwrap(), DST_V4).udp(40000, 53).payload(PAYLOAD).build();
+    let run = |n: u64| {
+        for _ in 0..n {
+            assert_eq!(filter.test_run(frame.bytes()).unwrap().action, XdpAction::Pass);
+        }
+    };
+    run(3);
+    let read = filter.stats().unwrap();
+    assert_eq!(read.passed.packets, 3);
+    run(2);
+    filter.subtract_stats(&read).unwrap();
+    let after = filter.stats().unwrap();
+    assert_eq!(after.passed.packets, 2, "the two counted after the read are kept");
+    assert_eq!(after.passed.bytes, 2 * frame.len() as u64);
+    // Taking off a read again (or a stale one) never wraps below zero.
+    filter.subtract_stats(&read).unwrap();
+    assert_eq!(filter.stats().unwrap().passed, xdpguard::Counter::default());
 }

@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
-use common::cli::{refused, XDPGUARD_LB};
+use common::cli::{refused, XDPGUARD, XDPGUARD_LB};
 use common::scratch::ScratchDir;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -707,8 +707,71 @@ fn host_addresses_and_unusable_sources_and_endpoints_are_refused() {
     }
     let s = cli.json(&["decap", "stats", "--json", "--pin", dp]);
     assert_eq!(s["locals"], serde_json::json!(["198.51.100.11"]), "{s}");
+    // Several at once: every one checked before the first is added, so a
+    // good address before a bad one is not left half-applied.
+    let locals = || cli.json(&["decap", "stats", "--json", "--pin", dp])["locals"].clone();
+    refused(&cli.run(&["decap", "local", "198.51.100.12", "224.0.0.5", "--pin", dp]), &["local endpoint 224.0.0.5"]);
+    assert_eq!(locals(), serde_json::json!(["198.51.100.11"]), "decap local: nothing added");
+    let again = |iface: &str, locals: &[&str]| {
+        let mut args = vec!["decap", "attach", "--iface", iface, "--netns", &vn.peer.name, "--pin", dp];
+        for l in locals {
+            args.extend(["--local", l]);
+        }
+        cli.run(&args)
+    };
+    refused(&again("b0", &["198.51.100.12", "127.0.0.1"]), &["local endpoint 127.0.0.1"]);
+    assert_eq!(locals(), serde_json::json!(["198.51.100.11"]), "decap attach: nothing added");
+    // An interface the namespace lacks: named with the namespace it was
+    // looked up in, and the endpoints given with it are not kept either.
+    let ns = vn.peer.name.clone();
+    refused(
+        &again("nosuch0", &["198.51.100.12"]),
+        &[&format!("`nosuch0` not found in network namespace `{ns}`"), &format!("ip -n {ns} link")],
+    );
+    assert_eq!(locals(), serde_json::json!(["198.51.100.11"]), "a refused attach adds no endpoint");
+    let out = cli.ok(&["decap", "local", "198.51.100.12", "198.51.100.13", "198.51.100.12", "--pin", dp]);
+    assert!(out.contains("added 2"), "{out}");
+    assert_eq!(locals(), serde_json::json!(["198.51.100.11", "198.51.100.12", "198.51.100.13"]));
     cli.ok(&["decap", "detach", "--pin", dp]);
+    // The load balancer's attach names the namespace too.
+    refused(
+        &cli.run(&["attach", "--iface", "nosuch0", "--netns", &ns, "--pin", other.arg()]),
+        &[&format!("`nosuch0` not found in network namespace `{ns}`"), &format!("ip -n {ns} link")],
+    );
+    // The exporter given the LB's pins as a filter's: refused at start,
+    // naming what they hold and the flag to give them with.
+    refused(
+        &XDPGUARD.run(&["metrics", "--filter", pa, "--listen", "127.0.0.1:0"]),
+        &["holds an xdpguard load balancer, not a filter", &format!("--lb {pa}")],
+    );
     cli.ok(&with(pa, &["detach"]));
+}
+
+/// `stats --reset` takes off what it read, not what is there when it
+/// resets: packets counted between the read and the reset (here run
+/// through `BPF_PROG_TEST_RUN` in between) are kept, for the next read.
+#[test]
+fn a_reset_keeps_what_was_counted_after_the_read() {
+    use xdpguard::testing::frame::DST_V4;
+    let lb = LoadBalancer::builder().max_vips(4).max_backends(8).connections(64).load().expect("load the LB (root)");
+    // Not for a VIP: passed and counted as passed_non_vip.
+    let frame = Frame::builder().ipv4(Ipv4Addr::new(192, 0, 2, 1), DST_V4).udp(40000, 53).payload(b"x").build();
+    let run = |n: u64| {
+        for _ in 0..n {
+            assert_eq!(lb.test_run(frame.bytes()).unwrap().action, XdpAction::Pass);
+        }
+    };
+    run(3);
+    let read = lb.stats().unwrap();
+    assert_eq!(read.passed_non_vip.packets, 3);
+    run(2);
+    lb.subtract_stats(&read).unwrap();
+    let after = lb.stats().unwrap();
+    assert_eq!(after.passed_non_vip.packets, 2, "the two counted after the read are kept");
+    assert_eq!(after.passed_non_vip.bytes, 2 * frame.len() as u64);
+    // Taking off a read again (or a stale one) never wraps below zero.
+    lb.subtract_stats(&read).unwrap();
+    assert_eq!(lb.stats().unwrap().passed_non_vip, xdpguard::Counter::default());
 }
 
 /// `status --exit-code` exits 6 while an interface the LB was attached to

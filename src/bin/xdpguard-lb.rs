@@ -46,8 +46,8 @@ use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use common::Result;
 use serde_json::{json, Value};
 use xdpguard::{
-    BackendAddr, BackendStats, Decap, Digest, EchoPolicy, Flow, ForwardingMode, FragmentPolicy, HashInput, IpNetwork,
-    LbDigest, LbError, LbStats, LoadBalancer, OptionsPolicy, Protocol, Vip, VipConfig, VipStats,
+    BackendAddr, BackendStats, Counter, Decap, Digest, EchoPolicy, Flow, ForwardingMode, FragmentPolicy, HashInput,
+    IpNetwork, LbDigest, LbError, LbStats, LoadBalancer, OptionsPolicy, Protocol, Vip, VipConfig, VipStats,
 };
 
 const DEFAULT_PIN: &str = "/sys/fs/bpf/xdpguard-lb";
@@ -790,10 +790,15 @@ fn run(command: Command, given: &dyn Fn(&str) -> bool) -> Result<()> {
                     &target.ifaces,
                     target.mode,
                 )?;
-                for a in locals.iter().filter(|a| !decap.locals().contains(a)) {
-                    decap.add_local(*a)?;
-                }
-                let now = common::attach_all(&todo, |i| decap.attach(i, target.mode), |i| drop(decap.detach(i)))?;
+                // Every address checked (and the room for them) before the
+                // first is added; taken back if an interface is refused.
+                let added = decap.add_locals(&locals)?;
+                let now = common::attach_all(&todo, |i| decap.attach(i, target.mode), |i| drop(decap.detach(i)))
+                    .inspect_err(|_| {
+                        for a in &added {
+                            let _ = decap.remove_local(*a);
+                        }
+                    })?;
                 common::print_attached(&now, &pin.pin);
                 let kept: Vec<String> = decap.locals().iter().map(ToString::to_string).collect();
                 println!("reopened the decapsulator pinned there: local endpoints {}", kept.join(", "));
@@ -829,20 +834,18 @@ fn run(command: Command, given: &dyn Fn(&str) -> bool) -> Result<()> {
                 return Err(LbError::DecapLocalNotFound { addr, locals: have }.into());
             }
             let mut changed = 0;
-            for a in addrs {
-                match have.iter().position(|h| *h == a) {
-                    Some(at) if del => {
+            if del {
+                for a in addrs {
+                    if let Some(at) = have.iter().position(|h| *h == a) {
                         decap.remove_local(a)?;
                         have.remove(at);
                         changed += 1;
                     }
-                    None if !del => {
-                        decap.add_local(a)?;
-                        have.push(a);
-                        changed += 1;
-                    }
-                    _ => {}
                 }
+            } else {
+                // All of them or none: each is checked, and the room for
+                // them, before the first is added.
+                changed = decap.add_locals(&addrs)?.len();
             }
             let now: Vec<String> = decap.locals().iter().map(ToString::to_string).collect();
             println!(
@@ -1094,12 +1097,17 @@ fn run(command: Command, given: &dyn Fn(&str) -> bool) -> Result<()> {
                 let now = Snapshot::read(&lb)?;
                 print_stats(&now, previous.as_ref(), json);
                 if reset {
-                    lb.reset_stats()?;
+                    // What was shown is taken off; what was counted while
+                    // it was shown stays for the next read (a zeroing
+                    // would lose it).
+                    now.subtract_from(&lb)?;
                 }
                 if !watch {
                     break;
                 }
-                previous = Some(now);
+                // Reset, the next read counts from what was shown: its
+                // rates are over all of it.
+                previous = Some(if reset { now.zeroed() } else { now });
                 std::thread::sleep(Duration::from_secs(interval.max(1)));
                 if !json {
                     println!();
@@ -1370,6 +1378,36 @@ impl Snapshot {
             vips.push((vip, config, lb.vip_stats(&vip)?, lb.backend_stats(&vip)?));
         }
         Ok(Snapshot { taken: Instant::now(), global, vips })
+    }
+
+    /// The same VIPs and backends with every count 0, taken at the same
+    /// time: what the counters start from after `--reset`.
+    fn zeroed(&self) -> Snapshot {
+        let vips = self
+            .vips
+            .iter()
+            .map(|(vip, config, _, backends)| {
+                let backends = backends
+                    .iter()
+                    .map(|b| BackendStats { traffic: Counter::default(), no_neighbour: Counter::default(), ..*b })
+                    .collect();
+                (*vip, *config, VipStats::default(), backends)
+            })
+            .collect();
+        Snapshot { taken: self.taken, global: LbStats::default(), vips }
+    }
+
+    /// `--reset`: takes these counts off the LB's counters. A VIP removed
+    /// since has nothing left to reset.
+    fn subtract_from(&self, lb: &LoadBalancer) -> Result<()> {
+        lb.subtract_stats(&self.global)?;
+        for (vip, _, stats, backends) in &self.vips {
+            match lb.subtract_vip_stats(vip, stats, backends) {
+                Err(LbError::VipNotFound { .. }) => {}
+                done => done?,
+            }
+        }
+        Ok(())
     }
 }
 

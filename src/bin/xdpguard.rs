@@ -591,7 +591,10 @@ fn run(command: Command) -> Result<()> {
                 let rates = previous.map(|(p, t)| (now.since(&p), taken.duration_since(t)));
                 print_stats(&now, rates, json);
                 if reset {
-                    filter.reset_stats()?;
+                    // What was shown is taken off; what was counted while
+                    // it was shown stays for the next read (a zeroing
+                    // would lose it).
+                    filter.subtract_stats(&now)?;
                 }
                 let Some(secs) = watch else { break };
                 // Reset, the counters start again from zero: the next rates
@@ -664,8 +667,26 @@ fn run(command: Command) -> Result<()> {
                 }
             }
         }
-        Command::Rule(cmd) => rule_command(cmd)?,
-        Command::Set(cmd) => set_command(cmd)?,
+        Command::Rule(cmd) => {
+            let pin = match &cmd {
+                RuleCommand::Add { pin, .. }
+                | RuleCommand::Del { pin, .. }
+                | RuleCommand::List { pin, .. }
+                | RuleCommand::Replace { pin, .. }
+                | RuleCommand::Monitor { pin, .. }
+                | RuleCommand::Clear { pin } => pin.pin.clone(),
+            };
+            rule_command(cmd).map_err(|e| in_filter(e, &pin))?
+        }
+        Command::Set(cmd) => {
+            let pin = match &cmd {
+                SetCommand::Create { pin, .. } | SetCommand::Delete { pin, .. } | SetCommand::List { pin, .. } => {
+                    pin.pin.clone()
+                }
+                SetCommand::Add { edit, .. } | SetCommand::Del { edit, .. } => edit.pin.pin.clone(),
+            };
+            set_command(cmd).map_err(|e| in_filter(e, &pin))?
+        }
         Command::Syn(cmd) => syn::run(cmd)?,
         Command::Next { pin, to } => {
             let filter = Filter::open_pinned(&pin.pin)?;
@@ -1352,6 +1373,43 @@ impl RuleFile {
     }
 }
 
+/// `--pin DIR` as a command that works on the filter pinned at `pin`
+/// needs it: nothing for the default directory.
+fn pin_flag(pin: &Path) -> String {
+    if pin == Path::new(DEFAULT_PIN) {
+        String::new()
+    } else {
+        format!(" --pin {}", pin.display())
+    }
+}
+
+/// A rule or set command's error naming a set or rule the filter pinned at
+/// `pin` does not have, in the words of this tool: which filter was asked,
+/// and the commands that list its sets or rules (and make the set).
+fn in_filter(e: Box<dyn std::error::Error>, pin: &Path) -> Box<dyn std::error::Error> {
+    use xdpguard::{Error, RuleError};
+    let flag = pin_flag(pin);
+    let rule = e.downcast_ref::<RuleError>().or(match e.downcast_ref::<Error>() {
+        Some(Error::Rule(r)) => Some(r),
+        _ => None,
+    });
+    match rule {
+        Some(RuleError::UnknownSet { name }) => format!(
+            "the filter pinned at {} has no set named `{name}`; nothing changed: `xdpguard set list{flag}` shows \
+             its sets, `xdpguard set create {name}{flag}` makes an empty one",
+            pin.display()
+        )
+        .into(),
+        Some(RuleError::NotFound { id }) => format!(
+            "the filter pinned at {} has no rule with id {id}; nothing changed: `xdpguard rule list{flag}` shows \
+             its rules and their ids",
+            pin.display()
+        )
+        .into(),
+        _ => e,
+    }
+}
+
 fn rule_command(cmd: RuleCommand) -> Result<()> {
     match cmd {
         RuleCommand::Add { pin, at, file, rule, force } => {
@@ -1391,7 +1449,13 @@ fn rule_command(cmd: RuleCommand) -> Result<()> {
             // Every id checked first: one unknown id, nothing removed.
             let known: Vec<RuleId> = filter.rules().list()?.iter().map(|r| r.id).collect();
             if let Some(id) = ids.iter().find(|id| !known.contains(id)) {
-                return Err(format!("no rule with id {id} (see `xdpguard rule list`); nothing was removed").into());
+                return Err(format!(
+                    "the filter pinned at {} has no rule with id {id}; nothing was removed: `xdpguard rule list{}` \
+                     shows its rules and their ids",
+                    pin.pin.display(),
+                    pin_flag(&pin.pin)
+                )
+                .into());
             }
             for id in ids {
                 let gone = filter.rules().remove(id)?;

@@ -155,6 +155,8 @@ pub(crate) use config;
 /// Values of per-CPU maps, summed over CPUs field by field.
 pub(crate) trait Summable: Pod + Default {
     fn add(self, other: Self) -> Self;
+    /// Field by field, down to 0 at most.
+    fn sub(self, other: Self) -> Self;
 }
 
 /// Implements [`Summable`] for a struct of counters (every field listed).
@@ -163,6 +165,9 @@ macro_rules! summable {
         impl $crate::core::maps::Summable for $ty {
             fn add(self, o: Self) -> Self {
                 Self { $($field: self.$field + o.$field),+ }
+            }
+            fn sub(self, o: Self) -> Self {
+                Self { $($field: self.$field.saturating_sub(o.$field)),+ }
             }
         }
     )+};
@@ -305,6 +310,24 @@ impl<V: Summable> PerCpu<V> {
         let cpus = libbpf_rs::num_possible_cpus().map_err(io_from_libbpf)?;
         let zero = vec![vec![0u8; size_of::<V>()]; cpus];
         self.handle.update_percpu(&index.to_ne_bytes(), &zero, MapFlags::ANY).map_err(io_from_libbpf)
+    }
+
+    /// Takes `taken` (a sum read earlier, e.g. the one a reader showed)
+    /// off entry `index`: what was counted since that read stays. Zeroing
+    /// instead (`zero`) loses what the data plane counted between the read
+    /// and the zeroing, the whole time a reader takes to show what it read.
+    /// Only the sum is ever read back, so the rest goes to CPU 0's slot.
+    /// User space cannot change a per-CPU slot atomically against the CPU
+    /// that counts into it: what is counted between this lookup and this
+    /// update (one system call apart) is still lost; a baseline kept
+    /// instead of writing the counters would be exact, at the cost of a
+    /// map of its own (a layout change).
+    pub(crate) fn subtract(&self, index: u32, taken: V) -> io::Result<()> {
+        let cpus = libbpf_rs::num_possible_cpus().map_err(io_from_libbpf)?;
+        let rest = self.sum(index)?.sub(taken);
+        let mut values = vec![vec![0u8; size_of::<V>()]; cpus];
+        values[0] = bytemuck::bytes_of(&rest).to_vec();
+        self.handle.update_percpu(&index.to_ne_bytes(), &values, MapFlags::ANY).map_err(io_from_libbpf)
     }
 }
 

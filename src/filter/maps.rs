@@ -177,6 +177,15 @@ impl FilterMaps {
         (0..XDPG_REASON_COUNT).map(|reason| self.counters.sum(reason).map(Counter::from)).collect()
     }
 
+    /// Takes `read` (per reason, as [`reasons`](Self::reasons) read
+    /// them) off the counters: what was counted since stays
+    /// (`PerCpu::subtract`).
+    pub(crate) fn subtract_reasons(&self, read: &[Counter]) -> std::io::Result<()> {
+        (0..XDPG_REASON_COUNT).zip(read).try_for_each(|(reason, c)| {
+            self.counters.subtract(reason, xdpg_counter { packets: c.packets, bytes: c.bytes })
+        })
+    }
+
     pub(crate) fn reset_reasons(&self) -> std::io::Result<()> {
         (0..XDPG_REASON_COUNT).try_for_each(|reason| self.counters.zero(reason))
     }

@@ -419,34 +419,35 @@ impl Filter {
             .maps
             .reasons()
             .map_err(|source| LoadError::Bpf { op: "reading counters".into(), error: source })?;
-        let get = |r: u32| c[r as usize];
-        Ok(FilterStats {
-            passed: get(XDPG_REASON_PASSED),
-            allowlisted: get(XDPG_REASON_ALLOWLISTED),
-            blocked_v4: get(XDPG_REASON_BLOCKED_V4),
-            blocked_v6: get(XDPG_REASON_BLOCKED_V6),
-            malformed: get(XDPG_REASON_MALFORMED),
-            non_ip: get(XDPG_REASON_NON_IP),
-            rule_dropped: get(XDPG_REASON_RULE_DROPPED),
-            rule_passed: get(XDPG_REASON_RULE_PASSED),
-            would_drop_blocked: get(XDPG_REASON_WOULD_DROP_BLOCKED),
-            would_drop_rule: get(XDPG_REASON_WOULD_DROP_RULE),
-            syn_dropped: get(XDPG_REASON_SYN_DROPPED),
-            would_drop_syn: get(XDPG_REASON_WOULD_DROP_SYN),
-            syn_cookies_sent: get(XDPG_REASON_SYN_COOKIE_SENT),
-            syn_cookies_passed: get(XDPG_REASON_SYN_COOKIE_PASSED),
-            rate_limited: get(XDPG_REASON_RATE_LIMITED),
-            would_drop_limit: get(XDPG_REASON_WOULD_DROP_LIMIT),
-            timed_blocked: get(XDPG_REASON_TIMED_BLOCKED),
-            would_drop_timed: get(XDPG_REASON_WOULD_DROP_TIMED),
-        })
+        Ok(from_reasons(&c))
+    }
+
+    /// Takes the counts a reader read (and showed) off the reason counters:
+    /// what was counted since that read stays, for the next one. This is
+    /// the reset for a reader that shows the counters and then starts them
+    /// again (`xdpguard stats --reset`): [`reset_stats`](Self::reset_stats)
+    /// would also drop what was counted while it showed them. What is
+    /// counted within the one system call between the lookup and the write
+    /// of a counter is still lost: user space cannot write a per-CPU
+    /// counter atomically.
+    ///
+    /// # Errors
+    ///
+    /// [`LoadError::Bpf`] when the counter map cannot be read or written.
+    pub fn subtract_stats(&self, read: &FilterStats) -> Result<(), Error> {
+        self.core
+            .maps
+            .subtract_reasons(&to_reasons(read))
+            .map_err(|source| LoadError::Bpf { op: "resetting counters".into(), error: source }.into())
     }
 
     /// Sets the reason counters ([`stats`](Self::stats)) to zero. The
     /// rules' counters, the SYN guard's per-port ones and the limiter's are
     /// kept: they go with their rule or port (a rule replaced by an equal
     /// one keeps its counters; [`FilterStats::since`] gives a window of
-    /// the reasons without resetting anything).
+    /// the reasons without resetting anything). What is counted between a
+    /// read of the counters and this is lost: a reader that shows them and
+    /// then resets them uses [`subtract_stats`](Self::subtract_stats).
     ///
     /// # Errors
     ///
@@ -894,5 +895,67 @@ impl Filter {
             reason: "it was loaded with FilterBuilder::guard(false), or for offload; load it again with the \
                      guard stage (Linux 6.0 or later)",
         })
+    }
+}
+
+/// The reason counters, by index, as [`Filter::stats`] shows them.
+fn from_reasons(c: &[crate::Counter]) -> FilterStats {
+    let get = |r: u32| c[r as usize];
+    FilterStats {
+        passed: get(XDPG_REASON_PASSED),
+        allowlisted: get(XDPG_REASON_ALLOWLISTED),
+        blocked_v4: get(XDPG_REASON_BLOCKED_V4),
+        blocked_v6: get(XDPG_REASON_BLOCKED_V6),
+        malformed: get(XDPG_REASON_MALFORMED),
+        non_ip: get(XDPG_REASON_NON_IP),
+        rule_dropped: get(XDPG_REASON_RULE_DROPPED),
+        rule_passed: get(XDPG_REASON_RULE_PASSED),
+        would_drop_blocked: get(XDPG_REASON_WOULD_DROP_BLOCKED),
+        would_drop_rule: get(XDPG_REASON_WOULD_DROP_RULE),
+        syn_dropped: get(XDPG_REASON_SYN_DROPPED),
+        would_drop_syn: get(XDPG_REASON_WOULD_DROP_SYN),
+        syn_cookies_sent: get(XDPG_REASON_SYN_COOKIE_SENT),
+        syn_cookies_passed: get(XDPG_REASON_SYN_COOKIE_PASSED),
+        rate_limited: get(XDPG_REASON_RATE_LIMITED),
+        would_drop_limit: get(XDPG_REASON_WOULD_DROP_LIMIT),
+        timed_blocked: get(XDPG_REASON_TIMED_BLOCKED),
+        would_drop_timed: get(XDPG_REASON_WOULD_DROP_TIMED),
+    }
+}
+
+/// The counters of `s` by reason index: [`from_reasons`] undone.
+fn to_reasons(s: &FilterStats) -> Vec<crate::Counter> {
+    let mut c = vec![crate::Counter::default(); XDPG_REASON_COUNT as usize];
+    c[XDPG_REASON_PASSED as usize] = s.passed;
+    c[XDPG_REASON_ALLOWLISTED as usize] = s.allowlisted;
+    c[XDPG_REASON_BLOCKED_V4 as usize] = s.blocked_v4;
+    c[XDPG_REASON_BLOCKED_V6 as usize] = s.blocked_v6;
+    c[XDPG_REASON_MALFORMED as usize] = s.malformed;
+    c[XDPG_REASON_NON_IP as usize] = s.non_ip;
+    c[XDPG_REASON_RULE_DROPPED as usize] = s.rule_dropped;
+    c[XDPG_REASON_RULE_PASSED as usize] = s.rule_passed;
+    c[XDPG_REASON_WOULD_DROP_BLOCKED as usize] = s.would_drop_blocked;
+    c[XDPG_REASON_WOULD_DROP_RULE as usize] = s.would_drop_rule;
+    c[XDPG_REASON_SYN_DROPPED as usize] = s.syn_dropped;
+    c[XDPG_REASON_WOULD_DROP_SYN as usize] = s.would_drop_syn;
+    c[XDPG_REASON_SYN_COOKIE_SENT as usize] = s.syn_cookies_sent;
+    c[XDPG_REASON_SYN_COOKIE_PASSED as usize] = s.syn_cookies_passed;
+    c[XDPG_REASON_RATE_LIMITED as usize] = s.rate_limited;
+    c[XDPG_REASON_WOULD_DROP_LIMIT as usize] = s.would_drop_limit;
+    c[XDPG_REASON_TIMED_BLOCKED as usize] = s.timed_blocked;
+    c[XDPG_REASON_WOULD_DROP_TIMED as usize] = s.would_drop_timed;
+    c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Counter;
+
+    #[test]
+    fn reasons_round_trip_through_filter_stats() {
+        let raw: Vec<Counter> =
+            (0..XDPG_REASON_COUNT).map(|r| Counter { packets: u64::from(r) + 1, bytes: 100 * u64::from(r) }).collect();
+        assert_eq!(to_reasons(&from_reasons(&raw)), raw, "every reason goes back to its own index");
     }
 }

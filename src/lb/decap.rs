@@ -140,9 +140,7 @@ impl DecapBuilder {
         Pinned::create(&self.place, targets, || {
             let core = Pinned::load(DecapSkelBuilder::default(), &LoadPlan::default(), |_| {})?;
             let decap = Decap { core };
-            for a in &self.locals {
-                decap.add_local(*a)?;
-            }
+            decap.add_locals(&self.locals)?;
             Ok(decap)
         })
     }
@@ -244,6 +242,40 @@ impl Decap {
             return Err(LbError::DecapFull { capacity });
         }
         locals.insert(&key(addr), &1, libbpf_rs::MapFlags::ANY).map_err(map_err(format!("adding decap address {addr}")))
+    }
+
+    /// Decapsulates for every address of `addrs` (those it holds already
+    /// are kept as they are), or for none of them: each is checked, and the
+    /// room for them, before the first is added, and a write that fails
+    /// takes back those added before it. Returns the addresses added.
+    ///
+    /// # Errors
+    ///
+    /// As [`add_local`](Self::add_local), for the first address refused;
+    /// nothing was changed.
+    pub fn add_locals(&self, addrs: &[IpAddr]) -> Result<Vec<IpAddr>, LbError> {
+        for &a in addrs {
+            check_local(a)?;
+        }
+        let held = self.locals();
+        let mut new: Vec<IpAddr> = addrs.iter().copied().filter(|a| !held.contains(a)).collect();
+        new.sort();
+        new.dedup();
+        let locals = &self.core.maps.locals;
+        let capacity = locals.capacity() as usize;
+        if held.len() + new.len() > capacity {
+            return Err(LbError::DecapFull { capacity });
+        }
+        for (n, &a) in new.iter().enumerate() {
+            if let Err(e) = locals.insert(&key(a), &1, libbpf_rs::MapFlags::ANY) {
+                for &done in &new[..n] {
+                    // Best effort: the write that failed is the error reported.
+                    let _ = locals.remove(&key(done));
+                }
+                return Err(map_err(format!("adding decap address {a}"))(e));
+            }
+        }
+        Ok(new)
     }
 
     /// Stops decapsulating for `addr`.

@@ -5,7 +5,7 @@
 use std::net::IpAddr;
 
 use super::hops::neigh_err;
-use super::layout::xdpg_lb_vip_stats;
+use super::layout::{xdpg_counter, xdpg_lb_backend_stats, xdpg_lb_vip_stats};
 use super::maps::map_err;
 use super::state::Slot;
 use super::types::{Backend, BackendAddr, NextHop};
@@ -193,6 +193,42 @@ impl LbStats {
         }
     }
 
+    /// The counters by index, as [`from_raw`](Self::from_raw) reads them.
+    pub(crate) fn to_raw(self) -> Vec<Counter> {
+        let mut raw = vec![Counter::default(); XDPG_LB_COUNTER_COUNT as usize];
+        let d = &self.drops;
+        for (i, c) in [
+            (XDPG_LB_DROP_NO_BACKEND, d.no_backend),
+            (XDPG_LB_DROP_MTU, d.mtu),
+            (XDPG_LB_DROP_FRAGMENT, d.fragment),
+            (XDPG_LB_DROP_IP_OPTIONS, d.ip_options),
+            (XDPG_LB_DROP_ECHO, d.echo),
+            (XDPG_LB_DROP_ICMP, d.icmp),
+            (XDPG_LB_DROP_UNSUPPORTED, d.unsupported),
+            (XDPG_LB_DROP_HEADROOM, d.headroom),
+            (XDPG_LB_DROP_NAT_UNTRACKED, d.nat_untracked),
+            (XDPG_LB_PASS_NON_VIP, self.passed_non_vip),
+            (XDPG_LB_PASS_MALFORMED, self.passed_malformed),
+            (XDPG_LB_PASS_NO_NEIGH, self.passed_no_neighbour),
+            (XDPG_LB_PASS_NO_ROUTE, self.passed_no_route),
+            (XDPG_LB_PASS_NO_DEVMAP, self.passed_no_devmap),
+            (XDPG_LB_PASS_TTL, self.passed_ttl),
+            (XDPG_LB_PASS_ECHO, self.passed_echo),
+            (XDPG_LB_EV_CT_REFUSED, self.conntrack_refused),
+            (XDPG_LB_EV_FRAG_FORWARDED, self.fragments_forwarded),
+            (XDPG_LB_EV_OPTIONS_FORWARDED, self.options_forwarded),
+            (XDPG_LB_EV_ICMP_FORWARDED, self.icmp_forwarded),
+            (XDPG_LB_EV_ECHO_ANSWERED, self.echo_answered),
+            (XDPG_LB_EV_NAT_REPLY, self.nat_replies),
+            (XDPG_LB_EV_TX, self.tx),
+            (XDPG_LB_EV_REDIRECT, self.redirected),
+            (XDPG_LB_EV_TOO_BIG_SENT, self.too_big_sent),
+        ] {
+            raw[i as usize] = c;
+        }
+        raw
+    }
+
     /// Every drop, whatever the reason.
     pub fn dropped(&self) -> Counter {
         let d = &self.drops;
@@ -323,7 +359,66 @@ impl LoadBalancer {
         Ok(LbStats::from_raw(&self.maps().global_counters()?))
     }
 
-    /// Zeroes every counter: global, per VIP, per backend.
+    /// Takes the counts a reader read (and showed) off the global
+    /// counters: what was counted since that read stays, for the next one.
+    /// This is the reset for a reader that shows counters and then starts
+    /// them again (`xdpguard-lb stats --reset`): [`reset_stats`](Self::reset_stats)
+    /// would also drop what was counted while it showed them. What is
+    /// counted within the one system call between the lookup and the
+    /// write of a counter is still lost: user space cannot write a per-CPU
+    /// counter atomically.
+    ///
+    /// # Errors
+    ///
+    /// [`LbError::Map`] when a counter cannot be read or written.
+    pub fn subtract_stats(&self, read: &LbStats) -> Result<(), LbError> {
+        let maps = self.maps();
+        for (i, c) in (0..).zip(read.to_raw()) {
+            let raw = xdpg_counter { packets: c.packets, bytes: c.bytes };
+            maps.counters.subtract(i, raw).map_err(map_err("resetting the LB counters"))?;
+        }
+        Ok(())
+    }
+
+    /// As [`subtract_stats`](Self::subtract_stats), for a VIP's counters
+    /// and its backends' ([`vip_stats`](Self::vip_stats),
+    /// [`backend_stats`](Self::backend_stats) as read). A backend removed
+    /// since is skipped.
+    ///
+    /// # Errors
+    ///
+    /// [`LbError::VipNotFound`]; [`LbError::Map`] when a counter cannot be
+    /// read or written.
+    pub fn subtract_vip_stats(&self, vip: &Vip, read: &VipStats, backends: &[BackendStats]) -> Result<(), LbError> {
+        let (index, ids): (u32, Vec<(BackendAddr, u32)>) = self
+            .read(|st| st.vip(vip).map(|s| (s.index, s.backends.iter().map(|(a, slot)| (*a, slot.id)).collect())))??;
+        let maps = self.maps();
+        let raw = xdpg_lb_vip_stats {
+            packets: read.traffic.packets,
+            bytes: read.traffic.bytes,
+            new_flows: read.new_flows,
+            lru_hits: read.lru_hits,
+            lru_misses: read.lru_misses,
+        };
+        maps.vip_counters.subtract(index, raw).map_err(map_err("resetting the VIP counters"))?;
+        for b in backends {
+            let Some(&(_, id)) = ids.iter().find(|(a, _)| *a == b.addr()) else { continue };
+            let raw = xdpg_lb_backend_stats {
+                packets: b.traffic.packets,
+                bytes: b.traffic.bytes,
+                no_neigh_packets: b.no_neighbour.packets,
+                no_neigh_bytes: b.no_neighbour.bytes,
+            };
+            maps.backend_counters.subtract(id, raw).map_err(map_err("resetting the backend counters"))?;
+        }
+        Ok(())
+    }
+
+    /// Zeroes every counter: global, per VIP, per backend. What is counted
+    /// between a read of them and this is lost: a reader that shows the
+    /// counters and then resets them uses
+    /// [`subtract_stats`](Self::subtract_stats) and
+    /// [`subtract_vip_stats`](Self::subtract_vip_stats) instead.
     ///
     /// # Errors
     ///
@@ -366,5 +461,6 @@ mod tests {
         assert_eq!(seen, (1..=u64::from(XDPG_LB_COUNTER_COUNT)).collect::<Vec<_>>());
         assert_eq!(s.dropped().packets, (1..=u64::from(XDPG_LB_PASS_NON_VIP)).sum::<u64>(), "drops come first");
         assert_eq!(s.since(&s), LbStats::default());
+        assert_eq!(s.to_raw(), raw, "to_raw puts every counter back at its index");
     }
 }

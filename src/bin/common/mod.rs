@@ -32,14 +32,88 @@ pub fn default_sigpipe() {
 }
 
 /// The exit status for a command's result; an error goes to stderr as
-/// `error: ...`.
+/// `error: ...`, in the tool's words where the library's name an API call
+/// ([`cli_text`]).
 pub fn exit_code(result: Result<()>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
+            match cli_text(e.as_ref()) {
+                Some(text) => eprintln!("error: {text}"),
+                None => eprintln!("error: {e}"),
+            }
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The network namespace this process entered (`--netns`, or the one a
+/// pinned program was loaded in), by name: where interfaces are looked up.
+static ENTERED_NETNS: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
+/// The name of the network namespace entered with [`enter_netns`], if any.
+pub fn entered_netns() -> Option<String> {
+    ENTERED_NETNS.lock().ok().and_then(|n| n.clone())
+}
+
+/// A library error in a CLI user's words, where the library's own text
+/// fits a program using the library and not someone at a shell: it names
+/// the namespace an interface was looked up in (the library knows only
+/// "this one"), or the command and flag rather than the API call. `None`:
+/// the library's text is the one to print. The error is the crate's
+/// [`xdpguard::Error`] or one of its area errors, as a command returned it.
+pub fn cli_text(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    use xdpguard::{AttachError, Error, LbError, RuleError};
+    let top = e.downcast_ref::<Error>();
+    let attach = e.downcast_ref::<AttachError>().or(match top {
+        Some(Error::Attach(a)) => Some(a),
+        _ => None,
+    });
+    let rule = e.downcast_ref::<RuleError>().or(match top {
+        Some(Error::Rule(r)) => Some(r),
+        _ => None,
+    });
+    let lb = e.downcast_ref::<LbError>().or(match top {
+        Some(Error::Lb(l)) => Some(l),
+        _ => None,
+    });
+    if let Some(AttachError::InterfaceNotFound { interface }) = attach {
+        let netns = entered_netns()?;
+        return Some(format!(
+            "interface `{interface}` not found in network namespace `{netns}`, where it was looked up: `ip -n {netns} \
+             link` lists the interfaces there; nothing changed"
+        ));
+    }
+    if let Some(AttachError::AlreadyAttached { .. }) = attach {
+        // The library's way to run another program behind the filter is an
+        // API call; the CLI chains only a load balancer.
+        let text = e.to_string();
+        let api = [
+            (", or run it behind the filter (`Filter::set_next`)", ""),
+            (
+                "(an XDP program of your own goes behind the filter with `Filter::set_next`)",
+                "(a program of your own can run behind the filter, chained by the library's `Filter::set_next`; \
+                 the CLI chains a load balancer: `xdpguard next LB_PIN`)",
+            ),
+        ];
+        return api.iter().find(|(from, _)| text.contains(from)).map(|(from, to)| text.replace(from, to));
+    }
+    match (rule, lb) {
+        (Some(RuleError::UnknownSet { name }), _) => Some(format!(
+            "no set named `{name}`; nothing changed: `xdpguard set list` shows the filter's sets, `xdpguard set \
+             create {name}` makes an empty one (both with `--pin DIR` for a filter pinned elsewhere)"
+        )),
+        (Some(RuleError::NotFound { id }), _) => Some(format!(
+            "no rule with id {id}; nothing changed: `xdpguard rule list` shows the rules and their ids (with `--pin \
+             DIR` for a filter pinned elsewhere)"
+        )),
+        (_, Some(LbError::VipAtLocalAddress { vip, interface })) => Some(format!(
+            "VIP {vip} is at an address of the load balancer host itself (on {interface}): its packets would go to \
+             backends (and be dropped until it has one) instead of the host's own services there, an SSH session to \
+             that address among them; nothing changed. Give the service an address of its own, or, to take that \
+             address's traffic over on purpose, add it with `xdpguard-lb vip add {vip} ... --force`"
+        )),
+        _ => None,
     }
 }
 
@@ -85,6 +159,9 @@ pub fn enter_netns(name: &str) -> Result<()> {
     })?;
     nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET)
         .map_err(|e| format!("entering network namespace {name}: {e}"))?;
+    if let Ok(mut entered) = ENTERED_NETNS.lock() {
+        *entered = Some(name.to_owned());
+    }
     Ok(())
 }
 

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::Args;
@@ -264,22 +264,62 @@ fn json_line(look: &mut Lookups<'_>, e: &DropEvent) -> serde_json::Value {
 /// Starts reading. One reader at a time: a lease another reader holds is
 /// waited out once when it is short, as a reader killed a moment ago (by
 /// Ctrl-C: no time to give it back) leaves it; a reader that renews it
-/// is alive, and the error says so.
+/// is alive, and the error says so. Both name the `xdpguard` readers
+/// running on this host, when there are any: the lease word records no
+/// process, so that is the best guess there is at who holds it.
 fn start_reading(filter: &Filter, options: EventOptions) -> Result<EventReader<'_>> {
     let busy = |e: EventError| -> Box<dyn std::error::Error> {
         match e {
-            EventError::Busy { .. } => format!("{e}; or take them over: --take-over").into(),
+            EventError::Busy { .. } => {
+                let running = match readers() {
+                    r if r.is_empty() => String::new(),
+                    r => format!(" (xdpguard readers running on this host: {})", r.join(", ")),
+                };
+                format!("{e}{running}; or take them over now: --take-over (the other reader then stops)").into()
+            }
             e => e.into(),
         }
     };
     match filter.events(options) {
         Err(EventError::Busy { remaining }) if remaining <= options.lease.max(Duration::from_secs(5)) => {
-            eprintln!("waiting {remaining:.1?} for the lease of a previous events reader to run out");
+            eprintln!(
+                "another reader holds the drop events{}: waiting {remaining:.1?} for its lease to run out, once \
+                 (Ctrl-C stops waiting; --take-over takes them without waiting)",
+                match readers() {
+                    r if r.is_empty() => String::new(),
+                    r => format!(" ({})", r.join(", ")),
+                }
+            );
             std::thread::sleep(remaining + Duration::from_millis(20));
             filter.events(options).map_err(busy)
         }
         r => r.map_err(busy),
     }
+}
+
+/// The other `xdpguard` processes reading events on this host (`events`,
+/// `top`, `capture`), as `pid 123 `xdpguard events --pin ...``; a program
+/// using the library's `EventReader` is not found this way.
+fn readers() -> Vec<String> {
+    let me = std::process::id();
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|p| p.parse::<u32>().ok()) else { continue };
+        if pid == me {
+            continue;
+        }
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        let args: Vec<String> = cmdline
+            .split(|&b| b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        let is_tool = args.first().is_some_and(|a| Path::new(a).file_name().is_some_and(|n| n == "xdpguard"));
+        if is_tool && args.iter().skip(1).any(|a| matches!(a.as_str(), "events" | "top" | "capture")) {
+            found.push(format!("pid {pid} `{}`", args.join(" ")));
+        }
+    }
+    found
 }
 
 /// The options of `rate` and `--take-over`.

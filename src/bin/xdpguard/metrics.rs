@@ -9,7 +9,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 
 use clap::Args;
-use xdpguard::metrics::{Format, Metrics};
+use xdpguard::metrics::{Format, Metrics, Program};
 
 /// The exporter's arguments.
 #[derive(Args)]
@@ -39,6 +39,25 @@ pub enum ExporterError {
     /// Nothing to export.
     #[error("no program given: name at least one pin directory with --filter PIN, --lb PIN or --decap PIN")]
     NoPrograms,
+    /// A pin directory given as one kind of program holds another.
+    #[error(
+        "{} (given with {given}) holds an xdpguard {holds}, not a {program}: give it with {flag} {}; \
+         nothing is served",
+        pin.display(),
+        pin.display()
+    )]
+    WrongKind {
+        /// The directory.
+        pin: PathBuf,
+        /// The flag it was given with, e.g. `--lb`.
+        given: &'static str,
+        /// What that flag names, e.g. `load balancer`.
+        program: Program,
+        /// What the directory holds, e.g. `filter`.
+        holds: Program,
+        /// The flag for what it holds, e.g. `--filter`.
+        flag: &'static str,
+    },
     /// Another process listens on the address.
     #[error(
         "cannot listen on {addr}: the address is in use (another exporter? `ss -ltnp 'sport = :{}'` shows \
@@ -86,6 +105,9 @@ pub fn serve(args: MetricsArgs) -> crate::common::Result<()> {
     if metrics.sources().next().is_none() {
         return Err(ExporterError::NoPrograms.into());
     }
+    for (program, pin) in metrics.sources() {
+        check_kind(program, pin)?;
+    }
     if let Some(name) = &args.netns {
         crate::common::enter_netns(name)?;
     }
@@ -125,6 +147,47 @@ pub fn serve(args: MetricsArgs) -> crate::common::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The exporter's flag for a kind of program.
+fn flag(program: Program) -> &'static str {
+    match program {
+        Program::Filter => "--filter",
+        Program::LoadBalancer => "--lb",
+        Program::Decap => "--decap",
+    }
+}
+
+/// Whether `pin` opens as a `program` (and which kind it holds otherwise).
+fn open_as(program: Program, pin: &std::path::Path) -> Result<(), xdpguard::Error> {
+    match program {
+        Program::Filter => xdpguard::Filter::open_pinned(pin).map(drop),
+        Program::LoadBalancer => xdpguard::LoadBalancer::open_pinned(pin).map(drop),
+        Program::Decap => xdpguard::Decap::open_pinned(pin).map(drop),
+    }
+}
+
+/// A pin directory given with the flag of one kind of program that holds
+/// another is refused before anything is served: its metrics would never
+/// appear, and each scrape would only warn. A directory not there yet, or
+/// one that cannot be opened for another reason, is served all the same
+/// (the program may come later; scrapes say what is wrong).
+fn check_kind(program: Program, pin: &std::path::Path) -> Result<(), ExporterError> {
+    if !pin.exists() {
+        return Ok(());
+    }
+    let Err(xdpguard::Error::Pin(xdpguard::PinError::NotOurs { .. })) = open_as(program, pin) else { return Ok(()) };
+    let others = [Program::Filter, Program::LoadBalancer, Program::Decap];
+    match others.into_iter().find(|&other| other != program && open_as(other, pin).is_ok()) {
+        Some(holds) => Err(ExporterError::WrongKind {
+            pin: pin.to_owned(),
+            given: flag(program),
+            program,
+            holds,
+            flag: flag(holds),
+        }),
+        None => Ok(()),
+    }
 }
 
 fn text(code: u16, body: String, content_type: &str) -> tiny_http::Response<io::Cursor<Vec<u8>>> {
