@@ -3,13 +3,19 @@
 //! generates, from the C sources, the Rust constants of `*consts.h`
 //! (`consts.rs`) and the names of every map and program (`names.rs`).
 //!
-//! Without clang (docs.rs, minimal CI images) it generates the skeletons from
-//! the objects committed in `src/bpf/prebuilt/` instead, after checking that
-//! they were made from exactly these sources (`src/bpf/prebuilt/INPUTS` holds
-//! the digest of the sources and flags, and the clang that made them).
-//! `XDPGUARD_BPF_PREBUILT=1` takes that path even when clang is installed.
-//! `.ci/prebuilt-bpf check` fails when a clang build differs from the committed
-//! objects; `.ci/prebuilt-bpf update` refreshes them. The objects are
+//! When the objects committed in `src/bpf/prebuilt/` were made from exactly
+//! these sources (`src/bpf/prebuilt/INPUTS` holds the digest of the sources
+//! and flags, and the clang that made them), it generates the skeletons from
+//! them and compiles nothing: they are the objects CI verified, and another
+//! clang (an old one above all) makes other bytes. It compiles with clang
+//! when the sources changed since (a developer's edit), or when
+//! `XDPGUARD_BPF_COMPILE=1` asks for it; `XDPGUARD_BPF_PREBUILT=1` insists
+//! on the committed objects (failing when they are stale). Before, any clang
+//! on PATH was used, and a clang older than 14 failed the build although
+//! matching objects were at hand.
+//! `.ci/prebuilt-bpf check` (which sets `XDPGUARD_BPF_COMPILE=1`) fails when
+//! a clang build differs from the committed objects; `.ci/prebuilt-bpf
+//! update` refreshes them. The objects are
 //! byte-for-byte reproducible: `-fdebug-prefix-map` takes the checkout's path
 //! out of the BTF line info, the only input that differed between checkouts.
 //!
@@ -33,12 +39,14 @@ const BPF_DIR: &str = "src/bpf";
 const BENCH_BPF_DIR: &str = "benches/bpf";
 const PREBUILT_DIR: &str = "src/bpf/prebuilt";
 const PREBUILT_ENV: &str = "XDPGUARD_BPF_PREBUILT";
+const COMPILE_ENV: &str = "XDPGUARD_BPF_COMPILE";
 const MIN_CLANG_MAJOR: u32 = 14;
 
 fn main() {
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     println!("cargo:rerun-if-env-changed=CLANG");
     println!("cargo:rerun-if-env-changed={PREBUILT_ENV}");
+    println!("cargo:rerun-if-env-changed={COMPILE_ENV}");
     println!("cargo:rerun-if-changed={PREBUILT_DIR}");
     let (sources, files) = bpf_files(BPF_DIR);
     write_consts(&out_dir);
@@ -47,13 +55,36 @@ fn main() {
     let digest = inputs_digest(&files);
     fs::write(out_dir.join("INPUTS.sha256"), format!("{digest}\n")).expect("writing OUT_DIR/INPUTS.sha256");
     let clang = env::var_os("CLANG").unwrap_or_else(|| OsString::from("clang"));
-    let forced = env::var_os(PREBUILT_ENV).is_some_and(|v| v == "1");
-    let compile = !forced && clang_version(&clang).is_some();
-    if compile {
+    let set = |name: &str| env::var_os(name).is_some_and(|v| v == "1");
+    let (want_prebuilt, want_compile) = (set(PREBUILT_ENV), set(COMPILE_ENV));
+    assert!(
+        !(want_prebuilt && want_compile),
+        "{PREBUILT_ENV}=1 and {COMPILE_ENV}=1 are both set: unset one ({PREBUILT_ENV}=1 uses the eBPF objects \
+         committed in {PREBUILT_DIR}/, {COMPILE_ENV}=1 compiles them with clang)"
+    );
+    let compile = if want_compile {
         check_clang(&clang);
+        true
+    } else if want_prebuilt {
+        check_prebuilt(&digest, &format!("{PREBUILT_ENV}=1"));
+        false
+    } else if prebuilt_matches(&digest) {
+        if let Err(why) = clang_usable(&clang) {
+            println!(
+                "cargo:warning={why}: using the eBPF objects committed in {PREBUILT_DIR}/, made from these \
+                 sources (by {})",
+                prebuilt_field("clang ")
+            );
+        }
+        false
     } else {
-        check_prebuilt(&digest, &clang, forced);
-    }
+        // The sources changed since the committed objects were made: only
+        // clang can build them.
+        if let Err(why) = clang_usable(&clang) {
+            check_prebuilt(&digest, &why);
+        }
+        true
+    };
     let args = clang_args();
     for source in &sources {
         let stem = stem(source);
@@ -120,32 +151,34 @@ fn inputs_digest(files: &[PathBuf]) -> String {
     hash.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Without clang (or with `XDPGUARD_BPF_PREBUILT=1`) the committed objects
-/// must have been made from these very sources.
-fn check_prebuilt(digest: &str, clang: &OsString, forced: bool) {
-    let inputs = Path::new(PREBUILT_DIR).join("INPUTS");
-    let text = fs::read_to_string(&inputs).unwrap_or_default();
-    let field =
-        |key: &str| text.lines().find_map(|l| l.strip_prefix(key)).map(str::trim).unwrap_or("(none)").to_owned();
-    let recorded = field("sources-sha256 ");
-    let why =
-        if forced { format!("{PREBUILT_ENV}=1") } else { format!("clang not found ({})", clang.to_string_lossy()) };
+/// A field of `src/bpf/prebuilt/INPUTS` (`(none)` when it has none).
+fn prebuilt_field(key: &str) -> String {
+    let text = fs::read_to_string(Path::new(PREBUILT_DIR).join("INPUTS")).unwrap_or_default();
+    text.lines().find_map(|l| l.strip_prefix(key)).map(str::trim).unwrap_or("(none)").to_owned()
+}
+
+/// Whether the committed objects were made from these very sources, for
+/// this target.
+fn prebuilt_matches(digest: &str) -> bool {
+    prebuilt_field("sources-sha256 ") == digest && env::var("CARGO_CFG_TARGET_ENDIAN").as_deref() == Ok("little")
+}
+
+/// Fails the build, naming both ways out, unless the committed objects were
+/// made from these very sources. `why` says why they are wanted.
+fn check_prebuilt(digest: &str, why: &str) {
+    let recorded = prebuilt_field("sources-sha256 ");
     assert!(
         recorded == digest,
         "{why}, and the committed eBPF objects in {PREBUILT_DIR}/ were not made from these sources (recorded \
-         {recorded}, now {digest}). Install clang >= {MIN_CLANG_MAJOR} (Debian/Ubuntu: `apt-get install clang \
-         libelf-dev`) or, in a checkout with Debian 12's clang, run `.ci/prebuilt-bpf update`"
+         {recorded}, now {digest}), so {PREBUILT_ENV}=1 cannot use them. Install clang >= {MIN_CLANG_MAJOR} \
+         (Debian/Ubuntu: `apt-get install clang libelf-dev`; or point CLANG at one) or, in a checkout with \
+         Debian 12's clang, run `.ci/prebuilt-bpf update`"
     );
     assert!(
         env::var("CARGO_CFG_TARGET_ENDIAN").as_deref() == Ok("little"),
-        "the committed eBPF objects are little-endian; install clang >= {MIN_CLANG_MAJOR} to build for this target"
+        "{why}, and the committed eBPF objects are little-endian: install clang >= {MIN_CLANG_MAJOR} to build \
+         for this target (or point CLANG at one; {COMPILE_ENV}=1 insists on compiling)"
     );
-    if !forced {
-        println!(
-            "cargo:warning=clang not found: using the eBPF objects committed in {PREBUILT_DIR}/ (made by {})",
-            field("clang ")
-        );
-    }
 }
 
 /// The programs (`*.bpf.c`) and every C file (programs and headers) of a
@@ -177,19 +210,38 @@ fn clang_version(clang: &OsString) -> Option<String> {
     Some(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// Whether `clang` can build the programs: `Err` says why not (missing,
+/// too old). A version it cannot read counts as usable (warned about when
+/// it is used).
+fn clang_usable(clang: &OsString) -> Result<(), String> {
+    let Some(text) = clang_version(clang) else {
+        return Err(format!("clang not found ({})", clang.to_string_lossy()));
+    };
+    match clang_major(&text) {
+        Some(m) if m < MIN_CLANG_MAJOR => {
+            Err(format!("clang {m} ({}) is older than {MIN_CLANG_MAJOR}", clang.to_string_lossy()))
+        }
+        _ => Ok(()),
+    }
+}
+
+fn clang_major(version_text: &str) -> Option<u32> {
+    version_text.split("version ").nth(1).and_then(|v| v.split('.').next()).and_then(|v| v.trim().parse::<u32>().ok())
+}
+
 /// Fails the build early, with the fix, when clang is missing or too old.
 fn check_clang(clang: &OsString) {
-    let help = "xdpguard compiles its eBPF programs with clang: install clang >= 14 \
-                (Debian/Ubuntu: `apt-get install clang libelf-dev`), or point CLANG at one";
-    let Some(text) = clang_version(clang) else {
-        panic!("clang not found ({}). {help}", clang.to_string_lossy());
-    };
-    let major =
-        text.split("version ").nth(1).and_then(|v| v.split('.').next()).and_then(|v| v.trim().parse::<u32>().ok());
-    match major {
-        Some(m) if m >= MIN_CLANG_MAJOR => {}
-        Some(m) => panic!("clang {m} is too old. {help}"),
-        None => println!("cargo:warning=could not read clang's version; {help}"),
+    let help = format!(
+        "xdpguard compiles its eBPF programs with clang: install clang >= {MIN_CLANG_MAJOR} (Debian/Ubuntu: \
+         `apt-get install clang libelf-dev`), or point CLANG at one. Without clang, the objects committed in \
+         {PREBUILT_DIR}/ are used when they were made from these sources ({PREBUILT_ENV}=1 insists on them; \
+         unset {COMPILE_ENV}, which asks for compiling)"
+    );
+    if let Err(why) = clang_usable(clang) {
+        panic!("{why}. {help}");
+    }
+    if clang_version(clang).as_deref().and_then(clang_major).is_none() {
+        println!("cargo:warning=could not read clang's version; {help}");
     }
 }
 

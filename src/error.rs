@@ -108,6 +108,20 @@ pub enum LoadError {
         /// The kernel's error.
         error: io::Error,
     },
+    /// The process or the system ran out of a resource while loading (file
+    /// descriptors, memory, a size limit): not a bug, and nothing was
+    /// loaded.
+    #[error("{op} failed: out of {resource} ({error}); {fix}")]
+    Resource {
+        /// What was being done.
+        op: String,
+        /// The resource, named.
+        resource: &'static str,
+        /// How to get more of it.
+        fix: &'static str,
+        /// The kernel's error (its errno: `raw_os_error()`).
+        error: io::Error,
+    },
 }
 
 /// Attaching to interfaces.
@@ -1207,6 +1221,37 @@ pub enum LbError {
     /// The pin directory could not be locked for the change (or read).
     #[error(transparent)]
     Pin(#[from] PinError),
+    /// This process may not enter the load balancer's network namespace
+    /// (`setns` needs CAP_SYS_ADMIN), where its backends' next hops are
+    /// managed and read. Nothing was changed.
+    #[error(
+        "this process cannot enter the load balancer's network namespace (nsfs inode {ino}): {error}; entering \
+         another network namespace needs CAP_SYS_ADMIN, besides CAP_BPF and CAP_NET_ADMIN: run as root, grant it \
+         (`setcap cap_bpf,cap_net_admin,cap_sys_admin,cap_perfmon+ep <binary>`), or run inside that namespace \
+         (`nsenter --net=/run/netns/NAME`, which keeps /sys/fs/bpf visible). Nothing was changed"
+    )]
+    NamespaceNotEntered {
+        /// The namespace's inode (as `ls -iL /proc/PID/ns/net` shows it).
+        ino: u64,
+        /// The kernel's error (EPERM without CAP_SYS_ADMIN).
+        error: io::Error,
+    },
+    /// The LB host's own addresses could not be read, so a VIP could not
+    /// be checked against them (see [`LbError::VipAtLocalAddress`]).
+    /// Nothing was changed.
+    #[error(
+        "cannot check that VIP {vip} is not an address of the load balancer host itself (a VIP there takes the \
+         host's own services at that address, an SSH session to it among them, off the host): the addresses of \
+         the LB's network namespace cannot be read: {reason}. Nothing was changed. Add the VIP where that \
+         namespace can be entered (inside it, or with CAP_SYS_ADMIN), or, if the address is known not to be the \
+         host's, add it with --force (`LoadBalancer::add_vip_permit_local`)"
+    )]
+    LocalAddressesUnknown {
+        /// The VIP.
+        vip: crate::Vip,
+        /// Why they could not be read.
+        reason: Box<LbError>,
+    },
 }
 
 /// `a, b, c`, or `none`.

@@ -26,7 +26,9 @@ use std::thread::JoinHandle;
 
 use common::cli::XDPGUARD_LB;
 use xdpguard::testing::frame::Frame;
-use xdpguard::testing::lb_topology::{backend_mac, backend_v4, VerdictNet, CLIENT_MAC, CLIENT_V4, VIP2_V4, VIP_V4};
+use xdpguard::testing::lb_topology::{
+    backend_mac, backend_v4, VerdictNet, CLIENT_MAC, CLIENT_V4, LB_FRONT_V4, VIP2_V4, VIP_V4,
+};
 use xdpguard::testing::live::{test_run, RunOptions};
 use xdpguard::testing::netns::ensure_bpffs;
 use xdpguard::{
@@ -301,4 +303,125 @@ fn a_full_connection_table_evicts_without_misrouting() {
     });
     assert_eq!(lb.vip_stats(&vip).unwrap().new_flows, before + 1);
     assert_eq!(lb.connection_count(), 1);
+}
+
+// --- An LB in a namespace this process may not enter (no CAP_SYS_ADMIN) ---
+
+const NS_CHILD_ENV: &str = "XDPG_TEST_LB_NS_CHILD";
+const CAP_SYS_ADMIN: u32 = 21;
+
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: i32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+/// Drops capabilities from the calling thread's effective, permitted and
+/// inheritable sets (as tests/filter_errors.rs does; capabilities are per
+/// thread, and the threads the library spawns to enter a namespace inherit
+/// this one's).
+fn drop_caps(caps: &[u32]) {
+    const VERSION_3: u32 = 0x2008_0522;
+    let mut hdr = CapHeader { version: VERSION_3, pid: 0 };
+    let mut data = [CapData::default(); 2];
+    // SAFETY: hdr and data are the v3 header and the two-element data array
+    // capget expects; both outlive the call.
+    let r = unsafe { nix::libc::syscall(nix::libc::SYS_capget, &mut hdr as *mut CapHeader, data.as_mut_ptr()) };
+    assert_eq!(r, 0, "capget: {}", std::io::Error::last_os_error());
+    for &cap in caps {
+        let (word, bit) = ((cap / 32) as usize, 1u32 << (cap % 32));
+        data[word].effective &= !bit;
+        data[word].permitted &= !bit;
+        data[word].inheritable &= !bit;
+    }
+    // SAFETY: as above; capset only reads them.
+    let r = unsafe { nix::libc::syscall(nix::libc::SYS_capset, &mut hdr as *mut CapHeader, data.as_ptr()) };
+    assert_eq!(r, 0, "capset: {}", std::io::Error::last_os_error());
+}
+
+/// The child half: reopen the LB from the root namespace without
+/// CAP_SYS_ADMIN, so its namespace (named) cannot be entered.
+fn namespace_child() {
+    let pin = std::env::var("XDPG_TEST_PIN").expect("pin dir");
+    drop_caps(&[CAP_SYS_ADMIN]);
+    let lb = LoadBalancer::open_pinned(&pin).expect("reopening needs no CAP_SYS_ADMIN");
+    let vip = Vip::udp(sa(VIP_V4, 53));
+
+    // A backend change: typed, naming the capability, nothing applied.
+    let e = lb.add_backend(&vip, b(2), 1).unwrap_err();
+    assert!(matches!(e, LbError::NamespaceNotEntered { .. }), "{e:?}");
+    assert_mentions(&e.to_string(), &["cannot enter", "CAP_SYS_ADMIN", "nsenter", "Nothing was changed"]);
+    assert!(!e.to_string().contains("CAP_NET_ADMIN in the LB"), "not the neighbour hint: {e}");
+    let e = lb.remove_backend(&vip, b(1)).unwrap_err();
+    assert!(matches!(e, LbError::NamespaceNotEntered { .. }), "{e:?}");
+    let now: Vec<BackendAddr> = lb.backends(&vip).unwrap().iter().map(|x| x.addr).collect();
+    assert_eq!(now, [b(1)], "backends unchanged");
+
+    // Statistics still read, next hops unknown.
+    let stats = lb.backend_stats(&vip).expect("backend_stats without the namespace");
+    assert_eq!(stats.len(), 1);
+    assert_eq!(stats[0].next_hop.state, xdpguard::NeighbourState::Unknown, "{stats:?}");
+
+    // A VIP at the namespace's own address is refused, not taken: the
+    // check cannot run, and the error says why and the way out.
+    let own = Vip::tcp(sa(LB_FRONT_V4, 22));
+    let cfg = VipConfig::new(ForwardingMode::L2Dsr).table_size(1021);
+    let e = lb.add_vip(own, cfg).unwrap_err();
+    let LbError::LocalAddressesUnknown { reason, .. } = &e else { panic!("{e:?}") };
+    assert!(matches!(**reason, LbError::NamespaceNotEntered { .. }), "{reason:?}");
+    assert_mentions(&e.to_string(), &["192.0.2.254:22", "cannot be read", "CAP_SYS_ADMIN", "--force", "permit_local"]);
+    // Adding the existing VIP again still changes nothing and succeeds.
+    lb.add_vip(vip, VipConfig::new(ForwardingMode::L2Dsr).table_size(1021)).unwrap();
+    // Permitted, it needs no netlink.
+    lb.add_vip_permit_local(Vip::udp(sa(VIP2_V4, 53)), cfg).unwrap();
+    println!("CHILD-DONE");
+}
+
+#[test]
+fn an_lb_namespace_this_process_cannot_enter_is_typed_and_changes_nothing() {
+    if std::env::var_os(NS_CHILD_ENV).is_some() {
+        return namespace_child();
+    }
+    let net = VerdictNet::new("ns", 2);
+    let pin = PinDir::new("ns");
+    let lb = {
+        let p = pin.0.clone();
+        net.lb.run(move || {
+            LoadBalancer::builder().redirect_interface("eth0").redirect_interface("eth1").pin(p).load().unwrap()
+        })
+    };
+    let vip = Vip::udp(sa(VIP_V4, 53));
+    lb.add_vip(vip, VipConfig::new(ForwardingMode::L2Dsr).table_size(1021)).unwrap();
+    lb.add_backend(&vip, b(1), 1).unwrap();
+
+    let exe = std::env::current_exe().unwrap();
+    let out = std::process::Command::new(exe)
+        .args([
+            "--exact",
+            "an_lb_namespace_this_process_cannot_enter_is_typed_and_changes_nothing",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(NS_CHILD_ENV, "1")
+        .env("XDPG_TEST_PIN", &pin.0)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "child failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("CHILD-DONE") && stdout.contains("1 passed"), "child did not run:\n{stdout}\n{stderr}");
+
+    // Nothing the child was refused was applied; what it was allowed was.
+    let now: Vec<BackendAddr> = lb.backends(&vip).unwrap().iter().map(|x| x.addr).collect();
+    assert_eq!(now, [b(1)]);
+    let vips: BTreeSet<Vip> = lb.vips().unwrap().into_iter().map(|(v, _)| v).collect();
+    assert_eq!(vips, [vip, Vip::udp(sa(VIP2_V4, 53))].into(), "the VIP at the host's address was not added");
 }

@@ -649,3 +649,72 @@ fn lone_slash25s_fill_the_v4_host_table() {
     filter.blocklist().insert(net("198.18.0.128/25")).unwrap();
     assert_eq!(filter.v4_host_slots().unwrap().0, 1 + 128 * (added - 1));
 }
+
+const NOFILE_CHILD_ENV: &str = "XDPG_TEST_NOFILE_CHILD";
+
+/// Sets RLIMIT_NOFILE's soft limit (the hard one stays).
+fn set_nofile(soft: u64) {
+    let mut lim = nix::libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: lim is a valid rlimit for getrlimit to fill; it outlives the call.
+    assert_eq!(unsafe { nix::libc::getrlimit(nix::libc::RLIMIT_NOFILE, &mut lim) }, 0);
+    lim.rlim_cur = soft.min(lim.rlim_max);
+    // SAFETY: setrlimit only reads lim, which outlives the call.
+    assert_eq!(unsafe { nix::libc::setrlimit(nix::libc::RLIMIT_NOFILE, &lim) }, 0);
+}
+
+/// The child half: load a filter under ever larger open-file limits.
+fn nofile_child() {
+    let (mut failed, mut loaded) = (0, 0);
+    for limit in 16..=64 {
+        set_nofile(limit);
+        let result = Filter::builder().v4_capacity(64).v6_capacity(64).load();
+        set_nofile(4096);
+        match result {
+            Ok(f) => {
+                loaded += 1;
+                drop(f);
+            }
+            Err(e) => {
+                failed += 1;
+                let text = e.to_string();
+                println!("CHILD limit {limit}: {text}");
+                assert!(!matches!(e, Error::Load(LoadError::Rejected { .. })), "limit {limit}: {e:?}");
+                assert!(!text.contains("please report"), "limit {limit}: blamed on xdpguard: {text}");
+                assert!(text.contains("(os error "), "limit {limit}: the OS error: {text}");
+                match e {
+                    Error::Load(LoadError::Resource { .. }) => {
+                        assert_mentions(&text, &["file descriptors", "RLIMIT_NOFILE", "ulimit -n"])
+                    }
+                    // Elsewhere (opening the object, a map): the errno itself.
+                    _ => assert!(text.contains("Too many open files (os error 24)"), "limit {limit}: {text}"),
+                }
+            }
+        }
+    }
+    println!("CHILD {failed} failed, {loaded} loaded");
+    assert!(failed > 0, "16 descriptors should not be enough to load a filter");
+    println!("CHILD-DONE");
+}
+
+/// Out of file descriptors is the host's limit, not a verifier refusal:
+/// every failure under a low RLIMIT_NOFILE is typed as such and names the
+/// OS error (before, most came back as `Rejected`, "a bug in xdpguard",
+/// and a map's fd duplication lost its errno). A child process, so that
+/// the limit does not reach the other tests' threads.
+#[test]
+fn out_of_file_descriptors_is_named_not_rejected() {
+    if std::env::var_os(NOFILE_CHILD_ENV).is_some() {
+        return nofile_child();
+    }
+    let exe = std::env::current_exe().unwrap();
+    let out = Command::new(exe)
+        .args(["--exact", "out_of_file_descriptors_is_named_not_rejected", "--nocapture", "--test-threads=1"])
+        .env(NOFILE_CHILD_ENV, "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("{stdout}");
+    assert!(out.status.success(), "child failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("CHILD-DONE") && stdout.contains("1 passed"), "child did not run:\n{stdout}\n{stderr}");
+}

@@ -61,13 +61,16 @@ impl MapSource for PinDir {
 /// Turns a libbpf-rs error into an `io::Error` without losing it. A map
 /// or program system call fails with an errno and nothing else: it comes
 /// back as that errno, so callers can match on `raw_os_error()`. An error
-/// with context (opening or loading an object) becomes the inner error of
-/// an `io::Error` of the same kind, reachable with `get_ref()`, its chain
-/// through `source()`.
+/// with context (opening or loading an object, duplicating a map's fd)
+/// becomes a [`LibbpfError`] inside an `io::Error` of the errno's kind: its
+/// text is the whole chain down to the OS error ("failed to duplicate map
+/// file descriptor: Too many open files (os error 24)"; libbpf-rs shows
+/// only the outermost context, so the errno vanished from messages), and
+/// [`errno`] finds the errno again.
 pub(crate) fn io_from_libbpf(err: libbpf_rs::Error) -> io::Error {
     use libbpf_rs::ErrorKind as K;
     use std::error::Error as _;
-    let errno = match err.kind() {
+    let by_kind = match err.kind() {
         K::PermissionDenied => Some(nix::libc::EPERM),
         K::NotFound => Some(nix::libc::ENOENT),
         K::AlreadyExists => Some(nix::libc::EEXIST),
@@ -78,12 +81,48 @@ pub(crate) fn io_from_libbpf(err: libbpf_rs::Error) -> io::Error {
         K::WouldBlock => Some(nix::libc::EAGAIN),
         _ => None,
     };
+    let text = format!("{err:#}");
+    // libbpf-rs keeps its innermost io::Error private: its text ends with
+    // the OS error's "(os error N)", the one place the errno is still told.
+    let errno = os_error_in(&text).or(by_kind);
     match errno {
         Some(code) if err.source().is_none() => io::Error::from_raw_os_error(code),
         _ => {
             let kind = errno.map_or(io::ErrorKind::Other, |c| io::Error::from_raw_os_error(c).kind());
-            io::Error::new(kind, err)
+            io::Error::new(kind, LibbpfError { text, os: errno.map(io::Error::from_raw_os_error) })
         }
+    }
+}
+
+/// The errno of the last "(os error N)" in `text`.
+fn os_error_in(text: &str) -> Option<i32> {
+    let at = text.rfind("(os error ")?;
+    let rest = &text[at + "(os error ".len()..];
+    rest[..rest.find(')')?].parse().ok()
+}
+
+/// The errno of an error [`io_from_libbpf`] made (or of any OS error).
+pub(crate) fn errno(e: &io::Error) -> Option<i32> {
+    e.raw_os_error().or_else(|| e.get_ref()?.downcast_ref::<LibbpfError>()?.os.as_ref()?.raw_os_error())
+}
+
+/// A libbpf-rs error with context, as text (its whole chain, the OS error
+/// last) and its innermost OS error as source.
+#[derive(Debug)]
+pub(crate) struct LibbpfError {
+    text: String,
+    os: Option<io::Error>,
+}
+
+impl std::fmt::Display for LibbpfError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl std::error::Error for LibbpfError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.os.as_ref().map(|e| e as _)
     }
 }
 

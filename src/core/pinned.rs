@@ -648,7 +648,17 @@ pub(crate) fn load_opened<'obj, P: ProgramKind, O: OpenSkel<'obj>>(
     open: O,
     offload: bool,
 ) -> Result<(P::Maps, OwnedFd), LoadError> {
-    let skel = open.load().map_err(|e| load_error(kind, e, offload))?;
+    let object = open.open_object();
+    let needed = object.maps().count() + object.progs().count();
+    let headroom = fd_headroom();
+    // With few descriptors left, libbpf can hand the kernel a map fd it
+    // could not set up, and the program load then fails with EINVAL ("fd N
+    // is not pointing to valid bpf_map"), not EMFILE: found with
+    // RLIMIT_NOFILE lowered step by step (tests/filter_errors.rs).
+    // libbpf holds two descriptors a map while it creates them (measured:
+    // the filter's 18 maps and program failed so up to 36 free).
+    let scarce = headroom.filter(|free| *free < 2 * needed + 16);
+    let skel = open.load().map_err(|e| load_error(kind, e, offload, scarce))?;
     let object = skel.object();
     let maps = P::Maps::open(&Loaded(object))
         .map_err(|e| LoadError::Bpf { op: format!("opening map {}", e.name), error: e.source })?;
@@ -663,32 +673,108 @@ pub(crate) fn load_opened<'obj, P: ProgramKind, O: OpenSkel<'obj>>(
     Ok((maps, fd))
 }
 
-pub(crate) fn load_error(kind: &Kind, err: libbpf_rs::Error, offload: bool) -> LoadError {
+/// How many more file descriptors the process may open (its soft
+/// RLIMIT_NOFILE less those open); `Some(0)` when even listing them fails
+/// for lack of one, `None` when it cannot be told.
+fn fd_headroom() -> Option<usize> {
+    let mut lim = nix::libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: lim is a valid rlimit for getrlimit to fill; it outlives the call.
+    if unsafe { nix::libc::getrlimit(nix::libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return None;
+    }
+    let limit = lim.rlim_cur;
+    match std::fs::read_dir("/proc/self/fd") {
+        // The listing's own descriptor is counted too: one less than open.
+        Ok(dir) => Some((limit as usize).saturating_sub(dir.count().saturating_sub(1))),
+        Err(e) if matches!(e.raw_os_error(), Some(nix::libc::EMFILE | nix::libc::ENFILE)) => Some(0),
+        Err(_) => None,
+    }
+}
+
+/// What a failed load means, and what to do about it. `scarce`: the file
+/// descriptors that were left before the load, when too few for it.
+pub(crate) fn load_error(kind: &Kind, err: libbpf_rs::Error, offload: bool, scarce: Option<usize>) -> LoadError {
     let message = format!("{err:#}");
     let source = io_from_libbpf(err);
     if let Some(missing) = missing_privileges() {
         return LoadError::MissingPrivileges { missing };
     }
-    match source.kind() {
+    let op = format!("loading program {}", kind.program);
+    use nix::libc;
+    match crate::core::maps::errno(&source) {
         // The capabilities are held (above): EACCES is the verifier's
         // refusal (a program past its limits, such as the 512-byte stack
         // of a call chain, is refused so), or a BPF LSM policy's. Named
         // as missing privileges, it sent a user who built with another
         // clang after capabilities they had.
-        std::io::ErrorKind::PermissionDenied => LoadError::Rejected {
+        Some(libc::EACCES) => LoadError::Rejected {
             program: kind.program,
             message: format!(
                 "{message} (with CAP_BPF held: the verifier refused it, its log printed above by libbpf names why, \
                  or a BPF LSM policy did)"
             ),
         },
+        // Before, every errno but these fell through to `Rejected` ("a bug
+        // in xdpguard"), though an open-file or memory limit is the host's:
+        // found with RLIMIT_NOFILE lowered (EMFILE) and under a memcg limit.
+        Some(e @ (libc::EMFILE | libc::ENFILE | libc::ENOMEM | libc::E2BIG | libc::ENOSPC)) => {
+            let (resource, fix) = resource_of(e);
+            LoadError::Resource { op, resource, fix, error: source }
+        }
+        Some(libc::EPERM) => LoadError::Bpf {
+            op: format!(
+                "{op} (refused with CAP_BPF held: before Linux 5.11 BPF memory counts against RLIMIT_MEMLOCK, \
+                 raise it with `ulimit -l unlimited` or systemd's LimitMEMLOCK=infinity; else a BPF LSM policy \
+                 or seccomp refused it)"
+            ),
+            error: source,
+        },
         _ if offload => LoadError::KernelFeature {
             feature: "BPF offload for this device",
             hint: format!("the driver cannot offload this program and its maps ({message}); use native or auto mode"),
         },
-        std::io::ErrorKind::Unsupported => {
+        // 524: the kernel's internal ENOTSUPP, which some BPF paths return.
+        Some(e) if e == 524 || std::io::Error::from_raw_os_error(e).kind() == std::io::ErrorKind::Unsupported => {
             LoadError::KernelFeature { feature: kind.needs, hint: format!("use Linux {} ({message})", kind.min_kernel) }
         }
-        _ => LoadError::Rejected { program: kind.program, message },
+        Some(libc::EINVAL) if scarce.is_some() => {
+            let (resource, fix) = resource_of(libc::EMFILE);
+            let free = scarce.unwrap_or(0);
+            LoadError::Resource {
+                op: format!(
+                    "{op} (with {free} file descriptors left under RLIMIT_NOFILE, the kernel was handed a map \
+                     descriptor libbpf could not set up)"
+                ),
+                resource,
+                fix,
+                error: source,
+            }
+        }
+        // EINVAL: what the verifier answers a program it refuses with (its
+        // log printed above by libbpf).
+        Some(libc::EINVAL) => LoadError::Rejected { program: kind.program, message },
+        _ => LoadError::Bpf { op, error: source },
+    }
+}
+
+/// The resource an errno says ran out while loading, and how to get more.
+pub(crate) fn resource_of(errno: i32) -> (&'static str, &'static str) {
+    use nix::libc;
+    match errno {
+        libc::EMFILE => (
+            "file descriptors (the process's RLIMIT_NOFILE)",
+            "raise the open-file limit (`ulimit -n 4096`, systemd's LimitNOFILE=); each map and program takes one",
+        ),
+        libc::ENFILE => ("file descriptors (the system's file table)", "raise `sysctl fs.file-max`, or close files"),
+        libc::ENOMEM => (
+            "kernel memory (the cgroup's memory limit; before Linux 5.11, RLIMIT_MEMLOCK)",
+            "raise the memory limit of the process's cgroup (systemd's MemoryMax=) or `ulimit -l unlimited`, or load \
+             smaller tables (the builder's capacities; CLI: the attach options)",
+        ),
+        libc::E2BIG => (
+            "a kernel size limit (a map or program larger than the kernel accepts)",
+            "load smaller tables (the builder's capacities; CLI: the attach options)",
+        ),
+        _ => ("space (ENOSPC)", "free BPF programs and maps no longer used (`bpftool prog`, `bpftool map`)"),
     }
 }

@@ -260,6 +260,13 @@ impl Filter {
     /// pinned by an xdpguard with another layout, bpffs not mounted;
     /// [`LoadError::MissingPrivileges`](crate::LoadError::MissingPrivileges);
     /// [`ListError::Full`] if the tables of a crashed edit no longer fit.
+    /// The guard stage pinned beside it (rules, SYN guard) is reopened too,
+    /// with its own errors: [`PinError::Incompatible`](crate::PinError::Incompatible)
+    /// and [`PinError::Interrupted`](crate::PinError::Interrupted) (named with
+    /// the filter's directory), the other `PinError`s of its pins (e.g.
+    /// [`PinError::Incomplete`](crate::PinError::Incomplete)), and
+    /// [`RuleError`](crate::RuleError)s when its rules cannot be read back or
+    /// repaired.
     pub fn open_pinned(dir: impl AsRef<Path>) -> Result<Filter, Error> {
         let core: Pinned<FilterKind> = Pinned::open_pinned(dir.as_ref())?;
         Filter::with_pinned_guard(core, dir.as_ref())

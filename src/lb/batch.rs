@@ -84,11 +84,18 @@ impl BackendBatch<'_> {
     /// # Errors
     ///
     /// A typed error for an invalid change (nothing applied);
+    /// [`LbError::VipNotFound`] (nothing applied);
     /// [`LbError::ForeignNamespace`] when the LB's network namespace cannot
-    /// be reached from this thread (nothing applied); [`LbError::Map`] when
-    /// a map update fails; [`LbError::Neighbour`] when the kernel refuses a
-    /// neighbour request (the backend changes stay applied, and the data
-    /// path resolves their next hops from traffic).
+    /// be reached from this thread, [`LbError::NamespaceNotEntered`] when
+    /// this process may not enter it (without CAP_SYS_ADMIN): both before
+    /// any change, nothing applied; [`LbError::Pin`] when the pin directory
+    /// cannot be locked (nothing applied); [`LbError::Map`] when a map
+    /// update fails; [`LbError::Neighbour`] when the kernel refuses a
+    /// neighbour request after the change (the backend changes stay
+    /// applied, and the data path resolves their next hops from traffic),
+    /// or, before any change (nothing applied), when no netlink socket can
+    /// be opened in the LB's namespace at all (e.g. out of file
+    /// descriptors: its `op` then starts with "opening").
     pub fn apply(self) -> Result<(), LbError> {
         self.lb.apply_batch(&self.vip, &self.ops)
     }
@@ -111,7 +118,10 @@ impl LoadBalancer {
     /// (an address of the LB host itself), [`LbError::TableTooSmall`],
     /// [`LbError::BackendTableFull`]; for NAT, [`LbError::NatPortOnAllPortsVip`] (a port on an all-ports VIP's
     /// backend) and [`LbError::NatBackendConflict`] (a backend address and
-    /// port another NAT VIP already reaches; see [`ForwardingMode::Nat`]).
+    /// port another NAT VIP already reaches; see [`ForwardingMode::Nat`]);
+    /// [`LbError::VipNotFound`], [`LbError::ForeignNamespace`],
+    /// [`LbError::NamespaceNotEntered`], [`LbError::Pin`], [`LbError::Map`],
+    /// [`LbError::Neighbour`] as there.
     pub fn add_backend(&self, vip: &Vip, backend: impl Into<BackendAddr>, weight: u32) -> Result<(), LbError> {
         self.batch(vip).add(backend, weight).apply()
     }
@@ -122,7 +132,9 @@ impl LoadBalancer {
     /// # Errors
     ///
     /// As [`BackendBatch::apply`]: [`LbError::BackendNotFound`],
-    /// [`LbError::InvalidWeight`].
+    /// [`LbError::InvalidWeight`]; [`LbError::VipNotFound`],
+    /// [`LbError::ForeignNamespace`], [`LbError::NamespaceNotEntered`],
+    /// [`LbError::Pin`], [`LbError::Map`], [`LbError::Neighbour`] as there.
     pub fn set_weight(&self, vip: &Vip, backend: impl Into<BackendAddr>, weight: u32) -> Result<(), LbError> {
         self.batch(vip).set_weight(backend, weight).apply()
     }
@@ -132,7 +144,10 @@ impl LoadBalancer {
     ///
     /// # Errors
     ///
-    /// As [`BackendBatch::apply`]: [`LbError::BackendNotFound`].
+    /// As [`BackendBatch::apply`]: [`LbError::BackendNotFound`];
+    /// [`LbError::VipNotFound`], [`LbError::ForeignNamespace`],
+    /// [`LbError::NamespaceNotEntered`], [`LbError::Pin`], [`LbError::Map`],
+    /// [`LbError::Neighbour`] as there.
     pub fn remove_backend(&self, vip: &Vip, backend: impl Into<BackendAddr>) -> Result<(), LbError> {
         self.batch(vip).remove(backend).apply()
     }

@@ -26,8 +26,14 @@ impl LoadBalancer {
 
     /// An rtnetlink socket in the LB's network namespace.
     pub(super) fn rtnl(&self) -> Result<neigh::Rtnl, LbError> {
-        let ns = self.netns.as_ref().ok_or(LbError::ForeignNamespace { ino: self.maps().netns().ino })?;
-        neigh::Rtnl::open_in(ns.as_fd()).map_err(neigh_err("opening an rtnetlink socket in the LB's network namespace"))
+        let ino = self.maps().netns().ino;
+        let ns = self.netns.as_ref().ok_or(LbError::ForeignNamespace { ino })?;
+        neigh::Rtnl::open_in(ns.as_fd()).map_err(|e| match e {
+            neigh::OpenError::Enter(error) => LbError::NamespaceNotEntered { ino, error },
+            neigh::OpenError::Io(error) => {
+                neigh_err("opening an rtnetlink socket in the LB's network namespace")(error)
+            }
+        })
     }
 
     /// Makes sure every configured backend's next hop has a managed
@@ -42,8 +48,11 @@ impl LoadBalancer {
     /// # Errors
     ///
     /// [`LbError::ForeignNamespace`] when the LB's network namespace cannot
-    /// be reached from this thread; [`LbError::Neighbour`] when the kernel
-    /// refuses a request (e.g. without `CAP_NET_ADMIN` there).
+    /// be reached from this thread; [`LbError::NamespaceNotEntered`] when
+    /// this process may not enter it (without `CAP_SYS_ADMIN`);
+    /// [`LbError::Neighbour`] when the kernel refuses a request (e.g.
+    /// without `CAP_NET_ADMIN` there); [`LbError::Pin`] when the pin
+    /// directory cannot be locked.
     pub fn refresh_neighbours(&self) -> Result<usize, LbError> {
         let mut rtnl = self.rtnl()?;
         self.core.read(|st, maps| sync_hops(st, maps, &mut rtnl))?.map(|s| s.created)

@@ -212,7 +212,13 @@ pub const DEFAULT_NEXT_HOP_CACHE: Duration = Duration::from_millis(100);
 /// Linux 5.15 or later with BTF (tested on 6.18), and CAP_BPF plus
 /// CAP_NET_ADMIN (or root). Keeping backends' next hops resolved before
 /// their first packet needs Linux 5.16 (managed neighbour entries; see
-/// below); older kernels resolve them from traffic.
+/// below); older kernels resolve them from traffic. Managing an LB loaded
+/// in another network namespace than the calling thread's also needs
+/// CAP_SYS_ADMIN, to enter it (`setns`): without it backend changes fail
+/// with [`LbError::NamespaceNotEntered`](crate::LbError::NamespaceNotEntered),
+/// [`add_vip`](LoadBalancer::add_vip) with
+/// [`LbError::LocalAddressesUnknown`](crate::LbError::LocalAddressesUnknown)
+/// (nothing changed), and next hops read as unknown.
 ///
 /// ```no_run
 /// use xdpguard::{ForwardingMode, LoadBalancer, Vip, VipConfig};

@@ -137,6 +137,16 @@ pub(crate) fn state_of(entry: Option<&Entry>) -> NeighbourState {
     }
 }
 
+/// Why an rtnetlink socket could not be opened in a namespace.
+#[derive(Debug)]
+pub(crate) enum OpenError {
+    /// The thread could not enter the namespace (`setns`: EPERM without
+    /// CAP_SYS_ADMIN).
+    Enter(io::Error),
+    /// The socket itself failed.
+    Io(io::Error),
+}
+
 /// An rtnetlink socket in one namespace.
 pub(crate) struct Rtnl {
     sock: Socket,
@@ -145,25 +155,27 @@ pub(crate) struct Rtnl {
 
 impl Rtnl {
     /// Opens a socket in namespace `ns`, from a thread that enters it when
-    /// the calling thread is elsewhere.
-    pub(crate) fn open_in(ns: BorrowedFd<'_>) -> io::Result<Rtnl> {
-        let want = ns_id(ns)?;
+    /// the calling thread is elsewhere. Failing to enter it is told apart
+    /// (`OpenError::Enter`): it needs another capability (CAP_SYS_ADMIN)
+    /// than the netlink requests (CAP_NET_ADMIN), and the fix differs.
+    pub(crate) fn open_in(ns: BorrowedFd<'_>) -> Result<Rtnl, OpenError> {
+        let want = ns_id(ns).map_err(OpenError::Io)?;
         let here = current().map(|(_, id)| id).ok();
         let sock = if here == Some(want) {
-            Socket::new(NETLINK_ROUTE)?
+            Socket::new(NETLINK_ROUTE).map_err(OpenError::Io)?
         } else {
             std::thread::scope(|s| {
                 s.spawn(|| {
-                    enter(ns)?;
-                    Socket::new(NETLINK_ROUTE)
+                    enter(ns).map_err(OpenError::Enter)?;
+                    Socket::new(NETLINK_ROUTE).map_err(OpenError::Io)
                 })
                 .join()
-                .unwrap_or_else(|_| Err(io::Error::other("the namespace thread panicked")))
+                .unwrap_or_else(|_| Err(OpenError::Io(io::Error::other("the namespace thread panicked"))))
             })?
         };
         let mut rtnl = Rtnl { sock, seq: 0 };
-        rtnl.sock.bind_auto()?;
-        rtnl.sock.connect(&SocketAddr::new(0, 0))?;
+        rtnl.sock.bind_auto().map_err(OpenError::Io)?;
+        rtnl.sock.connect(&SocketAddr::new(0, 0)).map_err(OpenError::Io)?;
         Ok(rtnl)
     }
 

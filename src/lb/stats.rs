@@ -325,7 +325,7 @@ impl LoadBalancer {
     /// A VIP's backends with their counters and the state of their next
     /// hops (read from the kernel's route and neighbour tables in the LB's
     /// network namespace; [`NeighbourState::Unknown`](super::NeighbourState::Unknown) when that namespace
-    /// cannot be reached from this thread).
+    /// cannot be reached from this thread, or entered by this process).
     ///
     /// # Errors
     ///
@@ -337,7 +337,9 @@ impl LoadBalancer {
         let ips: Vec<IpAddr> = slots.iter().map(|(a, _)| a.ip).collect();
         let hops = match self.rtnl() {
             Ok(mut rtnl) => neigh::next_hops(&mut rtnl, &ips).map_err(neigh_err("reading the backends' next hops"))?,
-            Err(LbError::ForeignNamespace { .. }) => vec![NextHop::UNKNOWN; ips.len()],
+            Err(LbError::ForeignNamespace { .. } | LbError::NamespaceNotEntered { .. }) => {
+                vec![NextHop::UNKNOWN; ips.len()]
+            }
             Err(e) => return Err(e),
         };
         slots

@@ -2,7 +2,7 @@
 
 use std::sync::atomic::Ordering;
 
-use super::hops::sync_hops;
+use super::hops::{neigh_err, sync_hops};
 use super::maps::{map_err, LbMaps};
 use super::state::{self, LbState, VipState};
 use super::{maglev, ForwardingMode, LoadBalancer, Vip, VipConfig};
@@ -23,8 +23,12 @@ impl LoadBalancer {
     /// IPv6 address: give the IPv4 one),
     /// [`LbError::VipAtLocalAddress`] (an address of the LB host itself:
     /// see [`add_vip_permit_local`](Self::add_vip_permit_local)),
-    /// [`LbError::ConflictingVip`], [`LbError::VipTableFull`];
-    /// [`LbError::Map`] when a map update fails.
+    /// [`LbError::LocalAddressesUnknown`] (the host's addresses cannot be
+    /// read to check that: the LB's network namespace cannot be entered
+    /// from this process, without CAP_SYS_ADMIN or without a name under
+    /// `/run/netns`), [`LbError::ConflictingVip`], [`LbError::VipTableFull`];
+    /// [`LbError::Map`] when a map update fails; [`LbError::Pin`] when the
+    /// pin directory cannot be locked.
     pub fn add_vip(&self, vip: Vip, config: VipConfig) -> Result<(), LbError> {
         self.add_vip_checked(vip, config, false)
     }
@@ -39,7 +43,9 @@ impl LoadBalancer {
     ///
     /// # Errors
     ///
-    /// As [`add_vip`](Self::add_vip), without [`LbError::VipAtLocalAddress`].
+    /// As [`add_vip`](Self::add_vip), without [`LbError::VipAtLocalAddress`]
+    /// and [`LbError::LocalAddressesUnknown`]: no netlink is needed, so it
+    /// works from any namespace.
     pub fn add_vip_permit_local(&self, vip: Vip, config: VipConfig) -> Result<(), LbError> {
         self.add_vip_checked(vip, config, true)
     }
@@ -54,10 +60,12 @@ impl LoadBalancer {
             });
         }
         // The host's own addresses are read in the LB's namespace. When they
-        // cannot be (the namespace is not reachable from this thread), the
-        // check is skipped: it only names a mistake, and adding a VIP needs
-        // no netlink otherwise.
-        let mut rtnl = if permit_local { None } else { self.rtnl().ok() };
+        // cannot be (a namespace without a name under /run/netns, or one this
+        // process may not enter), the VIP is refused: skipping the check let
+        // a VIP at the host's own address cut its SSH port off. The refusal
+        // comes after the existing-VIP check, so adding an existing VIP again
+        // (a configuration applied anew) still changes nothing and succeeds.
+        let mut rtnl = if permit_local { None } else { Some(self.rtnl()) };
         self.edit(|st, maps| {
             if let Some(existing) = st.vips.get(&vip) {
                 if existing.config == config {
@@ -65,8 +73,15 @@ impl LoadBalancer {
                 }
                 return Err(LbError::ConflictingVip { vip, existing: existing.config.to_string() });
             }
-            if let Some(Ok(Some(interface))) = rtnl.as_mut().map(|r| r.local_of(vip.addr)) {
-                return Err(LbError::VipAtLocalAddress { vip, interface });
+            if let Some(opened) = rtnl.take() {
+                let unknown = |reason| LbError::LocalAddressesUnknown { vip, reason: Box::new(reason) };
+                let mut r = opened.map_err(unknown)?;
+                let local = r
+                    .local_of(vip.addr)
+                    .map_err(|e| unknown(neigh_err("reading the addresses of the LB's network namespace")(e)))?;
+                if let Some(interface) = local {
+                    return Err(LbError::VipAtLocalAddress { vip, interface });
+                }
             }
             let cap = maps.capacity().max_vips;
             let index = st.free_vip_index(cap).ok_or(LbError::VipTableFull { capacity: cap as usize })?;
@@ -90,8 +105,10 @@ impl LoadBalancer {
     /// # Errors
     ///
     /// [`LbError::VipNotFound`]; [`LbError::ForeignNamespace`] when it has
-    /// backends whose next hops cannot be released from this thread
-    /// (nothing removed); [`LbError::Map`], [`LbError::Neighbour`].
+    /// backends whose next hops cannot be released from this thread, and
+    /// [`LbError::NamespaceNotEntered`] when this process may not enter the
+    /// LB's namespace to release them (nothing removed); [`LbError::Map`],
+    /// [`LbError::Neighbour`].
     pub fn remove_vip(&self, vip: &Vip) -> Result<(), LbError> {
         // Its backends' next hops are released: check first that they can be.
         let has_backends = self.read(|st| st.vip(vip).map(|s| !s.backends.is_empty()))??;
