@@ -701,7 +701,7 @@ impl Planner {
                     let running = lb.backends(vip).map_err(|e| err(e.into()))?;
                     change.slots = running.len();
                     if l.keep_drained {
-                        drained_here.extend(running.iter().filter(|b| b.weight == 0).map(|b| b.addr));
+                        drained_here.extend(lb.checker_drained(vip).map_err(|e| err(e.into()))?);
                     }
                     Vec::new()
                 }
@@ -710,9 +710,13 @@ impl Planner {
             change.slots = change.slots.max(have_backends.len());
             let have: BTreeMap<BackendAddr, u32> = have_backends.iter().map(|b| (b.addr, b.weight)).collect();
             let want: BTreeMap<BackendAddr, u32> = spec.backends.iter().map(|b| (b.addr, b.weight)).collect();
-            let drained = |a: &BackendAddr, w: u32| {
-                l.keep_drained && w > 0 && (have.get(a) == Some(&0) || drained_here.contains(a))
-            };
+            // Only the health checker's drains are held (it restores them);
+            // a 0 the file or an operator set is not, or nothing would
+            // ever restore it.
+            if l.keep_drained && running.contains_key(vip) && !have_backends.is_empty() {
+                drained_here.extend(lb.checker_drained(vip).map_err(|e| err(e.into()))?);
+            }
+            let drained = |a: &BackendAddr, w: u32| l.keep_drained && w > 0 && drained_here.contains(a);
             let added: Vec<Backend> = spec
                 .backends
                 .iter()
