@@ -700,9 +700,10 @@ impl Planner {
                     change.first = Some(Step::ReconfigureVip { vip: *vip, from: *cfg, to: spec.config });
                     let running = lb.backends(vip).map_err(|e| err(e.into()))?;
                     change.slots = running.len();
-                    if l.keep_drained {
-                        drained_here.extend(lb.checker_drained(vip).map_err(|e| err(e.into()))?);
-                    }
+                    // Not held through a re-add: its new slot would not carry
+                    // the checker's mark, and the apply's check afterwards
+                    // would find it differing; the checker drains it again
+                    // in its next round.
                     Vec::new()
                 }
                 Some(_) => lb.backends(vip).map_err(|e| err(e.into()))?,
