@@ -705,16 +705,29 @@ fn a_chained_lb_serves_behind_its_filter_and_is_never_left_out_of_reach() {
     assert_eq!(filter.next_program().unwrap(), Some(new_id));
     assert!(XDPGUARD.ok(&["apply", "--config", &cfg]).ends_with("no changes\n"));
 
-    // A backend drained on this node (a health checker's drain): applying
-    // the file restores the file's weight, unless the [[lb]] says
+    // A backend the health checker drained on this node: applying the
+    // file restores the file's weight, unless the [[lb]] says
     // keep_drained; then it stays drained, said, and the file's weight
-    // lands once it is back.
+    // lands once the checker restores it. (The checker is one that took
+    // over 198.51.100.12's drain from a journal: it marks the drain as its
+    // own in its first round; the other backends, unreachable, stay up for
+    // fall = 3 rounds, and this test runs two.)
     let vip80 = "tcp 203.0.113.10:80";
     let weight_of = |ip: &str| {
         let b = lb.backends(&vip(vip80)).unwrap();
         b.iter().find(|b| b.addr.ip.to_string() == ip).map(|b| b.weight).unwrap()
     };
+    let checker = xdpguard::health_check::HealthChecker::new(
+        xdpguard::health_check::HealthConfig::new(xdpguard::health_check::Check::Tcp)
+            .interval(Duration::from_millis(100))
+            .timeout(Duration::from_millis(100))
+            .fall(3)
+            .vip(vip(vip80)),
+    )
+    .unwrap();
     lb_cli.ok(&["backend", "weight", "203.0.113.10:80", "198.51.100.12", "0", "--pin", lp]);
+    checker.adopt(vip(vip80), "198.51.100.12".parse::<IpAddr>().unwrap().into(), 2);
+    checker.round(&lb).unwrap();
     let plain = std::fs::read_to_string(bed.file()).unwrap();
     let keep = plain.replace("hash_seed = 7", "hash_seed = 7\nkeep_drained = true");
     std::fs::write(bed.file(), &keep).unwrap();
@@ -722,22 +735,46 @@ fn a_chained_lb_serves_behind_its_filter_and_is_never_left_out_of_reach() {
     assert!(out.contains(&format!("note: lb {lp}: VIP {vip80} backend 198.51.100.12 kept drained")), "{out}");
     assert!(out.ends_with("no changes\n"), "{out}");
     assert_eq!(weight_of("198.51.100.12"), 0);
-    // Also through a VIP reconfigured in place (its backends stay).
+    // Also through a VIP reconfigured in place: its backends keep their
+    // slots, and the checker's marks with them.
     std::fs::write(bed.file(), keep.replace("table_size = 1021", "table_size = 2053")).unwrap();
     let out = XDPGUARD.ok(&["apply", "--config", &cfg]);
     assert!(out.contains(&format!("reconfigure VIP {vip80} in place")) && out.contains("kept drained"), "{out}");
     assert_eq!(weight_of("198.51.100.12"), 0);
     std::fs::write(bed.file(), &keep).unwrap();
     XDPGUARD.ok(&["apply", "--config", &cfg]);
-    assert_eq!(weight_of("198.51.100.12"), 0);
+    drop(checker);
     lb_cli.ok(&["backend", "weight", "203.0.113.10:80", "198.51.100.12", "2", "--pin", lp]);
     let out = XDPGUARD.ok(&["apply", "--config", &cfg]);
     assert!(out.ends_with("no changes\n") && !out.contains("note:"), "{out}");
+    // A 0 an operator set is not held, with keep_drained or without:
+    // nothing would ever restore it.
+    lb_cli.ok(&["backend", "weight", "203.0.113.10:80", "198.51.100.12", "0", "--pin", lp]);
+    let out = XDPGUARD.ok(&["apply", "--config", &cfg]);
+    assert!(out.contains("198.51.100.12 0 -> 2") && !out.contains("kept drained"), "{out}");
+    assert_eq!(weight_of("198.51.100.12"), 2);
     lb_cli.ok(&["backend", "weight", "203.0.113.10:80", "198.51.100.12", "0", "--pin", lp]);
     std::fs::write(bed.file(), &plain).unwrap();
     let out = XDPGUARD.ok(&["apply", "--config", &cfg]);
     assert!(out.contains("198.51.100.12 0 -> 2"), "{out}");
     assert_eq!(weight_of("198.51.100.12"), 2);
+    // Nor is a 0 the file itself set (the reviewer's case): with
+    // keep_drained, the file's weight 0 and then its weight again lands.
+    std::fs::write(
+        bed.file(),
+        keep.replace("{ addr = \"198.51.100.12\", weight = 2 }", "{ addr = \"198.51.100.12\", weight = 0 }"),
+    )
+    .unwrap();
+    let out = XDPGUARD.ok(&["apply", "--config", &cfg]);
+    assert!(out.contains("198.51.100.12 2 -> 0"), "{out}");
+    assert_eq!(weight_of("198.51.100.12"), 0);
+    std::fs::write(bed.file(), &keep).unwrap();
+    let out = XDPGUARD.ok(&["apply", "--config", &cfg]);
+    assert!(out.contains("198.51.100.12 0 -> 2") && !out.contains("kept drained"), "{out}");
+    assert_eq!(weight_of("198.51.100.12"), 2);
+    assert!(XDPGUARD.ok(&["apply", "--config", &cfg]).ends_with("no changes\n"));
+    assert_eq!(lb_cli.run(&["status", "--pin", lp, "--exit-code", "--config", &cfg]).status.code(), Some(0));
+    std::fs::write(bed.file(), &plain).unwrap();
 
     // The server's eth0 moved from the filter (now on another interface,
     // chaining nothing) to the LB in one file: the filter leaves eth0

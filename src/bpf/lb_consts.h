@@ -37,6 +37,10 @@
 
 /* Backend slot flags. */
 #define XDPG_LB_BACKEND_ACTIVE 1 /* may receive packets (also when draining) */
+/* User space only (the data plane tests ACTIVE alone): weight 0 set by a
+ * health checker, which restores it; any other weight write clears it.
+ * A configuration's keep_drained holds only these at 0. */
+#define XDPG_LB_BACKEND_CHECKER_DRAINED 2
 
 /* What the Maglev table holds where no backend is (never stored in a live
  * table: a VIP without usable backend has no table at all). */

@@ -750,9 +750,10 @@ impl Planner {
                     let running = lb.backends(vip).map_err(|e| err(e.into()))?;
                     change.slots = running.len();
                     change.running = running.iter().map(|b| b.addr).collect();
-                    if l.keep_drained {
-                        drained_here.extend(running.iter().filter(|b| b.weight == 0).map(|b| b.addr));
-                    }
+                    // Not held through a re-add: its new slot would not carry
+                    // the checker's mark, and the apply's check afterwards
+                    // would find it differing; the checker drains it again
+                    // in its next round.
                     Vec::new()
                 }
                 Some(_) => lb.backends(vip).map_err(|e| err(e.into()))?,
@@ -760,9 +761,13 @@ impl Planner {
             change.slots = change.slots.max(have_backends.len());
             let have: BTreeMap<BackendAddr, u32> = have_backends.iter().map(|b| (b.addr, b.weight)).collect();
             let want: BTreeMap<BackendAddr, u32> = spec.backends.iter().map(|b| (b.addr, b.weight)).collect();
-            let drained = |a: &BackendAddr, w: u32| {
-                l.keep_drained && w > 0 && (have.get(a) == Some(&0) || drained_here.contains(a))
-            };
+            // Only the health checker's drains are held (it restores them);
+            // a 0 the file or an operator set is not, or nothing would
+            // ever restore it.
+            if l.keep_drained && running.contains_key(vip) && !have_backends.is_empty() {
+                drained_here.extend(lb.checker_drained(vip).map_err(|e| err(e.into()))?);
+            }
+            let drained = |a: &BackendAddr, w: u32| l.keep_drained && w > 0 && drained_here.contains(a);
             let added: Vec<Backend> = spec
                 .backends
                 .iter()

@@ -248,6 +248,27 @@ impl LbMaps {
         self.backends.atomic_u32(id as usize, offset_of!(xdpg_lb_backend, weight)).store(weight, Ordering::Release);
     }
 
+    /// Sets or clears a live slot's user-space flag `flag`
+    /// (`XDPG_LB_BACKEND_CHECKER_DRAINED`) with one atomic read-modify-write
+    /// of its head word, so the data plane's `ACTIVE` bit, read from the
+    /// same byte, never changes under it.
+    pub(crate) fn set_backend_flag(&self, id: u32, flag: u8, on: bool) {
+        let mut bytes = [0u8; 4];
+        bytes[offset_of!(xdpg_lb_backend, flags) - offset_of!(xdpg_lb_backend, port)] = flag;
+        let mask = u32::from_ne_bytes(bytes);
+        let head = self.backend_head(id);
+        if on {
+            head.fetch_or(mask, Ordering::AcqRel);
+        } else {
+            head.fetch_and(!mask, Ordering::AcqRel);
+        }
+    }
+
+    /// A slot's flags byte.
+    pub(crate) fn backend_flags(&self, id: u32) -> u8 {
+        self.backends.get(id as usize).flags
+    }
+
     /// Bumps a live slot's gen in place: its tracked flows miss and choose
     /// afresh from their next packet, while the slot, its address and its
     /// counters stay. One store: a reader sees the old gen (the flow still

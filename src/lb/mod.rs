@@ -518,6 +518,42 @@ impl LoadBalancer {
         self.maps().devmap.remove(ifindex).map(drop).map_err(|e| map_err("removing a devmap interface")(e).into())
     }
 
+    /// The backends of `vip` the health checker drained and will restore:
+    /// at weight 0 with its mark (`XDPG_LB_BACKEND_CHECKER_DRAINED`, which
+    /// the checker keeps in step with what it will restore every round).
+    /// What a configuration's `keep_drained` holds at 0; a backend drained
+    /// by an operator or by a configuration file is not among them.
+    pub(crate) fn checker_drained(&self, vip: &Vip) -> Result<std::collections::BTreeSet<BackendAddr>, LbError> {
+        let maps = self.maps();
+        self.read(|st| {
+            st.vip(vip).map(|s| {
+                s.backends
+                    .iter()
+                    .filter(|(_, slot)| {
+                        slot.weight == 0
+                            && u32::from(maps.backend_flags(slot.id)) & XDPG_LB_BACKEND_CHECKER_DRAINED != 0
+                    })
+                    .map(|(a, _)| *a)
+                    .collect()
+            })
+        })?
+    }
+
+    /// Sets or clears the checker-drained mark of `vip`'s `backend`. The
+    /// checker marks a backend before the batch that drains it (a mark on
+    /// a weight above 0 holds nothing: [`checker_drained`](Self::checker_drained)
+    /// reads only those at 0), so an apply never sees its drain unmarked;
+    /// it clears the marks of the backends it will not restore in its next
+    /// round. A backend not there: nothing.
+    pub(crate) fn mark_checker_drained(&self, vip: &Vip, backend: &BackendAddr, on: bool) -> Result<(), LbError> {
+        self.edit(|st, maps| {
+            if let Some(slot) = st.vip(vip)?.backends.get(backend) {
+                maps.set_backend_flag(slot.id, XDPG_LB_BACKEND_CHECKER_DRAINED as u8, on);
+            }
+            Ok(())
+        })
+    }
+
     /// The redirect interfaces, by index.
     pub fn redirect_interfaces(&self) -> Vec<u32> {
         self.maps().devmap.ifindexes()

@@ -372,6 +372,7 @@ impl HealthChecker {
             }
             tracked.iter().map(|(k, t)| (*k, t.health.target)).collect()
         };
+        self.sync_marks(lb, &current)?;
 
         // From the LB's network namespace: its backends are reached from
         // there (checked from elsewhere, each would fail and be drained).
@@ -487,6 +488,15 @@ impl HealthChecker {
         for (vip, list) in changes {
             let applied = match &journaled {
                 Ok(()) => {
+                    // Its drains marked as the checker's first: the only 0
+                    // a configuration's keep_drained holds, so an apply
+                    // between the two never sees the drain unmarked (a
+                    // mark on a weight above 0 holds nothing; a failed
+                    // batch's mark is cleared by the next round's sync).
+                    let marked = list
+                        .iter()
+                        .filter(|c| c.set && c.weight == 0)
+                        .try_for_each(|c| lb.mark_checker_drained(&vip, &c.backend, true));
                     let mut batch = lb.batch(&vip);
                     for c in &list {
                         batch = batch.set_weight(c.backend, c.weight);
@@ -494,7 +504,7 @@ impl HealthChecker {
                             batch = batch.repick(c.backend);
                         }
                     }
-                    match batch.apply() {
+                    match marked.and_then(|()| batch.apply()) {
                         // Weights changed; only the next hops' upkeep failed.
                         Ok(()) | Err(LbError::Neighbour { .. }) => Ok(()),
                         Err(e) => Err(e.to_string()),
@@ -521,6 +531,51 @@ impl HealthChecker {
             }
         }
         Ok(events)
+    }
+
+    /// Makes the LB's checker-drained marks (set before each drain) say
+    /// what this checker will restore: a backend it
+    /// holds down at 0 with a weight to give back is marked, any other it
+    /// checks is not. A configuration's `keep_drained` holds only marked
+    /// backends, so a mark nobody will clear would hold a backend at 0 for
+    /// ever (an earlier checker's, restarted without its `--state`
+    /// journal), and one missing would let an apply restore a dead backend
+    /// until the next round (its slot made again with its VIP, or
+    /// adopted). One read of each VIP's slots a round; a write only where
+    /// they differ.
+    fn sync_marks(
+        &self,
+        lb: &LoadBalancer,
+        current: &BTreeMap<Key, (u32, Result<SocketAddr, &'static str>)>,
+    ) -> Result<(), HealthError> {
+        let wanted: Vec<(Key, bool)> = {
+            let inner = self.inner();
+            inner
+                .tracked
+                .iter()
+                .filter_map(|(key, t)| {
+                    let weight = current.get(key)?.0;
+                    let held = t.machine.state() == HealthState::Down && t.health.drained_from.is_some();
+                    Some((*key, held && weight == 0))
+                })
+                .collect()
+        };
+        let mut marked: BTreeMap<Vip, BTreeSet<BackendAddr>> = BTreeMap::new();
+        for ((vip, backend), want) in wanted {
+            let have = match marked.entry(vip) {
+                std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::btree_map::Entry::Vacant(e) => match lb.checker_drained(&vip) {
+                    Ok(m) => e.insert(m),
+                    // Removed since read: the next round forgets it.
+                    Err(LbError::VipNotFound { .. }) => continue,
+                    Err(err) => return Err(err.into()),
+                },
+            };
+            if have.contains(&backend) != want {
+                lb.mark_checker_drained(&vip, &backend, want)?;
+            }
+        }
+        Ok(())
     }
 
     /// Checks every target in parallel: a thread each (scoped, so joined
