@@ -348,7 +348,8 @@ impl<'f> Rules<'f> {
     /// keep its id and counter: a rule only switched in or out of monitor
     /// mode is switched in place, as [`set_monitor`](Self::set_monitor)
     /// does (its series, and a rate-limit rule's buckets and timed blocks,
-    /// stay its own). Pairing is by [`pair_rules`].
+    /// stay its own). Rules written the same pair first, in order; then
+    /// those that differ only in `monitor`.
     ///
     /// # Errors
     ///
