@@ -413,7 +413,7 @@ fn the_exporter_keeps_a_program_running_whose_pins_were_removed() {
     let pin = ScratchDir::bpffs("mrm");
     let fp = pin.arg();
     XDPGUARD.ok(&["attach", "--iface", "eth0", "--netns", &pair.server.name, "--mode", "generic", "--pin", fp]);
-    let metrics = xdpguard::metrics::Metrics::new().filter(pin.path());
+    let metrics = xdpguard::metrics::Metrics::new().filter(pin.path()).unwrap();
     let up = |body: &str| value(&samples(body), "xdpguard_up", &[("program", "filter"), ("pin", fp)]);
     assert_eq!(up(&metrics.render(xdpguard::metrics::Format::Prometheus)), 1.0);
     let xdp_on_eth0 =
@@ -428,4 +428,60 @@ fn the_exporter_keeps_a_program_running_whose_pins_were_removed() {
     // The last handle gone, so is the program.
     drop(metrics);
     assert!(!xdp_on_eth0(), "the exporter's handle was the program's last reference");
+}
+
+/// One GET of `target` with curl inside `ns`: (HTTP status, body).
+fn get(ns: &NetNs, target: &str) -> (u16, String) {
+    let url = format!("http://{LISTEN}{target}");
+    let out = ns.try_exec(&["curl", "-sS", "--noproxy", "*", "-w", "\n%{http_code}", &url]);
+    assert!(out.status.success(), "curl {url}: {out:?}");
+    let text = String::from_utf8(out.stdout).expect("UTF-8");
+    let (body, code) = text.rsplit_once('\n').unwrap();
+    (code.parse().unwrap(), body.to_owned())
+}
+
+/// An attachment lost (its interface deleted, `xdpguard status` says
+/// "lost:") is `xdpguard_attached` 0, not a series that just ends; and a
+/// query string (a scraper's `params`) still reaches /metrics.
+#[test]
+fn a_lost_attachment_is_exported_as_0_and_a_query_string_is_ignored() {
+    let pair = Pair::new("mlo");
+    let pin = ScratchDir::bpffs("mlo");
+    let fp = pin.arg();
+    XDPGUARD.ok(&["attach", "--iface", "eth0", "--netns", &pair.server.name, "--mode", "generic", "--pin", fp]);
+    let _exporter = exporter(&pair.server, &["--filter", fp]);
+    let attached = [("program", "filter"), ("pin", fp), ("interface", "eth0"), ("mode", "generic")];
+    let (_, body) = scrape(&pair.server, None);
+    assert_eq!(value(&samples(&body), "xdpguard_attached", &attached), 1.0);
+
+    // The query string: the same metrics, not a 404.
+    let (code, queried) = get(&pair.server, "/metrics?x=1");
+    assert_eq!(code, 200, "{queried}");
+    assert_eq!(value(&samples(&queried), "xdpguard_up", &[("program", "filter"), ("pin", fp)]), 1.0);
+    assert_eq!(get(&pair.server, "/elsewhere?x=1").0, 404);
+
+    assert!(pair.server.ip(&["link", "del", "eth0"]).status.success());
+    let status = XDPGUARD.ok(&["status", "--pin", fp]);
+    assert!(status.contains("lost:"), "{status}");
+    let (_, body) = scrape(&pair.server, None);
+    promtool_check(&body);
+    let lost = samples(&body);
+    assert_eq!(value(&lost, "xdpguard_up", &[("program", "filter"), ("pin", fp)]), 1.0);
+    assert_eq!(value(&lost, "xdpguard_attached", &attached), 0.0, "lost: 0, not gone");
+    let (_, om) = scrape(&pair.server, Some("application/openmetrics-text"));
+    assert_eq!(value(&samples(&om), "xdpguard_attached", &attached), 0.0);
+    XDPGUARD.ok(&["detach", "--pin", fp]);
+}
+
+#[test]
+fn the_exporter_refuses_a_pin_given_twice() {
+    for (first, second) in [
+        ("/sys/fs/bpf/xdpguard-dup", "/sys/fs/bpf/xdpguard-dup"),
+        ("/sys/fs/bpf/xdpguard-dup", "/sys/fs/bpf/xdpguard-dup/"),
+    ] {
+        let out = XDPGUARD.run(&["metrics", "--listen", LISTEN, "--filter", first, "--filter", second]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{err}");
+        assert!(err.contains("the pin directory /sys/fs/bpf/xdpguard-dup is given twice"), "{err}");
+    }
 }

@@ -1040,18 +1040,8 @@ fn guard_steps(f: &FilterConfig, have_sets: &NamedSets, have: &[Rule], have_syn:
         }
     }
     if have != f.rules.as_slice() {
-        // Kept: rules of both, paired by text (as Rules::replace pairs them).
-        let mut old: BTreeMap<String, usize> = BTreeMap::new();
-        for r in have {
-            *old.entry(r.to_string()).or_default() += 1;
-        }
-        let mut kept = 0;
-        for r in &f.rules {
-            if let Some(n) = old.get_mut(&r.to_string()).filter(|n| **n > 0) {
-                *n -= 1;
-                kept += 1;
-            }
-        }
+        // Kept: rules of both, paired as Rules::replace pairs them.
+        let kept = crate::filter::rules::pair_rules(have, &f.rules).iter().flatten().count();
         steps.push(Step::ReplaceRules {
             rules: f.rules.clone(),
             added: f.rules.len() - kept,

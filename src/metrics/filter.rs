@@ -71,7 +71,12 @@ fn guard(f: &Filter, pin: &Label, s: &mut Samples) -> Result<(), Error> {
         ] {
             s.push(Id::SYN_PACKETS, [pin.clone(), port.clone(), counted.into()], v);
         }
-        s.push(Id::SYN_RATE, [pin.clone(), port], p.rate);
+        // The data plane measures the rate in drop mode only (a cookie
+        // port answers every SYN, whatever the rate): a cookie port's
+        // would be a constant 0 that reads as "no SYNs".
+        if matches!(p.policy.mode, crate::SynMode::Drop { .. }) {
+            s.push(Id::SYN_RATE, [pin.clone(), port], p.rate);
+        }
     }
     let l = f.limiter_stats()?;
     for (counted, v) in [

@@ -11,10 +11,11 @@
 //! use xdpguard::metrics::{Format, Metrics};
 //!
 //! let metrics = Metrics::new()
-//!     .filter("/sys/fs/bpf/xdpguard")
-//!     .load_balancer("/sys/fs/bpf/xdpguard-lb")
+//!     .filter("/sys/fs/bpf/xdpguard")?
+//!     .load_balancer("/sys/fs/bpf/xdpguard-lb")?
 //!     .on_error(|e| eprintln!("{e}"));
 //! print!("{}", metrics.render(Format::OpenMetrics));
+//! # Ok::<(), xdpguard::metrics::MetricsError>(())
 //! ```
 //!
 //! Each scrape reads the counters (per-CPU sums) of each program through
@@ -37,7 +38,7 @@
 //! | metric | type | labels | what |
 //! |---|---|---|---|
 //! | `xdpguard_up` | gauge | `program`, `pin` | 1 if the program (`filter`, `lb`, `decap`) could be read at this scrape, else 0 |
-//! | `xdpguard_attached` | gauge | `program`, `pin`, `interface`, `mode` | 1 per interface the program is attached to, in XDP mode `native`, `generic` or `offload` |
+//! | `xdpguard_attached` | gauge | `program`, `pin`, `interface`, `mode` | 1 per interface the program is attached to, in XDP mode `native`, `generic` or `offload`; 0 for an attachment lost since (its interface deleted; `lost_attachments()`, `xdpguard status`'s `lost:`), until it is attached there again or detached |
 //! | `xdpguard_filter_packets_total` | counter | `pin`, `reason` | packets by verdict reason: `passed`, `allowlisted`, `blocked_v4`, `blocked_v6`, `malformed`, `non_ip`, `rule_dropped`, `rule_passed`, `would_drop_blocked`, `would_drop_rule`, `syn_dropped`, `would_drop_syn`, `syn_cookies_sent`, `syn_cookies_passed`, `rate_limited`, `would_drop_limit`, `timed_blocked`, `would_drop_timed` (each packet in one; their sum is every packet) |
 //! | `xdpguard_filter_bytes_total` | counter | `pin`, `reason` | bytes, the same way |
 //! | `xdpguard_filter_list_entries` | gauge | `pin`, `list` | entries in the `block` and `allow` lists |
@@ -48,7 +49,7 @@
 //! | `xdpguard_filter_rule_bytes_total` | counter | `pin`, `rule`, `action`, `text` | bytes, the same way |
 //! | `xdpguard_filter_rule_monitor` | gauge | `pin`, `rule` | 1 for a rule in monitor mode, 0 for the others |
 //! | `xdpguard_filter_syn_packets_total` | counter | `pin`, `port`, `counted` | per SYN-guarded port ([`Filter::syn_guard`], [`SynPortStats`](crate::SynPortStats)): `syns`, `dropped`, `would_drop`, `cookies_sent`, `cookies_ok`, `acks_other`, `known_passed`, `unanswerable`; the port's series go when it is unprotected |
-//! | `xdpguard_filter_syn_rate` | gauge | `pin`, `port` | the port's SYNs a second, as the guard measured it |
+//! | `xdpguard_filter_syn_rate` | gauge | `pin`, `port` | the port's SYNs a second, as the guard measured it: drop mode only (the data plane measures no rate in cookie mode; a cookie port has no sample) |
 //! | `xdpguard_filter_limiter_total` | counter | `pin`, `counted` | the rate limiter ([`Filter::limiter_stats`]): `buckets_made`, `promote_capped`, `sketch_over`, `blocks_failed`, `expired` |
 //! | `xdpguard_filter_limiter_buckets` | gauge | `pin` | exact rate-limit buckets in use |
 //! | `xdpguard_filter_limiter_buckets_capacity` | gauge | `pin` | buckets the table holds ([`FilterBuilder::max_limit_buckets`](crate::FilterBuilder::max_limit_buckets)); full, the least recently used is evicted |
@@ -97,7 +98,7 @@ mod lb;
 mod source;
 
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use prometheus_client::collector::Collector;
@@ -157,6 +158,22 @@ pub enum MetricsError {
         pin: PathBuf,
         /// What failed.
         error: Box<Error>,
+    },
+    /// The same pin directory given twice (`P` and `P/` are the same, and
+    /// so are two paths to it): its samples would be exported twice, and
+    /// a scrape with duplicate series is invalid. Name each program once.
+    #[error(
+        "the pin directory {} is given twice (as a {first} and as a {second}): its metrics would be exported \
+         twice, which scrapers refuse; name each program's pin directory once",
+        pin.display()
+    )]
+    DuplicatePin {
+        /// The pin directory, as given the second time (normalized).
+        pin: PathBuf,
+        /// The kind of program it was given as first.
+        first: Program,
+        /// The kind of program it was given as the second time.
+        second: Program,
     },
 }
 
@@ -225,24 +242,49 @@ impl Metrics {
     }
 
     /// Adds the filter pinned at `pin` (see [`Filter::open_pinned`]).
-    pub fn filter(self, pin: impl Into<PathBuf>) -> Metrics {
+    ///
+    /// # Errors
+    ///
+    /// As [`source`](Self::source).
+    pub fn filter(self, pin: impl Into<PathBuf>) -> Result<Metrics, MetricsError> {
         self.source(Program::Filter, pin.into())
     }
 
     /// Adds the load balancer pinned at `pin` (see [`LoadBalancer::open_pinned`]).
-    pub fn load_balancer(self, pin: impl Into<PathBuf>) -> Metrics {
+    ///
+    /// # Errors
+    ///
+    /// As [`source`](Self::source).
+    pub fn load_balancer(self, pin: impl Into<PathBuf>) -> Result<Metrics, MetricsError> {
         self.source(Program::LoadBalancer, pin.into())
     }
 
     /// Adds the decapsulator pinned at `pin` (see [`Decap::open_pinned`]).
-    pub fn decap(self, pin: impl Into<PathBuf>) -> Metrics {
+    ///
+    /// # Errors
+    ///
+    /// As [`source`](Self::source).
+    pub fn decap(self, pin: impl Into<PathBuf>) -> Result<Metrics, MetricsError> {
         self.source(Program::Decap, pin.into())
     }
 
-    /// Adds a program of any kind.
-    pub fn source(mut self, program: Program, pin: PathBuf) -> Metrics {
+    /// Adds a program of any kind. The `pin` label is `pin` normalized
+    /// (`/sys/fs/bpf/x/` and `/sys/fs/bpf//x` are `/sys/fs/bpf/x`); it
+    /// need not exist yet (its metrics appear once it does).
+    ///
+    /// # Errors
+    ///
+    /// [`MetricsError::DuplicatePin`] when the pin directory was added
+    /// already (the same path normalized, or the same directory by another
+    /// path: through a symbolic link, relative); `self` is then dropped.
+    pub fn source(mut self, program: Program, pin: PathBuf) -> Result<Metrics, MetricsError> {
+        let pin = normalized(&pin);
+        let key = identity(&pin);
+        if let Some(first) = self.sources.iter().find(|s| identity(&s.pin) == key) {
+            return Err(MetricsError::DuplicatePin { pin, first: first.program, second: program });
+        }
         self.sources.push(Arc::new(Source::new(program, pin)));
-        self
+        Ok(self)
     }
 
     /// Calls `hook` with each program that cannot be read at a scrape (the
@@ -288,6 +330,19 @@ impl Collector for Metrics {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), fmt::Error> {
         self.collect().encode(&mut encoder)
     }
+}
+
+/// `pin` without its redundant parts (repeated and trailing separators,
+/// `.` components): what the `pin` label shows.
+fn normalized(pin: &Path) -> PathBuf {
+    pin.components().collect()
+}
+
+/// What tells two pin directories apart: the directory itself once it
+/// exists (symbolic links resolved), else its absolute path. `..` is left
+/// to the file system (lexically, `a/../b` is not `b` through a link).
+fn identity(pin: &Path) -> PathBuf {
+    std::fs::canonicalize(pin).or_else(|_| std::path::absolute(pin)).unwrap_or_else(|_| pin.to_path_buf())
 }
 
 /// Renders a registry (ours, or one ours is registered in) as text.

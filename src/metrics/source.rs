@@ -43,6 +43,14 @@ impl Handle {
         }
     }
 
+    fn lost_attachments(&self) -> Vec<Attachment> {
+        match self {
+            Handle::Filter(f) => f.lost_attachments(),
+            Handle::Lb(lb) => lb.lost_attachments(),
+            Handle::Decap(d) => d.lost_attachments(),
+        }
+    }
+
     fn read(&self, pin: Label, s: &mut Samples) -> Result<(), Error> {
         match self {
             Handle::Filter(f) => super::filter::read(f, pin, s),
@@ -120,10 +128,20 @@ impl Source {
             },
         };
         let mut mine = Samples::default();
-        for a in handle.attachments() {
+        let live = handle.attachments();
+        // A lost attachment (its interface deleted) is 0 rather than
+        // absent: a series that just ends fires no alert, and `status`
+        // says "lost:" for it. One the program runs on again under the
+        // same name and mode is live, not lost (never both samples).
+        let lost: Vec<Attachment> = handle
+            .lost_attachments()
+            .into_iter()
+            .filter(|l| !live.iter().any(|a| a.interface == l.interface && a.mode == l.mode))
+            .collect();
+        for (a, value) in live.into_iter().map(|a| (a, 1)).chain(lost.into_iter().map(|a| (a, 0))) {
             let labels =
                 [self.program.label().into(), self.label.clone(), a.interface.into(), a.mode.to_string().into()];
-            mine.push(Id::ATTACHED, labels, 1);
+            mine.push(Id::ATTACHED, labels, value);
         }
         // Whatever went wrong, the next scrape reopens (the handle kept
         // until then, for the program's links it may hold).

@@ -174,11 +174,48 @@ fn a_program_that_cannot_be_read_is_down_and_reported() {
     let errors = Arc::new(Mutex::new(Vec::new()));
     let seen = errors.clone();
     let missing = "/nonexistent/xdpguard-metrics-test";
-    let m = Metrics::new().filter(missing).on_error(move |e| seen.lock().unwrap().push(e.to_string()));
+    let m = Metrics::new().filter(missing).unwrap().on_error(move |e| seen.lock().unwrap().push(e.to_string()));
     let text = m.render(Format::OpenMetrics);
     assert!(text.contains(&format!("xdpguard_up{{program=\"filter\",pin=\"{missing}\"}} 0")), "{text}");
     assert!(!text.contains("xdpguard_filter_packets"), "{text}");
     let errors = errors.lock().unwrap();
     assert_eq!(errors.len(), 1);
     assert!(errors[0].starts_with(&format!("metrics of the filter pinned at {missing}: ")), "{}", errors[0]);
+}
+
+#[test]
+fn a_pin_given_twice_is_refused() {
+    let dir = std::env::temp_dir().join(format!("xdpguard-metrics-dup-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let link = dir.with_extension("link");
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(&dir, &link).unwrap();
+    let p = dir.display().to_string();
+    let once = || Metrics::new().filter(&dir).unwrap();
+    let dotted = format!("{}/./{}/./", dir.parent().unwrap().display(), dir.file_name().unwrap().to_string_lossy());
+    for (again, program, label) in [
+        (p.clone(), Program::Filter, dir.clone()),
+        (format!("{p}/"), Program::Filter, dir.clone()),
+        (format!("{p}//"), Program::LoadBalancer, dir.clone()),
+        (dotted, Program::Decap, dir.clone()),
+        (link.display().to_string(), Program::Filter, link.clone()),
+    ] {
+        match once().source(program, again.clone().into()) {
+            Err(MetricsError::DuplicatePin { pin, first: Program::Filter, second }) => {
+                assert_eq!((pin, second), (label, program), "{again}");
+            }
+            other => panic!("{again}: {other:?}"),
+        }
+    }
+    // A pin not there yet: the same path normalized is still refused.
+    let missing = dir.join("not-yet");
+    let m = Metrics::new().decap(&missing).unwrap();
+    let e = m.filter(format!("{}/", missing.display())).unwrap_err();
+    assert!(e.to_string().starts_with(&format!("the pin directory {} is given twice", missing.display())), "{e}");
+    // Two pins: both there, each label normalized.
+    let m = once().load_balancer(format!("{}/", missing.display())).unwrap();
+    let pins: Vec<String> = m.sources().map(|(_, p)| p.display().to_string()).collect();
+    assert_eq!(pins, [p.clone(), missing.display().to_string()]);
+    let _ = std::fs::remove_file(&link);
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -49,6 +49,36 @@ fn admits_source(st: &GuardState, rule: &Rule, addr: IpAddr) -> bool {
     hit != s.negated
 }
 
+/// Pairs a new rule set with the old one: for each new rule, the index of
+/// the old rule whose id and counter it keeps, if any (the others are new
+/// rules). Rules written the same (normalized) pair first, in order; then
+/// rules that differ only in `monitor`, in order: switching a rule to
+/// monitor mode in a rule file is the file's `rule monitor`, and keeps its
+/// id, counter and metric series (a new id would zero the count the switch
+/// is meant to watch). Exact pairs go first so that of two rules differing
+/// only in `monitor`, each keeps its own counter when both stay.
+///
+/// Both [`Rules::replace`] and `apply`'s plan (its `kept` count) pair by
+/// this.
+pub(crate) fn pair_rules<R: std::borrow::Borrow<Rule>>(old: &[R], new: &[Rule]) -> Vec<Option<usize>> {
+    let mut exact: HashMap<&Rule, VecDeque<usize>> = HashMap::new();
+    for (i, r) in old.iter().enumerate() {
+        exact.entry(r.borrow()).or_default().push_back(i);
+    }
+    let mut pairs: Vec<Option<usize>> = new.iter().map(|r| exact.get_mut(r).and_then(VecDeque::pop_front)).collect();
+    let unmonitored = |r: &Rule| Rule { monitor: false, ..r.clone() };
+    let mut loose: HashMap<Rule, VecDeque<usize>> = HashMap::new();
+    for i in exact.into_values().flatten().collect::<BTreeSet<usize>>() {
+        loose.entry(unmonitored(old[i].borrow())).or_default().push_back(i);
+    }
+    for (pair, r) in pairs.iter_mut().zip(new) {
+        if pair.is_none() {
+            *pair = loose.get_mut(&unmonitored(r)).and_then(VecDeque::pop_front);
+        }
+    }
+    pairs
+}
+
 /// A rule's id: stable while the rule is in the set (moves and other
 /// rules' edits keep it), and the slot of its counter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -113,7 +143,8 @@ pub struct RuleChange {
     pub added: usize,
     /// Rules of the old set that are not in the new one.
     pub removed: usize,
-    /// Rules in both (same text): they keep their ids and counters.
+    /// Rules in both (same text, `monitor` aside): they keep their ids and
+    /// counters.
     pub kept: usize,
     /// The new set's ids, in order.
     pub ids: Vec<RuleId>,
@@ -313,8 +344,12 @@ impl<'f> Rules<'f> {
     }
 
     /// Replaces the whole set, atomically. Rules of the new set written the
-    /// same as a rule of the old one (after normalizing) keep its id and
-    /// counter.
+    /// same as a rule of the old one (after normalizing), `monitor` aside,
+    /// keep its id and counter: a rule only switched in or out of monitor
+    /// mode is switched in place, as [`set_monitor`](Self::set_monitor)
+    /// does (its series, and a rate-limit rule's buckets and timed blocks,
+    /// stay its own). Rules written the same pair first, in order; then
+    /// those that differ only in `monitor`.
     ///
     /// # Errors
     ///
@@ -322,13 +357,9 @@ impl<'f> Rules<'f> {
     pub fn replace(&self, rules: impl IntoIterator<Item = Rule>) -> Result<RuleChange, RuleError> {
         let wanted: Vec<Rule> = rules.into_iter().map(Rule::normalized).collect::<Result<_, _>>()?;
         self.edit(|st, maps| {
-            // The old rules' ids by text, in order: equal rules pair off in order.
-            let mut old: HashMap<&Rule, VecDeque<u32>> = HashMap::new();
-            for r in &st.rules {
-                old.entry(&r.rule).or_default().push_back(r.id);
-            }
+            let live: Vec<&Rule> = st.rules.iter().map(|r| &r.rule).collect();
             let ids: Vec<Option<u32>> =
-                wanted.iter().map(|rule| old.get_mut(rule).and_then(VecDeque::pop_front)).collect();
+                pair_rules(&live, &wanted).into_iter().map(|i| i.map(|i| st.rules[i].id)).collect();
             let kept_ids: Vec<u32> = ids.iter().flatten().copied().collect();
             let added = ids.iter().filter(|i| i.is_none()).count();
             let capacity = maps.capacity().rules;
@@ -374,5 +405,33 @@ impl<'f> Rules<'f> {
                 .zero(id)
                 .map_err(|source| RuleError::Bpf { op: format!("resetting the counter of rule {id}"), error: source })
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rules(text: &[&str]) -> Vec<Rule> {
+        text.iter().map(|t| t.parse::<Rule>().unwrap().normalized().unwrap()).collect()
+    }
+
+    #[test]
+    fn pairing_ignores_monitor_after_exact_matches() {
+        let old = rules(&["drop udp dport 1", "monitor drop udp dport 2", "count tcp"]);
+        // Each switched: paired in place.
+        let new = rules(&["monitor drop udp dport 1", "drop udp dport 2", "monitor count tcp"]);
+        assert_eq!(pair_rules(&old, &new), [Some(0), Some(1), Some(2)]);
+        // Another rule is not paired, monitor or not.
+        assert_eq!(pair_rules(&old, &rules(&["monitor drop udp dport 3", "drop tcp"])), [None, None]);
+        // Written the same pairs first: each of two rules differing only in
+        // monitor keeps its own, in whatever order.
+        let old = rules(&["drop udp dport 1", "monitor drop udp dport 1"]);
+        assert_eq!(pair_rules(&old, &rules(&["monitor drop udp dport 1", "drop udp dport 1"])), [Some(1), Some(0)]);
+        assert_eq!(pair_rules(&old, &rules(&["drop udp dport 1"])), [Some(0)]);
+        assert_eq!(pair_rules(&old, &rules(&["monitor drop udp dport 1"])), [Some(1)]);
+        // Duplicates pair off in order, then the rest loosely; no old rule twice.
+        let new = rules(&["drop udp dport 1", "drop udp dport 1", "drop udp dport 1"]);
+        assert_eq!(pair_rules(&old, &new), [Some(0), Some(1), None]);
     }
 }
