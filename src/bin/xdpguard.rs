@@ -383,6 +383,12 @@ enum SetCommand {
         /// Replace the whole set with the given entries, atomically.
         #[arg(long)]
         replace: bool,
+        /// Add even an entry that covers a whole address family (0.0.0.0/0,
+        /// ::/0, ::ffff:0:0/96): a drop rule naming the set then drops every
+        /// packet of that family from a source that is not allowlisted,
+        /// your own SSH session included.
+        #[arg(long)]
+        force: bool,
     },
     /// Remove prefixes from a set.
     Del {
@@ -1468,10 +1474,11 @@ fn set_command(cmd: SetCommand) -> Result<()> {
             let n = Filter::open_pinned(&pin.pin)?.sets().delete(&name)?;
             println!("deleted set {name} ({n} entries)");
         }
-        SetCommand::Add { edit, set, replace } => {
+        SetCommand::Add { edit, set, replace, force } => {
             let given = gather_for(&edit, Some(replace))?;
             let filter = Filter::open_pinned(&edit.pin.pin)?;
             let s = filter.sets().get(&set);
+            let s = if force { s.permit_whole_family() } else { s };
             let nets = given.iter().map(|g| g.net);
             let change = if replace { s.replace(nets)? } else { s.extend(nets)? };
             note_normalized(&change.normalized);
