@@ -691,7 +691,10 @@ fn a_whole_family_set_entry_is_refused_without_force() {
         let RuleError::SetWholeFamily { set, given, entry } = &err else { panic!("{err}") };
         assert_eq!((set.as_str(), *given, *entry), ("martians", net("::ffff:0:0/96"), net("0.0.0.0/0")));
         let text = err.to_string();
-        assert!(text.contains("0.0.0.0/0") && text.contains("--force") && text.contains("nothing was applied"), "{text}");
+        assert!(
+            text.contains("0.0.0.0/0") && text.contains("--force") && text.contains("nothing was applied"),
+            "{text}"
+        );
     }
     let err = martians.insert(net("::/0")).unwrap_err();
     assert!(matches!(err, RuleError::SetWholeFamily { entry, .. } if entry == net("::/0")), "{err}");

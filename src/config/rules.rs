@@ -248,7 +248,10 @@ mod tests {
     fn a_whole_family_set_entry_needs_block_whole_family() {
         let p = read(&format!("{HEAD}[filter.sets]\nmartians = [\"::ffff:0:0/96\", \"fc00::/7\"]\n")).unwrap_err();
         assert_eq!(p.len(), 1, "{p:?}");
-        assert!(p[0].2.contains("::ffff:0:0/96 (which is 0.0.0.0/0)") && p[0].2.contains("block_whole_family"), "{p:?}");
+        assert!(
+            p[0].2.contains("::ffff:0:0/96 (which is 0.0.0.0/0)") && p[0].2.contains("block_whole_family"),
+            "{p:?}"
+        );
         let c = read(&format!("{HEAD}block_whole_family = true\n[filter.sets]\nm = [\"::ffff:0:0/96\"]\n")).unwrap();
         assert_eq!(c.filters[0].sets["m"], ["0.0.0.0/0".parse::<IpNetwork>().unwrap()]);
     }
