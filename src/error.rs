@@ -612,6 +612,27 @@ pub enum RuleError {
     /// The pin directory could not be locked for the edit (or read).
     #[error(transparent)]
     Pin(#[from] PinError),
+    /// A named-set entry that covers a whole address family (`0.0.0.0/0`,
+    /// `::/0`, or `::ffff:0:0/96`, which is `0.0.0.0/0`), refused unless
+    /// asked for with [`NamedSet::permit_whole_family`](crate::NamedSet::permit_whole_family):
+    /// a drop rule naming the set would cut the host off as blocklisting
+    /// it would. Nothing of the edit was applied.
+    #[error(
+        "adding {given}{} to set {set}: a drop rule naming the set would drop every IPv{} packet from any \
+         source that is not allowlisted, including the session this host is managed over (SSH, say) and the \
+         replies to connections it opens; nothing was applied. Allowlist what must stay reachable first; then, \
+         if that is what you want, add it through `NamedSet::permit_whole_family()` (CLI: `--force`)",
+        if .given == .entry { String::new() } else { format!(" (which is {})", .entry) },
+        if .entry.is_ipv4() { 4 } else { 6 }
+    )]
+    SetWholeFamily {
+        /// The set.
+        set: String,
+        /// The entry as given.
+        given: IpNetwork,
+        /// The entry, as it would be stored.
+        entry: IpNetwork,
+    },
 }
 
 /// How to get past a full rule-stage table: the option that raises its

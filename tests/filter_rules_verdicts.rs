@@ -671,3 +671,45 @@ fn a_blocking_rate_limit_keeps_the_gate_closed() {
     add(&f, &["rate-limit 1/s burst 1 udp dport 53"]);
     assert!(is_open(&f), "a limit that does not block leaves the other keys skipped");
 }
+
+/// A set entry that is a whole address family once normalised (here the
+/// IPv4-mapped range, which is 0.0.0.0/0) is refused, as the blocklist
+/// refuses it: a drop rule naming the set would drop every IPv4 frame, the
+/// host's own SSH session included. Nothing of the edit is applied;
+/// permitted, it is stored and the rule drops every IPv4 source.
+#[test]
+fn a_whole_family_set_entry_is_refused_without_force() {
+    let f = load();
+    let martians = f.sets().create("martians").unwrap();
+    martians.insert(net("192.0.2.0/24")).unwrap();
+    let before: Vec<_> = martians.iter().unwrap().collect();
+    for err in [
+        martians.extend([net("::ffff:0:0/96"), net("fc00::/7")]).unwrap_err(),
+        martians.insert(net("::ffff:0:0/96")).unwrap_err(),
+        martians.replace([net("::ffff:0:0/96")]).unwrap_err(),
+    ] {
+        let RuleError::SetWholeFamily { set, given, entry } = &err else { panic!("{err}") };
+        assert_eq!((set.as_str(), *given, *entry), ("martians", net("::ffff:0:0/96"), net("0.0.0.0/0")));
+        let text = err.to_string();
+        assert!(
+            text.contains("0.0.0.0/0") && text.contains("--force") && text.contains("nothing was applied"),
+            "{text}"
+        );
+    }
+    let err = martians.insert(net("::/0")).unwrap_err();
+    assert!(matches!(err, RuleError::SetWholeFamily { entry, .. } if entry == net("::/0")), "{err}");
+    assert_eq!(martians.iter().unwrap().collect::<Vec<_>>(), before, "the set is unchanged");
+    // Removing one is never refused.
+    assert_eq!(martians.remove_all([net("0.0.0.0/0")]).unwrap().changed, 0);
+
+    let ids = add(&f, &["drop from set martians"]);
+    let mut t = Table::new(&f, "a whole-family set entry");
+    t.pass("the refused entry matches nothing", &tcp("198.51.100.7", 22, ACK), &[]);
+    let change = martians.clone().permit_whole_family().extend([net("::ffff:0:0/96"), net("fc00::/7")]).unwrap();
+    assert_eq!(change.changed, 2);
+    assert_eq!(change.normalized, [(net("::ffff:0:0/96"), net("0.0.0.0/0"))]);
+    assert!(martians.contains(net("0.0.0.0/0")).unwrap(), "permitted: stored");
+    t.drop("permitted: every IPv4 source is in the set", &tcp("198.51.100.7", 22, ACK), &[ids[0]]);
+    t.pass("IPv6 outside fc00::/7 is not", &tcp("2001:db8::7", 22, ACK), &[]);
+    t.finish();
+}

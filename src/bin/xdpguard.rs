@@ -296,6 +296,13 @@ enum Command {
 #[derive(Subcommand)]
 enum RuleCommand {
     /// Add a rule (after the others, or at --at), or every rule of a file.
+    ///
+    /// A rate limit's `block DURATION` blocks the source (as the packets
+    /// claim it: nothing checks it) from ALL traffic, every port and
+    /// protocol: forged SYNs, UDP or ICMP from this host's resolver or
+    /// gateway cut it off. Keep `block` off handshake-less traffic (a
+    /// warning says when a rule has it) and allowlist what must stay
+    /// reachable; SYN floods: `xdpguard syn protect`.
     Add {
         #[command(flatten)]
         pin: Pin,
@@ -383,6 +390,12 @@ enum SetCommand {
         /// Replace the whole set with the given entries, atomically.
         #[arg(long)]
         replace: bool,
+        /// Add even an entry that covers a whole address family (0.0.0.0/0,
+        /// ::/0, ::ffff:0:0/96): a drop rule naming the set then drops every
+        /// packet of that family from a source that is not allowlisted,
+        /// your own SSH session included.
+        #[arg(long)]
+        force: bool,
     },
     /// Remove prefixes from a set.
     Del {
@@ -860,6 +873,7 @@ fn run(command: Command) -> Result<()> {
         Command::Top(args) => events::top(args)?,
         Command::Apply { config, validate: true, .. } => {
             let c = Config::from_file(&config)?;
+            warn_config_blocks(&c);
             let vips: usize = c.lbs.iter().map(|l| l.vips.len()).sum();
             println!(
                 "{}: valid ({} filter(s), {} load balancer(s) with {vips} VIP(s), {} decapsulator(s)); the host is \
@@ -891,7 +905,9 @@ fn config_plan(path: &Path, down: bool, recreate: bool) -> Result<(Plan, nix::fc
         // longer checks otherwise still takes its programs down.
         Config::plan_down_file(path)?
     } else {
-        Config::from_file(path)?.plan_with(PlanOptions::default().recreate(recreate))?
+        let c = Config::from_file(path)?;
+        warn_config_blocks(&c);
+        c.plan_with(PlanOptions::default().recreate(recreate))?
     };
     Ok((plan, turn))
 }
@@ -1327,6 +1343,30 @@ fn refuse_drop_all(rules: &[Rule], lines: &[usize], force: bool) -> Result<()> {
     }
 }
 
+/// Warns (on stderr; the rules still go in) about each rate-limit rule
+/// whose `block` handshake-less packets can set off
+/// ([`Rule::block_is_spoofable`]): forged from a resolver or gateway, they
+/// block it from every port and protocol. `lines` as for
+/// [`refuse_drop_all`]; `place` names where the rules come from.
+fn warn_spoofable_blocks(rules: &[Rule], lines: &[usize], place: &str) {
+    for (i, r) in rules.iter().enumerate().filter(|(_, r)| r.block_is_spoofable()) {
+        let line = lines.get(i).map(|n| format!(" (line {n})")).unwrap_or_default();
+        eprintln!(
+            "warning: rule `{r}`{place}{line}: its `block` can be set off by packets that need no handshake, so their \
+             source can be forged: an attacker who sends a burst of them from this host's DNS resolver or gateway \
+             blocks that address from ALL traffic for the block's time. Use the rate limit without `block` (SYN \
+             floods: the SYN guard, `xdpguard syn protect`), or allowlist what must stay reachable"
+        );
+    }
+}
+
+/// [`warn_spoofable_blocks`] for every filter of a configuration.
+fn warn_config_blocks(c: &Config) {
+    for f in &c.filters {
+        warn_spoofable_blocks(&f.rules, &[], &format!(" (filter {})", f.pin.display()));
+    }
+}
+
 /// A rule file's rules (`-`: standard input), read for `filter`: every
 /// bad line, and every rule naming a set the filter does not have, in one
 /// report by line number, before anything changes.
@@ -1424,6 +1464,7 @@ fn rule_command(cmd: RuleCommand) -> Result<()> {
             };
             let lines = file.as_ref().map(RuleFile::line_numbers).unwrap_or_default();
             refuse_drop_all(&rules, &lines, force)?;
+            warn_spoofable_blocks(&rules, &lines, "");
             let set = filter.rules();
             if rules.len() == 1 {
                 let id = match at {
@@ -1499,6 +1540,7 @@ fn rule_command(cmd: RuleCommand) -> Result<()> {
             let file = read_rules(&file, &filter)?;
             let rules = file.rules();
             refuse_drop_all(&rules, &file.line_numbers(), force)?;
+            warn_spoofable_blocks(&rules, &file.line_numbers(), "");
             let change = filter.rules().replace(rules)?;
             println!(
                 "replaced the rules: {} now ({} added, {} removed, {} kept with their counters)",
@@ -1532,10 +1574,11 @@ fn set_command(cmd: SetCommand) -> Result<()> {
             let n = Filter::open_pinned(&pin.pin)?.sets().delete(&name)?;
             println!("deleted set {name} ({n} entries)");
         }
-        SetCommand::Add { edit, set, replace } => {
+        SetCommand::Add { edit, set, replace, force } => {
             let given = gather_for(&edit, Some(replace))?;
             let filter = Filter::open_pinned(&edit.pin.pin)?;
             let s = filter.sets().get(&set);
+            let s = if force { s.permit_whole_family() } else { s };
             let nets = given.iter().map(|g| g.net);
             let change = if replace { s.replace(nets)? } else { s.extend(nets)? };
             note_normalized(&change.normalized);

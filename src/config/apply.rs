@@ -216,10 +216,15 @@ impl Run<'_> {
             Step::SetMonitor(on) => self.filter()?.set_monitor(*on),
             Step::CreateSet(name) => drop(self.filter()?.sets().create(name)?),
             Step::ReplaceSet { name, entries, .. } => {
-                drop(self.filter()?.sets().get(name).replace(entries.iter().copied())?)
+                let whole = self.filter_config().block_whole_family;
+                let set = self.filter()?.sets().get(name);
+                let set = if whole { set.permit_whole_family() } else { set };
+                drop(set.replace(entries.iter().copied())?)
             }
             Step::EditSet { name, added, removed } => {
+                let whole = self.filter_config().block_whole_family;
                 let set = self.filter()?.sets().get(name);
+                let set = if whole { set.permit_whole_family() } else { set };
                 drop(set.remove_all(removed.iter().copied())?);
                 drop(set.extend(added.iter().copied())?);
             }

@@ -59,7 +59,7 @@ pub struct FilterConfig {
     pub allowlist: Vec<IpNetwork>,
     /// The blocklist (`blocklist` and `blocklist_files`), likewise.
     pub blocklist: Vec<IpNetwork>,
-    /// Whether the blocklist may hold `0.0.0.0/0` or `::/0`
+    /// Whether the blocklist and the named sets may hold `0.0.0.0/0` or `::/0`
     /// (`block_whole_family`; see
     /// [`PrefixList::permit_whole_family`](crate::PrefixList::permit_whole_family)).
     pub block_whole_family: bool,

@@ -398,7 +398,8 @@ fn filter(r: &mut Reader<'_>, t: &DeTable<'_>, span: &Range<usize>, base: &Path)
         r.problem(span.clone(), "a [[filter]] needs `interfaces = [\"eth0\"]`: it filters nothing attached nowhere");
     }
     let monitor = get(t, "monitor").and_then(|v| r.boolean(v)).unwrap_or(false);
-    let sets = super::rules::sets(r, t);
+    let block_whole_family = get(t, "block_whole_family").and_then(|v| r.boolean(v)).unwrap_or(false);
+    let sets = super::rules::sets(r, t, block_whole_family);
     let rules = super::rules::rules(r, t, base, &sets);
     let cap = |r: &mut Reader<'_>, key, default| {
         get(t, key).and_then(|v| r.int(v, 1, MAX_CAPACITY as u64)).map_or(default, |n| n as usize)
@@ -422,7 +423,6 @@ fn filter(r: &mut Reader<'_>, t: &DeTable<'_>, span: &Range<usize>, base: &Path)
     }
     guard_room(r, t, span, &guard, &sets, &rules);
     let malformed = get(t, "malformed").and_then(|v| r.parsed::<MalformedPolicy>(v)).unwrap_or_default();
-    let block_whole_family = get(t, "block_whole_family").and_then(|v| r.boolean(v)).unwrap_or(false);
     let allow = entries(r, t, "allowlist", base);
     let block = entries(r, t, "blocklist", base);
     if !block_whole_family {

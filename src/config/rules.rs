@@ -33,8 +33,10 @@ use crate::filter::rules::syntax::check_set_name;
 use crate::{normalize, parse_prefix, parse_rule_lines, Rule, DEFAULT_MAX_RULES};
 
 /// The `[filter.sets]` table: set name -> prefixes (normalised, sorted,
-/// without duplicates).
-pub(super) fn sets(r: &mut Reader<'_>, t: &DeTable<'_>) -> BTreeMap<String, Vec<IpNetwork>> {
+/// without duplicates). A whole-family entry is refused unless
+/// `block_whole_family` (as on the blocklist: a drop rule naming the set
+/// would cut the host off).
+pub(super) fn sets(r: &mut Reader<'_>, t: &DeTable<'_>, whole_family: bool) -> BTreeMap<String, Vec<IpNetwork>> {
     let mut out = BTreeMap::new();
     let Some(v) = get(t, "sets") else { return out };
     let DeValue::Table(table) = v.get_ref() else {
@@ -56,6 +58,19 @@ pub(super) fn sets(r: &mut Reader<'_>, t: &DeTable<'_>) -> BTreeMap<String, Vec<
         let mut nets = BTreeSet::new();
         for (text, s) in r.each(value, |r, item| r.string(item).map(str::to_owned)) {
             match parse_prefix(&text) {
+                Ok(net) if normalize(net).network.prefix() == 0 && !whole_family => {
+                    let entry = normalize(net).network;
+                    let which = if entry == net { String::new() } else { format!(" (which is {entry})") };
+                    r.problem(
+                        s,
+                        format!(
+                            "set {name}: {text}{which} would let a drop rule naming the set drop every IPv{} packet \
+                             from any source that is not allowlisted, this host's own management session included; \
+                             if that is meant, allowlist what must stay reachable and set `block_whole_family = true`",
+                            if entry.is_ipv4() { 4 } else { 6 }
+                        ),
+                    );
+                }
                 Ok(net) => {
                     nets.insert(normalize(net).network);
                 }
@@ -200,6 +215,8 @@ fn string(r: &mut Reader<'_>, v: &Val<'_>) -> Option<String> {
 mod tests {
     use std::path::Path;
 
+    use ipnetwork::IpNetwork;
+
     use crate::error::ConfigError;
 
     fn read(text: &str) -> Result<crate::config::Config, Vec<(usize, Option<usize>, String)>> {
@@ -225,6 +242,18 @@ mod tests {
         assert_eq!(rules, ["drop udp not from set resolvers sport 53", "drop udp dport 1900,11211"]);
         let set: Vec<String> = f.sets["resolvers"].iter().map(ToString::to_string).collect();
         assert_eq!(set, ["192.0.2.53/32", "2001:db8::/64"]);
+    }
+
+    #[test]
+    fn a_whole_family_set_entry_needs_block_whole_family() {
+        let p = read(&format!("{HEAD}[filter.sets]\nmartians = [\"::ffff:0:0/96\", \"fc00::/7\"]\n")).unwrap_err();
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(
+            p[0].2.contains("::ffff:0:0/96 (which is 0.0.0.0/0)") && p[0].2.contains("block_whole_family"),
+            "{p:?}"
+        );
+        let c = read(&format!("{HEAD}block_whole_family = true\n[filter.sets]\nm = [\"::ffff:0:0/96\"]\n")).unwrap();
+        assert_eq!(c.filters[0].sets["m"], ["0.0.0.0/0".parse::<IpNetwork>().unwrap()]);
     }
 
     #[test]

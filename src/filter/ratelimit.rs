@@ -24,7 +24,11 @@
 //!   only once 20 of its packets were over the limit (counted in its exact
 //!   bucket; a source the sketch decides for: by its estimate). Refused
 //!   with a /0 key (`per src/0`) for an IP version the rule matches: the
-//!   first source over the limit would block that whole family.
+//!   first source over the limit would block that whole family. The block
+//!   drops every packet of the source (all protocols and ports) and the
+//!   source is what the packets claim: keep `block` off traffic that needs
+//!   no handshake, whose sources are forged at will
+//!   ([`Rule::block_is_spoofable`](crate::Rule::block_is_spoofable)).
 
 use std::fmt;
 use std::time::Duration;

@@ -40,6 +40,7 @@ pub struct Sets<'f> {
 pub struct NamedSet<'f> {
     filter: &'f Filter,
     name: String,
+    whole_family: bool,
 }
 
 fn guard(filter: &Filter) -> Result<&Guard, RuleError> {
@@ -103,7 +104,7 @@ impl<'f> Sets<'f> {
 
     /// The set of this name (whether it exists is checked by each call).
     pub fn get(&self, name: &str) -> NamedSet<'f> {
-        NamedSet { filter: self.filter, name: name.to_owned() }
+        NamedSet { filter: self.filter, name: name.to_owned(), whole_family: false }
     }
 }
 
@@ -113,17 +114,42 @@ impl NamedSet<'_> {
         &self.name
     }
 
+    /// This handle, letting its edits add a whole address family
+    /// (`0.0.0.0/0`, `::/0`, or `::ffff:0:0/96`, which is `0.0.0.0/0`):
+    /// a drop rule naming the set then drops every packet of that family
+    /// from any source that is not allowlisted, the session the host is
+    /// managed over included. Without it, such entries are refused
+    /// ([`RuleError::SetWholeFamily`]), as the blocklist refuses them: a
+    /// set is checked when it is edited, not when a rule names it, so the
+    /// rule checks that refuse `drop from 0.0.0.0/0` never see inside it.
+    pub fn permit_whole_family(self) -> Self {
+        Self { whole_family: true, ..self }
+    }
+
+    /// Refuses a given prefix that normalises to a whole family, unless
+    /// permitted.
+    fn check_whole_family(&self, given: IpNetwork, stored: IpNetwork) -> Result<(), RuleError> {
+        if stored.prefix() == 0 && !self.whole_family {
+            return Err(RuleError::SetWholeFamily { set: self.name.clone(), given, entry: stored });
+        }
+        Ok(())
+    }
+
     /// Adds a prefix (normalized: host bits cleared, IPv4-mapped IPv6 as
     /// IPv4). One trie update: the addresses it covers join at one instant.
     /// Returns whether the set changed.
     ///
     /// # Errors
     ///
+    /// [`RuleError::SetWholeFamily`] for a prefix that is a whole address
+    /// family once normalised, unless [`permit_whole_family`](Self::permit_whole_family);
     /// [`RuleError::UnknownSet`], [`RuleError::Full`],
     /// [`RuleError::NoGuard`], [`RuleError::Bpf`], [`RuleError::Pin`]; the
     /// set is then as it was.
     pub fn insert(&self, net: IpNetwork) -> Result<bool, RuleError> {
+        let given = net;
         let net = normalize(net).network;
+        self.check_whole_family(given, net)?;
         edit(self.filter, |st, maps| st.edit_set_entry(maps, &self.name, net, true))
     }
 
@@ -149,7 +175,7 @@ impl NamedSet<'_> {
     /// As [`insert`](Self::insert) ([`RuleError::Full`]: no room for the
     /// new prefixes themselves); nothing is applied.
     pub fn extend(&self, nets: impl IntoIterator<Item = IpNetwork>) -> Result<BulkChange, RuleError> {
-        self.bulk(nets, |cur, new| cur.extend(new))
+        self.bulk(nets, true, |cur, new| cur.extend(new))
     }
 
     /// Removes many prefixes, all or nothing; never refused for want of
@@ -162,7 +188,7 @@ impl NamedSet<'_> {
     /// As [`insert`](Self::insert), [`RuleError::Full`] aside; nothing is
     /// applied.
     pub fn remove_all(&self, nets: impl IntoIterator<Item = IpNetwork>) -> Result<BulkChange, RuleError> {
-        self.bulk(nets, |cur, gone| cur.retain(|n| !gone.contains(n)))
+        self.bulk(nets, false, |cur, gone| cur.retain(|n| !gone.contains(n)))
     }
 
     /// Replaces the whole set atomically: rules naming it see the old set
@@ -176,12 +202,15 @@ impl NamedSet<'_> {
     /// As [`insert`](Self::insert) ([`RuleError::Full`] names the room for
     /// both copies); nothing is applied.
     pub fn replace(&self, nets: impl IntoIterator<Item = IpNetwork>) -> Result<BulkChange, RuleError> {
-        self.bulk(nets, |cur, new| *cur = new.clone())
+        self.bulk(nets, true, |cur, new| *cur = new.clone())
     }
 
+    /// `adds`: the edit adds the given prefixes (checked for whole
+    /// families); removing them never needs the check.
     fn bulk(
         &self,
         nets: impl IntoIterator<Item = IpNetwork>,
+        adds: bool,
         apply: impl FnOnce(&mut BTreeSet<IpNetwork>, &BTreeSet<IpNetwork>),
     ) -> Result<BulkChange, RuleError> {
         let mut normalized = Vec::new();
@@ -189,6 +218,9 @@ impl NamedSet<'_> {
         let mut duplicates = 0;
         for net in nets {
             let n = normalize(net).network;
+            if adds {
+                self.check_whole_family(net, n)?;
+            }
             if n != net {
                 normalized.push((net, n));
             }

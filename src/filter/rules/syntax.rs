@@ -473,6 +473,30 @@ impl Rule {
             && self.icmp_types.is_none()
     }
 
+    /// Whether the rule's `block` (a rate limit's auto-block) can be set
+    /// off by packets that need no handshake: UDP, ICMP, ICMPv6, another
+    /// protocol or any protocol, or TCP without a `flags` condition that
+    /// requires ACK (a SYN, a RST, a FIN). False for a rule without
+    /// `block`.
+    ///
+    /// The filter keeps no connection state, so the source it blocks is
+    /// whatever the packets over the limit claim, and the block drops that
+    /// source's every packet (all protocols and ports, not only the
+    /// rule's) until it expires: an off-path attacker who forges a burst
+    /// of SYNs or UDP datagrams from this host's DNS resolver or gateway
+    /// cuts the host off from it. A rule requiring ACK narrows this only
+    /// to traffic a connection carries; a forged ACK is no harder to send,
+    /// which is why allowlisting what must stay reachable matters with any
+    /// `block`. The CLI warns when this is true; SYN floods are the SYN
+    /// guard's to handle (a cookie proves the source, a block cannot).
+    pub fn block_is_spoofable(&self) -> bool {
+        if self.limit.as_ref().is_none_or(|l| l.block.is_none()) {
+            return false;
+        }
+        let needs_ack = |f: &TcpFlags| f.mask & f.value & TcpFlags::ACK != 0;
+        !(self.protocol == Some(RuleProtocol::Tcp) && self.tcp_flags.as_ref().is_some_and(needs_ack))
+    }
+
     /// The named set the rule refers to, if any.
     pub fn set_name(&self) -> Option<&str> {
         match &self.source {
@@ -716,6 +740,33 @@ mod tests {
         assert!(s.contains(1900) && s.contains(11211) && !s.contains(2006));
         assert_eq!(RangeSet::new([0..=65535, 80..=80]).to_string(), "0-65535");
         assert!(RangeSet::new([]).is_empty());
+    }
+
+    #[test]
+    fn a_block_on_handshake_less_traffic_is_spoofable() {
+        let spoofable = |text: &str| text.parse::<Rule>().unwrap().block_is_spoofable();
+        for text in [
+            "rate-limit 20/s burst 40 block 10m tcp flags syn/syn,ack dport 22",
+            "rate-limit 20/s block 10m tcp dport 22",
+            "rate-limit 20/s block 10m tcp flags rst",
+            "rate-limit 20/s block 10m tcp flags none/ack dport 22",
+            "rate-limit 100/s block 1m udp dport 53",
+            "rate-limit 10/s block 1m icmp",
+            "rate-limit 10/s block 1m icmpv6",
+            "rate-limit 10/s block 1m proto 47",
+            "rate-limit 10/s block 1m from 198.51.100.0/24",
+        ] {
+            assert!(spoofable(text), "{text}");
+        }
+        for text in [
+            "rate-limit 20/s block 10m tcp flags ack dport 22",
+            "rate-limit 20/s block 10m tcp flags ack/syn,ack dport 443",
+            "rate-limit 20/s burst 40 tcp flags syn/syn,ack dport 22",
+            "rate-limit 100/s udp dport 53",
+            "drop udp dport 1900",
+        ] {
+            assert!(!spoofable(text), "{text}");
+        }
     }
 
     #[test]
