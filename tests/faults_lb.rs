@@ -13,6 +13,7 @@
 //! Needs root; fails (never skips) without it.
 
 mod common {
+    pub mod caps;
     pub mod cli;
 }
 
@@ -24,6 +25,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
+use common::caps::{drop_caps, CAP_SYS_ADMIN};
 use common::cli::XDPGUARD_LB;
 use xdpguard::testing::frame::Frame;
 use xdpguard::testing::lb_topology::{
@@ -308,44 +310,6 @@ fn a_full_connection_table_evicts_without_misrouting() {
 // --- An LB in a namespace this process may not enter (no CAP_SYS_ADMIN) ---
 
 const NS_CHILD_ENV: &str = "XDPG_TEST_LB_NS_CHILD";
-const CAP_SYS_ADMIN: u32 = 21;
-
-#[repr(C)]
-struct CapHeader {
-    version: u32,
-    pid: i32,
-}
-
-#[repr(C)]
-#[derive(Clone, Copy, Default)]
-struct CapData {
-    effective: u32,
-    permitted: u32,
-    inheritable: u32,
-}
-
-/// Drops capabilities from the calling thread's effective, permitted and
-/// inheritable sets (as tests/filter_errors.rs does; capabilities are per
-/// thread, and the threads the library spawns to enter a namespace inherit
-/// this one's).
-fn drop_caps(caps: &[u32]) {
-    const VERSION_3: u32 = 0x2008_0522;
-    let mut hdr = CapHeader { version: VERSION_3, pid: 0 };
-    let mut data = [CapData::default(); 2];
-    // SAFETY: hdr and data are the v3 header and the two-element data array
-    // capget expects; both outlive the call.
-    let r = unsafe { nix::libc::syscall(nix::libc::SYS_capget, &mut hdr as *mut CapHeader, data.as_mut_ptr()) };
-    assert_eq!(r, 0, "capget: {}", std::io::Error::last_os_error());
-    for &cap in caps {
-        let (word, bit) = ((cap / 32) as usize, 1u32 << (cap % 32));
-        data[word].effective &= !bit;
-        data[word].permitted &= !bit;
-        data[word].inheritable &= !bit;
-    }
-    // SAFETY: as above; capset only reads them.
-    let r = unsafe { nix::libc::syscall(nix::libc::SYS_capset, &mut hdr as *mut CapHeader, data.as_ptr()) };
-    assert_eq!(r, 0, "capset: {}", std::io::Error::last_os_error());
-}
 
 /// The child half: reopen the LB from the root namespace without
 /// CAP_SYS_ADMIN, so its namespace (named) cannot be entered.

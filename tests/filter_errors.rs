@@ -3,12 +3,14 @@
 //! interfaces) as it was. Needs root; fails (never skips) without it.
 
 mod common {
+    pub mod caps;
     pub mod scratch;
 }
 
 use std::net::IpAddr;
 use std::process::Command;
 
+use common::caps::*;
 use common::scratch::ScratchDir;
 use libbpf_rs::{MapCore, MapHandle, MapType};
 use xdpguard::testing::netns::*;
@@ -463,46 +465,6 @@ fn offload_on_veth_is_typed_and_leaves_nothing() {
 // --- missing privileges (a child process that drops its capabilities) ------
 
 const CHILD_ENV: &str = "XDPG_TEST_PRIV_CHILD";
-const CAP_NET_ADMIN: u32 = 12;
-const CAP_SYS_ADMIN: u32 = 21;
-const CAP_PERFMON: u32 = 38;
-const CAP_BPF: u32 = 39;
-
-#[repr(C)]
-struct CapHeader {
-    version: u32,
-    pid: i32,
-}
-
-#[repr(C)]
-#[derive(Clone, Copy, Default)]
-struct CapData {
-    effective: u32,
-    permitted: u32,
-    inheritable: u32,
-}
-
-/// Drops capabilities from the calling thread's effective, permitted and
-/// inheritable sets (capabilities are per thread; everything that follows
-/// runs on this thread).
-fn drop_caps(caps: &[u32]) {
-    const VERSION_3: u32 = 0x2008_0522;
-    let mut hdr = CapHeader { version: VERSION_3, pid: 0 };
-    let mut data = [CapData::default(); 2];
-    // SAFETY: hdr and data are the v3 header and the two-element data array
-    // capget expects; both outlive the call.
-    let r = unsafe { nix::libc::syscall(nix::libc::SYS_capget, &mut hdr as *mut CapHeader, data.as_mut_ptr()) };
-    assert_eq!(r, 0, "capget: {}", std::io::Error::last_os_error());
-    for &cap in caps {
-        let (word, bit) = ((cap / 32) as usize, 1u32 << (cap % 32));
-        data[word].effective &= !bit;
-        data[word].permitted &= !bit;
-        data[word].inheritable &= !bit;
-    }
-    // SAFETY: as above; capset only reads them.
-    let r = unsafe { nix::libc::syscall(nix::libc::SYS_capset, &mut hdr as *mut CapHeader, data.as_ptr()) };
-    assert_eq!(r, 0, "capset: {}", std::io::Error::last_os_error());
-}
 
 fn assert_missing_privileges(err: &Error, what: &str) -> String {
     let missing = match err {
