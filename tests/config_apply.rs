@@ -1157,6 +1157,25 @@ fn a_vip_at_a_host_address_needs_permit_local() {
     let out = XDPGUARD.ok(&["apply", "--config", &cfg]);
     assert!(out.contains("reconfigure VIP udp 192.0.2.2:53 in place"), "{out}");
     assert_eq!(lb.vip_config(&vip("udp 192.0.2.2:53")).unwrap().table_size, 1021);
+
+    // A backend at the host's own address: refused while planning (the
+    // backend batch would refuse it half-way), nothing applied.
+    let text = std::fs::read_to_string(bed.file()).unwrap();
+    let local_backend = text.replace(
+        "vip = \"udp 198.51.100.80:53\"\nmode = \"dsr\"\n",
+        "vip = \"udp 198.51.100.80:53\"\nmode = \"dsr\"\nbackends = [\"192.0.2.2\"]\n",
+    );
+    assert_ne!(local_backend, text);
+    std::fs::write(bed.file(), local_backend).unwrap();
+    refused(
+        &XDPGUARD.run(&["apply", "--config", &cfg]),
+        &[
+            "backend 192.0.2.2 of VIP udp 198.51.100.80:53 is an address of the load balancer host itself",
+            "nothing applied",
+        ],
+    );
+    assert!(lb.backends(&vip("udp 198.51.100.80:53")).unwrap().is_empty());
+    std::fs::write(bed.file(), text).unwrap();
     drop(lb);
     XDPGUARD.ok(&["down", "--config", &cfg]);
 }

@@ -251,6 +251,9 @@ fn configuration_errors_are_typed_with_a_fix() {
         assert!(matches!(e, LbError::Unsupported { .. }), "{e}");
         let e = lb.add_backend(&vip, sa(backend_v4(1), 8080), 1).unwrap_err();
         assert!(matches!(e, LbError::Unsupported { .. }), "DSR cannot change ports: {e}");
+        // Port 0 reads back as no port: refused, not stored as something else.
+        let e = lb.add_backend(&vip, sa(backend_v4(1), 0), 1).unwrap_err();
+        assert!(matches!(e, LbError::Unsupported { .. }) && e.to_string().contains("port 0"), "{e}");
         assert!(matches!(lb.add_backend(&vip, IpAddr::V4(backend_v4(1)), 70000), Err(LbError::InvalidWeight { .. })));
         // Addresses no packet reaches, or the VIP's own: refused, and named.
         for (bad, why) in [

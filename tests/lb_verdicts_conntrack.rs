@@ -40,6 +40,16 @@ fn backend_of(t: &mut FixtureTable<'_, LoadBalancer>, n: &VerdictInfo, what: Str
     backend_of_mac(&out.frame)
 }
 
+/// A TCP segment from `src` to `vip` (a SYN, or an ACK with data).
+fn tcp(n: &VerdictInfo, vip: &Vip, src: SocketAddr, syn: bool) -> xdpguard::testing::frame::Frame {
+    frame(n.eth0_mac, src, addr_port(vip), Protocol::Tcp, syn, PAYLOAD)
+}
+
+/// The backend Maglev gives a new TCP flow from `src` (`backend_for`).
+fn predicted_backend(lb: &LoadBalancer, vip: &Vip, src: SocketAddr) -> usize {
+    backend_index(lb.backend_for(vip, &Flow::new(src, addr_port(vip), Protocol::Tcp)).unwrap().unwrap())
+}
+
 #[test]
 fn tracked_flows_keep_their_backend_and_syn_chooses_afresh() {
     in_lb_ns("vct", 6, |n| {
@@ -49,11 +59,8 @@ fn tracked_flows_keep_their_backend_and_syn_chooses_afresh() {
         let all = backends_v4(6);
         vip_with(&lb, vip, VipConfig::new(ForwardingMode::L2Dsr).table_size(16381), &all[..3]);
         let flows: Vec<SocketAddr> = (0..60).map(client).collect();
-        let syn = |src: SocketAddr| frame(n.eth0_mac, src, addr_port(&vip), Protocol::Tcp, true, PAYLOAD);
-        let ack = |src: SocketAddr| frame(n.eth0_mac, src, addr_port(&vip), Protocol::Tcp, false, PAYLOAD);
-        let predicted = |src: SocketAddr| {
-            backend_index(lb.backend_for(&vip, &Flow::new(src, addr_port(&vip), Protocol::Tcp)).unwrap().unwrap())
-        };
+        let (syn, ack) = (|src| tcp(&n, &vip, src, true), |src| tcp(&n, &vip, src, false));
+        let predicted = |src| predicted_backend(&lb, &vip, src);
         let first: Vec<usize> =
             flows.iter().map(|&src| backend_of(&mut t, &n, format!("SYN from {src}"), &syn(src))).collect();
         let s = lb.vip_stats(&vip).unwrap();
@@ -112,11 +119,8 @@ fn a_vip_reconfigured_in_place_keeps_its_tracked_flows() {
         let small = VipConfig::new(ForwardingMode::L2Dsr).table_size(1021);
         vip_with(&lb, vip, small, &backends_v4(3));
         let flows: Vec<SocketAddr> = (0..60).map(client).collect();
-        let syn = |src: SocketAddr| frame(n.eth0_mac, src, addr_port(&vip), Protocol::Tcp, true, PAYLOAD);
-        let ack = |src: SocketAddr| frame(n.eth0_mac, src, addr_port(&vip), Protocol::Tcp, false, PAYLOAD);
-        let predicted = |src: SocketAddr| {
-            backend_index(lb.backend_for(&vip, &Flow::new(src, addr_port(&vip), Protocol::Tcp)).unwrap().unwrap())
-        };
+        let (syn, ack) = (|src| tcp(&n, &vip, src, true), |src| tcp(&n, &vip, src, false));
+        let predicted = |src| predicted_backend(&lb, &vip, src);
         let first: Vec<usize> =
             flows.iter().map(|&src| backend_of(&mut t, &n, format!("SYN from {src}"), &syn(src))).collect();
         for (bigger, hash) in

@@ -449,17 +449,19 @@ fn give_back(config: &Config, section: &SectionPlan) -> Option<String> {
     ))
 }
 
-/// `l` with the weights its LB runs at 0 where the file's are not
-/// (`keep_drained`): what its digest must then be.
+/// `l` with the weights of the backends its health checker drained at 0
+/// (`keep_drained`, as the plan holds them): what its digest must then be.
+/// A 0 nobody will restore (the file's own, or one set by hand) is not
+/// one of them: the plan gave it the file's weight.
 fn kept_drained(l: &LbConfig, lb: &LoadBalancer) -> Result<LbConfig, ConfigError> {
     let mut kept = l.clone();
     for v in &mut kept.vips {
-        let running = lb.backends(&v.vip).map_err(|e| ConfigError::Step {
-            step: format!("reading lb {}'s backends of VIP {}", l.pin.display(), v.vip),
+        let drained = lb.checker_drained(&v.vip).map_err(|e| ConfigError::Step {
+            step: format!("reading lb {}'s drained backends of VIP {}", l.pin.display(), v.vip),
             error: Box::new(e.into()),
         })?;
         for b in &mut v.backends {
-            if running.iter().any(|r| r.addr == b.addr && r.weight == 0) {
+            if drained.contains(&b.addr) {
                 b.weight = 0;
             }
         }

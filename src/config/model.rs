@@ -122,12 +122,13 @@ pub struct LbConfig {
     pub fragments: FragmentPolicy,
     /// `options`.
     pub options: OptionsPolicy,
-    /// `keep_drained`: a backend drained on this node (weight 0, by a
-    /// health checker such as `xdpguard-lb health`, or by hand) whose file
-    /// weight is not 0 is left at 0, not restored by applying the file
+    /// `keep_drained`: a backend the health checker (`xdpguard-lb health`,
+    /// which marks its drains) drained on this node, whose file weight is
+    /// not 0, is left at 0, not restored by applying the file
     /// (which would send new flows to a backend the checker found dead
     /// until its next round); the checker restores it when it passes
-    /// again, and the file's weight lands at the next apply after that.
+    /// again, and the file's weight lands at the next apply after that. A 0
+    /// set by hand or by the file is restored like any other weight.
     /// Default false: applying restores the file's weights.
     pub keep_drained: bool,
     /// The VIPs, in VIP order.

@@ -526,6 +526,23 @@ impl Planner {
         }
     }
 
+    /// Backends the plan adds to a VIP at an address of the host itself
+    /// (in the section's namespace, entered), which the LB does not forward
+    /// to: refused here, before any change, as the backend batch would
+    /// refuse them half-way through the apply
+    /// ([`LbError::BackendAtLocalAddress`](crate::LbError)).
+    fn local_backends<'a>(&mut self, l: &LbConfig, vip: &Vip, added: impl IntoIterator<Item = &'a Backend>) {
+        for b in added {
+            if let Some(interface) = crate::lb::local_address_holder(b.addr.ip) {
+                self.host.push(format!(
+                    "lb {}: {}",
+                    l.pin.display(),
+                    crate::LbError::BackendAtLocalAddress { vip: *vip, backend: b.addr, interface }
+                ));
+            }
+        }
+    }
+
     fn filter(&mut self, f: &FilterConfig) -> Result<Vec<Step>, ConfigError> {
         let Some(_ns) = self.enter(Program::Filter, &f.pin, f.netns.as_deref(), &f.interfaces) else {
             return Ok(Vec::new());
@@ -670,6 +687,7 @@ impl Planner {
             steps.push(Step::Create);
             for v in &l.vips {
                 self.local_vip(l, v);
+                self.local_backends(l, &v.vip, &v.backends);
                 steps.push(Step::AddVip { vip: v.vip, config: v.config });
                 if !v.backends.is_empty() {
                     let added = v.backends.clone();
@@ -774,6 +792,7 @@ impl Planner {
                 .filter(|b| !have.contains_key(&b.addr))
                 .map(|b| if drained(&b.addr, b.weight) { Backend { weight: 0, ..*b } } else { *b })
                 .collect();
+            self.local_backends(l, vip, &added);
             for (a, w) in want.iter().filter(|(a, w)| drained(a, **w)) {
                 self.held.push(format!(
                     "lb {}: VIP {vip} backend {a} kept drained at weight 0 (the file's {w}; keep_drained)",

@@ -347,6 +347,14 @@ pub(crate) fn check_backend(
             fix: "give the backend host's global or unique-local address",
         });
     }
+    // Stored as "no port" (the slot's port word is 0 for both), so a file
+    // naming `ADDR:0` would never match what runs: every apply re-adding it.
+    if b.port == Some(0) {
+        return Err(LbError::Unsupported {
+            what: what("port 0 for a backend"),
+            fix: "give the port the backend serves (NAT), or no port to keep the VIP's",
+        });
+    }
     if b.ip == vip.addr {
         return Err(LbError::Unsupported {
             what: what("a backend at the VIP's own address"),
