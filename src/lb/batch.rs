@@ -282,6 +282,14 @@ impl LoadBalancer {
                 let id = match id {
                     Some(id) => {
                         maps.set_backend_weight(*id, *weight);
+                        // A weight given back, by whoever: no longer the
+                        // health checker's drain (keep_drained holds only
+                        // those), so a later 0 set by hand is not taken
+                        // for one.
+                        if *weight > 0 {
+                            let mark = crate::core::layout::consts::XDPG_LB_BACKEND_CHECKER_DRAINED as u8;
+                            maps.set_backend_flag(*id, mark, false);
+                        }
                         *id
                     }
                     None => {
