@@ -239,7 +239,15 @@ fn drop_mode_threshold_known_sources_and_monitor() {
     t.run(pass("an unprotected port", &syn("198.51.100.2", 2002, 8081), "passed"));
     t.run(pass("an ACK over the threshold: no one becomes known", &ack("198.51.100.2", 2000, 8080, 5), "passed"));
     t.run(drop("so its next SYN is dropped", &syn("198.51.100.2", 2003, 8080), "syn_dropped"));
-    t.run(pass("a SYN with ACK set is not a new connection", &data("198.51.100.2", 2003, 8080), "passed"));
+    let syns = f.syn_guard().status().unwrap()[0].stats.syns;
+    let synack = Frame::builder()
+        .ip(ip("198.51.100.2"), dst_for(ip("198.51.100.2")))
+        .tcp(2003, 8080)
+        .tcp_flags(0x12)
+        .ack_number(777)
+        .build();
+    t.run(pass("a SYN with ACK set is not a new connection", &synack, "passed"));
+    assert_eq!(f.syn_guard().status().unwrap()[0].stats.syns, syns, "a SYN|ACK is not counted as a SYN");
 
     // Two seconds later the rate is 0 again: a handshake's ACK makes the source known.
     f.advance_clock(Duration::from_secs(2)).unwrap();
@@ -277,6 +285,51 @@ fn drop_mode_threshold_known_sources_and_monitor() {
     t.run(pass("SYN after unprotect", &syn("203.0.113.55", 4106, 8080), "passed"));
     t.finish();
     assert!(f.syn_guard().status().unwrap().is_empty());
+}
+
+/// Drop mode, a long flood: a known source that keeps sending ACKs while
+/// the port is over its threshold stays known past the known-source TTL
+/// (its time refreshed in place), while ACKs from a source never known
+/// (forgeable) never make it known.
+#[test]
+fn drop_mode_active_clients_outlive_the_ttl_during_a_flood() {
+    let f = load();
+    f.syn_guard().protect(8080, SynPolicy::drop_above(3)).expect("protect 8080");
+    f.syn_guard().set_known_ttl(Duration::from_secs(5)).unwrap();
+    align(&f);
+    let mut t = FixtureTable::new(&f, "SYN guard, drop mode, known clients through a flood (TTL 5 s)");
+    t.run(pass("a handshake's ACK under the threshold", &ack("198.51.100.70", 5000, 8080, 5), "passed"));
+    let flood = |t: &mut FixtureTable<'_, Filter>, step: u16| {
+        for i in 0..3u16 {
+            t.run(pass(&format!("step {step}: flood SYN {i}"), &syn("203.0.113.80", 6000 + i, 8080), "passed"));
+        }
+        t.run(drop(&format!("step {step}: over the threshold"), &syn("203.0.113.81", 6100, 8080), "syn_dropped"));
+    };
+    // 4 steps of about 3 s (2 s, then to the next rate window): the client
+    // is known from its one handshake 15 s before its last SYN, three
+    // times the TTL, its time refreshed by its ACKs every 3 s.
+    for step in 0..4u16 {
+        f.advance_clock(Duration::from_secs(2)).unwrap();
+        align(&f);
+        flood(&mut t, step);
+        t.run(pass(&format!("step {step}: the client's ACK"), &data("198.51.100.70", 5001, 8080), "passed"));
+        t.run(pass(&format!("step {step}: a never-known source's ACK"), &data("198.51.100.71", 5002, 8080), "passed"));
+    }
+    f.advance_clock(Duration::from_secs(2)).unwrap();
+    align(&f);
+    flood(&mut t, 4);
+    t.run(pass("the active client still connects", &syn("198.51.100.70", 5003, 8080), "passed"));
+    t.run(drop("the never-known source does not", &syn("198.51.100.71", 5004, 8080), "syn_dropped"));
+    // Idle past the TTL, the client expires: a refresh does not revive it.
+    f.advance_clock(Duration::from_secs(6)).unwrap();
+    align(&f);
+    flood(&mut t, 5);
+    t.run(pass("an expired client's ACK over the threshold", &data("198.51.100.70", 5005, 8080), "passed"));
+    t.run(drop("does not make it known again", &syn("198.51.100.70", 5006, 8080), "syn_dropped"));
+    t.finish();
+    let s = f.syn_guard().status().unwrap()[0].stats;
+    assert_eq!(s.known_passed, 1, "{s:?}");
+    assert_eq!(f.syn_guard().known_sources().unwrap(), 1, "only the client that completed a handshake");
 }
 
 /// A TCP SYN header (20 bytes, no options) from `sport` to `dport`.
@@ -421,6 +474,44 @@ fn cookie_mode(client: &str, other: &str, mss: u16, default_mss: u16) {
         },
         "syn_dropped",
     ));
+    // SYNs the stack would discard are not answered (the SYN-ACK would go
+    // to or come from a group, or a martian address): dropped, counted as
+    // unanswerable.
+    let from_to = |src: &str, dst: &str| {
+        Frame::builder().ip(ip(src), ip(dst)).tcp(40007, 443).syn().seq(CLIENT_SEQ).build().to_vec()
+    };
+    let dst = dst_for(src).to_string();
+    let dst = dst.as_str();
+    let mut martians = vec![
+        ("to the broadcast MAC", syn(client, 40007, 443).with_macs(SRC_MAC, BROADCAST_MAC)),
+        ("to a multicast MAC", syn(client, 40007, 443).with_macs(SRC_MAC, [0x01, 0x00, 0x5E, 0, 0, 1])),
+    ];
+    let addrs: &[(&str, &str, &str)] = if client.contains(':') {
+        &[
+            ("from a multicast address", "ff02::1", dst),
+            ("to a multicast address", client, "ff02::1"),
+            ("from ::", "::", dst),
+            ("from ::1", "::1", dst),
+            ("to ::", client, "::"),
+            ("to ::1", client, "::1"),
+        ]
+    } else {
+        &[
+            ("from a multicast address", "224.0.0.1", dst),
+            ("to a multicast address", client, "239.1.2.3"),
+            ("to 255.255.255.255", client, "255.255.255.255"),
+            ("from 255.255.255.255", "255.255.255.255", dst),
+            ("from 0.0.0.0/8", "0.1.2.3", dst),
+            ("to 0.0.0.0", client, "0.0.0.0"),
+            ("from 127.0.0.0/8", "127.0.0.1", dst),
+            ("to 127.0.0.0/8", client, "127.1.2.3"),
+        ]
+    };
+    martians.extend(addrs.iter().map(|&(what, s, d)| (what, from_to(s, d))));
+    let n_martians = martians.len() as u64;
+    for (what, frame) in martians {
+        t.run(drop(&format!("a SYN {what} is not answered"), &frame, "syn_dropped"));
+    }
     f.set_monitor(true);
     t.run(pass("monitor mode: would answer, passes", &syn(client, 40006, 443), "would_drop_syn"));
     f.set_monitor(false);
@@ -429,7 +520,7 @@ fn cookie_mode(client: &str, other: &str, mss: u16, default_mss: u16) {
     let s = f.syn_guard().status().unwrap()[0].stats;
     assert_eq!(
         (s.syns, s.cookies_sent, s.cookies_ok, s.acks_other, s.unanswerable, s.would_drop),
-        (5, 3, 2, 3, 1, 1),
+        (5 + n_martians, 3, 2, 3, 1 + n_martians, 1),
         "{s:?}"
     );
     assert_eq!(f.syn_guard().known_sources().unwrap(), 2, "valid cookies make their sources known");

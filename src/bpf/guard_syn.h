@@ -13,13 +13,18 @@
  *   mode (unforgeable). A pure ACK is forgeable by a spoofer who knows
  *   the port; during a flood (above the threshold) no source enters by an
  *   ACK, so a spoofed flood cannot let its own SYNs in or evict real
- *   clients by ACKs sent with it.
+ *   clients by ACKs sent with it; a source already known stays known by
+ *   its ACKs then (its time refreshed in place, syn_refresh), so an active
+ *   client does not expire during a long flood.
  * - cookie: every SYN is answered here with a SYN-ACK built in place
  *   (XDP_TX), its sequence number a SYN cookie from the kernel's own
  *   secret (bpf_tcp_raw_gen_syncookie_ipv4/6, Linux 6.0); the SYN never
- *   reaches the stack. An ACK whose cookie the kernel accepts
- *   (bpf_tcp_raw_check_syncookie_ipv4/6) is passed: nftables' synproxy
- *   (conntrack, the same secret) completes the connection with the server.
+ *   reaches the stack. A SYN the stack would discard (to a group MAC,
+ *   from or to a multicast, broadcast, unspecified or loopback address) is
+ *   dropped unanswered, counted as one that cannot be answered. An ACK
+ *   whose cookie the kernel accepts (bpf_tcp_raw_check_syncookie_ipv4/6)
+ *   is passed: nftables' synproxy (conntrack, the same secret) completes
+ *   the connection with the server.
  *   Every SYN, not only above a threshold: the host needs synproxy for the
  *   port anyway (the stack could not complete a connection from an XDP
  *   cookie without it), and synproxy answers every SYN with a cookie too;
@@ -106,6 +111,48 @@ static __always_inline void syn_remember(const __u32 *src, __u32 family, __u64 n
 	if (seen && now - *seen < XDPG_SYN_KNOWN_REFRESH_NS)
 		return;
 	bpf_map_update_elem(&xdpg_syn_known, &k, &now, BPF_ANY);
+}
+
+/* Keeps a source that is still known (within the config's TTL) known: its
+ * time rewritten in place, at most once a second; never an insert, so a
+ * spoofed ACK cannot make a source known, while a client that keeps
+ * sending ACKs through a flood stays known past the TTL. */
+static __always_inline void syn_refresh(const __u32 *src, __u32 family, __u64 now, const struct xdpg_syn_config *cfg)
+{
+	struct xdpg_syn_key k = {};
+	syn_key(&k, src, family);
+	__u64 *seen = bpf_map_lookup_elem(&xdpg_syn_known, &k);
+	if (!seen)
+		return;
+	__u64 age = now - *seen;
+	if (age >= XDPG_SYN_KNOWN_REFRESH_NS && age < (__u64)cfg->known_ttl_s * 1000000000ull)
+		*seen = now;
+}
+
+/* Whether an IPv4 address (network byte order) is one no SYN-ACK goes to
+ * or comes from: 0.0.0.0/8, 127.0.0.0/8, multicast (224.0.0.0/4) or
+ * 255.255.255.255 (the stack discards such SYNs). */
+static __always_inline int syn_martian_v4(__be32 addr)
+{
+	__u32 a = bpf_ntohl(addr), top = a >> 24;
+	return top == 0 || top == 127 || (top & 0xF0) == 0xE0 || a == 0xFFFFFFFF;
+}
+
+/* The same for IPv6: multicast (ff00::/8), :: and ::1. */
+static __always_inline int syn_martian_v6(const struct in6_addr *addr)
+{
+	const __u32 *w = addr->in6_u.u6_addr32;
+	return addr->in6_u.u6_addr8[0] == 0xFF || !(w[0] | w[1] | w[2] | (w[3] & ~bpf_htonl(1)));
+}
+
+/* Whether the frame went to a group (broadcast or multicast) MAC: the
+ * SYN-ACK, its MACs swapped, would come from one. */
+static __always_inline int syn_group_mac(struct xdp_md *ctx)
+{
+	__u8 *dst = (void *)(long)ctx->data;
+	if ((void *)(dst + 1) > (void *)(long)ctx->data_end)
+		return 1;
+	return dst[0] & 1;
 }
 
 /* The SYN-ACK's TCP header, built in the scratch buffer (once the SYN's
@@ -361,7 +408,9 @@ static __always_inline struct tcphdr *syn_tcp_hdr(struct xdp_md *ctx, __u32 l3, 
 }
 
 /* Answers an IPv4 SYN with a cookie SYN-ACK in place: 0, or -1 when it
- * cannot (IP options, a fragment, a bad TCP header). */
+ * cannot (IP options, a fragment, a bad TCP header) or must not (a group
+ * MAC or a martian address, syn_martian_v4: the stack would discard the
+ * SYN, and the reply would go to or come from a group). */
 static __always_inline int syn_answer_v4(struct xdp_md *ctx, const struct xdpg_pkt *pkt, const struct xdpg_syn_port *p)
 {
 	void *data, *data_end;
@@ -376,6 +425,8 @@ static __always_inline int syn_answer_v4(struct xdp_md *ctx, const struct xdpg_p
 	if (!th || pkt->fragment)
 		return -1;
 	struct iphdr *iph = ip;
+	if (syn_group_mac(ctx) || syn_martian_v4(iph->saddr) || syn_martian_v4(iph->daddr))
+		return -1;
 	__u32 len = syn_copy_tcp(ctx, l3 + sizeof(*iph), th, buf);
 	if (!len)
 		return -1;
@@ -399,7 +450,8 @@ static __always_inline int syn_answer_v4(struct xdp_md *ctx, const struct xdpg_p
 	return syn_tcp_write(iph + 1, data_end, tmp, tcp_len, pseudo);
 }
 
-/* The same for IPv6: -1 when extension headers come before TCP. */
+/* The same for IPv6: -1 when extension headers come before TCP, or for a
+ * group MAC or a martian address (syn_martian_v6). */
 static __always_inline int syn_answer_v6(struct xdp_md *ctx, const struct xdpg_pkt *pkt, const struct xdpg_syn_port *p)
 {
 	void *data, *data_end;
@@ -414,6 +466,8 @@ static __always_inline int syn_answer_v6(struct xdp_md *ctx, const struct xdpg_p
 	if (!th)
 		return -1;
 	struct ipv6hdr *ip6h = ip;
+	if (syn_group_mac(ctx) || syn_martian_v6(&ip6h->saddr) || syn_martian_v6(&ip6h->daddr))
+		return -1;
 	__u32 len = syn_copy_tcp(ctx, l3 + sizeof(*ip6h), th, buf);
 	if (!len)
 		return -1;
@@ -606,6 +660,8 @@ static __always_inline int xdpg_syn_guard(struct xdp_md *ctx, const struct xdpg_
 	__u64 now = guard_now(gcfg);
 	if (syn_rate(p, now, 0) <= p->threshold)
 		syn_remember(src, family, now);
+	else
+		syn_refresh(src, family, now, cfg);
 	return XDPG_SYN_NONE;
 }
 

@@ -41,7 +41,7 @@ struct xdpg_syn_counters {
 	__u64 cookies_ok;   /* cookie mode: ACKs with a valid cookie, passed */
 	__u64 acks_other;   /* cookie mode: ACKs that are not cookies, passed to conntrack */
 	__u64 known_passed; /* drop mode: over the threshold, known source, passed */
-	__u64 unanswerable; /* cookie mode: SYNs with IP options or IPv6 extension headers, dropped */
+	__u64 unanswerable; /* cookie mode: SYNs not answered (IP options, IPv6 ext headers, group MAC, martian IP): dropped */
 };
 
 /* A source that completed a handshake (xdpg_syn_known's key). */

@@ -377,8 +377,9 @@ pub struct SynPortStats {
     pub acks_other: u64,
     /// Drop mode: SYNs over the threshold from known sources, passed.
     pub known_passed: u64,
-    /// Cookie mode: SYNs with IPv4 options or IPv6 extension headers,
-    /// which the guard does not answer: dropped.
+    /// Cookie mode: SYNs the guard does not answer, dropped: with IPv4
+    /// options or IPv6 extension headers, to a group MAC, or from or to a
+    /// multicast, broadcast, unspecified or loopback address.
     pub unanswerable: u64,
 }
 
