@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use common::caps::{drop_caps, CAP_SYS_ADMIN};
+use common::caps::{drop_caps, rerun_as_child, CAP_SYS_ADMIN};
 use common::cli::XDPGUARD_LB;
 use xdpguard::testing::frame::Frame;
 use xdpguard::testing::lb_topology::{
@@ -366,22 +366,10 @@ fn an_lb_namespace_this_process_cannot_enter_is_typed_and_changes_nothing() {
     lb.add_vip(vip, VipConfig::new(ForwardingMode::L2Dsr).table_size(1021)).unwrap();
     lb.add_backend(&vip, b(1), 1).unwrap();
 
-    let exe = std::env::current_exe().unwrap();
-    let out = std::process::Command::new(exe)
-        .args([
-            "--exact",
-            "an_lb_namespace_this_process_cannot_enter_is_typed_and_changes_nothing",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(NS_CHILD_ENV, "1")
-        .env("XDPG_TEST_PIN", &pin.0)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "child failed:\n{stdout}\n{stderr}");
-    assert!(stdout.contains("CHILD-DONE") && stdout.contains("1 passed"), "child did not run:\n{stdout}\n{stderr}");
+    rerun_as_child(
+        "an_lb_namespace_this_process_cannot_enter_is_typed_and_changes_nothing",
+        &[(NS_CHILD_ENV, "1".as_ref()), ("XDPG_TEST_PIN", pin.0.as_ref())],
+    );
 
     // Nothing the child was refused was applied; what it was allowed was.
     let now: Vec<BackendAddr> = lb.backends(&vip).unwrap().iter().map(|x| x.addr).collect();

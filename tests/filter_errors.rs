@@ -8,7 +8,6 @@ mod common {
 }
 
 use std::net::IpAddr;
-use std::process::Command;
 
 use common::caps::*;
 use common::scratch::ScratchDir;
@@ -512,21 +511,13 @@ fn missing_privileges_are_named_with_the_fix() {
     filter.blocklist().insert(net("203.0.113.0/24")).unwrap();
     let names = pin.names();
 
-    let exe = std::env::current_exe().unwrap();
-    let out = Command::new(exe)
-        .args(["--exact", "missing_privileges_are_named_with_the_fix", "--nocapture", "--test-threads=1"])
-        .env(CHILD_ENV, "1")
-        .env("XDPG_TEST_NS", &pair.server.name)
-        .env("XDPG_TEST_PIN", pin.path())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    println!("{stdout}");
-    assert!(out.status.success(), "child failed:\n{stdout}\n{stderr}");
-    assert!(
-        stdout.contains("CHILD-DONE") && stdout.contains("1 passed"),
-        "child did not run the checks:\n{stdout}\n{stderr}"
+    let stdout = rerun_as_child(
+        "missing_privileges_are_named_with_the_fix",
+        &[
+            (CHILD_ENV, "1".as_ref()),
+            ("XDPG_TEST_NS", pair.server.name.as_ref()),
+            ("XDPG_TEST_PIN", pin.path().as_ref()),
+        ],
     );
     // CAP_BPF (39) and CAP_NET_ADMIN (12) really were gone in the child.
     let eff_line = stdout.lines().find(|l| l.contains("CHILD caps after drop")).expect("caps line");
@@ -668,15 +659,5 @@ fn out_of_file_descriptors_is_named_not_rejected() {
     if std::env::var_os(NOFILE_CHILD_ENV).is_some() {
         return nofile_child();
     }
-    let exe = std::env::current_exe().unwrap();
-    let out = Command::new(exe)
-        .args(["--exact", "out_of_file_descriptors_is_named_not_rejected", "--nocapture", "--test-threads=1"])
-        .env(NOFILE_CHILD_ENV, "1")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    println!("{stdout}");
-    assert!(out.status.success(), "child failed:\n{stdout}\n{stderr}");
-    assert!(stdout.contains("CHILD-DONE") && stdout.contains("1 passed"), "child did not run:\n{stdout}\n{stderr}");
+    rerun_as_child("out_of_file_descriptors_is_named_not_rejected", &[(NOFILE_CHILD_ENV, "1".as_ref())]);
 }

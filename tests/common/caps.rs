@@ -48,3 +48,23 @@ pub fn drop_caps(caps: &[u32]) {
     let r = unsafe { nix::libc::syscall(nix::libc::SYS_capset, &mut hdr as *mut CapHeader, data.as_ptr()) };
     assert_eq!(r, 0, "capset: {}", std::io::Error::last_os_error());
 }
+
+/// Runs test `test` of this test binary again, in a child process with
+/// `env` set (where the test drops capabilities or limits for good), and
+/// checks it ran and passed (its checks end by printing `CHILD-DONE`).
+/// Returns its standard output.
+pub fn rerun_as_child(test: &str, env: &[(&str, &std::ffi::OsStr)]) -> String {
+    let exe = std::env::current_exe().unwrap();
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args(["--exact", test, "--nocapture", "--test-threads=1"]);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("{stdout}");
+    assert!(out.status.success(), "child failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("CHILD-DONE") && stdout.contains("1 passed"), "child did not run:\n{stdout}\n{stderr}");
+    stdout
+}
