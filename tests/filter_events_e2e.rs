@@ -209,3 +209,81 @@ fn capture_writes_a_pcap_tcpdump_reads_and_events_print_json() {
     assert!(!Filter::open_pinned(p).unwrap().events_lease_held(), "the CLI gave the lease back");
     cli.ok(&["detach", "--pin", p]);
 }
+
+/// `events` and `capture` end with what the event rate limit left out
+/// while they read (the filter's `limited` count, taken before and after):
+/// with a limit of 1 event a second per CPU, ten drops in a burst are
+/// mostly left out, and the line says how many. `events` stopped by
+/// SIGINT still says it, and exits 0 with the lease given back.
+#[test]
+fn events_and_capture_say_how_many_drops_the_rate_limit_left_out() {
+    let pair = bed("evlim");
+    let pin = ScratchDir::bpffs("evlim");
+    let p = pin.arg();
+    let files = ScratchDir::new(std::env::temp_dir(), "evlim");
+    std::fs::create_dir_all(files.path()).unwrap();
+    let cli = XDPGUARD;
+    cli.ok(&["attach", "--iface", "eth0", "--mode", "native", "--pin", p, "--netns", &pair.server.name]);
+    cli.ok(&["block", "--pin", p, "192.0.2.4/32"]);
+    let filter = Filter::open_pinned(p).unwrap();
+    let spawn_both = |args: &[&str]| -> Child {
+        eprintln!("$ xdpguard {}", args.join(" "));
+        // check-deps: built-here (a binary of this crate: CARGO_BIN_EXE_*)
+        Command::new(XDPGUARD.path())
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the CLI")
+    };
+    // The count the closing line gives, checked against what was shown.
+    let left_out = |stderr: &str, shown: u64, what: &str| -> u64 {
+        let line = stderr.lines().find(|l| l.contains("left out")).unwrap_or_else(|| panic!("no summary: {stderr}"));
+        assert!(line.starts_with(&format!("{shown} {what}; meanwhile the event rate limit left out ")), "{line}");
+        let n: u64 = line.split("left out ").nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap();
+        assert!(line.contains("and 0 were lost with the ring full"), "{line}");
+        n
+    };
+
+    // events, stopped by SIGINT.
+    let mut child = spawn_both(&["events", "--pin", p, "--rate", "1"]);
+    wait_for_lease(&filter, &mut child);
+    for i in 0..10 {
+        send(&pair.client, BLOCKED, 41000 + i, 7100, 20);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGINT).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    eprintln!("{stdout}{stderr}");
+    assert!(out.status.success(), "stopped by SIGINT, events exits 0: {stderr}");
+    let shown = stdout.lines().count() as u64;
+    let limited = left_out(&stderr, shown, "event(s) shown");
+    // A burst of one per CPU passes (a second refill at most); every other
+    // drop is counted.
+    assert!((1..=3).contains(&shown), "{stdout}");
+    assert_eq!(shown + limited, 10, "every drop shown or counted as left out: {stderr}");
+    assert!(!filter.events_lease_held(), "the lease given back on SIGINT");
+
+    // capture, stopped by its timeout (once the token bucket, emptied
+    // above, has its one event back: a second at 1/s).
+    std::thread::sleep(Duration::from_secs(2));
+    let pcap = files.path().join("limited.pcap");
+    let mut child =
+        spawn_both(&["capture", "--pin", p, "-w", pcap.to_str().unwrap(), "--count", "10", "--timeout", "3"]);
+    wait_for_lease(&filter, &mut child);
+    for i in 0..10 {
+        send(&pair.client, BLOCKED, 41100 + i, 7100, 20);
+    }
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("{stderr}");
+    assert!(out.status.success(), "{stderr}");
+    let captured: u64 = stderr.split(" packet(s) written").next().unwrap().trim().parse().unwrap();
+    let limited = left_out(&stderr, captured, "packet(s) captured");
+    assert!((1..=3).contains(&captured), "{stderr}");
+    assert_eq!(captured + limited, 10, "{stderr}");
+
+    drop(filter);
+    cli.ok(&["detach", "--pin", p]);
+}

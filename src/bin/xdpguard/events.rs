@@ -12,6 +12,7 @@ use std::fs::File;
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::Args;
@@ -331,21 +332,77 @@ fn options(rate: Option<EventRate>, lease: &LeaseArgs) -> EventOptions {
     }
 }
 
-/// Reads events until `count` or `timeout`, handing each to `each`.
+/// Set by SIGINT or SIGTERM while events are read: the reader stops at
+/// its next poll (a signal ends the poll's wait), gives the lease back and
+/// says what it read and what the rate limit left out. Killed outright, it
+/// said nothing, and a capture's count went unreported.
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn stop_reading(_: nix::libc::c_int) {
+    STOP.store(true, Ordering::Relaxed);
+}
+
+/// Makes SIGINT and SIGTERM stop [`read_events`] rather than the process.
+fn stop_on_signals() {
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+    // No SA_RESTART: the poll must return (EINTR) for the flag to be seen.
+    let action = SigAction::new(SigHandler::Handler(stop_reading), SaFlags::empty(), SigSet::empty());
+    for sig in [Signal::SIGINT, Signal::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic, which is
+        // async-signal-safe; nothing else handles these signals here.
+        let _ = unsafe { sigaction(sig, &action) };
+    }
+}
+
+/// What one run of [`read_events`] read, and what the filter counted
+/// meanwhile that it did not get.
+struct ReadSummary {
+    /// Events handed on.
+    seen: u64,
+    /// Drop events the event rate limit left out while reading (all
+    /// readers' limit: the filter counts per CPU, not per reader).
+    limited: u64,
+    /// Events the ring had no room for while reading.
+    lost: u64,
+}
+
+impl ReadSummary {
+    /// The closing line: how many events, and how many the filter did not
+    /// send (the rate limit's share says how sampled the output is).
+    fn line(&self, what: &str) -> String {
+        format!(
+            "{} {what}; meanwhile the event rate limit left out {} drop event(s) (raise it with --rate) and {} \
+             were lost with the ring full",
+            self.seen, self.limited, self.lost
+        )
+    }
+}
+
+/// Reads events until `count`, `timeout` or SIGINT/SIGTERM, handing each
+/// to `each`.
 fn read_events(
     filter: &Filter,
     options: EventOptions,
     count: Option<u64>,
     timeout: Option<Duration>,
     mut each: impl FnMut(&DropEvent) -> Result<()>,
-) -> Result<u64> {
+) -> Result<ReadSummary> {
     let mut reader = start_reading(filter, options)?;
+    stop_on_signals();
+    // Read once the lease is held: before it, the data plane sends and
+    // limits nothing, so the difference is this reading's.
+    let before = filter.event_stats()?;
     let start = Instant::now();
     let mut seen = 0u64;
     loop {
         let left = timeout.map(|t| t.saturating_sub(start.elapsed()));
-        if left.is_some_and(|l| l.is_zero()) || count.is_some_and(|c| seen >= c) {
-            return Ok(seen);
+        if left.is_some_and(|l| l.is_zero()) || count.is_some_and(|c| seen >= c) || STOP.load(Ordering::Relaxed) {
+            let after = filter.event_stats()?;
+            return Ok(ReadSummary {
+                seen,
+                limited: after.limited.saturating_sub(before.limited),
+                lost: after.lost.saturating_sub(before.lost),
+            });
         }
         for e in reader.poll(left.unwrap_or(Duration::from_secs(1)).min(Duration::from_secs(1)))? {
             if count.is_some_and(|c| seen >= c) {
@@ -368,7 +425,8 @@ pub fn events(args: EventsArgs) -> Result<()> {
         writeln!(out, "{line}")?;
         out.flush()?;
         Ok(())
-    })?;
+    })
+    .map(|read| eprintln!("{}", read.line("event(s) shown")))?;
     Ok(())
 }
 
@@ -380,16 +438,18 @@ pub fn capture(args: CaptureArgs) -> Result<()> {
     // Ethernet frames, microsecond timestamps, snap length 65535 (each
     // packet's own caplen says how much of it an event carried).
     let mut pcap = PcapWriter::new(file)?;
-    let n = read_events(&filter, options(args.rate, &args.lease), Some(args.count), timeout, |e| {
+    let read = read_events(&filter, options(args.rate, &args.lease), Some(args.count), timeout, |e| {
         let ts = e.time.duration_since(UNIX_EPOCH).unwrap_or_default();
         pcap.write_packet(&PcapPacket::new(ts, e.len, &e.bytes))?;
         Ok(())
     })?;
     pcap.into_writer().sync_all()?;
+    let n = read.seen;
     eprintln!("{n} packet(s) written to {} (the first {} bytes of each)", args.file.display(), xdpguard::SNAP_LEN);
+    eprintln!("{}", read.line("packet(s) captured"));
     // As `events`, and as --timeout says: a stop, not a failure.
     if n < args.count {
-        eprintln!("only {n} of {} packets came before the timeout", args.count);
+        eprintln!("only {n} of {} packets came before the timeout or the stop", args.count);
     }
     Ok(())
 }
