@@ -902,3 +902,99 @@ fn a_reset_keeps_what_was_counted_after_the_read() {
     filter.subtract_stats(&read).unwrap();
     assert_eq!(filter.stats().unwrap().passed, xdpguard::Counter::default());
 }
+
+/// `stats --watch` follows a filter re-created under its pin directory:
+/// the handle it opened first reads the old filter's maps, which nothing
+/// counts in any more, so it reopens (saying so in one line) and shows the
+/// new one's counters. With no filter there again, it stops with an error
+/// naming the pin rather than showing frozen numbers.
+#[test]
+fn stats_watch_reopens_a_filter_re_created_under_its_pin() {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+    use std::sync::mpsc;
+    use std::time::Instant;
+    use xdpguard::testing::frame::{Frame, DST_V4, PAYLOAD};
+
+    let pin = ScratchDir::bpffs("watchre");
+    let p = pin.arg();
+    let frame = Frame::builder().ipv4("192.0.2.1".parse().unwrap(), DST_V4).udp(40000, 53).payload(PAYLOAD).build();
+    let load = || Filter::builder().v4_capacity(64).v6_capacity(64).pin(p).load().expect("load the filter (root)");
+    let run = |f: &Filter, n: u64| {
+        for _ in 0..n {
+            assert_eq!(f.test_run(frame.bytes()).unwrap().action, XdpAction::Pass);
+        }
+    };
+    let first = load();
+    run(&first, 3);
+
+    /// Killed on drop: a failed assertion leaves no watch running.
+    struct Running(std::process::Child);
+    impl Drop for Running {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    // check-deps: built-here (a binary of this crate: CARGO_BIN_EXE_*)
+    let mut running = Running(
+        Command::new(XDPGUARD.path())
+            .args(["stats", "--watch", "1", "--json", "--pin", p])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start stats --watch"),
+    );
+    let child = &mut running.0;
+    let (tx, rx) = mpsc::channel::<serde_json::Value>();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines().map_while(std::result::Result::ok) {
+            let _ = tx.send(serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}")));
+        }
+    });
+    // Waits for a round showing `passed` packets; the rounds seen meanwhile.
+    let wait_for = |passed: u64| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut seen = Vec::new();
+        while Instant::now() < deadline {
+            let Ok(v) = rx.recv_timeout(Duration::from_millis(200)) else { continue };
+            let n = v["passed"]["packets"].as_u64().expect("passed.packets");
+            seen.push(n);
+            if n == passed {
+                return;
+            }
+        }
+        panic!("stats --watch never showed {passed} passed packets; it showed {seen:?}");
+    };
+    wait_for(3);
+
+    // Re-created: removed, and a new filter pinned in the same directory.
+    first.unpin().unwrap();
+    let second = load();
+    run(&second, 5);
+    // (A round may show the old 3, or the new filter's 0 before it ran.)
+    wait_for(5);
+
+    // Removed for good: it stops, naming the pin, within its 10 s.
+    second.unpin().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "stats --watch keeps running on a removed filter");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    eprintln!("{stderr}");
+    assert!(!status.success(), "{stderr}");
+    assert_eq!(
+        stderr.lines().filter(|l| l.contains("was re-created: showing the new one's counters")).count(),
+        1,
+        "one line for the re-creation: {stderr}"
+    );
+    assert!(stderr.contains(&format!("the filter pinned at {p} was removed or re-created")), "{stderr}");
+    assert!(stderr.contains("stats --watch stops"), "{stderr}");
+}

@@ -184,7 +184,9 @@ enum Command {
         /// JSON output.
         #[arg(long)]
         json: bool,
-        /// Repeat every SECS seconds (1 or more), showing rates.
+        /// Repeat every SECS seconds (1 or more), showing rates. A filter
+        /// re-created under the pin directory is reopened (said on
+        /// stderr); with none there for 10 s, it stops with an error.
         #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
         watch: Option<u64>,
         /// Reset the reason counters after reading them (the rules' and
@@ -596,9 +598,15 @@ fn run(command: Command) -> Result<()> {
             }
         }
         Command::Stats { pin, json, watch, reset } => {
-            let filter = Filter::open_pinned(&pin.pin)?;
+            let mut filter = Filter::open_pinned(&pin.pin)?;
             let mut previous: Option<(FilterStats, Instant)> = None;
             loop {
+                if filter.replaced() {
+                    // The old handle would show the orphaned program's
+                    // counters, frozen, for ever.
+                    filter = reopen_replaced(&pin.pin)?;
+                    previous = None;
+                }
                 let now = filter.stats()?;
                 let taken = Instant::now();
                 let rates = previous.map(|(p, t)| (now.since(&p), taken.duration_since(t)));
@@ -1665,6 +1673,40 @@ impl SourceRules {
             return ("rate-limit", reason);
         }
         (action, reason)
+    }
+}
+
+/// How long `stats --watch` tries to reopen a filter re-created under its
+/// pin directory: `apply --recreate` removes the old one, then creates the
+/// new one (opening waits for a creation under way, not for the gap).
+const REOPEN_WITHIN: Duration = Duration::from_secs(10);
+
+/// Reopens the filter pinned at `pin` for `stats --watch` once the one it
+/// showed was replaced, saying so in one line; an error naming the pin
+/// when none is there again within [`REOPEN_WITHIN`].
+fn reopen_replaced(pin: &Path) -> Result<Filter> {
+    let deadline = Instant::now() + REOPEN_WITHIN;
+    loop {
+        match Filter::open_pinned(pin) {
+            Ok(filter) => {
+                eprintln!(
+                    "note: the filter pinned at {} was re-created: showing the new one's counters from here (they \
+                     start from zero; no rates this round)",
+                    pin.display()
+                );
+                return Ok(filter);
+            }
+            Err(e) if Instant::now() >= deadline => {
+                return Err(format!(
+                    "the filter pinned at {} was removed or re-created, and none could be opened there within {} s: \
+                     {e}; stats --watch stops (run it again once the filter is back)",
+                    pin.display(),
+                    REOPEN_WITHIN.as_secs()
+                )
+                .into())
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(200)),
+        }
     }
 }
 

@@ -516,8 +516,19 @@ impl<P: ProgramKind> Pinned<P> {
     /// Runs `f` on the model, up to date, under the pin directory's lock.
     /// `f` may refresh caches in the model, but changes no configuration
     /// (bringing it up to date may repair an edit that died: `sync`).
+    ///
+    /// Within [`pin::without_waiting`](crate::core::pin::without_waiting),
+    /// with the lock held by an edit, `f` runs on the model as this handle
+    /// last read it: the last good numbers, rather than a wait (or a model
+    /// read from maps an edit is changing).
     pub(crate) fn read<R>(&self, f: impl FnOnce(&mut P::Model, &P::Maps) -> R) -> Result<R, P::Error> {
-        let flock = self.lock()?;
+        let flock = match self.program.lock() {
+            Err(e) if crate::core::pin::is_busy(&e) => {
+                let mut st = self.state();
+                return Ok(f(&mut st.model, &self.maps));
+            }
+            locked => locked.map_err(P::Error::from)?,
+        };
         let mut st = self.state();
         self.sync(&mut st, flock.is_some())?;
         Ok(f(&mut st.model, &self.maps))
@@ -557,6 +568,14 @@ impl<P: ProgramKind> Pinned<P> {
             header.dirty.store(0, Ordering::Release);
         }
         result
+    }
+
+    /// Whether the handle's pin directory holds another program of its kind
+    /// now, or none: re-created there (its config map another), or removed.
+    /// An upgrade keeps the maps, and is followed ([`running`](Self::running)).
+    /// Not pinned: never.
+    pub(crate) fn replaced(&self) -> bool {
+        self.program.pin_path().is_some() && !self.program.holds_own_maps()
     }
 
     /// The header's generation: advanced by every edit.

@@ -613,6 +613,19 @@ impl Filter {
         self.core.running().id()
     }
 
+    /// Whether the pin directory this filter was opened from (or pinned
+    /// in) holds another filter now, or none: re-created there (`apply
+    /// --recreate`, `detach` then `attach`) or removed. This handle still
+    /// reads its own maps, which the new filter does not count in: a
+    /// long-lived reader (`xdpguard stats --watch`) reopens it with
+    /// [`open_pinned`](Self::open_pinned). An upgrade
+    /// ([`upgrade_pinned`](Self::upgrade_pinned)) keeps the maps: not
+    /// replaced. A filter never pinned: never replaced. One look-up of the
+    /// pinned config map's id.
+    pub fn replaced(&self) -> bool {
+        self.core.replaced()
+    }
+
     /// The lists' generation: every edit of either list, by any process,
     /// advances it by one (the malformed policy and interfaces are not
     /// counted). Unchanged, nothing was edited: `xdpguard apply` relies on
