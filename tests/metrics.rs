@@ -485,3 +485,86 @@ fn the_exporter_refuses_a_pin_given_twice() {
         assert!(err.contains("the pin directory /sys/fs/bpf/xdpguard-dup is given twice"), "{err}");
     }
 }
+
+/// A scrape never waits for the pin directory's lock. With the lock of
+/// the filter's directory and of its guard stage's held (as a long `apply`
+/// holds them), a scrape through a handle already open returns at once
+/// (well under 2 s) with the program up, its live counters, and the list
+/// sizes and rules it last read; the timed blocks are counted read-only
+/// (live ones only), not listed as an edit, which would wait for the lock.
+/// A scrape that must open the program first does not wait either: down
+/// at that scrape, the reason naming the edit; up once the lock is free.
+#[test]
+fn a_scrape_does_not_wait_for_an_edit_holding_the_pin_lock() {
+    use nix::fcntl::{Flock, FlockArg};
+    use std::sync::{mpsc, Arc, Mutex};
+    use xdpguard::metrics::{Format, Metrics};
+    use xdpguard::testing::frame::{Frame, DST_V4, PAYLOAD};
+    use xdpguard::{Filter, XdpAction};
+
+    let pin = ScratchDir::bpffs("mlock");
+    let fp = pin.arg();
+    let filter = Filter::builder().v4_capacity(64).v6_capacity(64).pin(fp).load().expect("load the filter (root)");
+    filter.blocklist().insert("192.0.2.0/24".parse().unwrap()).unwrap();
+    let rule = filter.rules().add("drop udp dport 1900".parse().unwrap()).unwrap().to_string();
+    filter.timed_blocks().insert("198.51.100.7".parse().unwrap(), Duration::from_secs(600)).unwrap();
+    filter.timed_blocks().insert("198.51.100.8".parse().unwrap(), Duration::from_secs(5)).unwrap();
+    let errors = Arc::new(Mutex::new(Vec::<String>::new()));
+    let hook = {
+        let errors = errors.clone();
+        move |e: &xdpguard::metrics::MetricsError| errors.lock().unwrap().push(e.to_string())
+    };
+    let metrics = Metrics::new().filter(pin.path()).unwrap().on_error(hook.clone());
+    let gauge = |s: &BTreeMap<String, f64>, name: &str| value(s, name, &[("pin", fp)]);
+    let s = samples(&metrics.render(Format::Prometheus));
+    assert_eq!(value(&s, "xdpguard_up", &[("program", "filter"), ("pin", fp)]), 1.0);
+    assert_eq!(gauge(&s, "xdpguard_filter_timed_blocks"), 2.0);
+
+    // Renders on another thread: None when it took 2 s or more.
+    let scrape_within_2s = |m: &Metrics| -> Option<String> {
+        let (tx, rx) = mpsc::channel();
+        let m = m.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(m.render(Format::Prometheus));
+        });
+        rx.recv_timeout(Duration::from_secs(2)).ok()
+    };
+
+    // The edit locks taken here (flock: another open file of the directory
+    // conflicts, in this process too).
+    let lock = |dir: &std::path::Path| {
+        Flock::lock(std::fs::File::open(dir).unwrap(), FlockArg::LockExclusive).map_err(|(_, e)| e).unwrap()
+    };
+    let held = [lock(pin.path()), lock(&pin.path().join("guard"))];
+    // Meanwhile: the short block expires, and packets are counted.
+    filter.advance_clock(Duration::from_secs(10)).unwrap();
+    let frame = Frame::builder().ipv4("192.0.2.1".parse().unwrap(), DST_V4).udp(40000, 53).payload(PAYLOAD).build();
+    for _ in 0..3 {
+        assert_eq!(filter.test_run(frame.bytes()).unwrap().action, XdpAction::Drop);
+    }
+    let started = Instant::now();
+    let body = scrape_within_2s(&metrics).expect("a scrape waited for the pin directory's lock");
+    eprintln!("scraped in {:?} with the lock held", started.elapsed());
+    promtool_check(&body);
+    let s = samples(&body);
+    assert_eq!(value(&s, "xdpguard_up", &[("program", "filter"), ("pin", fp)]), 1.0, "{:?}", errors.lock().unwrap());
+    assert_eq!(value(&s, "xdpguard_filter_packets_total", &[("pin", fp), ("reason", "blocked_v4")]), 3.0);
+    assert_eq!(value(&s, "xdpguard_filter_list_entries", &[("pin", fp), ("list", "block")]), 1.0);
+    assert_eq!(gauge(&s, "xdpguard_filter_timed_blocks"), 1.0, "the expired block is not counted");
+    assert!(body.contains(&format!("xdpguard_filter_rule_monitor{{pin=\"{fp}\",rule=\"{rule}\"}} 0")), "{body}");
+
+    // No handle yet: down at this scrape, without waiting, the edit named.
+    let fresh = Metrics::new().filter(pin.path()).unwrap().on_error(hook);
+    errors.lock().unwrap().clear();
+    let body = scrape_within_2s(&fresh).expect("a first scrape waited for the pin directory's lock");
+    assert_eq!(value(&samples(&body), "xdpguard_up", &[("program", "filter"), ("pin", fp)]), 0.0);
+    let said = errors.lock().unwrap().join("\n");
+    assert!(said.contains("an edit holds its lock") && said.contains(fp), "{said}");
+
+    drop(held);
+    let s = samples(&fresh.render(Format::Prometheus));
+    assert_eq!(value(&s, "xdpguard_up", &[("program", "filter"), ("pin", fp)]), 1.0);
+    assert_eq!(gauge(&s, "xdpguard_filter_timed_blocks"), 1.0);
+    drop((metrics, fresh));
+    filter.unpin().unwrap();
+}

@@ -4,6 +4,7 @@
 //! directory as that kind of program's. Edits from several processes are
 //! serialised with `flock` on the directory.
 
+use std::cell::Cell;
 use std::fs::{self, File};
 use std::io;
 use std::os::fd::{BorrowedFd, OwnedFd};
@@ -239,6 +240,9 @@ impl PinDir {
     /// A directory gone while a handle is open (removed by hand, or its
     /// bpffs unmounted) is [`PinError::Removed`]: the handle's fds keep the
     /// program alive, but no other process can reach it any more.
+    ///
+    /// Within [`without_waiting`], a lock another holds is not waited for:
+    /// [`PinError::Io`] with an error of kind `WouldBlock` ([`is_busy`]).
     pub(crate) fn lock(&self) -> Result<Flock<File>, PinError> {
         let dir = File::open(&self.path).map_err(|source| match source.kind() {
             // The guard stage's directory gone with its filter's: the
@@ -251,8 +255,18 @@ impl PinDir {
             },
             _ => io_err("opening", &self.path)(source),
         })?;
-        Flock::lock(dir, FlockArg::LockExclusive)
-            .map_err(|(_, errno)| io_err("locking", &self.path)(io::Error::from(errno)))
+        let arg = if NO_WAIT.get() { FlockArg::LockExclusiveNonblock } else { FlockArg::LockExclusive };
+        Flock::lock(dir, arg).map_err(|(_, errno)| {
+            let error = match errno {
+                nix::errno::Errno::EWOULDBLOCK => io::Error::new(
+                    io::ErrorKind::WouldBlock,
+                    "an edit holds its lock (an `apply` or another command changing it), and this reader does not \
+                     wait for edits",
+                ),
+                errno => io::Error::from(errno),
+            };
+            io_err("locking", &self.path)(error)
+        })
     }
 
     /// Removes every pin of ours (the kind's maps, its program, links) and
@@ -295,6 +309,34 @@ impl PinDir {
         }
         Ok(())
     }
+}
+
+thread_local! {
+    /// Set within [`without_waiting`].
+    static NO_WAIT: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `f` with this thread's pin directory locks tried, not waited for:
+/// a metrics scrape must not stall behind a long edit (an `apply` of a
+/// large list holds the lock for seconds; Prometheus times out at 10 s by
+/// default), so [`Pinned::read`](crate::core::pinned::Pinned::read) falls
+/// back on the model it has, and opening or editing fails ([`is_busy`]).
+/// A thread-local rather than a flag on each handle: opening a filter also
+/// opens its guard stage, and both must not wait.
+pub(crate) fn without_waiting<R>(f: impl FnOnce() -> R) -> R {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            NO_WAIT.set(self.0);
+        }
+    }
+    let _restore = Restore(NO_WAIT.replace(true));
+    f()
+}
+
+/// Whether `e` is a lock found held within [`without_waiting`].
+pub(crate) fn is_busy(e: &PinError) -> bool {
+    matches!(e, PinError::Io { op: "locking", error, .. } if error.kind() == io::ErrorKind::WouldBlock)
 }
 
 fn list(path: &Path) -> Result<Vec<String>, PinError> {

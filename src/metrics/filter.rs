@@ -89,9 +89,24 @@ fn guard(f: &Filter, pin: &Label, s: &mut Samples) -> Result<(), Error> {
         s.push(Id::LIMITER, [pin.clone(), counted.into()], v);
     }
     s.push(Id::LIMITER_BUCKETS, [pin.clone()], l.buckets as u64);
-    // Listing reclaims expired blocks first (under the guard's lock, like
-    // an edit), so the count is of live blocks only.
-    s.push(Id::TIMED_BLOCKS, [pin.clone()], f.timed_blocks().list()?.len() as u64);
+    // Live blocks, counted from the map, read-only. `timed_blocks().list()`
+    // is an edit (it reclaims expired blocks under the lock, the guard's
+    // gate closed meanwhile): a scrape made one each time, and waited for
+    // any edit under way. It is one now only when there are expired
+    // blocks to reclaim (their slots are held until user space reclaims
+    // them, and the README tells operators a scrape does), and only when
+    // the lock is free: else the next scrape reclaims them.
+    let maps = &f.guard_stage()?.core.maps;
+    let now = maps.now_ns();
+    let blocks = crate::filter::guard::limits::entries(maps);
+    let live = blocks.iter().filter(|(_, tb)| tb.expires_ns > now).count();
+    s.push(Id::TIMED_BLOCKS, [pin.clone()], live as u64);
+    if live < blocks.len() {
+        match f.timed_blocks().list() {
+            Err(crate::RuleError::Pin(e)) if crate::core::pin::is_busy(&e) => {}
+            r => drop(r?),
+        }
+    }
     // The tables' sizes, beside what is in them (the stats above read the
     // guard stage, so it is there).
     if let Some(c) = f.rule_capacities() {

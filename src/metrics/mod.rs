@@ -23,9 +23,15 @@
 //! [`LoadBalancer::vip_stats`], [`LoadBalancer::backend_stats`] and
 //! [`Decap::stats`]. A program is opened once and reopened when its pin
 //! directory's pins change (re-created, attached elsewhere), so a scrape
-//! neither reloads a filter's lists nor waits for an edit. A program that
-//! cannot be read has `xdpguard_up` 0 and nothing else at that scrape; the
-//! reason goes to [`Metrics::on_error`].
+//! does not reload a filter's lists. A scrape never waits for the pin
+//! directory's lock: while an edit (an `apply`, a `block`) holds it, the
+//! counters are read live and the list sizes, rules and SYN ports are
+//! those this handle last read; a program to reopen then is read through
+//! the handle held so far (or is down at that scrape, with none). A scrape
+//! edits nothing, except that it reclaims expired timed blocks when there
+//! are some and the lock is free. A program that cannot be read has
+//! `xdpguard_up` 0 and nothing else at that scrape; the reason goes to
+//! [`Metrics::on_error`].
 //!
 //! # Metrics
 //!

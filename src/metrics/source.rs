@@ -1,15 +1,21 @@
 //! A pinned program the metrics read, reopened only when its pins change.
 //!
 //! Reopening at every scrape would be simplest, but reopening a filter
-//! loads its model (every list entry) and takes the pin directory's lock,
-//! which waits for an edit in progress. Measured with a 1M-entry blocklist
-//! (2 cores, `curl -w '%{time_total}'`): a scrape 5-8 ms with the handle
-//! kept, ~0.5 s reopening (`xdpguard status` takes 0.49 s). So a handle is
-//! kept, keyed by the pin directory's entries (names and inodes): a
-//! program re-created under the same directory (`detach` then `attach`,
-//! `apply`) or attached to another interface (a new link pin) has other
-//! inodes, and is reopened. The first scrape after a list edit still
+//! loads its model (every list entry) under the pin directory's lock.
+//! Measured with a 1M-entry blocklist (2 cores, `curl -w
+//! '%{time_total}'`): a scrape 5-8 ms with the handle kept, ~0.5 s
+//! reopening (`xdpguard status` takes 0.49 s). So a handle is kept, keyed
+//! by the pin directory's entries (names and inodes): a program re-created
+//! under the same directory (`detach` then `attach`, `apply`) or attached
+//! to another interface (a new link pin) has other inodes, and is
+//! reopened. The first scrape after a list edit still
 //! reloads the model for the list sizes (0.6 s at 1M entries).
+//!
+//! No scrape waits for the lock ([`without_waiting`](crate::core::pin::without_waiting)):
+//! with an edit holding it, the sizes, rules and SYN ports are the handle's
+//! last read (its counters are read live: they need no lock), and a
+//! program that must be (re)opened then keeps the handle held so far for
+//! that scrape, or is down for it when there is none.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -75,6 +81,12 @@ fn identity(pin: &Path) -> Option<Identity> {
     Some(out)
 }
 
+/// Whether opening found the pin directory locked by an edit (and did not
+/// wait for it).
+fn busy(e: &Error) -> bool {
+    matches!(e, Error::Pin(p) if crate::core::pin::is_busy(p))
+}
+
 /// One pinned program to read at each scrape.
 pub(crate) struct Source {
     pub(crate) program: Program,
@@ -109,19 +121,33 @@ impl Source {
     }
 
     fn try_read(&self) -> Result<Samples, Error> {
+        // A scrape never waits for the pin directory's lock: an `apply`
+        // holds it for as long as its edits take (seconds for a large
+        // list), past a scraper's timeout. Reading the counters needs no
+        // lock; what the model says (list sizes, rules, SYN ports) comes
+        // from the model this handle last read while an edit holds it.
+        crate::core::pin::without_waiting(|| self.try_read_unlocked())
+    }
+
+    fn try_read_unlocked(&self) -> Result<Samples, Error> {
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         let now = identity(&self.pin);
         let (known, handle) = match open.take() {
             Some((Some(known), handle)) if now.as_ref() == Some(&known) => (Some(known), handle),
-            held => match Handle::open(self.program, &self.pin) {
+            held => match (Handle::open(self.program, &self.pin), held) {
                 // Listed after opening, so a change in between reopens next time.
-                Ok(handle) => (identity(&self.pin), handle),
+                (Ok(handle), _) => (identity(&self.pin), handle),
+                // Being created or edited (a re-create under way, a link
+                // pinned by an attach): the handle held so far serves this
+                // scrape, and the next one tries again. None held: down
+                // for this scrape, without waiting.
+                (Err(e), Some((_, handle))) if busy(&e) => (None, handle),
                 // The handle held so far stays while it keeps the program
                 // on an interface: its pins unmounted or removed (`rm -r`)
                 // under it, the program's links are held by this process
                 // alone, and dropping them would detach it. Reported down,
                 // and reopened at the next scrape.
-                Err(e) => {
+                (Err(e), held) => {
                     *open = held.filter(|(_, h)| !h.attachments().is_empty()).map(|(_, h)| (None, h));
                     return Err(e);
                 }
