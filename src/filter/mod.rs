@@ -118,6 +118,8 @@ crate::core::names::named_values! { MalformedPolicy, "malformed-packet policy", 
 
 /// What the lists do with packets from one source address
 /// ([`Filter::verdict`]: the lists only, not the timed blocks or rules).
+/// Exhaustive: two lists decide three ways, and what else judges a packet
+/// has its own type ([`BlockedBy`](crate::BlockedBy), [`DropReason`](crate::DropReason)).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Verdict {
     /// In neither list: not decided by them (the timed blocks and the

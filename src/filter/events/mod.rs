@@ -90,8 +90,10 @@ pub enum EventError {
 }
 
 /// Why a packet was dropped (or would have been, in monitor mode): the
-/// filter's verdict reasons that drop.
+/// filter's verdict reasons that drop. New drop reasons come with new
+/// data-plane stages: match with a `_` arm.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
 pub enum DropReason {
     /// An IPv4 source on the blocklist.
     BlockedV4,
