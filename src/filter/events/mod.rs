@@ -436,7 +436,7 @@ impl EventReader<'_> {
 
     /// Returns the events the ring holds now (empty when none), without
     /// waiting, and refreshes the lease: the call an async reader makes
-    /// when [its fd](EventReader#impl-AsFd-for-EventReader%3C'_%3E) is
+    /// when its fd ([`AsFd`](std::os::fd::AsFd)) is
     /// readable, and at least every half [lease](Self::lease) in any case
     /// (a reader that only waits for events lets its lease run out while
     /// no drop comes, and then no drop sends one).
