@@ -1229,6 +1229,24 @@ pub enum LbError {
         /// What to check.
         hint: &'static str,
     },
+    /// No rtnetlink socket could be opened in the load balancer's network
+    /// namespace, where its backends' next hops are managed and read: the
+    /// host's limits, not a request the kernel refused
+    /// ([`LbError::Neighbour`]). Backend changes and VIP removals check
+    /// this before any change: nothing of theirs was applied.
+    #[error(
+        "cannot open an rtnetlink socket in the load balancer's network namespace (nsfs inode {ino}), where its \
+         backends' next hops are managed: {error}; {}",
+        netlink_socket_hint(error)
+    )]
+    NetlinkSocket {
+        /// The namespace's inode (as `ls -iL /proc/PID/ns/net` shows it).
+        ino: u64,
+        /// The OS error of `socket(AF_NETLINK)`, `bind` or `connect`
+        /// (EMFILE: out of file descriptors). In the message, so not also
+        /// its `source()` (see `causes_are_shown_once_in_a_chain`).
+        error: io::Error,
+    },
     /// A BPF map operation failed.
     #[error("{op} failed: {error}; {hint}")]
     Map {
@@ -1284,6 +1302,30 @@ fn list_or_none<T: std::fmt::Display>(items: &[T]) -> String {
     }
 }
 
+/// What to do about an rtnetlink socket that could not be opened
+/// ([`LbError::NetlinkSocket`]), by its OS error.
+fn netlink_socket_hint(error: &io::Error) -> &'static str {
+    match error.raw_os_error() {
+        Some(nix::libc::EMFILE) => {
+            "this process is out of file descriptors: raise its limit (`ulimit -n`; systemd: `LimitNOFILE=`) or \
+             close some, and try again"
+        }
+        Some(nix::libc::ENFILE) => {
+            "the system is out of file descriptors (`fs.file-max`): close some or raise the limit, and try again"
+        }
+        Some(nix::libc::ENOBUFS | nix::libc::ENOMEM) => "the kernel is short of memory for sockets: try again later",
+        Some(nix::libc::EPERM | nix::libc::EACCES) => {
+            "this process may not open netlink sockets (a seccomp filter or LSM policy, e.g. systemd's \
+             `RestrictAddressFamilies=` without AF_NETLINK): allow AF_NETLINK, and give it CAP_NET_ADMIN for the \
+             requests that follow"
+        }
+        _ => {
+            "check this process's file-descriptor limit (`ulimit -n`) and that it may open AF_NETLINK sockets \
+             (CAP_NET_ADMIN for the requests that follow)"
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1321,6 +1363,26 @@ mod tests {
         assert!(text.contains("at least 10 times the number of backends"), "{text}");
     }
 
+    /// An rtnetlink socket that cannot be opened is told apart from a
+    /// request refused, keeps its OS error, and says what to do about it.
+    #[test]
+    fn a_netlink_socket_not_opened_names_the_os_error_and_the_fix() {
+        let text = |errno| LbError::NetlinkSocket { ino: 4026531840, error: io::Error::from_raw_os_error(errno) };
+        let e = text(nix::libc::EMFILE);
+        let LbError::NetlinkSocket { error, .. } = &e else { unreachable!() };
+        assert_eq!(error.raw_os_error(), Some(nix::libc::EMFILE), "the OS error is kept");
+        let t = e.to_string();
+        for w in ["rtnetlink socket", "nsfs inode 4026531840", "(os error 24)", "ulimit -n", "LimitNOFILE="] {
+            assert!(t.contains(w), "{w}: {t}");
+        }
+        let t = text(nix::libc::EPERM).to_string();
+        for w in ["(os error 1)", "AF_NETLINK", "RestrictAddressFamilies=", "CAP_NET_ADMIN"] {
+            assert!(t.contains(w), "{w}: {t}");
+        }
+        assert!(text(nix::libc::ENFILE).to_string().contains("fs.file-max"));
+        assert!(text(nix::libc::EINVAL).to_string().contains("ulimit -n"));
+    }
+
     /// An error-chain printer (anyhow's `{:#}`, say) shows every cause
     /// once: an error that puts a cause in its message does not return it
     /// as its `source()` too.
@@ -1343,6 +1405,7 @@ mod tests {
             ListError::Bpf { op: "inserting".into(), error: io() }.into(),
             RuleError::Bpf { op: "zeroing".into(), error: io() }.into(),
             LbError::Map { op: "writing".into(), error: io(), hint: "check the pins" }.into(),
+            LbError::NetlinkSocket { ino: 4026531840, error: io() }.into(),
         ];
         for e in &errors {
             let text = chain(e);

@@ -377,3 +377,81 @@ fn an_lb_namespace_this_process_cannot_enter_is_typed_and_changes_nothing() {
     let vips: BTreeSet<Vip> = lb.vips().unwrap().into_iter().map(|(v, _)| v).collect();
     assert_eq!(vips, [vip, Vip::udp(sa(VIP2_V4, 53))].into(), "the VIP at the host's address was not added");
 }
+
+// --- No rtnetlink socket can be opened (out of file descriptors) ---
+
+const NOFILE_CHILD_ENV: &str = "XDPG_TEST_LB_NOFILE_CHILD";
+
+/// Sets RLIMIT_NOFILE's soft limit (the hard one stays).
+fn set_nofile(soft: u64) {
+    let mut lim = nix::libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: lim is a valid rlimit for getrlimit to fill; it outlives the call.
+    assert_eq!(unsafe { nix::libc::getrlimit(nix::libc::RLIMIT_NOFILE, &mut lim) }, 0);
+    lim.rlim_cur = soft.min(lim.rlim_max);
+    // SAFETY: setrlimit only reads lim, which outlives the call.
+    assert_eq!(unsafe { nix::libc::setrlimit(nix::libc::RLIMIT_NOFILE, &lim) }, 0);
+}
+
+/// The child half: reopen the LB, then take every file descriptor the
+/// limit leaves, so the rtnetlink socket of a backend change cannot be
+/// opened.
+fn nofile_child() {
+    let pin = std::env::var("XDPG_TEST_PIN").expect("pin dir");
+    let lb = LoadBalancer::open_pinned(&pin).expect("reopen");
+    let vip = Vip::udp(sa(VIP_V4, 53));
+    let highest = std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u64>().ok())
+        .max()
+        .unwrap();
+    set_nofile(highest + 1);
+    let mut fillers = Vec::new();
+    while let Ok(f) = std::fs::File::open("/dev/null") {
+        fillers.push(f);
+    }
+    let add = lb.add_backend(&vip, b(2), 1);
+    let batch = lb.batch(&vip).set_weight(b(1), 5).apply();
+    let remove = lb.remove_backend(&vip, b(1));
+    drop(fillers);
+    set_nofile(4096);
+    for (what, r) in [("add_backend", add), ("batch", batch), ("remove_backend", remove)] {
+        let e = r.unwrap_err();
+        println!("CHILD {what}: {e}");
+        let LbError::NetlinkSocket { error, .. } = &e else { panic!("{what}: {e:?}") };
+        assert_eq!(error.raw_os_error(), Some(nix::libc::EMFILE), "{what}: the OS error is kept: {e:?}");
+        assert_mentions(&e.to_string(), &["rtnetlink socket", "(os error 24)", "ulimit -n", "LimitNOFILE="]);
+    }
+    let now: Vec<(BackendAddr, u32)> = lb.backends(&vip).unwrap().iter().map(|x| (x.addr, x.weight)).collect();
+    assert_eq!(now, [(b(1), 1)], "nothing applied");
+    println!("CHILD-DONE");
+}
+
+/// A backend change whose rtnetlink socket cannot be opened (here: out of
+/// file descriptors) is `LbError::NetlinkSocket`, keeping the OS error
+/// and naming the fix, with nothing applied; it was `LbError::Neighbour`,
+/// which says the change was applied and only the next hops' upkeep
+/// failed (the health checker took it so). A child process, so that the
+/// limit does not reach the other tests' threads.
+#[test]
+fn a_netlink_socket_that_cannot_be_opened_is_typed_and_changes_nothing() {
+    if std::env::var_os(NOFILE_CHILD_ENV).is_some() {
+        return nofile_child();
+    }
+    let net = VerdictNet::new("nofile", 2);
+    let pin = PinDir::new("nofile");
+    let lb = {
+        let p = pin.0.clone();
+        net.lb.run(move || {
+            LoadBalancer::builder().redirect_interface("eth0").redirect_interface("eth1").pin(p).load().unwrap()
+        })
+    };
+    let vip = Vip::udp(sa(VIP_V4, 53));
+    lb.add_vip(vip, VipConfig::new(ForwardingMode::L2Dsr).table_size(1021)).unwrap();
+    lb.add_backend(&vip, b(1), 1).unwrap();
+    rerun_as_child(
+        "a_netlink_socket_that_cannot_be_opened_is_typed_and_changes_nothing",
+        &[(NOFILE_CHILD_ENV, "1".as_ref()), ("XDPG_TEST_PIN", pin.0.as_ref())],
+    );
+    let now: Vec<BackendAddr> = lb.backends(&vip).unwrap().iter().map(|x| x.addr).collect();
+    assert_eq!(now, [b(1)]);
+}

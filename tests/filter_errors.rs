@@ -661,3 +661,61 @@ fn out_of_file_descriptors_is_named_not_rejected() {
     }
     rerun_as_child("out_of_file_descriptors_is_named_not_rejected", &[(NOFILE_CHILD_ENV, "1".as_ref())]);
 }
+
+const CREATE_CHILD_ENV: &str = "XDPG_TEST_CREATE_CHILD";
+
+/// A pinned filter's creation killed between its own pins and its guard
+/// stage's (`filter.pinned`), or before it is marked finished
+/// (`filter.guard_pinned`), is an interrupted creation, not a filter that
+/// opens without its guard (as when the guard was pinned after the
+/// filter's creation had finished): reopening says so, and both a new
+/// creation over it and `remove_interrupted` clear it whole, the guard's
+/// directory too. A child process, killed there as `kill -9` would.
+#[test]
+fn a_creation_killed_before_its_guard_is_pinned_is_interrupted_and_cleared_whole() {
+    use std::os::unix::process::ExitStatusExt;
+    use xdpguard::testing::crash::CRASH_AT;
+    if let Some(dir) = std::env::var_os(CREATE_CHILD_ENV) {
+        let f = Filter::builder().v4_capacity(64).v6_capacity(64).guard(true).pin(dir).load();
+        panic!("the creation should have aborted at {:?}: {f:?}", std::env::var(CRASH_AT));
+    }
+    for (point, guard_left, clear) in [
+        ("filter.pinned", false, "remove_interrupted"),
+        ("filter.pinned", false, "a new creation"),
+        ("filter.guard_pinned", true, "remove_interrupted"),
+        ("filter.guard_pinned", true, "a new creation"),
+    ] {
+        let pin = ScratchDir::bpffs("crcrash");
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "a_creation_killed_before_its_guard_is_pinned_is_interrupted_and_cleared_whole"])
+            .args(["--nocapture", "--test-threads=1"])
+            .env(CREATE_CHILD_ENV, pin.path())
+            .env(CRASH_AT, point)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.signal(), Some(nix::libc::SIGABRT), "{point}: the child died there: {out:?}");
+        let names = pin.names();
+        assert!(names.iter().any(|n| n == "xdpg_creating"), "{point}: still marked as being created: {names:?}");
+        assert_eq!(names.iter().any(|n| n == "guard"), guard_left, "{point}: {names:?}");
+
+        let err = Filter::open_pinned(pin.path()).unwrap_err();
+        assert!(matches!(err, Error::Pin(PinError::Interrupted { .. })), "{point}: {err:?}");
+        assert_mentions(&err.to_string(), &[pin.arg()]);
+
+        let f = match clear {
+            "remove_interrupted" => {
+                Filter::remove_interrupted(pin.path()).unwrap_or_else(|e| panic!("{point}: {e}"));
+                assert!(!pin.path().exists(), "{point}: removed whole: {:?}", pin.names());
+                Filter::builder().v4_capacity(64).v6_capacity(64).guard(true).pin(pin.path()).load()
+            }
+            _ => Filter::builder().v4_capacity(64).v6_capacity(64).guard(true).pin(pin.path()).load(),
+        };
+        let f = f.unwrap_or_else(|e| panic!("{point}, {clear}: a new filter there: {e}"));
+        drop(f);
+        let f = Filter::open_pinned(pin.path()).unwrap_or_else(|e| panic!("{point}, {clear}: reopen: {e}"));
+        let rule = f.rules().add("drop udp dport 1900".parse().unwrap());
+        assert!(rule.is_ok(), "{point}, {clear}: the new filter has its guard stage: {rule:?}");
+        f.unpin().unwrap();
+        assert!(!pin.path().exists(), "{point}, {clear}");
+    }
+}

@@ -349,3 +349,39 @@ fn a_filter_pinned_before_the_events_layout_is_refused_with_the_typed_error() {
         "{text}"
     );
 }
+
+/// Whether `reader`'s fd polls readable within `timeout`.
+fn fd_readable(reader: &xdpguard::EventReader<'_>, timeout: u16) -> bool {
+    use nix::poll::{poll, PollFd, PollFlags};
+    use std::os::fd::AsFd;
+    let mut fds = [PollFd::new(reader.as_fd(), PollFlags::POLLIN)];
+    let n = poll(&mut fds, timeout).expect("poll(2) on the reader's fd");
+    n == 1 && fds[0].revents().is_some_and(|r| r.contains(PollFlags::POLLIN))
+}
+
+#[test]
+fn the_readers_fd_polls_readable_when_a_drop_sent_an_event_and_not_before_or_after_the_read() {
+    let (f, rule) = setup();
+    let mut reader = f.events(EventOptions::default()).unwrap();
+    {
+        use std::os::fd::{AsFd, AsRawFd};
+        assert_eq!(reader.as_raw_fd(), reader.as_fd().as_raw_fd(), "AsRawFd and AsFd give the same fd");
+    }
+    assert!(!fd_readable(&reader, 50), "no event yet: the fd is not readable");
+    assert!(reader.read_ready().unwrap().is_empty(), "read_ready does not wait and finds nothing");
+
+    // A passed packet sends nothing: still not readable.
+    assert_eq!(run(&f, &udp("198.51.100.9", 53, PAYLOAD)), XdpAction::Pass);
+    assert!(!fd_readable(&reader, 50), "a passed packet makes no event");
+
+    // A dropped one: readable, and read_ready returns its event.
+    assert_eq!(run(&f, &udp("198.51.100.9", 1900, PAYLOAD)), XdpAction::Drop);
+    assert!(fd_readable(&reader, 2000), "a drop's event makes the fd readable");
+    assert!(fd_readable(&reader, 0), "level-triggered: readable until read");
+    let events = reader.read_ready().unwrap();
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!((events[0].reason, events[0].rule), (DropReason::RuleDropped, Some(rule)));
+    assert!(!fd_readable(&reader, 50), "read: the fd is not readable again");
+    assert!(reader.read_ready().unwrap().is_empty());
+    assert_eq!(reader.lease(), EventOptions::default().lease);
+}

@@ -8,7 +8,8 @@ use crate::core::layout::names;
 use crate::core::sys;
 use crate::error::{missing_privileges, AttachError, Error, LoadError};
 
-/// How to attach an XDP program.
+/// How to attach an XDP program. Exhaustive: the kernel's XDP attach
+/// modes (driver, generic, offload) and the choice among them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum AttachMode {
     /// Native (driver) mode: runs before the kernel allocates an skb. Fastest.

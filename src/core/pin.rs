@@ -94,6 +94,7 @@ impl PinDir {
         if entries.iter().any(|e| e == CREATING) {
             // We hold the lock, so its creator is gone.
             dir.remove_ours()?;
+            dir.remove_nested()?;
             entries = list(path)?;
         }
         if entries.iter().any(|e| e == kind.marker()) {
@@ -293,6 +294,35 @@ impl PinDir {
 }
 
 impl PinDir {
+    /// Removes the subdirectories a creation that died made in this one
+    /// (the guard stage's, in its filter's: `Pinned::create_within`), with
+    /// the pins they hold, link pins first. Everything in a directory
+    /// marked [`CREATING`] is its creator's: a creation starts only in an
+    /// empty directory (or one whose leftovers it cleared) and holds the
+    /// lock throughout; and bpffs holds only pins and directories.
+    fn remove_nested(&self) -> Result<(), PinError> {
+        fn remove_tree(path: &Path) -> Result<(), PinError> {
+            let mut names = list(path)?;
+            names.sort_by_key(|n| !n.starts_with(LINK_PREFIX));
+            for name in names {
+                let p = path.join(&name);
+                if p.is_dir() {
+                    remove_tree(&p)?;
+                } else {
+                    fs::remove_file(&p).map_err(io_err("unpinning", &p))?;
+                }
+            }
+            fs::remove_dir(path).map_err(io_err("removing", path))
+        }
+        for name in list(&self.path)? {
+            let p = self.join(&name);
+            if p.is_dir() && name != CREATING {
+                remove_tree(&p)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Removes every pin of ours and the creation mark (links first, so the
     /// program they hold on an interface leaves it).
     fn remove_ours(&self) -> Result<(), PinError> {

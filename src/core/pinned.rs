@@ -398,6 +398,23 @@ impl<P: ProgramKind> Pinned<P> {
         targets: &[Interface],
         make: impl FnOnce() -> Result<T, Error>,
     ) -> Result<T, Error> {
+        Self::create_within(place, targets, make, |obj, _| Ok(obj))
+    }
+
+    /// [`create`](Self::create), with `within` pinning what belongs in a
+    /// subdirectory of the pin directory (the guard stage, in its
+    /// filter's) after this program's pins and before the creation is
+    /// marked finished: a process that dies before `within` has done leaves
+    /// the whole directory interrupted ([`PinError::Interrupted`], cleared
+    /// whole by the next creation or `remove_interrupted`), never a program
+    /// that opens without what it was created with. Not called when
+    /// nothing is pinned.
+    pub(crate) fn create_within<T: BorrowMut<Self>>(
+        place: &Placement,
+        targets: &[Interface],
+        make: impl FnOnce() -> Result<T, Error>,
+        within: impl FnOnce(T, &Path) -> Result<T, Error>,
+    ) -> Result<T, Error> {
         // The directory stays locked, and marked as being created, until
         // every pin is in place: a process that dies half-way leaves the
         // mark, so the next creation removes what it pinned (its pinned
@@ -418,6 +435,7 @@ impl<P: ProgramKind> Pinned<P> {
                     dir.pin(name, handle.as_fd())?;
                 }
                 core.program.pin_to(dir.clone())?;
+                obj = within(obj, dir.path())?;
                 dir.created()?;
             }
             Ok(obj)

@@ -325,13 +325,6 @@ impl XdpProgram {
         self.unpin_then(PinDir::remove_all)
     }
 
-    /// [`XdpProgram::unpin`] for a creation that failed after pinning: the
-    /// directory is removed only if the creation made it
-    /// ([`PinDir::undo_create`]).
-    pub(crate) fn undo_pin(&self) -> Result<(), Error> {
-        self.unpin_then(PinDir::undo_create)
-    }
-
     fn unpin_then(&self, remove: fn(&PinDir) -> Result<(), PinError>) -> Result<(), Error> {
         // The links pinned now, another process's too: each detached, not
         // only unpinned (a handle holding one would keep it attached).

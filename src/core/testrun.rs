@@ -5,6 +5,8 @@
 use std::time::Duration;
 
 /// An XDP program's return value.
+// Exhaustive: the kernel's XDP actions, a fixed ABI, and `Other` takes
+// any value it may add.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum XdpAction {
     /// `XDP_ABORTED`: a program error.

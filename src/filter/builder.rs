@@ -289,41 +289,49 @@ impl FilterBuilder {
             }
             None => guard_supported(),
         };
-        let filter = Pinned::create(&self.place, targets, || {
-            let cap = Capacity::new(self.v4_capacity, self.v6_capacity);
-            let plan = LoadPlan { sizes: &cap.map_sizes(), offload_ifindex };
-            // Both v4 pairs and both v6 tables start empty; pair 0 and view 0 are live.
-            let cfg = xdpg_filter_config {
-                v4_bucket_mask: (cap.v4_buckets - 1) as u32,
-                hash_seed: random_seed(),
-                v6_bloom_mask: (cap.v6_bloom_words * 64 - 1) as u32,
-                v6_bucket_mask: (cap.v6_buckets - 1) as u32,
-                malformed_policy: self.malformed.code(),
-                ..Default::default()
-            };
-            let core = Pinned::load(FilterSkelBuilder::default(), &plan, |maps: &FilterMaps| {
-                maps.cfg.set(0, cfg);
-                crate::filter::events::init(maps);
-            })?;
-            let guard = if with_guard {
-                Some(Guard::load(self.guard_capacity(), &Guard::shared_maps(&core.maps))?)
-            } else {
-                None
-            };
-            Ok(Filter { core, guard })
-        })?;
-        // The guard is pinned beside the filter once the filter is: it is
-        // not attached anywhere, and the filter's pins must exist first.
-        match (&self.place.pin, filter) {
-            (Some(dir), Filter { core, guard: Some(guard) }) => match guard.pin(dir) {
-                Ok(guard) => Ok(Filter { core, guard: Some(guard) }),
-                Err(e) => {
-                    let _ = core.program.undo_pin();
-                    Err(e)
-                }
+        // The guard is pinned in the filter's directory before the filter's
+        // creation is marked finished (`create_within`): a process that dies
+        // in between leaves an interrupted creation, not a filter that opens
+        // without its guard (rules refused, SYN guard gone) as it did when
+        // the guard was pinned after.
+        Pinned::create_within(
+            &self.place,
+            targets,
+            || {
+                let cap = Capacity::new(self.v4_capacity, self.v6_capacity);
+                let plan = LoadPlan { sizes: &cap.map_sizes(), offload_ifindex };
+                // Both v4 pairs and both v6 tables start empty; pair 0 and view 0 are live.
+                let cfg = xdpg_filter_config {
+                    v4_bucket_mask: (cap.v4_buckets - 1) as u32,
+                    hash_seed: random_seed(),
+                    v6_bloom_mask: (cap.v6_bloom_words * 64 - 1) as u32,
+                    v6_bucket_mask: (cap.v6_buckets - 1) as u32,
+                    malformed_policy: self.malformed.code(),
+                    ..Default::default()
+                };
+                let core = Pinned::load(FilterSkelBuilder::default(), &plan, |maps: &FilterMaps| {
+                    maps.cfg.set(0, cfg);
+                    crate::filter::events::init(maps);
+                })?;
+                let guard = if with_guard {
+                    Some(Guard::load(self.guard_capacity(), &Guard::shared_maps(&core.maps))?)
+                } else {
+                    None
+                };
+                Ok(Filter { core, guard })
             },
-            (_, filter) => Ok(filter),
-        }
+            |filter, dir| {
+                #[cfg(feature = "testing")]
+                crate::testing::crash::point("filter.pinned");
+                let guard = match filter.guard {
+                    Some(guard) => Some(guard.pin(dir)?),
+                    None => None,
+                };
+                #[cfg(feature = "testing")]
+                crate::testing::crash::point("filter.guard_pinned");
+                Ok(Filter { core: filter.core, guard })
+            },
+        )
     }
 }
 

@@ -66,7 +66,7 @@ use crate::core::layout::names;
 use crate::core::maps::ProgramMaps;
 use crate::core::pinned::{facade, same_size, CopyPass, Kind, Migration, Pinned, ProgramKind};
 use crate::core::testrun::TestRun;
-use crate::error::{Error, ListError, LoadError, RuleError};
+use crate::error::{Error, ListError, LoadError, PinError, RuleError};
 use crate::AttachMode;
 use editor::Editor;
 use guard::Guard;
@@ -118,6 +118,8 @@ crate::core::names::named_values! { MalformedPolicy, "malformed-packet policy", 
 
 /// What the lists do with packets from one source address
 /// ([`Filter::verdict`]: the lists only, not the timed blocks or rules).
+/// Exhaustive: two lists decide three ways, and what else judges a packet
+/// has its own type ([`BlockedBy`](crate::BlockedBy), [`DropReason`](crate::DropReason)).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Verdict {
     /// In neither list: not decided by them (the timed blocks and the
@@ -278,7 +280,10 @@ impl Filter {
     /// [`PinError::Interrupted`](crate::PinError::Interrupted)), and the
     /// directory when that empties it: nothing it pinned stays attached. A
     /// creation still running is waited for. The filter's guard stage is
-    /// pinned last: a filter whose guard's creation died is removed whole.
+    /// pinned within the filter's creation: a creation that died before
+    /// its guard was pinned is removed whole, its guard's directory with
+    /// it; and so is a filter whose guard's creation died (as a build
+    /// that pinned the guard after the filter could leave it).
     ///
     /// # Errors
     ///
@@ -289,11 +294,15 @@ impl Filter {
     /// [`PinError::Io`](crate::PinError::Io).
     pub fn remove_interrupted(dir: impl AsRef<Path>) -> Result<(), Error> {
         let dir = dir.as_ref();
-        if Guard::clear_interrupted(dir)? {
-            let core: Pinned<FilterKind> = Pinned::open_pinned(dir)?;
-            return core.program.unpin();
+        // The filter's own creation mark first: it covers its guard's
+        // directory, whatever state that was left in.
+        match Pinned::<FilterKind>::clear_interrupted(dir) {
+            Err(Error::Pin(PinError::InUse { .. })) if Guard::clear_interrupted(dir)? => {
+                let core: Pinned<FilterKind> = Pinned::open_pinned(dir)?;
+                core.program.unpin()
+            }
+            r => r,
         }
-        Pinned::<FilterKind>::clear_interrupted(dir)
     }
 
     /// The filter `core` with the guard stage pinned beside it, if any,

@@ -92,10 +92,10 @@ impl BackendBatch<'_> {
     /// cannot be locked (nothing applied); [`LbError::Map`] when a map
     /// update fails; [`LbError::Neighbour`] when the kernel refuses a
     /// neighbour request after the change (the backend changes stay
-    /// applied, and the data path resolves their next hops from traffic),
-    /// or, before any change (nothing applied), when no netlink socket can
-    /// be opened in the LB's namespace at all (e.g. out of file
-    /// descriptors: its `op` then starts with "opening").
+    /// applied, and the data path resolves their next hops from traffic);
+    /// [`LbError::NetlinkSocket`] before any change (nothing applied) when
+    /// no rtnetlink socket can be opened in the LB's namespace at all (e.g.
+    /// out of file descriptors).
     pub fn apply(self) -> Result<(), LbError> {
         self.lb.apply_batch(&self.vip, &self.ops)
     }

@@ -30,9 +30,7 @@ impl LoadBalancer {
         let ns = self.netns.as_ref().ok_or(LbError::ForeignNamespace { ino })?;
         neigh::Rtnl::open_in(ns.as_fd()).map_err(|e| match e {
             neigh::OpenError::Enter(error) => LbError::NamespaceNotEntered { ino, error },
-            neigh::OpenError::Io(error) => {
-                neigh_err("opening an rtnetlink socket in the LB's network namespace")(error)
-            }
+            neigh::OpenError::Io(error) => LbError::NetlinkSocket { ino, error },
         })
     }
 
@@ -50,6 +48,8 @@ impl LoadBalancer {
     /// [`LbError::ForeignNamespace`] when the LB's network namespace cannot
     /// be reached from this thread; [`LbError::NamespaceNotEntered`] when
     /// this process may not enter it (without `CAP_SYS_ADMIN`);
+    /// [`LbError::NetlinkSocket`] when no rtnetlink socket can be opened
+    /// there (e.g. out of file descriptors);
     /// [`LbError::Neighbour`] when the kernel refuses a request (e.g.
     /// without `CAP_NET_ADMIN` there); [`LbError::Pin`] when the pin
     /// directory cannot be locked.

@@ -330,7 +330,8 @@ impl LoadBalancer {
     /// # Errors
     ///
     /// [`LbError::VipNotFound`]; [`LbError::Map`] or [`LbError::Neighbour`]
-    /// when reading the counters or the kernel's tables fails.
+    /// when reading the counters or the kernel's tables fails;
+    /// [`LbError::NetlinkSocket`] when no rtnetlink socket can be opened.
     pub fn backend_stats(&self, vip: &Vip) -> Result<Vec<BackendStats>, LbError> {
         let slots: Vec<(BackendAddr, Slot)> =
             self.read(|st| st.vip(vip).map(|s| s.backends.iter().map(|(a, s)| (*a, *s)).collect()))??;

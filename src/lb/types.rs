@@ -226,8 +226,10 @@ fn parse_addr_port(s: &str, what: &'static str, example: &'static str) -> Result
     Err(ParseError::Invalid { what, input: s.to_owned(), example })
 }
 
-/// How packets reach a VIP's backends.
+/// How packets reach a VIP's backends. Modes are added (NAT was): match
+/// with a `_` arm.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
 pub enum ForwardingMode {
     /// Layer-2 direct server return: only the Ethernet header changes (the
     /// destination MAC becomes the backend's, the FIB's next hop for the
@@ -313,6 +315,7 @@ named_values! { ForwardingMode, "forwarding mode", {
 /// defaults to `SourceAddress` ([`VipConfig::for_vip`]; CLI: `vip add`
 /// without `--hash`; a configuration's `[[lb.vip]]` without `hash`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
 pub enum HashInput {
     /// Source and destination address, ports and protocol (ports left out
     /// for fragments: on an all-ports VIP a flow's fragments then go to
@@ -550,7 +553,8 @@ impl Backend {
     }
 }
 
-/// Whether a backend takes new flows.
+/// Whether a backend takes new flows. Exhaustive: a backend's weight is 0
+/// or not, and code that acts on each case should be told of a third.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum BackendState {
     /// In the Maglev table: gets new flows.
@@ -566,8 +570,10 @@ named_values! { BackendState, "backend state", {
 
 /// Whether the kernel has resolved a backend's next hop (the backend on its
 /// link, or the gateway towards it): the data plane forwards in XDP only
-/// to a resolved one. Read from the kernel's neighbour table.
+/// to a resolved one. Read from the kernel's neighbour table, whose states
+/// this may come to tell further apart: match with a `_` arm.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum NeighbourState {
     /// Resolved (reachable, or stale but usable, or a permanent entry):
     /// packets to the backend are forwarded in XDP.

@@ -107,8 +107,9 @@ impl LoadBalancer {
     /// [`LbError::VipNotFound`]; [`LbError::ForeignNamespace`] when it has
     /// backends whose next hops cannot be released from this thread, and
     /// [`LbError::NamespaceNotEntered`] when this process may not enter the
-    /// LB's namespace to release them (nothing removed); [`LbError::Map`],
-    /// [`LbError::Neighbour`].
+    /// LB's namespace to release them, [`LbError::NetlinkSocket`] when no
+    /// rtnetlink socket can be opened there (nothing removed);
+    /// [`LbError::Map`], [`LbError::Neighbour`].
     pub fn remove_vip(&self, vip: &Vip) -> Result<(), LbError> {
         // Its backends' next hops are released: check first that they can be.
         let has_backends = self.read(|st| st.vip(vip).map(|s| !s.backends.is_empty()))??;

@@ -5,7 +5,10 @@
 //!
 //! Points: `lists.staged` (a bulk list edit: its entry store written and
 //! its tables staged, not yet switched in) and `lists.switched` (switched
-//! in, the spare IPv6 table not yet brought level).
+//! in, the spare IPv6 table not yet brought level); `filter.pinned` (a
+//! pinned filter's creation: its maps and program pinned, its guard stage
+//! not yet) and `filter.guard_pinned` (the guard pinned too, the creation
+//! not yet marked finished).
 
 /// The environment variable naming the point to abort at.
 pub const CRASH_AT: &str = "XDPG_CRASH_AT";

@@ -90,8 +90,10 @@ pub enum EventError {
 }
 
 /// Why a packet was dropped (or would have been, in monitor mode): the
-/// filter's verdict reasons that drop.
+/// filter's verdict reasons that drop. New drop reasons come with new
+/// data-plane stages: match with a `_` arm.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
 pub enum DropReason {
     /// An IPv4 source on the blocklist.
     BlockedV4,
@@ -413,9 +415,7 @@ impl EventReader<'_> {
         let start = std::time::Instant::now();
         loop {
             self.refresh()?;
-            self.ring
-                .consume()
-                .map_err(|e| EventError::Bpf { op: "reading the event ring", error: io_from_libbpf(e) })?;
+            self.consume()?;
             if !self.queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner).is_empty() {
                 break;
             }
@@ -431,12 +431,63 @@ impl EventReader<'_> {
             }
         }
         self.refresh()?;
+        Ok(self.take())
+    }
+
+    /// Returns the events the ring holds now (empty when none), without
+    /// waiting, and refreshes the lease: the call an async reader makes
+    /// when its fd ([`AsFd`](std::os::fd::AsFd)) is
+    /// readable, and at least every half [lease](Self::lease) in any case
+    /// (a reader that only waits for events lets its lease run out while
+    /// no drop comes, and then no drop sends one).
+    ///
+    /// ```no_run
+    /// # let filter = xdpguard::Filter::open_pinned("/sys/fs/bpf/xdpguard")?;
+    /// use std::os::fd::AsFd;
+    /// use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    ///
+    /// let mut events = filter.events(xdpguard::EventOptions::default())?;
+    /// let half_lease = PollTimeout::try_from(events.lease() / 2)?;
+    /// loop {
+    ///     // Or register the fd with tokio's AsyncFd, mio or epoll.
+    ///     poll(&mut [PollFd::new(events.as_fd(), PollFlags::POLLIN)], half_lease)?;
+    ///     for e in events.read_ready()? {
+    ///         println!("{} on ifindex {}", e.reason, e.ifindex);
+    ///     }
+    /// }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`poll`](Self::poll): [`EventError::Bpf`] when reading the ring
+    /// fails, [`EventError::Busy`] when another reader took the lease
+    /// after this one's ran out.
+    pub fn read_ready(&mut self) -> Result<Vec<DropEvent>, EventError> {
+        self.refresh()?;
+        self.consume()?;
+        Ok(self.take())
+    }
+
+    /// The lease this reader holds ([`EventOptions::lease`]): how often it
+    /// must read ([`read_ready`](Self::read_ready), [`poll`](Self::poll)) or
+    /// [`refresh`](Self::refresh) at the least, halved.
+    pub fn lease(&self) -> Duration {
+        self.lease
+    }
+
+    /// Moves what the ring holds into the queue.
+    fn consume(&self) -> Result<(), EventError> {
+        self.ring.consume().map_err(|e| EventError::Bpf { op: "reading the event ring", error: io_from_libbpf(e) })
+    }
+
+    /// The queued events, decoded; the queue emptied.
+    fn take(&self) -> Vec<DropEvent> {
         let raw: Vec<xdpg_drop_event> =
             self.queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner).drain(..).collect();
         // The kernel's clock to wall-clock time, at this instant.
         let (wall, mono) = (SystemTime::now(), monotonic_ns());
-        Ok(raw
-            .iter()
+        raw.iter()
             .filter_map(|e| {
                 let reason = DropReason::from_code(e.reason)?;
                 let age = Duration::from_nanos(mono.saturating_sub(e.time_ns));
@@ -451,7 +502,35 @@ impl EventReader<'_> {
                     bytes: e.bytes[..cap].to_vec(),
                 })
             })
-            .collect())
+            .collect()
+    }
+}
+
+/// The ring's epoll fd: readable (`POLLIN`, level-triggered) while the
+/// ring holds events no read has taken, for a reader that waits in its own
+/// event loop (tokio's `AsyncFd`, mio, epoll, `poll(2)`) rather than in
+/// [`EventReader::poll`]. When it is readable, call
+/// [`EventReader::read_ready`]; wait at most half the
+/// [lease](EventReader::lease) between reads, as the lease runs out
+/// otherwise. The fd belongs to the reader: do not close it, and read
+/// only through the reader (reading nothing from the fd itself).
+///
+/// Requires the ring buffer, as the reader does (Linux 5.8; the filter
+/// itself needs 5.15). Infallible: the fd exists from
+/// [`Filter::events`] on, which reports any error creating it.
+impl std::os::fd::AsFd for EventReader<'_> {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        // SAFETY: libbpf creates the epoll fd with the ring buffer
+        // (`ring_buffer__new`, which `build` checked) and closes it only in
+        // `ring_buffer__free`, when `self.ring` drops: it is open for as
+        // long as `&self`, which the returned borrow cannot outlive.
+        unsafe { std::os::fd::BorrowedFd::borrow_raw(self.ring.epoll_fd()) }
+    }
+}
+
+impl std::os::fd::AsRawFd for EventReader<'_> {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.ring.epoll_fd()
     }
 }
 

@@ -4,7 +4,8 @@
 
 use std::fmt;
 
-/// What the checker believes about a backend.
+/// What the checker believes about a backend. Exhaustive: rise/fall
+/// hysteresis has these two states by definition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum HealthState {
     /// Passing its checks (or not yet failed `fall` of them in a row).

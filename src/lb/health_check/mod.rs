@@ -99,8 +99,9 @@ pub const DEFAULT_RISE: u32 = 2;
 /// Default failed checks in a row that take an up backend down.
 pub const DEFAULT_FALL: u32 = 3;
 
-/// What a check does.
+/// What a check does. Kinds of checks are added: match with a `_` arm.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Check {
     /// A TCP connection is accepted (then closed).
     Tcp,
