@@ -151,6 +151,7 @@ impl fmt::Display for Program {
 
 /// Why a program's metrics could not be read at a scrape.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum MetricsError {
     /// Opening or reading a pinned program failed: nothing pinned there
     /// (any more), another kind of program, missing privileges, a map read
