@@ -824,8 +824,12 @@ fn vip_packet(vn: &VerdictNet, pin: &std::path::Path) -> (XdpAction, u64, u64) {
     let (pin, eth0, mac) = (pin.to_owned(), vn.eth0, vn.eth0_mac);
     vn.lb.run(move || {
         let lb = LoadBalancer::open_pinned(&pin).expect("open the pinned LB");
-        let frame =
-            Frame::builder().macs(CLIENT_MAC, mac).ip(CLIENT_V4.into(), VIP_V4.into()).tcp(40000, 80).payload(b"hi").build();
+        let frame = Frame::builder()
+            .macs(CLIENT_MAC, mac)
+            .ip(CLIENT_V4.into(), VIP_V4.into())
+            .tcp(40000, 80)
+            .payload(b"hi")
+            .build();
         let out = lb.test_run_on(&frame, eth0).expect("test run");
         let s = lb.stats().expect("stats");
         (out.action, s.passed_no_route.packets, s.passed_no_devmap.packets)

@@ -331,9 +331,7 @@ impl LoadBalancer {
             attached.iter().map(|a| a.ifindex).chain(chains.iter().flat_map(|c| c.ifindexes.iter().copied())).collect();
         let families = (active.iter().any(|(_, b)| b.ip.is_ipv4()), active.iter().any(|(_, b)| b.ip.is_ipv6()));
         let devmap: BTreeSet<u32> = self.redirect_interfaces().into_iter().collect();
-        let report = self
-            .in_netns(|ns| read_in_ns(ns, &ingress, families, &active, &devmap))
-            .unwrap_or_default();
+        let report = self.in_netns(|ns| read_in_ns(ns, &ingress, families, &active, &devmap)).unwrap_or_default();
         Ok(Health {
             attachments: attached.len(),
             lost,

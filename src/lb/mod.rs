@@ -99,7 +99,10 @@ pub const DEFAULT_NEXT_HOP_CACHE: Duration = Duration::from_millis(100);
 ///
 /// The LB host must forward (`net.ipv4.ip_forward=1`,
 /// `net.ipv6.conf.all.forwarding=1`): the FIB lookup refuses otherwise, and
-/// the packets go to the stack (counted as `passed_no_route`).
+/// the packets go to the stack (counted as `passed_no_route`), and
+/// [`LoadBalancer::health`] says it is not serving
+/// ([`Health::forwarding_off`], exit code 7). A new network namespace
+/// starts with forwarding off.
 ///
 /// | mode | IPv4 VIP | IPv6 VIP | backend port |
 /// |---|---|---|---|
