@@ -43,6 +43,9 @@ struct Bed {
 impl Bed {
     fn new(tag: &str) -> Bed {
         let pair = Pair::new(tag);
+        // The LB runs in the server: a real LB host forwards (a new
+        // namespace does not, and `status --exit-code` says so: 7).
+        lb_host_forwards(&pair.server);
         let dir = ScratchDir::new("/tmp", tag);
         std::fs::create_dir_all(dir.path()).unwrap();
         Bed {
@@ -136,6 +139,13 @@ backends = ["2001:db8::21", "2001:db8::22"]
 
 fn vip(s: &str) -> Vip {
     s.parse().unwrap()
+}
+
+/// IP forwarding on in `ns` (every interface, and those made later), as on
+/// an LB host.
+fn lb_host_forwards(ns: &NetNs) {
+    ns.sysctl("net.ipv4.ip_forward", "1");
+    ns.sysctl("net.ipv6.conf.all.forwarding", "1");
 }
 
 fn xdp_on(ns: &NetNs) -> bool {
@@ -848,6 +858,7 @@ fn a_chained_lb_outside_sys_fs_bpf_loses_its_filters_interface_and_goes_down() {
     let mnt = PrivateBpffs::new("cfgo");
     let pair = Pair::new("cfgo");
     let (s, server) = (&pair.server.name, &pair.server);
+    lb_host_forwards(server);
     server.ip(&["link", "add", "xgo0", "type", "veth", "peer", "name", "xgo1"]);
     server.ip(&["link", "set", "xgo0", "up"]);
     server.ip(&["link", "set", "xgo1", "up"]);

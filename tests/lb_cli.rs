@@ -816,6 +816,138 @@ fn status_exit_code_says_an_interface_was_lost() {
     cli.ok(&["detach", p[0], p[1]]);
 }
 
+/// One TCP packet from the client to 203.0.113.10:80, received on the
+/// LB's eth0, through the LB pinned at `pin` (in its namespace): the
+/// verdict, and the LB's `passed_no_route` and `passed_no_devmap` counts
+/// after it.
+fn vip_packet(vn: &VerdictNet, pin: &std::path::Path) -> (XdpAction, u64, u64) {
+    let (pin, eth0, mac) = (pin.to_owned(), vn.eth0, vn.eth0_mac);
+    vn.lb.run(move || {
+        let lb = LoadBalancer::open_pinned(&pin).expect("open the pinned LB");
+        let frame = Frame::builder()
+            .macs(CLIENT_MAC, mac)
+            .ip(CLIENT_V4.into(), VIP_V4.into())
+            .tcp(40000, 80)
+            .payload(b"hi")
+            .build();
+        let out = lb.test_run_on(&frame, eth0).expect("test run");
+        let s = lb.stats().expect("stats");
+        (out.action, s.passed_no_route.packets, s.passed_no_devmap.packets)
+    })
+}
+
+/// `status --exit-code` exits 7 while IP forwarding is off on an interface
+/// the LB receives on, for a family its active backends are of: the FIB
+/// lookup then refuses and every VIP packet goes to the stack
+/// (`passed_no_route`), which `status` used to call serving. The text names
+/// the sysctl to set; the family no backend is of does not count.
+#[test]
+fn status_exit_code_says_forwarding_is_off() {
+    let pin = ScratchDir::bpffs("lbfwdoff");
+    let vn = VerdictNet::new("lfwd", 1);
+    let cli = XDPGUARD_LB;
+    let p = ["--pin", pin.arg()];
+    let code = || cli.run(&["status", "--exit-code", p[0], p[1]]).status.code();
+    cli.ok(&["attach", "--iface", "eth0", "--iface", "eth1", "--netns", &vn.lb.name, p[0], p[1]]);
+    cli.ok(&["vip", "add", "203.0.113.10:80", "--mode", "dsr", p[0], p[1]]);
+    cli.ok(&["backend", "add", "203.0.113.10:80", &backend_v4(1).to_string(), p[0], p[1]]);
+    assert_eq!(code(), Some(0), "serving");
+    assert_eq!(vip_packet(&vn, pin.path()), (XdpAction::Redirect, 0, 0), "balanced in XDP");
+    vn.lb.sysctl("net.ipv6.conf.eth0.forwarding", "0");
+    assert_eq!(code(), Some(0), "IPv6 forwarding off, but no backend is IPv6");
+
+    vn.lb.sysctl("net.ipv4.conf.eth0.forwarding", "0");
+    // Once this CPU's cached next hop expires.
+    std::thread::sleep(3 * xdpguard::DEFAULT_NEXT_HOP_CACHE);
+    assert_eq!(vip_packet(&vn, pin.path()), (XdpAction::Pass, 1, 0), "to the stack: the FIB lookup refuses");
+    let out = cli.run(&["status", "--exit-code", p[0], p[1]]);
+    assert_eq!(out.status.code(), Some(7), "IPv4 forwarding off on eth0");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("health:      not serving: attached to 2 interface(s)"), "{text}");
+    assert!(text.contains("set net.ipv4.conf.eth0.forwarding=1"), "{text}");
+    assert!(!text.contains("eth1.forwarding") && !text.contains("ipv6.conf.eth0"), "only what is off and used: {text}");
+    let json = cli.json(&["status", "--json", p[0], p[1]]);
+    assert_eq!(json["serving"].as_bool(), Some(false));
+    assert_eq!(json["forwarding_off"], serde_json::json!(["net.ipv4.conf.eth0.forwarding"]));
+    // The API says so too, from a thread outside the LB's namespace.
+    let h = LoadBalancer::open_pinned(pin.path()).unwrap().health().unwrap();
+    assert_eq!(h.exit_code(), 7);
+    assert_eq!(
+        h.forwarding_off.iter().map(|o| (o.interface.as_str(), o.ifindex, o.ipv6)).collect::<Vec<_>>(),
+        [("eth0", vn.eth0, false)]
+    );
+    vn.lb.sysctl("net.ipv4.conf.eth0.forwarding", "1");
+    assert_eq!(code(), Some(0), "forwarding on again");
+
+    // An IPv6 backend makes IPv6 forwarding count (off on eth0 since above).
+    cli.ok(&["vip", "add", "[2001:db8:f::10]:80", "--mode", "dsr", p[0], p[1]]);
+    cli.ok(&["backend", "add", "[2001:db8:f::10]:80", &backend_v6(1).to_string(), p[0], p[1]]);
+    let out = cli.run(&["status", "--exit-code", p[0], p[1]]);
+    assert_eq!(out.status.code(), Some(7), "IPv6 forwarding off on eth0");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("set net.ipv6.conf.eth0.forwarding=1"));
+    vn.lb.sysctl("net.ipv6.conf.all.forwarding", "1");
+    assert_eq!(code(), Some(0), "all.forwarding sets every interface");
+    cli.ok(&["detach", p[0], p[1]]);
+}
+
+/// `status --exit-code` exits 8 while an active backend is routed out of an
+/// interface that is not a redirect interface: here the backends' eth1,
+/// deleted and made again (the kernel empties its devmap slot, and the new
+/// eth1 has another index), so DSR packets went to the stack (and to the
+/// VIP's blackhole route) while `status` said serving. The text names the
+/// backends, the interface and the repair, after which it serves again.
+#[test]
+fn status_exit_code_says_a_redirect_interface_was_lost() {
+    let pin = ScratchDir::bpffs("lbredir");
+    let vn = VerdictNet::new("lredir", 2);
+    let cli = XDPGUARD_LB;
+    let p = ["--pin", pin.arg()];
+    let code = || cli.run(&["status", "--exit-code", p[0], p[1]]).status.code();
+    cli.ok(&["attach", "--iface", "eth0", "--redirect", "eth1", "--netns", &vn.lb.name, p[0], p[1]]);
+    cli.ok(&["vip", "add", "203.0.113.10:80", "--mode", "dsr", p[0], p[1]]);
+    for i in 1..=2 {
+        cli.ok(&["backend", "add", "203.0.113.10:80", &backend_v4(i).to_string(), p[0], p[1]]);
+    }
+    assert_eq!(code(), Some(0), "serving");
+    assert_eq!(vip_packet(&vn, pin.path()), (XdpAction::Redirect, 0, 0), "redirected out of eth1");
+
+    vn.lb.ip(&["link", "del", "eth1"]);
+    xdpguard::testing::netns::veth(&vn.lb, "eth1", &vn.peer, "b0");
+    vn.lb.addr("eth1", &format!("{LB_BACK_V4}/24"));
+    for i in 1..=2 {
+        vn.lb.static_neighbours("eth1", &[IpAddr::V4(backend_v4(i))], backend_mac(i));
+    }
+    let eth1 = vn.lb.ifindex("eth1");
+    assert_ne!(eth1, vn.eth1, "a new index");
+    assert_eq!(vip_packet(&vn, pin.path()), (XdpAction::Pass, 0, 1), "eth1 is no longer in the devmap");
+    let out = cli.run(&["status", "--exit-code", p[0], p[1]]);
+    assert_eq!(out.status.code(), Some(8), "backends routed out of an interface it may not redirect to");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!(
+            "backend 198.51.100.11 of tcp 203.0.113.10:80, 198.51.100.12 of tcp 203.0.113.10:80 routed out of \
+             eth1 (#{eth1}), not a redirect interface"
+        )) && text.contains("`xdpguard-lb set --redirect eth1`"),
+        "{text}"
+    );
+    let json = cli.json(&["status", "--json", p[0], p[1]]);
+    assert_eq!(json["serving"].as_bool(), Some(false));
+    assert_eq!(json["unredirected"][1]["interface"].as_str(), Some("eth1"), "{json}");
+    assert_eq!(json["unredirected"][1]["backend"].as_str(), Some("198.51.100.12"), "{json}");
+    // A drained backend counts no more: only the active one is named.
+    cli.ok(&["backend", "weight", "203.0.113.10:80", &backend_v4(1).to_string(), "0", p[0], p[1]]);
+    let h = LoadBalancer::open_pinned(pin.path()).unwrap().health().unwrap();
+    assert_eq!(
+        h.unredirected.iter().map(|u| (u.backend.ip, u.ifindex)).collect::<Vec<_>>(),
+        [(IpAddr::V4(backend_v4(2)), eth1)]
+    );
+
+    cli.ok(&["set", "--redirect", "eth1", p[0], p[1]]);
+    assert_eq!(code(), Some(0), "a redirect interface again");
+    assert_eq!(vip_packet(&vn, pin.path()).0, XdpAction::Redirect, "redirected again");
+    cli.ok(&["detach", p[0], p[1]]);
+}
+
 /// `health --vip` with a VIP the LB does not have is refused at the start
 /// (it used to check nothing, forever), naming the VIP, the one at that
 /// address and port with another protocol (`--vip` alone is TCP) with its

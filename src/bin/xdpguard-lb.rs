@@ -301,7 +301,12 @@ enum Command {
     /// polls, dist/bird/): exits 0 when attached and at least one VIP has
     /// an active backend, 3 when attached to no interface, 6 when an
     /// interface it was attached to is lost (deleted; `detach --iface` is
-    /// not a loss), 4 when no VIP has
+    /// not a loss), 7 when IP forwarding is off on an interface it
+    /// receives on (sysctl net.ipv4.conf.IF.forwarding or
+    /// net.ipv6.conf.IF.forwarding, for its backends' families: VIP
+    /// packets go to the stack), 8 when an active backend is routed out of
+    /// an interface that is not a redirect interface (e.g. deleted and
+    /// made again: `set --redirect IF`), 4 when no VIP has
     /// an active backend, 5 when serving but its state digest differs from
     /// the one --config or --expect-digest expects (the node does not hold
     /// the fleet's configuration), 1 when no LB is pinned (detached) or it
@@ -1312,6 +1317,13 @@ fn status(pin: &Pin, json: bool, expect: Option<Digest>) -> Result<xdpguard::Hea
                 "hash_seed": lb.hash_seed(),
                 "serving": health.is_serving(),
                 "digest_matches": health.digest_matches,
+                "forwarding_off": health.forwarding_off.iter().map(|o| o.sysctl()).collect::<Vec<_>>(),
+                "unredirected": health.unredirected.iter().map(|u| json!({
+                    "vip": u.vip.to_string(),
+                    "backend": u.backend.to_string(),
+                    "ifindex": u.ifindex,
+                    "interface": u.interface,
+                })).collect::<Vec<_>>(),
             })
         );
     } else {

@@ -8,10 +8,42 @@
 //! what the filter passes reaches the LB), no attachment lost (an
 //! interface it was attached to was deleted: the traffic that interface
 //! received is no longer balanced, exit code 6; as for an interface a
-//! filter chaining it lost, whose NAT replies go untranslated), and at least one VIP
+//! filter chaining it lost, whose NAT replies go untranslated), IP
+//! forwarding on where it receives (exit code 7), every active backend's
+//! egress a redirect interface (exit code 8), and at least one VIP
 //! with an active backend (weight above 0), so a new flow to it gets a
 //! backend rather than a drop. A deliberate `detach --iface IF` of one of
-//! several interfaces is not a loss. Deliberately not part of it:
+//! several interfaces is not a loss.
+//!
+//! Forwarding: `bpf_fib_lookup` answers `BPF_FIB_LKUP_RET_FWD_DISABLED`
+//! when the receiving interface does not forward the packet's family
+//! (`net.ipv4.conf.IF.forwarding`, `net.ipv6.conf.IF.forwarding`; what
+//! `net.ipv4.ip_forward` and `net.ipv6.conf.all.forwarding` set on every
+//! interface), and every VIP packet goes to the stack (`passed_no_route`).
+//! A new network namespace starts with forwarding off. Read from
+//! `/proc/sys` in the LB's namespace, for the interfaces it runs on
+//! (attached, or a chaining filter's) and the families of its active
+//! backends (the FIB lookup's family: an IPIP VIP's backend may be of the
+//! other family than the VIP).
+//!
+//! Redirect interfaces: a backend whose route leaves by an interface that
+//! is not in the LB's devmap (never added, `set --no-redirect`, or
+//! deleted and made again: the kernel empties a deleted interface's devmap
+//! slot, and the new one has another index) goes through the stack, and
+//! an L2 DSR VIP's packets are dropped there (only XDP does L2 DSR). Out of
+//! the only interface it receives on needs no devmap (`XDP_TX`). Repairing
+//! it by itself would need the interfaces' names recorded in a pin (the
+//! devmap holds indexes only): `set --redirect IF` or `xdpguard apply` does
+//! it. A backend without any route is not counted (the stack has none
+//! either; a route a routing daemon brings later must not keep a fresh node
+//! withdrawn).
+//!
+//! Both are read in the LB's network namespace, entered from a short-lived
+//! thread when the caller is elsewhere (as the neighbour entries are); when
+//! it cannot be entered (no CAP_SYS_ADMIN, or a namespace with no name
+//! under `/run/netns` reopened from outside) they are not checked.
+//!
+//! Deliberately not part of it:
 //!
 //! - the backends' neighbour states. A node that is not announced gets no
 //!   traffic, and the kernel keeps managed entries resolved by itself, but
@@ -33,21 +65,29 @@
 //!
 //! Cost: one read of the model the handle already keeps, the pinned
 //! links' info (what [`LoadBalancer::open_pinned`] reads anyway; one
-//! `bpf()` call per lost attachment) and one
+//! `bpf()` call per lost attachment), one
 //! pass over the kernel's programs and links for the filters chaining it
-//! ([`LoadBalancer::chained_from`]): the whole `status --exit-code`
-//! process takes a few milliseconds, cheap enough to poll ten times a
-//! second. The digest check adds one SHA-256 pass over the
+//! ([`LoadBalancer::chained_from`]), one `/proc/sys` read per receiving
+//! interface and family, and one rtnetlink route lookup per active backend
+//! address (with a thread entering the LB's namespace when the caller is
+//! elsewhere): the whole `status --exit-code` process takes a few
+//! milliseconds, cheap enough to poll ten times a second. The digest check adds one SHA-256 pass over the
 //! Maglev tables (about 0.3 ms per 65537-slot table).
 
+use std::collections::BTreeSet;
 use std::fmt;
+use std::net::IpAddr;
+use std::os::fd::{AsFd, BorrowedFd};
 
 use super::digest::Digest;
+use super::neigh;
+use super::types::{BackendAddr, Vip};
 use super::LoadBalancer;
+use crate::core::sys;
 use crate::error::LbError;
 
 /// A load balancer's health ([`LoadBalancer::health`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Health {
     /// Interfaces the LB is attached to.
@@ -67,11 +107,57 @@ pub struct Health {
     /// Whether the LB's overall state digest equals the expected one
     /// ([`LoadBalancer::health_expecting`]); `None` when none was given.
     pub digest_matches: Option<bool>,
+    /// Interfaces the LB receives on that do not forward a family its
+    /// active backends are of: the FIB lookup refuses, and those packets
+    /// go to the stack (`passed_no_route`).
+    pub forwarding_off: Vec<ForwardingOff>,
+    /// Active backends routed out of an interface the LB may not redirect
+    /// to (not in its devmap): their packets go through the stack, an L2
+    /// DSR VIP's are dropped there.
+    pub unredirected: Vec<Unredirected>,
+}
+
+/// An interface the LB receives on whose IP forwarding is off for a family
+/// it forwards ([`Health::forwarding_off`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ForwardingOff {
+    /// The interface's name in the LB's namespace.
+    pub interface: String,
+    /// Its index.
+    pub ifindex: u32,
+    /// IPv6 (else IPv4).
+    pub ipv6: bool,
+}
+
+impl ForwardingOff {
+    /// The sysctl to set to 1, e.g. `net.ipv4.conf.eth0.forwarding` (a `.`
+    /// in the name, as in `eth0.100`, is written `/` there, as `sysctl`
+    /// wants it).
+    pub fn sysctl(&self) -> String {
+        format!("net.ipv{}.conf.{}.forwarding", if self.ipv6 { 6 } else { 4 }, self.interface.replace('.', "/"))
+    }
+}
+
+/// An active backend whose route leaves by an interface that is not one of
+/// the LB's redirect interfaces ([`Health::unredirected`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Unredirected {
+    /// The VIP.
+    pub vip: Vip,
+    /// Its backend.
+    pub backend: BackendAddr,
+    /// The egress the kernel routes the backend out of.
+    pub ifindex: u32,
+    /// Its name in the LB's namespace (`#N` when it has none any more).
+    pub interface: String,
 }
 
 impl Health {
-    /// Serving: attached somewhere (or chained behind a filter that is), no attachment lost, at least one
-    /// VIP has an active backend, and, when a digest was expected, the state matches it.
+    /// Serving: attached somewhere (or chained behind a filter that is), no attachment lost, forwarding on
+    /// where it receives, every active backend's egress a redirect interface, at least one VIP has an
+    /// active backend, and, when a digest was expected, the state matches it.
     pub fn is_serving(&self) -> bool {
         self.exit_code() == 0
     }
@@ -80,7 +166,11 @@ impl Health {
     /// missing: 0 serving, 3 not attached to any interface (nor chained
     /// behind a filter attached to one), 6 attached (or chained) but an
     /// interface it was attached to is lost (deleted, not detached:
-    /// [`LoadBalancer::lost_attachments`]), 4 attached but
+    /// [`LoadBalancer::lost_attachments`]), 7 IP forwarding is off on an
+    /// interface it receives on, for a family its active backends are of
+    /// ([`Health::forwarding_off`]), 8 an active backend is routed out of an
+    /// interface that is not a redirect interface ([`Health::unredirected`]:
+    /// e.g. deleted and made again), 4 attached but
     /// no VIP has an active backend, 5 serving but its state digest differs
     /// from the expected one (only with an expected digest). (1 is any
     /// error, e.g. nothing pinned: the LB was detached or never attached; 2
@@ -91,6 +181,10 @@ impl Health {
             3
         } else if self.lost > 0 {
             6
+        } else if !self.forwarding_off.is_empty() {
+            7
+        } else if !self.unredirected.is_empty() {
+            8
         } else if self.serving_vips == 0 {
             4
         } else if self.digest_matches == Some(false) {
@@ -113,11 +207,90 @@ impl fmt::Display for Health {
         }
         write!(f, ", {} of {} VIP(s) with an active backend", self.serving_vips, self.vips)?;
         match self.digest_matches {
-            None => Ok(()),
-            Some(true) => write!(f, ", state digest as expected"),
-            Some(false) => write!(f, ", state digest differs from the expected one"),
+            None => {}
+            Some(true) => write!(f, ", state digest as expected")?,
+            Some(false) => write!(f, ", state digest differs from the expected one")?,
+        }
+        if !self.forwarding_off.is_empty() {
+            let set: Vec<String> = self.forwarding_off.iter().map(|o| format!("{}=1", o.sysctl())).collect();
+            write!(
+                f,
+                "; IP forwarding is off where it receives, so VIP packets go to the stack (passed_no_route): \
+                 set {} (`sysctl -w`, in the LB's namespace; net.ipv4.ip_forward=1 and \
+                 net.ipv6.conf.all.forwarding=1 set every interface)",
+                set.join(", ")
+            )?;
+        }
+        // One line per egress: the backends it takes, and the repair.
+        let egresses: BTreeSet<(&str, u32)> =
+            self.unredirected.iter().map(|u| (u.interface.as_str(), u.ifindex)).collect();
+        for (name, ifindex) in egresses {
+            let backends: Vec<String> = self
+                .unredirected
+                .iter()
+                .filter(|u| u.ifindex == ifindex)
+                .map(|u| format!("{} of {}", u.backend, u.vip))
+                .collect();
+            write!(
+                f,
+                "; backend {} routed out of {name} (#{ifindex}), not a redirect interface (deleted and made \
+                 again?), so its packets go through the stack and L2 DSR ones are dropped: \
+                 `xdpguard-lb set --redirect {name}`, or `xdpguard apply` again",
+                backends.join(", ")
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// What `health` reads in the LB's network namespace.
+#[derive(Default)]
+struct NsReport {
+    forwarding_off: Vec<ForwardingOff>,
+    unredirected: Vec<Unredirected>,
+}
+
+/// Reads both: `ingress` the interfaces it receives on, `families` (IPv4,
+/// IPv6) those of its active backends, `backends` its active backends,
+/// `devmap` its redirect interfaces. Runs in the LB's namespace.
+fn read_in_ns(
+    ns: BorrowedFd<'_>,
+    ingress: &BTreeSet<u32>,
+    families: (bool, bool),
+    backends: &[(Vip, BackendAddr)],
+    devmap: &BTreeSet<u32>,
+) -> NsReport {
+    let mut report = NsReport::default();
+    for &ifindex in ingress {
+        // Gone: a lost attachment, counted as that.
+        let Some(interface) = sys::ifname_of(ifindex) else { continue };
+        for (ipv6, used) in [(false, families.0), (true, families.1)] {
+            let path = format!("/proc/sys/net/ipv{}/conf/{interface}/forwarding", if ipv6 { 6 } else { 4 });
+            // Unreadable (IPv6 disabled at boot, say): not known to be off.
+            if used && std::fs::read_to_string(&path).is_ok_and(|v| v.trim() == "0") {
+                report.forwarding_off.push(ForwardingOff { interface: interface.clone(), ifindex, ipv6 });
+            }
         }
     }
+    if backends.is_empty() {
+        return report;
+    }
+    let Ok(mut rtnl) = neigh::Rtnl::open_in(ns) else { return report };
+    // Out of the only interface it receives on: XDP_TX, no devmap needed.
+    let only_ingress = if ingress.len() == 1 { ingress.first().copied() } else { None };
+    let mut egress_of = std::collections::BTreeMap::<IpAddr, Option<u32>>::new();
+    for (vip, backend) in backends {
+        let egress = *egress_of
+            .entry(backend.ip)
+            .or_insert_with(|| rtnl.route(backend.ip).ok().flatten().map(|hop| hop.ifindex));
+        let Some(ifindex) = egress else { continue };
+        if devmap.contains(&ifindex) || only_ingress == Some(ifindex) {
+            continue;
+        }
+        let interface = sys::ifname_of(ifindex).unwrap_or_else(|| format!("#{ifindex}"));
+        report.unredirected.push(Unredirected { vip: *vip, backend: *backend, ifindex, interface });
+    }
+    report
 }
 
 impl LoadBalancer {
@@ -125,27 +298,71 @@ impl LoadBalancer {
     /// health agent should announce the node's VIPs on. Linux 5.15 or later
     /// (as the LB).
     ///
+    /// IP forwarding and the backends' egresses are read in the LB's
+    /// network namespace (see [`Health`]); when it cannot be entered they
+    /// are not checked.
+    ///
     /// # Errors
     ///
     /// [`LbError::Pin`] when the pin directory cannot be locked;
     /// [`LbError::Map`] when another process's edit cannot be read back.
     pub fn health(&self) -> Result<Health, LbError> {
-        let attachments = self.attachments().len();
+        let attached = self.attachments();
         let chains = self.chained_from();
         // A filter's lost interface is as much a loss: what it received no
         // longer reaches the LB (NAT replies there go untranslated).
         let lost = self.lost_attachments().len() + chains.iter().map(|c| c.lost.len()).sum::<usize>();
         let chained = chains.iter().map(|c| c.ifindexes.len()).sum();
-        let (vips, serving_vips) = self.read(|st| {
+        let (vips, serving_vips, active) = self.read(|st| {
             let serving = st
                 .vips
                 .values()
                 // Weight 0 is draining (`Backend::state`): no new flows.
                 .filter(|vs| vs.backends.values().any(|slot| slot.weight > 0))
                 .count();
-            (st.vips.len(), serving)
+            let active: Vec<(Vip, BackendAddr)> = st
+                .vips
+                .iter()
+                .flat_map(|(vip, vs)| vs.backends.iter().filter(|(_, s)| s.weight > 0).map(|(b, _)| (*vip, *b)))
+                .collect();
+            (st.vips.len(), serving, active)
         })?;
-        Ok(Health { attachments, lost, chained, vips, serving_vips, digest_matches: None })
+        let ingress: BTreeSet<u32> =
+            attached.iter().map(|a| a.ifindex).chain(chains.iter().flat_map(|c| c.ifindexes.iter().copied())).collect();
+        let families = (active.iter().any(|(_, b)| b.ip.is_ipv4()), active.iter().any(|(_, b)| b.ip.is_ipv6()));
+        let devmap: BTreeSet<u32> = self.redirect_interfaces().into_iter().collect();
+        let report = self.in_netns(|ns| read_in_ns(ns, &ingress, families, &active, &devmap)).unwrap_or_default();
+        Ok(Health {
+            attachments: attached.len(),
+            lost,
+            chained,
+            vips,
+            serving_vips,
+            digest_matches: None,
+            forwarding_off: report.forwarding_off,
+            unredirected: report.unredirected,
+        })
+    }
+
+    /// Runs `f` in the LB's network namespace: on this thread when it is
+    /// there, else on a short-lived thread that enters it (`/proc/sys/net`
+    /// and interface names are the reading thread's namespace's). `None`
+    /// when it cannot be entered.
+    fn in_netns<R: Send>(&self, f: impl FnOnce(BorrowedFd<'_>) -> R + Send) -> Option<R> {
+        let ns = self.netns.as_ref()?.as_fd();
+        let id = self.maps().netns();
+        if neigh::current().is_ok_and(|(_, here)| here == id) {
+            return Some(f(ns));
+        }
+        std::thread::scope(|s| {
+            s.spawn(move || {
+                neigh::enter(ns).ok()?;
+                Some(f(ns))
+            })
+            .join()
+            .ok()
+            .flatten()
+        })
     }
 
     /// As [`LoadBalancer::health`], and whether the LB's overall state
@@ -179,6 +396,8 @@ mod tests {
             vips,
             serving_vips,
             digest_matches: None,
+            forwarding_off: Vec::new(),
+            unredirected: Vec::new(),
         };
         assert_eq!(h(1, 2, 1).exit_code(), 0);
         assert!(h(1, 2, 1).is_serving());
@@ -221,5 +440,55 @@ mod tests {
              state digest differs from the expected one"
         );
         assert!(d(true, 2).to_string().ends_with("2 of 2 VIP(s) with an active backend, state digest as expected"));
+    }
+
+    #[test]
+    fn forwarding_off_and_unredirected_backends_are_not_serving() {
+        let serving = Health {
+            attachments: 1,
+            lost: 0,
+            chained: 0,
+            vips: 1,
+            serving_vips: 1,
+            digest_matches: Some(true),
+            forwarding_off: Vec::new(),
+            unredirected: Vec::new(),
+        };
+        assert_eq!(serving.exit_code(), 0);
+        let off = |name: &str, ipv6| ForwardingOff { interface: name.into(), ifindex: 2, ipv6 };
+        assert_eq!(off("eth0", false).sysctl(), "net.ipv4.conf.eth0.forwarding");
+        assert_eq!(off("eth0.100", true).sysctl(), "net.ipv6.conf.eth0/100.forwarding");
+        let fwd = Health { forwarding_off: vec![off("eth0", false)], ..serving.clone() };
+        assert_eq!(fwd.exit_code(), 7);
+        assert!(!fwd.is_serving());
+        let text = fwd.to_string();
+        assert!(text.starts_with("not serving: attached to 1 interface(s), 1 of 1 VIP(s)"), "{text}");
+        assert!(text.contains("set net.ipv4.conf.eth0.forwarding=1"), "{text}");
+        // After a lost attachment and before the VIPs and the digest.
+        assert_eq!(Health { lost: 1, ..fwd.clone() }.exit_code(), 6);
+        assert_eq!(Health { serving_vips: 0, digest_matches: Some(false), ..fwd.clone() }.exit_code(), 7);
+
+        let vip = Vip::tcp("203.0.113.10:80".parse().unwrap());
+        let un = |b: &str, ifindex, name: &str| Unredirected {
+            vip,
+            backend: b.parse().unwrap(),
+            ifindex,
+            interface: name.into(),
+        };
+        let lost = Health {
+            unredirected: vec![un("198.51.100.11", 9, "eth1"), un("198.51.100.12", 9, "eth1")],
+            ..serving.clone()
+        };
+        assert_eq!(lost.exit_code(), 8);
+        let text = lost.to_string();
+        assert!(
+            text.contains(
+                "backend 198.51.100.11 of tcp 203.0.113.10:80, 198.51.100.12 of tcp 203.0.113.10:80 routed out of \
+                 eth1 (#9), not a redirect interface"
+            ) && text.contains("`xdpguard-lb set --redirect eth1`"),
+            "{text}"
+        );
+        assert_eq!(Health { forwarding_off: vec![off("eth0", true)], ..lost.clone() }.exit_code(), 7);
+        assert_eq!(Health { digest_matches: Some(false), ..lost }.exit_code(), 8);
     }
 }

@@ -60,7 +60,7 @@ pub(crate) use decap::check_local as check_decap_local;
 #[cfg_attr(not(feature = "config"), allow(unused_imports))]
 pub use decap::{Decap, DecapBuilder, DecapStats};
 pub use digest::{Digest, LbDigest};
-pub use health::Health;
+pub use health::{ForwardingOff, Health, Unredirected};
 pub use neigh::NEIGH_PROTOCOL;
 pub use policies::{EchoPolicy, FragmentPolicy, NewFlowLimit, OptionsPolicy};
 #[cfg_attr(not(feature = "config"), allow(unused_imports))]
@@ -99,7 +99,10 @@ pub const DEFAULT_NEXT_HOP_CACHE: Duration = Duration::from_millis(100);
 ///
 /// The LB host must forward (`net.ipv4.ip_forward=1`,
 /// `net.ipv6.conf.all.forwarding=1`): the FIB lookup refuses otherwise, and
-/// the packets go to the stack (counted as `passed_no_route`).
+/// the packets go to the stack (counted as `passed_no_route`), and
+/// [`LoadBalancer::health`] says it is not serving
+/// ([`Health::forwarding_off`], exit code 7). A new network namespace
+/// starts with forwarding off.
 ///
 /// | mode | IPv4 VIP | IPv6 VIP | backend port |
 /// |---|---|---|---|
