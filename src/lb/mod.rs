@@ -574,7 +574,9 @@ impl LoadBalancer {
     ///
     /// As [`detach`](Self::detach), for the first interface that fails;
     /// [`LbError::ForeignNamespace`], [`LbError::Neighbour`] when the
-    /// neighbour entries cannot be removed (the pins are gone all the same).
+    /// neighbour entries cannot be removed, [`LbError::NetlinkSocket`] when
+    /// no rtnetlink socket could be opened to remove them (the pins are gone
+    /// all the same in both).
     pub fn unpin(self) -> Result<(), Error> {
         let released = self.release_neighbours();
         self.core.running().unpin()?;
