@@ -408,6 +408,18 @@ impl FilterModel {
             && rule.icmp_types.as_ref().is_none_or(|s| s.contains(u16::from(t.icmp_type)))
     }
 
+    /// The key of the bucket a rate-limit rule meters a source's packets
+    /// in: the source's prefix of the rule's length for its IP version
+    /// ([`LimitKey`](crate::LimitKey): by default each IPv4 address and each
+    /// IPv6 /64). Two sources share a bucket (and its limit) exactly when
+    /// their keys are equal. `None` for a rule without a limit.
+    pub fn limit_key(rule: &Rule, src: IpAddr) -> Option<IpNetwork> {
+        let per = rule.limit?.per;
+        let len = if src.is_ipv4() { per.v4_len } else { per.v6_len };
+        let net = IpNetwork::new(src, len).ok()?;
+        IpNetwork::new(net.network(), len).ok()
+    }
+
     /// What the filter does with `frame`.
     pub fn verdict(&self, frame: &[u8]) -> ModelVerdict {
         let done = |action, reason| ModelVerdict { action, reason, rules: Vec::new() };
