@@ -486,8 +486,14 @@ mod tests {
             assert_eq!(parse_stored(&old.to_string()).unwrap(), old, "{text}: and stays so once stored again");
         }
         assert_eq!(parse_stored("rate-limit 10/s udp").unwrap().to_string(), "rate-limit 10/s per src/32/128 udp");
-        assert_eq!(parse_stored("rate-limit 10/s ipv6 udp").unwrap().to_string(), "rate-limit 10/s per src/128 ipv6 udp");
-        assert_eq!(parse_stored("rate-limit 10/s ipv4 udp").unwrap().to_string(), "rate-limit 10/s per src/32/128 ipv4 udp");
+        assert_eq!(
+            parse_stored("rate-limit 10/s ipv6 udp").unwrap().to_string(),
+            "rate-limit 10/s per src/128 ipv6 udp"
+        );
+        assert_eq!(
+            parse_stored("rate-limit 10/s ipv4 udp").unwrap().to_string(),
+            "rate-limit 10/s per src/32/128 ipv4 udp"
+        );
     }
 
     #[test]
