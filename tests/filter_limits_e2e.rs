@@ -114,7 +114,7 @@ fn a_real_client_keeps_its_answers_through_a_spoofed_flood_and_timed_blocks_expi
     let rules = filter.rules().list().unwrap();
     assert!(rules[0].limited.packets >= limited, "the rule counts it too: {:?}", rules[0]);
     let v = cli.json(&["rule", "list", "--pin", p, "--json"]);
-    assert_eq!(v["rules"][0]["rule"], "rate-limit 300/s udp dport 7101", "{v}");
+    assert_eq!(v["rules"][0]["rule"], "rate-limit 300/s per src/32/64 udp dport 7101", "{v}");
     assert!(v["rules"][0]["limited"]["packets"].as_u64().unwrap_or(0) >= limited, "{v}");
     drop(filter);
     cli.ok(&["detach", "--pin", p]);

@@ -18,6 +18,7 @@ use std::time::Duration;
 use common::verdict::{ip, net, rule};
 use xdpguard::testing::fixture::{Fixture, FixtureTable};
 use xdpguard::testing::frame::*;
+use xdpguard::testing::model::FilterModel;
 use xdpguard::{BlockedBy, Counter, Filter, IpNetwork, RuleError, RuleId, XdpAction};
 
 /// Pins the calling thread to CPU 0 (the sketch is per CPU).
@@ -112,6 +113,44 @@ fn packet_buckets_burst_and_refill() {
     t.finish();
     let s = f.stats().unwrap();
     assert_eq!(s.rate_limited.packets, 4, "{s:?}");
+}
+
+/// IPv6 sources are keyed by their /64 by default (one customer's block:
+/// an attacker rotating through its addresses gets no fresh buckets), IPv4
+/// ones by address; `per src/32/128` keys each IPv6 address. The rule is
+/// listed with the key it uses, and the model's key
+/// (`FilterModel::limit_key`) says the same sharing.
+#[test]
+fn ipv6_sources_share_their_64s_bucket_by_default() {
+    let f = load();
+    let by64 = f.rules().add(rule("rate-limit 1/s burst 1 udp dport 53")).unwrap();
+    let by128 = f.rules().add(rule("rate-limit 1/s burst 1 per src/32/128 udp dport 54")).unwrap();
+    let texts: Vec<String> = f.rules().list().unwrap().into_iter().map(|e| e.rule.to_string()).collect();
+    assert_eq!(
+        texts,
+        ["rate-limit 1/s per src/32/64 burst 1 udp dport 53", "rate-limit 1/s per src/32/128 burst 1 udp dport 54"],
+        "listed with the key they use"
+    );
+    let (a, b, other) = ("2001:db8:5:6::1", "2001:db8:5:6:ffff:ffff:ffff:fffe", "2001:db8:5:7::1");
+    let mut t = Table::new(&f, "IPv6 keyed by /64 by default, by /128 when asked");
+    t.pass("default key: the /64's first packet", &udp(a, 53), by64);
+    t.limited("another address of the same /64: its bucket, over", &udp(b, 53), by64);
+    t.pass("the next /64: its own bucket", &udp(other, 53), by64);
+    t.pass("IPv4 192.0.2.1", &udp("192.0.2.1", 53), by64);
+    t.pass("IPv4 192.0.2.2: by address, its own bucket", &udp("192.0.2.2", 53), by64);
+    t.limited("IPv4 192.0.2.1 again: over", &udp("192.0.2.1", 53), by64);
+    t.pass("per src/32/128: the first address", &udp(a, 54), by128);
+    t.pass("per src/32/128: another address of the /64, its own bucket", &udp(b, 54), by128);
+    t.limited("per src/32/128: the first address again, over", &udp(a, 54), by128);
+    t.finish();
+
+    let rules: Vec<xdpguard::Rule> = f.rules().list().unwrap().into_iter().map(|e| e.rule).collect();
+    let key = |r: usize, src: &str| FilterModel::limit_key(&rules[r], ip(src)).unwrap();
+    assert_eq!(key(0, a), net("2001:db8:5:6::/64"));
+    assert_eq!(key(0, a), key(0, b), "the model: one bucket for the /64");
+    assert_ne!(key(0, a), key(0, other));
+    assert_ne!(key(0, "192.0.2.1"), key(0, "192.0.2.2"));
+    assert_ne!(key(1, a), key(1, b), "the model: per address with /128");
 }
 
 #[test]

@@ -674,3 +674,64 @@ fn nft_rules_name_the_ports() {
     let text = xdpguard::nft_rules_with_wscale(&[443, 8443], 1400, 9);
     assert!(text.contains("synproxy mss 1400 wscale 9 timestamp sack-perm\n"), "{text}");
 }
+
+/// One drop event a packet, the verdict's: a SYN a monitored rule would
+/// drop and the SYN guard then drops (or, in monitor mode, would drop)
+/// sends the SYN guard's event alone (it sent the rule's would-drop event
+/// too), and one the SYN guard passes sends the rule's. Every event the
+/// ring holds after each packet is counted.
+#[test]
+fn a_monitored_rules_would_drop_and_the_syn_guards_drop_send_one_event() {
+    use xdpguard::{DropReason, EventOptions, EventRate, RuleId};
+    let f = load();
+    f.syn_guard().protect(8080, SynPolicy::drop_above(3)).expect("protect 8080");
+    let dry = f.rules().add("monitor drop tcp dport 8080".parse().unwrap()).unwrap();
+    align(&f);
+    let mut reader = f.events(EventOptions::default().rate(EventRate::per_second(1000))).expect("start reading");
+    let mut failures = Vec::new();
+    let mut row = |what: &str, frame: &Frame, action: XdpAction, want: (DropReason, Option<RuleId>)| {
+        let got = f.test_run(frame).unwrap_or_else(|e| panic!("{what}: {e}")).action;
+        if got != action {
+            failures.push(format!("{what}: action {got:?}, expected {action:?}"));
+        }
+        let mut events = reader.poll(Duration::from_secs(2)).expect("poll");
+        events.extend(reader.poll(Duration::from_millis(50)).expect("poll"));
+        let seen: Vec<_> = events.iter().map(|e| (e.reason, e.rule)).collect();
+        if seen != [want] {
+            failures.push(format!("{what}: events {seen:?}, expected exactly [{want:?}]"));
+        }
+    };
+    for i in 0..3u16 {
+        let what = format!("SYN {i} under the threshold: passed, the rule's would-drop");
+        row(&what, &syn("198.51.100.1", 1000 + i, 8080), XdpAction::Pass, (DropReason::WouldDropRule, Some(dry)));
+    }
+    row(
+        "over the threshold: the SYN guard's drop alone",
+        &syn("198.51.100.2", 2000, 8080),
+        XdpAction::Drop,
+        (DropReason::SynDropped, None),
+    );
+    row(
+        "IPv6, over the threshold: the SYN guard's drop alone",
+        &syn("2001:db8::7", 2001, 8080),
+        XdpAction::Drop,
+        (DropReason::SynDropped, None),
+    );
+    f.set_monitor(true);
+    row(
+        "filter monitor mode: the SYN guard's would-drop alone",
+        &syn("203.0.113.52", 4101, 8080),
+        XdpAction::Pass,
+        (DropReason::WouldDropSyn, None),
+    );
+    f.set_monitor(false);
+    row(
+        "not a SYN: the SYN guard passes it, the rule's would-drop",
+        &data("198.51.100.2", 2000, 8080),
+        XdpAction::Pass,
+        (DropReason::WouldDropRule, Some(dry)),
+    );
+    assert!(failures.is_empty(), "{} failure(s):\n{}", failures.len(), failures.join("\n"));
+    let s = f.event_stats().unwrap();
+    assert_eq!((s.sent, s.limited, s.lost), (7, 0, 0), "{s:?}");
+}

@@ -7,8 +7,9 @@
 //! with a short TTL, then the guard clock moved past it), random named
 //! sets, random rule sets (as rule text: parser, compiler and data plane
 //! all take part; rate-limit rules among them, with limits no key reaches:
-//! they count and the walk goes on), monitor mode and the malformed
-//! policy, and at least 1,000,000 random and mutated frames: VLAN tags (up
+//! they count and the walk goes on), SYN-guarded ports in half the rounds
+//! (drop mode below its threshold, cookie mode under monitor: what the
+//! model covers), monitor mode and the malformed policy, and at least 1,000,000 random and mutated frames: VLAN tags (up
 //! to three), IPv4 options and fragments, IPv6 extension chains (up to
 //! nine headers, fragments among them), TCP flags, ICMP types, other
 //! protocols; then cut short, bits flipped in the headers, length fields
@@ -38,7 +39,7 @@ use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use xdpguard::testing::frame::{Ext, Frame, Icmp, VlanTag, TPID_8021AD, TPID_8021Q};
 use xdpguard::testing::model::FilterModel;
-use xdpguard::{normalize, Counter, Filter, IpNetwork, MalformedPolicy, XdpAction};
+use xdpguard::{normalize, Counter, Filter, IpNetwork, MalformedPolicy, SynPolicy, XdpAction};
 
 const BATCH: usize = 2000;
 const PACKETS_PER_ROUND: usize = 20_000;
@@ -432,6 +433,27 @@ fn the_whole_verdict_agrees_with_the_model_on_a_million_random_and_mutated_frame
         f.rules().replace(model.rules.iter().cloned()).unwrap();
         f.set_monitor(model.monitor);
         f.set_malformed_policy(model.malformed);
+        // SYN-guarded ports in half the rounds, of the pool's ports (so
+        // frames reach them), where the model says what the SYN guard does:
+        // drop mode below a threshold no round reaches, cookie mode under
+        // monitor. Drawn from their own generator: a seed's other draws
+        // stay what they were.
+        for p in f.syn_guard().status().unwrap() {
+            f.syn_guard().unprotect(p.port).unwrap();
+        }
+        let mut syn_rng = StdRng::seed_from_u64(seed ^ (round as u64) ^ 0x5359_4E50_4F52_5453);
+        if syn_rng.random_bool(0.5) {
+            for _ in 0..syn_rng.random_range(1..=3) {
+                let port = PORTS[syn_rng.random_range(1..PORTS.len())];
+                let policy = if syn_rng.random_bool(0.5) {
+                    SynPolicy::drop_above(1 << 30)
+                } else {
+                    SynPolicy::cookies().with_monitor(true)
+                };
+                f.syn_guard().protect(port, policy).unwrap();
+                model.syn_ports.insert(port, policy);
+            }
+        }
         // Timed blocks, inserted last (edits reclaim expired entries, and
         // the expired ones must still be in the table when the frames run):
         // the last round's removed, then live ones (days) and ones that
@@ -594,6 +616,7 @@ fn the_whole_verdict_agrees_with_the_model_on_a_million_random_and_mutated_frame
         "would_drop_rule",
         "timed_blocked",
         "would_drop_timed",
+        "would_drop_syn",
     ] {
         assert!(
             reasons_seen.get(r).copied().unwrap_or(0) > 0 || total < 100_000,

@@ -65,9 +65,10 @@ struct walk {
 /* A monitored rule would have dropped the packet (a drop rule, or a rate
  * limit it is over): the walk goes on, and the packet is counted under the
  * reason the walk ends with (one reason a packet), but the rule's dry run
- * sends its would-drop event (xdpg_guard, after the walk, unless a later
- * rule drops the packet and sends its own: one event a packet), so events,
- * capture and top show what the rule would drop. */
+ * sends its would-drop event (would_event(), once the packet's verdict is
+ * known, unless that verdict is a drop or would-drop with its own event: a
+ * later rule's or the SYN guard's; one event a packet), so events, capture
+ * and top show what the rule would drop. */
 static __always_inline void would_drop(struct walk *w, __u32 reason, __u32 rule)
 {
 	if (!w->would) {
@@ -105,14 +106,25 @@ static __always_inline int drop_or_monitor(struct xdp_md *ctx, const struct xdpg
 	return XDP_DROP;
 }
 
+/* The first monitored rule's would-drop event, for a packet whose verdict
+ * sends no drop event of its own (it passes, or the SYN guard answers it).
+ * Sent after the SYN guard, not after the walk: sent there, a SYN the
+ * guard then dropped sent two events, the rule's and the guard's. */
+static __always_inline void would_event(struct xdp_md *ctx, const struct walk *w)
+{
+	if (w->would)
+		decided(ctx, w->would, w->would_rule);
+}
+
 /* Packets no rule decided (count rules and monitored rules may have
  * counted them): the place of the stages after the rules (the SYN guard),
  * in the plan's order. Today they pass. A rate-limit rule action
  * (XDPG_RULE_RATE_LIMIT) is decided in the walk instead, like
  * drop and pass. */
-static __always_inline int undecided(struct xdp_md *ctx, __u64 bytes)
+static __always_inline int undecided(struct xdp_md *ctx, const struct walk *w)
 {
-	count(XDPG_REASON_PASSED, bytes);
+	would_event(ctx, w);
+	count(XDPG_REASON_PASSED, w->bytes);
 	return pass_on(ctx);
 }
 
@@ -124,7 +136,7 @@ static __always_inline int syn_stage(struct xdp_md *ctx, const struct xdpg_pkt *
 				     const struct xdpg_guard_config *gcfg, const struct xdpg_filter_config *fcfg)
 {
 	if (w->family == 0 || key >= XDPG_GK_UDP)
-		return undecided(ctx, w->bytes);
+		return undecided(ctx, w);
 	int monitor = fcfg->monitor & XDPG_MONITOR_ON;
 	switch (xdpg_syn_guard(ctx, pkt, w->family, w->flags, key - XDPG_GK_TCP, w->src, gcfg, monitor)) {
 	case XDPG_SYN_DROP:
@@ -136,13 +148,15 @@ static __always_inline int syn_stage(struct xdp_md *ctx, const struct xdpg_pkt *
 		decided(ctx, XDPG_REASON_WOULD_DROP_SYN, 0);
 		return pass_on(ctx);
 	case XDPG_SYN_TX:
+		would_event(ctx, w);
 		count(XDPG_REASON_SYN_COOKIE_SENT, w->bytes);
 		return XDP_TX;
 	case XDPG_SYN_COOKIE_OK:
+		would_event(ctx, w);
 		count(XDPG_REASON_SYN_COOKIE_PASSED, w->bytes);
 		return pass_on(ctx);
 	}
-	return undecided(ctx, w->bytes);
+	return undecided(ctx, w);
 }
 
 /* Whether addr lies in net/len (both network byte order, IPv4 in word 0).
@@ -351,10 +365,6 @@ int xdpg_guard(struct xdp_md *ctx)
 		goto passed;
 	w.first = g->first;
 	walk_group(&w, g->count);
-	/* One event a packet: a later rule's drop (or would-drop) is its own. */
-	if (w.would && w.action != XDPG_RULE_DROP && w.action != XDPG_RULE_RATE_LIMIT)
-		decided(ctx, w.would, w.would_rule);
-
 	if (w.action == XDPG_RULE_DROP)
 		return drop_or_monitor(ctx, fcfg, XDPG_REASON_RULE_DROPPED, XDPG_REASON_WOULD_DROP_RULE, w.rule,
 				       w.bytes);
@@ -362,11 +372,12 @@ int xdpg_guard(struct xdp_md *ctx)
 		return drop_or_monitor(ctx, fcfg, XDPG_REASON_RATE_LIMITED, XDPG_REASON_WOULD_DROP_LIMIT, w.rule,
 				       w.bytes);
 	if (w.action == XDPG_RULE_PASS) {
+		would_event(ctx, &w);
 		count(XDPG_REASON_RULE_PASSED, w.bytes);
 		return pass_on(ctx);
 	}
 passed:
 	if (!gcfg || !fcfg)
-		return undecided(ctx, w.bytes);
+		return undecided(ctx, &w);
 	return syn_stage(ctx, &pkt, &w, key, gcfg, fcfg);
 }

@@ -2,7 +2,7 @@
 /* The guard's rate limits (the rate-limit rule action) and timed blocks.
  *
  * Rate limits. A rate-limit rule that matches a packet asks limit_over()
- * whether the packet's key (the rule and the source's prefix, /32 and /128
+ * whether the packet's key (the rule and the source's prefix, /32 and /64
  * by default) is over the rule's rates:
  *
  *   1. an exact bucket for the key in the LRU (xdpg_l_lru)? Its GCRA

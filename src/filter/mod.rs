@@ -760,8 +760,9 @@ impl Filter {
     /// - ACTION: `drop`, `pass`, `count` or `rate-limit`. `monitor` in
     ///   front: the rule only counts (a dry run of it; a monitored
     ///   rate-limit rule counts what it would limit).
-    /// - `rate-limit`: token buckets per source address (or `per src/24/64`:
-    ///   per IPv4 /24 and IPv6 /64 prefix) of RATE packets (`100/s`) and/or
+    /// - `rate-limit`: token buckets per source (by default, `per src`: per
+    ///   IPv4 address and IPv6 /64; `per src/24/48`: per IPv4 /24 and IPv6
+    ///   /48 prefix; `per src/32/128`: per address) of RATE packets (`100/s`) and/or
     ///   bits (`1mbit/s`) or bytes (`125kB/s`) a second; `burst` sets the
     ///   buckets' depth (default: one second of the rate; a number: packets,
     ///   a size like `64kB`: bytes); `block 10m` blocks a source over the

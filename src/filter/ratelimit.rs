@@ -11,9 +11,13 @@
 //!   `10gbit/s`, `1mbps`) or bytes (`125kB/s`, `125kBps`: a capital `B` is
 //!   a byte) per second; one of each kind at most. A bit rate is whole
 //!   bytes a second (a multiple of 8 bits).
-//! - `per src` (the default): one bucket per source address; `per src/24/64`:
-//!   per IPv4 /24 and IPv6 /64; a rule for one IP version gives one length
-//!   (`rate-limit 10/s per src/24 ipv4 udp`).
+//! - `per src` (the default): one bucket per IPv4 address and per IPv6 /64
+//!   (`per src/32/64`); `per src/24/48`: per IPv4 /24 and IPv6 /48; a rule
+//!   for one IP version gives one length (`rate-limit 10/s per src/24 ipv4
+//!   udp`), and `per src/32/128` keys each IPv6 address. IPv6 is keyed by
+//!   its /64 by default because a /64 is what one customer (a home, a cloud
+//!   instance) gets: keyed per address, one attacker rotates through 2^64
+//!   sources, each with a fresh bucket.
 //! - `burst N`: packets the bucket holds (default: one second of the rate);
 //!   `burst 64kB`: the same in bytes, at least one jumbo frame (9,018
 //!   bytes, also the least the default gives): a bucket smaller than a
@@ -34,7 +38,7 @@ use std::fmt;
 use std::time::Duration;
 
 /// How a rate limit keys its buckets: by the source's prefix of these
-/// lengths (32 and 128: by address).
+/// lengths (the default: each IPv4 address, each IPv6 /64).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct LimitKey {
     /// IPv4 prefix length (0 to 32).
@@ -45,8 +49,16 @@ pub struct LimitKey {
 
 impl Default for LimitKey {
     fn default() -> Self {
-        LimitKey { v4_len: 32, v6_len: 128 }
+        LimitKey { v4_len: 32, v6_len: 64 }
     }
+}
+
+impl LimitKey {
+    /// The default key of builds before IPv6 defaulted to /64: a rule
+    /// stored by one with no `per` word was compiled (and runs) with it,
+    /// and is read back with it (`parse::parse_stored`), so an upgrade
+    /// changes no running rule. Rule text now always writes `per`.
+    pub(crate) const STORED_BEFORE_V6_64: LimitKey = LimitKey { v4_len: 32, v6_len: 128 };
 }
 
 /// A rate-limit rule's limit: token buckets in packets and/or bytes per
@@ -202,10 +214,11 @@ impl RateLimit {
                         // until the rule's IP version is known (its parse
                         // gives the length to that version).
                         let n = num(a, 128)?;
+                        let d = LimitKey::default();
                         if n <= 32 {
-                            LimitKey { v4_len: n, v6_len: 128 }
+                            LimitKey { v4_len: n, ..d }
                         } else {
-                            LimitKey { v4_len: 32, v6_len: n }
+                            LimitKey { v6_len: n, ..d }
                         }
                     }
                     [a, b] => LimitKey { v4_len: num(a, 32)?, v6_len: num(b, 128)? },
@@ -360,7 +373,7 @@ fn fmt_scaled(n: u64, unit: &str) -> String {
 impl RateLimit {
     /// The limit as a rule of one IP version writes it: that version's
     /// prefix length alone (`per src/24` in an IPv4 rule, not
-    /// `per src/24/128`) when the other length is its default, which is
+    /// `per src/24/64`) when the other length is its default, which is
     /// what such a rule's parse reads back.
     pub(crate) fn for_family(&self, family: Option<crate::IpFamily>) -> impl fmt::Display + '_ {
         struct One<'a>(&'a RateLimit, Option<crate::IpFamily>);
@@ -385,17 +398,18 @@ impl RateLimit {
                 None => format!("{b}B/s"),
             });
         }
-        if self.per != LimitKey::default() {
-            // One length where the other is its default (which is what a
-            // one-length `per` in such a rule reads back as), both else:
-            // the text parses back to the same limit.
-            let d = LimitKey::default();
-            words.push(match family {
-                Some(crate::IpFamily::V4) if self.per.v6_len == d.v6_len => format!("per src/{}", self.per.v4_len),
-                Some(crate::IpFamily::V6) if self.per.v4_len == d.v4_len => format!("per src/{}", self.per.v6_len),
-                _ => format!("per src/{}/{}", self.per.v4_len, self.per.v6_len),
-            });
-        }
+        // Always written, the default too: the text shows the key the rule
+        // runs with, and a stored rule's text says it (a rule stored
+        // without `per` is from a build whose default was /128 for IPv6,
+        // LimitKey::STORED_BEFORE_V6_64). One length where the other is its
+        // default in a rule of one IP version, both else: the text parses
+        // back to the same limit.
+        let d = LimitKey::default();
+        words.push(match family {
+            Some(crate::IpFamily::V4) if self.per.v6_len == d.v6_len => format!("per src/{}", self.per.v4_len),
+            Some(crate::IpFamily::V6) if self.per.v4_len == d.v4_len => format!("per src/{}", self.per.v6_len),
+            _ => format!("per src/{}/{}", self.per.v4_len, self.per.v6_len),
+        });
         if let Some(n) = self.burst_packets {
             words.push(format!("burst {n}"));
         }
@@ -414,7 +428,7 @@ impl RateLimit {
 }
 
 impl fmt::Display for RateLimit {
-    /// `RATE [RATE] [per src/..] [burst N] [burst SIZE] [block DURATION]`
+    /// `RATE [RATE] per src/.. [burst N] [burst SIZE] [block DURATION]`
     /// (what follows `rate-limit` in a rule of either IP version).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.write(f, None)
@@ -442,24 +456,26 @@ mod tests {
     #[test]
     fn limits_round_trip() {
         for (text, shown) in [
-            ("100/s", "100/s"),
-            ("100pps 1mbit/s", "100/s 1mbit/s"),
-            ("8000bit/s", "8kbit/s"),
-            ("125kB/s", "1mbit/s"),
-            ("10/s per src/24/64 burst 20 block 10m", "10/s per src/24/64 burst 20 block 10m"),
-            ("10/s per src/24", "10/s per src/24/128"),
-            ("10/s per src/64", "10/s per src/32/64"),
-            ("1gbit/s burst 64kB", "1gbit/s burst 64kB"),
-            ("5/s block 90s", "5/s block 90s"),
-            ("5/s block 7200s", "5/s block 2h"),
-            ("5/s block 10m after 20", "5/s block 10m after 20"),
+            ("100/s", "100/s per src/32/64"),
+            ("100/s per src", "100/s per src/32/64"),
+            ("100pps 1mbit/s", "100/s 1mbit/s per src/32/64"),
+            ("8000bit/s", "8kbit/s per src/32/64"),
+            ("125kB/s", "1mbit/s per src/32/64"),
+            ("10/s per src/24/48 burst 20 block 10m", "10/s per src/24/48 burst 20 block 10m"),
+            ("10/s per src/24", "10/s per src/24/64"),
+            ("10/s per src/128", "10/s per src/32/128"),
+            ("10/s per src/32/128", "10/s per src/32/128"),
+            ("1gbit/s burst 64kB", "1gbit/s per src/32/64 burst 64kB"),
+            ("5/s block 90s", "5/s per src/32/64 block 90s"),
+            ("5/s block 7200s", "5/s per src/32/64 block 2h"),
+            ("5/s block 10m after 20", "5/s per src/32/64 block 10m after 20"),
         ] {
             let l = parse(text).unwrap_or_else(|e| panic!("{text}: {e}"));
             assert_eq!(l.to_string(), shown, "{text}");
             assert_eq!(parse(shown).unwrap(), l, "{shown} round-trips");
         }
         // A rate whose bits overflow 64 is shown in bytes (a refusal names it).
-        assert_eq!(RateLimit::bytes(1 << 62).to_string(), format!("{}B/s", 1u64 << 62));
+        assert_eq!(RateLimit::bytes(1 << 62).to_string(), format!("{}B/s per src/32/64", 1u64 << 62));
         let l = parse("1mbit/s").unwrap();
         assert_eq!(l.bytes_per_sec, Some(125_000));
         assert_eq!(l.effective_burst_bytes(), Some(125_000));

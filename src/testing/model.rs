@@ -59,9 +59,21 @@
 //! (`::ffff:192.0.2.5`, /96 or longer) is the IPv4 prefix, which covers
 //! IPv4 packets and no IPv6 packet (not one from `::ffff:192.0.2.5`).
 //!
-//! Not modelled: rate limits that are reached (above), the SYN guard and
-//! anything else a later guard stage adds (a filter using them is outside
-//! this model), and `xdp_md` metadata (the verdict does not depend on it).
+//! The SYN guard ([`FilterModel::syn_ports`]) takes the TCP packets no rule
+//! decided, to its ports: its ports make the guard stage run (so step 4
+//! applies with no rule or timed block). Like rate limits, it is modelled
+//! where its verdict is a function of the frame: a port in drop mode
+//! below its threshold passes every packet (`passed`; exact while fewer
+//! SYNs than the threshold arrive a second), and a port in cookie mode in
+//! monitor mode (its own or the filter's) counts a SYN (SYN set, ACK and
+//! RST clear) as `would_drop_syn` and passes it, and passes the rest (an
+//! ACK carrying a valid cookie aside, which random frames do not).
+//!
+//! Not modelled: rate limits that are reached (above), the SYN guard over
+//! a drop-mode threshold or in cookie mode without monitor (SYN-ACKs sent,
+//! conntrack's view of untracked ACKs), anything else a later guard stage
+//! adds (a filter using them is outside this model), and `xdp_md` metadata
+//! (the verdict does not depend on it).
 //!
 //! Timed blocks: the data plane deletes an expired entry its lookup finds
 //! and looks once more (`timed_blocked()` in `src/bpf/guard_limit.h`), so a
@@ -93,7 +105,8 @@ use std::time::Duration;
 use ipnetwork::IpNetwork;
 
 use crate::{
-    normalize, Error, Filter, IpFamily, MalformedPolicy, Rule, RuleAction, RuleError, Source, SourceMatch, XdpAction,
+    normalize, Error, Filter, IpFamily, MalformedPolicy, Rule, RuleAction, RuleError, Source, SourceMatch, SynMode,
+    SynPolicy, XdpAction,
 };
 
 /// What the filter is configured with, as plain data.
@@ -117,6 +130,10 @@ pub struct FilterModel {
     pub monitor: bool,
     /// The malformed-packet policy.
     pub malformed: MalformedPolicy,
+    /// The SYN guard's protected ports and their policies: modelled in
+    /// drop mode below the threshold (it passes everything) and in cookie
+    /// mode under monitor (a SYN is `would_drop_syn`); see the module docs.
+    pub syn_ports: BTreeMap<u16, SynPolicy>,
 }
 
 /// What the filter does with one frame.
@@ -408,6 +425,18 @@ impl FilterModel {
             && rule.icmp_types.as_ref().is_none_or(|s| s.contains(u16::from(t.icmp_type)))
     }
 
+    /// The key of the bucket a rate-limit rule meters a source's packets
+    /// in: the source's prefix of the rule's length for its IP version
+    /// ([`LimitKey`](crate::LimitKey): by default each IPv4 address and each
+    /// IPv6 /64). Two sources share a bucket (and its limit) exactly when
+    /// their keys are equal. `None` for a rule without a limit.
+    pub fn limit_key(rule: &Rule, src: IpAddr) -> Option<IpNetwork> {
+        let per = rule.limit?.per;
+        let len = if src.is_ipv4() { per.v4_len } else { per.v6_len };
+        let net = IpNetwork::new(src, len).ok()?;
+        IpNetwork::new(net.network(), len).ok()
+    }
+
     /// What the filter does with `frame`.
     pub fn verdict(&self, frame: &[u8]) -> ModelVerdict {
         let done = |action, reason| ModelVerdict { action, reason, rules: Vec::new() };
@@ -440,11 +469,9 @@ impl FilterModel {
             };
         }
         // No rule can read the transport header behind the chain or the
-        // tiny fragment: while the guard stage runs (rules, or timed
-        // blocks), malformed. (The model has no SYN guard: with SYN ports
-        // alone protected the guard runs and drops it too, which
-        // tests/filter_syn_verdicts.rs covers.)
-        if p.l4_hidden && (!self.rules.is_empty() || !self.timed_blocks.is_empty()) {
+        // tiny fragment: while the guard stage runs (rules, timed blocks or
+        // SYN ports), malformed.
+        if p.l4_hidden && (!self.rules.is_empty() || !self.timed_blocks.is_empty() || !self.syn_ports.is_empty()) {
             return done(if self.monitor { XdpAction::Pass } else { XdpAction::Drop }, "malformed");
         }
         let mut rules = Vec::new();
@@ -464,12 +491,32 @@ impl FilterModel {
             };
             return ModelVerdict { action, reason, rules };
         }
-        ModelVerdict { action: XdpAction::Pass, reason: "passed", rules }
+        ModelVerdict { action: XdpAction::Pass, reason: self.syn_verdict(&p), rules }
+    }
+
+    /// The SYN guard's reason for a packet no rule decided (it passes
+    /// either way, where modelled): `would_drop_syn` for a SYN to a port
+    /// in cookie mode under monitor, else `passed`.
+    fn syn_verdict(&self, p: &IpPacket) -> &'static str {
+        const SYN: u8 = 0x02;
+        const RST: u8 = 0x04;
+        const ACK: u8 = 0x10;
+        let Some(t) = p.transport.filter(|_| p.protocol == 6) else { return "passed" };
+        match self.syn_ports.get(&t.dport) {
+            Some(policy)
+                if policy.mode == SynMode::Cookie
+                    && (policy.monitor || self.monitor)
+                    && t.tcp_flags & (SYN | ACK | RST) == SYN =>
+            {
+                "would_drop_syn"
+            }
+            _ => "passed",
+        }
     }
 
     /// The configuration of a running filter: its lists, live timed blocks
     /// (with [`FilterModel::now`] the guard clock as they were read), sets,
-    /// rules, monitor mode and malformed policy (a filter without the guard
+    /// rules, SYN-guarded ports, monitor mode and malformed policy (a filter without the guard
     /// stage has no timed blocks, sets and rules). Reading the timed blocks
     /// reclaims the expired ones ([`TimedBlocks::list`](crate::TimedBlocks::list)).
     ///
@@ -477,7 +524,8 @@ impl FilterModel {
     ///
     /// The errors of reading the lists ([`PrefixList::iter`](crate::PrefixList::iter)),
     /// the timed blocks ([`TimedBlocks::list`](crate::TimedBlocks::list)),
-    /// the sets and the rules ([`Rules::list`](crate::Rules::list)).
+    /// the sets and the rules ([`Rules::list`](crate::Rules::list)), and
+    /// the SYN guard's ([`SynGuard::status`](crate::SynGuard::status)).
     pub fn from_filter(filter: &Filter) -> Result<FilterModel, Error> {
         let mut m = FilterModel {
             allowlist: filter.allowlist().iter()?.collect(),
@@ -495,6 +543,7 @@ impl FilterModel {
                 m.now = filter.guard_clock()?;
                 m.timed_blocks =
                     filter.timed_blocks().list()?.into_iter().map(|b| (b.prefix, m.now + b.remaining)).collect();
+                m.syn_ports = filter.syn_guard().status()?.into_iter().map(|s| (s.port, s.policy)).collect();
             }
             Err(RuleError::NoGuard { .. }) => {}
             Err(e) => return Err(e.into()),

@@ -315,7 +315,7 @@ mod tests {
         assert_eq!(s.pkt_cost, SECOND / 100, "10 ms a packet, in 1/16 ns");
         assert_eq!(s.pkt_burst, 100 * s.pkt_cost, "one second of the rate");
         assert_eq!((s.admit, s.sketch_max), (5, 110), "half a window's worth; a window's plus the burst");
-        assert_eq!((s.byte_cost, s.v4_len, s.v6_len, s.block_ns), (0, 32, 128, 0));
+        assert_eq!((s.byte_cost, s.v4_len, s.v6_len, s.block_ns), (0, 32, 64, 0), "IPv6 keyed by its /64 by default");
         let l: crate::Rule = "rate-limit 1mbit/s per src/24/64 block 10m udp".parse().unwrap();
         let s = compile_spec(l.limit.as_ref().unwrap(), window);
         assert_eq!(s.byte_cost, SECOND / 125_000);

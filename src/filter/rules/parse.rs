@@ -374,11 +374,20 @@ fn parse_rule(text: &str, strict: bool) -> Result<Rule, RuleError> {
                 IpFamily::V4 if n > 32 => {
                     return Err(bad(format!("`per {v}`: an IPv4 prefix length is 0 to 32")));
                 }
-                IpFamily::V4 => LimitKey { v4_len: n, v6_len: 128 },
-                IpFamily::V6 => LimitKey { v4_len: 32, v6_len: n },
+                IpFamily::V4 => LimitKey { v4_len: n, ..LimitKey::default() },
+                IpFamily::V6 => LimitKey { v6_len: n, ..LimitKey::default() },
             };
         }
         _ => {}
+    }
+    // A stored rule without `per` is from a build that left the default
+    // out of the text, when IPv6's was /128: read back as it was compiled
+    // and runs, not silently re-keyed by /64 at the next edit. This build
+    // always writes `per`.
+    if let (false, Some(l)) = (strict, &mut limit) {
+        if !limit_seen.contains(&"per") {
+            l.per = LimitKey::STORED_BEFORE_V6_64;
+        }
     }
     rule.limit = limit;
     rule.normalize(strict).map_err(|e| match e {
@@ -423,8 +432,15 @@ mod tests {
                 "rate-limit 100/s 1mbit/s per src/24/64 burst 200 block 10m udp dport 53",
                 "rate-limit 100/s 1mbit/s per src/24/64 burst 200 block 10m udp dport 53",
             ),
-            ("rate-limit udp dport 53 50pps", "rate-limit 50/s udp dport 53"),
-            ("monitor rate-limit 10/s tcp flags syn/syn,ack", "monitor rate-limit 10/s tcp flags syn/syn,ack"),
+            ("rate-limit udp dport 53 50pps", "rate-limit 50/s per src/32/64 udp dport 53"),
+            (
+                "monitor rate-limit 10/s tcp flags syn/syn,ack",
+                "monitor rate-limit 10/s per src/32/64 tcp flags syn/syn,ack",
+            ),
+            ("rate-limit 10/s ipv6 udp", "rate-limit 10/s per src/64 ipv6 udp"),
+            ("rate-limit 10/s per src/128 ipv6 udp", "rate-limit 10/s per src/128 ipv6 udp"),
+            ("rate-limit 10/s per src/24/128 ipv4 udp", "rate-limit 10/s per src/24/128 ipv4 udp"),
+            ("rate-limit 10/s udp from 192.0.2.0/24", "rate-limit 10/s per src/32 udp from 192.0.2.0/24"),
         ] {
             let rule: Rule = text.parse().unwrap_or_else(|e| panic!("{text}: {e}"));
             assert_eq!(rule.to_string(), shown, "{text}");
@@ -441,8 +457,43 @@ mod tests {
         assert!(err.contains("at least 9018 bytes"), "{err}");
         let stored = parse_stored(text).unwrap();
         assert_eq!(stored.limit.and_then(|l| l.burst_bytes), Some(100));
-        assert_eq!(stored.to_string(), text);
+        assert_eq!(stored.to_string(), "rate-limit 1mbit/s per src/32/128 burst 100B udp dport 9999");
         assert!(parse_stored("rate-limit 0/s udp").is_err(), "what no build took is still refused");
+    }
+
+    /// IPv6 sources are keyed by their /64 by default. A rule stored by a
+    /// build whose default was /128 wrote no `per`: read back with /128, as
+    /// it was compiled and runs (an upgrade re-keys no running rule), and
+    /// shown with it. Stored text now always says `per`, so a new rule's
+    /// default survives the same read.
+    #[test]
+    fn the_default_ipv6_key_is_a_64_and_stored_rules_keep_theirs() {
+        let key = |r: &Rule| r.limit.map(|l| (l.per.v4_len, l.per.v6_len));
+        for (text, new, stored) in [
+            ("rate-limit 10/s udp dport 53", (32, 64), (32, 128)),
+            ("rate-limit 10/s per src udp dport 53", (32, 64), (32, 64)),
+            ("rate-limit 10/s ipv6 udp", (32, 64), (32, 128)),
+            ("rate-limit 10/s per src/128 ipv6 udp", (32, 128), (32, 128)),
+            ("rate-limit 10/s per src/32/128 udp", (32, 128), (32, 128)),
+            ("rate-limit 10/s per src/24/48 udp", (24, 48), (24, 48)),
+        ] {
+            let rule: Rule = text.parse().unwrap();
+            assert_eq!(key(&rule), Some(new), "{text} as a new rule");
+            let back = parse_stored(&rule.to_string()).unwrap();
+            assert_eq!(back, rule, "{text}: a rule this build stored reads back the same");
+            let old = parse_stored(text).unwrap();
+            assert_eq!(key(&old), Some(stored), "{text} stored by an older build");
+            assert_eq!(parse_stored(&old.to_string()).unwrap(), old, "{text}: and stays so once stored again");
+        }
+        assert_eq!(parse_stored("rate-limit 10/s udp").unwrap().to_string(), "rate-limit 10/s per src/32/128 udp");
+        assert_eq!(
+            parse_stored("rate-limit 10/s ipv6 udp").unwrap().to_string(),
+            "rate-limit 10/s per src/128 ipv6 udp"
+        );
+        assert_eq!(
+            parse_stored("rate-limit 10/s ipv4 udp").unwrap().to_string(),
+            "rate-limit 10/s per src/32/128 ipv4 udp"
+        );
     }
 
     #[test]
@@ -542,12 +593,14 @@ mod tests {
             ("rate-limit 100/s per src/32 ipv6 udp dport 9", 32, 32),
             ("rate-limit 100/s per src/16 udp from 2001:db8::/32", 32, 16),
             ("rate-limit 100/s per src/48 ipv6 udp", 32, 48),
-            ("rate-limit 100/s per src/24 ipv4 udp", 24, 128),
-            ("rate-limit 100/s per src/24 udp to 192.0.2.0/24", 24, 128),
-            // Both given in a one-version rule: both kept, both written.
-            ("rate-limit 10/s per src/24/64 ipv4 udp", 24, 64),
+            ("rate-limit 100/s per src/24 ipv4 udp", 24, 64),
+            ("rate-limit 100/s per src/24 udp to 192.0.2.0/24", 24, 64),
+            // Both given in a one-version rule: both kept, both written
+            // (the other one not its default; `per src/24/64 ipv4` is
+            // `per src/24 ipv4`).
+            ("rate-limit 10/s per src/24/48 ipv4 udp", 24, 48),
             ("rate-limit 10/s per src/24/64 ipv6 udp", 24, 64),
-            ("rate-limit 10/s per src/24/64 udp from 192.0.2.0/24", 24, 64),
+            ("rate-limit 10/s per src/24/128 udp from 192.0.2.0/24", 24, 128),
         ] {
             let rule: Rule = text.parse().unwrap_or_else(|e| panic!("{text}: {e}"));
             let per = rule.limit.expect("a limit").per;
