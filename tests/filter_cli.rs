@@ -936,8 +936,8 @@ fn stats_watch_reopens_a_filter_re_created_under_its_pin() {
             let _ = self.0.wait();
         }
     }
-    // check-deps: built-here (a binary of this crate: CARGO_BIN_EXE_*)
     let mut running = Running(
+        // check-deps: built-here (a binary of this crate: CARGO_BIN_EXE_xdpguard)
         Command::new(XDPGUARD.path())
             .args(["stats", "--watch", "1", "--json", "--pin", p])
             .stdout(Stdio::piped())

@@ -686,6 +686,7 @@ fn a_creation_killed_before_its_guard_is_pinned_is_interrupted_and_cleared_whole
         ("filter.guard_pinned", true, "a new creation"),
     ] {
         let pin = ScratchDir::bpffs("crcrash");
+        // check-deps: built-here (this test binary, re-run as a child)
         let out = std::process::Command::new(std::env::current_exe().unwrap())
             .args(["--exact", "a_creation_killed_before_its_guard_is_pinned_is_interrupted_and_cleared_whole"])
             .args(["--nocapture", "--test-threads=1"])

@@ -734,4 +734,29 @@ fn a_monitored_rules_would_drop_and_the_syn_guards_drop_send_one_event() {
     assert!(failures.is_empty(), "{} failure(s):\n{}", failures.len(), failures.join("\n"));
     let s = f.event_stats().unwrap();
     assert_eq!((s.sent, s.limited, s.lost), (7, 0, 0), "{s:?}");
+
+    // Cookie mode: a SYN the guard answers sends the rule's would-drop
+    // alone, and it carries the SYN the rule judged, not the SYN|ACK the
+    // frame became (sent after the answer, its source was the server).
+    f.syn_guard().protect(8443, SynPolicy::cookies()).expect("protect 8443");
+    let dry = f.rules().add("monitor drop tcp dport 8443".parse().unwrap()).unwrap();
+    align(&f);
+    for src in ["198.51.100.9", "2001:db8::9"] {
+        let frame = syn(src, 3000, 8443);
+        let out = f.test_run(&frame).unwrap_or_else(|e| panic!("{src}: {e}"));
+        assert_eq!(out.action, XdpAction::Tx, "{src}: the SYN guard answers");
+        let mut events = reader.poll(Duration::from_secs(2)).expect("poll");
+        events.extend(reader.poll(Duration::from_millis(50)).expect("poll"));
+        let seen: Vec<_> = events.iter().map(|e| (e.reason, e.rule)).collect();
+        assert_eq!(seen, [(DropReason::WouldDropRule, Some(dry))], "{src}: one event, the rule's");
+        let got = SlicedPacket::from_ethernet(&events[0].bytes).expect("the event's frame parses");
+        let source = match got.net {
+            Some(NetSlice::Ipv4(ref h)) => IpAddr::from(h.header().source_addr()),
+            Some(NetSlice::Ipv6(ref h)) => IpAddr::from(h.header().source_addr()),
+            _ => panic!("{src}: the event's frame has no IP header"),
+        };
+        assert_eq!(source, ip(src), "{src}: the event carries the client's SYN");
+        let Some(TransportSlice::Tcp(tcp)) = got.transport else { panic!("{src}: no TCP header") };
+        assert!(tcp.syn() && !tcp.ack(), "{src}: the event carries the SYN, not the SYN|ACK");
+    }
 }

@@ -301,12 +301,14 @@ enum Command {
     /// polls, dist/bird/): exits 0 when attached and at least one VIP has
     /// an active backend, 3 when attached to no interface, 6 when an
     /// interface it was attached to is lost (deleted; `detach --iface` is
-    /// not a loss), 7 when IP forwarding is off on an interface it
-    /// receives on (sysctl net.ipv4.conf.IF.forwarding or
-    /// net.ipv6.conf.IF.forwarding, for its backends' families: VIP
-    /// packets go to the stack), 8 when an active backend is routed out of
-    /// an interface that is not a redirect interface (e.g. deleted and
-    /// made again: `set --redirect IF`), 4 when no VIP has
+    /// not a loss), 7 when IP forwarding is off on an interface it is
+    /// attached to, or on every one it receives on (sysctl
+    /// net.ipv4.conf.IF.forwarding or net.ipv6.conf.IF.forwarding, for its
+    /// backends' families: VIP packets go to the stack; off on only some
+    /// of a chaining filter's interfaces is a note), 8 when an L2
+    /// DSR VIP's active backend is routed out of an interface that is not
+    /// a redirect interface (e.g. deleted and made again: `set --redirect
+    /// IF`), 4 when no VIP has
     /// an active backend, 5 when serving but its state digest differs from
     /// the one --config or --expect-digest expects (the node does not hold
     /// the fleet's configuration), 1 when no LB is pinned (detached) or it

@@ -107,9 +107,12 @@ static __always_inline int drop_or_monitor(struct xdp_md *ctx, const struct xdpg
 }
 
 /* The first monitored rule's would-drop event, for a packet whose verdict
- * sends no drop event of its own (it passes, or the SYN guard answers it).
+ * sends no drop event of its own (it passes, or the SYN guard answers it:
+ * then sent by xdpg_syn_guard, before the answer overwrites the SYN).
  * Sent after the SYN guard, not after the walk: sent there, a SYN the
- * guard then dropped sent two events, the rule's and the guard's. */
+ * guard then dropped sent two events, the rule's and the guard's (it
+ * still can when an answer cannot be written: a SYN from a group MAC or a
+ * martian source, counted `unanswerable`). */
 static __always_inline void would_event(struct xdp_md *ctx, const struct walk *w)
 {
 	if (w->would)
@@ -138,7 +141,8 @@ static __always_inline int syn_stage(struct xdp_md *ctx, const struct xdpg_pkt *
 	if (w->family == 0 || key >= XDPG_GK_UDP)
 		return undecided(ctx, w);
 	int monitor = fcfg->monitor & XDPG_MONITOR_ON;
-	switch (xdpg_syn_guard(ctx, pkt, w->family, w->flags, key - XDPG_GK_TCP, w->src, gcfg, monitor)) {
+	switch (xdpg_syn_guard(ctx, pkt, w->family, w->flags, key - XDPG_GK_TCP, w->src, gcfg, monitor, w->would,
+			       w->would_rule)) {
 	case XDPG_SYN_DROP:
 		count(XDPG_REASON_SYN_DROPPED, w->bytes);
 		decided(ctx, XDPG_REASON_SYN_DROPPED, 0);
@@ -148,7 +152,8 @@ static __always_inline int syn_stage(struct xdp_md *ctx, const struct xdpg_pkt *
 		decided(ctx, XDPG_REASON_WOULD_DROP_SYN, 0);
 		return pass_on(ctx);
 	case XDPG_SYN_TX:
-		would_event(ctx, w);
+		/* The rule's event went out before the answer was written
+		 * (xdpg_syn_guard). */
 		count(XDPG_REASON_SYN_COOKIE_SENT, w->bytes);
 		return XDP_TX;
 	case XDPG_SYN_COOKIE_OK:

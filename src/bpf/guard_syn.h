@@ -578,10 +578,14 @@ static __always_inline int syn_cookie_valid(struct xdp_md *ctx, const struct xdp
 /* The SYN guard for a TCP packet to `dport` with `flags`, from `src`:
  * XDPG_SYN_NONE (not its business: the packet goes on), or what it
  * decided (XDPG_SYN_*), counted in the port's counters; the caller counts
- * the filter reason and returns the action. */
+ * the filter reason and returns the action. `would`, `would_rule`: a
+ * monitored rule's would-drop event (reason 0: none), sent here just
+ * before a SYN is rewritten into its SYN|ACK answer, so the event carries
+ * the SYN the rule judged (sent by the caller after the answer, it carried
+ * the SYN|ACK: the server as its source). */
 static __always_inline int xdpg_syn_guard(struct xdp_md *ctx, const struct xdpg_pkt *pkt, __u32 family, __u8 flags,
 					  __u32 dport, const __u32 *src, const struct xdpg_guard_config *gcfg,
-					  int monitor)
+					  int monitor, __u32 would, __u32 would_rule)
 {
 	__u32 zero = 0;
 	struct xdpg_syn_config *cfg = bpf_map_lookup_elem(&xdpg_syn_cfg, &zero);
@@ -607,6 +611,8 @@ static __always_inline int xdpg_syn_guard(struct xdp_md *ctx, const struct xdpg_
 				c->would_drop++;
 				return XDPG_SYN_WOULD_DROP;
 			}
+			if (would)
+				decided(ctx, would, would_rule);
 			int err = family == 4 ? syn_answer_v4(ctx, pkt, p) : syn_answer_v6(ctx, pkt, p);
 			if (err) {
 				c->unanswerable++;

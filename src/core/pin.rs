@@ -280,11 +280,13 @@ impl PinDir {
         Ok(())
     }
 
-    /// Undoes a creation begun by [`PinDir::create`] that failed: every pin
-    /// of ours and the creation mark, then the directory if this creation
-    /// made it. A directory that was there before, empty, is left as it
-    /// was.
+    /// Undoes a creation begun by [`PinDir::create`] that failed: the
+    /// subdirectories it made (a guard pinned within its filter's creation,
+    /// before a later step failed), every pin of ours and the creation
+    /// mark, then the directory if this creation made it. A directory that
+    /// was there before, empty, is left as it was.
     pub(crate) fn undo_create(&self) -> Result<(), PinError> {
+        self.remove_nested()?;
         if self.made {
             self.remove_all()
         } else {

@@ -81,7 +81,7 @@ use std::os::fd::{AsFd, BorrowedFd};
 
 use super::digest::Digest;
 use super::neigh;
-use super::types::{BackendAddr, Vip};
+use super::types::{BackendAddr, ForwardingMode, Vip};
 use super::LoadBalancer;
 use crate::core::sys;
 use crate::error::LbError;
@@ -108,12 +108,23 @@ pub struct Health {
     /// ([`LoadBalancer::health_expecting`]); `None` when none was given.
     pub digest_matches: Option<bool>,
     /// Interfaces the LB receives on that do not forward a family its
-    /// active backends are of: the FIB lookup refuses, and those packets
-    /// go to the stack (`passed_no_route`).
+    /// active backends are of: the FIB lookup refuses, and VIP packets
+    /// arriving there go to the stack (`passed_no_route`). Not serving
+    /// (exit code 7) when it is off on an interface the LB is attached to
+    /// itself, or on every interface it receives on
+    /// ([`receiving`](Self::receiving)); off on some of a chaining filter's
+    /// interfaces only (a management interface the filter guards, with
+    /// forwarding off as hardening) is noted.
     pub forwarding_off: Vec<ForwardingOff>,
-    /// Active backends routed out of an interface the LB may not redirect
-    /// to (not in its devmap): their packets go through the stack, an L2
-    /// DSR VIP's are dropped there.
+    /// The interfaces the LB receives on (its own attachments and the
+    /// filters' chaining it) found in its namespace; 0 when the namespace
+    /// could not be entered (nothing read there).
+    pub receiving: usize,
+    /// Active backends of L2 DSR VIPs routed out of an interface the LB may
+    /// not redirect to (not in its devmap): their packets go to the stack,
+    /// which drops them (only XDP does L2 DSR). An IPIP or NAT VIP's
+    /// packets the stack forwards as the LB rewrote them (slower, counted
+    /// as `passed_no_devmap`), so those are not listed.
     pub unredirected: Vec<Unredirected>,
 }
 
@@ -128,6 +139,9 @@ pub struct ForwardingOff {
     pub ifindex: u32,
     /// IPv6 (else IPv4).
     pub ipv6: bool,
+    /// The LB is attached to it itself (else it receives there only
+    /// through a chaining filter).
+    pub attached: bool,
 }
 
 impl ForwardingOff {
@@ -156,8 +170,8 @@ pub struct Unredirected {
 
 impl Health {
     /// Serving: attached somewhere (or chained behind a filter that is), no attachment lost, forwarding on
-    /// where it receives, every active backend's egress a redirect interface, at least one VIP has an
-    /// active backend, and, when a digest was expected, the state matches it.
+    /// somewhere it receives, every L2 DSR VIP's active backend's egress a redirect interface, at least
+    /// one VIP has an active backend, and, when a digest was expected, the state matches it.
     pub fn is_serving(&self) -> bool {
         self.exit_code() == 0
     }
@@ -166,11 +180,11 @@ impl Health {
     /// missing: 0 serving, 3 not attached to any interface (nor chained
     /// behind a filter attached to one), 6 attached (or chained) but an
     /// interface it was attached to is lost (deleted, not detached:
-    /// [`LoadBalancer::lost_attachments`]), 7 IP forwarding is off on an
+    /// [`LoadBalancer::lost_attachments`]), 7 IP forwarding is off on every
     /// interface it receives on, for a family its active backends are of
-    /// ([`Health::forwarding_off`]), 8 an active backend is routed out of an
-    /// interface that is not a redirect interface ([`Health::unredirected`]:
-    /// e.g. deleted and made again), 4 attached but
+    /// ([`Health::forwarding_off`]), 8 an L2 DSR VIP's active backend is
+    /// routed out of an interface that is not a redirect interface
+    /// ([`Health::unredirected`]: e.g. deleted and made again), 4 attached but
     /// no VIP has an active backend, 5 serving but its state digest differs
     /// from the expected one (only with an expected digest). (1 is any
     /// error, e.g. nothing pinned: the LB was detached or never attached; 2
@@ -181,7 +195,7 @@ impl Health {
             3
         } else if self.lost > 0 {
             6
-        } else if !self.forwarding_off.is_empty() {
+        } else if self.forwarding_refused() {
             7
         } else if !self.unredirected.is_empty() {
             8
@@ -192,6 +206,20 @@ impl Health {
         } else {
             0
         }
+    }
+}
+
+impl Health {
+    /// Whether forwarding is off where VIP traffic arrives: on an interface
+    /// the LB is attached to itself (the operator put it there for that
+    /// traffic), or, for a family its backends are of, on every interface
+    /// it receives on.
+    fn forwarding_refused(&self) -> bool {
+        self.forwarding_off.iter().any(|o| o.attached)
+            || [false, true].into_iter().any(|ipv6| {
+                let off = self.forwarding_off.iter().filter(|o| o.ipv6 == ipv6).count();
+                off > 0 && off >= self.receiving
+            })
     }
 }
 
@@ -213,13 +241,23 @@ impl fmt::Display for Health {
         }
         if !self.forwarding_off.is_empty() {
             let set: Vec<String> = self.forwarding_off.iter().map(|o| format!("{}=1", o.sysctl())).collect();
-            write!(
-                f,
-                "; IP forwarding is off where it receives, so VIP packets go to the stack (passed_no_route): \
-                 set {} (`sysctl -w`, in the LB's namespace; net.ipv4.ip_forward=1 and \
-                 net.ipv6.conf.all.forwarding=1 set every interface)",
-                set.join(", ")
-            )?;
+            if self.forwarding_refused() {
+                write!(
+                    f,
+                    "; IP forwarding is off where it receives, so VIP packets go to the stack (passed_no_route): \
+                     set {} (`sysctl -w`, in the LB's namespace; net.ipv4.ip_forward=1 and \
+                     net.ipv6.conf.all.forwarding=1 set every interface)",
+                    set.join(", ")
+                )?;
+            } else {
+                write!(
+                    f,
+                    "; note: IP forwarding is off on some interfaces it receives on through a filter, so VIP \
+                     packets arriving there go to the stack (passed_no_route): set {} (`sysctl -w`, in the LB's \
+                     namespace) if VIP traffic arrives there",
+                    set.join(", ")
+                )?;
+            }
         }
         // One line per egress: the backends it takes, and the repair.
         let egresses: BTreeSet<(&str, u32)> =
@@ -247,15 +285,18 @@ impl fmt::Display for Health {
 #[derive(Default)]
 struct NsReport {
     forwarding_off: Vec<ForwardingOff>,
+    receiving: usize,
     unredirected: Vec<Unredirected>,
 }
 
-/// Reads both: `ingress` the interfaces it receives on, `families` (IPv4,
-/// IPv6) those of its active backends, `backends` its active backends,
-/// `devmap` its redirect interfaces. Runs in the LB's namespace.
+/// Reads both: `ingress` the interfaces it receives on (`attached` those
+/// the LB is attached to itself), `families` (IPv4,
+/// IPv6) those of its active backends, `backends` its L2 DSR VIPs' active
+/// backends, `devmap` its redirect interfaces. Runs in the LB's namespace.
 fn read_in_ns(
     ns: BorrowedFd<'_>,
     ingress: &BTreeSet<u32>,
+    attached: &BTreeSet<u32>,
     families: (bool, bool),
     backends: &[(Vip, BackendAddr)],
     devmap: &BTreeSet<u32>,
@@ -264,11 +305,13 @@ fn read_in_ns(
     for &ifindex in ingress {
         // Gone: a lost attachment, counted as that.
         let Some(interface) = sys::ifname_of(ifindex) else { continue };
+        report.receiving += 1;
         for (ipv6, used) in [(false, families.0), (true, families.1)] {
             let path = format!("/proc/sys/net/ipv{}/conf/{interface}/forwarding", if ipv6 { 6 } else { 4 });
             // Unreadable (IPv6 disabled at boot, say): not known to be off.
             if used && std::fs::read_to_string(&path).is_ok_and(|v| v.trim() == "0") {
-                report.forwarding_off.push(ForwardingOff { interface: interface.clone(), ifindex, ipv6 });
+                let attached = attached.contains(&ifindex);
+                report.forwarding_off.push(ForwardingOff { interface: interface.clone(), ifindex, ipv6, attached });
             }
         }
     }
@@ -313,7 +356,7 @@ impl LoadBalancer {
         // longer reaches the LB (NAT replies there go untranslated).
         let lost = self.lost_attachments().len() + chains.iter().map(|c| c.lost.len()).sum::<usize>();
         let chained = chains.iter().map(|c| c.ifindexes.len()).sum();
-        let (vips, serving_vips, active) = self.read(|st| {
+        let (vips, serving_vips, active, dsr) = self.read(|st| {
             let serving = st
                 .vips
                 .values()
@@ -325,13 +368,20 @@ impl LoadBalancer {
                 .iter()
                 .flat_map(|(vip, vs)| vs.backends.iter().filter(|(_, s)| s.weight > 0).map(|(b, _)| (*vip, *b)))
                 .collect();
-            (st.vips.len(), serving, active)
+            // Only L2 DSR's packets die in the stack (see `unredirected`).
+            let dsr: Vec<(Vip, BackendAddr)> = active
+                .iter()
+                .filter(|(vip, _)| st.vips.get(vip).is_some_and(|vs| vs.config.mode == ForwardingMode::L2Dsr))
+                .copied()
+                .collect();
+            (st.vips.len(), serving, active, dsr)
         })?;
+        let own: BTreeSet<u32> = attached.iter().map(|a| a.ifindex).collect();
         let ingress: BTreeSet<u32> =
-            attached.iter().map(|a| a.ifindex).chain(chains.iter().flat_map(|c| c.ifindexes.iter().copied())).collect();
+            own.iter().copied().chain(chains.iter().flat_map(|c| c.ifindexes.iter().copied())).collect();
         let families = (active.iter().any(|(_, b)| b.ip.is_ipv4()), active.iter().any(|(_, b)| b.ip.is_ipv6()));
         let devmap: BTreeSet<u32> = self.redirect_interfaces().into_iter().collect();
-        let report = self.in_netns(|ns| read_in_ns(ns, &ingress, families, &active, &devmap)).unwrap_or_default();
+        let report = self.in_netns(|ns| read_in_ns(ns, &ingress, &own, families, &dsr, &devmap)).unwrap_or_default();
         Ok(Health {
             attachments: attached.len(),
             lost,
@@ -340,6 +390,7 @@ impl LoadBalancer {
             serving_vips,
             digest_matches: None,
             forwarding_off: report.forwarding_off,
+            receiving: report.receiving,
             unredirected: report.unredirected,
         })
     }
@@ -397,6 +448,7 @@ mod tests {
             serving_vips,
             digest_matches: None,
             forwarding_off: Vec::new(),
+            receiving: 1,
             unredirected: Vec::new(),
         };
         assert_eq!(h(1, 2, 1).exit_code(), 0);
@@ -452,10 +504,11 @@ mod tests {
             serving_vips: 1,
             digest_matches: Some(true),
             forwarding_off: Vec::new(),
+            receiving: 1,
             unredirected: Vec::new(),
         };
         assert_eq!(serving.exit_code(), 0);
-        let off = |name: &str, ipv6| ForwardingOff { interface: name.into(), ifindex: 2, ipv6 };
+        let off = |name: &str, ipv6| ForwardingOff { interface: name.into(), ifindex: 2, ipv6, attached: false };
         assert_eq!(off("eth0", false).sysctl(), "net.ipv4.conf.eth0.forwarding");
         assert_eq!(off("eth0.100", true).sysctl(), "net.ipv6.conf.eth0/100.forwarding");
         let fwd = Health { forwarding_off: vec![off("eth0", false)], ..serving.clone() };
@@ -467,6 +520,23 @@ mod tests {
         // After a lost attachment and before the VIPs and the digest.
         assert_eq!(Health { lost: 1, ..fwd.clone() }.exit_code(), 6);
         assert_eq!(Health { serving_vips: 0, digest_matches: Some(false), ..fwd.clone() }.exit_code(), 7);
+        // Off on one of two interfaces it receives on through a filter (a
+        // management interface the filter guards, say): noted, still
+        // serving; on one it is attached to itself, off on both, or IPv6
+        // off on both while IPv4 is on: 7.
+        let partly = Health { receiving: 2, ..fwd.clone() };
+        let own = ForwardingOff { attached: true, ..off("eth0", false) };
+        assert_eq!(Health { forwarding_off: vec![own], ..partly.clone() }.exit_code(), 7);
+        assert_eq!(partly.exit_code(), 0);
+        let text = partly.to_string();
+        assert!(text.starts_with("serving: ") && text.contains("note: IP forwarding is off on some"), "{text}");
+        assert!(text.contains("set net.ipv4.conf.eth0.forwarding=1"), "{text}");
+        let both = Health { forwarding_off: vec![off("eth0", false), off("eth1", false)], ..partly.clone() };
+        assert_eq!(both.exit_code(), 7);
+        let v6 = Health { forwarding_off: vec![off("eth0", false), off("eth0", true), off("eth1", true)], ..partly };
+        assert_eq!(v6.exit_code(), 7);
+        // Nothing read in the namespace (it could not be entered): nothing off.
+        assert_eq!(Health { receiving: 0, forwarding_off: Vec::new(), ..fwd.clone() }.exit_code(), 0);
 
         let vip = Vip::tcp("203.0.113.10:80".parse().unwrap());
         let un = |b: &str, ifindex, name: &str| Unredirected {

@@ -359,7 +359,8 @@ fn parse_rule(text: &str, strict: bool) -> Result<Rule, RuleError> {
         (_, Some(d)) => Some(IpFamily::of(d.prefix.ip())),
         _ => None,
     };
-    match (&single_per, rule.family.or(prefix_family), &mut limit) {
+    let family = rule.family.or(prefix_family);
+    match (&single_per, family, &mut limit) {
         (Some(v), None, _) => {
             return Err(bad(format!(
                 "`per {v}` gives one prefix length, and the rule matches both IPv4 and IPv6: give both \
@@ -383,9 +384,11 @@ fn parse_rule(text: &str, strict: bool) -> Result<Rule, RuleError> {
     // A stored rule without `per` is from a build that left the default
     // out of the text, when IPv6's was /128: read back as it was compiled
     // and runs, not silently re-keyed by /64 at the next edit. This build
-    // always writes `per`.
+    // always writes `per`. An IPv4-only rule keeps the default: its IPv6
+    // length keys nothing, and a /128 there would make `apply` replace it
+    // (new id, counters and buckets) for a difference that does nothing.
     if let (false, Some(l)) = (strict, &mut limit) {
-        if !limit_seen.contains(&"per") {
+        if !limit_seen.contains(&"per") && family != Some(IpFamily::V4) {
             l.per = LimitKey::STORED_BEFORE_V6_64;
         }
     }
@@ -490,10 +493,13 @@ mod tests {
             parse_stored("rate-limit 10/s ipv6 udp").unwrap().to_string(),
             "rate-limit 10/s per src/128 ipv6 udp"
         );
-        assert_eq!(
-            parse_stored("rate-limit 10/s ipv4 udp").unwrap().to_string(),
-            "rate-limit 10/s per src/32/128 ipv4 udp"
-        );
+        // IPv4 only: its IPv6 length keys nothing, so the default stays
+        // (equal to the same rule read from a file: no replace at `apply`).
+        let v4 = parse_stored("rate-limit 10/s ipv4 udp").unwrap();
+        assert_eq!(v4.to_string(), "rate-limit 10/s per src/32 ipv4 udp");
+        assert_eq!(v4, "rate-limit 10/s ipv4 udp".parse::<Rule>().unwrap());
+        let v4 = parse_stored("rate-limit 10/s udp from 192.0.2.0/24").unwrap();
+        assert_eq!(v4, "rate-limit 10/s udp from 192.0.2.0/24".parse::<Rule>().unwrap());
     }
 
     #[test]
