@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use common::caps::{drop_caps, rerun_as_child, CAP_SYS_ADMIN};
+use common::caps::{drop_caps, rerun_as_child, set_nofile, CAP_SYS_ADMIN};
 use common::cli::XDPGUARD_LB;
 use xdpguard::testing::frame::Frame;
 use xdpguard::testing::lb_topology::{
@@ -349,13 +349,11 @@ fn namespace_child() {
     println!("CHILD-DONE");
 }
 
-#[test]
-fn an_lb_namespace_this_process_cannot_enter_is_typed_and_changes_nothing() {
-    if std::env::var_os(NS_CHILD_ENV).is_some() {
-        return namespace_child();
-    }
-    let net = VerdictNet::new("ns", 2);
-    let pin = PinDir::new("ns");
+/// An LB in a namespace of its own, pinned, with one L2 DSR VIP (UDP, port
+/// 53) and backend 1: what the child-process tests below reopen.
+fn pinned_lb_with_one_backend(name: &str) -> (VerdictNet, PinDir, LoadBalancer, Vip) {
+    let net = VerdictNet::new(name, 2);
+    let pin = PinDir::new(name);
     let lb = {
         let p = pin.0.clone();
         net.lb.run(move || {
@@ -365,6 +363,15 @@ fn an_lb_namespace_this_process_cannot_enter_is_typed_and_changes_nothing() {
     let vip = Vip::udp(sa(VIP_V4, 53));
     lb.add_vip(vip, VipConfig::new(ForwardingMode::L2Dsr).table_size(1021)).unwrap();
     lb.add_backend(&vip, b(1), 1).unwrap();
+    (net, pin, lb, vip)
+}
+
+#[test]
+fn an_lb_namespace_this_process_cannot_enter_is_typed_and_changes_nothing() {
+    if std::env::var_os(NS_CHILD_ENV).is_some() {
+        return namespace_child();
+    }
+    let (_net, pin, lb, vip) = pinned_lb_with_one_backend("ns");
 
     rerun_as_child(
         "an_lb_namespace_this_process_cannot_enter_is_typed_and_changes_nothing",
@@ -381,16 +388,6 @@ fn an_lb_namespace_this_process_cannot_enter_is_typed_and_changes_nothing() {
 // --- No rtnetlink socket can be opened (out of file descriptors) ---
 
 const NOFILE_CHILD_ENV: &str = "XDPG_TEST_LB_NOFILE_CHILD";
-
-/// Sets RLIMIT_NOFILE's soft limit (the hard one stays).
-fn set_nofile(soft: u64) {
-    let mut lim = nix::libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: lim is a valid rlimit for getrlimit to fill; it outlives the call.
-    assert_eq!(unsafe { nix::libc::getrlimit(nix::libc::RLIMIT_NOFILE, &mut lim) }, 0);
-    lim.rlim_cur = soft.min(lim.rlim_max);
-    // SAFETY: setrlimit only reads lim, which outlives the call.
-    assert_eq!(unsafe { nix::libc::setrlimit(nix::libc::RLIMIT_NOFILE, &lim) }, 0);
-}
 
 /// The child half: reopen the LB, then take every file descriptor the
 /// limit leaves, so the rtnetlink socket of a backend change cannot be
@@ -437,17 +434,7 @@ fn a_netlink_socket_that_cannot_be_opened_is_typed_and_changes_nothing() {
     if std::env::var_os(NOFILE_CHILD_ENV).is_some() {
         return nofile_child();
     }
-    let net = VerdictNet::new("nofile", 2);
-    let pin = PinDir::new("nofile");
-    let lb = {
-        let p = pin.0.clone();
-        net.lb.run(move || {
-            LoadBalancer::builder().redirect_interface("eth0").redirect_interface("eth1").pin(p).load().unwrap()
-        })
-    };
-    let vip = Vip::udp(sa(VIP_V4, 53));
-    lb.add_vip(vip, VipConfig::new(ForwardingMode::L2Dsr).table_size(1021)).unwrap();
-    lb.add_backend(&vip, b(1), 1).unwrap();
+    let (_net, pin, lb, vip) = pinned_lb_with_one_backend("nofile");
     rerun_as_child(
         "a_netlink_socket_that_cannot_be_opened_is_typed_and_changes_nothing",
         &[(NOFILE_CHILD_ENV, "1".as_ref()), ("XDPG_TEST_PIN", pin.0.as_ref())],

@@ -605,16 +605,6 @@ fn lone_slash25s_fill_the_v4_host_table() {
 
 const NOFILE_CHILD_ENV: &str = "XDPG_TEST_NOFILE_CHILD";
 
-/// Sets RLIMIT_NOFILE's soft limit (the hard one stays).
-fn set_nofile(soft: u64) {
-    let mut lim = nix::libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: lim is a valid rlimit for getrlimit to fill; it outlives the call.
-    assert_eq!(unsafe { nix::libc::getrlimit(nix::libc::RLIMIT_NOFILE, &mut lim) }, 0);
-    lim.rlim_cur = soft.min(lim.rlim_max);
-    // SAFETY: setrlimit only reads lim, which outlives the call.
-    assert_eq!(unsafe { nix::libc::setrlimit(nix::libc::RLIMIT_NOFILE, &lim) }, 0);
-}
-
 /// The child half: load a filter under ever larger open-file limits.
 fn nofile_child() {
     let (mut failed, mut loaded) = (0, 0);

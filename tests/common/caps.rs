@@ -68,3 +68,14 @@ pub fn rerun_as_child(test: &str, env: &[(&str, &std::ffi::OsStr)]) -> String {
     assert!(stdout.contains("CHILD-DONE") && stdout.contains("1 passed"), "child did not run:\n{stdout}\n{stderr}");
     stdout
 }
+
+/// Sets RLIMIT_NOFILE's soft limit (the hard one stays), for a child
+/// process's tests of running out of file descriptors.
+pub fn set_nofile(soft: u64) {
+    let mut lim = nix::libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: lim is a valid rlimit for getrlimit to fill; it outlives the call.
+    assert_eq!(unsafe { nix::libc::getrlimit(nix::libc::RLIMIT_NOFILE, &mut lim) }, 0);
+    lim.rlim_cur = soft.min(lim.rlim_max);
+    // SAFETY: setrlimit only reads lim, which outlives the call.
+    assert_eq!(unsafe { nix::libc::setrlimit(nix::libc::RLIMIT_NOFILE, &lim) }, 0);
+}
