@@ -169,9 +169,11 @@ pub struct Unredirected {
 }
 
 impl Health {
-    /// Serving: attached somewhere (or chained behind a filter that is), no attachment lost, forwarding on
-    /// somewhere it receives, every L2 DSR VIP's active backend's egress a redirect interface, at least
-    /// one VIP has an active backend, and, when a digest was expected, the state matches it.
+    /// Serving: attached somewhere (or chained behind a filter that is), no
+    /// attachment lost, forwarding on where it is attached (and somewhere it
+    /// receives), every L2 DSR VIP's active backend's egress a redirect
+    /// interface, at least one VIP has an active backend, and, when a digest
+    /// was expected, the state matches it.
     pub fn is_serving(&self) -> bool {
         self.exit_code() == 0
     }
@@ -180,9 +182,9 @@ impl Health {
     /// missing: 0 serving, 3 not attached to any interface (nor chained
     /// behind a filter attached to one), 6 attached (or chained) but an
     /// interface it was attached to is lost (deleted, not detached:
-    /// [`LoadBalancer::lost_attachments`]), 7 IP forwarding is off on every
-    /// interface it receives on, for a family its active backends are of
-    /// ([`Health::forwarding_off`]), 8 an L2 DSR VIP's active backend is
+    /// [`LoadBalancer::lost_attachments`]), 7 IP forwarding is off, for a
+    /// family its active backends are of, on an interface it is attached to
+    /// or on every interface it receives on ([`Health::forwarding_off`]), 8 an L2 DSR VIP's active backend is
     /// routed out of an interface that is not a redirect interface
     /// ([`Health::unredirected`]: e.g. deleted and made again), 4 attached but
     /// no VIP has an active backend, 5 serving but its state digest differs
