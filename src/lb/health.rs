@@ -403,19 +403,7 @@ impl LoadBalancer {
     /// when it cannot be entered.
     fn in_netns<R: Send>(&self, f: impl FnOnce(BorrowedFd<'_>) -> R + Send) -> Option<R> {
         let ns = self.netns.as_ref()?.as_fd();
-        let id = self.maps().netns();
-        if neigh::current().is_ok_and(|(_, here)| here == id) {
-            return Some(f(ns));
-        }
-        std::thread::scope(|s| {
-            s.spawn(move || {
-                neigh::enter(ns).ok()?;
-                Some(f(ns))
-            })
-            .join()
-            .ok()
-            .flatten()
-        })
+        neigh::run_in(ns, move || f(ns)).ok()
     }
 
     /// As [`LoadBalancer::health`], and whether the LB's overall state

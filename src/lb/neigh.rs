@@ -147,6 +147,25 @@ pub(crate) enum OpenError {
     Io(io::Error),
 }
 
+/// Runs `f` in namespace `ns`: on this thread when it is there, else on a
+/// short-lived thread that enters it (a socket opened there, `/proc/sys/net`
+/// and interface names read there, are that namespace's). Failing to enter
+/// it is `OpenError::Enter`.
+pub(crate) fn run_in<R: Send>(ns: BorrowedFd<'_>, f: impl FnOnce() -> R + Send) -> Result<R, OpenError> {
+    let want = ns_id(ns).map_err(OpenError::Io)?;
+    if current().is_ok_and(|(_, here)| here == want) {
+        return Ok(f());
+    }
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            enter(ns).map_err(OpenError::Enter)?;
+            Ok(f())
+        })
+        .join()
+        .unwrap_or_else(|_| Err(OpenError::Io(io::Error::other("the namespace thread panicked"))))
+    })
+}
+
 /// An rtnetlink socket in one namespace.
 pub(crate) struct Rtnl {
     sock: Socket,
@@ -159,20 +178,7 @@ impl Rtnl {
     /// (`OpenError::Enter`): it needs another capability (CAP_SYS_ADMIN)
     /// than the netlink requests (CAP_NET_ADMIN), and the fix differs.
     pub(crate) fn open_in(ns: BorrowedFd<'_>) -> Result<Rtnl, OpenError> {
-        let want = ns_id(ns).map_err(OpenError::Io)?;
-        let here = current().map(|(_, id)| id).ok();
-        let sock = if here == Some(want) {
-            Socket::new(NETLINK_ROUTE).map_err(OpenError::Io)?
-        } else {
-            std::thread::scope(|s| {
-                s.spawn(|| {
-                    enter(ns).map_err(OpenError::Enter)?;
-                    Socket::new(NETLINK_ROUTE).map_err(OpenError::Io)
-                })
-                .join()
-                .unwrap_or_else(|_| Err(OpenError::Io(io::Error::other("the namespace thread panicked"))))
-            })?
-        };
+        let sock = run_in(ns, || Socket::new(NETLINK_ROUTE))?.map_err(OpenError::Io)?;
         let mut rtnl = Rtnl { sock, seq: 0 };
         rtnl.sock.bind_auto().map_err(OpenError::Io)?;
         rtnl.sock.connect(&SocketAddr::new(0, 0)).map_err(OpenError::Io)?;
