@@ -488,6 +488,19 @@ pub enum RuleError {
         /// What is wrong with it.
         reason: String,
     },
+    /// A `fragment` rule that names ports, TCP flags or ICMP types: a later
+    /// fragment has no transport header, so such a rule could only ever
+    /// match first fragments, and a flood's later fragments would pass it.
+    #[error("invalid rule `{rule}`: {}", fragment_with_transport(what, word))]
+    FragmentWithTransport {
+        /// The rule as given.
+        rule: String,
+        /// What it names that later fragments do not carry: ports, TCP
+        /// flags or ICMP types.
+        what: &'static str,
+        /// The rule word that names it (`sport`, `dport`, `flags`, `type`).
+        word: &'static str,
+    },
     /// A rule file has bad lines; nothing from it was applied.
     #[error("{} bad line(s) in {source_name}, nothing applied:\n{}", errors.len(),
             errors.iter().map(|e| format!("  line {}: {}", e.line, e.message)).collect::<Vec<_>>().join("\n"))]
@@ -661,6 +674,17 @@ fn list_full_text(what: &str, capacity: usize, setter: &str) -> String {
     } else {
         format!("{what} is full ({capacity} entries); nothing of this edit was applied: remove entries, or {fix}")
     }
+}
+
+/// Why a `fragment` rule cannot name `word` and what to write instead
+/// ([`RuleError::FragmentWithTransport`]; a rule file's line report says
+/// it without the rule).
+pub(crate) fn fragment_with_transport(what: &str, word: &str) -> String {
+    format!(
+        "a `fragment` rule cannot name {what} (`{word}`): later fragments carry none (no transport header), so they \
+         would all pass it. Leave out `{word}` to match every fragment, or write two rules: one with `fragment` and \
+         no `{word}`, one with `{word}` and no `fragment` (it matches whole packets and first fragments)"
+    )
 }
 
 fn rule_full_fix(setter: &str) -> String {

@@ -863,6 +863,16 @@ fn unknown_sets_and_rules_and_misdirected_pins_name_the_way_out() {
     let sets = cli.json(&["set", "list", "--json", "--pin", p]);
     assert_eq!(sets, serde_json::json!({ "sets": { "known": [] } }), "nothing changed");
     assert_eq!(cli.json(&["rule", "list", "--json", "--pin", p])["rules"], serde_json::json!([]), "no rule added");
+    // A fragment rule is added and listed as written; one naming ports is
+    // refused, saying why and what to write.
+    cli.ok(&["rule", "add", "--pin", p, "drop", "udp", "fragment"]);
+    refused(
+        &cli.run(&["rule", "add", "--pin", p, "drop", "udp", "fragment", "dport", "53"]),
+        &["a `fragment` rule cannot name ports (`dport`)", "later fragments carry none", "two rules"],
+    );
+    let rules = cli.json(&["rule", "list", "--json", "--pin", p])["rules"].clone();
+    assert_eq!(rules.as_array().map(|r| r.len()), Some(1), "{rules}");
+    assert_eq!(rules[0]["rule"], "drop udp fragment", "{rules}");
     for args in [["rule", "del", "99"], ["rule", "monitor", "99"]] {
         let mut args = args.to_vec();
         args.extend(["--pin", p]);

@@ -6,7 +6,9 @@
 //! beyond the source address*): allowlist, blocklist, then the first
 //! terminal rule, count and monitored rules counting and going on, monitor
 //! mode turning drops into would-drops; a packet without a readable
-//! transport header matching no rule with ports, flags or types. Each
+//! transport header matching no rule with ports, flags or types; a
+//! `fragment` rule matching first and later fragments (not an IPv6 atomic
+//! fragment), a `not fragment` one the rest. Each
 //! packet's action and reason counter must agree, and every rule's counter
 //! must equal the model's count at the end of each round. A failure prints
 //! the seed, the rules and the packet. `XDPG_RULES_DIFF_SEED` and
@@ -50,6 +52,12 @@ struct Pkt {
     icmp_type: u8,
     /// A later fragment: no transport header.
     later_fragment: bool,
+    /// A first fragment: offset 0, more fragments, its transport header
+    /// whole (a later one is a fragment too).
+    first_fragment: bool,
+    /// IPv6 only: an atomic fragment header (offset 0, no more), a whole
+    /// packet.
+    atomic: bool,
 }
 
 impl Pkt {
@@ -72,12 +80,20 @@ impl Pkt {
             } else {
                 b.ext(Ext::fragment(20, true))
             };
+        } else if self.first_fragment {
+            b = if self.src.is_ipv4() { b.frag(Frag::First) } else { b.ext(Ext::fragment(0, true)) };
+        } else if self.atomic && !self.src.is_ipv4() {
+            b = b.ext(Ext::fragment(0, false));
         }
         b.build().to_vec()
     }
 
     fn readable(&self) -> bool {
         !self.later_fragment
+    }
+
+    fn fragment(&self) -> bool {
+        self.later_fragment || self.first_fragment
     }
 }
 
@@ -107,6 +123,8 @@ fn random_packet(rng: &mut StdRng) -> Pkt {
         flags: [0x02, 0x12, 0x10, 0x03, 0x04, 0x11][rng.random_range(0..6)],
         icmp_type,
         later_fragment: rng.random_bool(0.1),
+        first_fragment: rng.random_bool(0.1),
+        atomic: v6 && rng.random_bool(0.1),
     }
 }
 
@@ -141,6 +159,15 @@ fn random_rule(rng: &mut StdRng) -> String {
     if !proto.is_empty() {
         w.push(proto.into());
     }
+    // `fragment` names no port, flag or type (refused: later fragments
+    // carry none); `not fragment` may.
+    let fragment = rng.random_range(0..8);
+    match fragment {
+        0 | 1 => w.push("fragment".into()),
+        2 => w.push("not fragment".into()),
+        _ => {}
+    }
+    let transport = fragment > 1;
     let prefix = |rng: &mut StdRng| -> String {
         if v6 {
             ["2001:db8::/32", "2001:db8:2::/48", "2001:db8::8000/113", "2001:db8:1::7/128"][rng.random_range(0..4)]
@@ -159,7 +186,7 @@ fn random_rule(rng: &mut StdRng) -> String {
     if rng.random_bool(0.25) {
         w.push(format!("{}to {}", if rng.random_bool(0.5) { "not " } else { "" }, prefix(rng)));
     }
-    if proto == "tcp" || proto == "udp" {
+    if transport && (proto == "tcp" || proto == "udp") {
         if rng.random_bool(0.3) {
             w.push(format!("sport {}", ports_text(rng)));
         }
@@ -167,13 +194,13 @@ fn random_rule(rng: &mut StdRng) -> String {
             w.push(format!("dport {}", ports_text(rng)));
         }
     }
-    if proto == "tcp" && rng.random_bool(0.4) {
+    if transport && proto == "tcp" && rng.random_bool(0.4) {
         w.push(
             ["flags syn", "flags syn/syn,ack", "flags syn,fin", "flags none/ack", "flags rst"][rng.random_range(0..5)]
                 .into(),
         );
     }
-    if proto.starts_with("icmp") && rng.random_bool(0.5) {
+    if transport && proto.starts_with("icmp") && rng.random_bool(0.5) {
         w.push(if v6 { "type 128" } else { "type 8" }.into());
     }
     w.join(" ")
@@ -190,6 +217,10 @@ fn matches(rule: &Rule, p: &Pkt) -> bool {
         if proto.number() != p.proto {
             return false;
         }
+    }
+    // `fragment`: first or later; an IPv6 atomic fragment is whole.
+    if rule.fragment.is_some_and(|f| f != p.fragment()) {
+        return false;
     }
     if let Some(s) = &rule.source {
         let hit = match &s.source {

@@ -9,7 +9,8 @@
 //! packet each. Tables cover the four examples (IPv4 and IPv6),
 //! every match field, every action, the evaluation order (lists first,
 //! count and monitored rules going on, first terminal match winning),
-//! monitor mode, packets whose transport header cannot be read, named sets
+//! monitor mode, packets whose transport header cannot be read, fragment
+//! rules (IPv4 and IPv6, first, later and atomic fragments), named sets
 //! and whole-set replaces, and the filter's path with no rules.
 //!
 //! Needs root (CAP_BPF + CAP_NET_ADMIN); fails, never skips, without it.
@@ -372,6 +373,87 @@ fn unreadable_transport_headers() {
     t.expect("the same in monitor mode: counted, passed", &chain(9), XdpAction::Pass, "malformed", &[]);
     f.set_monitor(false);
     t.finish();
+}
+
+/// `fragment` matches IP fragments, first and later (IPv4 more-fragments
+/// or offset; an IPv6 fragment header that is not atomic), `not fragment`
+/// the rest; first fragments (under the port key) and later ones (the
+/// protocol's no-key slot) both reach a `fragment` rule.
+#[test]
+fn fragment_rules() {
+    let f = load();
+    let ids = add(
+        &f,
+        &[
+            "monitor drop udp fragment",
+            "count udp not fragment",
+            "drop udp fragment",
+            "drop tcp fragment from 198.51.100.0/24",
+        ],
+    );
+    let [mon, whole, frag, tcp_frag] = ids[..] else { unreachable!() };
+    let v4 = |src: &str| Frame::builder().ip(ip(src), IpAddr::V4(DST_V4));
+    let v6 = || Frame::builder().ip(ip("2001:db8:9::1"), IpAddr::V6(DST_V6));
+    let udp4 = |fr: Frag| v4("203.0.113.1").udp(1, 9999).payload(PAYLOAD).frag(fr).build();
+    let udp6 = |ext: Option<Ext>| {
+        let b = v6();
+        let b = match ext {
+            Some(e) => b.ext(e),
+            None => b,
+        };
+        b.udp(1, 9999).payload(PAYLOAD).build()
+    };
+    let tcp4 = |src: &str, fr: Frag| v4(src).tcp(40000, 80).syn().payload(PAYLOAD).frag(fr).build();
+    let mut t = Table::new(&f, "fragment rules");
+    t.pass("v4 whole UDP: not a fragment", &udp4(Frag::None), &[whole]);
+    t.drop("v4 UDP first fragment", &udp4(Frag::First), &[mon, frag]);
+    t.drop("v4 UDP later fragment, more to come", &udp4(Frag::Later { offset: 10, more: true }), &[mon, frag]);
+    t.drop("v4 UDP last fragment", &udp4(Frag::Later { offset: 10, more: false }), &[mon, frag]);
+    t.pass("v6 whole UDP", &udp6(None), &[whole]);
+    t.drop("v6 UDP first fragment", &udp6(Some(Ext::fragment(0, true))), &[mon, frag]);
+    t.drop("v6 UDP later fragment", &udp6(Some(Ext::fragment(10, true))), &[mon, frag]);
+    t.drop("v6 UDP last fragment", &udp6(Some(Ext::fragment(10, false))), &[mon, frag]);
+    t.pass("v6 atomic fragment: whole", &udp6(Some(Ext::fragment(0, false))), &[whole]);
+    t.drop("v4 TCP first fragment from the prefix", &tcp4("198.51.100.1", Frag::First), &[tcp_frag]);
+    t.drop(
+        "v4 TCP later fragment from the prefix",
+        &tcp4("198.51.100.1", Frag::Later { offset: 10, more: true }),
+        &[tcp_frag],
+    );
+    t.pass("v4 whole TCP from the prefix", &tcp4("198.51.100.1", Frag::None), &[]);
+    t.pass("v4 TCP fragment from elsewhere", &tcp4("203.0.113.1", Frag::Later { offset: 10, more: true }), &[]);
+    f.set_monitor(true);
+    t.expect(
+        "monitor mode: a fragment would be dropped",
+        &udp4(Frag::Later { offset: 10, more: true }),
+        XdpAction::Pass,
+        "would_drop_rule",
+        &[mon, frag],
+    );
+    f.set_monitor(false);
+    // Only the monitored rule left for UDP fragments: counted, passed.
+    f.rules().remove(frag).unwrap();
+    t.pass("a monitored fragment rule decides nothing", &udp6(Some(Ext::fragment(10, true))), &[mon]);
+    t.pass("... nor for a first fragment", &udp4(Frag::First), &[mon]);
+    t.finish();
+
+    // A fragment rule naming ports, flags or types: refused, typed, and
+    // the rule set kept.
+    let before: Vec<_> = f.rules().list().unwrap().into_iter().map(|e| e.id).collect();
+    for (text, word) in [
+        ("drop udp fragment dport 53", "dport"),
+        ("drop tcp fragment flags syn", "flags"),
+        ("drop icmp fragment type 8", "type"),
+    ] {
+        match text.parse::<xdpguard::Rule>() {
+            Err(RuleError::FragmentWithTransport { word: w, .. }) => assert_eq!(w, word, "{text}"),
+            other => panic!("{text}: {other:?}"),
+        }
+    }
+    let built = xdpguard::Rule::new(xdpguard::RuleAction::Drop).udp().fragment().source_ports("53".parse().unwrap());
+    assert!(matches!(f.rules().add(built), Err(RuleError::FragmentWithTransport { word: "sport", .. })));
+    let after: Vec<_> = f.rules().list().unwrap().into_iter().map(|e| e.id).collect();
+    assert_eq!(before, after, "a refused rule changes nothing");
 }
 
 #[test]

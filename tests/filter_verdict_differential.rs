@@ -6,7 +6,8 @@
 //! (the same; live ones, and expired ones: inserted
 //! with a short TTL, then the guard clock moved past it), random named
 //! sets, random rule sets (as rule text: parser, compiler and data plane
-//! all take part; rate-limit rules among them, with limits no key reaches:
+//! all take part; `fragment` and `not fragment` rules among them;
+//! rate-limit rules among them, with limits no key reaches:
 //! they count and the walk goes on), SYN-guarded ports in half the rounds
 //! (drop mode below its threshold, cookie mode under monitor: what the
 //! model covers), monitor mode and the malformed policy, and at least 1,000,000 random and mutated frames: VLAN tags (up
@@ -171,7 +172,16 @@ fn random_rule(rng: &mut StdRng, pool: &Pool) -> String {
     if !proto.is_empty() {
         w.push(proto.clone());
     }
-    let (tcp, udp) = (proto == "tcp" || proto == "proto 6", proto == "udp");
+    // `fragment` names no port, flag or type (refused: later fragments
+    // carry none); `not fragment` may.
+    let fragment = rng.random_range(0..10);
+    match fragment {
+        0 | 1 => w.push("fragment".into()),
+        2 => w.push("not fragment".into()),
+        _ => {}
+    }
+    let transport = fragment > 1;
+    let (tcp, udp) = (transport && (proto == "tcp" || proto == "proto 6"), transport && proto == "udp");
     match rng.random_range(0..7) {
         0 => w.push(format!("from {}", pool.prefix(rng, v6, false))),
         1 => w.push(format!("not from {}", pool.prefix(rng, v6, false))),
@@ -199,7 +209,7 @@ fn random_rule(rng: &mut StdRng, pool: &Pool) -> String {
             w.push(format!("flags {}/{}", flags_text(value), flags_text(mask)));
         }
     }
-    if proto.starts_with("icmp") && rng.random_bool(0.5) {
+    if transport && proto.starts_with("icmp") && rng.random_bool(0.5) {
         let t: u8 = [0, 3, 8, 11, 128, 129, 135, 1, 2][rng.random_range(0..9)];
         if rng.random_bool(0.3) {
             w.push(format!("type {t}-{}", t.saturating_add(rng.random_range(0..10))));
@@ -232,7 +242,7 @@ fn random_frame(rng: &mut StdRng, pool: &Pool) -> Vec<u8> {
                     0 => Ext::HopByHop,
                     1 => Ext::Routing,
                     2 => Ext::DestOpts,
-                    3 => Ext::fragment(0, true),
+                    3 => Ext::fragment(0, rng.random_bool(0.7)),
                     _ => Ext::fragment(rng.random_range(1..200), rng.random()),
                 })
                 .collect();

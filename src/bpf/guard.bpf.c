@@ -55,10 +55,11 @@ struct walk {
 	__u64 bytes;
 	__u32 rule; /* the deciding rule's id */
 	__u16 sport;
-	__u8 family; /* 4 or 6 */
-	__u8 flags;  /* TCP flags (0 for other packets) */
-	__u8 action; /* XDPG_RULE_DROP or _PASS once decided, else 0 */
-	__u8 would;  /* a monitored rule's would-drop reason (its first), or 0 */
+	__u8 family;   /* 4 or 6 */
+	__u8 flags;    /* TCP flags (0 for other packets) */
+	__u8 action;   /* XDPG_RULE_DROP or _PASS once decided, else 0 */
+	__u8 would;    /* a monitored rule's would-drop reason (its first), or 0 */
+	__u8 fragment; /* an IP fragment, first or later (xdpg_pkt.fragment) */
 	__u32 would_rule;
 };
 
@@ -221,6 +222,8 @@ static __always_inline long check_record(__u32 i, struct walk *w)
 		return 0;
 	if ((w->flags & r->flags_mask) != r->flags_value)
 		return 0;
+	if ((match & XDPG_RM_FRAG) && w->fragment == !!(match & XDPG_RM_FRAG_NOT))
+		return 0;
 	if (match & XDPG_RM_DST) {
 		int hit = in_prefix(r->dst, r->dst_len, w->dst, w->family == 6);
 		if (hit == !!(match & XDPG_RM_DST_NOT))
@@ -369,6 +372,9 @@ int xdpg_guard(struct xdp_md *ctx)
 	if (!g)
 		goto passed;
 	w.first = g->first;
+	/* Set here, not with the addresses: a packet whose key has no group
+	 * (most, under a port-scoped rule set) pays nothing for it. */
+	w.fragment = pkt.fragment;
 	walk_group(&w, g->count);
 	if (w.action == XDPG_RULE_DROP)
 		return drop_or_monitor(ctx, fcfg, XDPG_REASON_RULE_DROPPED, XDPG_REASON_WOULD_DROP_RULE, w.rule,

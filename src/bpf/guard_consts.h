@@ -63,6 +63,12 @@
 #define XDPG_RM_DST 0x08     /* the destination: dst/dst_len */
 #define XDPG_RM_DST_NOT 0x10 /* ... negated */
 #define XDPG_RM_SPORT 0x20   /* the source port: sport_lo..sport_hi */
+/* Whether the packet is an IP fragment, first or later (xdpg_pkt.fragment:
+ * an IPv6 atomic fragment is whole). Spare bits until now, so a record
+ * written by an older build reads as "no fragment condition": no layout
+ * version bump. */
+#define XDPG_RM_FRAG 0x40     /* only fragments */
+#define XDPG_RM_FRAG_NOT 0x80 /* ... negated: only whole packets */
 
 /* xdpg_rule_rec.mode bits: a monitored rule counts its hits and decides nothing. */
 #define XDPG_RULE_MONITOR 0x01

@@ -751,8 +751,8 @@ impl Filter {
     /// One rule per line; a `#` starts a comment:
     ///
     /// ```text
-    /// [monitor] ACTION [ipv4|ipv6] [PROTO] [[not] from SRC] [[not] to DST]
-    ///           [sport PORTS] [dport PORTS] [flags FLAGS] [type TYPES]
+    /// [monitor] ACTION [ipv4|ipv6] [PROTO] [[not] fragment] [[not] from SRC]
+    ///           [[not] to DST] [sport PORTS] [dport PORTS] [flags FLAGS] [type TYPES]
     /// ACTION: drop | pass | count | rate-limit RATE [RATE] [per src[/V4LEN[/V6LEN]]]
     ///                                  [burst N] [burst SIZE] [block DURATION [after N]]
     /// ```
@@ -773,6 +773,10 @@ impl Filter {
     ///   admits light sources without state; only heavy ones get an exact
     ///   bucket in a 65,536-entry LRU; see `src/bpf/guard_limit.h`).
     /// - PROTO: `tcp`, `udp`, `icmp`, `icmpv6` or `proto N` (0-255).
+    /// - `fragment`: only IP fragments, first or later (an IPv6 atomic
+    ///   fragment is whole); `not fragment`: only whole packets. A
+    ///   `fragment` rule names no ports, flags or types (later fragments
+    ///   carry none: [`RuleError::FragmentWithTransport`]).
     /// - SRC: a prefix or address (`198.51.100.0/24`, `2001:db8::1`) or
     ///   `set NAME`, a named set ([`Filter::sets`]). DST: a prefix.
     /// - PORTS (TCP and UDP only) and TYPES (ICMP, ICMPv6 only): numbers,
@@ -790,6 +794,7 @@ impl Filter {
     /// pass tcp dport 22 from 198.51.100.0/24      # SSH from the office only...
     /// drop tcp dport 22                           # ...and from nowhere else
     /// drop tcp flags syn,fin                      # never legitimate
+    /// drop udp fragment                           # fragmented UDP floods
     /// monitor drop icmp type 8                    # what would this drop?
     /// rate-limit 100/s per src/24/64 udp dport 53 # DNS queries per /24
     /// rate-limit 20/s burst 40 block 10m tcp flags syn/syn,ack dport 22

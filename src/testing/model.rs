@@ -175,6 +175,10 @@ pub struct IpPacket {
     pub protocol: u8,
     /// The transport fields, when readable (TCP, UDP, ICMP, ICMPv6 only).
     pub transport: Option<Transport>,
+    /// An IP fragment, first or later: IPv4 with more-fragments set or an
+    /// offset, IPv6 with a fragment header that is not atomic (offset 0
+    /// and no more: whole, RFC 6946). What `fragment` rules match.
+    pub fragment: bool,
     /// A transport header the stack reaches and the filter cannot read
     /// (the guard stage drops it as malformed): IPv6 still inside the
     /// extension-header chain after the eight headers the walk takes, or a
@@ -255,13 +259,14 @@ fn ipv4(frame: &[u8], l3: usize) -> Parsed {
     }
     let later_fragment = be16(h, 6) & 0x1FFF != 0;
     let first_fragment = !later_fragment && be16(h, 6) & 0x2000 != 0;
+    let fragment = later_fragment || first_fragment;
     let src = IpAddr::V4(Ipv4Addr::new(h[12], h[13], h[14], h[15]));
     let dst = IpAddr::V4(Ipv4Addr::new(h[16], h[17], h[18], h[19]));
     let protocol = h[9];
     let l4 = (!later_fragment).then_some(l3 + hdr_len);
     let transport = transport(frame, protocol, l4, l3 + total);
     let l4_hidden = tiny_fragment(first_fragment, protocol, l3 + hdr_len, l3 + total);
-    Parsed::Ip(IpPacket { src, dst, protocol, transport, l4_hidden, on_link_nd: false })
+    Parsed::Ip(IpPacket { src, dst, protocol, transport, fragment, l4_hidden, on_link_nd: false })
 }
 
 /// RFC 1858's tiny fragment: a first fragment whose TCP header (20 bytes)
@@ -324,7 +329,7 @@ fn ipv6(frame: &[u8], l3: usize) -> Parsed {
                 let transport = transport(frame, protocol, l4, end);
                 let l4_hidden = tiny_fragment(fragment && !later_fragment, protocol, off, end);
                 let on_link_nd = on_link_nd(protocol, transport, hop_limit);
-                return Parsed::Ip(IpPacket { src, dst, protocol, transport, l4_hidden, on_link_nd });
+                return Parsed::Ip(IpPacket { src, dst, protocol, transport, fragment, l4_hidden, on_link_nd });
             }
         }
     }
@@ -335,9 +340,9 @@ fn ipv6(frame: &[u8], l3: usize) -> Parsed {
         let transport = transport(frame, next, l4, end);
         let l4_hidden = tiny_fragment(fragment && !later_fragment, next, off, end);
         let on_link_nd = on_link_nd(next, transport, hop_limit);
-        return Parsed::Ip(IpPacket { src, dst, protocol: next, transport, l4_hidden, on_link_nd });
+        return Parsed::Ip(IpPacket { src, dst, protocol: next, transport, fragment, l4_hidden, on_link_nd });
     }
-    Parsed::Ip(IpPacket { src, dst, protocol: next, transport: None, l4_hidden: true, on_link_nd: false })
+    Parsed::Ip(IpPacket { src, dst, protocol: next, transport: None, fragment, l4_hidden: true, on_link_nd: false })
 }
 
 /// Neighbour discovery on this link: ICMPv6 133-137 with hop limit 255.
@@ -395,6 +400,9 @@ impl FilterModel {
             }
         }
         if rule.protocol.is_some_and(|proto| proto.number() != p.protocol) {
+            return false;
+        }
+        if rule.fragment.is_some_and(|f| f != p.fragment) {
             return false;
         }
         if let Some(s) = &rule.source {
@@ -555,7 +563,7 @@ impl FilterModel {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::frame::{Ext, Frame};
+    use crate::testing::frame::{Ext, Frag, Frame};
 
     #[test]
     fn frames_read_as_documented() {
@@ -566,7 +574,19 @@ mod tests {
         assert_eq!((p.protocol, p.transport.map(|t| (t.sport, t.dport, t.tcp_flags))), (6, Some((1, 2, 0x12))));
         let later = Frame::builder().ip(src, dst).ext(Ext::fragment(8, false)).udp(1, 2).build();
         let Parsed::Ip(p) = parse(later.bytes()) else { panic!() };
-        assert_eq!((p.protocol, p.transport), (17, None));
+        assert_eq!((p.protocol, p.transport, p.fragment), (17, None, true));
+        let first = Frame::builder().ip(src, dst).ext(Ext::fragment(0, true)).udp(1, 2).build();
+        let Parsed::Ip(p) = parse(first.bytes()) else { panic!() };
+        assert_eq!((p.transport.map(|t| t.dport), p.fragment), (Some(2), true));
+        let atomic = Frame::builder().ip(src, dst).ext(Ext::fragment(0, false)).udp(1, 2).build();
+        let Parsed::Ip(p) = parse(atomic.bytes()) else { panic!() };
+        assert_eq!((p.transport.map(|t| t.dport), p.fragment), (Some(2), false), "an atomic fragment is whole");
+        let (s4, d4) = ([192, 0, 2, 1].into(), [192, 0, 2, 2].into());
+        for (frag, want) in [(Frag::None, false), (Frag::First, true), (Frag::Later { offset: 3, more: false }, true)] {
+            let f = Frame::builder().ipv4(s4, d4).udp(1, 2).frag(frag).build();
+            let Parsed::Ip(p) = parse(f.bytes()) else { panic!() };
+            assert_eq!(p.fragment, want, "{frag:?}");
+        }
         let nine: Vec<Ext> = (0..9).map(|_| Ext::DestOpts).collect();
         let long = Frame::builder().ip(src, dst).exts(&nine).udp(1, 2).build();
         let Parsed::Ip(p) = parse(long.bytes()) else { panic!() };

@@ -9,7 +9,10 @@
 //! - Each rule *covers* the keys whose packets it can match: a `dport` set
 //!   covers those ports of its protocol, a rule without one covers every
 //!   port (and the no-key slot, when it has no port, flag or type
-//!   condition), a rule without a protocol covers every key.
+//!   condition), a rule without a protocol covers every key. A `fragment`
+//!   rule has none of those conditions (syntax.rs refuses them), so it
+//!   covers its protocol's every port, for first fragments, and its no-key
+//!   slot, for later ones; its record checks the packet's fragment bit.
 //! - Keys covered by the same rules share a *group*: a run of entries
 //!   naming those rules' records, in priority order (each rule's records
 //!   are stored once). A sweep over the key space finds the runs of
@@ -143,6 +146,11 @@ fn records_of(id: u32, rule: &Rule, set_phys: &dyn Fn(&str) -> Option<u32>) -> R
         }
         rec.dst = addr_words(dst.prefix.network());
         rec.dst_len = dst.prefix.prefix();
+    }
+    match rule.fragment {
+        Some(true) => m |= XDPG_RM_FRAG,
+        Some(false) => m |= XDPG_RM_FRAG | XDPG_RM_FRAG_NOT,
+        None => {}
     }
     rec.conds = m as u8;
     Ok(match &rule.source_ports {
@@ -287,6 +295,8 @@ pub(crate) mod tests {
         pub ports: Option<(u16, u16)>,
         pub flags: u8,
         pub icmp_type: Option<u8>,
+        /// An IP fragment, first or later.
+        pub fragment: bool,
     }
 
     fn in_net(net: IpNetwork, a: IpAddr) -> bool {
@@ -304,6 +314,9 @@ pub(crate) mod tests {
             if proto.number() != p.proto {
                 return false;
             }
+        }
+        if rule.fragment.is_some_and(|f| f != p.fragment) {
+            return false;
         }
         if let Some(s) = &rule.source {
             let hit = match &s.source {
@@ -406,6 +419,9 @@ pub(crate) mod tests {
             if flags & r.flags_mask != r.flags_value {
                 continue;
             }
+            if m & XDPG_RM_FRAG != 0 && p.fragment == (m & XDPG_RM_FRAG_NOT != 0) {
+                continue;
+            }
             if m & XDPG_RM_DST != 0 && mask_eq(r.dst, r.dst_len, addr_words(p.dst)) == (m & XDPG_RM_DST_NOT != 0) {
                 continue;
             }
@@ -482,7 +498,11 @@ pub(crate) mod tests {
         if g.below(4) == 0 {
             r = if g.below(2) == 0 { r.to(prefix(g)) } else { r.not_to(prefix(g)) };
         }
-        if matches!(r.protocol, Some(RuleProtocol::Tcp | RuleProtocol::Udp)) {
+        // A third of the rules ask about fragments; `fragment` ones name no
+        // port, flag or type (refused: see `Rule::normalized`).
+        r.fragment = [None, None, None, None, Some(true), Some(false)][g.below(6) as usize];
+        let transport_ok = r.fragment != Some(true);
+        if transport_ok && matches!(r.protocol, Some(RuleProtocol::Tcp | RuleProtocol::Udp)) {
             if g.below(2) == 0 {
                 r.destination_ports = Some(ports(g));
             }
@@ -490,10 +510,10 @@ pub(crate) mod tests {
                 r.source_ports = Some(ports(g));
             }
         }
-        if r.protocol == Some(RuleProtocol::Tcp) && g.below(3) == 0 {
+        if transport_ok && r.protocol == Some(RuleProtocol::Tcp) && g.below(3) == 0 {
             r.tcp_flags = Some(TcpFlags { value: TcpFlags::SYN, mask: TcpFlags::SYN | (g.below(2) as u8) << 4 });
         }
-        if matches!(r.protocol, Some(RuleProtocol::Icmp | RuleProtocol::Icmpv6)) && g.below(2) == 0 {
+        if transport_ok && matches!(r.protocol, Some(RuleProtocol::Icmp | RuleProtocol::Icmpv6)) && g.below(2) == 0 {
             r.icmp_types = Some(RangeSet::new([0..=0, 8..=8]));
         }
         r.normalized().unwrap()
@@ -511,13 +531,18 @@ pub(crate) mod tests {
         let proto = [6u8, 17, 1, 47, 58][g.below(5) as usize];
         let pool = [53u16, 80, 123, 443, 1900, 11211, 0, 65535, 150, 250];
         let pick = |g: &mut Lcg| pool[g.below(pool.len() as u32) as usize];
+        // A later fragment has no transport header; a first fragment has
+        // one, as a whole packet does (or one cut short).
+        let (fragment, later) = [(false, false), (false, false), (true, false), (true, true)][g.below(4) as usize];
+        let readable = !later && g.below(6) != 0;
         Pkt {
             src: addr(g),
             dst: addr(g),
             proto,
-            ports: (g.below(6) != 0).then(|| (pick(g), pick(g))),
+            ports: readable.then(|| (pick(g), pick(g))),
             flags: g.below(256) as u8,
-            icmp_type: (g.below(6) != 0).then(|| [0u8, 8, 3][g.below(3) as usize]),
+            icmp_type: readable.then(|| [0u8, 8, 3][g.below(3) as usize]),
+            fragment,
         }
     }
 

@@ -85,6 +85,7 @@ fn strip_comment(s: &str) -> &str {
 fn line_message(e: &RuleError) -> String {
     match e {
         RuleError::Invalid { reason, .. } => reason.clone(),
+        RuleError::FragmentWithTransport { what, word, .. } => crate::error::fragment_with_transport(what, word),
         other => other.to_string(),
     }
 }
@@ -277,13 +278,22 @@ fn parse_rule(text: &str, strict: bool) -> Result<Rule, RuleError> {
                     }
                 });
             }
+            "fragment" => {
+                once("fragment").map_err(&bad)?;
+                rule.fragment = Some(true);
+            }
             "not" | "from" | "to" => {
                 let negated = lower == "not";
                 let dir = if negated {
                     let w = words.next().map(str::to_ascii_lowercase);
                     match w.as_deref() {
+                        Some("fragment") => {
+                            once("fragment").map_err(&bad)?;
+                            rule.fragment = Some(false);
+                            continue;
+                        }
                         Some(d @ ("from" | "to")) => d.to_owned(),
-                        _ => return Err(bad("`not` goes before `from` or `to`".into())),
+                        _ => return Err(bad("`not` goes before `from`, `to` or `fragment`".into())),
                     }
                 } else {
                     lower.clone()
@@ -346,7 +356,7 @@ fn parse_rule(text: &str, strict: bool) -> Result<Rule, RuleError> {
             _ => {
                 return Err(bad(format!(
                     "unknown word `{word}` (expected ipv4, ipv6, tcp, udp, icmp, icmpv6, proto N, \
-                     [not] from PREFIX|set NAME, [not] to PREFIX, sport, dport, flags or type)"
+                     [not] fragment, [not] from PREFIX|set NAME, [not] to PREFIX, sport, dport, flags or type)"
                 )))
             }
         }
@@ -396,6 +406,9 @@ fn parse_rule(text: &str, strict: bool) -> Result<Rule, RuleError> {
     rule.normalize(strict).map_err(|e| match e {
         // Name the rule as written, not as normalized.
         RuleError::Invalid { reason, .. } => bad(reason),
+        RuleError::FragmentWithTransport { what, word, .. } => {
+            RuleError::FragmentWithTransport { rule: text.to_owned(), what, word }
+        }
         other => other,
     })
 }
@@ -444,11 +457,56 @@ mod tests {
             ("rate-limit 10/s per src/128 ipv6 udp", "rate-limit 10/s per src/128 ipv6 udp"),
             ("rate-limit 10/s per src/24/128 ipv4 udp", "rate-limit 10/s per src/24/128 ipv4 udp"),
             ("rate-limit 10/s udp from 192.0.2.0/24", "rate-limit 10/s per src/32 udp from 192.0.2.0/24"),
+            ("drop udp fragment", "drop udp fragment"),
+            ("DROP Fragment UDP from 192.0.2.0/24", "drop udp fragment from 192.0.2.0/24"),
+            ("monitor drop fragment", "monitor drop fragment"),
+            ("drop from 192.0.2.0/24 udp not fragment dport 53", "drop udp not fragment from 192.0.2.0/24 dport 53"),
+            ("rate-limit 10/s ipv6 udp fragment", "rate-limit 10/s per src/64 ipv6 udp fragment"),
         ] {
             let rule: Rule = text.parse().unwrap_or_else(|e| panic!("{text}: {e}"));
             assert_eq!(rule.to_string(), shown, "{text}");
             assert_eq!(shown.parse::<Rule>().unwrap(), rule, "{shown} round-trips");
         }
+    }
+
+    /// Later fragments carry no transport header: a `fragment` rule naming
+    /// ports, flags or types could never match them, and is refused with
+    /// a typed error that says why and what to write; in a file, by line.
+    #[test]
+    fn fragment_rules_name_no_transport_fields() {
+        for (text, want) in [
+            ("drop udp fragment dport 53", "dport"),
+            ("drop udp sport 53 fragment", "sport"),
+            ("drop tcp fragment flags syn", "flags"),
+            ("drop icmpv6 fragment type echo-request", "type"),
+            ("drop fragment dport 53", "dport"),
+        ] {
+            match text.parse::<Rule>() {
+                Err(e @ RuleError::FragmentWithTransport { word, .. }) => {
+                    assert_eq!(word, want, "{text}");
+                    let msg = e.to_string();
+                    assert!(msg.contains(&format!("`{text}`")), "names the rule as written: {msg}");
+                    assert!(msg.contains("later fragments carry none") && msg.contains("two rules"), "{msg}");
+                }
+                other => panic!("{text}: {other:?}"),
+            }
+        }
+        // Whole packets have them: `not fragment` may.
+        assert!("drop udp not fragment dport 53".parse::<Rule>().is_ok());
+        let built = Rule::new(RuleAction::Drop).tcp().fragment().tcp_flags(TcpFlags::set(TcpFlags::SYN));
+        assert!(matches!(built.normalized(), Err(RuleError::FragmentWithTransport { word: "flags", .. })));
+        for text in ["drop udp fragment fragment", "drop udp fragment not fragment", "drop not udp"] {
+            assert!(matches!(text.parse::<Rule>(), Err(RuleError::Invalid { .. })), "{text}");
+        }
+        let err = parse_rules(b"drop udp fragment\ndrop udp fragment dport 53\n", "f").unwrap_err();
+        let RuleError::BadLines { errors, .. } = err else { panic!("{err}") };
+        assert_eq!(errors.len(), 1);
+        assert_eq!(errors[0].line, 2);
+        assert!(
+            errors[0].message.starts_with("a `fragment` rule cannot name ports (`dport`)"),
+            "{}",
+            errors[0].message
+        );
     }
 
     /// A rule an older build stored with a byte burst under one frame is

@@ -322,6 +322,12 @@ pub struct Rule {
     pub family: Option<IpFamily>,
     /// Only this protocol.
     pub protocol: Option<RuleProtocol>,
+    /// `fragment` (`Some(true)`): only IP fragments, first or later (IPv4
+    /// with more-fragments set or an offset; IPv6 with a fragment header
+    /// that is not atomic). `not fragment` (`Some(false)`): only whole
+    /// packets. A `fragment` rule cannot have ports, flags or types: later
+    /// fragments carry none ([`RuleError::FragmentWithTransport`]).
+    pub fragment: Option<bool>,
     /// `from` / `not from`.
     pub source: Option<SourceMatch>,
     /// `to` / `not to`.
@@ -347,6 +353,7 @@ impl Rule {
             monitor: false,
             family: None,
             protocol: None,
+            fragment: None,
             source: None,
             destination: None,
             source_ports: None,
@@ -388,6 +395,18 @@ impl Rule {
     /// Only UDP.
     pub fn udp(self) -> Rule {
         self.protocol(RuleProtocol::Udp)
+    }
+
+    /// Only IP fragments, first or later (`fragment`).
+    pub fn fragment(mut self) -> Rule {
+        self.fragment = Some(true);
+        self
+    }
+
+    /// Only whole packets, no fragment (`not fragment`).
+    pub fn not_fragment(mut self) -> Rule {
+        self.fragment = Some(false);
+        self
     }
 
     /// Sources in `prefix`.
@@ -463,9 +482,10 @@ impl Rule {
     /// Whether the rule's only conditions are on the source: its prefix or
     /// named set (with `not`) and IP version. Such a rule matches every
     /// packet of a source it admits; one with a protocol, ports, flags,
-    /// types or a destination only some.
+    /// types, a fragment condition or a destination only some.
     pub fn only_on_source(&self) -> bool {
         self.protocol.is_none()
+            && self.fragment.is_none()
             && self.destination.is_none()
             && self.source_ports.is_none()
             && self.destination_ports.is_none()
@@ -513,6 +533,8 @@ impl Rule {
     ///
     /// # Errors
     ///
+    /// [`RuleError::FragmentWithTransport`] for `fragment` with ports,
+    /// flags or types.
     /// [`RuleError::Invalid`] for a condition the rule cannot have:
     /// ports without TCP or UDP, flags without TCP, types without ICMP or
     /// ICMPv6 (or above 255), an empty port or type set, flags set in
@@ -574,6 +596,17 @@ impl Rule {
             }
             (_, Some(_)) => return Err(invalid(&self, "only a `rate-limit` rule has a limit".into())),
             _ => {}
+        }
+        if self.fragment == Some(true) {
+            let named = [
+                (self.source_ports.is_some(), "ports", "sport"),
+                (self.destination_ports.is_some(), "ports", "dport"),
+                (self.tcp_flags.is_some(), "TCP flags", "flags"),
+                (self.icmp_types.is_some(), "ICMP types", "type"),
+            ];
+            if let Some(&(_, what, word)) = named.iter().find(|(given, ..)| *given) {
+                return Err(RuleError::FragmentWithTransport { rule: self.to_string(), what, word });
+            }
         }
         let proto = self.protocol;
         for (what, set) in [("sport", &self.source_ports), ("dport", &self.destination_ports)] {
@@ -685,8 +718,8 @@ pub(crate) fn check_set_name(name: &str) -> Result<(), RuleError> {
 }
 
 impl fmt::Display for Rule {
-    /// The rule's text: `[monitor] ACTION [LIMIT] [ipv4|ipv6] [PROTO] [[not] from
-    /// SRC] [[not] to DST] [sport PORTS] [dport PORTS] [flags FLAGS] [type
+    /// The rule's text: `[monitor] ACTION [LIMIT] [ipv4|ipv6] [PROTO] [[not]
+    /// fragment] [[not] from SRC] [[not] to DST] [sport PORTS] [dport PORTS] [flags FLAGS] [type
     /// TYPES]`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.monitor {
@@ -701,6 +734,11 @@ impl fmt::Display for Rule {
         }
         if let Some(p) = self.protocol {
             write!(f, " {p}")?;
+        }
+        match self.fragment {
+            Some(true) => f.write_str(" fragment")?,
+            Some(false) => f.write_str(" not fragment")?,
+            None => {}
         }
         if let Some(s) = &self.source {
             f.write_str(if s.negated { " not from " } else { " from " })?;
