@@ -444,11 +444,25 @@ fn the_guard_stage_is_upgraded_with_the_filter() {
         }
         e => panic!("{e:?}"),
     }
-    stamp_layout(dir.join("guard"), GUARD_LAYOUT);
+    // Layout 3, whose program ignores a rule's fragment condition: this
+    // build refuses to edit it (a `drop udp fragment` would drop all UDP
+    // there) until the upgrade, which migrates it with every map reused.
+    stamp_layout(dir.join("guard"), 3);
+    match Filter::open_pinned(&dir).map(drop).unwrap_err() {
+        Error::Pin(PinError::Incompatible { found: 3, .. }) => {}
+        e => panic!("{e:?}"),
+    }
     let (filter, report) = Filter::upgrade_pinned(&dir).unwrap();
     let guard = report.guard.expect("the guard's report");
+    assert_eq!((guard.from_layout, guard.to_layout), (3, GUARD_LAYOUT));
     assert_eq!((guard.old_program_id, guard.interfaces.len()), (new_guard, 0));
+    assert!(guard.migrated_maps.is_empty() && guard.created_maps.is_empty(), "{guard:?}");
     assert_eq!(guard_stage_program_id(&filter), Some(guard.new_program_id));
+    check_rule(&filter);
+    // The upgraded guard runs the fragment condition: a whole datagram to
+    // a port no other rule names passes a rule for fragments.
+    filter.rules().add("drop udp fragment from 198.51.100.0/24".parse().unwrap()).unwrap();
+    assert_eq!(filter.test_run(&rule_frame(10)).unwrap().action, XdpAction::Pass, "not a fragment");
     check_rule(&filter);
     filter.unpin().unwrap();
 }

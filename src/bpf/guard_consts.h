@@ -9,7 +9,11 @@
  * whenever a guard layout changes (a later stage adding config fields or
  * maps bumps it too). */
 #define XDPG_GUARD_MAGIC 0x58444744u
-#define XDPG_GUARD_LAYOUT_VERSION 3
+/* 4: a rule record's spare conds bits became the fragment condition
+ * (XDPG_RM_FRAG, XDPG_RM_FRAG_NOT), which a layout 3 program ignores: it
+ * would run `drop udp fragment` as `drop udp`. The bump makes a new CLI
+ * refuse an old pin until `xdpguard upgrade` (no map changes). */
+#define XDPG_GUARD_LAYOUT_VERSION 4
 
 /* Slot of the guard in the filter's xdpg_stages program array. The filter
  * tail-calls it for the packets its lists did not decide, only while user

@@ -48,7 +48,7 @@ use std::path::Path;
 use crate::core::layout::consts::*;
 use crate::core::layout::names;
 use crate::core::maps::{io_from_libbpf, ProgramMaps};
-use crate::core::pinned::{facade, Kind, LoadPlan, Pinned, Placement, ProgramKind};
+use crate::core::pinned::{facade, same_size, Kind, LoadPlan, Migration, Pinned, Placement, ProgramKind};
 use crate::core::upgrade::{Takeover, UpgradeReport};
 use crate::error::{Error, LoadError, PinError, RuleError};
 use crate::filter::maps::FilterMaps;
@@ -88,6 +88,13 @@ impl ProgramKind for GuardKind {
 
     fn repair_after(err: &RuleError) -> bool {
         matches!(err, RuleError::Bpf { .. })
+    }
+
+    /// Layout 3 (before the fragment condition): the same maps, reused as
+    /// they are; only the program changes, so that no record's fragment
+    /// bit is written where a program ignores it.
+    fn migration(from: u32) -> Option<Migration<GuardMaps>> {
+        (from == 3).then_some(Migration { changed: &[], added: &[], size: same_size, copy: |_, _, _| Ok(()) })
     }
 }
 
