@@ -424,8 +424,7 @@ impl LoadBalancer {
         let own: BTreeSet<u32> = attached.iter().map(|a| a.ifindex).collect();
         let ingress: BTreeSet<u32> =
             own.iter().copied().chain(chains.iter().flat_map(|c| c.ifindexes.iter().copied())).collect();
-        let families =
-            (active.iter().any(|(_, b, _)| b.ip.is_ipv4()), active.iter().any(|(_, b, _)| b.ip.is_ipv6()));
+        let families = (active.iter().any(|(_, b, _)| b.ip.is_ipv4()), active.iter().any(|(_, b, _)| b.ip.is_ipv6()));
         let devmap: BTreeSet<u32> = self.redirect_interfaces().into_iter().collect();
         let report = self.in_netns(|ns| read_in_ns(ns, &ingress, &own, families, &active, &devmap)).unwrap_or_default();
         Ok(Health {
@@ -600,10 +599,8 @@ mod tests {
 
         // No route at all: 8 as well, after 7, before the VIPs and the
         // digest; the text names the backend and both ways out.
-        let unrouted = Health {
-            unrouted: vec![Unrouted { vip, backend: "203.0.113.77".parse().unwrap() }],
-            ..serving.clone()
-        };
+        let unrouted =
+            Health { unrouted: vec![Unrouted { vip, backend: "203.0.113.77".parse().unwrap() }], ..serving.clone() };
         assert_eq!(unrouted.exit_code(), 8);
         assert!(!unrouted.is_serving());
         let text = unrouted.to_string();

@@ -20,8 +20,8 @@ use etherparse::{LaxNetSlice, LaxSlicedPacket, TransportSlice};
 use pcap_file::pcap::{PcapPacket, PcapWriter};
 use serde_json::json;
 use xdpguard::{
-    Attachment, Counter, DropEvent, DropReason, EventError, EventOptions, EventRate, EventReader, Filter, RuleId, TimedBlock,
-    Verdict,
+    Attachment, Counter, DropEvent, DropReason, EventError, EventOptions, EventRate, EventReader, Filter, RuleId,
+    TimedBlock, Verdict,
 };
 
 use crate::common::Result;
