@@ -9,11 +9,10 @@
 //! interface it was attached to was deleted: the traffic that interface
 //! received is no longer balanced, exit code 6; as for an interface a
 //! filter chaining it lost, whose NAT replies go untranslated), IP
-//! forwarding on where it receives (exit code 7), every active backend's
-//! egress a redirect interface and every active backend routed (exit code
-//! 8), and at least one VIP
-//! with an active backend (weight above 0), so a new flow to it gets a
-//! backend rather than a drop. A deliberate `detach --iface IF` of one of
+//! forwarding on where it receives (exit code 7), every L2 DSR VIP's active
+//! backend's egress a redirect interface and every active backend routed
+//! (exit code 8), and at least one VIP with an active backend (weight above
+//! 0), so a new flow to it gets a backend rather than a drop. A deliberate `detach --iface IF` of one of
 //! several interfaces is not a loss.
 //!
 //! Forwarding: `bpf_fib_lookup` answers `BPF_FIB_LKUP_RET_FWD_DISABLED`
@@ -46,7 +45,7 @@
 //! they are there; announced before, it would drop those flows. A lookup
 //! that fails (rather than answers "no route") is not counted.
 //!
-//! Both are read in the LB's network namespace, entered from a short-lived
+//! All three are read in the LB's network namespace, entered from a short-lived
 //! thread when the caller is elsewhere (as the neighbour entries are); when
 //! it cannot be entered (no CAP_SYS_ADMIN, or a namespace with no name
 //! under `/run/netns` reopened from outside) they are not checked.
