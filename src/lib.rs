@@ -150,4 +150,4 @@ pub use lb::{
     DEFAULT_CONNECTIONS, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_VIPS, DEFAULT_NEXT_HOP_CACHE, DEFAULT_TABLE_SIZE,
     DEFAULT_UDP_TIMEOUT, MAX_TABLE_SIZE, MAX_WEIGHT, MIN_TABLE_SIZE, NEIGH_PROTOCOL,
 };
-pub use lb::{ChainedFrom, ForwardingOff, Health, Unredirected};
+pub use lb::{ChainedFrom, ForwardingOff, Health, Unredirected, Unrouted};

@@ -44,7 +44,8 @@ impl Bed {
     fn new(tag: &str) -> Bed {
         let pair = Pair::new(tag);
         // The LB runs in the server: a real LB host forwards (a new
-        // namespace does not, and `status --exit-code` says so: 7).
+        // namespace does not, and `status --exit-code` says so: 7) and
+        // routes its backends (8 otherwise).
         lb_host_forwards(&pair.server);
         let dir = ScratchDir::new("/tmp", tag);
         std::fs::create_dir_all(dir.path()).unwrap();
@@ -141,11 +142,15 @@ fn vip(s: &str) -> Vip {
     s.parse().unwrap()
 }
 
-/// IP forwarding on in `ns` (every interface, and those made later), as on
-/// an LB host.
+/// IP forwarding on in `ns` (every interface, and those made later), and
+/// routes to the backends, as on an LB host.
 fn lb_host_forwards(ns: &NetNs) {
     ns.sysctl("net.ipv4.ip_forward", "1");
     ns.sysctl("net.ipv6.conf.all.forwarding", "1");
+    // The files' backends outside the pair's subnets, on-link out of eth0
+    // (its only interface): a backend with no route is not served.
+    ns.ip(&["route", "add", "198.51.100.0/24", "dev", "eth0"]);
+    ns.ip(&["-6", "route", "add", "2001:db8:b::/64", "dev", "eth0"]);
 }
 
 fn xdp_on(ns: &NetNs) -> bool {

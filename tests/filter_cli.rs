@@ -1008,3 +1008,97 @@ fn stats_watch_reopens_a_filter_re_created_under_its_pin() {
     assert!(stderr.contains(&format!("the filter pinned at {p} was removed or re-created")), "{stderr}");
     assert!(stderr.contains("stats --watch stops"), "{stderr}");
 }
+
+/// `top` shows what the rate limits dropped over each interval, exactly
+/// (the filter's `rate_limited` counter, and each rate-limit rule's
+/// `limited`), beside its busiest rules: a burst of 5 at 1/s and twelve
+/// packets at once (through `BPF_PROG_TEST_RUN`), so most are over the
+/// limit, and top's figure is the count the runs dropped, in JSON and in
+/// its text.
+#[test]
+fn top_shows_the_rate_limited_drops() {
+    use std::process::{Command, Stdio};
+    use std::time::Instant;
+    use xdpguard::testing::frame::{Frame, DST_V4, PAYLOAD};
+
+    let pin = ScratchDir::bpffs("toplim");
+    let p = pin.arg();
+    let filter = Filter::builder().v4_capacity(64).v6_capacity(64).pin(p).load().expect("load the filter (root)");
+    let cli = XDPGUARD;
+    cli.ok(&["rule", "add", "--pin", p, "rate-limit 1/s burst 5 udp dport 53"]);
+    let id = cli.json(&["rule", "list", "--pin", p, "--json"])["rules"][0]["id"].as_u64().unwrap();
+    let frame = Frame::builder().ipv4("192.0.2.1".parse().unwrap(), DST_V4).udp(40000, 53).payload(PAYLOAD).build();
+
+    /// Killed on drop: a failed assertion leaves no top running.
+    struct Running(Option<std::process::Child>);
+    impl Drop for Running {
+        fn drop(&mut self) {
+            if let Some(mut c) = self.0.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+    // One report of `top` (2 s), with twelve packets sent once it holds
+    // the events' lease (it reads its counters before taking it): its
+    // stdout, and how many of the packets the filter dropped.
+    let report = |json: bool| -> (String, u64) {
+        let mut args = vec!["top", "--pin", p, "--interval", "2", "--iterations", "1"];
+        if json {
+            args.push("--json");
+        }
+        eprintln!("$ xdpguard {}", args.join(" "));
+        let mut running = Running(Some(
+            // check-deps: built-here (a binary of this crate: CARGO_BIN_EXE_xdpguard)
+            Command::new(XDPGUARD.path()).args(&args).stdout(Stdio::piped()).spawn().expect("start top"),
+        ));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !filter.events_lease_held() {
+            assert!(running.0.as_mut().unwrap().try_wait().unwrap().is_none(), "top exited before reading");
+            assert!(Instant::now() < deadline, "top never took the events' lease");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let mut dropped = 0;
+        for _ in 0..12 {
+            if filter.test_run(frame.bytes()).unwrap().action == XdpAction::Drop {
+                dropped += 1;
+            }
+        }
+        let out = running.0.take().unwrap().wait_with_output().expect("wait for top");
+        let text = String::from_utf8(out.stdout).expect("UTF-8");
+        eprintln!("{text}");
+        assert!(out.status.success(), "top failed: {text}");
+        (text, dropped)
+    };
+
+    let (text, dropped) = report(true);
+    // A burst of 5: the rest over the limit (one more token if a second
+    // passed between the runs).
+    assert!((6..=7).contains(&dropped), "{dropped} of 12 dropped");
+    let v: serde_json::Value = serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"));
+    assert_eq!(v["rate_limited"]["packets"], dropped, "{v}");
+    assert_eq!(v["rate_limited"]["bytes"], dropped * frame.len() as u64, "{v}");
+    assert_eq!(v["rate_limited"]["pps"].as_f64(), Some(dropped as f64 / 2.0), "{v}");
+    assert_eq!(v["would_drop_limit"]["packets"], 0, "{v}");
+    assert_eq!(v["rules"][0]["id"], id, "{v}");
+    assert_eq!(v["rules"][0]["packets"], 12, "{v}");
+    assert_eq!(v["rules"][0]["limited"], dropped, "{v}");
+    assert_eq!(filter.stats().unwrap().rate_limited.packets, dropped, "top's figure is the filter's counter");
+
+    // Text: the line, and the rule's `limited` column.
+    let (text, dropped) = report(false);
+    assert!(dropped > 0, "the bucket had not refilled to 12");
+    let line = text.lines().next().unwrap();
+    assert_eq!(
+        line,
+        format!(
+            "rate limits over 2.0 s (exact: filter counters): {dropped} dropped ({:.1}/s), 0 would-drop in monitor \
+             mode (0.0/s)",
+            dropped as f64 / 2.0
+        )
+    );
+    let row = text.lines().find(|l| l.trim_start().starts_with(&format!("{id} "))).expect("the rule's row");
+    let cols: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(cols[..4].join(" "), format!("{id} 12 {} {dropped}", 12 * frame.len()), "{row}");
+    drop(filter);
+}

@@ -836,8 +836,10 @@ fn status_exit_code_names_what_is_missing() {
     let ns = NetNs::new("fx");
     let peer = NetNs::new("fy");
     veth(&ns, "eth0", &peer, "eth0");
-    // An LB host forwards (a new namespace does not: exit code 7).
+    // An LB host forwards (a new namespace does not: exit code 7) and
+    // routes its backends (a backend with no route: 8).
     ns.sysctl("net.ipv4.ip_forward", "1");
+    ns.ip(&["route", "add", "198.51.100.0/24", "dev", "eth0"]);
     let pin = Pin(ScratchDir::bpffs("fleet-x"));
     let code = |pin: &Pin| XDPGUARD_LB.run(&["status", "--exit-code", "--pin", pin.arg()]).status.code();
     assert_eq!(code(&pin), Some(1), "nothing pinned");

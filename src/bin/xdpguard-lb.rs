@@ -308,7 +308,8 @@ enum Command {
     /// of a chaining filter's interfaces is a note), 8 when an L2
     /// DSR VIP's active backend is routed out of an interface that is not
     /// a redirect interface (e.g. deleted and made again: `set --redirect
-    /// IF`), 4 when no VIP has
+    /// IF`) or an active backend has no route at all (add one, or `backend
+    /// del`), 4 when no VIP has
     /// an active backend, 5 when serving but its state digest differs from
     /// the one --config or --expect-digest expects (the node does not hold
     /// the fleet's configuration), 1 when no LB is pinned (detached) or it
@@ -1325,6 +1326,10 @@ fn status(pin: &Pin, json: bool, expect: Option<Digest>) -> Result<xdpguard::Hea
                     "backend": u.backend.to_string(),
                     "ifindex": u.ifindex,
                     "interface": u.interface,
+                })).collect::<Vec<_>>(),
+                "unrouted": health.unrouted.iter().map(|u| json!({
+                    "vip": u.vip.to_string(),
+                    "backend": u.backend.to_string(),
                 })).collect::<Vec<_>>(),
             })
         );

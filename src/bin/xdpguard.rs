@@ -238,7 +238,8 @@ enum Command {
     Events(events::EventsArgs),
     /// Write sampled dropped packets (their first 128 bytes) to a pcap file.
     Capture(events::CaptureArgs),
-    /// The busiest rules (exact) and sources and blocklist entries (sampled) per interval.
+    /// Rate-limited drops and the busiest rules (exact), and sources and blocklist entries (sampled), per
+    /// interval.
     Top(events::TopArgs),
     /// Show interfaces, list sizes, capacities and memory.
     Status {

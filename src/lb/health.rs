@@ -9,10 +9,10 @@
 //! interface it was attached to was deleted: the traffic that interface
 //! received is no longer balanced, exit code 6; as for an interface a
 //! filter chaining it lost, whose NAT replies go untranslated), IP
-//! forwarding on where it receives (exit code 7), every active backend's
-//! egress a redirect interface (exit code 8), and at least one VIP
-//! with an active backend (weight above 0), so a new flow to it gets a
-//! backend rather than a drop. A deliberate `detach --iface IF` of one of
+//! forwarding on where it receives (exit code 7), every L2 DSR VIP's active
+//! backend's egress a redirect interface and every active backend routed
+//! (exit code 8), and at least one VIP with an active backend (weight above
+//! 0), so a new flow to it gets a backend rather than a drop. A deliberate `detach --iface IF` of one of
 //! several interfaces is not a loss.
 //!
 //! Forwarding: `bpf_fib_lookup` answers `BPF_FIB_LKUP_RET_FWD_DISABLED`
@@ -34,11 +34,18 @@
 //! the only interface it receives on needs no devmap (`XDP_TX`). Repairing
 //! it by itself would need the interfaces' names recorded in a pin (the
 //! devmap holds indexes only): `set --redirect IF` or `xdpguard apply` does
-//! it. A backend without any route is not counted (the stack has none
-//! either; a route a routing daemon brings later must not keep a fresh node
-//! withdrawn).
+//! it.
 //!
-//! Both are read in the LB's network namespace, entered from a short-lived
+//! No route: an active backend (of any VIP's mode) the kernel has no
+//! unicast route to gets its share of the VIP's new flows all the same, and
+//! every one of them is lost: the data plane's `bpf_fib_lookup` fails, the
+//! packet goes to the stack (`passed_no_route`), which has no route either.
+//! Exit code 8 too, naming the backend: add a route or remove it. A fresh
+//! node whose routes a routing daemon brings later stays withdrawn until
+//! they are there; announced before, it would drop those flows. A lookup
+//! that fails (rather than answers "no route") is not counted.
+//!
+//! All three are read in the LB's network namespace, entered from a short-lived
 //! thread when the caller is elsewhere (as the neighbour entries are); when
 //! it cannot be entered (no CAP_SYS_ADMIN, or a namespace with no name
 //! under `/run/netns` reopened from outside) they are not checked.
@@ -126,6 +133,11 @@ pub struct Health {
     /// packets the stack forwards as the LB rewrote them (slower, counted
     /// as `passed_no_devmap`), so those are not listed.
     pub unredirected: Vec<Unredirected>,
+    /// Active backends (of VIPs of every mode) the kernel has no route to
+    /// in the LB's namespace: their share of the VIP's new flows is lost
+    /// (the data plane's FIB lookup fails, and the stack has no route
+    /// either). Not serving (exit code 8).
+    pub unrouted: Vec<Unrouted>,
 }
 
 /// An interface the LB receives on whose IP forwarding is off for a family
@@ -168,11 +180,21 @@ pub struct Unredirected {
     pub interface: String,
 }
 
+/// An active backend the kernel has no route to ([`Health::unrouted`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Unrouted {
+    /// The VIP.
+    pub vip: Vip,
+    /// Its backend.
+    pub backend: BackendAddr,
+}
+
 impl Health {
     /// Serving: attached somewhere (or chained behind a filter that is), no
     /// attachment lost, forwarding on where it is attached (and somewhere it
     /// receives), every L2 DSR VIP's active backend's egress a redirect
-    /// interface, at least one VIP has an active backend, and, when a digest
+    /// interface, every active backend routed, at least one VIP has an active backend, and, when a digest
     /// was expected, the state matches it.
     pub fn is_serving(&self) -> bool {
         self.exit_code() == 0
@@ -186,7 +208,8 @@ impl Health {
     /// family its active backends are of, on an interface it is attached to
     /// or on every interface it receives on ([`Health::forwarding_off`]), 8 an L2 DSR VIP's active backend is
     /// routed out of an interface that is not a redirect interface
-    /// ([`Health::unredirected`]: e.g. deleted and made again), 4 attached but
+    /// ([`Health::unredirected`]: e.g. deleted and made again), or an active
+    /// backend has no route at all ([`Health::unrouted`]), 4 attached but
     /// no VIP has an active backend, 5 serving but its state digest differs
     /// from the expected one (only with an expected digest). (1 is any
     /// error, e.g. nothing pinned: the LB was detached or never attached; 2
@@ -199,7 +222,7 @@ impl Health {
             6
         } else if self.forwarding_refused() {
             7
-        } else if !self.unredirected.is_empty() {
+        } else if !self.unredirected.is_empty() || !self.unrouted.is_empty() {
             8
         } else if self.serving_vips == 0 {
             4
@@ -279,6 +302,15 @@ impl fmt::Display for Health {
                 backends.join(", ")
             )?;
         }
+        if !self.unrouted.is_empty() {
+            let backends: Vec<String> = self.unrouted.iter().map(|u| format!("{} of {}", u.backend, u.vip)).collect();
+            write!(
+                f,
+                "; no route to backend {} in the LB's namespace, so its share of new flows is dropped \
+                 (passed_no_route): add a route to it, or remove it (`xdpguard-lb backend del VIP BACKEND`)",
+                backends.join(", ")
+            )?;
+        }
         Ok(())
     }
 }
@@ -289,18 +321,20 @@ struct NsReport {
     forwarding_off: Vec<ForwardingOff>,
     receiving: usize,
     unredirected: Vec<Unredirected>,
+    unrouted: Vec<Unrouted>,
 }
 
 /// Reads both: `ingress` the interfaces it receives on (`attached` those
 /// the LB is attached to itself), `families` (IPv4,
-/// IPv6) those of its active backends, `backends` its L2 DSR VIPs' active
-/// backends, `devmap` its redirect interfaces. Runs in the LB's namespace.
+/// IPv6) those of its active backends, `backends` its active backends
+/// (`true`: an L2 DSR VIP's), `devmap` its redirect interfaces. Runs in the
+/// LB's namespace.
 fn read_in_ns(
     ns: BorrowedFd<'_>,
     ingress: &BTreeSet<u32>,
     attached: &BTreeSet<u32>,
     families: (bool, bool),
-    backends: &[(Vip, BackendAddr)],
+    backends: &[(Vip, BackendAddr, bool)],
     devmap: &BTreeSet<u32>,
 ) -> NsReport {
     let mut report = NsReport::default();
@@ -323,17 +357,25 @@ fn read_in_ns(
     let Ok(mut rtnl) = neigh::Rtnl::open_in(ns) else { return report };
     // Out of the only interface it receives on: XDP_TX, no devmap needed.
     let only_ingress = if ingress.len() == 1 { ingress.first().copied() } else { None };
-    let mut egress_of = std::collections::BTreeMap::<IpAddr, Option<u32>>::new();
-    for (vip, backend) in backends {
+    // Err: the lookup failed (not checked); Ok(None): no route.
+    let mut egress_of = std::collections::BTreeMap::<IpAddr, Result<Option<u32>, ()>>::new();
+    for &(vip, backend, l2_dsr) in backends {
         let egress = *egress_of
             .entry(backend.ip)
-            .or_insert_with(|| rtnl.route(backend.ip).ok().flatten().map(|hop| hop.ifindex));
-        let Some(ifindex) = egress else { continue };
-        if devmap.contains(&ifindex) || only_ingress == Some(ifindex) {
+            .or_insert_with(|| rtnl.route(backend.ip).map(|hop| hop.map(|h| h.ifindex)).map_err(drop));
+        let ifindex = match egress {
+            Err(()) => continue,
+            Ok(None) => {
+                report.unrouted.push(Unrouted { vip, backend });
+                continue;
+            }
+            Ok(Some(ifindex)) => ifindex,
+        };
+        if !l2_dsr || devmap.contains(&ifindex) || only_ingress == Some(ifindex) {
             continue;
         }
         let interface = sys::ifname_of(ifindex).unwrap_or_else(|| format!("#{ifindex}"));
-        report.unredirected.push(Unredirected { vip: *vip, backend: *backend, ifindex, interface });
+        report.unredirected.push(Unredirected { vip, backend, ifindex, interface });
     }
     report
 }
@@ -358,32 +400,32 @@ impl LoadBalancer {
         // longer reaches the LB (NAT replies there go untranslated).
         let lost = self.lost_attachments().len() + chains.iter().map(|c| c.lost.len()).sum::<usize>();
         let chained = chains.iter().map(|c| c.ifindexes.len()).sum();
-        let (vips, serving_vips, active, dsr) = self.read(|st| {
+        let (vips, serving_vips, active) = self.read(|st| {
             let serving = st
                 .vips
                 .values()
                 // Weight 0 is draining (`Backend::state`): no new flows.
                 .filter(|vs| vs.backends.values().any(|slot| slot.weight > 0))
                 .count();
-            let active: Vec<(Vip, BackendAddr)> = st
+            // Only L2 DSR's packets die in the stack when they leave by an
+            // interface not in the devmap (see `unredirected`); every mode's
+            // die without a route.
+            let active: Vec<(Vip, BackendAddr, bool)> = st
                 .vips
                 .iter()
-                .flat_map(|(vip, vs)| vs.backends.iter().filter(|(_, s)| s.weight > 0).map(|(b, _)| (*vip, *b)))
+                .flat_map(|(vip, vs)| {
+                    let l2_dsr = vs.config.mode == ForwardingMode::L2Dsr;
+                    vs.backends.iter().filter(|(_, s)| s.weight > 0).map(move |(b, _)| (*vip, *b, l2_dsr))
+                })
                 .collect();
-            // Only L2 DSR's packets die in the stack (see `unredirected`).
-            let dsr: Vec<(Vip, BackendAddr)> = active
-                .iter()
-                .filter(|(vip, _)| st.vips.get(vip).is_some_and(|vs| vs.config.mode == ForwardingMode::L2Dsr))
-                .copied()
-                .collect();
-            (st.vips.len(), serving, active, dsr)
+            (st.vips.len(), serving, active)
         })?;
         let own: BTreeSet<u32> = attached.iter().map(|a| a.ifindex).collect();
         let ingress: BTreeSet<u32> =
             own.iter().copied().chain(chains.iter().flat_map(|c| c.ifindexes.iter().copied())).collect();
-        let families = (active.iter().any(|(_, b)| b.ip.is_ipv4()), active.iter().any(|(_, b)| b.ip.is_ipv6()));
+        let families = (active.iter().any(|(_, b, _)| b.ip.is_ipv4()), active.iter().any(|(_, b, _)| b.ip.is_ipv6()));
         let devmap: BTreeSet<u32> = self.redirect_interfaces().into_iter().collect();
-        let report = self.in_netns(|ns| read_in_ns(ns, &ingress, &own, families, &dsr, &devmap)).unwrap_or_default();
+        let report = self.in_netns(|ns| read_in_ns(ns, &ingress, &own, families, &active, &devmap)).unwrap_or_default();
         Ok(Health {
             attachments: attached.len(),
             lost,
@@ -394,6 +436,7 @@ impl LoadBalancer {
             forwarding_off: report.forwarding_off,
             receiving: report.receiving,
             unredirected: report.unredirected,
+            unrouted: report.unrouted,
         })
     }
 
@@ -440,6 +483,7 @@ mod tests {
             forwarding_off: Vec::new(),
             receiving: 1,
             unredirected: Vec::new(),
+            unrouted: Vec::new(),
         };
         assert_eq!(h(1, 2, 1).exit_code(), 0);
         assert!(h(1, 2, 1).is_serving());
@@ -496,6 +540,7 @@ mod tests {
             forwarding_off: Vec::new(),
             receiving: 1,
             unredirected: Vec::new(),
+            unrouted: Vec::new(),
         };
         assert_eq!(serving.exit_code(), 0);
         let off = |name: &str, ipv6| ForwardingOff { interface: name.into(), ifindex: 2, ipv6, attached: false };
@@ -550,5 +595,21 @@ mod tests {
         );
         assert_eq!(Health { forwarding_off: vec![off("eth0", true)], ..lost.clone() }.exit_code(), 7);
         assert_eq!(Health { digest_matches: Some(false), ..lost }.exit_code(), 8);
+
+        // No route at all: 8 as well, after 7, before the VIPs and the
+        // digest; the text names the backend and both ways out.
+        let unrouted =
+            Health { unrouted: vec![Unrouted { vip, backend: "203.0.113.77".parse().unwrap() }], ..serving.clone() };
+        assert_eq!(unrouted.exit_code(), 8);
+        assert!(!unrouted.is_serving());
+        let text = unrouted.to_string();
+        assert!(
+            text.starts_with("not serving: ")
+                && text.contains("; no route to backend 203.0.113.77 of tcp 203.0.113.10:80 in the LB's namespace")
+                && text.contains("add a route to it, or remove it (`xdpguard-lb backend del VIP BACKEND`)"),
+            "{text}"
+        );
+        assert_eq!(Health { forwarding_off: vec![off("eth0", true)], ..unrouted.clone() }.exit_code(), 7);
+        assert_eq!(Health { serving_vips: 0, digest_matches: Some(false), ..unrouted }.exit_code(), 8);
     }
 }

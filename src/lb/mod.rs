@@ -60,7 +60,7 @@ pub(crate) use decap::check_local as check_decap_local;
 #[cfg_attr(not(feature = "config"), allow(unused_imports))]
 pub use decap::{Decap, DecapBuilder, DecapStats};
 pub use digest::{Digest, LbDigest};
-pub use health::{ForwardingOff, Health, Unredirected};
+pub use health::{ForwardingOff, Health, Unredirected, Unrouted};
 pub use neigh::NEIGH_PROTOCOL;
 pub use policies::{EchoPolicy, FragmentPolicy, NewFlowLimit, OptionsPolicy};
 #[cfg_attr(not(feature = "config"), allow(unused_imports))]

@@ -3,9 +3,9 @@
 //!
 //! Events are sampled: at most the event rate per CPU (`--rate`), so
 //! `top`'s sources and list entries are the busiest among the samples, not
-//! exact counts (its rules are exact: their counters). Each command holds
-//! the events' lease while it runs; killed, the filter stops sending within
-//! the lease (2 s).
+//! exact counts (its rules and rate-limited drops are exact: counters).
+//! Each command holds the events' lease while it runs; killed, the filter
+//! stops sending within the lease (2 s).
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -20,8 +20,8 @@ use etherparse::{LaxNetSlice, LaxSlicedPacket, TransportSlice};
 use pcap_file::pcap::{PcapPacket, PcapWriter};
 use serde_json::json;
 use xdpguard::{
-    Attachment, DropEvent, DropReason, EventError, EventOptions, EventRate, EventReader, Filter, RuleId, TimedBlock,
-    Verdict,
+    Attachment, Counter, DropEvent, DropReason, EventError, EventOptions, EventRate, EventReader, Filter, RuleId,
+    TimedBlock, Verdict,
 };
 
 use crate::common::Result;
@@ -454,15 +454,30 @@ pub fn capture(args: CaptureArgs) -> Result<()> {
     Ok(())
 }
 
+/// A rule's counters, as `top` reads them at each end of an interval.
+#[derive(Clone, Default)]
+struct RuleRead {
+    text: String,
+    hits: Counter,
+    limited: Counter,
+}
+
 /// `xdpguard top`.
 pub fn top(args: TopArgs) -> Result<()> {
     let filter = Filter::open_pinned(&args.pin.pin)?;
     let interval = seconds(args.interval, "--interval")?;
-    let mut reader = start_reading(&filter, options(None, &args.lease))?;
-    let rules_now = |f: &Filter| -> Result<HashMap<RuleId, (String, u64, u64)>> {
-        Ok(f.rules().list()?.into_iter().map(|r| (r.id, (r.rule.to_string(), r.hits.packets, r.hits.bytes))).collect())
+    let rules_now = |f: &Filter| -> Result<HashMap<RuleId, RuleRead>> {
+        Ok(f.rules()
+            .list()?
+            .into_iter()
+            .map(|r| (r.id, RuleRead { text: r.rule.to_string(), hits: r.hits, limited: r.limited }))
+            .collect())
     };
+    // Read before the lease is taken: whoever waits for the lease to send
+    // (the tests, an operator) finds every packet in this interval's deltas.
     let mut before = rules_now(&filter)?;
+    let mut stats_before = filter.stats()?;
+    let mut reader = start_reading(&filter, options(None, &args.lease))?;
     let mut done = 0u64;
     while args.iterations.is_none_or(|n| done < n) {
         let start = Instant::now();
@@ -495,15 +510,20 @@ pub fn top(args: TopArgs) -> Result<()> {
             }
         }
         let after = rules_now(&filter)?;
-        let mut rules: Vec<(RuleId, String, u64, u64)> = after
+        let stats_after = filter.stats()?;
+        // The filter's rate-limit counters over the interval (exact, like
+        // the rules'): what every rate-limit rule dropped, or in monitor
+        // mode would have.
+        let limits = stats_after.since(&stats_before);
+        let mut rules: Vec<(RuleId, String, Counter, Counter)> = after
             .iter()
-            .map(|(id, (text, p, b))| {
-                let (_, p0, b0) = before.get(id).cloned().unwrap_or_default();
-                (*id, text.clone(), p.saturating_sub(p0), b.saturating_sub(b0))
+            .map(|(id, now)| {
+                let was = before.get(id).cloned().unwrap_or_default();
+                (*id, now.text.clone(), now.hits - was.hits, now.limited - was.limited)
             })
-            .filter(|r| r.2 > 0)
+            .filter(|r| r.2.packets > 0 || r.3.packets > 0)
             .collect();
-        rules.sort_by(|a, b| b.2.cmp(&a.2).then(a.0.cmp(&b.0)));
+        rules.sort_by(|a, b| b.2.packets.cmp(&a.2.packets).then(a.0.cmp(&b.0)));
         rules.truncate(args.limit);
         let busiest = |m: HashMap<String, u64>| {
             let mut v: Vec<(String, u64)> = m.into_iter().collect();
@@ -514,20 +534,30 @@ pub fn top(args: TopArgs) -> Result<()> {
         let sources = busiest(sources.into_iter().map(|(a, n)| (a.to_string(), n)).collect());
         let entries = busiest(entries);
         let secs = interval.as_secs_f64();
+        let limit_json = |c: Counter| json!({"packets": c.packets, "bytes": c.bytes, "pps": c.packets as f64 / secs});
         if args.json {
             let v = json!({
                 "interval_s": secs,
                 "sampled_events": sampled,
-                "rules": rules.iter().map(|(id, text, p, b)| json!({"id": id.get(), "rule": text, "packets": p, "bytes": b})).collect::<Vec<_>>(),
+                "rate_limited": limit_json(limits.rate_limited),
+                "would_drop_limit": limit_json(limits.would_drop_limit),
+                "rules": rules.iter().map(|(id, text, h, l)| json!({"id": id.get(), "rule": text, "packets": h.packets, "bytes": h.bytes, "limited": l.packets})).collect::<Vec<_>>(),
                 "sources": sources.iter().map(|(a, n)| json!({"source": a, "events": n})).collect::<Vec<_>>(),
                 "entries": entries.iter().map(|(e, n)| json!({"entry": e, "events": n})).collect::<Vec<_>>(),
             });
             println!("{v}");
         } else {
-            println!("busiest rules over {secs:.1} s (exact: rule counters):");
-            println!("  {:>6} {:>12} {:>14}  rule", "id", "packets", "bytes");
-            for (id, text, p, b) in &rules {
-                println!("  {:>6} {:>12} {:>14}  {text}", id.get(), p, b);
+            let (rl, wl) = (limits.rate_limited.packets, limits.would_drop_limit.packets);
+            println!(
+                "rate limits over {secs:.1} s (exact: filter counters): {rl} dropped ({:.1}/s), {wl} would-drop \
+                 in monitor mode ({:.1}/s)",
+                rl as f64 / secs,
+                wl as f64 / secs
+            );
+            println!("busiest rules over {secs:.1} s (exact: rule counters; limited: over a rate limit):");
+            println!("  {:>6} {:>12} {:>14} {:>12}  rule", "id", "packets", "bytes", "limited");
+            for (id, text, h, l) in &rules {
+                println!("  {:>6} {:>12} {:>14} {:>12}  {text}", id.get(), h.packets, h.bytes, l.packets);
             }
             println!("busiest sources ({sampled} sampled drop events, at most the event rate per CPU):");
             for (a, n) in &sources {
@@ -540,6 +570,7 @@ pub fn top(args: TopArgs) -> Result<()> {
             println!();
         }
         before = after;
+        stats_before = stats_after;
         done += 1;
     }
     Ok(())
