@@ -200,6 +200,7 @@ fn the_cli_runs_the_amplification_recipe_on_real_traffic() {
         &["drop", "tcp", "dport", "1-1000,1001-65535"],
         &["drop", "tcp", "not", "from", "192.0.2.1"],
         &["drop", "tcp", "not", "to", "192.0.2.99"],
+        &["drop", "tcp", "not", "fragment"],
     ] {
         let mut args = vec!["rule", "add", "--pin", p];
         args.extend_from_slice(all);
@@ -237,6 +238,11 @@ fn the_cli_runs_the_amplification_recipe_on_real_traffic() {
     cli.ok(&["rule", "add", "--pin", p, "drop", "icmpv6", "to", "2001:db8:dead::/48"]);
     // What the refusal suggests is accepted.
     cli.ok(&["rule", "add", "--pin", p, "drop", "icmpv6", "type", "128"]);
+    // Fragments alone cut neither an SSH session nor neighbour discovery
+    // (which refuses fragments): no --force.
+    for words in [&["drop", "fragment"][..], &["drop", "tcp", "fragment"], &["drop", "icmpv6", "fragment"]] {
+        cli.ok(&[&["rule", "add", "--pin", p][..], words].concat());
+    }
     // Some ports, or one port from all but one source: accepted.
     cli.ok(&["rule", "add", "--pin", p, "drop", "tcp", "dport", "8000-9000"]);
     cli.ok(&["rule", "add", "--pin", p, "drop", "tcp", "dport", "23", "not", "from", "192.0.2.1"]);

@@ -294,7 +294,7 @@ enum Command {
 /// Rule text, e.g. `drop udp sport 53 not from set resolvers`:
 ///
 /// `[monitor] drop|pass|count [ipv4|ipv6] [tcp|udp|icmp|icmpv6|proto N]
-/// [[not] from PREFIX|set NAME] [[not] to PREFIX] [sport PORTS] [dport PORTS]
+/// [[not] fragment] [[not] from PREFIX|set NAME] [[not] to PREFIX] [sport PORTS] [dport PORTS]
 /// [flags VALUE[/MASK]] [type TYPES]`
 #[derive(Subcommand)]
 enum RuleCommand {
@@ -1288,9 +1288,13 @@ fn refuse_drop_all(rules: &[Rule], lines: &[usize], force: bool) -> Result<()> {
         None => true,
         Some(m) => m.negated || matches!(&m.source, Source::Prefix(p) if whole(p)),
     };
+    // A rule for fragments alone cuts neither: an SSH session's segments
+    // are not fragmented (its path MTU is discovered), and neighbour
+    // discovery refuses fragments (RFC 6980).
     let cutting = |r: &&Rule| {
         r.action == xdpguard::RuleAction::Drop
             && !r.monitor
+            && r.fragment != Some(true)
             && from_anywhere(r)
             && r.destination.is_none_or(|d| d.negated || whole(&d.prefix))
     };
@@ -1314,7 +1318,9 @@ fn refuse_drop_all(rules: &[Rule], lines: &[usize], force: bool) -> Result<()> {
             IpNetwork::V4(_) => false,
         },
     };
-    let cuts_nd = |r: &&Rule| r.action == xdpguard::RuleAction::Drop && !r.monitor && from_anywhere(r) && to_nd(r);
+    let cuts_nd = |r: &&Rule| {
+        r.action == xdpguard::RuleAction::Drop && !r.monitor && r.fragment != Some(true) && from_anywhere(r) && to_nd(r)
+    };
     // Neighbour and router discovery (133-137) and Packet Too Big (2: IPv6
     // routers never fragment, so path-MTU discovery is the only way a
     // large transfer gets through).
