@@ -435,6 +435,23 @@ fn fragment_rules() {
     f.rules().remove(frag).unwrap();
     t.pass("a monitored fragment rule decides nothing", &udp6(Some(Ext::fragment(10, true))), &[mon]);
     t.pass("... nor for a first fragment", &udp4(Frag::First), &[mon]);
+    // A later fragment whose fragment header names an extension header
+    // (RFC 8200 allows it in every fragment): its payload is the middle of
+    // a packet, not that header. Forged as an overlong one, it passed as
+    // malformed; forged as one leading to TCP, it was taken for TCP.
+    // Neither is UDP or TCP to the rules: the fragment's protocol is the
+    // header it names, which only a rule without one reaches.
+    let forged = |bytes: [u8; 2]| {
+        let mut fr = udp6(Some(Ext::fragment(10, true))).to_vec();
+        assert_eq!(fr[14 + 6], 44, "the fragment header follows the IPv6 header");
+        fr[14 + 40] = 60;
+        fr[14 + 48..14 + 50].copy_from_slice(&bytes);
+        fr
+    };
+    t.pass("v6 later fragment naming destination options: not UDP", &forged([17, 0xff]), &[]);
+    let any = add(&f, &["drop fragment"])[0];
+    t.drop("... forged as an overlong header: a fragment all the same", &forged([17, 0xff]), &[any]);
+    t.drop("... forged as a header leading to TCP", &forged([6, 0]), &[any]);
     t.finish();
 
     // A fragment rule naming ports, flags or types: refused, typed, and

@@ -355,6 +355,11 @@ fn parse_v6(f: &[u8], off: usize) -> Parsed {
                 later |= be16(f, at + 2) & 0xFFF8 != 0;
                 next = f[at];
                 at += 8;
+                // A later fragment's payload holds no header: the walk
+                // stops, its next header the protocol.
+                if later {
+                    break;
+                }
             }
             _ => {
                 l4 = Some(at);

@@ -439,7 +439,9 @@ fn the_guard_stage_is_upgraded_with_the_filter() {
     // Reopened, the error names the directory the upgrade takes.
     match Filter::open_pinned(&dir).map(drop).unwrap_err() {
         Error::Pin(e @ PinError::Incompatible { found: 77, .. }) => {
-            assert!(matches!(&e, PinError::Incompatible { path, kind: "filter", .. } if *path == dir), "{e:?}");
+            let kind = "filter's guard stage";
+            assert!(matches!(&e, PinError::Incompatible { path, kind: k, .. } if *path == dir && *k == kind), "{e:?}");
+            assert!(e.to_string().contains("incompatible xdpguard filter's guard stage (layout 77, this build uses"));
             assert!(e.to_string().contains(&format!("`xdpguard upgrade --pin {}`", dir.display())), "{e}");
         }
         e => panic!("{e:?}"),

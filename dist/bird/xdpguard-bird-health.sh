@@ -7,7 +7,7 @@
 # attached nowhere (3), no VIP with an active backend (4), an interface
 # it was attached to lost (6), IP forwarding off (7), or an active backend
 # that XDP cannot forward to (8: routed out of an interface it may not
-# redirect to, or not routed at all). It acts on a
+# redirect to). It acts on a
 # change, and re-asserts the state every REASSERT rounds, so a BIRD that
 # restarted (its VIP protocols start disabled) is re-enabled. On SIGTERM or
 # SIGINT it withdraws and exits: a node without its agent is not announced.

@@ -308,8 +308,7 @@ enum Command {
     /// of a chaining filter's interfaces is a note), 8 when an L2
     /// DSR VIP's active backend is routed out of an interface that is not
     /// a redirect interface (e.g. deleted and made again: `set --redirect
-    /// IF`) or an active backend has no route at all (add one, or `backend
-    /// del`), 4 when no VIP has
+    /// IF`), 4 when no VIP has
     /// an active backend, 5 when serving but its state digest differs from
     /// the one --config or --expect-digest expects (the node does not hold
     /// the fleet's configuration), 1 when no LB is pinned (detached) or it

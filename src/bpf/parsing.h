@@ -227,15 +227,27 @@ static __always_inline int xdpg_parse_ipv6(void *data, void *data_end, struct xd
 			 * fragment header, processed as one (RFC 6946 s. 4). */
 			if (frag & 0xFFF9)
 				pkt->fragment = 1;
-			if (frag & 0xFFF8)
+			/* A later fragment's payload is the middle of the
+			 * original packet: its first bytes are not a header, so
+			 * the walk stops here, with the fragment header's next
+			 * header as the protocol. Read as one (RFC 8200 allows
+			 * any next header in every fragment), forged bytes hid
+			 * the fragment from `drop fragment` as malformed, or
+			 * passed it off as another protocol's. */
+			if (frag & 0xFFF8) {
 				pkt->later_fragment = 1;
+				pkt->l4_proto = fh->nexthdr;
+				pkt->l4_off = 0;
+				return XDPG_PARSE_OK;
+			}
 			next = fh->nexthdr;
 			off += sizeof(*fh);
 			continue;
 		}
 		default:
+			/* (A later fragment returned at its header.) */
 			pkt->l4_proto = next;
-			pkt->l4_off = pkt->later_fragment ? 0 : off;
+			pkt->l4_off = off;
 			xdpg_tiny_fragment(pkt, end);
 			return XDPG_PARSE_OK;
 		}
@@ -254,7 +266,7 @@ static __always_inline int xdpg_parse_ipv6(void *data, void *data_end, struct xd
 	default:
 		if (off <= XDPG_MAX_L3_OFFSET) {
 			pkt->l4_proto = next;
-			pkt->l4_off = pkt->later_fragment ? 0 : off;
+			pkt->l4_off = off;
 			xdpg_tiny_fragment(pkt, end);
 			return XDPG_PARSE_OK;
 		}

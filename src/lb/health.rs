@@ -10,9 +10,9 @@
 //! received is no longer balanced, exit code 6; as for an interface a
 //! filter chaining it lost, whose NAT replies go untranslated), IP
 //! forwarding on where it receives (exit code 7), every L2 DSR VIP's active
-//! backend's egress a redirect interface and every active backend routed
-//! (exit code 8), and at least one VIP with an active backend (weight above
-//! 0), so a new flow to it gets a backend rather than a drop. A deliberate `detach --iface IF` of one of
+//! backend's egress a redirect interface (exit code 8), and at least one
+//! VIP with an active backend (weight above 0), so a new flow to it gets a
+//! backend rather than a drop. A deliberate `detach --iface IF` of one of
 //! several interfaces is not a loss.
 //!
 //! Forwarding: `bpf_fib_lookup` answers `BPF_FIB_LKUP_RET_FWD_DISABLED`
@@ -40,10 +40,14 @@
 //! unicast route to gets its share of the VIP's new flows all the same, and
 //! every one of them is lost: the data plane's `bpf_fib_lookup` fails, the
 //! packet goes to the stack (`passed_no_route`), which has no route either.
-//! Exit code 8 too, naming the backend: add a route or remove it. A fresh
-//! node whose routes a routing daemon brings later stays withdrawn until
-//! they are there; announced before, it would drop those flows. A lookup
-//! that fails (rather than answers "no route") is not counted.
+//! A warning naming the backend ([`Health::unrouted`]), not an exit code:
+//! the check's lookup is an output route lookup (no input interface), so
+//! it does not see `ip rule iif` policy routing or a VRF on the receiving
+//! interface, which the data plane's input lookup does (a backend routed
+//! only there is reachable); and one backend's share is not the node's
+//! service: withdrawing the node (often every node at once, their routing
+//! alike) for it would turn a fraction of one VIP's flows into all of them.
+//! A lookup that fails (rather than answers "no route") is not counted.
 //!
 //! All three are read in the LB's network namespace, entered from a short-lived
 //! thread when the caller is elsewhere (as the neighbour entries are); when
@@ -136,7 +140,9 @@ pub struct Health {
     /// Active backends (of VIPs of every mode) the kernel has no route to
     /// in the LB's namespace: their share of the VIP's new flows is lost
     /// (the data plane's FIB lookup fails, and the stack has no route
-    /// either). Not serving (exit code 8).
+    /// either). A warning: it does not change [`Health::exit_code`] (the
+    /// lookup does not see policy routing by input interface or VRFs: see
+    /// the module's docs).
     pub unrouted: Vec<Unrouted>,
 }
 
@@ -194,7 +200,7 @@ impl Health {
     /// Serving: attached somewhere (or chained behind a filter that is), no
     /// attachment lost, forwarding on where it is attached (and somewhere it
     /// receives), every L2 DSR VIP's active backend's egress a redirect
-    /// interface, every active backend routed, at least one VIP has an active backend, and, when a digest
+    /// interface, at least one VIP has an active backend, and, when a digest
     /// was expected, the state matches it.
     pub fn is_serving(&self) -> bool {
         self.exit_code() == 0
@@ -208,8 +214,7 @@ impl Health {
     /// family its active backends are of, on an interface it is attached to
     /// or on every interface it receives on ([`Health::forwarding_off`]), 8 an L2 DSR VIP's active backend is
     /// routed out of an interface that is not a redirect interface
-    /// ([`Health::unredirected`]: e.g. deleted and made again), or an active
-    /// backend has no route at all ([`Health::unrouted`]), 4 attached but
+    /// ([`Health::unredirected`]: e.g. deleted and made again), 4 attached but
     /// no VIP has an active backend, 5 serving but its state digest differs
     /// from the expected one (only with an expected digest). (1 is any
     /// error, e.g. nothing pinned: the LB was detached or never attached; 2
@@ -222,7 +227,7 @@ impl Health {
             6
         } else if self.forwarding_refused() {
             7
-        } else if !self.unredirected.is_empty() || !self.unrouted.is_empty() {
+        } else if !self.unredirected.is_empty() {
             8
         } else if self.serving_vips == 0 {
             4
@@ -306,7 +311,8 @@ impl fmt::Display for Health {
             let backends: Vec<String> = self.unrouted.iter().map(|u| format!("{} of {}", u.backend, u.vip)).collect();
             write!(
                 f,
-                "; no route to backend {} in the LB's namespace, so its share of new flows is dropped \
+                "; warning: no route to backend {} in the LB's namespace (its main routing: policy routing by \
+                 input interface and VRFs not consulted), so its share of new flows may be dropped \
                  (passed_no_route): add a route to it, or remove it (`xdpguard-lb backend del VIP BACKEND`)",
                 backends.join(", ")
             )?;
@@ -596,20 +602,23 @@ mod tests {
         assert_eq!(Health { forwarding_off: vec![off("eth0", true)], ..lost.clone() }.exit_code(), 7);
         assert_eq!(Health { digest_matches: Some(false), ..lost }.exit_code(), 8);
 
-        // No route at all: 8 as well, after 7, before the VIPs and the
-        // digest; the text names the backend and both ways out.
+        // No route at all: a warning, the exit code unchanged (the lookup
+        // cannot see policy routing by input interface); the text names
+        // the backend and both ways out.
         let unrouted =
             Health { unrouted: vec![Unrouted { vip, backend: "203.0.113.77".parse().unwrap() }], ..serving.clone() };
-        assert_eq!(unrouted.exit_code(), 8);
-        assert!(!unrouted.is_serving());
+        assert_eq!(unrouted.exit_code(), 0);
+        assert!(unrouted.is_serving());
         let text = unrouted.to_string();
         assert!(
-            text.starts_with("not serving: ")
-                && text.contains("; no route to backend 203.0.113.77 of tcp 203.0.113.10:80 in the LB's namespace")
+            text.starts_with("serving: ")
+                && text.contains(
+                    "; warning: no route to backend 203.0.113.77 of tcp 203.0.113.10:80 in the LB's namespace"
+                )
                 && text.contains("add a route to it, or remove it (`xdpguard-lb backend del VIP BACKEND`)"),
             "{text}"
         );
         assert_eq!(Health { forwarding_off: vec![off("eth0", true)], ..unrouted.clone() }.exit_code(), 7);
-        assert_eq!(Health { serving_vips: 0, digest_matches: Some(false), ..unrouted }.exit_code(), 8);
+        assert_eq!(Health { serving_vips: 0, ..unrouted }.exit_code(), 4);
     }
 }

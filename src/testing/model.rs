@@ -296,7 +296,7 @@ fn ipv6(frame: &[u8], l3: usize) -> Parsed {
     let dst = IpAddr::V6(Ipv6Addr::from(octets(24)));
     let hop_limit = h[7];
     let mut off = l3 + 40;
-    let (mut fragment, mut later_fragment) = (false, false);
+    let mut fragment = false;
     for _ in 0..MAX_EXT_HEADERS {
         // A chain past the offsets the parse reads: hidden, as below.
         if off > MAX_L3_OFFSET {
@@ -320,14 +320,19 @@ fn ipv6(frame: &[u8], l3: usize) -> Parsed {
                 }
                 // Offset 0 without more fragments: an atomic fragment, whole.
                 fragment |= be16(frame, off + 2) & 0xFFF9 != 0;
-                later_fragment |= be16(frame, off + 2) & 0xFFF8 != 0;
+                // A later fragment's payload holds no header: the walk
+                // stops, its next header the protocol.
+                if be16(frame, off + 2) & 0xFFF8 != 0 {
+                    let protocol = frame[off];
+                    let (transport, l4_hidden, on_link_nd) = (None, false, false);
+                    return Parsed::Ip(IpPacket { src, dst, protocol, transport, fragment, l4_hidden, on_link_nd });
+                }
                 next = frame[off];
                 off += 8;
             }
             protocol => {
-                let l4 = (!later_fragment).then_some(off);
-                let transport = transport(frame, protocol, l4, end);
-                let l4_hidden = tiny_fragment(fragment && !later_fragment, protocol, off, end);
+                let transport = transport(frame, protocol, Some(off), end);
+                let l4_hidden = tiny_fragment(fragment, protocol, off, end);
                 let on_link_nd = on_link_nd(protocol, transport, hop_limit);
                 return Parsed::Ip(IpPacket { src, dst, protocol, transport, fragment, l4_hidden, on_link_nd });
             }
@@ -336,9 +341,8 @@ fn ipv6(frame: &[u8], l3: usize) -> Parsed {
     // The walk's last header may lead to the transport header; still in
     // the chain, there is none the filter reads.
     if !matches!(next, 0 | 43 | 60 | 44) && off <= MAX_L3_OFFSET {
-        let l4 = (!later_fragment).then_some(off);
-        let transport = transport(frame, next, l4, end);
-        let l4_hidden = tiny_fragment(fragment && !later_fragment, next, off, end);
+        let transport = transport(frame, next, Some(off), end);
+        let l4_hidden = tiny_fragment(fragment, next, off, end);
         let on_link_nd = on_link_nd(next, transport, hop_limit);
         return Parsed::Ip(IpPacket { src, dst, protocol: next, transport, fragment, l4_hidden, on_link_nd });
     }

@@ -149,11 +149,13 @@ impl Guard {
         }
         match Pinned::open_pinned(&sub) {
             Ok(core) => Ok(Some(Guard { core })),
-            // Upgraded with the filter: the command names the filter's directory.
+            // Upgraded with the filter: the command names the filter's
+            // directory; the layouts are the guard's, and the text says so
+            // (`upgrade` reports the filter's and the guard's apart).
             Err(Error::Pin(PinError::Incompatible { found, expected, .. })) => {
                 use crate::core::pinned::ProgramKind;
-                let filter = crate::filter::FilterKind::KIND;
-                let (kind, cli) = (filter.name, filter.cli);
+                let cli = crate::filter::FilterKind::KIND.cli;
+                let kind = "filter's guard stage";
                 Err(PinError::Incompatible { path: dir.to_path_buf(), kind, cli, found, expected }.into())
             }
             // Pinned last in the filter's creation: that creation was cut
