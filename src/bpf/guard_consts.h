@@ -69,8 +69,8 @@
 #define XDPG_RM_SPORT 0x20   /* the source port: sport_lo..sport_hi */
 /* Whether the packet is an IP fragment, first or later (xdpg_pkt.fragment:
  * an IPv6 atomic fragment is whole). Spare bits until now, so a record
- * written by an older build reads as "no fragment condition": no layout
- * version bump. */
+ * written by an older build reads as "no fragment condition"; an older
+ * program ignores them, hence layout 4 (above). */
 #define XDPG_RM_FRAG 0x40     /* only fragments */
 #define XDPG_RM_FRAG_NOT 0x80 /* ... negated: only whole packets */
 
