@@ -764,9 +764,7 @@ fn result_table(family: u8, n: usize, mix: Mix, rows: &[Measured], cpus: usize) 
     );
     let base = rows.iter().find(|m| m.row == Row::Drop).map(|m| m.mpps).expect("the drop row is always measured");
     for m in rows {
-        // Every generating CPU also receives: per-packet time on one CPU is
-        // cpus / rate.
-        let extra_ns = cpus as f64 * (1e3 / m.mpps - 1e3 / base);
+        let extra_ns = added_ns(cpus, m.mpps, base);
         t.row(vec![
             m.row.label().to_string(),
             fmt_mpps(m.mpps),
@@ -793,6 +791,13 @@ fn result_table(family: u8, n: usize, mix: Mix, rows: &[Measured], cpus: usize) 
         ));
     }
     t
+}
+
+/// The time per packet a row adds over its baseline (both in Mpps), on one
+/// CPU: every generating CPU also receives, so a packet takes `cpus / rate`
+/// of one CPU's time.
+fn added_ns(cpus: usize, mpps: f64, base_mpps: f64) -> f64 {
+    cpus as f64 * (1e3 / mpps - 1e3 / base_mpps)
 }
 
 fn fmt_mpps(x: f64) -> String {
@@ -841,7 +846,7 @@ fn targets(groups: &[Group], cpus: usize) -> Table {
     ratio_target(&mut t, 6, 100_000, 0.3);
     for g in groups.iter().filter(|g| g.mix == Mix::Clean) {
         if let (Some(x), Some(l), Some(d)) = (g.mpps(Row::Xdpguard), g.mpps(Row::Lpm), g.mpps(Row::Drop)) {
-            let over = |r: f64| cpus as f64 * (1e3 / r - 1e3 / d);
+            let over = |r: f64| added_ns(cpus, r, d);
             t.row(vec![
                 format!("IPv{} {} clean: overhead ≤ LPM's", g.family, size_label(g.n)),
                 format!("xdpguard +{:.0} ns/pkt, LPM +{:.0} ns/pkt", over(x), over(l)),
@@ -853,7 +858,7 @@ fn targets(groups: &[Group], cpus: usize) -> Table {
     // pointer-chase row), both above bare drop in the same table.
     for g in groups.iter().filter(|g| g.mix != Mix::Half) {
         if let (Some(x), Some(c), Some(d)) = (g.mpps(Row::Xdpguard), g.mpps(Row::Chase), g.mpps(Row::Drop)) {
-            let over = |r: f64| cpus as f64 * (1e3 / r - 1e3 / d);
+            let over = |r: f64| added_ns(cpus, r, d);
             let ratio = over(x) / over(c);
             t.row(vec![
                 format!("IPv{} {} {}: added cost ≤ 1.25× one random read", g.family, size_label(g.n), g.mix.label()),
@@ -1055,8 +1060,7 @@ fn paired_group(
     };
     let (gen4, gen6) = (gen_of(&set4), gen_of(&set6));
     let (frame4, frame6) = (h.template(4), h.template(6));
-    let cpus = settings.gen_cpus.len() as f64;
-    let over = |x: f64, d: f64| cpus * (1e3 / x - 1e3 / d);
+    let over = |x: f64, d: f64| added_ns(settings.gen_cpus.len(), x, d);
     let mut measured = Vec::new();
     let mut blocked_min: f64 = 1.0;
     for round in 0..rounds {
@@ -1306,7 +1310,7 @@ fn lb_group(h: &Harness, settings: &Settings, flows: usize) -> Table {
     );
     let base = best.iter().find(|b| b.0 == LbRow::Tx).map(|b| b.1).expect("the XDP_TX row");
     for (row, mpps, sent, spread) in &best {
-        let extra = cpus as f64 * (1e3 / mpps - 1e3 / base);
+        let extra = added_ns(cpus, *mpps, base);
         t.row(vec![
             match row {
                 LbRow::Tx => "bare XDP_TX".into(),
