@@ -1288,16 +1288,13 @@ fn refuse_drop_all(rules: &[Rule], lines: &[usize], force: bool) -> Result<()> {
         None => true,
         Some(m) => m.negated || matches!(&m.source, Source::Prefix(p) if whole(p)),
     };
-    // A rule for fragments alone cuts neither: an SSH session's segments
-    // are not fragmented (its path MTU is discovered), and neighbour
-    // discovery refuses fragments (RFC 6980).
-    let cutting = |r: &&Rule| {
-        r.action == xdpguard::RuleAction::Drop
-            && !r.monitor
-            && r.fragment != Some(true)
-            && from_anywhere(r)
-            && r.destination.is_none_or(|d| d.negated || whole(&d.prefix))
-    };
+    // A drop that decides (not monitored), from anywhere. A rule for
+    // fragments alone cuts neither an SSH session (its segments are not
+    // fragmented: its path MTU is discovered) nor neighbour discovery
+    // (which refuses fragments, RFC 6980).
+    let drops_from_anywhere =
+        |r: &Rule| r.action == xdpguard::RuleAction::Drop && !r.monitor && r.fragment != Some(true) && from_anywhere(r);
+    let cutting = |r: &&Rule| drops_from_anywhere(r) && r.destination.is_none_or(|d| d.negated || whole(&d.prefix));
     let all_tcp = rules.iter().filter(cutting).find(|r| {
         every_port(&r.source_ports)
             && every_port(&r.destination_ports)
@@ -1318,9 +1315,7 @@ fn refuse_drop_all(rules: &[Rule], lines: &[usize], force: bool) -> Result<()> {
             IpNetwork::V4(_) => false,
         },
     };
-    let cuts_nd = |r: &&Rule| {
-        r.action == xdpguard::RuleAction::Drop && !r.monitor && r.fragment != Some(true) && from_anywhere(r) && to_nd(r)
-    };
+    let cuts_nd = |r: &&Rule| drops_from_anywhere(r) && to_nd(r);
     // Neighbour and router discovery (133-137) and Packet Too Big (2: IPv6
     // routers never fragment, so path-MTU discovery is the only way a
     // large transfer gets through).
