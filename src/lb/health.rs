@@ -212,9 +212,10 @@ impl Health {
     /// interface it was attached to is lost (deleted, not detached:
     /// [`LoadBalancer::lost_attachments`]), 7 IP forwarding is off, for a
     /// family its active backends are of, on an interface it is attached to
-    /// or on every interface it receives on ([`Health::forwarding_off`]), 8 an L2 DSR VIP's active backend is
-    /// routed out of an interface that is not a redirect interface
-    /// ([`Health::unredirected`]: e.g. deleted and made again), 4 attached but
+    /// or on every interface it receives on ([`Health::forwarding_off`]), 8
+    /// an L2 DSR VIP's active backend is routed out of an interface that is
+    /// not a redirect interface ([`Health::unredirected`]: e.g. deleted and
+    /// made again), 4 attached but
     /// no VIP has an active backend, 5 serving but its state digest differs
     /// from the expected one (only with an expected digest). (1 is any
     /// error, e.g. nothing pinned: the LB was detached or never attached; 2
@@ -237,9 +238,7 @@ impl Health {
             0
         }
     }
-}
 
-impl Health {
     /// Whether forwarding is off where VIP traffic arrives: on an interface
     /// the LB is attached to itself (the operator put it there for that
     /// traffic), or, for a family its backends are of, on every interface
@@ -330,11 +329,10 @@ struct NsReport {
     unrouted: Vec<Unrouted>,
 }
 
-/// Reads both: `ingress` the interfaces it receives on (`attached` those
-/// the LB is attached to itself), `families` (IPv4,
-/// IPv6) those of its active backends, `backends` its active backends
-/// (`true`: an L2 DSR VIP's), `devmap` its redirect interfaces. Runs in the
-/// LB's namespace.
+/// Reads the three: `ingress` the interfaces it receives on (`attached`
+/// those the LB is attached to itself), `families` (IPv4, IPv6) those of
+/// its active backends, `backends` its active backends (`true`: an L2 DSR
+/// VIP's), `devmap` its redirect interfaces. Runs in the LB's namespace.
 fn read_in_ns(
     ns: BorrowedFd<'_>,
     ingress: &BTreeSet<u32>,
