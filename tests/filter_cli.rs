@@ -15,7 +15,7 @@ use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use common::cli::{refused, Cli, XDPGUARD};
+use common::cli::{refused, Cli, Running, XDPGUARD};
 use common::scratch::ScratchDir;
 use common::udp_echo::{udp_echo_reaches, UdpEcho};
 use xdpguard::testing::netns::*;
@@ -938,14 +938,6 @@ fn stats_watch_reopens_a_filter_re_created_under_its_pin() {
     let first = load();
     run(&first, 3);
 
-    /// Killed on drop: a failed assertion leaves no watch running.
-    struct Running(std::process::Child);
-    impl Drop for Running {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
     let mut running = Running(
         // check-deps: built-here (a binary of this crate: CARGO_BIN_EXE_xdpguard)
         Command::new(XDPGUARD.path())
@@ -1017,6 +1009,7 @@ fn stats_watch_reopens_a_filter_re_created_under_its_pin() {
 /// its text.
 #[test]
 fn top_shows_the_rate_limited_drops() {
+    use std::io::Read;
     use std::process::{Command, Stdio};
     use std::time::Instant;
     use xdpguard::testing::frame::{Frame, DST_V4, PAYLOAD};
@@ -1029,16 +1022,6 @@ fn top_shows_the_rate_limited_drops() {
     let id = cli.json(&["rule", "list", "--pin", p, "--json"])["rules"][0]["id"].as_u64().unwrap();
     let frame = Frame::builder().ipv4("192.0.2.1".parse().unwrap(), DST_V4).udp(40000, 53).payload(PAYLOAD).build();
 
-    /// Killed on drop: a failed assertion leaves no top running.
-    struct Running(Option<std::process::Child>);
-    impl Drop for Running {
-        fn drop(&mut self) {
-            if let Some(mut c) = self.0.take() {
-                let _ = c.kill();
-                let _ = c.wait();
-            }
-        }
-    }
     // One report of `top` (2 s), with twelve packets sent once it holds
     // the events' lease (it reads its counters before taking it): its
     // stdout, and how many of the packets the filter dropped.
@@ -1048,13 +1031,13 @@ fn top_shows_the_rate_limited_drops() {
             args.push("--json");
         }
         eprintln!("$ xdpguard {}", args.join(" "));
-        let mut running = Running(Some(
+        let mut running = Running(
             // check-deps: built-here (a binary of this crate: CARGO_BIN_EXE_xdpguard)
             Command::new(XDPGUARD.path()).args(&args).stdout(Stdio::piped()).spawn().expect("start top"),
-        ));
+        );
         let deadline = Instant::now() + Duration::from_secs(10);
         while !filter.events_lease_held() {
-            assert!(running.0.as_mut().unwrap().try_wait().unwrap().is_none(), "top exited before reading");
+            assert!(running.0.try_wait().unwrap().is_none(), "top exited before reading");
             assert!(Instant::now() < deadline, "top never took the events' lease");
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -1064,10 +1047,11 @@ fn top_shows_the_rate_limited_drops() {
                 dropped += 1;
             }
         }
-        let out = running.0.take().unwrap().wait_with_output().expect("wait for top");
-        let text = String::from_utf8(out.stdout).expect("UTF-8");
+        let mut text = String::new();
+        running.0.stdout.take().unwrap().read_to_string(&mut text).expect("top's output (UTF-8)");
+        let status = running.0.wait().expect("wait for top");
         eprintln!("{text}");
-        assert!(out.status.success(), "top failed: {text}");
+        assert!(status.success(), "top failed: {text}");
         (text, dropped)
     };
 

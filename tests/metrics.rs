@@ -17,10 +17,10 @@ mod common {
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
 use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::cli::{XDPGUARD, XDPGUARD_LB};
+use common::cli::{Running, XDPGUARD, XDPGUARD_LB};
 use common::scratch::ScratchDir;
 use common::udp_echo::{udp_echo_reaches, UdpEcho};
 use xdpguard::testing::lb_topology::*;
@@ -28,16 +28,6 @@ use xdpguard::testing::netns::{NetNs, Pair};
 
 const LISTEN: &str = "127.0.0.1:9435";
 const UDP_PORT: u16 = 7100;
-
-/// A child process killed (and reaped) on drop, also when a test panics.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// `xdpguard metrics` with these arguments, inside `ns`.
 fn exporter(ns: &NetNs, args: &[&str]) -> Running {

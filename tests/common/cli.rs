@@ -12,6 +12,17 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
+/// A tool started as its own process (a `--watch`, `top`, an exporter):
+/// killed and reaped on drop, so a failed assertion leaves none running.
+pub struct Running(pub std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A command-line tool of this crate.
 #[derive(Debug, Clone, Copy)]
 pub struct Cli {
