@@ -800,17 +800,20 @@ fn status_exit_code_says_an_interface_was_lost() {
     assert!(text.contains("lost:") && text.contains("eth1"), "{text}");
     assert!(
         text.contains(
-            "health:      not serving: attached to 1 interface(s), lost 1, 1 of 1 VIP(s) with an active backend"
+            "health:      not serving: attached to 1 interface(s), lost 1, 0 of 1 VIP(s) with a routed active backend"
         ),
         "{text}"
     );
     let json = cli.json(&["status", "--json", p[0], p[1]]);
     assert_eq!((json["serving"].as_bool(), json["lost_attachments"].as_array().map(Vec::len)), (Some(false), Some(1)));
 
-    // Forgotten on purpose: serving again on what is left (the backend's
-    // route went with eth1: a warning, not an exit code).
+    // Forgotten on purpose: no loss any more, but the backend's route went
+    // with eth1, so the only VIP has no routed backend (4); with a route to
+    // it out of eth0, serving again on what is left.
     cli.ok(&["detach", "--iface", "eth1", p[0], p[1]]);
-    assert_eq!(code(), Some(0), "the loss forgotten with detach --iface");
+    assert_eq!(code(), Some(4), "the loss forgotten with detach --iface; the backend unrouted");
+    vn.lb.ip(&["route", "add", &format!("{}/32", backend_v4(1)), "dev", "eth0"]);
+    assert_eq!(code(), Some(0), "routed out of eth0");
     // Every interface lost: attached nowhere.
     vn.lb.ip(&["link", "del", "eth0"]);
     assert_eq!(code(), Some(3), "attached nowhere");
@@ -949,15 +952,18 @@ fn status_exit_code_says_a_redirect_interface_was_lost() {
     cli.ok(&["detach", p[0], p[1]]);
 }
 
-/// `status` warns while an active backend has no route at all in the LB's
+/// `status` warns while an active backend has no route in the LB's
 /// namespace (the bed has no default route): its share of new flows goes
 /// to the stack (`passed_no_route`), which has no route either. The text
 /// names the backend and the ways out; a routed backend beside it is not
-/// named, and with a route to it (or without it) the warning goes. Not an
-/// exit code: the check's lookup does not see policy routing by input
-/// interface, which the data plane's does (shown below: a backend routed
-/// only by `ip rule iif` is reached), and one backend's share must not
-/// withdraw the node. An IPIP VIP's unrouted backend is named as well.
+/// named, and with a route to it (or without it) the warning goes. The
+/// check asks the data plane's own lookup: a backend routed only by `ip
+/// rule iif` for packets received on the LB's interface is reached by the
+/// data plane and not warned of (the rtnetlink output lookup the check
+/// used before warned of it). One VIP's unrouted backend withdraws
+/// nothing; a VIP with no routed active backend is not serving, and with
+/// no VIP left serving `status --exit-code` exits 4. An IPIP VIP's
+/// unrouted backend is named as well.
 #[test]
 fn status_warns_of_a_backend_with_no_route() {
     const UNROUTED: &str = "203.0.113.77";
@@ -989,14 +995,17 @@ fn status_warns_of_a_backend_with_no_route() {
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("has no route to {UNROUTED}")));
     let out = cli.run(&["status", "--exit-code", p[0], p[1]]);
-    assert_eq!(out.status.code(), Some(0), "a backend with no route: a warning");
+    assert_eq!(out.status.code(), Some(0), "one backend with no route beside a routed one: a warning");
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("health:      serving: attached to 1 interface(s)"), "{text}");
+    assert!(
+        text.contains("health:      serving: attached to 1 interface(s), 1 of 1 VIP(s) with a routed active backend"),
+        "{text}"
+    );
     assert!(
         text.contains(&format!(
-            "; warning: no route to backend {UNROUTED} of tcp 203.0.113.10:80 in the LB's namespace (its main \
-             routing: policy routing by input interface and VRFs not consulted), so its share of new flows may be \
-             dropped (passed_no_route): add a route to it, or remove it (`xdpguard-lb backend del VIP BACKEND`)"
+            "; warning: no route to backend {UNROUTED} of tcp 203.0.113.10:80 from the interfaces the LB receives \
+             on (the data plane's own lookup), so its share of new flows is dropped (passed_no_route): add a \
+             route to it in the LB's namespace, or remove it (`xdpguard-lb backend del VIP BACKEND`)"
         )),
         "{text}"
     );
@@ -1005,48 +1014,59 @@ fn status_warns_of_a_backend_with_no_route() {
     assert_eq!(json["serving"].as_bool(), Some(true));
     assert_eq!(json["unrouted"], serde_json::json!([{"vip": "tcp 203.0.113.10:80", "backend": UNROUTED}]));
     assert_eq!(json["unredirected"], serde_json::json!([]));
-    let warned = || {
+    let status = || {
         let out = cli.run(&["status", "--exit-code", p[0], p[1]]);
-        assert_eq!(out.status.code(), Some(0), "{out:?}");
-        String::from_utf8_lossy(&out.stdout).contains(&format!("no route to backend {UNROUTED} of"))
+        let warned = String::from_utf8_lossy(&out.stdout).contains(&format!("no route to backend {UNROUTED} of"));
+        (out.status.code(), warned)
     };
     // The data plane agrees: with the routed backend drained, a new flow
-    // gets the unrouted one and goes to the stack.
+    // gets the unrouted one and goes to the stack; the VIP has no routed
+    // active backend left, nor has the node: exit 4.
     let routed = backend_v4(1).to_string();
     cli.ok(&["backend", "weight", "203.0.113.10:80", &routed, "0", p[0], p[1]]);
     assert_eq!(vip_packet(&vn, pin.path()), (XdpAction::Pass, 1, 0), "no route: to the stack");
+    assert_eq!(status(), (Some(4), true), "no VIP with a routed active backend");
     // Routed only for packets received on eth0 (`ip rule iif`): the data
     // plane's input lookup finds the route (no packet to the stack for
-    // want of one), the check's output lookup does not: a warning, which
-    // is why it is not an exit code.
+    // want of one), and so does the check, which asks the same lookup.
     vn.lb.ip(&["rule", "add", "iif", "eth0", "lookup", "100"]);
     vn.lb.ip(&["route", "add", &format!("{UNROUTED}/32"), "dev", "eth1", "table", "100"]);
     assert_eq!(vip_packet(&vn, pin.path()).1, 1, "routed by the iif rule: the data plane found the route");
-    assert!(warned(), "the check does not see the iif rule");
+    assert_eq!(status(), (Some(0), false), "the check sees the iif rule");
+    // Received elsewhere it would not be: a rule for another interface.
     vn.lb.ip(&["rule", "del", "iif", "eth0", "lookup", "100"]);
+    vn.lb.ip(&["rule", "add", "iif", "eth1", "lookup", "100"]);
+    assert_eq!(status(), (Some(4), true), "routed only for what eth1 receives, where the LB is not");
+    vn.lb.ip(&["rule", "del", "iif", "eth1", "lookup", "100"]);
     vn.lb.ip(&["route", "del", &format!("{UNROUTED}/32"), "dev", "eth1", "table", "100"]);
     cli.ok(&["backend", "weight", "203.0.113.10:80", &routed, "1", p[0], p[1]]);
 
     // A route to it (out of eth1, a redirect interface): no warning.
     vn.lb.ip(&["route", "add", &format!("{UNROUTED}/32"), "dev", "eth1"]);
-    assert!(!warned(), "routed now");
+    assert_eq!(status(), (Some(0), false), "routed now");
     vn.lb.ip(&["route", "del", &format!("{UNROUTED}/32"), "dev", "eth1"]);
-    assert!(warned(), "the route gone again");
+    assert_eq!(status(), (Some(0), true), "the route gone again");
     // Or without it.
     cli.ok(&["backend", "del", "203.0.113.10:80", UNROUTED, p[0], p[1]]);
-    assert!(!warned(), "the unrouted backend removed");
+    assert_eq!(status(), (Some(0), false), "the unrouted backend removed");
 
-    // An IPIP VIP's backend with no route, through the API from a thread
-    // outside the LB's namespace.
+    // An IPIP VIP whose only backend has no route, through the API from a
+    // thread outside the LB's namespace: named, and that VIP is not
+    // serving; the DSR VIP still is.
     cli.ok(&["vip", "add", "203.0.113.11:80", "--mode", "ipip", p[0], p[1]]);
     cli.ok(&["backend", "add", "203.0.113.11:80", UNROUTED, p[0], p[1]]);
-    let h = LoadBalancer::open_pinned(pin.path()).unwrap().health().unwrap();
-    assert_eq!(h.exit_code(), 0);
+    let health = || LoadBalancer::open_pinned(pin.path()).unwrap().health().unwrap();
+    let h = health();
+    assert_eq!((h.exit_code(), h.vips, h.serving_vips), (0, 2, 1), "{h:?}");
     assert_eq!(
         h.unrouted.iter().map(|u| (u.vip.to_string(), u.backend.ip)).collect::<Vec<_>>(),
         [("tcp 203.0.113.11:80".to_owned(), UNROUTED.parse::<IpAddr>().unwrap())]
     );
     assert!(h.unredirected.is_empty(), "{h:?}");
+    // The DSR VIP drained: nothing left to serve.
+    cli.ok(&["backend", "weight", "203.0.113.10:80", &routed, "0", p[0], p[1]]);
+    let h = health();
+    assert_eq!((h.exit_code(), h.serving_vips), (4, 0), "{h:?}");
     cli.ok(&["detach", p[0], p[1]]);
 }
 

@@ -299,7 +299,7 @@ enum Command {
     ///
     /// With --exit-code, a health check (the hook a BGP speaker's agent
     /// polls, dist/bird/): exits 0 when attached and at least one VIP has
-    /// an active backend, 3 when attached to no interface, 6 when an
+    /// an active backend it has a route to, 3 when attached to no interface, 6 when an
     /// interface it was attached to is lost (deleted; `detach --iface` is
     /// not a loss), 7 when IP forwarding is off on an interface it is
     /// attached to, or on every one it receives on (sysctl
@@ -309,7 +309,9 @@ enum Command {
     /// DSR VIP's active backend is routed out of an interface that is not
     /// a redirect interface (e.g. deleted and made again: `set --redirect
     /// IF`), 4 when no VIP has
-    /// an active backend, 5 when serving but its state digest differs from
+    /// an active backend it has a route to (both route checks ask the data
+    /// plane's own lookup, as for a packet received where it receives; an
+    /// unrouted backend beside a routed one is a warning), 5 when serving but its state digest differs from
     /// the one --config or --expect-digest expects (the node does not hold
     /// the fleet's configuration), 1 when no LB is pinned (detached) or it
     /// cannot be read.

@@ -11,8 +11,8 @@
 //! filter chaining it lost, whose NAT replies go untranslated), IP
 //! forwarding on where it receives (exit code 7), every L2 DSR VIP's active
 //! backend's egress a redirect interface (exit code 8), and at least one
-//! VIP with an active backend (weight above 0), so a new flow to it gets a
-//! backend rather than a drop. A deliberate `detach --iface IF` of one of
+//! VIP with an active backend (weight above 0) it has a route to, so a new
+//! flow to it gets a backend rather than a drop. A deliberate `detach --iface IF` of one of
 //! several interfaces is not a loss.
 //!
 //! Forwarding: `bpf_fib_lookup` answers `BPF_FIB_LKUP_RET_FWD_DISABLED`
@@ -31,23 +31,32 @@
 //! deleted and made again: the kernel empties a deleted interface's devmap
 //! slot, and the new one has another index) goes through the stack, and
 //! an L2 DSR VIP's packets are dropped there (only XDP does L2 DSR). Out of
-//! the only interface it receives on needs no devmap (`XDP_TX`). Repairing
-//! it by itself would need the interfaces' names recorded in a pin (the
-//! devmap holds indexes only): `set --redirect IF` or `xdpguard apply` does
-//! it.
+//! the interface a packet was received on needs no devmap (`XDP_TX`).
+//! Repairing it by itself would need the interfaces' names recorded in a
+//! pin (the devmap holds indexes only): `set --redirect IF` or `xdpguard
+//! apply` does it.
 //!
-//! No route: an active backend (of any VIP's mode) the kernel has no
+//! No route: an active backend (of any VIP's mode) the data plane has no
 //! unicast route to gets its share of the VIP's new flows all the same, and
-//! every one of them is lost: the data plane's `bpf_fib_lookup` fails, the
-//! packet goes to the stack (`passed_no_route`), which has no route either.
-//! A warning naming the backend ([`Health::unrouted`]), not an exit code:
-//! the check's lookup is an output route lookup (no input interface), so
-//! it does not see `ip rule iif` policy routing or a VRF on the receiving
-//! interface, which the data plane's input lookup does (a backend routed
-//! only there is reachable); and one backend's share is not the node's
-//! service: withdrawing the node (often every node at once, their routing
-//! alike) for it would turn a fraction of one VIP's flows into all of them.
-//! A lookup that fails (rather than answers "no route") is not counted.
+//! every one of them is lost: its `bpf_fib_lookup` fails, the packet goes
+//! to the stack (`passed_no_route`), which has no route either. A warning
+//! naming the backend ([`Health::unrouted`]); a VIP none of whose active
+//! backends has a route does not count as serving (exit code 4 when no VIP
+//! is left). One backend's share of one VIP withdraws nothing: withdrawing
+//! the node (often every node at once, their routing alike) for it would
+//! turn a fraction of one VIP's flows into all of them.
+//!
+//! Both route checks ask the data plane's own lookup (`route_probe.rs`: the
+//! same helper, with the same flags, run through `BPF_PROG_TEST_RUN` as if
+//! received on each interface the LB receives on), so `ip rule iif` policy
+//! routing and VRFs count as they do for VIP packets. A backend is unrouted
+//! when no interface it receives on has a route to it, and unredirected
+//! when one routes it out of another interface that is not a redirect
+//! interface. The source looked up with is an IPIP VIP's tunnel source, and
+//! unspecified for the other modes, whose packets keep their clients'
+//! addresses (policy routing by source is checked for no client). A lookup
+//! that fails (rather than answers "no route") is not counted, and when the
+//! probe cannot be loaded neither check is made.
 //!
 //! All three are read in the LB's network namespace, entered from a short-lived
 //! thread when the caller is elsewhere (as the neighbour entries are); when
@@ -76,22 +85,25 @@
 //!
 //! Cost: one read of the model the handle already keeps, the pinned
 //! links' info (what [`LoadBalancer::open_pinned`] reads anyway; one
-//! `bpf()` call per lost attachment), one
-//! pass over the kernel's programs and links for the filters chaining it
-//! ([`LoadBalancer::chained_from`]), one `/proc/sys` read per receiving
-//! interface and family, and one rtnetlink route lookup per active backend
-//! address (with a thread entering the LB's namespace when the caller is
-//! elsewhere): the whole `status --exit-code` process takes a few
-//! milliseconds, cheap enough to poll ten times a second. The digest check adds one SHA-256 pass over the
-//! Maglev tables (about 0.3 ms per 65537-slot table).
+//! `bpf()` call per lost attachment), one pass over the kernel's programs
+//! and links for the filters chaining it ([`LoadBalancer::chained_from`]),
+//! one `/proc/sys` read per receiving interface and family, loading the
+//! route probe, and one `BPF_PROG_TEST_RUN` per active backend address and
+//! receiving interface (with a thread entering the LB's namespace when the
+//! caller is elsewhere): the whole `status --exit-code` process takes about
+//! 12 ms (AMD EPYC, five backends, two interfaces), cheap enough to poll ten
+//! times a second. The digest check
+//! adds one SHA-256 pass over the Maglev tables (about 0.3 ms per
+//! 65537-slot table).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::IpAddr;
 use std::os::fd::{AsFd, BorrowedFd};
 
 use super::digest::Digest;
 use super::neigh;
+use super::route_probe::{self, Route};
 use super::types::{BackendAddr, ForwardingMode, Vip};
 use super::LoadBalancer;
 use crate::core::sys;
@@ -113,7 +125,8 @@ pub struct Health {
     pub chained: usize,
     /// Its VIPs.
     pub vips: usize,
-    /// VIPs with at least one active backend (weight above 0).
+    /// VIPs with at least one active backend (weight above 0) the data
+    /// plane has a route to (not in [`unrouted`](Self::unrouted)).
     pub serving_vips: usize,
     /// Whether the LB's overall state digest equals the expected one
     /// ([`LoadBalancer::health_expecting`]); `None` when none was given.
@@ -137,12 +150,11 @@ pub struct Health {
     /// packets the stack forwards as the LB rewrote them (slower, counted
     /// as `passed_no_devmap`), so those are not listed.
     pub unredirected: Vec<Unredirected>,
-    /// Active backends (of VIPs of every mode) the kernel has no route to
-    /// in the LB's namespace: their share of the VIP's new flows is lost
-    /// (the data plane's FIB lookup fails, and the stack has no route
-    /// either). A warning: it does not change [`Health::exit_code`] (the
-    /// lookup does not see policy routing by input interface or VRFs: see
-    /// the module's docs).
+    /// Active backends (of VIPs of every mode) the data plane has no route
+    /// to from any interface it receives on: their share of the VIP's new
+    /// flows is lost (its FIB lookup fails, and the stack has no route
+    /// either). A warning; a VIP all of whose active backends are here is
+    /// not counted in [`serving_vips`](Self::serving_vips).
     pub unrouted: Vec<Unrouted>,
 }
 
@@ -186,7 +198,7 @@ pub struct Unredirected {
     pub interface: String,
 }
 
-/// An active backend the kernel has no route to ([`Health::unrouted`]).
+/// An active backend the data plane has no route to ([`Health::unrouted`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Unrouted {
@@ -200,8 +212,8 @@ impl Health {
     /// Serving: attached somewhere (or chained behind a filter that is), no
     /// attachment lost, forwarding on where it is attached (and somewhere it
     /// receives), every L2 DSR VIP's active backend's egress a redirect
-    /// interface, at least one VIP has an active backend, and, when a digest
-    /// was expected, the state matches it.
+    /// interface, at least one VIP has an active backend it has a route to,
+    /// and, when a digest was expected, the state matches it.
     pub fn is_serving(&self) -> bool {
         self.exit_code() == 0
     }
@@ -216,7 +228,7 @@ impl Health {
     /// an L2 DSR VIP's active backend is routed out of an interface that is
     /// not a redirect interface ([`Health::unredirected`]: e.g. deleted and
     /// made again), 4 attached but
-    /// no VIP has an active backend, 5 serving but its state digest differs
+    /// no VIP has an active backend it has a route to, 5 serving but its state digest differs
     /// from the expected one (only with an expected digest). (1 is any
     /// error, e.g. nothing pinned: the LB was detached or never attached; 2
     /// a usage error.) An LB attached nowhere is 3, lost attachments or
@@ -262,7 +274,7 @@ impl fmt::Display for Health {
         if self.chained > 0 {
             write!(f, ", behind a filter on {}", self.chained)?;
         }
-        write!(f, ", {} of {} VIP(s) with an active backend", self.serving_vips, self.vips)?;
+        write!(f, ", {} of {} VIP(s) with a routed active backend", self.serving_vips, self.vips)?;
         match self.digest_matches {
             None => {}
             Some(true) => write!(f, ", state digest as expected")?,
@@ -310,9 +322,9 @@ impl fmt::Display for Health {
             let backends: Vec<String> = self.unrouted.iter().map(|u| format!("{} of {}", u.backend, u.vip)).collect();
             write!(
                 f,
-                "; warning: no route to backend {} in the LB's namespace (its main routing: policy routing by \
-                 input interface and VRFs not consulted), so its share of new flows may be dropped \
-                 (passed_no_route): add a route to it, or remove it (`xdpguard-lb backend del VIP BACKEND`)",
+                "; warning: no route to backend {} from the interfaces the LB receives on (the data plane's own \
+                 lookup), so its share of new flows is dropped (passed_no_route): add a route to it in the LB's \
+                 namespace, or remove it (`xdpguard-lb backend del VIP BACKEND`)",
                 backends.join(", ")
             )?;
         }
@@ -329,23 +341,37 @@ struct NsReport {
     unrouted: Vec<Unrouted>,
 }
 
+/// An active backend, as the route check asks about it.
+struct Active {
+    vip: Vip,
+    backend: BackendAddr,
+    /// An L2 DSR VIP's (whose packets the stack drops: `unredirected`).
+    l2_dsr: bool,
+    /// The source the data plane looks the route up with: an IPIP VIP's
+    /// tunnel source; a client's address (unknown here) for the others.
+    src: Option<IpAddr>,
+    /// The IP protocol it looks it up for.
+    l4: u8,
+}
+
 /// Reads the three: `ingress` the interfaces it receives on (`attached`
 /// those the LB is attached to itself), `families` (IPv4, IPv6) those of
-/// its active backends, `backends` its active backends (`true`: an L2 DSR
-/// VIP's), `devmap` its redirect interfaces. Runs in the LB's namespace.
+/// its active backends, `backends` its active backends, `devmap` its
+/// redirect interfaces. Runs in the LB's namespace.
 fn read_in_ns(
-    ns: BorrowedFd<'_>,
     ingress: &BTreeSet<u32>,
     attached: &BTreeSet<u32>,
     families: (bool, bool),
-    backends: &[(Vip, BackendAddr, bool)],
+    backends: &[Active],
     devmap: &BTreeSet<u32>,
 ) -> NsReport {
     let mut report = NsReport::default();
+    let mut present = Vec::new();
     for &ifindex in ingress {
         // Gone: a lost attachment, counted as that.
         let Some(interface) = sys::ifname_of(ifindex) else { continue };
         report.receiving += 1;
+        present.push(ifindex);
         for (ipv6, used) in [(false, families.0), (true, families.1)] {
             let path = format!("/proc/sys/net/ipv{}/conf/{interface}/forwarding", if ipv6 { 6 } else { 4 });
             // Unreadable (IPv6 disabled at boot, say): not known to be off.
@@ -355,32 +381,42 @@ fn read_in_ns(
             }
         }
     }
-    if backends.is_empty() {
+    if backends.is_empty() || present.is_empty() {
         return report;
     }
-    let Ok(mut rtnl) = neigh::Rtnl::open_in(ns) else { return report };
-    // Out of the only interface it receives on: XDP_TX, no devmap needed.
-    let only_ingress = if ingress.len() == 1 { ingress.first().copied() } else { None };
-    // Err: the lookup failed (not checked); Ok(None): no route.
-    let mut egress_of = std::collections::BTreeMap::<IpAddr, Result<Option<u32>, ()>>::new();
-    for &(vip, backend, l2_dsr) in backends {
-        let egress = *egress_of
-            .entry(backend.ip)
-            .or_insert_with(|| rtnl.route(backend.ip).map(|hop| hop.map(|h| h.ifindex)).map_err(drop));
-        let ifindex = match egress {
-            Err(()) => continue,
-            Ok(None) => {
-                report.unrouted.push(Unrouted { vip, backend });
-                continue;
+    // The data plane's own lookup, from each interface it receives on
+    // (route_probe.rs); not checked when the probe cannot be loaded.
+    route_probe::with_probe(|probe| {
+        // Per (backend, source, protocol): routed from some interface,
+        // unrouted from some, and the first egress not a redirect interface.
+        let mut answers = BTreeMap::<(IpAddr, Option<IpAddr>, u8), (bool, bool, Option<u32>)>::new();
+        for a in backends {
+            let (routed, unrouted, off_devmap) = *answers.entry((a.backend.ip, a.src, a.l4)).or_insert_with(|| {
+                let (mut routed, mut unrouted, mut off_devmap) = (false, false, None);
+                for &ifindex in &present {
+                    match probe.route(ifindex, a.src, a.backend.ip, a.l4) {
+                        // Out of the receiving interface: XDP_TX, no devmap needed.
+                        Route::Via(out) => {
+                            routed = true;
+                            if out != ifindex && !devmap.contains(&out) {
+                                off_devmap.get_or_insert(out);
+                            }
+                        }
+                        Route::None => unrouted = true,
+                        Route::Unknown => {}
+                    }
+                }
+                (routed, unrouted, off_devmap)
+            });
+            if unrouted && !routed {
+                report.unrouted.push(Unrouted { vip: a.vip, backend: a.backend });
             }
-            Ok(Some(ifindex)) => ifindex,
-        };
-        if !l2_dsr || devmap.contains(&ifindex) || only_ingress == Some(ifindex) {
-            continue;
+            if let (true, Some(ifindex)) = (a.l2_dsr, off_devmap) {
+                let interface = sys::ifname_of(ifindex).unwrap_or_else(|| format!("#{ifindex}"));
+                report.unredirected.push(Unredirected { vip: a.vip, backend: a.backend, ifindex, interface });
+            }
         }
-        let interface = sys::ifname_of(ifindex).unwrap_or_else(|| format!("#{ifindex}"));
-        report.unredirected.push(Unredirected { vip, backend, ifindex, interface });
-    }
+    });
     report
 }
 
@@ -404,32 +440,56 @@ impl LoadBalancer {
         // longer reaches the LB (NAT replies there go untranslated).
         let lost = self.lost_attachments().len() + chains.iter().map(|c| c.lost.len()).sum::<usize>();
         let chained = chains.iter().map(|c| c.ifindexes.len()).sum();
-        let (vips, serving_vips, active) = self.read(|st| {
-            let serving = st
-                .vips
-                .values()
-                // Weight 0 is draining (`Backend::state`): no new flows.
-                .filter(|vs| vs.backends.values().any(|slot| slot.weight > 0))
-                .count();
-            // Only L2 DSR's packets die in the stack when they leave by an
-            // interface not in the devmap (see `unredirected`); every mode's
-            // die without a route.
-            let active: Vec<(Vip, BackendAddr, bool)> = st
+        // The tunnel sources an IPIP VIP's packets leave with (the base of
+        // each family's prefix: the data plane sets host bits in it).
+        let tunnel_src = |ipv6: bool| self.ipip_sources().into_iter().find(|n| n.is_ipv6() == ipv6).map(|n| n.ip());
+        let (vips, active) = self.read(|st| {
+            // Weight 0 is draining (`Backend::state`): no new flows. Only L2
+            // DSR's packets die in the stack when they leave by an interface
+            // not in the devmap (see `unredirected`); every mode's die
+            // without a route.
+            let active: Vec<Active> = st
                 .vips
                 .iter()
                 .flat_map(|(vip, vs)| {
-                    let l2_dsr = vs.config.mode == ForwardingMode::L2Dsr;
-                    vs.backends.iter().filter(|(_, s)| s.weight > 0).map(move |(b, _)| (*vip, *b, l2_dsr))
+                    let mode = vs.config.mode;
+                    vs.backends.iter().filter(|(_, s)| s.weight > 0).map(move |(b, _)| Active {
+                        vip: *vip,
+                        backend: *b,
+                        l2_dsr: mode == ForwardingMode::L2Dsr,
+                        src: None,
+                        l4: match mode {
+                            // The outer header names the inner packet's family.
+                            ForwardingMode::Ipip if vip.addr.is_ipv4() => nix::libc::IPPROTO_IPIP as u8,
+                            ForwardingMode::Ipip => nix::libc::IPPROTO_IPV6 as u8,
+                            _ => vip.protocol.number(),
+                        },
+                    })
                 })
                 .collect();
-            (st.vips.len(), serving, active)
+            (st.vips.len(), active)
         })?;
+        let active: Vec<Active> = active
+            .into_iter()
+            .map(|a| {
+                let ipip = a.l4 == nix::libc::IPPROTO_IPIP as u8 || a.l4 == nix::libc::IPPROTO_IPV6 as u8;
+                Active { src: if ipip { tunnel_src(a.backend.ip.is_ipv6()) } else { None }, ..a }
+            })
+            .collect();
         let own: BTreeSet<u32> = attached.iter().map(|a| a.ifindex).collect();
         let ingress: BTreeSet<u32> =
             own.iter().copied().chain(chains.iter().flat_map(|c| c.ifindexes.iter().copied())).collect();
-        let families = (active.iter().any(|(_, b, _)| b.ip.is_ipv4()), active.iter().any(|(_, b, _)| b.ip.is_ipv6()));
+        let families = (active.iter().any(|a| a.backend.ip.is_ipv4()), active.iter().any(|a| a.backend.ip.is_ipv6()));
         let devmap: BTreeSet<u32> = self.redirect_interfaces().into_iter().collect();
-        let report = self.in_netns(|ns| read_in_ns(ns, &ingress, &own, families, &active, &devmap)).unwrap_or_default();
+        let report = self.in_netns(|_| read_in_ns(&ingress, &own, families, &active, &devmap)).unwrap_or_default();
+        // Serving VIPs: those with an active backend the data plane can
+        // route to (every one, when the routes could not be checked).
+        let serving_vips = active
+            .iter()
+            .filter(|a| !report.unrouted.iter().any(|u| u.vip == a.vip && u.backend == a.backend))
+            .map(|a| a.vip)
+            .collect::<BTreeSet<Vip>>()
+            .len();
         Ok(Health {
             attachments: attached.len(),
             lost,

@@ -30,6 +30,7 @@ pub(crate) mod maglev;
 mod maps;
 mod neigh;
 mod policies;
+mod route_probe;
 mod settings;
 mod state;
 mod stats;

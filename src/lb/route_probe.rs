@@ -1,0 +1,127 @@
+//! The data plane's route lookup, asked from user space: the health check's
+//! view of a backend's route ([`LoadBalancer::health`](super::LoadBalancer::health)).
+//!
+//! `src/bpf/fib_probe.bpf.c` runs `bpf_fib_lookup` with the flags the LB's
+//! data plane passes, on a question carried in its frame, through
+//! `BPF_PROG_TEST_RUN` as if received on an interface the LB receives on.
+//! So the answer is the one a VIP packet arriving there gets: an input
+//! lookup, in which `ip rule iif` policy routing, a VRF the interface is
+//! enslaved to and its forwarding setting all count. The rtnetlink route
+//! lookup the check used before was an output lookup (no input interface):
+//! it warned of a backend routed only by an `iif` rule, which the data
+//! plane reached (`tests/lb_cli.rs`, `status_warns_of_a_backend_with_no_route`).
+//! Asking the kernel's input route over rtnetlink (`RTA_IIF`) instead would
+//! run the stack's checks the helper does not (martian and reverse-path
+//! source checks), which refuse sources the data plane uses.
+//!
+//! Cost: loading the probe (one small program, verified in well under a
+//! millisecond) per check, and one `bpf()` call per backend and interface.
+
+use std::mem::{offset_of, size_of, MaybeUninit};
+use std::net::IpAddr;
+use std::os::fd::{AsFd, BorrowedFd};
+
+use libbpf_rs::skel::{OpenSkel, SkelBuilder};
+use libbpf_sys::bpf_fib_lookup;
+
+use super::layout::fib_probe_skel::FibProbeSkelBuilder;
+use crate::core::layout::consts::{XDPG_FIB_PROBE_FIB_OFF, XDPG_FIB_PROBE_LEN, XDPG_FIB_PROBE_RC_OFF};
+use crate::core::sys;
+
+const FIB: usize = XDPG_FIB_PROBE_FIB_OFF as usize;
+const RC: usize = XDPG_FIB_PROBE_RC_OFF as usize;
+const LEN: usize = XDPG_FIB_PROBE_LEN as usize;
+
+// The question's fields, by the kernel's layout (linux/bpf.h, as
+// libbpf-sys binds it): family, l4_protocol, ifindex, then the source
+// (`ipv4_src` or `ipv6_src`) and destination unions.
+const FAMILY: usize = offset_of!(bpf_fib_lookup, family);
+const L4: usize = offset_of!(bpf_fib_lookup, l4_protocol);
+const IFINDEX: usize = offset_of!(bpf_fib_lookup, ifindex);
+const SRC: usize = offset_of!(bpf_fib_lookup, __bindgen_anon_3);
+const DST: usize = offset_of!(bpf_fib_lookup, __bindgen_anon_4);
+const _: () = {
+    assert!(size_of::<bpf_fib_lookup>() == 64 && LEN == FIB + 64 && RC + 4 <= FIB);
+    assert!(FAMILY == 0 && L4 == 1 && IFINDEX == 8 && SRC == 16 && DST == 32);
+};
+
+/// What the data plane's FIB lookup answers for a destination, as for a
+/// packet received on one interface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Route {
+    /// Routed out of this interface (its neighbour resolved or not: the
+    /// data plane has the stack resolve it).
+    Via(u32),
+    /// No unicast route (none, blackhole, unreachable, prohibit, or a
+    /// local or broadcast one): the data plane passes the packet to the
+    /// stack (`passed_no_route`), which cannot forward it either.
+    None,
+    /// Forwarding is off on the interface (the check's `forwarding_off`
+    /// reports it), an LWT route, or the lookup failed: not known.
+    Unknown,
+}
+
+/// The loaded probe.
+pub(crate) struct Probe<'a> {
+    prog: BorrowedFd<'a>,
+}
+
+/// Loads the probe and runs `f` with it; `None` when it cannot be loaded
+/// (no `CAP_BPF`, say): the caller then checks no route.
+pub(crate) fn with_probe<R>(f: impl FnOnce(&Probe<'_>) -> R) -> Option<R> {
+    let mut storage = MaybeUninit::uninit();
+    let open = FibProbeSkelBuilder::default().open(&mut storage).ok()?;
+    let skel = open.load().ok()?;
+    let probe = Probe { prog: skel.progs.xdpg_fib_probe.as_fd() };
+    Some(f(&probe))
+}
+
+impl Probe<'_> {
+    /// The route to `dst` from `src` (the unspecified address when `None`
+    /// or of the other family) for `l4` (an IP protocol number, which `ip
+    /// rule ipproto` may match), as for a packet received on `ingress`, an
+    /// interface of the calling thread's network namespace.
+    pub(crate) fn route(&self, ingress: u32, src: Option<IpAddr>, dst: IpAddr, l4: u8) -> Route {
+        let mut frame = [0u8; LEN];
+        let q = &mut frame[FIB..];
+        q[FAMILY] = if dst.is_ipv4() { nix::libc::AF_INET } else { nix::libc::AF_INET6 } as u8;
+        q[L4] = l4;
+        q[IFINDEX..IFINDEX + 4].copy_from_slice(&ingress.to_ne_bytes());
+        match (src, dst) {
+            (src, IpAddr::V4(d)) => {
+                if let Some(IpAddr::V4(s)) = src {
+                    q[SRC..SRC + 4].copy_from_slice(&s.octets());
+                }
+                q[DST..DST + 4].copy_from_slice(&d.octets());
+            }
+            (src, IpAddr::V6(d)) => {
+                if let Some(IpAddr::V6(s)) = src {
+                    q[SRC..SRC + 16].copy_from_slice(&s.octets());
+                }
+                q[DST..DST + 16].copy_from_slice(&d.octets());
+            }
+        }
+        // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex.
+        let mut ctx = [0u32; 6];
+        ctx[1] = LEN as u32;
+        ctx[3] = ingress;
+        let Ok(out) = sys::prog_test_run(self.prog, &frame, Some(bytemuck::cast_slice_mut(&mut ctx)), 1, 0) else {
+            return Route::Unknown;
+        };
+        let word = |at: usize| out.data_out.get(at..at + 4).map(|b| <[u8; 4]>::try_from(b).expect("four bytes"));
+        let (Some(rc), Some(egress)) = (word(RC), word(FIB + IFINDEX)) else { return Route::Unknown };
+        let egress = u32::from_ne_bytes(egress);
+        match u32::try_from(i32::from_ne_bytes(rc)) {
+            Ok(libbpf_sys::BPF_FIB_LKUP_RET_SUCCESS | libbpf_sys::BPF_FIB_LKUP_RET_NO_NEIGH) if egress != 0 => {
+                Route::Via(egress)
+            }
+            Ok(
+                libbpf_sys::BPF_FIB_LKUP_RET_BLACKHOLE
+                | libbpf_sys::BPF_FIB_LKUP_RET_UNREACHABLE
+                | libbpf_sys::BPF_FIB_LKUP_RET_PROHIBIT
+                | libbpf_sys::BPF_FIB_LKUP_RET_NOT_FWDED,
+            ) => Route::None,
+            _ => Route::Unknown,
+        }
+    }
+}
