@@ -556,13 +556,16 @@ mod tests {
         assert_eq!(h(2, 2, 0).exit_code(), 4);
         assert_eq!(h(2, 0, 0).exit_code(), 4);
         assert!(!h(2, 0, 0).is_serving());
-        assert_eq!(h(1, 3, 2).to_string(), "serving: attached to 1 interface(s), 2 of 3 VIP(s) with an active backend");
+        assert_eq!(
+            h(1, 3, 2).to_string(),
+            "serving: attached to 1 interface(s), 2 of 3 VIP(s) with a routed active backend"
+        );
         // Chained behind a filter that runs somewhere, not attached itself.
         let behind = Health { chained: 2, ..h(0, 2, 1) };
         assert_eq!(behind.exit_code(), 0);
         assert_eq!(
             behind.to_string(),
-            "serving: attached to 0 interface(s), behind a filter on 2, 1 of 2 VIP(s) with an active backend"
+            "serving: attached to 0 interface(s), behind a filter on 2, 1 of 2 VIP(s) with a routed active backend"
         );
         // The digest counts only once everything else is there.
         let d = |matches, serving_vips| Health { digest_matches: Some(matches), ..h(1, 2, serving_vips) };
@@ -582,14 +585,16 @@ mod tests {
         assert_eq!(Health { lost: 1, chained: 1, ..h(0, 2, 1) }.exit_code(), 6);
         assert_eq!(
             lost.to_string(),
-            "not serving: attached to 1 interface(s), lost 1, 1 of 2 VIP(s) with an active backend"
+            "not serving: attached to 1 interface(s), lost 1, 1 of 2 VIP(s) with a routed active backend"
         );
         assert_eq!(
             d(false, 1).to_string(),
-            "not serving: attached to 1 interface(s), 1 of 2 VIP(s) with an active backend, \
+            "not serving: attached to 1 interface(s), 1 of 2 VIP(s) with a routed active backend, \
              state digest differs from the expected one"
         );
-        assert!(d(true, 2).to_string().ends_with("2 of 2 VIP(s) with an active backend, state digest as expected"));
+        assert!(d(true, 2)
+            .to_string()
+            .ends_with("2 of 2 VIP(s) with a routed active backend, state digest as expected"));
     }
 
     #[test]
@@ -660,9 +665,10 @@ mod tests {
         assert_eq!(Health { forwarding_off: vec![off("eth0", true)], ..lost.clone() }.exit_code(), 7);
         assert_eq!(Health { digest_matches: Some(false), ..lost }.exit_code(), 8);
 
-        // No route at all: a warning, the exit code unchanged (the lookup
-        // cannot see policy routing by input interface); the text names
-        // the backend and both ways out.
+        // An unrouted backend: a warning, the exit code unchanged while a
+        // VIP is served (`health` counts a VIP whose every active backend
+        // is unrouted out of serving_vips); the text names the backend and
+        // both ways out.
         let unrouted =
             Health { unrouted: vec![Unrouted { vip, backend: "203.0.113.77".parse().unwrap() }], ..serving.clone() };
         assert_eq!(unrouted.exit_code(), 0);
@@ -671,9 +677,12 @@ mod tests {
         assert!(
             text.starts_with("serving: ")
                 && text.contains(
-                    "; warning: no route to backend 203.0.113.77 of tcp 203.0.113.10:80 in the LB's namespace"
+                    "; warning: no route to backend 203.0.113.77 of tcp 203.0.113.10:80 from the interfaces the LB \
+                     receives on"
                 )
-                && text.contains("add a route to it, or remove it (`xdpguard-lb backend del VIP BACKEND`)"),
+                && text.contains(
+                    "add a route to it in the LB's namespace, or remove it (`xdpguard-lb backend del VIP BACKEND`)"
+                ),
             "{text}"
         );
         assert_eq!(Health { forwarding_off: vec![off("eth0", true)], ..unrouted.clone() }.exit_code(), 7);
