@@ -993,7 +993,8 @@ fn status_warns_of_a_backend_with_no_route() {
 
     let out = cli.run(&["backend", "add", "203.0.113.10:80", UNROUTED, p[0], p[1]]);
     assert!(out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("has no route to {UNROUTED}")));
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains(&format!("has no route to {UNROUTED} from the interfaces it receives on")));
     let out = cli.run(&["status", "--exit-code", p[0], p[1]]);
     assert_eq!(out.status.code(), Some(0), "one backend with no route beside a routed one: a warning");
     let text = String::from_utf8_lossy(&out.stdout);

@@ -1000,13 +1000,15 @@ fn run(command: Command, given: &dyn Fn(&str) -> bool) -> Result<()> {
             lb.add_backend(&vip, backend, weight)?;
             println!("added backend {backend} (weight {weight}) to {vip}");
             // A backend the LB has no route to gets its share of new flows
-            // all the same (they go to the kernel's stack): said now.
-            let hop = lb.backend_stats(&vip).ok().and_then(|s| s.into_iter().find(|b| b.backend.addr == backend));
-            if hop.is_some_and(|b| b.next_hop.state == xdpguard::NeighbourState::NoRoute) {
+            // all the same (they go to the kernel's stack): said now, as
+            // `status` says it (the data plane's own lookup, from each
+            // interface the LB receives on).
+            let unrouted = lb.health().is_ok_and(|h| h.unrouted.iter().any(|u| u.vip == vip && u.backend == backend));
+            if unrouted {
                 eprintln!(
-                    "warning: the load balancer's namespace has no route to {}: its share of new flows goes to the \
-                     kernel's stack (`passed_no_route` in `xdpguard-lb stats`) until one exists; add a route, or \
-                     `xdpguard-lb backend del`",
+                    "warning: the load balancer has no route to {} from the interfaces it receives on: its share of \
+                     new flows goes to the kernel's stack (`passed_no_route` in `xdpguard-lb stats`) until one \
+                     exists; add a route in its namespace, or `xdpguard-lb backend del`",
                     backend.ip
                 );
             }
