@@ -1013,7 +1013,10 @@ fn status_warns_of_a_backend_with_no_route() {
     assert!(!text.contains("198.51.100.11 of") && !text.contains("routed out of"), "only the unrouted one: {text}");
     let json = cli.json(&["status", "--json", p[0], p[1]]);
     assert_eq!(json["serving"].as_bool(), Some(true));
-    assert_eq!(json["unrouted"], serde_json::json!([{"vip": "tcp 203.0.113.10:80", "backend": UNROUTED}]));
+    assert_eq!(
+        json["unrouted"],
+        serde_json::json!([{"vip": "tcp 203.0.113.10:80", "backend": UNROUTED, "may_depend_on_source": false}])
+    );
     assert_eq!(json["unredirected"], serde_json::json!([]));
     let status = || {
         let out = cli.run(&["status", "--exit-code", p[0], p[1]]);
@@ -1039,6 +1042,22 @@ fn status_warns_of_a_backend_with_no_route() {
     vn.lb.ip(&["rule", "add", "iif", "eth1", "lookup", "100"]);
     assert_eq!(status(), (Some(4), true), "routed only for what eth1 receives, where the LB is not");
     vn.lb.ip(&["rule", "del", "iif", "eth1", "lookup", "100"]);
+    // Routed only for some clients' sources (`ip rule from`): the data
+    // plane routes this client's flows; the check, which knows no client,
+    // cannot tell, so it warns without taking the VIP out of service.
+    vn.lb.ip(&["rule", "add", "from", &format!("{CLIENT_V4}/32"), "lookup", "100"]);
+    assert_eq!(vip_packet(&vn, pin.path()).1, 1, "routed for the client's source: the data plane found the route");
+    let out = cli.run(&["status", "--exit-code", p[0], p[1]]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!(
+            "no route to backend {UNROUTED} of tcp 203.0.113.10:80 (a client's source may route it)"
+        )),
+        "{text}"
+    );
+    vn.lb.ip(&["rule", "del", "from", &format!("{CLIENT_V4}/32"), "lookup", "100"]);
+    assert_eq!(status(), (Some(4), true), "no source rule left");
     vn.lb.ip(&["route", "del", &format!("{UNROUTED}/32"), "dev", "eth1", "table", "100"]);
     cli.ok(&["backend", "weight", "203.0.113.10:80", &routed, "1", p[0], p[1]]);
 
@@ -1068,6 +1087,81 @@ fn status_warns_of_a_backend_with_no_route() {
     cli.ok(&["backend", "weight", "203.0.113.10:80", &routed, "0", p[0], p[1]]);
     let h = health();
     assert_eq!((h.exit_code(), h.serving_vips), (4, 0), "{h:?}");
+    // The check looks an IPIP VIP's backend up from its tunnel source, as
+    // the data plane does: routed for that source only, it is routed.
+    let tunnel_src = IPIP_SRC_V4.split('/').next().unwrap();
+    vn.lb.ip(&["rule", "add", "from", &format!("{tunnel_src}/32"), "lookup", "100"]);
+    vn.lb.ip(&["route", "add", &format!("{UNROUTED}/32"), "dev", "eth1", "table", "100"]);
+    let h = health();
+    assert_eq!((h.exit_code(), h.serving_vips, h.unrouted.len()), (0, 1, 0), "{h:?}");
+    vn.lb.ip(&["rule", "del", "from", &format!("{tunnel_src}/32"), "lookup", "100"]);
+    vn.lb.ip(&["route", "del", &format!("{UNROUTED}/32"), "dev", "eth1", "table", "100"]);
+    assert!(h.routes_unchecked.is_none(), "{h:?}");
+    // IPv6: a DSR VIP's unrouted backend is named; its VIP still counts
+    // (an IPv6 route may be source-specific, and the client's source is
+    // not known); with a route to it, nothing is said.
+    const UNROUTED6: &str = "2001:db8:77::77";
+    cli.ok(&["vip", "add", "[2001:db8:a::10]:80", "--mode", "dsr", p[0], p[1]]);
+    cli.ok(&["backend", "add", "[2001:db8:a::10]:80", UNROUTED6, p[0], p[1]]);
+    let h = health();
+    let six: Vec<_> = h.unrouted.iter().filter(|u| u.backend.ip.is_ipv6()).collect();
+    assert_eq!(six.len(), 1, "{h:?}");
+    assert!(six[0].may_depend_on_source && h.serving_vips == 1, "{h:?}");
+    vn.lb.ip(&["-6", "route", "add", &format!("{UNROUTED6}/128"), "dev", "eth1"]);
+    let h = health();
+    assert!(h.unrouted.iter().all(|u| u.backend.ip.is_ipv4()), "routed now: {h:?}");
+    cli.ok(&["detach", p[0], p[1]]);
+}
+
+/// Behind a filter attached to two interfaces, with no redirect
+/// interface: a DSR backend on eth1 leaves by `XDP_TX` for VIP packets
+/// arriving on eth1, and would leave eth1 through the stack (dropped) for
+/// those arriving on eth0. From only some of a chaining filter's
+/// interfaces that is a note (a management interface the filter guards
+/// may carry no VIP traffic), not exit 8, which used to withdraw such a
+/// node; from every interface it receives on, it is exit 8; with eth1 a
+/// redirect interface, nothing is said.
+#[test]
+fn status_notes_a_backend_unredirected_from_some_filter_interfaces() {
+    let pin = ScratchDir::bpffs("lbnote");
+    let fpin = ScratchDir::bpffs("lbnotef");
+    let vn = VerdictNet::new("lnote", 1);
+    let (cli, filter) = (XDPGUARD_LB, common::cli::XDPGUARD);
+    let p = ["--pin", pin.arg()];
+    let status = || {
+        let out = cli.run(&["status", "--exit-code", p[0], p[1]]);
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    cli.ok(&["attach", "--behind-filter", "--netns", &vn.lb.name, p[0], p[1]]);
+    cli.ok(&["vip", "add", "203.0.113.10:80", "--mode", "dsr", p[0], p[1]]);
+    let backend = backend_v4(1).to_string();
+    cli.ok(&["backend", "add", "203.0.113.10:80", &backend, p[0], p[1]]);
+    filter.ok(&["attach", "--iface", "eth0", "--iface", "eth1", "--netns", &vn.lb.name, "--pin", fpin.arg()]);
+    filter.ok(&["next", pin.arg(), "--pin", fpin.arg()]);
+
+    let (code, text) = status();
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains(&format!(
+            "; note: for packets arriving on some interfaces it receives on through a filter, backend {backend} of \
+             tcp 203.0.113.10:80 is routed out of eth1 (#"
+        )),
+        "{text}"
+    );
+    let json = cli.json(&["status", "--json", p[0], p[1]]);
+    assert_eq!(json["unredirected"][0]["withdraws"].as_bool(), Some(false), "{json}");
+
+    // Only eth0 left: every interface it receives on routes it out of eth1.
+    filter.ok(&["detach", "--iface", "eth1", "--pin", fpin.arg()]);
+    let (code, text) = status();
+    assert_eq!(code, Some(8), "{text}");
+    assert!(text.contains(&format!("; backend {backend} of tcp 203.0.113.10:80 routed out of eth1 (#")), "{text}");
+
+    cli.ok(&["set", "--redirect", "eth1", p[0], p[1]]);
+    let (code, text) = status();
+    assert_eq!(code, Some(0), "{text}");
+    assert!(!text.contains("routed out of"), "{text}");
+    filter.ok(&["detach", "--pin", fpin.arg()]);
     cli.ok(&["detach", p[0], p[1]]);
 }
 

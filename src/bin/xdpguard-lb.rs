@@ -1329,11 +1329,14 @@ fn status(pin: &Pin, json: bool, expect: Option<Digest>) -> Result<xdpguard::Hea
                     "backend": u.backend.to_string(),
                     "ifindex": u.ifindex,
                     "interface": u.interface,
+                    "withdraws": u.withdraws,
                 })).collect::<Vec<_>>(),
                 "unrouted": health.unrouted.iter().map(|u| json!({
                     "vip": u.vip.to_string(),
                     "backend": u.backend.to_string(),
+                    "may_depend_on_source": u.may_depend_on_source,
                 })).collect::<Vec<_>>(),
+                "routes_unchecked": health.routes_unchecked,
             })
         );
     } else {

@@ -50,13 +50,25 @@
 //! same helper, with the same flags, run through `BPF_PROG_TEST_RUN` as if
 //! received on each interface the LB receives on), so `ip rule iif` policy
 //! routing and VRFs count as they do for VIP packets. A backend is unrouted
-//! when no interface it receives on has a route to it, and unredirected
+//! when no interface it receives on has a route to it. It is unredirected
 //! when one routes it out of another interface that is not a redirect
-//! interface. The source looked up with is an IPIP VIP's tunnel source, and
-//! unspecified for the other modes, whose packets keep their clients'
-//! addresses (policy routing by source is checked for no client). A lookup
-//! that fails (rather than answers "no route") is not counted, and when the
-//! probe cannot be loaded neither check is made.
+//! interface; as for forwarding, that is exit code 8 when it is an
+//! interface the LB is attached to itself, or every one it receives on,
+//! and a note when only some of a chaining filter's are (a management
+//! interface the filter guards, where no VIP traffic may arrive).
+//!
+//! The source looked up with is an IPIP VIP's tunnel source. An L2 DSR or
+//! NAT VIP's packets keep their clients' addresses, which the check does
+//! not know: it looks up with the unspecified address, and a "no route" it
+//! gets is only a warning ([`Unrouted::may_depend_on_source`]) when a
+//! client's source could change it (a policy rule of the family that
+//! selects by source, or an IPv6 backend, whose routes may be
+//! source-specific). Not seen either: which path of a multipath route a
+//! client's flow hashes to (the check sees the one the unspecified source
+//! hashes to), and the member port a bond's XDP program runs on (the check
+//! asks as the bond). A lookup that fails (rather than answers) leaves
+//! both checks unmade, and so does a probe that cannot be loaded; the
+//! status says so ([`Health::routes_unchecked`]).
 //!
 //! All three are read in the LB's network namespace, entered from a short-lived
 //! thread when the caller is elsewhere (as the neighbour entries are); when
@@ -148,14 +160,21 @@ pub struct Health {
     /// not redirect to (not in its devmap): their packets go to the stack,
     /// which drops them (only XDP does L2 DSR). An IPIP or NAT VIP's
     /// packets the stack forwards as the LB rewrote them (slower, counted
-    /// as `passed_no_devmap`), so those are not listed.
+    /// as `passed_no_devmap`), so those are not listed. Not serving (exit
+    /// code 8) when one [`withdraws`](Unredirected::withdraws).
     pub unredirected: Vec<Unredirected>,
     /// Active backends (of VIPs of every mode) the data plane has no route
     /// to from any interface it receives on: their share of the VIP's new
     /// flows is lost (its FIB lookup fails, and the stack has no route
-    /// either). A warning; a VIP all of whose active backends are here is
-    /// not counted in [`serving_vips`](Self::serving_vips).
+    /// either). A warning; a VIP all of whose active backends are here, and
+    /// not [`may_depend_on_source`](Unrouted::may_depend_on_source), is not
+    /// counted in [`serving_vips`](Self::serving_vips).
     pub unrouted: Vec<Unrouted>,
+    /// Why the backends' routes were not checked (neither `unrouted` nor
+    /// `unredirected`): the route probe could not be loaded, say. `None`
+    /// when they were, or when there was nothing to check (no active
+    /// backend, or no receiving interface found in the LB's namespace).
+    pub routes_unchecked: Option<String>,
 }
 
 /// An interface the LB receives on whose IP forwarding is off for a family
@@ -196,6 +215,12 @@ pub struct Unredirected {
     pub ifindex: u32,
     /// Its name in the LB's namespace (`#N` when it has none any more).
     pub interface: String,
+    /// Whether it makes the LB not serving (exit code 8): routed so from
+    /// an interface the LB is attached to itself, or from every interface
+    /// it receives on. Else only from some of a chaining filter's
+    /// interfaces (a management interface the filter guards, where no VIP
+    /// traffic may arrive): a note.
+    pub withdraws: bool,
 }
 
 /// An active backend the data plane has no route to ([`Health::unrouted`]).
@@ -206,6 +231,13 @@ pub struct Unrouted {
     pub vip: Vip,
     /// Its backend.
     pub backend: BackendAddr,
+    /// Whether a client's source address could route it all the same: the
+    /// lookup's source is a client's for an L2 DSR or NAT VIP, which the
+    /// check does not know, and a policy rule of the backend's family
+    /// selects by source (`ip rule from`), or the backend is IPv6 (whose
+    /// routes may be source-specific). Then its VIP still counts as
+    /// serving.
+    pub may_depend_on_source: bool,
 }
 
 impl Health {
@@ -226,13 +258,13 @@ impl Health {
     /// family its active backends are of, on an interface it is attached to
     /// or on every interface it receives on ([`Health::forwarding_off`]), 8
     /// an L2 DSR VIP's active backend is routed out of an interface that is
-    /// not a redirect interface ([`Health::unredirected`]: e.g. deleted and
-    /// made again), 4 attached but
-    /// no VIP has an active backend it has a route to, 5 serving but its state digest differs
-    /// from the expected one (only with an expected digest). (1 is any
-    /// error, e.g. nothing pinned: the LB was detached or never attached; 2
-    /// a usage error.) An LB attached nowhere is 3, lost attachments or
-    /// not.
+    /// not a redirect interface, from an interface it is attached to or from
+    /// every one it receives on ([`Health::unredirected`]: e.g. deleted and
+    /// made again), 4 attached but no VIP has an active backend it has a
+    /// route to, 5 serving but its state digest differs from the expected
+    /// one (only with an expected digest). (1 is any error, e.g. nothing
+    /// pinned: the LB was detached or never attached; 2 a usage error.) An
+    /// LB attached nowhere is 3, lost attachments or not.
     pub fn exit_code(&self) -> u8 {
         if self.attachments + self.chained == 0 {
             3
@@ -240,7 +272,7 @@ impl Health {
             6
         } else if self.forwarding_refused() {
             7
-        } else if !self.unredirected.is_empty() {
+        } else if self.unredirected.iter().any(|u| u.withdraws) {
             8
         } else if self.serving_vips == 0 {
             4
@@ -301,25 +333,48 @@ impl fmt::Display for Health {
             }
         }
         // One line per egress: the backends it takes, and the repair.
-        let egresses: BTreeSet<(&str, u32)> =
-            self.unredirected.iter().map(|u| (u.interface.as_str(), u.ifindex)).collect();
-        for (name, ifindex) in egresses {
-            let backends: Vec<String> = self
+        for withdraws in [true, false] {
+            let egresses: BTreeSet<(&str, u32)> = self
                 .unredirected
                 .iter()
-                .filter(|u| u.ifindex == ifindex)
-                .map(|u| format!("{} of {}", u.backend, u.vip))
+                .filter(|u| u.withdraws == withdraws)
+                .map(|u| (u.interface.as_str(), u.ifindex))
                 .collect();
-            write!(
-                f,
-                "; backend {} routed out of {name} (#{ifindex}), not a redirect interface (deleted and made \
-                 again?), so its packets go through the stack and L2 DSR ones are dropped: \
-                 `xdpguard-lb set --redirect {name}`, or `xdpguard apply` again",
-                backends.join(", ")
-            )?;
+            for (name, ifindex) in egresses {
+                let backends: Vec<String> = self
+                    .unredirected
+                    .iter()
+                    .filter(|u| u.ifindex == ifindex && u.withdraws == withdraws)
+                    .map(|u| format!("{} of {}", u.backend, u.vip))
+                    .collect();
+                let backends = backends.join(", ");
+                if withdraws {
+                    write!(
+                        f,
+                        "; backend {backends} routed out of {name} (#{ifindex}), not a redirect interface (deleted \
+                         and made again?), so its packets go through the stack and L2 DSR ones are dropped: \
+                         `xdpguard-lb set --redirect {name}`, or `xdpguard apply` again"
+                    )?;
+                } else {
+                    write!(
+                        f,
+                        "; note: for packets arriving on some interfaces it receives on through a filter, backend \
+                         {backends} is routed out of {name} (#{ifindex}), not a redirect interface, so L2 DSR ones \
+                         arriving there are dropped in the stack: `xdpguard-lb set --redirect {name}` if VIP traffic \
+                         arrives there"
+                    )?;
+                }
+            }
         }
         if !self.unrouted.is_empty() {
-            let backends: Vec<String> = self.unrouted.iter().map(|u| format!("{} of {}", u.backend, u.vip)).collect();
+            let backends: Vec<String> = self
+                .unrouted
+                .iter()
+                .map(|u| {
+                    let maybe = if u.may_depend_on_source { " (a client's source may route it)" } else { "" };
+                    format!("{} of {}{maybe}", u.backend, u.vip)
+                })
+                .collect();
             write!(
                 f,
                 "; warning: no route to backend {} from the interfaces the LB receives on (the data plane's own \
@@ -327,6 +382,9 @@ impl fmt::Display for Health {
                  namespace, or remove it (`xdpguard-lb backend del VIP BACKEND`)",
                 backends.join(", ")
             )?;
+        }
+        if let Some(why) = &self.routes_unchecked {
+            write!(f, "; note: the backends' routes were not checked ({why})")?;
         }
         Ok(())
     }
@@ -339,6 +397,7 @@ struct NsReport {
     receiving: usize,
     unredirected: Vec<Unredirected>,
     unrouted: Vec<Unrouted>,
+    routes_unchecked: Option<String>,
 }
 
 /// An active backend, as the route check asks about it.
@@ -359,6 +418,7 @@ struct Active {
 /// its active backends, `backends` its active backends, `devmap` its
 /// redirect interfaces. Runs in the LB's namespace.
 fn read_in_ns(
+    ns: BorrowedFd<'_>,
     ingress: &BTreeSet<u32>,
     attached: &BTreeSet<u32>,
     families: (bool, bool),
@@ -385,38 +445,62 @@ fn read_in_ns(
         return report;
     }
     // The data plane's own lookup, from each interface it receives on
-    // (route_probe.rs); not checked when the probe cannot be loaded.
-    route_probe::with_probe(|probe| {
+    // (route_probe.rs).
+    let checked = route_probe::with_probe(|probe| {
+        // Source-selecting policy rules, per family (unknown: assumed).
+        let mut rtnl = neigh::Rtnl::open_in(ns).ok();
+        let mut source_rules = |ipv6: bool| rtnl.as_mut().is_none_or(|r| r.source_rules(ipv6).unwrap_or(true));
+        let source_rules = [source_rules(false), source_rules(true)];
         // Per (backend, source, protocol): routed from some interface,
-        // unrouted from some, and the first egress not a redirect interface.
-        let mut answers = BTreeMap::<(IpAddr, Option<IpAddr>, u8), (bool, bool, Option<u32>)>::new();
+        // unrouted from some, and those routing it out of an interface
+        // that is neither the receiving one (XDP_TX) nor a redirect one.
+        let mut answers = BTreeMap::<(IpAddr, Option<IpAddr>, u8), (bool, bool, Vec<(u32, u32)>)>::new();
         for a in backends {
-            let (routed, unrouted, off_devmap) = *answers.entry((a.backend.ip, a.src, a.l4)).or_insert_with(|| {
-                let (mut routed, mut unrouted, mut off_devmap) = (false, false, None);
+            let key = (a.backend.ip, a.src, a.l4);
+            if let std::collections::btree_map::Entry::Vacant(slot) = answers.entry(key) {
+                let (mut routed, mut unrouted, mut off_devmap) = (false, false, Vec::new());
                 for &ifindex in &present {
-                    match probe.route(ifindex, a.src, a.backend.ip, a.l4) {
-                        // Out of the receiving interface: XDP_TX, no devmap needed.
+                    match probe.route(ifindex, a.src, a.backend.ip, a.l4).map_err(|e| e.to_string())? {
                         Route::Via(out) => {
                             routed = true;
                             if out != ifindex && !devmap.contains(&out) {
-                                off_devmap.get_or_insert(out);
+                                off_devmap.push((ifindex, out));
                             }
                         }
                         Route::None => unrouted = true,
                         Route::Unknown => {}
                     }
                 }
-                (routed, unrouted, off_devmap)
-            });
-            if unrouted && !routed {
-                report.unrouted.push(Unrouted { vip: a.vip, backend: a.backend });
+                slot.insert((routed, unrouted, off_devmap));
             }
-            if let (true, Some(ifindex)) = (a.l2_dsr, off_devmap) {
+            let (routed, unrouted, off_devmap) = &answers[&key];
+            if *unrouted && !*routed {
+                let ipv6 = a.backend.ip.is_ipv6();
+                let may_depend_on_source = a.src.is_none() && (ipv6 || source_rules[usize::from(ipv6)]);
+                report.unrouted.push(Unrouted { vip: a.vip, backend: a.backend, may_depend_on_source });
+            }
+            if let (true, Some(&(_, ifindex))) = (a.l2_dsr, off_devmap.first()) {
+                // As for forwarding: from an interface it is attached to
+                // itself, or from every one it receives on.
+                let withdraws =
+                    off_devmap.iter().any(|(from, _)| attached.contains(from)) || off_devmap.len() == present.len();
                 let interface = sys::ifname_of(ifindex).unwrap_or_else(|| format!("#{ifindex}"));
-                report.unredirected.push(Unredirected { vip: a.vip, backend: a.backend, ifindex, interface });
+                report.unredirected.push(Unredirected {
+                    vip: a.vip,
+                    backend: a.backend,
+                    ifindex,
+                    interface,
+                    withdraws,
+                });
             }
         }
+        Ok::<(), String>(())
     });
+    if let Err(why) = checked.and_then(|run| run.map_err(|e| format!("a lookup failed: {e}"))) {
+        report.unrouted.clear();
+        report.unredirected.clear();
+        report.routes_unchecked = Some(why);
+    }
     report
 }
 
@@ -481,12 +565,14 @@ impl LoadBalancer {
             own.iter().copied().chain(chains.iter().flat_map(|c| c.ifindexes.iter().copied())).collect();
         let families = (active.iter().any(|a| a.backend.ip.is_ipv4()), active.iter().any(|a| a.backend.ip.is_ipv6()));
         let devmap: BTreeSet<u32> = self.redirect_interfaces().into_iter().collect();
-        let report = self.in_netns(|_| read_in_ns(&ingress, &own, families, &active, &devmap)).unwrap_or_default();
+        let report = self.in_netns(|ns| read_in_ns(ns, &ingress, &own, families, &active, &devmap)).unwrap_or_default();
         // Serving VIPs: those with an active backend the data plane can
         // route to (every one, when the routes could not be checked).
         let serving_vips = active
             .iter()
-            .filter(|a| !report.unrouted.iter().any(|u| u.vip == a.vip && u.backend == a.backend))
+            .filter(|a| {
+                !report.unrouted.iter().any(|u| u.vip == a.vip && u.backend == a.backend && !u.may_depend_on_source)
+            })
             .map(|a| a.vip)
             .collect::<BTreeSet<Vip>>()
             .len();
@@ -501,6 +587,7 @@ impl LoadBalancer {
             receiving: report.receiving,
             unredirected: report.unredirected,
             unrouted: report.unrouted,
+            routes_unchecked: report.routes_unchecked,
         })
     }
 
@@ -548,6 +635,7 @@ mod tests {
             receiving: 1,
             unredirected: Vec::new(),
             unrouted: Vec::new(),
+            routes_unchecked: None,
         };
         assert_eq!(h(1, 2, 1).exit_code(), 0);
         assert!(h(1, 2, 1).is_serving());
@@ -610,6 +698,7 @@ mod tests {
             receiving: 1,
             unredirected: Vec::new(),
             unrouted: Vec::new(),
+            routes_unchecked: None,
         };
         assert_eq!(serving.exit_code(), 0);
         let off = |name: &str, ipv6| ForwardingOff { interface: name.into(), ifindex: 2, ipv6, attached: false };
@@ -648,6 +737,7 @@ mod tests {
             backend: b.parse().unwrap(),
             ifindex,
             interface: name.into(),
+            withdraws: true,
         };
         let lost = Health {
             unredirected: vec![un("198.51.100.11", 9, "eth1"), un("198.51.100.12", 9, "eth1")],
@@ -664,13 +754,34 @@ mod tests {
         );
         assert_eq!(Health { forwarding_off: vec![off("eth0", true)], ..lost.clone() }.exit_code(), 7);
         assert_eq!(Health { digest_matches: Some(false), ..lost }.exit_code(), 8);
+        // Only from some of a chaining filter's interfaces: a note.
+        let note = Health {
+            unredirected: vec![Unredirected { withdraws: false, ..un("198.51.100.11", 9, "eth1") }],
+            ..serving.clone()
+        };
+        assert_eq!(note.exit_code(), 0);
+        let text = note.to_string();
+        assert!(
+            text.starts_with("serving: ")
+                && text.contains(
+                    "; note: for packets arriving on some interfaces it receives on through a filter, backend \
+                     198.51.100.11 of tcp 203.0.113.10:80 is routed out of eth1 (#9)"
+                ),
+            "{text}"
+        );
+        // Routes not checked: said.
+        let unchecked = Health { routes_unchecked: Some("loading it: EPERM".into()), ..serving.clone() };
+        assert_eq!(unchecked.exit_code(), 0);
+        assert!(unchecked.to_string().ends_with("; note: the backends' routes were not checked (loading it: EPERM)"));
 
         // An unrouted backend: a warning, the exit code unchanged while a
         // VIP is served (`health` counts a VIP whose every active backend
         // is unrouted out of serving_vips); the text names the backend and
         // both ways out.
-        let unrouted =
-            Health { unrouted: vec![Unrouted { vip, backend: "203.0.113.77".parse().unwrap() }], ..serving.clone() };
+        let unrouted = Health {
+            unrouted: vec![Unrouted { vip, backend: "203.0.113.77".parse().unwrap(), may_depend_on_source: false }],
+            ..serving.clone()
+        };
         assert_eq!(unrouted.exit_code(), 0);
         assert!(unrouted.is_serving());
         let text = unrouted.to_string();

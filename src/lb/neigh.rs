@@ -41,6 +41,7 @@ use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourExtFlags, NeighbourFlags, NeighbourMessage, NeighbourState as Nud,
 };
 use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteType, RouteVia};
+use netlink_packet_route::rule::RuleMessage;
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 
@@ -230,6 +231,16 @@ impl Rtnl {
                 }
             }
         }
+    }
+
+    /// Whether a policy rule of the family selects by source address (`ip
+    /// rule from PREFIX`, `not from` too): then a route lookup's answer
+    /// may depend on the packet's source.
+    pub(crate) fn source_rules(&mut self, ipv6: bool) -> io::Result<bool> {
+        let mut m = RuleMessage::default();
+        m.header.family = if ipv6 { AddressFamily::Inet6 } else { AddressFamily::Inet };
+        let rules = self.request(RouteNetlinkMessage::GetRule(m), NLM_F_DUMP)?;
+        Ok(rules.iter().any(|r| matches!(r, RouteNetlinkMessage::NewRule(r) if r.header.src_len > 0)))
     }
 
     /// The next hop the kernel routes `dst` through: the gateway, or `dst`

@@ -57,7 +57,7 @@ pub(crate) enum Route {
     /// stack (`passed_no_route`), which cannot forward it either.
     None,
     /// Forwarding is off on the interface (the check's `forwarding_off`
-    /// reports it), an LWT route, or the lookup failed: not known.
+    /// reports it), an LWT route, or another answer: not known.
     Unknown,
 }
 
@@ -66,14 +66,18 @@ pub(crate) struct Probe<'a> {
     prog: BorrowedFd<'a>,
 }
 
-/// Loads the probe and runs `f` with it; `None` when it cannot be loaded
-/// (no `CAP_BPF`, say): the caller then checks no route.
-pub(crate) fn with_probe<R>(f: impl FnOnce(&Probe<'_>) -> R) -> Option<R> {
+/// Loads the probe and runs `f` with it.
+///
+/// # Errors
+///
+/// Why the probe cannot be loaded (no `CAP_BPF`, an LSM policy, ...): the
+/// caller then checks no route, and says so.
+pub(crate) fn with_probe<R>(f: impl FnOnce(&Probe<'_>) -> R) -> Result<R, String> {
     let mut storage = MaybeUninit::uninit();
-    let open = FibProbeSkelBuilder::default().open(&mut storage).ok()?;
-    let skel = open.load().ok()?;
+    let open = FibProbeSkelBuilder::default().open(&mut storage).map_err(|e| format!("opening it: {e}"))?;
+    let skel = open.load().map_err(|e| format!("loading it: {e}"))?;
     let probe = Probe { prog: skel.progs.xdpg_fib_probe.as_fd() };
-    Some(f(&probe))
+    Ok(f(&probe))
 }
 
 impl Probe<'_> {
@@ -81,7 +85,11 @@ impl Probe<'_> {
     /// or of the other family) for `l4` (an IP protocol number, which `ip
     /// rule ipproto` may match), as for a packet received on `ingress`, an
     /// interface of the calling thread's network namespace.
-    pub(crate) fn route(&self, ingress: u32, src: Option<IpAddr>, dst: IpAddr, l4: u8) -> Route {
+    ///
+    /// # Errors
+    ///
+    /// The kernel refused the run (the interface gone meanwhile, say).
+    pub(crate) fn route(&self, ingress: u32, src: Option<IpAddr>, dst: IpAddr, l4: u8) -> std::io::Result<Route> {
         let mut frame = [0u8; LEN];
         let q = &mut frame[FIB..];
         q[FAMILY] = if dst.is_ipv4() { nix::libc::AF_INET } else { nix::libc::AF_INET6 } as u8;
@@ -105,13 +113,11 @@ impl Probe<'_> {
         let mut ctx = [0u32; 6];
         ctx[1] = LEN as u32;
         ctx[3] = ingress;
-        let Ok(out) = sys::prog_test_run(self.prog, &frame, Some(bytemuck::cast_slice_mut(&mut ctx)), 1, 0) else {
-            return Route::Unknown;
-        };
+        let out = sys::prog_test_run(self.prog, &frame, Some(bytemuck::cast_slice_mut(&mut ctx)), 1, 0)?;
         let word = |at: usize| out.data_out.get(at..at + 4).map(|b| <[u8; 4]>::try_from(b).expect("four bytes"));
-        let (Some(rc), Some(egress)) = (word(RC), word(FIB + IFINDEX)) else { return Route::Unknown };
+        let (Some(rc), Some(egress)) = (word(RC), word(FIB + IFINDEX)) else { return Ok(Route::Unknown) };
         let egress = u32::from_ne_bytes(egress);
-        match u32::try_from(i32::from_ne_bytes(rc)) {
+        Ok(match u32::try_from(i32::from_ne_bytes(rc)) {
             Ok(libbpf_sys::BPF_FIB_LKUP_RET_SUCCESS | libbpf_sys::BPF_FIB_LKUP_RET_NO_NEIGH) if egress != 0 => {
                 Route::Via(egress)
             }
@@ -122,6 +128,6 @@ impl Probe<'_> {
                 | libbpf_sys::BPF_FIB_LKUP_RET_NOT_FWDED,
             ) => Route::None,
             _ => Route::Unknown,
-        }
+        })
     }
 }
