@@ -12,8 +12,8 @@
 //! forwarding on where it receives (exit code 7), every L2 DSR VIP's active
 //! backend's egress a redirect interface (exit code 8), and at least one
 //! VIP with an active backend (weight above 0) it has a route to, so a new
-//! flow to it gets a backend rather than a drop. A deliberate `detach --iface IF` of one of
-//! several interfaces is not a loss.
+//! flow to it gets a backend rather than a drop. A deliberate `detach
+//! --iface IF` of one of several interfaces is not a loss.
 //!
 //! Forwarding: `bpf_fib_lookup` answers `BPF_FIB_LKUP_RET_FWD_DISABLED`
 //! when the receiving interface does not forward the packet's family
@@ -104,9 +104,8 @@
 //! receiving interface (with a thread entering the LB's namespace when the
 //! caller is elsewhere): the whole `status --exit-code` process takes about
 //! 12 ms (AMD EPYC, five backends, two interfaces), cheap enough to poll ten
-//! times a second. The digest check
-//! adds one SHA-256 pass over the Maglev tables (about 0.3 ms per
-//! 65537-slot table).
+//! times a second. The digest check adds one SHA-256 pass over the Maglev
+//! tables (about 0.3 ms per 65537-slot table).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -526,7 +525,8 @@ impl LoadBalancer {
         let chained = chains.iter().map(|c| c.ifindexes.len()).sum();
         // The tunnel sources an IPIP VIP's packets leave with (the base of
         // each family's prefix: the data plane sets host bits in it).
-        let tunnel_src = |ipv6: bool| self.ipip_sources().into_iter().find(|n| n.is_ipv6() == ipv6).map(|n| n.ip());
+        let sources = self.ipip_sources();
+        let tunnel_src = [false, true].map(|ipv6| sources.iter().find(|n| n.is_ipv6() == ipv6).map(|n| n.ip()));
         let (vips, active) = self.read(|st| {
             // Weight 0 is draining (`Backend::state`): no new flows. Only L2
             // DSR's packets die in the stack when they leave by an interface
@@ -541,7 +541,7 @@ impl LoadBalancer {
                         vip: *vip,
                         backend: *b,
                         l2_dsr: mode == ForwardingMode::L2Dsr,
-                        src: None,
+                        src: if mode == ForwardingMode::Ipip { tunnel_src[usize::from(b.ip.is_ipv6())] } else { None },
                         l4: match mode {
                             // The outer header names the inner packet's family.
                             ForwardingMode::Ipip if vip.addr.is_ipv4() => nix::libc::IPPROTO_IPIP as u8,
@@ -553,13 +553,6 @@ impl LoadBalancer {
                 .collect();
             (st.vips.len(), active)
         })?;
-        let active: Vec<Active> = active
-            .into_iter()
-            .map(|a| {
-                let ipip = a.l4 == nix::libc::IPPROTO_IPIP as u8 || a.l4 == nix::libc::IPPROTO_IPV6 as u8;
-                Active { src: if ipip { tunnel_src(a.backend.ip.is_ipv6()) } else { None }, ..a }
-            })
-            .collect();
         let own: BTreeSet<u32> = attached.iter().map(|a| a.ifindex).collect();
         let ingress: BTreeSet<u32> =
             own.iter().copied().chain(chains.iter().flat_map(|c| c.ifindexes.iter().copied())).collect();
