@@ -1052,7 +1052,7 @@ fn status_warns_of_a_backend_with_no_route() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         text.contains(&format!(
-            "no route to backend {UNROUTED} of tcp 203.0.113.10:80 (a client's source may route it)"
+            "no route to backend {UNROUTED} of tcp 203.0.113.10:80 (a packet's source may route it)"
         )),
         "{text}"
     );
@@ -1087,16 +1087,23 @@ fn status_warns_of_a_backend_with_no_route() {
     cli.ok(&["backend", "weight", "203.0.113.10:80", &routed, "0", p[0], p[1]]);
     let h = health();
     assert_eq!((h.exit_code(), h.serving_vips), (4, 0), "{h:?}");
-    // The check looks an IPIP VIP's backend up from its tunnel source, as
-    // the data plane does: routed for that source only, it is routed.
-    let tunnel_src = IPIP_SRC_V4.split('/').next().unwrap();
-    vn.lb.ip(&["rule", "add", "from", &format!("{tunnel_src}/32"), "lookup", "100"]);
+    // The check looks an IPIP VIP's backend up from its tunnel prefix's
+    // addresses, as the data plane does (a flow's hash in the host bits):
+    // routed for the whole prefix, it is routed; for its first address
+    // only, most flows are not: said, without counting against the VIP.
     vn.lb.ip(&["route", "add", &format!("{UNROUTED}/32"), "dev", "eth1", "table", "100"]);
+    vn.lb.ip(&["rule", "add", "from", IPIP_SRC_V4, "lookup", "100"]);
     let h = health();
     assert_eq!((h.exit_code(), h.serving_vips, h.unrouted.len()), (0, 1, 0), "{h:?}");
+    assert!(h.routes_unchecked.is_none(), "{h:?}");
+    vn.lb.ip(&["rule", "del", "from", IPIP_SRC_V4, "lookup", "100"]);
+    let tunnel_src = IPIP_SRC_V4.split('/').next().unwrap();
+    vn.lb.ip(&["rule", "add", "from", &format!("{tunnel_src}/32"), "lookup", "100"]);
+    let h = health();
+    assert_eq!((h.exit_code(), h.serving_vips), (0, 1), "{h:?}");
+    assert!(h.unrouted.len() == 1 && h.unrouted[0].may_depend_on_source, "{h:?}");
     vn.lb.ip(&["rule", "del", "from", &format!("{tunnel_src}/32"), "lookup", "100"]);
     vn.lb.ip(&["route", "del", &format!("{UNROUTED}/32"), "dev", "eth1", "table", "100"]);
-    assert!(h.routes_unchecked.is_none(), "{h:?}");
     // IPv6: a DSR VIP's unrouted backend is named; its VIP still counts
     // (an IPv6 route may be source-specific, and the client's source is
     // not known); with a route to it, nothing is said.
@@ -1143,7 +1150,7 @@ fn status_notes_a_backend_unredirected_from_some_filter_interfaces() {
     assert_eq!(code, Some(0), "{text}");
     assert!(
         text.contains(&format!(
-            "; note: for packets arriving on some interfaces it receives on through a filter, backend {backend} of \
+            "; note: for packets arriving on some of the interfaces it receives on, backend {backend} of \
              tcp 203.0.113.10:80 is routed out of eth1 (#"
         )),
         "{text}"
@@ -1151,6 +1158,13 @@ fn status_notes_a_backend_unredirected_from_some_filter_interfaces() {
     let json = cli.json(&["status", "--json", p[0], p[1]]);
     assert_eq!(json["unredirected"][0]["withdraws"].as_bool(), Some(false), "{json}");
 
+    // Forwarding off on eth1 (hardening a management interface): eth0 is
+    // the only one with a route, and it routes it out of eth1: lost.
+    vn.lb.sysctl("net.ipv4.conf.eth1.forwarding", "0");
+    let (code, text) = status();
+    assert_eq!(code, Some(8), "{text}");
+    vn.lb.sysctl("net.ipv4.conf.eth1.forwarding", "1");
+    assert_eq!(status().0, Some(0));
     // Only eth0 left: every interface it receives on routes it out of eth1.
     filter.ok(&["detach", "--iface", "eth1", "--pin", fpin.arg()]);
     let (code, text) = status();
@@ -1161,6 +1175,16 @@ fn status_notes_a_backend_unredirected_from_some_filter_interfaces() {
     let (code, text) = status();
     assert_eq!(code, Some(0), "{text}");
     assert!(!text.contains("routed out of"), "{text}");
+
+    // One VIP's backend lost while another VIP's (on eth0's link, sent
+    // back out of it) is not: said, and the node stays serving.
+    cli.ok(&["vip", "add", "203.0.113.12:80", "--mode", "dsr", p[0], p[1]]);
+    cli.ok(&["backend", "add", "203.0.113.12:80", "192.0.2.50", p[0], p[1]]);
+    cli.ok(&["set", "--no-redirect", "eth1", p[0], p[1]]);
+    let (code, text) = status();
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("1 of 2 VIP(s) with a routed active backend"), "{text}");
+    assert!(text.contains(&format!("; backend {backend} of tcp 203.0.113.10:80 routed out of eth1 (#")), "{text}");
     filter.ok(&["detach", "--pin", fpin.arg()]);
     cli.ok(&["detach", p[0], p[1]]);
 }

@@ -299,22 +299,24 @@ enum Command {
     ///
     /// With --exit-code, a health check (the hook a BGP speaker's agent
     /// polls, dist/bird/): exits 0 when attached and at least one VIP has
-    /// an active backend it has a route to, 3 when attached to no interface, 6 when an
-    /// interface it was attached to is lost (deleted; `detach --iface` is
-    /// not a loss), 7 when IP forwarding is off on an interface it is
-    /// attached to, or on every one it receives on (sysctl
-    /// net.ipv4.conf.IF.forwarding or net.ipv6.conf.IF.forwarding, for its
-    /// backends' families: VIP packets go to the stack; off on only some
-    /// of a chaining filter's interfaces is a note), 8 when an L2
-    /// DSR VIP's active backend is routed out of an interface that is not
-    /// a redirect interface (e.g. deleted and made again: `set --redirect
-    /// IF`), 4 when no VIP has
-    /// an active backend it has a route to (both route checks ask the data
-    /// plane's own lookup, as for a packet received where it receives; an
-    /// unrouted backend beside a routed one is a warning), 5 when serving but its state digest differs from
-    /// the one --config or --expect-digest expects (the node does not hold
-    /// the fleet's configuration), 1 when no LB is pinned (detached) or it
-    /// cannot be read.
+    /// an active backend whose share of new flows is not lost, 3 when
+    /// attached to no interface, 6 when an interface it was attached to is
+    /// lost (deleted; `detach --iface` is not a loss), 7 when IP forwarding
+    /// is off on an interface it is attached to, or on every one it
+    /// receives on (sysctl net.ipv4.conf.IF.forwarding or
+    /// net.ipv6.conf.IF.forwarding, for its backends' families: VIP packets
+    /// go to the stack; off on only some of a chaining filter's interfaces
+    /// is a note), 8 when no VIP is left serving and an L2 DSR VIP's
+    /// backend was lost for being routed out of an interface that is not a
+    /// redirect interface (e.g. deleted and made again: `set --redirect
+    /// IF`), 4 when no VIP is left serving otherwise (no active backend, or
+    /// none routed: both route checks ask the data plane's own lookup, as
+    /// for a packet received where it receives; a lost backend beside a
+    /// working one, or a lost VIP beside a serving one, is a warning), 5
+    /// when serving but its state digest differs from the one --config or
+    /// --expect-digest expects (the node does not hold the fleet's
+    /// configuration), 1 when no LB is pinned (detached) or it cannot be
+    /// read.
     Status {
         #[command(flatten)]
         pin: Pin,
@@ -1003,7 +1005,16 @@ fn run(command: Command, given: &dyn Fn(&str) -> bool) -> Result<()> {
             // all the same (they go to the kernel's stack): said now, as
             // `status` says it (the data plane's own lookup, from each
             // interface the LB receives on).
-            let unrouted = lb.health().is_ok_and(|h| h.unrouted.iter().any(|u| u.vip == vip && u.backend == backend));
+            // With no receiving interface yet (behind a filter not yet
+            // chaining it), the main routing table's answer.
+            let unrouted = match lb.health() {
+                Ok(h) if h.receiving > 0 => h.unrouted.iter().any(|u| u.vip == vip && u.backend == backend),
+                _ => lb
+                    .backend_stats(&vip)
+                    .ok()
+                    .and_then(|s| s.into_iter().find(|b| b.backend.addr == backend))
+                    .is_some_and(|b| b.next_hop.state == xdpguard::NeighbourState::NoRoute),
+            };
             if unrouted {
                 eprintln!(
                     "warning: the load balancer has no route to {} from the interfaces it receives on: its share of \

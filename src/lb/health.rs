@@ -40,35 +40,41 @@
 //! unicast route to gets its share of the VIP's new flows all the same, and
 //! every one of them is lost: its `bpf_fib_lookup` fails, the packet goes
 //! to the stack (`passed_no_route`), which has no route either. A warning
-//! naming the backend ([`Health::unrouted`]); a VIP none of whose active
-//! backends has a route does not count as serving (exit code 4 when no VIP
-//! is left). One backend's share of one VIP withdraws nothing: withdrawing
-//! the node (often every node at once, their routing alike) for it would
-//! turn a fraction of one VIP's flows into all of them.
+//! naming the backend ([`Health::unrouted`]). An unrouted or unredirected
+//! backend's share is lost, and a VIP none of whose active backends has a
+//! share left does not count as serving: with no VIP left, exit code 8
+//! when an L2 DSR backend was lost for want of a redirect interface, else
+//! 4. One backend's share, or one VIP's, withdraws nothing: withdrawing
+//! the node (often every node at once, their configuration and routing
+//! alike: one mistyped backend) would turn a fraction of the flows into all
+//! of them.
 //!
 //! Both route checks ask the data plane's own lookup (`route_probe.rs`: the
 //! same helper, with the same flags, run through `BPF_PROG_TEST_RUN` as if
 //! received on each interface the LB receives on), so `ip rule iif` policy
-//! routing and VRFs count as they do for VIP packets. A backend is unrouted
-//! when no interface it receives on has a route to it. It is unredirected
-//! when one routes it out of another interface that is not a redirect
-//! interface; as for forwarding, that is exit code 8 when it is an
-//! interface the LB is attached to itself, or every one it receives on,
-//! and a note when only some of a chaining filter's are (a management
-//! interface the filter guards, where no VIP traffic may arrive).
+//! routing and VRFs count as they do for VIP packets. The interfaces that
+//! decide are those the LB is attached to, or every one it receives on when
+//! it is attached nowhere (as for forwarding: a chaining filter's other
+//! interfaces, a management interface it guards, say, may carry no VIP
+//! traffic). A backend's share is lost when no deciding interface has a
+//! route to it, or (L2 DSR) when every deciding interface that has one
+//! routes it out of another interface that is not a redirect interface;
+//! from only some, it is said (a note).
 //!
-//! The source looked up with is an IPIP VIP's tunnel source. An L2 DSR or
-//! NAT VIP's packets keep their clients' addresses, which the check does
-//! not know: it looks up with the unspecified address, and a "no route" it
-//! gets is only a warning ([`Unrouted::may_depend_on_source`]) when a
-//! client's source could change it (a policy rule of the family that
-//! selects by source, or an IPv6 backend, whose routes may be
-//! source-specific). Not seen either: which path of a multipath route a
-//! client's flow hashes to (the check sees the one the unspecified source
-//! hashes to), and the member port a bond's XDP program runs on (the check
-//! asks as the bond). A lookup that fails (rather than answers) leaves
-//! both checks unmade, and so does a probe that cannot be loaded; the
-//! status says so ([`Health::routes_unchecked`]).
+//! The sources looked up with are an IPIP VIP's tunnel prefix's first and
+//! last addresses (the data plane sets a flow's hash in its host bits:
+//! routed only when both are). An L2 DSR or NAT VIP's packets keep their
+//! clients' addresses, which the check does not know: it looks up with the
+//! unspecified address. A "no route" that a packet's real source could
+//! change (a tunnel prefix wider than one address, or a client's, where a
+//! policy rule of the family selects by source, or the backend is IPv6,
+//! whose routes may be source-specific) is only a warning
+//! ([`Unrouted::may_depend_on_source`]). Not seen either: which path of a
+//! multipath route a client's flow hashes to (the check sees the one the
+//! unspecified source hashes to), and the member port a bond's XDP program
+//! runs on (the check asks as the bond). A lookup that fails (rather than
+//! answers) leaves both checks unmade, and so does a probe that cannot be
+//! loaded; the status says so ([`Health::routes_unchecked`]).
 //!
 //! All three are read in the LB's network namespace, entered from a short-lived
 //! thread when the caller is elsewhere (as the neighbour entries are); when
@@ -136,8 +142,10 @@ pub struct Health {
     pub chained: usize,
     /// Its VIPs.
     pub vips: usize,
-    /// VIPs with at least one active backend (weight above 0) the data
-    /// plane has a route to (not in [`unrouted`](Self::unrouted)).
+    /// VIPs with at least one active backend (weight above 0) whose share
+    /// of new flows is not lost: one the data plane has a route to
+    /// ([`unrouted`](Self::unrouted)) and, for an L2 DSR VIP, redirects
+    /// ([`unredirected`](Self::unredirected)).
     pub serving_vips: usize,
     /// Whether the LB's overall state digest equals the expected one
     /// ([`LoadBalancer::health_expecting`]); `None` when none was given.
@@ -159,20 +167,25 @@ pub struct Health {
     /// not redirect to (not in its devmap): their packets go to the stack,
     /// which drops them (only XDP does L2 DSR). An IPIP or NAT VIP's
     /// packets the stack forwards as the LB rewrote them (slower, counted
-    /// as `passed_no_devmap`), so those are not listed. Not serving (exit
-    /// code 8) when one [`withdraws`](Unredirected::withdraws).
+    /// as `passed_no_devmap`), so those are not listed. One that
+    /// [`withdraws`](Unredirected::withdraws) does not count towards its
+    /// VIP's [`serving_vips`](Self::serving_vips); with no VIP left
+    /// serving, exit code 8.
     pub unredirected: Vec<Unredirected>,
     /// Active backends (of VIPs of every mode) the data plane has no route
-    /// to from any interface it receives on: their share of the VIP's new
-    /// flows is lost (its FIB lookup fails, and the stack has no route
-    /// either). A warning; a VIP all of whose active backends are here, and
-    /// not [`may_depend_on_source`](Unrouted::may_depend_on_source), is not
-    /// counted in [`serving_vips`](Self::serving_vips).
+    /// to from an interface it receives on: their share of the VIP's new
+    /// flows arriving there is lost (its FIB lookup fails, and the stack
+    /// has no route either). A warning; one unrouted
+    /// [`everywhere`](Unrouted::everywhere), and not
+    /// [`may_depend_on_source`](Unrouted::may_depend_on_source), does not
+    /// count towards its VIP's [`serving_vips`](Self::serving_vips).
     pub unrouted: Vec<Unrouted>,
-    /// Why the backends' routes were not checked (neither `unrouted` nor
-    /// `unredirected`): the route probe could not be loaded, say. `None`
-    /// when they were, or when there was nothing to check (no active
-    /// backend, or no receiving interface found in the LB's namespace).
+    /// What was not checked, and why: the backends' routes (neither
+    /// `unrouted` nor `unredirected`) when the route probe could not be
+    /// loaded, say; those and IP forwarding when the LB's network
+    /// namespace could not be entered. `None` when they were, or when
+    /// there was nothing to check (no active backend, or no receiving
+    /// interface found in the LB's namespace).
     pub routes_unchecked: Option<String>,
 }
 
@@ -214,11 +227,12 @@ pub struct Unredirected {
     pub ifindex: u32,
     /// Its name in the LB's namespace (`#N` when it has none any more).
     pub interface: String,
-    /// Whether it makes the LB not serving (exit code 8): routed so from
-    /// an interface the LB is attached to itself, or from every interface
-    /// it receives on. Else only from some of a chaining filter's
-    /// interfaces (a management interface the filter guards, where no VIP
-    /// traffic may arrive): a note.
+    /// Whether its share of its VIP's flows is lost: every deciding
+    /// interface that has a route to it (those the LB is attached to, or
+    /// every one it receives on when it is attached nowhere) routes it so.
+    /// Else only some, or only a chaining filter's other interfaces (a
+    /// management interface the filter guards, where no VIP traffic may
+    /// arrive): a note.
     pub withdraws: bool,
 }
 
@@ -230,12 +244,16 @@ pub struct Unrouted {
     pub vip: Vip,
     /// Its backend.
     pub backend: BackendAddr,
-    /// Whether a client's source address could route it all the same: the
-    /// lookup's source is a client's for an L2 DSR or NAT VIP, which the
-    /// check does not know, and a policy rule of the backend's family
+    /// Whether no deciding interface has a route to it (those the LB is
+    /// attached to, or every one it receives on when it is attached
+    /// nowhere); else only some do not.
+    pub everywhere: bool,
+    /// Whether a packet's source could route it all the same: the source
+    /// is a client's for an L2 DSR or NAT VIP, which the check does not
+    /// know, or one of an IPIP tunnel prefix's addresses (the flow's hash
+    /// sets its host bits), and a policy rule of the backend's family
     /// selects by source (`ip rule from`), or the backend is IPv6 (whose
-    /// routes may be source-specific). Then its VIP still counts as
-    /// serving.
+    /// routes may be source-specific).
     pub may_depend_on_source: bool,
 }
 
@@ -256,12 +274,12 @@ impl Health {
     /// [`LoadBalancer::lost_attachments`]), 7 IP forwarding is off, for a
     /// family its active backends are of, on an interface it is attached to
     /// or on every interface it receives on ([`Health::forwarding_off`]), 8
-    /// an L2 DSR VIP's active backend is routed out of an interface that is
-    /// not a redirect interface, from an interface it is attached to or from
-    /// every one it receives on ([`Health::unredirected`]: e.g. deleted and
-    /// made again), 4 attached but no VIP has an active backend it has a
-    /// route to, 5 serving but its state digest differs from the expected
-    /// one (only with an expected digest). (1 is any error, e.g. nothing
+    /// no VIP left serving (below) and an L2 DSR VIP's active backend lost
+    /// for being routed out of an interface that is not a redirect
+    /// interface ([`Health::unredirected`]: e.g. deleted and made again), 4
+    /// no VIP with an active backend whose share of new flows is not lost
+    /// ([`Health::serving_vips`]), 5 serving but its state digest differs
+    /// from the expected one (only with an expected digest). (1 is any error, e.g. nothing
     /// pinned: the LB was detached or never attached; 2 a usage error.) An
     /// LB attached nowhere is 3, lost attachments or not.
     pub fn exit_code(&self) -> u8 {
@@ -271,7 +289,7 @@ impl Health {
             6
         } else if self.forwarding_refused() {
             7
-        } else if self.unredirected.iter().any(|u| u.withdraws) {
+        } else if self.serving_vips == 0 && self.unredirected.iter().any(|u| u.withdraws) {
             8
         } else if self.serving_vips == 0 {
             4
@@ -357,7 +375,7 @@ impl fmt::Display for Health {
                 } else {
                     write!(
                         f,
-                        "; note: for packets arriving on some interfaces it receives on through a filter, backend \
+                        "; note: for packets arriving on some of the interfaces it receives on, backend \
                          {backends} is routed out of {name} (#{ifindex}), not a redirect interface, so L2 DSR ones \
                          arriving there are dropped in the stack: `xdpguard-lb set --redirect {name}` if VIP traffic \
                          arrives there"
@@ -370,8 +388,9 @@ impl fmt::Display for Health {
                 .unrouted
                 .iter()
                 .map(|u| {
-                    let maybe = if u.may_depend_on_source { " (a client's source may route it)" } else { "" };
-                    format!("{} of {}{maybe}", u.backend, u.vip)
+                    let some = if u.everywhere { "" } else { " (from some interfaces)" };
+                    let maybe = if u.may_depend_on_source { " (a packet's source may route it)" } else { "" };
+                    format!("{} of {}{some}{maybe}", u.backend, u.vip)
                 })
                 .collect();
             write!(
@@ -383,7 +402,7 @@ impl fmt::Display for Health {
             )?;
         }
         if let Some(why) = &self.routes_unchecked {
-            write!(f, "; note: the backends' routes were not checked ({why})")?;
+            write!(f, "; note: {why}")?;
         }
         Ok(())
     }
@@ -405,11 +424,52 @@ struct Active {
     backend: BackendAddr,
     /// An L2 DSR VIP's (whose packets the stack drops: `unredirected`).
     l2_dsr: bool,
-    /// The source the data plane looks the route up with: an IPIP VIP's
-    /// tunnel source; a client's address (unknown here) for the others.
-    src: Option<IpAddr>,
+    /// The sources the data plane may look the route up with, as far as
+    /// they are known: an IPIP VIP's tunnel prefix's first and last
+    /// address (one for a /32 or /128); empty for the others, whose
+    /// packets keep their clients' addresses (looked up with the
+    /// unspecified one).
+    srcs: Vec<IpAddr>,
+    /// Whether `srcs` is the one source every packet has (a /32 or /128
+    /// tunnel source).
+    exact_src: bool,
     /// The IP protocol it looks it up for.
     l4: u8,
+}
+
+/// What one backend's answers (one per receiving interface present:
+/// `(ingress, answer)`) say, given the interfaces the LB is attached to
+/// itself and its redirect interfaces. The interfaces that decide are
+/// those it is attached to when it is attached somewhere, else every one
+/// it receives on (through filters); as for forwarding, what only some of
+/// a chaining filter's other interfaces (a management interface the filter
+/// guards) answer is a note at most.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct Verdict {
+    /// No route from a deciding interface: `Some(true)` when no deciding
+    /// interface has one (its share is lost), `Some(false)` when some do.
+    unrouted: Option<bool>,
+    /// Routed out of an interface that is neither the receiving one
+    /// (`XDP_TX`) nor a redirect one, from some interface: that egress,
+    /// and whether every deciding interface that has a route routes it so
+    /// (an L2 DSR VIP's share is then lost).
+    unredirected: Option<(u32, bool)>,
+}
+
+fn classify(answers: &[(u32, Route)], attached: &BTreeSet<u32>, devmap: &BTreeSet<u32>) -> Verdict {
+    let attached_here = answers.iter().any(|(i, _)| attached.contains(i));
+    let deciding = |i: &u32| !attached_here || attached.contains(i);
+    let off_devmap = |i: u32, out: u32| out != i && !devmap.contains(&out);
+    let decided: Vec<&(u32, Route)> = answers.iter().filter(|(i, _)| deciding(i)).collect();
+    let routed: Vec<(u32, u32)> =
+        decided.iter().filter_map(|(i, r)| if let Route::Via(out) = r { Some((*i, *out)) } else { None }).collect();
+    let unrouted = decided.iter().any(|(_, r)| *r == Route::None).then_some(routed.is_empty());
+    let first_off = answers.iter().find_map(|(i, r)| match r {
+        Route::Via(out) if off_devmap(*i, *out) => Some(*out),
+        _ => None,
+    });
+    let every = !routed.is_empty() && routed.iter().all(|&(i, out)| off_devmap(i, out));
+    Verdict { unrouted, unredirected: first_off.map(|out| (out, every)) }
 }
 
 /// Reads the three: `ingress` the interfaces it receives on (`attached`
@@ -450,39 +510,38 @@ fn read_in_ns(
         let mut rtnl = neigh::Rtnl::open_in(ns).ok();
         let mut source_rules = |ipv6: bool| rtnl.as_mut().is_none_or(|r| r.source_rules(ipv6).unwrap_or(true));
         let source_rules = [source_rules(false), source_rules(true)];
-        // Per (backend, source, protocol): routed from some interface,
-        // unrouted from some, and those routing it out of an interface
-        // that is neither the receiving one (XDP_TX) nor a redirect one.
-        let mut answers = BTreeMap::<(IpAddr, Option<IpAddr>, u8), (bool, bool, Vec<(u32, u32)>)>::new();
+        let mut verdicts = BTreeMap::<(IpAddr, Vec<IpAddr>, u8), Verdict>::new();
         for a in backends {
-            let key = (a.backend.ip, a.src, a.l4);
-            if let std::collections::btree_map::Entry::Vacant(slot) = answers.entry(key) {
-                let (mut routed, mut unrouted, mut off_devmap) = (false, false, Vec::new());
+            let key = (a.backend.ip, a.srcs.clone(), a.l4);
+            if let std::collections::btree_map::Entry::Vacant(slot) = verdicts.entry(key.clone()) {
+                let mut answers = Vec::new();
                 for &ifindex in &present {
-                    match probe.route(ifindex, a.src, a.backend.ip, a.l4).map_err(|e| e.to_string())? {
-                        Route::Via(out) => {
-                            routed = true;
-                            if out != ifindex && !devmap.contains(&out) {
-                                off_devmap.push((ifindex, out));
-                            }
-                        }
-                        Route::None => unrouted = true,
-                        Route::Unknown => {}
+                    // Every source's answer: routed only when all are (out
+                    // of the first's egress), unrouted when one is not.
+                    let mut answer = None;
+                    for src in a.srcs.iter().map(|s| Some(*s)).chain(a.srcs.is_empty().then_some(None)) {
+                        let r = probe.route(ifindex, src, a.backend.ip, a.l4).map_err(|e| e.to_string())?;
+                        answer = Some(match (answer, r) {
+                            (None, r) => r,
+                            (Some(Route::None), _) | (_, Route::None) => Route::None,
+                            (Some(Route::Via(out)), Route::Via(_)) => Route::Via(out),
+                            _ => Route::Unknown,
+                        });
                     }
+                    answers.push((ifindex, answer.unwrap_or(Route::Unknown)));
                 }
-                slot.insert((routed, unrouted, off_devmap));
+                slot.insert(classify(&answers, attached, devmap));
             }
-            let (routed, unrouted, off_devmap) = &answers[&key];
-            if *unrouted && !*routed {
-                let ipv6 = a.backend.ip.is_ipv6();
-                let may_depend_on_source = a.src.is_none() && (ipv6 || source_rules[usize::from(ipv6)]);
-                report.unrouted.push(Unrouted { vip: a.vip, backend: a.backend, may_depend_on_source });
+            let verdict = verdicts[&key];
+            let ipv6 = a.backend.ip.is_ipv6();
+            if let Some(everywhere) = verdict.unrouted {
+                // A source the check does not know (a client's, or the
+                // host bits of a tunnel prefix) may be routed by a rule, or
+                // by an IPv6 source-specific route.
+                let may_depend_on_source = !a.exact_src && (ipv6 || source_rules[usize::from(ipv6)]);
+                report.unrouted.push(Unrouted { vip: a.vip, backend: a.backend, everywhere, may_depend_on_source });
             }
-            if let (true, Some(&(_, ifindex))) = (a.l2_dsr, off_devmap.first()) {
-                // As for forwarding: from an interface it is attached to
-                // itself, or from every one it receives on.
-                let withdraws =
-                    off_devmap.iter().any(|(from, _)| attached.contains(from)) || off_devmap.len() == present.len();
+            if let (true, Some((ifindex, withdraws))) = (a.l2_dsr, verdict.unredirected) {
                 let interface = sys::ifname_of(ifindex).unwrap_or_else(|| format!("#{ifindex}"));
                 report.unredirected.push(Unredirected {
                     vip: a.vip,
@@ -498,7 +557,7 @@ fn read_in_ns(
     if let Err(why) = checked.and_then(|run| run.map_err(|e| format!("a lookup failed: {e}"))) {
         report.unrouted.clear();
         report.unredirected.clear();
-        report.routes_unchecked = Some(why);
+        report.routes_unchecked = Some(format!("the backends' routes were not checked: the route probe: {why}"));
     }
     report
 }
@@ -525,8 +584,10 @@ impl LoadBalancer {
         let chained = chains.iter().map(|c| c.ifindexes.len()).sum();
         // The tunnel sources an IPIP VIP's packets leave with (the base of
         // each family's prefix: the data plane sets host bits in it).
+        // An IPIP VIP's tunnel prefix per family: the data plane sets a
+        // flow's hash in its host bits.
         let sources = self.ipip_sources();
-        let tunnel_src = [false, true].map(|ipv6| sources.iter().find(|n| n.is_ipv6() == ipv6).map(|n| n.ip()));
+        let tunnel = [false, true].map(|ipv6| sources.iter().find(|n| n.is_ipv6() == ipv6).copied());
         let (vips, active) = self.read(|st| {
             // Weight 0 is draining (`Backend::state`): no new flows. Only L2
             // DSR's packets die in the stack when they leave by an interface
@@ -541,7 +602,19 @@ impl LoadBalancer {
                         vip: *vip,
                         backend: *b,
                         l2_dsr: mode == ForwardingMode::L2Dsr,
-                        src: if mode == ForwardingMode::Ipip { tunnel_src[usize::from(b.ip.is_ipv6())] } else { None },
+                        srcs: match tunnel[usize::from(b.ip.is_ipv6())] {
+                            Some(net) if mode == ForwardingMode::Ipip => {
+                                let (first, last) = (net.network(), net.broadcast());
+                                if first == last {
+                                    vec![first]
+                                } else {
+                                    vec![first, last]
+                                }
+                            }
+                            _ => Vec::new(),
+                        },
+                        exact_src: mode == ForwardingMode::Ipip
+                            && tunnel[usize::from(b.ip.is_ipv6())].is_some_and(|n| n.network() == n.broadcast()),
                         l4: match mode {
                             // The outer header names the inner packet's family.
                             ForwardingMode::Ipip if vip.addr.is_ipv4() => nix::libc::IPPROTO_IPIP as u8,
@@ -558,17 +631,25 @@ impl LoadBalancer {
             own.iter().copied().chain(chains.iter().flat_map(|c| c.ifindexes.iter().copied())).collect();
         let families = (active.iter().any(|a| a.backend.ip.is_ipv4()), active.iter().any(|a| a.backend.ip.is_ipv6()));
         let devmap: BTreeSet<u32> = self.redirect_interfaces().into_iter().collect();
-        let report = self.in_netns(|ns| read_in_ns(ns, &ingress, &own, families, &active, &devmap)).unwrap_or_default();
-        // Serving VIPs: those with an active backend the data plane can
-        // route to (every one, when the routes could not be checked).
-        let serving_vips = active
-            .iter()
-            .filter(|a| {
-                !report.unrouted.iter().any(|u| u.vip == a.vip && u.backend == a.backend && !u.may_depend_on_source)
-            })
-            .map(|a| a.vip)
-            .collect::<BTreeSet<Vip>>()
-            .len();
+        let report =
+            self.in_netns(|ns| read_in_ns(ns, &ingress, &own, families, &active, &devmap)).unwrap_or_else(|| {
+                let routes_unchecked = (!active.is_empty()).then(|| {
+                    "IP forwarding and the backends' routes were not checked: the LB's network namespace could not be \
+                 entered (it needs CAP_SYS_ADMIN)"
+                        .to_owned()
+                });
+                NsReport { routes_unchecked, ..NsReport::default() }
+            });
+        // Serving VIPs: those with an active backend whose share of new
+        // flows is not lost (every one, when the routes were not checked).
+        let lost_share = |a: &Active| {
+            report
+                .unrouted
+                .iter()
+                .any(|u| u.vip == a.vip && u.backend == a.backend && u.everywhere && !u.may_depend_on_source)
+                || report.unredirected.iter().any(|u| u.vip == a.vip && u.backend == a.backend && u.withdraws)
+        };
+        let serving_vips = active.iter().filter(|a| !lost_share(a)).map(|a| a.vip).collect::<BTreeSet<Vip>>().len();
         Ok(Health {
             attachments: attached.len(),
             lost,
@@ -732,11 +813,15 @@ mod tests {
             interface: name.into(),
             withdraws: true,
         };
+        // Every backend's share lost (health counts no VIP serving): 8.
         let lost = Health {
             unredirected: vec![un("198.51.100.11", 9, "eth1"), un("198.51.100.12", 9, "eth1")],
+            serving_vips: 0,
             ..serving.clone()
         };
         assert_eq!(lost.exit_code(), 8);
+        // One VIP's backends lost while another VIP serves: said, serving.
+        assert_eq!(Health { vips: 2, serving_vips: 1, ..lost.clone() }.exit_code(), 0);
         let text = lost.to_string();
         assert!(
             text.contains(
@@ -757,22 +842,28 @@ mod tests {
         assert!(
             text.starts_with("serving: ")
                 && text.contains(
-                    "; note: for packets arriving on some interfaces it receives on through a filter, backend \
+                    "; note: for packets arriving on some of the interfaces it receives on, backend \
                      198.51.100.11 of tcp 203.0.113.10:80 is routed out of eth1 (#9)"
                 ),
             "{text}"
         );
         // Routes not checked: said.
-        let unchecked = Health { routes_unchecked: Some("loading it: EPERM".into()), ..serving.clone() };
+        let why = "the backends' routes were not checked: the route probe: loading it: EPERM";
+        let unchecked = Health { routes_unchecked: Some(why.into()), ..serving.clone() };
         assert_eq!(unchecked.exit_code(), 0);
-        assert!(unchecked.to_string().ends_with("; note: the backends' routes were not checked (loading it: EPERM)"));
+        assert!(unchecked.to_string().ends_with(&format!("; note: {why}")));
 
         // An unrouted backend: a warning, the exit code unchanged while a
         // VIP is served (`health` counts a VIP whose every active backend
         // is unrouted out of serving_vips); the text names the backend and
         // both ways out.
         let unrouted = Health {
-            unrouted: vec![Unrouted { vip, backend: "203.0.113.77".parse().unwrap(), may_depend_on_source: false }],
+            unrouted: vec![Unrouted {
+                vip,
+                backend: "203.0.113.77".parse().unwrap(),
+                everywhere: true,
+                may_depend_on_source: false,
+            }],
             ..serving.clone()
         };
         assert_eq!(unrouted.exit_code(), 0);
@@ -791,5 +882,43 @@ mod tests {
         );
         assert_eq!(Health { forwarding_off: vec![off("eth0", true)], ..unrouted.clone() }.exit_code(), 7);
         assert_eq!(Health { serving_vips: 0, ..unrouted }.exit_code(), 4);
+    }
+
+    fn answers(v: &[(u32, Route)]) -> Vec<(u32, Route)> {
+        v.to_vec()
+    }
+
+    /// The per-interface answers, classified: the LB attached to 2 and 3,
+    /// a filter chaining it on 4 (a management interface), 9 a redirect
+    /// interface.
+    #[test]
+    fn answers_are_decided_by_the_interfaces_the_lb_is_attached_to() {
+        let attached: BTreeSet<u32> = [2, 3].into();
+        let devmap: BTreeSet<u32> = [9].into();
+        let c = |v: &[(u32, Route)]| classify(&answers(v), &attached, &devmap);
+        let (via, none, unknown) = (Route::Via, Route::None, Route::Unknown);
+        // Routed everywhere, out of a redirect interface or the receiving one.
+        assert_eq!(c(&[(2, via(9)), (3, via(3)), (4, via(9))]), Verdict::default());
+        // No route from either attached interface: lost, whatever the
+        // filter's interface says; from one of them: said, not lost.
+        assert_eq!(c(&[(2, none), (3, none), (4, via(9))]).unrouted, Some(true));
+        assert_eq!(c(&[(2, none), (3, via(9)), (4, via(9))]).unrouted, Some(false));
+        // No route from the filter's interface only: nothing to say.
+        assert_eq!(c(&[(2, via(9)), (3, via(9)), (4, none)]).unrouted, None);
+        // Forwarding off (unknown) on one: the other decides.
+        assert_eq!(c(&[(2, unknown), (3, none)]).unrouted, Some(true));
+        // Out of a non-redirect interface from every attached interface
+        // that has a route (the one with forwarding off does not count):
+        // lost; from one of two, or from the filter's only: a note.
+        assert_eq!(c(&[(2, via(5)), (3, unknown), (4, via(9))]).unredirected, Some((5, true)));
+        assert_eq!(c(&[(2, via(5)), (3, via(9))]).unredirected, Some((5, false)));
+        assert_eq!(c(&[(2, via(9)), (3, via(9)), (4, via(5))]).unredirected, Some((5, false)));
+        // Attached nowhere (behind a filter on 4 and 6): every interface
+        // decides.
+        let behind = |v: &[(u32, Route)]| classify(&answers(v), &BTreeSet::new(), &devmap);
+        assert_eq!(behind(&[(4, via(5)), (6, via(6))]).unredirected, Some((5, false)));
+        assert_eq!(behind(&[(4, via(5)), (6, via(5))]).unredirected, Some((5, true)));
+        assert_eq!(behind(&[(4, none), (6, via(9))]).unrouted, Some(false));
+        assert_eq!(behind(&[(4, none), (6, none)]).unrouted, Some(true));
     }
 }
