@@ -1015,7 +1015,7 @@ fn status_warns_of_a_backend_with_no_route() {
     assert_eq!(json["serving"].as_bool(), Some(true));
     assert_eq!(
         json["unrouted"],
-        serde_json::json!([{"vip": "tcp 203.0.113.10:80", "backend": UNROUTED, "may_depend_on_source": false}])
+        serde_json::json!([{"vip": "tcp 203.0.113.10:80", "backend": UNROUTED, "everywhere": true, "may_depend_on_source": false}])
     );
     assert_eq!(json["unredirected"], serde_json::json!([]));
     let status = || {

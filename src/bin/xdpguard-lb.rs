@@ -1345,6 +1345,7 @@ fn status(pin: &Pin, json: bool, expect: Option<Digest>) -> Result<xdpguard::Hea
                 "unrouted": health.unrouted.iter().map(|u| json!({
                     "vip": u.vip.to_string(),
                     "backend": u.backend.to_string(),
+                    "everywhere": u.everywhere,
                     "may_depend_on_source": u.may_depend_on_source,
                 })).collect::<Vec<_>>(),
                 "routes_unchecked": health.routes_unchecked,

@@ -635,7 +635,7 @@ impl LoadBalancer {
             self.in_netns(|ns| read_in_ns(ns, &ingress, &own, families, &active, &devmap)).unwrap_or_else(|| {
                 let routes_unchecked = (!active.is_empty()).then(|| {
                     "IP forwarding and the backends' routes were not checked: the LB's network namespace could not be \
-                 entered (it needs CAP_SYS_ADMIN)"
+                 entered (neither this process's nor named under /run/netns, or entering it needs CAP_SYS_ADMIN)"
                         .to_owned()
                 });
                 NsReport { routes_unchecked, ..NsReport::default() }
