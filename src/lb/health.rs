@@ -428,11 +428,8 @@ struct Active {
     /// they are known: an IPIP VIP's tunnel prefix's first and last
     /// address (one for a /32 or /128); empty for the others, whose
     /// packets keep their clients' addresses (looked up with the
-    /// unspecified one).
+    /// unspecified one). One source is the one every packet has.
     srcs: Vec<IpAddr>,
-    /// Whether `srcs` is the one source every packet has (a /32 or /128
-    /// tunnel source).
-    exact_src: bool,
     /// The IP protocol it looks it up for.
     l4: u8,
 }
@@ -538,7 +535,8 @@ fn read_in_ns(
                 // A source the check does not know (a client's, or the
                 // host bits of a tunnel prefix) may be routed by a rule, or
                 // by an IPv6 source-specific route.
-                let may_depend_on_source = !a.exact_src && (ipv6 || source_rules[usize::from(ipv6)]);
+                let exact_src = a.srcs.len() == 1;
+                let may_depend_on_source = !exact_src && (ipv6 || source_rules[usize::from(ipv6)]);
                 report.unrouted.push(Unrouted { vip: a.vip, backend: a.backend, everywhere, may_depend_on_source });
             }
             if let (true, Some((ifindex, withdraws))) = (a.l2_dsr, verdict.unredirected) {
@@ -613,8 +611,6 @@ impl LoadBalancer {
                             }
                             _ => Vec::new(),
                         },
-                        exact_src: mode == ForwardingMode::Ipip
-                            && tunnel[usize::from(b.ip.is_ipv6())].is_some_and(|n| n.network() == n.broadcast()),
                         l4: match mode {
                             // The outer header names the inner packet's family.
                             ForwardingMode::Ipip if vip.addr.is_ipv4() => nix::libc::IPPROTO_IPIP as u8,
