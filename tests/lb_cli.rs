@@ -841,10 +841,12 @@ fn vip_packet(vn: &VerdictNet, pin: &std::path::Path) -> (XdpAction, u64, u64) {
 }
 
 /// `status --exit-code` exits 7 while IP forwarding is off on an interface
-/// the LB receives on, for a family its active backends are of: the FIB
-/// lookup then refuses and every VIP packet goes to the stack
-/// (`passed_no_route`), which `status` used to call serving. The text names
-/// the sysctl to set; the family no backend is of does not count.
+/// the LB receives on, for a family its active backends are of, and no VIP
+/// is left serving: the FIB lookup then refuses and VIP packets go to the
+/// stack (`passed_no_route`), which `status` used to call serving. The text
+/// names the sysctl to set; the family no backend is of does not count,
+/// and one family's backends lost beside a VIP the other serves is a
+/// warning.
 #[test]
 fn status_exit_code_says_forwarding_is_off() {
     let pin = ScratchDir::bpffs("lbfwdoff");
@@ -883,12 +885,26 @@ fn status_exit_code_says_forwarding_is_off() {
     vn.lb.sysctl("net.ipv4.conf.eth0.forwarding", "1");
     assert_eq!(code(), Some(0), "forwarding on again");
 
-    // An IPv6 backend makes IPv6 forwarding count (off on eth0 since above).
+    // An IPv6 backend makes IPv6 forwarding count (off on eth0 since
+    // above): its share is lost, and the IPv4 VIP serves on (a warning;
+    // the whole node was withdrawn). With the IPv4 backend drained, no VIP
+    // is left serving: 7.
     cli.ok(&["vip", "add", "[2001:db8:f::10]:80", "--mode", "dsr", p[0], p[1]]);
     cli.ok(&["backend", "add", "[2001:db8:f::10]:80", &backend_v6(1).to_string(), p[0], p[1]]);
     let out = cli.run(&["status", "--exit-code", p[0], p[1]]);
-    assert_eq!(out.status.code(), Some(7), "IPv6 forwarding off on eth0");
-    assert!(String::from_utf8_lossy(&out.stdout).contains("set net.ipv6.conf.eth0.forwarding=1"));
+    assert_eq!(out.status.code(), Some(0), "IPv6 forwarding off on eth0, the IPv4 VIP serving");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("health:      serving: attached to 2 interface(s), 1 of 2 VIP(s)"), "{text}");
+    assert!(
+        text.contains("warning: IP forwarding is off for IPv6 where it receives")
+            && text.contains("set net.ipv6.conf.eth0.forwarding=1"),
+        "{text}"
+    );
+    cli.ok(&["backend", "weight", "203.0.113.10:80", &backend_v4(1).to_string(), "0", p[0], p[1]]);
+    let out = cli.run(&["status", "--exit-code", p[0], p[1]]);
+    assert_eq!(out.status.code(), Some(7), "no VIP left, IPv6 forwarding off on eth0");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("not serving: attached to 2 interface(s), 0 of 2 VIP(s)"), "{text}");
     vn.lb.sysctl("net.ipv6.conf.all.forwarding", "1");
     assert_eq!(code(), Some(0), "all.forwarding sets every interface");
     cli.ok(&["detach", p[0], p[1]]);
@@ -950,6 +966,70 @@ fn status_exit_code_says_a_redirect_interface_was_lost() {
     assert_eq!(code(), Some(0), "a redirect interface again");
     assert_eq!(vip_packet(&vn, pin.path()).0, XdpAction::Redirect, "redirected again");
     cli.ok(&["detach", p[0], p[1]]);
+}
+
+/// The managed neighbour entries are those of the next hops the data plane
+/// uses: its own route lookup as for a packet received where the LB is
+/// attached. A backend on-link in the main table, routed through a gateway
+/// by `ip rule iif eth0` for what eth0 receives, gets the gateway's entry
+/// (the main table's output lookup, used before, made the backend's own,
+/// and a cold flow's first packets waited for the stack to resolve the
+/// gateway), in both families; `backend list` names the gateway. With the
+/// rule gone, any command puts the backend's own entry back; with
+/// forwarding off, the main table's stays.
+#[test]
+fn managed_neighbours_follow_the_data_planes_route() {
+    const GW_V4: &str = "198.51.100.99";
+    const GW_V6: &str = "2001:db8:b::99";
+    let pin = ScratchDir::bpffs("lbhopiif");
+    // No static neighbour entries for the backends: every entry is ours.
+    let vn = VerdictNet::new("lhopi", 0);
+    let cli = XDPGUARD_LB;
+    let p = ["--pin", pin.arg()];
+    let (b4, b6) = (backend_v4(1).to_string(), backend_v6(1).to_string());
+    let ours = || String::from_utf8_lossy(&vn.lb.ip(&["neigh", "show", "proto", "88"]).stdout).into_owned();
+    let has = |shown: &str, addr: &str| shown.lines().any(|l| l.starts_with(&format!("{addr} dev eth1 ")));
+    let via = |vip: &str| {
+        let list = cli.json(&["backend", "list", vip, "--json", p[0], p[1]]);
+        list["backends"][0]["neighbour"]["via"].as_str().unwrap_or_default().to_owned()
+    };
+    cli.ok(&["attach", "--iface", "eth0", "--redirect", "eth1", "--netns", &vn.lb.name, p[0], p[1]]);
+    cli.ok(&["vip", "add", "203.0.113.10:80", "--mode", "dsr", p[0], p[1]]);
+    cli.ok(&["backend", "add", "203.0.113.10:80", &b4, p[0], p[1]]);
+    cli.ok(&["vip", "add", "[2001:db8:f::10]:80", "--mode", "dsr", p[0], p[1]]);
+    cli.ok(&["backend", "add", "[2001:db8:f::10]:80", &b6, p[0], p[1]]);
+    let shown = ours();
+    assert!(has(&shown, &b4) && has(&shown, &b6) && shown.lines().count() == 2, "on-link: their own entries: {shown}");
+    assert_eq!((via("203.0.113.10:80"), via("[2001:db8:f::10]:80")), (b4.clone(), b6.clone()));
+
+    for family in ["-4", "-6"] {
+        vn.lb.ip(&[family, "rule", "add", "iif", "eth0", "lookup", "100"]);
+    }
+    vn.lb.ip(&["route", "add", &format!("{b4}/32"), "via", GW_V4, "dev", "eth1", "table", "100"]);
+    vn.lb.ip(&["-6", "route", "add", &format!("{b6}/128"), "via", GW_V6, "dev", "eth1", "table", "100"]);
+    // Any command reconciles the entries (opening the pinned LB does).
+    assert_eq!((via("203.0.113.10:80"), via("[2001:db8:f::10]:80")), (GW_V4.to_owned(), GW_V6.to_owned()));
+    let shown = ours();
+    assert!(has(&shown, GW_V4) && has(&shown, GW_V6), "the gateways' entries: {shown}");
+    assert!(shown.lines().all(|l| l.contains("managed")), "{shown}");
+    assert!(!has(&shown, &b4) && !has(&shown, &b6), "the backends' own entries went: {shown}");
+    // The main table's next hop is still the backend itself: the output
+    // lookup would have kept its entry.
+    let main = String::from_utf8_lossy(&vn.lb.ip(&["route", "get", &b4]).stdout).into_owned();
+    assert!(!main.contains(GW_V4), "{main}");
+
+    for family in ["-4", "-6"] {
+        vn.lb.ip(&[family, "rule", "del", "iif", "eth0", "lookup", "100"]);
+    }
+    assert_eq!(via("203.0.113.10:80"), b4);
+    let shown = ours();
+    assert!(has(&shown, &b4) && has(&shown, &b6) && shown.lines().count() == 2, "back to their own: {shown}");
+    // Forwarding off where it receives: the lookup cannot say (the health
+    // check reports it), and the main table's next hop stays managed, ready
+    // for when it is turned on.
+    vn.lb.sysctl("net.ipv4.conf.eth0.forwarding", "0");
+    assert_eq!(via("203.0.113.10:80"), b4);
+    assert!(has(&ours(), &b4), "{}", ours());
 }
 
 /// `status` warns while an active backend has no route in the LB's

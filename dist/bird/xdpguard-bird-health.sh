@@ -5,12 +5,12 @@
 # and announces the node's VIPs (`birdc enable vip4 vip6`) while that exits
 # 0, withdraws them (`birdc disable ...`) while it does not: detached (1),
 # attached nowhere (3), no VIP with a routed active backend (4), an interface
-# it was attached to lost (6), IP forwarding off (7), or no VIP left that XDP
-# can forward to (8: backends routed out of an interface it may not redirect
-# to). It acts on a
-# change, and re-asserts the state every REASSERT rounds, so a BIRD that
-# restarted (its VIP protocols start disabled) is re-enabled. On SIGTERM or
-# SIGINT it withdraws and exits: a node without its agent is not announced.
+# it was attached to lost (6), no VIP left whose backends' family is forwarded
+# (7: IP forwarding off), or no VIP left that XDP can forward to (8: backends
+# routed out of an interface it may not redirect to). It acts on a change,
+# and re-asserts the state every REASSERT rounds, so a BIRD that restarted
+# (its VIP protocols start disabled) is re-enabled. On SIGTERM or SIGINT it
+# withdraws and exits: a node without its agent is not announced.
 #
 # Without -c, start it after the node's configuration is applied (xdpguard
 # apply, or the xdpguard-lb commands): the check passes as soon as one VIP

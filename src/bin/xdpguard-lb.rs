@@ -301,12 +301,14 @@ enum Command {
     /// polls, dist/bird/): exits 0 when attached and at least one VIP has
     /// an active backend whose share of new flows is not lost, 3 when
     /// attached to no interface, 6 when an interface it was attached to is
-    /// lost (deleted; `detach --iface` is not a loss), 7 when IP forwarding
-    /// is off on an interface it is attached to, or on every one it
-    /// receives on (sysctl net.ipv4.conf.IF.forwarding or
-    /// net.ipv6.conf.IF.forwarding, for its backends' families: VIP packets
-    /// go to the stack; off on only some of a chaining filter's interfaces
-    /// is a note), 8 when no VIP is left serving and an L2 DSR VIP's
+    /// lost (deleted; `detach --iface` is not a loss), 7 when no VIP is
+    /// left serving and IP forwarding is off on an interface it is attached
+    /// to, or on every one it receives on (sysctl
+    /// net.ipv4.conf.IF.forwarding or net.ipv6.conf.IF.forwarding, for its
+    /// backends' families: VIP packets for backends of that family go to
+    /// the stack; off for one family while the other's backends serve a
+    /// VIP is a warning, off on only some of a chaining filter's interfaces
+    /// a note), 8 when no VIP is left serving and an L2 DSR VIP's
     /// backend was lost for being routed out of an interface that is not a
     /// redirect interface (e.g. deleted and made again: `set --redirect
     /// IF`), 4 when no VIP is left serving otherwise (no active backend, or

@@ -187,7 +187,7 @@ impl LoadBalancer {
     pub(super) fn apply_batch(&self, vip: &Vip, ops: &[BatchOp]) -> Result<(), LbError> {
         // Next hops are managed in the LB's namespace: fail before any
         // change when it cannot be reached.
-        let mut rtnl = self.rtnl()?;
+        let mut look = self.hop_lookup()?;
         self.edit(|st, maps| {
             let vs = st.vip(vip)?;
             let mode = vs.config.mode;
@@ -207,7 +207,7 @@ impl LoadBalancer {
                         self.check_backend(vip, mode, &b)?;
                         // The LB host's own address: its route is a local
                         // one, so nothing is forwarded to it (passed_no_route).
-                        if let Ok(Some(interface)) = rtnl.local_of(b.ip) {
+                        if let Ok(Some(interface)) = look.rtnl.local_of(b.ip) {
                             return Err(LbError::BackendAtLocalAddress { vip: *vip, backend: b, interface });
                         }
                         if let IpAddr::V4(ip) = b.ip {
@@ -215,7 +215,7 @@ impl LoadBalancer {
                             // forwarded to it (passed_no_route forever).
                             // Addresses that cannot be read skip the check:
                             // it only names a mistake sooner.
-                            if let Ok(Some((interface, subnet))) = rtnl.broadcast_of(ip) {
+                            if let Ok(Some((interface, subnet))) = look.rtnl.broadcast_of(ip) {
                                 return Err(LbError::BackendAtBroadcast { vip: *vip, backend: b, interface, subnet });
                             }
                         }
@@ -323,7 +323,7 @@ impl LoadBalancer {
             }
             vs.backends = new_backends;
             vs.set_table(table);
-            sync_hops(st, maps, &mut rtnl)?;
+            sync_hops(st, maps, &mut look)?;
             Ok(())
         })
     }

@@ -8,19 +8,25 @@
 //! what the filter passes reaches the LB), no attachment lost (an
 //! interface it was attached to was deleted: the traffic that interface
 //! received is no longer balanced, exit code 6; as for an interface a
-//! filter chaining it lost, whose NAT replies go untranslated), IP
-//! forwarding on where it receives (exit code 7), every L2 DSR VIP's active
-//! backend's egress a redirect interface (exit code 8), and at least one
-//! VIP with an active backend (weight above 0) it has a route to, so a new
-//! flow to it gets a backend rather than a drop. A deliberate `detach
+//! filter chaining it lost, whose NAT replies go untranslated), and at
+//! least one VIP with an active backend (weight above 0) whose share of new
+//! flows is not lost, so a new flow to it gets a backend rather than a
+//! drop. A backend's share is lost when IP forwarding of its family is off
+//! where the LB receives (exit code 7 when that leaves no VIP serving),
+//! when it is an L2 DSR VIP's and routed out of an interface that is not a
+//! redirect interface (exit code 8, likewise), or when it has no route
+//! (exit code 4). A deliberate `detach
 //! --iface IF` of one of several interfaces is not a loss.
 //!
 //! Forwarding: `bpf_fib_lookup` answers `BPF_FIB_LKUP_RET_FWD_DISABLED`
 //! when the receiving interface does not forward the packet's family
 //! (`net.ipv4.conf.IF.forwarding`, `net.ipv6.conf.IF.forwarding`; what
 //! `net.ipv4.ip_forward` and `net.ipv6.conf.all.forwarding` set on every
-//! interface), and every VIP packet goes to the stack (`passed_no_route`).
-//! A new network namespace starts with forwarding off. Read from
+//! interface), and every VIP packet going to a backend of that family goes
+//! to the stack (`passed_no_route`). A new network namespace starts with
+//! forwarding off. Off for one family (IPv6 forwarding is often left off
+//! as hardening) loses that family's backends only: VIPs served by the
+//! other stay announced, with a warning (it withdrew the whole node). Read from
 //! `/proc/sys` in the LB's namespace, for the interfaces it runs on
 //! (attached, or a chaining filter's) and the families of its active
 //! backends (the FIB lookup's family: an IPIP VIP's backend may be of the
@@ -115,12 +121,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::net::IpAddr;
 use std::os::fd::{AsFd, BorrowedFd};
 
 use super::digest::Digest;
 use super::neigh;
-use super::route_probe::{self, Route};
+use super::route_probe::{self, Question, Route};
 use super::types::{BackendAddr, ForwardingMode, Vip};
 use super::LoadBalancer;
 use crate::core::sys;
@@ -143,8 +148,9 @@ pub struct Health {
     /// Its VIPs.
     pub vips: usize,
     /// VIPs with at least one active backend (weight above 0) whose share
-    /// of new flows is not lost: one the data plane has a route to
-    /// ([`unrouted`](Self::unrouted)) and, for an L2 DSR VIP, redirects
+    /// of new flows is not lost: one whose family is forwarded where the LB
+    /// receives ([`forwarding_off`](Self::forwarding_off)), the data plane
+    /// has a route to ([`unrouted`](Self::unrouted)) and, for an L2 DSR VIP, redirects
     /// ([`unredirected`](Self::unredirected)).
     pub serving_vips: usize,
     /// Whether the LB's overall state digest equals the expected one
@@ -152,12 +158,14 @@ pub struct Health {
     pub digest_matches: Option<bool>,
     /// Interfaces the LB receives on that do not forward a family its
     /// active backends are of: the FIB lookup refuses, and VIP packets
-    /// arriving there go to the stack (`passed_no_route`). Not serving
-    /// (exit code 7) when it is off on an interface the LB is attached to
+    /// arriving there for a backend of that family go to the stack
+    /// (`passed_no_route`). Off on an interface the LB is attached to
     /// itself, or on every interface it receives on
-    /// ([`receiving`](Self::receiving)); off on some of a chaining filter's
-    /// interfaces only (a management interface the filter guards, with
-    /// forwarding off as hardening) is noted.
+    /// ([`receiving`](Self::receiving)), the backends of that family lose
+    /// their share (not counted in [`serving_vips`](Self::serving_vips);
+    /// exit code 7 when no VIP is left serving); off on some of a chaining
+    /// filter's interfaces only (a management interface the filter guards,
+    /// with forwarding off as hardening) is noted.
     pub forwarding_off: Vec<ForwardingOff>,
     /// The interfaces the LB receives on (its own attachments and the
     /// filters' chaining it) found in its namespace; 0 when the namespace
@@ -259,10 +267,11 @@ pub struct Unrouted {
 
 impl Health {
     /// Serving: attached somewhere (or chained behind a filter that is), no
-    /// attachment lost, forwarding on where it is attached (and somewhere it
-    /// receives), every L2 DSR VIP's active backend's egress a redirect
-    /// interface, at least one VIP has an active backend it has a route to,
-    /// and, when a digest was expected, the state matches it.
+    /// attachment lost, at least one VIP has an active backend whose share
+    /// of new flows is not lost (its family forwarded where the LB is
+    /// attached, and somewhere it receives; routed; for L2 DSR, out of a
+    /// redirect interface), and, when a digest was expected, the state
+    /// matches it.
     pub fn is_serving(&self) -> bool {
         self.exit_code() == 0
     }
@@ -271,9 +280,10 @@ impl Health {
     /// missing: 0 serving, 3 not attached to any interface (nor chained
     /// behind a filter attached to one), 6 attached (or chained) but an
     /// interface it was attached to is lost (deleted, not detached:
-    /// [`LoadBalancer::lost_attachments`]), 7 IP forwarding is off, for a
-    /// family its active backends are of, on an interface it is attached to
-    /// or on every interface it receives on ([`Health::forwarding_off`]), 8
+    /// [`LoadBalancer::lost_attachments`]), 7 no VIP left serving (below)
+    /// and IP forwarding off, for a family its active backends are of, on
+    /// an interface it is attached to or on every interface it receives on
+    /// ([`Health::forwarding_off`]), 8
     /// no VIP left serving (below) and an L2 DSR VIP's active backend lost
     /// for being routed out of an interface that is not a redirect
     /// interface ([`Health::unredirected`]: e.g. deleted and made again), 4
@@ -287,7 +297,7 @@ impl Health {
             3
         } else if self.lost > 0 {
             6
-        } else if self.forwarding_refused() {
+        } else if self.serving_vips == 0 && self.forwarding_refused() {
             7
         } else if self.serving_vips == 0 && self.unredirected.iter().any(|u| u.withdraws) {
             8
@@ -300,17 +310,20 @@ impl Health {
         }
     }
 
-    /// Whether forwarding is off where VIP traffic arrives: on an interface
-    /// the LB is attached to itself (the operator put it there for that
-    /// traffic), or, for a family its backends are of, on every interface
-    /// it receives on.
+    /// Whether forwarding is off where VIP traffic arrives, for some family.
     fn forwarding_refused(&self) -> bool {
-        self.forwarding_off.iter().any(|o| o.attached)
-            || [false, true].into_iter().any(|ipv6| {
-                let off = self.forwarding_off.iter().filter(|o| o.ipv6 == ipv6).count();
-                off > 0 && off >= self.receiving
-            })
+        refused_families(&self.forwarding_off, self.receiving).contains(&true)
     }
+}
+
+/// The families (IPv4, IPv6) whose forwarding is off where VIP traffic
+/// arrives: on an interface the LB is attached to itself (the operator put
+/// it there for that traffic), or on every interface it receives on.
+fn refused_families(forwarding_off: &[ForwardingOff], receiving: usize) -> [bool; 2] {
+    [false, true].map(|ipv6| {
+        let off: Vec<&ForwardingOff> = forwarding_off.iter().filter(|o| o.ipv6 == ipv6).collect();
+        off.iter().any(|o| o.attached) || (!off.is_empty() && off.len() >= receiving)
+    })
 }
 
 impl fmt::Display for Health {
@@ -331,12 +344,20 @@ impl fmt::Display for Health {
         }
         if !self.forwarding_off.is_empty() {
             let set: Vec<String> = self.forwarding_off.iter().map(|o| format!("{}=1", o.sysctl())).collect();
-            if self.forwarding_refused() {
+            let refused = refused_families(&self.forwarding_off, self.receiving);
+            if refused.contains(&true) {
+                let families = match refused {
+                    [true, true] => "IPv4 and IPv6",
+                    [true, false] => "IPv4",
+                    _ => "IPv6",
+                };
                 write!(
                     f,
-                    "; IP forwarding is off where it receives, so VIP packets go to the stack (passed_no_route): \
+                    "; {}IP forwarding is off for {families} where it receives, so VIP packets for its {families} \
+                     backends go to the stack (passed_no_route) and those backends' share of new flows is lost: \
                      set {} (`sysctl -w`, in the LB's namespace; net.ipv4.ip_forward=1 and \
                      net.ipv6.conf.all.forwarding=1 set every interface)",
+                    if self.serving_vips > 0 { "warning: " } else { "" },
                     set.join(", ")
                 )?;
             } else {
@@ -424,14 +445,8 @@ struct Active {
     backend: BackendAddr,
     /// An L2 DSR VIP's (whose packets the stack drops: `unredirected`).
     l2_dsr: bool,
-    /// The sources the data plane may look the route up with, as far as
-    /// they are known: an IPIP VIP's tunnel prefix's first and last
-    /// address (one for a /32 or /128); empty for the others, whose
-    /// packets keep their clients' addresses (looked up with the
-    /// unspecified one). One source is the one every packet has.
-    srcs: Vec<IpAddr>,
-    /// The IP protocol it looks it up for.
-    l4: u8,
+    /// What the data plane's lookup is asked for it.
+    q: Question,
 }
 
 /// What one backend's answers (one per receiving interface present:
@@ -507,17 +522,16 @@ fn read_in_ns(
         let mut rtnl = neigh::Rtnl::open_in(ns).ok();
         let mut source_rules = |ipv6: bool| rtnl.as_mut().is_none_or(|r| r.source_rules(ipv6).unwrap_or(true));
         let source_rules = [source_rules(false), source_rules(true)];
-        let mut verdicts = BTreeMap::<(IpAddr, Vec<IpAddr>, u8), Verdict>::new();
+        let mut verdicts = BTreeMap::<&Question, Verdict>::new();
         for a in backends {
-            let key = (a.backend.ip, a.srcs.clone(), a.l4);
-            if let std::collections::btree_map::Entry::Vacant(slot) = verdicts.entry(key.clone()) {
+            if let std::collections::btree_map::Entry::Vacant(slot) = verdicts.entry(&a.q) {
                 let mut answers = Vec::new();
                 for &ifindex in &present {
                     // Every source's answer: routed only when all are (out
                     // of the first's egress), unrouted when one is not.
                     let mut answer = None;
-                    for src in a.srcs.iter().map(|s| Some(*s)).chain(a.srcs.is_empty().then_some(None)) {
-                        let r = probe.route(ifindex, src, a.backend.ip, a.l4).map_err(|e| e.to_string())?;
+                    for src in a.q.sources() {
+                        let r = probe.route(ifindex, src, a.q.dst, a.q.l4).map_err(|e| e.to_string())?;
                         answer = Some(match (answer, r) {
                             (None, r) => r,
                             (Some(Route::None), _) | (_, Route::None) => Route::None,
@@ -529,13 +543,13 @@ fn read_in_ns(
                 }
                 slot.insert(classify(&answers, attached, devmap));
             }
-            let verdict = verdicts[&key];
+            let verdict = verdicts[&a.q];
             let ipv6 = a.backend.ip.is_ipv6();
             if let Some(everywhere) = verdict.unrouted {
                 // A source the check does not know (a client's, or the
                 // host bits of a tunnel prefix) may be routed by a rule, or
                 // by an IPv6 source-specific route.
-                let exact_src = a.srcs.len() == 1;
+                let exact_src = a.q.srcs.len() == 1;
                 let may_depend_on_source = !exact_src && (ipv6 || source_rules[usize::from(ipv6)]);
                 report.unrouted.push(Unrouted { vip: a.vip, backend: a.backend, everywhere, may_depend_on_source });
             }
@@ -580,12 +594,7 @@ impl LoadBalancer {
         // longer reaches the LB (NAT replies there go untranslated).
         let lost = self.lost_attachments().len() + chains.iter().map(|c| c.lost.len()).sum::<usize>();
         let chained = chains.iter().map(|c| c.ifindexes.len()).sum();
-        // The tunnel sources an IPIP VIP's packets leave with (the base of
-        // each family's prefix: the data plane sets host bits in it).
-        // An IPIP VIP's tunnel prefix per family: the data plane sets a
-        // flow's hash in its host bits.
-        let sources = self.ipip_sources();
-        let tunnel = [false, true].map(|ipv6| sources.iter().find(|n| n.is_ipv6() == ipv6).copied());
+        let tunnel = super::settings::ipip_tunnels(self.maps());
         let (vips, active) = self.read(|st| {
             // Weight 0 is draining (`Backend::state`): no new flows. Only L2
             // DSR's packets die in the stack when they leave by an interface
@@ -600,23 +609,7 @@ impl LoadBalancer {
                         vip: *vip,
                         backend: *b,
                         l2_dsr: mode == ForwardingMode::L2Dsr,
-                        srcs: match tunnel[usize::from(b.ip.is_ipv6())] {
-                            Some(net) if mode == ForwardingMode::Ipip => {
-                                let (first, last) = (net.network(), net.broadcast());
-                                if first == last {
-                                    vec![first]
-                                } else {
-                                    vec![first, last]
-                                }
-                            }
-                            _ => Vec::new(),
-                        },
-                        l4: match mode {
-                            // The outer header names the inner packet's family.
-                            ForwardingMode::Ipip if vip.addr.is_ipv4() => nix::libc::IPPROTO_IPIP as u8,
-                            ForwardingMode::Ipip => nix::libc::IPPROTO_IPV6 as u8,
-                            _ => vip.protocol.number(),
-                        },
+                        q: Question::new(vip, mode, b.ip, &tunnel),
                     })
                 })
                 .collect();
@@ -638,11 +631,13 @@ impl LoadBalancer {
             });
         // Serving VIPs: those with an active backend whose share of new
         // flows is not lost (every one, when the routes were not checked).
+        let refused = refused_families(&report.forwarding_off, report.receiving);
         let lost_share = |a: &Active| {
-            report
-                .unrouted
-                .iter()
-                .any(|u| u.vip == a.vip && u.backend == a.backend && u.everywhere && !u.may_depend_on_source)
+            refused[usize::from(a.backend.ip.is_ipv6())]
+                || report
+                    .unrouted
+                    .iter()
+                    .any(|u| u.vip == a.vip && u.backend == a.backend && u.everywhere && !u.may_depend_on_source)
                 || report.unredirected.iter().any(|u| u.vip == a.vip && u.backend == a.backend && u.withdraws)
         };
         let serving_vips = active.iter().filter(|a| !lost_share(a)).map(|a| a.vip).collect::<BTreeSet<Vip>>().len();
@@ -774,12 +769,21 @@ mod tests {
         let off = |name: &str, ipv6| ForwardingOff { interface: name.into(), ifindex: 2, ipv6, attached: false };
         assert_eq!(off("eth0", false).sysctl(), "net.ipv4.conf.eth0.forwarding");
         assert_eq!(off("eth0.100", true).sysctl(), "net.ipv6.conf.eth0/100.forwarding");
-        let fwd = Health { forwarding_off: vec![off("eth0", false)], ..serving.clone() };
+        // Off for the only family its backends are of, where it receives:
+        // `health` counts no VIP serving, and the reason is forwarding.
+        let fwd = Health { forwarding_off: vec![off("eth0", false)], serving_vips: 0, ..serving.clone() };
         assert_eq!(fwd.exit_code(), 7);
         assert!(!fwd.is_serving());
         let text = fwd.to_string();
-        assert!(text.starts_with("not serving: attached to 1 interface(s), 1 of 1 VIP(s)"), "{text}");
-        assert!(text.contains("set net.ipv4.conf.eth0.forwarding=1"), "{text}");
+        assert!(text.starts_with("not serving: attached to 1 interface(s), 0 of 1 VIP(s)"), "{text}");
+        assert!(
+            text.contains(
+                "; IP forwarding is off for IPv4 where it receives, so VIP packets for its IPv4 backends go to the \
+                 stack (passed_no_route) and those backends' share of new flows is lost: set \
+                 net.ipv4.conf.eth0.forwarding=1"
+            ),
+            "{text}"
+        );
         // After a lost attachment and before the VIPs and the digest.
         assert_eq!(Health { lost: 1, ..fwd.clone() }.exit_code(), 6);
         assert_eq!(Health { serving_vips: 0, digest_matches: Some(false), ..fwd.clone() }.exit_code(), 7);
@@ -787,19 +791,33 @@ mod tests {
         // management interface the filter guards, say): noted, still
         // serving; on one it is attached to itself, off on both, or IPv6
         // off on both while IPv4 is on: 7.
-        let partly = Health { receiving: 2, ..fwd.clone() };
+        let partly = Health { receiving: 2, serving_vips: 1, ..fwd.clone() };
         let own = ForwardingOff { attached: true, ..off("eth0", false) };
-        assert_eq!(Health { forwarding_off: vec![own], ..partly.clone() }.exit_code(), 7);
+        assert_eq!(Health { forwarding_off: vec![own], serving_vips: 0, ..partly.clone() }.exit_code(), 7);
         assert_eq!(partly.exit_code(), 0);
         let text = partly.to_string();
         assert!(text.starts_with("serving: ") && text.contains("note: IP forwarding is off on some"), "{text}");
         assert!(text.contains("set net.ipv4.conf.eth0.forwarding=1"), "{text}");
-        let both = Health { forwarding_off: vec![off("eth0", false), off("eth1", false)], ..partly.clone() };
+        let both =
+            Health { forwarding_off: vec![off("eth0", false), off("eth1", false)], serving_vips: 0, ..partly.clone() };
         assert_eq!(both.exit_code(), 7);
+        // IPv6 off on both while IPv4 is on: the IPv6 backends' share is
+        // lost; a VIP with IPv4 backends still serves (a warning), none
+        // left is 7.
         let v6 = Health { forwarding_off: vec![off("eth0", false), off("eth0", true), off("eth1", true)], ..partly };
-        assert_eq!(v6.exit_code(), 7);
+        assert_eq!(v6.exit_code(), 0);
+        let text = v6.to_string();
+        assert!(
+            text.starts_with("serving: ")
+                && text.contains(
+                    "; warning: IP forwarding is off for IPv6 where it receives, so VIP packets for its IPv6"
+                )
+                && text.contains("set net.ipv4.conf.eth0.forwarding=1, net.ipv6.conf.eth0.forwarding=1"),
+            "{text}"
+        );
+        assert_eq!(Health { serving_vips: 0, ..v6 }.exit_code(), 7);
         // Nothing read in the namespace (it could not be entered): nothing off.
-        assert_eq!(Health { receiving: 0, forwarding_off: Vec::new(), ..fwd.clone() }.exit_code(), 0);
+        assert_eq!(Health { receiving: 0, forwarding_off: Vec::new(), serving_vips: 1, ..fwd.clone() }.exit_code(), 0);
 
         let vip = Vip::tcp("203.0.113.10:80".parse().unwrap());
         let un = |b: &str, ifindex, name: &str| Unredirected {
@@ -876,8 +894,9 @@ mod tests {
                 ),
             "{text}"
         );
-        assert_eq!(Health { forwarding_off: vec![off("eth0", true)], ..unrouted.clone() }.exit_code(), 7);
-        assert_eq!(Health { serving_vips: 0, ..unrouted }.exit_code(), 4);
+        assert_eq!(Health { forwarding_off: vec![off("eth0", true)], ..unrouted.clone() }.exit_code(), 0);
+        assert_eq!(Health { serving_vips: 0, ..unrouted.clone() }.exit_code(), 4);
+        assert_eq!(Health { forwarding_off: vec![off("eth0", true)], serving_vips: 0, ..unrouted }.exit_code(), 7);
     }
 
     fn answers(v: &[(u32, Route)]) -> Vec<(u32, Route)> {

@@ -1,15 +1,98 @@
 //! Backends' next hops, kept resolved with managed neighbour entries in the
-//! LB's network namespace (the netlink side is in `neigh.rs`).
+//! LB's network namespace (the netlink side is in `neigh.rs`), found by the
+//! data plane's own route lookup (`route_probe.rs`).
 
 use std::collections::BTreeSet;
-use std::net::IpAddr;
-use std::os::fd::AsFd;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd};
 
 use super::maps::LbMaps;
-use super::neigh;
+use super::neigh::{self, HopKey};
+use super::route_probe::{self, Question, Route};
+use super::settings::ipip_tunnels;
 use super::state::LbState;
 use super::LoadBalancer;
+use crate::core::sys;
 use crate::error::LbError;
+
+/// Finds the backends' next hops as the data plane does: its own route
+/// lookup, asked as for a packet received on each interface the LB receives
+/// on, in the LB's namespace, so `ip rule iif` policy routing and VRFs
+/// count as they do for VIP traffic. While it receives nowhere (not
+/// attached yet), or when the probe cannot be loaded, the main table's
+/// output lookup over rtnetlink stands in (what this did before the probe:
+/// an `iif` rule's next hop was then never made managed, and a cold flow's
+/// first packets waited for the stack to resolve it).
+pub(super) struct HopLookup<'a> {
+    /// The rtnetlink socket in the LB's namespace.
+    pub rtnl: neigh::Rtnl,
+    ns: BorrowedFd<'a>,
+    /// The interfaces it receives on, those it is attached to first.
+    ingress: Vec<u32>,
+}
+
+impl HopLookup<'_> {
+    /// Each question's next hops: every one the data plane uses from some
+    /// receiving interface, none when no interface has a route. Where the
+    /// lookup cannot say from any interface (forwarding off there, which
+    /// the health check reports, or an LWT route), the main table's.
+    pub(super) fn hops(&mut self, questions: &[Question]) -> io::Result<Vec<Vec<HopKey>>> {
+        let mut probed = None;
+        if !self.ingress.is_empty() {
+            let ingress = &self.ingress;
+            probed = neigh::run_in(self.ns, || {
+                // A deleted interface: its lookups would fail.
+                let present: Vec<u32> = ingress.iter().copied().filter(|i| sys::ifname_of(*i).is_some()).collect();
+                if present.is_empty() {
+                    return None;
+                }
+                let asked = route_probe::with_probe(|probe| {
+                    questions.iter().map(|q| data_plane_hops(probe, &present, q)).collect::<io::Result<Vec<_>>>()
+                });
+                asked.ok()?.ok()
+            })
+            .ok()
+            .flatten();
+        }
+        let mut probed = probed.map(Vec::into_iter);
+        questions
+            .iter()
+            .map(|q| match probed.as_mut().and_then(Iterator::next).flatten() {
+                Some(hops) => Ok(hops),
+                None => Ok(self.rtnl.route(q.dst)?.into_iter().collect()),
+            })
+            .collect()
+    }
+}
+
+/// The next hops the data plane finds for `q` from the `ingress`
+/// interfaces; `None` when no interface's answer says.
+fn data_plane_hops(probe: &route_probe::Probe<'_>, ingress: &[u32], q: &Question) -> io::Result<Option<Vec<HopKey>>> {
+    let mut hops = Vec::new();
+    let mut said = false;
+    for &ifindex in ingress {
+        for src in q.sources() {
+            let (route, hop) = probe.next_hop(ifindex, src, q.dst, q.l4)?;
+            said |= route != Route::Unknown;
+            if let Some(hop) = hop.filter(|h| !hops.contains(h)) {
+                hops.push(hop);
+            }
+        }
+    }
+    Ok(said.then_some(hops))
+}
+
+/// What the route lookup is asked for each backend of `vip` (of every VIP
+/// when `None`), in order: draining ones too, whose tracked flows still go
+/// to them.
+pub(super) fn questions(st: &LbState, maps: &LbMaps, vip: Option<&super::Vip>) -> Vec<Question> {
+    let tunnel = &ipip_tunnels(maps);
+    st.vips
+        .iter()
+        .filter(|(v, _)| vip.is_none_or(|want| want == *v))
+        .flat_map(|(vip, vs)| vs.backends.keys().map(move |b| Question::new(vip, vs.config.mode, b.ip, tunnel)))
+        .collect()
+}
 
 impl LoadBalancer {
     /// The LB's network namespace when it is not the calling thread's:
@@ -34,6 +117,22 @@ impl LoadBalancer {
         })
     }
 
+    /// An rtnetlink socket in the LB's network namespace, and what its
+    /// backends' next hops are found with.
+    pub(super) fn hop_lookup(&self) -> Result<HopLookup<'_>, LbError> {
+        let rtnl = self.rtnl()?;
+        let ino = self.maps().netns().ino;
+        let ns = self.netns.as_ref().ok_or(LbError::ForeignNamespace { ino })?.as_fd();
+        let mut ingress = Vec::new();
+        let own = self.attachments().into_iter().map(|a| a.ifindex);
+        for ifindex in own.chain(self.chained_from().into_iter().flat_map(|c| c.ifindexes)) {
+            if !ingress.contains(&ifindex) {
+                ingress.push(ifindex);
+            }
+        }
+        Ok(HopLookup { rtnl, ns, ingress })
+    }
+
     /// Makes sure every configured backend's next hop has a managed
     /// neighbour entry (created if missing, e.g. after `ip neigh flush`, or
     /// after a route change moved it to another gateway) and removes the
@@ -54,8 +153,8 @@ impl LoadBalancer {
     /// without `CAP_NET_ADMIN` there); [`LbError::Pin`] when the pin
     /// directory cannot be locked.
     pub fn refresh_neighbours(&self) -> Result<usize, LbError> {
-        let mut rtnl = self.rtnl()?;
-        self.core.read(|st, maps| sync_hops(st, maps, &mut rtnl))?.map(|s| s.created)
+        let mut look = self.hop_lookup()?;
+        self.core.read(|st, maps| sync_hops(st, maps, &mut look))?.map(|s| s.created)
     }
 
     /// Removes every managed neighbour entry this LB created (when it is
@@ -74,14 +173,18 @@ impl LoadBalancer {
 
 /// Makes the recorded managed neighbour entries match the next hops of
 /// every configured backend.
-pub(super) fn sync_hops(st: &LbState, maps: &LbMaps, rtnl: &mut neigh::Rtnl) -> Result<neigh::Synced, LbError> {
-    let backends: BTreeSet<IpAddr> = st.vips.values().flat_map(|v| v.backends.keys().map(|b| b.ip)).collect();
+pub(super) fn sync_hops(st: &LbState, maps: &LbMaps, look: &mut HopLookup<'_>) -> Result<neigh::Synced, LbError> {
+    let mut questions = questions(st, maps, None);
+    // A backend of several VIPs of one mode and protocol is asked once.
+    questions.sort();
+    questions.dedup();
     let recorded = maps.recorded_hops();
-    if backends.is_empty() && recorded.is_empty() {
+    if questions.is_empty() && recorded.is_empty() {
         return Ok(neigh::Synced::default());
     }
-    neigh::reconcile(rtnl, &backends, &recorded, maps)
-        .map_err(neigh_err("keeping the backends' next hops resolved (managed neighbour entries)"))
+    let op = "keeping the backends' next hops resolved (managed neighbour entries)";
+    let wanted: BTreeSet<HopKey> = look.hops(&questions).map_err(neigh_err(op))?.into_iter().flatten().collect();
+    neigh::reconcile(&mut look.rtnl, &wanted, &recorded, maps).map_err(neigh_err(op))
 }
 
 impl neigh::HopRecord for LbMaps {

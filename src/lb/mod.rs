@@ -183,8 +183,12 @@ pub const DEFAULT_NEXT_HOP_CACHE: Duration = Duration::from_millis(100);
 /// the kernel has resolved. So the library keeps every configured backend's
 /// next hop (the backend on its link, or the gateway the kernel routes it
 /// through) resolved with a *managed* neighbour entry, created when the
-/// backend is added (or the LB reopened, or [`LoadBalancer::refresh_neighbours`]
-/// called) and removed when no backend uses that next hop any more. The
+/// backend is added (or the LB reopened, attached or detached, or
+/// [`LoadBalancer::refresh_neighbours`] called) and removed when no backend
+/// uses that next hop any more. The next hops are the data plane's own
+/// route lookup's, asked as for a packet received on each interface the LB
+/// receives on (so `ip rule iif` policy routing and VRFs count); while it
+/// receives nowhere, the main table's. The
 /// kernel resolves a managed entry at once and re-probes it by itself, so a
 /// VIP works from its first connection. Entries the library did not create
 /// (a permanent one an operator made) are never changed or removed. This
@@ -413,7 +417,11 @@ impl LoadBalancer {
     pub fn attach(&self, iface: impl Into<Interface>, mode: AttachMode) -> Result<Attachment, Error> {
         let iface = iface.into();
         self.add_redirect_interface(iface.clone())?;
-        self.core.running().attach(&iface, mode)
+        let attached = self.core.running().attach(&iface, mode)?;
+        // The next hops now follow the data plane's lookup from there
+        // (hops.rs); as on open, a failure is the data path's to live with.
+        let _ = self.refresh_neighbours();
+        Ok(attached)
     }
 
     /// Detaches from one interface (it stays a redirect target).
@@ -427,7 +435,9 @@ impl LoadBalancer {
     /// when not attached there; [`AttachError::Bpf`](crate::AttachError::Bpf),
     /// [`PinError`](crate::PinError) when the kernel or bpffs refuse.
     pub fn detach(&self, iface: impl Into<Interface>) -> Result<(), Error> {
-        self.core.running().detach(&iface.into())
+        self.core.running().detach(&iface.into())?;
+        let _ = self.refresh_neighbours();
+        Ok(())
     }
 
     /// The interfaces the LB is attached to.

@@ -467,25 +467,19 @@ pub(crate) trait HopRecord {
 }
 
 /// Makes the managed entries the LB recorded (`recorded`) match the next
-/// hops of `backends`: creates (and records) the missing ones, removes
+/// hops its backends need (`wanted`): creates (and records) the missing ones, removes
 /// (and forgets) those no backend needs any more, unless another LB's
 /// record holds them (the entries are tagged as xdpguard's, not as one
 /// LB's: two LBs in a namespace share them).
 pub(crate) fn reconcile(
     rtnl: &mut Rtnl,
-    backends: &BTreeSet<IpAddr>,
+    wanted: &BTreeSet<HopKey>,
     recorded: &BTreeSet<HopKey>,
     lb: &impl HopRecord,
 ) -> io::Result<Synced> {
-    let mut wanted = BTreeSet::new();
-    for ip in backends {
-        if let Some(hop) = rtnl.route(*ip)? {
-            wanted.insert(hop);
-        }
-    }
     let table = rtnl.neighbours()?;
     let mut done = Synced::default();
-    for hop in &wanted {
+    for hop in wanted {
         match table.get(hop) {
             None => match rtnl.add_managed(*hop, false) {
                 Ok(()) => done.created += 1,
@@ -504,7 +498,7 @@ pub(crate) fn reconcile(
             lb.record(*hop)?;
         }
     }
-    for hop in recorded.difference(&wanted) {
+    for hop in recorded.difference(wanted) {
         if table.get(hop).is_some_and(|e| e.ours) && !lb.shared(*hop) {
             rtnl.delete(*hop)?;
             done.removed += 1;
@@ -514,19 +508,17 @@ pub(crate) fn reconcile(
     Ok(done)
 }
 
-/// Where packets to each of `backends` go next, and whether the kernel has
-/// resolved that neighbour.
-pub(crate) fn next_hops(rtnl: &mut Rtnl, backends: &[IpAddr]) -> io::Result<Vec<NextHop>> {
+/// Each next hop (`None`: the backend has no route), with whether the
+/// kernel has resolved that neighbour.
+pub(crate) fn next_hops(rtnl: &mut Rtnl, hops: &[Option<HopKey>]) -> io::Result<Vec<NextHop>> {
     let table = rtnl.neighbours()?;
-    backends
+    Ok(hops
         .iter()
-        .map(|ip| {
-            Ok(match rtnl.route(*ip)? {
-                None => NextHop { via: None, ifindex: 0, state: NeighbourState::NoRoute },
-                Some(hop) => NextHop { via: Some(hop.addr), ifindex: hop.ifindex, state: state_of(table.get(&hop)) },
-            })
+        .map(|hop| match hop {
+            None => NextHop { via: None, ifindex: 0, state: NeighbourState::NoRoute },
+            Some(hop) => NextHop { via: Some(hop.addr), ifindex: hop.ifindex, state: state_of(table.get(hop)) },
         })
-        .collect()
+        .collect())
 }
 
 #[cfg(test)]

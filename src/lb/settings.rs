@@ -9,6 +9,7 @@ use std::net::Ipv6Addr;
 
 use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 
+use super::maps::LbMaps;
 use super::{EchoPolicy, ForwardingMode, FragmentPolicy, LoadBalancer, NewFlowLimit, OptionsPolicy};
 use crate::error::LbError;
 
@@ -54,26 +55,7 @@ impl LoadBalancer {
     /// plane uses them: an IPv6 prefix shorter than /64 draws host bits
     /// from the low 64 only, so it shows as its first /64.
     pub fn ipip_sources(&self) -> Vec<IpNetwork> {
-        let cfg = self.maps().config();
-        let mut out = Vec::new();
-        if cfg.ipip_v4_src != 0 || cfg.ipip_v4_mask != 0 {
-            let base = u32::from_be_bytes(cfg.ipip_v4_src.to_ne_bytes());
-            let mask = u32::from_be_bytes(cfg.ipip_v4_mask.to_ne_bytes());
-            let prefix = mask.leading_zeros() as u8;
-            out.extend(Ipv4Network::new(base.into(), prefix).ok().map(IpNetwork::V4));
-        }
-        if cfg.ipip_v6_src.iter().chain(&cfg.ipip_v6_mask).any(|w| *w != 0) {
-            let mut bytes = [0u8; 16];
-            for (i, w) in cfg.ipip_v6_src.iter().enumerate() {
-                bytes[4 * i..4 * i + 4].copy_from_slice(&w.to_ne_bytes());
-            }
-            let hi = u32::from_be_bytes(cfg.ipip_v6_mask[0].to_ne_bytes());
-            let lo = u32::from_be_bytes(cfg.ipip_v6_mask[1].to_ne_bytes());
-            let mask = (u64::from(hi) << 32) | u64::from(lo);
-            let prefix = 64 + mask.leading_zeros() as u8;
-            out.extend(Ipv6Network::new(Ipv6Addr::from(bytes), prefix).ok().map(IpNetwork::V6));
-        }
-        out
+        ipip_sources_in(self.maps())
     }
 
     /// Forgets the IPIP outer source prefix of one family (IPv6 when
@@ -253,6 +235,36 @@ pub(crate) fn check_ipip_source(prefix: IpNetwork) -> Result<(), LbError> {
         });
     }
     Ok(())
+}
+
+/// [`LoadBalancer::ipip_sources`] of the LB whose maps are `maps`.
+pub(super) fn ipip_sources_in(maps: &LbMaps) -> Vec<IpNetwork> {
+    let cfg = maps.config();
+    let mut out = Vec::new();
+    if cfg.ipip_v4_src != 0 || cfg.ipip_v4_mask != 0 {
+        let base = u32::from_be_bytes(cfg.ipip_v4_src.to_ne_bytes());
+        let mask = u32::from_be_bytes(cfg.ipip_v4_mask.to_ne_bytes());
+        let prefix = mask.leading_zeros() as u8;
+        out.extend(Ipv4Network::new(base.into(), prefix).ok().map(IpNetwork::V4));
+    }
+    if cfg.ipip_v6_src.iter().chain(&cfg.ipip_v6_mask).any(|w| *w != 0) {
+        let mut bytes = [0u8; 16];
+        for (i, w) in cfg.ipip_v6_src.iter().enumerate() {
+            bytes[4 * i..4 * i + 4].copy_from_slice(&w.to_ne_bytes());
+        }
+        let hi = u32::from_be_bytes(cfg.ipip_v6_mask[0].to_ne_bytes());
+        let lo = u32::from_be_bytes(cfg.ipip_v6_mask[1].to_ne_bytes());
+        let mask = (u64::from(hi) << 32) | u64::from(lo);
+        let prefix = 64 + mask.leading_zeros() as u8;
+        out.extend(Ipv6Network::new(Ipv6Addr::from(bytes), prefix).ok().map(IpNetwork::V6));
+    }
+    out
+}
+
+/// The IPIP tunnel prefix per family (IPv4, IPv6), if set.
+pub(super) fn ipip_tunnels(maps: &LbMaps) -> [Option<IpNetwork>; 2] {
+    let sources = ipip_sources_in(maps);
+    [false, true].map(|ipv6| sources.iter().find(|n| n.is_ipv6() == ipv6).copied())
 }
 
 #[cfg(test)]

@@ -2,14 +2,13 @@
 //! data plane keeps one slot per CPU (no atomics on the hot path); these
 //! are the sums.
 
-use std::net::IpAddr;
-
-use super::hops::neigh_err;
+use super::hops::{self, neigh_err};
 use super::layout::{xdpg_counter, xdpg_lb_backend_stats, xdpg_lb_vip_stats};
 use super::maps::map_err;
+use super::neigh::{self, HopKey};
 use super::state::Slot;
 use super::types::{Backend, BackendAddr, NextHop};
-use super::{neigh, LoadBalancer, Vip};
+use super::{LoadBalancer, Vip};
 use crate::core::layout::consts::*;
 use crate::error::LbError;
 use crate::Counter;
@@ -64,7 +63,10 @@ pub struct BackendStats {
     /// probe (the packet itself is lost; see [`ForwardingMode::L2Dsr`](crate::ForwardingMode::L2Dsr)).
     /// Also counted in [`LbStats::passed_no_neighbour`].
     pub no_neighbour: Counter,
-    /// Its next hop now, from the kernel's route and neighbour tables.
+    /// Its next hop now, as the data plane's route lookup finds it from the
+    /// first interface the LB receives on that routes it (those it is
+    /// attached to first; the main table's while it receives nowhere), and
+    /// the kernel's neighbour table's state of it.
     pub next_hop: NextHop,
 }
 
@@ -323,9 +325,11 @@ impl LoadBalancer {
     }
 
     /// A VIP's backends with their counters and the state of their next
-    /// hops (read from the kernel's route and neighbour tables in the LB's
-    /// network namespace; [`NeighbourState::Unknown`](super::NeighbourState::Unknown) when that namespace
-    /// cannot be reached from this thread, or entered by this process).
+    /// hops (the data plane's route lookup's, with the kernel's neighbour
+    /// table's state, in the LB's network namespace;
+    /// [`NeighbourState::Unknown`](super::NeighbourState::Unknown) when that
+    /// namespace cannot be reached from this thread, or entered by this
+    /// process).
     ///
     /// # Errors
     ///
@@ -333,13 +337,22 @@ impl LoadBalancer {
     /// when reading the counters or the kernel's tables fails;
     /// [`LbError::NetlinkSocket`] when no rtnetlink socket can be opened.
     pub fn backend_stats(&self, vip: &Vip) -> Result<Vec<BackendStats>, LbError> {
-        let slots: Vec<(BackendAddr, Slot)> =
-            self.read(|st| st.vip(vip).map(|s| s.backends.iter().map(|(a, s)| (*a, *s)).collect()))??;
-        let ips: Vec<IpAddr> = slots.iter().map(|(a, _)| a.ip).collect();
-        let hops = match self.rtnl() {
-            Ok(mut rtnl) => neigh::next_hops(&mut rtnl, &ips).map_err(neigh_err("reading the backends' next hops"))?,
+        let (slots, questions): (Vec<(BackendAddr, Slot)>, _) = self.core.read(|st, maps| {
+            let slots = st.vip(vip)?.backends.iter().map(|(a, s)| (*a, *s)).collect();
+            // In the order of the backends (one VIP's, each once).
+            Ok::<_, LbError>((slots, hops::questions(st, maps, Some(vip))))
+        })??;
+        let hops = match self.hop_lookup() {
+            Ok(mut look) => {
+                const OP: &str = "reading the backends' next hops";
+                // The first receiving interface's (those the LB is attached
+                // to come first).
+                let found: Vec<Option<HopKey>> =
+                    look.hops(&questions).map_err(neigh_err(OP))?.into_iter().map(|h| h.first().copied()).collect();
+                neigh::next_hops(&mut look.rtnl, &found).map_err(neigh_err(OP))?
+            }
             Err(LbError::ForeignNamespace { .. } | LbError::NamespaceNotEntered { .. }) => {
-                vec![NextHop::UNKNOWN; ips.len()]
+                vec![NextHop::UNKNOWN; slots.len()]
             }
             Err(e) => return Err(e),
         };

@@ -604,7 +604,8 @@ named_values! { NeighbourState, "neighbour state", {
     Unknown => "unknown",
 } }
 
-/// Where the LB sends a backend's packets next, as the kernel routes them.
+/// Where the LB sends a backend's packets next, as the data plane's route
+/// lookup (`bpf_fib_lookup`) finds it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct NextHop {
     /// The neighbour: the backend itself when on-link, else the gateway

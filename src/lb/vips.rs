@@ -113,7 +113,7 @@ impl LoadBalancer {
     pub fn remove_vip(&self, vip: &Vip) -> Result<(), LbError> {
         // Its backends' next hops are released: check first that they can be.
         let has_backends = self.read(|st| st.vip(vip).map(|s| !s.backends.is_empty()))??;
-        let mut rtnl = if has_backends { Some(self.rtnl()?) } else { None };
+        let mut look = if has_backends { Some(self.hop_lookup()?) } else { None };
         self.edit(|st, maps| {
             let vs = st.vip(vip)?.clone();
             maps.remove_vip(&state::vip_key(vip)).map_err(map_err(format!("removing VIP {vip}")))?;
@@ -125,8 +125,8 @@ impl LoadBalancer {
             maps.set_vip_addr_users(vip.addr, n.saturating_sub(1))?;
             st.vips.remove(vip);
             Self::recount(st, maps);
-            if let Some(rtnl) = rtnl.as_mut() {
-                sync_hops(st, maps, rtnl)?;
+            if let Some(look) = look.as_mut() {
+                sync_hops(st, maps, look)?;
             }
             Ok(())
         })
