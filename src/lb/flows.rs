@@ -8,6 +8,7 @@ use std::sync::atomic::Ordering;
 use super::hash::{self, addr_words, family_code, flow_hash, port_word, FlowKey};
 use super::layout::{xdpg_lb_flow, xdpg_lb_flow4};
 use super::maps::map_err;
+use super::settings::{ipip_v4_base_mask, ipip_v6_base_mask};
 use super::state::LbState;
 use super::{BackendAddr, Flow, ForwardingMode, FragmentPolicy, HashInput, LoadBalancer, Vip};
 use crate::core::layout::consts::XDPG_LB_BACKEND_ACTIVE;
@@ -158,19 +159,12 @@ impl LoadBalancer {
         let cfg = self.maps().config();
         Ok(match backend {
             IpAddr::V4(_) => {
-                let base = std::net::Ipv4Addr::from(cfg.ipip_v4_src.to_ne_bytes());
-                let mask = u32::from_be_bytes(cfg.ipip_v4_mask.to_ne_bytes());
+                let (base, mask) = ipip_v4_base_mask(&cfg);
                 Some(IpAddr::V4(hash::ipip_source_v4(base, mask, h)))
             }
             IpAddr::V6(_) => {
-                let mut b = [0u8; 16];
-                for (i, w) in cfg.ipip_v6_src.iter().enumerate() {
-                    b[4 * i..4 * i + 4].copy_from_slice(&w.to_ne_bytes());
-                }
-                let hi = u32::from_be_bytes(cfg.ipip_v6_mask[0].to_ne_bytes());
-                let lo = u32::from_be_bytes(cfg.ipip_v6_mask[1].to_ne_bytes());
-                let mask = (u64::from(hi) << 32) | u64::from(lo);
-                Some(IpAddr::V6(hash::ipip_source_v6(std::net::Ipv6Addr::from(b), mask, h)))
+                let (base, mask) = ipip_v6_base_mask(&cfg);
+                Some(IpAddr::V6(hash::ipip_source_v6(base, mask, h)))
             }
         })
     }

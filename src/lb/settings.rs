@@ -5,10 +5,11 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use std::net::Ipv6Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 
+use super::layout::xdpg_lb_config;
 use super::maps::LbMaps;
 use super::{EchoPolicy, ForwardingMode, FragmentPolicy, LoadBalancer, NewFlowLimit, OptionsPolicy};
 use crate::error::LbError;
@@ -237,26 +238,35 @@ pub(crate) fn check_ipip_source(prefix: IpNetwork) -> Result<(), LbError> {
     Ok(())
 }
 
+/// The IPv4 IPIP outer source's base and host-bits mask in `cfg`, as the
+/// data plane reads them.
+pub(super) fn ipip_v4_base_mask(cfg: &xdpg_lb_config) -> (Ipv4Addr, u32) {
+    (Ipv4Addr::from(cfg.ipip_v4_src.to_ne_bytes()), u32::from_be_bytes(cfg.ipip_v4_mask.to_ne_bytes()))
+}
+
+/// The IPv6 IPIP outer source's base and the mask of the host bits it
+/// draws from the low 64 in `cfg`.
+pub(super) fn ipip_v6_base_mask(cfg: &xdpg_lb_config) -> (Ipv6Addr, u64) {
+    let mut bytes = [0u8; 16];
+    for (i, w) in cfg.ipip_v6_src.iter().enumerate() {
+        bytes[4 * i..4 * i + 4].copy_from_slice(&w.to_ne_bytes());
+    }
+    let hi = u32::from_be_bytes(cfg.ipip_v6_mask[0].to_ne_bytes());
+    let lo = u32::from_be_bytes(cfg.ipip_v6_mask[1].to_ne_bytes());
+    (Ipv6Addr::from(bytes), (u64::from(hi) << 32) | u64::from(lo))
+}
+
 /// [`LoadBalancer::ipip_sources`] of the LB whose maps are `maps`.
 pub(super) fn ipip_sources_in(maps: &LbMaps) -> Vec<IpNetwork> {
     let cfg = maps.config();
     let mut out = Vec::new();
     if cfg.ipip_v4_src != 0 || cfg.ipip_v4_mask != 0 {
-        let base = u32::from_be_bytes(cfg.ipip_v4_src.to_ne_bytes());
-        let mask = u32::from_be_bytes(cfg.ipip_v4_mask.to_ne_bytes());
-        let prefix = mask.leading_zeros() as u8;
-        out.extend(Ipv4Network::new(base.into(), prefix).ok().map(IpNetwork::V4));
+        let (base, mask) = ipip_v4_base_mask(&cfg);
+        out.extend(Ipv4Network::new(base, mask.leading_zeros() as u8).ok().map(IpNetwork::V4));
     }
     if cfg.ipip_v6_src.iter().chain(&cfg.ipip_v6_mask).any(|w| *w != 0) {
-        let mut bytes = [0u8; 16];
-        for (i, w) in cfg.ipip_v6_src.iter().enumerate() {
-            bytes[4 * i..4 * i + 4].copy_from_slice(&w.to_ne_bytes());
-        }
-        let hi = u32::from_be_bytes(cfg.ipip_v6_mask[0].to_ne_bytes());
-        let lo = u32::from_be_bytes(cfg.ipip_v6_mask[1].to_ne_bytes());
-        let mask = (u64::from(hi) << 32) | u64::from(lo);
-        let prefix = 64 + mask.leading_zeros() as u8;
-        out.extend(Ipv6Network::new(Ipv6Addr::from(bytes), prefix).ok().map(IpNetwork::V6));
+        let (base, mask) = ipip_v6_base_mask(&cfg);
+        out.extend(Ipv6Network::new(base, 64 + mask.leading_zeros() as u8).ok().map(IpNetwork::V6));
     }
     out
 }
