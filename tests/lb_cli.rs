@@ -275,7 +275,8 @@ fn attach_on_a_pinned_lb_attaches_it_again_with_its_state() {
 
 /// `attach --behind-filter`: an LB pinned and attached nowhere, which a
 /// filter then passes its packets on to (`xdpguard next`): it balances
-/// real connections on the filter's interface.
+/// real connections on the filter's interface, and its managed next hops
+/// follow the chain as it changes.
 #[test]
 fn an_lb_attached_nowhere_serves_behind_a_filter() {
     let pin = ScratchDir::bpffs("lbbeh");
@@ -311,6 +312,25 @@ fn an_lb_attached_nowhere_serves_behind_a_filter() {
     filter.ok(&["next", pin.arg(), "--pin", fpin.arg()]);
     assert_eq!(cli.run(&["status", "--exit-code", p[0], p[1]]).status.code(), Some(0), "serving behind the filter");
     assert_eq!(spread(&net, 20).len(), 2, "both backends answer through the filter");
+    // The filter's interface is the LB's: its managed next hops follow the
+    // data plane's lookup from there as soon as the chain changes, with no
+    // `xdpguard-lb` command run (a gateway an `ip rule iif eth0` names).
+    let gw = "198.51.100.99";
+    let b1 = backend_v4(1).to_string();
+    net.lb.ip(&["rule", "add", "iif", "eth0", "lookup", "100"]);
+    net.lb.ip(&["route", "add", &format!("{b1}/32"), "via", gw, "dev", "eth1", "table", "100"]);
+    let managed = |addr: &str| {
+        let shown = String::from_utf8_lossy(&net.lb.ip(&["neigh", "show", "proto", "88"]).stdout).into_owned();
+        shown.lines().any(|l| l.starts_with(&format!("{addr} dev eth1 ")))
+    };
+    filter.ok(&["next", "none", "--pin", fpin.arg()]);
+    assert!(!managed(gw), "receiving nowhere: the main table's next hops");
+    filter.ok(&["next", pin.arg(), "--pin", fpin.arg()]);
+    assert!(managed(gw), "chained again: the gateway the data plane uses from eth0");
+    filter.ok(&["next", "none", "--pin", fpin.arg()]);
+    assert!(!managed(gw) && managed(&b1), "unchained: the main table's again");
+    net.lb.ip(&["rule", "del", "iif", "eth0", "lookup", "100"]);
+    filter.ok(&["next", pin.arg(), "--pin", fpin.arg()]);
     // On a directory whose LB is attached somewhere: refused, naming it.
     cli.ok(&["attach", "--iface", "eth1", "--netns", &net.lb.name, p[0], p[1]]);
     refused(&cli.run(&["attach", "--behind-filter", p[0], p[1]]), &["attached to eth1", "detach --iface IF"]);
@@ -800,7 +820,7 @@ fn status_exit_code_says_an_interface_was_lost() {
     assert!(text.contains("lost:") && text.contains("eth1"), "{text}");
     assert!(
         text.contains(
-            "health:      not serving: attached to 1 interface(s), lost 1, 0 of 1 VIP(s) with a routed active backend"
+            "health:      not serving: attached to 1 interface(s), lost 1, 0 of 1 VIP(s) with a reachable active backend"
         ),
         "{text}"
     );
@@ -974,9 +994,9 @@ fn status_exit_code_says_a_redirect_interface_was_lost() {
 /// by `ip rule iif eth0` for what eth0 receives, gets the gateway's entry
 /// (the main table's output lookup, used before, made the backend's own,
 /// and a cold flow's first packets waited for the stack to resolve the
-/// gateway), in both families; `backend list` names the gateway. With the
-/// rule gone, any command puts the backend's own entry back; with
-/// forwarding off, the main table's stays.
+/// gateway), in both families; `backend list` names the gateway. With
+/// forwarding off the lookup cannot say: the gateway's entry stays. With
+/// the rule gone, any command puts the backend's own entry back.
 #[test]
 fn managed_neighbours_follow_the_data_planes_route() {
     const GW_V4: &str = "198.51.100.99";
@@ -1017,6 +1037,16 @@ fn managed_neighbours_follow_the_data_planes_route() {
     // lookup would have kept its entry.
     let main = String::from_utf8_lossy(&vn.lb.ip(&["route", "get", &b4]).stdout).into_owned();
     assert!(!main.contains(GW_V4), "{main}");
+    // Forwarding off where it receives: the lookup cannot say (the health
+    // check reports it); the main table's next hop stands in, and the
+    // gateway's entry stays, ready for when forwarding is on again.
+    vn.lb.sysctl("net.ipv4.conf.eth0.forwarding", "0");
+    assert_eq!(via("203.0.113.10:80"), b4, "the main table's, while the lookup cannot say");
+    let shown = ours();
+    assert!(has(&shown, GW_V4) && has(&shown, GW_V6), "kept while forwarding is off: {shown}");
+    vn.lb.sysctl("net.ipv4.conf.eth0.forwarding", "1");
+    assert_eq!(via("203.0.113.10:80"), GW_V4);
+    assert!(has(&ours(), GW_V4), "{}", ours());
 
     for family in ["-4", "-6"] {
         vn.lb.ip(&[family, "rule", "del", "iif", "eth0", "lookup", "100"]);
@@ -1024,12 +1054,6 @@ fn managed_neighbours_follow_the_data_planes_route() {
     assert_eq!(via("203.0.113.10:80"), b4);
     let shown = ours();
     assert!(has(&shown, &b4) && has(&shown, &b6) && shown.lines().count() == 2, "back to their own: {shown}");
-    // Forwarding off where it receives: the lookup cannot say (the health
-    // check reports it), and the main table's next hop stays managed, ready
-    // for when it is turned on.
-    vn.lb.sysctl("net.ipv4.conf.eth0.forwarding", "0");
-    assert_eq!(via("203.0.113.10:80"), b4);
-    assert!(has(&ours(), &b4), "{}", ours());
 }
 
 /// `status` warns while an active backend has no route in the LB's
@@ -1079,7 +1103,9 @@ fn status_warns_of_a_backend_with_no_route() {
     assert_eq!(out.status.code(), Some(0), "one backend with no route beside a routed one: a warning");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
-        text.contains("health:      serving: attached to 1 interface(s), 1 of 1 VIP(s) with a routed active backend"),
+        text.contains(
+            "health:      serving: attached to 1 interface(s), 1 of 1 VIP(s) with a reachable active backend"
+        ),
         "{text}"
     );
     assert!(
@@ -1109,7 +1135,7 @@ fn status_warns_of_a_backend_with_no_route() {
     let routed = backend_v4(1).to_string();
     cli.ok(&["backend", "weight", "203.0.113.10:80", &routed, "0", p[0], p[1]]);
     assert_eq!(vip_packet(&vn, pin.path()), (XdpAction::Pass, 1, 0), "no route: to the stack");
-    assert_eq!(status(), (Some(4), true), "no VIP with a routed active backend");
+    assert_eq!(status(), (Some(4), true), "no VIP with a reachable active backend");
     // Routed only for packets received on eth0 (`ip rule iif`): the data
     // plane's input lookup finds the route (no packet to the stack for
     // want of one), and so does the check, which asks the same lookup.
@@ -1263,7 +1289,7 @@ fn status_notes_a_backend_unredirected_from_some_filter_interfaces() {
     cli.ok(&["set", "--no-redirect", "eth1", p[0], p[1]]);
     let (code, text) = status();
     assert_eq!(code, Some(0), "{text}");
-    assert!(text.contains("1 of 2 VIP(s) with a routed active backend"), "{text}");
+    assert!(text.contains("1 of 2 VIP(s) with a reachable active backend"), "{text}");
     assert!(text.contains(&format!("; backend {backend} of tcp 203.0.113.10:80 routed out of eth1 (#")), "{text}");
     filter.ok(&["detach", "--pin", fpin.arg()]);
     cli.ok(&["detach", p[0], p[1]]);

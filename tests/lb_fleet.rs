@@ -861,7 +861,9 @@ fn status_exit_code_names_what_is_missing() {
     assert_eq!(out.status.code(), Some(0), "serving");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
-        text.contains("health:      serving: attached to 1 interface(s), 1 of 1 VIP(s) with a routed active backend"),
+        text.contains(
+            "health:      serving: attached to 1 interface(s), 1 of 1 VIP(s) with a reachable active backend"
+        ),
         "{text}"
     );
     let json = XDPGUARD_LB.json(&["status", "--json", "--pin", pin.arg()]);
@@ -897,7 +899,7 @@ fn status_exit_code_names_what_is_missing() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         text.contains(
-            "not serving: attached to 1 interface(s), 1 of 1 VIP(s) with a routed active backend, state digest differs"
+            "not serving: attached to 1 interface(s), 1 of 1 VIP(s) with a reachable active backend, state digest differs"
         ),
         "{text}"
     );

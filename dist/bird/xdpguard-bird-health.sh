@@ -4,7 +4,7 @@
 #     xdpguard-lb status --exit-code --pin PIN
 # and announces the node's VIPs (`birdc enable vip4 vip6`) while that exits
 # 0, withdraws them (`birdc disable ...`) while it does not: detached (1),
-# attached nowhere (3), no VIP with a routed active backend (4), an interface
+# attached nowhere (3), no VIP with a reachable active backend (4), an interface
 # it was attached to lost (6), no VIP left whose backends' family is forwarded
 # (7: IP forwarding off), or no VIP left that XDP can forward to (8: backends
 # routed out of an interface it may not redirect to). It acts on a change,

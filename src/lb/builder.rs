@@ -253,7 +253,7 @@ impl LoadBalancerBuilder {
             };
             let plan = LoadPlan { sizes: &cap.map_sizes(), offload_ifindex: None };
             let core = Pinned::load(LbSkelBuilder::default(), &plan, |maps: &LbMaps| maps.cfg.set(0, cfg))?;
-            let lb = LoadBalancer { core, netns: Some(netns) };
+            let lb = LoadBalancer { core, netns: Some(netns), probe: Default::default() };
             for prefix in &self.ipip_sources {
                 lb.set_ipip_source(*prefix)?;
             }

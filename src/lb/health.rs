@@ -336,7 +336,7 @@ impl fmt::Display for Health {
         if self.chained > 0 {
             write!(f, ", behind a filter on {}", self.chained)?;
         }
-        write!(f, ", {} of {} VIP(s) with a routed active backend", self.serving_vips, self.vips)?;
+        write!(f, ", {} of {} VIP(s) with a reachable active backend", self.serving_vips, self.vips)?;
         match self.digest_matches {
             None => {}
             Some(true) => write!(f, ", state digest as expected")?,
@@ -357,7 +357,7 @@ impl fmt::Display for Health {
                      backends go to the stack (passed_no_route) and those backends' share of new flows is lost: \
                      set {} (`sysctl -w`, in the LB's namespace; net.ipv4.ip_forward=1 and \
                      net.ipv6.conf.all.forwarding=1 set every interface)",
-                    if self.serving_vips > 0 { "warning: " } else { "" },
+                    if self.is_serving() { "warning: " } else { "" },
                     set.join(", ")
                 )?;
             } else {
@@ -487,9 +487,11 @@ fn classify(answers: &[(u32, Route)], attached: &BTreeSet<u32>, devmap: &BTreeSe
 /// Reads the three: `ingress` the interfaces it receives on (`attached`
 /// those the LB is attached to itself), `families` (IPv4, IPv6) those of
 /// its active backends, `backends` its active backends, `devmap` its
-/// redirect interfaces. Runs in the LB's namespace.
+/// redirect interfaces, asking the data plane's lookup through `probe`.
+/// Runs in the LB's namespace.
 fn read_in_ns(
     ns: BorrowedFd<'_>,
+    probe: &route_probe::ProbeCache,
     ingress: &BTreeSet<u32>,
     attached: &BTreeSet<u32>,
     families: (bool, bool),
@@ -517,7 +519,7 @@ fn read_in_ns(
     }
     // The data plane's own lookup, from each interface it receives on
     // (route_probe.rs).
-    let checked = route_probe::with_probe(|probe| {
+    let checked = route_probe::with_probe(probe, |probe| {
         // Source-selecting policy rules, per family (unknown: assumed).
         let mut rtnl = neigh::Rtnl::open_in(ns).ok();
         let mut source_rules = |ipv6: bool| rtnl.as_mut().is_none_or(|r| r.source_rules(ipv6).unwrap_or(true));
@@ -620,8 +622,9 @@ impl LoadBalancer {
             own.iter().copied().chain(chains.iter().flat_map(|c| c.ifindexes.iter().copied())).collect();
         let families = (active.iter().any(|a| a.backend.ip.is_ipv4()), active.iter().any(|a| a.backend.ip.is_ipv6()));
         let devmap: BTreeSet<u32> = self.redirect_interfaces().into_iter().collect();
-        let report =
-            self.in_netns(|ns| read_in_ns(ns, &ingress, &own, families, &active, &devmap)).unwrap_or_else(|| {
+        let report = self
+            .in_netns(|ns| read_in_ns(ns, &self.probe, &ingress, &own, families, &active, &devmap))
+            .unwrap_or_else(|| {
                 let routes_unchecked = (!active.is_empty()).then(|| {
                     "IP forwarding and the backends' routes were not checked: the LB's network namespace could not be \
                  entered (neither this process's nor named under /run/netns, or entering it needs CAP_SYS_ADMIN)"
@@ -711,14 +714,14 @@ mod tests {
         assert!(!h(2, 0, 0).is_serving());
         assert_eq!(
             h(1, 3, 2).to_string(),
-            "serving: attached to 1 interface(s), 2 of 3 VIP(s) with a routed active backend"
+            "serving: attached to 1 interface(s), 2 of 3 VIP(s) with a reachable active backend"
         );
         // Chained behind a filter that runs somewhere, not attached itself.
         let behind = Health { chained: 2, ..h(0, 2, 1) };
         assert_eq!(behind.exit_code(), 0);
         assert_eq!(
             behind.to_string(),
-            "serving: attached to 0 interface(s), behind a filter on 2, 1 of 2 VIP(s) with a routed active backend"
+            "serving: attached to 0 interface(s), behind a filter on 2, 1 of 2 VIP(s) with a reachable active backend"
         );
         // The digest counts only once everything else is there.
         let d = |matches, serving_vips| Health { digest_matches: Some(matches), ..h(1, 2, serving_vips) };
@@ -738,16 +741,16 @@ mod tests {
         assert_eq!(Health { lost: 1, chained: 1, ..h(0, 2, 1) }.exit_code(), 6);
         assert_eq!(
             lost.to_string(),
-            "not serving: attached to 1 interface(s), lost 1, 1 of 2 VIP(s) with a routed active backend"
+            "not serving: attached to 1 interface(s), lost 1, 1 of 2 VIP(s) with a reachable active backend"
         );
         assert_eq!(
             d(false, 1).to_string(),
-            "not serving: attached to 1 interface(s), 1 of 2 VIP(s) with a routed active backend, \
+            "not serving: attached to 1 interface(s), 1 of 2 VIP(s) with a reachable active backend, \
              state digest differs from the expected one"
         );
         assert!(d(true, 2)
             .to_string()
-            .ends_with("2 of 2 VIP(s) with a routed active backend, state digest as expected"));
+            .ends_with("2 of 2 VIP(s) with a reachable active backend, state digest as expected"));
     }
 
     #[test]

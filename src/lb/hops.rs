@@ -27,26 +27,43 @@ pub(super) struct HopLookup<'a> {
     /// The rtnetlink socket in the LB's namespace.
     pub rtnl: neigh::Rtnl,
     ns: BorrowedFd<'a>,
+    probe: &'a route_probe::ProbeCache,
     /// The interfaces it receives on, those it is attached to first.
     ingress: Vec<u32>,
 }
 
+/// The next hops of [`HopLookup::hops`]' questions.
+pub(super) struct Hops {
+    /// Each question's.
+    pub each: Vec<Vec<HopKey>>,
+    /// Whether every question was answered for what the LB receives: by
+    /// the data plane's lookup, or by the main table while it receives
+    /// nowhere. Not when a receiving interface's lookup could not say
+    /// (forwarding off) or the probe could not be loaded: the main table's
+    /// answer then stands in, and the next hops the data plane used before
+    /// are kept (their entries removed, cold flows would wait for the stack
+    /// once forwarding is on again).
+    pub definite: bool,
+}
+
 impl HopLookup<'_> {
     /// Each question's next hops: every one the data plane uses from some
-    /// receiving interface, none when no interface has a route. Where the
-    /// lookup cannot say from any interface (forwarding off there, which
-    /// the health check reports, or an LWT route), the main table's.
-    pub(super) fn hops(&mut self, questions: &[Question]) -> io::Result<Vec<Vec<HopKey>>> {
+    /// receiving interface (for the unspecified source, or an IPIP tunnel
+    /// prefix's ends: of a multipath route, the path those hash to), none
+    /// when no interface has a route. Where the lookup cannot say from any
+    /// interface (forwarding off there, which the health check reports, or
+    /// an LWT route), the main table's.
+    pub(super) fn hops(&mut self, questions: &[Question]) -> io::Result<Hops> {
         let mut probed = None;
         if !self.ingress.is_empty() {
-            let ingress = &self.ingress;
+            let (ingress, probe) = (&self.ingress, self.probe);
             probed = neigh::run_in(self.ns, || {
                 // A deleted interface: its lookups would fail.
                 let present: Vec<u32> = ingress.iter().copied().filter(|i| sys::ifname_of(*i).is_some()).collect();
                 if present.is_empty() {
                     return None;
                 }
-                let asked = route_probe::with_probe(|probe| {
+                let asked = route_probe::with_probe(probe, |probe| {
                     questions.iter().map(|q| data_plane_hops(probe, &present, q)).collect::<io::Result<Vec<_>>>()
                 });
                 asked.ok()?.ok()
@@ -54,14 +71,19 @@ impl HopLookup<'_> {
             .ok()
             .flatten();
         }
+        let mut definite = true;
         let mut probed = probed.map(Vec::into_iter);
-        questions
+        let each = questions
             .iter()
             .map(|q| match probed.as_mut().and_then(Iterator::next).flatten() {
                 Some(hops) => Ok(hops),
-                None => Ok(self.rtnl.route(q.dst)?.into_iter().collect()),
+                None => {
+                    definite &= self.ingress.is_empty();
+                    Ok(self.rtnl.route(q.dst)?.into_iter().collect())
+                }
             })
-            .collect()
+            .collect::<io::Result<_>>()?;
+        Ok(Hops { each, definite })
     }
 }
 
@@ -130,7 +152,7 @@ impl LoadBalancer {
                 ingress.push(ifindex);
             }
         }
-        Ok(HopLookup { rtnl, ns, ingress })
+        Ok(HopLookup { rtnl, ns, probe: &self.probe, ingress })
     }
 
     /// Makes sure every configured backend's next hop has a managed
@@ -183,7 +205,11 @@ pub(super) fn sync_hops(st: &LbState, maps: &LbMaps, look: &mut HopLookup<'_>) -
         return Ok(neigh::Synced::default());
     }
     let op = "keeping the backends' next hops resolved (managed neighbour entries)";
-    let wanted: BTreeSet<HopKey> = look.hops(&questions).map_err(neigh_err(op))?.into_iter().flatten().collect();
+    let hops = look.hops(&questions).map_err(neigh_err(op))?;
+    let mut wanted: BTreeSet<HopKey> = hops.each.into_iter().flatten().collect();
+    if !hops.definite {
+        wanted.extend(&recorded);
+    }
     neigh::reconcile(&mut look.rtnl, &wanted, &recorded, maps).map_err(neigh_err(op))
 }
 

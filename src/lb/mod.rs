@@ -244,6 +244,8 @@ pub struct LoadBalancer {
     /// The network namespace the LB was loaded in (None: reopened from a
     /// thread that can neither see nor find it).
     netns: Option<OwnedFd>,
+    /// The data plane's route lookup, asked from user space.
+    probe: route_probe::ProbeCache,
 }
 
 /// The load balancer, as the core drives it.
@@ -341,7 +343,7 @@ impl LoadBalancer {
     pub fn open_pinned(dir: impl AsRef<Path>) -> Result<LoadBalancer, Error> {
         let core: Pinned<LbKind> = Pinned::open_pinned(dir.as_ref())?;
         let netns = neigh::find(core.maps.netns());
-        let lb = LoadBalancer { core, netns };
+        let lb = LoadBalancer { core, netns, probe: Default::default() };
         let _ = lb.refresh_neighbours();
         Ok(lb)
     }
@@ -376,8 +378,7 @@ impl LoadBalancer {
         let (core, report): (Pinned<LbKind>, _) =
             Pinned::upgrade(dir.as_ref(), layout::lb_skel::LbSkelBuilder::default())?;
         let netns = neigh::find(core.maps.netns());
-        let lb = LoadBalancer { core, netns };
-        let _ = lb.refresh_neighbours();
+        let lb = LoadBalancer { core, netns, probe: Default::default() };
         // The upgrade is done: a filter whose slot refuses the new program
         // is reported, not an error that would lose the handle.
         let mut report = report;
@@ -386,6 +387,9 @@ impl LoadBalancer {
         report.rechained =
             chains.iter().map(|c| c.program_id).filter(|id| !failed.iter().any(|(f, _)| f == id)).collect();
         report.not_rechained = failed.into_iter().map(|(id, e)| (id, e.to_string())).collect();
+        // After the rechaining: the filters chaining into the new program
+        // are interfaces it receives on (hops.rs).
+        let _ = lb.refresh_neighbours();
         Ok((lb, report))
     }
 

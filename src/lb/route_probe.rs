@@ -22,7 +22,8 @@
 
 use std::mem::{offset_of, size_of, MaybeUninit};
 use std::net::IpAddr;
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::OnceLock;
 
 use ipnetwork::IpNetwork;
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
@@ -74,18 +75,37 @@ pub(crate) struct Probe<'a> {
     prog: BorrowedFd<'a>,
 }
 
-/// Loads the probe and runs `f` with it.
+/// A load balancer handle's loaded probe: loaded on first use and kept
+/// while the handle lives (a load costs about a millisecond and an audit
+/// record where auditing is on, and a stats scrape asks once per VIP).
+/// A failed load is not kept: the next use tries again.
+pub(crate) type ProbeCache = OnceLock<OwnedFd>;
+
+/// Runs `f` with the probe of `cache`, loading it first if need be.
 ///
 /// # Errors
 ///
 /// Why the probe cannot be loaded (no `CAP_BPF`, an LSM policy, ...): the
 /// caller then checks no route, and says so.
-pub(crate) fn with_probe<R>(f: impl FnOnce(&Probe<'_>) -> R) -> Result<R, String> {
+pub(crate) fn with_probe<R>(cache: &ProbeCache, f: impl FnOnce(&Probe<'_>) -> R) -> Result<R, String> {
+    let prog = match cache.get() {
+        Some(fd) => fd,
+        None => {
+            let loaded = load()?;
+            // Loaded meanwhile by another thread: either copy serves.
+            cache.get_or_init(|| loaded)
+        }
+    };
+    Ok(f(&Probe { prog: prog.as_fd() }))
+}
+
+/// Loads the probe: its program's own descriptor, which keeps it loaded
+/// once the skeleton is gone.
+fn load() -> Result<OwnedFd, String> {
     let mut storage = MaybeUninit::uninit();
     let open = FibProbeSkelBuilder::default().open(&mut storage).map_err(|e| format!("opening it: {e}"))?;
     let skel = open.load().map_err(|e| format!("loading it: {e}"))?;
-    let probe = Probe { prog: skel.progs.xdpg_fib_probe.as_fd() };
-    Ok(f(&probe))
+    skel.progs.xdpg_fib_probe.as_fd().try_clone_to_owned().map_err(|e| format!("keeping it: {e}"))
 }
 
 /// What the data plane's lookup is asked for one backend of a VIP: the

@@ -347,8 +347,13 @@ impl LoadBalancer {
                 const OP: &str = "reading the backends' next hops";
                 // The first receiving interface's (those the LB is attached
                 // to come first).
-                let found: Vec<Option<HopKey>> =
-                    look.hops(&questions).map_err(neigh_err(OP))?.into_iter().map(|h| h.first().copied()).collect();
+                let found: Vec<Option<HopKey>> = look
+                    .hops(&questions)
+                    .map_err(neigh_err(OP))?
+                    .each
+                    .into_iter()
+                    .map(|h| h.first().copied())
+                    .collect();
                 neigh::next_hops(&mut look.rtnl, &found).map_err(neigh_err(OP))?
             }
             Err(LbError::ForeignNamespace { .. } | LbError::NamespaceNotEntered { .. }) => {
