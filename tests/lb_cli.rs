@@ -313,8 +313,9 @@ fn an_lb_attached_nowhere_serves_behind_a_filter() {
     assert_eq!(cli.run(&["status", "--exit-code", p[0], p[1]]).status.code(), Some(0), "serving behind the filter");
     assert_eq!(spread(&net, 20).len(), 2, "both backends answer through the filter");
     // The filter's interface is the LB's: its managed next hops follow the
-    // data plane's lookup from there as soon as the chain changes, with no
-    // `xdpguard-lb` command run (a gateway an `ip rule iif eth0` names).
+    // data plane's lookup from there as soon as the chain or the filter's
+    // interfaces change, with no `xdpguard-lb` command run (a gateway an
+    // `ip rule iif eth0` names).
     let gw = "198.51.100.99";
     let b1 = backend_v4(1).to_string();
     net.lb.ip(&["rule", "add", "iif", "eth0", "lookup", "100"]);
@@ -327,6 +328,12 @@ fn an_lb_attached_nowhere_serves_behind_a_filter() {
     assert!(!managed(gw), "receiving nowhere: the main table's next hops");
     filter.ok(&["next", pin.arg(), "--pin", fpin.arg()]);
     assert!(managed(gw), "chained again: the gateway the data plane uses from eth0");
+    // The filter's interfaces are the LB's: detaching the filter from eth0
+    // and attaching it again move the entries too.
+    filter.ok(&["detach", "--iface", "eth0", "--pin", fpin.arg()]);
+    assert!(!managed(gw), "the filter off eth0: the LB receives nowhere");
+    filter.ok(&["attach", "--iface", "eth0", "--netns", &net.lb.name, "--pin", fpin.arg()]);
+    assert!(managed(gw), "the filter on eth0 again");
     filter.ok(&["next", "none", "--pin", fpin.arg()]);
     assert!(!managed(gw) && managed(&b1), "unchained: the main table's again");
     net.lb.ip(&["rule", "del", "iif", "eth0", "lookup", "100"]);
@@ -995,8 +1002,9 @@ fn status_exit_code_says_a_redirect_interface_was_lost() {
 /// (the main table's output lookup, used before, made the backend's own,
 /// and a cold flow's first packets waited for the stack to resolve the
 /// gateway), in both families; `backend list` names the gateway. With
-/// forwarding off the lookup cannot say: the gateway's entry stays. With
-/// the rule gone, any command puts the backend's own entry back.
+/// forwarding off the lookup cannot say: the gateway's entry stays (that
+/// family's only). With the rule gone, any command puts the backend's own
+/// entry back.
 #[test]
 fn managed_neighbours_follow_the_data_planes_route() {
     const GW_V4: &str = "198.51.100.99";
@@ -1054,6 +1062,12 @@ fn managed_neighbours_follow_the_data_planes_route() {
     assert_eq!(via("203.0.113.10:80"), b4);
     let shown = ours();
     assert!(has(&shown, &b4) && has(&shown, &b6) && shown.lines().count() == 2, "back to their own: {shown}");
+    // IPv6 forwarding off (a new namespace's default) keeps IPv6's hops,
+    // and IPv4's still follow: a removed IPv4 backend's entry goes.
+    vn.lb.sysctl("net.ipv6.conf.eth0.forwarding", "0");
+    cli.ok(&["backend", "del", "203.0.113.10:80", &b4, p[0], p[1]]);
+    let shown = ours();
+    assert!(!has(&shown, &b4) && has(&shown, &b6), "{shown}");
 }
 
 /// `status` warns while an active backend has no route in the LB's

@@ -715,12 +715,6 @@ fn run(command: Command) -> Result<()> {
             if to == "none" {
                 let had = filter.next_program()?;
                 filter.clear_next()?;
-                // The LB no longer receives what this filter's interfaces
-                // do: its managed next hops follow (reopening reconciles).
-                let near: Vec<&std::path::Path> = pin.pin.parent().into_iter().collect();
-                if let Some(lb_pin) = had.and_then(|id| xdpguard::LoadBalancer::pin_of_program(id, &near)) {
-                    let _ = xdpguard::LoadBalancer::open_pinned(lb_pin);
-                }
                 match had {
                     Some(id) => println!("the filter passes nothing on now (it passed packets to program {id})"),
                     None => println!("the filter passed nothing on; nothing changed"),
@@ -728,9 +722,6 @@ fn run(command: Command) -> Result<()> {
             } else {
                 let lb = xdpguard::LoadBalancer::open_pinned(&to)?;
                 filter.set_next(lb.program_fd())?;
-                // The filter's interfaces are the LB's now: its managed next
-                // hops follow (best effort, as on open).
-                let _ = lb.refresh_neighbours();
                 println!(
                     "the filter passes what it passes on to the load balancer pinned at {to} (program {}); \
                      `xdpguard next none --pin {}` stops it",

@@ -243,22 +243,8 @@ impl Run<'_> {
                     }
                 };
                 self.filter()?.set_next(lb.program_fd())?;
-                // The filter's interfaces are the LB's now: its managed
-                // next hops follow (best effort, as on open).
-                let _ = lb.refresh_neighbours();
             }
-            Step::ClearNext => {
-                let had = self.filter()?.next_program()?;
-                self.filter()?.clear_next()?;
-                // The LB it passed packets to no longer receives what its
-                // interfaces do (reopening it reconciles its next hops).
-                if let Some(id) = had {
-                    match lbs.iter().find(|(_, l)| l.program_id().ok() == Some(id)) {
-                        Some((_, lb)) => drop(lb.refresh_neighbours()),
-                        None => drop(LoadBalancer::pin_of_program(id, &[]).map(LoadBalancer::open_pinned)),
-                    }
-                }
-            }
+            Step::ClearNext => self.filter()?.clear_next()?,
             Step::SetIpipSource(n) => self.lb()?.set_ipip_source(*n)?,
             Step::ClearIpipSource(n) => self.lb()?.clear_ipip_source(n.is_ipv6())?,
             Step::SetPolicies { .. } => {

@@ -499,7 +499,9 @@ impl Filter {
     /// driver cannot do);
     /// [`PinError`](crate::PinError) when the link cannot be pinned.
     pub fn attach(&self, iface: impl Into<Interface>, mode: AttachMode) -> Result<Attachment, Error> {
-        self.core.running().attach(&iface.into(), mode)
+        let attached = self.core.running().attach(&iface.into(), mode)?;
+        self.next_hops_follow([self.next_program().ok().flatten()]);
+        Ok(attached)
     }
 
     /// Detaches from one interface (by the name or index it was attached with).
@@ -513,7 +515,19 @@ impl Filter {
     /// when not attached there; [`AttachError::Bpf`](crate::AttachError::Bpf),
     /// [`PinError`](crate::PinError) when the kernel or bpffs refuse.
     pub fn detach(&self, iface: impl Into<Interface>) -> Result<(), Error> {
-        self.core.running().detach(&iface.into())
+        self.core.running().detach(&iface.into())?;
+        self.next_hops_follow([self.next_program().ok().flatten()]);
+        Ok(())
+    }
+
+    /// After a change to the interfaces whose packets reach a next program
+    /// (attached, detached, the next program set, replaced or cleared): a
+    /// load balancer among `programs` receives on the filter's interfaces,
+    /// so its managed next hops follow (reopening it reconciles them; best
+    /// effort, as on its open).
+    fn next_hops_follow(&self, programs: impl IntoIterator<Item = Option<u32>>) {
+        let near: Vec<&Path> = self.pin_path().and_then(Path::parent).into_iter().collect();
+        crate::LoadBalancer::reconcile_programs(programs, &near);
     }
 
     /// The interfaces the filter is attached to.
@@ -548,7 +562,10 @@ impl Filter {
     ///
     /// As [`detach`](Self::detach), for the first interface that fails.
     pub fn unpin(self) -> Result<(), Error> {
+        let next = self.next_program().ok().flatten();
+        let beside = self.pin_path().and_then(Path::parent).map(Path::to_path_buf);
         self.core.running().unpin()?;
+        crate::LoadBalancer::reconcile_programs([next], &beside.as_deref().into_iter().collect::<Vec<_>>());
         if let Some(guard) = self.guard {
             guard.unpin()?;
             // Again: the filter's directory, empty now that the guard's is gone.
@@ -560,6 +577,9 @@ impl Filter {
     /// Sends whatever the filter passes on to `program` (an XDP program fd,
     /// e.g. [`LoadBalancer::program_fd`](crate::LoadBalancer::program_fd) or
     /// your own), through a tail call. Takes effect for the next packet.
+    /// A load balancer's managed next hops follow (it receives on the
+    /// filter's interfaces now; one that got the packets before no longer
+    /// does), as they do when the filter is attached, detached or unpinned.
     ///
     /// # Errors
     ///
@@ -577,11 +597,14 @@ impl Filter {
                 return Err(LoadError::NextIsSelf { id, stage }.into());
             }
         }
+        let had = self.next_program().ok().flatten();
         self.core
             .maps
             .next
             .set(0, program)
-            .map_err(|source| LoadError::Bpf { op: "installing the next program".into(), error: source }.into())
+            .map_err(|source| LoadError::Bpf { op: "installing the next program".into(), error: source })?;
+        self.next_hops_follow([had, crate::core::sys::prog_id(program).ok()]);
+        Ok(())
     }
 
     /// Stops passing packets on to a next program.
@@ -590,12 +613,14 @@ impl Filter {
     ///
     /// [`LoadError::Bpf`] when the program array cannot be written.
     pub fn clear_next(&self) -> Result<(), Error> {
+        let had = self.next_program().ok().flatten();
         self.core
             .maps
             .next
             .clear(0)
-            .map(drop)
-            .map_err(|source| LoadError::Bpf { op: "removing the next program".into(), error: source }.into())
+            .map_err(|source| LoadError::Bpf { op: "removing the next program".into(), error: source })?;
+        self.next_hops_follow([had]);
+        Ok(())
     }
 
     /// The kernel id of the program the filter passes packets on to

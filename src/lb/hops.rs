@@ -5,6 +5,7 @@
 use std::collections::BTreeSet;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
+use std::path::Path;
 
 use super::maps::LbMaps;
 use super::neigh::{self, HopKey};
@@ -19,10 +20,11 @@ use crate::error::LbError;
 /// lookup, asked as for a packet received on each interface the LB receives
 /// on, in the LB's namespace, so `ip rule iif` policy routing and VRFs
 /// count as they do for VIP traffic. While it receives nowhere (not
-/// attached yet), or when the probe cannot be loaded, the main table's
-/// output lookup over rtnetlink stands in (what this did before the probe:
-/// an `iif` rule's next hop was then never made managed, and a cold flow's
-/// first packets waited for the stack to resolve it).
+/// attached yet), the main table's output lookup over rtnetlink stands in
+/// (what this did before the probe: an `iif` rule's next hop was then never
+/// made managed, and a cold flow's first packets waited for the stack to
+/// resolve it); also where the probe cannot load or its answer cannot say,
+/// beside the hops already recorded ([`Hops::indefinite`]).
 pub(super) struct HopLookup<'a> {
     /// The rtnetlink socket in the LB's namespace.
     pub rtnl: neigh::Rtnl,
@@ -36,14 +38,24 @@ pub(super) struct HopLookup<'a> {
 pub(super) struct Hops {
     /// Each question's.
     pub each: Vec<Vec<HopKey>>,
-    /// Whether every question was answered for what the LB receives: by
-    /// the data plane's lookup, or by the main table while it receives
-    /// nowhere. Not when a receiving interface's lookup could not say
-    /// (forwarding off) or the probe could not be loaded: the main table's
-    /// answer then stands in, and the next hops the data plane used before
-    /// are kept (their entries removed, cold flows would wait for the stack
+    /// Per family of the backends (IPv4, IPv6): whether a question was not
+    /// answered for what the LB receives, neither by the data plane's
+    /// lookup nor by the main table while it receives nowhere, because a
+    /// receiving interface's lookup could not say (forwarding off for that
+    /// family) or the probe could not be loaded. The main table's answer
+    /// then stands in, and the next hops the data plane used before are
+    /// kept (their entries removed, cold flows would wait for the stack
     /// once forwarding is on again).
-    pub definite: bool,
+    pub indefinite: [bool; 2],
+}
+
+impl Hops {
+    /// Whether the recorded next hop `hop` is kept whatever the answers:
+    /// one of a family whose answers were not all definite (an IPv4
+    /// backend's may be an IPv6 gateway).
+    pub(super) fn keeps(&self, hop: &HopKey) -> bool {
+        self.indefinite[usize::from(hop.addr.is_ipv6())] || self.indefinite[0]
+    }
 }
 
 impl HopLookup<'_> {
@@ -71,19 +83,19 @@ impl HopLookup<'_> {
             .ok()
             .flatten();
         }
-        let mut definite = true;
+        let mut indefinite = [false; 2];
         let mut probed = probed.map(Vec::into_iter);
         let each = questions
             .iter()
             .map(|q| match probed.as_mut().and_then(Iterator::next).flatten() {
                 Some(hops) => Ok(hops),
                 None => {
-                    definite &= self.ingress.is_empty();
+                    indefinite[usize::from(q.dst.is_ipv6())] |= !self.ingress.is_empty();
                     Ok(self.rtnl.route(q.dst)?.into_iter().collect())
                 }
             })
             .collect::<io::Result<_>>()?;
-        Ok(Hops { each, definite })
+        Ok(Hops { each, indefinite })
     }
 }
 
@@ -155,6 +167,25 @@ impl LoadBalancer {
         Ok(HopLookup { rtnl, ns, probe: &self.probe, ingress })
     }
 
+    /// Reconciles the managed next hops of the load balancers among
+    /// `programs` (kernel program ids; others are skipped), found as
+    /// [`pin_of_program`](Self::pin_of_program) finds them, in `near` and
+    /// under `/sys/fs/bpf`: a filter's changes call it, as the interfaces
+    /// such an LB receives on changed. Best effort, as on open.
+    pub(crate) fn reconcile_programs(programs: impl IntoIterator<Item = Option<u32>>, near: &[&Path]) {
+        let mut done = Vec::new();
+        for id in programs.into_iter().flatten() {
+            if done.contains(&id) {
+                continue;
+            }
+            done.push(id);
+            if let Some(pin) = Self::pin_of_program(id, near) {
+                // Reopening reconciles (open_pinned).
+                let _ = Self::open_pinned(pin);
+            }
+        }
+    }
+
     /// Makes sure every configured backend's next hop has a managed
     /// neighbour entry (created if missing, e.g. after `ip neigh flush`, or
     /// after a route change moved it to another gateway) and removes the
@@ -206,10 +237,8 @@ pub(super) fn sync_hops(st: &LbState, maps: &LbMaps, look: &mut HopLookup<'_>) -
     }
     let op = "keeping the backends' next hops resolved (managed neighbour entries)";
     let hops = look.hops(&questions).map_err(neigh_err(op))?;
-    let mut wanted: BTreeSet<HopKey> = hops.each.into_iter().flatten().collect();
-    if !hops.definite {
-        wanted.extend(&recorded);
-    }
+    let mut wanted: BTreeSet<HopKey> = hops.each.iter().flatten().copied().collect();
+    wanted.extend(recorded.iter().filter(|h| hops.keeps(h)));
     neigh::reconcile(&mut look.rtnl, &wanted, &recorded, maps).map_err(neigh_err(op))
 }
 
