@@ -15,8 +15,8 @@
 //! where the LB receives (exit code 7 when that leaves no VIP serving),
 //! when it is an L2 DSR VIP's and routed out of an interface that is not a
 //! redirect interface (exit code 8, likewise), or when it has no route
-//! (exit code 4). A deliberate `detach
-//! --iface IF` of one of several interfaces is not a loss.
+//! (exit code 4). A deliberate `detach --iface IF` of one of several
+//! interfaces is not a loss.
 //!
 //! Forwarding: `bpf_fib_lookup` answers `BPF_FIB_LKUP_RET_FWD_DISABLED`
 //! when the receiving interface does not forward the packet's family
@@ -26,8 +26,8 @@
 //! to the stack (`passed_no_route`). A new network namespace starts with
 //! forwarding off. Off for one family (IPv6 forwarding is often left off
 //! as hardening) loses that family's backends only: VIPs served by the
-//! other stay announced, with a warning (it withdrew the whole node). Read from
-//! `/proc/sys` in the LB's namespace, for the interfaces it runs on
+//! other stay announced, with a warning (it withdrew the whole node). Read
+//! from `/proc/sys` in the LB's namespace, for the interfaces it runs on
 //! (attached, or a chaining filter's) and the families of its active
 //! backends (the FIB lookup's family: an IPIP VIP's backend may be of the
 //! other family than the VIP).
