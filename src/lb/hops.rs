@@ -143,20 +143,25 @@ impl LoadBalancer {
 
     /// An rtnetlink socket in the LB's network namespace.
     pub(super) fn rtnl(&self) -> Result<neigh::Rtnl, LbError> {
+        self.rtnl_in_netns().map(|(rtnl, _)| rtnl)
+    }
+
+    /// An rtnetlink socket in the LB's network namespace, and that
+    /// namespace.
+    fn rtnl_in_netns(&self) -> Result<(neigh::Rtnl, BorrowedFd<'_>), LbError> {
         let ino = self.maps().netns().ino;
-        let ns = self.netns.as_ref().ok_or(LbError::ForeignNamespace { ino })?;
-        neigh::Rtnl::open_in(ns.as_fd()).map_err(|e| match e {
+        let ns = self.netns.as_ref().ok_or(LbError::ForeignNamespace { ino })?.as_fd();
+        let rtnl = neigh::Rtnl::open_in(ns).map_err(|e| match e {
             neigh::OpenError::Enter(error) => LbError::NamespaceNotEntered { ino, error },
             neigh::OpenError::Io(error) => LbError::NetlinkSocket { ino, error },
-        })
+        })?;
+        Ok((rtnl, ns))
     }
 
     /// An rtnetlink socket in the LB's network namespace, and what its
     /// backends' next hops are found with.
     pub(super) fn hop_lookup(&self) -> Result<HopLookup<'_>, LbError> {
-        let rtnl = self.rtnl()?;
-        let ino = self.maps().netns().ino;
-        let ns = self.netns.as_ref().ok_or(LbError::ForeignNamespace { ino })?.as_fd();
+        let (rtnl, ns) = self.rtnl_in_netns()?;
         let mut ingress = Vec::new();
         let own = self.attachments().into_iter().map(|a| a.ifindex);
         for ifindex in own.chain(self.chained_from().into_iter().flat_map(|c| c.ifindexes)) {
