@@ -35,7 +35,11 @@
 //! - `XDPG_BENCH_MIXES=attack,clean,half[,random]`;
 //! - `XDPG_BENCH_ROWS=drop,chase,lpm,xdpguard,nft,ipt` (`chase`: one random
 //!   dependent read per frame, the yardstick for one memory round trip;
-//!   `XDPG_BENCH_CHASE_MIB=16` sizes its table; also `rules` and
+//!   `XDPG_BENCH_CHASE_MIB=16` sizes its table; not run by default,
+//!   `chase-direct` and `chase-vpieces`: the same read in a table cut into
+//!   16 KiB array maps, kmalloc'd (in the kernel's direct map, 1 GiB or
+//!   2 MiB pages) or vmalloc'd (4 KiB pages, as every table of the filter):
+//!   the TLB's share of one read; also `rules` and
 //!   `rules-elsewhere`: the filter with rules no frame matches, three of
 //!   them on the frames' port, or six on other ports only);
 //! - `XDPG_BENCH_SECS=2`, `XDPG_BENCH_WARMUP=0.5` (seconds per round,
@@ -48,7 +52,8 @@
 //!   path against bare `XDP_TX`, with that many UDP flows (issue 13);
 //! - `XDPG_BENCH_PAIR=1m` (default; `none` to skip; `none` also for
 //!   `XDPG_BENCH_FAMILIES` to run this section alone),
-//!   `XDPG_BENCH_PAIR_ROUNDS=7`: IPv6 against IPv4 at that size, one filter
+//!   `XDPG_BENCH_PAIR_ROUNDS=7`: IPv6 against IPv4 at that size (IPv6 at
+//!   `XDPG_BENCH_PAIR_V6`'s size if set: its lookup on a smaller table), one filter
 //!   holding both lists, the two families measured back to back in each
 //!   round with their own bare drop, and the median of the rounds' ratios
 //!   (issue 13's IPv6 target, robust to a host that drifts between minutes);
@@ -71,7 +76,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::bpf::{ChaseProg, DropProg, GenProg, LpmProg, Sources, XDP_DROP};
+use common::bpf::{ChaseProg, ChaseTable, DropProg, GenProg, LpmProg, Sources, XDP_DROP};
 use common::prefixes::{parse_size, size_label, AnySet, Mix, Set4, Set6};
 use common::rules;
 use common::table::{print_markdown, Align, Table};
@@ -87,6 +92,14 @@ enum Row {
     /// One random dependent read per frame (`bench_chase`): the yardstick
     /// for one memory round trip.
     Chase,
+    /// The same read in a table of the same size lying in the kernel's
+    /// direct map (`bench_chase_direct`: kmalloc'd pieces, 1 GiB or 2 MiB
+    /// pages) where `Chase`'s is vmalloc'd in 4 KiB pages: the TLB's share
+    /// of one round trip.
+    ChaseDirect,
+    /// The same pieces made mmapable, so vmalloc'd in 4 KiB pages
+    /// (`bench_chase_vmalloc_pieces`): `ChaseDirect`'s instructions, `Chase`'s pages.
+    ChaseVpieces,
     Lpm,
     Xdpguard,
     /// The same filter and list with rules loaded that no frame matches,
@@ -106,6 +119,8 @@ impl Row {
         match s {
             "drop" => Row::Drop,
             "chase" => Row::Chase,
+            "chase-direct" => Row::ChaseDirect,
+            "chase-vpieces" => Row::ChaseVpieces,
             "lpm" => Row::Lpm,
             "xdpguard" | "filter" => Row::Xdpguard,
             "rules" => Row::XdpguardRules,
@@ -113,7 +128,7 @@ impl Row {
             "nft" | "nftables" => Row::Nft,
             "ipt" | "iptables" => Row::Ipt,
             other => panic!(
-                "XDPG_BENCH_ROWS: unknown row `{other}` (drop, chase, lpm, xdpguard, rules, rules-elsewhere, nft, ipt)"
+                "XDPG_BENCH_ROWS: unknown row `{other}` (drop, chase, chase-direct, chase-vpieces, lpm, xdpguard, rules, rules-elsewhere, nft, ipt)"
             ),
         }
     }
@@ -122,6 +137,8 @@ impl Row {
         match self {
             Row::Drop => "bare XDP_DROP",
             Row::Chase => "one random read (pointer chase)",
+            Row::ChaseDirect => "one random read, direct-mapped pieces",
+            Row::ChaseVpieces => "one random read, vmalloc'd pieces",
             Row::Lpm => "kernel LPM trie",
             Row::Xdpguard => "xdpguard",
             Row::XdpguardRules => "xdpguard, 10 rules, none matching",
@@ -149,6 +166,10 @@ struct Settings {
     /// Sizes of the paired IPv6-against-IPv4 section, and its rounds.
     pair_sizes: Vec<usize>,
     pair_rounds: usize,
+    /// The IPv6 list's size in the paired section when not the IPv4 one's
+    /// (`XDPG_BENCH_PAIR_V6`): IPv6's lookup on a smaller table, against
+    /// IPv4 at the issue's size.
+    pair_v6: Option<usize>,
 }
 
 impl Settings {
@@ -209,6 +230,9 @@ impl Settings {
                 .map(|s| parse_size(s).unwrap_or_else(|| panic!("XDPG_BENCH_PAIR: bad size `{s}`")))
                 .collect(),
             pair_rounds: env_num::<usize>("XDPG_BENCH_PAIR_ROUNDS", "7").max(1),
+            pair_v6: std::env::var("XDPG_BENCH_PAIR_V6")
+                .ok()
+                .map(|s| parse_size(&s).unwrap_or_else(|| panic!("XDPG_BENCH_PAIR_V6: bad size `{s}`"))),
         }
     }
 }
@@ -678,6 +702,16 @@ fn load_unmatched_rules(filter: &xdpguard::Filter, on_port: bool) {
 struct Yardsticks {
     bare: DropProg,
     chase: ChaseProg,
+    /// The pieced tables' reads, loaded when the rows ask for them.
+    chase_direct: Option<ChaseProg>,
+    chase_vpieces: Option<ChaseProg>,
+}
+
+impl Yardsticks {
+    fn pieced(&self, row: Row) -> &ChaseProg {
+        let prog = if row == Row::ChaseDirect { &self.chase_direct } else { &self.chase_vpieces };
+        prog.as_ref().expect("a pieced chase is loaded when its row is asked for")
+    }
 }
 
 fn run_row(
@@ -692,6 +726,7 @@ fn run_row(
     let link = match row {
         Row::Drop => Some(h.attach_rx(&yard.bare.prog)),
         Row::Chase => Some(h.attach_rx(&yard.chase.prog)),
+        Row::ChaseDirect | Row::ChaseVpieces => Some(h.attach_rx(&yard.pieced(row).prog)),
         Row::Lpm => Some(h.attach_rx(&c.lpm.as_ref().expect("LPM loaded").prog)),
         Row::Xdpguard | Row::XdpguardRules | Row::XdpguardRulesElsewhere => {
             let fd = filter_of(row, c).program_fd().try_clone_to_owned().expect("dup");
@@ -713,6 +748,10 @@ fn run_row(
         }),
         Row::Chase => Box::new(|| {
             let n = yard.chase.count().expect("chase counter");
+            RxCount { total: n, blocked: n }
+        }),
+        Row::ChaseDirect | Row::ChaseVpieces => Box::new(move || {
+            let n = yard.pieced(row).count().expect("chase counter");
             RxCount { total: n, blocked: n }
         }),
         Row::Lpm => Box::new(|| {
@@ -891,7 +930,15 @@ fn main() {
     std::fs::create_dir_all(&tmp).expect("temp dir");
     let yard = Yardsticks {
         bare: DropProg::load().expect("loading bench_drop"),
-        chase: ChaseProg::load(settings.chase_bytes).expect("loading bench_chase"),
+        chase: ChaseProg::load(settings.chase_bytes, ChaseTable::Flat).expect("loading bench_chase"),
+        chase_direct: settings
+            .rows
+            .contains(&Row::ChaseDirect)
+            .then(|| ChaseProg::load(settings.chase_bytes, ChaseTable::Direct).expect("loading bench_chase_direct")),
+        chase_vpieces: settings.rows.contains(&Row::ChaseVpieces).then(|| {
+            ChaseProg::load(settings.chase_bytes, ChaseTable::VmallocPieces)
+                .expect("loading bench_chase_vmalloc_pieces")
+        }),
     };
     let sink = DropProg::load().expect("loading the sink");
 
@@ -1034,21 +1081,25 @@ fn paired_group(
     rounds: usize,
     log: &mut Vec<String>,
 ) -> (Table, Vec<Vec<String>>) {
+    let n6 = settings.pair_v6.unwrap_or(n);
     let set4 = AnySet::V4(Set4::generate(n, settings.seed));
-    let set6 = AnySet::V6(Set6::generate(n, settings.seed));
+    let set6 = AnySet::V6(Set6::generate(n6, settings.seed));
     let filter = xdpguard::Filter::builder()
         .v4_capacity(n.max(xdpguard::DEFAULT_V4_CAPACITY))
-        .v6_capacity(n.max(xdpguard::DEFAULT_V6_CAPACITY))
+        .v6_capacity(n6.max(xdpguard::DEFAULT_V6_CAPACITY))
         .load()
         .expect("loading the xdpguard filter");
     let t = Instant::now();
-    for set in [&set4, &set6] {
+    for (set, len) in [(&set4, n), (&set6, n6)] {
         let change = filter.blocklist().extend(set.nets()).expect("filling the xdpguard blocklist");
-        assert_eq!(change.changed, n, "every generated prefix is distinct");
+        assert_eq!(change.changed, len, "every generated prefix is distinct");
     }
-    let label = size_label(n);
+    let (label, label6) = (size_label(n), size_label(n6));
+    // "1m prefixes of each", or "1m IPv4 and 500k IPv6 prefixes".
+    let sizes =
+        if n6 == n { format!("{label} prefixes of each") } else { format!("{label} IPv4 and {label6} IPv6 prefixes") };
     log.push(format!(
-        "paired IPv4 + IPv6 {label}: one filter filled with both lists in {}; filter maps use {}",
+        "paired, {sizes}: one filter filled with both lists in {}; filter maps use {}",
         fmt_duration(t.elapsed()),
         common::fmt_bytes(filter.map_memory_bytes())
     ));
@@ -1089,7 +1140,7 @@ fn paired_group(
     }
     assert!(blocked_min > 0.999, "every attack frame should be dropped by the list ({:.2}%)", blocked_min * 100.0);
     let mut t = Table::new(
-        format!("IPv6 against IPv4, paired round by round: one filter holding {label} prefixes of each, 100% attack"),
+        format!("IPv6 against IPv4, paired round by round: one filter holding {sizes}, 100% attack"),
         &[
             ("round", Align::Left),
             ("first", Align::Left),
@@ -1160,7 +1211,7 @@ fn paired_group(
             yes(read_ratio.is_some_and(|r| r <= 1.25)),
         ],
         vec![
-            format!("IPv6 {label} attack ≤ 1.5× IPv4 {label} attack (paired, {rounds} rounds, the larger median)"),
+            format!("IPv6 {label6} attack ≤ 1.5× IPv4 {label} attack (paired, {rounds} rounds, the larger median)"),
             fmt_ratio(v6_ratio),
             yes(v6_ratio.is_some_and(|r| r <= 1.5)),
         ],

@@ -55,7 +55,7 @@ mod common;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::{AsFd, BorrowedFd};
 
-use common::bpf::{ChaseProg, DropProg, FilterNoEventsProg, LpmProg, TxProg, XDP_DROP, XDP_PASS};
+use common::bpf::{ChaseProg, ChaseTable, DropProg, FilterNoEventsProg, LpmProg, TxProg, XDP_DROP, XDP_PASS};
 use common::prefixes::{size_label, Prefix4, Prefix6, Set4, Set6};
 use common::rules;
 use common::table::{print_markdown, Align, Table};
@@ -482,7 +482,7 @@ fn filter_cold_section(
     let sink = DropProg::load().expect("loading the sink");
     filter.set_next(sink.prog.as_fd()).expect("chaining the sink");
     let bare = DropProg::load().expect("loading bench_drop");
-    let chase = ChaseProg::load(chase_bytes).expect("loading bench_chase");
+    let chase = ChaseProg::load(chase_bytes, ChaseTable::Flat).expect("loading bench_chase");
     // A second yardstick per family: one random read in a table the size of
     // the one copy that family's lookup reads (IPv4's line array, IPv6's
     // bucket table: issue 13's "a table of the same size"), so each
@@ -494,7 +494,7 @@ fn filter_cold_section(
         .map(|&f| {
             let name = if f == 4 { "xdpg_v4_l1_a" } else { "xdpg_v6_tab_a" };
             let (_, bytes) = memory.iter().find(|(n, _)| *n == name).expect("the family's table map");
-            (f, ChaseProg::load(*bytes as usize).expect("loading bench_chase at the table's size"))
+            (f, ChaseProg::load(*bytes as usize, ChaseTable::Flat).expect("loading bench_chase at the table's size"))
         })
         .collect();
     let own_of = |family: u8| &own.iter().find(|(f, _)| *f == family).expect("a yardstick per family").1;

@@ -158,6 +158,31 @@ fn the_cli_manages_a_pinned_lb() {
         // Dropped here: an LB not pinned releases its entries.
     });
     assert!(managed(), "still there for the first LB, whose backend it is");
+    // An LB in another namespace whose next hop has the same interface
+    // index and address keeps nothing here: this namespace's entry goes
+    // when the last LB here lets go of it.
+    let other = xdpguard::testing::netns::NetNs::new("lbclio");
+    let eth1 = net.lb.ifindex("eth1").to_string();
+    other.ip(&["link", "add", "eth1", "index", &eth1, "type", "veth", "peer", "name", "peer1"]);
+    for dev in ["eth1", "peer1"] {
+        other.ip(&["link", "set", dev, "up"]);
+    }
+    other.addr("eth1", "198.51.100.1/24");
+    let elsewhere = other.run(move || {
+        let lb = LoadBalancer::builder().load().unwrap();
+        let v = Vip::tcp("203.0.113.30:80".parse().unwrap());
+        lb.add_vip(v, xdpguard::VipConfig::new(xdpguard::ForwardingMode::L2Dsr)).unwrap();
+        lb.add_backend(&v, IpAddr::V4(shared), 1).unwrap();
+        lb
+    });
+    let theirs = other.ip(&["neigh", "show", &shared.to_string(), "dev", "eth1", "proto", "88"]).stdout;
+    assert!(!theirs.is_empty(), "the other namespace's LB has its own entry");
+    let shared_s = shared.to_string();
+    cli.ok(&["backend", "del", vip, &shared_s, p[0], p[1]]);
+    assert!(!managed(), "removed here: the other namespace's record of the same index keeps nothing");
+    cli.ok(&["backend", "add", vip, &shared_s, p[0], p[1]]);
+    assert!(managed(), "added back");
+    other.run(move || drop(elsewhere));
 
     let status = cli.json(&["status", "--json", p[0], p[1]]);
     assert_eq!(status["attachments"].as_array().unwrap().len(), 2);
@@ -346,6 +371,61 @@ fn an_lb_attached_nowhere_serves_behind_a_filter() {
     filter.ok(&["detach", "--pin", fpin.arg()]);
     cli.ok(&["detach", p[0], p[1]]);
     assert!(!pin.path().exists());
+}
+
+/// A filter that chains one LB and then another (`xdpguard next A`, then
+/// `next B`, no `xdpguard-lb` command between): A stops receiving and B
+/// starts, and each LB's managed next hops follow (A's back to the main
+/// table, B's to what the data plane uses from the filter's interface),
+/// with an entry both want kept.
+#[test]
+fn a_filter_moved_from_one_lb_to_another_moves_their_next_hops() {
+    let (pin_a, pin_b, fpin) = (ScratchDir::bpffs("lbmva"), ScratchDir::bpffs("lbmvb"), ScratchDir::bpffs("lbmvf"));
+    let net = LbNet::new("lbmv", 2, BackendKind::VipOnLoopback);
+    let (cli, filter) = (XDPGUARD_LB, common::cli::XDPGUARD);
+    let (b1, b2) = (backend_v4(1).to_string(), backend_v4(2).to_string());
+    // A balances both backends; B (another VIP) the second only.
+    for (pin, vip, backends) in [(&pin_a, "203.0.113.10:80", vec![&b1, &b2]), (&pin_b, "203.0.113.11:80", vec![&b2])] {
+        let p = ["--pin", pin.arg()];
+        cli.ok(&["attach", "--behind-filter", "--redirect", "eth1", "--netns", &net.lb.name, p[0], p[1]]);
+        cli.ok(&["vip", "add", vip, "--mode", "dsr", p[0], p[1]]);
+        for b in backends {
+            cli.ok(&["backend", "add", vip, b, p[0], p[1]]);
+        }
+    }
+    let status = |pin: &ScratchDir| cli.run(&["status", "--exit-code", "--pin", pin.arg()]).status.code();
+    filter.ok(&["attach", "--iface", "eth0", "--netns", &net.lb.name, "--pin", fpin.arg()]);
+    filter.ok(&["next", pin_a.arg(), "--pin", fpin.arg()]);
+    assert_eq!((status(&pin_a), status(&pin_b)), (Some(0), Some(3)), "A serves, B receives nowhere");
+    filter.ok(&["next", pin_b.arg(), "--pin", fpin.arg()]);
+    assert_eq!((status(&pin_a), status(&pin_b)), (Some(3), Some(0)), "B serves, A receives nowhere");
+
+    // From eth0, the backends are behind gateways (`ip rule iif eth0`).
+    let (gw1, gw2) = ("198.51.100.99", "198.51.100.98");
+    net.lb.ip(&["rule", "add", "iif", "eth0", "lookup", "100"]);
+    for (b, gw) in [(&b1, gw1), (&b2, gw2)] {
+        net.lb.ip(&["route", "add", &format!("{b}/32"), "via", gw, "dev", "eth1", "table", "100"]);
+    }
+    let managed = || {
+        let shown = String::from_utf8_lossy(&net.lb.ip(&["neigh", "show", "proto", "88"]).stdout).into_owned();
+        let has = |addr: &str| shown.lines().any(|l| l.starts_with(&format!("{addr} dev eth1 ")));
+        [has(gw1), has(gw2), has(&b1), has(&b2)]
+    };
+    filter.ok(&["next", pin_a.arg(), "--pin", fpin.arg()]);
+    // A: both gateways; B, receiving nowhere: the main table's b2.
+    assert_eq!(managed(), [true, true, false, true], "[gw1, gw2, b1, b2] with A chained");
+    filter.ok(&["next", pin_b.arg(), "--pin", fpin.arg()]);
+    // A: b1 and b2 from the main table; B: gw2, which A no longer wants.
+    assert_eq!(managed(), [false, true, true, true], "[gw1, gw2, b1, b2] with B chained");
+    filter.ok(&["next", "none", "--pin", fpin.arg()]);
+    assert_eq!(managed(), [false, false, true, true], "[gw1, gw2, b1, b2] with neither chained");
+
+    net.lb.ip(&["rule", "del", "iif", "eth0", "lookup", "100"]);
+    filter.ok(&["detach", "--pin", fpin.arg()]);
+    for pin in [&pin_a, &pin_b] {
+        cli.ok(&["detach", "--pin", pin.arg()]);
+        assert!(!pin.path().exists());
+    }
 }
 
 #[test]

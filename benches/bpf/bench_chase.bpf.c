@@ -36,14 +36,51 @@ struct {
 /* max_entries - 1 of bench_chase_tab, set by user space. */
 volatile const __u32 bench_chase_mask = 0;
 
-SEC("xdp")
-int bench_chase(struct xdp_md *ctx)
+/* The same table cut into pieces of BENCH_CHASE_PIECE words, each its own
+ * array map (bench_chase_direct): an array map this small comes from
+ * kmalloc, so it lies in the kernel's direct map (1 GiB or 2 MiB pages),
+ * where bench_chase_tab, like every larger or mmapable map, is vmalloc'd
+ * in 4 KiB pages. bench_chase_vmalloc_pieces reads the same pieces made mmapable,
+ * so vmalloc'd: it and bench_chase_direct run the same instructions and
+ * differ only in the pages the reads go through, the TLB's part of one
+ * random read. */
+#define BENCH_CHASE_PIECE 2048
+struct bench_chase_piece {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, BENCH_CHASE_PIECE);
+	__type(key, __u32);
+	__type(value, __u64);
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__array(values, struct bench_chase_piece);
+} bench_chase_pieces SEC(".maps");
+
+struct bench_chase_vpiece {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, BENCH_CHASE_PIECE);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__type(key, __u32);
+	__type(value, __u64);
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__array(values, struct bench_chase_vpiece);
+} bench_chase_vpieces SEC(".maps");
+
+/* The frame's source word (0 if neither IPv4 nor IPv6). */
+static __always_inline __u32 chase_source(struct xdp_md *ctx)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
 	struct ethhdr *eth = data;
 	struct iphdr *iph = (void *)(eth + 1);
-	__u32 zero = 0, one = 1;
 	__u32 src = 0;
 
 	struct ipv6hdr *ip6h = (void *)(eth + 1);
@@ -54,15 +91,62 @@ int bench_chase(struct xdp_md *ctx)
 	 * chain would run a short cycle that stays in cache). */
 	else if ((void *)(ip6h + 1) <= data_end && eth->h_proto == __constant_htons(ETH_P_IPV6))
 		src = ip6h->saddr.in6_u.u6_addr32[3] ^ ip6h->saddr.in6_u.u6_addr32[0];
+	return src;
+}
+
+/* The next index of the chain, and the per-CPU word that keeps it. */
+static __always_inline __u64 *chase_step(struct xdp_md *ctx, __u32 *idx)
+{
+	__u32 zero = 0, one = 1;
+	__u32 src = chase_source(ctx);
 	__u64 *n = bpf_map_lookup_elem(&bench_chase_cnt, &zero);
 	__u64 *last = bpf_map_lookup_elem(&bench_chase_cnt, &one);
 	if (!n || !last)
-		return XDP_DROP;
+		return 0;
 	*n += 1;
 	__u32 h = (src ^ (__u32)*last) * 0x9E3779B1u;
-	__u32 idx = (h ^ (h >> 15)) & bench_chase_mask;
+	*idx = (h ^ (h >> 15)) & bench_chase_mask;
+	return last;
+}
+
+SEC("xdp")
+int bench_chase(struct xdp_md *ctx)
+{
+	__u32 idx;
+	__u64 *last = chase_step(ctx, &idx);
+	if (!last)
+		return XDP_DROP;
 	__u64 *v = bpf_map_lookup_elem(&bench_chase_tab, &idx);
 	if (v)
 		*last = *v;
 	return XDP_DROP;
+}
+
+/* One read in a table cut into pieces behind the array of maps `outer`. */
+static __always_inline int chase_pieces(struct xdp_md *ctx, void *outer)
+{
+	__u32 idx;
+	__u64 *last = chase_step(ctx, &idx);
+	if (!last)
+		return XDP_DROP;
+	__u32 piece = idx / BENCH_CHASE_PIECE, word = idx % BENCH_CHASE_PIECE;
+	void *map = bpf_map_lookup_elem(outer, &piece);
+	if (!map)
+		return XDP_DROP;
+	__u64 *v = bpf_map_lookup_elem(map, &word);
+	if (v)
+		*last = *v;
+	return XDP_DROP;
+}
+
+SEC("xdp")
+int bench_chase_direct(struct xdp_md *ctx)
+{
+	return chase_pieces(ctx, &bench_chase_pieces);
+}
+
+SEC("xdp")
+int bench_chase_vmalloc_pieces(struct xdp_md *ctx)
+{
+	return chase_pieces(ctx, &bench_chase_vpieces);
 }

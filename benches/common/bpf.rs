@@ -9,7 +9,7 @@
 
 use std::io;
 use std::mem::{size_of, MaybeUninit};
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{MapCore, MapFlags, MapHandle};
@@ -137,39 +137,89 @@ pub struct ChaseProg {
     pub bytes: usize,
 }
 
+/// Where `ChaseProg`'s table lies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChaseTable {
+    /// One array map, vmalloc'd in 4 KiB pages (`bench_chase`), as every
+    /// table of the filter and the load balancer.
+    Flat,
+    /// 16 KiB array maps behind an array of maps (`bench_chase_direct`):
+    /// kmalloc'd, so in the kernel's direct map (1 GiB or 2 MiB pages).
+    Direct,
+    /// The same pieces made mmapable, so vmalloc'd in 4 KiB pages
+    /// (`bench_chase_vmalloc_pieces`): `Direct`'s instructions, `Flat`'s pages.
+    VmallocPieces,
+}
+
+/// Words per piece of the pieced tables (`BENCH_CHASE_PIECE`).
+const CHASE_PIECE: usize = 2048;
+
 impl ChaseProg {
-    pub fn load(bytes: usize) -> io::Result<Self> {
-        let entries = (bytes / 8).max(2);
+    pub fn load(bytes: usize, table: ChaseTable) -> io::Result<Self> {
+        let entries = (bytes / 8).max(CHASE_PIECE);
         let entries = 1usize << (usize::BITS - 1 - entries.leading_zeros());
+        let pieces = entries / CHASE_PIECE;
         let mut storage = MaybeUninit::uninit();
         let mut open =
             skel::chase::BenchChaseSkelBuilder::default().open(&mut storage).map_err(bpf_err("opening bench_chase"))?;
-        open.maps.bench_chase_tab.set_max_entries(entries as u32).map_err(bpf_err("sizing"))?;
+        // The tables the program does not read keep their least size.
+        let size = |t: ChaseTable, n: usize| if t == table { n as u32 } else { 1 };
+        open.maps.bench_chase_tab.set_max_entries(size(ChaseTable::Flat, entries)).map_err(bpf_err("sizing"))?;
+        open.maps.bench_chase_pieces.set_max_entries(size(ChaseTable::Direct, pieces)).map_err(bpf_err("sizing"))?;
+        open.maps
+            .bench_chase_vpieces
+            .set_max_entries(size(ChaseTable::VmallocPieces, pieces))
+            .map_err(bpf_err("sizing"))?;
         open.maps.rodata_data.as_deref_mut().expect("bench_chase has rodata").bench_chase_mask = entries as u32 - 1;
         let s = open.load().map_err(bpf_err("loading bench_chase"))?;
-        let tab = handle(&s.maps.bench_chase_tab)?;
-        let chase = Self {
-            prog: dup_prog(s.progs.bench_chase.as_fd())?,
-            cnt: handle(&s.maps.bench_chase_cnt)?,
-            bytes: entries * 8,
+        let (prog, outer) = match table {
+            ChaseTable::Flat => (s.progs.bench_chase.as_fd(), None),
+            ChaseTable::Direct => (s.progs.bench_chase_direct.as_fd(), Some(handle(&s.maps.bench_chase_pieces)?)),
+            ChaseTable::VmallocPieces => {
+                (s.progs.bench_chase_vmalloc_pieces.as_fd(), Some(handle(&s.maps.bench_chase_vpieces)?))
+            }
         };
+        let tab = handle(&s.maps.bench_chase_tab)?;
+        let chase = Self { prog: dup_prog(prog)?, cnt: handle(&s.maps.bench_chase_cnt)?, bytes: entries * 8 };
         drop(s);
         // Random words (xorshift), so every read's successor is anywhere.
-        const CHUNK: usize = 1 << 16;
         let mut x = 0x9E37_79B9_7F4A_7C15u64;
-        for start in (0..entries).step_by(CHUNK) {
-            let n = CHUNK.min(entries - start);
-            let keys: Vec<u8> = (start..start + n).flat_map(|i| (i as u32).to_ne_bytes()).collect();
-            let values: Vec<u8> = (0..n)
-                .flat_map(|_| {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    x.to_ne_bytes()
-                })
-                .collect();
-            tab.update_batch(&keys, &values, n as u32, MapFlags::ANY, MapFlags::ANY)
-                .map_err(bpf_err("filling the chase table"))?;
+        let mut fill = |map: &MapHandle, n: usize| -> io::Result<()> {
+            const CHUNK: usize = 1 << 16;
+            for start in (0..n).step_by(CHUNK) {
+                let k = CHUNK.min(n - start);
+                let keys: Vec<u8> = (start..start + k).flat_map(|i| (i as u32).to_ne_bytes()).collect();
+                let values: Vec<u8> = (0..k)
+                    .flat_map(|_| {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        x.to_ne_bytes()
+                    })
+                    .collect();
+                map.update_batch(&keys, &values, k as u32, MapFlags::ANY, MapFlags::ANY)
+                    .map_err(bpf_err("filling the chase table"))?;
+            }
+            Ok(())
+        };
+        let Some(outer) = outer else {
+            fill(&tab, entries)?;
+            return Ok(chase);
+        };
+        let opts = libbpf_sys::bpf_map_create_opts {
+            sz: size_of::<libbpf_sys::bpf_map_create_opts>() as libbpf_sys::size_t,
+            map_flags: if table == ChaseTable::VmallocPieces { libbpf_sys::BPF_F_MMAPABLE } else { 0 },
+            ..Default::default()
+        };
+        for p in 0..pieces {
+            let piece =
+                MapHandle::create(libbpf_rs::MapType::Array, Some("bench_chase_pc"), 4, 8, CHASE_PIECE as u32, &opts)
+                    .map_err(bpf_err("creating a piece of the chase table"))?;
+            fill(&piece, CHASE_PIECE)?;
+            let fd = piece.as_fd().as_raw_fd() as u32;
+            outer
+                .update(&(p as u32).to_ne_bytes(), &fd.to_ne_bytes(), MapFlags::ANY)
+                .map_err(bpf_err("placing a piece of the chase table"))?;
         }
         Ok(chase)
     }

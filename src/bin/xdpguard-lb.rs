@@ -1413,8 +1413,13 @@ impl Snapshot {
     fn read(lb: &LoadBalancer) -> Result<Snapshot> {
         let global = lb.stats()?;
         let mut vips = Vec::new();
-        for (vip, config) in lb.vips()? {
-            vips.push((vip, config, lb.vip_stats(&vip)?, lb.backend_stats(&vip)?));
+        for (vip, config, backends) in lb.all_backend_stats()? {
+            match lb.vip_stats(&vip) {
+                Ok(stats) => vips.push((vip, config, stats, backends)),
+                // Removed since the backends were read: not in this snapshot.
+                Err(xdpguard::LbError::VipNotFound { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
         }
         Ok(Snapshot { taken: Instant::now(), global, vips })
     }

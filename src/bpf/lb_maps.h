@@ -141,8 +141,9 @@ struct {
 } xdpg_lb_becnt SEC(".maps");
 
 /* The managed neighbour entries user space created for backends' next
- * hops (struct xdpg_lb_nbr_key -> 0), so it removes exactly those. Only
- * user space uses it; it lives here to be pinned with the rest. */
+ * hops (struct xdpg_lb_nbr_key -> the low 32 bits of the LB's network
+ * namespace's inode; 0, in earlier builds' records, for any), so it removes
+ * exactly those. Only user space uses it; it lives here to be pinned with the rest. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, XDPG_LB_DEFAULT_MAX_BACKENDS);

@@ -7,7 +7,7 @@ use super::layout::{xdpg_counter, xdpg_lb_backend_stats, xdpg_lb_vip_stats};
 use super::maps::map_err;
 use super::neigh::{self, HopKey};
 use super::state::Slot;
-use super::types::{Backend, BackendAddr, NextHop};
+use super::types::{Backend, BackendAddr, NextHop, VipConfig};
 use super::{LoadBalancer, Vip};
 use crate::core::layout::consts::*;
 use crate::error::LbError;
@@ -337,10 +337,39 @@ impl LoadBalancer {
     /// when reading the counters or the kernel's tables fails;
     /// [`LbError::NetlinkSocket`] when no rtnetlink socket can be opened.
     pub fn backend_stats(&self, vip: &Vip) -> Result<Vec<BackendStats>, LbError> {
-        let (slots, questions): (Vec<(BackendAddr, Slot)>, _) = self.core.read(|st, maps| {
-            let slots = st.vip(vip)?.backends.iter().map(|(a, s)| (*a, *s)).collect();
-            // In the order of the backends (one VIP's, each once).
-            Ok::<_, LbError>((slots, hops::questions(st, maps, Some(vip))))
+        let mut one = self.backend_stats_of(Some(vip))?;
+        Ok(one.pop().map(|(_, _, backends)| backends).unwrap_or_default())
+    }
+
+    /// Every VIP, with its configuration and its backends as
+    /// [`backend_stats`](Self::backend_stats) gives them, read at one
+    /// moment: one look at the LB's state and one route lookup in its
+    /// namespace for them all, where a `backend_stats` per VIP makes one
+    /// each (what `xdpguard-lb stats` and each metrics scrape read).
+    ///
+    /// # Errors
+    ///
+    /// As [`backend_stats`](Self::backend_stats), without
+    /// [`LbError::VipNotFound`].
+    pub fn all_backend_stats(&self) -> Result<Vec<(Vip, VipConfig, Vec<BackendStats>)>, LbError> {
+        self.backend_stats_of(None)
+    }
+
+    /// `vip`'s backends (every VIP's when `None`), in the state's order.
+    fn backend_stats_of(&self, vip: Option<&Vip>) -> Result<Vec<(Vip, VipConfig, Vec<BackendStats>)>, LbError> {
+        type Group = (Vip, VipConfig, Vec<(BackendAddr, Slot)>);
+        let (groups, questions): (Vec<Group>, _) = self.core.read(|st, maps| {
+            if let Some(vip) = vip {
+                st.vip(vip)?;
+            }
+            let groups = st
+                .vips
+                .iter()
+                .filter(|(v, _)| vip.is_none_or(|want| want == *v))
+                .map(|(v, s)| (*v, s.config, s.backends.iter().map(|(a, slot)| (*a, *slot)).collect()))
+                .collect();
+            // In the same order: the VIPs', then each one's backends'.
+            Ok::<_, LbError>((groups, hops::questions(st, maps, vip)))
         })??;
         let hops = match self.hop_lookup() {
             Ok(mut look) => {
@@ -357,16 +386,28 @@ impl LoadBalancer {
                 neigh::next_hops(&mut look.rtnl, &found).map_err(neigh_err(OP))?
             }
             Err(LbError::ForeignNamespace { .. } | LbError::NamespaceNotEntered { .. }) => {
-                vec![NextHop::UNKNOWN; slots.len()]
+                vec![NextHop::UNKNOWN; questions.len()]
             }
             Err(e) => return Err(e),
         };
-        slots
+        let mut hops = hops.into_iter();
+        groups
             .into_iter()
-            .zip(hops)
-            .map(|((addr, slot), next_hop)| {
-                let (traffic, no_neighbour) = self.maps().backend_stats(slot.id)?;
-                Ok(BackendStats { backend: Backend { addr, weight: slot.weight }, traffic, no_neighbour, next_hop })
+            .map(|(vip, config, slots)| {
+                let backends = slots
+                    .into_iter()
+                    .map(|(addr, slot)| {
+                        let next_hop = hops.next().unwrap_or(NextHop::UNKNOWN);
+                        let (traffic, no_neighbour) = self.maps().backend_stats(slot.id)?;
+                        Ok(BackendStats {
+                            backend: Backend { addr, weight: slot.weight },
+                            traffic,
+                            no_neighbour,
+                            next_hop,
+                        })
+                    })
+                    .collect::<Result<_, LbError>>()?;
+                Ok((vip, config, backends))
             })
             .collect()
     }

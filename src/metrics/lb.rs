@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use super::family::{Id, Label, Samples};
-use crate::{Error, LoadBalancer, NeighbourState};
+use crate::{Error, LbError, LoadBalancer, NeighbourState};
 
 /// Every neighbour state, each a sample of `xdpguard_lb_backend_neighbour_state`.
 const NEIGHBOUR_STATES: [NeighbourState; 5] = [
@@ -38,14 +38,18 @@ pub(crate) fn read(lb: &LoadBalancer, pin: Label, s: &mut Samples) -> Result<(),
     // Next hops name their egress by index, in the LB's namespace: named
     // here when it is one of the LB's own interfaces (the usual case).
     let names: HashMap<u32, String> = lb.attachments().into_iter().map(|a| (a.ifindex, a.interface)).collect();
-    for (vip, _) in lb.vips()? {
+    for (vip, _, backends) in lb.all_backend_stats()? {
         let v: Label = vip.to_string().into();
-        let vs = lb.vip_stats(&vip)?;
+        let vs = match lb.vip_stats(&vip) {
+            Ok(vs) => vs,
+            // Removed since the backends were read: not in this scrape.
+            Err(LbError::VipNotFound { .. }) => continue,
+            Err(e) => return Err(e.into()),
+        };
         s.push_counter(Id::VIP_PACKETS, Id::VIP_BYTES, [pin.clone(), v.clone()], vs.traffic);
         s.push(Id::VIP_NEW_FLOWS, [pin.clone(), v.clone()], vs.new_flows);
         s.push(Id::VIP_LRU_HITS, [pin.clone(), v.clone()], vs.lru_hits);
         s.push(Id::VIP_LRU_MISSES, [pin.clone(), v.clone()], vs.lru_misses);
-        let backends = lb.backend_stats(&vip)?;
         let draining = backends.iter().filter(|b| b.backend.weight == 0).count();
         s.push(Id::VIP_BACKENDS, [pin.clone(), v.clone(), "active".into()], (backends.len() - draining) as u64);
         s.push(Id::VIP_BACKENDS, [pin.clone(), v.clone(), "draining".into()], draining as u64);
