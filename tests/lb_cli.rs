@@ -163,26 +163,45 @@ fn the_cli_manages_a_pinned_lb() {
     // when the last LB here lets go of it.
     let other = xdpguard::testing::netns::NetNs::new("lbclio");
     let eth1 = net.lb.ifindex("eth1").to_string();
-    other.ip(&["link", "add", "eth1", "index", &eth1, "type", "veth", "peer", "name", "peer1"]);
+    // Both ends numbered, so the peer cannot take the index first.
+    let spare = (net.lb.ifindex("eth1") + 100).to_string();
+    other.ip(&["link", "add", "eth1", "index", &eth1, "type", "veth", "peer", "name", "peer1", "index", &spare]);
     for dev in ["eth1", "peer1"] {
         other.ip(&["link", "set", dev, "up"]);
     }
     other.addr("eth1", "198.51.100.1/24");
-    let elsewhere = other.run(move || {
-        let lb = LoadBalancer::builder().load().unwrap();
-        let v = Vip::tcp("203.0.113.30:80".parse().unwrap());
-        lb.add_vip(v, xdpguard::VipConfig::new(xdpguard::ForwardingMode::L2Dsr)).unwrap();
-        lb.add_backend(&v, IpAddr::V4(shared), 1).unwrap();
-        lb
-    });
-    let theirs = other.ip(&["neigh", "show", &shared.to_string(), "dev", "eth1", "proto", "88"]).stdout;
-    assert!(!theirs.is_empty(), "the other namespace's LB has its own entry");
+    let theirs_pin = ScratchDir::bpffs("lbclio");
+    let q = ["--pin", theirs_pin.arg()];
+    cli.ok(&["attach", "--behind-filter", "--netns", &other.name, q[0], q[1]]);
+    cli.ok(&["vip", "add", "203.0.113.30:80", "--mode", "dsr", q[0], q[1]]);
     let shared_s = shared.to_string();
+    cli.ok(&["backend", "add", "203.0.113.30:80", &shared_s, q[0], q[1]]);
+    let theirs = other.ip(&["neigh", "show", &shared_s, "dev", "eth1", "proto", "88"]).stdout;
+    assert!(!theirs.is_empty(), "the other namespace's LB has its own entry");
+    // Its record as an earlier build wrote it: no namespace, so it counts
+    // for every one (an entry left, never one missing).
+    let records = libbpf_rs::MapHandle::from_pinned_path(theirs_pin.path().join("xdpg_lb_nbrs")).unwrap();
+    let recorded_owner = || {
+        use libbpf_rs::MapCore;
+        let keys: Vec<Vec<u8>> = records.keys().collect();
+        assert_eq!(keys.len(), 1, "one record");
+        let v = records.lookup(&keys[0], libbpf_rs::MapFlags::ANY).unwrap().unwrap();
+        (keys[0].clone(), u32::from_ne_bytes(v[..4].try_into().unwrap()))
+    };
+    let (key, owner) = recorded_owner();
+    assert_ne!(owner, 0, "a record names its LB's namespace");
+    libbpf_rs::MapCore::update(&records, &key, &0u32.to_ne_bytes(), libbpf_rs::MapFlags::EXIST).unwrap();
+    cli.ok(&["backend", "del", vip, &shared_s, p[0], p[1]]);
+    assert!(managed(), "an earlier build's record in another namespace keeps the entry here");
+    cli.ok(&["backend", "add", vip, &shared_s, p[0], p[1]]);
+    // Any command on that LB reconciles it, and its record takes its owner.
+    cli.ok(&["status", q[0], q[1]]);
+    assert_eq!(recorded_owner().1, owner, "its record names its namespace again");
     cli.ok(&["backend", "del", vip, &shared_s, p[0], p[1]]);
     assert!(!managed(), "removed here: the other namespace's record of the same index keeps nothing");
     cli.ok(&["backend", "add", vip, &shared_s, p[0], p[1]]);
     assert!(managed(), "added back");
-    other.run(move || drop(elsewhere));
+    cli.ok(&["detach", q[0], q[1]]);
 
     let status = cli.json(&["status", "--json", p[0], p[1]]);
     assert_eq!(status["attachments"].as_array().unwrap().len(), 2);
@@ -353,6 +372,17 @@ fn an_lb_attached_nowhere_serves_behind_a_filter() {
     assert!(!managed(gw), "receiving nowhere: the main table's next hops");
     filter.ok(&["next", pin.arg(), "--pin", fpin.arg()]);
     assert!(managed(gw), "chained again: the gateway the data plane uses from eth0");
+    // `upgrade` gives the filter the LB's new program in its next slot: the
+    // LB still receives on eth0, and its entries follow a route changed
+    // meanwhile (reconciled once the filter chains the new program).
+    let gw2 = "198.51.100.98";
+    let route =
+        |via: &str| net.lb.ip(&["route", "replace", &format!("{b1}/32"), "via", via, "dev", "eth1", "table", "100"]);
+    route(gw2);
+    let out = cli.ok(&["upgrade", p[0], p[1]]);
+    assert!(out.contains("chaining it now pass their packets on"), "{out}");
+    assert_eq!([managed(gw2), managed(gw), managed(&b1)], [true, false, false], "[gw2, gw, b1] after the upgrade");
+    route(gw);
     // The filter's interfaces are the LB's: detaching the filter from eth0
     // and attaching it again move the entries too.
     filter.ok(&["detach", "--iface", "eth0", "--pin", fpin.arg()]);
@@ -414,9 +444,26 @@ fn a_filter_moved_from_one_lb_to_another_moves_their_next_hops() {
     filter.ok(&["next", pin_a.arg(), "--pin", fpin.arg()]);
     // A: both gateways; B, receiving nowhere: the main table's b2.
     assert_eq!(managed(), [true, true, false, true], "[gw1, gw2, b1, b2] with A chained");
+    // The LB that now receives is reconciled first: gw2, which B needs from
+    // the moment the filter chains it, is never deleted on the way (A, let
+    // go of it first, would have removed it before B recorded it).
+    let monitor = std::process::Command::new("ip")
+        .args(["-n", &net.lb.name, "monitor", "neigh"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("ip monitor");
+    let mut monitor = common::cli::Running(monitor);
+    std::thread::sleep(Duration::from_millis(300));
     filter.ok(&["next", pin_b.arg(), "--pin", fpin.arg()]);
+    std::thread::sleep(Duration::from_millis(300));
     // A: b1 and b2 from the main table; B: gw2, which A no longer wants.
     assert_eq!(managed(), [false, true, true, true], "[gw1, gw2, b1, b2] with B chained");
+    let _ = monitor.0.kill();
+    let mut events = String::new();
+    std::io::Read::read_to_string(&mut monitor.0.stdout.take().expect("piped"), &mut events)
+        .expect("ip monitor's output");
+    assert!(events.contains(&format!("{gw1} ")), "the monitor saw the change (gw1 removed): {events}");
+    assert!(!events.lines().any(|l| l.starts_with(&format!("Deleted {gw2} "))), "gw2 kept throughout: {events}");
     filter.ok(&["next", "none", "--pin", fpin.arg()]);
     assert_eq!(managed(), [false, false, true, true], "[gw1, gw2, b1, b2] with neither chained");
 

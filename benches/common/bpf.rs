@@ -211,6 +211,15 @@ impl ChaseProg {
             map_flags: if table == ChaseTable::VmallocPieces { libbpf_sys::BPF_F_MMAPABLE } else { 0 },
             ..Default::default()
         };
+        // An array map this small is kmalloc'd when the kernel finds the
+        // pages (`__GFP_NORETRY`), and vmalloc'd otherwise: counted, so a
+        // fragmented host's direct-mapped row says it is not all that.
+        let vmalloced = || {
+            std::fs::read_to_string("/proc/vmallocinfo")
+                .map(|s| s.lines().filter(|l| l.contains("array_map_alloc")).count())
+                .unwrap_or(0)
+        };
+        let before = vmalloced();
         for p in 0..pieces {
             let piece =
                 MapHandle::create(libbpf_rs::MapType::Array, Some("bench_chase_pc"), 4, 8, CHASE_PIECE as u32, &opts)
@@ -220,6 +229,13 @@ impl ChaseProg {
             outer
                 .update(&(p as u32).to_ne_bytes(), &fd.to_ne_bytes(), MapFlags::ANY)
                 .map_err(bpf_err("placing a piece of the chase table"))?;
+        }
+        let vmalloc_pieces = vmalloced().saturating_sub(before);
+        if table == ChaseTable::Direct && vmalloc_pieces > 0 {
+            eprintln!(
+                "note: {vmalloc_pieces} of the {pieces} pieces of the direct-mapped chase table were vmalloc'd (the \
+                 kernel found no free 32 KiB blocks): that row is partly in 4 KiB pages"
+            );
         }
         Ok(chase)
     }

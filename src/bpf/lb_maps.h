@@ -142,7 +142,7 @@ struct {
 
 /* The managed neighbour entries user space created for backends' next
  * hops (struct xdpg_lb_nbr_key -> the low 32 bits of the LB's network
- * namespace's inode; 0, in earlier builds' records, for any), so it removes
+ * namespace's cookie; 0, in earlier builds' records, for any), so it removes
  * exactly those. Only user space uses it; it lives here to be pinned with the rest. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);

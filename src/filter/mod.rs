@@ -603,7 +603,12 @@ impl Filter {
             .next
             .set(0, program)
             .map_err(|source| LoadError::Bpf { op: "installing the next program".into(), error: source })?;
-        self.next_hops_follow([had, crate::core::sys::prog_id(program).ok()]);
+        // The program now receiving first: a load balancer that starts
+        // receiving here records the entries it needs before one that
+        // stops lets go of them (an entry both need is never deleted on
+        // the way; the other way round, the entry deleted and made again
+        // is one the LB that no longer receives here needs).
+        self.next_hops_follow([crate::core::sys::prog_id(program).ok(), had]);
         Ok(())
     }
 

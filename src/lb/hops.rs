@@ -223,7 +223,8 @@ impl LoadBalancer {
             return Ok(());
         }
         let mut rtnl = self.rtnl()?;
-        neigh::reconcile(&mut rtnl, &BTreeSet::new(), &recorded, self.maps())
+        let records = Records::new(self.maps(), &rtnl);
+        neigh::reconcile(&mut rtnl, &BTreeSet::new(), &recorded, &records)
             .map(drop)
             .map_err(neigh_err("removing the backends' managed neighbour entries"))
     }
@@ -244,18 +245,44 @@ pub(super) fn sync_hops(st: &LbState, maps: &LbMaps, look: &mut HopLookup<'_>) -
     let hops = look.hops(&questions).map_err(neigh_err(op))?;
     let mut wanted: BTreeSet<HopKey> = hops.each.iter().flatten().copied().collect();
     wanted.extend(recorded.iter().filter(|h| hops.keeps(h)));
-    neigh::reconcile(&mut look.rtnl, &wanted, &recorded, maps).map_err(neigh_err(op))
+    let records = Records::new(maps, &look.rtnl);
+    neigh::reconcile(&mut look.rtnl, &wanted, &recorded, &records).map_err(neigh_err(op))
 }
 
-impl neigh::HopRecord for LbMaps {
+/// What an LB's records of its managed neighbour entries hold: the low 32
+/// bits of its network namespace's cookie (`rtnl` is a socket there),
+/// which the kernel never gives another namespace, so another LB's
+/// reconciling tells the records of its own namespace from those of one
+/// where the same interface index and address name another entry (an
+/// inode number would not: a namespace made after one is gone gets its
+/// inode). 0, what earlier builds' records hold, for "any namespace": also
+/// what is written when the cookie cannot be read, and never a cookie's
+/// low bits (made 1 then).
+fn hop_owner(rtnl: &neigh::Rtnl) -> u32 {
+    rtnl.netns_cookie().map_or(0, |c| (c as u32).max(1))
+}
+
+/// One LB's records, as `neigh::reconcile` keeps them.
+struct Records<'a> {
+    maps: &'a LbMaps,
+    owner: u32,
+}
+
+impl<'a> Records<'a> {
+    fn new(maps: &'a LbMaps, rtnl: &neigh::Rtnl) -> Self {
+        Records { maps, owner: hop_owner(rtnl) }
+    }
+}
+
+impl neigh::HopRecord for Records<'_> {
     fn record(&self, hop: neigh::HopKey) -> std::io::Result<()> {
-        self.record_hop(hop)
+        self.maps.record_hop(hop, self.owner)
     }
     fn forget(&self, hop: neigh::HopKey) -> std::io::Result<()> {
-        self.forget_hop(hop)
+        self.maps.forget_hop(hop)
     }
     fn shared(&self, hop: neigh::HopKey) -> bool {
-        self.hop_recorded_elsewhere(hop)
+        self.maps.hop_recorded_elsewhere(hop, self.owner)
     }
 }
 

@@ -143,41 +143,33 @@ impl LbMaps {
         }
     }
 
-    /// What a record of this LB's holds: the low 32 bits of its network
-    /// namespace's inode (namespace inodes are unique while they exist),
-    /// so another LB's reconciling tells the records of its own namespace
-    /// from those of another where the same interface index and address
-    /// name another neighbour entry.
-    fn hop_owner(&self) -> u32 {
-        self.netns().ino as u32
-    }
-
-    /// Records a managed neighbour entry this LB created.
-    pub(crate) fn record_hop(&self, hop: HopKey) -> std::io::Result<()> {
-        self.neighbours.insert(&Self::hop_key(hop), &self.hop_owner(), libbpf_rs::MapFlags::ANY)
+    /// Records a managed neighbour entry this LB created, as `owner`'s
+    /// (its namespace's, `hops::hop_owner`).
+    pub(crate) fn record_hop(&self, hop: HopKey, owner: u32) -> std::io::Result<()> {
+        self.neighbours.insert(&Self::hop_key(hop), &owner, libbpf_rs::MapFlags::ANY)
     }
 
     /// Whether another load balancer in this one's network namespace
     /// (another `xdpg_lb_nbrs` map than this one's, found in the kernel's
-    /// list of maps, whose record of `hop` names this namespace) still
-    /// needs the managed entry for `hop`: then it stays. A record of
-    /// earlier builds names no namespace (0) and counts for every one: a
-    /// managed entry left, never one missing. An LB in another namespace
-    /// whose next hop has the same interface index and address does not
-    /// keep this namespace's entry (it did, before the records named their
-    /// namespace).
-    pub(crate) fn hop_recorded_elsewhere(&self, hop: HopKey) -> bool {
+    /// list of maps, whose record of `hop` names `owner`, this LB's
+    /// namespace) still needs the managed entry for `hop`: then it stays.
+    /// A record of an earlier build names no namespace (0) and counts for
+    /// every one: a managed entry left, never one missing (each LB's own
+    /// records take their owner at its next reconciling). An LB in another
+    /// namespace whose next hop has the same interface index and address
+    /// does not keep this namespace's entry (it did, before the records
+    /// named their namespace).
+    pub(crate) fn hop_recorded_elsewhere(&self, hop: HopKey, owner: u32) -> bool {
         use libbpf_rs::MapCore;
         let own = self.neighbours.handle().info().map(|i| i.info.id).ok();
         let key = Self::hop_key(hop);
-        let here = self.hop_owner();
         libbpf_rs::query::MapInfoIter::default().filter(|m| m.name == names::XDPG_LB_NBRS && Some(m.id) != own).any(
             |m| {
                 libbpf_rs::MapHandle::from_map_id(m.id)
                     .ok()
                     .and_then(|h| h.lookup(bytemuck::bytes_of(&key), libbpf_rs::MapFlags::ANY).ok().flatten())
                     .and_then(|v| v.get(..4).map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]])))
-                    .is_some_and(|owner| owner == 0 || owner == here)
+                    .is_some_and(|theirs| theirs == 0 || theirs == owner)
             },
         )
     }

@@ -28,7 +28,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::io;
 use std::net::IpAddr;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 
 use netlink_packet_core::{
@@ -184,6 +184,34 @@ impl Rtnl {
         rtnl.sock.bind_auto().map_err(OpenError::Io)?;
         rtnl.sock.connect(&SocketAddr::new(0, 0)).map_err(OpenError::Io)?;
         Ok(rtnl)
+    }
+
+    /// The cookie of the network namespace the socket was opened in
+    /// (`SO_NETNS_COOKIE`, Linux 5.14): a number the kernel gives each
+    /// namespace once and never reuses, where a namespace's inode number
+    /// goes to the next namespace made after it is gone.
+    pub(crate) fn netns_cookie(&self) -> io::Result<u64> {
+        /// include/uapi/asm-generic/socket.h (x86, arm64 and the others
+        /// that use the generic numbers).
+        const SO_NETNS_COOKIE: nix::libc::c_int = 71;
+        let mut cookie = 0u64;
+        let mut len = std::mem::size_of::<u64>() as nix::libc::socklen_t;
+        // SAFETY: the fd is this socket's, open for the call; `cookie` and
+        // `len` are live locals, `len` holding `cookie`'s size, which is
+        // what the kernel writes (a u64) and no more.
+        let rc = unsafe {
+            nix::libc::getsockopt(
+                self.sock.as_raw_fd(),
+                nix::libc::SOL_SOCKET,
+                SO_NETNS_COOKIE,
+                (&raw mut cookie).cast(),
+                &raw mut len,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(cookie)
     }
 
     /// Sends one request and collects the messages answering it, up to the
@@ -494,9 +522,9 @@ pub(crate) fn reconcile(
             Some(e) if e.ours => {}
             Some(_) => continue, // an operator's entry: left alone, not ours to remove
         }
-        if !recorded.contains(hop) {
-            lb.record(*hop)?;
-        }
+        // Recorded again when it was already: a record of an earlier build
+        // (no owner) takes this LB's.
+        lb.record(*hop)?;
     }
     for hop in recorded.difference(wanted) {
         if table.get(hop).is_some_and(|e| e.ours) && !lb.shared(*hop) {

@@ -372,6 +372,8 @@ impl LoadBalancer {
             Ok::<_, LbError>((groups, hops::questions(st, maps, vip)))
         })??;
         let hops = match self.hop_lookup() {
+            // No backend: nothing to ask the LB's namespace.
+            _ if questions.is_empty() => Vec::new(),
             Ok(mut look) => {
                 const OP: &str = "reading the backends' next hops";
                 // The first receiving interface's (those the LB is attached
