@@ -170,16 +170,23 @@ fn the_cli_manages_a_pinned_lb() {
         other.ip(&["link", "set", dev, "up"]);
     }
     other.addr("eth1", "198.51.100.1/24");
+    // A backend no other test uses (an earlier build's record, below,
+    // counts for every namespace: on a shared address it would keep other
+    // tests' entries), with no host (drained here, so no flow goes to it).
+    let lone = "198.51.100.77";
+    let lone_here = || {
+        let out = net.lb.ip(&["neigh", "show", lone, "proto", "88"]).stdout;
+        !String::from_utf8_lossy(&out).trim().is_empty()
+    };
     let theirs_pin = ScratchDir::bpffs("lbclio");
     let q = ["--pin", theirs_pin.arg()];
     cli.ok(&["attach", "--behind-filter", "--netns", &other.name, q[0], q[1]]);
     cli.ok(&["vip", "add", "203.0.113.30:80", "--mode", "dsr", q[0], q[1]]);
-    let shared_s = shared.to_string();
-    cli.ok(&["backend", "add", "203.0.113.30:80", &shared_s, q[0], q[1]]);
-    let theirs = other.ip(&["neigh", "show", &shared_s, "dev", "eth1", "proto", "88"]).stdout;
+    cli.ok(&["backend", "add", "203.0.113.30:80", lone, q[0], q[1]]);
+    let theirs = other.ip(&["neigh", "show", lone, "dev", "eth1", "proto", "88"]).stdout;
     assert!(!theirs.is_empty(), "the other namespace's LB has its own entry");
-    // Its record as an earlier build wrote it: no namespace, so it counts
-    // for every one (an entry left, never one missing).
+    cli.ok(&["backend", "add", vip, lone, "--weight", "0", p[0], p[1]]);
+    assert!(lone_here(), "and this one its own");
     let records = libbpf_rs::MapHandle::from_pinned_path(theirs_pin.path().join("xdpg_lb_nbrs")).unwrap();
     let recorded_owner = || {
         use libbpf_rs::MapCore;
@@ -190,17 +197,20 @@ fn the_cli_manages_a_pinned_lb() {
     };
     let (key, owner) = recorded_owner();
     assert_ne!(owner, 0, "a record names its LB's namespace");
+    cli.ok(&["backend", "del", vip, lone, p[0], p[1]]);
+    assert!(!lone_here(), "removed here: the other namespace's record of the same index keeps nothing");
+    // Its record as an earlier build wrote it: no namespace, so it may be
+    // this one's, and the entry stays while it does not say.
+    cli.ok(&["backend", "add", vip, lone, "--weight", "0", p[0], p[1]]);
     libbpf_rs::MapCore::update(&records, &key, &0u32.to_ne_bytes(), libbpf_rs::MapFlags::EXIST).unwrap();
-    cli.ok(&["backend", "del", vip, &shared_s, p[0], p[1]]);
-    assert!(managed(), "an earlier build's record in another namespace keeps the entry here");
-    cli.ok(&["backend", "add", vip, &shared_s, p[0], p[1]]);
-    // Any command on that LB reconciles it, and its record takes its owner.
+    cli.ok(&["backend", "del", vip, lone, p[0], p[1]]);
+    assert!(lone_here(), "an earlier build's record, maybe of this namespace, keeps the entry");
+    // Any command on that LB reconciles it, and its record takes its
+    // owner; the next reconciling here removes the entry it kept.
     cli.ok(&["status", q[0], q[1]]);
     assert_eq!(recorded_owner().1, owner, "its record names its namespace again");
-    cli.ok(&["backend", "del", vip, &shared_s, p[0], p[1]]);
-    assert!(!managed(), "removed here: the other namespace's record of the same index keeps nothing");
-    cli.ok(&["backend", "add", vip, &shared_s, p[0], p[1]]);
-    assert!(managed(), "added back");
+    cli.ok(&["status", p[0], p[1]]);
+    assert!(!lone_here(), "removed once the other record says it is another namespace's");
     cli.ok(&["detach", q[0], q[1]]);
 
     let status = cli.json(&["status", "--json", p[0], p[1]]);
@@ -447,23 +457,47 @@ fn a_filter_moved_from_one_lb_to_another_moves_their_next_hops() {
     // The LB that now receives is reconciled first: gw2, which B needs from
     // the moment the filter chains it, is never deleted on the way (A, let
     // go of it first, would have removed it before B recorded it).
-    let monitor = std::process::Command::new("ip")
-        .args(["-n", &net.lb.name, "monitor", "neigh"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("ip monitor");
-    let mut monitor = common::cli::Running(monitor);
-    std::thread::sleep(Duration::from_millis(300));
+    let mut monitor = common::cli::Running(
+        std::process::Command::new("ip")
+            .args(["-n", &net.lb.name, "monitor", "neigh"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("ip monitor"),
+    );
+    let (lines, seen) = std::sync::mpsc::channel::<String>();
+    let out = monitor.0.stdout.take().expect("piped");
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(out)).map_while(Result::ok) {
+            if lines.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // Every line up to (and with) the first that starts with `prefix`.
+    let until = |prefix: &str| {
+        let mut got = Vec::new();
+        while let Ok(line) = seen.recv_timeout(Duration::from_secs(10)) {
+            let done = line.starts_with(prefix);
+            got.push(line);
+            if done {
+                return got;
+            }
+        }
+        panic!("ip monitor printed no `{prefix}` line: {got:?}");
+    };
+    // Listening once it reports an entry made and deleted for the purpose.
+    let sentinel = "198.51.100.250";
+    net.lb.ip(&["neigh", "add", sentinel, "dev", "eth1", "lladdr", "02:00:00:00:00:fa", "nud", "permanent"]);
+    net.lb.ip(&["neigh", "del", sentinel, "dev", "eth1"]);
+    until(&format!("Deleted {sentinel} "));
     filter.ok(&["next", pin_b.arg(), "--pin", fpin.arg()]);
-    std::thread::sleep(Duration::from_millis(300));
     // A: b1 and b2 from the main table; B: gw2, which A no longer wants.
     assert_eq!(managed(), [false, true, true, true], "[gw1, gw2, b1, b2] with B chained");
-    let _ = monitor.0.kill();
-    let mut events = String::new();
-    std::io::Read::read_to_string(&mut monitor.0.stdout.take().expect("piped"), &mut events)
-        .expect("ip monitor's output");
-    assert!(events.contains(&format!("{gw1} ")), "the monitor saw the change (gw1 removed): {events}");
-    assert!(!events.lines().any(|l| l.starts_with(&format!("Deleted {gw2} "))), "gw2 kept throughout: {events}");
+    // The monitor has seen the change once it reports gw1 gone (the last
+    // step, A's letting go), and no deletion of gw2 before it.
+    let events = until(&format!("Deleted {gw1} "));
+    assert!(!events.iter().any(|l| l.starts_with(&format!("Deleted {gw2} "))), "gw2 kept throughout: {events:?}");
+    drop(monitor);
     filter.ok(&["next", "none", "--pin", fpin.arg()]);
     assert_eq!(managed(), [false, false, true, true], "[gw1, gw2, b1, b2] with neither chained");
 

@@ -37,42 +37,34 @@ struct {
 volatile const __u32 bench_chase_mask = 0;
 
 /* The same table cut into pieces of BENCH_CHASE_PIECE words, each its own
- * array map (bench_chase_direct): an array map this small comes from
- * kmalloc, so it lies in the kernel's direct map (1 GiB or 2 MiB pages),
- * where bench_chase_tab, like every larger or mmapable map, is vmalloc'd
- * in 4 KiB pages. bench_chase_vmalloc_pieces reads the same pieces made mmapable,
- * so vmalloc'd: it and bench_chase_direct run the same instructions and
- * differ only in the pages the reads go through, the TLB's part of one
- * random read. */
+ * array map, behind an array of maps. An array map this small comes from
+ * kmalloc, so bench_chase_direct's pieces lie in the kernel's direct map
+ * (1 GiB or 2 MiB pages), where bench_chase_tab, like every larger or
+ * mmapable map, is vmalloc'd in 4 KiB pages. bench_chase_vmalloc_pieces
+ * reads the same pieces made mmapable, so vmalloc'd: it and
+ * bench_chase_direct run the same instructions and differ only in the
+ * pages the reads go through, the TLB's part of one random read. */
 #define BENCH_CHASE_PIECE 2048
-struct bench_chase_piece {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, BENCH_CHASE_PIECE);
-	__type(key, __u32);
-	__type(value, __u64);
-};
 
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__array(values, struct bench_chase_piece);
-} bench_chase_pieces SEC(".maps");
+/* The pieces' template `piece` (its map flags `flags`) and the array of
+ * maps `outer` holding them. */
+#define CHASE_PIECES(piece, flags, outer)                 \
+	struct piece {                                    \
+		__uint(type, BPF_MAP_TYPE_ARRAY);         \
+		__uint(max_entries, BENCH_CHASE_PIECE);   \
+		__uint(map_flags, flags);                 \
+		__type(key, __u32);                       \
+		__type(value, __u64);                     \
+	};                                                \
+	struct {                                          \
+		__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS); \
+		__uint(max_entries, 1);                   \
+		__type(key, __u32);                       \
+		__array(values, struct piece);            \
+	} outer SEC(".maps")
 
-struct bench_chase_vpiece {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, BENCH_CHASE_PIECE);
-	__uint(map_flags, BPF_F_MMAPABLE);
-	__type(key, __u32);
-	__type(value, __u64);
-};
-
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__array(values, struct bench_chase_vpiece);
-} bench_chase_vpieces SEC(".maps");
+CHASE_PIECES(bench_chase_piece, 0, bench_chase_pieces);
+CHASE_PIECES(bench_chase_vpiece, BPF_F_MMAPABLE, bench_chase_vpieces);
 
 /* The frame's source word (0 if neither IPv4 nor IPv6). */
 static __always_inline __u32 chase_source(struct xdp_md *ctx)

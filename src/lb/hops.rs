@@ -281,7 +281,7 @@ impl neigh::HopRecord for Records<'_> {
     fn forget(&self, hop: neigh::HopKey) -> std::io::Result<()> {
         self.maps.forget_hop(hop)
     }
-    fn shared(&self, hop: neigh::HopKey) -> bool {
+    fn shared(&self, hop: neigh::HopKey) -> neigh::Shared {
         self.maps.hop_recorded_elsewhere(hop, self.owner)
     }
 }

@@ -13,7 +13,7 @@ use super::layout::{
     xdpg_lb_ct4_line, xdpg_lb_flow, xdpg_lb_flow4, xdpg_lb_nat_rev, xdpg_lb_nbr_key, xdpg_lb_vip, xdpg_lb_vip_key,
     xdpg_lb_vip_key4, xdpg_lb_vip_stats,
 };
-use super::neigh::{HopKey, NsId};
+use super::neigh::{self, HopKey, NsId};
 use crate::core::layout::consts::*;
 use crate::core::layout::names;
 use crate::core::maps::{program_maps, ArrayOfMaps, DevMap, Hash, Mmapped, Opaque, PerCpu, TypedMap};
@@ -153,25 +153,30 @@ impl LbMaps {
     /// (another `xdpg_lb_nbrs` map than this one's, found in the kernel's
     /// list of maps, whose record of `hop` names `owner`, this LB's
     /// namespace) still needs the managed entry for `hop`: then it stays.
-    /// A record of an earlier build names no namespace (0) and counts for
-    /// every one: a managed entry left, never one missing (each LB's own
-    /// records take their owner at its next reconciling). An LB in another
-    /// namespace whose next hop has the same interface index and address
-    /// does not keep this namespace's entry (it did, before the records
-    /// named their namespace).
-    pub(crate) fn hop_recorded_elsewhere(&self, hop: HopKey, owner: u32) -> bool {
+    /// A record of an earlier build names no namespace (0): `Maybe`, and
+    /// the entry stays while that record does not say (its LB's next
+    /// reconciling writes its owner). An LB in another namespace whose next
+    /// hop has the same interface index and address does not keep this
+    /// namespace's entry (it did, before the records named their
+    /// namespace).
+    pub(crate) fn hop_recorded_elsewhere(&self, hop: HopKey, owner: u32) -> neigh::Shared {
         use libbpf_rs::MapCore;
         let own = self.neighbours.handle().info().map(|i| i.info.id).ok();
         let key = Self::hop_key(hop);
-        libbpf_rs::query::MapInfoIter::default().filter(|m| m.name == names::XDPG_LB_NBRS && Some(m.id) != own).any(
-            |m| {
-                libbpf_rs::MapHandle::from_map_id(m.id)
-                    .ok()
-                    .and_then(|h| h.lookup(bytemuck::bytes_of(&key), libbpf_rs::MapFlags::ANY).ok().flatten())
-                    .and_then(|v| v.get(..4).map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]])))
-                    .is_some_and(|theirs| theirs == 0 || theirs == owner)
-            },
-        )
+        let mut shared = neigh::Shared::No;
+        for m in libbpf_rs::query::MapInfoIter::default().filter(|m| m.name == names::XDPG_LB_NBRS && Some(m.id) != own)
+        {
+            let theirs = libbpf_rs::MapHandle::from_map_id(m.id)
+                .ok()
+                .and_then(|h| h.lookup(bytemuck::bytes_of(&key), libbpf_rs::MapFlags::ANY).ok().flatten())
+                .and_then(|v| v.get(..4).map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]])));
+            match theirs {
+                Some(theirs) if theirs == owner => return neigh::Shared::Yes,
+                Some(0) => shared = neigh::Shared::Maybe,
+                _ => {}
+            }
+        }
+        shared
     }
 
     /// Forgets one (it was removed, or is no longer ours).

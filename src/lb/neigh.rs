@@ -192,8 +192,11 @@ impl Rtnl {
     /// goes to the next namespace made after it is gone.
     pub(crate) fn netns_cookie(&self) -> io::Result<u64> {
         /// include/uapi/asm-generic/socket.h (x86, arm64 and the others
-        /// that use the generic numbers).
+        /// that use the generic numbers); SPARC numbers its own.
+        #[cfg(not(any(target_arch = "sparc", target_arch = "sparc64")))]
         const SO_NETNS_COOKIE: nix::libc::c_int = 71;
+        #[cfg(any(target_arch = "sparc", target_arch = "sparc64"))]
+        const SO_NETNS_COOKIE: nix::libc::c_int = 0x50;
         let mut cookie = 0u64;
         let mut len = std::mem::size_of::<u64>() as nix::libc::socklen_t;
         // SAFETY: the fd is this socket's, open for the call; `cookie` and
@@ -491,7 +494,20 @@ pub(crate) trait HopRecord {
     fn forget(&self, hop: HopKey) -> io::Result<()>;
     /// Whether another load balancer relies on it too (then it stays when
     /// this one no longer needs it).
-    fn shared(&self, hop: HopKey) -> bool;
+    fn shared(&self, hop: HopKey) -> Shared;
+}
+
+/// Whether another load balancer relies on a managed entry too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Shared {
+    /// No other LB's record holds it.
+    No,
+    /// Another LB in this namespace records it.
+    Yes,
+    /// Only an earlier build's record, which names no namespace, holds
+    /// it: maybe an LB of this namespace, maybe one of another whose next
+    /// hop has the same interface index and address.
+    Maybe,
 }
 
 /// Makes the managed entries the LB recorded (`recorded`) match the next
@@ -527,11 +543,22 @@ pub(crate) fn reconcile(
         lb.record(*hop)?;
     }
     for hop in recorded.difference(wanted) {
-        if table.get(hop).is_some_and(|e| e.ours) && !lb.shared(*hop) {
-            rtnl.delete(*hop)?;
-            done.removed += 1;
+        let ours = table.get(hop).is_some_and(|e| e.ours);
+        match if ours { lb.shared(*hop) } else { Shared::No } {
+            Shared::No => {
+                if ours {
+                    rtnl.delete(*hop)?;
+                    done.removed += 1;
+                }
+                lb.forget(*hop)?;
+            }
+            // The other LB's record keeps it from here on.
+            Shared::Yes => lb.forget(*hop)?,
+            // Kept, and still recorded here: a later reconciling removes
+            // it once the other record names its namespace (its LB's next
+            // reconciling writes that), when it is another's.
+            Shared::Maybe => {}
         }
-        lb.forget(*hop)?;
     }
     Ok(done)
 }

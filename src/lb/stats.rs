@@ -371,10 +371,11 @@ impl LoadBalancer {
             // In the same order: the VIPs', then each one's backends'.
             Ok::<_, LbError>((groups, hops::questions(st, maps, vip)))
         })??;
-        let hops = match self.hop_lookup() {
-            // No backend: nothing to ask the LB's namespace.
-            _ if questions.is_empty() => Vec::new(),
-            Ok(mut look) => {
+        // No backend: nothing to ask the LB's namespace.
+        let looked = if questions.is_empty() { None } else { Some(self.hop_lookup()) };
+        let hops = match looked {
+            None => Vec::new(),
+            Some(Ok(mut look)) => {
                 const OP: &str = "reading the backends' next hops";
                 // The first receiving interface's (those the LB is attached
                 // to come first).
@@ -387,10 +388,10 @@ impl LoadBalancer {
                     .collect();
                 neigh::next_hops(&mut look.rtnl, &found).map_err(neigh_err(OP))?
             }
-            Err(LbError::ForeignNamespace { .. } | LbError::NamespaceNotEntered { .. }) => {
+            Some(Err(LbError::ForeignNamespace { .. } | LbError::NamespaceNotEntered { .. })) => {
                 vec![NextHop::UNKNOWN; questions.len()]
             }
-            Err(e) => return Err(e),
+            Some(Err(e)) => return Err(e),
         };
         let mut hops = hops.into_iter();
         groups
