@@ -708,9 +708,14 @@ struct Yardsticks {
 }
 
 impl Yardsticks {
-    fn pieced(&self, row: Row) -> &ChaseProg {
-        let prog = if row == Row::ChaseDirect { &self.chase_direct } else { &self.chase_vpieces };
-        prog.as_ref().expect("a pieced chase is loaded when its row is asked for")
+    /// The chase a chase row reads through.
+    fn chase_of(&self, row: Row) -> &ChaseProg {
+        let pieced = match row {
+            Row::Chase => return &self.chase,
+            Row::ChaseDirect => &self.chase_direct,
+            _ => &self.chase_vpieces,
+        };
+        pieced.as_ref().expect("a pieced chase is loaded when its row is asked for")
     }
 }
 
@@ -725,8 +730,7 @@ fn run_row(
 ) -> Measured {
     let link = match row {
         Row::Drop => Some(h.attach_rx(&yard.bare.prog)),
-        Row::Chase => Some(h.attach_rx(&yard.chase.prog)),
-        Row::ChaseDirect | Row::ChaseVpieces => Some(h.attach_rx(&yard.pieced(row).prog)),
+        Row::Chase | Row::ChaseDirect | Row::ChaseVpieces => Some(h.attach_rx(&yard.chase_of(row).prog)),
         Row::Lpm => Some(h.attach_rx(&c.lpm.as_ref().expect("LPM loaded").prog)),
         Row::Xdpguard | Row::XdpguardRules | Row::XdpguardRulesElsewhere => {
             let fd = filter_of(row, c).program_fd().try_clone_to_owned().expect("dup");
@@ -746,12 +750,8 @@ fn run_row(
             let n = yard.bare.count().expect("drop counter");
             RxCount { total: n, blocked: n }
         }),
-        Row::Chase => Box::new(|| {
-            let n = yard.chase.count().expect("chase counter");
-            RxCount { total: n, blocked: n }
-        }),
-        Row::ChaseDirect | Row::ChaseVpieces => Box::new(move || {
-            let n = yard.pieced(row).count().expect("chase counter");
+        Row::Chase | Row::ChaseDirect | Row::ChaseVpieces => Box::new(move || {
+            let n = yard.chase_of(row).count().expect("chase counter");
             RxCount { total: n, blocked: n }
         }),
         Row::Lpm => Box::new(|| {

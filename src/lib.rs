@@ -146,8 +146,8 @@ pub use lb::health_check;
 pub use lb::{
     Backend, BackendAddr, BackendBatch, BackendState, BackendStats, Decap, DecapBuilder, DecapStats, Digest,
     EchoPolicy, Flow, ForwardingMode, FragmentPolicy, HashInput, LbDigest, LbDrops, LbStats, LoadBalancer,
-    LoadBalancerBuilder, NeighbourState, NewFlowLimit, NextHop, OptionsPolicy, Protocol, Vip, VipConfig, VipStats,
-    DEFAULT_CONNECTIONS, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_VIPS, DEFAULT_NEXT_HOP_CACHE, DEFAULT_TABLE_SIZE,
+    LoadBalancerBuilder, NeighbourState, NewFlowLimit, NextHop, OptionsPolicy, Protocol, Vip, VipConfig, VipReport,
+    VipStats, DEFAULT_CONNECTIONS, DEFAULT_MAX_BACKENDS, DEFAULT_MAX_VIPS, DEFAULT_NEXT_HOP_CACHE, DEFAULT_TABLE_SIZE,
     DEFAULT_UDP_TIMEOUT, MAX_TABLE_SIZE, MAX_WEIGHT, MIN_TABLE_SIZE, NEIGH_PROTOCOL,
 };
 pub use lb::{ChainedFrom, ForwardingOff, Health, Unredirected, Unrouted};

@@ -1412,15 +1412,7 @@ struct Snapshot {
 impl Snapshot {
     fn read(lb: &LoadBalancer) -> Result<Snapshot> {
         let global = lb.stats()?;
-        let mut vips = Vec::new();
-        for (vip, config, backends) in lb.all_backend_stats()? {
-            match lb.vip_stats(&vip) {
-                Ok(stats) => vips.push((vip, config, stats, backends)),
-                // Removed since the backends were read: not in this snapshot.
-                Err(xdpguard::LbError::VipNotFound { .. }) => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
+        let vips = lb.all_vip_stats()?.into_iter().map(|r| (r.vip, r.config, r.stats, r.backends)).collect();
         Ok(Snapshot { taken: Instant::now(), global, vips })
     }
 

@@ -66,7 +66,7 @@ pub use neigh::NEIGH_PROTOCOL;
 pub use policies::{EchoPolicy, FragmentPolicy, NewFlowLimit, OptionsPolicy};
 #[cfg_attr(not(feature = "config"), allow(unused_imports))]
 pub(crate) use settings::check_ipip_source;
-pub use stats::{BackendStats, LbDrops, LbStats, VipStats};
+pub use stats::{BackendStats, LbDrops, LbStats, VipReport, VipStats};
 pub use types::{
     Backend, BackendAddr, BackendState, Flow, ForwardingMode, HashInput, NeighbourState, NextHop, Protocol, Vip,
     VipConfig, DEFAULT_TABLE_SIZE, MAX_TABLE_SIZE, MAX_WEIGHT, MIN_TABLE_SIZE,

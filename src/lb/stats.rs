@@ -49,6 +49,19 @@ impl VipStats {
     }
 }
 
+/// One VIP at one moment, as [`LoadBalancer::all_vip_stats`] reads it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct VipReport {
+    /// The VIP.
+    pub vip: Vip,
+    /// Its settings.
+    pub config: VipConfig,
+    /// Its counters, as [`LoadBalancer::vip_stats`] gives them.
+    pub stats: VipStats,
+    /// Its backends, as [`LoadBalancer::backend_stats`] gives them.
+    pub backends: Vec<BackendStats>,
+}
+
 /// One backend's counters, and its next hop's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct BackendStats {
@@ -341,23 +354,33 @@ impl LoadBalancer {
         Ok(one.pop().map(|(_, _, backends)| backends).unwrap_or_default())
     }
 
-    /// Every VIP, with its configuration and its backends as
-    /// [`backend_stats`](Self::backend_stats) gives them, read at one
+    /// Every VIP with its settings, its counters and its backends (as
+    /// [`vip_stats`](Self::vip_stats) and
+    /// [`backend_stats`](Self::backend_stats) give them), read at one
     /// moment: one look at the LB's state and one route lookup in its
-    /// namespace for them all, where a `backend_stats` per VIP makes one
-    /// each (what `xdpguard-lb stats` and each metrics scrape read).
+    /// namespace for them all, where those two per VIP make one each, and
+    /// a VIP removed between two of them fails the second (what
+    /// `xdpguard-lb stats` and each metrics scrape read).
     ///
     /// # Errors
     ///
     /// As [`backend_stats`](Self::backend_stats), without
     /// [`LbError::VipNotFound`].
-    pub fn all_backend_stats(&self) -> Result<Vec<(Vip, VipConfig, Vec<BackendStats>)>, LbError> {
-        self.backend_stats_of(None)
+    pub fn all_vip_stats(&self) -> Result<Vec<VipReport>, LbError> {
+        self.backend_stats_of(None)?
+            .into_iter()
+            .map(|((vip, index), config, backends)| {
+                let stats = VipStats::from_raw(self.maps().vip_stats(index)?);
+                Ok(VipReport { vip, config, stats, backends })
+            })
+            .collect()
     }
 
-    /// `vip`'s backends (every VIP's when `None`), in the state's order.
-    fn backend_stats_of(&self, vip: Option<&Vip>) -> Result<Vec<(Vip, VipConfig, Vec<BackendStats>)>, LbError> {
-        type Group = (Vip, VipConfig, Vec<(BackendAddr, Slot)>);
+    /// `vip`'s backends (every VIP's when `None`), in the state's order,
+    /// each group with its VIP's counter index.
+    #[allow(clippy::type_complexity)]
+    fn backend_stats_of(&self, vip: Option<&Vip>) -> Result<Vec<((Vip, u32), VipConfig, Vec<BackendStats>)>, LbError> {
+        type Group = ((Vip, u32), VipConfig, Vec<(BackendAddr, Slot)>);
         let (groups, questions): (Vec<Group>, _) = self.core.read(|st, maps| {
             if let Some(vip) = vip {
                 st.vip(vip)?;
@@ -366,7 +389,7 @@ impl LoadBalancer {
                 .vips
                 .iter()
                 .filter(|(v, _)| vip.is_none_or(|want| want == *v))
-                .map(|(v, s)| (*v, s.config, s.backends.iter().map(|(a, slot)| (*a, *slot)).collect()))
+                .map(|(v, s)| ((*v, s.index), s.config, s.backends.iter().map(|(a, slot)| (*a, *slot)).collect()))
                 .collect();
             // In the same order: the VIPs', then each one's backends'.
             Ok::<_, LbError>((groups, hops::questions(st, maps, vip)))

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use super::family::{Id, Label, Samples};
-use crate::{Error, LbError, LoadBalancer, NeighbourState};
+use crate::{Error, LoadBalancer, NeighbourState, VipReport};
 
 /// Every neighbour state, each a sample of `xdpguard_lb_backend_neighbour_state`.
 const NEIGHBOUR_STATES: [NeighbourState; 5] = [
@@ -38,14 +38,8 @@ pub(crate) fn read(lb: &LoadBalancer, pin: Label, s: &mut Samples) -> Result<(),
     // Next hops name their egress by index, in the LB's namespace: named
     // here when it is one of the LB's own interfaces (the usual case).
     let names: HashMap<u32, String> = lb.attachments().into_iter().map(|a| (a.ifindex, a.interface)).collect();
-    for (vip, _, backends) in lb.all_backend_stats()? {
+    for VipReport { vip, stats: vs, backends, .. } in lb.all_vip_stats()? {
         let v: Label = vip.to_string().into();
-        let vs = match lb.vip_stats(&vip) {
-            Ok(vs) => vs,
-            // Removed since the backends were read: not in this scrape.
-            Err(LbError::VipNotFound { .. }) => continue,
-            Err(e) => return Err(e.into()),
-        };
         s.push_counter(Id::VIP_PACKETS, Id::VIP_BYTES, [pin.clone(), v.clone()], vs.traffic);
         s.push(Id::VIP_NEW_FLOWS, [pin.clone(), v.clone()], vs.new_flows);
         s.push(Id::VIP_LRU_HITS, [pin.clone(), v.clone()], vs.lru_hits);
