@@ -12,7 +12,8 @@
 //!   header's offsets; `counter.rs`: counter snapshots.
 //! - `table.rs`: the chained-bucket hash table (and its write order) the
 //!   filter's tables use; `hash.rs`: the hash under it.
-//! - `testrun.rs`: `BPF_PROG_TEST_RUN` results.
+//! - `testrun.rs`: `BPF_PROG_TEST_RUN` results; `grace.rs`: waiting until
+//!   no program still runs on a table a switch retired.
 //! - `upgrade.rs`: a newer build taking over a pinned program (the
 //!   migration hook is [`ProgramKind::migration`](pinned::ProgramKind::migration)).
 //! - `names.rs`: `Display` and `FromStr` for the public enums (policies,
@@ -21,6 +22,7 @@
 pub(crate) mod attach;
 pub(crate) mod chain;
 pub(crate) mod counter;
+pub(crate) mod grace;
 pub(crate) mod hash;
 pub(crate) mod layout;
 pub(crate) mod maps;

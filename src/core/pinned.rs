@@ -474,7 +474,10 @@ impl<P: ProgramKind> Pinned<P> {
         let mut generation = header.generation.load(Ordering::Acquire);
         let mut model = P::load_model(&maps).map_err(Into::into)?;
         if header.dirty.load(Ordering::Acquire) != 0 {
-            // A process died mid-edit.
+            // A process died mid-edit, perhaps just after a table switch,
+            // before its wait for the packets still on the old table: the
+            // repair rewrites that table only once they are done.
+            super::grace::wait();
             P::repair(&maps, &mut model).map_err(Into::into)?;
             generation = header.generation.fetch_add(1, Ordering::AcqRel) + 1;
             header.dirty.store(0, Ordering::Release);
@@ -516,6 +519,8 @@ impl<P: ProgramKind> Pinned<P> {
             // at its own next edit with the dead one's half still in the
             // maps: a VIP's table half-published, black-holing it for good.
             let mut model = P::load_model(&self.maps)?;
+            // As on a reopen: the dead edit may have just switched tables.
+            super::grace::wait();
             P::repair(&self.maps, &mut model)?;
             let generation = header.generation.fetch_add(1, Ordering::AcqRel) + 1;
             header.dirty.store(0, Ordering::Release);

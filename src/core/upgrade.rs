@@ -308,6 +308,10 @@ impl<P: ProgramKind> Prepared<P> {
         }
 
         if let Some(m) = &migration {
+            // A packet the old program started before the swap still runs
+            // it: what the pass rewrites for the new program, the old one
+            // must no longer read.
+            super::grace::wait();
             (m.copy)(&dir, &maps, CopyPass::AfterSwap)?;
         }
         let hdr = maps.header();

@@ -4,6 +4,7 @@
 
 use std::sync::atomic::{fence, AtomicU32, Ordering};
 
+use crate::core::grace;
 use crate::core::layout::consts::*;
 use crate::core::layout::names;
 use crate::core::maps::{program_maps, Mmapped, Opaque, PerCpu, ProgArray};
@@ -158,6 +159,13 @@ impl FilterMaps {
     /// so packets see all of an edit or none of it. A compare-and-swap:
     /// the guard's edits open and close its gate in the same word
     /// (`XDPG_TABLES_GATE_OPEN`, `guard/gate.rs`) under another lock.
+    ///
+    /// Returns once no packet still reads what the switch retired
+    /// ([`grace::wait`]): the v4 pair and v6 table it replaced, and the
+    /// view slots, are free to rewrite, here or in the next edit (from any
+    /// process). Written at once, a packet still walking the old v6 table
+    /// saw it half rewritten: a source both lists of a replace block
+    /// passed.
     pub(crate) fn switch_tables(&self, v4_pair: Option<usize>, v6_view: Option<u32>) {
         // Everything staged before is visible no later than the switch.
         fence(Ordering::SeqCst);
@@ -170,6 +178,7 @@ impl FilterMaps {
             }
             Some(word)
         });
+        grace::wait();
     }
 
     /// Per-reason counters, summed over CPUs.

@@ -309,11 +309,9 @@ impl LoadBalancer {
             // So do renewed gens: a flow that misses then chooses from the
             // new table (for a backend drained in the batch, not it again).
             let vs = st.vip_mut(vip)?;
-            for (addr, slot) in &vs.backends {
-                if !new_backends.contains_key(addr) {
-                    maps.free_backend(slot.id);
-                }
-            }
+            maps.free_backends(
+                vs.backends.iter().filter(|(addr, _)| !new_backends.contains_key(*addr)).map(|(_, slot)| slot.id),
+            );
             for addr in &repick {
                 // A backend removed after its repick in the same batch was
                 // freed above, which did the same.

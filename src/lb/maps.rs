@@ -14,6 +14,7 @@ use super::layout::{
     xdpg_lb_vip_key4, xdpg_lb_vip_stats,
 };
 use super::neigh::{self, HopKey, NsId};
+use crate::core::grace;
 use crate::core::layout::consts::*;
 use crate::core::layout::names;
 use crate::core::maps::{program_maps, ArrayOfMaps, DevMap, Hash, Mmapped, Opaque, PerCpu, TypedMap};
@@ -288,12 +289,26 @@ impl LbMaps {
         self.backends.atomic_u32(id as usize, offset_of!(xdpg_lb_backend, gen)).fetch_add(1, Ordering::AcqRel);
     }
 
-    /// Frees a slot: tracked flows to it choose afresh from the next packet.
-    pub(crate) fn free_backend(&self, id: u32) {
-        self.backend_head(id).store(0, Ordering::Release);
+    /// Frees slots: tracked flows to them choose afresh from the next
+    /// packet. Each goes inactive first; the rest is cleared only once no
+    /// packet still reads it ([`grace::wait`], one for all of them): a
+    /// packet that found a slot active just before reads its address
+    /// after, and cleared under it, that was family 0 (dropped as
+    /// unsupported) or, reused, another backend's.
+    pub(crate) fn free_backends(&self, ids: impl IntoIterator<Item = u32>) {
+        let ids: Vec<u32> = ids.into_iter().collect();
+        if ids.is_empty() {
+            return;
+        }
+        for &id in &ids {
+            self.backend_head(id).store(0, Ordering::Release);
+        }
         fence(Ordering::SeqCst);
-        let gen = self.backends.get(id as usize).gen;
-        self.backends.set(id as usize, xdpg_lb_backend { gen, ..Default::default() });
+        grace::wait();
+        for id in ids {
+            let gen = self.backends.get(id as usize).gen;
+            self.backends.set(id as usize, xdpg_lb_backend { gen, ..Default::default() });
+        }
     }
 
     /// Makes `table` the VIP slot's Maglev table with one map-in-map update

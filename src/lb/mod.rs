@@ -296,11 +296,10 @@ impl ProgramKind for LbKind {
     fn repair(maps: &LbMaps, st: &mut LbState) -> Result<(), LbError> {
         let used: std::collections::HashSet<u32> =
             st.vips.values().flat_map(|vs| vs.backends.values().map(|s| s.id)).collect();
-        for id in 0..maps.backends.len() as u32 {
-            if maps.backends.get(id as usize).family != 0 && !used.contains(&id) {
-                maps.free_backend(id);
-            }
-        }
+        maps.free_backends(
+            (0..maps.backends.len() as u32)
+                .filter(|&id| maps.backends.get(id as usize).family != 0 && !used.contains(&id)),
+        );
         for vs in st.vips.values_mut() {
             let table = vs.table();
             maps.publish_table(vs.index, table.as_deref().map(|t| t.as_slice()))?;

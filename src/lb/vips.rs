@@ -118,9 +118,7 @@ impl LoadBalancer {
             let vs = st.vip(vip)?.clone();
             maps.remove_vip(&state::vip_key(vip)).map_err(map_err(format!("removing VIP {vip}")))?;
             maps.publish_table(vs.index, None)?;
-            for slot in vs.backends.values() {
-                maps.free_backend(slot.id);
-            }
+            maps.free_backends(vs.backends.values().map(|slot| slot.id));
             let n = maps.vip_addr_users(vip.addr)?.unwrap_or(1);
             maps.set_vip_addr_users(vip.addr, n.saturating_sub(1))?;
             st.vips.remove(vip);
@@ -184,7 +182,10 @@ impl LoadBalancer {
                 maps.publish_table(vs.index, table.as_deref())?;
                 update()?;
             } else {
+                // A packet that read the VIP's old, larger size still picks
+                // a slot past the new table's end: it must be done first.
                 update()?;
+                crate::core::grace::wait();
                 maps.publish_table(vs.index, table.as_deref())?;
             }
             vs.config = config;

@@ -3,6 +3,7 @@
 use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::core::grace;
 use crate::core::layout::consts::*;
 use crate::core::layout::names;
 use crate::core::maps::{program_maps, Hash, Mmapped, Opaque, PerCpu};
@@ -290,11 +291,15 @@ impl GuardMaps {
         self.cfg.atomic_u32(0, off).store(bytes.len() as u32, Ordering::Release);
     }
 
-    /// Makes half `half` live with one store.
+    /// Makes half `half` live with one store, and returns once no packet
+    /// still reads the half it retired ([`grace::wait`]): the next commit
+    /// rewrites that half, a replaced set's old entries are cleared, and
+    /// the ids an edit frees are reused, none under a packet still on them.
     pub(crate) fn switch_half(&self, half: usize) {
         // Everything written into the half is visible no later than the switch.
         fence(Ordering::SeqCst);
         let word = self.rules().load(Ordering::Acquire);
         self.rules().store((word & !XDPG_RULES_HALF) | (half as u32 & XDPG_RULES_HALF), Ordering::Release);
+        grace::wait();
     }
 }

@@ -17,6 +17,7 @@ use std::str::FromStr;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use crate::core::grace;
 use crate::core::layout::consts::*;
 use crate::core::layout::pod;
 use crate::core::maps::summable;
@@ -597,6 +598,10 @@ impl<'f> SynGuard<'f> {
             maps.syn_idx.set(usize::from(port), 0);
             ports_word(maps).store(st.syn.ports.len() as u32, Ordering::Release);
             std::sync::atomic::fence(Ordering::SeqCst);
+            // A SYN that read the index before it was cleared still reads
+            // the slot: cleared under it, its policy read threshold 0 and
+            // dropped the SYN, or answered with a cookie of MSS 0.
+            grace::wait();
             maps.syn_slots.set(slot, xdpg_syn_port::default());
             Ok(true)
         })
