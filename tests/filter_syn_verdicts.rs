@@ -5,7 +5,8 @@
 //! or the SYN-ACK checked field by field: MACs, IPs and ports swapped, SYN|ACK,
 //! ack = seq + 1, MSS option, valid IP and TCP checksums), and exactly one
 //! filter reason counter moved. Drop mode: the threshold with the guard's
-//! clock stepped (Filter::advance_clock), known sources, monitor mode.
+//! clock stepped (Filter::advance_clock), known sources, monitor mode, a
+//! port's policy changed in place (the rate kept or restarted).
 //! Cookie mode, IPv4 and IPv6 (untagged and QinQ, the tags kept): the SYN-ACK, its cookie accepted on the
 //! matching ACK, a wrong ACK not accepted, monitor mode, unanswerable SYNs.
 //!
@@ -285,6 +286,45 @@ fn drop_mode_threshold_known_sources_and_monitor() {
     t.run(pass("SYN after unprotect", &syn("203.0.113.55", 4106, 8080), "passed"));
     t.finish();
     assert!(f.syn_guard().status().unwrap().is_empty());
+}
+
+/// A protected port's policy changed in place, within a mode and between
+/// modes (the slot is rewritten field by field, in an order that keeps
+/// each mode's fields whole for a packet reading them meanwhile): the rate
+/// is kept within drop mode, starts afresh on entering it, is not shown in
+/// cookie mode, and the port reads back each new policy.
+#[test]
+fn policy_changes_keep_the_rate_within_drop_mode_and_restart_it_on_entering() {
+    let f = load();
+    let g = f.syn_guard();
+    g.protect(8080, SynPolicy::drop_above(3)).unwrap();
+    align(&f);
+    let mut t = FixtureTable::new(&f, "SYN guard, policy changes");
+    for i in 0..3u16 {
+        t.run(pass(&format!("SYN {i} under the threshold"), &syn("198.51.100.1", 1000 + i, 8080), "passed"));
+    }
+    t.run(drop("the 4th, unknown source", &syn("198.51.100.2", 2000, 8080), "syn_dropped"));
+    g.protect(8080, SynPolicy::drop_above(5)).unwrap();
+    t.run(pass("the 5th: under the raised threshold", &syn("198.51.100.3", 2001, 8080), "passed"));
+    t.run(drop("the 6th: over it, the rate was kept", &syn("198.51.100.4", 2002, 8080), "syn_dropped"));
+
+    let cookies = SynPolicy::cookies().with_mss(1400);
+    g.protect(8080, cookies).unwrap();
+    let st = g.status().unwrap();
+    assert_eq!((st[0].policy, st[0].rate), (cookies, 0), "cookie mode reads back, with no rate of drop mode's");
+    synack_row(&mut t, "cookie mode answers with its MSS", &bare_syn("198.51.100.5", 2003, 8080), &mss_only(1400));
+
+    g.protect(8080, SynPolicy::drop_above(3)).unwrap();
+    for i in 0..3u16 {
+        t.run(pass(
+            &format!("SYN {i} in drop mode again: a fresh rate"),
+            &syn("198.51.100.6", 3000 + i, 8080),
+            "passed",
+        ));
+    }
+    t.run(drop("the 4th since", &syn("198.51.100.7", 3100, 8080), "syn_dropped"));
+    t.finish();
+    assert_eq!(g.policy(8080).unwrap(), Some(SynPolicy::drop_above(3)));
 }
 
 /// Drop mode, a long flood: a known source that keeps sending ACKs while

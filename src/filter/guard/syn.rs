@@ -461,6 +461,55 @@ fn ports_word(maps: &GuardMaps) -> &std::sync::atomic::AtomicU32 {
     maps.syn_cfg.atomic_u32(0, offset_of!(xdpg_syn_config, ports))
 }
 
+/// Gives a protected port's live slot the policy of `new`, keeping its
+/// rate, in an order no packet sees a harmful mix of the two policies in.
+/// The program reads the slot's fields one by one, so no write makes a new
+/// policy whole at once; what each mode reads is kept valid instead:
+/// drop mode reads `threshold` (and the rate), cookie mode `mss` and
+/// `wscale`, both `mode` and `flags` (one 32-bit word, stored at once).
+///
+/// 1. `threshold`, `port` and `mss` (one 64-bit word) take their new
+///    values, except that a drop policy leaving drop mode keeps its
+///    threshold: a SYN that read mode "drop" before the switch then reads
+///    the old threshold, not the 0 a cookie policy has (dropping every SYN
+///    of an unknown source). Cookie mode ignores the threshold.
+/// 2. Entering drop mode, the rate starts afresh (cookie mode never reads
+///    it, so nothing can read a half-reset rate).
+/// 3. `mode`, `flags` and `wscale`: the switch.
+/// 4. Left drop mode: once no packet still reads the slot in drop mode
+///    ([`grace::wait`]), the kept threshold becomes the new policy's 0
+///    and the rate is cleared.
+///
+/// Written as one 64-byte copy, a SYN could read the new mode with the old
+/// threshold (drop above 0/s), or the old mode with the new one.
+fn change_policy(maps: &GuardMaps, slot: usize, new: xdpg_syn_port) {
+    let old = maps.syn_slots.get(slot);
+    let word0 = |s: &xdpg_syn_port| -> u64 { bytemuck::pod_read_unaligned(&bytemuck::bytes_of(s)[..8]) };
+    let word8 = |s: &xdpg_syn_port| -> u32 { bytemuck::pod_read_unaligned(&bytemuck::bytes_of(s)[8..12]) };
+    let drop = XDPG_SYN_MODE_DROP as u8;
+    let leaves_drop = old.mode == drop && new.mode != drop;
+    let reset_rate = || {
+        for field in
+            [offset_of!(xdpg_syn_port, window), offset_of!(xdpg_syn_port, cur), offset_of!(xdpg_syn_port, prev)]
+        {
+            maps.syn_slots.atomic_u64(slot, field).store(0, Ordering::Release);
+        }
+    };
+    let first = xdpg_syn_port { threshold: if leaves_drop { old.threshold } else { new.threshold }, ..new };
+    maps.syn_slots.atomic_u64(slot, 0).store(word0(&first), Ordering::Release);
+    if new.mode == drop && old.mode != drop {
+        reset_rate();
+    }
+    std::sync::atomic::fence(Ordering::SeqCst);
+    maps.syn_slots.atomic_u32(slot, offset_of!(xdpg_syn_port, mode)).store(word8(&new), Ordering::Release);
+    if leaves_drop {
+        grace::wait();
+        maps.syn_slots.atomic_u32(slot, offset_of!(xdpg_syn_port, threshold)).store(new.threshold, Ordering::Release);
+        // No rate shown for a port that no longer counts one.
+        reset_rate();
+    }
+}
+
 /// The SYN-flood guard of a filter (its guard stage's last step), from
 /// [`Filter::syn_guard`]; see there.
 #[derive(Debug, Clone, Copy)]
@@ -554,14 +603,7 @@ impl<'f> SynGuard<'f> {
         guard.edit(&self.filter.core.maps, |st, maps| {
             if let Some(&(slot, old)) = st.syn.ports.get(&port) {
                 if old != policy {
-                    // Keep the rate: only the policy's fields change.
-                    let mut s = maps.syn_slots.get(slot);
-                    let new = policy.to_slot(port);
-                    (s.threshold, s.mss, s.flags, s.wscale) = (new.threshold, new.mss, new.flags, new.wscale);
-                    if s.mode != new.mode {
-                        (s.mode, s.window, s.cur, s.prev) = (new.mode, 0, 0, 0);
-                    }
-                    maps.syn_slots.set(slot, s);
+                    change_policy(maps, slot, policy.to_slot(port));
                     st.syn.ports.insert(port, (slot, policy));
                 }
                 return Ok(());
