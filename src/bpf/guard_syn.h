@@ -64,6 +64,34 @@
 #define XDPG_TCP_RST 0x04
 #define XDPG_TCP_ACK 0x10
 
+/* A port's policy as one packet uses it, read from its slot once: its
+ * first word (threshold, port, MSS) and its second (mode, flags, window
+ * scale), each with one load. User space changes a live slot's policy a
+ * word at a time, with a grace period between the words where a mix of
+ * the two would matter (change_policy in src/filter/guard/syn.rs): read
+ * field by field, a SYN could take the cookie mode's options with a drop
+ * policy's window scale, or enforcement with a monitor policy's lower
+ * threshold. */
+struct syn_policy {
+	__u32 threshold;
+	__u16 port;
+	__u16 mss;
+	__u8 mode;
+	__u8 flags;
+	__u8 wscale;
+	__u8 pad;
+};
+
+static __always_inline struct syn_policy syn_policy_of(const struct xdpg_syn_port *p)
+{
+	struct syn_policy pol;
+	__u64 head = *(volatile const __u64 *)p;
+	__u32 modes = *(volatile const __u32 *)&p->mode;
+	__builtin_memcpy(&pol, &head, sizeof(head));
+	__builtin_memcpy(&pol.mode, &modes, sizeof(modes));
+	return pol;
+}
+
 /* The port's SYN rate (SYNs in the last second, estimated), counting this
  * SYN first when `add`. */
 static __always_inline __u64 syn_rate(struct xdpg_syn_port *p, __u64 now, int add)
@@ -332,7 +360,7 @@ static __always_inline __u32 syn_copy_tcp(struct xdp_md *ctx, __u32 off, const s
 /* Makes the scratch buffer, holding the SYN's TCP header (`len` bytes),
  * the SYN-ACK's, by port `p`'s policy; returns its length. */
 static __always_inline __u32 syn_tcp_build(struct xdpg_syn_scratch *tcp, const struct tcphdr *th, __u32 len,
-					   __u32 cookie, const struct xdpg_syn_port *p, __u16 default_mss)
+					   __u32 cookie, const struct syn_policy *p, __u16 default_mss)
 {
 	__u16 mss = p->mss ? p->mss : default_mss;
 	/* Without the port's options, or a SYN without timestamps (nowhere to
@@ -411,7 +439,7 @@ static __always_inline struct tcphdr *syn_tcp_hdr(struct xdp_md *ctx, __u32 l3, 
  * cannot (IP options, a fragment, a bad TCP header) or must not (a group
  * MAC or a martian address, syn_martian_v4: the stack would discard the
  * SYN, and the reply would go to or come from a group). */
-static __always_inline int syn_answer_v4(struct xdp_md *ctx, const struct xdpg_pkt *pkt, const struct xdpg_syn_port *p)
+static __always_inline int syn_answer_v4(struct xdp_md *ctx, const struct xdpg_pkt *pkt, const struct syn_policy *p)
 {
 	void *data, *data_end;
 	__u32 l3 = pkt->l3_off & 0xFF;
@@ -452,7 +480,7 @@ static __always_inline int syn_answer_v4(struct xdp_md *ctx, const struct xdpg_p
 
 /* The same for IPv6: -1 when extension headers come before TCP, or for a
  * group MAC or a martian address (syn_martian_v6). */
-static __always_inline int syn_answer_v6(struct xdp_md *ctx, const struct xdpg_pkt *pkt, const struct xdpg_syn_port *p)
+static __always_inline int syn_answer_v6(struct xdp_md *ctx, const struct xdpg_pkt *pkt, const struct syn_policy *p)
 {
 	void *data, *data_end;
 	__u32 l3 = pkt->l3_off & 0xFF;
@@ -593,15 +621,19 @@ static __always_inline int xdpg_syn_guard(struct xdp_md *ctx, const struct xdpg_
 		return XDPG_SYN_NONE;
 	__u32 port = dport & 0xFFFF;
 	__u64 *ix = bpf_map_lookup_elem(&xdpg_syn_idx, &port);
-	if (!ix || *ix == 0)
+	__u64 slot_plus_one = ix ? *(volatile __u64 *)ix : 0;
+	if (slot_plus_one == 0)
 		return XDPG_SYN_NONE;
-	__u32 slot = (__u32)*ix - 1;
+	__u32 slot = (__u32)slot_plus_one - 1;
 	struct xdpg_syn_port *p = bpf_map_lookup_elem(&xdpg_syn_slots, &slot);
 	struct xdpg_syn_counters *c = bpf_map_lookup_elem(&xdpg_syn_cnt, &slot);
-	if (!p || !c || !p->mode)
+	if (!p || !c)
 		return XDPG_SYN_NONE;
-	__u8 mode = p->mode;
-	monitor |= p->flags & XDPG_SYN_F_MONITOR;
+	struct syn_policy pol = syn_policy_of(p);
+	if (!pol.mode)
+		return XDPG_SYN_NONE;
+	__u8 mode = pol.mode;
+	monitor |= pol.flags & XDPG_SYN_F_MONITOR;
 	__u8 kind = flags & (XDPG_TCP_SYN | XDPG_TCP_ACK | XDPG_TCP_RST);
 
 	if (kind == XDPG_TCP_SYN) {
@@ -613,7 +645,7 @@ static __always_inline int xdpg_syn_guard(struct xdp_md *ctx, const struct xdpg_
 			}
 			if (would)
 				decided(ctx, would, would_rule);
-			int err = family == 4 ? syn_answer_v4(ctx, pkt, p) : syn_answer_v6(ctx, pkt, p);
+			int err = family == 4 ? syn_answer_v4(ctx, pkt, &pol) : syn_answer_v6(ctx, pkt, &pol);
 			if (err) {
 				c->unanswerable++;
 				return XDPG_SYN_DROP;
@@ -622,7 +654,7 @@ static __always_inline int xdpg_syn_guard(struct xdp_md *ctx, const struct xdpg_
 			return XDPG_SYN_TX;
 		}
 		__u64 now = guard_now(gcfg);
-		if (syn_rate(p, now, 1) <= p->threshold)
+		if (syn_rate(p, now, 1) <= pol.threshold)
 			return XDPG_SYN_NONE;
 		if (syn_known(src, family, now, cfg)) {
 			c->known_passed++;
@@ -644,7 +676,7 @@ static __always_inline int xdpg_syn_guard(struct xdp_md *ctx, const struct xdpg_
 			 * what it does not track is dropped (a spoofed ACK flood
 			 * never reaches the stack); else the stack's conntrack
 			 * does, after XDP. */
-			if (p->flags & XDPG_SYN_F_DROP_UNTRACKED) {
+			if (pol.flags & XDPG_SYN_F_DROP_UNTRACKED) {
 				__u32 zero = 0;
 				struct xdpg_syn_scratch *tmp = bpf_map_lookup_elem(&xdpg_syn_tmp, &zero);
 				if (tmp && syn_tracked(ctx, tmp, pkt->l3_off, family) == 0) {
@@ -664,7 +696,7 @@ static __always_inline int xdpg_syn_guard(struct xdp_md *ctx, const struct xdpg_
 		return XDPG_SYN_COOKIE_OK;
 	}
 	__u64 now = guard_now(gcfg);
-	if (syn_rate(p, now, 0) <= p->threshold)
+	if (syn_rate(p, now, 0) <= pol.threshold)
 		syn_remember(src, family, now);
 	else
 		syn_refresh(src, family, now, cfg);

@@ -12,8 +12,8 @@
 //! [`wait`] uses the kernel's own promise: updating an array of maps waits
 //! for every running non-sleepable BPF program to finish (an RCU grace
 //! period; XDP programs run inside RCU read-side sections), so that user
-//! space knows none still uses the old value. The kernel's own selftests
-//! use it the same way. The two maps it updates are this process's own,
+//! space knows none still uses the old value (the kernel's selftests once
+//! waited this way too). The two maps it updates are this process's own,
 //! created once, used by no program.
 //!
 //! Measured (kernel 6.18, 2 AMD vCPUs): 9-15 ms per wait, so it is paid
@@ -23,7 +23,7 @@
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use libbpf_rs::{MapCore, MapFlags, MapHandle, MapType};
@@ -59,7 +59,7 @@ impl Waiter {
     }
 }
 
-static WAITER: Mutex<Option<Waiter>> = Mutex::new(None);
+static WAITER: Mutex<Option<Arc<Waiter>>> = Mutex::new(None);
 
 /// How long [`wait`] sleeps when the kernel would not let it wait: many
 /// grace periods.
@@ -79,13 +79,18 @@ pub(crate) fn wait() {
 }
 
 fn try_wait() -> io::Result<()> {
-    let mut waiter = WAITER.lock().unwrap_or_else(|p| p.into_inner());
-    if waiter.is_none() {
-        *waiter = Some(Waiter::new()?);
-    }
-    // The lock is held through the wait: a second thread's wait starts
-    // after the first's, and so still covers what it retired.
-    waiter.as_ref().map_or(Ok(()), Waiter::wait)
+    let waiter = {
+        let mut slot = WAITER.lock().unwrap_or_else(|p| p.into_inner());
+        match slot.as_ref() {
+            Some(w) => Arc::clone(w),
+            None => Arc::clone(slot.insert(Arc::new(Waiter::new()?))),
+        }
+    };
+    // Outside the lock: edits of other filters or LBs in this process wait
+    // at the same time, and the kernel lets their waits share one grace
+    // period. Each update starts after its own caller's switch, so it
+    // covers what that switch retired.
+    waiter.wait()
 }
 
 #[cfg(test)]

@@ -462,32 +462,42 @@ fn ports_word(maps: &GuardMaps) -> &std::sync::atomic::AtomicU32 {
 }
 
 /// Gives a protected port's live slot the policy of `new`, keeping its
-/// rate, in an order no packet sees a harmful mix of the two policies in.
-/// The program reads the slot's fields one by one, so no write makes a new
-/// policy whole at once; what each mode reads is kept valid instead:
-/// drop mode reads `threshold` (and the rate), cookie mode `mss` and
-/// `wscale`, both `mode` and `flags` (one 32-bit word, stored at once).
+/// rate within drop mode. A packet reads the policy as two words, each
+/// with one load (`syn_policy_of`, guard_syn.h): `threshold`, `port`,
+/// `mss`, then `mode`, `flags`, `wscale`. It may read one word before a
+/// change and the other after; so where such a mix would act as neither
+/// policy, the first word is written, then [`grace::wait`], then the
+/// second: a packet can then see only the first new with the second old,
+/// and that mix is chosen to act as the old policy (or to only count):
 ///
-/// 1. `threshold`, `port` and `mss` (one 64-bit word) take their new
-///    values, except that a drop policy leaving drop mode keeps its
-///    threshold: a SYN that read mode "drop" before the switch then reads
-///    the old threshold, not the 0 a cookie policy has (dropping every SYN
-///    of an unknown source). Cookie mode ignores the threshold.
-/// 2. Entering drop mode, the rate starts afresh (cookie mode never reads
-///    it, so nothing can read a half-reset rate).
-/// 3. `mode`, `flags` and `wscale`: the switch.
-/// 4. Left drop mode: once no packet still reads the slot in drop mode
-///    ([`grace::wait`]), the kept threshold becomes the new policy's 0
-///    and the rate is cleared.
+/// - **Leaving drop mode** (for cookies): the first word takes the new
+///   MSS but keeps the threshold (drop mode reads no MSS), then the mode.
+///   Once no packet reads the slot in drop mode (a second wait), the
+///   threshold becomes the cookie policy's 0 and the rate is cleared.
+/// - **Entering drop mode**: the rate starts afresh and the first word
+///   takes the threshold but keeps the MSS (cookie mode reads no
+///   threshold), then the mode; after a second wait, the MSS.
+/// - **Drop to drop**: the threshold first, unless the port turns to
+///   monitoring: then the flags first. Enforcement never meets a lower
+///   threshold meant only for monitoring.
+/// - **Cookies to cookies**: any mix of the MSS and the options (the
+///   second word, read whole) is a valid SYN-ACK, and no wait is needed.
 ///
-/// Written as one 64-byte copy, a SYN could read the new mode with the old
-/// threshold (drop above 0/s), or the old mode with the new one.
+/// Written as one 64-byte copy, read field by field, a SYN could take a
+/// drop policy's threshold 0 in cookie mode's place (dropped), or the
+/// cookie options with the window scale of a drop policy.
 fn change_policy(maps: &GuardMaps, slot: usize, new: xdpg_syn_port) {
     let old = maps.syn_slots.get(slot);
-    let word0 = |s: &xdpg_syn_port| -> u64 { bytemuck::pod_read_unaligned(&bytemuck::bytes_of(s)[..8]) };
-    let word8 = |s: &xdpg_syn_port| -> u32 { bytemuck::pod_read_unaligned(&bytemuck::bytes_of(s)[8..12]) };
-    let drop = XDPG_SYN_MODE_DROP as u8;
-    let leaves_drop = old.mode == drop && new.mode != drop;
+    let first = |threshold: u32, mss: u16| {
+        let s = xdpg_syn_port { threshold, mss, ..new };
+        let word: u64 = bytemuck::pod_read_unaligned(&bytemuck::bytes_of(&s)[..8]);
+        maps.syn_slots.atomic_u64(slot, 0).store(word, Ordering::Release);
+    };
+    let second = || {
+        let word: u32 = bytemuck::pod_read_unaligned(&bytemuck::bytes_of(&new)[8..12]);
+        std::sync::atomic::fence(Ordering::SeqCst);
+        maps.syn_slots.atomic_u32(slot, offset_of!(xdpg_syn_port, mode)).store(word, Ordering::Release);
+    };
     let reset_rate = || {
         for field in
             [offset_of!(xdpg_syn_port, window), offset_of!(xdpg_syn_port, cur), offset_of!(xdpg_syn_port, prev)]
@@ -495,18 +505,46 @@ fn change_policy(maps: &GuardMaps, slot: usize, new: xdpg_syn_port) {
             maps.syn_slots.atomic_u64(slot, field).store(0, Ordering::Release);
         }
     };
-    let first = xdpg_syn_port { threshold: if leaves_drop { old.threshold } else { new.threshold }, ..new };
-    maps.syn_slots.atomic_u64(slot, 0).store(word0(&first), Ordering::Release);
-    if new.mode == drop && old.mode != drop {
-        reset_rate();
-    }
-    std::sync::atomic::fence(Ordering::SeqCst);
-    maps.syn_slots.atomic_u32(slot, offset_of!(xdpg_syn_port, mode)).store(word8(&new), Ordering::Release);
-    if leaves_drop {
-        grace::wait();
-        maps.syn_slots.atomic_u32(slot, offset_of!(xdpg_syn_port, threshold)).store(new.threshold, Ordering::Release);
-        // No rate shown for a port that no longer counts one.
-        reset_rate();
+    let drop = XDPG_SYN_MODE_DROP as u8;
+    let monitor = XDPG_SYN_F_MONITOR as u8;
+    match (old.mode == drop, new.mode == drop) {
+        (true, false) => {
+            first(old.threshold, new.mss);
+            grace::wait();
+            second();
+            grace::wait();
+            first(new.threshold, new.mss);
+            // No rate shown for a port that no longer counts one.
+            reset_rate();
+        }
+        (false, true) => {
+            reset_rate();
+            first(new.threshold, old.mss);
+            grace::wait();
+            second();
+            grace::wait();
+            first(new.threshold, new.mss);
+        }
+        (true, true) => {
+            let both = old.threshold != new.threshold && old.flags != new.flags;
+            if new.flags & monitor != 0 {
+                second();
+                if both {
+                    grace::wait();
+                }
+                first(new.threshold, new.mss);
+            } else {
+                first(new.threshold, new.mss);
+                if both {
+                    grace::wait();
+                }
+                second();
+            }
+        }
+        (false, false) => {
+            first(new.threshold, new.mss);
+            second();
+        }
     }
 }
 
@@ -641,8 +679,8 @@ impl<'f> SynGuard<'f> {
             ports_word(maps).store(st.syn.ports.len() as u32, Ordering::Release);
             std::sync::atomic::fence(Ordering::SeqCst);
             // A SYN that read the index before it was cleared still reads
-            // the slot: cleared under it, its policy read threshold 0 and
-            // dropped the SYN, or answered with a cookie of MSS 0.
+            // the slot: cleared under it, the policy it read could be drop
+            // mode with a threshold of 0 (the SYN dropped).
             grace::wait();
             maps.syn_slots.set(slot, xdpg_syn_port::default());
             Ok(true)
