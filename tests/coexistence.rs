@@ -39,8 +39,31 @@ use xdpguard::{AttachError, AttachMode, Error, Filter};
 /// other (seen as "xdp-filter status" losing eth0): the tests take turns.
 static XDP_FILTER: Mutex<()> = Mutex::new(());
 
-fn xdp_filter_turn() -> MutexGuard<'static, ()> {
-    XDP_FILTER.lock().unwrap_or_else(|p| p.into_inner())
+fn xdp_filter_turn() -> Turn {
+    let lock = XDP_FILTER.lock().unwrap_or_else(|p| p.into_inner());
+    let made = LIBXDP_DIRS.iter().filter(|d| !std::path::Path::new(d).exists()).copied().collect();
+    Turn { _lock: lock, made }
+}
+
+/// The directories libxdp makes under /sys/fs/bpf (its dispatchers' pins,
+/// xdp-filter's state), deepest first; `xdp-filter unload` leaves them
+/// behind, empty.
+const LIBXDP_DIRS: [&str; 3] = ["/sys/fs/bpf/xdp-filter/programs", "/sys/fs/bpf/xdp-filter", "/sys/fs/bpf/xdp"];
+
+/// A test's turn with xdp-filter. Ended, it removes the libxdp directories
+/// that were not there before it, if empty: a host's own xdp-filter state
+/// (then there before, or not empty) is never touched.
+struct Turn {
+    _lock: MutexGuard<'static, ()>,
+    made: Vec<&'static str>,
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        for dir in &self.made {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
 }
 
 /// Runs an xdp-tools command inside `ns`, keeping this mount namespace
