@@ -474,15 +474,24 @@ impl<P: ProgramKind> Pinned<P> {
         let mut generation = header.generation.load(Ordering::Acquire);
         let mut model = P::load_model(&maps).map_err(Into::into)?;
         if header.dirty.load(Ordering::Acquire) != 0 {
-            // A process died mid-edit, perhaps just after a table switch,
-            // before its wait for the packets still on the old table: the
-            // repair rewrites that table only once they are done.
-            super::grace::wait();
-            P::repair(&maps, &mut model).map_err(Into::into)?;
-            generation = header.generation.fetch_add(1, Ordering::AcqRel) + 1;
-            header.dirty.store(0, Ordering::Release);
+            // A process died mid-edit.
+            generation = Self::repair_dead_edit(&maps, &mut model).map_err(Into::into)?;
         }
         Ok(Pinned::new(maps, program, generation, model))
+    }
+
+    /// Repairs what an edit that died left in the maps (the pin
+    /// directory's lock held), clears its mark and returns the generation
+    /// the repair moved to. The edit may have died just after a table
+    /// switch, before its wait for the packets still on the old table: the
+    /// repair rewrites that table only once they are done.
+    fn repair_dead_edit(maps: &P::Maps, model: &mut P::Model) -> Result<u64, P::Error> {
+        super::grace::wait();
+        P::repair(maps, model)?;
+        let header = maps.header();
+        let generation = header.generation.fetch_add(1, Ordering::AcqRel) + 1;
+        header.dirty.store(0, Ordering::Release);
+        Ok(generation)
     }
 
     /// Removes what a creation that died left in `path` (a pin directory
@@ -519,11 +528,7 @@ impl<P: ProgramKind> Pinned<P> {
             // at its own next edit with the dead one's half still in the
             // maps: a VIP's table half-published, black-holing it for good.
             let mut model = P::load_model(&self.maps)?;
-            // As on a reopen: the dead edit may have just switched tables.
-            super::grace::wait();
-            P::repair(&self.maps, &mut model)?;
-            let generation = header.generation.fetch_add(1, Ordering::AcqRel) + 1;
-            header.dirty.store(0, Ordering::Release);
+            let generation = Self::repair_dead_edit(&self.maps, &mut model)?;
             st.model = model;
             st.generation = Some(generation);
             return Ok(());
